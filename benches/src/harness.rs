@@ -1,0 +1,170 @@
+//! Shared measurement harness: options, A/B alternation, medians, JSON lines.
+
+use serde_json::{Map, Value, json};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+pub(crate) const USAGE: &str = "usage: nf-bench list | all | SCENARIO [--quick] [--json] [--sessions N]";
+
+/// Command-line options shared by every scenario.
+#[derive(Debug, Clone)]
+pub(crate) struct Opts {
+    pub(crate) scenario: String,
+    /// Finish each scenario in well under 20 s (CI and spot checks).
+    pub(crate) quick: bool,
+    /// Print only JSON lines (no readable summary on stderr).
+    pub(crate) json: bool,
+    /// Scenario-specific table size override (`--sessions N`).
+    pub(crate) sessions: Option<usize>,
+}
+
+impl Opts {
+    pub(crate) fn parse(args: &[String]) -> Result<Self, String> {
+        let mut scenario = None;
+        let mut quick = false;
+        let mut json = false;
+        let mut sessions = None;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--json" => json = true,
+                "--sessions" => {
+                    let v = it.next().ok_or("--sessions needs a number")?;
+                    sessions = Some(v.parse().map_err(|_| format!("bad --sessions {v:?}"))?);
+                }
+                s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+                s if scenario.is_none() => scenario = Some(s.to_string()),
+                s => return Err(format!("unexpected argument {s:?}")),
+            }
+        }
+        Ok(Self { scenario: scenario.ok_or("missing SCENARIO")?, quick, json, sessions })
+    }
+
+    /// Number of measured A/B rounds.
+    pub(crate) fn rounds(&self) -> usize {
+        if self.quick { 15 } else { 61 }
+    }
+
+    /// Target wall time of one round of one side.
+    pub(crate) fn round_time(&self) -> Duration {
+        if self.quick { Duration::from_millis(40) } else { Duration::from_millis(150) }
+    }
+}
+
+/// Medians of an A/B measurement, in nanoseconds per element.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AbResult {
+    pub(crate) ours_ns: f64,
+    pub(crate) peer_ns: f64,
+}
+
+/// Measures `ours` and `peer` alternately (A B A B ...) and returns per-element medians.
+///
+/// Each closure processes `elems` elements per call and returns a value folded into
+/// `black_box` so the work cannot be optimised away. The number of calls per round is
+/// calibrated once from the slower side so both sides get equal iteration counts.
+pub(crate) fn ab(
+    opts: &Opts,
+    elems: u64,
+    mut ours: impl FnMut() -> u64,
+    mut peer: impl FnMut() -> u64,
+) -> AbResult {
+    // Warm up and calibrate.
+    let t = Instant::now();
+    let mut calls = 0u64;
+    while t.elapsed() < opts.round_time() / 2 || calls < 2 {
+        black_box(ours());
+        black_box(peer());
+        calls += 1;
+    }
+    let per_call = t.elapsed().as_secs_f64() / (2 * calls) as f64;
+    let iters = ((opts.round_time().as_secs_f64() / per_call.max(1e-9)) as u64).max(1);
+
+    let mut a = Vec::with_capacity(opts.rounds());
+    let mut b = Vec::with_capacity(opts.rounds());
+    for _ in 0..opts.rounds() {
+        a.push(time_calls(iters, elems, &mut ours));
+        b.push(time_calls(iters, elems, &mut peer));
+    }
+    AbResult { ours_ns: median(&mut a), peer_ns: median(&mut b) }
+}
+
+/// Times only `ours` (for scenarios whose peer is measured differently).
+pub(crate) fn solo(opts: &Opts, elems: u64, mut f: impl FnMut() -> u64) -> f64 {
+    let t = Instant::now();
+    let mut calls = 0u64;
+    while t.elapsed() < opts.round_time() / 2 || calls < 2 {
+        black_box(f());
+        calls += 1;
+    }
+    let per_call = t.elapsed().as_secs_f64() / calls as f64;
+    let iters = ((opts.round_time().as_secs_f64() / per_call.max(1e-9)) as u64).max(1);
+    let mut a: Vec<f64> = (0..opts.rounds()).map(|_| time_calls(iters, elems, &mut f)).collect();
+    median(&mut a)
+}
+
+fn time_calls(iters: u64, elems: u64, f: &mut impl FnMut() -> u64) -> f64 {
+    let t = Instant::now();
+    let mut acc = 0u64;
+    for _ in 0..iters {
+        acc = acc.wrapping_add(f());
+    }
+    black_box(acc);
+    t.elapsed().as_nanos() as f64 / (iters * elems.max(1)) as f64
+}
+
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Prints one result line: the contract's common fields plus `extra`.
+pub(crate) fn report(opts: &Opts, scenario: &str, peer: &str, r: AbResult, extra: Value) {
+    let mut m = Map::new();
+    m.insert("scenario".into(), json!(scenario));
+    m.insert("ours_ns_per_pkt".into(), json!(round3(r.ours_ns)));
+    m.insert("peer".into(), json!(peer));
+    m.insert("peer_ns_per_pkt".into(), json!(round3(r.peer_ns)));
+    m.insert("speedup".into(), json!(round3(r.peer_ns / r.ours_ns)));
+    m.insert("mpps_per_core".into(), json!(round3(1000.0 / r.ours_ns)));
+    m.insert("quick".into(), json!(opts.quick));
+    if let Value::Object(e) = extra {
+        m.extend(e);
+    }
+    let line = Value::Object(m);
+    println!("{line}");
+    if !opts.json {
+        eprintln!(
+            "{scenario:<18} ours {:>8.2} ns/pkt   {peer}: {:>8.2} ns/pkt   speedup {:.2}x",
+            r.ours_ns,
+            r.peer_ns,
+            r.peer_ns / r.ours_ns
+        );
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Deterministic xorshift64* generator for synthetic traffic (no `rand` dependency needed).
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}

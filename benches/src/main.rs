@@ -1,0 +1,46 @@
+//! The nf scenario runner: `nf-bench list`, `nf-bench SCENARIO [--quick] [--json]`.
+//!
+//! Each scenario builds deterministic synthetic traffic, warms up, then measures ours and the
+//! peer alternately in the same process and prints one JSON object per line (the contract is
+//! `BENCH.md` in the shared design folder). Without `--json` a readable summary goes to stderr
+//! as well.
+
+mod harness;
+mod scenarios;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match harness::Opts::parse(&args) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("nf-bench: {msg}\n\n{}", harness::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match opts.scenario.as_str() {
+        "list" => {
+            for s in scenarios::ALL {
+                println!("{:<20} {}", s.name, s.about);
+            }
+            ExitCode::SUCCESS
+        }
+        "all" => {
+            for s in scenarios::ALL {
+                (s.run)(&opts);
+            }
+            ExitCode::SUCCESS
+        }
+        name => match scenarios::ALL.iter().find(|s| s.name == name) {
+            Some(s) => {
+                (s.run)(&opts);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("nf-bench: unknown scenario {name:?}; try `nf-bench list`");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -1,0 +1,15 @@
+//! The named scenarios. Each module exposes `pub(crate) fn run(opts: &Opts)`; add a line to
+//! `ALL` to register one.
+
+use crate::harness::Opts;
+
+/// One named scenario of the runner.
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
+    pub(crate) about: &'static str,
+    pub(crate) run: fn(&Opts),
+}
+
+/// Every scenario, in the order `all` runs them.
+pub(crate) const ALL: &[Scenario] = &[
+];

@@ -1,0 +1,6 @@
+//! Shared helpers for the nf example programs and the cross-implementation tests.
+//!
+//! The examples themselves are the binaries in `src/bin/`; this library holds what several of
+//! them (and the tests that compare nf with `tshark`, `scapy` and the Linux kernel) share.
+
+pub mod pcap;

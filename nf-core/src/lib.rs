@@ -1,0 +1,2 @@
+//! nf-core (being built).
+#![no_std]
