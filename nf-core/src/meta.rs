@@ -1,0 +1,132 @@
+//! Per-packet metadata: what stages learn about a packet and tell each other.
+//!
+//! Offsets are relative to the start of the packet's current data and are kept valid by
+//! [`Packet::push_front`](crate::Packet::push_front) and
+//! [`Packet::pull_front`](crate::Packet::pull_front). Stages of sibling crates never call each
+//! other; they cooperate only through these fields.
+
+use crate::flow::{FlowKey, ZoneId};
+use crate::verdict::Verdict;
+
+/// Which way a packet travels relative to the session that owns it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The direction of the packet that created the session.
+    #[default]
+    Original,
+    /// The opposite direction.
+    Reply,
+}
+
+/// A reference to a session-table slot: index plus the generation it was issued for, so a
+/// stale reference never reaches a reused slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionRef {
+    /// Slot index in the table.
+    pub index: u32,
+    /// Generation of the slot when the reference was issued.
+    pub generation: u32,
+}
+
+/// Bit flags in [`Meta::flags`].
+pub mod flags {
+    /// The L3 header is IPv4 or IPv6 and [`Meta::flow`](super::Meta::flow) is valid.
+    pub const L3_VALID: u16 = 1 << 0;
+    /// The packet has a parsed transport header (TCP, UDP, ICMP with its 8 bytes).
+    pub const L4_VALID: u16 = 1 << 1;
+    /// An IP fragment (first or later).
+    pub const FRAGMENT: u16 = 1 << 2;
+    /// A later (non-first) fragment: no transport header, ports in the key are 0.
+    pub const LATER_FRAGMENT: u16 = 1 << 3;
+    /// IPv4 options or IPv6 extension headers were present.
+    pub const IP_OPTIONS: u16 = 1 << 4;
+    /// An ICMP/ICMPv6 error carrying another packet's headers (ports in the key are 0).
+    pub const ICMP_ERROR: u16 = 1 << 5;
+    /// [`Meta::flow_hash`](super::Meta::flow_hash) holds the keyed hash of the flow key.
+    pub const HASH_VALID: u16 = 1 << 6;
+    /// The frame carried at least one VLAN tag.
+    pub const VLAN: u16 = 1 << 7;
+}
+
+/// Sentinel for "no next hop / backend chosen".
+pub const NO_NEXT_HOP: u32 = u32::MAX;
+
+/// Everything stages record about one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// The packet's fate so far.
+    pub verdict: Verdict,
+    /// Flow key of the packet as parsed (valid when [`flags::L3_VALID`] is set).
+    pub flow: FlowKey,
+    /// Keyed flow hash (valid when [`flags::HASH_VALID`] is set).
+    pub flow_hash: u64,
+    /// Session this packet belongs to, once connection tracking found or created it.
+    pub session: Option<SessionRef>,
+    /// Next hop / backend slot chosen by a routing or LB stage, or [`NO_NEXT_HOP`].
+    pub next_hop: u32,
+    /// Zone (tenant, VPC) of the packet; the parse stage copies it into the flow key.
+    pub zone: ZoneId,
+    /// Offset of the L3 header.
+    pub l3: u16,
+    /// Offset of the transport header (or where it would start).
+    pub l4: u16,
+    /// Offset of the transport payload.
+    pub payload: u16,
+    /// EtherType of the L3 header (after VLAN tags).
+    pub ethertype: u16,
+    /// VLAN ids, outermost first (`vlan_count` of them are valid).
+    pub vlan: [u16; 2],
+    /// Number of VLAN tags parsed (0 to 2).
+    pub vlan_count: u8,
+    /// TCP flags byte (FIN=0x01 ... CWR=0x80), 0 when not TCP.
+    pub tcp_flags: u8,
+    /// ICMP / ICMPv6 type, 0 otherwise.
+    pub icmp_type: u8,
+    /// Packet direction relative to its session.
+    pub direction: Direction,
+    /// See [`flags`].
+    pub flags: u16,
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Self {
+            verdict: Verdict::Pass,
+            flow: FlowKey::default(),
+            flow_hash: 0,
+            session: None,
+            next_hop: NO_NEXT_HOP,
+            zone: ZoneId(0),
+            l3: 0,
+            l4: 0,
+            payload: 0,
+            ethertype: 0,
+            vlan: [0; 2],
+            vlan_count: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            direction: Direction::Original,
+            flags: 0,
+        }
+    }
+}
+
+impl Meta {
+    /// True if every bit of `flag` is set.
+    #[inline]
+    pub const fn has(&self, flag: u16) -> bool {
+        self.flags & flag == flag
+    }
+
+    /// Shifts the header offsets by `delta` bytes (positive: bytes were pushed in front).
+    #[inline]
+    pub(crate) fn shift(&mut self, delta: isize) {
+        let f = |o: u16| -> u16 {
+            let v = (o as isize).saturating_add(delta);
+            u16::try_from(v.max(0)).unwrap_or(u16::MAX)
+        };
+        self.l3 = f(self.l3);
+        self.l4 = f(self.l4);
+        self.payload = f(self.payload);
+    }
+}

@@ -1,0 +1,245 @@
+//! Caller-owned packet buffers with headroom and tailroom.
+//!
+//! A [`Packet`] wraps any buffer the caller owns (`&mut [u8]` into an AF_XDP UMEM frame, a
+//! `Vec<u8>`, a `[u8; 2048]`, a DPDK mbuf wrapper ...) and marks the window that holds the
+//! frame: bytes before it are headroom (for pushing encapsulation headers in place), bytes
+//! after it are tailroom. Nothing here allocates or copies the frame.
+//!
+//! ```
+//! use nf_core::Packet;
+//! let mut buf = [0u8; 128];
+//! buf[64..68].copy_from_slice(&[1, 2, 3, 4]);
+//! let mut pkt = Packet::new(&mut buf[..], 64, 4)?;
+//! pkt.push_front(2)?.copy_from_slice(&[0xaa, 0xbb]);
+//! assert_eq!(pkt.data(), &[0xaa, 0xbb, 1, 2, 3, 4]);
+//! pkt.pull_front(3)?;
+//! assert_eq!(pkt.data(), &[2, 3, 4]);
+//! # Ok::<(), nf_core::PacketError>(())
+//! ```
+
+use crate::meta::Meta;
+use core::fmt;
+
+/// Errors from adjusting a packet's data window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PacketError {
+    /// The requested window does not fit in the buffer.
+    OutOfBounds,
+    /// Not enough headroom to push the requested bytes.
+    NoHeadroom,
+    /// Not enough tailroom to append the requested bytes.
+    NoTailroom,
+    /// Tried to remove more bytes than the frame holds.
+    TooShort,
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OutOfBounds => "data window outside the buffer",
+            Self::NoHeadroom => "not enough headroom",
+            Self::NoTailroom => "not enough tailroom",
+            Self::TooShort => "frame shorter than the bytes to remove",
+        })
+    }
+}
+
+impl core::error::Error for PacketError {}
+
+/// A frame in a caller-owned buffer, with its metadata.
+#[derive(Clone, Debug)]
+pub struct Packet<B> {
+    buf: B,
+    head: usize,
+    tail: usize,
+    /// What stages have learned and decided about this packet.
+    pub meta: Meta,
+}
+
+impl<B: AsRef<[u8]>> Packet<B> {
+    /// Wraps `buf`, whose frame of `len` bytes starts after `headroom` bytes.
+    ///
+    /// # Errors
+    /// [`PacketError::OutOfBounds`] if `headroom + len` exceeds the buffer.
+    pub fn new(buf: B, headroom: usize, len: usize) -> Result<Self, PacketError> {
+        let end = headroom.checked_add(len).ok_or(PacketError::OutOfBounds)?;
+        if end > buf.as_ref().len() {
+            return Err(PacketError::OutOfBounds);
+        }
+        Ok(Self {
+            buf,
+            head: headroom,
+            tail: end,
+            meta: Meta::default(),
+        })
+    }
+
+    /// The frame bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        self.buf.as_ref().get(self.head..self.tail).unwrap_or(&[])
+    }
+
+    /// Frame length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.tail - self.head
+    }
+
+    /// True for a zero-length frame.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.tail == self.head
+    }
+
+    /// Free bytes in front of the frame.
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.head
+    }
+
+    /// Free bytes after the frame.
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        self.buf.as_ref().len().saturating_sub(self.tail)
+    }
+
+    /// The frame bytes and the metadata, borrowed together (for stages that read one
+    /// while writing the other).
+    #[inline]
+    pub fn data_and_meta_mut(&mut self) -> (&[u8], &mut Meta) {
+        (
+            self.buf.as_ref().get(self.head..self.tail).unwrap_or(&[]),
+            &mut self.meta,
+        )
+    }
+
+    /// The whole underlying buffer.
+    pub fn buffer(&self) -> &B {
+        &self.buf
+    }
+
+    /// Gives the buffer back, with the frame's `(headroom, len)`.
+    pub fn into_parts(self) -> (B, usize, usize) {
+        let len = self.len();
+        (self.buf, self.head, len)
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Packet<B> {
+    /// The frame bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (h, t) = (self.head, self.tail);
+        self.buf.as_mut().get_mut(h..t).unwrap_or(&mut [])
+    }
+
+    /// Grows the frame by `n` bytes at the front (into the headroom) and returns them.
+    /// Metadata offsets are shifted so they keep pointing at the same headers.
+    ///
+    /// # Errors
+    /// [`PacketError::NoHeadroom`] if fewer than `n` bytes of headroom are free.
+    #[inline]
+    pub fn push_front(&mut self, n: usize) -> Result<&mut [u8], PacketError> {
+        let head = self.head.checked_sub(n).ok_or(PacketError::NoHeadroom)?;
+        self.head = head;
+        self.meta.shift(n as isize);
+        self.buf
+            .as_mut()
+            .get_mut(head..head + n)
+            .ok_or(PacketError::NoHeadroom)
+    }
+
+    /// Removes `n` bytes from the front of the frame (they become headroom).
+    ///
+    /// # Errors
+    /// [`PacketError::TooShort`] if the frame holds fewer than `n` bytes.
+    #[inline]
+    pub fn pull_front(&mut self, n: usize) -> Result<(), PacketError> {
+        if n > self.len() {
+            return Err(PacketError::TooShort);
+        }
+        self.head += n;
+        self.meta.shift(-(n as isize));
+        Ok(())
+    }
+
+    /// Grows the frame by `n` bytes at the end (into the tailroom) and returns them.
+    ///
+    /// # Errors
+    /// [`PacketError::NoTailroom`] if fewer than `n` bytes of tailroom are free.
+    pub fn push_back(&mut self, n: usize) -> Result<&mut [u8], PacketError> {
+        if n > self.tailroom() {
+            return Err(PacketError::NoTailroom);
+        }
+        let t = self.tail;
+        self.tail += n;
+        self.buf
+            .as_mut()
+            .get_mut(t..t + n)
+            .ok_or(PacketError::NoTailroom)
+    }
+
+    /// Shortens the frame by `n` bytes at the end (e.g. Ethernet padding).
+    ///
+    /// # Errors
+    /// [`PacketError::TooShort`] if the frame holds fewer than `n` bytes.
+    pub fn trim_back(&mut self, n: usize) -> Result<(), PacketError> {
+        if n > self.len() {
+            return Err(PacketError::TooShort);
+        }
+        self.tail -= n;
+        Ok(())
+    }
+
+    /// Re-targets the packet at a new frame in the same buffer and clears the metadata,
+    /// so buffers can be recycled without reallocating.
+    ///
+    /// # Errors
+    /// [`PacketError::OutOfBounds`] if `headroom + len` exceeds the buffer.
+    pub fn reset(&mut self, headroom: usize, len: usize) -> Result<(), PacketError> {
+        let end = headroom.checked_add(len).ok_or(PacketError::OutOfBounds)?;
+        if end > self.buf.as_ref().len() {
+            return Err(PacketError::OutOfBounds);
+        }
+        self.head = headroom;
+        self.tail = end;
+        self.meta = Meta::default();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn window_operations_are_checked() {
+        let mut p = Packet::new(vec![0u8; 16], 4, 8).unwrap();
+        assert_eq!((p.headroom(), p.len(), p.tailroom()), (4, 8, 4));
+        assert_eq!(p.push_front(5).unwrap_err(), PacketError::NoHeadroom);
+        assert_eq!(p.push_back(5).unwrap_err(), PacketError::NoTailroom);
+        p.meta.l3 = 2;
+        p.push_front(4).unwrap().fill(9);
+        assert_eq!(p.meta.l3, 6);
+        assert_eq!(p.headroom(), 0);
+        p.pull_front(10).unwrap();
+        assert_eq!(p.meta.l3, 0, "offsets of removed headers clamp at 0");
+        assert_eq!(p.pull_front(3).unwrap_err(), PacketError::TooShort);
+        p.push_back(4).unwrap();
+        p.trim_back(6).unwrap();
+        assert!(p.is_empty());
+        assert_eq!(
+            Packet::new(vec![0u8; 4], 3, 2).unwrap_err(),
+            PacketError::OutOfBounds
+        );
+        assert_eq!(
+            Packet::new(vec![0u8; 4], usize::MAX, 2).unwrap_err(),
+            PacketError::OutOfBounds
+        );
+        p.reset(1, 3).unwrap();
+        assert_eq!(p.data(), &[9, 9, 9]);
+    }
+}

@@ -1,0 +1,326 @@
+//! The parse stage: Ethernet → VLAN tags → IPv4/IPv6 (+options / extension headers) →
+//! TCP / UDP / ICMP, filling [`Meta`] and the [`FlowKey`] in place.
+//!
+//! Every malformed frame gets a precise [`DropReason`]; no input can panic it, allocate,
+//! or make it do more than bounded work (at most two VLAN tags, 40 bytes of IPv4 options,
+//! [`MAX_EXT_HEADERS`](crate::wire::ipv6::MAX_EXT_HEADERS) IPv6 extension headers).
+//!
+//! Fragments: a first fragment is parsed like a whole packet (its transport header must be
+//! complete); a later fragment gets a key with ports 0 and [`flags::LATER_FRAGMENT`], and
+//! IPv4 TCP fragments at offset 1 are dropped (RFC 1858 overlap attack). ICMP query messages
+//! use their identifier as both ports; ICMP errors get ports 0 and [`flags::ICMP_ERROR`].
+//!
+//! ```
+//! use nf_core::{Batch, Instant, Packet, ParseStage, Stage, Verdict};
+//! // Ethernet + IPv4 + UDP 10.0.0.1:1000 -> 10.0.0.2:53.
+//! let frame: [u8; 42] = [
+//!     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00,
+//!     0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2,
+//!     0x03, 0xe8, 0, 53, 0, 8, 0, 0,
+//! ];
+//! let mut batch = Batch::new();
+//! batch.push(Packet::new(frame.to_vec(), 0, frame.len())?).ok();
+//! let mut parse = ParseStage::default();
+//! parse.process(Instant::ZERO, &mut batch);
+//! let pkt = &batch.packets()[0];
+//! assert_eq!(pkt.meta.verdict, Verdict::Pass);
+//! assert_eq!(pkt.meta.flow.to_string(), "zone 0 udp/17 10.0.0.1:1000 -> 10.0.0.2:53");
+//! # Ok::<(), nf_core::PacketError>(())
+//! ```
+
+use crate::batch::Batch;
+use crate::flow::{FlowKey, proto};
+use crate::meta::{Meta, flags};
+use crate::stage::{Counted, Stage, StageCounters};
+use crate::time::Instant;
+use crate::verdict::{DropReason, Verdict};
+use crate::wire::ethernet::{ETHERNET_HEADER_LEN, EthernetHeader, VlanHeader, is_vlan_tpid};
+use crate::wire::icmp::{IcmpHeader, IcmpKind, classify_v4, classify_v6};
+use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
+use crate::wire::ipv6::{Ipv6Error, Ipv6Packet};
+use crate::wire::tcp::{TcpError, TcpPacket};
+use crate::wire::udp::{UdpHeader, UdpPacket};
+use crate::wire::{ethertype, icmp::IcmpError};
+use zerocopy::FromBytes;
+
+/// What the parse stage does with frames that are neither IPv4 nor IPv6 (ARP, LLDP, ...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonIpAction {
+    /// Send to the control path ([`Verdict::ToControl`]).
+    #[default]
+    ToControl,
+    /// Drop with [`DropReason::NonIp`].
+    Drop,
+}
+
+/// Parse stage settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseConfig {
+    /// Verify the IPv4 header checksum (off when the NIC already did).
+    pub verify_ipv4_checksum: bool,
+    /// Fate of non-IP frames.
+    pub non_ip: NonIpAction,
+}
+
+impl Default for ParseConfig {
+    fn default() -> Self {
+        Self {
+            verify_ipv4_checksum: true,
+            non_ip: NonIpAction::ToControl,
+        }
+    }
+}
+
+/// What [`parse_frame`] found in a frame it accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// An IPv4 or IPv6 packet; the flow key and offsets are filled in.
+    Ip,
+    /// Not IP: only the L2 fields are filled in.
+    NonIp,
+}
+
+/// The parse stage (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct ParseStage {
+    config: ParseConfig,
+    counters: StageCounters,
+}
+
+impl ParseStage {
+    /// A parse stage with `config`.
+    pub fn new(config: ParseConfig) -> Self {
+        Self {
+            config,
+            counters: StageCounters::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ParseConfig {
+        &self.config
+    }
+}
+
+impl<B: AsRef<[u8]>> Stage<B> for ParseStage {
+    #[inline]
+    fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
+        let before = batch.pending_mask();
+        for pkt in batch.packets_mut() {
+            if !pkt.meta.verdict.is_pass() {
+                continue;
+            }
+            let (data, meta) = pkt.data_and_meta_mut();
+            let v = match parse_frame(data, meta, &self.config) {
+                Ok(Parsed::Ip) => Verdict::Pass,
+                Ok(Parsed::NonIp) => match self.config.non_ip {
+                    NonIpAction::ToControl => Verdict::ToControl,
+                    NonIpAction::Drop => Verdict::Drop(DropReason::NonIp),
+                },
+                Err(r) => Verdict::Drop(r),
+            };
+            meta.verdict = v;
+        }
+        self.counters.account(before, batch);
+    }
+}
+
+impl Counted for ParseStage {
+    fn name(&self) -> &'static str {
+        "parse"
+    }
+
+    fn counters(&self) -> &StageCounters {
+        &self.counters
+    }
+}
+
+/// Parses one frame into `meta` (verdict untouched). The zone in the key is `meta.zone`.
+///
+/// # Errors
+/// The [`DropReason`] of the first malformation found.
+#[inline]
+pub fn parse_frame(
+    data: &[u8],
+    meta: &mut Meta,
+    config: &ParseConfig,
+) -> Result<Parsed, DropReason> {
+    meta.flags = 0;
+    meta.vlan_count = 0;
+    meta.tcp_flags = 0;
+    meta.icmp_type = 0;
+    let (eth, _) = EthernetHeader::ref_from_prefix(data).map_err(|_| DropReason::EthTruncated)?;
+    let mut et = eth.ethertype.get();
+    let mut off = ETHERNET_HEADER_LEN;
+    while is_vlan_tpid(et) {
+        if meta.vlan_count >= 2 {
+            return Err(DropReason::VlanTooDeep);
+        }
+        let tag_bytes = data.get(off..).ok_or(DropReason::EthTruncated)?;
+        let (tag, _) =
+            VlanHeader::ref_from_prefix(tag_bytes).map_err(|_| DropReason::EthTruncated)?;
+        if let Some(v) = meta.vlan.get_mut(usize::from(meta.vlan_count)) {
+            *v = tag.vid();
+        }
+        meta.vlan_count += 1;
+        meta.flags |= flags::VLAN;
+        et = tag.ethertype.get();
+        off += 4;
+    }
+    meta.ethertype = et;
+    let l3 = off;
+    meta.l3 = l3 as u16;
+    let ip_bytes = data.get(l3..).unwrap_or(&[]);
+    match et {
+        ethertype::IPV4 => parse_ipv4(ip_bytes, l3, meta, config),
+        ethertype::IPV6 => parse_ipv6(ip_bytes, l3, meta),
+        _ => {
+            meta.l4 = meta.l3;
+            meta.payload = meta.l3;
+            Ok(Parsed::NonIp)
+        }
+    }
+}
+
+#[inline]
+fn parse_ipv4(
+    bytes: &[u8],
+    l3: usize,
+    meta: &mut Meta,
+    config: &ParseConfig,
+) -> Result<Parsed, DropReason> {
+    let ip = Ipv4Packet::new_checked(bytes).map_err(DropReason::from)?;
+    if config.verify_ipv4_checksum && !ip.verify_checksum() {
+        return Err(Ipv4Error::BadChecksum.into());
+    }
+    let h = ip.header();
+    if !ip.options().is_empty() {
+        ip.check_options()?;
+        meta.flags |= flags::IP_OPTIONS;
+    }
+    let l4 = l3 + h.header_len();
+    let mut later = false;
+    if h.is_fragment() {
+        meta.flags |= flags::FRAGMENT;
+        let fo = h.frag_offset();
+        if fo == 1 && h.proto == proto::TCP {
+            return Err(DropReason::Ipv4BadFragment);
+        }
+        later = fo != 0;
+    }
+    let (sp, dp) = if later {
+        meta.flags |= flags::LATER_FRAGMENT;
+        meta.l4 = l4 as u16;
+        meta.payload = l4 as u16;
+        (0, 0)
+    } else {
+        let first_frag = h.more_frags();
+        transport(ip.payload(), l4, h.proto, false, meta).map_err(|e| {
+            if first_frag {
+                DropReason::Ipv4BadFragment
+            } else {
+                e
+            }
+        })?
+    };
+    meta.flow = FlowKey::v4(meta.zone, h.src, h.dst, h.proto, sp, dp);
+    meta.flags |= flags::L3_VALID;
+    Ok(Parsed::Ip)
+}
+
+#[inline]
+fn parse_ipv6(bytes: &[u8], l3: usize, meta: &mut Meta) -> Result<Parsed, DropReason> {
+    let ip = Ipv6Packet::new_checked(bytes).map_err(DropReason::from)?;
+    let h = ip.header();
+    let (upper, upper_off) = if is_upper(h.next_header) {
+        (h.next_header, 0)
+    } else {
+        let chain = ip.extensions().map_err(DropReason::from)?;
+        meta.flags |= flags::IP_OPTIONS;
+        if let Some(f) = chain.fragment {
+            meta.flags |= flags::FRAGMENT;
+            if f.offset != 0 {
+                meta.flags |= flags::LATER_FRAGMENT;
+            }
+        }
+        (chain.upper, chain.upper_offset)
+    };
+    let l4 = l3 + 40 + upper_off;
+    let (sp, dp) = if meta.has(flags::LATER_FRAGMENT) {
+        meta.l4 = l4 as u16;
+        meta.payload = l4 as u16;
+        (0, 0)
+    } else {
+        let first_frag = meta.has(flags::FRAGMENT);
+        let rest = ip.payload().get(upper_off..).unwrap_or(&[]);
+        transport(rest, l4, upper, true, meta).map_err(|e| {
+            if first_frag {
+                Ipv6Error::BadFragment.into()
+            } else {
+                e
+            }
+        })?
+    };
+    meta.flow = FlowKey::v6(meta.zone, h.src, h.dst, upper, sp, dp);
+    meta.flags |= flags::L3_VALID;
+    Ok(Parsed::Ip)
+}
+
+/// True for next-header values the extension walk does not need to look at.
+#[inline]
+const fn is_upper(nh: u8) -> bool {
+    matches!(nh, proto::TCP | proto::UDP | proto::ICMPV6)
+}
+
+/// Parses the transport header at `l4` (frame offset); returns the key's ports.
+#[inline]
+fn transport(
+    bytes: &[u8],
+    l4: usize,
+    p: u8,
+    v6: bool,
+    meta: &mut Meta,
+) -> Result<(u16, u16), DropReason> {
+    meta.l4 = l4 as u16;
+    match p {
+        proto::TCP => {
+            let t = TcpPacket::new_checked(bytes).map_err(|e: TcpError| DropReason::from(e))?;
+            let h = t.header();
+            meta.tcp_flags = h.flags;
+            meta.payload = (l4 + h.header_len()) as u16;
+            meta.flags |= flags::L4_VALID;
+            Ok((h.src_port.get(), h.dst_port.get()))
+        }
+        proto::UDP => {
+            let u = UdpPacket::new_checked(bytes).map_err(DropReason::from)?;
+            let h: &UdpHeader = u.header();
+            meta.payload = (l4 + 8) as u16;
+            meta.flags |= flags::L4_VALID;
+            Ok((h.src_port.get(), h.dst_port.get()))
+        }
+        proto::ICMP | proto::ICMPV6 if (p == proto::ICMPV6) == v6 => {
+            let (h, _) = IcmpHeader::ref_from_prefix(bytes)
+                .map_err(|_| DropReason::from(IcmpError::Truncated))?;
+            meta.icmp_type = h.ty;
+            meta.payload = (l4 + 8) as u16;
+            meta.flags |= flags::L4_VALID;
+            let kind = if v6 {
+                classify_v6(h.ty)
+            } else {
+                classify_v4(h.ty)
+            };
+            match kind {
+                IcmpKind::Query => Ok((h.ident.get(), h.ident.get())),
+                IcmpKind::Error => {
+                    meta.flags |= flags::ICMP_ERROR;
+                    Ok((0, 0))
+                }
+                IcmpKind::Other => Ok((0, 0)),
+            }
+        }
+        _ => {
+            meta.payload = l4 as u16;
+            Ok((0, 0))
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! What happens to a packet: [`Verdict`], the [`DropReason`] for every drop, and
+//! [`DropCounters`] indexed by reason.
+//!
+//! Every crate's stages report drops through the one [`DropReason`] enum so that a pipeline's
+//! counters can be read, summed and exported uniformly. Reasons are grouped by the layer
+//! that detects them; their [`DropReason::name`] is a stable `snake_case` string for metrics.
+
+use core::fmt;
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $name:literal,)+) => {
+        /// Why a packet was dropped. Counters are indexed by `reason as usize`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u8)]
+        #[non_exhaustive]
+        pub enum DropReason {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl DropReason {
+            /// Every reason, in counter-index order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)+];
+            /// Number of reasons (the length of a counter array).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable `snake_case` name, for metrics and logs.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Frame shorter than an Ethernet header (or a VLAN tag it announces).
+    EthTruncated => "eth_truncated",
+    /// More VLAN tags than the parser accepts (two: 802.1ad QinQ).
+    VlanTooDeep => "vlan_too_deep",
+    /// EtherType is neither IPv4 nor IPv6 and the stage is configured to drop such frames.
+    NonIp => "non_ip",
+    /// Shorter than an IPv4 header or than its IHL says.
+    Ipv4Truncated => "ipv4_truncated",
+    /// IPv4 header whose version field is not 4.
+    Ipv4BadVersion => "ipv4_bad_version",
+    /// IPv4 IHL below 5 (20 bytes).
+    Ipv4BadIhl => "ipv4_bad_ihl",
+    /// IPv4 total length smaller than the header or larger than the frame.
+    Ipv4BadTotalLength => "ipv4_bad_total_length",
+    /// IPv4 header checksum does not verify.
+    Ipv4BadChecksum => "ipv4_bad_checksum",
+    /// IPv4 options that do not fit their declared lengths.
+    Ipv4BadOptions => "ipv4_bad_options",
+    /// IPv4 fragment that could overlap the transport header (RFC 1858) or a first fragment
+    /// too short to hold it.
+    Ipv4BadFragment => "ipv4_bad_fragment",
+    /// Shorter than the fixed IPv6 header.
+    Ipv6Truncated => "ipv6_truncated",
+    /// IPv6 header whose version field is not 6.
+    Ipv6BadVersion => "ipv6_bad_version",
+    /// IPv6 payload length larger than the frame (or zero: jumbograms are not supported).
+    Ipv6BadPayloadLength => "ipv6_bad_payload_length",
+    /// An IPv6 extension header runs past the end of the packet.
+    Ipv6ExtTruncated => "ipv6_ext_truncated",
+    /// More IPv6 extension headers than the bounded walk accepts.
+    Ipv6TooManyExt => "ipv6_too_many_ext",
+    /// Hop-by-Hop Options header anywhere but first (RFC 8200 §4.1).
+    Ipv6HopByHopNotFirst => "ipv6_hop_by_hop_not_first",
+    /// First IPv6 fragment that does not hold the whole header chain (RFC 7112).
+    Ipv6BadFragment => "ipv6_bad_fragment",
+    /// Shorter than a TCP header or than its data offset says.
+    TcpTruncated => "tcp_truncated",
+    /// TCP data offset below 5 (20 bytes).
+    TcpBadDataOffset => "tcp_bad_data_offset",
+    /// Shorter than a UDP header.
+    UdpTruncated => "udp_truncated",
+    /// UDP length field below 8 or beyond the IP payload.
+    UdpBadLength => "udp_bad_length",
+    /// Shorter than the 8-byte ICMP / ICMPv6 header.
+    IcmpTruncated => "icmp_truncated",
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An output port chosen by a stage (the caller maps it to a NIC queue, TUN device, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortId(pub u16);
+
+/// The fate of a packet, set by stages as the batch flows through a pipeline.
+///
+/// Only packets still at [`Verdict::Pass`] are processed by later stages; the others have
+/// been decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Undecided: continue to the next stage (and to the caller's default path at the end).
+    #[default]
+    Pass,
+    /// Discard, for this reason.
+    Drop(DropReason),
+    /// Transmit on this port now.
+    Tx(PortId),
+    /// Hand to the control path / slow path (ARP, tunnel control messages, ...).
+    ToControl,
+}
+
+impl Verdict {
+    /// True while later stages should still process the packet.
+    #[inline]
+    pub const fn is_pass(self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+
+    /// The drop reason, if dropped.
+    #[inline]
+    pub const fn drop_reason(self) -> Option<DropReason> {
+        match self {
+            Verdict::Drop(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// One counter per [`DropReason`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::COUNT]);
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        Self([0; DropReason::COUNT])
+    }
+}
+
+impl DropCounters {
+    /// Adds `n` drops for `reason`.
+    #[inline]
+    pub fn add(&mut self, reason: DropReason, n: u64) {
+        if let Some(c) = self.0.get_mut(reason as usize) {
+            *c = c.wrapping_add(n);
+        }
+    }
+
+    /// Drops counted for `reason`.
+    pub fn count(&self, reason: DropReason) -> u64 {
+        self.0.get(reason as usize).copied().unwrap_or(0)
+    }
+
+    /// Sum over every reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+    }
+
+    /// Adds every counter of `other` into `self`.
+    pub fn merge(&mut self, other: &DropCounters) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+
+    /// The non-zero counters, in reason order.
+    pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .zip(self.0.iter())
+            .filter(|(_, n)| **n != 0)
+            .map(|(r, n)| (*r, *n))
+    }
+}
+
+impl fmt::Debug for DropCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.nonzero().map(|(r, n)| (r.name(), n)))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_counters_and_names_are_unique() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: alloc::vec::Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        let mut c = DropCounters::default();
+        c.add(DropReason::TcpTruncated, 2);
+        c.add(DropReason::EthTruncated, 1);
+        assert_eq!(c.count(DropReason::TcpTruncated), 2);
+        assert_eq!(c.total(), 3);
+        assert_eq!(c.nonzero().count(), 2);
+    }
+}
