@@ -48,6 +48,21 @@ pub mod flags {
     pub const VLAN: u16 = 1 << 7;
 }
 
+/// What a decapsulation stage learned from the tunnel header it stripped.
+///
+/// The stripped outer headers stay in the headroom just in front of the data (`outer_len`
+/// bytes) until something is pushed there, so a later stage can read them (for example to
+/// send a reply back through the same tunnel) without a copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TunnelMeta {
+    /// Virtual network identifier (Geneve / VXLAN VNI) the packet arrived with.
+    pub vni: u32,
+    /// Bytes of outer headers stripped in front of the data; 0 if not decapsulated.
+    pub outer_len: u16,
+    /// Bit `i` set: the `i`-th option the decap stage was asked to look for was present.
+    pub options: u16,
+}
+
 /// Sentinel for "no next hop / backend chosen".
 pub const NO_NEXT_HOP: u32 = u32::MAX;
 
@@ -86,6 +101,8 @@ pub struct Meta {
     pub direction: Direction,
     /// See [`flags`].
     pub flags: u16,
+    /// Tunnel the packet arrived in, filled by a decapsulation stage.
+    pub tunnel: TunnelMeta,
 }
 
 impl Default for Meta {
@@ -107,6 +124,11 @@ impl Default for Meta {
             icmp_type: 0,
             direction: Direction::Original,
             flags: 0,
+            tunnel: TunnelMeta {
+                vni: 0,
+                outer_len: 0,
+                options: 0,
+            },
         }
     }
 }

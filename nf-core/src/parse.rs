@@ -182,6 +182,36 @@ pub fn parse_frame(
     }
 }
 
+/// Parses a bare L3 packet (no Ethernet header: a tunnel payload whose protocol type is
+/// IPv4 or IPv6) into `meta`, like [`parse_frame`] with `ethertype` standing in for the
+/// Ethernet header: `meta.l3` is 0. Other EtherTypes give [`Parsed::NonIp`].
+///
+/// # Errors
+/// The [`DropReason`] of the first malformation found.
+#[inline]
+pub fn parse_l3(
+    data: &[u8],
+    ethertype: u16,
+    meta: &mut Meta,
+    config: &ParseConfig,
+) -> Result<Parsed, DropReason> {
+    meta.flags = 0;
+    meta.vlan_count = 0;
+    meta.tcp_flags = 0;
+    meta.icmp_type = 0;
+    meta.ethertype = ethertype;
+    meta.l3 = 0;
+    match ethertype {
+        ethertype::IPV4 => parse_ipv4(data, 0, meta, config),
+        ethertype::IPV6 => parse_ipv6(data, 0, meta),
+        _ => {
+            meta.l4 = 0;
+            meta.payload = 0;
+            Ok(Parsed::NonIp)
+        }
+    }
+}
+
 #[inline]
 fn parse_ipv4(
     bytes: &[u8],
@@ -322,5 +352,36 @@ fn transport(
             meta.payload = l4 as u16;
             Ok((0, 0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_l3_matches_parse_frame_on_the_same_ip_packet() {
+        let frame: [u8; 42] = [
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0x40, 0, 64,
+            17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0, 53, 0, 8, 0, 0,
+        ];
+        let cfg = ParseConfig::default();
+        let mut a = Meta::default();
+        assert_eq!(parse_frame(&frame, &mut a, &cfg), Ok(Parsed::Ip));
+        let mut b = Meta::default();
+        assert_eq!(
+            parse_l3(&frame[14..], ethertype::IPV4, &mut b, &cfg),
+            Ok(Parsed::Ip)
+        );
+        assert_eq!(a.flow, b.flow);
+        assert_eq!((b.l3, b.l4, b.payload), (0, 20, 28));
+        assert_eq!(
+            parse_l3(&frame[14..], ethertype::IPV6, &mut b, &cfg),
+            Err(DropReason::Ipv6Truncated)
+        );
+        assert_eq!(
+            parse_l3(&frame[14..], ethertype::ARP, &mut b, &cfg),
+            Ok(Parsed::NonIp)
+        );
     }
 }

@@ -79,6 +79,32 @@ drop_reasons! {
     UdpBadLength => "udp_bad_length",
     /// Shorter than the 8-byte ICMP / ICMPv6 header.
     IcmpTruncated => "icmp_truncated",
+    /// Not a tunnel packet where a decapsulation stage requires one (not UDP to a tunnel port).
+    NotTunnel => "not_tunnel",
+    /// Shorter than the Geneve / VXLAN header or the options its length field announces.
+    TunnelTruncated => "tunnel_truncated",
+    /// Geneve version other than 0 (RFC 8926 §3.4).
+    TunnelBadVersion => "tunnel_bad_version",
+    /// Geneve option lengths that do not add up to the header's option length.
+    TunnelBadOptions => "tunnel_bad_options",
+    /// An unknown Geneve option with the critical bit set (RFC 8926 §3.5).
+    TunnelCriticalOption => "tunnel_critical_option",
+    /// A VXLAN header without the I (valid VNI) flag (RFC 7348 §5).
+    TunnelBadFlags => "tunnel_bad_flags",
+    /// A tunnel payload protocol the stage does not carry.
+    TunnelBadProtocol => "tunnel_bad_protocol",
+    /// A VNI with no configured zone.
+    TunnelUnknownVni => "tunnel_unknown_vni",
+    /// A tunnel profile's required option is missing or has the wrong length.
+    TunnelMissingOption => "tunnel_missing_option",
+    /// The outer source is not the underlay host mapped for the inner source (anti-spoofing).
+    TunnelSpoofed => "tunnel_spoofed",
+    /// A non-zero outer UDP checksum that does not verify.
+    TunnelBadUdpChecksum => "tunnel_bad_udp_checksum",
+    /// The encapsulated frame would exceed the underlay MTU.
+    TooBig => "too_big",
+    /// Not enough headroom in the buffer to push the encapsulation headers.
+    NoHeadroom => "no_headroom",
 }
 
 impl fmt::Display for DropReason {
