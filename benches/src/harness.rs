@@ -4,7 +4,8 @@ use serde_json::{Map, Value, json};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-pub(crate) const USAGE: &str = "usage: nf-bench list | all | SCENARIO [--quick] [--json] [--sessions N]";
+pub(crate) const USAGE: &str =
+    "usage: nf-bench list | all | SCENARIO [--quick] [--json] [--sessions N]";
 
 /// Command-line options shared by every scenario.
 #[derive(Debug, Clone)]
@@ -38,7 +39,12 @@ impl Opts {
                 s => return Err(format!("unexpected argument {s:?}")),
             }
         }
-        Ok(Self { scenario: scenario.ok_or("missing SCENARIO")?, quick, json, sessions })
+        Ok(Self {
+            scenario: scenario.ok_or("missing SCENARIO")?,
+            quick,
+            json,
+            sessions,
+        })
     }
 
     /// Number of measured A/B rounds.
@@ -48,7 +54,11 @@ impl Opts {
 
     /// Target wall time of one round of one side.
     pub(crate) fn round_time(&self) -> Duration {
-        if self.quick { Duration::from_millis(40) } else { Duration::from_millis(150) }
+        if self.quick {
+            Duration::from_millis(40)
+        } else {
+            Duration::from_millis(150)
+        }
     }
 }
 
@@ -87,7 +97,10 @@ pub(crate) fn ab(
         a.push(time_calls(iters, elems, &mut ours));
         b.push(time_calls(iters, elems, &mut peer));
     }
-    AbResult { ours_ns: median(&mut a), peer_ns: median(&mut b) }
+    AbResult {
+        ours_ns: median(&mut a),
+        peer_ns: median(&mut b),
+    }
 }
 
 /// Times only `ours` (for scenarios whose peer is measured differently).
@@ -100,7 +113,9 @@ pub(crate) fn solo(opts: &Opts, elems: u64, mut f: impl FnMut() -> u64) -> f64 {
     }
     let per_call = t.elapsed().as_secs_f64() / calls as f64;
     let iters = ((opts.round_time().as_secs_f64() / per_call.max(1e-9)) as u64).max(1);
-    let mut a: Vec<f64> = (0..opts.rounds()).map(|_| time_calls(iters, elems, &mut f)).collect();
+    let mut a: Vec<f64> = (0..opts.rounds())
+        .map(|_| time_calls(iters, elems, &mut f))
+        .collect();
     median(&mut a)
 }
 

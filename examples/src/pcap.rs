@@ -82,7 +82,12 @@ impl<R: Read> PcapReader<R> {
             0x4d3c_b2a1 => (true, true),
             m => return Err(PcapError::BadMagic(m)),
         };
-        let mut r = Self { inner, big_endian, nanos, linktype: 0 };
+        let mut r = Self {
+            inner,
+            big_endian,
+            nanos,
+            linktype: 0,
+        };
         r.linktype = r.u32_at(&h, 20);
         Ok(r)
     }
@@ -94,7 +99,11 @@ impl<R: Read> PcapReader<R> {
 
     fn u32_at(&self, b: &[u8], at: usize) -> u32 {
         let x = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if self.big_endian { u32::from_be_bytes(x) } else { u32::from_le_bytes(x) }
+        if self.big_endian {
+            u32::from_be_bytes(x)
+        } else {
+            u32::from_le_bytes(x)
+        }
     }
 
     /// Reads the next record, or `None` at a clean end of file.
@@ -124,7 +133,11 @@ impl<R: Read> PcapReader<R> {
         let mut data = vec![0u8; incl as usize];
         self.inner.read_exact(&mut data)?;
         let ts_nanos = sec * 1_000_000_000 + if self.nanos { frac } else { frac * 1000 };
-        Ok(Some(Record { ts_nanos, orig_len, data }))
+        Ok(Some(Record {
+            ts_nanos,
+            orig_len,
+            data,
+        }))
     }
 
     /// Reads every remaining record.
@@ -169,7 +182,8 @@ impl<W: Write> PcapWriter<W> {
     /// # Errors
     /// Any error from the underlying writer, or `InvalidInput` for a frame over 4 GiB.
     pub fn write(&mut self, ts_nanos: u64, frame: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let len =
+            u32::try_from(frame.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let sec = (ts_nanos / 1_000_000_000) as u32;
         let usec = ((ts_nanos % 1_000_000_000) / 1000) as u32;
         for v in [sec, usec, len, len] {
@@ -209,7 +223,15 @@ mod tests {
 
     #[test]
     fn rejects_pcapng_and_huge_records() {
-        assert!(matches!(PcapReader::new(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..]), Err(PcapError::BadMagic(_))));
+        assert!(matches!(
+            PcapReader::new(
+                &[
+                    0x0a, 0x0d, 0x0d, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0
+                ][..]
+            ),
+            Err(PcapError::BadMagic(_))
+        ));
         let mut w = PcapWriter::new(Vec::new(), LINKTYPE_ETHERNET).unwrap();
         w.write(0, &[0]).unwrap();
         let mut bytes = w.finish().unwrap();

@@ -1,0 +1,51 @@
+//! Helpers shared by the tests that use external peers (tshark, scapy, the kernel).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The shared test data folder (`shared/` beside the checkout, or `$NF_SHARED_DIR`).
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("NF_SHARED_DIR").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")),
+        PathBuf::from,
+    )
+}
+
+/// True when running under CI, where a missing peer tool is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks that `cmd --version`-style probing works; under CI a missing tool panics, elsewhere
+/// the caller skips with a message.
+pub fn require(tool: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(probe)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if in_ci() {
+            panic!("{tool} is required under CI=true but is not runnable; .ci/run installs it");
+        }
+        eprintln!("SKIP: {tool} not available (set CI=true to make this a failure)");
+    }
+    ok
+}
+
+/// Debian's python3 (where python3-scapy lives), not a pyenv shim on PATH.
+pub fn system_python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// A fresh temporary directory for this test run.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nf-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
