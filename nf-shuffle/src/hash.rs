@@ -1,0 +1,101 @@
+//! Keyed hashing and the explicit byte encodings every node must agree on (tabled in the crate
+//! docs under "Stable encodings").
+//!
+//! Nothing here uses `core::hash::Hash`: each input is written as explicit bytes (fixed-width
+//! big-endian integers, length-prefixed byte strings, a one-byte domain tag first) and hashed with
+//! SipHash-1-3 keyed by the operator's 128-bit secret.
+
+use core::hash::Hasher as _;
+use siphasher::sip::SipHasher13;
+
+pub(crate) const TAG_TOKEN: u8 = 0x01;
+pub(crate) const TAG_ZONE_STREAM: u8 = 0x02;
+pub(crate) const TAG_FLOW_SALT: u8 = 0x03;
+pub(crate) const TAG_CAPPED_STREAM: u8 = 0x04;
+
+/// The operator's 128-bit secret that keys every placement hash.
+///
+/// Every node that must agree on placements uses the same key; tenants that do not know it
+/// cannot predict (or aim for) each other's shards.
+#[derive(Clone)]
+pub struct ShardKey {
+    base: SipHasher13,
+}
+
+impl ShardKey {
+    /// Wraps 16 secret bytes.
+    pub fn new(key: [u8; 16]) -> Self {
+        Self {
+            base: SipHasher13::new_with_key(&key),
+        }
+    }
+
+    /// Starts a keyed hash of the encoding tagged `tag`.
+    pub(crate) fn start(&self, tag: u8) -> SipHasher13 {
+        let mut h = self.base;
+        h.write(&[tag]);
+        h
+    }
+
+    /// Position of ring token `token` of node `node`.
+    pub(crate) fn token(&self, node: u64, token: u32) -> u64 {
+        let mut h = self.start(TAG_TOKEN);
+        h.write(&node.to_be_bytes());
+        h.write(&token.to_be_bytes());
+        h.finish()
+    }
+
+    /// Seed of the tenant's stream in `zone` (attempt 0 is the stateless placement).
+    pub(crate) fn zone_stream(&self, tenant: &[u8], zone: u32, attempt: u32) -> u64 {
+        let tag = if attempt == 0 {
+            TAG_ZONE_STREAM
+        } else {
+            TAG_CAPPED_STREAM
+        };
+        let mut h = self.start(tag);
+        // usize → u64 is lossless on every platform Rust supports (pointers are ≤ 64 bits).
+        h.write(&(tenant.len() as u64).to_be_bytes());
+        h.write(tenant);
+        h.write(&zone.to_be_bytes());
+        if attempt != 0 {
+            h.write(&attempt.to_be_bytes());
+        }
+        h.finish()
+    }
+
+    /// Secret per-node salt for flow → node selection.
+    pub(crate) fn flow_salt(&self, node: u64) -> u64 {
+        let mut h = self.start(TAG_FLOW_SALT);
+        h.write(&node.to_be_bytes());
+        h.finish()
+    }
+}
+
+impl core::fmt::Debug for ShardKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never print the secret.
+        f.write_str("ShardKey(..)")
+    }
+}
+
+/// SplitMix64: a tiny, fully specified integer generator (the same on every platform).
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) const fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.0)
+    }
+}
+
+/// A bijective 64-bit finaliser (SplitMix64's output function).
+pub(crate) const fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

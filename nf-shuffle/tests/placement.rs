@@ -1,0 +1,530 @@
+//! Properties of the stateless sharder: determinism, at most one node changed per membership
+//! event, the share of tenants moved, zone balance, weights, draining and the failed lookback.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(
+    missing_docs,
+    clippy::std_instead_of_alloc,
+    clippy::std_instead_of_core
+)]
+
+use nf_shuffle::{
+    ConfigError, Membership, Node, NodeId, NodeState, Shard, ShardConfig, ShardError, ShardKey,
+    Sharder, ZoneId,
+};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+const KEY: [u8; 16] = *b"placement tests!";
+const LOOKBACK: u64 = 1_000;
+
+fn sharder(nodes: &[Node], zones: u32, k: u32) -> Sharder {
+    let m = Membership::with_zones((0..zones).map(ZoneId), nodes.iter().copied()).unwrap();
+    let config = ShardConfig::new(k).with_failed_lookback_ns(LOOKBACK);
+    Sharder::new(ShardKey::new(KEY), config, m).unwrap()
+}
+
+fn tenant(i: u32) -> Vec<u8> {
+    format!("tenant-{i}").into_bytes()
+}
+
+/// A state for node `id`; failed nodes inside the lookback at `NOW` each expire at their own
+/// time (so that time passing is a sequence of single-node events).
+fn state_from(code: u8, id: u64) -> NodeState {
+    match code % 6 {
+        // Failed inside the lookback at the test's `now`.
+        3 => NodeState::Failed {
+            since_ns: NOW - 1 - id % 900,
+        },
+        // Failed and past the lookback.
+        4 => NodeState::Failed { since_ns: 100 },
+        5 => NodeState::Draining,
+        _ => NodeState::Active,
+    }
+}
+
+const NOW: u64 = 10_000;
+
+/// A fleet: (zones, nodes with ids 0..n, zone, weight 1..=3, mixed states).
+fn fleet() -> impl Strategy<Value = (u32, Vec<Node>)> {
+    (1u32..=4, 3usize..=36).prop_flat_map(|(zones, n)| {
+        (
+            Just(zones),
+            prop::collection::vec((0..zones, 1u32..=3, any::<u8>()), n),
+        )
+            .prop_map(|(zones, spec)| {
+                let nodes = spec
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (z, w, s))| {
+                        let id = i as u64 * 7 + 3;
+                        Node::new(id, z)
+                            .with_weight(w)
+                            .with_state(state_from(s, id))
+                    })
+                    .collect();
+                (zones, nodes)
+            })
+    })
+}
+
+fn shards(s: &Sharder, tenants: u32) -> Vec<Result<Shard, ShardError>> {
+    (0..tenants).map(|t| s.shard(&tenant(t), NOW)).collect()
+}
+
+/// Checks that every tenant placed both times changed at most one node.
+fn at_most_one_changed(before: &[Result<Shard, ShardError>], after: &[Result<Shard, ShardError>]) {
+    for (b, a) in before.iter().zip(after) {
+        if let (Ok(b), Ok(a)) = (b, a) {
+            assert!(a.nodes_changed(b) <= 1, "before {b:?}\nafter {a:?}");
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn deterministic_and_independent_of_listing_order(
+        (zones, nodes) in fleet(), k in 1u32..=6, rot in 0usize..36,
+    ) {
+        let a = sharder(&nodes, zones, k);
+        let mut rotated = nodes.clone();
+        rotated.rotate_left(rot % nodes.len());
+        rotated.reverse();
+        let b = sharder(&rotated, zones, k);
+        for t in 0..20 {
+            let x = a.shard(&tenant(t), NOW);
+            prop_assert_eq!(&x, &a.shard(&tenant(t), NOW));
+            prop_assert_eq!(&x, &b.shard(&tenant(t), NOW));
+            prop_assert_eq!(&x, &a.clone().shard(&tenant(t), NOW));
+        }
+    }
+
+    #[test]
+    fn adding_a_node_changes_at_most_one(
+        (zones, nodes) in fleet(), k in 1u32..=8, zone in 0u32..4, weight in 1u32..=3,
+    ) {
+        let before = shards(&sharder(&nodes, zones, k), 60);
+        let mut more = nodes.clone();
+        more.push(Node::new(1_000_000, zone % zones).with_weight(weight));
+        let after = shards(&sharder(&more, zones, k), 60);
+        at_most_one_changed(&before, &after);
+    }
+
+    #[test]
+    fn removing_a_node_changes_at_most_one(
+        (zones, nodes) in fleet(), k in 1u32..=8, which in any::<prop::sample::Index>(),
+    ) {
+        let before = shards(&sharder(&nodes, zones, k), 60);
+        let mut fewer = nodes.clone();
+        fewer.remove(which.index(fewer.len()));
+        let after = shards(&sharder(&fewer, zones, k), 60);
+        at_most_one_changed(&before, &after);
+    }
+
+    #[test]
+    fn a_state_change_changes_at_most_one(
+        (zones, nodes) in fleet(),
+        k in 1u32..=8,
+        which in any::<prop::sample::Index>(),
+        to in any::<u8>(),
+    ) {
+        let mut s = sharder(&nodes, zones, k);
+        let before = shards(&s, 60);
+        let id = nodes[which.index(nodes.len())].id;
+        s.set_state(id, state_from(to, id.0));
+        let now = shards(&s, 60);
+        at_most_one_changed(&before, &now);
+        // Time passing is a change of eligibility too: failed nodes leave their lookback one
+        // at a time.
+        let mut expiries: Vec<u64> = s
+            .membership()
+            .nodes()
+            .iter()
+            .filter_map(|n| match n.state {
+                NodeState::Failed { since_ns } if since_ns + LOOKBACK > NOW => {
+                    Some(since_ns + LOOKBACK)
+                }
+                _ => None,
+            })
+            .collect();
+        expiries.sort_unstable();
+        let mut last = now;
+        for t in expiries {
+            let next: Vec<_> = (0..60).map(|i| s.shard(&tenant(i), t)).collect();
+            at_most_one_changed(&last, &next);
+            last = next;
+        }
+    }
+
+    #[test]
+    fn shards_have_k_distinct_eligible_nodes_balanced_over_zones(
+        (zones, nodes) in fleet(), k in 1u32..=8,
+    ) {
+        let s = sharder(&nodes, zones, k);
+        let m = s.membership();
+        let eligible = |n: &Node| match n.state {
+            NodeState::Active => true,
+            NodeState::Draining => false,
+            NodeState::Failed { since_ns } => NOW < since_ns + LOOKBACK,
+        };
+        let per_zone: BTreeMap<u32, u32> = (0..zones)
+            .map(|z| (z, m.nodes().iter().filter(|n| n.zone.0 == z && eligible(n)).count() as u32))
+            .collect();
+        let total: u32 = per_zone.values().sum();
+        let ceil = k.div_ceil(zones);
+        let all_zones_full = per_zone.values().all(|&c| c >= ceil);
+        for t in 0..40 {
+            match s.shard(&tenant(t), NOW) {
+                Err(e) => {
+                    let want = ShardError::NotEnoughNodes { needed: k, eligible: total };
+                    prop_assert_eq!(e, want);
+                }
+                Ok(shard) => {
+                    prop_assert!(total >= k);
+                    prop_assert_eq!(shard.len(), k as usize);
+                    let ids: Vec<NodeId> = shard.nodes().collect();
+                    prop_assert!(ids.windows(2).all(|w| w[0] < w[1]));
+                    let mut got: BTreeMap<u32, u32> = BTreeMap::new();
+                    for member in shard.members() {
+                        let n = m.node(member.node()).unwrap();
+                        prop_assert!(eligible(n));
+                        prop_assert_eq!(member.zone(), n.zone);
+                        prop_assert_eq!(member.state(), n.state);
+                        *got.entry(n.zone.0).or_default() += 1;
+                    }
+                    for (z, &have) in &per_zone {
+                        let c = got.get(z).copied().unwrap_or(0);
+                        if all_zones_full {
+                            prop_assert!(c == k / zones || c == ceil, "zone {} got {}", z, c);
+                        } else {
+                            // A short zone gives everything it has before others take more.
+                            prop_assert!(c >= (k / zones).min(have));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn draining_nodes_keep_existing_tenants_and_take_no_new_ones(
+        (zones, nodes) in fleet(), k in 1u32..=6, which in any::<prop::sample::Index>(),
+    ) {
+        let mut s = sharder(&nodes, zones, k);
+        let id = nodes[which.index(nodes.len())].id;
+        if s.membership().node(id).unwrap().state != NodeState::Active {
+            s.set_state(id, NodeState::Active);
+        }
+        let before: Vec<_> = (0..60).map(|t| s.shard(&tenant(t), NOW)).collect();
+        s.set_state(id, NodeState::Draining);
+        for (t, b) in before.iter().enumerate() {
+            let Ok(b) = b else { continue };
+            let previous: Vec<NodeId> = b.nodes().collect();
+            let kept = s.shard_with_previous(&tenant(t as u32), NOW, &previous).unwrap();
+            // Existing tenants are not disturbed at all by a node starting to drain.
+            prop_assert_eq!(kept.nodes().collect::<Vec<_>>(), previous.clone());
+            if let Some(m) = kept.members().iter().find(|m| m.node() == id) {
+                prop_assert_eq!(m.state(), NodeState::Draining);
+            }
+            // New placements never use it.
+            if let Ok(fresh) = s.shard(&tenant(t as u32), NOW) {
+                prop_assert!(!fresh.contains(id));
+                prop_assert!(fresh.nodes_changed(b) <= 1);
+                // A tenant placed while the node drains keeps its shard (no flip-flop).
+                let again: Vec<NodeId> = fresh.nodes().collect();
+                let replaced = s.shard_with_previous(&tenant(t as u32), NOW, &again).unwrap();
+                prop_assert_eq!(replaced, fresh);
+            }
+        }
+    }
+}
+
+#[test]
+fn tenants_moved_by_one_node_change_is_about_k_over_n() {
+    // 300 nodes, 3 zones of 100, k = 6 (2 per zone): a node joining zone 0 should enter the
+    // shards of about 2 / 101 of the tenants, and a leaving node should leave about 2 / 100.
+    let nodes: Vec<Node> = (0..300).map(|i| Node::new(i, (i % 3) as u32)).collect();
+    let tenants = 8_000u32;
+    let base = shards(&sharder(&nodes, 3, 6), tenants);
+    let mut moved_add = 0u32;
+    let mut moved_remove = 0u32;
+    let events = 12u32;
+    for e in 0..events {
+        let mut more = nodes.clone();
+        more.push(Node::new(10_000 + u64::from(e), 0));
+        let after = shards(&sharder(&more, 3, 6), tenants);
+        at_most_one_changed(&base, &after);
+        moved_add += base.iter().zip(&after).filter(|(b, a)| b != a).count() as u32;
+
+        let mut fewer = nodes.clone();
+        fewer.remove(3 * e as usize + 1 + (e as usize % 3));
+        let after = shards(&sharder(&fewer, 3, 6), tenants);
+        at_most_one_changed(&base, &after);
+        moved_remove += base.iter().zip(&after).filter(|(b, a)| b != a).count() as u32;
+    }
+    let trials = f64::from(tenants * events);
+    let add = f64::from(moved_add) / trials;
+    let remove = f64::from(moved_remove) / trials;
+    // Binomial noise is ~1.5% here; node arcs vary by ~9% each (128 tokens), ~2.6% over 12.
+    let (want_add, want_remove) = (2.0 / 101.0, 2.0 / 100.0);
+    assert!(
+        (add / want_add - 1.0).abs() < 0.15,
+        "add moved {add}, expected ~{want_add}"
+    );
+    assert!(
+        (remove / want_remove - 1.0).abs() < 0.15,
+        "remove moved {remove}, expected ~{want_remove}"
+    );
+}
+
+#[test]
+fn extra_slots_spread_evenly_over_zones() {
+    // k = 7 over 3 zones: every tenant gets 2 or 3 per zone; the zone with 3 varies by tenant.
+    let nodes: Vec<Node> = (0..90).map(|i| Node::new(i, (i % 3) as u32)).collect();
+    let s = sharder(&nodes, 3, 7);
+    let mut third = [0u32; 3];
+    let tenants = 9_000;
+    for t in 0..tenants {
+        let shard = s.shard(&tenant(t), NOW).unwrap();
+        let mut per = [0u32; 3];
+        for m in shard.members() {
+            per[m.zone().0 as usize] += 1;
+        }
+        let mut sorted = per;
+        sorted.sort_unstable();
+        assert_eq!(sorted, [2, 2, 3]);
+        third[per.iter().position(|&c| c == 3).unwrap()] += 1;
+    }
+    for c in third {
+        // Expected 3000 each; binomial sd ≈ 45.
+        assert!((2_800..=3_200).contains(&c), "{third:?}");
+    }
+}
+
+#[test]
+fn weights_receive_placements_in_proportion() {
+    // 40 nodes of weight 1 and 20 of weight 3 in one zone; k = 4.
+    let nodes: Vec<Node> = (0..60)
+        .map(|i| Node::new(i, 0).with_weight(if i % 3 == 0 { 3 } else { 1 }))
+        .collect();
+    let s = sharder(&nodes, 1, 4);
+    let mut count = [0u64; 2];
+    for t in 0..30_000 {
+        for id in s.shard(&tenant(t), NOW).unwrap().nodes() {
+            count[usize::from(id.0 % 3 == 0)] += 1;
+        }
+    }
+    let per_light = count[0] as f64 / 40.0;
+    let per_heavy = count[1] as f64 / 20.0;
+    let ratio = per_heavy / per_light;
+    // Sampling k without replacement flattens heavy weights a little (about 2.9 here).
+    assert!((2.6..=3.2).contains(&ratio), "heavy/light = {ratio}");
+}
+
+#[test]
+fn failed_nodes_are_replaced_only_after_the_lookback() {
+    let nodes: Vec<Node> = (0..30).map(|i| Node::new(i, (i % 3) as u32)).collect();
+    let mut s = sharder(&nodes, 3, 6);
+    let t = tenant(7);
+    let first = s.shard(&t, 0).unwrap();
+    let victim = first.members()[2].node();
+    s.set_state(victim, NodeState::Failed { since_ns: 5_000 });
+    for now in [0, 5_000, 5_000 + LOOKBACK - 1] {
+        let during = s.shard(&t, now).unwrap();
+        assert_eq!(
+            during.nodes().collect::<Vec<_>>(),
+            first.nodes().collect::<Vec<_>>()
+        );
+        let m = during
+            .members()
+            .iter()
+            .find(|m| m.node() == victim)
+            .unwrap();
+        assert_eq!(m.state(), NodeState::Failed { since_ns: 5_000 });
+    }
+    let after = s.shard(&t, 5_000 + LOOKBACK).unwrap();
+    assert!(!after.contains(victim));
+    assert_eq!(after.nodes_changed(&first), 1);
+    // The replacement is in the same zone (the zone still has nodes to spare).
+    let new = after
+        .members()
+        .iter()
+        .find(|m| !first.contains(m.node()))
+        .unwrap();
+    assert_eq!(new.zone(), s.membership().node(victim).unwrap().zone);
+    // A lookback at the end of time does not overflow.
+    s.set_state(
+        victim,
+        NodeState::Failed {
+            since_ns: u64::MAX - 10,
+        },
+    );
+    assert!(s.shard(&t, u64::MAX - 5).unwrap().contains(victim));
+}
+
+#[test]
+fn a_tenant_that_kills_its_nodes_reaches_only_k_new_nodes_per_lookback() {
+    let nodes: Vec<Node> = (0..300).map(|i| Node::new(i, (i % 3) as u32)).collect();
+    let k = 6;
+    let mut s = sharder(&nodes, 3, k);
+    let t = tenant(99);
+    let mut seen: Vec<NodeId> = s.shard(&t, 0).unwrap().nodes().collect();
+    let rounds = 10u64;
+    for round in 0..rounds {
+        let now = round * LOOKBACK;
+        // The tenant crashes every node it can reach, as fast as it likes.
+        for step in 0..50 {
+            let shard = s.shard(&t, now + step).unwrap();
+            for id in shard.nodes() {
+                if s.membership().node(id).unwrap().state == NodeState::Active {
+                    s.set_state(
+                        id,
+                        NodeState::Failed {
+                            since_ns: now + step,
+                        },
+                    );
+                }
+                if !seen.contains(&id) {
+                    seen.push(id);
+                }
+            }
+        }
+    }
+    assert!(
+        seen.len() as u64 <= u64::from(k) * (rounds + 1),
+        "reached {}",
+        seen.len()
+    );
+}
+
+#[test]
+fn losing_a_zone_leaves_every_tenant_with_k_nodes_elsewhere() {
+    let nodes: Vec<Node> = (0..60).map(|i| Node::new(i, (i % 3) as u32)).collect();
+    let mut s = sharder(&nodes, 3, 5);
+    let before = shards(&s, 200);
+    for n in nodes.iter().filter(|n| n.zone == ZoneId(1)) {
+        s.set_state(n.id, NodeState::Failed { since_ns: NOW });
+    }
+    // During the lookback shards are unchanged; flows avoid the failed members.
+    let nodes_of = |v: &[Result<Shard, ShardError>]| -> Vec<Vec<NodeId>> {
+        v.iter()
+            .map(|s| s.as_ref().unwrap().nodes().collect())
+            .collect()
+    };
+    assert_eq!(nodes_of(&before), nodes_of(&shards(&s, 200)));
+    let after: Vec<_> = (0..200)
+        .map(|t| s.shard(&tenant(t), NOW + LOOKBACK).unwrap())
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        let b = b.as_ref().unwrap();
+        assert_eq!(a.len(), 5);
+        assert!(a.members().iter().all(|m| m.zone() != ZoneId(1)));
+        // Members outside the lost zone stay.
+        for m in b.members().iter().filter(|m| m.zone() != ZoneId(1)) {
+            assert!(a.contains(m.node()));
+        }
+    }
+}
+
+#[test]
+fn zones_smaller_than_their_quota_spill_to_others() {
+    // Zone 0 has a single node, zones 1 and 2 plenty; k = 6 → 2 per zone wanted.
+    let mut nodes = vec![Node::new(0, 0)];
+    nodes.extend((1..=20).map(|i| Node::new(i, 1 + (i % 2) as u32)));
+    let s = sharder(&nodes, 3, 6);
+    for t in 0..100 {
+        let shard = s.shard(&tenant(t), NOW).unwrap();
+        assert_eq!(shard.len(), 6);
+        assert!(shard.contains(NodeId(0)));
+    }
+    // An empty declared zone is fine too, and fewer zones than k.
+    let s = sharder(&nodes, 5, 2);
+    for t in 0..100 {
+        let shard = s.shard(&tenant(t), NOW).unwrap();
+        assert_eq!(shard.len(), 2);
+    }
+}
+
+#[test]
+fn typed_errors_instead_of_panics() {
+    let empty = Sharder::new(
+        ShardKey::new(KEY),
+        ShardConfig::new(3),
+        Membership::new(Vec::new()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(empty.shard(b"t", 0), Err(ShardError::EmptyMembership));
+    assert_eq!(
+        empty.shard_with_previous(b"t", 0, &[NodeId(1)]),
+        Err(ShardError::EmptyMembership)
+    );
+
+    let nodes: Vec<Node> = (0..4).map(|i| Node::new(i, 0)).collect();
+    let mut s = sharder(&nodes, 2, 4);
+    assert_eq!(s.shard(b"t", 0).unwrap().len(), 4);
+    s.set_state(NodeId(2), NodeState::Draining);
+    assert_eq!(
+        s.shard(b"t", 0),
+        Err(ShardError::NotEnoughNodes {
+            needed: 4,
+            eligible: 3
+        })
+    );
+    assert_eq!(
+        s.shard_with_previous(b"t", 0, &[NodeId(2)]).unwrap().len(),
+        4
+    );
+    assert_eq!(s.set_state(NodeId(99), NodeState::Active), None);
+    assert_eq!(
+        s.set_state(NodeId(2), NodeState::Active),
+        Some(NodeState::Draining)
+    );
+
+    let m = || Membership::new(nodes.clone()).unwrap();
+    let key = || ShardKey::new(KEY);
+    assert_eq!(
+        Sharder::new(key(), ShardConfig::new(0), m()).err(),
+        Some(ConfigError::NodesPerTenant)
+    );
+    assert_eq!(
+        Sharder::new(
+            key(),
+            ShardConfig::new(nf_shuffle::MAX_NODES_PER_TENANT + 1),
+            m()
+        )
+        .err(),
+        Some(ConfigError::NodesPerTenant)
+    );
+    let mut c = ShardConfig::new(2);
+    c.tokens_per_weight = 0;
+    assert_eq!(
+        Sharder::new(key(), c, m()).err(),
+        Some(ConfigError::TokensPerWeight)
+    );
+    c.tokens_per_weight = nf_shuffle::MAX_TOKENS_PER_WEIGHT;
+    let heavy =
+        Membership::new((0..20).map(|i| Node::new(i, 0).with_weight(nf_shuffle::MAX_WEIGHT)))
+            .unwrap();
+    assert_eq!(
+        Sharder::new(key(), c, heavy).err(),
+        Some(ConfigError::TooManyTokens)
+    );
+
+    // Long and empty tenant ids are just bytes.
+    let s = sharder(&nodes, 1, 2);
+    assert_eq!(s.shard(&[], 0).unwrap().len(), 2);
+    assert_eq!(s.shard(&vec![0xab; 1 << 16], 0).unwrap().len(), 2);
+}
+
+#[test]
+fn a_previous_shard_with_junk_is_harmless() {
+    let nodes: Vec<Node> = (0..12).map(|i| Node::new(i, (i % 2) as u32)).collect();
+    let s = sharder(&nodes, 2, 4);
+    let plain = s.shard(b"x", NOW).unwrap();
+    let junk: Vec<NodeId> = (0..1_000).map(|i| NodeId(i * 13)).collect();
+    assert_eq!(s.shard_with_previous(b"x", NOW, &junk).unwrap(), plain);
+}
