@@ -8,9 +8,9 @@
     missing_docs
 )]
 
+use core::net::IpAddr;
 use nf_core::toeplitz::{MICROSOFT_KEY, Toeplitz};
 use nf_core::{FlowKey, ZoneId};
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 fn shared_dir() -> PathBuf {

@@ -3,6 +3,8 @@
 
 use crate::harness::Opts;
 
+mod parse;
+
 /// One named scenario of the runner.
 pub(crate) struct Scenario {
     pub(crate) name: &'static str,
@@ -12,4 +14,9 @@ pub(crate) struct Scenario {
 
 /// Every scenario, in the order `all` runs them.
 pub(crate) const ALL: &[Scenario] = &[
+    Scenario {
+        name: "parse",
+        about: "64-byte Ethernet/IPv4/TCP and IPv6/UDP frames -> validated flow key (vs etherparse, smoltcp)",
+        run: parse::run,
+    },
 ];
