@@ -4,3 +4,8 @@
 //! them (and the tests that compare nf with `tshark`, `scapy` and the Linux kernel) share.
 
 pub mod pcap;
+
+/// The README's code blocks, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
