@@ -1,12 +1,155 @@
-//! Tunnel stages for nf — **not built yet**; this crate holds only its charter.
+//! # nf-tunnel
 //!
-//! `nf-tunnel` will own Geneve (RFC 8926) and VXLAN (RFC 7348) header views with option TLVs,
-//! in-place encapsulation and decapsulation stages with flow-hash source-port entropy, and the
-//! overlay mapping cache (virtual IP → underlay host) with anti-spoofing validation.
+//! Geneve (RFC 8926) and VXLAN (RFC 7348) for nf pipelines: zero-copy header views with
+//! `Repr`s, Geneve option TLVs, in-place decapsulation and encapsulation stages, the AWS
+//! Gateway Load Balancer and Google Cloud profiles, and the overlay mapping cache
+//! (VNI, virtual IP → underlay host) with anti-spoofing.
 //!
-//! It depends only on `nf-core`; stages cooperate with others through `nf-core` metadata.
+//! | module | what |
+//! |---|---|
+//! | [`geneve`], [`vxlan`] | views, `Repr`s, option iterator and builder |
+//! | [`decap`] | [`DecapStage`]: ports → tunnel, checks, VNI → zone, strip, inner parse |
+//! | [`encap`] | [`EncapStage`]: push outer Ethernet/IP/UDP/tunnel into headroom |
+//! | [`reflect`] | [`ReflectStage`]: send a packet back in the tunnel it came in |
+//! | [`profile`] | AWS GWLB (class 0x0108) and GCP (class 0x0132) |
+//! | [`mapping`] | [`MappingCache`]: sans-IO, batched queries, TTL revalidation |
+//!
+//! A complete loop: frames arrive Geneve-encapsulated, are decapsulated (the VNI becomes
+//! the zone of the inner flow key), and leave VXLAN-encapsulated towards an underlay host.
+//!
+//! ```
+//! use core::net::{IpAddr, Ipv4Addr};
+//! use nf_core::{Batch, Instant, Packet, Stage, StageExt, Verdict, ZoneId};
+//! use nf_tunnel::{DecapConfig, DecapStage, EncapConfig, EncapStage, OptionsBuilder, Underlay};
+//!
+//! let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+//! // An inner Ethernet/IPv4/UDP frame 10.0.0.1:1000 -> 10.0.0.2:53.
+//! let inner: [u8; 42] = [
+//!     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00,
+//!     0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2,
+//!     0x03, 0xe8, 0, 53, 0, 8, 0, 0,
+//! ];
+//! // Build what a Geneve peer would send us (VNI 7, one option), with our own encap stage.
+//! let mut opts = OptionsBuilder::new();
+//! opts.push(0x0108, 3, &[0xca, 0xfe, 0xf0, 0x0d])?;
+//! let peer = Underlay {
+//!     src_mac: [2, 0, 0, 0, 0, 2], dst_mac: [2, 0, 0, 0, 0, 1],
+//!     src: v4(192, 0, 2, 2), dst: v4(192, 0, 2, 1),
+//! };
+//! let mut peer_encap = EncapStage::new(EncapConfig::geneve(opts, 7, peer))?;
+//!
+//! // Our pipeline: Geneve in, VXLAN (VNI = zone) out to 198.51.100.9.
+//! let mut out = EncapConfig::vxlan(0, Underlay {
+//!     src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 3],
+//!     src: v4(192, 0, 2, 1), dst: v4(198, 51, 100, 9),
+//! });
+//! out.vni = nf_tunnel::VniSource::Zone;
+//! let mut pipeline = DecapStage::new(DecapConfig::default()).then(EncapStage::new(out)?);
+//!
+//! let mut batch = Batch::new();
+//! for _ in 0..4 {
+//!     let mut buf = vec![0u8; 256 + inner.len()];
+//!     buf[256..].copy_from_slice(&inner);
+//!     batch.push(Packet::new(buf, 256, inner.len())?).ok();
+//! }
+//! let now = Instant::ZERO;
+//! peer_encap.process(now, &mut batch); // the caller's RX would deliver these
+//! pipeline.process(now, &mut batch);
+//! for pkt in batch.drain() {
+//!     assert_eq!(pkt.meta.verdict, Verdict::Pass);
+//!     assert_eq!(pkt.meta.zone, ZoneId(7));
+//!     assert_eq!(pkt.meta.tunnel.vni, 7);
+//!     assert_eq!(pkt.len(), 14 + 20 + 8 + 8 + inner.len()); // VXLAN-encapsulated
+//!     // ... hand pkt.data() to the caller's TX
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Features
+//! - `std` (default, additive): enables `nf-core/std`. Without it the crate is
+//!   `#![no_std]` + `alloc`.
 #![no_std]
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
-#[cfg(feature = "std")]
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
 extern crate std;
+
+pub mod decap;
+pub mod encap;
+pub mod geneve;
+pub mod mapping;
+pub mod outer;
+pub mod profile;
+pub mod reflect;
+pub mod vxlan;
+pub mod zones;
+
+pub use decap::{
+    DecapConfig, DecapStage, NonTunnel, OptionSpec, TunnelKind, UnknownSource, received_geneve,
+    stripped_headers,
+};
+pub use encap::{
+    ConfigError, Destination, EncapConfig, EncapStage, EncapTunnel, Payload, Underlay, VniSource,
+};
+pub use geneve::{
+    GENEVE_HEADER_LEN, GENEVE_PORT, GeneveOption, GenevePacket, GeneveRepr, Options, OptionsBuilder,
+};
+pub use mapping::{Answer, Lookup, MappingCache, MappingConfig, Query, SourceCheck};
+pub use reflect::ReflectStage;
+pub use vxlan::{VXLAN_HEADER_LEN, VXLAN_LINUX_PORT, VXLAN_PORT, VxlanPacket, VxlanRepr};
+pub use zones::{VniTable, ZoneMap};
+
+use core::fmt;
+use nf_core::DropReason;
+
+/// Errors from the tunnel headers and their checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// Shorter than the tunnel header or the options it announces.
+    Truncated,
+    /// Geneve version other than 0.
+    BadVersion,
+    /// Option lengths that do not add up to the options area.
+    BadOptions,
+    /// An unknown option with the critical bit set.
+    CriticalOption,
+    /// VXLAN without the I flag.
+    BadFlags,
+    /// A payload protocol the stage does not carry.
+    BadProtocol,
+    /// A required option is missing or has the wrong length.
+    MissingOption,
+}
+
+impl From<TunnelError> for DropReason {
+    fn from(e: TunnelError) -> Self {
+        match e {
+            TunnelError::Truncated => DropReason::TunnelTruncated,
+            TunnelError::BadVersion => DropReason::TunnelBadVersion,
+            TunnelError::BadOptions => DropReason::TunnelBadOptions,
+            TunnelError::CriticalOption => DropReason::TunnelCriticalOption,
+            TunnelError::BadFlags => DropReason::TunnelBadFlags,
+            TunnelError::BadProtocol => DropReason::TunnelBadProtocol,
+            TunnelError::MissingOption => DropReason::TunnelMissingOption,
+        }
+    }
+}
+
+impl fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(DropReason::from(*self).name())
+    }
+}
+
+impl core::error::Error for TunnelError {}

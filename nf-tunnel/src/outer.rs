@@ -1,0 +1,144 @@
+//! The underlay headers in front of a tunnel header: Ethernet (with at most one VLAN tag),
+//! IPv4 or IPv6 (no extension headers), UDP. One bounded pass, no allocation.
+
+use crate::TunnelError;
+use nf_core::checksum;
+use nf_core::flow::proto;
+use nf_core::verdict::DropReason;
+use nf_core::wire::ethertype;
+use nf_core::wire::ipv4::Ipv4Packet;
+use nf_core::wire::ipv6::Ipv6Packet;
+use nf_core::wire::udp::UdpPacket;
+
+/// Where the underlay headers of a frame are, and the addresses they carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outer {
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the UDP header.
+    pub udp: usize,
+    /// True for an IPv6 underlay.
+    pub v6: bool,
+    /// Source address (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// UDP source port.
+    pub src_port: u16,
+    /// UDP destination port.
+    pub dst_port: u16,
+    /// UDP payload length (from the UDP length field).
+    pub udp_payload_len: usize,
+    /// The UDP checksum field as found.
+    pub udp_checksum: u16,
+}
+
+impl Outer {
+    /// Offset of the tunnel header (the UDP payload).
+    #[inline]
+    pub const fn tunnel(&self) -> usize {
+        self.udp + 8
+    }
+}
+
+/// Why a frame is not a tunnel candidate, or is a broken one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OuterError {
+    /// Not IP/UDP (or an IP fragment): not ours to decapsulate.
+    NotUdp,
+    /// An IP/UDP frame that is malformed.
+    Bad(DropReason),
+}
+
+impl From<TunnelError> for OuterError {
+    fn from(e: TunnelError) -> Self {
+        Self::Bad(e.into())
+    }
+}
+
+/// Parses Ethernet / IP / UDP. `verify_ipv4` checks the IPv4 header checksum.
+#[inline]
+pub(crate) fn parse_outer(data: &[u8], verify_ipv4: bool) -> Result<Outer, OuterError> {
+    let Some(&[.., e0, e1]) = data.first_chunk::<14>() else {
+        return Err(OuterError::NotUdp);
+    };
+    let mut et = u16::from_be_bytes([e0, e1]);
+    let mut l3 = 14;
+    if et == ethertype::VLAN {
+        let Some(&[_, _, t0, t1]) = data.get(14..).and_then(|d| d.first_chunk::<4>()) else {
+            return Err(OuterError::NotUdp);
+        };
+        et = u16::from_be_bytes([t0, t1]);
+        l3 = 18;
+    }
+    let ip = data.get(l3..).unwrap_or(&[]);
+    let (v6, src, dst, udp_bytes, hlen) = match et {
+        ethertype::IPV4 => {
+            let p = Ipv4Packet::new_checked(ip).map_err(|e| OuterError::Bad(e.into()))?;
+            let h = p.header();
+            if h.proto != proto::UDP || h.is_fragment() {
+                return Err(OuterError::NotUdp);
+            }
+            if verify_ipv4 && !p.verify_checksum() {
+                return Err(OuterError::Bad(DropReason::Ipv4BadChecksum));
+            }
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            if let (Some(s4), Some(d4)) = (s.first_chunk_mut::<4>(), d.first_chunk_mut::<4>()) {
+                *s4 = h.src;
+                *d4 = h.dst;
+            }
+            let hl = h.header_len();
+            (false, s, d, p.into_payload(), hl)
+        }
+        ethertype::IPV6 => {
+            let p = Ipv6Packet::new_checked(ip).map_err(|e| OuterError::Bad(e.into()))?;
+            let h = p.header();
+            if h.next_header != proto::UDP {
+                return Err(OuterError::NotUdp);
+            }
+            let (s, d) = (h.src, h.dst);
+            let plen = p.payload().len();
+            (true, s, d, ip.get(40..40 + plen).unwrap_or(&[]), 40)
+        }
+        _ => return Err(OuterError::NotUdp),
+    };
+    let u = UdpPacket::new_checked(udp_bytes).map_err(|e| OuterError::Bad(e.into()))?;
+    let h = u.header();
+    Ok(Outer {
+        l3,
+        udp: l3 + hlen,
+        v6,
+        src,
+        dst,
+        src_port: h.src_port.get(),
+        dst_port: h.dst_port.get(),
+        udp_payload_len: u.payload().len(),
+        udp_checksum: h.checksum.get(),
+    })
+}
+
+/// True if the UDP checksum of the datagram at `outer.udp` verifies (call only when it is
+/// non-zero).
+pub(crate) fn udp_checksum_ok(data: &[u8], outer: &Outer) -> bool {
+    let len = outer.udp_payload_len + 8;
+    let Some(bytes) = data.get(outer.udp..outer.udp + len) else {
+        return false;
+    };
+    let pseudo = pseudo(outer, len);
+    checksum::fold(
+        u32::from(checksum::fold(checksum::sum(0, bytes))) + u32::from(checksum::fold(pseudo)),
+    ) == 0xffff
+}
+
+/// The pseudo-header partial sum for a UDP datagram of `len` bytes between the outer
+/// addresses.
+pub(crate) fn pseudo(outer: &Outer, len: usize) -> u32 {
+    if outer.v6 {
+        checksum::pseudo_header_v6(&outer.src, &outer.dst, proto::UDP, len as u32)
+    } else {
+        let s = outer.src.first_chunk::<4>().copied().unwrap_or_default();
+        let d = outer.dst.first_chunk::<4>().copied().unwrap_or_default();
+        checksum::pseudo_header_v4(s, d, proto::UDP, len as u16)
+    }
+}
