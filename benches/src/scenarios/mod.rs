@@ -4,6 +4,7 @@
 use crate::harness::Opts;
 
 mod parse;
+mod shuffle_place;
 
 /// One named scenario of the runner.
 pub(crate) struct Scenario {
@@ -18,5 +19,10 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "parse",
         about: "64-byte Ethernet/IPv4/TCP and IPv6/UDP frames -> validated flow key (vs etherparse, smoltcp)",
         run: parse::run,
+    },
+    Scenario {
+        name: "shuffle-place",
+        about: "tenant -> k of 1000 nodes (3 zones): placement time and tenants moved per node change",
+        run: shuffle_place::run,
     },
 ];
