@@ -69,6 +69,7 @@ extern crate std;
 
 pub mod batch;
 pub mod checksum;
+pub mod conntrack;
 pub mod flow;
 pub mod hash;
 pub mod meta;
@@ -81,6 +82,7 @@ pub mod verdict;
 pub mod wire;
 
 pub use batch::{BATCH_SIZE, Batch};
+pub use conntrack::{Conntrack, ConntrackConfig, SessionTable, TableConfig};
 pub use flow::{Family, FlowKey, ZoneId};
 pub use hash::{FlowHasher, owner_of};
 pub use meta::{Direction, Meta, SessionRef, TunnelMeta};

@@ -105,6 +105,19 @@ drop_reasons! {
     TooBig => "too_big",
     /// Not enough headroom in the buffer to push the encapsulation headers.
     NoHeadroom => "no_headroom",
+    /// Connection tracking: no free session slot and the zone had none of its own to evict.
+    SessionTableFull => "session_table_full",
+    /// Connection tracking: the zone is at its session quota (or no zone slot is left).
+    ZoneQuotaExceeded => "zone_quota_exceeded",
+    /// Connection tracking: no session, and the zone's policy does not create one for this
+    /// packet (e.g. a TCP segment other than SYN).
+    NoSession => "no_session",
+    /// Connection tracking: TCP flags invalid for the session's state (e.g. SYN+FIN, no
+    /// SYN/ACK/RST at all, SYN+ACK from the originator of a half-open session).
+    InvalidTcpState => "invalid_tcp_state",
+    /// Connection tracking: the packet's reverse key is its own key (LAND) or already
+    /// belongs to another session.
+    SessionKeyConflict => "session_key_conflict",
 }
 
 impl fmt::Display for DropReason {

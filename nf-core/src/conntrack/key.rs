@@ -1,0 +1,433 @@
+//! Compact per-family session keys and the table's keyed hash.
+//!
+//! A [`FlowKey`] is 44 bytes so that one type serves both families; a session stores two keys,
+//! so the table keeps them in a packed form instead: [`V4Key`] (12 bytes) and [`V6Key`]
+//! (36 bytes). Zone and protocol are the same for both keys of a session and are stored once
+//! in the session record.
+
+use crate::flow::{Family, FlowKey, ZoneId};
+
+/// A packed one-direction key (addresses and ports) of one address family.
+///
+/// Implemented by [`V4Key`] and [`V6Key`]; sealed.
+pub trait SessionKey: Copy + Eq + Default + core::fmt::Debug + sealed::Sealed {
+    /// The family this key type holds.
+    const FAMILY: Family;
+    /// Bytes of one encoded key in the export format (addresses and ports).
+    const ENCODED_LEN: usize;
+    /// Zero-sized alignment marker that sets the session record's alignment.
+    #[doc(hidden)]
+    type Align: Copy + Default + core::fmt::Debug;
+
+    /// The packed form of `key`, or `None` if `key` is of the other family.
+    fn from_flow(key: &FlowKey) -> Option<Self>;
+    /// The full flow key, given the zone and protocol stored with the session.
+    fn to_flow(&self, zone: ZoneId, proto: u8) -> FlowKey;
+    /// The same key seen from the other end.
+    #[must_use]
+    fn reversed(&self) -> Self;
+    /// Keyed hash of this key together with the session's zone and protocol.
+    #[doc(hidden)]
+    fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64;
+    /// Writes [`Self::ENCODED_LEN`] bytes (addresses, then ports big-endian).
+    #[doc(hidden)]
+    fn encode(&self, out: &mut [u8]);
+    /// Reads what [`Self::encode`] wrote; `None` if `bytes` is too short.
+    #[doc(hidden)]
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::V4Key {}
+    impl Sealed for super::V6Key {}
+}
+
+/// Alignment marker: IPv4 records (64 bytes with a 16-byte value) sit on one cache line.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(64))]
+pub struct Align64;
+
+/// Alignment marker for IPv6 records (which span two cache lines anyway): no padding.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(4))]
+pub struct Align4;
+
+/// Packed IPv4 addresses and ports of one direction (12 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct V4Key {
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination address.
+    pub dst: [u8; 4],
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+}
+
+/// Packed IPv6 addresses and ports of one direction (36 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct V6Key {
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+}
+
+impl SessionKey for V4Key {
+    const FAMILY: Family = Family::V4;
+    const ENCODED_LEN: usize = 12;
+    type Align = Align64;
+
+    #[inline]
+    fn from_flow(key: &FlowKey) -> Option<Self> {
+        if key.family() != Family::V4 {
+            return None;
+        }
+        let s = key.src_raw();
+        let d = key.dst_raw();
+        Some(Self {
+            src: [s[0], s[1], s[2], s[3]],
+            dst: [d[0], d[1], d[2], d[3]],
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+        })
+    }
+
+    #[inline]
+    fn to_flow(&self, zone: ZoneId, proto: u8) -> FlowKey {
+        FlowKey::v4(
+            zone,
+            self.src,
+            self.dst,
+            proto,
+            self.src_port,
+            self.dst_port,
+        )
+    }
+
+    #[inline]
+    fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64 {
+        let w0 =
+            u64::from(u32::from_le_bytes(self.src)) | u64::from(u32::from_le_bytes(self.dst)) << 32;
+        let w1 = u64::from(self.src_port) | u64::from(self.dst_port) << 16 | u64::from(zone) << 32;
+        let mut s = sip.start();
+        s.word(w0);
+        s.word(w1);
+        s.finish(u64::from(proto) | 17 << 56)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        let mut w = Put { out, at: 0 };
+        w.put(&self.src);
+        w.put(&self.dst);
+        w.put(&self.src_port.to_be_bytes());
+        w.put(&self.dst_port.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (src, b) = b.split_first_chunk::<4>()?;
+        let (dst, b) = b.split_first_chunk::<4>()?;
+        let (sp, b) = b.split_first_chunk::<2>()?;
+        let (dp, _) = b.split_first_chunk::<2>()?;
+        Some(Self {
+            src: *src,
+            dst: *dst,
+            src_port: u16::from_be_bytes(*sp),
+            dst_port: u16::from_be_bytes(*dp),
+        })
+    }
+}
+
+impl SessionKey for V6Key {
+    const FAMILY: Family = Family::V6;
+    const ENCODED_LEN: usize = 36;
+    type Align = Align4;
+
+    #[inline]
+    fn from_flow(key: &FlowKey) -> Option<Self> {
+        if key.family() != Family::V6 {
+            return None;
+        }
+        Some(Self {
+            src: *key.src_raw(),
+            dst: *key.dst_raw(),
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+        })
+    }
+
+    #[inline]
+    fn to_flow(&self, zone: ZoneId, proto: u8) -> FlowKey {
+        FlowKey::v6(
+            zone,
+            self.src,
+            self.dst,
+            proto,
+            self.src_port,
+            self.dst_port,
+        )
+    }
+
+    #[inline]
+    fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64 {
+        let mut s = sip.start();
+        let [s0, s1] = split16(self.src);
+        let [d0, d1] = split16(self.dst);
+        s.word(s0);
+        s.word(s1);
+        s.word(d0);
+        s.word(d1);
+        s.word(u64::from(self.src_port) | u64::from(self.dst_port) << 16 | u64::from(zone) << 32);
+        s.finish(u64::from(proto) | 41 << 56)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        let mut w = Put { out, at: 0 };
+        w.put(&self.src);
+        w.put(&self.dst);
+        w.put(&self.src_port.to_be_bytes());
+        w.put(&self.dst_port.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (src, b) = b.split_first_chunk::<16>()?;
+        let (dst, b) = b.split_first_chunk::<16>()?;
+        let (sp, b) = b.split_first_chunk::<2>()?;
+        let (dp, _) = b.split_first_chunk::<2>()?;
+        Some(Self {
+            src: *src,
+            dst: *dst,
+            src_port: u16::from_be_bytes(*sp),
+            dst_port: u16::from_be_bytes(*dp),
+        })
+    }
+}
+
+#[inline(always)]
+fn split16(a: [u8; 16]) -> [u64; 2] {
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+    ] = a;
+    [
+        u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+    ]
+}
+
+struct Put<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Put<'_> {
+    fn put(&mut self, b: &[u8]) {
+        if let Some(d) = self.out.get_mut(self.at..self.at + b.len()) {
+            d.copy_from_slice(b);
+        }
+        self.at += b.len();
+    }
+}
+
+/// The table's SipHash-1-3 key. The table hashes the packed key directly as a fixed-length
+/// message (IPv4: source, destination, ports and zone little-endian, then the protocol byte,
+/// 17 bytes; IPv6 the same with 16-byte addresses, 41 bytes), which is standard SipHash-1-3 of
+/// those bytes, cheaper than hashing [`FlowKey::encode`] and as unpredictable to anyone who
+/// does not know the secret.
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct SipKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl core::fmt::Debug for SipKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SipKey(<secret>)")
+    }
+}
+
+impl SipKey {
+    /// A key from a 16-byte secret.
+    pub(crate) fn new(secret: [u8; 16]) -> Self {
+        let [k0, k1] = split16(secret);
+        Self { k0, k1 }
+    }
+
+    #[inline(always)]
+    fn start(&self) -> Sip13 {
+        Sip13 {
+            v0: self.k0 ^ 0x736f_6d65_7073_6575,
+            v1: self.k1 ^ 0x646f_7261_6e64_6f6d,
+            v2: self.k0 ^ 0x6c79_6765_6e65_7261,
+            v3: self.k1 ^ 0x7465_6462_7974_6573,
+        }
+    }
+}
+
+/// SipHash-1-3 state (one compression round per word, three finalisation rounds).
+struct Sip13 {
+    v0: u64,
+    v1: u64,
+    v2: u64,
+    v3: u64,
+}
+
+impl Sip13 {
+    #[inline(always)]
+    fn round(&mut self) {
+        self.v0 = self.v0.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(13);
+        self.v1 ^= self.v0;
+        self.v0 = self.v0.rotate_left(32);
+        self.v2 = self.v2.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(16);
+        self.v3 ^= self.v2;
+        self.v0 = self.v0.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(21);
+        self.v3 ^= self.v0;
+        self.v2 = self.v2.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(17);
+        self.v1 ^= self.v2;
+        self.v2 = self.v2.rotate_left(32);
+    }
+
+    #[inline(always)]
+    fn word(&mut self, m: u64) {
+        self.v3 ^= m;
+        self.round();
+        self.v0 ^= m;
+    }
+
+    #[inline(always)]
+    fn finish(mut self, last: u64) -> u64 {
+        self.word(last);
+        self.v2 ^= 0xff;
+        self.round();
+        self.round();
+        self.round();
+        self.v0 ^ self.v1 ^ self.v2 ^ self.v3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::proto;
+
+    #[test]
+    fn packed_keys_round_trip() {
+        let k = FlowKey::v4(
+            ZoneId(3),
+            [10, 0, 0, 1],
+            [10, 0, 0, 2],
+            proto::TCP,
+            1000,
+            80,
+        );
+        let p = V4Key::from_flow(&k).unwrap();
+        assert_eq!(p.to_flow(ZoneId(3), proto::TCP), k);
+        assert_eq!(p.reversed().to_flow(ZoneId(3), proto::TCP), k.reversed());
+        assert!(V6Key::from_flow(&k).is_none());
+        let mut b = [0u8; 12];
+        p.encode(&mut b);
+        assert_eq!(V4Key::decode(&b), Some(p));
+        assert_eq!(V4Key::decode(&b[..11]), None);
+
+        let k6 = FlowKey::v6(ZoneId(9), [1; 16], [2; 16], proto::UDP, 5, 6);
+        let p6 = V6Key::from_flow(&k6).unwrap();
+        assert_eq!(p6.to_flow(ZoneId(9), proto::UDP), k6);
+        let mut b6 = [0u8; 36];
+        p6.encode(&mut b6);
+        assert_eq!(V6Key::decode(&b6), Some(p6));
+        assert_eq!(core::mem::size_of::<V4Key>(), 12);
+        assert_eq!(core::mem::size_of::<V6Key>(), 36);
+    }
+
+    #[test]
+    fn hash_depends_on_every_field_and_the_secret() {
+        let s = SipKey::new([1; 16]);
+        let p = V4Key {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            src_port: 9,
+            dst_port: 10,
+        };
+        let h = p.hash(&s, 1, 6);
+        assert_ne!(h, p.hash(&s, 2, 6));
+        assert_ne!(h, p.hash(&s, 1, 17));
+        assert_ne!(h, p.reversed().hash(&s, 1, 6));
+        assert_ne!(h, p.hash(&SipKey::new([2; 16]), 1, 6));
+        // Standard SipHash-1-3 of the documented 17-byte message.
+        let mut msg = alloc::vec::Vec::new();
+        msg.extend_from_slice(&p.src);
+        msg.extend_from_slice(&p.dst);
+        msg.extend_from_slice(&9u16.to_le_bytes());
+        msg.extend_from_slice(&10u16.to_le_bytes());
+        msg.extend_from_slice(&1u32.to_le_bytes());
+        msg.push(6);
+        let mut r = siphasher::sip::SipHasher13::new_with_keys(s.k0, s.k1);
+        core::hash::Hasher::write(&mut r, &msg);
+        assert_eq!(h, core::hash::Hasher::finish(&r));
+        let q = V6Key {
+            src: [7; 16],
+            dst: [8; 16],
+            src_port: 1,
+            dst_port: 2,
+        };
+        let mut msg = alloc::vec::Vec::new();
+        msg.extend_from_slice(&q.src);
+        msg.extend_from_slice(&q.dst);
+        msg.extend_from_slice(&1u16.to_le_bytes());
+        msg.extend_from_slice(&2u16.to_le_bytes());
+        msg.extend_from_slice(&5u32.to_le_bytes());
+        msg.push(17);
+        let mut r = siphasher::sip::SipHasher13::new_with_keys(s.k0, s.k1);
+        core::hash::Hasher::write(&mut r, &msg);
+        assert_eq!(q.hash(&s, 5, 17), core::hash::Hasher::finish(&r));
+    }
+}
