@@ -276,15 +276,19 @@ struct Plan {
 /// the walk Grafana's dskit uses for its shuffle-sharding ring, here with keyed tokens and
 /// one stream per zone.
 ///
-/// **At most one node changes.** Adding a node X adds only X's tokens. Walking slot by slot, the
-/// new selection is always either the old one or the old one with one node replaced by X: a
-/// walk that skips the same nodes as before stops at the same token unless it meets an X token
-/// first (then it takes X), and a walk that skips X instead of some old member `y` stops either
-/// where it used to or at a `y` token it meets first (then `y` comes back and the node this slot
-/// used to take is the one that stays replaced). Removing a node is the reverse event, and a
-/// node that stops being eligible is a removed node as far as the walk can tell. The per-zone
-/// counts (below) move at most one slot from one zone to another per event, and a zone's
-/// selection for `c + 1` slots extends its selection for `c`, so the bound holds across zones.
+/// **At most one node changes.** Compare, slot by slot, the walks before and after a node X's
+/// tokens are added. Invariant: the two selections are equal or differ by one swap (one old
+/// node out, one other node in). Until they first differ, X's tokens are the only tokens the
+/// walks see differently, so the first difference is X taken instead of the old choice. From
+/// then on X is chosen in the new walk and its tokens are skipped, so both walks run over the
+/// same tokens with skip sets that differ by one swap `a ↔ b`; the new walk then stops where
+/// the old one did, or earlier at an `a` token, or (when the old walk stopped at `b`) later, at
+/// an `a` token or another node, and in every case the selections still differ by at most one
+/// swap. That covers adding a node and raising a node's weight (adding tokens to a node that
+/// may already be chosen); removing a node, lowering a weight and a node becoming ineligible
+/// are the reverse events. The per-zone counts (below) move at most one slot from one zone to
+/// another per event, and a zone's selection for `c + 1` slots extends its selection for `c`,
+/// so the bound holds across zones.
 ///
 /// **Zones.** With `k` nodes per tenant and `Z` declared zones, each zone gets `⌊k/Z⌋` slots and
 /// `k mod Z` zones get one more; which zones get the extra slots is decided per tenant by the
@@ -312,7 +316,7 @@ struct Plan {
 ///   had it gets one replacement. Because every node computes this from the same membership and
 ///   clock value, they agree without exchanging state, and a tenant that crashes its nodes can
 ///   reach a new node at most once per lookback per slot instead of walking across the fleet.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sharder {
     key: ShardKey,
     config: ShardConfig,
@@ -320,6 +324,16 @@ pub struct Sharder {
     entries: Vec<Entry>,
     zones: Vec<Zone>,
     draining: usize,
+}
+
+impl core::fmt::Debug for Sharder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Ring positions and flow salts derive from the secret key: leave them out.
+        f.debug_struct("Sharder")
+            .field("config", &self.config)
+            .field("membership", &self.membership)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sharder {

@@ -126,6 +126,20 @@ proptest! {
     }
 
     #[test]
+    fn changing_a_weight_changes_at_most_one(
+        (zones, nodes) in fleet(),
+        k in 1u32..=8,
+        which in any::<prop::sample::Index>(),
+        weight in 1u32..=6,
+    ) {
+        let before = shards(&sharder(&nodes, zones, k), 60);
+        let mut reweighted = nodes.clone();
+        reweighted[which.index(nodes.len())].weight = weight;
+        let after = shards(&sharder(&reweighted, zones, k), 60);
+        at_most_one_changed(&before, &after);
+    }
+
+    #[test]
     fn a_state_change_changes_at_most_one(
         (zones, nodes) in fleet(),
         k in 1u32..=8,
@@ -527,4 +541,13 @@ fn a_previous_shard_with_junk_is_harmless() {
     let plain = s.shard(b"x", NOW).unwrap();
     let junk: Vec<NodeId> = (0..1_000).map(|i| NodeId(i * 13)).collect();
     assert_eq!(s.shard_with_previous(b"x", NOW, &junk).unwrap(), plain);
+}
+
+#[test]
+fn debug_output_leaves_out_key_derived_values() {
+    let nodes: Vec<Node> = (0..6).map(|i| Node::new(i, 0)).collect();
+    let s = sharder(&nodes, 1, 2);
+    let text = format!("{s:?} {:?}", s.shard(b"t", 0).unwrap());
+    assert!(text.starts_with("Sharder {"));
+    assert!(!text.contains("salt") && !text.contains("pos"), "{text}");
 }
