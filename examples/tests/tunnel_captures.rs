@@ -52,7 +52,11 @@ fn tshark_rows(path: &std::path::Path, extra: &[&str]) -> Vec<Row> {
         cmd.args(["-e", f]);
     }
     let out = cmd.output().expect("run tshark");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -119,7 +123,10 @@ fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary
             .or(row["vxlan.vni"].first())
             .map(|v| num(v) as u32);
         let Some(vni) = vni else {
-            assert_eq!(pkt.meta.tunnel.outer_len, 0, "{ctx}: not a tunnel for tshark");
+            assert_eq!(
+                pkt.meta.tunnel.outer_len, 0,
+                "{ctx}: not a tunnel for tshark"
+            );
             continue;
         };
         tunnels += 1;
@@ -154,7 +161,10 @@ fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary
         // Inner 5-tuple: the last occurrence of each field is the inner header's.
         let ip_count = row["ip.src"].len() + row["ipv6.src"].len();
         if !pkt.meta.has(flags::L3_VALID) {
-            assert_eq!(ip_count, 1, "{ctx}: tshark saw an inner IP header we did not");
+            assert_eq!(
+                ip_count, 1,
+                "{ctx}: tshark saw an inner IP header we did not"
+            );
             continue;
         }
         assert_eq!(ip_count, 2, "{ctx}");
@@ -165,16 +175,32 @@ fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary
         };
         let last = |f: &str| row[f].last().cloned().unwrap_or_default();
         assert_eq!(k.src_ip().to_string(), last(src), "{ctx}: inner source");
-        assert_eq!(k.dst_ip().to_string(), last(dst), "{ctx}: inner destination");
-        assert_eq!(u64::from(k.proto), num(&last(proto)), "{ctx}: inner protocol");
+        assert_eq!(
+            k.dst_ip().to_string(),
+            last(dst),
+            "{ctx}: inner destination"
+        );
+        assert_eq!(
+            u64::from(k.proto),
+            num(&last(proto)),
+            "{ctx}: inner protocol"
+        );
         let ports = match k.proto {
             6 => Some(("tcp.srcport", "tcp.dstport")),
             17 => Some(("udp.srcport", "udp.dstport")),
             _ => None,
         };
         if let Some((s, d)) = ports {
-            assert_eq!(u64::from(k.src_port), num(&last(s)), "{ctx}: inner source port");
-            assert_eq!(u64::from(k.dst_port), num(&last(d)), "{ctx}: inner dest port");
+            assert_eq!(
+                u64::from(k.src_port),
+                num(&last(s)),
+                "{ctx}: inner source port"
+            );
+            assert_eq!(
+                u64::from(k.dst_port),
+                num(&last(d)),
+                "{ctx}: inner dest port"
+            );
         }
         assert_eq!(k.zone.0, vni, "{ctx}: zone from VNI");
     }
@@ -213,7 +239,10 @@ fn ipv6_vxlan_capture_with_an_offloaded_checksum() {
     let path = common::shared_dir().join("testdata/pcap/gso-ipv6-vxlan-ipv6.pcap");
     let rows = tshark_rows(&path, &[]);
     // Wireshark checksum status: 0 bad, 1 good, 2 unverified, 3 not present.
-    assert_eq!(rows[0]["udp.checksum.status"][0], "0", "tshark: bad checksum");
+    assert_eq!(
+        rows[0]["udp.checksum.status"][0], "0",
+        "tshark: bad checksum"
+    );
     let rec = &PcapReader::new(std::fs::File::open(&path).unwrap())
         .unwrap()
         .records()

@@ -19,8 +19,7 @@ use nf_core::{Batch, Instant, Packet, ParseConfig, Stage, Verdict, parse_frame};
 use nf_examples::pcap::{LINKTYPE_ETHERNET, PcapWriter};
 use nf_tunnel::profile::{gcp, gwlb};
 use nf_tunnel::{
-    DecapStage, EncapConfig, EncapStage, OptionsBuilder, ReflectStage, Underlay,
-    VXLAN_LINUX_PORT,
+    DecapStage, EncapConfig, EncapStage, OptionsBuilder, ReflectStage, Underlay, VXLAN_LINUX_PORT,
 };
 use std::process::Command;
 
@@ -181,8 +180,12 @@ fn variants() -> Vec<Variant> {
         endpoint: [7; 16],
         profile: 4660,
     };
-    let mut e = EncapStage::new(EncapConfig::geneve(g.options(), 0x00fe_dcba, underlay(true)))
-        .unwrap();
+    let mut e = EncapStage::new(EncapConfig::geneve(
+        g.options(),
+        0x00fe_dcba,
+        underlay(true),
+    ))
+    .unwrap();
     v.push(Variant {
         name: "geneve-ipv6-gcp",
         packets: encapsulate(&mut e, &frames),
@@ -267,8 +270,8 @@ fn tshark_accepts_every_encapsulation_variant() {
     let dir = common::temp_dir("tunnel-tshark");
     for v in variants() {
         let path = dir.join(format!("{}.pcap", v.name));
-        let mut w = PcapWriter::new(std::fs::File::create(&path).unwrap(), LINKTYPE_ETHERNET)
-            .unwrap();
+        let mut w =
+            PcapWriter::new(std::fs::File::create(&path).unwrap(), LINKTYPE_ETHERNET).unwrap();
         for (i, p) in v.packets.iter().enumerate() {
             assert_eq!(p.meta.verdict, Verdict::Pass, "{}", v.name);
             w.write(1_700_000_000_000_000_000 + i as u64 * 1000, p.data())

@@ -3,8 +3,10 @@
 //! inner frame.
 //!
 //! For every packet still at [`Verdict::Pass`]:
-//! - not IP/UDP to a configured port: left alone, or dropped with
+//! - not IP/UDP to a configured port (or an IP fragment): left alone, or dropped with
 //!   [`DropReason::NotTunnel`] ([`DecapConfig::non_tunnel`]);
+//! - an IPv4 / IPv6 / UDP header that is malformed (or, for IPv4, has a bad checksum when
+//!   checked): dropped with that layer's reason, whatever its port;
 //! - malformed outer headers, a non-zero UDP checksum that does not verify (or a zero one
 //!   over IPv6 unless allowed), a bad tunnel header, an unknown critical option, a missing
 //!   required option, an unknown VNI, a spoofed inner source: dropped with the reason;
@@ -194,13 +196,8 @@ impl DecapStage {
         let outer = match parse_outer(data, self.config.verify_ipv4_checksum) {
             Ok(o) => o,
             Err(OuterError::NotUdp) => return self.not_tunnel(),
-            Err(OuterError::Bad(r)) => {
-                return if self.config.non_tunnel == NonTunnel::Pass {
-                    Ok(Verdict::Pass)
-                } else {
-                    Err(r)
-                };
-            }
+            // A broken IPv4/IPv6/UDP header is dropped whatever port it was for.
+            Err(OuterError::Bad(r)) => return Err(r),
         };
         let Some(kind) = self.kind(outer.dst_port) else {
             return self.not_tunnel();

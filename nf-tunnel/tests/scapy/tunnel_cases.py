@@ -1,0 +1,151 @@
+#!/usr/bin/python3
+"""scapy-built Geneve and VXLAN frames, valid and invalid, each with the outcome RFC 8926 /
+RFC 7348 call for. Writes OUT/cases.pcap and OUT/cases.tsv (name, profile, expected).
+
+Expected outcomes:
+  pass VNI PROTO SPORT DPORT OPTMASK   decapsulated; inner key and reported-option bits
+  pass VNI nonip                        decapsulated; the inner frame is not IP
+  drop REASON                           dropped (nf's snake_case drop reason)
+  control                               Geneve O bit: to the control path, not forwarded
+  notunnel                              not a tunnel packet for the stage: left untouched
+
+Profiles: "generic" knows options 0x0108/1..3 (reported as bits 0..2, none required) and
+ports 6081 (Geneve), 4789 and 8472 (VXLAN); "gwlb" is nf-tunnel's AWS GWLB profile.
+Run with Debian's python3 (python3-scapy): /usr/bin/python3 tunnel_cases.py OUT
+"""
+import os
+import sys
+
+from scapy.all import ARP, IP, TCP, UDP, Ether, IPv6, Raw, VXLAN, wrpcap
+from scapy.contrib.geneve import GENEVE, GeneveOptions
+
+OUT = sys.argv[1]
+E = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+O4 = dict(src="192.0.2.1", dst="192.0.2.2")
+O6 = dict(src="2001:db8::1", dst="2001:db8::2")
+INNER = Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02") / IP(
+    src="10.0.0.1", dst="10.0.0.2"
+) / UDP(sport=1234, dport=80) / Raw(b"hello tunnel")
+INNER_IP = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=4321, dport=443, flags="S")
+INNER_IP6 = IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=5353, dport=53) / Raw(b"q")
+
+
+def opt(cls, typ, data):
+    return GeneveOptions(classid=cls, type=typ, data=data)
+
+
+GWLB = [
+    opt(0x0108, 1, b"\x01" * 8),
+    opt(0x0108, 2, b"\x02" * 8),
+    opt(0x0108, 3, b"\x03" * 4),
+]
+
+
+def geneve(g, payload=INNER, outer=None, **udp):
+    outer = outer if outer is not None else IP(**O4)
+    return Ether(**E) / outer / UDP(sport=50000, dport=udp.pop("dport", 6081), **udp) / g / payload
+
+
+def raw_geneve(hdr_and_opts, payload=b"", **kw):
+    return Ether(**E) / IP(**O4) / UDP(sport=50000, dport=6081, **kw) / Raw(hdr_and_opts + payload)
+
+
+def vxlan(v, payload=INNER, outer=None, dport=4789):
+    outer = outer if outer is not None else IP(**O4)
+    return Ether(**E) / outer / UDP(sport=50001, dport=dport) / v / payload
+
+
+PASS_INNER = "pass {} 17 1234 80 {}"
+cases = [
+    # name, profile, frame, expected
+    ("geneve_ethernet", "generic", geneve(GENEVE(vni=10, proto=0x6558)), PASS_INNER.format(10, 0)),
+    ("geneve_ipv4_payload", "generic", geneve(GENEVE(vni=11, proto=0x0800), INNER_IP), "pass 11 6 4321 443 0"),
+    ("geneve_ipv6_payload", "generic", geneve(GENEVE(vni=12, proto=0x86DD), INNER_IP6), "pass 12 17 5353 53 0"),
+    ("geneve_gwlb_options", "generic", geneve(GENEVE(vni=13, proto=0x6558, options=GWLB)), PASS_INNER.format(13, 7)),
+    ("geneve_unknown_noncritical_option", "generic",
+     geneve(GENEVE(vni=14, proto=0x6558, options=[opt(0x9999, 0x01, b"abcd")])), PASS_INNER.format(14, 0)),
+    ("geneve_critical_known_option", "generic",
+     geneve(GENEVE(vni=15, proto=0x6558, critical=1, options=[opt(0x0108, 0x81, b"\x01" * 8)])),
+     PASS_INNER.format(15, 1)),
+    ("geneve_critical_unknown_option", "generic",
+     geneve(GENEVE(vni=16, proto=0x6558, critical=1, options=[opt(0x9999, 0x85, b"abcd")])),
+     "drop tunnel_critical_option"),
+    ("geneve_critical_unknown_option_without_c_bit", "generic",
+     geneve(GENEVE(vni=16, proto=0x6558, critical=0, options=[opt(0x9999, 0x85, b"abcd")])),
+     "drop tunnel_critical_option"),
+    ("geneve_c_bit_without_critical_option", "generic",
+     geneve(GENEVE(vni=17, proto=0x6558, critical=1, options=[opt(0x9999, 0x05, b"abcd")])),
+     PASS_INNER.format(17, 0)),
+    ("geneve_version_1", "generic", geneve(GENEVE(version=1, vni=18, proto=0x6558)), "drop tunnel_bad_version"),
+    ("geneve_version_3", "generic", geneve(GENEVE(version=3, vni=18, proto=0x6558)), "drop tunnel_bad_version"),
+    # Opt Len 2 words (8 bytes) holding an option that claims 8 bytes of data (12 in all).
+    ("geneve_option_longer_than_opt_len", "generic",
+     raw_geneve(bytes([0x02, 0, 0x65, 0x58, 0, 0, 19, 0]) + bytes([0x99, 0x99, 1, 2]) + b"abcd",
+                bytes(INNER)), "drop tunnel_bad_options"),
+    # Opt Len 3 words: one 8-byte option, then 4 bytes that announce 4 more.
+    ("geneve_option_lengths_do_not_add_up", "generic",
+     raw_geneve(bytes([0x03, 0, 0x65, 0x58, 0, 0, 19, 0]) + bytes([0x99, 0x99, 1, 1]) + b"abcd"
+                + bytes([0x99, 0x99, 2, 1]), bytes(INNER)), "drop tunnel_bad_options"),
+    # Opt Len 10 words (40 bytes) but the datagram ends 12 bytes into the options.
+    ("geneve_truncated_options", "generic",
+     raw_geneve(bytes([0x0A, 0, 0x65, 0x58, 0, 0, 20, 0]) + bytes([0x99, 0x99, 1, 2]) + b"abcdefgh"),
+     "drop tunnel_truncated"),
+    ("geneve_truncated_header", "generic", raw_geneve(bytes([0, 0, 0x65, 0x58, 0])), "drop tunnel_truncated"),
+    ("geneve_oam", "generic", geneve(GENEVE(vni=21, proto=0x6558, oam=1)), "control"),
+    ("geneve_oam_with_options", "generic", geneve(GENEVE(vni=21, proto=0x6558, oam=1, options=GWLB)), "control"),
+    ("geneve_bad_udp_checksum", "generic", geneve(GENEVE(vni=22, proto=0x6558), chksum=0x1234),
+     "drop tunnel_bad_udp_checksum"),
+    ("geneve_zero_udp_checksum_ipv4", "generic", geneve(GENEVE(vni=23, proto=0x6558), chksum=0),
+     PASS_INNER.format(23, 0)),
+    ("geneve_ipv6_outer", "generic", geneve(GENEVE(vni=24, proto=0x6558), outer=IPv6(**O6)),
+     PASS_INNER.format(24, 0)),
+    ("geneve_ipv6_outer_zero_udp_checksum", "generic",
+     geneve(GENEVE(vni=25, proto=0x6558), outer=IPv6(**O6), chksum=0), "drop tunnel_bad_udp_checksum"),
+    ("geneve_reserved_bits_ignored", "generic",
+     geneve(GENEVE(vni=26, proto=0x6558, reserved=0x3F, reserved2=0xFF,
+                   options=[GeneveOptions(classid=0x0108, type=3, reserved=7, data=b"\x03" * 4)])),
+     PASS_INNER.format(26, 4)),
+    ("geneve_unknown_protocol", "generic", geneve(GENEVE(vni=27, proto=0x88CC)), "drop tunnel_bad_protocol"),
+    ("geneve_other_port", "generic", geneve(GENEVE(vni=28, proto=0x6558), dport=6082), "notunnel"),
+    ("geneve_outer_fragment", "generic",
+     Ether(**E) / IP(flags="MF", **O4) / UDP(sport=1, dport=6081) / GENEVE(vni=29, proto=0x6558) / INNER,
+     "notunnel"),
+    ("geneve_outer_ipv4_bad_checksum", "generic",
+     Ether(**E) / IP(chksum=0x1111, **O4) / UDP(sport=1, dport=6081) / GENEVE(vni=30, proto=0x6558) / INNER,
+     "drop ipv4_bad_checksum"),
+    ("gwlb_all_options", "gwlb", geneve(GENEVE(vni=31, proto=0x0800, options=GWLB), INNER_IP),
+     "pass 31 6 4321 443 7"),
+    ("gwlb_missing_flow_cookie", "gwlb", geneve(GENEVE(vni=32, proto=0x0800, options=GWLB[:2]), INNER_IP),
+     "drop tunnel_missing_option"),
+    ("gwlb_flow_cookie_wrong_length", "gwlb",
+     geneve(GENEVE(vni=33, proto=0x0800, options=GWLB[:2] + [opt(0x0108, 3, b"\x03" * 8)]), INNER_IP),
+     "drop tunnel_missing_option"),
+    ("gwlb_vxlan_is_not_for_it", "gwlb", vxlan(VXLAN(vni=34)), "drop not_tunnel"),
+    ("vxlan_valid", "generic", vxlan(VXLAN(vni=100)), PASS_INNER.format(100, 0)),
+    ("vxlan_linux_port_8472", "generic", vxlan(VXLAN(vni=101), dport=8472), PASS_INNER.format(101, 0)),
+    ("vxlan_without_i_flag", "generic", vxlan(VXLAN(flags=0x00, vni=102)), "drop tunnel_bad_flags"),
+    ("vxlan_other_flags_only", "generic", vxlan(VXLAN(flags=0xF7, vni=103)), "drop tunnel_bad_flags"),
+    # Raw bytes: scapy reinterprets the G/P flag bits as VXLAN-GBP/GPE fields.
+    ("vxlan_reserved_flags_ignored", "generic",
+     vxlan(Raw(bytes([0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 104, 0xFF]))), PASS_INNER.format(104, 0)),
+    ("vxlan_reserved_fields_ignored", "generic",
+     vxlan(VXLAN(flags=0x08, reserved1=0xFF, reserved2=0xFF, vni=105)), PASS_INNER.format(105, 0)),
+    ("vxlan_ipv6_outer", "generic", vxlan(VXLAN(vni=106), outer=IPv6(**O6)), PASS_INNER.format(106, 0)),
+    ("vxlan_truncated", "generic",
+     Ether(**E) / IP(**O4) / UDP(sport=1, dport=4789) / Raw(b"\x08\x00\x00\x00"), "drop tunnel_truncated"),
+    ("vxlan_inner_arp", "generic", vxlan(VXLAN(vni=107), Ether(**E) / ARP(pdst="10.0.0.9")), "pass 107 nonip"),
+    ("vxlan_inner_ipv4_bad_total_length", "generic",
+     vxlan(VXLAN(vni=108), Ether(**E) / IP(src="10.0.0.1", dst="10.0.0.2", len=200) / UDP()),
+     "drop ipv4_bad_total_length"),
+    ("vxlan_inner_truncated_ethernet", "generic", vxlan(VXLAN(vni=109), Raw(b"\x02\x00\x00")),
+     "drop eth_truncated"),
+    ("plain_udp", "generic", Ether(**E) / IP(**O4) / UDP(sport=1, dport=53) / Raw(b"x"), "notunnel"),
+    ("plain_tcp", "generic", Ether(**E) / IP(**O4) / TCP(sport=1, dport=6081), "notunnel"),
+]
+
+frames = []
+with open(os.path.join(OUT, "cases.tsv"), "w") as f:
+    for name, profile, frame, expected in cases:
+        f.write(f"{name}\t{profile}\t{expected}\n")
+        frames.append(frame)
+wrpcap(os.path.join(OUT, "cases.pcap"), frames)
