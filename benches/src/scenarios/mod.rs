@@ -3,8 +3,13 @@
 
 use crate::harness::Opts;
 
+mod conntrack_hit;
+mod conntrack_insert;
+mod geneve_decap;
+mod geneve_encap;
 mod parse;
 mod shuffle_place;
+mod vxlan_decap;
 
 /// One named scenario of the runner.
 pub(crate) struct Scenario {
@@ -24,5 +29,30 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "shuffle-place",
         about: "tenant -> k of 1000 nodes (3 zones): placement time and tenants moved per node change",
         run: shuffle_place::run,
+    },
+    Scenario {
+        name: "conntrack-hit",
+        about: "batched session lookups, both directions, 1M sessions, uniform and Zipf (vs hashbrown + ahash)",
+        run: conntrack_hit::run,
+    },
+    Scenario {
+        name: "conntrack-insert",
+        about: "new sessions per second until 90% full, bytes_per_session IPv4/IPv6 (vs hashbrown + ahash)",
+        run: conntrack_insert::run,
+    },
+    Scenario {
+        name: "geneve-encap",
+        about: "in-place Geneve encap, three GWLB options, IPv4 outer (vs hand-written Repr reference)",
+        run: geneve_encap::run,
+    },
+    Scenario {
+        name: "geneve-decap",
+        about: "Geneve decap + option walk + inner key, GWLB profile (vs etherparse + manual walk)",
+        run: geneve_decap::run,
+    },
+    Scenario {
+        name: "vxlan-decap",
+        about: "VXLAN decap + inner key (vs etherparse + manual check)",
+        run: vxlan_decap::run,
     },
 ];
