@@ -9,7 +9,9 @@ use std::hint::black_box;
 fn frames(n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
-            let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 1, 0, 1], 64).tcp(40000 + i as u16, 443, 1, 1000);
+            let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([10, 0, (i >> 8) as u8, i as u8], [10, 1, 0, 1], 64)
+                .tcp(40000 + i as u16, 443, 1, 1000);
             let mut v = Vec::new();
             b.write(&mut v, &[0u8; 10]).expect("write");
             v
@@ -19,9 +21,20 @@ fn frames(n: usize) -> Vec<Vec<u8>> {
 
 fn etherparse_key(f: &[u8]) -> FlowKey {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let Ok(p) = SlicedPacket::from_ethernet(f) else { return FlowKey::default() };
-    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (p.net, p.transport) else { return FlowKey::default() };
-    FlowKey::v4(ZoneId(0), ip.header().source(), ip.header().destination(), proto::TCP, t.source_port(), t.destination_port())
+    let Ok(p) = SlicedPacket::from_ethernet(f) else {
+        return FlowKey::default();
+    };
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (p.net, p.transport) else {
+        return FlowKey::default();
+    };
+    FlowKey::v4(
+        ZoneId(0),
+        ip.header().source(),
+        ip.header().destination(),
+        proto::TCP,
+        t.source_port(),
+        t.destination_port(),
+    )
 }
 
 fn parse(c: &mut Criterion) {
@@ -41,14 +54,18 @@ fn parse(c: &mut Criterion) {
             })
         });
         let mut out = vec![FlowKey::default(); n];
-        g.bench_with_input(BenchmarkId::new("etherparse SlicedPacket", n), &n, |b, _| {
-            b.iter(|| {
-                for (o, f) in out.iter_mut().zip(&fs) {
-                    *o = etherparse_key(black_box(f));
-                }
-                black_box(&out);
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("etherparse SlicedPacket", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    for (o, f) in out.iter_mut().zip(&fs) {
+                        *o = etherparse_key(black_box(f));
+                    }
+                    black_box(&out);
+                })
+            },
+        );
     }
     g.finish();
 }
