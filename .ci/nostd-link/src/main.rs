@@ -11,11 +11,10 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::hint::black_box;
 use nf_core::{Batch, FlowHasher, Instant, Packet, ParseStage, Stage};
 
-// The empty charter crates are linked too, so their no_std-ness is checked from day one.
+// The charter-only crates are linked too, so their no_std-ness is checked from day one.
 extern crate nf_lb;
 extern crate nf_nat;
 extern crate nf_policy;
-extern crate nf_shuffle;
 extern crate nf_tunnel;
 
 #[link(name = "c")]
@@ -37,7 +36,12 @@ unsafe impl GlobalAlloc for LibcAlloc {
             unsafe { malloc(layout.size()) }
         } else {
             // SAFETY: aligned_alloc requires size to be a multiple of align; round up.
-            unsafe { aligned_alloc(layout.align(), layout.size().next_multiple_of(layout.align())) }
+            unsafe {
+                aligned_alloc(
+                    layout.align(),
+                    layout.size().next_multiple_of(layout.align()),
+                )
+            }
         }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
@@ -64,8 +68,8 @@ pub extern "C" fn rust_eh_personality() {}
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let frame: [u8; 42] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2,
-        0x03, 0xe8, 0, 53, 0, 8, 0, 0,
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17,
+        0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0, 53, 0, 8, 0, 0,
     ];
     let mut batch: Batch<[u8; 42]> = Batch::new();
     if let Ok(p) = Packet::new(frame, 0, frame.len()) {
@@ -74,8 +78,30 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let mut parse = ParseStage::default();
     parse.process(Instant::ZERO, &mut batch);
     let h = FlowHasher::new([1; 16]);
-    let ok = batch.packets().first().is_some_and(|p| p.meta.verdict.is_pass());
-    let hash = batch.packets().first().map_or(0, |p| h.symmetric(&p.meta.flow));
+    let ok = batch
+        .packets()
+        .first()
+        .is_some_and(|p| p.meta.verdict.is_pass());
+    let hash = batch
+        .packets()
+        .first()
+        .map_or(0, |p| h.symmetric(&p.meta.flow));
     black_box(hash);
-    if ok { 0 } else { 1 }
+    let placed = shuffle(hash);
+    if ok && placed { 0 } else { 1 }
+}
+
+/// Places a tenant on 3 of 12 nodes in 3 zones and picks a node for the flow.
+fn shuffle(flow_hash: u64) -> bool {
+    use nf_shuffle::{Membership, Node, ShardConfig, ShardKey, Sharder};
+    let Ok(fleet) = Membership::new((0..12).map(|i| Node::new(i, (i % 3) as u32))) else {
+        return false;
+    };
+    let Ok(sharder) = Sharder::new(ShardKey::new([7; 16]), ShardConfig::new(3), fleet) else {
+        return false;
+    };
+    match sharder.shard(b"tenant", 1) {
+        Ok(shard) => shard.len() == 3 && shard.node_for_flow(flow_hash).is_some(),
+        Err(_) => false,
+    }
 }
