@@ -51,7 +51,7 @@
 //! - `std` (default, additive): `std::error::Error` impls. Without it the crate is
 //!   `#![no_std]` + `alloc`.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     test,
@@ -76,6 +76,7 @@ pub mod meta;
 pub mod packet;
 pub mod parse;
 pub mod stage;
+mod sys;
 pub mod time;
 pub mod toeplitz;
 pub mod verdict;

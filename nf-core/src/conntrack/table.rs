@@ -495,7 +495,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let mut packed = [K::default(); BATCH];
         let mut hashes = [0u64; BATCH];
         let mut valid = 0u64;
-        // Stage 1: pack and hash (no memory traffic beyond the keys).
+        // Stage 1: pack, hash, prefetch the home bucket.
         for (i, (key, (p, h))) in keys
             .iter()
             .zip(packed.iter_mut().zip(hashes.iter_mut()))
@@ -506,10 +506,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 *p = k;
                 *h = k.hash(&self.sip, key.zone.0, key.proto);
                 valid |= 1 << i;
+                if let Some(b) = self.buckets.get(self.home(*h)) {
+                    crate::sys::prefetch(b);
+                }
             }
         }
-        // Stage 2: one home bucket per key; independent loads the CPU overlaps. Keep the first
-        // tag match and whether the slow path may be needed.
+        // Stage 2: scan each home bucket (by now in cache or on its way); keep the first tag
+        // match, prefetch its record, and note whether the slow path may be needed.
         let mut cand = [NIL; BATCH];
         let mut slow = 0u64;
         let mut m = valid;
@@ -523,8 +526,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             let mm = bk.matches(self.tag(h), self.tag_mask);
             if mm != 0 {
                 let e = bk.e.get(mm.trailing_zeros() as usize).copied().unwrap_or(0);
+                let idx = (e & self.idx_mask).wrapping_sub(1);
+                if let Some(r) = self.recs.get(idx as usize) {
+                    crate::sys::prefetch(r);
+                }
                 if let Some(c) = cand.get_mut(i) {
-                    *c = (e & self.idx_mask).wrapping_sub(1);
+                    *c = idx;
                 }
             }
             if mm & mm.wrapping_sub(1) != 0 || bk.overflow != 0 {
