@@ -117,7 +117,7 @@ fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary
         let mut pkt = Packet::new(rec.data.clone(), 0, rec.data.len()).unwrap();
         let verdict = stage
             .decap(Instant::ZERO, &mut pkt)
-            .unwrap_or_else(|r| Verdict::Drop(r));
+            .unwrap_or_else(Verdict::Drop);
         let vni = row["geneve.vni"]
             .first()
             .or(row["vxlan.vni"].first())
