@@ -1,0 +1,127 @@
+//! `conntrack-hit`: batched lookups of established sessions, both directions mixed.
+//!
+//! Ours: `SessionTable<V4Key, [u8; 16]>::lookup_batch` over batches of 64 keys (keyed
+//! SipHash-1-3, one bucket line and one record line per hit), at `--sessions` sessions
+//! (default 1M) in a table at 90% load. Peer: `hashbrown::HashMap<FlowKey, (u32, bool)>` with
+//! `ahash` holding both directions of every session (2 entries per session), one `get` per key.
+//! Traffic: uniform over all sessions, and Zipf-like (s ≈ 1) popularity; each key is the
+//! original or the reply direction with equal probability.
+
+use crate::harness::{self, Opts, Rng};
+use nf_core::conntrack::{SessionState, SessionTable, TableConfig, V4Key};
+use nf_core::{Direction, FlowKey, Instant};
+use serde_json::json;
+
+type Peer = hashbrown::HashMap<FlowKey, (u32, bool), ahash::RandomState>;
+
+const QUERIES: usize = 1 << 20;
+
+pub(crate) fn run(opts: &Opts) {
+    let sessions = opts.sessions.unwrap_or(1_000_000);
+    let capacity = (sessions as f64 / 0.9).ceil() as u32;
+    let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
+    let mut table: SessionTable<V4Key, [u8; 16]> =
+        SessionTable::new(TableConfig::new(capacity, *b"bench secret key")).expect("config");
+    let mut peer =
+        Peer::with_capacity_and_hasher(2 * sessions, ahash::RandomState::with_seeds(1, 2, 3, 4));
+    let now = Instant::from_nanos(1_000_000_000);
+    for (i, f) in flows.iter().enumerate() {
+        table
+            .insert(
+                now,
+                f,
+                &f.reversed(),
+                SessionState::TcpEstablished,
+                [i as u8; 16],
+            )
+            .expect("fits");
+        peer.insert(*f, (i as u32, false));
+        peer.insert(f.reversed(), (i as u32, true));
+    }
+
+    for dist in ["uniform", "zipf"] {
+        let mut rng = Rng::new(0x5EED);
+        let queries: Vec<FlowKey> = (0..QUERIES)
+            .map(|_| {
+                let i = match dist {
+                    "uniform" => rng.below(sessions as u64) as usize,
+                    _ => zipf(&mut rng, sessions),
+                };
+                let f = flows[i];
+                if rng.next_u64() & 1 == 0 {
+                    f
+                } else {
+                    f.reversed()
+                }
+            })
+            .collect();
+        // Correctness before speed: same answers as the peer and as single lookups.
+        let mut out = [None; 64];
+        for chunk in queries.chunks(64).take(2048) {
+            table.lookup_batch(chunk, &mut out);
+            for (k, h) in chunk.iter().zip(out.iter()) {
+                let h = h.expect("hit");
+                let (id, reply) = peer[k];
+                assert_eq!(table.value(h.session), Some(&[id as u8; 16]));
+                assert_eq!(h.direction == Direction::Reply, reply);
+                assert_eq!(table.lookup(k), Some(h));
+            }
+        }
+        let mut at_ours = 0usize;
+        let mut at_peer = 0usize;
+        let mut out = [None; 64];
+        let r = harness::ab(
+            opts,
+            64,
+            || {
+                let q = &queries[at_ours..at_ours + 64];
+                at_ours = (at_ours + 64) % QUERIES;
+                u64::from(table.lookup_batch(q, &mut out).count_ones())
+                    + out[0].map_or(0, |h| u64::from(h.session.index))
+            },
+            || {
+                let q = &queries[at_peer..at_peer + 64];
+                at_peer = (at_peer + 64) % QUERIES;
+                let mut acc = 0u64;
+                for k in q {
+                    if let Some(&(id, rep)) = peer.get(k) {
+                        acc += u64::from(id) + u64::from(rep);
+                    }
+                }
+                acc
+            },
+        );
+        let mut at_single = 0usize;
+        let single = harness::solo(opts, 64, || {
+            let q = &queries[at_single..at_single + 64];
+            at_single = (at_single + 64) % QUERIES;
+            q.iter()
+                .map(|k| table.lookup(k).map_or(0, |h| u64::from(h.session.index)))
+                .sum()
+        });
+        harness::report(
+            opts,
+            "conntrack-hit",
+            "hashbrown 0.17 HashMap<FlowKey,(u32,bool)> + ahash 0.8 RandomState, both directions, get() per key",
+            r,
+            json!({
+                "sessions": sessions,
+                "capacity": capacity,
+                "load": sessions as f64 / f64::from(capacity),
+                "distribution": dist,
+                "batch": 64,
+                "family": "ipv4",
+                "ours_single_lookup_ns": (single * 1000.0).round() / 1000.0,
+                "target_ns_per_pkt": 30.0,
+                "meets_target": r.ours_ns <= 30.0 && r.peer_ns / r.ours_ns >= 2.0,
+            }),
+        );
+    }
+}
+
+/// A rank in `0..n` with probability roughly proportional to `1 / (rank + 1)`.
+fn zipf(rng: &mut Rng, n: usize) -> usize {
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let r = ((n as f64 + 1.0).ln() * u).exp() - 1.0;
+    (r as usize).min(n - 1)
+}

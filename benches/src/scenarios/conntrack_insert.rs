@@ -1,0 +1,149 @@
+//! `conntrack-insert`: new sessions per second from empty until 90% full, and the real memory
+//! per session.
+//!
+//! Ours: `SessionTable::insert` (both keys, duplicate check, zone accounting, timer-wheel and
+//! early-drop links) into a table of `--sessions` capacity (default 1M), IPv4 and IPv6,
+//! 16-byte value. Peer: `hashbrown::HashMap<FlowKey, u32>` with `ahash`, preallocated for
+//! both directions, plus a `Vec` of `(original, reply, value)` records: the plain way to hold
+//! a two-key session. `bytes_per_session` = `SessionTable::allocated_bytes()` / sessions held
+//! at 90%; the peer's figure is its map's `allocation_size()` plus the record vector.
+
+use crate::harness::{self, AbResult, Opts, Rng};
+use nf_core::conntrack::{SessionKey, SessionState, SessionTable, TableConfig, V4Key, V6Key};
+use nf_core::flow::proto;
+use nf_core::{FlowKey, Instant, ZoneId};
+use serde_json::json;
+use std::hint::black_box;
+use std::time::Instant as Clock;
+
+type PeerMap = hashbrown::HashMap<FlowKey, u32, ahash::RandomState>;
+
+/// `n` distinct flows whose reverses are distinct from every flow too (sources in 10/8,
+/// destinations in 100.64/10). IPv4.
+pub(crate) fn make_flows(n: usize, seed: u64) -> Vec<FlowKey> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let host = (i / 60_000) as u32;
+            let sport = 1024 + (i % 60_000) as u16;
+            let src = (0x0a00_0000 | host).to_be_bytes();
+            let dst = (0x6440_0000 | (rng.next_u64() as u32 & 0x003f_ffff)).to_be_bytes();
+            let proto = if i % 4 == 0 { proto::UDP } else { proto::TCP };
+            FlowKey::v4(ZoneId((i % 16) as u32), src, dst, proto, sport, 443)
+        })
+        .collect()
+}
+
+fn to_v6(f: &FlowKey) -> FlowKey {
+    let mut s = [0u8; 16];
+    let mut d = [0u8; 16];
+    s[..2].copy_from_slice(&[0xfd, 0x00]);
+    d[..2].copy_from_slice(&[0x20, 0x01]);
+    s[12..].copy_from_slice(f.src_bytes());
+    d[12..].copy_from_slice(f.dst_bytes());
+    FlowKey::v6(f.zone, s, d, f.proto, f.src_port, f.dst_port)
+}
+
+pub(crate) fn run(opts: &Opts) {
+    let capacity = opts.sessions.unwrap_or(1_000_000);
+    let held = capacity * 9 / 10;
+    let flows4 = make_flows(held, 0xFEED);
+    let rounds = if opts.quick { 5 } else { 21 };
+    let v4 = measure::<V4Key>(opts, capacity, &flows4, rounds);
+    let flows6: Vec<FlowKey> = flows4.iter().map(to_v6).collect();
+    let v6 = measure::<V6Key>(opts, capacity, &flows6, rounds);
+    for (fam, m) in [("ipv4", &v4), ("ipv6", &v6)] {
+        harness::report(
+            opts,
+            "conntrack-insert",
+            "hashbrown 0.17 HashMap<FlowKey,u32> + ahash 0.8, both directions, preallocated, + Vec of (orig, reply, value)",
+            m.ab,
+            json!({
+                "family": fam,
+                "capacity": capacity,
+                "sessions": held,
+                "load": 0.9,
+                "value_bytes": 16,
+                "rounds": rounds,
+                "ours_mpps_insert": (1000.0 / m.ab.ours_ns * 1000.0).round() / 1000.0,
+                "bytes_per_session": (m.bytes_per_session * 10.0).round() / 10.0,
+                "bytes_per_session_ipv4": (v4.bytes_per_session * 10.0).round() / 10.0,
+                "bytes_per_session_ipv6": (v6.bytes_per_session * 10.0).round() / 10.0,
+                "peer_bytes_per_session": (m.peer_bytes_per_session * 10.0).round() / 10.0,
+                "target_bytes_per_session": 96,
+                "target_mpps_insert": 5.0,
+            }),
+        );
+    }
+}
+
+struct Measured {
+    ab: AbResult,
+    bytes_per_session: f64,
+    peer_bytes_per_session: f64,
+}
+
+fn measure<K: SessionKey>(
+    opts: &Opts,
+    capacity: usize,
+    flows: &[FlowKey],
+    rounds: usize,
+) -> Measured {
+    let _ = opts;
+    let mut cfg = TableConfig::new(capacity as u32, *b"bench secret key");
+    cfg.default_zone_quota = capacity as u32;
+    let mut table: SessionTable<K, [u8; 16]> = SessionTable::new(cfg).expect("config");
+    let mut map = PeerMap::with_capacity_and_hasher(
+        2 * flows.len(),
+        ahash::RandomState::with_seeds(1, 2, 3, 4),
+    );
+    let mut recs: Vec<(FlowKey, FlowKey, [u8; 16])> = Vec::with_capacity(flows.len());
+    let now = Instant::from_nanos(1_000_000_000);
+    let mut ours = Vec::new();
+    let mut peer = Vec::new();
+    for round in 0..=rounds {
+        table.clear();
+        let t = Clock::now();
+        for (i, f) in flows.iter().enumerate() {
+            let r = table.insert(
+                now,
+                f,
+                &f.reversed(),
+                SessionState::TcpSynSent,
+                [i as u8; 16],
+            );
+            black_box(r.is_ok());
+        }
+        let dt = t.elapsed().as_nanos() as f64 / flows.len() as f64;
+        assert_eq!(table.len(), flows.len(), "every insert succeeds");
+        map.clear();
+        recs.clear();
+        let t = Clock::now();
+        for (i, f) in flows.iter().enumerate() {
+            let rev = f.reversed();
+            if !map.contains_key(f) && !map.contains_key(&rev) {
+                let id = recs.len() as u32;
+                recs.push((*f, rev, [i as u8; 16]));
+                map.insert(*f, id);
+                map.insert(rev, id);
+            }
+        }
+        let dp = t.elapsed().as_nanos() as f64 / flows.len() as f64;
+        black_box(map.len());
+        if round > 0 {
+            // Round 0 warms up (page faults of the first touch).
+            ours.push(dt);
+            peer.push(dp);
+        }
+    }
+    let peer_bytes = map.allocation_size()
+        + recs.capacity() * std::mem::size_of::<(FlowKey, FlowKey, [u8; 16])>();
+    Measured {
+        ab: AbResult {
+            ours_ns: harness::median(&mut ours),
+            peer_ns: harness::median(&mut peer),
+        },
+        bytes_per_session: table.allocated_bytes() as f64 / flows.len() as f64,
+        peer_bytes_per_session: peer_bytes as f64 / flows.len() as f64,
+    }
+}
