@@ -100,7 +100,7 @@ impl<A: Counted, S: Counted> Counted for Chain<A, S> {
         "chain"
     }
 
-    /// The first stage's counters (use [`Stage::visit_counters`] for all of them).
+    /// The first stage's counters (use [`Counted::visit_counters`] for all of them).
     fn counters(&self) -> &StageCounters {
         self.first.counters()
     }
