@@ -113,7 +113,6 @@ impl fmt::Display for ImportError {
     }
 }
 
-#[cfg(feature = "std")]
 impl core::error::Error for ImportError {}
 
 /// What one [`SessionTable::export`] call wrote.

@@ -17,8 +17,9 @@ pub(super) const NIL: u32 = u32::MAX;
 pub const MAX_CAPACITY: u32 = (1 << 26) - 1;
 /// Index entries per bucket (one 64-byte line: a 4-byte overflow count and 15 entries).
 const ENTRIES: usize = 15;
-/// Index sizing: at full capacity at most this share of index entries is used.
-const INDEX_LOAD: f64 = 0.85;
+/// Index sizing: at full capacity at most 17/20 (85%) of index entries are used.
+const INDEX_LOAD_NUM: u64 = 17;
+const INDEX_LOAD_DEN: u64 = 20;
 
 /// Record flag: the slot holds a live session.
 pub(super) const F_LIVE: u8 = 1;
@@ -122,7 +123,6 @@ macro_rules! impl_display {
                 fmt::Debug::fmt(self, f)
             }
         }
-        #[cfg(feature = "std")]
         impl core::error::Error for $t {}
     )*};
 }
@@ -309,8 +309,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let cap = cfg.capacity as usize;
         let idx_bits = 32 - cfg.capacity.leading_zeros();
         let idx_mask = (1u32 << idx_bits) - 1;
-        let nbuckets =
-            ((2.0 * f64::from(cfg.capacity)) / (ENTRIES as f64 * INDEX_LOAD)).ceil() as u64 + 1;
+        let nbuckets = (u64::from(cfg.capacity) * 2 * INDEX_LOAD_DEN)
+            .div_ceil(ENTRIES as u64 * INDEX_LOAD_NUM)
+            + 1;
         let mut recs = Vec::with_capacity(cap);
         recs.resize(cap, Record::default());
         for (i, r) in (0u32..).zip(recs.iter_mut()) {
