@@ -85,6 +85,24 @@ pub fn verify(data: &[u8]) -> bool {
     fold(sum(0, data)) == 0xffff
 }
 
+/// [`verify`] for an IPv4 header without options (20 bytes, checksum included), in a few
+/// instructions: the five 32-bit words are added in 64 bits and the total is reduced modulo
+/// 0xFFFF (2^16 ≡ 1), which is what the end-around carry computes. The words are read
+/// little-endian: a byte-swapped word is the word times 2^8 modulo 0xFFFF, and that factor
+/// does not change whether the sum is a multiple of 0xFFFF (RFC 1071 §2(B)).
+#[inline(always)]
+pub fn verify_ipv4_header(h: &[u8; 20]) -> bool {
+    let mut s = 0u64;
+    for w in h.as_chunks::<4>().0 {
+        s += u64::from(u32::from_le_bytes(*w));
+    }
+    // s < 5 * 2^32: its 16-bit digits add up to at most 0xFFFF + 0xFFFF + 4, and the
+    // multiples of 0xFFFF up to there are 0 (all bytes zero: the sum is 0, not 0xFFFF),
+    // 0xFFFF and 0x1FFFE.
+    let t = (s & 0xffff) + ((s >> 16) & 0xffff) + (s >> 32);
+    t == 0xffff || t == 0x1_fffe
+}
+
 /// Partial sum of the IPv4 pseudo-header for TCP/UDP (`len` is the transport length).
 #[inline]
 pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
@@ -206,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_header_check_on_uniform_words() {
+        // Every 16-bit word equal: sums 10 * v over the whole range, carries included.
+        for v in 0..=u16::MAX {
+            let mut h = [0u8; 20];
+            for w in h.chunks_exact_mut(2) {
+                w.copy_from_slice(&v.to_be_bytes());
+            }
+            assert_eq!(verify_ipv4_header(&h), verify(&h), "word {v:#06x}");
+        }
+    }
+
+    #[test]
     fn udp_zero_rules() {
         assert_eq!(udp_finish(0xffff), 0xffff);
         assert_eq!(update_udp16(0, 1, 2), 0);
@@ -271,6 +301,42 @@ mod tests {
             let full6 = finish(sum(pseudo_header_v6(&new6, &[1; 16], 17, u32::from(len)), &payload));
             prop_assert!(same(u6, full6));
             prop_assert_eq!(update_bytes(c6, &old6[..3], &new6[..3]), None);
+        }
+
+        #[test]
+        fn ipv4_header_check_matches_verify(
+            mut h in any::<[u8; 20]>(),
+            fill in any::<bool>(),
+            high in any::<bool>(),
+            flip in proptest::option::of((0usize..20, 0u8..8)),
+        ) {
+            if high {
+                // Mostly 0xFF bytes: sums with many carries.
+                for b in &mut h {
+                    *b |= 0xf0;
+                }
+            }
+            if fill {
+                store(&mut h, 10);
+            }
+            if let Some((i, bit)) = flip {
+                h[i] ^= 1 << bit;
+            }
+            prop_assert_eq!(verify_ipv4_header(&h), verify(&h));
+        }
+
+        #[test]
+        fn ipv4_header_check_edge_cases(word in any::<u16>()) {
+            for h in [[0u8; 20], [0xff; 20]] {
+                prop_assert_eq!(verify_ipv4_header(&h), verify(&h));
+            }
+            let mut h = [0xffu8; 20];
+            h[10..12].copy_from_slice(&word.to_be_bytes());
+            prop_assert_eq!(verify_ipv4_header(&h), verify(&h));
+            let mut z = [0u8; 20];
+            z[0..2].copy_from_slice(&word.to_be_bytes());
+            z[10..12].copy_from_slice(&(!word).to_be_bytes());
+            prop_assert_eq!(verify_ipv4_header(&z), verify(&z));
         }
 
         #[test]

@@ -140,15 +140,46 @@ impl Meta {
         self.flags & flag == flag
     }
 
-    /// Shifts the header offsets by `delta` bytes (positive: bytes were pushed in front).
+    /// Shifts the header offsets by `n` bytes pushed in front (saturating at u16::MAX).
     #[inline]
-    pub(crate) fn shift(&mut self, delta: isize) {
-        let f = |o: u16| -> u16 {
-            let v = (o as isize).saturating_add(delta);
-            u16::try_from(v.max(0)).unwrap_or(u16::MAX)
-        };
-        self.l3 = f(self.l3);
-        self.l4 = f(self.l4);
-        self.payload = f(self.payload);
+    pub(crate) fn shift_up(&mut self, n: usize) {
+        // A shift by u16::MAX or more saturates every offset alike.
+        let n = u16::try_from(n).unwrap_or(u16::MAX);
+        self.l3 = self.l3.saturating_add(n);
+        self.l4 = self.l4.saturating_add(n);
+        self.payload = self.payload.saturating_add(n);
+    }
+
+    /// Shifts the header offsets by `n` bytes removed from the front (offsets of removed
+    /// headers clamp at 0).
+    #[inline]
+    pub(crate) fn shift_down(&mut self, n: usize) {
+        let n = u16::try_from(n).unwrap_or(u16::MAX);
+        self.l3 = self.l3.saturating_sub(n);
+        self.l4 = self.l4.saturating_sub(n);
+        self.payload = self.payload.saturating_sub(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn shifts_saturate_like_wide_arithmetic(
+            offs in any::<[u16; 3]>(),
+            n in prop_oneof![any::<usize>(), 0usize..70_000],
+        ) {
+            let m = Meta { l3: offs[0], l4: offs[1], payload: offs[2], ..Meta::default() };
+            let (mut up, mut down) = (m, m);
+            up.shift_up(n);
+            down.shift_down(n);
+            let want = |o: u16, d: i128| (i128::from(o) + d).clamp(0, 0xffff) as u16;
+            let n = n as i128;
+            prop_assert_eq!((up.l3, up.l4, up.payload), (want(offs[0], n), want(offs[1], n), want(offs[2], n)));
+            prop_assert_eq!((down.l3, down.l4, down.payload), (want(offs[0], -n), want(offs[1], -n), want(offs[2], -n)));
+        }
     }
 }

@@ -144,7 +144,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Packet<B> {
     pub fn push_front(&mut self, n: usize) -> Result<&mut [u8], PacketError> {
         let head = self.head.checked_sub(n).ok_or(PacketError::NoHeadroom)?;
         self.head = head;
-        self.meta.shift(n as isize);
+        self.meta.shift_up(n);
         self.buf
             .as_mut()
             .get_mut(head..head + n)
@@ -161,7 +161,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Packet<B> {
             return Err(PacketError::TooShort);
         }
         self.head += n;
-        self.meta.shift(-(n as isize));
+        self.meta.shift_down(n);
         Ok(())
     }
 

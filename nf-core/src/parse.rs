@@ -218,7 +218,7 @@ fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<Parse
             return None;
         }
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        if config.verify_ipv4_checksum && !ipv4_header_verifies(ip) {
+        if config.verify_ipv4_checksum && !crate::checksum::verify_ipv4_header(ip) {
             return None;
         }
         let l4 = rest.get(20..total)?;
@@ -292,22 +292,6 @@ fn l4_fast(p: u8, l4: &[u8], meta: &mut Meta) -> Option<(u16, u16, usize)> {
         }
         _ => None,
     }
-}
-
-/// RFC 1071 verification of a 20-byte IPv4 header: five 32-bit words summed in 64 bits.
-#[inline(always)]
-fn ipv4_header_verifies(h: &[u8; 20]) -> bool {
-    let w = |i: usize| -> u64 {
-        h.get(i..i + 4)
-            .and_then(|s| s.first_chunk::<4>())
-            .map_or(0, |b| u64::from(u32::from_be_bytes(*b)))
-    };
-    let mut s = w(0) + w(4) + w(8) + w(12) + w(16);
-    s = (s & 0xffff_ffff) + (s >> 32);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s == 0xffff
 }
 
 /// Parses a bare L3 packet (no Ethernet header: a tunnel payload whose protocol type is
