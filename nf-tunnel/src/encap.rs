@@ -175,6 +175,10 @@ impl core::error::Error for ConfigError {}
 const TEMPLATE_LEN: usize = 14 + 40 + 8 + GENEVE_HEADER_LEN + crate::geneve::MAX_OPTIONS_LEN;
 
 /// Offsets of the per-packet fields in the template.
+///
+/// The template already holds everything that is the same for every packet: a fixed VNI
+/// and the default destination are written at construction, so a packet that takes the
+/// default path only needs its lengths, source port and checksums patched.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     len: usize,
@@ -183,6 +187,8 @@ struct Layout {
     v6: bool,
     /// Partial sum of the IPv4 header with total length, checksum and destination zero.
     ip_base: u32,
+    /// [`Layout::ip_base`] plus the default destination (the template's own).
+    ip_base_default: u32,
 }
 
 /// The encapsulation stage (see the module docs).
@@ -193,6 +199,8 @@ pub struct EncapStage {
     layout: Layout,
     default_dst: [u8; 16],
     span: u32,
+    /// IPv4 underlay, fixed destination, no UDP checksum: [`EncapStage::encap_v4_fixed`].
+    v4_fixed: bool,
     counters: StageCounters,
     default_path: u64,
 }
@@ -222,8 +230,13 @@ impl EncapStage {
         }
         let mut template = [0u8; TEMPLATE_LEN];
         let (layout, default_dst) = build_template(&config, v6, &mut template)?;
+        let v4_fixed = !v6
+            && matches!(config.destination, Destination::Fixed)
+            && !config.udp_checksum_v4
+            && layout.udp == 34;
         Ok(Self {
             span: u32::from(config.src_ports.1 - config.src_ports.0) + 1,
+            v4_fixed,
             config,
             template,
             layout,
@@ -268,6 +281,73 @@ impl EncapStage {
         now: Instant,
         pkt: &mut Packet<B>,
     ) -> Result<(), DropReason> {
+        if self.v4_fixed {
+            self.encap_v4_fixed(pkt)
+        } else {
+            self.encap_general(now, pkt)
+        }
+    }
+
+    /// The common case, IPv4 to the fixed destination without a UDP checksum: everything
+    /// but the lengths, the source port, the header checksum and a per-packet VNI or
+    /// protocol is in the template. Gives exactly what [`EncapStage::encap_general`] gives
+    /// for such a stage (property-tested).
+    #[inline(always)]
+    fn encap_v4_fixed<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        pkt: &mut Packet<B>,
+    ) -> Result<(), DropReason> {
+        let l = self.layout;
+        let mut protocol = ethertype::TEB;
+        if self.config.payload == Payload::Ip {
+            protocol = pkt.meta.ethertype;
+            if !matches!(protocol, ethertype::IPV4 | ethertype::IPV6) {
+                return Err(DropReason::TunnelBadProtocol);
+            }
+            pkt.pull_front(usize::from(pkt.meta.l3))
+                .map_err(|_| DropReason::TunnelTruncated)?;
+        }
+        let ip_len = l.len - 14 + pkt.len();
+        if ip_len > usize::from(self.config.mtu) {
+            return Err(DropReason::TooBig);
+        }
+        let zone_vni = match self.config.vni {
+            VniSource::Fixed(_) => None,
+            VniSource::Zone if pkt.meta.zone.0 <= 0x00ff_ffff => Some(pkt.meta.zone.0),
+            VniSource::Zone => return Err(DropReason::TunnelUnknownVni),
+        };
+        let sport = self.source_port(&pkt.meta);
+        let hdr = pkt.push_front(l.len).map_err(|_| DropReason::NoHeadroom)?;
+        let tpl = self.template.get(..l.len).unwrap_or(&[]);
+        if !copy_template(hdr, tpl) {
+            return Err(DropReason::NoHeadroom);
+        }
+        // Ethernet (14), IPv4 without options (20), UDP (8): fixed offsets.
+        let (ip_len, udp_len) = (ip_len as u16, (ip_len - 20) as u16);
+        let c = checksum::finish(l.ip_base_default + u32::from(ip_len));
+        if let Some(h) = hdr.first_chunk_mut::<42>() {
+            [h[16], h[17]] = ip_len.to_be_bytes();
+            [h[24], h[25]] = c.to_be_bytes();
+            [h[34], h[35]] = sport.to_be_bytes();
+            [h[38], h[39]] = udp_len.to_be_bytes();
+        }
+        if let Some(vni) = zone_vni {
+            let [_, v0, v1, v2] = vni.to_be_bytes();
+            put(hdr, l.tun + 4, &[v0, v1, v2]);
+        }
+        if protocol != ethertype::TEB {
+            put(hdr, l.tun + 2, &protocol.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Every configuration: the reference the fast path is tested against.
+    #[inline]
+    fn encap_general<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &mut Packet<B>,
+    ) -> Result<(), DropReason> {
         let l = self.layout;
         let mut protocol = ethertype::TEB;
         if self.config.payload == Payload::Ip {
@@ -288,33 +368,49 @@ impl EncapStage {
             VniSource::Zone if pkt.meta.zone.0 <= 0x00ff_ffff => pkt.meta.zone.0,
             VniSource::Zone => return Err(DropReason::TunnelUnknownVni),
         };
+        // `None`: the default destination, already in the template.
         let dst = self.destination(now, &pkt.meta, vni);
         let sport = self.source_port(&pkt.meta);
         let udp_len = (ip_len - (l.udp - 14)) as u16;
         let hdr = pkt.push_front(l.len).map_err(|_| DropReason::NoHeadroom)?;
         let tpl = self.template.get(..l.len).unwrap_or(&[]);
-        if hdr.len() != tpl.len() {
+        if !copy_template(hdr, tpl) {
             return Err(DropReason::NoHeadroom);
         }
-        hdr.copy_from_slice(tpl);
         if l.v6 {
             put(hdr, 14 + 4, &((ip_len - 40) as u16).to_be_bytes());
-            put(hdr, 14 + 24, &dst);
+            if let Some(d) = &dst {
+                put(hdr, 14 + 24, d);
+            }
         } else {
-            let d4 = dst.first_chunk::<4>().copied().unwrap_or_default();
-            put(hdr, 14 + 2, &(ip_len as u16).to_be_bytes());
-            put(hdr, 14 + 16, &d4);
-            let s = l.ip_base + u32::from(ip_len as u16) + checksum::sum(0, &d4);
-            put(hdr, 14 + 10, &checksum::finish(s).to_be_bytes());
+            let s = match &dst {
+                None => l.ip_base_default,
+                Some(d) => {
+                    let d4 = d.first_chunk::<4>().copied().unwrap_or_default();
+                    put(hdr, 14 + 16, &d4);
+                    l.ip_base + checksum::sum(0, &d4)
+                }
+            };
+            let c = checksum::finish(s + u32::from(ip_len as u16));
+            // Total length (offset 2) and checksum (offset 10) of the IPv4 header at 14.
+            if let Some(ip) = hdr.get_mut(14..34).and_then(|h| h.first_chunk_mut::<20>()) {
+                [ip[2], ip[3]] = (ip_len as u16).to_be_bytes();
+                [ip[10], ip[11]] = c.to_be_bytes();
+            }
         }
-        put(hdr, l.udp, &sport.to_be_bytes());
-        put(hdr, l.udp + 4, &udp_len.to_be_bytes());
-        let [_, v0, v1, v2] = vni.to_be_bytes();
-        put(hdr, l.tun + 4, &[v0, v1, v2]);
+        if let Some(u) = hdr.get_mut(l.udp..).and_then(|h| h.first_chunk_mut::<8>()) {
+            [u[0], u[1]] = sport.to_be_bytes();
+            [u[4], u[5]] = udp_len.to_be_bytes();
+        }
+        if self.config.vni == VniSource::Zone {
+            let [_, v0, v1, v2] = vni.to_be_bytes();
+            put(hdr, l.tun + 4, &[v0, v1, v2]);
+        }
         if protocol != ethertype::TEB {
             put(hdr, l.tun + 2, &protocol.to_be_bytes());
         }
         if l.v6 || self.config.udp_checksum_v4 {
+            let dst = dst.unwrap_or(self.default_dst);
             let data = pkt.data_mut();
             let src = self.config.underlay.src;
             let pseudo = match src {
@@ -338,28 +434,26 @@ impl EncapStage {
         Ok(())
     }
 
+    /// The outer destination of a packet, or `None` for the default one.
     #[inline]
-    fn destination(&mut self, now: Instant, meta: &Meta, vni: u32) -> [u8; 16] {
+    fn destination(&mut self, now: Instant, meta: &Meta, vni: u32) -> Option<[u8; 16]> {
         match &mut self.config.destination {
-            Destination::Fixed => self.default_dst,
+            Destination::Fixed => None,
             Destination::NextHop(hosts) => {
                 if meta.next_hop == NO_NEXT_HOP {
-                    return self.default_dst;
+                    return None;
                 }
-                match hosts.get(meta.next_hop as usize) {
-                    Some(h) => raw(*h, self.layout.v6).unwrap_or(self.default_dst),
-                    None => self.default_dst,
-                }
+                raw(*hosts.get(meta.next_hop as usize)?, self.layout.v6)
             }
             Destination::Mapping(cache) => {
                 if meta.has(flags::L3_VALID)
                     && let Lookup::Host(h) = cache.lookup(now, vni, meta.flow.dst_ip())
                     && let Some(r) = raw(h, self.layout.v6)
                 {
-                    return r;
+                    return Some(r);
                 }
                 self.default_path += 1;
-                self.default_dst
+                None
             }
         }
     }
@@ -391,6 +485,35 @@ fn fold_key(k: &FlowKey) -> u64 {
         h = h.wrapping_mul(M);
     }
     h ^ (h >> 31)
+}
+
+/// Copies the header template into the pushed bytes; false if the lengths differ. Headers
+/// are short (50 to 322 bytes), so instead of a call into `memcpy` this copies two fixed-size
+/// blocks that overlap in the middle (the widest block size that fits twice).
+#[inline(always)]
+fn copy_template(dst: &mut [u8], src: &[u8]) -> bool {
+    let n = src.len();
+    if dst.len() != n {
+        return false;
+    }
+    match n {
+        64..=128 => copy_ends::<64>(dst, src),
+        32..=63 => copy_ends::<32>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+    true
+}
+
+/// Copies the first and the last `N` bytes of `src` (of the same length as `dst`, at least
+/// `N` and at most `2 * N`), which together cover all of it.
+#[inline(always)]
+fn copy_ends<const N: usize>(dst: &mut [u8], src: &[u8]) {
+    if let (Some(d), Some(s)) = (dst.first_chunk_mut::<N>(), src.first_chunk::<N>()) {
+        *d = *s;
+    }
+    if let (Some(d), Some(s)) = (dst.last_chunk_mut::<N>(), src.last_chunk::<N>()) {
+        *d = *s;
+    }
 }
 
 #[inline]
@@ -427,11 +550,15 @@ fn build_template(
     .emit(t)
     .map_err(err)?;
     let default_dst = raw(u.dst, v6).ok_or(ConfigError::FamilyMismatch)?;
+    let fixed_vni = match c.vni {
+        VniSource::Fixed(v) => v,
+        VniSource::Zone => 0,
+    };
     let ip = t.get_mut(14..).unwrap_or(&mut []);
     let ip_hlen = match u.src {
         IpAddr::V4(s) => Ipv4Repr {
             src: s.octets(),
-            dst: [0; 4],
+            dst: default_dst.first_chunk::<4>().copied().unwrap_or_default(),
             proto: proto::UDP,
             ttl: c.ttl,
             dscp_ecn: 0,
@@ -447,7 +574,7 @@ fn build_template(
         .map_err(err)?,
         IpAddr::V6(s) => Ipv6Repr {
             src: s.octets(),
-            dst: [0; 16],
+            dst: default_dst,
             next_header: proto::UDP,
             hop_limit: c.ttl,
             traffic_class: 0,
@@ -469,16 +596,20 @@ fn build_template(
     let tun = udp + 8;
     let tbuf = t.get_mut(tun..).unwrap_or(&mut []);
     let tlen = match &c.tunnel {
-        EncapTunnel::Geneve(opts) => GeneveRepr::new(0, ethertype::TEB, opts)
+        EncapTunnel::Geneve(opts) => GeneveRepr::new(fixed_vni, ethertype::TEB, opts)
             .emit(tbuf)
             .map_err(|_| ConfigError::VniOutOfRange)?,
-        EncapTunnel::Vxlan => VxlanRepr { vni: 0 }.emit(tbuf).map_err(err)?,
+        EncapTunnel::Vxlan => VxlanRepr { vni: fixed_vni }.emit(tbuf).map_err(err)?,
     };
     let mut ip_base = 0;
+    let mut ip_base_default = 0;
     if !v6 {
         // Every header word except total length (1), checksum (5) and destination (8, 9).
         let hdr = t.get(14..34).unwrap_or(&[]);
         for (i, w) in hdr.chunks_exact(2).enumerate() {
+            if !matches!(i, 1 | 5) {
+                ip_base_default = checksum::sum(ip_base_default, w);
+            }
             if !matches!(i, 1 | 5 | 8 | 9) {
                 ip_base = checksum::sum(ip_base, w);
             }
@@ -491,6 +622,7 @@ fn build_template(
             tun,
             v6,
             ip_base,
+            ip_base_default,
         },
         default_dst,
     ))
@@ -499,16 +631,27 @@ fn build_template(
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for EncapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        let before = batch.pending_mask();
+        // Counted as we go (what `StageCounters::account` would find, without two more
+        // passes over the batch).
+        let mut live = 0u64;
+        let fast = self.v4_fixed;
         for pkt in batch.packets_mut() {
             if !pkt.meta.verdict.is_pass() {
                 continue;
             }
-            if let Err(r) = self.encap(now, pkt) {
+            live += 1;
+            let r = if fast {
+                self.encap_v4_fixed(pkt)
+            } else {
+                self.encap_general(now, pkt)
+            };
+            if let Err(r) = r {
                 pkt.meta.verdict = Verdict::Drop(r);
+                self.counters.drops.add(r, 1);
             }
         }
-        self.counters.account(before, batch);
+        self.counters.batches += 1;
+        self.counters.packets += live;
     }
 }
 
@@ -519,5 +662,314 @@ impl Counted for EncapStage {
 
     fn counters(&self) -> &StageCounters {
         &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VxlanRepr;
+    use alloc::vec;
+    use core::net::{Ipv4Addr, Ipv6Addr};
+    use nf_core::ZoneId;
+    use proptest::prelude::*;
+
+    fn addr(v6: bool, last: u8) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(last)))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+        }
+    }
+
+    /// Ethernet / IPv4 / UDP with `payload` bytes of data.
+    fn inner_frame(payload: usize) -> Vec<u8> {
+        let mut f = vec![
+            0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0x40, 0, 64,
+            17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0x03, 0xe8, 0, 53, 0, 0, 0, 0,
+        ];
+        f[16..18].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend((0..payload).map(|i| i as u8));
+        f
+    }
+
+    fn options() -> impl Strategy<Value = OptionsBuilder> {
+        proptest::collection::vec((any::<u16>(), any::<u8>(), 0usize..5), 0..5).prop_map(|l| {
+            let mut b = OptionsBuilder::new();
+            for (class, ty, words) in l {
+                let _ = b.push(class, ty, &[0x33; 16][..words * 4]);
+            }
+            b
+        })
+    }
+
+    /// Any configuration; `fast_shape` restricts it to the one the fast path serves.
+    fn config(fast_shape: bool) -> impl Strategy<Value = EncapConfig> {
+        (
+            any::<bool>(),
+            proptest::option::of(options()),
+            any::<bool>(),
+            proptest::option::of(0u32..0x0100_0000),
+            proptest::option::of(proptest::collection::vec(
+                (any::<bool>(), any::<u8>()),
+                0..3,
+            )),
+            (any::<u16>(), any::<u16>(), any::<u16>()),
+            any::<bool>(),
+            prop_oneof![60u16..200, Just(1500u16), Just(u16::MAX)],
+            any::<u8>(),
+        )
+            .prop_map(
+                move |(v6, geneve, ip_payload, vni, hops, (port, a, b), csum, mtu, ttl)| {
+                    let v6 = v6 && !fast_shape;
+                    let underlay = Underlay {
+                        src_mac: [2, 0, 0, 0, 1, 1],
+                        dst_mac: [2, 0, 0, 0, 2, 2],
+                        src: addr(v6, 1),
+                        dst: addr(v6, 2),
+                    };
+                    let mut c = match geneve {
+                        Some(o) => EncapConfig::geneve(o, 0, underlay),
+                        None => EncapConfig::vxlan(0, underlay),
+                    };
+                    if ip_payload && geneve.is_some() {
+                        c.payload = Payload::Ip;
+                    }
+                    c.vni = vni.map_or(VniSource::Zone, VniSource::Fixed);
+                    if let Some(h) = hops
+                        && !fast_shape
+                    {
+                        c.destination =
+                            Destination::NextHop(h.iter().map(|&(v, l)| addr(v, l)).collect());
+                    }
+                    c.dst_port = port;
+                    c.src_ports = (a.min(b), a.max(b));
+                    c.udp_checksum_v4 = csum && !fast_shape;
+                    c.mtu = mtu;
+                    c.ttl = ttl;
+                    c
+                },
+            )
+    }
+
+    /// A packet to encapsulate: a parsed inner frame or arbitrary bytes, with metadata as
+    /// earlier stages might have left it, in a buffer with some headroom.
+    fn packet() -> impl Strategy<Value = Packet<Vec<u8>>> {
+        (
+            prop_oneof![
+                (0usize..60).prop_map(inner_frame),
+                proptest::collection::vec(any::<u8>(), 0..80)
+            ],
+            prop_oneof![0usize..160, Just(512usize)],
+            prop_oneof![0u32..0x0100_0000, any::<u32>()],
+            proptest::option::of(any::<u64>()),
+            prop_oneof![Just(NO_NEXT_HOP), 0u32..4],
+            proptest::option::of((
+                prop_oneof![Just(ethertype::IPV4), Just(ethertype::IPV6), any::<u16>()],
+                0u16..40,
+            )),
+        )
+            .prop_map(|(frame, headroom, zone, hash, next_hop, l2)| {
+                let mut p =
+                    Packet::new(vec![0u8; headroom + frame.len()], headroom, frame.len()).unwrap();
+                p.data_mut().copy_from_slice(&frame);
+                p.meta.zone = ZoneId(zone);
+                let _ = nf_core::parse_frame(&frame, &mut p.meta, &Default::default());
+                if let Some((et, l3)) = l2 {
+                    p.meta.ethertype = et;
+                    p.meta.l3 = l3;
+                }
+                if let Some(h) = hash {
+                    p.meta.flow_hash = h;
+                    p.meta.flags |= flags::HASH_VALID;
+                }
+                p.meta.next_hop = next_hop;
+                p
+            })
+    }
+
+    type Outcome = (Verdict, Vec<u8>, Meta, usize, StageCounters);
+
+    fn run(stage: &mut EncapStage, p: &Packet<Vec<u8>>) -> Outcome {
+        let mut b = Batch::new();
+        b.push(p.clone()).unwrap();
+        stage.process(Instant::ZERO, &mut b);
+        let p = b.drain().next().unwrap();
+        (
+            p.meta.verdict,
+            p.data().to_vec(),
+            p.meta,
+            p.headroom(),
+            stage.counters().clone(),
+        )
+    }
+
+    /// The frame a stage with `c` should emit for `p`, from the `Repr`s of each header, or
+    /// the drop reason (given enough headroom).
+    fn reference(c: &EncapConfig, p: &Packet<Vec<u8>>) -> Result<Vec<u8>, DropReason> {
+        let (mut inner, mut protocol) = (p.data(), ethertype::TEB);
+        if c.payload == Payload::Ip {
+            protocol = p.meta.ethertype;
+            if !matches!(protocol, ethertype::IPV4 | ethertype::IPV6) {
+                return Err(DropReason::TunnelBadProtocol);
+            }
+            inner = inner
+                .get(usize::from(p.meta.l3)..)
+                .ok_or(DropReason::TunnelTruncated)?;
+        }
+        let vni = match c.vni {
+            VniSource::Fixed(v) => v,
+            VniSource::Zone => p.meta.zone.0,
+        };
+        let mut tun = [0u8; 8 + crate::geneve::MAX_OPTIONS_LEN];
+        let (tun_len, emitted) = match &c.tunnel {
+            EncapTunnel::Geneve(o) => {
+                let r = GeneveRepr::new(vni, protocol, o);
+                (r.buffer_len(), r.emit(&mut tun))
+            }
+            EncapTunnel::Vxlan => (8, VxlanRepr { vni }.emit(&mut tun)),
+        };
+        let v6 = matches!(c.underlay.src, IpAddr::V6(_));
+        let udp_len = 8 + tun_len + inner.len();
+        let ip_len = udp_len + if v6 { 40 } else { 20 };
+        if ip_len > usize::from(c.mtu) {
+            return Err(DropReason::TooBig);
+        }
+        emitted.map_err(|_| DropReason::TunnelUnknownVni)?;
+        let tun = &tun[..tun_len];
+        let dst = match &c.destination {
+            Destination::NextHop(h) if p.meta.next_hop != NO_NEXT_HOP => h
+                .get(p.meta.next_hop as usize)
+                .filter(|a| a.is_ipv6() == v6)
+                .copied()
+                .unwrap_or(c.underlay.dst),
+            _ => c.underlay.dst,
+        };
+        let m = &p.meta;
+        let h = if m.has(flags::HASH_VALID) {
+            m.flow_hash
+        } else if m.has(flags::L3_VALID) {
+            fold_key(&m.flow)
+        } else {
+            0
+        };
+        let span = u64::from(c.src_ports.1 - c.src_ports.0) + 1;
+        let sport = c.src_ports.0 + ((u64::from(h as u32 ^ (h >> 32) as u32) * span) >> 32) as u16;
+        let mut out = vec![0u8; 14 + ip_len - udp_len];
+        EthernetRepr {
+            src: c.underlay.src_mac,
+            dst: c.underlay.dst_mac,
+            ethertype: if v6 { ethertype::IPV6 } else { ethertype::IPV4 },
+        }
+        .emit(&mut out)
+        .unwrap();
+        let pseudo = match (c.underlay.src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                Ipv4Repr {
+                    src: s.octets(),
+                    dst: d.octets(),
+                    proto: proto::UDP,
+                    ttl: c.ttl,
+                    dscp_ecn: 0,
+                    ident: 0,
+                    dont_frag: true,
+                    more_frags: false,
+                    frag_offset: 0,
+                    payload_len: udp_len as u16,
+                    options: [0; 40],
+                    options_len: 0,
+                }
+                .emit(&mut out[14..])
+                .unwrap();
+                checksum::pseudo_header_v4(s.octets(), d.octets(), proto::UDP, udp_len as u16)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                Ipv6Repr {
+                    src: s.octets(),
+                    dst: d.octets(),
+                    next_header: proto::UDP,
+                    hop_limit: c.ttl,
+                    traffic_class: 0,
+                    flow_label: 0,
+                    payload_len: udp_len as u16,
+                }
+                .emit(&mut out[14..])
+                .unwrap();
+                checksum::pseudo_header_v6(&s.octets(), &d.octets(), proto::UDP, udp_len as u32)
+            }
+            _ => unreachable!(),
+        };
+        let udp = out.len();
+        out.extend_from_slice(&[0; 8]);
+        UdpRepr {
+            src_port: sport,
+            dst_port: c.dst_port,
+            payload_len: (udp_len - 8) as u16,
+            checksum: 0,
+        }
+        .emit(&mut out[udp..])
+        .unwrap();
+        out.extend_from_slice(tun);
+        out.extend_from_slice(inner);
+        if v6 || c.udp_checksum_v4 {
+            let s = checksum::udp_finish(checksum::sum(pseudo, &out[udp..]));
+            out[udp + 6..udp + 8].copy_from_slice(&s.to_be_bytes());
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_path_equals_general_path(c in config(true), p in packet()) {
+            let mut fast = EncapStage::new(c.clone()).unwrap();
+            let mut general = EncapStage::new(c).unwrap();
+            prop_assert!(fast.v4_fixed);
+            general.v4_fixed = false;
+            prop_assert_eq!(run(&mut fast, &p), run(&mut general, &p));
+        }
+
+        #[test]
+        fn counted_as_stage_counters_account_counts(
+            c in config(false),
+            pkts in proptest::collection::vec((packet(), any::<bool>()), 1..20),
+        ) {
+            let mut stage = EncapStage::new(c).unwrap();
+            let mut batch = Batch::new();
+            for (mut p, dropped) in pkts {
+                if dropped {
+                    p.meta.verdict = Verdict::Drop(DropReason::NonIp);
+                }
+                batch.push(p).unwrap();
+            }
+            let before = batch.pending_mask();
+            stage.process(Instant::ZERO, &mut batch);
+            let mut want = StageCounters::default();
+            want.account(before, &batch);
+            prop_assert_eq!(stage.counters(), &want);
+        }
+
+        #[test]
+        fn output_equals_a_reference_built_from_reprs(c in config(false), mut p in packet()) {
+            // Enough headroom for any header.
+            let frame = p.data().to_vec();
+            let meta = p.meta;
+            p = Packet::new(vec![0u8; 512 + frame.len()], 512, frame.len()).unwrap();
+            p.data_mut().copy_from_slice(&frame);
+            p.meta = meta;
+            let mut stage = EncapStage::new(c.clone()).unwrap();
+            let (verdict, data, ..) = run(&mut stage, &p);
+            match reference(&c, &p) {
+                Ok(want) => {
+                    prop_assert_eq!(verdict, Verdict::Pass);
+                    prop_assert_eq!(data, want);
+                }
+                Err(r) => prop_assert_eq!(verdict, Verdict::Drop(r)),
+            }
+        }
     }
 }
