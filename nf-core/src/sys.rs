@@ -2,8 +2,9 @@
 //!
 //! [`prefetch`] asks the CPU to start loading the cache line holding a value, so that the
 //! batch lookups of [`SessionTable`](crate::conntrack::SessionTable) can overlap the memory
-//! latency of up to 64 keys instead of waiting for each in turn (measured by the
-//! `conntrack-hit` benchmark). On targets other than x86-64 it compiles to nothing.
+//! latency of many keys instead of waiting for each in turn (measured by the `conntrack-hit`
+//! benchmark), and an insert can load both of its home buckets at once. On targets other than
+//! x86-64 it compiles to nothing.
 #![allow(unsafe_code)]
 
 /// Hints that the cache line holding `*r` is about to be read. Never faults, never changes

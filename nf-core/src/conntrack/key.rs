@@ -6,6 +6,7 @@
 //! in the session record.
 
 use crate::flow::{Family, FlowKey, ZoneId};
+use crate::hash::Sip13;
 
 /// A packed one-direction key (addresses and ports) of one address family.
 ///
@@ -29,6 +30,10 @@ pub trait SessionKey: Copy + Eq + Default + core::fmt::Debug + sealed::Sealed {
     /// Keyed hash of this key together with the session's zone and protocol.
     #[doc(hidden)]
     fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64;
+    /// Equality without early exits (one compare of packed words), for the lookup path where
+    /// the key is compared against both keys of a record.
+    #[doc(hidden)]
+    fn same(&self, other: &Self) -> bool;
     /// Writes [`Self::ENCODED_LEN`] bytes (addresses, then ports big-endian).
     #[doc(hidden)]
     fn encode(&self, out: &mut [u8]);
@@ -136,6 +141,16 @@ impl SessionKey for V4Key {
         s.finish(u64::from(proto) | 17 << 56)
     }
 
+    #[inline(always)]
+    fn same(&self, o: &Self) -> bool {
+        let a =
+            u64::from(u32::from_ne_bytes(self.src)) | u64::from(u32::from_ne_bytes(self.dst)) << 32;
+        let b = u64::from(u32::from_ne_bytes(o.src)) | u64::from(u32::from_ne_bytes(o.dst)) << 32;
+        let p = u32::from(self.src_port) | u32::from(self.dst_port) << 16;
+        let q = u32::from(o.src_port) | u32::from(o.dst_port) << 16;
+        (a ^ b) | u64::from(p ^ q) == 0
+    }
+
     fn encode(&self, out: &mut [u8]) {
         let mut w = Put { out, at: 0 };
         w.put(&self.src);
@@ -209,6 +224,17 @@ impl SessionKey for V6Key {
         s.word(d1);
         s.word(u64::from(self.src_port) | u64::from(self.dst_port) << 16 | u64::from(zone) << 32);
         s.finish(u64::from(proto) | 41 << 56)
+    }
+
+    #[inline(always)]
+    fn same(&self, o: &Self) -> bool {
+        let [a0, a1] = split16(self.src);
+        let [a2, a3] = split16(self.dst);
+        let [b0, b1] = split16(o.src);
+        let [b2, b3] = split16(o.dst);
+        let p = u32::from(self.src_port) | u32::from(self.dst_port) << 16;
+        let q = u32::from(o.src_port) | u32::from(o.dst_port) << 16;
+        (a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3) | u64::from(p ^ q) == 0
     }
 
     fn encode(&self, out: &mut [u8]) {
@@ -300,57 +326,7 @@ impl SipKey {
 
     #[inline(always)]
     fn start(&self) -> Sip13 {
-        Sip13 {
-            v0: self.k0 ^ 0x736f_6d65_7073_6575,
-            v1: self.k1 ^ 0x646f_7261_6e64_6f6d,
-            v2: self.k0 ^ 0x6c79_6765_6e65_7261,
-            v3: self.k1 ^ 0x7465_6462_7974_6573,
-        }
-    }
-}
-
-/// SipHash-1-3 state (one compression round per word, three finalisation rounds).
-struct Sip13 {
-    v0: u64,
-    v1: u64,
-    v2: u64,
-    v3: u64,
-}
-
-impl Sip13 {
-    #[inline(always)]
-    fn round(&mut self) {
-        self.v0 = self.v0.wrapping_add(self.v1);
-        self.v1 = self.v1.rotate_left(13);
-        self.v1 ^= self.v0;
-        self.v0 = self.v0.rotate_left(32);
-        self.v2 = self.v2.wrapping_add(self.v3);
-        self.v3 = self.v3.rotate_left(16);
-        self.v3 ^= self.v2;
-        self.v0 = self.v0.wrapping_add(self.v3);
-        self.v3 = self.v3.rotate_left(21);
-        self.v3 ^= self.v0;
-        self.v2 = self.v2.wrapping_add(self.v1);
-        self.v1 = self.v1.rotate_left(17);
-        self.v1 ^= self.v2;
-        self.v2 = self.v2.rotate_left(32);
-    }
-
-    #[inline(always)]
-    fn word(&mut self, m: u64) {
-        self.v3 ^= m;
-        self.round();
-        self.v0 ^= m;
-    }
-
-    #[inline(always)]
-    fn finish(mut self, last: u64) -> u64 {
-        self.word(last);
-        self.v2 ^= 0xff;
-        self.round();
-        self.round();
-        self.round();
-        self.v0 ^ self.v1 ^ self.v2 ^ self.v3
+        Sip13::new(self.k0, self.k1)
     }
 }
 
@@ -358,6 +334,47 @@ impl Sip13 {
 mod tests {
     use super::*;
     use crate::flow::proto;
+    use proptest::prelude::*;
+
+    /// Keys drawn from a small alphabet, so that equal and nearly equal pairs are common.
+    fn v4(b: [u8; 6]) -> V4Key {
+        V4Key {
+            src: [b[0], 0, 0, b[1]],
+            dst: [b[2], 0, 0, 1],
+            src_port: u16::from(b[3]) << 8 | u16::from(b[4]),
+            dst_port: u16::from(b[5]),
+        }
+    }
+
+    fn v6(b: [u8; 6]) -> V6Key {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[0] = b[0];
+        src[15] = b[1];
+        dst[7] = b[2];
+        V6Key {
+            src,
+            dst,
+            src_port: u16::from(b[3]) << 8 | u16::from(b[4]),
+            dst_port: u16::from(b[5]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn same_is_equality(a in any::<[u8; 6]>(), m in any::<[bool; 6]>()) {
+            // `b` equals `a` except where the mask says to change a byte.
+            let mut b = a;
+            for (x, &flip) in b.iter_mut().zip(&m) {
+                if flip {
+                    *x = x.wrapping_add(1);
+                }
+            }
+            prop_assert_eq!(v4(a).same(&v4(b)), v4(a) == v4(b));
+            prop_assert_eq!(v6(a).same(&v6(b)), v6(a) == v6(b));
+            prop_assert!(v4(a).same(&v4(a)) && v6(a).same(&v6(a)));
+        }
+    }
 
     #[test]
     fn packed_keys_round_trip() {

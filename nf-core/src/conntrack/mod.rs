@@ -48,15 +48,23 @@
 //! - **Index**: 64-byte buckets of one overflow counter and 15 entries of 4 bytes, each
 //!   `tag | (slot + 1)`: the low bits name the record, the remaining high bits (at least 6;
 //!   12 at 1M sessions) are a hash tag. Two entries per session; the index is sized so that
-//!   at most 85% of its entries are used when the table is full. Lookup: one bucket line, tag
-//!   compare (vectorised), then the record line. Insertion probes forward from the home
+//!   at most 75% of its entries are used when the table is full (at 90% table load, about 1%
+//!   of entries sit outside their home bucket). Lookup: one bucket line, tag compare
+//!   (vectorised), then the record line. Insertion probes forward from the home
 //!   bucket (linear probing over buckets) and bumps the overflow counter of every full bucket
 //!   it passes; a lookup stops at the first bucket with a zero counter; removal decrements
 //!   the counters along the entry's path, so there are no tombstones.
 //!
-//! IPv4, 16-byte value, at 90% load: (64 + 8 + 2 × 4 / 0.85 × 64/60) / 0.9 ≈ 91 bytes per
+//! IPv4, 16-byte value, at 90% load: (64 + 8 + 2 × 4 / 0.75 × 64/60) / 0.9 ≈ 93 bytes per
 //! session, measured by [`SessionTable::allocated_bytes`] (the `conntrack-insert` bench prints
-//! it). IPv6: a 112-byte record (unaligned; it spans two lines anyway), ≈ 144 bytes.
+//! it). IPv6: a 112-byte record (unaligned; it spans two lines anyway), ≈ 146 bytes.
+//!
+//! A batch lookup ([`SessionTable::lookup_batch`]) is a software pipeline: while one key is
+//! hashed, the bucket of a key 16 places earlier is scanned and the record of a key 32 places
+//! earlier compared, so the memory latency of some 30 keys overlaps. At a million sessions
+//! nearly every bucket and record access misses the caches, and with 4 KiB pages the TLB as
+//! well (a page walk per access, two-dimensional under virtualisation): put large tables on
+//! huge pages (the `conntrack-hit` bench reports both).
 //!
 //! Hashing is SipHash-1-3 keyed with the table's secret over the packed key, zone and
 //! protocol; the bucket is the hash's high bits (multiply-shift), the tag its low bits.
