@@ -6,6 +6,7 @@
 //! as well.
 
 mod harness;
+mod hugealloc;
 mod scenarios;
 
 use std::process::ExitCode;

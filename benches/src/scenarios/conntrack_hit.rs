@@ -6,8 +6,14 @@
 //! `ahash` holding both directions of every session (2 entries per session), one `get` per key.
 //! Traffic: uniform over all sessions, and Zipf-like (s ≈ 1) popularity; each key is the
 //! original or the reply direction with equal probability.
+//!
+//! Each case runs twice, `"huge_pages": "madvise"` (tables on transparent huge pages, as a
+//! dataplane deploys them; see `hugealloc`) and `"none"` (4 KiB pages); ours and the peer
+//! always share the allocator. `anon_huge_mib` is what the kernel actually backed with huge
+//! pages in the process at the time.
 
 use crate::harness::{self, Opts, Rng};
+use crate::hugealloc;
 use nf_core::conntrack::{SessionState, SessionTable, TableConfig, V4Key};
 use nf_core::{Direction, FlowKey, Instant};
 use serde_json::json;
@@ -18,8 +24,18 @@ const QUERIES: usize = 1 << 20;
 
 pub(crate) fn run(opts: &Opts) {
     let sessions = opts.sessions.unwrap_or(1_000_000);
-    let capacity = (sessions as f64 / 0.9).ceil() as u32;
     let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
+    // Huge pages first (how a dataplane deploys a table this size), then the same with 4 KiB
+    // pages; both sides of each line share the allocator.
+    for advise in [true, false] {
+        let was = hugealloc::set_advise(advise);
+        measure(opts, sessions, &flows);
+        hugealloc::set_advise(was);
+    }
+}
+
+fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
+    let capacity = (sessions as f64 / 0.9).ceil() as u32;
     let mut table: SessionTable<V4Key, [u8; 16]> =
         SessionTable::new(TableConfig::new(capacity, *b"bench secret key")).expect("config");
     let mut peer =
@@ -39,6 +55,7 @@ pub(crate) fn run(opts: &Opts) {
         peer.insert(f.reversed(), (i as u32, true));
     }
 
+    let huge_bytes = hugealloc::anon_huge_bytes();
     for dist in ["uniform", "zipf"] {
         let mut rng = Rng::new(0x5EED);
         let queries: Vec<FlowKey> = (0..QUERIES)
@@ -111,6 +128,9 @@ pub(crate) fn run(opts: &Opts) {
                 "distribution": dist,
                 "batch": 64,
                 "family": "ipv4",
+                "huge_pages": hugealloc::mode(),
+                "thp_policy": hugealloc::thp_policy(),
+                "anon_huge_mib": huge_bytes.map(|b| b >> 20),
                 "ours_single_lookup_ns": (single * 1000.0).round() / 1000.0,
                 "target_ns_per_pkt": 30.0,
                 "meets_target": r.ours_ns <= 30.0 && r.peer_ns / r.ours_ns >= 2.0,
