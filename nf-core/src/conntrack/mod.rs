@@ -60,8 +60,8 @@
 //! it). IPv6: a 112-byte record (unaligned; it spans two lines anyway), ≈ 146 bytes.
 //!
 //! A batch lookup ([`SessionTable::lookup_batch`]) is a software pipeline: while one key is
-//! hashed, the bucket of a key 16 places earlier is scanned and the record of a key 32 places
-//! earlier compared, so the memory latency of some 30 keys overlaps. At a million sessions
+//! hashed, the bucket of a key 32 places earlier is scanned and its record prefetched, so the
+//! memory latency of many keys overlaps with hashing and with each other. At a million sessions
 //! nearly every bucket and record access misses the caches, and with 4 KiB pages the TLB as
 //! well (a page walk per access, two-dimensional under virtualisation): put large tables on
 //! huge pages (the `conntrack-hit` bench reports both).

@@ -298,13 +298,14 @@ struct Pipeline {
 
 /// Most sessions a batch lookup takes.
 const BATCH: usize = 64;
-/// Batch lookup pipeline distances, in keys (see [`SessionTable::lookup_batch`]). About one
-/// memory latency's worth of hashing each: shorter leaves the pipeline waiting for buckets and
-/// records, longer leaves more of a 64-key batch in the unoverlapped ramp-up and drain
-/// (`conntrack-hit`: 8 is clearly worse than 16; 24 is no better).
+/// Batch lookup pipeline distances, in keys (see [`SessionTable::lookup_batch`]): at least a
+/// memory latency's worth of hashing (and of waiting for other keys' lines, the fill buffers
+/// being the limit at 1M sessions). `conntrack-hit`, 64-key batches: 12 is clearly worse than
+/// 16, 24 to 32 a few percent better; with 32 a 64-key batch hashes its second half while the
+/// first half's buckets arrive.
 const LEAD_KEY: usize = 16;
-const LEAD_BUCKET: usize = 16;
-const LEAD_RECORD: usize = 16;
+const LEAD_BUCKET: usize = 32;
+const LEAD_RECORD: usize = 32;
 /// Buckets along a probe path whose matching records a deferred batch lookup prefetches.
 const PREFETCH_PROBE_BUCKETS: usize = 3;
 
