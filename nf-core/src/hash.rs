@@ -35,28 +35,8 @@ impl FlowHasher {
     /// A hasher keyed with a 16-byte secret (read as two little-endian `u64`s, as SipHash's
     /// reference implementation does).
     pub const fn new(key: [u8; 16]) -> Self {
-        let [
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            a6,
-            a7,
-            b0,
-            b1,
-            b2,
-            b3,
-            b4,
-            b5,
-            b6,
-            b7,
-        ] = key;
-        Self {
-            k0: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
-            k1: u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
-        }
+        let [k0, k1] = le_words(key);
+        Self { k0, k1 }
     }
 
     /// SipHash-1-3 of arbitrary bytes under this key (for other explicitly encoded inputs
@@ -206,6 +186,34 @@ impl Sip13 {
         self.round();
         self.v0 ^ self.v1 ^ self.v2 ^ self.v3
     }
+}
+
+/// 16 bytes as two little-endian `u64` words: how SipHash reads a 128-bit key, and how the
+/// session table reads packed addresses.
+#[inline(always)]
+pub(crate) const fn le_words(a: [u8; 16]) -> [u64; 2] {
+    let [
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        a6,
+        a7,
+        b0,
+        b1,
+        b2,
+        b3,
+        b4,
+        b5,
+        b6,
+        b7,
+    ] = a;
+    [
+        u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+    ]
 }
 
 /// Owner selection: maps a hash to one of `n` owners (cores, nodes) without modulo bias

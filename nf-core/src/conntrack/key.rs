@@ -6,7 +6,7 @@
 //! in the session record.
 
 use crate::flow::{Family, FlowKey, ZoneId};
-use crate::hash::Sip13;
+use crate::hash::{Sip13, le_words};
 
 /// A packed one-direction key (addresses and ports) of one address family.
 ///
@@ -216,8 +216,8 @@ impl SessionKey for V6Key {
     #[inline]
     fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64 {
         let mut s = sip.start();
-        let [s0, s1] = split16(self.src);
-        let [d0, d1] = split16(self.dst);
+        let [s0, s1] = le_words(self.src);
+        let [d0, d1] = le_words(self.dst);
         s.word(s0);
         s.word(s1);
         s.word(d0);
@@ -228,10 +228,10 @@ impl SessionKey for V6Key {
 
     #[inline(always)]
     fn same(&self, o: &Self) -> bool {
-        let [a0, a1] = split16(self.src);
-        let [a2, a3] = split16(self.dst);
-        let [b0, b1] = split16(o.src);
-        let [b2, b3] = split16(o.dst);
+        let [a0, a1] = le_words(self.src);
+        let [a2, a3] = le_words(self.dst);
+        let [b0, b1] = le_words(o.src);
+        let [b2, b3] = le_words(o.dst);
         let p = u32::from(self.src_port) | u32::from(self.dst_port) << 16;
         let q = u32::from(o.src_port) | u32::from(o.dst_port) << 16;
         (a0 ^ b0) | (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3) | u64::from(p ^ q) == 0
@@ -257,32 +257,6 @@ impl SessionKey for V6Key {
             dst_port: u16::from_be_bytes(*dp),
         })
     }
-}
-
-#[inline(always)]
-fn split16(a: [u8; 16]) -> [u64; 2] {
-    let [
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
-        b0,
-        b1,
-        b2,
-        b3,
-        b4,
-        b5,
-        b6,
-        b7,
-    ] = a;
-    [
-        u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
-        u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
-    ]
 }
 
 struct Put<'a> {
@@ -320,7 +294,7 @@ impl core::fmt::Debug for SipKey {
 impl SipKey {
     /// A key from a 16-byte secret.
     pub(crate) fn new(secret: [u8; 16]) -> Self {
-        let [k0, k1] = split16(secret);
+        let [k0, k1] = le_words(secret);
         Self { k0, k1 }
     }
 
