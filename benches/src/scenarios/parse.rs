@@ -60,42 +60,58 @@ pub(crate) fn run(opts: &Opts) {
         } else {
             "ipv6-udp"
         };
-        let mut out = [FlowKey::default(); 64];
-        let mut i = 0usize;
-        let r = harness::ab(opts, 64, &mut ours, || {
-            // Materialise every key, as the parse stage does into metadata.
-            for k in out.iter_mut() {
-                *k = etherparse_key(black_box(&frames[i])).unwrap_or_default();
-                i = (i + 1) % FRAMES;
-            }
-            black_box(&out);
-            u64::from(out[7].src_port)
-        });
-        harness::report(
+        let smoltcp_verifies = fam == Family::V4Tcp;
+        let etherparse = "etherparse 0.21 SlicedPacket::from_ethernet + key extraction";
+        measure_peer(
             opts,
-            "parse",
-            "etherparse 0.21 SlicedPacket::from_ethernet + key extraction",
-            r,
-            json!({"family": family, "frame_bytes": FRAME_LEN, "batch": 64, "ours_verifies_ipv4_checksum": true, "peer_verifies_ipv4_checksum": false}),
+            family,
+            &frames,
+            &mut ours,
+            etherparse,
+            false,
+            etherparse_key,
         );
-        let mut j = 0usize;
-        let r = harness::ab(opts, 64, &mut ours, || {
-            // Materialise every key, as the parse stage does into metadata.
-            for k in out.iter_mut() {
-                *k = smoltcp_key(black_box(&frames[j])).unwrap_or_default();
-                j = (j + 1) % FRAMES;
-            }
-            black_box(&out);
-            u64::from(out[7].src_port)
-        });
-        harness::report(
+        let smoltcp = "smoltcp 0.14 wire new_checked per layer + verify_checksum";
+        measure_peer(
             opts,
-            "parse",
-            "smoltcp 0.14 wire new_checked per layer + verify_checksum",
-            r,
-            json!({"family": family, "frame_bytes": FRAME_LEN, "batch": 64, "ours_verifies_ipv4_checksum": true, "peer_verifies_ipv4_checksum": fam == Family::V4Tcp}),
+            family,
+            &frames,
+            &mut ours,
+            smoltcp,
+            smoltcp_verifies,
+            smoltcp_key,
         );
     }
+}
+
+/// Times `ours` against a peer that turns each frame into a key (statically dispatched, and
+/// every key materialised, as the parse stage does into metadata), and reports the line.
+fn measure_peer(
+    opts: &Opts,
+    family: &str,
+    frames: &[Vec<u8>],
+    ours: &mut impl FnMut() -> u64,
+    peer: &str,
+    peer_verifies: bool,
+    key_of: impl Fn(&[u8]) -> Option<FlowKey>,
+) {
+    let mut out = [FlowKey::default(); 64];
+    let mut i = 0usize;
+    let r = harness::ab(opts, 64, ours, || {
+        for k in out.iter_mut() {
+            *k = key_of(black_box(&frames[i])).unwrap_or_default();
+            i = (i + 1) % FRAMES;
+        }
+        black_box(&out);
+        u64::from(out[7].src_port)
+    });
+    harness::report(
+        opts,
+        "parse",
+        peer,
+        r,
+        json!({"family": family, "frame_bytes": FRAME_LEN, "batch": 64, "ours_verifies_ipv4_checksum": true, "peer_verifies_ipv4_checksum": peer_verifies}),
+    );
 }
 
 /// Deterministic 64-byte frames with random addresses and ports, built by etherparse.
