@@ -119,6 +119,27 @@ impl FlowKey {
         }
     }
 
+    /// Overwrites `self` with the IPv6 key [`FlowKey::v6`] would build, copying the addresses
+    /// straight from where they lie (the parse fast path: no temporary key).
+    #[inline(always)]
+    pub(crate) fn set_v6(
+        &mut self,
+        zone: ZoneId,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        proto: u8,
+        src_port: u16,
+        dst_port: u16,
+    ) {
+        self.src = *src;
+        self.dst = *dst;
+        self.zone = zone;
+        self.src_port = src_port;
+        self.dst_port = dst_port;
+        self.proto = proto;
+        self.family = Family::V6;
+    }
+
     /// A key from `core::net` addresses; `None` if the families differ.
     pub fn from_addrs(
         zone: ZoneId,

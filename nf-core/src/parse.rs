@@ -37,7 +37,7 @@ use crate::verdict::{DropReason, Verdict};
 use crate::wire::ethernet::{ETHERNET_HEADER_LEN, EthernetHeader, VlanHeader, is_vlan_tpid};
 use crate::wire::icmp::{IcmpHeader, IcmpKind, classify_v4, classify_v6};
 use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
-use crate::wire::ipv6::{Ipv6Error, Ipv6Packet};
+use crate::wire::ipv6::{Ipv6Error, Ipv6Header, Ipv6Packet};
 use crate::wire::tcp::{TcpError, TcpPacket};
 use crate::wire::udp::{UdpHeader, UdpPacket};
 use crate::wire::{ethertype, icmp::IcmpError};
@@ -112,7 +112,10 @@ impl<B: AsRef<[u8]>> Stage<B> for ParseStage {
             }
             live += 1;
             let (data, meta) = pkt.data_and_meta_mut();
-            match parse_frame(data, meta, &self.config) {
+            if fast_path(data, meta, &self.config).is_some() {
+                continue;
+            }
+            match parse_slow(data, meta, &self.config) {
                 Ok(Parsed::Ip) => {}
                 Ok(Parsed::NonIp) => match self.config.non_ip {
                     NonIpAction::ToControl => {
@@ -155,13 +158,20 @@ pub fn parse_frame(
     meta: &mut Meta,
     config: &ParseConfig,
 ) -> Result<Parsed, DropReason> {
+    if fast_path(data, meta, config).is_some() {
+        return Ok(Parsed::Ip);
+    }
+    parse_slow(data, meta, config)
+}
+
+/// [`parse_frame`] after the fast path declined: reset what the walk accumulates, then walk.
+/// Kept out of line so the per-packet loop stays small.
+#[inline(never)]
+fn parse_slow(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Result<Parsed, DropReason> {
     meta.flags = 0;
     meta.vlan_count = 0;
     meta.tcp_flags = 0;
     meta.icmp_type = 0;
-    if let Some(p) = fast_path(data, meta, config) {
-        return Ok(p);
-    }
     parse_general(data, meta, config)
 }
 
@@ -205,10 +215,10 @@ fn parse_general(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Result<P
 /// Fixed-offset shortcut for the shapes that dominate real traffic: untagged Ethernet,
 /// then IPv4 without options or fragmentation, or IPv6 without extension headers, then TCP
 /// or UDP. It accepts only frames the general walk accepts, and fills `meta` identically
-/// (property-tested); anything else, valid or not, returns `None` and takes the general walk,
-/// which also names the drop reason.
+/// (property-tested); anything else, valid or not, returns `None` without touching `meta` and
+/// takes the general walk, which also names the drop reason.
 #[inline(always)]
-fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<Parsed> {
+fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<()> {
     let eth: &[u8; 14] = data.first_chunk()?;
     let et = u16::from_be_bytes([eth[12], eth[13]]);
     let rest = data.get(ETHERNET_HEADER_LEN..)?;
@@ -217,12 +227,13 @@ fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<Parse
         if ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
             return None;
         }
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
         if config.verify_ipv4_checksum && !crate::checksum::verify_ipv4_header(ip) {
             return None;
         }
-        let l4 = rest.get(20..total)?;
-        let (sp, dp, hlen) = l4_fast(ip[9], l4, meta)?;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let after = rest.get(20..)?;
+        // A total length under 20 wraps to a huge L4 length, which overruns the frame.
+        let (sp, dp, hlen, tcp_flags) = l4_fast(ip[9], after, total.wrapping_sub(20), false)?;
         meta.flow = FlowKey::v4(
             meta.zone,
             [ip[12], ip[13], ip[14], ip[15]],
@@ -231,63 +242,68 @@ fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<Parse
             sp,
             dp,
         );
-        finish_fast(meta, et, 20, hlen);
-        Some(Parsed::Ip)
+        finish_fast(meta, et, 20, hlen, tcp_flags);
+        Some(())
     } else if et == ethertype::IPV6 {
-        let ip: &[u8; 40] = rest.first_chunk()?;
-        if ip[0] >> 4 != 6 {
-            return None;
-        }
-        let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-        let l4 = rest.get(40..40 + plen)?;
-        let (sp, dp, hlen) = l4_fast(ip[6], l4, meta)?;
-        let src: [u8; 16] = *ip.get(8..24)?.first_chunk()?;
-        let dst: [u8; 16] = *ip.get(24..40)?.first_chunk()?;
-        meta.flow = FlowKey::v6(meta.zone, src, dst, ip[6], sp, dp);
-        finish_fast(meta, et, 40, hlen);
-        Some(Parsed::Ip)
+        let (ip, after) = Ipv6Header::ref_from_prefix(rest).ok()?;
+        let odd = ip.vtcfl.get() >> 28 != 6;
+        let plen = usize::from(ip.payload_len.get());
+        let (sp, dp, hlen, tcp_flags) = l4_fast(ip.next_header, after, plen, odd)?;
+        let zone = meta.zone;
+        meta.flow
+            .set_v6(zone, &ip.src, &ip.dst, ip.next_header, sp, dp);
+        finish_fast(meta, et, 40, hlen, tcp_flags);
+        Some(())
     } else {
         None
     }
 }
 
 #[inline(always)]
-fn finish_fast(meta: &mut Meta, et: u16, l3_len: usize, l4_len: usize) {
+fn finish_fast(meta: &mut Meta, et: u16, l3_len: usize, l4_len: usize, tcp_flags: u8) {
     let l4 = ETHERNET_HEADER_LEN + l3_len;
     meta.ethertype = et;
     meta.l3 = ETHERNET_HEADER_LEN as u16;
     meta.l4 = l4 as u16;
     meta.payload = (l4 + l4_len) as u16;
     meta.flags = flags::L3_VALID | flags::L4_VALID;
+    meta.vlan_count = 0;
+    meta.tcp_flags = tcp_flags;
+    meta.icmp_type = 0;
 }
 
-/// TCP or UDP at the start of `l4` (the IP payload): ports and header length, or `None`.
+/// TCP or UDP at the start of `after` (the frame bytes after the IP header), in an IP
+/// payload the IP header says is `l4_len` bytes long: ports, header length and TCP flags (0
+/// for UDP), or `None` if the payload overruns the frame, the transport header overruns the
+/// payload, or `odd` (the caller's own reason to decline).
 #[inline(always)]
-fn l4_fast(p: u8, l4: &[u8], meta: &mut Meta) -> Option<(u16, u16, usize)> {
+fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<(u16, u16, usize, u8)> {
+    let overrun = l4_len > after.len();
     match p {
         proto::TCP => {
-            let t: &[u8; 20] = l4.first_chunk()?;
+            let t: &[u8; 20] = after.first_chunk()?;
             let hlen = usize::from(t[12] >> 4) * 4;
-            if hlen < 20 || hlen > l4.len() {
+            if odd | overrun | (hlen < 20) | (hlen > l4_len) {
                 return None;
             }
-            meta.tcp_flags = t[13];
             Some((
                 u16::from_be_bytes([t[0], t[1]]),
                 u16::from_be_bytes([t[2], t[3]]),
                 hlen,
+                t[13],
             ))
         }
         proto::UDP => {
-            let u: &[u8; 8] = l4.first_chunk()?;
+            let u: &[u8; 8] = after.first_chunk()?;
             let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-            if len < 8 || len > l4.len() {
+            if odd | overrun | (len < 8) | (len > l4_len) {
                 return None;
             }
             Some((
                 u16::from_be_bytes([u[0], u[1]]),
                 u16::from_be_bytes([u[2], u[3]]),
                 8,
+                0,
             ))
         }
         _ => None,
@@ -472,13 +488,33 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Runs `parse_frame` (fast path first) and the general walk alone on the same bytes.
     type Outcome = (Result<Parsed, DropReason>, Meta);
 
+    /// Metadata left over from an earlier packet, as a reused batch has: every field the
+    /// parse stage accumulates or may leave alone is stale.
+    fn stale() -> Meta {
+        Meta {
+            flags: u16::MAX,
+            vlan_count: 2,
+            vlan: [7, 9],
+            tcp_flags: 0xff,
+            icmp_type: 0xff,
+            ethertype: 0x1234,
+            l3: 999,
+            l4: 999,
+            payload: 999,
+            flow: FlowKey::v4(crate::flow::ZoneId(5), [1; 4], [2; 4], 6, 1, 2),
+            ..Meta::default()
+        }
+    }
+
+    /// Runs `parse_frame` (fast path first, then the reset and the general walk) and the
+    /// general walk alone after the reset, on the same bytes and the same stale metadata.
     fn both(data: &[u8], cfg: &ParseConfig) -> (Outcome, Outcome) {
-        let mut a = Meta::default();
+        let mut a = stale();
         let ra = parse_frame(data, &mut a, cfg);
-        let mut b = Meta::default();
+        let mut b = stale();
+        (b.flags, b.vlan_count, b.tcp_flags, b.icmp_type) = (0, 0, 0, 0);
         let rb = parse_general(data, &mut b, cfg);
         ((ra, a), (rb, b))
     }
