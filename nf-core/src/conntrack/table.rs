@@ -263,6 +263,12 @@ pub struct SessionTable<K: SessionKey, V> {
     /// Next tick to sweep.
     cursor: u64,
     gran: u64,
+    /// Deadline ticks per state for the `now` of the last refresh (bit `s` of `dl_known`
+    /// set when `dl_ticks[s]` is filled in): a batch shares one `now`, so this saves a
+    /// 64-bit division per packet.
+    dl_now: u64,
+    dl_known: u16,
+    dl_ticks: [u32; SessionState::ALL.len()],
     free: u32,
     len: u32,
     zones: Vec<Zone>,
@@ -358,6 +364,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             occupied: vec![0; w.div_ceil(64)],
             cursor: 0,
             gran: g,
+            dl_now: 0,
+            dl_known: 0,
+            dl_ticks: [0; SessionState::ALL.len()],
             free: 0,
             len: 0,
             zones: vec![Zone::default(); zslots],
@@ -932,7 +941,8 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             return false;
         };
         let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
-        self.set_deadline(r.index, self.deadline_tick(now, s));
+        let d = self.deadline_tick(now, s);
+        self.set_deadline(r.index, d);
         true
     }
 
@@ -957,7 +967,8 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 self.emb_unlink(zi, r.index);
             }
         }
-        self.set_deadline(r.index, self.deadline_tick(now, state));
+        let d = self.deadline_tick(now, state);
+        self.set_deadline(r.index, d);
         true
     }
 
@@ -981,27 +992,45 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             direction,
             tcp_flags,
         )?;
+        let newly_assured = t.assured && x.flags & F_ASSURED == 0;
         if let Some(x) = self.recs.get_mut(r.index as usize) {
             x.flags = (x.flags & !F_FIN_REPLY) | if t.fin_reply { F_FIN_REPLY } else { 0 };
             x.state = t.state as u8;
         }
-        if t.assured {
+        if newly_assured {
             self.set_state(r, now, t.state, true);
         } else {
-            self.set_deadline(r.index, self.deadline_tick(now, t.state));
+            let d = self.deadline_tick(now, t.state);
+            self.set_deadline(r.index, d);
         }
         Some(t.state)
     }
 
     // ----- timers -------------------------------------------------------------------------
 
-    /// Ticks are `now / granularity`; a deadline is rounded up to a tick boundary.
+    /// Ticks are `now / granularity`; a deadline is rounded up to a tick boundary. Cached
+    /// per state for the current `now`.
     #[inline(always)]
-    fn deadline_tick(&self, now: Instant, s: SessionState) -> u32 {
-        let t = now
-            .as_nanos()
-            .saturating_add(self.cfg.timeouts.timeout(s).as_nanos());
-        t.div_ceil(self.gran) as u32
+    fn deadline_tick(&mut self, now: Instant, s: SessionState) -> u32 {
+        let n = now.as_nanos();
+        if n != self.dl_now {
+            self.dl_now = n;
+            self.dl_known = 0;
+        }
+        let i = s as usize;
+        if self.dl_known >> i & 1 != 0
+            && let Some(&t) = self.dl_ticks.get(i)
+        {
+            return t;
+        }
+        let t = n
+            .saturating_add(self.cfg.timeouts.timeout(s).as_nanos())
+            .div_ceil(self.gran) as u32;
+        if let Some(d) = self.dl_ticks.get_mut(i) {
+            *d = t;
+            self.dl_known |= 1 << i;
+        }
+        t
     }
 
     /// The u64 tick a wrapping u32 tick stands for, relative to the cursor.
@@ -1540,6 +1569,28 @@ mod tests {
             1000,
             53,
         )
+    }
+
+    proptest::proptest! {
+        /// The per-`now` deadline cache answers exactly like the formula, whatever order
+        /// times and states come in (repeated, earlier, later).
+        #[test]
+        fn cached_deadlines_equal_the_formula(
+            calls in proptest::collection::vec((0u64..4, 0usize..11), 1..200),
+            gran_ms in 1u64..2000,
+        ) {
+            let mut cfg = TableConfig::new(16, [1; 16]);
+            cfg.timeouts.granularity = Duration::from_millis(gran_ms);
+            let mut t: SessionTable<V4Key, u8> = SessionTable::new(cfg).unwrap();
+            let times = [0u64, 1, 999_999_999, 7_000_000_123];
+            for (ti, si) in calls {
+                let now = Instant::from_nanos(times[ti as usize]);
+                let s = SessionState::ALL[si];
+                let want = (now.as_nanos() + cfg.timeouts.timeout(s).as_nanos())
+                    .div_ceil(cfg.timeouts.granularity.as_nanos()) as u32;
+                proptest::prop_assert_eq!(t.deadline_tick(now, s), want);
+            }
+        }
     }
 
     #[test]
