@@ -9,7 +9,8 @@
 )]
 
 use nf_core::conntrack::{
-    InsertError, ReplaceError, SessionState, SessionTable, TableConfig, TimeoutProfile, V4Key,
+    InsertError, NewSession, ReplaceError, SessionState, SessionTable, TableConfig, TimeoutProfile,
+    V4Key,
 };
 use nf_core::flow::proto;
 use nf_core::{Direction, Duration, FlowKey, Instant, SessionRef, ZoneId};
@@ -359,5 +360,81 @@ proptest! {
     #[test]
     fn table_matches_model(ops in proptest::collection::vec(op(), 1..150)) {
         run(ops);
+    }
+}
+
+/// One session for the batch-insert test: keys, zone, UDP or TCP, state, value, and whether
+/// the reply key is (wrongly) IPv6.
+type NewArgs = (Tup, Option<Tup>, u8, bool, u8, u64, bool);
+
+fn new_args() -> impl Strategy<Value = NewArgs> {
+    (
+        tup(),
+        proptest::option::of(tup()),
+        0u8..3,
+        any::<bool>(),
+        0u8..11,
+        any::<u64>(),
+        proptest::bool::weighted(0.05),
+    )
+}
+
+/// `insert_batch` answers exactly like `insert` called in order, on a small table where
+/// quotas, early drop, duplicates within one batch and bad keys all occur, and across the
+/// 64-session chunks it pipelines.
+fn batch_equals_singles(args: Vec<NewArgs>, early_drop: bool) {
+    let mk = || {
+        let mut cfg = TableConfig::new(CAP, [42; 16]);
+        cfg.timeouts = profile();
+        cfg.wheel_slots = 64;
+        cfg.early_drop = early_drop;
+        let mut t: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
+        t.set_zone_quota(ZoneId(0), 8).unwrap();
+        t.set_zone_quota(ZoneId(1), 12).unwrap();
+        t
+    };
+    let (mut a, mut b) = (mk(), mk());
+    let now = Instant::from_nanos(5 * G + 123);
+    let new: Vec<NewSession<u64>> = args
+        .iter()
+        .map(|&(o, r, zone, udp, state, value, v6)| {
+            let original = key(o, zone, udp);
+            let mut reply = r.map_or(original.reversed(), |r| key(r, zone, udp));
+            if v6 {
+                reply = FlowKey::v6(reply.zone, [1; 16], [2; 16], reply.proto, 1, 2);
+            }
+            NewSession {
+                original,
+                reply,
+                state: SessionState::from_u8(state).unwrap(),
+                value,
+            }
+        })
+        .collect();
+    let singles: Vec<_> = new
+        .iter()
+        .map(|n| a.insert(now, &n.original, &n.reply, n.state, n.value))
+        .collect();
+    let mut batched = vec![Err(InsertError::TableFull); new.len()];
+    let created = b.insert_batch(now, &new, &mut batched);
+    assert_eq!(singles, batched);
+    assert_eq!(created, singles.iter().filter(|r| r.is_ok()).count());
+    assert_eq!(a.len(), b.len());
+    for n in &new {
+        for k in [n.original, n.reply] {
+            assert_eq!(a.lookup(&k), b.lookup(&k));
+        }
+    }
+    assert_eq!(a.counters(), b.counters());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn insert_batch_equals_inserts_in_order(
+        args in proptest::collection::vec(new_args(), 0..140),
+        early_drop in any::<bool>(),
+    ) {
+        batch_equals_singles(args, early_drop);
     }
 }

@@ -1,9 +1,10 @@
 //! `conntrack-insert`: new sessions per second from empty until 90% full, and the real memory
 //! per session.
 //!
-//! Ours: `SessionTable::insert` (both keys, duplicate check, zone accounting, timer-wheel and
-//! early-drop links) into a table of `--sessions` capacity (default 1M), IPv4 and IPv6,
-//! 16-byte value. Peer: `hashbrown::HashMap<FlowKey, u32>` with `ahash`, preallocated for
+//! Ours: `SessionTable::insert_batch`, 64 sessions per call (each with both keys, duplicate
+//! check, zone accounting, timer-wheel and early-drop links), into a table of `--sessions`
+//! capacity (default 1M), IPv4 and IPv6, 16-byte value; `SessionTable::insert` one at a time
+//! is reported beside it (`ours_single_*`). Peer: `hashbrown::HashMap<FlowKey, u32>` with `ahash`, preallocated for
 //! both directions, plus a `Vec` of `(original, reply, value)` records: the plain way to hold
 //! a two-key session. `bytes_per_session` = `SessionTable::allocated_bytes()` / sessions held
 //! at 90%; the peer's figure is its map's `allocation_size()` plus the record vector.
@@ -14,7 +15,9 @@
 
 use crate::harness::{self, AbResult, Opts, Rng};
 use crate::hugealloc;
-use nf_core::conntrack::{SessionKey, SessionState, SessionTable, TableConfig, V4Key, V6Key};
+use nf_core::conntrack::{
+    InsertError, NewSession, SessionKey, SessionState, SessionTable, TableConfig, V4Key, V6Key,
+};
 use nf_core::flow::proto;
 use nf_core::{FlowKey, Instant, ZoneId};
 use serde_json::json;
@@ -80,7 +83,10 @@ fn report(opts: &Opts, capacity: usize, held: usize, rounds: usize, v4: &Measure
                 "value_bytes": 16,
                 "huge_pages": hugealloc::mode(),
                 "rounds": rounds,
+                "ours_api": "SessionTable::insert_batch, 64 sessions per call",
                 "ours_mpps_insert": (1000.0 / m.ab.ours_ns * 1000.0).round() / 1000.0,
+                "ours_single_insert_ns": (m.single_ns * 1000.0).round() / 1000.0,
+                "ours_single_mpps_insert": (1000.0 / m.single_ns * 1000.0).round() / 1000.0,
                 "bytes_per_session": (m.bytes_per_session * 10.0).round() / 10.0,
                 "bytes_per_session_ipv4": (v4.bytes_per_session * 10.0).round() / 10.0,
                 "bytes_per_session_ipv6": (v6.bytes_per_session * 10.0).round() / 10.0,
@@ -93,7 +99,10 @@ fn report(opts: &Opts, capacity: usize, held: usize, rounds: usize, v4: &Measure
 }
 
 struct Measured {
+    /// Ours is `insert_batch` (64 at a time).
     ab: AbResult,
+    /// `insert`, one at a time, ns per session.
+    single_ns: f64,
     bytes_per_session: f64,
     peer_bytes_per_session: f64,
 }
@@ -115,8 +124,17 @@ fn measure<K: SessionKey>(
     let mut recs: Vec<(FlowKey, FlowKey, [u8; 16])> = Vec::with_capacity(flows.len());
     let now = Instant::from_nanos(1_000_000_000);
     let mut ours = Vec::new();
+    let mut single = Vec::new();
     let mut peer = Vec::new();
+    let blank = NewSession {
+        original: FlowKey::default(),
+        reply: FlowKey::default(),
+        state: SessionState::TcpSynSent,
+        value: [0u8; 16],
+    };
+    let mut out = [Err(InsertError::TableFull); 64];
     for round in 0..=rounds {
+        // One at a time: `insert`.
         table.clear();
         let t = Clock::now();
         for (i, f) in flows.iter().enumerate() {
@@ -128,6 +146,24 @@ fn measure<K: SessionKey>(
                 [i as u8; 16],
             );
             black_box(r.is_ok());
+        }
+        let ds = t.elapsed().as_nanos() as f64 / flows.len() as f64;
+        assert_eq!(table.len(), flows.len(), "every insert succeeds");
+        // 64 at a time, as a stage creates the new flows of a batch: `insert_batch`.
+        table.clear();
+        let t = Clock::now();
+        let mut new = [blank; 64];
+        for (c, chunk) in flows.chunks(64).enumerate() {
+            for (j, (n, f)) in new.iter_mut().zip(chunk).enumerate() {
+                *n = NewSession {
+                    original: *f,
+                    reply: f.reversed(),
+                    state: SessionState::TcpSynSent,
+                    value: [(c * 64 + j) as u8; 16],
+                };
+            }
+            let k = chunk.len();
+            black_box(table.insert_batch(now, &new[..k], &mut out[..k]));
         }
         let dt = t.elapsed().as_nanos() as f64 / flows.len() as f64;
         assert_eq!(table.len(), flows.len(), "every insert succeeds");
@@ -148,6 +184,7 @@ fn measure<K: SessionKey>(
         if round > 0 {
             // Round 0 warms up (page faults of the first touch).
             ours.push(dt);
+            single.push(ds);
             peer.push(dp);
         }
     }
@@ -158,6 +195,7 @@ fn measure<K: SessionKey>(
             ours_ns: harness::median(&mut ours),
             peer_ns: harness::median(&mut peer),
         },
+        single_ns: harness::median(&mut single),
         bytes_per_session: table.allocated_bytes() as f64 / flows.len() as f64,
         peer_bytes_per_session: peer_bytes as f64 / flows.len() as f64,
     }

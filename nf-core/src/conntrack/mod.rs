@@ -116,8 +116,8 @@ pub use pin::{Pinning, core_of, node_of};
 pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, TcpCreate, V6_SESSION, ZonePolicy};
 pub use state::{SessionState, TimeoutProfile, tcp_flags};
 pub use table::{
-    ConfigError, Hit, InsertError, MAX_CAPACITY, ReplaceError, SessionInfo, SessionTable,
-    TableConfig, TableCounters, ZoneError, ZoneUsage,
+    ConfigError, Hit, InsertError, MAX_CAPACITY, NewSession, ReplaceError, SessionInfo,
+    SessionTable, TableConfig, TableCounters, ZoneError, ZoneUsage,
 };
 
 #[cfg(doc)]
