@@ -1,4 +1,4 @@
-//! The crate's only `unsafe`: a cache prefetch hint.
+//! The crate's only `unsafe`: a cache prefetch hint and one SSE2 compare.
 //!
 //! [`prefetch`] asks the CPU to start loading the cache line holding a value, so that the
 //! batch lookups of [`SessionTable`](crate::conntrack::SessionTable) can overlap the memory
@@ -28,9 +28,60 @@ pub(crate) fn prefetch<T>(r: &T) {
     }
 }
 
+/// Bit `j` set where `line[j] & mask == value`: the 16 words of a cache line compared at
+/// once. On x86-64 four SSE2 compares narrowed to one byte mask (about 15 instructions; the
+/// compiler's own loop took about 50, and the session table runs this once per lookup);
+/// elsewhere the plain loop.
+#[inline(always)]
+pub(crate) fn masked_eq_lanes(line: &[u32; 16], value: u32, mask: u32) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_cmpeq_epi32, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_packs_epi16, _mm_packs_epi32, _mm_set1_epi32,
+        };
+        let p = line.as_ptr().cast::<__m128i>();
+        // SAFETY: these intrinsics are `unsafe` only because they are `#[target_feature(enable
+        // = "sse2")]` functions; SSE2 is part of the x86-64 baseline, so the feature is always
+        // present. The four unaligned loads read `p`, `p + 1`, `p + 2`, `p + 3` (16 bytes
+        // each): exactly the 64 bytes of `*line`, which is a live, initialised `[u32; 16]`.
+        unsafe {
+            let v = _mm_set1_epi32(value.cast_signed());
+            let m = _mm_set1_epi32(mask.cast_signed());
+            let eq = |q: *const __m128i| _mm_cmpeq_epi32(_mm_and_si128(_mm_loadu_si128(q), m), v);
+            let lo = _mm_packs_epi32(eq(p), eq(p.add(1)));
+            let hi = _mm_packs_epi32(eq(p.add(2)), eq(p.add(3)));
+            _mm_movemask_epi8(_mm_packs_epi16(lo, hi)).cast_unsigned()
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0u32;
+        for (j, &w) in line.iter().enumerate() {
+            m |= u32::from(w & mask == value) << j;
+        }
+        m
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn masked_eq_lanes_equals_the_plain_loop(
+            line in proptest::array::uniform16(0u32..8),
+            value in 0u32..8,
+            mask in proptest::prop_oneof![proptest::strategy::Just(u32::MAX), 0u32..8],
+        ) {
+            let mut want = 0u32;
+            for (j, &w) in line.iter().enumerate() {
+                want |= u32::from(w & mask == value) << j;
+            }
+            proptest::prop_assert_eq!(masked_eq_lanes(&line, value, mask), want);
+        }
+    }
 
     #[test]
     fn prefetch_is_harmless() {

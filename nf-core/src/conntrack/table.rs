@@ -10,6 +10,7 @@ use crate::time::{Duration, Instant};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// "No record" in the intrusive lists.
 pub(super) const NIL: u32 = u32::MAX;
@@ -222,7 +223,7 @@ pub(super) struct Record<K: SessionKey, V> {
 
 /// One line of the index: how many entries overflowed past this bucket, then 15 entries of
 /// `tag | (slot + 1)` (0 = empty).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C, align(64))]
 struct Bucket {
     overflow: u32,
@@ -230,13 +231,13 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// Bit `j` set where entry `j` carries `tag`. `tag` is never 0 (see
+    /// [`SessionTable::tag`]), so empty entries never match. The whole line is compared at
+    /// once (the overflow count in lane 0, its bit dropped).
     #[inline(always)]
     fn matches(&self, tag: u32, tag_mask: u32) -> u32 {
-        let mut m = 0u32;
-        for (j, &e) in self.e.iter().enumerate() {
-            m |= u32::from(e & tag_mask == tag && e != 0) << j;
-        }
-        m
+        let line: &[u32; 16] = zerocopy::transmute_ref!(self);
+        crate::sys::masked_eq_lanes(line, tag, tag_mask) >> 1
     }
 }
 
@@ -473,9 +474,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         ((u128::from(h) * u128::from(self.nbuckets)) >> 64) as usize
     }
 
+    /// The hash's tag bits, never 0 (a zero tag becomes the lowest tag bit), so that an
+    /// empty entry (0) never matches and [`Bucket::matches`] need not test for it.
     #[inline(always)]
     fn tag(&self, h: u64) -> u32 {
-        h as u32 & self.tag_mask
+        let t = h as u32 & self.tag_mask;
+        t | (u32::from(t == 0) * (self.tag_mask & self.tag_mask.wrapping_neg()))
     }
 
     /// Compares record `idx` against a key; the direction it matched.
