@@ -205,7 +205,7 @@ pub(crate) const fn tcp_flags_invalid(f: u8) -> bool {
 /// The next state after a packet travelling `dir` with `flags` (TCP flags, 0 otherwise).
 /// `None` for a TCP packet the tracker rejects (invalid flags, or a SYN+ACK from the
 /// originator of a half-open session).
-#[inline]
+#[inline(always)]
 pub(crate) fn advance(
     state: SessionState,
     assured: bool,
