@@ -5,8 +5,8 @@
 //! both indexing the same record, so a lookup with any packet's key returns the session and
 //! the packet's [`Direction`](crate::Direction). The pieces:
 //!
-//! - [`SessionTable`]: fixed capacity, two keys per session, keyed hashing, batch lookup,
-//!   zones with quotas and early drop, protocol-aware timeouts on a timer wheel.
+//! - [`SessionTable`]: fixed capacity, two keys per session, keyed hashing, batch lookup and
+//!   batch insert, zones with quotas and early drop, protocol-aware timeouts on a timer wheel.
 //! - [`Conntrack`]: the [`Stage`](crate::Stage) that tags every packet with its session.
 //! - [`Pinning`], [`core_of`], [`node_of`]: both directions of a flow to the same owner.
 //! - [`SessionTable::export`] / [`SessionTable::import`]: session hand-over between nodes.
@@ -49,8 +49,9 @@
 //!   `tag | (slot + 1)`: the low bits name the record, the remaining high bits (at least 6;
 //!   12 at 1M sessions) are a hash tag. Two entries per session; the index is sized so that
 //!   at most 75% of its entries are used when the table is full (at 90% table load, about 1%
-//!   of entries sit outside their home bucket). Lookup: one bucket line, tag compare
-//!   (vectorised), then the record line. Insertion probes forward from the home
+//!   of entries sit outside their home bucket). Tags are never 0, so an empty entry never
+//!   matches. Lookup: one bucket line, tag compare (one SSE2 compare of the whole line),
+//!   then the record line. Insertion probes forward from the home
 //!   bucket (linear probing over buckets) and bumps the overflow counter of every full bucket
 //!   it passes; a lookup stops at the first bucket with a zero counter; removal decrements
 //!   the counters along the entry's path, so there are no tombstones.

@@ -258,7 +258,8 @@ struct Zone {
 ///
 /// Call order, per batch: [`lookup_batch`](Self::lookup_batch) (or
 /// [`lookup`](Self::lookup)), then for hits [`track`](Self::track) or
-/// [`refresh`](Self::refresh), for misses [`insert`](Self::insert); and whenever
+/// [`refresh`](Self::refresh), for misses [`insert`](Self::insert) (or, for many new
+/// sessions at once, [`insert_batch`](Self::insert_batch)); and whenever
 /// [`poll_timeout`](Self::poll_timeout) is at or before `now`,
 /// [`handle_timeout`](Self::handle_timeout) with a work budget. Nothing allocates after
 /// [`new`](Self::new).
