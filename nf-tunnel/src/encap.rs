@@ -298,15 +298,7 @@ impl EncapStage {
         pkt: &mut Packet<B>,
     ) -> Result<(), DropReason> {
         let l = self.layout;
-        let mut protocol = ethertype::TEB;
-        if self.config.payload == Payload::Ip {
-            protocol = pkt.meta.ethertype;
-            if !matches!(protocol, ethertype::IPV4 | ethertype::IPV6) {
-                return Err(DropReason::TunnelBadProtocol);
-            }
-            pkt.pull_front(usize::from(pkt.meta.l3))
-                .map_err(|_| DropReason::TunnelTruncated)?;
-        }
+        let protocol = self.take_payload(pkt)?;
         let ip_len = l.len - 14 + pkt.len();
         if ip_len > usize::from(self.config.mtu) {
             return Err(DropReason::TooBig);
@@ -341,6 +333,25 @@ impl EncapStage {
         Ok(())
     }
 
+    /// Leaves in `pkt` what the tunnel carries and returns its protocol type: the whole
+    /// Ethernet frame (TEB), or with [`Payload::Ip`] the IP packet after the L2 header.
+    #[inline(always)]
+    fn take_payload<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        pkt: &mut Packet<B>,
+    ) -> Result<u16, DropReason> {
+        if self.config.payload != Payload::Ip {
+            return Ok(ethertype::TEB);
+        }
+        let protocol = pkt.meta.ethertype;
+        if !matches!(protocol, ethertype::IPV4 | ethertype::IPV6) {
+            return Err(DropReason::TunnelBadProtocol);
+        }
+        pkt.pull_front(usize::from(pkt.meta.l3))
+            .map_err(|_| DropReason::TunnelTruncated)?;
+        Ok(protocol)
+    }
+
     /// Every configuration: the reference the fast path is tested against.
     #[inline]
     fn encap_general<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -349,15 +360,7 @@ impl EncapStage {
         pkt: &mut Packet<B>,
     ) -> Result<(), DropReason> {
         let l = self.layout;
-        let mut protocol = ethertype::TEB;
-        if self.config.payload == Payload::Ip {
-            protocol = pkt.meta.ethertype;
-            if !matches!(protocol, ethertype::IPV4 | ethertype::IPV6) {
-                return Err(DropReason::TunnelBadProtocol);
-            }
-            pkt.pull_front(usize::from(pkt.meta.l3))
-                .map_err(|_| DropReason::TunnelTruncated)?;
-        }
+        let protocol = self.take_payload(pkt)?;
         let inner_len = pkt.len();
         let ip_len = l.len - 14 + inner_len;
         if ip_len > usize::from(self.config.mtu) {
