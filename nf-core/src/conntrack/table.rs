@@ -829,19 +829,21 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     ) -> usize {
         let mut created = 0;
         for (new, out) in new.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
-            let mut hashes = [[0u64; 2]; BATCH];
-            for (n, h) in new.iter().zip(hashes.iter_mut()) {
-                if let Ok((ko, kr)) = Self::insert_keys(&n.original, &n.reply) {
+            // Checked, packed and hashed once; a bad pair keeps its error for the second pass.
+            let mut prepared = [Err(InsertError::BadKey); BATCH];
+            for (n, p) in new.iter().zip(prepared.iter_mut()) {
+                *p = Self::insert_keys(&n.original, &n.reply).map(|(ko, kr)| {
                     let (zone, proto) = (n.original.zone.0, n.original.proto);
-                    *h = [self.hash(&ko, zone, proto), self.hash(&kr, zone, proto)];
+                    let h = [self.hash(&ko, zone, proto), self.hash(&kr, zone, proto)];
                     self.prefetch_home(h[0]);
                     self.prefetch_home(h[1]);
-                }
+                    ([ko, kr], h)
+                });
             }
-            for ((n, h), o) in new.iter().zip(hashes).zip(out.iter_mut()) {
-                *o = Self::insert_keys(&n.original, &n.reply).and_then(|keys| {
+            for ((n, p), o) in new.iter().zip(prepared).zip(out.iter_mut()) {
+                *o = p.and_then(|(keys, h)| {
                     let (zone, proto) = (n.original.zone.0, n.original.proto);
-                    self.insert_hashed(now, keys.into(), h, zone, proto, n.state, n.value)
+                    self.insert_hashed(now, keys, h, zone, proto, n.state, n.value)
                 });
                 created += usize::from(o.is_ok());
             }
