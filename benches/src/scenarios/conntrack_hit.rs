@@ -10,7 +10,9 @@
 //! Each case runs twice, `"huge_pages": "madvise"` (tables on transparent huge pages, as a
 //! dataplane deploys them; see `hugealloc`) and `"none"` (4 KiB pages); ours and the peer
 //! always share the allocator. `anon_huge_mib` is what the kernel actually backed with huge
-//! pages in the process at the time.
+//! pages in the process at the time. `floor_two_random_lines_ns` is the same machine reading
+//! two random lines of an array as large as our table per key: the memory work of a hit
+//! without the hashing, for judging how close a run is to what the hardware allows.
 
 use crate::harness::{self, Opts, Rng};
 use crate::hugealloc;
@@ -116,6 +118,7 @@ fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
                 .map(|k| table.lookup(k).map_or(0, |h| u64::from(h.session.index)))
                 .sum()
         });
+        let floor = two_random_lines_floor(opts, table.allocated_bytes());
         harness::report(
             opts,
             "conntrack-hit",
@@ -132,11 +135,35 @@ fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
                 "thp_policy": hugealloc::thp_policy(),
                 "anon_huge_mib": huge_bytes.map(|b| b >> 20),
                 "ours_single_lookup_ns": (single * 1000.0).round() / 1000.0,
+                "floor_two_random_lines_ns": (floor * 1000.0).round() / 1000.0,
                 "target_ns_per_pkt": 30.0,
                 "meets_target": r.ours_ns <= 30.0 && r.peer_ns / r.ours_ns >= 2.0,
             }),
         );
     }
+}
+
+/// The machine's floor for this table's footprint: ns per key to read two random cache
+/// lines of a `bytes`-sized array (as many independent loads in flight as the core allows),
+/// the memory work of one hit (a bucket line and a record line) with no hashing or
+/// comparing, and with the loads free to overlap as far as the core allows (a lookup's two
+/// loads depend on each other, so it can only approach this through prefetching). No lookup
+/// of this design beats it on the machine at hand; it moves with the machine's memory
+/// latency, TLB reach and shared cache.
+fn two_random_lines_floor(opts: &Opts, bytes: usize) -> f64 {
+    let lines: Vec<[u64; 8]> = vec![[1; 8]; (bytes / 64).max(1)];
+    let mut rng = Rng::new(0xF100);
+    let picks: Vec<u32> = (0..QUERIES * 2)
+        .map(|_| rng.below(lines.len() as u64) as u32)
+        .collect();
+    let mut at = 0usize;
+    harness::solo(opts, 64, || {
+        let p = &picks[at..at + 128];
+        at = (at + 128) % picks.len();
+        p.iter()
+            .map(|&i| lines.get(i as usize).map_or(0, |l| l[0]))
+            .sum()
+    })
 }
 
 /// A rank in `0..n` with probability roughly proportional to `1 / (rank + 1)`.
