@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use nf_core::conntrack::{Conntrack, ConntrackConfig};
-//! use nf_core::{Batch, Counted, Direction, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
+//! use nf_core::{Batch, StageControl, Direction, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
 //!
 //! // The caller's receive path: here, a UDP query, its answer, and a runt.
 //! fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -62,7 +62,7 @@
 //!         pipeline.second.handle_timeout(now, 256);
 //!     }
 //! }
-//! pipeline.visit_counters(&mut |stage, c| println!("{stage}: {} packets, {} dropped", c.packets, c.drops.total()));
+//! pipeline.visit_counters(&mut |stage, counter, value| println!("{stage} {counter} {value}"));
 //! // The answer found the query's session, travelling the other way; the runt was dropped.
 //! assert_eq!(seen[0].0, Direction::Original);
 //! assert_eq!(seen[1], (Direction::Reply, seen[0].1));
@@ -114,6 +114,18 @@ pub use hash::{FlowHasher, owner_of};
 pub use meta::{Direction, Meta, SessionRef, TunnelMeta};
 pub use packet::{Packet, PacketError};
 pub use parse::{NonIpAction, ParseConfig, ParseStage, Parsed, parse_frame, parse_l3};
-pub use stage::{Chain, Counted, Stage, StageCounters, StageExt};
+pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt};
+
+/// The traits and types most programs use: `use nf_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::batch::{BATCH_SIZE, Batch};
+    pub use crate::flow::{Family, FlowKey, ZoneId};
+    pub use crate::meta::{Direction, Meta, SessionRef};
+    pub use crate::packet::Packet;
+    pub use crate::parse::ParseStage;
+    pub use crate::stage::{Stage, StageControl, StageExt};
+    pub use crate::time::{Duration, Instant};
+    pub use crate::verdict::{DropReason, Verdict};
+}
 pub use time::{Duration, Instant};
 pub use verdict::{DropCounters, DropReason, PortId, Verdict};

@@ -5,7 +5,7 @@
 //! [`Packet::pull_front`](crate::Packet::pull_front). Stages of sibling crates never call each
 //! other; they cooperate only through these fields.
 
-use crate::flow::{FlowKey, ZoneId};
+use crate::flow::{Family, FlowKey, ZoneId};
 use crate::verdict::Verdict;
 
 /// Which way a packet travels relative to the session that owns it.
@@ -18,14 +18,48 @@ pub enum Direction {
     Reply,
 }
 
-/// A reference to a session-table slot: index plus the generation it was issued for, so a
-/// stale reference never reaches a reused slot.
+/// A handle to one session: the address family of its table, the slot index, and the
+/// generation the slot had when the handle was issued, so a stale handle never reaches a
+/// reused slot and a handle never reaches the other family's table.
+///
+/// The handle that connection tracking writes into [`Meta::session`] works with every
+/// method that takes one (the stage's and either table's: a table answers `None` / `Stale`
+/// for a handle of the other family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SessionRef {
-    /// Slot index in the table.
-    pub index: u32,
-    /// Generation of the slot when the reference was issued.
-    pub generation: u32,
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+    pub(crate) family: Family,
+}
+
+impl SessionRef {
+    /// A handle (crate-internal: only tables issue them).
+    #[inline(always)]
+    pub(crate) const fn new(family: Family, index: u32, generation: u32) -> Self {
+        Self {
+            index,
+            generation,
+            family,
+        }
+    }
+
+    /// The slot index in its family's table.
+    #[inline]
+    pub const fn index(self) -> u32 {
+        self.index
+    }
+
+    /// The slot's generation when the handle was issued.
+    #[inline]
+    pub const fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// The address family of the session (which table holds it).
+    #[inline]
+    pub const fn family(self) -> Family {
+        self.family
+    }
 }
 
 /// Bit flags in [`Meta::flags`].

@@ -31,7 +31,7 @@
 use crate::batch::Batch;
 use crate::flow::{FlowKey, proto};
 use crate::meta::{Meta, flags};
-use crate::stage::{Counted, Stage, StageCounters};
+use crate::stage::{Stage, StageControl, StageCounters};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::ethernet::{ETHERNET_HEADER_LEN, EthernetHeader, VlanHeader, is_vlan_tpid};
@@ -138,7 +138,7 @@ impl<B: AsRef<[u8]>> Stage<B> for ParseStage {
     }
 }
 
-impl Counted for ParseStage {
+impl StageControl for ParseStage {
     fn name(&self) -> &'static str {
         "parse"
     }

@@ -29,6 +29,14 @@ macro_rules! drop_reasons {
                     $(DropReason::$variant => $name,)+
                 }
             }
+
+            /// The counter name of this reason in a stage's counters: `drop_` and
+            /// [`Self::name`].
+            pub const fn counter_name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => concat!("drop_", $name),)+
+                }
+            }
         }
     };
 }

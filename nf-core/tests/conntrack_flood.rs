@@ -187,7 +187,7 @@ fn stage_under_flood_counts_and_protects_other_zones() {
     assert_eq!(dropped, 6_400 - 1_000);
     assert_eq!(ct.stats().refused_quota, 5_400);
     assert_eq!(
-        nf_core::Counted::counters(&ct)
+        nf_core::StageControl::counters(&ct)
             .drops
             .count(DropReason::ZoneQuotaExceeded),
         5_400

@@ -8,12 +8,12 @@
 )]
 
 use nf_core::conntrack::{
-    Conntrack, ConntrackConfig, SessionState, TcpCreate, V6_SESSION, ZonePolicy, tcp_flags,
+    Conntrack, ConntrackConfig, SessionState, TcpCreate, ZonePolicy, tcp_flags,
 };
 use nf_core::flow::proto;
 use nf_core::meta::flags;
 use nf_core::{
-    Batch, Counted, Direction, DropReason, FlowKey, Instant, Packet, Stage, Verdict, ZoneId,
+    Batch, Direction, DropReason, FlowKey, Instant, Packet, Stage, StageControl, Verdict, ZoneId,
 };
 use proptest::prelude::*;
 
@@ -136,21 +136,15 @@ fn per_zone_policy_and_ipv6() {
     ct.process(Instant::ZERO, &mut b);
     let p = b.packets();
     let s = p[0].meta.session.unwrap();
-    assert_ne!(s.index & V6_SESSION, 0);
+    assert_eq!(s.family(), nf_core::Family::V6);
+    // The handle from `Meta` works with the IPv6 table directly, and not with the IPv4 one.
+    assert!(ct.v6().is_live(s));
+    assert!(!ct.v4().is_live(s));
     assert_eq!(p[1].meta.session, Some(s));
     assert_eq!(p[1].meta.direction, Direction::Reply);
     *ct.value_mut(s).unwrap() = 5;
     assert_eq!(ct.value(s), Some(&5));
-    assert_eq!(
-        ct.v6()
-            .info(nf_core::SessionRef {
-                index: s.index & !V6_SESSION,
-                generation: s.generation
-            })
-            .unwrap()
-            .state,
-        SessionState::UdpReplied
-    );
+    assert_eq!(ct.v6().info(s).unwrap().state, SessionState::UdpReplied);
     assert_eq!(p[2].meta.verdict, Verdict::Drop(DropReason::NoSession));
     assert_eq!(
         p[3].meta.verdict,

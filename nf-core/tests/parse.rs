@@ -474,7 +474,7 @@ fn counters_count_every_drop_once() {
     b.set_verdict(3, Verdict::ToControl); // already decided: skipped
     let mut s = ParseStage::default();
     s.process(Instant::ZERO, &mut b);
-    let c = nf_core::Counted::counters(&s);
+    let c = nf_core::StageControl::counters(&s);
     assert_eq!((c.batches, c.packets, c.drops.total()), (1, 3, 2));
     assert_eq!(c.drops.count(DropReason::EthTruncated), 1);
     assert_eq!(c.drops.count(DropReason::Ipv4Truncated), 1);

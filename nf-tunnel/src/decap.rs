@@ -24,8 +24,8 @@ use alloc::vec::Vec;
 use nf_core::meta::flags;
 use nf_core::wire::ethertype;
 use nf_core::{
-    Batch, Counted, DropReason, Instant, Meta, Packet, ParseConfig, Parsed, Stage, StageCounters,
-    TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
+    Batch, DropReason, Instant, Meta, Packet, ParseConfig, Parsed, Stage, StageControl,
+    StageCounters, TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
 };
 
 /// Which tunnel a UDP port carries.
@@ -704,7 +704,7 @@ fn check_source(
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for DecapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        // Counted as we go (what `StageCounters::account` would find, without two more
+        // StageControl as we go (what `StageCounters::account` would find, without two more
         // passes over the batch).
         let mut live = 0u64;
         for pkt in batch.packets_mut() {
@@ -734,7 +734,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for DecapStage {
     }
 }
 
-impl Counted for DecapStage {
+impl StageControl for DecapStage {
     fn name(&self) -> &'static str {
         "tunnel_decap"
     }

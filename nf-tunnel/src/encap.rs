@@ -30,7 +30,7 @@ use nf_core::wire::ipv4::Ipv4Repr;
 use nf_core::wire::ipv6::Ipv6Repr;
 use nf_core::wire::udp::UdpRepr;
 use nf_core::{
-    Batch, Counted, DropReason, FlowKey, Instant, Meta, Packet, Stage, StageCounters, Verdict,
+    Batch, DropReason, FlowKey, Instant, Meta, Packet, Stage, StageControl, StageCounters, Verdict,
 };
 
 /// Which tunnel header to push.
@@ -634,7 +634,7 @@ fn build_template(
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for EncapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        // Counted as we go (what `StageCounters::account` would find, without two more
+        // StageControl as we go (what `StageCounters::account` would find, without two more
         // passes over the batch).
         let mut live = 0u64;
         let fast = self.v4_fixed;
@@ -658,7 +658,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for EncapStage {
     }
 }
 
-impl Counted for EncapStage {
+impl StageControl for EncapStage {
     fn name(&self) -> &'static str {
         "tunnel_encap"
     }

@@ -11,7 +11,7 @@
 
 use crate::decap::parse_outer_prefix;
 use nf_core::wire::ipv4::Ipv4Packet;
-use nf_core::{Batch, Counted, DropReason, Instant, Packet, Stage, StageCounters, Verdict};
+use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageCounters, Verdict};
 
 /// The reflect stage (see the module docs).
 #[derive(Clone, Debug)]
@@ -124,7 +124,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for ReflectStage {
     }
 }
 
-impl Counted for ReflectStage {
+impl StageControl for ReflectStage {
     fn name(&self) -> &'static str {
         "tunnel_reflect"
     }

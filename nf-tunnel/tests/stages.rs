@@ -13,7 +13,7 @@ use nf_core::flow::proto;
 use nf_core::meta::flags;
 use nf_core::wire::ipv4::Ipv4Packet;
 use nf_core::wire::udp::UdpPacket;
-use nf_core::{Batch, Counted, DropReason, Instant, Packet, Stage, Verdict, ZoneId};
+use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, Verdict, ZoneId};
 use nf_tunnel::mapping::{Answer, MappingConfig};
 use nf_tunnel::profile::gwlb::{self, GwlbMetadata};
 use nf_tunnel::{

@@ -98,7 +98,7 @@ fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
                 let q = &queries[at_ours..at_ours + 64];
                 at_ours = (at_ours + 64) % QUERIES;
                 u64::from(table.lookup_batch(q, &mut out).count_ones())
-                    + out[0].map_or(0, |h| u64::from(h.session.index))
+                    + out[0].map_or(0, |h| u64::from(h.session.index()))
             },
             || {
                 let q = &queries[at_peer..at_peer + 64];
@@ -117,7 +117,7 @@ fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
             let q = &queries[at_single..at_single + 64];
             at_single = (at_single + 64) % QUERIES;
             q.iter()
-                .map(|k| table.lookup(k).map_or(0, |h| u64::from(h.session.index)))
+                .map(|k| table.lookup(k).map_or(0, |h| u64::from(h.session.index())))
                 .sum()
         });
         harness::report(

@@ -9,8 +9,8 @@
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
 use nf_core::{
-    Batch, Counted, Direction, FlowHasher, Instant, Packet, ParseStage, Stage, StageExt, Verdict,
-    owner_of,
+    Batch, Direction, FlowHasher, Instant, Packet, ParseStage, Stage, StageControl, StageExt,
+    Verdict, owner_of,
 };
 use nf_examples::pcap::{LINKTYPE_ETHERNET, PcapReader};
 use std::collections::BTreeMap;
@@ -75,7 +75,7 @@ fn run(path: &str, cores: u32) -> Result<(), Box<dyn std::error::Error>> {
     let mut pipeline = ParseStage::default().then(conntrack);
     let mut batch: Batch<Vec<u8>> = Batch::new();
     // Connections by (core, session); the session's first packet names it.
-    let mut conns: BTreeMap<(u32, u32, u32), ConnStats> = BTreeMap::new();
+    let mut conns: BTreeMap<(u32, u8, u32, u32), ConnStats> = BTreeMap::new();
     let mut now = Instant::ZERO;
 
     for chunk in records.chunks(nf_core::BATCH_SIZE) {
@@ -92,7 +92,9 @@ fn run(path: &str, cores: u32) -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             };
             let core = owner_of(hasher.symmetric(&pkt.meta.flow), cores);
-            let c = conns.entry((core, s.index, s.generation)).or_default();
+            let c = conns
+                .entry((core, s.family() as u8, s.index(), s.generation()))
+                .or_default();
             let d = usize::from(pkt.meta.direction == Direction::Reply);
             if c.original.is_empty() && d == 0 {
                 c.original = pkt.meta.flow.to_string();
@@ -116,22 +118,14 @@ fn run(path: &str, cores: u32) -> Result<(), Box<dyn std::error::Error>> {
         "{:>4}  {:>15}  {:>15}  connection (original direction)",
         "core", "pkts orig/reply", "bytes orig/reply"
     );
-    for ((core, _, _), c) in &conns {
+    for ((core, _, _, _), c) in &conns {
         let pk = format!("{}/{}", c.packets[0], c.packets[1]);
         let by = format!("{}/{}", c.bytes[0], c.bytes[1]);
         println!("{core:>4}  {pk:>15}  {by:>15}  {}", c.original);
     }
     println!();
-    pipeline.visit_counters(&mut |stage, c| {
-        println!(
-            "{stage}: {} packets in, {} dropped, {} to the control path",
-            c.packets,
-            c.drops.total(),
-            c.to_control
-        );
-        for (reason, n) in c.drops.nonzero() {
-            println!("  drop {:<26} {n}", reason.name());
-        }
+    pipeline.visit_counters(&mut |stage, counter, value| {
+        println!("{stage:>10} {counter:<32} {value}");
     });
     let ct = pipeline.second.stats();
     println!(

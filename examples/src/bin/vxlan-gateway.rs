@@ -74,7 +74,7 @@ fn main() -> std::process::ExitCode {
 mod linux {
     use nf_core::wire::ethertype;
     use nf_core::{
-        Batch, Counted, Instant, Packet, ParseStage, Stage, StageCounters, Verdict, ZoneId,
+        Batch, Instant, Packet, ParseStage, Stage, StageControl, StageCounters, Verdict, ZoneId,
     };
     use nf_tunnel::{
         DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
@@ -387,7 +387,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                             self.over.send(pkt.data());
                         }
                         Verdict::Pass | Verdict::Tx(_) => self.counters.too_big_for_overlay += 1,
-                        // Counted by the stage, by reason.
+                        // StageControl by the stage, by reason.
                         Verdict::Drop(_) => {}
                         // Geneve OAM only: not on a VXLAN port.
                         Verdict::ToControl => self.counters.to_control += 1,

@@ -114,7 +114,7 @@ mod table;
 pub use export::{EXPORT_VERSION, ExportProgress, ImportError, ImportReport, SessionValue};
 pub use key::{SessionKey, V4Key, V6Key};
 pub use pin::{Pinning, core_of, node_of};
-pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, TcpCreate, V6_SESSION, ZonePolicy};
+pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, TcpCreate, ZonePolicy};
 pub use state::{SessionState, TimeoutProfile, tcp_flags};
 pub use table::{
     ConfigError, Hit, InsertError, MAX_CAPACITY, NewSession, ReplaceError, SessionInfo,

@@ -7,13 +7,10 @@ use super::table::{ConfigError, Hit, InsertError, SessionTable, TableConfig, Zon
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::{Family, FlowKey, ZoneId, proto};
 use crate::meta::{Meta, SessionRef, flags};
-use crate::stage::{Counted, Stage, StageCounters};
+use crate::stage::{Stage, StageControl, StageCounters};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
 use alloc::collections::BTreeMap;
-
-/// Bit set in [`SessionRef::index`] for sessions of the IPv6 table.
-pub const V6_SESSION: u32 = 1 << 31;
 
 /// When a TCP segment without a session may create one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,7 +107,7 @@ pub struct ConntrackCounters {
 /// [`Meta::tcp_flags`] and refreshes its timeout; a packet without a session creates one if the
 /// zone's [`ZonePolicy`] allows (reply key [`FlowKey::reversed`], value `V::default()`), and is
 /// dropped with a typed [`DropReason`] otherwise. Later fragments and ICMP errors pass
-/// untracked. Sessions of the IPv6 table have [`V6_SESSION`] set in their index.
+/// untracked.
 ///
 /// Call order: [`Stage::process`] per batch; [`Conntrack::poll_timeout`] /
 /// [`Conntrack::handle_timeout`] between batches. A batch gives exactly the results of its
@@ -174,19 +171,17 @@ impl<V: Copy + Default> Conntrack<V> {
 
     /// The value of the session a packet was tagged with.
     pub fn value(&self, r: SessionRef) -> Option<&V> {
-        if r.index & V6_SESSION != 0 {
-            self.v6.value(untag(r))
-        } else {
-            self.v4.value(r)
+        match r.family() {
+            Family::V4 => self.v4.value(r),
+            Family::V6 => self.v6.value(r),
         }
     }
 
     /// The value of the session a packet was tagged with, writable.
     pub fn value_mut(&mut self, r: SessionRef) -> Option<&mut V> {
-        if r.index & V6_SESSION != 0 {
-            self.v6.value_mut(untag(r))
-        } else {
-            self.v4.value_mut(r)
+        match r.family() {
+            Family::V4 => self.v4.value_mut(r),
+            Family::V6 => self.v6.value_mut(r),
         }
     }
 
@@ -222,7 +217,7 @@ impl<V: Copy + Default> Conntrack<V> {
     fn lookup_one(&self, k: &FlowKey) -> Option<Hit> {
         match k.family() {
             Family::V4 => self.v4.lookup(k),
-            Family::V6 => self.v6.lookup(k).map(tag_hit),
+            Family::V6 => self.v6.lookup(k),
         }
     }
 
@@ -239,10 +234,9 @@ impl<V: Copy + Default> Conntrack<V> {
         let fl = if tcp { meta.tcp_flags } else { 0 };
         if let Some(h) = hit {
             let r = h.session;
-            let tracked = if r.index & V6_SESSION != 0 {
-                self.v6.track(untag(r), now, h.direction, fl)
-            } else {
-                self.v4.track(r, now, h.direction, fl)
+            let tracked = match r.family() {
+                Family::V4 => self.v4.track(r, now, h.direction, fl),
+                Family::V6 => self.v6.track(r, now, h.direction, fl),
             };
             self.stats.hits += 1;
             if tracked.is_none() {
@@ -285,13 +279,7 @@ impl<V: Copy + Default> Conntrack<V> {
         let rev = k.reversed();
         let res = match k.family() {
             Family::V4 => self.v4.insert(now, &k, &rev, state, V::default()),
-            Family::V6 => self
-                .v6
-                .insert(now, &k, &rev, state, V::default())
-                .map(|r| SessionRef {
-                    index: r.index | V6_SESSION,
-                    generation: r.generation,
-                }),
+            Family::V6 => self.v6.insert(now, &k, &rev, state, V::default()),
         };
         match res {
             Ok(r) => {
@@ -322,28 +310,10 @@ impl<V: Copy + Default> Conntrack<V> {
     }
 
     fn live(&self, r: SessionRef) -> bool {
-        if r.index & V6_SESSION != 0 {
-            self.v6.is_live(untag(r))
-        } else {
-            self.v4.is_live(r)
+        match r.family() {
+            Family::V4 => self.v4.is_live(r),
+            Family::V6 => self.v6.is_live(r),
         }
-    }
-}
-
-fn untag(r: SessionRef) -> SessionRef {
-    SessionRef {
-        index: r.index & !V6_SESSION,
-        generation: r.generation,
-    }
-}
-
-fn tag_hit(h: Hit) -> Hit {
-    Hit {
-        session: SessionRef {
-            index: h.session.index | V6_SESSION,
-            generation: h.session.generation,
-        },
-        direction: h.direction,
     }
 }
 
@@ -376,8 +346,8 @@ impl<B, V: Copy + Default> Stage<B> for Conntrack<V> {
             let mut h6 = [None; BATCH_SIZE];
             self.v6.lookup_batch(keys, &mut h6);
             for (h, h6) in hits.iter_mut().zip(h6) {
-                if let Some(x) = h6 {
-                    *h = Some(tag_hit(x));
+                if h6.is_some() {
+                    *h = h6;
                 }
             }
         }
@@ -406,7 +376,7 @@ impl<B, V: Copy + Default> Stage<B> for Conntrack<V> {
     }
 }
 
-impl<V> Counted for Conntrack<V> {
+impl<V> StageControl for Conntrack<V> {
     fn name(&self) -> &'static str {
         "conntrack"
     }

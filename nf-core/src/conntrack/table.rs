@@ -501,10 +501,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             Direction::Reply
         };
         Some(Hit {
-            session: SessionRef {
-                index: idx,
-                generation: r.generation,
-            },
+            session: SessionRef::new(K::FAMILY, idx, r.generation),
             direction,
         })
     }
@@ -721,16 +718,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
 
     #[inline(always)]
     fn rec(&self, r: SessionRef) -> Option<&Record<K, V>> {
-        self.recs
-            .get(r.index as usize)
-            .filter(|x| x.flags & F_LIVE != 0 && x.generation == r.generation)
+        self.recs.get(r.index as usize).filter(|x| {
+            x.flags & F_LIVE != 0 && x.generation == r.generation && r.family == K::FAMILY
+        })
     }
 
     #[inline(always)]
     fn rec_mut(&mut self, r: SessionRef) -> Option<&mut Record<K, V>> {
-        self.recs
-            .get_mut(r.index as usize)
-            .filter(|x| x.flags & F_LIVE != 0 && x.generation == r.generation)
+        self.recs.get_mut(r.index as usize).filter(|x| {
+            x.flags & F_LIVE != 0 && x.generation == r.generation && r.family == K::FAMILY
+        })
     }
 
     /// True while `r` names a live session.
@@ -926,10 +923,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         }
         self.len += 1;
         self.counters.inserted += 1;
-        Ok(SessionRef {
-            index: idx,
-            generation,
-        })
+        Ok(SessionRef::new(K::FAMILY, idx, generation))
     }
 
     /// Makes room for one session of `zone`, early-dropping its own oldest unestablished
@@ -1850,10 +1844,7 @@ mod tests {
                     .collect();
                 let flows: Vec<FlowKey> = keys.iter().map(|(f, _)| *f).collect();
                 let mut out = [Some(Hit {
-                    session: SessionRef {
-                        index: 7,
-                        generation: 7,
-                    },
+                    session: SessionRef::new(crate::Family::V4, 7, 7),
                     direction: Direction::Reply,
                 }); 64];
                 let m = if round % 5 == 0 { 10 } else { 64 };
