@@ -1,0 +1,58 @@
+//! What [`export`](super::super::export) needs from the table: live records, deadlines, and
+//! inserting an imported session as it was.
+
+use super::{F_FIN_REPLY, F_LIVE, InsertError, Record, SessionTable};
+use crate::conntrack::key::SessionKey;
+use crate::conntrack::state::SessionState;
+use crate::flow::FlowKey;
+use crate::meta::SessionRef;
+use crate::time::{Duration, Instant};
+
+impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
+    /// Live records from slot `from` on.
+    pub(in crate::conntrack) fn records_from(
+        &self,
+        from: u32,
+    ) -> impl Iterator<Item = (u32, &Record<K, V>)> {
+        (0u32..)
+            .zip(self.recs.iter())
+            .skip(from as usize)
+            .filter(|(_, r)| r.flags & F_LIVE != 0)
+    }
+
+    /// The deadline instant of a record.
+    pub(in crate::conntrack) fn deadline_of(&self, x: &Record<K, V>) -> Instant {
+        self.tick_instant(self.unwrap_tick(x.deadline))
+    }
+
+    /// Inserts an imported session with an explicit remaining lifetime.
+    #[expect(clippy::too_many_arguments, reason = "one imported record's fields")]
+    pub(in crate::conntrack) fn insert_imported(
+        &mut self,
+        now: Instant,
+        original: &FlowKey,
+        reply: &FlowKey,
+        state: SessionState,
+        established: bool,
+        fin_reply: bool,
+        remaining: Duration,
+        value: V,
+    ) -> Result<SessionRef, InsertError> {
+        let r = self.insert(now, original, reply, state, value)?;
+        if established {
+            self.set_state(r, now, state, true);
+        }
+        let d = (now + remaining).as_nanos().div_ceil(self.gran);
+        let d32 = d as u32;
+        if fin_reply && let Some(x) = self.recs.get_mut(r.index as usize) {
+            x.flags |= F_FIN_REPLY;
+        }
+        // Replace the deadline exactly (earlier or later) by re-filing the timer.
+        if let Some(x) = self.recs.get_mut(r.index as usize) {
+            x.deadline = d32;
+        }
+        self.timer_unlink(r.index);
+        self.timer_link(self.slot_for(d32), r.index);
+        Ok(r)
+    }
+}

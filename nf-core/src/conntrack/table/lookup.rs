@@ -1,0 +1,279 @@
+//! The batch lookup pipeline ([`SessionTable::lookup_batch`]).
+
+use super::{BATCH, Hit, NIL, SessionTable};
+use crate::conntrack::key::SessionKey;
+use crate::flow::FlowKey;
+
+/// State of one [`SessionTable::lookup_batch`], per key: hash and candidate record; per
+/// batch: bit masks (bit `i` for key `i`).
+struct Pipeline {
+    hashes: [u64; BATCH],
+    cand: [u32; BATCH],
+    /// Keys of the table's family (hashed).
+    valid: u64,
+    /// The home bucket alone cannot answer: several tag matches, or entries overflowed.
+    slow: u64,
+    /// Deferred to the full probe.
+    late: u64,
+    hits: u64,
+}
+
+/// Batch lookup pipeline distances, in keys (see [`SessionTable::lookup_batch`]): at least a
+/// memory latency's worth of hashing (and of waiting for other keys' lines, the fill buffers
+/// being the limit at 1M sessions). `conntrack-hit`, 64-key batches: 12 is clearly worse than
+/// 16, 24 to 32 a few percent better; with 32 a 64-key batch hashes its second half while the
+/// first half's buckets arrive.
+const LEAD_KEY: usize = 16;
+const LEAD_BUCKET: usize = 32;
+const LEAD_RECORD: usize = 32;
+
+impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
+    /// Looks up to 64 keys at once. Writes `out[i]` for each `keys[i]` and returns the hit mask
+    /// (bit `i` set on a hit). Keys beyond 64 or beyond `out.len()` are ignored. Same answers as
+    /// [`Self::lookup`].
+    ///
+    /// The keys flow through a software pipeline so that the memory latency of many keys
+    /// overlaps with the hashing of others. Step `t` hashes key `t` and prefetches its home
+    /// bucket, scans the bucket of key `t - LEAD_BUCKET` and prefetches its candidate record,
+    /// and compares key `t - LEAD_BUCKET - LEAD_RECORD` with its record. Once every key is
+    /// hashed, the remaining records are prefetched all at once and then compared, so that
+    /// the last keys of a batch wait for memory together rather than in turn. Small batches
+    /// use shorter distances. Keys whose entry is not in their home bucket (or that met a tag
+    /// collision) get the records along their probe path prefetched and take the full probe
+    /// after the rest of the batch.
+    #[inline]
+    pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<Hit>]) -> u64 {
+        let n = keys.len().min(out.len()).min(BATCH);
+        let lead_bucket = LEAD_BUCKET.min(n);
+        let lead_record = LEAD_RECORD.min(n);
+        let mut p = Pipeline {
+            hashes: [0; BATCH],
+            cand: [NIL; BATCH],
+            valid: 0,
+            slow: 0,
+            late: 0,
+            hits: 0,
+        };
+        // The keys themselves may not be in cache either (e.g. a large array of queries).
+        for k in keys.iter().take(n.min(LEAD_KEY)) {
+            crate::sys::prefetch(k);
+        }
+        for t in 0..n {
+            self.hash_stage(&mut p, keys, t);
+            if let Some(i) = t.checked_sub(lead_bucket) {
+                self.bucket_stage(&mut p, i);
+            }
+            if let Some(i) = t.checked_sub(lead_bucket + lead_record) {
+                self.record_stage(&mut p, keys, out, i);
+            }
+        }
+        for i in n.saturating_sub(lead_bucket)..n {
+            self.bucket_stage(&mut p, i);
+        }
+        for i in n.saturating_sub(lead_bucket + lead_record)..n {
+            self.record_stage(&mut p, keys, out, i);
+        }
+        // Deferred keys: the full probe, their records having had the rest of the batch to
+        // arrive.
+        let mut hits = p.hits;
+        let mut late = p.late;
+        while late != 0 {
+            let i = late.trailing_zeros() as usize;
+            late &= late - 1;
+            if let (Some(key), Some(&h), Some(o)) = (keys.get(i), p.hashes.get(i), out.get_mut(i))
+                && let Some(k) = K::from_flow(key)
+            {
+                *o = self.find(&k, key.zone.0, key.proto, h);
+                hits |= u64::from(o.is_some()) << i;
+            }
+        }
+        hits
+    }
+
+    /// Batch stage 1 for key `t` (`t < 64`): pack, hash, prefetch the home bucket, and
+    /// prefetch a key further on.
+    #[inline(always)]
+    fn hash_stage(&self, p: &mut Pipeline, keys: &[FlowKey], t: usize) {
+        if let Some(k) = keys.get(t + LEAD_KEY) {
+            crate::sys::prefetch(k);
+        }
+        if let (Some(key), Some(h)) = (keys.get(t), p.hashes.get_mut(t))
+            && let Some(k) = K::from_flow(key)
+        {
+            *h = k.hash(&self.sip, key.zone.0, key.proto);
+            p.valid |= 1 << t;
+            if let Some(b) = self.buckets.get(self.home(*h)) {
+                crate::sys::prefetch(b);
+            }
+        }
+    }
+
+    /// Batch stage 2 for key `i`: scan the home bucket (in cache by now, or on its way), keep
+    /// the first tag match and prefetch its record. The full probe may be needed if there are
+    /// several matches or entries overflowed past this bucket; if nothing matched here, the
+    /// entry can only be further on, so prefetch the next bucket.
+    #[inline(always)]
+    fn bucket_stage(&self, p: &mut Pipeline, i: usize) {
+        if i < BATCH
+            && p.valid >> i & 1 != 0
+            && let (Some(&h), Some(c)) = (p.hashes.get(i), p.cand.get_mut(i))
+            && let Some(bk) = self.buckets.get(self.home(h))
+        {
+            let mm = bk.matches(self.tag(h), self.tag_mask);
+            if mm != 0 {
+                let e = bk.e.get(mm.trailing_zeros() as usize).copied().unwrap_or(0);
+                let idx = (e & self.idx_mask).wrapping_sub(1);
+                if let Some(r) = self.recs.get(idx as usize) {
+                    crate::sys::prefetch(r);
+                }
+                *c = idx;
+            }
+            if mm & mm.wrapping_sub(1) != 0 || bk.overflow != 0 {
+                p.slow |= 1 << i;
+                if mm == 0
+                    && let Some(next) = self.buckets.get(self.next_bucket(self.home(h)))
+                {
+                    crate::sys::prefetch(next);
+                }
+            }
+        }
+    }
+
+    /// Batch stage 3 for key `i`: compare with the candidate record and write `out[i]`. A
+    /// miss that may be elsewhere along the probe path is deferred.
+    #[inline(always)]
+    fn record_stage(&self, p: &mut Pipeline, keys: &[FlowKey], out: &mut [Option<Hit>], i: usize) {
+        if i >= BATCH {
+            return;
+        }
+        let Some(o) = out.get_mut(i) else {
+            return;
+        };
+        let mut r = None;
+        // Packing the key again is cheaper than keeping it: it is in L1 by now.
+        if p.valid >> i & 1 != 0
+            && let (Some(key), Some(&c), Some(&h)) = (keys.get(i), p.cand.get(i), p.hashes.get(i))
+            && let Some(k) = K::from_flow(key)
+        {
+            r = self.check(c, &k, key.zone.0, key.proto);
+            if r.is_none() && p.slow >> i & 1 != 0 {
+                self.prefetch_probe(h);
+                p.late |= 1 << i;
+            }
+        }
+        p.hits |= u64::from(r.is_some()) << i;
+        *o = r;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::k;
+    use super::*;
+    use crate::conntrack::{SessionState, TableConfig, V4Key};
+    use crate::flow::{ZoneId, proto};
+    use crate::meta::{Direction, SessionRef};
+    use crate::time::Instant;
+    use alloc::vec::Vec;
+
+    /// Batch lookups give the single-lookup answers also where the fast path cannot decide:
+    /// few tag bits (many tag collisions, several candidates per bucket) and few home buckets
+    /// (long overflow chains, entries far from home), with removals in between, misses, keys
+    /// of the other family, and `out` shorter than `keys`.
+    #[test]
+    fn batch_equals_single_under_collisions_and_overflow() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for (tag_bits, homes) in [
+            (2u32, None),
+            (0, None),
+            (2, Some(3u64)),
+            (8, Some(1)),
+            (12, None),
+        ] {
+            let mut t: SessionTable<V4Key, u32> =
+                SessionTable::new(TableConfig::new(600, [5; 16])).unwrap();
+            // Set while the table is empty, so every entry is made with the altered layout.
+            t.tag_mask = !t.idx_mask & !(u32::MAX.checked_shr(tag_bits).unwrap_or(0));
+            if let Some(h) = homes {
+                t.nbuckets = h;
+            }
+            let mut live = alloc::vec::Vec::new();
+            for i in 0..450u32 {
+                let r = t
+                    .insert(
+                        Instant::ZERO,
+                        &k(i),
+                        &k(i).reversed(),
+                        SessionState::Other,
+                        i,
+                    )
+                    .unwrap();
+                live.push((i, r));
+            }
+            for (i, r) in &live {
+                if i % 7 == 3 {
+                    assert_eq!(t.remove(*r), Some(*i));
+                }
+            }
+            let v6 = FlowKey::v6(ZoneId(1), [1; 16], [2; 16], proto::UDP, 1, 2);
+            for round in 0..200 {
+                let n = (next() % 71) as usize;
+                // Each key with whether it must hit.
+                let keys: Vec<(FlowKey, bool)> = (0..n)
+                    .map(|_| {
+                        let j = (next() % 450) as u32;
+                        match next() % 8 {
+                            0 => (k(500 + j % 50), false),
+                            1 => (v6, false),
+                            2..=4 => (k(j), j % 7 != 3),
+                            _ => (k(j).reversed(), j % 7 != 3),
+                        }
+                    })
+                    .collect();
+                let flows: Vec<FlowKey> = keys.iter().map(|(f, _)| *f).collect();
+                let mut out = [Some(Hit {
+                    session: SessionRef::new(crate::Family::V4, 7, 7),
+                    direction: Direction::Reply,
+                }); 64];
+                let m = if round % 5 == 0 { 10 } else { 64 };
+                let mask = t.lookup_batch(&flows, &mut out[..m]);
+                let done = n.min(m);
+                for (i, (key, live)) in keys.iter().enumerate().take(done) {
+                    let want = t.lookup(key);
+                    assert_eq!(
+                        out[i], want,
+                        "tag bits {tag_bits}, homes {homes:?}, key {key}"
+                    );
+                    assert_eq!(want.is_some(), *live, "key {key}");
+                    assert_eq!(mask >> i & 1 == 1, *live);
+                }
+                assert_eq!(mask.checked_shr(done as u32).unwrap_or(0), 0);
+            }
+            // Every live session is found from both sides, batched.
+            let keys: Vec<FlowKey> = (0..450u32)
+                .filter(|i| i % 7 != 3)
+                .flat_map(|i| [k(i), k(i).reversed()])
+                .collect();
+            for chunk in keys.chunks(64) {
+                let mut out = [None; 64];
+                let mask = t.lookup_batch(chunk, &mut out);
+                assert_eq!(mask.count_ones() as usize, chunk.len());
+                for (key, h) in chunk.iter().zip(out) {
+                    let h = h.unwrap();
+                    let want = if key.dst_bytes() == [10, 0, 0, 1] {
+                        Direction::Original
+                    } else {
+                        Direction::Reply
+                    };
+                    assert_eq!(h.direction, want);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! [`SessionTable`]: fixed-capacity sessions indexed by both of their keys.
+//!
+//! See the [module docs](super) for the layout, the memory budget and the invariants.
+
+mod export_hooks;
+mod index;
+mod lookup;
+mod timer;
+mod zones;
+
+use super::key::{SessionKey, SipKey};
+use super::state::{self, SessionState, TimeoutProfile};
+use crate::flow::{FlowKey, ZoneId};
+use crate::meta::{Direction, SessionRef};
+use crate::time::Instant;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use index::{Bucket, ENTRIES, INDEX_LOAD_DEN, INDEX_LOAD_NUM};
+use zones::Zone;
+
+/// "No record" in the intrusive lists.
+pub(super) const NIL: u32 = u32::MAX;
+/// Largest supported capacity (index entries keep at least 6 tag bits).
+pub const MAX_CAPACITY: u32 = (1 << 26) - 1;
+
+/// Record flag: the slot holds a live session.
+pub(super) const F_LIVE: u8 = 1;
+/// Record flag: established (assured); never early-dropped.
+pub(super) const F_ASSURED: u8 = 2;
+/// Record flag: the first FIN came from the reply direction.
+pub(super) const F_FIN_REPLY: u8 = 4;
+
+/// Settings fixed at construction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TableConfig {
+    /// Most sessions held at once (1 ..= [`MAX_CAPACITY`]).
+    pub capacity: u32,
+    /// Secret for the table's keyed hash (SipHash-1-3). Use a random value per process.
+    pub secret: [u8; 16],
+    /// Timeouts per state and the timer granularity.
+    pub timeouts: TimeoutProfile,
+    /// Timer wheel slots (a power of two, 64 ..= 2^20).
+    pub wheel_slots: u32,
+    /// Most distinct zones with sessions or quotas at once.
+    pub max_zones: u32,
+    /// Quota of zones without an explicit one ([`SessionTable::set_zone_quota`]).
+    pub default_zone_quota: u32,
+    /// A zone at its quota (or a full table) may evict its own oldest not-yet-established
+    /// session to admit a new one.
+    pub early_drop: bool,
+}
+
+impl TableConfig {
+    /// Defaults for `capacity` sessions: Linux-like timeouts with 1 s granularity, 4096 wheel
+    /// slots, 1024 zones, no per-zone limit beyond the capacity, early drop on.
+    pub fn new(capacity: u32, secret: [u8; 16]) -> Self {
+        Self {
+            capacity,
+            secret,
+            timeouts: TimeoutProfile::default(),
+            wheel_slots: 4096,
+            max_zones: 1024,
+            default_zone_quota: capacity,
+            early_drop: true,
+        }
+    }
+}
+
+/// Why a [`TableConfig`] was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Capacity is 0 or above [`MAX_CAPACITY`].
+    Capacity,
+    /// Wheel slots not a power of two in 64 ..= 2^20.
+    WheelSlots,
+    /// Granularity is zero, or a timeout spans 2^30 ticks or more.
+    Timeouts,
+    /// `max_zones` is 0 or above 2^20.
+    MaxZones,
+}
+
+/// Why [`SessionTable::insert`] refused a session. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InsertError {
+    /// Every slot holds a live session and the zone had nothing of its own to evict.
+    TableFull,
+    /// The zone is at its quota and had nothing of its own to evict.
+    ZoneQuota,
+    /// The zone would be new and `max_zones` zones already exist.
+    TooManyZones,
+    /// The original or the reply key already indexes a session.
+    KeyExists,
+    /// The original and reply keys are equal (e.g. a LAND packet: same address and port).
+    SameKeys,
+    /// A key is of the other address family, or the two keys differ in zone or protocol.
+    BadKey,
+}
+
+/// One session for [`SessionTable::insert_batch`]: the arguments of
+/// [`SessionTable::insert`] after `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewSession<V> {
+    /// The flow that opens the session.
+    pub original: FlowKey,
+    /// The flow its replies arrive on (usually `original.reversed()`; NAT's translation).
+    pub reply: FlowKey,
+    /// The initial state.
+    pub state: SessionState,
+    /// The caller's value.
+    pub value: V,
+}
+
+/// Why [`SessionTable::replace_reply`] failed. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplaceError {
+    /// The handle is stale.
+    Stale,
+    /// The new key already indexes another session (or is the session's original key).
+    KeyExists,
+    /// The key is of the other family, or its zone or protocol differs from the session's.
+    BadKey,
+}
+
+/// Why [`SessionTable::set_zone_quota`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ZoneError {
+    /// `max_zones` zones already exist.
+    TooManyZones,
+}
+
+macro_rules! impl_display {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self, f)
+            }
+        }
+        impl core::error::Error for $t {}
+    )*};
+}
+impl_display!(ConfigError, InsertError, ReplaceError, ZoneError);
+
+/// A lookup result: the session and which way the packet travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The session.
+    pub session: SessionRef,
+    /// [`Direction::Original`] if the key was the session's original key.
+    pub direction: Direction,
+}
+
+/// A read-only view of one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionInfo<V> {
+    /// Key of the direction that created the session.
+    pub original: FlowKey,
+    /// Key the reply direction is expected to carry.
+    pub reply: FlowKey,
+    /// Current state.
+    pub state: SessionState,
+    /// Established (assured): never early-dropped.
+    pub established: bool,
+    /// When the session expires unless refreshed (rounded up to the timer granularity).
+    pub deadline: Instant,
+    /// The caller's value.
+    pub value: V,
+}
+
+/// Table counters (monotonic).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableCounters {
+    /// Sessions inserted.
+    pub inserted: u64,
+    /// Inserts refused because the table was full.
+    pub refused_full: u64,
+    /// Inserts refused because the zone was at its quota.
+    pub refused_quota: u64,
+    /// Inserts refused because the zone table was full.
+    pub refused_zones: u64,
+    /// Not-yet-established sessions evicted by their own zone.
+    pub early_drops: u64,
+    /// Sessions expired by [`SessionTable::handle_timeout`].
+    pub expired: u64,
+    /// Sessions removed by [`SessionTable::remove`].
+    pub removed: u64,
+}
+
+/// A zone's session count and quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneUsage {
+    /// Live sessions of the zone.
+    pub sessions: u32,
+    /// The zone's quota.
+    pub quota: u32,
+    /// Of the live sessions, those not yet established.
+    pub unestablished: u32,
+}
+
+/// One session: both keys, timer links, state and the caller's value. For IPv4 keys and a
+/// 16-byte value this is exactly one 64-byte cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub(super) struct Record<K: SessionKey, V> {
+    _align: K::Align,
+    pub(super) keys: [K; 2],
+    pub(super) zone: u32,
+    pub(super) generation: u32,
+    /// Deadline in timer ticks (wrapping u32).
+    pub(super) deadline: u32,
+    tprev: u32,
+    tnext: u32,
+    pub(super) proto: u8,
+    pub(super) state: u8,
+    pub(super) flags: u8,
+    _pad: u8,
+    pub(super) value: V,
+}
+
+/// A fixed-capacity session table; `K` is [`V4Key`](super::V4Key) or
+/// [`V6Key`](super::V6Key), `V` the caller's per-session value.
+///
+/// Call order, per batch: [`lookup_batch`](Self::lookup_batch) (or
+/// [`lookup`](Self::lookup)), then for hits [`track`](Self::track) or
+/// [`refresh`](Self::refresh), for misses [`insert`](Self::insert) (or, for many new
+/// sessions at once, [`insert_batch`](Self::insert_batch)); and whenever
+/// [`poll_timeout`](Self::poll_timeout) is at or before `now`,
+/// [`handle_timeout`](Self::handle_timeout) with a work budget. Nothing allocates after
+/// [`new`](Self::new).
+pub struct SessionTable<K: SessionKey, V> {
+    sip: SipKey,
+    cfg: TableConfig,
+    recs: Vec<Record<K, V>>,
+    /// Per record: previous / next in its zone's not-yet-established list.
+    emb: Vec<[u32; 2]>,
+    buckets: Vec<Bucket>,
+    nbuckets: u64,
+    idx_mask: u32,
+    tag_mask: u32,
+    /// Sentinels of the timer lists: `wheel_slots` slots, then the sweep list.
+    wheel: Vec<[u32; 2]>,
+    occupied: Vec<u64>,
+    /// Next tick to sweep.
+    cursor: u64,
+    gran: u64,
+    /// Deadline ticks per state for the `now` of the last refresh (bit `s` of `dl_known`
+    /// set when `dl_ticks[s]` is filled in): a batch shares one `now`, so this saves a
+    /// 64-bit division per packet.
+    dl_now: u64,
+    dl_known: u16,
+    dl_ticks: [u32; SessionState::ALL.len()],
+    free: u32,
+    len: u32,
+    zones: Vec<Zone>,
+    zone_count: u32,
+    zone_shift: u32,
+    counters: TableCounters,
+}
+
+impl<K: SessionKey, V: fmt::Debug> fmt::Debug for SessionTable<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("family", &K::FAMILY)
+            .field("len", &self.len)
+            .field("capacity", &self.cfg.capacity)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most sessions a batch lookup takes.
+const BATCH: usize = 64;
+
+impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
+    /// A table with everything allocated up front.
+    ///
+    /// # Errors
+    /// [`ConfigError`] if a setting is out of range.
+    pub fn new(cfg: TableConfig) -> Result<Self, ConfigError> {
+        if cfg.capacity == 0 || cfg.capacity > MAX_CAPACITY {
+            return Err(ConfigError::Capacity);
+        }
+        if !cfg.wheel_slots.is_power_of_two() || !(64..=1 << 20).contains(&cfg.wheel_slots) {
+            return Err(ConfigError::WheelSlots);
+        }
+        let g = cfg.timeouts.granularity.as_nanos();
+        if g == 0
+            || SessionState::ALL
+                .iter()
+                .any(|s| cfg.timeouts.timeout(*s).as_nanos() / g >= 1 << 30)
+        {
+            return Err(ConfigError::Timeouts);
+        }
+        if cfg.max_zones == 0 || cfg.max_zones > 1 << 20 {
+            return Err(ConfigError::MaxZones);
+        }
+        let cap = cfg.capacity as usize;
+        let idx_bits = 32 - cfg.capacity.leading_zeros();
+        let idx_mask = (1u32 << idx_bits) - 1;
+        let nbuckets = (u64::from(cfg.capacity) * 2 * INDEX_LOAD_DEN)
+            .div_ceil(ENTRIES as u64 * INDEX_LOAD_NUM)
+            + 1;
+        let mut recs = Vec::with_capacity(cap);
+        recs.resize(cap, Record::default());
+        for (i, r) in (0u32..).zip(recs.iter_mut()) {
+            r.tnext = if i + 1 < cfg.capacity { i + 1 } else { NIL };
+        }
+        let w = cfg.wheel_slots as usize;
+        let zslots = (cfg.max_zones as usize * 2).next_power_of_two().max(4);
+        let mut t = Self {
+            sip: SipKey::new(cfg.secret),
+            cfg,
+            recs,
+            emb: vec![[NIL, NIL]; cap],
+            buckets: vec![Bucket::default(); usize::try_from(nbuckets).unwrap_or(0)],
+            nbuckets,
+            idx_mask,
+            tag_mask: !idx_mask,
+            wheel: Vec::with_capacity(w + 1),
+            occupied: vec![0; w.div_ceil(64)],
+            cursor: 0,
+            gran: g,
+            dl_now: 0,
+            dl_known: 0,
+            dl_ticks: [0; SessionState::ALL.len()],
+            free: 0,
+            len: 0,
+            zones: vec![Zone::default(); zslots],
+            zone_count: 0,
+            zone_shift: 64 - zslots.trailing_zeros(),
+            counters: TableCounters::default(),
+        };
+        let base = cfg.capacity;
+        for i in 0..=cfg.wheel_slots {
+            t.wheel.push([base + i, base + i]);
+        }
+        Ok(t)
+    }
+
+    /// Empties the table (keeping the allocation and zone quotas); `O(capacity)`.
+    pub fn clear(&mut self) {
+        let cap = self.cfg.capacity;
+        for (i, r) in (0u32..).zip(self.recs.iter_mut()) {
+            let g = r.generation.wrapping_add(u32::from(r.flags & F_LIVE));
+            *r = Record::default();
+            r.generation = g;
+            r.tnext = if i + 1 < cap { i + 1 } else { NIL };
+        }
+        self.emb.fill([NIL, NIL]);
+        self.buckets.fill(Bucket::default());
+        for (i, s) in (cap..).zip(self.wheel.iter_mut()) {
+            *s = [i, i];
+        }
+        self.occupied.fill(0);
+        self.free = 0;
+        self.len = 0;
+        for z in &mut self.zones {
+            z.count = 0;
+            z.unestablished = 0;
+            z.emb_head = NIL;
+            z.emb_tail = NIL;
+        }
+        self.rebuild_zones();
+    }
+
+    /// Live sessions.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True when no session is live.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most sessions the table holds.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.cfg.capacity as usize
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TableConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    /// Bytes the table allocated (records, index, timer wheel, zones): the real memory cost.
+    pub fn allocated_bytes(&self) -> usize {
+        use core::mem::size_of;
+        self.recs.capacity() * size_of::<Record<K, V>>()
+            + self.emb.capacity() * size_of::<[u32; 2]>()
+            + self.buckets.capacity() * size_of::<Bucket>()
+            + self.wheel.capacity() * size_of::<[u32; 2]>()
+            + self.occupied.capacity() * size_of::<u64>()
+            + self.zones.capacity() * size_of::<Zone>()
+            + size_of::<Self>()
+    }
+
+    /// The session `key` belongs to and the packet's direction.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<Hit> {
+        let k = K::from_flow(key)?;
+        let h = self.hash(&k, key.zone.0, key.proto);
+        self.find(&k, key.zone.0, key.proto, h)
+    }
+
+    // ----- handles ------------------------------------------------------------------------
+
+    #[inline(always)]
+    fn rec(&self, r: SessionRef) -> Option<&Record<K, V>> {
+        self.recs.get(r.index as usize).filter(|x| {
+            x.flags & F_LIVE != 0 && x.generation == r.generation && r.family == K::FAMILY
+        })
+    }
+
+    #[inline(always)]
+    fn rec_mut(&mut self, r: SessionRef) -> Option<&mut Record<K, V>> {
+        self.recs.get_mut(r.index as usize).filter(|x| {
+            x.flags & F_LIVE != 0 && x.generation == r.generation && r.family == K::FAMILY
+        })
+    }
+
+    /// True while `r` names a live session.
+    #[inline]
+    pub fn is_live(&self, r: SessionRef) -> bool {
+        self.rec(r).is_some()
+    }
+
+    /// The value of a live session.
+    #[inline]
+    pub fn value(&self, r: SessionRef) -> Option<&V> {
+        self.rec(r).map(|x| &x.value)
+    }
+
+    /// The value of a live session, writable.
+    #[inline]
+    pub fn value_mut(&mut self, r: SessionRef) -> Option<&mut V> {
+        self.rec_mut(r).map(|x| &mut x.value)
+    }
+
+    /// Everything about a live session (cold path).
+    pub fn info(&self, r: SessionRef) -> Option<SessionInfo<V>> {
+        let x = self.rec(r)?;
+        Some(self.info_of(x))
+    }
+
+    pub(super) fn info_of(&self, x: &Record<K, V>) -> SessionInfo<V> {
+        let zone = ZoneId(x.zone);
+        SessionInfo {
+            original: x.keys[0].to_flow(zone, x.proto),
+            reply: x.keys[1].to_flow(zone, x.proto),
+            state: SessionState::from_u8(x.state).unwrap_or(SessionState::Other),
+            established: x.flags & F_ASSURED != 0,
+            deadline: self.tick_instant(self.unwrap_tick(x.deadline)),
+            value: x.value,
+        }
+    }
+
+    // ----- insert / replace / remove ------------------------------------------------------
+
+    /// Creates a session indexed by `original` and `reply`, both or neither, in `state`,
+    /// expiring `timeout(state)` after `now` unless refreshed.
+    ///
+    /// If the table is full or the zone is at its quota and early drop is on, the zone's own
+    /// oldest not-yet-established session is evicted first; another zone's session never is.
+    ///
+    /// # Errors
+    /// [`InsertError`]; the table is unchanged.
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        original: &FlowKey,
+        reply: &FlowKey,
+        state: SessionState,
+        value: V,
+    ) -> Result<SessionRef, InsertError> {
+        let (ko, kr) = Self::insert_keys(original, reply)?;
+        let (zone, proto) = (original.zone.0, original.proto);
+        let ho = self.hash(&ko, zone, proto);
+        let hr = self.hash(&kr, zone, proto);
+        // Both home buckets load in parallel rather than one probe after the other.
+        self.prefetch_home(ho);
+        self.prefetch_home(hr);
+        self.insert_hashed(now, [ko, kr], [ho, hr], zone, proto, state, value)
+    }
+
+    /// Creates many sessions: the same as calling [`Self::insert`] for each of `new` in
+    /// order and writing its result to `out` (both slices are cut to the shorter), but
+    /// pipelined: the keys of up to 64 sessions are hashed and their home buckets
+    /// prefetched before the first of them is inserted, so the memory latency of many
+    /// inserts overlaps instead of adding up (the `conntrack-insert` bench measures both).
+    /// Returns how many sessions were created.
+    ///
+    /// ```
+    /// use nf_core::conntrack::{NewSession, SessionState, SessionTable, TableConfig, V4Key};
+    /// use nf_core::{FlowKey, Instant, ZoneId, flow::proto};
+    ///
+    /// let mut table: SessionTable<V4Key, u32> =
+    ///     SessionTable::new(TableConfig::new(1024, *b"a per-run secret"))?;
+    /// let new: Vec<NewSession<u32>> = (0..100u16)
+    ///     .map(|i| {
+    ///         let k = FlowKey::v4(ZoneId(1), [10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, i, 53);
+    ///         NewSession { original: k, reply: k.reversed(), state: SessionState::UdpUnreplied, value: 7 }
+    ///     })
+    ///     .collect();
+    /// let mut out = vec![Err(nf_core::conntrack::InsertError::TableFull); new.len()];
+    /// assert_eq!(table.insert_batch(Instant::ZERO, &new, &mut out), 100);
+    /// assert_eq!(table.len(), 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn insert_batch(
+        &mut self,
+        now: Instant,
+        new: &[NewSession<V>],
+        out: &mut [Result<SessionRef, InsertError>],
+    ) -> usize {
+        let mut created = 0;
+        for (new, out) in new.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            // Checked, packed and hashed once; a bad pair keeps its error for the second pass.
+            let mut prepared = [Err(InsertError::BadKey); BATCH];
+            for (n, p) in new.iter().zip(prepared.iter_mut()) {
+                *p = Self::insert_keys(&n.original, &n.reply).map(|(ko, kr)| {
+                    let (zone, proto) = (n.original.zone.0, n.original.proto);
+                    let h = [self.hash(&ko, zone, proto), self.hash(&kr, zone, proto)];
+                    self.prefetch_home(h[0]);
+                    self.prefetch_home(h[1]);
+                    ([ko, kr], h)
+                });
+            }
+            for ((n, p), o) in new.iter().zip(prepared).zip(out.iter_mut()) {
+                *o = p.and_then(|(keys, h)| {
+                    let (zone, proto) = (n.original.zone.0, n.original.proto);
+                    self.insert_hashed(now, keys, h, zone, proto, n.state, n.value)
+                });
+                created += usize::from(o.is_ok());
+            }
+        }
+        created
+    }
+
+    /// The packed keys of a new session, or why they cannot form one.
+    #[inline(always)]
+    fn insert_keys(original: &FlowKey, reply: &FlowKey) -> Result<(K, K), InsertError> {
+        let (Some(ko), Some(kr)) = (K::from_flow(original), K::from_flow(reply)) else {
+            return Err(InsertError::BadKey);
+        };
+        if original.zone != reply.zone || original.proto != reply.proto {
+            return Err(InsertError::BadKey);
+        }
+        if ko == kr {
+            return Err(InsertError::SameKeys);
+        }
+        Ok((ko, kr))
+    }
+
+    /// [`Self::insert`] once the keys are checked and hashed (`keys` and `hashes`: original,
+    /// reply).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one new session's keys, hashes and fields"
+    )]
+    #[inline(always)]
+    fn insert_hashed(
+        &mut self,
+        now: Instant,
+        keys: [K; 2],
+        hashes: [u64; 2],
+        zone: u32,
+        proto: u8,
+        state: SessionState,
+        value: V,
+    ) -> Result<SessionRef, InsertError> {
+        let ([ko, kr], [ho, hr]) = (keys, hashes);
+        if self.find(&ko, zone, proto, ho).is_some() || self.find(&kr, zone, proto, hr).is_some() {
+            return Err(InsertError::KeyExists);
+        }
+        self.admit(zone)?;
+        let Some(zi) = self.zone_slot_or_create(zone) else {
+            self.counters.refused_zones += 1;
+            return Err(InsertError::TooManyZones);
+        };
+        let idx = self.free;
+        let Some(r) = self.recs.get_mut(idx as usize) else {
+            self.counters.refused_full += 1;
+            return Err(InsertError::TableFull);
+        };
+        self.free = r.tnext;
+        r.keys = [ko, kr];
+        r.zone = zone;
+        r.proto = proto;
+        r.state = state as u8;
+        r.flags = F_LIVE;
+        r.value = value;
+        let generation = r.generation;
+        // The next free record is the next insert's: start loading it.
+        if let Some(next) = self.recs.get(self.free as usize) {
+            crate::sys::prefetch(next);
+        }
+        self.index_insert(ho, idx);
+        self.index_insert(hr, idx);
+        let d = self.deadline_tick(now, state);
+        if let Some(r) = self.recs.get_mut(idx as usize) {
+            r.deadline = d;
+        }
+        self.timer_link(self.slot_for(d), idx);
+        self.emb_push(zi, idx);
+        if let Some(z) = self.zones.get_mut(zi) {
+            z.count += 1;
+        }
+        self.len += 1;
+        self.counters.inserted += 1;
+        Ok(SessionRef::new(K::FAMILY, idx, generation))
+    }
+
+    /// Points the session's reply direction at `reply` (e.g. after NAT chose a translation),
+    /// atomically: the old reply key stops matching as the new one starts.
+    ///
+    /// # Errors
+    /// [`ReplaceError`]; the table is unchanged.
+    pub fn replace_reply(&mut self, r: SessionRef, reply: &FlowKey) -> Result<(), ReplaceError> {
+        let Some(x) = self.rec(r) else {
+            return Err(ReplaceError::Stale);
+        };
+        let (zone, proto, old) = (x.zone, x.proto, x.keys[1]);
+        let Some(kr) = K::from_flow(reply) else {
+            return Err(ReplaceError::BadKey);
+        };
+        if reply.zone.0 != zone || reply.proto != proto {
+            return Err(ReplaceError::BadKey);
+        }
+        if kr == old {
+            return Ok(());
+        }
+        let h = self.hash(&kr, zone, proto);
+        if self.find(&kr, zone, proto, h).is_some() {
+            return Err(ReplaceError::KeyExists);
+        }
+        let ho = self.hash(&old, zone, proto);
+        self.index_remove(ho, r.index);
+        self.index_insert(h, r.index);
+        if let Some(x) = self.recs.get_mut(r.index as usize) {
+            x.keys[1] = kr;
+        }
+        Ok(())
+    }
+
+    /// Removes a live session; returns its value, or `None` for a stale handle.
+    pub fn remove(&mut self, r: SessionRef) -> Option<V> {
+        let v = self.rec(r)?.value;
+        self.remove_idx(r.index);
+        self.counters.removed += 1;
+        Some(v)
+    }
+
+    /// Unindexes, unlinks and frees record `idx` (which must be live).
+    fn remove_idx(&mut self, idx: u32) {
+        let Some(x) = self.recs.get(idx as usize) else {
+            return;
+        };
+        let (keys, zone, proto, flags) = (x.keys, x.zone, x.proto, x.flags);
+        if flags & F_LIVE == 0 {
+            return;
+        }
+        for k in &keys {
+            let h = self.hash(k, zone, proto);
+            self.index_remove(h, idx);
+        }
+        self.timer_unlink(idx);
+        let zi = self.zone_slot(zone);
+        if let Some(zi) = zi {
+            if flags & F_ASSURED == 0 {
+                self.emb_unlink(zi, idx);
+            }
+            if let Some(z) = self.zones.get_mut(zi) {
+                z.count = z.count.saturating_sub(1);
+            }
+        }
+        let free = self.free;
+        if let Some(x) = self.recs.get_mut(idx as usize) {
+            x.flags = 0;
+            x.generation = x.generation.wrapping_add(1);
+            x.tnext = free;
+            x.tprev = NIL;
+        }
+        self.free = idx;
+        self.len -= 1;
+        if let Some(zi) = zi {
+            self.zone_maybe_release(zi);
+        }
+    }
+
+    // ----- state and refresh --------------------------------------------------------------
+
+    /// Restarts the session's timeout for its current state from `now`. `O(1)`.
+    #[inline]
+    pub fn refresh(&mut self, r: SessionRef, now: Instant) -> bool {
+        let Some(x) = self.rec(r) else {
+            return false;
+        };
+        let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
+        let d = self.deadline_tick(now, s);
+        self.set_deadline(r.index, d);
+        true
+    }
+
+    /// Sets the state (and, if `established`, marks the session established: it is never
+    /// early-dropped again), then refreshes from `now`.
+    pub fn set_state(
+        &mut self,
+        r: SessionRef,
+        now: Instant,
+        state: SessionState,
+        established: bool,
+    ) -> bool {
+        let Some(x) = self.rec_mut(r) else {
+            return false;
+        };
+        x.state = state as u8;
+        let was = x.flags & F_ASSURED != 0;
+        if established && !was {
+            x.flags |= F_ASSURED;
+            let zone = x.zone;
+            if let Some(zi) = self.zone_slot(zone) {
+                self.emb_unlink(zi, r.index);
+            }
+        }
+        let d = self.deadline_tick(now, state);
+        self.set_deadline(r.index, d);
+        true
+    }
+
+    /// Feeds one packet of the session to the state tracker (`tcp_flags` is 0 for non-TCP),
+    /// updates state and establishment, and refreshes. Returns the new state, or `None` for
+    /// a stale handle or a TCP segment the tracker rejects (state unchanged).
+    #[inline]
+    pub fn track(
+        &mut self,
+        r: SessionRef,
+        now: Instant,
+        direction: Direction,
+        tcp_flags: u8,
+    ) -> Option<SessionState> {
+        let x = self.rec(r)?;
+        let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
+        let t = state::advance(
+            s,
+            x.flags & F_ASSURED != 0,
+            x.flags & F_FIN_REPLY != 0,
+            direction,
+            tcp_flags,
+        )?;
+        let newly_assured = t.assured && x.flags & F_ASSURED == 0;
+        if let Some(x) = self.recs.get_mut(r.index as usize) {
+            x.flags = (x.flags & !F_FIN_REPLY) | if t.fin_reply { F_FIN_REPLY } else { 0 };
+            x.state = t.state as u8;
+        }
+        if newly_assured {
+            self.set_state(r, now, t.state, true);
+        } else {
+            let d = self.deadline_tick(now, t.state);
+            self.set_deadline(r.index, d);
+        }
+        Some(t.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::{V4Key, V6Key};
+    use crate::flow::proto;
+
+    pub(super) fn k(i: u32) -> FlowKey {
+        FlowKey::v4(
+            ZoneId(1),
+            i.to_be_bytes(),
+            [10, 0, 0, 1],
+            proto::UDP,
+            1000,
+            53,
+        )
+    }
+
+    #[test]
+    fn record_is_one_cache_line() {
+        assert_eq!(core::mem::size_of::<Record<V4Key, [u8; 16]>>(), 64);
+        assert_eq!(core::mem::align_of::<Record<V4Key, [u8; 16]>>(), 64);
+        assert_eq!(core::mem::size_of::<Record<V6Key, [u8; 16]>>(), 112);
+        assert_eq!(core::mem::size_of::<Bucket>(), 64);
+    }
+
+    #[test]
+    fn insert_lookup_both_directions_remove() {
+        let mut t: SessionTable<V4Key, u64> =
+            SessionTable::new(TableConfig::new(100, [3; 16])).unwrap();
+        let r = t
+            .insert(
+                Instant::ZERO,
+                &k(1),
+                &k(1).reversed(),
+                SessionState::UdpUnreplied,
+                7,
+            )
+            .unwrap();
+        assert_eq!(t.lookup(&k(1)).unwrap().direction, Direction::Original);
+        assert_eq!(
+            t.lookup(&k(1).reversed()).unwrap().direction,
+            Direction::Reply
+        );
+        assert_eq!(t.lookup(&k(1)).unwrap().session, r);
+        assert_eq!(
+            t.insert(
+                Instant::ZERO,
+                &k(2),
+                &k(1).reversed(),
+                SessionState::Other,
+                0
+            ),
+            Err(InsertError::KeyExists)
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.value(r), Some(&7));
+        assert_eq!(t.remove(r), Some(7));
+        assert_eq!(t.remove(r), None);
+        assert!(t.lookup(&k(1)).is_none());
+        let r2 = t
+            .insert(
+                Instant::ZERO,
+                &k(3),
+                &k(3).reversed(),
+                SessionState::Other,
+                1,
+            )
+            .unwrap();
+        assert_eq!(r2.index, r.index);
+        assert_ne!(r2.generation, r.generation);
+        assert_eq!(t.value(r), None);
+    }
+
+    #[test]
+    fn fills_to_capacity_and_refuses() {
+        let mut cfg = TableConfig::new(1000, [1; 16]);
+        cfg.early_drop = false;
+        let mut t: SessionTable<V4Key, u32> = SessionTable::new(cfg).unwrap();
+        for i in 0..1000 {
+            t.insert(
+                Instant::ZERO,
+                &k(i),
+                &k(i).reversed(),
+                SessionState::Other,
+                i,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            t.insert(
+                Instant::ZERO,
+                &k(5000),
+                &k(5000).reversed(),
+                SessionState::Other,
+                0
+            ),
+            Err(InsertError::TableFull)
+        );
+        for i in 0..1000 {
+            let h = t.lookup(&k(i).reversed()).unwrap();
+            assert_eq!(t.value(h.session), Some(&i));
+        }
+        let mut out = [None; 64];
+        let keys: Vec<FlowKey> = (0..64).map(|i| k(i * 15)).collect();
+        assert_eq!(t.lookup_batch(&keys, &mut out), u64::MAX);
+    }
+}
