@@ -9,10 +9,11 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nf_core::conntrack::{
-    Conntrack, ConntrackConfig, SessionState, SessionTable, TableConfig, V4Key, tcp_flags,
+    Conntrack, ConntrackConfig, SessionState, SessionTable, Sizes, TableConfig, V4Key,
 };
 use nf_core::flow::proto;
 use nf_core::meta::flags;
+use nf_core::wire::tcp::tcp_flags;
 use nf_core::{Batch, FlowKey, Instant, Packet, Stage, ZoneId};
 use std::hint::black_box;
 
@@ -57,8 +58,11 @@ fn conntrack(c: &mut Criterion) {
     let capacity = SESSIONS * 10 / 9;
     let mut table: SessionTable<V4Key, [u8; 16]> =
         SessionTable::new(TableConfig::new(capacity, *b"bench secret key")).expect("config");
-    let mut stage: Conntrack<[u8; 16]> =
-        Conntrack::new(ConntrackConfig::new(capacity, 1024, *b"bench secret key")).expect("config");
+    let cfg = ConntrackConfig::new(*b"bench secret key").sizes(Sizes {
+        v4: capacity,
+        v6: 1024,
+    });
+    let mut stage: Conntrack = Conntrack::new(cfg, ()).expect("config");
     let mut peer = Peer::with_capacity_and_hasher(
         2 * SESSIONS as usize,
         ahash::RandomState::with_seeds(1, 2, 3, 4),
@@ -74,7 +78,7 @@ fn conntrack(c: &mut Criterion) {
         table.insert(now, &f, &f.reversed(), st, v).expect("fits");
         stage
             .v4_mut()
-            .insert(now, &f, &f.reversed(), st, v)
+            .insert(now, &f, &f.reversed(), st, ())
             .expect("fits");
         peer.insert(f, (i, false));
         peer.insert(f.reversed(), (i, true));

@@ -11,8 +11,8 @@
 //! time, acts on each packet's [`Verdict`], and gives timers their turn.
 //!
 //! ```
-//! use nf_core::conntrack::{Conntrack, ConntrackConfig};
-//! use nf_core::{Batch, StageControl, Direction, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
+//! use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+//! use nf_core::{Batch, Direction, Instant, Packet, ParseStage, Stage, StageControl, StageExt, Verdict};
 //!
 //! // The caller's receive path: here, a UDP query, its answer, and a runt.
 //! fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -35,8 +35,9 @@
 //! ];
 //!
 //! // A pipeline is a plain struct: parse, then connection tracking (4096 IPv4 and 1024 IPv6
-//! // sessions, allocated once, here).
-//! let conntrack = Conntrack::<u64>::new(ConntrackConfig::new(4096, 1024, *b"operator secret!"))?;
+//! // sessions, allocated once, here; `()`: no session service).
+//! let config = ConntrackConfig::new(*b"operator secret!").sizes(Sizes { v4: 4096, v6: 1024 });
+//! let conntrack = Conntrack::new(config, ())?;
 //! let mut pipeline = ParseStage::default().then(conntrack);
 //! let mut batch = Batch::new();
 //! let mut now = Instant::from_nanos(1_000_000_000);
@@ -56,10 +57,10 @@
 //!             Verdict::Tx(_) | Verdict::ToControl => {}
 //!         }
 //!     }
-//!     // Timers: bounded work per call, driven by the caller's clock.
+//!     // Timers of every stage, through the pipeline: bounded work per call.
 //!     now = Instant::from_nanos(now.as_nanos() + 1_000_000);
-//!     while pipeline.second.poll_timeout().is_some_and(|t| t <= now) {
-//!         pipeline.second.handle_timeout(now, 256);
+//!     while pipeline.poll_timeout().is_some_and(|t| t <= now) {
+//!         pipeline.handle_timeout(now, 256);
 //!     }
 //! }
 //! pipeline.visit_counters(&mut |stage, counter, value| println!("{stage} {counter} {value}"));
@@ -108,7 +109,6 @@ pub mod verdict;
 pub mod wire;
 
 pub use batch::{BATCH_SIZE, Batch};
-pub use conntrack::{Conntrack, ConntrackConfig, SessionTable, TableConfig};
 pub use flow::{Family, FlowKey, ZoneId};
 pub use hash::{FlowHasher, owner_of};
 pub use meta::{Direction, Meta, SessionRef, TunnelMeta};

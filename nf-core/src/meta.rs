@@ -80,6 +80,9 @@ pub mod flags {
     pub const HASH_VALID: u16 = 1 << 6;
     /// The frame carried at least one VLAN tag.
     pub const VLAN: u16 = 1 << 7;
+    /// Connection tracking matched this ICMP error or later fragment to the session it
+    /// belongs to ([`Meta::session`](super::Meta::session)); the session was not refreshed.
+    pub const RELATED: u16 = 1 << 8;
 }
 
 /// What a decapsulation stage learned from the tunnel header it stripped.

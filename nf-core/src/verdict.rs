@@ -126,6 +126,19 @@ drop_reasons! {
     /// Connection tracking: the packet's reverse key is its own key (LAND) or already
     /// belongs to another session.
     SessionKeyConflict => "session_key_conflict",
+    /// Connection tracking: an ICMP error whose quote is shorter than the inner IP header and
+    /// the 8 bytes of transport header it must hold.
+    IcmpQuoteTruncated => "icmp_quote_truncated",
+    /// Connection tracking: an ICMP error quoting an IPv4 header whose checksum fails.
+    IcmpQuoteBadChecksum => "icmp_quote_bad_checksum",
+    /// Connection tracking: an ICMP error quoting a flow that has no session (or that names no
+    /// flow: a quoted later fragment, a quoted non-query ICMP message).
+    RelatedNoSession => "related_no_session",
+    /// Connection tracking: a later fragment whose first fragment was not seen (lost, out of
+    /// order, expired or evicted from the fragment table).
+    FragmentNoSession => "fragment_no_session",
+    /// A session service refused a new flow without a reason of its own.
+    ServiceRefused => "service_refused",
 }
 
 impl fmt::Display for DropReason {

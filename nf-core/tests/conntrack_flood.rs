@@ -8,7 +8,7 @@
 )]
 
 use nf_core::conntrack::{
-    Conntrack, ConntrackConfig, InsertError, SessionState, SessionTable, TableConfig, V4Key,
+    Conntrack, ConntrackConfig, InsertError, SessionState, SessionTable, Sizes, TableConfig, V4Key,
 };
 use nf_core::flow::proto;
 use nf_core::meta::flags;
@@ -157,9 +157,9 @@ fn syn_packet(f: FlowKey) -> Packet<Vec<u8>> {
 
 #[test]
 fn stage_under_flood_counts_and_protects_other_zones() {
-    let mut cfg = ConntrackConfig::new(2_000, 64, [3; 16]);
+    let mut cfg = ConntrackConfig::new([3; 16]).sizes(Sizes { v4: 2_000, v6: 64 });
     cfg.v4.early_drop = false;
-    let mut ct: Conntrack<u64> = Conntrack::new(cfg).unwrap();
+    let mut ct: Conntrack = Conntrack::new(cfg, ()).unwrap();
     ct.set_zone_quota(A, 1_000).unwrap();
     ct.set_zone_quota(B, 1_000).unwrap();
     let now = Instant::ZERO;

@@ -7,11 +7,10 @@
     clippy::indexing_slicing
 )]
 
-use nf_core::conntrack::{
-    Conntrack, ConntrackConfig, SessionState, TcpCreate, ZonePolicy, tcp_flags,
-};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes, TcpCreate, ZonePolicy};
 use nf_core::flow::proto;
 use nf_core::meta::flags;
+use nf_core::wire::tcp::tcp_flags;
 use nf_core::{
     Batch, Direction, DropReason, FlowKey, Instant, Packet, Stage, StageControl, Verdict, ZoneId,
 };
@@ -26,11 +25,26 @@ fn pkt(f: FlowKey, tcp: u8, fl: u16) -> Packet<Vec<u8>> {
     p
 }
 
-fn stage(cap: u32) -> Conntrack<u32> {
-    let mut cfg = ConntrackConfig::new(cap, cap, [4; 16]);
+fn stage(cap: u32) -> Conntrack<Counter> {
+    let mut cfg = ConntrackConfig::new([4; 16]).sizes(Sizes { v4: cap, v6: cap });
     cfg.v4.default_zone_quota = cap / 2;
     cfg.v6.default_zone_quota = cap / 2;
-    Conntrack::new(cfg).unwrap()
+    Conntrack::new(cfg, Counter).unwrap()
+}
+
+/// A service whose value is a `u32` the tests set by hand.
+struct Counter;
+
+impl nf_core::conntrack::SessionService for Counter {
+    type Value = u32;
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        _new: &mut nf_core::conntrack::NewFlow<'_>,
+    ) -> Result<u32, DropReason> {
+        Ok(0)
+    }
 }
 
 const V: u16 = flags::L3_VALID | flags::L4_VALID;
@@ -66,7 +80,7 @@ fn tcp_handshake_through_the_stage() {
         80,
     );
     b.push(pkt(other, ACK, V)).unwrap();
-    // A later fragment passes untracked.
+    // A later fragment whose first fragment was never seen is dropped.
     b.push(pkt(other, 0, V | flags::FRAGMENT | flags::LATER_FRAGMENT))
         .unwrap();
     // SYN+FIN is invalid.
@@ -92,7 +106,10 @@ fn tcp_handshake_through_the_stage() {
     assert_eq!(info.state, SessionState::TcpEstablished);
     assert!(info.established);
     assert_eq!(p[4].meta.verdict, Verdict::Drop(DropReason::NoSession));
-    assert!(p[5].meta.verdict.is_pass() && p[5].meta.session.is_none());
+    assert_eq!(
+        p[5].meta.verdict,
+        Verdict::Drop(DropReason::FragmentNoSession)
+    );
     assert_eq!(
         p[6].meta.verdict,
         Verdict::Drop(DropReason::InvalidTcpState)
@@ -107,24 +124,18 @@ fn tcp_handshake_through_the_stage() {
             st.no_session,
             st.invalid
         ),
-        (3, 3, 1, 1, 1, 1)
+        (3, 3, 1, 0, 1, 1)
     );
     assert_eq!(ct.counters().packets, 7);
-    assert_eq!(ct.counters().drops.total(), 2);
+    assert_eq!(ct.counters().drops.total(), 3);
 }
 
 #[test]
 fn per_zone_policy_and_ipv6() {
     let mut ct = stage(100);
-    ct.set_zone_policy(
-        ZoneId(9),
-        ZonePolicy {
-            tcp: TcpCreate::Never,
-            udp: false,
-            icmp: true,
-            other: false,
-        },
-    );
+    let mut icmp_only = ZonePolicy::reply_only();
+    icmp_only.icmp = true;
+    ct.set_zone_policy(ZoneId(9), icmp_only);
     let u6 = FlowKey::v6(ZoneId(1), [1; 16], [2; 16], proto::UDP, 1, 2);
     let u9 = FlowKey::v4(ZoneId(9), [1, 1, 1, 1], [2, 2, 2, 2], proto::UDP, 1, 2);
     let land = FlowKey::v4(ZoneId(1), [1, 1, 1, 1], [1, 1, 1, 1], proto::UDP, 7, 7);
@@ -228,8 +239,8 @@ proptest! {
         // Small tables and quotas so that full tables, quotas and early drop all happen.
         let mut a = stage(24);
         let mut b = stage(24);
-        a.set_zone_policy(ZoneId(2), ZonePolicy { tcp: TcpCreate::Any, ..ZonePolicy::default() });
-        b.set_zone_policy(ZoneId(2), ZonePolicy { tcp: TcpCreate::Any, ..ZonePolicy::default() });
+        a.set_zone_policy(ZoneId(2), any_tcp());
+        b.set_zone_policy(ZoneId(2), any_tcp());
         let mut now = Instant::from_nanos(1);
         for chunk in pkts.chunks(batch) {
             now += nf_core::Duration::from_millis(700);
@@ -257,4 +268,10 @@ proptest! {
         prop_assert_eq!(a.v4().len(), b.v4().len());
         prop_assert_eq!(a.v6().len(), b.v6().len());
     }
+}
+
+fn any_tcp() -> ZonePolicy {
+    let mut p = ZonePolicy::default();
+    p.tcp = TcpCreate::Any;
+    p
 }

@@ -70,8 +70,7 @@ fn run(path: &str, cores: u32) -> Result<(), Box<dyn std::error::Error>> {
 
     // A fixed demo key; a deployment uses an operator secret shared by its nodes.
     let hasher = FlowHasher::new(*b"nf demo key 0001");
-    let conntrack =
-        Conntrack::<u64>::new(ConntrackConfig::new(1 << 16, 1 << 14, *b"nf demo ct key 1"))?;
+    let conntrack = Conntrack::new(ConntrackConfig::new(*b"nf demo ct key 1"), ())?;
     let mut pipeline = ParseStage::default().then(conntrack);
     let mut batch: Batch<Vec<u8>> = Batch::new();
     // Connections by (core, session); the session's first packet names it.

@@ -107,6 +107,8 @@
 mod export;
 mod key;
 mod pin;
+mod related;
+mod service;
 mod stage;
 mod state;
 mod table;
@@ -114,8 +116,10 @@ mod table;
 pub use export::{EXPORT_VERSION, ExportProgress, ImportError, ImportReport, SessionValue};
 pub use key::{SessionKey, V4Key, V6Key};
 pub use pin::{Pinning, core_of, node_of};
-pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, TcpCreate, ZonePolicy};
-pub use state::{SessionState, TimeoutProfile, tcp_flags};
+pub use related::{FragmentConfig, FragmentCounters};
+pub use service::{EndCause, NewFlow, ReplyKeyError, SessionService};
+pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, Sizes, TcpCreate, ZonePolicy};
+pub use state::{SessionState, TimeoutProfile};
 pub use table::{
     ConfigError, Hit, InsertError, MAX_CAPACITY, NewSession, ReplaceError, SessionInfo,
     SessionTable, TableConfig, TableCounters, ZoneError, ZoneUsage,

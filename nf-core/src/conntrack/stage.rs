@@ -1,16 +1,26 @@
-//! The [`Conntrack`] stage: tags packets with their session and direction, creates sessions
-//! for new flows by per-zone policy, and tracks TCP state.
+//! The [`Conntrack`] stage: one session lookup per packet, shared by every
+//! [`SessionService`]; sessions created by per-zone policy with the services' decisions;
+//! related ICMP errors and fragments; TCP state.
 
 use super::key::{V4Key, V6Key};
-use super::state::{SessionState, tcp_flags, tcp_flags_invalid};
-use super::table::{ConfigError, Hit, InsertError, SessionTable, TableConfig, ZoneError};
+use super::related::{self, FragmentConfig, FragmentCounters, FragmentTable};
+use super::service::{EndCause, NewFlow, SessionService, aborted};
+use super::state::{SessionState, tcp_flags_invalid};
+use super::table::{
+    ConfigError, Hit, InsertError, ReplaceError, SessionInfo, SessionTable, TableConfig,
+    TableCounters, ZoneError,
+};
 use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::{Family, FlowKey, ZoneId, proto};
-use crate::meta::{Meta, SessionRef, flags};
+use crate::meta::{Direction, Meta, SessionRef, flags};
+use crate::packet::Packet;
 use crate::stage::{Stage, StageControl, StageCounters};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
+use crate::wire::tcp::tcp_flags;
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
 /// When a TCP segment without a session may create one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +40,7 @@ pub enum TcpCreate {
 
 /// Which first packets of a zone create sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ZonePolicy {
     /// TCP.
     pub tcp: TcpCreate,
@@ -42,6 +53,7 @@ pub struct ZonePolicy {
 }
 
 impl Default for ZonePolicy {
+    /// TCP by SYN only; UDP, ICMP queries and other protocols by their first packet.
     fn default() -> Self {
         Self {
             tcp: TcpCreate::SynOnly,
@@ -52,8 +64,37 @@ impl Default for ZonePolicy {
     }
 }
 
-/// Conntrack stage settings.
+impl ZonePolicy {
+    /// A zone where nothing creates sessions (replies to sessions made elsewhere only).
+    pub const fn reply_only() -> Self {
+        Self {
+            tcp: TcpCreate::Never,
+            udp: false,
+            icmp: false,
+            other: false,
+        }
+    }
+}
+
+/// Session capacities of the two tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// IPv4 sessions.
+    pub v4: u32,
+    /// IPv6 sessions.
+    pub v6: u32,
+}
+
+/// Conntrack stage settings: `ConntrackConfig::new(secret)` then adjust.
+///
+/// ```
+/// use nf_core::conntrack::{ConntrackConfig, Sizes};
+/// let mut cfg = ConntrackConfig::new(*b"operator secret!").sizes(Sizes { v4: 1 << 20, v6: 1 << 16 });
+/// cfg.v4.default_zone_quota = 100_000;
+/// assert_eq!(cfg.v6.capacity, 1 << 16);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ConntrackConfig {
     /// The IPv4 table.
     pub v4: TableConfig,
@@ -61,22 +102,41 @@ pub struct ConntrackConfig {
     pub v6: TableConfig,
     /// Policy of zones without their own.
     pub default_policy: ZonePolicy,
+    /// The fragment table (later fragments → their first fragment's session).
+    pub fragments: FragmentConfig,
 }
 
 impl ConntrackConfig {
-    /// Tables of `v4` and `v6` sessions with default timeouts and policy.
-    pub fn new(v4: u32, v6: u32, secret: [u8; 16]) -> Self {
+    /// Defaults: 65,536 IPv4 and 16,384 IPv6 sessions (see [`TableConfig::new`]), the
+    /// default [`ZonePolicy`] and [`FragmentConfig`]; `secret` keys every hash (use a random
+    /// value per process).
+    pub fn new(secret: [u8; 16]) -> Self {
         Self {
-            v4: TableConfig::new(v4, secret),
-            v6: TableConfig::new(v6, secret),
+            v4: TableConfig::new(1 << 16, secret),
+            v6: TableConfig::new(1 << 14, secret),
             default_policy: ZonePolicy::default(),
+            fragments: FragmentConfig::default(),
         }
+    }
+
+    /// Sets both tables' capacities (and their default zone quotas to match).
+    #[must_use]
+    pub fn sizes(mut self, sizes: Sizes) -> Self {
+        self.v4.capacity = sizes.v4;
+        self.v4.default_zone_quota = sizes.v4;
+        self.v6.capacity = sizes.v6;
+        self.v6.default_zone_quota = sizes.v6;
+        self
     }
 }
 
-/// Per-outcome packet counts of the conntrack stage.
+/// Per-outcome packet counts of the conntrack stage (also reported by
+/// [`StageControl::visit_counters`], under the field names).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConntrackCounters {
+    /// Session-table lookups made (one per tracked or related packet).
+    pub lookups: u64,
     /// Packets that matched a session.
     pub hits: u64,
     /// Of the hits, packets travelling in the reply direction.
@@ -85,8 +145,10 @@ pub struct ConntrackCounters {
     pub misses: u64,
     /// Sessions created.
     pub created: u64,
-    /// Packets passed without tracking (no flow key, later fragments, ICMP errors).
+    /// Packets passed without tracking (no flow key).
     pub untracked: u64,
+    /// ICMP errors and later fragments matched to a session.
+    pub related: u64,
     /// Drops: table full.
     pub refused_full: u64,
     /// Drops: zone quota (or zone table) exhausted.
@@ -95,73 +157,139 @@ pub struct ConntrackCounters {
     pub no_session: u64,
     /// Drops: TCP flags invalid for the state.
     pub invalid: u64,
-    /// Drops: key conflicts (LAND packets).
+    /// Drops: key conflicts (LAND packets, a reply key already taken).
     pub key_conflict: u64,
+    /// Drops: a service refused the new flow.
+    pub service_refused: u64,
 }
 
-/// The connection-tracking stage: an IPv4 and an IPv6 [`SessionTable`] plus per-zone
-/// creation policy.
+/// A session created earlier in the current batch: later packets of the batch whose batch
+/// lookup missed find it here instead of looking the table up again.
+#[derive(Clone, Copy)]
+struct Created {
+    hash: u64,
+    key: FlowKey,
+    hit: Hit,
+}
+
+/// Per-batch scratch space, allocated once.
+struct Scratch {
+    keys: [FlowKey; BATCH_SIZE],
+    hits: [Option<Hit>; BATCH_SIZE],
+    hits6: [Option<Hit>; BATCH_SIZE],
+    hashes: [u64; BATCH_SIZE],
+    created: Vec<Created>,
+}
+
+/// The connection-tracking stage: an IPv4 and an IPv6 [`SessionTable`], per-zone creation
+/// policy, a fragment table, and the [`SessionService`] `S` (the network functions that
+/// share its sessions; `()` for none).
 ///
-/// For every packet still at [`Verdict::Pass`] with a valid flow key it sets
-/// [`Meta::session`] and [`Meta::direction`], advances the session's state from
-/// [`Meta::tcp_flags`] and refreshes its timeout; a packet without a session creates one if the
-/// zone's [`ZonePolicy`] allows (reply key [`FlowKey::reversed`], value `V::default()`), and is
-/// dropped with a typed [`DropReason`] otherwise. Later fragments and ICMP errors pass
-/// untracked.
+/// For every packet still at [`Verdict::Pass`] with a valid flow key it does **one** session
+/// lookup (batched: hash all, prefetch, then probe), sets [`Meta::session`] and
+/// [`Meta::direction`], advances the session's TCP state from [`Meta::tcp_flags`] and
+/// refreshes its timeout, then hands the packet to `S`. A packet without a session creates
+/// one if the zone's [`ZonePolicy`] allows and `S` admits it (with the reply key `S` chose,
+/// both keys inserted at once), and is dropped with a typed [`DropReason`] otherwise. ICMP
+/// errors and later fragments are *related*: matched to the session they belong to
+/// ([`flags::RELATED`]), given to `S`, never creating, refreshing or ending a session.
 ///
-/// Call order: [`Stage::process`] per batch; [`Conntrack::poll_timeout`] /
-/// [`Conntrack::handle_timeout`] between batches. A batch gives exactly the results of its
-/// packets processed one by one.
-pub struct Conntrack<V> {
-    v4: SessionTable<V4Key, V>,
-    v6: SessionTable<V6Key, V>,
+/// Call order: [`Stage::process`] per batch; [`StageControl::poll_timeout`] /
+/// [`StageControl::handle_timeout`] between batches (or through the pipeline). A batch gives
+/// exactly the results of its packets processed one by one.
+pub struct Conntrack<S: SessionService = ()> {
+    v4: SessionTable<V4Key, S::Value>,
+    v6: SessionTable<V6Key, S::Value>,
+    service: S,
     default_policy: ZonePolicy,
     policies: BTreeMap<u32, ZonePolicy>,
+    frags: FragmentTable,
     stats: ConntrackCounters,
     counters: StageCounters,
+    scratch: Box<Scratch>,
 }
 
-impl<V: core::fmt::Debug> core::fmt::Debug for Conntrack<V> {
+impl<S: SessionService> core::fmt::Debug for Conntrack<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Conntrack")
-            .field("v4", &self.v4)
-            .field("v6", &self.v6)
+            .field("v4_sessions", &self.v4.len())
+            .field("v6_sessions", &self.v6.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-impl<V: Copy + Default> Conntrack<V> {
-    /// A stage with both tables allocated.
+/// The parts of the stage one packet's work touches, borrowed apart so that the service
+/// can see a table while deciding.
+macro_rules! on_table {
+    ($self:ident, $family:expr, |$t:ident| $body:expr) => {
+        match $family {
+            Family::V4 => {
+                let $t = &mut $self.v4;
+                $body
+            }
+            Family::V6 => {
+                let $t = &mut $self.v6;
+                $body
+            }
+        }
+    };
+}
+
+impl<S: SessionService> Conntrack<S> {
+    /// A stage with both tables and the fragment table allocated, and `service`.
     ///
     /// # Errors
     /// [`ConfigError`] from either table.
-    pub fn new(cfg: ConntrackConfig) -> Result<Self, ConfigError> {
+    pub fn new(cfg: ConntrackConfig, service: S) -> Result<Self, ConfigError> {
         Ok(Self {
             v4: SessionTable::new(cfg.v4)?,
             v6: SessionTable::new(cfg.v6)?,
+            service,
             default_policy: cfg.default_policy,
             policies: BTreeMap::new(),
+            frags: FragmentTable::new(cfg.fragments, cfg.v4.secret),
             stats: ConntrackCounters::default(),
             counters: StageCounters::default(),
+            scratch: Box::new(Scratch {
+                keys: [FlowKey::default(); BATCH_SIZE],
+                hits: [None; BATCH_SIZE],
+                hits6: [None; BATCH_SIZE],
+                hashes: [0; BATCH_SIZE],
+                created: Vec::with_capacity(2 * BATCH_SIZE),
+            }),
         })
     }
 
     /// The IPv4 table.
-    pub fn v4(&self) -> &SessionTable<V4Key, V> {
+    pub fn v4(&self) -> &SessionTable<V4Key, S::Value> {
         &self.v4
     }
-    /// The IPv4 table, writable (e.g. for [`SessionTable::replace_reply`]).
-    pub fn v4_mut(&mut self) -> &mut SessionTable<V4Key, V> {
+
+    /// The IPv4 table, writable (e.g. to import sessions). Sessions removed through it
+    /// bypass [`SessionService::on_end`]: prefer [`Self::remove`].
+    pub fn v4_mut(&mut self) -> &mut SessionTable<V4Key, S::Value> {
         &mut self.v4
     }
+
     /// The IPv6 table.
-    pub fn v6(&self) -> &SessionTable<V6Key, V> {
+    pub fn v6(&self) -> &SessionTable<V6Key, S::Value> {
         &self.v6
     }
-    /// The IPv6 table, writable.
-    pub fn v6_mut(&mut self) -> &mut SessionTable<V6Key, V> {
+
+    /// The IPv6 table, writable (see [`Self::v4_mut`]).
+    pub fn v6_mut(&mut self) -> &mut SessionTable<V6Key, S::Value> {
         &mut self.v6
+    }
+
+    /// The session service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The session service, writable (configuration changes).
+    pub fn service_mut(&mut self) -> &mut S {
+        &mut self.service
     }
 
     /// Outcome counters.
@@ -169,20 +297,83 @@ impl<V: Copy + Default> Conntrack<V> {
         &self.stats
     }
 
-    /// The value of the session a packet was tagged with.
-    pub fn value(&self, r: SessionRef) -> Option<&V> {
+    /// Fragment table counters.
+    pub fn fragment_counters(&self) -> &FragmentCounters {
+        &self.frags.counters
+    }
+
+    /// Live sessions of both families.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes allocated by the tables and the fragment table.
+    pub fn allocated_bytes(&self) -> usize {
+        self.v4.allocated_bytes() + self.v6.allocated_bytes() + self.frags.allocated_bytes()
+    }
+
+    /// True while `r` (from [`Meta::session`], of either family) names a live session.
+    pub fn is_live(&self, r: SessionRef) -> bool {
+        match r.family() {
+            Family::V4 => self.v4.is_live(r),
+            Family::V6 => self.v6.is_live(r),
+        }
+    }
+
+    /// The session `key` belongs to and the direction of a packet with that key.
+    pub fn lookup(&self, key: &FlowKey) -> Option<Hit> {
+        match key.family() {
+            Family::V4 => self.v4.lookup(key),
+            Family::V6 => self.v6.lookup(key),
+        }
+    }
+
+    /// Everything about a live session of either family (cold path).
+    pub fn info(&self, r: SessionRef) -> Option<SessionInfo<S::Value>> {
+        match r.family() {
+            Family::V4 => self.v4.info(r),
+            Family::V6 => self.v6.info(r),
+        }
+    }
+
+    /// The services' value of a live session.
+    pub fn value(&self, r: SessionRef) -> Option<&S::Value> {
         match r.family() {
             Family::V4 => self.v4.value(r),
             Family::V6 => self.v6.value(r),
         }
     }
 
-    /// The value of the session a packet was tagged with, writable.
-    pub fn value_mut(&mut self, r: SessionRef) -> Option<&mut V> {
+    /// The services' value of a live session, writable.
+    pub fn value_mut(&mut self, r: SessionRef) -> Option<&mut S::Value> {
         match r.family() {
             Family::V4 => self.v4.value_mut(r),
             Family::V6 => self.v6.value_mut(r),
         }
+    }
+
+    /// Points the session's reply direction at `reply`, atomically.
+    ///
+    /// # Errors
+    /// [`ReplaceError`]; nothing changed.
+    pub fn replace_reply(&mut self, r: SessionRef, reply: &FlowKey) -> Result<(), ReplaceError> {
+        match r.family() {
+            Family::V4 => self.v4.replace_reply(r, reply),
+            Family::V6 => self.v6.replace_reply(r, reply),
+        }
+    }
+
+    /// Removes a live session (the service's [`SessionService::on_end`] sees
+    /// [`EndCause::Removed`]); returns its value, `None` for a stale handle.
+    pub fn remove(&mut self, now: Instant, r: SessionRef) -> Option<S::Value> {
+        let info = on_table!(self, r.family(), |t| t.remove_info(r))?;
+        self.service.on_end(now, &info, EndCause::Removed);
+        Some(info.value)
     }
 
     /// Sets the creation policy of one zone.
@@ -199,28 +390,6 @@ impl<V: Copy + Default> Conntrack<V> {
         self.v6.set_zone_quota(zone, quota)
     }
 
-    /// The earlier of the two tables' [`SessionTable::poll_timeout`].
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.v4.poll_timeout(), self.v6.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Expires due sessions of both tables with at most `budget` units of work in total;
-    /// returns the work done.
-    pub fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
-        let a = self.v4.handle_timeout(now, budget);
-        a + self.v6.handle_timeout(now, budget.saturating_sub(a))
-    }
-
-    fn lookup_one(&self, k: &FlowKey) -> Option<Hit> {
-        match k.family() {
-            Family::V4 => self.v4.lookup(k),
-            Family::V6 => self.v6.lookup(k),
-        }
-    }
-
     fn policy(&self, zone: ZoneId) -> ZonePolicy {
         self.policies
             .get(&zone.0)
@@ -228,35 +397,15 @@ impl<V: Copy + Default> Conntrack<V> {
             .unwrap_or(self.default_policy)
     }
 
-    /// Handles one packet given its lookup result. Returns true if it created a session.
-    fn one(&mut self, now: Instant, meta: &mut Meta, hit: Option<Hit>) -> bool {
-        let tcp = meta.flow.proto == proto::TCP;
-        let fl = if tcp { meta.tcp_flags } else { 0 };
-        if let Some(h) = hit {
-            let r = h.session;
-            let tracked = match r.family() {
-                Family::V4 => self.v4.track(r, now, h.direction, fl),
-                Family::V6 => self.v6.track(r, now, h.direction, fl),
-            };
-            self.stats.hits += 1;
-            if tracked.is_none() {
-                self.stats.invalid += 1;
-                meta.verdict = Verdict::Drop(DropReason::InvalidTcpState);
-                return false;
-            }
-            self.stats.reply_hits += u64::from(h.direction == crate::Direction::Reply);
-            meta.session = Some(r);
-            meta.direction = h.direction;
-            return false;
-        }
-        self.stats.misses += 1;
+    /// Whether the zone's policy lets this packet open a session; `Err` for a TCP segment
+    /// that is invalid whatever the state.
+    fn may_create(&self, meta: &Meta) -> Result<bool, DropReason> {
         let pol = self.policy(meta.flow.zone);
-        let allowed = match meta.flow.proto {
+        Ok(match meta.flow.proto {
             proto::TCP => {
+                let fl = meta.tcp_flags;
                 if tcp_flags_invalid(fl) {
-                    self.stats.invalid += 1;
-                    meta.verdict = Verdict::Drop(DropReason::InvalidTcpState);
-                    return false;
+                    return Err(DropReason::InvalidTcpState);
                 }
                 let pure_syn = fl & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
                 match pol.tcp {
@@ -268,120 +417,370 @@ impl<V: Copy + Default> Conntrack<V> {
             proto::UDP => pol.udp,
             proto::ICMP | proto::ICMPV6 => pol.icmp,
             _ => pol.other,
+        })
+    }
+
+    /// A packet of a known session: TCP state, refresh, then the service.
+    #[inline(always)]
+    fn established<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &mut Packet<B>,
+        h: Hit,
+    ) {
+        let fl = if pkt.meta.flow.proto == proto::TCP {
+            pkt.meta.tcp_flags
+        } else {
+            0
         };
-        if !allowed {
-            self.stats.no_session += 1;
-            meta.verdict = Verdict::Drop(DropReason::NoSession);
-            return false;
+        self.stats.hits += 1;
+        let r = h.session;
+        let service = &mut self.service;
+        let verdict = on_table!(self, r.family(), |t| {
+            t.track_value(r, now, h.direction, fl)
+                .map(|v| service.on_packet(now, h.direction, v, pkt))
+        });
+        let Some(verdict) = verdict else {
+            self.stats.invalid += 1;
+            pkt.meta.verdict = Verdict::Drop(DropReason::InvalidTcpState);
+            return;
+        };
+        self.stats.reply_hits += u64::from(h.direction == Direction::Reply);
+        pkt.meta.session = Some(r);
+        pkt.meta.direction = h.direction;
+        pkt.meta.verdict = verdict;
+    }
+
+    /// A packet without a session: policy, the service's decision, the insert (both keys at
+    /// once), then the service sees the packet. Returns the new session's two keys' entries
+    /// for the batch's created set.
+    fn create<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &mut Packet<B>,
+        hash: u64,
+    ) -> Option<[Created; 2]> {
+        self.stats.misses += 1;
+        match self.may_create(&pkt.meta) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.stats.no_session += 1;
+                pkt.meta.verdict = Verdict::Drop(DropReason::NoSession);
+                return None;
+            }
+            Err(reason) => {
+                self.stats.invalid += 1;
+                pkt.meta.verdict = Verdict::Drop(reason);
+                return None;
+            }
         }
-        let state = SessionState::initial(meta.flow.proto, fl);
-        let k = meta.flow;
-        let rev = k.reversed();
-        let res = match k.family() {
-            Family::V4 => self.v4.insert(now, &k, &rev, state, V::default()),
-            Family::V6 => self.v6.insert(now, &k, &rev, state, V::default()),
-        };
+        let key = pkt.meta.flow;
+        let state = SessionState::initial(key.proto, pkt.meta.tcp_flags);
+        let service = &mut self.service;
+        let res = on_table!(self, key.family(), |t| {
+            let mut new = NewFlow::new(key, &*t);
+            let decided = service.on_new(now, pkt, &mut new);
+            let reply = *new.reply();
+            match decided {
+                Err(reason) => Err(Err(reason)),
+                Ok(value) => t
+                    .insert_new(now, &key, &reply, hash, state, value, |info| {
+                        service.on_end(now, info, EndCause::EarlyDrop);
+                    })
+                    .map(|(r, reply_hash)| (r, reply, reply_hash))
+                    .map_err(|e| {
+                        let info = aborted(now, key, reply, value);
+                        service.on_end(now, &info, EndCause::Aborted);
+                        Ok(e)
+                    }),
+            }
+        });
         match res {
-            Ok(r) => {
+            Ok((r, reply, reply_hash)) => {
                 self.stats.created += 1;
-                meta.session = Some(r);
-                meta.direction = crate::Direction::Original;
-                true
+                pkt.meta.session = Some(r);
+                pkt.meta.direction = Direction::Original;
+                let service = &mut self.service;
+                let verdict = on_table!(self, r.family(), |t| {
+                    t.value_mut(r)
+                        .map(|v| service.on_packet(now, Direction::Original, v, pkt))
+                });
+                pkt.meta.verdict = verdict.unwrap_or(Verdict::Pass);
+                let hit = |direction| Hit {
+                    session: r,
+                    direction,
+                };
+                Some([
+                    Created {
+                        hash,
+                        key,
+                        hit: hit(Direction::Original),
+                    },
+                    Created {
+                        hash: reply_hash,
+                        key: reply,
+                        hit: hit(Direction::Reply),
+                    },
+                ])
             }
             Err(e) => {
                 let reason = match e {
-                    InsertError::TableFull => {
+                    Err(reason) => {
+                        self.stats.service_refused += 1;
+                        reason
+                    }
+                    Ok(InsertError::TableFull) => {
                         self.stats.refused_full += 1;
                         DropReason::SessionTableFull
                     }
-                    InsertError::ZoneQuota | InsertError::TooManyZones => {
+                    Ok(InsertError::ZoneQuota | InsertError::TooManyZones) => {
                         self.stats.refused_quota += 1;
                         DropReason::ZoneQuotaExceeded
                     }
-                    _ => {
+                    Ok(_) => {
                         self.stats.key_conflict += 1;
                         DropReason::SessionKeyConflict
                     }
                 };
-                meta.verdict = Verdict::Drop(reason);
-                false
+                pkt.meta.verdict = Verdict::Drop(reason);
+                None
             }
         }
     }
 
-    fn live(&self, r: SessionRef) -> bool {
-        match r.family() {
-            Family::V4 => self.v4.is_live(r),
-            Family::V6 => self.v6.is_live(r),
-        }
+    /// An ICMP error or a later fragment: find the session it belongs to without touching
+    /// the session's state or timeout.
+    fn related<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Instant, pkt: &mut Packet<B>) {
+        let found = if pkt.meta.has(flags::ICMP_ERROR) {
+            related::quoted_key(pkt.data(), &pkt.meta).and_then(|quoted| {
+                self.stats.lookups += 1;
+                // The error travels the way the quoted packet's reverse would.
+                self.lookup(&quoted.reversed())
+                    .map(|h| (h.session, h.direction))
+                    .ok_or(DropReason::RelatedNoSession)
+            })
+        } else {
+            related::fragment_id(pkt.data(), &pkt.meta)
+                .and_then(|id| self.frags.find(now, &pkt.meta, id))
+                .filter(|(r, _)| self.is_live(*r))
+                .ok_or(DropReason::FragmentNoSession)
+        };
+        let (r, direction) = match found {
+            Ok(x) => x,
+            Err(reason) => {
+                pkt.meta.verdict = Verdict::Drop(reason);
+                return;
+            }
+        };
+        self.stats.related += 1;
+        pkt.meta.session = Some(r);
+        pkt.meta.direction = direction;
+        pkt.meta.flags |= flags::RELATED;
+        let service = &mut self.service;
+        let verdict = on_table!(self, r.family(), |t| {
+            t.value_mut(r)
+                .map(|v| service.on_related(now, direction, v, pkt))
+        });
+        pkt.meta.verdict = verdict.unwrap_or(Verdict::Pass);
+    }
+
+    /// Runs the stage's timers and the service's.
+    fn timers(&mut self, now: Instant, budget: usize) -> usize {
+        let service = &mut self.service;
+        let mut end = |info: &SessionInfo<S::Value>| service.on_end(now, info, EndCause::Expired);
+        let a = self.v4.handle_timeout_with(now, budget, &mut end);
+        let b = self
+            .v6
+            .handle_timeout_with(now, budget.saturating_sub(a), &mut end);
+        let c = self
+            .service
+            .handle_timeout(now, budget.saturating_sub(a + b));
+        a + b + c
     }
 }
 
-/// Packets the stage tracks: a valid key, not a later fragment or ICMP error.
-#[inline]
+/// Packets the stage tracks with a session lookup of their own key.
+#[inline(always)]
 fn trackable(m: &Meta) -> bool {
     m.has(flags::L3_VALID) && m.flags & (flags::LATER_FRAGMENT | flags::ICMP_ERROR) == 0
 }
 
-impl<B, V: Copy + Default> Stage<B> for Conntrack<V> {
+impl<B: AsRef<[u8]> + AsMut<[u8]>, S: SessionService> Stage<B> for Conntrack<S> {
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
         let before = batch.pending_mask();
-        let mut keys = [FlowKey::default(); BATCH_SIZE];
+        let n = batch.len().min(BATCH_SIZE);
+        let sc = &mut *self.scratch;
         let mut v6 = false;
         let mut track = 0u64;
-        for (i, p) in batch.packets().iter().enumerate().take(BATCH_SIZE) {
-            if before & (1 << i) != 0 && trackable(&p.meta) {
-                if let Some(k) = keys.get_mut(i) {
-                    *k = p.meta.flow;
-                }
-                v6 |= p.meta.flow.family() == Family::V6;
-                track |= 1 << i;
+        for (i, (p, k)) in batch.packets().iter().zip(sc.keys.iter_mut()).enumerate() {
+            let t = before >> i & 1 != 0 && trackable(&p.meta);
+            // Keys of packets not tracked are never looked at: only their lookup result is
+            // discarded, so they need not be cleared.
+            *k = p.meta.flow;
+            if !t {
+                k.proto = 0xff;
+                k.zone = ZoneId(u32::MAX);
             }
+            v6 |= t & (p.meta.flow.family() == Family::V6);
+            track |= u64::from(t) << i;
         }
-        let n = batch.len().min(BATCH_SIZE);
-        let mut hits = [None; BATCH_SIZE];
-        let keys = keys.get(..n).unwrap_or(&[]);
-        self.v4.lookup_batch(keys, &mut hits);
+        let keys = sc.keys.get(..n).unwrap_or(&[]);
+        self.stats.lookups += u64::from(track.count_ones());
+        self.v4
+            .lookup_batch_hashed(keys, &mut sc.hits, &mut sc.hashes);
         if v6 {
-            let mut h6 = [None; BATCH_SIZE];
-            self.v6.lookup_batch(keys, &mut h6);
-            for (h, h6) in hits.iter_mut().zip(h6) {
+            self.v6
+                .lookup_batch_hashed(keys, &mut sc.hits6, &mut sc.hashes);
+            for (h, h6) in sc.hits.iter_mut().zip(sc.hits6.iter()) {
                 if h6.is_some() {
-                    *h = h6;
+                    *h = *h6;
                 }
             }
         }
-        // Sequential pass in arrival order. Once this batch changed the index (a session was
-        // created, perhaps evicting another), later results are re-checked so that the batch
-        // answers exactly like packets processed one by one.
+        // Sequential pass in arrival order. Sessions created by this batch are kept in a
+        // small set that later misses consult (hash first), and a hit is re-checked only if
+        // this batch evicted something, so the batch answers exactly like packets processed
+        // one by one with one lookup per packet.
+        sc.created.clear();
+        let mut evictions = self.v4.counters().early_drops + self.v6.counters().early_drops;
         let mut changed = false;
-        for (i, p) in batch.packets_mut().iter_mut().enumerate().take(BATCH_SIZE) {
-            if before & (1 << i) == 0 {
+        for (i, pkt) in batch.packets_mut().iter_mut().enumerate().take(BATCH_SIZE) {
+            if before >> i & 1 == 0 {
                 continue;
             }
-            if track & (1 << i) == 0 {
-                self.stats.untracked += 1;
+            if track >> i & 1 == 0 {
+                if pkt.meta.has(flags::L3_VALID) {
+                    self.related(now, pkt);
+                } else {
+                    self.stats.untracked += 1;
+                }
                 continue;
             }
-            let mut hit = hits.get(i).copied().flatten();
+            let sc = &*self.scratch;
+            let hash = sc.hashes.get(i).copied().unwrap_or(0);
+            let mut hit = sc.hits.get(i).copied().flatten();
             if changed {
-                hit = match hit {
-                    Some(h) if self.live(h.session) => Some(h),
-                    _ => self.lookup_one(&p.meta.flow),
-                };
+                if let Some(h) = hit
+                    && !self.is_live(h.session)
+                {
+                    hit = None;
+                }
+                if hit.is_none() {
+                    let k = &pkt.meta.flow;
+                    hit = sc
+                        .created
+                        .iter()
+                        .find(|c| c.hash == hash && c.key == *k)
+                        .map(|c| c.hit)
+                        .filter(|h| self.is_live(h.session));
+                }
             }
-            changed |= self.one(now, &mut p.meta, hit);
+            match hit {
+                Some(h) => self.established(now, pkt, h),
+                None => {
+                    if let Some(c) = self.create(now, pkt, hash) {
+                        self.scratch.created.extend(c);
+                        changed = true;
+                    }
+                    let e = self.v4.counters().early_drops + self.v6.counters().early_drops;
+                    changed |= e != evictions;
+                    evictions = e;
+                }
+            }
+            if pkt.meta.has(flags::FRAGMENT)
+                && pkt.meta.session.is_some()
+                && let Some(id) = related::fragment_id(pkt.data(), &pkt.meta)
+            {
+                self.frags.record(now, &pkt.meta, id);
+            }
         }
         self.counters.account(before, batch);
     }
 }
 
-impl<V> StageControl for Conntrack<V> {
+impl<S: SessionService> StageControl for Conntrack<S> {
     fn name(&self) -> &'static str {
         "conntrack"
     }
 
     fn counters(&self) -> &StageCounters {
         &self.counters
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        let name = self.name();
+        self.counters.visit(name, f);
+        let s = &self.stats;
+        for (c, v) in [
+            ("lookups", s.lookups),
+            ("hits", s.hits),
+            ("reply_hits", s.reply_hits),
+            ("misses", s.misses),
+            ("created", s.created),
+            ("untracked", s.untracked),
+            ("related", s.related),
+            ("refused_full", s.refused_full),
+            ("refused_quota", s.refused_quota),
+            ("no_session", s.no_session),
+            ("invalid", s.invalid),
+            ("key_conflict", s.key_conflict),
+            ("service_refused", s.service_refused),
+        ] {
+            f(name, c, v);
+        }
+        table_counters(name, "v4", self.v4.len(), self.v4.counters(), f);
+        table_counters(name, "v6", self.v6.len(), self.v6.counters(), f);
+        let fr = &self.frags.counters;
+        for (c, v) in [
+            ("fragments_recorded", fr.recorded),
+            ("fragment_hits", fr.hits),
+            ("fragment_misses", fr.misses),
+            ("fragment_evictions", fr.evictions),
+        ] {
+            f(name, c, v);
+        }
+        self.service.visit_counters(f);
+    }
+
+    /// The earliest of both tables' and the service's timers.
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.v4.poll_timeout(),
+            self.v6.poll_timeout(),
+            self.service.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Expires due sessions of both tables (the service's `on_end` sees each), then the
+    /// service's timers, with at most `budget` units of work in total.
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.timers(now, budget)
+    }
+}
+
+/// A table's gauges and counters, as `v4_sessions`, `v4_inserted`, ...
+fn table_counters(
+    stage: &'static str,
+    family: &'static str,
+    len: usize,
+    c: &TableCounters,
+    f: &mut dyn FnMut(&'static str, &'static str, u64),
+) {
+    let v4 = family == "v4";
+    let pick = |a: &'static str, b: &'static str| if v4 { a } else { b };
+    f(stage, pick("v4_sessions", "v6_sessions"), len as u64);
+    for (a, b, v) in [
+        ("v4_inserted", "v6_inserted", c.inserted),
+        ("v4_early_drops", "v6_early_drops", c.early_drops),
+        ("v4_expired", "v6_expired", c.expired),
+        ("v4_removed", "v6_removed", c.removed),
+        ("v4_refused_full", "v6_refused_full", c.refused_full),
+        ("v4_refused_quota", "v6_refused_quota", c.refused_quota),
+        ("v4_refused_zones", "v6_refused_zones", c.refused_zones),
+    ] {
+        f(stage, pick(a, b), v);
     }
 }

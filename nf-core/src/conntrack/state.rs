@@ -14,17 +14,7 @@ use crate::flow::proto;
 use crate::meta::Direction;
 use crate::time::Duration;
 
-/// TCP flag bits as found in [`Meta::tcp_flags`](crate::Meta::tcp_flags).
-pub mod tcp_flags {
-    /// FIN.
-    pub const FIN: u8 = 0x01;
-    /// SYN.
-    pub const SYN: u8 = 0x02;
-    /// RST.
-    pub const RST: u8 = 0x04;
-    /// ACK.
-    pub const ACK: u8 = 0x10;
-}
+use crate::wire::tcp::tcp_flags;
 
 /// What a session's lifetime is currently governed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -43,6 +43,28 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// after the rest of the batch.
     #[inline]
     pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<Hit>]) -> u64 {
+        self.lookup_batch_inner(keys, out, None)
+    }
+
+    /// [`Self::lookup_batch`], also writing the table hash of every key of this table's
+    /// family to `hashes` (other entries are left alone), for the stage's inserts.
+    #[inline]
+    pub(in crate::conntrack) fn lookup_batch_hashed(
+        &self,
+        keys: &[FlowKey],
+        out: &mut [Option<Hit>],
+        hashes: &mut [u64; BATCH],
+    ) -> u64 {
+        self.lookup_batch_inner(keys, out, Some(hashes))
+    }
+
+    #[inline(always)]
+    fn lookup_batch_inner(
+        &self,
+        keys: &[FlowKey],
+        out: &mut [Option<Hit>],
+        hashes_out: Option<&mut [u64; BATCH]>,
+    ) -> u64 {
         let n = keys.len().min(out.len()).min(BATCH);
         let lead_bucket = LEAD_BUCKET.min(n);
         let lead_record = LEAD_RECORD.min(n);
@@ -85,6 +107,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             {
                 *o = self.find(&k, key.zone.0, key.proto, h);
                 hits |= u64::from(o.is_some()) << i;
+            }
+        }
+        if let Some(hs) = hashes_out {
+            let mut v = p.valid;
+            while v != 0 {
+                let i = v.trailing_zeros() as usize;
+                v &= v - 1;
+                if let (Some(o), Some(&h)) = (hs.get_mut(i), p.hashes.get(i)) {
+                    *o = h;
+                }
             }
         }
         hits

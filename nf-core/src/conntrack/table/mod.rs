@@ -143,6 +143,12 @@ macro_rules! impl_display {
         impl core::error::Error for $t {}
     )*};
 }
+impl<K: SessionKey, V: Copy + Default> super::service::KeyProbe for SessionTable<K, V> {
+    fn indexed(&self, key: &FlowKey) -> bool {
+        self.lookup(key).is_some()
+    }
+}
+
 impl_display!(ConfigError, InsertError, ReplaceError, ZoneError);
 
 /// A lookup result: the session and which way the packet travels.
@@ -492,7 +498,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         // Both home buckets load in parallel rather than one probe after the other.
         self.prefetch_home(ho);
         self.prefetch_home(hr);
-        self.insert_hashed(now, [ko, kr], [ho, hr], zone, proto, state, value)
+        self.insert_hashed(
+            now,
+            [ko, kr],
+            [ho, hr],
+            zone,
+            proto,
+            state,
+            value,
+            &mut |_| {},
+        )
     }
 
     /// Creates many sessions: the same as calling [`Self::insert`] for each of `new` in
@@ -541,7 +556,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             for ((n, p), o) in new.iter().zip(prepared).zip(out.iter_mut()) {
                 *o = p.and_then(|(keys, h)| {
                     let (zone, proto) = (n.original.zone.0, n.original.proto);
-                    self.insert_hashed(now, keys, h, zone, proto, n.state, n.value)
+                    self.insert_hashed(now, keys, h, zone, proto, n.state, n.value, &mut |_| {})
                 });
                 created += usize::from(o.is_ok());
             }
@@ -580,12 +595,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         proto: u8,
         state: SessionState,
         value: V,
+        on_evict: &mut impl FnMut(&SessionInfo<V>),
     ) -> Result<SessionRef, InsertError> {
         let ([ko, kr], [ho, hr]) = (keys, hashes);
         if self.find(&ko, zone, proto, ho).is_some() || self.find(&kr, zone, proto, hr).is_some() {
             return Err(InsertError::KeyExists);
         }
-        self.admit(zone)?;
+        self.admit(zone, on_evict)?;
         let Some(zi) = self.zone_slot_or_create(zone) else {
             self.counters.refused_zones += 1;
             return Err(InsertError::TooManyZones);
@@ -661,6 +677,55 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         self.remove_idx(r.index);
         self.counters.removed += 1;
         Some(v)
+    }
+
+    /// [`Self::remove`], returning everything about the session (for the stage's services).
+    pub(in crate::conntrack) fn remove_info(&mut self, r: SessionRef) -> Option<SessionInfo<V>> {
+        let info = self.info(r)?;
+        self.remove_idx(r.index);
+        self.counters.removed += 1;
+        Some(info)
+    }
+
+    /// Creates a session for the conntrack stage: like [`Self::insert`], with the original
+    /// key's hash already known (from the batch lookup) and `on_evict` told about a session
+    /// early drop evicts to make room. Returns the handle and the reply key's hash.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one new session's keys and fields"
+    )]
+    #[inline]
+    pub(in crate::conntrack) fn insert_new(
+        &mut self,
+        now: Instant,
+        original: &FlowKey,
+        reply: &FlowKey,
+        original_hash: u64,
+        state: SessionState,
+        value: V,
+        mut on_evict: impl FnMut(&SessionInfo<V>),
+    ) -> Result<(SessionRef, u64), InsertError> {
+        let (ko, kr) = Self::insert_keys(original, reply)?;
+        let (zone, proto) = (original.zone.0, original.proto);
+        let hr = self.hash(&kr, zone, proto);
+        self.prefetch_home(hr);
+        let keys = [ko, kr];
+        let hashes = [original_hash, hr];
+        self.insert_hashed(now, keys, hashes, zone, proto, state, value, &mut on_evict)
+            .map(|r| (r, hr))
+    }
+
+    /// [`Self::track`], then the session's value, writable: `None` as `track` gives it.
+    #[inline(always)]
+    pub(in crate::conntrack) fn track_value(
+        &mut self,
+        r: SessionRef,
+        now: Instant,
+        direction: Direction,
+        tcp_flags: u8,
+    ) -> Option<&mut V> {
+        self.track(r, now, direction, tcp_flags)?;
+        self.recs.get_mut(r.index as usize).map(|x| &mut x.value)
     }
 
     /// Unindexes, unlinks and frees record `idx` (which must be live).

@@ -1,7 +1,7 @@
 //! Zones: the open-addressed zone slots, quotas, and each zone's early-drop list of
 //! not-yet-established sessions.
 
-use super::{InsertError, NIL, SessionTable, ZoneError, ZoneUsage};
+use super::{InsertError, NIL, SessionInfo, SessionTable, ZoneError, ZoneUsage};
 use crate::conntrack::key::SessionKey;
 use crate::flow::ZoneId;
 use alloc::vec::Vec;
@@ -21,7 +21,11 @@ pub(super) struct Zone {
 impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// Makes room for one session of `zone`, early-dropping its own oldest unestablished
     /// session if needed and allowed.
-    pub(super) fn admit(&mut self, zone: u32) -> Result<(), InsertError> {
+    pub(super) fn admit(
+        &mut self,
+        zone: u32,
+        on_evict: &mut impl FnMut(&SessionInfo<V>),
+    ) -> Result<(), InsertError> {
         let (count, quota, head) = match self.zone_slot(zone).and_then(|i| self.zones.get(i)) {
             Some(z) => (z.count, z.quota, z.emb_head),
             None => (0, self.cfg.default_zone_quota, NIL),
@@ -34,6 +38,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         // One eviction frees one slot and one unit of quota; it is enough unless the quota
         // was lowered below the current count.
         if self.cfg.early_drop && head != NIL && count <= quota {
+            if let Some(x) = self.recs.get(head as usize) {
+                on_evict(&self.info_of(x));
+            }
             self.remove_idx(head);
             self.counters.early_drops += 1;
             return Ok(());

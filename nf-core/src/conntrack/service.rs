@@ -1,0 +1,318 @@
+//! Session services: network functions that share the connection-tracking stage's one
+//! session lookup per packet.
+//!
+//! See the [module docs](super#session-services) for the contract and an example.
+
+use super::table::SessionInfo;
+use crate::flow::FlowKey;
+use crate::meta::Direction;
+use crate::packet::Packet;
+use crate::time::Instant;
+use crate::verdict::{DropReason, Verdict};
+
+/// A network function that keeps per-session state inside [`Conntrack`](super::Conntrack)'s
+/// sessions instead of a table of its own.
+///
+/// For every packet the stage does one session lookup, then:
+/// - **new flow** (no session, and the zone's policy lets the packet open one):
+///   [`on_new`](Self::on_new) decides whether the session is created, its reply key
+///   ([`NewFlow::set_reply`]) and the service's part of the value. The stage inserts both keys
+///   at once only after every service admitted the flow, so no packet ever sees the session
+///   without its translation; a refusal drops the packet with the service's reason and leaves
+///   nothing behind. Then [`on_packet`](Self::on_packet) runs for the first packet too.
+/// - **packet of a session**: [`on_packet`](Self::on_packet) with the packet's direction and
+///   the service's part of the value, writable; it may rewrite the packet in place and
+///   returns the verdict ([`Verdict::Pass`] to continue).
+/// - **related packet** (an ICMP error quoting the session's flow, or a later fragment of one
+///   of its packets): [`on_related`](Self::on_related); nothing refreshes, creates or ends a
+///   session for it.
+/// - **end**: [`on_end`](Self::on_end) once per session the service admitted, whatever ends
+///   it (expiry, early drop, removal, or the creation aborted by a later service or a full
+///   table), so resources such as NAT ports are released exactly once.
+///
+/// Tuples `(A, B)` are services too (values `(A::Value, B::Value)`, `A` runs first), so
+/// functions compose statically; `()` is the service that does nothing.
+pub trait SessionService {
+    /// The service's part of each session's value.
+    type Value: Copy + Default;
+
+    /// Decides a new flow: `Ok(value)` to admit it (with the reply key left in `new`), or
+    /// `Err(reason)` to refuse it (the packet is dropped with `reason`, nothing is created).
+    ///
+    /// # Errors
+    /// The [`DropReason`] the packet is dropped with.
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Self::Value, DropReason>;
+
+    /// One packet of a session (the first one included), travelling `direction`.
+    #[inline(always)]
+    fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut Self::Value,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let _ = (now, direction, value, pkt);
+        Verdict::Pass
+    }
+
+    /// A packet related to a session (ICMP error quoting it, later fragment), travelling
+    /// `direction`. The session is not refreshed.
+    #[inline]
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut Self::Value,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let _ = (now, direction, value, pkt);
+        Verdict::Pass
+    }
+
+    /// A session this service admitted has ended (or was never created after all).
+    #[inline]
+    fn on_end(&mut self, now: Instant, session: &SessionInfo<Self::Value>, cause: EndCause) {
+        let _ = (now, session, cause);
+    }
+
+    /// Calls `f(stage, counter, value)` for the service's own counters (stage: the
+    /// service's name).
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        let _ = f;
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Runs the service's due timers with at most `budget` units of work; returns the work.
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        let _ = (now, budget);
+        0
+    }
+}
+
+/// Why a session ended, for [`SessionService::on_end`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndCause {
+    /// Its timeout passed.
+    Expired,
+    /// Evicted by its own zone's early drop to admit a new session.
+    EarlyDrop,
+    /// Removed by the caller.
+    Removed,
+    /// Never created: a later service refused the flow or the table refused the insert.
+    Aborted,
+}
+
+/// A new flow being decided by [`SessionService::on_new`]: its keys, and whether a candidate
+/// reply key is free.
+pub struct NewFlow<'a> {
+    original: FlowKey,
+    reply: FlowKey,
+    probe: &'a dyn KeyProbe,
+}
+
+/// Why [`NewFlow::set_reply`] refused a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplyKeyError {
+    /// The key's family, zone or protocol differs from the original key's.
+    Mismatch,
+    /// The key equals the original key.
+    SameAsOriginal,
+}
+
+impl core::fmt::Display for ReplyKeyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Mismatch => "reply key of another family, zone or protocol",
+            Self::SameAsOriginal => "reply key equals the original key",
+        })
+    }
+}
+
+impl core::error::Error for ReplyKeyError {}
+
+/// Asks the session table whether a key indexes a live session (sealed).
+pub(super) trait KeyProbe {
+    fn indexed(&self, key: &FlowKey) -> bool;
+}
+
+impl<'a> NewFlow<'a> {
+    pub(super) fn new(original: FlowKey, probe: &'a dyn KeyProbe) -> Self {
+        Self {
+            original,
+            reply: original.reversed(),
+            probe,
+        }
+    }
+
+    /// The key of the packet opening the flow.
+    #[inline]
+    pub fn original(&self) -> &FlowKey {
+        &self.original
+    }
+
+    /// The key replies will carry: [`FlowKey::reversed`] of the original unless a service
+    /// set another.
+    #[inline]
+    pub fn reply(&self) -> &FlowKey {
+        &self.reply
+    }
+
+    /// Sets the reply key (NAT: the translated tuple; DNAT load balancing: the backend's).
+    /// Use [`Self::is_free`] to pick one no other session holds.
+    ///
+    /// # Errors
+    /// [`ReplyKeyError`]; the reply key is unchanged.
+    pub fn set_reply(&mut self, reply: FlowKey) -> Result<(), ReplyKeyError> {
+        let o = &self.original;
+        if reply.family() != o.family() || reply.zone != o.zone || reply.proto != o.proto {
+            return Err(ReplyKeyError::Mismatch);
+        }
+        if reply == *o {
+            return Err(ReplyKeyError::SameAsOriginal);
+        }
+        self.reply = reply;
+        Ok(())
+    }
+
+    /// True if `key` can be this flow's reply key: no live session holds it and it is not
+    /// the original key. One table probe (the way a NAT looks for a free tuple).
+    #[inline]
+    pub fn is_free(&self, key: &FlowKey) -> bool {
+        *key != self.original && !self.probe.indexed(key)
+    }
+}
+
+/// `()`: the service that admits every flow and keeps nothing.
+impl SessionService for () {
+    type Value = ();
+
+    #[inline(always)]
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        _new: &mut NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        Ok(())
+    }
+}
+
+/// A session's info with another value (for handing each service its own part).
+#[inline]
+pub(super) fn with_value<V, W>(s: &SessionInfo<V>, value: W) -> SessionInfo<W> {
+    SessionInfo {
+        original: s.original,
+        reply: s.reply,
+        state: s.state,
+        established: s.established,
+        deadline: s.deadline,
+        value,
+    }
+}
+
+/// Two services, `A` first: the flow is admitted only if both admit it (if `B` refuses,
+/// `A` is told the creation was [`EndCause::Aborted`]); packets go to `A`, then to `B` while
+/// the verdict is [`Verdict::Pass`].
+impl<A: SessionService, S: SessionService> SessionService for (A, S) {
+    type Value = (A::Value, S::Value);
+
+    #[inline]
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Self::Value, DropReason> {
+        let a = self.0.on_new(now, pkt, new)?;
+        match self.1.on_new(now, pkt, new) {
+            Ok(b) => Ok((a, b)),
+            Err(e) => {
+                let info = aborted(now, new.original, new.reply, a);
+                self.0.on_end(now, &info, EndCause::Aborted);
+                Err(e)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut Self::Value,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        match self.0.on_packet(now, direction, &mut value.0, pkt) {
+            Verdict::Pass => self.1.on_packet(now, direction, &mut value.1, pkt),
+            v => v,
+        }
+    }
+
+    #[inline]
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut Self::Value,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        match self.0.on_related(now, direction, &mut value.0, pkt) {
+            Verdict::Pass => self.1.on_related(now, direction, &mut value.1, pkt),
+            v => v,
+        }
+    }
+
+    fn on_end(&mut self, now: Instant, session: &SessionInfo<Self::Value>, cause: EndCause) {
+        self.0
+            .on_end(now, &with_value(session, session.value.0), cause);
+        self.1
+            .on_end(now, &with_value(session, session.value.1), cause);
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.0.visit_counters(f);
+        self.1.visit_counters(f);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.0.poll_timeout(), self.1.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        let a = self.0.handle_timeout(now, budget);
+        a + self.1.handle_timeout(now, budget.saturating_sub(a))
+    }
+}
+
+/// The info handed to [`SessionService::on_end`] for a flow that was decided but never
+/// created.
+pub(super) fn aborted<V>(
+    now: Instant,
+    original: FlowKey,
+    reply: FlowKey,
+    value: V,
+) -> SessionInfo<V> {
+    SessionInfo {
+        original,
+        reply,
+        state: super::SessionState::initial(original.proto, 0),
+        established: false,
+        deadline: now,
+        value,
+    }
+}
