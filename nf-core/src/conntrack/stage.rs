@@ -667,12 +667,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, S: SessionService> Stage<B> for Conntrack<S> 
                 }
                 if hit.is_none() {
                     let k = &pkt.meta.flow;
+                    // Newest first: an older entry for the same key names a session that
+                    // this batch created and then evicted.
                     hit = sc
                         .created
                         .iter()
-                        .find(|c| c.hash == hash && c.key == *k)
+                        .rev()
+                        .filter(|c| c.hash == hash && c.key == *k)
                         .map(|c| c.hit)
-                        .filter(|h| self.is_live(h.session));
+                        .find(|h| self.is_live(h.session));
                 }
             }
             match hit {
