@@ -7,7 +7,9 @@
 //!
 //! - [`SessionTable`]: fixed capacity, two keys per session, keyed hashing, batch lookup and
 //!   batch insert, zones with quotas and early drop, protocol-aware timeouts on a timer wheel.
-//! - [`Conntrack`]: the [`Stage`](crate::Stage) that tags every packet with its session.
+//! - [`Conntrack`]: the [`Stage`](crate::Stage) that tags every packet with its session,
+//!   with one lookup per packet shared by every [`SessionService`] (see
+//!   [Session services](#session-services)), and matches related ICMP errors and fragments.
 //! - [`Pinning`], [`core_of`], [`node_of`]: both directions of a flow to the same owner.
 //! - [`SessionTable::export`] / [`SessionTable::import`]: session hand-over between nodes.
 //!
@@ -31,6 +33,104 @@
 //!     if t > now { break; }
 //!     table.handle_timeout(now, 1024);
 //! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Session services
+//!
+//! A network function (security groups, NAT, load balancing, the caller's own) does not look
+//! sessions up itself: it implements [`SessionService`] and runs inside the one
+//! [`Conntrack<S>`](Conntrack) stage, so a packet pays for **one** session lookup however many
+//! functions care about its flow. The contract:
+//!
+//! - **New flow.** When a packet has no session and its zone's [`ZonePolicy`] lets it open
+//!   one, [`SessionService::on_new`] decides, before anything is inserted: refuse (the packet
+//!   drops with the service's [`DropReason`](crate::DropReason), nothing is left behind), or
+//!   admit with a value and, through [`NewFlow::set_reply`], the reply key (NAT: the
+//!   translated tuple; DNAT: the backend's), probing candidates with [`NewFlow::is_free`].
+//!   Both keys are then inserted at once: no packet can ever see the session without its
+//!   translation (unlike a port chosen before the entry is confirmed, Linux's race behind
+//!   the Kubernetes DNS delays).
+//! - **Every packet** of the session, the first included: [`SessionService::on_packet`] with
+//!   the direction and the service's part of the value, writable; it may rewrite the packet
+//!   in place and returns the verdict.
+//! - **Related packets** (ICMP errors quoting the flow, later fragments): tagged
+//!   [`RELATED`](crate::meta::flags::RELATED) with the session and the direction they travel,
+//!   given to [`SessionService::on_related`]; they never create, refresh or end a session.
+//! - **End**: [`SessionService::on_end`] exactly once for each session the service admitted,
+//!   with the [`EndCause`] (expiry, early drop, removal, or aborted before the insert).
+//! - **Composition**: `(A, B)` is a service with value `(A::Value, B::Value)`; `A` decides and
+//!   sees packets first. All static dispatch, no allocation. `()` is the empty service, and a
+//!   function crate stays usable alone as `Conntrack<ItsService>`.
+//! - **Handles**: the [`SessionRef`] written into [`Meta::session`](crate::Meta::session)
+//!   carries its address family, so it works with every method of the stage and of its
+//!   family's table.
+//!
+//! A service that sends every new UDP flow to port 5353 of the same host (a port-forwarding
+//! DNAT), with the reply key chosen atomically with the insert:
+//!
+//! ```
+//! use nf_core::conntrack::{Conntrack, ConntrackConfig, NewFlow, SessionService};
+//! use nf_core::{Batch, Direction, DropReason, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
+//!
+//! struct Forward { to: u16 }
+//!
+//! impl SessionService for Forward {
+//!     type Value = u16; // the original destination port
+//!
+//!     fn on_new<B: AsRef<[u8]>>(&mut self, _now: Instant, _pkt: &Packet<B>, new: &mut NewFlow<'_>)
+//!         -> Result<u16, DropReason>
+//!     {
+//!         let mut reply = new.original().reversed();
+//!         reply.src_port = self.to; // replies come from the new port
+//!         if !new.is_free(&reply) {
+//!             return Err(DropReason::ServiceRefused);
+//!         }
+//!         new.set_reply(reply).map_err(|_| DropReason::ServiceRefused)?;
+//!         Ok(new.original().dst_port)
+//!     }
+//!
+//!     fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+//!         &mut self, _now: Instant, dir: Direction, orig_port: &mut u16, pkt: &mut Packet<B>,
+//!     ) -> Verdict {
+//!         // Rewrite the port in place (UDP checksum 0 here; a real NAT updates it).
+//!         let l4 = usize::from(pkt.meta.l4);
+//!         let (at, port) = match dir {
+//!             Direction::Original => (l4 + 2, self.to),
+//!             Direction::Reply => (l4, *orig_port),
+//!         };
+//!         if let Some(b) = pkt.data_mut().get_mut(at..at + 2) {
+//!             b.copy_from_slice(&port.to_be_bytes());
+//!         }
+//!         Verdict::Pass
+//!     }
+//! }
+//!
+//! fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Packet<Vec<u8>> {
+//!     let mut f = vec![0u8; 42];
+//!     f[12..14].copy_from_slice(&[0x08, 0x00]);
+//!     f[14..24].copy_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17]);
+//!     f[26..30].copy_from_slice(&src);
+//!     f[30..34].copy_from_slice(&dst);
+//!     let c = nf_core::checksum::checksum(&f[14..34]);
+//!     f[24..26].copy_from_slice(&c.to_be_bytes());
+//!     f[34..36].copy_from_slice(&sport.to_be_bytes());
+//!     f[36..38].copy_from_slice(&dport.to_be_bytes());
+//!     f[38..40].copy_from_slice(&8u16.to_be_bytes());
+//!     Packet::new(f, 0, 42).unwrap()
+//! }
+//!
+//! let ct = Conntrack::new(ConntrackConfig::new(*b"operator secret!"), Forward { to: 5353 })?;
+//! let mut pipeline = ParseStage::default().then(ct);
+//! let mut batch = Batch::new();
+//! batch.push(udp([10, 0, 0, 1], [10, 0, 0, 2], 40000, 53)).ok(); // query to :53
+//! batch.push(udp([10, 0, 0, 2], [10, 0, 0, 1], 5353, 40000)).ok(); // answer from :5353
+//! pipeline.process(Instant::from_nanos(1_000_000_000), &mut batch);
+//! let p = batch.packets();
+//! assert_eq!(p[0].data()[36..38], 5353u16.to_be_bytes()); // forwarded
+//! assert_eq!(p[1].data()[34..36], 53u16.to_be_bytes()); // answered from :53
+//! assert_eq!(p[1].meta.direction, Direction::Reply);
+//! assert_eq!(p[1].meta.session, p[0].meta.session);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
