@@ -2,6 +2,10 @@
 //! and 64, ours (the whole stage, and the table's batch lookup alone) and the peer in the same
 //! group (`cargo bench -p nf-bench --bench conntrack`).
 //!
+//! Group `conntrack-stage`: parsed packets through the whole stage with 99% established and
+//! 1% new-flow traffic, replayed exactly as the runner's `conntrack-stage` scenario does
+//! (`src/replay.rs`, shared), against the same hashbrown + ahash peer doing the same work.
+//!
 //! 100k IPv4 sessions (a table of about 10 MB, so that a quick run stays quick; the scenario
 //! runner's `conntrack-hit` measures 1M sessions, with and without huge pages). Keys are
 //! uniform over the sessions, either direction. Peer: `hashbrown::HashMap` with `ahash`
@@ -16,6 +20,13 @@ use nf_core::meta::flags;
 use nf_core::wire::tcp::tcp_flags;
 use nf_core::{Batch, FlowKey, Instant, Packet, Stage, ZoneId};
 use std::hint::black_box;
+
+#[allow(
+    dead_code,
+    reason = "shared with the scenario runner, which uses all of it"
+)]
+#[path = "../src/replay.rs"]
+mod replay;
 
 const SESSIONS: u32 = 100_000;
 /// Distinct keys (and prebuilt stage batches) the iterations rotate through.
@@ -160,5 +171,32 @@ fn conntrack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conntrack);
+/// The stage with 99% established / 1% new traffic (`replay`), ours and the peer.
+fn conntrack_stage(c: &mut Criterion) {
+    let flows: Vec<FlowKey> = (0..SESSIONS).map(flow).collect();
+    let mut x = 0x57A6E_u64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut g = c.benchmark_group("conntrack-stage");
+    for n in [1usize, 32, 64] {
+        g.throughput(Throughput::Elements(n as u64));
+        let traffic = replay::Traffic::new(&flows, QUERIES, n, 0.01, &mut rand);
+        let (ours, peer) = replay::established_sides(&flows, SESSIONS * 10 / 9);
+        let mut ours = replay::Replay::new(ours, &traffic);
+        let mut peer = replay::Replay::new(peer, &traffic);
+        g.bench_with_input(BenchmarkId::new("nf Conntrack::process", n), &n, |b, _| {
+            b.iter(|| ours.step(&traffic))
+        });
+        g.bench_with_input(BenchmarkId::new("hashbrown+ahash", n), &n, |b, _| {
+            b.iter(|| peer.step(&traffic))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, conntrack, conntrack_stage);
 criterion_main!(benches);

@@ -35,6 +35,16 @@ pub(crate) fn set_advise(on: bool) -> bool {
     ADVISE.swap(on, Ordering::Relaxed)
 }
 
+/// Runs `f` with the advice on (tables on huge pages, as a dataplane deploys them), then off
+/// (4 KiB pages), restoring the previous setting after each.
+pub(crate) fn each_mode(mut f: impl FnMut()) {
+    for advise in [true, false] {
+        let was = set_advise(advise);
+        f();
+        set_advise(was);
+    }
+}
+
 /// The current mode as reported in JSON: `"madvise"` or `"none"`.
 pub(crate) fn mode() -> &'static str {
     if ADVISE.load(Ordering::Relaxed) {

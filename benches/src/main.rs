@@ -7,6 +7,7 @@
 
 mod harness;
 mod hugealloc;
+mod replay;
 mod scenarios;
 
 use std::process::ExitCode;

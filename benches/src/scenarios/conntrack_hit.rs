@@ -29,11 +29,7 @@ pub(crate) fn run(opts: &Opts) {
     let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
     // Huge pages first (how a dataplane deploys a table this size), then the same with 4 KiB
     // pages; both sides of each line share the allocator.
-    for advise in [true, false] {
-        let was = hugealloc::set_advise(advise);
-        measure(opts, sessions, &flows);
-        hugealloc::set_advise(was);
-    }
+    hugealloc::each_mode(|| measure(opts, sessions, &flows));
 }
 
 fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {

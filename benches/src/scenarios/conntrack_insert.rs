@@ -59,13 +59,11 @@ pub(crate) fn run(opts: &Opts) {
     let flows6: Vec<FlowKey> = flows4.iter().map(to_v6).collect();
     let rounds = if opts.quick { 5 } else { 21 };
     // As in `conntrack-hit`: tables on huge pages first, then on 4 KiB pages.
-    for advise in [true, false] {
-        let was = hugealloc::set_advise(advise);
+    hugealloc::each_mode(|| {
         let v4 = measure::<V4Key>(opts, capacity, &flows4, rounds);
         let v6 = measure::<V6Key>(opts, capacity, &flows6, rounds);
         report(opts, capacity, held, rounds, &v4, &v6);
-        hugealloc::set_advise(was);
-    }
+    });
 }
 
 fn report(opts: &Opts, capacity: usize, held: usize, rounds: usize, v4: &Measured, v6: &Measured) {

@@ -5,6 +5,7 @@ use crate::harness::Opts;
 
 mod conntrack_hit;
 mod conntrack_insert;
+mod conntrack_stage;
 mod geneve_decap;
 mod geneve_encap;
 mod parse;
@@ -39,6 +40,11 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "conntrack-insert",
         about: "new sessions per second until 90% full, bytes_per_session IPv4/IPv6 (vs hashbrown + ahash)",
         run: conntrack_insert::run,
+    },
+    Scenario {
+        name: "conntrack-stage",
+        about: "parsed packets through the Conntrack stage, 1M sessions, 99% established / 1% new (vs hashbrown + ahash)",
+        run: conntrack_stage::run,
     },
     Scenario {
         name: "geneve-encap",

@@ -1,0 +1,411 @@
+//! Replaying parsed traffic through a connection tracker: the `conntrack-stage` scenario and
+//! the `conntrack-stage` criterion group share this module (the bench includes it by path).
+//!
+//! - [`Traffic`]: real Ethernet/IPv4 frames built once and parsed once by `ParseStage`; what
+//!   is kept is each packet's parsed [`Meta`] (the template), in batches. Packets of
+//!   established sessions (TCP: a bare ACK) pick a session uniformly and either direction;
+//!   a share of the packets opens a new flow instead (a UDP first packet, a key used once in
+//!   the whole stream).
+//! - [`Replay`]: one side's loop. Per batch: restore the working batch's packets' `meta` from
+//!   the templates (a `Meta` copy: verdict Pass, no session), process it at a clock that
+//!   advances [`BATCH_NS`] per batch, then remove the sessions that the batch [`LAG`] batches
+//!   earlier created, through the handle the side wrote into the packet's `Meta`. A new-flow
+//!   key therefore lives `LAG` batches and is gone long before the stream wraps round to it:
+//!   every new flow is new when it arrives, and the table never fills. Both sides run exactly
+//!   this loop (restore and removals included in their times).
+//! - [`Ours`]: the `Conntrack` stage ([`make_stage`]); [`PeerConntrack`]: `hashbrown` +
+//!   `ahash` holding both directions, a small state and a deadline per session.
+
+use nf_core::conntrack::{SessionState, TimeoutProfile, tcp_flags};
+use nf_core::flow::proto;
+use nf_core::meta::{NO_NEXT_HOP, flags};
+use nf_core::{
+    Batch, Conntrack, ConntrackConfig, Direction, FlowKey, Instant, Meta, Packet, ParseStage,
+    SessionRef, Stage, ZoneId,
+};
+
+/// The clock starts here and advances this much per batch on both sides (64 packets at about
+/// 30 ns each), so that deadlines move as they do at line rate.
+pub(crate) const START_NS: u64 = 1_000_000_000;
+/// See [`START_NS`].
+pub(crate) const BATCH_NS: u64 = 2_000;
+/// Batches a new flow's session lives before its removal.
+pub(crate) const LAG: usize = 1024;
+/// The conntrack tables' hash secret.
+const SECRET: [u8; 16] = *b"bench secret key";
+
+/// The stage under test, a no-op service (`u64` value): the one place that constructs it.
+pub(crate) fn make_stage(capacity: u32) -> Conntrack<u64> {
+    Conntrack::new(ConntrackConfig::new(capacity, 1024, SECRET)).expect("stage config")
+}
+
+/// Both sides holding `flows` as established sessions, in tables of `capacity` sessions.
+pub(crate) fn established_sides(flows: &[FlowKey], capacity: u32) -> (Ours, PeerConntrack) {
+    let now = Instant::from_nanos(START_NS);
+    let mut stage = make_stage(capacity);
+    let mut peer = PeerConntrack::with_capacity(flows.len() + 2 * LAG);
+    for f in flows {
+        let st = established(f);
+        let t = stage.v4_mut();
+        let r = t.insert(now, f, &f.reversed(), st, 0).expect("fits");
+        t.set_state(r, now, st, true);
+        peer.insert(now, f, st);
+    }
+    (Ours(stage), peer)
+}
+
+/// The state an established session of `f`'s protocol is in.
+fn established(f: &FlowKey) -> SessionState {
+    if f.proto == proto::TCP {
+        SessionState::TcpEstablished
+    } else {
+        SessionState::UdpReplied
+    }
+}
+
+/// Parsed packet templates, in batches, and where the new flows are.
+pub(crate) struct Traffic {
+    /// Packets per batch.
+    pub(crate) batch: usize,
+    /// Parsed metadata of every packet, `batch` per batch.
+    pub(crate) templates: Vec<Meta>,
+    /// Stream positions of the new-flow packets, ascending.
+    new_at: Vec<u32>,
+    /// `new_at[new_from[b]..new_from[b + 1]]` are batch `b`'s.
+    new_from: Vec<u32>,
+}
+
+impl Traffic {
+    /// `packets` (rounded down to whole batches) over `flows` (established, uniform, either
+    /// direction), each a new flow with probability `new_share`. `rand` drives every choice.
+    pub(crate) fn new(
+        flows: &[FlowKey],
+        packets: usize,
+        batch: usize,
+        new_share: f64,
+        mut rand: impl FnMut() -> u64,
+    ) -> Self {
+        let batches = packets / batch;
+        let mut new_at = Vec::new();
+        let mut new_from = vec![0];
+        let mut templates = Vec::with_capacity(batches * batch);
+        let mut parse = ParseStage::default();
+        let mut b = Batch::new();
+        for _ in 0..batches {
+            let mut keys = Vec::with_capacity(batch);
+            for _ in 0..batch {
+                let unit = (rand() >> 11) as f64 / (1u64 << 53) as f64;
+                let (key, fl) = if unit < new_share {
+                    new_at.push((templates.len() + keys.len()) as u32);
+                    (new_flow(new_at.len() - 1), 0)
+                } else {
+                    let f = flows[((u128::from(rand()) * flows.len() as u128) >> 64) as usize];
+                    let f = if rand() & 1 == 0 { f } else { f.reversed() };
+                    let fl = if f.proto == proto::TCP {
+                        tcp_flags::ACK
+                    } else {
+                        0
+                    };
+                    (f, fl)
+                };
+                let frame = frame(&key);
+                let mut p = Packet::new(frame, 0, FRAME_LEN).expect("frame fits");
+                p.meta.zone = key.zone;
+                let _ = b.push(p);
+                keys.push((key, fl));
+            }
+            parse.process(Instant::ZERO, &mut b);
+            for (p, (key, fl)) in b.drain().zip(keys) {
+                assert!(p.meta.verdict.is_pass() && p.meta.has(flags::L4_VALID));
+                assert_eq!(
+                    (p.meta.flow, p.meta.tcp_flags),
+                    (key, fl),
+                    "parsed as built"
+                );
+                templates.push(p.meta);
+            }
+            new_from.push(new_at.len() as u32);
+        }
+        Self {
+            batch,
+            templates,
+            new_at,
+            new_from,
+        }
+    }
+
+    /// Number of batches in the stream.
+    pub(crate) fn batches(&self) -> usize {
+        self.new_from.len() - 1
+    }
+
+    /// Batch `b`'s templates.
+    pub(crate) fn metas(&self, b: usize) -> &[Meta] {
+        &self.templates[b * self.batch..(b + 1) * self.batch]
+    }
+
+    /// Ordinals (indices into the new flows) of batch `b`'s new-flow packets.
+    fn new_in(&self, b: usize) -> core::ops::Range<usize> {
+        self.new_from[b] as usize..self.new_from[b + 1] as usize
+    }
+
+    /// Positions within batch `b` of its new-flow packets.
+    pub(crate) fn new_positions(&self, b: usize) -> impl Iterator<Item = usize> + '_ {
+        self.new_in(b)
+            .map(move |o| self.new_at[o] as usize - b * self.batch)
+    }
+
+    /// Share of the stream's packets that open a new flow.
+    pub(crate) fn new_share(&self) -> f64 {
+        self.new_at.len() as f64 / self.templates.len() as f64
+    }
+}
+
+/// New flow number `n`: UDP from 172.16/12 to port 53, never an established flow or its
+/// reverse (those are 10/8 <-> 100.64/10 port 443) and distinct for every `n`.
+fn new_flow(n: usize) -> FlowKey {
+    let host = (n / 60_000) as u32;
+    let src = (0xac10_0000 | host).to_be_bytes();
+    let dst = (0x6440_0000 | ((n as u32).wrapping_mul(0x9e37_79b9) >> 10)).to_be_bytes();
+    let sport = 1024 + (n % 60_000) as u16;
+    FlowKey::v4(ZoneId((n % 16) as u32), src, dst, proto::UDP, sport, 53)
+}
+
+const FRAME_LEN: usize = 64;
+
+/// A 64-byte Ethernet/IPv4 frame of `k` (TCP: a bare ACK; UDP: a datagram).
+fn frame(k: &FlowKey) -> Vec<u8> {
+    let (s, d) = (k.src_bytes(), k.dst_bytes());
+    let ip = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
+        [s[0], s[1], s[2], s[3]],
+        [d[0], d[1], d[2], d[3]],
+        64,
+    );
+    let mut out = Vec::with_capacity(FRAME_LEN);
+    if k.proto == proto::TCP {
+        let b = ip.tcp(k.src_port, k.dst_port, 1, 1000).ack(1);
+        let pad = vec![0u8; FRAME_LEN - b.size(0)];
+        b.write(&mut out, &pad).expect("write");
+    } else {
+        let b = ip.udp(k.src_port, k.dst_port);
+        let pad = vec![0u8; FRAME_LEN - b.size(0)];
+        b.write(&mut out, &pad).expect("write");
+    }
+    out
+}
+
+/// A connection tracker as [`Replay`] drives it.
+pub(crate) trait Side {
+    /// What the side writes into a packet's `Meta` to name its session.
+    type Handle: Copy;
+    /// Tracks one batch.
+    fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>);
+    /// The session handle the side wrote into `meta`.
+    fn handle(meta: &Meta) -> Option<Self::Handle>;
+    /// Removes a session.
+    fn remove(&mut self, h: Self::Handle);
+}
+
+/// Ours: the `Conntrack` stage.
+pub(crate) struct Ours(pub(crate) Conntrack<u64>);
+
+impl Side for Ours {
+    type Handle = SessionRef;
+    fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
+        self.0.process(now, batch);
+    }
+    fn handle(meta: &Meta) -> Option<SessionRef> {
+        meta.session
+    }
+    fn remove(&mut self, h: SessionRef) {
+        self.0.v4_mut().remove(h);
+    }
+}
+
+/// One side's replay loop over a [`Traffic`] (see the module docs).
+pub(crate) struct Replay<S: Side> {
+    pub(crate) side: S,
+    batch: Batch<Vec<u8>>,
+    next: usize,
+    clock: u64,
+    lag: usize,
+    /// Per new flow (ordinal): its session while it lives.
+    live: Vec<Option<S::Handle>>,
+}
+
+impl<S: Side> Replay<S> {
+    pub(crate) fn new(side: S, traffic: &Traffic) -> Self {
+        Self {
+            side,
+            batch: working_batch(traffic.batch),
+            next: 0,
+            clock: 0,
+            lag: LAG.min(traffic.batches() / 2),
+            live: vec![None; traffic.new_at.len()],
+        }
+    }
+
+    /// The batch the next [`Replay::step`] processes.
+    pub(crate) fn next_batch(&self) -> usize {
+        self.next
+    }
+
+    /// The working batch as the last step left it.
+    pub(crate) fn packets(&self) -> &[Packet<Vec<u8>>] {
+        self.batch.packets()
+    }
+
+    /// Restores, tracks and retires one batch; returns a value to fold into `black_box`.
+    pub(crate) fn step(&mut self, t: &Traffic) -> u64 {
+        let b = self.next;
+        restore(&mut self.batch, t.metas(b));
+        let now = Instant::from_nanos(START_NS + self.clock * BATCH_NS);
+        self.side.process(now, &mut self.batch);
+        let packets = self.batch.packets();
+        for (o, at) in t.new_in(b).zip(t.new_positions(b)) {
+            self.live[o] = packets.get(at).and_then(|p| S::handle(&p.meta));
+        }
+        let nb = t.batches();
+        for o in t.new_in((b + nb - self.lag) % nb) {
+            if let Some(h) = self.live[o].take() {
+                self.side.remove(h);
+            }
+        }
+        self.next = (b + 1) % nb;
+        self.clock += 1;
+        u64::from(packets[0].meta.direction == Direction::Reply)
+            + u64::from(packets[0].meta.next_hop)
+    }
+}
+
+/// A batch of `n` packets for [`restore`] to fill in (conntrack reads only their `Meta`).
+pub(crate) fn working_batch(n: usize) -> Batch<Vec<u8>> {
+    let mut batch = Batch::new();
+    for _ in 0..n {
+        let _ = batch.push(Packet::new(vec![0u8; FRAME_LEN], 0, FRAME_LEN).expect("fits"));
+    }
+    batch
+}
+
+/// Resets each packet's metadata to its parsed template (verdict Pass, no session).
+pub(crate) fn restore(batch: &mut Batch<Vec<u8>>, metas: &[Meta]) {
+    for (p, m) in batch.packets_mut().iter_mut().zip(metas) {
+        p.meta = *m;
+    }
+}
+
+type PeerMap = hashbrown::HashMap<FlowKey, (u32, bool), ahash::RandomState>;
+
+/// The peer: `hashbrown::HashMap` + `ahash` with both directions of every session (session
+/// id, is-reply), and a `Vec` of records (original key, state, deadline) with a free list.
+/// Per packet: one `get`; a hit steps the state and refreshes the deadline; a miss inserts
+/// both directions. It writes the session id into `meta.next_hop` and the direction into
+/// `meta.direction`.
+pub(crate) struct PeerConntrack {
+    map: PeerMap,
+    recs: Vec<PeerRecord>,
+    free: Vec<u32>,
+    /// Timeout per state (nanoseconds), the same profile as ours.
+    timeout_ns: [u64; SessionState::ALL.len()],
+}
+
+#[derive(Clone, Copy)]
+struct PeerRecord {
+    original: FlowKey,
+    state: u8,
+    deadline: u64,
+}
+
+impl PeerConntrack {
+    pub(crate) fn with_capacity(sessions: usize) -> Self {
+        let p = TimeoutProfile::default();
+        Self {
+            map: PeerMap::with_capacity_and_hasher(
+                2 * sessions,
+                ahash::RandomState::with_seeds(1, 2, 3, 4),
+            ),
+            recs: Vec::with_capacity(sessions),
+            free: Vec::new(),
+            timeout_ns: SessionState::ALL.map(|s| p.timeout(s).as_nanos()),
+        }
+    }
+
+    /// Adds a session in `state`; returns its id.
+    pub(crate) fn insert(&mut self, now: Instant, k: &FlowKey, state: SessionState) -> u32 {
+        let rec = PeerRecord {
+            original: *k,
+            state: state as u8,
+            deadline: now.as_nanos() + self.timeout_ns[state as usize],
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.recs[id as usize] = rec;
+                id
+            }
+            None => {
+                self.recs.push(rec);
+                self.recs.len() as u32 - 1
+            }
+        };
+        self.map.insert(*k, (id, false));
+        self.map.insert(k.reversed(), (id, true));
+        id
+    }
+
+    /// True if `k` names a session (either direction).
+    pub(crate) fn contains(&self, k: &FlowKey) -> bool {
+        self.map.contains_key(k)
+    }
+}
+
+/// The peer's state step: the common transitions of TCP and UDP tracking.
+fn step(state: u8, reply: bool, fl: u8) -> u8 {
+    use SessionState as S;
+    let s = SessionState::from_u8(state).unwrap_or(S::Other);
+    let next = match s {
+        _ if fl & tcp_flags::RST != 0 => S::TcpClosed,
+        _ if fl & tcp_flags::FIN != 0 => S::TcpFinWait,
+        S::TcpSynSent if reply && fl & tcp_flags::SYN != 0 => S::TcpSynRecv,
+        S::TcpSynRecv if !reply && fl & tcp_flags::ACK != 0 => S::TcpEstablished,
+        S::UdpUnreplied if reply => S::UdpReplied,
+        s => s,
+    };
+    next as u8
+}
+
+impl Side for PeerConntrack {
+    type Handle = u32;
+    fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
+        let now = now.as_nanos();
+        for p in batch.packets_mut() {
+            let m = &mut p.meta;
+            if !m.verdict.is_pass() || !m.has(flags::L3_VALID) {
+                continue;
+            }
+            if let Some(&(id, reply)) = self.map.get(&m.flow) {
+                let r = &mut self.recs[id as usize];
+                r.state = step(r.state, reply, m.tcp_flags);
+                r.deadline = now + self.timeout_ns[usize::from(r.state)];
+                m.next_hop = id;
+                m.direction = if reply {
+                    Direction::Reply
+                } else {
+                    Direction::Original
+                };
+            } else {
+                let st = SessionState::initial(m.flow.proto, m.tcp_flags);
+                m.next_hop = self.insert(Instant::from_nanos(now), &m.flow, st);
+                m.direction = Direction::Original;
+            }
+        }
+    }
+    fn handle(meta: &Meta) -> Option<u32> {
+        (meta.next_hop != NO_NEXT_HOP).then_some(meta.next_hop)
+    }
+    fn remove(&mut self, id: u32) {
+        let k = self.recs[id as usize].original;
+        self.map.remove(&k);
+        self.map.remove(&k.reversed());
+        self.free.push(id);
+    }
+}
