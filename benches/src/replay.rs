@@ -16,12 +16,12 @@
 //! - [`Ours`]: the `Conntrack` stage ([`make_stage`]); [`PeerConntrack`]: `hashbrown` +
 //!   `ahash` holding both directions, a small state and a deadline per session.
 
-use nf_core::conntrack::{SessionState, TimeoutProfile, tcp_flags};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes, TimeoutProfile};
 use nf_core::flow::proto;
 use nf_core::meta::{NO_NEXT_HOP, flags};
+use nf_core::wire::tcp::tcp_flags;
 use nf_core::{
-    Batch, Conntrack, ConntrackConfig, Direction, FlowKey, Instant, Meta, Packet, ParseStage,
-    SessionRef, Stage, ZoneId,
+    Batch, Direction, FlowKey, Instant, Meta, Packet, ParseStage, SessionRef, Stage, ZoneId,
 };
 
 /// The clock starts here and advances this much per batch on both sides (64 packets at about
@@ -34,9 +34,13 @@ pub(crate) const LAG: usize = 1024;
 /// The conntrack tables' hash secret.
 const SECRET: [u8; 16] = *b"bench secret key";
 
-/// The stage under test, a no-op service (`u64` value): the one place that constructs it.
-pub(crate) fn make_stage(capacity: u32) -> Conntrack<u64> {
-    Conntrack::new(ConntrackConfig::new(capacity, 1024, SECRET)).expect("stage config")
+/// The stage under test, with the no-op service `()`: the one place that constructs it.
+pub(crate) fn make_stage(capacity: u32) -> Conntrack {
+    let cfg = ConntrackConfig::new(SECRET).sizes(Sizes {
+        v4: capacity,
+        v6: 1024,
+    });
+    Conntrack::new(cfg, ()).expect("stage config")
 }
 
 /// Both sides holding `flows` as established sessions, in tables of `capacity` sessions.
@@ -47,7 +51,7 @@ pub(crate) fn established_sides(flows: &[FlowKey], capacity: u32) -> (Ours, Peer
     for f in flows {
         let st = established(f);
         let t = stage.v4_mut();
-        let r = t.insert(now, f, &f.reversed(), st, 0).expect("fits");
+        let r = t.insert(now, f, &f.reversed(), st, ()).expect("fits");
         t.set_state(r, now, st, true);
         peer.insert(now, f, st);
     }
@@ -207,7 +211,7 @@ pub(crate) trait Side {
 }
 
 /// Ours: the `Conntrack` stage.
-pub(crate) struct Ours(pub(crate) Conntrack<u64>);
+pub(crate) struct Ours(pub(crate) Conntrack);
 
 impl Side for Ours {
     type Handle = SessionRef;
