@@ -12,7 +12,7 @@
 //! bounded extension-header walk.
 //!
 //! Later fragments carry no transport header, so no ports: the stage records, for every first
-//! fragment it passes, (zone, addresses, protocol, IP identification) → session and direction
+//! fragment it passes, (zone, addresses, protocol (IPv4 only), IP identification) → session and direction
 //! in a [`FragmentTable`]: fixed capacity, 4-way set-associative under a keyed hash, entries
 //! living [`FragmentConfig::lifetime`]; a full set evicts its entry closest to expiry (counted).
 //! Out-of-order fragments (a later fragment before the first) find nothing and are dropped.
@@ -225,6 +225,13 @@ impl FragmentTable {
 
     fn key(meta: &Meta, id: u32) -> FlowKey {
         let mut k = meta.flow;
+        if k.family() == Family::V6 {
+            // RFC 8200 §4.5 keys reassembly by addresses and identification only: headers
+            // behind the Fragment header (e.g. Destination Options) are in the first
+            // fragment's chain, so a later fragment's "protocol" names them, not the upper
+            // protocol the first fragment's key has.
+            k.proto = crate::wire::ipv6::next_header::FRAGMENT;
+        }
         k.src_port = (id >> 16) as u16;
         k.dst_port = id as u16;
         k
