@@ -12,39 +12,21 @@
 mod common;
 
 use nf_core::{Batch, Instant, Packet, ParseStage, Stage, Verdict};
-use nf_examples::pcap::PcapReader;
-use std::process::Command;
 
 #[test]
 fn scapy_cases_have_the_expected_outcome() {
-    let py = common::system_python();
-    if !common::require(py, &["-c", "import scapy.all"]) {
-        return;
-    }
-    let dir = common::temp_dir("scapy-parse");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scapy/parse_cases.py");
-    let out = Command::new(py).arg(script).arg(&dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "scapy script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = std::fs::read_to_string(dir.join("cases.tsv")).unwrap();
-    let frames = PcapReader::new(std::fs::File::open(dir.join("cases.pcap")).unwrap())
-        .unwrap()
-        .records()
-        .unwrap();
-    let rows: Vec<(&str, &str)> = table.lines().map(|l| l.split_once('\t').unwrap()).collect();
-    assert_eq!(rows.len(), frames.len());
+    let Some((rows, frames)) = common::scapy_cases(script, "scapy-parse") else {
+        return;
+    };
     assert!(rows.len() >= 50, "the case table shrank");
 
     // All frames in batches of up to 64 (the batch result must not depend on neighbours).
     let mut got = Vec::new();
     for chunk in frames.chunks(nf_core::BATCH_SIZE) {
         let mut b = Batch::new();
-        for r in chunk {
-            b.push(Packet::new(r.data.clone(), 0, r.data.len()).unwrap())
-                .unwrap();
+        for f in chunk {
+            b.push(Packet::new(f.clone(), 0, f.len()).unwrap()).unwrap();
         }
         ParseStage::default().process(Instant::ZERO, &mut b);
         got.extend(b.drain().map(|p| p.meta));
@@ -64,7 +46,6 @@ fn scapy_cases_have_the_expected_outcome() {
             failures.push(format!("{name}: expected {want:?}, got {have:?}"));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         failures.is_empty(),
         "{} of {} cases differ:\n{}",

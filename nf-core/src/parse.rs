@@ -39,7 +39,7 @@ use crate::wire::icmp::{IcmpHeader, IcmpKind, classify_v4, classify_v6};
 use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
 use crate::wire::ipv6::{Ipv6Error, Ipv6Header, Ipv6Packet};
 use crate::wire::tcp::{TcpError, TcpPacket};
-use crate::wire::udp::{UdpHeader, UdpPacket};
+use crate::wire::udp::{UdpError, UdpHeader, UdpPacket};
 use crate::wire::{ethertype, icmp::IcmpError};
 use zerocopy::FromBytes;
 
@@ -450,8 +450,20 @@ fn transport(
             Ok((h.src_port.get(), h.dst_port.get()))
         }
         proto::UDP => {
-            let u = UdpPacket::new_checked(bytes).map_err(DropReason::from)?;
-            let h: &UdpHeader = u.header();
+            let whole;
+            let h: &UdpHeader = if meta.has(flags::FRAGMENT) {
+                // A first fragment holds the header, but its length counts the whole
+                // datagram, which the later fragments complete.
+                let (h, _) = UdpHeader::ref_from_prefix(bytes)
+                    .map_err(|_| DropReason::from(UdpError::Truncated))?;
+                if usize::from(h.len.get()) < 8 {
+                    return Err(UdpError::BadLength.into());
+                }
+                h
+            } else {
+                whole = UdpPacket::new_checked(bytes).map_err(DropReason::from)?;
+                whole.header()
+            };
             meta.payload = (l4 + 8) as u16;
             meta.flags |= flags::L4_VALID;
             Ok((h.src_port.get(), h.dst_port.get()))
@@ -578,6 +590,33 @@ mod tests {
             let (a, b) = both(&f, &ParseConfig::default());
             prop_assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn a_udp_first_fragment_is_parsed_although_its_length_counts_the_whole_datagram() {
+        // IPv4 first fragment (MF, offset 0) carrying 16 of a 48-byte UDP datagram.
+        let mut f = alloc::vec![2u8, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        let mut ip = alloc::vec![
+            0x45, 0, 0, 36, 0, 7, 0x20, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2
+        ];
+        let c = crate::checksum::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 48, 0, 0]);
+        f.extend_from_slice(&[0xab; 8]);
+        let mut m = Meta::default();
+        assert_eq!(
+            parse_frame(&f, &mut m, &ParseConfig::default()),
+            Ok(Parsed::Ip)
+        );
+        assert_eq!((m.flow.src_port, m.flow.dst_port), (5000, 53));
+        assert!(m.has(flags::FRAGMENT) && !m.has(flags::LATER_FRAGMENT));
+        // A UDP length below the header is still malformed.
+        f[14 + 20 + 5] = 7;
+        assert_eq!(
+            parse_frame(&f, &mut m, &ParseConfig::default()),
+            Err(DropReason::Ipv4BadFragment)
+        );
     }
 
     #[test]

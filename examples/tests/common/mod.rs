@@ -49,3 +49,40 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A scapy case table: rows (name, expected outcome) and the frames, in order.
+pub type ScapyCases = (Vec<(String, String)>, Vec<Vec<u8>>);
+
+/// Runs a scapy case script (`script OUT_DIR` writing `cases.pcap` and `cases.tsv`) and
+/// returns its rows (name, expected outcome) and frames, in order; `None` (skipped) when
+/// scapy is missing outside CI.
+pub fn scapy_cases(script: &str, tag: &str) -> Option<ScapyCases> {
+    let py = system_python();
+    if !require(py, &["-c", "import scapy.all"]) {
+        return None;
+    }
+    let dir = temp_dir(tag);
+    let out = Command::new(py).arg(script).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scapy script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(dir.join("cases.tsv")).unwrap();
+    let frames =
+        nf_examples::pcap::PcapReader::new(std::fs::File::open(dir.join("cases.pcap")).unwrap())
+            .unwrap()
+            .records()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.data)
+            .collect::<Vec<_>>();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows: Vec<(String, String)> = table
+        .lines()
+        .map(|l| l.split_once('\t').unwrap())
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(rows.len(), frames.len());
+    Some((rows, frames))
+}

@@ -7,12 +7,12 @@ frame, in order: name, expected outcome. Outcomes:
   drop REASON              dropped with this nf DropReason name
   control                  not IP: handed to the control path
 """
-import struct
 import sys
 from scapy.all import (ARP, Dot1AD, Dot1Q, Ether, GRE, ICMP, IP, IPOption_NOP, IPOption_EOL,
                        IPOption_RR, IPOption_Router_Alert, IPv6, IPv6ExtHdrDestOpt,
                        IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting,
                        ICMPv6DestUnreach, ICMPv6EchoRequest, Raw, TCP, UDP)
+from frames import write_pcap
 
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 V4 = dict(src="192.0.2.1", dst="198.51.100.2")
@@ -40,15 +40,6 @@ def with_ipv4_checksum(frame, l3=14):
         s = (s & 0xFFFF) + (s >> 16)
     b[l3 + 10:l3 + 12] = (~s & 0xFFFF).to_bytes(2, "big")
     return bytes(b)
-
-
-def write_pcap(path, frames):
-    """Classic pcap, Ethernet link type; raw bytes so runts are written as they are."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, b in enumerate(frames):
-            f.write(struct.pack("<IIII", 1_700_000_000, i, len(b), len(b)))
-            f.write(b)
 
 
 # --- valid -------------------------------------------------------------------------------

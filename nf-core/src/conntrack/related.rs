@@ -12,8 +12,8 @@
 //! bounded extension-header walk.
 //!
 //! Later fragments carry no transport header, so no ports: the stage records, for every first
-//! fragment it passes, (zone, addresses, protocol, IP identification) → session and direction
-//! in a [`FragmentTable`]: fixed capacity, 4-way set-associative under a keyed hash, entries
+//! fragment it passes, (zone, addresses, protocol (IPv4 only), IP identification) → session
+//! and direction in a [`FragmentTable`]: fixed capacity, 4-way set-associative under a keyed hash, entries
 //! living [`FragmentConfig::lifetime`]; a full set evicts its entry closest to expiry (counted).
 //! Out-of-order fragments (a later fragment before the first) find nothing and are dropped.
 
@@ -35,11 +35,28 @@ use alloc::vec::Vec;
 /// [`DropReason::RelatedNoSession`] for a quote that cannot name a session (a quoted later
 /// fragment, a quoted ICMP message that is not a query, another family).
 pub(crate) fn quoted_key(data: &[u8], meta: &Meta) -> Result<FlowKey, DropReason> {
-    let quote = data.get(usize::from(meta.payload)..).unwrap_or(&[]);
+    // The quote ends with the IP packet: bytes after it (Ethernet padding, a trailer) are
+    // not part of the message and must not complete a short quote.
+    let quote = data
+        .get(usize::from(meta.payload)..ip_end(data, meta))
+        .unwrap_or(&[]);
     match meta.flow.family() {
         Family::V4 => quoted_v4(quote, meta.zone),
         Family::V6 => quoted_v6(quote, meta.zone),
     }
+}
+
+/// Where the outer IP packet ends in `data` (its total or payload length; the parse stage
+/// checked that it lies within the frame).
+fn ip_end(data: &[u8], meta: &Meta) -> usize {
+    let l3 = usize::from(meta.l3);
+    let ip = data.get(l3..).unwrap_or(&[]);
+    let len = match (meta.flow.family(), ip) {
+        (Family::V4, [_, _, a, b, ..]) => usize::from(u16::from_be_bytes([*a, *b])),
+        (Family::V6, [_, _, _, _, a, b, ..]) => 40 + usize::from(u16::from_be_bytes([*a, *b])),
+        _ => 0,
+    };
+    data.len().min(l3 + len)
 }
 
 fn quoted_v4(q: &[u8], zone: ZoneId) -> Result<FlowKey, DropReason> {
@@ -208,6 +225,13 @@ impl FragmentTable {
 
     fn key(meta: &Meta, id: u32) -> FlowKey {
         let mut k = meta.flow;
+        if k.family() == Family::V6 {
+            // RFC 8200 §4.5 keys reassembly by addresses and identification only: headers
+            // behind the Fragment header (e.g. Destination Options) are in the first
+            // fragment's chain, so a later fragment's "protocol" names them, not the upper
+            // protocol the first fragment's key has.
+            k.proto = crate::wire::ipv6::next_header::FRAGMENT;
+        }
         k.src_port = (id >> 16) as u16;
         k.dst_port = id as u16;
         k
@@ -274,5 +298,49 @@ impl FragmentTable {
             self.counters.misses += 1;
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{ParseConfig, parse_frame};
+
+    /// An Ethernet + IPv4 ICMP port unreachable quoting 20 bytes of IPv4 header and only 4
+    /// bytes of UDP (ports, no length), followed by a 4-byte link-layer trailer.
+    fn short_quote_with_trailer() -> alloc::vec::Vec<u8> {
+        let inner: [u8; 24] = [
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 192, 0, 2, 10, 0x14, 0xe9, 0, 53,
+        ];
+        let mut inner = inner.to_vec();
+        let c = crate::checksum::checksum(&inner[..20]);
+        inner[10..12].copy_from_slice(&c.to_be_bytes());
+        let total = (20 + 8 + inner.len()) as u16;
+        let mut ip = alloc::vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 203, 0, 113, 1, 10, 0, 0, 1
+        ];
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        let c = crate::checksum::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = alloc::vec![2u8, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&inner);
+        f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        f
+    }
+
+    #[test]
+    fn a_trailer_after_the_ip_packet_does_not_complete_a_short_quote() {
+        let f = short_quote_with_trailer();
+        let mut m = Meta::default();
+        parse_frame(&f, &mut m, &ParseConfig::default()).unwrap();
+        assert!(m.has(crate::meta::flags::ICMP_ERROR));
+        assert_eq!(quoted_key(&f, &m), Err(DropReason::IcmpQuoteTruncated));
+        // Without the trailer, the same: the quote is 4 bytes short either way.
+        assert_eq!(
+            quoted_key(&f[..f.len() - 4], &m),
+            Err(DropReason::IcmpQuoteTruncated)
+        );
     }
 }
