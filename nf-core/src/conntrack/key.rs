@@ -16,9 +16,6 @@ pub trait SessionKey: Copy + Eq + Default + core::fmt::Debug + sealed::Sealed {
     const FAMILY: Family;
     /// Bytes of one encoded key in the export format (addresses and ports).
     const ENCODED_LEN: usize;
-    /// Zero-sized alignment marker that sets the session record's alignment.
-    #[doc(hidden)]
-    type Align: Copy + Default + core::fmt::Debug;
 
     /// The packed form of `key`, or `None` if `key` is of the other family.
     fn from_flow(key: &FlowKey) -> Option<Self>;
@@ -27,19 +24,6 @@ pub trait SessionKey: Copy + Eq + Default + core::fmt::Debug + sealed::Sealed {
     /// The same key seen from the other end.
     #[must_use]
     fn reversed(&self) -> Self;
-    /// Keyed hash of this key together with the session's zone and protocol.
-    #[doc(hidden)]
-    fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64;
-    /// Equality without early exits (one compare of packed words), for the lookup path where
-    /// the key is compared against both keys of a record.
-    #[doc(hidden)]
-    fn same(&self, other: &Self) -> bool;
-    /// Writes [`Self::ENCODED_LEN`] bytes (addresses, then ports big-endian).
-    #[doc(hidden)]
-    fn encode(&self, out: &mut [u8]);
-    /// Reads what [`Self::encode`] wrote; `None` if `bytes` is too short.
-    #[doc(hidden)]
-    fn decode(bytes: &[u8]) -> Option<Self>;
 }
 
 /// The zone's part of a table hash: the table takes SipHash-1-3 of the addresses, ports and
@@ -60,23 +44,36 @@ fn finish(s: Sip13, src_port: u16, dst_port: u16, proto: u8, len: u64, zone: u32
         ^ zone_mix(zone)
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::V4Key {}
-    impl Sealed for super::V6Key {}
+/// What the table needs of a key beyond [`SessionKey`]; sealed (unnameable outside the
+/// crate), so only [`V4Key`] and [`V6Key`] implement it.
+pub(super) mod sealed {
+    use super::SipKey;
+
+    /// The table's own operations on a packed key.
+    pub trait Sealed: Sized {
+        /// Zero-sized alignment marker that sets the session record's alignment.
+        type Align: Copy + Default + core::fmt::Debug;
+        /// Keyed hash of this key together with the session's zone and protocol.
+        fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64;
+        /// Equality without early exits (one compare of packed words), for the lookup path
+        /// where the key is compared against both keys of a record.
+        fn same(&self, other: &Self) -> bool;
+        /// Writes `ENCODED_LEN` bytes (addresses, then ports big-endian).
+        fn encode(&self, out: &mut [u8]);
+        /// Reads what [`Self::encode`] wrote; `None` if `bytes` is too short.
+        fn decode(bytes: &[u8]) -> Option<Self>;
+    }
+
+    /// Alignment marker: IPv4 records (64 bytes with a 16-byte value) sit on one cache line.
+    #[derive(Clone, Copy, Debug, Default)]
+    #[repr(align(64))]
+    pub struct Align64;
+
+    /// Alignment marker for IPv6 records (which span two cache lines anyway): no padding.
+    #[derive(Clone, Copy, Debug, Default)]
+    #[repr(align(4))]
+    pub struct Align4;
 }
-
-/// Alignment marker: IPv4 records (64 bytes with a 16-byte value) sit on one cache line.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(align(64))]
-pub struct Align64;
-
-/// Alignment marker for IPv6 records (which span two cache lines anyway): no padding.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(align(4))]
-pub struct Align4;
 
 /// Packed IPv4 addresses and ports of one direction (12 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -109,7 +106,6 @@ pub struct V6Key {
 impl SessionKey for V4Key {
     const FAMILY: Family = Family::V4;
     const ENCODED_LEN: usize = 12;
-    type Align = Align64;
 
     #[inline]
     fn from_flow(key: &FlowKey) -> Option<Self> {
@@ -147,6 +143,10 @@ impl SessionKey for V4Key {
             dst_port: self.src_port,
         }
     }
+}
+
+impl sealed::Sealed for V4Key {
+    type Align = sealed::Align64;
 
     #[inline]
     fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64 {
@@ -192,7 +192,6 @@ impl SessionKey for V4Key {
 impl SessionKey for V6Key {
     const FAMILY: Family = Family::V6;
     const ENCODED_LEN: usize = 36;
-    type Align = Align4;
 
     #[inline]
     fn from_flow(key: &FlowKey) -> Option<Self> {
@@ -228,6 +227,10 @@ impl SessionKey for V6Key {
             dst_port: self.src_port,
         }
     }
+}
+
+impl sealed::Sealed for V6Key {
+    type Align = sealed::Align4;
 
     #[inline]
     fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64 {
@@ -293,7 +296,6 @@ impl Put<'_> {
 /// bytes; IPv6 the same with 16-byte addresses, 37 bytes), which is standard SipHash-1-3 of
 /// those bytes, and XORs in an odd multiple of the zone (see `zone_mix`): cheaper than
 /// hashing [`FlowKey::encode`] and as unpredictable to anyone who does not know the secret.
-#[doc(hidden)]
 #[derive(Clone, Copy)]
 pub struct SipKey {
     k0: u64,
@@ -321,6 +323,7 @@ impl SipKey {
 
 #[cfg(test)]
 mod tests {
+    use super::sealed::Sealed;
     use super::*;
     use crate::flow::proto;
     use proptest::prelude::*;
