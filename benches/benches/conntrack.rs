@@ -11,8 +11,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, SessionState, SessionTable, TableConfig, V4Key, tcp_flags,
 };
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::{Batch, FlowKey, Instant, Packet, Stage, ZoneId};
 use std::hint::black_box;
 

@@ -11,7 +11,7 @@
 
 mod common;
 
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{Meta, ParseConfig, Parsed, parse_frame};
 use nf_examples::pcap::PcapReader;
 use std::process::Command;

@@ -12,7 +12,7 @@
 
 mod common;
 
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{DropReason, Family, Instant, Packet, Verdict};
 use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gcp;

@@ -13,7 +13,7 @@
 
 mod common;
 
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{Batch, Instant, Packet, Stage, Verdict};
 use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gwlb;

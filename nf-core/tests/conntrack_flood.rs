@@ -10,8 +10,8 @@
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, InsertError, SessionState, SessionTable, TableConfig, V4Key,
 };
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::{Batch, DropReason, FlowKey, Instant, Packet, SessionRef, Stage, Verdict, ZoneId};
 
 const A: ZoneId = ZoneId(1);

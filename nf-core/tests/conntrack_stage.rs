@@ -10,8 +10,8 @@
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, SessionState, TcpCreate, ZonePolicy, tcp_flags,
 };
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::{
     Batch, Direction, DropReason, FlowKey, Instant, Packet, Stage, StageControl, Verdict, ZoneId,
 };

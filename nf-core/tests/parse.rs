@@ -9,8 +9,8 @@
 )]
 
 use etherparse::PacketBuilder;
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::wire::ethernet::EthernetRepr;
 use nf_core::wire::ethertype;
 use nf_core::wire::ipv4::Ipv4Repr;

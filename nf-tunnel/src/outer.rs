@@ -2,9 +2,9 @@
 //! IPv4 or IPv6 (no extension headers), UDP. One bounded pass, no allocation.
 
 use crate::TunnelError;
+use nf_core::DropReason;
 use nf_core::checksum;
 use nf_core::flow::proto;
-use nf_core::verdict::DropReason;
 use nf_core::wire::ethertype;
 use nf_core::wire::ipv4::Ipv4Packet;
 use nf_core::wire::ipv6::Ipv6Packet;

@@ -9,8 +9,8 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::checksum;
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::wire::ipv4::Ipv4Packet;
 use nf_core::wire::udp::UdpPacket;
 use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, Verdict, ZoneId};
