@@ -1,13 +1,6 @@
 //! External oracle: every frame of every capture in `shared/testdata/pcap` (written by Open
 //! vSwitch, Linux, Google Cloud ...) is parsed by nf, and its outer addresses, protocol,
 //! ports and VLAN id equal what `tshark -T fields` prints for the same frame.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 

@@ -2,13 +2,6 @@
 //! VXLAN frame in `shared/testdata/pcap` is decapsulated by nf-tunnel, and its VNI, each
 //! option's class / type / length and the inner 5-tuple equal what `tshark -T fields`
 //! extracts from the same frame.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 

@@ -3,13 +3,6 @@
 //! bad and zero UDP checksums, reserved bits ...) with the outcome RFC 8926 / RFC 7348 call
 //! for; nf-tunnel's decapsulation must give exactly that outcome for every one. The case
 //! table lives in `nf-tunnel/tests/scapy/tunnel_cases.py`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 

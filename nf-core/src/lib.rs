@@ -123,16 +123,6 @@
 #![no_std]
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
@@ -164,3 +154,8 @@ pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt};
 pub use time::StdClock;
 pub use time::{Duration, Instant};
 pub use verdict::{DropCounters, DropReason, PortId, Verdict};
+
+/// The workspace README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -1,10 +1,8 @@
 //! Flood test: one zone opens new flows as fast as it can; every established session of the
 //! other zones survives, and they can still open sessions up to their quotas.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{

@@ -1,10 +1,8 @@
 //! The conntrack stage: a batch of N gives exactly the results of N single-packet calls;
 //! TCP state follows the handshake; policy decides which first packets create sessions.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{

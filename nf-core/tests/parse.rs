@@ -1,11 +1,9 @@
 //! Parse-stage tests: byte fixtures for every outcome, independent frames from etherparse,
 //! and properties (no panic on any bytes, every header truncation dropped, batch = singles).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
+#![expect(
     clippy::indexing_slicing,
-    missing_docs
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
 )]
 
 use etherparse::PacketBuilder;
