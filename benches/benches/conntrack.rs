@@ -15,8 +15,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, SessionState, SessionTable, Sizes, TableConfig, V4Key,
 };
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::wire::tcp::tcp_flags;
 use nf_core::{Batch, FlowKey, Instant, Packet, Stage, ZoneId};
 use std::hint::black_box;

@@ -18,11 +18,11 @@
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes, TimeoutProfile};
 use nf_core::flow::proto;
-use nf_core::meta::{NO_NEXT_HOP, flags};
 use nf_core::wire::tcp::tcp_flags;
 use nf_core::{
     Batch, Direction, FlowKey, Instant, Meta, Packet, ParseStage, SessionRef, Stage, ZoneId,
 };
+use nf_core::{NO_NEXT_HOP, flags};
 
 /// The clock starts here and advances this much per batch on both sides (64 packets at about
 /// 30 ns each), so that deadlines move as they do at line rate.

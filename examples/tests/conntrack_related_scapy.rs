@@ -5,18 +5,11 @@
 //! and direction or drop it with the expected reason, and an error must never create,
 //! refresh or end a session (RFC 5508 REQ-6, RFC 4787 REQ-12). The table lives in
 //! `scapy/related_cases.py`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{
     Batch, Direction, Duration, Instant, Meta, Packet, ParseStage, SessionRef, Stage, StageControl,
     StageExt, Verdict,

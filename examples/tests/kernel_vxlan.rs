@@ -15,13 +15,6 @@
 //! stages with nothing dropped. Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`,
 //! `sysctl` and `kill` (procps) and VXLAN support: without them it skips, except under
 //! `CI=true`, where it fails.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 

@@ -1,13 +1,6 @@
 //! scapy builds valid and malformed frames (IPv6 extension chains, IPv4 options,
 //! truncations, bad lengths ...) with the outcome each must have; nf's parse stage must
 //! give exactly that outcome for every one. The table lives in `scapy/parse_cases.py`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 

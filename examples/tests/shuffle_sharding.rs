@@ -1,12 +1,6 @@
 //! Runs the `shuffle-sharding` example and checks the exact overlap tables it prints against
 //! AWS's published examples (with the two published figures that were wrong corrected), and
 //! checks the same figures from the library directly.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::process::Command;
 

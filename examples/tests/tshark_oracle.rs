@@ -1,17 +1,10 @@
 //! External oracle: every frame of every capture in `shared/testdata/pcap` (written by Open
 //! vSwitch, Linux, Google Cloud ...) is parsed by nf, and its outer addresses, protocol,
 //! ports and VLAN id equal what `tshark -T fields` prints for the same frame.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{Meta, ParseConfig, Parsed, parse_frame};
 use nf_examples::pcap::PcapReader;
 use std::process::Command;

@@ -2,17 +2,10 @@
 //! VXLAN frame in `shared/testdata/pcap` is decapsulated by nf-tunnel, and its VNI, each
 //! option's class / type / length and the inner 5-tuple equal what `tshark -T fields`
 //! extracts from the same frame.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{DropReason, Family, Instant, Packet, Verdict};
 use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gcp;

@@ -3,17 +3,10 @@
 //! bad and zero UDP checksums, reserved bits ...) with the outcome RFC 8926 / RFC 7348 call
 //! for; nf-tunnel's decapsulation must give exactly that outcome for every one. The case
 //! table lives in `nf-tunnel/tests/scapy/tunnel_cases.py`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{Batch, Instant, Packet, Stage, Verdict};
 use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gwlb;

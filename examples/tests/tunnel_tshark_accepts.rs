@@ -3,13 +3,6 @@
 //! a critical option with an IPv4 UDP checksum, VXLAN over IPv4 / IPv6 / port 8472) are
 //! dissected with checksum validation on; there must be no malformed frame, no expert
 //! warning or error, no bad checksum, and tshark's VNI and options must equal what we set.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 mod common;
 

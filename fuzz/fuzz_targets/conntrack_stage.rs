@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, EndCause, NewFlow, SessionInfo, SessionService, Sizes,
 };
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{
     Batch, Chain, Direction, DropReason, Instant, Meta, Packet, ParseStage, Stage, StageControl,
     StageExt, Verdict,

@@ -1,24 +1,25 @@
-//! Keyed, stable flow hashing: SipHash-1-3 over [`FlowKey::encode`], and its symmetric form.
-//!
-//! Every node and core that must agree on a flow's owner computes the same value: the hash
-//! consumes only the explicit canonical encoding (never `core::hash::Hash`), uses a fixed
-//! algorithm (SipHash-1-3, the variant Rust's std uses for `HashMap`), and is keyed with an
-//! operator secret so an attacker who does not know the key cannot aim flows at one bucket,
-//! core or node. Golden vectors in the tests pin the output for all time.
-//!
-//! ```
-//! use nf_core::{FlowHasher, FlowKey, ZoneId, flow::proto};
-//! let h = FlowHasher::new([7; 16]);
-//! let k = FlowKey::v4(ZoneId(1), [10, 0, 0, 1], [10, 0, 0, 2], proto::TCP, 40000, 443);
-//! assert_eq!(h.symmetric(&k), h.symmetric(&k.reversed()));
-//! assert_ne!(h.hash(&k), h.hash(&k.reversed()));
-//! ```
+//! Keyed, stable flow hashing ([`FlowHasher`], [`owner_of`]: public at the crate root).
 
 #[cfg(test)]
 use crate::flow::MAX_ENCODED_LEN;
 use crate::flow::{Family, FlowKey};
 
-/// Keyed SipHash-1-3 flow hasher. Cheap to copy; holds only the 128-bit key.
+/// Keyed SipHash-1-3 flow hasher over [`FlowKey::encode`], and its symmetric form. Cheap
+/// to copy; holds only the 128-bit key.
+///
+/// Every node and core that must agree on a flow's owner computes the same value: the hash
+/// consumes only the explicit canonical encoding (never `core::hash::Hash`), uses a fixed
+/// algorithm (SipHash-1-3, the variant Rust's std uses for `HashMap`), and is keyed with an
+/// operator secret so an attacker who does not know the key cannot aim flows at one bucket,
+/// core or node. Golden vectors in the tests pin the output for all time.
+///
+/// ```
+/// use nf_core::{FlowHasher, FlowKey, ZoneId, flow::proto};
+/// let h = FlowHasher::new([7; 16]);
+/// let k = FlowKey::v4(ZoneId(1), [10, 0, 0, 1], [10, 0, 0, 2], proto::TCP, 40000, 443);
+/// assert_eq!(h.symmetric(&k), h.symmetric(&k.reversed()));
+/// assert_ne!(h.hash(&k), h.hash(&k.reversed()));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FlowHasher {
     k0: u64,

@@ -72,6 +72,51 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Building frames
+//!
+//! [`wire::Frame`] emits Ethernet (optional) + IPv4/IPv6 + TCP/UDP/ICMP + payload in one
+//! call with every length and checksum filled in; [`Packet::with_headroom`] wraps the bytes
+//! with room in front for the pipeline's [`StageControl::headroom`].
+//!
+//! ```
+//! use nf_core::{Meta, Packet, ParseConfig, parse_frame, wire::Frame};
+//! let frame = Frame::ipv6([0x20; 16], [0xfe; 16]).udp(40000, 53).payload(b"query").to_vec()?;
+//! let pkt = Packet::with_headroom(&frame, 128);
+//! let mut meta = Meta::default();
+//! parse_frame(pkt.data(), &mut meta, &ParseConfig::default())?;
+//! assert_eq!(meta.flow.dst_port, 53);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Paths: one per item
+//!
+//! Every public item has exactly one public path:
+//! - What a pipeline author touches on every program is at the crate root: [`Packet`],
+//!   [`Meta`] and its [`flags`], [`Batch`], [`Verdict`] and [`DropReason`], [`Instant`] /
+//!   [`Duration`], the [`Stage`] traits, the parse stage, [`FlowKey`] / [`Family`] /
+//!   [`ZoneId`], [`FlowHasher`]. The modules that define them are private.
+//! - Everything else lives in a public module named for its concern, and only there:
+//!   [`wire`] (header views, `Repr`s, [`wire::Frame`]), [`checksum`], [`toeplitz`], [`flow`]
+//!   (protocol numbers, the key encoding's length) and [`conntrack`].
+//!
+//! (The root re-exports of `Conntrack`, `ConntrackConfig`, `SessionTable` and `TableConfig`
+//! still duplicate their [`conntrack`] paths; they go when that module's API settles.)
+//!
+//! ## zerocopy in the public API
+//!
+//! The [`wire`] views deliberately expose two kinds of [`zerocopy`](https://docs.rs/zerocopy)
+//! types, because a view that hides them would cost a copy or a wrapper per accessor:
+//! - the network-endian integers `zerocopy::network_endian::{U16, U32}` (re-exported as
+//!   [`wire::U16`] / [`wire::U32`]) as the fields of the `#[repr(C)]` header structs
+//!   (`EthernetHeader`, `Ipv4Header`, ...), which also derive zerocopy's `FromBytes` /
+//!   `IntoBytes` so a caller can overlay them on bytes;
+//! - the `zerocopy::SplitByteSlice` / `SplitByteSliceMut` bounds of the views' buffer type
+//!   `B` (`&[u8]` and `&mut [u8]` satisfy them).
+//!
+//! `zerocopy::Ref` stays private to the views. The consequence: a zerocopy release that
+//! breaks these types is a breaking release of nf-core, and nf-core follows zerocopy 0.8.
+//! The `Repr`s and [`wire::Frame`] use plain integers and are the zerocopy-free way in.
+//!
 //! ## Features
 //! - `std` (default, additive): reserved for std-only conveniences; nothing in the crate needs
 //!   it today (errors implement `core::error::Error`). Without it the crate is `#![no_std]` +
@@ -79,53 +124,38 @@
 #![no_std]
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
-pub mod batch;
+mod batch;
 pub mod checksum;
 pub mod conntrack;
 pub mod flow;
-pub mod hash;
-pub mod meta;
-pub mod packet;
-pub mod parse;
-pub mod stage;
+mod hash;
+mod meta;
+mod packet;
+mod parse;
+mod stage;
 mod sys;
-pub mod time;
+mod time;
 pub mod toeplitz;
-pub mod verdict;
+mod verdict;
 pub mod wire;
 
 pub use batch::{BATCH_SIZE, Batch};
-pub use flow::{Family, FlowKey, ZoneId};
+pub use flow::key::{Family, FlowKey, ZoneId};
 pub use hash::{FlowHasher, owner_of};
-pub use meta::{Direction, Meta, SessionRef, TunnelMeta};
+pub use meta::{Direction, Meta, NO_NEXT_HOP, SessionRef, TunnelMeta, flags};
 pub use packet::{Packet, PacketError};
 pub use parse::{NonIpAction, ParseConfig, ParseStage, Parsed, parse_frame, parse_l3};
 pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt};
-
-/// The traits and types most programs use: `use nf_core::prelude::*;`.
-pub mod prelude {
-    pub use crate::batch::{BATCH_SIZE, Batch};
-    pub use crate::flow::{Family, FlowKey, ZoneId};
-    pub use crate::meta::{Direction, Meta, SessionRef};
-    pub use crate::packet::Packet;
-    pub use crate::parse::ParseStage;
-    pub use crate::stage::{Stage, StageControl, StageExt};
-    pub use crate::time::{Duration, Instant};
-    pub use crate::verdict::{DropReason, Verdict};
-}
+#[cfg(feature = "std")]
+pub use time::StdClock;
 pub use time::{Duration, Instant};
 pub use verdict::{DropCounters, DropReason, PortId, Verdict};
+
+/// The workspace README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -1,9 +1,4 @@
-//! Per-packet metadata: what stages learn about a packet and tell each other.
-//!
-//! Offsets are relative to the start of the packet's current data and are kept valid by
-//! [`Packet::push_front`](crate::Packet::push_front) and
-//! [`Packet::pull_front`](crate::Packet::pull_front). Stages of sibling crates never call each
-//! other; they cooperate only through these fields.
+//! Per-packet metadata ([`Meta`] and what it holds: public at the crate root).
 
 use crate::flow::{Family, FlowKey, ZoneId};
 use crate::verdict::Verdict;
@@ -90,7 +85,17 @@ pub mod flags {
 /// The stripped outer headers stay in the headroom just in front of the data (`outer_len`
 /// bytes) until something is pushed there, so a later stage can read them (for example to
 /// send a reply back through the same tunnel) without a copy.
+///
+/// New fields may be added: build one from [`TunnelMeta::default`].
+///
+/// ```
+/// use nf_core::TunnelMeta;
+/// let mut t = TunnelMeta::default();
+/// t.vni = 5001;
+/// assert_eq!(t.outer_len, 0);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct TunnelMeta {
     /// Virtual network identifier (Geneve / VXLAN VNI) the packet arrived with.
     pub vni: u32,
@@ -103,8 +108,24 @@ pub struct TunnelMeta {
 /// Sentinel for "no next hop / backend chosen".
 pub const NO_NEXT_HOP: u32 = u32::MAX;
 
-/// Everything stages record about one packet.
+/// Everything stages record about one packet: what stages learn about it and tell each
+/// other.
+///
+/// Offsets are relative to the start of the packet's current data and are kept valid by
+/// [`Packet::push_front`](crate::Packet::push_front) and
+/// [`Packet::pull_front`](crate::Packet::pull_front). Stages of sibling crates never call each
+/// other; they cooperate only through these fields.
+///
+/// New fields may be added: build one from [`Meta::default`] and set what you need.
+///
+/// ```
+/// use nf_core::{Meta, ZoneId};
+/// let mut meta = Meta::default();
+/// meta.zone = ZoneId(7);
+/// assert!(meta.verdict.is_pass());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Meta {
     /// The packet's fate so far.
     pub verdict: Verdict,

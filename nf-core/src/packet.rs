@@ -1,23 +1,8 @@
-//! Caller-owned packet buffers with headroom and tailroom.
-//!
-//! A [`Packet`] wraps any buffer the caller owns (`&mut [u8]` into an AF_XDP UMEM frame, a
-//! `Vec<u8>`, a `[u8; 2048]`, a DPDK mbuf wrapper ...) and marks the window that holds the
-//! frame: bytes before it are headroom (for pushing encapsulation headers in place), bytes
-//! after it are tailroom. Nothing here allocates or copies the frame.
-//!
-//! ```
-//! use nf_core::Packet;
-//! let mut buf = [0u8; 128];
-//! buf[64..68].copy_from_slice(&[1, 2, 3, 4]);
-//! let mut pkt = Packet::new(&mut buf[..], 64, 4)?;
-//! pkt.push_front(2)?.copy_from_slice(&[0xaa, 0xbb]);
-//! assert_eq!(pkt.data(), &[0xaa, 0xbb, 1, 2, 3, 4]);
-//! pkt.pull_front(3)?;
-//! assert_eq!(pkt.data(), &[2, 3, 4]);
-//! # Ok::<(), nf_core::PacketError>(())
-//! ```
+//! Caller-owned packet buffers with headroom and tailroom ([`Packet`]: public at the crate
+//! root).
 
 use crate::meta::Meta;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// Errors from adjusting a packet's data window.
@@ -48,6 +33,28 @@ impl fmt::Display for PacketError {
 impl core::error::Error for PacketError {}
 
 /// A frame in a caller-owned buffer, with its metadata.
+///
+/// A [`Packet`] wraps any buffer the caller owns (`&mut [u8]` into an AF_XDP UMEM frame, a
+/// `Vec<u8>`, a `[u8; 2048]`, a DPDK mbuf wrapper ...) and marks the window that holds the
+/// frame: bytes before it are headroom (for pushing encapsulation headers in place), bytes
+/// after it are tailroom. Wrapping a buffer ([`Packet::new`]) neither allocates nor copies.
+///
+/// ```
+/// use nf_core::Packet;
+/// let mut buf = [0u8; 128];
+/// buf[64..68].copy_from_slice(&[1, 2, 3, 4]);
+/// let mut pkt = Packet::new(&mut buf[..], 64, 4)?;
+/// pkt.push_front(2)?.copy_from_slice(&[0xaa, 0xbb]);
+/// assert_eq!(pkt.data(), &[0xaa, 0xbb, 1, 2, 3, 4]);
+/// pkt.pull_front(3)?;
+/// assert_eq!(pkt.data(), &[2, 3, 4]);
+/// # Ok::<(), nf_core::PacketError>(())
+/// ```
+///
+/// To build one from a frame you hold as bytes, [`Packet::with_headroom`] copies it into a
+/// new `Vec<u8>` and [`Packet::copy_into`] into a buffer of yours; either leaves room in
+/// front for the stages that push headers. How much: a pipeline's
+/// [`StageControl::headroom`](crate::StageControl::headroom).
 #[derive(Clone, Debug)]
 pub struct Packet<B> {
     buf: B,
@@ -55,6 +62,61 @@ pub struct Packet<B> {
     tail: usize,
     /// What stages have learned and decided about this packet.
     pub meta: Meta,
+}
+
+impl Packet<Vec<u8>> {
+    /// Copies `frame` into a new buffer, after `headroom` free bytes (pass a pipeline's
+    /// [`StageControl::headroom`](crate::StageControl::headroom) so its encapsulation
+    /// stages can push headers in place). Allocates: for tests, examples and slow paths;
+    /// a receive loop recycles its buffers ([`Packet::reset`], [`Packet::copy_into`]).
+    ///
+    /// ```
+    /// use nf_core::{Packet, ParseStage, StageControl};
+    /// let pipeline = ParseStage::default();
+    /// let pkt = Packet::with_headroom(&[1, 2, 3], pipeline.headroom().max(64));
+    /// assert_eq!((pkt.headroom(), pkt.data()), (64, &[1, 2, 3][..]));
+    /// ```
+    ///
+    /// # Panics
+    /// Only if `headroom + frame.len()` bytes cannot be allocated, as any `Vec` would.
+    pub fn with_headroom(frame: &[u8], headroom: usize) -> Self {
+        let mut buf = Vec::with_capacity(headroom.saturating_add(frame.len()));
+        buf.resize(headroom, 0);
+        buf.extend_from_slice(frame);
+        let tail = buf.len();
+        Self {
+            buf,
+            head: headroom,
+            tail,
+            meta: Meta::default(),
+        }
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Packet<B> {
+    /// Copies `frame` into `buf` after `headroom` bytes and wraps it: the buffer-recycling
+    /// form of [`Packet::with_headroom`] (no allocation).
+    ///
+    /// ```
+    /// use nf_core::Packet;
+    /// let mut umem = [0u8; 2048];
+    /// let pkt = Packet::copy_into(&mut umem[..], 256, &[0xaa; 60])?;
+    /// assert_eq!((pkt.headroom(), pkt.len(), pkt.tailroom()), (256, 60, 2048 - 316));
+    /// # Ok::<(), nf_core::PacketError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PacketError::OutOfBounds`] if `headroom + frame.len()` exceeds the buffer.
+    pub fn copy_into(mut buf: B, headroom: usize, frame: &[u8]) -> Result<Self, PacketError> {
+        let end = headroom
+            .checked_add(frame.len())
+            .ok_or(PacketError::OutOfBounds)?;
+        buf.as_mut()
+            .get_mut(headroom..end)
+            .ok_or(PacketError::OutOfBounds)?
+            .copy_from_slice(frame);
+        Self::new(buf, headroom, frame.len())
+    }
 }
 
 impl<B: AsRef<[u8]>> Packet<B> {
@@ -276,6 +338,31 @@ mod tests {
         assert_eq!(
             batch.packets()[0].meta.verdict,
             crate::Verdict::Drop(crate::DropReason::EthTruncated)
+        );
+    }
+
+    #[test]
+    fn constructors_copy_the_frame_after_the_headroom() {
+        let p = Packet::with_headroom(&[1, 2, 3], 5);
+        assert_eq!(
+            (p.headroom(), p.data(), p.tailroom()),
+            (5, &[1, 2, 3][..], 0)
+        );
+        let p = Packet::with_headroom(&[], 0);
+        assert!(p.is_empty());
+        let mut buf = [0u8; 8];
+        let p = Packet::copy_into(&mut buf[..], 5, &[1, 2, 3]).unwrap();
+        assert_eq!(
+            (p.headroom(), p.data(), p.tailroom()),
+            (5, &[1, 2, 3][..], 0)
+        );
+        assert_eq!(
+            Packet::copy_into(&mut buf[..], 6, &[1, 2, 3]).unwrap_err(),
+            PacketError::OutOfBounds
+        );
+        assert_eq!(
+            Packet::copy_into(&mut buf[..], usize::MAX, &[1]).unwrap_err(),
+            PacketError::OutOfBounds
         );
     }
 

@@ -14,7 +14,7 @@
 //! value alone, whatever its shape.
 //!
 //! ```
-//! use nf_core::prelude::*;
+//! use nf_core::{Batch, Instant, Packet, ParseStage, Stage, StageControl, StageExt};
 //! let mut pipeline = ParseStage::default().then(ParseStage::default());
 //! let mut batch = Batch::new();
 //! batch.push(Packet::new(vec![0u8; 10], 0, 10)?).ok();

@@ -5,7 +5,13 @@
 //! latency of many keys instead of waiting for each in turn (measured by the `conntrack-hit`
 //! benchmark), and an insert can load both of its home buckets at once. On targets other than
 //! x86-64 it compiles to nothing.
-#![allow(unsafe_code)]
+#![cfg_attr(
+    target_arch = "x86_64",
+    expect(
+        unsafe_code,
+        reason = "nf-core's one unsafe module: x86-64 intrinsics behind safe functions"
+    )
+)]
 
 /// Hints that the cache line holding `*r` is about to be read. Never faults, never changes
 /// program-visible state; a no-op where unsupported.

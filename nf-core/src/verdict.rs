@@ -1,9 +1,5 @@
 //! What happens to a packet: [`Verdict`], the [`DropReason`] for every drop, and
-//! [`DropCounters`] indexed by reason.
-//!
-//! Every crate's stages report drops through the one [`DropReason`] enum so that a pipeline's
-//! counters can be read, summed and exported uniformly. Reasons are grouped by the layer
-//! that detects them; their [`DropReason::name`] is a stable `snake_case` string for metrics.
+//! [`DropCounters`] indexed by reason (all public at the crate root).
 
 use core::fmt;
 
@@ -147,6 +143,10 @@ impl fmt::Display for DropReason {
     }
 }
 
+/// A drop reason is also the error of [`parse_frame`](crate::parse_frame) and
+/// [`parse_l3`](crate::parse_l3), so `?` can carry it into `Box<dyn Error>`.
+impl core::error::Error for DropReason {}
+
 /// An output port chosen by a stage (the caller maps it to a NIC queue, TUN device, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortId(pub u16);
@@ -154,7 +154,10 @@ pub struct PortId(pub u16);
 /// The fate of a packet, set by stages as the batch flows through a pipeline.
 ///
 /// Only packets still at [`Verdict::Pass`] are processed by later stages; the others have
-/// been decided.
+/// been decided. Every crate's stages report drops through the one [`DropReason`] enum so
+/// that a pipeline's counters ([`DropCounters`]) can be read, summed and exported uniformly.
+/// Reasons are grouped by the layer that detects them; their [`DropReason::name`] is a
+/// stable `snake_case` string for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Verdict {
     /// Undecided: continue to the next stage (and to the caller's default path at the end).

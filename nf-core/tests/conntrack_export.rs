@@ -1,10 +1,9 @@
 //! Export → import into a second table gives identical lookups; damaged input is rejected
 //! with an error, never a panic.
-#![allow(
+#![expect(
+    clippy::indexing_slicing,
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{ImportError, SessionState, SessionTable, TableConfig, V4Key, V6Key};

@@ -1,17 +1,15 @@
 //! Flood test: one zone opens new flows as fast as it can; every established session of the
 //! other zones survives, and they can still open sessions up to their quotas.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, InsertError, SessionState, SessionTable, Sizes, TableConfig, V4Key,
 };
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::{Batch, DropReason, FlowKey, Instant, Packet, SessionRef, Stage, Verdict, ZoneId};
 
 const A: ZoneId = ZoneId(1);

@@ -2,15 +2,14 @@
 //! bounded fragment table: in order, first fragment lost, table full (evictions), expiry;
 //! IPv4 and IPv6. Frames are real fragments of one UDP datagram (the UDP length counts the
 //! whole datagram, not the first fragment).
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::{
     Batch, Chain, Direction, DropReason, Duration, Instant, Meta, Packet, ParseStage, Stage,
     StageControl, StageExt, Verdict,

@@ -1,19 +1,17 @@
 //! Session services through the conntrack stage: one lookup per packet, the reply key chosen
 //! with the insert, refusals that leave no trace, two services sharing one session, a batch
 //! equal to its packets one by one, and IPv6 handles that work with every method.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
     clippy::indexing_slicing,
-    missing_docs
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{
     Conntrack, ConntrackConfig, EndCause, NewFlow, SessionService, SessionState, Sizes,
 };
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::{
     Batch, Direction, DropReason, Family, FlowKey, Instant, Meta, Packet, ParseStage, Stage,
     StageControl, StageExt, Verdict, ZoneId,

@@ -1,15 +1,13 @@
 //! The conntrack stage: a batch of N gives exactly the results of N single-packet calls;
 //! TCP state follows the handshake; policy decides which first packets create sessions.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes, TcpCreate, ZonePolicy};
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::wire::tcp::tcp_flags;
 use nf_core::{
     Batch, Direction, DropReason, FlowKey, Instant, Packet, Stage, StageControl, Verdict, ZoneId,

@@ -1,16 +1,14 @@
 //! Parse-stage tests: byte fixtures for every outcome, independent frames from etherparse,
 //! and properties (no panic on any bytes, every header truncation dropped, batch = singles).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
+#![expect(
     clippy::indexing_slicing,
-    missing_docs
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
 )]
 
 use etherparse::PacketBuilder;
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::wire::ethernet::EthernetRepr;
 use nf_core::wire::ethertype;
 use nf_core::wire::ipv4::Ipv4Repr;

@@ -1,12 +1,5 @@
 //! The Toeplitz hash reproduces the published RSS verification table
 //! (`shared/testdata/rss-toeplitz-vectors.txt`, beside the checkout).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 use core::net::IpAddr;
 use nf_core::toeplitz::{MICROSOFT_KEY, Toeplitz};

@@ -1,11 +1,4 @@
 //! emit → new_checked → parse round trips for every header `Repr`, with arbitrary fields.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    missing_docs
-)]
 
 use nf_core::wire::ethernet::{EthernetFrame, EthernetRepr, VlanRepr, VlanTag};
 use nf_core::wire::icmp::{IcmpPacket, IcmpRepr};

@@ -69,16 +69,6 @@
 //! A flow's score on a member is SplitMix64's output function applied to `flow_hash ^ salt`.
 #![no_std]
 #![forbid(unsafe_code)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;

@@ -1,15 +1,9 @@
 //! The stateful sharder never lets two tenants share more than the cap, and says so clearly
 //! when it cannot place a tenant.
-#![allow(
+#![expect(
+    clippy::indexing_slicing,
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-#![allow(
-    missing_docs,
-    clippy::std_instead_of_alloc,
-    clippy::std_instead_of_core
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_shuffle::{

@@ -1,14 +1,8 @@
 //! Flow → node within a shard: even, deterministic, and when a member fails only its flows move.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-#![allow(
-    missing_docs,
+#![expect(
     clippy::std_instead_of_alloc,
-    clippy::std_instead_of_core
+    clippy::unwrap_used,
+    reason = "tests use std freely; test helpers fail the test by panicking"
 )]
 
 use nf_shuffle::{Membership, Node, NodeId, NodeState, ShardConfig, ShardKey, Sharder};

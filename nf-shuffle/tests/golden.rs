@@ -1,16 +1,9 @@
 //! Golden vectors: placements for fixed keys and inputs, hard-coded. They must never change
 //! (every node in a fleet, on any platform and any version, must compute the same shards); a
 //! failure here means the placement function changed, which moves tenants in production.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-#![allow(
-    missing_docs,
-    clippy::std_instead_of_alloc,
-    clippy::std_instead_of_core
+    reason = "test helpers fail the test by panicking"
 )]
 
 use nf_shuffle::{

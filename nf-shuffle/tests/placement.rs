@@ -1,15 +1,9 @@
 //! Properties of the stateless sharder: determinism, at most one node changed per membership
 //! event, the share of tenants moved, zone balance, weights, draining and the failed lookback.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
-#![allow(
-    missing_docs,
+#![expect(
     clippy::std_instead_of_alloc,
-    clippy::std_instead_of_core
+    clippy::unwrap_used,
+    reason = "tests use std freely; test helpers fail the test by panicking"
 )]
 
 use nf_shuffle::{

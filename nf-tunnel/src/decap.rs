@@ -21,7 +21,7 @@ use crate::outer::{Outer, OuterError, parse_outer, parse_outer_fast, udp_checksu
 use crate::zones::ZoneMap;
 use crate::{GENEVE_PORT, GenevePacket, TunnelError, VXLAN_PORT, VxlanPacket};
 use alloc::vec::Vec;
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::wire::ethertype;
 use nf_core::{
     Batch, DropReason, Instant, Meta, Packet, ParseConfig, Parsed, Stage, StageControl,
@@ -594,11 +594,10 @@ impl DecapStage {
             .map_err(|_| DropReason::TunnelTruncated)?;
         let (inner, meta) = pkt.data_and_meta_mut();
         meta.zone = plan.zone;
-        meta.tunnel = TunnelMeta {
-            vni: plan.vni,
-            outer_len: strip as u16,
-            options: plan.options,
-        };
+        meta.tunnel = TunnelMeta::default();
+        meta.tunnel.vni = plan.vni;
+        meta.tunnel.outer_len = strip as u16;
+        meta.tunnel.options = plan.options;
         let parsed = if plan.inner_et == ethertype::TEB {
             parse_frame(inner, meta, &self.config.parse)?
         } else {

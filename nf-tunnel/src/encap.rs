@@ -23,7 +23,6 @@ use core::fmt;
 use core::net::IpAddr;
 use nf_core::checksum;
 use nf_core::flow::proto;
-use nf_core::meta::{NO_NEXT_HOP, flags};
 use nf_core::wire::ethernet::EthernetRepr;
 use nf_core::wire::ethertype;
 use nf_core::wire::ipv4::Ipv4Repr;
@@ -32,6 +31,7 @@ use nf_core::wire::udp::UdpRepr;
 use nf_core::{
     Batch, DropReason, FlowKey, Instant, Meta, Packet, Stage, StageControl, StageCounters, Verdict,
 };
+use nf_core::{NO_NEXT_HOP, flags};
 
 /// Which tunnel header to push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

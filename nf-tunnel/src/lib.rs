@@ -70,16 +70,6 @@
 //!   `#![no_std]` + `alloc`.
 #![no_std]
 #![forbid(unsafe_code)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;

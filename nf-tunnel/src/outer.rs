@@ -2,16 +2,18 @@
 //! IPv4 or IPv6 (no extension headers), UDP. One bounded pass, no allocation.
 
 use crate::TunnelError;
+use nf_core::DropReason;
 use nf_core::checksum;
 use nf_core::flow::proto;
-use nf_core::verdict::DropReason;
 use nf_core::wire::ethertype;
 use nf_core::wire::ipv4::Ipv4Packet;
 use nf_core::wire::ipv6::Ipv6Packet;
 use nf_core::wire::udp::UdpPacket;
 
-/// Where the underlay headers of a frame are, and the addresses they carry.
+/// Where the underlay headers of a frame are, and the addresses they carry (produced by
+/// nf-tunnel's parsers; fields may be added).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Outer {
     /// Offset of the IP header.
     pub l3: usize,

@@ -1,16 +1,15 @@
 //! Encap / decap / reflect stages and the mapping cache working together, with byte-level
 //! checks of what the stages emit.
-#![allow(
+#![expect(
+    clippy::indexing_slicing,
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
+    reason = "test helpers fail the test by panicking"
 )]
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::checksum;
+use nf_core::flags;
 use nf_core::flow::proto;
-use nf_core::meta::flags;
 use nf_core::wire::ipv4::Ipv4Packet;
 use nf_core::wire::udp::UdpPacket;
 use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, Verdict, ZoneId};

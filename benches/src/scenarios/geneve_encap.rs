@@ -8,7 +8,7 @@
 
 use super::geneve_decap::{HEADROOM, gwlb_options, inner_frames, underlay};
 use crate::harness::{self, Opts};
-use nf_core::meta::flags;
+use nf_core::flags;
 use nf_core::wire::ethernet::EthernetRepr;
 use nf_core::wire::ipv4::Ipv4Repr;
 use nf_core::wire::udp::UdpRepr;

@@ -1,5 +1,8 @@
 //! Helpers shared by the tests that use external peers (tshark, scapy, the kernel).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    dead_code,
+    reason = "each test binary uses a different subset of these shared helpers"
+)]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -55,7 +55,7 @@
 //!   the direction and the service's part of the value, writable; it may rewrite the packet
 //!   in place and returns the verdict.
 //! - **Related packets** (ICMP errors quoting the flow, later fragments): tagged
-//!   [`RELATED`](crate::meta::flags::RELATED) with the session and the direction they travel,
+//!   [`RELATED`](crate::flags::RELATED) with the session and the direction they travel,
 //!   given to [`SessionService::on_related`]; they never create, refresh or end a session.
 //! - **End**: [`SessionService::on_end`] exactly once for each session the service admitted,
 //!   with the [`EndCause`] (expiry, early drop, removal, or aborted before the insert).

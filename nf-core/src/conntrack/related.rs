@@ -28,7 +28,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 /// The key an ICMP error's quoted packet travelled on (zone from `meta`), from the frame
-/// bytes `data` of a packet the parse stage flagged [`ICMP_ERROR`](crate::meta::flags).
+/// bytes `data` of a packet the parse stage flagged [`ICMP_ERROR`](crate::flags).
 ///
 /// # Errors
 /// [`DropReason::IcmpQuoteTruncated`], [`DropReason::IcmpQuoteBadChecksum`], or

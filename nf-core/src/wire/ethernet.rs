@@ -86,6 +86,15 @@ impl<B: SplitByteSliceMut> EthernetFrame<B> {
 }
 
 /// Parsed Ethernet header fields.
+///
+/// The default has all-zero addresses and EtherType IPv4 ([`Frame`](super::Frame) sets the
+/// EtherType from its IP header).
+///
+/// ```
+/// use nf_core::wire::{ethernet::EthernetRepr, ethertype};
+/// let e = EthernetRepr { src: [2, 0, 0, 0, 0, 1], ..EthernetRepr::default() };
+/// assert_eq!(e.ethertype, ethertype::IPV4);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EthernetRepr {
     /// Source MAC.
@@ -94,6 +103,16 @@ pub struct EthernetRepr {
     pub dst: [u8; 6],
     /// EtherType.
     pub ethertype: u16,
+}
+
+impl Default for EthernetRepr {
+    fn default() -> Self {
+        Self {
+            src: [0; 6],
+            dst: [0; 6],
+            ethertype: ethertype::IPV4,
+        }
+    }
 }
 
 impl EthernetRepr {
@@ -189,6 +208,8 @@ impl<B: SplitByteSlice> VlanTag<B> {
 }
 
 /// Parsed VLAN tag fields.
+///
+/// The default is VLAN 0, priority 0, carrying IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VlanRepr {
     /// Priority code point (0-7).
@@ -199,6 +220,17 @@ pub struct VlanRepr {
     pub vid: u16,
     /// EtherType after the tag.
     pub ethertype: u16,
+}
+
+impl Default for VlanRepr {
+    fn default() -> Self {
+        Self {
+            pcp: 0,
+            dei: false,
+            vid: 0,
+            ethertype: ethertype::IPV4,
+        }
+    }
 }
 
 impl VlanRepr {

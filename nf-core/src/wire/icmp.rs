@@ -129,7 +129,16 @@ impl<B: SplitByteSliceMut> IcmpPacket<B> {
 }
 
 /// Parsed ICMP header fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// The default is all zero (an ICMPv4 echo reply with identifier and sequence 0); set the
+/// type and code. [`Frame`](super::Frame) computes the checksum.
+///
+/// ```
+/// use nf_core::wire::icmp::IcmpRepr;
+/// let echo = IcmpRepr { ty: 8, ident: 0x1234, seq: 1, ..IcmpRepr::default() };
+/// assert_eq!(echo.buffer_len(), 8);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IcmpRepr {
     /// Message type.
     pub ty: u8,

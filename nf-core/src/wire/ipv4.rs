@@ -230,6 +230,17 @@ fn options_well_formed(mut opts: &[u8]) -> Result<(), Ipv4Error> {
 }
 
 /// Parsed IPv4 header fields.
+///
+/// The default is what a host sends: TTL 64, Don't Fragment set, no options (IHL 5),
+/// identification 0, DSCP/ECN 0, protocol 0 and zero addresses and length. The version and
+/// IHL are implied (emit writes 4 and the options' length); [`Frame`](super::Frame) computes
+/// the protocol, the payload length and the checksum.
+///
+/// ```
+/// use nf_core::wire::ipv4::Ipv4Repr;
+/// let ip = Ipv4Repr { src: [10, 0, 0, 1], dst: [10, 0, 0, 2], ..Ipv4Repr::default() };
+/// assert_eq!((ip.ttl, ip.dont_frag, ip.buffer_len()), (64, true, 20));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Repr {
     /// Source address.
@@ -256,6 +267,25 @@ pub struct Ipv4Repr {
     pub options: [u8; IPV4_MAX_OPTIONS],
     /// Length of the options.
     pub options_len: u8,
+}
+
+impl Default for Ipv4Repr {
+    fn default() -> Self {
+        Self {
+            src: [0; 4],
+            dst: [0; 4],
+            proto: 0,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 0,
+            dont_frag: true,
+            more_frags: false,
+            frag_offset: 0,
+            payload_len: 0,
+            options: [0; IPV4_MAX_OPTIONS],
+            options_len: 0,
+        }
+    }
 }
 
 impl Ipv4Repr {

@@ -259,6 +259,16 @@ pub fn walk_extensions(first: u8, payload: &[u8]) -> Result<ExtChain, Ipv6Error>
 }
 
 /// Parsed IPv6 header fields.
+///
+/// The default has hop limit 64, traffic class and flow label 0, next header
+/// [`NO_NEXT`](next_header::NO_NEXT), zero addresses and length;
+/// [`Frame`](super::Frame) computes the next header and the payload length.
+///
+/// ```
+/// use nf_core::wire::ipv6::Ipv6Repr;
+/// let ip = Ipv6Repr { src: [0x20; 16], dst: [0xfe; 16], ..Ipv6Repr::default() };
+/// assert_eq!(ip.hop_limit, 64);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv6Repr {
     /// Source address.
@@ -275,6 +285,20 @@ pub struct Ipv6Repr {
     pub flow_label: u32,
     /// Payload length.
     pub payload_len: u16,
+}
+
+impl Default for Ipv6Repr {
+    fn default() -> Self {
+        Self {
+            src: [0; 16],
+            dst: [0; 16],
+            next_header: next_header::NO_NEXT,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+            payload_len: 0,
+        }
+    }
 }
 
 impl Ipv6Repr {

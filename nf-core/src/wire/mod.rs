@@ -5,8 +5,19 @@
 //! `new_checked`, which validates every length once so accessors never fail or panic, and a
 //! `XxxRepr` with `parse` / `emit` / `buffer_len` for building and round-tripping headers.
 //! Errors are small `Copy` enums per layer, convertible into [`DropReason`](crate::DropReason).
+//!
+//! To build a whole frame, use [`Frame`]: one call emits Ethernet (optional), IPv4 or IPv6,
+//! TCP, UDP or ICMP and a payload, with every length and checksum filled in.
+//!
+//! ```
+//! use nf_core::wire::Frame;
+//! let frame = Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).udp(40000, 53).payload(b"hi").to_vec()?;
+//! assert_eq!(frame.len(), 14 + 20 + 8 + 2);
+//! # Ok::<(), nf_core::wire::EmitError>(())
+//! ```
 
 pub mod ethernet;
+mod frame;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
@@ -14,6 +25,8 @@ pub mod tcp;
 pub mod udp;
 
 use core::fmt;
+
+pub use frame::{Frame, ICMPV4_ERROR_QUOTE_MAX, ICMPV6_ERROR_QUOTE_MAX, IpRepr, TransportRepr};
 
 /// Implements `Debug` for a view: its header and payload length.
 macro_rules! view_debug {

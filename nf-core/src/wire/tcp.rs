@@ -160,6 +160,15 @@ impl<B: SplitByteSliceMut> TcpPacket<B> {
 }
 
 /// Parsed TCP header fields (options kept verbatim).
+///
+/// The default has zero ports, sequence and acknowledgment numbers, no flags, a window of
+/// 65535 and no options; [`Frame`](super::Frame) computes the checksum.
+///
+/// ```
+/// use nf_core::wire::tcp::{TcpRepr, tcp_flags};
+/// let t = TcpRepr { src_port: 40000, dst_port: 443, flags: tcp_flags::SYN, ..TcpRepr::default() };
+/// assert_eq!((t.window, t.buffer_len()), (65535, 20));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpRepr {
     /// Source port.
@@ -182,6 +191,23 @@ pub struct TcpRepr {
     pub options: [u8; TCP_MAX_OPTIONS],
     /// Length of the options.
     pub options_len: u8,
+}
+
+impl Default for TcpRepr {
+    fn default() -> Self {
+        Self {
+            src_port: 0,
+            dst_port: 0,
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            window: 65535,
+            checksum: 0,
+            urgent: 0,
+            options: [0; TCP_MAX_OPTIONS],
+            options_len: 0,
+        }
+    }
 }
 
 impl TcpRepr {

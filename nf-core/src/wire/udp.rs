@@ -120,7 +120,15 @@ impl<B: SplitByteSliceMut> UdpPacket<B> {
 }
 
 /// Parsed UDP header fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// The default is all zero; [`Frame`](super::Frame) computes the length and the checksum.
+///
+/// ```
+/// use nf_core::wire::udp::UdpRepr;
+/// let u = UdpRepr { src_port: 40000, dst_port: 53, ..UdpRepr::default() };
+/// assert_eq!(u.buffer_len(), 8);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UdpRepr {
     /// Source port.
     pub src_port: u16,

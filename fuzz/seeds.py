@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Writes seed corpora for the geneve and vxlan fuzz targets: the UDP payloads (tunnel
+header + inner frame) of the first frames of the shared captures.
+
+Run from fuzz/: python3 seeds.py ../../shared/testdata/pcap (or wherever the captures are).
+"""
+import os
+import struct
+import sys
+
+CAPTURES = {
+    "geneve": (["geneve.pcap", "geneve-gcp.pcap", "gso-ipv4-geneve-ipv4.pcap"], 6081),
+    "vxlan": (["vxlan.pcap", "vxlan_port_8472.pcap", "gso-ipv6-vxlan-ipv6.pcap"], (4789, 8472)),
+}
+PER_CAPTURE = 3
+
+
+def frames(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    (linktype,) = struct.unpack(endian + "I", data[20:24])
+    off = 24
+    while off + 16 <= len(data):
+        _, _, incl, _ = struct.unpack(endian + "IIII", data[off : off + 16])
+        off += 16
+        yield linktype, data[off : off + incl]
+        off += incl
+
+
+def udp_payload(linktype, frame):
+    if linktype == 1:  # Ethernet
+        et, at = struct.unpack(">H", frame[12:14])[0], 14
+        while et in (0x8100, 0x88A8):
+            et, at = struct.unpack(">H", frame[at + 2 : at + 4])[0], at + 4
+    elif linktype == 113:  # Linux cooked capture
+        et, at = struct.unpack(">H", frame[14:16])[0], 16
+    else:
+        return None
+    if et == 0x0800:
+        proto, at = frame[at + 9], at + (frame[at] & 0x0F) * 4
+    elif et == 0x86DD:
+        proto, at = frame[at + 6], at + 40
+    else:
+        return None
+    if proto != 17:
+        return None
+    return struct.unpack(">H", frame[at + 2 : at + 4])[0], frame[at + 8 :]
+
+
+def main():
+    src = sys.argv[1] if len(sys.argv) > 1 else "../../shared/testdata/pcap"
+    for target, (files, ports) in CAPTURES.items():
+        ports = ports if isinstance(ports, tuple) else (ports,)
+        os.makedirs(f"corpus/{target}", exist_ok=True)
+        n = 0
+        for name in files:
+            taken = 0
+            for linktype, frame in frames(os.path.join(src, name)):
+                got = udp_payload(linktype, frame)
+                if got is None or got[0] not in ports or taken == PER_CAPTURE:
+                    continue
+                with open(f"corpus/{target}/seed-{n:02}", "wb") as out:
+                    out.write(got[1])
+                n += 1
+                taken += 1
+        print(target, n, "seeds")
+
+
+if __name__ == "__main__":
+    main()
