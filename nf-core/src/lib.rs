@@ -12,27 +12,13 @@
 //!
 //! ```
 //! use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+//! use nf_core::wire::Frame;
 //! use nf_core::{Batch, Direction, Instant, Packet, ParseStage, Stage, StageControl, StageExt, Verdict};
 //!
 //! // The caller's receive path: here, a UDP query, its answer, and a runt.
-//! fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-//!     let mut f = vec![0u8; 42];
-//!     f[12..14].copy_from_slice(&[0x08, 0x00]);
-//!     f[14..24].copy_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17]);
-//!     f[26..30].copy_from_slice(&src);
-//!     f[30..34].copy_from_slice(&dst);
-//!     let c = nf_core::checksum::checksum(&f[14..34]);
-//!     f[24..26].copy_from_slice(&c.to_be_bytes());
-//!     f[34..36].copy_from_slice(&sport.to_be_bytes());
-//!     f[36..38].copy_from_slice(&dport.to_be_bytes());
-//!     f[38..40].copy_from_slice(&8u16.to_be_bytes());
-//!     f
-//! }
-//! let rx = vec![
-//!     udp([10, 0, 0, 1], [10, 0, 0, 53], 40000, 53),
-//!     udp([10, 0, 0, 53], [10, 0, 0, 1], 53, 40000),
-//!     vec![0u8; 9],
-//! ];
+//! let query = Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 53]).udp(40000, 53).payload(b"q");
+//! let answer = Frame::ipv4([10, 0, 0, 53], [10, 0, 0, 1]).udp(53, 40000).payload(b"a");
+//! let rx = vec![query.to_vec()?, answer.to_vec()?, vec![0u8; 9]];
 //!
 //! // A pipeline is a plain struct: parse, then connection tracking (4096 IPv4 and 1024 IPv6
 //! // sessions, allocated once, here; `()`: no session service).
@@ -44,10 +30,8 @@
 //! let mut seen = Vec::new();
 //! for frames in rx.chunks(nf_core::BATCH_SIZE) {
 //!     for frame in frames {
-//!         // Leave headroom in front of each frame for encapsulation.
-//!         let mut buf = vec![0u8; 128 + frame.len()];
-//!         buf[128..].copy_from_slice(frame);
-//!         batch.push(Packet::new(buf, 128, frame.len())?).ok();
+//!         // Copied into a buffer with the headroom the pipeline's stages may push into.
+//!         batch.push(Packet::with_headroom(frame, pipeline.headroom().max(128))).ok();
 //!     }
 //!     pipeline.process(now, &mut batch);
 //!     for pkt in batch.drain() {

@@ -71,6 +71,7 @@
 //!
 //! ```
 //! use nf_core::conntrack::{Conntrack, ConntrackConfig, NewFlow, SessionService};
+//! use nf_core::wire::Frame;
 //! use nf_core::{Batch, Direction, DropReason, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
 //!
 //! struct Forward { to: u16 }
@@ -93,7 +94,7 @@
 //!     fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
 //!         &mut self, _now: Instant, dir: Direction, orig_port: &mut u16, pkt: &mut Packet<B>,
 //!     ) -> Verdict {
-//!         // Rewrite the port in place (UDP checksum 0 here; a real NAT updates it).
+//!         // Rewrite the port in place (a real NAT also updates the checksum).
 //!         let l4 = usize::from(pkt.meta.l4);
 //!         let (at, port) = match dir {
 //!             Direction::Original => (l4 + 2, self.to),
@@ -107,17 +108,8 @@
 //! }
 //!
 //! fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Packet<Vec<u8>> {
-//!     let mut f = vec![0u8; 42];
-//!     f[12..14].copy_from_slice(&[0x08, 0x00]);
-//!     f[14..24].copy_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17]);
-//!     f[26..30].copy_from_slice(&src);
-//!     f[30..34].copy_from_slice(&dst);
-//!     let c = nf_core::checksum::checksum(&f[14..34]);
-//!     f[24..26].copy_from_slice(&c.to_be_bytes());
-//!     f[34..36].copy_from_slice(&sport.to_be_bytes());
-//!     f[36..38].copy_from_slice(&dport.to_be_bytes());
-//!     f[38..40].copy_from_slice(&8u16.to_be_bytes());
-//!     Packet::new(f, 0, 42).unwrap()
+//!     let frame = Frame::ipv4(src, dst).udp(sport, dport).to_vec().unwrap();
+//!     Packet::with_headroom(&frame, 64)
 //! }
 //!
 //! let ct = Conntrack::new(ConntrackConfig::new(*b"operator secret!"), Forward { to: 5353 })?;
@@ -127,8 +119,9 @@
 //! batch.push(udp([10, 0, 0, 2], [10, 0, 0, 1], 5353, 40000)).ok(); // answer from :5353
 //! pipeline.process(Instant::from_nanos(1_000_000_000), &mut batch);
 //! let p = batch.packets();
-//! assert_eq!(p[0].data()[36..38], 5353u16.to_be_bytes()); // forwarded
-//! assert_eq!(p[1].data()[34..36], 53u16.to_be_bytes()); // answered from :53
+//! let port = |i: usize, at: usize| p[i].data()[usize::from(p[i].meta.l4) + at..][..2].to_vec();
+//! assert_eq!(port(0, 2), 5353u16.to_be_bytes()); // forwarded to :5353
+//! assert_eq!(port(1, 0), 53u16.to_be_bytes()); // answered from :53
 //! assert_eq!(p[1].meta.direction, Direction::Reply);
 //! assert_eq!(p[1].meta.session, p[0].meta.session);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
