@@ -114,7 +114,7 @@ pub use hash::{FlowHasher, owner_of};
 pub use meta::{Direction, Meta, SessionRef, TunnelMeta};
 pub use packet::{Packet, PacketError};
 pub use parse::{NonIpAction, ParseConfig, ParseStage, Parsed, parse_frame, parse_l3};
-pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt};
+pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt, StageLoop};
 
 /// The traits and types most programs use: `use nf_core::prelude::*;`.
 pub mod prelude {
@@ -123,7 +123,7 @@ pub mod prelude {
     pub use crate::meta::{Direction, Meta, SessionRef};
     pub use crate::packet::Packet;
     pub use crate::parse::ParseStage;
-    pub use crate::stage::{Stage, StageControl, StageExt};
+    pub use crate::stage::{Stage, StageControl, StageExt, StageLoop};
     pub use crate::time::{Duration, Instant};
     pub use crate::verdict::{DropReason, Verdict};
 }
