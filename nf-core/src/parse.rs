@@ -105,20 +105,24 @@ impl ParseStage {
 impl<B: AsRef<[u8]>> Stage<B> for ParseStage {
     #[inline]
     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
-        self.each_pending(batch, |s, _, pkt| {
-            let (data, meta) = pkt.data_and_meta_mut();
-            if fast_path(data, meta, &s.config).is_some() {
-                return Verdict::Pass;
-            }
-            match parse_slow(data, meta, &s.config) {
-                Ok(Parsed::Ip) => Verdict::Pass,
-                Ok(Parsed::NonIp) => match s.config.non_ip {
-                    NonIpAction::ToControl => Verdict::ToControl,
-                    NonIpAction::Drop => Verdict::Drop(DropReason::NonIp),
-                },
-                Err(r) => Verdict::Drop(r),
-            }
-        });
+        self.each_pending(
+            batch,
+            #[inline(always)]
+            |s, _, pkt| {
+                let (data, meta) = pkt.data_and_meta_mut();
+                if fast_path(data, meta, &s.config).is_some() {
+                    return Verdict::Pass;
+                }
+                match parse_slow(data, meta, &s.config) {
+                    Ok(Parsed::Ip) => Verdict::Pass,
+                    Ok(Parsed::NonIp) => match s.config.non_ip {
+                        NonIpAction::ToControl => Verdict::ToControl,
+                        NonIpAction::Drop => Verdict::Drop(DropReason::NonIp),
+                    },
+                    Err(r) => Verdict::Drop(r),
+                }
+            },
+        );
     }
 }
 

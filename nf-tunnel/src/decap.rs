@@ -704,7 +704,11 @@ fn check_source(
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for DecapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        self.each_pending(batch, |s, _, pkt| s.decap(now, pkt).into());
+        self.each_pending(
+            batch,
+            #[inline(always)]
+            |s, _, pkt| s.decap(now, pkt).into(),
+        );
     }
 }
 

@@ -636,9 +636,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for EncapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
         if self.v4_fixed {
-            self.each_pending(batch, |s, _, pkt| s.encap_v4_fixed(pkt).into());
+            self.each_pending(
+                batch,
+                #[inline(always)]
+                |s, _, pkt| s.encap_v4_fixed(pkt).into(),
+            );
         } else {
-            self.each_pending(batch, |s, _, pkt| s.encap_general(now, pkt).into());
+            self.each_pending(
+                batch,
+                #[inline(always)]
+                |s, _, pkt| s.encap_general(now, pkt).into(),
+            );
         }
     }
 }

@@ -112,7 +112,11 @@ fn swap_ranges(buf: &mut [u8], a: usize, b: usize, n: usize) {
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for ReflectStage {
     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
-        self.each_pending(batch, |s, _, pkt| s.reflect(pkt).into());
+        self.each_pending(
+            batch,
+            #[inline(always)]
+            |s, _, pkt| s.reflect(pkt).into(),
+        );
     }
 }
 
