@@ -4,6 +4,7 @@
 //! them (and the tests that compare nf with `tshark`, `scapy` and the Linux kernel) share.
 
 pub mod pcap;
+pub mod prometheus;
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.
 #[cfg(doctest)]

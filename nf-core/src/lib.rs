@@ -133,7 +133,7 @@ pub use hash::{FlowHasher, owner_of};
 pub use meta::{Direction, Meta, NO_NEXT_HOP, SessionRef, TunnelMeta, flags};
 pub use packet::{Packet, PacketError};
 pub use parse::{NonIpAction, ParseConfig, ParseStage, Parsed, parse_frame, parse_l3};
-pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt};
+pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt, StageLoop};
 #[cfg(feature = "std")]
 pub use time::StdClock;
 pub use time::{Duration, Instant};

@@ -31,7 +31,7 @@
 use crate::batch::Batch;
 use crate::flow::{FlowKey, proto};
 use crate::meta::{Meta, flags};
-use crate::stage::{Stage, StageControl, StageCounters};
+use crate::stage::{Stage, StageControl, StageCounters, StageLoop};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::ethernet::{ETHERNET_HEADER_LEN, EthernetHeader, VlanHeader, is_vlan_tpid};
@@ -105,36 +105,30 @@ impl ParseStage {
 impl<B: AsRef<[u8]>> Stage<B> for ParseStage {
     #[inline]
     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
-        let mut live = 0u64;
-        for pkt in batch.packets_mut() {
-            if !pkt.meta.verdict.is_pass() {
-                continue;
-            }
-            live += 1;
-            let (data, meta) = pkt.data_and_meta_mut();
-            if fast_path(data, meta, &self.config).is_some() {
-                continue;
-            }
-            match parse_slow(data, meta, &self.config) {
-                Ok(Parsed::Ip) => {}
-                Ok(Parsed::NonIp) => match self.config.non_ip {
-                    NonIpAction::ToControl => {
-                        meta.verdict = Verdict::ToControl;
-                        self.counters.to_control += 1;
-                    }
-                    NonIpAction::Drop => {
-                        meta.verdict = Verdict::Drop(DropReason::NonIp);
-                        self.counters.drops.add(DropReason::NonIp, 1);
-                    }
-                },
-                Err(r) => {
-                    meta.verdict = Verdict::Drop(r);
-                    self.counters.drops.add(r, 1);
+        self.each_pending(
+            batch,
+            #[inline(always)]
+            |s, _, pkt| {
+                let (data, meta) = pkt.data_and_meta_mut();
+                if fast_path(data, meta, &s.config).is_some() {
+                    return Verdict::Pass;
                 }
-            }
-        }
-        self.counters.batches += 1;
-        self.counters.packets += live;
+                match parse_slow(data, meta, &s.config) {
+                    Ok(Parsed::Ip) => Verdict::Pass,
+                    Ok(Parsed::NonIp) => match s.config.non_ip {
+                        NonIpAction::ToControl => Verdict::ToControl,
+                        NonIpAction::Drop => Verdict::Drop(DropReason::NonIp),
+                    },
+                    Err(r) => Verdict::Drop(r),
+                }
+            },
+        );
+    }
+}
+
+impl StageLoop for ParseStage {
+    fn counters_mut(&mut self) -> &mut StageCounters {
+        &mut self.counters
     }
 }
 
@@ -501,6 +495,38 @@ mod tests {
     use proptest::prelude::*;
 
     type Outcome = (Result<Parsed, DropReason>, Meta);
+
+    #[test]
+    fn counter_names_are_pinned() {
+        use crate::packet::Packet;
+        use alloc::vec;
+        use alloc::vec::Vec;
+        let mut stage = ParseStage::default();
+        let mut batch = Batch::new();
+        batch
+            .push(Packet::new(vec![0u8; 10], 0, 10).unwrap())
+            .unwrap();
+        // An ARP frame: to the control path.
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        batch.push(Packet::new(arp, 0, 42).unwrap()).unwrap();
+        stage.process(Instant::ZERO, &mut batch);
+        let mut seen = Vec::new();
+        stage.visit_counters(&mut |stage, counter, value| seen.push((stage, counter, value)));
+        let golden = [
+            ("parse", "batches", 1),
+            ("parse", "packets", 2),
+            ("parse", "to_control", 1),
+            ("parse", "tx", 0),
+            ("parse", "drops", 1),
+            ("parse", DropReason::EthTruncated.counter_name(), 1),
+        ];
+        assert_eq!(seen, golden);
+        assert_eq!(
+            DropReason::EthTruncated.counter_name(),
+            "drop_eth_truncated"
+        );
+    }
 
     /// Metadata left over from an earlier packet, as a reused batch has: every field the
     /// parse stage accumulates or may leave alone is stale.

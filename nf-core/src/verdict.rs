@@ -188,6 +188,25 @@ impl Verdict {
     }
 }
 
+/// `Ok(())` passes, `Err(r)` drops for `r` (what a per-packet step of a stage returns).
+impl From<Result<(), DropReason>> for Verdict {
+    #[inline]
+    fn from(r: Result<(), DropReason>) -> Self {
+        match r {
+            Ok(()) => Verdict::Pass,
+            Err(r) => Verdict::Drop(r),
+        }
+    }
+}
+
+/// `Ok(v)` is `v`, `Err(r)` drops for `r`.
+impl From<Result<Verdict, DropReason>> for Verdict {
+    #[inline]
+    fn from(r: Result<Verdict, DropReason>) -> Self {
+        r.unwrap_or_else(Verdict::Drop)
+    }
+}
+
 /// One counter per [`DropReason`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct DropCounters([u64; DropReason::COUNT]);

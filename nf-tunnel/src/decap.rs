@@ -25,7 +25,7 @@ use nf_core::flags;
 use nf_core::wire::ethertype;
 use nf_core::{
     Batch, DropReason, Instant, Meta, Packet, ParseConfig, Parsed, Stage, StageControl,
-    StageCounters, TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
+    StageCounters, StageLoop, TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
 };
 
 /// Which tunnel a UDP port carries.
@@ -703,33 +703,17 @@ fn check_source(
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for DecapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        // StageControl as we go (what `StageCounters::account` would find, without two more
-        // passes over the batch).
-        let mut live = 0u64;
-        for pkt in batch.packets_mut() {
-            if !pkt.meta.verdict.is_pass() {
-                continue;
-            }
-            live += 1;
-            match self.decap(now, pkt) {
-                Ok(Verdict::Pass) => {}
-                Ok(v) => {
-                    pkt.meta.verdict = v;
-                    match v {
-                        Verdict::ToControl => self.counters.to_control += 1,
-                        Verdict::Tx(_) => self.counters.tx += 1,
-                        Verdict::Drop(r) => self.counters.drops.add(r, 1),
-                        Verdict::Pass => {}
-                    }
-                }
-                Err(r) => {
-                    pkt.meta.verdict = Verdict::Drop(r);
-                    self.counters.drops.add(r, 1);
-                }
-            }
-        }
-        self.counters.batches += 1;
-        self.counters.packets += live;
+        self.each_pending(
+            batch,
+            #[inline(always)]
+            |s, _, pkt| s.decap(now, pkt).into(),
+        );
+    }
+}
+
+impl StageLoop for DecapStage {
+    fn counters_mut(&mut self) -> &mut StageCounters {
+        &mut self.counters
     }
 }
 
@@ -740,6 +724,25 @@ impl StageControl for DecapStage {
 
     fn counters(&self) -> &StageCounters {
         &self.counters
+    }
+
+    /// The common counters, then the anti-spoofing cache's (`mapping_*`) when there is one.
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.counters.visit(self.name(), f);
+        if let Some(cache) = &self.hosts {
+            cache.visit_counters(self.name(), f);
+        }
+    }
+
+    /// The anti-spoofing cache's revalidation timer.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.hosts.as_ref().and_then(MappingCache::poll_timeout)
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.hosts
+            .as_mut()
+            .map_or(0, |c| c.handle_timeout(now, budget))
     }
 }
 

@@ -29,7 +29,8 @@ use nf_core::wire::ipv4::Ipv4Repr;
 use nf_core::wire::ipv6::Ipv6Repr;
 use nf_core::wire::udp::UdpRepr;
 use nf_core::{
-    Batch, DropReason, FlowKey, Instant, Meta, Packet, Stage, StageControl, StageCounters, Verdict,
+    Batch, DropReason, FlowKey, Instant, Meta, Packet, Stage, StageControl, StageCounters,
+    StageLoop,
 };
 use nf_core::{NO_NEXT_HOP, flags};
 
@@ -634,27 +635,25 @@ fn build_template(
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for EncapStage {
     #[inline]
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        // StageControl as we go (what `StageCounters::account` would find, without two more
-        // passes over the batch).
-        let mut live = 0u64;
-        let fast = self.v4_fixed;
-        for pkt in batch.packets_mut() {
-            if !pkt.meta.verdict.is_pass() {
-                continue;
-            }
-            live += 1;
-            let r = if fast {
-                self.encap_v4_fixed(pkt)
-            } else {
-                self.encap_general(now, pkt)
-            };
-            if let Err(r) = r {
-                pkt.meta.verdict = Verdict::Drop(r);
-                self.counters.drops.add(r, 1);
-            }
+        if self.v4_fixed {
+            self.each_pending(
+                batch,
+                #[inline(always)]
+                |s, _, pkt| s.encap_v4_fixed(pkt).into(),
+            );
+        } else {
+            self.each_pending(
+                batch,
+                #[inline(always)]
+                |s, _, pkt| s.encap_general(now, pkt).into(),
+            );
         }
-        self.counters.batches += 1;
-        self.counters.packets += live;
+    }
+}
+
+impl StageLoop for EncapStage {
+    fn counters_mut(&mut self) -> &mut StageCounters {
+        &mut self.counters
     }
 }
 
@@ -666,6 +665,34 @@ impl StageControl for EncapStage {
     fn counters(&self) -> &StageCounters {
         &self.counters
     }
+
+    /// The common counters, `default_path`, then the mapping cache's (`mapping_*`) when
+    /// destinations come from one.
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.counters.visit(self.name(), f);
+        f(self.name(), "default_path", self.default_path);
+        if let Destination::Mapping(cache) = &self.config.destination {
+            cache.visit_counters(self.name(), f);
+        }
+    }
+
+    /// The mapping cache's revalidation timer, when destinations come from one.
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.config.destination {
+            Destination::Mapping(cache) => cache.poll_timeout(),
+            _ => None,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.mapping_mut()
+            .map_or(0, |c| c.handle_timeout(now, budget))
+    }
+
+    /// The outer headers pushed in front of every packet ([`EncapStage::overhead`]).
+    fn headroom(&self) -> usize {
+        self.overhead()
+    }
 }
 
 #[cfg(test)]
@@ -674,7 +701,7 @@ mod tests {
     use crate::VxlanRepr;
     use alloc::vec;
     use core::net::{Ipv4Addr, Ipv6Addr};
-    use nf_core::ZoneId;
+    use nf_core::{Verdict, ZoneId};
     use proptest::prelude::*;
 
     fn addr(v6: bool, last: u8) -> IpAddr {

@@ -65,6 +65,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Counters, timers, headroom
+//!
+//! Every stage implements [`StageControl`](nf_core::StageControl), so a pipeline of them is
+//! driven through the pipeline value: [`visit_counters`](nf_core::StageControl::visit_counters)
+//! reports the common counters of each stage (`tunnel_decap`, `tunnel_reflect`,
+//! `tunnel_encap`), then its own: encap's `default_path`, and `mapping_hits`,
+//! `mapping_misses`, `mapping_queries`, `mapping_queue_full`, `mapping_evictions`,
+//! `mapping_expired` for a stage holding a [`MappingCache`] (decap's anti-spoofing cache,
+//! encap's destination cache). The cache's revalidation timer is the stage's
+//! [`poll_timeout`](nf_core::StageControl::poll_timeout) /
+//! [`handle_timeout`](nf_core::StageControl::handle_timeout); its queries and answers stay
+//! with the caller ([`DecapStage::source_cache_mut`], [`EncapStage::mapping_mut`]).
+//! [`headroom`](nf_core::StageControl::headroom) is what encap pushes; decap and reflect ask
+//! for none.
+//!
 //! ## Features
 //! - `std` (default, additive): enables `nf-core/std`. Without it the crate is
 //!   `#![no_std]` + `alloc`.

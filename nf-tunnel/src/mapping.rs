@@ -16,7 +16,8 @@
 //! 4. [`MappingCache::poll_timeout`] / [`MappingCache::handle_timeout`]: entries older than
 //!    `ttl` are revalidated (queried again while still used), dropped when unconfirmed for
 //!    `max_stale` more, and unanswered queries are re-sent after `query_timeout`; each call
-//!    looks at no more than `budget` slots.
+//!    looks at no more than `budget` slots. A stage holding the cache forwards these as its
+//!    [`StageControl`](nf_core::StageControl) timers.
 //!
 //! Capacity is fixed at construction: a set-associative table of 8-way buckets, keyed with
 //! SipHash so an outsider cannot aim keys at one bucket. A new key replaces, in its bucket,
@@ -228,6 +229,25 @@ impl MappingCache {
         &self.stats
     }
 
+    /// Calls `f(stage, counter, value)` for every [`MappingStats`] field, named `mapping_`
+    /// and the field (`mapping_hits`, ...), for the stage named `stage` that holds the cache
+    /// (the same visitor as [`StageControl::visit_counters`]).
+    ///
+    /// [`StageControl::visit_counters`]: nf_core::StageControl::visit_counters
+    pub fn visit_counters(
+        &self,
+        stage: &'static str,
+        f: &mut dyn FnMut(&'static str, &'static str, u64),
+    ) {
+        let s = &self.stats;
+        f(stage, "mapping_hits", s.hits);
+        f(stage, "mapping_misses", s.misses);
+        f(stage, "mapping_queries", s.queries);
+        f(stage, "mapping_queue_full", s.queue_full);
+        f(stage, "mapping_evictions", s.evictions);
+        f(stage, "mapping_expired", s.expired);
+    }
+
     /// Live (resolved or negative) entries; a cold-path count.
     pub fn len(&self) -> usize {
         self.slots
@@ -320,10 +340,12 @@ impl MappingCache {
     }
 
     /// Revalidates, retries and expires entries, examining at most `budget` slots from
-    /// where the previous call stopped. Idempotent for a given `now`.
-    pub fn handle_timeout(&mut self, now: Instant, budget: usize) {
+    /// where the previous call stopped; returns the slots examined. Idempotent for a given
+    /// `now`.
+    pub fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
         let n = self.slots.len();
-        for _ in 0..budget.min(n) {
+        let work = budget.min(n);
+        for _ in 0..work {
             let i = self.cursor;
             self.cursor = (self.cursor + 1) % n;
             let Some(s) = self.slots.get(i).copied() else {
@@ -344,6 +366,7 @@ impl MappingCache {
             }
         }
         self.arm(now);
+        work
     }
 
     fn arm(&mut self, now: Instant) {

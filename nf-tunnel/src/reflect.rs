@@ -5,13 +5,14 @@
 //!
 //! Requires that nothing was pushed into the headroom since decapsulation (the stripped
 //! headers are still in front of the data, `meta.tunnel.outer_len` bytes); the inner packet
-//! itself may have been rewritten or resized.
+//! itself may have been rewritten or resized. For the same reason the stage asks for no
+//! [`StageControl::headroom`]: it only puts back bytes the frame arrived with.
 //!
 //! [`DecapStage`]: crate::DecapStage
 
 use crate::decap::parse_outer_prefix;
 use nf_core::wire::ipv4::Ipv4Packet;
-use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageCounters, Verdict};
+use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageCounters, StageLoop};
 
 /// The reflect stage (see the module docs).
 #[derive(Clone, Debug)]
@@ -111,16 +112,17 @@ fn swap_ranges(buf: &mut [u8], a: usize, b: usize, n: usize) {
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for ReflectStage {
     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
-        let before = batch.pending_mask();
-        for pkt in batch.packets_mut() {
-            if !pkt.meta.verdict.is_pass() {
-                continue;
-            }
-            if let Err(r) = self.reflect(pkt) {
-                pkt.meta.verdict = Verdict::Drop(r);
-            }
-        }
-        self.counters.account(before, batch);
+        self.each_pending(
+            batch,
+            #[inline(always)]
+            |s, _, pkt| s.reflect(pkt).into(),
+        );
+    }
+}
+
+impl StageLoop for ReflectStage {
+    fn counters_mut(&mut self) -> &mut StageCounters {
+        &mut self.counters
     }
 }
 

@@ -12,7 +12,7 @@ use nf_core::flags;
 use nf_core::flow::proto;
 use nf_core::wire::ipv4::Ipv4Packet;
 use nf_core::wire::udp::UdpPacket;
-use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, Verdict, ZoneId};
+use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageExt, Verdict, ZoneId};
 use nf_tunnel::mapping::{Answer, MappingConfig};
 use nf_tunnel::profile::gwlb::{self, GwlbMetadata};
 use nf_tunnel::{
@@ -541,5 +541,145 @@ proptest! {
             prop_assert_eq!(s.meta, b.meta);
             prop_assert_eq!(s.data(), b.data());
         }
+    }
+}
+
+/// Every `(stage, counter)` a pipeline reports, in order.
+fn counter_names(pipeline: &impl StageControl) -> Vec<(&'static str, &'static str)> {
+    let mut seen = Vec::new();
+    pipeline.visit_counters(&mut |stage, counter, _| seen.push((stage, counter)));
+    seen
+}
+
+const COMMON: [&str; 5] = ["batches", "packets", "to_control", "tx", "drops"];
+const MAPPING: [&str; 6] = [
+    "mapping_hits",
+    "mapping_misses",
+    "mapping_queries",
+    "mapping_queue_full",
+    "mapping_evictions",
+    "mapping_expired",
+];
+
+/// Decap (anti-spoofing on, unknown sources pass), reflect, encap through a mapping cache.
+fn mapped_pipeline() -> impl Stage<Vec<u8>> {
+    let decap = DecapStage::new(DecapConfig {
+        unknown_source: UnknownSource::Pass,
+        ..DecapConfig::default()
+    })
+    .with_source_check(MappingCache::new(MappingConfig::new(64, [1; 16])));
+    let mut cfg = EncapConfig::vxlan(3, underlay4());
+    cfg.destination = Destination::Mapping(MappingCache::new(MappingConfig::new(64, [2; 16])));
+    decap
+        .then(ReflectStage::new(1500, false))
+        .then(EncapStage::new(cfg).unwrap())
+}
+
+/// A Geneve packet decap accepts and one it drops (version 1).
+fn good_and_bad() -> Vec<Packet<Vec<u8>>> {
+    vec![
+        geneve_with(OptionsBuilder::new(), |_| {}),
+        geneve_with(OptionsBuilder::new(), |h| h[0] |= 0x40),
+    ]
+}
+
+#[test]
+fn every_stage_reports_its_counters_under_stable_names() {
+    let names = |stage: &'static str, own: &[&'static str], drops: &[DropReason]| {
+        let mut v: Vec<_> = COMMON.iter().chain(own).map(|&c| (stage, c)).collect();
+        let at = COMMON.len();
+        for (k, r) in drops.iter().enumerate() {
+            v.insert(at + k, (stage, r.counter_name()));
+        }
+        v
+    };
+    // Without caches: no mapping counters; drop counters only for reasons seen.
+    let bad = DropReason::TunnelBadVersion;
+    assert_eq!(bad.counter_name(), "drop_tunnel_bad_version");
+    let mut plain = DecapStage::new(DecapConfig::default())
+        .then(ReflectStage::new(1500, false))
+        .then(EncapStage::new(EncapConfig::vxlan(3, underlay4())).unwrap());
+    run(&mut plain, good_and_bad());
+    let mut golden = names("tunnel_decap", &[], &[bad]);
+    golden.extend(names("tunnel_reflect", &[], &[]));
+    golden.extend(names("tunnel_encap", &["default_path"], &[]));
+    assert_eq!(counter_names(&plain), golden);
+
+    let mut mapped = mapped_pipeline();
+    run(&mut mapped, good_and_bad());
+    let mut golden = names("tunnel_decap", &MAPPING, &[bad]);
+    golden.extend(names("tunnel_reflect", &[], &[]));
+    let encap_own: Vec<_> = ["default_path"].into_iter().chain(MAPPING).collect();
+    golden.extend(names("tunnel_encap", &encap_own, &[]));
+    assert_eq!(counter_names(&mapped), golden);
+}
+
+#[test]
+fn encap_headroom_is_what_it_pushes_and_a_chain_adds_it_up() {
+    let cases = [
+        (
+            EncapConfig::geneve(gwlb_meta().options(), 1, underlay4()),
+            14 + 20 + 8 + 8 + 32,
+        ),
+        (EncapConfig::vxlan(1, underlay6()), 14 + 40 + 8 + 8),
+    ];
+    for (cfg, want) in cases {
+        let mut encap = EncapStage::new(cfg).unwrap();
+        assert_eq!(encap.headroom(), want);
+        let frame = inner_frame(1, 2, 8);
+        let with = |room: usize| {
+            let mut buf = vec![0u8; room + frame.len()];
+            buf[room..].copy_from_slice(&frame);
+            Packet::new(buf, room, frame.len()).unwrap()
+        };
+        assert_eq!(one(&mut encap, with(want)).meta.verdict, Verdict::Pass);
+        assert_eq!(
+            one(&mut encap, with(want - 1)).meta.verdict,
+            Verdict::Drop(DropReason::NoHeadroom)
+        );
+    }
+    // Decap and reflect push nothing the frame did not arrive with.
+    let pipeline = mapped_pipeline();
+    assert_eq!(pipeline.headroom(), 14 + 20 + 8 + 8);
+}
+
+#[test]
+fn a_chain_drives_the_mapping_caches_timers() {
+    let secs = |s: u64| Instant::from_nanos(s * 1_000_000_000);
+    let mut pipeline = mapped_pipeline();
+    assert_eq!(pipeline.poll_timeout(), None, "no entry, no timer");
+    // One packet misses both caches: a pending entry and a query each.
+    let mut b = Batch::new();
+    b.push(geneve_with(OptionsBuilder::new(), |_| {})).unwrap();
+    pipeline.process(secs(0), &mut b);
+    let value = |p: &dyn StageControl, stage, counter| {
+        let mut n = None;
+        p.visit_counters(&mut |s, c, v| {
+            if (s, c) == (stage, counter) {
+                n = Some(v);
+            }
+        });
+        n.unwrap()
+    };
+    for stage in ["tunnel_decap", "tunnel_encap"] {
+        assert_eq!(value(&pipeline, stage, "mapping_queries"), 1);
+    }
+    let mut drive = |now: Instant| {
+        let mut work = 0;
+        while pipeline.poll_timeout().is_some_and(|t| t <= now) {
+            // Enough for both 64-slot tables: the first stage takes what it needs.
+            let w = pipeline.handle_timeout(now, 1024);
+            assert!(w <= 1024);
+            work += w;
+        }
+        work
+    };
+    assert_eq!(drive(secs(1)), 0, "not due yet");
+    // Unanswered: the sweep re-sends each query, then expires the entries.
+    assert!(drive(secs(20)) > 0);
+    assert!(drive(secs(100)) > 0);
+    for stage in ["tunnel_decap", "tunnel_encap"] {
+        assert_eq!(value(&pipeline, stage, "mapping_queries"), 2, "{stage}");
+        assert_eq!(value(&pipeline, stage, "mapping_expired"), 1, "{stage}");
     }
 }

@@ -1,7 +1,10 @@
-//! `pcap-flows FILE.pcap [--cores N]`: runs every frame of a capture through an nf pipeline
-//! (parse, then connection tracking) in batches of 64, and prints each connection under the
-//! core the symmetric hash pins it to: its original-direction flow, packets and bytes each
-//! way as conntrack classified them, then every stage's counters and drops by reason.
+//! `pcap-flows FILE.pcap [--cores N] [--prometheus]`: runs every frame of a capture through
+//! an nf pipeline (parse, then connection tracking) in batches of 64, and prints each
+//! connection under the core the symmetric hash pins it to: its original-direction flow,
+//! packets and bytes each way as conntrack classified them, then every stage's counters and
+//! drops by reason. With `--prometheus` that report goes to stderr and stdout carries the
+//! pipeline's counters in the Prometheus text format instead
+//! ([`nf_examples::prometheus`]).
 //!
 //! This is a complete nf I/O loop: the caller reads frames (here from a pcap file), fills a
 //! `Batch` with headroom in front of each frame, runs the pipeline with the capture's own
@@ -13,11 +16,15 @@ use nf_core::{
     Verdict, owner_of,
 };
 use nf_examples::pcap::{LINKTYPE_ETHERNET, PcapReader};
+use nf_examples::prometheus;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 
 /// Headroom left in front of each frame, as a real dataplane would for encapsulation.
 const HEADROOM: usize = 128;
+
+const USAGE: &str = "usage: pcap-flows FILE.pcap [--cores N] [--prometheus]";
 
 /// Packets and bytes of one connection, by direction.
 #[derive(Default)]
@@ -31,6 +38,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut path = None;
     let mut cores = 4u32;
+    let mut prometheus = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -41,18 +49,19 @@ fn main() -> ExitCode {
                     .filter(|&n| n > 0)
                     .unwrap_or(4)
             }
+            "--prometheus" => prometheus = true,
             "-h" | "--help" => {
-                println!("usage: pcap-flows FILE.pcap [--cores N]");
+                println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
             p => path = Some(p.to_string()),
         }
     }
     let Some(path) = path else {
-        eprintln!("usage: pcap-flows FILE.pcap [--cores N]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match run(&path, cores) {
+    match run(&path, cores, prometheus) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pcap-flows: {path}: {e}");
@@ -61,7 +70,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &str, cores: u32) -> Result<(), Box<dyn std::error::Error>> {
+fn run(path: &str, cores: u32, prometheus: bool) -> Result<(), Box<dyn std::error::Error>> {
     let reader = PcapReader::new(std::io::BufReader::new(std::fs::File::open(path)?))?;
     if reader.linktype() != LINKTYPE_ETHERNET {
         return Err(format!("link type {} is not Ethernet", reader.linktype()).into());
@@ -102,34 +111,44 @@ fn run(path: &str, cores: u32) -> Result<(), Box<dyn std::error::Error>> {
             c.bytes[d] += pkt.len() as u64;
         }
         // Session timers: bounded work per call, driven by the capture's clock.
-        while pipeline.second.poll_timeout().is_some_and(|t| t <= now) {
-            pipeline.second.handle_timeout(now, 1024);
+        while pipeline.poll_timeout().is_some_and(|t| t <= now) {
+            pipeline.handle_timeout(now, 1024);
         }
     }
 
-    println!(
+    // The report; with --prometheus it makes way on stdout for the exposition.
+    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let out: &mut dyn Write = if prometheus { &mut stderr } else { &mut stdout };
+    writeln!(
+        out,
         "{path}: {} frames, {} connections",
         records.len(),
         conns.len()
-    );
-    println!();
-    println!(
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:>4}  {:>15}  {:>15}  connection (original direction)",
         "core", "pkts orig/reply", "bytes orig/reply"
-    );
+    )?;
     for ((core, _, _, _), c) in &conns {
         let pk = format!("{}/{}", c.packets[0], c.packets[1]);
         let by = format!("{}/{}", c.bytes[0], c.bytes[1]);
-        println!("{core:>4}  {pk:>15}  {by:>15}  {}", c.original);
+        writeln!(out, "{core:>4}  {pk:>15}  {by:>15}  {}", c.original)?;
     }
-    println!();
+    writeln!(out)?;
     pipeline.visit_counters(&mut |stage, counter, value| {
-        println!("{stage:>10} {counter:<32} {value}");
+        // Checked below: a failed write fails the next one too.
+        let _ = writeln!(out, "{stage:>10} {counter:<32} {value}");
     });
     let ct = pipeline.second.stats();
-    println!(
+    writeln!(
+        out,
         "conntrack: {} sessions created, {} hits ({} in the reply direction)",
         ct.created, ct.hits, ct.reply_hits
-    );
+    )?;
+    if prometheus {
+        write!(stdout, "{}", prometheus::render(&[&pipeline]))?;
+    }
     Ok(())
 }

@@ -22,7 +22,10 @@
 //!
 //! On SIGINT/SIGTERM, or after `--duration` seconds, it prints its counters, one
 //! `name value` per line (the stages' packets and drops by reason, frames per interface),
-//! and exits.
+//! and exits. With `--metrics ADDR` (e.g. `127.0.0.1:9464`) it also serves the stages'
+//! counters in the Prometheus text format at `http://ADDR/metrics`, from a thread of its own
+//! that reads a snapshot the packet loop renders once a second
+//! ([`nf_examples::prometheus`]).
 //!
 //! ## Running it
 //!
@@ -76,12 +79,13 @@ mod linux {
     use nf_core::{
         Batch, Instant, Packet, ParseStage, Stage, StageControl, StageCounters, Verdict, ZoneId,
     };
+    use nf_examples::prometheus::{self, MetricsServer};
     use nf_tunnel::{
         DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
         VniTable, ZoneMap,
     };
     use smoltcp::phy::{Device, Medium, RawSocket, RxToken, TxToken};
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use std::os::unix::io::AsRawFd;
     use std::process::ExitCode;
     use std::sync::Arc;
@@ -89,13 +93,15 @@ mod linux {
 
     /// Bytes kept free in front of every received frame, for the outer headers.
     const HEADROOM: usize = 128;
+    /// How often the packet loop renders the counters for `--metrics`.
+    const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
     /// The longest an idle gateway sleeps on one socket before looking at the other.
     const IDLE_WAIT_MS: u64 = 1;
 
     const USAGE: &str = "\
 usage: vxlan-gateway --underlay IF --overlay IF --local IPV4 --remote IPV4
                      --remote-mac MAC --vni N [--port P] [--udp-checksum]
-                     [--duration SECS]
+                     [--duration SECS] [--metrics ADDR]
 
 Bridges the Ethernet segment on the overlay interface into a VXLAN tunnel to one
 remote VTEP reached over the underlay interface (run as root; both interfaces
@@ -110,6 +116,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
   --port P           VXLAN UDP port (default 4789; Linux's old default is 8472)
   --udp-checksum     compute outer UDP checksums (default: zero, as RFC 7348 allows)
   --duration SECS    exit after SECS seconds
+  --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)
   -h, --help         this text";
 
     /// The command line.
@@ -124,6 +131,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         port: u16,
         udp_checksum: bool,
         duration: Option<f64>,
+        metrics: Option<SocketAddr>,
     }
 
     pub(crate) fn main() -> ExitCode {
@@ -150,7 +158,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     /// Parses the arguments; `Ok(None)` for `--help`.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut underlay, mut overlay, mut local, mut remote) = (None, None, None, None);
-        let (mut remote_mac, mut vni, mut duration) = (None, None, None);
+        let (mut remote_mac, mut vni, mut duration, mut metrics) = (None, None, None, None);
         let (mut port, mut udp_checksum) = (nf_tunnel::VXLAN_PORT, false);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
@@ -178,6 +186,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                     )
                 }
                 "--port" => port = value.parse().map_err(|_| bad("a UDP port"))?,
+                "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--duration" => {
                     duration = Some(
                         value
@@ -201,6 +210,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             port,
             udp_checksum,
             duration,
+            metrics,
         }))
     }
 
@@ -438,6 +448,11 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             received
         }
 
+        /// Every stage's counters in the Prometheus text format.
+        fn exposition(&self) -> String {
+            prometheus::render(&[&self.decap, &self.parse, &self.encap])
+        }
+
         fn print_counters(&self, secs: f64) {
             println!("vxlan-gateway: stopped after {secs:.2} s");
             for (side, p) in [("underlay", &self.under), ("overlay", &self.over)] {
@@ -517,7 +532,22 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             counters: Counters::default(),
         };
 
+        let metrics = match args.metrics {
+            Some(addr) => {
+                let server =
+                    MetricsServer::start(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
+                println!(
+                    "vxlan-gateway: metrics at http://{}/metrics",
+                    server.local_addr()
+                );
+                server.publish(gw.exposition());
+                Some(server)
+            }
+            None => None,
+        };
+
         let start = std::time::Instant::now();
+        let mut published = start;
         let deadline = args.duration.map(std::time::Duration::from_secs_f64);
         let idle = smoltcp::time::Duration::from_millis(IDLE_WAIT_MS);
         let mut wait_on_underlay = true;
@@ -525,6 +555,12 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             let now =
                 Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
             let moved = gw.underlay_to_overlay(now) + gw.overlay_to_underlay(now);
+            if let Some(server) = &metrics
+                && published.elapsed() >= METRICS_EVERY
+            {
+                server.publish(gw.exposition());
+                published = std::time::Instant::now();
+            }
             if moved == 0 {
                 // smoltcp waits on one descriptor at a time: alternate, briefly.
                 let fd = if wait_on_underlay {
@@ -606,7 +642,8 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             let a = parse_args(
                 argv(
                     "--underlay ug --overlay og --local 192.0.2.2 --remote 192.0.2.1 \
-                     --remote-mac 02:00:00:00:00:01 --vni 42 --udp-checksum --duration 1.5",
+                     --remote-mac 02:00:00:00:00:01 --vni 42 --udp-checksum --duration 1.5 \
+                     --metrics 127.0.0.1:9464",
                 )
                 .into_iter(),
             )
@@ -615,6 +652,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             assert_eq!(a.remote_mac, [2, 0, 0, 0, 0, 1]);
             assert_eq!((a.vni, a.port, a.udp_checksum), (42, 4789, true));
             assert_eq!(a.duration, Some(1.5));
+            assert_eq!(a.metrics, Some("127.0.0.1:9464".parse().unwrap()));
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             for bad in [
                 "--vni 16777216",
@@ -622,6 +660,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 "--remote-mac 02:00:00:00:00:01:02",
                 "--local ::1",
                 "--duration -1",
+                "--metrics 9464",
                 "--bogus 1",
                 "--vni",
                 "--underlay ug",
