@@ -174,7 +174,6 @@ struct Created {
 
 /// Per-batch scratch space, allocated once.
 struct Scratch {
-    keys: [FlowKey; BATCH_SIZE],
     hits: [Option<Hit>; BATCH_SIZE],
     hits6: [Option<Hit>; BATCH_SIZE],
     hashes: [u64; BATCH_SIZE],
@@ -252,7 +251,6 @@ impl<S: SessionService> Conntrack<S> {
             stats: ConntrackCounters::default(),
             counters: StageCounters::default(),
             scratch: Box::new(Scratch {
-                keys: [FlowKey::default(); BATCH_SIZE],
                 hits: [None; BATCH_SIZE],
                 hits6: [None; BATCH_SIZE],
                 hashes: [0; BATCH_SIZE],
@@ -390,6 +388,13 @@ impl<S: SessionService> Conntrack<S> {
         self.v6.set_zone_quota(zone, quota)
     }
 
+    /// Sets a packet's verdict and counts the outcome (the one place this stage decides).
+    #[inline(always)]
+    fn decide<B>(&mut self, pkt: &mut Packet<B>, v: Verdict) {
+        pkt.meta.verdict = v;
+        self.counters.outcome(v);
+    }
+
     fn policy(&self, zone: ZoneId) -> ZonePolicy {
         self.policies
             .get(&zone.0)
@@ -442,13 +447,13 @@ impl<S: SessionService> Conntrack<S> {
         });
         let Some(verdict) = verdict else {
             self.stats.invalid += 1;
-            pkt.meta.verdict = Verdict::Drop(DropReason::InvalidTcpState);
+            self.decide(pkt, Verdict::Drop(DropReason::InvalidTcpState));
             return;
         };
         self.stats.reply_hits += u64::from(h.direction == Direction::Reply);
         pkt.meta.session = Some(r);
         pkt.meta.direction = h.direction;
-        pkt.meta.verdict = verdict;
+        self.decide(pkt, verdict);
     }
 
     /// A packet without a session: policy, the service's decision, the insert (both keys at
@@ -465,12 +470,12 @@ impl<S: SessionService> Conntrack<S> {
             Ok(true) => {}
             Ok(false) => {
                 self.stats.no_session += 1;
-                pkt.meta.verdict = Verdict::Drop(DropReason::NoSession);
+                self.decide(pkt, Verdict::Drop(DropReason::NoSession));
                 return None;
             }
             Err(reason) => {
                 self.stats.invalid += 1;
-                pkt.meta.verdict = Verdict::Drop(reason);
+                self.decide(pkt, Verdict::Drop(reason));
                 return None;
             }
         }
@@ -505,7 +510,7 @@ impl<S: SessionService> Conntrack<S> {
                     t.value_mut(r)
                         .map(|v| service.on_packet(now, Direction::Original, v, pkt))
                 });
-                pkt.meta.verdict = verdict.unwrap_or(Verdict::Pass);
+                self.decide(pkt, verdict.unwrap_or(Verdict::Pass));
                 let hit = |direction| Hit {
                     session: r,
                     direction,
@@ -542,7 +547,7 @@ impl<S: SessionService> Conntrack<S> {
                         DropReason::SessionKeyConflict
                     }
                 };
-                pkt.meta.verdict = Verdict::Drop(reason);
+                self.decide(pkt, Verdict::Drop(reason));
                 None
             }
         }
@@ -568,7 +573,7 @@ impl<S: SessionService> Conntrack<S> {
         let (r, direction) = match found {
             Ok(x) => x,
             Err(reason) => {
-                pkt.meta.verdict = Verdict::Drop(reason);
+                self.decide(pkt, Verdict::Drop(reason));
                 return;
             }
         };
@@ -581,7 +586,7 @@ impl<S: SessionService> Conntrack<S> {
             t.value_mut(r)
                 .map(|v| service.on_related(now, direction, v, pkt))
         });
-        pkt.meta.verdict = verdict.unwrap_or(Verdict::Pass);
+        self.decide(pkt, verdict.unwrap_or(Verdict::Pass));
     }
 
     /// Runs the stage's timers and the service's.
@@ -605,99 +610,148 @@ fn trackable(m: &Meta) -> bool {
     m.has(flags::L3_VALID) && m.flags & (flags::LATER_FRAGMENT | flags::ICMP_ERROR) == 0
 }
 
+/// Per-batch state of the sequential pass (see [`Conntrack::packet`]).
+struct Pass {
+    /// The batch created or evicted a session: batch answers need re-checking.
+    changed: bool,
+    /// Early drops of both tables when last looked.
+    evictions: u64,
+}
+
+impl<S: SessionService> Conntrack<S> {
+    /// One packet of the sequential pass, in arrival order, given its batch lookup answer
+    /// (`hit`, and the key's table hash). Once this batch changed the table (a session was
+    /// created or evicted), a hit is re-checked for liveness and a miss consults the
+    /// sessions this batch created, so the batch answers exactly like packets processed one
+    /// by one, with one lookup per packet.
+    #[inline(always)]
+    fn packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &mut Packet<B>,
+        mut hit: Option<Hit>,
+        hash: u64,
+        pass: &mut Pass,
+    ) {
+        if pass.changed {
+            if let Some(h) = hit
+                && !self.is_live(h.session)
+            {
+                hit = None;
+            }
+            if hit.is_none() {
+                let k = &pkt.meta.flow;
+                // Newest first: an older entry for the same key names a session that this
+                // batch created and then evicted.
+                hit = self
+                    .scratch
+                    .created
+                    .iter()
+                    .rev()
+                    .filter(|c| c.hash == hash && c.key == *k)
+                    .map(|c| c.hit)
+                    .find(|h| self.is_live(h.session));
+            }
+        }
+        match hit {
+            Some(h) => self.established(now, pkt, h),
+            None => {
+                if let Some(c) = self.create(now, pkt, hash) {
+                    self.scratch.created.extend(c);
+                    pass.changed = true;
+                }
+                let e = self.v4.counters().early_drops + self.v6.counters().early_drops;
+                pass.changed |= e != pass.evictions;
+                pass.evictions = e;
+            }
+        }
+        if pkt.meta.has(flags::FRAGMENT)
+            && pkt.meta.session.is_some()
+            && let Some(id) = related::fragment_id(pkt.data(), &pkt.meta)
+        {
+            self.frags.record(now, &pkt.meta, id);
+        }
+    }
+
+    /// A pending packet that is not looked up by its own key: related, or untracked.
+    #[inline]
+    fn other<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Instant, pkt: &mut Packet<B>) {
+        if pkt.meta.has(flags::L3_VALID) {
+            self.related(now, pkt);
+        } else {
+            self.stats.untracked += 1;
+        }
+    }
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>, S: SessionService> Stage<B> for Conntrack<S> {
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        let before = batch.pending_mask();
-        let n = batch.len().min(BATCH_SIZE);
-        let sc = &mut *self.scratch;
-        let mut v6 = false;
-        let mut track = 0u64;
-        for (i, (p, k)) in batch.packets().iter().zip(sc.keys.iter_mut()).enumerate() {
-            let t = before >> i & 1 != 0 && trackable(&p.meta);
-            // Keys of packets not tracked are never looked at: only their lookup result is
-            // discarded, so they need not be cleared.
-            *k = p.meta.flow;
-            if !t {
-                k.proto = 0xff;
-                k.zone = ZoneId(u32::MAX);
-            }
-            v6 |= t & (p.meta.flow.family() == Family::V6);
+        // Which packets are pending, and of those which are looked up by their own key.
+        let (mut before, mut track, mut v4, mut v6) = (0u64, 0u64, false, false);
+        for (i, p) in batch.packets().iter().enumerate().take(BATCH_SIZE) {
+            let pending = p.meta.verdict.is_pass();
+            let t = pending && trackable(&p.meta);
+            before |= u64::from(pending) << i;
             track |= u64::from(t) << i;
+            let is_v6 = p.meta.flow.family() == Family::V6;
+            v6 |= t & is_v6;
+            v4 |= t & !is_v6;
         }
-        let keys = sc.keys.get(..n).unwrap_or(&[]);
+        self.counters.batches += 1;
+        self.counters.packets += u64::from(before.count_ones());
         self.stats.lookups += u64::from(track.count_ones());
-        self.v4
-            .lookup_batch_hashed(keys, &mut sc.hits, &mut sc.hashes);
+        self.scratch.created.clear();
+        let mut pass = Pass {
+            changed: false,
+            evictions: self.v4.counters().early_drops + self.v6.counters().early_drops,
+        };
+        self.lookup_and_handle(now, batch, before, track, (v4, v6), &mut pass);
+    }
+}
+
+impl<S: SessionService> Conntrack<S> {
+    /// Looks the batch up in its family's table (both tables if it holds both families),
+    /// then handles the packets in order.
+    #[inline(always)]
+    fn lookup_and_handle<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        batch: &mut Batch<B>,
+        before: u64,
+        track: u64,
+        (v4, v6): (bool, bool),
+        pass: &mut Pass,
+    ) {
+        let sc = &mut *self.scratch;
+        let keys = batch.packets();
+        if v4 || !v6 {
+            self.v4
+                .lookup_batch_hashed(keys, track, &mut sc.hits, &mut sc.hashes);
+        }
         if v6 {
+            let out = if v4 { &mut sc.hits6 } else { &mut sc.hits };
             self.v6
-                .lookup_batch_hashed(keys, &mut sc.hits6, &mut sc.hashes);
-            for (h, h6) in sc.hits.iter_mut().zip(sc.hits6.iter()) {
-                if h6.is_some() {
-                    *h = *h6;
+                .lookup_batch_hashed(keys, track, out, &mut sc.hashes);
+            if v4 {
+                for (h, h6) in sc.hits.iter_mut().zip(sc.hits6.iter()) {
+                    if h6.is_some() {
+                        *h = *h6;
+                    }
                 }
             }
         }
-        // Sequential pass in arrival order. Sessions created by this batch are kept in a
-        // small set that later misses consult (hash first), and a hit is re-checked only if
-        // this batch evicted something, so the batch answers exactly like packets processed
-        // one by one with one lookup per packet.
-        sc.created.clear();
-        let mut evictions = self.v4.counters().early_drops + self.v6.counters().early_drops;
-        let mut changed = false;
         for (i, pkt) in batch.packets_mut().iter_mut().enumerate().take(BATCH_SIZE) {
             if before >> i & 1 == 0 {
                 continue;
             }
             if track >> i & 1 == 0 {
-                if pkt.meta.has(flags::L3_VALID) {
-                    self.related(now, pkt);
-                } else {
-                    self.stats.untracked += 1;
-                }
+                self.other(now, pkt);
                 continue;
             }
-            let sc = &*self.scratch;
-            let hash = sc.hashes.get(i).copied().unwrap_or(0);
-            let mut hit = sc.hits.get(i).copied().flatten();
-            if changed {
-                if let Some(h) = hit
-                    && !self.is_live(h.session)
-                {
-                    hit = None;
-                }
-                if hit.is_none() {
-                    let k = &pkt.meta.flow;
-                    // Newest first: an older entry for the same key names a session that
-                    // this batch created and then evicted.
-                    hit = sc
-                        .created
-                        .iter()
-                        .rev()
-                        .filter(|c| c.hash == hash && c.key == *k)
-                        .map(|c| c.hit)
-                        .find(|h| self.is_live(h.session));
-                }
-            }
-            match hit {
-                Some(h) => self.established(now, pkt, h),
-                None => {
-                    if let Some(c) = self.create(now, pkt, hash) {
-                        self.scratch.created.extend(c);
-                        changed = true;
-                    }
-                    let e = self.v4.counters().early_drops + self.v6.counters().early_drops;
-                    changed |= e != evictions;
-                    evictions = e;
-                }
-            }
-            if pkt.meta.has(flags::FRAGMENT)
-                && pkt.meta.session.is_some()
-                && let Some(id) = related::fragment_id(pkt.data(), &pkt.meta)
-            {
-                self.frags.record(now, &pkt.meta, id);
-            }
+            let hit = self.scratch.hits.get(i).copied().flatten();
+            let hash = self.scratch.hashes.get(i).copied().unwrap_or(0);
+            self.packet(now, pkt, hit, hash, pass);
         }
-        self.counters.account(before, batch);
     }
 }
 

@@ -3,6 +3,38 @@
 use super::{BATCH, Hit, NIL, SessionTable};
 use crate::conntrack::key::SessionKey;
 use crate::flow::FlowKey;
+use crate::packet::Packet;
+
+/// Where a batch lookup reads its keys: a slice, or the flow keys of a batch's packets
+/// (read in place, so the stage copies nothing).
+pub(in crate::conntrack) trait Keys {
+    /// Keys on offer (the lookup takes at most 64).
+    fn count(&self) -> usize;
+    /// Key `i`.
+    fn key(&self, i: usize) -> Option<&FlowKey>;
+}
+
+impl Keys for [FlowKey] {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline(always)]
+    fn key(&self, i: usize) -> Option<&FlowKey> {
+        self.get(i)
+    }
+}
+
+impl<B> Keys for [Packet<B>] {
+    #[inline(always)]
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline(always)]
+    fn key(&self, i: usize) -> Option<&FlowKey> {
+        self.get(i).map(|p| &p.meta.flow)
+    }
+}
 
 /// State of one [`SessionTable::lookup_batch`], per key: hash and candidate record; per
 /// batch: bit masks (bit `i` for key `i`).
@@ -43,29 +75,32 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// after the rest of the batch.
     #[inline]
     pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<Hit>]) -> u64 {
-        self.lookup_batch_inner(keys, out, None)
+        self.lookup_batch_inner(keys, u64::MAX, out, None)
     }
 
-    /// [`Self::lookup_batch`], also writing the table hash of every key of this table's
-    /// family to `hashes` (other entries are left alone), for the stage's inserts.
+    /// [`Self::lookup_batch`] of the keys whose bit is set in `mask` (the others answer
+    /// `None`), also writing the table hash of every key of this table's family to `hashes`
+    /// (other entries are left alone), for the stage's inserts.
     #[inline]
-    pub(in crate::conntrack) fn lookup_batch_hashed(
+    pub(in crate::conntrack) fn lookup_batch_hashed<Q: Keys + ?Sized>(
         &self,
-        keys: &[FlowKey],
+        keys: &Q,
+        mask: u64,
         out: &mut [Option<Hit>],
         hashes: &mut [u64; BATCH],
     ) -> u64 {
-        self.lookup_batch_inner(keys, out, Some(hashes))
+        self.lookup_batch_inner(keys, mask, out, Some(hashes))
     }
 
     #[inline(always)]
-    fn lookup_batch_inner(
+    fn lookup_batch_inner<Q: Keys + ?Sized>(
         &self,
-        keys: &[FlowKey],
+        keys: &Q,
+        mask: u64,
         out: &mut [Option<Hit>],
         hashes_out: Option<&mut [u64; BATCH]>,
     ) -> u64 {
-        let n = keys.len().min(out.len()).min(BATCH);
+        let n = keys.count().min(out.len()).min(BATCH);
         let lead_bucket = LEAD_BUCKET.min(n);
         let lead_record = LEAD_RECORD.min(n);
         let mut p = Pipeline {
@@ -77,11 +112,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             hits: 0,
         };
         // The keys themselves may not be in cache either (e.g. a large array of queries).
-        for k in keys.iter().take(n.min(LEAD_KEY)) {
-            crate::sys::prefetch(k);
+        for i in 0..n.min(LEAD_KEY) {
+            if let Some(k) = keys.key(i) {
+                crate::sys::prefetch(k);
+            }
         }
         for t in 0..n {
-            self.hash_stage(&mut p, keys, t);
+            self.hash_stage(&mut p, keys, mask, t);
             if let Some(i) = t.checked_sub(lead_bucket) {
                 self.bucket_stage(&mut p, i);
             }
@@ -102,7 +139,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         while late != 0 {
             let i = late.trailing_zeros() as usize;
             late &= late - 1;
-            if let (Some(key), Some(&h), Some(o)) = (keys.get(i), p.hashes.get(i), out.get_mut(i))
+            if let (Some(key), Some(&h), Some(o)) = (keys.key(i), p.hashes.get(i), out.get_mut(i))
                 && let Some(k) = K::from_flow(key)
             {
                 *o = self.find(&k, key.zone.0, key.proto, h);
@@ -125,11 +162,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// Batch stage 1 for key `t` (`t < 64`): pack, hash, prefetch the home bucket, and
     /// prefetch a key further on.
     #[inline(always)]
-    fn hash_stage(&self, p: &mut Pipeline, keys: &[FlowKey], t: usize) {
-        if let Some(k) = keys.get(t + LEAD_KEY) {
+    fn hash_stage<Q: Keys + ?Sized>(&self, p: &mut Pipeline, keys: &Q, mask: u64, t: usize) {
+        if let Some(k) = keys.key(t + LEAD_KEY) {
             crate::sys::prefetch(k);
         }
-        if let (Some(key), Some(h)) = (keys.get(t), p.hashes.get_mut(t))
+        if mask >> t & 1 != 0
+            && let (Some(key), Some(h)) = (keys.key(t), p.hashes.get_mut(t))
             && let Some(k) = K::from_flow(key)
         {
             *h = k.hash(&self.sip, key.zone.0, key.proto);
@@ -174,7 +212,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// Batch stage 3 for key `i`: compare with the candidate record and write `out[i]`. A
     /// miss that may be elsewhere along the probe path is deferred.
     #[inline(always)]
-    fn record_stage(&self, p: &mut Pipeline, keys: &[FlowKey], out: &mut [Option<Hit>], i: usize) {
+    fn record_stage<Q: Keys + ?Sized>(
+        &self,
+        p: &mut Pipeline,
+        keys: &Q,
+        out: &mut [Option<Hit>],
+        i: usize,
+    ) {
         if i >= BATCH {
             return;
         }
@@ -184,7 +228,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let mut r = None;
         // Packing the key again is cheaper than keeping it: it is in L1 by now.
         if p.valid >> i & 1 != 0
-            && let (Some(key), Some(&c), Some(&h)) = (keys.get(i), p.cand.get(i), p.hashes.get(i))
+            && let (Some(key), Some(&c), Some(&h)) = (keys.key(i), p.cand.get(i), p.hashes.get(i))
             && let Some(k) = K::from_flow(key)
         {
             r = self.check(c, &k, key.zone.0, key.proto);

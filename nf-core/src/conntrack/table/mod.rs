@@ -724,8 +724,35 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         direction: Direction,
         tcp_flags: u8,
     ) -> Option<&mut V> {
-        self.track(r, now, direction, tcp_flags)?;
-        self.recs.get_mut(r.index as usize).map(|x| &mut x.value)
+        let idx = r.index as usize;
+        let x = self.rec(r)?;
+        let flags = x.flags;
+        let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
+        let t = state::advance(
+            s,
+            flags & F_ASSURED != 0,
+            flags & F_FIN_REPLY != 0,
+            direction,
+            tcp_flags,
+        )?;
+        if t.assured && flags & F_ASSURED == 0 {
+            // Rare: the session becomes established (leaves the early-drop list).
+            self.track(r, now, direction, tcp_flags)?;
+            return self.recs.get_mut(idx).map(|x| &mut x.value);
+        }
+        let d = self.deadline_tick(now, t.state);
+        let x = self.recs.get_mut(idx)?;
+        x.flags = (flags & !F_FIN_REPLY) | if t.fin_reply { F_FIN_REPLY } else { 0 };
+        x.state = t.state as u8;
+        let old = x.deadline;
+        x.deadline = d;
+        // A later deadline stays filed where it is (the sweep re-files it); an earlier one
+        // (e.g. RST) must move so that it is swept in time.
+        if d.wrapping_sub(old).cast_signed() < 0 {
+            self.timer_unlink(r.index);
+            self.timer_link(self.slot_for(d), r.index);
+        }
+        self.recs.get_mut(idx).map(|x| &mut x.value)
     }
 
     /// Unindexes, unlinks and frees record `idx` (which must be live).
