@@ -273,3 +273,53 @@ fn any_tcp() -> ZonePolicy {
     p.tcp = TcpCreate::Any;
     p
 }
+
+/// The counter names an operator's dashboards depend on: pinned.
+#[test]
+fn counter_names_are_pinned() {
+    let ct = stage(10);
+    let mut names = Vec::new();
+    ct.visit_counters(&mut |stage, c, _| names.push(format!("{stage}.{c}")));
+    let want = [
+        "batches",
+        "packets",
+        "to_control",
+        "tx",
+        "drops",
+        "lookups",
+        "hits",
+        "reply_hits",
+        "misses",
+        "created",
+        "untracked",
+        "related",
+        "refused_full",
+        "refused_quota",
+        "no_session",
+        "invalid",
+        "key_conflict",
+        "service_refused",
+        "v4_sessions",
+        "v4_inserted",
+        "v4_early_drops",
+        "v4_expired",
+        "v4_removed",
+        "v4_refused_full",
+        "v4_refused_quota",
+        "v4_refused_zones",
+        "v6_sessions",
+        "v6_inserted",
+        "v6_early_drops",
+        "v6_expired",
+        "v6_removed",
+        "v6_refused_full",
+        "v6_refused_quota",
+        "v6_refused_zones",
+        "fragments_recorded",
+        "fragment_hits",
+        "fragment_misses",
+        "fragment_evictions",
+    ];
+    let want: Vec<String> = want.iter().map(|c| format!("conntrack.{c}")).collect();
+    assert_eq!(names, want);
+}

@@ -9,6 +9,7 @@ extern crate alloc;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::hint::black_box;
+use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::{Batch, FlowHasher, Instant, Packet, ParseStage, Stage};
 
 // The charter-only crates are linked too, so their no_std-ness is checked from day one.
@@ -77,6 +78,12 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     }
     let mut parse = ParseStage::default();
     parse.process(Instant::ZERO, &mut batch);
+    // Connection tracking with the empty session service: tables, fragment table, stage.
+    let cfg = ConntrackConfig::new([2; 16]).sizes(Sizes { v4: 64, v6: 64 });
+    let tracked = Conntrack::new(cfg, ()).is_ok_and(|mut ct| {
+        ct.process(Instant::ZERO, &mut batch);
+        batch.packets().first().is_some_and(|p| p.meta.session.is_some())
+    });
     let h = FlowHasher::new([1; 16]);
     let ok = batch
         .packets()
@@ -88,7 +95,7 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
         .map_or(0, |p| h.symmetric(&p.meta.flow));
     black_box(hash);
     let placed = shuffle(hash);
-    if ok && placed { 0 } else { 1 }
+    if ok && placed && tracked { 0 } else { 1 }
 }
 
 /// Places a tenant on 3 of 12 nodes in 3 zones and picks a node for the flow.
