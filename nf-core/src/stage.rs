@@ -219,7 +219,7 @@ impl StageCounters {
     /// Counts one packet that left [`Verdict::Pass`] with verdict `v`: the one place outcomes
     /// are counted.
     #[inline(always)]
-    pub(crate) fn outcome(&mut self, v: Verdict) {
+    fn outcome(&mut self, v: Verdict) {
         match v {
             Verdict::Drop(r) => self.drops.add(r, 1),
             Verdict::ToControl => self.to_control += 1,

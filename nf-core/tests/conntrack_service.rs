@@ -455,3 +455,50 @@ fn timers_through_the_pipeline_end_sessions_with_the_service() {
     );
     assert_eq!(p.poll_timeout(), None);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A service that keeps the default reply key (the reverse, whose hash the stage
+    /// computes before the batch's inserts): batch = singles, and every live session is
+    /// found from both of its keys.
+    #[test]
+    fn default_reply_keys_index_both_directions(
+        steps in proptest::collection::vec(step(), 1..200),
+        cuts in proptest::collection::vec(1usize..70, 0..20),
+        cap in prop_oneof![Just(6u32), Just(256)],
+    ) {
+        let mk = || {
+            let cfg = ConntrackConfig::new(*b"service test key").sizes(Sizes { v4: cap, v6: cap });
+            ParseStage::default().then(Conntrack::new(cfg, Counter::default()).unwrap())
+        };
+        let (mut a, mut b) = (mk(), mk());
+        let mut ra = Vec::new();
+        let mut rb = Vec::new();
+        for (p, out, cuts) in [(&mut a, &mut ra, &cuts[..]), (&mut b, &mut rb, &[1usize; 200][..])] {
+            let mut at = 0;
+            let mut ci = 0;
+            while at < steps.len() {
+                let n = cuts.get(ci).copied().unwrap_or(64).clamp(1, 64).min(steps.len() - at);
+                ci += 1;
+                let mut batch = Batch::new();
+                for s in &steps[at..at + n] {
+                    batch.push(Packet::with_headroom(&frame(*s), 0)).unwrap();
+                }
+                p.process(Instant::from_nanos(1_000_000_000), &mut batch);
+                out.extend(batch.drain().map(|x| x.meta));
+                at += n;
+            }
+        }
+        prop_assert_eq!(&ra, &rb);
+        for m in &ra {
+            if let Some(r) = m.session
+                && let Some(info) = a.second.info(r)
+            {
+                prop_assert_eq!(a.second.lookup(&info.original).map(|h| (h.session, h.direction)), Some((r, Direction::Original)));
+                prop_assert_eq!(a.second.lookup(&info.reply).map(|h| (h.session, h.direction)), Some((r, Direction::Reply)));
+                prop_assert_eq!(info.reply, info.original.reversed());
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::batch::{BATCH_SIZE, Batch};
 use crate::flow::{Family, FlowKey, ZoneId, proto};
 use crate::meta::{Direction, Meta, SessionRef, flags};
 use crate::packet::Packet;
-use crate::stage::{Stage, StageControl, StageCounters};
+use crate::stage::{Stage, StageControl, StageCounters, StageLoop};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::tcp::tcp_flags;
@@ -177,6 +177,8 @@ struct Scratch {
     hits: [Option<Hit>; BATCH_SIZE],
     hits6: [Option<Hit>; BATCH_SIZE],
     hashes: [u64; BATCH_SIZE],
+    /// Per miss: the table hash of its reversed key (see `SessionTable::prepare_insert`).
+    reversed: [Option<u64>; BATCH_SIZE],
     created: Vec<Created>,
 }
 
@@ -254,6 +256,7 @@ impl<S: SessionService> Conntrack<S> {
                 hits: [None; BATCH_SIZE],
                 hits6: [None; BATCH_SIZE],
                 hashes: [0; BATCH_SIZE],
+                reversed: [None; BATCH_SIZE],
                 created: Vec::with_capacity(2 * BATCH_SIZE),
             }),
         })
@@ -388,11 +391,11 @@ impl<S: SessionService> Conntrack<S> {
         self.v6.set_zone_quota(zone, quota)
     }
 
-    /// Sets a packet's verdict and counts the outcome (the one place this stage decides).
+    /// Sets a packet's verdict (the one place this stage decides; [`StageLoop::run`]
+    /// counts the outcomes).
     #[inline(always)]
     fn decide<B>(&mut self, pkt: &mut Packet<B>, v: Verdict) {
         pkt.meta.verdict = v;
-        self.counters.outcome(v);
     }
 
     fn policy(&self, zone: ZoneId) -> ZonePolicy {
@@ -463,7 +466,7 @@ impl<S: SessionService> Conntrack<S> {
         &mut self,
         now: Instant,
         pkt: &mut Packet<B>,
-        hash: u64,
+        (hash, reversed): (u64, Option<u64>),
     ) -> Option<[Created; 2]> {
         self.stats.misses += 1;
         match self.may_create(&pkt.meta) {
@@ -489,7 +492,7 @@ impl<S: SessionService> Conntrack<S> {
             match decided {
                 Err(reason) => Err(Err(reason)),
                 Ok(value) => t
-                    .insert_new(now, &key, &reply, hash, state, value, |info| {
+                    .insert_new(now, &key, &reply, (hash, reversed), state, value, |info| {
                         service.on_end(now, info, EndCause::EarlyDrop);
                     })
                     .map(|(r, reply_hash)| (r, reply, reply_hash))
@@ -630,7 +633,7 @@ impl<S: SessionService> Conntrack<S> {
         now: Instant,
         pkt: &mut Packet<B>,
         mut hit: Option<Hit>,
-        hash: u64,
+        (hash, reversed): (u64, Option<u64>),
         pass: &mut Pass,
     ) {
         if pass.changed {
@@ -656,7 +659,7 @@ impl<S: SessionService> Conntrack<S> {
         match hit {
             Some(h) => self.established(now, pkt, h),
             None => {
-                if let Some(c) = self.create(now, pkt, hash) {
+                if let Some(c) = self.create(now, pkt, (hash, reversed)) {
                     self.scratch.created.extend(c);
                     pass.changed = true;
                 }
@@ -684,8 +687,22 @@ impl<S: SessionService> Conntrack<S> {
     }
 }
 
+impl<S: SessionService> StageLoop for Conntrack<S> {
+    fn counters_mut(&mut self) -> &mut StageCounters {
+        &mut self.counters
+    }
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>, S: SessionService> Stage<B> for Conntrack<S> {
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
+        self.run(batch, |ct, batch| ct.track_batch(now, batch));
+    }
+}
+
+impl<S: SessionService> Conntrack<S> {
+    /// The whole batch: masks, one batched lookup, then every packet in order.
+    #[inline(always)]
+    fn track_batch<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Instant, batch: &mut Batch<B>) {
         // Which packets are pending, and of those which are looked up by their own key.
         let (mut before, mut track, mut v4, mut v6) = (0u64, 0u64, false, false);
         for (i, p) in batch.packets().iter().enumerate().take(BATCH_SIZE) {
@@ -697,8 +714,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, S: SessionService> Stage<B> for Conntrack<S> 
             v6 |= t & is_v6;
             v4 |= t & !is_v6;
         }
-        self.counters.batches += 1;
-        self.counters.packets += u64::from(before.count_ones());
         self.stats.lookups += u64::from(track.count_ones());
         self.scratch.created.clear();
         let mut pass = Pass {
@@ -724,13 +739,16 @@ impl<S: SessionService> Conntrack<S> {
     ) {
         let sc = &mut *self.scratch;
         let keys = batch.packets();
+        let mut found = 0u64;
         if v4 || !v6 {
-            self.v4
+            found |= self
+                .v4
                 .lookup_batch_hashed(keys, track, &mut sc.hits, &mut sc.hashes);
         }
         if v6 {
             let out = if v4 { &mut sc.hits6 } else { &mut sc.hits };
-            self.v6
+            found |= self
+                .v6
                 .lookup_batch_hashed(keys, track, out, &mut sc.hashes);
             if v4 {
                 for (h, h6) in sc.hits.iter_mut().zip(sc.hits6.iter()) {
@@ -738,6 +756,20 @@ impl<S: SessionService> Conntrack<S> {
                         *h = *h6;
                     }
                 }
+            }
+        }
+        // Misses will most likely create sessions: hash their reverse keys and start loading
+        // those buckets now, so that the inserts below overlap their memory latency.
+        let mut misses = track & !found;
+        sc.reversed = [None; BATCH_SIZE];
+        while misses != 0 {
+            let i = misses.trailing_zeros() as usize;
+            misses &= misses - 1;
+            if let (Some(p), Some(r)) = (keys.get(i), sc.reversed.get_mut(i)) {
+                *r = Some(match p.meta.flow.family() {
+                    Family::V4 => self.v4.prepare_insert(&p.meta.flow),
+                    Family::V6 => self.v6.prepare_insert(&p.meta.flow),
+                });
             }
         }
         for (i, pkt) in batch.packets_mut().iter_mut().enumerate().take(BATCH_SIZE) {
@@ -748,9 +780,11 @@ impl<S: SessionService> Conntrack<S> {
                 self.other(now, pkt);
                 continue;
             }
-            let hit = self.scratch.hits.get(i).copied().flatten();
-            let hash = self.scratch.hashes.get(i).copied().unwrap_or(0);
-            self.packet(now, pkt, hit, hash, pass);
+            let sc = &*self.scratch;
+            let hit = sc.hits.get(i).copied().flatten();
+            let hash = sc.hashes.get(i).copied().unwrap_or(0);
+            let reversed = sc.reversed.get(i).copied().flatten();
+            self.packet(now, pkt, hit, (hash, reversed), pass);
         }
     }
 }

@@ -687,9 +687,24 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         Some(info)
     }
 
-    /// Creates a session for the conntrack stage: like [`Self::insert`], with the original
-    /// key's hash already known (from the batch lookup) and `on_evict` told about a session
-    /// early drop evicts to make room. Returns the handle and the reply key's hash.
+    /// The hash of `original.reversed()` in this table, its home bucket prefetched: what
+    /// [`Self::insert_new`] needs for the usual reply key, computed for every miss of a batch
+    /// before the first insert so that the inserts' memory accesses overlap (the mechanism
+    /// of [`Self::insert_batch`]).
+    #[inline]
+    pub(in crate::conntrack) fn prepare_insert(&self, original: &FlowKey) -> u64 {
+        let Some(k) = K::from_flow(original) else {
+            return 0;
+        };
+        let h = self.hash(&k.reversed(), original.zone.0, original.proto);
+        self.prefetch_home(h);
+        h
+    }
+
+    /// Creates a session for the conntrack stage: like [`Self::insert`], with the hashes of
+    /// the original key (from the batch lookup) and of its reverse ([`Self::prepare_insert`])
+    /// already known, and `on_evict` told about a session early drop evicts to make room.
+    /// Returns the handle and the reply key's hash.
     #[expect(
         clippy::too_many_arguments,
         reason = "one new session's keys and fields"
@@ -700,15 +715,24 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         now: Instant,
         original: &FlowKey,
         reply: &FlowKey,
-        original_hash: u64,
+        (original_hash, reversed_hash): (u64, Option<u64>),
         state: SessionState,
         value: V,
         mut on_evict: impl FnMut(&SessionInfo<V>),
     ) -> Result<(SessionRef, u64), InsertError> {
         let (ko, kr) = Self::insert_keys(original, reply)?;
         let (zone, proto) = (original.zone.0, original.proto);
-        let hr = self.hash(&kr, zone, proto);
-        self.prefetch_home(hr);
+        // The reverse key's hash was computed (and its bucket prefetched) before the batch's
+        // sequential pass; a service that chose another reply key costs one more hash.
+        let hr = if let Some(h) = reversed_hash
+            && *reply == original.reversed()
+        {
+            h
+        } else {
+            let h = self.hash(&kr, zone, proto);
+            self.prefetch_home(h);
+            h
+        };
         let keys = [ko, kr];
         let hashes = [original_hash, hr];
         self.insert_hashed(now, keys, hashes, zone, proto, state, value, &mut on_evict)
