@@ -58,7 +58,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         let original = key(o, zone);
                         let reply = r.map_or(original.reversed(), |r| key(r, zone));
                         let state = SessionState::from_u8(state % 11).unwrap();
-                        NewSession { original, reply, state, value: i as u32 }
+                        NewSession::new(original, reply, state, i as u32)
                     })
                     .collect();
                 let mut out = vec![Err(InsertError::TableFull); new.len()];

@@ -18,20 +18,20 @@ const RATE: u32 = 100_000;
 
 fn profile() -> TimeoutProfile {
     let s = Duration::from_secs;
-    TimeoutProfile {
-        granularity: Duration::from_nanos(G),
-        tcp_syn_sent: s(30),
-        tcp_syn_recv: s(45),
-        tcp_established: s(5_000), // beyond one wheel turn: exercises re-filing
-        tcp_fin_wait: s(60),
-        tcp_close_wait: s(75),
-        tcp_time_wait: s(90),
-        tcp_closed: s(5),
-        udp_unreplied: s(20),
-        udp_replied: s(120),
-        icmp: s(10),
-        other: s(200),
-    }
+    let mut p = TimeoutProfile::default();
+    p.granularity = Duration::from_nanos(G);
+    p.tcp_syn_sent = s(30);
+    p.tcp_syn_recv = s(45);
+    p.tcp_established = s(5_000); // beyond one wheel turn: exercises re-filing
+    p.tcp_fin_wait = s(60);
+    p.tcp_close_wait = s(75);
+    p.tcp_time_wait = s(90);
+    p.tcp_closed = s(5);
+    p.udp_unreplied = s(20);
+    p.udp_replied = s(120);
+    p.icmp = s(10);
+    p.other = s(200);
+    p
 }
 
 fn key(i: u32) -> FlowKey {

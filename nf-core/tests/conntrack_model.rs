@@ -77,20 +77,20 @@ fn key(t: (u8, u8, u8, u8), zone: u8, udp: bool) -> FlowKey {
 
 fn profile() -> TimeoutProfile {
     let s = Duration::from_secs;
-    TimeoutProfile {
-        granularity: Duration::from_nanos(G),
-        tcp_syn_sent: s(3),
-        tcp_syn_recv: s(4),
-        tcp_established: s(20),
-        tcp_fin_wait: s(5),
-        tcp_close_wait: s(6),
-        tcp_time_wait: s(7),
-        tcp_closed: s(1),
-        udp_unreplied: s(2),
-        udp_replied: s(9),
-        icmp: s(3),
-        other: s(8),
-    }
+    let mut p = TimeoutProfile::default();
+    p.granularity = Duration::from_nanos(G);
+    p.tcp_syn_sent = s(3);
+    p.tcp_syn_recv = s(4);
+    p.tcp_established = s(20);
+    p.tcp_fin_wait = s(5);
+    p.tcp_close_wait = s(6);
+    p.tcp_time_wait = s(7);
+    p.tcp_closed = s(1);
+    p.udp_unreplied = s(2);
+    p.udp_replied = s(9);
+    p.icmp = s(3);
+    p.other = s(8);
+    p
 }
 
 #[derive(Clone, Debug)]
@@ -403,12 +403,12 @@ fn batch_equals_singles(args: Vec<NewArgs>, early_drop: bool) {
             if v6 {
                 reply = FlowKey::v6(reply.zone, [1; 16], [2; 16], reply.proto, 1, 2);
             }
-            NewSession {
+            NewSession::new(
                 original,
                 reply,
-                state: SessionState::from_u8(state).unwrap(),
+                SessionState::from_u8(state).unwrap(),
                 value,
-            }
+            )
         })
         .collect();
     let singles: Vec<_> = new

@@ -124,12 +124,12 @@ fn measure<K: SessionKey>(
     let mut ours = Vec::new();
     let mut single = Vec::new();
     let mut peer = Vec::new();
-    let blank = NewSession {
-        original: FlowKey::default(),
-        reply: FlowKey::default(),
-        state: SessionState::TcpSynSent,
-        value: [0u8; 16],
-    };
+    let blank = NewSession::new(
+        FlowKey::default(),
+        FlowKey::default(),
+        SessionState::TcpSynSent,
+        [0u8; 16],
+    );
     let mut out = [Err(InsertError::TableFull); 64];
     for round in 0..=rounds {
         // One at a time: `insert`.
@@ -153,12 +153,12 @@ fn measure<K: SessionKey>(
         let mut new = [blank; 64];
         for (c, chunk) in flows.chunks(64).enumerate() {
             for (j, (n, f)) in new.iter_mut().zip(chunk).enumerate() {
-                *n = NewSession {
-                    original: *f,
-                    reply: f.reversed(),
-                    state: SessionState::TcpSynSent,
-                    value: [(c * 64 + j) as u8; 16],
-                };
+                *n = NewSession::new(
+                    *f,
+                    f.reversed(),
+                    SessionState::TcpSynSent,
+                    [(c * 64 + j) as u8; 16],
+                );
             }
             let k = chunk.len();
             black_box(table.insert_batch(now, &new[..k], &mut out[..k]));

@@ -117,6 +117,7 @@ impl core::error::Error for ImportError {}
 
 /// What one [`SessionTable::export`] call wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExportProgress {
     /// Records in the chunk.
     pub records: usize,
@@ -126,6 +127,7 @@ pub struct ExportProgress {
 
 /// What one [`SessionTable::import`] call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImportReport {
     /// Sessions installed.
     pub imported: usize,

@@ -90,6 +90,7 @@ impl SessionState {
 
 /// Timeouts per state and the timer granularity. Defaults follow Linux conntrack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TimeoutProfile {
     /// Timer wheel tick: sessions expire at most this long after their deadline.
     pub granularity: Duration,

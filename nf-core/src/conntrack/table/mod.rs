@@ -33,6 +33,7 @@ pub(super) const F_FIN_REPLY: u8 = 4;
 
 /// Settings fixed at construction.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TableConfig {
     /// Most sessions held at once (1 ..= [`MAX_CAPACITY`]).
     pub capacity: u32,
@@ -102,6 +103,7 @@ pub enum InsertError {
 /// One session for [`SessionTable::insert_batch`]: the arguments of
 /// [`SessionTable::insert`] after `now`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NewSession<V> {
     /// The flow that opens the session.
     pub original: FlowKey,
@@ -111,6 +113,18 @@ pub struct NewSession<V> {
     pub state: SessionState,
     /// The caller's value.
     pub value: V,
+}
+
+impl<V> NewSession<V> {
+    /// A new session's arguments.
+    pub const fn new(original: FlowKey, reply: FlowKey, state: SessionState, value: V) -> Self {
+        Self {
+            original,
+            reply,
+            state,
+            value,
+        }
+    }
 }
 
 /// Why [`SessionTable::replace_reply`] failed. Nothing was changed.
@@ -153,6 +167,7 @@ impl_display!(ConfigError, InsertError, ReplaceError, ZoneError);
 
 /// A lookup result: the session and which way the packet travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Hit {
     /// The session.
     pub session: SessionRef,
@@ -162,6 +177,7 @@ pub struct Hit {
 
 /// A read-only view of one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionInfo<V> {
     /// Key of the direction that created the session.
     pub original: FlowKey,
@@ -179,6 +195,7 @@ pub struct SessionInfo<V> {
 
 /// Table counters (monotonic).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableCounters {
     /// Sessions inserted.
     pub inserted: u64,
@@ -198,6 +215,7 @@ pub struct TableCounters {
 
 /// A zone's session count and quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ZoneUsage {
     /// Live sessions of the zone.
     pub sessions: u32,
@@ -526,7 +544,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// let new: Vec<NewSession<u32>> = (0..100u16)
     ///     .map(|i| {
     ///         let k = FlowKey::v4(ZoneId(1), [10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, i, 53);
-    ///         NewSession { original: k, reply: k.reversed(), state: SessionState::UdpUnreplied, value: 7 }
+    ///         NewSession::new(k, k.reversed(), SessionState::UdpUnreplied, 7)
     ///     })
     ///     .collect();
     /// let mut out = vec![Err(nf_core::conntrack::InsertError::TableFull); new.len()];
