@@ -19,16 +19,13 @@
 //!
 //! ```
 //! use core::net::{IpAddr, Ipv4Addr};
-//! use nf_core::{Batch, Instant, Packet, Stage, StageExt, Verdict, ZoneId};
+//! use nf_core::wire::Frame;
+//! use nf_core::{Batch, Instant, Packet, Stage, StageControl, StageExt, Verdict, ZoneId};
 //! use nf_tunnel::{DecapConfig, DecapStage, EncapConfig, EncapStage, OptionsBuilder, Underlay};
 //!
 //! let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
-//! // An inner Ethernet/IPv4/UDP frame 10.0.0.1:1000 -> 10.0.0.2:53.
-//! let inner: [u8; 42] = [
-//!     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00,
-//!     0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2,
-//!     0x03, 0xe8, 0, 53, 0, 8, 0, 0,
-//! ];
+//! // An inner Ethernet/IPv4/UDP frame 10.0.0.1:1000 -> 10.0.0.2:53, checksums filled in.
+//! let inner = Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).udp(1000, 53).to_vec()?;
 //! // Build what a Geneve peer would send us (VNI 7, one option), with our own encap stage.
 //! let mut opts = OptionsBuilder::new();
 //! opts.push(0x0108, 3, &[0xca, 0xfe, 0xf0, 0x0d])?;
@@ -47,10 +44,10 @@
 //! let mut pipeline = DecapStage::new(DecapConfig::default()).then(EncapStage::new(out)?);
 //!
 //! let mut batch = Batch::new();
+//! // Headroom for both encapsulations: the peer's and then ours.
+//! let headroom = peer_encap.headroom() + pipeline.headroom();
 //! for _ in 0..4 {
-//!     let mut buf = vec![0u8; 256 + inner.len()];
-//!     buf[256..].copy_from_slice(&inner);
-//!     batch.push(Packet::new(buf, 256, inner.len())?).ok();
+//!     batch.push(Packet::with_headroom(&inner, headroom)).ok();
 //! }
 //! let now = Instant::ZERO;
 //! peer_encap.process(now, &mut batch); // the caller's RX would deliver these
