@@ -48,6 +48,12 @@ fn reemit(f: &[u8], meta: &Meta) -> Vec<u8> {
             proto::TCP => {
                 TcpRepr::parse(&TcpPacket::new_checked(rest).unwrap()).emit(&mut out[at..])
             }
+            // A first fragment's UDP length covers the whole datagram, more than the
+            // fragment holds, so the checked view refuses it: copy its header as it is.
+            proto::UDP if meta.has(flags::FRAGMENT) => {
+                out[at..at + 8].copy_from_slice(&rest[..8]);
+                Ok(8)
+            }
             proto::UDP => {
                 UdpRepr::parse(&UdpPacket::new_checked(rest).unwrap()).emit(&mut out[at..])
             }
