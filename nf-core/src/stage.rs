@@ -168,16 +168,17 @@ pub trait StageLoop {
         c.packets += live;
     }
 
-    /// Runs `f(self, batch)` over the whole batch (for stages with a batch-wide pass, e.g.
-    /// hash all keys, then look up), then accounts it with [`StageCounters::account`]. `f`
+    /// Runs `f(self, batch, pending)` over the whole batch (for stages with a batch-wide
+    /// pass, e.g. hash all keys, then look up), then accounts it with
+    /// [`StageCounters::account`]. `pending` is [`Batch::pending_mask`] before `f` runs; `f`
     /// sets verdicts itself and must only decide packets that were still pending.
     #[inline(always)]
-    fn run<B>(&mut self, batch: &mut Batch<B>, f: impl FnOnce(&mut Self, &mut Batch<B>))
+    fn run<B>(&mut self, batch: &mut Batch<B>, f: impl FnOnce(&mut Self, &mut Batch<B>, u64))
     where
         Self: Sized,
     {
         let before = batch.pending_mask();
-        f(self, batch);
+        f(self, batch, before);
         self.counters_mut().account(before, batch);
     }
 }
@@ -330,7 +331,7 @@ mod tests {
     impl Stage<Vec<u8>> for Planned {
         fn process(&mut self, _now: Instant, batch: &mut Batch<Vec<u8>>) {
             if self.batch_wide {
-                self.run(batch, |s, batch| {
+                self.run(batch, |s, batch, _| {
                     for (i, pkt) in batch.pending_mut() {
                         pkt.meta.verdict = s.plan.get(i).copied().unwrap_or_default();
                     }

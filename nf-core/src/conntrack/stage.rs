@@ -177,8 +177,9 @@ struct Scratch {
     hits: [Option<Hit>; BATCH_SIZE],
     hits6: [Option<Hit>; BATCH_SIZE],
     hashes: [u64; BATCH_SIZE],
-    /// Per miss: the table hash of its reversed key (see `SessionTable::prepare_insert`).
-    reversed: [Option<u64>; BATCH_SIZE],
+    /// Per miss of the batch lookup: the table hash of its reversed key (see
+    /// `SessionTable::prepare_insert`); other entries are stale.
+    reversed: [u64; BATCH_SIZE],
     created: Vec<Created>,
 }
 
@@ -256,7 +257,7 @@ impl<S: SessionService> Conntrack<S> {
                 hits: [None; BATCH_SIZE],
                 hits6: [None; BATCH_SIZE],
                 hashes: [0; BATCH_SIZE],
-                reversed: [None; BATCH_SIZE],
+                reversed: [0; BATCH_SIZE],
                 created: Vec::with_capacity(2 * BATCH_SIZE),
             }),
         })
@@ -695,20 +696,25 @@ impl<S: SessionService> StageLoop for Conntrack<S> {
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>, S: SessionService> Stage<B> for Conntrack<S> {
     fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
-        self.run(batch, |ct, batch| ct.track_batch(now, batch));
+        self.run(batch, |ct, batch, before| {
+            ct.track_batch(now, batch, before)
+        });
     }
 }
 
 impl<S: SessionService> Conntrack<S> {
     /// The whole batch: masks, one batched lookup, then every packet in order.
     #[inline(always)]
-    fn track_batch<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Instant, batch: &mut Batch<B>) {
-        // Which packets are pending, and of those which are looked up by their own key.
-        let (mut before, mut track, mut v4, mut v6) = (0u64, 0u64, false, false);
+    fn track_batch<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        batch: &mut Batch<B>,
+        before: u64,
+    ) {
+        // Of the pending packets, those looked up by their own key, and their families.
+        let (mut track, mut v4, mut v6) = (0u64, false, false);
         for (i, p) in batch.packets().iter().enumerate().take(BATCH_SIZE) {
-            let pending = p.meta.verdict.is_pass();
-            let t = pending && trackable(&p.meta);
-            before |= u64::from(pending) << i;
+            let t = before >> i & 1 != 0 && trackable(&p.meta);
             track |= u64::from(t) << i;
             let is_v6 = p.meta.flow.family() == Family::V6;
             v6 |= t & is_v6;
@@ -761,15 +767,15 @@ impl<S: SessionService> Conntrack<S> {
         // Misses will most likely create sessions: hash their reverse keys and start loading
         // those buckets now, so that the inserts below overlap their memory latency.
         let mut misses = track & !found;
-        sc.reversed = [None; BATCH_SIZE];
+        let prepared = misses;
         while misses != 0 {
             let i = misses.trailing_zeros() as usize;
             misses &= misses - 1;
             if let (Some(p), Some(r)) = (keys.get(i), sc.reversed.get_mut(i)) {
-                *r = Some(match p.meta.flow.family() {
+                *r = match p.meta.flow.family() {
                     Family::V4 => self.v4.prepare_insert(&p.meta.flow),
                     Family::V6 => self.v6.prepare_insert(&p.meta.flow),
-                });
+                };
             }
         }
         for (i, pkt) in batch.packets_mut().iter_mut().enumerate().take(BATCH_SIZE) {
@@ -783,7 +789,11 @@ impl<S: SessionService> Conntrack<S> {
             let sc = &*self.scratch;
             let hit = sc.hits.get(i).copied().flatten();
             let hash = sc.hashes.get(i).copied().unwrap_or(0);
-            let reversed = sc.reversed.get(i).copied().flatten();
+            let reversed = sc
+                .reversed
+                .get(i)
+                .copied()
+                .filter(|_| prepared >> i & 1 != 0);
             self.packet(now, pkt, hit, (hash, reversed), pass);
         }
     }
