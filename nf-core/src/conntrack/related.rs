@@ -13,8 +13,9 @@
 //!
 //! Later fragments carry no transport header, so no ports: the stage records, for every first
 //! fragment it passes, (zone, addresses, protocol (IPv4 only), IP identification) → session
-//! and direction in a [`FragmentTable`]: fixed capacity, 4-way set-associative under a keyed hash, entries
-//! living [`FragmentConfig::lifetime`]; a full set evicts its entry closest to expiry (counted).
+//! and direction in a [`FragmentTable`]: fixed capacity, 4-way set-associative under a keyed
+//! hash, entries living [`FragmentConfig::lifetime`]; a full set evicts its entry closest to
+//! expiry (counted).
 //! Out-of-order fragments (a later fragment before the first) find nothing and are dropped.
 
 use crate::flow::{Family, FlowKey, ZoneId, proto};

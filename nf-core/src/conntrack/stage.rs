@@ -221,8 +221,9 @@ impl<S: SessionService> core::fmt::Debug for Conntrack<S> {
     }
 }
 
-/// The parts of the stage one packet's work touches, borrowed apart so that the service
-/// can see a table while deciding.
+/// Runs `$body` with `$t` bound to the table of `$family`, borrowed apart from the stage's
+/// other fields (so the service can be borrowed beside it, e.g. to see the table while it
+/// decides a new flow).
 macro_rules! on_table {
     ($self:ident, $family:expr, |$t:ident| $body:expr) => {
         match $family {
