@@ -127,6 +127,29 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Related packets
+//!
+//! - **ICMP and ICMPv6 errors** (destination unreachable, packet too big / fragmentation
+//!   needed, time exceeded, parameter problem) quote the IP header and at least 8 bytes of
+//!   the packet that caused them. The quoted packet travelled towards the error's sender, so
+//!   the stage looks up the quoted key *reversed*; the hit's direction is the error's
+//!   (RFC 5508 §4). The quote is read only within the outer IP packet, through inner IPv4
+//!   options and a bounded walk of inner IPv6 extension headers; a quote too short for the
+//!   inner IP header and 8 bytes of transport header drops as
+//!   [`DropReason::IcmpQuoteTruncated`](crate::DropReason::IcmpQuoteTruncated), a bad inner
+//!   IPv4 header checksum as `icmp_quote_bad_checksum`, and a quote that names no session as
+//!   `related_no_session`.
+//! - **Later fragments** carry no ports. Every first fragment the stage passes is recorded
+//!   in a fragment table — (zone, addresses, protocol, identification) → session and
+//!   direction; IPv6 leaves the protocol out, as RFC 8200 §4.5 keys reassembly — with a fixed
+//!   capacity ([`FragmentConfig::capacity`], 4-way set-associative under a keyed hash) and a
+//!   lifetime ([`FragmentConfig::lifetime`]); a full set evicts the entry closest to expiry.
+//!   A later fragment with no live entry (first fragment lost, out of order, expired or
+//!   evicted) drops as `fragment_no_session`. Counters: `fragments_recorded`,
+//!   `fragment_hits`, `fragment_misses`, `fragment_evictions`.
+//! - Both are tagged [`RELATED`](crate::flags::RELATED) with the session and direction and
+//!   given to [`SessionService::on_related`]; they never create, refresh or end a session.
+//!
 //! # Layout and memory
 //!
 //! Keys are stored packed per family ([`V4Key`] 12 bytes, [`V6Key`] 36); zone and protocol
