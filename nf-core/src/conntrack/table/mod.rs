@@ -31,6 +31,26 @@ pub(super) const F_ASSURED: u8 = 2;
 /// Record flag: the first FIN came from the reply direction.
 pub(super) const F_FIN_REPLY: u8 = 4;
 
+/// True if a packet with `tcp_flags` leaves a session in `state` with record `flags` exactly
+/// as it is, its timeout aside: an established (assured) session of a state that only RST,
+/// FIN or SYN can change, met by a segment with none of them (or any packet of a non-TCP
+/// session that has seen both directions). [`state::advance`] gives the same answer, slower
+/// (property-tested).
+#[inline(always)]
+fn steady(state: u8, flags: u8, tcp_flags: u8) -> bool {
+    use crate::wire::tcp::tcp_flags::{ACK, FIN, RST, SYN};
+    let (u, i, o) = (
+        SessionState::UdpReplied as u8,
+        SessionState::IcmpQuery as u8,
+        SessionState::Other as u8,
+    );
+    let assured = flags & F_ASSURED != 0;
+    let plain_ack = tcp_flags & (SYN | FIN | RST) == 0 && tcp_flags & ACK != 0;
+    assured
+        && ((state == SessionState::TcpEstablished as u8 && plain_ack)
+            || ((state == u || state == i || state == o) && tcp_flags == 0))
+}
+
 /// Settings fixed at construction.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
@@ -769,6 +789,19 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let idx = r.index as usize;
         let x = self.rec(r)?;
         let flags = x.flags;
+        if steady(x.state, flags, tcp_flags) {
+            // Most packets: an established session stays as it is; only the timeout moves.
+            let state = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
+            let d = self.deadline_tick(now, state);
+            let x = self.recs.get_mut(idx)?;
+            let old = x.deadline;
+            x.deadline = d;
+            if d.wrapping_sub(old).cast_signed() < 0 {
+                self.timer_unlink(r.index);
+                self.timer_link(self.slot_for(d), r.index);
+            }
+            return self.recs.get_mut(idx).map(|x| &mut x.value);
+        }
         let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
         let t = state::advance(
             s,
@@ -924,6 +957,25 @@ mod tests {
             1000,
             53,
         )
+    }
+
+    proptest::proptest! {
+        /// The steady-state shortcut of `track_value` agrees with the full tracker.
+        #[test]
+        fn steady_packets_change_nothing_but_the_timeout(
+            si in 0usize..11, flags in 0u8..8, tcp in proptest::prelude::any::<u8>(), reply: bool,
+        ) {
+            let s = SessionState::ALL[si];
+            let tcp = if s.is_tcp() { tcp } else { 0 };
+            if steady(s as u8, flags, tcp) {
+                let dir = if reply { Direction::Reply } else { Direction::Original };
+                let t = state::advance(s, flags & F_ASSURED != 0, flags & F_FIN_REPLY != 0, dir, tcp);
+                let t = t.unwrap();
+                proptest::prop_assert_eq!(t.state, s);
+                proptest::prop_assert!(t.assured);
+                proptest::prop_assert_eq!(t.fin_reply, flags & F_FIN_REPLY != 0);
+            }
+        }
     }
 
     #[test]
