@@ -1,25 +1,4 @@
-//! [`Batch`]: up to [`BATCH_SIZE`] packets processed together by every stage.
-//!
-//! The caller fills a batch from its receive path, runs a pipeline over it, then drains it
-//! and acts on each packet's [`Verdict`]. The batch allocates its storage once, at
-//! construction; pushing, clearing and draining never allocate.
-//!
-//! ```
-//! use nf_core::{Batch, Packet, Verdict, DropReason};
-//! let mut batch = Batch::new();
-//! batch.push(Packet::new(vec![0u8; 64], 0, 64)?).ok();
-//! batch.push(Packet::new(vec![0u8; 64], 0, 64)?).ok();
-//! batch.set_verdict(1, Verdict::Drop(DropReason::EthTruncated));
-//! assert_eq!(batch.pending_mask(), 0b01);
-//! for pkt in batch.drain() {
-//!     match pkt.meta.verdict {
-//!         Verdict::Pass | Verdict::Tx(_) => { /* transmit */ }
-//!         Verdict::Drop(_) => { /* recycle the buffer */ }
-//!         Verdict::ToControl => { /* slow path */ }
-//!     }
-//! }
-//! # Ok::<(), nf_core::PacketError>(())
-//! ```
+//! [`Batch`]: up to [`BATCH_SIZE`] packets processed together.
 
 use crate::packet::Packet;
 use crate::verdict::Verdict;
@@ -29,6 +8,29 @@ use alloc::vec::Vec;
 pub const BATCH_SIZE: usize = 64;
 
 /// A batch of up to [`BATCH_SIZE`] packets.
+///
+/// [`Batch`]: up to [`BATCH_SIZE`] packets processed together by every stage.
+///
+/// The caller fills a batch from its receive path, runs a pipeline over it, then drains it
+/// and acts on each packet's [`Verdict`]. The batch allocates its storage once, at
+/// construction; pushing, clearing and draining never allocate.
+///
+/// ```
+/// use nf_core::{Batch, Packet, Verdict, DropReason};
+/// let mut batch = Batch::new();
+/// batch.push(Packet::new(vec![0u8; 64], 0, 64)?).ok();
+/// batch.push(Packet::new(vec![0u8; 64], 0, 64)?).ok();
+/// batch.set_verdict(1, Verdict::Drop(DropReason::EthTruncated));
+/// assert_eq!(batch.pending_mask(), 0b01);
+/// for pkt in batch.drain() {
+///     match pkt.meta.verdict {
+///         Verdict::Pass | Verdict::Tx(_) => { /* transmit */ }
+///         Verdict::Drop(_) => { /* recycle the buffer */ }
+///         Verdict::ToControl => { /* slow path */ }
+///     }
+/// }
+/// # Ok::<(), nf_core::PacketError>(())
+/// ```
 #[derive(Debug)]
 pub struct Batch<B> {
     pkts: Vec<Packet<B>>,

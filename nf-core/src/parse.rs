@@ -1,32 +1,4 @@
-//! The parse stage: Ethernet → VLAN tags → IPv4/IPv6 (+options / extension headers) →
-//! TCP / UDP / ICMP, filling [`Meta`] and the [`FlowKey`] in place.
-//!
-//! Every malformed frame gets a precise [`DropReason`]; no input can panic it, allocate,
-//! or make it do more than bounded work (at most two VLAN tags, 40 bytes of IPv4 options,
-//! [`MAX_EXT_HEADERS`](crate::wire::ipv6::MAX_EXT_HEADERS) IPv6 extension headers).
-//!
-//! Fragments: a first fragment is parsed like a whole packet (its transport header must be
-//! complete); a later fragment gets a key with ports 0 and [`flags::LATER_FRAGMENT`], and
-//! IPv4 TCP fragments at offset 1 are dropped (RFC 1858 overlap attack). ICMP query messages
-//! use their identifier as both ports; ICMP errors get ports 0 and [`flags::ICMP_ERROR`].
-//!
-//! ```
-//! use nf_core::{Batch, Instant, Packet, ParseStage, Stage, Verdict};
-//! // Ethernet + IPv4 + UDP 10.0.0.1:1000 -> 10.0.0.2:53.
-//! let frame: [u8; 42] = [
-//!     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00,
-//!     0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2,
-//!     0x03, 0xe8, 0, 53, 0, 8, 0, 0,
-//! ];
-//! let mut batch = Batch::new();
-//! batch.push(Packet::new(frame.to_vec(), 0, frame.len())?).ok();
-//! let mut parse = ParseStage::default();
-//! parse.process(Instant::ZERO, &mut batch);
-//! let pkt = &batch.packets()[0];
-//! assert_eq!(pkt.meta.verdict, Verdict::Pass);
-//! assert_eq!(pkt.meta.flow.to_string(), "zone 0 udp/17 10.0.0.1:1000 -> 10.0.0.2:53");
-//! # Ok::<(), nf_core::PacketError>(())
-//! ```
+//! The parse stage ([`ParseStage`]) and the frame parsers behind it.
 
 use crate::batch::Batch;
 use crate::flow::{FlowKey, proto};
@@ -80,7 +52,35 @@ pub enum Parsed {
     NonIp,
 }
 
-/// The parse stage (see the module docs).
+/// The parse stage: Ethernet → VLAN tags → IPv4/IPv6 (+options / extension headers) →
+/// TCP / UDP / ICMP, filling [`Meta`] and the [`FlowKey`] in place.
+///
+/// Every malformed frame gets a precise [`DropReason`]; no input can panic it, allocate,
+/// or make it do more than bounded work (at most two VLAN tags, 40 bytes of IPv4 options,
+/// [`MAX_EXT_HEADERS`](crate::wire::ipv6::MAX_EXT_HEADERS) IPv6 extension headers).
+///
+/// Fragments: a first fragment is parsed like a whole packet (its transport header must be
+/// complete); a later fragment gets a key with ports 0 and [`flags::LATER_FRAGMENT`], and
+/// IPv4 TCP fragments at offset 1 are dropped (RFC 1858 overlap attack). ICMP query messages
+/// use their identifier as both ports; ICMP errors get ports 0 and [`flags::ICMP_ERROR`].
+///
+/// ```
+/// use nf_core::{Batch, Instant, Packet, ParseStage, Stage, Verdict};
+/// // Ethernet + IPv4 + UDP 10.0.0.1:1000 -> 10.0.0.2:53.
+/// let frame: [u8; 42] = [
+///     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00,
+///     0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0x26, 0xcf, 10, 0, 0, 1, 10, 0, 0, 2,
+///     0x03, 0xe8, 0, 53, 0, 8, 0, 0,
+/// ];
+/// let mut batch = Batch::new();
+/// batch.push(Packet::new(frame.to_vec(), 0, frame.len())?).ok();
+/// let mut parse = ParseStage::default();
+/// parse.process(Instant::ZERO, &mut batch);
+/// let pkt = &batch.packets()[0];
+/// assert_eq!(pkt.meta.verdict, Verdict::Pass);
+/// assert_eq!(pkt.meta.flow.to_string(), "zone 0 udp/17 10.0.0.1:1000 -> 10.0.0.2:53");
+/// # Ok::<(), nf_core::PacketError>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct ParseStage {
     config: ParseConfig,

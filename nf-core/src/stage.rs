@@ -1,82 +1,4 @@
-//! The [`Stage`] trait, zero-cost pipeline composition, per-stage counters, timers and
-//! headroom.
-//!
-//! A stage is a struct with one hot method, [`Stage::process`], called once per batch with
-//! the current time. It reads and rewrites packets in place, sets verdicts, and skips packets
-//! that are no longer at [`Verdict::Pass`]. Stages compose with [`StageExt::then`] into a
-//! [`Chain`], a plain struct: the compiler sees the whole pipeline and inlines across stages,
-//! with no dynamic dispatch on the hot path.
-//!
-//! Everything about a stage that does not depend on the buffer type lives in
-//! [`StageControl`]: its name, every counter (one visitor for the whole pipeline), its timers
-//! (one `poll_timeout` / `handle_timeout` for the whole pipeline) and the headroom it needs.
-//! A [`Chain`] forwards all of them, so an I/O loop drives a pipeline through the pipeline
-//! value alone, whatever its shape.
-//!
-//! ```
-//! use nf_core::{Batch, Instant, Packet, ParseStage, Stage, StageControl, StageExt};
-//! let mut pipeline = ParseStage::default().then(ParseStage::default());
-//! let mut batch = Batch::new();
-//! batch.push(Packet::new(vec![0u8; 10], 0, 10)?).ok();
-//! pipeline.process(Instant::ZERO, &mut batch);
-//! pipeline.visit_counters(&mut |stage, counter, value| println!("{stage} {counter} {value}"));
-//! // Timers of every stage, driven through the pipeline value.
-//! let now = Instant::ZERO;
-//! while pipeline.poll_timeout().is_some_and(|t| t <= now) {
-//!     pipeline.handle_timeout(now, 1024);
-//! }
-//! # Ok::<(), nf_core::PacketError>(())
-//! ```
-//!
-//! # Writing a stage
-//!
-//! Every stage walks its batch and counts outcomes the same way, through [`StageLoop`]: it
-//! gives the helper its counters ([`StageLoop::counters_mut`]) and either a per-packet
-//! closure ([`StageLoop::each_pending`]: called for each packet still at
-//! [`Verdict::Pass`], returns that packet's new verdict) or, for a stage that works on the
-//! whole batch at once (hash every key, prefetch, look up), a batch closure
-//! ([`StageLoop::run`]). Both bump [`StageCounters`] once per batch with the same
-//! bookkeeping as [`StageCounters::account`], so counters mean the same in every stage.
-//! The closure gets the stage back as its first argument, so it may call the stage's own
-//! `&mut self` methods. Stage-specific counters go into
-//! [`StageControl::visit_counters`] after the common ones.
-//!
-//! ```
-//! use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageLoop, Verdict};
-//! use nf_core::StageCounters;
-//!
-//! /// Drops frames longer than `max`.
-//! struct MaxLen { max: usize, counters: StageCounters, longest: u64 }
-//!
-//! impl StageLoop for MaxLen {
-//!     fn counters_mut(&mut self) -> &mut StageCounters { &mut self.counters }
-//! }
-//! impl<B: AsRef<[u8]>> Stage<B> for MaxLen {
-//!     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
-//!         self.each_pending(batch, #[inline(always)] |s, _i, pkt| {
-//!             s.longest = s.longest.max(pkt.len() as u64);
-//!             if pkt.len() > s.max { Verdict::Drop(DropReason::TooBig) } else { Verdict::Pass }
-//!         });
-//!     }
-//! }
-//! impl StageControl for MaxLen {
-//!     fn name(&self) -> &'static str { "max_len" }
-//!     fn counters(&self) -> &StageCounters { &self.counters }
-//!     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
-//!         self.counters().visit(self.name(), f);
-//!         f(self.name(), "longest", self.longest);
-//!     }
-//! }
-//!
-//! let mut stage = MaxLen { max: 16, counters: StageCounters::default(), longest: 0 };
-//! let mut batch = Batch::new();
-//! batch.push(Packet::new(vec![0u8; 10], 0, 10)?).ok();
-//! batch.push(Packet::new(vec![0u8; 20], 0, 20)?).ok();
-//! stage.process(Instant::ZERO, &mut batch);
-//! assert_eq!(batch.pending_mask(), 0b01);
-//! assert_eq!(stage.counters().drops.count(DropReason::TooBig), 1);
-//! # Ok::<(), nf_core::PacketError>(())
-//! ```
+//! The [`Stage`] trait and pipeline composition ([`Chain`], [`StageLoop`], counters).
 
 use crate::batch::Batch;
 use crate::packet::Packet;
@@ -84,6 +6,86 @@ use crate::time::Instant;
 use crate::verdict::{DropCounters, Verdict};
 
 /// One step of a packet pipeline, for buffers of type `B`.
+///
+/// The [`Stage`] trait, zero-cost pipeline composition, per-stage counters, timers and
+/// headroom.
+///
+/// A stage is a struct with one hot method, [`Stage::process`], called once per batch with
+/// the current time. It reads and rewrites packets in place, sets verdicts, and skips packets
+/// that are no longer at [`Verdict::Pass`]. Stages compose with [`StageExt::then`] into a
+/// [`Chain`], a plain struct: the compiler sees the whole pipeline and inlines across stages,
+/// with no dynamic dispatch on the hot path.
+///
+/// Everything about a stage that does not depend on the buffer type lives in
+/// [`StageControl`]: its name, every counter (one visitor for the whole pipeline), its timers
+/// (one `poll_timeout` / `handle_timeout` for the whole pipeline) and the headroom it needs.
+/// A [`Chain`] forwards all of them, so an I/O loop drives a pipeline through the pipeline
+/// value alone, whatever its shape.
+///
+/// ```
+/// use nf_core::{Batch, Instant, Packet, ParseStage, Stage, StageControl, StageExt};
+/// let mut pipeline = ParseStage::default().then(ParseStage::default());
+/// let mut batch = Batch::new();
+/// batch.push(Packet::new(vec![0u8; 10], 0, 10)?).ok();
+/// pipeline.process(Instant::ZERO, &mut batch);
+/// pipeline.visit_counters(&mut |stage, counter, value| println!("{stage} {counter} {value}"));
+/// // Timers of every stage, driven through the pipeline value.
+/// let now = Instant::ZERO;
+/// while pipeline.poll_timeout().is_some_and(|t| t <= now) {
+///     pipeline.handle_timeout(now, 1024);
+/// }
+/// # Ok::<(), nf_core::PacketError>(())
+/// ```
+///
+/// # Writing a stage
+///
+/// Every stage walks its batch and counts outcomes the same way, through [`StageLoop`]: it
+/// gives the helper its counters ([`StageLoop::counters_mut`]) and either a per-packet
+/// closure ([`StageLoop::each_pending`]: called for each packet still at
+/// [`Verdict::Pass`], returns that packet's new verdict) or, for a stage that works on the
+/// whole batch at once (hash every key, prefetch, look up), a batch closure
+/// ([`StageLoop::run`]). Both bump [`StageCounters`] once per batch with the same
+/// bookkeeping as [`StageCounters::account`], so counters mean the same in every stage.
+/// The closure gets the stage back as its first argument, so it may call the stage's own
+/// `&mut self` methods. Stage-specific counters go into
+/// [`StageControl::visit_counters`] after the common ones.
+///
+/// ```
+/// use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageLoop, Verdict};
+/// use nf_core::StageCounters;
+///
+/// /// Drops frames longer than `max`.
+/// struct MaxLen { max: usize, counters: StageCounters, longest: u64 }
+///
+/// impl StageLoop for MaxLen {
+///     fn counters_mut(&mut self) -> &mut StageCounters { &mut self.counters }
+/// }
+/// impl<B: AsRef<[u8]>> Stage<B> for MaxLen {
+///     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
+///         self.each_pending(batch, #[inline(always)] |s, _i, pkt| {
+///             s.longest = s.longest.max(pkt.len() as u64);
+///             if pkt.len() > s.max { Verdict::Drop(DropReason::TooBig) } else { Verdict::Pass }
+///         });
+///     }
+/// }
+/// impl StageControl for MaxLen {
+///     fn name(&self) -> &'static str { "max_len" }
+///     fn counters(&self) -> &StageCounters { &self.counters }
+///     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+///         self.counters().visit(self.name(), f);
+///         f(self.name(), "longest", self.longest);
+///     }
+/// }
+///
+/// let mut stage = MaxLen { max: 16, counters: StageCounters::default(), longest: 0 };
+/// let mut batch = Batch::new();
+/// batch.push(Packet::new(vec![0u8; 10], 0, 10)?).ok();
+/// batch.push(Packet::new(vec![0u8; 20], 0, 20)?).ok();
+/// stage.process(Instant::ZERO, &mut batch);
+/// assert_eq!(batch.pending_mask(), 0b01);
+/// assert_eq!(stage.counters().drops.count(DropReason::TooBig), 1);
+/// # Ok::<(), nf_core::PacketError>(())
+/// ```
 pub trait Stage<B>: StageControl {
     /// Processes every packet of `batch` still at [`Verdict::Pass`]. Does no I/O, reads no
     /// clock (`now` is the caller's), and does bounded work per packet.
