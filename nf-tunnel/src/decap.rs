@@ -24,8 +24,8 @@ use alloc::vec::Vec;
 use nf_core::flags;
 use nf_core::wire::ethertype;
 use nf_core::{
-    Batch, DropReason, Instant, Meta, Packet, ParseConfig, Parsed, Stage, StageControl,
-    StageCounters, StageLoop, TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
+    Batch, DropReason, Instant, Meta, NonIpAction, Packet, ParseConfig, Parsed, Stage,
+    StageControl, StageCounters, StageLoop, TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
 };
 
 /// Which tunnel a UDP port carries.
@@ -603,6 +603,14 @@ impl DecapStage {
         } else {
             parse_l3(inner, plan.inner_et, meta, &self.config.parse)?
         };
+        // A non-IP inner frame (ARP, LLDP ...) meets the inner parse settings' `non_ip`, as
+        // it would at a parse stage.
+        if parsed == Parsed::NonIp {
+            return match self.config.parse.non_ip {
+                NonIpAction::ToControl => Ok(Verdict::ToControl),
+                NonIpAction::Drop => Err(DropReason::NonIp),
+            };
+        }
         if let Some(cache) = self.hosts.as_mut() {
             check_source(
                 cache,
@@ -1068,6 +1076,33 @@ mod tests {
             (r, p.data().to_vec(), p.meta, p.headroom())
         };
         (run(false), run(true))
+    }
+
+    /// A non-IP inner frame (ARP) follows the inner parse settings' `non_ip`: to the control
+    /// path by default, dropped with `non_ip` when so configured; never passed as data.
+    #[test]
+    fn non_ip_inner_frames_follow_the_parse_setting() {
+        let mut arp = vec![0xffu8; 6];
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06]);
+        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&[0u8; 20]);
+        let vxlan = encapsulated(EncapConfig::vxlan(7, underlay(false)), &arp);
+        let mut drop = DecapConfig::default();
+        drop.parse.non_ip = NonIpAction::Drop;
+        for (cfg, want) in [
+            (DecapConfig::default(), Verdict::ToControl),
+            (drop, Verdict::Drop(DropReason::NonIp)),
+        ] {
+            let mut stage = DecapStage::new(cfg.clone());
+            let mut batch = Batch::new();
+            batch
+                .push(Packet::new(vxlan.clone(), 0, vxlan.len()).unwrap())
+                .unwrap();
+            stage.process(Instant::ZERO, &mut batch);
+            assert_eq!(batch.packets()[0].meta.verdict, want);
+            let (a, b) = both(&cfg, &vxlan);
+            assert_eq!(a, b, "fast path and general walk agree");
+        }
     }
 
     #[test]

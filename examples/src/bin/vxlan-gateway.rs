@@ -399,8 +399,14 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                         Verdict::Pass | Verdict::Tx(_) => self.counters.too_big_for_overlay += 1,
                         // StageControl by the stage, by reason.
                         Verdict::Drop(_) => {}
-                        // Geneve OAM only: not on a VXLAN port.
-                        Verdict::ToControl => self.counters.to_control += 1,
+                        // Decapsulated non-IP frames (ARP) go to the control path, and this
+                        // gateway's control path bridges them, as on the way in.
+                        Verdict::ToControl => {
+                            self.counters.to_control += 1;
+                            if pkt.len() <= self.over.frame_max {
+                                self.over.send(pkt.data());
+                            }
+                        }
                     }
                     self.pool.push(pkt.into_parts().0);
                 }

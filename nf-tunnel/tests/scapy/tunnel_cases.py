@@ -4,9 +4,11 @@ RFC 7348 call for. Writes OUT/cases.pcap and OUT/cases.tsv (name, profile, expec
 
 Expected outcomes:
   pass VNI PROTO SPORT DPORT OPTMASK   decapsulated; inner key and reported-option bits
-  pass VNI nonip                        decapsulated; the inner frame is not IP
+  pass VNI nonip                        decapsulated; the inner frame is not IP (unused now:
+                                        non-IP inner frames follow the parse setting `non_ip`)
   drop REASON                           dropped (nf's snake_case drop reason)
-  control                               Geneve O bit: to the control path, not forwarded
+  control                               to the control path, not forwarded (Geneve O bit; a
+                                        non-IP inner frame under the default `non_ip`)
   notunnel                              not a tunnel packet for the stage: left untouched
 
 Profiles: "generic" knows options 0x0108/1..3 (reported as bits 0..2, none required) and
@@ -133,7 +135,7 @@ cases = [
     ("vxlan_ipv6_outer", "generic", vxlan(VXLAN(vni=106), outer=IPv6(**O6)), PASS_INNER.format(106, 0)),
     ("vxlan_truncated", "generic",
      Ether(**E) / IP(**O4) / UDP(sport=1, dport=4789) / Raw(b"\x08\x00\x00\x00"), "drop tunnel_truncated"),
-    ("vxlan_inner_arp", "generic", vxlan(VXLAN(vni=107), Ether(**E) / ARP(pdst="10.0.0.9")), "pass 107 nonip"),
+    ("vxlan_inner_arp", "generic", vxlan(VXLAN(vni=107), Ether(**E) / ARP(pdst="10.0.0.9")), "control"),
     ("vxlan_inner_ipv4_bad_total_length", "generic",
      vxlan(VXLAN(vni=108), Ether(**E) / IP(src="10.0.0.1", dst="10.0.0.2", len=200) / UDP()),
      "drop ipv4_bad_total_length"),
