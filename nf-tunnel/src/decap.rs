@@ -546,10 +546,19 @@ impl DecapStage {
             }
             TunnelKind::Geneve => {
                 let g = GenevePacket::new_checked(tun)?;
-                let mask = self.check_options(&g)?;
+                let checked = self.check_options(&g);
                 if g.header().oam() {
-                    return Ok(Step::Done(Verdict::ToControl));
+                    // OAM goes to the control path once its options are well formed: the
+                    // options a profile requires are for data traffic (an AWS GWLB health
+                    // check carries none of them).
+                    return match checked {
+                        Ok(_) | Err(TunnelError::MissingOption) => {
+                            Ok(Step::Done(Verdict::ToControl))
+                        }
+                        Err(e) => Err(e.into()),
+                    };
                 }
+                let mask = checked?;
                 let p = g.header().protocol.get();
                 if !matches!(p, ethertype::TEB | ethertype::IPV4 | ethertype::IPV6) {
                     return Err(DropReason::TunnelBadProtocol);

@@ -95,6 +95,8 @@ cases = [
     ("geneve_truncated_header", "generic", raw_geneve(bytes([0, 0, 0x65, 0x58, 0])), "drop tunnel_truncated"),
     ("geneve_oam", "generic", geneve(GENEVE(vni=21, proto=0x6558, oam=1)), "control"),
     ("geneve_oam_with_options", "generic", geneve(GENEVE(vni=21, proto=0x6558, oam=1, options=GWLB)), "control"),
+    # OAM without the options GWLB requires of data traffic: still to the control path.
+    ("gwlb_oam_without_options", "gwlb", geneve(GENEVE(vni=21, proto=0x6558, oam=1)), "control"),
     ("geneve_bad_udp_checksum", "generic", geneve(GENEVE(vni=22, proto=0x6558), chksum=0x1234),
      "drop tunnel_bad_udp_checksum"),
     ("geneve_zero_udp_checksum_ipv4", "generic", geneve(GENEVE(vni=23, proto=0x6558), chksum=0),
