@@ -10,11 +10,14 @@
 //! - malformed outer headers, a non-zero UDP checksum that does not verify (or a zero one
 //!   over IPv6 unless allowed), a bad tunnel header, an unknown critical option, a missing
 //!   required option, an unknown VNI, a spoofed inner source: dropped with the reason;
-//! - a Geneve control message (O bit): [`Verdict::ToControl`], not stripped;
+//! - a Geneve control message (O bit) with well-formed options (the options a profile
+//!   requires of data traffic may be absent): [`Verdict::ToControl`], not stripped;
 //! - otherwise the outer headers are pulled off (they stay in the headroom, see
 //!   [`TunnelMeta`]), `meta.zone` and `meta.tunnel` are set and the
 //!   inner frame is parsed: from Ethernet (Geneve 0x6558, VXLAN) or, for a Geneve IPv4/IPv6
-//!   payload, from the IP header (`meta.l3 == 0`).
+//!   payload, from the IP header (`meta.l3 == 0`); a non-IP inner frame (ARP ...) follows
+//!   the inner parse settings' `non_ip` ([`Verdict::ToControl`] by default, or dropped as
+//!   [`DropReason::NonIp`]).
 
 use crate::mapping::{MappingCache, SourceCheck, ip_from_raw};
 use crate::outer::{Outer, OuterError, parse_outer, parse_outer_fast, udp_checksum_ok};
