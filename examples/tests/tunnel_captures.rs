@@ -102,7 +102,7 @@ fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary
         .records()
         .unwrap();
     assert_eq!(rows.len(), recs.len(), "{file}");
-    let mut stage = DecapStage::new(cfg);
+    let mut stage = DecapStage::new(cfg).unwrap();
     let mut tunnels = 0;
     for (row, rec) in rows.iter().zip(&recs) {
         let n = &row["frame.number"][0];
@@ -250,7 +250,9 @@ fn ipv6_vxlan_capture_with_an_offloaded_checksum() {
         .unwrap()[0];
     let mut pkt = Packet::new(rec.data.clone(), 0, rec.data.len()).unwrap();
     assert_eq!(
-        DecapStage::new(config()).decap(Instant::ZERO, &mut pkt),
+        DecapStage::new(config())
+            .unwrap()
+            .decap(Instant::ZERO, &mut pkt),
         Err(DropReason::TunnelBadUdpChecksum)
     );
     // ... and with verification off (a NIC already checked it), decapsulates it as tshark.
@@ -269,7 +271,7 @@ fn ovs_critical_option_is_dropped_when_not_understood() {
         .unwrap()
         .records()
         .unwrap();
-    let mut stage = DecapStage::new(DecapConfig::default());
+    let mut stage = DecapStage::new(DecapConfig::default()).unwrap();
     let mut dropped = 0;
     for r in &recs {
         let mut pkt = Packet::new(r.data.clone(), 0, r.data.len()).unwrap();

@@ -1,16 +1,20 @@
 //! scapy builds valid and invalid Geneve and VXLAN frames (bad option length sums, unknown
 //! critical options, version 1, truncated options, the O bit, VXLAN without the I flag,
-//! bad and zero UDP checksums, reserved bits ...) with the outcome RFC 8926 / RFC 7348 call
-//! for; nf-tunnel's decapsulation must give exactly that outcome for every one. The case
-//! table lives in `nf-tunnel/tests/scapy/tunnel_cases.py`.
+//! bad and zero UDP checksums, reserved bits, every outer shape the parse stage accepts,
+//! outer fragments, non-IP inner frames, foreign destinations, tunnels in tunnels ...) with
+//! the outcome RFC 8926 / RFC 7348 call for; nf-tunnel's decapsulation must give exactly that
+//! outcome for every one. Every frame it passes then goes through a parse stage and
+//! connection tracking, which must find the same flow without a re-parse. The case table
+//! lives in `nf-tunnel/tests/scapy/tunnel_cases.py`.
 
 mod common;
 
+use nf_core::conntrack::{Conntrack, ConntrackConfig};
 use nf_core::flags;
-use nf_core::{Batch, Instant, Packet, Stage, Verdict};
+use nf_core::{Batch, Instant, NonIpAction, Packet, ParseStage, Stage, StageExt, Verdict};
 use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gwlb;
-use nf_tunnel::{DecapConfig, DecapStage, OptionSpec, TunnelKind};
+use nf_tunnel::{ConfigError, DecapConfig, DecapStage, OptionSpec, TunnelKind};
 use std::process::Command;
 
 fn generic() -> DecapConfig {
@@ -56,28 +60,58 @@ fn scapy_tunnel_cases_have_the_rfc_outcome() {
     assert!(rows.len() >= 40, "the case table shrank");
 
     let mut failures = Vec::new();
-    for profile in ["generic", "gwlb"] {
-        let cfg = if profile == "gwlb" {
-            gwlb::decap_config()
-        } else {
-            generic()
+    for profile in ["generic", "gwlb", "strict", "local", "nested"] {
+        let cfg = match profile {
+            "gwlb" => gwlb::decap_config(),
+            "strict" => {
+                let mut c = generic();
+                c.parse.non_ip = NonIpAction::Drop;
+                c
+            }
+            "local" => DecapConfig {
+                local_ips: vec!["192.0.2.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
+                local_macs: vec![[2, 0, 0, 0, 0, 2]],
+                ..generic()
+            },
+            _ => generic(),
         };
         // All of a profile's frames in one batch: the outcome must not depend on neighbours.
-        let mut stage = DecapStage::new(cfg);
+        let mut stage = DecapStage::new(cfg.clone()).unwrap();
         let mut b = Batch::new();
         let mine: Vec<usize> = (0..rows.len()).filter(|&i| rows[i][1] == profile).collect();
         for &i in &mine {
             let d = &frames[i].data;
             b.push(Packet::new(d.clone(), 0, d.len()).unwrap()).unwrap();
         }
-        stage.process(Instant::ZERO, &mut b);
-        for (&i, p) in mine.iter().zip(b.drain()) {
-            let m = p.meta;
+        if profile == "nested" {
+            let mut three = DecapStage::new(cfg.clone())
+                .unwrap()
+                .then(DecapStage::new(cfg.clone()).unwrap())
+                .then(DecapStage::new(cfg).unwrap());
+            three.process(Instant::ZERO, &mut b);
+        } else {
+            stage.process(Instant::ZERO, &mut b);
+        }
+        let decapsulated: Vec<_> = b.packets().iter().map(|p| p.meta).collect();
+        // What decap handed over is what a parse stage finds again, and connection tracking
+        // makes a session of it (Ethernet and bare IP payloads alike).
+        let mut after = ParseStage::default()
+            .then(Conntrack::new(ConntrackConfig::new(*b"tunnel cases key"), ()).unwrap());
+        after.process(Instant::ZERO, &mut b);
+        for ((&i, p), m) in mine.iter().zip(b.drain()).zip(decapsulated) {
             let have = match m.verdict {
                 Verdict::Pass if m.tunnel.outer_len == 0 => "notunnel".to_string(),
                 Verdict::Pass if !m.has(flags::L3_VALID) => {
                     format!("pass {} nonip", m.tunnel.vni)
                 }
+                Verdict::Pass if m.tunnel.depth == 2 => format!(
+                    "pass2 {} {} {} {} {}",
+                    m.tunnel.outer_vni,
+                    m.tunnel.vni,
+                    m.flow.proto,
+                    m.flow.src_port,
+                    m.flow.dst_port
+                ),
                 Verdict::Pass => format!(
                     "pass {} {} {} {} {}",
                     m.tunnel.vni, m.flow.proto, m.flow.src_port, m.flow.dst_port, m.tunnel.options
@@ -92,8 +126,33 @@ fn scapy_tunnel_cases_have_the_rfc_outcome() {
                     rows[i][0], rows[i][2]
                 ));
             }
+            if have.starts_with("pass") {
+                let q = p.meta;
+                if q.verdict != Verdict::Pass || q.session.is_none() || q.flow != m.flow {
+                    failures.push(format!(
+                        "{}: after decap, parse and conntrack: {:?}, session {:?}, flow {} (decap said {})",
+                        rows[i][0], q.verdict, q.session, q.flow, m.flow
+                    ));
+                }
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Registering more Geneve options than a stage tracks is a config error, not options
+/// silently ignored.
+#[test]
+fn too_many_registered_options_is_a_config_error() {
+    let specs = |n: u8| (0..n).map(|t| OptionSpec::known(0x0108, t)).collect();
+    let cfg = |n| DecapConfig {
+        options: specs(n),
+        ..DecapConfig::default()
+    };
+    assert!(DecapStage::new(cfg(16)).is_ok());
+    assert_eq!(
+        DecapStage::new(cfg(17)).err(),
+        Some(ConfigError::TooManyOptions)
+    );
 }

@@ -155,7 +155,9 @@ fn variants() -> Vec<Variant> {
     for p in sent {
         batch.push(p).unwrap();
     }
-    DecapStage::new(gwlb::decap_config()).process(Instant::ZERO, &mut batch);
+    DecapStage::new(gwlb::decap_config())
+        .unwrap()
+        .process(Instant::ZERO, &mut batch);
     ReflectStage::new(1500, false).process(Instant::ZERO, &mut batch);
     v.push(Variant {
         name: "gwlb-reflected",

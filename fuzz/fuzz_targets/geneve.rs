@@ -51,12 +51,12 @@ fuzz_target!(|data: &[u8]| {
         for f in &frames {
             batch.push(Packet::new(f.clone(), 0, f.len()).unwrap()).ok();
         }
-        let mut stage = DecapStage::new(cfg.clone());
+        let mut stage = DecapStage::new(cfg.clone()).unwrap();
         stage.process(Instant::ZERO, &mut batch);
         for (i, f) in frames.iter().enumerate() {
             let mut single = Batch::new();
             single.push(Packet::new(f.clone(), 0, f.len()).unwrap()).ok();
-            DecapStage::new(cfg.clone()).process(Instant::ZERO, &mut single);
+            DecapStage::new(cfg.clone()).unwrap().process(Instant::ZERO, &mut single);
             let (a, b) = (&batch.packets()[i], &single.packets()[0]);
             assert_eq!(a.meta, b.meta);
             assert_eq!(a.data(), b.data());

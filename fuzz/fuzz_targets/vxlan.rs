@@ -45,12 +45,12 @@ fuzz_target!(|data: &[u8]| {
         buf[128..].copy_from_slice(f);
         batch.push(Packet::new(buf, 128, f.len()).unwrap()).ok();
     }
-    let mut stage = DecapStage::new(cfg.clone());
+    let mut stage = DecapStage::new(cfg.clone()).unwrap();
     stage.process(Instant::ZERO, &mut batch);
     for (i, f) in frames.iter().enumerate() {
         let mut single = Batch::new();
         single.push(Packet::new(f.clone(), 0, f.len()).unwrap()).ok();
-        DecapStage::new(cfg.clone()).process(Instant::ZERO, &mut single);
+        DecapStage::new(cfg.clone()).unwrap().process(Instant::ZERO, &mut single);
         assert_eq!(batch.packets()[i].meta, single.packets()[0].meta);
         assert_eq!(batch.packets()[i].data(), single.packets()[0].data());
     }

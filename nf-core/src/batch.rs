@@ -55,6 +55,10 @@ impl<B> Batch<B> {
     /// # Errors
     /// Returns the packet unchanged when the batch already holds [`BATCH_SIZE`] packets.
     #[inline]
+    #[expect(
+        clippy::result_large_err,
+        reason = "the packet goes back to the caller by value: boxing it would allocate"
+    )]
     pub fn push(&mut self, pkt: Packet<B>) -> Result<(), Packet<B>> {
         if self.pkts.len() >= BATCH_SIZE {
             return Err(pkt);

@@ -130,9 +130,13 @@ pub mod wire;
 pub use batch::{BATCH_SIZE, Batch};
 pub use flow::key::{Family, FlowKey, ZoneId};
 pub use hash::{FlowHasher, owner_of};
-pub use meta::{Direction, Meta, NO_NEXT_HOP, SessionRef, TunnelMeta, flags};
+pub use meta::{
+    Direction, Meta, NO_NEXT_HOP, SessionRef, TUNNEL_OPTION_DATA_LEN, TunnelKind, TunnelMeta, flags,
+};
 pub use packet::{Packet, PacketError};
-pub use parse::{NonIpAction, ParseConfig, ParseStage, Parsed, parse_frame, parse_l3};
+pub use parse::{
+    FastHeaders, NonIpAction, ParseConfig, ParseStage, Parsed, parse_fast, parse_frame, parse_l3,
+};
 pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt, StageLoop};
 #[cfg(feature = "std")]
 pub use time::StdClock;

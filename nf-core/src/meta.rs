@@ -2,6 +2,7 @@
 
 use crate::flow::{Family, FlowKey, ZoneId};
 use crate::verdict::Verdict;
+use core::net::IpAddr;
 
 /// Which way a packet travels relative to the session that owns it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -78,13 +79,37 @@ pub mod flags {
     /// Connection tracking matched this ICMP error or later fragment to the session it
     /// belongs to ([`Meta::session`](super::Meta::session)); the session was not refreshed.
     pub const RELATED: u16 = 1 << 8;
+    /// The data starts at the L3 header, with no Ethernet header in front (a bare IP tunnel
+    /// payload, a TUN device); [`Meta::ethertype`](super::Meta::ethertype) says which L3.
+    /// [`parse_l3`](crate::parse_l3) sets it and [`parse_frame`](crate::parse_frame) clears
+    /// it; the parse and decapsulation stages honour it, so they can follow a stage that
+    /// strips down to L3. To feed bare IP packets to a pipeline, set it and `ethertype`.
+    pub const NO_L2: u16 = 1 << 9;
 }
 
-/// What a decapsulation stage learned from the tunnel header it stripped.
+/// Which tunnel a packet arrived in ([`TunnelMeta::kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TunnelKind {
+    /// Geneve (RFC 8926).
+    Geneve,
+    /// VXLAN (RFC 7348).
+    Vxlan,
+}
+
+/// Bytes of registered tunnel option data a decapsulation stage keeps in
+/// [`TunnelMeta::option_data`].
+pub const TUNNEL_OPTION_DATA_LEN: usize = 32;
+
+/// What decapsulation stages learned from the tunnel headers they stripped.
 ///
-/// The stripped outer headers stay in the headroom just in front of the data (`outer_len`
-/// bytes) until something is pushed there, so a later stage can read them (for example to
-/// send a reply back through the same tunnel) without a copy.
+/// A second decapsulation stage (a tunnel inside a tunnel: AWS GWLB carrying VXLAN Traffic
+/// Mirroring, say) adds to it rather than replacing it: `kind` and `vni` are the innermost
+/// tunnel's, `outer_vni` and the underlay fields (`outer_*`) stay those of the first,
+/// outermost tunnel (the one a reply goes back through), `depth` counts the tunnels, and
+/// `options` / `option_data` belong to the last stage that registered options.
+///
+/// The stripped headers also stay in the headroom, `outer_len` bytes just in front of the
+/// data, until something is pushed there; every field here stays valid after that.
 ///
 /// New fields may be added: build one from [`TunnelMeta::default`].
 ///
@@ -93,16 +118,67 @@ pub mod flags {
 /// let mut t = TunnelMeta::default();
 /// t.vni = 5001;
 /// assert_eq!(t.outer_len, 0);
+/// assert!(!t.is_decapsulated());
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct TunnelMeta {
-    /// Virtual network identifier (Geneve / VXLAN VNI) the packet arrived with.
-    pub vni: u32,
-    /// Bytes of outer headers stripped in front of the data; 0 if not decapsulated.
-    pub outer_len: u16,
+    /// The innermost tunnel stripped; `None` if not decapsulated.
+    pub kind: Option<TunnelKind>,
+    /// Number of tunnels stripped (0: not decapsulated).
+    pub depth: u8,
     /// Bit `i` set: the `i`-th option the decap stage was asked to look for was present.
     pub options: u16,
+    /// Virtual network identifier (Geneve / VXLAN VNI) of the innermost tunnel.
+    pub vni: u32,
+    /// The outermost tunnel (equal to `kind` when `depth` is 1).
+    pub outer_kind: Option<TunnelKind>,
+    /// VNI of the outermost tunnel (equal to `vni` when `depth` is 1).
+    pub outer_vni: u32,
+    /// Bytes of outer headers stripped in front of the data (all tunnels); 0 if not
+    /// decapsulated.
+    pub outer_len: u16,
+    /// Offset of the outermost tunnel's IP header from the start of the stripped headers.
+    pub outer_l3: u16,
+    /// Offset of the outermost tunnel's UDP header from the start of the stripped headers.
+    pub outer_udp: u16,
+    /// UDP source port of the outermost tunnel (the sender's flow entropy).
+    pub outer_src_port: u16,
+    /// Address family of the underlay.
+    pub outer_family: Family,
+    /// Underlay source address of the outermost tunnel (IPv4 in the first 4 bytes).
+    pub outer_src: [u8; 16],
+    /// Underlay destination address of the outermost tunnel.
+    pub outer_dst: [u8; 16],
+    /// The data of the registered options that have a fixed length, packed in the order they
+    /// were registered (the decapsulation stage tells where each one is); zero where an
+    /// option was absent.
+    pub option_data: [u8; TUNNEL_OPTION_DATA_LEN],
+}
+
+impl TunnelMeta {
+    /// True once a decapsulation stage stripped a tunnel.
+    #[inline]
+    pub const fn is_decapsulated(&self) -> bool {
+        self.depth != 0
+    }
+
+    /// The outermost tunnel's underlay source address.
+    pub fn outer_src_ip(&self) -> IpAddr {
+        ip_of(self.outer_family, &self.outer_src)
+    }
+
+    /// The outermost tunnel's underlay destination address.
+    pub fn outer_dst_ip(&self) -> IpAddr {
+        ip_of(self.outer_family, &self.outer_dst)
+    }
+}
+
+fn ip_of(family: Family, raw: &[u8; 16]) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::from(raw.first_chunk::<4>().copied().unwrap_or_default()),
+        Family::V6 => IpAddr::from(*raw),
+    }
 }
 
 /// Sentinel for "no next hop / backend chosen".
@@ -182,11 +258,7 @@ impl Default for Meta {
             icmp_type: 0,
             direction: Direction::Original,
             flags: 0,
-            tunnel: TunnelMeta {
-                vni: 0,
-                outer_len: 0,
-                options: 0,
-            },
+            tunnel: TunnelMeta::default(),
         }
     }
 }

@@ -53,7 +53,9 @@ pub enum Parsed {
 }
 
 /// The parse stage: Ethernet → VLAN tags → IPv4/IPv6 (+options / extension headers) →
-/// TCP / UDP / ICMP, filling [`Meta`] and the [`FlowKey`] in place.
+/// TCP / UDP / ICMP, filling [`Meta`] and the [`FlowKey`] in place. A packet marked
+/// [`flags::NO_L2`] (after a decapsulation stage stripped a tunnel down to a bare IP payload,
+/// or fed from a TUN device) is parsed from its L3 header, as [`parse_l3`] does.
 ///
 /// Every malformed frame gets a precise [`DropReason`]; no input can panic it, allocate,
 /// or make it do more than bounded work (at most two VLAN tags, 40 bytes of IPv4 options,
@@ -110,10 +112,14 @@ impl<B: AsRef<[u8]>> Stage<B> for ParseStage {
             #[inline(always)]
             |s, _, pkt| {
                 let (data, meta) = pkt.data_and_meta_mut();
-                if fast_path(data, meta, &s.config).is_some() {
+                let parsed = if meta.has(flags::NO_L2) {
+                    parse_l3(data, meta.ethertype, meta, &s.config)
+                } else if fast_path(data, meta, &s.config).is_some() {
                     return Verdict::Pass;
-                }
-                match parse_slow(data, meta, &s.config) {
+                } else {
+                    parse_slow(data, meta, &s.config)
+                };
+                match parsed {
                     Ok(Parsed::Ip) => Verdict::Pass,
                     Ok(Parsed::NonIp) => match s.config.non_ip {
                         NonIpAction::ToControl => Verdict::ToControl,
@@ -206,16 +212,60 @@ fn parse_general(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Result<P
     }
 }
 
-/// Fixed-offset shortcut for the shapes that dominate real traffic: untagged Ethernet,
-/// then IPv4 without options or fragmentation, or IPv6 without extension headers, then TCP
-/// or UDP. It accepts only frames the general walk accepts, and fills `meta` identically
-/// (property-tested); anything else, valid or not, returns `None` without touching `meta` and
-/// takes the general walk, which also names the drop reason.
+/// What the parse walk's fixed-offset shortcut read from a frame of one of the shapes that
+/// dominate real traffic (see [`parse_fast`]).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct FastHeaders<'a> {
+    /// Offset of the IP header (14, or 18 behind one VLAN tag).
+    pub l3: usize,
+    /// The VLAN id of the one tag, if there is one.
+    pub vlan: Option<u16>,
+    /// `ethertype::IPV4` or `ethertype::IPV6`.
+    pub ethertype: u16,
+    /// The IP header: 20 bytes for IPv4 (no options), 40 for IPv6 (no extension headers).
+    pub ip: &'a [u8],
+    /// TCP or UDP.
+    pub proto: u8,
+    /// Transport source port.
+    pub src_port: u16,
+    /// Transport destination port.
+    pub dst_port: u16,
+    /// Transport header length (8 for UDP).
+    pub l4_len: usize,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl FastHeaders<'_> {
+    /// Offset of the transport header.
+    #[inline(always)]
+    pub const fn l4(&self) -> usize {
+        self.l3 + self.ip.len()
+    }
+}
+
+/// The parse walk's fixed-offset shortcut, for a stage that reads a frame's headers
+/// without filling [`Meta`] (a decapsulation stage reading the outer headers): Ethernet
+/// with no VLAN tag or one, then IPv4 without options or fragmentation (its checksum
+/// verified when `config` says so), or IPv6 without extension headers, then TCP or UDP
+/// whose header and length fit. `Some` only for frames [`parse_frame`] accepts with the
+/// same offsets, addresses and ports; `None` for every other frame, valid or not (the
+/// caller then takes [`parse_frame`], which also names a drop reason). The parse stage
+/// itself runs on it.
 #[inline(always)]
-fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<()> {
+pub fn parse_fast<'a>(data: &'a [u8], config: &ParseConfig) -> Option<FastHeaders<'a>> {
     let eth: &[u8; 14] = data.first_chunk()?;
-    let et = u16::from_be_bytes([eth[12], eth[13]]);
-    let rest = data.get(ETHERNET_HEADER_LEN..)?;
+    let mut et = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut l3 = ETHERNET_HEADER_LEN;
+    let mut vlan = None;
+    if is_vlan_tpid(et) {
+        let tag: &[u8; 4] = data.get(ETHERNET_HEADER_LEN..)?.first_chunk()?;
+        vlan = Some(u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff);
+        et = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 += 4;
+    }
+    let rest = data.get(l3..)?;
     if et == ethertype::IPV4 {
         let ip: &[u8; 20] = rest.first_chunk()?;
         if ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
@@ -227,41 +277,96 @@ fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<()> {
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
         let after = rest.get(20..)?;
         // A total length under 20 wraps to a huge L4 length, which overruns the frame.
-        let (sp, dp, hlen, tcp_flags) = l4_fast(ip[9], after, total.wrapping_sub(20), false)?;
-        meta.flow = FlowKey::v4(
-            meta.zone,
-            [ip[12], ip[13], ip[14], ip[15]],
-            [ip[16], ip[17], ip[18], ip[19]],
-            ip[9],
-            sp,
-            dp,
-        );
-        finish_fast(meta, et, 20, hlen, tcp_flags);
-        Some(())
+        let (src_port, dst_port, l4_len, tcp_flags) =
+            l4_fast(ip[9], after, total.wrapping_sub(20), false)?;
+        Some(FastHeaders {
+            l3,
+            vlan,
+            ethertype: et,
+            ip,
+            proto: ip[9],
+            src_port,
+            dst_port,
+            l4_len,
+            tcp_flags,
+        })
     } else if et == ethertype::IPV6 {
         let (ip, after) = Ipv6Header::ref_from_prefix(rest).ok()?;
         let odd = ip.vtcfl.get() >> 28 != 6;
         let plen = usize::from(ip.payload_len.get());
-        let (sp, dp, hlen, tcp_flags) = l4_fast(ip.next_header, after, plen, odd)?;
-        let zone = meta.zone;
-        meta.flow
-            .set_v6(zone, &ip.src, &ip.dst, ip.next_header, sp, dp);
-        finish_fast(meta, et, 40, hlen, tcp_flags);
-        Some(())
+        let (src_port, dst_port, l4_len, tcp_flags) = l4_fast(ip.next_header, after, plen, odd)?;
+        Some(FastHeaders {
+            l3,
+            vlan,
+            ethertype: et,
+            ip: rest.get(..40)?,
+            proto: ip.next_header,
+            src_port,
+            dst_port,
+            l4_len,
+            tcp_flags,
+        })
     } else {
         None
     }
 }
 
+/// [`parse_fast`] filling `meta` as the general walk would (property-tested); `None`
+/// without touching `meta` for the frames it declines.
 #[inline(always)]
-fn finish_fast(meta: &mut Meta, et: u16, l3_len: usize, l4_len: usize, tcp_flags: u8) {
-    let l4 = ETHERNET_HEADER_LEN + l3_len;
+fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<()> {
+    let h = parse_fast(data, config)?;
+    if let Some(ip) = h.ip.first_chunk::<20>()
+        && h.ethertype == ethertype::IPV4
+    {
+        meta.flow = FlowKey::v4(
+            meta.zone,
+            [ip[12], ip[13], ip[14], ip[15]],
+            [ip[16], ip[17], ip[18], ip[19]],
+            h.proto,
+            h.src_port,
+            h.dst_port,
+        );
+    } else {
+        let (ip, _) = Ipv6Header::ref_from_prefix(h.ip).ok()?;
+        let zone = meta.zone;
+        meta.flow
+            .set_v6(zone, &ip.src, &ip.dst, h.proto, h.src_port, h.dst_port);
+    }
+    finish_fast(
+        meta,
+        h.ethertype,
+        h.l3,
+        h.ip.len(),
+        h.l4_len,
+        h.tcp_flags,
+        h.vlan,
+    );
+    Some(())
+}
+
+#[inline(always)]
+fn finish_fast(
+    meta: &mut Meta,
+    et: u16,
+    l2_len: usize,
+    l3_len: usize,
+    l4_len: usize,
+    tcp_flags: u8,
+    vid: Option<u16>,
+) {
+    let l4 = l2_len + l3_len;
     meta.ethertype = et;
-    meta.l3 = ETHERNET_HEADER_LEN as u16;
+    meta.l3 = l2_len as u16;
     meta.l4 = l4 as u16;
     meta.payload = (l4 + l4_len) as u16;
     meta.flags = flags::L3_VALID | flags::L4_VALID;
     meta.vlan_count = 0;
+    if let Some(v) = vid {
+        meta.vlan[0] = v;
+        meta.vlan_count = 1;
+        meta.flags |= flags::VLAN;
+    }
     meta.tcp_flags = tcp_flags;
     meta.icmp_type = 0;
 }
@@ -306,7 +411,8 @@ fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<(u16, u16, u
 
 /// Parses a bare L3 packet (no Ethernet header: a tunnel payload whose protocol type is
 /// IPv4 or IPv6) into `meta`, like [`parse_frame`] with `ethertype` standing in for the
-/// Ethernet header: `meta.l3` is 0. Other EtherTypes give [`Parsed::NonIp`].
+/// Ethernet header: `meta.l3` is 0 and [`flags::NO_L2`] is set (which the parse stage
+/// honours). Other EtherTypes give [`Parsed::NonIp`].
 ///
 /// # Errors
 /// The [`DropReason`] of the first malformation found.
@@ -317,7 +423,7 @@ pub fn parse_l3(
     meta: &mut Meta,
     config: &ParseConfig,
 ) -> Result<Parsed, DropReason> {
-    meta.flags = 0;
+    meta.flags = flags::NO_L2;
     meta.vlan_count = 0;
     meta.tcp_flags = 0;
     meta.icmp_type = 0;
@@ -565,8 +671,9 @@ mod tests {
             any::<u16>(),
             0u8..4,
             proptest::collection::vec(any::<u8>(), 0..24),
+            proptest::option::of((any::<bool>(), any::<u16>())),
         )
-            .prop_map(|(s, d, sp, dp, kind, payload)| {
+            .prop_map(|(s, d, sp, dp, kind, payload, vlan)| {
                 let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6]);
                 let mut out = alloc::vec::Vec::new();
                 let (s4, d4) = ([s[0], s[1], s[2], s[3]], [d[0], d[1], d[2], d[3]]);
@@ -583,6 +690,17 @@ mod tests {
                     _ => b.ipv6(s, d, 9).udp(sp, dp).write(&mut out, &payload),
                 }
                 .unwrap();
+                // One 802.1Q or 802.1ad tag in front of the EtherType.
+                if let Some((qinq, tci)) = vlan {
+                    let tpid = if qinq {
+                        ethertype::QINQ
+                    } else {
+                        ethertype::VLAN
+                    };
+                    let mut tag = tpid.to_be_bytes().to_vec();
+                    tag.extend_from_slice(&tci.to_be_bytes());
+                    out.splice(12..12, tag);
+                }
                 out
             })
     }
@@ -643,6 +761,39 @@ mod tests {
             parse_frame(&f, &mut m, &ParseConfig::default()),
             Err(DropReason::Ipv4BadFragment)
         );
+    }
+
+    /// A bare IP packet marked `NO_L2` (a TUN device, a stripped bare IP tunnel payload)
+    /// goes through the parse stage from its IP header.
+    #[test]
+    fn the_parse_stage_honours_no_l2() {
+        use crate::packet::Packet;
+        let frame = crate::wire::Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2])
+            .udp(1000, 53)
+            .to_vec()
+            .unwrap();
+        let ip = &frame[14..];
+        let mut pkt = Packet::new(ip.to_vec(), 0, ip.len()).unwrap();
+        pkt.meta.flags = flags::NO_L2;
+        pkt.meta.ethertype = ethertype::IPV4;
+        let mut batch = Batch::new();
+        batch.push(pkt).unwrap();
+        ParseStage::default().process(Instant::ZERO, &mut batch);
+        let m = batch.packets()[0].meta;
+        assert_eq!(m.verdict, Verdict::Pass);
+        assert_eq!(
+            alloc::string::ToString::to_string(&m.flow),
+            "zone 0 udp/17 10.0.0.1:1000 -> 10.0.0.2:53"
+        );
+        assert_eq!((m.l3, m.l4), (0, 20));
+        assert!(m.has(flags::NO_L2));
+        // Without the flag the same bytes are read as Ethernet and are not IP.
+        let mut batch = Batch::new();
+        batch
+            .push(Packet::new(ip.to_vec(), 0, ip.len()).unwrap())
+            .unwrap();
+        ParseStage::default().process(Instant::ZERO, &mut batch);
+        assert_eq!(batch.packets()[0].meta.verdict, Verdict::ToControl);
     }
 
     #[test]

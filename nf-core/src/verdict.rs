@@ -105,6 +105,14 @@ drop_reasons! {
     TunnelSpoofed => "tunnel_spoofed",
     /// A non-zero outer UDP checksum that does not verify.
     TunnelBadUdpChecksum => "tunnel_bad_udp_checksum",
+    /// An outer IP fragment addressed to a tunnel port: tunnel packets are decapsulated
+    /// whole or not at all (an atomic fragment is whole).
+    TunnelFragmented => "tunnel_fragmented",
+    /// A tunnel packet whose outer destination (IP or MAC) is not one of the node's own.
+    TunnelNotLocal => "tunnel_not_local",
+    /// More nested tunnels than the stage handles (a third decapsulation, or reflecting a
+    /// packet that came through two tunnels).
+    TunnelTooDeep => "tunnel_too_deep",
     /// The encapsulated frame would exceed the underlay MTU.
     TooBig => "too_big",
     /// Not enough headroom in the buffer to push the encapsulation headers.

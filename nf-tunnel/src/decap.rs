@@ -2,43 +2,54 @@
 //! outer headers, map the VNI to a zone, strip the outer headers in place and parse the
 //! inner frame.
 //!
-//! For every packet still at [`Verdict::Pass`]:
-//! - not IP/UDP to a configured port (or an IP fragment): left alone, or dropped with
-//!   [`DropReason::NotTunnel`] ([`DecapConfig::non_tunnel`]);
-//! - an IPv4 / IPv6 / UDP header that is malformed (or, for IPv4, has a bad checksum when
-//!   checked): dropped with that layer's reason, whatever its port;
-//! - malformed outer headers, a non-zero UDP checksum that does not verify (or a zero one
-//!   over IPv6 unless allowed), a bad tunnel header, an unknown critical option, a missing
-//!   required option, an unknown VNI, a spoofed inner source: dropped with the reason;
+//! The outer headers are read by nf-core's parse walk itself ([`parse_frame`], or
+//! [`parse_l3`] for a packet marked [`flags::NO_L2`]), so the stage accepts exactly the
+//! outers the parse stage accepts: Ethernet with up to two VLAN tags, IPv4 with options,
+//! IPv6 with extension headers, atomic fragments. For every packet still at
+//! [`Verdict::Pass`]:
+//! - a frame the parse walk rejects: dropped with its reason, whatever its port;
+//! - not IP/UDP to a configured port (a later fragment has no port): left alone, with its
+//!   metadata filled as the parse stage would, or dropped with [`DropReason::NotTunnel`]
+//!   ([`DecapConfig::non_tunnel`]);
+//! - UDP to a tunnel port in a (non-atomic) IP fragment: dropped as
+//!   [`DropReason::TunnelFragmented`]; beyond a second nested tunnel:
+//!   [`DropReason::TunnelTooDeep`]; to a destination IP or MAC that is not one of
+//!   [`DecapConfig::local_ips`] / [`DecapConfig::local_macs`] (when set):
+//!   [`DropReason::TunnelNotLocal`];
+//! - a non-zero UDP checksum that does not verify (or a zero one over IPv6 unless allowed),
+//!   a bad tunnel header, an unknown critical option, a missing required option, an unknown
+//!   VNI, a spoofed inner source: dropped with the reason;
 //! - a Geneve control message (O bit) with well-formed options (the options a profile
 //!   requires of data traffic may be absent): [`Verdict::ToControl`], not stripped;
-//! - otherwise the outer headers are pulled off (they stay in the headroom, see
-//!   [`TunnelMeta`]), `meta.zone` and `meta.tunnel` are set and the
-//!   inner frame is parsed: from Ethernet (Geneve 0x6558, VXLAN) or, for a Geneve IPv4/IPv6
-//!   payload, from the IP header (`meta.l3 == 0`); a non-IP inner frame (ARP ...) follows
-//!   the inner parse settings' `non_ip` ([`Verdict::ToControl`] by default, or dropped as
-//!   [`DropReason::NonIp`]).
+//! - otherwise the outer headers are pulled off (they stay in the headroom),
+//!   `meta.zone` and `meta.tunnel` ([`TunnelMeta`]: kind, VNI, underlay addresses, the
+//!   registered options and their data) are set and the inner frame is parsed, so the next
+//!   stage needs no parse stage: from Ethernet (Geneve 0x6558, VXLAN) or, for a Geneve
+//!   IPv4/IPv6 payload, from the IP header (`meta.l3 == 0`, [`flags::NO_L2`] set); a non-IP
+//!   inner frame (ARP ...) follows the inner parse settings' `non_ip`
+//!   ([`Verdict::ToControl`] by default, or dropped as [`DropReason::NonIp`]).
+//!
+//! A second stage strips a tunnel inside the first (GWLB's Geneve carrying VXLAN Traffic
+//! Mirroring): it starts at the inner L3 when the first left a bare IP packet, and keeps the
+//! first tunnel's metadata (`meta.tunnel.outer_vni`, the underlay addresses) beside its own.
 
+use crate::encap::ConfigError;
 use crate::mapping::{MappingCache, SourceCheck, ip_from_raw};
-use crate::outer::{Outer, OuterError, parse_outer, parse_outer_fast, udp_checksum_ok};
+use crate::outer::{Outer, udp_checksum_ok};
 use crate::zones::ZoneMap;
 use crate::{GENEVE_PORT, GenevePacket, TunnelError, VXLAN_PORT, VxlanPacket};
 use alloc::vec::Vec;
-use nf_core::flags;
+use core::net::IpAddr;
+use nf_core::flow::proto;
 use nf_core::wire::ethertype;
 use nf_core::{
-    Batch, DropReason, Instant, Meta, NonIpAction, Packet, ParseConfig, Parsed, Stage,
-    StageControl, StageCounters, StageLoop, TunnelMeta, Verdict, ZoneId, parse_frame, parse_l3,
+    Batch, DropReason, Family, Instant, Meta, NonIpAction, Packet, ParseConfig, Parsed, Stage,
+    StageControl, StageCounters, StageLoop, TUNNEL_OPTION_DATA_LEN, TunnelMeta, Verdict, ZoneId,
+    flags, parse_fast, parse_frame, parse_l3,
 };
 
-/// Which tunnel a UDP port carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TunnelKind {
-    /// Geneve (RFC 8926).
-    Geneve,
-    /// VXLAN (RFC 7348).
-    Vxlan,
-}
+/// Which tunnel a UDP port carries (nf-core's, as it is recorded in [`TunnelMeta::kind`]).
+pub use nf_core::TunnelKind;
 
 /// Fate of frames that are not tunnel packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,7 +107,8 @@ impl OptionSpec {
     }
 }
 
-/// Most options a stage tracks (one bit each in `meta.tunnel.options`).
+/// Most options a stage tracks (one bit each in `meta.tunnel.options`); registering more is
+/// a [`ConfigError::TooManyOptions`].
 pub const MAX_OPTION_SPECS: usize = 16;
 
 /// Decapsulation settings.
@@ -120,6 +132,12 @@ pub struct DecapConfig {
     pub unknown_source: UnknownSource,
     /// Inner frame parsing.
     pub parse: ParseConfig,
+    /// The node's own underlay addresses: a tunnel packet to another destination IP is
+    /// dropped ([`DropReason::TunnelNotLocal`]). Empty: any destination.
+    pub local_ips: Vec<IpAddr>,
+    /// The node's own MAC addresses, checked the same way when the frame has an Ethernet
+    /// header. Empty: any destination MAC.
+    pub local_macs: Vec<[u8; 6]>,
 }
 
 impl Default for DecapConfig {
@@ -137,22 +155,34 @@ impl Default for DecapConfig {
             non_tunnel: NonTunnel::Pass,
             unknown_source: UnknownSource::Drop,
             parse: ParseConfig::default(),
+            local_ips: Vec::new(),
+            local_macs: Vec::new(),
         }
     }
 }
 
 /// The decapsulation stage (see the module docs).
 ///
-/// Each packet first tries a fixed-offset fast path for the common shape (untagged
-/// Ethernet, IPv4 without options, UDP, a tunnel on one of the first configured ports,
-/// Geneve options walked once); anything it does not accept, valid or not, takes the general
-/// walk, which also names the drop reason. Both give the same result for every input
-/// (property-tested).
+/// The outer headers take nf-core's parse walk, whose fixed-offset shortcut covers the
+/// common outers (no VLAN tag or one, IPv4 without options, IPv6 without extension
+/// headers). The tunnel header then first tries a fast path (a tunnel on one of the first
+/// configured ports, Geneve options compared with the expected layout or walked once);
+/// anything it does not accept, valid or not, takes the general walk, which also names the
+/// drop reason. Both give the same result for every input (property-tested).
 #[derive(Debug)]
 pub struct DecapStage {
     config: DecapConfig,
     required_mask: u16,
     fast: FastTables,
+    /// The outer parse: the inner settings with the outer IPv4 checksum setting.
+    outer_parse: ParseConfig,
+    /// [`DecapConfig::local_ips`] as (family, raw address).
+    local_ips: Vec<(Family, [u8; 16])>,
+    /// Per option spec: where its data goes in [`TunnelMeta::option_data`] (offset,
+    /// length; length 0 for a spec whose data is not kept).
+    data_slots: [(u8, u8); MAX_OPTION_SPECS],
+    /// Some spec's data is kept.
+    keeps_data: bool,
     hosts: Option<MappingCache>,
     counters: StageCounters,
 }
@@ -161,6 +191,7 @@ pub struct DecapStage {
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     outer: Outer,
+    kind: TunnelKind,
     vni: u32,
     zone: ZoneId,
     /// Tunnel header length (Geneve options included).
@@ -381,6 +412,39 @@ impl FastTables {
         (opts.is_empty() && mask & required == required).then_some(mask)
     }
 
+    /// The data of the options in `opts` (a well-formed options area) whose spec keeps
+    /// its data, each at its slot.
+    #[inline(never)]
+    fn option_data(
+        &self,
+        mut opts: &[u8],
+        slots: &[(u8, u8); MAX_OPTION_SPECS],
+    ) -> [u8; TUNNEL_OPTION_DATA_LEN] {
+        let mut out = [0u8; TUNNEL_OPTION_DATA_LEN];
+        // Bounded: each step consumes at least 4 of at most 252 bytes.
+        while let Some(&w) = opts.first_chunk::<4>() {
+            let w = u32::from_be_bytes(w);
+            let len = (w & 0x1f) as usize * 4;
+            let key = (w >> 8) & 0x00ff_ff7f;
+            let keys = self.opt_keys.get(..self.specs).unwrap_or(&[]);
+            if let Some(i) = keys.iter().position(|&k| k == key)
+                && let Some(&(off, n)) = slots.get(i)
+                && usize::from(n) == len
+                && let (Some(dst), Some(src)) = (
+                    out.get_mut(usize::from(off)..usize::from(off) + len),
+                    opts.get(4..4 + len),
+                )
+            {
+                dst.copy_from_slice(src);
+            }
+            let Some(rest) = opts.get(4 + len..) else {
+                break;
+            };
+            opts = rest;
+        }
+        out
+    }
+
     /// The spec an option header word names: `Some(Some(i))`, `Some(None)` for an unknown
     /// option that may be skipped, `None` where the general walk drops the packet (unknown
     /// critical option, known option of the wrong length).
@@ -400,22 +464,58 @@ impl FastTables {
 }
 
 impl DecapStage {
-    /// A stage with `config` (options beyond [`MAX_OPTION_SPECS`] are ignored).
-    pub fn new(mut config: DecapConfig) -> Self {
-        config.options.truncate(MAX_OPTION_SPECS);
+    /// A stage with `config`.
+    ///
+    /// # Errors
+    /// [`ConfigError::TooManyOptions`] beyond [`MAX_OPTION_SPECS`] option specs.
+    pub fn new(config: DecapConfig) -> Result<Self, ConfigError> {
+        if config.options.len() > MAX_OPTION_SPECS {
+            return Err(ConfigError::TooManyOptions);
+        }
         let required_mask = config
             .options
             .iter()
             .enumerate()
             .filter(|(_, o)| o.required)
             .fold(0u16, |m, (i, _)| m | (1 << i));
-        Self {
+        // Fixed-length specs keep their data, packed in order, while it fits.
+        let mut data_slots = [(0u8, 0u8); MAX_OPTION_SPECS];
+        let mut at = 0usize;
+        for (slot, spec) in data_slots.iter_mut().zip(&config.options) {
+            if let Some(n) = spec.data_len
+                && usize::from(n) <= TUNNEL_OPTION_DATA_LEN - at
+                && n != 0
+            {
+                *slot = (at as u8, n);
+                at += usize::from(n);
+            }
+        }
+        let local_ips = config
+            .local_ips
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V4(a) => {
+                    let mut raw = [0u8; 16];
+                    raw[..4].copy_from_slice(&a.octets());
+                    (Family::V4, raw)
+                }
+                IpAddr::V6(a) => (Family::V6, a.octets()),
+            })
+            .collect();
+        Ok(Self {
             fast: FastTables::new(&config),
+            outer_parse: ParseConfig {
+                verify_ipv4_checksum: config.verify_ipv4_checksum,
+                ..config.parse
+            },
+            local_ips,
+            data_slots,
+            keeps_data: at != 0,
             config,
             required_mask,
             hosts: None,
             counters: StageCounters::default(),
-        }
+        })
     }
 
     /// Also checks every inner source against `cache` (anti-spoofing): the outer source
@@ -435,6 +535,20 @@ impl DecapStage {
         self.hosts.as_mut()
     }
 
+    /// The data of option spec `spec` (its index in [`DecapConfig::options`]) that this
+    /// stage kept in `meta.option_data`: `None` if the option was absent or its data is not
+    /// kept. Specs with a fixed `data_len` keep their data, packed in the order they were
+    /// registered, while it fits in [`TUNNEL_OPTION_DATA_LEN`] bytes; the data stays
+    /// readable whatever later stages push in front of the packet.
+    pub fn option_data<'m>(&self, meta: &'m TunnelMeta, spec: usize) -> Option<&'m [u8]> {
+        let (off, len) = *self.data_slots.get(spec)?;
+        if len == 0 || meta.options & (1 << spec) == 0 {
+            return None;
+        }
+        meta.option_data
+            .get(usize::from(off)..usize::from(off) + usize::from(len))
+    }
+
     /// Decapsulates one packet (what [`Stage::process`] does for each pending packet).
     ///
     /// # Errors
@@ -445,7 +559,7 @@ impl DecapStage {
         now: Instant,
         pkt: &mut Packet<B>,
     ) -> Result<Verdict, DropReason> {
-        match self.plan_fast(pkt.data()) {
+        match self.plan_fast(pkt.data(), &pkt.meta) {
             Some(plan) => self.strip(now, pkt, plan),
             None => self.decap_general(now, pkt),
         }
@@ -459,23 +573,107 @@ impl DecapStage {
         now: Instant,
         pkt: &mut Packet<B>,
     ) -> Result<Verdict, DropReason> {
-        match self.plan(pkt.data())? {
+        let (data, meta) = pkt.data_and_meta_mut();
+        let Some((kind, outer)) = self.outer(data, meta)? else {
+            return self.not_tunnel();
+        };
+        match self.plan(data, kind, outer)? {
             Step::Strip(plan) => self.strip(now, pkt, plan),
             Step::Done(v) => Ok(v),
         }
     }
 
-    /// The fast path over the outer and tunnel headers: IPv4 without options or VLAN tag,
-    /// a port among the first [`FAST_PORTS`], a VXLAN or Geneve data packet whose options
-    /// the stage accepts, a known VNI. `Some` only where [`DecapStage::plan`] gives the same
-    /// plan; `None` for everything else, valid or not.
+    /// The outer headers, read by the parse walk into `meta`: the tunnel and where its
+    /// underlay headers are, once every outer check passed; `None` for a packet that is not
+    /// for a tunnel port.
     #[inline(always)]
-    fn plan_fast(&self, data: &[u8]) -> Option<Plan> {
-        let outer = parse_outer_fast(data, self.config.verify_ipv4_checksum)?;
-        let kind = self.fast.kind(outer.dst_port)?;
-        if outer.udp_checksum != 0 && self.config.verify_udp_checksum && !udp_ok(data, outer) {
+    fn outer(
+        &self,
+        data: &[u8],
+        meta: &mut Meta,
+    ) -> Result<Option<(TunnelKind, Outer)>, DropReason> {
+        let parsed = if meta.has(flags::NO_L2) {
+            parse_l3(data, meta.ethertype, meta, &self.outer_parse)?
+        } else {
+            parse_frame(data, meta, &self.outer_parse)?
+        };
+        // A later fragment has no transport header (and no port to tell a tunnel by).
+        if parsed != Parsed::Ip || meta.flow.proto != proto::UDP || !meta.has(flags::L4_VALID) {
+            return Ok(None);
+        }
+        let Some(kind) = self
+            .fast
+            .kind(meta.flow.dst_port)
+            .or_else(|| self.kind(meta.flow.dst_port))
+        else {
+            return Ok(None);
+        };
+        if meta.has(flags::FRAGMENT) {
+            return Err(DropReason::TunnelFragmented);
+        }
+        if meta.tunnel.depth >= 2 {
+            return Err(DropReason::TunnelTooDeep);
+        }
+        let outer = Outer::from_parsed(data, meta).ok_or(DropReason::UdpTruncated)?;
+        if !self.local_ips.is_empty()
+            && !self
+                .local_ips
+                .iter()
+                .any(|&(f, a)| f == meta.flow.family() && a == *meta.flow.dst_raw())
+        {
+            return Err(DropReason::TunnelNotLocal);
+        }
+        if !self.config.local_macs.is_empty()
+            && !meta.has(flags::NO_L2)
+            && !data
+                .first_chunk::<6>()
+                .is_some_and(|mac| self.config.local_macs.contains(mac))
+        {
+            return Err(DropReason::TunnelNotLocal);
+        }
+        if outer.udp_checksum == 0 {
+            if outer.v6 && !self.config.accept_zero_udp6_checksum {
+                return Err(DropReason::TunnelBadUdpChecksum);
+            }
+        } else if self.config.verify_udp_checksum && !udp_ok(data, outer) {
+            return Err(DropReason::TunnelBadUdpChecksum);
+        }
+        Ok(Some((kind, outer)))
+    }
+
+    /// The fast path: the outer in a shape the parse walk's shortcut takes ([`parse_fast`]:
+    /// no VLAN tag or one, IPv4 without options or IPv6 without extension headers), UDP to
+    /// one of the first [`FAST_PORTS`] configured ports, every outer check passed, a VXLAN
+    /// or Geneve data packet whose options the stage accepts, a known VNI. `Some` only where
+    /// the general walk gives the same plan; `None` for everything else, valid or not.
+    #[inline(always)]
+    fn plan_fast(&self, data: &[u8], meta: &Meta) -> Option<Plan> {
+        if meta.flags & flags::NO_L2 != 0 || meta.tunnel.depth >= 2 {
             return None;
         }
+        let h = parse_fast(data, &self.outer_parse)?;
+        if h.proto != proto::UDP {
+            return None;
+        }
+        let kind = self.fast.kind(h.dst_port)?;
+        let v6 = h.ethertype == ethertype::IPV6;
+        let outer = Outer::at(data, h.l3, h.l4(), v6)?;
+        if !(self.local_ips.is_empty() && self.config.local_macs.is_empty()) {
+            return None;
+        }
+        if outer.udp_checksum == 0 {
+            if v6 && !self.config.accept_zero_udp6_checksum {
+                return None;
+            }
+        } else if self.config.verify_udp_checksum && !udp_ok(data, outer) {
+            return None;
+        }
+        self.plan_tunnel_fast(data, kind, outer)
+    }
+
+    /// The fast path over the tunnel header (see [`DecapStage::plan_fast`]).
+    #[inline(always)]
+    fn plan_tunnel_fast(&self, data: &[u8], kind: TunnelKind, outer: Outer) -> Option<Plan> {
         let tun = data.get(outer.tunnel()..)?.get(..outer.udp_payload_len)?;
         let &[b0, b1, p0, p1, v0, v1, v2, v3] = tun.first_chunk::<8>()?;
         let vni = u32::from_be_bytes([v0, v1, v2, v3]) >> 8;
@@ -513,6 +711,7 @@ impl DecapStage {
         let zone = self.config.zones.zone(vni)?;
         Some(Plan {
             outer,
+            kind,
             vni,
             zone,
             hdr_len,
@@ -521,25 +720,9 @@ impl DecapStage {
         })
     }
 
-    /// The general walk over the outer and tunnel headers: every shape, every drop reason.
+    /// The general walk over the tunnel header: every shape, every drop reason.
     #[inline]
-    fn plan(&self, data: &[u8]) -> Result<Step, DropReason> {
-        let outer = match parse_outer(data, self.config.verify_ipv4_checksum) {
-            Ok(o) => o,
-            Err(OuterError::NotUdp) => return self.not_tunnel().map(Step::Done),
-            // A broken IPv4/IPv6/UDP header is dropped whatever port it was for.
-            Err(OuterError::Bad(r)) => return Err(r),
-        };
-        let Some(kind) = self.kind(outer.dst_port) else {
-            return self.not_tunnel().map(Step::Done);
-        };
-        if outer.udp_checksum == 0 {
-            if outer.v6 && !self.config.accept_zero_udp6_checksum {
-                return Err(DropReason::TunnelBadUdpChecksum);
-            }
-        } else if self.config.verify_udp_checksum && !udp_checksum_ok(data, &outer) {
-            return Err(DropReason::TunnelBadUdpChecksum);
-        }
+    fn plan(&self, data: &[u8], kind: TunnelKind, outer: Outer) -> Result<Step, DropReason> {
         let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
         let tun = tun.get(..outer.udp_payload_len).unwrap_or(tun);
         let (vni, hdr_len, inner_et, options) = match kind {
@@ -576,6 +759,7 @@ impl DecapStage {
             .ok_or(DropReason::TunnelUnknownVni)?;
         Ok(Step::Strip(Plan {
             outer,
+            kind,
             vni,
             zone,
             hdr_len,
@@ -595,6 +779,17 @@ impl DecapStage {
     ) -> Result<Verdict, DropReason> {
         let outer = &plan.outer;
         let strip = outer.tunnel() + plan.hdr_len;
+        let option_data = if self.keeps_data && plan.options != 0 {
+            let opts = pkt
+                .data()
+                .get(outer.tunnel() + crate::GENEVE_HEADER_LEN..strip)
+                .unwrap_or(&[]);
+            Some(self.fast.option_data(opts, &self.data_slots))
+        } else {
+            None
+        };
+        // The underlay addresses, before the headers holding them move into the headroom.
+        let (src, dst) = (outer.src(pkt.data()), outer.dst(pkt.data()));
         let excess = pkt
             .len()
             .saturating_sub(outer.tunnel() + outer.udp_payload_len);
@@ -606,10 +801,32 @@ impl DecapStage {
             .map_err(|_| DropReason::TunnelTruncated)?;
         let (inner, meta) = pkt.data_and_meta_mut();
         meta.zone = plan.zone;
-        meta.tunnel = TunnelMeta::default();
-        meta.tunnel.vni = plan.vni;
-        meta.tunnel.outer_len = strip as u16;
-        meta.tunnel.options = plan.options;
+        // The outer's VLAN tags are not the inner frame's (the inner parse sets only the
+        // tags it finds).
+        meta.vlan = [0; 2];
+        let t = &mut meta.tunnel;
+        if t.depth == 0 {
+            t.outer_kind = Some(plan.kind);
+            t.outer_vni = plan.vni;
+            t.outer_len = strip as u16;
+            t.outer_l3 = outer.l3 as u16;
+            t.outer_udp = outer.udp as u16;
+            t.outer_src_port = outer.src_port;
+            t.outer_family = if outer.v6 { Family::V6 } else { Family::V4 };
+            t.outer_src = src;
+            t.outer_dst = dst;
+            t.options = 0;
+            t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
+        } else {
+            t.outer_len = t.outer_len.saturating_add(strip as u16);
+        }
+        t.depth += 1;
+        t.kind = Some(plan.kind);
+        t.vni = plan.vni;
+        if !self.config.options.is_empty() {
+            t.options = plan.options;
+            t.option_data = option_data.unwrap_or([0; TUNNEL_OPTION_DATA_LEN]);
+        }
         let parsed = if plan.inner_et == ethertype::TEB {
             parse_frame(inner, meta, &self.config.parse)?
         } else {
@@ -627,7 +844,7 @@ impl DecapStage {
             check_source(
                 cache,
                 now,
-                outer,
+                ip_from_raw(&src, outer.v6),
                 plan.vni,
                 meta,
                 parsed,
@@ -635,6 +852,12 @@ impl DecapStage {
             )?;
         }
         Ok(Verdict::Pass)
+    }
+
+    /// The fast path's plan for `frame`, if it takes one.
+    #[cfg(test)]
+    fn fast_plan_of(&self, frame: &[u8]) -> Option<Plan> {
+        self.plan_fast(frame, &Meta::default())
     }
 
     #[inline]
@@ -699,7 +922,7 @@ fn udp_ok(data: &[u8], outer: Outer) -> bool {
 fn check_source(
     cache: &mut MappingCache,
     now: Instant,
-    outer: &Outer,
+    outer_src: IpAddr,
     vni: u32,
     meta: &Meta,
     parsed: Parsed,
@@ -711,7 +934,6 @@ fn check_source(
         return Ok(());
     }
     let inner = meta.flow.src_ip();
-    let outer_src = ip_from_raw(&outer.src, outer.v6);
     match cache.check_source(now, vni, inner, outer_src) {
         SourceCheck::Valid => Ok(()),
         SourceCheck::Spoofed => Err(DropReason::TunnelSpoofed),
@@ -777,56 +999,18 @@ pub fn stripped_headers<B: AsRef<[u8]>>(pkt: &Packet<B>) -> Option<&[u8]> {
     pkt.buffer().as_ref().get(h.checked_sub(n)?..h)
 }
 
-/// The Geneve header (with its options) a decapsulation stage stripped from `pkt`.
+/// The Geneve header (with its options) a decapsulation stage stripped from `pkt`, while
+/// nothing was pushed in front of the packet since (the outermost tunnel's, after nested
+/// decapsulation). The registered options' data outlives that:
+/// [`DecapStage::option_data`].
 pub fn received_geneve<B: AsRef<[u8]>>(pkt: &Packet<B>) -> Option<GenevePacket<&[u8]>> {
-    let hdrs = stripped_headers(pkt)?;
-    let outer = parse_outer_prefix(hdrs)?;
-    GenevePacket::new_checked(hdrs.get(outer.tunnel()..)?).ok()
-}
-
-/// Parses stripped outer headers whose IP/UDP lengths count the (absent) payload.
-pub(crate) fn parse_outer_prefix(hdrs: &[u8]) -> Option<Outer> {
-    // The stripped bytes end where the payload began, so the IP and UDP length fields
-    // point past them; locate the headers by their fixed layout instead.
-    let &[.., e0, e1] = hdrs.first_chunk::<14>()?;
-    let mut et = u16::from_be_bytes([e0, e1]);
-    let mut l3 = 14;
-    if et == ethertype::VLAN {
-        let &[_, _, t0, t1] = hdrs.get(14..)?.first_chunk::<4>()?;
-        et = u16::from_be_bytes([t0, t1]);
-        l3 = 18;
+    let t = &pkt.meta.tunnel;
+    if t.outer_kind != Some(TunnelKind::Geneve) {
+        return None;
     }
-    let ip = hdrs.get(l3..)?;
-    let (v6, hlen, src, dst) = match et {
-        ethertype::IPV4 => {
-            let b = ip.first_chunk::<20>()?;
-            let mut s = [0u8; 16];
-            let mut d = [0u8; 16];
-            s.get_mut(..4)?.copy_from_slice(b.get(12..16)?);
-            d.get_mut(..4)?.copy_from_slice(b.get(16..20)?);
-            (false, usize::from(b.first()? & 0x0f) * 4, s, d)
-        }
-        ethertype::IPV6 => {
-            let b = ip.first_chunk::<40>()?;
-            let s: [u8; 16] = b.get(8..24)?.try_into().ok()?;
-            let d: [u8; 16] = b.get(24..40)?.try_into().ok()?;
-            (true, 40, s, d)
-        }
-        _ => return None,
-    };
-    let udp = l3 + hlen;
-    let &[s0, s1, d0, d1, _, _, c0, c1] = hdrs.get(udp..)?.first_chunk::<8>()?;
-    Some(Outer {
-        l3,
-        udp,
-        v6,
-        src,
-        dst,
-        src_port: u16::from_be_bytes([s0, s1]),
-        dst_port: u16::from_be_bytes([d0, d1]),
-        udp_payload_len: hdrs.len().saturating_sub(udp + 8),
-        udp_checksum: u16::from_be_bytes([c0, c1]),
-    })
+    let hdrs = stripped_headers(pkt)?;
+    let at = usize::from(t.outer_udp) + 8;
+    GenevePacket::new_checked(hdrs.get(at..)?).ok()
 }
 
 #[cfg(test)]
@@ -951,8 +1135,20 @@ mod tests {
             proptest::option::weighted(0.3, proptest::collection::vec(spec(), 0..6)),
             any::<[bool; 5]>(),
             proptest::option::weighted(0.2, proptest::collection::vec(0u32..8, 0..4)),
+            // Now and then the node's own addresses: the underlay's destination or not.
+            proptest::option::weighted(0.15, (any::<bool>(), any::<bool>())),
         )
-            .prop_map(|(mut c, ports, specs, flags, vnis)| {
+            .prop_map(|(mut c, ports, specs, flags, vnis, local)| {
+                if let Some((ours, mac)) = local {
+                    let last = if ours { 2 } else { 9 };
+                    c.local_ips = vec![
+                        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+                        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last.into())),
+                    ];
+                    if mac {
+                        c.local_macs = vec![[2, 0, 0, 0, 2, last]];
+                    }
+                }
                 if let Some(p) = ports {
                     c.ports = p;
                 }
@@ -1003,24 +1199,38 @@ mod tests {
             // Usually the tunnel's own port.
             proptest::option::weighted(0.1, any::<u16>()),
             0usize..40,
+            // Now and then one or two VLAN tags in front of the outer IP header.
+            proptest::option::weighted(0.25, (any::<bool>(), any::<u16>(), any::<bool>())),
         )
-            .prop_map(|(vxlan, v6, csum, ip_payload, vni, opts, port, payload)| {
-                let u = underlay(v6);
-                let mut cfg = if vxlan {
-                    EncapConfig::vxlan(vni, u)
-                } else {
-                    let mut c = EncapConfig::geneve(options(&opts), vni, u);
-                    if ip_payload {
-                        c.payload = Payload::Ip;
+            .prop_map(
+                |(vxlan, v6, csum, ip_payload, vni, opts, port, payload, tags)| {
+                    let u = underlay(v6);
+                    let mut cfg = if vxlan {
+                        EncapConfig::vxlan(vni, u)
+                    } else {
+                        let mut c = EncapConfig::geneve(options(&opts), vni, u);
+                        if ip_payload {
+                            c.payload = Payload::Ip;
+                        }
+                        c
+                    };
+                    cfg.udp_checksum_v4 = csum;
+                    if let Some(p) = port {
+                        cfg.dst_port = p;
                     }
-                    c
-                };
-                cfg.udp_checksum_v4 = csum;
-                if let Some(p) = port {
-                    cfg.dst_port = p;
-                }
-                encapsulated(cfg, &inner_frame(payload))
-            })
+                    let mut f = encapsulated(cfg, &inner_frame(payload));
+                    if let Some((qinq, tci, two)) = tags {
+                        let tpid: u16 = if qinq { 0x88a8 } else { 0x8100 };
+                        let mut tag = tpid.to_be_bytes().to_vec();
+                        tag.extend_from_slice(&tci.to_be_bytes());
+                        if two {
+                            tag.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+                        }
+                        f.splice(12..12, tag);
+                    }
+                    f
+                },
+            )
     }
 
     /// Frames from [`tunnel_frame`] with a few bytes changed (mostly in the headers), a
@@ -1077,7 +1287,7 @@ mod tests {
     /// Decapsulates `frame` with the fast path first and with the general walk alone.
     fn both(config: &DecapConfig, frame: &[u8]) -> (Outcome, Outcome) {
         let run = |general: bool| {
-            let mut stage = DecapStage::new(config.clone());
+            let mut stage = DecapStage::new(config.clone()).unwrap();
             let mut p = Packet::new(vec![0u8; 16 + frame.len()], 16, frame.len()).unwrap();
             p.data_mut().copy_from_slice(frame);
             let r = if general {
@@ -1085,7 +1295,19 @@ mod tests {
             } else {
                 stage.decap(Instant::ZERO, &mut p)
             };
-            (r, p.data().to_vec(), p.meta, p.headroom())
+            // What the metadata does not promise: the flow key without `L3_VALID`, the
+            // parse fields of a dropped packet (the general walk read the outer into them,
+            // the fast path did not).
+            let mut m = p.meta;
+            if !m.has(flags::L3_VALID) {
+                m.flow = nf_core::FlowKey::default();
+            }
+            if r.is_err() {
+                let mut d = Meta::default();
+                (d.zone, d.tunnel) = (m.zone, m.tunnel);
+                m = d;
+            }
+            (r, p.data().to_vec(), m, p.headroom())
         };
         (run(false), run(true))
     }
@@ -1105,7 +1327,7 @@ mod tests {
             (DecapConfig::default(), Verdict::ToControl),
             (drop, Verdict::Drop(DropReason::NonIp)),
         ] {
-            let mut stage = DecapStage::new(cfg.clone());
+            let mut stage = DecapStage::new(cfg.clone()).unwrap();
             let mut batch = Batch::new();
             batch
                 .push(Packet::new(vxlan.clone(), 0, vxlan.len()).unwrap())
@@ -1134,13 +1356,13 @@ mod tests {
             (gcp::decap_config(), &geneve),
             (DecapConfig::default(), &vxlan),
         ] {
-            let s = DecapStage::new(cfg.clone());
-            assert!(s.plan_fast(frame).is_some(), "{cfg:?}");
+            let s = DecapStage::new(cfg.clone()).unwrap();
+            assert!(s.fast_plan_of(frame).is_some(), "{cfg:?}");
             let (a, b) = both(&cfg, frame);
             assert_eq!(a, b);
             assert_eq!(a.0, Ok(Verdict::Pass));
         }
-        let gwlb = DecapStage::new(gwlb::decap_config());
+        let gwlb = DecapStage::new(gwlb::decap_config()).unwrap();
         assert_eq!(gwlb.fast.canon.1, 0b111);
         // Options in another order: not the precomputed layout, still the fast path.
         let mut swapped = OptionsBuilder::new();
@@ -1154,13 +1376,14 @@ mod tests {
             .push(gwlb::CLASS, gwlb::ATTACHMENT_ID, &[3; 8])
             .unwrap();
         let f = encapsulated(EncapConfig::geneve(swapped, 7, underlay(false)), &inner);
-        assert_eq!(gwlb.plan_fast(&f).map(|p| p.options), Some(0b111));
-        // IPv6 outer and VLAN tags take the general walk.
+        assert_eq!(gwlb.fast_plan_of(&f).map(|p| p.options), Some(0b111));
+        // An IPv6 outer takes the fast path too (the outer is the parse walk's).
         let v6 = encapsulated(EncapConfig::vxlan(7, underlay(true)), &inner);
         assert!(
             DecapStage::new(DecapConfig::default())
-                .plan_fast(&v6)
-                .is_none()
+                .unwrap()
+                .fast_plan_of(&v6)
+                .is_some()
         );
     }
 
@@ -1264,7 +1487,7 @@ mod tests {
             config in decap_config(),
             frames in proptest::collection::vec((mutated_frame(), any::<bool>()), 1..20),
         ) {
-            let mut stage = DecapStage::new(config);
+            let mut stage = DecapStage::new(config).unwrap();
             let mut batch = Batch::new();
             for (f, dropped) in &frames {
                 let mut p = Packet::new(f.clone(), 0, f.len()).unwrap();
@@ -1288,7 +1511,7 @@ mod tests {
             cut in proptest::option::of(0usize..64),
             head in proptest::option::of(any::<[u8; 2]>()),
         ) {
-            let stage = DecapStage::new(DecapConfig { options: specs, ..DecapConfig::default() });
+            let stage = DecapStage::new(DecapConfig { options: specs, ..DecapConfig::default() }).unwrap();
             let mut opts = options(&list).as_bytes().to_vec();
             if let Some((at, v)) = edit && let Some(b) = opts.get_mut(at) {
                 *b = v;

@@ -146,7 +146,7 @@ impl EncapConfig {
     }
 }
 
-/// Why an [`EncapConfig`] was refused.
+/// Why an [`EncapConfig`] or a [`DecapConfig`](crate::DecapConfig) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -158,6 +158,9 @@ pub enum ConfigError {
     BadPortRange,
     /// VXLAN carries Ethernet only.
     PayloadNotSupported,
+    /// More Geneve option specs than a decapsulation stage tracks
+    /// ([`MAX_OPTION_SPECS`](crate::decap::MAX_OPTION_SPECS)).
+    TooManyOptions,
 }
 
 impl fmt::Display for ConfigError {
@@ -167,6 +170,7 @@ impl fmt::Display for ConfigError {
             Self::VniOutOfRange => "VNI above 24 bits",
             Self::BadPortRange => "empty UDP source port range",
             Self::PayloadNotSupported => "VXLAN carries only Ethernet frames",
+            Self::TooManyOptions => "more Geneve option specs than a decap stage tracks (16)",
         })
     }
 }
@@ -283,10 +287,13 @@ impl EncapStage {
         pkt: &mut Packet<B>,
     ) -> Result<(), DropReason> {
         if self.v4_fixed {
-            self.encap_v4_fixed(pkt)
+            self.encap_v4_fixed(pkt)?;
         } else {
-            self.encap_general(now, pkt)
+            self.encap_general(now, pkt)?;
         }
+        // The frame now starts with the outer Ethernet header.
+        pkt.meta.flags &= !flags::NO_L2;
+        Ok(())
     }
 
     /// The common case, IPv4 to the fixed destination without a UDP checksum: everything
@@ -341,12 +348,21 @@ impl EncapStage {
         &self,
         pkt: &mut Packet<B>,
     ) -> Result<u16, DropReason> {
+        let bare = pkt.meta.has(flags::NO_L2);
         if self.config.payload != Payload::Ip {
-            return Ok(ethertype::TEB);
+            // An Ethernet payload needs an Ethernet header.
+            return if bare {
+                Err(DropReason::TunnelBadProtocol)
+            } else {
+                Ok(ethertype::TEB)
+            };
         }
         let protocol = pkt.meta.ethertype;
         if !matches!(protocol, ethertype::IPV4 | ethertype::IPV6) {
             return Err(DropReason::TunnelBadProtocol);
+        }
+        if bare {
+            return Ok(protocol);
         }
         pkt.pull_front(usize::from(pkt.meta.l3))
             .map_err(|_| DropReason::TunnelTruncated)?;

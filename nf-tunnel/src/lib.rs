@@ -41,7 +41,7 @@
 //!     src: v4(192, 0, 2, 1), dst: v4(198, 51, 100, 9),
 //! });
 //! out.vni = nf_tunnel::VniSource::Zone;
-//! let mut pipeline = DecapStage::new(DecapConfig::default()).then(EncapStage::new(out)?);
+//! let mut pipeline = DecapStage::new(DecapConfig::default())?.then(EncapStage::new(out)?);
 //!
 //! let mut batch = Batch::new();
 //! // Headroom for both encapsulations: the peer's and then ours.

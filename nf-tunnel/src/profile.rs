@@ -9,7 +9,7 @@ pub mod gwlb {
     use crate::decap::{DecapConfig, NonTunnel, OptionSpec, TunnelKind, received_geneve};
     use crate::encap::{EncapConfig, Payload, Underlay};
     use crate::geneve::{Options, OptionsBuilder};
-    use nf_core::Packet;
+    use nf_core::{Packet, TunnelMeta};
 
     /// The option class AWS uses.
     pub const CLASS: u16 = 0x0108;
@@ -42,9 +42,37 @@ pub mod gwlb {
             })
         }
 
-        /// Reads them from the Geneve header a decapsulation stage stripped from `pkt`.
+        /// Reads them from the Geneve header a decapsulation stage stripped from `pkt`
+        /// (while nothing was pushed in front of the packet since).
         pub fn from_packet<B: AsRef<[u8]>>(pkt: &Packet<B>) -> Option<Self> {
             Self::from_options(received_geneve(pkt)?.options())
+        }
+
+        /// Reads them from the option data a decapsulation stage built from
+        /// [`decap_config`] kept in the packet's metadata: valid whatever later stages
+        /// pushed in front of the packet. `None` unless all three were present.
+        ///
+        /// ```
+        /// use nf_tunnel::profile::gwlb::{self, GwlbMetadata};
+        /// let mut t = nf_core::TunnelMeta::default();
+        /// assert_eq!(GwlbMetadata::from_meta(&t), None);
+        /// t.options = 0b111;
+        /// t.option_data[..8].copy_from_slice(&7u64.to_be_bytes());
+        /// t.option_data[16..20].copy_from_slice(&9u32.to_be_bytes());
+        /// let m = GwlbMetadata::from_meta(&t).unwrap();
+        /// assert_eq!((m.endpoint_id, m.attachment_id, m.flow_cookie), (7, 0, 9));
+        /// ```
+        pub fn from_meta(t: &TunnelMeta) -> Option<Self> {
+            // The three specs have fixed lengths 8, 8, 4: their data is packed in order.
+            if t.options & 0b111 != 0b111 {
+                return None;
+            }
+            let d = &t.option_data;
+            Some(Self {
+                endpoint_id: u64::from_be_bytes(*d.first_chunk::<8>()?),
+                attachment_id: u64::from_be_bytes(*d.get(8..)?.first_chunk::<8>()?),
+                flow_cookie: u32::from_be_bytes(*d.get(16..)?.first_chunk::<4>()?),
+            })
         }
 
         /// The three options, in GWLB's order.
@@ -59,7 +87,8 @@ pub mod gwlb {
     }
 
     /// An appliance's decapsulation: Geneve on 6081 only, the three options required
-    /// (reported as bits 0, 1, 2 of `meta.tunnel.options`), everything else dropped.
+    /// (reported as bits 0, 1, 2 of `meta.tunnel.options`, their data kept in
+    /// `meta.tunnel.option_data`: [`GwlbMetadata::from_meta`]), everything else dropped.
     pub fn decap_config() -> DecapConfig {
         DecapConfig {
             ports: alloc::vec![(crate::GENEVE_PORT, TunnelKind::Geneve)],

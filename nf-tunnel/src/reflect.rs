@@ -10,9 +10,14 @@
 //!
 //! [`DecapStage`]: crate::DecapStage
 
-use crate::decap::parse_outer_prefix;
+use crate::outer::Outer;
+use nf_core::flags;
+use nf_core::wire::ethertype;
 use nf_core::wire::ipv4::Ipv4Packet;
-use nf_core::{Batch, DropReason, Instant, Packet, Stage, StageControl, StageCounters, StageLoop};
+use nf_core::{
+    Batch, DropReason, Family, Instant, Packet, Stage, StageControl, StageCounters, StageLoop,
+    TunnelMeta,
+};
 
 /// The reflect stage (see the module docs).
 #[derive(Clone, Debug)]
@@ -36,27 +41,47 @@ impl ReflectStage {
     /// Reflects one packet.
     ///
     /// # Errors
-    /// [`DropReason::NotTunnel`] if it was not decapsulated, [`DropReason::NoHeadroom`],
+    /// [`DropReason::NotTunnel`] if it was not decapsulated,
+    /// [`DropReason::TunnelTooDeep`] if it came through two tunnels,
+    /// [`DropReason::NoHeadroom`],
     /// [`DropReason::TunnelTruncated`] if the stripped headers are unreadable,
     /// [`DropReason::TooBig`].
     pub fn reflect<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         pkt: &mut Packet<B>,
     ) -> Result<(), DropReason> {
-        let n = usize::from(pkt.meta.tunnel.outer_len);
-        if n == 0 {
+        let t = pkt.meta.tunnel;
+        let n = usize::from(t.outer_len);
+        if n == 0 || t.depth == 0 {
             return Err(DropReason::NotTunnel);
+        }
+        if t.depth > 1 {
+            return Err(DropReason::TunnelTooDeep);
+        }
+        let outer = Outer {
+            l3: usize::from(t.outer_l3),
+            udp: usize::from(t.outer_udp),
+            v6: t.outer_family == Family::V6,
+            ..Outer::default()
+        };
+        if outer.udp + 8 > n || outer.l3 > outer.udp {
+            return Err(DropReason::TunnelTruncated);
         }
         pkt.push_front(n).map_err(|_| DropReason::NoHeadroom)?;
         let data = pkt.data_mut();
-        let outer =
-            parse_outer_prefix(data.get(..n).unwrap_or(&[])).ok_or(DropReason::TunnelTruncated)?;
+        // The UDP checksum as received: zero stays zero over IPv4.
+        let udp_checksum = data
+            .get(outer.udp + 6..)
+            .and_then(|c| c.first_chunk::<2>())
+            .map_or(0, |c| u16::from_be_bytes(*c));
         let total = data.len();
         let ip_len = total - outer.l3;
         if ip_len > usize::from(self.mtu) {
             return Err(DropReason::TooBig);
         }
-        if let Some((dst, rest)) = data.split_first_chunk_mut::<6>()
+        // No MAC addresses when the tunnel was stripped from a bare IP packet.
+        if outer.l3 != 0
+            && let Some((dst, rest)) = data.split_first_chunk_mut::<6>()
             && let Some(src) = rest.first_chunk_mut::<6>()
         {
             core::mem::swap(dst, src);
@@ -73,24 +98,31 @@ impl ReflectStage {
             }
         }
         let udp_len = total - outer.udp;
+        // Over the swapped addresses now in the header.
+        let pseudo = crate::outer::pseudo(&outer, data, udp_len);
         let seg = data.get_mut(outer.udp..).unwrap_or(&mut []);
         put(seg, 4, &(udp_len as u16).to_be_bytes());
         put(seg, 6, &[0, 0]);
-        if outer.v6 || outer.udp_checksum != 0 || self.udp_checksum_v4 {
-            // Addresses are swapped, so the pseudo-header uses (dst, src) of the received one.
-            let swapped = crate::outer::Outer {
-                src: outer.dst,
-                dst: outer.src,
-                ..outer
-            };
-            let pseudo = crate::outer::pseudo(&swapped, udp_len);
+        if outer.v6 || udp_checksum != 0 || self.udp_checksum_v4 {
             let c = nf_core::checksum::udp_finish(
                 u32::from(nf_core::checksum::fold(nf_core::checksum::sum(0, seg)))
                     + u32::from(nf_core::checksum::fold(pseudo)),
             );
             put(seg, 6, &c.to_be_bytes());
         }
-        pkt.meta.tunnel.outer_len = 0;
+        pkt.meta.tunnel = TunnelMeta::default();
+        // The frame starts where the tunnel's did: at Ethernet, or at the outer IP header
+        // when the tunnel was stripped from a bare IP packet.
+        if outer.l3 == 0 {
+            pkt.meta.flags |= flags::NO_L2;
+            pkt.meta.ethertype = if outer.v6 {
+                ethertype::IPV6
+            } else {
+                ethertype::IPV4
+            };
+        } else {
+            pkt.meta.flags &= !flags::NO_L2;
+        }
         Ok(())
     }
 }

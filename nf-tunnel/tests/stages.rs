@@ -132,7 +132,7 @@ fn geneve_gwlb_encap_then_decap_restores_the_frame_and_reports_options() {
     assert_eq!(g.payload(), &inner[..]);
     assert_eq!(GwlbMetadata::from_options(g.options()), Some(gwlb_meta()));
 
-    let mut decap = DecapStage::new(gwlb::decap_config());
+    let mut decap = DecapStage::new(gwlb::decap_config()).unwrap();
     let p = one(&mut decap, p);
     assert_eq!(p.meta.verdict, Verdict::Pass);
     assert_eq!(p.data(), &inner[..]);
@@ -154,7 +154,7 @@ fn vxlan_over_ipv6_has_a_valid_udp_checksum_and_decaps() {
     assert_eq!(f.len(), 14 + 40 + 8 + 8 + inner.len());
     assert_eq!(&f[12..14], &[0x86, 0xdd]);
     assert!(outer_udp_checksum_ok(&f, true));
-    let p = one(&mut DecapStage::new(DecapConfig::default()), p);
+    let p = one(&mut DecapStage::new(DecapConfig::default()).unwrap(), p);
     assert_eq!(p.meta.verdict, Verdict::Pass);
     assert_eq!(p.data(), &inner[..]);
     assert_eq!(p.meta.tunnel.vni, 100);
@@ -163,7 +163,7 @@ fn vxlan_over_ipv6_has_a_valid_udp_checksum_and_decaps() {
     let mut p = one(&mut encap, packet(&inner));
     let n = p.len();
     p.data_mut()[n - 1] ^= 0xff;
-    let p = one(&mut DecapStage::new(DecapConfig::default()), p);
+    let p = one(&mut DecapStage::new(DecapConfig::default()).unwrap(), p);
     assert_eq!(
         p.meta.verdict,
         Verdict::Drop(DropReason::TunnelBadUdpChecksum)
@@ -186,7 +186,7 @@ fn ipv4_udp_checksum_when_asked_and_bare_ip_payload() {
     assert_ne!(&f[40..42], &[0, 0]);
     assert_eq!(&f[44..46], &[0x08, 0x00], "protocol type IPv4");
     assert_eq!(&f[50..], &inner[14..]);
-    let p = one(&mut DecapStage::new(DecapConfig::default()), p);
+    let p = one(&mut DecapStage::new(DecapConfig::default()).unwrap(), p);
     assert_eq!(p.meta.verdict, Verdict::Pass);
     assert_eq!(p.data(), &inner[14..]);
     assert_eq!((p.meta.l3, p.meta.l4), (0, 20));
@@ -261,7 +261,7 @@ fn geneve_with(opts: OptionsBuilder, edit: impl FnOnce(&mut [u8])) -> Packet<Vec
 
 #[test]
 fn decap_verdicts_follow_rfc_8926() {
-    let mut decap = DecapStage::new(DecapConfig::default());
+    let mut decap = DecapStage::new(DecapConfig::default()).unwrap();
     let mut crit = OptionsBuilder::new();
     crit.push(0x0000, 0x80, &[0; 4]).unwrap();
     let cases: Vec<(&str, Packet<Vec<u8>>, Verdict)> = vec![
@@ -316,7 +316,7 @@ fn decap_verdicts_follow_rfc_8926() {
     assert_eq!(p.len(), 50 + 50);
 
     // GWLB requires its three options.
-    let mut g = DecapStage::new(gwlb::decap_config());
+    let mut g = DecapStage::new(gwlb::decap_config()).unwrap();
     let mut two = OptionsBuilder::new();
     two.push(gwlb::CLASS, 1, &[0; 8]).unwrap();
     two.push(gwlb::CLASS, 2, &[0; 8]).unwrap();
@@ -339,7 +339,8 @@ fn decap_verdicts_follow_rfc_8926() {
     let mut t = DecapStage::new(DecapConfig {
         zones: ZoneMap::Table(VniTable::new(&[(10, ZoneId(1))])),
         ..DecapConfig::default()
-    });
+    })
+    .unwrap();
     assert_eq!(
         one(&mut t, geneve_with(OptionsBuilder::new(), |_| {}))
             .meta
@@ -358,7 +359,7 @@ fn vxlan_without_i_flag_and_zero_udp6_checksum() {
     let mut p = one(&mut encap, packet(&inner_frame(1, 2, 3)));
     p.data_mut()[42] = 0;
     assert_eq!(
-        one(&mut DecapStage::new(DecapConfig::default()), p)
+        one(&mut DecapStage::new(DecapConfig::default()).unwrap(), p)
             .meta
             .verdict,
         Verdict::Drop(DropReason::TunnelBadFlags)
@@ -367,9 +368,12 @@ fn vxlan_without_i_flag_and_zero_udp6_checksum() {
     let mut p = one(&mut encap6, packet(&inner_frame(1, 2, 3)));
     p.data_mut()[60..62].fill(0);
     assert_eq!(
-        one(&mut DecapStage::new(DecapConfig::default()), p.clone())
-            .meta
-            .verdict,
+        one(
+            &mut DecapStage::new(DecapConfig::default()).unwrap(),
+            p.clone()
+        )
+        .meta
+        .verdict,
         Verdict::Drop(DropReason::TunnelBadUdpChecksum)
     );
     let lenient = DecapConfig {
@@ -377,7 +381,7 @@ fn vxlan_without_i_flag_and_zero_udp6_checksum() {
         ..DecapConfig::default()
     };
     assert_eq!(
-        one(&mut DecapStage::new(lenient), p).meta.verdict,
+        one(&mut DecapStage::new(lenient).unwrap(), p).meta.verdict,
         Verdict::Pass
     );
 }
@@ -393,7 +397,7 @@ fn gwlb_reflect_swaps_addresses_keeps_ports_and_options() {
     p.meta.ethertype = 0x0800;
     let sent = one(&mut encap, p);
     let sent_bytes = sent.data().to_vec();
-    let mut decap = DecapStage::new(gwlb::decap_config());
+    let mut decap = DecapStage::new(gwlb::decap_config()).unwrap();
     let mut p = one(&mut decap, sent);
     assert_eq!(p.meta.verdict, Verdict::Pass);
     // The appliance rewrites the inner packet (here: TTL) and sends it back.
@@ -420,7 +424,7 @@ fn gwlb_reflect_swaps_addresses_keeps_ports_and_options() {
     assert!(Ipv4Packet::new_checked(&f[14..]).unwrap().verify_checksum());
     assert!(outer_udp_checksum_ok(f, false));
     // And it decapsulates again with the same metadata.
-    let again = one(&mut DecapStage::new(gwlb::decap_config()), back);
+    let again = one(&mut DecapStage::new(gwlb::decap_config()).unwrap(), back);
     assert_eq!(GwlbMetadata::from_packet(&again), Some(gwlb_meta()));
     assert_eq!(
         one(&mut reflect, packet(&inner)).meta.verdict,
@@ -433,7 +437,9 @@ fn anti_spoofing_with_the_mapping_cache() {
     let host = v4(192, 0, 2, 1); // underlay4().src: the encapsulating host
     let mut cache = MappingCache::new(MappingConfig::new(256, [5; 16]));
     cache.insert(Instant::ZERO, 9, v4(10, 0, 0, 1), Some(host));
-    let mut decap = DecapStage::new(DecapConfig::default()).with_source_check(cache);
+    let mut decap = DecapStage::new(DecapConfig::default())
+        .unwrap()
+        .with_source_check(cache);
     let good = geneve_with(OptionsBuilder::new(), |_| {});
     assert_eq!(one(&mut decap, good).meta.verdict, Verdict::Pass);
     // Same inner source, sent from another host.
@@ -465,6 +471,7 @@ fn anti_spoofing_with_the_mapping_cache() {
         unknown_source: UnknownSource::Pass,
         ..DecapConfig::default()
     })
+    .unwrap()
     .with_source_check(MappingCache::new(MappingConfig::new(8, [0; 16])));
     let other = one(&mut encap, packet(&inner_frame(1, 2, 8)));
     assert_eq!(one(&mut lenient, other).meta.verdict, Verdict::Pass);
@@ -535,9 +542,9 @@ proptest! {
             } else { f }
         }).collect();
         let cfg = gwlb::decap_config;
-        let batch = run(&mut DecapStage::new(cfg()), frames.iter().map(|f| packet(f)).collect());
+        let batch = run(&mut DecapStage::new(cfg()).unwrap(), frames.iter().map(|f| packet(f)).collect());
         for (f, b) in frames.iter().zip(&batch) {
-            let s = one(&mut DecapStage::new(cfg()), packet(f));
+            let s = one(&mut DecapStage::new(cfg()).unwrap(), packet(f));
             prop_assert_eq!(s.meta, b.meta);
             prop_assert_eq!(s.data(), b.data());
         }
@@ -567,6 +574,7 @@ fn mapped_pipeline() -> impl Stage<Vec<u8>> {
         unknown_source: UnknownSource::Pass,
         ..DecapConfig::default()
     })
+    .unwrap()
     .with_source_check(MappingCache::new(MappingConfig::new(64, [1; 16])));
     let mut cfg = EncapConfig::vxlan(3, underlay4());
     cfg.destination = Destination::Mapping(MappingCache::new(MappingConfig::new(64, [2; 16])));
@@ -597,6 +605,7 @@ fn every_stage_reports_its_counters_under_stable_names() {
     let bad = DropReason::TunnelBadVersion;
     assert_eq!(bad.counter_name(), "drop_tunnel_bad_version");
     let mut plain = DecapStage::new(DecapConfig::default())
+        .unwrap()
         .then(ReflectStage::new(1500, false))
         .then(EncapStage::new(EncapConfig::vxlan(3, underlay4())).unwrap());
     run(&mut plain, good_and_bad());

@@ -1,17 +1,18 @@
-//! `geneve-decap`: decapsulation of Geneve frames (IPv4 outer, three GWLB-style options,
-//! inner Ethernet/IPv4/UDP, 64 distinct flows) in batches of 64: outer checks, option walk,
-//! VNI → zone, strip in place, inner flow key.
+//! `geneve-decap`: decapsulation of Geneve frames (three GWLB-style options, inner
+//! Ethernet/IPv4/UDP, 64 distinct flows) in batches of 64: outer checks, option walk, VNI →
+//! zone, strip in place, inner flow key. Three outers, each reported on its own: IPv4,
+//! IPv6, and IPv4 behind an 802.1Q tag.
 //!
 //! Peer: etherparse 0.21 `SlicedPacket::from_ethernet` on the outer frame, a hand-written
 //! Geneve header and option walk on its UDP payload, and `SlicedPacket::from_ethernet` again
 //! on the inner frame with the 5-tuple extracted — the same work, done with the usual crate.
 
 use crate::harness::{self, Opts};
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use nf_core::{Batch, Instant, Packet, Stage};
 use nf_tunnel::profile::gwlb::{self, GwlbMetadata};
-use nf_tunnel::{DecapConfig, DecapStage, EncapConfig, EncapStage, OptionsBuilder, Underlay};
+use nf_tunnel::{DecapStage, EncapConfig, EncapStage, OptionsBuilder, Underlay};
 use serde_json::json;
 
 pub(crate) const HEADROOM: usize = 128;
@@ -48,6 +49,34 @@ pub(crate) fn underlay() -> Underlay {
         src: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
     }
+}
+
+/// The outers every decap scenario measures.
+pub(crate) const OUTERS: [&str; 3] = ["ipv4", "ipv6", "vlan"];
+
+/// `inner` encapsulated by `cfg` over the `outer` underlay (see [`OUTERS`]).
+pub(crate) fn outer_frames(
+    cfg: impl Fn(Underlay) -> EncapConfig,
+    outer: &str,
+    inner: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
+    let u = if outer == "ipv6" {
+        Underlay {
+            src: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            dst: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+            ..underlay()
+        }
+    } else {
+        underlay()
+    };
+    let mut frames = encapsulated(cfg(u), inner);
+    if outer == "vlan" {
+        // An 802.1Q tag (VLAN 100) in front of the outer EtherType.
+        for f in &mut frames {
+            f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        }
+    }
+    frames
 }
 
 pub(crate) fn gwlb_options() -> OptionsBuilder {
@@ -109,7 +138,11 @@ impl Frames {
             if p.push_front(n).is_err() || p.len() != l {
                 p.reset(0, l).ok();
             }
+            // Not decapsulated yet, and starting at Ethernet again: what a freshly received
+            // frame's metadata says.
             p.meta.verdict = nf_core::Verdict::Pass;
+            p.meta.tunnel.depth = 0;
+            p.meta.flags = 0;
         }
         stage.process(Instant::ZERO, &mut self.batch);
         let mut acc = 0u64;
@@ -177,39 +210,58 @@ pub(crate) fn peer_decap(frame: &[u8], geneve: bool) -> u64 {
     (u64::from(src_port) ^ u64::from(vni) << 16).wrapping_add(addr)
 }
 
-pub(crate) fn run(opts: &Opts) {
-    let frames = encapsulated(
-        EncapConfig::geneve(gwlb_options(), 0x0012_3456, underlay()),
-        &inner_frames(64),
-    );
-    let mut stage = DecapStage::new(gwlb::decap_config());
-    let mut ours = Frames::new(&frames);
-    let check = ours.decap(&mut stage);
+/// Times `stage` against the etherparse peer on `frames` and reports the result as
+/// `scenario` with `params`.
+pub(crate) fn measure(
+    opts: &Opts,
+    scenario: &str,
+    peer: &str,
+    frames: &[Vec<u8>],
+    stage: &mut DecapStage,
+    params: serde_json::Value,
+) {
+    let geneve = scenario == "geneve-decap";
+    let mut ours = Frames::new(frames);
+    let check = ours.decap(stage);
     assert!(
         check != 0
             && ours
                 .batch
                 .packets()
                 .iter()
-                .all(|p| p.meta.verdict.is_pass())
+                .all(|p| p.meta.verdict.is_pass()),
+        "{scenario} {params}: every frame decapsulates"
     );
     let r = harness::ab(
         opts,
         BATCH as u64,
-        || ours.decap(&mut stage),
+        || ours.decap(stage),
         || {
             frames
                 .iter()
-                .map(|f| peer_decap(f, true))
+                .map(|f| peer_decap(f, geneve))
                 .fold(0, u64::wrapping_add)
         },
     );
-    harness::report(
-        opts,
-        "geneve-decap",
-        "etherparse 0.21 SlicedPacket (outer + inner) + hand-written Geneve option walk",
-        r,
-        json!({"outer": "ipv4", "options": 3, "inner": "eth/ipv4/udp", "frame_bytes": frames[0].len(), "batch": BATCH, "flows": BATCH}),
-    );
-    let _ = DecapConfig::default();
+    harness::report(opts, scenario, peer, r, params);
+}
+
+pub(crate) fn run(opts: &Opts) {
+    for outer in OUTERS {
+        let frames = outer_frames(
+            |u| EncapConfig::geneve(gwlb_options(), 0x0012_3456, u),
+            outer,
+            &inner_frames(64),
+        );
+        let mut stage =
+            DecapStage::new(gwlb::decap_config()).expect("the GWLB profile is a valid config");
+        measure(
+            opts,
+            "geneve-decap",
+            "etherparse 0.21 SlicedPacket (outer + inner) + hand-written Geneve option walk",
+            &frames,
+            &mut stage,
+            json!({"outer": outer, "options": 3, "inner": "eth/ipv4/udp", "frame_bytes": frames[0].len(), "batch": BATCH, "flows": BATCH}),
+        );
+    }
 }

@@ -530,7 +530,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             local: args.local,
             under,
             over,
-            decap: DecapStage::new(decap),
+            decap: DecapStage::new(decap).map_err(|e| format!("decap config: {e}"))?,
             parse: ParseStage::default(),
             encap,
             batch: Batch::new(),

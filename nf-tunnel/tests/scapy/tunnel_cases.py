@@ -10,15 +10,21 @@ Expected outcomes:
   control                               to the control path, not forwarded (Geneve O bit; a
                                         non-IP inner frame under the default `non_ip`)
   notunnel                              not a tunnel packet for the stage: left untouched
+  pass2 OUTER_VNI VNI PROTO SPORT DPORT two nested tunnels stripped by two stages; both VNIs
 
 Profiles: "generic" knows options 0x0108/1..3 (reported as bits 0..2, none required) and
-ports 6081 (Geneve), 4789 and 8472 (VXLAN); "gwlb" is nf-tunnel's AWS GWLB profile.
+ports 6081 (Geneve), 4789 and 8472 (VXLAN); "gwlb" is nf-tunnel's AWS GWLB profile;
+"strict" is "generic" with non-IP inner frames dropped; "local" is "generic" accepting only
+tunnels to 192.0.2.2 / 2001:db8::2 and MAC 02:00:00:00:00:02; "nested" runs three "generic"
+stages one after the other (a tunnel in a tunnel is stripped twice; a third is too deep).
 Run with Debian's python3 (python3-scapy): /usr/bin/python3 tunnel_cases.py OUT
 """
 import os
 import sys
 
-from scapy.all import ARP, IP, TCP, UDP, Ether, IPv6, Raw, VXLAN, wrpcap
+from scapy.all import (ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6,
+                       IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, Raw, VXLAN,
+                       wrpcap)
 from scapy.contrib.geneve import GENEVE, GeneveOptions
 
 OUT = sys.argv[1]
@@ -111,9 +117,94 @@ cases = [
      PASS_INNER.format(26, 4)),
     ("geneve_unknown_protocol", "generic", geneve(GENEVE(vni=27, proto=0x88CC)), "drop tunnel_bad_protocol"),
     ("geneve_other_port", "generic", geneve(GENEVE(vni=28, proto=0x6558), dport=6082), "notunnel"),
+    # Outer fragments: a first fragment to a tunnel port is dropped (never passed on as plain
+    # UDP); a later one carries no port, so nothing says it is a tunnel's.
     ("geneve_outer_fragment", "generic",
      Ether(**E) / IP(flags="MF", **O4) / UDP(sport=1, dport=6081) / GENEVE(vni=29, proto=0x6558) / INNER,
-     "notunnel"),
+     "drop tunnel_fragmented"),
+    ("geneve_outer_later_fragment", "generic",
+     Ether(**E) / IP(frag=8, proto=17, **O4) / Raw(b"\x00" * 24), "notunnel"),
+    # Every outer the parse stage accepts is decapsulated with every check (RFC 8200 §4,
+    # RFC 6946): IPv6 extension headers, an atomic fragment, VLAN tags, IPv4 options.
+    ("geneve_ipv6_outer_hop_by_hop", "generic",
+     geneve(GENEVE(vni=40, proto=0x6558), outer=IPv6(**O6) / IPv6ExtHdrHopByHop()),
+     PASS_INNER.format(40, 0)),
+    ("geneve_ipv6_outer_destination_options", "generic",
+     geneve(GENEVE(vni=41, proto=0x6558), outer=IPv6(**O6) / IPv6ExtHdrDestOpt()),
+     PASS_INNER.format(41, 0)),
+    ("geneve_ipv6_outer_atomic_fragment", "generic",
+     geneve(GENEVE(vni=42, proto=0x6558), outer=IPv6(**O6) / IPv6ExtHdrFragment(offset=0, m=0, id=7)),
+     PASS_INNER.format(42, 0)),
+    ("vxlan_ipv6_outer_hop_by_hop_and_destination_options", "generic",
+     vxlan(VXLAN(vni=43), outer=IPv6(**O6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()),
+     PASS_INNER.format(43, 0)),
+    ("vxlan_ipv6_outer_first_fragment", "generic",
+     vxlan(VXLAN(vni=44), outer=IPv6(**O6) / IPv6ExtHdrFragment(offset=0, m=1, id=8)),
+     "drop tunnel_fragmented"),
+    ("vxlan_ipv6_outer_zero_udp_checksum_behind_hop_by_hop", "generic",
+     Ether(**E) / IPv6(**O6) / IPv6ExtHdrHopByHop() / UDP(sport=50001, dport=4789, chksum=0)
+     / VXLAN(vni=45) / INNER, "drop tunnel_bad_udp_checksum"),
+    ("vxlan_vlan_outer", "generic",
+     Ether(**E) / Dot1Q(vlan=100) / IP(**O4) / UDP(sport=50001, dport=4789) / VXLAN(vni=46) / INNER,
+     PASS_INNER.format(46, 0)),
+    ("vxlan_qinq_outer", "generic",
+     Ether(**E) / Dot1AD(vlan=100) / Dot1Q(vlan=200) / IP(**O4) / UDP(sport=50001, dport=4789)
+     / VXLAN(vni=47) / INNER, PASS_INNER.format(47, 0)),
+    ("geneve_qinq_ipv6_outer", "generic",
+     Ether(**E) / Dot1AD(vlan=100) / Dot1Q(vlan=200) / IPv6(**O6) / UDP(sport=50000, dport=6081)
+     / GENEVE(vni=48, proto=0x6558) / INNER, PASS_INNER.format(48, 0)),
+    ("vxlan_qinq_outer_bad_udp_checksum", "generic",
+     Ether(**E) / Dot1AD(vlan=100) / Dot1Q(vlan=200) / IP(**O4) / UDP(sport=1, dport=4789, chksum=0x1234)
+     / VXLAN(vni=49) / INNER, "drop tunnel_bad_udp_checksum"),
+    ("vxlan_three_vlan_tags", "generic",
+     Ether(**E) / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / IP(**O4) / UDP(sport=1, dport=4789)
+     / VXLAN(vni=50) / INNER, "drop vlan_too_deep"),
+    ("vxlan_ipv4_options_outer", "generic",
+     vxlan(VXLAN(vni=51), outer=IP(options=[IPOption_RR(routers=["192.0.2.7"])], **O4)),
+     PASS_INNER.format(51, 0)),
+    ("gwlb_ipv6_outer_hop_by_hop_missing_options", "gwlb",
+     geneve(GENEVE(vni=52, proto=0x0800), INNER_IP, outer=IPv6(**O6) / IPv6ExtHdrHopByHop()),
+     "drop tunnel_missing_option"),
+    # Non-IP inner frames follow the inner parse setting.
+    ("strict_vxlan_inner_arp", "strict", vxlan(VXLAN(vni=53), Ether(**E) / ARP(pdst="10.0.0.9")),
+     "drop non_ip"),
+    ("strict_geneve_inner_lldp", "strict",
+     geneve(GENEVE(vni=54, proto=0x6558), Ether(dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02" * 20)),
+     "drop non_ip"),
+    ("geneve_inner_lldp", "generic",
+     geneve(GENEVE(vni=54, proto=0x6558), Ether(dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02" * 20)),
+     "control"),
+    ("strict_vxlan_inner_ipv4", "strict", vxlan(VXLAN(vni=55)), PASS_INNER.format(55, 0)),
+    # The outer destination must be ours.
+    ("local_vxlan_to_us", "local", vxlan(VXLAN(vni=56)), PASS_INNER.format(56, 0)),
+    ("local_vxlan_to_another_ip", "local",
+     vxlan(VXLAN(vni=57), outer=IP(src="192.0.2.1", dst="192.0.2.9")), "drop tunnel_not_local"),
+    ("local_geneve_to_another_ipv6", "local",
+     geneve(GENEVE(vni=58, proto=0x6558), outer=IPv6(src="2001:db8::1", dst="2001:db8::9")),
+     "drop tunnel_not_local"),
+    ("local_geneve_ipv6_to_us", "local", geneve(GENEVE(vni=59, proto=0x6558), outer=IPv6(**O6)),
+     PASS_INNER.format(59, 0)),
+    ("local_vxlan_to_another_mac", "local",
+     Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:99") / IP(**O4) / UDP(sport=1, dport=4789)
+     / VXLAN(vni=60) / INNER, "drop tunnel_not_local"),
+    ("local_plain_udp_to_another_ip", "local",
+     Ether(**E) / IP(src="192.0.2.1", dst="192.0.2.9") / UDP(sport=1, dport=53), "notunnel"),
+    # Tunnels in tunnels: GWLB-style Geneve with a bare IP payload carrying VXLAN (Traffic
+    # Mirroring behind a GWLB), Geneve carrying Ethernet carrying Geneve, and one level too deep.
+    ("nested_geneve_bare_ip_vxlan", "nested",
+     geneve(GENEVE(vni=61, proto=0x0800), IP(src="192.0.2.5", dst="192.0.2.6")
+            / UDP(sport=50002, dport=4789) / VXLAN(vni=62) / INNER),
+     "pass2 61 62 17 1234 80"),
+    ("nested_geneve_ethernet_geneve", "nested",
+     geneve(GENEVE(vni=63, proto=0x6558), Ether(**E) / IPv6(**O6) / UDP(sport=50003, dport=6081)
+            / GENEVE(vni=64, proto=0x0800) / INNER_IP),
+     "pass2 63 64 6 4321 443"),
+    ("nested_three_deep", "nested",
+     geneve(GENEVE(vni=65, proto=0x0800), IP(src="192.0.2.5", dst="192.0.2.6")
+            / UDP(sport=50002, dport=4789) / VXLAN(vni=66)
+            / Ether(**E) / IP(**O4) / UDP(sport=50004, dport=4789) / VXLAN(vni=67) / INNER),
+     "drop tunnel_too_deep"),
+    ("nested_single_tunnel", "nested", vxlan(VXLAN(vni=68)), PASS_INNER.format(68, 0)),
     ("geneve_outer_ipv4_bad_checksum", "generic",
      Ether(**E) / IP(chksum=0x1111, **O4) / UDP(sport=1, dport=6081) / GENEVE(vni=30, proto=0x6558) / INNER,
      "drop ipv4_bad_checksum"),
