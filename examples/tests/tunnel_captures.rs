@@ -7,7 +7,6 @@ mod common;
 
 use nf_core::flags;
 use nf_core::{DropReason, Family, Instant, Packet, Verdict};
-use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gcp;
 use nf_tunnel::{DecapConfig, DecapStage, OptionSpec, TunnelKind, received_geneve};
 use std::collections::HashMap;
@@ -97,10 +96,7 @@ struct Summary {
 fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary {
     let path = common::shared_dir().join("testdata/pcap").join(file);
     let rows = tshark_rows(&path, tshark_extra);
-    let recs = PcapReader::new(std::fs::File::open(&path).unwrap())
-        .unwrap()
-        .records()
-        .unwrap();
+    let recs = nf_examples::pcap::read_file(&path).unwrap();
     assert_eq!(rows.len(), recs.len(), "{file}");
     let mut stage = DecapStage::new(cfg);
     let mut tunnels = 0;
@@ -244,10 +240,7 @@ fn ipv6_vxlan_capture_with_an_offloaded_checksum() {
         rows[0]["udp.checksum.status"][0], "0",
         "tshark: bad checksum"
     );
-    let rec = &PcapReader::new(std::fs::File::open(&path).unwrap())
-        .unwrap()
-        .records()
-        .unwrap()[0];
+    let rec = &nf_examples::pcap::read_file(&path).unwrap()[0];
     let mut pkt = Packet::new(rec.data.clone(), 0, rec.data.len()).unwrap();
     assert_eq!(
         DecapStage::new(config()).decap(Instant::ZERO, &mut pkt),
@@ -265,10 +258,7 @@ fn ipv6_vxlan_capture_with_an_offloaded_checksum() {
 #[test]
 fn ovs_critical_option_is_dropped_when_not_understood() {
     let path = common::shared_dir().join("testdata/pcap/geneve.pcap");
-    let recs = PcapReader::new(std::fs::File::open(&path).unwrap())
-        .unwrap()
-        .records()
-        .unwrap();
+    let recs = nf_examples::pcap::read_file(&path).unwrap();
     let mut stage = DecapStage::new(DecapConfig::default());
     let mut dropped = 0;
     for r in &recs {

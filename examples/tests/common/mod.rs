@@ -72,14 +72,11 @@ pub fn scapy_cases(script: &str, tag: &str) -> Option<ScapyCases> {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = std::fs::read_to_string(dir.join("cases.tsv")).unwrap();
-    let frames =
-        nf_examples::pcap::PcapReader::new(std::fs::File::open(dir.join("cases.pcap")).unwrap())
-            .unwrap()
-            .records()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.data)
-            .collect::<Vec<_>>();
+    let frames = nf_examples::pcap::read_file(dir.join("cases.pcap"))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.data)
+        .collect::<Vec<_>>();
     let _ = std::fs::remove_dir_all(&dir);
     let rows: Vec<(String, String)> = table
         .lines()
