@@ -9,8 +9,6 @@ use nf_core::flags;
 use nf_core::{DropReason, Family, Instant, Packet, Verdict};
 use nf_tunnel::profile::gcp;
 use nf_tunnel::{DecapConfig, DecapStage, OptionSpec, TunnelKind, received_geneve};
-use std::collections::HashMap;
-use std::process::Command;
 
 const FIELDS: &[&str] = &[
     "frame.number",
@@ -32,41 +30,13 @@ const FIELDS: &[&str] = &[
     "udp.checksum.status",
 ];
 
-type Row = HashMap<&'static str, Vec<String>>;
+type Row = common::TsharkRow;
 
-/// One row per frame: field → its occurrences, outer first.
+/// One row per frame, with the UDP checksums checked.
 fn tshark_rows(path: &std::path::Path, extra: &[&str]) -> Vec<Row> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(path).args(extra);
-    cmd.args(["-o", "udp.check_checksum:TRUE", "-T", "fields"]);
-    cmd.args(["-E", "occurrence=a", "-E", "aggregator=,"]);
-    for f in FIELDS {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            FIELDS
-                .iter()
-                .zip(l.split('\t'))
-                .map(|(f, v)| {
-                    let vals = if v.is_empty() {
-                        Vec::new()
-                    } else {
-                        v.split(',').map(str::to_string).collect()
-                    };
-                    (*f, vals)
-                })
-                .collect()
-        })
-        .collect()
+    let mut args = extra.to_vec();
+    args.extend(["-o", "udp.check_checksum:TRUE"]);
+    common::tshark_rows(path, &args, FIELDS)
 }
 
 fn num(s: &str) -> u64 {
