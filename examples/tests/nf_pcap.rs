@@ -145,12 +145,15 @@ struct Checked {
     frames: usize,
     decapsulated: usize,
     protocols: Vec<String>,
+    path: PathBuf,
 }
 
 /// Runs `pipeline` on `file`, checks the output with tshark against `inputs` (tshark's rows
 /// of the input), and returns what came out.
 fn check(file: &str, pipeline: &str, inputs: &[Row], out_dir: &Path) -> Checked {
-    let input = capture(file);
+    // A capture of our own (written into `out_dir`) or a shared one.
+    let own = out_dir.join(file);
+    let input = if own.exists() { own } else { capture(file) };
     let out = out_dir.join(format!("{file}.{}.pcapng", out_name(pipeline)));
     run_to(&input, pipeline, &out);
     let ctx = format!("{file} | {pipeline}");
@@ -185,6 +188,7 @@ fn check(file: &str, pipeline: &str, inputs: &[Row], out_dir: &Path) -> Checked 
         frames: outputs.len(),
         decapsulated,
         protocols: outputs.iter().map(|r| stack(r).to_string()).collect(),
+        path: out,
     }
 }
 
@@ -281,6 +285,129 @@ fn gcp_decap_then_parse() {
     let inputs = tshark_rows(&capture("geneve-gcp.pcap"), &[]);
     let c = check("geneve-gcp.pcap", "decap:gcp -> parse", &inputs, &tmp);
     assert_eq!(c.frames, 1, "the inner packet passes parse");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The GWLB capture scapy writes (see `scapy/gwlb_flows.py`), and tshark's rows of it;
+/// `None` (skipped) when scapy or tshark is missing outside CI.
+fn gwlb_capture(dir: &Path) -> Option<(PathBuf, Vec<Row>)> {
+    let py = common::system_python();
+    if !common::require("tshark", &["--version"])
+        || !common::require(py, &["-c", "import scapy.all, scapy.contrib.geneve"])
+    {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scapy/gwlb_flows.py");
+    let out = Command::new(py).arg(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scapy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("gwlb.pcap");
+    let rows = tshark_rows(&path, &[]);
+    Some((path, rows))
+}
+
+#[test]
+fn gwlb_traffic_through_decap_conntrack_and_reflect() {
+    let tmp = common::temp_dir("nf-pcap-gwlb");
+    let Some((input, inputs)) = gwlb_capture(&tmp) else {
+        return;
+    };
+    let ctl = tmp.join("control.pcapng");
+    let (i, c) = (input.to_str().unwrap(), ctl.to_str().unwrap());
+    // The appliance's view: bare IP inner packets, every one tracked from its SYN on.
+    let out = tmp.join("inner.pcapng");
+    let report = String::from_utf8(
+        run(&[
+            i,
+            "-p",
+            "decap:gwlb -> conntrack",
+            "-w",
+            out.to_str().unwrap(),
+            "--control",
+            c,
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        report.contains("verdicts: 8 pass, 0 tx, 1 to_control, 0 dropped"),
+        "{report}"
+    );
+    assert!(
+        report.contains("conntrack created                          2"),
+        "{report}"
+    );
+    let recs = nf_examples::pcap::read_file(&out).unwrap();
+    assert!(recs.iter().all(|r| r.linktype == LINKTYPE_RAW));
+    let c = check("gwlb.pcap", "decap:gwlb -> conntrack", &inputs, &tmp);
+    assert_eq!((c.frames, c.decapsulated), (8, 8));
+    // The control message (O bit) goes to the control path as it came.
+    let control = tshark_rows(&ctl, &[]);
+    assert_eq!(control.len(), 1);
+    assert_eq!(origin(&control[0]), 9);
+    assert_eq!(stack(&control[0]), stack(&inputs[8]));
+
+    // Back into the tunnel it came in: same options and VNI, outer addresses swapped.
+    let back = check(
+        "gwlb.pcap",
+        "decap:gwlb -> conntrack -> reflect",
+        &inputs,
+        &tmp,
+    );
+    assert_eq!(back.frames, 8);
+    let fields = [
+        "frame.comment",
+        "ip.src",
+        "ip.dst",
+        "geneve.option.class",
+        "geneve.option.type",
+        "geneve.option.unknown.data",
+        "geneve.vni",
+        "geneve.proto_type",
+    ];
+    let theirs = common::tshark_rows(&input, &[], &fields);
+    for row in common::tshark_rows(&back.path, &[], &fields) {
+        let n: usize = row["frame.comment"][0]
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let src = &theirs[n - 1];
+        assert_eq!(
+            row["ip.src"][0], src["ip.dst"][0],
+            "frame {n}: outer source"
+        );
+        assert_eq!(
+            row["ip.dst"][0], src["ip.src"][0],
+            "frame {n}: outer destination"
+        );
+        assert_eq!(row["geneve.option.unknown.data"].len(), 3, "frame {n}");
+        for f in &fields[3..] {
+            assert_eq!(row[f], src[f], "frame {n}: {f}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The same known gap as [`gcp_decap_then_parse`], with GWLB's bare IPv4 and IPv6 payloads.
+#[test]
+#[ignore = "known gap: decap -> parse re-reads a bare IP inner packet as Ethernet (issue 11 item 2, decap rewrite in progress)"]
+fn gwlb_decap_then_parse_then_conntrack() {
+    let tmp = common::temp_dir("nf-pcap-gwlb-parse");
+    let Some((_, inputs)) = gwlb_capture(&tmp) else {
+        return;
+    };
+    let c = check(
+        "gwlb.pcap",
+        "decap:gwlb -> parse -> conntrack",
+        &inputs,
+        &tmp,
+    );
+    assert_eq!(c.frames, 8);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
