@@ -1,17 +1,20 @@
-"""Writes OUT/gwlb.pcap: traffic as AWS Gateway Load Balancer delivers it to an appliance.
+#!/usr/bin/env python3
+"""Writes gwlb.pcap, the tunnel capture `nf-pcap` shows in the README: traffic as AWS
+Gateway Load Balancer delivers it to an appliance, built with scapy (deterministic).
 
 Geneve over IPv4 to port 6081, VNI 0, the three GWLB options (class 0x0108: endpoint id,
 attachment id, flow cookie) and a bare IP payload (protocol type 0x0800 / 0x86DD): a TCP
 connection over IPv4 from its SYN on, with data both ways, and a UDP exchange over IPv6.
 The last frame is a control message (O bit set, no options). Frame times are one millisecond
-apart. Run with Debian's python3 (python3-scapy): /usr/bin/python3 gwlb_flows.py OUT
+apart. Run with Debian's python3 (python3-scapy): /usr/bin/python3 make_gwlb_pcap.py [OUT_DIR]
 """
+import os
 import sys
 
 from scapy.all import ICMP, IP, IPv6, TCP, UDP, Ether, Raw, wrpcap
 from scapy.contrib.geneve import GENEVE, GeneveOptions
 
-OUT = sys.argv[1]
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 GWLB, APPLIANCE = "10.0.1.10", "10.0.2.20"
 
 
