@@ -197,6 +197,12 @@ impl Options {
         if pipeline && single {
             return Err("use --pipeline or --stage, not both".into());
         }
+        let files: Vec<&PathBuf> = [&write, &control, &drops].into_iter().flatten().collect();
+        for (i, f) in files.iter().enumerate() {
+            if files.iter().skip(i + 1).any(|g| g == f) {
+                return Err(format!("{} is named for two outputs", f.display()));
+            }
+        }
         if stages.is_empty() {
             stages = vec![StageSpec::Parse, StageSpec::Conntrack];
         }
@@ -554,7 +560,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for InnerEthernet {
             if !is_bare_ip(pkt) {
                 return Verdict::Pass;
             }
-            let et = pkt.meta.ethertype.to_be_bytes();
+            let et = ip_ethertype(pkt.data()).to_be_bytes();
             let Ok(h) = pkt.push_front(14) else {
                 return Verdict::Drop(DropReason::NoHeadroom);
             };
@@ -601,6 +607,14 @@ fn is_bare_ip<B: AsRef<[u8]>>(pkt: &Packet<B>) -> bool {
         Some(4) => d.len() >= 20 && word(2) == d.len(),
         Some(6) => d.len() >= 40 && word(4) + 40 == d.len(),
         _ => false,
+    }
+}
+
+/// The EtherType of an IP packet, by its version field.
+fn ip_ethertype(ip: &[u8]) -> u16 {
+    match ip.first().map(|b| b >> 4) {
+        Some(6) => 0x86dd,
+        _ => 0x0800,
     }
 }
 
@@ -781,12 +795,8 @@ fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
 /// An Ethernet header (zero addresses, EtherType from the IP version) in front of a raw IP
 /// packet, so every stage starts from Ethernet.
 fn with_ethernet(ip: &[u8]) -> Vec<u8> {
-    let et: u16 = match ip.first().map(|b| b >> 4) {
-        Some(6) => 0x86dd,
-        _ => 0x0800,
-    };
     let mut f = vec![0u8; 12];
-    f.extend_from_slice(&et.to_be_bytes());
+    f.extend_from_slice(&ip_ethertype(ip).to_be_bytes());
     f.extend_from_slice(ip);
     f
 }
@@ -920,6 +930,10 @@ mod tests {
             ("x.pcap y.pcap", "more than one input"),
             ("-w out.pcapng", "no input"),
             ("x.pcap --bogus", "unknown option"),
+            (
+                "x.pcap -w a.pcapng --drops a.pcapng",
+                "named for two outputs",
+            ),
         ] {
             let e = Options::parse(&args(line)).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");
