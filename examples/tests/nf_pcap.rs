@@ -261,9 +261,13 @@ fn gcp_bare_ip_inner_packets_are_written_as_raw_ip_and_re_encapsulated() {
     let input = capture("geneve-gcp.pcap");
     // Classic pcap output: one link type, here raw IP.
     let out = tmp.join("inner.pcap");
-    run_to(&input, "decap:gcp -> conntrack", &out);
+    run_to(&input, "decap:gcp", &out);
     let recs = nf_examples::pcap::read_file(&out).unwrap();
     assert!(recs.iter().all(|r| r.linktype == LINKTYPE_RAW), "{recs:?}");
+    assert_eq!(recs.len(), 1);
+    let rows = tshark_rows(&out, &[]);
+    assert_eq!(rows.len(), recs.len());
+    assert!(rows.iter().all(|r| stack(r) == "raw:ip:tcp"), "{rows:?}");
     // Geneve with a bare IP payload, over IPv6: tshark sees Geneve carrying IP.
     let inputs = tshark_rows(&input, &[]);
     let c = check(
