@@ -268,6 +268,13 @@ fn gcp_bare_ip_inner_packets_are_written_as_raw_ip_and_re_encapsulated() {
     let rows = tshark_rows(&out, &[]);
     assert_eq!(rows.len(), recs.len());
     assert!(rows.iter().all(|r| stack(r) == "raw:ip:tcp"), "{rows:?}");
+    // Raw IP input: each packet gets an Ethernet header, so parse reads it.
+    let framed = tmp.join("framed.pcapng");
+    let report = run_to(&out, "parse", &framed);
+    assert!(report.contains("verdicts: 1 pass"), "{report}");
+    let again = tshark_rows(&framed, &[]);
+    assert_eq!(stack(&again[0]), "eth:ethertype:ip:tcp");
+    assert_eq!(inner_tuple(&again[0]), inner_tuple(&rows[0]));
     // Geneve with a bare IP payload, over IPv6: tshark sees Geneve carrying IP.
     let inputs = tshark_rows(&input, &[]);
     let c = check(
