@@ -73,7 +73,8 @@ stages (parameters follow as ,key=value):
                           option=CLASS:TYPE      a Geneve option understood (critical ok)
                           udp-checksum=ignore    trust outer UDP checksums (GSO captures)
                           non-tunnel=pass|drop   fate of frames that are not tunnelled
-  parse                 parse Ethernet / VLAN / IPv4 / IPv6 / TCP / UDP / ICMP
+  parse                 parse Ethernet / VLAN / IPv4 / IPv6 / TCP / UDP / ICMP (not
+                        needed after decap, which parses the inner packet itself)
   conntrack             connection tracking (sessions, reply direction, related ICMP)
   encap:geneve|vxlan    push outer headers towards a remote
                           vni=N|zone             fixed VNI, or the zone (the decap VNI)
@@ -95,7 +96,8 @@ output holds one link type and fails on a frame of the other.
 
 examples:
   nf-pcap examples/data/demo.pcap -w out.pcapng
-  nf-pcap geneve-gcp.pcap -p 'decap:gcp -> conntrack' -w inner.pcapng
+  nf-pcap examples/data/gwlb.pcap -p 'decap:gwlb -> conntrack -> reflect' -w back.pcapng
+  nf-pcap geneve-gcp.pcap -p decap:gcp -w inner.pcapng --format pcap
   nf-pcap vxlan.pcap -s decap:vxlan -s encap:geneve,vni=zone,src=192.0.2.1,dst=192.0.2.2 -w out.pcapng
 ";
 
