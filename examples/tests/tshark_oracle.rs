@@ -6,7 +6,6 @@ mod common;
 
 use nf_core::flags;
 use nf_core::{Meta, ParseConfig, Parsed, parse_frame};
-use nf_examples::pcap::PcapReader;
 use std::process::Command;
 
 const FIELDS: &[&str] = &[
@@ -68,10 +67,7 @@ fn every_capture_frame_matches_tshark() {
         );
         let text = String::from_utf8(out.stdout).unwrap();
         let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
-        let records = PcapReader::new(std::fs::File::open(file).unwrap())
-            .unwrap()
-            .records()
-            .unwrap();
+        let records = nf_examples::pcap::read_file(file).unwrap();
         assert_eq!(rows.len(), records.len(), "{}: frame count", file.display());
         for (rec, row) in records.iter().zip(&rows) {
             frames += 1;

@@ -7,11 +7,8 @@ mod common;
 
 use nf_core::flags;
 use nf_core::{DropReason, Family, Instant, Packet, Verdict};
-use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gcp;
 use nf_tunnel::{DecapConfig, DecapStage, OptionSpec, TunnelKind, received_geneve};
-use std::collections::HashMap;
-use std::process::Command;
 
 const FIELDS: &[&str] = &[
     "frame.number",
@@ -33,41 +30,13 @@ const FIELDS: &[&str] = &[
     "udp.checksum.status",
 ];
 
-type Row = HashMap<&'static str, Vec<String>>;
+type Row = common::TsharkRow;
 
-/// One row per frame: field → its occurrences, outer first.
+/// One row per frame, with the UDP checksums checked.
 fn tshark_rows(path: &std::path::Path, extra: &[&str]) -> Vec<Row> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(path).args(extra);
-    cmd.args(["-o", "udp.check_checksum:TRUE", "-T", "fields"]);
-    cmd.args(["-E", "occurrence=a", "-E", "aggregator=,"]);
-    for f in FIELDS {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            FIELDS
-                .iter()
-                .zip(l.split('\t'))
-                .map(|(f, v)| {
-                    let vals = if v.is_empty() {
-                        Vec::new()
-                    } else {
-                        v.split(',').map(str::to_string).collect()
-                    };
-                    (*f, vals)
-                })
-                .collect()
-        })
-        .collect()
+    let mut args = extra.to_vec();
+    args.extend(["-o", "udp.check_checksum:TRUE"]);
+    common::tshark_rows(path, &args, FIELDS)
 }
 
 fn num(s: &str) -> u64 {
@@ -97,10 +66,7 @@ struct Summary {
 fn check_capture(file: &str, tshark_extra: &[&str], cfg: DecapConfig) -> Summary {
     let path = common::shared_dir().join("testdata/pcap").join(file);
     let rows = tshark_rows(&path, tshark_extra);
-    let recs = PcapReader::new(std::fs::File::open(&path).unwrap())
-        .unwrap()
-        .records()
-        .unwrap();
+    let recs = nf_examples::pcap::read_file(&path).unwrap();
     assert_eq!(rows.len(), recs.len(), "{file}");
     let mut stage = DecapStage::new(cfg).unwrap();
     let mut tunnels = 0;
@@ -244,10 +210,7 @@ fn ipv6_vxlan_capture_with_an_offloaded_checksum() {
         rows[0]["udp.checksum.status"][0], "0",
         "tshark: bad checksum"
     );
-    let rec = &PcapReader::new(std::fs::File::open(&path).unwrap())
-        .unwrap()
-        .records()
-        .unwrap()[0];
+    let rec = &nf_examples::pcap::read_file(&path).unwrap()[0];
     let mut pkt = Packet::new(rec.data.clone(), 0, rec.data.len()).unwrap();
     assert_eq!(
         DecapStage::new(config())
@@ -267,10 +230,7 @@ fn ipv6_vxlan_capture_with_an_offloaded_checksum() {
 #[test]
 fn ovs_critical_option_is_dropped_when_not_understood() {
     let path = common::shared_dir().join("testdata/pcap/geneve.pcap");
-    let recs = PcapReader::new(std::fs::File::open(&path).unwrap())
-        .unwrap()
-        .records()
-        .unwrap();
+    let recs = nf_examples::pcap::read_file(&path).unwrap();
     let mut stage = DecapStage::new(DecapConfig::default()).unwrap();
     let mut dropped = 0;
     for r in &recs {

@@ -12,7 +12,6 @@ mod common;
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
 use nf_core::flags;
 use nf_core::{Batch, Instant, NonIpAction, Packet, ParseStage, Stage, StageExt, Verdict};
-use nf_examples::pcap::PcapReader;
 use nf_tunnel::profile::gwlb;
 use nf_tunnel::{ConfigError, DecapConfig, DecapStage, OptionSpec, TunnelKind};
 use std::process::Command;
@@ -51,10 +50,7 @@ fn scapy_tunnel_cases_have_the_rfc_outcome() {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = std::fs::read_to_string(dir.join("cases.tsv")).unwrap();
-    let frames = PcapReader::new(std::fs::File::open(dir.join("cases.pcap")).unwrap())
-        .unwrap()
-        .records()
-        .unwrap();
+    let frames = nf_examples::pcap::read_file(dir.join("cases.pcap")).unwrap();
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), frames.len());
     assert!(rows.len() >= 40, "the case table shrank");

@@ -9,7 +9,7 @@ mod common;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::checksum;
 use nf_core::{Batch, Instant, Packet, ParseConfig, Stage, Verdict, parse_frame};
-use nf_examples::pcap::{LINKTYPE_ETHERNET, PcapWriter};
+use nf_examples::pcap::{CaptureWriter, Format, LINKTYPE_ETHERNET};
 use nf_tunnel::profile::{gcp, gwlb};
 use nf_tunnel::{
     DecapStage, EncapConfig, EncapStage, OptionsBuilder, ReflectStage, Underlay, VXLAN_LINUX_PORT,
@@ -265,12 +265,12 @@ fn tshark_accepts_every_encapsulation_variant() {
     let dir = common::temp_dir("tunnel-tshark");
     for v in variants() {
         let path = dir.join(format!("{}.pcap", v.name));
-        let mut w =
-            PcapWriter::new(std::fs::File::create(&path).unwrap(), LINKTYPE_ETHERNET).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = CaptureWriter::new(file, Format::Pcap).unwrap();
         for (i, p) in v.packets.iter().enumerate() {
             assert_eq!(p.meta.verdict, Verdict::Pass, "{}", v.name);
-            w.write(1_700_000_000_000_000_000 + i as u64 * 1000, p.data())
-                .unwrap();
+            let ts = 1_700_000_000_000_000_000 + i as u64 * 1000;
+            w.write(ts, LINKTYPE_ETHERNET, p.data(), None).unwrap();
         }
         w.finish().unwrap();
         let mut cmd = Command::new("tshark");

@@ -287,13 +287,10 @@ impl EncapStage {
         pkt: &mut Packet<B>,
     ) -> Result<(), DropReason> {
         if self.v4_fixed {
-            self.encap_v4_fixed(pkt)?;
+            self.encap_v4_fixed(pkt)
         } else {
-            self.encap_general(now, pkt)?;
+            self.encap_general(now, pkt)
         }
-        // The frame now starts with the outer Ethernet header.
-        pkt.meta.flags &= !flags::NO_L2;
-        Ok(())
     }
 
     /// The common case, IPv4 to the fixed destination without a UDP checksum: everything
@@ -317,6 +314,8 @@ impl EncapStage {
             VniSource::Zone => return Err(DropReason::TunnelUnknownVni),
         };
         let sport = self.source_port(&pkt.meta);
+        // The frame will start with the outer Ethernet header.
+        pkt.meta.flags &= !flags::NO_L2;
         let hdr = pkt.push_front(l.len).map_err(|_| DropReason::NoHeadroom)?;
         let tpl = self.template.get(..l.len).unwrap_or(&[]);
         if !copy_template(hdr, tpl) {
@@ -392,6 +391,8 @@ impl EncapStage {
         let dst = self.destination(now, &pkt.meta, vni);
         let sport = self.source_port(&pkt.meta);
         let udp_len = (ip_len - (l.udp - 14)) as u16;
+        // The frame will start with the outer Ethernet header.
+        pkt.meta.flags &= !flags::NO_L2;
         let hdr = pkt.push_front(l.len).map_err(|_| DropReason::NoHeadroom)?;
         let tpl = self.template.get(..l.len).unwrap_or(&[]);
         if !copy_template(hdr, tpl) {

@@ -1,4 +1,5 @@
-//! `pcap-flows FILE.pcap [--cores N] [--prometheus]`: runs every frame of a capture through
+//! `pcap-flows FILE.pcap [--cores N] [--prometheus]`: runs every frame of a capture (pcap or
+//! pcapng) through
 //! an nf pipeline (parse, then connection tracking) in batches of 64, and prints each
 //! connection under the core the symmetric hash pins it to: its original-direction flow,
 //! packets and bytes each way as conntrack classified them, then every stage's counters and
@@ -15,7 +16,7 @@ use nf_core::{
     Batch, Direction, FlowHasher, Instant, Packet, ParseStage, Stage, StageControl, StageExt,
     Verdict, owner_of,
 };
-use nf_examples::pcap::{LINKTYPE_ETHERNET, PcapReader};
+use nf_examples::pcap::{self, LINKTYPE_ETHERNET};
 use nf_examples::prometheus;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -71,11 +72,11 @@ fn main() -> ExitCode {
 }
 
 fn run(path: &str, cores: u32, prometheus: bool) -> Result<(), Box<dyn std::error::Error>> {
-    let reader = PcapReader::new(std::io::BufReader::new(std::fs::File::open(path)?))?;
-    if reader.linktype() != LINKTYPE_ETHERNET {
-        return Err(format!("link type {} is not Ethernet", reader.linktype()).into());
+    // pcap or pcapng (read by the `pcap-file` crate).
+    let records = pcap::read_file(path)?;
+    if let Some(r) = records.iter().find(|r| r.linktype != LINKTYPE_ETHERNET) {
+        return Err(format!("link type {} is not Ethernet", r.linktype).into());
     }
-    let records = reader.records()?;
 
     // A fixed demo key; a deployment uses an operator secret shared by its nodes.
     let hasher = FlowHasher::new(*b"nf demo key 0001");

@@ -4,7 +4,8 @@
     reason = "each test binary uses a different subset of these shared helpers"
 )]
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The shared test data folder (`shared/` beside the checkout, or `$NF_SHARED_DIR`).
@@ -72,14 +73,11 @@ pub fn scapy_cases(script: &str, tag: &str) -> Option<ScapyCases> {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = std::fs::read_to_string(dir.join("cases.tsv")).unwrap();
-    let frames =
-        nf_examples::pcap::PcapReader::new(std::fs::File::open(dir.join("cases.pcap")).unwrap())
-            .unwrap()
-            .records()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.data)
-            .collect::<Vec<_>>();
+    let frames = nf_examples::pcap::read_file(dir.join("cases.pcap"))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.data)
+        .collect::<Vec<_>>();
     let _ = std::fs::remove_dir_all(&dir);
     let rows: Vec<(String, String)> = table
         .lines()
@@ -88,4 +86,43 @@ pub fn scapy_cases(script: &str, tag: &str) -> Option<ScapyCases> {
         .collect();
     assert_eq!(rows.len(), frames.len());
     Some((rows, frames))
+}
+
+/// One frame as `tshark -T fields` prints it: field → its occurrences, outermost first.
+pub type TsharkRow = HashMap<&'static str, Vec<String>>;
+
+/// Runs `tshark -r path ARGS -T fields` with every occurrence of each of `fields` and
+/// returns one row per frame.
+pub fn tshark_rows(path: &Path, args: &[&str], fields: &[&'static str]) -> Vec<TsharkRow> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(path).args(args);
+    cmd.args(["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            fields
+                .iter()
+                .zip(l.split('\t'))
+                .map(|(f, v)| {
+                    let vals = if v.is_empty() {
+                        Vec::new()
+                    } else {
+                        v.split('|').map(str::to_string).collect()
+                    };
+                    (*f, vals)
+                })
+                .collect()
+        })
+        .collect()
 }

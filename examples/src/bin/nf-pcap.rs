@@ -1,0 +1,967 @@
+//! `nf-pcap`: runs a capture through an nf pipeline chosen on the command line and writes
+//! what comes out to a capture Wireshark opens. Run `nf-pcap --help` for the options.
+//!
+//! The pipeline is built from the stages that exist (tunnel decap with a profile, parse,
+//! connection tracking, tunnel encap towards a given remote, tunnel reflect), composed with
+//! [`StageExt::then`] into one value that the loop drives through [`Stage`] and
+//! [`StageControl`], exactly as a dataplane would: frames are read (pcap or pcapng) into
+//! batches of 64 with the pipeline's headroom in front, each batch is processed with the
+//! capture time of its first frame as `now` (sans-IO: no clock is read), the verdicts are
+//! acted on, and the timers get their turn. Every frame still at `Pass` (or `Tx`) is
+//! written to the output; frames sent to the control path and dropped frames go to their
+//! own files if asked for.
+//!
+//! Output encoding: after decapsulation a frame may be a bare IP packet (Geneve protocol
+//! 0x0800 / 0x86DD, what AWS GWLB and Google Cloud send), so the output is pcapng by
+//! default, with one interface per link type (`ethernet`: LINKTYPE_ETHERNET, `ip`:
+//! LINKTYPE_RAW) and every frame on the interface of its own encoding; each frame carries a
+//! comment naming its input frame (and, in the control / drop files, its fate). A file
+//! named `*.pcap` is classic pcap, which holds one link type: writing a frame of another
+//! encoding fails with a message. A frame is bare IP when its parsed metadata says so (an
+//! IP header at offset 0); a frame without parsed IP metadata is bare IP only if it reads as
+//! a whole IP packet (version and total length agree with its size), else Ethernet.
+
+use nf_core::conntrack::{Conntrack, ConntrackConfig};
+use nf_core::{
+    BATCH_SIZE, Batch, DropReason, Instant, Packet, ParseStage, Stage, StageControl, StageCounters,
+    StageExt, StageLoop, Verdict, flags,
+};
+use nf_examples::pcap::{
+    CaptureReader, CaptureWriter, Format, LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapError,
+};
+use nf_examples::prometheus;
+use nf_tunnel::profile::{gcp, gwlb};
+use nf_tunnel::{
+    DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, OptionSpec, OptionsBuilder,
+    Payload, ReflectStage, TunnelKind, Underlay, VniSource,
+};
+use std::fmt::Write as _;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const HELP: &str = "\
+nf-pcap: run a capture through an nf pipeline and write what comes out
+
+usage: nf-pcap [OPTIONS] INPUT
+       nf-pcap INPUT -p 'decap:gwlb -> conntrack -> encap:vxlan,vni=7,src=10.0.0.1,dst=10.0.0.2' -w out.pcapng
+
+INPUT is a pcap or pcapng capture of Ethernet frames (LINKTYPE_RAW frames are given a
+zero-address Ethernet header; other link types are counted and skipped). Frames run in
+batches of 64, with each batch's first capture time as the pipeline's clock. Then every
+stage's counters and drops by reason are printed.
+
+options:
+  -p, --pipeline SPEC   the stages, in order, separated by '->' or ','
+                        (default: parse -> conntrack)
+  -s, --stage STAGE     append one stage (repeatable; alternative to --pipeline)
+  -w, --write FILE      write the frames that pass (and Tx) to FILE
+      --control FILE    write the frames sent to the control path to FILE
+      --drops FILE      write the dropped frames to FILE (pcapng comments hold the reason)
+      --format FORMAT   pcapng or pcap for every written file (default: pcap for a name
+                        ending in .pcap, else pcapng)
+      --prometheus      print the counters in the Prometheus text format on stdout (the
+                        report goes to stderr)
+  -h, --help            this text
+
+stages (parameters follow as ,key=value):
+  decap[:PROFILE]       strip Geneve / VXLAN: PROFILE any (Geneve 6081 and VXLAN 4789,
+                        the default), geneve, vxlan, gwlb (AWS GWLB: its three options
+                        required, non-tunnel frames dropped), gcp (Google Cloud options)
+                          port=N[:geneve|vxlan]  also decapsulate on UDP port N
+                          option=CLASS:TYPE      a Geneve option understood (critical ok)
+                          udp-checksum=ignore    trust outer UDP checksums (GSO captures)
+                          non-tunnel=pass|drop   fate of frames that are not tunnelled
+  parse                 parse Ethernet / VLAN / IPv4 / IPv6 / TCP / UDP / ICMP (not
+                        needed after decap, which parses the inner packet itself)
+  conntrack             connection tracking (sessions, reply direction, related ICMP)
+  encap:geneve|vxlan    push outer headers towards a remote
+                          vni=N|zone             fixed VNI, or the zone (the decap VNI)
+                          src=IP,dst=IP          underlay addresses (required, one family)
+                          src-mac=MAC,dst-mac=MAC  underlay MACs (default 02:00:00:00:00:01/02)
+                          port=N                 UDP destination port (6081 / 4789)
+                          payload=eth|ip         Geneve payload: Ethernet frame (default) or
+                                                 bare IP; a bare IP packet encapsulated as
+                                                 Ethernet first gets an inner Ethernet header
+                          inner-src-mac=MAC,inner-dst-mac=MAC  that header's MACs
+                          mtu=N                  underlay MTU (default 1500; 9000 for jumbo)
+                          udp-checksum=on        compute the UDP checksum over IPv4 too
+  reflect               send decapsulated frames back into their tunnel (GWLB appliance)
+                          mtu=N                  underlay MTU (default 9001)
+
+output: pcapng by default, one interface per encoding (ethernet, ip), because decapsulated
+frames may be bare IP (GWLB, GCP); each frame's comment names its input frame. A .pcap
+output holds one link type and fails on a frame of the other.
+
+examples:
+  nf-pcap examples/data/demo.pcap -w out.pcapng
+  nf-pcap examples/data/gwlb.pcap -p 'decap:gwlb -> conntrack -> reflect' -w back.pcapng
+  nf-pcap geneve-gcp.pcap -p decap:gcp -w inner.pcapng --format pcap
+  nf-pcap vxlan.pcap -s decap:vxlan -s encap:geneve,vni=zone,src=192.0.2.1,dst=192.0.2.2 -w out.pcapng
+";
+
+/// Extra headroom beyond what the pipeline asks for (room for a caller's own headers).
+const SLACK: usize = 64;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match Options::parse(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            // --help: a closed pipe (`nf-pcap --help | head`) is not an error.
+            let _ = io::stdout().lock().write_all(HELP.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("nf-pcap: {e}\n(try nf-pcap --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nf-pcap: {}: {e}", opts.input.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let io = e
+        .downcast_ref::<io::Error>()
+        .or_else(|| match e.downcast_ref::<PcapError>() {
+            Some(PcapError::Io(io)) => Some(io),
+            _ => None,
+        });
+    io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// The command line.
+#[derive(Debug)]
+struct Options {
+    input: PathBuf,
+    stages: Vec<StageSpec>,
+    write: Option<PathBuf>,
+    control: Option<PathBuf>,
+    drops: Option<PathBuf>,
+    format: Option<Format>,
+    prometheus: bool,
+}
+
+impl Options {
+    /// `Ok(None)`: help was asked for.
+    fn parse(args: &[String]) -> Result<Option<Self>, String> {
+        let mut input = None;
+        let mut stages = Vec::new();
+        let (mut pipeline, mut single) = (false, false);
+        let (mut write, mut control, mut drops, mut format) = (None, None, None, None);
+        let mut prometheus = false;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "-p" | "--pipeline" => {
+                    if pipeline {
+                        return Err("--pipeline given twice".into());
+                    }
+                    pipeline = true;
+                    stages.extend(parse_pipeline(&value(a)?)?);
+                }
+                "-s" | "--stage" => {
+                    single = true;
+                    stages.extend(parse_pipeline(&value(a)?)?);
+                }
+                "-w" | "--write" => write = Some(PathBuf::from(value(a)?)),
+                "--control" => control = Some(PathBuf::from(value(a)?)),
+                "--drops" => drops = Some(PathBuf::from(value(a)?)),
+                "--format" => {
+                    format = Some(match value(a)?.as_str() {
+                        "pcap" => Format::Pcap,
+                        "pcapng" => Format::PcapNg,
+                        f => return Err(format!("unknown format {f:?} (pcap or pcapng)")),
+                    })
+                }
+                "--prometheus" => prometheus = true,
+                o if o.starts_with('-') && o.len() > 1 => {
+                    return Err(format!("unknown option {o:?}"));
+                }
+                p if input.is_none() => input = Some(PathBuf::from(p)),
+                p => return Err(format!("more than one input ({p:?})")),
+            }
+        }
+        if pipeline && single {
+            return Err("use --pipeline or --stage, not both".into());
+        }
+        let files: Vec<&PathBuf> = [&write, &control, &drops].into_iter().flatten().collect();
+        for (i, f) in files.iter().enumerate() {
+            if files.iter().skip(i + 1).any(|g| g == f) {
+                return Err(format!("{} is named for two outputs", f.display()));
+            }
+        }
+        if stages.is_empty() {
+            stages = vec![StageSpec::Parse, StageSpec::Conntrack];
+        }
+        let input = input.ok_or("no input capture given")?;
+        Ok(Some(Self {
+            input,
+            stages,
+            write,
+            control,
+            drops,
+            format,
+            prometheus,
+        }))
+    }
+}
+
+/// One stage as the command line names it.
+#[derive(Debug)]
+enum StageSpec {
+    Decap {
+        profile: String,
+        config: DecapConfig,
+    },
+    Parse,
+    Conntrack,
+    Encap {
+        label: String,
+        config: Box<EncapConfig>,
+        inner_macs: ([u8; 6], [u8; 6]),
+    },
+    Reflect {
+        mtu: u16,
+    },
+}
+
+impl StageSpec {
+    /// What the report calls it.
+    fn label(&self) -> String {
+        match self {
+            Self::Decap { profile, .. } => format!("decap:{profile}"),
+            Self::Parse => "parse".into(),
+            Self::Conntrack => "conntrack".into(),
+            Self::Encap { label, .. } => label.clone(),
+            Self::Reflect { .. } => "reflect".into(),
+        }
+    }
+}
+
+/// Stages separated by `->` or `,`; within a stage, `,key=value` parameters (a
+/// comma-separated word with `=` is a parameter, any other starts the next stage).
+fn parse_pipeline(spec: &str) -> Result<Vec<StageSpec>, String> {
+    let mut groups: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for part in spec.split("->") {
+        // A parameter belongs to a stage named earlier in the same `->` part.
+        let mut named = false;
+        for word in part.split(',').map(str::trim) {
+            if word.is_empty() {
+                continue;
+            }
+            match (word.split_once('='), groups.last_mut()) {
+                (Some((k, v)), Some((_, params))) if named => {
+                    params.push((k.trim().to_string(), v.trim().to_string()));
+                }
+                (Some(_), _) => return Err(format!("parameter {word:?} before any stage")),
+                (None, _) => {
+                    groups.push((word.to_string(), Vec::new()));
+                    named = true;
+                }
+            }
+        }
+    }
+    if groups.is_empty() {
+        return Err(format!("no stage in {spec:?}"));
+    }
+    groups
+        .into_iter()
+        .map(|(name, params)| stage_spec(&name, &params))
+        .collect()
+}
+
+fn stage_spec(name: &str, params: &[(String, String)]) -> Result<StageSpec, String> {
+    let (kind, arg) = match name.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (name, None),
+    };
+    let unknown = |k: &str| Err(format!("{kind}: unknown parameter {k:?} (see --help)"));
+    match kind {
+        "decap" => decap_spec(arg.unwrap_or("any"), params),
+        "parse" | "conntrack" if arg.is_some() => Err(format!("{kind} takes no argument")),
+        "parse" => match params.first() {
+            Some((k, _)) => unknown(k),
+            None => Ok(StageSpec::Parse),
+        },
+        "conntrack" => match params.first() {
+            Some((k, _)) => unknown(k),
+            None => Ok(StageSpec::Conntrack),
+        },
+        "encap" => encap_spec(arg, params),
+        "reflect" => {
+            let mut mtu = 9001;
+            for (k, v) in params {
+                match k.as_str() {
+                    "mtu" => mtu = number(k, v)?,
+                    k => return unknown(k),
+                }
+            }
+            Ok(StageSpec::Reflect { mtu })
+        }
+        k => Err(format!(
+            "unknown stage {k:?} (decap, parse, conntrack, encap, reflect)"
+        )),
+    }
+}
+
+fn decap_spec(profile: &str, params: &[(String, String)]) -> Result<StageSpec, String> {
+    let (mut config, kind) = match profile {
+        "any" => (DecapConfig::default(), None),
+        "geneve" => (
+            DecapConfig {
+                ports: vec![(nf_tunnel::GENEVE_PORT, TunnelKind::Geneve)],
+                ..DecapConfig::default()
+            },
+            Some(TunnelKind::Geneve),
+        ),
+        "vxlan" => (
+            DecapConfig {
+                ports: vec![(nf_tunnel::VXLAN_PORT, TunnelKind::Vxlan)],
+                ..DecapConfig::default()
+            },
+            Some(TunnelKind::Vxlan),
+        ),
+        "gwlb" => (gwlb::decap_config(), Some(TunnelKind::Geneve)),
+        "gcp" => (gcp::decap_config(), Some(TunnelKind::Geneve)),
+        p => {
+            return Err(format!(
+                "unknown decap profile {p:?} (any, geneve, vxlan, gwlb, gcp)"
+            ));
+        }
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "port" => {
+                let (port, tunnel) = match v.split_once(':') {
+                    Some((p, "geneve")) => (p, Some(TunnelKind::Geneve)),
+                    Some((p, "vxlan")) => (p, Some(TunnelKind::Vxlan)),
+                    Some((_, t)) => return Err(format!("port: unknown tunnel {t:?}")),
+                    None => (v.as_str(), kind),
+                };
+                let tunnel = tunnel.ok_or("decap:any port=N needs :geneve or :vxlan")?;
+                config.ports.push((number(k, port)?, tunnel));
+            }
+            "option" => {
+                let (class, ty) = v
+                    .split_once(':')
+                    .ok_or_else(|| format!("option={v}: want CLASS:TYPE"))?;
+                let ty: u8 = number(k, ty)?;
+                // The spec names the type without its critical bit.
+                config
+                    .options
+                    .push(OptionSpec::known(number(k, class)?, ty & 0x7f));
+            }
+            "udp-checksum" => {
+                config.verify_udp_checksum = match v.as_str() {
+                    "verify" => true,
+                    "ignore" => false,
+                    v => return Err(format!("udp-checksum={v}: verify or ignore")),
+                }
+            }
+            "non-tunnel" => {
+                config.non_tunnel = match v.as_str() {
+                    "pass" => NonTunnel::Pass,
+                    "drop" => NonTunnel::Drop,
+                    v => return Err(format!("non-tunnel={v}: pass or drop")),
+                }
+            }
+            k => return Err(format!("decap: unknown parameter {k:?} (see --help)")),
+        }
+    }
+    if config.options.len() > nf_tunnel::decap::MAX_OPTION_SPECS {
+        return Err(format!(
+            "decap: at most {} options",
+            nf_tunnel::decap::MAX_OPTION_SPECS
+        ));
+    }
+    Ok(StageSpec::Decap {
+        profile: profile.to_string(),
+        config,
+    })
+}
+
+fn encap_spec(tunnel: Option<&str>, params: &[(String, String)]) -> Result<StageSpec, String> {
+    let geneve = match tunnel {
+        Some("geneve") => true,
+        Some("vxlan") => false,
+        _ => return Err("encap needs a tunnel: encap:geneve or encap:vxlan".into()),
+    };
+    let (mut vni, mut src, mut dst) = (None, None, None);
+    let (mut src_mac, mut dst_mac) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let mut inner_macs = ([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4]);
+    let (mut port, mut mtu, mut payload, mut checksum) = (None, 1500, Payload::Ethernet, false);
+    for (k, v) in params {
+        match k.as_str() {
+            "vni" if v == "zone" => vni = Some(VniSource::Zone),
+            "vni" => vni = Some(VniSource::Fixed(number(k, v)?)),
+            "src" => src = Some(address(k, v)?),
+            "dst" => dst = Some(address(k, v)?),
+            "src-mac" => src_mac = mac(k, v)?,
+            "dst-mac" => dst_mac = mac(k, v)?,
+            "inner-src-mac" => inner_macs.0 = mac(k, v)?,
+            "inner-dst-mac" => inner_macs.1 = mac(k, v)?,
+            "port" => port = Some(number(k, v)?),
+            "mtu" => mtu = number(k, v)?,
+            "payload" => {
+                payload = match v.as_str() {
+                    "eth" => Payload::Ethernet,
+                    "ip" => Payload::Ip,
+                    v => return Err(format!("payload={v}: eth or ip")),
+                }
+            }
+            "udp-checksum" => {
+                checksum = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("udp-checksum={v}: on or off")),
+                }
+            }
+            k => return Err(format!("encap: unknown parameter {k:?} (see --help)")),
+        }
+    }
+    let vni = vni.ok_or("encap needs vni=N or vni=zone")?;
+    let (src, dst) = match (src, dst) {
+        (Some(s), Some(d)) => (s, d),
+        _ => return Err("encap needs src=IP and dst=IP (underlay addresses)".into()),
+    };
+    let underlay = Underlay {
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+    };
+    let mut config = if geneve {
+        EncapConfig::geneve(OptionsBuilder::new(), 0, underlay)
+    } else {
+        EncapConfig::vxlan(0, underlay)
+    };
+    config.vni = vni;
+    config.payload = payload;
+    config.mtu = mtu;
+    config.udp_checksum_v4 = checksum;
+    if let Some(p) = port {
+        config.dst_port = p;
+    }
+    // Refuse a bad combination here, with the stage's own words.
+    EncapStage::new(config.clone()).map_err(|e| format!("encap: {e}"))?;
+    let vni_text = match vni {
+        VniSource::Fixed(v) => v.to_string(),
+        VniSource::Zone => "zone".into(),
+    };
+    let label = format!(
+        "encap:{},vni={vni_text},{src}->{dst}",
+        if geneve { "geneve" } else { "vxlan" }
+    );
+    Ok(StageSpec::Encap {
+        label,
+        config: Box::new(config),
+        inner_macs,
+    })
+}
+
+fn number<T: TryFrom<u64>>(key: &str, v: &str) -> Result<T, String> {
+    let n = match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => v.parse(),
+    };
+    n.ok()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("{key}={v}: not a number in range"))
+}
+
+fn address(key: &str, v: &str) -> Result<IpAddr, String> {
+    v.parse()
+        .map_err(|_| format!("{key}={v}: not an IP address"))
+}
+
+fn mac(key: &str, v: &str) -> Result<[u8; 6], String> {
+    let mut out = [0u8; 6];
+    let mut parts = v.split(':');
+    for b in &mut out {
+        *b = parts
+            .next()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| format!("{key}={v}: not a MAC address"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("{key}={v}: not a MAC address"));
+    }
+    Ok(out)
+}
+
+/// A stage of any type, so a pipeline chosen at run time still composes with
+/// [`StageExt::then`] (one dynamic call per stage and batch, none per packet).
+struct Dyn(Box<dyn Stage<Vec<u8>>>);
+
+impl Stage<Vec<u8>> for Dyn {
+    fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
+        self.0.process(now, batch);
+    }
+}
+
+impl StageControl for Dyn {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn counters(&self) -> &StageCounters {
+        self.0.counters()
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.0.visit_counters(f);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.0.handle_timeout(now, budget)
+    }
+
+    fn headroom(&self) -> usize {
+        self.0.headroom()
+    }
+}
+
+/// Gives a bare IP packet (an IP header at offset 0, as decap leaves a Geneve IPv4 / IPv6
+/// payload) an Ethernet header, so an encap stage that carries Ethernet frames carries a
+/// valid one. Ethernet frames pass untouched.
+struct InnerEthernet {
+    src: [u8; 6],
+    dst: [u8; 6],
+    counters: StageCounters,
+    framed: u64,
+}
+
+impl StageLoop for InnerEthernet {
+    fn counters_mut(&mut self) -> &mut StageCounters {
+        &mut self.counters
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for InnerEthernet {
+    fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
+        self.each_pending(batch, |s, _i, pkt| {
+            if !is_bare_ip(pkt) {
+                return Verdict::Pass;
+            }
+            let et = ip_ethertype(pkt.data()).to_be_bytes();
+            let Ok(h) = pkt.push_front(14) else {
+                return Verdict::Drop(DropReason::NoHeadroom);
+            };
+            for (d, b) in h.iter_mut().zip(s.dst.iter().chain(&s.src).chain(&et)) {
+                *d = *b;
+            }
+            pkt.meta.flags &= !flags::NO_L2;
+            s.framed += 1;
+            Verdict::Pass
+        });
+    }
+}
+
+impl StageControl for InnerEthernet {
+    fn name(&self) -> &'static str {
+        "inner_ethernet"
+    }
+
+    fn counters(&self) -> &StageCounters {
+        &self.counters
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.counters.visit(self.name(), f);
+        f(self.name(), "framed", self.framed);
+    }
+
+    fn headroom(&self) -> usize {
+        14
+    }
+}
+
+/// True when the packet starts with its IP header: decap parsed a bare IP payload, or
+/// (without parsed metadata) the bytes read as one whole IP packet.
+fn is_bare_ip<B: AsRef<[u8]>>(pkt: &Packet<B>) -> bool {
+    if pkt.meta.has(flags::NO_L2) {
+        return true;
+    }
+    if pkt.meta.has(flags::L3_VALID) {
+        return false;
+    }
+    let d = pkt.data();
+    let word = |at: usize| {
+        d.get(at..at + 2)
+            .map_or(0, |w| usize::from(u16::from_be_bytes([w[0], w[1]])))
+    };
+    match d.first().map(|b| b >> 4) {
+        Some(4) => d.len() >= 20 && word(2) == d.len(),
+        Some(6) => d.len() >= 40 && word(4) + 40 == d.len(),
+        _ => false,
+    }
+}
+
+/// The EtherType of an IP packet, by its version field.
+fn ip_ethertype(ip: &[u8]) -> u16 {
+    match ip.first().map(|b| b >> 4) {
+        Some(6) => 0x86dd,
+        _ => 0x0800,
+    }
+}
+
+/// The pipeline the specs describe, composed with [`StageExt::then`].
+fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
+    let mut pipeline: Option<Dyn> = None;
+    for spec in specs {
+        let stage = match spec {
+            StageSpec::Decap { config, .. } => Dyn(Box::new(DecapStage::new(config.clone())?)),
+            StageSpec::Parse => Dyn(Box::new(ParseStage::default())),
+            // A fixed demo key; a deployment uses an operator secret.
+            StageSpec::Conntrack => Dyn(Box::new(Conntrack::new(
+                ConntrackConfig::new(*b"nf-pcap ct key 1"),
+                (),
+            )?)),
+            StageSpec::Encap {
+                config, inner_macs, ..
+            } => {
+                let encap = EncapStage::new((**config).clone())?;
+                if config.payload == Payload::Ethernet {
+                    let framing = InnerEthernet {
+                        src: inner_macs.0,
+                        dst: inner_macs.1,
+                        counters: StageCounters::default(),
+                        framed: 0,
+                    };
+                    Dyn(Box::new(framing.then(encap)))
+                } else {
+                    Dyn(Box::new(encap))
+                }
+            }
+            StageSpec::Reflect { mtu } => Dyn(Box::new(ReflectStage::new(*mtu, false))),
+        };
+        pipeline = Some(match pipeline {
+            None => stage,
+            Some(p) => Dyn(Box::new(p.then(stage))),
+        });
+    }
+    pipeline.ok_or_else(|| "empty pipeline".into())
+}
+
+/// An output file and how many frames of each encoding it got.
+struct Output {
+    path: PathBuf,
+    writer: CaptureWriter<BufWriter<std::fs::File>>,
+    ethernet: u64,
+    ip: u64,
+}
+
+impl Output {
+    fn create(path: &Path, format: Option<Format>) -> Result<Self, PcapError> {
+        let format = format.unwrap_or_else(|| {
+            if path.extension().is_some_and(|e| e == "pcap") {
+                Format::Pcap
+            } else {
+                Format::PcapNg
+            }
+        });
+        let file = BufWriter::new(std::fs::File::create(path)?);
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: CaptureWriter::new(file, format)?,
+            ethernet: 0,
+            ip: 0,
+        })
+    }
+
+    fn write(&mut self, ts: u64, pkt: &Packet<Vec<u8>>, comment: &str) -> Result<(), PcapError> {
+        let link = if is_bare_ip(pkt) {
+            self.ip += 1;
+            LINKTYPE_RAW
+        } else {
+            self.ethernet += 1;
+            LINKTYPE_ETHERNET
+        };
+        self.writer.write(ts, link, pkt.data(), Some(comment))
+    }
+}
+
+/// Frame totals by fate.
+#[derive(Default)]
+struct Totals {
+    read: u64,
+    skipped: u64,
+    passed: u64,
+    tx: u64,
+    to_control: u64,
+    dropped: u64,
+}
+
+fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    let mut pipeline = build(&opts.stages)?;
+    let file = std::fs::File::open(&opts.input)?;
+    let mut reader = CaptureReader::new(BufReader::new(file))?;
+    let create = |p: &Option<PathBuf>| {
+        p.as_deref()
+            .map(|p| Output::create(p, opts.format).map_err(|e| format!("{}: {e}", p.display())))
+            .transpose()
+    };
+    let mut out = create(&opts.write)?;
+    let mut control = create(&opts.control)?;
+    let mut drops = create(&opts.drops)?;
+
+    let headroom = pipeline.headroom() + SLACK;
+    let mut batch: Batch<Vec<u8>> = Batch::new();
+    // Input frame number (1-based, as Wireshark counts) and capture time of each packet.
+    let mut origin: Vec<(u64, u64)> = Vec::with_capacity(BATCH_SIZE);
+    let mut totals = Totals::default();
+    let mut now = Instant::ZERO;
+    let mut done = false;
+    while !done {
+        while batch.len() < BATCH_SIZE {
+            let Some(rec) = reader.next_record()? else {
+                done = true;
+                break;
+            };
+            totals.read += 1;
+            let frame = match rec.linktype {
+                LINKTYPE_ETHERNET => rec.data,
+                LINKTYPE_RAW => with_ethernet(&rec.data),
+                _ => {
+                    totals.skipped += 1;
+                    continue;
+                }
+            };
+            let _ = batch.push(Packet::with_headroom(&frame, headroom));
+            origin.push((totals.read, rec.ts_nanos));
+        }
+        let Some(&(_, first_ts)) = origin.first() else {
+            break;
+        };
+        now = now.max(Instant::from_nanos(first_ts));
+        pipeline.process(now, &mut batch);
+        for (pkt, (n, ts)) in batch.drain().zip(origin.drain(..)) {
+            let (target, comment) = match pkt.meta.verdict {
+                Verdict::Pass => {
+                    totals.passed += 1;
+                    (&mut out, format!("nf-pcap: input frame {n}"))
+                }
+                Verdict::Tx(port) => {
+                    totals.tx += 1;
+                    (&mut out, format!("nf-pcap: input frame {n}, tx {port:?}"))
+                }
+                Verdict::ToControl => {
+                    totals.to_control += 1;
+                    (
+                        &mut control,
+                        format!("nf-pcap: input frame {n}, to_control"),
+                    )
+                }
+                Verdict::Drop(reason) => {
+                    totals.dropped += 1;
+                    (
+                        &mut drops,
+                        format!("nf-pcap: input frame {n}, drop {reason}"),
+                    )
+                }
+            };
+            if let Some(o) = target {
+                o.write(ts, &pkt, &comment)
+                    .map_err(|e| format!("{}: {e}", o.path.display()))?;
+            }
+        }
+        while pipeline.poll_timeout().is_some_and(|t| t <= now) {
+            pipeline.handle_timeout(now, 1024);
+        }
+    }
+    let mut outputs = Vec::new();
+    for (what, o) in [("output", out), ("control", control), ("drops", drops)] {
+        if let Some(o) = o {
+            o.writer.finish()?;
+            outputs.push((what, o.path, o.ethernet, o.ip));
+        }
+    }
+    report(opts, &pipeline, &totals, &outputs)
+}
+
+/// An Ethernet header (zero addresses, EtherType from the IP version) in front of a raw IP
+/// packet, so every stage starts from Ethernet.
+fn with_ethernet(ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&ip_ethertype(ip).to_be_bytes());
+    f.extend_from_slice(ip);
+    f
+}
+
+fn report(
+    opts: &Options,
+    pipeline: &Dyn,
+    t: &Totals,
+    outputs: &[(&str, PathBuf, u64, u64)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut text = String::new();
+    let stages: Vec<String> = opts.stages.iter().map(StageSpec::label).collect();
+    let _ = writeln!(text, "{}: {} frames read", opts.input.display(), t.read);
+    if t.skipped > 0 {
+        let _ = writeln!(
+            text,
+            "  {} skipped: link type neither Ethernet nor raw IP",
+            t.skipped
+        );
+    }
+    let _ = writeln!(text, "pipeline: {}", stages.join(" -> "));
+    let _ = writeln!(
+        text,
+        "verdicts: {} pass, {} tx, {} to_control, {} dropped",
+        t.passed, t.tx, t.to_control, t.dropped
+    );
+    for (what, path, eth, ip) in outputs {
+        let _ = writeln!(
+            text,
+            "{what}: {} ({eth} Ethernet, {ip} bare IP)",
+            path.display()
+        );
+    }
+    let _ = writeln!(text);
+    pipeline.visit_counters(&mut |stage, counter, value| {
+        let _ = writeln!(text, "{stage:>16} {counter:<32} {value}");
+    });
+    let (mut stdout, mut stderr) = (io::stdout().lock(), io::stderr().lock());
+    if opts.prometheus {
+        stderr.write_all(text.as_bytes())?;
+        stdout.write_all(prometheus::render(&[pipeline]).as_bytes())?;
+    } else {
+        stdout.write_all(text.as_bytes())?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn labels(s: &str) -> Vec<String> {
+        parse_pipeline(s)
+            .unwrap()
+            .iter()
+            .map(StageSpec::label)
+            .collect()
+    }
+
+    #[test]
+    fn pipelines_split_on_arrows_and_commas() {
+        let want = [
+            "decap:gwlb",
+            "conntrack",
+            "encap:vxlan,vni=7,10.0.0.1->10.0.0.2",
+        ];
+        assert_eq!(
+            labels("decap:gwlb -> conntrack -> encap:vxlan,vni=7,src=10.0.0.1,dst=10.0.0.2"),
+            want
+        );
+        assert_eq!(
+            labels("decap:gwlb,conntrack,encap:vxlan,vni=7,src=10.0.0.1,dst=10.0.0.2"),
+            want
+        );
+        assert_eq!(labels("decap"), ["decap:any"]);
+    }
+
+    #[test]
+    fn stage_parameters_reach_the_configs() {
+        let specs = parse_pipeline(
+            "decap:vxlan,port=8472,udp-checksum=ignore,option=0:0x80,non-tunnel=drop",
+        )
+        .unwrap();
+        let StageSpec::Decap { config, .. } = &specs[0] else {
+            panic!("{specs:?}");
+        };
+        assert_eq!(
+            config.ports,
+            [(4789, TunnelKind::Vxlan), (8472, TunnelKind::Vxlan)]
+        );
+        assert!(!config.verify_udp_checksum);
+        assert_eq!(config.options, [OptionSpec::known(0, 0)]);
+        assert_eq!(config.non_tunnel, NonTunnel::Drop);
+        let specs = parse_pipeline(
+            "encap:geneve,vni=zone,src=2001:db8::1,dst=2001:db8::2,payload=ip,mtu=9000,port=6082",
+        )
+        .unwrap();
+        let StageSpec::Encap { config, .. } = &specs[0] else {
+            panic!("{specs:?}");
+        };
+        assert_eq!(config.vni, VniSource::Zone);
+        assert_eq!(config.payload, Payload::Ip);
+        assert_eq!((config.mtu, config.dst_port), (9000, 6082));
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused_with_a_reason() {
+        for (line, want) in [
+            ("x.pcap -p bogus", "unknown stage"),
+            ("x.pcap -p decap:nope", "unknown decap profile"),
+            ("x.pcap -p decap:any,port=1", "needs :geneve or :vxlan"),
+            ("x.pcap -p vni=1", "before any stage"),
+            ("x.pcap -p encap:vxlan,vni=1", "src=IP and dst=IP"),
+            (
+                "x.pcap -p encap:vxlan,vni=1,src=10.0.0.1,dst=::1",
+                "families differ",
+            ),
+            (
+                "x.pcap -p encap:vxlan,vni=1,src=10.0.0.1,dst=10.0.0.2,payload=ip",
+                "only Ethernet",
+            ),
+            ("x.pcap -p encap:gre", "encap:geneve or encap:vxlan"),
+            ("x.pcap -p parse,x=1", "unknown parameter"),
+            ("x.pcap -p parse -s conntrack", "not both"),
+            ("x.pcap --format xml", "unknown format"),
+            ("x.pcap y.pcap", "more than one input"),
+            ("-w out.pcapng", "no input"),
+            ("x.pcap --bogus", "unknown option"),
+            (
+                "x.pcap -w a.pcapng --drops a.pcapng",
+                "named for two outputs",
+            ),
+        ] {
+            let e = Options::parse(&args(line)).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        assert!(Options::parse(&args("x.pcap --help")).unwrap().is_none());
+        let o = Options::parse(&args("x.pcap")).unwrap().unwrap();
+        assert_eq!(
+            o.stages.iter().map(StageSpec::label).collect::<Vec<_>>(),
+            ["parse", "conntrack"]
+        );
+    }
+
+    #[test]
+    fn bare_ip_is_told_from_ethernet() {
+        let ip = nf_core::wire::Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2])
+            .udp(1, 2)
+            .to_vec()
+            .unwrap();
+        let eth = Packet::with_headroom(&ip, 0);
+        assert!(!is_bare_ip(&eth));
+        let bare = Packet::with_headroom(&ip[14..], 0);
+        assert!(is_bare_ip(&bare));
+        assert_eq!(with_ethernet(&ip[14..])[12..], ip[12..]);
+    }
+}

@@ -1,0 +1,570 @@
+//! `nf-pcap` on every capture in `shared/testdata/pcap` (written by Open vSwitch, Linux,
+//! Google Cloud), with the decap profile that fits each: `tshark` reads every output with
+//! no malformed frame and no expert info of warning level or above, and the inner 5-tuple
+//! of every output frame equals what `tshark -T fields` extracts from the innermost layers
+//! of the input frame it came from (each output frame's comment names it). Also: decap →
+//! conntrack and decap → encap pipelines, AWS GWLB traffic (scapy-built,
+//! `examples/data/gwlb.pcap`) through decap → conntrack → reflect, pcapng input written by
+//! tshark, classic pcap output, and the command line's help and errors.
+
+mod common;
+
+use nf_examples::pcap::{LINKTYPE_ETHERNET, LINKTYPE_RAW};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nf-pcap");
+
+/// Every capture and the decap stage that fits it. GRE and VXLAN-GPE are not tunnels nf
+/// decapsulates: the generic decap passes them through untouched, which is checked too.
+const CASES: &[(&str, &str, &[&str])] = &[
+    // Open vSwitch's critical option (class 0, type 0x80) must be understood, or dropped.
+    ("geneve.pcap", "decap:geneve,option=0:0x80", &[]),
+    ("geneve-gcp.pcap", "decap:gcp", &[]),
+    ("gso-ipv4-geneve-ipv4.pcap", "decap:geneve", &[]),
+    ("vxlan.pcap", "decap:vxlan", &[]),
+    (
+        "vxlan_port_8472.pcap",
+        "decap:vxlan,port=8472",
+        &["-d", "udp.port==8472,vxlan"],
+    ),
+    // Taken before checksum offload: its outer UDP checksum is a partial sum.
+    (
+        "gso-ipv6-vxlan-ipv6.pcap",
+        "decap:vxlan,udp-checksum=ignore",
+        &[],
+    ),
+    ("various_gre.pcap", "decap", &[]),
+    ("nsh-over-vxlan-gpe.pcap", "decap", &[]),
+];
+
+const FIELDS: &[&str] = &[
+    "frame.number",
+    "frame.comment",
+    "frame.protocols",
+    "ip.src",
+    "ip.dst",
+    "ip.proto",
+    "ipv6.src",
+    "ipv6.dst",
+    "ipv6.nxt",
+    "tcp.srcport",
+    "tcp.dstport",
+    "udp.srcport",
+    "udp.dstport",
+    "_ws.malformed",
+    "_ws.expert.severity",
+    "_ws.expert.message",
+];
+
+/// Wireshark's expert severity of a warning (PI_WARN).
+const PI_WARN: u64 = 0x0060_0000;
+
+type Row = common::TsharkRow;
+
+/// A shared capture, or one of `examples/data`.
+fn capture(file: &str) -> PathBuf {
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(file);
+    if ours.exists() {
+        return ours;
+    }
+    common::shared_dir().join("testdata/pcap").join(file)
+}
+
+/// One row per frame.
+fn tshark_rows(path: &Path, extra: &[&str]) -> Vec<Row> {
+    let mut args = vec!["-n"];
+    args.extend(extra);
+    // TCP sequence analysis warns about segments before the capture started, in the input
+    // captures as much as in ours: it judges the traffic, not the encoding.
+    args.extend(["-o", "tcp.analyze_sequence_numbers:FALSE"]);
+    common::tshark_rows(path, &args, FIELDS)
+}
+
+/// The innermost 5-tuple tshark sees: the last IP layer of the protocol stack and, for TCP
+/// and UDP, the last ports of that protocol.
+fn inner_tuple(row: &Row) -> Option<String> {
+    let stack = row["frame.protocols"].first()?;
+    let last_ip = stack.split(':').rfind(|p| *p == "ip" || *p == "ipv6")?;
+    let (src, dst, proto) = if last_ip == "ip" {
+        ("ip.src", "ip.dst", "ip.proto")
+    } else {
+        ("ipv6.src", "ipv6.dst", "ipv6.nxt")
+    };
+    let last = |f: &str| row[f].last().cloned().unwrap_or_default();
+    let p = last(proto);
+    let ports = match p.as_str() {
+        "6" => format!("{}:{}", last("tcp.srcport"), last("tcp.dstport")),
+        "17" => format!("{}:{}", last("udp.srcport"), last("udp.dstport")),
+        _ => String::new(),
+    };
+    Some(format!("{} {} {p} {ports}", last(src), last(dst)))
+}
+
+fn stack(row: &Row) -> &str {
+    row["frame.protocols"].first().map_or("", String::as_str)
+}
+
+/// The protocol stack after the last Geneve / VXLAN header (all of it without one).
+fn payload_stack(row: &Row) -> &str {
+    let s = stack(row);
+    [":geneve:", ":vxlan:"]
+        .iter()
+        .filter_map(|t| s.rfind(t).map(|i| &s[i + t.len()..]))
+        .min_by_key(|rest| rest.len())
+        .unwrap_or(s)
+}
+
+fn tunnelled(row: &Row) -> bool {
+    row["frame.protocols"]
+        .first()
+        .is_some_and(|s| s.split(':').any(|p| p == "geneve" || p == "vxlan"))
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "nf-pcap {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `pipeline` on `input`, writing what passes to `out`; returns the report.
+fn run_to(input: &Path, pipeline: &str, out: &Path) -> String {
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    String::from_utf8(run(&[i, "-p", pipeline, "-w", o]).stdout).unwrap()
+}
+
+/// The input frame number an output frame's comment names.
+fn origin(row: &Row) -> usize {
+    let c = row["frame.comment"]
+        .first()
+        .expect("a comment on every frame");
+    let n = c.strip_prefix("nf-pcap: input frame ").expect(c);
+    n.split(',').next().unwrap().parse().unwrap()
+}
+
+/// What one pipeline did to one capture, checked against tshark.
+struct Checked {
+    frames: usize,
+    decapsulated: usize,
+    protocols: Vec<String>,
+    path: PathBuf,
+}
+
+/// Runs `pipeline` on `file`, checks the output with tshark against `inputs` (tshark's rows
+/// of the input), and returns what came out.
+fn check(file: &str, pipeline: &str, inputs: &[Row], out_dir: &Path) -> Checked {
+    let input = capture(file);
+    let out = out_dir.join(format!("{file}.{}.pcapng", out_name(pipeline)));
+    run_to(&input, pipeline, &out);
+    let ctx = format!("{file} | {pipeline}");
+    let outputs = tshark_rows(&out, &[]);
+    let mut decapsulated = 0;
+    for row in &outputs {
+        let n = origin(row);
+        let fctx = format!("{ctx}: output of input frame {n}");
+        assert!(row["_ws.malformed"].is_empty(), "{fctx}: malformed");
+        for (sev, msg) in row["_ws.expert.severity"]
+            .iter()
+            .zip(&row["_ws.expert.message"])
+        {
+            assert!(sev.parse::<u64>().unwrap() < PI_WARN, "{fctx}: {msg}");
+        }
+        let src = &inputs[n - 1];
+        if inner_tuple(src).is_some() {
+            assert_eq!(inner_tuple(row), inner_tuple(src), "{fctx}: inner 5-tuple");
+        } else {
+            // No IP inside (STP, CDP ...): the innermost frame is carried as it was.
+            let (have, want) = (stack(row), payload_stack(src));
+            assert!(
+                have.ends_with(want),
+                "{fctx}: {have} does not end in {want}"
+            );
+        }
+        if tunnelled(src) && !tunnelled(row) {
+            decapsulated += 1;
+        }
+    }
+    Checked {
+        frames: outputs.len(),
+        decapsulated,
+        protocols: outputs.iter().map(|r| stack(r).to_string()).collect(),
+        path: out,
+    }
+}
+
+fn out_name(pipeline: &str) -> String {
+    pipeline
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+#[test]
+fn every_capture_through_its_decap_profile_matches_tshark() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let dir = common::shared_dir().join("testdata/pcap");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".pcap"))
+        .collect();
+    files.sort();
+    let mut named: Vec<String> = CASES.iter().map(|c| c.0.to_string()).collect();
+    named.sort();
+    assert_eq!(files, named, "every capture needs a case here");
+
+    let tmp = common::temp_dir("nf-pcap-captures");
+    for (file, decap, decode_as) in CASES {
+        let inputs = tshark_rows(&capture(file), decode_as);
+        let total = inputs.len();
+        let alone = check(file, decap, &inputs, &tmp);
+        let tunnels = inputs.iter().filter(|r| tunnelled(r)).count();
+        eprintln!(
+            "{file} | {decap}: {} of {total} frames out, {} decapsulated ({tunnels} tunnelled)",
+            alone.frames, alone.decapsulated
+        );
+        assert!(alone.frames > 0, "{file}: nothing came out");
+        if tunnels == 0 {
+            // Not a tunnel nf decapsulates: every frame passes untouched.
+            assert_eq!(alone.frames, total, "{file}");
+        } else {
+            assert!(alone.decapsulated > 0, "{file}: nothing decapsulated");
+        }
+        // Connection tracking after decap: the captures start mid-connection, so conntrack
+        // drops some TCP packets (no_session); what passes keeps its inner 5-tuple.
+        let tracked = format!("{decap} -> conntrack");
+        let ct = check(file, &tracked, &inputs, &tmp);
+        eprintln!("{file} | {tracked}: {} frames out", ct.frames);
+        // And re-encapsulated: the inner packet survives a VXLAN push intact (bare IP inner
+        // packets get an Ethernet header first).
+        let encap = format!("{decap} -> encap:vxlan,vni=7,src=10.0.0.1,dst=10.0.0.2,mtu=65000");
+        let en = check(file, &encap, &inputs, &tmp);
+        assert_eq!(en.frames, alone.frames, "{file}: encap dropped frames");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn gcp_bare_ip_inner_packets_are_written_as_raw_ip_and_re_encapsulated() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-gcp");
+    let input = capture("geneve-gcp.pcap");
+    // Classic pcap output: one link type, here raw IP.
+    let out = tmp.join("inner.pcap");
+    run_to(&input, "decap:gcp", &out);
+    let recs = nf_examples::pcap::read_file(&out).unwrap();
+    assert!(recs.iter().all(|r| r.linktype == LINKTYPE_RAW), "{recs:?}");
+    assert_eq!(recs.len(), 1);
+    let rows = tshark_rows(&out, &[]);
+    assert_eq!(rows.len(), recs.len());
+    assert!(rows.iter().all(|r| stack(r) == "raw:ip:tcp"), "{rows:?}");
+    // Raw IP input: each packet gets an Ethernet header, so parse reads it.
+    let framed = tmp.join("framed.pcapng");
+    let report = run_to(&out, "parse", &framed);
+    assert!(report.contains("verdicts: 1 pass"), "{report}");
+    let again = tshark_rows(&framed, &[]);
+    assert_eq!(stack(&again[0]), "eth:ethertype:ip:tcp");
+    assert_eq!(inner_tuple(&again[0]), inner_tuple(&rows[0]));
+    // Geneve with a bare IP payload, over IPv6: tshark sees Geneve carrying IP.
+    let inputs = tshark_rows(&input, &[]);
+    let c = check(
+        "geneve-gcp.pcap",
+        "decap:gcp -> encap:geneve,vni=zone,src=2001:db8::1,dst=2001:db8::2,payload=ip",
+        &inputs,
+        &tmp,
+    );
+    assert_eq!(c.protocols, ["eth:ethertype:ipv6:udp:geneve:ip:tcp"]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Decap leaves a bare IP inner packet (Geneve protocol 0x0800, what GWLB and GCP send)
+/// parsed at offset 0 and marked `NO_L2`, so a parse stage after it reads it as IP again
+/// (it used to re-read it as Ethernet and send it to the control path). (Not with
+/// conntrack: the capture's one TCP packet is refused as `invalid_tcp_state`.)
+#[test]
+fn gcp_decap_then_parse() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-gcp-parse");
+    let inputs = tshark_rows(&capture("geneve-gcp.pcap"), &[]);
+    let c = check("geneve-gcp.pcap", "decap:gcp -> parse", &inputs, &tmp);
+    assert_eq!(c.frames, 1, "the inner packet passes parse");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The GWLB capture (`examples/data/gwlb.pcap`, written by scapy with
+/// `make_gwlb_pcap.py` beside it) and tshark's rows of it; `None` (skipped) when tshark is
+/// missing outside CI.
+fn gwlb_capture() -> Option<(PathBuf, Vec<Row>)> {
+    if !common::require("tshark", &["--version"]) {
+        return None;
+    }
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/gwlb.pcap"));
+    let rows = tshark_rows(&path, &[]);
+    Some((path, rows))
+}
+
+#[test]
+fn gwlb_traffic_through_decap_conntrack_and_reflect() {
+    let Some((input, inputs)) = gwlb_capture() else {
+        return;
+    };
+    let tmp = common::temp_dir("nf-pcap-gwlb");
+    let ctl = tmp.join("control.pcapng");
+    let (i, c) = (input.to_str().unwrap(), ctl.to_str().unwrap());
+    // The appliance's view: bare IP inner packets, every one tracked from its SYN on.
+    let out = tmp.join("inner.pcapng");
+    let report = String::from_utf8(
+        run(&[
+            i,
+            "-p",
+            "decap:gwlb -> conntrack",
+            "-w",
+            out.to_str().unwrap(),
+            "--control",
+            c,
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        report.contains("verdicts: 8 pass, 0 tx, 1 to_control, 0 dropped"),
+        "{report}"
+    );
+    assert!(
+        report.contains("conntrack created                          2"),
+        "{report}"
+    );
+    let recs = nf_examples::pcap::read_file(&out).unwrap();
+    assert!(recs.iter().all(|r| r.linktype == LINKTYPE_RAW));
+    let c = check("gwlb.pcap", "decap:gwlb -> conntrack", &inputs, &tmp);
+    assert_eq!((c.frames, c.decapsulated), (8, 8));
+    // The control message (O bit) goes to the control path as it came.
+    let control = tshark_rows(&ctl, &[]);
+    assert_eq!(control.len(), 1);
+    assert_eq!(origin(&control[0]), 9);
+    assert_eq!(stack(&control[0]), stack(&inputs[8]));
+
+    // Back into the tunnel it came in: same options and VNI, outer addresses swapped.
+    let back = check(
+        "gwlb.pcap",
+        "decap:gwlb -> conntrack -> reflect",
+        &inputs,
+        &tmp,
+    );
+    assert_eq!(back.frames, 8);
+    let fields = [
+        "frame.comment",
+        "ip.src",
+        "ip.dst",
+        "geneve.option.class",
+        "geneve.option.type",
+        "geneve.option.unknown.data",
+        "geneve.vni",
+        "geneve.proto_type",
+    ];
+    let theirs = common::tshark_rows(&input, &[], &fields);
+    for row in common::tshark_rows(&back.path, &[], &fields) {
+        let n: usize = row["frame.comment"][0]
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let src = &theirs[n - 1];
+        assert_eq!(
+            row["ip.src"][0], src["ip.dst"][0],
+            "frame {n}: outer source"
+        );
+        assert_eq!(
+            row["ip.dst"][0], src["ip.src"][0],
+            "frame {n}: outer destination"
+        );
+        assert_eq!(row["geneve.option.unknown.data"].len(), 3, "frame {n}");
+        for f in &fields[3..] {
+            assert_eq!(row[f], src[f], "frame {n}: {f}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// As [`gcp_decap_then_parse`], with GWLB's bare IPv4 and IPv6 payloads.
+#[test]
+fn gwlb_decap_then_parse_then_conntrack() {
+    let Some((_, inputs)) = gwlb_capture() else {
+        return;
+    };
+    let tmp = common::temp_dir("nf-pcap-gwlb-parse");
+    let c = check(
+        "gwlb.pcap",
+        "decap:gwlb -> parse -> conntrack",
+        &inputs,
+        &tmp,
+    );
+    assert_eq!(c.frames, 8);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn pcapng_input_written_by_tshark_gives_the_same_output_as_pcap() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-ng");
+    for (file, decap, _) in CASES {
+        let pcap = capture(file);
+        let ng = tmp.join(format!("{file}ng"));
+        let conv = Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(["-F", "pcapng", "-w"])
+            .arg(&ng)
+            .output()
+            .unwrap();
+        assert!(
+            conv.status.success(),
+            "{}",
+            String::from_utf8_lossy(&conv.stderr)
+        );
+        let mut outs = Vec::new();
+        for (tag, input) in [("pcap", &pcap), ("pcapng", &ng)] {
+            let out = tmp.join(format!("{file}.{tag}.out.pcapng"));
+            let text = run_to(input, &format!("{decap} -> conntrack"), &out);
+            // Everything but the lines naming the files must agree.
+            let body: Vec<String> = text
+                .lines()
+                .skip(1)
+                .filter(|l| !l.starts_with("output: "))
+                .map(String::from)
+                .collect();
+            outs.push((body, nf_examples::pcap::read_file(&out).unwrap()));
+        }
+        assert_eq!(
+            nf_examples::pcap::read_file(&ng).unwrap().len(),
+            nf_examples::pcap::read_file(&pcap).unwrap().len()
+        );
+        let (a, b) = (&outs[0], &outs[1]);
+        assert_eq!(a.0, b.0, "{file}: report");
+        assert_eq!(a.1, b.1, "{file}: frames, times and link types");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn control_and_drop_files_carry_the_fate_in_a_comment() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-fates");
+    let (out, ctl, drops) = (
+        tmp.join("out.pcapng"),
+        tmp.join("ctl.pcapng"),
+        tmp.join("drops.pcapng"),
+    );
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo.pcap");
+    let report = run(&[
+        demo,
+        "-w",
+        out.to_str().unwrap(),
+        "--control",
+        ctl.to_str().unwrap(),
+        "--drops",
+        drops.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(report.stdout).unwrap();
+    assert!(text.contains("pipeline: parse -> conntrack"), "{text}");
+    let count = |p: &Path| tshark_rows(p, &[]).len();
+    let (o, c, d) = (count(&out), count(&ctl), count(&drops));
+    assert!(
+        text.contains(&format!(
+            "verdicts: {o} pass, 0 tx, {c} to_control, {d} dropped"
+        )),
+        "{text}"
+    );
+    assert_eq!(o + c + d, nf_examples::pcap::read_file(demo).unwrap().len());
+    let rows = tshark_rows(&drops, &[]);
+    for row in &rows {
+        let comment = &row["frame.comment"][0];
+        assert!(comment.contains(", drop "), "{comment}");
+    }
+    assert!(text.contains("parse drop_ipv4_bad_checksum"), "{text}");
+    let recs = nf_examples::pcap::read_file(&out).unwrap();
+    assert!(recs.iter().all(|r| r.linktype == LINKTYPE_ETHERNET));
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    // --help into a pipe closed before it is read: no panic, success.
+    let mut child = Command::new(BIN)
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    let help = run(&["--help"]);
+    let text = String::from_utf8(help.stdout).unwrap();
+    for word in [
+        "--pipeline",
+        "decap[:PROFILE]",
+        "gwlb",
+        "encap:geneve|vxlan",
+        "pcapng",
+    ] {
+        assert!(text.contains(word), "{word}");
+    }
+    let bad = Command::new(BIN)
+        .args(["x.pcap", "-p", "decap:nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown decap profile"));
+    let missing = Command::new(BIN).arg("/nonexistent.pcap").output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn the_readme_command_runs() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+    let readme = readme.unwrap();
+    let pipeline = "decap:gwlb -> conntrack -> reflect";
+    let command = format!(
+        "--bin nf-pcap -- examples/data/gwlb.pcap \\\n    -p '{pipeline}' -w target/gwlb-out.pcapng \
+         --control target/gwlb-control.pcapng"
+    );
+    assert!(readme.contains(&command), "README lost: {command}");
+    let tmp = common::temp_dir("nf-pcap-readme");
+    let (out, ctl) = (tmp.join("out.pcapng"), tmp.join("ctl.pcapng"));
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/gwlb.pcap");
+    let report = run(&[
+        data,
+        "-p",
+        pipeline,
+        "-w",
+        out.to_str().unwrap(),
+        "--control",
+        ctl.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(report.stdout).unwrap();
+    assert!(
+        text.contains("verdicts: 8 pass, 0 tx, 1 to_control, 0 dropped"),
+        "{text}"
+    );
+    assert!(text.contains("(8 Ethernet, 0 bare IP)"), "{text}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
