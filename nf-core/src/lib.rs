@@ -135,7 +135,8 @@ pub use meta::{
 };
 pub use packet::{Packet, PacketError};
 pub use parse::{
-    FastHeaders, NonIpAction, ParseConfig, ParseStage, Parsed, parse_fast, parse_frame, parse_l3,
+    FastFrame, FastL4, NonIpAction, ParseConfig, ParseStage, Parsed, parse_fast, parse_frame,
+    parse_l3,
 };
 pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt, StageLoop};
 #[cfg(feature = "std")]

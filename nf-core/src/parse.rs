@@ -212,60 +212,66 @@ fn parse_general(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Result<P
     }
 }
 
-/// What the parse walk's fixed-offset shortcut read from a frame of one of the shapes that
-/// dominate real traffic (see [`parse_fast`]).
-#[derive(Clone, Copy, Debug)]
+/// The transport header the parse walk's fixed-offset shortcut read ([`parse_fast`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct FastHeaders<'a> {
-    /// Offset of the IP header (14, or 18 behind one VLAN tag).
-    pub l3: usize,
-    /// The VLAN id of the one tag, if there is one.
-    pub vlan: Option<u16>,
-    /// `ethertype::IPV4` or `ethertype::IPV6`.
-    pub ethertype: u16,
-    /// The IP header: 20 bytes for IPv4 (no options), 40 for IPv6 (no extension headers).
-    pub ip: &'a [u8],
+pub struct FastL4 {
     /// TCP or UDP.
     pub proto: u8,
-    /// Transport source port.
+    /// Source port.
     pub src_port: u16,
-    /// Transport destination port.
+    /// Destination port.
     pub dst_port: u16,
     /// Transport header length (8 for UDP).
-    pub l4_len: usize,
+    pub len: usize,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
 }
 
-impl FastHeaders<'_> {
-    /// Offset of the transport header.
-    #[inline(always)]
-    pub const fn l4(&self) -> usize {
-        self.l3 + self.ip.len()
+/// What a caller of [`parse_fast`] makes of the headers it read: one method per IP
+/// version, each given the offset of the IP header (14, or 18 behind one VLAN tag), the
+/// VLAN id if there is a tag, the IP header and the transport header.
+pub trait FastFrame {
+    /// What the caller makes of it.
+    type Out;
+    /// An IPv4 header without options, not a fragment (checksum verified when asked).
+    fn ipv4(self, l3: usize, vlan: Option<u16>, ip: &[u8; 20], l4: FastL4) -> Self::Out;
+    /// An IPv6 header without extension headers.
+    fn ipv6(self, l3: usize, vlan: Option<u16>, ip: &Ipv6Header, l4: FastL4) -> Self::Out;
+}
+
+/// The parse walk's fixed-offset shortcut, for a stage that reads a frame's headers its
+/// own way (a decapsulation stage reading the outer headers without filling [`Meta`]):
+/// Ethernet with no VLAN tag or one, then IPv4 without options or fragmentation (its
+/// checksum verified when `config` says so), or IPv6 without extension headers, then TCP
+/// or UDP whose header and length fit. `Some` only for frames [`parse_frame`] accepts,
+/// with the same offsets, addresses and ports; `None` for every other frame, valid or not
+/// (the caller then takes [`parse_frame`], which also names a drop reason). The parse
+/// stage itself runs on it.
+#[inline(always)]
+pub fn parse_fast<F: FastFrame>(data: &[u8], config: &ParseConfig, f: F) -> Option<F::Out> {
+    let eth: &[u8; 14] = data.first_chunk()?;
+    let et = u16::from_be_bytes([eth[12], eth[13]]);
+    if is_vlan_tpid(et) {
+        let tagged: &[u8; 18] = data.first_chunk()?;
+        let vid = u16::from_be_bytes([tagged[14], tagged[15]]) & 0x0fff;
+        let et = u16::from_be_bytes([tagged[16], tagged[17]]);
+        fast_at::<18, F>(data, et, Some(vid), config, f)
+    } else {
+        fast_at::<14, F>(data, et, None, config, f)
     }
 }
 
-/// The parse walk's fixed-offset shortcut, for a stage that reads a frame's headers
-/// without filling [`Meta`] (a decapsulation stage reading the outer headers): Ethernet
-/// with no VLAN tag or one, then IPv4 without options or fragmentation (its checksum
-/// verified when `config` says so), or IPv6 without extension headers, then TCP or UDP
-/// whose header and length fit. `Some` only for frames [`parse_frame`] accepts with the
-/// same offsets, addresses and ports; `None` for every other frame, valid or not (the
-/// caller then takes [`parse_frame`], which also names a drop reason). The parse stage
-/// itself runs on it.
+/// [`parse_fast`] with the IP header at the constant offset `L3`.
 #[inline(always)]
-pub fn parse_fast<'a>(data: &'a [u8], config: &ParseConfig) -> Option<FastHeaders<'a>> {
-    let eth: &[u8; 14] = data.first_chunk()?;
-    let mut et = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut l3 = ETHERNET_HEADER_LEN;
-    let mut vlan = None;
-    if is_vlan_tpid(et) {
-        let tag: &[u8; 4] = data.get(ETHERNET_HEADER_LEN..)?.first_chunk()?;
-        vlan = Some(u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff);
-        et = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 += 4;
-    }
-    let rest = data.get(l3..)?;
+fn fast_at<const L3: usize, F: FastFrame>(
+    data: &[u8],
+    et: u16,
+    vlan: Option<u16>,
+    config: &ParseConfig,
+    f: F,
+) -> Option<F::Out> {
+    let rest = data.get(L3..)?;
     if et == ethertype::IPV4 {
         let ip: &[u8; 20] = rest.first_chunk()?;
         if ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
@@ -277,89 +283,64 @@ pub fn parse_fast<'a>(data: &'a [u8], config: &ParseConfig) -> Option<FastHeader
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
         let after = rest.get(20..)?;
         // A total length under 20 wraps to a huge L4 length, which overruns the frame.
-        let (src_port, dst_port, l4_len, tcp_flags) =
-            l4_fast(ip[9], after, total.wrapping_sub(20), false)?;
-        Some(FastHeaders {
-            l3,
-            vlan,
-            ethertype: et,
-            ip,
-            proto: ip[9],
-            src_port,
-            dst_port,
-            l4_len,
-            tcp_flags,
-        })
+        let l4 = l4_fast(ip[9], after, total.wrapping_sub(20), false)?;
+        Some(f.ipv4(L3, vlan, ip, l4))
     } else if et == ethertype::IPV6 {
         let (ip, after) = Ipv6Header::ref_from_prefix(rest).ok()?;
         let odd = ip.vtcfl.get() >> 28 != 6;
         let plen = usize::from(ip.payload_len.get());
-        let (src_port, dst_port, l4_len, tcp_flags) = l4_fast(ip.next_header, after, plen, odd)?;
-        Some(FastHeaders {
-            l3,
-            vlan,
-            ethertype: et,
-            ip: rest.get(..40)?,
-            proto: ip.next_header,
-            src_port,
-            dst_port,
-            l4_len,
-            tcp_flags,
-        })
+        let l4 = l4_fast(ip.next_header, after, plen, odd)?;
+        Some(f.ipv6(L3, vlan, ip, l4))
     } else {
         None
     }
 }
 
-/// [`parse_fast`] filling `meta` as the general walk would (property-tested); `None`
-/// without touching `meta` for the frames it declines.
-#[inline(always)]
-fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<()> {
-    let h = parse_fast(data, config)?;
-    if let Some(ip) = h.ip.first_chunk::<20>()
-        && h.ethertype == ethertype::IPV4
-    {
+/// The parse stage's [`FastFrame`]: fills `meta` as the general walk would
+/// (property-tested).
+struct FillMeta<'m>(&'m mut Meta);
+
+impl FastFrame for FillMeta<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn ipv4(self, l3: usize, vlan: Option<u16>, ip: &[u8; 20], l4: FastL4) {
+        let meta = self.0;
         meta.flow = FlowKey::v4(
             meta.zone,
             [ip[12], ip[13], ip[14], ip[15]],
             [ip[16], ip[17], ip[18], ip[19]],
-            h.proto,
-            h.src_port,
-            h.dst_port,
+            l4.proto,
+            l4.src_port,
+            l4.dst_port,
         );
-    } else {
-        let (ip, _) = Ipv6Header::ref_from_prefix(h.ip).ok()?;
+        finish_fast(meta, ethertype::IPV4, l3, 20, l4, vlan);
+    }
+
+    #[inline(always)]
+    fn ipv6(self, l3: usize, vlan: Option<u16>, ip: &Ipv6Header, l4: FastL4) {
+        let meta = self.0;
         let zone = meta.zone;
         meta.flow
-            .set_v6(zone, &ip.src, &ip.dst, h.proto, h.src_port, h.dst_port);
+            .set_v6(zone, &ip.src, &ip.dst, l4.proto, l4.src_port, l4.dst_port);
+        finish_fast(meta, ethertype::IPV6, l3, 40, l4, vlan);
     }
-    finish_fast(
-        meta,
-        h.ethertype,
-        h.l3,
-        h.ip.len(),
-        h.l4_len,
-        h.tcp_flags,
-        h.vlan,
-    );
-    Some(())
+}
+
+/// [`parse_fast`] filling `meta`; `None` without touching `meta` for the frames it
+/// declines.
+#[inline(always)]
+fn fast_path(data: &[u8], meta: &mut Meta, config: &ParseConfig) -> Option<()> {
+    parse_fast(data, config, FillMeta(meta))
 }
 
 #[inline(always)]
-fn finish_fast(
-    meta: &mut Meta,
-    et: u16,
-    l2_len: usize,
-    l3_len: usize,
-    l4_len: usize,
-    tcp_flags: u8,
-    vid: Option<u16>,
-) {
-    let l4 = l2_len + l3_len;
+fn finish_fast(meta: &mut Meta, et: u16, l3: usize, l3_len: usize, t: FastL4, vid: Option<u16>) {
+    let l4 = l3 + l3_len;
     meta.ethertype = et;
-    meta.l3 = l2_len as u16;
+    meta.l3 = l3 as u16;
     meta.l4 = l4 as u16;
-    meta.payload = (l4 + l4_len) as u16;
+    meta.payload = (l4 + t.len) as u16;
     meta.flags = flags::L3_VALID | flags::L4_VALID;
     meta.vlan_count = 0;
     if let Some(v) = vid {
@@ -367,7 +348,7 @@ fn finish_fast(
         meta.vlan_count = 1;
         meta.flags |= flags::VLAN;
     }
-    meta.tcp_flags = tcp_flags;
+    meta.tcp_flags = t.tcp_flags;
     meta.icmp_type = 0;
 }
 
@@ -376,7 +357,7 @@ fn finish_fast(
 /// for UDP), or `None` if the payload overruns the frame, the transport header overruns the
 /// payload, or `odd` (the caller's own reason to decline).
 #[inline(always)]
-fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<(u16, u16, usize, u8)> {
+fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<FastL4> {
     let overrun = l4_len > after.len();
     match p {
         proto::TCP => {
@@ -385,12 +366,13 @@ fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<(u16, u16, u
             if odd | overrun | (hlen < 20) | (hlen > l4_len) {
                 return None;
             }
-            Some((
-                u16::from_be_bytes([t[0], t[1]]),
-                u16::from_be_bytes([t[2], t[3]]),
-                hlen,
-                t[13],
-            ))
+            Some(FastL4 {
+                proto: p,
+                src_port: u16::from_be_bytes([t[0], t[1]]),
+                dst_port: u16::from_be_bytes([t[2], t[3]]),
+                len: hlen,
+                tcp_flags: t[13],
+            })
         }
         proto::UDP => {
             let u: &[u8; 8] = after.first_chunk()?;
@@ -398,12 +380,13 @@ fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<(u16, u16, u
             if odd | overrun | (len < 8) | (len > l4_len) {
                 return None;
             }
-            Some((
-                u16::from_be_bytes([u[0], u[1]]),
-                u16::from_be_bytes([u[2], u[3]]),
-                8,
-                0,
-            ))
+            Some(FastL4 {
+                proto: p,
+                src_port: u16::from_be_bytes([u[0], u[1]]),
+                dst_port: u16::from_be_bytes([u[2], u[3]]),
+                len: 8,
+                tcp_flags: 0,
+            })
         }
         _ => None,
     }

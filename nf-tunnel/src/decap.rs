@@ -43,9 +43,9 @@ use core::net::IpAddr;
 use nf_core::flow::proto;
 use nf_core::wire::ethertype;
 use nf_core::{
-    Batch, DropReason, Family, Instant, Meta, NonIpAction, Packet, ParseConfig, Parsed, Stage,
-    StageControl, StageCounters, StageLoop, TUNNEL_OPTION_DATA_LEN, TunnelMeta, Verdict, ZoneId,
-    flags, parse_fast, parse_frame, parse_l3,
+    Batch, DropReason, Family, FastFrame, FastL4, Instant, Meta, NonIpAction, Packet, ParseConfig,
+    Parsed, Stage, StageControl, StageCounters, StageLoop, TUNNEL_OPTION_DATA_LEN, TunnelMeta,
+    Verdict, ZoneId, flags, parse_fast, parse_frame, parse_l3,
 };
 
 /// Which tunnel a UDP port carries (nf-core's, as it is recorded in [`TunnelMeta::kind`]).
@@ -183,6 +183,8 @@ pub struct DecapStage {
     data_slots: [(u8, u8); MAX_OPTION_SPECS],
     /// Some spec's data is kept.
     keeps_data: bool,
+    /// Where that data is in a Geneve header of the precomputed layout.
+    canon_data: WordMap,
     hosts: Option<MappingCache>,
     counters: StageCounters,
 }
@@ -200,6 +202,8 @@ struct Plan {
     inner_et: u16,
     /// Bits of the known options present.
     options: u16,
+    /// The Geneve header is the precomputed layout ([`FastTables::canon`]).
+    canonical: bool,
 }
 
 /// The outcome of the general walk over the outer and tunnel headers.
@@ -244,6 +248,58 @@ struct FastTables {
     canon: (usize, u16),
     canon_bytes: [u8; CANON_LEN],
     canon_mask: [u8; CANON_LEN],
+}
+
+/// Where each 4-byte word of [`TunnelMeta::option_data`] comes from in a Geneve header of
+/// the precomputed layout: option data is a whole number of words, and in that layout
+/// every option sits at a known offset.
+#[derive(Clone, Copy, Debug)]
+struct WordMap {
+    /// The word of the Geneve header (offset / 4, below [`CANON_LEN`] / 4) that word `k` of
+    /// the data is.
+    from: [u8; TUNNEL_OPTION_DATA_LEN / 4],
+    /// Words filled (the data is packed from the start).
+    words: usize,
+}
+
+impl WordMap {
+    /// The map for the precomputed layout of `fast` (no words when there is none).
+    fn canonical(fast: &FastTables, slots: &[(u8, u8); MAX_OPTION_SPECS]) -> Self {
+        let mut map = Self {
+            from: [0; TUNNEL_OPTION_DATA_LEN / 4],
+            words: 0,
+        };
+        if fast.canon.1 == 0 {
+            return map;
+        }
+        let mut at = crate::GENEVE_HEADER_LEN;
+        for (i, &(off, len)) in slots.iter().enumerate().take(fast.specs) {
+            let words = fast.opt_words.get(i).map_or(0, |w| (w & 0x1f) as usize);
+            for j in 0..usize::from(len) / 4 {
+                let k = usize::from(off) / 4 + j;
+                if let Some(f) = map.from.get_mut(k) {
+                    *f = ((at + 4 + 4 * j) / 4) as u8;
+                    map.words = map.words.max(k + 1);
+                }
+            }
+            at += 4 + 4 * words;
+        }
+        map
+    }
+
+    /// Writes the option data of `hdr`, a Geneve header of the precomputed layout, into
+    /// `out`.
+    #[inline(always)]
+    fn fill(&self, hdr: &[u8; CANON_LEN], out: &mut [u8; TUNNEL_OPTION_DATA_LEN]) {
+        *out = [0; TUNNEL_OPTION_DATA_LEN];
+        let (words, _) = hdr.as_chunks::<4>();
+        let (dst, _) = out.as_chunks_mut::<4>();
+        for (d, &f) in dst.iter_mut().zip(&self.from).take(self.words) {
+            if let Some(w) = words.get(usize::from(f)) {
+                *d = *w;
+            }
+        }
+    }
 }
 
 /// Bytes compared against the precomputed Geneve header (base header and options).
@@ -502,8 +558,11 @@ impl DecapStage {
                 IpAddr::V6(a) => (Family::V6, a.octets()),
             })
             .collect();
+        let fast = FastTables::new(&config);
+        let canon_data = WordMap::canonical(&fast, &data_slots);
         Ok(Self {
-            fast: FastTables::new(&config),
+            fast,
+            canon_data,
             outer_parse: ParseConfig {
                 verify_ipv4_checksum: config.verify_ipv4_checksum,
                 ..config.parse
@@ -651,13 +710,9 @@ impl DecapStage {
         if meta.flags & flags::NO_L2 != 0 || meta.tunnel.depth >= 2 {
             return None;
         }
-        let h = parse_fast(data, &self.outer_parse)?;
-        if h.proto != proto::UDP {
-            return None;
-        }
-        let kind = self.fast.kind(h.dst_port)?;
-        let v6 = h.ethertype == ethertype::IPV6;
-        let outer = Outer::at(data, h.l3, h.l4(), v6)?;
+        let outer = parse_fast(data, &self.outer_parse, FastOuter(data))??;
+        let kind = self.fast.kind(outer.dst_port)?;
+        let v6 = outer.v6;
         if !(self.local_ips.is_empty() && self.config.local_macs.is_empty()) {
             return None;
         }
@@ -677,6 +732,7 @@ impl DecapStage {
         let tun = data.get(outer.tunnel()..)?.get(..outer.udp_payload_len)?;
         let &[b0, b1, p0, p1, v0, v1, v2, v3] = tun.first_chunk::<8>()?;
         let vni = u32::from_be_bytes([v0, v1, v2, v3]) >> 8;
+        let mut canonical = false;
         let (hdr_len, inner_et, options) = match kind {
             TunnelKind::Vxlan => {
                 if b0 & crate::vxlan::FLAG_I == 0 {
@@ -693,7 +749,10 @@ impl DecapStage {
                 }
                 let protocol = u16::from_be_bytes([p0, p1]);
                 let (olen, mask) = match self.fast.canonical(tun) {
-                    Some(c) => c,
+                    Some(c) => {
+                        canonical = true;
+                        c
+                    }
                     None => {
                         // Version 0, not a control message.
                         if b0 >> 6 != 0 || b1 & 0x80 != 0 {
@@ -717,6 +776,7 @@ impl DecapStage {
             hdr_len,
             inner_et,
             options,
+            canonical,
         })
     }
 
@@ -765,6 +825,7 @@ impl DecapStage {
             hdr_len,
             inner_et,
             options,
+            canonical: false,
         }))
     }
 
@@ -779,17 +840,25 @@ impl DecapStage {
     ) -> Result<Verdict, DropReason> {
         let outer = &plan.outer;
         let strip = outer.tunnel() + plan.hdr_len;
-        let option_data = if self.keeps_data && plan.options != 0 {
-            let opts = pkt
-                .data()
-                .get(outer.tunnel() + crate::GENEVE_HEADER_LEN..strip)
-                .unwrap_or(&[]);
-            Some(self.fast.option_data(opts, &self.data_slots))
+        // The kept options' data, read before the headers move into the headroom: the
+        // usual layout's header as it is (copied into place below), any other walked now.
+        let keep = self.keeps_data && plan.options != 0;
+        let tun = pkt.data().get(outer.tunnel()..).unwrap_or(&[]);
+        let canon_hdr = if keep && plan.canonical {
+            tun.first_chunk::<CANON_LEN>().copied()
         } else {
             None
         };
         // The underlay addresses, before the headers holding them move into the headroom.
         let (src, dst) = (outer.src(pkt.data()), outer.dst(pkt.data()));
+        let walked = if keep && !plan.canonical {
+            let opts = tun
+                .get(crate::GENEVE_HEADER_LEN..plan.hdr_len)
+                .unwrap_or(&[]);
+            self.fast.option_data(opts, &self.data_slots)
+        } else {
+            [0; TUNNEL_OPTION_DATA_LEN]
+        };
         let excess = pkt
             .len()
             .saturating_sub(outer.tunnel() + outer.udp_payload_len);
@@ -825,7 +894,10 @@ impl DecapStage {
         t.vni = plan.vni;
         if !self.config.options.is_empty() {
             t.options = plan.options;
-            t.option_data = option_data.unwrap_or([0; TUNNEL_OPTION_DATA_LEN]);
+            match &canon_hdr {
+                Some(h) => self.canon_data.fill(h, &mut t.option_data),
+                None => t.option_data = walked,
+            }
         }
         let parsed = if plan.inner_et == ethertype::TEB {
             parse_frame(inner, meta, &self.config.parse)?
@@ -907,6 +979,35 @@ impl DecapStage {
             return Err(TunnelError::MissingOption);
         }
         Ok(mask)
+    }
+}
+
+/// The outer headers from the parse walk's fixed-offset shortcut: UDP only.
+struct FastOuter<'a>(&'a [u8]);
+
+impl FastFrame for FastOuter<'_> {
+    type Out = Option<Outer>;
+
+    #[inline(always)]
+    fn ipv4(self, l3: usize, _: Option<u16>, _: &[u8; 20], l4: FastL4) -> Option<Outer> {
+        if l4.proto != proto::UDP {
+            return None;
+        }
+        Outer::at(self.0, l3, l3 + 20, false)
+    }
+
+    #[inline(always)]
+    fn ipv6(
+        self,
+        l3: usize,
+        _: Option<u16>,
+        _: &nf_core::wire::ipv6::Ipv6Header,
+        l4: FastL4,
+    ) -> Option<Outer> {
+        if l4.proto != proto::UDP {
+            return None;
+        }
+        Outer::at(self.0, l3, l3 + 40, true)
     }
 }
 

@@ -386,6 +386,63 @@ fn vxlan_without_i_flag_and_zero_udp6_checksum() {
     );
 }
 
+/// The GWLB options' data stays in the metadata after the stripped headers are
+/// overwritten by a new encapsulation, whatever order the options came in (the fast path's
+/// precomputed layout, or its walk).
+#[test]
+fn gwlb_option_data_outlives_a_later_push() {
+    let inner = inner_frame(1000, 53, 30);
+    let m = gwlb_meta();
+    let mut swapped = nf_tunnel::OptionsBuilder::new();
+    swapped
+        .push(gwlb::CLASS, gwlb::FLOW_COOKIE, &m.flow_cookie.to_be_bytes())
+        .unwrap();
+    swapped
+        .push(gwlb::CLASS, gwlb::ENDPOINT_ID, &m.endpoint_id.to_be_bytes())
+        .unwrap();
+    swapped
+        .push(
+            gwlb::CLASS,
+            gwlb::ATTACHMENT_ID,
+            &m.attachment_id.to_be_bytes(),
+        )
+        .unwrap();
+    let mut reordered = EncapConfig::geneve(swapped, 77, underlay4());
+    reordered.payload = nf_tunnel::Payload::Ip;
+    for cfg in [gwlb::encap_config(&m, 77, underlay4()), reordered] {
+        let mut encap = EncapStage::new(cfg).unwrap();
+        let mut p = packet(&inner);
+        p.meta.l3 = 14;
+        p.meta.ethertype = 0x0800;
+        let sent = one(&mut encap, p);
+        let decap = DecapStage::new(gwlb::decap_config()).unwrap();
+        let mut d = DecapStage::new(gwlb::decap_config()).unwrap();
+        let p = one(&mut d, sent);
+        assert_eq!(p.meta.verdict, Verdict::Pass);
+        assert_eq!(GwlbMetadata::from_meta(&p.meta.tunnel), Some(m));
+        assert_eq!(
+            decap.option_data(&p.meta.tunnel, 2),
+            Some(&m.flow_cookie.to_be_bytes()[..])
+        );
+        // An Ethernet payload for a bare IP packet is refused, not sent malformed.
+        let mut eth = EncapStage::new(EncapConfig::vxlan(5, underlay4())).unwrap();
+        assert_eq!(
+            one(&mut eth, p.clone()).meta.verdict,
+            Verdict::Drop(DropReason::TunnelBadProtocol)
+        );
+        // A new encapsulation overwrites the stripped headers; the metadata keeps the data.
+        let mut again = EncapConfig::geneve(nf_tunnel::OptionsBuilder::new(), 5, underlay4());
+        again.payload = nf_tunnel::Payload::Ip;
+        let p = one(&mut EncapStage::new(again).unwrap(), p);
+        assert_eq!(p.meta.verdict, Verdict::Pass);
+        assert!(
+            !p.meta.has(flags::NO_L2),
+            "the frame starts at Ethernet again"
+        );
+        assert_eq!(GwlbMetadata::from_meta(&p.meta.tunnel), Some(m));
+    }
+}
+
 #[test]
 fn gwlb_reflect_swaps_addresses_keeps_ports_and_options() {
     let inner = inner_frame(1000, 53, 30);
