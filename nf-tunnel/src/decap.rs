@@ -840,25 +840,45 @@ impl DecapStage {
     ) -> Result<Verdict, DropReason> {
         let outer = &plan.outer;
         let strip = outer.tunnel() + plan.hdr_len;
-        // The kept options' data, read before the headers move into the headroom: the
-        // usual layout's header as it is (copied into place below), any other walked now.
-        let keep = self.keeps_data && plan.options != 0;
-        let tun = pkt.data().get(outer.tunnel()..).unwrap_or(&[]);
-        let canon_hdr = if keep && plan.canonical {
-            tun.first_chunk::<CANON_LEN>().copied()
+        // The tunnel metadata first, from the headers still in place.
+        let (data, meta) = pkt.data_and_meta_mut();
+        let outer_src = self
+            .hosts
+            .is_some()
+            .then(|| ip_from_raw(&outer.src(data), outer.v6));
+        let t = &mut meta.tunnel;
+        if t.depth == 0 {
+            t.outer_kind = Some(plan.kind);
+            t.outer_vni = plan.vni;
+            t.outer_len = strip as u16;
+            t.outer_l3 = outer.l3 as u16;
+            t.outer_udp = outer.udp as u16;
+            t.outer_src_port = outer.src_port;
+            t.outer_family = if outer.v6 { Family::V6 } else { Family::V4 };
+            outer.addrs_into(data, &mut t.outer_src, &mut t.outer_dst);
+            t.options = 0;
+            t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
         } else {
-            None
-        };
-        // The underlay addresses, before the headers holding them move into the headroom.
-        let (src, dst) = (outer.src(pkt.data()), outer.dst(pkt.data()));
-        let walked = if keep && !plan.canonical {
-            let opts = tun
-                .get(crate::GENEVE_HEADER_LEN..plan.hdr_len)
-                .unwrap_or(&[]);
-            self.fast.option_data(opts, &self.data_slots)
-        } else {
-            [0; TUNNEL_OPTION_DATA_LEN]
-        };
+            t.outer_len = t.outer_len.saturating_add(strip as u16);
+        }
+        t.depth += 1;
+        t.kind = Some(plan.kind);
+        t.vni = plan.vni;
+        if !self.config.options.is_empty() {
+            t.options = plan.options;
+            let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
+            if !self.keeps_data || plan.options == 0 {
+                t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
+            } else if let (true, Some(h)) = (plan.canonical, tun.first_chunk::<CANON_LEN>()) {
+                // The usual layout: each word from where it always is.
+                self.canon_data.fill(h, &mut t.option_data);
+            } else {
+                let opts = tun
+                    .get(crate::GENEVE_HEADER_LEN..plan.hdr_len)
+                    .unwrap_or(&[]);
+                t.option_data = self.fast.option_data(opts, &self.data_slots);
+            }
+        }
         let excess = pkt
             .len()
             .saturating_sub(outer.tunnel() + outer.udp_payload_len);
@@ -873,32 +893,6 @@ impl DecapStage {
         // The outer's VLAN tags are not the inner frame's (the inner parse sets only the
         // tags it finds).
         meta.vlan = [0; 2];
-        let t = &mut meta.tunnel;
-        if t.depth == 0 {
-            t.outer_kind = Some(plan.kind);
-            t.outer_vni = plan.vni;
-            t.outer_len = strip as u16;
-            t.outer_l3 = outer.l3 as u16;
-            t.outer_udp = outer.udp as u16;
-            t.outer_src_port = outer.src_port;
-            t.outer_family = if outer.v6 { Family::V6 } else { Family::V4 };
-            t.outer_src = src;
-            t.outer_dst = dst;
-            t.options = 0;
-            t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
-        } else {
-            t.outer_len = t.outer_len.saturating_add(strip as u16);
-        }
-        t.depth += 1;
-        t.kind = Some(plan.kind);
-        t.vni = plan.vni;
-        if !self.config.options.is_empty() {
-            t.options = plan.options;
-            match &canon_hdr {
-                Some(h) => self.canon_data.fill(h, &mut t.option_data),
-                None => t.option_data = walked,
-            }
-        }
         let parsed = if plan.inner_et == ethertype::TEB {
             parse_frame(inner, meta, &self.config.parse)?
         } else {
@@ -912,11 +906,11 @@ impl DecapStage {
                 NonIpAction::Drop => Err(DropReason::NonIp),
             };
         }
-        if let Some(cache) = self.hosts.as_mut() {
+        if let (Some(cache), Some(outer_src)) = (self.hosts.as_mut(), outer_src) {
             check_source(
                 cache,
                 now,
-                ip_from_raw(&src, outer.v6),
+                outer_src,
                 plan.vni,
                 meta,
                 parsed,

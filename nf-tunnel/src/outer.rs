@@ -75,6 +75,25 @@ impl Outer {
         self.addr(data, 1)
     }
 
+    /// Writes the source and destination addresses in `data` into `src` and `dst` (IPv4
+    /// in the first 4 bytes, the rest zero).
+    #[inline(always)]
+    pub(crate) fn addrs_into(&self, data: &[u8], src: &mut [u8; 16], dst: &mut [u8; 16]) {
+        if self.v6 {
+            if let Some(a) = data.get(self.l3 + 8..).and_then(|d| d.first_chunk::<32>()) {
+                let (s, d) = a.split_at(16);
+                src.copy_from_slice(s);
+                dst.copy_from_slice(d);
+            }
+        } else if let Some(a) = data.get(self.l3 + 12..).and_then(|d| d.first_chunk::<8>()) {
+            *src = [0; 16];
+            *dst = [0; 16];
+            let (s, d) = a.split_at(4);
+            src[..4].copy_from_slice(s);
+            dst[..4].copy_from_slice(d);
+        }
+    }
+
     /// Address `i` (0: source, 1: destination) of the IP header at `l3`.
     #[inline(always)]
     fn addr(&self, data: &[u8], i: usize) -> [u8; 16] {
