@@ -1,7 +1,9 @@
 //! Fuzzes Geneve: arbitrary UDP payloads never panic the view; an accepted header
 //! re-emits from its `Repr` to the same bytes (reserved bits aside) and re-parses equal;
 //! and whole frames (arbitrary bytes behind a valid outer prefix) never panic the decap
-//! stage, which gives a batch exactly what single-packet batches give.
+//! stage, which gives a batch exactly what single-packet batches give; a second stage on
+//! what the first passed (a tunnel in the tunnel, from the inner Ethernet or bare IP
+//! header) never panics either, keeps the first tunnel's metadata and counts depth.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -61,6 +63,23 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(a.meta, b.meta);
             assert_eq!(a.data(), b.data());
             assert!(a.len() <= f.len());
+        }
+        // Nested: whatever the first stage passed meets a second one.
+        let before: Vec<_> = batch.packets().iter().map(|p| p.meta).collect();
+        let mut inner = DecapStage::new(DecapConfig {
+            verify_udp_checksum: false,
+            ..DecapConfig::default()
+        })
+        .unwrap();
+        inner.process(Instant::ZERO, &mut batch);
+        for (p, m) in batch.packets().iter().zip(&before) {
+            let t = &p.meta.tunnel;
+            assert!(t.depth <= 2);
+            if m.tunnel.depth == 1 && t.depth == 2 {
+                assert_eq!(t.outer_vni, m.tunnel.outer_vni);
+                assert_eq!(t.outer_src, m.tunnel.outer_src);
+                assert!(t.outer_len > m.tunnel.outer_len);
+            }
         }
     }
 });

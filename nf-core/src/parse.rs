@@ -406,6 +406,22 @@ pub fn parse_l3(
     meta: &mut Meta,
     config: &ParseConfig,
 ) -> Result<Parsed, DropReason> {
+    // The fixed-offset shortcut with the IP header at offset 0.
+    if fast_at::<0, _>(data, ethertype, None, config, FillMeta(meta)).is_some() {
+        meta.flags |= flags::NO_L2;
+        return Ok(Parsed::Ip);
+    }
+    parse_l3_general(data, ethertype, meta, config)
+}
+
+/// [`parse_l3`] without the shortcut: the reference it is tested against.
+#[inline(never)]
+fn parse_l3_general(
+    data: &[u8],
+    ethertype: u16,
+    meta: &mut Meta,
+    config: &ParseConfig,
+) -> Result<Parsed, DropReason> {
     meta.flags = flags::NO_L2;
     meta.vlan_count = 0;
     meta.tcp_flags = 0;
@@ -710,6 +726,33 @@ mod tests {
             let cfg = ParseConfig { verify_ipv4_checksum: checksum, ..ParseConfig::default() };
             let (a, b) = both(&f, &cfg);
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn parse_l3_shortcut_equals_its_general_walk(
+            frame in template(),
+            edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..3),
+            cut in proptest::option::of(0usize..100),
+            checksum in any::<bool>(),
+        ) {
+            // The IP packet of an untagged template frame, mutated.
+            let mut f = frame;
+            for (at, v) in edits {
+                if let Some(b) = f.get_mut(at) {
+                    *b = v;
+                }
+            }
+            if let Some(c) = cut {
+                f.truncate(c);
+            }
+            let et = f.get(12..14).map_or(0, |e| u16::from_be_bytes([e[0], e[1]]));
+            let ip = f.get(14..).unwrap_or(&[]);
+            let cfg = ParseConfig { verify_ipv4_checksum: checksum, ..ParseConfig::default() };
+            let mut a = stale();
+            let ra = parse_l3(ip, et, &mut a, &cfg);
+            let mut b = stale();
+            let rb = parse_l3_general(ip, et, &mut b, &cfg);
+            prop_assert_eq!((ra, a), (rb, b));
         }
 
         #[test]

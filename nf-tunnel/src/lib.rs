@@ -8,7 +8,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`geneve`], [`vxlan`] | views, `Repr`s, option iterator and builder |
-//! | [`decap`] | [`DecapStage`]: ports → tunnel, checks, VNI → zone, strip, inner parse |
+//! | [`decap`] | [`DecapStage`]: outer headers by nf-core's parse walk, ports → tunnel, checks, VNI → zone, strip, inner parse handed over in `Meta`; nested tunnels |
 //! | [`encap`] | [`EncapStage`]: push outer Ethernet/IP/UDP/tunnel into headroom |
 //! | [`reflect`] | [`ReflectStage`]: send a packet back in the tunnel it came in |
 //! | [`profile`] | AWS GWLB (class 0x0108) and GCP (class 0x0132) |
