@@ -226,6 +226,10 @@ pub struct FastL4 {
     pub len: usize,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// The UDP length field (0 for TCP).
+    pub udp_len: u16,
+    /// The checksum field.
+    pub checksum: u16,
 }
 
 /// What a caller of [`parse_fast`] makes of the headers it read: one method per IP
@@ -252,13 +256,15 @@ pub trait FastFrame {
 pub fn parse_fast<F: FastFrame>(data: &[u8], config: &ParseConfig, f: F) -> Option<F::Out> {
     let eth: &[u8; 14] = data.first_chunk()?;
     let et = u16::from_be_bytes([eth[12], eth[13]]);
-    if is_vlan_tpid(et) {
+    if et == ethertype::IPV4 || et == ethertype::IPV6 {
+        fast_at::<14, F>(data, et, None, config, f)
+    } else if is_vlan_tpid(et) {
         let tagged: &[u8; 18] = data.first_chunk()?;
         let vid = u16::from_be_bytes([tagged[14], tagged[15]]) & 0x0fff;
         let et = u16::from_be_bytes([tagged[16], tagged[17]]);
         fast_at::<18, F>(data, et, Some(vid), config, f)
     } else {
-        fast_at::<14, F>(data, et, None, config, f)
+        None
     }
 }
 
@@ -372,6 +378,8 @@ fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<FastL4> {
                 dst_port: u16::from_be_bytes([t[2], t[3]]),
                 len: hlen,
                 tcp_flags: t[13],
+                udp_len: 0,
+                checksum: u16::from_be_bytes([t[16], t[17]]),
             })
         }
         proto::UDP => {
@@ -386,6 +394,8 @@ fn l4_fast(p: u8, after: &[u8], l4_len: usize, odd: bool) -> Option<FastL4> {
                 dst_port: u16::from_be_bytes([u[2], u[3]]),
                 len: 8,
                 tcp_flags: 0,
+                udp_len: len as u16,
+                checksum: u16::from_be_bytes([u[6], u[7]]),
             })
         }
         _ => None,

@@ -710,7 +710,7 @@ impl DecapStage {
         if meta.flags & flags::NO_L2 != 0 || meta.tunnel.depth >= 2 {
             return None;
         }
-        let outer = parse_fast(data, &self.outer_parse, FastOuter(data))??;
+        let outer = parse_fast(data, &self.outer_parse, FastOuter)??;
         let kind = self.fast.kind(outer.dst_port)?;
         let v6 = outer.v6;
         if !(self.local_ips.is_empty() && self.config.local_macs.is_empty()) {
@@ -977,17 +977,14 @@ impl DecapStage {
 }
 
 /// The outer headers from the parse walk's fixed-offset shortcut: UDP only.
-struct FastOuter<'a>(&'a [u8]);
+struct FastOuter;
 
-impl FastFrame for FastOuter<'_> {
+impl FastFrame for FastOuter {
     type Out = Option<Outer>;
 
     #[inline(always)]
     fn ipv4(self, l3: usize, _: Option<u16>, _: &[u8; 20], l4: FastL4) -> Option<Outer> {
-        if l4.proto != proto::UDP {
-            return None;
-        }
-        Outer::at(self.0, l3, l3 + 20, false)
+        (l4.proto == proto::UDP).then(|| Outer::from_fast(l3, 20, false, &l4))
     }
 
     #[inline(always)]
@@ -998,10 +995,7 @@ impl FastFrame for FastOuter<'_> {
         _: &nf_core::wire::ipv6::Ipv6Header,
         l4: FastL4,
     ) -> Option<Outer> {
-        if l4.proto != proto::UDP {
-            return None;
-        }
-        Outer::at(self.0, l3, l3 + 40, true)
+        (l4.proto == proto::UDP).then(|| Outer::from_fast(l3, 40, true, &l4))
     }
 }
 

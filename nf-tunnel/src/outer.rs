@@ -4,7 +4,7 @@
 
 use nf_core::checksum;
 use nf_core::flow::proto;
-use nf_core::{Family, Meta};
+use nf_core::{Family, FastL4, Meta};
 
 /// Where the underlay headers of a frame are, and what its UDP header says (fields may be
 /// added). The addresses are read from the frame itself ([`Outer::src`], [`Outer::dst`]).
@@ -45,6 +45,21 @@ impl Outer {
             usize::from(meta.l4),
             meta.flow.family() == Family::V6,
         )
+    }
+
+    /// The underlay headers the parse walk's shortcut read: an IP header of `l3_len` bytes at
+    /// `l3`, then UDP.
+    #[inline(always)]
+    pub(crate) fn from_fast(l3: usize, l3_len: usize, v6: bool, l4: &FastL4) -> Self {
+        Self {
+            l3,
+            udp: l3 + l3_len,
+            v6,
+            src_port: l4.src_port,
+            dst_port: l4.dst_port,
+            udp_payload_len: usize::from(l4.udp_len).saturating_sub(8),
+            udp_checksum: l4.checksum,
+        }
     }
 
     /// The underlay headers with the IP header at `l3` and the UDP header at `udp`, which
