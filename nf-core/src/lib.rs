@@ -102,9 +102,10 @@
 //! The `Repr`s and [`wire::Frame`] use plain integers and are the zerocopy-free way in.
 //!
 //! ## Features
-//! - `std` (default, additive): reserved for std-only conveniences; nothing in the crate needs
-//!   it today (errors implement `core::error::Error`). Without it the crate is `#![no_std]` +
-//!   `alloc`, which `.ci/nostd-link` proves by linking it into a `no_std` binary.
+//! - `std` (default, additive): [`StdClock`] and [`snapshot`] (configuration snapshots
+//!   published through `arc-swap`, pulled at a constant rate with the last good one kept).
+//!   Without it the crate is `#![no_std]` + `alloc`, which `.ci/nostd-link` proves by linking
+//!   it into a `no_std` binary.
 #![no_std]
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -120,6 +121,8 @@ mod hash;
 mod meta;
 mod packet;
 mod parse;
+#[cfg(feature = "std")]
+pub mod snapshot;
 mod stage;
 mod sys;
 mod time;
