@@ -245,3 +245,104 @@ fn vnis_beyond_max_tenants_share_one_budget() {
         );
     }
 }
+
+/// The same isolation seen from the encap stage: a flooding zone's packets go to the default
+/// path, the other zone's packets always leave for their own hosts.
+#[test]
+fn through_the_encap_stage_the_working_set_never_takes_the_default_path() {
+    use nf_core::wire::Frame;
+    use nf_core::{Batch, Packet, ParseConfig, Stage, StageControl, Verdict, ZoneId};
+    use nf_tunnel::{Destination, EncapConfig, EncapStage, Underlay, VniSource};
+
+    let gateway = Ipv4Addr::new(198, 51, 100, 1);
+    let mut cfg = EncapConfig::vxlan(
+        0,
+        Underlay {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 254)),
+            dst: IpAddr::V4(gateway),
+        },
+    );
+    cfg.vni = VniSource::Zone;
+    let config = MappingConfig::new(4096, *b"nf mapping flood").with_tenant_budget(TenantBudget {
+        entries: 2048,
+        pending: 256,
+        rate: QueryRate {
+            per_second: 500,
+            burst: 50,
+        },
+    });
+    cfg.destination = Destination::Mapping(MappingCache::try_new(config).unwrap());
+    let mut encap = EncapStage::new(cfg).unwrap();
+    let mut resolver = Resolver::default();
+    let now = Instant::from_nanos(1);
+    for i in 0..WORKING_SET {
+        assert!(encap.mapping_mut().unwrap().insert(
+            now,
+            LEGIT,
+            legit_addr(i),
+            Some(legit_host(i))
+        ));
+    }
+    let room = encap.headroom();
+    let packet = |zone: u32, dst: Ipv4Addr| {
+        let frame = Frame::ipv4([10, 7, 255, 1], dst.octets())
+            .udp(4000, 53)
+            .to_vec()
+            .unwrap();
+        let mut p = Packet::with_headroom(&frame, room);
+        nf_core::parse_frame(&frame, &mut p.meta, &ParseConfig::default()).unwrap();
+        p.meta.zone = ZoneId(zone);
+        p
+    };
+    let mut rng = Rng(42);
+    let mut now = now;
+    for round in 0..1000u32 {
+        let mut batch = Batch::new();
+        let mut want = Vec::new();
+        for k in 0..64u32 {
+            if k % 2 == 0 {
+                let dst = Ipv4Addr::from(rng.next() as u32);
+                batch.push(packet(FLOOD, dst)).unwrap();
+                want.push(None);
+            } else {
+                let i = (round * 32 + k / 2) % WORKING_SET;
+                let IpAddr::V4(dst) = legit_addr(i) else {
+                    unreachable!()
+                };
+                batch.push(packet(LEGIT, dst)).unwrap();
+                want.push(Some(legit_host(i)));
+            }
+        }
+        encap.process(now, &mut batch);
+        for (p, want) in batch.packets().iter().zip(&want) {
+            assert_eq!(p.meta.verdict, Verdict::Pass);
+            let dst = IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(&p.data()[30..34]).unwrap(),
+            ));
+            match want {
+                Some(h) => assert_eq!(dst, *h, "a working-set packet on the default path"),
+                None => assert_eq!(dst, IpAddr::V4(gateway)),
+            }
+        }
+        resolver.serve(now, encap.mapping_mut().unwrap());
+        now += Duration::from_millis(10);
+        while encap.poll_timeout().is_some_and(|t| t <= now) {
+            encap.handle_timeout(now, 4096);
+        }
+    }
+    assert_eq!(
+        encap.default_path_count(),
+        32_000,
+        "exactly the flood's packets"
+    );
+    let usage = encap.mapping_mut().unwrap().tenant_usage(LEGIT).unwrap();
+    assert_eq!(usage.entries, WORKING_SET);
+    // 10 s of flood at 500 queries per second, plus the burst.
+    assert!(
+        resolver.asked_flood <= 50 + 500 * 10 + 1,
+        "{}",
+        resolver.asked_flood
+    );
+}
