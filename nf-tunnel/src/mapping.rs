@@ -30,9 +30,10 @@
 //! bucket in integer arithmetic on the caller's clock. Invariants:
 //!
 //! - **A miss never evicts another VNI's entry** that is still live (resolved, negative or
-//!   pending; the one exception is below: the shared budget's pending entries). In its bucket a new key takes an empty slot, else an expired one, else the
-//!   oldest of its own VNI's entries (resolved or negative before pending); if the bucket
-//!   holds only other VNIs' live entries the key is not cached (`mapping_bucket_full`).
+//!   pending; the one exception, below, is the shared budget's pending entries). In its
+//!   bucket a new key takes an empty slot, else an expired one, else the oldest of its own
+//!   VNI's entries (resolved or negative before pending); if the bucket holds only other
+//!   VNIs' live entries the key is not cached (`mapping_bucket_full`).
 //! - **A tenant at its quota recycles its own entries**: at `pending` pending entries its
 //!   oldest pending one goes (`mapping_pending_recycled`), at `entries` entries its oldest
 //!   one (`mapping_quota_recycled`).
@@ -40,7 +41,9 @@
 //!   takes the default path and nothing is evicted; a revalidation or retry waits.
 //!
 //! So a VNI that sprays random destinations churns through its own budget at its own query
-//! rate, and every other VNI's working set stays resolved.
+//! rate, and every other VNI's working set stays resolved. Quotas bound what a tenant holds;
+//! its room also depends on its buckets, so keep the quotas of the tenants that are busy at
+//! once well under the capacity (at half of it, a bucket full of others is rare).
 //!
 //! Per-tenant state has bounded memory: at most `max_tenants` VNIs are tracked one by one.
 //! A VNI that finds that table full shares one further budget, `shared`
@@ -53,7 +56,7 @@
 //! ```
 //! use core::net::{IpAddr, Ipv4Addr};
 //! use nf_tunnel::mapping::{Answer, Lookup, MappingCache, MappingConfig, QueryRate, TenantBudget};
-//! use nf_core::{Duration, Instant};
+//! use nf_core::Instant;
 //! let vm: IpAddr = Ipv4Addr::new(10, 0, 0, 7).into();
 //! let host: IpAddr = Ipv4Addr::new(192, 0, 2, 20).into();
 //! let config = MappingConfig::new(1024, *b"mapping hash key")
