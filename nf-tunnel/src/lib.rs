@@ -12,7 +12,7 @@
 //! | [`encap`] | [`EncapStage`]: push outer Ethernet/IP/UDP/tunnel into headroom |
 //! | [`reflect`] | [`ReflectStage`]: send a packet back in the tunnel it came in |
 //! | [`profile`] | AWS GWLB (class 0x0108) and GCP (class 0x0132) |
-//! | [`mapping`] | [`MappingCache`]: sans-IO, batched queries, TTL revalidation |
+//! | [`mapping`] | [`MappingCache`]: sans-IO, batched queries, TTL revalidation, per-VNI quotas and query rates |
 //!
 //! A complete loop: frames arrive Geneve-encapsulated, are decapsulated (the VNI becomes
 //! the zone of the inner flow key), and leave VXLAN-encapsulated towards an underlay host.
@@ -69,8 +69,11 @@
 //! reports the common counters of each stage (`tunnel_decap`, `tunnel_reflect`,
 //! `tunnel_encap`), then its own: encap's `default_path`, and `mapping_hits`,
 //! `mapping_misses`, `mapping_queries`, `mapping_queue_full`, `mapping_evictions`,
-//! `mapping_expired` for a stage holding a [`MappingCache`] (decap's anti-spoofing cache,
-//! encap's destination cache). The cache's revalidation timer is the stage's
+//! `mapping_expired`, `mapping_rate_limited`, `mapping_bucket_full`,
+//! `mapping_pending_recycled`, `mapping_quota_recycled`, `mapping_quota_refused`,
+//! `mapping_shared_budget`, `mapping_unsolicited` for a stage holding a [`MappingCache`]
+//! (decap's anti-spoofing cache, encap's destination cache; see
+//! [`MappingStats`](mapping::MappingStats)). The cache's revalidation timer is the stage's
 //! [`poll_timeout`](nf_core::StageControl::poll_timeout) /
 //! [`handle_timeout`](nf_core::StageControl::handle_timeout); its queries and answers stay
 //! with the caller ([`DecapStage::source_cache_mut`], [`EncapStage::mapping_mut`]).
@@ -106,7 +109,10 @@ pub use encap::{
 pub use geneve::{
     GENEVE_HEADER_LEN, GENEVE_PORT, GeneveOption, GenevePacket, GeneveRepr, Options, OptionsBuilder,
 };
-pub use mapping::{Answer, Lookup, MappingCache, MappingConfig, Query, SourceCheck};
+pub use mapping::{
+    Answer, Lookup, MappingCache, MappingConfig, MappingConfigError, Query, QueryRate, SourceCheck,
+    TenantBudget, TenantUsage,
+};
 pub use reflect::ReflectStage;
 pub use vxlan::{VXLAN_HEADER_LEN, VXLAN_LINUX_PORT, VXLAN_PORT, VxlanPacket, VxlanRepr};
 pub use zones::{VniTable, ZoneMap};

@@ -616,13 +616,20 @@ fn counter_names(pipeline: &impl StageControl) -> Vec<(&'static str, &'static st
 }
 
 const COMMON: [&str; 5] = ["batches", "packets", "to_control", "tx", "drops"];
-const MAPPING: [&str; 6] = [
+const MAPPING: [&str; 13] = [
     "mapping_hits",
     "mapping_misses",
     "mapping_queries",
     "mapping_queue_full",
     "mapping_evictions",
     "mapping_expired",
+    "mapping_rate_limited",
+    "mapping_bucket_full",
+    "mapping_pending_recycled",
+    "mapping_quota_recycled",
+    "mapping_quota_refused",
+    "mapping_shared_budget",
+    "mapping_unsolicited",
 ];
 
 /// Decap (anti-spoofing on, unknown sources pass), reflect, encap through a mapping cache.
