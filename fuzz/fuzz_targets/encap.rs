@@ -147,7 +147,9 @@ fuzz_target!(|input: Input| {
     // The decap stage, where it accepts the frame, gives back the same payload and VNI.
     let mut back = Batch::new();
     back.push(Packet::new(f.to_vec(), 0, f.len()).unwrap()).ok();
-    DecapStage::new(DecapConfig::default()).process(Instant::ZERO, &mut back);
+    DecapStage::new(DecapConfig::default())
+        .unwrap()
+        .process(Instant::ZERO, &mut back);
     let d = &back.packets()[0];
     if d.meta.verdict == Verdict::Pass && d.meta.tunnel.outer_len != 0 {
         assert_eq!(d.data(), expected);
