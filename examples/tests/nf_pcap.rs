@@ -568,3 +568,18 @@ fn the_readme_command_runs() {
     assert!(text.contains("(8 Ethernet, 0 bare IP)"), "{text}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Two decap stages (a tunnel inside a tunnel) report their counters apart.
+#[test]
+fn a_repeated_stage_reports_under_its_own_name() {
+    let tmp = common::temp_dir("nf-pcap-twice");
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/gwlb.pcap");
+    let report = run_to(
+        &input,
+        "decap:gwlb -> decap -> conntrack",
+        &tmp.join("out.pcapng"),
+    );
+    assert!(report.contains("tunnel_decap packets"), "{report}");
+    assert!(report.contains("tunnel_decap_2 packets"), "{report}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

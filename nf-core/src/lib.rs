@@ -141,7 +141,7 @@ pub use parse::{
     FastFrame, FastL4, NonIpAction, ParseConfig, ParseStage, Parsed, parse_fast, parse_frame,
     parse_l3,
 };
-pub use stage::{Chain, Stage, StageControl, StageCounters, StageExt, StageLoop};
+pub use stage::{Chain, Named, Stage, StageControl, StageCounters, StageExt, StageLoop};
 #[cfg(feature = "std")]
 pub use time::StdClock;
 pub use time::{Duration, Instant};

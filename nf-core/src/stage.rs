@@ -297,6 +297,64 @@ impl<A: StageControl, S: StageControl> StageControl for Chain<A, S> {
     }
 }
 
+/// A stage under another name in the counter view, so that two stages of one kind in a
+/// pipeline (a tunnel inside a tunnel: two decapsulation stages) report apart. Built with
+/// [`StageExt::named`].
+///
+/// ```
+/// use nf_core::{ParseStage, StageControl, StageExt};
+/// let p = ParseStage::default().then(ParseStage::default().named("parse_inner"));
+/// let mut names = Vec::new();
+/// p.visit_counters(&mut |stage, counter, _| {
+///     if counter == "packets" {
+///         names.push(stage);
+///     }
+/// });
+/// assert_eq!(names, ["parse", "parse_inner"]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Named<S> {
+    /// The stage.
+    pub stage: S,
+    name: &'static str,
+}
+
+impl<B, S: Stage<B>> Stage<B> for Named<S> {
+    #[inline]
+    fn process(&mut self, now: Instant, batch: &mut Batch<B>) {
+        self.stage.process(now, batch);
+    }
+}
+
+impl<S: StageControl> StageControl for Named<S> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn counters(&self) -> &StageCounters {
+        self.stage.counters()
+    }
+
+    /// The stage's counters, each reported under this name.
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        let name = self.name;
+        self.stage
+            .visit_counters(&mut |_, counter, v| f(name, counter, v));
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.stage.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.stage.handle_timeout(now, budget)
+    }
+
+    fn headroom(&self) -> usize {
+        self.stage.headroom()
+    }
+}
+
 /// Composition of stages.
 pub trait StageExt: Sized {
     /// A pipeline that runs `self`, then `next`.
@@ -305,6 +363,11 @@ pub trait StageExt: Sized {
             first: self,
             second: next,
         }
+    }
+
+    /// `self` reporting its counters as stage `name` ([`Named`]).
+    fn named(self, name: &'static str) -> Named<Self> {
+        Named { stage: self, name }
     }
 }
 

@@ -627,6 +627,7 @@ fn ip_ethertype(ip: &[u8]) -> u16 {
 /// The pipeline the specs describe, composed with [`StageExt::then`].
 fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
     let mut pipeline: Option<Dyn> = None;
+    let mut seen: Vec<&'static str> = Vec::new();
     for spec in specs {
         let stage = match spec {
             StageSpec::Decap { config, .. } => Dyn(Box::new(DecapStage::new(config.clone())?)),
@@ -653,6 +654,17 @@ fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
                 }
             }
             StageSpec::Reflect { mtu } => Dyn(Box::new(ReflectStage::new(*mtu, false))),
+        };
+        // A second stage of a kind (decap of a tunnel inside a tunnel) reports as `<name>_2`.
+        let kind = stage.name();
+        seen.push(kind);
+        let n = seen.iter().filter(|&&k| k == kind).count();
+        let stage = if n > 1 {
+            // Once per stage at start-up: the counter view takes `&'static str` names.
+            let name: &'static str = Box::leak(format!("{kind}_{n}").into_boxed_str());
+            Dyn(Box::new(stage.named(name)))
+        } else {
+            stage
         };
         pipeline = Some(match pipeline {
             None => stage,
