@@ -639,3 +639,95 @@ proptest! {
         }
     }
 }
+
+/// The documented order, brute force: every (token, probe) pair of a one-zone fleet sorted by
+/// (clockwise distance, position, node id, probe), then the first `k` distinct eligible nodes.
+fn brute_force_shard(
+    key: [u8; 16],
+    nodes: &[Node],
+    eligible: &[bool],
+    k: u32,
+    t: &[u8],
+) -> Vec<u64> {
+    use core::hash::Hasher as _;
+    let sip = |bytes: &[u8]| {
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&key);
+        h.write(bytes);
+        h.finish()
+    };
+    let mut tokens = Vec::new();
+    for n in nodes {
+        for j in 0..n.weight * nf_shuffle::DEFAULT_TOKENS_PER_WEIGHT {
+            let mut b = vec![0x01];
+            b.extend(n.id.0.to_be_bytes());
+            b.extend(j.to_be_bytes());
+            tokens.push((sip(&b), n.id.0));
+        }
+    }
+    let mut b = vec![0x02];
+    b.extend((t.len() as u64).to_be_bytes());
+    b.extend(t);
+    b.extend(0u32.to_be_bytes());
+    let mut state = sip(&b);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    next(); // orders the zones
+    let probes: Vec<u64> = (0..nf_shuffle::PROBES).map(|_| next()).collect();
+    let mut pairs: Vec<(u64, u64, u64, usize)> = Vec::new();
+    for (pi, &at) in probes.iter().enumerate() {
+        for &(pos, id) in &tokens {
+            pairs.push((pos.wrapping_sub(at), pos, id, pi));
+        }
+    }
+    pairs.sort_unstable();
+    let mut chosen: Vec<u64> = Vec::new();
+    for (_, _, id, _) in pairs {
+        let ok = nodes.iter().zip(eligible).any(|(n, &e)| n.id.0 == id && e);
+        if chosen.len() < k as usize && ok && !chosen.contains(&id) {
+            chosen.push(id);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The merge of the probes' walks (with its early stops) takes exactly the nodes of the
+    /// documented order, on one-zone fleets where most nodes may be ineligible.
+    #[test]
+    fn placement_matches_the_brute_force_order(
+        spec in prop::collection::vec((1u32..=2, any::<u8>()), 2..=7),
+        k in 1u32..=4,
+        t in prop::collection::vec(any::<u8>(), 0..6),
+    ) {
+        let nodes: Vec<Node> = spec
+            .iter()
+            .enumerate()
+            .map(|(i, &(w, s))| {
+                let id = i as u64 * 5 + 1;
+                Node::new(id, 0).with_weight(w).with_state(state_from(s, id))
+            })
+            .collect();
+        let s = sharder(&nodes, 1, k);
+        let eligible: Vec<bool> = nodes
+            .iter()
+            .map(|n| match n.state {
+                NodeState::Active => true,
+                NodeState::Draining => false,
+                NodeState::Failed { since_ns } => NOW < since_ns + LOOKBACK,
+            })
+            .collect();
+        let want = brute_force_shard(KEY, &nodes, &eligible, k, &t);
+        match s.shard(&t, NOW) {
+            Ok(shard) => prop_assert_eq!(shard.nodes().map(|n| n.0).collect::<Vec<_>>(), want),
+            Err(_) => prop_assert!(want.len() < k as usize),
+        }
+    }
+}
