@@ -9,7 +9,8 @@
 //!   removing one node changes at most one node of any tenant's shard, and only about `k/N` of
 //!   the tenants at all. Shards are spread over zones, nodes are weighted, draining nodes keep
 //!   their existing tenants, and failed nodes are replaced only after a lookback; the
-//!   [`Sharder`] docs give the exact rules.
+//!   [`Sharder`] docs give the exact rules. Load is as even over nodes as uniform random
+//!   placement (multi-probe lookups on the zone rings), in proportion to node weights.
 //! - [`Sharder::assign_capped`] is the stateful sharder: no two tenants share more than `m`
 //!   nodes, checked against a caller-provided [`ShardStore`].
 //! - [`Shard::node_for_flow`] picks one of a tenant's nodes for a flow; when one fails only its
@@ -65,8 +66,15 @@
 //! | zone stream, capped attempt `a ≥ 1` | `0x04`, tenant length (u64), tenant bytes, zone (u32), `a` (u32) |
 //!
 //! A zone stream is the SplitMix64 sequence seeded with that hash: its first output orders the
-//! zones for the tenant, the following outputs are the tenant's positions on the zone's ring.
-//! A flow's score on a member is SplitMix64's output function applied to `flow_hash ^ salt`.
+//! zones for the tenant, the next [`PROBES`] (8) outputs are the tenant's probe positions on the
+//! zone's ring, and the zone's nodes are taken in order of the clockwise distance (wrapping
+//! `u64` subtraction) from the nearest probe to each of their tokens, ties broken by token
+//! position, then node id. A flow's score on a member is SplitMix64's output function applied
+//! to `flow_hash ^ salt`.
+//!
+//! | version | change |
+//! |---|---|
+//! | 0.1.0, issue 16 | zone streams give 8 probes per zone and tokens are taken nearest-probe first; before, each slot took the next stream output as one position and walked clockwise from it (load max/mean 1.41–1.51 at 1,000 nodes against 1.26 for uniform random). Every placement changed; the hashed encodings above did not. |
 #![no_std]
 #![forbid(unsafe_code)]
 extern crate alloc;
@@ -91,5 +99,5 @@ pub use overlap::{
 };
 pub use sharder::{
     ConfigError, DEFAULT_TOKENS_PER_WEIGHT, MAX_NODES_PER_TENANT, MAX_TOKENS,
-    MAX_TOKENS_PER_WEIGHT, Shard, ShardConfig, ShardError, ShardMember, Sharder,
+    MAX_TOKENS_PER_WEIGHT, PROBES, Shard, ShardConfig, ShardError, ShardMember, Sharder,
 };

@@ -1,6 +1,6 @@
 //! One zone's token ring: every node of the zone owns `weight × tokens_per_weight` keyed
 //! positions on a 64-bit circle, sorted, with a bucket index so that finding the first token at
-//! or after a position costs O(1) expected.
+//! or after a position costs O(1) expected (one cache miss, typically).
 //!
 //! Tokens depend only on (key, node id, token number), never on the other nodes or on node
 //! state, so adding or removing a node inserts or deletes exactly its own tokens. Ties between
@@ -42,8 +42,10 @@ impl Ring {
             }));
         }
         tokens.sort_unstable_by_key(|t| (t.pos, t.owner));
-        // At least two buckets so the shift below stays under 64.
-        let nb = tokens.len().next_power_of_two().clamp(2, 1 << 24);
+        // About four tokens per bucket: the index stays small enough to sit in cache, and the
+        // scan from a bucket's first token stays within a cache line or two. At least two
+        // buckets so the shift below stays under 64.
+        let nb = (tokens.len() / 4).next_power_of_two().clamp(2, 1 << 22);
         let bits = nb.trailing_zeros();
         let shift = 64 - bits;
         let mut buckets = Vec::with_capacity(nb + 1);
@@ -66,19 +68,39 @@ impl Ring {
         self.tokens.len()
     }
 
-    /// Index of the first token at or after `pos`, wrapping to 0 past the end.
-    pub(crate) fn first_at_or_after(&self, pos: u64) -> usize {
-        let b = (pos >> self.shift) as usize;
-        let mut i = self.buckets.get(b).map_or(0, |&i| i as usize);
-        while self.tokens.get(i).is_some_and(|t| t.pos < pos) {
-            i += 1;
-        }
-        if i >= self.tokens.len() { 0 } else { i }
+    /// For each position, the index of the first token at or after it, wrapping to 0 past the
+    /// end. Every bucket and first token is read before any scan starts, so that the cache
+    /// misses of the positions overlap instead of queueing.
+    pub(crate) fn first_at_or_after_each<const N: usize>(&self, pos: [u64; N]) -> [usize; N] {
+        let start: [usize; N] = core::array::from_fn(|j| {
+            let b = pos.get(j).map_or(0, |&p| (p >> self.shift) as usize);
+            self.buckets.get(b).map_or(0, |&i| i as usize)
+        });
+        // Touch each start token (its position is compared first below).
+        let seen: [u64; N] = core::array::from_fn(|j| {
+            start
+                .get(j)
+                .and_then(|&i| self.tokens.get(i))
+                .map_or(u64::MAX, |t| t.pos)
+        });
+        core::array::from_fn(|j| {
+            let (Some(&p), Some(&s), Some(&first)) = (pos.get(j), start.get(j), seen.get(j)) else {
+                return 0;
+            };
+            let mut i = s;
+            if first < p {
+                i += 1;
+                while self.tokens.get(i).is_some_and(|t| t.pos < p) {
+                    i += 1;
+                }
+            }
+            if i >= self.tokens.len() { 0 } else { i }
+        })
     }
 
-    /// Owner of the token at `i` (a membership index).
-    pub(crate) fn owner(&self, i: usize) -> Option<u32> {
-        self.tokens.get(i).map(|t| t.owner)
+    /// Position and owner (a membership index) of the token at `i`.
+    pub(crate) fn token(&self, i: usize) -> Option<(u64, u32)> {
+        self.tokens.get(i).map(|t| (t.pos, t.owner))
     }
 }
 
@@ -97,9 +119,11 @@ mod tests {
         assert_eq!(ring.len(), 8 * (1 + 2 + 1 + 2 + 1));
         let positions: Vec<u64> = ring.tokens.iter().map(|t| t.pos).collect();
         assert!(positions.windows(2).all(|w| w[0] <= w[1]));
-        for probe in [0u64, 1, u64::MAX, positions[3], positions[3] + 1, 1 << 63] {
+        let probes = [0u64, 1, u64::MAX, positions[3], positions[3] + 1, 1 << 63];
+        let got = ring.first_at_or_after_each(probes);
+        for (probe, got) in probes.into_iter().zip(got) {
             let want = positions.iter().position(|&p| p >= probe).unwrap_or(0);
-            assert_eq!(ring.first_at_or_after(probe), want, "probe {probe:#x}");
+            assert_eq!(got, want, "probe {probe:#x}");
         }
     }
 
@@ -107,7 +131,7 @@ mod tests {
     fn empty_ring_is_harmless() {
         let ring = Ring::build(&ShardKey::new([0; 16]), core::iter::empty(), 8);
         assert_eq!(ring.len(), 0);
-        assert_eq!(ring.first_at_or_after(12345), 0);
-        assert_eq!(ring.owner(0), None);
+        assert_eq!(ring.first_at_or_after_each([12345, 0]), [0, 0]);
+        assert_eq!(ring.token(0), None);
     }
 }

@@ -28,16 +28,17 @@ def sip(key, msg, c=1, d=3):
     v2^=0xff
     for _ in range(d): rnd()
     return (v0^v1^v2^v3)&M
-key=bytes(range(16))
-be=lambda fmt,*a: struct.pack('>'+fmt,*a)
-print("token", hex(sip(key, b'\x01'+be('Q',100)+be('I',7))))
-t=b'alpha'
-print("zone", hex(sip(key, b'\x02'+be('Q',len(t))+t+be('I',2))))
-print("capped", hex(sip(key, b'\x04'+be('Q',len(t))+t+be('I',2)+be('I',3))))
-print("salt", hex(sip(key, b'\x03'+be('Q',101))))
-# splitmix64 first two outputs from seed 0
-def sm(s):
-    s=(s+0x9e3779b97f4a7c15)&M; z=s
-    z=((z^(z>>30))*0xbf58476d1ce4e5b9)&M; z=((z^(z>>27))*0x94d049bb133111eb)&M
-    return s, z^(z>>31)
-s,a=sm(0); s,b=sm(s); print("splitmix0", hex(a), hex(b))
+if __name__ == "__main__":
+    key=bytes(range(16))
+    be=lambda fmt,*a: struct.pack('>'+fmt,*a)
+    print("token", hex(sip(key, b'\x01'+be('Q',100)+be('I',7))))
+    t=b'alpha'
+    print("zone", hex(sip(key, b'\x02'+be('Q',len(t))+t+be('I',2))))
+    print("capped", hex(sip(key, b'\x04'+be('Q',len(t))+t+be('I',2)+be('I',3))))
+    print("salt", hex(sip(key, b'\x03'+be('Q',101))))
+    # splitmix64 first two outputs from seed 0
+    def sm(s):
+        s=(s+0x9e3779b97f4a7c15)&M; z=s
+        z=((z^(z>>30))*0xbf58476d1ce4e5b9)&M; z=((z^(z>>27))*0x94d049bb133111eb)&M
+        return s, z^(z>>31)
+    s,a=sm(0); s,b=sm(s); print("splitmix0", hex(a), hex(b))

@@ -28,7 +28,7 @@ pub(crate) const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "shuffle-place",
-        about: "tenant -> k of 1000 nodes (3 zones): placement time and tenants moved per node change",
+        about: "tenant -> k of 100 and 1000 nodes (3 zones): placement time, tenants moved per node change, load spread vs uniform random",
         run: shuffle_place::run,
     },
     Scenario {
