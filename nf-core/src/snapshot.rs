@@ -4,8 +4,9 @@
 //! ([`encode`]); every node pulls it at a constant rate whether or not it changed (AWS
 //! Hyperplane's pattern), so neither a control-plane outage nor a burst of changes can hurt
 //! the dataplane:
-//! - a [`Puller`] fetches from a [`Source`] (a file or a directory on disk here; an object
-//!   store or web server through your own `Source`) once per interval, on the caller's clock;
+//! - a [`Puller`] fetches from a [`Source`] (a file or a directory on disk, or a web server
+//!   or object store over HTTP; HTTPS through a `Source` of your own) once per interval, on
+//!   the caller's clock;
 //! - what it fetched is checked in order — envelope complete ([`Reject::Torn`]), magic and
 //!   checksum ([`Reject::Corrupt`]), version not older than the one in use
 //!   ([`Reject::Older`]) and not the same version with other content
@@ -263,6 +264,154 @@ impl Source for FileSource {
         )
         .map(|_| ())
         .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// A snapshot served over plain HTTP/1.1 (an object store's HTTP endpoint, any web server):
+/// one `GET` per pull with `Connection: close`, connect, read and write timeouts, and a bound
+/// on the body. A status other than 200, a malformed response, a body of another length than
+/// announced, a chunked body or one longer than the bound is an error (the puller counts
+/// [`Reject::SourceDown`]); a file the server serves torn is caught by the envelope check
+/// ([`Reject::Torn`]). HTTPS needs a TLS client: wrap one in a [`Source`] of your own.
+#[derive(Clone, Debug)]
+pub struct HttpSource {
+    host: String,
+    port: u16,
+    path: String,
+    timeout: core::time::Duration,
+    max_len: usize,
+}
+
+impl HttpSource {
+    /// A source for `url` (`http://host[:port]/path`), with 2 s timeouts and a 64 MiB bound.
+    ///
+    /// # Errors
+    /// A URL that is not `http://` with a host.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: only http:// (https needs a TLS Source of your own)"))?;
+        let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{url}: bad port {p:?}"))?,
+            ),
+            _ => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            path: path.to_string(),
+            timeout: core::time::Duration::from_secs(2),
+            max_len: 64 << 20,
+        })
+    }
+
+    /// Connect, read and write timeout of each pull.
+    pub fn with_timeout(mut self, timeout: core::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest body accepted.
+    pub fn with_max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    fn get(&self, buf: &mut Vec<u8>) -> std::io::Result<Result<(), String>> {
+        use std::io::{Read, Write};
+        use std::net::ToSocketAddrs;
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, self.timeout)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let host = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: nf-snapshot\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            self.path
+        );
+        stream.write_all(request.as_bytes())?;
+        // Headers and body, bounded: a server cannot make the puller hold more.
+        buf.clear();
+        let limit = (self.max_len + 16 * 1024) as u64;
+        stream.take(limit + 1).read_to_end(buf)?;
+        if buf.len() as u64 > limit {
+            return Ok(Err(format!("response over {} bytes", self.max_len)));
+        }
+        Ok(self.body(buf))
+    }
+
+    /// Leaves the body of the response in `buf`.
+    fn body(&self, buf: &mut Vec<u8>) -> Result<(), String> {
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no end of headers")?;
+        let head = core::str::from_utf8(buf.get(..end).unwrap_or(&[]))
+            .map_err(|_| "headers not UTF-8".to_string())?;
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or("");
+        let code = status.split(' ').nth(1).unwrap_or("");
+        if !status.starts_with("HTTP/1.") || code != "200" {
+            return Err(format!("{}: {status}", self.path));
+        }
+        let mut length = None;
+        for line in lines {
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("transfer-encoding")
+                && !value.eq_ignore_ascii_case("identity")
+            {
+                return Err(format!("transfer-encoding {value} not supported"));
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| "bad content-length".to_string())?,
+                );
+            }
+        }
+        let body_at = end + 4;
+        let body_len = buf.len() - body_at;
+        if length.is_some_and(|n| n > self.max_len) || body_len > self.max_len {
+            return Err(format!("body over {} bytes", self.max_len));
+        }
+        if let Some(n) = length
+            && n != body_len
+        {
+            return Err(format!("body of {body_len} bytes, {n} announced"));
+        }
+        buf.drain(..body_at);
+        Ok(())
+    }
+}
+
+impl Source for HttpSource {
+    fn fetch(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        match self.get(buf) {
+            Ok(r) => r,
+            Err(e) => Err(format!(
+                "http://{}:{}{}: {e}",
+                self.host, self.port, self.path
+            )),
+        }
     }
 }
 

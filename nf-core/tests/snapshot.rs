@@ -1,6 +1,11 @@
 //! Configuration snapshots on a virtual clock: static stability (a source that is down, slow
 //! or serving bad files changes nothing), one version per batch, bounded work under a burst
-//! of changes, and the file source on disk.
+//! of changes, the file source on disk, and the HTTP source against our own loopback
+//! server and Python's `http.server`.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 use nf_core::snapshot::{self, Codec, FileSource, MemorySource, PullResult, Puller, Reject};
 use nf_core::{Duration, Instant};
@@ -239,4 +244,168 @@ proptest! {
         let r = snapshot::open(&f);
         prop_assert!(matches!(r, Err(Reject::Torn) | Err(Reject::Corrupt)), "{:?}", r.map(|x| x.0));
     }
+}
+
+/// A one-shot HTTP server on loopback answering each connection with `response`.
+fn serve(responses: Vec<Vec<u8>>) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        for r in responses {
+            let (mut s, _) = l.accept().unwrap();
+            // The whole request, then the answer.
+            let mut req = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+                }
+            }
+            let _ = s.write_all(&r);
+        }
+    });
+    (port, h)
+}
+
+fn http(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!("HTTP/1.1 {status}\r\n{headers}\r\n").into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+#[test]
+fn the_http_source_takes_a_200_and_refuses_everything_else() {
+    let good = file(7, &[1, 2]);
+    let len = |b: &[u8]| format!("Content-Length: {}\r\n", b.len());
+    let responses = vec![
+        http("200 OK", &len(&good), &good),
+        http("404 Not Found", "Content-Length: 0\r\n", b""),
+        // Cut short: announced 10 more bytes than sent.
+        http(
+            "200 OK",
+            &format!("Content-Length: {}\r\n", good.len() + 10),
+            &good,
+        ),
+        http(
+            "200 OK",
+            "Transfer-Encoding: chunked\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        http("200 OK", &len(&good), &good),
+        b"garbage".to_vec(),
+    ];
+    let (port, server) = serve(responses);
+    let url = format!("http://127.0.0.1:{port}/fleet/snapshot.nfs");
+    let src = snapshot::HttpSource::new(&url).unwrap();
+    let mut p = Puller::new(src, Sorted, EVERY);
+    assert_eq!(p.handle_timeout(at(0)), PullResult::Applied(7));
+    let want = [
+        "source_down", // 404
+        "source_down", // body shorter than announced
+        "source_down", // chunked
+    ];
+    for (i, reason) in want.iter().enumerate() {
+        match p.handle_timeout(at(10 * (i as u64 + 1))) {
+            PullResult::Rejected(r) => assert_eq!(r.name(), *reason, "{r}"),
+            other => panic!("{reason}: {other:?}"),
+        }
+    }
+    assert_eq!(p.handle_timeout(at(40)), PullResult::Unchanged(7));
+    assert!(matches!(
+        p.handle_timeout(at(50)),
+        PullResult::Rejected(Reject::SourceDown(_))
+    ));
+    server.join().unwrap();
+    // Nobody listening any more.
+    assert!(matches!(
+        p.handle_timeout(at(60)),
+        PullResult::Rejected(Reject::SourceDown(_))
+    ));
+    assert_eq!(p.current().unwrap().config(), &vec![1, 2]);
+    for bad in ["https://a/b", "ftp://x", "http://:80/", "http://h:99999/"] {
+        assert!(snapshot::HttpSource::new(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_http_source_times_out_on_a_server_that_never_answers() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let src = snapshot::HttpSource::new(&format!("http://127.0.0.1:{port}/s"))
+        .unwrap()
+        .with_timeout(core::time::Duration::from_millis(200));
+    let mut p = Puller::new(src, Sorted, EVERY);
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        p.handle_timeout(at(0)),
+        PullResult::Rejected(Reject::SourceDown(_))
+    ));
+    assert!(t.elapsed() < core::time::Duration::from_secs(5));
+    drop(l);
+}
+
+/// Python's `http.server`, a web server we did not write, serves the snapshot directory.
+#[test]
+fn the_http_source_pulls_from_python_http_server() {
+    let py = "python3";
+    if std::process::Command::new(py)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 is required under CI"
+        );
+        eprintln!("SKIP the_http_source_pulls_from_python_http_server: no python3");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nf-snapshot-http-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("snapshot.nfs"), file(11, &[4, 5, 6])).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = std::process::Command::new(py)
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let src = snapshot::HttpSource::new(&format!("http://127.0.0.1:{port}/snapshot.nfs")).unwrap();
+    let mut p = Puller::new(src, Sorted, Duration::from_millis(100));
+    // Wait for the server to listen: pulls fail (source down) until it does.
+    let mut applied = false;
+    for i in 0..100u64 {
+        if p.handle_timeout(Instant::ZERO + Duration::from_millis(100 * i))
+            == PullResult::Applied(11)
+        {
+            applied = true;
+            break;
+        }
+        std::thread::sleep(core::time::Duration::from_millis(50));
+    }
+    let missing = snapshot::HttpSource::new(&format!("http://127.0.0.1:{port}/nope.nfs")).unwrap();
+    let mut q = Puller::new(missing, Sorted, EVERY);
+    let r = q.handle_timeout(at(0));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(applied, "python http.server never served the snapshot");
+    assert_eq!(p.current().unwrap().config(), &vec![4, 5, 6]);
+    assert!(
+        matches!(r, PullResult::Rejected(Reject::SourceDown(_))),
+        "{r:?}"
+    );
 }
