@@ -71,7 +71,7 @@ fuzz_target!(|ops: Vec<Op>| {
         .with_tenant_budget(TENANT)
         .with_shared_budget(SHARED)
         .with_max_queued(16);
-    let mut c = MappingCache::try_new(cfg).unwrap();
+    let mut c = MappingCache::new(cfg).unwrap();
     let mut m = Model { asked: HashSet::new(), truth: HashMap::new(), queries: HashMap::new() };
     let start = Instant::from_nanos(1);
     let mut now = start;

@@ -66,7 +66,7 @@
 //!         rate: QueryRate { per_second: 100, burst: 16 },
 //!     })
 //!     .with_max_tenants(64);
-//! let mut cache = MappingCache::try_new(config)?;
+//! let mut cache = MappingCache::new(config)?;
 //! let t0 = Instant::ZERO;
 //! assert_eq!(cache.lookup(t0, 42, vm), Lookup::Miss); // queued a query
 //! let batch = cache.poll_queries().unwrap();
@@ -89,9 +89,9 @@ use nf_core::{Duration, FlowHasher, Instant};
 pub const WAYS: usize = 8;
 /// Most queries handed out by one [`MappingCache::poll_queries`].
 pub const QUERY_BATCH: usize = 32;
-/// Largest capacity [`MappingCache::try_new`] accepts.
+/// Largest capacity [`MappingCache::new`] accepts.
 pub const MAX_CAPACITY: usize = 1 << 26;
-/// Largest `max_tenants` [`MappingCache::try_new`] accepts.
+/// Largest `max_tenants` [`MappingCache::new`] accepts.
 pub const MAX_TENANTS: u32 = 1 << 16;
 
 /// A query rate: `per_second` on average, up to `burst` at once (a token bucket).
@@ -249,8 +249,10 @@ impl MappingConfig {
         Ok(())
     }
 
-    /// The nearest valid settings (what [`MappingCache::new`] uses).
-    fn clamped(mut self) -> Self {
+    /// The nearest valid settings: a zero capacity becomes one bucket, a zero quota or rate
+    /// 1, `pending` above `entries` becomes `entries`, limits above the maximum the maximum.
+    #[must_use]
+    pub fn clamped(mut self) -> Self {
         self.capacity = self.capacity.clamp(1, MAX_CAPACITY);
         let rate = |r: QueryRate| QueryRate {
             per_second: r.per_second.max(1),
@@ -272,7 +274,7 @@ const fn at_least_one(n: u32) -> u32 {
     if n == 0 { 1 } else { n }
 }
 
-/// Why [`MappingCache::try_new`] rejected a [`MappingConfig`].
+/// Why [`MappingCache::new`] rejected a [`MappingConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MappingConfigError {
@@ -508,12 +510,18 @@ struct Control {
 }
 
 impl MappingCache {
-    /// An empty cache; all memory is allocated here. Settings that
-    /// [`MappingConfig::validate`] rejects are replaced by the nearest valid ones (a zero
-    /// capacity by one bucket, a zero quota or rate by 1, `pending` above `entries` by
-    /// `entries`); use [`MappingCache::try_new`] to have them rejected instead.
-    pub fn new(config: MappingConfig) -> Self {
-        let config = config.clamped();
+    /// An empty cache; all memory is allocated here. ([`MappingConfig::clamped`] turns
+    /// settings this refuses into the nearest valid ones.)
+    ///
+    /// # Errors
+    /// [`MappingConfigError`] from [`MappingConfig::validate`].
+    pub fn new(config: MappingConfig) -> Result<Self, MappingConfigError> {
+        config.validate()?;
+        Ok(Self::build(config))
+    }
+
+    /// The cache for valid settings.
+    fn build(config: MappingConfig) -> Self {
         let buckets = config.capacity.div_ceil(WAYS).max(1);
         let tenant_slots = (config.max_tenants as usize * 2).next_power_of_two();
         Self {
@@ -537,15 +545,6 @@ impl MappingCache {
                 config,
             }),
         }
-    }
-
-    /// An empty cache, with the settings checked first.
-    ///
-    /// # Errors
-    /// [`MappingConfigError`] from [`MappingConfig::validate`].
-    pub fn try_new(config: MappingConfig) -> Result<Self, MappingConfigError> {
-        config.validate()?;
-        Ok(Self::new(config))
     }
 
     /// The settings.
@@ -1300,7 +1299,7 @@ mod tests {
 
     #[test]
     fn miss_queries_once_in_batches_and_answers_resolve() {
-        let mut c = MappingCache::new(MappingConfig::new(4096, [1; 16]));
+        let mut c = MappingCache::new(MappingConfig::new(4096, [1; 16])).unwrap();
         for i in 0..40u8 {
             assert_eq!(c.lookup(secs(0), 1, v4(0, i)), Lookup::Miss);
             assert_eq!(c.lookup(secs(0), 1, v4(0, i)), Lookup::Miss);
@@ -1357,7 +1356,7 @@ mod tests {
         let mut cfg = MappingConfig::new(64, [2; 16]);
         cfg.ttl = Duration::from_secs(10);
         cfg.max_stale = Duration::from_secs(5);
-        let mut c = MappingCache::new(cfg);
+        let mut c = MappingCache::new(cfg).unwrap();
         let host = v4(200, 1);
         assert!(c.insert(secs(0), 7, v4(1, 1), Some(host)));
         assert!(c.insert(secs(0), 7, v4(1, 2), None));
@@ -1398,7 +1397,7 @@ mod tests {
 
     #[test]
     fn capacity_is_fixed_and_eviction_prefers_old_entries() {
-        let mut c = MappingCache::new(MappingConfig::new(8, [3; 16]));
+        let mut c = MappingCache::new(MappingConfig::new(8, [3; 16])).unwrap();
         assert_eq!(c.capacity(), 8);
         for i in 0..8u8 {
             assert!(c.insert(secs(u64::from(i)), 1, v4(2, i), Some(v4(3, i))));
@@ -1414,7 +1413,8 @@ mod tests {
         let mut q = MappingCache::new(MappingConfig {
             max_queued: 2,
             ..MappingConfig::new(64, [4; 16])
-        });
+        })
+        .unwrap();
         for i in 0..5u8 {
             q.lookup(secs(0), 1, v4(4, i));
         }
@@ -1435,7 +1435,7 @@ mod tests {
     #[test]
     fn a_miss_never_evicts_another_vnis_entries() {
         // One bucket: VNI 1 fills it, VNI 2's misses find no room and take nothing.
-        let mut c = MappingCache::new(tenant_cfg(8));
+        let mut c = MappingCache::new(tenant_cfg(8)).unwrap();
         for i in 0..8u8 {
             assert!(c.insert(secs(0), 1, v4(1, i), Some(v4(9, i))));
         }
@@ -1456,7 +1456,7 @@ mod tests {
 
     #[test]
     fn a_tenant_at_its_quotas_recycles_its_own_oldest() {
-        let mut c = MappingCache::new(tenant_cfg(1024));
+        let mut c = MappingCache::new(tenant_cfg(1024)).unwrap();
         // Four pending entries at most: the fifth miss recycles the first.
         for i in 0..5u8 {
             assert_eq!(c.lookup(secs(0), 3, v4(3, i)), Lookup::Miss);
@@ -1488,7 +1488,7 @@ mod tests {
 
     #[test]
     fn the_query_rate_is_a_token_bucket() {
-        let mut c = MappingCache::new(tenant_cfg(1024));
+        let mut c = MappingCache::new(tenant_cfg(1024)).unwrap();
         let ms = |m: u64| Instant::from_nanos(m * 1_000_000);
         for i in 0..50u8 {
             c.lookup(ms(0), 4, v4(5, i));
@@ -1517,7 +1517,7 @@ mod tests {
                     burst: 100,
                 },
             });
-        let mut c = MappingCache::new(cfg);
+        let mut c = MappingCache::new(cfg).unwrap();
         assert!(c.insert(secs(0), 1, v4(1, 1), Some(v4(9, 1))));
         assert!(c.insert(secs(0), 2, v4(2, 1), Some(v4(9, 2))));
         assert!(c.insert(secs(0), 3, v4(3, 1), Some(v4(9, 3))));
@@ -1531,7 +1531,7 @@ mod tests {
         assert_eq!(c.lookup(secs(0), 3, v4(3, 1)), Lookup::Host(v4(9, 3)));
         assert_eq!(c.shared_usage().entries, 2);
         // A tenant forgotten once empty and refilled: the sweep frees its record.
-        let mut d = MappingCache::new(tenant_cfg(64).with_max_tenants(1));
+        let mut d = MappingCache::new(tenant_cfg(64).with_max_tenants(1)).unwrap();
         d.lookup(secs(0), 1, v4(1, 1));
         assert_eq!(d.tracked_tenants(), 1);
         for _ in 0..4 {
@@ -1578,8 +1578,8 @@ mod tests {
             ),
         ];
         for (cfg, err) in cases {
-            assert_eq!(MappingCache::try_new(cfg).err(), Some(err));
-            let c = MappingCache::new(cfg);
+            assert_eq!(MappingCache::new(cfg).err(), Some(err));
+            let c = MappingCache::new(cfg.clamped()).unwrap();
             assert_eq!(c.config().validate(), Ok(()), "{err}");
         }
         // A shared budget of nothing is valid: VNIs beyond the limit cache nothing.
@@ -1588,7 +1588,7 @@ mod tests {
             pending: 0,
             rate,
         };
-        let mut c = MappingCache::try_new(ok.with_max_tenants(1).with_shared_budget(none)).unwrap();
+        let mut c = MappingCache::new(ok.with_max_tenants(1).with_shared_budget(none)).unwrap();
         c.lookup(secs(0), 1, v4(0, 1));
         c.lookup(secs(0), 2, v4(0, 1));
         assert_eq!(c.shared_usage().entries, 0);
@@ -1681,7 +1681,7 @@ mod tests {
                     pending: 2,
                     rate: QueryRate { per_second: 20, burst: 3 },
                 });
-            let mut c = MappingCache::new(cfg);
+            let mut c = MappingCache::new(cfg).unwrap();
             let host = |h: Option<u8>| h.map(|h| v4(200, h));
             // The model: what the service was asked and has not answered, and the last
             // mapping the cache accepted per key.

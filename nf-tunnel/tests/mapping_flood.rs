@@ -97,7 +97,7 @@ fn a_flooding_vni_does_not_evict_another_vnis_working_set() {
             rate,
         })
         .with_max_tenants(16);
-    let mut cache = MappingCache::try_new(config).unwrap();
+    let mut cache = MappingCache::new(config).unwrap();
     let mut resolver = Resolver::default();
 
     // The working set: learned through misses and answers, as in production.
@@ -212,7 +212,7 @@ fn vnis_beyond_max_tenants_share_one_budget() {
     let config = MappingConfig::new(4096, [3; 16])
         .with_max_tenants(4)
         .with_shared_budget(shared);
-    let mut cache = MappingCache::try_new(config).unwrap();
+    let mut cache = MappingCache::new(config).unwrap();
     let mut now = Instant::from_nanos(1);
     for i in 0..WORKING_SET {
         assert!(cache.insert(now, LEGIT, legit_addr(i), Some(legit_host(i))));
@@ -273,7 +273,7 @@ fn through_the_encap_stage_the_working_set_never_takes_the_default_path() {
             burst: 50,
         },
     });
-    cfg.destination = Destination::Mapping(MappingCache::try_new(config).unwrap());
+    cfg.destination = Destination::Mapping(MappingCache::new(config).unwrap());
     let mut encap = EncapStage::new(cfg).unwrap();
     let mut resolver = Resolver::default();
     let now = Instant::from_nanos(1);

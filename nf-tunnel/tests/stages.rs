@@ -492,7 +492,7 @@ fn gwlb_reflect_swaps_addresses_keeps_ports_and_options() {
 #[test]
 fn anti_spoofing_with_the_mapping_cache() {
     let host = v4(192, 0, 2, 1); // underlay4().src: the encapsulating host
-    let mut cache = MappingCache::new(MappingConfig::new(256, [5; 16]));
+    let mut cache = MappingCache::new(MappingConfig::new(256, [5; 16])).unwrap();
     cache.insert(Instant::ZERO, 9, v4(10, 0, 0, 1), Some(host));
     let mut decap = DecapStage::new(DecapConfig::default())
         .unwrap()
@@ -529,7 +529,7 @@ fn anti_spoofing_with_the_mapping_cache() {
         ..DecapConfig::default()
     })
     .unwrap()
-    .with_source_check(MappingCache::new(MappingConfig::new(8, [0; 16])));
+    .with_source_check(MappingCache::new(MappingConfig::new(8, [0; 16])).unwrap());
     let other = one(&mut encap, packet(&inner_frame(1, 2, 8)));
     assert_eq!(one(&mut lenient, other).meta.verdict, Verdict::Pass);
 }
@@ -537,7 +537,8 @@ fn anti_spoofing_with_the_mapping_cache() {
 #[test]
 fn encap_resolves_destinations_through_the_mapping_cache() {
     let mut cfg = EncapConfig::vxlan(3, underlay4());
-    cfg.destination = Destination::Mapping(MappingCache::new(MappingConfig::new(64, [6; 16])));
+    cfg.destination =
+        Destination::Mapping(MappingCache::new(MappingConfig::new(64, [6; 16])).unwrap());
     let mut encap = EncapStage::new(cfg).unwrap();
     let frame = inner_frame(1, 2, 3);
     let parsed = || {
@@ -639,9 +640,10 @@ fn mapped_pipeline() -> impl Stage<Vec<u8>> {
         ..DecapConfig::default()
     })
     .unwrap()
-    .with_source_check(MappingCache::new(MappingConfig::new(64, [1; 16])));
+    .with_source_check(MappingCache::new(MappingConfig::new(64, [1; 16])).unwrap());
     let mut cfg = EncapConfig::vxlan(3, underlay4());
-    cfg.destination = Destination::Mapping(MappingCache::new(MappingConfig::new(64, [2; 16])));
+    cfg.destination =
+        Destination::Mapping(MappingCache::new(MappingConfig::new(64, [2; 16])).unwrap());
     decap
         .then(ReflectStage::new(1500, false))
         .then(EncapStage::new(cfg).unwrap())
