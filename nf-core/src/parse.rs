@@ -714,25 +714,34 @@ mod tests {
             })
     }
 
+    /// Template frames with a few bytes changed (mostly in the headers) and maybe cut short.
+    fn mutated() -> impl Strategy<Value = alloc::vec::Vec<u8>> {
+        (
+            template(),
+            proptest::collection::vec((0usize..80, any::<u8>()), 0..3),
+            proptest::option::of(0usize..100),
+        )
+            .prop_map(|(mut f, edits, cut)| {
+                for (at, v) in edits {
+                    if let Some(b) = f.get_mut(at) {
+                        *b = v;
+                    }
+                }
+                if let Some(c) = cut {
+                    f.truncate(c);
+                }
+                f
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
         #[test]
         fn fast_path_equals_general_walk_on_mutated_frames(
-            frame in template(),
-            edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..3),
-            cut in proptest::option::of(0usize..100),
+            f in mutated(),
             checksum in any::<bool>(),
         ) {
-            let mut f = frame;
-            for (at, v) in edits {
-                if let Some(b) = f.get_mut(at) {
-                    *b = v;
-                }
-            }
-            if let Some(c) = cut {
-                f.truncate(c);
-            }
             let cfg = ParseConfig { verify_ipv4_checksum: checksum, ..ParseConfig::default() };
             let (a, b) = both(&f, &cfg);
             prop_assert_eq!(a, b);
@@ -740,21 +749,10 @@ mod tests {
 
         #[test]
         fn parse_l3_shortcut_equals_its_general_walk(
-            frame in template(),
-            edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..3),
-            cut in proptest::option::of(0usize..100),
+            f in mutated(),
             checksum in any::<bool>(),
         ) {
-            // The IP packet of an untagged template frame, mutated.
-            let mut f = frame;
-            for (at, v) in edits {
-                if let Some(b) = f.get_mut(at) {
-                    *b = v;
-                }
-            }
-            if let Some(c) = cut {
-                f.truncate(c);
-            }
+            // The IP packet of a template frame, mutated.
             let et = f.get(12..14).map_or(0, |e| u16::from_be_bytes([e[0], e[1]]));
             let ip = f.get(14..).unwrap_or(&[]);
             let cfg = ParseConfig { verify_ipv4_checksum: checksum, ..ParseConfig::default() };
