@@ -151,7 +151,10 @@ impl StageControl for ParseStage {
 /// Parses one frame into `meta` (verdict untouched). The zone in the key is `meta.zone`.
 ///
 /// # Errors
-/// The [`DropReason`] of the first malformation found.
+/// The [`DropReason`] of the first malformation found. `meta` then holds whatever the walk
+/// had filled in before it stopped (an Ethernet type, an L3 offset): it describes no packet,
+/// and a caller that keeps the packet must not hand that `meta` to a later stage (the parse
+/// stage drops the packet instead).
 #[inline]
 pub fn parse_frame(
     data: &[u8],
