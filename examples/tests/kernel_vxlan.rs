@@ -126,18 +126,9 @@ fn in_ns<'a>(ns: &'a str, argv: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    })
-}
-
 /// Root and the tools; false (skip) when missing outside CI, a panic under CI.
 fn prerequisites() -> bool {
-    if !is_root() {
+    if !common::is_root() {
         assert!(
             !common::in_ci(),
             "kernel_vxlan needs root under CI=true (network namespaces, raw sockets)"

@@ -37,6 +37,16 @@ pub fn require(tool: &str, probe: &[&str]) -> bool {
     ok
 }
 
+/// True when the test runs as root (network namespaces, raw sockets).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
 /// Debian's python3 (where python3-scapy lives), not a pyenv shim on PATH.
 pub fn system_python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() {

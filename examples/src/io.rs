@@ -1,0 +1,620 @@
+//! Batched Linux packet I/O on `PACKET_MMAP` rings, for the example programs: frames are
+//! received into nf [`Batch`]es **without a copy** and sent with one copy into the transmit
+//! ring, with no allocation per frame and one system call per batch at most.
+//!
+//! ```text
+//!  kernel ─► RX ring (TPACKET_V3 blocks) ─► RingFrame (bytes in the ring, headroom in front)
+//!                                            │  Packet<RingFrame> in a Batch: stages work in place
+//!  kernel ◄─ TX ring (TPACKET_V2 slots) ◄── TxRing::send (one copy) ◄─┘   TxRing::flush kicks
+//! ```
+//!
+//! - [`RxRing`]: an AF_PACKET socket bound to one interface with a `TPACKET_V3` receive
+//!   ring. [`RxRing::recv`] hands out the frames the kernel filled as [`RingFrame`]s: views
+//!   into the ring with [`RingConfig::headroom`] bytes free in front (`PACKET_RESERVE`), so
+//!   an encap stage pushes its headers in place. A block goes back to the kernel once every
+//!   frame of it was handed out **and dropped**; a caller that keeps frames stalls the ring
+//!   (then the kernel drops, counted in [`RxCounters::kernel_drops`]), never a use after
+//!   free. The frames we send ourselves are not received (`PACKET_IGNORE_OUTGOING`).
+//! - [`TxRing`]: a second AF_PACKET socket on the interface, receiving nothing, with a
+//!   `TPACKET_V2` transmit ring and the qdisc bypassed. [`TxRing::send`] copies a frame into
+//!   the next free slot; [`TxRing::flush`] asks the kernel to send all of them with one
+//!   `sendto`.
+//! - [`wait`] blocks in one `poll` on any number of receive rings.
+//!
+//! **Interfaces that go down and come back** are survived: a receive ring reports the
+//! kernel's `ENETDOWN` once ([`RxRing::take_error`], counted in [`RxCounters::link_down`]),
+//! then receives again when the interface is up (the kernel re-attaches the socket); a
+//! transmit ring whose interface is down drops the frames waiting in it and counts them
+//! ([`TxCounters::dropped_link_down`]) instead of sending them late.
+//!
+//! Checksums: the kernel tells per frame whether a locally generated frame still lacks its
+//! transport checksum (the sender relies on offload), see [`RingFrame::checksum`]; senders
+//! whose traffic must be checked byte for byte need offload off (`ethtool -K DEV tx off`).
+
+#[expect(
+    unsafe_code,
+    reason = "system calls and the rings shared with the kernel, behind safe functions"
+)]
+mod sys;
+
+use nf_core::{Batch, Packet};
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+
+/// What [`wait`] reported for one ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PollEvents {
+    /// Frames are waiting.
+    pub readable: bool,
+    /// The socket has an error to read ([`RxRing::take_error`]), or was closed.
+    pub error: bool,
+}
+
+/// Ring sizes. The defaults suit a veth or a 10G NIC at 64-byte rates on one core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingConfig {
+    /// Bytes per receive block (a multiple of the page size). Default 256 KiB.
+    pub block_size: u32,
+    /// Receive blocks. Default 32 (8 MiB of ring).
+    pub blocks: u32,
+    /// How long the kernel fills a block before it hands it over anyway, in milliseconds:
+    /// the latency bound at low rates. Default 1.
+    pub block_timeout_ms: u32,
+    /// Bytes kept free in front of every received frame (for pushed headers). Default 128.
+    pub headroom: u32,
+    /// Transmit slots. Default 1024.
+    pub tx_slots: u32,
+    /// Bytes per transmit slot, its 32-byte header included (a power of two ≥ the largest
+    /// frame + 32). Default 2048: frames up to 2016 bytes.
+    pub tx_slot_size: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 1 << 18,
+            blocks: 32,
+            block_timeout_ms: 1,
+            headroom: 128,
+            tx_slots: 1024,
+            tx_slot_size: 2048,
+        }
+    }
+}
+
+impl RingConfig {
+    /// Transmit slots of at least `frame` bytes each (for jumbo MTUs).
+    #[must_use]
+    pub fn with_tx_frames_up_to(mut self, frame: usize) -> Self {
+        let need = (frame + TX_DATA).next_power_of_two().max(2048);
+        self.tx_slot_size = u32::try_from(need).unwrap_or(1 << 16);
+        self
+    }
+}
+
+/// One interface, as the kernel names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Its name (`eth0`).
+    pub name: String,
+    /// Its index.
+    pub index: u32,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its MTU (IP bytes; an Ethernet frame is 14 more, 18 with a VLAN tag).
+    pub mtu: usize,
+}
+
+impl Interface {
+    /// Looks `name` up in `/sys/class/net`.
+    ///
+    /// # Errors
+    /// The interface does not exist or its attributes cannot be read.
+    pub fn by_name(name: &str) -> io::Result<Self> {
+        let attr = |what: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{what}"));
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{name}: bad {what}"));
+        let index = attr("ifindex")?
+            .trim()
+            .parse()
+            .map_err(|_| bad("ifindex"))?;
+        let mtu = attr("mtu")?.trim().parse().map_err(|_| bad("mtu"))?;
+        let mac = parse_mac(attr("address")?.trim()).ok_or_else(|| bad("address"))?;
+        Ok(Self {
+            name: name.to_string(),
+            index,
+            mac,
+            mtu,
+        })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` (or with `-`) as bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// What the kernel says about a received frame's transport checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Nothing: verify it yourself.
+    Unknown,
+    /// The device or the kernel verified it.
+    Valid,
+    /// Not filled in yet: a local sender left it to offload (`CHECKSUM_PARTIAL`).
+    Partial,
+}
+
+/// A received frame, in place in the receive ring: the buffer type of the
+/// [`Packet`]s [`RxRing::recv`] hands out. It keeps its block from going back to the kernel
+/// until it is dropped.
+pub struct RingFrame {
+    bytes: sys::FrameBytes,
+    map: Rc<sys::Mapping>,
+    block: usize,
+    checksum: RxChecksum,
+}
+
+impl RingFrame {
+    /// The kernel's word on the frame's transport checksum.
+    pub fn checksum(&self) -> RxChecksum {
+        self.checksum
+    }
+}
+
+impl AsRef<[u8]> for RingFrame {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.bytes()
+    }
+}
+
+impl AsMut<[u8]> for RingFrame {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes.bytes_mut()
+    }
+}
+
+impl Drop for RingFrame {
+    fn drop(&mut self) {
+        if let Some(h) = self.map.held.get(self.block) {
+            h.set(h.get().saturating_sub(1));
+        }
+    }
+}
+
+/// Receive-side counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RxCounters {
+    /// Frames handed out.
+    pub frames: u64,
+    /// Blocks handed back to the kernel.
+    pub blocks: u64,
+    /// Frames the kernel dropped because the ring was full (`PACKET_STATISTICS`, updated
+    /// by [`RxRing::update_kernel_stats`]).
+    pub kernel_drops: u64,
+    /// Frames the kernel received for the ring, dropped or not (`PACKET_STATISTICS`,
+    /// updated by [`RxRing::update_kernel_stats`]).
+    pub kernel_frames: u64,
+    /// Frames the ring held that could not become a packet (a malformed ring entry: never
+    /// seen from a sane kernel).
+    pub bad_entries: u64,
+    /// Times the interface went down under the ring.
+    pub link_down: u64,
+}
+
+/// A `TPACKET_V3` receive ring on one interface (see the [module docs](self)).
+pub struct RxRing {
+    fd: OwnedFd,
+    map: Rc<sys::Mapping>,
+    block_size: usize,
+    blocks: usize,
+    headroom: usize,
+    /// The block being walked (or the next to walk).
+    cur: usize,
+    /// The oldest block not handed back yet (a `Cell`: [`wait`] hands blocks back too).
+    oldest: Cell<usize>,
+    /// Blocks walked to the end and not handed back yet.
+    walked: Cell<usize>,
+    /// Blocks handed back.
+    returned: Cell<u64>,
+    /// Offset of the next frame in `cur` and frames left in it, while walking it.
+    walk: Option<(usize, u32)>,
+    counters: RxCounters,
+}
+
+/// `tpacket_block_desc`: `block_status` at 8, `num_pkts` at 12, `offset_to_first_pkt` at 16.
+const BLOCK_STATUS: usize = 8;
+const BLOCK_NUM_PKTS: usize = 12;
+const BLOCK_FIRST: usize = 16;
+/// `tpacket3_hdr`: next offset 0, snaplen 12, status 20, mac 24.
+const H3_NEXT: usize = 0;
+const H3_SNAPLEN: usize = 12;
+const H3_STATUS: usize = 20;
+const H3_MAC: usize = 24;
+/// Where a frame's bytes may start: after the `tpacket3_hdr` and its `sockaddr_ll`.
+const H3_DATA: usize = libc::TPACKET3_HDRLEN;
+/// `tpacket2_hdr`: status 0, len 4, snaplen 8; the frame follows at 32.
+const TX_LEN: usize = 4;
+const TX_SNAPLEN: usize = 8;
+const TX_DATA: usize = libc::TPACKET2_HDRLEN - size_of::<libc::sockaddr_ll>();
+
+const ETH_P_ALL: u16 = 0x0003;
+
+impl RxRing {
+    /// A receive ring on `iface`.
+    ///
+    /// # Errors
+    /// The socket, ring or mapping cannot be set up (not root, no such interface, ring too
+    /// big for the memory limits).
+    pub fn open(iface: &Interface, cfg: &RingConfig) -> io::Result<Self> {
+        let fd = sys::packet_socket(ETH_P_ALL)?;
+        sys::set_packet_opt(
+            &fd,
+            libc::PACKET_VERSION,
+            &(libc::tpacket_versions::TPACKET_V3 as libc::c_int),
+        )?;
+        sys::set_packet_opt(&fd, libc::PACKET_RESERVE, &cfg.headroom)?;
+        // Older kernels lack it: then our own transmissions come back, which the caller
+        // sees as frames from our MAC.
+        let _ = sys::set_packet_opt(&fd, libc::PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
+        let req = libc::tpacket_req3 {
+            tp_block_size: cfg.block_size,
+            tp_block_nr: cfg.blocks,
+            tp_frame_size: 2048,
+            tp_frame_nr: cfg.block_size / 2048 * cfg.blocks,
+            tp_retire_blk_tov: cfg.block_timeout_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        sys::set_packet_opt(&fd, libc::PACKET_RX_RING, &req)?;
+        let (block_size, blocks) = (cfg.block_size as usize, cfg.blocks as usize);
+        let map = Rc::new(sys::Mapping::new(&fd, block_size * blocks, blocks)?);
+        sys::bind(&fd, iface.index, ETH_P_ALL)?;
+        Ok(Self {
+            fd,
+            map,
+            block_size,
+            blocks,
+            headroom: cfg.headroom as usize,
+            cur: 0,
+            oldest: Cell::new(0),
+            walked: Cell::new(0),
+            returned: Cell::new(0),
+            walk: None,
+            counters: RxCounters::default(),
+        })
+    }
+
+    /// Moves the frames the kernel has filled into `batch` until it is full; returns how
+    /// many. Each is a [`Packet`] over a [`RingFrame`] with its headroom in front.
+    pub fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
+        self.reclaim();
+        let mut n = 0;
+        while !batch.is_full() {
+            let Some((off, left)) = self.walk.or_else(|| self.start_block()) else {
+                break;
+            };
+            if let Some(pkt) = self.frame_at(off) {
+                if batch.push(pkt).is_ok() {
+                    n += 1;
+                }
+            } else {
+                self.counters.bad_entries += 1;
+            }
+            let next = self.map.read_u32(off + H3_NEXT).unwrap_or(0) as usize;
+            if left <= 1 || next == 0 {
+                self.finish_block();
+            } else {
+                self.walk = Some((off + next, left - 1));
+            }
+        }
+        self.counters.frames += n as u64;
+        n
+    }
+
+    /// The kernel's pending error on this socket (`ENETDOWN` when the interface went
+    /// down), cleared by reading it: call it when [`wait`] reports an error.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        let e = sys::take_error(&self.fd)?;
+        if e.raw_os_error() == Some(libc::ENETDOWN) {
+            self.counters.link_down += 1;
+        }
+        Some(e)
+    }
+
+    /// Adds the kernel's drop count since the last call to [`RxCounters::kernel_drops`].
+    ///
+    /// # Errors
+    /// The statistics cannot be read.
+    pub fn update_kernel_stats(&mut self) -> io::Result<()> {
+        let (frames, drops) = sys::packet_stats(&self.fd)?;
+        self.counters.kernel_frames += frames;
+        self.counters.kernel_drops += drops;
+        Ok(())
+    }
+
+    /// The counts so far.
+    pub fn counters(&self) -> RxCounters {
+        RxCounters {
+            blocks: self.returned.get(),
+            ..self.counters
+        }
+    }
+
+    /// The first frame of block `cur` if the kernel handed it over.
+    fn start_block(&mut self) -> Option<(usize, u32)> {
+        if self.walked.get() >= self.blocks {
+            return None;
+        }
+        let base = self.cur * self.block_size;
+        let status = self.map.load_status(base + BLOCK_STATUS)?;
+        if status & libc::TP_STATUS_USER == 0 {
+            return None;
+        }
+        let count = self.map.read_u32(base + BLOCK_NUM_PKTS)?;
+        let first = self.map.read_u32(base + BLOCK_FIRST)? as usize;
+        if count == 0 || first == 0 {
+            self.finish_block();
+            return self.start_block();
+        }
+        self.walk = Some((base + first, count));
+        self.walk
+    }
+
+    /// The frame whose `tpacket3_hdr` is at `off`, as a packet.
+    fn frame_at(&mut self, off: usize) -> Option<Packet<RingFrame>> {
+        let snaplen = self.map.read_u32(off + H3_SNAPLEN)? as usize;
+        let mac = usize::from(self.map.read_u16(off + H3_MAC)?);
+        let status = self.map.read_u32(off + H3_STATUS)?;
+        let block_end = (self.cur + 1) * self.block_size;
+        let start = off + H3_DATA;
+        let end = off.checked_add(mac)?.checked_add(snaplen)?;
+        if mac < H3_DATA || end > block_end {
+            return None;
+        }
+        let headroom = mac - H3_DATA;
+        let held = self.map.held.get(self.cur)?;
+        held.set(held.get() + 1);
+        let checksum = if status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+            RxChecksum::Partial
+        } else if status & libc::TP_STATUS_CSUM_VALID != 0 {
+            RxChecksum::Valid
+        } else {
+            RxChecksum::Unknown
+        };
+        let frame = RingFrame {
+            bytes: sys::FrameBytes::new(self.map.range(start, end - start)?),
+            map: Rc::clone(&self.map),
+            block: self.cur,
+            checksum,
+        };
+        debug_assert!(headroom >= self.headroom);
+        Packet::new(frame, headroom, snaplen).ok()
+    }
+
+    fn finish_block(&mut self) {
+        self.walk = None;
+        self.walked.set(self.walked.get() + 1);
+        self.cur = (self.cur + 1) % self.blocks;
+    }
+
+    /// Hands back, oldest first, the walked blocks none of whose frames is still held.
+    /// [`RxRing::recv`] and [`wait`] call it, so blocks go back as soon as their frames are
+    /// dropped and the ring is whole while the caller sleeps.
+    pub fn reclaim(&self) {
+        let mut oldest = self.oldest.get();
+        while self.walked.get() > 0 && self.map.held.get(oldest).is_some_and(|h| h.get() == 0) {
+            self.map.store_status(
+                oldest * self.block_size + BLOCK_STATUS,
+                libc::TP_STATUS_KERNEL,
+            );
+            oldest = (oldest + 1) % self.blocks;
+            self.walked.set(self.walked.get() - 1);
+            self.returned.set(self.returned.get() + 1);
+        }
+        self.oldest.set(oldest);
+    }
+}
+
+impl AsFd for RxRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Why a frame was not queued for sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxError {
+    /// Every slot is waiting for the kernel: flush, or send less.
+    Full,
+    /// Larger than a slot ([`RingConfig::tx_slot_size`] − 32).
+    TooBig,
+}
+
+/// Transmit-side counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TxCounters {
+    /// Frames queued in the ring.
+    pub queued: u64,
+    /// Frames not queued: the ring was full.
+    pub full: u64,
+    /// Frames not queued: too big for a slot.
+    pub too_big: u64,
+    /// Frames the kernel rejected (`TP_STATUS_WRONG_FORMAT`).
+    pub rejected: u64,
+    /// Frames dropped from the ring because the interface was down.
+    pub dropped_link_down: u64,
+    /// `sendto` calls that failed for another reason.
+    pub kick_errors: u64,
+}
+
+/// A `TPACKET_V2` transmit ring on one interface (see the [module docs](self)).
+pub struct TxRing {
+    fd: OwnedFd,
+    map: sys::Mapping,
+    slot_size: usize,
+    slots: usize,
+    next: usize,
+    /// Slots marked for sending since the last flush, oldest first from `next - pending`.
+    pending: usize,
+    counters: TxCounters,
+}
+
+impl TxRing {
+    /// A transmit ring on `iface`.
+    ///
+    /// # Errors
+    /// The socket, ring or mapping cannot be set up.
+    pub fn open(iface: &Interface, cfg: &RingConfig) -> io::Result<Self> {
+        // Protocol 0: this socket receives nothing.
+        let fd = sys::packet_socket(0)?;
+        sys::set_packet_opt(
+            &fd,
+            libc::PACKET_VERSION,
+            &(libc::tpacket_versions::TPACKET_V2 as libc::c_int),
+        )?;
+        let _ = sys::set_packet_opt(&fd, libc::PACKET_QDISC_BYPASS, &1 as &libc::c_int);
+        let slot = cfg.tx_slot_size.max(4096 / 2);
+        let block = slot.max(4096) * 8;
+        let per_block = block / slot;
+        let slots = cfg.tx_slots.div_ceil(per_block) * per_block;
+        let req = libc::tpacket_req {
+            tp_block_size: block,
+            tp_block_nr: slots / per_block,
+            tp_frame_size: slot,
+            tp_frame_nr: slots,
+        };
+        sys::set_packet_opt(&fd, libc::PACKET_TX_RING, &req)?;
+        let map = sys::Mapping::new(&fd, (block * (slots / per_block)) as usize, 0)?;
+        sys::bind(&fd, iface.index, 0)?;
+        Ok(Self {
+            fd,
+            map,
+            slot_size: slot as usize,
+            slots: slots as usize,
+            next: 0,
+            pending: 0,
+            counters: TxCounters::default(),
+        })
+    }
+
+    /// Copies `frame` into the next free slot, to go out at the next [`TxRing::flush`].
+    ///
+    /// # Errors
+    /// [`TxError::Full`] when no slot is free (counted), [`TxError::TooBig`] for a frame
+    /// larger than a slot (counted).
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), TxError> {
+        if frame.len() > self.slot_size - TX_DATA {
+            self.counters.too_big += 1;
+            return Err(TxError::TooBig);
+        }
+        let off = self.next * self.slot_size;
+        let status = self.map.load_status(off).unwrap_or(u32::MAX);
+        if status & libc::TP_STATUS_WRONG_FORMAT != 0 {
+            self.counters.rejected += 1;
+        } else if status != libc::TP_STATUS_AVAILABLE {
+            self.counters.full += 1;
+            return Err(TxError::Full);
+        }
+        let len = frame.len() as u32;
+        if !self.map.write(off + TX_DATA, frame) {
+            self.counters.too_big += 1;
+            return Err(TxError::TooBig);
+        }
+        self.map.write_u32(off + TX_LEN, len);
+        self.map.write_u32(off + TX_SNAPLEN, len);
+        self.map.store_status(off, libc::TP_STATUS_SEND_REQUEST);
+        self.next = (self.next + 1) % self.slots;
+        self.pending = (self.pending + 1).min(self.slots);
+        self.counters.queued += 1;
+        Ok(())
+    }
+
+    /// Has the kernel send every queued frame (one `sendto`); returns how many were
+    /// queued. On an interface that is down the queued frames are dropped and counted.
+    ///
+    /// # Errors
+    /// The kick failed for another reason than a full device queue or a down interface
+    /// (counted; the frames stay queued).
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let n = self.pending;
+        if n == 0 {
+            return Ok(0);
+        }
+        match sys::kick(&self.fd) {
+            Ok(()) => {
+                self.pending = 0;
+                Ok(n)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO)) => {
+                self.drop_pending();
+                Ok(0)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => {
+                // The device queue is full: what was not sent goes with the next kick.
+                Ok(0)
+            }
+            Err(e) => {
+                self.counters.kick_errors += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// The counts so far.
+    pub fn counters(&self) -> TxCounters {
+        self.counters
+    }
+
+    /// Takes back the slots still marked for sending (the interface is down: sending them
+    /// when it is up again would deliver stale frames), and rewinds to the first of them:
+    /// the kernel walks the ring in order and stops at the first slot not marked, so its
+    /// position is the first slot still marked, and the next frame must go there.
+    fn drop_pending(&mut self) {
+        let mut first = (self.next + self.slots - self.pending) % self.slots;
+        let mut marked = self.pending;
+        // Slots the kernel took before it stopped (an earlier kick that hit a full queue).
+        while marked > 0
+            && self.map.load_status(first * self.slot_size) != Some(libc::TP_STATUS_SEND_REQUEST)
+        {
+            first = (first + 1) % self.slots;
+            marked -= 1;
+        }
+        for i in 0..marked {
+            let off = ((first + i) % self.slots) * self.slot_size;
+            if self.map.load_status(off) == Some(libc::TP_STATUS_SEND_REQUEST) {
+                self.map.store_status(off, libc::TP_STATUS_AVAILABLE);
+                self.counters.dropped_link_down += 1;
+            }
+        }
+        self.next = first;
+        self.pending = 0;
+    }
+}
+
+/// Waits up to `timeout_ms` (−1: forever) until one of `rings` has frames or an error;
+/// `events[i]` says which. Returns how many are ready (0 on timeout or a signal).
+///
+/// # Errors
+/// `poll` failed.
+pub fn wait(rings: &[&RxRing], timeout_ms: i32, events: &mut [PollEvents]) -> io::Result<usize> {
+    for r in rings {
+        r.reclaim();
+    }
+    sys::poll(rings.iter().map(|r| r.as_fd()), timeout_ms, events)
+}
