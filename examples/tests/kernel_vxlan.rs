@@ -467,6 +467,52 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
         }
     }
 
+    // The underlay interface goes down and comes back twice during an iperf3 TCP run: the
+    // gateway waits for it (no panic, no exit), the transfer completes and pings pass after.
+    let iperf_server = Command::new("ip")
+        .args(["netns", "exec", &b, "iperf3", "-s", "-1", "-p", "5299"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start iperf3 -s");
+    lab.children.push(iperf_server);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = Command::new("ip")
+        .args([
+            "netns", "exec", &a, "iperf3", "-c", B_OVERLAY, "-p", "5299", "-t", "4",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start iperf3 -c");
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1000));
+        run(&["ip", "-n", &g, "link", "set", "ug", "down"]);
+        std::thread::sleep(Duration::from_millis(300));
+        run(&["ip", "-n", &g, "link", "set", "ug", "up"]);
+    }
+    let iperf = client.wait_with_output().expect("iperf3 -c");
+    let iperf_out = String::from_utf8_lossy(&iperf.stdout);
+    assert!(
+        iperf.status.success(),
+        "iperf3 across two underlay flaps: {iperf_out}{}",
+        String::from_utf8_lossy(&iperf.stderr)
+    );
+    report.push(format!(
+        "iperf3 a -> b across two underlay flaps: {}",
+        iperf_out
+            .lines()
+            .find(|l| l.contains("receiver"))
+            .unwrap_or("")
+            .trim()
+    ));
+    report.push(format!(
+        "ping a -> b after the flaps: {}",
+        ping(&a, B_OVERLAY, &[])
+    ));
+
     // Stop the gateway with SIGTERM and read its counters.
     let (out, exited) = lab.gateway.take().unwrap().stop();
     assert!(exited, "vxlan-gateway did not exit on SIGTERM: {out:?}");
@@ -493,6 +539,7 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
         c("tunnel_encap.packets") + c("underlay.arp_replies"),
         "{counters:?}"
     );
+    assert_eq!(c("underlay.link_down"), 2, "{counters:?}");
     assert!(
         c("underlay.arp_replies") >= 1,
         "the kernel resolved the gateway's underlay address: {counters:?}"

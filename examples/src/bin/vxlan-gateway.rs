@@ -4,18 +4,22 @@
 //!
 //! ```text
 //!            overlay interface                            underlay interface
-//!   hosts ──► raw socket ─► parse ─► encap (VXLAN, VNI) ─► raw socket ──► remote VTEP
-//!   hosts ◄── raw socket ◄──────── decap (port, VNI) ◄──── raw socket ◄── remote VTEP
+//!   hosts ──► RX ring ─► parse ─► encap (VXLAN, VNI) ─► TX ring ──► remote VTEP
+//!   hosts ◄── TX ring ◄──────── decap (port, VNI) ◄───── RX ring ◄── remote VTEP
 //!                                     ▲ ARP requests for --local are answered here
 //! ```
 //!
-//! Two AF_PACKET raw sockets (smoltcp's `phy::RawSocket`), one per interface, served by one
-//! thread: every frame received on the **overlay** interface is parsed (for the UDP source
-//! port entropy) and encapsulated — Ethernet/IPv4/UDP/VXLAN pushed into the headroom of its
-//! buffer — to `--remote`/`--remote-mac`, and sent on the **underlay** interface. Every frame
-//! received on the underlay interface for our MAC is decapsulated: VXLAN to our UDP port and
-//! VNI only, outer IPv4 and non-zero UDP checksums verified; the inner Ethernet frame is sent
-//! out of the overlay interface unchanged. ARP requests for `--local` are answered on the
+//! Each interface has a `PACKET_MMAP` receive ring and transmit ring ([`nf_examples::io`]),
+//! and one thread serves both: frames are received into batches of up to 64 **in place** in
+//! the receive ring (no copy, no allocation), go through the stages there, and are copied
+//! once into the other interface's transmit ring, which one `sendto` per batch flushes.
+//! Every frame received on the **overlay** interface is parsed (for the UDP source
+//! port entropy) and encapsulated — Ethernet/IPv4/UDP/VXLAN pushed into the headroom the
+//! ring leaves in front of it — to `--remote`/`--remote-mac`, and sent on the **underlay**
+//! interface. Every frame received on the underlay interface for our MAC is decapsulated:
+//! VXLAN to our UDP port and VNI only, outer IPv4 and non-zero UDP checksums verified; the
+//! inner Ethernet frame is sent out of the overlay interface unchanged. ARP requests for
+//! `--local` are answered on the
 //! underlay (so the remote needs no static neighbour entry); anything else is dropped and
 //! counted. Frames go through the stages in batches of up to 64, with `now` read from a
 //! monotonic clock once per batch (nf itself never reads a clock).
@@ -30,10 +34,11 @@
 //! ## Running it
 //!
 //! It needs root (or `CAP_NET_RAW`) and two interfaces **without addresses** that nothing
-//! else on the host transmits on (the raw sockets also see the host's own outgoing frames):
+//! else on the host transmits on (the host's own frames would be bridged too):
 //! typically veths in a network namespace with IPv6 disabled. Whoever sends to it must not
 //! rely on checksum or segmentation offload (`ethtool -K DEV tx off` on veth senders and on
-//! a kernel `vxlan` peer), because a raw socket hands over the frame bytes as they are. The
+//! a kernel `vxlan` peer), because the rings hand over the frame bytes as they are (frames that arrive without
+//! their transport checksum are counted as `*.checksum_partial`). The
 //! underlay MTU must leave room for the 50 bytes of VXLAN over IPv4; frames that would not
 //! fit are dropped (`tunnel_encap.drop.too_big`).
 //!
@@ -55,12 +60,9 @@
 //!
 //! `examples/tests/kernel_vxlan.rs` does exactly this and runs ping and TCP both ways.
 //!
-//! This is an interoperability example, not a fast path: smoltcp's raw socket copies every
-//! frame in and out of a fresh buffer, an idle gateway sleeps at most a millisecond at a
-//! time on one socket while the other waits, it cannot tell a frame whose checksum the
-//! sender left to offload (it fails verification: `tunnel_decap.drop.tunnel_bad_udp_checksum`),
-//! and an interface going down ends it with smoltcp's panic. A production dataplane would
-//! use AF_XDP or `PACKET_MMAP` rings (with the kernel's checksum status) in the same loop.
+//! An interface that goes down is waited for: the gateway logs it, counts it
+//! (`*.link_down`, `*.tx_dropped_link_down`) and carries traffic again once it is up.
+//! The figures beside the kernel's own VXLAN device are in the README.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -69,24 +71,33 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(not(target_os = "linux"))]
 fn main() -> std::process::ExitCode {
-    eprintln!("vxlan-gateway: runs on Linux only (AF_PACKET raw sockets)");
+    eprintln!("vxlan-gateway: runs on Linux only (AF_PACKET rings)");
     std::process::ExitCode::FAILURE
 }
 
 #[cfg(target_os = "linux")]
 mod linux {
+    /// `println!` that does not panic when stdout is gone (`vxlan-gateway --help | head`).
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($t)*);
+        }};
+    }
+
     use nf_core::wire::ethertype;
     use nf_core::{
-        Batch, Instant, Packet, ParseStage, Stage, StageControl, StageCounters, Verdict, ZoneId,
+        Batch, DropReason, Instant, ParseStage, Stage, StageControl, StageCounters, Verdict, ZoneId,
+    };
+    use nf_examples::io::{
+        Interface, PollEvents, RingConfig, RingFrame, RxChecksum, RxRing, TxRing, parse_mac, wait,
     };
     use nf_examples::prometheus::{self, MetricsServer};
     use nf_tunnel::{
         DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
         VniTable, ZoneMap,
     };
-    use smoltcp::phy::{Device, Medium, RawSocket, RxToken, TxToken};
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-    use std::os::unix::io::AsRawFd;
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,8 +106,8 @@ mod linux {
     const HEADROOM: usize = 128;
     /// How often the packet loop renders the counters for `--metrics`.
     const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-    /// The longest an idle gateway sleeps on one socket before looking at the other.
-    const IDLE_WAIT_MS: u64 = 1;
+    /// The longest an idle gateway sleeps in `poll` before it checks for a stop signal.
+    const IDLE_WAIT_MS: i32 = 100;
 
     const USAGE: &str = "\
 usage: vxlan-gateway --underlay IF --overlay IF --local IPV4 --remote IPV4
@@ -138,7 +149,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         let args = match parse_args(std::env::args().skip(1)) {
             Ok(Some(a)) => a,
             Ok(None) => {
-                println!("{USAGE}");
+                say!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
             Err(e) => {
@@ -215,83 +226,70 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     }
 
     /// `aa:bb:cc:dd:ee:ff` (or with `-`) as bytes.
-    fn parse_mac(s: &str) -> Option<[u8; 6]> {
-        let mut mac = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for b in &mut mac {
-            let p = parts.next()?;
-            if p.is_empty() || p.len() > 2 {
-                return None;
-            }
-            *b = u8::from_str_radix(p, 16).ok()?;
-        }
-        parts.next().is_none().then_some(mac)
-    }
-
     fn fmt_mac(m: &[u8; 6]) -> String {
         let [a, b, c, d, e, f] = m;
         format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
     }
 
     /// One interface: its raw socket, MAC, largest frame, and frame counters.
+    /// One interface: its receive ring, its transmit ring and what it counted.
     struct Port {
-        name: String,
-        dev: RawSocket,
-        mac: [u8; 6],
-        /// The largest Ethernet frame (header included) the interface sends.
+        iface: Interface,
+        rx: RxRing,
+        tx: TxRing,
+        /// The largest frame the interface sends (its MTU plus the Ethernet header).
         frame_max: usize,
-        rx: u64,
-        tx: u64,
+        /// Frames received whose transport checksum the sender left to offload.
+        checksum_partial: u64,
     }
 
     impl Port {
         fn open(name: &str) -> Result<Self, String> {
-            let dev = RawSocket::new(name, Medium::Ethernet)
-                .map_err(|e| format!("raw socket on {name}: {e}"))?;
-            let path = format!("/sys/class/net/{name}/address");
-            let mac = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| parse_mac(s.trim()))
-                .ok_or_else(|| format!("cannot read the MAC of {name} from {path}"))?;
+            let iface = Interface::by_name(name).map_err(|e| format!("interface {name}: {e}"))?;
+            let frame_max = iface.mtu + 14;
+            let cfg = RingConfig::default().with_tx_frames_up_to(frame_max + HEADROOM);
+            let rx =
+                RxRing::open(&iface, &cfg).map_err(|e| format!("receive ring on {name}: {e}"))?;
+            let tx =
+                TxRing::open(&iface, &cfg).map_err(|e| format!("transmit ring on {name}: {e}"))?;
             Ok(Self {
-                name: name.to_string(),
-                frame_max: dev.capabilities().max_transmission_unit,
-                dev,
-                mac,
-                rx: 0,
-                tx: 0,
+                iface,
+                rx,
+                tx,
+                frame_max,
+                checksum_partial: 0,
             })
         }
 
-        /// The interface MTU (largest IP packet).
         fn mtu(&self) -> usize {
-            self.frame_max.saturating_sub(14)
+            self.iface.mtu
         }
 
-        /// Receives one frame into `buf` after [`HEADROOM`] bytes; its length, or `None` when
-        /// nothing is waiting.
-        fn recv(&mut self, buf: &mut Vec<u8>) -> Option<usize> {
-            let (rx, _tx) = self.dev.receive(smoltcp::time::Instant::ZERO)?;
-            let n = rx.consume(|frame| {
-                buf.resize(HEADROOM + frame.len().max(self.frame_max), 0);
-                if let Some(dst) = buf.get_mut(HEADROOM..HEADROOM + frame.len()) {
-                    dst.copy_from_slice(frame);
-                }
-                frame.len()
-            });
-            self.rx += 1;
-            Some(n)
-        }
-
+        /// Queues `frame` (counted by the ring when it does not fit or the ring is full).
         fn send(&mut self, frame: &[u8]) {
-            if let Some(tx) = self.dev.transmit(smoltcp::time::Instant::ZERO) {
-                tx.consume(frame.len(), |b| b.copy_from_slice(frame));
-                self.tx += 1;
-            }
+            let _ = self.tx.send(frame);
+        }
+
+        /// Receives into `batch`, counting frames that lack their transport checksum.
+        fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
+            let n = self.rx.recv(batch);
+            self.checksum_partial += batch
+                .packets()
+                .iter()
+                .filter(|p| p.buffer().checksum() == RxChecksum::Partial)
+                .count() as u64;
+            n
+        }
+
+        /// Sends what is queued; a failure other than a down link ends the gateway.
+        fn flush(&mut self) -> Result<(), String> {
+            self.tx
+                .flush()
+                .map(drop)
+                .map_err(|e| format!("sending on {}: {e}", self.iface.name))
         }
     }
 
-    /// What the gateway does with a frame from the underlay before the decap stage.
     #[derive(Debug, PartialEq, Eq)]
     enum UnderlayFrame {
         /// Towards our MAC or a group address: for the decap stage.
@@ -345,6 +343,8 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     struct Counters {
         arp_replies: u64,
         ignored: u64,
+        /// Underlay frames kept from decap (ARP, frames for other MACs).
+        not_decapsulated: u64,
         too_big_for_overlay: u64,
         to_control: u64,
     }
@@ -356,128 +356,102 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         decap: DecapStage,
         parse: ParseStage,
         encap: EncapStage,
-        batch: Batch<Vec<u8>>,
-        pool: Vec<Vec<u8>>,
+        batch: Batch<RingFrame>,
         counters: Counters,
     }
 
     impl Gateway {
         /// Moves up to one batch from the underlay to the overlay; the frames received.
         fn underlay_to_overlay(&mut self, now: Instant) -> usize {
-            let mut received = 0;
-            while !self.batch.is_full() {
-                let mut buf = self.pool.pop().unwrap_or_default();
-                let Some(len) = self.under.recv(&mut buf) else {
-                    self.pool.push(buf);
-                    break;
-                };
-                received += 1;
-                let frame = buf.get(HEADROOM..HEADROOM + len).unwrap_or(&[]);
-                match classify(frame, self.under.mac, self.local) {
-                    UnderlayFrame::Tunnel => {
-                        if let Ok(p) = Packet::new(buf, HEADROOM, len) {
-                            // Cannot fail: the loop stops when the batch is full.
-                            let _ = self.batch.push(p);
-                        }
-                        continue;
-                    }
+            let received = self.under.recv(&mut self.batch);
+            if received == 0 {
+                return 0;
+            }
+            // ARP for our address is answered here; frames for other MACs are not ours.
+            for p in self.batch.packets_mut() {
+                match classify(p.data(), self.under.iface.mac, self.local) {
+                    UnderlayFrame::Tunnel => continue,
                     UnderlayFrame::ArpReply(reply) => {
                         self.under.send(&reply);
                         self.counters.arp_replies += 1;
                     }
                     UnderlayFrame::Ignore => self.counters.ignored += 1,
                 }
-                self.pool.push(buf);
+                p.meta.verdict = Verdict::Drop(DropReason::NotTunnel);
+                self.counters.not_decapsulated += 1;
             }
-            if !self.batch.is_empty() {
-                self.decap.process(now, &mut self.batch);
-                for pkt in self.batch.drain() {
-                    match pkt.meta.verdict {
-                        Verdict::Pass | Verdict::Tx(_) if pkt.len() <= self.over.frame_max => {
+            self.decap.process(now, &mut self.batch);
+            for pkt in self.batch.drain() {
+                match pkt.meta.verdict {
+                    Verdict::Pass | Verdict::Tx(_) if pkt.len() <= self.over.frame_max => {
+                        self.over.send(pkt.data());
+                    }
+                    Verdict::Pass | Verdict::Tx(_) => self.counters.too_big_for_overlay += 1,
+                    Verdict::Drop(_) => {}
+                    Verdict::ToControl => {
+                        self.counters.to_control += 1;
+                        if pkt.len() <= self.over.frame_max {
                             self.over.send(pkt.data());
                         }
-                        Verdict::Pass | Verdict::Tx(_) => self.counters.too_big_for_overlay += 1,
-                        // StageControl by the stage, by reason.
-                        Verdict::Drop(_) => {}
-                        // Decapsulated non-IP frames (ARP) go to the control path, and this
-                        // gateway's control path bridges them, as on the way in.
-                        Verdict::ToControl => {
-                            self.counters.to_control += 1;
-                            if pkt.len() <= self.over.frame_max {
-                                self.over.send(pkt.data());
-                            }
-                        }
                     }
-                    self.pool.push(pkt.into_parts().0);
                 }
             }
             received
         }
 
-        /// Moves up to one batch from the overlay into the tunnel; the frames received.
         fn overlay_to_underlay(&mut self, now: Instant) -> usize {
-            let mut received = 0;
-            while !self.batch.is_full() {
-                let mut buf = self.pool.pop().unwrap_or_default();
-                let Some(len) = self.over.recv(&mut buf) else {
-                    self.pool.push(buf);
-                    break;
-                };
-                received += 1;
-                match Packet::new(buf, HEADROOM, len) {
-                    Ok(p) => {
-                        // Cannot fail: the loop stops when the batch is full.
-                        let _ = self.batch.push(p);
-                    }
-                    Err(_) => self.counters.ignored += 1,
+            let received = self.over.recv(&mut self.batch);
+            if received == 0 {
+                return 0;
+            }
+            self.parse.process(now, &mut self.batch);
+            for p in self.batch.packets_mut() {
+                if p.meta.verdict == Verdict::ToControl {
+                    p.meta.verdict = Verdict::Pass;
                 }
             }
-            if !self.batch.is_empty() {
-                // The flow key feeds the outer UDP source port (ECMP entropy). Non-IP frames
-                // (ARP) come back as ToControl: this gateway bridges them too.
-                self.parse.process(now, &mut self.batch);
-                for p in self.batch.packets_mut() {
-                    if p.meta.verdict == Verdict::ToControl {
-                        p.meta.verdict = Verdict::Pass;
-                    }
-                }
-                self.encap.process(now, &mut self.batch);
-                for pkt in self.batch.drain() {
-                    match pkt.meta.verdict {
-                        Verdict::Pass | Verdict::Tx(_) => self.under.send(pkt.data()),
-                        Verdict::Drop(_) => {}
-                        Verdict::ToControl => self.counters.to_control += 1,
-                    }
-                    self.pool.push(pkt.into_parts().0);
+            self.encap.process(now, &mut self.batch);
+            for pkt in self.batch.drain() {
+                match pkt.meta.verdict {
+                    Verdict::Pass | Verdict::Tx(_) => self.under.send(pkt.data()),
+                    Verdict::Drop(_) => {}
+                    Verdict::ToControl => self.counters.to_control += 1,
                 }
             }
             received
         }
 
-        /// Every stage's counters in the Prometheus text format.
         fn exposition(&self) -> String {
             prometheus::render(&[&self.decap, &self.parse, &self.encap])
         }
 
         fn print_counters(&self, secs: f64) {
-            println!("vxlan-gateway: stopped after {secs:.2} s");
+            say!("vxlan-gateway: stopped after {secs:.2} s");
             for (side, p) in [("underlay", &self.under), ("overlay", &self.over)] {
-                println!("{side}.rx {}", p.rx);
-                println!("{side}.tx {}", p.tx);
+                let (rx, tx) = (p.rx.counters(), p.tx.counters());
+                say!("{side}.rx {}", rx.frames);
+                say!("{side}.rx_kernel_drops {}", rx.kernel_drops);
+                say!("{side}.link_down {}", rx.link_down);
+                say!("{side}.checksum_partial {}", p.checksum_partial);
+                say!("{side}.tx {}", tx.queued);
+                say!("{side}.tx_ring_full {}", tx.full);
+                say!("{side}.tx_too_big {}", tx.too_big);
+                say!("{side}.tx_dropped_link_down {}", tx.dropped_link_down);
             }
             let c = &self.counters;
-            println!("underlay.arp_replies {}", c.arp_replies);
-            println!("underlay.ignored {}", c.ignored);
-            println!("overlay.too_big {}", c.too_big_for_overlay);
-            println!("control {}", c.to_control);
+            say!("underlay.arp_replies {}", c.arp_replies);
+            say!("underlay.ignored {}", c.ignored);
+            say!("underlay.not_decapsulated {}", c.not_decapsulated);
+            say!("overlay.too_big {}", c.too_big_for_overlay);
+            say!("control {}", c.to_control);
             let stage = |name: &str, s: &StageCounters| {
-                println!("{name}.batches {}", s.batches);
-                println!("{name}.packets {}", s.packets);
-                println!("{name}.drops {}", s.drops.total());
+                say!("{name}.batches {}", s.batches);
+                say!("{name}.packets {}", s.packets);
+                say!("{name}.drops {}", s.drops.total());
                 for (reason, n) in s.drops.nonzero() {
-                    println!("{name}.drop.{} {n}", reason.name());
+                    say!("{name}.drop.{} {n}", reason.name());
                 }
-                println!("{name}.to_control {}", s.to_control);
+                say!("{name}.to_control {}", s.to_control);
             };
             stage(self.decap.name(), self.decap.counters());
             stage(self.parse.name(), self.parse.counters());
@@ -503,7 +477,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         let mut encap = EncapConfig::vxlan(
             args.vni,
             Underlay {
-                src_mac: under.mac,
+                src_mac: under.iface.mac,
                 dst_mac: args.remote_mac,
                 src: IpAddr::V4(args.local),
                 dst: IpAddr::V4(args.remote),
@@ -514,13 +488,13 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         encap.mtu = u16::try_from(under.mtu()).unwrap_or(u16::MAX);
         let encap = EncapStage::new(encap).map_err(|e| format!("encap config: {e}"))?;
 
-        println!(
+        say!(
             "vxlan-gateway: ready: overlay {} <-> VNI {} over {} ({} {}, MTU {}) to {} ({}) port {}",
-            over.name,
+            over.iface.name,
             args.vni,
-            under.name,
+            under.iface.name,
             args.local,
-            fmt_mac(&under.mac),
+            fmt_mac(&under.iface.mac),
             under.mtu(),
             args.remote,
             fmt_mac(&args.remote_mac),
@@ -534,7 +508,6 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             parse: ParseStage::default(),
             encap,
             batch: Batch::new(),
-            pool: Vec::new(),
             counters: Counters::default(),
         };
 
@@ -542,7 +515,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             Some(addr) => {
                 let server =
                     MetricsServer::start(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
-                println!(
+                say!(
                     "vxlan-gateway: metrics at http://{}/metrics",
                     server.local_addr()
                 );
@@ -555,12 +528,13 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         let start = std::time::Instant::now();
         let mut published = start;
         let deadline = args.duration.map(std::time::Duration::from_secs_f64);
-        let idle = smoltcp::time::Duration::from_millis(IDLE_WAIT_MS);
-        let mut wait_on_underlay = true;
+        let mut events = [PollEvents::default(); 2];
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
             let now =
                 Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
             let moved = gw.underlay_to_overlay(now) + gw.overlay_to_underlay(now);
+            gw.under.flush()?;
+            gw.over.flush()?;
             if let Some(server) = &metrics
                 && published.elapsed() >= METRICS_EVERY
             {
@@ -568,19 +542,22 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 published = std::time::Instant::now();
             }
             if moved == 0 {
-                // smoltcp waits on one descriptor at a time: alternate, briefly.
-                let fd = if wait_on_underlay {
-                    gw.under.dev.as_raw_fd()
-                } else {
-                    gw.over.dev.as_raw_fd()
-                };
-                wait_on_underlay = !wait_on_underlay;
-                match smoltcp::phy::wait(fd, Some(idle)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(format!("waiting for frames: {e}")),
+                wait(&[&gw.under.rx, &gw.over.rx], IDLE_WAIT_MS, &mut events)
+                    .map_err(|e| format!("waiting for frames: {e}"))?;
+                for (ev, port) in events.iter().zip([&mut gw.under, &mut gw.over]) {
+                    if ev.error
+                        && let Some(e) = port.rx.take_error()
+                    {
+                        eprintln!(
+                            "vxlan-gateway: {}: {e}; waiting for it to come back",
+                            port.iface.name
+                        );
+                    }
                 }
             }
+        }
+        for p in [&mut gw.under, &mut gw.over] {
+            let _ = p.rx.update_kernel_stats();
         }
         gw.print_counters(start.elapsed().as_secs_f64());
         Ok(())
