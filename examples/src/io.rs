@@ -3,18 +3,21 @@
 //! ring, with no allocation per frame and one system call per batch at most.
 //!
 //! ```text
-//!  kernel ─► RX ring (TPACKET_V3 blocks) ─► RingFrame (bytes in the ring, headroom in front)
+//!  kernel ─► RX ring (TPACKET_V2 slots) ─► RingFrame (bytes in the ring, headroom in front)
 //!                                            │  Packet<RingFrame> in a Batch: stages work in place
 //!  kernel ◄─ TX ring (TPACKET_V2 slots) ◄── TxRing::send (one copy) ◄─┘   TxRing::flush kicks
 //! ```
 //!
-//! - [`RxRing`]: an AF_PACKET socket bound to one interface with a `TPACKET_V3` receive
+//! - [`RxRing`]: an AF_PACKET socket bound to one interface with a `TPACKET_V2` receive
 //!   ring. [`RxRing::recv`] hands out the frames the kernel filled as [`RingFrame`]s: views
 //!   into the ring with [`RingConfig::headroom`] bytes free in front (`PACKET_RESERVE`), so
-//!   an encap stage pushes its headers in place. A block goes back to the kernel once every
-//!   frame of it was handed out **and dropped**; a caller that keeps frames stalls the ring
-//!   (then the kernel drops, counted in [`RxCounters::kernel_drops`]), never a use after
-//!   free. The frames we send ourselves are not received (`PACKET_IGNORE_OUTGOING`).
+//!   an encap stage pushes its headers in place. A slot goes back to the kernel when its
+//!   frame is dropped; a caller that keeps frames stalls the ring when it comes round to
+//!   them (then the kernel drops, counted in [`RxCounters::kernel_drops`]), never a use
+//!   after free. The frames we send ourselves are not received (`PACKET_IGNORE_OUTGOING`).
+//!   Why not `TPACKET_V3`: its blocks reach user space only when full or after a timeout of
+//!   at least a millisecond, so at low rates (a TCP flow's ACKs) every frame waited up to
+//!   1 ms; measured in `examples/lab`, that capped one TCP stream through the gateway.
 //! - [`TxRing`]: a second AF_PACKET socket on the interface, receiving nothing, with a
 //!   `TPACKET_V2` transmit ring and the qdisc bypassed. [`TxRing::send`] copies a frame into
 //!   the next free slot; [`TxRing::flush`] asks the kernel to send all of them with one
@@ -38,7 +41,6 @@
 mod sys;
 
 use nf_core::{Batch, Packet};
-use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
@@ -57,13 +59,13 @@ pub struct PollEvents {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RingConfig {
-    /// Bytes per receive block (a multiple of the page size). Default 256 KiB.
-    pub block_size: u32,
-    /// Receive blocks. Default 32 (8 MiB of ring).
-    pub blocks: u32,
-    /// How long the kernel fills a block before it hands it over anyway, in milliseconds:
-    /// the latency bound at low rates. Default 1.
-    pub block_timeout_ms: u32,
+    /// Receive slots. Default 4096.
+    pub rx_slots: u32,
+    /// Bytes per receive slot: the kernel's 52-byte header, the headroom and the frame. A
+    /// power of two; frames that do not fit are dropped and counted
+    /// ([`RxCounters::truncated`]). Default 2048: frames up to 1514 bytes with the default
+    /// headroom.
+    pub rx_slot_size: u32,
     /// Bytes kept free in front of every received frame (for pushed headers). Default 128.
     pub headroom: u32,
     /// Transmit slots. Default 1024.
@@ -76,9 +78,8 @@ pub struct RingConfig {
 impl Default for RingConfig {
     fn default() -> Self {
         Self {
-            block_size: 1 << 18,
-            blocks: 32,
-            block_timeout_ms: 1,
+            rx_slots: 4096,
+            rx_slot_size: 2048,
             headroom: 128,
             tx_slots: 1024,
             tx_slot_size: 2048,
@@ -87,11 +88,15 @@ impl Default for RingConfig {
 }
 
 impl RingConfig {
-    /// Transmit slots of at least `frame` bytes each (for jumbo MTUs).
+    /// Receive and transmit slots for frames of up to `frame` bytes (for jumbo MTUs).
     #[must_use]
-    pub fn with_tx_frames_up_to(mut self, frame: usize) -> Self {
-        let need = (frame + TX_DATA).next_power_of_two().max(2048);
-        self.tx_slot_size = u32::try_from(need).unwrap_or(1 << 16);
+    pub fn with_frames_up_to(mut self, frame: usize) -> Self {
+        let tx = (frame + TX_DATA).next_power_of_two().max(2048);
+        self.tx_slot_size = u32::try_from(tx).unwrap_or(1 << 16);
+        let rx = (RX_DATA + 16 + self.headroom as usize + frame)
+            .next_power_of_two()
+            .max(2048);
+        self.rx_slot_size = u32::try_from(rx).unwrap_or(1 << 16);
         self
     }
 }
@@ -159,12 +164,13 @@ pub enum RxChecksum {
 }
 
 /// A received frame, in place in the receive ring: the buffer type of the
-/// [`Packet`]s [`RxRing::recv`] hands out. It keeps its block from going back to the kernel
-/// until it is dropped.
+/// [`Packet`]s [`RxRing::recv`] hands out. Dropping it gives its slot back to the kernel.
 pub struct RingFrame {
     bytes: sys::FrameBytes,
     map: Rc<sys::Mapping>,
-    block: usize,
+    /// Its slot's index and offset in the ring.
+    slot: usize,
+    offset: usize,
     checksum: RxChecksum,
 }
 
@@ -189,9 +195,10 @@ impl AsMut<[u8]> for RingFrame {
 
 impl Drop for RingFrame {
     fn drop(&mut self) {
-        if let Some(h) = self.map.held.get(self.block) {
-            h.set(h.get().saturating_sub(1));
+        if let Some(h) = self.map.held.get(self.slot) {
+            h.set(0);
         }
+        self.map.store_status(self.offset, libc::TP_STATUS_KERNEL);
     }
 }
 
@@ -201,58 +208,57 @@ impl Drop for RingFrame {
 pub struct RxCounters {
     /// Frames handed out.
     pub frames: u64,
-    /// Blocks handed back to the kernel.
-    pub blocks: u64,
     /// Frames the kernel dropped because the ring was full (`PACKET_STATISTICS`, updated
     /// by [`RxRing::update_kernel_stats`]).
     pub kernel_drops: u64,
     /// Frames the kernel received for the ring, dropped or not (`PACKET_STATISTICS`,
     /// updated by [`RxRing::update_kernel_stats`]).
     pub kernel_frames: u64,
-    /// Frames the ring held that could not become a packet (a malformed ring entry: never
-    /// seen from a sane kernel).
-    pub bad_entries: u64,
+    /// Frames dropped because they did not fit in a slot (see
+    /// [`RingConfig::with_frames_up_to`]), or malformed ring entries.
+    pub truncated: u64,
+    /// Times the ring came round to a slot whose frame the caller still holds.
+    pub stalls: u64,
     /// Times the interface went down under the ring.
     pub link_down: u64,
 }
 
-/// A `TPACKET_V3` receive ring on one interface (see the [module docs](self)).
+/// A `TPACKET_V2` receive ring on one interface (see the [module docs](self)).
 pub struct RxRing {
     fd: OwnedFd,
     map: Rc<sys::Mapping>,
-    block_size: usize,
-    blocks: usize,
-    headroom: usize,
-    /// The block being walked (or the next to walk).
-    cur: usize,
-    /// The oldest block not handed back yet (a `Cell`: [`wait`] hands blocks back too).
-    oldest: Cell<usize>,
-    /// Blocks walked to the end and not handed back yet.
-    walked: Cell<usize>,
-    /// Blocks handed back.
-    returned: Cell<u64>,
-    /// Offset of the next frame in `cur` and frames left in it, while walking it.
-    walk: Option<(usize, u32)>,
+    slot_size: usize,
+    slots: usize,
+    /// The next slot to look at.
+    next: usize,
     counters: RxCounters,
 }
 
-/// `tpacket_block_desc`: `block_status` at 8, `num_pkts` at 12, `offset_to_first_pkt` at 16.
-const BLOCK_STATUS: usize = 8;
-const BLOCK_NUM_PKTS: usize = 12;
-const BLOCK_FIRST: usize = 16;
-/// `tpacket3_hdr`: next offset 0, snaplen 12, status 20, mac 24.
-const H3_NEXT: usize = 0;
-const H3_SNAPLEN: usize = 12;
-const H3_STATUS: usize = 20;
-const H3_MAC: usize = 24;
-/// Where a frame's bytes may start: after the `tpacket3_hdr` and its `sockaddr_ll`.
-const H3_DATA: usize = libc::TPACKET3_HDRLEN;
-/// `tpacket2_hdr`: status 0, len 4, snaplen 8; the frame follows at 32.
+/// `tpacket2_hdr`: status at 0, len 4, snaplen 8, mac 12; the ring's frames may start after
+/// it and its `sockaddr_ll`.
+const RX_LEN: usize = 4;
+const RX_SNAPLEN: usize = 8;
+const RX_MAC: usize = 12;
+const RX_DATA: usize = libc::TPACKET2_HDRLEN;
+/// A transmit slot: `tpacket2_hdr` (status 0, len 4, snaplen 8), the frame at 32.
 const TX_LEN: usize = 4;
 const TX_SNAPLEN: usize = 8;
 const TX_DATA: usize = libc::TPACKET2_HDRLEN - size_of::<libc::sockaddr_ll>();
 
 const ETH_P_ALL: u16 = 0x0003;
+
+/// The `tpacket_req` of a ring of `slots` slots of `slot` bytes (blocks of at least a page).
+fn ring_request(slot: u32, slots: u32) -> libc::tpacket_req {
+    let block = slot.max(4096) * 8;
+    let per_block = block / slot;
+    let blocks = slots.div_ceil(per_block).max(1);
+    libc::tpacket_req {
+        tp_block_size: block,
+        tp_block_nr: blocks,
+        tp_frame_size: slot,
+        tp_frame_nr: blocks * per_block,
+    }
+}
 
 impl RxRing {
     /// A receive ring on `iface`.
@@ -265,36 +271,27 @@ impl RxRing {
         sys::set_packet_opt(
             &fd,
             libc::PACKET_VERSION,
-            &(libc::tpacket_versions::TPACKET_V3 as libc::c_int),
+            &(libc::tpacket_versions::TPACKET_V2 as libc::c_int),
         )?;
         sys::set_packet_opt(&fd, libc::PACKET_RESERVE, &cfg.headroom)?;
         // Older kernels lack it: then our own transmissions come back, which the caller
         // sees as frames from our MAC.
         let _ = sys::set_packet_opt(&fd, libc::PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
-        let req = libc::tpacket_req3 {
-            tp_block_size: cfg.block_size,
-            tp_block_nr: cfg.blocks,
-            tp_frame_size: 2048,
-            tp_frame_nr: cfg.block_size / 2048 * cfg.blocks,
-            tp_retire_blk_tov: cfg.block_timeout_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
+        let req = ring_request(cfg.rx_slot_size, cfg.rx_slots);
         sys::set_packet_opt(&fd, libc::PACKET_RX_RING, &req)?;
-        let (block_size, blocks) = (cfg.block_size as usize, cfg.blocks as usize);
-        let map = Rc::new(sys::Mapping::new(&fd, block_size * blocks, blocks)?);
+        let slots = req.tp_frame_nr as usize;
+        let map = Rc::new(sys::Mapping::new(
+            &fd,
+            (req.tp_block_size * req.tp_block_nr) as usize,
+            slots,
+        )?);
         sys::bind(&fd, iface.index, ETH_P_ALL)?;
         Ok(Self {
             fd,
             map,
-            block_size,
-            blocks,
-            headroom: cfg.headroom as usize,
-            cur: 0,
-            oldest: Cell::new(0),
-            walked: Cell::new(0),
-            returned: Cell::new(0),
-            walk: None,
+            slot_size: req.tp_frame_size as usize,
+            slots,
+            next: 0,
             counters: RxCounters::default(),
         })
     }
@@ -302,24 +299,32 @@ impl RxRing {
     /// Moves the frames the kernel has filled into `batch` until it is full; returns how
     /// many. Each is a [`Packet`] over a [`RingFrame`] with its headroom in front.
     pub fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
-        self.reclaim();
         let mut n = 0;
         while !batch.is_full() {
-            let Some((off, left)) = self.walk.or_else(|| self.start_block()) else {
+            let slot = self.next;
+            if self.map.held.get(slot).is_none_or(|h| h.get() != 0) {
+                self.counters.stalls += 1;
                 break;
-            };
-            if let Some(pkt) = self.frame_at(off) {
-                if batch.push(pkt).is_ok() {
-                    n += 1;
-                }
-            } else {
-                self.counters.bad_entries += 1;
             }
-            let next = self.map.read_u32(off + H3_NEXT).unwrap_or(0) as usize;
-            if left <= 1 || next == 0 {
-                self.finish_block();
-            } else {
-                self.walk = Some((off + next, left - 1));
+            let off = slot * self.slot_size;
+            if self
+                .map
+                .load_status(off)
+                .is_none_or(|st| st & libc::TP_STATUS_USER == 0)
+            {
+                break;
+            }
+            self.next = (slot + 1) % self.slots;
+            match self.frame_at(slot, off) {
+                Some(pkt) => {
+                    if batch.push(pkt).is_ok() {
+                        n += 1;
+                    }
+                }
+                None => {
+                    self.counters.truncated += 1;
+                    self.map.store_status(off, libc::TP_STATUS_KERNEL);
+                }
             }
         }
         self.counters.frames += n as u64;
@@ -336,7 +341,8 @@ impl RxRing {
         Some(e)
     }
 
-    /// Adds the kernel's drop count since the last call to [`RxCounters::kernel_drops`].
+    /// Adds the kernel's counts since the last call to [`RxCounters::kernel_frames`] and
+    /// [`RxCounters::kernel_drops`].
     ///
     /// # Errors
     /// The statistics cannot be read.
@@ -349,46 +355,19 @@ impl RxRing {
 
     /// The counts so far.
     pub fn counters(&self) -> RxCounters {
-        RxCounters {
-            blocks: self.returned.get(),
-            ..self.counters
-        }
+        self.counters
     }
 
-    /// The first frame of block `cur` if the kernel handed it over.
-    fn start_block(&mut self) -> Option<(usize, u32)> {
-        if self.walked.get() >= self.blocks {
+    /// The frame in slot `slot` (at `off`), as a packet; `None` if it was cut short.
+    fn frame_at(&mut self, slot: usize, off: usize) -> Option<Packet<RingFrame>> {
+        let status = self.map.read_u32(off)?;
+        let len = self.map.read_u32(off + RX_LEN)? as usize;
+        let snaplen = self.map.read_u32(off + RX_SNAPLEN)? as usize;
+        let mac = usize::from(self.map.read_u16(off + RX_MAC)?);
+        let end = mac.checked_add(snaplen)?;
+        if snaplen < len || mac < RX_DATA || end > self.slot_size {
             return None;
         }
-        let base = self.cur * self.block_size;
-        let status = self.map.load_status(base + BLOCK_STATUS)?;
-        if status & libc::TP_STATUS_USER == 0 {
-            return None;
-        }
-        let count = self.map.read_u32(base + BLOCK_NUM_PKTS)?;
-        let first = self.map.read_u32(base + BLOCK_FIRST)? as usize;
-        if count == 0 || first == 0 {
-            self.finish_block();
-            return self.start_block();
-        }
-        self.walk = Some((base + first, count));
-        self.walk
-    }
-
-    /// The frame whose `tpacket3_hdr` is at `off`, as a packet.
-    fn frame_at(&mut self, off: usize) -> Option<Packet<RingFrame>> {
-        let snaplen = self.map.read_u32(off + H3_SNAPLEN)? as usize;
-        let mac = usize::from(self.map.read_u16(off + H3_MAC)?);
-        let status = self.map.read_u32(off + H3_STATUS)?;
-        let block_end = (self.cur + 1) * self.block_size;
-        let start = off + H3_DATA;
-        let end = off.checked_add(mac)?.checked_add(snaplen)?;
-        if mac < H3_DATA || end > block_end {
-            return None;
-        }
-        let headroom = mac - H3_DATA;
-        let held = self.map.held.get(self.cur)?;
-        held.set(held.get() + 1);
         let checksum = if status & libc::TP_STATUS_CSUMNOTREADY != 0 {
             RxChecksum::Partial
         } else if status & libc::TP_STATUS_CSUM_VALID != 0 {
@@ -396,37 +375,17 @@ impl RxRing {
         } else {
             RxChecksum::Unknown
         };
+        let bytes = sys::FrameBytes::new(self.map.range(off + RX_DATA, end - RX_DATA)?);
+        self.map.held.get(slot)?.set(1);
         let frame = RingFrame {
-            bytes: sys::FrameBytes::new(self.map.range(start, end - start)?),
+            bytes,
             map: Rc::clone(&self.map),
-            block: self.cur,
+            slot,
+            offset: off,
             checksum,
         };
-        debug_assert!(headroom >= self.headroom);
-        Packet::new(frame, headroom, snaplen).ok()
-    }
-
-    fn finish_block(&mut self) {
-        self.walk = None;
-        self.walked.set(self.walked.get() + 1);
-        self.cur = (self.cur + 1) % self.blocks;
-    }
-
-    /// Hands back, oldest first, the walked blocks none of whose frames is still held.
-    /// [`RxRing::recv`] and [`wait`] call it, so blocks go back as soon as their frames are
-    /// dropped and the ring is whole while the caller sleeps.
-    pub fn reclaim(&self) {
-        let mut oldest = self.oldest.get();
-        while self.walked.get() > 0 && self.map.held.get(oldest).is_some_and(|h| h.get() == 0) {
-            self.map.store_status(
-                oldest * self.block_size + BLOCK_STATUS,
-                libc::TP_STATUS_KERNEL,
-            );
-            oldest = (oldest + 1) % self.blocks;
-            self.walked.set(self.walked.get() - 1);
-            self.returned.set(self.returned.get() + 1);
-        }
-        self.oldest.set(oldest);
+        // The frame gives its slot back if this fails (it cannot: the buffer holds both).
+        Packet::new(frame, mac - RX_DATA, snaplen).ok()
     }
 }
 
@@ -489,18 +448,10 @@ impl TxRing {
             &(libc::tpacket_versions::TPACKET_V2 as libc::c_int),
         )?;
         let _ = sys::set_packet_opt(&fd, libc::PACKET_QDISC_BYPASS, &1 as &libc::c_int);
-        let slot = cfg.tx_slot_size.max(4096 / 2);
-        let block = slot.max(4096) * 8;
-        let per_block = block / slot;
-        let slots = cfg.tx_slots.div_ceil(per_block) * per_block;
-        let req = libc::tpacket_req {
-            tp_block_size: block,
-            tp_block_nr: slots / per_block,
-            tp_frame_size: slot,
-            tp_frame_nr: slots,
-        };
+        let req = ring_request(cfg.tx_slot_size, cfg.tx_slots);
         sys::set_packet_opt(&fd, libc::PACKET_TX_RING, &req)?;
-        let map = sys::Mapping::new(&fd, (block * (slots / per_block)) as usize, 0)?;
+        let (slot, slots) = (req.tp_frame_size, req.tp_frame_nr);
+        let map = sys::Mapping::new(&fd, (req.tp_block_size * req.tp_block_nr) as usize, 0)?;
         sys::bind(&fd, iface.index, 0)?;
         Ok(Self {
             fd,
@@ -613,8 +564,5 @@ impl TxRing {
 /// # Errors
 /// `poll` failed.
 pub fn wait(rings: &[&RxRing], timeout_ms: i32, events: &mut [PollEvents]) -> io::Result<usize> {
-    for r in rings {
-        r.reclaim();
-    }
     sys::poll(rings.iter().map(|r| r.as_fd()), timeout_ms, events)
 }

@@ -102,8 +102,8 @@ mod linux {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// Bytes kept free in front of every received frame, for the outer headers.
-    const HEADROOM: usize = 128;
+    /// What VXLAN over IPv4 adds to a frame (outer Ethernet, IPv4, UDP, VXLAN).
+    const VXLAN_OVERHEAD: usize = 14 + 20 + 8 + 8;
     /// How often the packet loop renders the counters for `--metrics`.
     const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
     /// The longest an idle gateway sleeps in `poll` before it checks for a stop signal.
@@ -247,7 +247,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         fn open(name: &str) -> Result<Self, String> {
             let iface = Interface::by_name(name).map_err(|e| format!("interface {name}: {e}"))?;
             let frame_max = iface.mtu + 14;
-            let cfg = RingConfig::default().with_tx_frames_up_to(frame_max + HEADROOM);
+            let cfg = RingConfig::default().with_frames_up_to(frame_max + VXLAN_OVERHEAD);
             let rx =
                 RxRing::open(&iface, &cfg).map_err(|e| format!("receive ring on {name}: {e}"))?;
             let tx =

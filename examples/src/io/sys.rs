@@ -168,18 +168,18 @@ pub(super) fn poll<'a>(
     Ok(usize::try_from(ready).unwrap_or(0))
 }
 
-/// A shared mapping of a socket's ring, with a hold count per receive block (see
+/// A shared mapping of a socket's ring, with a hold flag per receive slot (see
 /// [`super::RingFrame`]).
 pub(super) struct Mapping {
     ptr: *mut u8,
     len: usize,
-    /// Frames handed out and not yet dropped, per block.
+    /// Whether the frame of each receive slot is handed out and not yet dropped.
     pub(super) held: Box<[Cell<u32>]>,
 }
 
 impl Mapping {
-    /// Maps `len` bytes of `fd`'s ring(s), with `blocks` hold counters.
-    pub(super) fn new(fd: &OwnedFd, len: usize, blocks: usize) -> io::Result<Self> {
+    /// Maps `len` bytes of `fd`'s ring(s), with `slots` hold flags.
+    pub(super) fn new(fd: &OwnedFd, len: usize, slots: usize) -> io::Result<Self> {
         // SAFETY: a fresh shared mapping of the socket's ring; the kernel checks `len`
         // against the ring it set up. The result is checked before use.
         let ptr = unsafe {
@@ -215,7 +215,7 @@ impl Mapping {
         Ok(Self {
             ptr: ptr.cast(),
             len,
-            held: (0..blocks).map(|_| Cell::new(0)).collect(),
+            held: (0..slots).map(|_| Cell::new(0)).collect(),
         })
     }
 
@@ -310,8 +310,8 @@ impl FrameBytes {
 
     pub(super) fn bytes(&self) -> &[u8] {
         // SAFETY: the range lies in a live mapping (the frame holds an `Rc` of it), frames
-        // never overlap, and the block is not returned to the kernel while the frame lives
-        // (its hold count is non-zero), so nobody else writes these bytes.
+        // never overlap, and the slot is not given back to the kernel while the frame lives
+        // (the frame gives it back when dropped), so nobody else writes these bytes.
         unsafe { core::slice::from_raw_parts(self.ptr, self.len) }
     }
 
