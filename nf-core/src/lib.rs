@@ -124,6 +124,7 @@ mod parse;
 #[cfg(feature = "std")]
 pub mod snapshot;
 mod stage;
+pub mod steer;
 mod sys;
 mod time;
 pub mod toeplitz;

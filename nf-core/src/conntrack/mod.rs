@@ -223,7 +223,7 @@
 mod export;
 mod key;
 mod pin;
-mod related;
+pub(crate) mod related;
 mod service;
 mod stage;
 mod state;

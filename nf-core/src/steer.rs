@@ -1,0 +1,486 @@
+//! Steering packets to workers: both directions of a flow reach the same worker, and a
+//! reply to an address whose ports are split between workers (a NAT's public address)
+//! reaches the worker that owns its destination port.
+//!
+//! A node runs one pipeline per worker (core), each with its own session table and nothing
+//! mutable shared. That only works if every packet of a session reaches the worker that
+//! holds it. [`Steering::worker`] decides from a parsed packet:
+//!
+//! 1. **Owned addresses** ([`Steering::own`]): a packet *to* such an address goes to the
+//!    owner of its destination port under the address's [`PortPartition`]. A NAT that gives
+//!    worker `w` only ports from [`Steering::ports_of`]`(w)` then gets every reply on the
+//!    worker that created the mapping, with no lookup and no coordination (VPP splits its NAT
+//!    ports per worker for the same reason).
+//! 2. **Everything else**: a symmetric hash of the flow key, so `a → b` and `b → a` agree —
+//!    keyed SipHash ([`SteerHash::Keyed`], what to use when software steers: an attacker who
+//!    does not know the key cannot aim flows at one worker) or the symmetric Toeplitz hash
+//!    ([`SteerHash::Toeplitz`], when the choice must agree with a NIC's RSS).
+//! 3. **ICMP errors** are steered as the reverse of the flow they quote (the way connection
+//!    tracking relates them), so an error reaches the worker holding that flow's session.
+//! 4. **Fragments** carry ports only in the first one. With [`SteerFields::FiveTuple`] every
+//!    fragment of a packet (first or later) is steered by its addresses alone, so they all
+//!    meet, but a flow whose packets are sometimes fragmented may then meet its session on
+//!    another worker: traffic that fragments should use [`SteerFields::Addresses`].
+//!    A later fragment *to an owned address* names no port: it goes to
+//!    [`Steer::Unknown`] (the caller drops or broadcasts it and counts it).
+//!
+//! Packets without a valid IP header (ARP, LLDP, a frame the parse dropped) are
+//! [`Steer::Unknown`] too: a node sends them to its control path or worker 0.
+//!
+//! ```
+//! use nf_core::steer::{PortPartition, Steer, SteerFields, SteerHash, Steering};
+//! use nf_core::{FlowHasher, FlowKey, Meta, ZoneId, flags, flow::proto};
+//!
+//! let mut s = Steering::new(4, SteerHash::Keyed(FlowHasher::new([7; 16])), SteerFields::FiveTuple);
+//! let public = [203, 0, 113, 1];
+//! s.own(core::net::IpAddr::from(public), PortPartition::new(1024, 16128)).unwrap();
+//!
+//! let mut m = Meta::default();
+//! m.flags = flags::L3_VALID | flags::L4_VALID;
+//! // An inside host's flow, and the same flow seen from the other side: one worker.
+//! m.flow = FlowKey::v4(ZoneId(0), [10, 0, 0, 5], [198, 51, 100, 7], proto::TCP, 40000, 443);
+//! let w = s.worker(&[], &m);
+//! m.flow = m.flow.reversed();
+//! assert_eq!(s.worker(&[], &m), w);
+//!
+//! // The NAT on worker `w` picks its public port from `w`'s range; the reply comes back to it.
+//! let Steer::Worker(w) = w else { unreachable!() };
+//! let port = s.ports_of(w).unwrap().start + 17;
+//! m.flow = FlowKey::v4(ZoneId(0), [198, 51, 100, 7], public, proto::TCP, 443, port);
+//! assert_eq!(s.worker(&[], &m), Steer::Worker(w));
+//! ```
+
+use crate::conntrack::related::quoted_key;
+use crate::flow::{Family, FlowKey};
+use crate::hash::{FlowHasher, owner_of};
+use crate::meta::{Meta, flags};
+use crate::toeplitz::Toeplitz;
+use alloc::vec::Vec;
+use core::net::IpAddr;
+use core::ops::Range;
+
+/// Where a packet goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steer {
+    /// This worker (below [`Steering::workers`]).
+    Worker(u16),
+    /// No worker can be named: not IP, or a later fragment to an owned address.
+    Unknown,
+}
+
+/// The symmetric hash of flow keys.
+#[derive(Clone, Debug)]
+pub enum SteerHash {
+    /// Keyed SipHash ([`FlowHasher::symmetric`]).
+    Keyed(FlowHasher),
+    /// The Toeplitz hash with a symmetric key ([`crate::toeplitz::SYMMETRIC_KEY`]), as a
+    /// NIC's RSS computes it.
+    Toeplitz(Toeplitz),
+}
+
+/// Which fields of the flow key the hash covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SteerFields {
+    /// Addresses, protocol and ports (fragments: addresses only, see the module docs).
+    FiveTuple,
+    /// Addresses only: every packet between two hosts meets, fragmented or not.
+    Addresses,
+}
+
+/// How an owned address's ports are split: worker `w` owns `per_worker` ports from
+/// `first + w · per_worker`. Ports below `first` or past the last worker's range belong to
+/// nobody ([`Steer::Unknown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortPartition {
+    /// The first port of worker 0's range.
+    pub first: u16,
+    /// Ports per worker.
+    pub per_worker: u16,
+}
+
+impl PortPartition {
+    /// Ranges of `per_worker` ports from `first`.
+    pub const fn new(first: u16, per_worker: u16) -> Self {
+        Self { first, per_worker }
+    }
+
+    /// An even split of `first..=65535` between `workers` workers.
+    pub const fn even(first: u16, workers: u16) -> Self {
+        let span = 65536 - first as u32;
+        let per = if workers == 0 {
+            0
+        } else {
+            span / workers as u32
+        };
+        Self {
+            first,
+            per_worker: if per > u16::MAX as u32 {
+                u16::MAX
+            } else {
+                per as u16
+            },
+        }
+    }
+}
+
+/// Why [`Steering::own`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SteerError {
+    /// The workers' ranges would run past port 65535, or a range is empty.
+    BadPartition,
+    /// More than [`MAX_OWNED`] addresses.
+    TooManyAddresses,
+}
+
+impl core::fmt::Display for SteerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::BadPartition => "port partition empty or past port 65535 for this many workers",
+            Self::TooManyAddresses => "too many owned addresses",
+        })
+    }
+}
+
+/// Owned addresses a [`Steering`] checks (a linear scan per packet: keep it small).
+pub const MAX_OWNED: usize = 64;
+
+/// The steering decision for a node of [`Steering::workers`] workers (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Steering {
+    hash: SteerHash,
+    fields: SteerFields,
+    workers: u16,
+    owned: Vec<(Family, [u8; 16], PortPartition)>,
+}
+
+impl Steering {
+    /// Steering over `workers` workers (at least 1).
+    pub fn new(workers: u16, hash: SteerHash, fields: SteerFields) -> Self {
+        Self {
+            hash,
+            fields,
+            workers: workers.max(1),
+            owned: Vec::new(),
+        }
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> u16 {
+        self.workers
+    }
+
+    /// Steers packets to `addr` by destination port under `partition`.
+    ///
+    /// # Errors
+    /// [`SteerError::BadPartition`] if a worker's range would be empty or run past 65535;
+    /// [`SteerError::TooManyAddresses`] beyond [`MAX_OWNED`].
+    pub fn own(&mut self, addr: IpAddr, partition: PortPartition) -> Result<(), SteerError> {
+        let end =
+            u32::from(partition.first) + u32::from(partition.per_worker) * u32::from(self.workers);
+        if partition.per_worker == 0 || end > 65536 {
+            return Err(SteerError::BadPartition);
+        }
+        if self.owned.len() >= MAX_OWNED {
+            return Err(SteerError::TooManyAddresses);
+        }
+        let (family, raw) = match addr {
+            IpAddr::V4(a) => {
+                let mut raw = [0u8; 16];
+                if let Some(d) = raw.get_mut(..4) {
+                    d.copy_from_slice(&a.octets());
+                }
+                (Family::V4, raw)
+            }
+            IpAddr::V6(a) => (Family::V6, a.octets()),
+        };
+        self.owned.retain(|(f, r, _)| !(*f == family && *r == raw));
+        self.owned.push((family, raw, partition));
+        Ok(())
+    }
+
+    /// The ports worker `w` owns on an address steered by `partition` (the first owned
+    /// address's partition if there are several with different ones: use
+    /// [`PortPartition`] arithmetic directly then). `None` without owned addresses or for a
+    /// worker out of range.
+    pub fn ports_of(&self, w: u16) -> Option<Range<u16>> {
+        let (_, _, p) = self.owned.first()?;
+        if w >= self.workers {
+            return None;
+        }
+        let start = u32::from(p.first) + u32::from(p.per_worker) * u32::from(w);
+        let end = start + u32::from(p.per_worker);
+        // `own` checked that the last range ends by 65536; a range ending there is the
+        // open range up to 65535.
+        Some(u16::try_from(start).ok()?..u16::try_from(end.min(65535)).ok()?)
+    }
+
+    /// The worker for a parsed packet (`data` its frame, `meta` what the parse wrote).
+    #[inline]
+    pub fn worker(&self, data: &[u8], meta: &Meta) -> Steer {
+        if !meta.has(flags::L3_VALID) {
+            return Steer::Unknown;
+        }
+        let key = if meta.has(flags::ICMP_ERROR) {
+            match quoted_key(data, meta) {
+                Ok(q) => q.reversed(),
+                Err(_) => meta.flow,
+            }
+        } else {
+            meta.flow
+        };
+        let fragment = meta.has(flags::FRAGMENT) && !meta.has(flags::ICMP_ERROR);
+        if let Some(p) = self.partition_of(&key) {
+            if fragment && meta.has(flags::LATER_FRAGMENT) {
+                return Steer::Unknown;
+            }
+            return self.port_owner(p, key.dst_port);
+        }
+        let ports = self.fields == SteerFields::FiveTuple && !fragment;
+        Steer::Worker(self.hash_owner(&key, ports))
+    }
+
+    /// The partition of `key`'s destination, if it is owned.
+    #[inline]
+    fn partition_of(&self, key: &FlowKey) -> Option<PortPartition> {
+        if self.owned.is_empty() {
+            return None;
+        }
+        let (family, dst) = (key.family(), key.dst_raw());
+        self.owned
+            .iter()
+            .find(|(f, r, _)| *f == family && r == dst)
+            .map(|(_, _, p)| *p)
+    }
+
+    #[inline]
+    fn port_owner(&self, p: PortPartition, port: u16) -> Steer {
+        let Some(off) = port.checked_sub(p.first) else {
+            return Steer::Unknown;
+        };
+        let w = off / p.per_worker.max(1);
+        if w < self.workers {
+            Steer::Worker(w)
+        } else {
+            Steer::Unknown
+        }
+    }
+
+    #[inline]
+    fn hash_owner(&self, key: &FlowKey, ports: bool) -> u16 {
+        let mut k = *key;
+        if !ports {
+            k.src_port = 0;
+            k.dst_port = 0;
+        }
+        let h = match &self.hash {
+            SteerHash::Keyed(f) => f.symmetric(&k),
+            // Spread the 32-bit RSS hash over 64 bits the way `owner_of` expects.
+            SteerHash::Toeplitz(t) => u64::from(t.hash_flow(&k, ports)) << 32,
+        };
+        owner_of(h, u32::from(self.workers)) as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{ZoneId, proto};
+    use crate::toeplitz::SYMMETRIC_KEY;
+    use proptest::prelude::*;
+
+    fn meta(key: FlowKey, extra: u16) -> Meta {
+        Meta {
+            flags: flags::L3_VALID | flags::L4_VALID | extra,
+            flow: key,
+            ..Meta::default()
+        }
+    }
+
+    fn arb_key() -> impl Strategy<Value = FlowKey> {
+        (
+            any::<bool>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            prop_oneof![Just(proto::TCP), Just(proto::UDP)],
+            any::<u16>(),
+            any::<u16>(),
+        )
+            .prop_map(|(v6, s, d, p, sp, dp)| {
+                if v6 {
+                    FlowKey::v6(ZoneId(3), s, d, p, sp, dp)
+                } else {
+                    FlowKey::v4(
+                        ZoneId(3),
+                        [s[0], s[1], s[2], s[3]],
+                        [d[0], d[1], d[2], d[3]],
+                        p,
+                        sp,
+                        dp,
+                    )
+                }
+            })
+    }
+
+    fn steerings(workers: u16) -> [Steering; 3] {
+        [
+            Steering::new(
+                workers,
+                SteerHash::Keyed(FlowHasher::new([9; 16])),
+                SteerFields::FiveTuple,
+            ),
+            Steering::new(
+                workers,
+                SteerHash::Toeplitz(Toeplitz::new(&SYMMETRIC_KEY)),
+                SteerFields::FiveTuple,
+            ),
+            Steering::new(
+                workers,
+                SteerHash::Keyed(FlowHasher::new([9; 16])),
+                SteerFields::Addresses,
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn both_directions_reach_the_same_worker(k in arb_key(), workers in 1u16..64) {
+            for s in steerings(workers) {
+                let a = s.worker(&[], &meta(k, 0));
+                prop_assert!(matches!(a, Steer::Worker(w) if w < workers));
+                prop_assert_eq!(a, s.worker(&[], &meta(k.reversed(), 0)));
+            }
+        }
+
+        #[test]
+        fn nat_replies_reach_the_worker_that_chose_the_port(
+            k in arb_key(),
+            workers in 1u16..64,
+            first in 1024u16..4096,
+            pick in any::<u16>(),
+        ) {
+            for mut s in steerings(workers) {
+                // A public address of the same family as the flow.
+                let public: IpAddr = match k.family() {
+                    Family::V4 => IpAddr::from([203, 0, 113, 9]),
+                    Family::V6 => IpAddr::from([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]),
+                };
+                s.own(public, PortPartition::even(first, workers)).unwrap();
+                let Steer::Worker(w) = s.worker(&[], &meta(k, 0)) else {
+                    return Err(TestCaseError::fail("original direction has a worker"));
+                };
+                let range = s.ports_of(w).unwrap();
+                prop_assert!(!range.is_empty());
+                let port = range.start + pick % (range.end - range.start);
+                // The reply: from the remote end to the public address and chosen port.
+                let mut raw = [0u8; 16];
+                let pub_raw = match public { IpAddr::V4(a) => { raw[..4].copy_from_slice(&a.octets()); raw } IpAddr::V6(a) => a.octets() };
+                let reply = match k.family() {
+                    Family::V4 => {
+                        let d = k.dst_raw();
+                        FlowKey::v4(k.zone, [d[0], d[1], d[2], d[3]], [pub_raw[0], pub_raw[1], pub_raw[2], pub_raw[3]], k.proto, k.dst_port, port)
+                    }
+                    Family::V6 => FlowKey::v6(k.zone, *k.dst_raw(), pub_raw, k.proto, k.dst_port, port),
+                };
+                prop_assert_eq!(s.worker(&[], &meta(reply, 0)), Steer::Worker(w));
+                // Ranges never overlap and never leave the port space.
+                for v in 0..workers {
+                    let r = s.ports_of(v).unwrap();
+                    prop_assert!(r.start >= first);
+                    if v != w { prop_assert!(!r.contains(&port)); }
+                }
+            }
+        }
+
+        #[test]
+        fn fragments_meet_each_other(k in arb_key(), workers in 1u16..64) {
+            for s in steerings(workers) {
+                let first = s.worker(&[], &meta(k, flags::FRAGMENT));
+                let mut later = k;
+                later.src_port = 0;
+                later.dst_port = 0;
+                let later = meta(later, flags::FRAGMENT | flags::LATER_FRAGMENT);
+                prop_assert_eq!(first, s.worker(&[], &later));
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_errors_follow_the_quoted_flow() {
+        use crate::wire::Frame;
+        use crate::{ParseConfig, parse_frame};
+        let s = &steerings(16)[0];
+        // An inside flow, and a router's "port unreachable" quoting its packet.
+        let original = Frame::ipv4([10, 0, 0, 5], [198, 51, 100, 7])
+            .udp(40000, 53)
+            .payload(b"q")
+            .to_vec()
+            .unwrap();
+        let err = Frame::ipv4([198, 51, 100, 7], [10, 0, 0, 5])
+            .icmp_error(3, 3, &original[14..])
+            .to_vec()
+            .unwrap();
+        let mut m = Meta::default();
+        parse_frame(&original, &mut m, &ParseConfig::default()).unwrap();
+        let flow_worker = s.worker(&original, &m);
+        let mut e = Meta::default();
+        parse_frame(&err, &mut e, &ParseConfig::default()).unwrap();
+        assert!(e.has(flags::ICMP_ERROR));
+        assert_eq!(s.worker(&err, &e), flow_worker);
+    }
+
+    #[test]
+    fn unknown_for_non_ip_and_unowned_ports() {
+        let mut s = Steering::new(
+            4,
+            SteerHash::Keyed(FlowHasher::new([1; 16])),
+            SteerFields::FiveTuple,
+        );
+        assert_eq!(s.worker(&[], &Meta::default()), Steer::Unknown);
+        s.own(
+            IpAddr::from([203, 0, 113, 1]),
+            PortPartition::new(2000, 1000),
+        )
+        .unwrap();
+        let k = FlowKey::v4(
+            ZoneId(0),
+            [1, 1, 1, 1],
+            [203, 0, 113, 1],
+            proto::UDP,
+            53,
+            1999,
+        );
+        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Unknown);
+        let k = FlowKey::v4(
+            ZoneId(0),
+            [1, 1, 1, 1],
+            [203, 0, 113, 1],
+            proto::UDP,
+            53,
+            6000,
+        );
+        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Unknown);
+        let k = FlowKey::v4(
+            ZoneId(0),
+            [1, 1, 1, 1],
+            [203, 0, 113, 1],
+            proto::UDP,
+            53,
+            5999,
+        );
+        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Worker(3));
+        assert_eq!(s.ports_of(3), Some(5000..6000));
+        assert_eq!(
+            s.own(
+                IpAddr::from([203, 0, 113, 2]),
+                PortPartition::new(60000, 2000)
+            ),
+            Err(SteerError::BadPartition)
+        );
+        assert_eq!(
+            s.own(IpAddr::from([203, 0, 113, 2]), PortPartition::new(1, 0)),
+            Err(SteerError::BadPartition)
+        );
+    }
+}
