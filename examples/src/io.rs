@@ -43,7 +43,8 @@ mod sys;
 use nf_core::{Batch, Packet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// What [`wait`] reported for one ring.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -167,7 +168,7 @@ pub enum RxChecksum {
 /// [`Packet`]s [`RxRing::recv`] hands out. Dropping it gives its slot back to the kernel.
 pub struct RingFrame {
     bytes: sys::FrameBytes,
-    map: Rc<sys::Mapping>,
+    map: Arc<sys::Mapping>,
     /// Its slot's index and offset in the ring.
     slot: usize,
     offset: usize,
@@ -195,10 +196,12 @@ impl AsMut<[u8]> for RingFrame {
 
 impl Drop for RingFrame {
     fn drop(&mut self) {
-        if let Some(h) = self.map.held.get(self.slot) {
-            h.set(0);
-        }
+        // Status first: once `held` is clear the ring may look at the slot again, and it
+        // must find it the kernel's (or refilled), never our stale frame.
         self.map.store_status(self.offset, libc::TP_STATUS_KERNEL);
+        if let Some(h) = self.map.held.get(self.slot) {
+            h.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -226,7 +229,7 @@ pub struct RxCounters {
 /// A `TPACKET_V2` receive ring on one interface (see the [module docs](self)).
 pub struct RxRing {
     fd: OwnedFd,
-    map: Rc<sys::Mapping>,
+    map: Arc<sys::Mapping>,
     slot_size: usize,
     slots: usize,
     /// The next slot to look at.
@@ -280,7 +283,7 @@ impl RxRing {
         let req = ring_request(cfg.rx_slot_size, cfg.rx_slots);
         sys::set_packet_opt(&fd, libc::PACKET_RX_RING, &req)?;
         let slots = req.tp_frame_nr as usize;
-        let map = Rc::new(sys::Mapping::new(
+        let map = Arc::new(sys::Mapping::new(
             &fd,
             (req.tp_block_size * req.tp_block_nr) as usize,
             slots,
@@ -302,7 +305,12 @@ impl RxRing {
         let mut n = 0;
         while !batch.is_full() {
             let slot = self.next;
-            if self.map.held.get(slot).is_none_or(|h| h.get() != 0) {
+            if self
+                .map
+                .held
+                .get(slot)
+                .is_none_or(|h| h.load(Ordering::Acquire) != 0)
+            {
                 self.counters.stalls += 1;
                 break;
             }
@@ -376,10 +384,10 @@ impl RxRing {
             RxChecksum::Unknown
         };
         let bytes = sys::FrameBytes::new(self.map.range(off + RX_DATA, end - RX_DATA)?);
-        self.map.held.get(slot)?.set(1);
+        self.map.held.get(slot)?.store(1, Ordering::Relaxed);
         let frame = RingFrame {
             bytes,
-            map: Rc::clone(&self.map),
+            map: Arc::clone(&self.map),
             slot,
             offset: off,
             checksum,
@@ -556,6 +564,14 @@ impl TxRing {
         self.next = first;
         self.pending = 0;
     }
+}
+
+/// Pins the calling thread to CPU `cpu` (what [`crate::workers`] does for each worker).
+///
+/// # Errors
+/// The CPU does not exist or the process may not use it.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    sys::pin_to_cpu(cpu)
 }
 
 /// Waits up to `timeout_ms` (−1: forever) until one of `rings` has frames or an error;

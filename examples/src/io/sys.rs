@@ -2,10 +2,9 @@
 //! `PACKET_MMAP` ring mapping, `poll` and the transmit kick. Everything `unsafe` in the
 //! examples crate is here, behind safe functions.
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use super::PollEvents;
 
@@ -168,14 +167,37 @@ pub(super) fn poll<'a>(
     Ok(usize::try_from(ready).unwrap_or(0))
 }
 
+/// Pins the calling thread to CPU `cpu`.
+pub(super) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: plain old data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so the bit is inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is the calling thread.
+    check(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) })
+        .map(drop)
+}
+
 /// A shared mapping of a socket's ring, with a hold flag per receive slot (see
 /// [`super::RingFrame`]).
 pub(super) struct Mapping {
     ptr: *mut u8,
     len: usize,
-    /// Whether the frame of each receive slot is handed out and not yet dropped.
-    pub(super) held: Box<[Cell<u32>]>,
+    /// Whether the frame of each receive slot is handed out and not yet dropped (atomic:
+    /// a frame may be dropped on another thread than the ring's).
+    pub(super) held: Box<[AtomicU8]>,
 }
+
+// SAFETY: the mapping is plain shared memory; every access to words the kernel writes goes
+// through atomics, and the bytes of a frame are reached only through its `FrameBytes`,
+// which one owner holds at a time. Moving it or sharing it between threads adds nothing.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: `&Mapping` offers only atomic accesses and bounds-checked copies into
+// slots the caller owns.
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd`'s ring(s), with `slots` hold flags.
@@ -215,7 +237,7 @@ impl Mapping {
         Ok(Self {
             ptr: ptr.cast(),
             len,
-            held: (0..slots).map(|_| Cell::new(0)).collect(),
+            held: (0..slots).map(|_| AtomicU8::new(0)).collect(),
         })
     }
 
@@ -301,6 +323,10 @@ pub(super) struct FrameBytes {
     ptr: *mut u8,
     len: usize,
 }
+
+// SAFETY: the bytes belong to this frame alone until it is dropped (see `bytes`), wherever
+// it is; the mapping behind them is `Send + Sync`.
+unsafe impl Send for FrameBytes {}
 
 impl FrameBytes {
     /// `ptr..ptr + len` from [`Mapping::range`], held until the frame is dropped.
