@@ -7,6 +7,7 @@
 pub mod io;
 pub mod pcap;
 pub mod prometheus;
+pub mod vtep;
 pub mod workers;
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.

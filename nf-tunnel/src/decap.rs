@@ -589,6 +589,13 @@ impl DecapStage {
         &self.config
     }
 
+    /// Replaces the VNI → zone map, keeping every other setting and the counters: a new
+    /// configuration snapshot applied between batches (every packet of a batch sees one
+    /// map).
+    pub fn set_zones(&mut self, zones: ZoneMap) {
+        self.config.zones = zones;
+    }
+
     /// The anti-spoofing cache, for driving its queries and timers.
     pub fn source_cache_mut(&mut self) -> Option<&mut MappingCache> {
         self.hosts.as_mut()
@@ -1426,6 +1433,32 @@ mod tests {
             let (a, b) = both(&cfg, &vxlan);
             assert_eq!(a, b, "fast path and general walk agree");
         }
+    }
+
+    #[test]
+    fn set_zones_applies_to_the_next_batch_and_keeps_the_counters() {
+        let frame = encapsulated(EncapConfig::vxlan(42, underlay(false)), &inner_frame(8));
+        let table = |vni: u32| ZoneMap::Table(crate::VniTable::new(&[(vni, ZoneId(vni))]));
+        let cfg = DecapConfig {
+            zones: table(42),
+            ..DecapConfig::default()
+        };
+        let mut stage = DecapStage::new(cfg).unwrap();
+        let run = |stage: &mut DecapStage| {
+            let mut batch = Batch::new();
+            batch
+                .push(Packet::new(frame.clone(), 0, frame.len()).unwrap())
+                .unwrap();
+            stage.process(Instant::ZERO, &mut batch);
+            batch.packets()[0].meta.verdict
+        };
+        assert_eq!(run(&mut stage), Verdict::Pass);
+        stage.set_zones(table(43));
+        assert_eq!(run(&mut stage), Verdict::Drop(DropReason::TunnelUnknownVni));
+        stage.set_zones(table(42));
+        assert_eq!(run(&mut stage), Verdict::Pass);
+        let c = StageControl::counters(&stage);
+        assert_eq!((c.packets, c.drops.total()), (3, 1));
     }
 
     #[test]

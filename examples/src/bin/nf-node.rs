@@ -1,0 +1,738 @@
+//! `nf-node`: a node that runs — a VXLAN gateway with connection tracking on N workers,
+//! configured by snapshots it pulls at a constant rate.
+//!
+//! ```text
+//!                  receive loop (main thread)                       workers 0..N
+//!  underlay RX ring ─► ARP for --local answered ─► decap ─┐      ┌─► conntrack ─► overlay TX ring
+//!                                                         ├─ steer ┤
+//!  overlay RX ring ──► zone = VNI ─► parse ───────────────┘      └─► conntrack ─► encap ─► underlay TX ring
+//!        ▲ snapshot puller: the whole config from a directory or a URL, every --pull-every
+//! ```
+//!
+//! - **Configuration** is a snapshot ([`nf_core::snapshot`]): a versioned, checksummed file
+//!   holding `key = value` lines (see [`USAGE`](linux) or `nf-node --help`), read from a
+//!   directory (`DIR/snapshot.nfs`, the embedded default) or an `http://` URL. It is pulled
+//!   every `--pull-every` seconds whether or not it changed; a source that is down, a torn,
+//!   corrupt or older file, or a config that does not validate changes nothing (counted,
+//!   and logged once per change of reason). The VNI applies live, between batches; the
+//!   interfaces and addresses are read at start (a snapshot changing them is logged as
+//!   needing a restart and otherwise applied).
+//! - **Workers** ([`nf_examples::workers`]): each owns a connection-tracking table, an encap
+//!   stage and transmit rings on both interfaces; [`nf_core::steer::Steering`] sends both
+//!   directions of every inner flow to the same worker.
+//! - **I/O**: `PACKET_MMAP` rings ([`nf_examples::io`]); interfaces that go down are waited
+//!   for.
+//! - **Counters**: every `--stats-every` seconds one line; on SIGINT/SIGTERM (or after
+//!   `--duration`) every counter as `stage.counter value`, summed over workers.
+//!
+//! `nf-node snapshot VERSION CONFIG OUT` writes a snapshot file from a config text file
+//! (atomically: a reader sees the old file or the new one).
+//!
+//! `examples/tests/nf_node.rs` runs it between a Linux VXLAN device and a host in network
+//! namespaces, changes the VNI live, feeds it a corrupt file and takes the source away.
+
+#[cfg(target_os = "linux")]
+fn main() -> std::process::ExitCode {
+    linux::main()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() -> std::process::ExitCode {
+    eprintln!("nf-node: runs on Linux only (PACKET_MMAP rings)");
+    std::process::ExitCode::FAILURE
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+    use nf_core::snapshot::{self, Codec, FileSource, HttpSource, PullResult, Puller, Source};
+    use nf_core::steer::{SteerFields, SteerHash, Steering};
+    use nf_core::{
+        Batch, Duration, FlowHasher, Instant, ParseStage, PortId, Stage, StageControl, StdClock,
+        Verdict, ZoneId,
+    };
+    use nf_examples::io::{
+        Interface, PollEvents, RingConfig, RingFrame, RxRing, TxRing, parse_mac, wait,
+    };
+    use nf_examples::say;
+    use nf_examples::vtep::{UnderlayFrame, classify_underlay};
+    use nf_examples::workers::{CounterTotals, PoolConfig, Worker, WorkerPool};
+    use nf_tunnel::{
+        DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
+        VniSource, VniTable, ZoneMap,
+    };
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::process::ExitCode;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const USAGE: &str = "\
+usage: nf-node --config DIR|URL [--workers N] [--cpus LIST] [--pull-every SECS]
+               [--stats-every SECS] [--duration SECS]
+       nf-node snapshot VERSION CONFIG OUT
+
+Runs a VXLAN gateway with connection tracking on N workers (default 1), configured
+by a snapshot pulled from DIR/snapshot.nfs or an http:// URL every --pull-every
+seconds (default 1). Prints one line of counters every --stats-every seconds
+(default 10; 0 = never) and every counter on SIGINT/SIGTERM or after --duration.
+--cpus 0,1 pins worker w to the w-th CPU of the list.
+
+`nf-node snapshot` writes OUT, the snapshot of version VERSION holding the config
+file CONFIG (written to OUT.tmp, then renamed).
+
+The config: `key = value` lines, `#` comments:
+  underlay = IF        interface towards the remote VTEP (at start)
+  overlay = IF         interface bridged into the tunnel (at start)
+  local = IPV4         our underlay address; ARP for it is answered (at start)
+  remote = IPV4        the remote VTEP (at start)
+  remote_mac = MAC     the remote VTEP's or the underlay router's MAC (at start)
+  vni = N              the VXLAN network identifier (live)
+  port = P             VXLAN UDP port, default 4789 (at start)
+  sessions = N         connection-tracking sessions per worker and family,
+                       default 65536 (at start)";
+
+    /// What VXLAN over IPv4 adds to a frame.
+    const VXLAN_OVERHEAD: usize = 14 + 20 + 8 + 8;
+    /// The longest the receive loop sleeps before it looks at its timers again.
+    const IDLE_WAIT_MS: i32 = 20;
+
+    /// The configuration a snapshot holds.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct NodeConfig {
+        underlay: String,
+        overlay: String,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+        remote_mac: [u8; 6],
+        vni: u32,
+        port: u16,
+        sessions: u32,
+    }
+
+    impl NodeConfig {
+        /// The settings read only at start differ.
+        fn needs_restart(&self, other: &Self) -> bool {
+            Self {
+                vni: other.vni,
+                ..self.clone()
+            } != *other
+        }
+    }
+
+    /// `key = value` lines.
+    struct TextCodec;
+
+    impl Codec for TextCodec {
+        type Config = NodeConfig;
+
+        fn decode(&self, payload: &[u8]) -> Result<NodeConfig, String> {
+            let text = std::str::from_utf8(payload).map_err(|_| "not UTF-8".to_string())?;
+            let (mut underlay, mut overlay, mut local, mut remote) = (None, None, None, None);
+            let (mut remote_mac, mut vni) = (None, None);
+            let (mut port, mut sessions) = (nf_tunnel::VXLAN_PORT, 65536u32);
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (k, v) = line
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .ok_or_else(|| format!("line {}: not `key = value`", n + 1))?;
+                let bad = |what: &str| format!("line {}: {k} = {v}: not {what}", n + 1);
+                match k {
+                    "underlay" => underlay = Some(v.to_string()),
+                    "overlay" => overlay = Some(v.to_string()),
+                    "local" => local = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
+                    "remote" => remote = Some(v.parse().map_err(|_| bad("an IPv4 address"))?),
+                    "remote_mac" => remote_mac = Some(parse_mac(v).ok_or_else(|| bad("a MAC"))?),
+                    "vni" => vni = Some(v.parse::<u32>().map_err(|_| bad("a number"))?),
+                    "port" => port = v.parse().map_err(|_| bad("a UDP port"))?,
+                    "sessions" => sessions = v.parse().map_err(|_| bad("a number"))?,
+                    _ => return Err(format!("line {}: unknown key {k}", n + 1)),
+                }
+            }
+            let need = |k: &str| format!("{k} is missing");
+            Ok(NodeConfig {
+                underlay: underlay.ok_or_else(|| need("underlay"))?,
+                overlay: overlay.ok_or_else(|| need("overlay"))?,
+                local: local.ok_or_else(|| need("local"))?,
+                remote: remote.ok_or_else(|| need("remote"))?,
+                remote_mac: remote_mac.ok_or_else(|| need("remote_mac"))?,
+                vni: vni.ok_or_else(|| need("vni"))?,
+                port,
+                sessions,
+            })
+        }
+
+        fn validate(&self, c: &NodeConfig) -> Result<(), String> {
+            if c.vni > 0x00ff_ffff {
+                return Err(format!("vni {} does not fit in 24 bits", c.vni));
+            }
+            if c.underlay == c.overlay {
+                return Err("underlay and overlay are the same interface".into());
+            }
+            if !(16..=1 << 24).contains(&c.sessions) {
+                return Err(format!("sessions {} not in 16..=16777216", c.sessions));
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Args {
+        config: String,
+        workers: u16,
+        cpus: Vec<usize>,
+        pull_every: f64,
+        stats_every: f64,
+        duration: Option<f64>,
+    }
+
+    enum Command {
+        Run(Args),
+        Snapshot {
+            version: u64,
+            config: String,
+            out: String,
+        },
+        Help,
+    }
+
+    pub(crate) fn main() -> ExitCode {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let result = match parse_args(&argv) {
+            Ok(Command::Help) => {
+                say!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Command::Snapshot {
+                version,
+                config,
+                out,
+            }) => write_snapshot(version, &config, &out),
+            Ok(Command::Run(args)) => run(&args),
+            Err(e) => {
+                eprintln!("nf-node: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nf-node: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn parse_args(argv: &[String]) -> Result<Command, String> {
+        if argv.first().map(String::as_str) == Some("snapshot") {
+            let [_, version, config, out] = argv else {
+                return Err("snapshot needs VERSION CONFIG OUT".into());
+            };
+            let version = version
+                .parse()
+                .map_err(|_| format!("{version}: not a version"))?;
+            return Ok(Command::Snapshot {
+                version,
+                config: config.clone(),
+                out: out.clone(),
+            });
+        }
+        let mut a = Args {
+            config: String::new(),
+            workers: 1,
+            cpus: Vec::new(),
+            pull_every: 1.0,
+            stats_every: 10.0,
+            duration: None,
+        };
+        let mut it = argv.iter();
+        let secs = |flag: &str, v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .ok_or_else(|| format!("{flag} {v}: not a number of seconds"))
+        };
+        while let Some(flag) = it.next() {
+            if matches!(flag.as_str(), "-h" | "--help") {
+                return Ok(Command::Help);
+            }
+            let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--config" => a.config = v.clone(),
+                "--workers" => {
+                    a.workers = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| format!("--workers {v}: not 1..=64"))?;
+                }
+                "--cpus" => {
+                    a.cpus = v
+                        .split(',')
+                        .map(|c| {
+                            c.trim()
+                                .parse()
+                                .map_err(|_| format!("--cpus {v}: not a list of CPUs"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
+                "--pull-every" => a.pull_every = secs(flag, v)?.max(0.01),
+                "--stats-every" => a.stats_every = secs(flag, v)?,
+                "--duration" => a.duration = Some(secs(flag, v)?),
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        if a.config.is_empty() {
+            return Err("--config is required".into());
+        }
+        Ok(Command::Run(a))
+    }
+
+    fn write_snapshot(version: u64, config: &str, out: &str) -> Result<(), String> {
+        let text = std::fs::read(config).map_err(|e| format!("{config}: {e}"))?;
+        let c = TextCodec
+            .decode(&text)
+            .map_err(|e| format!("{config}: {e}"))?;
+        TextCodec
+            .validate(&c)
+            .map_err(|e| format!("{config}: {e}"))?;
+        let tmp = format!("{out}.tmp");
+        std::fs::write(&tmp, snapshot::encode(version, &text))
+            .map_err(|e| format!("{tmp}: {e}"))?;
+        std::fs::rename(&tmp, out).map_err(|e| format!("{out}: {e}"))
+    }
+
+    /// The source named by `--config`.
+    enum AnySource {
+        File(FileSource),
+        Http(HttpSource),
+    }
+
+    impl Source for AnySource {
+        fn fetch(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+            match self {
+                Self::File(s) => s.fetch(buf),
+                Self::Http(s) => s.fetch(buf),
+            }
+        }
+    }
+
+    /// One worker: its session table, its encap stage, its transmit rings.
+    struct NodeWorker {
+        ct: Conntrack,
+        encap: EncapStage,
+        to_overlay: TxRing,
+        to_underlay: TxRing,
+        overlay_frame_max: usize,
+        too_big_for_overlay: u64,
+    }
+
+    impl Worker<RingFrame> for NodeWorker {
+        fn process(&mut self, now: Instant, batch: &mut Batch<RingFrame>) {
+            self.ct.process(now, batch);
+            // What came out of the tunnel goes to the overlay as it is; the rest is encapsulated.
+            for p in batch.packets_mut() {
+                if p.meta.verdict.is_pass() && p.meta.tunnel.is_decapsulated() {
+                    if p.len() <= self.overlay_frame_max {
+                        let _ = self.to_overlay.send(p.data());
+                    } else {
+                        self.too_big_for_overlay += 1;
+                    }
+                    p.meta.verdict = Verdict::Tx(PortId(1));
+                }
+            }
+            self.encap.process(now, batch);
+            for p in batch.packets().iter().filter(|p| p.meta.verdict.is_pass()) {
+                let _ = self.to_underlay.send(p.data());
+            }
+            let _ = self.to_overlay.flush();
+            let _ = self.to_underlay.flush();
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.ct.poll_timeout()
+        }
+
+        fn handle_timeout(&mut self, now: Instant) {
+            self.ct.handle_timeout(now, 4096);
+        }
+
+        fn visit_counters(&self, visit: &mut dyn FnMut(&'static str, &'static str, u64)) {
+            self.ct.visit_counters(visit);
+            self.encap.visit_counters(visit);
+            for (side, ring) in [
+                ("overlay", &self.to_overlay),
+                ("underlay", &self.to_underlay),
+            ] {
+                let c = ring.counters();
+                let name = |n: &'static str| -> &'static str {
+                    match (side, n) {
+                        ("overlay", "tx") => "overlay_tx",
+                        ("overlay", "full") => "overlay_tx_ring_full",
+                        ("overlay", "down") => "overlay_tx_dropped_link_down",
+                        ("underlay", "tx") => "underlay_tx",
+                        ("underlay", "full") => "underlay_tx_ring_full",
+                        _ => "underlay_tx_dropped_link_down",
+                    }
+                };
+                visit("worker", name("tx"), c.queued);
+                visit("worker", name("full"), c.full);
+                visit("worker", name("down"), c.dropped_link_down);
+            }
+            visit("worker", "overlay_too_big", self.too_big_for_overlay);
+        }
+    }
+
+    fn run(args: &Args) -> Result<(), String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&stop))
+                .map_err(|e| format!("signal handler: {e}"))?;
+        }
+        let clock = StdClock::new();
+        let source = if args.config.starts_with("http://") || args.config.starts_with("https://") {
+            AnySource::Http(HttpSource::new(&args.config)?)
+        } else {
+            AnySource::File(FileSource::new(&args.config))
+        };
+        let interval = Duration::from_nanos((args.pull_every * 1e9) as u64);
+        let mut puller = Puller::new(source, TextCodec, interval);
+        // The first good snapshot: nothing runs without one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut cell = loop {
+            let r = puller.handle_timeout(clock.now());
+            if let Some(cell) = puller.subscribe() {
+                break cell;
+            }
+            if stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline {
+                return Err(format!("no usable snapshot from {}: {r:?}", args.config));
+            }
+            std::thread::sleep(
+                clock
+                    .to_std(puller.poll_timeout())
+                    .saturating_duration_since(std::time::Instant::now()),
+            );
+        };
+        let start_cfg = cell.current().config().clone();
+        let mut vni = start_cfg.vni;
+        let under = Interface::by_name(&start_cfg.underlay)
+            .map_err(|e| format!("{}: {e}", start_cfg.underlay))?;
+        let over = Interface::by_name(&start_cfg.overlay)
+            .map_err(|e| format!("{}: {e}", start_cfg.overlay))?;
+        let rings =
+            RingConfig::default().with_frames_up_to(over.mtu.max(under.mtu) + 14 + VXLAN_OVERHEAD);
+        let mut under_rx =
+            RxRing::open(&under, &rings).map_err(|e| format!("{}: {e}", under.name))?;
+        let mut over_rx = RxRing::open(&over, &rings).map_err(|e| format!("{}: {e}", over.name))?;
+        let mut arp_tx =
+            TxRing::open(&under, &rings).map_err(|e| format!("{}: {e}", under.name))?;
+
+        let table = |vni: u32| ZoneMap::Table(VniTable::new(&[(vni, ZoneId(vni))]));
+        let mut decap = DecapStage::new(DecapConfig {
+            ports: vec![(start_cfg.port, TunnelKind::Vxlan)],
+            zones: table(vni),
+            non_tunnel: NonTunnel::Drop,
+            ..DecapConfig::default()
+        })
+        .map_err(|e| format!("decap config: {e}"))?;
+        let mut parse = ParseStage::default();
+        let mut encap_cfg = EncapConfig::vxlan(
+            vni,
+            Underlay {
+                src_mac: under.mac,
+                dst_mac: start_cfg.remote_mac,
+                src: IpAddr::V4(start_cfg.local),
+                dst: IpAddr::V4(start_cfg.remote),
+            },
+        );
+        // The VNI is the zone the receive loop tagged: a new VNI needs no worker change.
+        encap_cfg.vni = VniSource::Zone;
+        encap_cfg.dst_port = start_cfg.port;
+        encap_cfg.mtu = u16::try_from(under.mtu).unwrap_or(u16::MAX);
+
+        // The key of the steering and session hashes: per process, so nobody outside can aim
+        // flows at one worker or one bucket.
+        let mut secret = [0u8; 16];
+        {
+            use std::io::Read as _;
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut secret))
+                .map_err(|e| format!("/dev/urandom: {e}"))?;
+        }
+        let steering = Steering::new(
+            args.workers,
+            SteerHash::Keyed(FlowHasher::new(secret)),
+            SteerFields::FiveTuple,
+        );
+        let mut workers = Vec::with_capacity(usize::from(args.workers));
+        for w in 0..args.workers {
+            let ct = ConntrackConfig::new(secret).sizes(Sizes {
+                v4: start_cfg.sessions,
+                v6: start_cfg.sessions,
+            });
+            workers.push(NodeWorker {
+                ct: Conntrack::new(ct, ()).map_err(|e| format!("worker {w}: conntrack: {e:?}"))?,
+                encap: EncapStage::new(encap_cfg.clone())
+                    .map_err(|e| format!("worker {w}: encap: {e}"))?,
+                to_overlay: TxRing::open(&over, &rings)
+                    .map_err(|e| format!("worker {w}: {}: {e}", over.name))?,
+                to_underlay: TxRing::open(&under, &rings)
+                    .map_err(|e| format!("worker {w}: {}: {e}", under.name))?,
+                overlay_frame_max: over.mtu + 14,
+                too_big_for_overlay: 0,
+            });
+        }
+        let mut workers = workers.into_iter();
+        let mut pool_cfg = PoolConfig::default();
+        pool_cfg.cpus.clone_from(&args.cpus);
+        let mut pool = WorkerPool::start(
+            steering,
+            clock,
+            &pool_cfg,
+            // One prepared worker per call: `start` calls this exactly `args.workers` times.
+            |_| workers.next().expect("one prepared worker per worker"),
+        )
+        .map_err(|e| format!("starting workers: {e}"))?;
+        say!(
+            "nf-node: ready: {} workers, snapshot version {}, overlay {} <-> VNI {vni} over {} to {}",
+            args.workers,
+            cell.version(),
+            over.name,
+            under.name,
+            start_cfg.remote
+        );
+
+        let mut batch: Batch<RingFrame> = Batch::new();
+        let mut events = [PollEvents::default(); 2];
+        let (mut arp_replies, mut ignored, mut last_reject) = (0u64, 0u64, None::<String>);
+        let began = std::time::Instant::now();
+        let mut next_stats = began;
+        loop {
+            if stop.load(Ordering::Relaxed)
+                || args
+                    .duration
+                    .is_some_and(|d| began.elapsed().as_secs_f64() >= d)
+            {
+                break;
+            }
+            let now = clock.now();
+            // The snapshot: pulled at a constant rate, applied between batches.
+            if puller.poll_timeout() <= now {
+                match puller.handle_timeout(now) {
+                    PullResult::Rejected(r) => {
+                        let why = r.to_string();
+                        if last_reject.as_deref() != Some(why.as_str()) {
+                            eprintln!(
+                                "nf-node: snapshot rejected, keeping version {}: {why}",
+                                cell.version()
+                            );
+                            last_reject = Some(why);
+                        }
+                    }
+                    PullResult::Applied(_) | PullResult::Unchanged(_) => last_reject = None,
+                    PullResult::NotDue => {}
+                }
+            }
+            if cell.refresh() {
+                let c = cell.current().config();
+                if start_cfg.needs_restart(c) {
+                    eprintln!(
+                        "nf-node: snapshot {} changes settings read at start: they apply after a restart",
+                        cell.version()
+                    );
+                }
+                vni = c.vni;
+                decap.set_zones(table(vni));
+                say!(
+                    "nf-node: snapshot version {} applied: VNI {vni}",
+                    cell.version()
+                );
+            }
+
+            // Underlay: ARP for us answered here, the rest decapsulated and steered.
+            let mut moved = under_rx.recv(&mut batch);
+            for p in batch.packets_mut() {
+                match classify_underlay(p.data(), under.mac, start_cfg.local) {
+                    UnderlayFrame::Tunnel => continue,
+                    UnderlayFrame::ArpReply(reply) => {
+                        let _ = arp_tx.send(&reply);
+                        arp_replies += 1;
+                    }
+                    UnderlayFrame::Ignore => ignored += 1,
+                }
+                p.meta.verdict = Verdict::Tx(PortId(0));
+            }
+            if moved != 0 {
+                decap.process(now, &mut batch);
+                bridge_control(&mut batch);
+                pool.dispatch(&mut batch);
+                let _ = arp_tx.flush();
+            }
+
+            // Overlay: tagged with the VNI's zone, parsed, steered.
+            let n = over_rx.recv(&mut batch);
+            if n != 0 {
+                moved += n;
+                for p in batch.packets_mut() {
+                    p.meta.zone = ZoneId(vni);
+                }
+                parse.process(now, &mut batch);
+                bridge_control(&mut batch);
+                pool.dispatch(&mut batch);
+            }
+
+            if args.stats_every > 0.0 && std::time::Instant::now() >= next_stats {
+                next_stats += std::time::Duration::from_secs_f64(args.stats_every);
+                let t = pool.counters();
+                let g = |s, c| t.get(&(s, c)).copied().unwrap_or(0);
+                say!(
+                    "nf-node: {:.0}s snapshot v{} ({} pulls, {} rejected) rx {}+{} steered {} sessions {} created {} decap drops {} encap drops {}",
+                    began.elapsed().as_secs_f64(),
+                    cell.version(),
+                    puller.counters().pulls,
+                    puller.counters().rejected.iter().sum::<u64>(),
+                    under_rx.counters().frames,
+                    over_rx.counters().frames,
+                    pool.pool_counters().steered,
+                    g("conntrack", "v4_sessions") + g("conntrack", "v6_sessions"),
+                    g("conntrack", "created"),
+                    decap.counters().drops.total(),
+                    g("tunnel_encap", "drops"),
+                );
+            }
+            if moved == 0 {
+                wait(&[&under_rx, &over_rx], IDLE_WAIT_MS, &mut events)
+                    .map_err(|e| format!("poll: {e}"))?;
+                for (ev, (ring, name)) in events
+                    .iter()
+                    .zip([(&mut under_rx, &under.name), (&mut over_rx, &over.name)])
+                {
+                    if ev.error
+                        && let Some(e) = ring.take_error()
+                    {
+                        eprintln!("nf-node: {name}: {e}; waiting for it to come back");
+                    }
+                }
+            }
+        }
+
+        let pool_counters = pool.pool_counters();
+        let mut totals: CounterTotals = pool.shutdown();
+        decap.visit_counters(&mut |s, c, v| {
+            *totals.entry((s, c)).or_default() += v;
+        });
+        parse.visit_counters(&mut |s, c, v| {
+            *totals.entry((s, c)).or_default() += v;
+        });
+        for (name, ring) in [("underlay", &mut under_rx), ("overlay", &mut over_rx)] {
+            let _ = ring.update_kernel_stats();
+            let c = ring.counters();
+            let names: [(&'static str, u64); 3] = if name == "underlay" {
+                [
+                    ("underlay_rx", c.frames),
+                    ("underlay_rx_kernel_drops", c.kernel_drops),
+                    ("underlay_link_down", c.link_down),
+                ]
+            } else {
+                [
+                    ("overlay_rx", c.frames),
+                    ("overlay_rx_kernel_drops", c.kernel_drops),
+                    ("overlay_link_down", c.link_down),
+                ]
+            };
+            for (k, v) in names {
+                totals.insert(("node", k), v);
+            }
+        }
+        totals.insert(("node", "arp_replies"), arp_replies);
+        totals.insert(("node", "ignored"), ignored);
+        totals.insert(("node", "steered"), pool_counters.steered);
+        totals.insert(("node", "unsteered"), pool_counters.unsteered);
+        totals.insert(
+            ("node", "backpressure_waits"),
+            pool_counters.backpressure_waits,
+        );
+        totals.insert(("node", "snapshot_version"), cell.version());
+        puller.counters().visit(&mut |c, v| {
+            totals.insert(("snapshot", c), v);
+        });
+        say!(
+            "nf-node: stopped after {:.2} s",
+            began.elapsed().as_secs_f64()
+        );
+        for ((stage, counter), v) in totals {
+            say!("{stage}.{counter} {v}");
+        }
+        Ok(())
+    }
+
+    /// Non-IP frames (ARP between overlay hosts) are bridged like the rest: what the stages
+    /// send to the control path goes on to the workers.
+    fn bridge_control(batch: &mut Batch<RingFrame>) {
+        for p in batch.packets_mut() {
+            if p.meta.verdict == Verdict::ToControl {
+                p.meta.verdict = Verdict::Pass;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const CONFIG: &str = "# a node\nunderlay = ug\noverlay = og\nlocal = 192.0.2.2\n\
+            remote = 192.0.2.1\nremote_mac = 02:00:00:00:00:01\nvni = 42  # live\n";
+
+        #[test]
+        fn decodes_and_validates_configs() {
+            let c = TextCodec.decode(CONFIG.as_bytes()).unwrap();
+            assert_eq!((c.vni, c.port, c.sessions), (42, 4789, 65536));
+            assert!(TextCodec.validate(&c).is_ok());
+            let mut live = c.clone();
+            live.vni = 43;
+            assert!(!c.needs_restart(&live));
+            live.remote = Ipv4Addr::new(192, 0, 2, 9);
+            assert!(c.needs_restart(&live));
+            for bad in ["vni = x", "colour = blue", "just words", "local = ::1"] {
+                assert!(
+                    TextCodec
+                        .decode(format!("{CONFIG}{bad}\n").as_bytes())
+                        .is_err(),
+                    "{bad}"
+                );
+            }
+            assert!(TextCodec.decode(b"vni = 1\n").is_err(), "required keys");
+            let big = TextCodec
+                .decode(format!("{CONFIG}vni = 16777216\n").as_bytes())
+                .unwrap();
+            assert!(TextCodec.validate(&big).is_err());
+        }
+
+        #[test]
+        fn parses_the_command_line() {
+            let argv = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+            let Ok(Command::Run(a)) = parse_args(&argv(
+                "--config /etc/nf --workers 2 --cpus 0,1 --duration 3",
+            )) else {
+                panic!("run");
+            };
+            assert_eq!((a.workers, a.cpus, a.duration), (2, vec![0, 1], Some(3.0)));
+            assert!(matches!(
+                parse_args(&argv("snapshot 7 c.txt out.nfs")),
+                Ok(Command::Snapshot { version: 7, .. })
+            ));
+            for bad in [
+                "--workers 0",
+                "--workers 2",
+                "--config x --workers 65",
+                "--config x --bogus 1",
+                "snapshot 7 c.txt",
+            ] {
+                assert!(parse_args(&argv(bad)).is_err(), "{bad}");
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! What a user-space VTEP (`vxlan-gateway`, `nf-node`) does besides the stages: sort the
+//! frames of its underlay interface and answer ARP for its own address (RFC 826), so the
+//! remote VTEP needs no static neighbour entry.
+
+use nf_core::wire::ethertype;
+use std::net::Ipv4Addr;
+
+/// What a VTEP does with a frame from its underlay interface.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UnderlayFrame {
+    /// Towards our MAC or a group address: for the decap stage.
+    Tunnel,
+    /// An ARP request for our address: send this reply.
+    ArpReply([u8; ARP_FRAME_LEN]),
+    /// Anything else ARP, or a frame for another MAC: ignored.
+    Ignore,
+}
+
+/// An Ethernet + IPv4-over-Ethernet ARP frame (no padding).
+pub const ARP_FRAME_LEN: usize = 14 + 28;
+
+/// Sorts a frame received on a VTEP's underlay interface (see [`UnderlayFrame`]).
+pub fn classify_underlay(frame: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> UnderlayFrame {
+    let Some(eth) = frame.first_chunk::<14>() else {
+        return UnderlayFrame::Ignore;
+    };
+    let group = eth[0] & 1 == 1;
+    if !group && eth[..6] != mac {
+        return UnderlayFrame::Ignore;
+    }
+    if u16::from_be_bytes([eth[12], eth[13]]) != ethertype::ARP {
+        return UnderlayFrame::Tunnel;
+    }
+    arp_reply(frame, mac, ip).map_or(UnderlayFrame::Ignore, UnderlayFrame::ArpReply)
+}
+
+/// The reply to an Ethernet/IPv4 ARP request for `ip` (RFC 826), if `frame` is one.
+pub fn arp_reply(frame: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; ARP_FRAME_LEN]> {
+    let req = frame.get(14..14 + 28)?;
+    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4, op 1 (request).
+    if req[..8] != [0, 1, 8, 0, 6, 4, 0, 1] || req[24..28] != ip.octets() {
+        return None;
+    }
+    let (sha, spa) = (&req[8..14], &req[14..18]);
+    let mut r = [0u8; ARP_FRAME_LEN];
+    r[..6].copy_from_slice(sha);
+    r[6..12].copy_from_slice(&mac);
+    r[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+    r[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    r[22..28].copy_from_slice(&mac);
+    r[28..32].copy_from_slice(&ip.octets());
+    r[32..38].copy_from_slice(sha);
+    r[38..42].copy_from_slice(spa);
+    Some(r)
+}
+
+/// `println!` that does not panic when stdout is gone (`nf-node --help | head`): the
+/// examples' way to print.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+    fn arp_request(target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        f.extend([0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend([2, 0, 0, 0, 0, 1, 192, 0, 2, 1]);
+        f.extend([0; 6]);
+        f.extend(target);
+        f.extend([0; 18]); // Ethernet padding
+        f
+    }
+
+    #[test]
+    fn answers_arp_requests_for_its_address_only() {
+        let UnderlayFrame::ArpReply(r) = classify_underlay(&arp_request([192, 0, 2, 2]), MAC, IP)
+        else {
+            panic!("no reply");
+        };
+        let want: Vec<u8> = [
+            &[2, 0, 0, 0, 0, 1][..],
+            &MAC,
+            &[8, 6, 0, 1, 8, 0, 6, 4, 0, 2],
+            &MAC,
+            &[192, 0, 2, 2],
+            &[2, 0, 0, 0, 0, 1, 192, 0, 2, 1],
+        ]
+        .concat();
+        assert_eq!(r.to_vec(), want);
+        assert_eq!(
+            classify_underlay(&arp_request([192, 0, 2, 9]), MAC, IP),
+            UnderlayFrame::Ignore
+        );
+        let mut reply = arp_request([192, 0, 2, 2]);
+        reply[21] = 2;
+        assert_eq!(classify_underlay(&reply, MAC, IP), UnderlayFrame::Ignore);
+        assert_eq!(
+            classify_underlay(&reply[..20], MAC, IP),
+            UnderlayFrame::Ignore
+        );
+    }
+
+    #[test]
+    fn only_frames_for_us_or_a_group_reach_decap() {
+        let mut f = vec![0u8; 60];
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        f[..6].copy_from_slice(&MAC);
+        assert_eq!(classify_underlay(&f, MAC, IP), UnderlayFrame::Tunnel);
+        f[..6].copy_from_slice(&[0x01, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(classify_underlay(&f, MAC, IP), UnderlayFrame::Tunnel);
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        assert_eq!(classify_underlay(&f, MAC, IP), UnderlayFrame::Ignore);
+        assert_eq!(classify_underlay(&f[..13], MAC, IP), UnderlayFrame::Ignore);
+    }
+}
