@@ -45,12 +45,15 @@ fn main() -> std::process::ExitCode {
 #[cfg(target_os = "linux")]
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
-    use nf_core::snapshot::{self, Codec, FileSource, HttpSource, PullResult, Puller, Source};
+    use nf_core::snapshot::{
+        self, Codec, FileSource, HttpSource, PullResult, Puller, PullerCounters, Source,
+    };
     use nf_core::steer::{SteerFields, SteerHash, Steering};
     use nf_core::{
         Batch, Duration, FlowHasher, Instant, ParseStage, PortId, Stage, StageControl, StdClock,
         Verdict, ZoneId,
     };
+    use nf_examples::curl::CurlSource;
     use nf_examples::io::{
         Interface, PollEvents, RingConfig, RingFrame, RxRing, TxRing, parse_mac, wait,
     };
@@ -61,6 +64,7 @@ mod linux {
         DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
         VniSource, VniTable, ZoneMap,
     };
+    use parking_lot::Mutex;
     use std::net::{IpAddr, Ipv4Addr};
     use std::process::ExitCode;
     use std::sync::Arc;
@@ -68,12 +72,13 @@ mod linux {
 
     const USAGE: &str = "\
 usage: nf-node --config DIR|URL [--workers N] [--cpus LIST] [--pull-every SECS]
-               [--stats-every SECS] [--duration SECS]
+               [--stats-every SECS] [--duration SECS] [--ca-file PEM]
        nf-node snapshot VERSION CONFIG OUT
 
 Runs a VXLAN gateway with connection tracking on N workers (default 1), configured
-by a snapshot pulled from DIR/snapshot.nfs or an http:// URL every --pull-every
-seconds (default 1). Prints one line of counters every --stats-every seconds
+by a snapshot pulled from DIR/snapshot.nfs, an http:// URL or an https:// URL
+(through curl; --ca-file trusts PEM certificates instead of the system's) every
+--pull-every seconds (default 1), on a thread of its own. Prints one line of counters every --stats-every seconds
 (default 10; 0 = never) and every counter on SIGINT/SIGTERM or after --duration.
 --cpus 0,1 pins worker w to the w-th CPU of the list.
 
@@ -187,6 +192,7 @@ The config: `key = value` lines, `#` comments:
         pull_every: f64,
         stats_every: f64,
         duration: Option<f64>,
+        ca_file: Option<String>,
     }
 
     enum Command {
@@ -247,6 +253,7 @@ The config: `key = value` lines, `#` comments:
             pull_every: 1.0,
             stats_every: 10.0,
             duration: None,
+            ca_file: None,
         };
         let mut it = argv.iter();
         let secs = |flag: &str, v: &str| {
@@ -282,6 +289,7 @@ The config: `key = value` lines, `#` comments:
                 "--pull-every" => a.pull_every = secs(flag, v)?.max(0.01),
                 "--stats-every" => a.stats_every = secs(flag, v)?,
                 "--duration" => a.duration = Some(secs(flag, v)?),
+                "--ca-file" => a.ca_file = Some(v.clone()),
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -309,6 +317,7 @@ The config: `key = value` lines, `#` comments:
     enum AnySource {
         File(FileSource),
         Http(HttpSource),
+        Curl(CurlSource),
     }
 
     impl Source for AnySource {
@@ -316,6 +325,7 @@ The config: `key = value` lines, `#` comments:
             match self {
                 Self::File(s) => s.fetch(buf),
                 Self::Http(s) => s.fetch(buf),
+                Self::Curl(s) => s.fetch(buf),
             }
         }
     }
@@ -393,7 +403,13 @@ The config: `key = value` lines, `#` comments:
                 .map_err(|e| format!("signal handler: {e}"))?;
         }
         let clock = StdClock::new();
-        let source = if args.config.starts_with("http://") || args.config.starts_with("https://") {
+        let source = if args.config.starts_with("https://") {
+            let curl = CurlSource::new(&args.config);
+            AnySource::Curl(match &args.ca_file {
+                Some(ca) => curl.ca_file(ca),
+                None => curl,
+            })
+        } else if args.config.starts_with("http://") {
             AnySource::Http(HttpSource::new(&args.config)?)
         } else {
             AnySource::File(FileSource::new(&args.config))
@@ -415,6 +431,16 @@ The config: `key = value` lines, `#` comments:
                     .to_std(puller.poll_timeout())
                     .saturating_duration_since(std::time::Instant::now()),
             );
+        };
+        // From now on the puller runs on a thread of its own: a slow or hung source never
+        // holds up the packet loop, which only picks the published snapshot up.
+        let pulls = Arc::new(Mutex::new(PullerCounters::default()));
+        let puller_thread = {
+            let (stop, pulls) = (Arc::clone(&stop), Arc::clone(&pulls));
+            std::thread::Builder::new()
+                .name("nf-snapshot".into())
+                .spawn(move || pull_forever(puller, clock, &stop, &pulls))
+                .map_err(|e| format!("snapshot thread: {e}"))?
         };
         let start_cfg = cell.current().config().clone();
         let mut vni = start_cfg.vni;
@@ -507,7 +533,7 @@ The config: `key = value` lines, `#` comments:
 
         let mut batch: Batch<RingFrame> = Batch::new();
         let mut events = [PollEvents::default(); 2];
-        let (mut arp_replies, mut ignored, mut last_reject) = (0u64, 0u64, None::<String>);
+        let (mut arp_replies, mut ignored) = (0u64, 0u64);
         let began = std::time::Instant::now();
         let mut next_stats = began;
         loop {
@@ -519,23 +545,7 @@ The config: `key = value` lines, `#` comments:
                 break;
             }
             let now = clock.now();
-            // The snapshot: pulled at a constant rate, applied between batches.
-            if puller.poll_timeout() <= now {
-                match puller.handle_timeout(now) {
-                    PullResult::Rejected(r) => {
-                        let why = r.to_string();
-                        if last_reject.as_deref() != Some(why.as_str()) {
-                            eprintln!(
-                                "nf-node: snapshot rejected, keeping version {}: {why}",
-                                cell.version()
-                            );
-                            last_reject = Some(why);
-                        }
-                    }
-                    PullResult::Applied(_) | PullResult::Unchanged(_) => last_reject = None,
-                    PullResult::NotDue => {}
-                }
-            }
+            // The snapshot the puller thread published last, applied between batches.
             if cell.refresh() {
                 let c = cell.current().config();
                 if start_cfg.needs_restart(c) {
@@ -587,13 +597,16 @@ The config: `key = value` lines, `#` comments:
             if args.stats_every > 0.0 && std::time::Instant::now() >= next_stats {
                 next_stats += std::time::Duration::from_secs_f64(args.stats_every);
                 let t = pool.counters();
+                // One lock, taken and released before printing (parking_lot's mutex is not
+                // reentrant).
+                let p = pulls.lock().clone();
                 let g = |s, c| t.get(&(s, c)).copied().unwrap_or(0);
                 say!(
                     "nf-node: {:.0}s snapshot v{} ({} pulls, {} rejected) rx {}+{} steered {} sessions {} created {} decap drops {} encap drops {}",
                     began.elapsed().as_secs_f64(),
                     cell.version(),
-                    puller.counters().pulls,
-                    puller.counters().rejected.iter().sum::<u64>(),
+                    p.pulls,
+                    p.rejected.iter().sum::<u64>(),
                     under_rx.counters().frames,
                     over_rx.counters().frames,
                     pool.pool_counters().steered,
@@ -656,7 +669,10 @@ The config: `key = value` lines, `#` comments:
             pool_counters.backpressure_waits,
         );
         totals.insert(("node", "snapshot_version"), cell.version());
-        puller.counters().visit(&mut |c, v| {
+        // `--duration` ends the loop without a signal: stop the puller thread too.
+        stop.store(true, Ordering::Relaxed);
+        let _ = puller_thread.join();
+        pulls.lock().visit(&mut |c, v| {
             totals.insert(("snapshot", c), v);
         });
         say!(
@@ -667,6 +683,42 @@ The config: `key = value` lines, `#` comments:
             say!("{stage}.{counter} {v}");
         }
         Ok(())
+    }
+
+    /// The puller thread: pulls when due, logs a rejection once per change of reason, and
+    /// publishes its counters, until `stop`.
+    fn pull_forever(
+        mut puller: Puller<AnySource, TextCodec>,
+        clock: StdClock,
+        stop: &AtomicBool,
+        shared: &Mutex<PullerCounters>,
+    ) {
+        let mut last_reject = None::<String>;
+        while !stop.load(Ordering::Relaxed) {
+            let now = clock.now();
+            if puller.poll_timeout() <= now {
+                match puller.handle_timeout(now) {
+                    PullResult::Rejected(r) => {
+                        let why = r.to_string();
+                        if last_reject.as_deref() != Some(why.as_str()) {
+                            let version = puller.current().map_or(0, |s| s.version());
+                            eprintln!(
+                                "nf-node: snapshot rejected, keeping version {version}: {why}"
+                            );
+                            last_reject = Some(why);
+                        }
+                    }
+                    PullResult::Applied(_) | PullResult::Unchanged(_) => last_reject = None,
+                    PullResult::NotDue => {}
+                }
+                shared.lock().clone_from(puller.counters());
+            }
+            // Wake at least every 50 ms to notice `stop`.
+            let due = clock
+                .to_std(puller.poll_timeout())
+                .saturating_duration_since(std::time::Instant::now());
+            std::thread::sleep(due.min(std::time::Duration::from_millis(50)));
+        }
     }
 
     /// Non-IP frames (ARP between overlay hosts) are bridged like the rest: what the stages
