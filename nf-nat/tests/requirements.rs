@@ -5,6 +5,7 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+use core::net::IpAddr;
 use nf_core::flow::proto;
 use nf_core::{Duration, FlowKey, Instant, ZoneId};
 use nf_nat::{
@@ -12,7 +13,6 @@ use nf_nat::{
     ReleaseError,
 };
 use std::collections::HashSet;
-use core::net::IpAddr;
 
 const SECRET: [u8; 16] = *b"requirement test";
 
