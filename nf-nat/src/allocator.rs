@@ -1093,15 +1093,19 @@ impl PortAllocator {
             let Some(d) = e.dense.get(usize::from(public) * 3 + p) else {
                 continue;
             };
-            let found = c.scan_block(&self.space, d, b, k, u32::MAX, &mut probes);
+            let found = c.scan_block(&self.space, d, b, k, budget, &mut probes);
             self.last_probes = probes;
-            if let Ok(Some(port)) = found {
-                return Ok(Plan {
-                    public,
-                    port,
-                    list,
-                    new_block: Some(b),
-                });
+            match found {
+                Ok(Some(port)) => {
+                    return Ok(Plan {
+                        public,
+                        port,
+                        list,
+                        new_block: Some(b),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e),
             }
         }
         self.last_probes = probes;
