@@ -400,6 +400,10 @@ impl PortAllocator {
     /// ends; its port is quarantined until `now` + the quarantine (endpoint-independent
     /// mappings: when the last session using it ends).
     ///
+    /// The allocator checks that `mapping` is live for `original`'s public side (rfc, cgn:
+    /// its inside endpoint; hyperplane: its destination, which is all it stores), so the
+    /// caller must hand back the flow it allocated for, as `on_end` does.
+    ///
     /// # Errors
     /// [`ReleaseError::UnknownMapping`] if no such live mapping exists (counted, ignored).
     pub fn release(

@@ -40,9 +40,11 @@ pub enum Profile {
 pub struct CgnSettings {
     /// Ports per block: a multiple of 64 from 64 to 4096.
     pub block_size: u16,
-    /// Blocks one subscriber may hold at once (RFC 6888 REQ-4).
+    /// Blocks one subscriber may hold at once (RFC 6888 REQ-4, REQ-5: ports and state per
+    /// subscriber are bounded).
     pub max_blocks: u16,
-    /// Mappings one subscriber may hold per protocol (RFC 6888 REQ-4: per protocol).
+    /// Live mappings one subscriber may hold per protocol (RFC 6888 REQ-4; its item B lets
+    /// the limit differ per protocol, here it is one figure applied to each).
     pub port_quota: u32,
     /// Block events kept until the caller drains them; further events are counted as
     /// dropped.
