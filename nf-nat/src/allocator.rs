@@ -108,6 +108,8 @@ enum State {
 #[derive(Clone, Copy, Debug)]
 struct Quarantined {
     free_at: Instant,
+    /// Hyperplane: the destination's table hash, kept so that freeing costs no SipHash.
+    hd: u64,
     dst: [u8; 16],
     dst_port: u16,
     port: u16,
@@ -586,14 +588,21 @@ impl PortAllocator {
         }
     }
 
-    fn dest_hash(&self, k: &WordKey) -> u64 {
+    /// The keyed hash that places a destination's words in the table: SipHash-1-3 of
+    /// `0x03`, protocol, public index, destination port and address (4 bytes for IPv4, 16
+    /// for IPv6: the public index already tells the families apart).
+    fn dest_hash(&self, k: &WordKey, v6: bool) -> u64 {
         let mut b = [0u8; 22];
         b[0] = 0x03;
         b[1] = k.proto;
         b[2..4].copy_from_slice(&k.public.to_be_bytes());
         b[4..6].copy_from_slice(&k.dst_port.to_be_bytes());
         b[6..22].copy_from_slice(&k.dst);
-        self.hasher.hash_bytes(&b)
+        if v6 {
+            self.hasher.hash_bytes(&b)
+        } else {
+            self.hasher.hash_bytes(&b[..10])
+        }
     }
 
     fn steer_ctx(&self, fam: usize, dst: &[u8; 16], dst_port: u16, public: u16) -> SteerCtx {
@@ -628,7 +637,7 @@ impl PortAllocator {
                 continue;
             };
             let key = Self::dest_key(flow, public);
-            let hd = self.dest_hash(&key);
+            let hd = self.dest_hash(&key, fam == 1);
             let steer = self.steer_ctx(fam, flow.dst_raw(), flow.dst_port, public);
             let State::Hyper(table) = &mut self.state else {
                 return Err(AllocError::Exhausted);
@@ -701,14 +710,14 @@ impl PortAllocator {
         flow: &FlowKey,
         m: Mapping,
     ) -> Result<(), ReleaseError> {
-        let (p, _) = self
+        let (p, fam) = self
             .precheck(flow)
             .map_err(|_| ReleaseError::UnknownMapping)?;
         let key = WordKey {
             tag: m.port / 64,
             ..Self::dest_key(flow, m.public)
         };
-        let hd = self.dest_hash(&key);
+        let hd = self.dest_hash(&key, fam == 1);
         let State::Hyper(table) = &mut self.state else {
             return Err(ReleaseError::UnknownMapping);
         };
@@ -726,6 +735,7 @@ impl PortAllocator {
         self.drop_live(m.public, p);
         let q = Quarantined {
             free_at: now + self.quarantine_for,
+            hd,
             dst: key.dst,
             dst_port: key.dst_port,
             port: m.port,
@@ -737,21 +747,11 @@ impl PortAllocator {
     }
 
     fn free_port(&mut self, now: Instant, q: &Quarantined) {
-        let hd = match self.state {
-            State::Hyper(_) => Some(self.dest_hash(&WordKey {
-                dst: q.dst,
-                dst_port: q.dst_port,
-                tag: 0,
-                public: q.public,
-                proto: q.proto,
-            })),
-            State::Eim(_) => None,
-        };
         let b = bit(q.port);
         let w = usize::from(q.port / 64);
         match &mut self.state {
             State::Hyper(table) => {
-                let hd = hd.unwrap_or(0);
+                let hd = q.hd;
                 let key = WordKey {
                     dst: q.dst,
                     dst_port: q.dst_port,
@@ -1179,6 +1179,7 @@ impl PortAllocator {
         self.drop_live(m.public, p);
         let q = Quarantined {
             free_at: now + self.quarantine_for,
+            hd: 0,
             dst: [0; 16],
             dst_port: 0,
             port: m.port,

@@ -104,7 +104,7 @@
 //!
 //! Everything is allocated by [`PortAllocator::new`] and never grows
 //! ([`PortAllocator::memory_bytes`]):
-//! - the quarantine FIFO: 32 bytes × `max_mappings`;
+//! - the quarantine FIFO: 40 bytes × `max_mappings`;
 //! - hyperplane: one open-addressed table of (destination, word) → (used, quarantined) bits,
 //!   sized for 1.25 × `max_mappings` entries at ≤ 7/8 load (56-byte slots): memory is per
 //!   mapping, not per destination — a destination with one flow costs one entry, a full one
