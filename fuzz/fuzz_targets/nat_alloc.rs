@@ -56,7 +56,9 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
         0 => Profile::Rfc,
         1 => Profile::Hyperplane,
         _ => Profile::Cgn(
-            CgnSettings::new(64, 1 + u16::from(setup.profile >> 6))
+            CgnSettings::new()
+                .with_block_size(64)
+                .with_max_blocks(1 + u16::from(setup.profile >> 6))
                 .with_port_quota(u32::from(setup.profile >> 2 & 15)),
         ),
     };
@@ -67,12 +69,12 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
         1 + u32::from(setup.owner & 1),
         1 + u32::from(setup.owner >> 1 & 1),
     );
-    let owner = Owner::new(
+    let owner = Owner {
         nodes,
         cores,
-        u32::from(setup.owner >> 2 & 1) % nodes,
-        u32::from(setup.owner >> 3 & 1) % cores,
-    );
+        node: u32::from(setup.owner >> 2 & 1) % nodes,
+        core: u32::from(setup.owner >> 3 & 1) % cores,
+    };
     let max_probes = 1 + u32::from(setup.max_probes % 40);
     let publics: Vec<IpAddr> = ["203.0.113.1", "203.0.113.2", "2001:db8::1"]
         .iter()

@@ -51,16 +51,36 @@ pub struct CgnSettings {
     pub event_capacity: usize,
 }
 
+impl Default for CgnSettings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CgnSettings {
-    /// Blocks of `block_size` ports, at most `max_blocks` per subscriber; the per-protocol
-    /// quota is every port of those blocks, and 1024 events are queued.
-    pub const fn new(block_size: u16, max_blocks: u16) -> Self {
+    /// Blocks of 512 ports, at most 4 per subscriber, no per-protocol quota below that
+    /// (2,048 ports), 1024 events queued.
+    pub const fn new() -> Self {
         Self {
-            block_size,
-            max_blocks,
-            port_quota: block_size as u32 * max_blocks as u32,
+            block_size: 512,
+            max_blocks: 4,
+            port_quota: u32::MAX,
             event_capacity: 1024,
         }
+    }
+
+    /// Sets the ports per block (a multiple of 64 from 64 to 4096).
+    #[must_use]
+    pub const fn with_block_size(mut self, ports: u16) -> Self {
+        self.block_size = ports;
+        self
+    }
+
+    /// Sets the blocks one subscriber may hold at once.
+    #[must_use]
+    pub const fn with_max_blocks(mut self, blocks: u16) -> Self {
+        self.max_blocks = blocks;
+        self
     }
 
     /// Sets the per-subscriber, per-protocol mapping quota.
@@ -80,9 +100,9 @@ impl CgnSettings {
 
 /// Which node and core this allocator serves, out of how many: the port space is split into
 /// contiguous ranges, one per (node, core), so the owner of a reply is a pure function of
-/// its destination port ([`owner_of`](crate::owner_of)).
+/// its destination port ([`owner_of`](crate::owner_of)). Written with named fields:
+/// `Owner { nodes: 4, cores: 8, node: 2, core: 5 }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Owner {
     /// Nodes sharing the public addresses.
     pub nodes: u32,
@@ -102,16 +122,6 @@ impl Owner {
         node: 0,
         core: 0,
     };
-
-    /// Core `core` of node `node`, out of `nodes` nodes of `cores` cores each.
-    pub const fn new(nodes: u32, cores: u32, node: u32, core: u32) -> Self {
-        Self {
-            nodes,
-            cores,
-            node,
-            core,
-        }
-    }
 }
 
 /// Reply steering by the NIC's RSS hash (the idea of choosing the port so that the reply's

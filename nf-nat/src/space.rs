@@ -22,9 +22,8 @@ pub(crate) const LOW_WORDS: usize = 16;
 pub(crate) const SUMMARY: usize = WORDS / 64;
 
 /// How the port space is split between owners: `nodes` × `cores` contiguous ranges in each
-/// range class.
+/// range class (zero counts behave as one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PortSplit {
     /// Nodes sharing the public addresses.
     pub nodes: u32,
@@ -33,14 +32,6 @@ pub struct PortSplit {
 }
 
 impl PortSplit {
-    /// `nodes` nodes of `cores` cores (zero behaves as one).
-    pub const fn new(nodes: u32, cores: u32) -> Self {
-        Self {
-            nodes: if nodes == 0 { 1 } else { nodes },
-            cores: if cores == 0 { 1 } else { cores },
-        }
-    }
-
     fn owners(self) -> u64 {
         u64::from(self.nodes.max(1)) * u64::from(self.cores.max(1))
     }
@@ -65,7 +56,7 @@ pub struct PortOwner {
 ///
 /// ```
 /// use nf_nat::{PortSplit, owner_of};
-/// let split = PortSplit::new(2, 4);
+/// let split = PortSplit { nodes: 2, cores: 4 };
 /// assert_eq!(owner_of(1024, split).node, 0);
 /// assert_eq!(owner_of(65535, split).node, 1);
 /// assert_eq!(owner_of(65535, split).core, 3);
@@ -250,9 +241,18 @@ impl Space {
             return Err(ConfigError::Owner);
         }
         let (split, index) = match steering {
-            Some(_) => (PortSplit::new(owner.nodes, 1), u64::from(owner.node)),
+            Some(_) => (
+                PortSplit {
+                    nodes: owner.nodes,
+                    cores: 1,
+                },
+                u64::from(owner.node),
+            ),
             None => (
-                PortSplit::new(owner.nodes, owner.cores),
+                PortSplit {
+                    nodes: owner.nodes,
+                    cores: owner.cores,
+                },
                 u64::from(owner.node) * u64::from(owner.cores) + u64::from(owner.core),
             ),
         };
@@ -397,10 +397,10 @@ mod tests {
         /// Each owner's ranges are exactly the ports `owner_of` gives it.
         #[test]
         fn owner_ranges_agree_with_owner_of(nodes in 1u32..40, cores in 1u32..40, port in any::<u16>()) {
-            let split = PortSplit::new(nodes, cores);
+            let split = PortSplit { nodes, cores };
             let o = owner_of(port, split);
             prop_assert!(o.node < nodes && o.core < cores);
-            let s = Space::new(Owner::new(nodes, cores, o.node, o.core), &[], None).unwrap();
+            let s = Space::new(Owner { nodes, cores, node: o.node, core: o.core }, &[], None).unwrap();
             let w = usize::from(port) / 64;
             let class = usize::from(w >= LOW_WORDS);
             let (lo, hi) = s.class_words(class);

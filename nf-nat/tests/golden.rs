@@ -86,7 +86,12 @@ fn golden_rfc() {
 
 #[test]
 fn golden_cgn() {
-    assert_eq!(ports(Profile::Cgn(CgnSettings::new(512, 4))), CGN);
+    assert_eq!(
+        ports(Profile::Cgn(
+            CgnSettings::new().with_block_size(512).with_max_blocks(4)
+        )),
+        CGN
+    );
 }
 
 // (public address index, port), pinned on first implementation; never change.

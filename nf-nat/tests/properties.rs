@@ -36,7 +36,12 @@ fn profile(i: u8) -> Profile {
     match i % 3 {
         0 => Profile::Rfc,
         1 => Profile::Hyperplane,
-        _ => Profile::Cgn(CgnSettings::new(64, 2).with_port_quota(40)),
+        _ => Profile::Cgn(
+            CgnSettings::new()
+                .with_block_size(64)
+                .with_max_blocks(2)
+                .with_port_quota(40),
+        ),
     }
 }
 
@@ -150,12 +155,12 @@ proptest! {
     /// and core, for random node and core counts; owners never share a port.
     #[test]
     fn owner_ranges_own_their_replies(nodes in 1u32..9, cores in 1u32..17, seed in any::<u64>()) {
-        let split = PortSplit::new(nodes, cores);
+        let split = PortSplit { nodes, cores };
         let mut seen = HashSet::new();
         for node in 0..nodes {
             for core in [0, cores - 1, (seed % u64::from(cores)) as u32] {
                 let cfg = AllocatorConfig::new(Profile::Hyperplane, vec!["203.0.113.1".parse().unwrap()], seed.to_le_bytes().repeat(2).try_into().unwrap())
-                    .with_owner(Owner::new(nodes, cores, node, core));
+                    .with_owner(Owner { nodes, cores, node, core });
                 let mut n = PortAllocator::new(cfg).unwrap();
                 for i in 0..40u16 {
                     let sport = if i % 4 == 0 { 100 + i } else { 30000 + i };
@@ -188,7 +193,7 @@ proptest! {
         let core = ((seed >> 8) % u64::from(cores)) as u32;
         let publics: Vec<IpAddr> = vec!["203.0.113.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
         let cfg = AllocatorConfig::new(Profile::Hyperplane, publics.clone(), [7; 16])
-            .with_owner(Owner::new(nodes, u32::from(cores), node, core))
+            .with_owner(Owner { nodes, cores: u32::from(cores), node, core })
             .with_steering(RssSteering::new(cores));
         let mut n = PortAllocator::new(cfg).unwrap();
         let mut rng = seed | 1;
@@ -208,7 +213,7 @@ proptest! {
             let h = toeplitz.hash_flow(&reply, true);
             prop_assert_eq!(u32::from((h & 127) as u16 % cores), core, "reply {:?}", reply);
             prop_assert_eq!(n.queue_of_reply(&reply), Some(core as u16));
-            prop_assert_eq!(owner_of(m.port(), PortSplit::new(nodes, 1)).node, node);
+            prop_assert_eq!(owner_of(m.port(), PortSplit { nodes, cores: 1 }).node, node);
             prop_assert!(m.port() >= 1024);
         }
         prop_assert!(n.counters().probes[7] == 0, "{:?}", n.counters().probes);

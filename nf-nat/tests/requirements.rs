@@ -243,7 +243,10 @@ fn excluded_ports_never_allocated() {
 /// blocks (RFC 6888 REQ-4); other protocols and subscribers are unaffected.
 #[test]
 fn cgn_quota() {
-    let settings = CgnSettings::new(64, 2).with_port_quota(100);
+    let settings = CgnSettings::new()
+        .with_block_size(64)
+        .with_max_blocks(2)
+        .with_port_quota(100);
     let mut n = nat(Profile::Cgn(settings), &["203.0.113.1"]);
     for p in 0..100 {
         n.allocate(t(0), &flow(1, 20000 + p, [198, 51, 100, 1], 80))
@@ -259,7 +262,10 @@ fn cgn_quota() {
             .is_ok()
     );
     // Block quota: 2 blocks of 64 ports, the quota above the blocks.
-    let settings = CgnSettings::new(64, 2).with_port_quota(1000);
+    let settings = CgnSettings::new()
+        .with_block_size(64)
+        .with_max_blocks(2)
+        .with_port_quota(1000);
     let mut n = nat(Profile::Cgn(settings), &["203.0.113.1"]);
     let mut ok = 0;
     let err = loop {
@@ -276,7 +282,7 @@ fn cgn_quota() {
 /// address and the block's port range; mappings are endpoint-independent inside blocks.
 #[test]
 fn cgn_block_events() {
-    let settings = CgnSettings::new(512, 4);
+    let settings = CgnSettings::new(); // 512-port blocks, 4 per subscriber
     let mut n = nat(Profile::Cgn(settings), &["203.0.113.1", "203.0.113.2"]);
     let f = flow(3, 40000, [198, 51, 100, 1], 80);
     let m = n.allocate(t(0), &f).unwrap();
@@ -373,7 +379,7 @@ fn ipv6_uses_ipv6_public_addresses() {
     for profile in [
         Profile::Rfc,
         Profile::Hyperplane,
-        Profile::Cgn(CgnSettings::new(256, 4)),
+        Profile::Cgn(CgnSettings::new().with_block_size(256)),
     ] {
         let mut n = nat(profile, &["203.0.113.1", "2001:db8::1"]);
         let f = FlowKey::v6(ZoneId(0), [0xfd; 16], [0x20; 16], proto::UDP, 5000, 53);
