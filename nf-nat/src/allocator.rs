@@ -119,7 +119,7 @@ struct Quarantined {
 
 /// Hyperplane: one 64-port word of one destination (`tag` < 1024), or one summary word
 /// (`tag` = 1024 + j).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct WordKey {
     dst: [u8; 16],
     dst_port: u16,
@@ -144,7 +144,7 @@ struct Eim {
     cgn: Option<Cgn>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct InsideKey {
     addr: [u8; 16],
     zone: u32,
@@ -153,21 +153,21 @@ struct InsideKey {
     v6: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct EimEntry {
     public: u16,
     port: u16,
     refs: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct SubKey {
     addr: [u8; 16],
     zone: u32,
     v6: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Sub {
     public: u16,
     mappings: u32,

@@ -106,9 +106,10 @@
 //! ([`PortAllocator::memory_bytes`]):
 //! - the quarantine FIFO: 40 bytes × `max_mappings`;
 //! - hyperplane: one open-addressed table of (destination, word) → (used, quarantined) bits,
-//!   sized for 1.25 × `max_mappings` entries at ≤ 7/8 load (56-byte slots): memory is per
-//!   mapping, not per destination — a destination with one flow costs one entry, a full one
-//!   1,024 entries for 64,512 flows;
+//!   sized for 1.25 × `max_mappings` + 1,024 entries at ≤ 7/8 load (48-byte slots, about 69
+//!   bytes per mapping): memory is per mapping, not per destination — a destination with one
+//!   flow costs one entry, a full one 1,024 entries (port words and summary words) for 64,512
+//!   flows. With `max_mappings` = 64,576 the allocator holds 7.07 MB, 109 bytes per mapping;
 //! - rfc and cgn: 16 KiB of port bits per public address and protocol, and two tables
 //!   (inside endpoint → mapping, inside address → subscriber) of `max_mappings` entries; CGN
 //!   adds block ownership per public address and block lists per possible subscriber.

@@ -1,26 +1,28 @@
 //! A fixed-capacity open-addressed hash table (linear probing, backward-shift deletion).
 //!
-//! Capacity is fixed at construction (a power of two), so nothing allocates after it; the
-//! caller supplies each key's keyed hash, so one SipHash can serve several lookups (the
-//! hyperplane profile derives the hash of every word of a destination from one hash of the
-//! destination). An insert that would fill more than 7/8 of the slots is refused, which keeps
-//! probe sequences short.
+//! Capacity is fixed at construction, so nothing allocates after it; the caller supplies each
+//! key's keyed hash, so one SipHash can serve several lookups (the hyperplane profile derives
+//! the hash of every word of a destination from one hash of the destination). A key's home
+//! slot is the multiply-shift of the hash's low 32 bits onto the slot count (no power-of-two
+//! rounding), and an insert that would fill more than 7/8 of the slots is refused, which
+//! keeps probe sequences short.
 
 use alloc::vec::Vec;
 
-/// One slot: the low 32 bits of the key's hash (to find its home slot on deletion) and the
-/// entry, if any.
-#[derive(Clone, Copy, Debug)]
+/// One slot: the entry, whether it is live, and the low 32 bits of its key's hash (to find
+/// its home slot again on deletion).
+#[derive(Clone, Copy, Debug, Default)]
 struct Slot<K, V> {
+    key: K,
+    value: V,
     hash: u32,
-    entry: Option<(K, V)>,
+    live: bool,
 }
 
 /// The table; see the module docs.
 #[derive(Clone, Debug)]
 pub(crate) struct Table<K, V> {
     slots: Vec<Slot<K, V>>,
-    mask: usize,
     len: usize,
     limit: usize,
 }
@@ -29,20 +31,12 @@ pub(crate) struct Table<K, V> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TableFull;
 
-impl<K: Copy + Eq, V: Copy> Table<K, V> {
-    /// A table for at least `entries` entries (slots: the next power of two of 8/7 of it).
+impl<K: Copy + Eq + Default, V: Copy + Default> Table<K, V> {
+    /// A table for at least `entries` entries (8/7 of it in slots, at least 8).
     pub(crate) fn with_entries(entries: usize) -> Self {
-        let want = entries.saturating_mul(8) / 7 + 1;
-        let n = want.max(8).next_power_of_two();
+        let n = (entries.saturating_mul(8) / 7 + 1).max(8);
         Self {
-            slots: alloc::vec![
-                Slot {
-                    hash: 0,
-                    entry: None
-                };
-                n
-            ],
-            mask: n - 1,
+            slots: alloc::vec![Slot::default(); n],
             len: 0,
             limit: n / 8 * 7,
         }
@@ -60,20 +54,28 @@ impl<K: Copy + Eq, V: Copy> Table<K, V> {
     }
 
     #[inline]
-    fn home(&self, hash: u64) -> usize {
-        (hash as usize) & self.mask
+    fn home(&self, hash: u32) -> usize {
+        ((u64::from(hash) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 >= self.slots.len() { 0 } else { i + 1 }
     }
 
     /// The slot holding `key`, if any.
     #[inline]
     pub(crate) fn find(&self, hash: u64, key: &K) -> Option<usize> {
-        let mut i = self.home(hash);
+        let mut i = self.home(hash as u32);
         loop {
-            match self.slots.get(i)?.entry {
-                Some((k, _)) if k == *key => return Some(i),
-                Some(_) => i = (i + 1) & self.mask,
-                None => return None,
+            let s = self.slots.get(i)?;
+            if !s.live {
+                return None;
             }
+            if s.key == *key {
+                return Some(i);
+            }
+            i = self.next(i);
         }
     }
 
@@ -87,13 +89,16 @@ impl<K: Copy + Eq, V: Copy> Table<K, V> {
     /// The value in slot `i`.
     #[inline]
     pub(crate) fn value_at(&self, i: usize) -> Option<V> {
-        self.slots.get(i)?.entry.map(|(_, v)| v)
+        self.slots.get(i).filter(|s| s.live).map(|s| s.value)
     }
 
     /// The value in slot `i`, writable.
     #[inline]
     pub(crate) fn value_at_mut(&mut self, i: usize) -> Option<&mut V> {
-        self.slots.get_mut(i)?.entry.as_mut().map(|(_, v)| v)
+        self.slots
+            .get_mut(i)
+            .filter(|s| s.live)
+            .map(|s| &mut s.value)
     }
 
     /// Inserts `key` (which must be absent) and returns its slot.
@@ -105,54 +110,57 @@ impl<K: Copy + Eq, V: Copy> Table<K, V> {
         if self.len >= self.limit {
             return Err(TableFull);
         }
-        let mut i = self.home(hash);
+        let mut i = self.home(hash as u32);
         loop {
+            let next = self.next(i);
             let slot = self.slots.get_mut(i).ok_or(TableFull)?;
-            if slot.entry.is_none() {
+            if !slot.live {
                 *slot = Slot {
+                    key,
+                    value,
                     hash: hash as u32,
-                    entry: Some((key, value)),
+                    live: true,
                 };
                 self.len += 1;
                 return Ok(i);
             }
-            i = (i + 1) & self.mask;
+            i = next;
         }
     }
 
     /// Removes the entry in slot `i`, shifting later entries of its probe run back so that
     /// lookups never need tombstones.
     pub(crate) fn remove_at(&mut self, i: usize) {
-        let Some(slot) = self.slots.get_mut(i) else {
-            return;
-        };
-        if slot.entry.take().is_none() {
-            return;
+        let n = self.slots.len();
+        match self.slots.get_mut(i) {
+            Some(s) if s.live => s.live = false,
+            _ => return,
         }
         self.len -= 1;
         let mut hole = i;
-        let mut j = (i + 1) & self.mask;
+        let mut j = self.next(i);
         loop {
             let Some(&s) = self.slots.get(j) else {
                 return;
             };
-            if s.entry.is_none() {
+            if !s.live {
                 return;
             }
-            let home = (s.hash as usize) & self.mask;
-            // The entry at j may move into the hole if its home is not cyclically in (hole, j].
-            let dist_hole = hole.wrapping_sub(home) & self.mask;
-            let dist_j = j.wrapping_sub(home) & self.mask;
+            let home = self.home(s.hash);
+            // The entry at j may move into the hole unless its home lies cyclically in
+            // (hole, j].
+            let dist_hole = (hole + n - home) % n;
+            let dist_j = (j + n - home) % n;
             if dist_hole < dist_j {
                 if let Some(h) = self.slots.get_mut(hole) {
                     *h = s;
                 }
                 if let Some(js) = self.slots.get_mut(j) {
-                    js.entry = None;
+                    js.live = false;
                 }
                 hole = j;
             }
-            j = (j + 1) & self.mask;
+            j = self.next(j);
         }
     }
 }
@@ -180,7 +188,8 @@ mod tests {
         fn matches_hashmap(ops in proptest::collection::vec((any::<bool>(), 0u16..64), 0..400)) {
             let mut t: Table<u16, u16> = Table::with_entries(56);
             let mut m = HashMap::new();
-            let h = |k: u16| u64::from(k % 7);
+            // Few distinct hashes (long collision runs), spread over the 32-bit range.
+            let h = |k: u16| u64::from(k % 7) * 0x2492_4924 + u64::from(k % 3);
             for (ins, k) in ops {
                 if ins {
                     if t.find(h(k), &k).is_none() && t.insert_new(h(k), k, k ^ 1).is_ok() {
