@@ -6,7 +6,9 @@
 //! The SNAT/DNAT stages (not built yet) will call it from their session service: in
 //! `on_new`, [`PortAllocator::allocate`] either commits a mapping or changes nothing, and
 //! the service sets the reply key to [`PortAllocator::reply_key`]; in `on_end`,
-//! [`PortAllocator::release`] hands the mapping back, with `now`.
+//! [`PortAllocator::release`] hands the mapping back, with `now`; the service's
+//! `poll_timeout` / `handle_timeout` forward to the allocator's. The integration test
+//! `tests/session_service.rs` runs exactly that inside nf-core's `Conntrack`.
 //!
 //! ```
 //! use nf_nat::{AllocatorConfig, AllocError, PortAllocator, Profile};

@@ -389,3 +389,58 @@ fn ipv6_uses_ipv6_public_addresses() {
         assert_eq!((reply.src_port, reply.dst_port), (53, m.port()));
     }
 }
+
+/// Settings out of range are refused with their own error, never clamped.
+#[test]
+fn config_errors() {
+    use nf_nat::{ConfigError, Owner, RssSteering};
+    let one = || ips(&["203.0.113.1"]);
+    let new = |c: AllocatorConfig| PortAllocator::new(c).err();
+    let hp = || AllocatorConfig::new(Profile::Hyperplane, one(), SECRET);
+    assert_eq!(
+        new(AllocatorConfig::new(Profile::Rfc, vec![], SECRET)),
+        Some(ConfigError::PublicIps)
+    );
+    assert_eq!(
+        new(hp().with_max_mappings(0)),
+        Some(ConfigError::MaxMappings)
+    );
+    assert_eq!(new(hp().with_max_probes(0)), Some(ConfigError::MaxProbes));
+    let bad_owner = Owner {
+        nodes: 2,
+        cores: 2,
+        node: 2,
+        core: 0,
+    };
+    assert_eq!(new(hp().with_owner(bad_owner)), Some(ConfigError::Owner));
+    // Steering needs the hyperplane profile, a power-of-two table, and this core's queue.
+    let rfc = AllocatorConfig::new(Profile::Rfc, one(), SECRET).with_steering(RssSteering::new(2));
+    assert_eq!(new(rfc), Some(ConfigError::Steering));
+    let odd = RssSteering::new(2).with_indirection(vec![0, 1, 0]);
+    assert_eq!(new(hp().with_steering(odd)), Some(ConfigError::Steering));
+    let owner = Owner {
+        nodes: 1,
+        cores: 4,
+        node: 0,
+        core: 3,
+    };
+    let few = RssSteering::new(2);
+    assert_eq!(
+        new(hp().with_owner(owner).with_steering(few)),
+        Some(ConfigError::Steering)
+    );
+    let blocks = |c: CgnSettings| new(AllocatorConfig::new(Profile::Cgn(c), one(), SECRET));
+    assert_eq!(
+        blocks(CgnSettings::new().with_block_size(100)),
+        Some(ConfigError::Blocks)
+    );
+    assert_eq!(
+        blocks(CgnSettings::new().with_block_size(8192)),
+        Some(ConfigError::Blocks)
+    );
+    assert_eq!(
+        blocks(CgnSettings::new().with_max_blocks(0)),
+        Some(ConfigError::Blocks)
+    );
+    assert_eq!(blocks(CgnSettings::new()), None);
+}
