@@ -3,7 +3,10 @@
 //! allocation took (`probes_p50`, `probes_p99`, `probes_max`).
 //!
 //! One public address, one destination (198.51.100.9:443, TCP), no excluded ports: 64,512
-//! ports, of which 58,061 (90%) are held before measuring. Each element is one connection's
+//! ports, of which 58,060 (90%) are held before measuring. A second case (`"steering":
+//! "rss-8"`) steers replies to core 3 of 8 by their symmetric Toeplitz hash, so only the
+//! ports whose reply lands on queue 3 are eligible (about 1 in 8); 90% of those are held, and
+//! the peer probes random ports, skipping ineligible ones by the same hash. Each element is one connection's
 //! churn at steady state: a new flow (fresh inside address and port) is allocated and the
 //! oldest live one released, so the occupancy stays at 90%. The quarantine is zero here (a
 //! quarantined port is as occupied as a live one; with 120 s the steady state is the same
@@ -16,8 +19,9 @@
 
 use crate::harness::{self, Opts, Rng};
 use nf_core::flow::proto;
+use nf_core::toeplitz::{SYMMETRIC_KEY, Toeplitz};
 use nf_core::{Duration, FlowKey, Instant, ZoneId};
-use nf_nat::{AllocatorConfig, Mapping, PortAllocator, Profile};
+use nf_nat::{AllocatorConfig, Mapping, Owner, PortAllocator, Profile, RssSteering};
 use serde_json::json;
 use std::collections::VecDeque;
 
@@ -29,6 +33,10 @@ const DST_PORT: u16 = 443;
 /// Issue 13's targets: ≥ 3M new connections per second per core, p99 ≤ 8 probes.
 const TARGET_NS: f64 = 1e9 / 3e6;
 const TARGET_PROBES_P99: u32 = 8;
+const PUBLIC: [u8; 4] = [203, 0, 113, 1];
+/// The steering case: this core and the queue count.
+const CORE: u16 = 3;
+const QUEUES: u16 = 8;
 
 /// The n-th new flow: a fresh inside address and port each time.
 fn flow(n: u64) -> FlowKey {
@@ -44,15 +52,25 @@ struct Ours {
 }
 
 impl Ours {
-    fn new(held: usize) -> Self {
-        let cfg = AllocatorConfig::new(
+    fn new(held: usize, steering: bool) -> Self {
+        let mut cfg = AllocatorConfig::new(
             Profile::Hyperplane,
-            vec!["203.0.113.1".parse().unwrap_or_else(|e| panic!("{e}"))],
+            vec![PUBLIC.into()],
             *b"nf-bench nat new",
         )
         .with_excluded_ports([])
         .with_quarantine(Duration::ZERO)
         .with_max_mappings(PORTS + BATCH);
+        if steering {
+            cfg = cfg
+                .with_owner(Owner {
+                    nodes: 1,
+                    cores: u32::from(QUEUES),
+                    node: 0,
+                    core: u32::from(CORE),
+                })
+                .with_steering(RssSteering::new(QUEUES));
+        }
         let nat = PortAllocator::new(cfg).unwrap_or_else(|e| panic!("allocator: {e}"));
         let mut s = Self {
             nat,
@@ -85,16 +103,20 @@ impl Ours {
     }
 }
 
-/// The reference allocator: random probing over a hash set of (destination, port).
+/// The reference allocator: random probing over a hash set of (destination, port); with
+/// steering, ports whose reply does not hash to this core's queue are skipped (each still a
+/// probe).
 struct Peer {
     used: hashbrown::HashSet<([u8; 4], u16, u16), ahash::RandomState>,
     live: VecDeque<([u8; 4], u16, u16)>,
     rng: Rng,
+    steer: Option<Toeplitz>,
 }
 
 impl Peer {
-    fn new(held: usize) -> Self {
+    fn new(held: usize, steering: bool) -> Self {
         let mut s = Self {
+            steer: steering.then(|| Toeplitz::new(&SYMMETRIC_KEY)),
             used: hashbrown::HashSet::with_capacity_and_hasher(
                 PORTS,
                 ahash::RandomState::with_seeds(1, 2, 3, 4),
@@ -113,6 +135,13 @@ impl Peer {
         loop {
             probes += 1;
             let port = 1024 + self.rng.below(PORTS as u64) as u16;
+            if let Some(t) = &self.steer {
+                // The reply's queue, as `RssSteering::new` spreads queues over 128 entries.
+                let h = t.hash_v4(DST, PUBLIC, Some((DST_PORT, port)));
+                if (h & 127) as u16 % QUEUES != CORE {
+                    continue;
+                }
+            }
             let k = (DST, DST_PORT, port);
             if self.used.insert(k) {
                 self.live.push_back(k);
@@ -129,9 +158,26 @@ impl Peer {
 }
 
 pub(crate) fn run(opts: &Opts) {
-    let held = (PORTS as f64 * OCCUPANCY) as usize;
-    let mut ours = Ours::new(held);
-    let mut peer = Peer::new(held);
+    run_case(opts, false);
+    run_case(opts, true);
+}
+
+/// Ports of the destination eligible for this core (all 64,512 without steering).
+fn eligible(steering: bool) -> usize {
+    if !steering {
+        return PORTS;
+    }
+    let t = Toeplitz::new(&SYMMETRIC_KEY);
+    (1024..=65535u16)
+        .filter(|&p| (t.hash_v4(DST, PUBLIC, Some((DST_PORT, p))) & 127) as u16 % QUEUES == CORE)
+        .count()
+}
+
+fn run_case(opts: &Opts, steering: bool) {
+    let ports = eligible(steering);
+    let held = (ports as f64 * OCCUPANCY) as usize;
+    let mut ours = Ours::new(held, steering);
+    let mut peer = Peer::new(held, steering);
 
     // Probe distributions at steady state, untimed.
     let samples = if opts.quick { 200_000 } else { 2_000_000 };
@@ -172,16 +218,21 @@ pub(crate) fn run(opts: &Opts) {
     harness::report(
         opts,
         "nat-new",
-        "reference allocator: hashbrown 0.17 HashSet<(dst, dst port, port)> + ahash 0.8, uniformly random probing",
+        if steering {
+            "reference allocator: hashbrown 0.17 HashSet<(dst, dst port, port)> + ahash 0.8, uniformly random probing, ports whose reply's Toeplitz queue is not ours skipped"
+        } else {
+            "reference allocator: hashbrown 0.17 HashSet<(dst, dst port, port)> + ahash 0.8, uniformly random probing"
+        },
         result,
         json!({
             "profile": "hyperplane",
+            "steering": if steering { "rss-8" } else { "none" },
+            "eligible_ports": ports,
             "element": "one new connection allocated + the oldest released (steady 90% occupancy of one destination)",
-            "ports": PORTS,
             "occupancy": OCCUPANCY,
             "live_mappings": held,
             "new_connections_per_second": per_second.round(),
-            "probe_definition": "ours: one 64-bit word read (port word or summary word, one table lookup); peer: one candidate port looked up",
+            "probe_definition": "one 64-bit word read (a port word or a summary word: one table lookup)",
             "probes_p50": o50,
             "probes_p99": o99,
             "probes_max": omax,
@@ -192,6 +243,7 @@ pub(crate) fn run(opts: &Opts) {
             "errors": c.errors_total(),
             "memory_bytes": ours.nat.memory_bytes(),
             "bytes_per_mapping_capacity": ours.nat.memory_bytes() / (PORTS + BATCH),
+            "peer_probe_definition": if steering { "one random port drawn (ineligible ones included)" } else { "one random port looked up" },
             "target_ns_per_pkt": (TARGET_NS * 1000.0).round() / 1000.0,
             "target_probes_p99": TARGET_PROBES_P99,
             "meets_target": result.ours_ns <= TARGET_NS && o99 <= TARGET_PROBES_P99,
