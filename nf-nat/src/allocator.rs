@@ -342,11 +342,11 @@ impl PortAllocator {
                 cgn: None,
             })),
             Profile::Cgn(s) => {
-                let cgn = Cgn::new(s, &space, n_ips)?;
-                let subs = cgn.lists.len() / usize::from(s.max_blocks.max(1));
+                let cgn = Cgn::new(s, &space, n_ips, c.max_mappings)?;
+                let subs = cgn.list_owner.len();
                 State::Eim(Box::new(Eim {
                     maps: Table::with_entries(c.max_mappings),
-                    subs: Table::with_entries(subs.min(c.max_mappings)),
+                    subs: Table::with_entries(subs),
                     dense: (0..n_ips * 3).map(|_| Dense::new()).collect(),
                     cgn: Some(cgn),
                 }))
@@ -522,7 +522,13 @@ impl PortAllocator {
                     + e.subs.bytes()
                     + e.dense.len() * dense
                     + e.cgn.as_ref().map_or(0, |c| {
-                        c.owner.len() * 16 + c.lists.len() * 2 + c.list_owner.len() * 24
+                        c.owner.len() * 4
+                            + c.used.len() * 12
+                            + c.cap.len() * 4
+                            + c.lists.len() * 2
+                            + c.list_owner.len() * core::mem::size_of::<SubKey>()
+                            + c.free_lists.capacity() * 4
+                            + c.events.capacity() * core::mem::size_of::<BlockEvent>()
                     })
             }
         }
@@ -1262,7 +1268,15 @@ fn mark_hyper(
 }
 
 impl Cgn {
-    fn new(s: CgnSettings, space: &Space, n_ips: usize) -> Result<Self, ConfigError> {
+    /// Block state for `n_ips` addresses, and block lists for as many subscribers as can
+    /// hold a block at once: one per block, and no more than `max_mappings` (a subscriber
+    /// holds a block only while it has a live or quarantined port in it).
+    fn new(
+        s: CgnSettings,
+        space: &Space,
+        n_ips: usize,
+        max_mappings: usize,
+    ) -> Result<Self, ConfigError> {
         let bs = usize::from(s.block_size);
         if bs == 0 || bs % 64 != 0 || bs > 4096 || s.max_blocks == 0 {
             return Err(ConfigError::Blocks);
@@ -1281,7 +1295,7 @@ impl Cgn {
             })
             .collect();
         let total = blocks_per_ip * n_ips;
-        let lists = total;
+        let lists = total.min(max_mappings);
         let mb = usize::from(s.max_blocks);
         Ok(Self {
             settings: s,
