@@ -297,6 +297,14 @@ fn ip_of(v6: bool, a: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The range class of a flow's public port: 0 (below 1024) for an inside port below 1024
+/// (RFC 4787 REQ-3a), else 1; ICMP query identifiers have no classes and always take 1.
+#[inline]
+fn range_class(flow: &FlowKey) -> usize {
+    let icmp = matches!(flow.proto, proto::ICMP | proto::ICMPV6);
+    usize::from(flow.src_port >= 1024 || icmp)
+}
+
 /// Position of `port` in its word.
 #[inline]
 fn bit(port: u16) -> u64 {
@@ -633,7 +641,7 @@ impl PortAllocator {
         if !self.has_room() {
             return Err(AllocError::CapacityFull);
         }
-        let class = usize::from(flow.src_port >= 1024);
+        let class = range_class(flow);
         let k = self.hasher.hash(flow);
         let (first, n) = self.first_public(fam, k);
         let mut budget = self.max_probes;
@@ -972,7 +980,7 @@ impl PortAllocator {
         sk: &SubKey,
         hsk: u64,
     ) -> Result<Plan, AllocError> {
-        let class = usize::from(flow.src_port >= 1024);
+        let class = range_class(flow);
         let State::Eim(e) = &self.state else {
             return Err(AllocError::Exhausted);
         };

@@ -81,7 +81,8 @@
 //! is in [`AllocatorCounters::probes`].
 //!
 //! Range class (RFC 4787 REQ-3a): an inside port below 1024 gets a public port below 1024,
-//! any other one ≥ 1024 (rfc and hyperplane). Port 0 and [`AllocatorConfig::excluded_ports`]
+//! any other one ≥ 1024 (rfc and hyperplane); ICMP query identifiers, which have no classes,
+//! always get one ≥ 1024. Port 0 and [`AllocatorConfig::excluded_ports`]
 //! (default 4789 and 6081, the node's tunnel ports) are never handed out.
 //!
 //! # Owners

@@ -94,13 +94,14 @@ fn golden_cgn() {
     );
 }
 
-// (public address index, port), pinned on first implementation; never change.
+// (public address index, port), pinned on first implementation; never change. (Changed once
+// before the first release: ICMP identifiers moved to the high class, flow 4 552 → 35560.)
 const HYPERPLANE: [(u16, u16); 6] = [
     (1, 61512),
     (2, 40544),
     (0, 20344),
     (2, 603),
-    (1, 552),
+    (1, 35560),
     (3, 13584),
 ];
 /// Flow 2 shares flow 1's inside address, so paired pooling keeps it on address 1.
@@ -109,7 +110,7 @@ const RFC: [(u16, u16); 6] = [
     (1, 40544),
     (0, 20344),
     (2, 603),
-    (1, 552),
+    (1, 35560),
     (3, 13584),
 ];
 /// Blocks of 512 ports: each subscriber's first block from a keyed start, always ≥ 1024.

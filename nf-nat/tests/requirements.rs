@@ -87,6 +87,10 @@ fn rfc4787_req3a_port_range_class() {
             assert!(n.allocate(t(0), &low).unwrap().port() < 1024);
             let high = flow(u32::from(i), 1024 + i * 300, [198, 51, 100, 1], 53);
             assert!(n.allocate(t(0), &high).unwrap().port() >= 1024);
+            // ICMP query identifiers have no classes: always the larger one.
+            let mut ping = flow(u32::from(i), 1 + i, [198, 51, 100, 1], 1 + i);
+            ping.proto = nf_core::flow::proto::ICMP;
+            assert!(n.allocate(t(0), &ping).unwrap().port() >= 1024);
         }
         // Fill the low class: 1023 ports (1..=1023), then the next low flow is refused.
         let mut got = HashSet::new();
