@@ -72,6 +72,27 @@ pub struct BlockEvent {
     pub last_port: u16,
 }
 
+/// One log line: `block allocated zone 7 subscriber 10.0.0.3 public 203.0.113.2 ports
+/// 59392-59903 at 121000000000ns`.
+impl core::fmt::Display for BlockEvent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let kind = match self.kind {
+            BlockEventKind::Allocated => "allocated",
+            BlockEventKind::Released => "released",
+        };
+        write!(
+            f,
+            "block {kind} zone {} subscriber {} public {} ports {}-{} at {}ns",
+            self.zone.0,
+            self.subscriber,
+            self.public,
+            self.first_port,
+            self.last_port,
+            self.at.as_nanos()
+        )
+    }
+}
+
 /// Chooses public ports for new flows, and takes them back when flows end; see the
 /// [crate docs](crate) for the profiles, the search, quarantine and memory.
 ///

@@ -296,6 +296,13 @@ fn cgn_block_events() {
     assert_eq!(Some(e.public), n.public_ip(m));
     assert!(e.first_port <= m.port() && m.port() <= e.last_port);
     assert_eq!(e.last_port - e.first_port, 511);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "block allocated zone 0 subscriber 10.0.0.3 public {} ports {}-{} at 1000000000ns",
+            e.public, e.first_port, e.last_port
+        )
+    );
     // More connections of the subscriber: same block, no event; EIM for another
     // destination.
     let mut flows = vec![(f, m)];
