@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Writes seed corpora for the geneve and vxlan fuzz targets: the UDP payloads (tunnel
-header + inner frame) of the first frames of the shared captures.
+header + inner frame) of the first frames of the shared captures; and for nat_alloc, operation
+sequences for each profile (a setup of six bytes, then arbitrary-encoded operations) from a
+fixed-seed generator, so the corpus is reproducible.
 
 Run from fuzz/: python3 seeds.py ../../shared/testdata/pcap (or wherever the captures are).
 """
@@ -49,7 +51,27 @@ def udp_payload(linktype, frame):
     return struct.unpack(">H", frame[at + 2 : at + 4])[0], frame[at + 8 :]
 
 
+def nat_alloc_seeds():
+    """Deterministic byte strings for nat_alloc: one per (profile, port words, quarantine)
+    mix, long enough for a few hundred operations that fill, free and age the ports."""
+    os.makedirs("corpus/nat_alloc", exist_ok=True)
+    state = 0x6E61_7430
+    n = 0
+    for profile in (0, 1, 2, 2 | 0x40 | 0x28):
+        for words, quarantine in ((0, 1), (3, 0), (1, 4)):
+            setup = bytes([profile, words, quarantine, 200, 32, 0])
+            body = bytearray()
+            for _ in range(1500):
+                state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+                body.append(state >> 56)
+            with open(f"corpus/nat_alloc/seed-{n:02}", "wb") as out:
+                out.write(setup + bytes(body))
+            n += 1
+    print("nat_alloc", n, "seeds")
+
+
 def main():
+    nat_alloc_seeds()
     src = sys.argv[1] if len(sys.argv) > 1 else "../../shared/testdata/pcap"
     for target, (files, ports) in CAPTURES.items():
         ports = ports if isinstance(ports, tuple) else (ports,)

@@ -1,17 +1,139 @@
-//! NAT gateway stages for nf — **not built yet**; this crate holds only its charter.
+//! NAT port allocation for nf: [`PortAllocator`] picks the public address and port of each
+//! new outbound flow, keeps them unique, quarantines them after use, and can choose them so
+//! that replies reach the node and core that own the flow. It does no I/O and reads no clock:
+//! `now` is passed in.
 //!
-//! `nf-nat` will own:
-//! - a port allocator that picks ports per destination (endpoint-independent mapping,
-//!   address- and port-dependent filtering as configured), from port blocks owned by this node
-//!   so that replies can be steered back to the owner without coordination;
-//! - SNAT and DNAT stages that rewrite headers in place with RFC 1624 incremental checksum
-//!   updates from `nf-core`, keeping both flows of a translation in `nf-core`'s session table;
-//! - ICMP error translation (embedded headers) per RFC 5508;
-//! - NAT profiles: strict RFC 4787/5382 behaviour, Hyperplane-style, and carrier-grade NAT.
+//! The SNAT/DNAT stages (not built yet) will call it from their session service: in
+//! `on_new`, [`PortAllocator::allocate`] either commits a mapping or changes nothing, and
+//! the service sets the reply key to [`PortAllocator::reply_key`]; in `on_end`,
+//! [`PortAllocator::release`] hands the mapping back, with `now`; the service's
+//! `poll_timeout` / `handle_timeout` forward to the allocator's. The integration test
+//! `tests/session_service.rs` runs exactly that inside nf-core's `Conntrack`.
 //!
-//! It depends only on `nf-core`; stages cooperate with others through `nf-core` metadata.
+//! ```
+//! use nf_nat::{AllocatorConfig, AllocError, PortAllocator, Profile};
+//! use nf_core::{Duration, FlowKey, Instant, ZoneId, flow::proto};
+//!
+//! let public = vec!["203.0.113.1".parse()?];
+//! let config = AllocatorConfig::new(Profile::Hyperplane, public, *b"operator secret!")
+//!     .with_max_mappings(1 << 16)
+//!     .with_quarantine(Duration::from_secs(120));
+//! let mut nat = PortAllocator::new(config)?;
+//!
+//! // The caller's loop: new flows arrive, sessions end, timers run.
+//! let mut now = Instant::from_nanos(1_000_000_000);
+//! let flow = FlowKey::v4(ZoneId(0), [10, 0, 0, 5], [198, 51, 100, 9], proto::TCP, 40000, 443);
+//! let mapping = nat.allocate(now, &flow)?;
+//! let reply = nat.reply_key(&flow, mapping).ok_or("no reply key")?;
+//! assert_eq!(reply.dst_ip().to_string(), "203.0.113.1");
+//! assert!(mapping.port() >= 1024); // the same range class as 40000 (RFC 4787 REQ-3a)
+//!
+//! // The session ends: the port waits out its quarantine before anyone gets it again.
+//! nat.release(now, &flow, mapping)?;
+//! assert_eq!(nat.quarantined(), 1);
+//! now += Duration::from_secs(121);
+//! while nat.poll_timeout().is_some_and(|t| t <= now) {
+//!     nat.handle_timeout(now, 256);
+//! }
+//! assert_eq!(nat.quarantined(), 0);
+//!
+//! // A flow without ports is refused with a typed error, and counted.
+//! let gre = FlowKey::v4(ZoneId(0), [10, 0, 0, 5], [198, 51, 100, 9], proto::GRE, 0, 0);
+//! assert_eq!(nat.allocate(now, &gre), Err(AllocError::UnsupportedProtocol));
+//! nat.visit_counters("nat", &mut |stage, name, value| println!("{stage} {name} {value}"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Profiles
+//!
+//! - [`Profile::Rfc`]: endpoint-independent mapping (RFC 4787 REQ-1): an inside (zone,
+//!   address, port, protocol) keeps its public address and port for every destination while
+//!   any session uses it; paired pooling (REQ-2): an inside address uses one public address
+//!   while it has mappings. Ports are unique per (public address, protocol).
+//! - [`Profile::Hyperplane`]: endpoint-dependent: ports are unique per (public address,
+//!   destination address, destination port, protocol), so one destination can hold every
+//!   port of every public address (64,512 above 1023 per address, fewer any excluded); when
+//!   one public address has none left for a destination, the next one is tried.
+//! - [`Profile::Cgn`]: endpoint-independent mapping inside port blocks (RFC 6888): each
+//!   subscriber (zone, inside address) holds up to `max_blocks` blocks of `block_size`
+//!   ports on one public address and at most `port_quota` live mappings per protocol
+//!   (REQ-4); assigning or releasing a block queues a [`BlockEvent`]
+//!   ([`PortAllocator::pop_block_event`]) so operators log blocks, not connections. A block
+//!   goes back when its last port leaves quarantine. CGN ports are always ≥ 1024.
+//!
+//! # Port choice and probes
+//!
+//! Ports are bits of 64-bit words (word `w`: ports `64w..64w+64`). The start of the search is
+//! keyed (RFC 6056 style): `k` = SipHash-1-3 under the operator secret of the flow key's
+//! canonical encoding ([`FlowKey::encode`](nf_core::FlowKey::encode)); its low 32 bits pick
+//! the start word within this owner's words of the range class (multiply-shift), bits 32–37
+//! the start bit within a word, bits 40– the first public address tried. The search reads
+//! the start word; if it has no free port it walks the following words (wrapping), reading
+//! one *summary* word per 64 port words to skip those marked full.
+//!
+//! **A probe is one 64-bit word read from the occupancy state**: a port word or a summary
+//! word (in the hyperplane profile each is one lookup in the hash table). An allocation makes
+//! at most `max_probes` probes ([`AllocatorConfig::max_probes`], default 32), else it fails
+//! with [`AllocError::TooManyProbes`]; a full search costs at most 1 + 16 summary words + the
+//! port words they point to, so with 32 probes a free port is nearly always found, and
+//! [`AllocError::Exhausted`] means none is left. At 90% occupancy a word has a free port with
+//! probability 1 − 0.9⁶⁴ ≈ 99.9%, so almost every allocation takes one probe. The histogram
+//! is in [`AllocatorCounters::probes`].
+//!
+//! Range class (RFC 4787 REQ-3a): an inside port below 1024 gets a public port below 1024,
+//! any other one ≥ 1024 (rfc and hyperplane); ICMP query identifiers, which have no classes,
+//! always get one ≥ 1024. Port 0 and [`AllocatorConfig::excluded_ports`]
+//! (default 4789 and 6081, the node's tunnel ports) are never handed out.
+//!
+//! # Owners
+//!
+//! With [`Owner`] `{ nodes, cores, node, core }` each class is cut into `nodes × cores`
+//! contiguous runs of words, and the allocator hands out only its own run, so the owner of a
+//! reply is [`owner_of`] its destination port — a pure function. With [`RssSteering`]
+//! (hyperplane only) the runs are per node, and within its node's run the allocator takes only
+//! ports for which the reply's Toeplitz hash (nf-core's, the NIC's) selects this core's
+//! receive queue: the hash is linear in the port's bits, so one precomputed mask per
+//! redirection-table index gives the ports of a word that qualify, at no extra probe.
+//!
+//! # Quarantine and timers
+//!
+//! A released port stays taken for [`AllocatorConfig::quarantine`] (default 120 s, RFC 6888
+//! REQ-8) in a FIFO ordered by release time (bounded by `max_mappings`: live plus
+//! quarantined mappings never exceed it). [`PortAllocator::handle_timeout`] frees due ports
+//! with bounded work; [`PortAllocator::allocate`] also frees up to two due ones itself. If
+//! `now` went backwards, ports behind a later one wait longer, never shorter.
+//!
+//! # Memory
+//!
+//! Everything is allocated by [`PortAllocator::new`] and never grows
+//! ([`PortAllocator::memory_bytes`]):
+//! - the quarantine FIFO: 40 bytes × `max_mappings`;
+//! - hyperplane: one open-addressed table of (destination, word) → (used, quarantined) bits,
+//!   sized for 1.25 × `max_mappings` + 1,024 entries at ≤ 7/8 load (48-byte slots, about 69
+//!   bytes per mapping): memory is per mapping, not per destination — a destination with one
+//!   flow costs one entry, a full one 1,024 entries (port words and summary words) for 64,512
+//!   flows. With `max_mappings` = 64,576 the allocator holds 7.07 MB, 109 bytes per mapping;
+//! - rfc and cgn: 16 KiB of port bits per public address and protocol, and two tables
+//!   (inside endpoint → mapping, inside address → subscriber) of `max_mappings` entries; CGN
+//!   adds block ownership per public address and block lists per possible subscriber.
 #![no_std]
 #![forbid(unsafe_code)]
-
-#[cfg(feature = "std")]
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
 extern crate std;
+
+mod alloc_error;
+mod allocator;
+mod config;
+mod counters;
+mod space;
+mod table;
+
+pub use alloc_error::{AllocError, ReleaseError};
+pub use allocator::{BlockEvent, BlockEventKind, Mapping, PortAllocator};
+pub use config::{
+    AllocatorConfig, CgnSettings, ConfigError, DEFAULT_EXCLUDED_PORTS, DEFAULT_MAX_PROBES,
+    DEFAULT_QUARANTINE, Owner, Profile, RssSteering,
+};
+pub use counters::{AllocatorCounters, PROBE_BUCKETS};
+pub use space::{PortOwner, PortSplit, owner_of};

@@ -14,7 +14,6 @@ use nf_core::{Batch, FlowHasher, Instant, Packet, ParseStage, Stage};
 
 // The charter-only crates are linked too, so their no_std-ness is checked from day one.
 extern crate nf_lb;
-extern crate nf_nat;
 extern crate nf_policy;
 extern crate nf_tunnel;
 
@@ -95,7 +94,8 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
         .map_or(0, |p| h.symmetric(&p.meta.flow));
     black_box(hash);
     let placed = shuffle(hash);
-    if ok && placed && tracked { 0 } else { 1 }
+    let natted = nat(batch.packets().first().map(|p| p.meta.flow));
+    if ok && placed && tracked && natted { 0 } else { 1 }
 }
 
 /// Places a tenant on 3 of 12 nodes in 3 zones and picks a node for the flow.
@@ -111,4 +111,26 @@ fn shuffle(flow_hash: u64) -> bool {
         Ok(shard) => shard.len() == 3 && shard.node_for_flow(flow_hash).is_some(),
         Err(_) => false,
     }
+}
+
+/// Maps the parsed flow with the hyperplane port allocator, releases it, and lets the
+/// quarantine run out.
+fn nat(flow: Option<nf_core::FlowKey>) -> bool {
+    use core::net::{IpAddr, Ipv4Addr};
+    use nf_nat::{AllocatorConfig, PortAllocator, Profile};
+    let Some(flow) = flow else {
+        return false;
+    };
+    let public = alloc::vec![IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1))];
+    let cfg = AllocatorConfig::new(Profile::Hyperplane, public, [3; 16]).with_max_mappings(64);
+    let Ok(mut nat) = PortAllocator::new(cfg) else {
+        return false;
+    };
+    let Ok(m) = nat.allocate(Instant::ZERO, &flow) else {
+        return false;
+    };
+    let reply = nat.reply_key(&flow, m);
+    let released = nat.release(Instant::ZERO, &flow, m).is_ok();
+    let later = Instant::from_nanos(200_000_000_000);
+    released && reply.is_some() && nat.handle_timeout(later, 8) == 1
 }

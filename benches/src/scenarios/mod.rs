@@ -8,6 +8,7 @@ mod conntrack_insert;
 mod conntrack_stage;
 mod geneve_decap;
 mod geneve_encap;
+mod nat_new;
 mod parse;
 mod shuffle_place;
 mod vxlan_decap;
@@ -45,6 +46,11 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "conntrack-stage",
         about: "parsed packets through the Conntrack stage, 1M sessions, 99% established / 1% new (vs hashbrown + ahash)",
         run: conntrack_stage::run,
+    },
+    Scenario {
+        name: "nat-new",
+        about: "new outbound connections per second at 90% port occupancy of one destination, hyperplane profile; probes_p99 (vs hashbrown + ahash random probing)",
+        run: nat_new::run,
     },
     Scenario {
         name: "geneve-encap",

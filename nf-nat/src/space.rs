@@ -1,0 +1,410 @@
+//! The port space of one allocator: which ports it may hand out (owner range, range class,
+//! exclusions), the pure function from a port to its owner, RSS steering masks, and the
+//! bounded word-by-word search every profile uses.
+//!
+//! Ports are kept as bits of 64-bit words: word `w` holds ports `64w..64w + 64`. Words 0–15
+//! are the low class (ports below 1024), words 16–1023 the high class. A per-word *full* bit
+//! (16 summary words) marks words with no port left, so a search skips runs of full words by
+//! reading one summary word per 64 words.
+
+use crate::config::{ConfigError, Owner, RssSteering};
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+use nf_core::Family;
+use nf_core::toeplitz::Toeplitz;
+
+/// Words of 64 ports in the whole port space.
+pub(crate) const WORDS: usize = 1024;
+/// Words of the low class (ports 0..1024).
+pub(crate) const LOW_WORDS: usize = 16;
+/// Summary words (one bit per port word).
+pub(crate) const SUMMARY: usize = WORDS / 64;
+
+/// How the port space is split between owners: `nodes` × `cores` contiguous ranges in each
+/// range class (zero counts behave as one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSplit {
+    /// Nodes sharing the public addresses.
+    pub nodes: u32,
+    /// Cores per node owning ranges of their own (1 when RSS steering picks the core).
+    pub cores: u32,
+}
+
+impl PortSplit {
+    fn owners(self) -> u64 {
+        u64::from(self.nodes.max(1)) * u64::from(self.cores.max(1))
+    }
+}
+
+/// The node and core that own a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct PortOwner {
+    /// Owning node.
+    pub node: u32,
+    /// Owning core of that node.
+    pub core: u32,
+}
+
+/// The owner of `port` under `split`: a pure function every node computes alike.
+///
+/// Each range class is cut into `nodes × cores` contiguous runs of whole 64-port words,
+/// owner `i = node × cores + core` taking words `⌊i·len/n⌋ .. ⌊(i+1)·len/n⌋` of the class
+/// (16 low words, ports 0–1023; 1008 high words, ports 1024–65535). With more owners than a
+/// class has words, some owners have no ports of that class.
+///
+/// ```
+/// use nf_nat::{PortSplit, owner_of};
+/// let split = PortSplit { nodes: 2, cores: 4 };
+/// assert_eq!(owner_of(1024, split).node, 0);
+/// assert_eq!(owner_of(65535, split).node, 1);
+/// assert_eq!(owner_of(65535, split).core, 3);
+/// ```
+pub fn owner_of(port: u16, split: PortSplit) -> PortOwner {
+    let w = usize::from(port) / 64;
+    let (rel, len) = if w < LOW_WORDS {
+        (w, LOW_WORDS)
+    } else {
+        (w - LOW_WORDS, WORDS - LOW_WORDS)
+    };
+    let n = split.owners();
+    // The largest i with ⌊i·len/n⌋ ≤ rel.
+    let i = ((rel as u64 + 1) * n - 1) / len as u64;
+    let cores = u64::from(split.cores.max(1));
+    PortOwner {
+        node: (i / cores) as u32,
+        core: (i % cores) as u32,
+    }
+}
+
+/// Words `[lo, hi)` of owner `i` of `n` in the class `[base, base + len)`.
+fn owner_words(base: usize, len: usize, i: u64, n: u64) -> (usize, usize) {
+    let lo = base + (i * len as u64 / n) as usize;
+    let hi = base + ((i + 1) * len as u64 / n) as usize;
+    (lo, hi)
+}
+
+/// RSS steering precomputation (see [`RssSteering`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Steer {
+    toeplitz: Toeplitz,
+    indirection: Vec<u16>,
+    /// Index mask of the redirection table.
+    imask: u32,
+    /// Per family: the hash contribution of the reply's destination port, high and low byte.
+    contrib: [[[u32; 256]; 2]; 2],
+    /// Per family, per redirection index `x`: ports `o` in `0..64` of a word whose reply
+    /// lands on this core when the word's base index is `x`.
+    masks: [Box<[u64]>; 2],
+}
+
+impl Steer {
+    fn new(s: &RssSteering, core: u32) -> Result<Self, ConfigError> {
+        let len = s.indirection.len();
+        if len == 0 || !len.is_power_of_two() || len > 1 << 16 {
+            return Err(ConfigError::Steering);
+        }
+        if !s.indirection.iter().any(|&q| u32::from(q) == core) {
+            return Err(ConfigError::Steering);
+        }
+        let toeplitz = Toeplitz::new(&s.key);
+        let imask = (len - 1) as u32;
+        let port_hash = |fam: usize, port: u16| -> u32 {
+            // Zero addresses contribute nothing (the hash is linear), so this is the port's
+            // own contribution at the reply's destination-port position.
+            if fam == 0 {
+                toeplitz.hash_v4([0; 4], [0; 4], Some((0, port)))
+            } else {
+                toeplitz.hash_v6(&[0; 16], &[0; 16], Some((0, port)))
+            }
+        };
+        let mut contrib = [[[0u32; 256]; 2]; 2];
+        for (fam, c) in contrib.iter_mut().enumerate() {
+            for b in 0..=255u8 {
+                if let Some(x) = c[0].get_mut(usize::from(b)) {
+                    *x = port_hash(fam, u16::from(b) << 8);
+                }
+                if let Some(x) = c[1].get_mut(usize::from(b)) {
+                    *x = port_hash(fam, u16::from(b));
+                }
+            }
+        }
+        let masks = core::array::from_fn(|fam| {
+            (0..len as u32)
+                .map(|x| {
+                    let mut m = 0u64;
+                    for o in 0..64u16 {
+                        let idx = (x ^ port_hash(fam, o)) & imask;
+                        if s.indirection.get(idx as usize).map(|&q| u32::from(q)) == Some(core) {
+                            m |= 1 << o;
+                        }
+                    }
+                    m
+                })
+                .collect::<Vec<u64>>()
+                .into_boxed_slice()
+        });
+        Ok(Self {
+            toeplitz,
+            indirection: s.indirection.clone(),
+            imask,
+            contrib,
+            masks,
+        })
+    }
+
+    /// The reply's hash with destination port 0: `remote` is the original destination,
+    /// `public` the public address.
+    #[inline]
+    pub(crate) fn base(
+        &self,
+        fam: Family,
+        remote: &[u8; 16],
+        public: &[u8; 16],
+        remote_port: u16,
+    ) -> u32 {
+        match fam {
+            Family::V4 => self.toeplitz.hash_v4(
+                [remote[0], remote[1], remote[2], remote[3]],
+                [public[0], public[1], public[2], public[3]],
+                Some((remote_port, 0)),
+            ),
+            Family::V6 => self
+                .toeplitz
+                .hash_v6(remote, public, Some((remote_port, 0))),
+        }
+    }
+
+    /// The queue a reply with key `reply` is hashed to.
+    pub(crate) fn queue_of_reply(&self, reply: &nf_core::FlowKey) -> Option<u16> {
+        let h = self.toeplitz.hash_flow(reply, true);
+        self.indirection.get((h & self.imask) as usize).copied()
+    }
+
+    #[inline]
+    fn word_mask(&self, fam: usize, base: u32, w: usize) -> u64 {
+        let p0 = (w * 64) as u16;
+        let c = self.contrib.get(fam).map_or(0, |c| {
+            c[0].get(usize::from(p0 >> 8)).copied().unwrap_or(0)
+                ^ c[1].get(usize::from(p0 & 0xff)).copied().unwrap_or(0)
+        });
+        let x = (base ^ c) & self.imask;
+        self.masks
+            .get(fam)
+            .and_then(|m| m.get(x as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Ports this allocator may hand out.
+#[derive(Clone, Debug)]
+pub(crate) struct Space {
+    allowed: Box<[u64]>,
+    static_full: [u64; SUMMARY],
+    /// `[lo, hi)` words of this owner in the low and the high class.
+    classes: [(usize, usize); 2],
+    pub(crate) steer: Option<Steer>,
+    pub(crate) split: PortSplit,
+}
+
+/// Where a search ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    Found { port: u16, probes: u32 },
+    Exhausted { probes: u32 },
+    TooManyProbes { probes: u32 },
+}
+
+/// Occupancy of one set of ports (one destination, or one public address and protocol).
+pub(crate) trait Words {
+    /// Ports of word `w` in use or quarantined.
+    fn used(&self, w: usize) -> u64;
+    /// Summary word `j`: bit `b` set if word `64j + b` has no port left.
+    fn full(&self, j: usize) -> u64;
+}
+
+/// The RSS context of one destination: family index and base hash.
+pub(crate) type SteerCtx = Option<(usize, u32)>;
+
+impl Space {
+    pub(crate) fn new(
+        owner: Owner,
+        excluded: &[u16],
+        steering: Option<&RssSteering>,
+    ) -> Result<Self, ConfigError> {
+        if owner.nodes == 0 || owner.cores == 0 || owner.node >= owner.nodes {
+            return Err(ConfigError::Owner);
+        }
+        if owner.core >= owner.cores {
+            return Err(ConfigError::Owner);
+        }
+        let (split, index) = match steering {
+            Some(_) => (
+                PortSplit {
+                    nodes: owner.nodes,
+                    cores: 1,
+                },
+                u64::from(owner.node),
+            ),
+            None => (
+                PortSplit {
+                    nodes: owner.nodes,
+                    cores: owner.cores,
+                },
+                u64::from(owner.node) * u64::from(owner.cores) + u64::from(owner.core),
+            ),
+        };
+        let n = split.owners();
+        let classes = [
+            owner_words(0, LOW_WORDS, index, n),
+            owner_words(LOW_WORDS, WORDS - LOW_WORDS, index, n),
+        ];
+        let mut allowed = vec![0u64; WORDS].into_boxed_slice();
+        for &(lo, hi) in &classes {
+            for w in allowed.get_mut(lo..hi).into_iter().flatten() {
+                *w = !0;
+            }
+        }
+        // Port 0 is never a port.
+        if let Some(w) = allowed.first_mut() {
+            *w &= !1;
+        }
+        for &p in excluded {
+            if let Some(w) = allowed.get_mut(usize::from(p) / 64) {
+                *w &= !(1u64 << (p % 64));
+            }
+        }
+        let mut static_full = [0u64; SUMMARY];
+        for (w, &a) in allowed.iter().enumerate() {
+            if a == 0
+                && let Some(s) = static_full.get_mut(w / 64)
+            {
+                *s |= 1 << (w % 64);
+            }
+        }
+        let steer = match steering {
+            Some(s) => Some(Steer::new(s, owner.core)?),
+            None => None,
+        };
+        Ok(Self {
+            allowed,
+            static_full,
+            classes,
+            steer,
+            split,
+        })
+    }
+
+    /// Words `[lo, hi)` of a class (0: low, 1: high).
+    pub(crate) fn class_words(&self, class: usize) -> (usize, usize) {
+        self.classes.get(class).copied().unwrap_or((0, 0))
+    }
+
+    /// The ports of word `w` this allocator may hand out for a destination.
+    #[inline]
+    pub(crate) fn allowed(&self, w: usize, steer: SteerCtx) -> u64 {
+        let a = self.allowed.get(w).copied().unwrap_or(0);
+        match (steer, &self.steer) {
+            (Some((fam, base)), Some(s)) if a != 0 => a & s.word_mask(fam, base, w),
+            _ => a,
+        }
+    }
+
+    /// Searches the class `class` for a free port: the keyed start word first, then the words
+    /// after it (wrapping) that the summary does not mark full, at most `budget` probes.
+    ///
+    /// A probe is one 64-bit word read from the occupancy state: a port word or a summary
+    /// word. (For the hyperplane profile each is one hash-table lookup.)
+    pub(crate) fn scan(
+        &self,
+        class: usize,
+        key: u64,
+        budget: u32,
+        steer: SteerCtx,
+        words: &impl Words,
+    ) -> Scan {
+        let (lo, hi) = self.class_words(class);
+        if lo >= hi {
+            return Scan::Exhausted { probes: 0 };
+        }
+        let n = (hi - lo) as u64;
+        let start = lo + ((u128::from(key as u32) * u128::from(n)) >> 32) as usize;
+        let bit0 = ((key >> 32) & 63) as u32;
+        let mut probes = 0u32;
+        let try_word = |w: usize, probes: &mut u32| -> Option<u16> {
+            let a = self.allowed(w, steer);
+            if a == 0 {
+                return None;
+            }
+            *probes += 1;
+            let avail = a & !words.used(w);
+            if avail == 0 {
+                return None;
+            }
+            let b = (avail.rotate_right(bit0).trailing_zeros() + bit0) & 63;
+            Some((w * 64) as u16 | b as u16)
+        };
+        if budget == 0 {
+            return Scan::TooManyProbes { probes };
+        }
+        if let Some(port) = try_word(start, &mut probes) {
+            return Scan::Found { port, probes };
+        }
+        // The words after `start`, then those before it, skipping the ones marked full.
+        for (a, b) in [(start + 1, hi), (lo, start)] {
+            let mut w = a;
+            while w < b {
+                let j = w / 64;
+                if probes >= budget {
+                    return Scan::TooManyProbes { probes };
+                }
+                probes += 1;
+                let full = words.full(j) | self.static_full.get(j).copied().unwrap_or(!0);
+                let end = b.min((j + 1) * 64);
+                // Candidate words w..end of this summary word.
+                let span = end - w;
+                let range = if span >= 64 {
+                    !0u64
+                } else {
+                    ((1u64 << span) - 1) << (w % 64)
+                };
+                let mut free = !full & range;
+                while free != 0 {
+                    let cw = j * 64 + free.trailing_zeros() as usize;
+                    free &= free - 1;
+                    if probes >= budget {
+                        return Scan::TooManyProbes { probes };
+                    }
+                    if let Some(port) = try_word(cw, &mut probes) {
+                        return Scan::Found { port, probes };
+                    }
+                }
+                w = end;
+            }
+        }
+        Scan::Exhausted { probes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Each owner's ranges are exactly the ports `owner_of` gives it.
+        #[test]
+        fn owner_ranges_agree_with_owner_of(nodes in 1u32..40, cores in 1u32..40, port in any::<u16>()) {
+            let split = PortSplit { nodes, cores };
+            let o = owner_of(port, split);
+            prop_assert!(o.node < nodes && o.core < cores);
+            let s = Space::new(Owner { nodes, cores, node: o.node, core: o.core }, &[], None).unwrap();
+            let w = usize::from(port) / 64;
+            let class = usize::from(w >= LOW_WORDS);
+            let (lo, hi) = s.class_words(class);
+            prop_assert!(lo <= w && w < hi);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Property tests of the port allocator against a simple model (a set of live public tuples
+//! and a list of quarantined ones), and of reply ownership by port range and by RSS hash.
+
+use core::net::IpAddr;
+use nf_core::flow::proto;
+use nf_core::toeplitz::{SYMMETRIC_KEY, Toeplitz};
+use nf_core::{Duration, FlowKey, Instant, ZoneId};
+use nf_nat::{
+    AllocError, AllocatorConfig, CgnSettings, Mapping, Owner, PortAllocator, PortSplit, Profile,
+    RssSteering, owner_of,
+};
+use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        inside: u8,
+        sport: u8,
+        dst: u8,
+        proto: u8,
+    },
+    Release(usize),
+    Advance(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, 0u8..8, 0u8..3, 0u8..3).prop_map(|(inside, sport, dst, proto)| Op::Alloc { inside, sport, dst, proto }),
+        2 => any::<usize>().prop_map(Op::Release),
+        1 => (0u16..200).prop_map(Op::Advance),
+    ]
+}
+
+fn profile(i: u8) -> Profile {
+    match i % 3 {
+        0 => Profile::Rfc,
+        1 => Profile::Hyperplane,
+        _ => Profile::Cgn(
+            CgnSettings::new()
+                .with_block_size(64)
+                .with_max_blocks(2)
+                .with_port_quota(40),
+        ),
+    }
+}
+
+/// The public tuple a mapping occupies: (public address, port, protocol) and, endpoint-
+/// dependent, the destination.
+type Tuple = (u16, u16, u8, Option<([u8; 16], u16)>);
+
+fn tuple(p: Profile, f: &FlowKey, m: Mapping) -> Tuple {
+    let dst = (p == Profile::Hyperplane).then(|| (*f.dst_raw(), f.dst_port));
+    (m.public_index(), m.port(), f.proto, dst)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// No two live mappings share a public tuple; a released tuple is not handed out again
+    /// before its quarantine ends; endpoint-independent profiles give one inside endpoint one
+    /// mapping; failures are typed and change nothing; counters agree with the model.
+    #[test]
+    fn matches_model(which in 0u8..3, ops in proptest::collection::vec(op(), 1..300)) {
+        let profile = profile(which);
+        // A small port space so that ports run out: two high words (1024..1152).
+        let cfg = AllocatorConfig::new(profile, vec!["203.0.113.1".parse().unwrap(), "203.0.113.2".parse().unwrap()], [9; 16])
+            .with_excluded_ports((1152..=65535).chain(1..1024))
+            .with_max_mappings(200)
+            .with_quarantine(Duration::from_secs(100));
+        let mut n = PortAllocator::new(cfg).unwrap();
+        let mut now = Instant::from_nanos(1);
+        // Sessions: (flow, mapping). Live tuples with their session count.
+        let mut sessions: Vec<(FlowKey, Mapping)> = Vec::new();
+        let mut live: HashMap<Tuple, u32> = HashMap::new();
+        let mut eim: HashMap<(u32, [u8; 16], u16, u8), Mapping> = HashMap::new();
+        let mut quarantine: Vec<(Tuple, Instant)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Alloc { inside, sport, dst, proto: p } => {
+                    let proto = [proto::TCP, proto::UDP, proto::ICMP][usize::from(p)];
+                    let f = FlowKey::v4(ZoneId(0), [10, 0, 0, inside], [198, 51, 100, dst], proto, 2000 + u16::from(sport), 443);
+                    let before = n.len();
+                    match n.allocate(now, &f) {
+                        Ok(m) => {
+                            let t = tuple(profile, &f, m);
+                            let ik = (0, *f.src_raw(), f.src_port, f.proto);
+                            if profile == Profile::Hyperplane {
+                                prop_assert!(!live.contains_key(&t), "tuple {t:?} shared");
+                            } else if let Some(&old) = eim.get(&ik) {
+                                prop_assert_eq!(old, m, "endpoint-independent mapping changed");
+                            } else {
+                                prop_assert!(!live.contains_key(&t), "tuple {t:?} shared");
+                            }
+                            prop_assert!(
+                                !quarantine.iter().any(|(q, until)| *q == t && *until > now),
+                                "tuple {t:?} reused in quarantine"
+                            );
+                            prop_assert!((1024..1152).contains(&m.port()));
+                            if profile != Profile::Hyperplane {
+                                eim.insert(ik, m);
+                            }
+                            *live.entry(t).or_default() += 1;
+                            sessions.push((f, m));
+                        }
+                        Err(e) => {
+                            prop_assert!(matches!(e, AllocError::Exhausted | AllocError::QuotaExceeded | AllocError::CapacityFull), "{e:?}");
+                            prop_assert_eq!(n.len(), before);
+                        }
+                    }
+                }
+                Op::Release(i) => {
+                    if sessions.is_empty() {
+                        continue;
+                    }
+                    let (f, m) = sessions.swap_remove(i % sessions.len());
+                    n.release(now, &f, m).unwrap();
+                    let t = tuple(profile, &f, m);
+                    let c = live.get_mut(&t).unwrap();
+                    *c -= 1;
+                    if *c == 0 {
+                        live.remove(&t);
+                        eim.remove(&(0, *f.src_raw(), f.src_port, f.proto));
+                        quarantine.push((t, now + Duration::from_secs(100)));
+                    }
+                }
+                Op::Advance(s) => {
+                    now += Duration::from_secs(u64::from(s));
+                    while n.poll_timeout().is_some_and(|t| t <= now) {
+                        prop_assert!(n.handle_timeout(now, 3) <= 3);
+                    }
+                    quarantine.retain(|(_, until)| *until > now);
+                }
+            }
+            // Mappings: one per live tuple (EIM: per inside endpoint).
+            prop_assert_eq!(n.len(), live.len());
+            let c = n.counters();
+            prop_assert_eq!(c.active.iter().sum::<u64>(), live.len() as u64);
+            prop_assert_eq!(n.active_on(0) + n.active_on(1), live.len() as u64);
+            prop_assert!(n.quarantined() >= quarantine.len());
+        }
+        // Everything released and every quarantine over: the allocator is empty again.
+        for (f, m) in sessions.drain(..) {
+            n.release(now, &f, m).unwrap();
+        }
+        now += Duration::from_secs(101);
+        n.handle_timeout(now, usize::MAX);
+        prop_assert_eq!((n.len(), n.quarantined()), (0, 0));
+        if let Profile::Cgn(_) = profile {
+            prop_assert_eq!(n.counters().blocks_allocated, n.counters().blocks_released);
+        }
+    }
+
+    /// Range split: every port an allocator of (node, core) hands out is owned by that node
+    /// and core, for random node and core counts; owners never share a port.
+    #[test]
+    fn owner_ranges_own_their_replies(nodes in 1u32..9, cores in 1u32..17, seed in any::<u64>()) {
+        let split = PortSplit { nodes, cores };
+        let mut seen = HashSet::new();
+        for node in 0..nodes {
+            for core in [0, cores - 1, (seed % u64::from(cores)) as u32] {
+                let cfg = AllocatorConfig::new(Profile::Hyperplane, vec!["203.0.113.1".parse().unwrap()], seed.to_le_bytes().repeat(2).try_into().unwrap())
+                    .with_owner(Owner { nodes, cores, node, core });
+                let mut n = PortAllocator::new(cfg).unwrap();
+                for i in 0..40u16 {
+                    let sport = if i % 4 == 0 { 100 + i } else { 30000 + i };
+                    let f = FlowKey::v4(ZoneId(0), [10, 0, 0, 1], [198, 51, 100, 7], proto::UDP, sport, 53);
+                    match n.allocate(Instant::ZERO, &f) {
+                        Ok(m) => {
+                            let o = owner_of(m.port(), split);
+                            prop_assert_eq!((o.node, o.core), (node, core));
+                            prop_assert_eq!(n.owner_of(m.port()), o);
+                            seen.insert((node, core, m.port()));
+                        }
+                        // Small owners may have no low port at all.
+                        Err(e) => prop_assert!(sport < 1024 && e == AllocError::Exhausted, "{e:?}"),
+                    }
+                }
+            }
+        }
+        let ports: HashSet<u16> = seen.iter().map(|&(_, _, p)| p).collect();
+        let owners_of: HashSet<(u32, u32, u16)> = ports.iter().map(|&p| { let o = owner_of(p, split); (o.node, o.core, p) }).collect();
+        prop_assert!(owners_of.is_superset(&seen));
+    }
+
+    /// RSS steering: every reply's symmetric Toeplitz hash (computed here independently)
+    /// selects the receive queue of the core that allocated its port, and its port lies in
+    /// the node's range, for random node and core counts, IPv4 and IPv6.
+    #[test]
+    fn steering_every_reply_lands_on_its_owner(nodes in 1u32..6, cores in 1u16..17, seed in any::<u64>(), v6 in any::<bool>()) {
+        let toeplitz = Toeplitz::new(&SYMMETRIC_KEY);
+        let node = (seed % u64::from(nodes)) as u32;
+        let core = ((seed >> 8) % u64::from(cores)) as u32;
+        let publics: Vec<IpAddr> = vec!["203.0.113.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let cfg = AllocatorConfig::new(Profile::Hyperplane, publics.clone(), [7; 16])
+            .with_owner(Owner { nodes, cores: u32::from(cores), node, core })
+            .with_steering(RssSteering::new(cores));
+        let mut n = PortAllocator::new(cfg).unwrap();
+        let mut rng = seed | 1;
+        for i in 0..200u32 {
+            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+            let b = rng.to_be_bytes();
+            let sport = 1024 + (rng >> 48) as u16 % 60000;
+            let f = if v6 {
+                let mut d = [0x26; 16];
+                d[8..].copy_from_slice(&b);
+                FlowKey::v6(ZoneId(0), [0xfd; 16], d, proto::TCP, sport, (rng >> 20) as u16)
+            } else {
+                FlowKey::v4(ZoneId(0), [10, 0, (i >> 8) as u8, i as u8], [b[0], b[1], b[2], b[3]], proto::TCP, sport, (rng >> 20) as u16)
+            };
+            let m = n.allocate(Instant::ZERO, &f).unwrap();
+            let reply = n.reply_key(&f, m).unwrap();
+            let h = toeplitz.hash_flow(&reply, true);
+            prop_assert_eq!(u32::from((h & 127) as u16 % cores), core, "reply {:?}", reply);
+            prop_assert_eq!(n.queue_of_reply(&reply), Some(core as u16));
+            prop_assert_eq!(owner_of(m.port(), PortSplit { nodes, cores: 1 }).node, node);
+            prop_assert!(m.port() >= 1024);
+        }
+        prop_assert!(n.counters().probes[7] == 0, "{:?}", n.counters().probes);
+    }
+}
