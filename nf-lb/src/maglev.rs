@@ -108,10 +108,15 @@ impl MaglevTable {
     /// The backend index (into [`Self::backends`]) for a flow hash: slot `⌊hash · size / 2^64⌋`.
     #[inline]
     pub fn lookup(&self, hash: u64) -> u32 {
-        let slot = owner_of(hash, self.size()) as usize;
+        // Sizes are u32 (checked at build).
         match &self.entries {
-            Entries::Narrow(e) => e.get(slot).map_or(0, |&i| u32::from(i)),
-            Entries::Wide(e) => e.get(slot).copied().unwrap_or(0),
+            Entries::Narrow(e) => e
+                .get(owner_of(hash, e.len() as u32) as usize)
+                .map_or(0, |&i| u32::from(i)),
+            Entries::Wide(e) => e
+                .get(owner_of(hash, e.len() as u32) as usize)
+                .copied()
+                .unwrap_or(0),
         }
     }
 
@@ -131,6 +136,16 @@ impl MaglevTable {
     /// Fills `out[i]` for `i < min(keys.len(), out.len())` and returns that count; each is
     /// `lookup(flow_hash(&keys[i]))`.
     pub fn lookup_flows(&self, keys: &[FlowKey], out: &mut [u32]) -> usize {
+        match &self.entries {
+            Entries::Narrow(e) => self.lookup_flows_in(e, keys, out),
+            Entries::Wide(e) => self.lookup_flows_in(e, keys, out),
+        }
+    }
+
+    #[inline(always)]
+    fn lookup_flows_in<E: Entry>(&self, entries: &[E], keys: &[FlowKey], out: &mut [u32]) -> usize {
+        // The table size is a u32 (checked at build).
+        let m = entries.len() as u32;
         let mut hashes = [0u64; HASH_BATCH];
         let mut done = 0;
         for (keys, out) in keys.chunks(HASH_BATCH).zip(out.chunks_mut(HASH_BATCH)) {
@@ -138,7 +153,9 @@ impl MaglevTable {
                 *h = self.flow.hash(k);
             }
             for (o, &h) in out.iter_mut().zip(&hashes).take(keys.len()) {
-                *o = self.lookup(h);
+                *o = entries
+                    .get(owner_of(h, m) as usize)
+                    .map_or(0, |e| e.index());
             }
             done += keys.len().min(out.len());
         }
@@ -234,13 +251,15 @@ struct Turns {
     weight: u64,
     pos: u32,
     skip: u32,
+    /// `skip⁻¹ mod M`, computed when first needed (0: not yet).
+    inv: u32,
 }
 
 /// Fills the table: every backend with a weight above 0 takes weighted turns (draining ones
 /// too); then the draining backends' slots are emptied and filled again by turns of the
 /// serving backends, each continuing its permutation where it stopped.
 fn fill<E: Entry>(key: &LbKey, m: u32, backends: &[Backend]) -> Vec<E> {
-    let mut entries = vec![E::EMPTY; m as usize];
+    let mut slots: Slots<E> = Slots::new(m);
     let mut turns: Vec<Turns> = backends
         .iter()
         .zip(0u32..)
@@ -255,24 +274,186 @@ fn fill<E: Entry>(key: &LbKey, m: u32, backends: &[Backend]) -> Vec<E> {
                 weight: u64::from(b.weight),
                 pos,
                 skip,
+                inv: 0,
             }
         })
         .collect();
-    run_turns(&mut entries, m, &mut turns, u64::from(m));
+    run_turns(&mut slots, &mut turns, u64::from(m));
 
     let draining = |i: u32| backends.get(i as usize).is_some_and(|b| b.draining);
     if turns.iter().any(|t| draining(t.index)) {
         let mut freed = 0u64;
-        for e in &mut entries {
-            if *e != E::EMPTY && draining(e.index()) {
-                *e = E::EMPTY;
+        for slot in 0..m {
+            if slots.entry(slot).is_some_and(|e| draining(e.index())) {
+                slots.release(slot);
                 freed += 1;
             }
         }
         turns.retain(|t| !draining(t.index));
-        run_turns(&mut entries, m, &mut turns, freed);
+        run_turns(&mut slots, &mut turns, freed);
     }
-    entries
+    slots.entries
+}
+
+/// Empty slots below which a turn finds its slot by arithmetic instead of walking (about
+/// `√M`: walking costs about `M / empty` probes per turn, the arithmetic one multiply per
+/// empty slot).
+const TAIL: u32 = 256;
+
+/// The table being filled, with a bitmap of taken slots (probes read the bitmap: 8 KiB at the
+/// default size, in L1) and, near the end, the list of empty slots.
+///
+/// Near the end of a fill almost every probe hits a taken slot (half of a plain fill's probes
+/// fall in its last 0.5%), so once at most [`TAIL`] slots are empty, a turn instead computes
+/// for each empty slot `s` how many steps along the backend's permutation it lies ahead,
+/// `(s − pos) · skip⁻¹ mod M`, and takes the nearest: the same slot the walk would reach.
+struct Slots<E> {
+    entries: Vec<E>,
+    taken: Vec<u64>,
+    m: u32,
+    empty: u32,
+    /// The empty slots, once at most [`TAIL`] are left (then kept up to date).
+    tail: Option<Vec<u32>>,
+    tail_at: u32,
+    /// Barrett constant `⌊(2^64 − 1) / M⌋`.
+    barrett: u64,
+}
+
+impl<E: Entry> Slots<E> {
+    fn new(m: u32) -> Self {
+        Self::with_tail(m, TAIL)
+    }
+
+    fn with_tail(m: u32, tail_at: u32) -> Self {
+        Self {
+            entries: vec![E::EMPTY; m as usize],
+            taken: vec![0; (m as usize).div_ceil(64)],
+            m,
+            empty: m,
+            tail: None,
+            tail_at,
+            barrett: u64::MAX / u64::from(m.max(1)),
+        }
+    }
+
+    fn entry(&self, slot: u32) -> Option<E> {
+        self.entries.get(slot as usize).copied()
+    }
+
+    /// Empties a taken slot.
+    fn release(&mut self, slot: u32) {
+        if let Some(w) = self.taken.get_mut((slot / 64) as usize) {
+            *w &= !(1 << (slot % 64));
+        }
+        if let Some(e) = self.entries.get_mut(slot as usize) {
+            *e = E::EMPTY;
+        }
+        self.empty += 1;
+        self.tail = None;
+    }
+
+    fn put(&mut self, slot: u32, index: u32) {
+        if let Some(w) = self.taken.get_mut((slot / 64) as usize) {
+            *w |= 1 << (slot % 64);
+        }
+        if let Some(e) = self.entries.get_mut(slot as usize) {
+            *e = E::of(index);
+        }
+        self.empty -= 1;
+    }
+
+    /// `x mod M` for `x < 2^46`.
+    #[inline]
+    fn reduce(&self, x: u64) -> u64 {
+        let q = ((u128::from(x) * u128::from(self.barrett)) >> 64) as u64;
+        let mut r = x - q * u64::from(self.m);
+        while r >= u64::from(self.m) {
+            r -= u64::from(self.m);
+        }
+        r
+    }
+
+    /// Puts backend `t` in the next empty slot of its permutation (there is one whenever a
+    /// turn is taken).
+    #[inline]
+    fn take(&mut self, t: &mut Turns) {
+        let m = self.m;
+        if self.empty <= self.tail_at {
+            self.take_tail(t);
+            return;
+        }
+        // The permutation visits every slot within m steps, so the bound is never reached; it
+        // only keeps the work visibly bounded.
+        for _ in 0..m {
+            let pos = t.pos;
+            let next = pos + t.skip;
+            t.pos = if next >= m { next - m } else { next };
+            let bit = 1u64 << (pos % 64);
+            if let Some(w) = self.taken.get_mut((pos / 64) as usize)
+                && *w & bit == 0
+            {
+                *w |= bit;
+                if let Some(e) = self.entries.get_mut(pos as usize) {
+                    *e = E::of(t.index);
+                }
+                self.empty -= 1;
+                return;
+            }
+        }
+    }
+
+    #[cold]
+    fn take_tail(&mut self, t: &mut Turns) {
+        let m = self.m;
+        if self.tail.is_none() {
+            let mut list = Vec::with_capacity(self.empty as usize);
+            for (w, base) in self.taken.iter().zip((0u32..).step_by(64)) {
+                let mut free = !*w;
+                while free != 0 {
+                    let slot = base + free.trailing_zeros();
+                    if slot < m {
+                        list.push(slot);
+                    }
+                    free &= free - 1;
+                }
+            }
+            self.tail = Some(list);
+        }
+        if t.inv == 0 {
+            t.inv = inverse_mod(t.skip, m);
+        }
+        let pos = u64::from(t.pos);
+        let (m64, inv) = (u64::from(m), u64::from(t.inv));
+        let mut best: Option<(u64, usize)> = None;
+        for (i, &s) in self.tail.iter().flatten().enumerate() {
+            let d = u64::from(s) + m64 - pos;
+            let d = if d >= m64 { d - m64 } else { d };
+            let steps = self.reduce(d * inv);
+            if best.is_none_or(|(b, _)| steps < b) {
+                best = Some((steps, i));
+            }
+        }
+        let Some((_, i)) = best else { return };
+        let Some(slot) = self.tail.as_mut().map(|l| l.swap_remove(i)) else {
+            return;
+        };
+        self.put(slot, t.index);
+        let next = slot + t.skip;
+        t.pos = if next >= m { next - m } else { next };
+    }
+}
+
+/// `a⁻¹ mod m` for a prime `m` and `0 < a < m` (extended Euclid).
+fn inverse_mod(a: u32, m: u32) -> u32 {
+    let (mut r0, mut r1) = (i64::from(m), i64::from(a));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    // r0 == 1 for a prime m; t0 is in (−m, m).
+    t0.rem_euclid(i64::from(m)) as u32
 }
 
 /// Fills `total` empty slots in weighted turns.
@@ -283,7 +464,7 @@ fn fill<E: Entry>(key: &LbKey, m: u32, backends: &[Backend]) -> Vec<E> {
 /// share. So the `k`-th turn of a backend of weight `w` falls in round `⌈k · w_max / w⌉ − 1`,
 /// and with equal weights this is Maglev's plain round robin. A turn takes the next empty slot
 /// of the backend's permutation.
-fn run_turns<E: Entry>(entries: &mut [E], m: u32, turns: &mut [Turns], total: u64) {
+fn run_turns<E: Entry>(slots: &mut Slots<E>, turns: &mut [Turns], total: u64) {
     let weights: Vec<u64> = turns.iter().map(|t| t.weight).collect();
     let mut quotas = apportion(total, &weights);
     let w_max = weights.iter().copied().max().unwrap_or(1).max(1);
@@ -292,15 +473,14 @@ fn run_turns<E: Entry>(entries: &mut [E], m: u32, turns: &mut [Turns], total: u6
     // weight most of the scans find no turn, so walk the turns in order through a heap instead.
     // Both give the same order (tested).
     if u128::from(w_max) * (turns.len() as u128) <= 4 * u128::from(w_sum) {
-        turns_by_rounds(entries, m, turns, &mut quotas, w_max);
+        turns_by_rounds(slots, turns, &mut quotas, w_max);
     } else {
-        turns_by_heap(entries, m, turns, &mut quotas, w_max);
+        turns_by_heap(slots, turns, &mut quotas, w_max);
     }
 }
 
 fn turns_by_rounds<E: Entry>(
-    entries: &mut [E],
-    m: u32,
+    slots: &mut Slots<E>,
     turns: &mut [Turns],
     quotas: &mut [u64],
     w_max: u64,
@@ -315,7 +495,7 @@ fn turns_by_rounds<E: Entry>(
             *c += t.weight;
             if *c >= w_max {
                 *c -= w_max;
-                take(entries, m, t);
+                slots.take(t);
                 *q -= 1;
                 left -= 1;
                 if left == 0 {
@@ -327,8 +507,7 @@ fn turns_by_rounds<E: Entry>(
 }
 
 fn turns_by_heap<E: Entry>(
-    entries: &mut [E],
-    m: u32,
+    slots: &mut Slots<E>,
     turns: &mut [Turns],
     quotas: &mut [u64],
     w_max: u64,
@@ -348,29 +527,11 @@ fn turns_by_heap<E: Entry>(
         else {
             continue;
         };
-        take(entries, m, t);
+        slots.take(t);
         *q -= 1;
         *k += 1;
         if *q > 0 {
             heap.push(Reverse((round(*k + 1, t.weight), i)));
-        }
-    }
-}
-
-/// Puts backend `t` in the next empty slot of its permutation.
-#[inline]
-fn take<E: Entry>(entries: &mut [E], m: u32, t: &mut Turns) {
-    // An empty slot exists whenever a turn is taken, and the permutation visits every slot
-    // within m steps, so the bound is never reached; it only keeps the work visibly bounded.
-    for _ in 0..m {
-        let pos = t.pos;
-        let next = pos + t.skip;
-        t.pos = if next >= m { next - m } else { next };
-        if let Some(e) = entries.get_mut(pos as usize)
-            && *e == E::EMPTY
-        {
-            *e = E::of(t.index);
-            return;
         }
     }
 }
@@ -417,6 +578,7 @@ mod tests {
                 weight: u64::from(w),
                 pos: (i * 7919) % m,
                 skip: 1 + (i * 104_729) % (m - 1),
+                inv: 0,
             })
             .collect()
     }
@@ -428,13 +590,13 @@ mod tests {
             let m = 1_009;
             let weights_u64: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
             let w_max = weights_u64.iter().copied().max().unwrap_or(1);
-            let mut a = vec![u16::EMPTY; m as usize];
-            let mut b = a.clone();
+            let mut a = Slots::<u16>::new(m);
+            let mut b = Slots::<u16>::new(m);
             let mut q = apportion(u64::from(m), &weights_u64);
-            turns_by_rounds(&mut a, m, &mut turns_of(&weights, m), &mut q, w_max);
+            turns_by_rounds(&mut a, &mut turns_of(&weights, m), &mut q, w_max);
             let mut q = apportion(u64::from(m), &weights_u64);
-            turns_by_heap(&mut b, m, &mut turns_of(&weights, m), &mut q, w_max);
-            prop_assert_eq!(a, b);
+            turns_by_heap(&mut b, &mut turns_of(&weights, m), &mut q, w_max);
+            prop_assert_eq!(a.entries, b.entries);
         }
 
         #[test]
@@ -449,6 +611,35 @@ mod tests {
                     let exact = total as f64 * w as f64 / w_sum as f64;
                     prop_assert!((x as f64 - exact).abs() < 1.0 + 1e-9);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// The arithmetic tail takes exactly the slots the plain walk takes.
+        #[test]
+        fn tail_equals_walk(weights in prop::collection::vec(1u32..5, 1..40), tail in 0u32..2000) {
+            let m = 2_003;
+            let weights_u64: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
+            let w_max = weights_u64.iter().copied().max().unwrap_or(1);
+            let mut walk = Slots::<u32>::with_tail(m, 0);
+            let mut arith = Slots::<u32>::with_tail(m, tail);
+            let mut q = apportion(u64::from(m), &weights_u64);
+            turns_by_rounds(&mut walk, &mut turns_of(&weights, m), &mut q, w_max);
+            let mut q = apportion(u64::from(m), &weights_u64);
+            turns_by_rounds(&mut arith, &mut turns_of(&weights, m), &mut q, w_max);
+            prop_assert_eq!(walk.entries, arith.entries);
+        }
+    }
+
+    #[test]
+    fn inverses() {
+        for m in [2u32, 3, 101, 65_537, 8_388_593] {
+            for a in [1, 2, m / 2, m - 1].into_iter().filter(|&a| a > 0 && a < m) {
+                assert_eq!(
+                    u64::from(a) * u64::from(inverse_mod(a, m)) % u64::from(m),
+                    1
+                );
             }
         }
     }
