@@ -466,6 +466,26 @@ fn inverse_mod(a: u32, m: u32) -> u32 {
 /// of the backend's permutation.
 fn run_turns<E: Entry>(slots: &mut Slots<E>, turns: &mut [Turns], total: u64) {
     let weights: Vec<u64> = turns.iter().map(|t| t.weight).collect();
+    if let Some((first, rest)) = weights.split_first()
+        && rest.iter().all(|w| w == first)
+    {
+        // Equal weights: the same order as the rounds below, without the credit bookkeeping:
+        // everyone's share is ⌊total / n⌋ and the first `total mod n` get one more (the
+        // largest-remainder ties), so full rounds of everyone, then a partial one.
+        let n = turns.len() as u64;
+        for _ in 0..total / n {
+            for t in turns.iter_mut() {
+                slots.take(t);
+            }
+        }
+        for t in turns
+            .iter_mut()
+            .take(usize::try_from(total % n).unwrap_or(0))
+        {
+            slots.take(t);
+        }
+        return;
+    }
     let mut quotas = apportion(total, &weights);
     let w_max = weights.iter().copied().max().unwrap_or(1).max(1);
     let w_sum: u64 = weights.iter().sum();
@@ -629,6 +649,20 @@ mod tests {
             let mut q = apportion(u64::from(m), &weights_u64);
             turns_by_rounds(&mut arith, &mut turns_of(&weights, m), &mut q, w_max);
             prop_assert_eq!(walk.entries, arith.entries);
+        }
+    }
+
+    proptest! {
+        /// The equal-weight shortcut fills exactly as the credit rounds do.
+        #[test]
+        fn equal_weights_shortcut(n in 1usize..60, w in 1u32..5, m in prop::sample::select(vec![101u32, 1_009, 2_003])) {
+            let weights = vec![w; n];
+            let mut a = Slots::<u16>::new(m);
+            let mut b = Slots::<u16>::new(m);
+            run_turns(&mut a, &mut turns_of(&weights, m), u64::from(m));
+            let mut q = apportion(u64::from(m), &vec![u64::from(w); n]);
+            turns_by_rounds(&mut b, &mut turns_of(&weights, m), &mut q, u64::from(w));
+            prop_assert_eq!(a.entries, b.entries);
         }
     }
 
