@@ -11,6 +11,9 @@
 //!   minimal disruption: when a backend leaves, only its flows move.
 //! - [`EcmpGroup`]: distributed ECMP (Achelous): senders spread flows over weighted next hops
 //!   with one keyed choice, symmetric in the flow's direction.
+//! - [`Listeners`]: a [`Listener`] takes the flows to a VIP, port and protocol (or a whole
+//!   VIP) and chooses among its [`Pool`] (members up, draining or down, with weights) by the
+//!   5-tuple, 3-tuple, 2-tuple or source address ([`HashFields`]).
 //!
 //! Build tables off the packet path and swap them in whole (the no_std API is a plain value;
 //! the std side may publish it through `arc-swap`). Established flows stay on their backend
@@ -76,7 +79,7 @@
 //! | Maglev skip of a backend | `0x02`, len, id | `h mod (M − 1) + 1` |
 //! | rendezvous salt of a backend | `0x03`, len, id | `s` |
 //! | ECMP salt of a next hop | `0x04`, len, id | `s` |
-//! | flow hash | `nf-core`'s `FlowKey::encode` ([`FlowHasher::hash`]; ECMP: [`FlowHasher::symmetric`]) | `h` |
+//! | flow hash | `nf-core`'s `FlowKey::encode` ([`FlowHasher::hash`]; ECMP: [`FlowHasher::symmetric`]; a listener hashes the key with the fields it does not use zeroed, [`HashFields::project`]) | `h` |
 //!
 //! The rest of the rules, also pinned by the golden vectors:
 //! - backends are listed in byte order of their identities; table entries and choices are
@@ -103,12 +106,16 @@ extern crate std;
 
 mod backend;
 mod key;
+mod listener;
 mod maglev;
 mod prime;
 mod rendezvous;
 
 pub use backend::{Backend, BackendId, BuildError, MAX_ID_LEN};
 pub use key::LbKey;
+pub use listener::{
+    HashFields, Health, Listener, ListenerError, ListenerMatch, Listeners, Pool, PoolMember,
+};
 pub use maglev::{MAX_MAGLEV_BACKENDS, MaglevTable};
 pub use nf_core::FlowHasher;
 pub use prime::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, is_prime, table_size_for};

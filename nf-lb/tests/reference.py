@@ -172,6 +172,24 @@ def main():
     print("ecmp", [rendezvous(KEY, 4, members, h) for h in HASHES])
     eq = [(v4([10, 0, 0, i], 80), 4, False) for i in range(1, 6)]
     print("rendezvous equal", [rendezvous(KEY, 3, eq, h) for h in HASHES])
+    pool = [(bytes([4, 10, 0, 0, i]) + struct.pack(">H", 8080), i % 2 + 1, False) for i in range(1, 6)]
+    e = maglev(KEY, 1009, pool)
+    ids = sorted(b[0] for b in pool)
+    out = []
+    for fields in ("five", "three", "two", "source"):
+        row = []
+        for i in range(1, 7):
+            src, dst, proto, sp, dp = [198, 51, 100, i], [192, 0, 2, 10], 6, 40000 + i, 443
+            if fields != "five":
+                sp = dp = 0
+            if fields in ("two", "source"):
+                proto = 0
+            if fields == "source":
+                dst = [0, 0, 0, 0]
+            h = flow_hash_v4(KEY, 1, src, dst, proto, sp, dp)
+            row.append(ids[e[(h * 1009) >> 64]][4])
+        out.append(row)
+    print("listener", out)
 
 
 if __name__ == "__main__":
