@@ -4,7 +4,7 @@
 //! The rule is on [`Rendezvous`].
 
 use crate::backend::{Backend, BuildError, sorted_backends};
-use crate::key::{LbKey, TAG_ECMP, TAG_RENDEZVOUS, mix64, neg_log2};
+use crate::key::{LOG_FRAC_BITS, LbKey, TAG_ECMP, TAG_RENDEZVOUS, mix64, neg_log2};
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 use nf_core::{FlowHasher, FlowKey};
@@ -101,21 +101,30 @@ impl Rendezvous {
                 continue;
             }
             let x = mix64(hash ^ salt) | 1;
-            let better = match best {
-                None => true,
-                Some((_, _, bx)) if self.equal => x > bx,
+            let (better, l) = match best {
+                None => (true, if self.equal { 0 } else { neg_log2(x) }),
+                Some((_, _, bx)) if self.equal => (x > bx, 0),
                 Some((bl, bw, bx)) => {
-                    let l = neg_log2(x);
-                    // l / w < bl / bw, in integers (l < 2^39, w < 2^32).
-                    match (u128::from(l) * u128::from(bw)).cmp(&(u128::from(bl) * u128::from(w))) {
-                        Ordering::Less => true,
-                        Ordering::Equal => x > bx,
-                        Ordering::Greater => false,
+                    // −log2 lies above the draw's leading-zero count: when even that over w
+                    // cannot beat the best, the member loses and the logarithm is skipped.
+                    let lo = u64::from(x.leading_zeros()) << LOG_FRAC_BITS;
+                    if u128::from(lo) * u128::from(bw) >= u128::from(bl) * u128::from(w) {
+                        (false, 0)
+                    } else {
+                        let l = neg_log2(x);
+                        // l / w < bl / bw, in integers (l < 2^39, w < 2^32).
+                        let better = match (u128::from(l) * u128::from(bw))
+                            .cmp(&(u128::from(bl) * u128::from(w)))
+                        {
+                            Ordering::Less => true,
+                            Ordering::Equal => x > bx,
+                            Ordering::Greater => false,
+                        };
+                        (better, l)
                     }
                 }
             };
             if better {
-                let l = if self.equal { 0 } else { neg_log2(x) };
                 best = Some((l, w, x));
                 winner = i;
             }
@@ -199,5 +208,54 @@ impl EcmpGroup {
     /// ([`FlowHasher::symmetric`]): both directions choose alike.
     pub fn next_hop_for(&self, flow: &FlowKey) -> u32 {
         self.inner.lookup(self.inner.flow.symmetric(flow))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendId;
+    use proptest::prelude::*;
+
+    /// Every score computed, exact fractions compared: the rule without shortcuts.
+    fn naive(r: &Rendezvous, hash: u64) -> u32 {
+        let mut best: Option<(u64, u64, u64, u32)> = None;
+        for (&(salt, w), i) in r.members.iter().zip(0u32..) {
+            if w == 0 {
+                continue;
+            }
+            let x = mix64(hash ^ salt) | 1;
+            let l = neg_log2(x);
+            let wins = best.is_none_or(|(bl, bw, bx, _)| {
+                let (a, b) = (
+                    u128::from(l) * u128::from(bw),
+                    u128::from(bl) * u128::from(w),
+                );
+                a < b || (a == b && x > bx)
+            });
+            if wins {
+                best = Some((l, w, x, i));
+            }
+        }
+        best.map_or(0, |b| b.3)
+    }
+
+    proptest! {
+        #[test]
+        fn shortcuts_pick_the_naive_winner(
+            weights in prop::collection::vec(0u32..50, 1..40),
+            hashes in prop::collection::vec(any::<u64>(), 1..50),
+        ) {
+            let backends: Vec<Backend> = weights
+                .iter()
+                .zip(0u32..)
+                .map(|(&w, i)| Backend::new(BackendId::v4([10, 0, (i >> 8) as u8, i as u8], 1), w))
+                .collect();
+            if let Ok(r) = Rendezvous::new(&LbKey::new([5; 16]), &backends) {
+                for h in hashes {
+                    prop_assert_eq!(r.lookup(h), naive(&r, h));
+                }
+            }
+        }
     }
 }
