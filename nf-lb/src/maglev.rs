@@ -315,8 +315,6 @@ struct Slots<E> {
     /// The empty slots, once at most [`TAIL`] are left (then kept up to date).
     tail: Option<Vec<u32>>,
     tail_at: u32,
-    /// Barrett constant `⌊(2^64 − 1) / M⌋`.
-    barrett: u64,
 }
 
 impl<E: Entry> Slots<E> {
@@ -332,7 +330,6 @@ impl<E: Entry> Slots<E> {
             empty: m,
             tail: None,
             tail_at,
-            barrett: u64::MAX / u64::from(m.max(1)),
         }
     }
 
@@ -360,17 +357,6 @@ impl<E: Entry> Slots<E> {
             *e = E::of(index);
         }
         self.empty -= 1;
-    }
-
-    /// `x mod M` for `x < 2^46`.
-    #[inline]
-    fn reduce(&self, x: u64) -> u64 {
-        let q = ((u128::from(x) * u128::from(self.barrett)) >> 64) as u64;
-        let mut r = x - q * u64::from(self.m);
-        while r >= u64::from(self.m) {
-            r -= u64::from(self.m);
-        }
-        r
     }
 
     /// Puts backend `t` in the next empty slot of its permutation (there is one whenever a
@@ -424,16 +410,27 @@ impl<E: Entry> Slots<E> {
         }
         let pos = u64::from(t.pos);
         let (m64, inv) = (u64::from(m), u64::from(t.inv));
-        let mut best: Option<(u64, usize)> = None;
-        for (i, &s) in self.tail.iter().flatten().enumerate() {
-            let d = u64::from(s) + m64 - pos;
-            let d = if d >= m64 { d - m64 } else { d };
-            let steps = self.reduce(d * inv);
-            if best.is_none_or(|(b, _)| steps < b) {
-                best = Some((steps, i));
-            }
-        }
-        let Some((_, i)) = best else { return };
+        // Shoup's multiplication by the fixed inv (d < M < 2^23): q underestimates
+        // ⌊d · inv / M⌋ by at most 1, so one correction gives d · inv mod M.
+        let shoup = (inv << 32) / m64.max(1);
+        // (steps << 32 | position in the list): the minimum is the nearest slot.
+        let best = self
+            .tail
+            .iter()
+            .flatten()
+            .zip(0u64..)
+            .map(|(&s, i)| {
+                let d = u64::from(s) + m64 - pos;
+                let d = if d >= m64 { d - m64 } else { d };
+                let q = (d * shoup) >> 32;
+                let r = (d * inv).wrapping_sub(q * m64);
+                let r = if r >= m64 { r - m64 } else { r };
+                (r << 32) | i
+            })
+            .min();
+        let Some(i) = best.and_then(|b| usize::try_from(b & 0xffff_ffff).ok()) else {
+            return;
+        };
         let Some(slot) = self.tail.as_mut().map(|l| l.swap_remove(i)) else {
             return;
         };
