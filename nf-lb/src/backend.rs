@@ -47,6 +47,17 @@ impl BackendId {
         Self { len, bytes }
     }
 
+    /// The padded bytes as big-endian integers (their order is the bytes' order).
+    fn words(&self) -> [u128; 2] {
+        let (a, b) = self.bytes.split_at(16);
+        let word = |half: &[u8]| {
+            let mut w = [0u8; 16];
+            w.copy_from_slice(half.get(..16).unwrap_or(&[0; 16]));
+            u128::from_be_bytes(w)
+        };
+        [word(a), word(b)]
+    }
+
     /// The identity's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
@@ -56,7 +67,12 @@ impl BackendId {
 impl Ord for BackendId {
     /// Lexicographic order of the bytes (a prefix sorts first).
     fn cmp(&self, other: &Self) -> core::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        // The zero-padded bytes as two big-endian integers, then the length: the same order
+        // as comparing the byte slices (a prefix pads with zeros, and the tie goes to the
+        // shorter), without a memcmp call (sorting the backends is part of every build).
+        self.words()
+            .cmp(&other.words())
+            .then(self.len.cmp(&other.len))
     }
 }
 
@@ -198,6 +214,17 @@ pub(crate) fn sorted_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The order is the byte slices' order.
+        #[test]
+        fn order_is_byte_order(a in prop::collection::vec(0u8..3, 0..=MAX_ID_LEN), b in prop::collection::vec(0u8..3, 0..=MAX_ID_LEN)) {
+            let (x, y) = (BackendId::new(&a).unwrap_or(BackendId::v4([0; 4], 0)), BackendId::new(&b).unwrap_or(BackendId::v4([0; 4], 0)));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(x == y, a == b);
+        }
+    }
 
     #[test]
     fn encodings() {
