@@ -146,6 +146,18 @@ impl MaglevTable {
     fn lookup_flows_in<E: Entry>(&self, entries: &[E], keys: &[FlowKey], out: &mut [u32]) -> usize {
         // The table size is a u32 (checked at build).
         let m = entries.len() as u32;
+        let slot = |h: u64| {
+            entries
+                .get(owner_of(h, m) as usize)
+                .map_or(0, |e| e.index())
+        };
+        if keys.len() < 8 {
+            // Too few to gain from splitting; skips setting up the hash array.
+            for (o, k) in out.iter_mut().zip(keys) {
+                *o = slot(self.flow.hash(k));
+            }
+            return keys.len().min(out.len());
+        }
         let mut hashes = [0u64; HASH_BATCH];
         let mut done = 0;
         for (keys, out) in keys.chunks(HASH_BATCH).zip(out.chunks_mut(HASH_BATCH)) {
@@ -153,9 +165,7 @@ impl MaglevTable {
                 *h = self.flow.hash(k);
             }
             for (o, &h) in out.iter_mut().zip(&hashes).take(keys.len()) {
-                *o = entries
-                    .get(owner_of(h, m) as usize)
-                    .map_or(0, |e| e.index());
+                *o = slot(h);
             }
             done += keys.len().min(out.len());
         }
