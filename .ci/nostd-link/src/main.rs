@@ -13,7 +13,6 @@ use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::{Batch, FlowHasher, Instant, Packet, ParseStage, Stage};
 
 // The charter-only crates are linked too, so their no_std-ness is checked from day one.
-extern crate nf_lb;
 extern crate nf_policy;
 extern crate nf_tunnel;
 
@@ -95,7 +94,12 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     black_box(hash);
     let placed = shuffle(hash);
     let natted = nat(batch.packets().first().map(|p| p.meta.flow));
-    if ok && placed && tracked && natted { 0 } else { 1 }
+    let balanced = maglev(hash);
+    if ok && placed && tracked && natted && balanced {
+        0
+    } else {
+        1
+    }
 }
 
 /// Places a tenant on 3 of 12 nodes in 3 zones and picks a node for the flow.
@@ -133,4 +137,24 @@ fn nat(flow: Option<nf_core::FlowKey>) -> bool {
     let released = nat.release(Instant::ZERO, &flow, m).is_ok();
     let later = Instant::from_nanos(200_000_000_000);
     released && reply.is_some() && nat.handle_timeout(later, 8) == 1
+}
+
+/// Builds a small weighted Maglev table (one backend draining), looks the flow up, and asks a
+/// rendezvous ECMP group for a next hop.
+fn maglev(flow_hash: u64) -> bool {
+    use nf_lb::{Backend, BackendId, EcmpGroup, LbKey, MaglevTable};
+    let key = LbKey::new([9; 16]);
+    let backends = [
+        Backend::new(BackendId::v4([10, 0, 0, 1], 80), 1),
+        Backend::new(BackendId::v4([10, 0, 0, 2], 80), 2),
+        Backend::new(BackendId::v4([10, 0, 0, 3], 80), 1).draining(),
+    ];
+    let Ok(table) = MaglevTable::new(&key, 1_009, &backends) else {
+        return false;
+    };
+    let Ok(group) = EcmpGroup::new(&key, &backends) else {
+        return false;
+    };
+    let serving = table.backend(flow_hash).is_some_and(Backend::is_serving);
+    serving && group.choose(flow_hash) < 2
 }

@@ -9,6 +9,9 @@ mod conntrack_stage;
 mod geneve_decap;
 mod geneve_encap;
 mod nat_new;
+mod maglev_build;
+mod maglev_disruption;
+mod maglev_lookup;
 mod parse;
 mod shuffle_place;
 mod vxlan_decap;
@@ -31,6 +34,21 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "shuffle-place",
         about: "tenant -> k of 100 and 1000 nodes (3 zones): placement time, tenants moved per node change, load spread vs uniform random",
         run: shuffle_place::run,
+    },
+    Scenario {
+        name: "maglev-build",
+        about: "Maglev table build, N=1000 backends, M=65537 (vs maglev-hash 0.1.0, maglev 0.2.1)",
+        run: maglev_build::run,
+    },
+    Scenario {
+        name: "maglev-lookup",
+        about: "keyed 5-tuple hash + Maglev lookup, batches of 64, N=1000, M=65537 (vs maglev-hash 0.1.0, maglev 0.2.1)",
+        run: maglev_lookup::run,
+    },
+    Scenario {
+        name: "maglev-disruption",
+        about: "share of flows moved when 1 of N=10/100/1000 backends leaves, M=65537 (vs the paper's algorithm)",
+        run: maglev_disruption::run,
     },
     Scenario {
         name: "conntrack-hit",
