@@ -15,7 +15,6 @@ use nf_core::{Batch, FlowHasher, Instant, Packet, ParseStage, Stage};
 // The charter-only crates are linked too, so their no_std-ness is checked from day one.
 extern crate nf_lb;
 extern crate nf_nat;
-extern crate nf_policy;
 extern crate nf_tunnel;
 
 #[link(name = "c")]
@@ -82,7 +81,10 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let cfg = ConntrackConfig::new([2; 16]).sizes(Sizes { v4: 64, v6: 64 });
     let tracked = Conntrack::new(cfg, ()).is_ok_and(|mut ct| {
         ct.process(Instant::ZERO, &mut batch);
-        batch.packets().first().is_some_and(|p| p.meta.session.is_some())
+        batch
+            .packets()
+            .first()
+            .is_some_and(|p| p.meta.session.is_some())
     });
     let h = FlowHasher::new([1; 16]);
     let ok = batch
@@ -95,7 +97,12 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
         .map_or(0, |p| h.symmetric(&p.meta.flow));
     black_box(hash);
     let placed = shuffle(hash);
-    if ok && placed && tracked { 0 } else { 1 }
+    let routed = route();
+    if ok && placed && tracked && routed {
+        0
+    } else {
+        1
+    }
 }
 
 /// Places a tenant on 3 of 12 nodes in 3 zones and picks a node for the flow.
@@ -111,4 +118,28 @@ fn shuffle(flow_hash: u64) -> bool {
         Ok(shard) => shard.len() == 3 && shard.node_for_flow(flow_hash).is_some(),
         Err(_) => false,
     }
+}
+
+/// Routes an IPv4 and an IPv6 destination through a small per-zone route table.
+fn route() -> bool {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use nf_core::ZoneId;
+    use nf_policy::{Ipv4Lpm, Ipv6Lpm, RouteTable, RouteTables};
+    let Ok(v4) = Ipv4Lpm::from_routes([
+        (Ipv4Addr::new(10, 0, 0, 0), 8, 1),
+        (Ipv4Addr::new(10, 1, 0, 0), 16, 2),
+    ]) else {
+        return false;
+    };
+    let Ok(v6) = Ipv6Lpm::from_routes([(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 8, 3)]) else {
+        return false;
+    };
+    let mut tables = RouteTables::new();
+    tables.insert(ZoneId(1), RouteTable::new(v4, v6));
+    let a = tables.route(ZoneId(1), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+    let b = tables.route(
+        ZoneId(1),
+        IpAddr::V6(Ipv6Addr::new(0xfd12, 0, 0, 0, 0, 0, 0, 1)),
+    );
+    black_box(a) == Some(2) && black_box(b) == Some(3)
 }

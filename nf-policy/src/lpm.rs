@@ -1,0 +1,550 @@
+//! Longest-prefix match for IPv4 and IPv6: multibit tries built off the hot path, looked up in
+//! a bounded number of memory reads.
+//!
+//! A table is built from a list of (prefix, length, next hop) by a builder that validates every
+//! route ([`LpmError`]), then frozen: an [`Ipv4Lpm`] or [`Ipv6Lpm`] never changes, and a new
+//! route set is a new table that the caller swaps in whole (for example through an `Arc` in a
+//! config snapshot).
+//!
+//! # Structure
+//!
+//! Both families use the same leaf-pushed multibit trie: a *root* array indexed by the first
+//! `r` bits of the address, then groups of 256 entries each indexed by the next 8 bits. An
+//! entry is a 32-bit word: `0` (no route), a next hop (`hop + 1`, so hops are below
+//! [`MAX_NEXT_HOP`] + 1) or, with the top bit set, the index of the child group. Routes are
+//! painted in order of increasing length, so every entry holds the longest route that covers
+//! it and a child group starts as a copy of the entry it replaces; a lookup therefore never
+//! backtracks and stops at the first non-child entry.
+//!
+//! - IPv4 with [`Ipv4Layout::Dir24`] (DIR-24-8): a 2^24-entry root (64 MiB of `u32`), and at
+//!   most one more read for routes longer than /24. One dependent memory read for almost every
+//!   lookup. [`Ipv4Layout::Trie16`] (16-8-8): a 256 KiB root and up to two more reads, for small
+//!   tables (per-zone route tables) where 64 MiB would be waste. [`Ipv4Layout::Auto`] picks
+//!   DIR-24-8 from [`DIR24_MIN_ROUTES`] routes on.
+//! - IPv6: a 2^16-entry root then 8-bit strides: at most 1 + 14 reads for a /128, and the cost
+//!   of a lookup is bounded by the key width, never by the number of routes. Each group is
+//!   1 KiB, and a route longer than /16 can create up to ⌈(len − 16) / 8⌉ groups.
+//!
+//! The entries are `u32` rather than DPDK's `u16` so that next-hop ids and group counts are not
+//! limited to 2^15 (a million-route table with a few percent of routes longer than /24 needs
+//! more than 32768 groups).
+//!
+//! # Batches
+//!
+//! [`Ipv4Lpm::lookup_batch`] first computes every root index of the batch and loads the root
+//! entries (independent loads the CPU overlaps, which is what makes a 64 MiB table fast), then
+//! resolves the few that point into groups. A batch gives exactly the results of single
+//! lookups (property-tested).
+//!
+//! # Duplicates
+//!
+//! The same (prefix, length) inserted twice: the last next hop wins. Host bits set below the
+//! prefix length are an error ([`LpmError::HostBits`]); [`Ipv4LpmBuilder::insert_masked`] and
+//! [`Ipv6LpmBuilder::insert_masked`] clear them instead.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+/// The largest next-hop id a table can hold (the entry's top bit marks a child group, and
+/// `0` means "no route").
+pub const MAX_NEXT_HOP: u32 = CHILD - 2;
+
+/// From this many routes on, [`Ipv4Layout::Auto`] builds DIR-24-8 (a 64 MiB root); below, the
+/// 16-8-8 trie.
+pub const DIR24_MIN_ROUTES: usize = 65_536;
+
+/// Largest number of 256-entry groups a table may hold.
+const MAX_GROUPS: usize = (CHILD as usize) - 1;
+const CHILD: u32 = 1 << 31;
+const STRIDE: u32 = 8;
+const GROUP: usize = 1 << STRIDE;
+/// Lookups per batch chunk: the root entries of a chunk are loaded before any is resolved.
+const CHUNK: usize = 64;
+
+/// A route the builder rejected, or a table too large to build.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LpmError {
+    /// The prefix length exceeds the address width (32 or 128).
+    PrefixLength {
+        /// The length given.
+        len: u8,
+        /// The family's address width.
+        max: u8,
+    },
+    /// The address has bits set beyond the prefix length (e.g. `10.0.0.1/8`).
+    HostBits,
+    /// The next hop is above [`MAX_NEXT_HOP`].
+    NextHop {
+        /// The next hop given.
+        hop: u32,
+    },
+    /// The routes need more than 2^31 − 1 groups.
+    TooManyGroups,
+}
+
+impl fmt::Display for LpmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PrefixLength { len, max } => {
+                write!(f, "prefix length {len} exceeds the address width {max}")
+            }
+            Self::HostBits => f.write_str("address has bits set beyond the prefix length"),
+            Self::NextHop { hop } => write!(f, "next hop {hop} exceeds {MAX_NEXT_HOP}"),
+            Self::TooManyGroups => f.write_str("the routes need more than 2^31 - 1 trie groups"),
+        }
+    }
+}
+
+impl core::error::Error for LpmError {}
+
+/// The IPv4 table layout (root stride).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ipv4Layout {
+    /// DIR-24-8 from [`DIR24_MIN_ROUTES`] routes on, 16-8-8 below.
+    #[default]
+    Auto,
+    /// DIR-24-8: 2^24 root entries (64 MiB), at most two reads per lookup.
+    Dir24,
+    /// 16-8-8: 2^16 root entries (256 KiB), at most three reads per lookup.
+    Trie16,
+}
+
+/// Collects and validates IPv4 routes, then builds an [`Ipv4Lpm`].
+#[derive(Clone, Debug, Default)]
+pub struct Ipv4LpmBuilder {
+    routes: Routes,
+    layout: Ipv4Layout,
+}
+
+impl Ipv4LpmBuilder {
+    /// An empty builder with the [`Ipv4Layout::Auto`] layout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the table layout.
+    #[must_use]
+    pub fn layout(mut self, layout: Ipv4Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Adds a route; a later route with the same prefix and length replaces it.
+    ///
+    /// # Errors
+    /// [`LpmError::PrefixLength`] above /32, [`LpmError::HostBits`] if `prefix` has bits set
+    /// beyond `len`, [`LpmError::NextHop`] above [`MAX_NEXT_HOP`].
+    pub fn insert(&mut self, prefix: Ipv4Addr, len: u8, next_hop: u32) -> Result<(), LpmError> {
+        self.routes.insert(v4_key(prefix), 32, len, next_hop, false)
+    }
+
+    /// Adds a route after clearing the host bits of `prefix`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert), except never [`LpmError::HostBits`].
+    pub fn insert_masked(
+        &mut self,
+        prefix: Ipv4Addr,
+        len: u8,
+        next_hop: u32,
+    ) -> Result<(), LpmError> {
+        self.routes.insert(v4_key(prefix), 32, len, next_hop, true)
+    }
+
+    /// Number of routes added so far (duplicates included).
+    pub fn len(&self) -> usize {
+        self.routes.list.len()
+    }
+
+    /// Whether no route was added.
+    pub fn is_empty(&self) -> bool {
+        self.routes.list.is_empty()
+    }
+
+    /// Builds the table (off the hot path: allocates and paints every route).
+    ///
+    /// # Errors
+    /// [`LpmError::TooManyGroups`] if the routes need more groups than an entry can address.
+    pub fn build(&self) -> Result<Ipv4Lpm, LpmError> {
+        let dir24 = match self.layout {
+            Ipv4Layout::Dir24 => true,
+            Ipv4Layout::Trie16 => false,
+            Ipv4Layout::Auto => self.routes.list.len() >= DIR24_MIN_ROUTES,
+        };
+        let root_bits = if dir24 { 24 } else { 16 };
+        Ok(Ipv4Lpm {
+            trie: Trie::build(root_bits, self.routes.sorted())?,
+        })
+    }
+}
+
+/// An immutable IPv4 longest-prefix-match table (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct Ipv4Lpm {
+    trie: Trie,
+}
+
+impl Ipv4Lpm {
+    /// Builds a table from (prefix, length, next hop) routes with the automatic layout.
+    ///
+    /// # Errors
+    /// The first invalid route's error, as [`Ipv4LpmBuilder::insert`] and
+    /// [`Ipv4LpmBuilder::build`].
+    pub fn from_routes(
+        routes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>,
+    ) -> Result<Self, LpmError> {
+        let mut b = Ipv4LpmBuilder::new();
+        for (p, l, h) in routes {
+            b.insert(p, l, h)?;
+        }
+        b.build()
+    }
+
+    /// The next hop of the longest prefix containing `addr`, if any.
+    #[inline]
+    pub fn lookup(&self, addr: Ipv4Addr) -> Option<u32> {
+        let a = u32::from(addr);
+        self.trie.resolve_v4(a, self.trie.root_entry_v4(a))
+    }
+
+    /// Looks up `addrs[i]` into `out[i]` for every `i` below the shorter length: the same
+    /// results as [`lookup`](Self::lookup), with the root reads of up to 64 addresses overlapped.
+    pub fn lookup_batch(&self, addrs: &[Ipv4Addr], out: &mut [Option<u32>]) {
+        for (a, o) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            let mut keys = [0u32; CHUNK];
+            let mut first = [0u32; CHUNK];
+            for (k, a) in keys.iter_mut().zip(a) {
+                *k = u32::from(*a);
+            }
+            for (f, &k) in first.iter_mut().zip(&keys) {
+                *f = self.trie.root_entry_v4(k);
+            }
+            let n = a.len();
+            for ((o, &k), &f) in o.iter_mut().zip(keys.iter().take(n)).zip(&first) {
+                *o = self.trie.resolve_v4(k, f);
+            }
+        }
+    }
+
+    /// Bytes of the table's own allocations.
+    pub fn bytes(&self) -> usize {
+        self.trie.bytes()
+    }
+
+    /// Whether this is the DIR-24-8 layout.
+    pub fn is_dir24(&self) -> bool {
+        self.trie.root_bits == 24
+    }
+}
+
+/// Collects and validates IPv6 routes, then builds an [`Ipv6Lpm`].
+#[derive(Clone, Debug, Default)]
+pub struct Ipv6LpmBuilder {
+    routes: Routes,
+}
+
+impl Ipv6LpmBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a route; a later route with the same prefix and length replaces it.
+    ///
+    /// # Errors
+    /// [`LpmError::PrefixLength`] above /128, [`LpmError::HostBits`] if `prefix` has bits set
+    /// beyond `len`, [`LpmError::NextHop`] above [`MAX_NEXT_HOP`].
+    pub fn insert(&mut self, prefix: Ipv6Addr, len: u8, next_hop: u32) -> Result<(), LpmError> {
+        self.routes
+            .insert(u128::from(prefix), 128, len, next_hop, false)
+    }
+
+    /// Adds a route after clearing the host bits of `prefix`.
+    ///
+    /// # Errors
+    /// As [`insert`](Self::insert), except never [`LpmError::HostBits`].
+    pub fn insert_masked(
+        &mut self,
+        prefix: Ipv6Addr,
+        len: u8,
+        next_hop: u32,
+    ) -> Result<(), LpmError> {
+        self.routes
+            .insert(u128::from(prefix), 128, len, next_hop, true)
+    }
+
+    /// Number of routes added so far (duplicates included).
+    pub fn len(&self) -> usize {
+        self.routes.list.len()
+    }
+
+    /// Whether no route was added.
+    pub fn is_empty(&self) -> bool {
+        self.routes.list.is_empty()
+    }
+
+    /// Builds the table (off the hot path).
+    ///
+    /// # Errors
+    /// [`LpmError::TooManyGroups`] if the routes need more groups than an entry can address.
+    pub fn build(&self) -> Result<Ipv6Lpm, LpmError> {
+        Ok(Ipv6Lpm {
+            trie: Trie::build(16, self.routes.sorted())?,
+        })
+    }
+}
+
+/// An immutable IPv6 longest-prefix-match table (see the [module docs](self)).
+#[derive(Clone, Debug)]
+pub struct Ipv6Lpm {
+    trie: Trie,
+}
+
+impl Ipv6Lpm {
+    /// Builds a table from (prefix, length, next hop) routes.
+    ///
+    /// # Errors
+    /// The first invalid route's error, as [`Ipv6LpmBuilder::insert`] and
+    /// [`Ipv6LpmBuilder::build`].
+    pub fn from_routes(
+        routes: impl IntoIterator<Item = (Ipv6Addr, u8, u32)>,
+    ) -> Result<Self, LpmError> {
+        let mut b = Ipv6LpmBuilder::new();
+        for (p, l, h) in routes {
+            b.insert(p, l, h)?;
+        }
+        b.build()
+    }
+
+    /// The next hop of the longest prefix containing `addr`, if any.
+    #[inline]
+    pub fn lookup(&self, addr: Ipv6Addr) -> Option<u32> {
+        let a = u128::from(addr);
+        self.trie.resolve(a, self.trie.root_entry(a))
+    }
+
+    /// Looks up `addrs[i]` into `out[i]` for every `i` below the shorter length: the same
+    /// results as [`lookup`](Self::lookup), with the root reads of up to 64 addresses overlapped.
+    pub fn lookup_batch(&self, addrs: &[Ipv6Addr], out: &mut [Option<u32>]) {
+        for (a, o) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            let mut first = [0u32; CHUNK];
+            for (f, a) in first.iter_mut().zip(a) {
+                *f = self.trie.root_entry(u128::from(*a));
+            }
+            for ((o, a), &f) in o.iter_mut().zip(a).zip(&first) {
+                *o = self.trie.resolve(u128::from(*a), f);
+            }
+        }
+    }
+
+    /// Bytes of the table's own allocations.
+    pub fn bytes(&self) -> usize {
+        self.trie.bytes()
+    }
+}
+
+impl Default for Ipv6Lpm {
+    fn default() -> Self {
+        Self {
+            trie: Trie::empty(16),
+        }
+    }
+}
+
+impl Default for Ipv4Lpm {
+    fn default() -> Self {
+        Self {
+            trie: Trie::empty(16),
+        }
+    }
+}
+
+/// An IPv4 address as a left-aligned 128-bit key.
+fn v4_key(a: Ipv4Addr) -> u128 {
+    u128::from(u32::from(a)) << 96
+}
+
+/// Routes as left-aligned 128-bit keys, in insertion order.
+#[derive(Clone, Debug, Default)]
+struct Routes {
+    list: Vec<(u128, u8, u32)>,
+}
+
+impl Routes {
+    fn insert(
+        &mut self,
+        key: u128,
+        width: u8,
+        len: u8,
+        hop: u32,
+        mask: bool,
+    ) -> Result<(), LpmError> {
+        if len > width {
+            return Err(LpmError::PrefixLength { len, max: width });
+        }
+        if hop > MAX_NEXT_HOP {
+            return Err(LpmError::NextHop { hop });
+        }
+        // Keys are left-aligned: an IPv4 /len covers the top `len` bits as an IPv6 /len does.
+        let m = prefix_mask(u32::from(len));
+        if key & !m != 0 && !mask {
+            return Err(LpmError::HostBits);
+        }
+        self.list.push((key & m, len, hop));
+        Ok(())
+    }
+
+    /// Routes by increasing length, one per (prefix, length), the last inserted winning.
+    fn sorted(&self) -> Vec<(u128, u8, u32)> {
+        let mut v: Vec<(u128, u8, u32)> = self.list.iter().rev().copied().collect();
+        // Stable: among equal (prefix, length) the last inserted comes first and is kept.
+        v.sort_by_key(|&(k, l, _)| (l, k));
+        v.dedup_by_key(|&mut (k, l, _)| (l, k));
+        v
+    }
+}
+
+/// The top `len` bits of a 128-bit word.
+fn prefix_mask(len: u32) -> u128 {
+    u128::MAX.checked_shl(128 - len.min(128)).unwrap_or(0)
+}
+
+/// `n` bits of a left-aligned key starting `from` bits from the top (`n` in 1..=24).
+#[inline(always)]
+fn bits(key: u128, from: u32, n: u32) -> usize {
+    (key.checked_shl(from).unwrap_or(0) >> (128 - n)) as usize
+}
+
+/// Where a child group hangs from while building.
+#[derive(Clone, Copy)]
+enum Slot {
+    Root(usize),
+    Node(usize),
+}
+
+/// The leaf-pushed multibit trie shared by both families.
+#[derive(Clone, Debug)]
+struct Trie {
+    root_bits: u32,
+    root: Vec<u32>,
+    /// Groups of [`GROUP`] entries, group `g` at `g * GROUP`.
+    nodes: Vec<u32>,
+}
+
+impl Trie {
+    fn empty(root_bits: u32) -> Self {
+        Self {
+            root_bits,
+            root: vec![0; 1 << root_bits],
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Paints `routes`, sorted by increasing length, into a new trie.
+    fn build(root_bits: u32, routes: Vec<(u128, u8, u32)>) -> Result<Self, LpmError> {
+        let mut t = Self::empty(root_bits);
+        for (key, len, hop) in routes {
+            let len = u32::from(len);
+            let leaf = hop + 1;
+            if len <= root_bits {
+                let start = bits(key, 0, root_bits);
+                let n = 1usize << (root_bits - len);
+                if let Some(r) = t.root.get_mut(start..start.saturating_add(n)) {
+                    r.fill(leaf);
+                }
+                continue;
+            }
+            let mut slot = Slot::Root(bits(key, 0, root_bits));
+            let mut consumed = root_bits;
+            loop {
+                let base = t.child(slot)?;
+                let at = base + bits(key, consumed, STRIDE);
+                if len <= consumed + STRIDE {
+                    let n = 1usize << (consumed + STRIDE - len);
+                    if let Some(r) = t.nodes.get_mut(at..at.saturating_add(n)) {
+                        r.fill(leaf);
+                    }
+                    break;
+                }
+                slot = Slot::Node(at);
+                consumed += STRIDE;
+            }
+        }
+        Ok(t)
+    }
+
+    /// The first entry of the group hanging from `slot`, creating the group (a copy of the
+    /// entry it replaces) if the slot holds a leaf.
+    fn child(&mut self, slot: Slot) -> Result<usize, LpmError> {
+        let e = match slot {
+            Slot::Root(i) => self.root.get(i),
+            Slot::Node(i) => self.nodes.get(i),
+        }
+        .copied()
+        .unwrap_or(0);
+        if e & CHILD != 0 {
+            return Ok((e & !CHILD) as usize * GROUP);
+        }
+        let g = self.nodes.len() / GROUP;
+        if g >= MAX_GROUPS {
+            return Err(LpmError::TooManyGroups);
+        }
+        self.nodes.resize(self.nodes.len() + GROUP, e);
+        let entry = CHILD | g as u32;
+        if let Some(s) = match slot {
+            Slot::Root(i) => self.root.get_mut(i),
+            Slot::Node(i) => self.nodes.get_mut(i),
+        } {
+            *s = entry;
+        }
+        Ok(g * GROUP)
+    }
+
+    fn bytes(&self) -> usize {
+        (self.root.capacity() + self.nodes.capacity()) * core::mem::size_of::<u32>()
+    }
+
+    #[inline(always)]
+    fn root_entry(&self, key: u128) -> u32 {
+        self.root
+            .get(bits(key, 0, self.root_bits))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn resolve(&self, key: u128, mut e: u32) -> Option<u32> {
+        let mut consumed = self.root_bits;
+        while e & CHILD != 0 && consumed < 128 {
+            let at = (e & !CHILD) as usize * GROUP + bits(key, consumed, STRIDE);
+            e = self.nodes.get(at).copied().unwrap_or(0);
+            consumed += STRIDE;
+        }
+        e.checked_sub(1)
+    }
+
+    #[inline(always)]
+    fn root_entry_v4(&self, a: u32) -> u32 {
+        let i = a.checked_shr(32 - self.root_bits).unwrap_or(0) as usize;
+        self.root.get(i).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn resolve_v4(&self, a: u32, mut e: u32) -> Option<u32> {
+        let mut consumed = self.root_bits;
+        while e & CHILD != 0 && consumed < 32 {
+            let b = (a << consumed >> (32 - STRIDE)) as usize;
+            e = self
+                .nodes
+                .get((e & !CHILD) as usize * GROUP + b)
+                .copied()
+                .unwrap_or(0);
+            consumed += STRIDE;
+        }
+        e.checked_sub(1)
+    }
+}
