@@ -474,6 +474,7 @@ impl Trie {
                 consumed += STRIDE;
             }
         }
+        t.nodes.shrink_to_fit();
         Ok(t)
     }
 

@@ -8,6 +8,7 @@ mod conntrack_insert;
 mod conntrack_stage;
 mod geneve_decap;
 mod geneve_encap;
+mod lpm;
 mod parse;
 mod shuffle_place;
 mod vxlan_decap;
@@ -60,5 +61,10 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "vxlan-decap",
         about: "VXLAN decap + inner key (vs etherparse + manual check)",
         run: vxlan_decap::run,
+    },
+    Scenario {
+        name: "lpm",
+        about: "longest-prefix match, 1M IPv4 prefixes, batches of 64, DIR-24-8 and 16-8-8 (vs prefix-trie)",
+        run: lpm::run,
     },
 ];
