@@ -5,6 +5,12 @@
 //!   ([`Ipv6Lpm`], 16-bit root then 8-bit strides), built by validating builders off the hot
 //!   path, immutable, looked up singly or in batches.
 //! - [`route`]: per-zone [`RouteTables`] with next-hop ids (the transit-gateway pattern).
+//! - [`meter`]: [`TokenBucket`], the RFC 2697 single-rate ([`SrTcm`]) and RFC 2698 two-rate
+//!   ([`TrTcm`]) three-colour markers, colour-blind and colour-aware, exact integer token
+//!   arithmetic on the caller's clock.
+//! - [`elastic`]: the Achelous elastic credit limiter ([`ElasticLimiter`]) over bytes, packets
+//!   and the caller's measured processing cost.
+//! - [`source`]: per-source-IP limits in a fixed-size, keyed table ([`SourceLimits`]).
 //!
 //! It depends only on `nf-core`; stages cooperate with others through `nf-core` metadata.
 //!
@@ -33,8 +39,20 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod elastic;
 pub mod lpm;
+pub mod meter;
 pub mod route;
+pub mod source;
 
+pub use elastic::{
+    Admission, ElasticConfig, ElasticCounters, ElasticDimension, ElasticLimiter, SpendRate,
+};
 pub use lpm::{Ipv4Layout, Ipv4Lpm, Ipv4LpmBuilder, Ipv6Lpm, Ipv6LpmBuilder, LpmError};
+pub use meter::{
+    BucketConfig, Color, MeterConfigError, SrTcm, SrTcmConfig, TokenBucket, TrTcm, TrTcmConfig,
+};
 pub use route::{RouteTable, RouteTables};
+pub use source::{
+    IpLimit, SourceCounters, SourceLimitConfig, SourceLimitError, SourceLimits, WhenFull,
+};

@@ -98,7 +98,8 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     black_box(hash);
     let placed = shuffle(hash);
     let routed = route();
-    if ok && placed && tracked && routed {
+    let limited = limit();
+    if ok && placed && tracked && routed && limited {
         0
     } else {
         1
@@ -142,4 +143,29 @@ fn route() -> bool {
         IpAddr::V6(Ipv6Addr::new(0xfd12, 0, 0, 0, 0, 0, 0, 1)),
     );
     black_box(a) == Some(2) && black_box(b) == Some(3)
+}
+
+/// Meters, the elastic credit limiter and the per-source table on a fixed clock.
+fn limit() -> bool {
+    use core::net::{IpAddr, Ipv4Addr};
+    use nf_policy::{
+        Color, ElasticConfig, ElasticDimension, ElasticLimiter, IpLimit, SourceLimitConfig,
+        SourceLimits, SrTcm, SrTcmConfig,
+    };
+    let Ok(mut m) = SrTcm::new(SrTcmConfig::new(1000, 1500, 1500), Instant::ZERO) else {
+        return false;
+    };
+    let colours = [m.meter(Instant::ZERO, 1000), m.meter(Instant::ZERO, 1000)];
+    let mut e = ElasticLimiter::new(
+        ElasticConfig::new().with_bytes(ElasticDimension::new(1_000_000, 1_000_000)),
+        Instant::ZERO,
+    );
+    let admitted = e.admit(Instant::ZERO, 1500, 1, true).is_admitted();
+    let Ok(mut t) = SourceLimits::new(SourceLimitConfig::new(16, [3; 16])) else {
+        return false;
+    };
+    let src = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let blocked =
+        t.set(Instant::ZERO, src, IpLimit::mbps(0)).is_ok() && !t.admit(Instant::ZERO, src, 64);
+    black_box(colours) == [Color::Green, Color::Yellow] && admitted && blocked
 }
