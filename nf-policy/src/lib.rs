@@ -4,7 +4,8 @@
 //! - [`lpm`]: longest-prefix match for IPv4 ([`Ipv4Lpm`], DIR-24-8 or 16-8-8) and IPv6
 //!   ([`Ipv6Lpm`], 16-bit root then 8-bit strides), built by validating builders off the hot
 //!   path, immutable, looked up singly or in batches.
-//! - [`route`]: per-zone [`RouteTables`] with next-hop ids (the transit-gateway pattern).
+//! - [`route`]: per-zone [`RouteTables`] with next-hop ids (the transit-gateway pattern), and
+//!   the [`RouteStage`] that writes each packet's next hop from its zone's table.
 //! - [`meter`]: [`TokenBucket`], the RFC 2697 single-rate ([`SrTcm`]) and RFC 2698 two-rate
 //!   ([`TrTcm`]) three-colour markers, colour-blind and colour-aware, exact integer token
 //!   arithmetic on the caller's clock.
@@ -52,7 +53,7 @@ pub use lpm::{Ipv4Layout, Ipv4Lpm, Ipv4LpmBuilder, Ipv6Lpm, Ipv6LpmBuilder, LpmE
 pub use meter::{
     BucketConfig, Color, MeterConfigError, SrTcm, SrTcmConfig, TokenBucket, TrTcm, TrTcmConfig,
 };
-pub use route::{RouteTable, RouteTables};
+pub use route::{MissAction, RouteStage, RouteTable, RouteTables};
 pub use source::{
     IpLimit, SourceCounters, SourceLimitConfig, SourceLimitError, SourceLimits, WhenFull,
 };

@@ -8,6 +8,8 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+extern crate alloc;
+
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::ZoneId;
 use nf_policy::lpm::MAX_NEXT_HOP;
@@ -310,4 +312,78 @@ fn batch_lengths_may_differ() {
         long[200..].iter().all(|o| *o == Some(1)),
         "beyond the inputs is untouched"
     );
+}
+
+mod stage {
+    use super::*;
+    use alloc::sync::Arc;
+    use nf_core::{
+        Batch, FlowKey, Instant, NO_NEXT_HOP, Packet, Stage, StageControl, Verdict, flags,
+    };
+    use nf_policy::{MissAction, RouteStage};
+
+    fn packet(zone: u32, dst: [u8; 4], parsed: bool) -> Packet<Vec<u8>> {
+        let mut p = Packet::new(vec![0u8; 64], 0, 64).unwrap();
+        p.meta.zone = ZoneId(zone);
+        p.meta.flow = FlowKey::v4(ZoneId(zone), [192, 0, 2, 1], dst, 17, 1000, 53);
+        if parsed {
+            p.meta.flags |= flags::L3_VALID;
+        }
+        p
+    }
+
+    fn tables() -> Arc<RouteTables> {
+        let ip = Ipv4Addr::new;
+        let mut t = RouteTables::new();
+        // Attachment 1 reaches 10.2/16 via attachment 2; attachment 2 reaches everything via 1.
+        let one = Ipv4Lpm::from_routes([(ip(10, 2, 0, 0), 16, 2)]).unwrap();
+        let two = Ipv4Lpm::from_routes([(ip(0, 0, 0, 0), 0, 1)]).unwrap();
+        t.insert(ZoneId(1), RouteTable::new(one, Ipv6Lpm::default()));
+        t.insert(ZoneId(2), RouteTable::new(two, Ipv6Lpm::default()));
+        Arc::new(t)
+    }
+
+    #[test]
+    fn route_stage_sets_next_hops_by_zone() {
+        let mut stage = RouteStage::new(tables(), MissAction::ToControl);
+        let mut batch = Batch::new();
+        for p in [
+            packet(1, [10, 2, 3, 4], true),
+            packet(1, [10, 3, 0, 1], true),
+            packet(2, [10, 3, 0, 1], true),
+            packet(3, [10, 2, 3, 4], true),
+            packet(1, [10, 2, 3, 4], false),
+        ] {
+            batch.push(p).unwrap();
+        }
+        stage.process(Instant::ZERO, &mut batch);
+        let hops: Vec<u32> = batch.packets().iter().map(|p| p.meta.next_hop).collect();
+        assert_eq!(hops, [2, NO_NEXT_HOP, 1, NO_NEXT_HOP, NO_NEXT_HOP]);
+        let verdicts: Vec<Verdict> = batch.packets().iter().map(|p| p.meta.verdict).collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Pass,
+                Verdict::ToControl,
+                Verdict::Pass,
+                Verdict::ToControl,
+                Verdict::Pass
+            ]
+        );
+        let mut c = alloc::collections::BTreeMap::new();
+        stage.visit_counters(&mut |s, k, v| {
+            if s == "route" {
+                c.insert(k, v);
+            }
+        });
+        assert_eq!((c["routed"], c["no_route"], c["not_routed"]), (2, 2, 1));
+
+        // A new snapshot replaces the tables whole.
+        let old = stage.set_tables(Arc::new(RouteTables::new()));
+        assert_eq!(old.len(), 2);
+        let mut batch = Batch::new();
+        batch.push(packet(1, [10, 2, 3, 4], true)).unwrap();
+        stage.process(Instant::ZERO, &mut batch);
+        assert_eq!(batch.packets()[0].meta.next_hop, NO_NEXT_HOP);
+    }
 }
