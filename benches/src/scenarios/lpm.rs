@@ -7,7 +7,9 @@
 //! from a fixed seed. Addresses are drawn uniformly inside randomly chosen prefixes (so every
 //! lookup hits, usually the chosen prefix or a longer one nested in it). `bytes` is the
 //! table's own allocation; build times are wall time of one build of each. `--sessions N`
-//! sets the number of prefixes. `floor_ns_per_load_64mib` is this machine's cost of one
+//! sets the number of IPv4 prefixes. A last line measures IPv6 (50k prefixes, mostly /48;
+//! issue 15 sets no IPv6 target) so the cost of the 8-bit strides, in time and `bytes`, is on
+//! record. `floor_ns_per_load_64mib` is this machine's cost of one
 //! independent random load from a 64 MiB array per address, batched alike: the floor for a
 //! structure that needs one memory access per lookup at this size. Tables are allocated with huge-page advice (`huge_pages`,
 //! and `anon_huge_bytes` says what the kernel really gave).
@@ -32,7 +34,107 @@ pub(crate) fn run(opts: &Opts) {
     // Tables on huge pages, as a dataplane deploys them (both ours and the peer's).
     let was = hugealloc::set_advise(true);
     measure(opts);
+    measure_v6(opts);
     hugealloc::set_advise(was);
+}
+
+/// IPv6 prefixes for the IPv6 line (its memory grows with the number of distinct 8-bit
+/// paths, see `bytes`).
+const V6_PREFIXES: usize = 50_000;
+
+/// One IPv6 line: `V6_PREFIXES` prefixes (about 50% /48, 20% /32–/44, 15% /56, 10% /64,
+/// 5% /128) under 2000::/4, addresses inside them, batches of 64, beside prefix-trie.
+fn measure_v6(opts: &Opts) {
+    let mut rng = Rng::new(0x5eed_0000_0006_0001);
+    let mut seen = HashSet::new();
+    let mut routes: Vec<(u128, u8, u32)> = Vec::with_capacity(V6_PREFIXES);
+    while routes.len() < V6_PREFIXES {
+        let r = rng.below(100);
+        let len: u8 = match r {
+            0..50 => 48,
+            50..70 => 32 + 4 * rng.below(4) as u8,
+            70..85 => 56,
+            85..95 => 64,
+            _ => 128,
+        };
+        let a =
+            (0x2u128 << 124) | (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())) >> 4;
+        let p = a & (u128::MAX << (128 - u32::from(len)));
+        if seen.insert((p, len)) {
+            routes.push((p, len, rng.below(4096) as u32));
+        }
+    }
+    let addrs: Vec<std::net::Ipv6Addr> = (0..ADDRS)
+        .map(|_| {
+            let (p, l, _) = routes[rng.below(routes.len() as u64) as usize];
+            let host = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()))
+                .checked_shr(u32::from(l))
+                .unwrap_or(0);
+            std::net::Ipv6Addr::from(p | host)
+        })
+        .collect();
+    let t = Instant::now();
+    let mut peer: PrefixMap<(u128, u8), u32> = PrefixMap::new();
+    for &(p, l, h) in &routes {
+        peer.insert((p, l), h);
+    }
+    let peer_build_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut b = nf_policy::Ipv6LpmBuilder::new();
+    for &(p, l, h) in &routes {
+        b.insert(std::net::Ipv6Addr::from(p), l, h)
+            .unwrap_or_else(|e| panic!("route rejected: {e}"));
+    }
+    let ours = b.build().unwrap_or_else(|e| panic!("build: {e}"));
+    let build_s = t.elapsed().as_secs_f64();
+    let mut out = vec![None; BATCH];
+    for chunk in addrs.chunks(BATCH).take(2048) {
+        ours.lookup_batch(chunk, &mut out);
+        for (a, o) in chunk.iter().zip(&out) {
+            let want = peer.get_lpm(&(u128::from(*a), 128)).map(|(_, v)| *v);
+            assert_eq!(*o, want, "ours and prefix-trie disagree on {a}");
+        }
+    }
+    let chunks = addrs.len() / BATCH;
+    let (mut next_ours, mut next_peer) = (0usize, 0usize);
+    let result = harness::ab(
+        opts,
+        BATCH as u64,
+        || {
+            let at = (next_ours % chunks) * BATCH;
+            next_ours += 1;
+            ours.lookup_batch(&addrs[at..at + BATCH], &mut out);
+            out.iter().map(|o| u64::from(o.unwrap_or(0))).sum()
+        },
+        || {
+            let at = (next_peer % chunks) * BATCH;
+            next_peer += 1;
+            addrs[at..at + BATCH]
+                .iter()
+                .map(|a| {
+                    peer.get_lpm(&(u128::from(*a), 128))
+                        .map_or(0, |(_, v)| u64::from(*v))
+                })
+                .sum()
+        },
+    );
+    harness::report(
+        opts,
+        "lpm",
+        "prefix-trie 0.10.1 PrefixMap<(u128, u8), u32>::get_lpm, one address at a time",
+        result,
+        json!({
+            "family": "ipv6",
+            "layout": "16-8-...-8",
+            "prefixes": routes.len(),
+            "batch": BATCH,
+            "bytes": ours.bytes(),
+            "build_s": (build_s * 1000.0).round() / 1000.0,
+            "peer_build_s": (peer_build_s * 1000.0).round() / 1000.0,
+            "huge_pages": hugealloc::mode(),
+            "note": "no target for IPv6 in issue 15; bytes grow by up to 1 KiB per 8 bits of each route's distinct path",
+        }),
+    );
 }
 
 fn measure(opts: &Opts) {
