@@ -8,22 +8,27 @@
 //!
 //! # Structure
 //!
-//! Both families use the same leaf-pushed multibit trie: a *root* array indexed by the first
-//! `r` bits of the address, then groups of 256 entries each indexed by the next 8 bits. An
-//! entry is a 32-bit word: `0` (no route), a next hop (`hop + 1`, so hops are below
-//! [`MAX_NEXT_HOP`] + 1) or, with the top bit set, the index of the child group. Routes are
-//! painted in order of increasing length, so every entry holds the longest route that covers
-//! it and a child group starts as a copy of the entry it replaces; a lookup therefore never
-//! backtracks and stops at the first non-child entry.
+//! Both families use the same leaf-pushed multibit trie with path compression: a *root* array
+//! indexed by the first `r` bits of the address, then groups of 256 entries each indexed by the
+//! next 8 bits. An entry is a 32-bit word: `0` (no route), a next hop (`hop + 1`, so hops are
+//! at most [`MAX_NEXT_HOP`]), the index of a child group, or the index of a *tail*: a subtree
+//! that holds a single route is stored as that route's (prefix, length, next hop) plus the leaf
+//! for the rest of the subtree, instead of a chain of mostly-empty groups. The build is
+//! recursive over the routes sorted by key: routes that end within a group are painted in order
+//! of increasing length, so every entry holds the longest route that covers it (a child group
+//! or tail starts from the entry it replaces); a lookup therefore never backtracks, and stops at
+//! the first leaf or after one tail comparison.
 //!
-//! - IPv4 with [`Ipv4Layout::Dir24`] (DIR-24-8): a 2^24-entry root (64 MiB of `u32`), and at
-//!   most one more read for routes longer than /24. One dependent memory read for almost every
+//! - IPv4 with [`Ipv4Layout::Dir24`] (DIR-24-8): a 2^24-entry root (64 MiB of `u32`), then at
+//!   most one group or tail for routes longer than /24: one random memory read for almost every
 //!   lookup. [`Ipv4Layout::Trie16`] (16-8-8): a 256 KiB root and up to two more reads, for small
 //!   tables (per-zone route tables) where 64 MiB would be waste. [`Ipv4Layout::Auto`] picks
-//!   DIR-24-8 from [`DIR24_MIN_ROUTES`] routes on.
-//! - IPv6: a 2^16-entry root then 8-bit strides: at most 1 + 14 reads for a /128, and the cost
-//!   of a lookup is bounded by the key width, never by the number of routes. Each group is
-//!   1 KiB, and a route longer than /16 can create up to ⌈(len − 16) / 8⌉ groups.
+//!   DIR-24-8 from [`DIR24_MIN_ROUTES`] routes on. At the `lpm` benchmark's million prefixes
+//!   DIR-24-8 takes about 70 MB (the root plus groups for the /24s holding more than one longer
+//!   route, and 32-byte tails), 16-8-8 about 62 MB.
+//! - IPv6: a 2^16-entry root then 8-bit strides: at most 1 + 14 reads plus one tail, bounded by
+//!   the key width, never by the number of routes. With tails, 50 000 mostly-/48 prefixes take
+//!   about 7 MB (without them each route cost up to four 1 KiB groups).
 //!
 //! The entries are `u32` rather than DPDK's `u16` so that next-hop ids and group counts are not
 //! limited to 2^15 (a million-route table with a few percent of routes longer than /24 needs
@@ -55,15 +60,20 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// The largest next-hop id a table can hold (the entry's top bit marks a child group, and
 /// `0` means "no route").
-pub const MAX_NEXT_HOP: u32 = CHILD - 2;
+pub const MAX_NEXT_HOP: u32 = TAIL - 2;
 
 /// From this many routes on, [`Ipv4Layout::Auto`] builds DIR-24-8 (a 64 MiB root); below, the
 /// 16-8-8 trie.
 pub const DIR24_MIN_ROUTES: usize = 65_536;
 
 /// Largest number of 256-entry groups a table may hold.
-const MAX_GROUPS: usize = (CHILD as usize) - 1;
+const MAX_GROUPS: usize = INDEX as usize;
+/// Entry bit: not a leaf (a child group, or with [`TAIL`] a compressed path).
 const CHILD: u32 = 1 << 31;
+/// Entry bit (with [`CHILD`]): a compressed path, index into the tails.
+const TAIL: u32 = 1 << 30;
+/// Entry bits holding a group or tail index.
+const INDEX: u32 = TAIL - 1;
 const STRIDE: u32 = 8;
 const GROUP: usize = 1 << STRIDE;
 /// Lookups per batch chunk: the root entries of a chunk are loaded before any is resolved.
@@ -183,7 +193,7 @@ impl Ipv4LpmBuilder {
         };
         let root_bits = if dir24 { 24 } else { 16 };
         Ok(Ipv4Lpm {
-            trie: Trie::build(root_bits, self.routes.sorted())?,
+            trie: Trie::build_compressed(root_bits, self.routes.sorted())?,
         })
     }
 }
@@ -292,7 +302,7 @@ impl Ipv6LpmBuilder {
     /// [`LpmError::TooManyGroups`] if the routes need more groups than an entry can address.
     pub fn build(&self) -> Result<Ipv6Lpm, LpmError> {
         Ok(Ipv6Lpm {
-            trie: Trie::build(16, self.routes.sorted())?,
+            trie: Trie::build_compressed(16, self.routes.sorted())?,
         })
     }
 }
@@ -424,6 +434,8 @@ trait Key: Copy {
     fn top(self, n: u32) -> usize;
     /// The 8 bits after the first `from`.
     fn stride(self, from: u32) -> usize;
+    /// The key left-aligned in 128 bits.
+    fn wide(self) -> u128;
 }
 
 impl Key for u32 {
@@ -435,6 +447,10 @@ impl Key for u32 {
     #[inline(always)]
     fn stride(self, from: u32) -> usize {
         (self.checked_shl(from).unwrap_or(0) >> (32 - STRIDE)) as usize
+    }
+    #[inline(always)]
+    fn wide(self) -> u128 {
+        u128::from(self) << 96
     }
 }
 
@@ -448,13 +464,10 @@ impl Key for u128 {
     fn stride(self, from: u32) -> usize {
         bits(self, from, STRIDE)
     }
-}
-
-/// Where a child group hangs from while building.
-#[derive(Clone, Copy)]
-enum Slot {
-    Root(usize),
-    Node(usize),
+    #[inline(always)]
+    fn wide(self) -> u128 {
+        self
+    }
 }
 
 /// The leaf-pushed multibit trie shared by both families.
@@ -464,6 +477,29 @@ struct Trie {
     root: Vec<u32>,
     /// Groups of [`GROUP`] entries, group `g` at `g * GROUP`.
     nodes: Vec<u32>,
+    /// Compressed paths (IPv6 only): a subtree that holds a single route.
+    tails: Vec<Tail>,
+}
+
+/// A subtree holding one route: the route's key and length, the leaf for addresses inside it
+/// and the leaf for the rest of the subtree (the covering route pushed down).
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    key: u128,
+    len: u8,
+    hit: u32,
+    miss: u32,
+}
+
+impl Tail {
+    #[inline(always)]
+    fn leaf(&self, key: u128) -> u32 {
+        if key & prefix_mask(u32::from(self.len)) == self.key {
+            self.hit
+        } else {
+            self.miss
+        }
+    }
 }
 
 impl Trie {
@@ -472,72 +508,116 @@ impl Trie {
             root_bits,
             root: vec![0; 1 << root_bits],
             nodes: Vec::new(),
+            tails: Vec::new(),
         }
     }
 
-    /// Paints `routes`, sorted by increasing length, into a new trie.
-    fn build(root_bits: u32, routes: Vec<(u128, u8, u32)>) -> Result<Self, LpmError> {
+    /// Builds with path compression: a subtree below the root that holds a single route
+    /// becomes one [`Tail`] instead of a chain of groups (at most one 256-entry group per 8
+    /// bits of the route otherwise). `routes` as from [`Routes::sorted`].
+    fn build_compressed(root_bits: u32, routes: Vec<(u128, u8, u32)>) -> Result<Self, LpmError> {
         let mut t = Self::empty(root_bits);
-        for (key, len, hop) in routes {
-            let len = u32::from(len);
-            let leaf = hop + 1;
-            if len <= root_bits {
-                let start = bits(key, 0, root_bits);
-                let n = 1usize << (root_bits - len);
-                if let Some(r) = t.root.get_mut(start..start.saturating_add(n)) {
-                    r.fill(leaf);
-                }
-                continue;
+        let (short, mut long): (Vec<_>, Vec<_>) = routes
+            .into_iter()
+            .partition(|&(_, l, _)| u32::from(l) <= root_bits);
+        // `short` is by increasing length: paint.
+        for (key, len, hop) in short {
+            let start = bits(key, 0, root_bits);
+            let n = 1usize << (root_bits - u32::from(len));
+            if let Some(r) = t.root.get_mut(start..start.saturating_add(n)) {
+                r.fill(hop + 1);
             }
-            let mut slot = Slot::Root(bits(key, 0, root_bits));
-            let mut consumed = root_bits;
-            loop {
-                let base = t.child(slot)?;
-                let at = base + bits(key, consumed, STRIDE);
-                if len <= consumed + STRIDE {
-                    let n = 1usize << (consumed + STRIDE - len);
-                    if let Some(r) = t.nodes.get_mut(at..at.saturating_add(n)) {
-                        r.fill(leaf);
-                    }
-                    break;
-                }
-                slot = Slot::Node(at);
-                consumed += STRIDE;
+        }
+        // By key, so that the routes below any prefix are contiguous.
+        long.sort_unstable_by_key(|&(k, l, _)| (k, l));
+        let mut rest = long.as_slice();
+        while let Some(&(k, _, _)) = rest.first() {
+            let i = bits(k, 0, root_bits);
+            let n = rest
+                .iter()
+                .take_while(|r| bits(r.0, 0, root_bits) == i)
+                .count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let fallback = t.root.get(i).copied().unwrap_or(0);
+            let e = t.subtree(run, root_bits, fallback)?;
+            if let Some(r) = t.root.get_mut(i) {
+                *r = e;
             }
         }
         t.nodes.shrink_to_fit();
+        t.tails.shrink_to_fit();
         Ok(t)
     }
 
-    /// The first entry of the group hanging from `slot`, creating the group (a copy of the
-    /// entry it replaces) if the slot holds a leaf.
-    fn child(&mut self, slot: Slot) -> Result<usize, LpmError> {
-        let e = match slot {
-            Slot::Root(i) => self.root.get(i),
-            Slot::Node(i) => self.nodes.get(i),
-        }
-        .copied()
-        .unwrap_or(0);
-        if e & CHILD != 0 {
-            return Ok((e & !CHILD) as usize * GROUP);
+    /// The entry for a subtree at `depth` bits holding `routes` (all longer than `depth`,
+    /// sorted by key), whose addresses otherwise match the leaf `fallback`.
+    fn subtree(
+        &mut self,
+        routes: &[(u128, u8, u32)],
+        depth: u32,
+        fallback: u32,
+    ) -> Result<u32, LpmError> {
+        if let [(key, len, hop)] = routes {
+            let i = self.tails.len();
+            if i >= MAX_GROUPS {
+                return Err(LpmError::TooManyGroups);
+            }
+            self.tails.push(Tail {
+                key: *key,
+                len: *len,
+                hit: hop + 1,
+                miss: fallback,
+            });
+            return Ok(CHILD | TAIL | i as u32);
         }
         let g = self.nodes.len() / GROUP;
         if g >= MAX_GROUPS {
             return Err(LpmError::TooManyGroups);
         }
-        self.nodes.resize(self.nodes.len() + GROUP, e);
-        let entry = CHILD | g as u32;
-        if let Some(s) = match slot {
-            Slot::Root(i) => self.root.get_mut(i),
-            Slot::Node(i) => self.nodes.get_mut(i),
-        } {
-            *s = entry;
+        let base = g * GROUP;
+        self.nodes.resize(base + GROUP, fallback);
+        let end = depth + STRIDE;
+        // Routes ending in this group, by increasing length (stable: keys stay sorted).
+        let mut ending: Vec<(u128, u8, u32)> = routes
+            .iter()
+            .copied()
+            .filter(|&(_, l, _)| u32::from(l) <= end)
+            .collect();
+        ending.sort_by_key(|&(_, l, _)| l);
+        for (key, len, hop) in ending {
+            let at = base + bits(key, depth, STRIDE);
+            let n = 1usize << (end - u32::from(len));
+            if let Some(r) = self.nodes.get_mut(at..at.saturating_add(n)) {
+                r.fill(hop + 1);
+            }
         }
-        Ok(g * GROUP)
+        let deeper: Vec<(u128, u8, u32)> = routes
+            .iter()
+            .copied()
+            .filter(|&(_, l, _)| u32::from(l) > end)
+            .collect();
+        let mut rest = deeper.as_slice();
+        while let Some(&(k, _, _)) = rest.first() {
+            let b = bits(k, depth, STRIDE);
+            let n = rest
+                .iter()
+                .take_while(|r| bits(r.0, depth, STRIDE) == b)
+                .count();
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let fb = self.nodes.get(base + b).copied().unwrap_or(0);
+            let e = self.subtree(run, end, fb)?;
+            if let Some(r) = self.nodes.get_mut(base + b) {
+                *r = e;
+            }
+        }
+        Ok(CHILD | g as u32)
     }
 
     fn bytes(&self) -> usize {
         (self.root.capacity() + self.nodes.capacity()) * core::mem::size_of::<u32>()
+            + self.tails.capacity() * core::mem::size_of::<Tail>()
     }
 
     /// Looks up at most [`CHUNK`] keys into `out`, level by level: every root entry first
@@ -564,8 +644,12 @@ impl Trie {
             for &i in pending.iter().take(np) {
                 let i = usize::from(i);
                 if let (Some(x), Some(k)) = (e.get_mut(i), keys.get(i)) {
-                    let at = (*x & !CHILD) as usize * GROUP + k.stride(consumed);
-                    *x = self.nodes.get(at).copied().unwrap_or(0);
+                    *x = if *x & TAIL != 0 {
+                        self.tail(k.wide(), *x)
+                    } else {
+                        let at = (*x & INDEX) as usize * GROUP + k.stride(consumed);
+                        self.nodes.get(at).copied().unwrap_or(0)
+                    };
                 }
             }
             let mut m = 0usize;
@@ -597,15 +681,31 @@ impl Trie {
             .unwrap_or(0)
     }
 
+    /// The leaf a tail entry gives `key`.
+    #[inline(always)]
+    fn tail(&self, key: u128, e: u32) -> u32 {
+        self.tails
+            .get((e & INDEX) as usize)
+            .map_or(0, |t| t.leaf(key))
+    }
+
     #[inline(always)]
     fn resolve(&self, key: u128, mut e: u32) -> Option<u32> {
         let mut consumed = self.root_bits;
         while e & CHILD != 0 && consumed < 128 {
-            let at = (e & !CHILD) as usize * GROUP + bits(key, consumed, STRIDE);
+            if e & TAIL != 0 {
+                e = self.tail(key, e);
+                break;
+            }
+            let at = (e & INDEX) as usize * GROUP + bits(key, consumed, STRIDE);
             e = self.nodes.get(at).copied().unwrap_or(0);
             consumed += STRIDE;
         }
-        e.checked_sub(1)
+        if e & CHILD != 0 {
+            None
+        } else {
+            e.checked_sub(1)
+        }
     }
 
     #[inline(always)]
@@ -618,14 +718,22 @@ impl Trie {
     fn resolve_v4(&self, a: u32, mut e: u32) -> Option<u32> {
         let mut consumed = self.root_bits;
         while e & CHILD != 0 && consumed < 32 {
+            if e & TAIL != 0 {
+                e = self.tail(u128::from(a) << 96, e);
+                break;
+            }
             let b = (a << consumed >> (32 - STRIDE)) as usize;
             e = self
                 .nodes
-                .get((e & !CHILD) as usize * GROUP + b)
+                .get((e & INDEX) as usize * GROUP + b)
                 .copied()
                 .unwrap_or(0);
             consumed += STRIDE;
         }
-        e.checked_sub(1)
+        if e & CHILD != 0 {
+            None
+        } else {
+            e.checked_sub(1)
+        }
     }
 }
