@@ -387,3 +387,43 @@ mod stage {
         assert_eq!(batch.packets()[0].meta.next_hop, NO_NEXT_HOP);
     }
 }
+
+#[test]
+fn single_routes_below_a_group_are_compressed_and_keep_their_fallback() {
+    let ip = Ipv4Addr::new;
+    for layout in [Ipv4Layout::Trie16, Ipv4Layout::Dir24] {
+        // One /30 under a /8: the /30's subtree holds a single route (a tail); outside it, the
+        // /8 must still match.
+        let mut b = Ipv4LpmBuilder::new().layout(layout);
+        b.insert(ip(10, 0, 0, 0), 8, 1).unwrap();
+        b.insert(ip(10, 9, 9, 8), 30, 2).unwrap();
+        let t = b.build().unwrap();
+        assert_eq!(t.lookup(ip(10, 9, 9, 9)), Some(2));
+        assert_eq!(t.lookup(ip(10, 9, 9, 12)), Some(1));
+        assert_eq!(t.lookup(ip(10, 9, 8, 9)), Some(1));
+        assert_eq!(t.lookup(ip(11, 9, 9, 9)), None);
+        let mut out = [None; 3];
+        t.lookup_batch(
+            &[ip(10, 9, 9, 11), ip(10, 9, 9, 7), ip(9, 0, 0, 0)],
+            &mut out,
+        );
+        assert_eq!(out, [Some(2), Some(1), None]);
+    }
+    // IPv6: a /128 and a /64 far below a /16 default, each alone in its subtree; the 16-entry
+    // root plus two tails, no group.
+    let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let t = Ipv6Lpm::from_routes([
+        (a("2001::"), 16, 1),
+        (a("2001:db8::1"), 128, 2),
+        (a("2002:0:0:1::"), 64, 3),
+    ])
+    .unwrap();
+    assert_eq!(t.lookup(a("2001:db8::1")), Some(2));
+    assert_eq!(t.lookup(a("2001:db8::2")), Some(1));
+    assert_eq!(t.lookup(a("2002:0:0:1::5")), Some(3));
+    assert_eq!(t.lookup(a("2002:0:0:2::5")), None);
+    assert!(
+        t.bytes() < Ipv6Lpm::default().bytes() + 1024,
+        "no 1 KiB group was built"
+    );
+}
