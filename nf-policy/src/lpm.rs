@@ -41,11 +41,10 @@
 //! loads the CPU overlaps, which is what makes a 64 MiB root fast), then gathers, without
 //! branches, the addresses whose entry points into a group and loads all of those group
 //! entries together, and so on down. No branch on a loaded entry sits between two loads, so a
-//! mispredicted "is this a group?" does not serialise the misses. Measured by the `lpm`
-//! benchmark: about 1.2× the cost of one bare random load per address from a 64 MiB array
-//! (the `floor_ns_per_load_64mib` it prints), down from about 2× when each address was resolved
-//! to the end before the next. A batch gives exactly the results of single lookups
-//! (property-tested).
+//! mispredicted "is this a group?" does not serialise the misses (on the `lpm` benchmark this
+//! roughly halved the gap to `floor_ns_per_load_64mib`, the machine's cost of one bare random
+//! load per address from a 64 MiB array, which bounds DIR-24-8 from below). A batch gives
+//! exactly the results of single lookups (property-tested).
 //!
 //! # Duplicates
 //!
