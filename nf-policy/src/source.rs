@@ -281,9 +281,14 @@ impl SourceLimits {
 
     /// Removes `addr`'s own limit (it gets the default again); whether it had one.
     pub fn remove(&mut self, addr: IpAddr) -> bool {
+        // Only an operator-set entry: a default-limited source keeps its bucket (removing it
+        // would hand the source a fresh, full one).
         match self.find(addr).and_then(|at| self.slots.get_mut(at)) {
-            Some(s) => s.take().is_some_and(|e| e.pinned),
-            None => false,
+            Some(s) if s.as_ref().is_some_and(|e| e.pinned) => {
+                *s = None;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -101,6 +101,17 @@ fn default_rate_flood_stays_within_the_table() {
 }
 
 #[test]
+fn removing_a_default_limited_source_does_not_refill_it() {
+    let cfg = SourceLimitConfig::new(8, KEY).with_default(IpLimit::mbps(1));
+    let mut t = SourceLimits::new(cfg).unwrap();
+    // 1 Mbps: a burst of 12 500 bytes, then nothing more in the same instant.
+    assert!(t.admit(Instant::ZERO, v4(9), 12_500));
+    assert!(!t.admit(Instant::ZERO, v4(9), 1));
+    assert!(!t.remove(v4(9)), "not an operator-set limit");
+    assert!(!t.admit(Instant::ZERO, v4(9), 1), "still empty");
+}
+
+#[test]
 fn operator_limits_need_room() {
     let cfg = SourceLimitConfig::new(2, KEY).with_max_probe(2);
     let mut t = SourceLimits::new(cfg).unwrap();
