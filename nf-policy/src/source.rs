@@ -10,7 +10,9 @@
 //! addresses cannot aim them at one run of slots without the key, and no lookup does more than
 //! that many comparisons. A source first seen takes a free slot, or evicts a default-limited
 //! source whose bucket is full again (idle: a fresh bucket would start full too, so the
-//! eviction changes no decision). Operator-set slots are never evicted. When no slot can be had
+//! eviction changes no decision). Operator-set slots are never evicted; an operator-set limit
+//! may take a busy default-limited source's slot (that source then starts afresh, a control-path
+//! event, not something traffic can cause). When no slot can be had
 //! the packet is decided by [`SourceLimitConfig::when_full`] and counted as
 //! `src_table_full`.
 //!
