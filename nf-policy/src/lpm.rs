@@ -25,7 +25,7 @@
 //!   tables (per-zone route tables) where 64 MiB would be waste. [`Ipv4Layout::Auto`] picks
 //!   DIR-24-8 from [`DIR24_MIN_ROUTES`] routes on. At the `lpm` benchmark's million prefixes
 //!   DIR-24-8 takes about 70 MB (the root plus groups for the /24s holding more than one longer
-//!   route, and 32-byte tails), 16-8-8 about 62 MB.
+//!   route, and 16-byte IPv4 tails), 16-8-8 about 62 MB.
 //! - IPv6: a 2^16-entry root then 8-bit strides: at most 1 + 14 reads plus one tail, bounded by
 //!   the key width, never by the number of routes. With tails, 50 000 mostly-/48 prefixes take
 //!   about 7 MB (without them each route cost up to four 1 KiB groups).
@@ -192,7 +192,7 @@ impl Ipv4LpmBuilder {
         };
         let root_bits = if dir24 { 24 } else { 16 };
         Ok(Ipv4Lpm {
-            trie: Trie::build_compressed(root_bits, self.routes.sorted())?,
+            trie: Trie::build_compressed(root_bits, true, self.routes.sorted())?,
         })
     }
 }
@@ -301,7 +301,7 @@ impl Ipv6LpmBuilder {
     /// [`LpmError::TooManyGroups`] if the routes need more groups than an entry can address.
     pub fn build(&self) -> Result<Ipv6Lpm, LpmError> {
         Ok(Ipv6Lpm {
-            trie: Trie::build_compressed(16, self.routes.sorted())?,
+            trie: Trie::build_compressed(16, false, self.routes.sorted())?,
         })
     }
 }
@@ -478,6 +478,27 @@ struct Trie {
     nodes: Vec<u32>,
     /// Compressed paths (IPv6 only): a subtree that holds a single route.
     tails: Vec<Tail>,
+    /// IPv4 tails (16 bytes instead of 32: more of them stay in cache).
+    tails4: Vec<Tail4>,
+    /// Whether keys are IPv4 (tails go to `tails4`).
+    v4: bool,
+}
+
+/// [`Tail`] for a 32-bit key.
+#[derive(Clone, Copy, Debug)]
+struct Tail4 {
+    key: u32,
+    len: u8,
+    hit: u32,
+    miss: u32,
+}
+
+impl Tail4 {
+    #[inline(always)]
+    fn leaf(&self, key: u32) -> u32 {
+        let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+        if key & m == self.key { self.hit } else { self.miss }
+    }
 }
 
 /// A subtree holding one route: the route's key and length, the leaf for addresses inside it
@@ -508,14 +529,21 @@ impl Trie {
             root: vec![0; 1 << root_bits],
             nodes: Vec::new(),
             tails: Vec::new(),
+            tails4: Vec::new(),
+            v4: false,
         }
     }
 
     /// Builds with path compression: a subtree below the root that holds a single route
     /// becomes one [`Tail`] instead of a chain of groups (at most one 256-entry group per 8
     /// bits of the route otherwise). `routes` as from [`Routes::sorted`].
-    fn build_compressed(root_bits: u32, routes: Vec<(u128, u8, u32)>) -> Result<Self, LpmError> {
+    fn build_compressed(
+        root_bits: u32,
+        v4: bool,
+        routes: Vec<(u128, u8, u32)>,
+    ) -> Result<Self, LpmError> {
         let mut t = Self::empty(root_bits);
+        t.v4 = v4;
         let (short, mut long): (Vec<_>, Vec<_>) = routes
             .into_iter()
             .partition(|&(_, l, _)| u32::from(l) <= root_bits);
@@ -546,6 +574,7 @@ impl Trie {
         }
         t.nodes.shrink_to_fit();
         t.tails.shrink_to_fit();
+        t.tails4.shrink_to_fit();
         Ok(t)
     }
 
@@ -558,16 +587,25 @@ impl Trie {
         fallback: u32,
     ) -> Result<u32, LpmError> {
         if let [(key, len, hop)] = routes {
-            let i = self.tails.len();
+            let i = if self.v4 { self.tails4.len() } else { self.tails.len() };
             if i >= MAX_GROUPS {
                 return Err(LpmError::TooManyGroups);
             }
-            self.tails.push(Tail {
-                key: *key,
-                len: *len,
-                hit: hop + 1,
-                miss: fallback,
-            });
+            if self.v4 {
+                self.tails4.push(Tail4 {
+                    key: (*key >> 96) as u32,
+                    len: *len,
+                    hit: hop + 1,
+                    miss: fallback,
+                });
+            } else {
+                self.tails.push(Tail {
+                    key: *key,
+                    len: *len,
+                    hit: hop + 1,
+                    miss: fallback,
+                });
+            }
             return Ok(CHILD | TAIL | i as u32);
         }
         let g = self.nodes.len() / GROUP;
@@ -617,6 +655,7 @@ impl Trie {
     fn bytes(&self) -> usize {
         (self.root.capacity() + self.nodes.capacity()) * core::mem::size_of::<u32>()
             + self.tails.capacity() * core::mem::size_of::<Tail>()
+            + self.tails4.capacity() * core::mem::size_of::<Tail4>()
     }
 
     /// Looks up at most [`CHUNK`] keys into `out`, level by level: every root entry first
@@ -683,7 +722,18 @@ impl Trie {
     /// The leaf a tail entry gives `key`.
     #[inline(always)]
     fn tail(&self, key: u128, e: u32) -> u32 {
+        if self.v4 {
+            return self.tail4((key >> 96) as u32, e);
+        }
         self.tails
+            .get((e & INDEX) as usize)
+            .map_or(0, |t| t.leaf(key))
+    }
+
+    /// The leaf an IPv4 tail entry gives `key`.
+    #[inline(always)]
+    fn tail4(&self, key: u32, e: u32) -> u32 {
+        self.tails4
             .get((e & INDEX) as usize)
             .map_or(0, |t| t.leaf(key))
     }
@@ -718,7 +768,7 @@ impl Trie {
         let mut consumed = self.root_bits;
         while e & CHILD != 0 && consumed < 32 {
             if e & TAIL != 0 {
-                e = self.tail(u128::from(a) << 96, e);
+                e = self.tail4(a, e);
                 break;
             }
             let b = (a << consumed >> (32 - STRIDE)) as usize;
