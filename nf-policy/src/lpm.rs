@@ -230,11 +230,7 @@ impl Ipv4Lpm {
     /// results as [`lookup`](Self::lookup), with the root reads of up to 64 addresses overlapped.
     pub fn lookup_batch(&self, addrs: &[Ipv4Addr], out: &mut [Option<u32>]) {
         for (a, o) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            let mut keys = [0u32; CHUNK];
-            for (k, a) in keys.iter_mut().zip(a) {
-                *k = u32::from(*a);
-            }
-            self.trie.batch(keys.get(..a.len()).unwrap_or_default(), o);
+            self.trie.batch(a, o);
         }
     }
 
@@ -339,11 +335,7 @@ impl Ipv6Lpm {
     /// results as [`lookup`](Self::lookup), with the root reads of up to 64 addresses overlapped.
     pub fn lookup_batch(&self, addrs: &[Ipv6Addr], out: &mut [Option<u32>]) {
         for (a, o) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            let mut keys = [0u128; CHUNK];
-            for (k, a) in keys.iter_mut().zip(a) {
-                *k = u128::from(*a);
-            }
-            self.trie.batch(keys.get(..a.len()).unwrap_or_default(), o);
+            self.trie.batch(a, o);
         }
     }
 
@@ -437,35 +429,36 @@ trait Key: Copy {
     fn wide(self) -> u128;
 }
 
-impl Key for u32 {
+impl Key for Ipv4Addr {
     const WIDTH: u32 = 32;
     #[inline(always)]
     fn top(self, n: u32) -> usize {
-        self.checked_shr(32 - n).unwrap_or(0) as usize
+        // `n` is a root width (16 or 24), so the shift is below 32.
+        (u32::from(self) >> (32 - n).min(31)) as usize
     }
     #[inline(always)]
     fn stride(self, from: u32) -> usize {
-        (self.checked_shl(from).unwrap_or(0) >> (32 - STRIDE)) as usize
+        (u32::from(self).checked_shl(from).unwrap_or(0) >> (32 - STRIDE)) as usize
     }
     #[inline(always)]
     fn wide(self) -> u128 {
-        u128::from(self) << 96
+        u128::from(u32::from(self)) << 96
     }
 }
 
-impl Key for u128 {
+impl Key for Ipv6Addr {
     const WIDTH: u32 = 128;
     #[inline(always)]
     fn top(self, n: u32) -> usize {
-        bits(self, 0, n)
+        bits(u128::from(self), 0, n)
     }
     #[inline(always)]
     fn stride(self, from: u32) -> usize {
-        bits(self, from, STRIDE)
+        bits(u128::from(self), from, STRIDE)
     }
     #[inline(always)]
     fn wide(self) -> u128 {
-        self
+        u128::from(self)
     }
 }
 
@@ -497,7 +490,11 @@ impl Tail4 {
     #[inline(always)]
     fn leaf(&self, key: u32) -> u32 {
         let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-        if key & m == self.key { self.hit } else { self.miss }
+        if key & m == self.key {
+            self.hit
+        } else {
+            self.miss
+        }
     }
 }
 
@@ -587,7 +584,11 @@ impl Trie {
         fallback: u32,
     ) -> Result<u32, LpmError> {
         if let [(key, len, hop)] = routes {
-            let i = if self.v4 { self.tails4.len() } else { self.tails.len() };
+            let i = if self.v4 {
+                self.tails4.len()
+            } else {
+                self.tails.len()
+            };
             if i >= MAX_GROUPS {
                 return Err(LpmError::TooManyGroups);
             }
