@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Writes seed corpora for the geneve and vxlan fuzz targets: the UDP payloads (tunnel
-header + inner frame) of the first frames of the shared captures; and for nat_alloc, operation
+header + inner frame) of the first frames of the shared captures; for nat_alloc, operation
 sequences for each profile (a setup of six bytes, then arbitrary-encoded operations) from a
-fixed-seed generator, so the corpus is reproducible.
+fixed-seed generator, so the corpus is reproducible; and, for the other structure-aware
+targets that decode their input with `arbitrary` (lpm, limiter), pseudo-random byte strings
+of growing length from a fixed seed (any bytes decode; longer ones give more routes,
+arrivals and lookups).
 
 Run from fuzz/: python3 seeds.py ../../shared/testdata/pcap (or wherever the captures are).
 """
 import os
+import random
 import struct
 import sys
 
@@ -15,6 +19,8 @@ CAPTURES = {
     "vxlan": (["vxlan.pcap", "vxlan_port_8472.pcap", "gso-ipv6-vxlan-ipv6.pcap"], (4789, 8472)),
 }
 PER_CAPTURE = 3
+# Structure-aware targets: (number of seeds, fixed RNG seed).
+RANDOM_SEEDS = {"lpm": (8, 0x1B9), "limiter": (8, 0x11B)}
 
 
 def frames(path):
@@ -88,6 +94,13 @@ def main():
                 n += 1
                 taken += 1
         print(target, n, "seeds")
+    for target, (count, seed) in RANDOM_SEEDS.items():
+        rng = random.Random(seed)
+        os.makedirs(f"corpus/{target}", exist_ok=True)
+        for n in range(count):
+            with open(f"corpus/{target}/seed-{n:02}", "wb") as out:
+                out.write(bytes(rng.getrandbits(8) for _ in range(16 << n)))
+        print(target, count, "seeds")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::{Batch, FlowHasher, Instant, Packet, ParseStage, Stage};
 
 // The charter-only crates are linked too, so their no_std-ness is checked from day one.
-extern crate nf_policy;
 extern crate nf_tunnel;
 
 #[link(name = "c")]
@@ -80,7 +79,10 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let cfg = ConntrackConfig::new([2; 16]).sizes(Sizes { v4: 64, v6: 64 });
     let tracked = Conntrack::new(cfg, ()).is_ok_and(|mut ct| {
         ct.process(Instant::ZERO, &mut batch);
-        batch.packets().first().is_some_and(|p| p.meta.session.is_some())
+        batch
+            .packets()
+            .first()
+            .is_some_and(|p| p.meta.session.is_some())
     });
     let h = FlowHasher::new([1; 16]);
     let ok = batch
@@ -95,7 +97,9 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     let placed = shuffle(hash);
     let natted = nat(batch.packets().first().map(|p| p.meta.flow));
     let balanced = maglev(hash);
-    if ok && placed && tracked && natted && balanced {
+    let routed = route();
+    let limited = limit();
+    if ok && placed && tracked && natted && balanced && routed && limited {
         0
     } else {
         1
@@ -157,4 +161,53 @@ fn maglev(flow_hash: u64) -> bool {
     };
     let serving = table.backend(flow_hash).is_some_and(Backend::is_serving);
     serving && group.choose(flow_hash) < 2
+}
+
+/// Routes an IPv4 and an IPv6 destination through a small per-zone route table.
+fn route() -> bool {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use nf_core::ZoneId;
+    use nf_policy::{Ipv4Lpm, Ipv6Lpm, RouteTable, RouteTables};
+    let Ok(v4) = Ipv4Lpm::from_routes([
+        (Ipv4Addr::new(10, 0, 0, 0), 8, 1),
+        (Ipv4Addr::new(10, 1, 0, 0), 16, 2),
+    ]) else {
+        return false;
+    };
+    let Ok(v6) = Ipv6Lpm::from_routes([(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 8, 3)]) else {
+        return false;
+    };
+    let mut tables = RouteTables::new();
+    tables.insert(ZoneId(1), RouteTable::new(v4, v6));
+    let a = tables.route(ZoneId(1), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+    let b = tables.route(
+        ZoneId(1),
+        IpAddr::V6(Ipv6Addr::new(0xfd12, 0, 0, 0, 0, 0, 0, 1)),
+    );
+    black_box(a) == Some(2) && black_box(b) == Some(3)
+}
+
+/// Meters, the elastic credit limiter and the per-source table on a fixed clock.
+fn limit() -> bool {
+    use core::net::{IpAddr, Ipv4Addr};
+    use nf_policy::{
+        Color, ElasticConfig, ElasticDimension, ElasticLimiter, IpLimit, SourceLimitConfig,
+        SourceLimits, SrTcm, SrTcmConfig,
+    };
+    let Ok(mut m) = SrTcm::new(SrTcmConfig::new(1000, 1500, 1500), Instant::ZERO) else {
+        return false;
+    };
+    let colours = [m.meter(Instant::ZERO, 1000), m.meter(Instant::ZERO, 1000)];
+    let mut e = ElasticLimiter::new(
+        ElasticConfig::new().with_bytes(ElasticDimension::new(1_000_000, 1_000_000)),
+        Instant::ZERO,
+    );
+    let admitted = e.admit(Instant::ZERO, 1500, 1, true).is_admitted();
+    let Ok(mut t) = SourceLimits::new(SourceLimitConfig::new(16, [3; 16])) else {
+        return false;
+    };
+    let src = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let blocked =
+        t.set(Instant::ZERO, src, IpLimit::mbps(0)).is_ok() && !t.admit(Instant::ZERO, src, 64);
+    black_box(colours) == [Color::Green, Color::Yellow] && admitted && blocked
 }

@@ -8,10 +8,11 @@ mod conntrack_insert;
 mod conntrack_stage;
 mod geneve_decap;
 mod geneve_encap;
-mod nat_new;
+mod lpm;
 mod maglev_build;
 mod maglev_disruption;
 mod maglev_lookup;
+mod nat_new;
 mod parse;
 mod shuffle_place;
 mod vxlan_decap;
@@ -84,5 +85,10 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "vxlan-decap",
         about: "VXLAN decap + inner key (vs etherparse + manual check)",
         run: vxlan_decap::run,
+    },
+    Scenario {
+        name: "lpm",
+        about: "longest-prefix match, 1M IPv4 prefixes, batches of 64, DIR-24-8 and 16-8-8 (vs prefix-trie)",
+        run: lpm::run,
     },
 ];
