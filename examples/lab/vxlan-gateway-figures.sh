@@ -66,6 +66,9 @@ proc_cpu() { # utime+stime ticks of a process
   awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 softirq_ticks() { awk '/^cpu /{print $8}' /proc/stat; }
+# Datagrams the receiving host's UDP sockets dropped for a full buffer (the application, not
+# the path, fell behind).
+rcvbuf_errors() { ip netns exec "$B" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/{print $2}'; }
 
 measure() { # $1 = nf|kernel
   local who=$1
@@ -77,17 +80,17 @@ measure() { # $1 = nf|kernel
     ip netns exec "$B" iperf3 -s -D -1 -p 5201 >/dev/null 2>&1 || true
     sleep 0.3
     local c0 s0 c1 s1
-    c0=$( [ "$who" = nf ] && proc_cpu "$gw_pid" || echo 0 ); s0=$(softirq_ticks)
+    c0=$( [ "$who" = nf ] && proc_cpu "$gw_pid" || echo 0 ); s0=$(softirq_ticks); r0=$(rcvbuf_errors)
     case $run in
       tcp1) args=(-t "$secs") ;;
       tcp4) args=(-t "$secs" -P 4) ;;
       udp64) args=(-t "$secs" -u -l 64 -b 0) ;;
     esac
     ip netns exec "$A" iperf3 -c 198.51.100.2 -p 5201 -J "${args[@]}" >"$tmp/$who-$run.json" 2>/dev/null || true
-    c1=$( [ "$who" = nf ] && proc_cpu "$gw_pid" || echo 0 ); s1=$(softirq_ticks)
-    python3 - "$tmp/$who-$run.json" "$who" "$run" "$secs" "$(( c1 - c0 ))" "$(( s1 - s0 ))" "$hz" <<'PY'
+    c1=$( [ "$who" = nf ] && proc_cpu "$gw_pid" || echo 0 ); s1=$(softirq_ticks); r1=$(rcvbuf_errors)
+    python3 - "$tmp/$who-$run.json" "$who" "$run" "$secs" "$(( c1 - c0 ))" "$(( s1 - s0 ))" "$hz" "$(( r1 - r0 ))" <<'PY'
 import json, sys
-path, who, run, secs, cpu, soft, hz = sys.argv[1:]
+path, who, run, secs, cpu, soft, hz, rcvbuf = sys.argv[1:]
 secs, cpu, soft, hz = float(secs), int(cpu), int(soft), int(hz)
 out = {"lab": "vxlan-gateway", "impl": who, "test": run}
 try:
@@ -108,6 +111,8 @@ else:
     out["sent_pps"] = round(pk / t)
     out["received_pps"] = round((pk - lost) / t)
     out["lost_percent"] = round(s.get("lost_percent", 0.0), 2)
+    # Of the lost: dropped by the receiver's own socket (delivered, but iperf3 fell behind).
+    out["lost_at_receiver_socket"] = int(rcvbuf)
 if who == "nf":
     out["gateway_cpu_percent"] = round(100 * cpu / hz / secs, 1)
 out["machine_softirq_percent"] = round(100 * soft / hz / secs, 1)
@@ -132,7 +137,8 @@ for path in sys.argv[1:]:
 def cell(r, run):
     if r is None or "error" in r: return "error: " + (r or {}).get("error", "no result")
     if run.startswith("tcp"): return f'{r["gbit_per_s"]} Gbit/s, {r["retransmits"]} retransmits'
-    return f'{r["received_pps"]:,} pps received, {r["lost_percent"]}% lost'
+    return (f'{r["received_pps"]:,} pps received, {r["lost_percent"]}% lost'
+            f' ({r.get("lost_at_receiver_socket", 0):,} of them at the receiving socket)')
 print()
 print("| | nf gateway (PACKET_MMAP rings) | kernel VXLAN + bridge |")
 print("|---|---|---|")
