@@ -54,6 +54,16 @@ pub fn arp_reply(frame: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; ARP_FR
     Some(r)
 }
 
+/// Lets frames that a stage sent to the control path (ARP and other non-IP frames between
+/// overlay hosts) go on as bridged traffic: a VTEP forwards them like the rest.
+pub fn bridge_control<B>(batch: &mut nf_core::Batch<B>) {
+    for p in batch.packets_mut() {
+        if p.meta.verdict == nf_core::Verdict::ToControl {
+            p.meta.verdict = nf_core::Verdict::Pass;
+        }
+    }
+}
+
 /// `println!` that does not panic when stdout is gone (`nf-node --help | head`): the
 /// examples' way to print.
 #[macro_export]

@@ -443,33 +443,22 @@ mod tests {
             PortPartition::new(2000, 1000),
         )
         .unwrap();
-        let k = FlowKey::v4(
-            ZoneId(0),
-            [1, 1, 1, 1],
-            [203, 0, 113, 1],
-            proto::UDP,
-            53,
-            1999,
-        );
-        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Unknown);
-        let k = FlowKey::v4(
-            ZoneId(0),
-            [1, 1, 1, 1],
-            [203, 0, 113, 1],
-            proto::UDP,
-            53,
-            6000,
-        );
-        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Unknown);
-        let k = FlowKey::v4(
-            ZoneId(0),
-            [1, 1, 1, 1],
-            [203, 0, 113, 1],
-            proto::UDP,
-            53,
-            5999,
-        );
-        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Worker(3));
+        // Below the first range, past the last, and the last port of the last range.
+        for (port, want) in [
+            (1999, Steer::Unknown),
+            (6000, Steer::Unknown),
+            (5999, Steer::Worker(3)),
+        ] {
+            let k = FlowKey::v4(
+                ZoneId(0),
+                [1, 1, 1, 1],
+                [203, 0, 113, 1],
+                proto::UDP,
+                53,
+                port,
+            );
+            assert_eq!(s.worker(&[], &meta(k, 0)), want, "port {port}");
+        }
         assert_eq!(s.ports_of(3), Some(5000..6000));
         assert_eq!(
             s.own(

@@ -58,7 +58,7 @@ mod linux {
         Interface, PollEvents, RingConfig, RingFrame, RxRing, TxRing, parse_mac, wait,
     };
     use nf_examples::say;
-    use nf_examples::vtep::{UnderlayFrame, classify_underlay};
+    use nf_examples::vtep::{UnderlayFrame, bridge_control, classify_underlay};
     use nf_examples::workers::{CounterTotals, PoolConfig, Worker, WorkerPool};
     use nf_tunnel::{
         DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
@@ -718,16 +718,6 @@ The config: `key = value` lines, `#` comments:
                 .to_std(puller.poll_timeout())
                 .saturating_duration_since(std::time::Instant::now());
             std::thread::sleep(due.min(std::time::Duration::from_millis(50)));
-        }
-    }
-
-    /// Non-IP frames (ARP between overlay hosts) are bridged like the rest: what the stages
-    /// send to the control path goes on to the workers.
-    fn bridge_control(batch: &mut Batch<RingFrame>) {
-        for p in batch.packets_mut() {
-            if p.meta.verdict == Verdict::ToControl {
-                p.meta.verdict = Verdict::Pass;
-            }
         }
     }
 

@@ -86,7 +86,7 @@ mod linux {
     };
     use nf_examples::prometheus::{self, MetricsServer};
     use nf_examples::say;
-    use nf_examples::vtep::{UnderlayFrame, classify_underlay};
+    use nf_examples::vtep::{UnderlayFrame, bridge_control, classify_underlay};
     use nf_tunnel::{
         DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, TunnelKind, Underlay,
         VniTable, ZoneMap,
@@ -351,11 +351,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 return 0;
             }
             self.parse.process(now, &mut self.batch);
-            for p in self.batch.packets_mut() {
-                if p.meta.verdict == Verdict::ToControl {
-                    p.meta.verdict = Verdict::Pass;
-                }
-            }
+            bridge_control(&mut self.batch);
             self.encap.process(now, &mut self.batch);
             for pkt in self.batch.drain() {
                 match pkt.meta.verdict {
