@@ -3,11 +3,14 @@
 //! The examples themselves are the binaries in `src/bin/`; this library holds what several of
 //! them (and the tests that compare nf with `tshark`, `scapy` and the Linux kernel) share.
 
+pub mod cli;
 pub mod curl;
 #[cfg(target_os = "linux")]
 pub mod io;
 pub mod pcap;
 pub mod prometheus;
+#[cfg(target_os = "linux")]
+pub mod router;
 pub mod vtep;
 pub mod workers;
 

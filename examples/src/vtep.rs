@@ -41,17 +41,43 @@ pub fn arp_reply(frame: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; ARP_FR
     if req[..8] != [0, 1, 8, 0, 6, 4, 0, 1] || req[24..28] != ip.octets() {
         return None;
     }
-    let (sha, spa) = (&req[8..14], &req[14..18]);
-    let mut r = [0u8; ARP_FRAME_LEN];
-    r[..6].copy_from_slice(sha);
-    r[6..12].copy_from_slice(&mac);
-    r[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
-    r[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
-    r[22..28].copy_from_slice(&mac);
-    r[28..32].copy_from_slice(&ip.octets());
-    r[32..38].copy_from_slice(sha);
-    r[38..42].copy_from_slice(spa);
-    Some(r)
+    let sha = <[u8; 6]>::try_from(&req[8..14]).ok()?;
+    let spa = <[u8; 4]>::try_from(&req[14..18]).ok()?;
+    Some(arp_frame(ArpOp::Reply, mac, ip, sha, spa.into()))
+}
+
+/// An ARP operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArpOp {
+    /// Who has the target address? (Broadcast.)
+    Request = 1,
+    /// The sender has it (to the target hardware address).
+    Reply = 2,
+}
+
+/// An Ethernet/IPv4 ARP frame from `sha`/`spa`: a broadcast request for `tpa` (target
+/// hardware address zero), or a reply to `tha`/`tpa`.
+pub fn arp_frame(
+    op: ArpOp,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> [u8; ARP_FRAME_LEN] {
+    let mut f = [0u8; ARP_FRAME_LEN];
+    let (eth_dst, arp_tha) = match op {
+        ArpOp::Request => ([0xff; 6], [0; 6]),
+        ArpOp::Reply => (tha, tha),
+    };
+    f[..6].copy_from_slice(&eth_dst);
+    f[6..12].copy_from_slice(&sha);
+    f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, op as u8]);
+    f[22..28].copy_from_slice(&sha);
+    f[28..32].copy_from_slice(&spa.octets());
+    f[32..38].copy_from_slice(&arp_tha);
+    f[38..42].copy_from_slice(&tpa.octets());
+    f
 }
 
 /// Lets frames that a stage sent to the control path (ARP and other non-IP frames between

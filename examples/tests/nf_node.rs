@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use common::{counters, lines_of, pings, sh, wait_for};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NODE: &str = env!("CARGO_BIN_EXE_nf-node");
 
@@ -35,68 +33,6 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn sh(script: &str) {
-    let o = Command::new("bash")
-        .args(["-euc", script])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{script}\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Pings `dst` from `ns` `count` times (one second each at most): how many answers came.
-fn pings(ns: &str, dst: &str, count: u32) -> u32 {
-    let o = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            dst,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    text.lines()
-        .find_map(|l| {
-            l.split(", ")
-                .nth(1)?
-                .strip_suffix(" received")?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Waits up to `secs` for a line of the node's output containing `what`.
-fn wait_for(lines: &Receiver<String>, what: &str, secs: u64, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(l) => {
-                let found = l.contains(what);
-                seen.push(l);
-                if found {
-                    return;
-                }
-            }
-            Err(_) => panic!("nf-node never said {what:?}; it said:\n{}", seen.join("\n")),
-        }
     }
 }
 
@@ -178,20 +114,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, lines) = channel();
-    for out in [
-        Box::new(node.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(node.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let lines = lines_of(&mut node);
     let pid = node.id().to_string();
     lab.node = Some(node);
     let mut seen = Vec::new();
@@ -250,13 +173,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     assert!(status.success(), "nf-node exit: {status}");
     std::thread::sleep(Duration::from_millis(200));
     seen.extend(lines.try_iter());
-    let counters: BTreeMap<&str, u64> = seen
-        .iter()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k, v.parse().ok()?))
-        })
-        .collect();
+    let counters = counters(&seen);
     let c = |k: &str| {
         *counters
             .get(k)

@@ -256,12 +256,7 @@ The config: `key = value` lines, `#` comments:
             ca_file: None,
         };
         let mut it = argv.iter();
-        let secs = |flag: &str, v: &str| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|d| d.is_finite() && *d >= 0.0)
-                .ok_or_else(|| format!("{flag} {v}: not a number of seconds"))
-        };
+        let secs = nf_examples::cli::seconds;
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(Command::Help);

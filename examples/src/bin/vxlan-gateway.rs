@@ -140,24 +140,12 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     }
 
     pub(crate) fn main() -> ExitCode {
-        let args = match parse_args(std::env::args().skip(1)) {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                say!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            Err(e) => {
-                eprintln!("vxlan-gateway: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        };
-        match run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("vxlan-gateway: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        nf_examples::cli::main_with(
+            "vxlan-gateway",
+            USAGE,
+            |argv| parse_args(argv.into_iter()),
+            |args| run(&args),
+        )
     }
 
     /// Parses the arguments; `Ok(None)` for `--help`.
@@ -192,15 +180,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 }
                 "--port" => port = value.parse().map_err(|_| bad("a UDP port"))?,
                 "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
-                "--duration" => {
-                    duration = Some(
-                        value
-                            .parse::<f64>()
-                            .ok()
-                            .filter(|d| d.is_finite() && *d >= 0.0)
-                            .ok_or_else(|| bad("a number of seconds"))?,
-                    )
-                }
+                "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
                 _ => return Err(format!("unknown option {flag}")),
             }
         }

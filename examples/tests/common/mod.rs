@@ -4,9 +4,12 @@
     reason = "each test binary uses a different subset of these shared helpers"
 )]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
 
 /// The shared test data folder (`shared/` beside the checkout, or `$NF_SHARED_DIR`).
 pub fn shared_dir() -> PathBuf {
@@ -133,6 +136,88 @@ pub fn tshark_rows(path: &Path, args: &[&str], fields: &[&'static str]) -> Vec<T
                     (*f, vals)
                 })
                 .collect()
+        })
+        .collect()
+}
+
+/// Runs a bash script that must succeed; its stdout.
+pub fn sh(script: &str) -> String {
+    let o = Command::new("bash")
+        .args(["-euc", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Pings `dst` from namespace `ns` `count` times (0.2 s apart, 1 s each at most): how many
+/// answers came.
+pub fn pings(ns: &str, dst: &str, count: u32) -> u32 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-c", &count.to_string()])
+        .args(["-i", "0.2", "-W", "1", dst])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split(", ")
+                .nth(1)?
+                .strip_suffix(" received")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A child's stdout and stderr, line by line (taken from the child).
+pub fn lines_of(child: &mut Child) -> Receiver<String> {
+    let (tx, rx) = channel();
+    for out in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Waits up to `secs` for a line containing `what`, keeping every line in `seen`.
+pub fn wait_for(lines: &Receiver<String>, what: &str, secs: u64, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => {
+                let found = l.contains(what);
+                seen.push(l);
+                if found {
+                    return;
+                }
+            }
+            Err(_) => panic!("never saw {what:?}; output:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// The `name value` lines among `seen`, as a map.
+pub fn counters(seen: &[String]) -> BTreeMap<String, u64> {
+    seen.iter()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
 }

@@ -1,0 +1,581 @@
+//! The IPv4 router around a network function (`nat-gateway`, `l4lb`): several interfaces on
+//! [`PACKET_MMAP` rings](crate::io), ARP (RFC 826) for the router's own addresses and for its
+//! next hops, routes by longest prefix, and the per-hop work of RFC 1812 (TTL, MAC rewrite),
+//! so that the program in between only runs its stages.
+//!
+//! ```text
+//!  port i RX ring ─► Router::recv ─► Batch<RingFrame> ─► caller's stages (in place)
+//!     ARP answered / learned ┘                               │
+//!  port j TX ring ◄─ Router::forward: route, TTL − 1, MACs ◄─┘   (one copy into the ring)
+//! ```
+//!
+//! - **Receive**: [`Router::recv`] fills a batch from one port. ARP requests for any address the
+//!   port answers for ([`PortConfig::addrs`] and [`PortConfig::answer`], e.g. a NAT's public
+//!   addresses) are answered at once; ARP requests and replies teach the port's neighbour table,
+//!   and so do IPv4 frames from on-link sources. What is not IPv4 for the port's MAC leaves the
+//!   batch marked as a drop, counted by the router (`not_for_us`, `non_ipv4`, `arp`).
+//! - **Forward**: [`Router::forward`] drains the batch: each packet still passing goes to the
+//!   route of its (possibly rewritten) IPv4 destination, its TTL decremented with an incremental
+//!   header checksum update (RFC 1624), its MACs set for the next hop. A next hop without a
+//!   neighbour entry gets an ARP request, rate-limited, and the frame waits in a small bounded
+//!   queue (the first packet of a flow is not lost, as in Linux's `unres_qlen`); what waits
+//!   longer than [`UNRESOLVED_WAIT_MS`] is dropped and counted (`no_neighbor`).
+//! - Every drop is counted: `no_route`, `ttl_expired` (no ICMP time exceeded is sent yet),
+//!   `to_router` (IPv4 for one of the router's own addresses after the stages: the router has
+//!   no local stack), `too_big` (larger than the egress MTU: no fragmentation, no ICMP yet),
+//!   `pending_full`, `neighbors_full`. [`Router::visit_counters`] reports them per port.
+//!
+//! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
+
+use crate::io::{Interface, PollEvents, RingConfig, RingFrame, RxRing, TxRing, wait};
+use crate::vtep::{ArpOp, arp_frame};
+use nf_core::checksum::update16;
+use nf_core::wire::ethertype;
+use nf_core::{Batch, DropReason, Instant, Verdict};
+use std::collections::HashMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// How long a frame waits for its next hop's ARP reply before it is dropped.
+pub const UNRESOLVED_WAIT_MS: u64 = 1_000;
+/// The least time between two ARP requests for one address.
+const ARP_RETRY_MS: u64 = 200;
+/// Frames waiting for ARP replies, over all ports (Linux keeps 3 per neighbour by default).
+const PENDING_MAX: usize = 64;
+/// Neighbour entries per port.
+const NEIGHBORS_MAX: usize = 4096;
+
+/// An IPv4 prefix with an address in it: `10.0.0.1/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Net {
+    /// The address (for a port: the router's address on it).
+    pub addr: Ipv4Addr,
+    /// The prefix length, 0–32.
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    /// True if `ip` is inside the prefix.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
+        let addr = a.parse().map_err(|_| format!("{s}: not an IPv4 address"))?;
+        let len = l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{s}: not a prefix length 0-32"))?;
+        Ok(Self { addr, len })
+    }
+}
+
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// One interface of the router.
+#[derive(Clone, Debug)]
+pub struct PortConfig {
+    /// The interface name.
+    pub name: String,
+    /// The router's addresses on it, with their on-link prefixes; the first one is the
+    /// source of the router's ARP requests.
+    pub addrs: Vec<Ipv4Net>,
+    /// More addresses whose ARP requests the port answers (a NAT's public addresses, a
+    /// load balancer's virtual addresses): traffic to them is for the stages.
+    pub answer: Vec<Ipv4Addr>,
+}
+
+/// A route: destinations in `to` leave by `port`, to `via` (or straight to the destination
+/// when on-link).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The destinations.
+    pub to: Ipv4Net,
+    /// The index of the egress port in the router's ports.
+    pub port: usize,
+    /// The next hop; `None` when the destinations are on the port's link.
+    pub via: Option<Ipv4Addr>,
+}
+
+/// What a port counted (the rings count their own frames).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortCounters {
+    /// Frames for another MAC.
+    pub not_for_us: u64,
+    /// Frames neither IPv4 nor ARP.
+    pub non_ipv4: u64,
+    /// ARP frames received (answered or learned from, or ignored).
+    pub arp: u64,
+    /// ARP replies sent for the port's addresses.
+    pub arp_replies: u64,
+    /// ARP requests sent for next hops.
+    pub arp_requests: u64,
+    /// Neighbour entries learned or changed.
+    pub neighbors_learned: u64,
+    /// Neighbours not learned because the table was full.
+    pub neighbors_full: u64,
+    /// Frames forwarded out of this port.
+    pub forwarded: u64,
+    /// Frames that left this port after waiting for an ARP reply.
+    pub forwarded_after_arp: u64,
+    /// Frames dropped for want of this port's next hop's MAC.
+    pub no_neighbor: u64,
+    /// Frames not queued for an ARP reply: the queue was full.
+    pub pending_full: u64,
+    /// Frames received here that no route took.
+    pub no_route: u64,
+    /// Frames received here whose TTL ran out.
+    pub ttl_expired: u64,
+    /// Frames received here for one of the router's own addresses.
+    pub to_router: u64,
+    /// Frames larger than this port's MTU.
+    pub too_big: u64,
+    /// Frames received here that are not IPv4 or are cut short.
+    pub malformed: u64,
+}
+
+/// One interface: its rings, addresses and neighbours.
+struct Port {
+    iface: Interface,
+    rx: RxRing,
+    tx: TxRing,
+    cfg: PortConfig,
+    /// MTU plus the Ethernet header.
+    frame_max: usize,
+    neighbors: HashMap<Ipv4Addr, [u8; 6]>,
+    /// When an ARP request for an address was last sent.
+    asked: HashMap<Ipv4Addr, Instant>,
+    counters: PortCounters,
+}
+
+impl Port {
+    fn answers(&self, ip: Ipv4Addr) -> bool {
+        self.cfg.addrs.iter().any(|n| n.addr == ip) || self.cfg.answer.contains(&ip)
+    }
+
+    fn on_link(&self, ip: Ipv4Addr) -> bool {
+        self.cfg.addrs.iter().any(|n| n.contains(ip))
+    }
+
+    fn learn(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
+        if mac[0] & 1 == 1 || ip.is_unspecified() || !self.on_link(ip) {
+            return;
+        }
+        if self.neighbors.get(&ip) == Some(&mac) {
+            return;
+        }
+        if self.neighbors.len() >= NEIGHBORS_MAX && !self.neighbors.contains_key(&ip) {
+            self.counters.neighbors_full += 1;
+            return;
+        }
+        self.neighbors.insert(ip, mac);
+        self.counters.neighbors_learned += 1;
+    }
+
+    /// Handles an ARP frame: learn the sender, answer a request for our addresses.
+    fn arp(&mut self, frame: &[u8]) {
+        self.counters.arp += 1;
+        let Some(a) = frame.get(14..42) else { return };
+        if a[..6] != [0, 1, 8, 0, 6, 4] {
+            return;
+        }
+        let mac = |b: &[u8]| <[u8; 6]>::try_from(b).unwrap_or([0xff; 6]);
+        let ip = |b: &[u8]| Ipv4Addr::from(<[u8; 4]>::try_from(b).unwrap_or([0; 4]));
+        let (sha, spa, tpa) = (mac(&a[8..14]), ip(&a[14..18]), ip(&a[24..28]));
+        self.learn(spa, sha);
+        if a[6..8] == [0, 1] && self.answers(tpa) {
+            let reply = arp_frame(ArpOp::Reply, self.iface.mac, tpa, sha, spa);
+            if self.tx.send(&reply).is_ok() {
+                self.counters.arp_replies += 1;
+            }
+        }
+    }
+
+    /// Sends an ARP request for `ip` unless one went out lately.
+    fn ask(&mut self, now: Instant, ip: Ipv4Addr) {
+        let due = self
+            .asked
+            .get(&ip)
+            .is_none_or(|t| now.saturating_since(*t).as_nanos() >= ARP_RETRY_MS * 1_000_000);
+        let Some(src) = self.cfg.addrs.first().map(|n| n.addr) else {
+            return;
+        };
+        if due && self.asked.len() < NEIGHBORS_MAX {
+            self.asked.insert(ip, now);
+            let req = arp_frame(ArpOp::Request, self.iface.mac, src, [0; 6], ip);
+            if self.tx.send(&req).is_ok() {
+                self.counters.arp_requests += 1;
+            }
+        }
+    }
+}
+
+/// A frame waiting for its next hop's MAC.
+struct Pending {
+    port: usize,
+    hop: Ipv4Addr,
+    since: Instant,
+    len: usize,
+    bytes: Box<[u8]>,
+}
+
+/// An IPv4 router over [`PACKET_MMAP` rings](crate::io); see the [module docs](self).
+pub struct Router {
+    ports: Vec<Port>,
+    /// Longest prefix first.
+    routes: Vec<Route>,
+    /// Frames waiting for ARP replies (`len` 0: a free slot); allocated once.
+    pending: Vec<Pending>,
+    events: Vec<PollEvents>,
+}
+
+impl Router {
+    /// Opens every port's rings. Each port's on-link prefixes become routes; `routes` adds
+    /// more (e.g. a default route `0.0.0.0/0` via a gateway).
+    ///
+    /// # Errors
+    /// An interface that does not exist, rings that cannot be opened, or a route to a port
+    /// that does not exist.
+    pub fn open(ports: Vec<PortConfig>, routes: &[Route], ring: &RingConfig) -> io::Result<Self> {
+        let mut all = Vec::new();
+        let mut opened = Vec::new();
+        for (i, cfg) in ports.into_iter().enumerate() {
+            let iface = Interface::by_name(&cfg.name)
+                .map_err(|e| io::Error::new(e.kind(), format!("interface {}: {e}", cfg.name)))?;
+            let frame_max = iface.mtu + 14;
+            let ring = ring.with_frames_up_to(frame_max);
+            let rx = RxRing::open(&iface, &ring)?;
+            let tx = TxRing::open(&iface, &ring)?;
+            for n in &cfg.addrs {
+                all.push(Route {
+                    to: *n,
+                    port: i,
+                    via: None,
+                });
+            }
+            opened.push(Port {
+                iface,
+                rx,
+                tx,
+                cfg,
+                frame_max,
+                neighbors: HashMap::new(),
+                asked: HashMap::new(),
+                counters: PortCounters::default(),
+            });
+        }
+        for r in routes {
+            if r.port >= opened.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("route {} to port {}: no such port", r.to, r.port),
+                ));
+            }
+            all.push(*r);
+        }
+        all.sort_by_key(|r| std::cmp::Reverse(r.to.len));
+        let frame_max = opened.iter().map(|p| p.frame_max).max().unwrap_or(1514);
+        let pending = (0..PENDING_MAX)
+            .map(|_| Pending {
+                port: 0,
+                hop: Ipv4Addr::UNSPECIFIED,
+                since: Instant::ZERO,
+                len: 0,
+                bytes: vec![0; frame_max].into_boxed_slice(),
+            })
+            .collect();
+        let events = vec![PollEvents::default(); opened.len()];
+        Ok(Self {
+            ports: opened,
+            routes: all,
+            pending,
+            events,
+        })
+    }
+
+    /// The number of ports.
+    pub fn ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Port `i`'s interface.
+    pub fn interface(&self, i: usize) -> Option<&Interface> {
+        self.ports.get(i).map(|p| &p.iface)
+    }
+
+    /// Receives up to a batch from port `i` (see the [module docs](self)); returns the frames
+    /// received. Frames that are not IPv4 for the port are marked as drops
+    /// ([`DropReason::NonIp`]) and counted by the port.
+    pub fn recv(&mut self, i: usize, batch: &mut Batch<RingFrame>) -> usize {
+        let Some(port) = self.ports.get_mut(i) else {
+            return 0;
+        };
+        let n = port.rx.recv(batch);
+        for p in batch.packets_mut() {
+            let frame = p.data();
+            let Some(eth) = frame.first_chunk::<14>() else {
+                port.counters.malformed += 1;
+                p.meta.verdict = Verdict::Drop(DropReason::EthTruncated);
+                continue;
+            };
+            let group = eth[0] & 1 == 1;
+            let et = u16::from_be_bytes([eth[12], eth[13]]);
+            if !group && eth[..6] != port.iface.mac {
+                port.counters.not_for_us += 1;
+            } else if et == ethertype::ARP {
+                port.arp(frame);
+            } else if et == ethertype::IPV4 && !group {
+                if let Some(h) = frame.get(14..34) {
+                    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+                    let mac = <[u8; 6]>::try_from(&eth[6..12]).unwrap_or([0xff; 6]);
+                    if !port.neighbors.contains_key(&src) {
+                        port.learn(src, mac);
+                    }
+                }
+                continue;
+            } else {
+                port.counters.non_ipv4 += 1;
+            }
+            p.meta.verdict = Verdict::Drop(DropReason::NonIp);
+        }
+        n
+    }
+
+    /// The route for `dst`: (egress port, next hop).
+    fn route(&self, dst: Ipv4Addr) -> Option<(usize, Ipv4Addr)> {
+        self.routes
+            .iter()
+            .find(|r| r.to.contains(dst))
+            .map(|r| (r.port, r.via.unwrap_or(dst)))
+    }
+
+    /// Forwards every passing packet of `batch` (received on port `from`) and empties it;
+    /// see the [module docs](self). Frames still waiting for ARP replies go out here too
+    /// once their neighbour is known.
+    pub fn forward(&mut self, from: usize, now: Instant, batch: &mut Batch<RingFrame>) {
+        for mut pkt in batch.drain() {
+            if !matches!(pkt.meta.verdict, Verdict::Pass | Verdict::Tx(_)) {
+                continue;
+            }
+            let l3 = usize::from(pkt.meta.l3);
+            let l3 = if l3 == 0 { 14 } else { l3 };
+            let frame = pkt.data_mut();
+            let count = |ports: &mut Vec<Port>, f: fn(&mut PortCounters)| {
+                if let Some(p) = ports.get_mut(from) {
+                    f(&mut p.counters);
+                }
+            };
+            let Some(h) = frame.get(l3..l3 + 20) else {
+                count(&mut self.ports, |c| c.malformed += 1);
+                continue;
+            };
+            if h[0] >> 4 != 4 {
+                count(&mut self.ports, |c| c.malformed += 1);
+                continue;
+            }
+            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+            if self.ports.iter().any(|p| p.answers(dst)) {
+                count(&mut self.ports, |c| c.to_router += 1);
+                continue;
+            }
+            let Some((out, hop)) = self.route(dst) else {
+                count(&mut self.ports, |c| c.no_route += 1);
+                continue;
+            };
+            if h[8] <= 1 {
+                count(&mut self.ports, |c| c.ttl_expired += 1);
+                continue;
+            }
+            // TTL − 1: the word (TTL, protocol) at bytes 8–9, the checksum at 10–11.
+            if let Some(w) = frame.get_mut(l3 + 8..l3 + 12) {
+                let old = u16::from_be_bytes([w[0], w[1]]);
+                let new = old.wrapping_sub(0x100);
+                let check = update16(u16::from_be_bytes([w[2], w[3]]), old, new);
+                w[..2].copy_from_slice(&new.to_be_bytes());
+                w[2..].copy_from_slice(&check.to_be_bytes());
+            }
+            let Some(port) = self.ports.get_mut(out) else {
+                continue;
+            };
+            if frame.len() > port.frame_max {
+                port.counters.too_big += 1;
+                continue;
+            }
+            let mac = port.iface.mac;
+            if let Some(eth) = frame.get_mut(6..12) {
+                eth.copy_from_slice(&mac);
+            }
+            match port.neighbors.get(&hop) {
+                Some(dmac) => {
+                    if let Some(eth) = frame.get_mut(..6) {
+                        eth.copy_from_slice(dmac);
+                    }
+                    if port.tx.send(frame).is_ok() {
+                        port.counters.forwarded += 1;
+                    }
+                }
+                None => {
+                    port.ask(now, hop);
+                    match self.pending.iter_mut().find(|p| p.len == 0) {
+                        Some(slot) if slot.bytes.len() >= frame.len() => {
+                            slot.bytes[..frame.len()].copy_from_slice(frame);
+                            (slot.port, slot.hop, slot.since, slot.len) =
+                                (out, hop, now, frame.len());
+                        }
+                        _ => port.counters.pending_full += 1,
+                    }
+                }
+            }
+        }
+        self.release_pending(now);
+    }
+
+    /// Sends the waiting frames whose neighbour is known now; drops those that waited too long.
+    fn release_pending(&mut self, now: Instant) {
+        for slot in self.pending.iter_mut().filter(|p| p.len != 0) {
+            let Some(port) = self.ports.get_mut(slot.port) else {
+                slot.len = 0;
+                continue;
+            };
+            if let Some(dmac) = port.neighbors.get(&slot.hop) {
+                slot.bytes[..6].copy_from_slice(dmac);
+                if port.tx.send(&slot.bytes[..slot.len]).is_ok() {
+                    port.counters.forwarded_after_arp += 1;
+                }
+                slot.len = 0;
+            } else if now.saturating_since(slot.since).as_nanos() >= UNRESOLVED_WAIT_MS * 1_000_000
+            {
+                port.counters.no_neighbor += 1;
+                slot.len = 0;
+            } else {
+                port.ask(now, slot.hop);
+            }
+        }
+    }
+
+    /// Sends what every port queued.
+    ///
+    /// # Errors
+    /// A failure other than a link that is down.
+    pub fn flush(&mut self) -> io::Result<()> {
+        for p in &mut self.ports {
+            p.tx.flush().map_err(|e| {
+                io::Error::new(e.kind(), format!("sending on {}: {e}", p.iface.name))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` for frames on any port (also runs the ARP queue's timers).
+    /// Reports a port that went down once on stderr.
+    ///
+    /// # Errors
+    /// `poll` failed.
+    pub fn wait(&mut self, now: Instant, timeout_ms: i32) -> io::Result<()> {
+        let timeout = if self.pending.iter().any(|p| p.len != 0) {
+            timeout_ms.min(ARP_RETRY_MS as i32)
+        } else {
+            timeout_ms
+        };
+        let rings: Vec<&RxRing> = self.ports.iter().map(|p| &p.rx).collect();
+        wait(&rings, timeout, &mut self.events)?;
+        for (ev, port) in self.events.iter().zip(&mut self.ports) {
+            if ev.error
+                && let Some(e) = port.rx.take_error()
+            {
+                eprintln!("{}: {e}; waiting for it to come back", port.iface.name);
+            }
+        }
+        self.release_pending(now);
+        Ok(())
+    }
+
+    /// Port `i`'s counters.
+    pub fn counters(&self, i: usize) -> Option<PortCounters> {
+        self.ports.get(i).map(|p| p.counters)
+    }
+
+    /// Calls `f(port name, counter, value)` for every port's router, ring and kernel
+    /// counters (reads the kernel's drop statistics first).
+    pub fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &'static str, u64)) {
+        for p in &mut self.ports {
+            let _ = p.rx.update_kernel_stats();
+            let (rx, tx, c) = (p.rx.counters(), p.tx.counters(), p.counters);
+            let name = p.iface.name.as_str();
+            for (k, v) in [
+                ("rx", rx.frames),
+                ("rx_kernel_drops", rx.kernel_drops),
+                ("link_down", rx.link_down),
+                ("tx", tx.queued),
+                ("tx_ring_full", tx.full),
+                ("tx_too_big", tx.too_big),
+                ("tx_dropped_link_down", tx.dropped_link_down),
+                ("not_for_us", c.not_for_us),
+                ("non_ipv4", c.non_ipv4),
+                ("arp", c.arp),
+                ("arp_replies", c.arp_replies),
+                ("arp_requests", c.arp_requests),
+                ("neighbors_learned", c.neighbors_learned),
+                ("neighbors_full", c.neighbors_full),
+                ("forwarded", c.forwarded),
+                ("forwarded_after_arp", c.forwarded_after_arp),
+                ("no_neighbor", c.no_neighbor),
+                ("pending_full", c.pending_full),
+                ("no_route", c.no_route),
+                ("ttl_expired", c.ttl_expired),
+                ("to_router", c.to_router),
+                ("too_big", c.too_big),
+                ("malformed", c.malformed),
+            ] {
+                f(name, k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let n: Ipv4Net = "10.1.2.3/24".parse().unwrap();
+        assert!(n.contains(Ipv4Addr::new(10, 1, 2, 200)));
+        assert!(!n.contains(Ipv4Addr::new(10, 1, 3, 1)));
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(Ipv4Addr::new(192, 0, 2, 1)));
+        let host: Ipv4Net = "192.0.2.1".parse().unwrap();
+        assert_eq!(host.len, 32);
+        assert!(host.contains(Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(!host.contains(Ipv4Addr::new(192, 0, 2, 2)));
+        for bad in ["10.0.0.1/33", "10.0.0/8", "x/1", "10.0.0.1/"] {
+            assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
+        }
+        assert_eq!(n.to_string(), "10.1.2.3/24");
+    }
+
+    #[test]
+    fn arp_requests_and_replies() {
+        let (mac, peer) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9]);
+        let (ours, theirs) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let req = arp_frame(ArpOp::Request, peer, theirs, [0xff; 6], ours);
+        // A request is broadcast with an all-zero target hardware address.
+        assert_eq!((&req[..6], &req[32..38]), (&[0xff; 6][..], &[0; 6][..]));
+        let reply = crate::vtep::arp_reply(&req, mac, ours).unwrap();
+        assert_eq!(reply, arp_frame(ArpOp::Reply, mac, ours, peer, theirs));
+        assert_eq!((&reply[..6], &reply[32..38]), (&peer[..], &peer[..]));
+        assert_eq!(crate::vtep::arp_reply(&reply, mac, ours), None);
+    }
+}
