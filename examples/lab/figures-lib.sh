@@ -1,0 +1,90 @@
+# Shared by the system-figure scripts (BENCH.md, "System figures"): iperf3 runs between two
+# network namespaces through the implementation under test, its CPU, and a Markdown table of
+# nf beside the kernel. Source it; it defines:
+#
+#   measure WHO LAB CLIENT_NS SERVER_NS SERVER_IP PID   JSON lines: TCP 1 and 4 streams, UDP 64 B
+#   table TITLE_NF TITLE_KERNEL NF.jsonl KERNEL.jsonl    the Markdown table
+#
+# WHO is nf or kernel; PID the nf process (its CPU is read from /proc), empty for the kernel,
+# whose forwarding CPU is softirq time, shown from /proc/stat for the whole machine. Needs
+# $secs (seconds per measurement) and $tmp (a scratch directory).
+
+proc_cpu() { # utime+stime ticks of a process
+  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+softirq_ticks() { awk '/^cpu /{print $8}' /proc/stat; }
+# Datagrams the receiving host's UDP sockets dropped for a full buffer (the application, not
+# the path, fell behind).
+rcvbuf_errors() { ip netns exec "$1" nstat -az UdpRcvbufErrors | awk '/UdpRcvbufErrors/{print $2}'; }
+
+measure() {
+  local who=$1 lab=$2 client=$3 server=$4 ip=$5 pid=$6
+  ip netns exec "$client" ping -c 3 -i 0.2 -W 1 "$ip" >/dev/null || { echo "$who: no ping through the lab" >&2; cat "$tmp/gw.out" >&2 || true; exit 1; }
+  local hz; hz=$(getconf CLK_TCK)
+  for run in tcp1 tcp4 udp64; do
+    ip netns exec "$server" iperf3 -s -D -1 -p 5201 >/dev/null 2>&1 || true
+    sleep 0.3
+    local c0 s0 c1 s1 r0 r1
+    c0=$( [ -n "$pid" ] && proc_cpu "$pid" || echo 0 ); s0=$(softirq_ticks); r0=$(rcvbuf_errors "$server")
+    case $run in
+      tcp1) args=(-t "$secs") ;;
+      tcp4) args=(-t "$secs" -P 4) ;;
+      udp64) args=(-t "$secs" -u -l 64 -b 0) ;;
+    esac
+    ip netns exec "$client" iperf3 -c "$ip" -p 5201 -J "${args[@]}" >"$tmp/$who-$run.json" 2>/dev/null || true
+    c1=$( [ -n "$pid" ] && proc_cpu "$pid" || echo 0 ); s1=$(softirq_ticks); r1=$(rcvbuf_errors "$server")
+    python3 - "$tmp/$who-$run.json" "$lab" "$who" "$run" "$secs" "$(( c1 - c0 ))" "$(( s1 - s0 ))" "$hz" "$(( r1 - r0 ))" <<'PY'
+import json, sys
+path, lab, who, run, secs, cpu, soft, hz, rcvbuf = sys.argv[1:]
+secs, cpu, soft, hz = float(secs), int(cpu), int(soft), int(hz)
+out = {"lab": lab, "impl": who, "test": run}
+try:
+    j = json.load(open(path))
+except Exception as e:
+    out["error"] = f"iperf3 gave no JSON: {e}"
+    print(json.dumps(out)); sys.exit()
+if "error" in j:
+    out["error"] = j["error"]
+end = j.get("end", {})
+if run.startswith("tcp"):
+    s = end.get("sum_received", {})
+    out["gbit_per_s"] = round(s.get("bits_per_second", 0) / 1e9, 3)
+    out["retransmits"] = end.get("sum_sent", {}).get("retransmits")
+else:
+    s = end.get("sum", {})
+    pk, lost, t = s.get("packets", 0), s.get("lost_packets", 0), s.get("seconds", secs) or secs
+    out["sent_pps"] = round(pk / t)
+    out["received_pps"] = round((pk - lost) / t)
+    out["lost_percent"] = round(s.get("lost_percent", 0.0), 2)
+    # Of the lost: dropped by the receiver's own socket (delivered, but iperf3 fell behind).
+    out["lost_at_receiver_socket"] = int(rcvbuf)
+if who == "nf":
+    out["gateway_cpu_percent"] = round(100 * cpu / hz / secs, 1)
+out["machine_softirq_percent"] = round(100 * soft / hz / secs, 1)
+print(json.dumps(out))
+PY
+  done
+}
+
+table() {
+  python3 - "$@" <<'PY'
+import json, sys
+title_nf, title_kernel = sys.argv[1:3]
+rows = {}
+for path in sys.argv[3:]:
+    for line in open(path):
+        r = json.loads(line); rows[(r["impl"], r["test"])] = r
+def cell(r, run):
+    if r is None or "error" in r: return "error: " + (r or {}).get("error", "no result")
+    if run.startswith("tcp"): return f'{r["gbit_per_s"]} Gbit/s, {r["retransmits"]} retransmits'
+    return (f'{r["received_pps"]:,} pps received, {r["lost_percent"]}% lost'
+            f' ({r.get("lost_at_receiver_socket", 0):,} of them at the receiving socket)')
+print()
+print(f"| | {title_nf} | {title_kernel} |")
+print("|---|---|---|")
+for run, name in [("tcp1", "iperf3 TCP, 1 stream"), ("tcp4", "iperf3 TCP, 4 streams"), ("udp64", "UDP 64 B")]:
+    nf, k = rows.get(("nf", run)), rows.get(("kernel", run))
+    cpu = f' ({nf["gateway_cpu_percent"]}% CPU)' if nf and "gateway_cpu_percent" in nf else ""
+    print(f"| {name} | {cell(nf, run)}{cpu} | {cell(k, run)} |")
+PY
+}
