@@ -1,5 +1,5 @@
 //! Fuzzes the `Conntrack` stage itself (parse → conntrack with a session service): arbitrary
-//! sequences of IPv4 and IPv6 TCP/UDP/ICMP packets of a few flows in both directions, first
+//! sequences of IPv4 and IPv6 TCP/UDP/ICMP packets (TCP windows tracked) of a few flows in both directions, first
 //! and later fragments, ICMP errors quoting those flows (whole, truncated, corrupted), raw
 //! bytes, time steps and expiry, cut into arbitrary batches. Checks: no panic; the batched
 //! pipeline gives exactly what one packet per batch gives (verdicts, sessions, directions,
@@ -11,7 +11,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use nf_core::conntrack::{
-    Conntrack, ConntrackConfig, EndCause, NewFlow, SessionInfo, SessionService, Sizes,
+    Conntrack, ConntrackConfig, EndCause, NewFlow, SessionInfo, SessionService, Sizes, TcpWindow,
 };
 use nf_core::flags;
 use nf_core::{
@@ -93,14 +93,15 @@ impl SessionService for Svc {
     }
 }
 
-type P = Chain<ParseStage, Conntrack<Svc>>;
+/// TCP window tracking first (it checks before the state moves), then the rewriting service.
+type P = Chain<ParseStage, Conntrack<(TcpWindow, Svc)>>;
 
 fn pipeline() -> P {
     let mut cfg = ConntrackConfig::new(*b"fuzz secret 0001").sizes(Sizes { v4: 12, v6: 12 });
     cfg.fragments.capacity = 8;
     cfg.v4.wheel_slots = 64;
     cfg.v6.wheel_slots = 64;
-    ParseStage::default().then(Conntrack::new(cfg, Svc::default()).unwrap())
+    ParseStage::default().then(Conntrack::new(cfg, (TcpWindow::new(), Svc::default())).unwrap())
 }
 
 fn ports(flow: u8) -> (u16, u16) {
@@ -291,7 +292,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let reached = batched.iter().filter(|(m, _)| m.has(flags::L3_VALID)).count() as u64;
     assert!(ca.stats().lookups <= reached);
     // Every admitted session ended exactly once or is still live.
-    let svc = ca.service();
+    let svc = &ca.service().1;
     assert_eq!(svc.admitted, svc.ended + ca.len() as u64, "on_end balance");
     // Related packets are tagged with a live-at-the-time session and never dropped as such.
     for (m, _) in &batched {

@@ -143,6 +143,12 @@ drop_reasons! {
     FragmentNoSession => "fragment_no_session",
     /// A session service refused a new flow without a reason of its own.
     ServiceRefused => "service_refused",
+    /// TCP window tracking: a segment outside the window the peer offered (or acknowledging
+    /// data never sent, or far too old).
+    TcpOutOfWindow => "tcp_out_of_window",
+    /// TCP window tracking: a reset whose sequence number is outside the window (RST
+    /// injection).
+    TcpRstOutOfWindow => "tcp_rst_out_of_window",
 }
 
 impl fmt::Display for DropReason {

@@ -299,6 +299,7 @@ fn counter_names_are_pinned() {
         "invalid",
         "key_conflict",
         "service_refused",
+        "service_rejected",
         "v4_sessions",
         "v4_inserted",
         "v4_early_drops",

@@ -54,6 +54,10 @@
 //! - **Every packet** of the session, the first included: [`SessionService::on_packet`] with
 //!   the direction and the service's part of the value, writable; it may rewrite the packet
 //!   in place and returns the verdict.
+//! - **Checks before the state moves** (optional, [`SessionService::CHECKS`]):
+//!   [`SessionService::check`] sees each packet of an existing session before its TCP state
+//!   and timeout change, and may drop it leaving the session untouched — how
+//!   [`TcpWindow`] stops RST and data injection outside the TCP window.
 //! - **Related packets** (ICMP errors quoting the flow, later fragments): tagged
 //!   [`RELATED`](crate::flags::RELATED) with the session and the direction they travel,
 //!   given to [`SessionService::on_related`]; they never create, refresh or end a session.
@@ -228,6 +232,7 @@ mod service;
 mod stage;
 mod state;
 mod table;
+mod window;
 
 pub use export::{EXPORT_VERSION, ExportProgress, ImportError, ImportReport, SessionValue};
 pub use key::{SessionKey, V4Key, V6Key};
@@ -240,6 +245,7 @@ pub use table::{
     ConfigError, Hit, InsertError, MAX_CAPACITY, NewSession, ReplaceError, SessionInfo,
     SessionTable, TableConfig, TableCounters, ZoneError, ZoneUsage,
 };
+pub use window::{TcpSide, TcpWindow, TcpWindowCounters, TcpWindowState};
 
 #[cfg(doc)]
 use crate::meta::SessionRef;

@@ -48,6 +48,30 @@ pub trait SessionService {
         new: &mut NewFlow<'_>,
     ) -> Result<Self::Value, DropReason>;
 
+    /// Whether [`Self::check`] does anything. `false` (the default) and the stage never
+    /// calls it, at no cost.
+    const CHECKS: bool = false;
+
+    /// Validates a packet of an existing session **before** the stage moves the session's
+    /// TCP state and timeout: `Err(reason)` drops the packet and leaves the session exactly
+    /// as it was (a forged RST outside the TCP window must neither close nor refresh it).
+    /// Only called when [`Self::CHECKS`] is true, and not for the packet that creates the
+    /// session (that one goes to [`Self::on_new`]).
+    ///
+    /// # Errors
+    /// The [`DropReason`] the packet is dropped with.
+    #[inline(always)]
+    fn check<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut Self::Value,
+        pkt: &Packet<B>,
+    ) -> Result<(), DropReason> {
+        let _ = (now, direction, value, pkt);
+        Ok(())
+    }
+
     /// One packet of a session (the first one included), travelling `direction`.
     #[inline(always)]
     fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -244,6 +268,25 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
                 Err(e)
             }
         }
+    }
+
+    const CHECKS: bool = A::CHECKS || S::CHECKS;
+
+    #[inline(always)]
+    fn check<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut Self::Value,
+        pkt: &Packet<B>,
+    ) -> Result<(), DropReason> {
+        if A::CHECKS {
+            self.0.check(now, direction, &mut value.0, pkt)?;
+        }
+        if S::CHECKS {
+            self.1.check(now, direction, &mut value.1, pkt)?;
+        }
+        Ok(())
     }
 
     #[inline(always)]

@@ -161,6 +161,9 @@ pub struct ConntrackCounters {
     pub key_conflict: u64,
     /// Drops: a service refused the new flow.
     pub service_refused: u64,
+    /// Drops: a service's [`check`](SessionService::check) rejected a packet of a session
+    /// (which was left unchanged).
+    pub service_rejected: u64,
 }
 
 /// A session created earlier in the current batch: later packets of the batch whose batch
@@ -445,6 +448,18 @@ impl<S: SessionService> Conntrack<S> {
         };
         self.stats.hits += 1;
         let r = h.session;
+        let service = &mut self.service;
+        if S::CHECKS {
+            let checked = on_table!(self, r.family(), |t| {
+                t.value_mut(r)
+                    .map(|v| service.check(now, h.direction, v, pkt))
+            });
+            if let Some(Err(reason)) = checked {
+                self.stats.service_rejected += 1;
+                self.decide(pkt, Verdict::Drop(reason));
+                return;
+            }
+        }
         let service = &mut self.service;
         let verdict = on_table!(self, r.family(), |t| {
             t.track_value(r, now, h.direction, fl)
@@ -827,6 +842,7 @@ impl<S: SessionService> StageControl for Conntrack<S> {
             ("invalid", s.invalid),
             ("key_conflict", s.key_conflict),
             ("service_refused", s.service_refused),
+            ("service_rejected", s.service_rejected),
         ] {
             f(name, c, v);
         }

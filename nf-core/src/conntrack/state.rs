@@ -1,7 +1,8 @@
 //! Session states, the protocol-aware timeout profile, and the TCP state tracker.
 //!
-//! The TCP tracker follows flags only (no sequence-number window checks), in the spirit of
-//! Linux conntrack's state table, reduced to the states that select a timeout:
+//! The TCP tracker follows flags only, in the spirit of Linux conntrack's state table, reduced
+//! to the states that select a timeout (sequence numbers and windows are checked by the
+//! [`TcpWindow`](super::TcpWindow) session service, before the state moves):
 //!
 //! ```text
 //! SYN (orig) ─► SynSent ─SYN+ACK (reply)─► SynRecv ─ACK (orig)─► Established
