@@ -21,7 +21,7 @@
 //! IP header at offset 0); a frame without parsed IP metadata is bare IP only if it reads as
 //! a whole IP packet (version and total length agree with its size), else Ethernet.
 
-use nf_core::conntrack::{Conntrack, ConntrackConfig};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, TcpWindow};
 use nf_core::{
     BATCH_SIZE, Batch, DropReason, Instant, Packet, ParseStage, Stage, StageControl, StageCounters,
     StageExt, StageLoop, Verdict, flags,
@@ -76,6 +76,8 @@ stages (parameters follow as ,key=value):
   parse                 parse Ethernet / VLAN / IPv4 / IPv6 / TCP / UDP / ICMP (not
                         needed after decap, which parses the inner packet itself)
   conntrack             connection tracking (sessions, reply direction, related ICMP)
+                          window=on              TCP window tracking (segments outside
+                                                 the peer's window, forged resets dropped)
   encap:geneve|vxlan    push outer headers towards a remote
                           vni=N|zone             fixed VNI, or the zone (the decap VNI)
                           src=IP,dst=IP          underlay addresses (required, one family)
@@ -206,7 +208,7 @@ impl Options {
             }
         }
         if stages.is_empty() {
-            stages = vec![StageSpec::Parse, StageSpec::Conntrack];
+            stages = vec![StageSpec::Parse, StageSpec::Conntrack { window: false }];
         }
         let input = input.ok_or("no input capture given")?;
         Ok(Some(Self {
@@ -229,7 +231,10 @@ enum StageSpec {
         config: DecapConfig,
     },
     Parse,
-    Conntrack,
+    Conntrack {
+        /// TCP window tracking.
+        window: bool,
+    },
     Encap {
         label: String,
         config: Box<EncapConfig>,
@@ -246,7 +251,8 @@ impl StageSpec {
         match self {
             Self::Decap { profile, .. } => format!("decap:{profile}"),
             Self::Parse => "parse".into(),
-            Self::Conntrack => "conntrack".into(),
+            Self::Conntrack { window: false } => "conntrack".into(),
+            Self::Conntrack { window: true } => "conntrack,window=on".into(),
             Self::Encap { label, .. } => label.clone(),
             Self::Reflect { .. } => "reflect".into(),
         }
@@ -294,13 +300,21 @@ fn stage_spec(name: &str, params: &[(String, String)]) -> Result<StageSpec, Stri
     match kind {
         "decap" => decap_spec(arg.unwrap_or("any"), params),
         "parse" | "conntrack" if arg.is_some() => Err(format!("{kind} takes no argument")),
+        "conntrack" => {
+            let mut window = false;
+            for (k, v) in params {
+                match (k.as_str(), v.as_str()) {
+                    ("window", "on") => window = true,
+                    ("window", "off") => window = false,
+                    ("window", v) => return Err(format!("conntrack: window={v}: not on or off")),
+                    (k, _) => return unknown(k),
+                }
+            }
+            Ok(StageSpec::Conntrack { window })
+        }
         "parse" => match params.first() {
             Some((k, _)) => unknown(k),
             None => Ok(StageSpec::Parse),
-        },
-        "conntrack" => match params.first() {
-            Some((k, _)) => unknown(k),
-            None => Ok(StageSpec::Conntrack),
         },
         "encap" => encap_spec(arg, params),
         "reflect" => {
@@ -633,9 +647,9 @@ fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
             StageSpec::Decap { config, .. } => Dyn(Box::new(DecapStage::new(config.clone())?)),
             StageSpec::Parse => Dyn(Box::new(ParseStage::default())),
             // A fixed demo key; a deployment uses an operator secret.
-            StageSpec::Conntrack => Dyn(Box::new(Conntrack::new(
+            StageSpec::Conntrack { window } => Dyn(Box::new(Conntrack::new(
                 ConntrackConfig::new(*b"nf-pcap ct key 1"),
-                (),
+                bool::then(*window, TcpWindow::new),
             )?)),
             StageSpec::Encap {
                 config, inner_macs, ..
@@ -895,6 +909,11 @@ mod tests {
             want
         );
         assert_eq!(labels("decap"), ["decap:any"]);
+        assert_eq!(
+            labels("parse -> conntrack,window=on"),
+            ["parse", "conntrack,window=on"]
+        );
+        assert!(parse_pipeline("conntrack,window=maybe").is_err());
     }
 
     #[test]

@@ -233,6 +233,82 @@ impl SessionService for () {
     }
 }
 
+/// `Option<S>`: `S` when present, else the service that admits every flow and keeps nothing
+/// (its value stays at `S::Value::default()`), so a pipeline chosen at run time (a command
+/// line, a config file) composes `(Option<A>, Option<B>)` with static dispatch.
+impl<S: SessionService> SessionService for Option<S> {
+    type Value = S::Value;
+
+    const CHECKS: bool = S::CHECKS;
+
+    #[inline]
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<S::Value, DropReason> {
+        self.as_mut()
+            .map_or(Ok(S::Value::default()), |s| s.on_new(now, pkt, new))
+    }
+
+    #[inline(always)]
+    fn check<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut S::Value,
+        pkt: &Packet<B>,
+    ) -> Result<(), DropReason> {
+        self.as_mut()
+            .map_or(Ok(()), |s| s.check(now, direction, value, pkt))
+    }
+
+    #[inline(always)]
+    fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut S::Value,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        self.as_mut()
+            .map_or(Verdict::Pass, |s| s.on_packet(now, direction, value, pkt))
+    }
+
+    #[inline]
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut S::Value,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        self.as_mut()
+            .map_or(Verdict::Pass, |s| s.on_related(now, direction, value, pkt))
+    }
+
+    fn on_end(&mut self, now: Instant, session: &SessionInfo<S::Value>, cause: EndCause) {
+        if let Some(s) = self {
+            s.on_end(now, session, cause);
+        }
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        if let Some(s) = self {
+            s.visit_counters(f);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.as_ref().and_then(S::poll_timeout)
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.as_mut().map_or(0, |s| s.handle_timeout(now, budget))
+    }
+}
+
 /// A session's info with another value (for handing each service its own part).
 #[inline]
 pub(super) fn with_value<V, W>(s: &SessionInfo<V>, value: W) -> SessionInfo<W> {
