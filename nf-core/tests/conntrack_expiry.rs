@@ -47,7 +47,7 @@ fn key(i: u32) -> FlowKey {
 }
 
 fn state_of(i: u32) -> SessionState {
-    SessionState::ALL[(i % 11) as usize]
+    SessionState::ALL[i as usize % SessionState::ALL.len()]
 }
 
 /// Creation time of session `i`: `RATE` per second, spread within the second.

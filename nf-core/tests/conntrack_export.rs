@@ -40,7 +40,7 @@ fn fill(t: &mut SessionTable<V4Key, [u8; 16]>, n: u32, now: Instant) {
         } else {
             f.reversed()
         };
-        let st = SessionState::ALL[(i % 11) as usize];
+        let st = SessionState::ALL[i as usize % SessionState::ALL.len()];
         let later = now + Duration::from_millis(u64::from(i % 7_000));
         let r = t.insert(later, &f, &reply, st, [i as u8; 16]).unwrap();
         if i % 2 == 0 {

@@ -7,7 +7,7 @@
 //! ```text
 //! SYN (orig) ─► SynSent ─SYN+ACK (reply)─► SynRecv ─ACK (orig)─► Established
 //! Established ─FIN─► FinWait ─ACK from the other side─► CloseWait
-//! FinWait | CloseWait ─FIN from the other side─► TimeWait
+//! FinWait | CloseWait ─FIN from the other side─► LastAck ─ACK from the first closer─► TimeWait
 //! any ─RST─► Closed;   TimeWait | Closed ─SYN (orig)─► SynSent (port reuse)
 //! ```
 
@@ -44,11 +44,14 @@ pub enum SessionState {
     IcmpQuery = 9,
     /// Any other protocol.
     Other = 10,
+    /// TCP: both sides sent FIN; the last one is not acknowledged yet (after the other
+    /// states so that their numbers, which session exports carry, stay as they were).
+    TcpLastAck = 11,
 }
 
 impl SessionState {
     /// Every state, in discriminant order.
-    pub const ALL: [SessionState; 11] = [
+    pub const ALL: [SessionState; 12] = [
         Self::TcpSynSent,
         Self::TcpSynRecv,
         Self::TcpEstablished,
@@ -60,6 +63,7 @@ impl SessionState {
         Self::UdpReplied,
         Self::IcmpQuery,
         Self::Other,
+        Self::TcpLastAck,
     ];
 
     /// The state from its discriminant.
@@ -85,7 +89,7 @@ impl SessionState {
     /// True for the TCP states.
     #[inline]
     pub const fn is_tcp(self) -> bool {
-        (self as u8) <= Self::TcpClosed as u8
+        (self as u8) <= Self::TcpClosed as u8 || matches!(self, Self::TcpLastAck)
     }
 }
 
@@ -107,6 +111,8 @@ pub struct TimeoutProfile {
     pub tcp_close_wait: Duration,
     /// [`SessionState::TcpTimeWait`].
     pub tcp_time_wait: Duration,
+    /// [`SessionState::TcpLastAck`].
+    pub tcp_last_ack: Duration,
     /// [`SessionState::TcpClosed`].
     pub tcp_closed: Duration,
     /// [`SessionState::UdpUnreplied`].
@@ -129,6 +135,7 @@ impl Default for TimeoutProfile {
             tcp_fin_wait: Duration::from_secs(120),
             tcp_close_wait: Duration::from_secs(60),
             tcp_time_wait: Duration::from_secs(120),
+            tcp_last_ack: Duration::from_secs(30),
             tcp_closed: Duration::from_secs(10),
             udp_unreplied: Duration::from_secs(30),
             udp_replied: Duration::from_secs(120),
@@ -149,6 +156,7 @@ impl TimeoutProfile {
             SessionState::TcpFinWait => self.tcp_fin_wait,
             SessionState::TcpCloseWait => self.tcp_close_wait,
             SessionState::TcpTimeWait => self.tcp_time_wait,
+            SessionState::TcpLastAck => self.tcp_last_ack,
             SessionState::TcpClosed => self.tcp_closed,
             SessionState::UdpUnreplied => self.udp_unreplied,
             SessionState::UdpReplied => self.udp_replied,
@@ -167,6 +175,7 @@ impl TimeoutProfile {
             tcp_fin_wait: t,
             tcp_close_wait: t,
             tcp_time_wait: t,
+            tcp_last_ack: t,
             tcp_closed: t,
             udp_unreplied: t,
             udp_replied: t,
@@ -253,7 +262,8 @@ pub(crate) fn advance(
         },
         // A picked-up (loose) session becomes established once the other side answers.
         S::TcpEstablished => keep_assured(S::TcpEstablished, assured || reply, fin_reply),
-        S::TcpFinWait | S::TcpCloseWait if fin && reply != fin_reply => keep(S::TcpTimeWait),
+        S::TcpFinWait | S::TcpCloseWait if fin && reply != fin_reply => keep(S::TcpLastAck),
+        S::TcpLastAck if ack && reply == fin_reply => keep(S::TcpTimeWait),
         S::TcpFinWait if ack && reply != fin_reply => keep(S::TcpCloseWait),
         S::TcpTimeWait | S::TcpClosed if syn && !ack && !reply => keep(S::TcpSynSent),
         s => keep(s),
@@ -302,6 +312,11 @@ mod tests {
         v.push((R, ACK));
         assert_eq!(run(&v), Some((S::TcpCloseWait, true)));
         v.push((R, FIN | ACK));
+        assert_eq!(run(&v), Some((S::TcpLastAck, true)));
+        // A retransmitted FIN waits on; the first closer's ACK ends it.
+        v.push((R, FIN | ACK));
+        assert_eq!(run(&v), Some((S::TcpLastAck, true)));
+        v.push((O, ACK));
         assert_eq!(run(&v), Some((S::TcpTimeWait, true)));
         v.push((O, SYN));
         assert_eq!(run(&v), Some((S::TcpSynSent, true)));
@@ -328,6 +343,6 @@ mod tests {
         for s in S::ALL {
             assert_eq!(S::from_u8(s as u8), Some(s));
         }
-        assert_eq!(S::from_u8(11), None);
+        assert_eq!(S::from_u8(12), None);
     }
 }

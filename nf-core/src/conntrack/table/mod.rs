@@ -963,7 +963,7 @@ mod tests {
         /// The steady-state shortcut of `track_value` agrees with the full tracker.
         #[test]
         fn steady_packets_change_nothing_but_the_timeout(
-            si in 0usize..11, flags in 0u8..8, tcp in proptest::prelude::any::<u8>(), reply: bool,
+            si in 0usize..SessionState::ALL.len(), flags in 0u8..8, tcp in proptest::prelude::any::<u8>(), reply: bool,
         ) {
             let s = SessionState::ALL[si];
             let tcp = if s.is_tcp() { tcp } else { 0 };
