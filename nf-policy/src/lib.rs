@@ -40,12 +40,17 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod classifier;
 pub mod elastic;
 pub mod lpm;
 pub mod meter;
 pub mod route;
 pub mod source;
 
+pub use classifier::{
+    ClassKey, Classifier, ClassifierBuilder, ClassifierConfig, ClassifierError, Match, PortRange,
+    Prefix,
+};
 pub use elastic::{
     Admission, ElasticConfig, ElasticCounters, ElasticDimension, ElasticLimiter, SpendRate,
 };
