@@ -26,8 +26,10 @@
 //! classes, holds the class of the intersection of their rule sets; the root's table holds the
 //! first rule of the intersection instead. A lookup reads one entry per chunk and one per
 //! node: **13 reads for IPv4 and 37 for IPv6**, every time ([`Classifier::reads_per_lookup`]).
-//! A child's entries are stored premultiplied by the width of its sibling's class range, so a
-//! node's index is a sum. A chunk with a single class is stored as one entry read at index 0.
+//! Phase-0 tables hold 16-bit class ids (a 64 Ki-entry table is 128 KiB, so that random
+//! headers, which touch all of it, stay in the L2 cache); a node's index is
+//! `left × n_right + right`. A chunk with a single class is stored as one entry read at
+//! index 0.
 //!
 //! # Memory and build-time bounds
 //!
@@ -102,6 +104,9 @@ pub enum ClassifierError {
     EmptyRange,
     /// More rules than a lookup result can name (2^32 − 1).
     TooManyRules,
+    /// More than 65536 distinct rule sets in one chunk of the key (impossible below 32768
+    /// rules of a family).
+    TooManyClasses,
     /// The tables (or the working sets of one build step) would exceed the memory limit.
     MemoryLimit {
         /// Bytes the build needed when it stopped (a lower bound of the total).
@@ -121,6 +126,7 @@ impl fmt::Display for ClassifierError {
             Self::FamilyMismatch => f.write_str("source and destination families differ"),
             Self::EmptyRange => f.write_str("range low end above its high end"),
             Self::TooManyRules => f.write_str("more than 2^32 - 1 rules"),
+            Self::TooManyClasses => f.write_str("more than 65536 rule sets in one key chunk"),
             Self::MemoryLimit { needed, limit } => write!(
                 f,
                 "classifier tables need at least {needed} bytes, over the {limit}-byte limit"
@@ -806,18 +812,53 @@ impl Chunk {
     }
 }
 
-/// A phase-0 table: `table[offset + (value & mask)]`.
+/// Writes the chunk values of `key` (in [`V4_CHUNKS`] or [`V6_CHUNKS`] order) to column `j`
+/// of `rows`: the batch's one pass over the keys (property-tested against [`Chunk::value`]
+/// through single lookups).
+#[inline(always)]
+fn chunk_values(key: &ClassKey, j: usize, rows: &mut [[u32; CHUNK]; MAX_VALUES]) {
+    let mut put = |r: usize, v: u32| {
+        if let Some(x) = rows.get_mut(r).and_then(|row| row.get_mut(j)) {
+            *x = v;
+        }
+    };
+    let last = match key.family {
+        Family::V4 => {
+            let (s, d) = (key.src as u32, key.dst as u32);
+            put(0, s >> 16);
+            put(1, s & 0xffff);
+            put(2, d >> 16);
+            put(3, d & 0xffff);
+            4
+        }
+        Family::V6 => {
+            for q in 0..8 {
+                let shift = 112 - 16 * q;
+                put(q, (key.src >> shift) as u32 & 0xffff);
+                put(8 + q, (key.dst >> shift) as u32 & 0xffff);
+            }
+            16
+        }
+    };
+    put(last, u32::from(key.proto));
+    put(last + 1, u32::from(key.src_port));
+    put(last + 2, u32::from(key.dst_port));
+}
+
+/// A phase-0 table: `leaf_table[offset + (value & mask)]`.
 #[derive(Clone, Copy, Debug)]
 struct Leaf {
     offset: usize,
     mask: u32,
 }
 
-/// A cross-product table: `table[offset + values[left] + values[right]]`.
+/// A cross-product table: `table[offset + values[left] × stride + values[right]]`.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     left: usize,
     right: usize,
+    /// The right child's number of classes.
+    stride: u32,
     offset: usize,
 }
 
@@ -827,6 +868,9 @@ struct Tree {
     chunks: &'static [Chunk],
     leaves: Vec<Leaf>,
     nodes: Vec<Node>,
+    /// Phase-0 tables: class ids (a chunk has at most `2r + 1` classes, checked).
+    leaf_table: Vec<u16>,
+    /// Node tables: class ids, at the root the first rule's index + 1.
     table: Vec<u32>,
     /// Some rule has this family (otherwise every lookup misses without a read).
     live: bool,
@@ -838,6 +882,7 @@ impl fmt::Debug for Tree {
             .field("live", &self.live)
             .field("chunks", &self.leaves.len())
             .field("nodes", &self.nodes.len())
+            .field("leaf_entries", &self.leaf_table.len())
             .field("entries", &self.table.len())
             .finish()
     }
@@ -846,6 +891,7 @@ impl fmt::Debug for Tree {
 impl Tree {
     fn bytes(&self) -> usize {
         self.table.capacity() * 4
+            + self.leaf_table.capacity() * 2
             + self.leaves.capacity() * size_of::<Leaf>()
             + self.nodes.capacity() * size_of::<Node>()
     }
@@ -858,14 +904,15 @@ impl Tree {
         let mut vals = [0u32; MAX_VALUES];
         for ((c, leaf), v) in self.chunks.iter().zip(&self.leaves).zip(vals.iter_mut()) {
             let at = leaf.offset + (c.value(key) & leaf.mask) as usize;
-            *v = self.table.get(at).copied().unwrap_or(0);
+            *v = u32::from(self.leaf_table.get(at).copied().unwrap_or(0));
             cost.read();
         }
         let mut last = 0;
         for (j, n) in self.nodes.iter().enumerate() {
             let l = vals.get(n.left).copied().unwrap_or(0) as usize;
             let r = vals.get(n.right).copied().unwrap_or(0) as usize;
-            last = self.table.get(n.offset + l + r).copied().unwrap_or(0);
+            let at = n.offset + l * n.stride as usize + r;
+            last = self.table.get(at).copied().unwrap_or(0);
             if let Some(v) = vals.get_mut(self.leaves.len() + j) {
                 *v = last;
             }
@@ -889,11 +936,17 @@ impl Tree {
             return;
         }
         let mut vals = [[0u32; CHUNK]; MAX_VALUES];
-        for ((c, leaf), row) in self.chunks.iter().zip(&self.leaves).zip(vals.iter_mut()) {
-            for (v, &i) in row.iter_mut().zip(idx) {
-                let value = keys.get(usize::from(i)).map_or(0, |k| c.value(k));
-                let at = leaf.offset + (value & leaf.mask) as usize;
-                *v = self.table.get(at).copied().unwrap_or(0);
+        // Every chunk value of every key first (one pass over the keys), then each phase-0
+        // table for all keys: independent loads.
+        for (j, &i) in idx.iter().enumerate() {
+            if let Some(k) = keys.get(usize::from(i)) {
+                chunk_values(k, j, &mut vals);
+            }
+        }
+        for (leaf, row) in self.leaves.iter().zip(vals.iter_mut()) {
+            for v in row.iter_mut().take(idx.len()) {
+                let at = leaf.offset + (*v & leaf.mask) as usize;
+                *v = u32::from(self.leaf_table.get(at).copied().unwrap_or(0));
             }
         }
         let first = self.leaves.len();
@@ -907,7 +960,7 @@ impl Tree {
             for ((v, &l), &r) in row.iter_mut().zip(lrow).zip(rrow).take(idx.len()) {
                 *v = self
                     .table
-                    .get(n.offset + l as usize + r as usize)
+                    .get(n.offset + l as usize * n.stride as usize + r as usize)
                     .copied()
                     .unwrap_or(0);
             }
@@ -950,18 +1003,10 @@ impl Tree {
             live: true,
             ..Self::default()
         };
-        // Per value (chunk or node): its classes and where its table lies in `tree.table`.
+        // Per value (chunk, then node): its classes, until its parent is built.
         let mut classes: Vec<Option<ClassSet>> = Vec::new();
-        let mut spans: Vec<(usize, usize)> = Vec::new();
         for c in chunks {
-            let set = tree.build_leaf(*c, &mine, words, budget)?;
-            classes.push(Some(set));
-            let leaf = tree
-                .leaves
-                .last()
-                .copied()
-                .unwrap_or(Leaf { offset: 0, mask: 0 });
-            spans.push((leaf.offset, tree.table.len() - leaf.offset));
+            classes.push(Some(tree.build_leaf(*c, &mine, words, budget)?));
         }
         // Combine neighbours level by level: a fixed binary tree.
         let mut frontier: Vec<usize> = (0..chunks.len()).collect();
@@ -981,24 +1026,19 @@ impl Tree {
                 };
                 let offset = tree.table.len();
                 let set = tree.combine(&left, &right, root.then_some(&ids), words, budget)?;
-                // The left child's entries become premultiplied by the right's class count.
-                let (start, len) = spans.get(l).copied().unwrap_or((0, 0));
-                let width = right.len;
-                for e in tree.table.iter_mut().skip(start).take(len) {
-                    *e = e.saturating_mul(width);
-                }
                 tree.nodes.push(Node {
                     left: l,
                     right: r,
+                    stride: right.len,
                     offset,
                 });
                 next.push(classes.len());
                 classes.push(set);
-                spans.push((offset, tree.table.len() - offset));
             }
             frontier = next;
         }
         tree.table.shrink_to_fit();
+        tree.leaf_table.shrink_to_fit();
         Ok(tree)
     }
 
@@ -1025,8 +1065,8 @@ impl Tree {
         let mut set = ClassSet::new(words);
         let mut cur = vec![0u64; words];
         let mut table = Vec::new();
-        budget.check(size * 4)?;
-        table.resize(size, 0u32);
+        budget.check(size * 2)?;
+        table.resize(size, 0u16);
         let mut at = 0usize;
         let mut e = events.iter().peekable();
         while at < size {
@@ -1041,7 +1081,8 @@ impl Tree {
                 e.next();
             }
             let end = e.peek().map_or(size, |ev| ev.0 as usize);
-            let id = set.intern(&cur, budget.limit)?;
+            let id = u16::try_from(set.intern(&cur, budget.limit)?)
+                .map_err(|_| ClassifierError::TooManyClasses)?;
             for slot in table.iter_mut().take(end).skip(at) {
                 *slot = id;
             }
@@ -1053,12 +1094,12 @@ impl Tree {
             (size, (size - 1) as u32)
         };
         table.truncate(len);
-        budget.take(len * 4)?;
+        budget.take(len * 2)?;
         self.leaves.push(Leaf {
-            offset: self.table.len(),
+            offset: self.leaf_table.len(),
             mask,
         });
-        self.table.extend_from_slice(&table);
+        self.leaf_table.extend_from_slice(&table);
         Ok(set)
     }
 
