@@ -143,6 +143,9 @@ drop_reasons! {
     FragmentNoSession => "fragment_no_session",
     /// A session service refused a new flow without a reason of its own.
     ServiceRefused => "service_refused",
+    /// A network ACL denied the packet: a deny rule matched first, or no rule matched (the
+    /// implicit deny).
+    AclDenied => "acl_denied",
 }
 
 impl fmt::Display for DropReason {

@@ -40,6 +40,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod acl;
 pub mod classifier;
 pub mod elastic;
 pub mod lpm;
@@ -47,6 +48,9 @@ pub mod meter;
 pub mod route;
 pub mod source;
 
+pub use acl::{
+    Acl, AclAction, AclBuilder, AclDirection, AclError, AclRule, AclStage, AclVerdict, NetworkAcl,
+};
 pub use classifier::{
     ClassKey, Classifier, ClassifierBuilder, ClassifierConfig, ClassifierError, Match, PortRange,
     Prefix,
