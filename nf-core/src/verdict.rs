@@ -146,6 +146,9 @@ drop_reasons! {
     /// A network ACL denied the packet: a deny rule matched first, or no rule matched (the
     /// implicit deny).
     AclDenied => "acl_denied",
+    /// Security groups: no rule of the interface's groups allows the new flow (groups are
+    /// allow-only; packets of admitted sessions, replies included, are not checked again).
+    SgDenied => "sg_denied",
 }
 
 impl fmt::Display for DropReason {

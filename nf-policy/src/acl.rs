@@ -40,10 +40,9 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use nf_core::flow::proto;
 use nf_core::{
-    BATCH_SIZE, Batch, DropReason, Instant, Packet, Stage, StageControl, StageCounters, StageLoop,
-    Verdict, flags,
+    BATCH_SIZE, Batch, DropReason, Instant, Stage, StageControl, StageCounters, StageLoop, Verdict,
+    flags,
 };
 
 /// What a rule does with the packets it matches.
@@ -330,18 +329,6 @@ impl AclStage {
     }
 }
 
-/// The ICMP type and code of a parsed packet (zero for other protocols and when the header
-/// is absent).
-#[inline]
-fn icmp_of<B: AsRef<[u8]>>(pkt: &Packet<B>) -> (u8, u8) {
-    let m = &pkt.meta;
-    if !matches!(m.flow.proto, proto::ICMP | proto::ICMPV6) || !m.has(flags::L4_VALID) {
-        return (0, 0);
-    }
-    let code = pkt.data().get(usize::from(m.l4) + 1).copied().unwrap_or(0);
-    (m.icmp_type, code)
-}
-
 impl<B: AsRef<[u8]>> Stage<B> for AclStage {
     fn process(&mut self, _now: Instant, batch: &mut Batch<B>) {
         self.run(batch, |s, batch, pending| {
@@ -357,7 +344,7 @@ impl<B: AsRef<[u8]>> Stage<B> for AclStage {
                     continue;
                 }
                 if let (Some(k), Some(w)) = (keys.get_mut(n), which.get_mut(n)) {
-                    *k = ClassKey::from_flow(&pkt.meta.flow, icmp_of(pkt));
+                    *k = ClassKey::from_packet(pkt);
                     *w = i;
                     n += 1;
                 }

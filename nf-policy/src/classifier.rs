@@ -80,7 +80,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::flow::proto;
-use nf_core::{Family, FlowKey};
+use nf_core::{Family, FlowKey, Packet, flags};
 
 /// Keys per batch chunk: every read of one level is issued for all of them before the next.
 const CHUNK: usize = 64;
@@ -518,6 +518,23 @@ impl ClassKey {
             src_port,
             dst_port,
         }
+    }
+}
+
+impl ClassKey {
+    /// The key of a parsed packet: its flow key (valid when [`flags::L3_VALID`] is set), and
+    /// for ICMP its type and code (zero when the header is absent).
+    #[inline]
+    pub fn from_packet<B: AsRef<[u8]>>(pkt: &Packet<B>) -> Self {
+        let m = &pkt.meta;
+        let icmp = if matches!(m.flow.proto, proto::ICMP | proto::ICMPV6) && m.has(flags::L4_VALID)
+        {
+            let code = pkt.data().get(usize::from(m.l4) + 1).copied();
+            (m.icmp_type, code.unwrap_or(0))
+        } else {
+            (0, 0)
+        };
+        Self::from_flow(&m.flow, icmp)
     }
 }
 
