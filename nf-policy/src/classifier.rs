@@ -658,7 +658,7 @@ impl Classifier {
     /// extra keys are not classified), level by level over chunks of 64 keys.
     pub fn classify_batch(&self, keys: &[ClassKey], out: &mut [Option<u32>]) {
         for (keys, out) in keys.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-            for (family, tree) in [(Family::V4, &self.v4), (Family::V6, &self.v6)] {
+            for family in [Family::V4, Family::V6] {
                 let mut idx = [0u8; CHUNK];
                 let mut n = 0usize;
                 for (i, k) in keys.iter().enumerate().take(out.len()) {
@@ -667,7 +667,11 @@ impl Classifier {
                         n += u32::from(k.family == family) as usize;
                     }
                 }
-                tree.lookup_batch(keys, idx.get(..n).unwrap_or(&[]), out);
+                let idx = idx.get(..n).unwrap_or(&[]);
+                match family {
+                    Family::V4 => self.v4.lookup_batch::<V4_VALUES>(keys, idx, out),
+                    Family::V6 => self.v6.lookup_batch::<MAX_VALUES>(keys, idx, out),
+                }
             }
         }
     }
@@ -791,6 +795,8 @@ const V6_CHUNKS: [Chunk; 19] = [
 
 /// Values a lookup computes: one per chunk, one per node (a binary tree over the chunks).
 const MAX_VALUES: usize = 2 * V6_CHUNKS.len() - 1;
+/// Values of an IPv4 lookup.
+const V4_VALUES: usize = 2 * V4_CHUNKS.len() - 1;
 
 impl Chunk {
     #[inline(always)]
@@ -833,7 +839,7 @@ impl Chunk {
 /// of `rows`: the batch's one pass over the keys (property-tested against [`Chunk::value`]
 /// through single lookups).
 #[inline(always)]
-fn chunk_values(key: &ClassKey, j: usize, rows: &mut [[u32; CHUNK]; MAX_VALUES]) {
+fn chunk_values(key: &ClassKey, j: usize, rows: &mut [[u32; CHUNK]]) {
     let mut put = |r: usize, v: u32| {
         if let Some(x) = rows.get_mut(r).and_then(|row| row.get_mut(j)) {
             *x = v;
@@ -940,7 +946,10 @@ impl Tree {
 
     /// Classifies `keys[i]` into `out[i]` for every `i` in `idx` (at most [`CHUNK`]).
     #[inline(always)]
-    fn lookup_batch(&self, keys: &[ClassKey], idx: &[u8], out: &mut [Option<u32>]) {
+    ///
+    /// `N` is the family's number of values (chunks and nodes), so the scratch rows of an IPv4
+    /// batch are not sized, and cleared, for IPv6.
+    fn lookup_batch<const N: usize>(&self, keys: &[ClassKey], idx: &[u8], out: &mut [Option<u32>]) {
         if idx.is_empty() {
             return;
         }
@@ -952,7 +961,7 @@ impl Tree {
             }
             return;
         }
-        let mut vals = [[0u32; CHUNK]; MAX_VALUES];
+        let mut vals = [[0u32; CHUNK]; N];
         // Every chunk value of every key first (one pass over the keys), then each phase-0
         // table for all keys: independent loads.
         for (j, &i) in idx.iter().enumerate() {
@@ -968,7 +977,7 @@ impl Tree {
         }
         let first = self.leaves.len();
         for (j, n) in self.nodes.iter().enumerate() {
-            let (done, rest) = vals.split_at_mut((first + j).min(MAX_VALUES));
+            let (done, rest) = vals.split_at_mut((first + j).min(N));
             let (Some(row), Some(lrow), Some(rrow)) =
                 (rest.first_mut(), done.get(n.left), done.get(n.right))
             else {
