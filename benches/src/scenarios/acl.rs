@@ -20,7 +20,7 @@
 
 use crate::harness::{self, Opts, Rng};
 use nf_policy::{ClassKey, Classifier, ClassifierBuilder, Match, PortRange, Prefix};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -37,18 +37,13 @@ pub(crate) fn run(opts: &Opts) {
         let keys = benign_keys(&rules, 0x5eed_0000_0ac1_0000 + n as u64);
         let (c, build_s) = build(&rules);
         let r = measure(opts, &c, &rules, &keys);
-        harness::report(
+        report(
             opts,
-            "acl",
-            PEER,
             r,
+            &c,
+            build_s,
             json!({
-                "rules": rules.len(),
                 "set": format!("{}k", n / 1000),
-                "batch": BATCH,
-                "bytes": c.bytes(),
-                "build_s": round3(build_s),
-                "reads_per_pkt": c.reads_per_lookup(nf_core::Family::V4),
                 "target_ns_per_pkt": TARGET_NS,
                 "meets_target": n < 10_000 || r.ours_ns <= TARGET_NS,
             }),
@@ -86,19 +81,14 @@ pub(crate) fn run(opts: &Opts) {
     let rb = measure(opts, &c, &rules, &benign);
     let ra = measure(opts, &c, &rules, &attack);
     for (name, r) in [("benign", rb), ("adversarial", ra)] {
-        harness::report(
+        report(
             opts,
-            "acl",
-            PEER,
             r,
+            &c,
+            build_s,
             json!({
-                "rules": rules.len(),
                 "set": "tse",
                 "traffic": name,
-                "batch": BATCH,
-                "bytes": c.bytes(),
-                "build_s": round3(build_s),
-                "reads_per_pkt": c.reads_per_lookup(nf_core::Family::V4),
                 "adversarial_over_benign": round3(ra.ours_ns / rb.ours_ns),
                 "peer_adversarial_over_benign": round3(ra.peer_ns / rb.peer_ns),
                 "target_ratio": TARGET_RATIO,
@@ -106,6 +96,21 @@ pub(crate) fn run(opts: &Opts) {
             }),
         );
     }
+}
+
+/// One result line: the fields every line has, then `extra`.
+fn report(opts: &Opts, r: harness::AbResult, c: &Classifier, build_s: f64, extra: Value) {
+    let mut fields = json!({
+        "rules": c.len(),
+        "batch": BATCH,
+        "bytes": c.bytes(),
+        "build_s": round3(build_s),
+        "reads_per_pkt": c.reads_per_lookup(nf_core::Family::V4),
+    });
+    if let (Value::Object(f), Value::Object(e)) = (&mut fields, extra) {
+        f.extend(e);
+    }
+    harness::report(opts, "acl", PEER, r, fields);
 }
 
 fn round3(x: f64) -> f64 {
