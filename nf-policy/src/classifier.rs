@@ -13,7 +13,7 @@
 //! so its cost grows with the number of distinct masks in the rules; crafted headers that
 //! miss the allow rules and fall through to a final "deny" make every packet probe every
 //! table (CVE-2019-25076, "tuple space explosion"). Here a lookup does the same fixed number
-//! of table reads for every key, whatever the rules, the masks or the traffic:
+//! of table reads for every key of a built classifier, whatever the masks or the traffic.
 //!
 //! # Structure
 //!
@@ -25,7 +25,8 @@
 //! combined pairwise in a fixed binary tree: a node's table, indexed by its two children's
 //! classes, holds the class of the intersection of their rule sets; the root's table holds the
 //! first rule of the intersection instead. A lookup reads one entry per chunk and one per
-//! node: **13 reads for IPv4 and 37 for IPv6**, every time ([`Classifier::reads_per_lookup`]).
+//! node: **13 reads for IPv4 and 37 for IPv6** per part (see below), every time
+//! ([`Classifier::reads_per_lookup`]).
 //! Phase-0 tables hold 16-bit class ids (a 64 Ki-entry table is 128 KiB, so that random
 //! headers, which touch all of it, stay in the L2 cache); a node's index is
 //! `left × n_right + right`. A chunk with a single class is stored as one entry read at
@@ -43,6 +44,17 @@
 //! limit). The build does `O(n_left × n_right × r / 64)` word operations per node, so its time is
 //! bounded by `memory_limit / 4 × r / 64` per node; phase 0 sorts `2r` interval ends and fills
 //! `2^16` entries per chunk.
+//!
+//! # Parts
+//!
+//! Before refusing, the builder splits the rules into runs of consecutive rules (*parts*,
+//! from [`ClassifierConfig::min_parts`], doubling up to [`ClassifierConfig::max_parts`], 8
+//! by default) and builds each alone under the same total limit: `k` parts of `r / k` rules
+//! need roughly `k × (r / k)²` entries instead of `r²`. Every lookup reads every part (the
+//! first part with a match holds the first matching rule), so the cost stays fixed for a
+//! built classifier, `k` times that of one part ([`Classifier::parts`]). A rule set that does
+//! not fit even in `max_parts` parts is refused with [`ClassifierError::MemoryLimit`]; each
+//! attempt is bounded as above, so a refusal costs at most `log2(max_parts) + 1` of them.
 //!
 //! # Batches
 //!
@@ -544,16 +556,31 @@ impl ClassKey {
 pub struct ClassifierConfig {
     /// Most bytes the tables may take (and the working rule sets of one build step).
     pub memory_limit: usize,
+    /// The number of parts the rules are first split into (at least 1).
+    pub min_parts: usize,
+    /// The most parts the builder splits the rules into when they do not fit the memory limit
+    /// (each doubling halves the rules per part; every lookup reads every part).
+    pub max_parts: usize,
 }
 
 impl ClassifierConfig {
     /// The default limit: 256 MiB.
     pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
+    /// The default most parts: 8.
+    pub const DEFAULT_MAX_PARTS: usize = 8;
 
     /// With this memory limit.
     #[must_use]
     pub const fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
+        self
+    }
+
+    /// Starting from `min` parts, splitting into up to `max` (both at least 1).
+    #[must_use]
+    pub const fn parts(mut self, min: usize, max: usize) -> Self {
+        self.min_parts = min;
+        self.max_parts = max;
         self
     }
 }
@@ -562,6 +589,8 @@ impl Default for ClassifierConfig {
     fn default() -> Self {
         Self {
             memory_limit: Self::DEFAULT_MEMORY_LIMIT,
+            min_parts: 1,
+            max_parts: Self::DEFAULT_MAX_PARTS,
         }
     }
 }
@@ -619,25 +648,51 @@ impl ClassifierBuilder {
     /// # Errors
     /// [`ClassifierError::MemoryLimit`] if the tables would exceed the configured limit.
     pub fn build(&self) -> Result<Classifier, ClassifierError> {
+        let max = self.config.max_parts.max(1);
+        let mut parts = self.config.min_parts.clamp(1, max);
+        loop {
+            match self.build_parts(parts) {
+                Err(ClassifierError::MemoryLimit { .. } | ClassifierError::TooManyClasses)
+                    if parts < max =>
+                {
+                    parts = (parts * 2).min(max);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Builds with the rules split into `parts` runs of consecutive rules, all under one
+    /// memory budget.
+    fn build_parts(&self, parts: usize) -> Result<Classifier, ClassifierError> {
         let mut budget = Budget {
             limit: self.config.memory_limit,
             used: 0,
         };
-        let v4 = Tree::build(&self.rules, Family::V4, &mut budget)?;
-        let v6 = Tree::build(&self.rules, Family::V6, &mut budget)?;
-        Ok(Classifier {
-            v4,
-            v6,
+        let per = self.rules.len().div_ceil(parts).max(1);
+        let mut c = Classifier {
             rules: self.rules.len(),
-        })
+            ..Classifier::default()
+        };
+        for (i, run) in self.rules.chunks(per).enumerate() {
+            let base = (i * per) as u32;
+            for (family, trees) in [(Family::V4, &mut c.v4), (Family::V6, &mut c.v6)] {
+                let t = Tree::build(run, base, family, &mut budget)?;
+                if t.live {
+                    trees.push(t);
+                }
+            }
+        }
+        Ok(c)
     }
 }
 
 /// An immutable classifier (see the [module docs](self)).
 #[derive(Clone, Debug, Default)]
 pub struct Classifier {
-    v4: Tree,
-    v6: Tree,
+    /// One tree per part holding rules of the family, in rule order.
+    v4: Vec<Tree>,
+    v6: Vec<Tree>,
     rules: usize,
 }
 
@@ -645,13 +700,23 @@ impl Classifier {
     /// The index of the first rule matching `key`.
     #[inline]
     pub fn classify(&self, key: &ClassKey) -> Option<u32> {
-        self.tree(key.family).lookup(key, &mut ())
+        self.lookup(key, &mut ())
+    }
+
+    /// Every part is read (a fixed cost); the first part with a match holds the first rule.
+    #[inline(always)]
+    fn lookup(&self, key: &ClassKey, cost: &mut impl Cost) -> Option<u32> {
+        let mut found = None;
+        for t in self.trees(key.family) {
+            found = found.or(t.lookup(key, cost));
+        }
+        found
     }
 
     /// [`classify`](Self::classify), adding the number of table reads it made to `reads`
     /// (the same code path, for tests and benchmarks that measure work rather than time).
     pub fn classify_counting(&self, key: &ClassKey, reads: &mut u64) -> Option<u32> {
-        self.tree(key.family).lookup(key, reads)
+        self.lookup(key, reads)
     }
 
     /// Classifies `keys` into `out` (`out[i]` for `keys[i]`; extra outputs are left alone,
@@ -668,9 +733,17 @@ impl Classifier {
                     }
                 }
                 let idx = idx.get(..n).unwrap_or(&[]);
-                match family {
-                    Family::V4 => self.v4.lookup_batch::<V4_VALUES>(keys, idx, out),
-                    Family::V6 => self.v6.lookup_batch::<MAX_VALUES>(keys, idx, out),
+                let mut found = [None; CHUNK];
+                for t in self.trees(family) {
+                    match family {
+                        Family::V4 => t.lookup_batch::<V4_VALUES>(keys, idx, &mut found),
+                        Family::V6 => t.lookup_batch::<MAX_VALUES>(keys, idx, &mut found),
+                    }
+                }
+                for (&i, f) in idx.iter().zip(found) {
+                    if let Some(o) = out.get_mut(usize::from(i)) {
+                        *o = f;
+                    }
                 }
             }
         }
@@ -678,12 +751,15 @@ impl Classifier {
 
     /// Table reads of every lookup of a key of `family` (0 if no rule has that family).
     pub fn reads_per_lookup(&self, family: Family) -> usize {
-        let t = self.tree(family);
-        if t.live {
-            t.leaves.len() + t.nodes.len()
-        } else {
-            0
-        }
+        self.trees(family)
+            .iter()
+            .map(|t| t.leaves.len() + t.nodes.len())
+            .sum()
+    }
+
+    /// Number of parts (separately built tables, each read by every lookup) of `family`.
+    pub fn parts(&self, family: Family) -> usize {
+        self.trees(family).len()
     }
 
     /// Number of rules.
@@ -698,11 +774,11 @@ impl Classifier {
 
     /// Bytes of the tables' allocations.
     pub fn bytes(&self) -> usize {
-        self.v4.bytes() + self.v6.bytes()
+        self.v4.iter().chain(&self.v6).map(Tree::bytes).sum()
     }
 
     #[inline]
-    fn tree(&self, family: Family) -> &Tree {
+    fn trees(&self, family: Family) -> &[Tree] {
         match family {
             Family::V4 => &self.v4,
             Family::V6 => &self.v6,
@@ -944,21 +1020,19 @@ impl Tree {
         last.checked_sub(1)
     }
 
-    /// Classifies `keys[i]` into `out[i]` for every `i` in `idx` (at most [`CHUNK`]).
+    /// Classifies `keys[idx[j]]` for every `j`, keeping in `found[j]` an earlier part's
+    /// match (`idx` holds at most [`CHUNK`] entries).
     #[inline(always)]
     ///
     /// `N` is the family's number of values (chunks and nodes), so the scratch rows of an IPv4
     /// batch are not sized, and cleared, for IPv6.
-    fn lookup_batch<const N: usize>(&self, keys: &[ClassKey], idx: &[u8], out: &mut [Option<u32>]) {
-        if idx.is_empty() {
-            return;
-        }
-        if !self.live {
-            for &i in idx {
-                if let Some(o) = out.get_mut(usize::from(i)) {
-                    *o = None;
-                }
-            }
+    fn lookup_batch<const N: usize>(
+        &self,
+        keys: &[ClassKey],
+        idx: &[u8],
+        found: &mut [Option<u32>; CHUNK],
+    ) {
+        if idx.is_empty() || !self.live {
             return;
         }
         let mut vals = [[0u32; CHUNK]; N];
@@ -992,10 +1066,8 @@ impl Tree {
             }
         }
         if let Some(root) = vals.get(first + self.nodes.len() - 1) {
-            for (&v, &i) in root.iter().zip(idx) {
-                if let Some(o) = out.get_mut(usize::from(i)) {
-                    *o = v.checked_sub(1);
-                }
+            for (&v, f) in root.iter().zip(found.iter_mut()).take(idx.len()) {
+                *f = f.or(v.checked_sub(1));
             }
         }
     }
@@ -1003,6 +1075,7 @@ impl Tree {
     /// Builds the tables for the rules of `family` (see the module docs).
     fn build(
         rules: &[Match],
+        base: u32,
         family: Family,
         budget: &mut Budget,
     ) -> Result<Self, ClassifierError> {
@@ -1015,7 +1088,7 @@ impl Tree {
             .iter()
             .enumerate()
             .filter(|(_, m)| m.src.family == family)
-            .map(|(i, m)| (i as u32, m))
+            .map(|(i, m)| (base + i as u32, m))
             .unzip();
         if mine.is_empty() {
             return Ok(Self {

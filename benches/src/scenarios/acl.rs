@@ -16,7 +16,7 @@
 //!   traffic; `adversarial_over_benign` is the ratio of ours.
 //!
 //! `bytes` is the classifier's own allocation; `build_s` the wall time of one build;
-//! `reads_per_pkt` the table reads of every lookup (fixed by the key width).
+//! `reads_per_pkt` the table reads of every lookup (fixed by the key width, times `parts`).
 
 use crate::harness::{self, Opts, Rng};
 use nf_policy::{ClassKey, Classifier, ClassifierBuilder, Match, PortRange, Prefix};
@@ -106,6 +106,7 @@ fn report(opts: &Opts, r: harness::AbResult, c: &Classifier, build_s: f64, extra
         "bytes": c.bytes(),
         "build_s": round3(build_s),
         "reads_per_pkt": c.reads_per_lookup(nf_core::Family::V4),
+        "parts": c.parts(nf_core::Family::V4),
     });
     if let (Value::Object(f), Value::Object(e)) = (&mut fields, extra) {
         f.extend(e);
