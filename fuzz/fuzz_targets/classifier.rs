@@ -5,8 +5,9 @@
 //!
 //! Checked: nothing panics; invalid prefixes, ranges and mixed families get their typed error
 //! and are not kept; a build either succeeds or fails with `MemoryLimit` (only under the small
-//! limit); every lookup (single, counted and batch) equals the first matching accepted rule, at
-//! the fixed number of reads; a batch leaves outputs beyond its inputs alone.
+//! limit); at most the configured number of parts; every lookup (single, counted and batch)
+//! equals the first matching accepted rule, at the fixed number of reads; a batch leaves
+//! outputs beyond its inputs alone.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -31,6 +32,8 @@ struct Rule {
 #[derive(Arbitrary, Debug)]
 struct Input {
     small_limit: bool,
+    /// Parts: from `1 + min % 4`, up to that plus `extra % 4`.
+    parts: (u8, u8),
     rules: Vec<Rule>,
     keys: Vec<(bool, (u8, u128), (u8, u128), u8, u16, u16)>,
 }
@@ -84,7 +87,10 @@ fn to_match(r: &Rule) -> Result<Match, ClassifierError> {
 
 fuzz_target!(|input: Input| {
     let limit = if input.small_limit { 1 << 20 } else { 64 << 20 };
-    let mut b = ClassifierBuilder::new(ClassifierConfig::default().memory_limit(limit));
+    let min = 1 + usize::from(input.parts.0 % 4);
+    let max = min + usize::from(input.parts.1 % 4);
+    let config = ClassifierConfig::default().memory_limit(limit).parts(min, max);
+    let mut b = ClassifierBuilder::new(config);
     let mut kept: Vec<Match> = Vec::new();
     for r in input.rules.iter().take(48) {
         let Ok(m) = to_match(r) else { continue };
@@ -105,6 +111,10 @@ fuzz_target!(|input: Input| {
         Err(e) => panic!("unexpected build error {e:?}"),
     };
     assert!(c.bytes() <= limit);
+    for f in [nf_core::Family::V4, nf_core::Family::V6] {
+        assert!(c.parts(f) <= max);
+        assert_eq!(c.reads_per_lookup(f) % if f == nf_core::Family::V4 { 13 } else { 37 }, 0);
+    }
     let mut keys: Vec<ClassKey> = input
         .keys
         .iter()
