@@ -27,8 +27,9 @@
 //! first rule of the intersection instead. A lookup reads one entry per chunk and one per
 //! node: **13 reads for IPv4 and 37 for IPv6** per part (see below), every time
 //! ([`Classifier::reads_per_lookup`]).
-//! Phase-0 tables hold 16-bit class ids (a 64 Ki-entry table is 128 KiB, so that random
-//! headers, which touch all of it, stay in the L2 cache); a node's index is
+//! Phase-0 tables hold 8-bit class ids where a chunk has at most 256 classes, 16-bit ones
+//! otherwise (a 64 Ki-entry table is 64 or 128 KiB, so that random headers, which touch all
+//! of it, stay in the L2 cache); a node's index is
 //! `left × n_right + right`. A chunk with a single class is stored as one entry read at
 //! index 0.
 //!
@@ -944,11 +945,13 @@ fn chunk_values(key: &ClassKey, j: usize, rows: &mut [[u32; CHUNK]]) {
     put(last + 2, u32::from(key.dst_port));
 }
 
-/// A phase-0 table: `leaf_table[offset + (value & mask)]`.
+/// A phase-0 table: `leaf_narrow[offset + (value & mask)]` if `narrow` (at most 256
+/// classes), else `leaf_table[..]`.
 #[derive(Clone, Copy, Debug)]
 struct Leaf {
     offset: usize,
     mask: u32,
+    narrow: bool,
 }
 
 /// A cross-product table: `table[offset + values[left] × stride + values[right]]`.
@@ -969,6 +972,8 @@ struct Tree {
     nodes: Vec<Node>,
     /// Phase-0 tables: class ids (a chunk has at most `2r + 1` classes, checked).
     leaf_table: Vec<u16>,
+    /// Phase-0 tables of chunks with at most 256 classes.
+    leaf_narrow: Vec<u8>,
     /// Node tables: class ids, at the root the first rule's index + 1.
     table: Vec<u32>,
     /// Some rule has this family (otherwise every lookup misses without a read).
@@ -981,7 +986,10 @@ impl fmt::Debug for Tree {
             .field("live", &self.live)
             .field("chunks", &self.leaves.len())
             .field("nodes", &self.nodes.len())
-            .field("leaf_entries", &self.leaf_table.len())
+            .field(
+                "leaf_entries",
+                &(self.leaf_table.len() + self.leaf_narrow.len()),
+            )
             .field("entries", &self.table.len())
             .finish()
     }
@@ -991,8 +999,20 @@ impl Tree {
     fn bytes(&self) -> usize {
         self.table.capacity() * 4
             + self.leaf_table.capacity() * 2
+            + self.leaf_narrow.capacity()
             + self.leaves.capacity() * size_of::<Leaf>()
             + self.nodes.capacity() * size_of::<Node>()
+    }
+
+    /// The class of chunk value `v` in `leaf`'s table.
+    #[inline(always)]
+    fn leaf_class(&self, leaf: &Leaf, v: u32) -> u32 {
+        let at = leaf.offset + (v & leaf.mask) as usize;
+        if leaf.narrow {
+            u32::from(self.leaf_narrow.get(at).copied().unwrap_or(0))
+        } else {
+            u32::from(self.leaf_table.get(at).copied().unwrap_or(0))
+        }
     }
 
     #[inline(always)]
@@ -1002,8 +1022,7 @@ impl Tree {
         }
         let mut vals = [0u32; MAX_VALUES];
         for ((c, leaf), v) in self.chunks.iter().zip(&self.leaves).zip(vals.iter_mut()) {
-            let at = leaf.offset + (c.value(key) & leaf.mask) as usize;
-            *v = u32::from(self.leaf_table.get(at).copied().unwrap_or(0));
+            *v = self.leaf_class(leaf, c.value(key));
             cost.read();
         }
         let mut last = 0;
@@ -1044,9 +1063,18 @@ impl Tree {
             }
         }
         for (leaf, row) in self.leaves.iter().zip(vals.iter_mut()) {
-            for v in row.iter_mut().take(idx.len()) {
-                let at = leaf.offset + (*v & leaf.mask) as usize;
-                *v = u32::from(self.leaf_table.get(at).copied().unwrap_or(0));
+            let row = row.iter_mut().take(idx.len());
+            // The width test is per chunk, outside the loop over keys.
+            if leaf.narrow {
+                for v in row {
+                    let at = leaf.offset + (*v & leaf.mask) as usize;
+                    *v = u32::from(self.leaf_narrow.get(at).copied().unwrap_or(0));
+                }
+            } else {
+                for v in row {
+                    let at = leaf.offset + (*v & leaf.mask) as usize;
+                    *v = u32::from(self.leaf_table.get(at).copied().unwrap_or(0));
+                }
             }
         }
         let first = self.leaves.len();
@@ -1138,6 +1166,7 @@ impl Tree {
         }
         tree.table.shrink_to_fit();
         tree.leaf_table.shrink_to_fit();
+        tree.leaf_narrow.shrink_to_fit();
         Ok(tree)
     }
 
@@ -1193,12 +1222,26 @@ impl Tree {
             (size, (size - 1) as u32)
         };
         table.truncate(len);
-        budget.take(len * 2)?;
-        self.leaves.push(Leaf {
-            offset: self.leaf_table.len(),
-            mask,
-        });
-        self.leaf_table.extend_from_slice(&table);
+        let narrow = set.len <= 256;
+        if narrow {
+            budget.take(len)?;
+            self.leaves.push(Leaf {
+                offset: self.leaf_narrow.len(),
+                mask,
+                narrow,
+            });
+            // Class ids are below 256 here.
+            self.leaf_narrow
+                .extend(table.iter().map(|&c| c.to_le_bytes()[0]));
+        } else {
+            budget.take(len * 2)?;
+            self.leaves.push(Leaf {
+                offset: self.leaf_table.len(),
+                mask,
+                narrow,
+            });
+            self.leaf_table.extend_from_slice(&table);
+        }
         Ok(set)
     }
 
