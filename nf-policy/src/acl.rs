@@ -36,6 +36,7 @@
 use crate::classifier::{
     ClassKey, Classifier, ClassifierBuilder, ClassifierConfig, ClassifierError, Match,
 };
+use alloc::collections::BTreeSet;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -109,6 +110,7 @@ impl From<ClassifierError> for AclError {
 pub struct AclBuilder {
     config: ClassifierConfig,
     rules: Vec<AclRule>,
+    numbers: BTreeSet<u32>,
 }
 
 impl AclBuilder {
@@ -117,6 +119,7 @@ impl AclBuilder {
         Self {
             config,
             rules: Vec::new(),
+            numbers: BTreeSet::new(),
         }
     }
 
@@ -125,7 +128,7 @@ impl AclBuilder {
     /// # Errors
     /// [`AclError::DuplicateNumber`] if a rule already has this number.
     pub fn push(&mut self, rule: AclRule) -> Result<(), AclError> {
-        if self.rules.iter().any(|r| r.number == rule.number) {
+        if !self.numbers.insert(rule.number) {
             return Err(AclError::DuplicateNumber(rule.number));
         }
         self.rules.push(rule);
