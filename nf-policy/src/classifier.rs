@@ -46,6 +46,11 @@
 //! bounded by `memory_limit / 4 × r / 64` per node; phase 0 sorts `2r` interval ends and fills
 //! `2^16` entries per chunk.
 //!
+//! Classes are also pruned: a rule set keeps no rule after its first rule that accepts every
+//! value of the chunks the set does not cover (that rule matches whatever they hold, so no
+//! later rule can be the first match), which merges classes that differ only in rules that
+//! can never win there ("deny everything from this prefix" rules, for example).
+//!
 //! # Parts
 //!
 //! Before refusing, the builder splits the rules into runs of consecutive rules (*parts*,
@@ -1124,16 +1129,20 @@ impl Tree {
                 ..Self::default()
             });
         }
-        let words = mine.len().div_ceil(64);
         let mut tree = Self {
             chunks,
             live: true,
             ..Self::default()
         };
-        // Per value (chunk, then node): its classes, until its parent is built.
+        let prune = Pruning::new(chunks, &mine);
+        // Per value (chunk, then node): its classes, until its parent is built, and the
+        // chunks it covers.
         let mut classes: Vec<Option<ClassSet>> = Vec::new();
-        for c in chunks {
-            classes.push(Some(tree.build_leaf(*c, &mine, words, budget)?));
+        let mut covers: Vec<u32> = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let wild = prune.wild(1 << i);
+            classes.push(Some(tree.build_leaf(*c, &mine, &wild, budget)?));
+            covers.push(1 << i);
         }
         // Combine neighbours level by level: a fixed binary tree.
         let mut frontier: Vec<usize> = (0..chunks.len()).collect();
@@ -1152,7 +1161,11 @@ impl Tree {
                     continue;
                 };
                 let offset = tree.table.len();
-                let set = tree.combine(&left, &right, root.then_some(&ids), words, budget)?;
+                let cover =
+                    covers.get(l).copied().unwrap_or(0) | covers.get(r).copied().unwrap_or(0);
+                let wild = prune.wild(cover);
+                let set = tree.combine(&left, &right, root.then_some(&ids), &wild, budget)?;
+                covers.push(cover);
                 tree.nodes.push(Node {
                     left: l,
                     right: r,
@@ -1176,9 +1189,10 @@ impl Tree {
         &mut self,
         c: Chunk,
         rules: &[&Match],
-        words: usize,
+        wild: &[u64],
         budget: &mut Budget,
     ) -> Result<ClassSet, ClassifierError> {
+        let words = wild.len();
         let size = 1usize << c.width;
         // (position, rule, starts) sorted by position: the rule set changes only there.
         let mut events: Vec<(u32, u32, bool)> = Vec::with_capacity(2 * rules.len());
@@ -1192,6 +1206,7 @@ impl Tree {
         events.sort_unstable_by_key(|e| e.0);
         let mut set = ClassSet::new(words);
         let mut cur = vec![0u64; words];
+        let mut pruned = vec![0u64; words];
         let mut table = Vec::new();
         budget.check(size * 2)?;
         table.resize(size, 0u16);
@@ -1209,7 +1224,9 @@ impl Tree {
                 e.next();
             }
             let end = e.peek().map_or(size, |ev| ev.0 as usize);
-            let id = u16::try_from(set.intern(&cur, budget.limit)?)
+            pruned.copy_from_slice(&cur);
+            truncate(&mut pruned, wild);
+            let id = u16::try_from(set.intern(&pruned, budget.limit)?)
                 .map_err(|_| ClassifierError::TooManyClasses)?;
             for slot in table.iter_mut().take(end).skip(at) {
                 *slot = id;
@@ -1252,9 +1269,10 @@ impl Tree {
         left: &ClassSet,
         right: &ClassSet,
         ids: Option<&Vec<u32>>,
-        words: usize,
+        wild: &[u64],
         budget: &mut Budget,
     ) -> Result<Option<ClassSet>, ClassifierError> {
+        let words = wild.len();
         let entries = (left.len as usize)
             .checked_mul(right.len as usize)
             .filter(|&n| u32::try_from(n).is_ok())
@@ -1275,6 +1293,7 @@ impl Tree {
                         for ((t, x), y) in tmp.iter_mut().zip(sa).zip(sb) {
                             *t = x & y;
                         }
+                        truncate(&mut tmp, wild);
                         out.intern(&tmp, budget.limit)?
                     }
                     (None, Some(ids)) => sa
@@ -1290,6 +1309,63 @@ impl Tree {
             }
         }
         Ok(out)
+    }
+}
+
+/// Which rules are wildcards outside a set of chunks: a rule set may drop every rule after
+/// the first such rule it holds (that rule matches whatever the other chunks hold, so no later
+/// rule can be the first match). Fewer distinct sets, smaller tables.
+struct Pruning {
+    /// Per rule, bit `c` set if the rule accepts every value of chunk `c`.
+    full: Vec<u32>,
+    /// Every chunk's bit.
+    all: u32,
+}
+
+impl Pruning {
+    fn new(chunks: &[Chunk], rules: &[&Match]) -> Self {
+        let full = rules
+            .iter()
+            .map(|m| {
+                chunks.iter().enumerate().fold(0u32, |acc, (i, c)| {
+                    let (lo, hi) = c.range(m);
+                    let whole = lo == 0 && hi == (1u32 << c.width) - 1;
+                    acc | (u32::from(whole) << i)
+                })
+            })
+            .collect();
+        Self {
+            full,
+            all: (1u32 << chunks.len()) - 1,
+        }
+    }
+
+    /// The rules that accept every value of every chunk outside `cover`, as a bitset.
+    fn wild(&self, cover: u32) -> Vec<u64> {
+        let mut w = vec![0u64; self.full.len().div_ceil(64)];
+        for (r, &f) in self.full.iter().enumerate() {
+            if f | cover == self.all
+                && let Some(x) = w.get_mut(r / 64)
+            {
+                *x |= 1 << (r % 64);
+            }
+        }
+        w
+    }
+}
+
+/// Clears every rule of `set` after its first rule that is in `wild`.
+fn truncate(set: &mut [u64], wild: &[u64]) {
+    let Some(at) = set.iter().zip(wild).position(|(s, w)| s & w != 0) else {
+        return;
+    };
+    let mut rest = set.iter_mut().skip(at);
+    if let (Some(s), Some(w)) = (rest.next(), wild.get(at)) {
+        let first = (*s & w).trailing_zeros();
+        *s &= u64::MAX >> (63 - first);
+    }
+    for s in rest {
+        *s = 0;
     }
 }
 
