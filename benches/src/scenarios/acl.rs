@@ -4,7 +4,8 @@
 //! wins: the naive reference the classifier is property-tested against) in the same run.
 //!
 //! Rule sets (fixed seeds):
-//! - `1k`, `10k`: rules built the way ACLs are written, from prefix lists: a source from 64
+//! - `1k`, `10k` (and `1k` IPv6, with prefixes four times as long; no target for it): rules
+//!   built the way ACLs are written, from prefix lists: a source from 64
 //!   prefixes (/8 to /32), a destination from 256 (/16 to /32), TCP (60%), UDP (30%), ICMP
 //!   (5%) or any protocol, destination ports from 48 services and ranges, source ports any
 //!   (90%) or ephemeral; then a final deny-all. Traffic: keys drawn inside random rules (so
@@ -19,9 +20,10 @@
 //! `reads_per_pkt` the table reads of every lookup (fixed by the key width, times `parts`).
 
 use crate::harness::{self, Opts, Rng};
+use nf_core::Family;
 use nf_policy::{ClassKey, Classifier, ClassifierBuilder, Match, PortRange, Prefix};
 use serde_json::{Value, json};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 const BATCH: usize = 64;
@@ -32,9 +34,9 @@ const TARGET_RATIO: f64 = 2.0;
 const PEER: &str = "linear scan of the same rules (Match::matches, first match wins)";
 
 pub(crate) fn run(opts: &Opts) {
-    for n in [1_000, 10_000] {
-        let rules = acl_rules(n);
-        let keys = benign_keys(&rules, 0x5eed_0000_0ac1_0000 + n as u64);
+    for (n, v6) in [(1_000, false), (10_000, false), (1_000, true)] {
+        let rules = acl_rules(n, v6);
+        let keys = benign_keys(&rules, 0x5eed_0000_0ac1_0000 + n as u64, v6);
         let (c, build_s) = build(&rules);
         let r = measure(opts, &c, &rules, &keys);
         report(
@@ -44,7 +46,8 @@ pub(crate) fn run(opts: &Opts) {
             build_s,
             json!({
                 "set": format!("{}k", n / 1000),
-                "target_ns_per_pkt": TARGET_NS,
+                "family": if v6 { "ipv6" } else { "ipv4" },
+                "target_ns_per_pkt": if n == 10_000 { json!(TARGET_NS) } else { Value::Null },
                 "meets_target": n < 10_000 || r.ours_ns <= TARGET_NS,
             }),
         );
@@ -105,8 +108,8 @@ fn report(opts: &Opts, r: harness::AbResult, c: &Classifier, build_s: f64, extra
         "batch": BATCH,
         "bytes": c.bytes(),
         "build_s": round3(build_s),
-        "reads_per_pkt": c.reads_per_lookup(nf_core::Family::V4),
-        "parts": c.parts(nf_core::Family::V4),
+        "reads_per_pkt": c.reads_per_lookup(Family::V4).max(c.reads_per_lookup(Family::V6)),
+        "parts": c.parts(Family::V4).max(c.parts(Family::V6)),
     });
     if let (Value::Object(f), Value::Object(e)) = (&mut fields, extra) {
         f.extend(e);
@@ -167,17 +170,38 @@ fn measure(opts: &Opts, c: &Classifier, rules: &[Match], keys: &[ClassKey]) -> h
     )
 }
 
-fn prefix(rng: &mut Rng, lo: u64, hi: u64) -> Prefix {
-    let len = (lo + rng.below(hi - lo + 1)) as u8;
-    Prefix::masked(IpAddr::V4(Ipv4Addr::from_bits(rng.next_u64() as u32)), len)
-        .unwrap_or(Prefix::ANY_V4)
+/// A random address of the family as an integer (IPv6 under 2000::/3).
+fn random_addr(rng: &mut Rng, v6: bool) -> u128 {
+    if v6 {
+        let a = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+        (1 << 125) | a >> 3
+    } else {
+        u128::from(rng.next_u64() as u32)
+    }
 }
 
-/// `n` rules from prefix lists (see the module docs), then deny-all.
-fn acl_rules(n: usize) -> Vec<Match> {
+fn ip(a: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from_bits(a))
+    } else {
+        IpAddr::V4(Ipv4Addr::from_bits(a as u32))
+    }
+}
+
+/// A random prefix of length `lo..=hi` (IPv4), or four times as long (IPv6).
+fn prefix(rng: &mut Rng, lo: u64, hi: u64, v6: bool) -> Prefix {
+    let len = (lo + rng.below(hi - lo + 1)) as u8 * if v6 { 4 } else { 1 };
+    let a = random_addr(rng, v6);
+    Prefix::masked(ip(a, v6), len).unwrap_or(Prefix::ANY_V4)
+}
+
+/// `n` rules from prefix lists (see the module docs), then deny-all; IPv6 prefixes are four
+/// times as long (sources /32–/128, destinations /64–/128).
+fn acl_rules(n: usize, v6: bool) -> Vec<Match> {
     let mut rng = Rng::new(0x5eed_0000_0ac1_0001);
-    let src: Vec<Prefix> = (0..64).map(|_| prefix(&mut rng, 8, 32)).collect();
-    let dst: Vec<Prefix> = (0..256).map(|_| prefix(&mut rng, 16, 32)).collect();
+    let src: Vec<Prefix> = (0..64).map(|_| prefix(&mut rng, 8, 32, v6)).collect();
+    let dst: Vec<Prefix> = (0..256).map(|_| prefix(&mut rng, 16, 32, v6)).collect();
+    let any = if v6 { Match::any_v6() } else { Match::any_v4() };
     let services: Vec<PortRange> = (0..48)
         .map(|i| {
             let lo = rng.below(10_000) as u16;
@@ -190,7 +214,7 @@ fn acl_rules(n: usize) -> Vec<Match> {
         .collect();
     let mut rules: Vec<Match> = (0..n - 1)
         .map(|_| {
-            let m = Match::any_v4()
+            let m = any
                 .src(src[rng.below(src.len() as u64) as usize])
                 .dst(dst[rng.below(dst.len() as u64) as usize]);
             let p = rng.below(100);
@@ -210,39 +234,44 @@ fn acl_rules(n: usize) -> Vec<Match> {
             }
         })
         .collect();
-    rules.push(Match::any_v4());
+    rules.push(any);
     rules
 }
 
 /// Keys inside random rules (90%) and random keys (10%).
-fn benign_keys(rules: &[Match], seed: u64) -> Vec<ClassKey> {
+fn benign_keys(rules: &[Match], seed: u64, v6: bool) -> Vec<ClassKey> {
     let mut rng = Rng::new(seed);
-    let inside = |p: &Prefix, r: u64| {
-        let IpAddr::V4(a) = p.addr() else { return 0 };
-        let host = (r as u32).checked_shr(u32::from(p.length())).unwrap_or(0);
-        a.to_bits() | host
+    let width = if v6 { 128 } else { 32 };
+    let inside = |p: &Prefix, r: u128| {
+        let a = match p.addr() {
+            IpAddr::V4(a) => u128::from(a.to_bits()),
+            IpAddr::V6(a) => a.to_bits(),
+        };
+        let host = (r & (u128::MAX >> (128 - width)))
+            .checked_shr(u32::from(p.length()))
+            .unwrap_or(0);
+        a | host
     };
     let pick = |r: &PortRange, x: u64| r.lo() + (x % (u64::from(r.hi() - r.lo()) + 1)) as u16;
     (0..KEYS)
         .map(|_| {
+            let mut k = ClassKey::default();
+            k.family = if v6 { Family::V6 } else { Family::V4 };
             if rng.below(10) == 0 {
-                let r = rng.next_u64();
-                return ClassKey::v4(
-                    Ipv4Addr::from_bits(r as u32),
-                    Ipv4Addr::from_bits((r >> 32) as u32),
-                    6,
-                    rng.next_u64() as u16,
-                    rng.next_u64() as u16,
-                );
+                k.src = random_addr(&mut rng, v6);
+                k.dst = random_addr(&mut rng, v6);
+                k.proto = 6;
+                k.src_port = rng.next_u64() as u16;
+                k.dst_port = rng.next_u64() as u16;
+                return k;
             }
             let m = rules[rng.below(rules.len() as u64) as usize];
-            ClassKey::v4(
-                Ipv4Addr::from_bits(inside(&m.src, rng.next_u64())),
-                Ipv4Addr::from_bits(inside(&m.dst, rng.next_u64())),
-                m.proto.unwrap_or(6),
-                pick(&m.src_ports, rng.next_u64()),
-                pick(&m.dst_ports, rng.next_u64()),
-            )
+            k.src = inside(&m.src, random_addr(&mut rng, true));
+            k.dst = inside(&m.dst, random_addr(&mut rng, true));
+            k.proto = m.proto.unwrap_or(6);
+            k.src_port = pick(&m.src_ports, rng.next_u64());
+            k.dst_port = pick(&m.dst_ports, rng.next_u64());
+            k
         })
         .collect()
 }
