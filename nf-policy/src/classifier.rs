@@ -29,13 +29,14 @@
 //! ([`Classifier::reads_per_lookup`]).
 //! Phase-0 tables hold 8-bit class ids where a chunk has at most 256 classes, 16-bit ones
 //! otherwise (a 64 Ki-entry table is 64 or 128 KiB, so that random headers, which touch all
-//! of it, stay in the L2 cache); a node's index is
+//! of it, stay in the L2 cache), and node tables 16-bit entries when all fit; a node's index is
 //! `left × n_right + right`. A chunk with a single class is stored as one entry read at
 //! index 0.
 //!
 //! # Memory and build-time bounds
 //!
-//! A node's table has `n_left × n_right` entries of 4 bytes; the classes of a chunk are at
+//! A node's table has `n_left × n_right` entries of 4 bytes (2 once they all turn out to fit
+//! 16 bits; the budget counts 4 until then); the classes of a chunk are at
 //! most `2r + 1` for `r` rules, and of a node at most `min(n_left × n_right, 2^r)`. That
 //! product can grow quickly for rule sets that cross many distinct source prefixes with many
 //! distinct destination prefixes (the price RFC pays for its fixed lookup), so the builder
@@ -959,7 +960,8 @@ struct Leaf {
     narrow: bool,
 }
 
-/// A cross-product table: `table[offset + values[left] × stride + values[right]]`.
+/// A cross-product table: `table[offset + values[left] × stride + values[right]]`, or
+/// `table_narrow[..]` if `narrow` (every entry below 2^16).
 #[derive(Clone, Copy, Debug)]
 struct Node {
     left: usize,
@@ -967,6 +969,7 @@ struct Node {
     /// The right child's number of classes.
     stride: u32,
     offset: usize,
+    narrow: bool,
 }
 
 /// One family's tables.
@@ -981,6 +984,8 @@ struct Tree {
     leaf_narrow: Vec<u8>,
     /// Node tables: class ids, at the root the first rule's index + 1.
     table: Vec<u32>,
+    /// Node tables whose entries all fit 16 bits.
+    table_narrow: Vec<u16>,
     /// Some rule has this family (otherwise every lookup misses without a read).
     live: bool,
 }
@@ -995,7 +1000,7 @@ impl fmt::Debug for Tree {
                 "leaf_entries",
                 &(self.leaf_table.len() + self.leaf_narrow.len()),
             )
-            .field("entries", &self.table.len())
+            .field("entries", &(self.table.len() + self.table_narrow.len()))
             .finish()
     }
 }
@@ -1003,10 +1008,21 @@ impl fmt::Debug for Tree {
 impl Tree {
     fn bytes(&self) -> usize {
         self.table.capacity() * 4
+            + self.table_narrow.capacity() * 2
             + self.leaf_table.capacity() * 2
             + self.leaf_narrow.capacity()
             + self.leaves.capacity() * size_of::<Leaf>()
             + self.nodes.capacity() * size_of::<Node>()
+    }
+
+    /// Entry `at` of node `n`'s table.
+    #[inline(always)]
+    fn node_entry(&self, n: &Node, at: usize) -> u32 {
+        if n.narrow {
+            u32::from(self.table_narrow.get(at).copied().unwrap_or(0))
+        } else {
+            self.table.get(at).copied().unwrap_or(0)
+        }
     }
 
     /// The class of chunk value `v` in `leaf`'s table.
@@ -1034,8 +1050,7 @@ impl Tree {
         for (j, n) in self.nodes.iter().enumerate() {
             let l = vals.get(n.left).copied().unwrap_or(0) as usize;
             let r = vals.get(n.right).copied().unwrap_or(0) as usize;
-            let at = n.offset + l * n.stride as usize + r;
-            last = self.table.get(at).copied().unwrap_or(0);
+            last = self.node_entry(n, n.offset + l * n.stride as usize + r);
             if let Some(v) = vals.get_mut(self.leaves.len() + j) {
                 *v = last;
             }
@@ -1090,12 +1105,17 @@ impl Tree {
             else {
                 return;
             };
-            for ((v, &l), &r) in row.iter_mut().zip(lrow).zip(rrow).take(idx.len()) {
-                *v = self
-                    .table
-                    .get(n.offset + l as usize * n.stride as usize + r as usize)
-                    .copied()
-                    .unwrap_or(0);
+            let at = |l: u32, r: u32| n.offset + l as usize * n.stride as usize + r as usize;
+            let row = row.iter_mut().zip(lrow).zip(rrow).take(idx.len());
+            // The width test is per node, outside the loop over keys.
+            if n.narrow {
+                for ((v, &l), &r) in row {
+                    *v = u32::from(self.table_narrow.get(at(l, r)).copied().unwrap_or(0));
+                }
+            } else {
+                for ((v, &l), &r) in row {
+                    *v = self.table.get(at(l, r)).copied().unwrap_or(0);
+                }
             }
         }
         if let Some(root) = vals.get(first + self.nodes.len() - 1) {
@@ -1166,18 +1186,32 @@ impl Tree {
                 let wild = prune.wild(cover);
                 let set = tree.combine(&left, &right, root.then_some(&ids), &wild, budget)?;
                 covers.push(cover);
-                tree.nodes.push(Node {
+                // A table whose entries all fit 16 bits moves to the narrow tables.
+                let fresh = tree.table.get(offset..).unwrap_or(&[]);
+                let narrow = fresh.iter().all(|&e| e <= u32::from(u16::MAX));
+                let mut node = Node {
                     left: l,
                     right: r,
                     stride: right.len,
                     offset,
-                });
+                    narrow,
+                };
+                if narrow {
+                    node.offset = tree.table_narrow.len();
+                    budget.refund(fresh.len() * 2);
+                    let entries = fresh.iter().map(|&e| e.to_le_bytes());
+                    tree.table_narrow
+                        .extend(entries.map(|[a, b, _, _]| u16::from_le_bytes([a, b])));
+                    tree.table.truncate(offset);
+                }
+                tree.nodes.push(node);
                 next.push(classes.len());
                 classes.push(set);
             }
             frontier = next;
         }
         tree.table.shrink_to_fit();
+        tree.table_narrow.shrink_to_fit();
         tree.leaf_table.shrink_to_fit();
         tree.leaf_narrow.shrink_to_fit();
         Ok(tree)
@@ -1386,6 +1420,11 @@ impl Budget {
             });
         }
         Ok(())
+    }
+
+    /// Gives back `bytes` taken for a table that turned out smaller.
+    fn refund(&mut self, bytes: usize) {
+        self.used = self.used.saturating_sub(bytes);
     }
 
     fn take(&mut self, bytes: usize) -> Result<(), ClassifierError> {

@@ -184,7 +184,7 @@ fn rejects_bad_rules_with_typed_errors() {
 /// builder refuses under a small limit instead of allocating.
 #[test]
 fn refuses_rule_sets_over_the_memory_limit() {
-    let limit = ClassifierConfig::default().memory_limit(3 << 18);
+    let limit = ClassifierConfig::default().memory_limit(1 << 19);
     let mut b = ClassifierBuilder::new(limit.parts(1, 1));
     for i in 0..400u32 {
         let s = Prefix::v4(Ipv4Addr::from_bits(0x0a00_0000 | i << 8), 24).unwrap();
@@ -193,7 +193,7 @@ fn refuses_rule_sets_over_the_memory_limit() {
     }
     match b.build() {
         Err(ClassifierError::MemoryLimit { needed, limit }) => {
-            assert_eq!(limit, 3 << 18);
+            assert_eq!(limit, 1 << 19);
             assert!(needed > limit);
         }
         other => panic!("expected MemoryLimit, got {other:?}"),
@@ -201,7 +201,7 @@ fn refuses_rule_sets_over_the_memory_limit() {
     // The same rules under the default limit build and agree with the reference.
     let rules = b.rules().to_vec();
     let c = build(&rules);
-    assert!(c.bytes() > 3 << 18);
+    assert!(c.bytes() > 1 << 19);
     assert_eq!(c.parts(Family::V4), 1);
     let k = ClassKey::v4(
         Ipv4Addr::new(10, 0, 5, 1),
