@@ -149,6 +149,12 @@ drop_reasons! {
     /// TCP window tracking: a reset whose sequence number is outside the window (RST
     /// injection).
     TcpRstOutOfWindow => "tcp_rst_out_of_window",
+    /// A network ACL denied the packet: a deny rule matched first, or no rule matched (the
+    /// implicit deny).
+    AclDenied => "acl_denied",
+    /// Security groups: no rule of the interface's groups allows the new flow (groups are
+    /// allow-only; packets of admitted sessions, replies included, are not checked again).
+    SgDenied => "sg_denied",
 }
 
 impl fmt::Display for DropReason {

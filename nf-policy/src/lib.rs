@@ -1,6 +1,15 @@
-//! Policy for nf: prefix matching and rate limits (security groups and network ACLs are still
-//! to come).
+//! Policy for nf: packet classification, network ACLs, security groups, prefix matching and
+//! rate limits.
 //!
+//! - [`classifier`]: a multi-field packet [`Classifier`] (IPv4/IPv6 prefixes, protocol, port
+//!   ranges, ICMP type/code; first match wins) by Recursive Flow Classification: a fixed number
+//!   of table reads per lookup whatever the rules, their masks or the traffic (no tuple-space
+//!   explosion), built off the hot path under a memory limit, classified in batches.
+//! - [`acl`]: network ACLs ([`Acl`], [`NetworkAcl`]): numbered allow/deny rules, first match
+//!   wins, implicit deny, inbound and outbound lists; the [`AclStage`] with per-rule hits.
+//! - [`sg`]: security groups ([`SecurityGroups`]), allow-only and stateful, as a connection
+//!   tracking session service: new flows classified once, return traffic passes, rule swaps
+//!   keep established flows.
 //! - [`lpm`]: longest-prefix match for IPv4 ([`Ipv4Lpm`], DIR-24-8 or 16-8-8) and IPv6
 //!   ([`Ipv6Lpm`], 16-bit root then 8-bit strides), built by validating builders off the hot
 //!   path, immutable, looked up singly or in batches.
@@ -40,12 +49,22 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod acl;
+pub mod classifier;
 pub mod elastic;
 pub mod lpm;
 pub mod meter;
 pub mod route;
+pub mod sg;
 pub mod source;
 
+pub use acl::{
+    Acl, AclAction, AclBuilder, AclDirection, AclError, AclRule, AclStage, AclVerdict, NetworkAcl,
+};
+pub use classifier::{
+    ClassKey, Classifier, ClassifierBuilder, ClassifierConfig, ClassifierError, Match, PortRange,
+    Prefix,
+};
 pub use elastic::{
     Admission, ElasticConfig, ElasticCounters, ElasticDimension, ElasticLimiter, SpendRate,
 };
@@ -54,6 +73,10 @@ pub use meter::{
     BucketConfig, Color, MeterConfigError, SrTcm, SrTcmConfig, TokenBucket, TrTcm, TrTcmConfig,
 };
 pub use route::{MissAction, RouteStage, RouteTable, RouteTables};
+pub use sg::{
+    SecurityGroups, SgConfig, SgDecision, SgDirection, SgError, SgPeer, SgRule, SgRuleSet,
+    SgRuleSetBuilder, SgTables,
+};
 pub use source::{
     IpLimit, SourceCounters, SourceLimitConfig, SourceLimitError, SourceLimits, WhenFull,
 };

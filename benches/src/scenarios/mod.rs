@@ -3,6 +3,7 @@
 
 use crate::harness::Opts;
 
+mod acl;
 mod conntrack_hit;
 mod conntrack_insert;
 mod conntrack_stage;
@@ -90,5 +91,10 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "lpm",
         about: "longest-prefix match, 1M IPv4 prefixes, batches of 64, DIR-24-8 and 16-8-8 (vs prefix-trie)",
         run: lpm::run,
+    },
+    Scenario {
+        name: "acl",
+        about: "classify batches of 64 keys against 1k and 10k ACL rules and a tuple-space-explosion set, adversarial vs benign traffic (vs a linear scan)",
+        run: acl::run,
     },
 ];
