@@ -143,6 +143,12 @@ drop_reasons! {
     FragmentNoSession => "fragment_no_session",
     /// A session service refused a new flow without a reason of its own.
     ServiceRefused => "service_refused",
+    /// Load balancing: the session's backend is down and its listener resets such flows
+    /// rather than re-hashing them.
+    LbBackendDown => "lb_backend_down",
+    /// Load balancing: the listener's new-flow rate is above its limit (the flow is served
+    /// statelessly unless another service drops it for this reason).
+    LbNewFlowRate => "lb_new_flow_rate",
 }
 
 impl fmt::Display for DropReason {

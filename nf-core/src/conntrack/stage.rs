@@ -552,7 +552,9 @@ impl<S: SessionService> Conntrack<S> {
                         DropReason::SessionKeyConflict
                     }
                 };
-                self.decide(pkt, Verdict::Drop(reason));
+                // The service may still forward the packet without a session.
+                let verdict = self.service.on_refused(now, reason, pkt);
+                self.decide(pkt, verdict);
                 None
             }
         }
