@@ -20,9 +20,9 @@
 //! - A flow whose backend is down or gone is re-hashed on its next packet (counted
 //!   `rehashed`; [`OnDown::Rehash`], encapsulation only) or dropped with
 //!   [`DropReason::LbBackendDown`] (counted `reset`; [`OnDown::Reset`]).
-//! - A new flow that the table cannot hold (full, zone quota) or that is above its
-//!   listener's [`NewFlowLimit`] is forwarded by the hash alone (counted `stateless`), never
-//!   dropped for lack of state.
+//! - A packet to a listener whose flow has no session and gets none (table full, zone
+//!   quota, above its listener's [`NewFlowLimit`], a packet that may not open a session) is
+//!   forwarded by the hash alone (counted `stateless`), never dropped for lack of state.
 //! - No allocation on the packet path; [`Lb::set_listeners`] allocates.
 
 use crate::backend::BackendId;
@@ -71,7 +71,8 @@ pub struct LbCounters {
     pub new_flows: u64,
     /// New flows that matched no listener (passed untouched).
     pub no_listener: u64,
-    /// Packets forwarded by the hash alone (no session: table full, zone quota, rate).
+    /// Packets forwarded by the hash alone (no session: table full, zone quota,
+    /// rate, a packet that may not open one).
     pub stateless: u64,
     /// New flows above their listener's rate limit (then served statelessly).
     pub rate_limited: u64,
@@ -114,11 +115,14 @@ struct Slot {
     vip: [u8; 16],
     /// Backend port (DNAT; 0 keeps the flow's).
     port: u16,
+    /// In the current configuration.
+    member: bool,
     /// Up or draining in the current configuration.
     serving: bool,
     forwarding: Forwarding,
     on_down: OnDown,
-    /// Index of the listener in the current configuration, [`NONE`] if it left.
+    /// Index of its listener in the current configuration (also after the backend left its
+    /// pool, to re-hash its flows), [`NONE`] if the listener left.
     listener: u32,
     next_hop: u32,
     /// Sessions that hold this slot.
@@ -201,7 +205,9 @@ impl Bucket {
 ///   and replies' source back to the VIP, encapsulation writes the member's
 ///   [`next_hop`](crate::PoolMember::next_hop) to [`Meta::next_hop`](nf_core::Meta::next_hop).
 /// - A flow whose backend is down: see [`OnDown`].
-/// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`]) a packet is
+/// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], or a packet
+///   that may not open one: a TCP segment other than a SYN after an ECMP change in front of
+///   the load balancers, or after its SYN was served statelessly) a packet to a listener is
 ///   forwarded by the hash alone ([`SessionService::on_refused`]). Under DNAT the replies of
 ///   such a flow find no session and are not un-NATed: prefer encapsulation (direct server
 ///   return) where the fallback must carry whole connections.
@@ -277,7 +283,7 @@ impl Lb {
     pub fn set_listeners(&mut self, listeners: Listeners) {
         // Free the slots that left an earlier configuration and whose sessions all ended.
         for (i, (slot, id)) in self.slots.iter_mut().zip(self.ids.iter_mut()).enumerate() {
-            if slot.listener == NONE
+            if !slot.member
                 && slot.sessions == 0
                 && let Some(k) = id.take()
             {
@@ -286,7 +292,7 @@ impl Lb {
             }
         }
         for s in &mut self.slots {
-            s.listener = NONE;
+            s.member = false;
             s.serving = false;
         }
         self.members.clear();
@@ -311,6 +317,7 @@ impl Lb {
                     addr: t.map_or([0; 16], |t| t.addr),
                     vip,
                     port: t.map_or(0, |t| t.port),
+                    member: true,
                     serving: member.is_some_and(|m| m.health != Health::Down),
                     forwarding: l.forwarding(),
                     on_down: l.on_down(),
@@ -354,6 +361,22 @@ impl Lb {
             }
             self.members.push(of_table);
             self.buckets.push(Bucket::new(l.new_flow_limit()));
+        }
+        // Slots that left keep their sessions' listener, to re-hash them there.
+        let position: BTreeMap<ListenerKey, u32> = listeners
+            .listeners()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (listener_key(&l.on()), i as u32))
+            .collect();
+        for (s, id) in self.slots.iter_mut().zip(&self.ids) {
+            if !s.member {
+                let l = id.and_then(|(k, _)| position.get(&k).copied());
+                s.listener = l.unwrap_or(NONE);
+                if let Some(l) = l.and_then(|l| listeners.listeners().get(l as usize)) {
+                    s.on_down = l.on_down();
+                }
+            }
         }
         self.listeners = listeners;
         self.counters.swaps += 1;
@@ -542,6 +565,7 @@ impl SessionService for Lb {
             DropReason::SessionTableFull
                 | DropReason::ZoneQuotaExceeded
                 | DropReason::LbNewFlowRate
+                | DropReason::NoSession
         ) {
             return Verdict::Drop(reason);
         }

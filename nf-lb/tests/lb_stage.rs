@@ -401,3 +401,29 @@ fn stateless_fallback_when_full_and_above_the_rate() {
     assert_eq!(ct.service().counters().rate_limited, 15);
     assert_eq!(ct.service().counters().stateless, 15);
 }
+
+#[test]
+fn mid_stream_tcp_without_a_session_is_forwarded_by_the_hash() {
+    // An ECMP change in front sent an established connection here: no SYN, no session.
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap()),
+        64,
+    );
+    let out = run(&mut p, &[ack(5555)]);
+    assert_eq!(out[0].meta.verdict, Verdict::Pass);
+    assert!(out[0].meta.session.is_none());
+    let k = nf_core::FlowKey::v4(nf_core::ZoneId(0), CLIENT4, VIP4, proto::TCP, 5555, 80);
+    let l = &p.second.service().listeners().listeners()[0];
+    assert_eq!(
+        &l.backend_for(&k).unwrap().id.as_bytes()[1..5],
+        &dst_of(&out[0])
+    );
+    reparse(out[0].data());
+    // Not to a listener: still dropped.
+    let stray = Frame::ipv4(CLIENT4, [192, 0, 2, 99])
+        .tcp(1, 80, 0x10)
+        .to_vec()
+        .unwrap();
+    let out = run(&mut p, &[stray]);
+    assert_eq!(out[0].meta.verdict, Verdict::Drop(DropReason::NoSession));
+}

@@ -51,8 +51,9 @@
 //!   Both keys are then inserted at once: no packet can ever see the session without its
 //!   translation (unlike a port chosen before the entry is confirmed, Linux's race behind
 //!   the Kubernetes DNS delays).
-//! - **No session.** When the flow is not created after all (a service refused it, the table
-//!   is full or over the zone quota, the keys conflict), [`SessionService::on_refused`]
+//! - **No session.** When a packet without a session does not create one (its zone's policy
+//!   does not let it, a service refused the flow, the table is full or over the zone quota,
+//!   the keys conflict), [`SessionService::on_refused`]
 //!   gives the packet's verdict: by default the drop with the reason; a service that can
 //!   serve the packet without state (a load balancer forwarding by the hash alone) may
 //!   pass it. In a tuple, the packet passes only if every service passes it.

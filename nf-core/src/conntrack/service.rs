@@ -20,8 +20,9 @@ use crate::verdict::{DropReason, Verdict};
 ///   at once only after every service admitted the flow, so no packet ever sees the session
 ///   without its translation; a refusal drops the packet with the service's reason and leaves
 ///   nothing behind. Then [`on_packet`](Self::on_packet) runs for the first packet too.
-///   Whenever the flow is not created (a service refused it, the table is full or over the
-///   zone quota, its keys conflict), [`on_refused`](Self::on_refused) decides the packet's
+///   Whenever the flow is not created (the zone's policy does not let this packet open it, a
+///   service refused it, the table is full or over the zone quota, its keys conflict),
+///   [`on_refused`](Self::on_refused) decides the packet's
 ///   verdict: a drop with the reason unless every service forwards it without state.
 /// - **packet of a session**: [`on_packet`](Self::on_packet) with the packet's direction and
 ///   the service's part of the value, writable; it may rewrite the packet in place and
@@ -78,7 +79,8 @@ pub trait SessionService {
         Verdict::Pass
     }
 
-    /// A packet whose new flow was not created (`reason`: the table refused the insert,
+    /// A packet whose new flow was not created (`reason`: the zone's policy does not let
+    /// this packet open a session, [`DropReason::NoSession`]; the table refused the insert,
     /// full or over the zone quota; a service refused the flow; the keys conflict). The
     /// returned verdict is the packet's: the default keeps the drop with `reason`; a service
     /// that can forward without state (a load balancer hashing the flow) may rewrite the

@@ -475,7 +475,8 @@ impl<S: SessionService> Conntrack<S> {
             Ok(true) => {}
             Ok(false) => {
                 self.stats.no_session += 1;
-                self.decide(pkt, Verdict::Drop(DropReason::NoSession));
+                let verdict = self.service.on_refused(now, DropReason::NoSession, pkt);
+                self.decide(pkt, verdict);
                 return None;
             }
             Err(reason) => {
