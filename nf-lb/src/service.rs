@@ -513,9 +513,10 @@ impl SessionService for Lb {
                     key.src_port,
                 ),
             };
-            if !new.is_free(&reply) || new.set_reply(reply).is_err() {
-                return Err(DropReason::SessionKeyConflict);
-            }
+            // A tuple another session holds makes the insert fail as a key conflict (checked
+            // there, without a probe of our own).
+            new.set_reply(reply)
+                .map_err(|_| DropReason::SessionKeyConflict)?;
         }
         s.sessions = s.sessions.saturating_add(1);
         self.counters.new_flows += 1;

@@ -427,3 +427,34 @@ fn mid_stream_tcp_without_a_session_is_forwarded_by_the_hash() {
     let out = run(&mut p, &[stray]);
     assert_eq!(out[0].meta.verdict, Verdict::Drop(DropReason::NoSession));
 }
+
+#[test]
+fn a_taken_backend_tuple_is_a_key_conflict() {
+    // Two VIPs on the same backend: the same client port to both would share the reply key.
+    let other = ListenerMatch::Port {
+        vip: [192, 0, 2, 2].into(),
+        port: 80,
+        proto: proto::TCP,
+    };
+    let one = || Pool::new([PoolMember::new(BackendId::v4([10, 0, 1, 1], 8080), 1)]);
+    let lb =
+        Lb::new(Listeners::new(vec![listener(web4(), one()), listener(other, one())]).unwrap());
+    let mut p = pipeline(lb, 64);
+    let a = run(&mut p, &[syn(7000)]);
+    assert_eq!(a[0].meta.verdict, Verdict::Pass);
+    let b = Frame::ipv4(CLIENT4, [192, 0, 2, 2])
+        .tcp(7000, 80, 0x02)
+        .to_vec()
+        .unwrap();
+    let b = run(&mut p, &[b]);
+    assert_eq!(
+        b[0].meta.verdict,
+        Verdict::Drop(DropReason::SessionKeyConflict)
+    );
+    let ct = &p.second;
+    assert_eq!((ct.len(), ct.stats().key_conflict), (1, 1));
+    // The aborted creation released its slot's count.
+    let id = BackendId::v4([10, 0, 1, 1], 8080);
+    assert_eq!(ct.service().sessions_of(&other, &id), 0);
+    assert_eq!(ct.service().sessions_of(&web4(), &id), 1);
+}
