@@ -108,3 +108,69 @@ fn write16(data: &mut [u8], at: usize, v: u16) {
         b.copy_from_slice(&v.to_be_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+    use nf_core::checksum::{checksum, pseudo_header_v4, pseudo_header_v6, sum};
+    use nf_core::wire::Frame;
+    use proptest::prelude::*;
+
+    /// The transport checksum over the pseudo-header and segment, recomputed in full.
+    fn full_l4(d: &[u8], l3: usize, l4: usize, prot: u8, v6: bool) -> u16 {
+        let seg = &d[l4..];
+        let pseudo = if v6 {
+            let a = |at: usize| <[u8; 16]>::try_from(&d[at..at + 16]).unwrap_or([0; 16]);
+            pseudo_header_v6(&a(l3 + 8), &a(l3 + 24), prot, seg.len() as u32)
+        } else {
+            let a = |at: usize| <[u8; 4]>::try_from(&d[at..at + 4]).unwrap_or([0; 4]);
+            pseudo_header_v4(a(l3 + 12), a(l3 + 16), prot, seg.len() as u16)
+        };
+        !nf_core::checksum::fold(sum(pseudo, seg))
+    }
+
+    proptest! {
+        /// Incremental updates equal a full recompute, both ends, both families, TCP and UDP.
+        #[test]
+        fn incremental_equals_full(
+            v6 in any::<bool>(), udp in any::<bool>(), src in any::<bool>(),
+            addr in any::<[u8; 16]>(), port in any::<u16>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let f = if v6 {
+                Frame::ipv6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7], [0xfd; 16])
+            } else {
+                Frame::ipv4([198, 51, 100, 7], [192, 0, 2, 1])
+            };
+            let f = if udp { f.udp(40_000, 53) } else { f.tcp(40_000, 80, 0x10) };
+            let frame: Vec<u8> = f.payload(&payload).to_vec().unwrap_or_default();
+            let mut p = Packet::with_headroom(&frame, 0);
+            let mut meta = p.meta;
+            prop_assert!(nf_core::parse_frame(p.data(), &mut meta, &nf_core::ParseConfig::default()).is_ok());
+            p.meta = meta;
+            let (l3, l4) = (usize::from(p.meta.l3), usize::from(p.meta.l4));
+            let end = if src { End::Src } else { End::Dst };
+            rewrite(&mut p, end, &addr, port);
+            let d = p.data();
+            let prot = if udp { proto::UDP } else { proto::TCP };
+            if !v6 {
+                prop_assert_eq!(checksum(&d[l3..l3 + 20]), 0, "IPv4 header");
+            }
+            let at = l4 + if udp { 6 } else { 16 };
+            let stored = u16::from_be_bytes([d[at], d[at + 1]]);
+            let mut zeroed = d.to_vec();
+            zeroed[at] = 0;
+            zeroed[at + 1] = 0;
+            let want = full_l4(&zeroed, l3, l4, prot, v6);
+            let want = if udp && want == 0 { 0xffff } else { want };
+            prop_assert_eq!(stored, want);
+            let a = l3 + match (v6, src) { (true, true) => 8, (true, false) => 24, (false, true) => 12, (false, false) => 16 };
+            let n = if v6 { 16 } else { 4 };
+            prop_assert_eq!(&d[a..a + n], &addr[..n]);
+            let pa = l4 + if src { 0 } else { 2 };
+            let got_port = u16::from_be_bytes([d[pa], d[pa + 1]]);
+            prop_assert_eq!(got_port, if port == 0 { if src { 40_000 } else if udp { 53 } else { 80 } } else { port });
+        }
+    }
+}
