@@ -212,7 +212,10 @@ impl Bucket {
 ///   such a flow find no session and are not un-NATed: prefer encapsulation (direct server
 ///   return) where the fallback must carry whole connections.
 /// - Flows that match no listener pass untouched (their session is still created).
-/// - Related packets (ICMP errors, later fragments) pass untouched.
+/// - Related packets (ICMP errors, later fragments) pass untouched (not translated yet).
+/// - Session values name this instance's member slots: sessions imported from another node
+///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed through
+///   the table directly (bypassing [`SessionService::on_end`]) are not supported.
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
