@@ -32,7 +32,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
-use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict};
+use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
 
 /// No slot: the flow matched no listener.
 const NONE: u32 = u32::MAX;
@@ -212,7 +212,9 @@ impl Bucket {
 ///   such a flow find no session and are not un-NATed: prefer encapsulation (direct server
 ///   return) where the fallback must carry whole connections.
 /// - Flows that match no listener pass untouched (their session is still created).
-/// - Related packets (ICMP errors, later fragments) pass untouched (not translated yet).
+/// - Later fragments (related to their first fragment's session) are forwarded like the
+///   session's other packets, addresses only; ICMP errors pass untouched (not translated
+///   yet).
 /// - Session values name this instance's member slots: sessions imported from another node
 ///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed through
 ///   the table directly (bypassing [`SessionService::on_end`]) are not supported.
@@ -556,6 +558,30 @@ impl SessionService for Lb {
                 Verdict::Pass
             }
         }
+    }
+
+    /// Later fragments follow their session like its other packets (addresses only: they
+    /// carry no ports); ICMP errors pass untouched.
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut LbSession,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if !pkt.meta.has(flags::LATER_FRAGMENT) || value.slot == NONE {
+            return Verdict::Pass;
+        }
+        let serving = self
+            .slots
+            .get(value.slot as usize)
+            .is_some_and(|s| s.serving);
+        if direction == Direction::Original && !serving {
+            // No ports to re-hash by: the datagram is lost either way.
+            self.counters.reset += 1;
+            return Verdict::Drop(DropReason::LbBackendDown);
+        }
+        self.on_packet(now, direction, value, pkt)
     }
 
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(

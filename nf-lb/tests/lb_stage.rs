@@ -458,3 +458,53 @@ fn a_taken_backend_tuple_is_a_key_conflict() {
     assert_eq!(ct.service().sessions_of(&other, &id), 0);
     assert_eq!(ct.service().sessions_of(&web4(), &id), 1);
 }
+
+/// The two fragments of a UDP datagram from the client to the VIP (the first with the
+/// UDP header and 16 bytes, the second with the rest).
+fn fragments(sport: u16) -> [Vec<u8>; 2] {
+    let whole = Frame::ipv4(CLIENT4, VIP4)
+        .udp(sport, 53)
+        .payload(&[0x5a; 40])
+        .to_vec()
+        .unwrap();
+    let (l3, cut) = (14, 14 + 20 + 24);
+    let part = |data: &[u8], offset_flags: u16| {
+        let mut f = whole[..l3 + 20].to_vec();
+        f.extend_from_slice(data);
+        let len = (20 + data.len()) as u16;
+        f[l3 + 2..l3 + 4].copy_from_slice(&len.to_be_bytes());
+        f[l3 + 4..l3 + 6].copy_from_slice(&0x1234u16.to_be_bytes());
+        f[l3 + 6..l3 + 8].copy_from_slice(&offset_flags.to_be_bytes());
+        f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let c = nf_core::checksum::checksum(&f[l3..l3 + 20]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    [part(&whole[l3 + 20..cut], 0x2000), part(&whole[cut..], 3)]
+}
+
+#[test]
+fn later_fragments_follow_their_session() {
+    let on = ListenerMatch::Port {
+        vip: VIP4.into(),
+        port: 53,
+        proto: proto::UDP,
+    };
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(on, backends4(3))]).unwrap()),
+        64,
+    );
+    let [first, later] = fragments(6000);
+    let out = run(&mut p, &[first, later]);
+    assert!(out.iter().all(|o| o.meta.verdict == Verdict::Pass));
+    assert!(out[1].meta.has(nf_core::flags::RELATED));
+    assert_eq!(dst_of(&out[0])[..3], [10, 0, 1]);
+    assert_eq!(dst_of(&out[1]), dst_of(&out[0]));
+    for o in &out {
+        assert_eq!(
+            nf_core::checksum::checksum(&o.data()[14..34]),
+            0,
+            "IPv4 header"
+        );
+    }
+}
