@@ -74,6 +74,9 @@ pub struct LbCounters {
     /// Packets forwarded by the hash alone (no session: table full, zone quota,
     /// rate, a packet that may not open one).
     pub stateless: u64,
+    /// Packets from a DNAT backend without a session (answers to flows served statelessly),
+    /// un-NATed to the VIP by the hash alone.
+    pub stateless_replies: u64,
     /// New flows above their listener's rate limit (then served statelessly).
     pub rate_limited: u64,
     /// Flows moved to another backend because theirs went down.
@@ -125,9 +128,14 @@ struct Slot {
     /// pool, to re-hash its flows), [`NONE`] if the listener left.
     listener: u32,
     next_hop: u32,
+    /// The listener's port (DNAT replies without a session), 0 for a whole-VIP listener.
+    vip_port: u16,
     /// Sessions that hold this slot.
     sessions: u32,
 }
+
+/// A backend's tuple as its replies carry it: (IPv6, address, port).
+type ReplyTuple = (bool, [u8; 16], u16);
 
 /// A listener's identity, orderable.
 type ListenerKey = (u8, u128, u16, u8);
@@ -208,9 +216,12 @@ impl Bucket {
 /// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], or a packet
 ///   that may not open one: a TCP segment other than a SYN after an ECMP change in front of
 ///   the load balancers, or after its SYN was served statelessly) a packet to a listener is
-///   forwarded by the hash alone ([`SessionService::on_refused`]). Under DNAT the replies of
-///   such a flow find no session and are not un-NATed: prefer encapsulation (direct server
-///   return) where the fallback must carry whole connections.
+///   forwarded by the hash alone ([`SessionService::on_refused`]). Under DNAT the backend's
+///   answers then find no session either: a packet from a DNAT backend's address and port
+///   (its service tuple) without a session never gets one; its source is rewritten to the
+///   VIP and the listener's port (a whole-VIP listener keeps the port), counted
+///   `stateless_replies`. A backend in several DNAT listeners answers statelessly for one
+///   of them only.
 /// - Flows that match no listener pass untouched (their session is still created).
 /// - Later fragments (related to their first fragment's session) are forwarded like the
 ///   session's other packets, addresses only; ICMP errors pass untouched (not translated
@@ -259,6 +270,9 @@ pub struct Lb {
     free: Vec<u32>,
     /// Per listener: the slot of each of its table's backends (by table index).
     members: Vec<Vec<u32>>,
+    /// DNAT backends' tuples (family, address, port; port 0 for any) → slot, sorted: the
+    /// replies of flows served without a session are un-NATed through it.
+    replies: Vec<(ReplyTuple, u32)>,
     buckets: Vec<Bucket>,
     counters: LbCounters,
 }
@@ -273,6 +287,7 @@ impl Lb {
             index: BTreeMap::new(),
             free: Vec::new(),
             members: Vec::new(),
+            replies: Vec::new(),
             buckets: Vec::new(),
             counters: LbCounters::default(),
         };
@@ -301,6 +316,7 @@ impl Lb {
             s.serving = false;
         }
         self.members.clear();
+        self.replies.clear();
         self.buckets.clear();
         for (li, l) in listeners.listeners().iter().enumerate() {
             let lkey = listener_key(&l.on());
@@ -327,6 +343,10 @@ impl Lb {
                     forwarding: l.forwarding(),
                     on_down: l.on_down(),
                     listener: li as u32,
+                    vip_port: match l.on() {
+                        ListenerMatch::Port { port, .. } => port,
+                        ListenerMatch::Vip(_) => 0,
+                    },
                     next_hop: member.map_or(nf_core::NO_NEXT_HOP, |m| m.next_hop),
                     sessions: 0,
                 };
@@ -364,6 +384,14 @@ impl Lb {
                 };
                 of_table.push(i);
             }
+            if l.forwarding() == Forwarding::Dnat {
+                for (b, &i) in l.table().backends().iter().zip(&of_table) {
+                    if let Some(t) = target(&b.id) {
+                        self.replies
+                            .push(((t.family == Family::V6, t.addr, t.port), i));
+                    }
+                }
+            }
             self.members.push(of_table);
             self.buckets.push(Bucket::new(l.new_flow_limit()));
         }
@@ -383,6 +411,9 @@ impl Lb {
                 }
             }
         }
+        // A backend in several DNAT listeners answers for the first (by identity order).
+        self.replies.sort_unstable();
+        self.replies.dedup_by_key(|r| r.0);
         self.listeners = listeners;
         self.counters.swaps += 1;
     }
@@ -418,6 +449,20 @@ impl Lb {
     /// Member slots allocated (in the configuration or held by sessions).
     pub fn slots_in_use(&self) -> usize {
         self.index.len()
+    }
+
+    /// The DNAT slot whose backend sends from the flow's source (exact port, else a
+    /// port-keeping backend's).
+    fn reply_slot(&self, key: &FlowKey) -> Option<&Slot> {
+        let v6 = key.family() == Family::V6;
+        let find = |port| {
+            let t = (v6, *key.src_raw(), port);
+            self.replies.binary_search_by(|r| r.0.cmp(&t)).ok()
+        };
+        let i = find(key.src_port).or_else(|| find(0))?;
+        self.replies
+            .get(i)
+            .and_then(|&(_, s)| self.slots.get(s as usize))
     }
 
     /// The slot the flow hashes to in listener `li`'s table.
@@ -479,6 +524,11 @@ impl SessionService for Lb {
     ) -> Result<LbSession, DropReason> {
         let key = *new.original();
         let Some(li) = self.listeners.position(&key) else {
+            if self.reply_slot(&key).is_some() {
+                // A backend answering a flow served without a session: no session of its
+                // own; un-NATed statelessly (`on_refused`).
+                return Err(DropReason::NoSession);
+            }
             self.counters.no_listener += 1;
             return Ok(LbSession::default());
         };
@@ -600,10 +650,17 @@ impl SessionService for Lb {
             return Verdict::Drop(reason);
         }
         let key = pkt.meta.flow;
+        let Some(li) = self.listeners.position(&key) else {
+            // A backend's answer to a flow it was sent without a session.
+            let Some(s) = self.reply_slot(&key) else {
+                return Verdict::Drop(reason);
+            };
+            rewrite(pkt, End::Src, &s.vip, s.vip_port);
+            self.counters.stateless_replies += 1;
+            return Verdict::Pass;
+        };
         let Some(s) = self
-            .listeners
-            .position(&key)
-            .and_then(|li| self.hashed(li, &key))
+            .hashed(li, &key)
             .and_then(|i| self.slots.get(i as usize))
         else {
             return Verdict::Drop(reason);
@@ -625,6 +682,7 @@ impl SessionService for Lb {
             ("new_flows", c.new_flows),
             ("no_listener", c.no_listener),
             ("stateless", c.stateless),
+            ("stateless_replies", c.stateless_replies),
             ("rate_limited", c.rate_limited),
             ("rehashed", c.rehashed),
             ("reset", c.reset),

@@ -51,6 +51,14 @@ fn web4() -> ListenerMatch {
     }
 }
 
+fn dns4() -> ListenerMatch {
+    ListenerMatch::Port {
+        vip: VIP4.into(),
+        port: 53,
+        proto: proto::UDP,
+    }
+}
+
 type Pipeline = nf_core::Chain<ParseStage, Conntrack<Lb>>;
 
 fn pipeline(lb: Lb, sessions: u32) -> Pipeline {
@@ -117,11 +125,7 @@ fn reparse(frame: &[u8]) -> (IpAddr, IpAddr, u16, u16) {
 
 #[test]
 fn dnat_round_trip_ipv4_tcp_and_udp() {
-    let udp_on = ListenerMatch::Port {
-        vip: VIP4.into(),
-        port: 53,
-        proto: proto::UDP,
-    };
+    let udp_on = dns4();
     let lb = Lb::new(
         Listeners::new(vec![
             listener(web4(), backends4(3)),
@@ -485,11 +489,7 @@ fn fragments(sport: u16) -> [Vec<u8>; 2] {
 
 #[test]
 fn later_fragments_follow_their_session() {
-    let on = ListenerMatch::Port {
-        vip: VIP4.into(),
-        port: 53,
-        proto: proto::UDP,
-    };
+    let on = dns4();
     let mut p = pipeline(
         Lb::new(Listeners::new(vec![listener(on, backends4(3))]).unwrap()),
         64,
@@ -507,4 +507,49 @@ fn later_fragments_follow_their_session() {
             "IPv4 header"
         );
     }
+}
+
+#[test]
+fn answers_to_stateless_dnat_flows_are_un_nated() {
+    let udp_on = dns4();
+    let lb = Lb::new(
+        Listeners::new(vec![
+            listener(web4(), backends4(3)),
+            listener(
+                udp_on,
+                Pool::new([PoolMember::new(BackendId::v4([10, 0, 2, 1], 5353), 1)]),
+            ),
+        ])
+        .unwrap(),
+    );
+    // Room for one session: the first SYN gets it, the rest are served statelessly.
+    let mut p = pipeline(lb, 1);
+    for sport in 8000..8010u16 {
+        let out = run(&mut p, &[syn(sport)]);
+        let (_, dst, _, _) = reparse(out[0].data());
+        let IpAddr::V4(b) = dst else { panic!() };
+        let synack = Frame::ipv4(b.octets(), CLIENT4)
+            .tcp(8080, sport, 0x12)
+            .to_vec()
+            .unwrap();
+        let back = run(&mut p, &[synack]);
+        assert_eq!(back[0].meta.verdict, Verdict::Pass, "port {sport}");
+        let (src, dst, sp, dp) = reparse(back[0].data());
+        assert_eq!(
+            (src, dst, sp, dp),
+            (IpAddr::from(VIP4), IpAddr::from(CLIENT4), 80, sport)
+        );
+    }
+    // A UDP answer from a backend's service tuple never gets a session of its own.
+    let answer = Frame::ipv4([10, 0, 2, 1], CLIENT4)
+        .udp(5353, 9999)
+        .to_vec()
+        .unwrap();
+    let back = run(&mut p, &[answer]);
+    let (src, _, sp, _) = reparse(back[0].data());
+    assert_eq!((src, sp), (IpAddr::from(VIP4), 53));
+    assert!(back[0].meta.session.is_none());
+    let lb = p.second.service();
+    assert_eq!(lb.counters().stateless, 9);
+    assert_eq!(lb.counters().stateless_replies, 9 + 1);
 }
