@@ -545,7 +545,14 @@ impl SessionService for Lb {
             .ok_or(DropReason::ServiceRefused)?;
         if s.forwarding == Forwarding::Dnat {
             // Replies come from the backend's address and port.
-            let port = if s.port == 0 { key.dst_port } else { s.port };
+            // Ports move for TCP and UDP only (an ICMP query keeps its identifier).
+            let ports =
+                key.proto == nf_core::flow::proto::TCP || key.proto == nf_core::flow::proto::UDP;
+            let port = if s.port == 0 || !ports {
+                key.dst_port
+            } else {
+                s.port
+            };
             let reply = match key.family() {
                 Family::V4 => {
                     let [a, b, c, d, ..] = s.addr;

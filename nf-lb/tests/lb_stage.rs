@@ -553,3 +553,34 @@ fn answers_to_stateless_dnat_flows_are_un_nated() {
     assert_eq!(lb.counters().stateless, 9);
     assert_eq!(lb.counters().stateless_replies, 9 + 1);
 }
+
+#[test]
+fn icmp_echo_through_a_whole_vip_dnat_listener() {
+    use nf_core::wire::icmp::IcmpRepr;
+    let echo = |ty: u8| IcmpRepr {
+        ty,
+        code: 0,
+        checksum: 0,
+        ident: 77,
+        seq: 1,
+    };
+    let lb = Lb::new(
+        Listeners::new(vec![listener(
+            ListenerMatch::Vip(VIP4.into()),
+            backends4(2),
+        )])
+        .unwrap(),
+    );
+    let mut p = pipeline(lb, 64);
+    let req = Frame::ipv4(CLIENT4, VIP4).icmp(echo(8)).to_vec().unwrap();
+    let out = run(&mut p, &[req]);
+    assert_eq!(out[0].meta.verdict, Verdict::Pass);
+    let b = dst_of(&out[0]);
+    assert_eq!(b[..3], [10, 0, 1]);
+    let reply = Frame::ipv4(b, CLIENT4).icmp(echo(0)).to_vec().unwrap();
+    let back = run(&mut p, &[reply]);
+    assert_eq!(back[0].meta.direction, nf_core::Direction::Reply);
+    let l3 = usize::from(back[0].meta.l3);
+    assert_eq!(back[0].data()[l3 + 12..l3 + 16], VIP4);
+    assert_eq!(nf_core::checksum::checksum(&back[0].data()[l3..l3 + 20]), 0);
+}
