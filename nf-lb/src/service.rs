@@ -72,7 +72,8 @@ pub struct LbCounters {
     /// New flows that matched no listener (passed untouched).
     pub no_listener: u64,
     /// Packets forwarded by the hash alone (no session: table full, zone quota,
-    /// rate, a packet that may not open one).
+    /// rate, a packet that may not open one); in a tuple of services, another may still
+    /// drop the packet.
     pub stateless: u64,
     /// Packets from a DNAT backend without a session (answers to flows served statelessly),
     /// un-NATed to the VIP by the hash alone.

@@ -584,3 +584,38 @@ fn icmp_echo_through_a_whole_vip_dnat_listener() {
     assert_eq!(back[0].data()[l3 + 12..l3 + 16], VIP4);
     assert_eq!(nf_core::checksum::checksum(&back[0].data()[l3..l3 + 20]), 0);
 }
+
+/// A service that admits everything and keeps the default `on_refused` (drop).
+struct Plain;
+
+impl nf_core::conntrack::SessionService for Plain {
+    type Value = ();
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        _new: &mut nf_core::conntrack::NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        Ok(())
+    }
+}
+
+#[test]
+fn in_a_tuple_the_fallback_needs_every_service() {
+    let lb = Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap());
+    let mut cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: 1, v6: 1 });
+    cfg.v4.early_drop = false;
+    let mut p = ParseStage::default().then(Conntrack::new(cfg, (lb, Plain)).unwrap());
+    let mut batch = Batch::new();
+    for s in [1u16, 2] {
+        batch.push(Packet::with_headroom(&syn(s), 64)).ok().unwrap();
+    }
+    p.process(Instant::from_nanos(1), &mut batch);
+    let v: Vec<Verdict> = batch.packets().iter().map(|p| p.meta.verdict).collect();
+    // The second finds the table full: the LB would forward it, the other service drops.
+    assert_eq!(
+        v,
+        [Verdict::Pass, Verdict::Drop(DropReason::SessionTableFull)]
+    );
+    assert_eq!(p.second.service().0.counters().stateless, 1);
+}
