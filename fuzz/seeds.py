@@ -20,7 +20,12 @@ CAPTURES = {
 }
 PER_CAPTURE = 3
 # Structure-aware targets: (number of seeds, fixed RNG seed).
-RANDOM_SEEDS = {"lpm": (8, 0x1B9), "limiter": (8, 0x11B), "classifier": (8, 0xC1A)}
+RANDOM_SEEDS = {
+    "lpm": (8, 0x1B9),
+    "limiter": (8, 0x11B),
+    "classifier": (8, 0xC1A),
+    "lb_stage": (8, 0x1B5),
+}
 
 
 def frames(path):

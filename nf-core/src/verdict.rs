@@ -155,6 +155,12 @@ drop_reasons! {
     /// Security groups: no rule of the interface's groups allows the new flow (groups are
     /// allow-only; packets of admitted sessions, replies included, are not checked again).
     SgDenied => "sg_denied",
+    /// Load balancing: the session's backend is down and its listener resets such flows
+    /// rather than re-hashing them.
+    LbBackendDown => "lb_backend_down",
+    /// Load balancing: the listener's new-flow rate is above its limit (the flow is served
+    /// statelessly unless another service drops it for this reason).
+    LbNewFlowRate => "lb_new_flow_rate",
 }
 
 impl fmt::Display for DropReason {

@@ -14,6 +14,13 @@
 //! - [`Listeners`]: a [`Listener`] takes the flows to a VIP, port and protocol (or a whole
 //!   VIP) and chooses among its [`Pool`] (members up, draining or down, with weights) by the
 //!   5-tuple, 3-tuple, 2-tuple or source address ([`HashFields`]).
+//! - [`Lb`]: the LB stage, a session service for `nf-core`'s
+//!   [`Conntrack`](nf_core::conntrack::Conntrack): a new flow takes its listener's table
+//!   choice and keeps it in its session through any configuration swap while the backend is
+//!   up or draining; DNAT ([`Forwarding::Dnat`], replies un-NATed through the session's reply
+//!   key) or encapsulation ([`Forwarding::Encap`], the backend's next hop in the packet's
+//!   metadata); flows of a down backend re-hashed or reset ([`OnDown`]); without a session
+//!   (table full, zone quota, [`NewFlowLimit`]) packets are forwarded by the hash alone.
 //!
 //! Build tables off the packet path and swap them in whole (the no_std API is a plain value;
 //! the std side may publish it through `arc-swap`). Established flows stay on their backend
@@ -110,13 +117,17 @@ mod listener;
 mod maglev;
 mod prime;
 mod rendezvous;
+mod rewrite;
+mod service;
 
 pub use backend::{Backend, BackendId, BuildError, MAX_ID_LEN};
 pub use key::LbKey;
 pub use listener::{
-    HashFields, Health, Listener, ListenerError, ListenerMatch, Listeners, Pool, PoolMember,
+    Forwarding, HashFields, Health, Listener, ListenerError, ListenerMatch, Listeners,
+    NewFlowLimit, OnDown, Pool, PoolMember,
 };
 pub use maglev::{MAX_MAGLEV_BACKENDS, MaglevTable};
 pub use nf_core::FlowHasher;
 pub use prime::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, is_prime, table_size_for};
 pub use rendezvous::{EcmpGroup, MAX_RENDEZVOUS_BACKENDS, Rendezvous};
+pub use service::{Lb, LbCounters, LbSession};

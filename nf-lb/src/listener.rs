@@ -7,7 +7,7 @@ use crate::key::LbKey;
 use crate::maglev::MaglevTable;
 use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use nf_core::{Family, FlowKey};
+use nf_core::{Family, FlowKey, NO_NEXT_HOP};
 
 /// Health of a pool member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,11 @@ pub struct PoolMember {
     pub weight: u32,
     /// Health.
     pub health: Health,
+    /// In [`Forwarding::Encap`] mode: the index the load balancer writes to
+    /// [`Meta::next_hop`](nf_core::Meta::next_hop) for this backend's packets (the
+    /// position of its underlay address in the encapsulation stage's host list);
+    /// [`NO_NEXT_HOP`] by default (the encapsulation stage's default destination).
+    pub next_hop: u32,
 }
 
 impl PoolMember {
@@ -40,7 +45,15 @@ impl PoolMember {
             id,
             weight,
             health: Health::Up,
+            next_hop: NO_NEXT_HOP,
         }
+    }
+
+    /// The same member with an underlay next hop (see [`PoolMember::next_hop`]).
+    #[must_use]
+    pub const fn with_next_hop(mut self, next_hop: u32) -> Self {
+        self.next_hop = next_hop;
+        self
     }
 
     /// The same member with another health.
@@ -185,6 +198,57 @@ impl ListenerMatch {
     }
 }
 
+/// How the load balancer hands a listener's packets to the chosen backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Forwarding {
+    /// Destination address and port rewritten to the backend's (the client's address is
+    /// kept); replies from the backend are rewritten back to come from the VIP. Every
+    /// member's identity must be an address and port ([`BackendId::v4`] / [`BackendId::v6`])
+    /// of the VIP's family; port 0 keeps the flow's destination port.
+    #[default]
+    Dnat,
+    /// No rewrite: the member's [`PoolMember::next_hop`] goes to
+    /// [`Meta::next_hop`](nf_core::Meta::next_hop) for an encapsulation stage (Geneve /
+    /// VXLAN) to send the packet to the backend's underlay address; the backend answers the
+    /// client directly (direct server return).
+    Encap,
+}
+
+/// What happens to an established flow whose backend is down (or no longer in the pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnDown {
+    /// The flow's next packet is dropped with
+    /// [`DropReason::LbBackendDown`](nf_core::DropReason::LbBackendDown), and so are its
+    /// later packets until the session ends (the client times out or gives up; no RST is
+    /// sent).
+    #[default]
+    Reset,
+    /// The flow's next packet picks a backend from the table again and the session keeps the
+    /// new one (counted `rehashed`). Only for [`Forwarding::Encap`]: under DNAT, the new
+    /// backend's replies would carry a tuple the session does not hold.
+    Rehash,
+}
+
+/// A listener's limit on new flows: above it, new flows are served by the hash alone,
+/// without a session (Katran's "compute-only" mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewFlowLimit {
+    /// Sustained new flows per second.
+    pub per_second: u32,
+    /// Flows allowed in a burst above the rate (the bucket's depth, at least 1).
+    pub burst: u32,
+}
+
+impl NewFlowLimit {
+    /// A limit of `per_second` new flows with bursts of `burst`.
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+}
+
 /// A listener: the flows it takes, the fields that choose their backend, and its pool's table.
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -192,6 +256,9 @@ pub struct Listener {
     fields: HashFields,
     pool: Pool,
     table: MaglevTable,
+    forwarding: Forwarding,
+    on_down: OnDown,
+    limit: Option<NewFlowLimit>,
 }
 
 impl Listener {
@@ -213,7 +280,78 @@ impl Listener {
             fields,
             pool,
             table,
+            forwarding: Forwarding::Dnat,
+            on_down: OnDown::Reset,
+            limit: None,
         })
+    }
+
+    /// The same listener with another forwarding mode (default [`Forwarding::Dnat`]).
+    #[must_use]
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> Self {
+        self.forwarding = forwarding;
+        self
+    }
+
+    /// The same listener with another action for flows of a down backend (default
+    /// [`OnDown::Reset`]).
+    #[must_use]
+    pub fn with_on_down(mut self, on_down: OnDown) -> Self {
+        self.on_down = on_down;
+        self
+    }
+
+    /// The same listener with a new-flow limit (default none).
+    #[must_use]
+    pub fn with_new_flow_limit(mut self, limit: NewFlowLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Its forwarding mode.
+    pub fn forwarding(&self) -> Forwarding {
+        self.forwarding
+    }
+
+    /// What happens to flows of a down backend.
+    pub fn on_down(&self) -> OnDown {
+        self.on_down
+    }
+
+    /// Its new-flow limit.
+    pub fn new_flow_limit(&self) -> Option<NewFlowLimit> {
+        self.limit
+    }
+
+    /// The VIP of its match.
+    pub fn vip(&self) -> IpAddr {
+        match self.on {
+            ListenerMatch::Port { vip, .. } | ListenerMatch::Vip(vip) => vip,
+        }
+    }
+
+    /// Checks the settings together: DNAT needs address identities of the VIP's family and
+    /// resets flows of down backends.
+    fn check(&self) -> Result<(), ListenerError> {
+        if self.forwarding != Forwarding::Dnat {
+            return Ok(());
+        }
+        if self.on_down == OnDown::Rehash {
+            return Err(ListenerError::RehashUnderDnat(self.on));
+        }
+        let family = match self.vip() {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        };
+        match self
+            .pool
+            .members()
+            .iter()
+            .find(|m| crate::service::target(&m.id).is_none_or(|t| t.family != family))
+        {
+            Some(m) => Err(ListenerError::NotAnAddress(m.id)),
+            None => Ok(()),
+        }
     }
 
     /// The flows it takes.
@@ -253,12 +391,20 @@ impl Listener {
 pub enum ListenerError {
     /// Two listeners take the same flows.
     Duplicate(ListenerMatch),
+    /// A DNAT listener set to re-hash the flows of down backends ([`OnDown::Rehash`] needs
+    /// [`Forwarding::Encap`]).
+    RehashUnderDnat(ListenerMatch),
+    /// A DNAT listener's member whose identity is not an address and port of the VIP's
+    /// family.
+    NotAnAddress(BackendId),
 }
 
 impl core::fmt::Display for ListenerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Duplicate(m) => write!(f, "two listeners on {m:?}"),
+            Self::RehashUnderDnat(m) => write!(f, "listener {m:?}: re-hashing under DNAT"),
+            Self::NotAnAddress(id) => write!(f, "DNAT member {id:?} is not a VIP-family address"),
         }
     }
 }
@@ -277,9 +423,11 @@ impl Listeners {
     ///
     /// # Errors
     ///
-    /// [`ListenerError::Duplicate`] when two take the same flows.
+    /// [`ListenerError::Duplicate`] when two take the same flows; the other
+    /// [`ListenerError`]s for a listener whose settings do not go together.
     pub fn new(listeners: Vec<Listener>) -> Result<Self, ListenerError> {
         for (i, a) in listeners.iter().enumerate() {
+            a.check()?;
             if listeners.iter().skip(i + 1).any(|b| b.on == a.on) {
                 return Err(ListenerError::Duplicate(a.on));
             }
@@ -294,10 +442,15 @@ impl Listeners {
 
     /// The listener that takes a flow: port listeners before whole-VIP ones.
     pub fn find(&self, key: &FlowKey) -> Option<&Listener> {
-        let port = |l: &&Listener| matches!(l.on, ListenerMatch::Port { .. }) && l.on.matches(key);
+        self.position(key).and_then(|i| self.listeners.get(i))
+    }
+
+    /// The index of the listener that takes a flow (see [`Self::find`]).
+    pub fn position(&self, key: &FlowKey) -> Option<usize> {
+        let port = |l: &Listener| matches!(l.on, ListenerMatch::Port { .. }) && l.on.matches(key);
         self.listeners
             .iter()
-            .find(port)
-            .or_else(|| self.listeners.iter().find(|l| l.on.matches(key)))
+            .position(port)
+            .or_else(|| self.listeners.iter().position(|l| l.on.matches(key)))
     }
 }

@@ -9,6 +9,7 @@ mod conntrack_insert;
 mod conntrack_stage;
 mod geneve_decap;
 mod geneve_encap;
+mod lb_stage;
 mod lpm;
 mod maglev_build;
 mod maglev_disruption;
@@ -51,6 +52,11 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "maglev-disruption",
         about: "share of flows moved when 1 of N=10/100/1000 backends leaves, M=65537 (vs the paper's algorithm)",
         run: maglev_disruption::run,
+    },
+    Scenario {
+        name: "lb-stage",
+        about: "parsed packets through Conntrack<Lb> (DNAT), 1M sessions, 99% established / 1% new, 1000 backends (vs hashbrown + ahash + maglev-hash)",
+        run: lb_stage::run,
     },
     Scenario {
         name: "conntrack-hit",

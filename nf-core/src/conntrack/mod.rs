@@ -51,6 +51,12 @@
 //!   Both keys are then inserted at once: no packet can ever see the session without its
 //!   translation (unlike a port chosen before the entry is confirmed, Linux's race behind
 //!   the Kubernetes DNS delays).
+//! - **No session.** When a packet without a session does not create one (its zone's policy
+//!   does not let it, a service refused the flow, the table is full or over the zone quota,
+//!   the keys conflict), [`SessionService::on_refused`]
+//!   gives the packet's verdict: by default the drop with the reason; a service that can
+//!   serve the packet without state (a load balancer forwarding by the hash alone) may
+//!   pass it. In a tuple, the packet passes only if every service passes it.
 //! - **Every packet** of the session, the first included: [`SessionService::on_packet`] with
 //!   the direction and the service's part of the value, writable; it may rewrite the packet
 //!   in place and returns the verdict.

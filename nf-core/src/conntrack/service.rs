@@ -20,6 +20,10 @@ use crate::verdict::{DropReason, Verdict};
 ///   at once only after every service admitted the flow, so no packet ever sees the session
 ///   without its translation; a refusal drops the packet with the service's reason and leaves
 ///   nothing behind. Then [`on_packet`](Self::on_packet) runs for the first packet too.
+///   Whenever the flow is not created (the zone's policy does not let this packet open it, a
+///   service refused it, the table is full or over the zone quota, its keys conflict),
+///   [`on_refused`](Self::on_refused) decides the packet's
+///   verdict: a drop with the reason unless every service forwards it without state.
 /// - **packet of a session**: [`on_packet`](Self::on_packet) with the packet's direction and
 ///   the service's part of the value, writable; it may rewrite the packet in place and
 ///   returns the verdict ([`Verdict::Pass`] to continue).
@@ -97,6 +101,23 @@ pub trait SessionService {
     ) -> Verdict {
         let _ = (now, direction, value, pkt);
         Verdict::Pass
+    }
+
+    /// A packet whose new flow was not created (`reason`: the zone's policy does not let
+    /// this packet open a session, [`DropReason::NoSession`]; the table refused the insert,
+    /// full or over the zone quota; a service refused the flow; the keys conflict). The
+    /// returned verdict is the packet's: the default keeps the drop with `reason`; a service
+    /// that can forward without state (a load balancer hashing the flow) may rewrite the
+    /// packet and return [`Verdict::Pass`]. No session exists for the packet.
+    #[inline]
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let _ = (now, pkt);
+        Verdict::Drop(reason)
     }
 
     /// A session this service admitted has ended (or was never created after all).
@@ -288,6 +309,17 @@ impl<S: SessionService> SessionService for Option<S> {
             .map_or(Verdict::Pass, |s| s.on_related(now, direction, value, pkt))
     }
 
+    #[inline]
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        self.as_mut()
+            .map_or(Verdict::Drop(reason), |s| s.on_refused(now, reason, pkt))
+    }
+
     fn on_end(&mut self, now: Instant, session: &SessionInfo<S::Value>, cause: EndCause) {
         if let Some(s) = self {
             s.on_end(now, session, cause);
@@ -389,6 +421,20 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
     ) -> Verdict {
         match self.0.on_related(now, direction, &mut value.0, pkt) {
             Verdict::Pass => self.1.on_related(now, direction, &mut value.1, pkt),
+            v => v,
+        }
+    }
+
+    /// The packet passes only if both pass it (`A` first).
+    #[inline]
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        match self.0.on_refused(now, reason, pkt) {
+            Verdict::Pass => self.1.on_refused(now, reason, pkt),
             v => v,
         }
     }

@@ -490,7 +490,8 @@ impl<S: SessionService> Conntrack<S> {
             Ok(true) => {}
             Ok(false) => {
                 self.stats.no_session += 1;
-                self.decide(pkt, Verdict::Drop(DropReason::NoSession));
+                let verdict = self.service.on_refused(now, DropReason::NoSession, pkt);
+                self.decide(pkt, verdict);
                 return None;
             }
             Err(reason) => {
@@ -567,7 +568,9 @@ impl<S: SessionService> Conntrack<S> {
                         DropReason::SessionKeyConflict
                     }
                 };
-                self.decide(pkt, Verdict::Drop(reason));
+                // The service may still forward the packet without a session.
+                let verdict = self.service.on_refused(now, reason, pkt);
+                self.decide(pkt, verdict);
                 None
             }
         }

@@ -1,0 +1,335 @@
+//! Fuzzes the LB stage (parse → `Conntrack<Lb>`): arbitrary packets of a few flows to a VIP
+//! (TCP with any flags, UDP) and back from the backends, membership changes (add, remove,
+//! drain, down, up, reweight), forwarding mode and down-action changes, a small session
+//! table with or without early drop (so it fills), a new-flow rate limit, time steps and
+//! expiry, cut into arbitrary batches.
+//!
+//! Checked: no panic; a packet to the VIP is never dropped for lack of state (no session,
+//! table full, zone quota, rate); a packet of a session goes to the backend the session
+//! chose while that backend is up or draining, and otherwise to the table's choice
+//! (re-hash) or is dropped as `lb_backend_down` (reset); a packet without a session goes
+//! to the table's choice; the sessions each backend's slot counts equal the live sessions
+//! that hold it.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+use nf_core::wire::Frame;
+use nf_core::{
+    Batch, DropReason, Duration, FlowKey, Instant, Packet, ParseStage, SessionRef, Stage,
+    StageControl, Verdict, ZoneId, flow::proto,
+};
+use nf_lb::{
+    BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners,
+    NewFlowLimit, OnDown, Pool, PoolMember,
+};
+use std::collections::BTreeMap;
+
+const VIP: [u8; 4] = [192, 0, 2, 1];
+const CLIENT: [u8; 4] = [198, 51, 100, 7];
+const BACKENDS: u8 = 8;
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Op {
+    /// A packet of flow `flow` (0..16) from the client, or back from backend `from`.
+    Pkt {
+        flow: u8,
+        udp: bool,
+        tcp: u8,
+        reply: Option<u8>,
+    },
+    /// Membership change of backend `b` (0..8), then a swap.
+    Add(u8, u8),
+    Remove(u8),
+    Health(u8, u8),
+    Weight(u8, u8),
+    /// Forwarding mode and action on down, then a swap.
+    Mode {
+        encap: bool,
+        rehash: bool,
+        fields: u8,
+    },
+    /// End the current batch.
+    Cut,
+    /// Advance time by `n` hundred milliseconds and run timers.
+    Time(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    capacity: u8,
+    early_drop: bool,
+    limit: Option<(u8, u8)>,
+    ops: Vec<Op>,
+}
+
+fn id(b: u8) -> BackendId {
+    BackendId::v4([10, 0, 0, b], 8080)
+}
+
+struct Config {
+    members: BTreeMap<u8, (u32, Health)>,
+    encap: bool,
+    rehash: bool,
+    fields: HashFields,
+    limit: Option<NewFlowLimit>,
+}
+
+impl Config {
+    fn listeners(&self) -> Option<Listeners> {
+        let pool = Pool::new(self.members.iter().map(|(&b, &(w, h))| {
+            PoolMember::new(id(b), w)
+                .with_health(h)
+                .with_next_hop(u32::from(b))
+        }));
+        let on = ListenerMatch::Vip(VIP.into());
+        let mut l = Listener::new(&LbKey::new([7; 16]), on, self.fields, pool, 211).ok()?;
+        if self.encap {
+            l = l.with_forwarding(Forwarding::Encap);
+            if self.rehash {
+                l = l.with_on_down(OnDown::Rehash);
+            }
+        }
+        if let Some(lim) = self.limit {
+            l = l.with_new_flow_limit(lim);
+        }
+        Listeners::new(vec![l]).ok()
+    }
+}
+
+struct Run {
+    parse: ParseStage,
+    ct: Conntrack<Lb>,
+    cfg: Config,
+    now: Instant,
+    batch: Vec<(Vec<u8>, Option<FlowKey>)>,
+    /// The backend each session chose.
+    chosen: BTreeMap<(u32, u32), (SessionRef, u8)>,
+}
+
+impl Run {
+    fn swap(&mut self) {
+        // A configuration without a serving backend is refused: the old one stays.
+        if let Some(l) = self.cfg.listeners() {
+            self.ct.service_mut().set_listeners(l);
+        }
+    }
+
+    /// The backend a forwarded packet went to.
+    fn backend_of(&self, p: &Packet<Vec<u8>>) -> u8 {
+        let l = self.ct.service().listeners().listeners();
+        if l.first()
+            .is_some_and(|l| l.forwarding() == Forwarding::Encap)
+        {
+            p.meta.next_hop as u8
+        } else {
+            p.data()[usize::from(p.meta.l3) + 19]
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut batch = Batch::new();
+        let keys: Vec<Option<FlowKey>> = self.batch.iter().map(|(_, k)| *k).collect();
+        for (f, _) in self.batch.drain(..) {
+            let _ = batch.push(Packet::with_headroom(&f, 16));
+        }
+        // Which backend a flow should go to is decided per packet; packets of one batch see
+        // one configuration (swaps happen between batches).
+        self.parse.process(self.now, &mut batch);
+        self.ct.process(self.now, &mut batch);
+        let lb = self.ct.service();
+        let listener = lb.listeners().listeners().first().cloned();
+        let serving = |b: u8| {
+            let l = listener.as_ref();
+            l.is_some_and(|l| {
+                l.pool()
+                    .members()
+                    .iter()
+                    .any(|m| m.id == id(b) && m.health != Health::Down)
+            })
+        };
+        for (p, key) in batch.packets().iter().zip(keys) {
+            let Some(key) = key else { continue };
+            if matches!(
+                p.meta.verdict,
+                Verdict::Drop(
+                    DropReason::NoSession
+                        | DropReason::SessionTableFull
+                        | DropReason::ZoneQuotaExceeded
+                        | DropReason::LbNewFlowRate
+                )
+            ) {
+                panic!("dropped for lack of state: {:?}", p.meta.verdict);
+            }
+            let Some(l) = listener.as_ref() else { continue };
+            let table = l.backend_for(&key).map(|b| b.id.as_bytes()[4]);
+            match (p.meta.verdict, p.meta.session) {
+                (Verdict::Pass, None) => assert_eq!(Some(self.backend_of(p)), table),
+                (Verdict::Pass, Some(r)) => {
+                    let got = self.backend_of(p);
+                    let slot = (r.index(), r.generation());
+                    match self.chosen.get(&slot) {
+                        Some(&(_, b)) if serving(b) => assert_eq!(got, b, "moved"),
+                        Some(_) => assert_eq!(Some(got), table, "re-hashed"),
+                        None => assert_eq!(Some(got), table, "new"),
+                    }
+                    self.chosen.insert(slot, (r, got));
+                }
+                (Verdict::Drop(DropReason::LbBackendDown), Some(r)) => {
+                    let b = self.chosen.get(&(r.index(), r.generation())).map(|c| c.1);
+                    assert!(b.is_none_or(|b| !serving(b) || l.on_down() == OnDown::Reset));
+                }
+                _ => {}
+            }
+        }
+        self.check_counts();
+    }
+
+    /// Every slot's session count equals the live sessions that hold it.
+    fn check_counts(&mut self) {
+        self.chosen.retain(|_, (r, _)| self.ct.is_live(*r));
+        let lb = self.ct.service();
+        let Some(l) = lb.listeners().listeners().first() else {
+            return;
+        };
+        let on = l.on();
+        let mut held: BTreeMap<BackendId, u32> = BTreeMap::new();
+        for (r, _) in self.chosen.values() {
+            if let Some(id) = self.ct.value(*r).and_then(|v| lb.backend_of(v)) {
+                *held.entry(id).or_default() += 1;
+            }
+        }
+        for b in 0..BACKENDS {
+            assert_eq!(
+                lb.sessions_of(&on, &id(b)),
+                held.get(&id(b)).copied().unwrap_or(0)
+            );
+        }
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let mut cfg = ConntrackConfig::new([9; 16]).sizes(Sizes {
+        v4: u32::from(input.capacity % 32) + 1,
+        v6: 4,
+    });
+    cfg.v4.early_drop = input.early_drop;
+    let config = Config {
+        members: (0..3).map(|b| (b, (1, Health::Up))).collect(),
+        encap: false,
+        rehash: false,
+        fields: HashFields::FiveTuple,
+        limit: input
+            .limit
+            .map(|(r, b)| NewFlowLimit::new(u32::from(r) + 1, u32::from(b % 8) + 1)),
+    };
+    let Some(listeners) = config.listeners() else {
+        return;
+    };
+    let Ok(ct) = Conntrack::new(cfg, Lb::new(listeners)) else {
+        return;
+    };
+    let mut run = Run {
+        parse: ParseStage::default(),
+        ct,
+        cfg: config,
+        now: Instant::from_nanos(1_000_000_000),
+        batch: Vec::new(),
+        chosen: BTreeMap::new(),
+    };
+    for op in input.ops.iter().take(256) {
+        match *op {
+            Op::Pkt {
+                flow,
+                udp,
+                tcp,
+                reply,
+            } => {
+                let sport = 40_000 + u16::from(flow % 16);
+                let (p, dport) = if udp {
+                    (proto::UDP, 53)
+                } else {
+                    (proto::TCP, 80)
+                };
+                let frame = match reply {
+                    None => {
+                        let f = Frame::ipv4(CLIENT, VIP);
+                        if udp {
+                            f.udp(sport, dport)
+                        } else {
+                            f.tcp(sport, dport, tcp)
+                        }
+                    }
+                    Some(b) => {
+                        let f = Frame::ipv4([10, 0, 0, b % BACKENDS], CLIENT);
+                        if udp {
+                            f.udp(8080, sport)
+                        } else {
+                            f.tcp(8080, sport, tcp)
+                        }
+                    }
+                };
+                let key = reply
+                    .is_none()
+                    .then(|| FlowKey::v4(ZoneId(0), CLIENT, VIP, p, sport, dport));
+                if let Ok(f) = frame.to_vec() {
+                    run.batch.push((f, key));
+                }
+                if run.batch.len() == 64 {
+                    run.flush();
+                }
+            }
+            Op::Cut => run.flush(),
+            Op::Time(n) => {
+                run.flush();
+                run.now = run
+                    .now
+                    .checked_add(Duration::from_millis(u64::from(n) * 100))
+                    .unwrap_or(run.now);
+                run.ct.handle_timeout(run.now, 64);
+                run.check_counts();
+            }
+            change => {
+                run.flush();
+                let m = &mut run.cfg.members;
+                match change {
+                    Op::Add(b, w) => {
+                        m.insert(b % BACKENDS, (u32::from(w % 4), Health::Up));
+                    }
+                    Op::Remove(b) => {
+                        m.remove(&(b % BACKENDS));
+                    }
+                    Op::Health(b, h) => {
+                        if let Some(e) = m.get_mut(&(b % BACKENDS)) {
+                            e.1 = [Health::Up, Health::Draining, Health::Down][usize::from(h % 3)];
+                        }
+                    }
+                    Op::Weight(b, w) => {
+                        if let Some(e) = m.get_mut(&(b % BACKENDS)) {
+                            e.0 = u32::from(w % 4);
+                        }
+                    }
+                    Op::Mode {
+                        encap,
+                        rehash,
+                        fields,
+                    } => {
+                        run.cfg.encap = encap;
+                        run.cfg.rehash = rehash;
+                        run.cfg.fields = [
+                            HashFields::FiveTuple,
+                            HashFields::ThreeTuple,
+                            HashFields::TwoTuple,
+                            HashFields::SourceIp,
+                        ][usize::from(fields % 4)];
+                    }
+                    _ => {}
+                }
+                run.swap();
+                run.check_counts();
+            }
+        }
+    }
+    run.flush();
+});

@@ -1,0 +1,702 @@
+//! The LB stage: [`Lb`], a session service that runs inside `nf-core`'s
+//! [`Conntrack`](nf_core::conntrack::Conntrack), so a packet pays one session lookup for
+//! tracking and load balancing together.
+//!
+//! # What the session remembers
+//!
+//! A session's [`LbSession`] is 8 bytes: the index of a *member slot* and the flow's
+//! original destination port. A member slot is one (listener, backend) pair of the
+//! configuration, with what the packet path reads (addresses, next hop, health, mode).
+//! Slots are refcounted by sessions: [`Lb::set_listeners`] matches the new configuration's
+//! pairs to existing slots by identity (listener match and [`BackendId`]), updates them in
+//! place, marks the pairs that left as down, and reuses only slots that are out of the
+//! configuration *and* hold no session. So a session's slot index stays valid across any
+//! number of swaps, and a flow stays on its backend for as long as that backend is up or
+//! draining in its listener's pool.
+//!
+//! # Invariants
+//!
+//! - An established flow is never moved while its backend is up or draining.
+//! - A flow whose backend is down or gone is re-hashed on its next packet (counted
+//!   `rehashed`; [`OnDown::Rehash`], encapsulation only) or dropped with
+//!   [`DropReason::LbBackendDown`] (counted `reset`; [`OnDown::Reset`]).
+//! - A packet to a listener whose flow has no session and gets none (table full, zone
+//!   quota, above its listener's [`NewFlowLimit`], a packet that may not open a session) is
+//!   forwarded by the hash alone (counted `stateless`), never dropped for lack of state.
+//! - No allocation on the packet path; [`Lb::set_listeners`] allocates.
+
+use crate::backend::BackendId;
+use crate::listener::{Forwarding, Health, ListenerMatch, Listeners, NewFlowLimit, OnDown};
+use crate::rewrite::{End, rewrite};
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::net::IpAddr;
+use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
+use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
+
+/// No slot: the flow matched no listener.
+const NONE: u32 = u32::MAX;
+
+/// The load balancer's part of a session: which member slot the flow went to, and its
+/// original destination port (the VIP's, restored on DNAT replies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbSession {
+    slot: u32,
+    port: u16,
+}
+
+impl Default for LbSession {
+    /// A flow the load balancer does not handle.
+    fn default() -> Self {
+        Self {
+            slot: NONE,
+            port: 0,
+        }
+    }
+}
+
+impl LbSession {
+    /// True when the flow matched a listener.
+    pub const fn is_balanced(&self) -> bool {
+        self.slot != NONE
+    }
+}
+
+/// Per-outcome counts of the LB service (also reported by [`SessionService::visit_counters`]
+/// under stage `lb` and the field names).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LbCounters {
+    /// New flows given a backend with a session.
+    pub new_flows: u64,
+    /// New flows that matched no listener (passed untouched).
+    pub no_listener: u64,
+    /// Packets forwarded by the hash alone (no session: table full, zone quota,
+    /// rate, a packet that may not open one); in a tuple of services, another may still
+    /// drop the packet.
+    pub stateless: u64,
+    /// Packets from a DNAT backend without a session (answers to flows served statelessly),
+    /// un-NATed to the VIP by the hash alone.
+    pub stateless_replies: u64,
+    /// New flows above their listener's rate limit (then served statelessly).
+    pub rate_limited: u64,
+    /// Flows moved to another backend because theirs went down.
+    pub rehashed: u64,
+    /// Packets dropped because their flow's backend is down.
+    pub reset: u64,
+    /// Configurations swapped in.
+    pub swaps: u64,
+}
+
+/// Where a backend identity points, for DNAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) family: Family,
+    pub(crate) addr: [u8; 16],
+    pub(crate) port: u16,
+}
+
+/// The address and port of an identity built by [`BackendId::v4`] / [`BackendId::v6`].
+pub(crate) fn target(id: &BackendId) -> Option<Target> {
+    let b = id.as_bytes();
+    let (family, n) = match b.first() {
+        Some(4) if b.len() == 7 => (Family::V4, 4),
+        Some(6) if b.len() == 19 => (Family::V6, 16),
+        _ => return None,
+    };
+    let mut addr = [0u8; 16];
+    addr.get_mut(..n)?.copy_from_slice(b.get(1..=n)?);
+    let port = u16::from_be_bytes(b.get(n + 1..n + 3)?.try_into().ok()?);
+    Some(Target { family, addr, port })
+}
+
+/// A (listener, backend) pair: what the packet path reads.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// Backend address (DNAT).
+    addr: [u8; 16],
+    /// The listener's VIP (DNAT replies).
+    vip: [u8; 16],
+    /// Backend port (DNAT; 0 keeps the flow's).
+    port: u16,
+    /// In the current configuration.
+    member: bool,
+    /// Up or draining in the current configuration.
+    serving: bool,
+    forwarding: Forwarding,
+    on_down: OnDown,
+    /// Index of its listener in the current configuration (also after the backend left its
+    /// pool, to re-hash its flows), [`NONE`] if the listener left.
+    listener: u32,
+    next_hop: u32,
+    /// The listener's port (DNAT replies without a session), 0 for a whole-VIP listener.
+    vip_port: u16,
+    /// Sessions that hold this slot.
+    sessions: u32,
+}
+
+/// A backend's tuple as its replies carry it: (IPv6, address, port).
+type ReplyTuple = (bool, [u8; 16], u16);
+
+/// A listener's identity, orderable.
+type ListenerKey = (u8, u128, u16, u8);
+
+fn listener_key(m: &ListenerMatch) -> ListenerKey {
+    let addr = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => u128::from(a.to_bits()) | 1 << 127,
+        IpAddr::V6(a) => a.to_bits(),
+    };
+    match *m {
+        ListenerMatch::Port { vip, port, proto } => (0, addr(vip), port, proto),
+        ListenerMatch::Vip(vip) => (1, addr(vip), 0, 0),
+    }
+}
+
+/// A per-listener token bucket of new flows (nanoseconds of credit).
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    /// Nanoseconds per token; 0: unlimited.
+    cost: u64,
+    /// Most credit (burst × cost).
+    depth: u64,
+    credit: u64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limit: Option<NewFlowLimit>) -> Self {
+        let (cost, depth) = match limit {
+            Some(l) => {
+                let cost = 1_000_000_000 / u64::from(l.per_second.max(1));
+                (
+                    cost.max(1),
+                    cost.max(1).saturating_mul(u64::from(l.burst.max(1))),
+                )
+            }
+            None => (0, 0),
+        };
+        Self {
+            cost,
+            depth,
+            credit: depth,
+            last: Instant::from_nanos(0),
+        }
+    }
+
+    /// Takes one token if there is one.
+    #[inline]
+    fn take(&mut self, now: Instant) -> bool {
+        if self.cost == 0 {
+            return true;
+        }
+        let earned = now.saturating_since(self.last).as_nanos();
+        if now > self.last {
+            self.last = now;
+        }
+        self.credit = self.credit.saturating_add(earned).min(self.depth);
+        if self.credit >= self.cost {
+            self.credit -= self.cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The load balancer as a session service: `Conntrack<Lb>` (or a tuple with other services)
+/// is the LB stage.
+///
+/// - A new flow that matches a listener ([`Listeners::find`]) takes the backend its
+///   listener's Maglev table names for the flow's [`HashFields`](crate::HashFields); under
+///   DNAT the session's reply key is the backend's tuple (backend → client).
+/// - Every packet of the flow goes to that backend while it is up or draining, whatever
+///   configurations are swapped in meanwhile; DNAT rewrites the destination to the backend
+///   and replies' source back to the VIP, encapsulation writes the member's
+///   [`next_hop`](crate::PoolMember::next_hop) to [`Meta::next_hop`](nf_core::Meta::next_hop).
+/// - A flow whose backend is down: see [`OnDown`].
+/// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], or a packet
+///   that may not open one: a TCP segment other than a SYN after an ECMP change in front of
+///   the load balancers, or after its SYN was served statelessly) a packet to a listener is
+///   forwarded by the hash alone ([`SessionService::on_refused`]). Under DNAT the backend's
+///   answers then find no session either: a packet from a DNAT backend's address and port
+///   (its service tuple) without a session never gets one; its source is rewritten to the
+///   VIP and the listener's port (a whole-VIP listener keeps the port), counted
+///   `stateless_replies`. A backend in several DNAT listeners answers statelessly for one
+///   of them only.
+/// - Flows that match no listener pass untouched (their session is still created).
+/// - Later fragments (related to their first fragment's session) are forwarded like the
+///   session's other packets, addresses only; ICMP errors pass untouched (not translated
+///   yet).
+/// - Session values name this instance's member slots: sessions imported from another node
+///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed through
+///   the table directly (bypassing [`SessionService::on_end`]) are not supported.
+///
+/// ```
+/// use nf_core::conntrack::{Conntrack, ConntrackConfig};
+/// use nf_core::wire::Frame;
+/// use nf_core::{Batch, Instant, Packet, ParseStage, Stage, StageExt, Verdict, flow::proto};
+/// use nf_lb::{BackendId, HashFields, LbKey, Lb, Listener, ListenerMatch, Listeners, Pool, PoolMember};
+///
+/// let key = LbKey::new(*b"operator secret!");
+/// let pool = Pool::new([
+///     PoolMember::new(BackendId::v4([10, 0, 1, 1], 8080), 1),
+///     PoolMember::new(BackendId::v4([10, 0, 1, 2], 8080), 1),
+/// ]);
+/// let vip = ListenerMatch::Port { vip: [192, 0, 2, 1].into(), port: 80, proto: proto::TCP };
+/// let web = Listener::new(&key, vip, HashFields::FiveTuple, pool, 65_537)?;
+/// let lb = Lb::new(Listeners::new(vec![web])?);
+/// let ct = Conntrack::new(ConntrackConfig::new(*b"conntrack secret"), lb)?;
+/// let mut stage = ParseStage::default().then(ct);
+///
+/// let syn = Frame::ipv4([198, 51, 100, 7], [192, 0, 2, 1]).tcp(40_000, 80, 0x02).to_vec()?;
+/// let mut batch = Batch::new();
+/// batch.push(Packet::with_headroom(&syn, 64)).ok();
+/// stage.process(Instant::from_nanos(1), &mut batch);
+/// let p = &batch.packets()[0];
+/// assert_eq!(p.meta.verdict, Verdict::Pass);
+/// // Destination rewritten to one of the backends, port 8080; the client's address kept.
+/// let d = p.data();
+/// assert_eq!(d[14 + 16..14 + 19], [10, 0, 1]);
+/// assert_eq!(d[14 + 12..14 + 16], [198, 51, 100, 7]);
+/// assert_eq!(d[34 + 2..34 + 4], 8080u16.to_be_bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Lb {
+    listeners: Listeners,
+    slots: Vec<Slot>,
+    /// Identity of each slot (`None`: free).
+    ids: Vec<Option<(ListenerKey, BackendId)>>,
+    index: BTreeMap<(ListenerKey, BackendId), u32>,
+    free: Vec<u32>,
+    /// Per listener: the slot of each of its table's backends (by table index).
+    members: Vec<Vec<u32>>,
+    /// DNAT backends' tuples (family, address, port; port 0 for any) → slot, sorted: the
+    /// replies of flows served without a session are un-NATed through it.
+    replies: Vec<(ReplyTuple, u32)>,
+    buckets: Vec<Bucket>,
+    counters: LbCounters,
+}
+
+impl Lb {
+    /// A load balancer serving `listeners`.
+    pub fn new(listeners: Listeners) -> Self {
+        let mut lb = Self {
+            listeners: Listeners::default(),
+            slots: Vec::new(),
+            ids: Vec::new(),
+            index: BTreeMap::new(),
+            free: Vec::new(),
+            members: Vec::new(),
+            replies: Vec::new(),
+            buckets: Vec::new(),
+            counters: LbCounters::default(),
+        };
+        lb.set_listeners(listeners);
+        lb.counters.swaps = 0;
+        lb
+    }
+
+    /// Swaps in a whole new configuration (off the packet path: it allocates). Established
+    /// flows keep their backends where these are still up or draining in their listener's
+    /// new pool; the others follow their listener's [`OnDown`] on their next packet.
+    /// Rate-limit buckets start full.
+    pub fn set_listeners(&mut self, listeners: Listeners) {
+        // Free the slots that left an earlier configuration and whose sessions all ended.
+        for (i, (slot, id)) in self.slots.iter_mut().zip(self.ids.iter_mut()).enumerate() {
+            if !slot.member
+                && slot.sessions == 0
+                && let Some(k) = id.take()
+            {
+                self.index.remove(&k);
+                self.free.push(i as u32);
+            }
+        }
+        for s in &mut self.slots {
+            s.member = false;
+            s.serving = false;
+        }
+        self.members.clear();
+        self.replies.clear();
+        self.buckets.clear();
+        for (li, l) in listeners.listeners().iter().enumerate() {
+            let lkey = listener_key(&l.on());
+            let vip = match l.vip() {
+                IpAddr::V4(a) => {
+                    let mut r = [0; 16];
+                    if let Some(d) = r.get_mut(..4) {
+                        d.copy_from_slice(&a.octets());
+                    }
+                    r
+                }
+                IpAddr::V6(a) => a.octets(),
+            };
+            let mut of_table = Vec::with_capacity(l.table().backends().len());
+            for b in l.table().backends() {
+                let member = l.pool().members().iter().find(|m| m.id == b.id);
+                let t = target(&b.id);
+                let slot = Slot {
+                    addr: t.map_or([0; 16], |t| t.addr),
+                    vip,
+                    port: t.map_or(0, |t| t.port),
+                    member: true,
+                    serving: member.is_some_and(|m| m.health != Health::Down),
+                    forwarding: l.forwarding(),
+                    on_down: l.on_down(),
+                    listener: li as u32,
+                    vip_port: match l.on() {
+                        ListenerMatch::Port { port, .. } => port,
+                        ListenerMatch::Vip(_) => 0,
+                    },
+                    next_hop: member.map_or(nf_core::NO_NEXT_HOP, |m| m.next_hop),
+                    sessions: 0,
+                };
+                let k = (lkey, b.id);
+                let i = match self.index.get(&k) {
+                    Some(&i) => {
+                        if let Some(s) = self.slots.get_mut(i as usize) {
+                            *s = Slot {
+                                sessions: s.sessions,
+                                ..slot
+                            };
+                        }
+                        i
+                    }
+                    None => {
+                        let i = match self.free.pop() {
+                            Some(i) => {
+                                if let (Some(s), Some(id)) =
+                                    (self.slots.get_mut(i as usize), self.ids.get_mut(i as usize))
+                                {
+                                    *s = slot;
+                                    *id = Some(k);
+                                }
+                                i
+                            }
+                            None => {
+                                self.slots.push(slot);
+                                self.ids.push(Some(k));
+                                (self.slots.len() - 1) as u32
+                            }
+                        };
+                        self.index.insert(k, i);
+                        i
+                    }
+                };
+                of_table.push(i);
+            }
+            if l.forwarding() == Forwarding::Dnat {
+                for (b, &i) in l.table().backends().iter().zip(&of_table) {
+                    if let Some(t) = target(&b.id) {
+                        self.replies
+                            .push(((t.family == Family::V6, t.addr, t.port), i));
+                    }
+                }
+            }
+            self.members.push(of_table);
+            self.buckets.push(Bucket::new(l.new_flow_limit()));
+        }
+        // Slots that left keep their sessions' listener, to re-hash them there.
+        let position: BTreeMap<ListenerKey, u32> = listeners
+            .listeners()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (listener_key(&l.on()), i as u32))
+            .collect();
+        for (s, id) in self.slots.iter_mut().zip(&self.ids) {
+            if !s.member {
+                let l = id.and_then(|(k, _)| position.get(&k).copied());
+                s.listener = l.unwrap_or(NONE);
+                if let Some(l) = l.and_then(|l| listeners.listeners().get(l as usize)) {
+                    s.on_down = l.on_down();
+                }
+            }
+        }
+        // A backend in several DNAT listeners answers for the first (by identity order).
+        self.replies.sort_unstable();
+        self.replies.dedup_by_key(|r| r.0);
+        self.listeners = listeners;
+        self.counters.swaps += 1;
+    }
+
+    /// The configuration in service.
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    /// Outcome counters.
+    pub fn counters(&self) -> &LbCounters {
+        &self.counters
+    }
+
+    /// The backend a session's value names (`None` for a flow the load balancer does not
+    /// handle).
+    pub fn backend_of(&self, session: &LbSession) -> Option<BackendId> {
+        self.ids
+            .get(session.slot as usize)
+            .copied()
+            .flatten()
+            .map(|(_, id)| id)
+    }
+
+    /// Sessions that hold a backend of a listener (by identity), for draining decisions.
+    pub fn sessions_of(&self, on: &ListenerMatch, id: &BackendId) -> u32 {
+        self.index
+            .get(&(listener_key(on), *id))
+            .and_then(|&i| self.slots.get(i as usize))
+            .map_or(0, |s| s.sessions)
+    }
+
+    /// Member slots allocated (in the configuration or held by sessions).
+    pub fn slots_in_use(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The DNAT slot whose backend sends from the flow's source (exact port, else a
+    /// port-keeping backend's).
+    fn reply_slot(&self, key: &FlowKey) -> Option<&Slot> {
+        let v6 = key.family() == Family::V6;
+        let find = |port| {
+            let t = (v6, *key.src_raw(), port);
+            self.replies.binary_search_by(|r| r.0.cmp(&t)).ok()
+        };
+        let i = find(key.src_port).or_else(|| find(0))?;
+        self.replies
+            .get(i)
+            .and_then(|&(_, s)| self.slots.get(s as usize))
+    }
+
+    /// The slot the flow hashes to in listener `li`'s table.
+    #[inline]
+    fn hashed(&self, li: usize, key: &FlowKey) -> Option<u32> {
+        let l = self.listeners.listeners().get(li)?;
+        let b = l.table().lookup(l.flow_hash(key));
+        self.members.get(li)?.get(b as usize).copied()
+    }
+
+    /// Sends the packet (original direction) to the slot's backend.
+    #[inline(always)]
+    fn forward<B: AsRef<[u8]> + AsMut<[u8]>>(s: &Slot, pkt: &mut Packet<B>) {
+        match s.forwarding {
+            Forwarding::Dnat => rewrite(pkt, End::Dst, &s.addr, s.port),
+            Forwarding::Encap => pkt.meta.next_hop = s.next_hop,
+        }
+    }
+
+    /// A flow whose backend is down: re-hash it (moving its session's slot) or drop.
+    #[cold]
+    fn down<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        value: &mut LbSession,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let Some(old) = self.slots.get(value.slot as usize).copied() else {
+            self.counters.reset += 1;
+            return Verdict::Drop(DropReason::LbBackendDown);
+        };
+        let new = match (old.on_down, old.listener) {
+            (OnDown::Rehash, li) if li != NONE => self.hashed(li as usize, &pkt.meta.flow),
+            _ => None,
+        };
+        let Some((n, s)) = new.and_then(|n| Some((n, self.slots.get_mut(n as usize)?))) else {
+            self.counters.reset += 1;
+            return Verdict::Drop(DropReason::LbBackendDown);
+        };
+        s.sessions = s.sessions.saturating_add(1);
+        let s = *s;
+        if let Some(o) = self.slots.get_mut(value.slot as usize) {
+            o.sessions = o.sessions.saturating_sub(1);
+        }
+        value.slot = n;
+        self.counters.rehashed += 1;
+        Self::forward(&s, pkt);
+        Verdict::Pass
+    }
+}
+
+impl SessionService for Lb {
+    type Value = LbSession;
+
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        _pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<LbSession, DropReason> {
+        let key = *new.original();
+        let Some(li) = self.listeners.position(&key) else {
+            if self.reply_slot(&key).is_some() {
+                // A backend answering a flow served without a session: no session of its
+                // own; un-NATed statelessly (`on_refused`).
+                return Err(DropReason::NoSession);
+            }
+            self.counters.no_listener += 1;
+            return Ok(LbSession::default());
+        };
+        if let Some(b) = self.buckets.get_mut(li)
+            && !b.take(now)
+        {
+            self.counters.rate_limited += 1;
+            return Err(DropReason::LbNewFlowRate);
+        }
+        let slot = self.hashed(li, &key).ok_or(DropReason::ServiceRefused)?;
+        let s = self
+            .slots
+            .get_mut(slot as usize)
+            .ok_or(DropReason::ServiceRefused)?;
+        if s.forwarding == Forwarding::Dnat {
+            // Replies come from the backend's address and port.
+            // Ports move for TCP and UDP only (an ICMP query keeps its identifier).
+            let ports =
+                key.proto == nf_core::flow::proto::TCP || key.proto == nf_core::flow::proto::UDP;
+            let port = if s.port == 0 || !ports {
+                key.dst_port
+            } else {
+                s.port
+            };
+            let reply = match key.family() {
+                Family::V4 => {
+                    let [a, b, c, d, ..] = s.addr;
+                    let [e, f, g, h, ..] = *key.src_raw();
+                    FlowKey::v4(
+                        key.zone,
+                        [a, b, c, d],
+                        [e, f, g, h],
+                        key.proto,
+                        port,
+                        key.src_port,
+                    )
+                }
+                Family::V6 => FlowKey::v6(
+                    key.zone,
+                    s.addr,
+                    *key.src_raw(),
+                    key.proto,
+                    port,
+                    key.src_port,
+                ),
+            };
+            // A tuple another session holds makes the insert fail as a key conflict (checked
+            // there, without a probe of our own).
+            new.set_reply(reply)
+                .map_err(|_| DropReason::SessionKeyConflict)?;
+        }
+        s.sessions = s.sessions.saturating_add(1);
+        self.counters.new_flows += 1;
+        Ok(LbSession {
+            slot,
+            port: key.dst_port,
+        })
+    }
+
+    #[inline(always)]
+    fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        direction: Direction,
+        value: &mut LbSession,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if value.slot == NONE {
+            return Verdict::Pass;
+        }
+        let Some(s) = self.slots.get(value.slot as usize) else {
+            return self.down(value, pkt);
+        };
+        match direction {
+            Direction::Original if s.serving => {
+                Self::forward(s, pkt);
+                Verdict::Pass
+            }
+            Direction::Original => self.down(value, pkt),
+            Direction::Reply => {
+                if s.forwarding == Forwarding::Dnat {
+                    rewrite(pkt, End::Src, &s.vip, value.port);
+                }
+                Verdict::Pass
+            }
+        }
+    }
+
+    /// Later fragments follow their session like its other packets (addresses only: they
+    /// carry no ports); ICMP errors pass untouched.
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        value: &mut LbSession,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if !pkt.meta.has(flags::LATER_FRAGMENT) || value.slot == NONE {
+            return Verdict::Pass;
+        }
+        let serving = self
+            .slots
+            .get(value.slot as usize)
+            .is_some_and(|s| s.serving);
+        if direction == Direction::Original && !serving {
+            // No ports to re-hash by: the datagram is lost either way.
+            self.counters.reset += 1;
+            return Verdict::Drop(DropReason::LbBackendDown);
+        }
+        self.on_packet(now, direction, value, pkt)
+    }
+
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if !matches!(
+            reason,
+            DropReason::SessionTableFull
+                | DropReason::ZoneQuotaExceeded
+                | DropReason::LbNewFlowRate
+                | DropReason::NoSession
+        ) {
+            return Verdict::Drop(reason);
+        }
+        let key = pkt.meta.flow;
+        let Some(li) = self.listeners.position(&key) else {
+            // A backend's answer to a flow it was sent without a session.
+            let Some(s) = self.reply_slot(&key) else {
+                return Verdict::Drop(reason);
+            };
+            rewrite(pkt, End::Src, &s.vip, s.vip_port);
+            self.counters.stateless_replies += 1;
+            return Verdict::Pass;
+        };
+        let Some(s) = self
+            .hashed(li, &key)
+            .and_then(|i| self.slots.get(i as usize))
+        else {
+            return Verdict::Drop(reason);
+        };
+        Self::forward(s, pkt);
+        self.counters.stateless += 1;
+        Verdict::Pass
+    }
+
+    fn on_end(&mut self, _now: Instant, session: &SessionInfo<LbSession>, _cause: EndCause) {
+        if let Some(s) = self.slots.get_mut(session.value.slot as usize) {
+            s.sessions = s.sessions.saturating_sub(1);
+        }
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        let c = &self.counters;
+        for (name, v) in [
+            ("new_flows", c.new_flows),
+            ("no_listener", c.no_listener),
+            ("stateless", c.stateless),
+            ("stateless_replies", c.stateless_replies),
+            ("rate_limited", c.rate_limited),
+            ("rehashed", c.rehashed),
+            ("reset", c.reset),
+            ("swaps", c.swaps),
+        ] {
+            f("lb", name, v);
+        }
+    }
+}

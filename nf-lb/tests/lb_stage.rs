@@ -1,0 +1,621 @@
+//! The LB stage (`Conntrack<Lb>`) end to end: DNAT round trips with every rewritten frame
+//! re-parsed by etherparse and its checksums recomputed there, encapsulation metadata,
+//! swaps that keep established flows, drains, down backends, and the stateless fallback.
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers fail the test by panicking"
+)]
+
+use core::net::IpAddr;
+use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+use nf_core::wire::Frame;
+use nf_core::{
+    Batch, DropReason, Instant, NO_NEXT_HOP, Packet, ParseStage, Stage, StageControl, StageExt,
+    Verdict, flow::proto,
+};
+use nf_lb::{
+    BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerError, ListenerMatch,
+    Listeners, NewFlowLimit, OnDown, Pool, PoolMember,
+};
+
+const VIP4: [u8; 4] = [192, 0, 2, 1];
+const VIP6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const CLIENT4: [u8; 4] = [198, 51, 100, 7];
+const CLIENT6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+fn key() -> LbKey {
+    LbKey::new(*b"operator secret!")
+}
+
+fn backends4(n: u8) -> Pool {
+    Pool::new((1..=n).map(|i| PoolMember::new(BackendId::v4([10, 0, 1, i], 8080), 1)))
+}
+
+fn backend6(i: u8) -> [u8; 16] {
+    let mut a = [0x20, 1, 0xd, 0xb8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    a[15] = i;
+    a
+}
+
+fn listener(on: ListenerMatch, pool: Pool) -> Listener {
+    Listener::new(&key(), on, HashFields::FiveTuple, pool, 251).unwrap()
+}
+
+fn web4() -> ListenerMatch {
+    ListenerMatch::Port {
+        vip: VIP4.into(),
+        port: 80,
+        proto: proto::TCP,
+    }
+}
+
+fn dns4() -> ListenerMatch {
+    ListenerMatch::Port {
+        vip: VIP4.into(),
+        port: 53,
+        proto: proto::UDP,
+    }
+}
+
+type Pipeline = nf_core::Chain<ParseStage, Conntrack<Lb>>;
+
+fn pipeline(lb: Lb, sessions: u32) -> Pipeline {
+    let mut cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes {
+        v4: sessions,
+        v6: sessions,
+    });
+    // A full table refuses rather than evicting a half-open session.
+    cfg.v4.early_drop = false;
+    cfg.v6.early_drop = false;
+    ParseStage::default().then(Conntrack::new(cfg, lb).unwrap())
+}
+
+fn run(p: &mut Pipeline, frames: &[Vec<u8>]) -> Vec<Packet<Vec<u8>>> {
+    let mut batch = Batch::new();
+    for f in frames {
+        batch.push(Packet::with_headroom(f, 64)).ok().unwrap();
+    }
+    p.process(Instant::from_nanos(1_000_000_000), &mut batch);
+    batch.drain().collect()
+}
+
+/// Addresses and ports, by etherparse, after checking every checksum with it.
+fn reparse(frame: &[u8]) -> (IpAddr, IpAddr, u16, u16) {
+    let h = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let payload = h.payload.slice();
+    let t = h.transport.unwrap();
+    let (sp, dp, stored) = match &t {
+        TransportHeader::Tcp(t) => (t.source_port, t.destination_port, t.checksum),
+        TransportHeader::Udp(u) => (u.source_port, u.destination_port, u.checksum),
+        _ => unreachable!(),
+    };
+    let (src, dst, computed) = match (h.net.unwrap(), t) {
+        (NetHeaders::Ipv4(ip, _), t) => {
+            assert_eq!(
+                ip.calc_header_checksum(),
+                ip.header_checksum,
+                "IPv4 header checksum"
+            );
+            let c = match t {
+                TransportHeader::Tcp(t) => t.calc_checksum_ipv4(&ip, payload),
+                TransportHeader::Udp(u) => u.calc_checksum_ipv4(&ip, payload),
+                _ => unreachable!(),
+            };
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), c)
+        }
+        (NetHeaders::Ipv6(ip, _), t) => {
+            let c = match t {
+                TransportHeader::Tcp(t) => t.calc_checksum_ipv6(&ip, payload),
+                TransportHeader::Udp(u) => u.calc_checksum_ipv6(&ip, payload),
+                _ => unreachable!(),
+            };
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), c)
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        computed.unwrap(),
+        stored,
+        "transport checksum of {frame:02x?}"
+    );
+    (src, dst, sp, dp)
+}
+
+#[test]
+fn dnat_round_trip_ipv4_tcp_and_udp() {
+    let udp_on = dns4();
+    let lb = Lb::new(
+        Listeners::new(vec![
+            listener(web4(), backends4(3)),
+            listener(udp_on, backends4(3)),
+        ])
+        .unwrap(),
+    );
+    let mut p = pipeline(lb, 1024);
+    for (sport, payload) in [(40_000u16, &b""[..]), (40_001, b"hello"), (40_002, b"odd")] {
+        let syn = Frame::ipv4(CLIENT4, VIP4)
+            .tcp(sport, 80, 0x02)
+            .payload(payload)
+            .to_vec()
+            .unwrap();
+        let q = Frame::ipv4(CLIENT4, VIP4)
+            .udp(sport, 53)
+            .payload(payload)
+            .to_vec()
+            .unwrap();
+        let out = run(&mut p, &[syn, q]);
+        for (i, pkt) in out.iter().enumerate() {
+            assert_eq!(pkt.meta.verdict, Verdict::Pass);
+            let (src, dst, sp, dp) = reparse(pkt.data());
+            // Client kept, destination now a backend on 8080.
+            assert_eq!(src, IpAddr::from(CLIENT4));
+            assert_eq!(sp, sport);
+            assert_eq!(dp, 8080);
+            let IpAddr::V4(d) = dst else { panic!() };
+            assert_eq!(d.octets()[..3], [10, 0, 1]);
+            // The backend answers the client: un-NATed back to the VIP.
+            let b = d.octets();
+            let reply = if i == 0 {
+                Frame::ipv4(b, CLIENT4)
+                    .tcp(8080, sport, 0x12)
+                    .payload(payload)
+            } else {
+                Frame::ipv4(b, CLIENT4).udp(8080, sport).payload(payload)
+            };
+            let back = run(&mut p, &[reply.to_vec().unwrap()]);
+            assert_eq!(back[0].meta.verdict, Verdict::Pass);
+            assert_eq!(back[0].meta.direction, nf_core::Direction::Reply);
+            let (src, dst, sp, dp) = reparse(back[0].data());
+            assert_eq!((src, dst), (IpAddr::from(VIP4), IpAddr::from(CLIENT4)));
+            assert_eq!((sp, dp), (if i == 0 { 80 } else { 53 }, sport));
+        }
+    }
+}
+
+#[test]
+fn dnat_round_trip_ipv6_and_port_keeping_vip_listener() {
+    // A whole-VIP listener whose backends keep the destination port (port 0).
+    let pool = Pool::new((1..=2).map(|i| PoolMember::new(BackendId::v6(backend6(i), 0), 1)));
+    let lb =
+        Lb::new(Listeners::new(vec![listener(ListenerMatch::Vip(VIP6.into()), pool)]).unwrap());
+    let mut p = pipeline(lb, 1024);
+    for (i, sport) in (50_000u16..50_006).enumerate() {
+        let f = if i % 2 == 0 {
+            Frame::ipv6(CLIENT6, VIP6)
+                .tcp(sport, 443, 0x02)
+                .payload(b"abc")
+        } else {
+            Frame::ipv6(CLIENT6, VIP6).udp(sport, 443).payload(b"abcd")
+        };
+        let out = run(&mut p, &[f.to_vec().unwrap()]);
+        assert_eq!(out[0].meta.verdict, Verdict::Pass);
+        let (src, dst, sp, dp) = reparse(out[0].data());
+        assert_eq!((src, sp, dp), (IpAddr::from(CLIENT6), sport, 443));
+        let IpAddr::V6(d) = dst else { panic!() };
+        assert_eq!(d.octets()[..15], backend6(0)[..15]);
+        let r = if i % 2 == 0 {
+            Frame::ipv6(d.octets(), CLIENT6).tcp(443, sport, 0x12)
+        } else {
+            Frame::ipv6(d.octets(), CLIENT6).udp(443, sport)
+        };
+        let back = run(&mut p, &[r.to_vec().unwrap()]);
+        let (src, dst, sp, dp) = reparse(back[0].data());
+        assert_eq!(
+            (src, dst, sp, dp),
+            (IpAddr::from(VIP6), IpAddr::from(CLIENT6), 443, sport)
+        );
+    }
+}
+
+#[test]
+fn encap_writes_the_next_hop_and_leaves_the_packet() {
+    let pool = Pool::new((1..=4u8).map(|i| {
+        PoolMember::new(BackendId::v4([10, 0, 2, i], 0), 1).with_next_hop(u32::from(i) * 10)
+    }));
+    let l = listener(web4(), pool).with_forwarding(Forwarding::Encap);
+    let mut p = pipeline(Lb::new(Listeners::new(vec![l]).unwrap()), 1024);
+    let f = Frame::ipv4(CLIENT4, VIP4)
+        .tcp(40_000, 80, 0x02)
+        .to_vec()
+        .unwrap();
+    let out = run(&mut p, core::slice::from_ref(&f));
+    assert_eq!(out[0].data(), &f[..]);
+    assert!([10, 20, 30, 40].contains(&out[0].meta.next_hop));
+    // Unmatched flows are left alone.
+    let other = Frame::ipv4(CLIENT4, [192, 0, 2, 9])
+        .udp(1, 2)
+        .to_vec()
+        .unwrap();
+    let out2 = run(&mut p, &[other]);
+    assert_eq!(out2[0].meta.next_hop, NO_NEXT_HOP);
+    let lb = p.second.service();
+    assert_eq!((lb.counters().new_flows, lb.counters().no_listener), (1, 1));
+}
+
+#[test]
+fn dnat_listeners_are_checked() {
+    let l = listener(web4(), backends4(2)).with_on_down(OnDown::Rehash);
+    assert!(matches!(
+        Listeners::new(vec![l]),
+        Err(ListenerError::RehashUnderDnat(_))
+    ));
+    let pool = Pool::new([PoolMember::new(BackendId::new(b"opaque").unwrap(), 1)]);
+    assert!(matches!(
+        Listeners::new(vec![listener(web4(), pool.clone())]),
+        Err(ListenerError::NotAnAddress(_))
+    ));
+    let v6 = Pool::new([PoolMember::new(BackendId::v6(backend6(1), 80), 1)]);
+    assert!(Listeners::new(vec![listener(web4(), v6)]).is_err());
+    // Encapsulation takes any identity.
+    assert!(
+        Listeners::new(vec![
+            listener(web4(), pool).with_forwarding(Forwarding::Encap)
+        ])
+        .is_ok()
+    );
+}
+
+/// The backend address a DNAT'd packet went to.
+fn dst_of(pkt: &Packet<Vec<u8>>) -> [u8; 4] {
+    let l3 = usize::from(pkt.meta.l3);
+    pkt.data()[l3 + 16..l3 + 20].try_into().unwrap()
+}
+
+fn syn(sport: u16) -> Vec<u8> {
+    Frame::ipv4(CLIENT4, VIP4)
+        .tcp(sport, 80, 0x02)
+        .to_vec()
+        .unwrap()
+}
+
+fn ack(sport: u16) -> Vec<u8> {
+    Frame::ipv4(CLIENT4, VIP4)
+        .tcp(sport, 80, 0x10)
+        .to_vec()
+        .unwrap()
+}
+
+#[test]
+fn swaps_keep_flows_drain_keeps_down_resets() {
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(web4(), backends4(4))]).unwrap()),
+        4096,
+    );
+    let ports: Vec<u16> = (1000..1400).collect();
+    let first: Vec<[u8; 4]> = ports
+        .iter()
+        .map(|&s| dst_of(&run(&mut p, &[syn(s)])[0]))
+        .collect();
+    // Drain 10.0.1.1, remove 10.0.1.2, add 10.0.1.9 with weight 5.
+    let mut pool = backends4(4);
+    pool.set_health(&BackendId::v4([10, 0, 1, 1], 8080), Health::Draining);
+    pool.remove(&BackendId::v4([10, 0, 1, 2], 8080));
+    pool.add(PoolMember::new(BackendId::v4([10, 0, 1, 9], 8080), 5));
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![listener(web4(), pool)]).unwrap());
+    let mut reset = 0;
+    for (&s, &was) in ports.iter().zip(&first) {
+        let out = &run(&mut p, &[ack(s)])[0];
+        if was == [10, 0, 1, 2] {
+            assert_eq!(out.meta.verdict, Verdict::Drop(DropReason::LbBackendDown));
+            reset += 1;
+        } else {
+            assert_eq!(out.meta.verdict, Verdict::Pass);
+            assert_eq!(dst_of(out), was, "established flow moved");
+        }
+    }
+    assert!(reset > 0);
+    let lb = p.second.service();
+    assert_eq!(lb.counters().reset, reset);
+    // New flows avoid the drained and removed backends.
+    for s in 2000..2400 {
+        let d = dst_of(&run(&mut p, &[syn(s)])[0]);
+        assert!(d != [10, 0, 1, 1] && d != [10, 0, 1, 2]);
+    }
+    let mut c = Vec::new();
+    p.visit_counters(&mut |stage, name, v| c.push((stage, name, v)));
+    assert!(c.contains(&("lb", "reset", reset)));
+}
+
+#[test]
+fn down_backends_rehash_under_encap() {
+    let pool = |down: bool| {
+        Pool::new((1..=4u8).map(|i| {
+            let m = PoolMember::new(BackendId::v4([10, 0, 2, i], 0), 1).with_next_hop(u32::from(i));
+            if down && i == 3 {
+                m.with_health(Health::Down)
+            } else {
+                m
+            }
+        }))
+    };
+    let l = |down| {
+        listener(web4(), pool(down))
+            .with_forwarding(Forwarding::Encap)
+            .with_on_down(OnDown::Rehash)
+    };
+    let mut p = pipeline(Lb::new(Listeners::new(vec![l(false)]).unwrap()), 4096);
+    let ports: Vec<u16> = (1000..1400).collect();
+    let first: Vec<u32> = ports
+        .iter()
+        .map(|&s| run(&mut p, &[syn(s)])[0].meta.next_hop)
+        .collect();
+    let on3 = first.iter().filter(|&&h| h == 3).count() as u64;
+    assert!(on3 > 0);
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![l(true)]).unwrap());
+    for _ in 0..2 {
+        for (&s, &was) in ports.iter().zip(&first) {
+            let out = &run(&mut p, &[ack(s)])[0];
+            assert_eq!(out.meta.verdict, Verdict::Pass);
+            if was == 3 {
+                assert_ne!(out.meta.next_hop, 3);
+            } else {
+                assert_eq!(out.meta.next_hop, was);
+            }
+        }
+    }
+    // Counted once per flow, on its first packet after the change.
+    assert_eq!(p.second.service().counters().rehashed, on3);
+}
+
+#[test]
+fn stateless_fallback_when_full_and_above_the_rate() {
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap()),
+        16,
+    );
+    let outs: Vec<_> = (0..40u16)
+        .map(|s| run(&mut p, &[syn(3000 + s)]).remove(0))
+        .collect();
+    for o in &outs {
+        assert_eq!(o.meta.verdict, Verdict::Pass);
+        let (_, dst, _, dp) = reparse(o.data());
+        assert_eq!(dp, 8080);
+        assert!(matches!(dst, IpAddr::V4(a) if a.octets()[..3] == [10, 0, 1]));
+    }
+    let ct = p.second;
+    assert_eq!(ct.stats().refused_full, 24);
+    assert_eq!(ct.service().counters().stateless, 24);
+    // The same choice the session would have made: the table's, by the hash alone.
+    let lb = ct.service();
+    let l = &lb.listeners().listeners()[0];
+    for (s, o) in (0..40u16).zip(&outs) {
+        let k = nf_core::FlowKey::v4(nf_core::ZoneId(0), CLIENT4, VIP4, proto::TCP, 3000 + s, 80);
+        let b = l.backend_for(&k).unwrap();
+        assert_eq!(&b.id.as_bytes()[1..5], &dst_of(o));
+    }
+
+    // A rate limit of 10 new flows a second, burst 5: the rest are served statelessly.
+    let l = listener(web4(), backends4(3)).with_new_flow_limit(NewFlowLimit::new(10, 5));
+    let mut p = pipeline(Lb::new(Listeners::new(vec![l]).unwrap()), 1024);
+    let outs: Vec<_> = (0..20u16)
+        .map(|s| run(&mut p, &[syn(4000 + s)]).remove(0))
+        .collect();
+    assert!(
+        outs.iter()
+            .all(|o| o.meta.verdict == Verdict::Pass && dst_of(o)[..3] == [10, 0, 1])
+    );
+    let ct = p.second;
+    assert_eq!(ct.len(), 5);
+    assert_eq!(ct.service().counters().rate_limited, 15);
+    assert_eq!(ct.service().counters().stateless, 15);
+}
+
+#[test]
+fn mid_stream_tcp_without_a_session_is_forwarded_by_the_hash() {
+    // An ECMP change in front sent an established connection here: no SYN, no session.
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap()),
+        64,
+    );
+    let out = run(&mut p, &[ack(5555)]);
+    assert_eq!(out[0].meta.verdict, Verdict::Pass);
+    assert!(out[0].meta.session.is_none());
+    let k = nf_core::FlowKey::v4(nf_core::ZoneId(0), CLIENT4, VIP4, proto::TCP, 5555, 80);
+    let l = &p.second.service().listeners().listeners()[0];
+    assert_eq!(
+        &l.backend_for(&k).unwrap().id.as_bytes()[1..5],
+        &dst_of(&out[0])
+    );
+    reparse(out[0].data());
+    // Not to a listener: still dropped.
+    let stray = Frame::ipv4(CLIENT4, [192, 0, 2, 99])
+        .tcp(1, 80, 0x10)
+        .to_vec()
+        .unwrap();
+    let out = run(&mut p, &[stray]);
+    assert_eq!(out[0].meta.verdict, Verdict::Drop(DropReason::NoSession));
+}
+
+#[test]
+fn a_taken_backend_tuple_is_a_key_conflict() {
+    // Two VIPs on the same backend: the same client port to both would share the reply key.
+    let other = ListenerMatch::Port {
+        vip: [192, 0, 2, 2].into(),
+        port: 80,
+        proto: proto::TCP,
+    };
+    let one = || Pool::new([PoolMember::new(BackendId::v4([10, 0, 1, 1], 8080), 1)]);
+    let lb =
+        Lb::new(Listeners::new(vec![listener(web4(), one()), listener(other, one())]).unwrap());
+    let mut p = pipeline(lb, 64);
+    let a = run(&mut p, &[syn(7000)]);
+    assert_eq!(a[0].meta.verdict, Verdict::Pass);
+    let b = Frame::ipv4(CLIENT4, [192, 0, 2, 2])
+        .tcp(7000, 80, 0x02)
+        .to_vec()
+        .unwrap();
+    let b = run(&mut p, &[b]);
+    assert_eq!(
+        b[0].meta.verdict,
+        Verdict::Drop(DropReason::SessionKeyConflict)
+    );
+    let ct = &p.second;
+    assert_eq!((ct.len(), ct.stats().key_conflict), (1, 1));
+    // The aborted creation released its slot's count.
+    let id = BackendId::v4([10, 0, 1, 1], 8080);
+    assert_eq!(ct.service().sessions_of(&other, &id), 0);
+    assert_eq!(ct.service().sessions_of(&web4(), &id), 1);
+}
+
+/// The two fragments of a UDP datagram from the client to the VIP (the first with the
+/// UDP header and 16 bytes, the second with the rest).
+fn fragments(sport: u16) -> [Vec<u8>; 2] {
+    let whole = Frame::ipv4(CLIENT4, VIP4)
+        .udp(sport, 53)
+        .payload(&[0x5a; 40])
+        .to_vec()
+        .unwrap();
+    let (l3, cut) = (14, 14 + 20 + 24);
+    let part = |data: &[u8], offset_flags: u16| {
+        let mut f = whole[..l3 + 20].to_vec();
+        f.extend_from_slice(data);
+        let len = (20 + data.len()) as u16;
+        f[l3 + 2..l3 + 4].copy_from_slice(&len.to_be_bytes());
+        f[l3 + 4..l3 + 6].copy_from_slice(&0x1234u16.to_be_bytes());
+        f[l3 + 6..l3 + 8].copy_from_slice(&offset_flags.to_be_bytes());
+        f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let c = nf_core::checksum::checksum(&f[l3..l3 + 20]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    [part(&whole[l3 + 20..cut], 0x2000), part(&whole[cut..], 3)]
+}
+
+#[test]
+fn later_fragments_follow_their_session() {
+    let on = dns4();
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(on, backends4(3))]).unwrap()),
+        64,
+    );
+    let [first, later] = fragments(6000);
+    let out = run(&mut p, &[first, later]);
+    assert!(out.iter().all(|o| o.meta.verdict == Verdict::Pass));
+    assert!(out[1].meta.has(nf_core::flags::RELATED));
+    assert_eq!(dst_of(&out[0])[..3], [10, 0, 1]);
+    assert_eq!(dst_of(&out[1]), dst_of(&out[0]));
+    for o in &out {
+        assert_eq!(
+            nf_core::checksum::checksum(&o.data()[14..34]),
+            0,
+            "IPv4 header"
+        );
+    }
+}
+
+#[test]
+fn answers_to_stateless_dnat_flows_are_un_nated() {
+    let udp_on = dns4();
+    let lb = Lb::new(
+        Listeners::new(vec![
+            listener(web4(), backends4(3)),
+            listener(
+                udp_on,
+                Pool::new([PoolMember::new(BackendId::v4([10, 0, 2, 1], 5353), 1)]),
+            ),
+        ])
+        .unwrap(),
+    );
+    // Room for one session: the first SYN gets it, the rest are served statelessly.
+    let mut p = pipeline(lb, 1);
+    for sport in 8000..8010u16 {
+        let out = run(&mut p, &[syn(sport)]);
+        let (_, dst, _, _) = reparse(out[0].data());
+        let IpAddr::V4(b) = dst else { panic!() };
+        let synack = Frame::ipv4(b.octets(), CLIENT4)
+            .tcp(8080, sport, 0x12)
+            .to_vec()
+            .unwrap();
+        let back = run(&mut p, &[synack]);
+        assert_eq!(back[0].meta.verdict, Verdict::Pass, "port {sport}");
+        let (src, dst, sp, dp) = reparse(back[0].data());
+        assert_eq!(
+            (src, dst, sp, dp),
+            (IpAddr::from(VIP4), IpAddr::from(CLIENT4), 80, sport)
+        );
+    }
+    // A UDP answer from a backend's service tuple never gets a session of its own.
+    let answer = Frame::ipv4([10, 0, 2, 1], CLIENT4)
+        .udp(5353, 9999)
+        .to_vec()
+        .unwrap();
+    let back = run(&mut p, &[answer]);
+    let (src, _, sp, _) = reparse(back[0].data());
+    assert_eq!((src, sp), (IpAddr::from(VIP4), 53));
+    assert!(back[0].meta.session.is_none());
+    let lb = p.second.service();
+    assert_eq!(lb.counters().stateless, 9);
+    assert_eq!(lb.counters().stateless_replies, 9 + 1);
+}
+
+#[test]
+fn icmp_echo_through_a_whole_vip_dnat_listener() {
+    use nf_core::wire::icmp::IcmpRepr;
+    let echo = |ty: u8| IcmpRepr {
+        ty,
+        code: 0,
+        checksum: 0,
+        ident: 77,
+        seq: 1,
+    };
+    let lb = Lb::new(
+        Listeners::new(vec![listener(
+            ListenerMatch::Vip(VIP4.into()),
+            backends4(2),
+        )])
+        .unwrap(),
+    );
+    let mut p = pipeline(lb, 64);
+    let req = Frame::ipv4(CLIENT4, VIP4).icmp(echo(8)).to_vec().unwrap();
+    let out = run(&mut p, &[req]);
+    assert_eq!(out[0].meta.verdict, Verdict::Pass);
+    let b = dst_of(&out[0]);
+    assert_eq!(b[..3], [10, 0, 1]);
+    let reply = Frame::ipv4(b, CLIENT4).icmp(echo(0)).to_vec().unwrap();
+    let back = run(&mut p, &[reply]);
+    assert_eq!(back[0].meta.direction, nf_core::Direction::Reply);
+    let l3 = usize::from(back[0].meta.l3);
+    assert_eq!(back[0].data()[l3 + 12..l3 + 16], VIP4);
+    assert_eq!(nf_core::checksum::checksum(&back[0].data()[l3..l3 + 20]), 0);
+}
+
+/// A service that admits everything and keeps the default `on_refused` (drop).
+struct Plain;
+
+impl nf_core::conntrack::SessionService for Plain {
+    type Value = ();
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        _new: &mut nf_core::conntrack::NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        Ok(())
+    }
+}
+
+#[test]
+fn in_a_tuple_the_fallback_needs_every_service() {
+    let lb = Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap());
+    let mut cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: 1, v6: 1 });
+    cfg.v4.early_drop = false;
+    let mut p = ParseStage::default().then(Conntrack::new(cfg, (lb, Plain)).unwrap());
+    let mut batch = Batch::new();
+    for s in [1u16, 2] {
+        batch.push(Packet::with_headroom(&syn(s), 64)).ok().unwrap();
+    }
+    p.process(Instant::from_nanos(1), &mut batch);
+    let v: Vec<Verdict> = batch.packets().iter().map(|p| p.meta.verdict).collect();
+    // The second finds the table full: the LB would forward it, the other service drops.
+    assert_eq!(
+        v,
+        [Verdict::Pass, Verdict::Drop(DropReason::SessionTableFull)]
+    );
+    assert_eq!(p.second.service().0.counters().stateless, 1);
+}
