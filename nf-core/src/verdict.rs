@@ -143,6 +143,21 @@ drop_reasons! {
     FragmentNoSession => "fragment_no_session",
     /// A session service refused a new flow without a reason of its own.
     ServiceRefused => "service_refused",
+    /// NAT: every public port the allocator may use for the flow is taken or quarantined
+    /// (no live mapping is ever taken away to make room).
+    NatPortsExhausted => "nat_ports_exhausted",
+    /// NAT: the allocator's probe bound was reached before a free port was found.
+    NatTooManyProbes => "nat_too_many_probes",
+    /// NAT: the allocator (or the NAT's IPv6 session store) holds its maximum of mappings.
+    NatCapacityFull => "nat_capacity_full",
+    /// NAT: the subscriber holds its quota of ports or port blocks (RFC 6888 REQ-4).
+    NatQuotaExceeded => "nat_quota_exceeded",
+    /// NAT: the flow cannot be translated (a protocol without ports, no public address of
+    /// its family, a translated tuple another session holds, or an ICMP error whose quote
+    /// cannot be rewritten).
+    NatUntranslatable => "nat_untranslatable",
+    /// NAT: a packet to a public address that no mapping serves (unsolicited inbound).
+    NatNoMapping => "nat_no_mapping",
 }
 
 impl fmt::Display for DropReason {

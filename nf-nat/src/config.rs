@@ -279,6 +279,8 @@ pub enum ConfigError {
     /// A CGN block size that is not a multiple of 64 in 64..=4096, no blocks per
     /// subscriber, or no block fits in this owner's range.
     Blocks,
+    /// An inside prefix longer than its family allows.
+    Prefix,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -290,6 +292,7 @@ impl core::fmt::Display for ConfigError {
             Self::Owner => "owner out of range",
             Self::Steering => "invalid RSS steering",
             Self::Blocks => "invalid CGN block settings",
+            Self::Prefix => "inside prefix too long",
         })
     }
 }

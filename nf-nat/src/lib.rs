@@ -126,6 +126,8 @@ mod alloc_error;
 mod allocator;
 mod config;
 mod counters;
+mod rewrite;
+mod snat;
 mod space;
 mod table;
 
@@ -136,4 +138,5 @@ pub use config::{
     DEFAULT_QUARANTINE, Owner, Profile, RssSteering,
 };
 pub use counters::{AllocatorCounters, PROBE_BUCKETS};
+pub use snat::{InsidePrefix, Snat, SnatConfig, SnatCounters, Translation};
 pub use space::{PortOwner, PortSplit, owner_of};

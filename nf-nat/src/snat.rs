@@ -1,0 +1,583 @@
+//! The SNAT session service: [`Snat`] runs inside nf-core's
+//! [`Conntrack`](nf_core::conntrack::Conntrack) and translates outbound flows to a public
+//! address and port chosen by its [`PortAllocator`].
+//!
+//! - **New flow** ([`SessionService::on_new`]): a flow from an inside prefix
+//!   ([`SnatConfig::with_inside`]; every flow if none is configured) gets a mapping and its
+//!   reply key (original destination → public address and port) in the same call, so the
+//!   session is inserted with its translation or not at all. A refusal is a typed drop
+//!   (`nat_ports_exhausted`, `nat_too_many_probes`, `nat_capacity_full`,
+//!   `nat_quota_exceeded`, `nat_untranslatable`). A flow to a public address that no
+//!   session serves is unsolicited and drops as `nat_no_mapping` (RFC 5382 REQ-4). Any
+//!   other flow passes untranslated (counted as `flows_untranslated`).
+//! - **Packets** ([`SessionService::on_packet`]): original direction, the source becomes
+//!   the public address and port; replies, the destination becomes the inside address and
+//!   port. ICMP query identifiers are translated like ports. Checksums are updated
+//!   incrementally (RFC 1624): IPv4 header, TCP/UDP with their pseudo-header (an absent UDP
+//!   checksum stays absent), ICMP, ICMPv6 with its pseudo-header.
+//! - **Related packets** ([`SessionService::on_related`]): ICMP errors get their outer
+//!   header and the quoted packet translated (RFC 5508 REQ-4/5: both IPv4 checksums, the
+//!   quoted transport checksum where the quote holds it, the ICMP checksum); later fragments
+//!   get their addresses translated.
+//! - **End** ([`SessionService::on_end`]): the mapping goes back to the allocator, which
+//!   quarantines the port.
+//!
+//! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
+//! session's two keys hold both tuples.
+//!
+//! IPv4 sessions keep the inside address in their value (12 bytes, so an IPv4 session
+//! record stays one cache line); IPv6 sessions keep an index into a store of inside
+//! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
+
+use crate::alloc_error::AllocError;
+use crate::allocator::{Mapping, PortAllocator};
+use crate::config::{AllocatorConfig, ConfigError};
+use crate::rewrite::{End, Layout, rewrite, translate_icmp_error};
+use alloc::vec::Vec;
+use core::net::IpAddr;
+use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
+use nf_core::{
+    Direction, DropReason, Family, FlowKey, Instant, Meta, Packet, Verdict, ZoneId, flags,
+};
+
+/// An inside prefix whose flows are translated, optionally only in one zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InsidePrefix {
+    /// The zone it applies to (`None`: every zone).
+    pub zone: Option<ZoneId>,
+    /// The prefix's address.
+    pub addr: IpAddr,
+    /// The prefix length (≤ 32 for IPv4, ≤ 128 for IPv6).
+    pub len: u8,
+}
+
+impl InsidePrefix {
+    /// `addr/len` in every zone.
+    pub const fn new(addr: IpAddr, len: u8) -> Self {
+        Self {
+            zone: None,
+            addr,
+            len,
+        }
+    }
+
+    /// Restricts the prefix to one zone.
+    #[must_use]
+    pub const fn in_zone(mut self, zone: ZoneId) -> Self {
+        self.zone = Some(zone);
+        self
+    }
+
+    fn contains(&self, key: &FlowKey) -> bool {
+        if self.zone.is_some_and(|z| z != key.zone) {
+            return false;
+        }
+        let (a, bits) = match self.addr {
+            IpAddr::V4(a) if key.family() == Family::V4 => (u128::from(u32::from(a)) << 96, 32),
+            IpAddr::V6(a) if key.family() == Family::V6 => (u128::from(a), 128),
+            _ => return false,
+        };
+        // IPv4 sits in the first four bytes: the prefix compares from the top either way.
+        let src = u128::from_be_bytes(*key.src_raw());
+        let len = u32::from(self.len.min(bits));
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        (a ^ src) & mask == 0
+    }
+}
+
+/// Settings of a [`Snat`] service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnatConfig {
+    /// The port allocator's settings (profile, public addresses, bounds).
+    pub allocator: AllocatorConfig,
+    /// Inside prefixes whose flows are translated (empty: every flow not to a public
+    /// address).
+    pub inside: Vec<InsidePrefix>,
+    /// IPv6 sessions translated at once (the store of inside IPv6 addresses, allocated up
+    /// front: 20 bytes each).
+    pub v6_sessions: usize,
+}
+
+impl SnatConfig {
+    /// Translate every flow with `allocator`; IPv6 sessions up to its `max_mappings`.
+    pub fn new(allocator: AllocatorConfig) -> Self {
+        let v6_sessions = allocator.max_mappings;
+        Self {
+            allocator,
+            inside: Vec::new(),
+            v6_sessions,
+        }
+    }
+
+    /// Adds an inside prefix (once one is given, only flows from inside prefixes are
+    /// translated).
+    #[must_use]
+    pub fn with_inside(mut self, prefix: InsidePrefix) -> Self {
+        self.inside.push(prefix);
+        self
+    }
+
+    /// Sets how many IPv6 sessions may be translated at once.
+    #[must_use]
+    pub fn with_v6_sessions(mut self, n: usize) -> Self {
+        self.v6_sessions = n;
+        self
+    }
+}
+
+/// What a [`Snat`] service has done (monotonic), by stable snake_case names through
+/// [`SessionService::visit_counters`] under the stage name `snat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnatCounters {
+    /// New flows given a mapping.
+    pub flows_translated: u64,
+    /// New flows that match no inside prefix, passed untranslated.
+    pub flows_untranslated: u64,
+    /// New flows refused (allocator errors, reply key conflicts, IPv6 store full).
+    pub flows_refused: u64,
+    /// Unsolicited flows to a public address, dropped.
+    pub no_mapping: u64,
+    /// Packets translated in the original direction.
+    pub packets_out: u64,
+    /// Packets translated in the reply direction.
+    pub packets_in: u64,
+    /// ICMP errors translated.
+    pub icmp_errors_translated: u64,
+    /// ICMP errors dropped because they could not be rewritten.
+    pub icmp_errors_dropped: u64,
+    /// Later fragments translated.
+    pub fragments_translated: u64,
+    /// Packets dropped because their headers could not be rewritten.
+    pub rewrite_failed: u64,
+}
+
+impl SnatCounters {
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        for (name, v) in [
+            ("flows_translated", self.flows_translated),
+            ("flows_untranslated", self.flows_untranslated),
+            ("flows_refused", self.flows_refused),
+            ("no_mapping", self.no_mapping),
+            ("packets_out", self.packets_out),
+            ("packets_in", self.packets_in),
+            ("icmp_errors_translated", self.icmp_errors_translated),
+            ("icmp_errors_dropped", self.icmp_errors_dropped),
+            ("fragments_translated", self.fragments_translated),
+            ("rewrite_failed", self.rewrite_failed),
+        ] {
+            f(STAGE, name, v);
+        }
+    }
+}
+
+/// The stage name of the service's counters.
+const STAGE: &str = "snat";
+
+/// The session value of [`Snat`]: the mapping and the inside endpoint (12 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// IPv4: the inside address; IPv6: the index of the inside address in the store.
+    inside: [u8; 4],
+    inside_port: u16,
+    mapping: Mapping,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Kind {
+    /// Not translated (no inside prefix matched).
+    #[default]
+    Pass,
+    V4,
+    V6,
+}
+
+impl Translation {
+    /// The public address index and port, if the session is translated.
+    pub fn mapping(&self) -> Option<Mapping> {
+        (self.kind != Kind::Pass).then_some(self.mapping)
+    }
+
+    /// The inside port (ICMP: identifier) of a translated session.
+    pub fn inside_port(&self) -> u16 {
+        self.inside_port
+    }
+}
+
+/// The SNAT session service (see the [module docs](self)).
+///
+/// ```
+/// use nf_core::conntrack::{Conntrack, ConntrackConfig};
+/// use nf_core::wire::Frame;
+/// use nf_core::{Batch, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
+/// use nf_nat::{AllocatorConfig, InsidePrefix, Profile, Snat, SnatConfig};
+///
+/// let ports = AllocatorConfig::new(Profile::Hyperplane, vec!["203.0.113.1".parse()?], *b"operator secret!");
+/// let snat = Snat::new(SnatConfig::new(ports).with_inside(InsidePrefix::new("10.0.0.0".parse()?, 8)))?;
+/// let mut nat = ParseStage::default().then(Conntrack::new(ConntrackConfig::new(*b"conntrack secret"), snat)?);
+///
+/// let now = Instant::from_nanos(1_000_000_000);
+/// let out = Frame::ipv4([10, 0, 0, 5], [198, 51, 100, 9]).udp(40000, 53).payload(b"q").to_vec()?;
+/// let mut batch = Batch::new();
+/// batch.push(Packet::with_headroom(&out, 64)).ok();
+/// nat.process(now, &mut batch);
+/// let pkt = &batch.packets()[0];
+/// assert_eq!(pkt.meta.verdict, Verdict::Pass);
+/// let ip = &pkt.data()[usize::from(pkt.meta.l3)..];
+/// assert_eq!(ip[12..16], [203, 0, 113, 1]); // the source is now the public address
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Snat {
+    ports: PortAllocator,
+    inside: Vec<InsidePrefix>,
+    /// Public addresses by mapping index (IPv4 in the first 4 bytes).
+    publics: Vec<[u8; 16]>,
+    public_ips: Vec<IpAddr>,
+    v6: V6Store,
+    counters: SnatCounters,
+}
+
+/// Inside IPv6 addresses of translated sessions, with a free list; allocated up front.
+struct V6Store {
+    addrs: Vec<[u8; 16]>,
+    free: Vec<u32>,
+}
+
+impl V6Store {
+    fn new(n: usize) -> Self {
+        let n = n.min(u32::MAX as usize);
+        Self {
+            addrs: alloc::vec![[0; 16]; n],
+            free: (0..n as u32).rev().collect(),
+        }
+    }
+
+    fn take(&mut self, a: [u8; 16]) -> Option<u32> {
+        let i = self.free.pop()?;
+        if let Some(slot) = self.addrs.get_mut(i as usize) {
+            *slot = a;
+        }
+        Some(i)
+    }
+
+    fn get(&self, i: u32) -> Option<&[u8; 16]> {
+        self.addrs.get(i as usize)
+    }
+
+    fn put(&mut self, i: u32) {
+        // The free list was allocated with room for every index.
+        if (i as usize) < self.addrs.len() && self.free.len() < self.addrs.len() {
+            self.free.push(i);
+        }
+    }
+}
+
+impl Snat {
+    /// A service over a new [`PortAllocator`] and the stores it needs (all allocated
+    /// here).
+    ///
+    /// # Errors
+    /// The allocator's [`ConfigError`], or [`ConfigError::Prefix`] for an inside prefix
+    /// longer than its family allows.
+    pub fn new(config: SnatConfig) -> Result<Self, ConfigError> {
+        let bad = |p: &InsidePrefix| match p.addr {
+            IpAddr::V4(_) => p.len > 32,
+            IpAddr::V6(_) => p.len > 128,
+        };
+        if config.inside.iter().any(bad) {
+            return Err(ConfigError::Prefix);
+        }
+        let publics = config
+            .allocator
+            .public_ips
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V4(a) => {
+                    let mut b = [0; 16];
+                    if let Some(c) = b.first_chunk_mut::<4>() {
+                        *c = a.octets();
+                    }
+                    b
+                }
+                IpAddr::V6(a) => a.octets(),
+            })
+            .collect();
+        let public_ips = config.allocator.public_ips.clone();
+        Ok(Self {
+            ports: PortAllocator::new(config.allocator)?,
+            inside: config.inside,
+            publics,
+            public_ips,
+            v6: V6Store::new(config.v6_sessions),
+            counters: SnatCounters::default(),
+        })
+    }
+
+    /// The port allocator (its counters, live mappings, block events).
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    /// The port allocator, writable (to drain CGN block events).
+    pub fn ports_mut(&mut self) -> &mut PortAllocator {
+        &mut self.ports
+    }
+
+    /// The service's counters.
+    pub fn counters(&self) -> &SnatCounters {
+        &self.counters
+    }
+
+    /// Bytes allocated by the allocator and the IPv6 store.
+    pub fn memory_bytes(&self) -> usize {
+        self.ports.memory_bytes()
+            + self.v6.addrs.capacity() * 16
+            + self.v6.free.capacity() * 4
+            + self.publics.capacity() * 16
+    }
+
+    fn is_inside(&self, key: &FlowKey) -> bool {
+        self.inside.is_empty() || self.inside.iter().any(|p| p.contains(key))
+    }
+
+    fn is_public(&self, key: &FlowKey) -> bool {
+        self.public_ips.contains(&key.dst_ip())
+    }
+
+    /// Allocates the mapping and reply key of a flow to translate.
+    fn admit(&mut self, now: Instant, new: &mut NewFlow<'_>) -> Result<Translation, DropReason> {
+        let original = *new.original();
+        let mapping = self.ports.allocate(now, &original).map_err(drop_reason)?;
+        let fail = |s: &mut Self, r: DropReason| {
+            let _ = s.ports.release(now, &original, mapping);
+            Err(r)
+        };
+        let Some(reply) = self.ports.reply_key(&original, mapping) else {
+            return fail(self, DropReason::NatUntranslatable);
+        };
+        if !new.is_free(&reply) || new.set_reply(reply).is_err() {
+            return fail(self, DropReason::NatUntranslatable);
+        }
+        let (inside, kind) = match original.family() {
+            Family::V4 => {
+                let a = original
+                    .src_raw()
+                    .first_chunk::<4>()
+                    .copied()
+                    .unwrap_or_default();
+                (a, Kind::V4)
+            }
+            Family::V6 => match self.v6.take(*original.src_raw()) {
+                Some(i) => (i.to_be_bytes(), Kind::V6),
+                None => return fail(self, DropReason::NatCapacityFull),
+            },
+        };
+        Ok(Translation {
+            inside,
+            inside_port: original.src_port,
+            mapping,
+            kind,
+        })
+    }
+
+    /// Counts a packet whose headers could not be rewritten (`icmp`: an ICMP error) and
+    /// drops it.
+    fn failed(&mut self, icmp: bool) -> Verdict {
+        if icmp {
+            self.counters.icmp_errors_dropped += 1;
+        } else {
+            self.counters.rewrite_failed += 1;
+        }
+        Verdict::Drop(DropReason::NatUntranslatable)
+    }
+
+    /// The address and port a packet's rewritten end gets, and which end.
+    #[inline(always)]
+    fn target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
+        match dir {
+            Direction::Original => {
+                let p = self.publics.get(usize::from(t.mapping.public_index()))?;
+                Some((End::Src, *p, t.mapping.port()))
+            }
+            Direction::Reply => {
+                let a = match t.kind {
+                    Kind::V4 => {
+                        let mut b = [0; 16];
+                        *b.first_chunk_mut::<4>()? = t.inside;
+                        b
+                    }
+                    _ => *self.v6.get(u32::from_be_bytes(t.inside))?,
+                };
+                Some((End::Dst, a, t.inside_port))
+            }
+        }
+    }
+}
+
+/// The typed drop of an allocator refusal.
+fn drop_reason(e: AllocError) -> DropReason {
+    match e {
+        AllocError::Exhausted => DropReason::NatPortsExhausted,
+        AllocError::TooManyProbes => DropReason::NatTooManyProbes,
+        AllocError::CapacityFull => DropReason::NatCapacityFull,
+        AllocError::QuotaExceeded => DropReason::NatQuotaExceeded,
+        AllocError::UnsupportedProtocol | AllocError::NoPublicAddress => {
+            DropReason::NatUntranslatable
+        }
+    }
+}
+
+fn layout(m: &Meta) -> Layout {
+    Layout {
+        l3: usize::from(m.l3),
+        l4: usize::from(m.l4),
+        proto: m.flow.proto,
+        has_l4: m.has(flags::L4_VALID) && !m.has(flags::LATER_FRAGMENT),
+    }
+}
+
+/// Where the IP packet ends in `data` (its total or payload length, within the frame).
+fn ip_end(data: &[u8], m: &Meta) -> usize {
+    let l3 = usize::from(m.l3);
+    let ip = data.get(l3..).unwrap_or(&[]);
+    let len = match (m.flow.family(), ip) {
+        (Family::V4, [_, _, a, b, ..]) => usize::from(u16::from_be_bytes([*a, *b])),
+        (Family::V6, [_, _, _, _, a, b, ..]) => 40 + usize::from(u16::from_be_bytes([*a, *b])),
+        _ => 0,
+    };
+    data.len().min(l3 + len)
+}
+
+/// Rewrites `end` of a packet of `family` to `addr`/`port`.
+#[inline(always)]
+fn rewrite_any(
+    d: &mut [u8],
+    at: Layout,
+    v6: bool,
+    end: End,
+    addr: &[u8; 16],
+    port: u16,
+) -> Option<()> {
+    if v6 {
+        rewrite(d, at, end, addr, port)
+    } else {
+        rewrite(d, at, end, addr.first_chunk::<4>()?, port)
+    }
+}
+
+impl SessionService for Snat {
+    type Value = Translation;
+
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        _pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Translation, DropReason> {
+        let key = *new.original();
+        if self.is_inside(&key) && !self.is_public(&key) {
+            let r = self.admit(now, new);
+            match r {
+                Ok(_) => self.counters.flows_translated += 1,
+                Err(_) => self.counters.flows_refused += 1,
+            }
+            r
+        } else if self.is_public(&key) {
+            self.counters.no_mapping += 1;
+            Err(DropReason::NatNoMapping)
+        } else {
+            self.counters.flows_untranslated += 1;
+            Ok(Translation::default())
+        }
+    }
+
+    #[inline(always)]
+    fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        direction: Direction,
+        t: &mut Translation,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if t.kind == Kind::Pass {
+            return Verdict::Pass;
+        }
+        let at = layout(&pkt.meta);
+        let v6 = t.kind == Kind::V6;
+        let done = self
+            .target(direction, t)
+            .and_then(|(end, addr, port)| rewrite_any(pkt.data_mut(), at, v6, end, &addr, port));
+        if done.is_none() {
+            return self.failed(false);
+        }
+        match direction {
+            Direction::Original => self.counters.packets_out += 1,
+            Direction::Reply => self.counters.packets_in += 1,
+        }
+        Verdict::Pass
+    }
+
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        direction: Direction,
+        t: &mut Translation,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if t.kind == Kind::Pass {
+            return Verdict::Pass;
+        }
+        let icmp = pkt.meta.has(flags::ICMP_ERROR);
+        let mut at = layout(&pkt.meta);
+        let e = ip_end(pkt.data(), &pkt.meta);
+        let v6 = t.kind == Kind::V6;
+        let done = self.target(direction, t).and_then(|(end, addr, port)| {
+            let d = pkt.data_mut();
+            if !icmp {
+                // A later fragment: addresses only.
+                at.has_l4 = false;
+                rewrite_any(d, at, v6, end, &addr, port)
+            } else if v6 {
+                translate_icmp_error(d, at, e, end, &addr, port)
+            } else {
+                let a = addr.first_chunk::<4>()?;
+                translate_icmp_error(d, at, e, end, a, port)
+            }
+        });
+        let c = &mut self.counters;
+        match (done, icmp) {
+            (Some(()), true) => c.icmp_errors_translated += 1,
+            (Some(()), false) => c.fragments_translated += 1,
+            (None, icmp) => return self.failed(icmp),
+        }
+        Verdict::Pass
+    }
+
+    fn on_end(&mut self, now: Instant, s: &SessionInfo<Translation>, _cause: EndCause) {
+        let t = s.value;
+        if t.kind == Kind::Pass {
+            return;
+        }
+        // A release the allocator does not recognise is counted there.
+        let _ = self.ports.release(now, &s.original, t.mapping);
+        if t.kind == Kind::V6 {
+            self.v6.put(u32::from_be_bytes(t.inside));
+        }
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.counters.visit(f);
+        self.ports.visit_counters(STAGE, f);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.ports.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.ports.handle_timeout(now, budget)
+    }
+}

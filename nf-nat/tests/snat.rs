@@ -1,0 +1,261 @@
+//! The SNAT service end to end: frames built with nf-core's `Frame` go out through
+//! `Conntrack<Snat>`, the reply to the translated tuple comes back, and ICMP errors about the
+//! flow travel both ways; every frame that leaves is re-parsed with etherparse and its
+//! checksums recomputed from scratch.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod common;
+
+use common::*;
+use nf_core::wire::tcp::tcp_flags::{ACK, SYN};
+use nf_core::{DropReason, Verdict};
+use nf_nat::Profile;
+
+/// One protocol's frames, for both families: the outbound packet, the reply to a public
+/// port, and the same with the addresses given.
+trait Family {
+    type A: Copy + PartialEq + core::fmt::Debug;
+    const INSIDE: fn() -> Self::A;
+    const PUBLIC: fn() -> Self::A;
+    const REMOTE: fn() -> Self::A;
+    const ROUTER: fn() -> Self::A;
+    fn src(f: &[u8]) -> Self::A;
+    fn dst(f: &[u8]) -> Self::A;
+    fn frame(p: Proto, src: Self::A, dst: Self::A, sp: u16, dp: u16, reply: bool) -> Vec<u8>;
+    fn unreachable(src: Self::A, dst: Self::A, quoted: &[u8]) -> Vec<u8>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proto {
+    Tcp,
+    Udp,
+    Echo,
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type A = [u8; 4];
+    const INSIDE: fn() -> [u8; 4] = || INSIDE4;
+    const PUBLIC: fn() -> [u8; 4] = || PUBLIC4;
+    const REMOTE: fn() -> [u8; 4] = || REMOTE4;
+    const ROUTER: fn() -> [u8; 4] = || ROUTER4;
+    fn src(f: &[u8]) -> [u8; 4] {
+        src4(f)
+    }
+    fn dst(f: &[u8]) -> [u8; 4] {
+        dst4(f)
+    }
+    fn frame(p: Proto, s: [u8; 4], d: [u8; 4], sp: u16, dp: u16, reply: bool) -> Vec<u8> {
+        match p {
+            Proto::Tcp => tcp4(s, d, sp, dp, if reply { SYN | ACK } else { SYN }),
+            Proto::Udp => udp4(s, d, sp, dp),
+            Proto::Echo => ping4(s, d, sp, reply),
+        }
+    }
+    fn unreachable(s: [u8; 4], d: [u8; 4], q: &[u8]) -> Vec<u8> {
+        unreachable4(s, d, q)
+    }
+}
+
+impl Family for V6 {
+    type A = [u8; 16];
+    const INSIDE: fn() -> [u8; 16] = inside6;
+    const PUBLIC: fn() -> [u8; 16] = public6;
+    const REMOTE: fn() -> [u8; 16] = remote6;
+    const ROUTER: fn() -> [u8; 16] = router6;
+    fn src(f: &[u8]) -> [u8; 16] {
+        src6(f)
+    }
+    fn dst(f: &[u8]) -> [u8; 16] {
+        dst6(f)
+    }
+    fn frame(p: Proto, s: [u8; 16], d: [u8; 16], sp: u16, dp: u16, reply: bool) -> Vec<u8> {
+        match p {
+            Proto::Tcp => tcp6(s, d, sp, dp, if reply { SYN | ACK } else { SYN }),
+            Proto::Udp => udp6(s, d, sp, dp),
+            Proto::Echo => ping6(s, d, sp, reply),
+        }
+    }
+    fn unreachable(s: [u8; 16], d: [u8; 16], q: &[u8]) -> Vec<u8> {
+        unreachable6(s, d, q)
+    }
+}
+
+/// The whole exchange for one protocol and family, in the given profile.
+fn round_trip<F: Family>(p: Proto, profile: Profile) {
+    let mut nat = Nat::new(profile, 1024);
+    let (inside, public, remote) = (F::INSIDE(), F::PUBLIC(), F::REMOTE());
+    let (sport, dport) = if p == Proto::Echo {
+        (0x1234, 0x1234)
+    } else {
+        (40000, 443)
+    };
+
+    // Outbound: the source becomes the public address and a public port.
+    let out = F::frame(p, inside, remote, sport, dport, false);
+    let (v, sent) = nat.send(&out);
+    assert_eq!(v, Verdict::Pass, "{p:?} outbound");
+    verify_frame(&sent);
+    assert_eq!((F::src(&sent), F::dst(&sent)), (public, remote));
+    let (mapped, d) = ports(&sent);
+    if p != Proto::Echo {
+        assert_eq!(d, dport);
+    }
+    assert!(mapped >= 1024, "range class of {sport}");
+    assert_eq!(sent.len(), out.len());
+
+    // The reply to the translated tuple arrives un-NATed at the inside host.
+    let (rs, rd) = if p == Proto::Echo {
+        (mapped, mapped)
+    } else {
+        (dport, mapped)
+    };
+    let reply = F::frame(p, remote, public, rs, rd, true);
+    let (v, back) = nat.send(&reply);
+    assert_eq!(v, Verdict::Pass, "{p:?} reply");
+    verify_frame(&back);
+    assert_eq!((F::src(&back), F::dst(&back)), (remote, inside));
+    let expect = if p == Proto::Echo {
+        (sport, sport)
+    } else {
+        (dport, sport)
+    };
+    assert_eq!(ports(&back), expect);
+
+    // A router on the path reports the outbound packet unreachable, to the public address:
+    // the outer destination and the quoted source are the inside host's again.
+    let err = F::unreachable(F::ROUTER(), public, &sent);
+    let (v, in_err) = nat.send(&err);
+    assert_eq!(v, Verdict::Pass, "{p:?} inbound ICMP error");
+    verify_frame(&in_err);
+    assert_eq!((F::src(&in_err), F::dst(&in_err)), (F::ROUTER(), inside));
+    let quote = &in_err[err.len() - ip(&sent).len()..];
+    assert_eq!(
+        quote,
+        ip(&out),
+        "the quote is the packet the inside host sent"
+    );
+
+    // The inside host reports the reply unreachable: outer source and quoted destination
+    // become the public ones, and the quote is exactly what the remote host sent.
+    let err = F::unreachable(inside, remote, &back);
+    let (v, out_err) = nat.send(&err);
+    assert_eq!(v, Verdict::Pass, "{p:?} outbound ICMP error");
+    verify_frame(&out_err);
+    assert_eq!((F::src(&out_err), F::dst(&out_err)), (public, remote));
+    let quote = &out_err[err.len() - ip(&back).len()..];
+    assert_eq!(
+        quote,
+        ip(&reply),
+        "the quote is the packet the remote host sent"
+    );
+
+    assert_eq!(nat.counter("packets_out"), 1);
+    assert_eq!(nat.counter("packets_in"), 1);
+    assert_eq!(nat.counter("icmp_errors_translated"), 2);
+}
+
+macro_rules! round_trips {
+    ($($name:ident: $fam:ty, $proto:expr, $profile:expr;)+) => {$(
+        #[test]
+        fn $name() {
+            round_trip::<$fam>($proto, $profile);
+        }
+    )+};
+}
+
+round_trips! {
+    tcp_v4_hyperplane: V4, Proto::Tcp, Profile::Hyperplane;
+    udp_v4_hyperplane: V4, Proto::Udp, Profile::Hyperplane;
+    echo_v4_hyperplane: V4, Proto::Echo, Profile::Hyperplane;
+    tcp_v6_hyperplane: V6, Proto::Tcp, Profile::Hyperplane;
+    udp_v6_hyperplane: V6, Proto::Udp, Profile::Hyperplane;
+    echo_v6_hyperplane: V6, Proto::Echo, Profile::Hyperplane;
+    tcp_v4_rfc: V4, Proto::Tcp, Profile::Rfc;
+    udp_v4_rfc: V4, Proto::Udp, Profile::Rfc;
+    echo_v4_rfc: V4, Proto::Echo, Profile::Rfc;
+    udp_v6_rfc: V6, Proto::Udp, Profile::Rfc;
+    udp_v4_cgn: V4, Proto::Udp, Profile::Cgn(nf_nat::CgnSettings::new());
+}
+
+#[test]
+fn udp_without_checksum_stays_without() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let mut out = udp4(INSIDE4, REMOTE4, 5000, 53);
+    out[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let (v, sent) = nat.send(&out);
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(be16(&sent[14 + 20 + 6..]), 0);
+    verify_frame(&sent);
+}
+
+#[test]
+fn unsolicited_inbound_to_the_public_address_is_dropped_and_counted() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let (v, _) = nat.send(&udp4(REMOTE4, PUBLIC4, 53, 40000));
+    assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+    assert_eq!(nat.counter("no_mapping"), 1);
+    assert_eq!(nat.pipe.second.len(), 0);
+}
+
+#[test]
+fn flows_outside_the_inside_prefixes_pass_untranslated() {
+    use nf_nat::{AllocatorConfig, InsidePrefix, SnatConfig};
+    let ports = AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+        *b"snat test secret",
+    );
+    let inside = InsidePrefix::new("10.0.0.0".parse().unwrap(), 30);
+    let mut nat = Nat::with_config(SnatConfig::new(ports).with_inside(inside), 64);
+    let (v, a) = nat.send(&udp4(INSIDE4, REMOTE4, 5000, 53)); // 10.0.0.5: outside /30
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(src4(&a), INSIDE4);
+    let (v, b) = nat.send(&udp4([10, 0, 0, 2], REMOTE4, 5000, 53));
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(src4(&b), PUBLIC4);
+    assert_eq!(nat.counter("flows_untranslated"), 1);
+    assert_eq!(nat.counter("flows_translated"), 1);
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    // A UDP datagram in two fragments: the first holds the header, the second 16 bytes.
+    let mut first = udp4(INSIDE4, REMOTE4, 5000, 53);
+    let ipb = &mut first[14..];
+    ipb[6] = 0x20; // more fragments, offset 0
+    ipb[10..12].copy_from_slice(&[0, 0]);
+    let c = !ones(&ipb[..20]);
+    ipb[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut second = first[..14 + 20].to_vec();
+    second.extend_from_slice(&[0xab; 16]);
+    let ipb = &mut second[14..];
+    ipb[2..4].copy_from_slice(&36u16.to_be_bytes());
+    ipb[6..8].copy_from_slice(&[0, 3]); // offset 24 bytes, last
+    ipb[10..12].copy_from_slice(&[0, 0]);
+    let c = !ones(&ipb[..20]);
+    ipb[10..12].copy_from_slice(&c.to_be_bytes());
+    let out = nat.send_batch(&[first, second]);
+    assert_eq!(out[0].0, Verdict::Pass);
+    assert_eq!(out[1].0, Verdict::Pass);
+    assert_eq!(src4(&out[1].1), PUBLIC4);
+    assert_eq!(ones(&out[1].1[14..34]), 0xffff);
+    assert_eq!(nat.counter("fragments_translated"), 1);
+}
+
+fn ones(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|w| u32::from(be16(w))).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
