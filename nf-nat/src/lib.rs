@@ -130,6 +130,7 @@ mod rewrite;
 mod snat;
 mod space;
 mod table;
+mod timeouts;
 
 pub use alloc_error::{AllocError, ReleaseError};
 pub use allocator::{BlockEvent, BlockEventKind, Mapping, PortAllocator};
@@ -140,3 +141,7 @@ pub use config::{
 pub use counters::{AllocatorCounters, PROBE_BUCKETS};
 pub use snat::{InsidePrefix, Snat, SnatConfig, SnatCounters, Translation};
 pub use space::{PortOwner, PortSplit, owner_of};
+pub use timeouts::{
+    HYPERPLANE_IDLE, ICMP_QUERY_MIN, TCP_ESTABLISHED_MIN, TCP_TRANSITORY_MIN, UDP_DEFAULT,
+    nat_timeouts,
+};

@@ -229,33 +229,64 @@ fn flows_outside_the_inside_prefixes_pass_untranslated() {
 #[test]
 fn later_fragments_follow_their_first_fragment() {
     let mut nat = Nat::new(Profile::Hyperplane, 64);
-    // A UDP datagram in two fragments: the first holds the header, the second 16 bytes.
-    let mut first = udp4(INSIDE4, REMOTE4, 5000, 53);
-    let ipb = &mut first[14..];
-    ipb[6] = 0x20; // more fragments, offset 0
-    ipb[10..12].copy_from_slice(&[0, 0]);
-    let c = !ones(&ipb[..20]);
-    ipb[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut second = first[..14 + 20].to_vec();
-    second.extend_from_slice(&[0xab; 16]);
-    let ipb = &mut second[14..];
-    ipb[2..4].copy_from_slice(&36u16.to_be_bytes());
-    ipb[6..8].copy_from_slice(&[0, 3]); // offset 24 bytes, last
-    ipb[10..12].copy_from_slice(&[0, 0]);
-    let c = !ones(&ipb[..20]);
-    ipb[10..12].copy_from_slice(&c.to_be_bytes());
+    let (first, second) = fragments(INSIDE4, REMOTE4);
     let out = nat.send_batch(&[first, second]);
     assert_eq!(out[0].0, Verdict::Pass);
     assert_eq!(out[1].0, Verdict::Pass);
     assert_eq!(src4(&out[1].1), PUBLIC4);
-    assert_eq!(ones(&out[1].1[14..34]), 0xffff);
+    assert_eq!(
+        ones_sum(&[&out[1].1[14..34]]),
+        0xffff,
+        "IPv4 header checksum"
+    );
     assert_eq!(nat.counter("fragments_translated"), 1);
 }
 
-fn ones(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|w| u32::from(be16(w))).sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
+/// hyperplane: 64,512 TCP connections to one destination from one public address all open
+/// (no exclusions: every port 1024–65535); the next is refused with the typed drop and
+/// counted; every earlier connection still translates both ways.
+#[test]
+fn hyperplane_exhaustion_64512_then_typed_refusal() {
+    use nf_nat::{AllocatorConfig, SnatConfig};
+    const N: usize = 64_512;
+    let alloc = AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+        *b"snat test secret",
+    )
+    .with_max_mappings(N + 64)
+    .with_excluded_ports([]);
+    let mut nat = Nat::with_config(SnatConfig::new(alloc), N + 64);
+    let inside = |i: usize| [10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let syn = |i: usize| tcp4(inside(i), REMOTE4, 40000, 443, SYN);
+    let mut public = Vec::with_capacity(N);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(64) {
+        let frames: Vec<_> = chunk.iter().map(|&i| syn(i)).collect();
+        for (v, f) in nat.send_batch(&frames) {
+            assert_eq!(v, Verdict::Pass);
+            public.push(ports(&f).0);
+        }
     }
-    s as u16
+    let mut sorted = public.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), N, "every connection has its own port");
+    assert_eq!((sorted[0], sorted[N - 1]), (1024, 65535));
+
+    let (v, _) = nat.send(&syn(N));
+    assert_eq!(v, Verdict::Drop(DropReason::NatPortsExhausted));
+    assert_eq!(nat.counter("alloc_error_exhausted"), 1);
+    assert_eq!(nat.counter("flows_refused"), 1);
+
+    // The earlier ones keep working: each SYN-ACK reaches its inside host.
+    for (chunk_no, chunk) in public.chunks(64).enumerate() {
+        let frames: Vec<_> = chunk
+            .iter()
+            .map(|&p| tcp4(REMOTE4, PUBLIC4, 443, p, SYN | ACK))
+            .collect();
+        for (k, (v, f)) in nat.send_batch(&frames).into_iter().enumerate() {
+            assert_eq!(v, Verdict::Pass);
+            assert_eq!(dst4(&f), inside(chunk_no * 64 + k));
+        }
+    }
 }

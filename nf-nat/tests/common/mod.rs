@@ -11,7 +11,7 @@ use etherparse::PacketHeaders;
 use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::wire::Frame;
 use nf_core::{Batch, Chain, Instant, Packet, ParseStage, Stage, StageControl, StageExt, Verdict};
-use nf_nat::{AllocatorConfig, Profile, Snat, SnatConfig};
+use nf_nat::{AllocatorConfig, Profile, Snat, SnatConfig, nat_timeouts};
 
 pub(crate) const INSIDE4: [u8; 4] = [10, 0, 0, 5];
 pub(crate) const INSIDE4_B: [u8; 4] = [10, 0, 0, 6];
@@ -57,9 +57,12 @@ impl Nat {
     }
 
     pub(crate) fn with_config(cfg: SnatConfig, sessions: usize) -> Self {
+        let timeouts = nat_timeouts(&cfg.allocator.profile);
         let snat = Snat::new(cfg).unwrap();
         let n = u32::try_from(sessions).unwrap().max(64) * 2;
-        let ct = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: n, v6: 1024 });
+        let mut ct = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: n, v6: 1024 });
+        ct.v4.timeouts = timeouts;
+        ct.v6.timeouts = timeouts;
         Self {
             pipe: ParseStage::default().then(Conntrack::new(ct, snat).unwrap()),
             now: Instant::from_nanos(1_000_000_000),
@@ -86,6 +89,14 @@ impl Nat {
             .drain()
             .map(|p| (p.meta.verdict, p.data().to_vec()))
             .collect()
+    }
+
+    /// Moves the clock on by `secs` and runs every due timer.
+    pub(crate) fn advance(&mut self, secs: u64) {
+        self.now += nf_core::Duration::from_secs(secs);
+        while self.pipe.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.pipe.handle_timeout(self.now, 1024);
+        }
     }
 
     pub(crate) fn counter(&self, name: &str) -> u64 {
@@ -147,7 +158,7 @@ pub(crate) fn ports(frame: &[u8]) -> (u16, u16) {
 }
 
 /// RFC 1071, word by word, nothing shared with nf-core.
-fn ones_sum(parts: &[&[u8]]) -> u16 {
+pub(crate) fn ones_sum(parts: &[&[u8]]) -> u16 {
     let mut s: u64 = 0;
     for p in parts {
         for w in p.chunks(2) {
@@ -297,4 +308,23 @@ pub(crate) fn unreachable6(src: [u8; 16], dst: [u8; 16], quoted: &[u8]) -> Vec<u
         .icmp_error(1, 4, ip(quoted))
         .to_vec()
         .unwrap()
+}
+
+/// A UDP datagram in two IPv4 fragments (the first holds the UDP header).
+pub(crate) fn fragments(src: [u8; 4], dst: [u8; 4]) -> (Vec<u8>, Vec<u8>) {
+    let seal = |f: &mut Vec<u8>| {
+        f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum: u32 = f[14..34].chunks(2).map(|w| u32::from(be16(w))).sum();
+        let c = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    };
+    let mut first = udp4(src, dst, 5000, 53);
+    first[14 + 6] = 0x20;
+    seal(&mut first);
+    let mut second = first[..34].to_vec();
+    second.extend_from_slice(&[0xab; 16]);
+    second[14 + 2..14 + 4].copy_from_slice(&36u16.to_be_bytes());
+    second[14 + 6..14 + 8].copy_from_slice(&[0, 3]);
+    seal(&mut second);
+    (first, second)
 }
