@@ -1,33 +1,4 @@
-//! The SNAT session service: [`Snat`] runs inside nf-core's
-//! [`Conntrack`](nf_core::conntrack::Conntrack) and translates outbound flows to a public
-//! address and port chosen by its [`PortAllocator`].
-//!
-//! - **New flow** ([`SessionService::on_new`]): a flow from an inside prefix
-//!   ([`SnatConfig::with_inside`]; every flow if none is configured) gets a mapping and its
-//!   reply key (original destination → public address and port) in the same call, so the
-//!   session is inserted with its translation or not at all. A refusal is a typed drop
-//!   (`nat_ports_exhausted`, `nat_too_many_probes`, `nat_capacity_full`,
-//!   `nat_quota_exceeded`, `nat_untranslatable`). A flow to a public address that no
-//!   session serves is unsolicited and drops as `nat_no_mapping` (RFC 5382 REQ-4). Any
-//!   other flow passes untranslated (counted as `flows_untranslated`).
-//! - **Packets** ([`SessionService::on_packet`]): original direction, the source becomes
-//!   the public address and port; replies, the destination becomes the inside address and
-//!   port. ICMP query identifiers are translated like ports. Checksums are updated
-//!   incrementally (RFC 1624): IPv4 header, TCP/UDP with their pseudo-header (an absent UDP
-//!   checksum stays absent), ICMP, ICMPv6 with its pseudo-header.
-//! - **Related packets** ([`SessionService::on_related`]): ICMP errors get their outer
-//!   header and the quoted packet translated (RFC 5508 REQ-4/5: both IPv4 checksums, the
-//!   quoted transport checksum where the quote holds it, the ICMP checksum); later fragments
-//!   get their addresses translated.
-//! - **End** ([`SessionService::on_end`]): the mapping goes back to the allocator, which
-//!   quarantines the port.
-//!
-//! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
-//! session's two keys hold both tuples.
-//!
-//! IPv4 sessions keep the inside address in their value (12 bytes, so an IPv4 session
-//! record stays one cache line); IPv6 sessions keep an index into a store of inside
-//! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
+//! The SNAT session service; see the crate docs, section SNAT.
 
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
@@ -207,7 +178,8 @@ impl Translation {
     }
 }
 
-/// The SNAT session service (see the [module docs](self)).
+/// The SNAT session service (see the [crate docs](crate#snat): new flows, packets, ICMP
+/// errors, fragments, the end of a session).
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
