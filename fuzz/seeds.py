@@ -3,7 +3,7 @@
 header + inner frame) of the first frames of the shared captures; for nat_alloc, operation
 sequences for each profile (a setup of six bytes, then arbitrary-encoded operations) from a
 fixed-seed generator, so the corpus is reproducible; and, for the other structure-aware
-targets that decode their input with `arbitrary` (lpm, limiter), pseudo-random byte strings
+targets that decode their input with `arbitrary` (lpm, limiter, nat_stage), pseudo-random byte strings
 of growing length from a fixed seed (any bytes decode; longer ones give more routes,
 arrivals and lookups).
 
@@ -20,7 +20,7 @@ CAPTURES = {
 }
 PER_CAPTURE = 3
 # Structure-aware targets: (number of seeds, fixed RNG seed).
-RANDOM_SEEDS = {"lpm": (8, 0x1B9), "limiter": (8, 0x11B)}
+RANDOM_SEEDS = {"lpm": (8, 0x1B9), "limiter": (8, 0x11B), "nat_stage": (8, 0x5A7)}
 
 
 def frames(path):
