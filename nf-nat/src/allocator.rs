@@ -30,6 +30,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// The mapping to port `port` of the public address with index `public`.
+    pub(crate) const fn new(public: u16, port: u16) -> Self {
+        Self { public, port }
+    }
+
     /// The public port.
     pub const fn port(self) -> u16 {
         self.port

@@ -281,6 +281,9 @@ pub enum ConfigError {
     Blocks,
     /// An inside prefix longer than its family allows.
     Prefix,
+    /// A port forward on an address that is not public, across families, or of a protocol
+    /// other than TCP and UDP.
+    Forward,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -293,6 +296,7 @@ impl core::fmt::Display for ConfigError {
             Self::Steering => "invalid RSS steering",
             Self::Blocks => "invalid CGN block settings",
             Self::Prefix => "inside prefix too long",
+            Self::Forward => "invalid port forward",
         })
     }
 }

@@ -72,6 +72,13 @@
 //! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
 //! session's two keys hold both tuples.
 //!
+//! Static port forwards ([`SnatConfig::with_forward`], [`PortForward`]) are DNAT in the same
+//! service: a flow to a forwarded public address and port is sent to its inside endpoint
+//! (destination rewritten), the inside host's replies leave from the public endpoint, ICMP
+//! errors are translated both ways alike, and the forwarded port is never allocated.
+//! Hairpinning (an inside host reaching a forward or a mapping through the public address)
+//! is not supported yet.
+//!
 //! Filtering is address-and-port-dependent: only replies from the flow's destination find
 //! its session. Put [`nat_timeouts`] in the conntrack tables so sessions last as long as the
 //! RFCs require (nf-core's defaults follow Linux and are shorter).
@@ -175,7 +182,7 @@ pub use config::{
     DEFAULT_QUARANTINE, Owner, Profile, RssSteering,
 };
 pub use counters::{AllocatorCounters, PROBE_BUCKETS};
-pub use snat::{InsidePrefix, Snat, SnatConfig, SnatCounters, Translation};
+pub use snat::{InsidePrefix, PortForward, Snat, SnatConfig, SnatCounters, Translation};
 pub use space::{PortOwner, PortSplit, owner_of};
 pub use timeouts::{
     HYPERPLANE_IDLE, ICMP_QUERY_MIN, TCP_ESTABLISHED_MIN, TCP_TRANSITORY_MIN, UDP_DEFAULT,

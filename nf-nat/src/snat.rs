@@ -5,8 +5,9 @@ use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError};
 use crate::rewrite::{End, Layout, rewrite, translate_icmp_error};
 use alloc::vec::Vec;
-use core::net::IpAddr;
+use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
+use nf_core::flow::proto;
 use nf_core::{
     Direction, DropReason, Family, FlowKey, Instant, Meta, Packet, Verdict, ZoneId, flags,
 };
@@ -57,6 +58,48 @@ impl InsidePrefix {
     }
 }
 
+/// A static port forward (DNAT): flows to `public` (one of the allocator's public
+/// addresses, and a port) are sent to `inside`, and the inside host's replies leave from
+/// `public` again. The public port is taken out of the allocator's range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortForward {
+    /// The zone it applies to (`None`: every zone).
+    pub zone: Option<ZoneId>,
+    /// TCP or UDP.
+    pub proto: u8,
+    /// The public address and port flows arrive at.
+    pub public: SocketAddr,
+    /// The inside address and port they are forwarded to.
+    pub inside: SocketAddr,
+}
+
+impl PortForward {
+    /// Forwards `proto` (TCP or UDP) flows to `public` to `inside`, in every zone.
+    pub const fn new(proto: u8, public: SocketAddr, inside: SocketAddr) -> Self {
+        Self {
+            zone: None,
+            proto,
+            public,
+            inside,
+        }
+    }
+
+    /// Restricts the forward to one zone.
+    #[must_use]
+    pub const fn in_zone(mut self, zone: ZoneId) -> Self {
+        self.zone = Some(zone);
+        self
+    }
+
+    fn matches(&self, key: &FlowKey) -> bool {
+        self.zone.is_none_or(|z| z == key.zone)
+            && key.proto == self.proto
+            && key.dst_port == self.public.port()
+            && key.dst_ip() == self.public.ip()
+    }
+}
+
 /// Settings of a [`Snat`] service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -69,6 +112,8 @@ pub struct SnatConfig {
     /// IPv6 sessions translated at once (the store of inside IPv6 addresses, allocated up
     /// front: 20 bytes each).
     pub v6_sessions: usize,
+    /// Static port forwards (DNAT).
+    pub forwards: Vec<PortForward>,
 }
 
 impl SnatConfig {
@@ -79,7 +124,15 @@ impl SnatConfig {
             allocator,
             inside: Vec::new(),
             v6_sessions,
+            forwards: Vec::new(),
         }
+    }
+
+    /// Adds a static port forward (its public port is excluded from allocation).
+    #[must_use]
+    pub fn with_forward(mut self, forward: PortForward) -> Self {
+        self.forwards.push(forward);
+        self
     }
 
     /// Adds an inside prefix (once one is given, only flows from inside prefixes are
@@ -105,6 +158,8 @@ impl SnatConfig {
 pub struct SnatCounters {
     /// New flows given a mapping.
     pub flows_translated: u64,
+    /// New inbound flows sent on by a port forward.
+    pub flows_forwarded: u64,
     /// New flows that match no inside prefix, passed untranslated.
     pub flows_untranslated: u64,
     /// New flows refused (allocator errors, reply key conflicts, IPv6 store full).
@@ -129,6 +184,7 @@ impl SnatCounters {
     fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         for (name, v) in [
             ("flows_translated", self.flows_translated),
+            ("flows_forwarded", self.flows_forwarded),
             ("flows_untranslated", self.flows_untranslated),
             ("flows_refused", self.flows_refused),
             ("no_mapping", self.no_mapping),
@@ -162,14 +218,29 @@ enum Kind {
     /// Not translated (no inside prefix matched).
     #[default]
     Pass,
+    /// SNAT: the original direction's source is the inside endpoint.
     V4,
     V6,
+    /// A port forward: the original direction's destination is the public endpoint.
+    DnatV4,
+    DnatV6,
+}
+
+impl Kind {
+    const fn is_v6(self) -> bool {
+        matches!(self, Self::V6 | Self::DnatV6)
+    }
 }
 
 impl Translation {
     /// The public address index and port, if the session is translated.
     pub fn mapping(&self) -> Option<Mapping> {
         (self.kind != Kind::Pass).then_some(self.mapping)
+    }
+
+    /// True for a session of a port forward (DNAT).
+    pub fn is_forward(&self) -> bool {
+        matches!(self.kind, Kind::DnatV4 | Kind::DnatV6)
     }
 
     /// The inside port (ICMP: identifier) of a translated session.
@@ -208,6 +279,8 @@ pub struct Snat {
     /// Public addresses by mapping index (IPv4 in the first 4 bytes).
     publics: Vec<[u8; 16]>,
     public_ips: Vec<IpAddr>,
+    /// Port forwards, with the index of their public address.
+    forwards: Vec<(PortForward, u16)>,
     v6: V6Store,
     counters: SnatCounters,
 }
@@ -252,8 +325,10 @@ impl Snat {
     /// here).
     ///
     /// # Errors
-    /// The allocator's [`ConfigError`], or [`ConfigError::Prefix`] for an inside prefix
-    /// longer than its family allows.
+    /// The allocator's [`ConfigError`], [`ConfigError::Prefix`] for an inside prefix longer
+    /// than its family allows, or [`ConfigError::Forward`] for a port forward whose public
+    /// address is not one of the allocator's, whose families differ, or that is not TCP or
+    /// UDP.
     pub fn new(config: SnatConfig) -> Result<Self, ConfigError> {
         let bad = |p: &InsidePrefix| match p.addr {
             IpAddr::V4(_) => p.len > 32,
@@ -261,6 +336,19 @@ impl Snat {
         };
         if config.inside.iter().any(bad) {
             return Err(ConfigError::Prefix);
+        }
+        let mut config = config;
+        let mut forwards = Vec::with_capacity(config.forwards.len());
+        for f in &config.forwards {
+            let ips = &config.allocator.public_ips;
+            let index = ips.iter().position(|&ip| ip == f.public.ip());
+            let ok = matches!(f.proto, proto::TCP | proto::UDP)
+                && f.public.is_ipv4() == f.inside.is_ipv4();
+            match index.and_then(|i| u16::try_from(i).ok()) {
+                Some(i) if ok => forwards.push((*f, i)),
+                _ => return Err(ConfigError::Forward),
+            }
+            config.allocator.excluded_ports.push(f.public.port());
         }
         let publics = config
             .allocator
@@ -283,6 +371,7 @@ impl Snat {
             inside: config.inside,
             publics,
             public_ips,
+            forwards,
             v6: V6Store::new(config.v6_sessions),
             counters: SnatCounters::default(),
         })
@@ -333,25 +422,53 @@ impl Snat {
         if !new.is_free(&reply) || new.set_reply(reply).is_err() {
             return fail(self, DropReason::NatUntranslatable);
         }
-        let (inside, kind) = match original.family() {
-            Family::V4 => {
-                let a = original
-                    .src_raw()
-                    .first_chunk::<4>()
-                    .copied()
-                    .unwrap_or_default();
-                (a, Kind::V4)
-            }
-            Family::V6 => match self.v6.take(*original.src_raw()) {
-                Some(i) => (i.to_be_bytes(), Kind::V6),
-                None => return fail(self, DropReason::NatCapacityFull),
-            },
+        let Some((inside, v6)) = self.store_inside(original.src_raw(), original.family()) else {
+            return fail(self, DropReason::NatCapacityFull);
         };
         Ok(Translation {
             inside,
             inside_port: original.src_port,
             mapping,
-            kind,
+            kind: if v6 { Kind::V6 } else { Kind::V4 },
+        })
+    }
+
+    /// The value's form of an inside address: IPv4 inline, IPv6 in the store (`None`: full).
+    fn store_inside(&mut self, addr: &[u8; 16], family: Family) -> Option<([u8; 4], bool)> {
+        match family {
+            Family::V4 => Some((addr.first_chunk::<4>().copied()?, false)),
+            Family::V6 => Some((self.v6.take(*addr)?.to_be_bytes(), true)),
+        }
+    }
+
+    /// A new flow to a port forward's public endpoint: replies come from the inside endpoint.
+    fn admit_forward(
+        &mut self,
+        new: &mut NewFlow<'_>,
+        (f, public): (PortForward, u16),
+    ) -> Result<Translation, DropReason> {
+        let original = *new.original();
+        let inside = f.inside;
+        let reply = FlowKey::from_addrs(
+            original.zone,
+            inside.ip(),
+            original.src_ip(),
+            original.proto,
+            inside.port(),
+            original.src_port,
+        )
+        .ok_or(DropReason::NatUntranslatable)?;
+        if !new.is_free(&reply) || new.set_reply(reply).is_err() {
+            return Err(DropReason::NatUntranslatable);
+        }
+        let (addr, v6) = self
+            .store_inside(reply.src_raw(), reply.family())
+            .ok_or(DropReason::NatCapacityFull)?;
+        Ok(Translation {
+            inside: addr,
+            inside_port: inside.port(),
+            mapping: Mapping::new(public, f.public.port()),
+            kind: if v6 { Kind::DnatV6 } else { Kind::DnatV4 },
         })
     }
 
@@ -369,23 +486,23 @@ impl Snat {
     /// The address and port a packet's rewritten end gets, and which end.
     #[inline(always)]
     fn target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
-        match dir {
-            Direction::Original => {
-                let p = self.publics.get(usize::from(t.mapping.public_index()))?;
-                Some((End::Src, *p, t.mapping.port()))
-            }
-            Direction::Reply => {
-                let a = match t.kind {
-                    Kind::V4 => {
-                        let mut b = [0; 16];
-                        *b.first_chunk_mut::<4>()? = t.inside;
-                        b
-                    }
-                    _ => *self.v6.get(u32::from_be_bytes(t.inside))?,
-                };
-                Some((End::Dst, a, t.inside_port))
-            }
+        // SNAT rewrites the inside end of the original direction (its source), a forward the
+        // public end (its destination); replies get the other end back.
+        let dnat = t.is_forward();
+        let original = matches!(dir, Direction::Original);
+        let end = if original == dnat { End::Dst } else { End::Src };
+        if original != dnat {
+            let p = self.publics.get(usize::from(t.mapping.public_index()))?;
+            return Some((end, *p, t.mapping.port()));
         }
+        let a = if t.kind.is_v6() {
+            *self.v6.get(u32::from_be_bytes(t.inside))?
+        } else {
+            let mut b = [0; 16];
+            *b.first_chunk_mut::<4>()? = t.inside;
+            b
+        };
+        Some((end, a, t.inside_port))
     }
 }
 
@@ -450,7 +567,14 @@ impl SessionService for Snat {
         new: &mut NewFlow<'_>,
     ) -> Result<Translation, DropReason> {
         let key = *new.original();
-        if self.is_inside(&key) && !self.is_public(&key) {
+        if let Some(f) = self.forwards.iter().find(|(f, _)| f.matches(&key)).copied() {
+            let r = self.admit_forward(new, f);
+            match r {
+                Ok(_) => self.counters.flows_forwarded += 1,
+                Err(_) => self.counters.flows_refused += 1,
+            }
+            r
+        } else if self.is_inside(&key) && !self.is_public(&key) {
             let r = self.admit(now, new);
             match r {
                 Ok(_) => self.counters.flows_translated += 1,
@@ -478,7 +602,7 @@ impl SessionService for Snat {
             return Verdict::Pass;
         }
         let at = layout(&pkt.meta);
-        let v6 = t.kind == Kind::V6;
+        let v6 = t.kind.is_v6();
         let done = self
             .target(direction, t)
             .and_then(|(end, addr, port)| rewrite_any(pkt.data_mut(), at, v6, end, &addr, port));
@@ -505,7 +629,7 @@ impl SessionService for Snat {
         let icmp = pkt.meta.has(flags::ICMP_ERROR);
         let mut at = layout(&pkt.meta);
         let e = ip_end(pkt.data(), &pkt.meta);
-        let v6 = t.kind == Kind::V6;
+        let v6 = t.kind.is_v6();
         let done = self.target(direction, t).and_then(|(end, addr, port)| {
             let d = pkt.data_mut();
             if !icmp {
@@ -533,9 +657,11 @@ impl SessionService for Snat {
         if t.kind == Kind::Pass {
             return;
         }
-        // A release the allocator does not recognise is counted there.
-        let _ = self.ports.release(now, &s.original, t.mapping);
-        if t.kind == Kind::V6 {
+        if !t.is_forward() {
+            // A release the allocator does not recognise is counted there.
+            let _ = self.ports.release(now, &s.original, t.mapping);
+        }
+        if t.kind.is_v6() {
             self.v6.put(u32::from_be_bytes(t.inside));
         }
     }

@@ -290,3 +290,78 @@ fn hyperplane_exhaustion_64512_then_typed_refusal() {
         }
     }
 }
+
+/// A NAT with one port forward of each family: public :8080 (TCP, IPv4) and :5353 (UDP,
+/// IPv6) to inside hosts.
+fn forwarding_nat() -> Nat {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use nf_nat::{AllocatorConfig, PortForward, SnatConfig};
+    let (p4, p6): (IpAddr, IpAddr) = (
+        Ipv4Addr::from(PUBLIC4).into(),
+        Ipv6Addr::from(public6()).into(),
+    );
+    let ports = AllocatorConfig::new(Profile::Hyperplane, vec![p4, p6], *b"snat test secret");
+    let web = PortForward::new(
+        nf_core::flow::proto::TCP,
+        SocketAddr::new(p4, 8080),
+        SocketAddr::new(Ipv4Addr::from(INSIDE4).into(), 80),
+    );
+    let dns = PortForward::new(
+        nf_core::flow::proto::UDP,
+        SocketAddr::new(p6, 5353),
+        SocketAddr::new(Ipv6Addr::from(inside6()).into(), 53),
+    );
+    let cfg = SnatConfig::new(ports).with_forward(web).with_forward(dns);
+    Nat::with_config(cfg, 256)
+}
+
+#[test]
+fn port_forward_ipv4_tcp_both_ways_with_icmp_errors() {
+    let mut nat = forwarding_nat();
+    let syn = tcp4(REMOTE4, PUBLIC4, 33000, 8080, SYN);
+    let (v, inside) = nat.send(&syn);
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&inside);
+    assert_eq!((dst4(&inside), ports(&inside)), (INSIDE4, (33000, 80)));
+
+    let (v, out) = nat.send(&tcp4(INSIDE4, REMOTE4, 80, 33000, SYN | ACK));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&out);
+    assert_eq!((src4(&out), ports(&out)), (PUBLIC4, (8080, 33000)));
+
+    // A router reports the server's answer unreachable: back to the server, un-NATed.
+    let (v, err) = nat.send(&unreachable4(ROUTER4, PUBLIC4, &out));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&err);
+    assert_eq!(dst4(&err), INSIDE4);
+    // The server reports the client's packet unreachable: out from the public address,
+    // quoting exactly what the client sent.
+    let (v, err) = nat.send(&unreachable4(INSIDE4, REMOTE4, &inside));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&err);
+    assert_eq!(src4(&err), PUBLIC4);
+    assert_eq!(&err[14 + 28..], ip(&syn));
+    assert_eq!(nat.counter("flows_forwarded"), 1);
+    assert_eq!(
+        nat.counter("allocations"),
+        0,
+        "a forward takes no port from the allocator"
+    );
+
+    // Another public port is still unsolicited.
+    let (v, _) = nat.send(&tcp4(REMOTE4, PUBLIC4, 33000, 8081, SYN));
+    assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+}
+
+#[test]
+fn port_forward_ipv6_udp_round_trip() {
+    let mut nat = forwarding_nat();
+    let (v, inside) = nat.send(&udp6(remote6(), public6(), 40000, 5353));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&inside);
+    assert_eq!((dst6(&inside), ports(&inside)), (inside6(), (40000, 53)));
+    let (v, out) = nat.send(&udp6(inside6(), remote6(), 53, 40000));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&out);
+    assert_eq!((src6(&out), ports(&out)), (public6(), (5353, 40000)));
+}
