@@ -2,7 +2,8 @@
 //! packet sequences in batches: outbound TCP/UDP/ICMP echo of both families from inside
 //! hosts, replies to the tuples the NAT chose, unsolicited inbound packets, ICMP errors both
 //! ways quoting packets the NAT forwarded, mutated copies of forwarded frames, raw bytes,
-//! and time steps with timer sweeps, under an arbitrary profile and a small port space.
+//! and time steps with timer sweeps, under an arbitrary profile and a small port space, with
+//! a port forward (DNAT) that inbound packets hit now and then.
 //! Invariants: no panic; no two live sessions share a public tuple unless they are one
 //! inside endpoint's (endpoint-independent profiles) — in hyperplane, unless they also go
 //! to different destinations; every packet built well-formed that passes re-parses and has
@@ -20,9 +21,9 @@ use nf_core::{
     Batch, Direction, Duration, FlowKey, Instant, Meta, Packet, ParseConfig, ParseStage, Stage,
     StageControl, StageExt, Verdict, parse_frame,
 };
-use nf_nat::{AllocatorConfig, CgnSettings, Profile, Snat, SnatConfig, nat_timeouts};
+use nf_nat::{AllocatorConfig, CgnSettings, PortForward, Profile, Snat, SnatConfig, nat_timeouts};
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -234,8 +235,8 @@ impl World {
         for o in &self.originals {
             let Some(hit) = ct.lookup(o) else { continue };
             let Some(info) = ct.info(hit.session) else { continue };
-            if info.original != *o || info.reply == o.reversed() {
-                continue; // untranslated
+            if info.original != *o || info.reply == o.reversed() || info.value.is_forward() {
+                continue; // untranslated, or a port forward's (its public end is fixed)
             }
             let r = info.reply;
             let dest = (!self.endpoint_independent).then_some((r.src_ip(), r.src_port));
@@ -269,7 +270,13 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
         .with_max_mappings(64 + usize::from(setup >> 4) * 16)
         .with_quarantine(Duration::from_secs(30))
         .with_excluded_ports((hi..=65535).map(|p| p as u16));
-    let Ok(snat) = Snat::new(SnatConfig::new(alloc).with_v6_sessions(32)) else { return };
+    // A port forward (DNAT): PUBLIC4:8080/TCP to 10.0.0.1:80.
+    let web = PortForward::new(
+        proto::TCP,
+        SocketAddr::new(PUBLIC4.into(), 8080),
+        SocketAddr::new([10, 0, 0, 1].into(), 80),
+    );
+    let Ok(snat) = Snat::new(SnatConfig::new(alloc).with_v6_sessions(32).with_forward(web)) else { return };
     let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
@@ -314,6 +321,8 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
                 } else {
                     (addr4([198, 51, 100, remote % 8]), addr4(PUBLIC4))
                 };
+                // Every fourth one to the port forward.
+                let port = if port % 4 == 0 { 8080 } else { port };
                 pending.push((true, frame(six, src, dst, kind, 53, port, 0x02, true)));
             }
             Op::ErrorIn { which, ty } => {

@@ -44,11 +44,13 @@ pub(crate) struct Layout {
     pub(crate) has_l4: bool,
 }
 
+#[inline]
 fn rd16(d: &[u8], at: usize) -> Option<u16> {
     let b: &[u8; 2] = d.get(at..)?.first_chunk()?;
     Some(u16::from_be_bytes(*b))
 }
 
+#[inline]
 fn wr16(d: &mut [u8], at: usize, v: u16) -> Option<()> {
     let b: &mut [u8; 2] = d.get_mut(at..)?.first_chunk_mut()?;
     *b = v.to_be_bytes();
@@ -56,6 +58,7 @@ fn wr16(d: &mut [u8], at: usize, v: u16) -> Option<()> {
 }
 
 /// Replaces the 16-bit word at `at`; returns the old one.
+#[inline]
 fn swap16(d: &mut [u8], at: usize, v: u16) -> Option<u16> {
     let old = rd16(d, at)?;
     wr16(d, at, v)?;
@@ -63,6 +66,7 @@ fn swap16(d: &mut [u8], at: usize, v: u16) -> Option<u16> {
 }
 
 /// Replaces the `N` bytes at `at`; returns the old ones.
+#[inline]
 fn swap_addr<const N: usize>(d: &mut [u8], at: usize, new: &[u8; N]) -> Option<[u8; N]> {
     let b: &mut [u8; N] = d.get_mut(at..)?.first_chunk_mut()?;
     let old = *b;
@@ -80,6 +84,7 @@ fn addr_update<const N: usize>(check: u16, old: &[u8; N], new: &[u8; N]) -> u16 
 }
 
 /// Applies `f` to the checksum stored at `at`.
+#[inline]
 fn fix(d: &mut [u8], at: usize, f: impl FnOnce(u16) -> u16) -> Option<()> {
     let c = rd16(d, at)?;
     wr16(d, at, f(c))
@@ -107,6 +112,7 @@ fn is_query<const N: usize>(ty: u8) -> bool {
 
 /// Rewrites `end` of the IP header at `l3` to `addr` (fixing the IPv4 header checksum);
 /// returns the old address.
+#[inline]
 fn rewrite_ip<const N: usize>(
     d: &mut [u8],
     l3: usize,
@@ -141,6 +147,7 @@ impl L4Change {
 /// at `end` and the new port (TCP/UDP: the port at `end`; ICMP query: the identifier).
 /// `need_check`: the checksum field must be present (false inside a short ICMP quote: a
 /// TCP checksum beyond the quote is left alone).
+#[inline]
 fn rewrite_l4<const N: usize>(
     d: &mut [u8],
     l4: usize,
@@ -199,6 +206,7 @@ fn rewrite_l4<const N: usize>(
 
 /// Rewrites `end` of a packet (its IP header and, if present, its transport header) to
 /// `addr` and `port` (ICMP query: the identifier).
+#[inline]
 pub(crate) fn rewrite<const N: usize>(
     d: &mut [u8],
     at: Layout,
