@@ -76,8 +76,12 @@
 //! service: a flow to a forwarded public address and port is sent to its inside endpoint
 //! (destination rewritten), the inside host's replies leave from the public endpoint, ICMP
 //! errors are translated both ways alike, and the forwarded port is never allocated.
-//! Hairpinning (an inside host reaching a forward or a mapping through the public address)
-//! is not supported yet.
+//! Hairpinning: a flow from a configured inside prefix to a port forward's public endpoint
+//! gets a mapping for its source and the forward's inside endpoint as its destination, so
+//! the server sees the client as a public address and port and the client sees the answer
+//! come from the public endpoint (RFC 4787 REQ-9, RFC 5382 REQ-8a); ICMP errors are
+//! translated at both ends. Hairpinning to another inside host's mapping (rather than a
+//! forward) needs endpoint-independent filtering and is not built yet.
 //!
 //! Filtering is address-and-port-dependent: only replies from the flow's destination find
 //! its session. Put [`nat_timeouts`] in the conntrack tables so sessions last as long as the

@@ -160,6 +160,8 @@ pub struct SnatCounters {
     pub flows_translated: u64,
     /// New inbound flows sent on by a port forward.
     pub flows_forwarded: u64,
+    /// New flows from inside to a port forward, hairpinned.
+    pub flows_hairpinned: u64,
     /// New flows that match no inside prefix, passed untranslated.
     pub flows_untranslated: u64,
     /// New flows refused (allocator errors, reply key conflicts, IPv6 store full).
@@ -185,6 +187,7 @@ impl SnatCounters {
         for (name, v) in [
             ("flows_translated", self.flows_translated),
             ("flows_forwarded", self.flows_forwarded),
+            ("flows_hairpinned", self.flows_hairpinned),
             ("flows_untranslated", self.flows_untranslated),
             ("flows_refused", self.flows_refused),
             ("no_mapping", self.no_mapping),
@@ -210,6 +213,8 @@ pub struct Translation {
     inside: [u8; 4],
     inside_port: u16,
     mapping: Mapping,
+    /// Hairpin: the index of the port forward reached.
+    forward: u16,
     kind: Kind,
 }
 
@@ -224,11 +229,19 @@ enum Kind {
     /// A port forward: the original direction's destination is the public endpoint.
     DnatV4,
     DnatV6,
+    /// Hairpin: an inside host reaching a port forward through its public endpoint, SNATed
+    /// like `V4`/`V6` and DNATed to the forward's inside endpoint.
+    HairpinV4,
+    HairpinV6,
 }
 
 impl Kind {
     const fn is_v6(self) -> bool {
-        matches!(self, Self::V6 | Self::DnatV6)
+        matches!(self, Self::V6 | Self::DnatV6 | Self::HairpinV6)
+    }
+
+    const fn is_hairpin(self) -> bool {
+        matches!(self, Self::HairpinV4 | Self::HairpinV6)
     }
 }
 
@@ -279,10 +292,35 @@ pub struct Snat {
     /// Public addresses by mapping index (IPv4 in the first 4 bytes).
     publics: Vec<[u8; 16]>,
     public_ips: Vec<IpAddr>,
-    /// Port forwards, with the index of their public address.
-    forwards: Vec<(PortForward, u16)>,
+    /// Port forwards, with the index of their public address and both endpoints' raw
+    /// addresses.
+    forwards: Vec<Forward>,
     v6: V6Store,
     counters: SnatCounters,
+}
+
+/// A port forward as the service uses it.
+#[derive(Clone, Copy, Debug)]
+struct Forward {
+    rule: PortForward,
+    /// Index of its public address.
+    public: u16,
+    public_raw: [u8; 16],
+    inside_raw: [u8; 16],
+}
+
+/// An address as 16 bytes, IPv4 in the first four (as in [`FlowKey`]).
+fn raw(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            if let Some(c) = b.first_chunk_mut::<4>() {
+                *c = a.octets();
+            }
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 /// Inside IPv6 addresses of translated sessions, with a free list; allocated up front.
@@ -345,7 +383,12 @@ impl Snat {
             let ok = matches!(f.proto, proto::TCP | proto::UDP)
                 && f.public.is_ipv4() == f.inside.is_ipv4();
             match index.and_then(|i| u16::try_from(i).ok()) {
-                Some(i) if ok => forwards.push((*f, i)),
+                Some(i) if ok => forwards.push(Forward {
+                    rule: *f,
+                    public: i,
+                    public_raw: raw(f.public.ip()),
+                    inside_raw: raw(f.inside.ip()),
+                }),
                 _ => return Err(ConfigError::Forward),
             }
             config.allocator.excluded_ports.push(f.public.port());
@@ -354,16 +397,7 @@ impl Snat {
             .allocator
             .public_ips
             .iter()
-            .map(|ip| match ip {
-                IpAddr::V4(a) => {
-                    let mut b = [0; 16];
-                    if let Some(c) = b.first_chunk_mut::<4>() {
-                        *c = a.octets();
-                    }
-                    b
-                }
-                IpAddr::V6(a) => a.octets(),
-            })
+            .map(|&ip| raw(ip))
             .collect();
         let public_ips = config.allocator.public_ips.clone();
         Ok(Self {
@@ -429,6 +463,7 @@ impl Snat {
             inside,
             inside_port: original.src_port,
             mapping,
+            forward: 0,
             kind: if v6 { Kind::V6 } else { Kind::V4 },
         })
     }
@@ -445,10 +480,11 @@ impl Snat {
     fn admit_forward(
         &mut self,
         new: &mut NewFlow<'_>,
-        (f, public): (PortForward, u16),
+        i: usize,
     ) -> Result<Translation, DropReason> {
         let original = *new.original();
-        let inside = f.inside;
+        let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
+        let inside = f.rule.inside;
         let reply = FlowKey::from_addrs(
             original.zone,
             inside.ip(),
@@ -467,9 +503,82 @@ impl Snat {
         Ok(Translation {
             inside: addr,
             inside_port: inside.port(),
-            mapping: Mapping::new(public, f.public.port()),
+            mapping: Mapping::new(f.public, f.rule.public.port()),
+            forward: 0,
             kind: if v6 { Kind::DnatV6 } else { Kind::DnatV4 },
         })
+    }
+
+    /// A new flow from inside to a port forward's public endpoint (hairpinning): a mapping
+    /// for the source, as for any outbound flow, and the forward's inside endpoint as the
+    /// destination; replies come from that endpoint to the mapping, and the forward's inside
+    /// host sees the flow from the public address and port (RFC 4787 REQ-9, RFC 5382
+    /// REQ-8a: external source address and port).
+    fn admit_hairpin(
+        &mut self,
+        now: Instant,
+        new: &mut NewFlow<'_>,
+        i: usize,
+    ) -> Result<Translation, DropReason> {
+        let original = *new.original();
+        let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
+        let forward = u16::try_from(i).map_err(|_| DropReason::NatUntranslatable)?;
+        let mapping = self.ports.allocate(now, &original).map_err(drop_reason)?;
+        let public = self
+            .public_ips
+            .get(usize::from(mapping.public_index()))
+            .copied();
+        let reply = public.and_then(|p| {
+            let (ip, port) = (f.rule.inside.ip(), f.rule.inside.port());
+            FlowKey::from_addrs(original.zone, ip, p, original.proto, port, mapping.port())
+        });
+        let inside = self.store_inside(original.src_raw(), original.family());
+        match (reply, inside) {
+            (Some(r), Some((addr, v6))) if new.is_free(&r) && new.set_reply(r).is_ok() => {
+                Ok(Translation {
+                    inside: addr,
+                    inside_port: original.src_port,
+                    mapping,
+                    forward,
+                    kind: if v6 { Kind::HairpinV6 } else { Kind::HairpinV4 },
+                })
+            }
+            (_, inside) => {
+                if let Some((addr, true)) = inside {
+                    self.v6.put(u32::from_be_bytes(addr));
+                }
+                let _ = self.ports.release(now, &original, mapping);
+                Err(DropReason::NatUntranslatable)
+            }
+        }
+    }
+
+    /// A hairpin's second rewrite, the forward's end: the original direction's destination
+    /// becomes the forward's inside endpoint, the reply's source its public endpoint.
+    fn forward_target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
+        let f = self.forwards.get(usize::from(t.forward))?;
+        Some(match dir {
+            Direction::Original => (End::Dst, f.inside_raw, f.rule.inside.port()),
+            Direction::Reply => (End::Src, f.public_raw, f.rule.public.port()),
+        })
+    }
+
+    /// Calls `rewrite` with each (end, address, port) a packet of the session gets: one for
+    /// SNAT and port forwards, two for a hairpin.
+    #[inline(always)]
+    fn each_target(
+        &self,
+        dir: Direction,
+        t: &Translation,
+        mut rewrite: impl FnMut(End, &[u8; 16], u16) -> Option<()>,
+    ) -> Option<()> {
+        let (end, addr, port) = self.target(dir, t)?;
+        rewrite(end, &addr, port)?;
+        if t.kind.is_hairpin() {
+            let (end, addr, port) = self.forward_target(dir, t)?;
+            rewrite(end, &addr, port)?;
+        }
+        Some(())
     }
 
     /// Counts a packet whose headers could not be rewritten (`icmp`: an ICMP error) and
@@ -567,11 +676,19 @@ impl SessionService for Snat {
         new: &mut NewFlow<'_>,
     ) -> Result<Translation, DropReason> {
         let key = *new.original();
-        if let Some(f) = self.forwards.iter().find(|(f, _)| f.matches(&key)).copied() {
-            let r = self.admit_forward(new, f);
-            match r {
-                Ok(_) => self.counters.flows_forwarded += 1,
-                Err(_) => self.counters.flows_refused += 1,
+        let forward = self.forwards.iter().position(|f| f.rule.matches(&key));
+        if let Some(i) = forward {
+            // From an inside prefix (configured ones only): hairpinning.
+            let hairpin = !self.inside.is_empty() && self.is_inside(&key);
+            let r = if hairpin {
+                self.admit_hairpin(now, new, i)
+            } else {
+                self.admit_forward(new, i)
+            };
+            match (&r, hairpin) {
+                (Ok(_), true) => self.counters.flows_hairpinned += 1,
+                (Ok(_), false) => self.counters.flows_forwarded += 1,
+                (Err(_), _) => self.counters.flows_refused += 1,
             }
             r
         } else if self.is_inside(&key) && !self.is_public(&key) {
@@ -603,9 +720,10 @@ impl SessionService for Snat {
         }
         let at = layout(&pkt.meta);
         let v6 = t.kind.is_v6();
-        let done = self
-            .target(direction, t)
-            .and_then(|(end, addr, port)| rewrite_any(pkt.data_mut(), at, v6, end, &addr, port));
+        let d = pkt.data_mut();
+        let done = self.each_target(direction, t, |end, addr, port| {
+            rewrite_any(d, at, v6, end, addr, port)
+        });
         if done.is_none() {
             return self.failed(false);
         }
@@ -630,17 +748,16 @@ impl SessionService for Snat {
         let mut at = layout(&pkt.meta);
         let e = ip_end(pkt.data(), &pkt.meta);
         let v6 = t.kind.is_v6();
-        let done = self.target(direction, t).and_then(|(end, addr, port)| {
-            let d = pkt.data_mut();
+        // A later fragment: addresses only.
+        at.has_l4 &= icmp;
+        let d = pkt.data_mut();
+        let done = self.each_target(direction, t, |end, addr, port| {
             if !icmp {
-                // A later fragment: addresses only.
-                at.has_l4 = false;
-                rewrite_any(d, at, v6, end, &addr, port)
+                rewrite_any(d, at, v6, end, addr, port)
             } else if v6 {
-                translate_icmp_error(d, at, e, end, &addr, port)
+                translate_icmp_error(d, at, e, end, addr, port)
             } else {
-                let a = addr.first_chunk::<4>()?;
-                translate_icmp_error(d, at, e, end, a, port)
+                translate_icmp_error(d, at, e, end, addr.first_chunk::<4>()?, port)
             }
         });
         let c = &mut self.counters;

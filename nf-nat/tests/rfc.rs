@@ -174,10 +174,55 @@ fn rfc4787_req8_filtering() {
 #[ignore = "endpoint-independent filtering needs inbound sessions created on an existing mapping; not built yet"]
 fn rfc4787_req8a_endpoint_independent_filtering_selectable() {}
 
-/// all profiles: hairpinning, with the external source address and port.
+/// all profiles: hairpinning, with the external source address and port: an inside host
+/// reaches another through a port forward on the public address, both ways. (Hairpinning
+/// to another host's endpoint-independent mapping needs endpoint-independent filtering,
+/// not built yet.)
 #[test]
-#[ignore = "hairpinning is not built yet"]
-fn rfc4787_req9_hairpinning() {}
+fn rfc4787_req9_hairpinning() {
+    for profile in ALL {
+        hairpin(profile, false);
+    }
+}
+
+/// An inside host (10.0.0.6) reaches the port forward PUBLIC4:8080 → 10.0.0.5:80 through
+/// the public address: the server sees the client as a public address and port, and the
+/// client sees the answer come from the public endpoint; an ICMP error from the server gets
+/// back to the client translated twice.
+fn hairpin(profile: Profile, tcp: bool) {
+    use core::net::{Ipv4Addr, SocketAddr};
+    use nf_nat::{InsidePrefix, PortForward};
+    let public = Ipv4Addr::from(PUBLIC4);
+    let p = if tcp { 6 } else { 17 };
+    let fw = PortForward::new(
+        p,
+        SocketAddr::new(public.into(), 8080),
+        SocketAddr::new(Ipv4Addr::from(INSIDE4).into(), 80),
+    );
+    let alloc = AllocatorConfig::new(profile, vec![public.into()], *b"snat test secret");
+    let cfg = SnatConfig::new(alloc)
+        .with_inside(InsidePrefix::new(Ipv4Addr::new(10, 0, 0, 0).into(), 8))
+        .with_forward(fw);
+    let mut nat = Nat::with_config(cfg, 256);
+    let make = |s, d, sp, dp, reply: bool| {
+        if tcp {
+            tcp4(s, d, sp, dp, if reply { SYN | ACK } else { SYN })
+        } else {
+            udp4(s, d, sp, dp)
+        }
+    };
+    let to_server = pass(&mut nat, &make(INSIDE4_B, PUBLIC4, 45000, 8080, false));
+    assert_eq!((src4(&to_server), dst4(&to_server)), (PUBLIC4, INSIDE4));
+    let (mapped, dport) = ports(&to_server);
+    assert_eq!(dport, 80);
+    let answer = make(INSIDE4, PUBLIC4, 80, mapped, true);
+    let to_client = pass(&mut nat, &answer);
+    assert_eq!((src4(&to_client), dst4(&to_client)), (PUBLIC4, INSIDE4_B));
+    assert_eq!(ports(&to_client), (8080, 45000));
+    let err = pass(&mut nat, &unreachable4(INSIDE4, PUBLIC4, &to_server));
+    assert_eq!((src4(&err), dst4(&err)), (PUBLIC4, INSIDE4_B));
+    assert_eq!(nat.counter("flows_hairpinned"), 1);
+}
 
 /// all profiles: no ALG touches UDP payloads.
 #[test]
@@ -349,10 +394,14 @@ fn rfc5382_req7_no_tcp_port_overloading() {
     }
 }
 
-/// all profiles: TCP hairpinning with the external source.
+/// all profiles: TCP hairpinning, with the external source address and port (REQ-8a),
+/// through a port forward (see `rfc4787_req9_hairpinning`).
 #[test]
-#[ignore = "hairpinning is not built yet"]
-fn rfc5382_req8_tcp_hairpinning() {}
+fn rfc5382_req8_tcp_hairpinning() {
+    for profile in ALL {
+        hairpin(profile, true);
+    }
+}
 
 /// all profiles: ICMP destination unreachable about a TCP connection is translated.
 #[test]
@@ -479,7 +528,7 @@ fn rfc5508_req6_icmp_error_does_not_refresh() {
 
 /// all profiles: hairpinned ICMP query sessions.
 #[test]
-#[ignore = "hairpinning is not built yet"]
+#[ignore = "hairpinning covers TCP and UDP port forwards; ICMP queries have no forwards yet"]
 fn rfc5508_req7_hairpinned_icmp_query() {}
 
 /// all profiles: a flow refused for lack of resources gets ICMP destination unreachable,
