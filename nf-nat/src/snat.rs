@@ -206,6 +206,28 @@ impl SnatCounters {
 /// The stage name of the service's counters.
 const STAGE: &str = "snat";
 
+/// Names of the live-mapping gauges of the first 16 public addresses (by index in
+/// [`AllocatorConfig::public_ips`]); further addresses are read with
+/// [`PortAllocator::active_on`].
+const ACTIVE_PER_PUBLIC: [&str; 16] = [
+    "active_public_0",
+    "active_public_1",
+    "active_public_2",
+    "active_public_3",
+    "active_public_4",
+    "active_public_5",
+    "active_public_6",
+    "active_public_7",
+    "active_public_8",
+    "active_public_9",
+    "active_public_10",
+    "active_public_11",
+    "active_public_12",
+    "active_public_13",
+    "active_public_14",
+    "active_public_15",
+];
+
 /// The session value of [`Snat`]: the mapping and the inside endpoint (12 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Translation {
@@ -786,6 +808,9 @@ impl SessionService for Snat {
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         self.counters.visit(f);
         self.ports.visit_counters(STAGE, f);
+        for (i, name) in (0u16..).zip(ACTIVE_PER_PUBLIC).take(self.publics.len()) {
+            f(STAGE, name, self.ports.active_on(i));
+        }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -536,3 +536,50 @@ fn rfc5508_req7_hairpinned_icmp_query() {}
 #[test]
 #[ignore = "the refusal is a typed drop (nat_ports_exhausted, ...) and counted, but no ICMP is sent yet"]
 fn rfc5508_req8_icmp_on_resource_refusal() {}
+
+// ---- RFC 7857 (updates) ---------------------------------------------------------------
+
+/// rfc, cgn, hyperplane: a TCP RST is translated and the session is then held 4 minutes
+/// (RFC 7857 §2.1), so a late segment still finds its mapping; after that it is gone.
+#[test]
+fn rfc7857_rst_translated_then_held_4_minutes() {
+    use nf_core::wire::tcp::tcp_flags::RST;
+    for profile in ALL {
+        let mut nat = nat_with(profile, &[PUBLIC4]);
+        let syn = pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, SYN));
+        let public = ports(&syn).0;
+        pass(&mut nat, &tcp4(REMOTE4, PUBLIC4, 443, public, SYN | ACK));
+        pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, ACK));
+        let rst = pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, RST | ACK));
+        assert_eq!((src4(&rst), ports(&rst).0), (PUBLIC4, public));
+        nat.advance(TCP_TRANSITORY_MIN.as_secs() - 5);
+        let late = pass(&mut nat, &tcp4(REMOTE4, PUBLIC4, 443, public, RST));
+        assert_eq!(dst4(&late), INSIDE4);
+        nat.advance(TCP_TRANSITORY_MIN.as_secs() + 5);
+        assert_eq!(nat.pipe.second.len(), 0, "{profile:?}");
+    }
+}
+
+// ---- Tenants --------------------------------------------------------------------------
+
+/// all profiles: two zones with the same inside address and port get independent mappings
+/// (different public ports), and each zone's replies reach only its own host.
+#[test]
+fn overlapping_zones_get_independent_mappings() {
+    use nf_core::ZoneId;
+    for profile in ALL {
+        let mut nat = nat_with(profile, &[PUBLIC4]);
+        let a = nat.send_in_zone(ZoneId(1), &udp4(INSIDE4, REMOTE4, 5000, 53));
+        let b = nat.send_in_zone(ZoneId(2), &udp4(INSIDE4, REMOTE4, 5000, 53));
+        assert_eq!((a.0, b.0), (Verdict::Pass, Verdict::Pass));
+        let (pa, pb) = (ports(&a.1).0, ports(&b.1).0);
+        assert_ne!(pa, pb, "{profile:?}: one public tuple for two tenants");
+        // A reply to zone 1's port, arriving in zone 2, finds nothing.
+        let v = nat
+            .send_in_zone(ZoneId(2), &udp4(REMOTE4, PUBLIC4, 53, pa))
+            .0;
+        assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+        let back = nat.send_in_zone(ZoneId(1), &udp4(REMOTE4, PUBLIC4, 53, pa));
+        assert_eq!((back.0, dst4(&back.1)), (Verdict::Pass, INSIDE4));
+    }
+}

@@ -158,6 +158,10 @@ fn round_trip<F: Family>(p: Proto, profile: Profile) {
         "the quote is the packet the remote host sent"
     );
 
+    assert_eq!(
+        nat.counter("active_public_0") + nat.counter("active_public_1"),
+        1
+    );
     assert_eq!(nat.counter("packets_out"), 1);
     assert_eq!(nat.counter("packets_in"), 1);
     assert_eq!(nat.counter("icmp_errors_translated"), 2);

@@ -80,9 +80,30 @@ impl Nat {
     }
 
     pub(crate) fn send_batch(&mut self, frames: &[Vec<u8>]) -> Vec<(Verdict, Vec<u8>)> {
+        self.send_batch_in_zone(nf_core::ZoneId(0), frames)
+    }
+
+    /// Sends one frame tagged with `zone` (as a decapsulation stage would).
+    pub(crate) fn send_in_zone(
+        &mut self,
+        zone: nf_core::ZoneId,
+        frame: &[u8],
+    ) -> (Verdict, Vec<u8>) {
+        self.send_batch_in_zone(zone, &[frame.to_vec()])
+            .pop()
+            .unwrap()
+    }
+
+    pub(crate) fn send_batch_in_zone(
+        &mut self,
+        zone: nf_core::ZoneId,
+        frames: &[Vec<u8>],
+    ) -> Vec<(Verdict, Vec<u8>)> {
         let mut batch = Batch::new();
         for f in frames {
-            batch.push(Packet::with_headroom(f, 64)).ok().unwrap();
+            let mut p = Packet::with_headroom(f, 64);
+            p.meta.zone = zone;
+            batch.push(p).ok().unwrap();
         }
         self.pipe.process(self.now, &mut batch);
         batch
