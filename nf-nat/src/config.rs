@@ -284,6 +284,9 @@ pub enum ConfigError {
     /// A port forward on an address that is not public, across families, or of a protocol
     /// other than TCP and UDP.
     Forward,
+    /// Endpoint-independent filtering with the hyperplane profile (its mappings are per
+    /// destination).
+    Filtering,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -297,6 +300,7 @@ impl core::fmt::Display for ConfigError {
             Self::Blocks => "invalid CGN block settings",
             Self::Prefix => "inside prefix too long",
             Self::Forward => "invalid port forward",
+            Self::Filtering => "endpoint-independent filtering needs endpoint-independent mapping",
         })
     }
 }

@@ -83,9 +83,13 @@
 //! translated at both ends. Hairpinning to another inside host's mapping (rather than a
 //! forward) needs endpoint-independent filtering and is not built yet.
 //!
-//! Filtering is address-and-port-dependent: only replies from the flow's destination find
-//! its session. Put [`nat_timeouts`] in the conntrack tables so sessions last as long as the
-//! RFCs require (nf-core's defaults follow Linux and are shorter).
+//! Filtering ([`SnatConfig::with_filtering`]) is address-and-port-dependent by default:
+//! only replies from the flow's destination find its session. With
+//! [`Filtering::EndpointIndependent`] (rfc and cgn profiles), any outside host's TCP or UDP
+//! flow to a live mapping opens a session to its inside endpoint on the same mapping, and
+//! the mapping lives until its last session ends. Put [`nat_timeouts`] in the conntrack
+//! tables so sessions last as long as the RFCs require (nf-core's defaults follow Linux and
+//! are shorter).
 //!
 //! IPv4 sessions keep the inside address in their value (12 bytes, so an IPv4 session
 //! record stays one cache line); IPv6 sessions keep an index into a store of inside
@@ -186,7 +190,7 @@ pub use config::{
     DEFAULT_QUARANTINE, Owner, Profile, RssSteering,
 };
 pub use counters::{AllocatorCounters, PROBE_BUCKETS};
-pub use snat::{InsidePrefix, PortForward, Snat, SnatConfig, SnatCounters, Translation};
+pub use snat::{Filtering, InsidePrefix, PortForward, Snat, SnatConfig, SnatCounters, Translation};
 pub use space::{PortOwner, PortSplit, owner_of};
 pub use timeouts::{
     HYPERPLANE_IDLE, ICMP_QUERY_MIN, TCP_ESTABLISHED_MIN, TCP_TRANSITORY_MIN, UDP_DEFAULT,

@@ -2,14 +2,16 @@
 
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
-use crate::config::{AllocatorConfig, ConfigError};
+use crate::config::{AllocatorConfig, ConfigError, Profile};
 use crate::rewrite::{End, Layout, rewrite, translate_icmp_error};
+use crate::table::Table;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
 use nf_core::{
-    Direction, DropReason, Family, FlowKey, Instant, Meta, Packet, Verdict, ZoneId, flags,
+    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, Verdict, ZoneId,
+    flags,
 };
 
 /// An inside prefix whose flows are translated, optionally only in one zone.
@@ -100,6 +102,20 @@ impl PortForward {
     }
 }
 
+/// Which inbound packets reach an inside host's mapping (RFC 4787 §5, REQ-8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Filtering {
+    /// Only replies from the flow's own destination address and port (the default; the
+    /// only one the hyperplane profile allows, its mappings being per destination).
+    #[default]
+    AddressAndPortDependent,
+    /// Any outside host may send to a live endpoint-independent mapping (TCP and UDP): its
+    /// first packet opens a session to the inside endpoint on the same mapping (rfc and cgn
+    /// profiles).
+    EndpointIndependent,
+}
+
 /// Settings of a [`Snat`] service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -114,6 +130,8 @@ pub struct SnatConfig {
     pub v6_sessions: usize,
     /// Static port forwards (DNAT).
     pub forwards: Vec<PortForward>,
+    /// Inbound filtering of mappings.
+    pub filtering: Filtering,
 }
 
 impl SnatConfig {
@@ -125,7 +143,15 @@ impl SnatConfig {
             inside: Vec::new(),
             v6_sessions,
             forwards: Vec::new(),
+            filtering: Filtering::AddressAndPortDependent,
         }
+    }
+
+    /// Sets the inbound filtering (endpoint-independent needs the rfc or cgn profile).
+    #[must_use]
+    pub fn with_filtering(mut self, filtering: Filtering) -> Self {
+        self.filtering = filtering;
+        self
     }
 
     /// Adds a static port forward (its public port is excluded from allocation).
@@ -162,6 +188,8 @@ pub struct SnatCounters {
     pub flows_forwarded: u64,
     /// New flows from inside to a port forward, hairpinned.
     pub flows_hairpinned: u64,
+    /// New inbound flows admitted to a mapping by endpoint-independent filtering.
+    pub flows_inbound: u64,
     /// New flows that match no inside prefix, passed untranslated.
     pub flows_untranslated: u64,
     /// New flows refused (allocator errors, reply key conflicts, IPv6 store full).
@@ -188,6 +216,7 @@ impl SnatCounters {
             ("flows_translated", self.flows_translated),
             ("flows_forwarded", self.flows_forwarded),
             ("flows_hairpinned", self.flows_hairpinned),
+            ("flows_inbound", self.flows_inbound),
             ("flows_untranslated", self.flows_untranslated),
             ("flows_refused", self.flows_refused),
             ("no_mapping", self.no_mapping),
@@ -255,11 +284,30 @@ enum Kind {
     /// like `V4`/`V6` and DNATed to the forward's inside endpoint.
     HairpinV4,
     HairpinV6,
+    /// Endpoint-independent filtering: an outside host's flow to a mapping, DNATed like a
+    /// forward, holding the mapping like an outbound flow.
+    InboundV4,
+    InboundV6,
 }
 
 impl Kind {
     const fn is_v6(self) -> bool {
-        matches!(self, Self::V6 | Self::DnatV6 | Self::HairpinV6)
+        matches!(
+            self,
+            Self::V6 | Self::DnatV6 | Self::HairpinV6 | Self::InboundV6
+        )
+    }
+
+    /// The original direction's destination is rewritten (not its source).
+    const fn is_dnat(self) -> bool {
+        matches!(
+            self,
+            Self::DnatV4 | Self::DnatV6 | Self::InboundV4 | Self::InboundV6
+        )
+    }
+
+    const fn is_inbound(self) -> bool {
+        matches!(self, Self::InboundV4 | Self::InboundV6)
     }
 
     const fn is_hairpin(self) -> bool {
@@ -317,8 +365,37 @@ pub struct Snat {
     /// Port forwards, with the index of their public address and both endpoints' raw
     /// addresses.
     forwards: Vec<Forward>,
+    /// Endpoint-independent filtering: public endpoint → its inside endpoint, with the
+    /// sessions holding it (keyed: inbound packets choose the port looked up).
+    owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
     v6: V6Store,
     counters: SnatCounters,
+}
+
+/// A mapping's public side (ports are unique per public address and protocol in the
+/// endpoint-independent profiles).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PublicEndpoint {
+    public: u16,
+    port: u16,
+    proto: u8,
+}
+
+impl PublicEndpoint {
+    fn hash(&self, h: &FlowHasher) -> u64 {
+        let [a, b] = self.public.to_be_bytes();
+        let [c, d] = self.port.to_be_bytes();
+        h.hash_bytes(&[0x45, self.proto, a, b, c, d])
+    }
+}
+
+/// The inside side of a mapping and how many sessions hold it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct InsideEndpoint {
+    zone: u32,
+    addr: [u8; 16],
+    port: u16,
+    sessions: u32,
 }
 
 /// A port forward as the service uses it.
@@ -422,12 +499,27 @@ impl Snat {
             .map(|&ip| raw(ip))
             .collect();
         let public_ips = config.allocator.public_ips.clone();
+        let owners = match (config.filtering, config.allocator.profile) {
+            (Filtering::AddressAndPortDependent, _) => None,
+            (Filtering::EndpointIndependent, Profile::Hyperplane) => {
+                return Err(ConfigError::Filtering);
+            }
+            (Filtering::EndpointIndependent, _) => {
+                let mut key = config.allocator.secret;
+                for b in &mut key {
+                    *b ^= 0x36;
+                }
+                let n = config.allocator.max_mappings;
+                Some((Table::with_entries(n), FlowHasher::new(key)))
+            }
+        };
         Ok(Self {
             ports: PortAllocator::new(config.allocator)?,
             inside: config.inside,
             publics,
             public_ips,
             forwards,
+            owners,
             v6: V6Store::new(config.v6_sessions),
             counters: SnatCounters::default(),
         })
@@ -451,6 +543,7 @@ impl Snat {
     /// Bytes allocated by the allocator and the IPv6 store.
     pub fn memory_bytes(&self) -> usize {
         self.ports.memory_bytes()
+            + self.owners.as_ref().map_or(0, |(t, _)| t.bytes())
             + self.v6.addrs.capacity() * 16
             + self.v6.free.capacity() * 4
             + self.publics.capacity() * 16
@@ -481,12 +574,127 @@ impl Snat {
         let Some((inside, v6)) = self.store_inside(original.src_raw(), original.family()) else {
             return fail(self, DropReason::NatCapacityFull);
         };
+        if !self.hold(original.proto, mapping, &original, true) {
+            if v6 {
+                self.v6.put(u32::from_be_bytes(inside));
+            }
+            return fail(self, DropReason::NatCapacityFull);
+        }
         Ok(Translation {
             inside,
             inside_port: original.src_port,
             mapping,
             forward: 0,
             kind: if v6 { Kind::V6 } else { Kind::V4 },
+        })
+    }
+
+    /// Endpoint-independent filtering: counts one more (`hold`) or one fewer session on
+    /// `mapping`, whose inside endpoint is `outbound`'s source. False if the owners table is
+    /// full (nothing changed). Without endpoint-independent filtering: nothing to do.
+    fn hold(&mut self, proto: u8, mapping: Mapping, outbound: &FlowKey, hold: bool) -> bool {
+        let Some((table, hasher)) = &mut self.owners else {
+            return true;
+        };
+        let key = PublicEndpoint {
+            public: mapping.public_index(),
+            port: mapping.port(),
+            proto,
+        };
+        let h = key.hash(hasher);
+        match (table.find(h, &key), hold) {
+            (Some(i), true) => {
+                if let Some(v) = table.value_at_mut(i) {
+                    v.sessions = v.sessions.saturating_add(1);
+                }
+                true
+            }
+            (Some(i), false) => {
+                let last = table.value_at_mut(i).is_some_and(|v| {
+                    v.sessions = v.sessions.saturating_sub(1);
+                    v.sessions == 0
+                });
+                if last {
+                    table.remove_at(i);
+                }
+                true
+            }
+            (None, true) => {
+                let inside = InsideEndpoint {
+                    zone: outbound.zone.0,
+                    addr: *outbound.src_raw(),
+                    port: outbound.src_port,
+                    sessions: 1,
+                };
+                table.insert_new(h, key, inside).is_ok()
+            }
+            (None, false) => true,
+        }
+    }
+
+    /// A new flow from outside to a public address: with endpoint-independent filtering, a
+    /// TCP or UDP flow to a live mapping of its zone opens a session to the mapping's inside
+    /// endpoint (sharing the mapping); anything else is unsolicited
+    /// ([`DropReason::NatNoMapping`]).
+    fn admit_inbound(
+        &mut self,
+        now: Instant,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Translation, DropReason> {
+        let key = *new.original();
+        let Some((table, hasher)) = &self.owners else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
+        let public = public.and_then(|i| u16::try_from(i).ok());
+        let (Some(public), proto::TCP | proto::UDP) = (public, key.proto) else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let pk = PublicEndpoint {
+            public,
+            port: key.dst_port,
+            proto: key.proto,
+        };
+        let owner = table
+            .get(pk.hash(hasher), &pk)
+            .filter(|o| o.zone == key.zone.0)
+            .ok_or(DropReason::NatNoMapping)?;
+        let inside_ip = if key.family() == Family::V4 {
+            IpAddr::from(owner.addr.first_chunk::<4>().copied().unwrap_or_default())
+        } else {
+            IpAddr::from(owner.addr)
+        };
+        // The outbound flow this session answers for: it takes the mapping like any other.
+        let outbound = FlowKey::from_addrs(
+            key.zone,
+            inside_ip,
+            key.src_ip(),
+            key.proto,
+            owner.port,
+            key.src_port,
+        )
+        .ok_or(DropReason::NatUntranslatable)?;
+        let mapping = self.ports.allocate(now, &outbound).map_err(drop_reason)?;
+        let release = |s: &mut Self, r: DropReason| {
+            let _ = s.ports.release(now, &outbound, mapping);
+            Err(r)
+        };
+        if mapping != Mapping::new(public, key.dst_port)
+            || !new.is_free(&outbound)
+            || new.set_reply(outbound).is_err()
+        {
+            return release(self, DropReason::NatUntranslatable);
+        }
+        let Some((inside, v6)) = self.store_inside(outbound.src_raw(), outbound.family()) else {
+            return release(self, DropReason::NatCapacityFull);
+        };
+        self.hold(key.proto, mapping, &outbound, true);
+        Ok(Translation {
+            inside,
+            inside_port: owner.port,
+            mapping,
+            forward: 0,
+            kind: if v6 { Kind::InboundV6 } else { Kind::InboundV4 },
         })
     }
 
@@ -619,7 +827,7 @@ impl Snat {
     fn target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
         // SNAT rewrites the inside end of the original direction (its source), a forward the
         // public end (its destination); replies get the other end back.
-        let dnat = t.is_forward();
+        let dnat = t.kind.is_dnat();
         let original = matches!(dir, Direction::Original);
         let end = if original == dnat { End::Dst } else { End::Src };
         if original != dnat {
@@ -721,8 +929,13 @@ impl SessionService for Snat {
             }
             r
         } else if self.is_public(&key) {
-            self.counters.no_mapping += 1;
-            Err(DropReason::NatNoMapping)
+            let r = self.admit_inbound(now, new);
+            match r {
+                Ok(_) => self.counters.flows_inbound += 1,
+                Err(DropReason::NatNoMapping) => self.counters.no_mapping += 1,
+                Err(_) => self.counters.flows_refused += 1,
+            }
+            r
         } else {
             self.counters.flows_untranslated += 1;
             Ok(Translation::default())
@@ -797,8 +1010,17 @@ impl SessionService for Snat {
             return;
         }
         if !t.is_forward() {
+            // The outbound key the mapping was allocated for: an inbound session's reply.
+            let outbound = if t.kind.is_inbound() {
+                &s.reply
+            } else {
+                &s.original
+            };
             // A release the allocator does not recognise is counted there.
-            let _ = self.ports.release(now, &s.original, t.mapping);
+            let _ = self.ports.release(now, outbound, t.mapping);
+            if !t.kind.is_hairpin() {
+                self.hold(s.original.proto, t.mapping, outbound, false);
+            }
         }
         if t.kind.is_v6() {
             self.v6.put(u32::from_be_bytes(t.inside));

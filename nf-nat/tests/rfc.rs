@@ -169,10 +169,52 @@ fn rfc4787_req8_filtering() {
     }
 }
 
-/// rfc: endpoint-independent filtering, selectable (REQ-8, REQ-8a).
+/// rfc, cgn: endpoint-independent filtering, selectable (REQ-8, REQ-8a): any outside host
+/// reaches a live mapping, the inside host's answer leaves from the same public endpoint,
+/// and the mapping lives until the last session on it ends; hyperplane refuses the setting.
 #[test]
-#[ignore = "endpoint-independent filtering needs inbound sessions created on an existing mapping; not built yet"]
-fn rfc4787_req8a_endpoint_independent_filtering_selectable() {}
+fn rfc4787_req8a_endpoint_independent_filtering_selectable() {
+    use nf_nat::{ConfigError, Filtering, Snat};
+    for profile in [Profile::Rfc, Profile::Cgn(CgnSettings::new())] {
+        let alloc = AllocatorConfig::new(
+            profile,
+            vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+            *b"snat test secret",
+        );
+        let cfg = SnatConfig::new(alloc).with_filtering(Filtering::EndpointIndependent);
+        let mut nat = Nat::with_config(cfg, 256);
+        let public = out_udp(&mut nat, INSIDE4, 5000, REMOTE4, 3478);
+        // A host the inside host never talked to gets through, to the inside endpoint.
+        let inbound = pass(&mut nat, &udp4(REMOTE4_B, PUBLIC4, 9999, public.1));
+        assert_eq!((dst4(&inbound), ports(&inbound)), (INSIDE4, (9999, 5000)));
+        let answer = pass(&mut nat, &udp4(INSIDE4, REMOTE4_B, 5000, 9999));
+        assert_eq!(
+            (src4(&answer), ports(&answer).0),
+            public,
+            "{profile:?}: the same mapping"
+        );
+        assert_eq!(nat.counter("flows_inbound"), 1);
+        // Other public ports stay closed.
+        let v = nat.send(&udp4(REMOTE4_B, PUBLIC4, 9999, public.1 ^ 1)).0;
+        assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+        // Both sessions expire: the mapping goes, and with it the way in.
+        nat.advance(400);
+        assert_eq!(
+            nat.snat().ports().len(),
+            0,
+            "{profile:?}: the mapping is released"
+        );
+        let v = nat.send(&udp4(REMOTE4_B, PUBLIC4, 9999, public.1)).0;
+        assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+    }
+    let alloc = AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+        *b"snat test secret",
+    );
+    let cfg = SnatConfig::new(alloc).with_filtering(Filtering::EndpointIndependent);
+    assert_eq!(Snat::new(cfg).err(), Some(ConfigError::Filtering));
+}
 
 /// all profiles: hairpinning, with the external source address and port: an inside host
 /// reaches another through a port forward on the public address, both ways. (Hairpinning
