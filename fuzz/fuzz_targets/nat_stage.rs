@@ -3,7 +3,8 @@
 //! hosts, replies to the tuples the NAT chose, unsolicited inbound packets, ICMP errors both
 //! ways quoting packets the NAT forwarded, mutated copies of forwarded frames, raw bytes,
 //! and time steps with timer sweeps, under an arbitrary profile and a small port space, with
-//! a port forward (DNAT) that inbound packets hit now and then.
+//! a port forward (DNAT) that inbound packets hit now and then, and endpoint-independent
+//! filtering on half the inputs (rfc, cgn).
 //! Invariants: no panic; no two live sessions share a public tuple unless they are one
 //! inside endpoint's (endpoint-independent profiles) — in hyperplane, unless they also go
 //! to different destinations; every packet built well-formed that passes re-parses and has
@@ -21,7 +22,9 @@ use nf_core::{
     Batch, Direction, Duration, FlowKey, Instant, Meta, Packet, ParseConfig, ParseStage, Stage,
     StageControl, StageExt, Verdict, parse_frame,
 };
-use nf_nat::{AllocatorConfig, CgnSettings, PortForward, Profile, Snat, SnatConfig, nat_timeouts};
+use nf_nat::{
+    AllocatorConfig, CgnSettings, Filtering, PortForward, Profile, Snat, SnatConfig, nat_timeouts,
+};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -235,8 +238,10 @@ impl World {
         for o in &self.originals {
             let Some(hit) = ct.lookup(o) else { continue };
             let Some(info) = ct.info(hit.session) else { continue };
-            if info.original != *o || info.reply == o.reversed() || info.value.is_forward() {
-                continue; // untranslated, or a port forward's (its public end is fixed)
+            let inbound = [PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&o.dst_ip())
+                || o.dst_ip() == IpAddr::from(public6());
+            if info.original != *o || info.reply == o.reversed() || inbound {
+                continue; // untranslated, or inbound (a forward's, or on an existing mapping)
             }
             let r = info.reply;
             let dest = (!self.endpoint_independent).then_some((r.src_ip(), r.src_port));
@@ -276,7 +281,14 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
         SocketAddr::new(PUBLIC4.into(), 8080),
         SocketAddr::new([10, 0, 0, 1].into(), 80),
     );
-    let Ok(snat) = Snat::new(SnatConfig::new(alloc).with_v6_sessions(32).with_forward(web)) else { return };
+    // Endpoint-independent filtering where the profile allows it, on every other input.
+    let filtering = if setup & 0x80 != 0 && !matches!(profile, Profile::Hyperplane) {
+        Filtering::EndpointIndependent
+    } else {
+        Filtering::AddressAndPortDependent
+    };
+    let cfg = SnatConfig::new(alloc).with_v6_sessions(32).with_forward(web).with_filtering(filtering);
+    let Ok(snat) = Snat::new(cfg) else { return };
     let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
