@@ -91,7 +91,7 @@
 //! tables so sessions last as long as the RFCs require (nf-core's defaults follow Linux and
 //! are shorter).
 //!
-//! IPv4 sessions keep the inside address in their value (12 bytes, so an IPv4 session
+//! IPv4 sessions keep the inside address in their value (14 bytes, so an IPv4 session
 //! record stays one cache line); IPv6 sessions keep an index into a store of inside
 //! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
 //!

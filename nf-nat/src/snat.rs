@@ -257,7 +257,8 @@ const ACTIVE_PER_PUBLIC: [&str; 16] = [
     "active_public_15",
 ];
 
-/// The session value of [`Snat`]: the mapping and the inside endpoint (12 bytes).
+/// The session value of [`Snat`]: the mapping and the inside endpoint (14 bytes: an IPv4
+/// session record with it stays one 64-byte line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Translation {
     /// IPv4: the inside address; IPv6: the index of the inside address in the store.
@@ -1041,5 +1042,28 @@ impl SessionService for Snat {
 
     fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
         self.ports.handle_timeout(now, budget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_fits_an_ipv4_record_line() {
+        // nf-core's IPv4 record is one 64-byte line with a value of at most 16 bytes.
+        assert_eq!(core::mem::size_of::<Translation>(), 14);
+    }
+
+    #[test]
+    fn inside_prefixes_match_by_zone_and_bits() {
+        let p = InsidePrefix::new("10.1.0.0".parse().unwrap_or(IpAddr::from([0u8; 4])), 16)
+            .in_zone(ZoneId(3));
+        let k = |zone, a: [u8; 4]| FlowKey::v4(ZoneId(zone), a, [1, 1, 1, 1], proto::UDP, 1, 2);
+        assert!(p.contains(&k(3, [10, 1, 200, 7])));
+        assert!(!p.contains(&k(3, [10, 2, 0, 1])));
+        assert!(!p.contains(&k(4, [10, 1, 0, 1])));
+        let all = InsidePrefix::new(IpAddr::from([0u8; 4]), 0);
+        assert!(all.contains(&k(9, [192, 0, 2, 1])));
     }
 }
