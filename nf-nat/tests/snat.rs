@@ -369,3 +369,30 @@ fn port_forward_ipv6_udp_round_trip() {
     verify_frame(&out);
     assert_eq!((src6(&out), ports(&out)), (public6(), (5353, 40000)));
 }
+
+/// An ICMP error quoting only the IP header and 8 bytes of a TCP segment (RFC 792's
+/// minimum): the quoted ports are translated and both IP checksums and the ICMP checksum
+/// fixed; the TCP checksum, not in the quote, is left alone.
+#[test]
+fn icmp_error_with_a_short_tcp_quote() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let out = tcp4(INSIDE4, REMOTE4, 40000, 443, SYN);
+    let (_, sent) = nat.send(&out);
+    let short = &ip(&sent)[..28];
+    let err = nf_core::wire::Frame::ipv4(ROUTER4, PUBLIC4)
+        .icmp_error(11, 0, short)
+        .to_vec()
+        .unwrap();
+    let (v, got) = nat.send(&err);
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&got);
+    let quote = &got[14 + 28..];
+    assert_eq!(quote.len(), 28);
+    assert_eq!(&quote[12..16], &INSIDE4);
+    assert_eq!(be16(&quote[20..]), 40000);
+    assert_eq!(
+        &quote[..20],
+        &ip(&out)[..20],
+        "the quoted header is the original one"
+    );
+}
