@@ -643,7 +643,10 @@ impl Snat {
         new: &mut NewFlow<'_>,
     ) -> Result<Translation, DropReason> {
         let key = *new.original();
-        let Some((table, hasher)) = &self.owners else {
+        // From a configured inside prefix this would be hairpinning to a mapping, which
+        // needs the source translated too: not supported, refused.
+        let from_inside = !self.inside.is_empty() && self.is_inside(&key);
+        let (Some((table, hasher)), false) = (&self.owners, from_inside) else {
             return Err(DropReason::NatNoMapping);
         };
         let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
