@@ -3,7 +3,8 @@
 header + inner frame) of the first frames of the shared captures; for nat_alloc, operation
 sequences for each profile (a setup of six bytes, then arbitrary-encoded operations) from a
 fixed-seed generator, so the corpus is reproducible; and, for the other structure-aware
-targets that decode their input with `arbitrary` (lpm, limiter, classifier), pseudo-random byte strings
+targets that decode their input with `arbitrary` (lpm, limiter, classifier, lb_stage,
+nat_stage), pseudo-random byte strings
 of growing length from a fixed seed (any bytes decode; longer ones give more routes,
 arrivals and lookups).
 
@@ -25,6 +26,7 @@ RANDOM_SEEDS = {
     "limiter": (8, 0x11B),
     "classifier": (8, 0xC1A),
     "lb_stage": (8, 0x1B5),
+    "nat_stage": (8, 0x5A7),
 }
 
 

@@ -161,6 +161,21 @@ drop_reasons! {
     /// Load balancing: the listener's new-flow rate is above its limit (the flow is served
     /// statelessly unless another service drops it for this reason).
     LbNewFlowRate => "lb_new_flow_rate",
+    /// NAT: every public port the allocator may use for the flow is taken or quarantined
+    /// (no live mapping is ever taken away to make room).
+    NatPortsExhausted => "nat_ports_exhausted",
+    /// NAT: the allocator's probe bound was reached before a free port was found.
+    NatTooManyProbes => "nat_too_many_probes",
+    /// NAT: the allocator (or the NAT's IPv6 session store) holds its maximum of mappings.
+    NatCapacityFull => "nat_capacity_full",
+    /// NAT: the subscriber holds its quota of ports or port blocks (RFC 6888 REQ-4).
+    NatQuotaExceeded => "nat_quota_exceeded",
+    /// NAT: the flow cannot be translated (a protocol without ports, no public address of
+    /// its family, a translated tuple another session holds, or an ICMP error whose quote
+    /// cannot be rewritten).
+    NatUntranslatable => "nat_untranslatable",
+    /// NAT: a packet to a public address that no mapping serves (unsolicited inbound).
+    NatNoMapping => "nat_no_mapping",
 }
 
 impl fmt::Display for DropReason {

@@ -30,6 +30,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// The mapping to port `port` of the public address with index `public`.
+    pub(crate) const fn new(public: u16, port: u16) -> Self {
+        Self { public, port }
+    }
+
     /// The public port.
     pub const fn port(self) -> u16 {
         self.port
@@ -326,6 +331,21 @@ fn range_class(flow: &FlowKey) -> usize {
     usize::from(flow.src_port >= 1024 || icmp)
 }
 
+const fn is_icmp(p: u8) -> bool {
+    matches!(p, proto::ICMP | proto::ICMPV6)
+}
+
+/// The destination port that keys a flow's destination (hyperplane): an ICMP query's
+/// "port" is its identifier, which the translation replaces, so ICMP destinations are
+/// keyed by address alone (their replies carry the public identifier in both fields).
+const fn dest_port(flow: &FlowKey) -> u16 {
+    if is_icmp(flow.proto) {
+        0
+    } else {
+        flow.dst_port
+    }
+}
+
 /// Position of `port` in its word.
 #[inline]
 fn bit(port: u16) -> u64 {
@@ -459,12 +479,18 @@ impl PortAllocator {
     /// public address of the flow's family).
     pub fn reply_key(&self, original: &FlowKey, mapping: Mapping) -> Option<FlowKey> {
         let public = self.public_ips.get(usize::from(mapping.public)).copied()?;
+        // An ICMP query's reply carries the (translated) identifier in both port fields.
+        let src_port = if is_icmp(original.proto) {
+            mapping.port
+        } else {
+            original.dst_port
+        };
         FlowKey::from_addrs(
             original.zone,
             original.dst_ip(),
             public,
             original.proto,
-            original.dst_port,
+            src_port,
             mapping.port,
         )
     }
@@ -616,7 +642,7 @@ impl PortAllocator {
     fn dest_key(flow: &FlowKey, public: u16) -> WordKey {
         WordKey {
             dst: *flow.dst_raw(),
-            dst_port: flow.dst_port,
+            dst_port: dest_port(flow),
             tag: 0,
             public,
             proto: flow.proto,

@@ -279,6 +279,14 @@ pub enum ConfigError {
     /// A CGN block size that is not a multiple of 64 in 64..=4096, no blocks per
     /// subscriber, or no block fits in this owner's range.
     Blocks,
+    /// An inside prefix longer than its family allows.
+    Prefix,
+    /// A port forward on an address that is not public, across families, or of a protocol
+    /// other than TCP and UDP.
+    Forward,
+    /// Endpoint-independent filtering with the hyperplane profile (its mappings are per
+    /// destination).
+    Filtering,
 }
 
 impl core::fmt::Display for ConfigError {
@@ -290,6 +298,9 @@ impl core::fmt::Display for ConfigError {
             Self::Owner => "owner out of range",
             Self::Steering => "invalid RSS steering",
             Self::Blocks => "invalid CGN block settings",
+            Self::Prefix => "inside prefix too long",
+            Self::Forward => "invalid port forward",
+            Self::Filtering => "endpoint-independent filtering needs endpoint-independent mapping",
         })
     }
 }

@@ -3,12 +3,11 @@
 //! that replies reach the node and core that own the flow. It does no I/O and reads no clock:
 //! `now` is passed in.
 //!
-//! The SNAT/DNAT stages (not built yet) will call it from their session service: in
-//! `on_new`, [`PortAllocator::allocate`] either commits a mapping or changes nothing, and
-//! the service sets the reply key to [`PortAllocator::reply_key`]; in `on_end`,
+//! [`Snat`] is the SNAT service built on it (see [SNAT](#snat)): in `on_new`,
+//! [`PortAllocator::allocate`] either commits a mapping or changes nothing, and the service
+//! sets the reply key to [`PortAllocator::reply_key`]; in `on_end`,
 //! [`PortAllocator::release`] hands the mapping back, with `now`; the service's
-//! `poll_timeout` / `handle_timeout` forward to the allocator's. The integration test
-//! `tests/session_service.rs` runs exactly that inside nf-core's `Conntrack`.
+//! `poll_timeout` / `handle_timeout` forward to the allocator's.
 //!
 //! ```
 //! use nf_nat::{AllocatorConfig, AllocError, PortAllocator, Profile};
@@ -43,6 +42,58 @@
 //! nat.visit_counters("nat", &mut |stage, name, value| println!("{stage} {name} {value}"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # SNAT
+//!
+//! [`Snat`] is the session service that runs inside nf-core's
+//! [`Conntrack`](nf_core::conntrack::Conntrack) and translates outbound flows to a public
+//! address and port chosen by its [`PortAllocator`].
+//!
+//! - **New flow** ([`SessionService::on_new`](nf_core::conntrack::SessionService::on_new)): a flow from an inside prefix
+//!   ([`SnatConfig::with_inside`]; every flow if none is configured) gets a mapping and its
+//!   reply key (original destination → public address and port) in the same call, so the
+//!   session is inserted with its translation or not at all. A refusal is a typed drop
+//!   (`nat_ports_exhausted`, `nat_too_many_probes`, `nat_capacity_full`,
+//!   `nat_quota_exceeded`, `nat_untranslatable`). A flow to a public address that no
+//!   session serves is unsolicited and drops as `nat_no_mapping` (RFC 5382 REQ-4). Any
+//!   other flow passes untranslated (counted as `flows_untranslated`).
+//! - **Packets** ([`SessionService::on_packet`](nf_core::conntrack::SessionService::on_packet)): original direction, the source becomes
+//!   the public address and port; replies, the destination becomes the inside address and
+//!   port. ICMP query identifiers are translated like ports. Checksums are updated
+//!   incrementally (RFC 1624): IPv4 header, TCP/UDP with their pseudo-header (an absent UDP
+//!   checksum stays absent), ICMP, ICMPv6 with its pseudo-header.
+//! - **Related packets** ([`SessionService::on_related`](nf_core::conntrack::SessionService::on_related)): ICMP errors get their outer
+//!   header and the quoted packet translated (RFC 5508 REQ-4/5: both IPv4 checksums, the
+//!   quoted transport checksum where the quote holds it, the ICMP checksum); later fragments
+//!   get their addresses translated.
+//! - **End** ([`SessionService::on_end`](nf_core::conntrack::SessionService::on_end)): the mapping goes back to the allocator, which
+//!   quarantines the port.
+//!
+//! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
+//! session's two keys hold both tuples.
+//!
+//! Static port forwards ([`SnatConfig::with_forward`], [`PortForward`]) are DNAT in the same
+//! service: a flow to a forwarded public address and port is sent to its inside endpoint
+//! (destination rewritten), the inside host's replies leave from the public endpoint, ICMP
+//! errors are translated both ways alike, and the forwarded port is never allocated.
+//! Hairpinning: a flow from a configured inside prefix to a port forward's public endpoint
+//! gets a mapping for its source and the forward's inside endpoint as its destination, so
+//! the server sees the client as a public address and port and the client sees the answer
+//! come from the public endpoint (RFC 4787 REQ-9, RFC 5382 REQ-8a); ICMP errors are
+//! translated at both ends. Hairpinning to another inside host's mapping (rather than a
+//! forward) needs endpoint-independent filtering and is not built yet.
+//!
+//! Filtering ([`SnatConfig::with_filtering`]) is address-and-port-dependent by default:
+//! only replies from the flow's destination find its session. With
+//! [`Filtering::EndpointIndependent`] (rfc and cgn profiles), any outside host's TCP or UDP
+//! flow to a live mapping opens a session to its inside endpoint on the same mapping, and
+//! the mapping lives until its last session ends. Put [`nat_timeouts`] in the conntrack
+//! tables so sessions last as long as the RFCs require (nf-core's defaults follow Linux and
+//! are shorter).
+//!
+//! IPv4 sessions keep the inside address in their value (14 bytes, so an IPv4 session
+//! record stays one cache line); IPv6 sessions keep an index into a store of inside
+//! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
 //!
 //! # Profiles
 //!
@@ -126,8 +177,11 @@ mod alloc_error;
 mod allocator;
 mod config;
 mod counters;
+mod rewrite;
+mod snat;
 mod space;
 mod table;
+mod timeouts;
 
 pub use alloc_error::{AllocError, ReleaseError};
 pub use allocator::{BlockEvent, BlockEventKind, Mapping, PortAllocator};
@@ -136,4 +190,9 @@ pub use config::{
     DEFAULT_QUARANTINE, Owner, Profile, RssSteering,
 };
 pub use counters::{AllocatorCounters, PROBE_BUCKETS};
+pub use snat::{Filtering, InsidePrefix, PortForward, Snat, SnatConfig, SnatCounters, Translation};
 pub use space::{PortOwner, PortSplit, owner_of};
+pub use timeouts::{
+    HYPERPLANE_IDLE, ICMP_QUERY_MIN, TCP_ESTABLISHED_MIN, TCP_TRANSITORY_MIN, UDP_DEFAULT,
+    nat_timeouts,
+};

@@ -14,6 +14,7 @@ mod lpm;
 mod maglev_build;
 mod maglev_disruption;
 mod maglev_lookup;
+mod nat_established;
 mod nat_new;
 mod parse;
 mod shuffle_place;
@@ -72,6 +73,11 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "conntrack-stage",
         about: "parsed packets through the Conntrack stage, 1M sessions, 99% established / 1% new (vs hashbrown + ahash)",
         run: conntrack_stage::run,
+    },
+    Scenario {
+        name: "nat-established",
+        about: "SNAT of established flows: lookup + rewrite + checksum update through Conntrack<Snat>, 1M sessions, batches of 64; bytes_per_session (vs hashbrown + ahash reference NAT)",
+        run: nat_established::run,
     },
     Scenario {
         name: "nat-new",

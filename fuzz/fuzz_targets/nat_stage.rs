@@ -1,0 +1,393 @@
+//! Fuzzes the SNAT service inside conntrack (parse → `Conntrack<Snat>`) with arbitrary
+//! packet sequences in batches: outbound TCP/UDP/ICMP echo of both families from inside
+//! hosts, replies to the tuples the NAT chose, unsolicited inbound packets, ICMP errors both
+//! ways quoting packets the NAT forwarded, mutated copies of forwarded frames, raw bytes,
+//! and time steps with timer sweeps, under an arbitrary profile and a small port space, with
+//! a port forward (DNAT) that inbound packets hit now and then, and endpoint-independent
+//! filtering on half the inputs (rfc, cgn).
+//! Invariants: no panic; no two live sessions share a public tuple unless they are one
+//! inside endpoint's (endpoint-independent profiles) — in hyperplane, unless they also go
+//! to different destinations; every packet built well-formed that passes re-parses and has
+//! valid checksums (IPv4 header, TCP/UDP/ICMP/ICMPv6, and an ICMP error's quote),
+//! recomputed from scratch here.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+use nf_core::flow::proto;
+use nf_core::wire::Frame;
+use nf_core::wire::icmp::IcmpRepr;
+use nf_core::{
+    Batch, Direction, Duration, FlowKey, Instant, Meta, Packet, ParseConfig, ParseStage, Stage,
+    StageControl, StageExt, Verdict, parse_frame,
+};
+use nf_nat::{
+    AllocatorConfig, CgnSettings, Filtering, PortForward, Profile, Snat, SnatConfig, nat_timeouts,
+};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// A new or repeated outbound packet from an inside host.
+    Out { inside: u8, sport: u8, remote: u8, dport: u8, kind: u8, v6: bool, flags: u8 },
+    /// A packet back to a public tuple the NAT chose.
+    Reply { which: u16, flags: u8 },
+    /// A packet from outside to a public address, unsolicited or guessed.
+    Inbound { remote: u8, port: u16, kind: u8, v6: bool },
+    /// A router reports a forwarded outbound packet unreachable, to the public address.
+    ErrorIn { which: u16, ty: u8 },
+    /// An inside host reports a reply it received unreachable.
+    ErrorOut { which: u16 },
+    /// A forwarded frame again with one byte changed.
+    Mutate { which: u16, at: u16, xor: u8 },
+    /// Arbitrary bytes as a frame.
+    Raw(Vec<u8>),
+    /// Time passes; due timers run.
+    Advance(u16),
+}
+
+const PUBLIC4: [u8; 4] = [203, 0, 113, 1];
+const PUBLIC4_B: [u8; 4] = [203, 0, 113, 2];
+
+fn v6(prefix: u16, last: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&prefix.to_be_bytes());
+    a[15] = last;
+    a
+}
+
+fn public6() -> [u8; 16] {
+    v6(0x2001, 1)
+}
+
+/// A well-formed frame between two addresses of one family.
+fn frame(v6: bool, src: [u8; 16], dst: [u8; 16], kind: u8, sp: u16, dp: u16, flags: u8, reply: bool) -> Vec<u8> {
+    let f = if v6 {
+        Frame::ipv6(src, dst)
+    } else {
+        let s: [u8; 4] = src[..4].try_into().unwrap_or_default();
+        let d: [u8; 4] = dst[..4].try_into().unwrap_or_default();
+        Frame::ipv4(s, d)
+    };
+    let f = match kind % 3 {
+        0 => f.tcp(sp, dp, flags),
+        1 => f.udp(sp, dp),
+        _ => {
+            let ty = match (v6, reply) {
+                (false, false) => 8,
+                (false, true) => 0,
+                (true, false) => 128,
+                (true, true) => 129,
+            };
+            f.icmp(IcmpRepr { ty, ident: sp, seq: 1, ..IcmpRepr::default() })
+        }
+    };
+    f.payload(b"fuzz").to_vec().unwrap_or_default()
+}
+
+fn addr4(a: [u8; 4]) -> [u8; 16] {
+    let mut b = [0; 16];
+    b[..4].copy_from_slice(&a);
+    b
+}
+
+/// The error `frame` of the IP packet in `quoted` (an Ethernet frame), from `src` to `dst`.
+fn icmp_error(v6: bool, src: [u8; 16], dst: [u8; 16], ty: u8, quoted: &[u8]) -> Vec<u8> {
+    let ip = quoted.get(14..).unwrap_or_default();
+    let f = if v6 {
+        Frame::ipv6(src, dst).icmp_error(1 + ty % 4, 0, ip)
+    } else {
+        let s: [u8; 4] = src[..4].try_into().unwrap_or_default();
+        let d: [u8; 4] = dst[..4].try_into().unwrap_or_default();
+        Frame::ipv4(s, d).icmp_error([3, 11, 12][usize::from(ty % 3)], 0, ip)
+    };
+    f.to_vec().unwrap_or_default()
+}
+
+fn ones(parts: &[&[u8]]) -> u16 {
+    let mut s: u64 = 0;
+    for p in parts {
+        for w in p.chunks(2) {
+            s += u64::from(w[0]) << 8 | u64::from(*w.get(1).unwrap_or(&0));
+        }
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn be16(b: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Every checksum of an IP packet (no options or extension headers: the packets this
+/// target builds), and of an ICMP error's quote.
+fn verify_ip(ip: &[u8]) {
+    let (p, l4, pseudo) = if ip[0] >> 4 == 4 {
+        assert_eq!(ones(&[&ip[..20]]), 0xffff, "IPv4 header checksum");
+        let l4 = &ip[20..be16(&ip[2..])];
+        let mut ps = ip[12..20].to_vec();
+        ps.extend_from_slice(&[0, ip[9]]);
+        ps.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        (ip[9], l4, ps)
+    } else {
+        let l4 = &ip[40..40 + be16(&ip[4..])];
+        let mut ps = ip[8..40].to_vec();
+        ps.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+        ps.extend_from_slice(&[0, 0, 0, ip[6]]);
+        (ip[6], l4, ps)
+    };
+    match p {
+        proto::TCP => assert_eq!(ones(&[&pseudo, l4]), 0xffff, "TCP checksum"),
+        proto::UDP if !(ip[0] >> 4 == 4 && be16(&l4[6..]) == 0) => {
+            assert_eq!(ones(&[&pseudo, l4]), 0xffff, "UDP checksum")
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let sum = if p == proto::ICMP { ones(&[l4]) } else { ones(&[&pseudo, l4]) };
+            assert_eq!(sum, 0xffff, "ICMP checksum");
+            let error = if p == proto::ICMP { matches!(l4[0], 3 | 11 | 12) } else { l4[0] < 128 };
+            if error {
+                let q = &l4[8..];
+                let whole = if q[0] >> 4 == 4 {
+                    assert_eq!(ones(&[&q[..20]]), 0xffff, "quoted IPv4 header checksum");
+                    be16(&q[2..]) <= q.len()
+                } else {
+                    40 + be16(&q[4..]) <= q.len()
+                };
+                if whole {
+                    verify_ip(q);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+struct World {
+    pipe: nf_core::Chain<ParseStage, Conntrack<Snat>>,
+    now: Instant,
+    endpoint_independent: bool,
+    /// Original keys of sessions seen, to check the live ones.
+    originals: HashSet<FlowKey>,
+    /// Reply keys the NAT chose (tuples outside hosts answer to).
+    replies: Vec<FlowKey>,
+    /// Outbound frames as forwarded (to quote in errors from outside).
+    sent: Vec<(bool, Vec<u8>)>,
+    /// Reply frames as delivered inside (to quote in errors from inside).
+    delivered: Vec<(bool, Vec<u8>)>,
+    /// Every frame that left (and whether it was built well-formed), for mutation.
+    forwarded: Vec<(bool, Vec<u8>)>,
+}
+
+impl World {
+    fn flush(&mut self, frames: &mut Vec<(bool, Vec<u8>)>) {
+        let mut batch = Batch::new();
+        let mut built = Vec::new();
+        for (ok, f) in frames.drain(..) {
+            if batch.push(Packet::with_headroom(&f, 64)).is_ok() {
+                built.push(ok);
+            }
+        }
+        self.pipe.process(self.now, &mut batch);
+        for (pkt, ok) in batch.drain().zip(built) {
+            if pkt.meta.verdict != Verdict::Pass {
+                continue;
+            }
+            let data = pkt.data().to_vec();
+            let v6 = pkt.meta.flow.family() == nf_core::Family::V6;
+            if ok {
+                let mut m = Meta::default();
+                parse_frame(&data, &mut m, &ParseConfig::default()).expect("a translated frame re-parses");
+                verify_ip(&data[usize::from(m.l3)..]);
+            }
+            if let Some(r) = pkt.meta.session
+                && ok
+                && !pkt.meta.has(nf_core::flags::RELATED)
+                && let Some(info) = self.pipe.second.info(r)
+            {
+                self.originals.insert(info.original);
+                match pkt.meta.direction {
+                    Direction::Original => {
+                        if self.replies.len() < 4096 {
+                            self.replies.push(info.reply);
+                            self.sent.push((v6, data.clone()));
+                        }
+                    }
+                    Direction::Reply => {
+                        if self.delivered.len() < 4096 {
+                            self.delivered.push((v6, data.clone()));
+                        }
+                    }
+                }
+            }
+            if self.forwarded.len() < 4096 {
+                self.forwarded.push((ok, data));
+            }
+        }
+        self.check_unique();
+    }
+
+    /// No two live sessions share a public tuple unless that is their mapping's design.
+    fn check_unique(&self) {
+        let ct = &self.pipe.second;
+        let mut owner: HashMap<(u8, IpAddr, u16, Option<(IpAddr, u16)>), (nf_core::ZoneId, IpAddr, u16)> =
+            HashMap::new();
+        for o in &self.originals {
+            let Some(hit) = ct.lookup(o) else { continue };
+            let Some(info) = ct.info(hit.session) else { continue };
+            let inbound = [PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&o.dst_ip())
+                || o.dst_ip() == IpAddr::from(public6());
+            if info.original != *o || info.reply == o.reversed() || inbound {
+                continue; // untranslated, or inbound (a forward's, or on an existing mapping)
+            }
+            let r = info.reply;
+            let dest = (!self.endpoint_independent).then_some((r.src_ip(), r.src_port));
+            let key = (r.proto, r.dst_ip(), r.dst_port, dest);
+            let inside = (o.zone, o.src_ip(), o.src_port);
+            let prev = owner.insert(key, inside);
+            if self.endpoint_independent {
+                assert!(prev.is_none_or(|p| p == inside), "public tuple {key:?} shared by {prev:?} and {inside:?}");
+            } else {
+                assert!(prev.is_none(), "public tuple {key:?} shared by {prev:?} and {inside:?}");
+            }
+        }
+    }
+}
+
+fn pick<T>(v: &[T], i: u16) -> Option<&T> {
+    if v.is_empty() { None } else { v.get(usize::from(i) % v.len()) }
+}
+
+fuzz_target!(|input: (u8, Vec<Op>)| {
+    let (setup, ops) = input;
+    let profile = match setup % 3 {
+        0 => Profile::Rfc,
+        1 => Profile::Hyperplane,
+        _ => Profile::Cgn(CgnSettings::new().with_block_size(64).with_max_blocks(2)),
+    };
+    let publics: Vec<IpAddr> = vec![PUBLIC4.into(), PUBLIC4_B.into(), IpAddr::from(public6())];
+    // A small port space, so ports run out and get reused after quarantine.
+    let hi = 1024 + 64 * (1 + u32::from(setup >> 2 & 3));
+    let alloc = AllocatorConfig::new(profile, publics, *b"fuzz nat secret!")
+        .with_max_mappings(64 + usize::from(setup >> 4) * 16)
+        .with_quarantine(Duration::from_secs(30))
+        .with_excluded_ports((hi..=65535).map(|p| p as u16));
+    // A port forward (DNAT): PUBLIC4:8080/TCP to 10.0.0.1:80.
+    let web = PortForward::new(
+        proto::TCP,
+        SocketAddr::new(PUBLIC4.into(), 8080),
+        SocketAddr::new([10, 0, 0, 1].into(), 80),
+    );
+    // Endpoint-independent filtering where the profile allows it, on every other input.
+    let filtering = if setup & 0x80 != 0 && !matches!(profile, Profile::Hyperplane) {
+        Filtering::EndpointIndependent
+    } else {
+        Filtering::AddressAndPortDependent
+    };
+    let cfg = SnatConfig::new(alloc).with_v6_sessions(32).with_forward(web).with_filtering(filtering);
+    let Ok(snat) = Snat::new(cfg) else { return };
+    let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
+    ct.v4.timeouts = nat_timeouts(&profile);
+    ct.v6.timeouts = ct.v4.timeouts;
+    let Ok(ct) = Conntrack::new(ct, snat) else { return };
+    let mut w = World {
+        pipe: ParseStage::default().then(ct),
+        now: Instant::from_nanos(1_000_000_000),
+        endpoint_independent: !matches!(profile, Profile::Hyperplane),
+        originals: HashSet::new(),
+        replies: Vec::new(),
+        sent: Vec::new(),
+        delivered: Vec::new(),
+        forwarded: Vec::new(),
+    };
+    let mut pending: Vec<(bool, Vec<u8>)> = Vec::new();
+    for op in ops.into_iter().take(512) {
+        match op {
+            Op::Out { inside, sport, remote, dport, kind, v6: six, flags } => {
+                let (src, dst) = if six {
+                    (v6(0xfd00, inside % 8), v6(0x2002, remote % 8))
+                } else {
+                    (addr4([10, 0, 0, inside % 8]), addr4([198, 51, 100, remote % 8]))
+                };
+                let sp = if sport < 8 { u16::from(sport) * 100 } else { 40000 + u16::from(sport % 16) };
+                pending.push((true, frame(six, src, dst, kind, sp, 50 + u16::from(dport % 4), flags, false)));
+            }
+            Op::Reply { which, flags } => {
+                if let Some(r) = pick(&w.replies, which) {
+                    let six = r.family() == nf_core::Family::V6;
+                    let kind = match r.proto {
+                        proto::TCP => 0,
+                        proto::UDP => 1,
+                        _ => 2,
+                    };
+                    let f = frame(six, *r.src_raw(), *r.dst_raw(), kind, r.src_port, r.dst_port, flags, true);
+                    pending.push((true, f));
+                }
+            }
+            Op::Inbound { remote, port, kind, v6: six } => {
+                let (src, dst) = if six {
+                    (v6(0x2002, remote % 8), public6())
+                } else {
+                    (addr4([198, 51, 100, remote % 8]), addr4(PUBLIC4))
+                };
+                // Every fourth one to the port forward.
+                let port = if port % 4 == 0 { 8080 } else { port };
+                pending.push((true, frame(six, src, dst, kind, 53, port, 0x02, true)));
+            }
+            Op::ErrorIn { which, ty } => {
+                if let Some((six, f)) = pick(&w.sent, which) {
+                    let router = if *six { v6(0x2001, 0xee) } else { addr4([192, 0, 2, 1]) };
+                    let public = f.get(if *six { 14 + 8..14 + 24 } else { 14 + 12..14 + 16 });
+                    let mut dst = [0u8; 16];
+                    if let Some(p) = public {
+                        dst[..p.len()].copy_from_slice(p);
+                    }
+                    let e = icmp_error(*six, router, dst, ty, f);
+                    pending.push((true, e));
+                }
+            }
+            Op::ErrorOut { which } => {
+                if let Some((six, f)) = pick(&w.delivered, which) {
+                    // From the inside host (the reply's destination) to its source.
+                    let (s, d) = if *six { (14 + 24..14 + 40, 14 + 8..14 + 24) } else { (14 + 16..14 + 20, 14 + 12..14 + 16) };
+                    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+                    if let (Some(a), Some(b)) = (f.get(s), f.get(d)) {
+                        src[..a.len()].copy_from_slice(a);
+                        dst[..b.len()].copy_from_slice(b);
+                    }
+                    pending.push((true, icmp_error(*six, src, dst, 0, f)));
+                }
+            }
+            Op::Mutate { which, at, xor } => {
+                if let Some((ok, f)) = pick(&w.forwarded, which) {
+                    let mut f = f.clone();
+                    if !f.is_empty() {
+                        let i = usize::from(at) % f.len();
+                        f[i] ^= xor;
+                    }
+                    pending.push((*ok && xor == 0, f));
+                }
+            }
+            Op::Raw(bytes) => {
+                let b = bytes.get(..bytes.len().min(2048)).unwrap_or_default().to_vec();
+                pending.push((false, b));
+            }
+            Op::Advance(secs) => {
+                w.flush(&mut pending);
+                w.now += Duration::from_secs(u64::from(secs % 600));
+                let mut guard = 0;
+                while w.pipe.poll_timeout().is_some_and(|t| t <= w.now) && guard < 10_000 {
+                    w.pipe.handle_timeout(w.now, 256);
+                    guard += 1;
+                }
+            }
+        }
+        if pending.len() >= 16 {
+            w.flush(&mut pending);
+        }
+    }
+    w.flush(&mut pending);
+});

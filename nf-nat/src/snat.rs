@@ -1,0 +1,1072 @@
+//! The SNAT session service; see the crate docs, section SNAT.
+
+use crate::alloc_error::AllocError;
+use crate::allocator::{Mapping, PortAllocator};
+use crate::config::{AllocatorConfig, ConfigError, Profile};
+use crate::rewrite::{End, Layout, rewrite, translate_icmp_error};
+use crate::table::Table;
+use alloc::vec::Vec;
+use core::net::{IpAddr, SocketAddr};
+use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
+use nf_core::flow::proto;
+use nf_core::{
+    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, Verdict, ZoneId,
+    flags,
+};
+
+/// An inside prefix whose flows are translated, optionally only in one zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InsidePrefix {
+    /// The zone it applies to (`None`: every zone).
+    pub zone: Option<ZoneId>,
+    /// The prefix's address.
+    pub addr: IpAddr,
+    /// The prefix length (≤ 32 for IPv4, ≤ 128 for IPv6).
+    pub len: u8,
+}
+
+impl InsidePrefix {
+    /// `addr/len` in every zone.
+    pub const fn new(addr: IpAddr, len: u8) -> Self {
+        Self {
+            zone: None,
+            addr,
+            len,
+        }
+    }
+
+    /// Restricts the prefix to one zone.
+    #[must_use]
+    pub const fn in_zone(mut self, zone: ZoneId) -> Self {
+        self.zone = Some(zone);
+        self
+    }
+
+    fn contains(&self, key: &FlowKey) -> bool {
+        if self.zone.is_some_and(|z| z != key.zone) {
+            return false;
+        }
+        let (a, bits) = match self.addr {
+            IpAddr::V4(a) if key.family() == Family::V4 => (u128::from(u32::from(a)) << 96, 32),
+            IpAddr::V6(a) if key.family() == Family::V6 => (u128::from(a), 128),
+            _ => return false,
+        };
+        // IPv4 sits in the first four bytes: the prefix compares from the top either way.
+        let src = u128::from_be_bytes(*key.src_raw());
+        let len = u32::from(self.len.min(bits));
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        (a ^ src) & mask == 0
+    }
+}
+
+/// A static port forward (DNAT): flows to `public` (one of the allocator's public
+/// addresses, and a port) are sent to `inside`, and the inside host's replies leave from
+/// `public` again. The public port is taken out of the allocator's range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortForward {
+    /// The zone it applies to (`None`: every zone).
+    pub zone: Option<ZoneId>,
+    /// TCP or UDP.
+    pub proto: u8,
+    /// The public address and port flows arrive at.
+    pub public: SocketAddr,
+    /// The inside address and port they are forwarded to.
+    pub inside: SocketAddr,
+}
+
+impl PortForward {
+    /// Forwards `proto` (TCP or UDP) flows to `public` to `inside`, in every zone.
+    pub const fn new(proto: u8, public: SocketAddr, inside: SocketAddr) -> Self {
+        Self {
+            zone: None,
+            proto,
+            public,
+            inside,
+        }
+    }
+
+    /// Restricts the forward to one zone.
+    #[must_use]
+    pub const fn in_zone(mut self, zone: ZoneId) -> Self {
+        self.zone = Some(zone);
+        self
+    }
+
+    fn matches(&self, key: &FlowKey) -> bool {
+        self.zone.is_none_or(|z| z == key.zone)
+            && key.proto == self.proto
+            && key.dst_port == self.public.port()
+            && key.dst_ip() == self.public.ip()
+    }
+}
+
+/// Which inbound packets reach an inside host's mapping (RFC 4787 §5, REQ-8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Filtering {
+    /// Only replies from the flow's own destination address and port (the default; the
+    /// only one the hyperplane profile allows, its mappings being per destination).
+    #[default]
+    AddressAndPortDependent,
+    /// Any outside host may send to a live endpoint-independent mapping (TCP and UDP): its
+    /// first packet opens a session to the inside endpoint on the same mapping (rfc and cgn
+    /// profiles).
+    EndpointIndependent,
+}
+
+/// Settings of a [`Snat`] service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnatConfig {
+    /// The port allocator's settings (profile, public addresses, bounds).
+    pub allocator: AllocatorConfig,
+    /// Inside prefixes whose flows are translated (empty: every flow not to a public
+    /// address).
+    pub inside: Vec<InsidePrefix>,
+    /// IPv6 sessions translated at once (the store of inside IPv6 addresses, allocated up
+    /// front: 20 bytes each).
+    pub v6_sessions: usize,
+    /// Static port forwards (DNAT).
+    pub forwards: Vec<PortForward>,
+    /// Inbound filtering of mappings.
+    pub filtering: Filtering,
+}
+
+impl SnatConfig {
+    /// Translate every flow with `allocator`; IPv6 sessions up to its `max_mappings`.
+    pub fn new(allocator: AllocatorConfig) -> Self {
+        let v6_sessions = allocator.max_mappings;
+        Self {
+            allocator,
+            inside: Vec::new(),
+            v6_sessions,
+            forwards: Vec::new(),
+            filtering: Filtering::AddressAndPortDependent,
+        }
+    }
+
+    /// Sets the inbound filtering (endpoint-independent needs the rfc or cgn profile).
+    #[must_use]
+    pub fn with_filtering(mut self, filtering: Filtering) -> Self {
+        self.filtering = filtering;
+        self
+    }
+
+    /// Adds a static port forward (its public port is excluded from allocation).
+    #[must_use]
+    pub fn with_forward(mut self, forward: PortForward) -> Self {
+        self.forwards.push(forward);
+        self
+    }
+
+    /// Adds an inside prefix (once one is given, only flows from inside prefixes are
+    /// translated).
+    #[must_use]
+    pub fn with_inside(mut self, prefix: InsidePrefix) -> Self {
+        self.inside.push(prefix);
+        self
+    }
+
+    /// Sets how many IPv6 sessions may be translated at once.
+    #[must_use]
+    pub fn with_v6_sessions(mut self, n: usize) -> Self {
+        self.v6_sessions = n;
+        self
+    }
+}
+
+/// What a [`Snat`] service has done (monotonic), by stable snake_case names through
+/// [`SessionService::visit_counters`] under the stage name `snat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnatCounters {
+    /// New flows given a mapping.
+    pub flows_translated: u64,
+    /// New inbound flows sent on by a port forward.
+    pub flows_forwarded: u64,
+    /// New flows from inside to a port forward, hairpinned.
+    pub flows_hairpinned: u64,
+    /// New inbound flows admitted to a mapping by endpoint-independent filtering.
+    pub flows_inbound: u64,
+    /// New flows that match no inside prefix, passed untranslated.
+    pub flows_untranslated: u64,
+    /// New flows refused (allocator errors, reply key conflicts, IPv6 store full).
+    pub flows_refused: u64,
+    /// Unsolicited flows to a public address, dropped.
+    pub no_mapping: u64,
+    /// Packets translated in the original direction.
+    pub packets_out: u64,
+    /// Packets translated in the reply direction.
+    pub packets_in: u64,
+    /// ICMP errors translated.
+    pub icmp_errors_translated: u64,
+    /// ICMP errors dropped because they could not be rewritten.
+    pub icmp_errors_dropped: u64,
+    /// Later fragments translated.
+    pub fragments_translated: u64,
+    /// Packets dropped because their headers could not be rewritten.
+    pub rewrite_failed: u64,
+}
+
+impl SnatCounters {
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        for (name, v) in [
+            ("flows_translated", self.flows_translated),
+            ("flows_forwarded", self.flows_forwarded),
+            ("flows_hairpinned", self.flows_hairpinned),
+            ("flows_inbound", self.flows_inbound),
+            ("flows_untranslated", self.flows_untranslated),
+            ("flows_refused", self.flows_refused),
+            ("no_mapping", self.no_mapping),
+            ("packets_out", self.packets_out),
+            ("packets_in", self.packets_in),
+            ("icmp_errors_translated", self.icmp_errors_translated),
+            ("icmp_errors_dropped", self.icmp_errors_dropped),
+            ("fragments_translated", self.fragments_translated),
+            ("rewrite_failed", self.rewrite_failed),
+        ] {
+            f(STAGE, name, v);
+        }
+    }
+}
+
+/// The stage name of the service's counters.
+const STAGE: &str = "snat";
+
+/// Names of the live-mapping gauges of the first 16 public addresses (by index in
+/// [`AllocatorConfig::public_ips`]); further addresses are read with
+/// [`PortAllocator::active_on`].
+const ACTIVE_PER_PUBLIC: [&str; 16] = [
+    "active_public_0",
+    "active_public_1",
+    "active_public_2",
+    "active_public_3",
+    "active_public_4",
+    "active_public_5",
+    "active_public_6",
+    "active_public_7",
+    "active_public_8",
+    "active_public_9",
+    "active_public_10",
+    "active_public_11",
+    "active_public_12",
+    "active_public_13",
+    "active_public_14",
+    "active_public_15",
+];
+
+/// The session value of [`Snat`]: the mapping and the inside endpoint (14 bytes: an IPv4
+/// session record with it stays one 64-byte line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// IPv4: the inside address; IPv6: the index of the inside address in the store.
+    inside: [u8; 4],
+    inside_port: u16,
+    mapping: Mapping,
+    /// Hairpin: the index of the port forward reached.
+    forward: u16,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Kind {
+    /// Not translated (no inside prefix matched).
+    #[default]
+    Pass,
+    /// SNAT: the original direction's source is the inside endpoint.
+    V4,
+    V6,
+    /// A port forward: the original direction's destination is the public endpoint.
+    DnatV4,
+    DnatV6,
+    /// Hairpin: an inside host reaching a port forward through its public endpoint, SNATed
+    /// like `V4`/`V6` and DNATed to the forward's inside endpoint.
+    HairpinV4,
+    HairpinV6,
+    /// Endpoint-independent filtering: an outside host's flow to a mapping, DNATed like a
+    /// forward, holding the mapping like an outbound flow.
+    InboundV4,
+    InboundV6,
+}
+
+impl Kind {
+    const fn is_v6(self) -> bool {
+        matches!(
+            self,
+            Self::V6 | Self::DnatV6 | Self::HairpinV6 | Self::InboundV6
+        )
+    }
+
+    /// The original direction's destination is rewritten (not its source).
+    const fn is_dnat(self) -> bool {
+        matches!(
+            self,
+            Self::DnatV4 | Self::DnatV6 | Self::InboundV4 | Self::InboundV6
+        )
+    }
+
+    const fn is_inbound(self) -> bool {
+        matches!(self, Self::InboundV4 | Self::InboundV6)
+    }
+
+    const fn is_hairpin(self) -> bool {
+        matches!(self, Self::HairpinV4 | Self::HairpinV6)
+    }
+}
+
+impl Translation {
+    /// The public address index and port, if the session is translated.
+    pub fn mapping(&self) -> Option<Mapping> {
+        (self.kind != Kind::Pass).then_some(self.mapping)
+    }
+
+    /// True for a session of a port forward (DNAT).
+    pub fn is_forward(&self) -> bool {
+        matches!(self.kind, Kind::DnatV4 | Kind::DnatV6)
+    }
+
+    /// The inside port (ICMP: identifier) of a translated session.
+    pub fn inside_port(&self) -> u16 {
+        self.inside_port
+    }
+}
+
+/// The SNAT session service (see the [crate docs](crate#snat): new flows, packets, ICMP
+/// errors, fragments, the end of a session).
+///
+/// ```
+/// use nf_core::conntrack::{Conntrack, ConntrackConfig};
+/// use nf_core::wire::Frame;
+/// use nf_core::{Batch, Instant, Packet, ParseStage, Stage, StageExt, Verdict};
+/// use nf_nat::{AllocatorConfig, InsidePrefix, Profile, Snat, SnatConfig};
+///
+/// let ports = AllocatorConfig::new(Profile::Hyperplane, vec!["203.0.113.1".parse()?], *b"operator secret!");
+/// let snat = Snat::new(SnatConfig::new(ports).with_inside(InsidePrefix::new("10.0.0.0".parse()?, 8)))?;
+/// let mut nat = ParseStage::default().then(Conntrack::new(ConntrackConfig::new(*b"conntrack secret"), snat)?);
+///
+/// let now = Instant::from_nanos(1_000_000_000);
+/// let out = Frame::ipv4([10, 0, 0, 5], [198, 51, 100, 9]).udp(40000, 53).payload(b"q").to_vec()?;
+/// let mut batch = Batch::new();
+/// batch.push(Packet::with_headroom(&out, 64)).ok();
+/// nat.process(now, &mut batch);
+/// let pkt = &batch.packets()[0];
+/// assert_eq!(pkt.meta.verdict, Verdict::Pass);
+/// let ip = &pkt.data()[usize::from(pkt.meta.l3)..];
+/// assert_eq!(ip[12..16], [203, 0, 113, 1]); // the source is now the public address
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Snat {
+    ports: PortAllocator,
+    inside: Vec<InsidePrefix>,
+    /// Public addresses by mapping index (IPv4 in the first 4 bytes).
+    publics: Vec<[u8; 16]>,
+    public_ips: Vec<IpAddr>,
+    /// Port forwards, with the index of their public address and both endpoints' raw
+    /// addresses.
+    forwards: Vec<Forward>,
+    /// Endpoint-independent filtering: public endpoint → its inside endpoint, with the
+    /// sessions holding it (keyed: inbound packets choose the port looked up).
+    owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
+    v6: V6Store,
+    counters: SnatCounters,
+}
+
+/// A mapping's public side (ports are unique per public address and protocol in the
+/// endpoint-independent profiles).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PublicEndpoint {
+    public: u16,
+    port: u16,
+    proto: u8,
+}
+
+impl PublicEndpoint {
+    fn hash(&self, h: &FlowHasher) -> u64 {
+        let [a, b] = self.public.to_be_bytes();
+        let [c, d] = self.port.to_be_bytes();
+        h.hash_bytes(&[0x45, self.proto, a, b, c, d])
+    }
+}
+
+/// The inside side of a mapping and how many sessions hold it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct InsideEndpoint {
+    zone: u32,
+    addr: [u8; 16],
+    port: u16,
+    sessions: u32,
+}
+
+/// A port forward as the service uses it.
+#[derive(Clone, Copy, Debug)]
+struct Forward {
+    rule: PortForward,
+    /// Index of its public address.
+    public: u16,
+    public_raw: [u8; 16],
+    inside_raw: [u8; 16],
+}
+
+/// An address as 16 bytes, IPv4 in the first four (as in [`FlowKey`]).
+fn raw(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            if let Some(c) = b.first_chunk_mut::<4>() {
+                *c = a.octets();
+            }
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// Inside IPv6 addresses of translated sessions, with a free list; allocated up front.
+struct V6Store {
+    addrs: Vec<[u8; 16]>,
+    free: Vec<u32>,
+}
+
+impl V6Store {
+    fn new(n: usize) -> Self {
+        let n = n.min(u32::MAX as usize);
+        Self {
+            addrs: alloc::vec![[0; 16]; n],
+            free: (0..n as u32).rev().collect(),
+        }
+    }
+
+    fn take(&mut self, a: [u8; 16]) -> Option<u32> {
+        let i = self.free.pop()?;
+        if let Some(slot) = self.addrs.get_mut(i as usize) {
+            *slot = a;
+        }
+        Some(i)
+    }
+
+    fn get(&self, i: u32) -> Option<&[u8; 16]> {
+        self.addrs.get(i as usize)
+    }
+
+    fn put(&mut self, i: u32) {
+        // The free list was allocated with room for every index.
+        if (i as usize) < self.addrs.len() && self.free.len() < self.addrs.len() {
+            self.free.push(i);
+        }
+    }
+}
+
+impl Snat {
+    /// A service over a new [`PortAllocator`] and the stores it needs (all allocated
+    /// here).
+    ///
+    /// # Errors
+    /// The allocator's [`ConfigError`], [`ConfigError::Prefix`] for an inside prefix longer
+    /// than its family allows, or [`ConfigError::Forward`] for a port forward whose public
+    /// address is not one of the allocator's, whose families differ, or that is not TCP or
+    /// UDP.
+    pub fn new(config: SnatConfig) -> Result<Self, ConfigError> {
+        let bad = |p: &InsidePrefix| match p.addr {
+            IpAddr::V4(_) => p.len > 32,
+            IpAddr::V6(_) => p.len > 128,
+        };
+        if config.inside.iter().any(bad) {
+            return Err(ConfigError::Prefix);
+        }
+        let mut config = config;
+        let mut forwards = Vec::with_capacity(config.forwards.len());
+        for f in &config.forwards {
+            let ips = &config.allocator.public_ips;
+            let index = ips.iter().position(|&ip| ip == f.public.ip());
+            let ok = matches!(f.proto, proto::TCP | proto::UDP)
+                && f.public.is_ipv4() == f.inside.is_ipv4();
+            match index.and_then(|i| u16::try_from(i).ok()) {
+                Some(i) if ok => forwards.push(Forward {
+                    rule: *f,
+                    public: i,
+                    public_raw: raw(f.public.ip()),
+                    inside_raw: raw(f.inside.ip()),
+                }),
+                _ => return Err(ConfigError::Forward),
+            }
+            config.allocator.excluded_ports.push(f.public.port());
+        }
+        let publics = config
+            .allocator
+            .public_ips
+            .iter()
+            .map(|&ip| raw(ip))
+            .collect();
+        let public_ips = config.allocator.public_ips.clone();
+        let owners = match (config.filtering, config.allocator.profile) {
+            (Filtering::AddressAndPortDependent, _) => None,
+            (Filtering::EndpointIndependent, Profile::Hyperplane) => {
+                return Err(ConfigError::Filtering);
+            }
+            (Filtering::EndpointIndependent, _) => {
+                let mut key = config.allocator.secret;
+                for b in &mut key {
+                    *b ^= 0x36;
+                }
+                let n = config.allocator.max_mappings;
+                Some((Table::with_entries(n), FlowHasher::new(key)))
+            }
+        };
+        Ok(Self {
+            ports: PortAllocator::new(config.allocator)?,
+            inside: config.inside,
+            publics,
+            public_ips,
+            forwards,
+            owners,
+            v6: V6Store::new(config.v6_sessions),
+            counters: SnatCounters::default(),
+        })
+    }
+
+    /// The port allocator (its counters, live mappings, block events).
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    /// The port allocator, writable (to drain CGN block events).
+    pub fn ports_mut(&mut self) -> &mut PortAllocator {
+        &mut self.ports
+    }
+
+    /// The service's counters.
+    pub fn counters(&self) -> &SnatCounters {
+        &self.counters
+    }
+
+    /// Bytes allocated by the allocator and the IPv6 store.
+    pub fn memory_bytes(&self) -> usize {
+        self.ports.memory_bytes()
+            + self.owners.as_ref().map_or(0, |(t, _)| t.bytes())
+            + self.v6.addrs.capacity() * 16
+            + self.v6.free.capacity() * 4
+            + self.publics.capacity() * 16
+    }
+
+    fn is_inside(&self, key: &FlowKey) -> bool {
+        self.inside.is_empty() || self.inside.iter().any(|p| p.contains(key))
+    }
+
+    fn is_public(&self, key: &FlowKey) -> bool {
+        self.public_ips.contains(&key.dst_ip())
+    }
+
+    /// Allocates the mapping and reply key of a flow to translate.
+    fn admit(&mut self, now: Instant, new: &mut NewFlow<'_>) -> Result<Translation, DropReason> {
+        let original = *new.original();
+        let mapping = self.ports.allocate(now, &original).map_err(drop_reason)?;
+        let fail = |s: &mut Self, r: DropReason| {
+            let _ = s.ports.release(now, &original, mapping);
+            Err(r)
+        };
+        let Some(reply) = self.ports.reply_key(&original, mapping) else {
+            return fail(self, DropReason::NatUntranslatable);
+        };
+        if !new.is_free(&reply) || new.set_reply(reply).is_err() {
+            return fail(self, DropReason::NatUntranslatable);
+        }
+        let Some((inside, v6)) = self.store_inside(original.src_raw(), original.family()) else {
+            return fail(self, DropReason::NatCapacityFull);
+        };
+        if !self.hold(original.proto, mapping, &original, true) {
+            if v6 {
+                self.v6.put(u32::from_be_bytes(inside));
+            }
+            return fail(self, DropReason::NatCapacityFull);
+        }
+        Ok(Translation {
+            inside,
+            inside_port: original.src_port,
+            mapping,
+            forward: 0,
+            kind: if v6 { Kind::V6 } else { Kind::V4 },
+        })
+    }
+
+    /// Endpoint-independent filtering: counts one more (`hold`) or one fewer session on
+    /// `mapping`, whose inside endpoint is `outbound`'s source. False if the owners table is
+    /// full (nothing changed). Without endpoint-independent filtering: nothing to do.
+    fn hold(&mut self, proto: u8, mapping: Mapping, outbound: &FlowKey, hold: bool) -> bool {
+        let Some((table, hasher)) = &mut self.owners else {
+            return true;
+        };
+        let key = PublicEndpoint {
+            public: mapping.public_index(),
+            port: mapping.port(),
+            proto,
+        };
+        let h = key.hash(hasher);
+        match (table.find(h, &key), hold) {
+            (Some(i), true) => {
+                if let Some(v) = table.value_at_mut(i) {
+                    v.sessions = v.sessions.saturating_add(1);
+                }
+                true
+            }
+            (Some(i), false) => {
+                let last = table.value_at_mut(i).is_some_and(|v| {
+                    v.sessions = v.sessions.saturating_sub(1);
+                    v.sessions == 0
+                });
+                if last {
+                    table.remove_at(i);
+                }
+                true
+            }
+            (None, true) => {
+                let inside = InsideEndpoint {
+                    zone: outbound.zone.0,
+                    addr: *outbound.src_raw(),
+                    port: outbound.src_port,
+                    sessions: 1,
+                };
+                table.insert_new(h, key, inside).is_ok()
+            }
+            (None, false) => true,
+        }
+    }
+
+    /// A new flow from outside to a public address: with endpoint-independent filtering, a
+    /// TCP or UDP flow to a live mapping of its zone opens a session to the mapping's inside
+    /// endpoint (sharing the mapping); anything else is unsolicited
+    /// ([`DropReason::NatNoMapping`]).
+    fn admit_inbound(
+        &mut self,
+        now: Instant,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Translation, DropReason> {
+        let key = *new.original();
+        // From a configured inside prefix this would be hairpinning to a mapping, which
+        // needs the source translated too: not supported, refused.
+        let from_inside = !self.inside.is_empty() && self.is_inside(&key);
+        let (Some((table, hasher)), false) = (&self.owners, from_inside) else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
+        let public = public.and_then(|i| u16::try_from(i).ok());
+        let (Some(public), proto::TCP | proto::UDP) = (public, key.proto) else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let pk = PublicEndpoint {
+            public,
+            port: key.dst_port,
+            proto: key.proto,
+        };
+        let owner = table
+            .get(pk.hash(hasher), &pk)
+            .filter(|o| o.zone == key.zone.0)
+            .ok_or(DropReason::NatNoMapping)?;
+        let inside_ip = if key.family() == Family::V4 {
+            IpAddr::from(owner.addr.first_chunk::<4>().copied().unwrap_or_default())
+        } else {
+            IpAddr::from(owner.addr)
+        };
+        // The outbound flow this session answers for: it takes the mapping like any other.
+        let outbound = FlowKey::from_addrs(
+            key.zone,
+            inside_ip,
+            key.src_ip(),
+            key.proto,
+            owner.port,
+            key.src_port,
+        )
+        .ok_or(DropReason::NatUntranslatable)?;
+        let mapping = self.ports.allocate(now, &outbound).map_err(drop_reason)?;
+        let release = |s: &mut Self, r: DropReason| {
+            let _ = s.ports.release(now, &outbound, mapping);
+            Err(r)
+        };
+        if mapping != Mapping::new(public, key.dst_port)
+            || !new.is_free(&outbound)
+            || new.set_reply(outbound).is_err()
+        {
+            return release(self, DropReason::NatUntranslatable);
+        }
+        let Some((inside, v6)) = self.store_inside(outbound.src_raw(), outbound.family()) else {
+            return release(self, DropReason::NatCapacityFull);
+        };
+        self.hold(key.proto, mapping, &outbound, true);
+        Ok(Translation {
+            inside,
+            inside_port: owner.port,
+            mapping,
+            forward: 0,
+            kind: if v6 { Kind::InboundV6 } else { Kind::InboundV4 },
+        })
+    }
+
+    /// The value's form of an inside address: IPv4 inline, IPv6 in the store (`None`: full).
+    fn store_inside(&mut self, addr: &[u8; 16], family: Family) -> Option<([u8; 4], bool)> {
+        match family {
+            Family::V4 => Some((addr.first_chunk::<4>().copied()?, false)),
+            Family::V6 => Some((self.v6.take(*addr)?.to_be_bytes(), true)),
+        }
+    }
+
+    /// A new flow to a port forward's public endpoint: replies come from the inside endpoint.
+    fn admit_forward(
+        &mut self,
+        new: &mut NewFlow<'_>,
+        i: usize,
+    ) -> Result<Translation, DropReason> {
+        let original = *new.original();
+        let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
+        let inside = f.rule.inside;
+        let reply = FlowKey::from_addrs(
+            original.zone,
+            inside.ip(),
+            original.src_ip(),
+            original.proto,
+            inside.port(),
+            original.src_port,
+        )
+        .ok_or(DropReason::NatUntranslatable)?;
+        if !new.is_free(&reply) || new.set_reply(reply).is_err() {
+            return Err(DropReason::NatUntranslatable);
+        }
+        let (addr, v6) = self
+            .store_inside(reply.src_raw(), reply.family())
+            .ok_or(DropReason::NatCapacityFull)?;
+        Ok(Translation {
+            inside: addr,
+            inside_port: inside.port(),
+            mapping: Mapping::new(f.public, f.rule.public.port()),
+            forward: 0,
+            kind: if v6 { Kind::DnatV6 } else { Kind::DnatV4 },
+        })
+    }
+
+    /// A new flow from inside to a port forward's public endpoint (hairpinning): a mapping
+    /// for the source, as for any outbound flow, and the forward's inside endpoint as the
+    /// destination; replies come from that endpoint to the mapping, and the forward's inside
+    /// host sees the flow from the public address and port (RFC 4787 REQ-9, RFC 5382
+    /// REQ-8a: external source address and port).
+    fn admit_hairpin(
+        &mut self,
+        now: Instant,
+        new: &mut NewFlow<'_>,
+        i: usize,
+    ) -> Result<Translation, DropReason> {
+        let original = *new.original();
+        let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
+        let forward = u16::try_from(i).map_err(|_| DropReason::NatUntranslatable)?;
+        let mapping = self.ports.allocate(now, &original).map_err(drop_reason)?;
+        let public = self
+            .public_ips
+            .get(usize::from(mapping.public_index()))
+            .copied();
+        let reply = public.and_then(|p| {
+            let (ip, port) = (f.rule.inside.ip(), f.rule.inside.port());
+            FlowKey::from_addrs(original.zone, ip, p, original.proto, port, mapping.port())
+        });
+        let inside = self.store_inside(original.src_raw(), original.family());
+        match (reply, inside) {
+            (Some(r), Some((addr, v6))) if new.is_free(&r) && new.set_reply(r).is_ok() => {
+                Ok(Translation {
+                    inside: addr,
+                    inside_port: original.src_port,
+                    mapping,
+                    forward,
+                    kind: if v6 { Kind::HairpinV6 } else { Kind::HairpinV4 },
+                })
+            }
+            (_, inside) => {
+                if let Some((addr, true)) = inside {
+                    self.v6.put(u32::from_be_bytes(addr));
+                }
+                let _ = self.ports.release(now, &original, mapping);
+                Err(DropReason::NatUntranslatable)
+            }
+        }
+    }
+
+    /// A hairpin's second rewrite, the forward's end: the original direction's destination
+    /// becomes the forward's inside endpoint, the reply's source its public endpoint.
+    fn forward_target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
+        let f = self.forwards.get(usize::from(t.forward))?;
+        Some(match dir {
+            Direction::Original => (End::Dst, f.inside_raw, f.rule.inside.port()),
+            Direction::Reply => (End::Src, f.public_raw, f.rule.public.port()),
+        })
+    }
+
+    /// Calls `rewrite` with each (end, address, port) a packet of the session gets: one for
+    /// SNAT and port forwards, two for a hairpin.
+    #[inline(always)]
+    fn each_target(
+        &self,
+        dir: Direction,
+        t: &Translation,
+        mut rewrite: impl FnMut(End, &[u8; 16], u16) -> Option<()>,
+    ) -> Option<()> {
+        let (end, addr, port) = self.target(dir, t)?;
+        rewrite(end, &addr, port)?;
+        if t.kind.is_hairpin() {
+            let (end, addr, port) = self.forward_target(dir, t)?;
+            rewrite(end, &addr, port)?;
+        }
+        Some(())
+    }
+
+    /// Counts a packet whose headers could not be rewritten (`icmp`: an ICMP error) and
+    /// drops it.
+    fn failed(&mut self, icmp: bool) -> Verdict {
+        if icmp {
+            self.counters.icmp_errors_dropped += 1;
+        } else {
+            self.counters.rewrite_failed += 1;
+        }
+        Verdict::Drop(DropReason::NatUntranslatable)
+    }
+
+    /// The address and port a packet's rewritten end gets, and which end.
+    #[inline(always)]
+    fn target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
+        // SNAT rewrites the inside end of the original direction (its source), a forward the
+        // public end (its destination); replies get the other end back.
+        let dnat = t.kind.is_dnat();
+        let original = matches!(dir, Direction::Original);
+        let end = if original == dnat { End::Dst } else { End::Src };
+        if original != dnat {
+            let p = self.publics.get(usize::from(t.mapping.public_index()))?;
+            return Some((end, *p, t.mapping.port()));
+        }
+        let a = if t.kind.is_v6() {
+            *self.v6.get(u32::from_be_bytes(t.inside))?
+        } else {
+            let mut b = [0; 16];
+            *b.first_chunk_mut::<4>()? = t.inside;
+            b
+        };
+        Some((end, a, t.inside_port))
+    }
+}
+
+/// The typed drop of an allocator refusal.
+fn drop_reason(e: AllocError) -> DropReason {
+    match e {
+        AllocError::Exhausted => DropReason::NatPortsExhausted,
+        AllocError::TooManyProbes => DropReason::NatTooManyProbes,
+        AllocError::CapacityFull => DropReason::NatCapacityFull,
+        AllocError::QuotaExceeded => DropReason::NatQuotaExceeded,
+        AllocError::UnsupportedProtocol | AllocError::NoPublicAddress => {
+            DropReason::NatUntranslatable
+        }
+    }
+}
+
+fn layout(m: &Meta) -> Layout {
+    Layout {
+        l3: usize::from(m.l3),
+        l4: usize::from(m.l4),
+        proto: m.flow.proto,
+        has_l4: m.has(flags::L4_VALID) && !m.has(flags::LATER_FRAGMENT),
+    }
+}
+
+/// Where the IP packet ends in `data` (its total or payload length, within the frame).
+fn ip_end(data: &[u8], m: &Meta) -> usize {
+    let l3 = usize::from(m.l3);
+    let ip = data.get(l3..).unwrap_or(&[]);
+    let len = match (m.flow.family(), ip) {
+        (Family::V4, [_, _, a, b, ..]) => usize::from(u16::from_be_bytes([*a, *b])),
+        (Family::V6, [_, _, _, _, a, b, ..]) => 40 + usize::from(u16::from_be_bytes([*a, *b])),
+        _ => 0,
+    };
+    data.len().min(l3 + len)
+}
+
+/// Rewrites `end` of a packet of `family` to `addr`/`port`.
+#[inline(always)]
+fn rewrite_any(
+    d: &mut [u8],
+    at: Layout,
+    v6: bool,
+    end: End,
+    addr: &[u8; 16],
+    port: u16,
+) -> Option<()> {
+    if v6 {
+        rewrite(d, at, end, addr, port)
+    } else {
+        rewrite(d, at, end, addr.first_chunk::<4>()?, port)
+    }
+}
+
+impl SessionService for Snat {
+    type Value = Translation;
+
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        _pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Translation, DropReason> {
+        let key = *new.original();
+        let forward = self.forwards.iter().position(|f| f.rule.matches(&key));
+        if let Some(i) = forward {
+            // From an inside prefix (configured ones only): hairpinning.
+            let hairpin = !self.inside.is_empty() && self.is_inside(&key);
+            let r = if hairpin {
+                self.admit_hairpin(now, new, i)
+            } else {
+                self.admit_forward(new, i)
+            };
+            match (&r, hairpin) {
+                (Ok(_), true) => self.counters.flows_hairpinned += 1,
+                (Ok(_), false) => self.counters.flows_forwarded += 1,
+                (Err(_), _) => self.counters.flows_refused += 1,
+            }
+            r
+        } else if self.is_inside(&key) && !self.is_public(&key) {
+            let r = self.admit(now, new);
+            match r {
+                Ok(_) => self.counters.flows_translated += 1,
+                Err(_) => self.counters.flows_refused += 1,
+            }
+            r
+        } else if self.is_public(&key) {
+            let r = self.admit_inbound(now, new);
+            match r {
+                Ok(_) => self.counters.flows_inbound += 1,
+                Err(DropReason::NatNoMapping) => self.counters.no_mapping += 1,
+                Err(_) => self.counters.flows_refused += 1,
+            }
+            r
+        } else {
+            self.counters.flows_untranslated += 1;
+            Ok(Translation::default())
+        }
+    }
+
+    #[inline(always)]
+    fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        direction: Direction,
+        t: &mut Translation,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if t.kind == Kind::Pass {
+            return Verdict::Pass;
+        }
+        let at = layout(&pkt.meta);
+        let v6 = t.kind.is_v6();
+        let d = pkt.data_mut();
+        let done = self.each_target(direction, t, |end, addr, port| {
+            rewrite_any(d, at, v6, end, addr, port)
+        });
+        if done.is_none() {
+            return self.failed(false);
+        }
+        match direction {
+            Direction::Original => self.counters.packets_out += 1,
+            Direction::Reply => self.counters.packets_in += 1,
+        }
+        Verdict::Pass
+    }
+
+    fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        direction: Direction,
+        t: &mut Translation,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if t.kind == Kind::Pass {
+            return Verdict::Pass;
+        }
+        let icmp = pkt.meta.has(flags::ICMP_ERROR);
+        let mut at = layout(&pkt.meta);
+        let e = ip_end(pkt.data(), &pkt.meta);
+        let v6 = t.kind.is_v6();
+        // A later fragment: addresses only.
+        at.has_l4 &= icmp;
+        let d = pkt.data_mut();
+        let done = self.each_target(direction, t, |end, addr, port| {
+            if !icmp {
+                rewrite_any(d, at, v6, end, addr, port)
+            } else if v6 {
+                translate_icmp_error(d, at, e, end, addr, port)
+            } else {
+                translate_icmp_error(d, at, e, end, addr.first_chunk::<4>()?, port)
+            }
+        });
+        let c = &mut self.counters;
+        match (done, icmp) {
+            (Some(()), true) => c.icmp_errors_translated += 1,
+            (Some(()), false) => c.fragments_translated += 1,
+            (None, icmp) => return self.failed(icmp),
+        }
+        Verdict::Pass
+    }
+
+    fn on_end(&mut self, now: Instant, s: &SessionInfo<Translation>, _cause: EndCause) {
+        let t = s.value;
+        if t.kind == Kind::Pass {
+            return;
+        }
+        if !t.is_forward() {
+            // The outbound key the mapping was allocated for: an inbound session's reply.
+            let outbound = if t.kind.is_inbound() {
+                &s.reply
+            } else {
+                &s.original
+            };
+            // A release the allocator does not recognise is counted there.
+            let _ = self.ports.release(now, outbound, t.mapping);
+            if !t.kind.is_hairpin() {
+                self.hold(s.original.proto, t.mapping, outbound, false);
+            }
+        }
+        if t.kind.is_v6() {
+            self.v6.put(u32::from_be_bytes(t.inside));
+        }
+    }
+
+    fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
+        self.counters.visit(f);
+        self.ports.visit_counters(STAGE, f);
+        for (i, name) in (0u16..).zip(ACTIVE_PER_PUBLIC).take(self.publics.len()) {
+            f(STAGE, name, self.ports.active_on(i));
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.ports.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
+        self.ports.handle_timeout(now, budget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_fits_an_ipv4_record_line() {
+        // nf-core's IPv4 record is one 64-byte line with a value of at most 16 bytes.
+        assert_eq!(core::mem::size_of::<Translation>(), 14);
+    }
+
+    #[test]
+    fn inside_prefixes_match_by_zone_and_bits() {
+        let p = InsidePrefix::new("10.1.0.0".parse().unwrap_or(IpAddr::from([0u8; 4])), 16)
+            .in_zone(ZoneId(3));
+        let k = |zone, a: [u8; 4]| FlowKey::v4(ZoneId(zone), a, [1, 1, 1, 1], proto::UDP, 1, 2);
+        assert!(p.contains(&k(3, [10, 1, 200, 7])));
+        assert!(!p.contains(&k(3, [10, 2, 0, 1])));
+        assert!(!p.contains(&k(4, [10, 1, 0, 1])));
+        let all = InsidePrefix::new(IpAddr::from([0u8; 4]), 0);
+        assert!(all.contains(&k(9, [192, 0, 2, 1])));
+    }
+}

@@ -1,0 +1,398 @@
+//! The SNAT service end to end: frames built with nf-core's `Frame` go out through
+//! `Conntrack<Snat>`, the reply to the translated tuple comes back, and ICMP errors about the
+//! flow travel both ways; every frame that leaves is re-parsed with etherparse and its
+//! checksums recomputed from scratch.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod common;
+
+use common::*;
+use nf_core::wire::tcp::tcp_flags::{ACK, SYN};
+use nf_core::{DropReason, Verdict};
+use nf_nat::Profile;
+
+/// One protocol's frames, for both families: the outbound packet, the reply to a public
+/// port, and the same with the addresses given.
+trait Family {
+    type A: Copy + PartialEq + core::fmt::Debug;
+    const INSIDE: fn() -> Self::A;
+    const PUBLIC: fn() -> Self::A;
+    const REMOTE: fn() -> Self::A;
+    const ROUTER: fn() -> Self::A;
+    fn src(f: &[u8]) -> Self::A;
+    fn dst(f: &[u8]) -> Self::A;
+    fn frame(p: Proto, src: Self::A, dst: Self::A, sp: u16, dp: u16, reply: bool) -> Vec<u8>;
+    fn unreachable(src: Self::A, dst: Self::A, quoted: &[u8]) -> Vec<u8>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proto {
+    Tcp,
+    Udp,
+    Echo,
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type A = [u8; 4];
+    const INSIDE: fn() -> [u8; 4] = || INSIDE4;
+    const PUBLIC: fn() -> [u8; 4] = || PUBLIC4;
+    const REMOTE: fn() -> [u8; 4] = || REMOTE4;
+    const ROUTER: fn() -> [u8; 4] = || ROUTER4;
+    fn src(f: &[u8]) -> [u8; 4] {
+        src4(f)
+    }
+    fn dst(f: &[u8]) -> [u8; 4] {
+        dst4(f)
+    }
+    fn frame(p: Proto, s: [u8; 4], d: [u8; 4], sp: u16, dp: u16, reply: bool) -> Vec<u8> {
+        match p {
+            Proto::Tcp => tcp4(s, d, sp, dp, if reply { SYN | ACK } else { SYN }),
+            Proto::Udp => udp4(s, d, sp, dp),
+            Proto::Echo => ping4(s, d, sp, reply),
+        }
+    }
+    fn unreachable(s: [u8; 4], d: [u8; 4], q: &[u8]) -> Vec<u8> {
+        unreachable4(s, d, q)
+    }
+}
+
+impl Family for V6 {
+    type A = [u8; 16];
+    const INSIDE: fn() -> [u8; 16] = inside6;
+    const PUBLIC: fn() -> [u8; 16] = public6;
+    const REMOTE: fn() -> [u8; 16] = remote6;
+    const ROUTER: fn() -> [u8; 16] = router6;
+    fn src(f: &[u8]) -> [u8; 16] {
+        src6(f)
+    }
+    fn dst(f: &[u8]) -> [u8; 16] {
+        dst6(f)
+    }
+    fn frame(p: Proto, s: [u8; 16], d: [u8; 16], sp: u16, dp: u16, reply: bool) -> Vec<u8> {
+        match p {
+            Proto::Tcp => tcp6(s, d, sp, dp, if reply { SYN | ACK } else { SYN }),
+            Proto::Udp => udp6(s, d, sp, dp),
+            Proto::Echo => ping6(s, d, sp, reply),
+        }
+    }
+    fn unreachable(s: [u8; 16], d: [u8; 16], q: &[u8]) -> Vec<u8> {
+        unreachable6(s, d, q)
+    }
+}
+
+/// The whole exchange for one protocol and family, in the given profile.
+fn round_trip<F: Family>(p: Proto, profile: Profile) {
+    let mut nat = Nat::new(profile, 1024);
+    let (inside, public, remote) = (F::INSIDE(), F::PUBLIC(), F::REMOTE());
+    let (sport, dport) = if p == Proto::Echo {
+        (0x1234, 0x1234)
+    } else {
+        (40000, 443)
+    };
+
+    // Outbound: the source becomes the public address and a public port.
+    let out = F::frame(p, inside, remote, sport, dport, false);
+    let (v, sent) = nat.send(&out);
+    assert_eq!(v, Verdict::Pass, "{p:?} outbound");
+    verify_frame(&sent);
+    assert_eq!((F::src(&sent), F::dst(&sent)), (public, remote));
+    let (mapped, d) = ports(&sent);
+    if p != Proto::Echo {
+        assert_eq!(d, dport);
+    }
+    assert!(mapped >= 1024, "range class of {sport}");
+    assert_eq!(sent.len(), out.len());
+
+    // The reply to the translated tuple arrives un-NATed at the inside host.
+    let (rs, rd) = if p == Proto::Echo {
+        (mapped, mapped)
+    } else {
+        (dport, mapped)
+    };
+    let reply = F::frame(p, remote, public, rs, rd, true);
+    let (v, back) = nat.send(&reply);
+    assert_eq!(v, Verdict::Pass, "{p:?} reply");
+    verify_frame(&back);
+    assert_eq!((F::src(&back), F::dst(&back)), (remote, inside));
+    let expect = if p == Proto::Echo {
+        (sport, sport)
+    } else {
+        (dport, sport)
+    };
+    assert_eq!(ports(&back), expect);
+
+    // A router on the path reports the outbound packet unreachable, to the public address:
+    // the outer destination and the quoted source are the inside host's again.
+    let err = F::unreachable(F::ROUTER(), public, &sent);
+    let (v, in_err) = nat.send(&err);
+    assert_eq!(v, Verdict::Pass, "{p:?} inbound ICMP error");
+    verify_frame(&in_err);
+    assert_eq!((F::src(&in_err), F::dst(&in_err)), (F::ROUTER(), inside));
+    let quote = &in_err[err.len() - ip(&sent).len()..];
+    assert_eq!(
+        quote,
+        ip(&out),
+        "the quote is the packet the inside host sent"
+    );
+
+    // The inside host reports the reply unreachable: outer source and quoted destination
+    // become the public ones, and the quote is exactly what the remote host sent.
+    let err = F::unreachable(inside, remote, &back);
+    let (v, out_err) = nat.send(&err);
+    assert_eq!(v, Verdict::Pass, "{p:?} outbound ICMP error");
+    verify_frame(&out_err);
+    assert_eq!((F::src(&out_err), F::dst(&out_err)), (public, remote));
+    let quote = &out_err[err.len() - ip(&back).len()..];
+    assert_eq!(
+        quote,
+        ip(&reply),
+        "the quote is the packet the remote host sent"
+    );
+
+    assert_eq!(
+        nat.counter("active_public_0") + nat.counter("active_public_1"),
+        1
+    );
+    assert_eq!(nat.counter("packets_out"), 1);
+    assert_eq!(nat.counter("packets_in"), 1);
+    assert_eq!(nat.counter("icmp_errors_translated"), 2);
+}
+
+macro_rules! round_trips {
+    ($($name:ident: $fam:ty, $proto:expr, $profile:expr;)+) => {$(
+        #[test]
+        fn $name() {
+            round_trip::<$fam>($proto, $profile);
+        }
+    )+};
+}
+
+round_trips! {
+    tcp_v4_hyperplane: V4, Proto::Tcp, Profile::Hyperplane;
+    udp_v4_hyperplane: V4, Proto::Udp, Profile::Hyperplane;
+    echo_v4_hyperplane: V4, Proto::Echo, Profile::Hyperplane;
+    tcp_v6_hyperplane: V6, Proto::Tcp, Profile::Hyperplane;
+    udp_v6_hyperplane: V6, Proto::Udp, Profile::Hyperplane;
+    echo_v6_hyperplane: V6, Proto::Echo, Profile::Hyperplane;
+    tcp_v4_rfc: V4, Proto::Tcp, Profile::Rfc;
+    udp_v4_rfc: V4, Proto::Udp, Profile::Rfc;
+    echo_v4_rfc: V4, Proto::Echo, Profile::Rfc;
+    udp_v6_rfc: V6, Proto::Udp, Profile::Rfc;
+    udp_v4_cgn: V4, Proto::Udp, Profile::Cgn(nf_nat::CgnSettings::new());
+}
+
+#[test]
+fn udp_without_checksum_stays_without() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let mut out = udp4(INSIDE4, REMOTE4, 5000, 53);
+    out[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let (v, sent) = nat.send(&out);
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(be16(&sent[14 + 20 + 6..]), 0);
+    verify_frame(&sent);
+}
+
+#[test]
+fn unsolicited_inbound_to_the_public_address_is_dropped_and_counted() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let (v, _) = nat.send(&udp4(REMOTE4, PUBLIC4, 53, 40000));
+    assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+    assert_eq!(nat.counter("no_mapping"), 1);
+    assert_eq!(nat.pipe.second.len(), 0);
+}
+
+#[test]
+fn flows_outside_the_inside_prefixes_pass_untranslated() {
+    use nf_nat::{AllocatorConfig, InsidePrefix, SnatConfig};
+    let ports = AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+        *b"snat test secret",
+    );
+    let inside = InsidePrefix::new("10.0.0.0".parse().unwrap(), 30);
+    let mut nat = Nat::with_config(SnatConfig::new(ports).with_inside(inside), 64);
+    let (v, a) = nat.send(&udp4(INSIDE4, REMOTE4, 5000, 53)); // 10.0.0.5: outside /30
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(src4(&a), INSIDE4);
+    let (v, b) = nat.send(&udp4([10, 0, 0, 2], REMOTE4, 5000, 53));
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(src4(&b), PUBLIC4);
+    assert_eq!(nat.counter("flows_untranslated"), 1);
+    assert_eq!(nat.counter("flows_translated"), 1);
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let (first, second) = fragments(INSIDE4, REMOTE4);
+    let out = nat.send_batch(&[first, second]);
+    assert_eq!(out[0].0, Verdict::Pass);
+    assert_eq!(out[1].0, Verdict::Pass);
+    assert_eq!(src4(&out[1].1), PUBLIC4);
+    assert_eq!(
+        ones_sum(&[&out[1].1[14..34]]),
+        0xffff,
+        "IPv4 header checksum"
+    );
+    assert_eq!(nat.counter("fragments_translated"), 1);
+}
+
+/// hyperplane: 64,512 TCP connections to one destination from one public address all open
+/// (no exclusions: every port 1024–65535); the next is refused with the typed drop and
+/// counted; every earlier connection still translates both ways.
+#[test]
+fn hyperplane_exhaustion_64512_then_typed_refusal() {
+    use nf_nat::{AllocatorConfig, SnatConfig};
+    const N: usize = 64_512;
+    let alloc = AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+        *b"snat test secret",
+    )
+    .with_max_mappings(N + 64)
+    .with_excluded_ports([]);
+    let mut nat = Nat::with_config(SnatConfig::new(alloc), N + 64);
+    let inside = |i: usize| [10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let syn = |i: usize| tcp4(inside(i), REMOTE4, 40000, 443, SYN);
+    let mut public = Vec::with_capacity(N);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(64) {
+        let frames: Vec<_> = chunk.iter().map(|&i| syn(i)).collect();
+        for (v, f) in nat.send_batch(&frames) {
+            assert_eq!(v, Verdict::Pass);
+            public.push(ports(&f).0);
+        }
+    }
+    let mut sorted = public.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), N, "every connection has its own port");
+    assert_eq!((sorted[0], sorted[N - 1]), (1024, 65535));
+
+    let (v, _) = nat.send(&syn(N));
+    assert_eq!(v, Verdict::Drop(DropReason::NatPortsExhausted));
+    assert_eq!(nat.counter("alloc_error_exhausted"), 1);
+    assert_eq!(nat.counter("flows_refused"), 1);
+
+    // The earlier ones keep working: each SYN-ACK reaches its inside host.
+    for (chunk_no, chunk) in public.chunks(64).enumerate() {
+        let frames: Vec<_> = chunk
+            .iter()
+            .map(|&p| tcp4(REMOTE4, PUBLIC4, 443, p, SYN | ACK))
+            .collect();
+        for (k, (v, f)) in nat.send_batch(&frames).into_iter().enumerate() {
+            assert_eq!(v, Verdict::Pass);
+            assert_eq!(dst4(&f), inside(chunk_no * 64 + k));
+        }
+    }
+}
+
+/// A NAT with one port forward of each family: public :8080 (TCP, IPv4) and :5353 (UDP,
+/// IPv6) to inside hosts.
+fn forwarding_nat() -> Nat {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use nf_nat::{AllocatorConfig, PortForward, SnatConfig};
+    let (p4, p6): (IpAddr, IpAddr) = (
+        Ipv4Addr::from(PUBLIC4).into(),
+        Ipv6Addr::from(public6()).into(),
+    );
+    let ports = AllocatorConfig::new(Profile::Hyperplane, vec![p4, p6], *b"snat test secret");
+    let web = PortForward::new(
+        nf_core::flow::proto::TCP,
+        SocketAddr::new(p4, 8080),
+        SocketAddr::new(Ipv4Addr::from(INSIDE4).into(), 80),
+    );
+    let dns = PortForward::new(
+        nf_core::flow::proto::UDP,
+        SocketAddr::new(p6, 5353),
+        SocketAddr::new(Ipv6Addr::from(inside6()).into(), 53),
+    );
+    let cfg = SnatConfig::new(ports).with_forward(web).with_forward(dns);
+    Nat::with_config(cfg, 256)
+}
+
+#[test]
+fn port_forward_ipv4_tcp_both_ways_with_icmp_errors() {
+    let mut nat = forwarding_nat();
+    let syn = tcp4(REMOTE4, PUBLIC4, 33000, 8080, SYN);
+    let (v, inside) = nat.send(&syn);
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&inside);
+    assert_eq!((dst4(&inside), ports(&inside)), (INSIDE4, (33000, 80)));
+
+    let (v, out) = nat.send(&tcp4(INSIDE4, REMOTE4, 80, 33000, SYN | ACK));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&out);
+    assert_eq!((src4(&out), ports(&out)), (PUBLIC4, (8080, 33000)));
+
+    // A router reports the server's answer unreachable: back to the server, un-NATed.
+    let (v, err) = nat.send(&unreachable4(ROUTER4, PUBLIC4, &out));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&err);
+    assert_eq!(dst4(&err), INSIDE4);
+    // The server reports the client's packet unreachable: out from the public address,
+    // quoting exactly what the client sent.
+    let (v, err) = nat.send(&unreachable4(INSIDE4, REMOTE4, &inside));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&err);
+    assert_eq!(src4(&err), PUBLIC4);
+    assert_eq!(&err[14 + 28..], ip(&syn));
+    assert_eq!(nat.counter("flows_forwarded"), 1);
+    assert_eq!(
+        nat.counter("allocations"),
+        0,
+        "a forward takes no port from the allocator"
+    );
+
+    // Another public port is still unsolicited.
+    let (v, _) = nat.send(&tcp4(REMOTE4, PUBLIC4, 33000, 8081, SYN));
+    assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+}
+
+#[test]
+fn port_forward_ipv6_udp_round_trip() {
+    let mut nat = forwarding_nat();
+    let (v, inside) = nat.send(&udp6(remote6(), public6(), 40000, 5353));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&inside);
+    assert_eq!((dst6(&inside), ports(&inside)), (inside6(), (40000, 53)));
+    let (v, out) = nat.send(&udp6(inside6(), remote6(), 53, 40000));
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&out);
+    assert_eq!((src6(&out), ports(&out)), (public6(), (5353, 40000)));
+}
+
+/// An ICMP error quoting only the IP header and 8 bytes of a TCP segment (RFC 792's
+/// minimum): the quoted ports are translated and both IP checksums and the ICMP checksum
+/// fixed; the TCP checksum, not in the quote, is left alone.
+#[test]
+fn icmp_error_with_a_short_tcp_quote() {
+    let mut nat = Nat::new(Profile::Hyperplane, 64);
+    let out = tcp4(INSIDE4, REMOTE4, 40000, 443, SYN);
+    let (_, sent) = nat.send(&out);
+    let short = &ip(&sent)[..28];
+    let err = nf_core::wire::Frame::ipv4(ROUTER4, PUBLIC4)
+        .icmp_error(11, 0, short)
+        .to_vec()
+        .unwrap();
+    let (v, got) = nat.send(&err);
+    assert_eq!(v, Verdict::Pass);
+    verify_frame(&got);
+    let quote = &got[14 + 28..];
+    assert_eq!(quote.len(), 28);
+    assert_eq!(&quote[12..16], &INSIDE4);
+    assert_eq!(be16(&quote[20..]), 40000);
+    assert_eq!(
+        &quote[..20],
+        &ip(&out)[..20],
+        "the quoted header is the original one"
+    );
+}
