@@ -30,6 +30,22 @@ pub fn main_with<A>(
     }
 }
 
+/// 16 random bytes from the operating system (a per-run key for keyed hashing: port
+/// choice and table placement must not be predictable from outside); falls back to the
+/// clock and the process id if `/dev/urandom` cannot be read.
+pub fn random_secret() -> [u8; 16] {
+    use std::io::Read as _;
+    let mut key = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
+    if read.is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        key = (t ^ u128::from(std::process::id()) << 64).to_le_bytes();
+    }
+    key
+}
+
 /// A non-negative, finite number of seconds given to `flag`.
 ///
 /// # Errors

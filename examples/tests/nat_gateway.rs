@@ -6,10 +6,18 @@
 //!         default via 10.0.0.1      (10.0.0.1, 203.0.113.1 owned by the gateway, not the kernel)
 //! ```
 //!
-//! Profile `off` (route only; the outside host routes 10.0.0.0/24 back through the gateway):
-//! ping both ways and an HTTP download from the outside host arrive intact, and the
-//! gateway's counters show the ARP and the forwarding. Needs root, `ip`, `ping`, `curl`,
-//! `python3`, `ethtool`: without them it skips, except under `CI=true`, where it fails.
+//! - Profile `off` (route only; the outside host routes 10.0.0.0/24 back through the
+//!   gateway): ping both ways and an HTTP download from the outside host arrive intact, and
+//!   the gateway's counters show the ARP and the forwarding.
+//! - Profile `rfc` (the outside host knows no route to the inside): ping, a 1 MiB HTTP
+//!   download, iperf3 TCP and UDP both ways (`-R` for the reverse), all translated to the
+//!   public address; unsolicited pings to the public address and to the inside host fail;
+//!   a static port forward reaches an inside web server; coturn's `turnutils_natdiscovery`
+//!   (RFC 5780) against a `turnserver` on the outside reports endpoint-independent mapping,
+//!   and address-and-port-dependent or endpoint-independent filtering as configured.
+//!
+//! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3` and coturn: without
+//! them it skips, except under `CI=true`, where it fails.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -88,12 +96,13 @@ fn lab(tag: &str) -> Option<(Lab, [String; 3])> {
     Some((lab, [i, g, o]))
 }
 
-fn start_gateway(lab: &mut Lab, g: &str, profile: &str) -> (Receiver<String>, Vec<String>) {
+fn start_gateway(lab: &mut Lab, g: &str, args: &[&str]) -> (Receiver<String>, Vec<String>) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", g, GATEWAY])
         .args(["--inside", "ig", "--inside-addr", "10.0.0.1/24"])
         .args(["--outside", "og", "--outside-addr", "203.0.113.1/24"])
-        .args(["--profile", profile, "--duration", "60"])
+        .args(args)
+        .args(["--duration", "120"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -123,12 +132,34 @@ fn stop_gateway(
 
 /// Downloads the outside host's 1 MiB file from the inside; checks it arrived whole.
 fn download(lab: &mut Lab, i: &str, o: &str) {
-    let blob = lab.dir.join("blob");
-    let data: Vec<u8> = (0..BLOB_LEN).map(|n| (n * 7 + n / 251) as u8).collect();
-    std::fs::write(&blob, &data).unwrap();
+    serve(lab, o, "203.0.113.2", "8000");
+    fetch(lab, i, "http://203.0.113.2:8000/blob");
+}
+
+/// Python's `http.server` without the reverse DNS lookup of its own address that
+/// `python3 -m http.server` makes at start (through the gateway, to a resolver that is not
+/// there: seconds of delay).
+const HTTP_SERVER: &str = "import functools, http.server as h, socketserver, sys
+class S(h.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = 'lab', self.server_address[1]
+S((sys.argv[1], int(sys.argv[2])), functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[3])).serve_forever()";
+
+/// Serves the lab's directory (holding `blob`, 1 MiB) from `ns` at `addr:port`.
+fn serve(lab: &mut Lab, ns: &str, addr: &str, port: &str) {
+    std::fs::write(lab.dir.join("blob"), blob()).unwrap();
     let server = Command::new("ip")
-        .args(["netns", "exec", o, "python3", "-m", "http.server", "8000"])
-        .args(["--bind", "203.0.113.2", "--directory"])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            common::system_python(),
+            "-c",
+            HTTP_SERVER,
+            addr,
+            port,
+        ])
         .arg(&lab.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -136,13 +167,21 @@ fn download(lab: &mut Lab, i: &str, o: &str) {
         .spawn()
         .unwrap();
     lab.children.insert(0, server);
+}
+
+/// Fetches `url` from namespace `ns` (retrying while the server starts); checks the blob.
+fn fetch(lab: &mut Lab, ns: &str, url: &str) {
+    let data = blob();
     let got = lab.dir.join("got");
+    let _ = std::fs::remove_file(&got);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         let ok = Command::new("ip")
-            .args(["netns", "exec", i, "curl", "-sf", "--max-time", "10", "-o"])
+            .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "10", "-o"])
             .arg(&got)
-            .arg("http://203.0.113.2:8000/blob")
+            .arg(url)
             .status()
             .unwrap()
             .success();
@@ -151,11 +190,16 @@ fn download(lab: &mut Lab, i: &str, o: &str) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(attempts < 20, "{url}: {attempts} attempts");
     assert_eq!(
         std::fs::read(&got).ok(),
         Some(data),
-        "download through the gateway"
+        "download of {url} through the gateway"
     );
+}
+
+fn blob() -> Vec<u8> {
+    (0..BLOB_LEN).map(|n| (n * 7 + n / 251) as u8).collect()
 }
 
 #[test]
@@ -164,7 +208,7 @@ fn routes_between_inside_and_outside() {
         return;
     };
     sh(&format!("ip -n {o} route add 10.0.0.0/24 via 203.0.113.1"));
-    let (lines, seen) = start_gateway(&mut lab, &g, "off");
+    let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "off"]);
     assert_eq!(pings(&i, "203.0.113.2", 3), 3, "inside -> outside");
     assert_eq!(pings(&o, "10.0.0.2", 3), 3, "outside -> inside");
     download(&mut lab, &i, &o);
@@ -200,4 +244,198 @@ fn routes_between_inside_and_outside() {
         );
     }
     println!("{}", seen.join("\n"));
+}
+
+/// iperf3 from `client` to `server_addr` (a server in `server`), TCP or UDP, `-R` to reverse:
+/// the bytes the receiver got.
+fn iperf(lab: &mut Lab, client: &str, server: &str, server_addr: &str, extra: &[&str]) -> u64 {
+    let s = Command::new("ip")
+        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    lab.children.insert(0, s);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client,
+            "iperf3",
+            "-c",
+            server_addr,
+            "-p",
+            "5201",
+            "-t",
+            "2",
+            "-J",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "sum_received": {... "bytes": N ...} (TCP) or "sum": {... "bytes": N, ... "lost_percent"} (UDP).
+    let key = if extra.contains(&"-u") {
+        "\"sum\""
+    } else {
+        "\"sum_received\""
+    };
+    let at = text
+        .rfind(key)
+        .unwrap_or_else(|| panic!("iperf3 {extra:?}: {text}"));
+    let rest = &text[at..];
+    let b = rest.find("\"bytes\":").unwrap() + 8;
+    rest[b..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `turnutils_natdiscovery` from the inside against a turnserver on two outside addresses.
+fn nat_discovery(lab: &mut Lab, i: &str, o: &str) -> String {
+    let t = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            o,
+            "turnserver",
+            "-L",
+            "203.0.113.2",
+            "-L",
+            "203.0.113.3",
+        ])
+        .args([
+            "--no-auth",
+            "--no-tls",
+            "--no-dtls",
+            "-n",
+            "--log-file",
+            "stdout",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    lab.children.insert(0, t);
+    std::thread::sleep(Duration::from_millis(800));
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            i,
+            "timeout",
+            "30",
+            "turnutils_natdiscovery",
+            "-m",
+            "-f",
+            "203.0.113.2",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn translates(filtering: &str) {
+    let Some((mut lab, [i, g, o])) = lab(&format!("nfn{}", &filtering[..1])) else {
+        return;
+    };
+    for (tool, probe) in [("iperf3", "--version"), ("turnserver", "--version")] {
+        if !common::require(tool, &[probe]) {
+            return;
+        }
+    }
+    // A second outside address for the RFC 5780 server; an inside web server, forwarded.
+    sh(&format!("ip -n {o} addr add 203.0.113.3/24 dev oh"));
+    serve(&mut lab, &i, "10.0.0.2", "8000");
+    let (lines, seen) = start_gateway(
+        &mut lab,
+        &g,
+        &[
+            "--profile",
+            "rfc",
+            "--filtering",
+            filtering,
+            "--forward",
+            "tcp:8080=10.0.0.2:8000",
+        ],
+    );
+    assert_eq!(
+        pings(&i, "203.0.113.2", 3),
+        3,
+        "inside -> outside, translated"
+    );
+    download(&mut lab, &i, &o);
+    fetch(&mut lab, &o, "http://203.0.113.1:8080/blob");
+    assert!(
+        iperf(&mut lab, &i, &o, "203.0.113.2", &[]) > 1 << 20,
+        "TCP out"
+    );
+    assert!(
+        iperf(&mut lab, &i, &o, "203.0.113.2", &["-R"]) > 1 << 20,
+        "TCP in"
+    );
+    assert!(
+        iperf(&mut lab, &i, &o, "203.0.113.2", &["-u", "-b", "20M"]) > 1 << 20,
+        "UDP out"
+    );
+    assert!(
+        iperf(&mut lab, &i, &o, "203.0.113.2", &["-u", "-b", "20M", "-R"]) > 1 << 20,
+        "UDP in"
+    );
+    // Nothing gets in unasked: not to the public address, not to the inside host.
+    assert_eq!(
+        pings(&o, "203.0.113.1", 2),
+        0,
+        "unsolicited ping to the public address"
+    );
+    sh(&format!("ip -n {o} route add 10.0.0.0/24 via 203.0.113.1"));
+    assert_eq!(
+        pings(&o, "10.0.0.2", 2),
+        0,
+        "outside straight to an inside address"
+    );
+    let report = nat_discovery(&mut lab, &i, &o);
+    assert!(
+        report.contains("NAT with Endpoint Independent Mapping!"),
+        "{report}"
+    );
+    let want = match filtering {
+        "eif" => "NAT with Endpoint Independent Filtering!",
+        _ => "NAT with Address and Port Dependent Filtering!",
+    };
+    assert!(report.contains(want), "{report}");
+
+    let (c, seen) = stop_gateway(&mut lab, &lines, seen);
+    let get = |k: &str| {
+        *c.get(k)
+            .unwrap_or_else(|| panic!("no {k}:\n{}", seen.join("\n")))
+    };
+    assert!(
+        get("snat.flows_translated") >= 5 && get("snat.flows_forwarded") >= 1,
+        "{c:?}"
+    );
+    assert!(
+        get("snat.no_mapping") >= 2 && get("gateway.spoofed") >= 2,
+        "{c:?}"
+    );
+    // Window tracking checked every segment and dropped none of the real stacks'.
+    assert!(get("tcp_window.checked") > 10_000, "{c:?}");
+    assert_eq!(get("conntrack.service_rejected"), 0, "{c:?}");
+    println!("{}", seen.join("\n"));
+}
+
+#[test]
+fn translates_with_address_and_port_dependent_filtering() {
+    translates("apdf");
+}
+
+#[test]
+fn translates_with_endpoint_independent_filtering() {
+    translates("eif");
 }

@@ -42,6 +42,7 @@ pub fn nat_timeouts(profile: &Profile) -> TimeoutProfile {
         &mut t.tcp_close_wait,
         &mut t.tcp_time_wait,
         &mut t.tcp_closed,
+        &mut t.tcp_last_ack,
     ] {
         *d = TCP_TRANSITORY_MIN;
     }

@@ -347,7 +347,6 @@ fn rfc5382_req1_tcp_endpoint_independent_mapping() {
 
 /// all profiles: valid TCP sequences work, the simultaneous open included (REQ-2a).
 #[test]
-#[ignore = "nf-core's conntrack refuses the originator's SYN+ACK in SynSent (the simultaneous open's second step) as invalid_tcp_state; the state machine needs a SynSent -> SynRecv edge for a reply SYN"]
 fn rfc5382_req2_tcp_simultaneous_open() {
     for profile in ALL {
         let mut nat = nat_with(profile, &[PUBLIC4]);

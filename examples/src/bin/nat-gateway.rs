@@ -44,11 +44,15 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use nf_core::{Batch, Instant, ParseStage, Stage, StageControl};
-    use nf_examples::io::RingConfig;
+    use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes, TcpWindow};
+    use nf_core::{Batch, DropReason, Family, Instant, ParseStage, Stage, StageControl, Verdict};
+    use nf_examples::io::{RingConfig, RingFrame};
     use nf_examples::router::{Ipv4Net, PortConfig, Route, Router};
     use nf_examples::say;
-    use std::net::Ipv4Addr;
+    use nf_nat::{
+        AllocatorConfig, Filtering, InsidePrefix, PortForward, Snat, SnatConfig, nat_timeouts,
+    };
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +64,8 @@ mod linux {
 
     const USAGE: &str = "\
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
-                   [--gateway IPV4] [--public IPV4]... [--profile off]
+                   [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
+                   [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
                    [--duration SECS]
 
 Routes between an inside and an outside network (run as root; both interfaces
@@ -73,15 +78,26 @@ on SIGUSR1, or after --duration.
   --outside-addr A/LEN   the gateway's outside address and its on-link prefix
   --gateway IPV4         the outside next hop for destinations not on-link
   --public IPV4          a public address (repeatable; default: the outside address)
-  --profile P            off: route without translating
+  --profile P            rfc (default): endpoint-independent mapping (RFC 4787/5382);
+                         hyperplane: ports unique per destination, 350 s idle;
+                         cgn: port blocks per subscriber (RFC 6888);
+                         off: route without translating
+  --filtering F          apdf (default): replies only from the flow's destination;
+                         eif: any outside host may reach a live mapping (rfc, cgn)
+  --forward P:N=A:M      forward PROTO (tcp|udp) port N of the first public address to
+                         inside A:M (repeatable)
+  --sessions N           session table size (default 65536)
+  --no-window            no TCP window tracking (on by default)
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
     /// What the gateway does between receive and forward.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[derive(Clone, Debug, PartialEq, Eq)]
     enum Profile {
         /// Route only.
         Off,
+        /// Translate with this nf-nat profile.
+        Nat(nf_nat::Profile),
     }
 
     /// The command line.
@@ -94,6 +110,10 @@ on SIGUSR1, or after --duration.
         gateway: Option<Ipv4Addr>,
         public: Vec<Ipv4Addr>,
         profile: Profile,
+        filtering: Filtering,
+        forwards: Vec<(u8, u16, SocketAddrV4)>,
+        sessions: u32,
+        window: bool,
         duration: Option<f64>,
     }
 
@@ -109,11 +129,17 @@ on SIGUSR1, or after --duration.
     /// Parses the arguments; `Ok(None)` for `--help`.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut inside, mut inside_addr, mut outside, mut outside_addr) = (None, None, None, None);
-        let (mut gateway, mut public, mut profile, mut duration) =
-            (None, Vec::new(), Profile::Off, None);
+        let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
+        let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
+        let (mut filtering, mut forwards, mut sessions, mut window) =
+            (Filtering::AddressAndPortDependent, Vec::new(), 65_536, true);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
+            }
+            if flag == "--no-window" {
+                window = false;
+                continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let bad = |what: &str| format!("{flag} {value}: not {what}");
@@ -127,8 +153,28 @@ on SIGUSR1, or after --duration.
                 "--profile" => {
                     profile = match value.as_str() {
                         "off" => Profile::Off,
-                        _ => return Err(bad("a profile (off)")),
+                        "rfc" => Profile::Nat(nf_nat::Profile::Rfc),
+                        "hyperplane" => Profile::Nat(nf_nat::Profile::Hyperplane),
+                        "cgn" => Profile::Nat(nf_nat::Profile::Cgn(Default::default())),
+                        _ => return Err(bad("a profile (rfc, hyperplane, cgn, off)")),
                     }
+                }
+                "--filtering" => {
+                    filtering = match value.as_str() {
+                        "apdf" => Filtering::AddressAndPortDependent,
+                        "eif" => Filtering::EndpointIndependent,
+                        _ => return Err(bad("a filtering (apdf, eif)")),
+                    }
+                }
+                "--forward" => {
+                    forwards.push(parse_forward(&value).ok_or_else(|| bad("PROTO:PORT=IPV4:PORT"))?)
+                }
+                "--sessions" => {
+                    sessions = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (64..=1 << 24).contains(n))
+                        .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
                 _ => return Err(format!("unknown option {flag}")),
@@ -147,34 +193,131 @@ on SIGUSR1, or after --duration.
             gateway,
             public,
             profile,
+            filtering,
+            forwards,
+            sessions,
+            window,
             duration,
         }))
     }
 
+    /// `tcp:8080=10.0.0.2:80` as (protocol, public port, inside address).
+    fn parse_forward(s: &str) -> Option<(u8, u16, SocketAddrV4)> {
+        let (proto, rest) = s.split_once(':')?;
+        let (port, inside) = rest.split_once('=')?;
+        let proto = match proto {
+            "tcp" => nf_core::flow::proto::TCP,
+            "udp" => nf_core::flow::proto::UDP,
+            _ => return None,
+        };
+        Some((proto, port.parse().ok()?, inside.parse().ok()?))
+    }
+
+    /// Connection tracking with window tracking (optional) and SNAT.
+    type Nat = Conntrack<(Option<TcpWindow>, Snat)>;
+
     /// The stages between receive and forward.
     struct Pipeline {
         parse: ParseStage,
+        nat: Option<Nat>,
+        /// Frames dropped before the stages: from the outside to an address that is not
+        /// public, or from the inside with a source outside the inside prefix.
+        spoofed: u64,
     }
 
     impl Pipeline {
-        fn new(_args: &Args) -> Self {
-            Self {
-                parse: ParseStage::default(),
+        fn new(args: &Args) -> Result<Self, String> {
+            let Profile::Nat(profile) = &args.profile else {
+                return Ok(Self {
+                    parse: ParseStage::default(),
+                    nat: None,
+                    spoofed: 0,
+                });
+            };
+            let public: Vec<IpAddr> = args.public.iter().map(|a| IpAddr::V4(*a)).collect();
+            // A per-run secret: port choice must not be predictable from outside.
+            let secret = nf_examples::cli::random_secret();
+            let ports = AllocatorConfig::new(*profile, public, secret)
+                .with_max_mappings(args.sessions as usize);
+            let inside = args.inside_addr;
+            let mut cfg = SnatConfig::new(ports)
+                .with_inside(InsidePrefix::new(IpAddr::V4(inside.addr), inside.len))
+                .with_filtering(args.filtering)
+                .with_v6_sessions(64);
+            let first = args.public.first().copied().ok_or("no public address")?;
+            for (proto, port, to) in &args.forwards {
+                let public = SocketAddr::V4(SocketAddrV4::new(first, *port));
+                cfg = cfg.with_forward(PortForward::new(*proto, public, SocketAddr::V4(*to)));
             }
+            let timeouts = nat_timeouts(profile);
+            let snat = Snat::new(cfg).map_err(|e| format!("NAT config: {e}"))?;
+            let mut ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
+                v4: args.sessions.saturating_mul(2),
+                v6: 64,
+            });
+            ct.v4.timeouts = timeouts;
+            ct.v6.timeouts = timeouts;
+            let window = args.window.then(TcpWindow::new);
+            let nat = Conntrack::new(ct, (window, snat)).map_err(|e| format!("conntrack: {e}"))?;
+            Ok(Self {
+                parse: ParseStage::default(),
+                nat: Some(nat),
+                spoofed: 0,
+            })
         }
 
-        fn process(&mut self, now: Instant, batch: &mut Batch<nf_examples::io::RingFrame>) {
+        /// Drops what may not enter from `port` (see [`Pipeline::spoofed`]), then the stages.
+        fn process(
+            &mut self,
+            now: Instant,
+            port: usize,
+            args: &Args,
+            batch: &mut Batch<RingFrame>,
+        ) {
             self.parse.process(now, batch);
+            let Some(nat) = &mut self.nat else {
+                return;
+            };
+            for p in batch.packets_mut() {
+                if p.meta.verdict != Verdict::Pass || p.meta.flow.family() != Family::V4 {
+                    continue;
+                }
+                let (src, dst) = (p.meta.flow.src_ip(), p.meta.flow.dst_ip());
+                let ok = match (port, src, dst) {
+                    (INSIDE, IpAddr::V4(s), _) => args.inside_addr.contains(s),
+                    (_, _, IpAddr::V4(d)) => args.public.contains(&d),
+                    _ => false,
+                };
+                if !ok {
+                    self.spoofed += 1;
+                    p.meta.verdict = Verdict::Drop(DropReason::NatNoMapping);
+                }
+            }
+            nat.process(now, batch);
         }
 
         fn stages(&self) -> Vec<&dyn StageControl> {
-            vec![&self.parse]
+            let mut v: Vec<&dyn StageControl> = vec![&self.parse];
+            if let Some(n) = &self.nat {
+                v.push(n);
+            }
+            v
+        }
+
+        /// Runs due timers (session expiry, port quarantine) with bounded work.
+        fn timers(&mut self, now: Instant) {
+            if let Some(n) = &mut self.nat
+                && n.poll_timeout().is_some_and(|t| t <= now)
+            {
+                n.handle_timeout(now, 4096);
+            }
         }
     }
 
     fn print_counters(router: &mut Router, pipeline: &Pipeline, secs: f64) {
         say!("nat-gateway: counters after {secs:.2} s");
         router.visit_counters(&mut |port, name, v| say!("{port}.{name} {v}"));
+        say!("gateway.spoofed {}", pipeline.spoofed);
         for stage in pipeline.stages() {
             stage.visit_counters(&mut |stage, name, v| say!("{stage}.{name} {v}"));
         }
@@ -217,7 +360,7 @@ on SIGUSR1, or after --duration.
         }
         let mut router =
             Router::open(ports, &routes, &RingConfig::default()).map_err(|e| e.to_string())?;
-        let mut pipeline = Pipeline::new(args);
+        let mut pipeline = Pipeline::new(args)?;
         say!(
             "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}",
             args.inside,
@@ -236,10 +379,11 @@ on SIGUSR1, or after --duration.
             let mut moved = 0;
             for port in [INSIDE, OUTSIDE] {
                 moved += router.recv(port, &mut batch);
-                pipeline.process(now, &mut batch);
+                pipeline.process(now, port, args, &mut batch);
                 router.forward(port, now, &mut batch);
             }
             router.flush().map_err(|e| e.to_string())?;
+            pipeline.timers(now);
             if show.swap(false, Ordering::Relaxed) {
                 print_counters(&mut router, &pipeline, start.elapsed().as_secs_f64());
             }
@@ -271,12 +415,28 @@ on SIGUSR1, or after --duration.
             .unwrap()
             .unwrap();
             assert_eq!(a.public, vec![Ipv4Addr::new(203, 0, 113, 1)]);
+            assert_eq!(a.profile, Profile::Nat(nf_nat::Profile::Rfc));
+            let b = parse_args(
+                argv(
+                    "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
+                     --profile hyperplane --forward tcp:8080=10.0.0.2:80 --no-window --sessions 1000",
+                )
+                .into_iter(),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(b.forwards, vec![(6, 8080, "10.0.0.2:80".parse().unwrap())]);
+            assert!(!b.window && b.sessions == 1000);
             assert_eq!(a.gateway, Some(Ipv4Addr::new(203, 0, 113, 254)));
             assert_eq!(a.inside_addr.len, 24);
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             for bad in [
                 "--inside-addr 10.0.0.1/33",
                 "--profile nope",
+                "--filtering x",
+                "--forward tcp:80",
+                "--forward icmp:1=10.0.0.2:1",
+                "--sessions 1",
                 "--public x",
                 "--duration -1",
                 "--bogus 1",

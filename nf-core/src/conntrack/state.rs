@@ -5,7 +5,7 @@
 //! [`TcpWindow`](super::TcpWindow) session service, before the state moves):
 //!
 //! ```text
-//! SYN (orig) ─► SynSent ─SYN+ACK (reply)─► SynRecv ─ACK (orig)─► Established
+//! SYN (orig) ─► SynSent ─SYN+ACK or SYN (reply)─► SynRecv ─ACK (orig)─► Established
 //! Established ─FIN─► FinWait ─ACK from the other side─► CloseWait
 //! FinWait | CloseWait ─FIN from the other side─► LastAck ─ACK from the first closer─► TimeWait
 //! any ─RST─► Closed;   TimeWait | Closed ─SYN (orig)─► SynSent (port reuse)
@@ -246,7 +246,9 @@ pub(crate) fn advance(
     let ack = flags & ACK != 0;
     let fin = flags & FIN != 0;
     Some(match state {
-        S::TcpSynSent if syn && ack && reply => keep(S::TcpSynRecv),
+        // SYN+ACK from the responder, or its own SYN crossing ours (simultaneous open,
+        // RFC 9293 §3.5): the originator's SYN+ACK and ACK follow.
+        S::TcpSynSent if syn && reply => keep(S::TcpSynRecv),
         S::TcpSynSent if syn && ack => return None,
         S::TcpSynSent => keep(S::TcpSynSent),
         S::TcpSynRecv if !syn && ack && !reply => Transition {
