@@ -545,6 +545,99 @@ impl Router {
     }
 }
 
+/// What a network function on a [`Router`] does: its stages between receive and forward,
+/// its timers, its report, and a reload of its configuration.
+pub trait Function {
+    /// Runs the stages on a batch received on `port` (the router forwards what passes).
+    fn process(&mut self, now: Instant, port: usize, batch: &mut Batch<RingFrame>);
+    /// Runs due timers (session expiry, quarantines) with bounded work.
+    fn timers(&mut self, now: Instant) {
+        let _ = now;
+    }
+    /// Calls `f(stage, counter, value)` for the function's own counters.
+    fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64));
+    /// Re-reads the configuration (SIGHUP); an error is logged and the old one kept.
+    ///
+    /// # Errors
+    /// Why the new configuration was not applied.
+    fn reload(&mut self) -> Result<String, String> {
+        Err("this program has nothing to reload".into())
+    }
+}
+
+/// Prints every counter of `router` and `f`, one `name value` per line.
+pub fn print_counters(program: &str, router: &mut Router, f: &impl Function, secs: f64) {
+    crate::say!("{program}: counters after {secs:.2} s");
+    router.visit_counters(&mut |port, name, v| crate::say!("{port}.{name} {v}"));
+    f.visit_counters(&mut |stage, name, v| crate::say!("{stage}.{name} {v}"));
+}
+
+/// Runs `f` on `router` until SIGINT/SIGTERM or `duration` seconds: receive a batch from
+/// each port in turn, run the stages, forward, flush, run timers; sleep in `poll` when idle.
+/// SIGUSR1 prints the counters, SIGHUP calls [`Function::reload`]. The counters are printed
+/// at the end too.
+///
+/// # Errors
+/// Signal handlers that cannot be installed, or a failing ring.
+pub fn serve(
+    program: &str,
+    router: &mut Router,
+    f: &mut impl Function,
+    duration: Option<f64>,
+) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = |sigs: &[i32]| -> Result<Arc<AtomicBool>, String> {
+        let b = Arc::new(AtomicBool::new(false));
+        for s in sigs {
+            signal_hook::flag::register(*s, Arc::clone(&b))
+                .map_err(|e| format!("signal handler: {e}"))?;
+        }
+        Ok(b)
+    };
+    let (stop, show, reload) = (
+        flag(&[SIGINT, SIGTERM])?,
+        flag(&[SIGUSR1])?,
+        flag(&[SIGHUP])?,
+    );
+    let clock = nf_core::StdClock::new();
+    let start = std::time::Instant::now();
+    let deadline = duration.map(std::time::Duration::from_secs_f64);
+    let mut batch = Batch::new();
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
+        let now = clock.now();
+        let mut moved = 0;
+        for port in 0..router.ports() {
+            moved += router.recv(port, &mut batch);
+            f.process(now, port, &mut batch);
+            router.forward(port, now, &mut batch);
+        }
+        router.flush().map_err(|e| e.to_string())?;
+        f.timers(now);
+        if show.swap(false, Ordering::Relaxed) {
+            print_counters(program, router, f, start.elapsed().as_secs_f64());
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            match f.reload() {
+                Ok(what) => crate::say!("{program}: reloaded: {what}"),
+                Err(e) => eprintln!("{program}: reload failed, keeping the configuration: {e}"),
+            }
+        }
+        if moved == 0 {
+            router
+                .wait(now, IDLE_WAIT_MS)
+                .map_err(|e| format!("waiting for frames: {e}"))?;
+            router.flush().map_err(|e| e.to_string())?;
+        }
+    }
+    print_counters(program, router, f, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The longest an idle [`serve`] loop sleeps in `poll` before it checks for signals.
+const IDLE_WAIT_MS: i32 = 100;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -281,7 +281,11 @@ fn acl_and_nftables_count_the_same_packets_per_rule() {
         })
         .collect();
     assert_eq!(kernel.len(), RULES + 1, "{listing}");
-    assert_eq!(kernel.iter().sum::<u64>(), FRAMES as u64, "not every frame reached nftables");
+    assert_eq!(
+        kernel.iter().sum::<u64>(),
+        FRAMES as u64,
+        "not every frame reached nftables"
+    );
     let mut diff = Vec::new();
     for (i, (o, k)) in ours.iter().zip(&kernel).enumerate() {
         if o != k {

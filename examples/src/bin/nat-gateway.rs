@@ -47,18 +47,14 @@ mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes, TcpWindow};
     use nf_core::{Batch, DropReason, Family, Instant, ParseStage, Stage, StageControl, Verdict};
     use nf_examples::io::{RingConfig, RingFrame};
-    use nf_examples::router::{Ipv4Net, PortConfig, Route, Router};
+    use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
     use nf_nat::{
         AllocatorConfig, Filtering, InsidePrefix, PortForward, Snat, SnatConfig, nat_timeouts,
     };
     use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::process::ExitCode;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// The longest an idle gateway sleeps in `poll` before it checks for signals.
-    const IDLE_WAIT_MS: i32 = 100;
     const INSIDE: usize = 0;
     const OUTSIDE: usize = 1;
 
@@ -223,6 +219,8 @@ on SIGUSR1, or after --duration.
         /// Frames dropped before the stages: from the outside to an address that is not
         /// public, or from the inside with a source outside the inside prefix.
         spoofed: u64,
+        inside: Ipv4Net,
+        public: Vec<Ipv4Addr>,
     }
 
     impl Pipeline {
@@ -232,6 +230,8 @@ on SIGUSR1, or after --duration.
                     parse: ParseStage::default(),
                     nat: None,
                     spoofed: 0,
+                    inside: args.inside_addr,
+                    public: args.public.clone(),
                 });
             };
             let public: Vec<IpAddr> = args.public.iter().map(|a| IpAddr::V4(*a)).collect();
@@ -263,17 +263,15 @@ on SIGUSR1, or after --duration.
                 parse: ParseStage::default(),
                 nat: Some(nat),
                 spoofed: 0,
+                inside: args.inside_addr,
+                public: args.public.clone(),
             })
         }
+    }
 
-        /// Drops what may not enter from `port` (see [`Pipeline::spoofed`]), then the stages.
-        fn process(
-            &mut self,
-            now: Instant,
-            port: usize,
-            args: &Args,
-            batch: &mut Batch<RingFrame>,
-        ) {
+    impl Function for Pipeline {
+        /// Drops what may not enter from `port` (`spoofed`), then the stages.
+        fn process(&mut self, now: Instant, port: usize, batch: &mut Batch<RingFrame>) {
             self.parse.process(now, batch);
             let Some(nat) = &mut self.nat else {
                 return;
@@ -284,8 +282,8 @@ on SIGUSR1, or after --duration.
                 }
                 let (src, dst) = (p.meta.flow.src_ip(), p.meta.flow.dst_ip());
                 let ok = match (port, src, dst) {
-                    (INSIDE, IpAddr::V4(s), _) => args.inside_addr.contains(s),
-                    (_, _, IpAddr::V4(d)) => args.public.contains(&d),
+                    (INSIDE, IpAddr::V4(s), _) => self.inside.contains(s),
+                    (_, _, IpAddr::V4(d)) => self.public.contains(&d),
                     _ => false,
                 };
                 if !ok {
@@ -296,12 +294,12 @@ on SIGUSR1, or after --duration.
             nat.process(now, batch);
         }
 
-        fn stages(&self) -> Vec<&dyn StageControl> {
-            let mut v: Vec<&dyn StageControl> = vec![&self.parse];
+        fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
+            f("gateway", "spoofed", self.spoofed);
+            self.parse.visit_counters(&mut |s, c, v| f(s, c, v));
             if let Some(n) = &self.nat {
-                v.push(n);
+                n.visit_counters(&mut |s, c, v| f(s, c, v));
             }
-            v
         }
 
         /// Runs due timers (session expiry, port quarantine) with bounded work.
@@ -314,24 +312,7 @@ on SIGUSR1, or after --duration.
         }
     }
 
-    fn print_counters(router: &mut Router, pipeline: &Pipeline, secs: f64) {
-        say!("nat-gateway: counters after {secs:.2} s");
-        router.visit_counters(&mut |port, name, v| say!("{port}.{name} {v}"));
-        say!("gateway.spoofed {}", pipeline.spoofed);
-        for stage in pipeline.stages() {
-            stage.visit_counters(&mut |stage, name, v| say!("{stage}.{name} {v}"));
-        }
-    }
-
     fn run(args: &Args) -> Result<(), String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let show = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&stop))
-                .map_err(|e| format!("signal handler: {e}"))?;
-        }
-        signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&show))
-            .map_err(|e| format!("signal handler: {e}"))?;
         let ports = vec![
             PortConfig {
                 name: args.inside.clone(),
@@ -370,32 +351,7 @@ on SIGUSR1, or after --duration.
             args.profile,
             args.public
         );
-        let clock = nf_core::StdClock::new();
-        let start = std::time::Instant::now();
-        let deadline = args.duration.map(std::time::Duration::from_secs_f64);
-        let mut batch = Batch::new();
-        while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
-            let now = clock.now();
-            let mut moved = 0;
-            for port in [INSIDE, OUTSIDE] {
-                moved += router.recv(port, &mut batch);
-                pipeline.process(now, port, args, &mut batch);
-                router.forward(port, now, &mut batch);
-            }
-            router.flush().map_err(|e| e.to_string())?;
-            pipeline.timers(now);
-            if show.swap(false, Ordering::Relaxed) {
-                print_counters(&mut router, &pipeline, start.elapsed().as_secs_f64());
-            }
-            if moved == 0 {
-                router
-                    .wait(now, IDLE_WAIT_MS)
-                    .map_err(|e| format!("waiting for frames: {e}"))?;
-                router.flush().map_err(|e| e.to_string())?;
-            }
-        }
-        print_counters(&mut router, &pipeline, start.elapsed().as_secs_f64());
-        Ok(())
+        serve("nat-gateway", &mut router, &mut pipeline, args.duration)
     }
 
     #[cfg(test)]
