@@ -1,0 +1,347 @@
+//! `l4lb`: an L4 load balancer in front of a pool of backends, built from nf-core's parse
+//! and connection-tracking stages and nf-lb's [`Lb`] session service (Maglev tables, keyed,
+//! weights, drain), on `PACKET_MMAP` rings ([`nf_examples::router`]).
+//!
+//! ```text
+//!  clients ─► RX ─► parse ─► conntrack + LB: VIP:port → backend (DNAT) ─► TX ─► backends
+//!  clients ◄─ TX ◄─ un-DNAT (source back to the VIP) ◄─ conntrack + LB ◄─ parse ◄─ RX ◄─┘
+//! ```
+//!
+//! The load balancer answers ARP for its client-side address and the VIP, and for its
+//! backend-side address; backends route their answers back through it (their default route).
+//! The client's address is kept (the backends see who connects, like AWS NLB). A flow keeps
+//! its backend for as long as that backend is up or draining; a removed or down backend's
+//! flows are dropped (`lb_backend_down`), and when the session table refuses a flow it is
+//! still forwarded by the hash alone (counted `lb.stateless`).
+//!
+//! Several `--vip`s balance over the same backends (a backend port of 0 keeps the VIP's
+//! port). The backends come from a file, one per line (`#` starts a comment):
+//!
+//! ```text
+//! 10.1.0.11:8000 weight=1
+//! 10.1.0.12:8000 weight=2 state=draining
+//! 10.1.0.13:8000 weight=3 state=down
+//! ```
+//!
+//! On SIGHUP the file is read again and the new pool replaces the old one in whole
+//! (established flows stay where they are); a file that does not parse changes nothing.
+//! Counters are printed on SIGUSR1 and at exit (SIGINT/SIGTERM or `--duration`).
+//!
+//! `examples/tests/l4lb.rs` builds a client, the load balancer and three backends in network
+//! namespaces and checks the spread, the client addresses and a transfer that survives
+//! changes to the other backends.
+
+#[cfg(target_os = "linux")]
+fn main() -> std::process::ExitCode {
+    linux::main()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() -> std::process::ExitCode {
+    eprintln!("l4lb: runs on Linux only (AF_PACKET rings)");
+    std::process::ExitCode::FAILURE
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+    use nf_core::{Batch, Instant, ParseStage, Stage, StageControl};
+    use nf_examples::io::{RingConfig, RingFrame};
+    use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
+    use nf_examples::say;
+    use nf_lb::{
+        BackendId, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners, Pool,
+        PoolMember, table_size_for,
+    };
+    use std::net::{IpAddr, SocketAddrV4};
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+
+    const CLIENTS: usize = 0;
+
+    const USAGE: &str = "\
+usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
+            --vip IPV4:PORT... --backends FILE [--proto tcp|udp] [--gateway IPV4]
+            [--sessions N] [--duration SECS]
+
+Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
+interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
+the counters; SIGINT/SIGTERM or --duration prints them and exits.
+
+  --client IF            interface towards the clients
+  --client-addr A/LEN    the load balancer's address there and the on-link prefix
+  --backend IF           interface towards the backends
+  --backend-addr A/LEN   the load balancer's address there and the backends' prefix
+  --vip IPV4:PORT        a virtual service (repeatable; ARP for it is answered on the
+                         client side); each balances over the same backends
+  --backends FILE        one backend per line: IPV4:PORT [weight=N] [state=up|draining|down]
+                         (port 0: the VIP's port)
+  --proto P              tcp (default) or udp
+  --gateway IPV4         the client-side next hop for clients not on-link
+  --sessions N           session table size (default 65536)
+  --duration SECS        exit after SECS seconds
+  -h, --help             this text";
+
+    /// The command line.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Args {
+        client: String,
+        client_addr: Ipv4Net,
+        backend: String,
+        backend_addr: Ipv4Net,
+        vips: Vec<SocketAddrV4>,
+        backends: PathBuf,
+        proto: u8,
+        gateway: Option<std::net::Ipv4Addr>,
+        sessions: u32,
+        duration: Option<f64>,
+    }
+
+    pub(crate) fn main() -> ExitCode {
+        nf_examples::cli::main_with(
+            "l4lb",
+            USAGE,
+            |argv| parse_args(argv.into_iter()),
+            |args| run(&args),
+        )
+    }
+
+    fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+        let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
+        let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
+        let (mut proto, mut sessions) = (nf_core::flow::proto::TCP, 65_536);
+        while let Some(flag) = it.next() {
+            if matches!(flag.as_str(), "-h" | "--help") {
+                return Ok(None);
+            }
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let bad = |what: &str| format!("{flag} {value}: not {what}");
+            match flag.as_str() {
+                "--client" => client = Some(value),
+                "--backend" => backend = Some(value),
+                "--client-addr" => client_addr = Some(value.parse::<Ipv4Net>()?),
+                "--backend-addr" => backend_addr = Some(value.parse::<Ipv4Net>()?),
+                "--vip" => vips.push(value.parse().map_err(|_| bad("IPV4:PORT"))?),
+                "--backends" => backends = Some(PathBuf::from(value)),
+                "--gateway" => gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
+                "--proto" => {
+                    proto = match value.as_str() {
+                        "tcp" => nf_core::flow::proto::TCP,
+                        "udp" => nf_core::flow::proto::UDP,
+                        _ => return Err(bad("tcp or udp")),
+                    }
+                }
+                "--sessions" => {
+                    sessions = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (64..=1 << 24).contains(n))
+                        .ok_or_else(|| bad("a session count from 64 to 16777216"))?
+                }
+                "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                _ => return Err(format!("unknown option {flag}")),
+            }
+        }
+        let need = |name: &str| format!("{name} is required");
+        Ok(Some(Args {
+            client: client.ok_or_else(|| need("--client"))?,
+            client_addr: client_addr.ok_or_else(|| need("--client-addr"))?,
+            backend: backend.ok_or_else(|| need("--backend"))?,
+            backend_addr: backend_addr.ok_or_else(|| need("--backend-addr"))?,
+            vips: if vips.is_empty() {
+                return Err(need("--vip"));
+            } else {
+                vips
+            },
+            backends: backends.ok_or_else(|| need("--backends"))?,
+            proto,
+            gateway,
+            sessions,
+            duration,
+        }))
+    }
+
+    /// The backends file: one `IPV4:PORT [weight=N] [state=up|draining|down]` per line.
+    fn parse_backends(text: &str) -> Result<Vec<PoolMember>, String> {
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = |what: &str| format!("line {}: {what}: {line:?}", n + 1);
+            let mut words = line.split_whitespace();
+            let addr: SocketAddrV4 = words
+                .next()
+                .and_then(|w| w.parse().ok())
+                .ok_or_else(|| err("not IPV4:PORT"))?;
+            let (mut weight, mut health) = (1, Health::Up);
+            for w in words {
+                match w.split_once('=') {
+                    Some(("weight", v)) => weight = v.parse().map_err(|_| err("bad weight"))?,
+                    Some(("state", "up")) => health = Health::Up,
+                    Some(("state", "draining")) => health = Health::Draining,
+                    Some(("state", "down")) => health = Health::Down,
+                    _ => return Err(err("unknown word")),
+                }
+            }
+            let id = BackendId::v4(addr.ip().octets(), addr.port());
+            out.push(PoolMember::new(id, weight).with_health(health));
+        }
+        if out.is_empty() {
+            return Err("no backend".into());
+        }
+        Ok(out)
+    }
+
+    /// Parse, then conntrack with the LB service.
+    struct Balancer {
+        parse: ParseStage,
+        lb: Conntrack<Lb>,
+        key: LbKey,
+        vips: Vec<SocketAddrV4>,
+        proto: u8,
+        file: PathBuf,
+    }
+
+    impl Balancer {
+        fn listeners(&self) -> Result<Listeners, String> {
+            let text = std::fs::read_to_string(&self.file)
+                .map_err(|e| format!("{}: {e}", self.file.display()))?;
+            let members = parse_backends(&text)?;
+            let size = table_size_for(members.len()).map_err(|e| e.to_string())?;
+            let mut listeners = Vec::new();
+            for vip in &self.vips {
+                let on = ListenerMatch::Port {
+                    vip: IpAddr::V4(*vip.ip()),
+                    port: vip.port(),
+                    proto: self.proto,
+                };
+                let pool = Pool::new(members.iter().copied());
+                listeners.push(
+                    Listener::new(&self.key, on, HashFields::FiveTuple, pool, size)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            Listeners::new(listeners).map_err(|e| e.to_string())
+        }
+    }
+
+    impl Function for Balancer {
+        fn process(&mut self, now: Instant, _port: usize, batch: &mut Batch<RingFrame>) {
+            self.parse.process(now, batch);
+            self.lb.process(now, batch);
+        }
+
+        fn timers(&mut self, now: Instant) {
+            if self.lb.poll_timeout().is_some_and(|t| t <= now) {
+                self.lb.handle_timeout(now, 4096);
+            }
+        }
+
+        fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
+            self.parse.visit_counters(&mut |s, c, v| f(s, c, v));
+            self.lb.visit_counters(&mut |s, c, v| f(s, c, v));
+        }
+
+        fn reload(&mut self) -> Result<String, String> {
+            let listeners = self.listeners()?;
+            let n = listeners
+                .listeners()
+                .first()
+                .map_or(0, |l| l.pool().members().len());
+            self.lb.service_mut().set_listeners(listeners);
+            Ok(format!("{n} backends"))
+        }
+    }
+
+    fn run(args: &Args) -> Result<(), String> {
+        let ports = vec![
+            PortConfig {
+                name: args.client.clone(),
+                addrs: vec![args.client_addr],
+                answer: args.vips.iter().map(|v| *v.ip()).collect(),
+            },
+            PortConfig {
+                name: args.backend.clone(),
+                addrs: vec![args.backend_addr],
+                answer: Vec::new(),
+            },
+        ];
+        let routes = [Route {
+            to: "0.0.0.0/0".parse()?,
+            port: CLIENTS,
+            via: args.gateway,
+        }];
+        let mut router =
+            Router::open(ports, &routes, &RingConfig::default()).map_err(|e| e.to_string())?;
+        let ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
+            v4: args.sessions.saturating_mul(2),
+            v6: 64,
+        });
+        let mut f = Balancer {
+            parse: ParseStage::default(),
+            // Every load balancer of a fleet must build the same tables: in a deployment this
+            // key is the operator's, shared; a demo makes one per run.
+            key: LbKey::new(nf_examples::cli::random_secret()),
+            lb: Conntrack::new(ct, Lb::new(Listeners::default())).map_err(|e| e.to_string())?,
+            vips: args.vips.clone(),
+            proto: args.proto,
+            file: args.backends.clone(),
+        };
+        let what = f.reload()?;
+        say!(
+            "l4lb: ready: VIP {:?} on {} ({}), {what} on {} ({})",
+            args.vips,
+            args.client,
+            args.client_addr,
+            args.backend,
+            args.backend_addr
+        );
+        serve("l4lb", &mut router, &mut f, args.duration)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_the_command_line_and_the_backends_file() {
+            let argv = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+            let a = parse_args(
+                argv(
+                    "--client cg --client-addr 198.51.100.1/24 --backend bg \
+                     --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b.txt",
+                )
+                .into_iter(),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(a.vips, vec!["192.0.2.10:80".parse().unwrap()]);
+            assert_eq!(a.proto, 6);
+            assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
+            for bad in [
+                "--vip 192.0.2.10",
+                "--proto icmp",
+                "--sessions 1",
+                "--client cg",
+            ] {
+                assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
+            }
+            let m = parse_backends(
+                "# pool\n10.1.0.11:8000\n10.1.0.12:8000 weight=2 state=draining\n\n",
+            )
+            .unwrap();
+            assert_eq!(m.len(), 2);
+            assert_eq!(m[1].weight, 2);
+            for bad in [
+                "",
+                "10.1.0.11",
+                "10.1.0.11:80 weight=x",
+                "10.1.0.11:80 colour=red",
+            ] {
+                assert!(parse_backends(bad).is_err(), "{bad:?}");
+            }
+        }
+    }
+}
