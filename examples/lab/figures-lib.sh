@@ -7,7 +7,8 @@
 #
 # WHO is nf or kernel; PID the nf process (its CPU is read from /proc), empty for the kernel,
 # whose forwarding CPU is softirq time, shown from /proc/stat for the whole machine. Needs
-# $secs (seconds per measurement) and $tmp (a scratch directory).
+# $secs (seconds per measurement) and $tmp (a scratch directory); $ping_ip, when set, is the
+# address pinged to check the lab first (default SERVER_IP: a VIP may not answer pings).
 
 proc_cpu() { # utime+stime ticks of a process
   awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -19,7 +20,7 @@ rcvbuf_errors() { ip netns exec "$1" nstat -az UdpRcvbufErrors | awk '/UdpRcvbuf
 
 measure() {
   local who=$1 lab=$2 client=$3 server=$4 ip=$5 pid=$6
-  ip netns exec "$client" ping -c 3 -i 0.2 -W 1 "$ip" >/dev/null || { echo "$who: no ping through the lab" >&2; cat "$tmp/gw.out" >&2 || true; exit 1; }
+  ip netns exec "$client" ping -c 3 -i 0.2 -W 1 "${ping_ip:-$ip}" >/dev/null || { echo "$who: no ping through the lab" >&2; cat "$tmp/gw.out" >&2 || true; exit 1; }
   local hz; hz=$(getconf CLK_TCK)
   for run in tcp1 tcp4 udp64; do
     ip netns exec "$server" iperf3 -s -D -1 -p 5201 >/dev/null 2>&1 || true

@@ -61,7 +61,7 @@ mod linux {
 
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
-            --vip IPV4:PORT... --backends FILE [--proto tcp|udp] [--gateway IPV4]
+            --vip IPV4:PORT... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
             [--sessions N] [--duration SECS]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
@@ -76,7 +76,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                          client side); each balances over the same backends
   --backends FILE        one backend per line: IPV4:PORT [weight=N] [state=up|draining|down]
                          (port 0: the VIP's port)
-  --proto P              tcp (default) or udp
+  --proto P              tcp (default), udp, or tcp,udp (a listener for each)
   --gateway IPV4         the client-side next hop for clients not on-link
   --sessions N           session table size (default 65536)
   --duration SECS        exit after SECS seconds
@@ -91,7 +91,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         backend_addr: Ipv4Net,
         vips: Vec<SocketAddrV4>,
         backends: PathBuf,
-        proto: u8,
+        protos: Vec<u8>,
         gateway: Option<std::net::Ipv4Addr>,
         sessions: u32,
         duration: Option<f64>,
@@ -109,7 +109,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
-        let (mut proto, mut sessions) = (nf_core::flow::proto::TCP, 65_536);
+        let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -125,11 +125,16 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                 "--backends" => backends = Some(PathBuf::from(value)),
                 "--gateway" => gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
                 "--proto" => {
-                    proto = match value.as_str() {
-                        "tcp" => nf_core::flow::proto::TCP,
-                        "udp" => nf_core::flow::proto::UDP,
-                        _ => return Err(bad("tcp or udp")),
-                    }
+                    protos = value
+                        .split(',')
+                        .map(|p| match p {
+                            "tcp" => Ok(nf_core::flow::proto::TCP),
+                            "udp" => Ok(nf_core::flow::proto::UDP),
+                            _ => Err(bad("tcp, udp or tcp,udp")),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    protos.sort_unstable();
+                    protos.dedup();
                 }
                 "--sessions" => {
                     sessions = value
@@ -154,7 +159,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                 vips
             },
             backends: backends.ok_or_else(|| need("--backends"))?,
-            proto,
+            protos,
             gateway,
             sessions,
             duration,
@@ -200,7 +205,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         lb: Conntrack<Lb>,
         key: LbKey,
         vips: Vec<SocketAddrV4>,
-        proto: u8,
+        protos: Vec<u8>,
         file: PathBuf,
     }
 
@@ -211,11 +216,15 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             let members = parse_backends(&text)?;
             let size = table_size_for(members.len()).map_err(|e| e.to_string())?;
             let mut listeners = Vec::new();
-            for vip in &self.vips {
+            for (vip, &proto) in self
+                .vips
+                .iter()
+                .flat_map(|v| self.protos.iter().map(move |p| (v, p)))
+            {
                 let on = ListenerMatch::Port {
                     vip: IpAddr::V4(*vip.ip()),
                     port: vip.port(),
-                    proto: self.proto,
+                    proto,
                 };
                 let pool = Pool::new(members.iter().copied());
                 listeners.push(
@@ -286,7 +295,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             key: LbKey::new(nf_examples::cli::random_secret()),
             lb: Conntrack::new(ct, Lb::new(Listeners::default())).map_err(|e| e.to_string())?,
             vips: args.vips.clone(),
-            proto: args.proto,
+            protos: args.protos.clone(),
             file: args.backends.clone(),
         };
         let what = f.reload()?;
@@ -318,11 +327,14 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             .unwrap()
             .unwrap();
             assert_eq!(a.vips, vec!["192.0.2.10:80".parse().unwrap()]);
-            assert_eq!(a.proto, 6);
+            assert_eq!(a.protos, vec![6]);
+            let both = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --proto tcp,udp").into_iter());
+            assert_eq!(both.unwrap().unwrap().protos, vec![6, 17]);
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             for bad in [
                 "--vip 192.0.2.10",
                 "--proto icmp",
+                "--proto tcp,",
                 "--sessions 1",
                 "--client cg",
             ] {
