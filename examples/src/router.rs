@@ -369,9 +369,13 @@ impl Router {
             if !matches!(pkt.meta.verdict, Verdict::Pass | Verdict::Tx(_)) {
                 continue;
             }
-            let l3 = usize::from(pkt.meta.l3);
-            let l3 = if l3 == 0 { 14 } else { l3 };
             let frame = pkt.data_mut();
+            // The frame is routed on its first IP header, whatever the stages looked at
+            // (after an encapsulation, `meta` describes the inner packet).
+            let l3 = match frame.get(12..18) {
+                Some([0x81, 0x00, _, _, 0x08, 0x00]) => 18,
+                _ => 14,
+            };
             let count = |ports: &mut Vec<Port>, f: fn(&mut PortCounters)| {
                 if let Some(p) = ports.get_mut(from) {
                     f(&mut p.counters);

@@ -11,7 +11,12 @@
 //! DNAT mode: 300 HTTP requests, each on a new connection, spread over the backends in
 //! proportion to their weights, and every backend sees the client's own address; a long
 //! iperf3 transfer through the VIP survives draining one other backend and removing the
-//! third (SIGHUP with a new backends file), after which new requests avoid both. Needs root,
+//! third (SIGHUP with a new backends file), after which new requests avoid both.
+//!
+//! Encap mode (direct server return): the same spread, with each backend receiving its
+//! flows through a Linux VXLAN device (VNI 42) that holds the VIP and answering through the
+//! client's second leg on the backends' bridge (`10.1.0.2`); the load balancer forwards
+//! nothing toward the client. Needs root,
 //! `ip`, `curl`, `iperf3` and python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
@@ -85,11 +90,17 @@ impl Lab {
 fn requests(c: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
     let url = "http://192.0.2.10/";
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", c, "curl", "-s", "--max-time", "5"]);
+    cmd.args(["netns", "exec", c, "curl", "-s", "--max-time", "3"]);
     for _ in 0..n {
         cmd.arg(url);
     }
-    let out = cmd.output().unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = bounded(child, 90);
     let text = String::from_utf8_lossy(&out.stdout);
     let mut by = BTreeMap::new();
     let mut clients = Vec::new();
@@ -101,19 +112,32 @@ fn requests(c: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
     (by, clients)
 }
 
-#[test]
-fn balances_by_weight_keeps_client_addresses_and_established_flows() {
+/// The lab of either mode, with `l4lb` running and ready.
+struct Setup {
+    /// Held for its `Drop`: the namespaces and processes go when the test ends.
+    _lab: Lab,
+    c: String,
+    backends: [String; 3],
+    file: std::path::PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    pid: u32,
+}
+
+/// Builds the namespaces, starts the backends' servers and `l4lb` (`--mode encap` when
+/// `encap`), or `None` (after saying why) when a tool is missing outside CI.
+fn setup(tag: &str, encap: bool) -> Option<Setup> {
     if !common::is_root() {
         assert!(!common::in_ci(), "l4lb needs root under CI=true");
         eprintln!("SKIP: l4lb needs root (set CI=true to make this a failure)");
-        return;
+        return None;
     }
     for (tool, probe) in [("ip", "-V"), ("curl", "--version"), ("iperf3", "--version")] {
         if !common::require(tool, &[probe]) {
-            return;
+            return None;
         }
     }
-    let t = format!("nfl4{}", std::process::id());
+    let t = format!("nfl4{tag}{}", std::process::id());
     let [c, g, s, b1, b2, b3] = ["c", "g", "s", "b1", "b2", "b3"].map(|n| format!("{t}{n}"));
     let mut lab = Lab {
         namespaces: vec![
@@ -125,7 +149,7 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
             b3.clone(),
         ],
         children: Vec::new(),
-        dir: common::temp_dir("l4lb"),
+        dir: common::temp_dir(&format!("l4lb-{tag}")),
     };
     sh(&format!(
         "for n in {c} {g} {s} {b1} {b2} {b3}; do ip netns add $n; ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip -n $n link set lo up; done
@@ -143,15 +167,42 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
          done
          ip -n {s} link set br0 up; ip -n {s} link set sg up
          ip -n {c} link set ch up; ip -n {g} link set cg up; ip -n {g} link set bg up
-         ip -n {c} route add default via 198.51.100.1
-         for i in 1 2 3; do ip -n {t}b$i route add default via 10.1.0.1; done"
+         ip -n {c} route add default via 198.51.100.1"
     ));
+    if encap {
+        // Direct server return: each backend decapsulates with a Linux VXLAN device that
+        // holds the VIP, and answers through the client's second leg on the backends'
+        // bridge, never through the load balancer. Frames to the VIP shrink by the
+        // tunnel's 50 bytes (the client's MTU) so that they fit once encapsulated.
+        sh(&format!(
+            "ip -n {c} link set ch mtu 1400
+             ip -n {c} link add cd type veth peer name sc netns {s}
+             ip -n {s} link set sc master br0; ip -n {s} link set sc up
+             ip -n {c} addr add 10.1.0.2/24 dev cd; ip -n {c} link set cd up
+             ip netns exec {c} ethtool -K cd tx off >/dev/null
+             for k in all default cd ch; do ip netns exec {c} sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
+             for i in 1 2 3; do
+               b={t}b$i
+               ip -n $b link add vx0 type vxlan id 42 local 10.1.0.1$i dev eth0 dstport 4789 nolearning
+               ip -n $b link set vx0 address 02:00:00:00:00:01; ip -n $b link set vx0 up
+               ip -n $b addr add 192.0.2.10/32 dev vx0
+               for k in all default vx0 eth0; do ip netns exec $b sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
+               ip -n $b route add 198.51.100.0/24 via 10.1.0.2
+             done"
+        ));
+    } else {
+        sh(&format!(
+            "for i in 1 2 3; do ip -n {t}b$i route add default via 10.1.0.1; done"
+        ));
+    }
     let py = common::system_python();
+    // DNAT: the servers listen on the backends' own addresses; encap: on the VIP.
     for (ns, addr, name) in [
         (&b1, "10.1.0.11", "b1"),
         (&b2, "10.1.0.12", "b2"),
         (&b3, "10.1.0.13", "b3"),
     ] {
+        let addr = if encap { "192.0.2.10" } else { addr };
         lab.spawn(ns, &[py, "-c", WHO_SERVER, addr, "80", name]);
         lab.spawn(ns, &["iperf3", "-s", "-p", "5201"]);
     }
@@ -161,19 +212,25 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
         "10.1.0.11:0 weight=1\n10.1.0.12:0 weight=2\n10.1.0.13:0 weight=3\n",
     )
     .unwrap();
-    let mut lb = Command::new("ip")
-        .args(["netns", "exec", &g, L4LB])
+    let mut lb = Command::new("ip");
+    lb.args(["netns", "exec", &g, L4LB])
         .args(["--client", "cg", "--client-addr", "198.51.100.1/24"])
         .args(["--backend", "bg", "--backend-addr", "10.1.0.1/24"])
         .args([
             "--vip",
             "192.0.2.10:80",
+            // iperf3's control and data connections must meet one server.
             "--vip",
-            "192.0.2.10:5201",
+            "192.0.2.10:5201/3tuple",
             "--backends",
         ])
         .arg(&file)
-        .args(["--duration", "120"])
+        .args(["--duration", "120"]);
+    if encap {
+        lb.args(["--mode", "encap", "--vni", "42"])
+            .args(["--inner-mac", "02:00:00:00:00:01"]);
+    }
+    let mut lb = lb
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -185,9 +242,43 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
     let mut seen = Vec::new();
     wait_for(&lines, "l4lb: ready", 10, &mut seen);
     std::thread::sleep(Duration::from_millis(500));
+    Some(Setup {
+        _lab: lab,
+        c,
+        backends: [b1, b2, b3],
+        file,
+        lines,
+        seen,
+        pid,
+    })
+}
 
-    // Weights 1:2:3 over 300 new connections.
-    let (by, clients) = requests(&c, REQUESTS);
+/// The output of `child`, killed if it has not ended within `secs` (an iperf3 client whose
+/// server vanished can spin forever).
+fn bounded(mut child: Child, secs: u64) -> std::process::Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Stops `l4lb` and returns its final counters.
+fn stop(s: &mut Setup) -> BTreeMap<String, u64> {
+    sh(&format!("kill -TERM {}", s.pid));
+    std::thread::sleep(Duration::from_millis(500));
+    s.seen.extend(s.lines.try_iter());
+    counters(&s.seen)
+}
+
+/// Weights 1:2:3 over `REQUESTS` new connections, and the client's own address at every
+/// backend.
+fn check_spread(c: &str) {
+    let (by, clients) = requests(c, REQUESTS);
     assert_eq!(by.values().sum::<usize>(), REQUESTS, "{by:?}");
     for (name, w) in [("b1", 1.0), ("b2", 2.0), ("b3", 3.0)] {
         let want = REQUESTS as f64 * w / 6.0;
@@ -201,6 +292,16 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
         clients.iter().all(|a| a == "198.51.100.2"),
         "backends must see the client: {clients:?}"
     );
+}
+
+#[test]
+fn balances_by_weight_keeps_client_addresses_and_established_flows() {
+    let Some(mut st) = setup("d", false) else {
+        return;
+    };
+    let (c, pid, file) = (st.c.clone(), st.pid, st.file.clone());
+    let [b1, b2, b3] = st.backends.clone();
+    check_spread(&c);
 
     // A long transfer: find its backend, then drain one other and remove the third.
     let iperf = Command::new("ip")
@@ -247,8 +348,8 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
     }
     std::fs::write(&file, &spec).unwrap();
     sh(&format!("kill -HUP {pid}"));
-    wait_for(&lines, "l4lb: reloaded", 5, &mut seen);
-    let out = iperf.wait_with_output().unwrap();
+    wait_for(&st.lines, "l4lb: reloaded", 5, &mut st.seen);
+    let out = bounded(iperf, 30);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && !report.contains("\"error\""),
@@ -264,16 +365,57 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
         "{after:?} after {spec}"
     );
 
-    sh(&format!("kill -TERM {pid}"));
-    std::thread::sleep(Duration::from_millis(500));
-    seen.extend(lines.try_iter());
-    let c = counters(&seen);
+    let c = stop(&mut st);
     let get = |k: &str| {
         *c.get(k)
-            .unwrap_or_else(|| panic!("no {k}:\n{}", seen.join("\n")))
+            .unwrap_or_else(|| panic!("no {k}:\n{}", st.seen.join("\n")))
     };
     assert!(get("lb.new_flows") >= (REQUESTS + 31) as u64, "{c:?}");
     assert_eq!(get("lb.reset"), 0, "{c:?}");
     assert!(get("lb.swaps") >= 2, "{c:?}");
-    println!("{}", seen.join("\n"));
+    println!("{}", st.seen.join("\n"));
+}
+
+#[test]
+fn encap_mode_backends_decapsulate_with_linux_vxlan_and_answer_directly() {
+    let Some(mut st) = setup("e", true) else {
+        return;
+    };
+    check_spread(&st.c.clone());
+    // A transfer through the VIP: the data goes in VXLAN to one backend, the ACKs come
+    // straight back.
+    let iperf = Command::new("ip")
+        .args(["netns", "exec", &st.c, "iperf3", "-c", "192.0.2.10"])
+        .args(["-p", "5201", "-t", "2", "-J"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = bounded(iperf, 30);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !report.contains("\"error\""),
+        "iperf3 failed: {report}"
+    );
+    let c = stop(&mut st);
+    let get = |k: &str| {
+        *c.get(k)
+            .unwrap_or_else(|| panic!("no {k}:\n{}", st.seen.join("\n")))
+    };
+    assert!(get("lb.new_flows") >= REQUESTS as u64, "{c:?}");
+    assert!(get("tunnel_encap.packets") > REQUESTS as u64, "{c:?}");
+    assert_eq!(get("tunnel_encap.drops"), 0, "{c:?}");
+    // Nothing went back to the client through the load balancer: the answers took the
+    // direct path.
+    assert_eq!(
+        get("cg.forwarded") + get("cg.forwarded_after_arp"),
+        0,
+        "{c:?}"
+    );
+    assert!(
+        get("bg.forwarded") + get("bg.forwarded_after_arp") >= get("tunnel_encap.packets"),
+        "{c:?}"
+    );
+    println!("{}", st.seen.join("\n"));
 }

@@ -274,6 +274,18 @@ impl EncapStage {
         }
     }
 
+    /// The next-hop host list, when destinations come from [`Destination::NextHop`]: a
+    /// stage that chose `meta.next_hop` by position (a load balancer's pool) changes it
+    /// here, between batches, without rebuilding the stage or losing its counters.
+    /// Positions already handed out keep their meaning only if the caller keeps them (append,
+    /// do not reorder).
+    pub fn next_hops_mut(&mut self) -> Option<&mut Vec<IpAddr>> {
+        match &mut self.config.destination {
+            Destination::NextHop(hosts) => Some(hosts),
+            _ => None,
+        }
+    }
+
     /// Encapsulates one packet (what [`Stage::process`] does for each pending packet).
     ///
     /// # Errors

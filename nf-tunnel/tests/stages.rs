@@ -578,6 +578,15 @@ fn next_hop_destinations() {
     p.meta.next_hop = 1;
     let p = one(&mut encap, p);
     assert_eq!(&p.data()[30..34], &[198, 51, 100, 2]);
+    // The list grows in place (a pool gained a backend); earlier positions keep their hosts.
+    encap.next_hops_mut().unwrap().push(v4(198, 51, 100, 3));
+    for (hop, last) in [(1, 2), (2, 3)] {
+        let mut p = packet(&inner_frame(1, 2, 3));
+        p.meta.next_hop = hop;
+        assert_eq!(&one(&mut encap, p).data()[30..34], &[198, 51, 100, last]);
+    }
+    let mut fixed = EncapStage::new(EncapConfig::vxlan(3, underlay4())).unwrap();
+    assert!(fixed.next_hops_mut().is_none());
 }
 
 proptest! {

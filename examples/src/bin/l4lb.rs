@@ -15,7 +15,18 @@
 //! still forwarded by the hash alone (counted `lb.stateless`).
 //!
 //! Several `--vip`s balance over the same backends (a backend port of 0 keeps the VIP's
-//! port). The backends come from a file, one per line (`#` starts a comment):
+//! port). A VIP hashes the whole 5-tuple unless it names fewer fields: `/3tuple` (source and
+//! destination address and protocol: every connection of a client to one backend, which
+//! protocols with a control and a data connection, like iperf3 or FTP, need), `/2tuple` or
+//! `/src`.
+//!
+//! With `--mode encap` (direct server return) nothing is rewritten: each packet for a VIP is
+//! sent whole, inside VXLAN, to its backend's address, and the backend — a VXLAN device with
+//! the VIP on it — answers the client directly, not through the load balancer. The inner
+//! frame's destination MAC becomes `--inner-mac` (the backends' VXLAN devices' MAC); the
+//! port in the backends file is then part of the backend's identity only.
+//!
+//! The backends come from a file, one per line (`#` starts a comment):
 //!
 //! ```text
 //! 10.1.0.11:8000 weight=1
@@ -29,7 +40,8 @@
 //!
 //! `examples/tests/l4lb.rs` builds a client, the load balancer and three backends in network
 //! namespaces and checks the spread, the client addresses and a transfer that survives
-//! changes to the other backends.
+//! changes to the other backends (DNAT), and the spread with the backends' answers going
+//! straight to the client through Linux VXLAN devices (encap).
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -45,24 +57,26 @@ fn main() -> std::process::ExitCode {
 #[cfg(target_os = "linux")]
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
-    use nf_core::{Batch, Instant, ParseStage, Stage, StageControl};
-    use nf_examples::io::{RingConfig, RingFrame};
+    use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
+    use nf_examples::io::{RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
     use nf_lb::{
-        BackendId, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners, Pool,
-        PoolMember, table_size_for,
+        BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners,
+        Pool, PoolMember, table_size_for,
     };
-    use std::net::{IpAddr, SocketAddrV4};
+    use nf_tunnel::{Destination, EncapConfig, EncapStage, Underlay};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
     use std::path::PathBuf;
     use std::process::ExitCode;
 
     const CLIENTS: usize = 0;
+    const BACKENDS: usize = 1;
 
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
-            --vip IPV4:PORT... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
-            [--sessions N] [--duration SECS]
+            --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
+            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--duration SECS]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -72,12 +86,19 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
   --client-addr A/LEN    the load balancer's address there and the on-link prefix
   --backend IF           interface towards the backends
   --backend-addr A/LEN   the load balancer's address there and the backends' prefix
-  --vip IPV4:PORT        a virtual service (repeatable; ARP for it is answered on the
+  --vip IPV4:PORT[/F]    a virtual service; F, the fields its flows are hashed on:
+                         5tuple (default), 3tuple, 2tuple or src (repeatable; ARP for it is answered on the
                          client side); each balances over the same backends
   --backends FILE        one backend per line: IPV4:PORT [weight=N] [state=up|draining|down]
                          (port 0: the VIP's port)
   --proto P              tcp (default), udp, or tcp,udp (a listener for each)
   --gateway IPV4         the client-side next hop for clients not on-link
+  --mode M               dnat (default): destination rewritten to the backend, replies
+                         come back through the load balancer; encap: packets sent whole
+                         in VXLAN to the backend's address, which answers directly
+  --vni N                encap: the VXLAN network identifier (default 42)
+  --inner-mac MAC        encap: destination MAC of the inner frames, the backends' VXLAN
+                         devices' address (default 02:00:00:00:00:01)
   --sessions N           session table size (default 65536)
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
@@ -89,12 +110,20 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         client_addr: Ipv4Net,
         backend: String,
         backend_addr: Ipv4Net,
-        vips: Vec<SocketAddrV4>,
+        vips: Vec<(SocketAddrV4, HashFields)>,
         backends: PathBuf,
         protos: Vec<u8>,
-        gateway: Option<std::net::Ipv4Addr>,
+        gateway: Option<Ipv4Addr>,
+        encap: Option<EncapMode>,
         sessions: u32,
         duration: Option<f64>,
+    }
+
+    /// `--mode encap`'s settings.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct EncapMode {
+        vni: u32,
+        inner_mac: [u8; 6],
     }
 
     pub(crate) fn main() -> ExitCode {
@@ -110,6 +139,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
+        let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -121,7 +151,17 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                 "--backend" => backend = Some(value),
                 "--client-addr" => client_addr = Some(value.parse::<Ipv4Net>()?),
                 "--backend-addr" => backend_addr = Some(value.parse::<Ipv4Net>()?),
-                "--vip" => vips.push(value.parse().map_err(|_| bad("IPV4:PORT"))?),
+                "--vip" => {
+                    let (addr, fields) = value.split_once('/').unwrap_or((&value, "5tuple"));
+                    let fields = match fields {
+                        "5tuple" => HashFields::FiveTuple,
+                        "3tuple" => HashFields::ThreeTuple,
+                        "2tuple" => HashFields::TwoTuple,
+                        "src" => HashFields::SourceIp,
+                        _ => return Err(bad("IPV4:PORT[/5tuple|3tuple|2tuple|src]")),
+                    };
+                    vips.push((addr.parse().map_err(|_| bad("IPV4:PORT"))?, fields));
+                }
                 "--backends" => backends = Some(PathBuf::from(value)),
                 "--gateway" => gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
                 "--proto" => {
@@ -144,6 +184,21 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--mode" => {
+                    encap = match value.as_str() {
+                        "dnat" => false,
+                        "encap" => true,
+                        _ => return Err(bad("dnat or encap")),
+                    }
+                }
+                "--vni" => {
+                    vni = value
+                        .parse()
+                        .ok()
+                        .filter(|v| *v <= 0x00ff_ffff)
+                        .ok_or_else(|| bad("a 24-bit VNI"))?
+                }
+                "--inner-mac" => inner_mac = parse_mac(&value).ok_or_else(|| bad("a MAC"))?,
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -161,13 +216,15 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             backends: backends.ok_or_else(|| need("--backends"))?,
             protos,
             gateway,
+            encap: encap.then_some(EncapMode { vni, inner_mac }),
             sessions,
             duration,
         }))
     }
 
-    /// The backends file: one `IPV4:PORT [weight=N] [state=up|draining|down]` per line.
-    fn parse_backends(text: &str) -> Result<Vec<PoolMember>, String> {
+    /// The backends file: one `IPV4:PORT [weight=N] [state=up|draining|down]` per line; each
+    /// member with its address.
+    fn parse_backends(text: &str) -> Result<Vec<(Ipv4Addr, PoolMember)>, String> {
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -191,7 +248,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                 }
             }
             let id = BackendId::v4(addr.ip().octets(), addr.port());
-            out.push(PoolMember::new(id, weight).with_health(health));
+            out.push((*addr.ip(), PoolMember::new(id, weight).with_health(health)));
         }
         if out.is_empty() {
             return Err("no backend".into());
@@ -199,21 +256,53 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         Ok(out)
     }
 
-    /// Parse, then conntrack with the LB service.
+    /// Encapsulation toward the backends (`--mode encap`).
+    struct Encap {
+        stage: EncapStage,
+        inner_mac: [u8; 6],
+        /// Every backend address seen, in order: a member's next hop is its position here,
+        /// which must not change while sessions hold it (so this list only grows).
+        hosts: Vec<Ipv4Addr>,
+    }
+
+    /// Parse, then conntrack with the LB service (then encap, in encap mode).
     struct Balancer {
         parse: ParseStage,
         lb: Conntrack<Lb>,
         key: LbKey,
-        vips: Vec<SocketAddrV4>,
+        vips: Vec<(SocketAddrV4, HashFields)>,
         protos: Vec<u8>,
         file: PathBuf,
+        encap: Option<Encap>,
     }
 
     impl Balancer {
-        fn listeners(&self) -> Result<Listeners, String> {
+        fn listeners(&mut self) -> Result<Listeners, String> {
             let text = std::fs::read_to_string(&self.file)
                 .map_err(|e| format!("{}: {e}", self.file.display()))?;
-            let members = parse_backends(&text)?;
+            let mut members = parse_backends(&text)?;
+            if let Some(e) = &mut self.encap {
+                for (ip, m) in &mut members {
+                    let ip = *ip;
+                    let at = match e.hosts.iter().position(|h| *h == ip) {
+                        Some(at) => at,
+                        None => {
+                            e.hosts.push(ip);
+                            e.hosts.len() - 1
+                        }
+                    };
+                    *m = m.with_next_hop(u32::try_from(at).map_err(|_| "too many backends")?);
+                }
+                if let Some(list) = e.stage.next_hops_mut() {
+                    list.clear();
+                    list.extend(e.hosts.iter().map(|h| IpAddr::V4(*h)));
+                }
+            }
+            let forwarding = if self.encap.is_some() {
+                Forwarding::Encap
+            } else {
+                Forwarding::Dnat
+            };
             let size = table_size_for(members.len()).map_err(|e| e.to_string())?;
             let mut listeners = Vec::new();
             for (vip, &proto) in self
@@ -222,14 +311,15 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                 .flat_map(|v| self.protos.iter().map(move |p| (v, p)))
             {
                 let on = ListenerMatch::Port {
-                    vip: IpAddr::V4(*vip.ip()),
-                    port: vip.port(),
+                    vip: IpAddr::V4(*vip.0.ip()),
+                    port: vip.0.port(),
                     proto,
                 };
-                let pool = Pool::new(members.iter().copied());
+                let pool = Pool::new(members.iter().map(|(_, m)| *m));
                 listeners.push(
-                    Listener::new(&self.key, on, HashFields::FiveTuple, pool, size)
-                        .map_err(|e| e.to_string())?,
+                    Listener::new(&self.key, on, vip.1, pool, size)
+                        .map_err(|e| e.to_string())?
+                        .with_forwarding(forwarding),
                 );
             }
             Listeners::new(listeners).map_err(|e| e.to_string())
@@ -237,9 +327,27 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     }
 
     impl Function for Balancer {
-        fn process(&mut self, now: Instant, _port: usize, batch: &mut Batch<RingFrame>) {
+        fn process(&mut self, now: Instant, port: usize, batch: &mut Batch<RingFrame>) {
             self.parse.process(now, batch);
             self.lb.process(now, batch);
+            if port != CLIENTS {
+                return;
+            }
+            let Some(e) = &mut self.encap else {
+                return;
+            };
+            for p in batch.packets_mut() {
+                if p.meta.verdict != Verdict::Pass {
+                    continue;
+                }
+                if p.meta.next_hop == NO_NEXT_HOP {
+                    // Not for a VIP: routed as it is, past the encapsulation.
+                    p.meta.verdict = Verdict::Tx(PortId(0));
+                } else if let Some(dst) = p.data_mut().get_mut(..6) {
+                    dst.copy_from_slice(&e.inner_mac);
+                }
+            }
+            e.stage.process(now, batch);
         }
 
         fn timers(&mut self, now: Instant) {
@@ -251,6 +359,9 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
             self.parse.visit_counters(&mut |s, c, v| f(s, c, v));
             self.lb.visit_counters(&mut |s, c, v| f(s, c, v));
+            if let Some(e) = &self.encap {
+                e.stage.visit_counters(&mut |s, c, v| f(s, c, v));
+            }
         }
 
         fn reload(&mut self) -> Result<String, String> {
@@ -269,7 +380,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             PortConfig {
                 name: args.client.clone(),
                 addrs: vec![args.client_addr],
-                answer: args.vips.iter().map(|v| *v.ip()).collect(),
+                answer: args.vips.iter().map(|(v, _)| *v.ip()).collect(),
             },
             PortConfig {
                 name: args.backend.clone(),
@@ -284,6 +395,32 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         }];
         let mut router =
             Router::open(ports, &routes, &RingConfig::default()).map_err(|e| e.to_string())?;
+        let encap = match args.encap {
+            None => None,
+            Some(m) => {
+                let mac = router
+                    .interface(BACKENDS)
+                    .map(|i| i.mac)
+                    .ok_or("no backend interface")?;
+                let here = IpAddr::V4(args.backend_addr.addr);
+                let mut cfg = EncapConfig::vxlan(
+                    m.vni,
+                    // The router puts the next hop's MAC on each frame it sends.
+                    Underlay {
+                        src_mac: mac,
+                        dst_mac: [0; 6],
+                        src: here,
+                        dst: here,
+                    },
+                );
+                cfg.destination = Destination::NextHop(Vec::new());
+                Some(Encap {
+                    stage: EncapStage::new(cfg).map_err(|e| format!("encap: {e}"))?,
+                    inner_mac: m.inner_mac,
+                    hosts: Vec::new(),
+                })
+            }
+        };
         let ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
             v4: args.sessions.saturating_mul(2),
             v6: 64,
@@ -297,6 +434,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             vips: args.vips.clone(),
             protos: args.protos.clone(),
             file: args.backends.clone(),
+            encap,
         };
         let what = f.reload()?;
         say!(
@@ -326,15 +464,33 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             )
             .unwrap()
             .unwrap();
-            assert_eq!(a.vips, vec!["192.0.2.10:80".parse().unwrap()]);
+            assert_eq!(
+                a.vips,
+                vec![("192.0.2.10:80".parse().unwrap(), HashFields::FiveTuple)]
+            );
+            let sticky = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:5201/3tuple --backends b").into_iter());
+            assert_eq!(sticky.unwrap().unwrap().vips[0].1, HashFields::ThreeTuple);
             assert_eq!(a.protos, vec![6]);
             let both = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --proto tcp,udp").into_iter());
             assert_eq!(both.unwrap().unwrap().protos, vec![6, 17]);
+            assert_eq!(a.encap, None);
+            let encap = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --mode encap --vni 7 --inner-mac 02:00:00:00:00:09").into_iter());
+            assert_eq!(
+                encap.unwrap().unwrap().encap,
+                Some(EncapMode {
+                    vni: 7,
+                    inner_mac: [2, 0, 0, 0, 0, 9]
+                })
+            );
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             for bad in [
                 "--vip 192.0.2.10",
+                "--vip 192.0.2.10:80/4tuple",
                 "--proto icmp",
                 "--proto tcp,",
+                "--mode dsr",
+                "--vni 16777216",
+                "--inner-mac 02:00",
                 "--sessions 1",
                 "--client cg",
             ] {
@@ -345,7 +501,8 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             )
             .unwrap();
             assert_eq!(m.len(), 2);
-            assert_eq!(m[1].weight, 2);
+            assert_eq!(m[1].1.weight, 2);
+            assert_eq!(m[1].0, Ipv4Addr::new(10, 1, 0, 12));
             for bad in [
                 "",
                 "10.1.0.11",
