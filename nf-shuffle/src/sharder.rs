@@ -581,11 +581,12 @@ impl Sharder {
             return Err(ShardError::EmptyMembership);
         }
         let k = self.config.nodes_per_tenant;
+        let streams = self.key.zone_streams(tenant, attempt);
         let mut plans: Vec<Plan> = Vec::with_capacity(self.zones.len());
         let mut total = 0u32;
         for (zi, zone) in self.zones.iter().enumerate() {
             let eligible = self.eligible_in_zone(zi, zone, rule);
-            let mut stream = SplitMix64::new(self.key.zone_stream(tenant, zone.id.0, attempt));
+            let mut stream = SplitMix64::new(streams.seed(zone.id.0));
             let order = stream.next_u64();
             plans.push(Plan {
                 order,
