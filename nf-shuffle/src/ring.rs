@@ -42,6 +42,11 @@ impl Ring {
             }));
         }
         tokens.sort_unstable_by_key(|t| (t.pos, t.owner));
+        Self::from_sorted(tokens)
+    }
+
+    /// The ring of `tokens`, sorted by (position, owner).
+    fn from_sorted(tokens: Vec<Token>) -> Self {
         // About four tokens per bucket: the index stays small enough to sit in cache, and the
         // scan from a bucket's first token stays within a cache line or two. At least two
         // buckets so the shift below stays under 64.
@@ -125,6 +130,47 @@ mod tests {
             let want = positions.iter().position(|&p| p >= probe).unwrap_or(0);
             assert_eq!(got, want, "probe {probe:#x}");
         }
+    }
+
+    #[test]
+    fn finds_first_token_in_crowded_buckets() {
+        // 50 tokens in one bucket of a 2-bucket ring, equal positions, and tokens at both ends:
+        // searches scan far from their bucket start and wrap past the last token.
+        let mut tokens: Vec<Token> = (0..50u64)
+            .map(|i| Token {
+                pos: 1000 + i,
+                owner: 0,
+            })
+            .collect();
+        tokens.extend(
+            [(1020, 1), (1020, 2), (1 << 63, 3), (u64::MAX, 4)]
+                .map(|(pos, owner)| Token { pos, owner }),
+        );
+        tokens.sort_unstable_by_key(|t| (t.pos, t.owner));
+        let want = |probe: u64| tokens.iter().position(|t| t.pos >= probe).unwrap_or(0);
+        let probes: [u64; 10] = [
+            0,
+            999,
+            1000,
+            1007,
+            1020,
+            1021,
+            1049,
+            1050,
+            1 << 63,
+            u64::MAX,
+        ];
+        let expected = probes.map(want);
+        let ring = Ring::from_sorted(tokens.clone());
+        assert_eq!(ring.first_at_or_after_each(probes), expected);
+        let tail = Ring::from_sorted(alloc::vec![
+            Token { pos: 5, owner: 0 },
+            Token { pos: 6, owner: 0 }
+        ]);
+        assert_eq!(
+            tail.first_at_or_after_each([4, 6, 7, u64::MAX]),
+            [0, 1, 0, 0]
+        );
     }
 
     #[test]
