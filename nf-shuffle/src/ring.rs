@@ -74,30 +74,32 @@ impl Ring {
     }
 
     /// For each position, the index of the first token at or after it, wrapping to 0 past the
-    /// end. Every bucket and first token is read before any scan starts, so that the cache
-    /// misses of the positions overlap instead of queueing.
+    /// end. Every bucket is read before any token, so that the cache misses of the positions
+    /// overlap instead of queueing.
     pub(crate) fn first_at_or_after_each<const N: usize>(&self, pos: [u64; N]) -> [usize; N] {
         let start: [usize; N] = core::array::from_fn(|j| {
             let b = pos.get(j).map_or(0, |&p| (p >> self.shift) as usize);
             self.buckets.get(b).map_or(0, |&i| i as usize)
         });
-        // Touch each start token (its position is compared first below).
-        let seen: [u64; N] = core::array::from_fn(|j| {
-            start
-                .get(j)
-                .and_then(|&i| self.tokens.get(i))
-                .map_or(u64::MAX, |t| t.pos)
-        });
         core::array::from_fn(|j| {
-            let (Some(&p), Some(&s), Some(&first)) = (pos.get(j), start.get(j), seen.get(j)) else {
+            let (Some(&p), Some(&s)) = (pos.get(j), start.get(j)) else {
                 return 0;
             };
+            // A bucket holds four tokens on average and a position lands anywhere in it, so a
+            // loop over the tokens before it would exit at a random count and mispredict: the
+            // first four are counted without branches, the rest (one search in seven) looped.
             let mut i = s;
-            if first < p {
-                i += 1;
-                while self.tokens.get(i).is_some_and(|t| t.pos < p) {
-                    i += 1;
+            if let Some(&[a, b, c, d]) = self.tokens.get(s..s.saturating_add(4)) {
+                let before = [a, b, c, d]
+                    .iter()
+                    .fold(0, |n, t| n + usize::from(t.pos < p));
+                i += before;
+                if before < 4 {
+                    return i;
                 }
+            }
+            while self.tokens.get(i).is_some_and(|t| t.pos < p) {
+                i += 1;
             }
             if i >= self.tokens.len() { 0 } else { i }
         })
