@@ -46,7 +46,14 @@ impl ShardKey {
     }
 
     /// Seed of the tenant's stream in `zone` (attempt 0 is the stateless placement).
+    #[cfg(test)]
     pub(crate) fn zone_stream(&self, tenant: &[u8], zone: u32, attempt: u32) -> u64 {
+        self.zone_streams(tenant, attempt).seed(zone)
+    }
+
+    /// The tenant's zone streams for `attempt` (0 is the stateless placement): the tenant's
+    /// bytes are hashed once, then each zone's seed finishes a copy of that state.
+    pub(crate) fn zone_streams(&self, tenant: &[u8], attempt: u32) -> ZoneStreams {
         let tag = if attempt == 0 {
             TAG_ZONE_STREAM
         } else {
@@ -56,11 +63,7 @@ impl ShardKey {
         // usize → u64 is lossless on every platform Rust supports (pointers are ≤ 64 bits).
         h.write(&(tenant.len() as u64).to_be_bytes());
         h.write(tenant);
-        h.write(&zone.to_be_bytes());
-        if attempt != 0 {
-            h.write(&attempt.to_be_bytes());
-        }
-        h.finish()
+        ZoneStreams { tenant: h, attempt }
     }
 
     /// Secret per-node salt for flow → node selection.
@@ -75,6 +78,25 @@ impl core::fmt::Debug for ShardKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         // Never print the secret.
         f.write_str("ShardKey(..)")
+    }
+}
+
+/// A tenant's keyed hash state up to the zone (see [`ShardKey::zone_streams`]).
+#[derive(Clone)]
+pub(crate) struct ZoneStreams {
+    tenant: SipHasher13,
+    attempt: u32,
+}
+
+impl ZoneStreams {
+    /// Seed of the tenant's stream in `zone`: the zone stream encoding of the crate docs.
+    pub(crate) fn seed(&self, zone: u32) -> u64 {
+        let mut h = self.tenant;
+        h.write(&zone.to_be_bytes());
+        if self.attempt != 0 {
+            h.write(&self.attempt.to_be_bytes());
+        }
+        h.finish()
     }
 }
 

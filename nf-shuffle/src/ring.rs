@@ -42,6 +42,11 @@ impl Ring {
             }));
         }
         tokens.sort_unstable_by_key(|t| (t.pos, t.owner));
+        Self::from_sorted(tokens)
+    }
+
+    /// The ring of `tokens`, sorted by (position, owner).
+    fn from_sorted(tokens: Vec<Token>) -> Self {
         // About four tokens per bucket: the index stays small enough to sit in cache, and the
         // scan from a bucket's first token stays within a cache line or two. At least two
         // buckets so the shift below stays under 64.
@@ -69,30 +74,32 @@ impl Ring {
     }
 
     /// For each position, the index of the first token at or after it, wrapping to 0 past the
-    /// end. Every bucket and first token is read before any scan starts, so that the cache
-    /// misses of the positions overlap instead of queueing.
+    /// end. Every bucket is read before any token, so that the cache misses of the positions
+    /// overlap instead of queueing.
     pub(crate) fn first_at_or_after_each<const N: usize>(&self, pos: [u64; N]) -> [usize; N] {
         let start: [usize; N] = core::array::from_fn(|j| {
             let b = pos.get(j).map_or(0, |&p| (p >> self.shift) as usize);
             self.buckets.get(b).map_or(0, |&i| i as usize)
         });
-        // Touch each start token (its position is compared first below).
-        let seen: [u64; N] = core::array::from_fn(|j| {
-            start
-                .get(j)
-                .and_then(|&i| self.tokens.get(i))
-                .map_or(u64::MAX, |t| t.pos)
-        });
         core::array::from_fn(|j| {
-            let (Some(&p), Some(&s), Some(&first)) = (pos.get(j), start.get(j), seen.get(j)) else {
+            let (Some(&p), Some(&s)) = (pos.get(j), start.get(j)) else {
                 return 0;
             };
+            // A bucket holds four tokens on average and a position lands anywhere in it, so a
+            // loop over the tokens before it would exit at a random count and mispredict: the
+            // first four are counted without branches, the rest (one search in seven) looped.
             let mut i = s;
-            if first < p {
-                i += 1;
-                while self.tokens.get(i).is_some_and(|t| t.pos < p) {
-                    i += 1;
+            if let Some(&[a, b, c, d]) = self.tokens.get(s..s.saturating_add(4)) {
+                let before = [a, b, c, d]
+                    .iter()
+                    .fold(0, |n, t| n + usize::from(t.pos < p));
+                i += before;
+                if before < 4 {
+                    return i;
                 }
+            }
+            while self.tokens.get(i).is_some_and(|t| t.pos < p) {
+                i += 1;
             }
             if i >= self.tokens.len() { 0 } else { i }
         })
@@ -125,6 +132,47 @@ mod tests {
             let want = positions.iter().position(|&p| p >= probe).unwrap_or(0);
             assert_eq!(got, want, "probe {probe:#x}");
         }
+    }
+
+    #[test]
+    fn finds_first_token_in_crowded_buckets() {
+        // 50 tokens in one bucket of a 2-bucket ring, equal positions, and tokens at both ends:
+        // searches scan far from their bucket start and wrap past the last token.
+        let mut tokens: Vec<Token> = (0..50u64)
+            .map(|i| Token {
+                pos: 1000 + i,
+                owner: 0,
+            })
+            .collect();
+        tokens.extend(
+            [(1020, 1), (1020, 2), (1 << 63, 3), (u64::MAX, 4)]
+                .map(|(pos, owner)| Token { pos, owner }),
+        );
+        tokens.sort_unstable_by_key(|t| (t.pos, t.owner));
+        let want = |probe: u64| tokens.iter().position(|t| t.pos >= probe).unwrap_or(0);
+        let probes: [u64; 10] = [
+            0,
+            999,
+            1000,
+            1007,
+            1020,
+            1021,
+            1049,
+            1050,
+            1 << 63,
+            u64::MAX,
+        ];
+        let expected = probes.map(want);
+        let ring = Ring::from_sorted(tokens.clone());
+        assert_eq!(ring.first_at_or_after_each(probes), expected);
+        let tail = Ring::from_sorted(alloc::vec![
+            Token { pos: 5, owner: 0 },
+            Token { pos: 6, owner: 0 }
+        ]);
+        assert_eq!(
+            tail.first_at_or_after_each([4, 6, 7, u64::MAX]),
+            [0, 1, 0, 0]
+        );
     }
 
     #[test]

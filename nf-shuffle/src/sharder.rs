@@ -581,11 +581,12 @@ impl Sharder {
             return Err(ShardError::EmptyMembership);
         }
         let k = self.config.nodes_per_tenant;
+        let streams = self.key.zone_streams(tenant, attempt);
         let mut plans: Vec<Plan> = Vec::with_capacity(self.zones.len());
         let mut total = 0u32;
         for (zi, zone) in self.zones.iter().enumerate() {
             let eligible = self.eligible_in_zone(zi, zone, rule);
-            let mut stream = SplitMix64::new(self.key.zone_stream(tenant, zone.id.0, attempt));
+            let mut stream = SplitMix64::new(streams.seed(zone.id.0));
             let order = stream.next_u64();
             plans.push(Plan {
                 order,
@@ -664,13 +665,21 @@ impl Sharder {
             until_limit = until_limit.wrapping_sub(1);
             // The nearest (token, probe) pair not yet visited; ties by position, then owner
             // (node-id order), then probe, so the order never depends on other nodes' tokens.
+            // Retired probes rank last (their key is all ones; a live owner never is
+            // u32::MAX). Distances are compared alone, without branches; they tie only when
+            // two probes share a point or have retired, and then the whole key decides.
             let mut best = 0usize;
-            for pi in 1..PROBES {
-                if let (Some(p), Some(b)) = (probes.get(pi), probes.get(best))
-                    && (p.left > 0 && (b.left == 0 || p.key < b.key))
-                {
+            let mut near = u64::MAX;
+            for (pi, p) in probes.iter().enumerate() {
+                if p.key.0 < near {
+                    near = p.key.0;
                     best = pi;
                 }
+            }
+            if probes.iter().filter(|p| p.key.0 == near).count() > 1 {
+                best = (0..PROBES)
+                    .min_by_key(|&pi| probes.get(pi).map_or(Probe::RETIRED, |p| p.key))
+                    .unwrap_or(0);
             }
             let Some(p) = probes.get_mut(best) else {
                 return false;
@@ -722,7 +731,8 @@ struct Probe {
     left: usize,
     /// Clockwise distance to the next probe: tokens this far or farther are not new.
     reach: u64,
-    /// (clockwise distance, position, owner) of the token at `next`.
+    /// (clockwise distance, position, owner) of the token at `next`; [`Probe::RETIRED`] once
+    /// retired.
     key: (u64, u64, u32),
 }
 
@@ -737,7 +747,7 @@ impl Probe {
                 next: next.get(i).copied().unwrap_or(0),
                 left: ring.len(),
                 reach: u64::MAX,
-                key: (u64::MAX, u64::MAX, u32::MAX),
+                key: Probe::RETIRED,
             };
             p.aim(ring);
             p
@@ -758,7 +768,7 @@ impl Probe {
                 .min()
                 .unwrap_or(u64::MAX);
             if p.key.0 >= p.reach {
-                p.left = 0;
+                p.retire();
             }
         }
     }
@@ -769,10 +779,18 @@ impl Probe {
             Some((pos, owner)) if self.left > 0 => {
                 self.key = (pos.wrapping_sub(self.at), pos, owner);
                 if self.key.0 >= self.reach {
-                    self.left = 0;
+                    self.retire();
                 }
             }
-            _ => self.left = 0,
+            _ => self.retire(),
         }
+    }
+
+    /// The key of a retired probe: after every live one.
+    const RETIRED: (u64, u64, u32) = (u64::MAX, u64::MAX, u32::MAX);
+
+    fn retire(&mut self) {
+        self.left = 0;
+        self.key = Self::RETIRED;
     }
 }
