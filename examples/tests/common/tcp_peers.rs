@@ -230,6 +230,79 @@ impl<P: Stage<Vec<u8>>> Lab<P> {
         moved
     }
 
+    /// Steps until sockets `ha` (on `a`) and `hb` (on `b`) are both established, for at
+    /// most `max_ms` milliseconds; panics with both states and the drops otherwise.
+    pub fn until_established(&mut self, ha: SocketHandle, hb: SocketHandle, max_ms: u64) {
+        let open = self.run_until(max_ms, |l| {
+            l.a.tcp(ha).state() == tcp::State::Established
+                && l.b.tcp(hb).state() == tcp::State::Established
+        });
+        assert!(
+            open,
+            "not established: a {:?}, b {:?}, drops {:?}",
+            self.a.tcp(ha).state(),
+            self.b.tcp(hb).state(),
+            self.dropped
+        );
+    }
+
+    /// Closes with FIN, `a` first (`b` sees CLOSE-WAIT, then closes too), until `a` is in
+    /// TIME-WAIT or closed.
+    pub fn fin_close(&mut self, ha: SocketHandle, hb: SocketHandle) {
+        self.a.tcp(ha).close();
+        assert!(self.run_until(1000, |l| l.b.tcp(hb).state() == tcp::State::CloseWait));
+        self.b.tcp(hb).close();
+        assert!(self.run_until(2000, |l| matches!(
+            l.a.tcp(ha).state(),
+            tcp::State::TimeWait | tcp::State::Closed
+        )));
+    }
+
+    /// Sends `n` bytes each way over the open sockets `ha` (on `a`) and `hb` (on `b`) and
+    /// checks that they arrive intact and in order.
+    pub fn exchange(&mut self, ha: SocketHandle, hb: SocketHandle, n: usize) {
+        let pattern = |i: usize, salt: usize| ((i * 31 + i / 977 + salt) % 251) as u8;
+        let (mut sent, mut got) = ([0usize; 2], [Vec::new(), Vec::new()]);
+        let done = self.run_until(60_000, |l| {
+            for (i, (from, to)) in [(ha, hb), (hb, ha)].into_iter().enumerate() {
+                let (src, dst) = if i == 0 {
+                    (&mut l.a, &mut l.b)
+                } else {
+                    (&mut l.b, &mut l.a)
+                };
+                let s = src.tcp(from);
+                while sent[i] < n && s.can_send() {
+                    let chunk: Vec<u8> = (sent[i]..n.min(sent[i] + 4096))
+                        .map(|k| pattern(k, i))
+                        .collect();
+                    sent[i] += s.send_slice(&chunk).unwrap();
+                }
+                let r = dst.tcp(to);
+                while r.can_recv() {
+                    r.recv(|b| {
+                        got[i].extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+                }
+            }
+            got[0].len() == n && got[1].len() == n
+        });
+        assert!(
+            done,
+            "transfer incomplete: {} and {} of {n} bytes; drops {:?}",
+            got[0].len(),
+            got[1].len(),
+            self.dropped
+        );
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                g.iter().enumerate().all(|(k, b)| *b == pattern(k, i)),
+                "direction {i}: data corrupted"
+            );
+        }
+    }
+
     /// Steps until `done` or `max_ms` milliseconds passed; true if `done`.
     pub fn run_until(&mut self, max_ms: u64, mut done: impl FnMut(&mut Self) -> bool) -> bool {
         let end = self.now_ms + max_ms;
