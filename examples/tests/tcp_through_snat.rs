@@ -1,5 +1,6 @@
 //! Real TCP stacks (smoltcp) on both sides of the NAT gateway's pipeline, in process: parse →
-//! `Conntrack<(TcpWindow, Snat)>` (what `nat-gateway` runs), an inside client and an outside
+//! `Conntrack<(Snat, TcpWindow)>` (what `nat-gateway` runs; SNAT first, so that its idle
+//! RST is the verdict of a segment without a session), an inside client and an outside
 //! server. Connections open (also simultaneously, the two SYNs crossing after the NAT made
 //! the mapping: RFC 5382 REQ-2), carry data both ways with losses and retransmissions, and
 //! close with FIN and with RST; over IPv4 (rfc and hyperplane profiles) and NAT66. Every
@@ -19,7 +20,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address, Ipv6Address};
 use std::net::IpAddr;
 use tcp_peers::{Host, Lab};
 
-type Pipeline = Chain<ParseStage, Conntrack<(TcpWindow, Snat)>>;
+type Pipeline = Chain<ParseStage, Conntrack<(Snat, TcpWindow)>>;
 
 const MIB: usize = 1 << 20;
 
@@ -72,7 +73,7 @@ fn lab(profile: Profile, n: &Net) -> Lab<Pipeline> {
     let mut ct = ConntrackConfig::new(*b"conntrack secret");
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
-    let ct = Conntrack::new(ct, (TcpWindow::new(), snat)).unwrap();
+    let ct = Conntrack::new(ct, (snat, TcpWindow::new())).unwrap();
     Lab::new(
         Host::new(smol(n.inside), n.len, smol(n.gateway)),
         Host::new(smol(n.server), n.len, smol(n.public)),
@@ -80,7 +81,7 @@ fn lab(profile: Profile, n: &Net) -> Lab<Pipeline> {
     )
 }
 
-fn ct(lab: &Lab<Pipeline>) -> &Conntrack<(TcpWindow, Snat)> {
+fn ct(lab: &Lab<Pipeline>) -> &Conntrack<(Snat, TcpWindow)> {
     &lab.pipeline.second
 }
 
@@ -150,7 +151,7 @@ fn megabyte_then_fin(profile: Profile, v6: bool) {
     assert_eq!(session(&lab, &key).unwrap().0, SessionState::TcpTimeWait);
     assert_eq!(lab.dropped, vec![], "a real stack's segments were dropped");
     assert_eq!(lab.bad_checksums, 0);
-    let s = ct(&lab).service().1.counters();
+    let s = ct(&lab).service().0.counters();
     assert_eq!((s.flows_translated, s.rewrite_failed), (1, 0));
     assert!(s.packets_out > 700 && s.packets_in > 700, "{s:?}");
     assert_eq!(counter(&lab, "snat", "active_tcp"), 1);
@@ -250,7 +251,7 @@ fn simultaneous_open(profile: Profile, v6: bool) {
     assert_eq!(lab.dropped, vec![]);
     assert_eq!(lab.bad_checksums, 0);
     // One session, one mapping: the server's SYN was the session's reply, not a new flow.
-    assert_eq!(ct(&lab).service().1.counters().flows_translated, 1);
+    assert_eq!(ct(&lab).service().0.counters().flows_translated, 1);
 }
 
 #[test]
@@ -266,4 +267,41 @@ fn simultaneous_open_hyperplane() {
 #[test]
 fn simultaneous_open_nat66() {
     simultaneous_open(Profile::Hyperplane, true);
+}
+
+/// Hyperplane: after 350 s of silence the session is gone; the client's next segment is
+/// answered by the NAT with a RST that the client's stack accepts (its socket closes), and
+/// the server never sees the segment.
+fn idle_timeout_resets_the_client(v6: bool) {
+    let n = net(v6);
+    let mut lab = lab(Profile::Hyperplane, &n);
+    let (ha, hb) = open(&mut lab, &n, 40004, 80);
+    lab.exchange(ha, hb, 5_000);
+    // Every segment acknowledged: nothing left to retransmit after the silence.
+    lab.run_until(500, |_| false);
+    lab.now_ms += 351_000;
+    let now = nf_core::Instant::from_nanos(lab.now_ms * 1_000_000);
+    lab.pipeline.second.handle_timeout(now, 1 << 16);
+    assert!(session(&lab, &flow(&n, 40004, 80)).is_none());
+    let to_server = lab.passed[0];
+    lab.a.tcp(ha).send_slice(b"anyone there?").unwrap();
+    assert!(lab.run_until(1000, |l| l.a.tcp(ha).state() == State::Closed));
+    assert_eq!(lab.sent, [1, 0]);
+    assert_eq!(
+        lab.passed[0], to_server,
+        "the late segment reached the server"
+    );
+    assert_eq!(counter(&lab, "snat", "idle_timeout_resets"), 1);
+    assert_eq!(lab.bad_checksums, 0);
+    assert_eq!(lab.dropped, vec![]);
+}
+
+#[test]
+fn idle_timeout_resets_the_client_v4() {
+    idle_timeout_resets_the_client(false);
+}
+
+#[test]
+fn idle_timeout_resets_the_client_v6() {
+    idle_timeout_resets_the_client(true);
 }

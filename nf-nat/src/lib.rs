@@ -68,6 +68,14 @@
 //!   get their addresses translated.
 //! - **End** ([`SessionService::on_end`](nf_core::conntrack::SessionService::on_end)): the mapping goes back to the allocator, which
 //!   quarantines the port.
+//! - **No session** ([`SessionService::on_refused`](nf_core::conntrack::SessionService::on_refused)):
+//!   a TCP segment from inside that may not open a session (not a SYN: in the hyperplane
+//!   profile, its connection idled out after 350 s) becomes, in place, the RST that answers
+//!   it ([`nf_core::reply::tcp_reset`]), sent back towards the inside host with
+//!   [`Verdict::Tx`](nf_core::Verdict::Tx) on [`SnatConfig::idle_reset`]'s port and counted
+//!   `idle_timeout_resets` (the default of the hyperplane profile; the others drop it as
+//!   `no_session`). A tuple asks its second service only if the first passes a refused
+//!   packet, so put `Snat` first: `Conntrack<(Snat, TcpWindow)>`.
 //!
 //! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
 //! session's two keys hold both tuples.

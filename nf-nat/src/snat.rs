@@ -10,8 +10,8 @@ use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
 use nf_core::{
-    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, Verdict, ZoneId,
-    flags,
+    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, PortId, Verdict,
+    ZoneId, flags, reply,
 };
 
 /// An inside prefix whose flows are translated, optionally only in one zone.
@@ -132,19 +132,34 @@ pub struct SnatConfig {
     pub forwards: Vec<PortForward>,
     /// Inbound filtering of mappings.
     pub filtering: Filtering,
+    /// Where the RST answering a TCP segment from inside that has no session goes (the
+    /// hyperplane profile's idle timeout: the inside host learns at once that its
+    /// connection is gone); `None`: such segments are dropped silently (`no_session`).
+    pub idle_reset: Option<PortId>,
 }
 
 impl SnatConfig {
     /// Translate every flow with `allocator`; IPv6 sessions up to its `max_mappings`.
     pub fn new(allocator: AllocatorConfig) -> Self {
         let v6_sessions = allocator.max_mappings;
+        let idle_reset = (allocator.profile == Profile::Hyperplane).then_some(PortId(0));
         Self {
             allocator,
             inside: Vec::new(),
             v6_sessions,
             forwards: Vec::new(),
             filtering: Filtering::AddressAndPortDependent,
+            idle_reset,
         }
+    }
+
+    /// Answers TCP segments from inside that have no session with a RST sent on `port`
+    /// (`Some`; the default of the hyperplane profile, on port 0) or drops them silently
+    /// (`None`; the default of the others).
+    #[must_use]
+    pub fn with_idle_reset(mut self, port: Option<PortId>) -> Self {
+        self.idle_reset = port;
+        self
     }
 
     /// Sets the inbound filtering (endpoint-independent needs the rfc or cgn profile).
@@ -208,6 +223,9 @@ pub struct SnatCounters {
     pub fragments_translated: u64,
     /// Packets dropped because their headers could not be rewritten.
     pub rewrite_failed: u64,
+    /// TCP segments from inside without a session (their session idled out) answered with
+    /// a RST ([`SnatConfig::idle_reset`]).
+    pub idle_timeout_resets: u64,
 }
 
 impl SnatCounters {
@@ -226,6 +244,7 @@ impl SnatCounters {
             ("icmp_errors_dropped", self.icmp_errors_dropped),
             ("fragments_translated", self.fragments_translated),
             ("rewrite_failed", self.rewrite_failed),
+            ("idle_timeout_resets", self.idle_timeout_resets),
         ] {
             f(STAGE, name, v);
         }
@@ -370,6 +389,7 @@ pub struct Snat {
     /// sessions holding it (keyed: inbound packets choose the port looked up).
     owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
     v6: V6Store,
+    idle_reset: Option<PortId>,
     counters: SnatCounters,
 }
 
@@ -522,6 +542,7 @@ impl Snat {
             forwards,
             owners,
             v6: V6Store::new(config.v6_sessions),
+            idle_reset: config.idle_reset,
             counters: SnatCounters::default(),
         })
     }
@@ -1006,6 +1027,31 @@ impl SessionService for Snat {
             (None, icmp) => return self.failed(icmp),
         }
         Verdict::Pass
+    }
+
+    /// A TCP segment from inside that may not open a session (not a SYN: its session
+    /// expired) becomes the RST that tells the inside host, sent on the configured port
+    /// ([`SnatConfig::idle_reset`]); everything else keeps its drop.
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let key = pkt.meta.flow;
+        let Some(port) = self.idle_reset else {
+            return Verdict::Drop(reason);
+        };
+        if reason != DropReason::NoSession
+            || key.proto != proto::TCP
+            || !self.is_inside(&key)
+            || self.is_public(&key)
+            || reply::tcp_reset(pkt).is_err()
+        {
+            return Verdict::Drop(reason);
+        }
+        self.counters.idle_timeout_resets += 1;
+        Verdict::Tx(port)
     }
 
     fn on_end(&mut self, now: Instant, s: &SessionInfo<Translation>, _cause: EndCause) {

@@ -601,6 +601,77 @@ fn rfc7857_rst_translated_then_held_4_minutes() {
     }
 }
 
+// ---- Hyperplane idle timeout ----------------------------------------------------------
+
+/// hyperplane: a connection idle for 350 s is gone, and the inside host's next segment is
+/// answered with a RST back to it (from the remote endpoint; RFC 9293 §3.10.7.1 numbers:
+/// SEQ = the segment's ACK), counted `idle_timeout_resets`, with no new mapping; IPv4 and
+/// IPv6. A RST is never answered, nor an outside host's segment; rfc and cgn drop such
+/// segments silently unless told otherwise.
+#[test]
+fn hyperplane_idle_timeout_answers_with_rst() {
+    use nf_core::PortId;
+    use nf_core::wire::tcp::tcp_flags::RST;
+    let late4 = |seq: u32, ack: u32| {
+        let mut f = nf_core::wire::Frame::ipv4(INSIDE4, REMOTE4).tcp(40000, 443, ACK);
+        if let nf_core::wire::TransportRepr::Tcp(t) = &mut f.transport {
+            (t.seq, t.ack) = (seq, ack);
+        }
+        f.payload(b"late data").to_vec().unwrap()
+    };
+    let mut nat = Nat::new(Profile::Hyperplane, 4096);
+    let syn = pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, SYN));
+    let public = ports(&syn).0;
+    pass(&mut nat, &tcp4(REMOTE4, PUBLIC4, 443, public, SYN | ACK));
+    pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, ACK));
+    let six = pass(&mut nat, &tcp6(inside6(), remote6(), 40000, 443, SYN));
+    pass(
+        &mut nat,
+        &tcp6(remote6(), public6(), 443, ports(&six).0, SYN | ACK),
+    );
+    nat.advance(349);
+    pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, ACK));
+    nat.advance(351);
+    assert_eq!(nat.pipe.second.len(), 0, "both sessions idled out");
+    let allocations = nat.counter("allocations");
+
+    let (v, rst) = nat.send(&late4(7000, 91_000));
+    assert_eq!(v, Verdict::Tx(PortId(0)));
+    verify_frame(&rst);
+    assert_eq!(
+        (src4(&rst), dst4(&rst), ports(&rst)),
+        (REMOTE4, INSIDE4, (443, 40000))
+    );
+    let t = l4(ip(&rst));
+    assert_eq!(t[13], RST);
+    assert_eq!(u32::from_be_bytes(t[4..8].try_into().unwrap()), 91_000);
+    let (v, rst6) = nat.send(&tcp6(inside6(), remote6(), 40000, 443, ACK));
+    assert_eq!(v, Verdict::Tx(PortId(0)));
+    verify_frame(&rst6);
+    assert_eq!((src6(&rst6), dst6(&rst6)), (remote6(), inside6()));
+    assert_eq!(nat.counter("idle_timeout_resets"), 2);
+    assert_eq!(nat.counter("allocations"), allocations, "no new mapping");
+    assert_eq!(nat.pipe.second.len(), 0);
+
+    // Never answered: a RST, and an outside host's segment to the public address.
+    let (v, _) = nat.send(&tcp4(INSIDE4, REMOTE4, 40000, 443, RST | ACK));
+    assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+    let (v, _) = nat.send(&tcp4(REMOTE4, PUBLIC4, 443, public, ACK));
+    assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+    assert_eq!(nat.counter("idle_timeout_resets"), 2);
+
+    // rfc and cgn: silent unless configured.
+    for profile in [Profile::Rfc, Profile::Cgn(CgnSettings::new())] {
+        let mut nat = Nat::new(profile, 4096);
+        let (v, _) = nat.send(&late4(1, 2));
+        assert_eq!(v, Verdict::Drop(DropReason::NoSession), "{profile:?}");
+    }
+    let ports = AllocatorConfig::new(Profile::Rfc, vec![PUBLIC4.into()], *b"snat test secret");
+    let cfg = SnatConfig::new(ports).with_idle_reset(Some(PortId(7)));
+    let mut nat = Nat::with_config(cfg, 64);
+    assert_eq!(nat.send(&late4(1, 2)).0, Verdict::Tx(PortId(7)));
+}
+
 // ---- Tenants --------------------------------------------------------------------------
 
 /// all profiles: two zones with the same inside address and port get independent mappings

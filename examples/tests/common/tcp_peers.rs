@@ -1,10 +1,12 @@
 //! Two smoltcp TCP/IP hosts on either side of an nf pipeline, in process: every IP packet a
-//! host sends goes through the pipeline as a batch and, if it passes, to the other host. Every
+//! host sends goes through the pipeline as a batch and, if it passes, to the other host; a
+//! packet the pipeline sends on a port ([`Verdict::Tx`]: port 0 is host `a`'s side, any
+//! other `b`'s) goes to that side's host (an answer the pipeline made). Every
 //! packet's IPv4 header and TCP checksums are verified from scratch before and after the
 //! pipeline (`bad_checksums` counts failures). Include with
 //! `#[path = "common/tcp_peers.rs"] mod tcp_peers;`.
 
-use nf_core::{Batch, Instant, Packet, Stage, Verdict, flags};
+use nf_core::{Batch, Instant, Packet, PortId, Stage, Verdict, flags};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -158,6 +160,8 @@ pub struct Lab<P> {
     pub now_ms: u64,
     /// Packets the pipeline passed, each way (a → b, b → a).
     pub passed: [u64; 2],
+    /// Packets the pipeline sent on a port, to `a` and to `b`.
+    pub sent: [u64; 2],
     /// Packets the pipeline dropped, with their verdicts.
     pub dropped: Vec<Verdict>,
     /// Packets whose checksums failed (before or after the pipeline).
@@ -174,6 +178,7 @@ impl<P: Stage<Vec<u8>>> Lab<P> {
             pipeline,
             now_ms: 0,
             passed: [0; 2],
+            sent: [0; 2],
             dropped: Vec::new(),
             bad_checksums: 0,
             lose: Vec::new(),
@@ -218,6 +223,15 @@ impl<P: Stage<Vec<u8>>> Lab<P> {
                         let bytes = p.data().to_vec();
                         self.bad_checksums += u64::from(!checksums_ok(&bytes));
                         if from_a { &mut self.b } else { &mut self.a }
+                            .dev
+                            .rx
+                            .push_back(bytes);
+                    }
+                    Verdict::Tx(PortId(port)) => {
+                        let bytes = p.data().to_vec();
+                        self.bad_checksums += u64::from(!checksums_ok(&bytes));
+                        self.sent[usize::from(port != 0)] += 1;
+                        if port == 0 { &mut self.a } else { &mut self.b }
                             .dev
                             .rx
                             .push_back(bytes);
