@@ -264,6 +264,10 @@ fn finish<B: AsRef<[u8]> + AsMut<[u8]>>(
         dst.swap_with_slice(src);
     }
     let meta = &mut pkt.meta;
+    if ip.l3 == 0 {
+        // A bare IP packet (a stage stripped the layer-2 header): say so to the parser.
+        meta.flags |= flags::NO_L2;
+    }
     meta.flow = key;
     meta.session = None;
     meta.flags &= flags::NO_L2 | flags::VLAN | flags::L3_VALID;
@@ -740,6 +744,16 @@ mod tests {
         parse_frame(d, m, &ParseConfig::default()).unwrap();
         icmp_too_big(&mut p, from, 1400).unwrap();
         assert_eq!(&p.data()[14 + 28..], &frame[14..]);
+    }
+
+    #[test]
+    fn a_packet_whose_layer_2_was_stripped_is_answered_bare() {
+        // What an encapsulation carrying IP (not Ethernet) leaves when it refuses a packet.
+        let mut p = parsed(&big_v4(true), 0);
+        p.pull_front(14).unwrap();
+        icmp_too_big(&mut p, IpAddr::from([10, 0, 0, 1]), 1400).unwrap();
+        assert!(p.meta.has(flags::NO_L2));
+        assert_eq!((p.len(), p.data()[0], p.data()[20]), (576, 0x45, 3));
     }
 
     #[test]

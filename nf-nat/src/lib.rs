@@ -65,7 +65,11 @@
 //! - **Related packets** ([`SessionService::on_related`](nf_core::conntrack::SessionService::on_related)): ICMP errors get their outer
 //!   header and the quoted packet translated (RFC 5508 REQ-4/5: both IPv4 checksums, the
 //!   quoted transport checksum where the quote holds it, the ICMP checksum); later fragments
-//!   get their addresses translated.
+//!   get their addresses translated. That covers errors the node makes itself after the
+//!   NAT: a packet too big for a tunnel behind it becomes fragmentation needed / packet too
+//!   big towards its translated source ([`nf_core::reply::PmtuStage`]), and passed back
+//!   through the NAT as received from the outside it reaches the inside sender (RFC 4787
+//!   REQ-13).
 //! - **End** ([`SessionService::on_end`](nf_core::conntrack::SessionService::on_end)): the mapping goes back to the allocator, which
 //!   quarantines the port.
 //! - **No session** ([`SessionService::on_refused`](nf_core::conntrack::SessionService::on_refused)):

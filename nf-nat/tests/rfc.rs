@@ -309,11 +309,61 @@ fn rfc4787_req12_icmp_does_not_end_mapping() {
     }
 }
 
-/// all profiles: a packet too big for the next hop gets fragmentation needed (DF set) or is
-/// fragmented.
+/// all profiles: a packet too big for the next hop (DF set) gets fragmentation needed back,
+/// with the next-hop MTU: nf-core's `PmtuStage` answers the `too_big` drop of a stage after
+/// the NAT (a tunnel encapsulation) towards the packet's source as translated, and the NAT
+/// translates that error back to the inside sender like any ICMP error quoting one of its
+/// flows (outer destination and quoted source). NAT66 gets packet too big the same way.
+/// (Without DF nf does not fragment: the drop stays `too_big`.)
 #[test]
-#[ignore = "MTU handling (TooBig from the tunnel encap turned into frag-needed / packet-too-big) is not built yet"]
-fn rfc4787_req13_fragmentation_needed() {}
+fn rfc4787_req13_fragmentation_needed() {
+    use nf_core::reply::{PmtuConfig, PmtuStage};
+    use nf_core::{Batch, Packet, PortId, Stage};
+    for profile in ALL {
+        let mut nat = Nat::new(profile, 4096);
+        let from = (ROUTER4.into(), core::net::Ipv6Addr::from(router6()).into());
+        let cfg = PmtuConfig::new(1400, Some(from.0), Some(from.1), PortId(0));
+        let mut pmtu = PmtuStage::new(cfg);
+        for v6 in [false, true] {
+            let big = if v6 {
+                nf_core::wire::Frame::ipv6(inside6(), remote6())
+            } else {
+                nf_core::wire::Frame::ipv4(INSIDE4, REMOTE4)
+            };
+            let big = big.udp(5000, 53).payload(&[9; 1452]).to_vec().unwrap();
+            let mut batch = Batch::new();
+            batch.push(Packet::with_headroom(&big, 64)).unwrap();
+            nat.pipe.process(nat.now, &mut batch);
+            // The stage after the NAT finds it too big for its MTU.
+            batch.set_verdict(0, Verdict::Drop(DropReason::TooBig));
+            pmtu.process(nat.now, &mut batch);
+            let p = &batch.packets()[0];
+            assert_eq!(
+                p.meta.verdict,
+                Verdict::Tx(PortId(0)),
+                "{profile:?} v6 {v6}"
+            );
+            let error = p.data().to_vec();
+            // Back through the NAT, as if received from the outside.
+            let back = pass(&mut nat, &error);
+            let (icmp, quote) = (l4(ip(&back)), &l4(ip(&back))[8..]);
+            if v6 {
+                assert_eq!((dst6(&back), icmp[0], icmp[1]), (inside6(), 2, 0));
+                assert_eq!(icmp[4..8], 1400u32.to_be_bytes());
+                assert_eq!(quote[8..24], inside6());
+                assert_eq!(quote.len(), 1280 - 48);
+            } else {
+                assert_eq!((dst4(&back), icmp[0], icmp[1]), (INSIDE4, 3, 4));
+                assert_eq!(icmp[6..8], 1400u16.to_be_bytes());
+                assert_eq!(quote[12..16], INSIDE4);
+                assert_eq!(ip(&back).len(), 576);
+            }
+            assert_eq!(be16(l4(quote)), 5000, "quoted source port, inside again");
+        }
+        assert_eq!(nat.counter("icmp_errors_translated"), 2);
+        assert_eq!(pmtu.pmtu_counters().sent, 2);
+    }
+}
 
 /// all profiles: fragments in order are translated, later fragments following their first.
 #[test]
