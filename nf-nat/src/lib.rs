@@ -150,9 +150,14 @@
 //!
 //! # Owners
 //!
-//! With [`Owner`] `{ nodes, cores, node, core }` each class is cut into `nodes × cores`
-//! contiguous runs of words, and the allocator hands out only its own run, so the owner of a
-//! reply is [`owner_of`] its destination port — a pure function. With [`RssSteering`]
+//! With [`Owner`] `{ nodes, cores, node, core }` each class is cut into one run of whole
+//! words per node, and a node's run into `cores` equal runs of ports; the allocator hands out
+//! only its own run, so the owner of a reply is [`owner_of`] its destination port — a pure
+//! function. Within a node that split *is* nf-core's
+//! [`PortPartition`](nf_core::steer::PortPartition) ([`PortSplit::partition`]): a node whose
+//! [`Steering`](nf_core::steer::Steering) owns the public addresses with it steers every
+//! reply to the core whose allocator chose the port (property-tested through nf-core's
+//! steering; ports below 1024 are outside the partition). With [`RssSteering`]
 //! (hyperplane only) the runs are per node, and within its node's run the allocator takes only
 //! ports for which the reply's Toeplitz hash (nf-core's, the NIC's) selects this core's
 //! receive queue: the hash is linear in the port's bits, so one precomputed mask per
