@@ -171,6 +171,25 @@
 //! with bounded work; [`PortAllocator::allocate`] also frees up to two due ones itself. If
 //! `now` went backwards, ports behind a later one wait longer, never shorter.
 //!
+//! # Counters
+//!
+//! [`Snat`] reports through the stage's counter visitor, under the stage name `snat`, with
+//! stable names:
+//! - new flows: `flows_translated`, `flows_forwarded`, `flows_hairpinned`, `flows_inbound`,
+//!   `flows_untranslated`, `flows_refused`, `no_mapping` (unsolicited inbound);
+//! - allocation errors by reason: `alloc_error_exhausted`, `alloc_error_too_many_probes`,
+//!   `alloc_error_capacity_full`, `alloc_error_quota_exceeded`,
+//!   `alloc_error_unsupported_protocol`, `alloc_error_no_public_address`;
+//! - live mappings: `active_tcp`, `active_udp`, `active_icmp`, and per public address (the
+//!   first 16, by index) `active_public_N` with `active_public_N_tcp`, `_udp`, `_icmp`;
+//! - probes: the histogram `probes_0`, `probes_1`, `probes_2`, `probes_3_4`, `probes_5_8`,
+//!   `probes_9_16`, `probes_17_32`, `probes_33_up`, and `probes_total`;
+//! - ports: `allocations`, `reused`, `releases`, `release_unknown`, `quarantined`; CGN
+//!   `blocks_allocated`, `blocks_released`, `block_events_dropped`;
+//! - packets: `packets_out`, `packets_in`, `packets_hairpinned`, `fragments_translated`,
+//!   `rewrite_failed`, `icmp_errors_translated`, `icmp_errors_dropped`,
+//!   `idle_timeout_resets`.
+//!
 //! # Memory
 //!
 //! Everything is allocated by [`PortAllocator::new`] and never grows

@@ -221,6 +221,8 @@ pub struct SnatCounters {
     pub icmp_errors_dropped: u64,
     /// Later fragments translated.
     pub fragments_translated: u64,
+    /// Packets of hairpinned sessions translated (both directions).
+    pub packets_hairpinned: u64,
     /// Packets dropped because their headers could not be rewritten.
     pub rewrite_failed: u64,
     /// TCP segments from inside without a session (their session idled out) answered with
@@ -243,6 +245,7 @@ impl SnatCounters {
             ("icmp_errors_translated", self.icmp_errors_translated),
             ("icmp_errors_dropped", self.icmp_errors_dropped),
             ("fragments_translated", self.fragments_translated),
+            ("packets_hairpinned", self.packets_hairpinned),
             ("rewrite_failed", self.rewrite_failed),
             ("idle_timeout_resets", self.idle_timeout_resets),
         ] {
@@ -255,26 +258,22 @@ impl SnatCounters {
 const STAGE: &str = "snat";
 
 /// Names of the live-mapping gauges of the first 16 public addresses (by index in
-/// [`AllocatorConfig::public_ips`]); further addresses are read with
-/// [`PortAllocator::active_on`].
-const ACTIVE_PER_PUBLIC: [&str; 16] = [
-    "active_public_0",
-    "active_public_1",
-    "active_public_2",
-    "active_public_3",
-    "active_public_4",
-    "active_public_5",
-    "active_public_6",
-    "active_public_7",
-    "active_public_8",
-    "active_public_9",
-    "active_public_10",
-    "active_public_11",
-    "active_public_12",
-    "active_public_13",
-    "active_public_14",
-    "active_public_15",
-];
+/// [`AllocatorConfig::public_ips`]): in all, then per protocol; further addresses are read
+/// with [`PortAllocator::active_on_per_protocol`].
+macro_rules! active_names {
+    ($($i:literal)*) => {
+        [$((
+            concat!("active_public_", $i),
+            [
+                concat!("active_public_", $i, "_tcp"),
+                concat!("active_public_", $i, "_udp"),
+                concat!("active_public_", $i, "_icmp"),
+            ],
+        ),)*]
+    };
+}
+const ACTIVE_PER_PUBLIC: [(&str, [&str; 3]); 16] =
+    active_names!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 
 /// The session value of [`Snat`]: the mapping and the inside endpoint (14 bytes: an IPv4
 /// session record with it stays one 64-byte line).
@@ -991,6 +990,7 @@ impl SessionService for Snat {
             Direction::Original => self.counters.packets_out += 1,
             Direction::Reply => self.counters.packets_in += 1,
         }
+        self.counters.packets_hairpinned += u64::from(t.kind.is_hairpin());
         Verdict::Pass
     }
 
@@ -1080,8 +1080,12 @@ impl SessionService for Snat {
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         self.counters.visit(f);
         self.ports.visit_counters(STAGE, f);
-        for (i, name) in (0u16..).zip(ACTIVE_PER_PUBLIC).take(self.publics.len()) {
-            f(STAGE, name, self.ports.active_on(i));
+        for (i, (all, per)) in (0u16..).zip(ACTIVE_PER_PUBLIC).take(self.publics.len()) {
+            let n = self.ports.active_on_per_protocol(i);
+            f(STAGE, all, n.iter().sum());
+            for (name, v) in per.into_iter().zip(n) {
+                f(STAGE, name, v);
+            }
         }
     }
 

@@ -264,6 +264,11 @@ fn hairpin(profile: Profile, tcp: bool) {
     let err = pass(&mut nat, &unreachable4(INSIDE4, PUBLIC4, &to_server));
     assert_eq!((src4(&err), dst4(&err)), (PUBLIC4, INSIDE4_B));
     assert_eq!(nat.counter("flows_hairpinned"), 1);
+    assert_eq!(
+        nat.counter("packets_hairpinned"),
+        2,
+        "both directions, not the ICMP error"
+    );
 }
 
 /// all profiles: no ALG touches UDP payloads.
