@@ -12,7 +12,7 @@ mod common;
 
 use core::net::{IpAddr, Ipv6Addr};
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
-use nf_core::reply::{PmtuConfig, PmtuStage};
+use nf_core::reply::{IcmpOrigin, PmtuStage};
 use nf_core::wire::Frame;
 use nf_core::{
     Batch, Chain, DropReason, Instant, Packet, ParseStage, PortId, Stage, StageControl, StageExt,
@@ -113,8 +113,8 @@ fn too_big_through_nat_and_tunnel_is_what_tshark_reads() {
     let mtu = 1500 - encap.headroom();
     assert_eq!(mtu, 1450);
     let from = (IpAddr::from([10, 0, 0, 1]), "fd00::1".parse().unwrap());
-    let cfg = PmtuConfig::new(mtu as u32, Some(from.0), Some(from.1), PortId(0));
-    let mut pmtu = PmtuStage::new(cfg);
+    let origin = IcmpOrigin::new(Some(from.0), Some(from.1), PortId(0));
+    let mut pmtu = PmtuStage::new(mtu as u32, origin);
     let dir = common::temp_dir("pmtu-tshark");
     let path = dir.join("too-big.pcap");
     let mut w = CaptureWriter::new(std::fs::File::create(&path).unwrap(), Format::Pcap).unwrap();

@@ -264,6 +264,9 @@ fn finish<B: AsRef<[u8]> + AsMut<[u8]>>(
         dst.swap_with_slice(src);
     }
     let meta = &mut pkt.meta;
+    // Headers pushed in front moved the offsets: the answer's IP header is where the
+    // packet's was.
+    meta.l3 = ip.l3 as u16;
     if ip.l3 == 0 {
         // A bare IP packet (a stage stripped the layer-2 header): say so to the parser.
         meta.flags |= flags::NO_L2;
@@ -318,6 +321,55 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
     from: IpAddr,
     mtu: u32,
 ) -> Result<(), ReplyError> {
+    let v4 = IcmpRepr {
+        ty: 3,
+        code: 4,
+        seq: u16::try_from(mtu).unwrap_or(u16::MAX),
+        ..IcmpRepr::default()
+    };
+    let v6 = IcmpRepr {
+        ty: 2,
+        ident: (mtu >> 16) as u16,
+        seq: mtu as u16,
+        ..IcmpRepr::default()
+    };
+    icmp_error(pkt, from, [v4, v6], true)
+}
+
+/// Turns a parsed IP packet into the ICMP error telling its sender that its flow is refused:
+/// destination unreachable, communication administratively prohibited (IPv4 type 3 code
+/// 13, RFC 1812 §5.2.7.1; ICMPv6 type 1 code 1, RFC 4443 §3.1), what a NAT sends when it
+/// cannot create a session for lack of resources (RFC 5508 REQ-8). From `from` to the
+/// packet's source, quoting it like [`icmp_too_big`]; a quote that is the whole packet needs
+/// room for the new headers in the headroom or the tailroom.
+///
+/// # Errors
+/// As [`icmp_too_big`], but DF does not matter.
+pub fn icmp_prohibited<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+    from: IpAddr,
+) -> Result<(), ReplyError> {
+    let v4 = IcmpRepr {
+        ty: 3,
+        code: 13,
+        ..IcmpRepr::default()
+    };
+    let v6 = IcmpRepr {
+        ty: 1,
+        code: 1,
+        ..IcmpRepr::default()
+    };
+    icmp_error(pkt, from, [v4, v6], false)
+}
+
+/// The ICMP error `[v4, v6]` (type, code, rest of header) about a parsed packet, in place
+/// (see [`icmp_too_big`]); `df`: IPv4 packets without DF are not answered.
+fn icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+    from: IpAddr,
+    [icmp4, icmp6]: [IcmpRepr; 2],
+    df: bool,
+) -> Result<(), ReplyError> {
     let m = pkt.meta;
     let ip = ip_of(pkt.data(), &m)?;
     let (src, dst) = (addr(ip.v6, &ip.src), addr(ip.v6, &ip.dst));
@@ -325,10 +377,12 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
         return Err(ReplyError::FamilyMismatch);
     }
     let h = pkt.data().get(ip.l3..ip.end).ok_or(ReplyError::Malformed)?;
-    // IPv4: DF set (else the packet may be fragmented), to a unicast destination (RFC 1812
-    // §4.3.2.7); IPv6 answers multicast destinations too (RFC 4443 §2.4 (e.3)).
+    // IPv4: to a unicast destination (RFC 1812 §4.3.2.7), DF set if asked (else the packet
+    // may be fragmented); IPv6 answers multicast destinations too (RFC 4443 §2.4 (e.3)).
     let v4_ok = |d: IpAddr| {
-        h.get(6).is_some_and(|f| f & 0x40 != 0) && unicast(d) && d != IpAddr::from([255; 4])
+        (!df || h.get(6).is_some_and(|f| f & 0x40 != 0))
+            && unicast(d)
+            && d != IpAddr::from([255; 4])
     };
     if m.flags & (flags::ICMP_ERROR | flags::LATER_FRAGMENT) != 0
         || !unicast(src)
@@ -342,17 +396,34 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
         (20, ICMPV4_ERROR_QUOTE_MAX)
     };
     let quote = (ip.end - ip.l3).min(max);
-    let total = ip.l3 + hl + ICMP_HEADER_LEN + quote;
+    let head = hl + ICMP_HEADER_LEN;
+    let total = ip.l3 + head + quote;
     if total > pkt.len() {
-        pkt.push_back(total - pkt.len())
-            .map_err(|_| ReplyError::NoRoom)?;
+        // The whole packet is quoted: new headers in front of it (headroom, the layer-2
+        // header moved forward) or the packet moved back (tailroom).
+        if pkt.headroom() >= head {
+            pkt.push_front(head).map_err(|_| ReplyError::NoRoom)?;
+            let d = pkt.data_mut();
+            if ip.l3 + head <= d.len() {
+                d.copy_within(head..head + ip.l3, 0);
+            }
+        } else {
+            let grow = total - pkt.len();
+            pkt.push_back(grow).map_err(|_| ReplyError::NoRoom)?;
+            let d = pkt.data_mut();
+            if total > d.len() {
+                return Err(ReplyError::NoRoom);
+            }
+            d.copy_within(ip.l3..ip.l3 + quote, ip.l3 + head);
+        }
+    } else {
+        // The quote moves behind the new headers (memmove: the ranges overlap).
+        let d = pkt.data_mut();
+        if total <= d.len() {
+            d.copy_within(ip.l3..ip.l3 + quote, ip.l3 + head);
+        }
     }
     let d = pkt.data_mut();
-    if total > d.len() {
-        return Err(ReplyError::NoRoom);
-    }
-    // The quote moves behind the new IP and ICMP headers (memmove: the ranges overlap).
-    d.copy_within(ip.l3..ip.l3 + quote, ip.l3 + hl + ICMP_HEADER_LEN);
     let payload = (ICMP_HEADER_LEN + quote) as u16;
     let mut from_raw = [0; 16];
     match from {
@@ -371,13 +442,7 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
                 payload_len: payload,
                 ..r
             }),
-            IcmpRepr {
-                ty: 3,
-                code: 4,
-                checksum: 0,
-                ident: 0,
-                seq: u16::try_from(mtu).unwrap_or(u16::MAX),
-            },
+            icmp4,
         ),
         IpRepr::V6(r) => (
             IpRepr::V6(Ipv6Repr {
@@ -385,13 +450,7 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
                 payload_len: payload,
                 ..r
             }),
-            IcmpRepr {
-                ty: 2,
-                code: 0,
-                checksum: 0,
-                ident: (mtu >> 16) as u16,
-                seq: mtu as u16,
-            },
+            icmp6,
         ),
     };
     let out = d.get_mut(ip.l3..total).ok_or(ReplyError::NoRoom)?;
@@ -403,7 +462,12 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
         .ok()
         .and_then(|_| out.get_mut(hl..))
         .ok_or(ReplyError::NoRoom)?;
-    icmp.emit(l4).map_err(|_| ReplyError::NoRoom)?;
+    IcmpRepr {
+        checksum: 0,
+        ..icmp
+    }
+    .emit(l4)
+    .map_err(|_| ReplyError::NoRoom)?;
     let start = if ip.v6 {
         ip_hdr.pseudo_header(proto::ICMPV6, payload)
     } else {
@@ -415,7 +479,7 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     let icmp_proto = if ip.v6 { proto::ICMPV6 } else { proto::ICMP };
     let key = FlowKey::from_addrs(m.flow.zone, from, src, icmp_proto, 0, 0);
-    finish(pkt, &ip, hl + ICMP_HEADER_LEN + quote, key)?;
+    finish(pkt, &ip, head + quote, key)?;
     let meta = &mut pkt.meta;
     meta.l4 = meta.l3.saturating_add(hl as u16);
     meta.payload = meta.l4.saturating_add(ICMP_HEADER_LEN as u16);
@@ -424,14 +488,62 @@ pub fn icmp_too_big<B: AsRef<[u8]> + AsMut<[u8]>>(
     Ok(())
 }
 
-/// Settings of a [`PmtuStage`].
+/// A token bucket bounding how many answers a stage or service sends: `per_second` on
+/// average, `burst` at once (in thousandths of a token, so low rates refill smoothly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    per_second: u32,
+    burst: u32,
+    /// Tokens in thousandths.
+    tokens: u64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second,
+            burst,
+            tokens: burst as u64 * 1000,
+            last: None,
+        }
+    }
+
+    /// Refills the bucket up to `now` and takes a token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let cap = u64::from(self.burst) * 1000;
+        if let Some(last) = self.last {
+            let ms = now.saturating_since(last).as_nanos() / 1_000_000;
+            let add = ms.saturating_mul(u64::from(self.per_second));
+            if add > 0 {
+                self.tokens = self.tokens.saturating_add(add).min(cap);
+                self.last = Some(now);
+            }
+        } else {
+            self.last = Some(now);
+        }
+        if self.tokens >= 1000 {
+            self.tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back a token taken for an answer that was not sent after all.
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1000).min(u64::from(self.burst) * 1000);
+    }
+}
+
+/// Where a node's own ICMP errors come from and go, and how many it sends: the answers of
+/// [`PmtuStage`], or of a NAT refusing flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct PmtuConfig {
-    /// The next-hop MTU the errors report (for a tunnel: the underlay MTU less the
-    /// encapsulation's headers).
-    pub mtu: u32,
-    /// The source of IPv4 errors (`None`: IPv4 packets are not answered).
+pub struct IcmpOrigin {
+    /// The source of IPv4 errors, an address of the node (`None`: IPv4 packets are not
+    /// answered).
     pub from_v4: Option<IpAddr>,
     /// The source of IPv6 errors (`None`: IPv6 packets are not answered).
     pub from_v6: Option<IpAddr>,
@@ -443,17 +555,11 @@ pub struct PmtuConfig {
     pub burst: u32,
 }
 
-impl PmtuConfig {
-    /// Errors reporting `mtu`, from `from_v4` / `from_v6`, sent on `port`, at most 100 per
-    /// second in bursts of 50.
-    pub const fn new(
-        mtu: u32,
-        from_v4: Option<IpAddr>,
-        from_v6: Option<IpAddr>,
-        port: PortId,
-    ) -> Self {
+impl IcmpOrigin {
+    /// Errors from `from_v4` / `from_v6`, sent on `port`, at most 100 per second in bursts
+    /// of 50.
+    pub const fn new(from_v4: Option<IpAddr>, from_v6: Option<IpAddr>, port: PortId) -> Self {
         Self {
-            mtu,
             from_v4,
             from_v6,
             port,
@@ -468,6 +574,19 @@ impl PmtuConfig {
         self.per_second = per_second;
         self.burst = burst;
         self
+    }
+
+    /// The source of errors about packets of `family` (`None`: not answered).
+    pub fn from(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.from_v4.filter(IpAddr::is_ipv4),
+            Family::V6 => self.from_v6.filter(IpAddr::is_ipv6),
+        }
+    }
+
+    /// A full bucket of this origin's rate.
+    pub const fn bucket(&self) -> TokenBucket {
+        TokenBucket::new(self.per_second, self.burst)
     }
 }
 
@@ -487,19 +606,19 @@ pub struct PmtuCounters {
 }
 
 /// Turns packets dropped as [`DropReason::TooBig`] by an earlier stage into ICMP errors to
-/// their senders ([`icmp_too_big`]), sent with [`Verdict::Tx`] on the configured port, at
-/// most [`PmtuConfig::per_second`] per second (a token bucket of [`PmtuConfig::burst`]).
+/// their senders ([`icmp_too_big`]), from and to where its [`IcmpOrigin`] says, within its
+/// rate (sent with [`Verdict::Tx`] on the origin's port).
 ///
 /// Unlike other stages it works on packets already decided: only `too_big` drops, which
 /// leave the batch as errors or stay dropped; its common counters count those packets
 /// (`packets`) and the errors sent (`tx`).
 ///
 /// ```
-/// use nf_core::reply::{PmtuConfig, PmtuStage};
+/// use nf_core::reply::{IcmpOrigin, PmtuStage};
 /// use nf_core::wire::Frame;
 /// use nf_core::{Batch, DropReason, Instant, Packet, ParseStage, PortId, Stage, Verdict};
 /// let mut parse = ParseStage::default();
-/// let mut pmtu = PmtuStage::new(PmtuConfig::new(1400, Some("10.0.0.1".parse()?), None, PortId(0)));
+/// let mut pmtu = PmtuStage::new(1400, IcmpOrigin::new(Some("10.0.0.1".parse()?), None, PortId(0)));
 /// let big = Frame::ipv4([10, 0, 0, 2], [198, 51, 100, 9]).udp(1, 2).payload(&[0; 1472]).to_vec()?;
 /// let mut batch = Batch::new();
 /// batch.push(Packet::with_headroom(&big, 0)).ok();
@@ -512,21 +631,21 @@ pub struct PmtuCounters {
 /// ```
 #[derive(Clone, Debug)]
 pub struct PmtuStage {
-    config: PmtuConfig,
-    /// Tokens in thousandths of an error.
-    tokens: u64,
-    last: Option<Instant>,
+    mtu: u32,
+    origin: IcmpOrigin,
+    bucket: TokenBucket,
     pmtu: PmtuCounters,
     counters: StageCounters,
 }
 
 impl PmtuStage {
-    /// A stage with a full bucket.
-    pub fn new(config: PmtuConfig) -> Self {
+    /// A stage reporting a next-hop MTU of `mtu` (for a tunnel: the underlay MTU less the
+    /// encapsulation's headers), with a full bucket.
+    pub fn new(mtu: u32, origin: IcmpOrigin) -> Self {
         Self {
-            config,
-            tokens: u64::from(config.burst) * 1000,
-            last: None,
+            mtu,
+            origin,
+            bucket: origin.bucket(),
             pmtu: PmtuCounters::default(),
             counters: StageCounters::default(),
         }
@@ -537,53 +656,28 @@ impl PmtuStage {
         &self.pmtu
     }
 
-    /// Refills the bucket up to `now` and takes a token if there is one.
-    fn take(&mut self, now: Instant) -> bool {
-        let cap = u64::from(self.config.burst) * 1000;
-        if let Some(last) = self.last {
-            let ms = now.saturating_since(last).as_nanos() / 1_000_000;
-            let add = ms.saturating_mul(u64::from(self.config.per_second));
-            if add > 0 {
-                self.tokens = self.tokens.saturating_add(add).min(cap);
-                self.last = Some(now);
-            }
-        } else {
-            self.last = Some(now);
-        }
-        if self.tokens >= 1000 {
-            self.tokens -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-
     /// Answers one `too_big` drop, or leaves it dropped.
     fn answer<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Instant, pkt: &mut Packet<B>) {
-        let from = match pkt.meta.flow.family() {
-            Family::V4 => self.config.from_v4.filter(IpAddr::is_ipv4),
-            Family::V6 => self.config.from_v6.filter(IpAddr::is_ipv6),
-        };
-        let Some(from) = from else {
+        let Some(from) = self.origin.from(pkt.meta.flow.family()) else {
             self.pmtu.not_answerable += 1;
             return;
         };
-        if !self.take(now) {
+        if !self.bucket.take(now) {
             self.pmtu.rate_limited += 1;
             return;
         }
-        match icmp_too_big(pkt, from, self.config.mtu) {
+        match icmp_too_big(pkt, from, self.mtu) {
             Ok(()) => {
                 self.pmtu.sent += 1;
                 self.counters.tx += 1;
-                pkt.meta.verdict = Verdict::Tx(self.config.port);
+                pkt.meta.verdict = Verdict::Tx(self.origin.port);
             }
             Err(ReplyError::NotAnswerable | ReplyError::FamilyMismatch) => {
-                self.tokens += 1000;
+                self.bucket.give_back();
                 self.pmtu.not_answerable += 1;
             }
             Err(_) => {
-                self.tokens += 1000;
+                self.bucket.give_back();
                 self.pmtu.failed += 1;
             }
         }
@@ -757,6 +851,69 @@ mod tests {
     }
 
     #[test]
+    fn prohibited_quotes_a_whole_short_packet_using_the_headroom() {
+        for v6 in [false, true] {
+            let frame = segment(v6, tcp_flags::SYN, 1000, 0, b"");
+            let mut p = parsed(&frame, 64);
+            let from: IpAddr = if v6 {
+                "fd00::1".parse().unwrap()
+            } else {
+                [10, 0, 0, 1].into()
+            };
+            icmp_prohibited(&mut p, from).unwrap();
+            let s = SlicedPacket::from_ethernet(p.data()).unwrap();
+            let (ty, payload) = match (&s.net, &s.transport) {
+                (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(i))) => {
+                    let h = ip.header();
+                    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+                    assert_eq!(i.checksum(), i.icmp_type().calc_checksum(i.payload()));
+                    ((i.type_u8(), i.code_u8()), i.payload())
+                }
+                (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(i))) => {
+                    let h = ip.header();
+                    assert!(i.is_checksum_valid(h.source(), h.destination()));
+                    ((i.type_u8(), i.code_u8()), i.payload())
+                }
+                _ => panic!("not an ICMP error"),
+            };
+            assert_eq!(ty, if v6 { (1, 1) } else { (3, 13) });
+            assert_eq!(payload, &frame[14..], "the whole packet is quoted");
+            assert_eq!(p.data()[..12], [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+            let mut again = Meta::default();
+            parse_frame(p.data(), &mut again, &ParseConfig::default()).unwrap();
+            assert_eq!(
+                (again.flow, again.l3, again.l4),
+                (p.meta.flow, p.meta.l3, p.meta.l4)
+            );
+        }
+        // Neither headroom nor tailroom: refused, unchanged.
+        let frame = segment(false, tcp_flags::SYN, 1000, 0, b"");
+        let mut p = parsed(&frame, 0);
+        assert_eq!(
+            icmp_prohibited(&mut p, [10, 0, 0, 1].into()),
+            Err(ReplyError::NoRoom)
+        );
+        assert_eq!(p.data(), &frame[..]);
+    }
+
+    #[test]
+    fn the_bucket_refills_at_its_rate_up_to_its_burst() {
+        let mut b = TokenBucket::new(2, 3);
+        let t0 = Instant::from_nanos(5_000_000_000);
+        assert_eq!((0..5).filter(|_| b.take(t0)).count(), 3);
+        assert!(!b.take(t0 + Duration::from_millis(400)));
+        assert!(b.take(t0 + Duration::from_millis(500)));
+        b.give_back();
+        assert!(b.take(t0 + Duration::from_millis(500)));
+        assert_eq!(
+            (0..9)
+                .filter(|_| b.take(t0 + Duration::from_secs(60)))
+                .count(),
+            3
+        );
+    }
+
+    #[test]
     fn what_is_never_answered() {
         let from = IpAddr::from([10, 0, 0, 1]);
         // IPv4 without DF: fragment it instead.
@@ -884,9 +1041,9 @@ mod tests {
 
     #[test]
     fn the_stage_answers_too_big_drops_within_its_rate() {
-        let cfg = PmtuConfig::new(1400, Some(IpAddr::from([10, 0, 0, 1])), None, PortId(3))
-            .with_rate(10, 2);
-        let mut stage = PmtuStage::new(cfg);
+        let origin =
+            IcmpOrigin::new(Some(IpAddr::from([10, 0, 0, 1])), None, PortId(3)).with_rate(10, 2);
+        let mut stage = PmtuStage::new(1400, origin);
         let frame = big_v4(true);
         let run = |stage: &mut PmtuStage, now: Instant, n: usize| {
             let mut batch = Batch::new();

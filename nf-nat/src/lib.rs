@@ -78,8 +78,12 @@
 //!   it ([`nf_core::reply::tcp_reset`]), sent back towards the inside host with
 //!   [`Verdict::Tx`](nf_core::Verdict::Tx) on [`SnatConfig::idle_reset`]'s port and counted
 //!   `idle_timeout_resets` (the default of the hyperplane profile; the others drop it as
-//!   `no_session`). A tuple asks its second service only if the first passes a refused
-//!   packet, so put `Snat` first: `Conntrack<(Snat, TcpWindow)>`.
+//!   `no_session`). A flow from inside refused for lack of resources (ports, probes,
+//!   capacity, quota, session table) gets ICMP destination unreachable, administratively
+//!   prohibited back if configured ([`SnatConfig::with_refusal_icmp`], RFC 5508 REQ-8;
+//!   rate-limited, counted `refusal_icmp_sent` / `refusal_icmp_rate_limited`). A tuple asks
+//!   its second service only if the first passes a refused packet, so put `Snat` first:
+//!   `Conntrack<(Snat, TcpWindow)>`.
 //!
 //! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
 //! session's two keys hold both tuples.
@@ -188,7 +192,7 @@
 //!   `blocks_allocated`, `blocks_released`, `block_events_dropped`;
 //! - packets: `packets_out`, `packets_in`, `packets_hairpinned`, `fragments_translated`,
 //!   `rewrite_failed`, `icmp_errors_translated`, `icmp_errors_dropped`,
-//!   `idle_timeout_resets`.
+//!   `idle_timeout_resets`, `refusal_icmp_sent`, `refusal_icmp_rate_limited`.
 //!
 //! # Memory
 //!

@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
+use nf_core::reply::{IcmpOrigin, TokenBucket};
 use nf_core::{
     Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, PortId, Verdict,
     ZoneId, flags, reply,
@@ -136,6 +137,9 @@ pub struct SnatConfig {
     /// hyperplane profile's idle timeout: the inside host learns at once that its
     /// connection is gone); `None`: such segments are dropped silently (`no_session`).
     pub idle_reset: Option<PortId>,
+    /// ICMP errors for flows from inside refused for lack of resources: their source,
+    /// port and rate (`None`, the default: the typed drop only).
+    pub refusal_icmp: Option<IcmpOrigin>,
 }
 
 impl SnatConfig {
@@ -150,7 +154,17 @@ impl SnatConfig {
             forwards: Vec::new(),
             filtering: Filtering::AddressAndPortDependent,
             idle_reset,
+            refusal_icmp: None,
         }
+    }
+
+    /// Answers flows refused for lack of resources (ports, probes, capacity, quota, session
+    /// table) with ICMP destination unreachable, administratively prohibited (RFC 5508
+    /// REQ-8), or not (`None`).
+    #[must_use]
+    pub fn with_refusal_icmp(mut self, icmp: Option<IcmpOrigin>) -> Self {
+        self.refusal_icmp = icmp;
+        self
     }
 
     /// Answers TCP segments from inside that have no session with a RST sent on `port`
@@ -228,6 +242,11 @@ pub struct SnatCounters {
     /// TCP segments from inside without a session (their session idled out) answered with
     /// a RST ([`SnatConfig::idle_reset`]).
     pub idle_timeout_resets: u64,
+    /// Refused flows answered with ICMP administratively prohibited
+    /// ([`SnatConfig::refusal_icmp`]).
+    pub refusal_icmp_sent: u64,
+    /// Refused flows left without that ICMP error by its rate limit.
+    pub refusal_icmp_rate_limited: u64,
 }
 
 impl SnatCounters {
@@ -248,6 +267,8 @@ impl SnatCounters {
             ("packets_hairpinned", self.packets_hairpinned),
             ("rewrite_failed", self.rewrite_failed),
             ("idle_timeout_resets", self.idle_timeout_resets),
+            ("refusal_icmp_sent", self.refusal_icmp_sent),
+            ("refusal_icmp_rate_limited", self.refusal_icmp_rate_limited),
         ] {
             f(STAGE, name, v);
         }
@@ -389,6 +410,7 @@ pub struct Snat {
     owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
     v6: V6Store,
     idle_reset: Option<PortId>,
+    refusal_icmp: Option<(IcmpOrigin, TokenBucket)>,
     counters: SnatCounters,
 }
 
@@ -542,6 +564,7 @@ impl Snat {
             owners,
             v6: V6Store::new(config.v6_sessions),
             idle_reset: config.idle_reset,
+            refusal_icmp: config.refusal_icmp.map(|r| (r, r.bucket())),
             counters: SnatCounters::default(),
         })
     }
@@ -869,6 +892,34 @@ impl Snat {
     }
 }
 
+impl Snat {
+    /// RFC 5508 REQ-8: the ICMP error for a flow refused for lack of resources, within the
+    /// rate limit; otherwise the drop.
+    fn refuse_with_icmp<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let Some((cfg, bucket)) = &mut self.refusal_icmp else {
+            return Verdict::Drop(reason);
+        };
+        let Some(from) = cfg.from(pkt.meta.flow.family()) else {
+            return Verdict::Drop(reason);
+        };
+        if !bucket.take(now) {
+            self.counters.refusal_icmp_rate_limited += 1;
+            return Verdict::Drop(reason);
+        }
+        if reply::icmp_prohibited(pkt, from).is_err() {
+            bucket.give_back();
+            return Verdict::Drop(reason);
+        }
+        self.counters.refusal_icmp_sent += 1;
+        Verdict::Tx(cfg.port)
+    }
+}
+
 /// The typed drop of an allocator refusal.
 fn drop_reason(e: AllocError) -> DropReason {
     match e {
@@ -1032,26 +1083,35 @@ impl SessionService for Snat {
     /// A TCP segment from inside that may not open a session (not a SYN: its session
     /// expired) becomes the RST that tells the inside host, sent on the configured port
     /// ([`SnatConfig::idle_reset`]); everything else keeps its drop.
+    ///
+    /// A flow from inside refused for lack of resources gets ICMP administratively
+    /// prohibited back if configured ([`SnatConfig::refusal_icmp`], RFC 5508 REQ-8).
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
-        _now: Instant,
+        now: Instant,
         reason: DropReason,
         pkt: &mut Packet<B>,
     ) -> Verdict {
         let key = pkt.meta.flow;
-        let Some(port) = self.idle_reset else {
-            return Verdict::Drop(reason);
-        };
-        if reason != DropReason::NoSession
-            || key.proto != proto::TCP
-            || !self.is_inside(&key)
-            || self.is_public(&key)
-            || reply::tcp_reset(pkt).is_err()
-        {
+        if !self.is_inside(&key) || self.is_public(&key) {
             return Verdict::Drop(reason);
         }
-        self.counters.idle_timeout_resets += 1;
-        Verdict::Tx(port)
+        match reason {
+            DropReason::NoSession => match self.idle_reset {
+                Some(port) if key.proto == proto::TCP && reply::tcp_reset(pkt).is_ok() => {
+                    self.counters.idle_timeout_resets += 1;
+                    Verdict::Tx(port)
+                }
+                _ => Verdict::Drop(reason),
+            },
+            DropReason::NatPortsExhausted
+            | DropReason::NatTooManyProbes
+            | DropReason::NatCapacityFull
+            | DropReason::NatQuotaExceeded
+            | DropReason::SessionTableFull
+            | DropReason::ZoneQuotaExceeded => self.refuse_with_icmp(now, reason, pkt),
+            _ => Verdict::Drop(reason),
+        }
     }
 
     fn on_end(&mut self, now: Instant, s: &SessionInfo<Translation>, _cause: EndCause) {

@@ -271,9 +271,8 @@ fn snat_packets_do_not_allocate() {
     for i in 0..8 {
         too_big.set_verdict(i, nf_core::Verdict::Drop(nf_core::DropReason::TooBig));
     }
-    let cfg =
-        nf_core::reply::PmtuConfig::new(1400, Some(public4), Some(public6), nf_core::PortId(0));
-    let mut pmtu = nf_core::reply::PmtuStage::new(cfg);
+    let origin = nf_core::reply::IcmpOrigin::new(Some(public4), Some(public6), nf_core::PortId(0));
+    let mut pmtu = nf_core::reply::PmtuStage::new(1400, origin);
     COUNTING.set(true);
     for b in &mut batches {
         nat.process(now, b);

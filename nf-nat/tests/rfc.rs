@@ -322,13 +322,12 @@ fn rfc4787_req12_icmp_does_not_end_mapping() {
 /// (Without DF nf does not fragment: the drop stays `too_big`.)
 #[test]
 fn rfc4787_req13_fragmentation_needed() {
-    use nf_core::reply::{PmtuConfig, PmtuStage};
+    use nf_core::reply::{IcmpOrigin, PmtuStage};
     use nf_core::{Batch, Packet, PortId, Stage};
     for profile in ALL {
         let mut nat = Nat::new(profile, 4096);
         let from = (ROUTER4.into(), core::net::Ipv6Addr::from(router6()).into());
-        let cfg = PmtuConfig::new(1400, Some(from.0), Some(from.1), PortId(0));
-        let mut pmtu = PmtuStage::new(cfg);
+        let mut pmtu = PmtuStage::new(1400, IcmpOrigin::new(Some(from.0), Some(from.1), PortId(0)));
         for v6 in [false, true] {
             let big = if v6 {
                 nf_core::wire::Frame::ipv6(inside6(), remote6())
@@ -628,10 +627,50 @@ fn rfc5508_req6_icmp_error_does_not_refresh() {
 fn rfc5508_req7_hairpinned_icmp_query() {}
 
 /// all profiles: a flow refused for lack of resources gets ICMP destination unreachable,
-/// code 13, back.
+/// code 13 (ICMPv6: type 1 code 1), back to the inside sender, quoting its packet as sent,
+/// when configured (`SnatConfig::with_refusal_icmp`); rate-limited, counted.
 #[test]
-#[ignore = "the refusal is a typed drop (nat_ports_exhausted, ...) and counted, but no ICMP is sent yet"]
-fn rfc5508_req8_icmp_on_resource_refusal() {}
+fn rfc5508_req8_icmp_on_resource_refusal() {
+    use nf_core::PortId;
+    use nf_core::reply::IcmpOrigin;
+    for profile in ALL {
+        let public = vec![PUBLIC4.into(), core::net::Ipv6Addr::from(public6()).into()];
+        let ports =
+            AllocatorConfig::new(profile, public, *b"snat test secret").with_max_mappings(2);
+        let from = (ROUTER4.into(), core::net::Ipv6Addr::from(router6()).into());
+        let icmp = IcmpOrigin::new(Some(from.0), Some(from.1), PortId(0)).with_rate(1, 3);
+        let mut nat = Nat::with_config(SnatConfig::new(ports).with_refusal_icmp(Some(icmp)), 64);
+        pass(&mut nat, &udp4(INSIDE4, REMOTE4, 5000, 53));
+        pass(&mut nat, &udp4(INSIDE4, REMOTE4, 5001, 53));
+        let refused = udp4(INSIDE4, REMOTE4, 5002, 53);
+        let (v, err) = nat.send(&refused);
+        assert_eq!(v, Verdict::Tx(PortId(0)), "{profile:?}");
+        verify_frame(&err);
+        assert_eq!((src4(&err), dst4(&err)), (ROUTER4, INSIDE4));
+        let icmp = l4(ip(&err));
+        assert_eq!((icmp[0], icmp[1]), (3, 13));
+        assert_eq!(
+            &icmp[8..],
+            ip(&refused),
+            "the packet as the inside host sent it"
+        );
+        let refused6 = udp6(inside6(), remote6(), 5003, 53);
+        let (v, err6) = nat.send(&refused6);
+        assert_eq!(v, Verdict::Tx(PortId(0)));
+        verify_frame(&err6);
+        assert_eq!((src6(&err6), dst6(&err6)), (router6(), inside6()));
+        assert_eq!(l4(ip(&err6))[..2], [1, 1]);
+        // Three in a burst, then the drop alone.
+        nat.send(&refused);
+        let (v, _) = nat.send(&refused);
+        assert_eq!(v, Verdict::Drop(DropReason::NatCapacityFull));
+        assert_eq!(nat.counter("refusal_icmp_sent"), 3);
+        assert_eq!(nat.counter("refusal_icmp_rate_limited"), 1);
+        // Unsolicited inbound packets are not answered.
+        let (v, _) = nat.send(&udp4(REMOTE4, PUBLIC4, 53, 9));
+        assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+    }
+}
 
 // ---- RFC 7857 (updates) ---------------------------------------------------------------
 
