@@ -489,9 +489,11 @@ fn icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
 }
 
 /// A token bucket bounding how many answers a stage or service sends: `per_second` on
-/// average, `burst` at once (in thousandths of a token, so low rates refill smoothly).
+/// average, `burst` at once (in thousandths of a token, so low rates refill smoothly). The
+/// general rate limiters and meters for traffic are nf-policy's; this one only bounds what
+/// a node says back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TokenBucket {
+pub struct ReplyBucket {
     per_second: u32,
     burst: u32,
     /// Tokens in thousandths.
@@ -499,7 +501,7 @@ pub struct TokenBucket {
     last: Option<Instant>,
 }
 
-impl TokenBucket {
+impl ReplyBucket {
     /// A full bucket.
     pub const fn new(per_second: u32, burst: u32) -> Self {
         Self {
@@ -585,8 +587,8 @@ impl IcmpOrigin {
     }
 
     /// A full bucket of this origin's rate.
-    pub const fn bucket(&self) -> TokenBucket {
-        TokenBucket::new(self.per_second, self.burst)
+    pub const fn bucket(&self) -> ReplyBucket {
+        ReplyBucket::new(self.per_second, self.burst)
     }
 }
 
@@ -633,7 +635,7 @@ pub struct PmtuCounters {
 pub struct PmtuStage {
     mtu: u32,
     origin: IcmpOrigin,
-    bucket: TokenBucket,
+    bucket: ReplyBucket,
     pmtu: PmtuCounters,
     counters: StageCounters,
 }
@@ -898,7 +900,7 @@ mod tests {
 
     #[test]
     fn the_bucket_refills_at_its_rate_up_to_its_burst() {
-        let mut b = TokenBucket::new(2, 3);
+        let mut b = ReplyBucket::new(2, 3);
         let t0 = Instant::from_nanos(5_000_000_000);
         assert_eq!((0..5).filter(|_| b.take(t0)).count(), 3);
         assert!(!b.take(t0 + Duration::from_millis(400)));

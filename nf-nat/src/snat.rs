@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
-use nf_core::reply::{IcmpOrigin, TokenBucket};
+use nf_core::reply::{IcmpOrigin, ReplyBucket};
 use nf_core::{
     Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, PortId, Verdict,
     ZoneId, flags, reply,
@@ -410,7 +410,7 @@ pub struct Snat {
     owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
     v6: V6Store,
     idle_reset: Option<PortId>,
-    refusal_icmp: Option<(IcmpOrigin, TokenBucket)>,
+    refusal_icmp: Option<(IcmpOrigin, ReplyBucket)>,
     counters: SnatCounters,
 }
 
