@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
 #[cfg(target_os = "linux")]
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes, TcpWindow};
+    use nf_core::reply::IcmpOrigin;
     use nf_core::{
         Batch, DropReason, Family, Instant, ParseStage, PortId, Stage, StageControl, Verdict,
     };
@@ -252,7 +253,14 @@ on SIGUSR1, or after --duration.
                 // The inside port: the router sends the RST on to the inside host.
                 .with_idle_reset(
                     (*profile == nf_nat::Profile::Hyperplane).then_some(PortId(INSIDE as u16)),
-                );
+                )
+                // Flows refused for lack of ports or sessions: ICMP administratively
+                // prohibited from the gateway's inside address (RFC 5508 REQ-8).
+                .with_refusal_icmp(Some(IcmpOrigin::new(
+                    Some(IpAddr::V4(inside.addr)),
+                    None,
+                    PortId(INSIDE as u16),
+                )));
             let first = args.public.first().copied().ok_or("no public address")?;
             for (proto, port, to) in &args.forwards {
                 let public = SocketAddr::V4(SocketAddrV4::new(first, *port));
