@@ -15,6 +15,10 @@
 //!   a static port forward reaches an inside web server; coturn's `turnutils_natdiscovery`
 //!   (RFC 5780) against a `turnserver` on the outside reports endpoint-independent mapping,
 //!   and address-and-port-dependent or endpoint-independent filtering as configured.
+//! - Profile `rfc` with room for 64 mappings: 80 UDP flows from the inside; the first 64 are
+//!   translated (the outside host's port unreachable reaches each socket), the other 16 are
+//!   refused and the inside host's kernel delivers the gateway's ICMP administratively
+//!   prohibited to exactly those sockets (RFC 5508 REQ-8).
 //!
 //! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3` and coturn: without
 //! them it skips, except under `CI=true`, where it fails.
@@ -438,4 +442,59 @@ fn translates_with_address_and_port_dependent_filtering() {
 #[test]
 fn translates_with_endpoint_independent_filtering() {
     translates("eif");
+}
+
+/// The inside host opens 80 UDP sockets to a closed port outside, one datagram each, and
+/// prints the error each socket got: ECONNREFUSED (the outside host's port unreachable,
+/// translated back) or EHOSTUNREACH (the gateway's administratively prohibited; Linux
+/// delivers an ICMP error to a socket only if its quote names that socket's flow).
+const UDP_FLOWS: &str = r#"
+import errno, socket, time
+socks = []
+for _ in range(80):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("203.0.113.2", 9))
+    s.send(b"x")
+    socks.append(s)
+    time.sleep(0.005)
+time.sleep(1.0)
+out = []
+for s in socks:
+    s.setblocking(False)
+    try:
+        s.recv(16)
+        out.append("data")
+    except OSError as e:
+        out.append(errno.errorcode.get(e.errno, str(e.errno)))
+print(" ".join(out))
+"#;
+
+#[test]
+fn refused_flows_get_icmp_prohibited() {
+    let Some((mut lab, [i, g, o])) = lab("nfnq") else {
+        return;
+    };
+    // Every port unreachable of the outside host, not one per second.
+    sh(&format!(
+        "ip netns exec {o} sysctl -qw net.ipv4.icmp_ratelimit=0"
+    ));
+    let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "rfc", "--sessions", "64"]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &i, "python3", "-c", UDP_FLOWS])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (c, seen) = stop_gateway(&mut lab, &lines, seen);
+    let errors: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(errors.len(), 80, "{text}\n{}", seen.join("\n"));
+    let refused = errors.iter().filter(|e| **e == "ECONNREFUSED").count();
+    let prohibited = errors.iter().filter(|e| **e == "EHOSTUNREACH").count();
+    assert_eq!((refused, prohibited), (64, 16), "{errors:?}\n{c:?}");
+    // The refusals are the last 16 flows, in order.
+    assert!(
+        errors[64..].iter().all(|e| *e == "EHOSTUNREACH"),
+        "{errors:?}"
+    );
+    assert_eq!(c.get("snat.refusal_icmp_sent"), Some(&16), "{c:?}");
+    assert_eq!(c.get("snat.alloc_error_capacity_full"), Some(&16), "{c:?}");
 }

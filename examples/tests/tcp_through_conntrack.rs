@@ -38,55 +38,6 @@ fn state(lab: &Lab<Pipeline>, sport: u16, dport: u16) -> Option<SessionState> {
     Some(ct.info(ct.lookup(&key)?.session)?.state)
 }
 
-/// Sends `n` bytes each way over an open pair of sockets and checks they arrive intact.
-fn exchange(
-    lab: &mut Lab<Pipeline>,
-    ha: smoltcp::iface::SocketHandle,
-    hb: smoltcp::iface::SocketHandle,
-    n: usize,
-) {
-    let pattern = |i: usize, salt: usize| ((i * 31 + i / 977 + salt) % 251) as u8;
-    let (mut sent, mut got) = ([0usize; 2], [Vec::new(), Vec::new()]);
-    let done = lab.run_until(60_000, |l| {
-        for (i, (from, to)) in [(ha, hb), (hb, ha)].into_iter().enumerate() {
-            let (src, dst) = if i == 0 {
-                (&mut l.a, &mut l.b)
-            } else {
-                (&mut l.b, &mut l.a)
-            };
-            let s = src.tcp(from);
-            while sent[i] < n && s.can_send() {
-                let chunk: Vec<u8> = (sent[i]..n.min(sent[i] + 4096))
-                    .map(|k| pattern(k, i))
-                    .collect();
-                sent[i] += s.send_slice(&chunk).unwrap();
-            }
-            let r = dst.tcp(to);
-            while r.can_recv() {
-                r.recv(|b| {
-                    got[i].extend_from_slice(b);
-                    (b.len(), ())
-                })
-                .unwrap();
-            }
-        }
-        got[0].len() == n && got[1].len() == n
-    });
-    assert!(
-        done,
-        "transfer incomplete: {} and {} of {n} bytes; drops {:?}",
-        got[0].len(),
-        got[1].len(),
-        lab.dropped
-    );
-    for (i, g) in got.iter().enumerate() {
-        assert!(
-            g.iter().enumerate().all(|(k, b)| *b == pattern(k, i)),
-            "direction {i}: data corrupted"
-        );
-    }
-}
-
 #[test]
 fn a_megabyte_each_way_with_losses_then_fin() {
     let mut lab = lab();
@@ -105,15 +56,9 @@ fn a_megabyte_each_way_with_losses_then_fin() {
     lab.a.connect(ha, IpEndpoint::new(v4(B), 80), 40000);
     assert!(lab.run_until(1000, |l| l.a.tcp(ha).state() == State::Established));
     assert_eq!(state(&lab, 40000, 80), Some(SessionState::TcpEstablished));
-    exchange(&mut lab, ha, hb, MIB);
+    lab.exchange(ha, hb, MIB);
 
-    lab.a.tcp(ha).close();
-    assert!(lab.run_until(1000, |l| l.b.tcp(hb).state() == State::CloseWait));
-    lab.b.tcp(hb).close();
-    assert!(lab.run_until(2000, |l| matches!(
-        l.a.tcp(ha).state(),
-        State::TimeWait | State::Closed
-    )));
+    lab.fin_close(ha, hb);
     assert_eq!(state(&lab, 40000, 80), Some(SessionState::TcpTimeWait));
 
     assert_eq!(lab.dropped, vec![], "a real stack's segments were dropped");
@@ -130,7 +75,7 @@ fn reset_closes_the_session() {
     let ha = lab.a.socket(8192);
     lab.a.connect(ha, IpEndpoint::new(v4(B), 80), 40001);
     assert!(lab.run_until(1000, |l| l.b.tcp(hb).state() == State::Established));
-    exchange(&mut lab, ha, hb, 10_000);
+    lab.exchange(ha, hb, 10_000);
     lab.a.tcp(ha).abort();
     assert!(lab.run_until(1000, |l| l.b.tcp(hb).state() == State::Listen
         || l.b.tcp(hb).state() == State::Closed));
@@ -147,17 +92,8 @@ fn simultaneous_open() {
     let hb = lab.b.socket(8192);
     lab.a.connect(ha, IpEndpoint::new(v4(B), 80), 40002);
     lab.b.connect(hb, IpEndpoint::new(v4(A), 40002), 80);
-    let open = lab.run_until(5000, |l| {
-        l.a.tcp(ha).state() == State::Established && l.b.tcp(hb).state() == State::Established
-    });
-    assert!(
-        open,
-        "a {:?}, b {:?}, drops {:?}",
-        lab.a.tcp(ha).state(),
-        lab.b.tcp(hb).state(),
-        lab.dropped
-    );
-    exchange(&mut lab, ha, hb, 50_000);
+    lab.until_established(ha, hb, 5000);
+    lab.exchange(ha, hb, 50_000);
     assert_eq!(state(&lab, 40002, 80), Some(SessionState::TcpEstablished));
     assert_eq!(lab.bad_checksums, 0);
 }

@@ -193,6 +193,14 @@ impl World {
         }
         self.pipe.process(self.now, &mut batch);
         for (pkt, ok) in batch.drain().zip(built) {
+            if let Verdict::Tx(_) = pkt.meta.verdict {
+                // An answer the NAT made (idle RST, ICMP for a refused flow): well formed.
+                let data = pkt.data();
+                let mut m = Meta::default();
+                parse_frame(data, &mut m, &ParseConfig::default()).expect("an answer parses");
+                verify_ip(&data[usize::from(m.l3)..]);
+                continue;
+            }
             if pkt.meta.verdict != Verdict::Pass {
                 continue;
             }
@@ -287,7 +295,15 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
     } else {
         Filtering::AddressAndPortDependent
     };
-    let cfg = SnatConfig::new(alloc).with_v6_sessions(32).with_forward(web).with_filtering(filtering);
+    // Answers: idle RSTs (hyperplane's default; all profiles on every other input) and ICMP
+    // for flows refused for lack of resources.
+    let origin = nf_core::reply::IcmpOrigin::new(Some([10, 0, 0, 254].into()), None, nf_core::PortId(0));
+    let cfg = SnatConfig::new(alloc)
+        .with_v6_sessions(32)
+        .with_forward(web)
+        .with_filtering(filtering)
+        .with_idle_reset((setup & 0x40 != 0 || matches!(profile, Profile::Hyperplane)).then_some(nf_core::PortId(0)))
+        .with_refusal_icmp((setup & 0x40 != 0).then_some(origin));
     let Ok(snat) = Snat::new(cfg) else { return };
     let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
     ct.v4.timeouts = nat_timeouts(&profile);

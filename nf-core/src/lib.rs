@@ -4,7 +4,8 @@
 //! batches with verdicts and drop reasons, zero-copy header views, the parse stage, flow keys
 //! with keyed (SipHash) and symmetric hashing, Toeplitz RSS hashing, Internet checksums with
 //! incremental updates, caller-supplied time, the [`Stage`] trait with zero-cost pipeline
-//! composition, and connection tracking ([`conntrack`]).
+//! composition, connection tracking ([`conntrack`]), and answers built in place (TCP
+//! resets, ICMP packet-too-big errors: [`reply`]).
 //!
 //! nf does no I/O and reads no clock. The caller owns the loop: it fills a [`Batch`] from its
 //! receive path (AF_XDP, DPDK, TUN, a pcap file), runs a pipeline of stages with the current
@@ -121,6 +122,7 @@ mod hash;
 mod meta;
 mod packet;
 mod parse;
+pub mod reply;
 #[cfg(feature = "std")]
 pub mod snapshot;
 mod stage;

@@ -118,7 +118,8 @@ pub struct PortAllocator {
     quarantine_for: Duration,
     queue: VecDeque<Quarantined>,
     live: usize,
-    active_per_public: Vec<u64>,
+    /// Live mappings per public address, per protocol (TCP, UDP, ICMP).
+    active_per_public: Vec<[u64; 3]>,
     counters: AllocatorCounters,
     last_probes: u32,
     state: State,
@@ -404,7 +405,7 @@ impl PortAllocator {
         Ok(Self {
             hasher: FlowHasher::new(c.secret),
             publics: c.public_ips.iter().map(|&ip| raw(ip)).collect(),
-            active_per_public: vec![0; n_ips],
+            active_per_public: vec![[0; 3]; n_ips],
             public_ips: c.public_ips,
             family_ips,
             space,
@@ -540,10 +541,16 @@ impl PortAllocator {
 
     /// Live mappings on the public address with index `public`.
     pub fn active_on(&self, public: u16) -> u64 {
+        self.active_on_per_protocol(public).iter().sum()
+    }
+
+    /// Live mappings on the public address with index `public`, per protocol: TCP, UDP,
+    /// ICMP.
+    pub fn active_on_per_protocol(&self, public: u16) -> [u64; 3] {
         self.active_per_public
             .get(usize::from(public))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or([0; 3])
     }
 
     /// Probes the last [`Self::allocate`] made.
@@ -737,7 +744,8 @@ impl PortAllocator {
 
     fn commit_live(&mut self, public: u16, p: usize) {
         self.live += 1;
-        if let Some(a) = self.active_per_public.get_mut(usize::from(public)) {
+        let per = self.active_per_public.get_mut(usize::from(public));
+        if let Some(a) = per.and_then(|a| a.get_mut(p)) {
             *a += 1;
         }
         if let Some(a) = self.counters.active.get_mut(p) {
@@ -747,7 +755,8 @@ impl PortAllocator {
 
     fn drop_live(&mut self, public: u16, p: usize) {
         self.live = self.live.saturating_sub(1);
-        if let Some(a) = self.active_per_public.get_mut(usize::from(public)) {
+        let per = self.active_per_public.get_mut(usize::from(public));
+        if let Some(a) = per.and_then(|a| a.get_mut(p)) {
             *a = a.saturating_sub(1);
         }
         if let Some(a) = self.counters.active.get_mut(p) {

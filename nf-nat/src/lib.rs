@@ -65,9 +65,25 @@
 //! - **Related packets** ([`SessionService::on_related`](nf_core::conntrack::SessionService::on_related)): ICMP errors get their outer
 //!   header and the quoted packet translated (RFC 5508 REQ-4/5: both IPv4 checksums, the
 //!   quoted transport checksum where the quote holds it, the ICMP checksum); later fragments
-//!   get their addresses translated.
+//!   get their addresses translated. That covers errors the node makes itself after the
+//!   NAT: a packet too big for a tunnel behind it becomes fragmentation needed / packet too
+//!   big towards its translated source ([`nf_core::reply::PmtuStage`]), and passed back
+//!   through the NAT as received from the outside it reaches the inside sender (RFC 4787
+//!   REQ-13).
 //! - **End** ([`SessionService::on_end`](nf_core::conntrack::SessionService::on_end)): the mapping goes back to the allocator, which
 //!   quarantines the port.
+//! - **No session** ([`SessionService::on_refused`](nf_core::conntrack::SessionService::on_refused)):
+//!   a TCP segment from inside that may not open a session (not a SYN: in the hyperplane
+//!   profile, its connection idled out after 350 s) becomes, in place, the RST that answers
+//!   it ([`nf_core::reply::tcp_reset`]), sent back towards the inside host with
+//!   [`Verdict::Tx`](nf_core::Verdict::Tx) on [`SnatConfig::idle_reset`]'s port and counted
+//!   `idle_timeout_resets` (the default of the hyperplane profile; the others drop it as
+//!   `no_session`). A flow from inside refused for lack of resources (ports, probes,
+//!   capacity, quota, session table) gets ICMP destination unreachable, administratively
+//!   prohibited back if configured ([`SnatConfig::with_refusal_icmp`], RFC 5508 REQ-8;
+//!   rate-limited, counted `refusal_icmp_sent` / `refusal_icmp_rate_limited`). A tuple asks
+//!   its second service only if the first passes a refused packet, so put `Snat` first:
+//!   `Conntrack<(Snat, TcpWindow)>`.
 //!
 //! [`Meta::flow`](nf_core::Meta::flow) keeps the key the packet arrived with; the
 //! session's two keys hold both tuples.
@@ -138,9 +154,14 @@
 //!
 //! # Owners
 //!
-//! With [`Owner`] `{ nodes, cores, node, core }` each class is cut into `nodes × cores`
-//! contiguous runs of words, and the allocator hands out only its own run, so the owner of a
-//! reply is [`owner_of`] its destination port — a pure function. With [`RssSteering`]
+//! With [`Owner`] `{ nodes, cores, node, core }` each class is cut into one run of whole
+//! words per node, and a node's run into `cores` equal runs of ports; the allocator hands out
+//! only its own run, so the owner of a reply is [`owner_of`] its destination port — a pure
+//! function. Within a node that split *is* nf-core's
+//! [`PortPartition`](nf_core::steer::PortPartition) ([`PortSplit::partition`]): a node whose
+//! [`Steering`](nf_core::steer::Steering) owns the public addresses with it steers every
+//! reply to the core whose allocator chose the port (property-tested through nf-core's
+//! steering; ports below 1024 are outside the partition). With [`RssSteering`]
 //! (hyperplane only) the runs are per node, and within its node's run the allocator takes only
 //! ports for which the reply's Toeplitz hash (nf-core's, the NIC's) selects this core's
 //! receive queue: the hash is linear in the port's bits, so one precomputed mask per
@@ -153,6 +174,25 @@
 //! quarantined mappings never exceed it). [`PortAllocator::handle_timeout`] frees due ports
 //! with bounded work; [`PortAllocator::allocate`] also frees up to two due ones itself. If
 //! `now` went backwards, ports behind a later one wait longer, never shorter.
+//!
+//! # Counters
+//!
+//! [`Snat`] reports through the stage's counter visitor, under the stage name `snat`, with
+//! stable names:
+//! - new flows: `flows_translated`, `flows_forwarded`, `flows_hairpinned`, `flows_inbound`,
+//!   `flows_untranslated`, `flows_refused`, `no_mapping` (unsolicited inbound);
+//! - allocation errors by reason: `alloc_error_exhausted`, `alloc_error_too_many_probes`,
+//!   `alloc_error_capacity_full`, `alloc_error_quota_exceeded`,
+//!   `alloc_error_unsupported_protocol`, `alloc_error_no_public_address`;
+//! - live mappings: `active_tcp`, `active_udp`, `active_icmp`, and per public address (the
+//!   first 16, by index) `active_public_N` with `active_public_N_tcp`, `_udp`, `_icmp`;
+//! - probes: the histogram `probes_0`, `probes_1`, `probes_2`, `probes_3_4`, `probes_5_8`,
+//!   `probes_9_16`, `probes_17_32`, `probes_33_up`, and `probes_total`;
+//! - ports: `allocations`, `reused`, `releases`, `release_unknown`, `quarantined`; CGN
+//!   `blocks_allocated`, `blocks_released`, `block_events_dropped`;
+//! - packets: `packets_out`, `packets_in`, `packets_hairpinned`, `fragments_translated`,
+//!   `rewrite_failed`, `icmp_errors_translated`, `icmp_errors_dropped`,
+//!   `idle_timeout_resets`, `refusal_icmp_sent`, `refusal_icmp_rate_limited`.
 //!
 //! # Memory
 //!

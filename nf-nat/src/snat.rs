@@ -9,9 +9,10 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
+use nf_core::reply::{IcmpOrigin, ReplyBucket};
 use nf_core::{
-    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, Verdict, ZoneId,
-    flags,
+    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, PortId, Verdict,
+    ZoneId, flags, reply,
 };
 
 /// An inside prefix whose flows are translated, optionally only in one zone.
@@ -132,19 +133,47 @@ pub struct SnatConfig {
     pub forwards: Vec<PortForward>,
     /// Inbound filtering of mappings.
     pub filtering: Filtering,
+    /// Where the RST answering a TCP segment from inside that has no session goes (the
+    /// hyperplane profile's idle timeout: the inside host learns at once that its
+    /// connection is gone); `None`: such segments are dropped silently (`no_session`).
+    pub idle_reset: Option<PortId>,
+    /// ICMP errors for flows from inside refused for lack of resources: their source,
+    /// port and rate (`None`, the default: the typed drop only).
+    pub refusal_icmp: Option<IcmpOrigin>,
 }
 
 impl SnatConfig {
     /// Translate every flow with `allocator`; IPv6 sessions up to its `max_mappings`.
     pub fn new(allocator: AllocatorConfig) -> Self {
         let v6_sessions = allocator.max_mappings;
+        let idle_reset = (allocator.profile == Profile::Hyperplane).then_some(PortId(0));
         Self {
             allocator,
             inside: Vec::new(),
             v6_sessions,
             forwards: Vec::new(),
             filtering: Filtering::AddressAndPortDependent,
+            idle_reset,
+            refusal_icmp: None,
         }
+    }
+
+    /// Answers flows refused for lack of resources (ports, probes, capacity, quota, session
+    /// table) with ICMP destination unreachable, administratively prohibited (RFC 5508
+    /// REQ-8), or not (`None`).
+    #[must_use]
+    pub fn with_refusal_icmp(mut self, icmp: Option<IcmpOrigin>) -> Self {
+        self.refusal_icmp = icmp;
+        self
+    }
+
+    /// Answers TCP segments from inside that have no session with a RST sent on `port`
+    /// (`Some`; the default of the hyperplane profile, on port 0) or drops them silently
+    /// (`None`; the default of the others).
+    #[must_use]
+    pub fn with_idle_reset(mut self, port: Option<PortId>) -> Self {
+        self.idle_reset = port;
+        self
     }
 
     /// Sets the inbound filtering (endpoint-independent needs the rfc or cgn profile).
@@ -206,8 +235,18 @@ pub struct SnatCounters {
     pub icmp_errors_dropped: u64,
     /// Later fragments translated.
     pub fragments_translated: u64,
+    /// Packets of hairpinned sessions translated (both directions).
+    pub packets_hairpinned: u64,
     /// Packets dropped because their headers could not be rewritten.
     pub rewrite_failed: u64,
+    /// TCP segments from inside without a session (their session idled out) answered with
+    /// a RST ([`SnatConfig::idle_reset`]).
+    pub idle_timeout_resets: u64,
+    /// Refused flows answered with ICMP administratively prohibited
+    /// ([`SnatConfig::refusal_icmp`]).
+    pub refusal_icmp_sent: u64,
+    /// Refused flows left without that ICMP error by its rate limit.
+    pub refusal_icmp_rate_limited: u64,
 }
 
 impl SnatCounters {
@@ -225,7 +264,11 @@ impl SnatCounters {
             ("icmp_errors_translated", self.icmp_errors_translated),
             ("icmp_errors_dropped", self.icmp_errors_dropped),
             ("fragments_translated", self.fragments_translated),
+            ("packets_hairpinned", self.packets_hairpinned),
             ("rewrite_failed", self.rewrite_failed),
+            ("idle_timeout_resets", self.idle_timeout_resets),
+            ("refusal_icmp_sent", self.refusal_icmp_sent),
+            ("refusal_icmp_rate_limited", self.refusal_icmp_rate_limited),
         ] {
             f(STAGE, name, v);
         }
@@ -236,26 +279,22 @@ impl SnatCounters {
 const STAGE: &str = "snat";
 
 /// Names of the live-mapping gauges of the first 16 public addresses (by index in
-/// [`AllocatorConfig::public_ips`]); further addresses are read with
-/// [`PortAllocator::active_on`].
-const ACTIVE_PER_PUBLIC: [&str; 16] = [
-    "active_public_0",
-    "active_public_1",
-    "active_public_2",
-    "active_public_3",
-    "active_public_4",
-    "active_public_5",
-    "active_public_6",
-    "active_public_7",
-    "active_public_8",
-    "active_public_9",
-    "active_public_10",
-    "active_public_11",
-    "active_public_12",
-    "active_public_13",
-    "active_public_14",
-    "active_public_15",
-];
+/// [`AllocatorConfig::public_ips`]): in all, then per protocol; further addresses are read
+/// with [`PortAllocator::active_on_per_protocol`].
+macro_rules! active_names {
+    ($($i:literal)*) => {
+        [$((
+            concat!("active_public_", $i),
+            [
+                concat!("active_public_", $i, "_tcp"),
+                concat!("active_public_", $i, "_udp"),
+                concat!("active_public_", $i, "_icmp"),
+            ],
+        ),)*]
+    };
+}
+const ACTIVE_PER_PUBLIC: [(&str, [&str; 3]); 16] =
+    active_names!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 
 /// The session value of [`Snat`]: the mapping and the inside endpoint (14 bytes: an IPv4
 /// session record with it stays one 64-byte line).
@@ -370,6 +409,8 @@ pub struct Snat {
     /// sessions holding it (keyed: inbound packets choose the port looked up).
     owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
     v6: V6Store,
+    idle_reset: Option<PortId>,
+    refusal_icmp: Option<(IcmpOrigin, ReplyBucket)>,
     counters: SnatCounters,
 }
 
@@ -522,6 +563,8 @@ impl Snat {
             forwards,
             owners,
             v6: V6Store::new(config.v6_sessions),
+            idle_reset: config.idle_reset,
+            refusal_icmp: config.refusal_icmp.map(|r| (r, r.bucket())),
             counters: SnatCounters::default(),
         })
     }
@@ -849,6 +892,34 @@ impl Snat {
     }
 }
 
+impl Snat {
+    /// RFC 5508 REQ-8: the ICMP error for a flow refused for lack of resources, within the
+    /// rate limit; otherwise the drop.
+    fn refuse_with_icmp<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let Some((cfg, bucket)) = &mut self.refusal_icmp else {
+            return Verdict::Drop(reason);
+        };
+        let Some(from) = cfg.from(pkt.meta.flow.family()) else {
+            return Verdict::Drop(reason);
+        };
+        if !bucket.take(now) {
+            self.counters.refusal_icmp_rate_limited += 1;
+            return Verdict::Drop(reason);
+        }
+        if reply::icmp_prohibited(pkt, from).is_err() {
+            bucket.give_back();
+            return Verdict::Drop(reason);
+        }
+        self.counters.refusal_icmp_sent += 1;
+        Verdict::Tx(cfg.port)
+    }
+}
+
 /// The typed drop of an allocator refusal.
 fn drop_reason(e: AllocError) -> DropReason {
     match e {
@@ -970,6 +1041,7 @@ impl SessionService for Snat {
             Direction::Original => self.counters.packets_out += 1,
             Direction::Reply => self.counters.packets_in += 1,
         }
+        self.counters.packets_hairpinned += u64::from(t.kind.is_hairpin());
         Verdict::Pass
     }
 
@@ -1008,6 +1080,40 @@ impl SessionService for Snat {
         Verdict::Pass
     }
 
+    /// A TCP segment from inside that may not open a session (not a SYN: its session
+    /// expired) becomes the RST that tells the inside host, sent on the configured port
+    /// ([`SnatConfig::idle_reset`]); everything else keeps its drop.
+    ///
+    /// A flow from inside refused for lack of resources gets ICMP administratively
+    /// prohibited back if configured ([`SnatConfig::refusal_icmp`], RFC 5508 REQ-8).
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let key = pkt.meta.flow;
+        if !self.is_inside(&key) || self.is_public(&key) {
+            return Verdict::Drop(reason);
+        }
+        match reason {
+            DropReason::NoSession => match self.idle_reset {
+                Some(port) if key.proto == proto::TCP && reply::tcp_reset(pkt).is_ok() => {
+                    self.counters.idle_timeout_resets += 1;
+                    Verdict::Tx(port)
+                }
+                _ => Verdict::Drop(reason),
+            },
+            DropReason::NatPortsExhausted
+            | DropReason::NatTooManyProbes
+            | DropReason::NatCapacityFull
+            | DropReason::NatQuotaExceeded
+            | DropReason::SessionTableFull
+            | DropReason::ZoneQuotaExceeded => self.refuse_with_icmp(now, reason, pkt),
+            _ => Verdict::Drop(reason),
+        }
+    }
+
     fn on_end(&mut self, now: Instant, s: &SessionInfo<Translation>, _cause: EndCause) {
         let t = s.value;
         if t.kind == Kind::Pass {
@@ -1034,8 +1140,12 @@ impl SessionService for Snat {
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         self.counters.visit(f);
         self.ports.visit_counters(STAGE, f);
-        for (i, name) in (0u16..).zip(ACTIVE_PER_PUBLIC).take(self.publics.len()) {
-            f(STAGE, name, self.ports.active_on(i));
+        for (i, (all, per)) in (0u16..).zip(ACTIVE_PER_PUBLIC).take(self.publics.len()) {
+            let n = self.ports.active_on_per_protocol(i);
+            f(STAGE, all, n.iter().sum());
+            for (name, v) in per.into_iter().zip(n) {
+                f(STAGE, name, v);
+            }
         }
     }
 

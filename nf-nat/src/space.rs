@@ -12,6 +12,7 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use nf_core::Family;
+use nf_core::steer::PortPartition;
 use nf_core::toeplitz::Toeplitz;
 
 /// Words of 64 ports in the whole port space.
@@ -21,8 +22,9 @@ pub(crate) const LOW_WORDS: usize = 16;
 /// Summary words (one bit per port word).
 pub(crate) const SUMMARY: usize = WORDS / 64;
 
-/// How the port space is split between owners: `nodes` × `cores` contiguous ranges in each
-/// range class (zero counts behave as one).
+/// How the port space is split between owners: in each range class, one contiguous run of
+/// whole words per node, cut into `cores` equal runs of ports (zero counts behave as one);
+/// see [`owner_of`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSplit {
     /// Nodes sharing the public addresses.
@@ -32,9 +34,50 @@ pub struct PortSplit {
 }
 
 impl PortSplit {
-    fn owners(self) -> u64 {
-        u64::from(self.nodes.max(1)) * u64::from(self.cores.max(1))
+    fn counts(self) -> (u64, u64) {
+        (u64::from(self.nodes.max(1)), u64::from(self.cores.max(1)))
     }
+
+    /// How `node` steers replies to its cores, as nf-core's port partition of the public
+    /// addresses ([`Steering::own`](nf_core::steer::Steering::own) with `cores` workers):
+    /// worker `c` owns exactly the ports at or above 1024 that `owner_of` gives to
+    /// (`node`, `c`), and those are the ports that core's allocator hands out. Ports below
+    /// 1024 (the low range class) are not covered: steering answers
+    /// [`Steer::Unknown`](nf_core::steer::Steer::Unknown) for them. `None` for a node out of
+    /// range or with fewer high ports than cores.
+    ///
+    /// ```
+    /// use nf_nat::{PortSplit, owner_of};
+    /// let split = PortSplit { nodes: 3, cores: 5 };
+    /// let p = split.partition(1).unwrap();
+    /// let port = p.first + 2 * p.per_worker + 7;
+    /// assert_eq!((owner_of(port, split).node, owner_of(port, split).core), (1, 2));
+    /// ```
+    pub fn partition(self, node: u32) -> Option<PortPartition> {
+        if node >= self.nodes.max(1) {
+            return None;
+        }
+        let (lo, per) = node_run(LOW_WORDS, WORDS - LOW_WORDS, self, u64::from(node));
+        let first = u16::try_from(lo).ok()?;
+        let per = u16::try_from(per).ok().filter(|&p| p > 0)?;
+        Some(PortPartition::new(first, per))
+    }
+}
+
+/// The first port of `node`'s run in the class of words `[base, base + len)`, and the ports
+/// each of its cores gets.
+fn node_run(base: usize, len: usize, split: PortSplit, node: u64) -> (u64, u64) {
+    let (nodes, cores) = split.counts();
+    let len = len as u64;
+    let lo = base as u64 + node * len / nodes;
+    let hi = base as u64 + (node + 1) * len / nodes;
+    (lo * 64, (hi - lo) * 64 / cores)
+}
+
+/// Ports `[lo, hi)` of (`node`, `core`) in the class of words `[base, base + len)`.
+fn owner_ports(base: usize, len: usize, split: PortSplit, node: u64, core: u64) -> (u64, u64) {
+    let (first, per) = node_run(base, len, split, node);
+    (first + core * per, first + (core + 1) * per)
 }
 
 /// The node and core that own a port.
@@ -49,10 +92,16 @@ pub struct PortOwner {
 
 /// The owner of `port` under `split`: a pure function every node computes alike.
 ///
-/// Each range class is cut into `nodes × cores` contiguous runs of whole 64-port words,
-/// owner `i = node × cores + core` taking words `⌊i·len/n⌋ .. ⌊(i+1)·len/n⌋` of the class
-/// (16 low words, ports 0–1023; 1008 high words, ports 1024–65535). With more owners than a
-/// class has words, some owners have no ports of that class.
+/// Each range class (16 low words, ports 0–1023; 1008 high words, ports 1024–65535) is
+/// cut into one run of whole 64-port words per node, node `i` of `n` taking words
+/// `⌊i·len/n⌋ .. ⌊(i+1)·len/n⌋` of the class; a node's run of `P` ports is cut into `cores`
+/// runs of `⌊P/cores⌋` ports, core `c` taking the `c`-th. The fewer than `cores` ports left
+/// at the end of a node's run are never handed out (`owner_of` names the node's last core
+/// for them). Within a node this is exactly nf-core's
+/// [`PortPartition`](nf_core::steer::PortPartition) of the high class
+/// ([`PortSplit::partition`]), so the node's software steering and its allocators agree.
+/// With more nodes than a class has words, or more cores than a node's run has ports,
+/// some owners have no ports of that class.
 ///
 /// ```
 /// use nf_nat::{PortSplit, owner_of};
@@ -63,26 +112,22 @@ pub struct PortOwner {
 /// ```
 pub fn owner_of(port: u16, split: PortSplit) -> PortOwner {
     let w = usize::from(port) / 64;
-    let (rel, len) = if w < LOW_WORDS {
-        (w, LOW_WORDS)
+    let (base, len) = if w < LOW_WORDS {
+        (0, LOW_WORDS)
     } else {
-        (w - LOW_WORDS, WORDS - LOW_WORDS)
+        (LOW_WORDS, WORDS - LOW_WORDS)
     };
-    let n = split.owners();
-    // The largest i with ⌊i·len/n⌋ ≤ rel.
-    let i = ((rel as u64 + 1) * n - 1) / len as u64;
-    let cores = u64::from(split.cores.max(1));
+    let (nodes, cores) = split.counts();
+    // The largest node i with ⌊i·len/n⌋ ≤ the word's place in the class.
+    let node = (((w - base) as u64 + 1) * nodes - 1) / len as u64;
+    let (first, per) = node_run(base, len, split, node);
+    let core = (u64::from(port) - first)
+        .checked_div(per)
+        .map_or(cores - 1, |c| c.min(cores - 1));
     PortOwner {
-        node: (i / cores) as u32,
-        core: (i % cores) as u32,
+        node: node as u32,
+        core: core as u32,
     }
-}
-
-/// Words `[lo, hi)` of owner `i` of `n` in the class `[base, base + len)`.
-fn owner_words(base: usize, len: usize, i: u64, n: u64) -> (usize, usize) {
-    let lo = base + (i * len as u64 / n) as usize;
-    let hi = base + ((i + 1) * len as u64 / n) as usize;
-    (lo, hi)
 }
 
 /// RSS steering precomputation (see [`RssSteering`]).
@@ -256,17 +301,22 @@ impl Space {
                 u64::from(owner.node) * u64::from(owner.cores) + u64::from(owner.core),
             ),
         };
-        let n = split.owners();
-        let classes = [
-            owner_words(0, LOW_WORDS, index, n),
-            owner_words(LOW_WORDS, WORDS - LOW_WORDS, index, n),
+        let (node, core) = (index / split.counts().1, index % split.counts().1);
+        let ports = [
+            owner_ports(0, LOW_WORDS, split, node, core),
+            owner_ports(LOW_WORDS, WORDS - LOW_WORDS, split, node, core),
         ];
         let mut allowed = vec![0u64; WORDS].into_boxed_slice();
-        for &(lo, hi) in &classes {
-            for w in allowed.get_mut(lo..hi).into_iter().flatten() {
-                *w = !0;
+        for &(lo, hi) in &ports {
+            for p in lo..hi {
+                if let Some(w) = allowed.get_mut((p / 64) as usize) {
+                    *w |= 1 << (p % 64);
+                }
             }
         }
+        // The words a search walks: those holding the owner's ports (the first and last may
+        // be shared with a neighbour, whose ports `allowed` leaves out).
+        let classes = ports.map(|(lo, hi)| ((lo / 64) as usize, hi.div_ceil(64) as usize));
         // Port 0 is never a port.
         if let Some(w) = allowed.first_mut() {
             *w &= !1;
@@ -394,17 +444,50 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Each owner's ranges are exactly the ports `owner_of` gives it.
+        /// Each owner may hand out exactly the ports `owner_of` gives it (but port 0 and
+        /// the few left at the end of a node's run), and no other owner may.
         #[test]
-        fn owner_ranges_agree_with_owner_of(nodes in 1u32..40, cores in 1u32..40, port in any::<u16>()) {
+        fn owner_ranges_agree_with_owner_of(nodes in 1u32..40, cores in 1u32..70, port in any::<u16>()) {
             let split = PortSplit { nodes, cores };
             let o = owner_of(port, split);
             prop_assert!(o.node < nodes && o.core < cores);
-            let s = Space::new(Owner { nodes, cores, node: o.node, core: o.core }, &[], None).unwrap();
+            let space = |node, core| Space::new(Owner { nodes, cores, node, core }, &[], None).unwrap();
             let w = usize::from(port) / 64;
+            let bit = |s: &Space| s.allowed(w, None) >> (port % 64) & 1 == 1;
+            let s = space(o.node, o.core);
             let class = usize::from(w >= LOW_WORDS);
-            let (lo, hi) = s.class_words(class);
-            prop_assert!(lo <= w && w < hi);
+            let (base, len) = if class == 0 { (0, LOW_WORDS) } else { (LOW_WORDS, WORDS - LOW_WORDS) };
+            let (first, per) = node_run(base, len, split, u64::from(o.node));
+            let leftover = u64::from(port) >= first + per * u64::from(cores);
+            prop_assert_eq!(bit(&s), port != 0 && !leftover);
+            if bit(&s) {
+                let (lo, hi) = s.class_words(class);
+                prop_assert!(lo <= w && w < hi);
+            }
+            // The neighbours (other core of the node, other node) never may.
+            let other = space(o.node, (o.core + 1) % cores);
+            prop_assert!(cores == 1 || !bit(&other));
+            let other = space((o.node + 1) % nodes, o.core);
+            prop_assert!(nodes == 1 || !bit(&other));
+        }
+
+        /// Within a node, `owner_of` is nf-core's port partition for every high port the
+        /// node's cores hand out.
+        #[test]
+        fn partition_is_owner_of_within_a_node(nodes in 1u32..40, cores in 1u32..70, port in 1024u16..) {
+            let split = PortSplit { nodes, cores };
+            let o = owner_of(port, split);
+            let Some(p) = split.partition(o.node) else {
+                return Ok(());
+            };
+            let off = port - p.first;
+            if u32::from(off / p.per_worker) < cores {
+                prop_assert_eq!(u32::from(off / p.per_worker), o.core);
+            } else {
+                // The few ports at the end of the node's run: no core hands them out.
+                let s = Space::new(Owner { nodes, cores, node: o.node, core: o.core }, &[], None).unwrap();
+                prop_assert_eq!(s.allowed(usize::from(port) / 64, None) >> (port % 64) & 1, 0);
+            }
         }
     }
 }

@@ -38,7 +38,8 @@ impl<K: Copy + Eq + Default, V: Copy + Default> Table<K, V> {
         Self {
             slots: alloc::vec![Slot::default(); n],
             len: 0,
-            limit: n / 8 * 7,
+            // n > 8·entries/7, so ⌊7n/8⌋ ≥ entries: room for every promised entry.
+            limit: n * 7 / 8,
         }
     }
 
@@ -181,6 +182,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn holds_the_entries_it_was_made_for() {
+        for e in 0..600usize {
+            let mut t: Table<u32, u32> = Table::with_entries(e);
+            for k in 0..e as u32 {
+                let h = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                assert!(t.insert_new(h, k, k).is_ok(), "{k} of {e}");
+            }
+            assert!(t.len() * 8 <= t.slots.len() * 7);
+        }
+    }
 
     proptest! {
         /// Against a HashMap: inserts and removals with colliding hashes.

@@ -138,7 +138,8 @@ fn no_heap_allocation_after_new() {
 
 /// The SNAT service inside conntrack translates packets without touching the heap: new
 /// outbound flows of both families (mapping, reply key, IPv6 store, the endpoint-independent
-/// owners table), port forwards, hairpins, unsolicited inbound packets, and session ends.
+/// owners table), port forwards, hairpins, unsolicited inbound packets, segments answered
+/// with an idle RST, session ends, and nf-core's PMTU stage answering `too_big` drops.
 #[test]
 fn snat_packets_do_not_allocate() {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
@@ -158,7 +159,8 @@ fn snat_packets_do_not_allocate() {
         .with_inside(InsidePrefix::new("10.0.0.0".parse().unwrap(), 8))
         .with_inside(InsidePrefix::new("fd00::".parse().unwrap(), 8))
         .with_forward(web)
-        .with_filtering(Filtering::EndpointIndependent);
+        .with_filtering(Filtering::EndpointIndependent)
+        .with_idle_reset(Some(nf_core::PortId(0)));
     let ct = ConntrackConfig::new([3; 16]).sizes(Sizes { v4: 4096, v6: 1024 });
     let mut nat = ParseStage::default().then(Conntrack::new(ct, Snat::new(cfg).unwrap()).unwrap());
 
@@ -230,6 +232,13 @@ fn snat_packets_do_not_allocate() {
                     .to_vec()
                     .unwrap(),
             );
+            // No session: answered with a RST.
+            v.push(
+                Frame::ipv4(inside, [198, 51, 100, i])
+                    .tcp(6001, 443, 0x10)
+                    .to_vec()
+                    .unwrap(),
+            );
         }
         v
     };
@@ -248,10 +257,27 @@ fn snat_packets_do_not_allocate() {
     // Warm up on the first batch (nothing in the stages grows, but be fair to lazy state).
     let mut first = batches.remove(0);
     nat.process(now, &mut first);
+    let mut too_big: Batch<Vec<u8>> = Batch::new();
+    let big = Frame::ipv4([10, 0, 0, 1], [198, 51, 100, 1])
+        .udp(1, 2)
+        .payload(&[0; 1472])
+        .to_vec()
+        .unwrap();
+    for _ in 0..8 {
+        too_big.push(Packet::with_headroom(&big, 64)).ok().unwrap();
+    }
+    let mut parse = ParseStage::default();
+    parse.process(now, &mut too_big);
+    for i in 0..8 {
+        too_big.set_verdict(i, nf_core::Verdict::Drop(nf_core::DropReason::TooBig));
+    }
+    let origin = nf_core::reply::IcmpOrigin::new(Some(public4), Some(public6), nf_core::PortId(0));
+    let mut pmtu = nf_core::reply::PmtuStage::new(1400, origin);
     COUNTING.set(true);
     for b in &mut batches {
         nat.process(now, b);
     }
+    pmtu.process(now, &mut too_big);
     // Every session ends: mappings released, IPv6 store slots and owners freed.
     now += Duration::from_secs(4000);
     while nat.poll_timeout().is_some_and(|t| t <= now) {
@@ -271,5 +297,7 @@ fn snat_packets_do_not_allocate() {
         }
     });
     assert!(translated > 100, "{translated}");
+    assert_eq!(nat.second.service().counters().idle_timeout_resets, 64);
+    assert_eq!(pmtu.pmtu_counters().sent, 8);
     assert_eq!(nat.second.len(), 0);
 }

@@ -183,6 +183,51 @@ proptest! {
         prop_assert!(owners_of.is_superset(&seen));
     }
 
+    /// Replies reach their owner through nf-core's own steering: for random node and core
+    /// counts and profiles, every reply to a port the allocator of (node, core) handed out
+    /// (IPv4 and IPv6) is steered to worker `core` by the node's `Steering`, which owns the
+    /// public addresses with `split.partition(node)`; `owner_of` names (node, core), and no
+    /// other node's partition claims the port.
+    #[test]
+    fn replies_are_steered_to_their_owner_by_nf_core(nodes in 1u32..9, cores in 1u16..33, seed in any::<u64>(), profile in 0u8..3) {
+        use nf_core::steer::{Steer, SteerFields, SteerHash, Steering};
+        use nf_core::{FlowHasher, Meta, flags};
+        let split = PortSplit { nodes, cores: u32::from(cores) };
+        let node = (seed % u64::from(nodes)) as u32;
+        let core = (seed >> 8) % u64::from(cores);
+        let profile = [Profile::Rfc, Profile::Hyperplane, Profile::Cgn(CgnSettings::new().with_block_size(64))][usize::from(profile)];
+        let publics: Vec<IpAddr> = vec!["203.0.113.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let steering = |node: u32| {
+            let mut s = Steering::new(cores, SteerHash::Keyed(FlowHasher::new([5; 16])), SteerFields::FiveTuple);
+            for &ip in &publics {
+                s.own(ip, split.partition(node).unwrap()).unwrap();
+            }
+            s
+        };
+        let mine = steering(node);
+        let others: Vec<Steering> = (0..nodes).filter(|&n| n != node).map(steering).collect();
+        let cfg = AllocatorConfig::new(profile, publics.clone(), seed.to_le_bytes().repeat(2).try_into().unwrap())
+            .with_owner(Owner { nodes, cores: u32::from(cores), node, core: core as u32 });
+        let mut n = PortAllocator::new(cfg).unwrap();
+        for i in 0..60u16 {
+            let f = if i % 2 == 0 {
+                FlowKey::v4(ZoneId(0), [10, 0, 0, (i % 3) as u8], [198, 51, 100, i as u8], proto::TCP, 1024 + i * 97, 443)
+            } else {
+                FlowKey::v6(ZoneId(0), [0xfd; 16], [0x26; 16], proto::UDP, 2000 + i, 53)
+            };
+            let m = n.allocate(Instant::ZERO, &f).unwrap();
+            let reply = n.reply_key(&f, m).unwrap();
+            let mut meta = Meta::default();
+            (meta.flags, meta.flow) = (flags::L3_VALID | flags::L4_VALID, reply);
+            prop_assert_eq!(mine.worker(&[], &meta), Steer::Worker(core as u16), "reply {}", reply);
+            for o in &others {
+                prop_assert_eq!(o.worker(&[], &meta), Steer::Unknown);
+            }
+            let o = owner_of(m.port(), split);
+            prop_assert_eq!((o.node, u64::from(o.core)), (node, core));
+        }
+    }
+
     /// RSS steering: every reply's symmetric Toeplitz hash (computed here independently)
     /// selects the receive queue of the core that allocated its port, and its port lies in
     /// the node's range, for random node and core counts, IPv4 and IPv6.

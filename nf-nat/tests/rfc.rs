@@ -264,6 +264,11 @@ fn hairpin(profile: Profile, tcp: bool) {
     let err = pass(&mut nat, &unreachable4(INSIDE4, PUBLIC4, &to_server));
     assert_eq!((src4(&err), dst4(&err)), (PUBLIC4, INSIDE4_B));
     assert_eq!(nat.counter("flows_hairpinned"), 1);
+    assert_eq!(
+        nat.counter("packets_hairpinned"),
+        2,
+        "both directions, not the ICMP error"
+    );
 }
 
 /// all profiles: no ALG touches UDP payloads.
@@ -309,11 +314,60 @@ fn rfc4787_req12_icmp_does_not_end_mapping() {
     }
 }
 
-/// all profiles: a packet too big for the next hop gets fragmentation needed (DF set) or is
-/// fragmented.
+/// all profiles: a packet too big for the next hop (DF set) gets fragmentation needed back,
+/// with the next-hop MTU: nf-core's `PmtuStage` answers the `too_big` drop of a stage after
+/// the NAT (a tunnel encapsulation) towards the packet's source as translated, and the NAT
+/// translates that error back to the inside sender like any ICMP error quoting one of its
+/// flows (outer destination and quoted source). NAT66 gets packet too big the same way.
+/// (Without DF nf does not fragment: the drop stays `too_big`.)
 #[test]
-#[ignore = "MTU handling (TooBig from the tunnel encap turned into frag-needed / packet-too-big) is not built yet"]
-fn rfc4787_req13_fragmentation_needed() {}
+fn rfc4787_req13_fragmentation_needed() {
+    use nf_core::reply::{IcmpOrigin, PmtuStage};
+    use nf_core::{Batch, Packet, PortId, Stage};
+    for profile in ALL {
+        let mut nat = Nat::new(profile, 4096);
+        let from = (ROUTER4.into(), core::net::Ipv6Addr::from(router6()).into());
+        let mut pmtu = PmtuStage::new(1400, IcmpOrigin::new(Some(from.0), Some(from.1), PortId(0)));
+        for v6 in [false, true] {
+            let big = if v6 {
+                nf_core::wire::Frame::ipv6(inside6(), remote6())
+            } else {
+                nf_core::wire::Frame::ipv4(INSIDE4, REMOTE4)
+            };
+            let big = big.udp(5000, 53).payload(&[9; 1452]).to_vec().unwrap();
+            let mut batch = Batch::new();
+            batch.push(Packet::with_headroom(&big, 64)).unwrap();
+            nat.pipe.process(nat.now, &mut batch);
+            // The stage after the NAT finds it too big for its MTU.
+            batch.set_verdict(0, Verdict::Drop(DropReason::TooBig));
+            pmtu.process(nat.now, &mut batch);
+            let p = &batch.packets()[0];
+            assert_eq!(
+                p.meta.verdict,
+                Verdict::Tx(PortId(0)),
+                "{profile:?} v6 {v6}"
+            );
+            let error = p.data().to_vec();
+            // Back through the NAT, as if received from the outside.
+            let back = pass(&mut nat, &error);
+            let (icmp, quote) = (l4(ip(&back)), &l4(ip(&back))[8..]);
+            if v6 {
+                assert_eq!((dst6(&back), icmp[0], icmp[1]), (inside6(), 2, 0));
+                assert_eq!(icmp[4..8], 1400u32.to_be_bytes());
+                assert_eq!(quote[8..24], inside6());
+                assert_eq!(quote.len(), 1280 - 48);
+            } else {
+                assert_eq!((dst4(&back), icmp[0], icmp[1]), (INSIDE4, 3, 4));
+                assert_eq!(icmp[6..8], 1400u16.to_be_bytes());
+                assert_eq!(quote[12..16], INSIDE4);
+                assert_eq!(ip(&back).len(), 576);
+            }
+            assert_eq!(be16(l4(quote)), 5000, "quoted source port, inside again");
+        }
+        assert_eq!(nat.counter("icmp_errors_translated"), 2);
+        assert_eq!(pmtu.pmtu_counters().sent, 2);
+    }
+}
 
 /// all profiles: fragments in order are translated, later fragments following their first.
 #[test]
@@ -573,10 +627,50 @@ fn rfc5508_req6_icmp_error_does_not_refresh() {
 fn rfc5508_req7_hairpinned_icmp_query() {}
 
 /// all profiles: a flow refused for lack of resources gets ICMP destination unreachable,
-/// code 13, back.
+/// code 13 (ICMPv6: type 1 code 1), back to the inside sender, quoting its packet as sent,
+/// when configured (`SnatConfig::with_refusal_icmp`); rate-limited, counted.
 #[test]
-#[ignore = "the refusal is a typed drop (nat_ports_exhausted, ...) and counted, but no ICMP is sent yet"]
-fn rfc5508_req8_icmp_on_resource_refusal() {}
+fn rfc5508_req8_icmp_on_resource_refusal() {
+    use nf_core::PortId;
+    use nf_core::reply::IcmpOrigin;
+    for profile in ALL {
+        let public = vec![PUBLIC4.into(), core::net::Ipv6Addr::from(public6()).into()];
+        let ports =
+            AllocatorConfig::new(profile, public, *b"snat test secret").with_max_mappings(2);
+        let from = (ROUTER4.into(), core::net::Ipv6Addr::from(router6()).into());
+        let icmp = IcmpOrigin::new(Some(from.0), Some(from.1), PortId(0)).with_rate(1, 3);
+        let mut nat = Nat::with_config(SnatConfig::new(ports).with_refusal_icmp(Some(icmp)), 64);
+        pass(&mut nat, &udp4(INSIDE4, REMOTE4, 5000, 53));
+        pass(&mut nat, &udp4(INSIDE4, REMOTE4, 5001, 53));
+        let refused = udp4(INSIDE4, REMOTE4, 5002, 53);
+        let (v, err) = nat.send(&refused);
+        assert_eq!(v, Verdict::Tx(PortId(0)), "{profile:?}");
+        verify_frame(&err);
+        assert_eq!((src4(&err), dst4(&err)), (ROUTER4, INSIDE4));
+        let icmp = l4(ip(&err));
+        assert_eq!((icmp[0], icmp[1]), (3, 13));
+        assert_eq!(
+            &icmp[8..],
+            ip(&refused),
+            "the packet as the inside host sent it"
+        );
+        let refused6 = udp6(inside6(), remote6(), 5003, 53);
+        let (v, err6) = nat.send(&refused6);
+        assert_eq!(v, Verdict::Tx(PortId(0)));
+        verify_frame(&err6);
+        assert_eq!((src6(&err6), dst6(&err6)), (router6(), inside6()));
+        assert_eq!(l4(ip(&err6))[..2], [1, 1]);
+        // Three in a burst, then the drop alone.
+        nat.send(&refused);
+        let (v, _) = nat.send(&refused);
+        assert_eq!(v, Verdict::Drop(DropReason::NatCapacityFull));
+        assert_eq!(nat.counter("refusal_icmp_sent"), 3);
+        assert_eq!(nat.counter("refusal_icmp_rate_limited"), 1);
+        // Unsolicited inbound packets are not answered.
+        let (v, _) = nat.send(&udp4(REMOTE4, PUBLIC4, 53, 9));
+        assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping));
+    }
+}
 
 // ---- RFC 7857 (updates) ---------------------------------------------------------------
 
@@ -599,6 +693,77 @@ fn rfc7857_rst_translated_then_held_4_minutes() {
         nat.advance(TCP_TRANSITORY_MIN.as_secs() + 5);
         assert_eq!(nat.pipe.second.len(), 0, "{profile:?}");
     }
+}
+
+// ---- Hyperplane idle timeout ----------------------------------------------------------
+
+/// hyperplane: a connection idle for 350 s is gone, and the inside host's next segment is
+/// answered with a RST back to it (from the remote endpoint; RFC 9293 §3.10.7.1 numbers:
+/// SEQ = the segment's ACK), counted `idle_timeout_resets`, with no new mapping; IPv4 and
+/// IPv6. A RST is never answered, nor an outside host's segment; rfc and cgn drop such
+/// segments silently unless told otherwise.
+#[test]
+fn hyperplane_idle_timeout_answers_with_rst() {
+    use nf_core::PortId;
+    use nf_core::wire::tcp::tcp_flags::RST;
+    let late4 = |seq: u32, ack: u32| {
+        let mut f = nf_core::wire::Frame::ipv4(INSIDE4, REMOTE4).tcp(40000, 443, ACK);
+        if let nf_core::wire::TransportRepr::Tcp(t) = &mut f.transport {
+            (t.seq, t.ack) = (seq, ack);
+        }
+        f.payload(b"late data").to_vec().unwrap()
+    };
+    let mut nat = Nat::new(Profile::Hyperplane, 4096);
+    let syn = pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, SYN));
+    let public = ports(&syn).0;
+    pass(&mut nat, &tcp4(REMOTE4, PUBLIC4, 443, public, SYN | ACK));
+    pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, ACK));
+    let six = pass(&mut nat, &tcp6(inside6(), remote6(), 40000, 443, SYN));
+    pass(
+        &mut nat,
+        &tcp6(remote6(), public6(), 443, ports(&six).0, SYN | ACK),
+    );
+    nat.advance(349);
+    pass(&mut nat, &tcp4(INSIDE4, REMOTE4, 40000, 443, ACK));
+    nat.advance(351);
+    assert_eq!(nat.pipe.second.len(), 0, "both sessions idled out");
+    let allocations = nat.counter("allocations");
+
+    let (v, rst) = nat.send(&late4(7000, 91_000));
+    assert_eq!(v, Verdict::Tx(PortId(0)));
+    verify_frame(&rst);
+    assert_eq!(
+        (src4(&rst), dst4(&rst), ports(&rst)),
+        (REMOTE4, INSIDE4, (443, 40000))
+    );
+    let t = l4(ip(&rst));
+    assert_eq!(t[13], RST);
+    assert_eq!(u32::from_be_bytes(t[4..8].try_into().unwrap()), 91_000);
+    let (v, rst6) = nat.send(&tcp6(inside6(), remote6(), 40000, 443, ACK));
+    assert_eq!(v, Verdict::Tx(PortId(0)));
+    verify_frame(&rst6);
+    assert_eq!((src6(&rst6), dst6(&rst6)), (remote6(), inside6()));
+    assert_eq!(nat.counter("idle_timeout_resets"), 2);
+    assert_eq!(nat.counter("allocations"), allocations, "no new mapping");
+    assert_eq!(nat.pipe.second.len(), 0);
+
+    // Never answered: a RST, and an outside host's segment to the public address.
+    let (v, _) = nat.send(&tcp4(INSIDE4, REMOTE4, 40000, 443, RST | ACK));
+    assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+    let (v, _) = nat.send(&tcp4(REMOTE4, PUBLIC4, 443, public, ACK));
+    assert_eq!(v, Verdict::Drop(DropReason::NoSession));
+    assert_eq!(nat.counter("idle_timeout_resets"), 2);
+
+    // rfc and cgn: silent unless configured.
+    for profile in [Profile::Rfc, Profile::Cgn(CgnSettings::new())] {
+        let mut nat = Nat::new(profile, 4096);
+        let (v, _) = nat.send(&late4(1, 2));
+        assert_eq!(v, Verdict::Drop(DropReason::NoSession), "{profile:?}");
+    }
+    let ports = AllocatorConfig::new(Profile::Rfc, vec![PUBLIC4.into()], *b"snat test secret");
+    let cfg = SnatConfig::new(ports).with_idle_reset(Some(PortId(7)));
+    let mut nat = Nat::with_config(cfg, 64);
+    assert_eq!(nat.send(&late4(1, 2)).0, Verdict::Tx(PortId(7)));
 }
 
 // ---- Tenants --------------------------------------------------------------------------

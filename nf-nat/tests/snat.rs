@@ -295,6 +295,52 @@ fn hyperplane_exhaustion_64512_then_typed_refusal() {
     }
 }
 
+/// cgn through the service: a subscriber's mapping beyond its quota (RFC 6888 REQ-4) is
+/// refused with the typed drop `nat_quota_exceeded` and counted by reason; another protocol
+/// and another subscriber still get mappings, and the subscriber's earlier flows still
+/// translate both ways.
+#[test]
+fn cgn_quota_through_the_service() {
+    use nf_nat::{AllocatorConfig, CgnSettings, SnatConfig};
+    let cgn = CgnSettings::new().with_block_size(64).with_port_quota(20);
+    let alloc = AllocatorConfig::new(
+        Profile::Cgn(cgn),
+        vec![core::net::Ipv4Addr::from(PUBLIC4).into()],
+        *b"snat test secret",
+    );
+    let mut nat = Nat::with_config(SnatConfig::new(alloc), 1024);
+    let mut public = Vec::new();
+    for sp in 0..20 {
+        let out = nat.send(&udp4(INSIDE4, REMOTE4, 5000 + sp, 53));
+        assert_eq!(out.0, Verdict::Pass);
+        public.push(ports(&out.1).0);
+    }
+    let (v, _) = nat.send(&udp4(INSIDE4, REMOTE4, 6000, 53));
+    assert_eq!(v, Verdict::Drop(DropReason::NatQuotaExceeded));
+    assert_eq!(nat.counter("alloc_error_quota_exceeded"), 1);
+    assert_eq!(nat.counter("flows_refused"), 1);
+    assert_eq!(
+        nat.send(&tcp4(INSIDE4, REMOTE4, 6000, 443, SYN)).0,
+        Verdict::Pass
+    );
+    assert_eq!(
+        nat.send(&udp4(INSIDE4_B, REMOTE4, 6000, 53)).0,
+        Verdict::Pass
+    );
+    for (sp, p) in (5000..).zip(public) {
+        let back = nat.send(&udp4(REMOTE4, PUBLIC4, 53, p));
+        assert_eq!(
+            (back.0, dst4(&back.1), ports(&back.1).1),
+            (Verdict::Pass, INSIDE4, sp)
+        );
+    }
+    // Live mappings per public address, in all and per protocol.
+    assert_eq!(nat.counter("active_public_0"), 22);
+    assert_eq!(nat.counter("active_public_0_udp"), 21);
+    assert_eq!(nat.counter("active_public_0_tcp"), 1);
+    assert_eq!(nat.counter("active_public_0_icmp"), 0);
+}
+
 /// A NAT with one port forward of each family: public :8080 (TCP, IPv4) and :5353 (UDP,
 /// IPv6) to inside hosts.
 fn forwarding_nat() -> Nat {

@@ -45,7 +45,10 @@ fn main() -> std::process::ExitCode {
 #[cfg(target_os = "linux")]
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes, TcpWindow};
-    use nf_core::{Batch, DropReason, Family, Instant, ParseStage, Stage, StageControl, Verdict};
+    use nf_core::reply::IcmpOrigin;
+    use nf_core::{
+        Batch, DropReason, Family, Instant, ParseStage, PortId, Stage, StageControl, Verdict,
+    };
     use nf_examples::io::{RingConfig, RingFrame};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
@@ -75,7 +78,8 @@ on SIGUSR1, or after --duration.
   --gateway IPV4         the outside next hop for destinations not on-link
   --public IPV4          a public address (repeatable; default: the outside address)
   --profile P            rfc (default): endpoint-independent mapping (RFC 4787/5382);
-                         hyperplane: ports unique per destination, 350 s idle;
+                         hyperplane: ports unique per destination, 350 s idle,
+                         then a RST to the inside host;
                          cgn: port blocks per subscriber (RFC 6888);
                          off: route without translating
   --filtering F          apdf (default): replies only from the flow's destination;
@@ -209,8 +213,10 @@ on SIGUSR1, or after --duration.
         Some((proto, port.parse().ok()?, inside.parse().ok()?))
     }
 
-    /// Connection tracking with window tracking (optional) and SNAT.
-    type Nat = Conntrack<(Option<TcpWindow>, Snat)>;
+    /// Connection tracking with SNAT and window tracking (optional). SNAT comes first: a
+    /// TCP segment from inside without a session (hyperplane: idle for 350 s) gets its RST
+    /// back from SNAT, which a tuple only asks its first service for.
+    type Nat = Conntrack<(Snat, Option<TcpWindow>)>;
 
     /// The stages between receive and forward.
     struct Pipeline {
@@ -243,7 +249,18 @@ on SIGUSR1, or after --duration.
             let mut cfg = SnatConfig::new(ports)
                 .with_inside(InsidePrefix::new(IpAddr::V4(inside.addr), inside.len))
                 .with_filtering(args.filtering)
-                .with_v6_sessions(64);
+                .with_v6_sessions(64)
+                // The inside port: the router sends the RST on to the inside host.
+                .with_idle_reset(
+                    (*profile == nf_nat::Profile::Hyperplane).then_some(PortId(INSIDE as u16)),
+                )
+                // Flows refused for lack of ports or sessions: ICMP administratively
+                // prohibited from the gateway's inside address (RFC 5508 REQ-8).
+                .with_refusal_icmp(Some(IcmpOrigin::new(
+                    Some(IpAddr::V4(inside.addr)),
+                    None,
+                    PortId(INSIDE as u16),
+                )));
             let first = args.public.first().copied().ok_or("no public address")?;
             for (proto, port, to) in &args.forwards {
                 let public = SocketAddr::V4(SocketAddrV4::new(first, *port));
@@ -258,7 +275,7 @@ on SIGUSR1, or after --duration.
             ct.v4.timeouts = timeouts;
             ct.v6.timeouts = timeouts;
             let window = args.window.then(TcpWindow::new);
-            let nat = Conntrack::new(ct, (window, snat)).map_err(|e| format!("conntrack: {e}"))?;
+            let nat = Conntrack::new(ct, (snat, window)).map_err(|e| format!("conntrack: {e}"))?;
             Ok(Self {
                 parse: ParseStage::default(),
                 nat: Some(nat),

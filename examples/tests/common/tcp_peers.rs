@@ -1,10 +1,12 @@
 //! Two smoltcp TCP/IP hosts on either side of an nf pipeline, in process: every IP packet a
-//! host sends goes through the pipeline as a batch and, if it passes, to the other host. Every
+//! host sends goes through the pipeline as a batch and, if it passes, to the other host; a
+//! packet the pipeline sends on a port ([`Verdict::Tx`]: port 0 is host `a`'s side, any
+//! other `b`'s) goes to that side's host (an answer the pipeline made). Every
 //! packet's IPv4 header and TCP checksums are verified from scratch before and after the
 //! pipeline (`bad_checksums` counts failures). Include with
 //! `#[path = "common/tcp_peers.rs"] mod tcp_peers;`.
 
-use nf_core::{Batch, Instant, Packet, Stage, Verdict, flags};
+use nf_core::{Batch, Instant, Packet, PortId, Stage, Verdict, flags};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -158,6 +160,8 @@ pub struct Lab<P> {
     pub now_ms: u64,
     /// Packets the pipeline passed, each way (a → b, b → a).
     pub passed: [u64; 2],
+    /// Packets the pipeline sent on a port, to `a` and to `b`.
+    pub sent: [u64; 2],
     /// Packets the pipeline dropped, with their verdicts.
     pub dropped: Vec<Verdict>,
     /// Packets whose checksums failed (before or after the pipeline).
@@ -174,6 +178,7 @@ impl<P: Stage<Vec<u8>>> Lab<P> {
             pipeline,
             now_ms: 0,
             passed: [0; 2],
+            sent: [0; 2],
             dropped: Vec::new(),
             bad_checksums: 0,
             lose: Vec::new(),
@@ -222,12 +227,94 @@ impl<P: Stage<Vec<u8>>> Lab<P> {
                             .rx
                             .push_back(bytes);
                     }
+                    Verdict::Tx(PortId(port)) => {
+                        let bytes = p.data().to_vec();
+                        self.bad_checksums += u64::from(!checksums_ok(&bytes));
+                        self.sent[usize::from(port != 0)] += 1;
+                        if port == 0 { &mut self.a } else { &mut self.b }
+                            .dev
+                            .rx
+                            .push_back(bytes);
+                    }
                     v => self.dropped.push(v),
                 }
             }
         }
         self.now_ms += 1;
         moved
+    }
+
+    /// Steps until sockets `ha` (on `a`) and `hb` (on `b`) are both established, for at
+    /// most `max_ms` milliseconds; panics with both states and the drops otherwise.
+    pub fn until_established(&mut self, ha: SocketHandle, hb: SocketHandle, max_ms: u64) {
+        let open = self.run_until(max_ms, |l| {
+            l.a.tcp(ha).state() == tcp::State::Established
+                && l.b.tcp(hb).state() == tcp::State::Established
+        });
+        assert!(
+            open,
+            "not established: a {:?}, b {:?}, drops {:?}",
+            self.a.tcp(ha).state(),
+            self.b.tcp(hb).state(),
+            self.dropped
+        );
+    }
+
+    /// Closes with FIN, `a` first (`b` sees CLOSE-WAIT, then closes too), until `a` is in
+    /// TIME-WAIT or closed.
+    pub fn fin_close(&mut self, ha: SocketHandle, hb: SocketHandle) {
+        self.a.tcp(ha).close();
+        assert!(self.run_until(1000, |l| l.b.tcp(hb).state() == tcp::State::CloseWait));
+        self.b.tcp(hb).close();
+        assert!(self.run_until(2000, |l| matches!(
+            l.a.tcp(ha).state(),
+            tcp::State::TimeWait | tcp::State::Closed
+        )));
+    }
+
+    /// Sends `n` bytes each way over the open sockets `ha` (on `a`) and `hb` (on `b`) and
+    /// checks that they arrive intact and in order.
+    pub fn exchange(&mut self, ha: SocketHandle, hb: SocketHandle, n: usize) {
+        let pattern = |i: usize, salt: usize| ((i * 31 + i / 977 + salt) % 251) as u8;
+        let (mut sent, mut got) = ([0usize; 2], [Vec::new(), Vec::new()]);
+        let done = self.run_until(60_000, |l| {
+            for (i, (from, to)) in [(ha, hb), (hb, ha)].into_iter().enumerate() {
+                let (src, dst) = if i == 0 {
+                    (&mut l.a, &mut l.b)
+                } else {
+                    (&mut l.b, &mut l.a)
+                };
+                let s = src.tcp(from);
+                while sent[i] < n && s.can_send() {
+                    let chunk: Vec<u8> = (sent[i]..n.min(sent[i] + 4096))
+                        .map(|k| pattern(k, i))
+                        .collect();
+                    sent[i] += s.send_slice(&chunk).unwrap();
+                }
+                let r = dst.tcp(to);
+                while r.can_recv() {
+                    r.recv(|b| {
+                        got[i].extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+                }
+            }
+            got[0].len() == n && got[1].len() == n
+        });
+        assert!(
+            done,
+            "transfer incomplete: {} and {} of {n} bytes; drops {:?}",
+            got[0].len(),
+            got[1].len(),
+            self.dropped
+        );
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                g.iter().enumerate().all(|(k, b)| *b == pattern(k, i)),
+                "direction {i}: data corrupted"
+            );
+        }
     }
 
     /// Steps until `done` or `max_ms` milliseconds passed; true if `done`.
