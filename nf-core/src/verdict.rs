@@ -155,6 +155,10 @@ drop_reasons! {
     /// Security groups: no rule of the interface's groups allows the new flow (groups are
     /// allow-only; packets of admitted sessions, replies included, are not checked again).
     SgDenied => "sg_denied",
+    /// Security groups: the flow is left untracked (its rules allow it both ways from and to
+    /// anywhere, AWS's exception) and the service passes its packets without a session; a
+    /// drop only when another service composed with it cannot serve a packet without one.
+    SgUntracked => "sg_untracked",
     /// Load balancing: the session's backend is down and its listener resets such flows
     /// rather than re-hashing them.
     LbBackendDown => "lb_backend_down",
