@@ -9,7 +9,8 @@
 //!   wins, implicit deny, inbound and outbound lists; the [`AclStage`] with per-rule hits.
 //! - [`sg`]: security groups ([`SecurityGroups`]), allow-only and stateful, as a connection
 //!   tracking session service: new flows classified once, return traffic passes, rule swaps
-//!   keep established flows.
+//!   keep established flows; optionally AWS's untracked flows (rules open both ways: no
+//!   session, every packet classified).
 //! - [`lpm`]: longest-prefix match for IPv4 ([`Ipv4Lpm`], DIR-24-8 or 16-8-8) and IPv6
 //!   ([`Ipv6Lpm`], 16-bit root then 8-bit strides), built by validating builders off the hot
 //!   path, immutable, looked up singly or in batches.

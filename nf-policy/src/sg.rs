@@ -20,8 +20,40 @@
 //!   flow, while a removed rule stops *new* flows at once (network ACLs, being stateless, cut
 //!   established flows too).
 //!
-//! AWS's untracked-flow exception (a group allowing all traffic both ways leaves flows
-//! untracked) is not modelled: every admitted flow here is tracked.
+//! # Untracked flows (AWS's exception), optional
+//!
+//! AWS's security groups do not track every flow. Their documented rule ("Security group
+//! connection tracking", Amazon EC2 User Guide): a TCP or UDP flow that a rule allows from (or
+//! to) anywhere, `0.0.0.0/0` or `::/0`, is not tracked when a rule in the other direction
+//! allows all response traffic, to or from anywhere on all ports (0–65535); its responses
+//! then pass by that rule, not by tracking information. Their example: inbound TCP 80 from
+//! `::/0` with outbound all traffic to `0.0.0.0/0` and `::/0` leaves IPv6 HTTP untracked,
+//! while inbound SSH from one address stays tracked. ICMP is always tracked. Because nothing
+//! remembers an untracked flow, removing or narrowing the rule that allows it cuts it at once
+//! (a tracked flow survives such a change). AWS also tracks some flows automatically whatever
+//! the rules (through NAT gateways, load balancers and other middleboxes that need symmetric
+//! return paths).
+//!
+//! With [`SgConfig::untracked`] on, [`SecurityGroups`] does the same per packet, by the rules
+//! alone: a TCP or UDP packet without a session travelling direction `d` is *untracked* when
+//! - a rule of `d` whose peer is a `/0` prefix (a rule's prefix, or a prefix list entry)
+//!   allows it, and the other direction has a rule to or from a `/0` prefix for its protocol
+//!   (or all protocols) and all ports — a new untracked flow; or
+//! - `d` has such an all-ports rule and the packet's reverse is a new untracked flow of the
+//!   other direction — the response to one (which needs a second classification; AWS's
+//!   example above, seen from the server's answers).
+//!
+//! An untracked packet creates no session: [`SessionService::on_new`] refuses the flow with
+//! [`DropReason::SgUntracked`] and [`SessionService::on_refused`] passes the packet (counted
+//! as `packets_untracked`, and by conntrack as `refused_passed`); so does a later packet of
+//! the flow that conntrack's zone policy would not let open a session (a TCP segment other
+//! than SYN, [`DropReason::NoSession`]), which is classified the same way. Every packet of an
+//! untracked flow is classified (the price of keeping no state), and a rule swap applies to
+//! the very next packet. The option is off by default: every admitted flow is then tracked.
+//! Limits: the automatically tracked cases are the caller's to choose (turn the option off,
+//! or compose with services that need sessions: in a tuple, a service without a stateless
+//! path drops the packet as `sg_untracked`); ICMP errors quoting an untracked flow find no
+//! session and are dropped by conntrack as `related_no_session`.
 //!
 //! ```
 //! use core::net::Ipv4Addr;
@@ -47,7 +79,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use nf_core::conntrack::{NewFlow, SessionService};
-use nf_core::{DropReason, Family, Instant, Meta, Packet, ZoneId};
+use nf_core::{DropReason, Family, Instant, Meta, Packet, Verdict, ZoneId};
 
 /// Which way a flow's first packet travels relative to the protected interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -57,6 +89,24 @@ pub enum SgDirection {
     Ingress,
     /// Away from it (the remote end is the destination).
     Egress,
+}
+
+impl SgDirection {
+    /// The other direction.
+    #[must_use]
+    pub const fn opposite(self) -> Self {
+        match self {
+            Self::Ingress => Self::Egress,
+            Self::Egress => Self::Ingress,
+        }
+    }
+
+    const fn index(self) -> usize {
+        match self {
+            Self::Ingress => 0,
+            Self::Egress => 1,
+        }
+    }
 }
 
 /// The remote end a rule allows.
@@ -163,6 +213,19 @@ impl SgRule {
             Some(p) => m.proto(p).dst_ports(self.ports),
         }
     }
+
+    /// The `open` bits this rule sets when its peer is a /0 prefix of `family`: TCP and UDP
+    /// (or the one it names) when it allows every port.
+    fn open_bits(self, family: Family) -> u8 {
+        if self.ports != PortRange::ANY {
+            return 0;
+        }
+        let bit = |p| open_bit(family, p).unwrap_or(0);
+        match self.proto {
+            None => bit(nf_core::flow::proto::TCP) | bit(nf_core::flow::proto::UDP),
+            Some(p) => bit(p),
+        }
+    }
 }
 
 /// A rule set the builder rejected.
@@ -234,29 +297,64 @@ impl SgRuleSetBuilder {
     /// # Errors
     /// [`SgError`] for an unknown prefix list or group, or a rule set the classifier refuses.
     pub fn build(&self) -> Result<SgRuleSet, SgError> {
-        let mut ingress = ClassifierBuilder::new(self.config);
-        let mut egress = ClassifierBuilder::new(self.config);
-        for r in &self.rules {
-            let peers: &[Prefix] = match &r.peer {
-                SgPeer::Prefix(p) => core::slice::from_ref(p),
-                SgPeer::PrefixList(id) => {
-                    self.lists.get(id).ok_or(SgError::UnknownPrefixList(*id))?
+        let mut builders = [
+            ClassifierBuilder::new(self.config),
+            ClassifierBuilder::new(self.config),
+        ];
+        let mut anywhere = [0u32; 2];
+        let mut open = [0u8; 2];
+        // Rules from or to anywhere (a /0 peer) first: a classification's rule index then
+        // tells whether such a rule allowed the packet (rules are unordered, so the order is
+        // ours to choose).
+        for wide in [true, false] {
+            for r in &self.rules {
+                let d = r.direction.index();
+                for p in self.peers(r)? {
+                    if (p.length() == 0) != wide {
+                        continue;
+                    }
+                    if let Some(b) = builders.get_mut(d) {
+                        b.push(r.to_match(*p))?;
+                    }
+                    if let (true, Some(n), Some(o)) = (wide, anywhere.get_mut(d), open.get_mut(d)) {
+                        *n += 1;
+                        *o |= r.open_bits(p.family());
+                    }
                 }
-                SgPeer::Group(id) => self.groups.get(id).ok_or(SgError::UnknownGroup(*id))?,
-            };
-            let b = match r.direction {
-                SgDirection::Ingress => &mut ingress,
-                SgDirection::Egress => &mut egress,
-            };
-            for p in peers {
-                b.push(r.to_match(*p))?;
             }
         }
+        let [ingress, egress] = builders;
         Ok(SgRuleSet {
             ingress: ingress.build()?,
             egress: egress.build()?,
+            anywhere,
+            open,
         })
     }
+
+    /// The prefixes a rule's peer stands for.
+    fn peers<'a>(&'a self, r: &'a SgRule) -> Result<&'a [Prefix], SgError> {
+        Ok(match &r.peer {
+            SgPeer::Prefix(p) => core::slice::from_ref(p),
+            SgPeer::PrefixList(id) => self.lists.get(id).ok_or(SgError::UnknownPrefixList(*id))?,
+            SgPeer::Group(id) => self.groups.get(id).ok_or(SgError::UnknownGroup(*id))?,
+        })
+    }
+}
+
+/// The bit of [`SgRuleSet`]'s `open` masks for a family and protocol (TCP and UDP only: AWS
+/// tracks everything else).
+fn open_bit(family: Family, proto: u8) -> Option<u8> {
+    let p = match proto {
+        nf_core::flow::proto::TCP => 0,
+        nf_core::flow::proto::UDP => 1,
+        _ => return None,
+    };
+    let f = match family {
+        Family::V4 => 0,
+        Family::V6 => 2,
+    };
+    Some(1 << (f + p))
 }
 
 /// An interface's built rules: one classifier per direction.
@@ -264,17 +362,94 @@ impl SgRuleSetBuilder {
 pub struct SgRuleSet {
     ingress: Classifier,
     egress: Classifier,
+    /// Per direction: classifier rules numbered below this have a /0 peer.
+    anywhere: [u32; 2],
+    /// Per direction: `open_bit`s of the protocols a /0 rule allows on every port.
+    open: [u8; 2],
+}
+
+/// What an [`SgRuleSet`] says of a packet without a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admit {
+    Deny,
+    Track,
+    Untracked,
 }
 
 impl SgRuleSet {
     /// Whether a flow whose first packet has `key` and travels `direction` is allowed.
     #[inline]
     pub fn allows(&self, direction: SgDirection, key: &ClassKey) -> bool {
-        let c = match direction {
+        self.classifier(direction).classify(key).is_some()
+    }
+
+    /// Whether a packet with `key` travelling `direction` would be left untracked (see
+    /// [Untracked flows](self#untracked-flows-awss-exception-optional)): allowed both ways
+    /// by rules from and to anywhere.
+    ///
+    /// ```
+    /// use core::net::Ipv6Addr;
+    /// use nf_policy::classifier::{ClassKey, PortRange, Prefix};
+    /// use nf_policy::sg::{SgDirection, SgPeer, SgRule, SgRuleSetBuilder};
+    ///
+    /// // AWS's example: HTTP from ::/0, all traffic out to ::/0.
+    /// let mut b = SgRuleSetBuilder::default();
+    /// b.push(SgRule::tcp(SgDirection::Ingress, SgPeer::Prefix(Prefix::ANY_V6), PortRange::single(80)));
+    /// b.push(SgRule::all(SgDirection::Egress, SgPeer::Prefix(Prefix::ANY_V6)));
+    /// let rules = b.build()?;
+    /// let (client, server) = (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), Ipv6Addr::LOCALHOST);
+    /// let http = ClassKey::v6(client, server, 6, 40000, 80);
+    /// let answer = ClassKey::v6(server, client, 6, 80, 40000);
+    /// assert!(rules.untracked(SgDirection::Ingress, &http));
+    /// assert!(rules.untracked(SgDirection::Egress, &answer));
+    /// // Outbound connections are tracked: inbound allows only port 80.
+    /// let out = ClassKey::v6(server, client, 6, 40000, 443);
+    /// assert!(!rules.untracked(SgDirection::Egress, &out));
+    /// # Ok::<(), Box<dyn core::error::Error>>(())
+    /// ```
+    pub fn untracked(&self, direction: SgDirection, key: &ClassKey) -> bool {
+        let hit = self.classifier(direction).classify(key);
+        self.leaves_untracked(direction, key, hit)
+    }
+
+    /// The decision for a packet without a session (`untracked`: whether the exception
+    /// applies at all); one classification, two for the response of an untracked flow.
+    #[inline]
+    fn admit(&self, direction: SgDirection, key: &ClassKey, untracked: bool) -> Admit {
+        let hit = self.classifier(direction).classify(key);
+        if untracked && self.leaves_untracked(direction, key, hit) {
+            Admit::Untracked
+        } else if hit.is_some() {
+            Admit::Track
+        } else {
+            Admit::Deny
+        }
+    }
+
+    /// See [`Self::untracked`]; `hit` is `key`'s classification in `direction`.
+    fn leaves_untracked(&self, d: SgDirection, key: &ClassKey, hit: Option<u32>) -> bool {
+        let Some(bit) = open_bit(key.family, key.proto) else {
+            return false;
+        };
+        let o = d.opposite();
+        let anywhere = |d: SgDirection| self.anywhere.get(d.index()).copied().unwrap_or(0);
+        let open = |d: SgDirection| self.open.get(d.index()).is_some_and(|m| m & bit != 0);
+        if hit.is_some_and(|i| i < anywhere(d)) && open(o) {
+            return true;
+        }
+        // The response of an untracked flow of the other direction.
+        open(d)
+            && self
+                .classifier(o)
+                .classify(&reversed(key))
+                .is_some_and(|i| i < anywhere(o))
+    }
+
+    fn classifier(&self, direction: SgDirection) -> &Classifier {
+        match direction {
             SgDirection::Ingress => &self.ingress,
             SgDirection::Egress => &self.egress,
-        };
-        c.classify(key).is_some()
+        }
     }
 
     /// Classifier rules of `direction` (after expanding prefix lists and groups).
@@ -291,6 +466,14 @@ impl SgRuleSet {
     }
 }
 
+/// The key of a packet travelling back.
+fn reversed(k: &ClassKey) -> ClassKey {
+    let mut r = *k;
+    (r.src, r.dst) = (k.dst, k.src);
+    (r.src_port, r.dst_port) = (k.dst_port, k.src_port);
+    r
+}
+
 /// Rule sets by zone (interface), swapped whole.
 pub type SgTables = BTreeMap<ZoneId, SgRuleSet>;
 
@@ -301,12 +484,17 @@ pub struct SgConfig {
     /// Which way a flow's first packet travels (for example by the port or tunnel it came
     /// in on); the default says every new flow is ingress.
     pub direction: fn(&Meta) -> SgDirection,
+    /// Leave flows that the rules allow both ways from and to anywhere untracked, as AWS
+    /// does (see [Untracked flows](self#untracked-flows-awss-exception-optional)); off by
+    /// default (every admitted flow is tracked).
+    pub untracked: bool,
 }
 
 impl Default for SgConfig {
     fn default() -> Self {
         Self {
             direction: |_| SgDirection::Ingress,
+            untracked: false,
         }
     }
 }
@@ -316,6 +504,13 @@ impl SgConfig {
     #[must_use]
     pub fn direction(mut self, f: fn(&Meta) -> SgDirection) -> Self {
         self.direction = f;
+        self
+    }
+
+    /// With untracked flows on or off.
+    #[must_use]
+    pub fn untracked(mut self, on: bool) -> Self {
+        self.untracked = on;
         self
     }
 }
@@ -334,6 +529,7 @@ pub struct SecurityGroups {
     config: SgConfig,
     allowed: u64,
     denied: u64,
+    untracked: u64,
 }
 
 impl SecurityGroups {
@@ -344,6 +540,7 @@ impl SecurityGroups {
             config,
             allowed: 0,
             denied: 0,
+            untracked: 0,
         }
     }
 
@@ -357,6 +554,18 @@ impl SecurityGroups {
     pub fn rules(&self) -> &Arc<SgTables> {
         &self.tables
     }
+
+    /// What the zone's rules say of a packet without a session (a zone without rules allows
+    /// nothing).
+    #[inline]
+    fn admit<B: AsRef<[u8]>>(&self, direction: SgDirection, pkt: &Packet<B>) -> Admit {
+        let key = ClassKey::from_packet(pkt);
+        self.tables
+            .get(&pkt.meta.flow.zone)
+            .map_or(Admit::Deny, |t| {
+                t.admit(direction, &key, self.config.untracked)
+            })
+    }
 }
 
 impl SessionService for SecurityGroups {
@@ -369,22 +578,47 @@ impl SessionService for SecurityGroups {
         _new: &mut NewFlow<'_>,
     ) -> Result<SgDecision, DropReason> {
         let direction = (self.config.direction)(&pkt.meta);
-        let key = ClassKey::from_packet(pkt);
-        let allowed = self
-            .tables
-            .get(&pkt.meta.flow.zone)
-            .is_some_and(|t| t.allows(direction, &key));
-        if allowed {
-            self.allowed += 1;
-            Ok(SgDecision { direction })
+        match self.admit(direction, pkt) {
+            Admit::Track => {
+                self.allowed += 1;
+                Ok(SgDecision { direction })
+            }
+            Admit::Untracked => Err(DropReason::SgUntracked),
+            Admit::Deny => {
+                self.denied += 1;
+                Err(DropReason::SgDenied)
+            }
+        }
+    }
+
+    /// Untracked packets pass without a session (see [`SgConfig::untracked`]): those
+    /// [`Self::on_new`] left untracked, and those conntrack's zone policy lets open no session
+    /// (classified here); every other packet keeps its drop.
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let untracked = match reason {
+            DropReason::SgUntracked => true,
+            DropReason::NoSession if self.config.untracked => {
+                let direction = (self.config.direction)(&pkt.meta);
+                self.admit(direction, pkt) == Admit::Untracked
+            }
+            _ => false,
+        };
+        if untracked {
+            self.untracked += 1;
+            Verdict::Pass
         } else {
-            self.denied += 1;
-            Err(DropReason::SgDenied)
+            Verdict::Drop(reason)
         }
     }
 
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         f("security_groups", "flows_allowed", self.allowed);
         f("security_groups", "flows_denied", self.denied);
+        f("security_groups", "packets_untracked", self.untracked);
     }
 }
