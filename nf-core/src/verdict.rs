@@ -121,6 +121,10 @@ drop_reasons! {
     SessionTableFull => "session_table_full",
     /// Connection tracking: the zone is at its session quota (or no zone slot is left).
     ZoneQuotaExceeded => "zone_quota_exceeded",
+    /// Connection tracking: the zone's new-flow rate allowance is used up (a rate limit on
+    /// session creation, such as nf-policy's `ZoneNewFlowLimit`); established flows are not
+    /// affected.
+    NewFlowRateExceeded => "new_flow_rate_exceeded",
     /// Connection tracking: no session, and the zone's policy does not create one for this
     /// packet (e.g. a TCP segment other than SYN).
     NoSession => "no_session",
