@@ -22,6 +22,8 @@
 //! - [`elastic`]: the Achelous elastic credit limiter ([`ElasticLimiter`]) over bytes, packets
 //!   and the caller's measured processing cost.
 //! - [`source`]: per-source-IP limits in a fixed-size, keyed table ([`SourceLimits`]).
+//! - [`flow_limit`]: per-zone new-flow rate limits that connection tracking consults
+//!   ([`ZoneNewFlowLimit`], a session-service wrapper; `conntrack_allowance_exceeded`).
 //!
 //! It depends only on `nf-core`; stages cooperate with others through `nf-core` metadata.
 //!
@@ -53,6 +55,7 @@ extern crate std;
 pub mod acl;
 pub mod classifier;
 pub mod elastic;
+pub mod flow_limit;
 pub mod lpm;
 pub mod meter;
 pub mod route;
@@ -69,6 +72,7 @@ pub use classifier::{
 pub use elastic::{
     Admission, ElasticConfig, ElasticCounters, ElasticDimension, ElasticLimiter, SpendRate,
 };
+pub use flow_limit::ZoneNewFlowLimit;
 pub use lpm::{Ipv4Layout, Ipv4Lpm, Ipv4LpmBuilder, Ipv6Lpm, Ipv6LpmBuilder, LpmError};
 pub use meter::{
     BucketConfig, Color, MeterConfigError, SrTcm, SrTcmConfig, TokenBucket, TrTcm, TrTcmConfig,

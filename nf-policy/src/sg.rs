@@ -45,9 +45,12 @@
 //!
 //! An untracked packet creates no session: [`SessionService::on_new`] refuses the flow with
 //! [`DropReason::SgUntracked`] and [`SessionService::on_refused`] passes the packet (counted
-//! as `packets_untracked`, and by conntrack as `refused_passed`); so does a later packet of
-//! the flow that conntrack's zone policy would not let open a session (a TCP segment other
-//! than SYN, [`DropReason::NoSession`]), which is classified the same way. Every packet of an
+//! as `packets_untracked`, and by conntrack as `refused_passed`); so does a packet refused a
+//! session before the rules were asked, classified the same way: a later packet of the flow
+//! that conntrack's zone policy would not let open one (a TCP segment other than SYN,
+//! [`DropReason::NoSession`]), or one refused for a full table, the zone's quota or its
+//! new-flow rate (untracked flows need no session, so, as at AWS, they are not subject to
+//! the connection-tracking allowance). Every packet of an
 //! untracked flow is classified (the price of keeping no state), and a rule swap applies to
 //! the very next packet. The option is off by default: every admitted flow is then tracked.
 //! Limits: the automatically tracked cases are the caller's to choose (turn the option off,
@@ -592,8 +595,9 @@ impl SessionService for SecurityGroups {
     }
 
     /// Untracked packets pass without a session (see [`SgConfig::untracked`]): those
-    /// [`Self::on_new`] left untracked, and those conntrack's zone policy lets open no session
-    /// (classified here); every other packet keeps its drop.
+    /// [`Self::on_new`] left untracked, and those refused a session before the rules were
+    /// asked (classified here: the zone policy's `no_session`, a full table or zone quota, a
+    /// zone's new-flow rate); every other packet keeps its drop.
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         _now: Instant,
@@ -602,7 +606,12 @@ impl SessionService for SecurityGroups {
     ) -> Verdict {
         let untracked = match reason {
             DropReason::SgUntracked => true,
-            DropReason::NoSession if self.config.untracked => {
+            DropReason::NoSession
+            | DropReason::SessionTableFull
+            | DropReason::ZoneQuotaExceeded
+            | DropReason::NewFlowRateExceeded
+                if self.config.untracked =>
+            {
                 let direction = (self.config.direction)(&pkt.meta);
                 self.admit(direction, pkt) == Admit::Untracked
             }
