@@ -328,8 +328,8 @@ impl SgRuleSetBuilder {
         }
         let [ingress, egress] = builders;
         Ok(SgRuleSet {
-            ingress: ingress.build()?,
-            egress: egress.build()?,
+            ingress: Arc::new(ingress.build()?),
+            egress: Arc::new(egress.build()?),
             anywhere,
             open,
         })
@@ -360,11 +360,12 @@ fn open_bit(family: Family, proto: u8) -> Option<u8> {
     Some(1 << (f + p))
 }
 
-/// An interface's built rules: one classifier per direction.
+/// An interface's built rules: one classifier per direction. Clones share the classifiers
+/// (interfaces with the same groups can share one set's memory in [`SgTables`]).
 #[derive(Clone, Debug, Default)]
 pub struct SgRuleSet {
-    ingress: Classifier,
-    egress: Classifier,
+    ingress: Arc<Classifier>,
+    egress: Arc<Classifier>,
     /// Per direction: classifier rules numbered below this have a /0 peer.
     anywhere: [u32; 2],
     /// Per direction: `open_bit`s of the protocols a /0 rule allows on every port.
@@ -463,7 +464,7 @@ impl SgRuleSet {
         }
     }
 
-    /// Bytes of both classifiers.
+    /// Bytes of both classifiers (shared with this set's clones).
     pub fn bytes(&self) -> usize {
         self.ingress.bytes() + self.egress.bytes()
     }
