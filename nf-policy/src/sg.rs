@@ -40,19 +40,26 @@
 //!   allows it, and the other direction has a rule to or from a `/0` prefix for its protocol
 //!   (or all protocols) and all ports — a new untracked flow; or
 //! - `d` has such an all-ports rule and the packet's reverse is a new untracked flow of the
-//!   other direction — the response to one (which needs a second classification; AWS's
-//!   example above, seen from the server's answers).
+//!   other direction — the response to one (AWS's example above, seen from the server's
+//!   answers).
 //!
 //! An untracked packet creates no session: [`SessionService::on_new`] refuses the flow with
 //! [`DropReason::SgUntracked`] and [`SessionService::on_refused`] passes the packet (counted
 //! as `packets_untracked`, and by conntrack as `refused_passed`); so does a packet refused a
-//! session before the rules were asked, classified the same way: a later packet of the flow
+//! session before the rules were asked, decided the same way: a later packet of the flow
 //! that conntrack's zone policy would not let open one (a TCP segment other than SYN,
 //! [`DropReason::NoSession`]), or one refused for a full table, the zone's quota or its
 //! new-flow rate (untracked flows need no session, so, as at AWS, they are not subject to
-//! the connection-tracking allowance). Every packet of an
-//! untracked flow is classified (the price of keeping no state), and a rule swap applies to
-//! the very next packet. The option is off by default: every admitted flow is then tracked.
+//! the connection-tracking allowance).
+//!
+//! Every packet of an untracked flow is decided by the rules (the price of keeping no
+//! state), so a rule swap applies to the very next packet. A rule from anywhere matches
+//! every address, so a scan of a direction's few TCP/UDP rules from anywhere (protocol and
+//! ports; up to eight distinct ones, beyond that a classification) decides. With the option
+//! on, a packet without a session that is not untracked pays that scan on top of its one
+//! classification (nothing when no direction has an all-ports rule from anywhere). The
+//! option is off by default: every admitted flow is then tracked.
+//!
 //! Limits: the automatically tracked cases are the caller's to choose (turn the option off,
 //! or compose with services that need sessions: in a tuple, a service without a stateless
 //! path drops the packet as `sg_untracked`); ICMP errors quoting an untracked flow find no
@@ -306,6 +313,7 @@ impl SgRuleSetBuilder {
         ];
         let mut anywhere = [0u32; 2];
         let mut open = [0u8; 2];
+        let mut wides: [Vec<Wide>; 2] = [Vec::new(), Vec::new()];
         // Rules from or to anywhere (a /0 peer) first: a classification's rule index then
         // tells whether such a rule allowed the packet (rules are unordered, so the order is
         // ours to choose).
@@ -323,6 +331,17 @@ impl SgRuleSetBuilder {
                         *n += 1;
                         *o |= r.open_bits(p.family());
                     }
+                    let w = Wide {
+                        family: p.family(),
+                        proto: r.proto,
+                        ports: r.ports,
+                    };
+                    let tcp_udp = r.proto.is_none_or(|x| open_bit(p.family(), x).is_some());
+                    if let (true, true, Some(l)) = (wide, tcp_udp, wides.get_mut(d))
+                        && !l.contains(&w)
+                    {
+                        l.push(w);
+                    }
                 }
             }
         }
@@ -332,6 +351,7 @@ impl SgRuleSetBuilder {
             egress: Arc::new(egress.build()?),
             anywhere,
             open,
+            wide: wides.map(|l| (l.len() <= WIDE_SCAN).then(|| Arc::from(l))),
         })
     }
 
@@ -342,6 +362,28 @@ impl SgRuleSetBuilder {
             SgPeer::PrefixList(id) => self.lists.get(id).ok_or(SgError::UnknownPrefixList(*id))?,
             SgPeer::Group(id) => self.groups.get(id).ok_or(SgError::UnknownGroup(*id))?,
         })
+    }
+}
+
+/// Up to this many distinct TCP/UDP rules from or to anywhere in a direction are scanned to
+/// decide untracked packets; beyond it the classifier decides (see `SgRuleSet::wide`).
+const WIDE_SCAN: usize = 8;
+
+/// A TCP/UDP rule from or to anywhere: its peer matches every address of the family, so
+/// family, protocol and destination ports decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Wide {
+    family: Family,
+    proto: Option<u8>,
+    ports: PortRange,
+}
+
+impl Wide {
+    #[inline]
+    fn matches(&self, k: &ClassKey) -> bool {
+        self.family == k.family
+            && self.proto.is_none_or(|p| p == k.proto)
+            && self.ports.contains(k.dst_port)
     }
 }
 
@@ -370,6 +412,9 @@ pub struct SgRuleSet {
     anywhere: [u32; 2],
     /// Per direction: `open_bit`s of the protocols a /0 rule allows on every port.
     open: [u8; 2],
+    /// Per direction: its TCP/UDP rules from or to anywhere when there are few (a scan of
+    /// them decides untracked packets without a classification), else `None`.
+    wide: [Option<Arc<[Wide]>>; 2],
 }
 
 /// What an [`SgRuleSet`] says of a packet without a session.
@@ -412,41 +457,47 @@ impl SgRuleSet {
     /// # Ok::<(), Box<dyn core::error::Error>>(())
     /// ```
     pub fn untracked(&self, direction: SgDirection, key: &ClassKey) -> bool {
-        let hit = self.classifier(direction).classify(key);
-        self.leaves_untracked(direction, key, hit)
+        self.leaves_untracked(direction, key)
     }
 
     /// The decision for a packet without a session (`untracked`: whether the exception
-    /// applies at all); one classification, two for the response of an untracked flow.
+    /// applies at all). An untracked packet costs a scan of the few rules from anywhere (a
+    /// classification or two when there are many); any other one classification.
     #[inline]
     fn admit(&self, direction: SgDirection, key: &ClassKey, untracked: bool) -> Admit {
-        let hit = self.classifier(direction).classify(key);
-        if untracked && self.leaves_untracked(direction, key, hit) {
+        if untracked && self.leaves_untracked(direction, key) {
             Admit::Untracked
-        } else if hit.is_some() {
+        } else if self.allows(direction, key) {
             Admit::Track
         } else {
             Admit::Deny
         }
     }
 
-    /// See [`Self::untracked`]; `hit` is `key`'s classification in `direction`.
-    fn leaves_untracked(&self, d: SgDirection, key: &ClassKey, hit: Option<u32>) -> bool {
+    /// See [`Self::untracked`].
+    fn leaves_untracked(&self, d: SgDirection, key: &ClassKey) -> bool {
         let Some(bit) = open_bit(key.family, key.proto) else {
             return false;
         };
         let o = d.opposite();
-        let anywhere = |d: SgDirection| self.anywhere.get(d.index()).copied().unwrap_or(0);
         let open = |d: SgDirection| self.open.get(d.index()).is_some_and(|m| m & bit != 0);
-        if hit.is_some_and(|i| i < anywhere(d)) && open(o) {
-            return true;
+        // A new untracked flow, or the response of one of the other direction.
+        (open(o) && self.allowed_from_anywhere(d, key))
+            || (open(d) && self.allowed_from_anywhere(o, &reversed(key)))
+    }
+
+    /// Whether a rule of `d` whose peer is anywhere allows `key`.
+    #[inline]
+    fn allowed_from_anywhere(&self, d: SgDirection, key: &ClassKey) -> bool {
+        match self.wide.get(d.index()) {
+            Some(Some(wide)) => wide.iter().any(|w| w.matches(key)),
+            _ => {
+                let anywhere = self.anywhere.get(d.index()).copied().unwrap_or(0);
+                self.classifier(d)
+                    .classify(key)
+                    .is_some_and(|i| i < anywhere)
+            }
         }
-        // The response of an untracked flow of the other direction.
-        open(d)
-            && self
-                .classifier(o)
-                .classify(&reversed(key))
-                .is_some_and(|i| i < anywhere(o))
     }
 
     fn classifier(&self, direction: SgDirection) -> &Classifier {

@@ -392,3 +392,94 @@ fn untracked_needs_both_directions_open_for_the_family_and_protocol() {
     // Outbound UDP to a port inbound rules do not open is tracked.
     assert!(!r.untracked(SgDirection::Egress, &ClassKey::v4(s, c, 17, 5000, 9999)));
 }
+
+/// AWS's definition read straight off the rules, for the property test below.
+fn untracked_reference(rules: &[SgRule], d: SgDirection, k: &nf_policy::ClassKey) -> bool {
+    let other = |d| match d {
+        SgDirection::Ingress => SgDirection::Egress,
+        SgDirection::Egress => SgDirection::Ingress,
+    };
+    let tcp_udp = |p: u8| p == 6 || p == 17;
+    let anywhere = |r: &SgRule| matches!(r.peer, SgPeer::Prefix(p) if p.length() == 0);
+    // A rule of `d` from anywhere allows `k` (TCP/UDP, destination ports).
+    let from_anywhere = |d, k: &nf_policy::ClassKey| {
+        rules.iter().any(|r| {
+            r.direction == d
+                && anywhere(r)
+                && r.proto.is_none_or(|p| p == k.proto)
+                && r.ports.contains(k.dst_port)
+        })
+    };
+    // `d` has a rule from anywhere for `k`'s protocol on all ports.
+    let open = |d, proto| {
+        rules.iter().any(|r| {
+            r.direction == d
+                && anywhere(r)
+                && r.proto.is_none_or(|p| p == proto)
+                && r.ports == PortRange::ANY
+        })
+    };
+    if !tcp_udp(k.proto) {
+        return false;
+    }
+    let mut rev = *k;
+    (rev.src, rev.dst, rev.src_port, rev.dst_port) = (k.dst, k.src, k.dst_port, k.src_port);
+    (from_anywhere(d, k) && open(other(d), k.proto))
+        || (open(d, k.proto) && from_anywhere(other(d), &rev))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// `SgRuleSet::untracked` (a scan of the few rules from anywhere, or the classifier when a
+    /// direction has more than eight distinct ones, as up to 40 rules often give) agrees with
+    /// the definition read off the rules.
+    #[test]
+    fn untracked_agrees_with_the_definition(
+        rules in proptest::collection::vec(
+            (proptest::bool::ANY, 0u8..4, 0u8..5, 0u16..4), 0..40),
+        keys in proptest::collection::vec((proptest::bool::ANY, 0u8..3, 0u16..6, 0u16..6), 1..40),
+    ) {
+        let ports = [PortRange::ANY, PortRange::single(80), PortRange::single(443),
+            PortRange::new(1000, 2000).unwrap(), PortRange::single(1500)];
+        let rules: Vec<SgRule> = rules
+            .into_iter()
+            .map(|(ingress, proto, port, peer)| {
+                let d = if ingress { SgDirection::Ingress } else { SgDirection::Egress };
+                let peer = SgPeer::Prefix(match peer {
+                    0 | 1 => Prefix::ANY_V4,
+                    2 => p4([192, 0, 2, 0], 24),
+                    _ => p4([0, 0, 0, 0], 1),
+                });
+                match proto {
+                    0 => SgRule::all(d, peer),
+                    1 => SgRule::tcp(d, peer, ports[usize::from(port)]),
+                    2 => SgRule::udp(d, peer, ports[usize::from(port)]),
+                    _ => SgRule::icmp(d, peer, None, None),
+                }
+            })
+            .collect();
+        let mut b = SgRuleSetBuilder::default();
+        for r in &rules {
+            b.push(*r);
+        }
+        let set = b.build().unwrap();
+        let port_of = [80u16, 443, 1500, 999, 53, 2000];
+        for (ingress, proto, sp, dp) in keys {
+            let d = if ingress { SgDirection::Ingress } else { SgDirection::Egress };
+            let proto = [6u8, 17, 1][usize::from(proto)];
+            let k = nf_policy::ClassKey::v4(
+                Ipv4Addr::new(192, 0, 2, 7),
+                Ipv4Addr::new(10, 0, 9, 5),
+                proto,
+                port_of[usize::from(sp)],
+                port_of[usize::from(dp)],
+            );
+            proptest::prop_assert_eq!(
+                set.untracked(d, &k),
+                untracked_reference(&rules, d, &k),
+                "{:?} {:?}", d, k
+            );
+        }
+    }
+}

@@ -19,7 +19,14 @@
 //! picks it uniformly and either direction; 1% are UDP first packets of never-seen flows from
 //! 172.16/12 to port 53, which a rule allows). Both sides replay the stream with the same
 //! loop. Before timing, both must agree on hit or miss and direction for 4096 batches, and
-//! ours passes every packet.
+//! ours passes every packet. These are the `"case": "tracked"` lines (with huge pages, then
+//! without).
+//!
+//! A last line, `"case": "untracked"` (huge pages): the same packets with the rules open both
+//! ways (the three allowing rules from anywhere, all traffic out to anywhere) and
+//! `SgConfig::untracked` on, so nothing is tracked and every packet is decided by the rules
+//! alone; the peer looks each packet up in an empty hashbrown map of the same capacity, then
+//! scans the rules (see `measure_untracked`).
 
 use crate::harness::{self, Opts, Rng};
 use crate::hugealloc;
@@ -49,6 +56,9 @@ pub(crate) fn run(opts: &Opts) {
     let traffic = Traffic::new(&flows, PACKETS, 64, NEW_SHARE, || rng.next_u64());
     let rules = rules();
     hugealloc::each_mode(|| measure(opts, &flows, &traffic, &rules));
+    let was = hugealloc::set_advise(true);
+    measure_untracked(opts, &traffic, sessions);
+    hugealloc::set_advise(was);
 }
 
 fn p4(a: [u8; 4], len: u8) -> Prefix {
@@ -93,6 +103,35 @@ fn rules() -> Vec<SgRule> {
     v
 }
 
+/// The rules of the `untracked` case: the same noise, the bench's traffic allowed from
+/// anywhere (TCP and UDP 443, UDP 53) and all traffic out to anywhere, so that every flow is
+/// open both ways.
+fn untracked_rules() -> Vec<SgRule> {
+    let any = SgPeer::Prefix(Prefix::ANY_V4);
+    let mut v: Vec<SgRule> = rules()
+        .into_iter()
+        .filter(|r| r.direction == SgDirection::Ingress)
+        .map(|mut r| {
+            // The three that allow the traffic (10/8 and 172.16/12; the noise is /16 or longer).
+            if matches!(r.peer, SgPeer::Prefix(p) if p.length() <= 12) {
+                r.peer = any;
+            }
+            r
+        })
+        .collect();
+    v.push(SgRule::all(SgDirection::Egress, any));
+    v
+}
+
+/// Flows opened from the servers' side (100.64/10) travel egress.
+fn server_egress(m: &Meta) -> SgDirection {
+    if m.flow.src_raw()[0] == 100 {
+        SgDirection::Egress
+    } else {
+        SgDirection::Ingress
+    }
+}
+
 /// The same rules for every zone.
 fn tables(rules: &[SgRule]) -> Arc<SgTables> {
     let mut b = SgRuleSetBuilder::default();
@@ -101,6 +140,128 @@ fn tables(rules: &[SgRule]) -> Arc<SgTables> {
     }
     let set = b.build().expect("rule set");
     Arc::new((0..ZONES).map(|z| (ZoneId(z), set.clone())).collect())
+}
+
+/// The `untracked` case: the same packets with every flow left untracked
+/// (`SgConfig::untracked`, rules open both ways): no session anywhere, every packet
+/// decided by the rules (a scan of the few rules from anywhere). Peer: a lookup in an empty
+/// hashbrown map of the same capacity, then a linear scan of the rules doing the same
+/// decision per packet.
+fn measure_untracked(opts: &Opts, traffic: &Traffic, sessions: usize) {
+    let rules = untracked_rules();
+    let capacity = (sessions as f64 / 0.9).ceil() as u32;
+    let cfg = ConntrackConfig::new(*b"bench secret key").sizes(Sizes {
+        v4: capacity,
+        v6: 1024,
+    });
+    let config = SgConfig::default().direction(server_egress).untracked(true);
+    let sg = SecurityGroups::new(tables(&rules), config);
+    let ct = Conntrack::new(cfg, sg).expect("stage config");
+    let mut ours = Replay::new(Ours(ct), traffic);
+    let mut peer = Replay::new(Stateless::new(&rules, capacity as usize), traffic);
+    for _ in 0..CHECK_BATCHES.min(traffic.batches()) {
+        ours.step(traffic);
+        peer.step(traffic);
+        for (o, p) in ours.packets().iter().zip(peer.packets()) {
+            assert!(o.meta.verdict.is_pass() && o.meta.session.is_none());
+            assert!(p.meta.verdict.is_pass());
+        }
+    }
+    assert!(ours.side.0.is_empty());
+    let n = traffic.batch as u64;
+    let r = harness::ab(opts, n, || ours.step(traffic), || peer.step(traffic));
+    harness::report(
+        opts,
+        "sg-stage",
+        "hashbrown 0.17 + ahash 0.8 lookup (a miss: nothing is tracked) then a linear scan of the same rules per packet (Match::matches), the response direction checked against the other direction's rules reversed",
+        r,
+        json!({
+            "case": "untracked",
+            "capacity": capacity,
+            "sessions_at_end": ours.side.0.len(),
+            "zones": ZONES,
+            "ingress_rules": rules.iter().filter(|r| r.direction == SgDirection::Ingress).count(),
+            "egress_rules": rules.iter().filter(|r| r.direction == SgDirection::Egress).count(),
+            "family": "ipv4",
+            "batch": traffic.batch,
+            "huge_pages": hugealloc::mode(),
+        }),
+    );
+}
+
+/// The `untracked` case's peer: per packet, a session-map lookup (a miss), then the rules
+/// of its direction and (for the response direction, which has the all-ports rule) the
+/// other direction's rules with the key reversed, linearly.
+struct Stateless {
+    /// Ingress, then egress: each rule as a match of the remote end, and whether that end is
+    /// anywhere.
+    rules: [Vec<(Match, bool)>; 2],
+    /// The session map a tracker would first look the packet up in (empty here, as ours).
+    map: hashbrown::HashMap<FlowKey, u32, ahash::RandomState>,
+}
+
+impl Stateless {
+    fn new(rules: &[SgRule], capacity: usize) -> Self {
+        let side = |d: SgDirection| {
+            rules
+                .iter()
+                .filter(|r| r.direction == d)
+                .map(|r| {
+                    let SgPeer::Prefix(p) = r.peer else {
+                        unreachable!("prefix peers only")
+                    };
+                    let m = match d {
+                        SgDirection::Ingress => Match::any_v4().src(p),
+                        SgDirection::Egress => Match::any_v4().dst(p),
+                    };
+                    let m = match r.proto {
+                        Some(x) => m.proto(x).dst_ports(r.ports),
+                        None => m,
+                    };
+                    (m, p.length() == 0)
+                })
+                .collect()
+        };
+        Self {
+            rules: [side(SgDirection::Ingress), side(SgDirection::Egress)],
+            map: hashbrown::HashMap::with_capacity_and_hasher(
+                2 * capacity,
+                ahash::RandomState::with_seeds(1, 2, 3, 4),
+            ),
+        }
+    }
+
+    /// Whether a rule from anywhere of `d` (0 ingress, 1 egress) allows `k`.
+    fn allowed_from_anywhere(&self, d: usize, k: &ClassKey) -> bool {
+        self.rules[d].iter().any(|(m, any)| *any && m.matches(k))
+    }
+}
+
+impl Side for Stateless {
+    type Handle = u32;
+    fn process(&mut self, _now: Instant, batch: &mut Batch<Vec<u8>>) {
+        for p in batch.packets_mut() {
+            if self.map.contains_key(&p.meta.flow) {
+                continue;
+            }
+            let k = ClassKey::from_flow(&p.meta.flow, (0, 0));
+            // Egress is open on all ports (the all-traffic rule); ingress is not.
+            let pass = if server_egress(&p.meta) == SgDirection::Ingress {
+                self.allowed_from_anywhere(0, &k)
+            } else {
+                let mut r = k;
+                (r.src, r.dst, r.src_port, r.dst_port) = (k.dst, k.src, k.dst_port, k.src_port);
+                self.allowed_from_anywhere(1, &k) && self.allowed_from_anywhere(0, &r)
+            };
+            if !pass {
+                p.meta.verdict = nf_core::Verdict::Drop(DropReason::SgDenied);
+            }
+        }
+    }
+    fn handle(_meta: &Meta) -> Option<u32> {
+        None
+    }
+    fn remove(&mut self, _h: u32) {}
 }
 
 fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic, rules: &[SgRule]) {
@@ -141,6 +302,7 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic, rules: &[SgRule]) 
             "zones": ZONES,
             "ingress_rules": rules.iter().filter(|r| r.direction == SgDirection::Ingress).count(),
             "egress_rules": rules.iter().filter(|r| r.direction == SgDirection::Egress).count(),
+            "case": "tracked",
             "rule_bytes": rule_bytes,
             "family": "ipv4",
             "batch": traffic.batch,
