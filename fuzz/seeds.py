@@ -4,7 +4,7 @@ header + inner frame) of the first frames of the shared captures; for nat_alloc,
 sequences for each profile (a setup of six bytes, then arbitrary-encoded operations) from a
 fixed-seed generator, so the corpus is reproducible; and, for the other structure-aware
 targets that decode their input with `arbitrary` (lpm, limiter, classifier, lb_stage,
-nat_stage), pseudo-random byte strings
+nat_stage, sg_stage), pseudo-random byte strings
 of growing length from a fixed seed (any bytes decode; longer ones give more routes,
 arrivals and lookups).
 
@@ -27,6 +27,7 @@ RANDOM_SEEDS = {
     "classifier": (8, 0xC1A),
     "lb_stage": (8, 0x1B5),
     "nat_stage": (8, 0x5A7),
+    "sg_stage": (8, 0x56A),
 }
 
 

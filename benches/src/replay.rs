@@ -13,10 +13,16 @@
 //!   key therefore lives `LAG` batches and is gone long before the stream wraps round to it:
 //!   every new flow is new when it arrives, and the table never fills. Both sides run exactly
 //!   this loop (restore and removals included in their times).
-//! - [`Ours`]: the `Conntrack` stage ([`make_stage`]); [`PeerConntrack`]: `hashbrown` +
-//!   `ahash` holding both directions, a small state and a deadline per session.
+//! - [`Ours`]: the `Conntrack` stage ([`make_stage`]) with any session service;
+//!   [`PeerConntrack`]: `hashbrown` + `ahash` holding both directions, a small state and a
+//!   deadline per session (and, through [`PeerConntrack::process_admitting`], a policy that
+//!   decides new flows).
+//! - [`create_established`]: sessions made through a stage's own new-flow path (so every
+//!   session holds its service's value), then marked established.
 
-use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes, TimeoutProfile};
+use nf_core::conntrack::{
+    Conntrack, ConntrackConfig, SessionService, SessionState, Sizes, TimeoutProfile,
+};
 use nf_core::flow::proto;
 use nf_core::wire::tcp::tcp_flags;
 use nf_core::{
@@ -56,6 +62,41 @@ pub(crate) fn established_sides(flows: &[FlowKey], capacity: u32) -> (Ours, Peer
         peer.insert(now, f, st);
     }
     (Ours(stage), peer)
+}
+
+/// Creates a session for every flow through `ct`'s own new-flow path (its service decides
+/// and keeps its value; the service must admit every flow), then marks each established.
+pub(crate) fn create_established<S: SessionService>(ct: &mut Conntrack<S>, flows: &[FlowKey]) {
+    let now = Instant::from_nanos(START_NS);
+    let mut batch = working_batch(64);
+    let mut template = Meta::default();
+    template.flags = flags::L3_VALID | flags::L4_VALID;
+    (template.l3, template.l4, template.payload) = (14, 34, 54);
+    template.ethertype = 0x0800;
+    for chunk in flows.chunks(64) {
+        let metas: Vec<Meta> = chunk
+            .iter()
+            .map(|f| {
+                let mut m = template;
+                m.flow = *f;
+                m.zone = f.zone;
+                m.tcp_flags = if f.proto == proto::TCP {
+                    tcp_flags::SYN
+                } else {
+                    0
+                };
+                m
+            })
+            .collect();
+        restore(&mut batch, &metas);
+        let len = metas.len();
+        ct.process(now, &mut batch);
+        for p in batch.packets().iter().take(len) {
+            let r = p.meta.session.expect("created");
+            ct.v4_mut()
+                .set_state(r, now, established(&p.meta.flow), true);
+        }
+    }
 }
 
 /// The state an established session of `f`'s protocol is in.
@@ -210,10 +251,11 @@ pub(crate) trait Side {
     fn remove(&mut self, h: Self::Handle);
 }
 
-/// Ours: the `Conntrack` stage.
-pub(crate) struct Ours(pub(crate) Conntrack);
+/// Ours: the `Conntrack` stage. Sessions are removed from the table directly (no
+/// `on_end`): a service that counts its sessions needs a side of its own.
+pub(crate) struct Ours<S: SessionService = ()>(pub(crate) Conntrack<S>);
 
-impl Side for Ours {
+impl<S: SessionService> Side for Ours<S> {
     type Handle = SessionRef;
     fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
         self.0.process(now, batch);
@@ -279,6 +321,34 @@ impl<S: Side> Replay<S> {
         self.clock += 1;
         u64::from(packets[0].meta.direction == Direction::Reply)
             + u64::from(packets[0].meta.next_hop)
+    }
+}
+
+/// Correctness before speed: steps both sides through `batches` batches in lockstep and
+/// checks that ours (`created` reads its count of sessions created) creates one session per
+/// new flow and passes every packet with a session, that both agree on every packet's
+/// direction, and whatever `each(batch, index, ours, peer)` checks of each packet.
+pub(crate) fn check_lockstep<A: Side, B: Side>(
+    ours: &mut Replay<A>,
+    peer: &mut Replay<B>,
+    t: &Traffic,
+    batches: usize,
+    created: impl Fn(&A) -> u64,
+    mut each: impl FnMut(usize, usize, &Packet<Vec<u8>>, &Packet<Vec<u8>>),
+) {
+    for _ in 0..batches {
+        let b = ours.next_batch();
+        assert_eq!(b, peer.next_batch());
+        let before = created(&ours.side);
+        ours.step(t);
+        peer.step(t);
+        let new = t.new_positions(b).count() as u64;
+        assert_eq!(created(&ours.side) - before, new, "batch {b}");
+        for (i, (o, p)) in ours.packets().iter().zip(peer.packets()).enumerate() {
+            assert!(o.meta.verdict.is_pass() && o.meta.session.is_some());
+            assert_eq!(o.meta.direction, p.meta.direction, "batch {b} packet {i}");
+            each(b, i, o, p);
+        }
     }
 }
 
@@ -377,9 +447,16 @@ fn step(state: u8, reply: bool, fl: u8) -> u8 {
     next as u8
 }
 
-impl Side for PeerConntrack {
-    type Handle = u32;
-    fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
+impl PeerConntrack {
+    /// [`Side::process`] where `admit` decides each new flow first: a refused one is dropped
+    /// with `refused` and nothing is inserted.
+    pub(crate) fn process_admitting(
+        &mut self,
+        now: Instant,
+        batch: &mut Batch<Vec<u8>>,
+        mut admit: impl FnMut(&Meta) -> bool,
+        refused: nf_core::DropReason,
+    ) {
         let now = now.as_nanos();
         for p in batch.packets_mut() {
             let m = &mut p.meta;
@@ -396,12 +473,22 @@ impl Side for PeerConntrack {
                 } else {
                     Direction::Original
                 };
-            } else {
+            } else if admit(m) {
                 let st = SessionState::initial(m.flow.proto, m.tcp_flags);
                 m.next_hop = self.insert(Instant::from_nanos(now), &m.flow, st);
                 m.direction = Direction::Original;
+            } else {
+                m.verdict = nf_core::Verdict::Drop(refused);
             }
         }
+    }
+}
+
+impl Side for PeerConntrack {
+    type Handle = u32;
+    #[inline(always)]
+    fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
+        self.process_admitting(now, batch, |_| true, nf_core::DropReason::ServiceRefused);
     }
     fn handle(meta: &Meta) -> Option<u32> {
         (meta.next_hop != NO_NEXT_HOP).then_some(meta.next_hop)

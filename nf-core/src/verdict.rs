@@ -121,6 +121,10 @@ drop_reasons! {
     SessionTableFull => "session_table_full",
     /// Connection tracking: the zone is at its session quota (or no zone slot is left).
     ZoneQuotaExceeded => "zone_quota_exceeded",
+    /// Connection tracking: the zone's new-flow rate allowance is used up (a rate limit on
+    /// session creation, such as nf-policy's `ZoneNewFlowLimit`); established flows are not
+    /// affected.
+    NewFlowRateExceeded => "new_flow_rate_exceeded",
     /// Connection tracking: no session, and the zone's policy does not create one for this
     /// packet (e.g. a TCP segment other than SYN).
     NoSession => "no_session",
@@ -155,6 +159,10 @@ drop_reasons! {
     /// Security groups: no rule of the interface's groups allows the new flow (groups are
     /// allow-only; packets of admitted sessions, replies included, are not checked again).
     SgDenied => "sg_denied",
+    /// Security groups: the flow is left untracked (its rules allow it both ways from and to
+    /// anywhere, AWS's exception) and the service passes its packets without a session; a
+    /// drop only when another service composed with it cannot serve a packet without one.
+    SgUntracked => "sg_untracked",
     /// Load balancing: the session's backend is down and its listener resets such flows
     /// rather than re-hashing them.
     LbBackendDown => "lb_backend_down",

@@ -300,6 +300,7 @@ fn counter_names_are_pinned() {
         "key_conflict",
         "service_refused",
         "service_rejected",
+        "refused_passed",
         "v4_sessions",
         "v4_inserted",
         "v4_early_drops",

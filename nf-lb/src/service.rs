@@ -21,7 +21,9 @@
 //!   `rehashed`; [`OnDown::Rehash`], encapsulation only) or dropped with
 //!   [`DropReason::LbBackendDown`] (counted `reset`; [`OnDown::Reset`]).
 //! - A packet to a listener whose flow has no session and gets none (table full, zone
-//!   quota, above its listener's [`NewFlowLimit`], a packet that may not open a session) is
+//!   quota, above its listener's [`NewFlowLimit`] or its zone's new-flow rate
+//!   ([`DropReason::NewFlowRateExceeded`], e.g. nf-policy's `ZoneNewFlowLimit` wrapping the
+//!   LB), a packet that may not open a session) is
 //!   forwarded by the hash alone (counted `stateless`), never dropped for lack of state.
 //! - No allocation on the packet path; [`Lb::set_listeners`] allocates.
 
@@ -214,7 +216,8 @@ impl Bucket {
 ///   and replies' source back to the VIP, encapsulation writes the member's
 ///   [`next_hop`](crate::PoolMember::next_hop) to [`Meta::next_hop`](nf_core::Meta::next_hop).
 /// - A flow whose backend is down: see [`OnDown`].
-/// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], or a packet
+/// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], the zone's
+///   new-flow rate ([`DropReason::NewFlowRateExceeded`]), or a packet
 ///   that may not open one: a TCP segment other than a SYN after an ECMP change in front of
 ///   the load balancers, or after its SYN was served statelessly) a packet to a listener is
 ///   forwarded by the hash alone ([`SessionService::on_refused`]). Under DNAT the backend's
@@ -653,6 +656,7 @@ impl SessionService for Lb {
             DropReason::SessionTableFull
                 | DropReason::ZoneQuotaExceeded
                 | DropReason::LbNewFlowRate
+                | DropReason::NewFlowRateExceeded
                 | DropReason::NoSession
         ) {
             return Verdict::Drop(reason);

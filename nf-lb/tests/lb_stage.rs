@@ -619,3 +619,54 @@ fn in_a_tuple_the_fallback_needs_every_service() {
     );
     assert_eq!(p.second.service().0.counters().stateless, 1);
 }
+
+/// A zone's new-flow rate limit in front of the LB, as nf-policy's `ZoneNewFlowLimit` would
+/// be (here: every new flow after the first refused), passing refusals on to the LB.
+struct OneNewFlow(bool);
+
+impl nf_core::conntrack::SessionService for OneNewFlow {
+    type Value = ();
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        _new: &mut nf_core::conntrack::NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        if core::mem::replace(&mut self.0, true) {
+            return Err(DropReason::NewFlowRateExceeded);
+        }
+        Ok(())
+    }
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _reason: DropReason,
+        _pkt: &mut Packet<B>,
+    ) -> Verdict {
+        Verdict::Pass
+    }
+}
+
+#[test]
+fn flows_over_the_zone_new_flow_rate_are_served_statelessly() {
+    let lb = Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap());
+    let cfg = ConntrackConfig::new(*b"conntrack secret");
+    let mut p = ParseStage::default().then(Conntrack::new(cfg, (OneNewFlow(false), lb)).unwrap());
+    let outs: Vec<_> = (0..4u16).map(|s| run_one(&mut p, syn(5000 + s))).collect();
+    for o in &outs {
+        assert_eq!(o.meta.verdict, Verdict::Pass);
+        assert_eq!(dst_of(o)[..3], [10, 0, 1]);
+    }
+    assert_eq!(p.second.len(), 1);
+    assert_eq!(p.second.service().1.counters().stateless, 3);
+}
+
+fn run_one<S: nf_core::conntrack::SessionService>(
+    p: &mut nf_core::Chain<ParseStage, Conntrack<S>>,
+    frame: Vec<u8>,
+) -> Packet<Vec<u8>> {
+    let mut batch = Batch::new();
+    batch.push(Packet::with_headroom(&frame, 64)).ok().unwrap();
+    p.process(Instant::from_nanos(1_000_000_000), &mut batch);
+    batch.drain().next().unwrap()
+}

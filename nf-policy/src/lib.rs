@@ -9,7 +9,8 @@
 //!   wins, implicit deny, inbound and outbound lists; the [`AclStage`] with per-rule hits.
 //! - [`sg`]: security groups ([`SecurityGroups`]), allow-only and stateful, as a connection
 //!   tracking session service: new flows classified once, return traffic passes, rule swaps
-//!   keep established flows.
+//!   keep established flows; optionally AWS's untracked flows (rules open both ways: no
+//!   session, every packet classified).
 //! - [`lpm`]: longest-prefix match for IPv4 ([`Ipv4Lpm`], DIR-24-8 or 16-8-8) and IPv6
 //!   ([`Ipv6Lpm`], 16-bit root then 8-bit strides), built by validating builders off the hot
 //!   path, immutable, looked up singly or in batches.
@@ -21,6 +22,8 @@
 //! - [`elastic`]: the Achelous elastic credit limiter ([`ElasticLimiter`]) over bytes, packets
 //!   and the caller's measured processing cost.
 //! - [`source`]: per-source-IP limits in a fixed-size, keyed table ([`SourceLimits`]).
+//! - [`flow_limit`]: per-zone new-flow rate limits that connection tracking consults
+//!   ([`ZoneNewFlowLimit`], a session-service wrapper; `conntrack_allowance_exceeded`).
 //!
 //! It depends only on `nf-core`; stages cooperate with others through `nf-core` metadata.
 //!
@@ -52,6 +55,7 @@ extern crate std;
 pub mod acl;
 pub mod classifier;
 pub mod elastic;
+pub mod flow_limit;
 pub mod lpm;
 pub mod meter;
 pub mod route;
@@ -68,6 +72,7 @@ pub use classifier::{
 pub use elastic::{
     Admission, ElasticConfig, ElasticCounters, ElasticDimension, ElasticLimiter, SpendRate,
 };
+pub use flow_limit::ZoneNewFlowLimit;
 pub use lpm::{Ipv4Layout, Ipv4Lpm, Ipv4LpmBuilder, Ipv6Lpm, Ipv6LpmBuilder, LpmError};
 pub use meter::{
     BucketConfig, Color, MeterConfigError, SrTcm, SrTcmConfig, TokenBucket, TrTcm, TrTcmConfig,

@@ -1,6 +1,7 @@
 //! Security groups through connection tracking: new flows decided once by allow-only rules,
 //! return traffic passing, rule swaps keeping established flows while stopping new ones,
-//! group and prefix-list peers, egress by the configured direction.
+//! group and prefix-list peers, egress by the configured direction, and AWS's untracked
+//! flows (rules open both ways leave flows untracked; a rule swap cuts those at once).
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers fail the test by panicking"
@@ -78,9 +79,13 @@ fn run(p: &mut Pipeline, t: u64, pkts: Vec<Packet<Vec<u8>>>) -> Vec<Verdict> {
 }
 
 fn counter(p: &Pipeline, name: &str) -> u64 {
+    stage_counter(p, "security_groups", name)
+}
+
+fn stage_counter(p: &Pipeline, stage: &str, name: &str) -> u64 {
     let mut v = None;
     p.visit_counters(&mut |s, c, x| {
-        if s == "security_groups" && c == name {
+        if s == stage && c == name {
             v = Some(x);
         }
     });
@@ -211,4 +216,270 @@ fn unknown_references_and_zones() {
     // A zone without rules allows nothing.
     let mut p = pipeline(Arc::new(SgTables::new()), SgConfig::default());
     assert_eq!(run(&mut p, 1, vec![udp([10, 0, 1, 9], VM, 1, 53)]), [DENY]);
+}
+
+/// AWS's example of untracked flows: inbound HTTP from anywhere and all traffic out to
+/// anywhere leave HTTP untracked (no session, every packet passes by the rules, both ways);
+/// SSH from one address and ICMP stay tracked.
+fn aws_example() -> Vec<SgRule> {
+    let any = SgPeer::Prefix(Prefix::ANY_V4);
+    vec![
+        SgRule::tcp(SgDirection::Ingress, any, PortRange::single(80)),
+        SgRule::tcp(
+            SgDirection::Ingress,
+            SgPeer::Prefix(p4([203, 0, 113, 1], 32)),
+            PortRange::single(22),
+        ),
+        SgRule::icmp(SgDirection::Ingress, any, None, None),
+        SgRule::udp(SgDirection::Ingress, any, PortRange::ANY),
+        SgRule::all(SgDirection::Egress, any),
+    ]
+}
+
+fn egress_from_vm(m: &Meta) -> SgDirection {
+    if m.flow.src_raw()[..4] == VM {
+        SgDirection::Egress
+    } else {
+        SgDirection::Ingress
+    }
+}
+
+#[test]
+fn flows_open_both_ways_are_untracked_as_aws_documents() {
+    let config = SgConfig::default()
+        .direction(egress_from_vm)
+        .untracked(true);
+    let mut p = pipeline(tables(&aws_example()), config);
+    let client = [192, 0, 2, 1];
+    // HTTP: the handshake passes both ways without a session.
+    let v = run(
+        &mut p,
+        1,
+        vec![
+            tcp(client, VM, 40000, 80, SYN),
+            tcp(VM, client, 80, 40000, SYN | ACK),
+            tcp(client, VM, 40000, 80, ACK),
+        ],
+    );
+    assert_eq!(v, [Verdict::Pass; 3]);
+    assert_eq!(p.second.len(), 0);
+    assert_eq!(counter(&p, "packets_untracked"), 3);
+    assert_eq!(stage_counter(&p, "conntrack", "refused_passed"), 3);
+    // UDP open both ways (all ports in, all traffic out): untracked too.
+    let v = run(
+        &mut p,
+        2,
+        vec![udp(client, VM, 5000, 9999), udp(VM, client, 9999, 5000)],
+    );
+    assert_eq!(v, [Verdict::Pass; 2]);
+    assert_eq!(p.second.len(), 0);
+    // SSH from one address is tracked; so is ICMP, always; and an outbound TCP connection
+    // (inbound allows only port 80 from anywhere, not all ports).
+    let echo = nf_core::wire::icmp::IcmpRepr {
+        ty: 8,
+        code: 0,
+        checksum: 0,
+        ident: 7,
+        seq: 1,
+    };
+    let ping = Packet::with_headroom(&Frame::ipv4(client, VM).icmp(echo).to_vec().unwrap(), 64);
+    let v = run(
+        &mut p,
+        3,
+        vec![
+            tcp([203, 0, 113, 1], VM, 50000, 22, SYN),
+            ping,
+            tcp(VM, client, 41000, 443, SYN),
+        ],
+    );
+    assert_eq!(v, [Verdict::Pass; 3]);
+    assert_eq!(p.second.len(), 3);
+    assert_eq!(counter(&p, "flows_allowed"), 3);
+    assert_eq!(counter(&p, "packets_untracked"), 5);
+}
+
+/// AWS: an untracked flow is cut at once when the rule allowing it goes (nothing remembers
+/// it), a tracked one is not.
+#[test]
+fn a_rule_swap_cuts_untracked_flows_at_once_and_keeps_tracked_ones() {
+    let config = SgConfig::default()
+        .direction(egress_from_vm)
+        .untracked(true);
+    let mut p = pipeline(tables(&aws_example()), config);
+    let client = [192, 0, 2, 1];
+    let admin = [203, 0, 113, 1];
+    let v = run(
+        &mut p,
+        1,
+        vec![
+            tcp(client, VM, 40000, 80, SYN),
+            tcp(admin, VM, 50000, 22, SYN),
+        ],
+    );
+    assert_eq!(v, [Verdict::Pass; 2]);
+    let without_http: Vec<SgRule> = aws_example()
+        .into_iter()
+        .filter(|r| r.ports != PortRange::single(80))
+        .collect();
+    p.second.service_mut().set_rules(tables(&without_http));
+    let v = run(
+        &mut p,
+        2,
+        vec![
+            tcp(client, VM, 40000, 80, ACK),
+            tcp(admin, VM, 50000, 22, ACK),
+            tcp(VM, admin, 22, 50000, ACK),
+        ],
+    );
+    assert_eq!(
+        v,
+        [
+            Verdict::Drop(DropReason::NoSession),
+            Verdict::Pass,
+            Verdict::Pass
+        ]
+    );
+}
+
+#[test]
+fn without_the_option_every_admitted_flow_is_tracked() {
+    let config = SgConfig::default().direction(egress_from_vm);
+    let mut p = pipeline(tables(&aws_example()), config);
+    let client = [192, 0, 2, 1];
+    let v = run(&mut p, 1, vec![tcp(client, VM, 40000, 80, SYN)]);
+    assert_eq!(v, [Verdict::Pass]);
+    assert_eq!(p.second.len(), 1);
+    assert_eq!(counter(&p, "packets_untracked"), 0);
+    // A segment that cannot open a session, of no flow: dropped as conntrack says.
+    let v = run(&mut p, 2, vec![tcp(client, VM, 40001, 80, ACK)]);
+    assert_eq!(v, [Verdict::Drop(DropReason::NoSession)]);
+}
+
+/// The rule-set query alone: family and protocol matter, and a prefix list holding `/0`
+/// counts as anywhere.
+#[test]
+fn untracked_needs_both_directions_open_for_the_family_and_protocol() {
+    use nf_policy::ClassKey;
+    let any6 = SgPeer::Prefix(Prefix::ANY_V6);
+    let mut b = SgRuleSetBuilder::default();
+    b.prefix_list(9, [Prefix::ANY_V4, p4([10, 0, 0, 0], 8)]);
+    b.push(SgRule::udp(
+        SgDirection::Ingress,
+        SgPeer::PrefixList(9),
+        PortRange::single(53),
+    ));
+    b.push(SgRule::udp(
+        SgDirection::Egress,
+        SgPeer::Prefix(Prefix::ANY_V4),
+        PortRange::ANY,
+    ));
+    b.push(SgRule::tcp(
+        SgDirection::Ingress,
+        any6,
+        PortRange::single(80),
+    ));
+    let r = b.build().unwrap();
+    let (c, s) = (Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(10, 0, 9, 5));
+    assert!(r.untracked(SgDirection::Ingress, &ClassKey::v4(c, s, 17, 5000, 53)));
+    assert!(r.untracked(SgDirection::Egress, &ClassKey::v4(s, c, 17, 53, 5000)));
+    // TCP is not open outbound; IPv6 HTTP has no outbound rule at all.
+    assert!(!r.untracked(SgDirection::Ingress, &ClassKey::v4(c, s, 6, 5000, 53)));
+    let (c6, s6) = (
+        core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+        core::net::Ipv6Addr::LOCALHOST,
+    );
+    assert!(!r.untracked(SgDirection::Ingress, &ClassKey::v6(c6, s6, 6, 4000, 80)));
+    // Outbound UDP to a port inbound rules do not open is tracked.
+    assert!(!r.untracked(SgDirection::Egress, &ClassKey::v4(s, c, 17, 5000, 9999)));
+}
+
+/// AWS's definition read straight off the rules, for the property test below.
+fn untracked_reference(rules: &[SgRule], d: SgDirection, k: &nf_policy::ClassKey) -> bool {
+    let other = |d| match d {
+        SgDirection::Ingress => SgDirection::Egress,
+        SgDirection::Egress => SgDirection::Ingress,
+    };
+    let tcp_udp = |p: u8| p == 6 || p == 17;
+    let anywhere = |r: &SgRule| matches!(r.peer, SgPeer::Prefix(p) if p.length() == 0);
+    // A rule of `d` from anywhere allows `k` (TCP/UDP, destination ports).
+    let from_anywhere = |d, k: &nf_policy::ClassKey| {
+        rules.iter().any(|r| {
+            r.direction == d
+                && anywhere(r)
+                && r.proto.is_none_or(|p| p == k.proto)
+                && r.ports.contains(k.dst_port)
+        })
+    };
+    // `d` has a rule from anywhere for `k`'s protocol on all ports.
+    let open = |d, proto| {
+        rules.iter().any(|r| {
+            r.direction == d
+                && anywhere(r)
+                && r.proto.is_none_or(|p| p == proto)
+                && r.ports == PortRange::ANY
+        })
+    };
+    if !tcp_udp(k.proto) {
+        return false;
+    }
+    let mut rev = *k;
+    (rev.src, rev.dst, rev.src_port, rev.dst_port) = (k.dst, k.src, k.dst_port, k.src_port);
+    (from_anywhere(d, k) && open(other(d), k.proto))
+        || (open(d, k.proto) && from_anywhere(other(d), &rev))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// `SgRuleSet::untracked` (a scan of the few rules from anywhere, or the classifier when a
+    /// direction has more than eight distinct ones, as up to 40 rules often give) agrees with
+    /// the definition read off the rules.
+    #[test]
+    fn untracked_agrees_with_the_definition(
+        rules in proptest::collection::vec(
+            (proptest::bool::ANY, 0u8..4, 0u8..5, 0u16..4), 0..40),
+        keys in proptest::collection::vec((proptest::bool::ANY, 0u8..3, 0u16..6, 0u16..6), 1..40),
+    ) {
+        let ports = [PortRange::ANY, PortRange::single(80), PortRange::single(443),
+            PortRange::new(1000, 2000).unwrap(), PortRange::single(1500)];
+        let rules: Vec<SgRule> = rules
+            .into_iter()
+            .map(|(ingress, proto, port, peer)| {
+                let d = if ingress { SgDirection::Ingress } else { SgDirection::Egress };
+                let peer = SgPeer::Prefix(match peer {
+                    0 | 1 => Prefix::ANY_V4,
+                    2 => p4([192, 0, 2, 0], 24),
+                    _ => p4([0, 0, 0, 0], 1),
+                });
+                match proto {
+                    0 => SgRule::all(d, peer),
+                    1 => SgRule::tcp(d, peer, ports[usize::from(port)]),
+                    2 => SgRule::udp(d, peer, ports[usize::from(port)]),
+                    _ => SgRule::icmp(d, peer, None, None),
+                }
+            })
+            .collect();
+        let mut b = SgRuleSetBuilder::default();
+        for r in &rules {
+            b.push(*r);
+        }
+        let set = b.build().unwrap();
+        let port_of = [80u16, 443, 1500, 999, 53, 2000];
+        for (ingress, proto, sp, dp) in keys {
+            let d = if ingress { SgDirection::Ingress } else { SgDirection::Egress };
+            let proto = [6u8, 17, 1][usize::from(proto)];
+            let k = nf_policy::ClassKey::v4(
+                Ipv4Addr::new(192, 0, 2, 7),
+                Ipv4Addr::new(10, 0, 9, 5),
+                proto,
+                port_of[usize::from(sp)],
+                port_of[usize::from(dp)],
+            );
+            proptest::prop_assert_eq!(
+                set.untracked(d, &k),
+                untracked_reference(&rules, d, &k),
+                "{:?} {:?}", d, k
+            );
+        }
+    }
 }

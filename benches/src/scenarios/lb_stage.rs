@@ -25,7 +25,7 @@ use crate::harness::{self, Opts, Rng};
 use crate::hugealloc;
 use crate::replay::{self, Replay, Side, Traffic};
 use nf_core::checksum::{update16, update32};
-use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::flow::proto;
 use nf_core::{Batch, Direction, FlowKey, Instant, Meta, Packet, SessionRef, Stage, flags};
 use nf_lb::{
@@ -141,36 +141,7 @@ impl OursLb {
         });
         let mut ct = Conntrack::new(cfg, lb).expect("stage config");
         // Every session created through the stage, then marked established.
-        let now = Instant::from_nanos(replay::START_NS);
-        let mut batch = replay::working_batch(64);
-        let mut template = Meta::default();
-        template.flags = flags::L3_VALID | flags::L4_VALID;
-        (template.l3, template.l4, template.payload) = (14, 34, 54);
-        template.ethertype = 0x0800;
-        for chunk in flows.chunks(64) {
-            let metas: Vec<Meta> = chunk
-                .iter()
-                .map(|f| {
-                    let mut m = template;
-                    m.flow = *f;
-                    m.zone = f.zone;
-                    m.tcp_flags = if f.proto == proto::TCP { 0x02 } else { 0 };
-                    m
-                })
-                .collect();
-            replay::restore(&mut batch, &metas);
-            let len = metas.len();
-            ct.process(now, &mut batch);
-            for p in batch.packets().iter().take(len) {
-                let r = p.meta.session.expect("created");
-                let st = if p.meta.flow.proto == proto::TCP {
-                    SessionState::TcpEstablished
-                } else {
-                    SessionState::UdpReplied
-                };
-                ct.v4_mut().set_state(r, now, st, true);
-            }
-        }
+        replay::create_established(&mut ct, flows);
         assert_eq!(ct.len(), flows.len());
         Self(ct)
     }
@@ -318,25 +289,14 @@ fn peer_rewrite(p: &mut Packet<Vec<u8>>, at: usize, addr: [u8; 4], port: u16) {
     d[ck..ck + 2].copy_from_slice(&l4c.to_be_bytes());
 }
 
-/// Correctness before speed: ours passes every packet with a session and rewrites it; both
-/// sides agree on the direction; ours creates one session per new flow.
+/// Correctness before speed (`replay::check_lockstep`): ours also rewrites every packet.
 fn check(ours: &mut Replay<OursLb>, peer: &mut Replay<PeerLb>, t: &Traffic, batches: usize) {
-    for _ in 0..batches {
-        let b = ours.next_batch();
-        assert_eq!(b, peer.next_batch());
-        let created = ours.side.0.stats().created;
-        ours.step(t);
-        peer.step(t);
-        let new = t.new_positions(b).count() as u64;
-        assert_eq!(ours.side.0.stats().created - created, new, "batch {b}");
-        for (i, (o, p)) in ours.packets().iter().zip(peer.packets()).enumerate() {
-            assert!(o.meta.verdict.is_pass() && o.meta.session.is_some());
-            assert_eq!(o.meta.direction, p.meta.direction, "batch {b} packet {i}");
-            // Rewritten: to a backend (192.168/16) on the way in, from the VIP on the way back.
-            match o.meta.direction {
-                Direction::Original => assert_eq!(o.data()[30..32], [192, 168]),
-                Direction::Reply => assert_eq!(o.data()[26..30], VIP),
-            }
+    let created = |o: &OursLb| o.0.stats().created;
+    replay::check_lockstep(ours, peer, t, batches, created, |_, _, o, _| {
+        // Rewritten: to a backend (192.168/16) on the way in, from the VIP on the way back.
+        match o.meta.direction {
+            Direction::Original => assert_eq!(o.data()[30..32], [192, 168]),
+            Direction::Reply => assert_eq!(o.data()[26..30], VIP),
         }
-    }
+    });
 }

@@ -17,6 +17,7 @@ mod maglev_lookup;
 mod nat_established;
 mod nat_new;
 mod parse;
+mod sg_stage;
 mod shuffle_place;
 mod vxlan_decap;
 
@@ -108,5 +109,10 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "acl",
         about: "classify batches of 64 keys against 1k and 10k ACL rules and a tuple-space-explosion set, adversarial vs benign traffic (vs a linear scan)",
         run: acl::run,
+    },
+    Scenario {
+        name: "sg-stage",
+        about: "parsed packets through Conntrack<SecurityGroups>, 1M sessions, 99% established / 1% new, 16 zones of 61 ingress rules (vs hashbrown + ahash + a linear rule scan)",
+        run: sg_stage::run,
     },
 ];

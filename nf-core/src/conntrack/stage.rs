@@ -161,6 +161,10 @@ pub struct ConntrackCounters {
     pub key_conflict: u64,
     /// Drops: a service refused the new flow.
     pub service_refused: u64,
+    /// Packets without a session (counted above under the reason their flow was not created)
+    /// that the service passed anyway through [`SessionService::on_refused`]: served
+    /// statelessly, not dropped.
+    pub refused_passed: u64,
     /// Drops: a service's [`check`](SessionService::check) rejected a packet of a session
     /// (which was left unchanged).
     pub service_rejected: u64,
@@ -491,6 +495,7 @@ impl<S: SessionService> Conntrack<S> {
             Ok(false) => {
                 self.stats.no_session += 1;
                 let verdict = self.service.on_refused(now, DropReason::NoSession, pkt);
+                self.stats.refused_passed += u64::from(verdict.is_pass());
                 self.decide(pkt, verdict);
                 return None;
             }
@@ -570,6 +575,7 @@ impl<S: SessionService> Conntrack<S> {
                 };
                 // The service may still forward the packet without a session.
                 let verdict = self.service.on_refused(now, reason, pkt);
+                self.stats.refused_passed += u64::from(verdict.is_pass());
                 self.decide(pkt, verdict);
                 None
             }
@@ -846,6 +852,7 @@ impl<S: SessionService> StageControl for Conntrack<S> {
             ("key_conflict", s.key_conflict),
             ("service_refused", s.service_refused),
             ("service_rejected", s.service_rejected),
+            ("refused_passed", s.refused_passed),
         ] {
             f(name, c, v);
         }
