@@ -1,5 +1,5 @@
 //! `l4lb`: an L4 load balancer in front of a pool of backends, built from nf-core's parse
-//! and connection-tracking stages and nf-lb's [`Lb`] session service (Maglev tables, keyed,
+//! and connection-tracking stages and nf-lb's [`Lb`](nf_lb::Lb) session service (Maglev tables, keyed,
 //! weights, drain), on `PACKET_MMAP` rings ([`nf_examples::router`]).
 //!
 //! ```text
