@@ -376,6 +376,9 @@ fn translates(filtering: &str) {
     );
     download(&mut lab, &i, &o);
     fetch(&mut lab, &o, "http://203.0.113.1:8080/blob");
+    // Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): the inside host reaches the forwarded
+    // server, itself, through the public address, and is seen from the public address.
+    fetch(&mut lab, &i, "http://203.0.113.1:8080/blob");
     assert!(
         iperf(&mut lab, &i, &o, "203.0.113.2", &[]) > 1 << 20,
         "TCP out"
@@ -428,6 +431,7 @@ fn translates(filtering: &str) {
         get("snat.no_mapping") >= 2 && get("gateway.spoofed") >= 2,
         "{c:?}"
     );
+    assert!(get("snat.packets_hairpinned") > 100, "{c:?}");
     // Window tracking checked every segment and dropped none of the real stacks'.
     assert!(get("tcp_window.checked") > 10_000, "{c:?}");
     assert_eq!(get("conntrack.service_rejected"), 0, "{c:?}");
