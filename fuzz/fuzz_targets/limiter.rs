@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use nf_core::Instant;
 use nf_policy::{
     BucketConfig, Color, ElasticConfig, ElasticDimension, ElasticLimiter, IpLimit,
-    SourceLimitConfig, SourceLimits, SpendRate, SrTcm, SrTcmConfig, ReplyBucket, TrTcm,
+    SourceLimitConfig, SourceLimits, SpendRate, SrTcm, SrTcmConfig, TokenBucket, TrTcm,
     TrTcmConfig,
 };
 use std::collections::BTreeMap;
@@ -73,7 +73,7 @@ fuzz_target!(|input: (Settings, Vec<Arrival>)| {
     let cap = small(s.credit_cap, 1_000_000);
     let start = Instant::from_nanos(1);
 
-    let mut bucket = ReplyBucket::new(BucketConfig::new(rate, burst), start);
+    let mut bucket = TokenBucket::new(BucketConfig::new(rate, burst), start);
     let mut sr = SrTcm::new(SrTcmConfig::new(rate, cbs, ebs), start).unwrap();
     let mut tr = TrTcm::new(TrTcmConfig::new(rate, cbs, pir, pbs), start).unwrap();
     let dim = ElasticDimension::new(rate, cap).with_spend(SpendRate::new(num, den).unwrap());
