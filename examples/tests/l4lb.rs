@@ -26,7 +26,7 @@
 
 mod common;
 
-use common::{counters, lines_of, sh, wait_for};
+use common::{Lab, counters, lines_of, sh, wait_for};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -51,39 +51,6 @@ class S(h.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = 'lab', self.server_address[1]
 S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
-
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Lab {
-    fn spawn(&mut self, ns: &str, argv: &[&str]) {
-        let c = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push(c);
-    }
-}
 
 /// `n` requests to the VIP, each on its own connection: (backend name → count, client
 /// addresses the backends saw).

@@ -30,34 +30,14 @@
 
 mod common;
 
-use common::{counters, lines_of, pings, sh, wait_for};
+use common::{Lab, counters, lines_of, pings, sh, wait_for};
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_nat-gateway");
 const BLOB_LEN: usize = 1 << 20;
-
-/// Namespaces, children and files, removed on drop (also when the test panics).
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Makes the lab; `None` (skipped) without root or tools outside CI.
 fn lab(tag: &str) -> Option<(Lab, [String; 3])> {

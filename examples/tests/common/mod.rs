@@ -221,3 +221,39 @@ pub fn counters(seen: &[String]) -> BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// A namespace lab: its namespaces, the processes started in them and a scratch folder, all
+/// removed on drop (also when the test panics).
+pub struct Lab {
+    pub namespaces: Vec<String>,
+    pub children: Vec<Child>,
+    pub dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    /// Starts `argv` in namespace `ns`, output discarded; killed when the lab goes.
+    pub fn spawn(&mut self, ns: &str, argv: &[&str]) {
+        let c = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a process in a namespace");
+        self.children.push(c);
+    }
+}
