@@ -159,7 +159,7 @@ pub(crate) fn report(opts: &Opts, scenario: &str, peer: &str, r: AbResult, extra
         m.extend(e);
     }
     let line = Value::Object(m);
-    println!("{line}");
+    emit(&format!("{line}"));
     if !opts.json {
         eprintln!(
             "{scenario:<18} ours {:>8.2} ns/pkt   {peer}: {:>8.2} ns/pkt   speedup {:.2}x",
@@ -192,5 +192,19 @@ impl Rng {
     }
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// Prints one line to stdout; a reader that went away (`nf-bench all --json | head -3`) ends
+/// the run quietly with status 0 instead of a broken-pipe panic.
+pub(crate) fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("nf-bench: stdout: {e}");
+        std::process::exit(1);
     }
 }

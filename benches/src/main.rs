@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match opts.scenario.as_str() {
         "list" => {
             for s in scenarios::ALL {
-                println!("{:<20} {}", s.name, s.about);
+                harness::emit(&format!("{:<20} {}", s.name, s.about));
             }
             ExitCode::SUCCESS
         }

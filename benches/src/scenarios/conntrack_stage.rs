@@ -9,7 +9,7 @@
 //! once, before anything is timed; each packet of an established session picks the session
 //! uniformly and either direction (TCP: a bare ACK); 1% are UDP first packets of flows never
 //! seen before. Each side replays the stream with the same loop (`replay::Replay`): restore
-//! the 64 packets' `Meta` from the parsed templates (verdict Pass, no session), process at a
+//! the 64 packets' `Meta` from the parsed stream (`replay::Stream`: verdict Pass, no session), process at a
 //! clock advancing 2 µs per batch, then remove the sessions the batch 1024 batches earlier
 //! created (by the handle each side wrote into `Meta`): new flows live 1024 batches, the table
 //! stays at its size, and every new flow is new when it arrives (checked). The restore and the
@@ -51,7 +51,7 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic) {
     let n = traffic.batch as u64;
     let r = harness::ab(opts, n, || ours.step(traffic), || peer.step(traffic));
 
-    let keys: Vec<FlowKey> = traffic.templates.iter().map(|m| m.flow).collect();
+    let keys: Vec<FlowKey> = traffic.templates().iter().map(|m| m.flow).collect();
     let table = ours.side.0.v4();
     let (mut at, mut out) = (0usize, [None; 64]);
     let lookup = harness::solo(opts, n, || {
@@ -62,7 +62,7 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic) {
     let mut batch = replay::working_batch(traffic.batch);
     let mut b = 0usize;
     let restore = harness::solo(opts, n, || {
-        replay::restore(&mut batch, traffic.metas(b));
+        traffic.restore(&mut batch, b);
         b = (b + 1) % traffic.batches();
         u64::from(batch.packets()[0].meta.flow.src_port)
     });
@@ -83,7 +83,7 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic) {
             "huge_pages": hugealloc::mode(),
             "thp_policy": hugealloc::thp_policy(),
             "anon_huge_mib": huge_bytes.map(|b| b >> 20),
-            "restore": "Meta copy from parsed templates, timed on both sides",
+            "restore": "per packet: flow key + TCP flags from the parsed stream, the rest of Meta from its shape (replay::Stream), timed on both sides",
             "restore_ns_per_pkt": (restore * 1000.0).round() / 1000.0,
             "lookup_batch_ns_per_pkt": (lookup * 1000.0).round() / 1000.0,
             "target_ns_per_pkt": TARGET_NS,

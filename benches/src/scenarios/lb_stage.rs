@@ -105,21 +105,20 @@ fn measure(opts: &Opts, flows: &[FlowKey]) {
 
 /// Reply-direction templates carry the backend's tuple; new flows go to the VIP.
 fn aim(t: &mut Traffic, ct: &Conntrack<Lb>) {
-    for b in 0..t.batches() {
-        let news: Vec<usize> = t.new_positions(b).collect();
-        for (i, m) in t.templates[b * t.batch..(b + 1) * t.batch]
-            .iter_mut()
-            .enumerate()
-        {
+    let news: Vec<Vec<usize>> = (0..t.batches())
+        .map(|b| t.new_positions(b).collect())
+        .collect();
+    t.edit(|b, metas| {
+        for (i, m) in metas.iter_mut().enumerate() {
             let f = m.flow;
-            if news.contains(&i) {
+            if news[b].contains(&i) {
                 m.flow = FlowKey::v4(f.zone, src4(&f), VIP, f.proto, f.src_port, f.dst_port);
             } else if f.src_bytes() == VIP {
                 let hit = ct.lookup(&f.reversed()).expect("established");
                 m.flow = ct.info(hit.session).expect("live").reply;
             }
         }
-    }
+    });
 }
 
 /// Ours: `Conntrack<Lb>`.

@@ -24,12 +24,13 @@
 
 use crate::harness::{self, Opts, Rng};
 use crate::hugealloc;
+use crate::replay::Stream;
 use nf_core::checksum::{update16, update32};
 use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::flow::proto;
 use nf_core::wire::Frame;
 use nf_core::wire::tcp::tcp_flags;
-use nf_core::{Batch, FlowKey, Instant, Meta, Packet, ParseStage, Stage, StageExt, ZoneId};
+use nf_core::{Batch, FlowKey, Instant, Packet, ParseStage, Stage, StageExt, ZoneId};
 use nf_nat::{AllocatorConfig, Profile, Snat, SnatConfig, nat_timeouts};
 use serde_json::json;
 
@@ -152,7 +153,7 @@ fn measure(opts: &Opts) {
             "conntrack_bytes": ct.allocated_bytes(),
             "snat_bytes": ct.service().memory_bytes(),
             "peer_bytes_per_session": (peer_bytes as f64 / sessions as f64).round(),
-            "restore": "64-byte frame + Meta copy from the templates, timed on both sides",
+            "restore": "64-byte frame copy + Meta from the parsed stream (flow key and TCP flags per packet, the rest by shape: replay::Stream), timed on both sides",
             "restore_ns_per_pkt": (restore * 1000.0).round() / 1000.0,
             "huge_pages": hugealloc::mode(),
             "target_ns_per_pkt": TARGET_NS,
@@ -204,7 +205,8 @@ fn mappings(pipe: &mut Pipeline, sessions: usize) -> Vec<FlowKey> {
 /// Parsed frames: established sessions' packets, uniform, either direction.
 struct Traffic {
     frames: Vec<[u8; FRAME]>,
-    metas: Vec<Meta>,
+    /// Parsed metadata (`replay::Stream`: flow key and flags per packet, the rest by shape).
+    metas: Stream,
 }
 
 impl Traffic {
@@ -229,7 +231,10 @@ impl Traffic {
             parse.process(Instant::ZERO, &mut batch);
             metas.extend(batch.drain().map(|p| p.meta));
         }
-        Self { frames, metas }
+        Self {
+            frames,
+            metas: Stream::new(&metas),
+        }
     }
 
     fn batches(&self) -> usize {
@@ -239,11 +244,14 @@ impl Traffic {
     /// Puts batch `b`'s frames and metadata back into `batch`.
     fn restore(&self, batch: &mut Batch<Vec<u8>>, b: usize) {
         let at = b * BATCH;
-        let (f, m) = (&self.frames[at..at + BATCH], &self.metas[at..at + BATCH]);
-        for ((p, f), m) in batch.packets_mut().iter_mut().zip(f).zip(m) {
+        for (p, f) in batch
+            .packets_mut()
+            .iter_mut()
+            .zip(&self.frames[at..at + BATCH])
+        {
             p.data_mut().copy_from_slice(f);
-            p.meta = *m;
         }
+        self.metas.restore(batch, at);
     }
 }
 
