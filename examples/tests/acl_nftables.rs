@@ -237,7 +237,11 @@ fn acl_and_nftables_count_the_same_packets_per_rule() {
     let t = format!("nfacl{}", std::process::id());
     let (a, b) = (format!("{t}a"), format!("{t}b"));
     let dir = common::temp_dir("acl-nft");
-    let _lab = Lab(vec![a.clone(), b.clone()], dir.clone());
+    let _lab = common::Lab {
+        namespaces: vec![a.clone(), b.clone()],
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
     sh(&format!(
         "ip netns add {a}; ip netns add {b}
          ip -n {a} link add va address 02:00:00:00:00:0a type veth peer name vb address 02:00:00:00:00:0b netns {b}
@@ -308,18 +312,4 @@ fn acl_and_nftables_count_the_same_packets_per_rule() {
     eprintln!(
         "{FRAMES} frames, {RULES} rules ({matched} matched something): nf and nftables agree per rule"
     );
-}
-
-/// Namespaces and a directory, removed on drop.
-struct Lab(Vec<String>, std::path::PathBuf);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
 }

@@ -20,8 +20,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -40,12 +39,11 @@ const BLOB_LEN: usize = 1 << 20;
 const CHILD_LIFETIME_SECS: &str = "60";
 const NS_PREFIX: &str = "nfvx-";
 
-/// Namespaces and child processes, removed on drop (also when the test panics).
+/// The namespace lab ([`common::Lab`]: namespaces, children and a folder, removed on drop,
+/// also when the test panics) and the gateway, whose output is shown first.
 struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
+    base: common::Lab,
     gateway: Option<Gateway>,
-    dir: Option<PathBuf>,
 }
 
 /// The running `vxlan-gateway` (also in [`Lab::children`]) and its stdout, line by line.
@@ -73,20 +71,11 @@ impl Gateway {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // A failed test still shows what the gateway counted (drop reasons tell most).
+        // A failed test still shows what the gateway counted (drop reasons tell most); then
+        // `base` removes the rest.
         if let Some(gw) = self.gateway.take() {
             let (out, _) = gw.stop();
             eprintln!("vxlan-gateway output:\n{}", out.join("\n"));
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
         }
     }
 }
@@ -94,7 +83,7 @@ impl Drop for Lab {
 impl Lab {
     fn add_namespace(&mut self, name: String) {
         run(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name);
+        self.base.namespaces.push(name);
     }
 }
 
@@ -195,7 +184,7 @@ threading.Event().wait(float(sys.argv[4]))
         .stdout(Stdio::null())
         .spawn()
         .expect("start the HTTP server");
-    lab.children.push(child);
+    lab.base.children.push(child);
     // Ready when a request from its own namespace (not through the tunnel) succeeds.
     let url = format!("http://{addr}:{HTTP_PORT}/");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -296,10 +285,12 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
         format!("{NS_PREFIX}{pid}-b"),
     );
     let mut lab = Lab {
-        namespaces: Vec::new(),
-        children: Vec::new(),
+        base: common::Lab {
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir: common::temp_dir("kernel-vxlan"),
+        },
         gateway: None,
-        dir: None,
     };
     for ns in [&a, &g, &b] {
         lab.add_namespace(ns.clone());
@@ -419,7 +410,7 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
         .expect("start vxlan-gateway");
     let stdout = gw.stdout.take().unwrap();
     let gw_pid = gw.id().to_string();
-    lab.children.push(gw);
+    lab.base.children.push(gw);
     let (tx, lines) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -446,8 +437,7 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
     }
 
     // TCP both ways: each side serves the blob, the other downloads it.
-    let dir = common::temp_dir("kernel-vxlan");
-    lab.dir = Some(dir.clone());
+    let dir = lab.base.dir.clone();
     let want = blob();
     std::fs::write(dir.join("blob"), &want).unwrap();
     let d = dir.to_str().unwrap();
@@ -476,7 +466,7 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start iperf3 -s");
-    lab.children.push(iperf_server);
+    lab.base.children.push(iperf_server);
     std::thread::sleep(Duration::from_millis(300));
     let client = Command::new("ip")
         .args([

@@ -12,29 +12,10 @@ mod common;
 
 use common::{counters, lines_of, pings, sh, wait_for};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const NODE: &str = env!("CARGO_BIN_EXE_nf-node");
-
-struct Lab {
-    namespaces: Vec<String>,
-    node: Option<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(mut n) = self.node.take() {
-            let _ = n.kill();
-            let _ = n.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn write_snapshot(dir: &Path, version: u64, vni: u32) {
     let cfg = dir.join(format!("config-{version}.txt"));
@@ -74,9 +55,9 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     }
     let tag = format!("nfn{}", std::process::id());
     let (a, g, b) = (format!("{tag}a"), format!("{tag}g"), format!("{tag}b"));
-    let mut lab = Lab {
+    let mut lab = common::Lab {
         namespaces: vec![a.clone(), g.clone(), b.clone()],
-        node: None,
+        children: Vec::new(),
         dir: common::temp_dir("nf-node"),
     };
     sh(&format!(
@@ -116,7 +97,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
         .unwrap();
     let lines = lines_of(&mut node);
     let pid = node.id().to_string();
-    lab.node = Some(node);
+    lab.children.push(node);
     let mut seen = Vec::new();
     wait_for(
         &lines,
@@ -168,7 +149,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
 
     // Stop: every counter, summed over the workers.
     sh(&format!("kill -TERM {pid}"));
-    let mut node = lab.node.take().unwrap();
+    let mut node = lab.children.pop().unwrap();
     let status = node.wait().unwrap();
     assert!(status.success(), "nf-node exit: {status}");
     std::thread::sleep(Duration::from_millis(200));
