@@ -236,12 +236,12 @@ fn acl_and_nftables_count_the_same_packets_per_rule() {
     // The kernel: a veth into namespace b, whose prerouting chain holds the rules.
     let t = format!("nfacl{}", std::process::id());
     let (a, b) = (format!("{t}a"), format!("{t}b"));
-    let dir = common::temp_dir("acl-nft");
-    let _lab = common::Lab {
+    let lab = common::Lab {
         namespaces: vec![a.clone(), b.clone()],
         children: Vec::new(),
-        dir: dir.clone(),
+        dir: common::temp_dir("acl-nft"),
     };
+    let dir = &lab.dir;
     sh(&format!(
         "ip netns add {a}; ip netns add {b}
          ip -n {a} link add va address 02:00:00:00:00:0a type veth peer name vb address 02:00:00:00:00:0b netns {b}

@@ -437,7 +437,7 @@ fn kernel_vxlan_and_nf_gateway_carry_ping_and_tcp_both_ways() {
     }
 
     // TCP both ways: each side serves the blob, the other downloads it.
-    let dir = lab.base.dir.clone();
+    let dir = lab.base.dir.to_path_buf();
     let want = blob();
     std::fs::write(dir.join("blob"), &want).unwrap();
     let d = dir.to_str().unwrap();

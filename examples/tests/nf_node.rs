@@ -74,7 +74,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
          for d in ug og; do ip -n {g} link set $d up; done
          ip -n {b} link set ob up"
     ));
-    let dir = lab.dir.clone();
+    let dir = lab.dir.to_path_buf();
     write_snapshot(&dir, 1, 42);
 
     let mut node = Command::new("ip")

@@ -59,12 +59,46 @@ pub fn system_python() -> &'static str {
     }
 }
 
-/// A fresh temporary directory for this test run.
-pub fn temp_dir(tag: &str) -> PathBuf {
+/// A fresh temporary directory for this test run, removed when the guard drops (also when the
+/// test panics). Set `NF_KEEP_TEST_DIRS=1` to keep it for a look afterwards.
+pub fn temp_dir(tag: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("nf-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+/// See [`temp_dir`]; derefs to its path.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("NF_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!("kept {}", self.0.display());
+        }
+    }
 }
 
 /// A scapy case table: rows (name, expected outcome) and the frames, in order.
@@ -227,7 +261,9 @@ pub fn counters(seen: &[String]) -> BTreeMap<String, u64> {
 pub struct Lab {
     pub namespaces: Vec<String>,
     pub children: Vec<Child>,
-    pub dir: PathBuf,
+    /// Removed after the children are gone and the namespaces deleted (fields drop after
+    /// `Drop::drop`).
+    pub dir: TempDir,
 }
 
 impl Drop for Lab {
@@ -239,7 +275,6 @@ impl Drop for Lab {
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
