@@ -3,7 +3,7 @@
 //! The foundation of nf: caller-owned packet buffers with headroom, per-packet metadata,
 //! batches with verdicts and drop reasons, zero-copy header views, the parse stage, flow keys
 //! with keyed (SipHash) and symmetric hashing, Toeplitz RSS hashing, Internet checksums with
-//! incremental updates, caller-supplied time, the [`Stage`] trait with zero-cost pipeline
+//! incremental updates and in-place NAT rewriting ([`rewrite`]), caller-supplied time, the [`Stage`] trait with zero-cost pipeline
 //! composition, connection tracking ([`conntrack`]), and answers built in place (TCP
 //! resets, ICMP packet-too-big errors: [`reply`]).
 //!
@@ -81,8 +81,8 @@
 //!   [`Duration`], the [`Stage`] traits, the parse stage, [`FlowKey`] / [`Family`] /
 //!   [`ZoneId`], [`FlowHasher`]. The modules that define them are private.
 //! - Everything else lives in a public module named for its concern, and only there:
-//!   [`wire`] (header views, `Repr`s, [`wire::Frame`]), [`checksum`], [`toeplitz`], [`flow`]
-//!   (protocol numbers, the key encoding's length) and [`conntrack`].
+//!   [`wire`] (header views, `Repr`s, [`wire::Frame`]), [`checksum`], [`rewrite`],
+//!   [`toeplitz`], [`flow`] (protocol numbers, the key encoding's length) and [`conntrack`].
 //!
 //! (The root re-exports of `Conntrack`, `ConntrackConfig`, `SessionTable` and `TableConfig`
 //! still duplicate their [`conntrack`] paths; they go when that module's API settles.)
@@ -123,6 +123,7 @@ mod meta;
 mod packet;
 mod parse;
 pub mod reply;
+pub mod rewrite;
 #[cfg(feature = "std")]
 pub mod snapshot;
 mod stage;

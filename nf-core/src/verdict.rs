@@ -169,6 +169,9 @@ drop_reasons! {
     /// Load balancing: the listener's new-flow rate is above its limit (the flow is served
     /// statelessly unless another service drops it for this reason).
     LbNewFlowRate => "lb_new_flow_rate",
+    /// Load balancing: a packet of a DNAT flow, or an ICMP error quoting one, whose headers
+    /// cannot be rewritten (a field outside the packet, a quoted packet that does not parse).
+    LbUntranslatable => "lb_untranslatable",
     /// NAT: every public port the allocator may use for the flow is taken or quarantined
     /// (no live mapping is ever taken away to make room).
     NatPortsExhausted => "nat_ports_exhausted",

@@ -117,7 +117,6 @@ mod listener;
 mod maglev;
 mod prime;
 mod rendezvous;
-mod rewrite;
 mod service;
 
 pub use backend::{Backend, BackendId, BuildError, MAX_ID_LEN};

@@ -29,11 +29,12 @@
 
 use crate::backend::BackendId;
 use crate::listener::{Forwarding, Health, ListenerMatch, Listeners, NewFlowLimit, OnDown};
-use crate::rewrite::{End, rewrite};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
+use nf_core::flow::proto;
+use nf_core::rewrite::{End, Layout, rewrite};
 use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
 
 /// No slot: the flow matched no listener.
@@ -479,10 +480,13 @@ impl Lb {
 
     /// Sends the packet (original direction) to the slot's backend.
     #[inline(always)]
-    fn forward<B: AsRef<[u8]> + AsMut<[u8]>>(s: &Slot, pkt: &mut Packet<B>) {
+    fn forward<B: AsRef<[u8]> + AsMut<[u8]>>(s: &Slot, pkt: &mut Packet<B>) -> Verdict {
         match s.forwarding {
-            Forwarding::Dnat => rewrite(pkt, End::Dst, &s.addr, s.port),
-            Forwarding::Encap => pkt.meta.next_hop = s.next_hop,
+            Forwarding::Dnat => dnat(pkt, End::Dst, &s.addr, s.port),
+            Forwarding::Encap => {
+                pkt.meta.next_hop = s.next_hop;
+                Verdict::Pass
+            }
         }
     }
 
@@ -512,8 +516,7 @@ impl Lb {
         }
         value.slot = n;
         self.counters.rehashed += 1;
-        Self::forward(&s, pkt);
-        Verdict::Pass
+        Self::forward(&s, pkt)
     }
 }
 
@@ -607,17 +610,12 @@ impl SessionService for Lb {
             return self.down(value, pkt);
         };
         match direction {
-            Direction::Original if s.serving => {
-                Self::forward(s, pkt);
-                Verdict::Pass
-            }
+            Direction::Original if s.serving => Self::forward(s, pkt),
             Direction::Original => self.down(value, pkt),
-            Direction::Reply => {
-                if s.forwarding == Forwarding::Dnat {
-                    rewrite(pkt, End::Src, &s.vip, value.port);
-                }
-                Verdict::Pass
+            Direction::Reply if s.forwarding == Forwarding::Dnat => {
+                dnat(pkt, End::Src, &s.vip, value.port)
             }
+            Direction::Reply => Verdict::Pass,
         }
     }
 
@@ -667,9 +665,9 @@ impl SessionService for Lb {
             let Some(s) = self.reply_slot(&key) else {
                 return Verdict::Drop(reason);
             };
-            rewrite(pkt, End::Src, &s.vip, s.vip_port);
+            let v = dnat(pkt, End::Src, &s.vip, s.vip_port);
             self.counters.stateless_replies += 1;
-            return Verdict::Pass;
+            return v;
         };
         let Some(s) = self
             .hashed(li, &key)
@@ -677,9 +675,9 @@ impl SessionService for Lb {
         else {
             return Verdict::Drop(reason);
         };
-        Self::forward(s, pkt);
+        let v = Self::forward(s, pkt);
         self.counters.stateless += 1;
-        Verdict::Pass
+        v
     }
 
     fn on_end(&mut self, _now: Instant, session: &SessionInfo<LbSession>, _cause: EndCause) {
@@ -702,5 +700,22 @@ impl SessionService for Lb {
         ] {
             f("lb", name, v);
         }
+    }
+}
+
+/// Rewrites `end` of a DNAT flow's packet to `addr` and, for TCP and UDP, `port` (0 keeps
+/// the packet's; an ICMP query keeps its identifier).
+#[inline(always)]
+fn dnat<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+    end: End,
+    addr: &[u8; 16],
+    port: u16,
+) -> Verdict {
+    let at = Layout::of(&pkt.meta);
+    let port = (port != 0 && matches!(at.proto, proto::TCP | proto::UDP)).then_some(port);
+    match rewrite(pkt.data_mut(), at, end, addr, port) {
+        Ok(()) => Verdict::Pass,
+        Err(_) => Verdict::Drop(DropReason::LbUntranslatable),
     }
 }

@@ -217,7 +217,6 @@ mod alloc_error;
 mod allocator;
 mod config;
 mod counters;
-mod rewrite;
 mod snat;
 mod space;
 mod table;

@@ -3,16 +3,16 @@
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError, Profile};
-use crate::rewrite::{End, Layout, rewrite, translate_icmp_error};
 use crate::table::Table;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
 use nf_core::reply::{IcmpOrigin, ReplyBucket};
+use nf_core::rewrite::{End, Layout, rewrite, translate_icmp_error};
 use nf_core::{
-    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Meta, Packet, PortId, Verdict,
-    ZoneId, flags, reply,
+    Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Packet, PortId, Verdict, ZoneId,
+    flags, reply,
 };
 
 /// An inside prefix whose flows are translated, optionally only in one zone.
@@ -933,44 +933,6 @@ fn drop_reason(e: AllocError) -> DropReason {
     }
 }
 
-fn layout(m: &Meta) -> Layout {
-    Layout {
-        l3: usize::from(m.l3),
-        l4: usize::from(m.l4),
-        proto: m.flow.proto,
-        has_l4: m.has(flags::L4_VALID) && !m.has(flags::LATER_FRAGMENT),
-    }
-}
-
-/// Where the IP packet ends in `data` (its total or payload length, within the frame).
-fn ip_end(data: &[u8], m: &Meta) -> usize {
-    let l3 = usize::from(m.l3);
-    let ip = data.get(l3..).unwrap_or(&[]);
-    let len = match (m.flow.family(), ip) {
-        (Family::V4, [_, _, a, b, ..]) => usize::from(u16::from_be_bytes([*a, *b])),
-        (Family::V6, [_, _, _, _, a, b, ..]) => 40 + usize::from(u16::from_be_bytes([*a, *b])),
-        _ => 0,
-    };
-    data.len().min(l3 + len)
-}
-
-/// Rewrites `end` of a packet of `family` to `addr`/`port`.
-#[inline(always)]
-fn rewrite_any(
-    d: &mut [u8],
-    at: Layout,
-    v6: bool,
-    end: End,
-    addr: &[u8; 16],
-    port: u16,
-) -> Option<()> {
-    if v6 {
-        rewrite(d, at, end, addr, port)
-    } else {
-        rewrite(d, at, end, addr.first_chunk::<4>()?, port)
-    }
-}
-
 impl SessionService for Snat {
     type Value = Translation;
 
@@ -1028,11 +990,10 @@ impl SessionService for Snat {
         if t.kind == Kind::Pass {
             return Verdict::Pass;
         }
-        let at = layout(&pkt.meta);
-        let v6 = t.kind.is_v6();
+        let at = Layout::of(&pkt.meta);
         let d = pkt.data_mut();
         let done = self.each_target(direction, t, |end, addr, port| {
-            rewrite_any(d, at, v6, end, addr, port)
+            rewrite(d, at, end, addr, Some(port)).ok()
         });
         if done.is_none() {
             return self.failed(false);
@@ -1056,19 +1017,14 @@ impl SessionService for Snat {
             return Verdict::Pass;
         }
         let icmp = pkt.meta.has(flags::ICMP_ERROR);
-        let mut at = layout(&pkt.meta);
-        let e = ip_end(pkt.data(), &pkt.meta);
-        let v6 = t.kind.is_v6();
-        // A later fragment: addresses only.
-        at.has_l4 &= icmp;
+        let at = Layout::of(&pkt.meta);
         let d = pkt.data_mut();
         let done = self.each_target(direction, t, |end, addr, port| {
-            if !icmp {
-                rewrite_any(d, at, v6, end, addr, port)
-            } else if v6 {
-                translate_icmp_error(d, at, e, end, addr, port)
+            if icmp {
+                translate_icmp_error(d, at, end, addr, Some(port)).ok()
             } else {
-                translate_icmp_error(d, at, e, end, addr.first_chunk::<4>()?, port)
+                // A later fragment: addresses only.
+                rewrite(d, at.addresses_only(), end, addr, Some(port)).ok()
             }
         });
         let c = &mut self.counters;
