@@ -34,18 +34,20 @@ use alloc::vec::Vec;
 use core::net::IpAddr;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
-use nf_core::rewrite::{End, Layout, rewrite};
+use nf_core::rewrite::{End, Layout, rewrite, translate_icmp_error};
 use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
 
 /// No slot: the flow matched no listener.
 const NONE: u32 = u32::MAX;
 
-/// The load balancer's part of a session: which member slot the flow went to, and its
-/// original destination port (the VIP's, restored on DNAT replies).
+/// The load balancer's part of a session: which member slot the flow went to, its
+/// original destination port (the VIP's, restored on DNAT replies) and its protocol (ports
+/// move for TCP and UDP only, also inside ICMP errors' quotes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LbSession {
     slot: u32,
     port: u16,
+    proto: u8,
 }
 
 impl Default for LbSession {
@@ -54,6 +56,7 @@ impl Default for LbSession {
         Self {
             slot: NONE,
             port: 0,
+            proto: 0,
         }
     }
 }
@@ -89,6 +92,14 @@ pub struct LbCounters {
     pub reset: u64,
     /// Configurations swapped in.
     pub swaps: u64,
+    /// ICMP errors quoting a DNAT flow, translated (outer header and quote).
+    pub icmp_errors_translated: u64,
+    /// ICMP errors quoting an encapsulated flow's reply (path MTU toward the client in
+    /// direct server return), sent to the flow's backend.
+    pub icmp_errors_forwarded: u64,
+    /// ICMP errors quoting a flow of the load balancer, dropped: not translatable
+    /// ([`DropReason::LbUntranslatable`]) or their session's member slot is gone.
+    pub icmp_errors_dropped: u64,
 }
 
 /// Where a backend identity points, for DNAT.
@@ -229,8 +240,16 @@ impl Bucket {
 ///   of them only.
 /// - Flows that match no listener pass untouched (their session is still created).
 /// - Later fragments (related to their first fragment's session) are forwarded like the
-///   session's other packets, addresses only; ICMP errors pass untouched (not translated
-///   yet).
+///   session's other packets, addresses only.
+/// - ICMP errors quoting a DNAT flow are translated both ways (RFC 5508 REQ-4/5, like a
+///   NAT): an error from the backend's side (a backend's port unreachable, a router's
+///   fragmentation needed or packet too big on the way to the backend) reaches the client
+///   from the VIP quoting the packet the client sent; an error from the client's side
+///   reaches the backend quoting the reply the backend sent. Under encapsulation, an error
+///   quoting a flow's direct reply (sent to the VIP by a router on the backend's return
+///   path) goes to the flow's backend, so path MTU discovery works through direct server
+///   return. Counted `icmp_errors_translated`, `icmp_errors_forwarded`,
+///   `icmp_errors_dropped` ([`DropReason::LbUntranslatable`]).
 /// - Session values name this instance's member slots: sessions imported from another node
 ///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed through
 ///   the table directly (bypassing [`SessionService::on_end`]) are not supported.
@@ -490,6 +509,49 @@ impl Lb {
         }
     }
 
+    /// An ICMP error quoting a packet of the session (RFC 5508 REQ-4/5, as a NAT does):
+    /// - DNAT, from the backend's side (`Reply`: it quotes a packet sent to the backend):
+    ///   the outer source and the quote's destination become the VIP, and the quote's
+    ///   destination port the listener's;
+    /// - DNAT, from the client's side (`Original`: it quotes an un-NATed reply): the outer
+    ///   destination and the quote's source become the backend, and its port the backend's;
+    /// - encap, from the client's side (a router on the path of a direct reply sends its
+    ///   error to the VIP): sent to the backend's next hop untouched, so that path MTU
+    ///   discovery works through direct server return;
+    /// - encap, the other way: passed untouched.
+    ///
+    /// Whatever the backend's health: the error belongs to the flow as it is.
+    #[cold]
+    fn icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        direction: Direction,
+        value: &LbSession,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let Some(s) = self.slots.get(value.slot as usize) else {
+            self.counters.icmp_errors_dropped += 1;
+            return Verdict::Drop(DropReason::LbUntranslatable);
+        };
+        let (end, addr, port) = match (s.forwarding, direction) {
+            (Forwarding::Dnat, Direction::Reply) => (End::Src, s.vip, value.port),
+            (Forwarding::Dnat, Direction::Original) => (End::Dst, s.addr, s.port),
+            (Forwarding::Encap, Direction::Original) => {
+                pkt.meta.next_hop = s.next_hop;
+                self.counters.icmp_errors_forwarded += 1;
+                return Verdict::Pass;
+            }
+            (Forwarding::Encap, Direction::Reply) => return Verdict::Pass,
+        };
+        let port = moved_port(value.proto, port);
+        let at = Layout::of(&pkt.meta);
+        if translate_icmp_error(pkt.data_mut(), at, end, &addr, port).is_err() {
+            self.counters.icmp_errors_dropped += 1;
+            return Verdict::Drop(DropReason::LbUntranslatable);
+        }
+        self.counters.icmp_errors_translated += 1;
+        Verdict::Pass
+    }
+
     /// A flow whose backend is down: re-hash it (moving its session's slot) or drop.
     #[cold]
     fn down<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -592,6 +654,7 @@ impl SessionService for Lb {
         Ok(LbSession {
             slot,
             port: key.dst_port,
+            proto: key.proto,
         })
     }
 
@@ -620,7 +683,8 @@ impl SessionService for Lb {
     }
 
     /// Later fragments follow their session like its other packets (addresses only: they
-    /// carry no ports); ICMP errors pass untouched.
+    /// carry no ports); ICMP errors are translated (DNAT) or sent to the backend (encap):
+    /// see [`Lb`].
     fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         now: Instant,
@@ -628,7 +692,13 @@ impl SessionService for Lb {
         value: &mut LbSession,
         pkt: &mut Packet<B>,
     ) -> Verdict {
-        if !pkt.meta.has(flags::LATER_FRAGMENT) || value.slot == NONE {
+        if value.slot == NONE {
+            return Verdict::Pass;
+        }
+        if pkt.meta.has(flags::ICMP_ERROR) {
+            return self.icmp_error(direction, value, pkt);
+        }
+        if !pkt.meta.has(flags::LATER_FRAGMENT) {
             return Verdict::Pass;
         }
         let serving = self
@@ -697,6 +767,9 @@ impl SessionService for Lb {
             ("rehashed", c.rehashed),
             ("reset", c.reset),
             ("swaps", c.swaps),
+            ("icmp_errors_translated", c.icmp_errors_translated),
+            ("icmp_errors_forwarded", c.icmp_errors_forwarded),
+            ("icmp_errors_dropped", c.icmp_errors_dropped),
         ] {
             f("lb", name, v);
         }
@@ -713,9 +786,15 @@ fn dnat<B: AsRef<[u8]> + AsMut<[u8]>>(
     port: u16,
 ) -> Verdict {
     let at = Layout::of(&pkt.meta);
-    let port = (port != 0 && matches!(at.proto, proto::TCP | proto::UDP)).then_some(port);
-    match rewrite(pkt.data_mut(), at, end, addr, port) {
+    match rewrite(pkt.data_mut(), at, end, addr, moved_port(at.proto, port)) {
         Ok(()) => Verdict::Pass,
         Err(_) => Verdict::Drop(DropReason::LbUntranslatable),
     }
+}
+
+/// The port a DNAT rewrite of a `proto` packet writes: TCP and UDP only, and not 0 (which
+/// keeps the packet's).
+#[inline(always)]
+fn moved_port(protocol: u8, port: u16) -> Option<u16> {
+    (port != 0 && matches!(protocol, proto::TCP | proto::UDP)).then_some(port)
 }
