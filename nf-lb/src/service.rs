@@ -227,6 +227,10 @@ impl Bucket {
 ///   configurations are swapped in meanwhile; DNAT rewrites the destination to the backend
 ///   and replies' source back to the VIP, encapsulation writes the member's
 ///   [`next_hop`](crate::PoolMember::next_hop) to [`Meta::next_hop`](nf_core::Meta::next_hop).
+/// - Under encapsulation the backend answers the client directly (direct server return):
+///   sessions are one-sided ([`NewFlow::set_one_sided`]), so a TCP session is established
+///   (assured, with the established timeout) by the client's ACK after its SYN, and closed
+///   by its FIN or RST, without ever seeing a reply.
 /// - A flow whose backend is down: see [`OnDown`].
 /// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], the zone's
 ///   new-flow rate ([`DropReason::NewFlowRateExceeded`]), or a packet
@@ -648,6 +652,10 @@ impl SessionService for Lb {
             // there, without a probe of our own).
             new.set_reply(reply)
                 .map_err(|_| DropReason::SessionKeyConflict)?;
+        } else {
+            // Encapsulation: the backend answers the client directly (direct server
+            // return); the client's ACK establishes a TCP session here.
+            new.set_one_sided();
         }
         s.sessions = s.sessions.saturating_add(1);
         self.counters.new_flows += 1;

@@ -164,6 +164,7 @@ pub struct NewFlow<'a> {
     original: FlowKey,
     reply: FlowKey,
     probe: &'a dyn KeyProbe,
+    one_sided: bool,
 }
 
 /// Why [`NewFlow::set_reply`] refused a key.
@@ -198,6 +199,7 @@ impl<'a> NewFlow<'a> {
             original,
             reply: original.reversed(),
             probe,
+            one_sided: false,
         }
     }
 
@@ -229,6 +231,25 @@ impl<'a> NewFlow<'a> {
         }
         self.reply = reply;
         Ok(())
+    }
+
+    /// Marks the flow one-sided: its replies never pass this stage (a load balancer in
+    /// direct server return, asymmetric routing). A TCP session then starts as if the
+    /// responder's SYN+ACK had been seen ([`SessionState::TcpSynRecv`]), so the
+    /// originator's ACK establishes it (see [`ZonePolicy::one_sided`], the same for a whole
+    /// zone).
+    ///
+    /// [`SessionState::TcpSynRecv`]: super::SessionState::TcpSynRecv
+    /// [`ZonePolicy::one_sided`]: super::ZonePolicy::one_sided
+    #[inline]
+    pub fn set_one_sided(&mut self) {
+        self.one_sided = true;
+    }
+
+    /// True once a service marked the flow one-sided ([`Self::set_one_sided`]).
+    #[inline]
+    pub fn is_one_sided(&self) -> bool {
+        self.one_sided
     }
 
     /// True if `key` can be this flow's reply key: no live session holds it and it is not

@@ -50,6 +50,13 @@ pub struct ZonePolicy {
     pub icmp: bool,
     /// Other protocols create on their first packet.
     pub other: bool,
+    /// One-sided tracking: replies never pass this stage (direct server return, asymmetric
+    /// routing), so a TCP session opened by a SYN starts as if the responder's SYN+ACK had
+    /// been seen ([`SessionState::TcpSynRecv`]): the originator's ACK makes it established
+    /// (assured, the established timeout), its FIN or RST closes it with the usual
+    /// timeouts. Replies that do pass are tracked as ever. A service can ask the same for
+    /// one flow ([`NewFlow::set_one_sided`]).
+    pub one_sided: bool,
 }
 
 impl Default for ZonePolicy {
@@ -60,6 +67,7 @@ impl Default for ZonePolicy {
             udp: true,
             icmp: true,
             other: true,
+            one_sided: false,
         }
     }
 }
@@ -72,7 +80,15 @@ impl ZonePolicy {
             udp: false,
             icmp: false,
             other: false,
+            one_sided: false,
         }
+    }
+
+    /// The same policy with one-sided tracking on or off ([`Self::one_sided`]).
+    #[must_use]
+    pub const fn with_one_sided(mut self, one_sided: bool) -> Self {
+        self.one_sided = one_sided;
+        self
     }
 }
 
@@ -416,8 +432,7 @@ impl<S: SessionService> Conntrack<S> {
 
     /// Whether the zone's policy lets this packet open a session; `Err` for a TCP segment
     /// that is invalid whatever the state.
-    fn may_create(&self, meta: &Meta) -> Result<bool, DropReason> {
-        let pol = self.policy(meta.flow.zone);
+    fn may_create(meta: &Meta, pol: &ZonePolicy) -> Result<bool, DropReason> {
         Ok(match meta.flow.proto {
             proto::TCP => {
                 let fl = meta.tcp_flags;
@@ -490,7 +505,8 @@ impl<S: SessionService> Conntrack<S> {
         (hash, reversed): (u64, Option<u64>),
     ) -> Option<[Created; 2]> {
         self.stats.misses += 1;
-        match self.may_create(&pkt.meta) {
+        let pol = self.policy(pkt.meta.flow.zone);
+        match Self::may_create(&pkt.meta, &pol) {
             Ok(true) => {}
             Ok(false) => {
                 self.stats.no_session += 1;
@@ -512,6 +528,7 @@ impl<S: SessionService> Conntrack<S> {
             let mut new = NewFlow::new(key, &*t);
             let decided = service.on_new(now, pkt, &mut new);
             let reply = *new.reply();
+            let state = state.opened(pol.one_sided || new.is_one_sided());
             match decided {
                 Err(reason) => Err(Err(reason)),
                 Ok(value) => t

@@ -10,6 +10,10 @@
 //! FinWait | CloseWait ─FIN from the other side─► LastAck ─ACK from the first closer─► TimeWait
 //! any ─RST─► Closed;   TimeWait | Closed ─SYN (orig)─► SynSent (port reuse)
 //! ```
+//!
+//! A *one-sided* session (its replies never pass here: direct server return, asymmetric
+//! routing) opens in `SynRecv`, as if the SYN+ACK had been seen, so the originator's ACK
+//! establishes it; its FIN leads to `FinWait` and its RST to `Closed`, with their timeouts.
 
 use crate::flow::proto;
 use crate::meta::Direction;
@@ -83,6 +87,17 @@ impl SessionState {
             proto::UDP => Self::UdpUnreplied,
             proto::ICMP | proto::ICMPV6 => Self::IcmpQuery,
             _ => Self::Other,
+        }
+    }
+
+    /// The state a new session opened in `self` ([`Self::initial`]) starts in: a
+    /// one-sided TCP session opened by a SYN starts in [`SessionState::TcpSynRecv`], as if
+    /// the responder's SYN+ACK (which takes another path) had been seen.
+    #[inline]
+    pub(crate) const fn opened(self, one_sided: bool) -> Self {
+        match self {
+            Self::TcpSynSent if one_sided => Self::TcpSynRecv,
+            s => s,
         }
     }
 
@@ -323,6 +338,21 @@ mod tests {
         v.push((O, SYN));
         assert_eq!(run(&v), Some((S::TcpSynSent, true)));
         assert_eq!(run(&[(O, RST)]), Some((S::TcpClosed, false)));
+    }
+
+    #[test]
+    fn one_sided_sessions_open_in_syn_recv() {
+        assert_eq!(S::TcpSynSent.opened(true), S::TcpSynRecv);
+        assert_eq!(S::TcpSynSent.opened(false), S::TcpSynSent);
+        assert_eq!(S::TcpEstablished.opened(true), S::TcpEstablished);
+        assert_eq!(S::UdpUnreplied.opened(true), S::UdpUnreplied);
+        // Then the originator's ACK establishes it; its FIN or RST closes it.
+        let t = advance(S::TcpSynRecv, false, false, O, ACK).unwrap();
+        assert_eq!((t.state, t.assured), (S::TcpEstablished, true));
+        let f = advance(t.state, true, false, O, FIN | ACK).unwrap();
+        assert_eq!(f.state, S::TcpFinWait);
+        let r = advance(t.state, true, false, O, RST).unwrap();
+        assert_eq!(r.state, S::TcpClosed);
     }
 
     #[test]
