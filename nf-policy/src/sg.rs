@@ -62,8 +62,13 @@
 //!
 //! Limits: the automatically tracked cases are the caller's to choose (turn the option off,
 //! or compose with services that need sessions: in a tuple, a service without a stateless
-//! path drops the packet as `sg_untracked`); ICMP errors quoting an untracked flow find no
-//! session and are dropped by conntrack as `related_no_session`.
+//! path drops the packet as `sg_untracked`).
+//!
+//! ICMP errors quoting an untracked flow find no session to relate them; with the option on,
+//! such an error passes if the flow it belongs to is untracked in the error's direction
+//! (its quoted packet, reversed, by the same rules: a port unreachable or fragmentation
+//! needed about an untracked flow reaches its sender, as the flow's own packets would),
+//! counted `icmp_errors_untracked`; others drop as `related_no_session`.
 //!
 //! ```
 //! use core::net::Ipv4Addr;
@@ -88,8 +93,8 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use nf_core::conntrack::{NewFlow, SessionService};
-use nf_core::{DropReason, Family, Instant, Meta, Packet, Verdict, ZoneId};
+use nf_core::conntrack::{NewFlow, SessionService, quoted_key};
+use nf_core::{DropReason, Family, Instant, Meta, Packet, Verdict, ZoneId, flags};
 
 /// Which way a flow's first packet travels relative to the protected interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -585,6 +590,7 @@ pub struct SecurityGroups {
     allowed: u64,
     denied: u64,
     untracked: u64,
+    icmp_untracked: u64,
 }
 
 impl SecurityGroups {
@@ -596,7 +602,20 @@ impl SecurityGroups {
             allowed: 0,
             denied: 0,
             untracked: 0,
+            icmp_untracked: 0,
         }
+    }
+
+    /// True if an ICMP error that no session relates belongs to a flow left untracked in the
+    /// error's direction `direction` (its quoted packet, reversed, is that flow's packet).
+    fn related_untracked<B: AsRef<[u8]>>(&self, direction: SgDirection, pkt: &Packet<B>) -> bool {
+        let Ok(quoted) = quoted_key(pkt.data(), &pkt.meta) else {
+            return false;
+        };
+        let key = ClassKey::from_flow(&quoted.reversed(), (0, 0));
+        self.tables
+            .get(&pkt.meta.flow.zone)
+            .is_some_and(|t| t.untracked(direction, &key))
     }
 
     /// Replaces the rule sets (between batches) and returns the old ones. Established
@@ -649,7 +668,8 @@ impl SessionService for SecurityGroups {
     /// Untracked packets pass without a session (see [`SgConfig::untracked`]): those
     /// [`Self::on_new`] left untracked, and those refused a session before the rules were
     /// asked (classified here: the zone policy's `no_session`, a full table or zone quota, a
-    /// zone's new-flow rate); every other packet keeps its drop.
+    /// zone's new-flow rate), and ICMP errors about untracked flows (no session relates
+    /// them: [`DropReason::RelatedNoSession`]); every other packet keeps its drop.
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         _now: Instant,
@@ -667,6 +687,18 @@ impl SessionService for SecurityGroups {
                 let direction = (self.config.direction)(&pkt.meta);
                 self.admit(direction, pkt) == Admit::Untracked
             }
+            DropReason::RelatedNoSession
+                if self.config.untracked && pkt.meta.has(flags::ICMP_ERROR) =>
+            {
+                let direction = (self.config.direction)(&pkt.meta);
+                let related = self.related_untracked(direction, pkt);
+                self.icmp_untracked += u64::from(related);
+                return if related {
+                    Verdict::Pass
+                } else {
+                    Verdict::Drop(reason)
+                };
+            }
             _ => false,
         };
         if untracked {
@@ -681,5 +713,10 @@ impl SessionService for SecurityGroups {
         f("security_groups", "flows_allowed", self.allowed);
         f("security_groups", "flows_denied", self.denied);
         f("security_groups", "packets_untracked", self.untracked);
+        f(
+            "security_groups",
+            "icmp_errors_untracked",
+            self.icmp_untracked,
+        );
     }
 }

@@ -355,6 +355,55 @@ fn without_the_option_every_admitted_flow_is_tracked() {
     assert_eq!(v, [Verdict::Drop(DropReason::NoSession)]);
 }
 
+/// An ICMP error about `quoted` (an IP packet), from `src` to `dst`: destination
+/// unreachable with `code` (4: fragmentation needed, 3: port unreachable).
+fn unreachable(src: [u8; 4], dst: [u8; 4], code: u8, quoted: &[u8]) -> Packet<Vec<u8>> {
+    let f = Frame::ipv4(src, dst).icmp_error(3, code, quoted);
+    Packet::with_headroom(&f.to_vec().unwrap(), 64)
+}
+
+/// The IP packet of a test packet (what an ICMP error about it quotes): after Ethernet.
+fn ip_of(p: &Packet<Vec<u8>>) -> Vec<u8> {
+    p.data().get(14..).unwrap().to_vec()
+}
+
+/// ICMP errors about untracked flows have no session to relate them: they pass by the
+/// rules of the flow they belong to (a router's fragmentation needed about the VM's HTTP
+/// answer reaches the VM; the VM's port unreachable about an untracked UDP datagram reaches
+/// the client); an error about a flow that is not untracked and has no session still drops.
+#[test]
+fn icmp_errors_about_untracked_flows_pass_by_the_rules() {
+    let config = SgConfig::default()
+        .direction(egress_from_vm)
+        .untracked(true);
+    let mut p = pipeline(tables(&aws_example()), config);
+    let (client, router) = ([192, 0, 2, 1], [198, 51, 100, 254]);
+    let answer = tcp(VM, client, 80, 40000, SYN | ACK);
+    let datagram = udp(client, VM, 5000, 9999);
+    let ssh = tcp([203, 0, 113, 1], VM, 50000, 22, SYN);
+    let v = run(
+        &mut p,
+        1,
+        vec![
+            unreachable(router, VM, 4, &ip_of(&answer)),
+            unreachable(VM, client, 3, &ip_of(&datagram)),
+            unreachable(router, [203, 0, 113, 1], 4, &ip_of(&ssh)),
+        ],
+    );
+    let no_session = Verdict::Drop(DropReason::RelatedNoSession);
+    assert_eq!(v, [Verdict::Pass, Verdict::Pass, no_session]);
+    assert_eq!(p.second.len(), 0);
+    assert_eq!(counter(&p, "icmp_errors_untracked"), 2);
+    assert_eq!(stage_counter(&p, "conntrack", "refused_passed"), 2);
+
+    // Without the option the same errors drop as before.
+    let config = SgConfig::default().direction(egress_from_vm);
+    let mut p = pipeline(tables(&aws_example()), config);
+    let v = run(&mut p, 1, vec![unreachable(router, VM, 4, &ip_of(&answer))]);
+    assert_eq!(v, [no_session]);
+    assert_eq!(counter(&p, "icmp_errors_untracked"), 0);
+}
+
 /// The rule-set query alone: family and protocol matter, and a prefix list holding `/0`
 /// counts as anywhere.
 #[test]

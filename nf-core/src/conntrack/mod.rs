@@ -148,7 +148,9 @@
 //!   inner IP header and 8 bytes of transport header drops as
 //!   [`DropReason::IcmpQuoteTruncated`](crate::DropReason::IcmpQuoteTruncated), a bad inner
 //!   IPv4 header checksum as `icmp_quote_bad_checksum`, and a quote that names no session as
-//!   `related_no_session`.
+//!   `related_no_session`, unless the service passes it
+//!   ([`SessionService::on_refused`]: an error about a flow it serves without a session,
+//!   counted `refused_passed`; [`quoted_key`] reads the quote).
 //! - **Later fragments** carry no ports. Every first fragment the stage passes is recorded
 //!   in a fragment table — (zone, addresses, protocol, identification) → session and
 //!   direction; IPv6 leaves the protocol out, as RFC 8200 §4.5 keys reassembly — with a fixed
@@ -243,7 +245,7 @@ mod window;
 pub use export::{EXPORT_VERSION, ExportProgress, ImportError, ImportReport, SessionValue};
 pub use key::{SessionKey, V4Key, V6Key};
 pub use pin::{Pinning, core_of, node_of};
-pub use related::{FragmentConfig, FragmentCounters};
+pub use related::{FragmentConfig, FragmentCounters, quoted_key};
 pub use service::{EndCause, NewFlow, ReplyKeyError, SessionService};
 pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, Sizes, TcpCreate, ZonePolicy};
 pub use state::{SessionState, TimeoutProfile};

@@ -29,13 +29,16 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 /// The key an ICMP error's quoted packet travelled on (zone from `meta`), from the frame
-/// bytes `data` of a packet the parse stage flagged [`ICMP_ERROR`](crate::flags).
+/// bytes `data` of a packet the parse stage flagged [`ICMP_ERROR`](crate::flags): what
+/// [`Conntrack`](super::Conntrack) looks up (reversed) to relate the error, and what a
+/// service's [`on_refused`](super::SessionService::on_refused) reads to decide an error
+/// that no session relates ([`DropReason::RelatedNoSession`]).
 ///
 /// # Errors
 /// [`DropReason::IcmpQuoteTruncated`], [`DropReason::IcmpQuoteBadChecksum`], or
 /// [`DropReason::RelatedNoSession`] for a quote that cannot name a session (a quoted later
 /// fragment, a quoted ICMP message that is not a query, another family).
-pub(crate) fn quoted_key(data: &[u8], meta: &Meta) -> Result<FlowKey, DropReason> {
+pub fn quoted_key(data: &[u8], meta: &Meta) -> Result<FlowKey, DropReason> {
     // The quote ends with the IP packet: bytes after it (Ethernet padding, a trailer) are
     // not part of the message and must not complete a short quote.
     let quote = data

@@ -109,6 +109,11 @@ pub trait SessionService {
     /// returned verdict is the packet's: the default keeps the drop with `reason`; a service
     /// that can forward without state (a load balancer hashing the flow) may rewrite the
     /// packet and return [`Verdict::Pass`]. No session exists for the packet.
+    ///
+    /// An ICMP error whose quoted packet names no session comes here too, with
+    /// [`DropReason::RelatedNoSession`] (its quoted key: [`quoted_key`](super::quoted_key)):
+    /// a service that serves flows without sessions (security groups' untracked flows) may
+    /// pass it.
     #[inline]
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,

@@ -177,9 +177,9 @@ pub struct ConntrackCounters {
     pub key_conflict: u64,
     /// Drops: a service refused the new flow.
     pub service_refused: u64,
-    /// Packets without a session (counted above under the reason their flow was not created)
-    /// that the service passed anyway through [`SessionService::on_refused`]: served
-    /// statelessly, not dropped.
+    /// Packets without a session (counted above under the reason their flow was not created,
+    /// or ICMP errors that no session relates) that the service passed anyway through
+    /// [`SessionService::on_refused`]: served statelessly, not dropped.
     pub refused_passed: u64,
     /// Drops: a service's [`check`](SessionService::check) rejected a packet of a session
     /// (which was left unchanged).
@@ -618,6 +618,15 @@ impl<S: SessionService> Conntrack<S> {
         };
         let (r, direction) = match found {
             Ok(x) => x,
+            Err(DropReason::RelatedNoSession) => {
+                // An error about a flow served without a session: the service decides.
+                let verdict = self
+                    .service
+                    .on_refused(now, DropReason::RelatedNoSession, pkt);
+                self.stats.refused_passed += u64::from(verdict.is_pass());
+                self.decide(pkt, verdict);
+                return;
+            }
             Err(reason) => {
                 self.decide(pkt, Verdict::Drop(reason));
                 return;
