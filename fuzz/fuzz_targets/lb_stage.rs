@@ -2,14 +2,15 @@
 //! (TCP with any flags, UDP) and back from the backends, membership changes (add, remove,
 //! drain, down, up, reweight), forwarding mode and down-action changes, a small session
 //! table with or without early drop (so it fills), a new-flow rate limit, time steps and
-//! expiry, cut into arbitrary batches.
+//! expiry, ICMP errors quoting the flows' packets from either side (quotes cut anywhere),
+//! cut into arbitrary batches.
 //!
 //! Checked: no panic; a packet to the VIP is never dropped for lack of state (no session,
 //! table full, zone quota, rate); a packet of a session goes to the backend the session
 //! chose while that backend is up or draining, and otherwise to the table's choice
 //! (re-hash) or is dropped as `lb_backend_down` (reset); a packet without a session goes
 //! to the table's choice; the sessions each backend's slot counts equal the live sessions
-//! that hold it.
+//! that hold it; an ICMP error passes (translated) or drops for a related-packet reason.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -38,6 +39,15 @@ enum Op {
         udp: bool,
         tcp: u8,
         reply: Option<u8>,
+    },
+    /// An ICMP error about flow `flow`: from the backend's side (a router to the client,
+    /// quoting the client's packet as sent to backend `to`) or from the client's side (to
+    /// the VIP, quoting the un-NATed reply), the quote cut to `cut` bytes when given.
+    Error {
+        flow: u8,
+        udp: bool,
+        to: Option<u8>,
+        cut: Option<u8>,
     },
     /// Membership change of backend `b` (0..8), then a swap.
     Add(u8, u8),
@@ -150,6 +160,21 @@ impl Run {
             })
         };
         for (p, key) in batch.packets().iter().zip(keys) {
+            if p.meta.has(nf_core::flags::ICMP_ERROR) {
+                assert!(
+                    matches!(
+                        p.meta.verdict,
+                        Verdict::Pass
+                            | Verdict::Drop(
+                                DropReason::RelatedNoSession
+                                    | DropReason::IcmpQuoteTruncated
+                                    | DropReason::LbUntranslatable
+                            )
+                    ),
+                    "ICMP error: {:?}",
+                    p.meta.verdict
+                );
+            }
             let Some(key) = key else { continue };
             if matches!(
                 p.meta.verdict,
@@ -275,6 +300,37 @@ fuzz_target!(|input: Input| {
                     .then(|| FlowKey::v4(ZoneId(0), CLIENT, VIP, p, sport, dport));
                 if let Ok(f) = frame.to_vec() {
                     run.batch.push((f, key));
+                }
+                if run.batch.len() == 64 {
+                    run.flush();
+                }
+            }
+            Op::Error { flow, udp, to, cut } => {
+                let sport = 40_000 + u16::from(flow % 16);
+                let dport = if udp { 53 } else { 80 };
+                let quoted = match to {
+                    Some(b) => Frame::ipv4(CLIENT, [10, 0, 0, b % BACKENDS]),
+                    None => Frame::ipv4(VIP, CLIENT),
+                };
+                let (sp, dp) = match to {
+                    Some(_) => (sport, 8080),
+                    None => (dport, sport),
+                };
+                let quoted = if udp {
+                    quoted.udp(sp, dp)
+                } else {
+                    quoted.tcp(sp, dp, 0x10)
+                };
+                let Ok(q) = quoted.without_ethernet().to_vec() else {
+                    continue;
+                };
+                let q = &q[..cut.map_or(q.len(), |c| usize::from(c).min(q.len()))];
+                let error = match to {
+                    Some(_) => Frame::ipv4([10, 9, 9, 9], CLIENT).icmp_error(3, 4, q),
+                    None => Frame::ipv4(CLIENT, VIP).icmp_error(3, 3, q),
+                };
+                if let Ok(f) = error.to_vec() {
+                    run.batch.push((f, None));
                 }
                 if run.batch.len() == 64 {
                     run.flush();
