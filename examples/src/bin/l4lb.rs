@@ -25,6 +25,13 @@
 //! the VIP on it — answers the client directly, not through the load balancer. The inner
 //! frame's destination MAC becomes `--inner-mac` (the backends' VXLAN devices' MAC); the
 //! port in the backends file is then part of the backend's identity only.
+//! Sessions are then one-sided: the client's ACK after its SYN establishes a TCP session
+//! (the backend's SYN+ACK never passes here), and an ICMP error about a direct reply (a
+//! router's fragmentation needed, sent to the VIP) follows the flow to its backend.
+//!
+//! ICMP errors about DNAT flows are translated both ways (`lb.icmp_errors_translated`): a
+//! backend's port unreachable or a router's fragmentation needed behind the load balancer
+//! reaches the client from the VIP, quoting what the client sent.
 //!
 //! The backends come from a file, one per line (`#` starts a comment):
 //!
