@@ -32,7 +32,7 @@ use crate::listener::{Forwarding, Health, ListenerMatch, Listeners, NewFlowLimit
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::net::IpAddr;
-use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
+use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService, quoted_key};
 use nf_core::flow::proto;
 use nf_core::rewrite::{End, Layout, rewrite, translate_icmp_error};
 use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
@@ -252,7 +252,8 @@ impl Bucket {
 ///   reaches the backend quoting the reply the backend sent. Under encapsulation, an error
 ///   quoting a flow's direct reply (sent to the VIP by a router on the backend's return
 ///   path) goes to the flow's backend, so path MTU discovery works through direct server
-///   return. Counted `icmp_errors_translated`, `icmp_errors_forwarded`,
+///   return. Errors about flows served without a session are translated (or sent on) the
+///   same way by the hash alone. Counted `icmp_errors_translated`, `icmp_errors_forwarded`,
 ///   `icmp_errors_dropped` ([`DropReason::LbUntranslatable`]).
 /// - Session values name this instance's member slots: sessions imported from another node
 ///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed through
@@ -556,6 +557,52 @@ impl Lb {
         Verdict::Pass
     }
 
+    /// An ICMP error that no session relates: about a flow served without a session, it is
+    /// translated (or sent on) by the hash alone, as [`Self::icmp_error`] does with a
+    /// session; anything else keeps its drop.
+    #[cold]
+    fn stateless_icmp_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        reason: DropReason,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if !pkt.meta.has(flags::ICMP_ERROR) {
+            return Verdict::Drop(reason);
+        }
+        // The key of the error's direction: its quoted packet travelled the other way.
+        let Ok(key) = quoted_key(pkt.data(), &pkt.meta).map(|q| q.reversed()) else {
+            return Verdict::Drop(reason);
+        };
+        let (end, addr, port) = if let Some(li) = self.listeners.position(&key) {
+            // From the client's side, about a reply: to the backend the flow hashes to.
+            let Some(s) = self
+                .hashed(li, &key)
+                .and_then(|i| self.slots.get(i as usize))
+            else {
+                return Verdict::Drop(reason);
+            };
+            if s.forwarding == Forwarding::Encap {
+                pkt.meta.next_hop = s.next_hop;
+                self.counters.icmp_errors_forwarded += 1;
+                return Verdict::Pass;
+            }
+            (End::Dst, s.addr, s.port)
+        } else if let Some(s) = self.reply_slot(&key) {
+            // From the backend's side, about a packet sent to a DNAT backend.
+            (End::Src, s.vip, s.vip_port)
+        } else {
+            return Verdict::Drop(reason);
+        };
+        let at = Layout::of(&pkt.meta);
+        let port = moved_port(key.proto, port);
+        if translate_icmp_error(pkt.data_mut(), at, end, &addr, port).is_err() {
+            self.counters.icmp_errors_dropped += 1;
+            return Verdict::Drop(DropReason::LbUntranslatable);
+        }
+        self.counters.icmp_errors_translated += 1;
+        Verdict::Pass
+    }
+
     /// A flow whose backend is down: re-hash it (moving its session's slot) or drop.
     #[cold]
     fn down<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -727,6 +774,9 @@ impl SessionService for Lb {
         reason: DropReason,
         pkt: &mut Packet<B>,
     ) -> Verdict {
+        if reason == DropReason::RelatedNoSession {
+            return self.stateless_icmp_error(reason, pkt);
+        }
         if !matches!(
             reason,
             DropReason::SessionTableFull

@@ -81,7 +81,17 @@ fn lb(forwarding: Forwarding) -> Lb {
 type Pipeline = nf_core::Chain<ParseStage, Conntrack<Lb>>;
 
 fn pipeline(forwarding: Forwarding) -> Pipeline {
-    let cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: 256, v6: 256 });
+    sized(forwarding, 256)
+}
+
+/// A pipeline with room for `sessions` per family; a full table refuses (no early drop).
+fn sized(forwarding: Forwarding, sessions: u32) -> Pipeline {
+    let mut cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes {
+        v4: sessions,
+        v6: sessions,
+    });
+    cfg.v4.early_drop = false;
+    cfg.v6.early_drop = false;
     ParseStage::default().then(Conntrack::new(cfg, lb(forwarding)).unwrap())
 }
 
@@ -415,4 +425,60 @@ fn encap_errors_about_direct_replies_go_to_the_backend() {
     }
     assert_eq!(counter(&p, "icmp_errors_forwarded"), 4);
     assert_eq!(counter(&p, "icmp_errors_translated"), 0);
+}
+
+/// Flows served without a session (the table is full): their errors are translated by the
+/// hash alone, both ways, as those of flows with a session.
+#[test]
+fn errors_of_flows_served_without_a_session_are_translated_too() {
+    let mut p = sized(Forwarding::Dnat, 1);
+    // The one session of each family goes to a flow of its own.
+    run(&mut p, &packet(&CLIENT4, &VIP4, true, (1, 80), false));
+    run(&mut p, &packet(&CLIENT6, &VIP6, true, (1, 443), false));
+    let mut sport = 44_000;
+    let mut n = 0;
+    // TCP only: the UDP listeners share their backends' tuples with the TCP ones, and a
+    // backend in several DNAT listeners answers statelessly for one of them only.
+    for (client, vip, router, tcp, vport, bport) in flows().into_iter().filter(|f| f.3) {
+        sport += 1;
+        let orig = packet(&client, &vip, tcp, (sport, vport), false);
+        let sent = run(&mut p, &orig);
+        assert_eq!(sent.meta.verdict, Verdict::Pass);
+        assert!(sent.meta.session.is_none(), "served statelessly");
+        let backend = dst_of(sent.data());
+        // From the backend's side.
+        let err = icmp_error(&router, &client, &Error::FragNeeded, ip(sent.data()));
+        let got = run(&mut p, &err);
+        assert_eq!(got.meta.verdict, Verdict::Pass);
+        let after = seen(got.data());
+        assert_eq!(
+            (after.src.as_slice(), after.dst.as_slice()),
+            (&vip[..], &client[..])
+        );
+        assert_eq!(after.quote, ip(&orig));
+        // From the client's side, about the (statelessly un-NATed) reply.
+        let reply = packet(&backend, &client, tcp, (bport, sport), true);
+        let back = run(&mut p, &reply);
+        assert_eq!(back.meta.verdict, Verdict::Pass);
+        let err = icmp_error(&client, &vip, &Error::PortUnreachable, ip(back.data()));
+        let got = run(&mut p, &err);
+        assert_eq!(got.meta.verdict, Verdict::Pass);
+        let after = seen(got.data());
+        assert_eq!(
+            (after.src.as_slice(), after.dst.as_slice()),
+            (&client[..], &backend[..])
+        );
+        assert_eq!(after.quote, ip(&reply));
+        quote_checksums_valid(&after.quote);
+        n += 2;
+    }
+    assert_eq!(counter(&p, "icmp_errors_translated"), n);
+    // An error about no flow of the load balancer keeps its drop.
+    let stranger = packet(&CLIENT4, &[192, 0, 2, 99], false, (1, 2), false);
+    let err = icmp_error(&ROUTER4, &CLIENT4, &Error::FragNeeded, ip(&stranger));
+    let got = run(&mut p, &err);
+    assert_eq!(
+        got.meta.verdict,
+        Verdict::Drop(nf_core::DropReason::RelatedNoSession)
+    );
 }
