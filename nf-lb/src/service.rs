@@ -547,9 +547,19 @@ impl Lb {
             }
             (Forwarding::Encap, Direction::Reply) => return Verdict::Pass,
         };
-        let port = moved_port(value.proto, port);
+        self.translate_error(pkt, end, &addr, moved_port(value.proto, port))
+    }
+
+    /// Translates an ICMP error (see [`translate_icmp_error`]) and counts the outcome.
+    fn translate_error<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        pkt: &mut Packet<B>,
+        end: End,
+        addr: &[u8; 16],
+        port: Option<u16>,
+    ) -> Verdict {
         let at = Layout::of(&pkt.meta);
-        if translate_icmp_error(pkt.data_mut(), at, end, &addr, port).is_err() {
+        if translate_icmp_error(pkt.data_mut(), at, end, addr, port).is_err() {
             self.counters.icmp_errors_dropped += 1;
             return Verdict::Drop(DropReason::LbUntranslatable);
         }
@@ -593,14 +603,7 @@ impl Lb {
         } else {
             return Verdict::Drop(reason);
         };
-        let at = Layout::of(&pkt.meta);
-        let port = moved_port(key.proto, port);
-        if translate_icmp_error(pkt.data_mut(), at, end, &addr, port).is_err() {
-            self.counters.icmp_errors_dropped += 1;
-            return Verdict::Drop(DropReason::LbUntranslatable);
-        }
-        self.counters.icmp_errors_translated += 1;
-        Verdict::Pass
+        self.translate_error(pkt, end, &addr, moved_port(key.proto, port))
     }
 
     /// A flow whose backend is down: re-hash it (moving its session's slot) or drop.
