@@ -301,6 +301,7 @@ fn counter_names_are_pinned() {
         "service_refused",
         "service_rejected",
         "refused_passed",
+        "reused",
         "v4_sessions",
         "v4_inserted",
         "v4_early_drops",

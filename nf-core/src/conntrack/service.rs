@@ -159,6 +159,9 @@ pub enum EndCause {
     EarlyDrop,
     /// Removed by the caller.
     Removed,
+    /// A new TCP connection reused its ports: its SYN met this session closed (`TimeWait` or
+    /// `Closed`), so the session ended and the SYN opened a new one, decided afresh.
+    Reused,
     /// Never created: a later service refused the flow or the table refused the insert.
     Aborted,
 }

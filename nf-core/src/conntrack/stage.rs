@@ -184,6 +184,9 @@ pub struct ConntrackCounters {
     /// Drops: a service's [`check`](SessionService::check) rejected a packet of a session
     /// (which was left unchanged).
     pub service_rejected: u64,
+    /// TCP port reuse: a SYN met its flow's closed session (`TimeWait` or `Closed`), which
+    /// ended ([`EndCause::Reused`]); the SYN then went the new-flow way (counted there too).
+    pub reused: u64,
 }
 
 /// A session created earlier in the current batch: later packets of the batch whose batch
@@ -397,9 +400,40 @@ impl<S: SessionService> Conntrack<S> {
     /// Removes a live session (the service's [`SessionService::on_end`] sees
     /// [`EndCause::Removed`]); returns its value, `None` for a stale handle.
     pub fn remove(&mut self, now: Instant, r: SessionRef) -> Option<S::Value> {
+        self.end(now, r, EndCause::Removed)
+    }
+
+    /// Removes a live session, telling the service why.
+    fn end(&mut self, now: Instant, r: SessionRef, cause: EndCause) -> Option<S::Value> {
         let info = on_table!(self, r.family(), |t| t.remove_info(r))?;
-        self.service.on_end(now, &info, EndCause::Removed);
+        self.service.on_end(now, &info, cause);
         Some(info.value)
+    }
+
+    /// The state of a live session of either family.
+    pub fn state(&self, r: SessionRef) -> Option<SessionState> {
+        match r.family() {
+            Family::V4 => self.v4.state(r),
+            Family::V6 => self.v6.state(r),
+        }
+    }
+
+    /// Whether this packet is a new connection reusing the ports of `h`'s closed session: a
+    /// bare SYN in the original direction meeting `TimeWait` or `Closed`. Linux conntrack
+    /// does the same (the old entry is killed and the SYN looked up again): were the session
+    /// reused instead, the new connection would inherit every service's old decision — a
+    /// draining backend, a NAT mapping, a security-group verdict a rule change has since
+    /// withdrawn.
+    #[inline(always)]
+    fn reuses(&self, meta: &Meta, h: Hit) -> bool {
+        meta.flow.proto == proto::TCP
+            && meta.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN)
+                == tcp_flags::SYN
+            && h.direction == Direction::Original
+            && matches!(
+                self.state(h.session),
+                Some(SessionState::TcpTimeWait | SessionState::TcpClosed)
+            )
     }
 
     /// Sets the creation policy of one zone.
@@ -708,6 +742,17 @@ impl<S: SessionService> Conntrack<S> {
                     .find(|h| self.is_live(h.session));
             }
         }
+        let mut reversed = reversed;
+        if let Some(h) = hit
+            && self.reuses(&pkt.meta, h)
+        {
+            self.stats.reused += 1;
+            let _ = self.end(now, h.session, EndCause::Reused);
+            // Later packets of the batch that found the old session look again.
+            pass.changed = true;
+            hit = None;
+            reversed = None;
+        }
         match hit {
             Some(h) => self.established(now, pkt, h),
             None => {
@@ -879,6 +924,7 @@ impl<S: SessionService> StageControl for Conntrack<S> {
             ("service_refused", s.service_refused),
             ("service_rejected", s.service_rejected),
             ("refused_passed", s.refused_passed),
+            ("reused", s.reused),
         ] {
             f(name, c, v);
         }

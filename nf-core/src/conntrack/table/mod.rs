@@ -493,6 +493,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         self.rec_mut(r).map(|x| &mut x.value)
     }
 
+    /// The state of a live session.
+    #[inline]
+    pub fn state(&self, r: SessionRef) -> Option<SessionState> {
+        self.rec(r).and_then(|x| SessionState::from_u8(x.state))
+    }
+
     /// Everything about a live session (cold path).
     pub fn info(&self, r: SessionRef) -> Option<SessionInfo<V>> {
         let x = self.rec(r)?;
