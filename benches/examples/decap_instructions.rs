@@ -116,6 +116,7 @@ fn main() {
     let lens: Vec<usize> = frames.iter().map(Vec::len).collect();
     let decap = tunnel != "reset";
     let mut acc = 0u64;
+    let start = std::time::Instant::now();
     for _ in 0..iters {
         // The scenario's reset (`Frames::decap` in benches/src/scenarios/geneve_decap.rs).
         for (p, &l) in batch.packets_mut().iter_mut().zip(&lens) {
@@ -135,6 +136,9 @@ fn main() {
             acc = acc.wrapping_add(u64::from(k.src_port) ^ u64::from(k.zone.0) << 16);
         }
     }
+    // Wall time too, for a rough look (the scenario runner is the reference).
+    let ns = start.elapsed().as_nanos() as f64 / (iters as f64 * BATCH as f64);
+    eprintln!("{tunnel} {outer}: {ns:.2} ns/packet");
     assert!(
         !decap || batch.packets().iter().all(|p| p.meta.verdict.is_pass()),
         "every frame decapsulates"
