@@ -191,7 +191,7 @@ pub struct DecapStage {
 
 /// What the outer and tunnel headers of a packet to decapsulate say.
 #[derive(Clone, Copy, Debug)]
-struct Plan {
+struct Plan<'a> {
     outer: Outer,
     kind: TunnelKind,
     vni: u32,
@@ -202,14 +202,41 @@ struct Plan {
     inner_et: u16,
     /// Bits of the known options present.
     options: u16,
-    /// The Geneve header is the precomputed layout ([`FastTables::canon`]).
-    canonical: bool,
+    /// The Geneve header, when it is the precomputed layout ([`FastTables::canon`]).
+    canonical: Option<&'a [u8; CANON_LEN]>,
+}
+
+impl Plan<'_> {
+    /// What [`DecapStage::strip`] needs of it.
+    #[inline(always)]
+    fn cut(&self) -> Cut {
+        Cut {
+            start: self.outer.tunnel() + self.hdr_len,
+            end: self.outer.tunnel() + self.outer.udp_payload_len,
+            zone: self.zone,
+            inner_et: self.inner_et,
+            vni: self.vni,
+        }
+    }
+}
+
+/// Where the inner frame is in a packet to decapsulate, and what it is.
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    /// Offset of the inner frame (the outer headers' length).
+    start: usize,
+    /// End of the UDP payload (what follows is padding).
+    end: usize,
+    zone: ZoneId,
+    /// EtherType of the payload (TEB for an Ethernet frame).
+    inner_et: u16,
+    vni: u32,
 }
 
 /// The outcome of the general walk over the outer and tunnel headers.
-enum Step {
+enum Step<'a> {
     /// Strip the headers and parse the inner frame.
-    Strip(Plan),
+    Strip(Plan<'a>),
     /// Leave the packet as it is with this verdict (not a tunnel packet, or a control
     /// message).
     Done(Verdict),
@@ -679,7 +706,8 @@ impl DecapStage {
         match self.plan_fast(data, meta) {
             Some(plan) => {
                 let outer_src = self.record(data, meta, &plan);
-                self.strip(now, pkt, plan, outer_src)
+                let cut = plan.cut();
+                self.strip(now, pkt, cut, outer_src)
             }
             None => self.decap_general(now, pkt),
         }
@@ -700,7 +728,8 @@ impl DecapStage {
         match self.plan(data, kind, outer)? {
             Step::Strip(plan) => {
                 let outer_src = self.record(data, meta, &plan);
-                self.strip(now, pkt, plan, outer_src)
+                let cut = plan.cut();
+                self.strip(now, pkt, cut, outer_src)
             }
             Step::Done(v) => Ok(v),
         }
@@ -770,7 +799,7 @@ impl DecapStage {
     /// or Geneve data packet whose options the stage accepts, a known VNI. `Some` only where
     /// the general walk gives the same plan; `None` for everything else, valid or not.
     #[inline(always)]
-    fn plan_fast(&self, data: &[u8], meta: &Meta) -> Option<Plan> {
+    fn plan_fast<'a>(&self, data: &'a [u8], meta: &Meta) -> Option<Plan<'a>> {
         if meta.flags & flags::NO_L2 != 0 || meta.tunnel.depth >= 2 {
             return None;
         }
@@ -792,11 +821,16 @@ impl DecapStage {
 
     /// The fast path over the tunnel header (see [`DecapStage::plan_fast`]).
     #[inline(always)]
-    fn plan_tunnel_fast(&self, data: &[u8], kind: TunnelKind, outer: Outer) -> Option<Plan> {
+    fn plan_tunnel_fast<'a>(
+        &self,
+        data: &'a [u8],
+        kind: TunnelKind,
+        outer: Outer,
+    ) -> Option<Plan<'a>> {
         let tun = data.get(outer.tunnel()..)?.get(..outer.udp_payload_len)?;
         let &[b0, b1, p0, p1, v0, v1, v2, v3] = tun.first_chunk::<8>()?;
         let vni = u32::from_be_bytes([v0, v1, v2, v3]) >> 8;
-        let mut canonical = false;
+        let mut canonical = None;
         let (hdr_len, inner_et, options) = match kind {
             TunnelKind::Vxlan => {
                 if b0 & crate::vxlan::FLAG_I == 0 {
@@ -814,7 +848,7 @@ impl DecapStage {
                 let protocol = u16::from_be_bytes([p0, p1]);
                 let (olen, mask) = match self.fast.canonical(tun) {
                     Some(c) => {
-                        canonical = true;
+                        canonical = tun.first_chunk::<CANON_LEN>();
                         c
                     }
                     None => {
@@ -846,7 +880,12 @@ impl DecapStage {
 
     /// The general walk over the tunnel header: every shape, every drop reason.
     #[inline]
-    fn plan(&self, data: &[u8], kind: TunnelKind, outer: Outer) -> Result<Step, DropReason> {
+    fn plan<'a>(
+        &self,
+        data: &'a [u8],
+        kind: TunnelKind,
+        outer: Outer,
+    ) -> Result<Step<'a>, DropReason> {
         let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
         let tun = tun.get(..outer.udp_payload_len).unwrap_or(tun);
         let (vni, hdr_len, inner_et, options) = match kind {
@@ -889,14 +928,14 @@ impl DecapStage {
             hdr_len,
             inner_et,
             options,
-            canonical: false,
+            canonical: None,
         }))
     }
 
     /// Fills `meta.tunnel` from the headers `plan` describes in `data` (the frame, still
     /// whole); returns the underlay source when the inner source is to be checked.
     #[inline(always)]
-    fn record(&self, data: &[u8], meta: &mut Meta, plan: &Plan) -> Option<IpAddr> {
+    fn record(&self, data: &[u8], meta: &mut Meta, plan: &Plan<'_>) -> Option<IpAddr> {
         let outer = &plan.outer;
         let strip = outer.tunnel() + plan.hdr_len;
         let outer_src = self
@@ -925,16 +964,16 @@ impl DecapStage {
         t.vni = plan.vni;
         if !self.config.options.is_empty() {
             t.options = plan.options;
-            let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
             if !self.keeps_data || plan.options == 0 {
                 t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
-            } else if let (true, Some(h)) = (plan.canonical, tun.first_chunk::<CANON_LEN>()) {
+            } else if let Some(h) = plan.canonical {
                 // The usual layout: each word from where it always is.
                 match &self.canon_data.lanes {
                     Some(lanes) => WordMap::fill_lanes(lanes, h, &mut t.option_data),
                     None => self.canon_data.fill(h, &mut t.option_data),
                 }
             } else {
+                let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
                 let opts = tun
                     .get(crate::GENEVE_HEADER_LEN..plan.hdr_len)
                     .unwrap_or(&[]);
@@ -952,25 +991,23 @@ impl DecapStage {
         &mut self,
         now: Instant,
         pkt: &mut Packet<B>,
-        plan: Plan,
+        cut: Cut,
         outer_src: Option<IpAddr>,
     ) -> Result<Verdict, DropReason> {
-        let outer = &plan.outer;
-        let strip = outer.tunnel() + plan.hdr_len;
         // The inner frame ends with the UDP payload (what follows is padding). Its offsets
         // in `meta` are rewritten by the inner parse below.
-        let end = pkt.len().min(outer.tunnel() + outer.udp_payload_len);
+        let end = pkt.len().min(cut.end);
         let (inner, meta) = pkt
-            .narrow(strip, end)
+            .narrow(cut.start, end)
             .map_err(|_| DropReason::TunnelTruncated)?;
-        meta.zone = plan.zone;
+        meta.zone = cut.zone;
         // The outer's VLAN tags are not the inner frame's (the inner parse sets only the
         // tags it finds).
         meta.vlan = [0; 2];
-        let parsed = if plan.inner_et == ethertype::TEB {
+        let parsed = if cut.inner_et == ethertype::TEB {
             parse_frame(inner, meta, &self.config.parse)?
         } else {
-            parse_l3(inner, plan.inner_et, meta, &self.config.parse)?
+            parse_l3(inner, cut.inner_et, meta, &self.config.parse)?
         };
         // A non-IP inner frame (ARP, LLDP ...) meets the inner parse settings' `non_ip`, as
         // it would at a parse stage.
@@ -985,7 +1022,7 @@ impl DecapStage {
                 cache,
                 now,
                 outer_src,
-                plan.vni,
+                cut.vni,
                 meta,
                 parsed,
                 self.config.unknown_source,
@@ -996,7 +1033,7 @@ impl DecapStage {
 
     /// The fast path's plan for `frame`, if it takes one.
     #[cfg(test)]
-    fn fast_plan_of(&self, frame: &[u8]) -> Option<Plan> {
+    fn fast_plan_of<'a>(&self, frame: &'a [u8]) -> Option<Plan<'a>> {
         self.plan_fast(frame, &Meta::default())
     }
 
