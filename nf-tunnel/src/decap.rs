@@ -186,6 +186,11 @@ pub struct DecapStage {
     /// Where that data is in a Geneve header of the precomputed layout.
     canon_data: WordMap,
     hosts: Option<MappingCache>,
+    /// [`DecapConfig::local_ips`] or [`DecapConfig::local_macs`] is set (the fast path
+    /// leaves those checks to the general walk).
+    checks_local: bool,
+    /// [`DecapConfig::options`] is not empty.
+    has_options: bool,
     counters: StageCounters,
 }
 
@@ -636,6 +641,8 @@ impl DecapStage {
             .collect();
         let fast = FastTables::new(&config);
         let canon_data = WordMap::canonical(&fast, &data_slots);
+        let checks_local = !(config.local_ips.is_empty() && config.local_macs.is_empty());
+        let has_options = !config.options.is_empty();
         Ok(Self {
             fast,
             canon_data,
@@ -649,6 +656,8 @@ impl DecapStage {
             config,
             required_mask,
             hosts: None,
+            checks_local,
+            has_options,
             counters: StageCounters::default(),
         })
     }
@@ -806,7 +815,7 @@ impl DecapStage {
         let outer = parse_fast(data, &self.outer_parse, FastOuter)??;
         let kind = self.fast.kind(outer.dst_port)?;
         let v6 = outer.v6;
-        if !(self.local_ips.is_empty() && self.config.local_macs.is_empty()) {
+        if self.checks_local {
             return None;
         }
         if outer.udp_checksum == 0 {
@@ -827,7 +836,8 @@ impl DecapStage {
         kind: TunnelKind,
         outer: Outer,
     ) -> Option<Plan<'a>> {
-        let tun = data.get(outer.tunnel()..)?.get(..outer.udp_payload_len)?;
+        let at = outer.tunnel();
+        let tun = data.get(at..at + outer.udp_payload_len)?;
         let &[b0, b1, p0, p1, v0, v1, v2, v3] = tun.first_chunk::<8>()?;
         let vni = u32::from_be_bytes([v0, v1, v2, v3]) >> 8;
         let mut canonical = None;
@@ -952,7 +962,7 @@ impl DecapStage {
             t.outer_src_port = outer.src_port;
             t.outer_family = if outer.v6 { Family::V6 } else { Family::V4 };
             outer.addrs_into(data, &mut t.outer_src, &mut t.outer_dst);
-            if self.config.options.is_empty() {
+            if !self.has_options {
                 t.options = 0;
                 t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
             }
@@ -962,7 +972,7 @@ impl DecapStage {
         t.depth += 1;
         t.kind = Some(plan.kind);
         t.vni = plan.vni;
-        if !self.config.options.is_empty() {
+        if self.has_options {
             t.options = plan.options;
             if !self.keeps_data || plan.options == 0 {
                 t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
