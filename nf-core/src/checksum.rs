@@ -110,11 +110,14 @@ pub fn verify_ipv4_header(h: &[u8; 20]) -> bool {
     for w in h.as_chunks::<4>().0 {
         s += u64::from(u32::from_le_bytes(*w));
     }
-    // s < 5 * 2^32: its 16-bit digits add up to at most 0xFFFF + 0xFFFF + 4, and the
-    // multiples of 0xFFFF up to there are 0 (all bytes zero: the sum is 0, not 0xFFFF),
-    // 0xFFFF and 0x1FFFE.
-    let t = (s & 0xffff) + ((s >> 16) & 0xffff) + (s >> 32);
-    t == 0xffff || t == 0x1_fffe
+    // The end-around-carry sum is 0xFFFF exactly when s is a non-zero multiple of 0xFFFF
+    // (s is 0 only for an all-zero header, whose sum is 0, not 0xFFFF). 0xFFFF is odd, so
+    // s is a multiple of it exactly when s times its inverse modulo 2^64 is at most
+    // u64::MAX / 0xFFFF (multiplying by the inverse maps the multiples of 0xFFFF, in
+    // order, onto 0, 1, 2, ...): one multiplication and one comparison.
+    const INVERSE: u64 = 0xfffe_fffe_fffe_ffff;
+    const _: () = assert!(INVERSE.wrapping_mul(0xffff) == 1);
+    s != 0 && s.wrapping_mul(INVERSE) <= u64::MAX / 0xffff
 }
 
 /// Partial sum of the IPv4 pseudo-header for TCP/UDP (`len` is the transport length).

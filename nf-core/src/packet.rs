@@ -233,6 +233,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Packet<B> {
         Ok(())
     }
 
+    /// Narrows the frame to its bytes `start..end` (those in front become headroom, those
+    /// after tailroom) and returns them with the metadata, whose offsets are left as they
+    /// were: for a stage that parses what is left afresh, which rewrites them (a
+    /// decapsulation stage parsing the inner frame). One bounds check where
+    /// [`Packet::trim_back`], [`Packet::pull_front`] and [`Packet::data_and_meta_mut`]
+    /// make three and shift offsets that the parse overwrites.
+    ///
+    /// # Errors
+    /// [`PacketError::TooShort`] unless `start <= end <= len()`.
+    #[inline]
+    pub fn narrow(&mut self, start: usize, end: usize) -> Result<(&[u8], &mut Meta), PacketError> {
+        if start > end || end > self.len() {
+            return Err(PacketError::TooShort);
+        }
+        let (head, tail) = (self.head + start, self.head + end);
+        self.head = head;
+        self.tail = tail;
+        Ok((
+            self.buf.as_ref().get(head..tail).unwrap_or_else(shrunk),
+            &mut self.meta,
+        ))
+    }
+
     /// Grows the frame by `n` bytes at the end (into the tailroom) and returns them.
     ///
     /// # Errors
@@ -364,6 +387,25 @@ mod tests {
             Packet::copy_into(&mut buf[..], usize::MAX, &[1]).unwrap_err(),
             PacketError::OutOfBounds
         );
+    }
+
+    #[test]
+    fn narrow_keeps_a_window_and_leaves_the_offsets() {
+        let mut p = Packet::with_headroom(&[1, 2, 3, 4, 5, 6], 2);
+        p.meta.l3 = 9;
+        assert_eq!(p.narrow(4, 3), Err(PacketError::TooShort));
+        assert_eq!(p.narrow(1, 7), Err(PacketError::TooShort));
+        assert_eq!(p.narrow(usize::MAX, usize::MAX), Err(PacketError::TooShort));
+        assert_eq!(p.data(), &[1, 2, 3, 4, 5, 6]);
+        let (d, m) = p.narrow(2, 5).unwrap();
+        assert_eq!((d, m.l3), (&[3, 4, 5][..], 9));
+        assert_eq!((p.headroom(), p.len(), p.tailroom()), (4, 3, 1));
+        // Like trim_back then pull_front, but without the offset shift.
+        let mut q = Packet::with_headroom(&[1, 2, 3, 4, 5, 6], 2);
+        q.trim_back(1).unwrap();
+        q.pull_front(2).unwrap();
+        assert_eq!((q.data(), q.headroom()), (p.data(), p.headroom()));
+        assert_eq!(p.narrow(3, 3).map(|(d, _)| d.len()), Ok(0));
     }
 
     #[test]

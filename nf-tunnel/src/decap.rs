@@ -186,12 +186,17 @@ pub struct DecapStage {
     /// Where that data is in a Geneve header of the precomputed layout.
     canon_data: WordMap,
     hosts: Option<MappingCache>,
+    /// [`DecapConfig::local_ips`] or [`DecapConfig::local_macs`] is set (the fast path
+    /// leaves those checks to the general walk).
+    checks_local: bool,
+    /// [`DecapConfig::options`] is not empty.
+    has_options: bool,
     counters: StageCounters,
 }
 
 /// What the outer and tunnel headers of a packet to decapsulate say.
 #[derive(Clone, Copy, Debug)]
-struct Plan {
+struct Plan<'a> {
     outer: Outer,
     kind: TunnelKind,
     vni: u32,
@@ -202,14 +207,41 @@ struct Plan {
     inner_et: u16,
     /// Bits of the known options present.
     options: u16,
-    /// The Geneve header is the precomputed layout ([`FastTables::canon`]).
-    canonical: bool,
+    /// The Geneve header, when it is the precomputed layout ([`FastTables::canon`]).
+    canonical: Option<&'a [u8; CANON_LEN]>,
+}
+
+impl Plan<'_> {
+    /// What [`DecapStage::strip`] needs of it.
+    #[inline(always)]
+    fn cut(&self) -> Cut {
+        Cut {
+            start: self.outer.tunnel() + self.hdr_len,
+            end: self.outer.tunnel() + self.outer.udp_payload_len,
+            zone: self.zone,
+            inner_et: self.inner_et,
+            vni: self.vni,
+        }
+    }
+}
+
+/// Where the inner frame is in a packet to decapsulate, and what it is.
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    /// Offset of the inner frame (the outer headers' length).
+    start: usize,
+    /// End of the UDP payload (what follows is padding).
+    end: usize,
+    zone: ZoneId,
+    /// EtherType of the payload (TEB for an Ethernet frame).
+    inner_et: u16,
+    vni: u32,
 }
 
 /// The outcome of the general walk over the outer and tunnel headers.
-enum Step {
+enum Step<'a> {
     /// Strip the headers and parse the inner frame.
-    Strip(Plan),
+    Strip(Plan<'a>),
     /// Leave the packet as it is with this verdict (not a tunnel packet, or a control
     /// message).
     Done(Verdict),
@@ -256,18 +288,20 @@ struct FastTables {
 #[derive(Clone, Copy, Debug)]
 struct WordMap {
     /// The word of the Geneve header (offset / 4, below [`CANON_LEN`] / 4) that word `k` of
-    /// the data is.
+    /// the data is; [`ZERO_WORD`] for a word no option fills.
     from: [u8; TUNNEL_OPTION_DATA_LEN / 4],
-    /// Words filled (the data is packed from the start).
-    words: usize,
+    /// The same map as 8-byte lanes, when every lane of the data is one 8-byte load from
+    /// the header (word `w` onwards, `w` ≤ 10) masked (all ones, its first 4 bytes, or
+    /// nothing): the usual layouts, whose options carry 8 or 4 bytes (GWLB: 8, 8, 4).
+    lanes: Option<[(u8, u64); TUNNEL_OPTION_DATA_LEN / 8]>,
 }
 
 impl WordMap {
     /// The map for the precomputed layout of `fast` (no words when there is none).
     fn canonical(fast: &FastTables, slots: &[(u8, u8); MAX_OPTION_SPECS]) -> Self {
         let mut map = Self {
-            from: [0; TUNNEL_OPTION_DATA_LEN / 4],
-            words: 0,
+            from: [ZERO_WORD; TUNNEL_OPTION_DATA_LEN / 4],
+            lanes: None,
         };
         if fast.canon.1 == 0 {
             return map;
@@ -279,28 +313,75 @@ impl WordMap {
                 let k = usize::from(off) / 4 + j;
                 if let Some(f) = map.from.get_mut(k) {
                     *f = ((at + 4 + 4 * j) / 4) as u8;
-                    map.words = map.words.max(k + 1);
                 }
             }
             at += 4 + 4 * words;
         }
+        map.lanes = map.as_lanes();
         map
     }
 
+    /// [`WordMap::from`] as 8-byte lanes, if it can be (see [`WordMap::lanes`]).
+    fn as_lanes(&self) -> Option<[(u8, u64); TUNNEL_OPTION_DATA_LEN / 8]> {
+        const LOW: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        let mut lanes = [(0u8, 0u64); TUNNEL_OPTION_DATA_LEN / 8];
+        let (pairs, _) = self.from.as_chunks::<2>();
+        for (lane, &[a, b]) in lanes.iter_mut().zip(pairs) {
+            // An 8-byte load from word `a` stays inside the header.
+            let fits = usize::from(a) * 4 + 8 <= CANON_LEN;
+            *lane = match (a == ZERO_WORD, b == ZERO_WORD) {
+                (true, true) => (0, 0),
+                (false, true) if fits => (a, LOW),
+                (false, false) if fits && b == a + 1 => (a, u64::MAX),
+                _ => return None,
+            };
+        }
+        Some(lanes)
+    }
+
+    /// [`WordMap::fill`] by lanes: four masked 8-byte loads and stores.
+    #[inline(always)]
+    fn fill_lanes(
+        lanes: &[(u8, u64); TUNNEL_OPTION_DATA_LEN / 8],
+        hdr: &[u8; CANON_LEN],
+        out: &mut [u8; TUNNEL_OPTION_DATA_LEN],
+    ) {
+        let (dst, _) = out.as_chunks_mut::<8>();
+        for (d, &(w, mask)) in dst.iter_mut().zip(lanes) {
+            let v = hdr
+                .get(usize::from(w) * 4..)
+                .and_then(|b| b.first_chunk::<8>())
+                .map_or(0, |b| u64::from_ne_bytes(*b));
+            *d = (v & mask).to_ne_bytes();
+        }
+    }
+
     /// Writes the option data of `hdr`, a Geneve header of the precomputed layout, into
-    /// `out`.
+    /// `out`: every word of `out` is copied from the word [`WordMap::from`] names, a word
+    /// of zeros past the header for the words no option fills (no branch, no loop count).
     #[inline(always)]
     fn fill(&self, hdr: &[u8; CANON_LEN], out: &mut [u8; TUNNEL_OPTION_DATA_LEN]) {
-        *out = [0; TUNNEL_OPTION_DATA_LEN];
+        let mut src = [[0u8; 4]; SRC_WORDS];
         let (words, _) = hdr.as_chunks::<4>();
+        for (s, w) in src.iter_mut().zip(words) {
+            *s = *w;
+        }
         let (dst, _) = out.as_chunks_mut::<4>();
-        for (d, &f) in dst.iter_mut().zip(&self.from).take(self.words) {
-            if let Some(w) = words.get(usize::from(f)) {
+        for (d, &f) in dst.iter_mut().zip(&self.from) {
+            // In bounds: `SRC_WORDS` is a power of two.
+            if let Some(w) = src.get(usize::from(f) & (SRC_WORDS - 1)) {
                 *d = *w;
             }
         }
     }
 }
+
+/// Words [`WordMap::fill`] picks from: the [`CANON_LEN`] bytes of a header, then zeros (a
+/// power of two).
+const SRC_WORDS: usize = 16;
+/// A word of zeros in [`WordMap::fill`]'s source.
+const ZERO_WORD: u8 = (CANON_LEN / 4) as u8;
+const _: () = assert!(CANON_LEN / 4 < SRC_WORDS && SRC_WORDS.is_power_of_two());
 
 /// Bytes compared against the precomputed Geneve header (base header and options).
 const CANON_LEN: usize = 48;
@@ -560,6 +641,8 @@ impl DecapStage {
             .collect();
         let fast = FastTables::new(&config);
         let canon_data = WordMap::canonical(&fast, &data_slots);
+        let checks_local = !(config.local_ips.is_empty() && config.local_macs.is_empty());
+        let has_options = !config.options.is_empty();
         Ok(Self {
             fast,
             canon_data,
@@ -573,6 +656,8 @@ impl DecapStage {
             config,
             required_mask,
             hosts: None,
+            checks_local,
+            has_options,
             counters: StageCounters::default(),
         })
     }
@@ -625,8 +710,14 @@ impl DecapStage {
         now: Instant,
         pkt: &mut Packet<B>,
     ) -> Result<Verdict, DropReason> {
-        match self.plan_fast(pkt.data(), &pkt.meta) {
-            Some(plan) => self.strip(now, pkt, plan),
+        // One borrow of the frame for the fast plan and the tunnel metadata.
+        let (data, meta) = pkt.data_and_meta_mut();
+        match self.plan_fast(data, meta) {
+            Some(plan) => {
+                let outer_src = self.record(data, meta, &plan);
+                let cut = plan.cut();
+                self.strip(now, pkt, cut, outer_src)
+            }
             None => self.decap_general(now, pkt),
         }
     }
@@ -644,7 +735,11 @@ impl DecapStage {
             return self.not_tunnel();
         };
         match self.plan(data, kind, outer)? {
-            Step::Strip(plan) => self.strip(now, pkt, plan),
+            Step::Strip(plan) => {
+                let outer_src = self.record(data, meta, &plan);
+                let cut = plan.cut();
+                self.strip(now, pkt, cut, outer_src)
+            }
             Step::Done(v) => Ok(v),
         }
     }
@@ -713,14 +808,14 @@ impl DecapStage {
     /// or Geneve data packet whose options the stage accepts, a known VNI. `Some` only where
     /// the general walk gives the same plan; `None` for everything else, valid or not.
     #[inline(always)]
-    fn plan_fast(&self, data: &[u8], meta: &Meta) -> Option<Plan> {
+    fn plan_fast<'a>(&self, data: &'a [u8], meta: &Meta) -> Option<Plan<'a>> {
         if meta.flags & flags::NO_L2 != 0 || meta.tunnel.depth >= 2 {
             return None;
         }
         let outer = parse_fast(data, &self.outer_parse, FastOuter)??;
         let kind = self.fast.kind(outer.dst_port)?;
         let v6 = outer.v6;
-        if !(self.local_ips.is_empty() && self.config.local_macs.is_empty()) {
+        if self.checks_local {
             return None;
         }
         if outer.udp_checksum == 0 {
@@ -735,11 +830,17 @@ impl DecapStage {
 
     /// The fast path over the tunnel header (see [`DecapStage::plan_fast`]).
     #[inline(always)]
-    fn plan_tunnel_fast(&self, data: &[u8], kind: TunnelKind, outer: Outer) -> Option<Plan> {
-        let tun = data.get(outer.tunnel()..)?.get(..outer.udp_payload_len)?;
+    fn plan_tunnel_fast<'a>(
+        &self,
+        data: &'a [u8],
+        kind: TunnelKind,
+        outer: Outer,
+    ) -> Option<Plan<'a>> {
+        let at = outer.tunnel();
+        let tun = data.get(at..at + outer.udp_payload_len)?;
         let &[b0, b1, p0, p1, v0, v1, v2, v3] = tun.first_chunk::<8>()?;
         let vni = u32::from_be_bytes([v0, v1, v2, v3]) >> 8;
-        let mut canonical = false;
+        let mut canonical = None;
         let (hdr_len, inner_et, options) = match kind {
             TunnelKind::Vxlan => {
                 if b0 & crate::vxlan::FLAG_I == 0 {
@@ -757,7 +858,7 @@ impl DecapStage {
                 let protocol = u16::from_be_bytes([p0, p1]);
                 let (olen, mask) = match self.fast.canonical(tun) {
                     Some(c) => {
-                        canonical = true;
+                        canonical = tun.first_chunk::<CANON_LEN>();
                         c
                     }
                     None => {
@@ -789,7 +890,12 @@ impl DecapStage {
 
     /// The general walk over the tunnel header: every shape, every drop reason.
     #[inline]
-    fn plan(&self, data: &[u8], kind: TunnelKind, outer: Outer) -> Result<Step, DropReason> {
+    fn plan<'a>(
+        &self,
+        data: &'a [u8],
+        kind: TunnelKind,
+        outer: Outer,
+    ) -> Result<Step<'a>, DropReason> {
         let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
         let tun = tun.get(..outer.udp_payload_len).unwrap_or(tun);
         let (vni, hdr_len, inner_et, options) = match kind {
@@ -832,23 +938,16 @@ impl DecapStage {
             hdr_len,
             inner_et,
             options,
-            canonical: false,
+            canonical: None,
         }))
     }
 
-    /// Pulls the outer headers off, fills `meta.zone` / `meta.tunnel`, parses the inner
-    /// frame and checks its source.
+    /// Fills `meta.tunnel` from the headers `plan` describes in `data` (the frame, still
+    /// whole); returns the underlay source when the inner source is to be checked.
     #[inline(always)]
-    fn strip<B: AsRef<[u8]> + AsMut<[u8]>>(
-        &mut self,
-        now: Instant,
-        pkt: &mut Packet<B>,
-        plan: Plan,
-    ) -> Result<Verdict, DropReason> {
+    fn record(&self, data: &[u8], meta: &mut Meta, plan: &Plan<'_>) -> Option<IpAddr> {
         let outer = &plan.outer;
         let strip = outer.tunnel() + plan.hdr_len;
-        // The tunnel metadata first, from the headers still in place.
-        let (data, meta) = pkt.data_and_meta_mut();
         let outer_src = self
             .hosts
             .is_some()
@@ -863,47 +962,62 @@ impl DecapStage {
             t.outer_src_port = outer.src_port;
             t.outer_family = if outer.v6 { Family::V6 } else { Family::V4 };
             outer.addrs_into(data, &mut t.outer_src, &mut t.outer_dst);
-            t.options = 0;
-            t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
+            if !self.has_options {
+                t.options = 0;
+                t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
+            }
         } else {
             t.outer_len = t.outer_len.saturating_add(strip as u16);
         }
         t.depth += 1;
         t.kind = Some(plan.kind);
         t.vni = plan.vni;
-        if !self.config.options.is_empty() {
+        if self.has_options {
             t.options = plan.options;
-            let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
             if !self.keeps_data || plan.options == 0 {
                 t.option_data = [0; TUNNEL_OPTION_DATA_LEN];
-            } else if let (true, Some(h)) = (plan.canonical, tun.first_chunk::<CANON_LEN>()) {
+            } else if let Some(h) = plan.canonical {
                 // The usual layout: each word from where it always is.
-                self.canon_data.fill(h, &mut t.option_data);
+                match &self.canon_data.lanes {
+                    Some(lanes) => WordMap::fill_lanes(lanes, h, &mut t.option_data),
+                    None => self.canon_data.fill(h, &mut t.option_data),
+                }
             } else {
+                let tun = data.get(outer.tunnel()..).unwrap_or(&[]);
                 let opts = tun
                     .get(crate::GENEVE_HEADER_LEN..plan.hdr_len)
                     .unwrap_or(&[]);
                 t.option_data = self.fast.option_data(opts, &self.data_slots);
             }
         }
-        let excess = pkt
-            .len()
-            .saturating_sub(outer.tunnel() + outer.udp_payload_len);
-        if excess != 0 {
-            pkt.trim_back(excess)
-                .map_err(|_| DropReason::TunnelTruncated)?;
-        }
-        pkt.pull_front(strip)
+        outer_src
+    }
+
+    /// Pulls the outer headers off (`meta.tunnel` already filled by
+    /// [`DecapStage::record`]), sets `meta.zone`, parses the inner frame and checks its
+    /// source.
+    #[inline(always)]
+    fn strip<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &mut Packet<B>,
+        cut: Cut,
+        outer_src: Option<IpAddr>,
+    ) -> Result<Verdict, DropReason> {
+        // The inner frame ends with the UDP payload (what follows is padding). Its offsets
+        // in `meta` are rewritten by the inner parse below.
+        let end = pkt.len().min(cut.end);
+        let (inner, meta) = pkt
+            .narrow(cut.start, end)
             .map_err(|_| DropReason::TunnelTruncated)?;
-        let (inner, meta) = pkt.data_and_meta_mut();
-        meta.zone = plan.zone;
+        meta.zone = cut.zone;
         // The outer's VLAN tags are not the inner frame's (the inner parse sets only the
         // tags it finds).
         meta.vlan = [0; 2];
-        let parsed = if plan.inner_et == ethertype::TEB {
+        let parsed = if cut.inner_et == ethertype::TEB {
             parse_frame(inner, meta, &self.config.parse)?
         } else {
-            parse_l3(inner, plan.inner_et, meta, &self.config.parse)?
+            parse_l3(inner, cut.inner_et, meta, &self.config.parse)?
         };
         // A non-IP inner frame (ARP, LLDP ...) meets the inner parse settings' `non_ip`, as
         // it would at a parse stage.
@@ -918,7 +1032,7 @@ impl DecapStage {
                 cache,
                 now,
                 outer_src,
-                plan.vni,
+                cut.vni,
                 meta,
                 parsed,
                 self.config.unknown_source,
@@ -929,7 +1043,7 @@ impl DecapStage {
 
     /// The fast path's plan for `frame`, if it takes one.
     #[cfg(test)]
-    fn fast_plan_of(&self, frame: &[u8]) -> Option<Plan> {
+    fn fast_plan_of<'a>(&self, frame: &'a [u8]) -> Option<Plan<'a>> {
         self.plan_fast(frame, &Meta::default())
     }
 
@@ -1486,6 +1600,8 @@ mod tests {
         }
         let gwlb = DecapStage::new(gwlb::decap_config()).unwrap();
         assert_eq!(gwlb.fast.canon.1, 0b111);
+        // Its option data (8, 8 and 4 bytes) is copied by lanes.
+        assert!(gwlb.canon_data.lanes.is_some());
         // Options in another order: not the precomputed layout, still the fast path.
         let mut swapped = OptionsBuilder::new();
         swapped
@@ -1623,6 +1739,45 @@ mod tests {
             let mut want = StageCounters::default();
             want.account(before, &batch);
             prop_assert_eq!(stage.counters(), &want);
+        }
+
+        #[test]
+        fn canonical_option_data_by_lanes_and_by_words_equals_the_walk(
+            // Specs of fixed lengths, mostly with a layout (repeats have none): 4-byte
+            // data in front of the others takes words, not lanes.
+            specs in proptest::collection::vec(
+                (0u16..3, 1u8..6, prop_oneof![Just(0u8), Just(4), Just(8), Just(12)], any::<bool>())
+                    .prop_map(|(class, ty, len, required)| OptionSpec {
+                        class,
+                        ty,
+                        data_len: Some(len),
+                        required,
+                    }),
+                1..5,
+            ),
+            bytes in proptest::collection::vec(any::<u8>(), CANON_LEN),
+        ) {
+            let stage = DecapStage::new(DecapConfig { options: specs, ..DecapConfig::default() }).unwrap();
+            let fast = &stage.fast;
+            prop_assume!(fast.canon.1 != 0);
+            // A header of the precomputed layout: its fixed bits, random bytes elsewhere.
+            let mut h = [0u8; CANON_LEN];
+            for (i, b) in h.iter_mut().enumerate() {
+                *b = (bytes[i] & !fast.canon_mask[i]) | fast.canon_bytes[i];
+            }
+            // (A spec longer than 31 words gives a layout no header matches.)
+            let canonical = fast.canonical(&h);
+            prop_assume!(canonical.is_some());
+            let (olen, _) = canonical.unwrap();
+            let want = fast.option_data(&h[8..8 + olen], &stage.data_slots);
+            let mut by_words = [0xee; TUNNEL_OPTION_DATA_LEN];
+            stage.canon_data.fill(&h, &mut by_words);
+            prop_assert_eq!(by_words, want);
+            if let Some(lanes) = &stage.canon_data.lanes {
+                let mut by_lanes = [0xee; TUNNEL_OPTION_DATA_LEN];
+                WordMap::fill_lanes(lanes, &h, &mut by_lanes);
+                prop_assert_eq!(by_lanes, want);
+            }
         }
 
         #[test]

@@ -100,12 +100,12 @@ impl Outer {
                 src.copy_from_slice(s);
                 dst.copy_from_slice(d);
             }
-        } else if let Some(a) = data.get(self.l3 + 12..).and_then(|d| d.first_chunk::<8>()) {
-            *src = [0; 16];
-            *dst = [0; 16];
-            let (s, d) = a.split_at(4);
-            src[..4].copy_from_slice(s);
-            dst[..4].copy_from_slice(d);
+        } else if let Some(&[s0, s1, s2, s3, d0, d1, d2, d3]) =
+            data.get(self.l3 + 12..).and_then(|d| d.first_chunk::<8>())
+        {
+            // Widened as integers (the same bytes on any endianness): one 16-byte store each.
+            *src = u128::from(u32::from_le_bytes([s0, s1, s2, s3])).to_le_bytes();
+            *dst = u128::from(u32::from_le_bytes([d0, d1, d2, d3])).to_le_bytes();
         }
     }
 

@@ -50,11 +50,11 @@ impl FlowKey {
         src_port: u16,
         dst_port: u16,
     ) -> Self {
-        let [s0, s1, s2, s3] = src;
-        let [d0, d1, d2, d3] = dst;
+        // Widened as integers (the same bytes on any endianness): one 16-byte store per
+        // address rather than a 4-byte one and zeros.
         Self {
-            src: [s0, s1, s2, s3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dst: [d0, d1, d2, d3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src: (u32::from_le_bytes(src) as u128).to_le_bytes(),
+            dst: (u32::from_le_bytes(dst) as u128).to_le_bytes(),
             zone,
             src_port,
             dst_port,
