@@ -4,11 +4,25 @@
 #
 #   measure WHO LAB CLIENT_NS SERVER_NS SERVER_IP PID   JSON lines: TCP 1 and 4 streams, UDP 64 B
 #   table TITLE_NF TITLE_KERNEL NF.jsonl KERNEL.jsonl    the Markdown table
+#   own NS DEV...                                        nf owns the interfaces (see below)
 #
 # WHO is nf or kernel; PID the nf process (its CPU is read from /proc), empty for the kernel,
 # whose forwarding CPU is softirq time, shown from /proc/stat for the whole machine. Needs
 # $secs (seconds per measurement) and $tmp (a scratch directory); $ping_ip, when set, is the
 # address pinged to check the lab first (default SERVER_IP: a VIP may not answer pings).
+
+# The nf program owns its interfaces, as a dataplane on AF_XDP or DPDK does: once its packet
+# sockets have their copy, the namespace's kernel drops every received frame (an nftables
+# netdev ingress hook, which runs after the packet taps) instead of also walking it up its
+# own IP stack to drop it there (a route lookup per frame on the gateway's CPU).
+own() {
+  local ns=$1; shift
+  local rules="add table netdev nf_owns;"
+  for d in "$@"; do
+    rules+=" add chain netdev nf_owns $d { type filter hook ingress device $d priority 0; policy drop; };"
+  done
+  ip netns exec "$ns" nft "$rules"
+}
 
 proc_cpu() { # utime+stime ticks of a process
   awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0

@@ -56,6 +56,7 @@ start_nf() {
     --backend-addr 10.1.0.1/24 --vip 192.0.2.10:5201 --proto tcp,udp \
     --backends "$tmp/backends" >"$tmp/gw.out" 2>&1 &
   lb_pid=$!
+  own "$G" cg bg
   sleep 0.5
 }
 

@@ -53,6 +53,7 @@ start_nf() {
   ip netns exec "$G" "$gw_bin" --inside ig --inside-addr 10.0.0.1/24 --outside og \
     --outside-addr 203.0.113.1/24 --profile "$profile" >"$tmp/gw.out" 2>&1 &
   gw_pid=$!
+  own "$G" ig og
   sleep 0.5
 }
 

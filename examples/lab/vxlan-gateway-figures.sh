@@ -21,7 +21,7 @@ secs=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 gw_bin=${VXLAN_GATEWAY:-$root/target/release/vxlan-gateway}
 [ -x "$gw_bin" ] || { echo "build it first: cargo build --release -p nf-examples --bin vxlan-gateway" >&2; exit 2; }
-for t in ip iperf3 ethtool python3; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
+for t in ip iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 
 . "$root/examples/lab/figures-lib.sh"
 
@@ -52,6 +52,7 @@ start_nf() {
   ip netns exec "$G" "$gw_bin" --underlay ug --overlay og --local 192.0.2.2 \
     --remote 192.0.2.1 --remote-mac 02:00:00:00:00:01 --vni 42 >"$tmp/gw.out" 2>&1 &
   gw_pid=$!
+  own "$G" ug og
   sleep 0.5
 }
 
