@@ -9,6 +9,7 @@ mod harness;
 mod hugealloc;
 mod replay;
 mod scenarios;
+mod tunnel_frames;
 
 use std::process::ExitCode;
 
