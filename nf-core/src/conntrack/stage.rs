@@ -860,14 +860,22 @@ impl<S: SessionService> Conntrack<S> {
                 }
             }
         }
-        // Misses will most likely create sessions: hash their reverse keys and start loading
-        // those buckets now, so that the inserts below overlap their memory latency.
+        // Misses the zone's policy lets open a session will most likely create one: hash
+        // their reverse keys and start loading those buckets now, so that the inserts below
+        // overlap their memory latency. Misses that cannot create (an ACK flood under
+        // `TcpCreate::SynOnly`, a reply-only zone) skip that hash and random bucket load.
         let mut misses = track & !found;
-        let prepared = misses;
+        let mut prepared = 0u64;
         while misses != 0 {
             let i = misses.trailing_zeros() as usize;
             misses &= misses - 1;
             if let (Some(p), Some(r)) = (keys.get(i), sc.reversed.get_mut(i)) {
+                let pol = (self.policies.get(&p.meta.flow.zone.0).copied())
+                    .unwrap_or(self.default_policy);
+                if Self::may_create(&p.meta, &pol) != Ok(true) {
+                    continue;
+                }
+                prepared |= 1 << i;
                 *r = match p.meta.flow.family() {
                     Family::V4 => self.v4.prepare_insert(&p.meta.flow),
                     Family::V6 => self.v6.prepare_insert(&p.meta.flow),
