@@ -24,6 +24,11 @@ fn v4(i: u32) -> FlowKey {
     )
 }
 
+fn zoned(mut k: FlowKey, zone: u32) -> FlowKey {
+    k.zone = ZoneId(zone);
+    k
+}
+
 fn fill(t: &mut SessionTable<V4Key, [u8; 16]>, n: u32, now: Instant) {
     for i in 0..n {
         let f = v4(i);
@@ -39,6 +44,12 @@ fn fill(t: &mut SessionTable<V4Key, [u8; 16]>, n: u32, now: Instant) {
             )
         } else {
             f.reversed()
+        };
+        // Every sixth session is cross-zone: its replies arrive in another zone.
+        let reply = if i % 6 == 0 {
+            zoned(reply, 10 + i % 5)
+        } else {
+            reply
         };
         let st = SessionState::ALL[i as usize % SessionState::ALL.len()];
         let later = now + Duration::from_millis(u64::from(i % 7_000));
@@ -118,8 +129,11 @@ fn incompatible_input_is_rejected() {
     let mut b: SessionTable<V4Key, [u8; 16]> =
         SessionTable::new(TableConfig::new(100, [1; 16])).unwrap();
     let mut bad = buf.clone();
-    bad[4] = 2;
-    assert_eq!(b.import(now, &bad), Err(ImportError::Version(2)));
+    // Version 1 (before cross-zone sessions: no reply zone) is not read.
+    bad[4] = 1;
+    assert_eq!(b.import(now, &bad), Err(ImportError::Version(1)));
+    bad[4] = 3;
+    assert_eq!(b.import(now, &bad), Err(ImportError::Version(3)));
     bad = buf.clone();
     bad[0] = b'X';
     assert_eq!(b.import(now, &bad), Err(ImportError::BadMagic));

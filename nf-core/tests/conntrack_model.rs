@@ -1,6 +1,7 @@
 //! Model-based test: arbitrary sequences of insert / lookup (either direction) / batch lookup /
-//! replace-reply / establish / refresh / remove / advance time / expire against a plain
-//! `HashMap` model, same answers at every step.
+//! replace-reply / establish / refresh / remove / advance time / expire / export-import
+//! against a plain `HashMap` model, same answers at every step. Reply keys may be in another
+//! zone than the original (cross-zone sessions): each key is found only in its own zone.
 #![expect(
     clippy::indexing_slicing,
     clippy::panic,
@@ -28,19 +29,23 @@ enum Op {
         o: (u8, u8, u8, u8),
         r: Option<(u8, u8, u8, u8)>,
         zone: u8,
+        /// The reply key's zone when it differs from `zone` (a cross-zone session).
+        reply_zone: Option<u8>,
         udp: bool,
         state: u8,
         value: u64,
     },
     Lookup((u8, u8, u8, u8), u8, bool, bool),
     Batch(Vec<(Tup, u8, bool)>),
-    Replace(usize, (u8, u8, u8, u8)),
+    Replace(usize, (u8, u8, u8, u8), Option<u8>),
     Establish(usize),
     Refresh(usize),
     Remove(usize),
     RemoveStale(usize),
     Advance(u32),
     Expire,
+    /// Export everything, import into a fresh table: the same sessions from both sides.
+    Roundtrip,
 }
 
 fn tup() -> impl Strategy<Value = (u8, u8, u8, u8)> {
@@ -49,17 +54,18 @@ fn tup() -> impl Strategy<Value = (u8, u8, u8, u8)> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (tup(), proptest::option::of(tup()), 0u8..3, any::<bool>(), 0u8..11, any::<u64>())
-            .prop_map(|(o, r, zone, udp, state, value)| Op::Insert { o, r, zone, udp, state, value }),
+        6 => (tup(), proptest::option::of(tup()), 0u8..3, proptest::option::weighted(0.3, 0u8..3), any::<bool>(), 0u8..11, any::<u64>())
+            .prop_map(|(o, r, zone, reply_zone, udp, state, value)| Op::Insert { o, r, zone, reply_zone, udp, state, value }),
         4 => (tup(), 0u8..3, any::<bool>(), any::<bool>()).prop_map(|(t, z, u, rev)| Op::Lookup(t, z, u, rev)),
         2 => proptest::collection::vec((tup(), 0u8..3, any::<bool>()), 0..70).prop_map(Op::Batch),
-        2 => (any::<usize>(), tup()).prop_map(|(i, t)| Op::Replace(i, t)),
+        2 => (any::<usize>(), tup(), proptest::option::weighted(0.3, 0u8..3)).prop_map(|(i, t, z)| Op::Replace(i, t, z)),
         2 => any::<usize>().prop_map(Op::Establish),
         1 => any::<usize>().prop_map(Op::Refresh),
         2 => any::<usize>().prop_map(Op::Remove),
         1 => any::<usize>().prop_map(Op::RemoveStale),
         2 => (0u32..15_000).prop_map(Op::Advance),
         2 => Just(Op::Expire),
+        1 => Just(Op::Roundtrip),
     ]
 }
 
@@ -158,12 +164,14 @@ fn run(ops: Vec<Op>) {
                 o,
                 r,
                 zone,
+                reply_zone,
                 udp,
                 state,
                 value,
             } => {
                 let ok = key(o, zone, udp);
-                let rk = r.map_or(ok.reversed(), |r| key(r, zone, udp));
+                let mut rk = r.map_or(ok.reversed(), |r| key(r, zone, udp));
+                rk.zone = ZoneId(u32::from(reply_zone.unwrap_or(zone)));
                 let st = SessionState::from_u8(state).unwrap();
                 let got = t.insert(now, &ok, &rk, st, value);
                 // Model.
@@ -244,13 +252,14 @@ fn run(ops: Vec<Op>) {
                     assert_eq!(mask >> keys.len(), 0);
                 }
             }
-            Op::Replace(i, tp) => {
+            Op::Replace(i, tp, z) => {
                 if m.sessions.is_empty() {
                     continue;
                 }
                 let i = i % m.sessions.len();
                 let s = m.sessions[i].clone();
-                let nk = key(tp, s.orig.zone.0 as u8, s.orig.proto == proto::UDP);
+                let z = z.unwrap_or(s.orig.zone.0 as u8);
+                let nk = key(tp, z, s.orig.proto == proto::UDP);
                 let got = t.replace_reply(s.handle, &nk);
                 let want = if nk == s.reply {
                     Ok(())
@@ -305,6 +314,33 @@ fn run(ops: Vec<Op>) {
                 assert!(!t.is_live(h));
             }
             Op::Advance(ms) => now += Duration::from_millis(u64::from(ms)),
+            Op::Roundtrip => {
+                let mut bytes = Vec::new();
+                let p = t.export(now, 0, usize::MAX, &mut bytes);
+                assert_eq!((p.records, p.next), (m.sessions.len(), None));
+                let mut cfg = TableConfig::new(CAP, [7; 16]);
+                cfg.timeouts = profile();
+                cfg.wheel_slots = 64;
+                let mut peer: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
+                let r = peer.import(now, &bytes).unwrap();
+                assert_eq!((r.imported, r.skipped), (m.sessions.len(), 0));
+                for s in &m.sessions {
+                    let a = peer.lookup(&s.orig).unwrap();
+                    assert_eq!(a.direction, Direction::Original);
+                    let b = peer.lookup(&s.reply).unwrap();
+                    assert_eq!((b.session, b.direction), (a.session, Direction::Reply));
+                    let info = peer.info(a.session).unwrap();
+                    assert_eq!((info.original, info.reply), (s.orig, s.reply));
+                    assert_eq!((info.value, info.established), (s.value, s.assured));
+                    for z in 0..3 {
+                        let mut other = s.reply;
+                        other.zone = ZoneId(z);
+                        if z != s.reply.zone.0 && m.find(&other).is_none() {
+                            assert!(peer.lookup(&other).is_none(), "{other} in a third zone");
+                        }
+                    }
+                }
+            }
             Op::Expire => {
                 let mut expired = Vec::new();
                 t.handle_timeout_with(now, usize::MAX, |s| expired.push(s.original));
@@ -329,6 +365,7 @@ fn run(ops: Vec<Op>) {
             let b = t.lookup(&s.reply).unwrap();
             assert_eq!((b.session, b.direction), (s.handle, Direction::Reply));
             let info = t.info(s.handle).unwrap();
+            assert_eq!((info.original, info.reply), (s.orig, s.reply));
             assert_eq!(info.established, s.assured);
             assert_eq!(info.deadline.as_nanos(), s.deadline * G);
         }
@@ -402,6 +439,10 @@ fn batch_equals_singles(args: Vec<NewArgs>, early_drop: bool) {
             let mut reply = r.map_or(original.reversed(), |r| key(r, zone, udp));
             if v6 {
                 reply = FlowKey::v6(reply.zone, [1; 16], [2; 16], reply.proto, 1, 2);
+            }
+            if value % 4 == 0 {
+                // A cross-zone session.
+                reply.zone = ZoneId((u32::from(zone) + 1) % 3);
             }
             NewSession::new(
                 original,

@@ -6,12 +6,12 @@
 //! | bytes | field |
 //! |---|---|
 //! | 4 | magic `NFCT` |
-//! | 1 | format version (1) |
+//! | 1 | format version (2; version 1, without the reply zone, is rejected as [`ImportError::Version`]) |
 //! | 1 | address family (4 or 6) |
 //! | 2 | value length `v` ([`SessionValue::ENCODED_LEN`]) |
 //! | 4 | record count `n` |
-//! | 4 | record length: `16 + 2 * key + v` (key: 12 bytes for IPv4, 36 for IPv6) |
-//! | n × record | zone (4), protocol (1), [`SessionState`] (1), flags (1: bit 0 established, bit 1 first FIN from the reply side), reserved 0 (1), remaining lifetime in ns (8), original key, reply key (addresses, then ports), value |
+//! | 4 | record length: `20 + 2 * key + v` (key: 12 bytes for IPv4, 36 for IPv6) |
+//! | n × record | zone (4), reply zone (4: the zone of the reply key, the same as zone unless the session is cross-zone), protocol (1), [`SessionState`] (1), flags (1: bit 0 established, bit 1 first FIN from the reply side), reserved 0 (1), remaining lifetime in ns (8), original key, reply key (addresses, then ports), value |
 //! | 8 | SipHash-1-3 (public key `nf-ct-export-v1!`) of everything before |
 //!
 //! Lifetimes are relative to the `now` given to export and import, so the two nodes'
@@ -30,7 +30,7 @@ use siphasher::sip::SipHasher13;
 
 const MAGIC: [u8; 4] = *b"NFCT";
 /// Current export format version.
-pub const EXPORT_VERSION: u8 = 1;
+pub const EXPORT_VERSION: u8 = 2;
 const HEADER: usize = 16;
 const TRAILER: usize = 8;
 const CHECK_KEY: [u8; 16] = *b"nf-ct-export-v1!";
@@ -103,7 +103,8 @@ pub enum ImportError {
     ValueLength,
     /// The checksum does not match: the bytes were damaged.
     Checksum,
-    /// A field holds an impossible value (record length, state, flags, equal keys, ...).
+    /// A field holds an impossible value (record length, state, flags, equal keys in the
+    /// same zone, ...).
     Corrupt,
 }
 
@@ -137,7 +138,7 @@ pub struct ImportReport {
 }
 
 fn record_len<K: SessionKey, V: SessionValue>() -> usize {
-    16 + 2 * K::ENCODED_LEN + V::ENCODED_LEN
+    20 + 2 * K::ENCODED_LEN + V::ENCODED_LEN
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
@@ -185,6 +186,7 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
             }
             let remaining = self.deadline_of(x) - now;
             out.extend_from_slice(&x.zone.to_be_bytes());
+            out.extend_from_slice(&self.reply_zone_of(idx, x).to_be_bytes());
             out.extend_from_slice(&[x.proto, x.state, fl, 0]);
             out.extend_from_slice(&remaining.as_nanos().to_be_bytes());
             for k in &x.keys {
@@ -275,9 +277,8 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
             let Some(r) = parse_record::<K, V>(rec) else {
                 continue;
             };
-            let zone = ZoneId(r.zone);
-            let o = r.keys[0].to_flow(zone, r.proto);
-            let p = r.keys[1].to_flow(zone, r.proto);
+            let o = r.keys[0].to_flow(ZoneId(r.zone), r.proto);
+            let p = r.keys[1].to_flow(ZoneId(r.reply_zone), r.proto);
             match self.insert_imported(
                 now,
                 &o,
@@ -298,6 +299,7 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
 
 struct Parsed<K, V> {
     zone: u32,
+    reply_zone: u32,
     proto: u8,
     state: SessionState,
     established: bool,
@@ -309,6 +311,7 @@ struct Parsed<K, V> {
 
 fn parse_record<K: SessionKey, V: SessionValue>(b: &[u8]) -> Option<Parsed<K, V>> {
     let (zone, b) = b.split_first_chunk::<4>()?;
+    let (reply_zone, b) = b.split_first_chunk::<4>()?;
     let (&[proto, state, fl, reserved], b) = b.split_first_chunk::<4>()?;
     let (rem, b) = b.split_first_chunk::<8>()?;
     if fl & !3 != 0 || reserved != 0 {
@@ -318,12 +321,13 @@ fn parse_record<K: SessionKey, V: SessionValue>(b: &[u8]) -> Option<Parsed<K, V>
     let (ko, b) = b.split_at_checked(K::ENCODED_LEN)?;
     let (kr, b) = b.split_at_checked(K::ENCODED_LEN)?;
     let keys = [K::decode(ko)?, K::decode(kr)?];
-    if keys[0] == keys[1] {
+    if keys[0] == keys[1] && zone == reply_zone {
         return None;
     }
     let value = V::decode(b.get(..V::ENCODED_LEN)?)?;
     Some(Parsed {
         zone: u32::from_be_bytes(*zone),
+        reply_zone: u32::from_be_bytes(*reply_zone),
         proto,
         state,
         established: fl & 1 != 0,

@@ -178,7 +178,9 @@
 //!   16-byte value a record is exactly one 64-byte-aligned cache line (keys 24, zone 4,
 //!   generation 4, deadline 4, links 8, protocol/state/flags 4, value 16), so a hit touches
 //!   one record line. Plus 8 bytes per slot of links for the zone's
-//!   not-yet-established list (cold: only touched on create, establish, evict, remove).
+//!   not-yet-established list (cold: only touched on create, establish, evict, remove), and
+//!   4 bytes per slot for the reply zone of a cross-zone session (read only for those; see
+//!   [Cross-zone sessions](#cross-zone-sessions)).
 //! - **Index**: 64-byte buckets of one overflow counter and 15 entries of 4 bytes, each
 //!   `tag | (slot + 1)`: the low bits name the record, the remaining high bits (at least 6;
 //!   12 at 1M sessions) are a hash tag. Two entries per session; the index is sized so that
@@ -190,9 +192,9 @@
 //!   it passes; a lookup stops at the first bucket with a zero counter; removal decrements
 //!   the counters along the entry's path, so there are no tombstones.
 //!
-//! IPv4, 16-byte value, at 90% load: (64 + 8 + 2 × 4 / 0.75 × 64/60) / 0.9 ≈ 93 bytes per
+//! IPv4, 16-byte value, at 90% load: (64 + 8 + 4 + 2 × 4 / 0.75 × 64/60) / 0.9 ≈ 97 bytes per
 //! session, measured by [`SessionTable::allocated_bytes`] (the `conntrack-insert` bench prints
-//! it). IPv6: a 112-byte record (unaligned; it spans two lines anyway), ≈ 146 bytes.
+//! it). IPv6: a 112-byte record (unaligned; it spans two lines anyway), ≈ 150 bytes.
 //!
 //! A batch lookup ([`SessionTable::lookup_batch`]) is a software pipeline: while one key is
 //! hashed, the bucket of a key 32 places earlier is scanned and its record prefetched, so the
@@ -206,8 +208,9 @@
 //!
 //! # Invariants
 //!
-//! - Every live session has exactly two index entries (original and reply key), both naming
-//!   its slot; keys are unique across live sessions; the original and reply keys differ.
+//! - Every live session has exactly two index entries (original and reply key, each hashed
+//!   with its own zone), both naming its slot; (zone, key) pairs are unique across live
+//!   sessions; the original and reply keys differ (in tuple or in zone).
 //! - Insert and [`SessionTable::replace_reply`] check everything that can fail before they
 //!   change anything: both keys are installed or neither.
 //! - A slot's generation changes whenever its session is removed; a [`SessionRef`] is
@@ -231,12 +234,28 @@
 //!
 //! # Zones and floods
 //!
-//! Each session belongs to its key's zone; each zone has a quota (default: the table's
+//! Each session belongs to its original key's zone; each zone has a quota (default: the table's
 //! `default_zone_quota`). A new session is refused with [`InsertError::ZoneQuota`] or
 //! [`InsertError::TableFull`] unless, with early drop on, its own zone has a
 //! not-yet-established session to evict (the oldest goes). Established sessions are never
 //! evicted and no zone ever evicts another's. If quotas sum to at most the capacity, every
 //! zone can always reach its quota whatever the others do.
+//!
+//! # Cross-zone sessions
+//!
+//! A session's reply key may live in another zone than its original key (a service sets it
+//! with [`NewFlow::set_reply`], or [`SessionTable::insert`] / [`SessionTable::replace_reply`]
+//! take it): a private endpoint, where a consumer's flow in its zone is answered by a
+//! provider in the provider's zone and address space. Each key matches only lookups in its
+//! own zone, so isolation holds (a key of zone X never finds a session through its key of
+//! zone Y); the session counts against the original zone's quota, only that zone may
+//! early-drop it, and [`SessionInfo::reply`] carries the reply zone. The record keeps one
+//! zone; a record flag marks a cross-zone session and its reply zone sits in a side array
+//! (4 bytes per slot), read only when the flag is set, so same-zone lookups cost nothing
+//! more and an IPv4 record stays one cache line. ICMP errors quoting a reply-direction
+//! packet are looked up in the zone they arrive in, the reply zone. The stage does not
+//! change [`Meta::zone`](crate::Meta::zone): the service moves each packet to the zone it
+//! leaves into (an encapsulation stage then takes the VNI from it).
 
 mod export;
 mod key;

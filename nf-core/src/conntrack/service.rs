@@ -179,16 +179,16 @@ pub struct NewFlow<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReplyKeyError {
-    /// The key's family, zone or protocol differs from the original key's.
+    /// The key's family or protocol differs from the original key's.
     Mismatch,
-    /// The key equals the original key.
+    /// The key equals the original key (zone included).
     SameAsOriginal,
 }
 
 impl core::fmt::Display for ReplyKeyError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
-            Self::Mismatch => "reply key of another family, zone or protocol",
+            Self::Mismatch => "reply key of another family or protocol",
             Self::SameAsOriginal => "reply key equals the original key",
         })
     }
@@ -227,11 +227,17 @@ impl<'a> NewFlow<'a> {
     /// Sets the reply key (NAT: the translated tuple; DNAT load balancing: the backend's).
     /// Use [`Self::is_free`] to pick one no other session holds.
     ///
+    /// The key may be in another zone than the original (a cross-zone session: a private
+    /// endpoint whose provider answers in its own address space): replies are then found by
+    /// lookups in that zone only, and the service moves each packet between the zones by
+    /// setting [`Meta::zone`](crate::Meta::zone) in
+    /// [`on_packet`](SessionService::on_packet).
+    ///
     /// # Errors
     /// [`ReplyKeyError`]; the reply key is unchanged.
     pub fn set_reply(&mut self, reply: FlowKey) -> Result<(), ReplyKeyError> {
         let o = &self.original;
-        if reply.family() != o.family() || reply.zone != o.zone || reply.proto != o.proto {
+        if reply.family() != o.family() || reply.proto != o.proto {
             return Err(ReplyKeyError::Mismatch);
         }
         if reply == *o {

@@ -1,7 +1,7 @@
 //! The index: 64-byte buckets of tagged entries, linear probing over buckets with
 //! per-bucket overflow counters (no tombstones).
 
-use super::{F_LIVE, Hit, SessionTable};
+use super::{F_LIVE, F_XZONE, Hit, Record, SessionTable};
 use crate::conntrack::key::SessionKey;
 use crate::meta::{Direction, SessionRef};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -59,12 +59,46 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     #[inline(always)]
     pub(super) fn check(&self, idx: u32, k: &K, zone: u32, proto: u8) -> Option<Hit> {
         let r = self.recs.get(idx as usize)?;
+        if r.flags & F_XZONE != 0 {
+            // Rare (a cross-zone session), and a well-predicted branch on a byte of the line
+            // already loaded: the same-zone path below is unchanged.
+            return self.check_cross_zone(idx, r, k, zone, proto);
+        }
         // Both keys are compared and the outcomes combined without early exits: the direction
         // of a packet is unpredictable, and a mispredicted branch per packet costs more than
         // the second compare.
         let original = r.keys[0].same(k);
         let reply = r.keys[1].same(k);
         if !((r.zone == zone) & (r.proto == proto) & (r.flags & F_LIVE != 0) & (original | reply)) {
+            return None;
+        }
+        let direction = if original {
+            Direction::Original
+        } else {
+            Direction::Reply
+        };
+        Some(Hit {
+            session: SessionRef::new(K::FAMILY, idx, r.generation),
+            direction,
+        })
+    }
+
+    /// [`Self::check`] for a session whose reply key is in another zone: each key matches
+    /// only in its own zone.
+    #[cold]
+    #[inline(never)]
+    fn check_cross_zone(
+        &self,
+        idx: u32,
+        r: &Record<K, V>,
+        k: &K,
+        zone: u32,
+        proto: u8,
+    ) -> Option<Hit> {
+        let reply_zone = self.reply_zone_of(idx, r);
+        let original = r.zone == zone && r.keys[0].same(k);
+        let reply = reply_zone == zone && r.keys[1].same(k);
+        if !(r.proto == proto && r.flags & F_LIVE != 0 && (original || reply)) {
             return None;
         }
         let direction = if original {

@@ -30,6 +30,10 @@ pub(super) const F_LIVE: u8 = 1;
 pub(super) const F_ASSURED: u8 = 2;
 /// Record flag: the first FIN came from the reply direction.
 pub(super) const F_FIN_REPLY: u8 = 4;
+/// Record flag: the reply key lives in another zone than the original key, kept in the
+/// side array `reply_zones` (read only when this flag is set, so a same-zone session, the
+/// common case, costs its lookups nothing more).
+pub(super) const F_XZONE: u8 = 8;
 
 /// True if a packet with `tcp_flags` leaves a session in `state` with record `flags` exactly
 /// as it is, its timeout aside: an established (assured) session of a state that only RST,
@@ -114,9 +118,10 @@ pub enum InsertError {
     TooManyZones,
     /// The original or the reply key already indexes a session.
     KeyExists,
-    /// The original and reply keys are equal (e.g. a LAND packet: same address and port).
+    /// The original and reply keys are equal, zone included (e.g. a LAND packet: same
+    /// address and port).
     SameKeys,
-    /// A key is of the other address family, or the two keys differ in zone or protocol.
+    /// A key is of the other address family, or the two keys differ in protocol.
     BadKey,
 }
 
@@ -127,7 +132,8 @@ pub enum InsertError {
 pub struct NewSession<V> {
     /// The flow that opens the session.
     pub original: FlowKey,
-    /// The flow its replies arrive on (usually `original.reversed()`; NAT's translation).
+    /// The flow its replies arrive on (usually `original.reversed()`; NAT's translation),
+    /// in the original's zone or another one (a cross-zone session).
     pub reply: FlowKey,
     /// The initial state.
     pub state: SessionState,
@@ -155,7 +161,7 @@ pub enum ReplaceError {
     Stale,
     /// The new key already indexes another session (or is the session's original key).
     KeyExists,
-    /// The key is of the other family, or its zone or protocol differs from the session's.
+    /// The key is of the other family, or its protocol differs from the session's.
     BadKey,
 }
 
@@ -201,7 +207,9 @@ pub struct Hit {
 pub struct SessionInfo<V> {
     /// Key of the direction that created the session.
     pub original: FlowKey,
-    /// Key the reply direction is expected to carry.
+    /// Key the reply direction is expected to carry; its zone is the reply zone, which
+    /// differs from `original.zone` for a cross-zone session (the session counts in the
+    /// original's zone).
     pub reply: FlowKey,
     /// Current state.
     pub state: SessionState,
@@ -279,6 +287,8 @@ pub struct SessionTable<K: SessionKey, V> {
     sip: SipKey,
     cfg: TableConfig,
     recs: Vec<Record<K, V>>,
+    /// Per record: the reply key's zone, valid only while the record has [`F_XZONE`].
+    reply_zones: Vec<u32>,
     /// Per record: previous / next in its zone's not-yet-established list.
     emb: Vec<[u32; 2]>,
     buckets: Vec<Bucket>,
@@ -359,6 +369,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             sip: SipKey::new(cfg.secret),
             cfg,
             recs,
+            reply_zones: vec![0; cap],
             emb: vec![[NIL, NIL]; cap],
             buckets: vec![Bucket::default(); usize::try_from(nbuckets).unwrap_or(0)],
             nbuckets,
@@ -443,6 +454,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     pub fn allocated_bytes(&self) -> usize {
         use core::mem::size_of;
         self.recs.capacity() * size_of::<Record<K, V>>()
+            + self.reply_zones.capacity() * size_of::<u32>()
             + self.emb.capacity() * size_of::<[u32; 2]>()
             + self.buckets.capacity() * size_of::<Bucket>()
             + self.wheel.capacity() * size_of::<[u32; 2]>()
@@ -502,14 +514,27 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// Everything about a live session (cold path).
     pub fn info(&self, r: SessionRef) -> Option<SessionInfo<V>> {
         let x = self.rec(r)?;
-        Some(self.info_of(x))
+        Some(self.info_of(r.index, x))
     }
 
-    pub(super) fn info_of(&self, x: &Record<K, V>) -> SessionInfo<V> {
-        let zone = ZoneId(x.zone);
+    /// The zone of record `idx`'s reply key (`x` is the record).
+    #[inline]
+    pub(super) fn reply_zone_of(&self, idx: u32, x: &Record<K, V>) -> u32 {
+        if x.flags & F_XZONE == 0 {
+            x.zone
+        } else {
+            self.reply_zones
+                .get(idx as usize)
+                .copied()
+                .unwrap_or(x.zone)
+        }
+    }
+
+    /// Everything about record `idx` (`x`).
+    pub(super) fn info_of(&self, idx: u32, x: &Record<K, V>) -> SessionInfo<V> {
         SessionInfo {
-            original: x.keys[0].to_flow(zone, x.proto),
-            reply: x.keys[1].to_flow(zone, x.proto),
+            original: x.keys[0].to_flow(ZoneId(x.zone), x.proto),
+            reply: x.keys[1].to_flow(ZoneId(self.reply_zone_of(idx, x)), x.proto),
             state: SessionState::from_u8(x.state).unwrap_or(SessionState::Other),
             established: x.flags & F_ASSURED != 0,
             deadline: self.tick_instant(self.unwrap_tick(x.deadline)),
@@ -521,6 +546,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
 
     /// Creates a session indexed by `original` and `reply`, both or neither, in `state`,
     /// expiring `timeout(state)` after `now` unless refreshed.
+    ///
+    /// `reply` may be in another zone than `original` (a cross-zone session, e.g. a private
+    /// endpoint whose provider answers in its own zone): the reply direction is then found by
+    /// lookups in `reply.zone`, and only there. The session counts against `original.zone`'s
+    /// quota and is early-dropped only by that zone.
     ///
     /// If the table is full or the zone is at its quota and early drop is on, the zone's own
     /// oldest not-yet-established session is evicted first; another zone's session never is.
@@ -536,9 +566,10 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         value: V,
     ) -> Result<SessionRef, InsertError> {
         let (ko, kr) = Self::insert_keys(original, reply)?;
-        let (zone, proto) = (original.zone.0, original.proto);
-        let ho = self.hash(&ko, zone, proto);
-        let hr = self.hash(&kr, zone, proto);
+        let zones = [original.zone.0, reply.zone.0];
+        let proto = original.proto;
+        let ho = self.hash(&ko, zones[0], proto);
+        let hr = self.hash(&kr, zones[1], proto);
         // Both home buckets load in parallel rather than one probe after the other.
         self.prefetch_home(ho);
         self.prefetch_home(hr);
@@ -546,7 +577,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             now,
             [ko, kr],
             [ho, hr],
-            zone,
+            zones,
             proto,
             state,
             value,
@@ -590,8 +621,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             let mut prepared = [Err(InsertError::BadKey); BATCH];
             for (n, p) in new.iter().zip(prepared.iter_mut()) {
                 *p = Self::insert_keys(&n.original, &n.reply).map(|(ko, kr)| {
-                    let (zone, proto) = (n.original.zone.0, n.original.proto);
-                    let h = [self.hash(&ko, zone, proto), self.hash(&kr, zone, proto)];
+                    let proto = n.original.proto;
+                    let h = [
+                        self.hash(&ko, n.original.zone.0, proto),
+                        self.hash(&kr, n.reply.zone.0, proto),
+                    ];
                     self.prefetch_home(h[0]);
                     self.prefetch_home(h[1]);
                     ([ko, kr], h)
@@ -599,8 +633,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             }
             for ((n, p), o) in new.iter().zip(prepared).zip(out.iter_mut()) {
                 *o = p.and_then(|(keys, h)| {
-                    let (zone, proto) = (n.original.zone.0, n.original.proto);
-                    self.insert_hashed(now, keys, h, zone, proto, n.state, n.value, &mut |_| {})
+                    let zones = [n.original.zone.0, n.reply.zone.0];
+                    let proto = n.original.proto;
+                    self.insert_hashed(now, keys, h, zones, proto, n.state, n.value, &mut |_| {})
                 });
                 created += usize::from(o.is_ok());
             }
@@ -614,17 +649,17 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let (Some(ko), Some(kr)) = (K::from_flow(original), K::from_flow(reply)) else {
             return Err(InsertError::BadKey);
         };
-        if original.zone != reply.zone || original.proto != reply.proto {
+        if original.proto != reply.proto {
             return Err(InsertError::BadKey);
         }
-        if ko == kr {
+        if ko == kr && original.zone == reply.zone {
             return Err(InsertError::SameKeys);
         }
         Ok((ko, kr))
     }
 
-    /// [`Self::insert`] once the keys are checked and hashed (`keys` and `hashes`: original,
-    /// reply).
+    /// [`Self::insert`] once the keys are checked and hashed (`keys`, `hashes` and `zones`:
+    /// original, reply).
     #[expect(
         clippy::too_many_arguments,
         reason = "one new session's keys, hashes and fields"
@@ -635,14 +670,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         now: Instant,
         keys: [K; 2],
         hashes: [u64; 2],
-        zone: u32,
+        [zone, reply_zone]: [u32; 2],
         proto: u8,
         state: SessionState,
         value: V,
         on_evict: &mut impl FnMut(&SessionInfo<V>),
     ) -> Result<SessionRef, InsertError> {
         let ([ko, kr], [ho, hr]) = (keys, hashes);
-        if self.find(&ko, zone, proto, ho).is_some() || self.find(&kr, zone, proto, hr).is_some() {
+        if self.find(&ko, zone, proto, ho).is_some()
+            || self.find(&kr, reply_zone, proto, hr).is_some()
+        {
             return Err(InsertError::KeyExists);
         }
         self.admit(zone, on_evict)?;
@@ -660,9 +697,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         r.zone = zone;
         r.proto = proto;
         r.state = state as u8;
-        r.flags = F_LIVE;
+        let cross = zone != reply_zone;
+        r.flags = F_LIVE | if cross { F_XZONE } else { 0 };
         r.value = value;
         let generation = r.generation;
+        if cross && let Some(z) = self.reply_zones.get_mut(idx as usize) {
+            *z = reply_zone;
+        }
         // The next free record is the next insert's: start loading it.
         if let Some(next) = self.recs.get(self.free as usize) {
             crate::sys::prefetch(next);
@@ -684,7 +725,8 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     }
 
     /// Points the session's reply direction at `reply` (e.g. after NAT chose a translation),
-    /// atomically: the old reply key stops matching as the new one starts.
+    /// atomically: the old reply key stops matching as the new one starts. `reply` may be in
+    /// another zone than the session's original key (see [`Self::insert`]).
     ///
     /// # Errors
     /// [`ReplaceError`]; the table is unchanged.
@@ -693,24 +735,30 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             return Err(ReplaceError::Stale);
         };
         let (zone, proto, old) = (x.zone, x.proto, x.keys[1]);
+        let old_zone = self.reply_zone_of(r.index, x);
         let Some(kr) = K::from_flow(reply) else {
             return Err(ReplaceError::BadKey);
         };
-        if reply.zone.0 != zone || reply.proto != proto {
+        let new_zone = reply.zone.0;
+        if reply.proto != proto {
             return Err(ReplaceError::BadKey);
         }
-        if kr == old {
+        if kr == old && new_zone == old_zone {
             return Ok(());
         }
-        let h = self.hash(&kr, zone, proto);
-        if self.find(&kr, zone, proto, h).is_some() {
+        let h = self.hash(&kr, new_zone, proto);
+        if self.find(&kr, new_zone, proto, h).is_some() {
             return Err(ReplaceError::KeyExists);
         }
-        let ho = self.hash(&old, zone, proto);
+        let ho = self.hash(&old, old_zone, proto);
         self.index_remove(ho, r.index);
         self.index_insert(h, r.index);
         if let Some(x) = self.recs.get_mut(r.index as usize) {
             x.keys[1] = kr;
+            x.flags = (x.flags & !F_XZONE) | if new_zone == zone { 0 } else { F_XZONE };
+        }
+        if let Some(z) = self.reply_zones.get_mut(r.index as usize) {
+            *z = new_zone;
         }
         Ok(())
     }
@@ -765,7 +813,8 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         mut on_evict: impl FnMut(&SessionInfo<V>),
     ) -> Result<(SessionRef, u64), InsertError> {
         let (ko, kr) = Self::insert_keys(original, reply)?;
-        let (zone, proto) = (original.zone.0, original.proto);
+        let zones = [original.zone.0, reply.zone.0];
+        let proto = original.proto;
         // The reverse key's hash was computed (and its bucket prefetched) before the batch's
         // sequential pass; a service that chose another reply key costs one more hash.
         let hr = if let Some(h) = reversed_hash
@@ -773,13 +822,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         {
             h
         } else {
-            let h = self.hash(&kr, zone, proto);
+            let h = self.hash(&kr, zones[1], proto);
             self.prefetch_home(h);
             h
         };
         let keys = [ko, kr];
         let hashes = [original_hash, hr];
-        self.insert_hashed(now, keys, hashes, zone, proto, state, value, &mut on_evict)
+        self.insert_hashed(now, keys, hashes, zones, proto, state, value, &mut on_evict)
             .map(|r| (r, hr))
     }
 
@@ -845,10 +894,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         if flags & F_LIVE == 0 {
             return;
         }
-        for k in &keys {
-            let h = self.hash(k, zone, proto);
-            self.index_remove(h, idx);
-        }
+        let reply_zone = self.reply_zone_of(idx, x);
+        let [ko, kr] = keys;
+        let ho = self.hash(&ko, zone, proto);
+        self.index_remove(ho, idx);
+        let hr = self.hash(&kr, reply_zone, proto);
+        self.index_remove(hr, idx);
         self.timer_unlink(idx);
         let zi = self.zone_slot(zone);
         if let Some(zi) = zi {
@@ -1038,6 +1089,211 @@ mod tests {
         assert_eq!(r2.index, r.index);
         assert_ne!(r2.generation, r.generation);
         assert_eq!(t.value(r), None);
+    }
+
+    fn zoned(mut k: FlowKey, zone: u32) -> FlowKey {
+        k.zone = ZoneId(zone);
+        k
+    }
+
+    /// A private-endpoint-like session: the consumer's flow in zone 1, the reply key (the
+    /// provider's view) in zone 2.
+    fn cross() -> (FlowKey, FlowKey) {
+        let o = FlowKey::v4(
+            ZoneId(1),
+            [10, 0, 0, 5],
+            [10, 0, 0, 9],
+            proto::TCP,
+            40000,
+            443,
+        );
+        let r = FlowKey::v4(
+            ZoneId(2),
+            [10, 9, 0, 1],
+            [10, 9, 0, 200],
+            proto::TCP,
+            8443,
+            1025,
+        );
+        (o, r)
+    }
+
+    #[test]
+    fn cross_zone_session_is_found_from_both_sides_and_nowhere_else() {
+        let mut t: SessionTable<V4Key, u64> =
+            SessionTable::new(TableConfig::new(100, [3; 16])).unwrap();
+        let (o, r) = cross();
+        let s = t
+            .insert(Instant::ZERO, &o, &r, SessionState::TcpSynSent, 7)
+            .unwrap();
+        assert_eq!(
+            t.lookup(&o),
+            Some(Hit {
+                session: s,
+                direction: Direction::Original
+            })
+        );
+        assert_eq!(
+            t.lookup(&r),
+            Some(Hit {
+                session: s,
+                direction: Direction::Reply
+            })
+        );
+        // Each key only in its own zone: not the reply key in the original's zone, not either
+        // key in a third zone.
+        for z in [0, 1, 2, 3] {
+            for (k, own) in [(o, 1), (r, 2)] {
+                let moved = zoned(k, z);
+                assert_eq!(t.lookup(&moved).is_some(), z == own, "{moved}");
+            }
+        }
+        let mut out = [None; 64];
+        let keys = [o, r, zoned(r, 3), zoned(r, 1)];
+        assert_eq!(t.lookup_batch(&keys, &mut out), 0b11);
+        let info = t.info(s).unwrap();
+        assert_eq!((info.original, info.reply), (o, r));
+        // The session counts in the original's zone only.
+        assert_eq!(t.zone_usage(ZoneId(1)).unwrap().sessions, 1);
+        assert!(t.zone_usage(ZoneId(2)).is_none());
+        // The same tuple as the reply key in the original's zone is another session's key.
+        let same_tuple = zoned(r, 1);
+        let s2 = t
+            .insert(
+                Instant::ZERO,
+                &same_tuple,
+                &same_tuple.reversed(),
+                SessionState::Other,
+                8,
+            )
+            .unwrap();
+        assert_eq!(t.lookup(&same_tuple).unwrap().session, s2);
+        assert_eq!(t.lookup(&r).unwrap().session, s);
+        // Identical keys are fine in different zones; equal keys in one zone are not.
+        let twin = zoned(o, 5);
+        assert!(
+            t.insert(
+                Instant::ZERO,
+                &o.reversed(),
+                &twin.reversed(),
+                SessionState::Other,
+                9
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            t.insert(Instant::ZERO, &twin, &twin, SessionState::Other, 9),
+            Err(InsertError::SameKeys)
+        );
+        // A key of the existing cross-zone session conflicts only in its own zone.
+        let clash = FlowKey::v4(ZoneId(2), [1, 1, 1, 1], [2, 2, 2, 2], proto::TCP, 1, 2);
+        assert_eq!(
+            t.insert(Instant::ZERO, &clash, &r, SessionState::Other, 0),
+            Err(InsertError::KeyExists)
+        );
+        assert_eq!(t.remove(s), Some(7));
+        assert!(t.lookup(&o).is_none() && t.lookup(&r).is_none());
+        assert_eq!(t.lookup(&same_tuple).unwrap().session, s2);
+        // The slot is reused by a same-zone session, which must not inherit the reply zone.
+        let k9 = k(9);
+        let s3 = t
+            .insert(Instant::ZERO, &k9, &k9.reversed(), SessionState::Other, 1)
+            .unwrap();
+        assert_eq!(s3.index, s.index);
+        assert_eq!(t.lookup(&k9.reversed()).unwrap().session, s3);
+        assert_eq!(t.info(s3).unwrap().reply.zone, ZoneId(1));
+    }
+
+    #[test]
+    fn replace_reply_moves_the_reply_between_zones() {
+        let mut t: SessionTable<V4Key, u64> =
+            SessionTable::new(TableConfig::new(100, [3; 16])).unwrap();
+        let (o, r) = cross();
+        let s = t
+            .insert(Instant::ZERO, &o, &o.reversed(), SessionState::Other, 1)
+            .unwrap();
+        t.replace_reply(s, &r).unwrap();
+        assert!(t.lookup(&o.reversed()).is_none());
+        assert_eq!(t.lookup(&r).unwrap().direction, Direction::Reply);
+        assert!(t.lookup(&zoned(r, 1)).is_none());
+        // Same tuple, another zone; then back to the original's zone.
+        let r3 = zoned(r, 3);
+        t.replace_reply(s, &r3).unwrap();
+        assert!(t.lookup(&r).is_none());
+        assert_eq!(t.lookup(&r3).unwrap().session, s);
+        t.replace_reply(s, &o.reversed()).unwrap();
+        assert!(t.lookup(&r3).is_none());
+        assert_eq!(t.info(s).unwrap().reply, o.reversed());
+        assert_eq!(
+            t.replace_reply(s, &{
+                let mut u = r;
+                u.proto = proto::UDP;
+                u
+            }),
+            Err(ReplaceError::BadKey)
+        );
+        assert_eq!(t.replace_reply(s, &o), Err(ReplaceError::KeyExists));
+        // The original tuple in another zone is a fine reply key.
+        t.replace_reply(s, &zoned(o, 2)).unwrap();
+        assert_eq!(t.remove(s), Some(1));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn cross_zone_sessions_expire_and_are_early_dropped_by_their_original_zone() {
+        let mut cfg = TableConfig::new(4, [3; 16]);
+        cfg.timeouts.granularity = crate::time::Duration::from_secs(1);
+        let mut t: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
+        t.set_zone_quota(ZoneId(1), 2).unwrap();
+        let (o, r) = cross();
+        let mk = |i: u16| {
+            (
+                {
+                    let mut a = o;
+                    a.src_port = i;
+                    a
+                },
+                {
+                    let mut b = r;
+                    b.dst_port = i;
+                    b
+                },
+            )
+        };
+        let mut gone = Vec::new();
+        let (a0, b0) = mk(1);
+        let s0 = t
+            .insert(Instant::ZERO, &a0, &b0, SessionState::TcpSynSent, 0)
+            .unwrap();
+        let (a1, b1) = mk(2);
+        t.insert(Instant::ZERO, &a1, &b1, SessionState::TcpSynSent, 1)
+            .unwrap();
+        // Zone 1 is at its quota: its oldest unestablished session (cross-zone) goes.
+        let (a2, b2) = mk(3);
+        t.insert(Instant::ZERO, &a2, &b2, SessionState::TcpSynSent, 2)
+            .unwrap();
+        assert!(!t.is_live(s0));
+        assert!(t.lookup(&b0).is_none() && t.lookup(&a0).is_none());
+        assert_eq!(t.counters().early_drops, 1);
+        // Zone 2 (the replies' zone) has its own quota, untouched.
+        let z2 = FlowKey::v4(ZoneId(2), [9, 9, 9, 9], [8, 8, 8, 8], proto::UDP, 1, 2);
+        t.insert(
+            Instant::ZERO,
+            &z2,
+            &z2.reversed(),
+            SessionState::UdpUnreplied,
+            3,
+        )
+        .unwrap();
+        assert_eq!(t.zone_usage(ZoneId(1)).unwrap().sessions, 2);
+        assert_eq!(t.zone_usage(ZoneId(2)).unwrap().sessions, 1);
+        let later = Instant::ZERO + crate::time::Duration::from_secs(3600);
+        t.handle_timeout_with(later, usize::MAX, |s| gone.push((s.original, s.reply)));
+        assert!(t.is_empty());
+        assert!(gone.contains(&(a1, b1)) && gone.contains(&(a2, b2)));
+        for key in [a1, b1, a2, b2, z2] {
+            assert!(t.lookup(&key).is_none());
+        }
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 };
                 let d = x.deadline;
                 if target32.wrapping_sub(d).cast_signed() >= 0 {
-                    let info = self.info_of(x);
+                    let info = self.info_of(i, x);
                     self.remove_idx(i);
                     self.counters.expired += 1;
                     on_expire(&info);

@@ -39,7 +39,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         // was lowered below the current count.
         if self.cfg.early_drop && head != NIL && count <= quota {
             if let Some(x) = self.recs.get(head as usize) {
-                on_evict(&self.info_of(x));
+                on_evict(&self.info_of(head, x));
             }
             self.remove_idx(head);
             self.counters.early_drops += 1;
