@@ -111,6 +111,43 @@
 //! record stays one cache line); IPv6 sessions keep an index into a store of inside
 //! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
 //!
+//! # Private endpoints
+//!
+//! [`Endpoint`] is AWS PrivateLink's pattern (Hyperplane carries it) as a composition of the
+//! pieces above, over tenants with overlapping addresses. Every zone (the VNI a packet was
+//! decapsulated from) has its own sessions, so two consumers that both use 10.0.0.0/8 never
+//! see each other's flows. An [`EndpointRule`] puts an endpoint address in a consumer's zone
+//! and points it at a service in a provider's zone:
+//!
+//! - **New flow** from the consumer's zone to the endpoint (address, port, protocol): the
+//!   destination becomes the service, the source an address and port of the rule's pool —
+//!   addresses of the *provider's* space — chosen by the rule's own [`PortAllocator`]
+//!   (unique, quarantined after use, keyed on the consumer's zone too, so consumers with
+//!   identical addresses get distinct provider-side tuples). The session's reply key is
+//!   (provider zone, service → pool address and port): a cross-zone session (nf-core's
+//!   [`NewFlow::set_reply`](nf_core::conntrack::NewFlow::set_reply) in another zone), so
+//!   the provider's answers are found in the provider's zone, and only there. The provider
+//!   sees one of its own addresses, never the consumer's.
+//! - **Packets**: consumer → provider get destination and source rewritten and leave into
+//!   the provider's zone ([`Meta::zone`](nf_core::Meta::zone) set, so an encapsulation
+//!   stage taking the VNI from the zone sends them on the provider's VNI); provider →
+//!   consumer get the endpoint as source and the consumer as destination, and leave into
+//!   the consumer's zone. Checksums are updated incrementally.
+//! - **ICMP errors** quoting either direction are translated at both ends (outer header and
+//!   quote) and moved to the other zone like the flow's packets; later fragments get their
+//!   addresses translated.
+//! - **Refusals** are typed drops (`nat_ports_exhausted`, `nat_untranslatable`, ...); a new
+//!   flow in a provider's zone to a pool address is unsolicited (`nat_no_mapping`); any
+//!   other new flow passes untranslated (`flows_unmatched`), so the service composes with
+//!   others in a tuple.
+//! - **End**: the pool mapping goes back to its allocator.
+//!
+//! Counters (stage `endpoint`): `flows_translated`, `flows_refused`, `flows_unmatched`,
+//! `no_mapping`, `packets_to_provider`, `packets_to_consumer`, `icmp_errors_translated`,
+//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`. Endpoints are IPv4 (the
+//! session value keeps the consumer's address inline, 14 bytes, one record line); rules are
+//! matched by a linear scan on new flows only.
+//!
 //! # Profiles
 //!
 //! - [`Profile::Rfc`]: endpoint-independent mapping (RFC 4787 REQ-1): an inside (zone,
@@ -217,6 +254,7 @@ mod alloc_error;
 mod allocator;
 mod config;
 mod counters;
+mod endpoint;
 mod snat;
 mod space;
 mod table;
@@ -229,6 +267,9 @@ pub use config::{
     DEFAULT_QUARANTINE, Owner, Profile, RssSteering,
 };
 pub use counters::{AllocatorCounters, PROBE_BUCKETS};
+pub use endpoint::{
+    Endpoint, EndpointCounters, EndpointError, EndpointRule, EndpointSession, EndpointSide,
+};
 pub use snat::{Filtering, InsidePrefix, PortForward, Snat, SnatConfig, SnatCounters, Translation};
 pub use space::{PortOwner, PortSplit, owner_of};
 pub use timeouts::{

@@ -1,7 +1,7 @@
 //! The index: 64-byte buckets of tagged entries, linear probing over buckets with
 //! per-bucket overflow counters (no tombstones).
 
-use super::{F_LIVE, F_XZONE, Hit, Record, SessionTable};
+use super::{F_LIVE, F_XZONE, Hit, SessionTable};
 use crate::conntrack::key::SessionKey;
 use crate::meta::{Direction, SessionRef};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -55,21 +55,31 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         t | (u32::from(t == 0) * (self.tag_mask & self.tag_mask.wrapping_neg()))
     }
 
-    /// Compares record `idx` against a key; the direction it matched.
+    /// Compares record `idx` against a key; the direction it matched. Each key matches only
+    /// in its own zone: the record's, or for the reply key of a cross-zone session
+    /// ([`F_XZONE`]) the side array's.
     #[inline(always)]
     pub(super) fn check(&self, idx: u32, k: &K, zone: u32, proto: u8) -> Option<Hit> {
-        let r = self.recs.get(idx as usize)?;
-        if r.flags & F_XZONE != 0 {
-            // Rare (a cross-zone session), and a well-predicted branch on a byte of the line
-            // already loaded: the same-zone path below is unchanged.
-            return self.check_cross_zone(idx, r, k, zone, proto);
+        let hit = self.check_same_zone(idx, k, zone, proto);
+        if hit.is_none() && self.is_cross_zone(idx) {
+            return self.check_cross_zone(idx, k, zone, proto);
         }
+        hit
+    }
+
+    /// [`Self::check`] for a session whose keys share one zone; `None` for every cross-zone
+    /// session (ask [`Self::is_cross_zone`] on a miss). The batch pipeline's compare: the
+    /// cross-zone test costs it nothing, being part of the liveness test it already makes.
+    #[inline(always)]
+    pub(super) fn check_same_zone(&self, idx: u32, k: &K, zone: u32, proto: u8) -> Option<Hit> {
+        let r = self.recs.get(idx as usize)?;
         // Both keys are compared and the outcomes combined without early exits: the direction
         // of a packet is unpredictable, and a mispredicted branch per packet costs more than
         // the second compare.
         let original = r.keys[0].same(k);
         let reply = r.keys[1].same(k);
-        if !((r.zone == zone) & (r.proto == proto) & (r.flags & F_LIVE != 0) & (original | reply)) {
+        let live_same_zone = r.flags & (F_LIVE | F_XZONE) == F_LIVE;
+        if !((r.zone == zone) & (r.proto == proto) & live_same_zone & (original | reply)) {
             return None;
         }
         let direction = if original {
@@ -83,19 +93,21 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         })
     }
 
-    /// [`Self::check`] for a session whose reply key is in another zone: each key matches
-    /// only in its own zone.
+    /// True if record `idx` is a live cross-zone session.
+    #[inline(always)]
+    pub(super) fn is_cross_zone(&self, idx: u32) -> bool {
+        self.recs
+            .get(idx as usize)
+            .is_some_and(|r| r.flags & (F_LIVE | F_XZONE) == F_LIVE | F_XZONE)
+    }
+
+    /// [`Self::check`] for a cross-zone session: the original key matches in the record's
+    /// zone, the reply key in the side array's.
     #[cold]
     #[inline(never)]
-    fn check_cross_zone(
-        &self,
-        idx: u32,
-        r: &Record<K, V>,
-        k: &K,
-        zone: u32,
-        proto: u8,
-    ) -> Option<Hit> {
-        let reply_zone = self.reply_zone_of(idx, r);
+    fn check_cross_zone(&self, idx: u32, k: &K, zone: u32, proto: u8) -> Option<Hit> {
+        let r = self.recs.get(idx as usize)?;
+        let reply_zone = self.reply_zones.get(idx as usize).copied()?;
         let original = r.zone == zone && r.keys[0].same(k);
         let reply = reply_zone == zone && r.keys[1].same(k);
         if !(r.proto == proto && r.flags & F_LIVE != 0 && (original || reply)) {

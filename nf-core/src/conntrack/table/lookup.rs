@@ -231,8 +231,10 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             && let (Some(key), Some(&c), Some(&h)) = (keys.key(i), p.cand.get(i), p.hashes.get(i))
             && let Some(k) = K::from_flow(key)
         {
-            r = self.check(c, &k, key.zone.0, key.proto);
-            if r.is_none() && p.slow >> i & 1 != 0 {
+            r = self.check_same_zone(c, &k, key.zone.0, key.proto);
+            // A miss may be elsewhere along the probe path, or a cross-zone session (which
+            // the pipeline leaves to the full probe).
+            if r.is_none() && (p.slow >> i & 1 != 0 || self.is_cross_zone(c)) {
                 self.prefetch_probe(h);
                 p.late |= 1 << i;
             }

@@ -288,7 +288,7 @@ pub struct SessionTable<K: SessionKey, V> {
     cfg: TableConfig,
     recs: Vec<Record<K, V>>,
     /// Per record: the reply key's zone, valid only while the record has [`F_XZONE`].
-    reply_zones: Vec<u32>,
+    pub(super) reply_zones: Vec<u32>,
     /// Per record: previous / next in its zone's not-yet-established list.
     emb: Vec<[u32; 2]>,
     buckets: Vec<Bucket>,

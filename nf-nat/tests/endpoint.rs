@@ -1,0 +1,287 @@
+//! The private-endpoint service ([`Endpoint`]): a consumer zone's flows to an endpoint reach a
+//! provider zone's service, sourced from the provider's own address space; replies, ICMP
+//! errors both ways, overlapping consumers, third zones and the end of a session.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod common;
+
+use common::{dst4, ports, src4, tcp4, udp4, unreachable4, verify_frame};
+use nf_core::conntrack::{Conntrack, ConntrackConfig};
+use nf_core::flow::proto;
+use nf_core::{
+    Batch, Chain, Direction, DropReason, Duration, Instant, Packet, ParseStage, Stage,
+    StageControl, StageExt, Verdict, ZoneId,
+};
+use nf_nat::{AllocatorConfig, Endpoint, EndpointError, EndpointRule, EndpointSide, Profile};
+
+const CONSUMER: [u8; 4] = [10, 0, 0, 5];
+const ENDPOINT: [u8; 4] = [10, 0, 0, 200];
+const SERVICE: [u8; 4] = [10, 9, 0, 1];
+const POOL: [u8; 4] = [10, 9, 255, 1];
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+
+fn pool() -> AllocatorConfig {
+    AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv4Addr::from(POOL).into()],
+        *b"endpoint secret!",
+    )
+    .with_max_mappings(1024)
+}
+
+fn rule(consumer_zone: u32, proto: u8) -> EndpointRule {
+    EndpointRule::new(
+        proto,
+        EndpointSide::new(ZoneId(consumer_zone), "10.0.0.200:443".parse().unwrap()),
+        EndpointSide::new(ZoneId(200), "10.9.0.1:8443".parse().unwrap()),
+        pool(),
+    )
+}
+
+struct Pipe {
+    pipe: Chain<ParseStage, Conntrack<Endpoint>>,
+    now: Instant,
+}
+
+/// A packet as it leaves: verdict, zone, frame, direction.
+struct Out {
+    verdict: Verdict,
+    zone: ZoneId,
+    frame: Vec<u8>,
+    direction: Direction,
+}
+
+impl Pipe {
+    fn new(rules: Vec<EndpointRule>) -> Self {
+        let ct = Conntrack::new(
+            ConntrackConfig::new(*b"conntrack secret"),
+            Endpoint::new(rules).unwrap(),
+        )
+        .unwrap();
+        Self {
+            pipe: ParseStage::default().then(ct),
+            now: Instant::from_nanos(1_000_000_000),
+        }
+    }
+
+    fn send(&mut self, zone: u32, frame: &[u8]) -> Out {
+        let mut batch = Batch::new();
+        let mut p = Packet::with_headroom(frame, 64);
+        p.meta.zone = ZoneId(zone);
+        batch.push(p).ok().unwrap();
+        self.pipe.process(self.now, &mut batch);
+        let p = batch.drain().next().unwrap();
+        Out {
+            verdict: p.meta.verdict,
+            zone: p.meta.zone,
+            frame: p.data().to_vec(),
+            direction: p.meta.direction,
+        }
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        self.pipe.second.service()
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let mut v = None;
+        self.pipe.visit_counters(&mut |stage, n, x| {
+            if stage == "endpoint" && n == name {
+                v = Some(x);
+            }
+        });
+        v.unwrap()
+    }
+}
+
+#[test]
+fn consumer_reaches_the_service_from_the_providers_own_space_and_back() {
+    let mut p = Pipe::new(vec![rule(100, proto::TCP)]);
+    let syn = p.send(100, &tcp4(CONSUMER, ENDPOINT, 40000, 443, SYN));
+    assert_eq!(syn.verdict, Verdict::Pass);
+    assert_eq!(syn.zone, ZoneId(200));
+    assert_eq!((src4(&syn.frame), dst4(&syn.frame)), (POOL, SERVICE));
+    let (sport, dport) = ports(&syn.frame);
+    assert_eq!(dport, 8443);
+    assert!(sport >= 1024);
+    verify_frame(&syn.frame);
+
+    // The provider answers in its zone, to its own address.
+    let syn_ack = p.send(200, &tcp4(SERVICE, POOL, 8443, sport, SYN_ACK));
+    assert_eq!(syn_ack.verdict, Verdict::Pass);
+    assert_eq!(syn_ack.direction, Direction::Reply);
+    assert_eq!(syn_ack.zone, ZoneId(100));
+    assert_eq!(
+        (src4(&syn_ack.frame), dst4(&syn_ack.frame)),
+        (ENDPOINT, CONSUMER)
+    );
+    assert_eq!(ports(&syn_ack.frame), (443, 40000));
+    verify_frame(&syn_ack.frame);
+
+    for _ in 0..3 {
+        let ack = p.send(100, &tcp4(CONSUMER, ENDPOINT, 40000, 443, ACK));
+        assert_eq!((ack.verdict, ack.zone), (Verdict::Pass, ZoneId(200)));
+        assert_eq!(ports(&ack.frame), (sport, 8443));
+        verify_frame(&ack.frame);
+    }
+    let ct = &p.pipe.second;
+    assert_eq!(ct.len(), 1);
+    let s = ct.lookup(&nf_core::FlowKey::v4(
+        ZoneId(200),
+        SERVICE,
+        POOL,
+        proto::TCP,
+        8443,
+        sport,
+    ));
+    let info = ct.info(s.unwrap().session).unwrap();
+    assert_eq!(info.original.zone, ZoneId(100));
+    assert_eq!(info.reply.zone, ZoneId(200));
+    assert_eq!(p.counter("flows_translated"), 1);
+    assert_eq!(p.counter("packets_to_provider"), 4);
+    assert_eq!(p.counter("packets_to_consumer"), 1);
+}
+
+#[test]
+fn overlapping_consumers_get_distinct_provider_tuples_and_their_own_replies() {
+    let mut p = Pipe::new(vec![rule(100, proto::UDP), rule(101, proto::UDP)]);
+    let mut seen = Vec::new();
+    for zone in [100, 101] {
+        // Identical consumer tuples, in two zones.
+        let out = p.send(zone, &udp4(CONSUMER, ENDPOINT, 5000, 443));
+        assert_eq!((out.verdict, out.zone), (Verdict::Pass, ZoneId(200)));
+        verify_frame(&out.frame);
+        seen.push((src4(&out.frame), ports(&out.frame).0));
+    }
+    assert_ne!(
+        seen[0], seen[1],
+        "the provider must tell the consumers apart"
+    );
+    // Each answer goes back to its own consumer's zone.
+    for (zone, (addr, port)) in [100, 101].into_iter().zip(seen.clone()) {
+        let back = p.send(200, &udp4(SERVICE, addr, 8443, port));
+        assert_eq!((back.verdict, back.zone), (Verdict::Pass, ZoneId(zone)));
+        assert_eq!((src4(&back.frame), dst4(&back.frame)), (ENDPOINT, CONSUMER));
+        assert_eq!(ports(&back.frame), (443, 5000));
+        verify_frame(&back.frame);
+    }
+    // One allocator for the shared pool: both mappings live there.
+    assert_eq!(p.endpoint().ports(0).unwrap().len(), 2);
+}
+
+#[test]
+fn a_third_zone_with_the_same_tuples_finds_nothing() {
+    let mut p = Pipe::new(vec![rule(100, proto::UDP)]);
+    let out = p.send(100, &udp4(CONSUMER, ENDPOINT, 5000, 443));
+    let (addr, port) = (src4(&out.frame), ports(&out.frame).0);
+    let reply = udp4(SERVICE, addr, 8443, port);
+    // The provider's reply tuple in zone 300 and in the consumer's zone: not the session.
+    for zone in [300, 100] {
+        let o = p.send(zone, &reply);
+        assert_eq!(o.verdict, Verdict::Pass);
+        assert_eq!(o.zone, ZoneId(zone));
+        assert_eq!(o.frame, reply, "untranslated");
+        assert_eq!(o.direction, Direction::Original, "a session of its own");
+    }
+    // The consumer's tuple in zone 300: no endpoint there.
+    let o = p.send(300, &udp4(CONSUMER, ENDPOINT, 5000, 443));
+    assert_eq!((o.zone, src4(&o.frame)), (ZoneId(300), CONSUMER));
+    assert_eq!(p.counter("flows_unmatched"), 3);
+    // The provider cannot open flows to the pool (into a consumer).
+    let o = p.send(200, &udp4(SERVICE, POOL, 8443, port.wrapping_add(1)));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::NatNoMapping));
+    assert_eq!(p.counter("no_mapping"), 1);
+}
+
+#[test]
+fn icmp_errors_are_translated_both_ways_and_change_zones() {
+    let mut p = Pipe::new(vec![rule(100, proto::UDP)]);
+    let out = p.send(100, &udp4(CONSUMER, ENDPOINT, 5000, 443));
+    let (pool_addr, pool_port) = (src4(&out.frame), ports(&out.frame).0);
+    let router = [10, 9, 0, 254];
+    // The provider side: a router there rejects the translated packet.
+    let err = p.send(200, &unreachable4(router, pool_addr, &out.frame));
+    assert_eq!(err.verdict, Verdict::Pass);
+    assert_eq!((err.zone, err.direction), (ZoneId(100), Direction::Reply));
+    assert_eq!((src4(&err.frame), dst4(&err.frame)), (ENDPOINT, CONSUMER));
+    verify_frame(&err.frame);
+    let quote = &common::ip(&err.frame)[28..];
+    assert_eq!(
+        (&quote[12..16], &quote[16..20]),
+        (&CONSUMER[..], &ENDPOINT[..])
+    );
+    assert_eq!(
+        (common::be16(&quote[20..]), common::be16(&quote[22..])),
+        (5000, 443)
+    );
+    // The consumer side: the consumer rejects a reply it got from the endpoint.
+    let back = p.send(200, &udp4(SERVICE, pool_addr, 8443, pool_port));
+    let err = p.send(100, &unreachable4(CONSUMER, ENDPOINT, &back.frame));
+    assert_eq!(err.verdict, Verdict::Pass);
+    assert_eq!(
+        (err.zone, err.direction),
+        (ZoneId(200), Direction::Original)
+    );
+    assert_eq!((src4(&err.frame), dst4(&err.frame)), (pool_addr, SERVICE));
+    verify_frame(&err.frame);
+    let quote = &common::ip(&err.frame)[28..];
+    assert_eq!(
+        (&quote[12..16], &quote[16..20]),
+        (&SERVICE[..], &pool_addr[..])
+    );
+    assert_eq!(
+        (common::be16(&quote[20..]), common::be16(&quote[22..])),
+        (8443, pool_port)
+    );
+    assert_eq!(p.counter("icmp_errors_translated"), 2);
+}
+
+#[test]
+fn the_end_of_a_session_returns_its_pool_port() {
+    let mut p = Pipe::new(vec![rule(100, proto::UDP)]);
+    p.send(100, &udp4(CONSUMER, ENDPOINT, 5000, 443));
+    assert_eq!(p.endpoint().ports(0).unwrap().len(), 1);
+    p.now += Duration::from_secs(600);
+    while p.pipe.poll_timeout().is_some_and(|t| t <= p.now) {
+        p.pipe.handle_timeout(p.now, 1024);
+    }
+    assert!(p.pipe.second.is_empty());
+    let ports = p.endpoint().ports(0).unwrap();
+    assert_eq!((ports.len(), ports.quarantined()), (0, 1));
+}
+
+#[test]
+fn bad_rules_are_refused() {
+    let v6 = EndpointRule::new(
+        proto::TCP,
+        EndpointSide::new(ZoneId(1), "[fd00::1]:443".parse().unwrap()),
+        EndpointSide::new(ZoneId(2), "10.9.0.1:8443".parse().unwrap()),
+        pool(),
+    );
+    assert_eq!(
+        Endpoint::new(vec![v6]).err(),
+        Some(EndpointError::NotIpv4(0))
+    );
+    assert_eq!(
+        Endpoint::new(vec![rule(1, proto::ICMP)]).err(),
+        Some(EndpointError::Protocol(0))
+    );
+    assert_eq!(
+        Endpoint::new(vec![rule(1, proto::TCP), rule(1, proto::TCP)]).err(),
+        Some(EndpointError::Duplicate(1))
+    );
+    let mut other = rule(2, proto::TCP);
+    other.pool = other.pool.with_max_mappings(7);
+    assert_eq!(
+        Endpoint::new(vec![rule(1, proto::TCP), other]).err(),
+        Some(EndpointError::PoolOverlap(1))
+    );
+}
