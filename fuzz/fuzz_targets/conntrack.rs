@@ -2,7 +2,8 @@
 //! batch lookup, replace-reply, track, remove, time, expiry, export/import, arbitrary import
 //! bytes) against a `HashMap` of the keys that must be indexed: no panic, both directions
 //! always found (including those batch insert created), batch lookup equals single lookups,
-//! budgets respected. (That batch insert equals inserts in order is a proptest in nf-core.)
+//! budgets respected. Reply keys may be in another zone (cross-zone sessions); a hit's key
+//! always equals the session's key of that direction, zone included. (That batch insert equals inserts in order is a proptest in nf-core.)
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -14,10 +15,10 @@ use std::collections::HashMap;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Insert { o: [u8; 4], r: Option<[u8; 4]>, zone: u8, state: u8, value: u32 },
+    Insert { o: [u8; 4], r: Option<[u8; 4]>, zone: u8, reply_zone: Option<u8>, state: u8, value: u32 },
     Lookup([u8; 4], u8, bool),
     Batch(Vec<([u8; 4], u8)>),
-    Replace(u16, [u8; 4]),
+    Replace(u16, [u8; 4], Option<u8>),
     Track(u16, bool, u8),
     Remove(u16),
     Quota(u8, u8),
@@ -25,7 +26,7 @@ enum Op {
     Expire(u8),
     ExportImport,
     Import(Vec<u8>),
-    InsertBatch(Vec<([u8; 4], Option<[u8; 4]>, u8, u8)>),
+    InsertBatch(Vec<([u8; 4], Option<[u8; 4]>, u8, Option<u8>, u8)>),
 }
 
 fn key(t: [u8; 4], zone: u8) -> FlowKey {
@@ -41,9 +42,10 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut now = Instant::from_nanos(1);
     for op in ops.into_iter().take(500) {
         match op {
-            Op::Insert { o, r, zone, state, value } => {
+            Op::Insert { o, r, zone, reply_zone, state, value } => {
                 let ok = key(o, zone);
-                let rk = r.map_or(ok.reversed(), |r| key(r, zone));
+                let mut rk = r.map_or(ok.reversed(), |r| key(r, zone));
+                rk.zone = key(o, reply_zone.unwrap_or(zone)).zone;
                 let st = SessionState::from_u8(state % 11).unwrap();
                 if let Ok(h) = t.insert(now, &ok, &rk, st, value) {
                     live.insert(h, (ok, rk));
@@ -54,9 +56,10 @@ fuzz_target!(|ops: Vec<Op>| {
                     .iter()
                     .take(100)
                     .enumerate()
-                    .map(|(i, &(o, r, zone, state))| {
+                    .map(|(i, &(o, r, zone, reply_zone, state))| {
                         let original = key(o, zone);
-                        let reply = r.map_or(original.reversed(), |r| key(r, zone));
+                        let mut reply = r.map_or(original.reversed(), |r| key(r, zone));
+                        reply.zone = key(o, reply_zone.unwrap_or(zone)).zone;
                         let state = SessionState::from_u8(state % 11).unwrap();
                         NewSession::new(original, reply, state, i as u32)
                     })
@@ -90,9 +93,9 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert_eq!(mask >> i & 1 == 1, out[i].is_some());
                 }
             }
-            Op::Replace(i, k) => {
+            Op::Replace(i, k, z) => {
                 if let Some((&h, &(o, _))) = live.iter().nth(usize::from(i) % live.len().max(1)) {
-                    let nk = key(k, o.zone.0 as u8);
+                    let nk = key(k, z.unwrap_or(o.zone.0 as u8));
                     if t.replace_reply(h, &nk).is_ok() {
                         live.get_mut(&h).unwrap().1 = nk;
                     }

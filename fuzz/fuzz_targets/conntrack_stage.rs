@@ -5,7 +5,9 @@
 //! pipeline gives exactly what one packet per batch gives (verdicts, sessions, directions,
 //! bytes the service rewrote, counters); one session lookup per tracked or related packet at
 //! most; the service hears `on_end` exactly once per session it admitted; related packets
-//! never create or refresh a session.
+//! never create or refresh a session. Packets arrive in zones 0..3, and the service puts the
+//! replies of some flows in another zone (cross-zone sessions), moving each packet of those
+//! to the zone it leaves into.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -22,9 +24,9 @@ use nf_core::{
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Op {
     /// A packet of flow `flow` (0..8) in one direction.
-    Pkt { v6: bool, proto: u8, flow: u8, reply: bool, tcp: u8, frag: u8 },
+    Pkt { v6: bool, proto: u8, flow: u8, reply: bool, tcp: u8, frag: u8, zone: u8 },
     /// An ICMP error quoting a packet of `flow`, from the far side of `reply`.
-    IcmpError { v6: bool, proto: u8, flow: u8, reply: bool, ty: u8, cut: u8, corrupt: bool },
+    IcmpError { v6: bool, proto: u8, flow: u8, reply: bool, ty: u8, cut: u8, corrupt: bool, zone: u8 },
     /// Raw bytes as a frame.
     Raw([u8; 24], u8),
     /// End the current batch.
@@ -33,8 +35,9 @@ enum Op {
     Time(u8, u8),
 }
 
-/// Rewrites the destination port of new UDP/TCP flows to `port ^ 0x8000` when free;
-/// counts admissions and ends.
+/// Rewrites the destination port of new UDP/TCP flows to `port ^ 0x8000` when free, and
+/// puts the replies of flows from odd source ports in the next zone (moving the packets of
+/// those sessions between the zones); counts admissions and ends.
 #[derive(Default)]
 struct Svc {
     admitted: u64,
@@ -43,26 +46,28 @@ struct Svc {
 }
 
 impl SessionService for Svc {
-    type Value = (u16, u16);
+    type Value = (u16, u16, u32, u32);
 
     fn on_new<B: AsRef<[u8]>>(
         &mut self,
         _now: Instant,
         _pkt: &Packet<B>,
         new: &mut NewFlow<'_>,
-    ) -> Result<(u16, u16), DropReason> {
+    ) -> Result<(u16, u16, u32, u32), DropReason> {
         let o = *new.original();
         if o.src_port % 7 == 3 {
             return Err(DropReason::ServiceRefused);
         }
         let mut reply = o.reversed();
         reply.src_port = o.dst_port ^ 0x8000;
+        if o.src_port % 2 == 1 {
+            reply.zone = nf_core::ZoneId((o.zone.0 + 1) % 3);
+        }
+        self.admitted += 1;
         if new.is_free(&reply) && new.set_reply(reply).is_ok() {
-            self.admitted += 1;
-            Ok((o.dst_port, reply.src_port))
+            Ok((o.dst_port, reply.src_port, o.zone.0, reply.zone.0))
         } else {
-            self.admitted += 1;
-            Ok((o.dst_port, o.dst_port))
+            Ok((o.dst_port, o.dst_port, o.zone.0, o.zone.0))
         }
     }
 
@@ -70,9 +75,14 @@ impl SessionService for Svc {
         &mut self,
         _now: Instant,
         direction: Direction,
-        value: &mut (u16, u16),
+        value: &mut (u16, u16, u32, u32),
         pkt: &mut Packet<B>,
     ) -> Verdict {
+        // The zone the packet leaves into: the other side's.
+        pkt.meta.zone = nf_core::ZoneId(match direction {
+            Direction::Original => value.3,
+            Direction::Reply => value.2,
+        });
         if !pkt.meta.has(flags::L4_VALID) || pkt.meta.flow.proto == 1 || pkt.meta.flow.proto == 58 {
             return Verdict::Pass;
         }
@@ -87,7 +97,8 @@ impl SessionService for Svc {
         Verdict::Pass
     }
 
-    fn on_end(&mut self, _now: Instant, _s: &SessionInfo<(u16, u16)>, cause: EndCause) {
+    fn on_end(&mut self, _now: Instant, s: &SessionInfo<(u16, u16, u32, u32)>, cause: EndCause) {
+        assert_eq!((s.original.zone.0, s.reply.zone.0), (s.value.2, s.value.3));
         self.ended += 1;
         self.aborted += u64::from(cause == EndCause::Aborted);
     }
@@ -183,9 +194,18 @@ fn eth(v6: bool, ip: &[u8]) -> Vec<u8> {
     f
 }
 
-fn frame(op: Op) -> Option<Vec<u8>> {
+/// The frame of an operation and the zone it arrives in.
+fn frame(op: Op) -> Option<(Vec<u8>, u8)> {
+    let zone = match op {
+        Op::Pkt { zone, .. } | Op::IcmpError { zone, .. } => zone % 3,
+        _ => 0,
+    };
+    Some((frame_bytes(op)?, zone))
+}
+
+fn frame_bytes(op: Op) -> Option<Vec<u8>> {
     Some(match op {
-        Op::Pkt { v6, proto, flow, reply, tcp, frag } => {
+        Op::Pkt { v6, proto, flow, reply, tcp, frag, .. } => {
             let (mut s, mut d) = ports(flow);
             let (mut a, mut b) = (1, 2);
             if reply {
@@ -196,7 +216,7 @@ fn frame(op: Op) -> Option<Vec<u8>> {
             let body = if frag >> 1 & 3 != 0 { &body[..8] } else { &body[..] };
             eth(v6, &ip(v6, p, a, b, body, frag))
         }
-        Op::IcmpError { v6, proto, flow, reply, ty, cut, corrupt } => {
+        Op::IcmpError { v6, proto, flow, reply, ty, cut, corrupt, .. } => {
             let (mut s, mut d) = ports(flow);
             let (mut a, mut b) = (1, 2);
             if reply {
@@ -252,10 +272,11 @@ fn run(p: &mut P, ops: &[Op], batched: bool) -> Vec<(Meta, Vec<u8>)> {
                 }
             }
             op => {
-                if let Some(f) = frame(op) {
+                if let Some((f, zone)) = frame(op) {
                     let mut buf = vec![0u8; 32 + f.len()];
                     buf[32..].copy_from_slice(&f);
-                    let pkt = Packet::new(buf, 32, f.len()).unwrap();
+                    let mut pkt = Packet::new(buf, 32, f.len()).unwrap();
+                    pkt.meta.zone = nf_core::ZoneId(u32::from(zone));
                     if b.push(pkt).is_err() {
                         unreachable!("flushed at 64");
                     }
