@@ -22,6 +22,19 @@ pub enum AllocError {
 }
 
 impl AllocError {
+    /// The typed drop of a packet whose flow this refusal turned away (SNAT and private
+    /// endpoints alike).
+    pub(crate) fn drop_reason(self) -> nf_core::DropReason {
+        use nf_core::DropReason as D;
+        match self {
+            Self::Exhausted => D::NatPortsExhausted,
+            Self::TooManyProbes => D::NatTooManyProbes,
+            Self::CapacityFull => D::NatCapacityFull,
+            Self::QuotaExceeded => D::NatQuotaExceeded,
+            Self::UnsupportedProtocol | Self::NoPublicAddress => D::NatUntranslatable,
+        }
+    }
+
     /// Number of variants (size of [`AllocatorCounters::errors`](crate::AllocatorCounters)).
     pub const COUNT: usize = 6;
 

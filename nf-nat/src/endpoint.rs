@@ -393,7 +393,10 @@ impl Endpoint {
             .pools
             .get_mut(rule.pool)
             .ok_or(DropReason::NatUntranslatable)?;
-        let mapping = pool.ports.allocate(now, &flow).map_err(drop_reason)?;
+        let mapping = pool
+            .ports
+            .allocate(now, &flow)
+            .map_err(AllocError::drop_reason)?;
         let reply = pool.ports.reply_key(&flow, mapping).map(|mut k| {
             // The provider answers in its own zone.
             k.zone = zone;
@@ -442,19 +445,6 @@ impl Endpoint {
                 f(End::Dst, &consumer, s.consumer_port)?;
                 Some(spec.consumer.zone)
             }
-        }
-    }
-}
-
-/// The typed drop of an allocator refusal.
-fn drop_reason(e: AllocError) -> DropReason {
-    match e {
-        AllocError::Exhausted => DropReason::NatPortsExhausted,
-        AllocError::TooManyProbes => DropReason::NatTooManyProbes,
-        AllocError::CapacityFull => DropReason::NatCapacityFull,
-        AllocError::QuotaExceeded => DropReason::NatQuotaExceeded,
-        AllocError::UnsupportedProtocol | AllocError::NoPublicAddress => {
-            DropReason::NatUntranslatable
         }
     }
 }

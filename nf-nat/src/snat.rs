@@ -604,7 +604,10 @@ impl Snat {
     /// Allocates the mapping and reply key of a flow to translate.
     fn admit(&mut self, now: Instant, new: &mut NewFlow<'_>) -> Result<Translation, DropReason> {
         let original = *new.original();
-        let mapping = self.ports.allocate(now, &original).map_err(drop_reason)?;
+        let mapping = self
+            .ports
+            .allocate(now, &original)
+            .map_err(AllocError::drop_reason)?;
         let fail = |s: &mut Self, r: DropReason| {
             let _ = s.ports.release(now, &original, mapping);
             Err(r)
@@ -721,7 +724,10 @@ impl Snat {
             key.src_port,
         )
         .ok_or(DropReason::NatUntranslatable)?;
-        let mapping = self.ports.allocate(now, &outbound).map_err(drop_reason)?;
+        let mapping = self
+            .ports
+            .allocate(now, &outbound)
+            .map_err(AllocError::drop_reason)?;
         let release = |s: &mut Self, r: DropReason| {
             let _ = s.ports.release(now, &outbound, mapping);
             Err(r)
@@ -800,7 +806,10 @@ impl Snat {
         let original = *new.original();
         let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
         let forward = u16::try_from(i).map_err(|_| DropReason::NatUntranslatable)?;
-        let mapping = self.ports.allocate(now, &original).map_err(drop_reason)?;
+        let mapping = self
+            .ports
+            .allocate(now, &original)
+            .map_err(AllocError::drop_reason)?;
         let public = self
             .public_ips
             .get(usize::from(mapping.public_index()))
@@ -917,19 +926,6 @@ impl Snat {
         }
         self.counters.refusal_icmp_sent += 1;
         Verdict::Tx(cfg.port)
-    }
-}
-
-/// The typed drop of an allocator refusal.
-fn drop_reason(e: AllocError) -> DropReason {
-    match e {
-        AllocError::Exhausted => DropReason::NatPortsExhausted,
-        AllocError::TooManyProbes => DropReason::NatTooManyProbes,
-        AllocError::CapacityFull => DropReason::NatCapacityFull,
-        AllocError::QuotaExceeded => DropReason::NatQuotaExceeded,
-        AllocError::UnsupportedProtocol | AllocError::NoPublicAddress => {
-            DropReason::NatUntranslatable
-        }
     }
 }
 
