@@ -38,7 +38,7 @@ const REQUESTS: usize = 300;
 const WHO_SERVER: &str = "import http.server as h, socketserver, sys
 class H(h.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = f'{sys.argv[3]} {self.client_address[0]}\\n'.encode()
+        body = f'{sys.argv[3]} {self.client_address[0]} {self.client_address[1]}\\n'.encode()
         self.send_response(200)
         self.send_header('Content-Length', str(len(body)))
         self.send_header('Connection', 'close')
@@ -54,7 +54,7 @@ S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
 
 /// `n` requests to the VIP, each on its own connection: (backend name → count, client
 /// addresses the backends saw).
-fn requests(c: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
+fn requests(c: &str, n: usize) -> Requests {
     let url = "http://192.0.2.10/";
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", c, "curl", "-s", "--max-time", "3"]);
@@ -69,14 +69,31 @@ fn requests(c: &str, n: usize) -> (BTreeMap<String, usize>, Vec<String>) {
         .unwrap();
     let out = bounded(child, 90);
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut by = BTreeMap::new();
-    let mut clients = Vec::new();
+    let mut r = Requests::default();
     for l in text.lines() {
-        let (name, client) = l.split_once(' ').unwrap();
-        *by.entry(name.to_string()).or_insert(0) += 1;
-        clients.push(client.to_string());
+        let mut f = l.split(' ');
+        let (name, client, port) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        *r.by.entry(name.to_string()).or_insert(0) += 1;
+        r.ports
+            .entry(name.to_string())
+            .or_default()
+            .insert(port.to_string());
+        r.clients.push(client.to_string());
     }
-    (by, clients)
+    r
+}
+
+/// What the backends answered to [`requests`].
+#[derive(Default)]
+struct Requests {
+    /// Requests per backend.
+    by: BTreeMap<String, usize>,
+    /// The client's source ports per backend. curl may reuse a port (the server closes
+    /// first, so the client's kernel may pick it again at once), and a reused 5-tuple goes
+    /// where it went before: the weights show in distinct tuples, not in requests.
+    ports: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The client address each backend saw.
+    clients: Vec<String>,
 }
 
 /// The lab of either mode, with `l4lb` running and ready.
@@ -245,14 +262,16 @@ fn stop(s: &mut Setup) -> BTreeMap<String, u64> {
 /// Weights 1:2:3 over `REQUESTS` new connections, and the client's own address at every
 /// backend.
 fn check_spread(c: &str) {
-    let (by, clients) = requests(c, REQUESTS);
+    let Requests { by, ports, clients } = requests(c, REQUESTS);
     assert_eq!(by.values().sum::<usize>(), REQUESTS, "{by:?}");
+    let tuples: usize = ports.values().map(|p| p.len()).sum();
+    assert!(tuples >= REQUESTS / 2, "{tuples} distinct tuples: {by:?}");
     for (name, w) in [("b1", 1.0), ("b2", 2.0), ("b3", 3.0)] {
-        let want = REQUESTS as f64 * w / 6.0;
-        let got = *by.get(name).unwrap_or(&0) as f64;
+        let want = tuples as f64 * w / 6.0;
+        let got = ports.get(name).map_or(0, |p| p.len()) as f64;
         assert!(
             (got - want).abs() <= 0.35 * want,
-            "{name}: {got} of {REQUESTS}, want ~{want}: {by:?}"
+            "{name}: {got} of {tuples} distinct tuples, want ~{want}: requests {by:?}"
         );
     }
     assert!(
@@ -324,7 +343,7 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
     );
 
     // New requests go to the carrier only (the drained one takes no new flows).
-    let (after, _) = requests(&c, 30);
+    let after = requests(&c, 30).by;
     let only = format!("b{}", carrier + 1);
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
