@@ -67,6 +67,20 @@ impl<B> Batch<B> {
         Ok(())
     }
 
+    /// Moves the packets whose bit is set in `mask` out of the batch to `f`, in order; the
+    /// others keep their order.
+    pub(crate) fn take_masked(&mut self, mask: u64, mut f: impl FnMut(Packet<B>)) {
+        let mut i = 0usize;
+        let taken = self.pkts.extract_if(.., |_| {
+            let t = i < BATCH_SIZE && mask >> i & 1 != 0;
+            i += 1;
+            t
+        });
+        for p in taken {
+            f(p);
+        }
+    }
+
     /// Number of packets.
     #[inline]
     pub fn len(&self) -> usize {

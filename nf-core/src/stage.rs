@@ -128,6 +128,13 @@ pub trait StageControl {
     fn headroom(&self) -> usize {
         0
     }
+
+    /// Packets this stage may add to a batch (packets it held and now gives back, e.g.
+    /// [`FragmentReorder`](crate::conntrack::FragmentReorder)); a caller that leaves this
+    /// many free in every batch gets them back without delay.
+    fn batch_room(&self) -> usize {
+        0
+    }
 }
 
 /// The one way a stage walks its batch and counts outcomes (see the module docs).
@@ -222,7 +229,7 @@ impl StageCounters {
     /// Counts one packet that left [`Verdict::Pass`] with verdict `v`: the one place outcomes
     /// are counted.
     #[inline(always)]
-    fn outcome(&mut self, v: Verdict) {
+    pub(crate) fn outcome(&mut self, v: Verdict) {
         match v {
             Verdict::Drop(r) => self.drops.add(r, 1),
             Verdict::ToControl => self.to_control += 1,
@@ -295,6 +302,11 @@ impl<A: StageControl, S: StageControl> StageControl for Chain<A, S> {
     fn headroom(&self) -> usize {
         self.first.headroom() + self.second.headroom()
     }
+
+    /// The sum of both stages' room.
+    fn batch_room(&self) -> usize {
+        self.first.batch_room() + self.second.batch_room()
+    }
 }
 
 /// A stage under another name in the counter view, so that two stages of one kind in a
@@ -352,6 +364,10 @@ impl<S: StageControl> StageControl for Named<S> {
 
     fn headroom(&self) -> usize {
         self.stage.headroom()
+    }
+
+    fn batch_room(&self) -> usize {
+        self.stage.batch_room()
     }
 }
 

@@ -145,6 +145,12 @@ drop_reasons! {
     /// Connection tracking: a later fragment whose first fragment was not seen (lost, out of
     /// order, expired or evicted from the fragment table).
     FragmentNoSession => "fragment_no_session",
+    /// Fragment reordering: a later fragment arrived before its first and the hold pool (or
+    /// its datagram's share of it) is full.
+    FragmentHoldFull => "fragment_hold_full",
+    /// Fragment reordering: a held later fragment's first fragment did not come within the
+    /// fragment lifetime.
+    FragmentHoldExpired => "fragment_hold_expired",
     /// A session service refused a new flow without a reason of its own.
     ServiceRefused => "service_refused",
     /// TCP window tracking: a segment outside the window the peer offered (or acknowledging

@@ -10,6 +10,8 @@
 //! - [`Conntrack`]: the [`Stage`](crate::Stage) that tags every packet with its session,
 //!   with one lookup per packet shared by every [`SessionService`] (see
 //!   [Session services](#session-services)), and matches related ICMP errors and fragments.
+//! - [`FragmentReorder`]: the stage before it that holds a later fragment arriving before
+//!   its first fragment, so that fragments in any order reach their session.
 //! - [`Pinning`], [`core_of`], [`node_of`]: both directions of a flow to the same owner.
 //! - [`SessionTable::export`] / [`SessionTable::import`]: session hand-over between nodes.
 //!
@@ -261,6 +263,7 @@ mod export;
 mod key;
 mod pin;
 pub(crate) mod related;
+mod reorder;
 mod service;
 mod stage;
 mod state;
@@ -271,6 +274,7 @@ pub use export::{EXPORT_VERSION, ExportProgress, ImportError, ImportReport, Sess
 pub use key::{SessionKey, V4Key, V6Key};
 pub use pin::{Pinning, core_of, node_of};
 pub use related::{FragmentConfig, FragmentCounters, quoted_key};
+pub use reorder::{FragmentReorder, ReorderConfig, ReorderCounters};
 pub use service::{EndCause, NewFlow, ReplyKeyError, SessionService};
 pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, Sizes, TcpCreate, ZonePolicy};
 pub use state::{SessionState, TimeoutProfile};

@@ -16,7 +16,9 @@
 //! and direction in a [`FragmentTable`]: fixed capacity, 4-way set-associative under a keyed
 //! hash, entries living [`FragmentConfig::lifetime`]; a full set evicts its entry closest to
 //! expiry (counted).
-//! Out-of-order fragments (a later fragment before the first) find nothing and are dropped.
+//! Out-of-order fragments (a later fragment before the first) find nothing and are dropped,
+//! unless a [`FragmentReorder`](super::FragmentReorder) stage before this one held them until
+//! their first fragment passed.
 
 use crate::flow::{Family, FlowKey, ZoneId, proto};
 use crate::hash::FlowHasher;
@@ -227,7 +229,9 @@ impl FragmentTable {
         self.entries.capacity() * core::mem::size_of::<Entry>()
     }
 
-    fn key(meta: &Meta, id: u32) -> FlowKey {
+    /// The table's key of a fragment: its flow key with the identification for ports (IPv6:
+    /// protocol "fragment").
+    pub(crate) fn key(meta: &Meta, id: u32) -> FlowKey {
         let mut k = meta.flow;
         if k.family() == Family::V6 {
             // RFC 8200 §4.5 keys reassembly by addresses and identification only: headers
@@ -280,6 +284,13 @@ impl FragmentTable {
         }
         self.counters.recorded += 1;
         self.counters.evictions += u64::from(evicted);
+    }
+
+    /// True if a first fragment with this [`Self::key`] was recorded and is live (not
+    /// counted).
+    pub(crate) fn live(&mut self, now: Instant, key: &FlowKey) -> bool {
+        let n = now.as_nanos();
+        self.set(key).iter().any(|e| e.expires > n && e.key == *key)
     }
 
     /// The session and direction of a later fragment's packet, if its first was recorded.

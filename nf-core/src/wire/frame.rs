@@ -450,6 +450,86 @@ impl<'a> Frame<'a> {
         v.truncate(n);
         Ok(v)
     }
+
+    /// The frame as IP fragments of at most `mtu` bytes of IP packet each, in order, with
+    /// identification `id` (IPv4: its low 16 bits, don't-fragment cleared; IPv6: a Fragment
+    /// header with `id`, RFC 8200 §4.5). Every fragment but the last carries a multiple of 8 bytes; the transport
+    /// checksum is the whole datagram's. A frame that fits `mtu` comes back as one packet
+    /// (IPv6: an atomic fragment, with a Fragment header, RFC 6946).
+    ///
+    /// # Errors
+    /// [`EmitError::FieldOutOfRange`] if `mtu` leaves less than 8 bytes of payload per
+    /// fragment; otherwise as [`Frame::to_vec`].
+    ///
+    /// ```
+    /// use nf_core::wire::Frame;
+    /// let frags = Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).udp(1, 2).payload(&[7; 1000])
+    ///     .fragments(576, 7)?;
+    /// assert_eq!(frags.iter().map(Vec::len).collect::<Vec<_>>(), [14 + 572, 14 + 20 + 456]);
+    /// # Ok::<(), nf_core::wire::EmitError>(())
+    /// ```
+    pub fn fragments(&self, mtu: usize, id: u32) -> Result<Vec<Vec<u8>>, EmitError> {
+        let whole = self.to_vec()?;
+        let eth = whole.len() - self.ip.buffer_len() - self.transport.buffer_len();
+        let eth = eth - self.payload.len();
+        let (l2, ip) = whole.split_at(eth);
+        let hlen = self.ip.buffer_len();
+        let (header, data) = ip.split_at(hlen);
+        let extra = match self.ip {
+            IpRepr::V4(_) => 0,
+            IpRepr::V6(_) => 8,
+        };
+        let chunk = mtu.saturating_sub(hlen + extra) / 8 * 8;
+        if chunk == 0 {
+            return Err(EmitError::FieldOutOfRange);
+        }
+        let mut out = Vec::new();
+        let mut off = 0;
+        loop {
+            let part = data.get(off..(off + chunk).min(data.len())).unwrap_or(&[]);
+            let more = off + part.len() < data.len();
+            let mut f = Vec::with_capacity(eth + hlen + extra + part.len());
+            f.extend_from_slice(l2);
+            let at = f.len();
+            f.extend_from_slice(header);
+            let off13 = u16::try_from(off / 8).map_err(|_| EmitError::FieldOutOfRange)?;
+            let fo = off13 << 3 | u16::from(more);
+            let h = f.get_mut(at..at + hlen).ok_or(EmitError::BufferTooSmall)?;
+            match self.ip {
+                IpRepr::V4(_) => {
+                    let total = u16::try_from(hlen + part.len()).unwrap_or(u16::MAX);
+                    put(h, 2, &total.to_be_bytes());
+                    put(h, 4, &u16::try_from(id & 0xffff).unwrap_or(0).to_be_bytes());
+                    put(h, 6, &(off13 | u16::from(more) << 13).to_be_bytes());
+                    put(h, 10, &[0, 0]);
+                    let c = checksum::checksum(h);
+                    put(h, 10, &c.to_be_bytes());
+                }
+                IpRepr::V6(_) => {
+                    let inner = h.get(6).copied().unwrap_or(59);
+                    let len = u16::try_from(8 + part.len()).unwrap_or(u16::MAX);
+                    put(h, 4, &len.to_be_bytes());
+                    put(h, 6, &[super::ipv6::next_header::FRAGMENT]);
+                    f.extend_from_slice(&[inner, 0]);
+                    f.extend_from_slice(&fo.to_be_bytes());
+                    f.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+            f.extend_from_slice(part);
+            out.push(f);
+            off += part.len();
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Writes `bytes` at `at` in `h` (within bounds the caller checked).
+fn put(h: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(d) = h.get_mut(at..at + bytes.len()) {
+        d.copy_from_slice(bytes);
+    }
 }
 
 #[cfg(test)]
@@ -763,6 +843,52 @@ mod tests {
             }
             etherparse_agrees(&bytes, ethernet.is_some(), usize::from(meta.l4))?;
         }
+    }
+
+    proptest! {
+        /// Fragments parse as first and later fragments, fit the MTU, carry multiples of 8
+        /// bytes but the last, and their payloads put together are the whole datagram.
+        #[test]
+        fn fragments_put_together_make_the_datagram(
+            v6: bool, len in 0usize..3000, mtu in 68usize..1600, id: u32,
+        ) {
+            let payload = alloc::vec![0xa5u8; len];
+            let f = if v6 { Frame::ipv6([1; 16], [2; 16]) } else { Frame::ipv4([1; 4], [2; 4]) };
+            let f = f.udp(7, 9).payload(&payload);
+            let whole = f.to_vec().unwrap();
+            let hlen = f.ip.buffer_len();
+            let frags = f.fragments(mtu, id).unwrap();
+            let mut joined = Vec::new();
+            for (i, fr) in frags.iter().enumerate() {
+                let mut meta = Meta::default();
+                parse_frame(fr, &mut meta, &ParseConfig::default()).unwrap();
+                prop_assert_eq!(meta.has(flags::FRAGMENT), frags.len() > 1);
+                prop_assert_eq!(meta.has(flags::LATER_FRAGMENT), i > 0);
+                let ip = &fr[14..];
+                let extra = if v6 { 8 } else { 0 };
+                prop_assert!(ip.len() <= mtu.max(hlen + extra + 8));
+                let data = &ip[hlen + extra..];
+                if i + 1 < frags.len() {
+                    prop_assert_eq!(data.len() % 8, 0);
+                }
+                if v6 {
+                    prop_assert_eq!(ip[6], 44);
+                    prop_assert_eq!(u32::from_be_bytes(ip[44..48].try_into().unwrap()), id);
+                } else {
+                    prop_assert_eq!(crate::checksum::checksum(&ip[..20]), 0);
+                    prop_assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), id as u16);
+                }
+                joined.extend_from_slice(data);
+            }
+            prop_assert_eq!(&joined[..], &whole[14 + hlen..]);
+        }
+    }
+
+    #[test]
+    fn fragments_need_room_for_eight_bytes() {
+        let f = Frame::ipv6([1; 16], [2; 16]).udp(1, 2).payload(&[0; 100]);
+        assert_eq!(f.fragments(55, 1), Err(EmitError::FieldOutOfRange));
+        assert_eq!(f.fragments(56, 1).map(|v| v.len()), Ok(14));
     }
 
     #[test]
