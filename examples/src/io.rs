@@ -168,6 +168,8 @@ pub enum RxChecksum {
 /// [`Packet`]s [`RxRing::recv`] hands out. Dropping it gives its slot back to the kernel.
 pub struct RingFrame {
     bytes: sys::FrameBytes,
+    /// The bytes, copied out of the ring by [`RingFrame::detach`] (the slot then went back).
+    copy: Option<Box<[u8]>>,
     map: Arc<sys::Mapping>,
     /// Its slot's index and offset in the ring.
     slot: usize,
@@ -180,27 +182,57 @@ impl RingFrame {
     pub fn checksum(&self) -> RxChecksum {
         self.checksum
     }
-}
 
-impl AsRef<[u8]> for RingFrame {
-    fn as_ref(&self) -> &[u8] {
-        self.bytes.bytes()
+    /// Copies the frame out of the ring and gives its slot back to the kernel now: for a
+    /// frame kept longer than a batch (an out-of-order fragment a
+    /// [`FragmentReorder`](nf_core::conntrack::FragmentReorder) holds), which would
+    /// otherwise stop the ring when it comes round to the slot. Allocates one copy; a
+    /// second call does nothing.
+    pub fn detach(&mut self) {
+        if self.copy.is_some() {
+            return;
+        }
+        self.copy = Some(self.bytes.bytes().into());
+        self.give_back();
     }
-}
 
-impl AsMut<[u8]> for RingFrame {
-    fn as_mut(&mut self) -> &mut [u8] {
-        self.bytes.bytes_mut()
+    /// True once [`Self::detach`] copied the frame out.
+    pub fn is_detached(&self) -> bool {
+        self.copy.is_some()
     }
-}
 
-impl Drop for RingFrame {
-    fn drop(&mut self) {
+    fn give_back(&self) {
         // Status first: once `held` is clear the ring may look at the slot again, and it
         // must find it the kernel's (or refilled), never our stale frame.
         self.map.store_status(self.offset, libc::TP_STATUS_KERNEL);
         if let Some(h) = self.map.held.get(self.slot) {
             h.store(0, Ordering::Release);
+        }
+    }
+}
+
+impl AsRef<[u8]> for RingFrame {
+    fn as_ref(&self) -> &[u8] {
+        match &self.copy {
+            Some(c) => c,
+            None => self.bytes.bytes(),
+        }
+    }
+}
+
+impl AsMut<[u8]> for RingFrame {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match &mut self.copy {
+            Some(c) => c,
+            None => self.bytes.bytes_mut(),
+        }
+    }
+}
+
+impl Drop for RingFrame {
+    fn drop(&mut self) {
+        if self.copy.is_none() {
+            self.give_back();
         }
     }
 }
@@ -302,8 +334,14 @@ impl RxRing {
     /// Moves the frames the kernel has filled into `batch` until it is full; returns how
     /// many. Each is a [`Packet`] over a [`RingFrame`] with its headroom in front.
     pub fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
+        self.recv_up_to(batch, nf_core::BATCH_SIZE)
+    }
+
+    /// [`Self::recv`] until `batch` holds `limit` packets (room left for the packets a
+    /// stage gives back: [`StageControl::batch_room`](nf_core::StageControl::batch_room)).
+    pub fn recv_up_to(&mut self, batch: &mut Batch<RingFrame>, limit: usize) -> usize {
         let mut n = 0;
-        while !batch.is_full() {
+        while !batch.is_full() && batch.len() < limit {
             let slot = self.next;
             if self
                 .map
@@ -387,6 +425,7 @@ impl RxRing {
         self.map.held.get(slot)?.store(1, Ordering::Relaxed);
         let frame = RingFrame {
             bytes,
+            copy: None,
             map: Arc::clone(&self.map),
             slot,
             offset: off,

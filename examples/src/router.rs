@@ -319,10 +319,15 @@ impl Router {
     /// received. Frames that are not IPv4 for the port are marked as drops
     /// ([`DropReason::NonIp`]) and counted by the port.
     pub fn recv(&mut self, i: usize, batch: &mut Batch<RingFrame>) -> usize {
+        self.recv_up_to(i, batch, nf_core::BATCH_SIZE)
+    }
+
+    /// [`Self::recv`] until `batch` holds `limit` packets.
+    pub fn recv_up_to(&mut self, i: usize, batch: &mut Batch<RingFrame>, limit: usize) -> usize {
         let Some(port) = self.ports.get_mut(i) else {
             return 0;
         };
-        let n = port.rx.recv(batch);
+        let n = port.rx.recv_up_to(batch, limit);
         for p in batch.packets_mut() {
             let frame = p.data();
             let Some(eth) = frame.first_chunk::<14>() else {
@@ -560,6 +565,13 @@ pub trait Function {
     }
     /// Calls `f(stage, counter, value)` for the function's own counters.
     fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64));
+    /// Packets the stages may add to a batch ([`StageControl::batch_room`]): the loop
+    /// receives that many fewer.
+    ///
+    /// [`StageControl::batch_room`]: nf_core::StageControl::batch_room
+    fn batch_room(&self) -> usize {
+        0
+    }
     /// Re-reads the configuration (SIGHUP); an error is logged and the old one kept.
     ///
     /// # Errors
@@ -612,8 +624,9 @@ pub fn serve(
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
         let now = clock.now();
         let mut moved = 0;
+        let limit = nf_core::BATCH_SIZE.saturating_sub(f.batch_room()).max(1);
         for port in 0..router.ports() {
-            moved += router.recv(port, &mut batch);
+            moved += router.recv_up_to(port, &mut batch, limit);
             f.process(now, port, &mut batch);
             router.forward(port, now, &mut batch);
         }

@@ -260,6 +260,48 @@ fn child() {
         "traffic flows again once the held frames are dropped"
     );
 
+    // 2b. Frames detached (copied out, their slots given back at once, as a stage holding
+    //     an out-of-order fragment does) are kept across several rings' worth of traffic:
+    //     nothing stalls, every frame arrives, the kept bytes never change.
+    for s in 0..8 {
+        tx.send(&frame(200_000 + s, 300)).unwrap();
+    }
+    tx.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    rx.recv(&mut batch);
+    let kept: Vec<(Vec<u8>, nf_core::Packet<RingFrame>)> = batch
+        .drain()
+        .map(|p| {
+            let want = p.data().to_vec();
+            let (mut f, head, len) = p.into_parts();
+            f.detach();
+            assert!(f.is_detached());
+            (want, nf_core::Packet::new(f, head, len).unwrap())
+        })
+        .collect();
+    assert!(!kept.is_empty());
+    let stalls = rx.counters().stalls;
+    let (mut got, mut seq) = (Vec::new(), 400_000u32);
+    while seq < 402_048 {
+        let burst_end = seq + 128;
+        while seq < burst_end {
+            match tx.send(&frame(seq, size_of_seq(seq))) {
+                Ok(()) => seq += 1,
+                Err(TxError::Full) => break,
+                Err(e) => panic!("send {seq}: {e:?}"),
+            }
+        }
+        tx.flush().unwrap();
+        let want = (seq - 400_000) as usize;
+        receive(&mut rx, &mut batch, &mut got, want, 0);
+    }
+    assert_eq!(got.len(), 2048, "{:?}", rx.counters());
+    assert_eq!(rx.counters().stalls, stalls, "detached frames hold no slot");
+    for (want, p) in &kept {
+        assert_eq!(p.data(), &want[..], "a detached frame's bytes never change");
+    }
+    drop(kept);
+
     // 3. Link flaps: the transmit side drops (and counts) what it cannot send, the receive
     //    side reports ENETDOWN once, and both carry traffic again once the links are up.
     let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success());

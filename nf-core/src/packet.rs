@@ -188,6 +188,12 @@ impl<B: AsRef<[u8]>> Packet<B> {
         &self.buf
     }
 
+    /// The whole underlying buffer, writable (crate-internal: a caller's hook may move the
+    /// bytes to other storage, never change them or their length).
+    pub(crate) fn buffer_mut(&mut self) -> &mut B {
+        &mut self.buf
+    }
+
     /// Gives the buffer back, with the frame's `(headroom, len)`.
     pub fn into_parts(self) -> (B, usize, usize) {
         let len = self.len();

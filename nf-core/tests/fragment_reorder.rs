@@ -332,3 +332,54 @@ proptest! {
         prop_assert_eq!(counter(&p, "fragment_reorder", "later_fragments_holding"), 0);
     }
 }
+
+/// A buffer that records whether the hold hook moved it (as a receive ring's frame would
+/// be copied out of its slot).
+#[derive(Debug)]
+struct Ring {
+    bytes: Vec<u8>,
+    detached: bool,
+}
+
+impl AsRef<[u8]> for Ring {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl AsMut<[u8]> for Ring {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+#[test]
+fn the_hold_hook_sees_every_held_buffer_and_only_those() {
+    let mut p = ParseStage::default()
+        .then(
+            FragmentReorder::new(ReorderConfig::new(SECRET))
+                .on_hold(|b: &mut Ring| b.detached = true),
+        )
+        .then(Conntrack::new(ConntrackConfig::new(SECRET), ()).unwrap());
+    let frags = fragments(false, 17, 5010, 1200);
+    let mut b = Batch::new();
+    for f in frags.iter().rev() {
+        let n = f.len();
+        b.push(
+            Packet::new(
+                Ring {
+                    bytes: f.clone(),
+                    detached: false,
+                },
+                0,
+                n,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    }
+    p.process(at(0), &mut b);
+    let detached: Vec<bool> = b.packets().iter().map(|p| p.buffer().detached).collect();
+    assert_eq!(detached, [false, true, true]);
+    assert!(b.packets().iter().all(|p| passed_with_session(&p.meta)));
+}

@@ -44,7 +44,9 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes, TcpWindow};
+    use nf_core::conntrack::{
+        Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes, TcpWindow,
+    };
     use nf_core::reply::IcmpOrigin;
     use nf_core::{
         Batch, DropReason, Family, Instant, ParseStage, PortId, Stage, StageControl, Verdict,
@@ -221,6 +223,9 @@ on SIGUSR1, or after --duration.
     /// The stages between receive and forward.
     struct Pipeline {
         parse: ParseStage,
+        /// Later fragments that come before their first wait for it (RFC 4787 REQ-14),
+        /// copied out of the receive ring while they wait.
+        reorder: FragmentReorder<RingFrame>,
         nat: Option<Nat>,
         /// Frames dropped before the stages: from the outside to an address that is not
         /// public, or from the inside with a source outside the inside prefix.
@@ -234,6 +239,7 @@ on SIGUSR1, or after --duration.
             let Profile::Nat(profile) = &args.profile else {
                 return Ok(Self {
                     parse: ParseStage::default(),
+                    reorder: reorder(),
                     nat: None,
                     spoofed: 0,
                     inside: args.inside_addr,
@@ -278,12 +284,18 @@ on SIGUSR1, or after --duration.
             let nat = Conntrack::new(ct, (snat, window)).map_err(|e| format!("conntrack: {e}"))?;
             Ok(Self {
                 parse: ParseStage::default(),
+                reorder: reorder(),
                 nat: Some(nat),
                 spoofed: 0,
                 inside: args.inside_addr,
                 public: args.public.clone(),
             })
         }
+    }
+
+    fn reorder() -> FragmentReorder<RingFrame> {
+        FragmentReorder::new(ReorderConfig::new(nf_examples::cli::random_secret()))
+            .on_hold(RingFrame::detach)
     }
 
     impl Function for Pipeline {
@@ -308,13 +320,19 @@ on SIGUSR1, or after --duration.
                     p.meta.verdict = Verdict::Drop(DropReason::NatNoMapping);
                 }
             }
+            self.reorder.process(now, batch);
             nat.process(now, batch);
+        }
+
+        fn batch_room(&self) -> usize {
+            self.reorder.batch_room()
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
             f("gateway", "spoofed", self.spoofed);
             self.parse.visit_counters(&mut |s, c, v| f(s, c, v));
             if let Some(n) = &self.nat {
+                self.reorder.visit_counters(&mut |s, c, v| f(s, c, v));
                 n.visit_counters(&mut |s, c, v| f(s, c, v));
             }
         }

@@ -140,6 +140,7 @@ pub struct FragmentReorder<B> {
     /// Keys of the packets this batch holds, in batch order (capacity [`BATCH_SIZE`]).
     holding: Vec<FlowKey>,
     cfg: ReorderConfig,
+    on_hold: Option<fn(&mut B)>,
     counters: StageCounters,
     stats: ReorderCounters,
 }
@@ -153,9 +154,20 @@ impl<B> FragmentReorder<B> {
             held: Vec::with_capacity(cfg.held as usize),
             holding: Vec::with_capacity(BATCH_SIZE),
             cfg,
+            on_hold: None,
             counters: StageCounters::default(),
             stats: ReorderCounters::default(),
         }
+    }
+
+    /// Calls `hold` on a packet's buffer as the packet is held. A receive ring that takes
+    /// its slots back in order (`PACKET_MMAP`) stalls while one of its frames is held: its
+    /// hook copies the frame out of the ring and gives the slot back at once. Buffers that
+    /// may come back in any order (owned buffers, AF_XDP frames) need no hook.
+    #[must_use]
+    pub fn on_hold(mut self, hold: fn(&mut B)) -> Self {
+        self.on_hold = Some(hold);
+        self
     }
 
     /// What the stage did.
@@ -268,8 +280,11 @@ impl<B: AsRef<[u8]>> Stage<B> for FragmentReorder<B> {
                 .as_nanos()
                 .saturating_add(self.cfg.fragments.lifetime.as_nanos());
             let mut keys = self.holding.iter();
-            let held = &mut self.held;
-            batch.take_masked(hold, |pkt| {
+            let (held, on_hold) = (&mut self.held, self.on_hold);
+            batch.take_masked(hold, |mut pkt| {
+                if let Some(f) = on_hold {
+                    f(pkt.buffer_mut());
+                }
                 if let Some(&key) = keys.next() {
                     held.push(Held {
                         key,
