@@ -35,6 +35,7 @@ fn key(t: [u8; 4], zone: u8) -> FlowKey {
 
 fuzz_target!(|ops: Vec<Op>| {
     let mut cfg = TableConfig::new(48, [7; 16]);
+    cfg.cross_zone = true;
     cfg.wheel_slots = 64;
     cfg.max_zones = 3;
     let mut t: SessionTable<V4Key, u32> = SessionTable::new(cfg).unwrap();

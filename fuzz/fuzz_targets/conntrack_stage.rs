@@ -48,6 +48,8 @@ struct Svc {
 impl SessionService for Svc {
     type Value = (u16, u16, u32, u32);
 
+    const CROSS_ZONE: bool = true;
+
     fn on_new<B: AsRef<[u8]>>(
         &mut self,
         _now: Instant,

@@ -134,6 +134,10 @@ drop_reasons! {
     /// Connection tracking: the packet's reverse key is its own key (LAND) or already
     /// belongs to another session.
     SessionKeyConflict => "session_key_conflict",
+    /// Connection tracking: a service chose a reply key in another zone, and the tables
+    /// were built without cross-zone sessions (`SessionService::CROSS_ZONE`,
+    /// `TableConfig::cross_zone`).
+    SessionCrossZone => "session_cross_zone",
     /// Connection tracking: an ICMP error whose quote is shorter than the inner IP header and
     /// the 8 bytes of transport header it must hold.
     IcmpQuoteTruncated => "icmp_quote_truncated",

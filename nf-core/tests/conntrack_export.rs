@@ -11,6 +11,13 @@ use nf_core::flow::proto;
 use nf_core::{Duration, FlowKey, Instant, ZoneId};
 use proptest::prelude::*;
 
+/// A table config that holds cross-zone sessions (some sessions here are).
+fn xz(capacity: u32, secret: [u8; 16]) -> TableConfig {
+    let mut c = TableConfig::new(capacity, secret);
+    c.cross_zone = true;
+    c
+}
+
 fn v4(i: u32) -> FlowKey {
     let [a, b, c, d] = i.to_be_bytes();
     let p = [proto::TCP, proto::UDP, proto::ICMP, 47][(i % 4) as usize];
@@ -63,7 +70,7 @@ fn fill(t: &mut SessionTable<V4Key, [u8; 16]>, n: u32, now: Instant) {
 #[test]
 fn export_import_gives_identical_lookups() {
     let now = Instant::from_nanos(50_000_000_000);
-    let cfg = TableConfig::new(20_000, [1; 16]);
+    let cfg = xz(20_000, [1; 16]);
     let mut a: SessionTable<V4Key, [u8; 16]> = SessionTable::new(cfg).unwrap();
     fill(&mut a, 15_000, now);
     let later = now + Duration::from_secs(3);
@@ -78,8 +85,7 @@ fn export_import_gives_identical_lookups() {
     assert_eq!(chunks.len(), 4);
     // The peer has its own secret and its own clock.
     let peer_now = Instant::from_nanos(7_000_000_000_000);
-    let mut b: SessionTable<V4Key, [u8; 16]> =
-        SessionTable::new(TableConfig::new(20_000, [2; 16])).unwrap();
+    let mut b: SessionTable<V4Key, [u8; 16]> = SessionTable::new(xz(20_000, [2; 16])).unwrap();
     let mut imported = 0;
     for c in &chunks {
         imported += b.import(peer_now, c).unwrap().imported;
@@ -115,19 +121,15 @@ fn export_import_gives_identical_lookups() {
 #[test]
 fn incompatible_input_is_rejected() {
     let now = Instant::ZERO;
-    let mut a: SessionTable<V4Key, [u8; 16]> =
-        SessionTable::new(TableConfig::new(100, [1; 16])).unwrap();
+    let mut a: SessionTable<V4Key, [u8; 16]> = SessionTable::new(xz(100, [1; 16])).unwrap();
     fill(&mut a, 50, now);
     let mut buf = Vec::new();
     a.export(now, 0, 100, &mut buf);
-    let mut v6: SessionTable<V6Key, [u8; 16]> =
-        SessionTable::new(TableConfig::new(100, [1; 16])).unwrap();
+    let mut v6: SessionTable<V6Key, [u8; 16]> = SessionTable::new(xz(100, [1; 16])).unwrap();
     assert_eq!(v6.import(now, &buf), Err(ImportError::WrongFamily));
-    let mut small: SessionTable<V4Key, u64> =
-        SessionTable::new(TableConfig::new(100, [1; 16])).unwrap();
+    let mut small: SessionTable<V4Key, u64> = SessionTable::new(xz(100, [1; 16])).unwrap();
     assert_eq!(small.import(now, &buf), Err(ImportError::ValueLength));
-    let mut b: SessionTable<V4Key, [u8; 16]> =
-        SessionTable::new(TableConfig::new(100, [1; 16])).unwrap();
+    let mut b: SessionTable<V4Key, [u8; 16]> = SessionTable::new(xz(100, [1; 16])).unwrap();
     let mut bad = buf.clone();
     // Version 1 (before cross-zone sessions: no reply zone) is not read.
     bad[4] = 1;
@@ -153,11 +155,11 @@ proptest! {
     #[test]
     fn import_of_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
         let mut t: SessionTable<V4Key, [u8; 16]> =
-            SessionTable::new(TableConfig::new(64, [1; 16])).unwrap();
+            SessionTable::new(xz(64, [1; 16])).unwrap();
         let _ = t.import(Instant::ZERO, &bytes);
         // Also damaged versions of a valid export.
         let mut a: SessionTable<V4Key, [u8; 16]> =
-            SessionTable::new(TableConfig::new(64, [1; 16])).unwrap();
+            SessionTable::new(xz(64, [1; 16])).unwrap();
         fill(&mut a, 10, Instant::ZERO);
         let mut buf = Vec::new();
         a.export(Instant::ZERO, 0, 64, &mut buf);

@@ -146,6 +146,7 @@ fn run(ops: Vec<Op>) {
     let mut cfg = TableConfig::new(CAP, [42; 16]);
     cfg.timeouts = profile();
     cfg.wheel_slots = 64;
+    cfg.cross_zone = true;
     let mut t: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
     let mut m = Model {
         sessions: Vec::new(),
@@ -321,6 +322,7 @@ fn run(ops: Vec<Op>) {
                 let mut cfg = TableConfig::new(CAP, [7; 16]);
                 cfg.timeouts = profile();
                 cfg.wheel_slots = 64;
+                cfg.cross_zone = true;
                 let mut peer: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
                 let r = peer.import(now, &bytes).unwrap();
                 assert_eq!((r.imported, r.skipped), (m.sessions.len(), 0));
@@ -424,6 +426,7 @@ fn batch_equals_singles(args: Vec<NewArgs>, early_drop: bool) {
         let mut cfg = TableConfig::new(CAP, [42; 16]);
         cfg.timeouts = profile();
         cfg.wheel_slots = 64;
+        cfg.cross_zone = true;
         cfg.early_drop = early_drop;
         let mut t: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
         t.set_zone_quota(ZoneId(0), 8).unwrap();

@@ -502,3 +502,61 @@ proptest! {
         }
     }
 }
+
+/// Puts every new flow's replies in the next zone (a cross-zone session); `X` is what it
+/// declares as `SessionService::CROSS_ZONE`.
+struct ZoneHop<const X: bool>;
+
+impl<const X: bool> SessionService for ZoneHop<X> {
+    type Value = ();
+
+    const CROSS_ZONE: bool = X;
+
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        let mut reply = new.original().reversed();
+        reply.zone = ZoneId(reply.zone.0 + 1);
+        new.set_reply(reply).map_err(|_| DropReason::ServiceRefused)
+    }
+}
+
+fn hop<const X: bool>() -> (nf_core::Chain<ParseStage, Conntrack<ZoneHop<X>>>, Vec<Meta>) {
+    let cfg = ConntrackConfig::new(*b"service test key").sizes(Sizes { v4: 64, v6: 64 });
+    let mut p = ParseStage::default().then(Conntrack::new(cfg, ZoneHop::<X>).unwrap());
+    let mut out = Vec::new();
+    for (zone, frame) in [
+        (0, udp(false, 1, 2, 4000, 53)),
+        (1, udp(false, 2, 1, 53, 4000)),
+    ] {
+        let mut b = Batch::new();
+        let mut pkt = Packet::with_headroom(&frame, 0);
+        pkt.meta.zone = ZoneId(zone);
+        b.push(pkt).unwrap();
+        p.process(Instant::from_nanos(1), &mut b);
+        out.extend(b.drain().map(|p| p.meta));
+    }
+    (p, out)
+}
+
+#[test]
+fn cross_zone_sessions_need_a_service_that_declares_them() {
+    let (with, out) = hop::<true>();
+    assert!(
+        out.iter()
+            .all(|m| m.verdict.is_pass() && m.session.is_some())
+    );
+    assert_eq!(
+        out[1].direction,
+        Direction::Reply,
+        "the reply, in the next zone"
+    );
+    let (without, out) = hop::<false>();
+    assert_eq!(out[0].verdict, Verdict::Drop(DropReason::SessionCrossZone));
+    assert!(without.second.is_empty());
+    // The side array of reply zones is allocated only for the declaring service.
+    assert!(with.second.allocated_bytes() > without.second.allocated_bytes());
+}

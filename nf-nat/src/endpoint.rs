@@ -452,6 +452,9 @@ impl Endpoint {
 impl SessionService for Endpoint {
     type Value = EndpointSession;
 
+    /// The reply key is in the provider's zone.
+    const CROSS_ZONE: bool = true;
+
     fn on_new<B: AsRef<[u8]>>(
         &mut self,
         now: Instant,

@@ -120,6 +120,7 @@ impl<S: SessionService> SessionService for ZoneNewFlowLimit<S> {
     type Value = S::Value;
 
     const CHECKS: bool = S::CHECKS;
+    const CROSS_ZONE: bool = S::CROSS_ZONE;
 
     #[inline]
     fn on_new<B: AsRef<[u8]>>(

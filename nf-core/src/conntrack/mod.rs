@@ -181,8 +181,8 @@
 //!   generation 4, deadline 4, links 8, protocol/state/flags 4, value 16), so a hit touches
 //!   one record line. Plus 8 bytes per slot of links for the zone's
 //!   not-yet-established list (cold: only touched on create, establish, evict, remove), and
-//!   4 bytes per slot for the reply zone of a cross-zone session (read only for those; see
-//!   [Cross-zone sessions](#cross-zone-sessions)).
+//!   in tables built for cross-zone sessions only, 4 bytes per slot for the reply zone of a
+//!   cross-zone session (read only for those; see [Cross-zone sessions](#cross-zone-sessions)).
 //! - **Index**: 64-byte buckets of one overflow counter and 15 entries of 4 bytes, each
 //!   `tag | (slot + 1)`: the low bits name the record, the remaining high bits (at least 6;
 //!   12 at 1M sessions) are a hash tag. Two entries per session; the index is sized so that
@@ -254,7 +254,11 @@
 //! early-drop it, and [`SessionInfo::reply`] carries the reply zone. The record keeps one
 //! zone; a record flag marks a cross-zone session and its reply zone sits in a side array
 //! (4 bytes per slot), read only when the flag is set, so same-zone lookups cost nothing
-//! more and an IPv4 record stays one cache line. ICMP errors quoting a reply-direction
+//! more and an IPv4 record stays one cache line. The side array exists only in tables built
+//! with [`TableConfig::cross_zone`]; [`Conntrack::new`] sets it when the service declares
+//! [`SessionService::CROSS_ZONE`] (nf-nat's `Endpoint` does), so tables that never hold a
+//! cross-zone session do not pay the 4 bytes, and a cross-zone key offered to them is
+//! refused ([`InsertError::CrossZone`], [`DropReason::SessionCrossZone`](crate::DropReason)). ICMP errors quoting a reply-direction
 //! packet are looked up in the zone they arrive in, the reply zone. The stage does not
 //! change [`Meta::zone`](crate::Meta::zone): the service moves each packet to the zone it
 //! leaves into (an encapsulation stage then takes the VNI from it).

@@ -56,6 +56,14 @@ pub trait SessionService {
     /// calls it, at no cost.
     const CHECKS: bool = false;
 
+    /// Whether the service may set a reply key in another zone than the original's (a
+    /// cross-zone session, [`NewFlow::set_reply`]). `true` and
+    /// [`Conntrack::new`](super::Conntrack::new) builds its tables with
+    /// [`TableConfig::cross_zone`](super::TableConfig::cross_zone) (4 bytes more per
+    /// session); `false` (the default) saves them, and a cross-zone reply key is refused
+    /// as [`DropReason::SessionCrossZone`].
+    const CROSS_ZONE: bool = false;
+
     /// Validates a packet of an existing session **before** the stage moves the session's
     /// TCP state and timeout: `Err(reason)` drops the packet and leaves the session exactly
     /// as it was (a forged RST outside the TCP window must neither close nor refresh it).
@@ -296,6 +304,7 @@ impl<S: SessionService> SessionService for Option<S> {
     type Value = S::Value;
 
     const CHECKS: bool = S::CHECKS;
+    const CROSS_ZONE: bool = S::CROSS_ZONE;
 
     #[inline]
     fn on_new<B: AsRef<[u8]>>(
@@ -414,6 +423,7 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
     }
 
     const CHECKS: bool = A::CHECKS || S::CHECKS;
+    const CROSS_ZONE: bool = A::CROSS_ZONE || S::CROSS_ZONE;
 
     #[inline(always)]
     fn check<B: AsRef<[u8]>>(

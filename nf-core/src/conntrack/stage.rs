@@ -266,11 +266,15 @@ macro_rules! on_table {
 }
 
 impl<S: SessionService> Conntrack<S> {
-    /// A stage with both tables and the fragment table allocated, and `service`.
+    /// A stage with both tables and the fragment table allocated, and `service`; the tables
+    /// hold cross-zone sessions if the service asks for them ([`SessionService::CROSS_ZONE`]).
     ///
     /// # Errors
     /// [`ConfigError`] from either table.
-    pub fn new(cfg: ConntrackConfig, service: S) -> Result<Self, ConfigError> {
+    pub fn new(mut cfg: ConntrackConfig, service: S) -> Result<Self, ConfigError> {
+        // A service that sets reply keys in other zones gets tables that hold them.
+        cfg.v4.cross_zone |= S::CROSS_ZONE;
+        cfg.v6.cross_zone |= S::CROSS_ZONE;
         Ok(Self {
             v4: SessionTable::new(cfg.v4)?,
             v6: SessionTable::new(cfg.v6)?,
@@ -619,6 +623,7 @@ impl<S: SessionService> Conntrack<S> {
                         self.stats.refused_quota += 1;
                         DropReason::ZoneQuotaExceeded
                     }
+                    Ok(InsertError::CrossZone) => DropReason::SessionCrossZone,
                     Ok(_) => {
                         self.stats.key_conflict += 1;
                         DropReason::SessionKeyConflict

@@ -74,11 +74,17 @@ pub struct TableConfig {
     /// A zone at its quota (or a full table) may evict its own oldest not-yet-established
     /// session to admit a new one.
     pub early_drop: bool,
+    /// Sessions whose reply key is in another zone than the original key are allowed (see
+    /// [Cross-zone sessions](super#cross-zone-sessions)); they cost 4 bytes per slot,
+    /// allocated up front. Off, such an insert or reply change is refused
+    /// ([`InsertError::CrossZone`], [`ReplaceError::CrossZone`]).
+    pub cross_zone: bool,
 }
 
 impl TableConfig {
     /// Defaults for `capacity` sessions: Linux-like timeouts with 1 s granularity, 4096 wheel
-    /// slots, 1024 zones, no per-zone limit beyond the capacity, early drop on.
+    /// slots, 1024 zones, no per-zone limit beyond the capacity, early drop on, no cross-zone
+    /// sessions.
     pub fn new(capacity: u32, secret: [u8; 16]) -> Self {
         Self {
             capacity,
@@ -88,6 +94,7 @@ impl TableConfig {
             max_zones: 1024,
             default_zone_quota: capacity,
             early_drop: true,
+            cross_zone: false,
         }
     }
 }
@@ -123,6 +130,9 @@ pub enum InsertError {
     SameKeys,
     /// A key is of the other address family, or the two keys differ in protocol.
     BadKey,
+    /// The keys are in different zones and the table was built without
+    /// [`TableConfig::cross_zone`].
+    CrossZone,
 }
 
 /// One session for [`SessionTable::insert_batch`]: the arguments of
@@ -163,6 +173,9 @@ pub enum ReplaceError {
     KeyExists,
     /// The key is of the other family, or its protocol differs from the session's.
     BadKey,
+    /// The key is in another zone than the session's and the table was built without
+    /// [`TableConfig::cross_zone`].
+    CrossZone,
 }
 
 /// Why [`SessionTable::set_zone_quota`] failed.
@@ -369,7 +382,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             sip: SipKey::new(cfg.secret),
             cfg,
             recs,
-            reply_zones: vec![0; cap],
+            reply_zones: if cfg.cross_zone {
+                vec![0; cap]
+            } else {
+                Vec::new()
+            },
             emb: vec![[NIL, NIL]; cap],
             buckets: vec![Bucket::default(); usize::try_from(nbuckets).unwrap_or(0)],
             nbuckets,
@@ -677,6 +694,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         on_evict: &mut impl FnMut(&SessionInfo<V>),
     ) -> Result<SessionRef, InsertError> {
         let ([ko, kr], [ho, hr]) = (keys, hashes);
+        if zone != reply_zone && !self.cfg.cross_zone {
+            return Err(InsertError::CrossZone);
+        }
         if self.find(&ko, zone, proto, ho).is_some()
             || self.find(&kr, reply_zone, proto, hr).is_some()
         {
@@ -745,6 +765,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         }
         if kr == old && new_zone == old_zone {
             return Ok(());
+        }
+        if new_zone != zone && !self.cfg.cross_zone {
+            return Err(ReplaceError::CrossZone);
         }
         let h = self.hash(&kr, new_zone, proto);
         if self.find(&kr, new_zone, proto, h).is_some() {
@@ -1118,10 +1141,37 @@ mod tests {
         (o, r)
     }
 
+    fn cross_zone(capacity: u32) -> TableConfig {
+        let mut cfg = TableConfig::new(capacity, [3; 16]);
+        cfg.cross_zone = true;
+        cfg
+    }
+
+    #[test]
+    fn without_cross_zone_a_reply_key_in_another_zone_is_refused_and_nothing_is_allocated() {
+        let mut t: SessionTable<V4Key, u32> =
+            SessionTable::new(TableConfig::new(100, [3; 16])).unwrap();
+        let with: SessionTable<V4Key, u32> = SessionTable::new(cross_zone(100)).unwrap();
+        assert_eq!(with.allocated_bytes() - t.allocated_bytes(), 100 * 4);
+        let now = Instant::from_nanos(1);
+        let o = FlowKey::v4(ZoneId(1), [10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, 1, 2);
+        let mut r = o.reversed();
+        r.zone = ZoneId(2);
+        assert_eq!(
+            t.insert(now, &o, &r, SessionState::UdpUnreplied, 0),
+            Err(InsertError::CrossZone)
+        );
+        assert!(t.is_empty());
+        let s = t
+            .insert(now, &o, &o.reversed(), SessionState::UdpUnreplied, 0)
+            .unwrap();
+        assert_eq!(t.replace_reply(s, &r), Err(ReplaceError::CrossZone));
+        assert_eq!(t.lookup(&o.reversed()).map(|h| h.session), Some(s));
+    }
+
     #[test]
     fn cross_zone_session_is_found_from_both_sides_and_nowhere_else() {
-        let mut t: SessionTable<V4Key, u64> =
-            SessionTable::new(TableConfig::new(100, [3; 16])).unwrap();
+        let mut t: SessionTable<V4Key, u64> = SessionTable::new(cross_zone(100)).unwrap();
         let (o, r) = cross();
         let s = t
             .insert(Instant::ZERO, &o, &r, SessionState::TcpSynSent, 7)
@@ -1206,8 +1256,7 @@ mod tests {
 
     #[test]
     fn replace_reply_moves_the_reply_between_zones() {
-        let mut t: SessionTable<V4Key, u64> =
-            SessionTable::new(TableConfig::new(100, [3; 16])).unwrap();
+        let mut t: SessionTable<V4Key, u64> = SessionTable::new(cross_zone(100)).unwrap();
         let (o, r) = cross();
         let s = t
             .insert(Instant::ZERO, &o, &o.reversed(), SessionState::Other, 1)
@@ -1241,7 +1290,7 @@ mod tests {
 
     #[test]
     fn cross_zone_sessions_expire_and_are_early_dropped_by_their_original_zone() {
-        let mut cfg = TableConfig::new(4, [3; 16]);
+        let mut cfg = cross_zone(4);
         cfg.timeouts.granularity = crate::time::Duration::from_secs(1);
         let mut t: SessionTable<V4Key, u64> = SessionTable::new(cfg).unwrap();
         t.set_zone_quota(ZoneId(1), 2).unwrap();
