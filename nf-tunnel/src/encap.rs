@@ -18,6 +18,7 @@ use crate::GENEVE_HEADER_LEN;
 use crate::geneve::{GeneveRepr, OptionsBuilder};
 use crate::mapping::{Lookup, MappingCache};
 use crate::vxlan::VxlanRepr;
+use crate::zones::VniTable;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -30,7 +31,7 @@ use nf_core::wire::ipv6::Ipv6Repr;
 use nf_core::wire::udp::UdpRepr;
 use nf_core::{
     Batch, DropReason, FlowKey, Instant, Meta, Packet, Stage, StageControl, StageCounters,
-    StageLoop,
+    StageLoop, ZoneId,
 };
 use nf_core::{NO_NEXT_HOP, flags};
 
@@ -59,12 +60,30 @@ pub enum Payload {
 }
 
 /// Where the VNI comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VniSource {
     /// The same VNI on every packet.
     Fixed(u32),
     /// The packet's zone (`meta.zone`), which must fit 24 bits.
     Zone,
+    /// The VNI a table gives the packet's zone ([`VniTable::vni`]: the decapsulation's
+    /// VNI → zone table read backwards), for deployments whose zones are not their VNIs; a
+    /// zone the table does not name drops as [`DropReason::TunnelUnknownVni`].
+    Map(VniTable),
+}
+
+impl VniSource {
+    /// The VNI of a packet in `zone` (`None` for [`Self::Fixed`], whose VNI is in the
+    /// template), or the drop reason.
+    #[inline(always)]
+    fn of_zone(&self, zone: ZoneId) -> Result<Option<u32>, DropReason> {
+        match self {
+            Self::Fixed(_) => Ok(None),
+            Self::Zone if zone.0 <= 0x00ff_ffff => Ok(Some(zone.0)),
+            Self::Zone => Err(DropReason::TunnelUnknownVni),
+            Self::Map(t) => t.vni(zone).map(Some).ok_or(DropReason::TunnelUnknownVni),
+        }
+    }
 }
 
 /// The underlay endpoints.
@@ -222,8 +241,8 @@ impl EncapStage {
             (IpAddr::V6(_), IpAddr::V6(_)) => true,
             _ => return Err(ConfigError::FamilyMismatch),
         };
-        if let VniSource::Fixed(v) = config.vni
-            && v > 0x00ff_ffff
+        if let VniSource::Fixed(v) = &config.vni
+            && *v > 0x00ff_ffff
         {
             return Err(ConfigError::VniOutOfRange);
         }
@@ -320,11 +339,7 @@ impl EncapStage {
         if ip_len > usize::from(self.config.mtu) {
             return Err(DropReason::TooBig);
         }
-        let zone_vni = match self.config.vni {
-            VniSource::Fixed(_) => None,
-            VniSource::Zone if pkt.meta.zone.0 <= 0x00ff_ffff => Some(pkt.meta.zone.0),
-            VniSource::Zone => return Err(DropReason::TunnelUnknownVni),
-        };
+        let zone_vni = self.config.vni.of_zone(pkt.meta.zone)?;
         let sport = self.source_port(&pkt.meta);
         // The frame will start with the outer Ethernet header.
         pkt.meta.flags &= !flags::NO_L2;
@@ -394,10 +409,10 @@ impl EncapStage {
         if ip_len > usize::from(self.config.mtu) {
             return Err(DropReason::TooBig);
         }
-        let vni = match self.config.vni {
-            VniSource::Fixed(v) => v,
-            VniSource::Zone if pkt.meta.zone.0 <= 0x00ff_ffff => pkt.meta.zone.0,
-            VniSource::Zone => return Err(DropReason::TunnelUnknownVni),
+        let zone_vni = self.config.vni.of_zone(pkt.meta.zone)?;
+        let vni = match (&self.config.vni, zone_vni) {
+            (VniSource::Fixed(v), _) => *v,
+            (_, v) => v.unwrap_or(0),
         };
         // `None`: the default destination, already in the template.
         let dst = self.destination(now, &pkt.meta, vni);
@@ -435,7 +450,7 @@ impl EncapStage {
             [u[0], u[1]] = sport.to_be_bytes();
             [u[4], u[5]] = udp_len.to_be_bytes();
         }
-        if self.config.vni == VniSource::Zone {
+        if zone_vni.is_some() {
             let [_, v0, v1, v2] = vni.to_be_bytes();
             put(hdr, l.tun + 4, &[v0, v1, v2]);
         }
@@ -585,7 +600,7 @@ fn build_template(
     let default_dst = raw(u.dst, v6).ok_or(ConfigError::FamilyMismatch)?;
     let fixed_vni = match c.vni {
         VniSource::Fixed(v) => v,
-        VniSource::Zone => 0,
+        VniSource::Zone | VniSource::Map(_) => 0,
     };
     let ip = t.get_mut(14..).unwrap_or(&mut []);
     let ip_hlen = match u.src {
@@ -797,7 +812,16 @@ mod tests {
                     if ip_payload && geneve.is_some() {
                         c.payload = Payload::Ip;
                     }
-                    c.vni = vni.map_or(VniSource::Zone, VniSource::Fixed);
+                    c.vni = match vni {
+                        None => VniSource::Zone,
+                        // Zones 1 and 2 (and the largest) have VNIs; others drop.
+                        Some(v) if v % 3 == 0 => VniSource::Map(crate::zones::VniTable::new(&[
+                            (v, ZoneId(1)),
+                            ((v + 1) & 0x00ff_ffff, ZoneId(2)),
+                            ((v + 2) & 0x00ff_ffff, ZoneId(u32::MAX)),
+                        ])),
+                        Some(v) => VniSource::Fixed(v),
+                    };
                     if let Some(h) = hops
                         && !fast_shape
                     {
@@ -823,7 +847,7 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..80)
             ],
             prop_oneof![0usize..160, Just(512usize)],
-            prop_oneof![0u32..0x0100_0000, any::<u32>()],
+            prop_oneof![0u32..4, 0u32..0x0100_0000, any::<u32>()],
             proptest::option::of(any::<u64>()),
             prop_oneof![Just(NO_NEXT_HOP), 0u32..4],
             proptest::option::of((
@@ -879,9 +903,11 @@ mod tests {
                 .get(usize::from(p.meta.l3)..)
                 .ok_or(DropReason::TunnelTruncated)?;
         }
-        let vni = match c.vni {
-            VniSource::Fixed(v) => v,
+        let vni = match &c.vni {
+            VniSource::Fixed(v) => *v,
             VniSource::Zone => p.meta.zone.0,
+            // A zone without a VNI: one no header can carry, refused like a wide zone.
+            VniSource::Map(t) => t.vni(p.meta.zone).unwrap_or(u32::MAX),
         };
         let mut tun = [0u8; 8 + crate::geneve::MAX_OPTIONS_LEN];
         let (tun_len, emitted) = match &c.tunnel {

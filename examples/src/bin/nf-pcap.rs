@@ -473,9 +473,10 @@ fn encap_spec(tunnel: Option<&str>, params: &[(String, String)]) -> Result<Stage
     }
     // Refuse a bad combination here, with the stage's own words.
     EncapStage::new(config.clone()).map_err(|e| format!("encap: {e}"))?;
-    let vni_text = match vni {
+    let vni_text = match &config.vni {
         VniSource::Fixed(v) => v.to_string(),
         VniSource::Zone => "zone".into(),
+        VniSource::Map(_) => "map".into(),
     };
     let label = format!(
         "encap:{},vni={vni_text},{src}->{dst}",
