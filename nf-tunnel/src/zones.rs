@@ -169,8 +169,14 @@ mod tests {
         }
         // Backwards: every zone to the first VNI still listed for it.
         for (vni, zone) in &entries {
-            let first = entries.iter().find(|e| e.1 == *zone && t.get(e.0) == Some(*zone));
-            assert_eq!(t.vni(*zone), first.map(|e| e.0), "zone {zone:?} (vni {vni})");
+            let first = entries
+                .iter()
+                .find(|e| e.1 == *zone && t.get(e.0) == Some(*zone));
+            assert_eq!(
+                t.vni(*zone),
+                first.map(|e| e.0),
+                "zone {zone:?} (vni {vni})"
+            );
         }
         assert_eq!(t.vni(ZoneId(0)), None);
         assert_eq!(t.vni(ZoneId(u32::MAX)), None);
