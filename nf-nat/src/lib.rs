@@ -153,20 +153,27 @@
 //!   stage taking the VNI from the zone sends them on the provider's VNI); provider →
 //!   consumer get the endpoint as source and the consumer as destination, and leave into
 //!   the consumer's zone. Checksums are updated incrementally.
-//! - **ICMP errors** quoting either direction are translated at both ends (outer header and
-//!   quote) and moved to the other zone like the flow's packets; later fragments get their
-//!   addresses translated.
+//! - **ICMP errors** (ICMPv6 errors) quoting either direction are translated at both ends
+//!   (outer header and quote) and moved to the other zone like the flow's packets; later
+//!   fragments get their addresses translated.
 //! - **Refusals** are typed drops (`nat_ports_exhausted`, `nat_untranslatable`, ...); a new
 //!   flow in a provider's zone to a pool address is unsolicited (`nat_no_mapping`); any
 //!   other new flow passes untranslated (`flows_unmatched`), so the service composes with
 //!   others in a tuple.
 //! - **End**: the pool mapping goes back to its allocator.
+//! - **Families**: a rule is IPv4 or IPv6 throughout — endpoint, service and pool
+//!   addresses of one family, else [`EndpointError::MixedFamilies`] (translating between
+//!   the families is NAT64's job, not this one's); rules of both families live side by
+//!   side, even in one consumer zone.
 //!
 //! Counters (stage `endpoint`): `flows_translated`, `flows_refused`, `flows_unmatched`,
 //! `no_mapping`, `packets_to_provider`, `packets_to_consumer`, `icmp_errors_translated`,
-//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`. Endpoints are IPv4 (the
-//! session value keeps the consumer's address inline, 14 bytes, one record line); rules are
-//! matched by a linear scan on new flows only.
+//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`. The session value is
+//! 14 bytes (an IPv4 record stays one line): it keeps an IPv4 consumer's address inline and
+//! an IPv6 consumer's as an index into a store allocated by [`Endpoint::new`], with room for
+//! as many sessions as the IPv6 rules' pools hold mappings (20 bytes each; when it is full a
+//! flow is refused `nat_capacity_full`). Rules are matched by a linear scan on new flows
+//! only.
 //!
 //! # Profiles
 //!
@@ -284,6 +291,7 @@ mod counters;
 mod endpoint;
 mod snat;
 mod space;
+mod store;
 mod table;
 mod timeouts;
 

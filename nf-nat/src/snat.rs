@@ -3,6 +3,7 @@
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError, Profile};
+use crate::store::Store;
 use crate::table::Table;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
@@ -509,46 +510,6 @@ struct Peer {
     addr: [u8; 16],
     port: u16,
     mapping: Mapping,
-}
-
-/// Entries of translated sessions that do not fit their value (inside IPv6 addresses,
-/// hairpin peers), with a free list; allocated up front.
-struct Store<T> {
-    items: Vec<T>,
-    free: Vec<u32>,
-}
-
-impl<T: Copy + Default> Store<T> {
-    fn new(n: usize) -> Self {
-        let n = n.min(u32::MAX as usize);
-        Self {
-            items: alloc::vec![T::default(); n],
-            free: (0..n as u32).rev().collect(),
-        }
-    }
-
-    fn take(&mut self, a: T) -> Option<u32> {
-        let i = self.free.pop()?;
-        if let Some(slot) = self.items.get_mut(i as usize) {
-            *slot = a;
-        }
-        Some(i)
-    }
-
-    fn get(&self, i: u32) -> Option<&T> {
-        self.items.get(i as usize)
-    }
-
-    fn put(&mut self, i: u32) {
-        // The free list was allocated with room for every index.
-        if (i as usize) < self.items.len() && self.free.len() < self.items.len() {
-            self.free.push(i);
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.items.capacity() * core::mem::size_of::<T>() + self.free.capacity() * 4
-    }
 }
 
 impl Snat {
