@@ -74,7 +74,7 @@ impl EndpointRule {
 #[non_exhaustive]
 pub enum EndpointError {
     /// Rule `n`: the endpoint, the service and the pool addresses are not all of one family
-    /// (the rule would need a translator between IPv4 and IPv6), or the pool is empty.
+    /// (the rule would need a translator between IPv4 and IPv6).
     MixedFamilies(usize),
     /// Rule `n`: the protocol is neither TCP nor UDP.
     Protocol(usize),
@@ -93,7 +93,10 @@ impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::MixedFamilies(n) => {
-                write!(f, "endpoint rule {n}: addresses of both IP families")
+                write!(
+                    f,
+                    "endpoint rule {n}: addresses of both IP families (no NAT64)"
+                )
             }
             Self::Protocol(n) => write!(f, "endpoint rule {n}: protocol not TCP or UDP"),
             Self::Duplicate(n) => write!(f, "endpoint rule {n}: the same endpoint twice"),
@@ -300,8 +303,8 @@ impl Endpoint {
         let mut v6_sessions = 0usize;
         for (n, spec) in rules.into_iter().enumerate() {
             let v6 = spec.consumer.addr.is_ipv6();
+            // (An empty pool is the allocator's error, `ConfigError::PublicIps`.)
             let one_family = spec.provider.addr.is_ipv6() == v6
-                && !spec.pool.public_ips.is_empty()
                 && spec.pool.public_ips.iter().all(|a| a.is_ipv6() == v6);
             if !one_family {
                 return Err(EndpointError::MixedFamilies(n));

@@ -264,7 +264,7 @@ fn the_end_of_a_session_returns_its_pool_port() {
 #[test]
 fn bad_rules_are_refused() {
     // Mixed families: an IPv6 endpoint to an IPv4 service, an IPv6 rule with an IPv4 pool,
-    // an IPv4 rule with a pool holding an IPv6 address, an empty pool.
+    // an IPv4 rule with a pool holding an IPv6 address.
     let mixed = [
         EndpointRule::new(
             proto::TCP,
@@ -283,11 +283,6 @@ fn bad_rules_are_refused() {
             r.pool.public_ips.push("fd09:ffff::1".parse().unwrap());
             r
         },
-        {
-            let mut r = rule(1, proto::TCP);
-            r.pool.public_ips.clear();
-            r
-        },
     ];
     for r in mixed {
         assert_eq!(
@@ -295,6 +290,13 @@ fn bad_rules_are_refused() {
             Some(EndpointError::MixedFamilies(1))
         );
     }
+    // An empty pool is the allocator's refusal.
+    let mut empty = rule(1, proto::TCP);
+    empty.pool.public_ips.clear();
+    assert_eq!(
+        Endpoint::new(vec![empty]).err(),
+        Some(EndpointError::Pool(0, nf_nat::ConfigError::PublicIps))
+    );
     // Both families side by side are fine.
     assert!(Endpoint::new(vec![rule(1, proto::TCP), rule6(1, proto::TCP)]).is_ok());
     assert_eq!(
