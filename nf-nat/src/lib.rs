@@ -108,8 +108,8 @@
 //! errors are translated at both ends, the outer destination becoming the quote's
 //! translated source (RFC 5508 REQ-7a). The hairpinned packet meets the peer's mapping as
 //! if it came from outside, so the peer's filtering decides: endpoint-independent, it
-//! passes; address-and-port-dependent, the session is created but its packets drop
-//! (`nat_no_mapping`, counted `hairpin_filtered`) until the peer sends to the sender's
+//! passes; address-and-port-dependent, the session is created but the sender's packets
+//! drop (`nat_no_mapping`, counted `hairpin_filtered`) until the peer sends to the sender's
 //! mapped endpoint — which the sender's mapping accepts, the sender having sent to the
 //! peer's — and from then on both ways pass (hole punching by two hosts behind one NAT).
 //! ICMP queries are not hairpinned: their identifier is the querier's, so no mapping of
