@@ -130,6 +130,13 @@ fn be16(b: &[u8]) -> usize {
 /// Every checksum of an IP packet (no options or extension headers: the packets this
 /// target builds), and of an ICMP error's quote.
 fn verify_ip(ip: &[u8]) {
+    verify_ip_quoting(ip, true);
+}
+
+/// Every checksum of an IP packet; of an ICMP error's quote too if `quote` (an error quoting
+/// a malformed packet carries its bad checksums, as RFC 5508 REQ-8 quotes the packet as
+/// sent; the quoted IPv4 header is checked either way).
+fn verify_ip_quoting(ip: &[u8], quote: bool) {
     let (p, l4, pseudo) = if ip[0] >> 4 == 4 {
         assert_eq!(ones(&[&ip[..20]]), 0xffff, "IPv4 header checksum");
         let l4 = &ip[20..be16(&ip[2..])];
@@ -161,7 +168,7 @@ fn verify_ip(ip: &[u8]) {
                 } else {
                     40 + be16(&q[4..]) <= q.len()
                 };
-                if whole {
+                if whole && quote {
                     verify_ip(q);
                 }
             }
@@ -198,11 +205,12 @@ impl World {
         self.pipe.process(self.now, &mut batch);
         for (pkt, ok) in batch.drain().zip(built) {
             if let Verdict::Tx(_) = pkt.meta.verdict {
-                // An answer the NAT made (idle RST, ICMP for a refused flow): well formed.
+                // An answer the NAT made (idle RST, ICMP for a refused flow): well formed; its
+                // quote is as good as the packet it answers.
                 let data = pkt.data();
                 let mut m = Meta::default();
                 parse_frame(data, &mut m, &ParseConfig::default()).expect("an answer parses");
-                verify_ip(&data[usize::from(m.l3)..]);
+                verify_ip_quoting(&data[usize::from(m.l3)..], ok);
                 continue;
             }
             if pkt.meta.verdict != Verdict::Pass {
