@@ -5,7 +5,8 @@
 //! independent implementation: VNIs, inner addresses and ports (the provider sees only its own
 //! address space), every checksum, overlapping consumers kept apart, and a third zone's packet
 //! with the provider's tuple finding nothing. tshark, another independent dissector, reads
-//! what the gateway emits (skipped visibly when it is missing, outside CI).
+//! what the gateway emits (skipped visibly when it is missing, outside CI), for IPv4
+//! endpoints and for IPv6 ones (inner IPv6 in the same tunnels).
 #![expect(
     clippy::indexing_slicing,
     clippy::unwrap_used,
@@ -52,12 +53,6 @@ const THIRD: u32 = 300;
 type Gateway = Chain<Chain<DecapStage, Conntrack<Endpoint>>, EncapStage>;
 
 fn gateway() -> Gateway {
-    let decap = DecapStage::new(DecapConfig {
-        ports: vec![(VXLAN_PORT, TunnelKind::Vxlan)],
-        local_ips: vec![IpAddr::V4(Ipv4Addr::from(GATEWAY))],
-        ..DecapConfig::default()
-    })
-    .unwrap();
     let pool = AllocatorConfig::new(
         Profile::Hyperplane,
         vec![IpAddr::V4(Ipv4Addr::from(POOL))],
@@ -72,7 +67,18 @@ fn gateway() -> Gateway {
             pool.clone(),
         )
     };
-    let endpoint = Endpoint::new(vec![rule(CONSUMER_A), rule(CONSUMER_B)]).unwrap();
+    gateway_with(vec![rule(CONSUMER_A), rule(CONSUMER_B)])
+}
+
+/// The gateway with `rules`.
+fn gateway_with(rules: Vec<EndpointRule>) -> Gateway {
+    let decap = DecapStage::new(DecapConfig {
+        ports: vec![(VXLAN_PORT, TunnelKind::Vxlan)],
+        local_ips: vec![IpAddr::V4(Ipv4Addr::from(GATEWAY))],
+        ..DecapConfig::default()
+    })
+    .unwrap();
+    let endpoint = Endpoint::new(rules).unwrap();
     let ct = Conntrack::new(ConntrackConfig::new(*b"conntrack secret"), endpoint).unwrap();
     let mut cfg = EncapConfig::vxlan(
         0,
@@ -393,6 +399,187 @@ fn tshark_reads_both_sides_of_the_endpoint() {
         );
         assert!(v("ip.checksum.status").iter().all(|s| s == "1"), "{r:?}");
         assert_eq!(v("ip.checksum.status").len(), 2, "{r:?}");
+        assert_eq!(v("udp.checksum.status"), ["1"], "{r:?}");
+        assert_eq!(v("tcp.checksum.status"), ["1"], "{r:?}");
+    }
+}
+
+/// The IPv6 consumers (one address in both VNIs), endpoint, service and pool.
+const CONSUMER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const ENDPOINT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc8];
+const SERVICE6: [u8; 16] = [0xfd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const POOL6: [u8; 16] = [0xfd, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+fn gateway6() -> Gateway {
+    let pool = AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![IpAddr::from(POOL6)],
+        *b"endpoint secret!",
+    )
+    .with_max_mappings(1024);
+    let rule = |consumer: u32| {
+        EndpointRule::new(
+            proto::TCP,
+            EndpointSide::new(ZoneId(consumer), "[fd00::c8]:443".parse().unwrap()),
+            EndpointSide::new(ZoneId(PROVIDER), "[fd09::1]:8443".parse().unwrap()),
+            pool.clone(),
+        )
+    };
+    gateway_with(vec![rule(CONSUMER_A), rule(CONSUMER_B)])
+}
+
+/// A VXLAN frame (IPv4 underlay) carrying an inner Ethernet/IPv6/TCP frame.
+fn vxlan6(vni: u32, src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2])
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let payload: &[u8] = if syn { b"" } else { b"GET / HTTP/1.1\r\n\r\n" };
+    let mut inner = Vec::new();
+    b.write(&mut inner, payload).unwrap();
+    let mut body = vec![0x08, 0, 0, 0];
+    body.extend_from_slice(&(vni << 8).to_be_bytes());
+    body.extend_from_slice(&inner);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(HOST_MAC, GW_MAC)
+        .ipv4(HOST, GATEWAY, 64)
+        .udp(50000, VXLAN_PORT)
+        .write(&mut frame, &body)
+        .unwrap();
+    frame
+}
+
+/// An emitted frame with an inner IPv6/TCP packet, re-parsed by etherparse with every
+/// checksum verified: (VNI, inner source, destination, source port, destination port).
+fn read6(frame: &[u8]) -> (u32, [u8; 16], [u8; 16], u16, u16) {
+    let outer = PacketHeaders::from_ethernet_slice(frame).expect("outer frame parses");
+    let (osrc, odst, _) = ipv4_udp(&outer);
+    assert_eq!((osrc, odst), (GATEWAY, HOST));
+    let body = outer.payload.slice();
+    let vni = u32::from_be_bytes([0, body[4], body[5], body[6]]);
+    let inner = PacketHeaders::from_ethernet_slice(&body[8..]).expect("inner frame parses");
+    let Some(NetHeaders::Ipv6(ip, _)) = &inner.net else {
+        panic!("inner not IPv6");
+    };
+    let Some(TransportHeader::Tcp(tcp)) = &inner.transport else {
+        panic!("inner not TCP");
+    };
+    assert_eq!(
+        tcp.checksum,
+        tcp.calc_checksum_ipv6(ip, inner.payload.slice()).unwrap(),
+        "inner TCP checksum"
+    );
+    (
+        vni,
+        ip.source,
+        ip.destination,
+        tcp.source_port,
+        tcp.destination_port,
+    )
+}
+
+/// IPv6 endpoints through the same tunnels: two consumers with one IPv6 address reach the
+/// provider's IPv6 service from distinct addresses and ports of its own pool, and each
+/// answer goes back to its consumer's VNI from the endpoint; etherparse re-parses every
+/// frame (checksums verified) and tshark dissects them all (IP, UDP and TCP checksum
+/// validation on, nothing malformed) with the same VNIs, addresses and ports.
+#[test]
+fn ipv6_consumers_reach_the_provider_through_the_tunnels() {
+    let mut gw = gateway6();
+    let now = Instant::from_nanos(1_000_000_000);
+    let out = run(
+        &mut gw,
+        now,
+        &[
+            vxlan6(CONSUMER_A, CONSUMER6, ENDPOINT6, 40000, 443, true),
+            vxlan6(CONSUMER_B, CONSUMER6, ENDPOINT6, 40000, 443, true),
+        ],
+    );
+    let mut ports = Vec::new();
+    for (v, f) in &out {
+        assert_eq!(*v, Verdict::Pass);
+        let (vni, src, dst, sport, dport) = read6(f);
+        assert_eq!((vni, src, dst, dport), (PROVIDER, POOL6, SERVICE6, 8443));
+        ports.push(sport);
+    }
+    assert_ne!(ports[0], ports[1], "consumers told apart");
+    let replies: Vec<Vec<u8>> = ports
+        .iter()
+        .map(|&port| vxlan6(PROVIDER, SERVICE6, POOL6, 8443, port, false))
+        .collect();
+    let back = run(&mut gw, now, &replies);
+    for ((v, f), vni) in back.iter().zip([CONSUMER_A, CONSUMER_B]) {
+        assert_eq!(*v, Verdict::Pass);
+        assert_eq!(read6(f), (vni, ENDPOINT6, CONSUMER6, 443, 40000));
+    }
+    // The provider's reply tuple in a third VNI finds nothing.
+    let o = run(
+        &mut gw,
+        now,
+        &[vxlan6(THIRD, SERVICE6, POOL6, 8443, ports[0], false)],
+    );
+    assert_eq!(o[0].0, Verdict::Drop(DropReason::NoSession));
+
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let frames: Vec<&Vec<u8>> = out.iter().chain(&back).map(|(_, f)| f).collect();
+    let dir = common::temp_dir("private-endpoint-tshark6");
+    let path = dir.join("endpoint6.pcap");
+    let mut w = CaptureWriter::new(std::fs::File::create(&path).unwrap(), Format::Pcap).unwrap();
+    for f in &frames {
+        w.write(0, LINKTYPE_ETHERNET, f, None).unwrap();
+    }
+    drop(w);
+    let mut args = vec!["-n".to_string()];
+    for p in [
+        "ip.check_checksum:TRUE",
+        "udp.check_checksum:TRUE",
+        "tcp.check_checksum:TRUE",
+        "tcp.analyze_sequence_numbers:FALSE",
+    ] {
+        args.extend(["-o".to_string(), p.to_string()]);
+    }
+    for p in ["tls", "http"] {
+        args.extend(["--disable-protocol".to_string(), p.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fields = [
+        "vxlan.vni",
+        "ipv6.src",
+        "ipv6.dst",
+        "tcp.srcport",
+        "tcp.dstport",
+        "udp.checksum.status",
+        "tcp.checksum.status",
+        "_ws.malformed",
+        "_ws.expert.severity",
+    ];
+    let rows = common::tshark_rows(&path, &args, &fields);
+    assert_eq!(rows.len(), 4);
+    let ip6 = |a: [u8; 16]| std::net::Ipv6Addr::from(a).to_string();
+    for (i, r) in rows.iter().enumerate() {
+        let v = |f: &str| r[f].clone();
+        assert!(r["_ws.malformed"].is_empty(), "frame {i}: malformed: {r:?}");
+        for s in &r["_ws.expert.severity"] {
+            let sev = match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).unwrap(),
+                None => s.parse().unwrap(),
+            };
+            assert!(sev < 0x0060_0000, "frame {i}: expert severity {s}: {r:?}");
+        }
+        let (vni, src, dst, sport, dport) = if i < 2 {
+            (PROVIDER, ip6(POOL6), ip6(SERVICE6), ports[i], 8443)
+        } else {
+            let vni = [CONSUMER_A, CONSUMER_B][i - 2];
+            (vni, ip6(ENDPOINT6), ip6(CONSUMER6), 443, 40000)
+        };
+        assert_eq!(v("vxlan.vni"), [vni.to_string()], "frame {i}");
+        assert_eq!((v("ipv6.src"), v("ipv6.dst")), (vec![src], vec![dst]));
+        assert_eq!(
+            (v("tcp.srcport"), v("tcp.dstport")),
+            (vec![sport.to_string()], vec![dport.to_string()])
+        );
         assert_eq!(v("udp.checksum.status"), ["1"], "{r:?}");
         assert_eq!(v("tcp.checksum.status"), ["1"], "{r:?}");
     }

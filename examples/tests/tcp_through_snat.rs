@@ -6,14 +6,16 @@
 //! close with FIN and with RST; over IPv4 (rfc and hyperplane profiles) and NAT66. Every
 //! packet's IP and TCP checksums are verified from scratch before and after the pipeline,
 //! the server only ever sees the public address, and the mapping goes back to the allocator
-//! when the session ends.
+//! when the session ends. Hairpinning to a mapping puts both stacks inside: one connects to
+//! the other's public endpoint (RFC 5382 REQ-8), with endpoint-independent filtering, or,
+//! with address-and-port-dependent filtering, both connect at once (the TCP hole punch).
 
 #[path = "common/tcp_peers.rs"]
 mod tcp_peers;
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, TcpWindow};
 use nf_core::{Chain, FlowKey, ParseStage, StageControl, StageExt, ZoneId, flow::proto};
-use nf_nat::{AllocatorConfig, InsidePrefix, Profile, Snat, SnatConfig, nat_timeouts};
+use nf_nat::{AllocatorConfig, Filtering, InsidePrefix, Profile, Snat, SnatConfig, nat_timeouts};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address, Ipv6Address};
@@ -304,4 +306,137 @@ fn idle_timeout_resets_the_client_v4() {
 #[test]
 fn idle_timeout_resets_the_client_v6() {
     idle_timeout_resets_the_client(true);
+}
+
+/// Two stacks inside (`a` at the usual inside address, `b` beside it), the rfc profile with
+/// `filtering`.
+fn hairpin_lab(v6: bool, filtering: Filtering) -> (Net, IpAddr, Lab<Pipeline>) {
+    let n = net(v6);
+    let b_addr: IpAddr = if v6 { "fd00::3" } else { "10.0.0.3" }.parse().unwrap();
+    let ports = AllocatorConfig::new(Profile::Rfc, vec![n.public], *b"tcp through snat");
+    let snat = Snat::new(
+        SnatConfig::new(ports)
+            .with_inside(InsidePrefix::new(n.inside, n.len))
+            .with_filtering(filtering)
+            .with_v6_sessions(64),
+    )
+    .unwrap();
+    let mut cfg = ConntrackConfig::new(*b"conntrack secret");
+    cfg.v4.timeouts = nat_timeouts(&Profile::Rfc);
+    cfg.v6.timeouts = cfg.v4.timeouts;
+    let conntrack = Conntrack::new(cfg, (snat, TcpWindow::new())).unwrap();
+    let lab = Lab::new(
+        Host::new(smol(n.inside), n.len, smol(n.gateway)),
+        Host::new(smol(b_addr), n.len, smol(n.gateway)),
+        ParseStage::default().then(conntrack),
+    );
+    (n, b_addr, lab)
+}
+
+/// Gives `from:port` a mapping (a SYN of its own to the server outside, sent through the
+/// pipeline by hand, as a STUN-like exchange would); returns the mapped port.
+fn map(lab: &mut Lab<Pipeline>, n: &Net, from: IpAddr, port: u16) -> u16 {
+    use nf_core::wire::Frame;
+    use nf_core::wire::tcp::tcp_flags::SYN;
+    use nf_core::{Batch, Instant, Packet, Stage};
+    let syn = match (from, n.server) {
+        (IpAddr::V4(b), IpAddr::V4(s)) => Frame::ipv4(b.octets(), s.octets()),
+        (IpAddr::V6(b), IpAddr::V6(s)) => Frame::ipv6(b.octets(), s.octets()),
+        _ => unreachable!(),
+    };
+    let syn = syn.tcp(port, 3478, SYN).to_vec().unwrap();
+    let mut batch = Batch::new();
+    batch.push(Packet::with_headroom(&syn, 64)).ok().unwrap();
+    let now = Instant::from_nanos(lab.now_ms * 1_000_000);
+    lab.pipeline.process(now, &mut batch);
+    let out = batch.drain().next().unwrap();
+    assert_eq!(out.meta.verdict, nf_core::Verdict::Pass);
+    let l4 = usize::from(out.meta.l4);
+    u16::from_be_bytes([out.data()[l4], out.data()[l4 + 1]])
+}
+
+/// Hairpinning to a mapping (RFC 5382 REQ-8; rfc profile, endpoint-independent filtering):
+/// both stacks inside. `b`'s port 80 has a mapping, and `a` connects to that mapping's
+/// public endpoint: the connection opens between the two real stacks, `b` sees `a`'s own
+/// mapping as its peer (REQ-8a), a megabyte crosses each way with losses, and FIN closes
+/// it; no segment a stack sent is dropped, every checksum verifies.
+fn hairpin_to_a_mapping(v6: bool) {
+    let (n, b_addr, mut lab) = hairpin_lab(v6, Filtering::EndpointIndependent);
+    lab.lose = vec![(true, 40), (true, 41), (false, 90), (false, 300)];
+    let mapped = map(&mut lab, &n, b_addr, 80);
+    let hb = lab.b.socket(64 * 1024);
+    lab.b.tcp(hb).listen(80).unwrap();
+    let ha = lab.a.socket(64 * 1024);
+    lab.a
+        .connect(ha, IpEndpoint::new(smol(n.public), mapped), 40000);
+    lab.until_established(ha, hb, 1000);
+    // b's peer is a's own mapping: the session's reply key's destination.
+    let key = FlowKey::from_addrs(ZoneId(0), n.inside, n.public, proto::TCP, 40000, mapped);
+    let (state, reply) = session(&lab, &key.unwrap()).unwrap();
+    assert_eq!(state, SessionState::TcpEstablished);
+    let peer = lab.b.tcp(hb).remote_endpoint().unwrap();
+    assert_eq!((peer.addr, peer.port), (smol(n.public), reply.dst_port));
+    assert_eq!(reply.src_ip(), b_addr);
+    lab.exchange(ha, hb, MIB);
+    lab.fin_close(ha, hb);
+    assert_eq!(lab.dropped, vec![], "a real stack's segments were dropped");
+    assert_eq!(lab.bad_checksums, 0);
+    let s = ct(&lab).service().0.counters();
+    assert_eq!((s.flows_hairpinned, s.rewrite_failed), (1, 0));
+    assert!(s.packets_hairpinned > 1400, "{s:?}");
+}
+
+#[test]
+fn hairpin_to_a_mapping_v4() {
+    hairpin_to_a_mapping(false);
+}
+
+#[test]
+fn hairpin_to_a_mapping_nat66() {
+    hairpin_to_a_mapping(true);
+}
+
+/// The TCP hole punch of two hosts behind one NAT with address-and-port-dependent
+/// filtering (the default): each knows the other's mapping (as from a rendezvous server)
+/// and both connect at once, each from its mapped port. `a`'s SYN meets `b`'s mapping,
+/// which does not accept it yet, and is dropped (`hairpin_filtered`) — but `b`'s SYN to
+/// `a`'s mapping is accepted (`a` sent to `b`'s), reaches `a`, and opens the way: both
+/// stacks go through a simultaneous open to ESTABLISHED and exchange data. Only `a`'s
+/// first SYN (and its retransmissions before `b`'s arrived) is dropped.
+fn hole_punch(v6: bool) {
+    let (n, b_addr, mut lab) = hairpin_lab(v6, Filtering::AddressAndPortDependent);
+    let a_mapped = map(&mut lab, &n, n.inside, 40000);
+    let b_mapped = map(&mut lab, &n, b_addr, 50000);
+    let ha = lab.a.socket(8192);
+    let hb = lab.b.socket(8192);
+    lab.a
+        .connect(ha, IpEndpoint::new(smol(n.public), b_mapped), 40000);
+    // a's SYN goes first, and is filtered by b's mapping.
+    assert!(lab.run_until(10, |l| !l.dropped.is_empty()));
+    assert_eq!(
+        lab.dropped,
+        vec![nf_core::Verdict::Drop(nf_core::DropReason::NatNoMapping)]
+    );
+    lab.b
+        .connect(hb, IpEndpoint::new(smol(n.public), a_mapped), 50000);
+    lab.until_established(ha, hb, 5000);
+    let pa = lab.b.tcp(hb).remote_endpoint().unwrap();
+    let pb = lab.a.tcp(ha).remote_endpoint().unwrap();
+    assert_eq!((pa.addr, pa.port), (smol(n.public), a_mapped));
+    assert_eq!((pb.addr, pb.port), (smol(n.public), b_mapped));
+    lab.exchange(ha, hb, 50_000);
+    assert_eq!(lab.dropped.len(), 1, "{:?}", lab.dropped);
+    assert_eq!(lab.bad_checksums, 0);
+    let s = ct(&lab).service().0.counters();
+    assert_eq!((s.flows_hairpinned, s.hairpin_filtered), (1, 1));
+}
+
+#[test]
+fn hole_punch_v4() {
+    hole_punch(false);
+}
+
+#[test]
+fn hole_punch_nat66() {
+    hole_punch(true);
 }

@@ -3,8 +3,9 @@
 //! hosts, replies to the tuples the NAT chose, unsolicited inbound packets, ICMP errors both
 //! ways quoting packets the NAT forwarded, mutated copies of forwarded frames, raw bytes,
 //! and time steps with timer sweeps, under an arbitrary profile and a small port space, with
-//! a port forward (DNAT) that inbound packets hit now and then, and endpoint-independent
-//! filtering on half the inputs (rfc, cgn).
+//! a port forward (DNAT) that inbound packets hit now and then, endpoint-independent
+//! filtering on half the inputs (rfc, cgn), and inside prefixes on half the inputs, with
+//! inside hosts sending to the public tuples the NAT chose (hairpinning to a mapping).
 //! Invariants: no panic; no two live sessions share a public tuple unless they are one
 //! inside endpoint's (endpoint-independent profiles) — in hyperplane, unless they also go
 //! to different destinations; every packet built well-formed that passes re-parses and has
@@ -23,7 +24,8 @@ use nf_core::{
     StageControl, StageExt, Verdict, parse_frame,
 };
 use nf_nat::{
-    AllocatorConfig, CgnSettings, Filtering, PortForward, Profile, Snat, SnatConfig, nat_timeouts,
+    AllocatorConfig, CgnSettings, Filtering, InsidePrefix, PortForward, Profile, Snat, SnatConfig,
+    nat_timeouts,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +38,8 @@ enum Op {
     Reply { which: u16, flags: u8 },
     /// A packet from outside to a public address, unsolicited or guessed.
     Inbound { remote: u8, port: u16, kind: u8, v6: bool },
+    /// An inside host sends to a public tuple the NAT chose (another host's mapping).
+    Hairpin { inside: u8, sport: u8, which: u16, flags: u8 },
     /// A router reports a forwarded outbound packet unreachable, to the public address.
     ErrorIn { which: u16, ty: u8 },
     /// An inside host reports a reply it received unreachable.
@@ -126,6 +130,13 @@ fn be16(b: &[u8]) -> usize {
 /// Every checksum of an IP packet (no options or extension headers: the packets this
 /// target builds), and of an ICMP error's quote.
 fn verify_ip(ip: &[u8]) {
+    verify_ip_quoting(ip, true);
+}
+
+/// Every checksum of an IP packet; of an ICMP error's quote too if `quote` (an error quoting
+/// a malformed packet carries its bad checksums, as RFC 5508 REQ-8 quotes the packet as
+/// sent; the quoted IPv4 header is checked either way).
+fn verify_ip_quoting(ip: &[u8], quote: bool) {
     let (p, l4, pseudo) = if ip[0] >> 4 == 4 {
         assert_eq!(ones(&[&ip[..20]]), 0xffff, "IPv4 header checksum");
         let l4 = &ip[20..be16(&ip[2..])];
@@ -157,7 +168,7 @@ fn verify_ip(ip: &[u8]) {
                 } else {
                     40 + be16(&q[4..]) <= q.len()
                 };
-                if whole {
+                if whole && quote {
                     verify_ip(q);
                 }
             }
@@ -194,11 +205,12 @@ impl World {
         self.pipe.process(self.now, &mut batch);
         for (pkt, ok) in batch.drain().zip(built) {
             if let Verdict::Tx(_) = pkt.meta.verdict {
-                // An answer the NAT made (idle RST, ICMP for a refused flow): well formed.
+                // An answer the NAT made (idle RST, ICMP for a refused flow): well formed; its
+                // quote is as good as the packet it answers.
                 let data = pkt.data();
                 let mut m = Meta::default();
                 parse_frame(data, &mut m, &ParseConfig::default()).expect("an answer parses");
-                verify_ip(&data[usize::from(m.l3)..]);
+                verify_ip_quoting(&data[usize::from(m.l3)..], ok);
                 continue;
             }
             if pkt.meta.verdict != Verdict::Pass {
@@ -298,7 +310,14 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
     // Answers: idle RSTs (hyperplane's default; all profiles on every other input) and ICMP
     // for flows refused for lack of resources.
     let origin = nf_core::reply::IcmpOrigin::new(Some([10, 0, 0, 254].into()), None, nf_core::PortId(0));
-    let cfg = SnatConfig::new(alloc)
+    let mut cfg = SnatConfig::new(alloc);
+    if setup & 0x20 != 0 {
+        cfg = cfg
+            .with_inside(InsidePrefix::new([10, 0, 0, 0].into(), 8))
+            .with_inside(InsidePrefix::new(IpAddr::from(v6(0xfd00, 0)), 16))
+            .with_hairpin_sessions(16);
+    }
+    let cfg = cfg
         .with_v6_sessions(32)
         .with_forward(web)
         .with_filtering(filtering)
@@ -352,6 +371,19 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
                 // Every fourth one to the port forward.
                 let port = if port % 4 == 0 { 8080 } else { port };
                 pending.push((true, frame(six, src, dst, kind, 53, port, 0x02, true)));
+            }
+            Op::Hairpin { inside, sport, which, flags } => {
+                if let Some(r) = pick(&w.replies, which) {
+                    let six = r.family() == nf_core::Family::V6;
+                    let src = if six { v6(0xfd00, 16 + inside % 8) } else { addr4([10, 0, 0, 16 + inside % 8]) };
+                    let kind = match r.proto {
+                        proto::TCP => 0,
+                        proto::UDP => 1,
+                        _ => 2,
+                    };
+                    let sp = 30000 + u16::from(sport % 8);
+                    pending.push((true, frame(six, src, *r.dst_raw(), kind, sp, r.dst_port, flags, false)));
+                }
             }
             Op::ErrorIn { which, ty } => {
                 if let Some((six, f)) = pick(&w.sent, which) {

@@ -4,6 +4,7 @@
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError};
+use crate::store::Store;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::{IpAddr, SocketAddr};
@@ -72,9 +73,9 @@ impl EndpointRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EndpointError {
-    /// Rule `n`: an endpoint, service or pool address is not IPv4 (IPv6 endpoints are not
-    /// built yet: the session value keeps the consumer's address inline).
-    NotIpv4(usize),
+    /// Rule `n`: the endpoint, the service and the pool addresses are not all of one family
+    /// (the rule would need a translator between IPv4 and IPv6).
+    MixedFamilies(usize),
     /// Rule `n`: the protocol is neither TCP nor UDP.
     Protocol(usize),
     /// Rule `n` has the same consumer zone, endpoint and protocol as an earlier one.
@@ -91,7 +92,12 @@ pub enum EndpointError {
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotIpv4(n) => write!(f, "endpoint rule {n}: an address is not IPv4"),
+            Self::MixedFamilies(n) => {
+                write!(
+                    f,
+                    "endpoint rule {n}: addresses of both IP families (no NAT64)"
+                )
+            }
             Self::Protocol(n) => write!(f, "endpoint rule {n}: protocol not TCP or UDP"),
             Self::Duplicate(n) => write!(f, "endpoint rule {n}: the same endpoint twice"),
             Self::TooManyRules => f.write_str("more than 65535 endpoint rules"),
@@ -109,7 +115,8 @@ impl core::error::Error for EndpointError {}
 pub struct EndpointCounters {
     /// New flows to an endpoint, translated (a session created).
     pub flows_translated: u64,
-    /// New flows to an endpoint refused (no pool port, no free reply tuple).
+    /// New flows to an endpoint refused (no pool port, no free reply tuple, the IPv6
+    /// consumer store full).
     pub flows_refused: u64,
     /// New flows that reach no endpoint, passed untranslated.
     pub flows_unmatched: u64,
@@ -153,6 +160,7 @@ impl EndpointCounters {
 /// (14 bytes: an IPv4 session record with it stays one 64-byte line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointSession {
+    /// IPv4: the consumer's address; IPv6: the index of the consumer's address in the store.
     consumer: [u8; 4],
     consumer_port: u16,
     rule: u16,
@@ -179,6 +187,8 @@ struct Rule {
     pool: usize,
     endpoint_raw: [u8; 16],
     service_raw: [u8; 16],
+    /// An IPv6 endpoint (consumers' addresses in the store).
+    v6: bool,
 }
 
 /// A provider-side pool: its allocator and raw addresses.
@@ -250,6 +260,8 @@ impl Rule {
 pub struct Endpoint {
     rules: Vec<Rule>,
     pools: Vec<Pool>,
+    /// Consumers' IPv6 addresses of live sessions (the IPv4 ones are kept inline).
+    v6: Store<[u8; 16]>,
     counters: EndpointCounters,
 }
 
@@ -287,12 +299,15 @@ impl Endpoint {
         }
         let mut built: Vec<Rule> = Vec::with_capacity(rules.len());
         let mut pools: Vec<Pool> = Vec::new();
+        // Sessions of IPv6 endpoints at once: as many as their pools hold mappings.
+        let mut v6_sessions = 0usize;
         for (n, spec) in rules.into_iter().enumerate() {
-            let v4 = spec.consumer.addr.is_ipv4()
-                && spec.provider.addr.is_ipv4()
-                && spec.pool.public_ips.iter().all(IpAddr::is_ipv4);
-            if !v4 {
-                return Err(EndpointError::NotIpv4(n));
+            let v6 = spec.consumer.addr.is_ipv6();
+            // (An empty pool is the allocator's error, `ConfigError::PublicIps`.)
+            let one_family = spec.provider.addr.is_ipv6() == v6
+                && spec.pool.public_ips.iter().all(|a| a.is_ipv6() == v6);
+            if !one_family {
+                return Err(EndpointError::MixedFamilies(n));
             }
             if !matches!(spec.proto, proto::TCP | proto::UDP) {
                 return Err(EndpointError::Protocol(n));
@@ -325,6 +340,9 @@ impl Endpoint {
             } else {
                 let ports =
                     PortAllocator::new(spec.pool.clone()).map_err(|e| EndpointError::Pool(n, e))?;
+                if v6 {
+                    v6_sessions = v6_sessions.saturating_add(spec.pool.max_mappings);
+                }
                 pools.push(Pool {
                     zone,
                     raw: spec.pool.public_ips.iter().map(|&ip| raw(ip)).collect(),
@@ -336,6 +354,7 @@ impl Endpoint {
             built.push(Rule {
                 endpoint_raw: raw(spec.consumer.addr.ip()),
                 service_raw: raw(spec.provider.addr.ip()),
+                v6,
                 pool,
                 spec,
             });
@@ -343,6 +362,7 @@ impl Endpoint {
         Ok(Self {
             rules: built,
             pools,
+            v6: Store::new(v6_sessions),
             counters: EndpointCounters::default(),
         })
     }
@@ -359,9 +379,13 @@ impl Endpoint {
         self.pools.get(r.pool).map(|p| &p.ports)
     }
 
-    /// Bytes of the pool allocators' tables.
+    /// Bytes of the pool allocators' tables and of the IPv6 consumer store.
     pub fn memory_bytes(&self) -> usize {
-        self.pools.iter().map(|p| p.ports.memory_bytes()).sum()
+        self.pools
+            .iter()
+            .map(|p| p.ports.memory_bytes())
+            .sum::<usize>()
+            + self.v6.bytes()
     }
 
     /// A new flow in a provider's zone to one of its pool addresses: nothing serves it.
@@ -388,10 +412,12 @@ impl Endpoint {
         ) else {
             return Err(DropReason::NatUntranslatable);
         };
+        let v6 = rule.v6;
         let zone = rule.spec.provider.zone;
+        let pool_index = rule.pool;
         let pool = self
             .pools
-            .get_mut(rule.pool)
+            .get_mut(pool_index)
             .ok_or(DropReason::NatUntranslatable)?;
         let mapping = pool
             .ports
@@ -402,19 +428,34 @@ impl Endpoint {
             k.zone = zone;
             k
         });
-        match reply {
-            Some(r) if new.is_free(&r) && new.set_reply(r).is_ok() => Ok(EndpointSession {
-                consumer,
-                consumer_port: original.src_port,
-                rule: u16::try_from(i).map_err(|_| DropReason::NatUntranslatable)?,
-                mapping,
-                active: true,
-            }),
-            _ => {
-                let _ = pool.ports.release(now, &flow, mapping);
-                Err(DropReason::NatUntranslatable)
+        let rule = u16::try_from(i).ok();
+        let fail = match (reply, rule) {
+            (Some(r), Some(rule)) if new.is_free(&r) && new.set_reply(r).is_ok() => {
+                // IPv6: the consumer's address goes to the store, the value keeps its index.
+                let consumer = if v6 {
+                    self.v6.take(*original.src_raw()).map(u32::to_be_bytes)
+                } else {
+                    Some(consumer)
+                };
+                match consumer {
+                    Some(consumer) => {
+                        return Ok(EndpointSession {
+                            consumer,
+                            consumer_port: original.src_port,
+                            rule,
+                            mapping,
+                            active: true,
+                        });
+                    }
+                    None => DropReason::NatCapacityFull,
+                }
             }
+            _ => DropReason::NatUntranslatable,
+        };
+        if let Some(pool) = self.pools.get_mut(pool_index) {
+            let _ = pool.ports.release(now, &flow, mapping);
         }
+        Err(fail)
     }
 
     /// Calls `f` with the two (end, address, port) rewrites of a packet travelling `dir`,
@@ -440,8 +481,13 @@ impl Endpoint {
             Direction::Reply => {
                 // From the endpoint, to the consumer.
                 f(End::Src, &rule.endpoint_raw, spec.consumer.addr.port())?;
-                let mut consumer = [0; 16];
-                *consumer.first_chunk_mut::<4>()? = s.consumer;
+                let consumer = if rule.v6 {
+                    *self.v6.get(u32::from_be_bytes(s.consumer))?
+                } else {
+                    let mut a = [0; 16];
+                    *a.first_chunk_mut::<4>()? = s.consumer;
+                    a
+                };
                 f(End::Dst, &consumer, s.consumer_port)?;
                 Some(spec.consumer.zone)
             }
@@ -554,8 +600,13 @@ impl SessionService for Endpoint {
         if !v.active {
             return;
         }
-        if let Some(rule) = self.rules.get(usize::from(v.rule))
-            && let Some(flow) = rule.pool_flow(&s.original)
+        let Some(rule) = self.rules.get(usize::from(v.rule)) else {
+            return;
+        };
+        if rule.v6 {
+            self.v6.put(u32::from_be_bytes(v.consumer));
+        }
+        if let Some(flow) = rule.pool_flow(&s.original)
             && let Some(pool) = self.pools.get_mut(rule.pool)
         {
             // A release the allocator does not recognise is counted there.

@@ -96,8 +96,28 @@
 //! gets a mapping for its source and the forward's inside endpoint as its destination, so
 //! the server sees the client as a public address and port and the client sees the answer
 //! come from the public endpoint (RFC 4787 REQ-9, RFC 5382 REQ-8a); ICMP errors are
-//! translated at both ends. Hairpinning to another inside host's mapping (rather than a
-//! forward) needs endpoint-independent filtering and is not built yet.
+//! translated at both ends.
+//!
+//! Hairpinning to another inside host's mapping (rfc and cgn; flows from configured inside
+//! prefixes): a TCP or UDP flow from inside to the public endpoint of a live mapping of
+//! another inside host (same zone) gets a mapping for its source, as any outbound flow, and
+//! the mapping's inside endpoint as its destination; its reply key is that host's flow to
+//! the mapped source, which holds the peer's mapping, so both mappings live while the
+//! session does. The peer sees the external source address and port (RFC 4787 REQ-9a, RFC
+//! 5382 REQ-8a) and its answers reach the sender from the peer's public endpoint; ICMP
+//! errors are translated at both ends, the outer destination becoming the quote's
+//! translated source (RFC 5508 REQ-7a). The hairpinned packet meets the peer's mapping as
+//! if it came from outside, so the peer's filtering decides: endpoint-independent, it
+//! passes; address-and-port-dependent, the session is created but the sender's packets
+//! drop (`nat_no_mapping`, counted `hairpin_filtered`) until the peer sends to the sender's
+//! mapped endpoint — which the sender's mapping accepts, the sender having sent to the
+//! peer's — and from then on both ways pass (hole punching by two hosts behind one NAT).
+//! ICMP queries are not hairpinned: their identifier is the querier's, so no mapping of
+//! the target serves them (RFC 5508 REQ-7 asks that of Basic NAT only, not NAPT); they drop
+//! `nat_no_mapping`. The hyperplane profile's mappings are per destination: it hairpins to
+//! port forwards only. Peers of such sessions are kept in a store allocated up front
+//! ([`SnatConfig::with_hairpin_sessions`]); when it is full, the flow is refused
+//! (`nat_capacity_full`).
 //!
 //! Filtering ([`SnatConfig::with_filtering`]) is address-and-port-dependent by default:
 //! only replies from the flow's destination find its session. With
@@ -107,7 +127,7 @@
 //! tables so sessions last as long as the RFCs require (nf-core's defaults follow Linux and
 //! are shorter).
 //!
-//! IPv4 sessions keep the inside address in their value (14 bytes, so an IPv4 session
+//! IPv4 sessions keep the inside address in their value (16 bytes, so an IPv4 session
 //! record stays one cache line); IPv6 sessions keep an index into a store of inside
 //! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
 //!
@@ -133,20 +153,27 @@
 //!   stage taking the VNI from the zone sends them on the provider's VNI); provider →
 //!   consumer get the endpoint as source and the consumer as destination, and leave into
 //!   the consumer's zone. Checksums are updated incrementally.
-//! - **ICMP errors** quoting either direction are translated at both ends (outer header and
-//!   quote) and moved to the other zone like the flow's packets; later fragments get their
-//!   addresses translated.
+//! - **ICMP errors** (ICMPv6 errors) quoting either direction are translated at both ends
+//!   (outer header and quote) and moved to the other zone like the flow's packets; later
+//!   fragments get their addresses translated.
 //! - **Refusals** are typed drops (`nat_ports_exhausted`, `nat_untranslatable`, ...); a new
 //!   flow in a provider's zone to a pool address is unsolicited (`nat_no_mapping`); any
 //!   other new flow passes untranslated (`flows_unmatched`), so the service composes with
 //!   others in a tuple.
 //! - **End**: the pool mapping goes back to its allocator.
+//! - **Families**: a rule is IPv4 or IPv6 throughout — endpoint, service and pool
+//!   addresses of one family, else [`EndpointError::MixedFamilies`] (translating between
+//!   the families is NAT64's job, not this one's); rules of both families live side by
+//!   side, even in one consumer zone.
 //!
 //! Counters (stage `endpoint`): `flows_translated`, `flows_refused`, `flows_unmatched`,
 //! `no_mapping`, `packets_to_provider`, `packets_to_consumer`, `icmp_errors_translated`,
-//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`. Endpoints are IPv4 (the
-//! session value keeps the consumer's address inline, 14 bytes, one record line); rules are
-//! matched by a linear scan on new flows only.
+//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`. The session value is
+//! 14 bytes (an IPv4 record stays one line): it keeps an IPv4 consumer's address inline and
+//! an IPv6 consumer's as an index into a store allocated by [`Endpoint::new`], with room for
+//! as many sessions as the IPv6 rules' pools hold mappings (20 bytes each; when it is full a
+//! flow is refused `nat_capacity_full`). Rules are matched by a linear scan on new flows
+//! only.
 //!
 //! # Profiles
 //!
@@ -216,7 +243,8 @@
 //!
 //! [`Snat`] reports through the stage's counter visitor, under the stage name `snat`, with
 //! stable names:
-//! - new flows: `flows_translated`, `flows_forwarded`, `flows_hairpinned`, `flows_inbound`,
+//! - new flows: `flows_translated`, `flows_forwarded`, `flows_hairpinned` (to a forward or
+//!   a mapping), `flows_inbound`,
 //!   `flows_untranslated`, `flows_refused`, `no_mapping` (unsolicited inbound);
 //! - allocation errors by reason: `alloc_error_exhausted`, `alloc_error_too_many_probes`,
 //!   `alloc_error_capacity_full`, `alloc_error_quota_exceeded`,
@@ -229,7 +257,8 @@
 //!   `blocks_allocated`, `blocks_released`, `block_events_dropped`;
 //! - packets: `packets_out`, `packets_in`, `packets_hairpinned`, `fragments_translated`,
 //!   `rewrite_failed`, `icmp_errors_translated`, `icmp_errors_dropped`,
-//!   `idle_timeout_resets`, `refusal_icmp_sent`, `refusal_icmp_rate_limited`.
+//!   `idle_timeout_resets`, `refusal_icmp_sent`, `refusal_icmp_rate_limited`,
+//!   `hairpin_filtered`.
 //!
 //! # Memory
 //!
@@ -244,7 +273,12 @@
 //! - rfc and cgn: 16 KiB of port bits per public address and protocol, and two tables
 //!   (inside endpoint → mapping, inside address → subscriber) of `max_mappings` entries; CGN
 //!   adds block ownership per public address and block lists per possible subscriber.
-#![no_std]
+//!
+//! [`Snat`] adds ([`Snat::memory_bytes`]): the IPv6 inside-address store (20 bytes ×
+//! [`SnatConfig::v6_sessions`]); in the rfc and cgn profiles with endpoint-independent
+//! filtering or inside prefixes, the table of mapping owners (public endpoint → inside
+//! endpoint, `max_mappings` entries) and the hairpin peer store (26 bytes ×
+//! [`SnatConfig::hairpin_sessions`], default `max_mappings` / 8).
 #![forbid(unsafe_code)]
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
@@ -257,6 +291,7 @@ mod counters;
 mod endpoint;
 mod snat;
 mod space;
+mod store;
 mod table;
 mod timeouts;
 

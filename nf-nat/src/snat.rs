@@ -3,6 +3,7 @@
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError, Profile};
+use crate::store::Store;
 use crate::table::Table;
 use alloc::vec::Vec;
 use core::net::{IpAddr, SocketAddr};
@@ -140,6 +141,11 @@ pub struct SnatConfig {
     /// ICMP errors for flows from inside refused for lack of resources: their source,
     /// port and rate (`None`, the default: the typed drop only).
     pub refusal_icmp: Option<IcmpOrigin>,
+    /// Sessions hairpinned to another inside host's mapping at once (the store of their
+    /// peers, allocated up front: 26 bytes each; default an eighth of `max_mappings`).
+    /// Only allocated where such hairpinning exists: rfc and cgn profiles with
+    /// endpoint-independent filtering or configured inside prefixes.
+    pub hairpin_sessions: usize,
 }
 
 impl SnatConfig {
@@ -147,6 +153,7 @@ impl SnatConfig {
     pub fn new(allocator: AllocatorConfig) -> Self {
         let v6_sessions = allocator.max_mappings;
         let idle_reset = (allocator.profile == Profile::Hyperplane).then_some(PortId(0));
+        let hairpin_sessions = allocator.max_mappings / 8;
         Self {
             allocator,
             inside: Vec::new(),
@@ -155,7 +162,15 @@ impl SnatConfig {
             filtering: Filtering::AddressAndPortDependent,
             idle_reset,
             refusal_icmp: None,
+            hairpin_sessions,
         }
+    }
+
+    /// Sets how many sessions may be hairpinned to another inside host's mapping at once.
+    #[must_use]
+    pub fn with_hairpin_sessions(mut self, n: usize) -> Self {
+        self.hairpin_sessions = n;
+        self
     }
 
     /// Answers flows refused for lack of resources (ports, probes, capacity, quota, session
@@ -215,7 +230,8 @@ pub struct SnatCounters {
     pub flows_translated: u64,
     /// New inbound flows sent on by a port forward.
     pub flows_forwarded: u64,
-    /// New flows from inside to a port forward, hairpinned.
+    /// New flows from inside to a port forward or to another inside host's mapping,
+    /// hairpinned.
     pub flows_hairpinned: u64,
     /// New inbound flows admitted to a mapping by endpoint-independent filtering.
     pub flows_inbound: u64,
@@ -247,6 +263,10 @@ pub struct SnatCounters {
     pub refusal_icmp_sent: u64,
     /// Refused flows left without that ICMP error by its rate limit.
     pub refusal_icmp_rate_limited: u64,
+    /// Packets hairpinned to another inside host's mapping that its address-and-port-dependent
+    /// filtering did not accept yet (that host has not sent to the flow's mapped source),
+    /// dropped as `nat_no_mapping`.
+    pub hairpin_filtered: u64,
 }
 
 impl SnatCounters {
@@ -269,6 +289,7 @@ impl SnatCounters {
             ("idle_timeout_resets", self.idle_timeout_resets),
             ("refusal_icmp_sent", self.refusal_icmp_sent),
             ("refusal_icmp_rate_limited", self.refusal_icmp_rate_limited),
+            ("hairpin_filtered", self.hairpin_filtered),
         ] {
             f(STAGE, name, v);
         }
@@ -296,7 +317,7 @@ macro_rules! active_names {
 const ACTIVE_PER_PUBLIC: [(&str, [&str; 3]); 16] =
     active_names!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 
-/// The session value of [`Snat`]: the mapping and the inside endpoint (14 bytes: an IPv4
+/// The session value of [`Snat`]: the mapping and the inside endpoint (16 bytes: an IPv4
 /// session record with it stays one 64-byte line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Translation {
@@ -304,9 +325,13 @@ pub struct Translation {
     inside: [u8; 4],
     inside_port: u16,
     mapping: Mapping,
-    /// Hairpin: the index of the port forward reached.
-    forward: u16,
+    /// Hairpin: the index (big-endian) of the port forward reached, or of the peer (the
+    /// other inside host's endpoint and mapping) in the peer store.
+    other: [u8; 4],
     kind: Kind,
+    /// A hairpin to a mapping whose address-and-port-dependent filtering has not accepted
+    /// this flow's mapped source yet: original packets drop until the peer sends to it.
+    waiting: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -324,6 +349,10 @@ enum Kind {
     /// like `V4`/`V6` and DNATed to the forward's inside endpoint.
     HairpinV4,
     HairpinV6,
+    /// Hairpin to another inside host's mapping: SNATed like `V4`/`V6`, and DNATed from
+    /// the peer's mapping to its inside endpoint (the peer store's entry).
+    PinV4,
+    PinV6,
     /// Endpoint-independent filtering: an outside host's flow to a mapping, DNATed like a
     /// forward, holding the mapping like an outbound flow.
     InboundV4,
@@ -334,7 +363,7 @@ impl Kind {
     const fn is_v6(self) -> bool {
         matches!(
             self,
-            Self::V6 | Self::DnatV6 | Self::HairpinV6 | Self::InboundV6
+            Self::V6 | Self::DnatV6 | Self::HairpinV6 | Self::PinV6 | Self::InboundV6
         )
     }
 
@@ -350,8 +379,14 @@ impl Kind {
         matches!(self, Self::InboundV4 | Self::InboundV6)
     }
 
+    /// Hairpinned to a port forward.
     const fn is_hairpin(self) -> bool {
         matches!(self, Self::HairpinV4 | Self::HairpinV6)
+    }
+
+    /// Hairpinned to another inside host's mapping.
+    const fn is_pin(self) -> bool {
+        matches!(self, Self::PinV4 | Self::PinV6)
     }
 }
 
@@ -408,7 +443,11 @@ pub struct Snat {
     /// Endpoint-independent filtering: public endpoint → its inside endpoint, with the
     /// sessions holding it (keyed: inbound packets choose the port looked up).
     owners: Option<(Table<PublicEndpoint, InsideEndpoint>, FlowHasher)>,
-    v6: V6Store,
+    /// Inbound filtering of mappings.
+    filtering: Filtering,
+    v6: Store<[u8; 16]>,
+    /// The other end of sessions hairpinned to a mapping.
+    peers: Store<Peer>,
     idle_reset: Option<PortId>,
     refusal_icmp: Option<(IcmpOrigin, ReplyBucket)>,
     counters: SnatCounters,
@@ -464,39 +503,13 @@ fn raw(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// Inside IPv6 addresses of translated sessions, with a free list; allocated up front.
-struct V6Store {
-    addrs: Vec<[u8; 16]>,
-    free: Vec<u32>,
-}
-
-impl V6Store {
-    fn new(n: usize) -> Self {
-        let n = n.min(u32::MAX as usize);
-        Self {
-            addrs: alloc::vec![[0; 16]; n],
-            free: (0..n as u32).rev().collect(),
-        }
-    }
-
-    fn take(&mut self, a: [u8; 16]) -> Option<u32> {
-        let i = self.free.pop()?;
-        if let Some(slot) = self.addrs.get_mut(i as usize) {
-            *slot = a;
-        }
-        Some(i)
-    }
-
-    fn get(&self, i: u32) -> Option<&[u8; 16]> {
-        self.addrs.get(i as usize)
-    }
-
-    fn put(&mut self, i: u32) {
-        // The free list was allocated with room for every index.
-        if (i as usize) < self.addrs.len() && self.free.len() < self.addrs.len() {
-            self.free.push(i);
-        }
-    }
+/// The other end of a session hairpinned to another inside host's mapping: that host's
+/// inside endpoint and its mapping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Peer {
+    addr: [u8; 16],
+    port: u16,
+    mapping: Mapping,
 }
 
 impl Snat {
@@ -541,12 +554,16 @@ impl Snat {
             .map(|&ip| raw(ip))
             .collect();
         let public_ips = config.allocator.public_ips.clone();
+        // The owners of mappings (public endpoint → inside endpoint) serve endpoint-independent
+        // filtering and hairpinning to a mapping (from configured inside prefixes); the
+        // hyperplane profile's mappings are per destination, so it has neither.
         let owners = match (config.filtering, config.allocator.profile) {
-            (Filtering::AddressAndPortDependent, _) => None,
             (Filtering::EndpointIndependent, Profile::Hyperplane) => {
                 return Err(ConfigError::Filtering);
             }
-            (Filtering::EndpointIndependent, _) => {
+            (_, Profile::Hyperplane) => None,
+            (Filtering::AddressAndPortDependent, _) if config.inside.is_empty() => None,
+            _ => {
                 let mut key = config.allocator.secret;
                 for b in &mut key {
                     *b ^= 0x36;
@@ -555,6 +572,7 @@ impl Snat {
                 Some((Table::with_entries(n), FlowHasher::new(key)))
             }
         };
+        let owners_built = owners.is_some();
         Ok(Self {
             ports: PortAllocator::new(config.allocator)?,
             inside: config.inside,
@@ -562,7 +580,13 @@ impl Snat {
             public_ips,
             forwards,
             owners,
-            v6: V6Store::new(config.v6_sessions),
+            filtering: config.filtering,
+            v6: Store::new(config.v6_sessions),
+            peers: Store::new(if owners_built {
+                config.hairpin_sessions
+            } else {
+                0
+            }),
             idle_reset: config.idle_reset,
             refusal_icmp: config.refusal_icmp.map(|r| (r, r.bucket())),
             counters: SnatCounters::default(),
@@ -588,8 +612,8 @@ impl Snat {
     pub fn memory_bytes(&self) -> usize {
         self.ports.memory_bytes()
             + self.owners.as_ref().map_or(0, |(t, _)| t.bytes())
-            + self.v6.addrs.capacity() * 16
-            + self.v6.free.capacity() * 4
+            + self.v6.bytes()
+            + self.peers.bytes()
             + self.publics.capacity() * 16
     }
 
@@ -631,7 +655,8 @@ impl Snat {
             inside,
             inside_port: original.src_port,
             mapping,
-            forward: 0,
+            other: [0; 4],
+            waiting: false,
             kind: if v6 { Kind::V6 } else { Kind::V4 },
         })
     }
@@ -689,10 +714,10 @@ impl Snat {
         new: &mut NewFlow<'_>,
     ) -> Result<Translation, DropReason> {
         let key = *new.original();
-        // From a configured inside prefix this would be hairpinning to a mapping, which
-        // needs the source translated too: not supported, refused.
+        // From a configured inside prefix it is hairpinning (`admit_pin`), not inbound.
         let from_inside = !self.inside.is_empty() && self.is_inside(&key);
-        let (Some((table, hasher)), false) = (&self.owners, from_inside) else {
+        let eif = self.filtering == Filtering::EndpointIndependent;
+        let (Some((table, hasher)), false, true) = (&self.owners, from_inside, eif) else {
             return Err(DropReason::NatNoMapping);
         };
         let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
@@ -746,7 +771,8 @@ impl Snat {
             inside,
             inside_port: owner.port,
             mapping,
-            forward: 0,
+            other: [0; 4],
+            waiting: false,
             kind: if v6 { Kind::InboundV6 } else { Kind::InboundV4 },
         })
     }
@@ -787,7 +813,8 @@ impl Snat {
             inside: addr,
             inside_port: inside.port(),
             mapping: Mapping::new(f.public, f.rule.public.port()),
-            forward: 0,
+            other: [0; 4],
+            waiting: false,
             kind: if v6 { Kind::DnatV6 } else { Kind::DnatV4 },
         })
     }
@@ -805,7 +832,7 @@ impl Snat {
     ) -> Result<Translation, DropReason> {
         let original = *new.original();
         let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
-        let forward = u16::try_from(i).map_err(|_| DropReason::NatUntranslatable)?;
+        let forward = u32::try_from(i).map_err(|_| DropReason::NatUntranslatable)?;
         let mapping = self
             .ports
             .allocate(now, &original)
@@ -825,8 +852,9 @@ impl Snat {
                     inside: addr,
                     inside_port: original.src_port,
                     mapping,
-                    forward,
+                    other: forward.to_be_bytes(),
                     kind: if v6 { Kind::HairpinV6 } else { Kind::HairpinV4 },
+                    waiting: false,
                 })
             }
             (_, inside) => {
@@ -842,15 +870,138 @@ impl Snat {
     /// A hairpin's second rewrite, the forward's end: the original direction's destination
     /// becomes the forward's inside endpoint, the reply's source its public endpoint.
     fn forward_target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
-        let f = self.forwards.get(usize::from(t.forward))?;
+        let i = usize::try_from(u32::from_be_bytes(t.other)).ok()?;
+        let f = self.forwards.get(i)?;
         Some(match dir {
             Direction::Original => (End::Dst, f.inside_raw, f.rule.inside.port()),
             Direction::Reply => (End::Src, f.public_raw, f.rule.public.port()),
         })
     }
 
+    /// A hairpin to a mapping's second rewrite, the peer's end: the original direction's
+    /// destination becomes the peer's inside endpoint, the reply's source its mapping.
+    fn peer_target(&self, dir: Direction, t: &Translation) -> Option<(End, [u8; 16], u16)> {
+        let p = self.peers.get(u32::from_be_bytes(t.other))?;
+        Some(match dir {
+            Direction::Original => (End::Dst, p.addr, p.port),
+            Direction::Reply => {
+                let public = self.publics.get(usize::from(p.mapping.public_index()))?;
+                (End::Src, *public, p.mapping.port())
+            }
+        })
+    }
+
+    /// A new flow from a configured inside prefix to a public address (rfc and cgn): if the
+    /// destination is another inside host's live TCP or UDP mapping in the same zone, the
+    /// flow is hairpinned to it (RFC 4787 REQ-9, RFC 5382 REQ-8). The source gets its own
+    /// mapping, as for any outbound flow, so the peer sees the external source address and
+    /// port (REQ-9a); the destination becomes the peer's inside endpoint. The reply key is
+    /// the peer's outbound flow to that mapped source, which takes the peer's mapping as an
+    /// inbound session does, so both mappings live while the session does.
+    ///
+    /// The hairpinned packet meets the peer's mapping as if it came from outside: with
+    /// endpoint-independent filtering it passes; with address-and-port-dependent filtering
+    /// the session is created waiting and its original packets drop (`nat_no_mapping`,
+    /// counted `hairpin_filtered`) until the peer sends to the mapped source (the session's
+    /// reply direction: the flow's own mapping accepts it, as its host sent to the peer's
+    /// mapping), which opens it — the hole punching of two hosts behind one NAT.
+    ///
+    /// ICMP queries are not hairpinned: their identifier is the querier's, so no mapping
+    /// of the target serves them (RFC 5508 REQ-7 asks it of Basic NAT only); they drop
+    /// `nat_no_mapping` like any unsolicited query.
+    fn admit_pin(
+        &mut self,
+        now: Instant,
+        new: &mut NewFlow<'_>,
+    ) -> Result<Translation, DropReason> {
+        let key = *new.original();
+        let (Some((table, hasher)), proto::TCP | proto::UDP) = (&self.owners, key.proto) else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
+        let Some(public) = public.and_then(|i| u16::try_from(i).ok()) else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let pk = PublicEndpoint {
+            public,
+            port: key.dst_port,
+            proto: key.proto,
+        };
+        let owner = table
+            .get(pk.hash(hasher), &pk)
+            .filter(|o| o.zone == key.zone.0)
+            .ok_or(DropReason::NatNoMapping)?;
+        let peer_ip = if key.family() == Family::V4 {
+            IpAddr::from(owner.addr.first_chunk::<4>().copied().unwrap_or_default())
+        } else {
+            IpAddr::from(owner.addr)
+        };
+        let mapping = self
+            .ports
+            .allocate(now, &key)
+            .map_err(AllocError::drop_reason)?;
+        // The peer's outbound flow to the mapped source: the session's reply key.
+        let source = self
+            .public_ips
+            .get(usize::from(mapping.public_index()))
+            .copied();
+        let Some(back) = source.and_then(|ip| {
+            FlowKey::from_addrs(key.zone, peer_ip, ip, key.proto, owner.port, mapping.port())
+        }) else {
+            let _ = self.ports.release(now, &key, mapping);
+            return Err(DropReason::NatUntranslatable);
+        };
+        let peer_mapping = match self.ports.allocate(now, &back) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self.ports.release(now, &key, mapping);
+                return Err(e.drop_reason());
+            }
+        };
+        let undo = |s: &mut Self, r: DropReason| {
+            let _ = s.ports.release(now, &back, peer_mapping);
+            let _ = s.ports.release(now, &key, mapping);
+            Err(r)
+        };
+        if peer_mapping != Mapping::new(public, key.dst_port)
+            || !new.is_free(&back)
+            || new.set_reply(back).is_err()
+        {
+            return undo(self, DropReason::NatUntranslatable);
+        }
+        let Some((inside, v6)) = self.store_inside(key.src_raw(), key.family()) else {
+            return undo(self, DropReason::NatCapacityFull);
+        };
+        let peer = Peer {
+            addr: owner.addr,
+            port: owner.port,
+            mapping: peer_mapping,
+        };
+        let peer = self.peers.take(peer);
+        let held = peer.is_some() && self.hold(key.proto, mapping, &key, true);
+        let (Some(peer), true) = (peer, held) else {
+            if let Some(p) = peer {
+                self.peers.put(p);
+            }
+            if v6 {
+                self.v6.put(u32::from_be_bytes(inside));
+            }
+            return undo(self, DropReason::NatCapacityFull);
+        };
+        // The peer's mapping has its entry: this only counts one more session on it.
+        self.hold(key.proto, peer_mapping, &back, true);
+        Ok(Translation {
+            inside,
+            inside_port: key.src_port,
+            mapping,
+            other: peer.to_be_bytes(),
+            kind: if v6 { Kind::PinV6 } else { Kind::PinV4 },
+            waiting: self.filtering != Filtering::EndpointIndependent,
+        })
+    }
+
     /// Calls `rewrite` with each (end, address, port) a packet of the session gets: one for
-    /// SNAT and port forwards, two for a hairpin.
+    /// SNAT and port forwards, two for a hairpin (to a forward or a mapping).
     #[inline(always)]
     fn each_target(
         &self,
@@ -862,6 +1013,9 @@ impl Snat {
         rewrite(end, &addr, port)?;
         if t.kind.is_hairpin() {
             let (end, addr, port) = self.forward_target(dir, t)?;
+            rewrite(end, &addr, port)?;
+        } else if t.kind.is_pin() {
+            let (end, addr, port) = self.peer_target(dir, t)?;
             rewrite(end, &addr, port)?;
         }
         Some(())
@@ -961,6 +1115,14 @@ impl SessionService for Snat {
                 Err(_) => self.counters.flows_refused += 1,
             }
             r
+        } else if self.is_public(&key) && !self.inside.is_empty() && self.is_inside(&key) {
+            let r = self.admit_pin(now, new);
+            match r {
+                Ok(_) => self.counters.flows_hairpinned += 1,
+                Err(DropReason::NatNoMapping) => self.counters.no_mapping += 1,
+                Err(_) => self.counters.flows_refused += 1,
+            }
+            r
         } else if self.is_public(&key) {
             let r = self.admit_inbound(now, new);
             match r {
@@ -986,6 +1148,10 @@ impl SessionService for Snat {
         if t.kind == Kind::Pass {
             return Verdict::Pass;
         }
+        if t.waiting && matches!(direction, Direction::Original) {
+            self.counters.hairpin_filtered += 1;
+            return Verdict::Drop(DropReason::NatNoMapping);
+        }
         let at = Layout::of(&pkt.meta);
         let d = pkt.data_mut();
         let done = self.each_target(direction, t, |end, addr, port| {
@@ -994,11 +1160,13 @@ impl SessionService for Snat {
         if done.is_none() {
             return self.failed(false);
         }
+        // The peer sent to the flow's mapped source: its mapping accepts the flow now.
+        t.waiting = false;
         match direction {
             Direction::Original => self.counters.packets_out += 1,
             Direction::Reply => self.counters.packets_in += 1,
         }
-        self.counters.packets_hairpinned += u64::from(t.kind.is_hairpin());
+        self.counters.packets_hairpinned += u64::from(t.kind.is_hairpin() || t.kind.is_pin());
         Verdict::Pass
     }
 
@@ -1011,6 +1179,10 @@ impl SessionService for Snat {
     ) -> Verdict {
         if t.kind == Kind::Pass {
             return Verdict::Pass;
+        }
+        if t.waiting && matches!(direction, Direction::Original) {
+            self.counters.hairpin_filtered += 1;
+            return Verdict::Drop(DropReason::NatNoMapping);
         }
         let icmp = pkt.meta.has(flags::ICMP_ERROR);
         let at = Layout::of(&pkt.meta);
@@ -1084,6 +1256,15 @@ impl SessionService for Snat {
                 self.hold(s.original.proto, t.mapping, outbound, false);
             }
         }
+        if t.kind.is_pin() {
+            // The peer's mapping, taken for the peer's flow to the mapped source (the reply).
+            let i = u32::from_be_bytes(t.other);
+            if let Some(p) = self.peers.get(i).copied() {
+                let _ = self.ports.release(now, &s.reply, p.mapping);
+                self.hold(s.original.proto, p.mapping, &s.reply, false);
+            }
+            self.peers.put(i);
+        }
         if t.kind.is_v6() {
             self.v6.put(u32::from_be_bytes(t.inside));
         }
@@ -1117,7 +1298,9 @@ mod tests {
     #[test]
     fn the_value_fits_an_ipv4_record_line() {
         // nf-core's IPv4 record is one 64-byte line with a value of at most 16 bytes.
-        assert_eq!(core::mem::size_of::<Translation>(), 14);
+        assert_eq!(core::mem::size_of::<Translation>(), 16);
+        // The peer store's entries (the crate docs' memory figures: 22 + 4 of free list).
+        assert_eq!(core::mem::size_of::<Peer>(), 22);
     }
 
     #[test]

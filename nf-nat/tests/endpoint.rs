@@ -1,6 +1,7 @@
 //! The private-endpoint service ([`Endpoint`]): a consumer zone's flows to an endpoint reach a
 //! provider zone's service, sourced from the provider's own address space; replies, ICMP
-//! errors both ways, overlapping consumers, third zones and the end of a session.
+//! errors both ways, overlapping consumers, third zones and the end of a session; IPv4 and
+//! IPv6 (ICMPv6 errors both ways too).
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,7 +12,9 @@
 
 mod common;
 
-use common::{dst4, ports, src4, tcp4, udp4, unreachable4, verify_frame};
+use common::{
+    dst4, dst6, ports, src4, src6, tcp4, tcp6, udp4, udp6, unreachable4, unreachable6, verify_frame,
+};
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
 use nf_core::flow::proto;
 use nf_core::{
@@ -260,16 +263,42 @@ fn the_end_of_a_session_returns_its_pool_port() {
 
 #[test]
 fn bad_rules_are_refused() {
-    let v6 = EndpointRule::new(
-        proto::TCP,
-        EndpointSide::new(ZoneId(1), "[fd00::1]:443".parse().unwrap()),
-        EndpointSide::new(ZoneId(2), "10.9.0.1:8443".parse().unwrap()),
-        pool(),
-    );
+    // Mixed families: an IPv6 endpoint to an IPv4 service, an IPv6 rule with an IPv4 pool,
+    // an IPv4 rule with a pool holding an IPv6 address.
+    let mixed = [
+        EndpointRule::new(
+            proto::TCP,
+            EndpointSide::new(ZoneId(1), "[fd00::1]:443".parse().unwrap()),
+            EndpointSide::new(ZoneId(2), "10.9.0.1:8443".parse().unwrap()),
+            pool6(),
+        ),
+        EndpointRule::new(
+            proto::TCP,
+            EndpointSide::new(ZoneId(1), "[fd00::1]:443".parse().unwrap()),
+            EndpointSide::new(ZoneId(2), "[fd09::1]:8443".parse().unwrap()),
+            pool(),
+        ),
+        {
+            let mut r = rule(1, proto::TCP);
+            r.pool.public_ips.push("fd09:ffff::1".parse().unwrap());
+            r
+        },
+    ];
+    for r in mixed {
+        assert_eq!(
+            Endpoint::new(vec![rule(7, proto::UDP), r]).err(),
+            Some(EndpointError::MixedFamilies(1))
+        );
+    }
+    // An empty pool is the allocator's refusal.
+    let mut empty = rule(1, proto::TCP);
+    empty.pool.public_ips.clear();
     assert_eq!(
-        Endpoint::new(vec![v6]).err(),
-        Some(EndpointError::NotIpv4(0))
+        Endpoint::new(vec![empty]).err(),
+        Some(EndpointError::Pool(0, nf_nat::ConfigError::PublicIps))
     );
+    // Both families side by side are fine.
+    assert!(Endpoint::new(vec![rule(1, proto::TCP), rule6(1, proto::TCP)]).is_ok());
     assert_eq!(
         Endpoint::new(vec![rule(1, proto::ICMP)]).err(),
         Some(EndpointError::Protocol(0))
@@ -284,4 +313,213 @@ fn bad_rules_are_refused() {
         Endpoint::new(vec![rule(1, proto::TCP), other]).err(),
         Some(EndpointError::PoolOverlap(1))
     );
+}
+
+// ---- IPv6 ------------------------------------------------------------------------------
+
+const CONSUMER6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const ENDPOINT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc8];
+const SERVICE6: [u8; 16] = [0xfd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const POOL6: [u8; 16] = [0xfd, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+fn pool6() -> AllocatorConfig {
+    AllocatorConfig::new(
+        Profile::Hyperplane,
+        vec![core::net::Ipv6Addr::from(POOL6).into()],
+        *b"endpoint secret!",
+    )
+    .with_max_mappings(1024)
+}
+
+/// The IPv6 endpoint [fd00::c8]:443 in `consumer_zone` to the service [fd09::1]:8443 in
+/// zone 200.
+fn rule6(consumer_zone: u32, proto: u8) -> EndpointRule {
+    EndpointRule::new(
+        proto,
+        EndpointSide::new(ZoneId(consumer_zone), "[fd00::c8]:443".parse().unwrap()),
+        EndpointSide::new(ZoneId(200), "[fd09::1]:8443".parse().unwrap()),
+        pool6(),
+    )
+}
+
+#[test]
+fn ipv6_consumer_reaches_the_service_from_the_providers_own_space_and_back() {
+    let mut p = Pipe::new(vec![rule6(100, proto::TCP), rule(100, proto::TCP)]);
+    let syn = p.send(100, &tcp6(CONSUMER6, ENDPOINT6, 40000, 443, SYN));
+    assert_eq!((syn.verdict, syn.zone), (Verdict::Pass, ZoneId(200)));
+    assert_eq!((src6(&syn.frame), dst6(&syn.frame)), (POOL6, SERVICE6));
+    let (sport, dport) = ports(&syn.frame);
+    assert_eq!(dport, 8443);
+    assert!(sport >= 1024);
+    verify_frame(&syn.frame);
+
+    let syn_ack = p.send(200, &tcp6(SERVICE6, POOL6, 8443, sport, SYN_ACK));
+    assert_eq!(syn_ack.verdict, Verdict::Pass);
+    assert_eq!(
+        (syn_ack.direction, syn_ack.zone),
+        (Direction::Reply, ZoneId(100))
+    );
+    assert_eq!(
+        (src6(&syn_ack.frame), dst6(&syn_ack.frame)),
+        (ENDPOINT6, CONSUMER6)
+    );
+    assert_eq!(ports(&syn_ack.frame), (443, 40000));
+    verify_frame(&syn_ack.frame);
+
+    for _ in 0..3 {
+        let ack = p.send(100, &tcp6(CONSUMER6, ENDPOINT6, 40000, 443, ACK));
+        assert_eq!((ack.verdict, ack.zone), (Verdict::Pass, ZoneId(200)));
+        assert_eq!(ports(&ack.frame), (sport, 8443));
+        verify_frame(&ack.frame);
+    }
+    // The IPv4 endpoint of the same consumer zone still works beside it.
+    let four = p.send(100, &tcp4(CONSUMER, ENDPOINT, 40000, 443, SYN));
+    assert_eq!((src4(&four.frame), dst4(&four.frame)), (POOL, SERVICE));
+    let ct = &p.pipe.second;
+    assert_eq!(ct.len(), 2);
+    let s = ct.lookup(&nf_core::FlowKey::v6(
+        ZoneId(200),
+        SERVICE6,
+        POOL6,
+        proto::TCP,
+        8443,
+        sport,
+    ));
+    let info = ct.info(s.unwrap().session).unwrap();
+    assert_eq!(
+        (info.original.zone, info.reply.zone),
+        (ZoneId(100), ZoneId(200))
+    );
+    assert_eq!(p.counter("flows_translated"), 2);
+    assert_eq!(p.counter("packets_to_provider"), 5);
+    assert_eq!(p.counter("packets_to_consumer"), 1);
+}
+
+#[test]
+fn ipv6_overlapping_consumers_get_distinct_provider_tuples_and_their_own_replies() {
+    let mut p = Pipe::new(vec![rule6(100, proto::UDP), rule6(101, proto::UDP)]);
+    let mut seen = Vec::new();
+    for zone in [100, 101] {
+        let out = p.send(zone, &udp6(CONSUMER6, ENDPOINT6, 5000, 443));
+        assert_eq!((out.verdict, out.zone), (Verdict::Pass, ZoneId(200)));
+        verify_frame(&out.frame);
+        seen.push((src6(&out.frame), ports(&out.frame).0));
+    }
+    assert_ne!(seen[0], seen[1]);
+    for (zone, (addr, port)) in [100, 101].into_iter().zip(seen.clone()) {
+        let back = p.send(200, &udp6(SERVICE6, addr, 8443, port));
+        assert_eq!((back.verdict, back.zone), (Verdict::Pass, ZoneId(zone)));
+        assert_eq!(
+            (src6(&back.frame), dst6(&back.frame)),
+            (ENDPOINT6, CONSUMER6)
+        );
+        assert_eq!(ports(&back.frame), (443, 5000));
+        verify_frame(&back.frame);
+    }
+    assert_eq!(p.endpoint().ports(0).unwrap().len(), 2);
+}
+
+#[test]
+fn ipv6_a_third_zone_with_the_same_tuples_finds_nothing() {
+    let mut p = Pipe::new(vec![rule6(100, proto::UDP)]);
+    let out = p.send(100, &udp6(CONSUMER6, ENDPOINT6, 5000, 443));
+    let (addr, port) = (src6(&out.frame), ports(&out.frame).0);
+    let reply = udp6(SERVICE6, addr, 8443, port);
+    for zone in [300, 100] {
+        let o = p.send(zone, &reply);
+        assert_eq!((o.verdict, o.zone), (Verdict::Pass, ZoneId(zone)));
+        assert_eq!(o.frame, reply, "untranslated");
+        assert_eq!(o.direction, Direction::Original);
+    }
+    let o = p.send(300, &udp6(CONSUMER6, ENDPOINT6, 5000, 443));
+    assert_eq!((o.zone, src6(&o.frame)), (ZoneId(300), CONSUMER6));
+    assert_eq!(p.counter("flows_unmatched"), 3);
+    let o = p.send(200, &udp6(SERVICE6, POOL6, 8443, port.wrapping_add(1)));
+    assert_eq!(o.verdict, Verdict::Drop(DropReason::NatNoMapping));
+    assert_eq!(p.counter("no_mapping"), 1);
+}
+
+#[test]
+fn ipv6_icmp_errors_are_translated_both_ways_and_change_zones() {
+    let mut p = Pipe::new(vec![rule6(100, proto::UDP)]);
+    let out = p.send(100, &udp6(CONSUMER6, ENDPOINT6, 5000, 443));
+    let (pool_addr, pool_port) = (src6(&out.frame), ports(&out.frame).0);
+    let router = [0xfd, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+    // A router in the provider's space rejects the translated packet (ICMPv6).
+    let err = p.send(200, &unreachable6(router, pool_addr, &out.frame));
+    assert_eq!(err.verdict, Verdict::Pass);
+    assert_eq!((err.zone, err.direction), (ZoneId(100), Direction::Reply));
+    assert_eq!((src6(&err.frame), dst6(&err.frame)), (ENDPOINT6, CONSUMER6));
+    verify_frame(&err.frame);
+    let quote = &common::ip(&err.frame)[48..];
+    assert_eq!(
+        (&quote[8..24], &quote[24..40]),
+        (&CONSUMER6[..], &ENDPOINT6[..])
+    );
+    assert_eq!(
+        (common::be16(&quote[40..]), common::be16(&quote[42..])),
+        (5000, 443)
+    );
+    // The consumer rejects a reply it got from the endpoint.
+    let back = p.send(200, &udp6(SERVICE6, pool_addr, 8443, pool_port));
+    let err = p.send(100, &unreachable6(CONSUMER6, ENDPOINT6, &back.frame));
+    assert_eq!(err.verdict, Verdict::Pass);
+    assert_eq!(
+        (err.zone, err.direction),
+        (ZoneId(200), Direction::Original)
+    );
+    assert_eq!((src6(&err.frame), dst6(&err.frame)), (pool_addr, SERVICE6));
+    verify_frame(&err.frame);
+    let quote = &common::ip(&err.frame)[48..];
+    assert_eq!(
+        (&quote[8..24], &quote[24..40]),
+        (&SERVICE6[..], &pool_addr[..])
+    );
+    assert_eq!(
+        (common::be16(&quote[40..]), common::be16(&quote[42..])),
+        (8443, pool_port)
+    );
+    assert_eq!(p.counter("icmp_errors_translated"), 2);
+}
+
+/// The end of an IPv6 session returns its pool port and its slot in the consumer store:
+/// with a pool of 8 mappings (and so 8 store slots), rounds of 8 consumers keep working.
+#[test]
+fn ipv6_the_end_of_a_session_returns_its_pool_port_and_store_slot() {
+    let mut r = rule6(100, proto::UDP);
+    r.pool = r
+        .pool
+        .with_max_mappings(8)
+        .with_quarantine(Duration::from_secs(1));
+    let mut p = Pipe::new(vec![r]);
+    for round in 0..3u16 {
+        for i in 0..8u16 {
+            let out = p.send(
+                100,
+                &udp6(CONSUMER6, ENDPOINT6, 5000 + 100 * round + i, 443),
+            );
+            assert_eq!(out.verdict, Verdict::Pass, "round {round}, consumer {i}");
+            let back = p.send(
+                200,
+                &udp6(SERVICE6, src6(&out.frame), 8443, ports(&out.frame).0),
+            );
+            assert_eq!(dst6(&back.frame), CONSUMER6);
+            assert_eq!(ports(&back.frame).1, 5000 + 100 * round + i);
+        }
+        // A ninth consumer while eight are live: no pool port left.
+        let out = p.send(100, &udp6(CONSUMER6, ENDPOINT6, 9999, 443));
+        assert!(matches!(out.verdict, Verdict::Drop(_)));
+        // The sessions expire, then their ports leave quarantine.
+        for secs in [600, 2] {
+            p.now += Duration::from_secs(secs);
+            while p.pipe.poll_timeout().is_some_and(|t| t <= p.now) {
+                p.pipe.handle_timeout(p.now, 1024);
+            }
+        }
+        assert!(p.pipe.second.is_empty());
+        let ports = p.endpoint().ports(0).unwrap();
+        assert_eq!((ports.len(), ports.quarantined()), (0, 0));
+    }
+    assert_eq!(p.counter("flows_translated"), 24);
+    assert_eq!(p.counter("flows_refused"), 3);
 }

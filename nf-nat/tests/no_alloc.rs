@@ -138,7 +138,8 @@ fn no_heap_allocation_after_new() {
 
 /// The SNAT service inside conntrack translates packets without touching the heap: new
 /// outbound flows of both families (mapping, reply key, IPv6 store, the endpoint-independent
-/// owners table), port forwards, hairpins, unsolicited inbound packets, segments answered
+/// owners table), port forwards, hairpins to forwards and to mappings (the peer store),
+/// unsolicited inbound packets, segments answered
 /// with an idle RST, session ends, and nf-core's PMTU stage answering `too_big` drops.
 #[test]
 fn snat_packets_do_not_allocate() {
@@ -257,6 +258,23 @@ fn snat_packets_do_not_allocate() {
     // Warm up on the first batch (nothing in the stages grows, but be fair to lazy state).
     let mut first = batches.remove(0);
     nat.process(now, &mut first);
+    // Hairpins to the mappings the first batch made (UDP from 10.0.0.i:5000), from other
+    // inside hosts.
+    let mut pins: Batch<Vec<u8>> = Batch::new();
+    let mut pin_frames = Vec::new();
+    for p in first.packets() {
+        let ip = &p.data()[usize::from(p.meta.l3)..];
+        if ip[9] == 17 && ip[12..16] == p4 {
+            let port = u16::from_be_bytes([ip[20], ip[21]]);
+            let from = [10, 0, 8, pin_frames.len() as u8];
+            pin_frames.push(Frame::ipv4(from, p4).udp(9000, port).to_vec().unwrap());
+        }
+    }
+    assert!(pin_frames.len() >= 4);
+    for f in &pin_frames {
+        pins.push(Packet::with_headroom(f, 64)).ok().unwrap();
+    }
+    batches.push(pins);
     let mut too_big: Batch<Vec<u8>> = Batch::new();
     let big = Frame::ipv4([10, 0, 0, 1], [198, 51, 100, 1])
         .udp(1, 2)
@@ -297,6 +315,7 @@ fn snat_packets_do_not_allocate() {
         }
     });
     assert!(translated > 100, "{translated}");
+    assert!(nat.second.service().counters().flows_hairpinned >= 4 + 16);
     assert_eq!(nat.second.service().counters().idle_timeout_resets, 64);
     assert_eq!(pmtu.pmtu_counters().sent, 8);
     assert_eq!(nat.second.len(), 0);
