@@ -146,6 +146,7 @@ pub use parse::{
     parse_l3,
 };
 pub use stage::{Chain, Named, Stage, StageControl, StageCounters, StageExt, StageLoop};
+pub use sys::prefetch_l2;
 #[cfg(feature = "std")]
 pub use time::StdClock;
 pub use time::{Duration, Instant};

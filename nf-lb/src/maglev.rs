@@ -370,32 +370,60 @@ impl<E: Entry> Slots<E> {
     }
 
     /// Puts backend `t` in the next empty slot of its permutation (there is one whenever a
-    /// turn is taken).
+    /// turn is taken): the slot a plain walk takes (tested), found faster in two ways.
+    ///
+    /// - A step along the permutation, `(p + skip) mod M` for `p < M`, is computed as either
+    ///   `p − (M − skip)` or `p + skip`, both at once, one chosen: two cycles a step, where
+    ///   `p + skip` and then a conditional `− M` took four. The walk is a chain of these steps.
+    /// - The first two positions are tested together, one branch for both. A turn's walk ends
+    ///   at a branch nothing predicts (the first empty slot), so each turn pays about one
+    ///   mispredicted branch; while most slots are empty, testing two positions at once makes
+    ///   the first branch almost always right.
     #[inline]
     fn take(&mut self, t: &mut Turns) {
-        let m = self.m;
         if self.empty <= self.tail_at {
             self.take_tail(t);
             return;
         }
+        let m = self.m;
+        let skip = t.skip;
+        // 0 < skip < m, so back > 0; p ≥ back makes p − back exact, and p < back keeps
+        // p + skip below m.
+        let back = m - skip;
+        let step = |p: u32| if p >= back { p - back } else { p + skip };
+        // 1 when slot `p` is empty; a word that does not exist (never: p < m) reads as taken.
+        let empty = |taken: &[u64], p: u32| {
+            let w = taken.get((p / 64) as usize).copied().unwrap_or(u64::MAX);
+            (!w >> (p % 64)) & 1
+        };
+        let p0 = t.pos;
+        let p1 = step(p0);
+        let (e0, e1) = (empty(&self.taken, p0), empty(&self.taken, p1));
+        if e0 | e1 != 0 {
+            let slot = if e0 != 0 { p0 } else { p1 };
+            self.put(slot, t.index);
+            t.pos = step(slot);
+            return;
+        }
+        let mut pos = step(p1);
         // The permutation visits every slot within m steps, so the bound is never reached; it
         // only keeps the work visibly bounded.
         for _ in 0..m {
-            let pos = t.pos;
-            let next = pos + t.skip;
-            t.pos = if next >= m { next - m } else { next };
-            let bit = 1u64 << (pos % 64);
-            if let Some(w) = self.taken.get_mut((pos / 64) as usize)
+            let cur = pos;
+            pos = step(cur);
+            let bit = 1u64 << (cur % 64);
+            if let Some(w) = self.taken.get_mut((cur / 64) as usize)
                 && *w & bit == 0
             {
                 *w |= bit;
-                if let Some(e) = self.entries.get_mut(pos as usize) {
+                if let Some(e) = self.entries.get_mut(cur as usize) {
                     *e = E::of(t.index);
                 }
                 self.empty -= 1;
-                return;
+                break;
             }
         }
+        t.pos = pos;
     }
 
     #[cold]
@@ -656,6 +684,43 @@ mod tests {
             let mut q = apportion(u64::from(m), &weights_u64);
             turns_by_rounds(&mut arith, &mut turns_of(&weights, m), &mut q, w_max);
             prop_assert_eq!(walk.entries, arith.entries);
+        }
+    }
+
+    /// The plain walk, one position at a time over a `bool` per slot: the reference for
+    /// [`Slots::take`]. Equal weights: full rounds of everyone, then the first `m mod n`.
+    fn reference_fill(weights_n: usize, m: u32) -> Vec<u16> {
+        let mut turns = turns_of(&vec![1; weights_n], m);
+        let mut taken = vec![false; m as usize];
+        let mut entries = vec![u16::MAX; m as usize];
+        let n = turns.len();
+        for k in 0..m as usize {
+            let t = &mut turns[k % n];
+            loop {
+                let p = t.pos as usize;
+                t.pos = (t.pos + t.skip) % m;
+                if !taken[p] {
+                    taken[p] = true;
+                    entries[p] = t.index as u16;
+                    break;
+                }
+            }
+        }
+        entries
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The walk (two positions tested at once, then stepping by `p − (M − skip)` or
+        /// `p + skip`), and with it the arithmetic tail, takes the plain walk's slots.
+        #[test]
+        fn take_equals_the_plain_walk(n in 1usize..60, m in prop::sample::select(vec![2u32, 3, 101, 1_009, 2_003])) {
+            let want = reference_fill(n, m);
+            for tail in [0, TAIL, m] {
+                let mut slots = Slots::<u16>::with_tail(m, tail);
+                run_turns(&mut slots, &mut turns_of(&vec![1; n], m), u64::from(m));
+                prop_assert_eq!(&slots.entries, &want, "tail at {}", tail);
+            }
         }
     }
 

@@ -427,3 +427,60 @@ fn single_routes_below_a_group_are_compressed_and_keep_their_fallback() {
         "no 1 KiB group was built"
     );
 }
+
+/// Batches of every length up to past two chunks, over a table with groups and tails below
+/// the root in both IPv4 layouts, give the single lookups' answers (the IPv4 batch path
+/// prefetches and resolves level by level; many keys of a chunk point below the root here).
+#[test]
+fn ipv4_batches_of_any_length_match_single_lookups() {
+    let mut routes = vec![
+        (Ipv4Addr::new(0, 0, 0, 0), 0, 1),
+        (Ipv4Addr::new(10, 0, 0, 0), 8, 2),
+        (Ipv4Addr::new(10, 1, 0, 0), 16, 3),
+        // Alone under its /24 (a tail) and several under one /24 (a group, then a tail).
+        (Ipv4Addr::new(10, 1, 2, 128), 25, 4),
+        (Ipv4Addr::new(10, 1, 3, 0), 26, 5),
+        (Ipv4Addr::new(10, 1, 3, 64), 27, 6),
+        (Ipv4Addr::new(10, 1, 3, 96), 32, 7),
+        // Under one /16 but different /24s: a group at depth 16 in 16-8-8.
+        (Ipv4Addr::new(192, 168, 1, 0), 24, 8),
+        (Ipv4Addr::new(192, 168, 1, 7), 32, 9),
+        (Ipv4Addr::new(192, 168, 200, 0), 30, 10),
+    ];
+    routes.push((Ipv4Addr::new(255, 255, 255, 255), 32, MAX_NEXT_HOP));
+    let addrs: Vec<Ipv4Addr> = (0..150u32)
+        .map(|i| match i % 5 {
+            0 => Ipv4Addr::from(0x0a01_0200 + i),
+            1 => Ipv4Addr::from(0x0a01_0300 + i),
+            2 => Ipv4Addr::from(0xc0a8_0100 + i % 16),
+            3 => Ipv4Addr::from(0xc0a8_c800 + i % 8),
+            _ => Ipv4Addr::from(i.wrapping_mul(0x9e37_79b9)),
+        })
+        .chain([Ipv4Addr::new(255, 255, 255, 255), Ipv4Addr::new(0, 0, 0, 0)])
+        .collect();
+    for layout in [Ipv4Layout::Trie16, Ipv4Layout::Dir24] {
+        let mut b = Ipv4LpmBuilder::new().layout(layout);
+        for &(p, l, h) in &routes {
+            b.insert(p, l, h).unwrap();
+        }
+        let t = b.build().unwrap();
+        let want: Vec<Option<u32>> = addrs.iter().map(|&a| t.lookup(a)).collect();
+        assert_eq!(want[1], Some(5), "{layout:?}");
+        for len in [0, 1, 2, 63, 64, 65, 127, 128, 129, addrs.len()] {
+            let mut out = vec![Some(u32::MAX - 1); len];
+            t.lookup_batch(&addrs[..len], &mut out);
+            assert_eq!(out, want[..len], "{layout:?}, {len} addresses");
+        }
+        // The single lookups agree with the routes' meaning.
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 1, 3, 96)), Some(7));
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 1, 3, 95)), Some(6));
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 1, 3, 97)), Some(3));
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 1, 2, 127)), Some(3));
+        assert_eq!(t.lookup(Ipv4Addr::new(192, 168, 1, 7)), Some(9));
+        assert_eq!(t.lookup(Ipv4Addr::new(192, 168, 200, 4)), Some(1));
+        assert_eq!(
+            t.lookup(Ipv4Addr::new(255, 255, 255, 255)),
+            Some(MAX_NEXT_HOP)
+        );
+    }
+}

@@ -251,7 +251,7 @@ fn memory_floor(opts: &Opts, addrs: &[Ipv4Addr]) -> f64 {
 }
 
 /// `n` distinct (prefix, length, next hop) routes with the length mix in the module docs.
-fn prefixes(n: usize) -> Vec<(u32, u8, u32)> {
+pub(crate) fn prefixes(n: usize) -> Vec<(u32, u8, u32)> {
     let mut rng = Rng::new(0x5eed_0000_01b9_0000);
     let mut seen = HashSet::with_capacity(n);
     let mut out = Vec::with_capacity(n);
@@ -275,7 +275,7 @@ fn prefixes(n: usize) -> Vec<(u32, u8, u32)> {
 }
 
 /// Addresses inside randomly chosen routes.
-fn addresses(routes: &[(u32, u8, u32)]) -> Vec<Ipv4Addr> {
+pub(crate) fn addresses(routes: &[(u32, u8, u32)]) -> Vec<Ipv4Addr> {
     let mut rng = Rng::new(0xadd7_e55e_5000_0001);
     (0..ADDRS)
         .map(|_| {
