@@ -63,7 +63,7 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+    use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes};
     use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
     use nf_examples::io::{RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
@@ -272,9 +272,13 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         hosts: Vec<Ipv4Addr>,
     }
 
-    /// Parse, then conntrack with the LB service (then encap, in encap mode).
+    /// Parse, hold later fragments that beat their first, then conntrack with the LB
+    /// service (then encap, in encap mode).
     struct Balancer {
         parse: ParseStage,
+        /// Later fragments that arrive before their first wait for it (they follow the first
+        /// fragment's backend), copied out of the receive ring while they wait.
+        reorder: FragmentReorder<RingFrame>,
         lb: Conntrack<Lb>,
         key: LbKey,
         vips: Vec<(SocketAddrV4, HashFields)>,
@@ -336,6 +340,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     impl Function for Balancer {
         fn process(&mut self, now: Instant, port: usize, batch: &mut Batch<RingFrame>) {
             self.parse.process(now, batch);
+            self.reorder.process(now, batch);
             self.lb.process(now, batch);
             if port != CLIENTS {
                 return;
@@ -357,6 +362,10 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             e.stage.process(now, batch);
         }
 
+        fn batch_room(&self) -> usize {
+            self.reorder.batch_room()
+        }
+
         fn timers(&mut self, now: Instant) {
             if self.lb.poll_timeout().is_some_and(|t| t <= now) {
                 self.lb.handle_timeout(now, 4096);
@@ -365,6 +374,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
             self.parse.visit_counters(&mut |s, c, v| f(s, c, v));
+            self.reorder.visit_counters(&mut |s, c, v| f(s, c, v));
             self.lb.visit_counters(&mut |s, c, v| f(s, c, v));
             if let Some(e) = &self.encap {
                 e.stage.visit_counters(&mut |s, c, v| f(s, c, v));
@@ -434,6 +444,8 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         });
         let mut f = Balancer {
             parse: ParseStage::default(),
+            reorder: FragmentReorder::new(ReorderConfig::new(nf_examples::cli::random_secret()))
+                .on_hold(RingFrame::detach),
             // Every load balancer of a fleet must build the same tables: in a deployment this
             // key is the operator's, shared; a demo makes one per run.
             key: LbKey::new(nf_examples::cli::random_secret()),
