@@ -279,6 +279,7 @@
 //! filtering or inside prefixes, the table of mapping owners (public endpoint → inside
 //! endpoint, `max_mappings` entries) and the hairpin peer store (26 bytes ×
 //! [`SnatConfig::hairpin_sessions`], default `max_mappings` / 8).
+#![no_std]
 #![forbid(unsafe_code)]
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
