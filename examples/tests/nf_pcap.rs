@@ -583,3 +583,87 @@ fn a_repeated_stage_reports_under_its_own_name() {
     assert!(report.contains("tunnel_decap_2 packets"), "{report}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A capture with one datagram's fragments last first and another's later fragment without
+/// its first: through `parse -> reorder -> conntrack` the first datagram comes out whole,
+/// first fragment leading, each frame's comment naming its input frame, and the orphan
+/// comes out as dropped at the end (`fragment_hold_expired`); without `reorder` conntrack
+/// drops the fragments that came before their first (`fragment_no_session`).
+#[test]
+fn out_of_order_fragments_through_reorder() {
+    use nf_core::wire::Frame;
+    use nf_examples::pcap::{CaptureWriter, Format};
+    let tmp = common::temp_dir("nf-pcap-reorder");
+    let input = tmp.join("frags.pcap");
+    let payload = [7u8; 1200];
+    let mut a = Frame::ipv4([10, 0, 0, 1], [192, 0, 2, 10])
+        .udp(5000, 53)
+        .payload(&payload)
+        .fragments(576, 1)
+        .unwrap();
+    assert_eq!(a.len(), 3);
+    a.reverse();
+    let b = Frame::ipv4([10, 0, 0, 2], [192, 0, 2, 10])
+        .udp(5001, 53)
+        .payload(&payload[..700])
+        .fragments(576, 2)
+        .unwrap();
+    let mut w = CaptureWriter::new(std::fs::File::create(&input).unwrap(), Format::Pcap).unwrap();
+    for (i, f) in a.iter().chain(&b[1..]).enumerate() {
+        w.write(1_000_000_000 + i as u64 * 1000, LINKTYPE_ETHERNET, f, None)
+            .unwrap();
+    }
+    w.finish().unwrap();
+
+    let (out, drops) = (tmp.join("out.pcapng"), tmp.join("drops.pcapng"));
+    let (i, o, d) = (
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        drops.to_str().unwrap(),
+    );
+    let report = run(&[
+        i,
+        "-p",
+        "parse -> reorder -> conntrack",
+        "-w",
+        o,
+        "--drops",
+        d,
+    ]);
+    let text = String::from_utf8(report.stdout).unwrap();
+    assert!(
+        text.contains("verdicts: 3 pass, 0 tx, 0 to_control, 1 dropped"),
+        "{text}"
+    );
+    assert!(text.contains("later_fragments_released"), "{text}");
+    let passed = nf_examples::pcap::read_file(&out).unwrap();
+    let frames: Vec<&[u8]> = passed.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(
+        frames,
+        [&a[2][..], &a[0][..], &a[1][..]],
+        "first fragment leads"
+    );
+    let dropped = nf_examples::pcap::read_file(&drops).unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].data, b[1]);
+    if common::require("tshark", &["--version"]) {
+        // The comments name the input frames: the first fragment was input frame 3.
+        let rows = tshark_rows(&out, &[]);
+        let origins: Vec<usize> = rows.iter().map(origin).collect();
+        assert_eq!(origins, [3, 1, 2]);
+        let rows = tshark_rows(&drops, &[]);
+        assert!(
+            rows[0]["frame.comment"][0].contains("input frame 4, drop fragment_hold_expired"),
+            "{:?}",
+            rows[0]["frame.comment"]
+        );
+    }
+
+    let report = run(&[i, "-p", "parse -> conntrack", "-w", o]);
+    let text = String::from_utf8(report.stdout).unwrap();
+    assert!(
+        text.contains("verdicts: 1 pass, 0 tx, 0 to_control, 3 dropped"),
+        "{text}"
+    );
+    assert!(text.contains("drop_fragment_no_session"), "{text}");
+}

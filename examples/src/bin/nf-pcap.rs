@@ -2,14 +2,16 @@
 //! what comes out to a capture Wireshark opens. Run `nf-pcap --help` for the options.
 //!
 //! The pipeline is built from the stages that exist (tunnel decap with a profile, parse,
-//! connection tracking, tunnel encap towards a given remote, tunnel reflect), composed with
-//! [`StageExt::then`] into one value that the loop drives through [`Stage`] and
-//! [`StageControl`], exactly as a dataplane would: frames are read (pcap or pcapng) into
-//! batches of 64 with the pipeline's headroom in front, each batch is processed with the
-//! capture time of its first frame as `now` (sans-IO: no clock is read), the verdicts are
-//! acted on, and the timers get their turn. Every frame still at `Pass` (or `Tx`) is
-//! written to the output; frames sent to the control path and dropped frames go to their
-//! own files if asked for.
+//! fragment reordering, connection tracking, tunnel encap towards a given remote, tunnel
+//! reflect), composed with [`StageExt::then`] into one value that the loop drives through
+//! [`Stage`] and [`StageControl`], exactly as a dataplane would: frames are read (pcap or
+//! pcapng) into batches of 64 (less the room the pipeline asks for,
+//! [`StageControl::batch_room`]) with the pipeline's headroom in front, each batch is
+//! processed with the capture time of its first frame as `now` (sans-IO: no clock is read),
+//! the verdicts are acted on, and the timers get their turn. Every frame still at `Pass` (or
+//! `Tx`) is written to the output; frames sent to the control path and dropped frames go to
+//! their own files if asked for. A pipeline that may hold packets (`reorder`) gets one more
+//! round after the last frame, an hour later, which gives back what it still holds.
 //!
 //! Output encoding: after decapsulation a frame may be a bare IP packet (Geneve protocol
 //! 0x0800 / 0x86DD, what AWS GWLB and Google Cloud send), so the output is pcapng by
@@ -21,7 +23,7 @@
 //! IP header at offset 0); a frame without parsed IP metadata is bare IP only if it reads as
 //! a whole IP packet (version and total length agree with its size), else Ethernet.
 
-use nf_core::conntrack::{Conntrack, ConntrackConfig, TcpWindow};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, TcpWindow};
 use nf_core::{
     BATCH_SIZE, Batch, DropReason, Instant, Packet, ParseStage, Stage, StageControl, StageCounters,
     StageExt, StageLoop, Verdict, flags,
@@ -35,6 +37,7 @@ use nf_tunnel::{
     DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, OptionSpec, OptionsBuilder,
     Payload, ReflectStage, TunnelKind, Underlay, VniSource,
 };
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::IpAddr;
@@ -75,6 +78,10 @@ stages (parameters follow as ,key=value):
                           non-tunnel=pass|drop   fate of frames that are not tunnelled
   parse                 parse Ethernet / VLAN / IPv4 / IPv6 / TCP / UDP / ICMP (not
                         needed after decap, which parses the inner packet itself)
+  reorder               hold a later IP fragment that comes before its first until the
+                        first has passed (put it before conntrack); what is still held at
+                        the end of the capture comes out as dropped (fragment_hold_expired)
+                          held=N                 most fragments held at once (default 64)
   conntrack             connection tracking (sessions, reply direction, related ICMP)
                           window=on              TCP window tracking (segments outside
                                                  the peer's window, forged resets dropped)
@@ -243,6 +250,10 @@ enum StageSpec {
     Reflect {
         mtu: u16,
     },
+    Reorder {
+        /// Most later fragments held at once.
+        held: u32,
+    },
 }
 
 impl StageSpec {
@@ -255,6 +266,7 @@ impl StageSpec {
             Self::Conntrack { window: true } => "conntrack,window=on".into(),
             Self::Encap { label, .. } => label.clone(),
             Self::Reflect { .. } => "reflect".into(),
+            Self::Reorder { held } => format!("reorder,held={held}"),
         }
     }
 }
@@ -327,8 +339,18 @@ fn stage_spec(name: &str, params: &[(String, String)]) -> Result<StageSpec, Stri
             }
             Ok(StageSpec::Reflect { mtu })
         }
+        "reorder" => {
+            let mut held = 64;
+            for (k, v) in params {
+                match k.as_str() {
+                    "held" => held = number(k, v)?,
+                    k => return unknown(k),
+                }
+            }
+            Ok(StageSpec::Reorder { held })
+        }
         k => Err(format!(
-            "unknown stage {k:?} (decap, parse, conntrack, encap, reflect)"
+            "unknown stage {k:?} (decap, parse, reorder, conntrack, encap, reflect)"
         )),
     }
 }
@@ -553,6 +575,10 @@ impl StageControl for Dyn {
     fn headroom(&self) -> usize {
         self.0.headroom()
     }
+
+    fn batch_room(&self) -> usize {
+        self.0.batch_room()
+    }
 }
 
 /// Gives a bare IP packet (an IP header at offset 0, as decap leaves a Geneve IPv4 / IPv6
@@ -669,6 +695,9 @@ fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
                 }
             }
             StageSpec::Reflect { mtu } => Dyn(Box::new(ReflectStage::new(*mtu, false))),
+            StageSpec::Reorder { held } => Dyn(Box::new(FragmentReorder::new(
+                ReorderConfig::new(*b"nf-pcap reorder!").holding(*held, 16),
+            ))),
         };
         // A second stage of a kind (decap of a tunnel inside a tunnel) reports as `<name>_2`.
         let kind = stage.name();
@@ -753,13 +782,27 @@ fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
 
     let headroom = pipeline.headroom() + SLACK;
     let mut batch: Batch<Vec<u8>> = Batch::new();
-    // Input frame number (1-based, as Wireshark counts) and capture time of each packet.
-    let mut origin: Vec<(u64, u64)> = Vec::with_capacity(BATCH_SIZE);
+    // Input frame number (1-based, as Wireshark counts) and capture time of each packet, by
+    // the address of its buffer: a stage may hold a packet across batches (reorder), and the
+    // heap bytes of a held buffer do not move.
+    let mut origin: HashMap<usize, (u64, u64)> = HashMap::new();
+    let key = |p: &Packet<Vec<u8>>| p.buffer().as_ptr() as usize;
     let mut totals = Totals::default();
     let mut now = Instant::ZERO;
     let mut done = false;
-    while !done {
-        while batch.len() < BATCH_SIZE {
+    // Room for the packets a stage gives back (reorder's released fragments).
+    let fill = BATCH_SIZE.saturating_sub(pipeline.batch_room()).max(1);
+    // After the last frame, one more round well past every timeout gives back what a stage
+    // still holds (reorder: as expired).
+    let mut flushed = pipeline.batch_room() == 0;
+    while !done || !flushed {
+        let flush_round = done;
+        if flush_round {
+            flushed = true;
+            now += nf_core::Duration::from_secs(3600);
+        }
+        let mut first_ts = None;
+        while !done && batch.len() < fill {
             let Some(rec) = reader.next_record()? else {
                 done = true;
                 break;
@@ -773,15 +816,20 @@ fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
                     continue;
                 }
             };
-            let _ = batch.push(Packet::with_headroom(&frame, headroom));
-            origin.push((totals.read, rec.ts_nanos));
+            let pkt = Packet::with_headroom(&frame, headroom);
+            origin.insert(key(&pkt), (totals.read, rec.ts_nanos));
+            first_ts.get_or_insert(rec.ts_nanos);
+            let _ = batch.push(pkt);
         }
-        let Some(&(_, first_ts)) = origin.first() else {
-            break;
-        };
-        now = now.max(Instant::from_nanos(first_ts));
+        if let Some(ts) = first_ts {
+            now = now.max(Instant::from_nanos(ts));
+        }
+        if batch.is_empty() && !flush_round {
+            continue;
+        }
         pipeline.process(now, &mut batch);
-        for (pkt, (n, ts)) in batch.drain().zip(origin.drain(..)) {
+        for pkt in batch.drain() {
+            let (n, ts) = origin.remove(&key(&pkt)).unwrap_or((0, now.as_nanos()));
             let (target, comment) = match pkt.meta.verdict {
                 Verdict::Pass => {
                     totals.passed += 1;
@@ -811,7 +859,7 @@ fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
                     .map_err(|e| format!("{}: {e}", o.path.display()))?;
             }
         }
-        while pipeline.poll_timeout().is_some_and(|t| t <= now) {
+        while !flush_round && pipeline.poll_timeout().is_some_and(|t| t <= now) {
             pipeline.handle_timeout(now, 1024);
         }
     }
