@@ -10,7 +10,9 @@
 //!    owner of its destination port under the address's [`PortPartition`]. A NAT that gives
 //!    worker `w` only ports from [`Steering::ports_of`]`(w)` then gets every reply on the
 //!    worker that created the mapping, with no lookup and no coordination (VPP splits its NAT
-//!    ports per worker for the same reason).
+//!    ports per worker for the same reason). A partition may carry a second run per worker
+//!    ([`PortPartition::with_low`], for a NAT's ports below 1024, which keep their own range
+//!    class); a port in neither run of any worker is [`Steer::Unknown`].
 //! 2. **Everything else**: a symmetric hash of the flow key, so `a → b` and `b → a` agree —
 //!    keyed SipHash ([`SteerHash::Keyed`], what to use when software steers: an attacker who
 //!    does not know the key cannot aim flows at one worker) or the symmetric Toeplitz hash
@@ -88,8 +90,10 @@ pub enum SteerFields {
 }
 
 /// How an owned address's ports are split: worker `w` owns `per_worker` ports from
-/// `first + w · per_worker`. Ports below `first` or past the last worker's range belong to
-/// nobody ([`Steer::Unknown`]).
+/// `first + w · per_worker`, and, if `low_per_worker` is not 0, a second run of
+/// `low_per_worker` ports from `low_first + w · low_per_worker` (for a NAT's ports below
+/// 1024, which RFC 4787 REQ-3a keeps in their own range class). Ports in neither worker run
+/// belong to nobody ([`Steer::Unknown`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PortPartition {
@@ -97,12 +101,38 @@ pub struct PortPartition {
     pub first: u16,
     /// Ports per worker.
     pub per_worker: u16,
+    /// The first port of worker 0's range in the second (low) run.
+    pub low_first: u16,
+    /// Ports per worker in the second run (0: no second run).
+    pub low_per_worker: u16,
 }
 
 impl PortPartition {
     /// Ranges of `per_worker` ports from `first`.
     pub const fn new(first: u16, per_worker: u16) -> Self {
-        Self { first, per_worker }
+        Self {
+            first,
+            per_worker,
+            low_first: 0,
+            low_per_worker: 0,
+        }
+    }
+
+    /// The same partition with a second run: worker `w` also owns `per_worker` ports from
+    /// `first + w · per_worker` (`per_worker` 0 removes the second run).
+    ///
+    /// ```
+    /// use nf_core::steer::PortPartition;
+    /// let p = PortPartition::new(1024, 1000).with_low(0, 256);
+    /// assert_eq!((p.low_first, p.low_per_worker), (0, 256));
+    /// ```
+    #[must_use]
+    pub const fn with_low(self, first: u16, per_worker: u16) -> Self {
+        Self {
+            low_first: first,
+            low_per_worker: per_worker,
+            ..self
+        }
     }
 
     /// An even split of `first..=65535` between `workers` workers.
@@ -113,14 +143,14 @@ impl PortPartition {
         } else {
             span / workers as u32
         };
-        Self {
+        Self::new(
             first,
-            per_worker: if per > u16::MAX as u32 {
+            if per > u16::MAX as u32 {
                 u16::MAX
             } else {
                 per as u16
             },
-        }
+        )
     }
 }
 
@@ -130,6 +160,8 @@ impl PortPartition {
 pub enum SteerError {
     /// The workers' ranges would run past port 65535, or a range is empty.
     BadPartition,
+    /// The second (low) run would run past port 65535 or overlap the first.
+    BadLowRun,
     /// More than [`MAX_OWNED`] addresses.
     TooManyAddresses,
 }
@@ -138,6 +170,7 @@ impl core::fmt::Display for SteerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Self::BadPartition => "port partition empty or past port 65535 for this many workers",
+            Self::BadLowRun => "second port run past port 65535 or overlapping the first",
             Self::TooManyAddresses => "too many owned addresses",
         })
     }
@@ -175,12 +208,21 @@ impl Steering {
     ///
     /// # Errors
     /// [`SteerError::BadPartition`] if a worker's range would be empty or run past 65535;
-    /// [`SteerError::TooManyAddresses`] beyond [`MAX_OWNED`].
+    /// [`SteerError::BadLowRun`] if the second run would run past 65535 or overlap the
+    /// first; [`SteerError::TooManyAddresses`] beyond [`MAX_OWNED`].
     pub fn own(&mut self, addr: IpAddr, partition: PortPartition) -> Result<(), SteerError> {
-        let end =
-            u32::from(partition.first) + u32::from(partition.per_worker) * u32::from(self.workers);
+        let workers = u32::from(self.workers);
+        let first = u32::from(partition.first);
+        let end = first + u32::from(partition.per_worker) * workers;
         if partition.per_worker == 0 || end > 65536 {
             return Err(SteerError::BadPartition);
+        }
+        if partition.low_per_worker != 0 {
+            let low_first = u32::from(partition.low_first);
+            let low_end = low_first + u32::from(partition.low_per_worker) * workers;
+            if low_end > 65536 || (low_first < end && first < low_end) {
+                return Err(SteerError::BadLowRun);
+            }
         }
         if self.owned.len() >= MAX_OWNED {
             return Err(SteerError::TooManyAddresses);
@@ -256,6 +298,14 @@ impl Steering {
 
     #[inline]
     fn port_owner(&self, p: PortPartition, port: u16) -> Steer {
+        // A zero `low_per_worker` (no second run) fails `checked_div`.
+        if let Some(w) = port
+            .checked_sub(p.low_first)
+            .and_then(|off| off.checked_div(p.low_per_worker))
+            .filter(|&w| w < self.workers)
+        {
+            return Steer::Worker(w);
+        }
         let Some(off) = port.checked_sub(p.first) else {
             return Steer::Unknown;
         };
@@ -471,5 +521,63 @@ mod tests {
             s.own(IpAddr::from([203, 0, 113, 2]), PortPartition::new(1, 0)),
             Err(SteerError::BadPartition)
         );
+    }
+
+    #[test]
+    fn two_run_partition_boundaries_and_errors() {
+        let mut s = Steering::new(
+            4,
+            SteerHash::Keyed(FlowHasher::new([1; 16])),
+            SteerFields::FiveTuple,
+        );
+        let public = IpAddr::from([203, 0, 113, 1]);
+        s.own(public, PortPartition::new(2000, 1000).with_low(100, 10))
+            .unwrap();
+        for (port, want) in [
+            (99, Steer::Unknown),
+            (100, Steer::Worker(0)),
+            (109, Steer::Worker(0)),
+            (110, Steer::Worker(1)),
+            (139, Steer::Worker(3)),
+            (140, Steer::Unknown),
+            (1999, Steer::Unknown),
+            (2000, Steer::Worker(0)),
+            (5999, Steer::Worker(3)),
+            (6000, Steer::Unknown),
+        ] {
+            let k = FlowKey::v4(
+                ZoneId(0),
+                [198, 51, 100, 1],
+                [203, 0, 113, 1],
+                proto::UDP,
+                53,
+                port,
+            );
+            assert_eq!(s.worker(&[], &meta(k, 0)), want, "port {port}");
+        }
+        // The second run past 65535, and overlapping the first at either end.
+        for bad in [
+            PortPartition::new(1024, 100).with_low(65000, 200),
+            PortPartition::new(1024, 100).with_low(1000, 7),
+            PortPartition::new(1024, 100).with_low(1423, 1),
+        ] {
+            assert_eq!(s.own(public, bad), Err(SteerError::BadLowRun), "{bad:?}");
+        }
+        // Touching runs are fine; a zero-length second run is none.
+        s.own(public, PortPartition::new(1024, 100).with_low(1000, 6))
+            .unwrap();
+        s.own(public, PortPartition::new(1024, 100).with_low(1424, 1))
+            .unwrap();
+        s.own(public, PortPartition::new(1024, 100).with_low(65535, 0))
+            .unwrap();
+        let k = FlowKey::v4(
+            ZoneId(0),
+            [198, 51, 100, 1],
+            [203, 0, 113, 1],
+            proto::UDP,
+            53,
+            65535,
+        );
+        assert_eq!(s.worker(&[], &meta(k, 0)), Steer::Unknown);
     }
 }

@@ -225,7 +225,7 @@
 //! [`PortPartition`](nf_core::steer::PortPartition) ([`PortSplit::partition`]): a node whose
 //! [`Steering`](nf_core::steer::Steering) owns the public addresses with it steers every
 //! reply to the core whose allocator chose the port (property-tested through nf-core's
-//! steering; ports below 1024 are outside the partition). With [`RssSteering`]
+//! steering, ports below 1024 included: the partition's second run is the low class). With [`RssSteering`]
 //! (hyperplane only) the runs are per node, and within its node's run the allocator takes only
 //! ports for which the reply's Toeplitz hash (nf-core's, the NIC's) selects this core's
 //! receive queue: the hash is linear in the port's bits, so one precomputed mask per

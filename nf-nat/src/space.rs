@@ -40,11 +40,12 @@ impl PortSplit {
 
     /// How `node` steers replies to its cores, as nf-core's port partition of the public
     /// addresses ([`Steering::own`](nf_core::steer::Steering::own) with `cores` workers):
-    /// worker `c` owns exactly the ports at or above 1024 that `owner_of` gives to
-    /// (`node`, `c`), and those are the ports that core's allocator hands out. Ports below
-    /// 1024 (the low range class) are not covered: steering answers
-    /// [`Steer::Unknown`](nf_core::steer::Steer::Unknown) for them. `None` for a node out of
-    /// range or with fewer high ports than cores.
+    /// worker `c` owns exactly the ports that `owner_of` gives to (`node`, `c`) and that
+    /// core's allocator hands out, in the high class (ports from 1024, `first`,
+    /// `per_worker`) and in the low class (ports below 1024, `low_first`,
+    /// `low_per_worker`; 0 when the node's low run has fewer ports than cores, so replies
+    /// to its low ports are [`Steer::Unknown`](nf_core::steer::Steer::Unknown)). `None` for
+    /// a node out of range or with fewer high ports than cores.
     ///
     /// ```
     /// use nf_nat::{PortSplit, owner_of};
@@ -52,6 +53,9 @@ impl PortSplit {
     /// let p = split.partition(1).unwrap();
     /// let port = p.first + 2 * p.per_worker + 7;
     /// assert_eq!((owner_of(port, split).node, owner_of(port, split).core), (1, 2));
+    /// let low = p.low_first + 3 * p.low_per_worker;
+    /// assert!(low < 1024);
+    /// assert_eq!((owner_of(low, split).node, owner_of(low, split).core), (1, 3));
     /// ```
     pub fn partition(self, node: u32) -> Option<PortPartition> {
         if node >= self.nodes.max(1) {
@@ -60,7 +64,10 @@ impl PortSplit {
         let (lo, per) = node_run(LOW_WORDS, WORDS - LOW_WORDS, self, u64::from(node));
         let first = u16::try_from(lo).ok()?;
         let per = u16::try_from(per).ok().filter(|&p| p > 0)?;
-        Some(PortPartition::new(first, per))
+        let (low_lo, low_per) = node_run(0, LOW_WORDS, self, u64::from(node));
+        let low_first = u16::try_from(low_lo).ok()?;
+        let low_per = u16::try_from(low_per).ok()?;
+        Some(PortPartition::new(first, per).with_low(low_first, low_per))
     }
 }
 
@@ -98,8 +105,9 @@ pub struct PortOwner {
 /// runs of `⌊P/cores⌋` ports, core `c` taking the `c`-th. The fewer than `cores` ports left
 /// at the end of a node's run are never handed out (`owner_of` names the node's last core
 /// for them). Within a node this is exactly nf-core's
-/// [`PortPartition`](nf_core::steer::PortPartition) of the high class
-/// ([`PortSplit::partition`]), so the node's software steering and its allocators agree.
+/// [`PortPartition`](nf_core::steer::PortPartition) of both classes
+/// ([`PortSplit::partition`]: the high class as its first run, the low class as its second),
+/// so the node's software steering and its allocators agree.
 /// With more nodes than a class has words, or more cores than a node's run has ports,
 /// some owners have no ports of that class.
 ///

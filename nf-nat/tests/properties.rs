@@ -210,7 +210,10 @@ proptest! {
             .with_owner(Owner { nodes, cores: u32::from(cores), node, core: core as u32 });
         let mut n = PortAllocator::new(cfg).unwrap();
         for i in 0..60u16 {
-            let f = if i % 2 == 0 {
+            let f = if i % 20 == 0 {
+                // A low-class source port: the mapping's public port is below 1024 too.
+                FlowKey::v4(ZoneId(0), [10, 0, 0, (i % 3) as u8], [198, 51, 100, i as u8], proto::UDP, 100 + i, 53)
+            } else if i % 2 == 0 {
                 FlowKey::v4(ZoneId(0), [10, 0, 0, (i % 3) as u8], [198, 51, 100, i as u8], proto::TCP, 1024 + i * 97, 443)
             } else {
                 FlowKey::v6(ZoneId(0), [0xfd; 16], [0x26; 16], proto::UDP, 2000 + i, 53)
@@ -225,6 +228,31 @@ proptest! {
             }
             let o = owner_of(m.port(), split);
             prop_assert_eq!((o.node, u64::from(o.core)), (node, core));
+            if !matches!(profile, Profile::Cgn(_)) {
+                // CGN port blocks are high-class only; the others keep the range class.
+                prop_assert_eq!(m.port() < 1024, f.src_port < 1024, "range class kept: {}", reply);
+            }
+        }
+        // Every port, both classes: each node's steering names `owner_of`'s core exactly
+        // when that core owns the port (its run of the class, computed here naively), and
+        // `Unknown` otherwise (another node's port, or one no core of the node owns).
+        let all: Vec<Steering> = (0..nodes).map(steering).collect();
+        let owns = |port: u16, node: u32, core: u32| {
+            let (base, len) = if port < 1024 { (0u64, 16u64) } else { (16, 1008) };
+            let (lo, hi) = (base + u64::from(node) * len / u64::from(nodes), base + u64::from(node + 1) * len / u64::from(nodes));
+            let per = (hi - lo) * 64 / u64::from(cores);
+            let first = lo * 64 + u64::from(core) * per;
+            (first..first + per).contains(&u64::from(port))
+        };
+        for port in 0..=u16::MAX {
+            let o = owner_of(port, split);
+            let key = FlowKey::v4(ZoneId(0), [198, 51, 100, 1], [203, 0, 113, 1], proto::UDP, 53, port);
+            let mut meta = Meta::default();
+            (meta.flags, meta.flow) = (flags::L3_VALID | flags::L4_VALID, key);
+            for (n, s) in (0u32..).zip(&all) {
+                let want = if n == o.node && owns(port, o.node, o.core) { Steer::Worker(o.core as u16) } else { Steer::Unknown };
+                prop_assert_eq!(s.worker(&[], &meta), want, "port {} node {}", port, n);
+            }
         }
     }
 
