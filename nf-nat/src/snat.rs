@@ -704,6 +704,34 @@ impl Snat {
         }
     }
 
+    /// The live mapping a TCP or UDP flow's destination names (one of the public addresses
+    /// and a port, in the flow's zone): the public address's index, the mapping's inside
+    /// endpoint, and that endpoint's address. [`DropReason::NatNoMapping`] if there is none
+    /// (or no table of mapping owners).
+    fn mapping_owner(&self, key: &FlowKey) -> Result<(u16, InsideEndpoint, IpAddr), DropReason> {
+        let (Some((table, hasher)), proto::TCP | proto::UDP) = (&self.owners, key.proto) else {
+            return Err(DropReason::NatNoMapping);
+        };
+        let public = (self.public_ips.iter().position(|&ip| ip == key.dst_ip()))
+            .and_then(|i| u16::try_from(i).ok())
+            .ok_or(DropReason::NatNoMapping)?;
+        let pk = PublicEndpoint {
+            public,
+            port: key.dst_port,
+            proto: key.proto,
+        };
+        let owner = table
+            .get(pk.hash(hasher), &pk)
+            .filter(|o| o.zone == key.zone.0)
+            .ok_or(DropReason::NatNoMapping)?;
+        let ip = if key.family() == Family::V4 {
+            IpAddr::from(owner.addr.first_chunk::<4>().copied().unwrap_or_default())
+        } else {
+            IpAddr::from(owner.addr)
+        };
+        Ok((public, owner, ip))
+    }
+
     /// A new flow from outside to a public address: with endpoint-independent filtering, a
     /// TCP or UDP flow to a live mapping of its zone opens a session to the mapping's inside
     /// endpoint (sharing the mapping); anything else is unsolicited
@@ -717,28 +745,10 @@ impl Snat {
         // From a configured inside prefix it is hairpinning (`admit_pin`), not inbound.
         let from_inside = !self.inside.is_empty() && self.is_inside(&key);
         let eif = self.filtering == Filtering::EndpointIndependent;
-        let (Some((table, hasher)), false, true) = (&self.owners, from_inside, eif) else {
+        if from_inside || !eif {
             return Err(DropReason::NatNoMapping);
-        };
-        let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
-        let public = public.and_then(|i| u16::try_from(i).ok());
-        let (Some(public), proto::TCP | proto::UDP) = (public, key.proto) else {
-            return Err(DropReason::NatNoMapping);
-        };
-        let pk = PublicEndpoint {
-            public,
-            port: key.dst_port,
-            proto: key.proto,
-        };
-        let owner = table
-            .get(pk.hash(hasher), &pk)
-            .filter(|o| o.zone == key.zone.0)
-            .ok_or(DropReason::NatNoMapping)?;
-        let inside_ip = if key.family() == Family::V4 {
-            IpAddr::from(owner.addr.first_chunk::<4>().copied().unwrap_or_default())
-        } else {
-            IpAddr::from(owner.addr)
-        };
+        }
+        let (public, owner, inside_ip) = self.mapping_owner(&key)?;
         // The outbound flow this session answers for: it takes the mapping like any other.
         let outbound = FlowKey::from_addrs(
             key.zone,
@@ -915,27 +925,7 @@ impl Snat {
         new: &mut NewFlow<'_>,
     ) -> Result<Translation, DropReason> {
         let key = *new.original();
-        let (Some((table, hasher)), proto::TCP | proto::UDP) = (&self.owners, key.proto) else {
-            return Err(DropReason::NatNoMapping);
-        };
-        let public = self.public_ips.iter().position(|&ip| ip == key.dst_ip());
-        let Some(public) = public.and_then(|i| u16::try_from(i).ok()) else {
-            return Err(DropReason::NatNoMapping);
-        };
-        let pk = PublicEndpoint {
-            public,
-            port: key.dst_port,
-            proto: key.proto,
-        };
-        let owner = table
-            .get(pk.hash(hasher), &pk)
-            .filter(|o| o.zone == key.zone.0)
-            .ok_or(DropReason::NatNoMapping)?;
-        let peer_ip = if key.family() == Family::V4 {
-            IpAddr::from(owner.addr.first_chunk::<4>().copied().unwrap_or_default())
-        } else {
-            IpAddr::from(owner.addr)
-        };
+        let (public, owner, peer_ip) = self.mapping_owner(&key)?;
         let mapping = self
             .ports
             .allocate(now, &key)
