@@ -21,7 +21,7 @@ mod tunnel_frames;
 use nf_tunnel::profile::gwlb;
 use nf_tunnel::{DecapConfig, DecapStage, EncapConfig};
 use std::hint::black_box;
-use tunnel_frames::{Frames, gwlb_options, inner_frames, outer_frames};
+use tunnel_frames::{Frames, gwlb_options, inner_frames, offloaded, outer_frames};
 
 const BATCH: usize = 64;
 
@@ -48,17 +48,11 @@ fn main() {
     };
     let geneve = tunnel != "vxlan";
     let frames = frames(geneve, outer);
-    let cfg = if geneve {
-        DecapConfig {
-            verify_udp_checksum: false,
-            ..gwlb::decap_config()
-        }
+    let cfg = offloaded(if geneve {
+        gwlb::decap_config()
     } else {
-        DecapConfig {
-            verify_udp_checksum: false,
-            ..DecapConfig::default()
-        }
-    };
+        DecapConfig::default()
+    });
     let mut stage = DecapStage::new(cfg).expect("decap config");
     let mut batch = Frames::new(&frames);
     let decap = tunnel != "reset";
