@@ -3,6 +3,8 @@
 # nf beside the kernel. Source it; it defines:
 #
 #   measure WHO LAB CLIENT_NS SERVER_NS SERVER_IP PID   JSON lines: TCP 1 and 4 streams, UDP 64 B
+#   udp_search WHO LAB CLIENT_NS SERVER_NS SERVER_IP     JSON line: the highest UDP 64 B rate
+#                                                        offered with under 1% lost (RFC 2544)
 #   table TITLE_NF TITLE_KERNEL NF.jsonl KERNEL.jsonl    the Markdown table
 #   own NS DEV...                                        nf owns the interfaces (see below)
 #
@@ -81,6 +83,55 @@ PY
   done
 }
 
+# The throughput of RFC 2544 (section 26.1), with a loss bound of 1%: UDP 64 B offered at a
+# fixed rate, first the rate the path received at full speed (the last `measure` udp64 run
+# of WHO), then 10% less each step until under 1% is lost (at most 8 steps). A path that
+# loses under 1% at full speed answers at once, with the full-speed figures. One JSON line:
+# the rate found and every step tried.
+udp_search() {
+  local who=$1 lab=$2 client=$3 server=$4 ip=$5
+  python3 - "$tmp/$who-udp64.json" "$secs" >"$tmp/$who-steps.txt" <<'PY'
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))["end"]["sum"]
+    t = s.get("seconds") or float(sys.argv[2])
+    print(s["lost_percent"], round((s["packets"] - s["lost_packets"]) / t))
+except Exception:
+    print(100, 0)
+PY
+  local lost rate; read -r lost rate <"$tmp/$who-steps.txt"
+  local steps="[]" found=0 found_lost=
+  if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$lost"; then
+    found=$rate; found_lost=$lost; steps="[[\"full speed\", $rate, $lost]]"
+  else
+    local offered=$rate i
+    for i in 1 2 3 4 5 6 7 8; do
+      [ "$offered" -gt 0 ] || break
+      ip netns exec "$server" iperf3 -s -D -1 -p 5201 >/dev/null 2>&1 || true
+      sleep 0.3
+      # iperf3 counts the UDP payload: 64 bytes = 512 bits a datagram.
+      ip netns exec "$client" iperf3 -c "$ip" -p 5201 -J -t "$secs" -u -l 64 -b "$(( offered * 512 ))" >"$tmp/$who-step.json" 2>/dev/null || true
+      read -r lost rate < <(python3 - "$tmp/$who-step.json" "$secs" <<'PY'
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))["end"]["sum"]
+    t = s.get("seconds") or float(sys.argv[2])
+    print(s["lost_percent"], round((s["packets"] - s["lost_packets"]) / t))
+except Exception:
+    print(100, 0)
+PY
+)
+      steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); s.append([int(sys.argv[2]), int(sys.argv[3]), round(float(sys.argv[4]), 2)]); print(json.dumps(s))' "$steps" "$offered" "$rate" "$lost")
+      if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$lost"; then
+        found=$rate; found_lost=$lost; break
+      fi
+      offered=$(( offered * 9 / 10 ))
+    done
+  fi
+  python3 -c 'import json,sys; print(json.dumps({"lab": sys.argv[1], "impl": sys.argv[2], "test": "udp64_under_1pct", "received_pps": int(sys.argv[3]), "lost_percent": round(float(sys.argv[4] or 100), 2), "steps_offered_received_lost": json.loads(sys.argv[5])}))' \
+    "$lab" "$who" "$found" "$found_lost" "$steps"
+}
+
 table() {
   python3 - "$@" <<'PY'
 import json, sys
@@ -92,12 +143,18 @@ for path in sys.argv[3:]:
 def cell(r, run):
     if r is None or "error" in r: return "error: " + (r or {}).get("error", "no result")
     if run.startswith("tcp"): return f'{r["gbit_per_s"]} Gbit/s, {r["retransmits"]} retransmits'
+    if run == "udp64_under_1pct":
+        if not r["received_pps"]: return "none found in 8 steps"
+        return f'{r["received_pps"]:,} pps received, {r["lost_percent"]}% lost'
     return (f'{r["received_pps"]:,} pps received, {r["lost_percent"]}% lost'
             f' ({r.get("lost_at_receiver_socket", 0):,} of them at the receiving socket)')
 print()
 print(f"| | {title_nf} | {title_kernel} |")
 print("|---|---|---|")
-for run, name in [("tcp1", "iperf3 TCP, 1 stream"), ("tcp4", "iperf3 TCP, 4 streams"), ("udp64", "UDP 64 B")]:
+runs = [("tcp1", "iperf3 TCP, 1 stream"), ("tcp4", "iperf3 TCP, 4 streams"), ("udp64", "UDP 64 B, full speed")]
+if any(t == "udp64_under_1pct" for _, t in rows):
+    runs.append(("udp64_under_1pct", "UDP 64 B, highest rate with < 1% lost (RFC 2544)"))
+for run, name in runs:
     nf, k = rows.get(("nf", run)), rows.get(("kernel", run))
     cpu = f' ({nf["gateway_cpu_percent"]}% CPU)' if nf and "gateway_cpu_percent" in nf else ""
     print(f"| {name} | {cell(nf, run)}{cpu} | {cell(k, run)} |")

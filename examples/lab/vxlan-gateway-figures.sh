@@ -11,7 +11,8 @@
 #      192.0.2.1 on ua                            kernel: vx1 over ug + bridge br0 with og
 #
 # iperf3 runs from a to b: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full
-# speed (packets received per second and the share lost). Checksum offload is off on the
+# speed (packets received per second and the share lost), then at the highest offered rate
+# under 1% lost (`udp_search`, RFC 2544's throughput with a 1% loss bound). Checksum offload is off on the
 # endpoints (the gateway forwards frame bytes as they are). The CPU the gateway process used
 # is read from /proc; for the kernel bridge the CPU is softirq time, shown from /proc/stat for
 # the whole machine. Output: one JSON object per line, then a Markdown table.
@@ -67,10 +68,12 @@ start_kernel() {
 
 tmp=$(mktemp -d)
 lab; start_nf; measure nf vxlan-gateway "$A" "$B" 198.51.100.2 "$gw_pid" | tee "$tmp/nf.jsonl"
+udp_search nf vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/nf.jsonl"
 kill -INT "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=
 echo "--- vxlan-gateway counters" >&2; grep -E "drop|full|kernel_drops|partial|link_down" "$tmp/gw.out" | grep -v " 0$" >&2 || true
 for n in "$A" "$G" "$B"; do ip netns del "$n"; done
 lab; start_kernel; measure kernel vxlan-gateway "$A" "$B" 198.51.100.2 "" | tee "$tmp/kernel.jsonl"
+udp_search kernel vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/kernel.jsonl"
 
 table "nf gateway (PACKET_MMAP rings)" "kernel VXLAN + bridge" "$tmp/nf.jsonl" "$tmp/kernel.jsonl"
 rm -rf "$tmp"
