@@ -319,7 +319,7 @@ pub struct SessionTable<K: SessionKey, V> {
     /// 64-bit division per packet.
     dl_now: u64,
     dl_known: u16,
-    dl_ticks: [u32; SessionState::ALL.len()],
+    dl_ticks: [u32; DL_SLOTS],
     free: u32,
     len: u32,
     zones: Vec<Zone>,
@@ -341,6 +341,9 @@ impl<K: SessionKey, V: fmt::Debug> fmt::Debug for SessionTable<K, V> {
 
 /// Most sessions a batch lookup takes.
 const BATCH: usize = 64;
+/// Entries of the per-`now` deadline cache: a power of two above the number of states, so
+/// that a state byte masked with `DL_SLOTS - 1` indexes it without a bounds check.
+const DL_SLOTS: usize = SessionState::ALL.len().next_power_of_two();
 
 impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// A table with everything allocated up front.
@@ -398,7 +401,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             gran: g,
             dl_now: 0,
             dl_known: 0,
-            dl_ticks: [0; SessionState::ALL.len()],
+            dl_ticks: [0; DL_SLOTS],
             free: 0,
             len: 0,
             zones: vec![Zone::default(); zslots],
@@ -853,6 +856,38 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let hashes = [original_hash, hr];
         self.insert_hashed(now, keys, hashes, zones, proto, state, value, &mut on_evict)
             .map(|r| (r, hr))
+    }
+
+    /// The fast path of [`Self::track_value`], for the packets most sessions see: if `r` is
+    /// live and a packet with `tcp_flags` leaves it as it is, its timeout aside (`steady`),
+    /// runs `f(value)` and, when `f` returns `(true, _)`, refreshes the session from `now`,
+    /// exactly as `track_value` would; returns what `f` returned. `None` (`f` not run,
+    /// nothing changed) for a stale handle or a packet the full tracker must see.
+    #[inline(always)]
+    pub(in crate::conntrack) fn track_steady<R>(
+        &mut self,
+        r: SessionRef,
+        now: Instant,
+        tcp_flags: u8,
+        f: impl FnOnce(&mut V) -> (bool, R),
+    ) -> Option<R> {
+        let x = self.rec(r)?;
+        let state = x.state;
+        if !steady(state, x.flags, tcp_flags) {
+            return None;
+        }
+        let d = self.deadline_tick_of(now, state);
+        let x = self.recs.get_mut(r.index as usize)?;
+        let (refresh, out) = f(&mut x.value);
+        if refresh {
+            let old = x.deadline;
+            x.deadline = d;
+            if d.wrapping_sub(old).cast_signed() < 0 {
+                self.timer_unlink(r.index);
+                self.timer_link(self.slot_for(d), r.index);
+            }
+        }
+        Some(out)
     }
 
     /// [`Self::track`], then the session's value, writable: `None` as `track` gives it.

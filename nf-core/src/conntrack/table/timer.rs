@@ -10,20 +10,36 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// per state for the current `now`.
     #[inline(always)]
     pub(super) fn deadline_tick(&mut self, now: Instant, s: SessionState) -> u32 {
+        self.deadline_tick_of(now, s as u8)
+    }
+
+    /// [`Self::deadline_tick`] of a record's state byte (a byte that names no state counts
+    /// as [`SessionState::Other`], as everywhere else).
+    #[inline(always)]
+    pub(super) fn deadline_tick_of(&mut self, now: Instant, state: u8) -> u32 {
         let n = now.as_nanos();
         if n != self.dl_now {
             self.dl_now = n;
             self.dl_known = 0;
         }
-        let i = s as usize;
-        if self.dl_known >> i & 1 != 0
+        let i = usize::from(state) & (super::DL_SLOTS - 1);
+        if usize::from(state) == i
+            && self.dl_known >> i & 1 != 0
             && let Some(&t) = self.dl_ticks.get(i)
         {
             return t;
         }
+        self.deadline_tick_fill(n, state)
+    }
+
+    /// The cache miss of [`Self::deadline_tick_of`] (once per state and `now`).
+    #[inline(never)]
+    fn deadline_tick_fill(&mut self, n: u64, state: u8) -> u32 {
+        let s = SessionState::from_u8(state).unwrap_or(SessionState::Other);
         let t = n
             .saturating_add(self.cfg.timeouts.timeout(s).as_nanos())
             .div_ceil(self.gran) as u32;
+        let i = s as usize;
         if let Some(d) = self.dl_ticks.get_mut(i) {
             *d = t;
             self.dl_known |= 1 << i;
