@@ -867,13 +867,14 @@ impl<S: SessionService> Conntrack<S> {
         before: u64,
     ) {
         // Of the pending packets, those looked up by their own key, and their families
-        // (masks of every packet, branch-free, then cut to the pending ones).
+        // (masks of every packet, one bit shifted in per packet from the last one down,
+        // branch-free, then cut to the pending ones).
         let (mut trackable_mask, mut v6_mask) = (0u64, 0u64);
         let packets = batch.packets();
         let packets = packets.get(..BATCH_SIZE).unwrap_or(packets);
-        for (i, p) in packets.iter().enumerate() {
-            trackable_mask |= u64::from(trackable(&p.meta)) << i;
-            v6_mask |= u64::from(p.meta.flow.family() == Family::V6) << i;
+        for p in packets.iter().rev() {
+            trackable_mask = trackable_mask << 1 | u64::from(trackable(&p.meta));
+            v6_mask = v6_mask << 1 | u64::from(p.meta.flow.family() == Family::V6);
         }
         let track = before & trackable_mask;
         let (v4, v6) = (track & !v6_mask != 0, track & v6_mask != 0);
@@ -956,8 +957,7 @@ impl<S: SessionService> Conntrack<S> {
                 self.other(now, pkt);
                 continue;
             }
-            let hit = self.scratch.hits.get(i).copied().flatten();
-            if let Some(h) = hit
+            if let Some(h) = self.scratch.hits.get(i).copied().flatten()
                 && let Some(reply) = self.steady_hit(now, pkt, h)
             {
                 hits += 1;
@@ -965,7 +965,9 @@ impl<S: SessionService> Conntrack<S> {
                 self.fragment(now, pkt);
                 continue;
             }
+            // Read again rather than kept: the fast path keeps its hit in registers.
             let sc = &*self.scratch;
+            let hit = sc.hits.get(i).copied().flatten();
             let hash = sc.hashes.get(i).copied().unwrap_or(0);
             let reversed = sc
                 .reversed

@@ -314,12 +314,8 @@ pub struct SessionTable<K: SessionKey, V> {
     /// Next tick to sweep.
     cursor: u64,
     gran: u64,
-    /// Deadline ticks per state for the `now` of the last refresh (bit `s` of `dl_known`
-    /// set when `dl_ticks[s]` is filled in): a batch shares one `now`, so this saves a
-    /// 64-bit division per packet.
-    dl_now: u64,
-    dl_known: u16,
-    dl_ticks: [u32; DL_SLOTS],
+    /// Deadline ticks per state for the `now` of the last refresh.
+    dl: timer::DeadlineCache,
     free: u32,
     len: u32,
     zones: Vec<Zone>,
@@ -341,9 +337,6 @@ impl<K: SessionKey, V: fmt::Debug> fmt::Debug for SessionTable<K, V> {
 
 /// Most sessions a batch lookup takes.
 const BATCH: usize = 64;
-/// Entries of the per-`now` deadline cache: a power of two above the number of states, so
-/// that a state byte masked with `DL_SLOTS - 1` indexes it without a bounds check.
-const DL_SLOTS: usize = SessionState::ALL.len().next_power_of_two();
 
 impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// A table with everything allocated up front.
@@ -399,9 +392,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             occupied: vec![0; w.div_ceil(64)],
             cursor: 0,
             gran: g,
-            dl_now: 0,
-            dl_known: 0,
-            dl_ticks: [0; DL_SLOTS],
+            dl: timer::DeadlineCache::default(),
             free: 0,
             len: 0,
             zones: vec![Zone::default(); zslots],
@@ -871,13 +862,15 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         tcp_flags: u8,
         f: impl FnOnce(&mut V) -> (bool, R),
     ) -> Option<R> {
-        let x = self.rec(r)?;
-        let state = x.state;
-        if !steady(state, x.flags, tcp_flags) {
+        // One borrow of the record for the whole refresh: the deadline cache is a field of
+        // its own.
+        let x = self.recs.get_mut(r.index as usize).filter(|x| {
+            x.flags & F_LIVE != 0 && x.generation == r.generation && r.family == K::FAMILY
+        })?;
+        if !steady(x.state, x.flags, tcp_flags) {
             return None;
         }
-        let d = self.deadline_tick_of(now, state);
-        let x = self.recs.get_mut(r.index as usize)?;
+        let d = self.dl.tick(now, x.state, &self.cfg.timeouts, self.gran);
         let (refresh, out) = f(&mut x.value);
         if refresh {
             let old = x.deadline;
