@@ -490,6 +490,53 @@ impl<S: SessionService> Conntrack<S> {
         })
     }
 
+    /// A hit on a live session that the packet leaves as it is, its timeout aside (most
+    /// packets: an established TCP session's ACK, a datagram of a UDP session that has seen
+    /// both directions): [`Self::established`] without the state tracker, the reuse check
+    /// (such a session is neither `TimeWait` nor `Closed`) or the batch's re-checks (a
+    /// stale handle fails here). `None`, with nothing changed, for any other hit; otherwise
+    /// whether the hit travels the reply direction, for the caller to count the hit (and
+    /// the reply hit) as `established` would.
+    #[inline(always)]
+    fn steady_hit<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &mut Packet<B>,
+        h: Hit,
+    ) -> Option<bool> {
+        let fl = if pkt.meta.flow.proto == proto::TCP {
+            pkt.meta.tcp_flags
+        } else {
+            0
+        };
+        let r = h.session;
+        let service = &mut self.service;
+        let outcome = on_table!(self, r.family(), |t| {
+            t.track_steady(r, now, fl, |v| {
+                if S::CHECKS
+                    && let Err(reason) = service.check(now, h.direction, v, pkt)
+                {
+                    // Rejected: the session stays exactly as it was (no refresh).
+                    return (false, Err(reason));
+                }
+                (true, Ok(service.on_packet(now, h.direction, v, pkt)))
+            })
+        })?;
+        match outcome {
+            Ok(verdict) => {
+                pkt.meta.session = Some(SessionRef::new(r.family(), r.index(), r.generation()));
+                pkt.meta.direction = h.direction;
+                self.decide(pkt, verdict);
+                Some(h.direction == Direction::Reply)
+            }
+            Err(reason) => {
+                self.stats.service_rejected += 1;
+                self.decide(pkt, Verdict::Drop(reason));
+                Some(false)
+            }
+        }
+    }
+
     /// A packet of a known session: TCP state, refresh, then the service.
     #[inline(always)]
     fn established<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -714,11 +761,12 @@ struct Pass {
 
 impl<S: SessionService> Conntrack<S> {
     /// One packet of the sequential pass, in arrival order, given its batch lookup answer
-    /// (`hit`, and the key's table hash). Once this batch changed the table (a session was
-    /// created or evicted), a hit is re-checked for liveness and a miss consults the
-    /// sessions this batch created, so the batch answers exactly like packets processed one
-    /// by one, with one lookup per packet.
-    #[inline(always)]
+    /// (`hit`, and the key's table hash), unless [`Self::steady_hit`] took it. Once this
+    /// batch changed the table (a session was created or evicted), a hit is re-checked for
+    /// liveness and a miss consults the sessions this batch created, so the batch answers
+    /// exactly like packets processed one by one, with one lookup per packet. Out of line:
+    /// the sequential pass stays small for the steady hits.
+    #[inline(never)]
     fn packet<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         now: Instant,
@@ -770,6 +818,12 @@ impl<S: SessionService> Conntrack<S> {
                 pass.evictions = e;
             }
         }
+        self.fragment(now, pkt);
+    }
+
+    /// A first fragment that found or made a session: later fragments will find it.
+    #[inline(always)]
+    fn fragment<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Instant, pkt: &Packet<B>) {
         if pkt.meta.has(flags::FRAGMENT)
             && pkt.meta.session.is_some()
             && let Some(id) = related::fragment_id(pkt.data(), &pkt.meta)
@@ -812,15 +866,18 @@ impl<S: SessionService> Conntrack<S> {
         batch: &mut Batch<B>,
         before: u64,
     ) {
-        // Of the pending packets, those looked up by their own key, and their families.
-        let (mut track, mut v4, mut v6) = (0u64, false, false);
-        for (i, p) in batch.packets().iter().enumerate().take(BATCH_SIZE) {
-            let t = before >> i & 1 != 0 && trackable(&p.meta);
-            track |= u64::from(t) << i;
-            let is_v6 = p.meta.flow.family() == Family::V6;
-            v6 |= t & is_v6;
-            v4 |= t & !is_v6;
+        // Of the pending packets, those looked up by their own key, and their families
+        // (masks of every packet, one bit shifted in per packet from the last one down,
+        // branch-free, then cut to the pending ones).
+        let (mut trackable_mask, mut v6_mask) = (0u64, 0u64);
+        let packets = batch.packets();
+        let packets = packets.get(..BATCH_SIZE).unwrap_or(packets);
+        for p in packets.iter().rev() {
+            trackable_mask = trackable_mask << 1 | u64::from(trackable(&p.meta));
+            v6_mask = v6_mask << 1 | u64::from(p.meta.flow.family() == Family::V6);
         }
+        let track = before & trackable_mask;
+        let (v4, v6) = (track & !v6_mask != 0, track & v6_mask != 0);
         self.stats.lookups += u64::from(track.count_ones());
         self.scratch.created.clear();
         let mut pass = Pass {
@@ -887,14 +944,28 @@ impl<S: SessionService> Conntrack<S> {
                 };
             }
         }
-        for (i, pkt) in batch.packets_mut().iter_mut().enumerate().take(BATCH_SIZE) {
-            if before >> i & 1 == 0 {
-                continue;
-            }
+        // Hits the fast path took, and of them those in the reply direction: counted once.
+        let (mut hits, mut reply_hits) = (0u64, 0u64);
+        let mut pending = before;
+        while pending != 0 {
+            let i = pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            let Some(pkt) = batch.get_mut(i) else {
+                break;
+            };
             if track >> i & 1 == 0 {
                 self.other(now, pkt);
                 continue;
             }
+            if let Some(h) = self.scratch.hits.get(i).copied().flatten()
+                && let Some(reply) = self.steady_hit(now, pkt, h)
+            {
+                hits += 1;
+                reply_hits += u64::from(reply);
+                self.fragment(now, pkt);
+                continue;
+            }
+            // Read again rather than kept: the fast path keeps its hit in registers.
             let sc = &*self.scratch;
             let hit = sc.hits.get(i).copied().flatten();
             let hash = sc.hashes.get(i).copied().unwrap_or(0);
@@ -905,6 +976,8 @@ impl<S: SessionService> Conntrack<S> {
                 .filter(|_| prepared >> i & 1 != 0);
             self.packet(now, pkt, hit, (hash, reversed), pass);
         }
+        self.stats.hits += hits;
+        self.stats.reply_hits += reply_hits;
     }
 }
 

@@ -314,12 +314,8 @@ pub struct SessionTable<K: SessionKey, V> {
     /// Next tick to sweep.
     cursor: u64,
     gran: u64,
-    /// Deadline ticks per state for the `now` of the last refresh (bit `s` of `dl_known`
-    /// set when `dl_ticks[s]` is filled in): a batch shares one `now`, so this saves a
-    /// 64-bit division per packet.
-    dl_now: u64,
-    dl_known: u16,
-    dl_ticks: [u32; SessionState::ALL.len()],
+    /// Deadline ticks per state for the `now` of the last refresh.
+    dl: timer::DeadlineCache,
     free: u32,
     len: u32,
     zones: Vec<Zone>,
@@ -396,9 +392,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             occupied: vec![0; w.div_ceil(64)],
             cursor: 0,
             gran: g,
-            dl_now: 0,
-            dl_known: 0,
-            dl_ticks: [0; SessionState::ALL.len()],
+            dl: timer::DeadlineCache::default(),
             free: 0,
             len: 0,
             zones: vec![Zone::default(); zslots],
@@ -853,6 +847,40 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let hashes = [original_hash, hr];
         self.insert_hashed(now, keys, hashes, zones, proto, state, value, &mut on_evict)
             .map(|r| (r, hr))
+    }
+
+    /// The fast path of [`Self::track_value`], for the packets most sessions see: if `r` is
+    /// live and a packet with `tcp_flags` leaves it as it is, its timeout aside (`steady`),
+    /// runs `f(value)` and, when `f` returns `(true, _)`, refreshes the session from `now`,
+    /// exactly as `track_value` would; returns what `f` returned. `None` (`f` not run,
+    /// nothing changed) for a stale handle or a packet the full tracker must see.
+    #[inline(always)]
+    pub(in crate::conntrack) fn track_steady<R>(
+        &mut self,
+        r: SessionRef,
+        now: Instant,
+        tcp_flags: u8,
+        f: impl FnOnce(&mut V) -> (bool, R),
+    ) -> Option<R> {
+        // One borrow of the record for the whole refresh: the deadline cache is a field of
+        // its own.
+        let x = self.recs.get_mut(r.index as usize).filter(|x| {
+            x.flags & F_LIVE != 0 && x.generation == r.generation && r.family == K::FAMILY
+        })?;
+        if !steady(x.state, x.flags, tcp_flags) {
+            return None;
+        }
+        let d = self.dl.tick(now, x.state, &self.cfg.timeouts, self.gran);
+        let (refresh, out) = f(&mut x.value);
+        if refresh {
+            let old = x.deadline;
+            x.deadline = d;
+            if d.wrapping_sub(old).cast_signed() < 0 {
+                self.timer_unlink(r.index);
+                self.timer_link(self.slot_for(d), r.index);
+            }
+        }
+        Some(out)
     }
 
     /// [`Self::track`], then the session's value, writable: `None` as `track` gives it.

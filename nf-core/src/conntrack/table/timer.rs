@@ -2,7 +2,7 @@
 
 use super::{NIL, SessionInfo, SessionTable};
 use crate::conntrack::key::SessionKey;
-use crate::conntrack::state::SessionState;
+use crate::conntrack::state::{SessionState, TimeoutProfile};
 use crate::time::Instant;
 
 impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
@@ -10,25 +10,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// per state for the current `now`.
     #[inline(always)]
     pub(super) fn deadline_tick(&mut self, now: Instant, s: SessionState) -> u32 {
-        let n = now.as_nanos();
-        if n != self.dl_now {
-            self.dl_now = n;
-            self.dl_known = 0;
-        }
-        let i = s as usize;
-        if self.dl_known >> i & 1 != 0
-            && let Some(&t) = self.dl_ticks.get(i)
-        {
-            return t;
-        }
-        let t = n
-            .saturating_add(self.cfg.timeouts.timeout(s).as_nanos())
-            .div_ceil(self.gran) as u32;
-        if let Some(d) = self.dl_ticks.get_mut(i) {
-            *d = t;
-            self.dl_known |= 1 << i;
-        }
-        t
+        self.dl.tick(now, s as u8, &self.cfg.timeouts, self.gran)
     }
 
     /// The u64 tick a wrapping u32 tick stands for, relative to the cursor.
@@ -254,6 +236,63 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         if let Some(wd) = self.occupied.get_mut((slot / 64) as usize) {
             *wd &= !(1 << (slot % 64));
         }
+    }
+}
+
+/// Deadline ticks per state for one `now` (bit `s` of `known` set when `ticks[s]` is
+/// filled in): a batch shares one `now`, so this saves a 64-bit division per packet. A
+/// field of its own, so that a refresh can hold a record while it reads the cache.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DeadlineCache {
+    now: u64,
+    known: u16,
+    ticks: [u32; DL_SLOTS],
+}
+
+/// Entries of the cache: a power of two above the number of states, so that a state byte
+/// masked with `DL_SLOTS - 1` indexes it without a bounds check.
+const DL_SLOTS: usize = SessionState::ALL.len().next_power_of_two();
+
+impl DeadlineCache {
+    /// The deadline tick of a session in `state` (a record's state byte; one that names no
+    /// state counts as [`SessionState::Other`], as everywhere else) refreshed at `now`.
+    #[inline(always)]
+    pub(super) fn tick(
+        &mut self,
+        now: Instant,
+        state: u8,
+        timeouts: &TimeoutProfile,
+        gran: u64,
+    ) -> u32 {
+        let n = now.as_nanos();
+        if n != self.now {
+            self.now = n;
+            self.known = 0;
+        }
+        let i = usize::from(state) & (DL_SLOTS - 1);
+        if usize::from(state) == i
+            && self.known >> i & 1 != 0
+            && let Some(&t) = self.ticks.get(i)
+        {
+            return t;
+        }
+        self.fill(state, timeouts, gran)
+    }
+
+    /// The cache miss of [`Self::tick`] (once per state and `now`).
+    #[inline(never)]
+    fn fill(&mut self, state: u8, timeouts: &TimeoutProfile, gran: u64) -> u32 {
+        let s = SessionState::from_u8(state).unwrap_or(SessionState::Other);
+        let t = self
+            .now
+            .saturating_add(timeouts.timeout(s).as_nanos())
+            .div_ceil(gran) as u32;
+        let i = s as usize;
+        if let Some(d) = self.ticks.get_mut(i) {
+            *d = t;
+            self.known |= 1 << i;
+        }
+        t
     }
 }
 
