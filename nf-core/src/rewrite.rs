@@ -219,24 +219,27 @@ fn rewrite_v4_l4<const L: usize>(
     };
     let check = u16::from_ne_bytes(*th.last_chunk()?);
     // !old + new: the address's difference, for the header and the pseudo-header.
-    let diff = u64::from(!old) + u64::from(u32::from_ne_bytes(addr));
+    let diff = add_carry(!old, u32::from_ne_bytes(addr));
     put(ip, a_at, addr);
     put(
         ip,
         10,
-        (!fold_ne(u64::from(!ip_check) + diff)).to_ne_bytes(),
+        (!fold_ne(add_carry(diff, u32::from(!ip_check)))).to_ne_bytes(),
     );
     let mut l4_diff = diff;
     if let Some(port) = port {
         let new = port.to_be_bytes();
         put(th, p_at, new);
-        l4_diff += u64::from(!old_port) + u64::from(u16::from_ne_bytes(new));
+        l4_diff = add_carry(
+            l4_diff,
+            u32::from(!old_port) + u32::from(u16::from_ne_bytes(new)),
+        );
     }
     if udp && check == 0 {
         // No checksum (IPv4): it stays absent.
         return Some(());
     }
-    let mut n = !fold_ne(u64::from(!check) + l4_diff);
+    let mut n = !fold_ne(add_carry(l4_diff, u32::from(!check)));
     if udp && n == 0 {
         n = 0xffff;
     }
@@ -252,12 +255,20 @@ fn put<const N: usize>(h: &mut [u8], at: usize, v: [u8; N]) {
     }
 }
 
-/// The end-around-carry fold of a sum of fewer than 2^36 (16- and 32-bit words) to 16 bits.
+/// The ones' complement sum of two 32-bit words (end-around carry; an add and an add with
+/// carry): congruent to `a + b` modulo 0xFFFF_FFFF, hence modulo 0xFFFF, and 0 only if both
+/// are.
 #[inline(always)]
-const fn fold_ne(s: u64) -> u16 {
-    let s = (s & 0xffff) + ((s >> 16) & 0xffff) + (s >> 32);
-    let s = (s & 0xffff) + (s >> 16);
-    ((s & 0xffff) + (s >> 16)) as u16
+const fn add_carry(a: u32, b: u32) -> u32 {
+    let (s, c) = a.overflowing_add(b);
+    s + c as u32
+}
+
+/// The end-around-carry fold of a 32-bit sum to 16 bits: the high half of `s` plus `s`
+/// rotated by 16 is the two halves' sum plus the carry out of the low half's.
+#[inline(always)]
+const fn fold_ne(s: u32) -> u16 {
+    (s.wrapping_add(s.rotate_left(16)) >> 16) as u16
 }
 
 /// Translates the ICMP error in `data` in place: the outer header's `end` becomes `addr`,
