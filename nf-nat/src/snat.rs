@@ -1058,23 +1058,24 @@ impl Snat {
         t: &Translation,
         pkt: &mut Packet<B>,
     ) -> Verdict {
-        let (end, addr, port) = match direction {
+        let at = Layout::of(&pkt.meta);
+        let done = match direction {
             Direction::Original => {
-                let Some(p) = self.publics.get(usize::from(t.mapping.public_index())) else {
+                let Some(public) = self.publics.get(usize::from(t.mapping.public_index())) else {
                     return self.failed(false);
                 };
-                (End::Src, *p, t.mapping.port())
+                let port = Some(t.mapping.port());
+                rewrite(pkt.data_mut(), at, End::Src, public, port)
             }
             Direction::Reply => {
-                let mut a = [0; 16];
-                if let Some(c) = a.first_chunk_mut::<4>() {
-                    *c = t.inside;
+                let mut inside = [0; 16];
+                if let Some(a) = inside.first_chunk_mut::<4>() {
+                    *a = t.inside;
                 }
-                (End::Dst, a, t.inside_port)
+                rewrite(pkt.data_mut(), at, End::Dst, &inside, Some(t.inside_port))
             }
         };
-        let at = Layout::of(&pkt.meta);
-        if rewrite(pkt.data_mut(), at, end, &addr, Some(port)).is_err() {
+        if done.is_err() {
             return self.failed(false);
         }
         match direction {
