@@ -200,9 +200,7 @@ fn rewrite_v4_l4<const L: usize>(
     port: Option<u16>,
     udp: bool,
 ) -> Option<()> {
-    // The headers in order and apart (an IPv4 header has at least 20 bytes), the transport
-    // header's first `L` bytes in the buffer: two comparisons.
-    if at.l3.saturating_add(20) > at.l4 || at.l4.saturating_add(L) > d.len() {
+    if at.l4.checked_sub(at.l3)? < 20 {
         return None;
     }
     let (head, tail) = d.split_at_mut_checked(at.l4)?;
