@@ -1013,6 +1013,8 @@ impl Snat {
 
     /// Counts a packet whose headers could not be rewritten (`icmp`: an ICMP error) and
     /// drops it.
+    #[cold]
+    #[inline(never)]
     fn failed(&mut self, icmp: bool) -> Verdict {
         if icmp {
             self.counters.icmp_errors_dropped += 1;
@@ -1046,6 +1048,74 @@ impl Snat {
 }
 
 impl Snat {
+    /// [`SessionService::on_packet`] of an IPv4 SNAT session (kind `V4`, never waiting):
+    /// the original direction's source becomes the public endpoint, a reply's destination
+    /// the inside endpoint.
+    #[inline(always)]
+    fn snat_v4<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        direction: Direction,
+        t: &Translation,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        let at = Layout::of(&pkt.meta);
+        let done = match direction {
+            Direction::Original => {
+                let Some(public) = self.publics.get(usize::from(t.mapping.public_index())) else {
+                    return self.failed(false);
+                };
+                let port = Some(t.mapping.port());
+                rewrite(pkt.data_mut(), at, End::Src, public, port)
+            }
+            Direction::Reply => {
+                let mut inside = [0; 16];
+                if let Some(a) = inside.first_chunk_mut::<4>() {
+                    *a = t.inside;
+                }
+                rewrite(pkt.data_mut(), at, End::Dst, &inside, Some(t.inside_port))
+            }
+        };
+        if done.is_err() {
+            return self.failed(false);
+        }
+        match direction {
+            Direction::Original => self.counters.packets_out += 1,
+            Direction::Reply => self.counters.packets_in += 1,
+        }
+        Verdict::Pass
+    }
+
+    /// [`SessionService::on_packet`] of any other translated session (IPv6, port
+    /// forwards, hairpins, inbound flows), out of line.
+    #[inline(never)]
+    fn translate_other<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        direction: Direction,
+        t: &mut Translation,
+        pkt: &mut Packet<B>,
+    ) -> Verdict {
+        if t.waiting && matches!(direction, Direction::Original) {
+            self.counters.hairpin_filtered += 1;
+            return Verdict::Drop(DropReason::NatNoMapping);
+        }
+        let at = Layout::of(&pkt.meta);
+        let d = pkt.data_mut();
+        let done = self.each_target(direction, t, |end, addr, port| {
+            rewrite(d, at, end, addr, Some(port)).ok()
+        });
+        if done.is_none() {
+            return self.failed(false);
+        }
+        // The peer sent to the flow's mapped source: its mapping accepts the flow now.
+        t.waiting = false;
+        match direction {
+            Direction::Original => self.counters.packets_out += 1,
+            Direction::Reply => self.counters.packets_in += 1,
+        }
+        self.counters.packets_hairpinned += u64::from(t.kind.is_hairpin() || t.kind.is_pin());
+        Verdict::Pass
+    }
+
     /// RFC 5508 REQ-8: the ICMP error for a flow refused for lack of resources, within the
     /// rate limit; otherwise the drop.
     fn refuse_with_icmp<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -1135,29 +1205,12 @@ impl SessionService for Snat {
         t: &mut Translation,
         pkt: &mut Packet<B>,
     ) -> Verdict {
-        if t.kind == Kind::Pass {
-            return Verdict::Pass;
+        match t.kind {
+            Kind::Pass => Verdict::Pass,
+            // The per-packet case, inline: one end of an IPv4 SNAT session.
+            Kind::V4 if !t.waiting => self.snat_v4(direction, t, pkt),
+            _ => self.translate_other(direction, t, pkt),
         }
-        if t.waiting && matches!(direction, Direction::Original) {
-            self.counters.hairpin_filtered += 1;
-            return Verdict::Drop(DropReason::NatNoMapping);
-        }
-        let at = Layout::of(&pkt.meta);
-        let d = pkt.data_mut();
-        let done = self.each_target(direction, t, |end, addr, port| {
-            rewrite(d, at, end, addr, Some(port)).ok()
-        });
-        if done.is_none() {
-            return self.failed(false);
-        }
-        // The peer sent to the flow's mapped source: its mapping accepts the flow now.
-        t.waiting = false;
-        match direction {
-            Direction::Original => self.counters.packets_out += 1,
-            Direction::Reply => self.counters.packets_in += 1,
-        }
-        self.counters.packets_hairpinned += u64::from(t.kind.is_hairpin() || t.kind.is_pin());
-        Verdict::Pass
     }
 
     fn on_related<B: AsRef<[u8]> + AsMut<[u8]>>(

@@ -270,6 +270,30 @@ proptest! {
         }
     }
 
+    /// The inline IPv4 TCP/UDP path leaves exactly the bytes and result of the general
+    /// path, whatever the bytes (stored checksums right or wrong, 0 included) and layout.
+    #[test]
+    fn inline_path_equals_general_path(
+        mut d in proptest::collection::vec(any::<u8>(), 0..80),
+        (l3, l4) in (0usize..48, 0usize..72), p in prop_oneof![Just(proto::TCP), Just(proto::UDP), any::<u8>()],
+        has_l4 in any::<bool>(), src_end in any::<bool>(), port in proptest::option::of(any::<u16>()),
+        addr in addr_strategy(), zero in proptest::option::of((0usize..80, any::<bool>())),
+    ) {
+        if let Some((at, wide)) = zero {
+            // Checksums of 0 and 0xFFFF (UDP: absent; both: ±0).
+            let v = if wide { 0xff } else { 0 };
+            for b in d.iter_mut().skip(at).take(2) {
+                *b = v;
+            }
+        }
+        let at = Layout { l3, l4, family: Family::V4, proto: p, has_l4 };
+        let end = if src_end { End::Src } else { End::Dst };
+        let mut general = d.clone();
+        let want = rewrite_general(&mut general, at, end, &addr, port);
+        prop_assert_eq!(rewrite(&mut d, at, end, &addr, port), want);
+        prop_assert_eq!(d, general);
+    }
+
     /// Arbitrary bytes with arbitrary layouts: an error or a rewrite, never a panic.
     #[test]
     fn arbitrary_input_never_panics(
