@@ -88,18 +88,22 @@ PY
 # of WHO), then 10% less each step until under 1% is lost (at most 8 steps). A path that
 # loses under 1% at full speed answers at once, with the full-speed figures. One JSON line:
 # the rate found and every step tried.
-udp_search() {
-  local who=$1 lab=$2 client=$3 server=$4 ip=$5
-  python3 - "$tmp/$who-udp64.json" "$secs" >"$tmp/$who-steps.txt" <<'PY'
+# "LOST_PERCENT RECEIVED_PPS" of an iperf3 UDP run's JSON ("100 0" if it has none).
+udp_result() {
+  python3 - "$1" "$secs" <<'PY'
 import json, sys
 try:
     s = json.load(open(sys.argv[1]))["end"]["sum"]
     t = s.get("seconds") or float(sys.argv[2])
-    print(s["lost_percent"], round((s["packets"] - s["lost_packets"]) / t))
+    print(round(s["lost_percent"], 2), round((s["packets"] - s["lost_packets"]) / t))
 except Exception:
     print(100, 0)
 PY
-  local lost rate; read -r lost rate <"$tmp/$who-steps.txt"
+}
+
+udp_search() {
+  local who=$1 lab=$2 client=$3 server=$4 ip=$5
+  local lost rate; read -r lost rate < <(udp_result "$tmp/$who-udp64.json")
   local steps="[]" found=0 found_lost=
   if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$lost"; then
     found=$rate; found_lost=$lost; steps="[[\"full speed\", $rate, $lost]]"
@@ -111,16 +115,7 @@ PY
       sleep 0.3
       # iperf3 counts the UDP payload: 64 bytes = 512 bits a datagram.
       ip netns exec "$client" iperf3 -c "$ip" -p 5201 -J -t "$secs" -u -l 64 -b "$(( offered * 512 ))" >"$tmp/$who-step.json" 2>/dev/null || true
-      read -r lost rate < <(python3 - "$tmp/$who-step.json" "$secs" <<'PY'
-import json, sys
-try:
-    s = json.load(open(sys.argv[1]))["end"]["sum"]
-    t = s.get("seconds") or float(sys.argv[2])
-    print(s["lost_percent"], round((s["packets"] - s["lost_packets"]) / t))
-except Exception:
-    print(100, 0)
-PY
-)
+      read -r lost rate < <(udp_result "$tmp/$who-step.json")
       steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); s.append([int(sys.argv[2]), int(sys.argv[3]), round(float(sys.argv[4]), 2)]); print(json.dumps(s))' "$steps" "$offered" "$rate" "$lost")
       if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$lost"; then
         found=$rate; found_lost=$lost; break
