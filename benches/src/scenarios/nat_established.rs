@@ -4,8 +4,8 @@
 //!
 //! Ours: `ParseStage`-parsed packets through `Conntrack<Snat>` (hyperplane profile, four
 //! public addresses, NAT timeouts), tables at 90% load. The sessions are opened before
-//! timing by sending each flow's first packet through the same pipeline, so every mapping
-//! is the allocator's. Peer: the textbook reference NAT: a `hashbrown` map with `ahash` from
+//! timing through the same pipeline (TCP: a three-way handshake, so every TCP session is
+//! established; UDP: a datagram each way), so every mapping is the allocator's. Peer: the textbook reference NAT: a `hashbrown` map with `ahash` from
 //! each direction's 5-tuple to its translation (address, port, which end), then the same
 //! rewrite and RFC 1624 checksum updates (IPv4 header, TCP/UDP with pseudo-header), written
 //! plainly here; no state, no timers.
@@ -178,13 +178,17 @@ fn open(sessions: usize) -> Pipeline {
     ParseStage::default().then(Conntrack::new(ct, snat).expect("conntrack config"))
 }
 
-/// Opens every flow (a SYN, or the first UDP datagram) and returns each flow's reply key.
+/// Opens every flow and returns each flow's reply key: TCP flows by a three-way handshake (a
+/// SYN, the SYN-ACK from the reply key the allocator chose, an ACK), so that every TCP session
+/// is established, as in a NAT gateway's steady state; UDP flows by their first datagram and
+/// one reply.
 fn mappings(pipe: &mut Pipeline, sessions: usize) -> Vec<FlowKey> {
     let now = Instant::from_nanos(START_NS);
     let mut replies = Vec::with_capacity(sessions);
     let mut batch = Batch::new();
     for start in (0..sessions).step_by(BATCH) {
-        for i in start..(start + BATCH).min(sessions) {
+        let flows = start..(start + BATCH).min(sessions);
+        for i in flows.clone() {
             let _ = batch.push(
                 Packet::new(frame(&flow(i), tcp_flags::SYN).to_vec(), 0, FRAME).expect("fits"),
             );
@@ -197,6 +201,31 @@ fn mappings(pipe: &mut Pipeline, sessions: usize) -> Vec<FlowKey> {
                 .info(p.meta.session.expect("session"))
                 .expect("live");
             replies.push(info.reply);
+        }
+        let handshake = [
+            (true, tcp_flags::SYN | tcp_flags::ACK),
+            (false, tcp_flags::ACK),
+        ];
+        for (reply, flags) in handshake {
+            for i in flows.clone() {
+                let key = if reply { replies[i] } else { flow(i) };
+                let _ =
+                    batch.push(Packet::new(frame(&key, flags).to_vec(), 0, FRAME).expect("fits"));
+            }
+            pipe.process(now, &mut batch);
+            for p in batch.drain() {
+                assert!(p.meta.verdict.is_pass(), "handshake: {:?}", p.meta.verdict);
+            }
+        }
+        for i in flows {
+            let key = flow(i);
+            let session = pipe.second.lookup(&key).expect("live").session;
+            let info = pipe.second.info(session).expect("live");
+            assert!(
+                key.proto != proto::TCP || info.established,
+                "flow {i}: {:?} after the handshake",
+                info.state
+            );
         }
     }
     replies
