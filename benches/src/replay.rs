@@ -485,11 +485,25 @@ pub(crate) fn check_lockstep<A: Side, B: Side>(
     }
 }
 
-/// A batch of `n` packets for [`restore`] to fill in (conntrack reads only their `Meta`).
+/// A batch of `n` packets for [`restore`] to fill in. Conntrack reads only their `Meta`; a
+/// stage that rewrites in place (`lb-stage`) rewrites these bytes batch after batch, so each
+/// starts as a real UDP frame: its UDP checksum is not zero, and a rewrite that keeps the
+/// RFC 768 rule (a zero UDP checksum means none, and is left alone) does the same checksum
+/// work as one that does not.
 pub(crate) fn working_batch(n: usize) -> Batch<Vec<u8>> {
+    let key = FlowKey::v4(
+        ZoneId(0),
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        proto::UDP,
+        1000,
+        2000,
+    );
+    let bytes = frame(&key);
+    assert_ne!(bytes[40..42], [0, 0], "a UDP checksum");
     let mut batch = Batch::new();
     for _ in 0..n {
-        let _ = batch.push(Packet::new(vec![0u8; FRAME_LEN], 0, FRAME_LEN).expect("fits"));
+        let _ = batch.push(Packet::new(bytes.clone(), 0, FRAME_LEN).expect("fits"));
     }
     batch
 }

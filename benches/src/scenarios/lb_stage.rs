@@ -17,8 +17,10 @@
 //! uniformly; reply-direction templates carry the backend's tuple, as a backend's answers
 //! would; the 1% new-flow templates are re-aimed at the VIP. Both sides replay the stream with
 //! the same loop (restore `Meta`, process, remove the sessions of new flows 1024 batches
-//! later). The working buffers are rewritten in place batch after batch (the rewrite's work
-//! does not depend on the bytes it replaces). Before timing, both sides must agree on hit or
+//! later). The working buffers are rewritten in place batch after batch: they start as a
+//! real UDP frame (`replay::working_batch`) whose UDP checksum is not zero, so that ours,
+//! which leaves a zero UDP checksum alone (RFC 768), does the peer's checksum work on UDP
+//! packets too; otherwise the rewrite's work does not depend on the bytes it replaces. Before timing, both sides must agree on hit or
 //! miss and direction for 4096 batches, and ours passes every packet.
 
 use crate::harness::{self, Opts, Rng};
