@@ -310,7 +310,7 @@ mod tests {
         /// times and states come in (repeated, earlier, later).
         #[test]
         fn cached_deadlines_equal_the_formula(
-            calls in proptest::collection::vec((0u64..4, 0usize..11), 1..200),
+            calls in proptest::collection::vec((0u64..4, 0..SessionState::ALL.len()), 1..200),
             gran_ms in 1u64..2000,
         ) {
             let mut cfg = TableConfig::new(16, [1; 16]);
