@@ -732,13 +732,27 @@ mod tests {
 
     /// Cross-checks the checksums with etherparse, an independent implementation.
     fn etherparse_agrees(bytes: &[u8], ethernet: bool, l4: usize) -> Result<(), TestCaseError> {
+        use etherparse::err::{Layer, packet::SliceError};
         use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
-        let h = if ethernet {
+        let h = match if ethernet {
             PacketHeaders::from_ethernet_slice(bytes)
         } else {
             PacketHeaders::from_ip_slice(bytes)
-        }
-        .unwrap();
+        } {
+            Ok(h) => h,
+            // RFC 792 fixes ICMP timestamp messages (types 13 and 14) at 20 bytes, and
+            // etherparse refuses any other length; the emitter writes the type and payload it
+            // is given, so there is nothing to compare.
+            Err(SliceError::Len(e))
+                if matches!(
+                    e.layer,
+                    Layer::Icmpv4Timestamp | Layer::Icmpv4TimestampReply
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(TestCaseError::fail(alloc::format!("etherparse: {e:?}"))),
+        };
         let payload = h.payload.slice();
         match (h.net, h.transport) {
             (Some(NetHeaders::Ipv4(ip, _)), t) => {
