@@ -189,6 +189,34 @@ impl Sip13 {
     }
 }
 
+impl Sip13 {
+    /// The four state words, for a vectorised copy of this state ([`crate::sys::sip13_x4`]).
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "only the x86-64 vector SipHash reads the words")
+    )]
+    #[inline(always)]
+    pub(crate) const fn words(&self) -> [u64; 4] {
+        [self.v0, self.v1, self.v2, self.v3]
+    }
+}
+
+/// Four SipHash-1-3 computations from one starting state, each of a message of one whole
+/// word and a last block (`m[0][j]`, then `m[1][j]` as [`Sip13::finish`] takes it): lane `j`
+/// is `{ let mut s = start; s.word(m[0][j]); s.finish(m[1][j]) }`. On x86-64 CPUs with AVX2
+/// the four run side by side in vector registers ([`crate::sys::sip13_x4`]); this is the
+/// plain version, and the reference the vector one is tested against.
+#[inline(always)]
+pub(crate) fn sip13_x4_scalar(start: Sip13, m: &[[u64; 4]; 2]) -> [u64; 4] {
+    let [w, last] = m;
+    let one = |j: usize| {
+        let mut s = start;
+        s.word(w.get(j).copied().unwrap_or(0));
+        s.finish(last.get(j).copied().unwrap_or(0))
+    };
+    [one(0), one(1), one(2), one(3)]
+}
+
 /// 16 bytes as two little-endian `u64` words: how SipHash reads a 128-bit key, and how the
 /// session table reads packed addresses.
 #[inline(always)]

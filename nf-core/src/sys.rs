@@ -1,4 +1,5 @@
-//! The crate's only `unsafe`: two cache prefetch hints and one SSE2 compare.
+//! The crate's only `unsafe`: two cache prefetch hints, one SSE2 compare, and a four-lane
+//! AVX2 SipHash-1-3 with its run-time CPU check.
 //!
 //! [`prefetch`] asks the CPU to start loading the cache line holding a value, so that the
 //! batch lookups of [`SessionTable`](crate::conntrack::SessionTable) can overlap the memory
@@ -6,7 +7,10 @@
 //! benchmark), and an insert can load both of its home buckets at once. [`prefetch_l2`] does
 //! the same into the second-level cache only, and is public: the sibling crates forbid
 //! `unsafe`, and nf-policy's prefix-match batches use it (measured by the `lpm` benchmark).
-//! On targets other than x86-64 both compile to nothing.
+//! On targets other than x86-64 both compile to nothing. [`sip13_x4`] hashes four keys of a
+//! batch lookup at once (on the `conntrack-stage` benchmark, 1M sessions, 2.4 ns less per
+//! lookup and about 4 ns less per packet through the stage); without AVX2, and on other
+//! targets, it runs the scalar SipHash four times.
 #![cfg_attr(
     target_arch = "x86_64",
     expect(
@@ -101,9 +105,164 @@ pub(crate) fn masked_eq_lanes(line: &[u32; 16], value: u32, mask: u32) -> u32 {
     }
 }
 
+/// [`crate::hash::sip13_x4_scalar`], four SipHash-1-3 computations at once: with AVX2 (checked
+/// at run time, once per process) in the four 64-bit lanes of vector registers, about a
+/// quarter of the instructions of four scalar runs; otherwise the scalar runs. The session
+/// table's batch lookup hashes its keys four at a time with it (`conntrack-stage`).
+#[inline(always)]
+pub(crate) fn sip13_x4(start: crate::hash::Sip13, m: &[[u64; 4]; 2]) -> [u64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: `sip13_x4_avx2` is unsafe to call only because it is compiled for AVX2,
+        // and `has_avx2` has just checked that this CPU has AVX2 and that the operating
+        // system saves the vector registers (CPUID and XGETBV).
+        return unsafe { sip13_x4_avx2(start.words(), m) };
+    }
+    crate::hash::sip13_x4_scalar(start, m)
+}
+
+/// Whether this CPU can run [`sip13_x4_avx2`]: detected on the first call, then one relaxed
+/// load.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_avx2() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not yet known; 1: no; 2: yes.
+    static AVX2: AtomicU8 = AtomicU8::new(0);
+    match AVX2.load(Ordering::Relaxed) {
+        0 => {
+            let yes = detect_avx2();
+            AVX2.store(1 + u8::from(yes), Ordering::Relaxed);
+            yes
+        }
+        v => v == 2,
+    }
+}
+
+/// AVX2 usable: the CPU has it (CPUID leaf 7, EBX bit 5) and the operating system saves the
+/// SSE and AVX register state (CPUID leaf 1: OSXSAVE and AVX; XCR0 bits 1 and 2).
+#[cfg(target_arch = "x86_64")]
+#[cold]
+fn detect_avx2() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+    let max_leaf = __cpuid(0).eax;
+    let l1 = __cpuid(1);
+    let (osxsave, avx) = (l1.ecx >> 27 & 1 == 1, l1.ecx >> 28 & 1 == 1);
+    if max_leaf < 7 || !osxsave || !avx {
+        return false;
+    }
+    // SAFETY: `_xgetbv` is unsafe only because it is compiled for XSAVE; OSXSAVE (checked
+    // above) means the operating system has enabled XSAVE and XGETBV for user code.
+    let xcr0 = unsafe { _xgetbv(0) };
+    xcr0 & 0b110 == 0b110 && __cpuid_count(7, 0).ebx >> 5 & 1 == 1
+}
+
+/// The AVX2 body of [`sip13_x4`]: the SipHash state words of the four lanes side by side,
+/// one vector per word. Rotations are two shifts and an OR, except by 32 (a dword shuffle)
+/// and by 16 (a byte shuffle).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sip13_x4_avx2(start: [u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
+    use core::arch::x86_64::{
+        __m256i, _mm256_add_epi64, _mm256_or_si256, _mm256_set1_epi64x, _mm256_setr_epi8,
+        _mm256_setr_epi64x, _mm256_shuffle_epi8, _mm256_shuffle_epi32, _mm256_slli_epi64,
+        _mm256_srli_epi64, _mm256_storeu_si256, _mm256_xor_si256,
+    };
+    // Each 64-bit lane's bytes moved up by two (within each 128-bit half, as the byte
+    // shuffle works).
+    let rot16 = _mm256_setr_epi8(
+        6, 7, 0, 1, 2, 3, 4, 5, 14, 15, 8, 9, 10, 11, 12, 13, 6, 7, 0, 1, 2, 3, 4, 5, 14, 15, 8, 9,
+        10, 11, 12, 13,
+    );
+    macro_rules! rotl {
+        ($x:expr, 32) => {
+            _mm256_shuffle_epi32::<0b1011_0001>($x)
+        };
+        ($x:expr, 16) => {
+            _mm256_shuffle_epi8($x, rot16)
+        };
+        ($x:expr, $b:literal) => {
+            _mm256_or_si256(
+                _mm256_slli_epi64::<$b>($x),
+                _mm256_srli_epi64::<{ 64 - $b }>($x),
+            )
+        };
+    }
+    let [s0, s1, s2, s3] = start.map(|w| _mm256_set1_epi64x(w.cast_signed()));
+    let (mut v0, mut v1, mut v2, mut v3) = (s0, s1, s2, s3);
+    macro_rules! round {
+        () => {
+            v0 = _mm256_add_epi64(v0, v1);
+            v1 = rotl!(v1, 13);
+            v1 = _mm256_xor_si256(v1, v0);
+            v0 = rotl!(v0, 32);
+            v2 = _mm256_add_epi64(v2, v3);
+            v3 = rotl!(v3, 16);
+            v3 = _mm256_xor_si256(v3, v2);
+            v0 = _mm256_add_epi64(v0, v3);
+            v3 = rotl!(v3, 21);
+            v3 = _mm256_xor_si256(v3, v0);
+            v2 = _mm256_add_epi64(v2, v1);
+            v1 = rotl!(v1, 17);
+            v1 = _mm256_xor_si256(v1, v2);
+            v2 = rotl!(v2, 32);
+        };
+    }
+    // Lane by lane rather than one 32-byte load: the caller has just written the words one
+    // by one, and a wide load of narrow stores waits for them to reach the cache.
+    let [w, last] = m.map(|[a, b, c, d]| {
+        _mm256_setr_epi64x(
+            a.cast_signed(),
+            b.cast_signed(),
+            c.cast_signed(),
+            d.cast_signed(),
+        )
+    });
+    for x in [w, last] {
+        v3 = _mm256_xor_si256(v3, x);
+        round!();
+        v0 = _mm256_xor_si256(v0, x);
+    }
+    v2 = _mm256_xor_si256(v2, _mm256_set1_epi64x(0xff));
+    round!();
+    round!();
+    round!();
+    let h = _mm256_xor_si256(_mm256_xor_si256(v0, v1), _mm256_xor_si256(v2, v3));
+    let mut out = [0u64; 4];
+    // SAFETY: the store writes the 32 bytes of `out`, a live `[u64; 4]`; unaligned stores
+    // accept any address.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<__m256i>(), h) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The vector SipHash (on this machine, if it has AVX2) equals the scalar one.
+        #[test]
+        fn sip13_x4_equals_the_scalar_runs(
+            k in proptest::prelude::any::<[u64; 2]>(),
+            m in proptest::prelude::any::<[[u64; 4]; 2]>(),
+        ) {
+            let start = crate::hash::Sip13::new(k[0], k[1]);
+            proptest::prop_assert_eq!(sip13_x4(start, &m), crate::hash::sip13_x4_scalar(start, &m));
+        }
+    }
+
+    #[test]
+    fn says_whether_the_vector_sip13_runs() {
+        #[cfg(target_arch = "x86_64")]
+        std::eprintln!(
+            "sys: AVX2 {}",
+            if has_avx2() {
+                "present: sip13_x4 tested against the scalar runs"
+            } else {
+                "absent: sip13_x4 is the scalar runs here"
+            }
+        );
+    }
 
     proptest::proptest! {
         #[test]

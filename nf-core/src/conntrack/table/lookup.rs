@@ -52,12 +52,13 @@ struct Pipeline {
 
 /// Batch lookup pipeline distances, in keys (see [`SessionTable::lookup_batch`]): at least a
 /// memory latency's worth of hashing (and of waiting for other keys' lines, the fill buffers
-/// being the limit at 1M sessions). `conntrack-hit`, 64-key batches: 12 is clearly worse than
-/// 16, 24 to 32 a few percent better; with 32 a 64-key batch hashes its second half while the
-/// first half's buckets arrive.
+/// being the limit at 1M sessions). `conntrack-hit`, 64-key batches: a bucket distance of 12
+/// is clearly worse than 16, 24 to 32 a few percent better; with 32 a 64-key batch hashes its
+/// second half while the first half's buckets arrive. Records are compared once every
+/// bucket is scanned (a record distance of 32 behind the buckets was the same for batches of
+/// at most 64 keys; 16 and 24 were worse).
 const LEAD_KEY: usize = 16;
 const LEAD_BUCKET: usize = 32;
-const LEAD_RECORD: usize = 32;
 
 impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// Looks up to 64 keys at once. Writes `out[i]` for each `keys[i]` and returns the hit mask
@@ -65,12 +66,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// [`Self::lookup`].
     ///
     /// The keys flow through a software pipeline so that the memory latency of many keys
-    /// overlaps with the hashing of others. Step `t` hashes key `t` and prefetches its home
-    /// bucket, scans the bucket of key `t - LEAD_BUCKET` and prefetches its candidate record,
-    /// and compares key `t - LEAD_BUCKET - LEAD_RECORD` with its record. Once every key is
-    /// hashed, the remaining records are prefetched all at once and then compared, so that
-    /// the last keys of a batch wait for memory together rather than in turn. Small batches
-    /// use shorter distances. Keys whose entry is not in their home bucket (or that met a tag
+    /// overlaps with the hashing of others. Each step hashes four keys at once and
+    /// prefetches their home buckets, and scans the buckets of the four keys `LEAD_BUCKET`
+    /// before them, prefetching their candidate records. Once every key is hashed, the remaining buckets are scanned (their records
+    /// prefetched all at once) and then every key is compared with its record, so that the
+    /// last keys of a batch wait for memory together rather than in turn. Small batches use
+    /// a shorter distance. Keys whose entry is not in their home bucket (or that met a tag
     /// collision) get the records along their probe path prefetched and take the full probe
     /// after the rest of the batch.
     #[inline]
@@ -102,7 +103,6 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     ) -> u64 {
         let n = keys.count().min(out.len()).min(BATCH);
         let lead_bucket = LEAD_BUCKET.min(n);
-        let lead_record = LEAD_RECORD.min(n);
         let mut p = Pipeline {
             hashes: [0; BATCH],
             cand: [NIL; BATCH],
@@ -117,19 +117,21 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 crate::sys::prefetch(k);
             }
         }
-        for t in 0..n {
-            self.hash_stage(&mut p, keys, mask, t);
-            if let Some(i) = t.checked_sub(lead_bucket) {
-                self.bucket_stage(&mut p, i);
-            }
-            if let Some(i) = t.checked_sub(lead_bucket + lead_record) {
-                self.record_stage(&mut p, keys, out, i);
+        // With at most 64 keys and both distances 32 (or `n`), no record is compared before
+        // every key is hashed: hash all (scanning buckets `lead_bucket` behind), scan the
+        // rest of the buckets, then compare every record.
+        for t in (0..n).step_by(4) {
+            self.hash_stage(&mut p, keys, mask, n, t);
+            for u in t..(t + 4).min(n) {
+                if let Some(i) = u.checked_sub(lead_bucket) {
+                    self.bucket_stage(&mut p, i);
+                }
             }
         }
         for i in n.saturating_sub(lead_bucket)..n {
             self.bucket_stage(&mut p, i);
         }
-        for i in n.saturating_sub(lead_bucket + lead_record)..n {
+        for i in 0..n {
             self.record_stage(&mut p, keys, out, i);
         }
         // Deferred keys: the full probe, their records having had the rest of the batch to
@@ -159,21 +161,53 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         hits
     }
 
-    /// Batch stage 1 for key `t` (`t < 64`): pack, hash, prefetch the home bucket, and
-    /// prefetch a key further on.
+    /// Batch stage 1 for keys `t..t + 4` (those below `n`): pack, hash the four at once
+    /// ([`SessionKey`]'s `hash4`: for IPv4 a vector SipHash where the CPU has AVX2), prefetch
+    /// their home buckets, and prefetch keys further on.
     #[inline(always)]
-    fn hash_stage<Q: Keys + ?Sized>(&self, p: &mut Pipeline, keys: &Q, mask: u64, t: usize) {
-        if let Some(k) = keys.key(t + LEAD_KEY) {
-            crate::sys::prefetch(k);
-        }
-        if mask >> t & 1 != 0
-            && let (Some(key), Some(h)) = (keys.key(t), p.hashes.get_mut(t))
-            && let Some(k) = K::from_flow(key)
+    fn hash_stage<Q: Keys + ?Sized>(
+        &self,
+        p: &mut Pipeline,
+        keys: &Q,
+        mask: u64,
+        n: usize,
+        t: usize,
+    ) {
+        let mut packed = [K::default(); 4];
+        let (mut zones, mut protos) = ([0u32; 4], [0u8; 4]);
+        let mut lanes = 0u64;
+        for (j, ((k, z), pr)) in packed
+            .iter_mut()
+            .zip(&mut zones)
+            .zip(&mut protos)
+            .enumerate()
         {
-            *h = k.hash(&self.sip, key.zone.0, key.proto);
-            p.valid |= 1 << t;
-            if let Some(b) = self.buckets.get(self.home(*h)) {
-                crate::sys::prefetch(b);
+            let i = t + j;
+            if let Some(ahead) = keys.key(i + LEAD_KEY) {
+                crate::sys::prefetch(ahead);
+            }
+            if i < n
+                && mask >> i & 1 != 0
+                && let Some(key) = keys.key(i)
+                && let Some(packed) = K::from_flow(key)
+            {
+                (*k, *z, *pr) = (packed, key.zone.0, key.proto);
+                lanes |= 1 << j;
+            }
+        }
+        if lanes == 0 {
+            return;
+        }
+        let hashes = K::hash4(&packed, &self.sip, zones, protos);
+        for (j, &h) in hashes.iter().enumerate() {
+            if lanes >> j & 1 != 0
+                && let Some(slot) = p.hashes.get_mut(t + j)
+            {
+                *slot = h;
+                p.valid |= 1 << (t + j);
+                if let Some(b) = self.buckets.get(self.home(h)) {
+                    crate::sys::prefetch(b);
+                }
             }
         }
     }
