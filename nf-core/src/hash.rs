@@ -190,24 +190,28 @@ impl Sip13 {
 }
 
 impl Sip13 {
-    /// The four state words, for a vectorised copy of this state ([`crate::sys::sip13_x4`]).
-    #[cfg_attr(
-        not(target_arch = "x86_64"),
-        expect(dead_code, reason = "only the x86-64 vector SipHash reads the words")
-    )]
+    /// The state with words `v0..v3`.
+    #[inline(always)]
+    pub(crate) const fn from_words([v0, v1, v2, v3]: [u64; 4]) -> Self {
+        Self { v0, v1, v2, v3 }
+    }
+
+    /// The four state words (`v0..v3`): a starting state kept where a vectorised SipHash
+    /// loads it ([`crate::sys::sip13_x4`]).
     #[inline(always)]
     pub(crate) const fn words(&self) -> [u64; 4] {
         [self.v0, self.v1, self.v2, self.v3]
     }
 }
 
-/// Four SipHash-1-3 computations from one starting state, each of a message of one whole
+/// Four SipHash-1-3 computations from one starting state (its words, [`Sip13::words`]), each of a message of one whole
 /// word and a last block (`m[0][j]`, then `m[1][j]` as [`Sip13::finish`] takes it): lane `j`
 /// is `{ let mut s = start; s.word(m[0][j]); s.finish(m[1][j]) }`. On x86-64 CPUs with AVX2
 /// the four run side by side in vector registers ([`crate::sys::sip13_x4`]); this is the
 /// plain version, and the reference the vector one is tested against.
 #[inline(always)]
-pub(crate) fn sip13_x4_scalar(start: Sip13, m: &[[u64; 4]; 2]) -> [u64; 4] {
+pub(crate) fn sip13_x4_scalar(start: &[u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
+    let start = Sip13::from_words(*start);
     let [w, last] = m;
     let one = |j: usize| {
         let mut s = start;

@@ -49,6 +49,14 @@ fn last_block(src_port: u16, dst_port: u16, proto: u8, len: u64) -> u64 {
     u64::from(src_port) | u64::from(dst_port) << 16 | u64::from(proto) << 32 | len << 56
 }
 
+/// The table hashes of four `GROUPED` keys at once from their messages (lane `j`: whole
+/// word `m[0][j]`, last block `m[1][j]`; XOR each key's zone mix afterwards), through
+/// [`crate::sys::sip13_x4`]: AVX2 where the CPU has it.
+#[inline(always)]
+pub(super) fn hash_group(sip: &SipKey, m: &[[u64; 4]; 2]) -> [u64; 4] {
+    crate::sys::sip13_x4(&sip.start, m)
+}
+
 /// What the table needs of a key beyond [`SessionKey`]; sealed (unnameable outside the
 /// crate), so only [`V4Key`] and [`V6Key`] implement it.
 pub(super) mod sealed {
@@ -60,14 +68,16 @@ pub(super) mod sealed {
         type Align: Copy + Default + core::fmt::Debug;
         /// Keyed hash of this key together with the session's zone and protocol.
         fn hash(&self, sip: &SipKey, zone: u32, proto: u8) -> u64;
-        /// [`Self::hash`] of four keys (with their zones and protocols) at once.
+        /// Whether the batch lookup hashes these keys four at a time: their SipHash message
+        /// is one whole word and the last block ([`Self::message`], [`super::hash_group`]).
+        const GROUPED: bool = false;
+        /// The key's SipHash message (the whole word, then the last block) and its zone's
+        /// mix: `hash` is `hash_group` of the message, XOR the mix. Only for `GROUPED` keys
+        /// (others answer zeros).
         #[inline(always)]
-        fn hash4(keys: &[Self; 4], sip: &SipKey, zones: [u32; 4], protos: [u8; 4]) -> [u64; 4] {
-            let h = |j: usize| match (keys.get(j), zones.get(j), protos.get(j)) {
-                (Some(k), Some(&z), Some(&p)) => k.hash(sip, z, p),
-                _ => 0,
-            };
-            [h(0), h(1), h(2), h(3)]
+        fn message(&self, zone: u32, proto: u8) -> ([u64; 2], u64) {
+            let _ = (zone, proto);
+            ([0; 2], 0)
         }
         /// Equality without early exits (one compare of packed words), for the lookup path
         /// where the key is compared against both keys of a record.
@@ -171,22 +181,14 @@ impl sealed::Sealed for V4Key {
         finish(s, self.src_port, self.dst_port, proto, 13, zone)
     }
 
-    /// The four messages side by side through [`crate::sys::sip13_x4`] (AVX2 where the CPU
-    /// has it): the batch lookup's hashing.
+    const GROUPED: bool = true;
+
     #[inline(always)]
-    fn hash4(keys: &[Self; 4], sip: &SipKey, zones: [u32; 4], protos: [u8; 4]) -> [u64; 4] {
-        let w = keys.each_ref().map(|k| {
-            u64::from(u32::from_le_bytes(k.src)) | u64::from(u32::from_le_bytes(k.dst)) << 32
-        });
-        let mut last = [0u64; 4];
-        for ((l, k), p) in last.iter_mut().zip(keys).zip(protos) {
-            *l = last_block(k.src_port, k.dst_port, p, 13);
-        }
-        let mut h = crate::sys::sip13_x4(sip.start(), &[w, last]);
-        for (h, z) in h.iter_mut().zip(zones) {
-            *h ^= zone_mix(z);
-        }
-        h
+    fn message(&self, zone: u32, proto: u8) -> ([u64; 2], u64) {
+        let w =
+            u64::from(u32::from_le_bytes(self.src)) | u64::from(u32::from_le_bytes(self.dst)) << 32;
+        let last = last_block(self.src_port, self.dst_port, proto, 13);
+        ([w, last], zone_mix(zone))
     }
 
     #[inline(always)]
@@ -330,8 +332,9 @@ impl Put<'_> {
 /// hashing [`FlowKey::encode`] and as unpredictable to anyone who does not know the secret.
 #[derive(Clone, Copy)]
 pub struct SipKey {
-    k0: u64,
-    k1: u64,
+    /// The SipHash-1-3 starting state of the secret, kept whole for the vector hash
+    /// ([`crate::sys::sip13_x4`]), which loads it from here.
+    start: [u64; 4],
 }
 
 impl core::fmt::Debug for SipKey {
@@ -344,12 +347,14 @@ impl SipKey {
     /// A key from a 16-byte secret.
     pub(crate) fn new(secret: [u8; 16]) -> Self {
         let [k0, k1] = le_words(secret);
-        Self { k0, k1 }
+        Self {
+            start: Sip13::new(k0, k1).words(),
+        }
     }
 
     #[inline(always)]
     fn start(&self) -> Sip13 {
-        Sip13::new(self.k0, self.k1)
+        Sip13::from_words(self.start)
     }
 }
 
@@ -399,26 +404,28 @@ mod tests {
             prop_assert!(v4(a).same(&v4(a)) && v6(a).same(&v6(a)));
         }
 
-        /// Four keys hashed at once (the batch lookup's vector SipHash for IPv4) give the
-        /// single-key hashes, whatever the keys, zones, protocols and secret.
+        /// Four IPv4 keys hashed at once from their messages (the batch lookup's vector
+        /// SipHash) give the single-key hashes, whatever the keys, zones, protocols and
+        /// secret.
         #[test]
-        fn hash4_equals_four_hashes(
+        fn grouped_hashes_equal_single_hashes(
             secret in any::<[u8; 16]>(),
             raw in any::<[([u8; 12], u32, u8); 4]>(),
         ) {
             let sip = SipKey::new(secret);
-            let k4: [V4Key; 4] = raw.map(|(b, _, _)| V4Key::decode(&b).unwrap());
-            let k6: [V6Key; 4] = raw.map(|(b, _, _)| {
-                let mut e = [0u8; 36];
-                e[..12].copy_from_slice(&b);
-                e[30..].copy_from_slice(&b[..6]);
-                V6Key::decode(&e).unwrap()
-            });
-            let (zones, protos) = (raw.map(|r| r.1), raw.map(|r| r.2));
-            let want4: [u64; 4] = core::array::from_fn(|j| k4[j].hash(&sip, zones[j], protos[j]));
-            let want6: [u64; 4] = core::array::from_fn(|j| k6[j].hash(&sip, zones[j], protos[j]));
-            prop_assert_eq!(V4Key::hash4(&k4, &sip, zones, protos), want4);
-            prop_assert_eq!(V6Key::hash4(&k6, &sip, zones, protos), want6);
+            let mut m = [[0u64; 4]; 2];
+            let mut want = [0u64; 4];
+            let mut mix = [0u64; 4];
+            for (j, (b, zone, proto)) in raw.iter().enumerate() {
+                let k = V4Key::decode(b).unwrap();
+                let ([w, last], z) = k.message(*zone, *proto);
+                (m[0][j], m[1][j], mix[j]) = (w, last, z);
+                want[j] = k.hash(&sip, *zone, *proto);
+            }
+            let got = hash_group(&sip, &m);
+            for j in 0..4 {
+                prop_assert_eq!(got[j] ^ mix[j], want[j]);
+            }
         }
     }
 
@@ -454,6 +461,7 @@ mod tests {
     #[test]
     fn hash_depends_on_every_field_and_the_secret() {
         let s = SipKey::new([1; 16]);
+        let [k0, k1] = le_words([1; 16]);
         let p = V4Key {
             src: [1, 2, 3, 4],
             dst: [5, 6, 7, 8],
@@ -472,7 +480,7 @@ mod tests {
         msg.extend_from_slice(&9u16.to_le_bytes());
         msg.extend_from_slice(&10u16.to_le_bytes());
         msg.push(6);
-        let mut r = siphasher::sip::SipHasher13::new_with_keys(s.k0, s.k1);
+        let mut r = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
         core::hash::Hasher::write(&mut r, &msg);
         assert_eq!(h, core::hash::Hasher::finish(&r) ^ 0x9e37_79b9_7f4a_7c15);
         // Zone 0 mixes in nothing, and still differs from zone 1.
@@ -489,7 +497,7 @@ mod tests {
         msg.extend_from_slice(&1u16.to_le_bytes());
         msg.extend_from_slice(&2u16.to_le_bytes());
         msg.push(17);
-        let mut r = siphasher::sip::SipHasher13::new_with_keys(s.k0, s.k1);
+        let mut r = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
         core::hash::Hasher::write(&mut r, &msg);
         assert_eq!(
             q.hash(&s, 5, 17),

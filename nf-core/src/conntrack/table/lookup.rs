@@ -39,7 +39,12 @@ impl<B> Keys for [Packet<B>] {
 /// State of one [`SessionTable::lookup_batch`], per key: hash and candidate record; per
 /// batch: bit masks (bit `i` for key `i`).
 struct Pipeline {
+    /// Per key: its zone's mix, then (once hashed) its table hash.
     hashes: [u64; BATCH],
+    /// `GROUPED` keys' SipHash messages, four keys per group (whole words, last blocks),
+    /// written for the whole batch before the first group is hashed: a vector load of words
+    /// stored just before waits for those stores to reach the cache.
+    msg: [[[u64; 4]; 2]; BATCH / 4],
     cand: [u32; BATCH],
     /// Keys of the table's family (hashed).
     valid: u64,
@@ -105,6 +110,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let lead_bucket = LEAD_BUCKET.min(n);
         let mut p = Pipeline {
             hashes: [0; BATCH],
+            msg: [[[0; 4]; 2]; BATCH / 4],
             cand: [NIL; BATCH],
             valid: 0,
             slow: 0,
@@ -116,6 +122,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             if let Some(k) = keys.key(i) {
                 crate::sys::prefetch(k);
             }
+        }
+        if K::GROUPED {
+            self.pack_stage(&mut p, keys, mask, n);
         }
         // With at most 64 keys and both distances 32 (or `n`), no record is compared before
         // every key is hashed: hash all (scanning buckets `lead_bucket` behind), scan the
@@ -161,9 +170,31 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         hits
     }
 
-    /// Batch stage 1 for keys `t..t + 4` (those below `n`): pack, hash the four at once
-    /// ([`SessionKey`]'s `hash4`: for IPv4 a vector SipHash where the CPU has AVX2), prefetch
-    /// their home buckets, and prefetch keys further on.
+    /// Batch stage 0, for `GROUPED` keys: every key's SipHash message and zone mix, and
+    /// which keys are of the table's family (`valid`), with keys further on prefetched.
+    #[inline(always)]
+    fn pack_stage<Q: Keys + ?Sized>(&self, p: &mut Pipeline, keys: &Q, mask: u64, n: usize) {
+        for i in 0..n {
+            if let Some(ahead) = keys.key(i + LEAD_KEY) {
+                crate::sys::prefetch(ahead);
+            }
+            if mask >> i & 1 != 0
+                && let Some(key) = keys.key(i)
+                && let Some(k) = K::from_flow(key)
+                && let (Some([w, last]), Some(mix)) = (p.msg.get_mut(i / 4), p.hashes.get_mut(i))
+                && let (Some(w), Some(last)) = (w.get_mut(i % 4), last.get_mut(i % 4))
+            {
+                let ([mw, mlast], z) = k.message(key.zone.0, key.proto);
+                (*w, *last, *mix) = (mw, mlast, z);
+                p.valid |= 1 << i;
+            }
+        }
+    }
+
+    /// Batch stage 1 for keys `t..t + 4` (those below `n`): hash them and prefetch their
+    /// home buckets. `GROUPED` keys (IPv4) are hashed four at once from their packed
+    /// messages (a vector SipHash where the CPU has AVX2); others one by one, with keys
+    /// further on prefetched.
     #[inline(always)]
     fn hash_stage<Q: Keys + ?Sized>(
         &self,
@@ -173,39 +204,36 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         n: usize,
         t: usize,
     ) {
-        let mut packed = [K::default(); 4];
-        let (mut zones, mut protos) = ([0u32; 4], [0u8; 4]);
-        let mut lanes = 0u64;
-        for (j, ((k, z), pr)) in packed
-            .iter_mut()
-            .zip(&mut zones)
-            .zip(&mut protos)
-            .enumerate()
-        {
-            let i = t + j;
+        if K::GROUPED {
+            let Some(m) = p.msg.get(t / 4) else {
+                return;
+            };
+            let hashes = crate::conntrack::key::hash_group(&self.sip, m);
+            for (j, h) in hashes.into_iter().enumerate() {
+                let i = t + j;
+                if i < n
+                    && p.valid >> i & 1 != 0
+                    && let Some(slot) = p.hashes.get_mut(i)
+                {
+                    *slot ^= h;
+                    if let Some(b) = self.buckets.get(self.home(*slot)) {
+                        crate::sys::prefetch(b);
+                    }
+                }
+            }
+            return;
+        }
+        for i in t..(t + 4).min(n) {
             if let Some(ahead) = keys.key(i + LEAD_KEY) {
                 crate::sys::prefetch(ahead);
             }
-            if i < n
-                && mask >> i & 1 != 0
-                && let Some(key) = keys.key(i)
-                && let Some(packed) = K::from_flow(key)
+            if mask >> i & 1 != 0
+                && let (Some(key), Some(h)) = (keys.key(i), p.hashes.get_mut(i))
+                && let Some(k) = K::from_flow(key)
             {
-                (*k, *z, *pr) = (packed, key.zone.0, key.proto);
-                lanes |= 1 << j;
-            }
-        }
-        if lanes == 0 {
-            return;
-        }
-        let hashes = K::hash4(&packed, &self.sip, zones, protos);
-        for (j, &h) in hashes.iter().enumerate() {
-            if lanes >> j & 1 != 0
-                && let Some(slot) = p.hashes.get_mut(t + j)
-            {
-                *slot = h;
-                p.valid |= 1 << (t + j);
-                if let Some(b) = self.buckets.get(self.home(h)) {
+                *h = k.hash(&self.sip, key.zone.0, key.proto);
+                p.valid |= 1 << i;
+                if let Some(b) = self.buckets.get(self.home(*h)) {
                     crate::sys::prefetch(b);
                 }
             }
