@@ -83,11 +83,6 @@ PY
   done
 }
 
-# The throughput of RFC 2544 (section 26.1), with a loss bound of 1%: UDP 64 B offered at a
-# fixed rate, first the rate the path received at full speed (the last `measure` udp64 run
-# of WHO), then 10% less each step until under 1% is lost (at most 8 steps). A path that
-# loses under 1% at full speed answers at once, with the full-speed figures. One JSON line:
-# the rate found and every step tried.
 # "LOST_PERCENT RECEIVED_PPS" of an iperf3 UDP run's JSON ("100 0" if it has none).
 udp_result() {
   python3 - "$1" "$secs" <<'PY'
@@ -101,6 +96,11 @@ except Exception:
 PY
 }
 
+# The throughput of RFC 2544 (section 26.1), with a loss bound of 1%: UDP 64 B offered at a
+# fixed rate, first the rate the path received at full speed (the last `measure` udp64 run
+# of WHO), then 10% less each step until under 1% is lost (at most 8 steps). A path that
+# loses under 1% at full speed answers at once, with the full-speed figures. One JSON line:
+# the rate found and every step tried.
 udp_search() {
   local who=$1 lab=$2 client=$3 server=$4 ip=$5
   local lost rate; read -r lost rate < <(udp_result "$tmp/$who-udp64.json")
