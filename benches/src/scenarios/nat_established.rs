@@ -270,7 +270,8 @@ impl Traffic {
         self.frames.len() / BATCH
     }
 
-    /// Puts batch `b`'s frames and metadata back into `batch`.
+    /// Puts batch `b`'s frames and metadata back into `batch`, and prefetches the next
+    /// batch's frames (as `Stream::restore` does its metadata).
     fn restore(&self, batch: &mut Batch<Vec<u8>>, b: usize) {
         let at = b * BATCH;
         for (p, f) in batch
@@ -279,6 +280,9 @@ impl Traffic {
             .zip(&self.frames[at..at + BATCH])
         {
             p.data_mut().copy_from_slice(f);
+        }
+        for f in self.frames.iter().skip(at + BATCH).take(BATCH) {
+            nf_core::prefetch_l2(f);
         }
         self.metas.restore(batch, at);
     }
