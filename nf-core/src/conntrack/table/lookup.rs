@@ -39,7 +39,8 @@ impl<B> Keys for [Packet<B>] {
 /// State of one [`SessionTable::lookup_batch`], per key: hash and candidate record; per
 /// batch: bit masks (bit `i` for key `i`).
 struct Pipeline {
-    /// Per key: its zone's mix, then (once hashed) its table hash.
+    /// Per key: its table hash (`GROUPED` keys: first its zone's mix, which the hash stage
+    /// XORs the SipHash into).
     hashes: [u64; BATCH],
     /// `GROUPED` keys' SipHash messages, four keys per group (whole words, last blocks),
     /// written for the whole batch before the first group is hashed: a vector load of words
@@ -73,12 +74,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// [`Self::lookup`].
     ///
     /// The keys flow through a software pipeline so that the memory latency of many keys
-    /// overlaps with the hashing of others. Each step hashes four keys at once and
-    /// prefetches their home buckets, and scans the buckets of the four keys `LEAD_BUCKET`
-    /// before them, prefetching their candidate records. Once every key is hashed, the remaining buckets are scanned (their records
-    /// prefetched all at once) and then every key is compared with its record, so that the
-    /// last keys of a batch wait for memory together rather than in turn. Small batches use
-    /// a shorter distance. Keys whose entry is not in their home bucket (or that met a tag
+    /// overlaps with the hashing of others. Each step hashes four keys (IPv4 keys at once,
+    /// with a vector SipHash where the CPU has AVX2, their messages packed for the whole
+    /// batch first) and prefetches their home buckets, and scans the buckets of the keys
+    /// `LEAD_BUCKET` before them, prefetching their candidate records. Once every key is
+    /// hashed, the remaining buckets are scanned (their records prefetched all at once) and
+    /// then every key is compared with its record, so that the last keys of a batch wait for
+    /// memory together rather than in turn. Small batches use a shorter distance. Keys whose entry is not in their home bucket (or that met a tag
     /// collision) get the records along their probe path prefetched and take the full probe
     /// after the rest of the batch.
     #[inline]
@@ -128,9 +130,8 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         if K::GROUPED {
             self.pack_stage(&mut p, keys, mask, n);
         }
-        // With at most 64 keys and both distances 32 (or `n`), no record is compared before
-        // every key is hashed: hash all (scanning buckets `lead_bucket` behind), scan the
-        // rest of the buckets, then compare every record.
+        // Hash all (scanning buckets `lead_bucket` keys behind), scan the rest of the
+        // buckets, then compare every record.
         for t in (0..n).step_by(4) {
             self.hash_stage(&mut p, keys, mask, n, t);
             for u in t..(t + 4).min(n) {
