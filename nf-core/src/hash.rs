@@ -204,11 +204,12 @@ impl Sip13 {
     }
 }
 
-/// Four SipHash-1-3 computations from one starting state (its words, [`Sip13::words`]), each of a message of one whole
-/// word and a last block (`m[0][j]`, then `m[1][j]` as [`Sip13::finish`] takes it): lane `j`
-/// is `{ let mut s = start; s.word(m[0][j]); s.finish(m[1][j]) }`. On x86-64 CPUs with AVX2
-/// the four run side by side in vector registers ([`crate::sys::sip13_x4`]); this is the
-/// plain version, and the reference the vector one is tested against.
+/// Four SipHash-1-3 computations from one starting state (its words, [`Sip13::words`]), each
+/// of a message of one whole word and a last block (`m[0][j]`, then `m[1][j]` as
+/// [`Sip13::finish`] takes it): lane `j` is
+/// `{ let mut s = start; s.word(m[0][j]); s.finish(m[1][j]) }`. On x86-64 CPUs with AVX2 the
+/// four run side by side in vector registers ([`crate::sys::sip13_x4`]); this is the plain
+/// version, and the reference the vector one is tested against.
 #[inline(always)]
 pub(crate) fn sip13_x4_scalar(start: &[u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
     let start = Sip13::from_words(*start);
