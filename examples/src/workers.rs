@@ -30,7 +30,7 @@
 //! and [`nf_core::steer::SteerHash::Toeplitz`]).
 
 use nf_core::steer::{Steer, Steering};
-use nf_core::{Batch, Instant, StdClock};
+use nf_core::{BATCH_SIZE, Batch, Instant, StdClock};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +54,13 @@ pub trait Worker<B>: Send + 'static {
 
     /// Reports every counter as (stage, counter, value).
     fn visit_counters(&self, _visit: &mut dyn FnMut(&'static str, &'static str, u64)) {}
+
+    /// Packets the worker's pipeline may add to a batch (e.g. the later fragments a
+    /// `FragmentReorder` releases: its `StageControl::batch_room`); the pool sends each
+    /// batch with that many places free. Read once, when the pool starts.
+    fn batch_room(&self) -> usize {
+        0
+    }
 }
 
 /// Counters summed over workers, keyed by (stage, counter).
@@ -66,6 +73,9 @@ pub struct WorkerPool<B: Send + 'static> {
     returned: Receiver<Batch<B>>,
     /// The batch being filled for each worker.
     filling: Vec<Batch<B>>,
+    /// Packets per batch sent to a worker: [`BATCH_SIZE`] less the largest
+    /// [`Worker::batch_room`].
+    fill_to: usize,
     /// Empty batches ready for reuse.
     spare: Vec<Batch<B>>,
     /// Batches that exist (in flight, filling or spare).
@@ -126,9 +136,11 @@ impl<B: Send + 'static> WorkerPool<B> {
         let published = Arc::new(Mutex::new(vec![CounterTotals::new(); n]));
         let mut to_workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
+        let mut room = 0;
         for w in 0..n {
             let (tx, rx) = sync_channel::<Batch<B>>(Self::IN_FLIGHT);
             let worker = make(w as u16);
+            room = room.max(worker.batch_room());
             let ret = ret_tx.clone();
             let publ = Arc::clone(&published);
             let cpu = (!config.cpus.is_empty()).then(|| config.cpus[w % config.cpus.len()]);
@@ -153,6 +165,7 @@ impl<B: Send + 'static> WorkerPool<B> {
             to_workers,
             returned,
             filling: (0..n).map(|_| Batch::new()).collect(),
+            fill_to: BATCH_SIZE.saturating_sub(room).max(1),
             spare: Vec::new(),
             made: n,
             published,
@@ -188,6 +201,9 @@ impl<B: Send + 'static> WorkerPool<B> {
                 if let Some(b) = self.filling.get_mut(w) {
                     let _ = b.push(pkt);
                 }
+            }
+            if self.filling.get(w).is_some_and(|b| b.len() >= self.fill_to) {
+                self.send(w);
             }
         }
         for w in 0..self.filling.len() {

@@ -488,41 +488,6 @@ fn refused_flows_get_icmp_prohibited() {
     assert_eq!(c.get("snat.alloc_error_capacity_full"), Some(&16), "{c:?}");
 }
 
-/// The outside host's UDP echo server (port 7007): every datagram back to its sender.
-const UDP_ECHO: &str = "import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(('203.0.113.2', 7007))
-print('echo ready', flush=True)
-while True:
-    d, a = s.recvfrom(65535)
-    s.sendto(d, a)
-";
-
-/// The inside host: `N` datagrams of 3,000 bytes, each sent as fragments in reverse order
-/// (the last first) through a raw socket, from the port a UDP socket is bound to; prints how
-/// many echoes came back whole.
-const REVERSED_FRAGMENTS: &str = "import socket, sys
-from scapy.all import IP, UDP, Raw, fragment, send, conf
-conf.verb = 0
-n = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(('10.0.0.2', 40000))
-s.settimeout(2)
-back = 0
-for k in range(n):
-    body = bytes([k]) * 3000
-    pkt = IP(src='10.0.0.2', dst='203.0.113.2', id=4000 + k) / UDP(sport=40000, dport=7007) / Raw(body)
-    frags = fragment(pkt, fragsize=1200)
-    assert len(frags) == 3
-    send(frags[::-1])
-    try:
-        d, _ = s.recvfrom(65535)
-        back += d == body
-    except socket.timeout:
-        pass
-print('echoed', back, flush=True)
-";
-
 #[test]
 fn fragments_in_reverse_order_are_translated() {
     let Some((mut lab, [i, g, o])) = lab("nfr") else {
@@ -531,53 +496,12 @@ fn fragments_in_reverse_order_are_translated() {
     if !common::require(common::system_python(), &["-c", "import scapy.all"]) {
         return;
     }
-    let mut echo = Command::new("ip")
-        .args(["netns", "exec", &o, common::system_python(), "-c", UDP_ECHO])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let echo_lines = lines_of(&mut echo);
-    lab.children.push(echo);
-    wait_for(&echo_lines, "echo ready", 10, &mut Vec::new());
+    lab.udp_echo(&o, "203.0.113.2");
     let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "rfc"]);
     const N: u32 = 10;
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &i,
-            common::system_python(),
-            "-c",
-            REVERSED_FRAGMENTS,
-        ])
-        .arg(N.to_string())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::send_reversed_fragments(&i, N, "10.0.0.2", "203.0.113.2");
     let (c, seen) = stop_gateway(&mut lab, &lines, seen);
-    let get = |k: &str| c.get(k).copied().unwrap_or(0);
-    assert!(
-        said.contains(&format!("echoed {N}")),
-        "{said}\n{}",
-        seen.join("\n")
-    );
     // Two later fragments of each datagram waited for their first.
-    assert!(
-        get("fragment_reorder.later_fragments_held") >= 2 * u64::from(N),
-        "{c:?}"
-    );
-    assert_eq!(
-        get("fragment_reorder.later_fragments_released"),
-        get("fragment_reorder.later_fragments_held"),
-        "{c:?}"
-    );
-    assert!(get("conntrack.related") >= 2 * u64::from(N), "{c:?}");
+    common::assert_reordered(&said, N, &c, &seen);
     println!("{said}");
 }

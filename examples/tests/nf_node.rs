@@ -1,7 +1,10 @@
-//! `nf-node` between a Linux kernel VXLAN device and a host, in network namespaces this test
-//! makes, on two workers: pings pass through connection tracking both ways; a new snapshot
-//! changes the VNI live (traffic stops, then comes back with the next one); a corrupt file
-//! and a source that goes away change nothing; the final counters say all of it.
+//! `nf-node` between a Linux kernel VXLAN device and a host, in network namespaces these
+//! tests make, on two workers: pings pass through connection tracking both ways; a new
+//! snapshot changes the VNI live (traffic stops, then comes back with the next one); a
+//! corrupt file and a source that goes away change nothing; the final counters say all of
+//! it. A second lab sends UDP datagrams as fragments, the last fragment first (scapy): the
+//! node's workers hold the later fragments until their first arrives, and every datagram
+//! is echoed back whole.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -11,8 +14,9 @@
 mod common;
 
 use common::{counters, lines_of, pings, sh, wait_for};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 const NODE: &str = env!("CARGO_BIN_EXE_nf-node");
@@ -40,25 +44,26 @@ fn write_snapshot(dir: &Path, version: u64, vni: u32) {
     );
 }
 
-#[test]
-fn nf_node_carries_traffic_and_applies_snapshots_live() {
+/// The lab (`a`: kernel VTEP, `g`: the node's namespace, `b`: the host) with the node's
+/// first snapshot (VNI 42) written, or `None` (with the skip said) without root or a tool.
+fn lab(prefix: &str) -> Option<(common::Lab, [String; 3], PathBuf)> {
     if !common::is_root() {
         assert!(!common::in_ci(), "nf_node needs root under CI=true");
         eprintln!("SKIP: nf_node needs root (set CI=true to make this a failure)");
-        return;
+        return None;
     }
     if !(common::require("ip", &["-V"])
         && common::require("ping", &["-V"])
         && common::require("ethtool", &["--version"]))
     {
-        return;
+        return None;
     }
-    let tag = format!("nfn{}", std::process::id());
+    let tag = format!("{prefix}{}", std::process::id());
     let (a, g, b) = (format!("{tag}a"), format!("{tag}g"), format!("{tag}b"));
-    let mut lab = common::Lab {
+    let lab = common::Lab {
         namespaces: vec![a.clone(), g.clone(), b.clone()],
         children: Vec::new(),
-        dir: common::temp_dir("nf-node"),
+        dir: common::temp_dir(&format!("nf-node-{prefix}")),
     };
     sh(&format!(
         "for n in {a} {g} {b}; do ip netns add $n; ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=1; done
@@ -76,10 +81,19 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     ));
     let dir = lab.dir.to_path_buf();
     write_snapshot(&dir, 1, 42);
+    Some((lab, [a, g, b], dir))
+}
 
+/// Starts the node in namespace `g` on two workers and waits until it is ready; its output
+/// lines, its pid, and the lines seen so far.
+fn start_node(
+    lab: &mut common::Lab,
+    g: &str,
+    dir: &Path,
+) -> (Receiver<String>, String, Vec<String>) {
     let mut node = Command::new("ip")
-        .args(["netns", "exec", &g, NODE, "--config"])
-        .arg(&dir)
+        .args(["netns", "exec", g, NODE, "--config"])
+        .arg(dir)
         .args([
             "--workers",
             "2",
@@ -105,6 +119,31 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
         10,
         &mut seen,
     );
+    (lines, pid, seen)
+}
+
+/// Stops the node (SIGTERM) and returns every counter it printed, with the lines seen.
+fn stop_node(
+    lab: &mut common::Lab,
+    lines: &Receiver<String>,
+    pid: &str,
+    mut seen: Vec<String>,
+) -> (std::collections::BTreeMap<String, u64>, Vec<String>) {
+    sh(&format!("kill -TERM {pid}"));
+    let mut node = lab.children.pop().unwrap();
+    let status = node.wait().unwrap();
+    assert!(status.success(), "nf-node exit: {status}");
+    std::thread::sleep(Duration::from_millis(200));
+    seen.extend(lines.try_iter());
+    (counters(&seen), seen)
+}
+
+#[test]
+fn nf_node_carries_traffic_and_applies_snapshots_live() {
+    let Some((mut lab, [a, g, b], dir)) = lab("nfn") else {
+        return;
+    };
+    let (lines, pid, mut seen) = start_node(&mut lab, &g, &dir);
 
     // Through the node both ways.
     assert_eq!(pings(&a, "198.51.100.2", 3), 3, "a -> b with VNI 42");
@@ -148,13 +187,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     );
 
     // Stop: every counter, summed over the workers.
-    sh(&format!("kill -TERM {pid}"));
-    let mut node = lab.children.pop().unwrap();
-    let status = node.wait().unwrap();
-    assert!(status.success(), "nf-node exit: {status}");
-    std::thread::sleep(Duration::from_millis(200));
-    seen.extend(lines.try_iter());
-    let counters = counters(&seen);
+    let (counters, seen) = stop_node(&mut lab, &lines, &pid, seen);
     let c = |k: &str| {
         *counters
             .get(k)
@@ -186,4 +219,25 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     assert_eq!(c("tunnel_encap.drops"), 0, "{counters:?}");
     assert!(c("node.arp_replies") >= 1, "{counters:?}");
     println!("{}", seen.join("\n"));
+}
+
+#[test]
+fn nf_node_reorders_fragments_that_arrive_last_first() {
+    let Some((mut lab, [a, g, b], dir)) = lab("nff") else {
+        return;
+    };
+    if !common::require(common::system_python(), &["-c", "import scapy.all"]) {
+        return;
+    }
+    lab.udp_echo(&b, "198.51.100.2");
+    let (lines, pid, seen) = start_node(&mut lab, &g, &dir);
+    // The path works (and the VTEP knows the node's MAC) before the fragments go.
+    assert_eq!(pings(&a, "198.51.100.2", 2), 2, "a -> b");
+    const N: u32 = 10;
+    let said = common::send_reversed_fragments(&a, N, "198.51.100.1", "198.51.100.2");
+    // `stop_node` stops the last child started: the node (the echo server goes with the lab).
+    let (c, seen) = stop_node(&mut lab, &lines, &pid, seen);
+    // The two later fragments of each datagram waited for their first, on its worker.
+    common::assert_reordered(&said, N, &c, &seen);
+    println!("{said}");
 }

@@ -188,3 +188,55 @@ fn workers_give_every_packet_the_verdict_one_pipeline_gives() {
         }
     }
 }
+
+/// A worker that asks for room in its batches and reports each batch's length.
+struct RoomWorker {
+    lens: Sender<usize>,
+}
+
+impl Worker<Vec<u8>> for RoomWorker {
+    fn process(&mut self, _now: Instant, batch: &mut Batch<Vec<u8>>) {
+        self.lens.send(batch.len()).unwrap();
+    }
+
+    fn batch_room(&self) -> usize {
+        8
+    }
+}
+
+/// The pool leaves every batch the room its workers ask for (a `FragmentReorder` releases
+/// held fragments into it), and still delivers every packet.
+#[test]
+fn the_pool_leaves_the_room_workers_ask_for() {
+    let frames = traffic(9, 40, 2_000);
+    // One worker: every 64-packet batch the loop dispatches goes to it whole.
+    let steering = Steering::new(
+        1,
+        SteerHash::Keyed(FlowHasher::new([5; 16])),
+        SteerFields::FiveTuple,
+    );
+    let (tx, rx) = channel();
+    let mut pool = WorkerPool::start(steering, StdClock::new(), &PoolConfig::default(), |_| {
+        RoomWorker { lens: tx.clone() }
+    })
+    .unwrap();
+    drop(tx);
+    let mut parse = ParseStage::default();
+    for mut b in batches(&frames) {
+        parse.process(Instant::ZERO, &mut b);
+        assert!(b.packets().iter().all(|p| p.meta.verdict.is_pass()));
+        pool.dispatch(&mut b);
+    }
+    pool.shutdown();
+    let lens: Vec<usize> = rx.iter().collect();
+    assert_eq!(
+        lens.iter().sum::<usize>(),
+        frames.len(),
+        "every packet delivered"
+    );
+    assert_eq!(
+        lens.iter().max(),
+        Some(&(nf_core::BATCH_SIZE - 8)),
+        "{lens:?}"
+    );
+}

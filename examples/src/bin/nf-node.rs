@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!                  receive loop (main thread)                       workers 0..N
-//!  underlay RX ring ─► ARP for --local answered ─► decap ─┐      ┌─► conntrack ─► overlay TX ring
+//!  underlay RX ring ─► ARP for --local answered ─► decap ─┐      ┌─► reorder ─► conntrack ─► overlay TX ring
 //!                                                         ├─ steer ┤
-//!  overlay RX ring ──► zone = VNI ─► parse ───────────────┘      └─► conntrack ─► encap ─► underlay TX ring
+//!  overlay RX ring ──► zone = VNI ─► parse ───────────────┘      └─► reorder ─► conntrack ─► encap ─► underlay TX ring
 //!        ▲ snapshot puller: the whole config from a directory or a URL, every --pull-every
 //! ```
 //!
@@ -17,9 +17,13 @@
 //!   and logged once per change of reason). The VNI applies live, between batches; the
 //!   interfaces and addresses are read at start (a snapshot changing them is logged as
 //!   needing a restart and otherwise applied).
-//! - **Workers** ([`nf_examples::workers`]): each owns a connection-tracking table, an encap
-//!   stage and transmit rings on both interfaces; [`nf_core::steer::Steering`] sends both
-//!   directions of every inner flow to the same worker.
+//! - **Workers** ([`nf_examples::workers`]): each owns a fragment reorder
+//!   ([`nf_core::conntrack::FragmentReorder`]: a later IP fragment that arrives before its
+//!   first waits for it, copied out of the receive ring), a connection-tracking table, an
+//!   encap stage and transmit rings on both interfaces; [`nf_core::steer::Steering`] sends
+//!   both directions of every inner flow to the same worker, and every fragment of a packet
+//!   with them (by addresses); the pool leaves each batch the room the reorder releases
+//!   fragments into.
 //! - **I/O**: `PACKET_MMAP` rings ([`nf_examples::io`]); interfaces that go down are waited
 //!   for.
 //! - **Counters**: every `--stats-every` seconds one line; on SIGINT/SIGTERM (or after
@@ -29,7 +33,8 @@
 //! (atomically: a reader sees the old file or the new one).
 //!
 //! `examples/tests/nf_node.rs` runs it between a Linux VXLAN device and a host in network
-//! namespaces, changes the VNI live, feeds it a corrupt file and takes the source away.
+//! namespaces, changes the VNI live, feeds it a corrupt file and takes the source away, and
+//! sends it UDP datagrams as fragments in reverse order.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -44,7 +49,7 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+    use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes};
     use nf_core::snapshot::{
         self, Codec, FileSource, HttpSource, PullResult, Puller, PullerCounters, Source,
     };
@@ -325,8 +330,12 @@ The config: `key = value` lines, `#` comments:
         }
     }
 
-    /// One worker: its session table, its encap stage, its transmit rings.
+    /// One worker: its fragment reorder, its session table, its encap stage, its transmit
+    /// rings.
     struct NodeWorker {
+        /// Later fragments that arrive before their first wait for it (copied out of the
+        /// receive ring while they wait), so that every fragment reaches the session.
+        reorder: FragmentReorder<RingFrame>,
         ct: Conntrack,
         encap: EncapStage,
         to_overlay: TxRing,
@@ -337,6 +346,7 @@ The config: `key = value` lines, `#` comments:
 
     impl Worker<RingFrame> for NodeWorker {
         fn process(&mut self, now: Instant, batch: &mut Batch<RingFrame>) {
+            self.reorder.process(now, batch);
             self.ct.process(now, batch);
             // What came out of the tunnel goes to the overlay as it is; the rest is encapsulated.
             for p in batch.packets_mut() {
@@ -365,7 +375,12 @@ The config: `key = value` lines, `#` comments:
             self.ct.handle_timeout(now, 4096);
         }
 
+        fn batch_room(&self) -> usize {
+            self.reorder.batch_room()
+        }
+
         fn visit_counters(&self, visit: &mut dyn FnMut(&'static str, &'static str, u64)) {
+            self.reorder.visit_counters(visit);
             self.ct.visit_counters(visit);
             self.encap.visit_counters(visit);
             for (side, ring) in [
@@ -495,6 +510,8 @@ The config: `key = value` lines, `#` comments:
                 v6: start_cfg.sessions,
             });
             workers.push(NodeWorker {
+                reorder: FragmentReorder::new(ReorderConfig::new(secret))
+                    .on_hold(RingFrame::detach),
                 ct: Conntrack::new(ct, ()).map_err(|e| format!("worker {w}: conntrack: {e:?}"))?,
                 encap: EncapStage::new(encap_cfg.clone())
                     .map_err(|e| format!("worker {w}: encap: {e}"))?,

@@ -292,3 +292,104 @@ impl Lab {
         self.children.push(c);
     }
 }
+
+/// A UDP echo server (`python3 -c UDP_ECHO ADDR PORT`): every datagram back to its sender;
+/// prints `echo ready` once bound.
+pub const UDP_ECHO: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print('echo ready', flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(d, a)
+";
+
+/// `python3 -c REVERSED_FRAGMENTS N SRC DST DPORT` (scapy): `N` UDP datagrams of 3,000 bytes
+/// from `SRC`:40000 to `DST`:`DPORT`, each sent as three fragments in reverse order (the
+/// last first) through a raw socket, from the port a UDP socket is bound to; prints
+/// `echoed K`, the echoes that came back whole.
+pub const REVERSED_FRAGMENTS: &str = "import socket, sys
+from scapy.all import IP, UDP, Raw, fragment, send, conf
+conf.verb = 0
+n, src, dst, dport = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 40000))
+s.settimeout(2)
+back = 0
+for k in range(n):
+    body = bytes([k]) * 3000
+    pkt = IP(src=src, dst=dst, id=4000 + k) / UDP(sport=40000, dport=dport) / Raw(body)
+    frags = fragment(pkt, fragsize=1200)
+    assert len(frags) == 3
+    send(frags[::-1])
+    try:
+        d, _ = s.recvfrom(65535)
+        back += d == body
+    except socket.timeout:
+        pass
+print('echoed', back, flush=True)
+";
+
+/// `python3 -c SCRIPT` (Debian's python3) in namespace `ns`; arguments to be added.
+fn python_in(ns: &str, script: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, system_python(), "-c", script]);
+    c
+}
+
+/// Runs [`REVERSED_FRAGMENTS`] in namespace `ns` (`n` datagrams from `src` to `dst`:7007) and
+/// returns what it printed; fails the test if the script fails.
+pub fn send_reversed_fragments(ns: &str, n: u32, src: &str, dst: &str) -> String {
+    let out = python_in(ns, REVERSED_FRAGMENTS)
+        .args([&n.to_string(), src, dst, "7007"])
+        .output()
+        .expect("run the fragment sender");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
+/// What a `FragmentReorder` in front of connection tracking shows after
+/// [`send_reversed_fragments`] of `n` datagrams: all `n` echoed whole, the two later
+/// fragments of each held until their first came and then released (none expired), and
+/// related to the datagram's session.
+pub fn assert_reordered(said: &str, n: u32, c: &BTreeMap<String, u64>, seen: &[String]) {
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert!(
+        said.contains(&format!("echoed {n}")),
+        "{said}\n{}",
+        seen.join("\n")
+    );
+    assert!(
+        get("fragment_reorder.later_fragments_held") >= 2 * u64::from(n),
+        "{c:?}"
+    );
+    assert_eq!(
+        get("fragment_reorder.later_fragments_released"),
+        get("fragment_reorder.later_fragments_held"),
+        "{c:?}"
+    );
+    assert_eq!(get("fragment_reorder.later_fragments_expired"), 0, "{c:?}");
+    assert!(get("conntrack.related") >= 2 * u64::from(n), "{c:?}");
+}
+
+impl Lab {
+    /// Starts [`UDP_ECHO`] on `addr`:7007 in namespace `ns` (killed with the lab) and waits
+    /// until it is bound.
+    pub fn udp_echo(&mut self, ns: &str, addr: &str) {
+        let mut echo = python_in(ns, UDP_ECHO)
+            .args([addr, "7007"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the UDP echo server");
+        let lines = lines_of(&mut echo);
+        self.children.push(echo);
+        wait_for(&lines, "echo ready", 10, &mut Vec::new());
+    }
+}
