@@ -180,7 +180,7 @@ impl Run {
             .collect();
         self.ct.process(self.now, &mut batch);
         let rules = self.ct.service().inner().rules().clone();
-        let set = rules.get(&ZoneId(0)).expect("zone 0 has rules");
+        let set = rules.get(ZoneId(0)).expect("zone 0 has rules");
         for (p, had) in batch.packets().iter().zip(had) {
             let key = ClassKey::from_packet(p);
             let d = direction(&p.meta);

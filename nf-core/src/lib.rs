@@ -133,6 +133,7 @@ mod time;
 pub mod toeplitz;
 mod verdict;
 pub mod wire;
+mod zone_map;
 
 pub use batch::{BATCH_SIZE, Batch};
 pub use flow::key::{Family, FlowKey, ZoneId};
@@ -151,6 +152,7 @@ pub use sys::prefetch_l2;
 pub use time::StdClock;
 pub use time::{Duration, Instant};
 pub use verdict::{DropCounters, DropReason, PortId, Verdict};
+pub use zone_map::ZoneMap;
 
 /// The workspace README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

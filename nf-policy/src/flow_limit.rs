@@ -48,9 +48,8 @@
 //! ```
 
 use crate::meter::{BucketConfig, TokenBucket};
-use alloc::collections::BTreeMap;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
-use nf_core::{Direction, DropReason, Instant, Packet, Verdict, ZoneId};
+use nf_core::{Direction, DropReason, Instant, Packet, Verdict, ZoneId, ZoneMap};
 
 /// One zone's allowance.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +62,7 @@ struct ZoneLimit {
 #[derive(Debug)]
 pub struct ZoneNewFlowLimit<S> {
     inner: S,
-    zones: BTreeMap<u32, ZoneLimit>,
+    zones: ZoneMap<ZoneLimit>,
     exceeded: u64,
 }
 
@@ -72,7 +71,7 @@ impl<S> ZoneNewFlowLimit<S> {
     pub fn new(inner: S) -> Self {
         Self {
             inner,
-            zones: BTreeMap::new(),
+            zones: ZoneMap::new(),
             exceeded: 0,
         }
     }
@@ -81,23 +80,28 @@ impl<S> ZoneNewFlowLimit<S> {
     /// replaces the zone's earlier limit, keeping its count.
     pub fn set_zone_limit(&mut self, zone: ZoneId, config: BucketConfig, now: Instant) {
         let bucket = TokenBucket::new(config, now);
-        self.zones
-            .entry(zone.0)
-            .and_modify(|z| z.bucket = bucket)
-            .or_insert(ZoneLimit {
-                bucket,
-                exceeded: 0,
-            });
+        match self.zones.get_mut(zone) {
+            Some(z) => z.bucket = bucket,
+            None => {
+                self.zones.insert(
+                    zone,
+                    ZoneLimit {
+                        bucket,
+                        exceeded: 0,
+                    },
+                );
+            }
+        }
     }
 
     /// Lifts `zone`'s limit.
     pub fn remove_zone_limit(&mut self, zone: ZoneId) {
-        self.zones.remove(&zone.0);
+        self.zones.remove(zone);
     }
 
     /// Packets of `zone` dropped for its new-flow rate, `None` if it has no limit.
     pub fn exceeded(&self, zone: ZoneId) -> Option<u64> {
-        self.zones.get(&zone.0).map(|z| z.exceeded)
+        self.zones.get(zone).map(|z| z.exceeded)
     }
 
     /// Packets dropped for their zone's new-flow rate, all zones.
@@ -129,7 +133,7 @@ impl<S: SessionService> SessionService for ZoneNewFlowLimit<S> {
         pkt: &Packet<B>,
         new: &mut NewFlow<'_>,
     ) -> Result<S::Value, DropReason> {
-        let Some(z) = self.zones.get_mut(&pkt.meta.flow.zone.0) else {
+        let Some(z) = self.zones.get_mut(pkt.meta.flow.zone) else {
             return self.inner.on_new(now, pkt, new);
         };
         z.bucket.refill(now);
@@ -184,7 +188,7 @@ impl<S: SessionService> SessionService for ZoneNewFlowLimit<S> {
         let verdict = self.inner.on_refused(now, reason, pkt);
         if reason == DropReason::NewFlowRateExceeded && !verdict.is_pass() {
             self.exceeded += 1;
-            if let Some(z) = self.zones.get_mut(&pkt.meta.flow.zone.0) {
+            if let Some(z) = self.zones.get_mut(pkt.meta.flow.zone) {
                 z.exceeded += 1;
             }
         }

@@ -8,12 +8,11 @@
 //! packet's next hop into its metadata from its zone's table.
 
 use crate::lpm::{Ipv4Lpm, Ipv6Lpm};
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::{
     Batch, Instant, NO_NEXT_HOP, Stage, StageControl, StageCounters, StageLoop, Verdict, ZoneId,
-    flags,
+    ZoneMap, flags,
 };
 
 /// One attachment's routes: an IPv4 and an IPv6 table.
@@ -69,7 +68,7 @@ impl RouteTable {
 /// Route tables keyed by zone (attachment).
 #[derive(Clone, Debug, Default)]
 pub struct RouteTables {
-    zones: BTreeMap<ZoneId, RouteTable>,
+    zones: ZoneMap<RouteTable>,
 }
 
 impl RouteTables {
@@ -85,18 +84,18 @@ impl RouteTables {
 
     /// Removes `zone`'s table.
     pub fn remove(&mut self, zone: ZoneId) -> Option<RouteTable> {
-        self.zones.remove(&zone)
+        self.zones.remove(zone)
     }
 
     /// `zone`'s table.
     pub fn table(&self, zone: ZoneId) -> Option<&RouteTable> {
-        self.zones.get(&zone)
+        self.zones.get(zone)
     }
 
     /// The next hop for `dst` in `zone`'s table; `None` if the zone has no table or no route.
     #[inline]
     pub fn route(&self, zone: ZoneId, dst: IpAddr) -> Option<u32> {
-        self.zones.get(&zone).and_then(|t| t.route(dst))
+        self.zones.get(zone).and_then(|t| t.route(dst))
     }
 
     /// Number of zones with a table.

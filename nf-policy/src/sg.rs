@@ -1,7 +1,7 @@
 //! Security groups: allow-only, unordered, stateful rules, as a connection-tracking
 //! [`SessionService`].
 //!
-//! An interface (here: a [`ZoneId`]) has one or several groups; their rules together form an
+//! An interface (here: a [`ZoneId`](nf_core::ZoneId)) has one or several groups; their rules together form an
 //! [`SgRuleSet`], built by an [`SgRuleSetBuilder`] on the [`classifier`](crate::classifier)
 //! (so deciding a new flow costs a fixed number of table reads, whatever the rules). A rule
 //! allows traffic of one [`SgDirection`]: *ingress* rules name the remote source ([`SgPeer`]:
@@ -94,7 +94,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use nf_core::conntrack::{NewFlow, SessionService, quoted_key};
-use nf_core::{DropReason, Family, Instant, Meta, Packet, Verdict, ZoneId, flags};
+use nf_core::{DropReason, Family, Instant, Meta, Packet, Verdict, ZoneMap, flags};
 
 /// Which way a flow's first packet travels relative to the protected interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -534,8 +534,9 @@ fn reversed(k: &ClassKey) -> ClassKey {
     r
 }
 
-/// Rule sets by zone (interface), swapped whole.
-pub type SgTables = BTreeMap<ZoneId, SgRuleSet>;
+/// Rule sets by zone (interface), swapped whole; a [`ZoneMap`], so that a packet's rule set
+/// is found by its zone id without a tree search.
+pub type SgTables = ZoneMap<SgRuleSet>;
 
 /// [`SecurityGroups`] settings.
 #[non_exhaustive]
@@ -614,7 +615,7 @@ impl SecurityGroups {
         };
         let key = ClassKey::from_flow(&quoted.reversed(), (0, 0));
         self.tables
-            .get(&pkt.meta.flow.zone)
+            .get(pkt.meta.flow.zone)
             .is_some_and(|t| t.untracked(direction, &key))
     }
 
@@ -635,7 +636,7 @@ impl SecurityGroups {
     fn admit<B: AsRef<[u8]>>(&self, direction: SgDirection, pkt: &Packet<B>) -> Admit {
         let key = ClassKey::from_packet(pkt);
         self.tables
-            .get(&pkt.meta.flow.zone)
+            .get(pkt.meta.flow.zone)
             .map_or(Admit::Deny, |t| {
                 t.admit(direction, &key, self.config.untracked)
             })

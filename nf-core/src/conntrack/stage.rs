@@ -18,8 +18,8 @@ use crate::stage::{Stage, StageControl, StageCounters, StageLoop};
 use crate::time::Instant;
 use crate::verdict::{DropReason, Verdict};
 use crate::wire::tcp::tcp_flags;
+use crate::zone_map::ZoneMap;
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 /// When a TCP segment without a session may create one.
@@ -230,7 +230,7 @@ pub struct Conntrack<S: SessionService = ()> {
     v6: SessionTable<V6Key, S::Value>,
     service: S,
     default_policy: ZonePolicy,
-    policies: BTreeMap<u32, ZonePolicy>,
+    policies: ZoneMap<ZonePolicy>,
     frags: FragmentTable,
     stats: ConntrackCounters,
     counters: StageCounters,
@@ -280,7 +280,7 @@ impl<S: SessionService> Conntrack<S> {
             v6: SessionTable::new(cfg.v6)?,
             service,
             default_policy: cfg.default_policy,
-            policies: BTreeMap::new(),
+            policies: ZoneMap::new(),
             frags: FragmentTable::new(cfg.fragments, cfg.v4.secret),
             stats: ConntrackCounters::default(),
             counters: StageCounters::default(),
@@ -442,7 +442,7 @@ impl<S: SessionService> Conntrack<S> {
 
     /// Sets the creation policy of one zone.
     pub fn set_zone_policy(&mut self, zone: ZoneId, policy: ZonePolicy) {
-        self.policies.insert(zone.0, policy);
+        self.policies.insert(zone, policy);
     }
 
     /// Sets a zone's quota in both tables (each family counts separately).
@@ -463,7 +463,7 @@ impl<S: SessionService> Conntrack<S> {
 
     fn policy(&self, zone: ZoneId) -> ZonePolicy {
         self.policies
-            .get(&zone.0)
+            .get(zone)
             .copied()
             .unwrap_or(self.default_policy)
     }
@@ -932,8 +932,8 @@ impl<S: SessionService> Conntrack<S> {
             let i = misses.trailing_zeros() as usize;
             misses &= misses - 1;
             if let (Some(p), Some(r)) = (keys.get(i), sc.reversed.get_mut(i)) {
-                let pol = (self.policies.get(&p.meta.flow.zone.0).copied())
-                    .unwrap_or(self.default_policy);
+                let pol =
+                    (self.policies.get(p.meta.flow.zone).copied()).unwrap_or(self.default_policy);
                 if Self::may_create(&p.meta, &pol) != Ok(true) {
                     continue;
                 }
