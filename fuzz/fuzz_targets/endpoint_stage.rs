@@ -13,6 +13,9 @@
 //! recomputed from scratch here.
 #![no_main]
 
+#[path = "shared/translate.rs"]
+mod translate;
+
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
@@ -25,6 +28,7 @@ use nf_core::{
 use nf_nat::{AllocatorConfig, Endpoint, EndpointRule, EndpointSide, Profile};
 use std::collections::HashSet;
 use std::net::IpAddr;
+use translate::{addr4, icmp_error, pick, v6, verify_ip};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -51,18 +55,7 @@ const ENDPOINT4: [u8; 4] = [10, 0, 0, 200];
 const SERVICE4: [u8; 4] = [10, 9, 0, 1];
 const POOL4: [[u8; 4]; 2] = [[10, 9, 255, 1], [10, 9, 255, 2]];
 
-fn v6(prefix: u16, last: u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..2].copy_from_slice(&prefix.to_be_bytes());
-    a[15] = last;
-    a
-}
 
-fn addr4(a: [u8; 4]) -> [u8; 16] {
-    let mut b = [0; 16];
-    b[..4].copy_from_slice(&a);
-    b
-}
 
 fn endpoint(six: bool) -> [u8; 16] {
     if six { v6(0xfd00, 0xc8) } else { addr4(ENDPOINT4) }
@@ -87,75 +80,9 @@ fn frame(six: bool, src: [u8; 16], dst: [u8; 16], udp: bool, sp: u16, dp: u16, f
     f.payload(b"fuzz").to_vec().unwrap_or_default()
 }
 
-/// The error `frame` of the IP packet in `quoted` (an Ethernet frame), from `src` to `dst`.
-fn icmp_error(six: bool, src: [u8; 16], dst: [u8; 16], ty: u8, quoted: &[u8]) -> Vec<u8> {
-    let ip = quoted.get(14..).unwrap_or_default();
-    let f = if six {
-        Frame::ipv6(src, dst).icmp_error(1 + ty % 4, 0, ip)
-    } else {
-        let s: [u8; 4] = src[..4].try_into().unwrap_or_default();
-        let d: [u8; 4] = dst[..4].try_into().unwrap_or_default();
-        Frame::ipv4(s, d).icmp_error([3, 11, 12][usize::from(ty % 3)], 0, ip)
-    };
-    f.to_vec().unwrap_or_default()
-}
 
-fn ones(parts: &[&[u8]]) -> u16 {
-    let mut s: u64 = 0;
-    for p in parts {
-        for w in p.chunks(2) {
-            s += u64::from(w[0]) << 8 | u64::from(*w.get(1).unwrap_or(&0));
-        }
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
 
-fn be16(b: &[u8]) -> usize {
-    usize::from(u16::from_be_bytes([b[0], b[1]]))
-}
 
-/// Every checksum of an IP packet (no options or extension headers: the packets this
-/// target builds), and of an ICMP error's quote.
-fn verify_ip(ip: &[u8]) {
-    let (p, l4, pseudo) = if ip[0] >> 4 == 4 {
-        assert_eq!(ones(&[&ip[..20]]), 0xffff, "IPv4 header checksum");
-        let l4 = &ip[20..be16(&ip[2..])];
-        let mut ps = ip[12..20].to_vec();
-        ps.extend_from_slice(&[0, ip[9]]);
-        ps.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        (ip[9], l4, ps)
-    } else {
-        let l4 = &ip[40..40 + be16(&ip[4..])];
-        let mut ps = ip[8..40].to_vec();
-        ps.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-        ps.extend_from_slice(&[0, 0, 0, ip[6]]);
-        (ip[6], l4, ps)
-    };
-    match p {
-        proto::TCP => assert_eq!(ones(&[&pseudo, l4]), 0xffff, "TCP checksum"),
-        proto::UDP if !(ip[0] >> 4 == 4 && be16(&l4[6..]) == 0) => {
-            assert_eq!(ones(&[&pseudo, l4]), 0xffff, "UDP checksum")
-        }
-        proto::ICMP | proto::ICMPV6 => {
-            let sum = if p == proto::ICMP { ones(&[l4]) } else { ones(&[&pseudo, l4]) };
-            assert_eq!(sum, 0xffff, "ICMP checksum");
-            let q = &l4[8..];
-            let whole = if q[0] >> 4 == 4 {
-                assert_eq!(ones(&[&q[..20]]), 0xffff, "quoted IPv4 header checksum");
-                be16(&q[2..]) <= q.len()
-            } else {
-                40 + be16(&q[4..]) <= q.len()
-            };
-            if whole {
-                verify_ip(q);
-            }
-        }
-        _ => {}
-    }
-}
 
 /// (source, destination) of an IP packet, IPv4 in the first four bytes.
 fn ends(ip: &[u8]) -> ([u8; 16], [u8; 16]) {
@@ -260,9 +187,6 @@ impl World {
     }
 }
 
-fn pick<T>(v: &[T], i: u16) -> Option<&T> {
-    if v.is_empty() { None } else { v.get(usize::from(i) % v.len()) }
-}
 
 fuzz_target!(|input: (u8, Vec<Op>)| {
     let (setup, ops) = input;

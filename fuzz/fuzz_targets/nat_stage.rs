@@ -13,6 +13,9 @@
 //! recomputed from scratch here.
 #![no_main]
 
+#[path = "shared/translate.rs"]
+mod translate;
+
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
@@ -29,6 +32,7 @@ use nf_nat::{
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use translate::{addr4, icmp_error, pick, v6, verify_ip, verify_ip_quoting};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -55,12 +59,6 @@ enum Op {
 const PUBLIC4: [u8; 4] = [203, 0, 113, 1];
 const PUBLIC4_B: [u8; 4] = [203, 0, 113, 2];
 
-fn v6(prefix: u16, last: u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..2].copy_from_slice(&prefix.to_be_bytes());
-    a[15] = last;
-    a
-}
 
 fn public6() -> [u8; 16] {
     v6(0x2001, 1)
@@ -91,91 +89,11 @@ fn frame(v6: bool, src: [u8; 16], dst: [u8; 16], kind: u8, sp: u16, dp: u16, fla
     f.payload(b"fuzz").to_vec().unwrap_or_default()
 }
 
-fn addr4(a: [u8; 4]) -> [u8; 16] {
-    let mut b = [0; 16];
-    b[..4].copy_from_slice(&a);
-    b
-}
 
-/// The error `frame` of the IP packet in `quoted` (an Ethernet frame), from `src` to `dst`.
-fn icmp_error(v6: bool, src: [u8; 16], dst: [u8; 16], ty: u8, quoted: &[u8]) -> Vec<u8> {
-    let ip = quoted.get(14..).unwrap_or_default();
-    let f = if v6 {
-        Frame::ipv6(src, dst).icmp_error(1 + ty % 4, 0, ip)
-    } else {
-        let s: [u8; 4] = src[..4].try_into().unwrap_or_default();
-        let d: [u8; 4] = dst[..4].try_into().unwrap_or_default();
-        Frame::ipv4(s, d).icmp_error([3, 11, 12][usize::from(ty % 3)], 0, ip)
-    };
-    f.to_vec().unwrap_or_default()
-}
 
-fn ones(parts: &[&[u8]]) -> u16 {
-    let mut s: u64 = 0;
-    for p in parts {
-        for w in p.chunks(2) {
-            s += u64::from(w[0]) << 8 | u64::from(*w.get(1).unwrap_or(&0));
-        }
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
 
-fn be16(b: &[u8]) -> usize {
-    usize::from(u16::from_be_bytes([b[0], b[1]]))
-}
 
-/// Every checksum of an IP packet (no options or extension headers: the packets this
-/// target builds), and of an ICMP error's quote.
-fn verify_ip(ip: &[u8]) {
-    verify_ip_quoting(ip, true);
-}
 
-/// Every checksum of an IP packet; of an ICMP error's quote too if `quote` (an error quoting
-/// a malformed packet carries its bad checksums, as RFC 5508 REQ-8 quotes the packet as
-/// sent; the quoted IPv4 header is checked either way).
-fn verify_ip_quoting(ip: &[u8], quote: bool) {
-    let (p, l4, pseudo) = if ip[0] >> 4 == 4 {
-        assert_eq!(ones(&[&ip[..20]]), 0xffff, "IPv4 header checksum");
-        let l4 = &ip[20..be16(&ip[2..])];
-        let mut ps = ip[12..20].to_vec();
-        ps.extend_from_slice(&[0, ip[9]]);
-        ps.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        (ip[9], l4, ps)
-    } else {
-        let l4 = &ip[40..40 + be16(&ip[4..])];
-        let mut ps = ip[8..40].to_vec();
-        ps.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-        ps.extend_from_slice(&[0, 0, 0, ip[6]]);
-        (ip[6], l4, ps)
-    };
-    match p {
-        proto::TCP => assert_eq!(ones(&[&pseudo, l4]), 0xffff, "TCP checksum"),
-        proto::UDP if !(ip[0] >> 4 == 4 && be16(&l4[6..]) == 0) => {
-            assert_eq!(ones(&[&pseudo, l4]), 0xffff, "UDP checksum")
-        }
-        proto::ICMP | proto::ICMPV6 => {
-            let sum = if p == proto::ICMP { ones(&[l4]) } else { ones(&[&pseudo, l4]) };
-            assert_eq!(sum, 0xffff, "ICMP checksum");
-            let error = if p == proto::ICMP { matches!(l4[0], 3 | 11 | 12) } else { l4[0] < 128 };
-            if error {
-                let q = &l4[8..];
-                let whole = if q[0] >> 4 == 4 {
-                    assert_eq!(ones(&[&q[..20]]), 0xffff, "quoted IPv4 header checksum");
-                    be16(&q[2..]) <= q.len()
-                } else {
-                    40 + be16(&q[4..]) <= q.len()
-                };
-                if whole && quote {
-                    verify_ip(q);
-                }
-            }
-        }
-        _ => {}
-    }
-}
 
 struct World {
     pipe: nf_core::Chain<ParseStage, Conntrack<Snat>>,
@@ -277,9 +195,6 @@ impl World {
     }
 }
 
-fn pick<T>(v: &[T], i: u16) -> Option<&T> {
-    if v.is_empty() { None } else { v.get(usize::from(i) % v.len()) }
-}
 
 fuzz_target!(|input: (u8, Vec<Op>)| {
     let (setup, ops) = input;
