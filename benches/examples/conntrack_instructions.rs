@@ -24,30 +24,16 @@ mod replay;
 use nf_core::flow::proto;
 use nf_core::{Batch, Instant, Meta, SessionRef};
 use nf_core::{FlowKey, ZoneId};
-use replay::{Ours, Replay, Side, Traffic};
+use replay::{Ours, Replay, Rng, Side, Traffic};
 use std::hint::black_box;
 
 const BATCH: usize = 64;
 /// Packets in the replayed stream (it wraps round; new flows live half of it at most).
 const PACKETS: usize = 1 << 16;
 
-/// The runner's xorshift (`harness::Rng`).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// The scenario's sessions (`conntrack_insert::make_flows`): 75% TCP, 16 zones.
 fn make_flows(n: usize, seed: u64) -> Vec<FlowKey> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..n)
         .map(|i| {
             let host = (i / 60_000) as u32;
@@ -92,7 +78,7 @@ fn main() {
         }
     };
     let flows = make_flows(sessions, 0xC0FFEE);
-    let mut rng = Rng(0x57A6E);
+    let mut rng = Rng::new(0x57A6E);
     let traffic = Traffic::new(&flows, PACKETS, BATCH, 0.01, || rng.next_u64());
     let capacity = (sessions as f64 / 0.9).ceil() as u32;
     let (ours, _peer) = replay::established_sides(&flows, capacity);

@@ -15,7 +15,10 @@
 //! whose wall-clock times drift, the ratio is the steadier figure.
 
 #[path = "../src/harness.rs"]
-#[expect(dead_code, reason = "the runner's harness; the driver needs its Rng")]
+#[expect(
+    dead_code,
+    reason = "the runner's harness; the scenario's generators need it"
+)]
 mod harness;
 #[path = "../src/hugealloc.rs"]
 #[expect(
@@ -29,6 +32,9 @@ mod hugealloc;
     reason = "the scenario's generators; the driver needs two of them"
 )]
 mod lpm;
+#[path = "../src/replay.rs"]
+#[expect(dead_code, reason = "the replay module; the driver needs its Rng")]
+mod replay;
 
 use nf_policy::{Ipv4Layout, Ipv4LpmBuilder};
 use std::hint::black_box;

@@ -4,6 +4,9 @@ use serde_json::{Map, Value, json};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+/// The traffic generator lives with the replay loop, which the callgrind drivers share.
+pub(crate) use crate::replay::Rng;
+
 pub(crate) const USAGE: &str =
     "usage: nf-bench list | all | SCENARIO [--quick] [--json] [--sessions N]";
 
@@ -172,27 +175,6 @@ pub(crate) fn report(opts: &Opts, scenario: &str, peer: &str, r: AbResult, extra
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
-}
-
-/// Deterministic xorshift64* generator for synthetic traffic (no `rand` dependency needed).
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
 }
 
 /// Prints one line to stdout; a reader that went away (`nf-bench all --json | head -3`) ends

@@ -7,6 +7,7 @@
 
 mod harness;
 mod hugealloc;
+mod nat_setup;
 mod replay;
 mod scenarios;
 mod tunnel_frames;
