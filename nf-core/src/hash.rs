@@ -205,19 +205,26 @@ impl Sip13 {
 }
 
 /// Four SipHash-1-3 computations from one starting state (its words, [`Sip13::words`]), each
-/// of a message of one whole word and a last block (`m[0][j]`, then `m[1][j]` as
-/// [`Sip13::finish`] takes it): lane `j` is
-/// `{ let mut s = start; s.word(m[0][j]); s.finish(m[1][j]) }`. On x86-64 CPUs with AVX2 the
-/// four run side by side in vector registers ([`crate::sys::sip13_x4`]); this is the plain
-/// version, and the reference the vector one is tested against.
+/// of a message of `W - 1` whole words and a last block (`m[0][j]` .. `m[W - 2][j]`, then
+/// `m[W - 1][j]` as [`Sip13::finish`] takes it): lane `j` is
+/// `{ let mut s = start; s.word(m[0][j]); ...; s.finish(m[W - 1][j]) }`. On x86-64 CPUs with
+/// AVX2 the four run side by side in vector registers ([`crate::sys::sip13_x4`]); this is the
+/// plain version, and the reference the vector one is tested against.
 #[inline(always)]
-pub(crate) fn sip13_x4_scalar(start: &[u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
+pub(crate) fn sip13_x4_scalar<const W: usize>(start: &[u64; 4], m: &[[u64; 4]; W]) -> [u64; 4] {
     let start = Sip13::from_words(*start);
-    let [w, last] = m;
     let one = |j: usize| {
+        let lane = |w: &[u64; 4]| w.get(j).copied().unwrap_or(0);
         let mut s = start;
-        s.word(w.get(j).copied().unwrap_or(0));
-        s.finish(last.get(j).copied().unwrap_or(0))
+        match m.split_last() {
+            Some((last, words)) => {
+                for w in words {
+                    s.word(lane(w));
+                }
+                s.finish(lane(last))
+            }
+            None => s.finish(0),
+        }
     };
     [one(0), one(1), one(2), one(3)]
 }

@@ -42,6 +42,45 @@ pub(crate) fn prefetch<T>(r: &T) {
     }
 }
 
+/// [`prefetch`] of every cache line `*r` covers: a value larger than a line, or one not
+/// aligned to a line, may need two or three (an IPv6 session record: 112 bytes, its keys
+/// alone spanning two lines). A line-aligned value of at most a line is one prefetch.
+#[inline(always)]
+pub(crate) fn prefetch_all<T>(r: &T) {
+    let size = core::mem::size_of::<T>();
+    if core::mem::align_of::<T>() >= 64 && size <= 64 {
+        prefetch(r);
+        return;
+    }
+    let p: *const u8 = (r as *const T).cast();
+    // Offsets from `p` of each line's start: the first line's is at or before `p`. The
+    // pointers stay derived from `r` (wrapping arithmetic, never dereferenced).
+    let lead = p as usize & 63;
+    let mut off = 0;
+    while off < lead + size {
+        prefetch_ptr(p.wrapping_add(off).wrapping_sub(lead));
+        off += 64;
+    }
+}
+
+/// [`prefetch`] of the line holding the byte at `p`, which need not be valid: a prefetch
+/// never faults.
+#[inline(always)]
+fn prefetch_ptr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: as in `prefetch`: `_mm_prefetch` is unsafe only for its SSE target
+        // feature, which x86-64 always has, and a prefetch cannot fault or be observed
+        // whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+    }
+}
+
 /// Hints that the cache line holding `*r` is about to be read, and has it loaded into the
 /// second-level cache (x86 `PREFETCHT1`).
 ///
@@ -112,7 +151,7 @@ pub(crate) fn masked_eq_lanes(line: &[u32; 16], value: u32, mask: u32) -> u32 {
 /// quarter of the instructions of four scalar runs; otherwise the scalar runs. The session
 /// table's batch lookup hashes its keys four at a time with it (`conntrack-stage`).
 #[inline(always)]
-pub(crate) fn sip13_x4(start: &[u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
+pub(crate) fn sip13_x4<const W: usize>(start: &[u64; 4], m: &[[u64; 4]; W]) -> [u64; 4] {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: `sip13_x4_avx2` is unsafe to call only because it is compiled for AVX2,
@@ -164,7 +203,7 @@ fn detect_avx2() -> bool {
 /// and by 16 (a byte shuffle).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn sip13_x4_avx2(start: &[u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
+fn sip13_x4_avx2<const W: usize>(start: &[u64; 4], m: &[[u64; 4]; W]) -> [u64; 4] {
     use core::arch::x86_64::{
         __m256i, _mm256_add_epi64, _mm256_or_si256, _mm256_set1_epi64x, _mm256_setr_epi8,
         _mm256_setr_epi64x, _mm256_shuffle_epi8, _mm256_shuffle_epi32, _mm256_slli_epi64,
@@ -214,15 +253,13 @@ fn sip13_x4_avx2(start: &[u64; 4], m: &[[u64; 4]; 2]) -> [u64; 4] {
     }
     // Lane by lane rather than one 32-byte load: the caller has just written the words one
     // by one, and a wide load of narrow stores waits for them to reach the cache.
-    let [w, last] = m.map(|[a, b, c, d]| {
-        _mm256_setr_epi64x(
+    for &[a, b, c, d] in m {
+        let x = _mm256_setr_epi64x(
             a.cast_signed(),
             b.cast_signed(),
             c.cast_signed(),
             d.cast_signed(),
-        )
-    });
-    for x in [w, last] {
+        );
         v3 = _mm256_xor_si256(v3, x);
         round!();
         v0 = _mm256_xor_si256(v0, x);
@@ -244,15 +281,41 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        /// The vector SipHash (on this machine, if it has AVX2) equals the scalar one.
+        /// The vector SipHash (on this machine, if it has AVX2) equals the scalar one, for the
+        /// message lengths of IPv4 and IPv6 keys.
         #[test]
         fn sip13_x4_equals_the_scalar_runs(
             k in proptest::prelude::any::<[u64; 2]>(),
             m in proptest::prelude::any::<[[u64; 4]; 2]>(),
+            m5 in proptest::prelude::any::<[[u64; 4]; 5]>(),
         ) {
             let start = crate::hash::Sip13::new(k[0], k[1]).words();
             proptest::prop_assert_eq!(sip13_x4(&start, &m), crate::hash::sip13_x4_scalar(&start, &m));
+            // Five words: an IPv6 key's message.
+            proptest::prop_assert_eq!(sip13_x4(&start, &m5), crate::hash::sip13_x4_scalar(&start, &m5));
         }
+    }
+
+    /// `prefetch_all` of values of every size and alignment around a line, and at the ends
+    /// of an allocation (its line walk may reach past the value, never into a fault).
+    #[test]
+    fn prefetch_all_of_any_value() {
+        let bytes = [7u8; 300];
+        for at in 0..bytes.len() {
+            let tail = &bytes[at..];
+            tail.first_chunk::<1>().map(prefetch_all);
+            tail.first_chunk::<63>().map(prefetch_all);
+            tail.first_chunk::<65>().map(prefetch_all);
+            tail.first_chunk::<112>().map(prefetch_all);
+            tail.first_chunk::<129>().map(prefetch_all);
+        }
+        #[repr(align(64))]
+        struct Line([u8; 64]);
+        let lines = [Line([1; 64]), Line([2; 64])];
+        prefetch_all(&lines[0]);
+        prefetch_all(&lines);
+        prefetch_all(&());
+        assert_eq!((bytes[299], lines[1].0[63]), (7, 2));
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! `conntrack-hit`: batched lookups of established sessions, both directions mixed.
 //!
 //! Ours: `SessionTable<V4Key, [u8; 16]>::lookup_batch` over batches of 64 keys (keyed
-//! SipHash-1-3, one bucket line and one record line per hit), at `--sessions` sessions
+//! SipHash-1-3, one bucket line and one record line per hit; an IPv6 record spans two lines),
+//! at `--sessions` sessions
 //! (default 1M) in a table at 90% load. Peer: `hashbrown::HashMap<FlowKey, (u32, bool)>` with
 //! `ahash` holding both directions of every session (2 entries per session), one `get` per key.
 //! Traffic: uniform over all sessions, and Zipf-like (s ≈ 1) popularity; each key is the
 //! original or the reply direction with equal probability.
 //!
-//! Each case runs twice, `"huge_pages": "madvise"` (tables on transparent huge pages, as a
+//! A last line, `"family": "ipv6"`: the same sessions with IPv6 addresses
+//! (`SessionTable<V6Key, _>`), uniform traffic, huge pages only.
+//!
+//! Each IPv4 case runs twice, `"huge_pages": "madvise"` (tables on transparent huge pages, as a
 //! dataplane deploys them; see `hugealloc`) and `"none"` (4 KiB pages); ours and the peer
 //! always share the allocator. `anon_huge_mib` is what the kernel actually backed with huge
 //! pages in the process at the time. `floor_two_random_lines_ns` is the same machine reading
@@ -16,8 +20,8 @@
 
 use crate::harness::{self, Opts, Rng};
 use crate::hugealloc;
-use nf_core::conntrack::{SessionState, SessionTable, TableConfig, V4Key};
-use nf_core::{Direction, FlowKey, Instant};
+use nf_core::conntrack::{SessionKey, SessionState, SessionTable, TableConfig, V4Key, V6Key};
+use nf_core::{Direction, Family, FlowKey, Instant};
 use serde_json::json;
 
 type Peer = hashbrown::HashMap<FlowKey, (u32, bool), ahash::RandomState>;
@@ -29,12 +33,31 @@ pub(crate) fn run(opts: &Opts) {
     let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
     // Huge pages first (how a dataplane deploys a table this size), then the same with 4 KiB
     // pages; both sides of each line share the allocator.
-    hugealloc::each_mode(|| measure(opts, sessions, &flows));
+    hugealloc::each_mode(|| measure::<V4Key>(opts, sessions, &flows, &["uniform", "zipf"]));
+    // IPv6: the same sessions with their addresses in 2001:db8::/96 and 64:ff9b::/96, uniform
+    // traffic, huge pages.
+    let was = hugealloc::set_advise(true);
+    let flows6: Vec<FlowKey> = flows.iter().map(v6).collect();
+    measure::<V6Key>(opts, sessions, &flows6, &["uniform"]);
+    hugealloc::set_advise(was);
 }
 
-fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
+/// An IPv4 flow's IPv6 twin: the source in 2001:db8::/96, the destination in 64:ff9b::/96.
+fn v6(f: &FlowKey) -> FlowKey {
+    let embed = |prefix: [u8; 4], a: &[u8]| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&prefix);
+        b[12..].copy_from_slice(a);
+        b
+    };
+    let src = embed([0x20, 0x01, 0x0d, 0xb8], f.src_bytes());
+    let dst = embed([0x00, 0x64, 0xff, 0x9b], f.dst_bytes());
+    FlowKey::v6(f.zone, src, dst, f.proto, f.src_port, f.dst_port)
+}
+
+fn measure<K: SessionKey>(opts: &Opts, sessions: usize, flows: &[FlowKey], dists: &[&str]) {
     let capacity = (sessions as f64 / 0.9).ceil() as u32;
-    let mut table: SessionTable<V4Key, [u8; 16]> =
+    let mut table: SessionTable<K, [u8; 16]> =
         SessionTable::new(TableConfig::new(capacity, *b"bench secret key")).expect("config");
     let mut peer =
         Peer::with_capacity_and_hasher(2 * sessions, ahash::RandomState::with_seeds(1, 2, 3, 4));
@@ -56,7 +79,7 @@ fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
     let huge_bytes = hugealloc::anon_huge_bytes();
     // The same for both distributions: it depends only on the table's size.
     let floor = two_random_lines_floor(opts, table.allocated_bytes());
-    for dist in ["uniform", "zipf"] {
+    for &dist in dists {
         let mut rng = Rng::new(0x5EED);
         let queries: Vec<FlowKey> = (0..QUERIES)
             .map(|_| {
@@ -127,7 +150,10 @@ fn measure(opts: &Opts, sessions: usize, flows: &[FlowKey]) {
                 "load": sessions as f64 / f64::from(capacity),
                 "distribution": dist,
                 "batch": 64,
-                "family": "ipv4",
+                "family": match K::FAMILY {
+                    Family::V4 => "ipv4",
+                    Family::V6 => "ipv6",
+                },
                 "huge_pages": hugealloc::mode(),
                 "thp_policy": hugealloc::thp_policy(),
                 "anon_huge_mib": huge_bytes.map(|b| b >> 20),

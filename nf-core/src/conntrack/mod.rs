@@ -196,7 +196,8 @@
 //!
 //! IPv4, 16-byte value, at 90% load: (64 + 8 + 4 + 2 × 4 / 0.75 × 64/60) / 0.9 ≈ 97 bytes per
 //! session, measured by [`SessionTable::allocated_bytes`] (the `conntrack-insert` bench prints
-//! it). IPv6: a 112-byte record (unaligned; it spans two lines anyway), ≈ 150 bytes.
+//! it). IPv6: a 112-byte record padded to two whole lines (128 bytes; unaligned, half of them
+//! spanned three), ≈ 165 bytes.
 //!
 //! A batch lookup ([`SessionTable::lookup_batch`]) is a software pipeline: while one key is
 //! hashed, the bucket of a key 32 places earlier is scanned and its record prefetched, so the

@@ -177,7 +177,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 m &= m - 1;
                 let e = bk.e.get(j).copied().unwrap_or(0);
                 if let Some(r) = self.recs.get((e & self.idx_mask).wrapping_sub(1) as usize) {
-                    crate::sys::prefetch(r);
+                    crate::sys::prefetch_all(r);
                 }
             }
             if bk.overflow == 0 {

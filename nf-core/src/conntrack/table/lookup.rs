@@ -38,14 +38,14 @@ impl<B> Keys for [Packet<B>] {
 
 /// State of one [`SessionTable::lookup_batch`], per key: hash and candidate record; per
 /// batch: bit masks (bit `i` for key `i`).
-struct Pipeline {
-    /// Per key: its table hash (`GROUPED` keys: first its zone's mix, which the hash stage
-    /// XORs the SipHash into).
+struct Pipeline<G> {
+    /// Per key: its table hash (first its zone's mix, which the hash stage XORs the
+    /// SipHash into).
     hashes: [u64; BATCH],
-    /// `GROUPED` keys' SipHash messages, four keys per group (whole words, last blocks),
-    /// written for the whole batch before the first group is hashed: a vector load of words
-    /// stored just before waits for those stores to reach the cache.
-    msg: [[[u64; 4]; 2]; BATCH / 4],
+    /// The keys' SipHash messages, four keys per group (`Sealed::Group`), written for the
+    /// whole batch before the first group is hashed: a vector load of words stored just
+    /// before waits for those stores to reach the cache.
+    msg: [G; BATCH / 4],
     cand: [u32; BATCH],
     /// Keys of the table's family (hashed).
     valid: u64,
@@ -74,15 +74,15 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// [`Self::lookup`].
     ///
     /// The keys flow through a software pipeline so that the memory latency of many keys
-    /// overlaps with the hashing of others. Each step hashes four keys (IPv4 keys at once,
-    /// with a vector SipHash where the CPU has AVX2, their messages packed for the whole
-    /// batch first) and prefetches their home buckets, and scans the buckets of the keys
-    /// `LEAD_BUCKET` before them, prefetching their candidate records. Once every key is
-    /// hashed, the remaining buckets are scanned (their records prefetched all at once) and
-    /// then every key is compared with its record, so that the last keys of a batch wait for
-    /// memory together rather than in turn. Small batches use a shorter distance. Keys whose entry is not in their home bucket (or that met a tag
-    /// collision) get the records along their probe path prefetched and take the full probe
-    /// after the rest of the batch.
+    /// overlaps with the hashing of others. Each step hashes four keys at once (a vector
+    /// SipHash where the CPU has AVX2, their messages packed for the whole batch first) and
+    /// prefetches their home buckets, and scans the buckets of the keys `LEAD_BUCKET` before
+    /// them, prefetching their candidate records. Once every key is hashed, the remaining
+    /// buckets are scanned (their records prefetched all at once) and then every key is
+    /// compared with its record, so that the last keys of a batch wait for memory together
+    /// rather than in turn. Small batches use a shorter distance. Keys whose entry is not in
+    /// their home bucket (or that met a tag collision) get the records along their probe
+    /// path prefetched and take the full probe after the rest of the batch.
     #[inline]
     pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<Hit>]) -> u64 {
         self.lookup_batch_inner(keys, u64::MAX, out, None)
@@ -114,7 +114,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let lead_bucket = LEAD_BUCKET.min(n);
         let mut p = Pipeline {
             hashes: [0; BATCH],
-            msg: [[[0; 4]; 2]; BATCH / 4],
+            msg: [K::Group::default(); BATCH / 4],
             cand: [NIL; BATCH],
             valid: 0,
             slow: 0,
@@ -127,13 +127,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 crate::sys::prefetch(k);
             }
         }
-        if K::GROUPED {
-            self.pack_stage(&mut p, keys, mask, n);
-        }
+        self.pack_stage(&mut p, keys, mask, n);
         // Hash all (scanning buckets `lead_bucket` keys behind), scan the rest of the
         // buckets, then compare every record.
         for t in (0..n).step_by(4) {
-            self.hash_stage(&mut p, keys, mask, n, t);
+            self.hash_stage(&mut p, n, t);
             for u in t..(t + 4).min(n) {
                 if let Some(i) = u.checked_sub(lead_bucket) {
                     self.bucket_stage(&mut p, i);
@@ -173,10 +171,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         hits
     }
 
-    /// Batch stage 0, for `GROUPED` keys: every key's SipHash message and zone mix, and
-    /// which keys are of the table's family (`valid`), with keys further on prefetched.
+    /// Batch stage 0: every key's SipHash message and zone mix, and which keys are of the
+    /// table's family (`valid`), with keys further on prefetched.
     #[inline(always)]
-    fn pack_stage<Q: Keys + ?Sized>(&self, p: &mut Pipeline, keys: &Q, mask: u64, n: usize) {
+    fn pack_stage<Q: Keys + ?Sized>(
+        &self,
+        p: &mut Pipeline<K::Group>,
+        keys: &Q,
+        mask: u64,
+        n: usize,
+    ) {
         for i in 0..n {
             if let Some(ahead) = keys.key(i + LEAD_KEY) {
                 crate::sys::prefetch(ahead);
@@ -184,59 +188,31 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             if mask >> i & 1 != 0
                 && let Some(key) = keys.key(i)
                 && let Some(k) = K::from_flow(key)
-                && let (Some([w, last]), Some(mix)) = (p.msg.get_mut(i / 4), p.hashes.get_mut(i))
-                && let (Some(w), Some(last)) = (w.get_mut(i % 4), last.get_mut(i % 4))
+                && let (Some(g), Some(mix)) = (p.msg.get_mut(i / 4), p.hashes.get_mut(i))
             {
-                let ([mw, mlast], z) = k.message(key.zone.0, key.proto);
-                (*w, *last, *mix) = (mw, mlast, z);
+                *mix = k.pack(key.zone.0, key.proto, g, i % 4);
                 p.valid |= 1 << i;
             }
         }
     }
 
-    /// Batch stage 1 for keys `t..t + 4` (those below `n`): hash them and prefetch their
-    /// home buckets. `GROUPED` keys (IPv4) are hashed four at once from their packed
-    /// messages (a vector SipHash where the CPU has AVX2); others one by one, with keys
-    /// further on prefetched.
+    /// Batch stage 1 for keys `t..t + 4` (those below `n`): hash them four at once from
+    /// their packed messages (a vector SipHash where the CPU has AVX2) and prefetch their
+    /// home buckets.
     #[inline(always)]
-    fn hash_stage<Q: Keys + ?Sized>(
-        &self,
-        p: &mut Pipeline,
-        keys: &Q,
-        mask: u64,
-        n: usize,
-        t: usize,
-    ) {
-        if K::GROUPED {
-            let Some(m) = p.msg.get(t / 4) else {
-                return;
-            };
-            let hashes = crate::conntrack::key::hash_group(&self.sip, m);
-            for (j, h) in hashes.into_iter().enumerate() {
-                let i = t + j;
-                if i < n
-                    && p.valid >> i & 1 != 0
-                    && let Some(slot) = p.hashes.get_mut(i)
-                {
-                    *slot ^= h;
-                    if let Some(b) = self.buckets.get(self.home(*slot)) {
-                        crate::sys::prefetch(b);
-                    }
-                }
-            }
+    fn hash_stage(&self, p: &mut Pipeline<K::Group>, n: usize, t: usize) {
+        let Some(m) = p.msg.get(t / 4) else {
             return;
-        }
-        for i in t..(t + 4).min(n) {
-            if let Some(ahead) = keys.key(i + LEAD_KEY) {
-                crate::sys::prefetch(ahead);
-            }
-            if mask >> i & 1 != 0
-                && let (Some(key), Some(h)) = (keys.key(i), p.hashes.get_mut(i))
-                && let Some(k) = K::from_flow(key)
+        };
+        let hashes = K::hash_group(&self.sip, m);
+        for (j, h) in hashes.into_iter().enumerate() {
+            let i = t + j;
+            if i < n
+                && p.valid >> i & 1 != 0
+                && let Some(slot) = p.hashes.get_mut(i)
             {
-                *h = k.hash(&self.sip, key.zone.0, key.proto);
-                p.valid |= 1 << i;
-                if let Some(b) = self.buckets.get(self.home(*h)) {
+                *slot ^= h;
+                if let Some(b) = self.buckets.get(self.home(*slot)) {
                     crate::sys::prefetch(b);
                 }
             }
@@ -248,7 +224,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// several matches or entries overflowed past this bucket; if nothing matched here, the
     /// entry can only be further on, so prefetch the next bucket.
     #[inline(always)]
-    fn bucket_stage(&self, p: &mut Pipeline, i: usize) {
+    fn bucket_stage(&self, p: &mut Pipeline<K::Group>, i: usize) {
         if i < BATCH
             && p.valid >> i & 1 != 0
             && let (Some(&h), Some(c)) = (p.hashes.get(i), p.cand.get_mut(i))
@@ -259,7 +235,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 let e = bk.e.get(mm.trailing_zeros() as usize).copied().unwrap_or(0);
                 let idx = (e & self.idx_mask).wrapping_sub(1);
                 if let Some(r) = self.recs.get(idx as usize) {
-                    crate::sys::prefetch(r);
+                    crate::sys::prefetch_all(r);
                 }
                 *c = idx;
             }
@@ -279,7 +255,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     #[inline(always)]
     fn record_stage<Q: Keys + ?Sized>(
         &self,
-        p: &mut Pipeline,
+        p: &mut Pipeline<K::Group>,
         keys: &Q,
         out: &mut [Option<Hit>],
         i: usize,
@@ -313,7 +289,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
 mod tests {
     use super::super::tests::k;
     use super::*;
-    use crate::conntrack::{SessionState, TableConfig, V4Key};
+    use crate::conntrack::{SessionState, TableConfig, V4Key, V6Key};
     use crate::flow::{ZoneId, proto};
     use crate::meta::{Direction, SessionRef};
     use crate::time::Instant;
@@ -325,6 +301,26 @@ mod tests {
     /// of the other family, and `out` shorter than `keys`.
     #[test]
     fn batch_equals_single_under_collisions_and_overflow() {
+        batch_equals_single::<V4Key>(k, [10, 0, 0, 1]);
+        // IPv6: the same flows with the addresses moved into 2001:db8::/96.
+        let k6 = |i: u32| {
+            let v4 = k(i);
+            let six = |a: &[u8]| {
+                let mut b = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                b[12..].copy_from_slice(&a[..4]);
+                b
+            };
+            let (s, d) = (six(v4.src_bytes()), six(v4.dst_bytes()));
+            FlowKey::v6(v4.zone, s, d, v4.proto, v4.src_port, v4.dst_port)
+        };
+        let mut d = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        d[12..].copy_from_slice(&[10, 0, 0, 1]);
+        batch_equals_single::<V6Key>(k6, d);
+    }
+
+    /// [`batch_equals_single_under_collisions_and_overflow`] for one family: `k` makes flow
+    /// `i` (whose destination is `dst`).
+    fn batch_equals_single<K: SessionKey>(k: impl Fn(u32) -> FlowKey, dst: impl AsRef<[u8]>) {
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -339,7 +335,7 @@ mod tests {
             (8, Some(1)),
             (12, None),
         ] {
-            let mut t: SessionTable<V4Key, u32> =
+            let mut t: SessionTable<K, u32> =
                 SessionTable::new(TableConfig::new(600, [5; 16])).unwrap();
             // Set while the table is empty, so every entry is made with the altered layout.
             t.tag_mask = !t.idx_mask & !(u32::MAX.checked_shr(tag_bits).unwrap_or(0));
@@ -364,7 +360,12 @@ mod tests {
                     assert_eq!(t.remove(*r), Some(*i));
                 }
             }
-            let v6 = FlowKey::v6(ZoneId(1), [1; 16], [2; 16], proto::UDP, 1, 2);
+            // A key of the other family: never found.
+            let other = if K::FAMILY == crate::Family::V4 {
+                FlowKey::v6(ZoneId(1), [1; 16], [2; 16], proto::UDP, 1, 2)
+            } else {
+                FlowKey::v4(ZoneId(1), [1; 4], [2; 4], proto::UDP, 1, 2)
+            };
             for round in 0..200 {
                 let n = (next() % 71) as usize;
                 // Each key with whether it must hit.
@@ -373,7 +374,7 @@ mod tests {
                         let j = (next() % 450) as u32;
                         match next() % 8 {
                             0 => (k(500 + j % 50), false),
-                            1 => (v6, false),
+                            1 => (other, false),
                             2..=4 => (k(j), j % 7 != 3),
                             _ => (k(j).reversed(), j % 7 != 3),
                         }
@@ -381,7 +382,7 @@ mod tests {
                     .collect();
                 let flows: Vec<FlowKey> = keys.iter().map(|(f, _)| *f).collect();
                 let mut out = [Some(Hit {
-                    session: SessionRef::new(crate::Family::V4, 7, 7),
+                    session: SessionRef::new(K::FAMILY, 7, 7),
                     direction: Direction::Reply,
                 }); 64];
                 let m = if round % 5 == 0 { 10 } else { 64 };
@@ -409,7 +410,7 @@ mod tests {
                 assert_eq!(mask.count_ones() as usize, chunk.len());
                 for (key, h) in chunk.iter().zip(out) {
                     let h = h.unwrap();
-                    let want = if key.dst_bytes() == [10, 0, 0, 1] {
+                    let want = if key.dst_bytes() == dst.as_ref() {
                         Direction::Original
                     } else {
                         Direction::Reply

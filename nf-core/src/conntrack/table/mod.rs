@@ -1087,10 +1087,11 @@ mod tests {
     }
 
     #[test]
-    fn record_is_one_cache_line() {
+    fn records_are_whole_cache_lines() {
         assert_eq!(core::mem::size_of::<Record<V4Key, [u8; 16]>>(), 64);
         assert_eq!(core::mem::align_of::<Record<V4Key, [u8; 16]>>(), 64);
-        assert_eq!(core::mem::size_of::<Record<V6Key, [u8; 16]>>(), 112);
+        assert_eq!(core::mem::size_of::<Record<V6Key, [u8; 16]>>(), 128);
+        assert_eq!(core::mem::align_of::<Record<V6Key, [u8; 16]>>(), 64);
         assert_eq!(core::mem::size_of::<Bucket>(), 64);
     }
 
