@@ -117,11 +117,7 @@ fn dissect(path: &std::path::Path, extra: &[&'static str]) -> Vec<common::Tshark
     let fields: Vec<&'static str> = F.iter().chain(extra).copied().collect();
     let rows = common::tshark_rows(path, &args, &fields);
     for (i, r) in rows.iter().enumerate() {
-        assert!(r["_ws.malformed"].is_empty(), "frame {i}: malformed: {r:?}");
-        for s in &r["_ws.expert.severity"] {
-            let sev = u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-            assert!(sev < 0x0060_0000, "frame {i}: expert severity {s}: {r:?}");
-        }
+        common::assert_dissected_clean(i, r);
     }
     rows
 }

@@ -135,6 +135,67 @@ pub fn scapy_cases(script: &str, tag: &str) -> Option<ScapyCases> {
     Some((rows, frames))
 }
 
+/// Wireshark's expert severity of a warning (`PI_WARN`): a frame of ours with expert info at
+/// this level or above fails the tests.
+pub const PI_WARN: u64 = 0x0060_0000;
+
+/// Asserts that tshark dissected frame `i` (`row`, with `_ws.malformed` and
+/// `_ws.expert.severity`) as well formed and without expert info at warning level or above.
+/// Severities print in hexadecimal or decimal, depending on the tshark version.
+pub fn assert_dissected_clean(i: usize, row: &TsharkRow) {
+    assert!(
+        row["_ws.malformed"].is_empty(),
+        "frame {i}: malformed: {row:?}"
+    );
+    for s in &row["_ws.expert.severity"] {
+        let sev = match s.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).unwrap(),
+            None => s.parse().unwrap(),
+        };
+        assert!(sev < PI_WARN, "frame {i}: expert severity {s}: {row:?}");
+    }
+}
+
+/// Writes the Ethernet `frames` to `NAME.pcap` in a fresh temporary directory and has tshark
+/// dissect them ([`tshark_rows`] of `fields`, which must include `_ws.malformed` and
+/// `_ws.expert.severity`): `-n`, IPv4, UDP and TCP checksums validated, TCP sequence
+/// analysis off (a test's segments are not a real conversation, and the analysis would
+/// comment on that rather than on the frames), the `disabled` protocols off (a payload that
+/// the ports suggest is TLS but is not). Every frame is asserted clean
+/// ([`assert_dissected_clean`]).
+pub fn dissect_clean(
+    name: &str,
+    frames: &[&[u8]],
+    disabled: &[&str],
+    fields: &[&'static str],
+) -> Vec<TsharkRow> {
+    use nf_examples::pcap::{CaptureWriter, Format, LINKTYPE_ETHERNET};
+    let dir = temp_dir(name);
+    let path = dir.join(format!("{name}.pcap"));
+    let mut w = CaptureWriter::new(std::fs::File::create(&path).unwrap(), Format::Pcap).unwrap();
+    for f in frames {
+        w.write(0, LINKTYPE_ETHERNET, f, None).unwrap();
+    }
+    drop(w);
+    let mut args = vec!["-n"];
+    for p in [
+        "ip.check_checksum:TRUE",
+        "udp.check_checksum:TRUE",
+        "tcp.check_checksum:TRUE",
+        "tcp.analyze_sequence_numbers:FALSE",
+    ] {
+        args.extend(["-o", p]);
+    }
+    for p in disabled {
+        args.extend(["--disable-protocol", p]);
+    }
+    let rows = tshark_rows(&path, &args, fields);
+    for (i, r) in rows.iter().enumerate() {
+        assert_dissected_clean(i, r);
+    }
+    rows
+}
+
 /// One frame as `tshark -T fields` prints it: field → its occurrences, outermost first.
 pub type TsharkRow = HashMap<&'static str, Vec<String>>;
 
