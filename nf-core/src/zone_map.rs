@@ -1,22 +1,21 @@
 //! [`ZoneMap`]: per-zone settings that a stage reads for every packet.
-//!
-//! Stages keep per-zone state (security-group rule sets, route tables, creation policies,
-//! rate limits) and look it up by the packet's [`ZoneId`]. A `BTreeMap` spends that lookup
-//! in a node scan whose branches mispredict when consecutive packets belong to different
-//! zones (about half of a security-group decision in `sg-stage`'s untracked case). Zone ids
-//! are usually small (interfaces, tenants numbered from 0), so a `ZoneMap` indexes ids below
-//! [`ZoneMap::DIRECT_IDS`] directly and keeps larger ones (VNIs, say) sorted for a binary
-//! search.
-//!
-//! Changes are for the control path: an insert or removal of a small id is O(1) amortised,
-//! of a large id O(n); the direct index grows to the largest small id present (4 bytes per
-//! id, at most 16 KiB).
 
 use crate::flow::key::ZoneId;
 use alloc::vec::Vec;
 
-/// A map from [`ZoneId`] to `V` made for one lookup per packet (see the
-/// [module docs](self)). Iterates in ascending zone order, like a `BTreeMap`.
+/// A map from [`ZoneId`] to `V` made for one lookup per packet.
+///
+/// Stages keep per-zone state (security-group rule sets, route tables, creation policies,
+/// rate limits) and look it up by the packet's zone. A `BTreeMap` spends that lookup in a
+/// node scan whose branches mispredict when consecutive packets belong to different zones
+/// (about half of a security-group decision in `sg-stage`'s untracked case). Zone ids are
+/// usually small (interfaces, tenants numbered from 0), so a `ZoneMap` indexes ids below
+/// [`ZoneMap::DIRECT_IDS`] directly and keeps larger ones (VNIs, say) sorted for a binary
+/// search. It iterates in ascending zone order, like a `BTreeMap`.
+///
+/// Changes are for the control path: an insert or removal of a small id is O(1) amortised,
+/// of a large id O(n); the direct index grows to the largest small id present (4 bytes per
+/// id, at most 16 KiB).
 ///
 /// ```
 /// use nf_core::{ZoneId, ZoneMap};
