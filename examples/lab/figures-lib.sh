@@ -75,7 +75,7 @@ else:
     out["lost_percent"] = round(s.get("lost_percent", 0.0), 2)
     # Of the lost: dropped by the receiver's own socket (delivered, but iperf3 fell behind).
     out["lost_at_receiver_socket"] = int(rcvbuf)
-if who == "nf":
+if who.startswith("nf"):
     out["gateway_cpu_percent"] = round(100 * cpu / hz / secs, 1)
 out["machine_softirq_percent"] = round(100 * soft / hz / secs, 1)
 print(json.dumps(out))
@@ -128,11 +128,19 @@ udp_search() {
 }
 
 table() {
+  table_n nf "$1" kernel "$2" -- "${@:3}"
+}
+
+# The Markdown table of IMPL TITLE pairs (one column each, in order), from the JSON lines
+# of the files after `--`.
+table_n() {
   python3 - "$@" <<'PY'
 import json, sys
-title_nf, title_kernel = sys.argv[1:3]
+args = sys.argv[1:]
+sep = args.index("--")
+cols = list(zip(args[:sep:2], args[1:sep:2]))
 rows = {}
-for path in sys.argv[3:]:
+for path in args[sep + 1:]:
     for line in open(path):
         r = json.loads(line); rows[(r["impl"], r["test"])] = r
 def cell(r, run):
@@ -144,14 +152,17 @@ def cell(r, run):
     return (f'{r["received_pps"]:,} pps received, {r["lost_percent"]}% lost'
             f' ({r.get("lost_at_receiver_socket", 0):,} of them at the receiving socket)')
 print()
-print(f"| | {title_nf} | {title_kernel} |")
-print("|---|---|---|")
+print("| | " + " | ".join(t for _, t in cols) + " |")
+print("|---|" + "---|" * len(cols))
 runs = [("tcp1", "iperf3 TCP, 1 stream"), ("tcp4", "iperf3 TCP, 4 streams"), ("udp64", "UDP 64 B, full speed")]
 if any(t == "udp64_under_1pct" for _, t in rows):
     runs.append(("udp64_under_1pct", "UDP 64 B, highest rate with < 1% lost (RFC 2544)"))
 for run, name in runs:
-    nf, k = rows.get(("nf", run)), rows.get(("kernel", run))
-    cpu = f' ({nf["gateway_cpu_percent"]}% CPU)' if nf and "gateway_cpu_percent" in nf else ""
-    print(f"| {name} | {cell(nf, run)}{cpu} | {cell(k, run)} |")
+    cells = []
+    for impl, _ in cols:
+        r = rows.get((impl, run))
+        cpu = f' ({r["gateway_cpu_percent"]}% CPU)' if r and "gateway_cpu_percent" in r else ""
+        cells.append(cell(r, run) + cpu)
+    print(f"| {name} | " + " | ".join(cells) + " |")
 PY
 }

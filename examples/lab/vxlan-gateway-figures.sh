@@ -10,6 +10,8 @@
 #      198.51.100.1 on vx0                        nf: vxlan-gateway on ug/og         198.51.100.2
 #      192.0.2.1 on ua                            kernel: vx1 over ug + bridge br0 with og
 #
+# nf runs twice: on AF_XDP (`--io xdp`) and on PACKET_MMAP rings (`--io packet`).
+#
 # iperf3 runs from a to b: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full
 # speed (packets received per second and the share lost), then at the highest offered rate
 # under 1% lost (`udp_search`, RFC 2544's throughput with a 1% loss bound). Checksum offload is off on the
@@ -49,8 +51,8 @@ lab() {
   ip -n "$B" link set ob up
 }
 
-start_nf() {
-  ip netns exec "$G" "$gw_bin" --underlay ug --overlay og --local 192.0.2.2 \
+start_nf() { # IO: xdp or packet
+  ip netns exec "$G" "$gw_bin" --io "$1" --underlay ug --overlay og --local 192.0.2.2 \
     --remote 192.0.2.1 --remote-mac 02:00:00:00:00:01 --vni 42 >"$tmp/gw.out" 2>&1 &
   gw_pid=$!
   own "$G" ug og
@@ -67,13 +69,17 @@ start_kernel() {
 }
 
 tmp=$(mktemp -d)
-lab; start_nf; measure nf vxlan-gateway "$A" "$B" 198.51.100.2 "$gw_pid" | tee "$tmp/nf.jsonl"
-udp_search nf vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/nf.jsonl"
-kill -INT "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=
-echo "--- vxlan-gateway counters" >&2; grep -E "drop|full|kernel_drops|partial|link_down" "$tmp/gw.out" | grep -v " 0$" >&2 || true
-for n in "$A" "$G" "$B"; do ip netns del "$n"; done
+for io in xdp packet; do
+  who=nf; [ "$io" = xdp ] || who=nf-$io
+  lab; start_nf "$io"; measure "$who" vxlan-gateway "$A" "$B" 198.51.100.2 "$gw_pid" | tee "$tmp/$who.jsonl"
+  udp_search "$who" vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/$who.jsonl"
+  kill -INT "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=
+  echo "--- vxlan-gateway --io $io counters" >&2; grep -E "AF_XDP|drop|full|kernel_drops|partial|link_down" "$tmp/gw.out" | grep -v " 0$" >&2 || true
+  for n in "$A" "$G" "$B"; do ip netns del "$n"; done
+done
 lab; start_kernel; measure kernel vxlan-gateway "$A" "$B" 198.51.100.2 "" | tee "$tmp/kernel.jsonl"
 udp_search kernel vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/kernel.jsonl"
 
-table "nf gateway (PACKET_MMAP rings)" "kernel VXLAN + bridge" "$tmp/nf.jsonl" "$tmp/kernel.jsonl"
+table_n nf "nf gateway (AF_XDP, --io xdp)" nf-packet "nf gateway (PACKET_MMAP rings)" kernel "kernel VXLAN + bridge" \
+  -- "$tmp/nf.jsonl" "$tmp/nf-packet.jsonl" "$tmp/kernel.jsonl"
 rm -rf "$tmp"

@@ -39,6 +39,7 @@
     reason = "system calls and the rings shared with the kernel, behind safe functions"
 )]
 mod sys;
+pub mod xdp;
 
 use nf_core::{Batch, Packet};
 use std::io;
@@ -620,4 +621,16 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 /// `poll` failed.
 pub fn wait(rings: &[&RxRing], timeout_ms: i32, events: &mut [PollEvents]) -> io::Result<usize> {
     sys::poll(rings.iter().map(|r| r.as_fd()), timeout_ms, events)
+}
+
+/// [`wait`] on any descriptors (receive rings, [`xdp::XdpPort`]s), at most 8.
+///
+/// # Errors
+/// `poll` failed.
+pub fn wait_fds(
+    fds: &[BorrowedFd<'_>],
+    timeout_ms: i32,
+    events: &mut [PollEvents],
+) -> io::Result<usize> {
+    sys::poll(fds.iter().copied(), timeout_ms, events)
 }

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::{seq_frame as frame, seq_frame_len as size_of_seq, seq_of};
+
 use nf_core::Batch;
 use nf_examples::io::{
     Interface, PollEvents, RingConfig, RingFrame, RxRing, TxError, TxRing, wait,
@@ -22,8 +24,6 @@ use std::time::{Duration, Instant};
 
 /// Set in the re-run inside the namespace.
 const CHILD: &str = "NF_PACKET_RINGS_CHILD";
-/// An EtherType for local experiments (IEEE 802 "local experimental 1").
-const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// Sequence numbers of the flood in part 2 (ignored by [`receive`]).
 const FLOOD: u32 = 200_000;
 
@@ -41,88 +41,13 @@ fn rings_carry_frames_through_a_veth_pair_and_survive_link_flaps() {
     if !common::require("ip", &["-V"]) {
         return;
     }
-    let ns = format!("nfring-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let o = Command::new("ip").args(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    ip(&["netns", "add", &ns]);
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone());
-    ip(&[
-        "-n", &ns, "link", "add", "ra", "type", "veth", "peer", "name", "rb",
-    ]);
-    for dev in ["ra", "rb"] {
-        // No IPv6 on them: nothing but our frames on the wire.
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
-            ])
-            .status();
-        ip(&["-n", &ns, "link", "set", dev, "up"]);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(exe)
-        .args([
-            "--exact",
-            "rings_carry_frames_through_a_veth_pair_and_survive_link_flaps",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    common::rerun_in_veth_namespace(
+        "nfring",
+        ("ra", "rb"),
+        "rings_carry_frames_through_a_veth_pair_and_survive_link_flaps",
+        CHILD,
+        "packet_rings: ok",
     );
-    assert!(out.status.success(), "the run inside {ns} failed:\n{text}");
-    assert!(
-        text.contains("packet_rings: ok"),
-        "the run inside {ns} did not finish:\n{text}"
-    );
-}
-
-/// A test frame: broadcast, our EtherType, sequence number, `len` bytes in all.
-fn frame(seq: u32, len: usize) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
-    f.extend_from_slice(&ETHERTYPE);
-    f.extend_from_slice(&seq.to_be_bytes());
-    let mut x = u64::from(seq) | 1;
-    while f.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.push(x as u8);
-    }
-    f
-}
-
-/// The sequence number of one of our frames.
-fn seq_of(f: &[u8]) -> Option<u32> {
-    (f.get(12..14) == Some(&ETHERTYPE[..]))
-        .then(|| u32::from_be_bytes(f[14..18].try_into().unwrap()))
-}
-
-fn size_of_seq(seq: u32) -> usize {
-    60 + (seq as usize * 37) % 1400
 }
 
 /// Receives our frames into `got` (checking each) until `want` arrived or 3 s passed.

@@ -82,7 +82,9 @@ mod linux {
         Batch, DropReason, Instant, ParseStage, Stage, StageControl, StageCounters, Verdict, ZoneId,
     };
     use nf_examples::io::{
-        Interface, PollEvents, RingConfig, RingFrame, RxChecksum, RxRing, TxRing, parse_mac, wait,
+        Interface, PollEvents, RingConfig, RingFrame, RxChecksum, RxCounters, RxRing, TxCounters,
+        TxRing, parse_mac, wait_fds,
+        xdp::{XdpConfig, XdpPort},
     };
     use nf_examples::prometheus::{self, MetricsServer};
     use nf_examples::say;
@@ -92,6 +94,7 @@ mod linux {
         VniTable, ZoneMap,
     };
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::os::fd::{AsFd, BorrowedFd};
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,7 +109,7 @@ mod linux {
     const USAGE: &str = "\
 usage: vxlan-gateway --underlay IF --overlay IF --local IPV4 --remote IPV4
                      --remote-mac MAC --vni N [--port P] [--udp-checksum]
-                     [--duration SECS] [--metrics ADDR]
+                     [--io packet|xdp] [--duration SECS] [--metrics ADDR]
 
 Bridges the Ethernet segment on the overlay interface into a VXLAN tunnel to one
 remote VTEP reached over the underlay interface (run as root; both interfaces
@@ -120,6 +123,8 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
   --vni N            the VXLAN network identifier (24 bits)
   --port P           VXLAN UDP port (default 4789; Linux's old default is 8472)
   --udp-checksum     compute outer UDP checksums (default: zero, as RFC 7348 allows)
+  --io packet|xdp    frame I/O: PACKET_MMAP rings (default) or AF_XDP sockets with an
+                     XDP program (driver mode where the interface has it)
   --duration SECS    exit after SECS seconds
   --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)
   -h, --help         this text";
@@ -137,6 +142,16 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         udp_checksum: bool,
         duration: Option<f64>,
         metrics: Option<SocketAddr>,
+        io: IoKind,
+    }
+
+    /// Which frame I/O the ports use.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum IoKind {
+        /// `PACKET_MMAP` rings ([`RxRing`], [`TxRing`]).
+        Packet,
+        /// AF_XDP ([`XdpPort`]).
+        Xdp,
     }
 
     pub(crate) fn main() -> ExitCode {
@@ -152,7 +167,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut underlay, mut overlay, mut local, mut remote) = (None, None, None, None);
         let (mut remote_mac, mut vni, mut duration, mut metrics) = (None, None, None, None);
-        let (mut port, mut udp_checksum) = (nf_tunnel::VXLAN_PORT, false);
+        let (mut port, mut udp_checksum, mut io) = (nf_tunnel::VXLAN_PORT, false, IoKind::Packet);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -179,6 +194,13 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                     )
                 }
                 "--port" => port = value.parse().map_err(|_| bad("a UDP port"))?,
+                "--io" => {
+                    io = match value.as_str() {
+                        "packet" => IoKind::Packet,
+                        "xdp" => IoKind::Xdp,
+                        _ => return Err(bad("packet or xdp")),
+                    }
+                }
                 "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
                 _ => return Err(format!("unknown option {flag}")),
@@ -196,6 +218,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             udp_checksum,
             duration,
             metrics,
+            io,
         }))
     }
 
@@ -205,31 +228,53 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
     }
 
-    /// One interface: its raw socket, MAC, largest frame, and frame counters.
-    /// One interface: its receive ring, its transmit ring and what it counted.
+    /// One interface: its frame I/O and what it counted.
     struct Port {
         iface: Interface,
-        rx: RxRing,
-        tx: TxRing,
+        io: PortIo,
         /// The largest frame the interface sends (its MTU plus the Ethernet header).
         frame_max: usize,
         /// Frames received whose transport checksum the sender left to offload.
         checksum_partial: u64,
     }
 
+    /// A port's frames: through `PACKET_MMAP` rings or an AF_XDP socket.
+    enum PortIo {
+        Rings { rx: RxRing, tx: TxRing },
+        Xdp(Box<XdpPort>),
+    }
+
     impl Port {
-        fn open(name: &str) -> Result<Self, String> {
+        fn open(name: &str, kind: IoKind) -> Result<Self, String> {
             let iface = Interface::by_name(name).map_err(|e| format!("interface {name}: {e}"))?;
             let frame_max = iface.mtu + 14;
-            let cfg = RingConfig::default().with_frames_up_to(frame_max + VXLAN_OVERHEAD);
-            let rx =
-                RxRing::open(&iface, &cfg).map_err(|e| format!("receive ring on {name}: {e}"))?;
-            let tx =
-                TxRing::open(&iface, &cfg).map_err(|e| format!("transmit ring on {name}: {e}"))?;
+            let io = match kind {
+                IoKind::Packet => {
+                    let cfg = RingConfig::default().with_frames_up_to(frame_max + VXLAN_OVERHEAD);
+                    let rx = RxRing::open(&iface, &cfg)
+                        .map_err(|e| format!("receive ring on {name}: {e}"))?;
+                    let tx = TxRing::open(&iface, &cfg)
+                        .map_err(|e| format!("transmit ring on {name}: {e}"))?;
+                    PortIo::Rings { rx, tx }
+                }
+                IoKind::Xdp => {
+                    let mut cfg = XdpConfig::default();
+                    // The kernel's 256 bytes of headroom, our encap headers, the frame.
+                    if 256 + VXLAN_OVERHEAD + frame_max > 2048 {
+                        cfg.chunk = 4096;
+                    }
+                    let port = XdpPort::open(&iface, &cfg)
+                        .map_err(|e| format!("AF_XDP socket on {name}: {e}"))?;
+                    say!(
+                        "vxlan-gateway: {name}: AF_XDP, XDP program in {:?} mode",
+                        port.mode()
+                    );
+                    PortIo::Xdp(Box::new(port))
+                }
+            };
             Ok(Self {
                 iface,
-                rx,
-                tx,
+                io,
                 frame_max,
                 checksum_partial: 0,
             })
@@ -241,12 +286,18 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
 
         /// Queues `frame` (counted by the ring when it does not fit or the ring is full).
         fn send(&mut self, frame: &[u8]) {
-            let _ = self.tx.send(frame);
+            let _ = match &mut self.io {
+                PortIo::Rings { tx, .. } => tx.send(frame),
+                PortIo::Xdp(x) => x.send(frame),
+            };
         }
 
         /// Receives into `batch`, counting frames that lack their transport checksum.
         fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
-            let n = self.rx.recv(batch);
+            let n = match &mut self.io {
+                PortIo::Rings { rx, .. } => rx.recv(batch),
+                PortIo::Xdp(x) => x.recv(batch),
+            };
             self.checksum_partial += batch
                 .packets()
                 .iter()
@@ -257,10 +308,40 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
 
         /// Sends what is queued; a failure other than a down link ends the gateway.
         fn flush(&mut self) -> Result<(), String> {
-            self.tx
-                .flush()
-                .map(drop)
-                .map_err(|e| format!("sending on {}: {e}", self.iface.name))
+            match &mut self.io {
+                PortIo::Rings { tx, .. } => tx.flush(),
+                PortIo::Xdp(x) => x.flush(),
+            }
+            .map(drop)
+            .map_err(|e| format!("sending on {}: {e}", self.iface.name))
+        }
+
+        fn fd(&self) -> BorrowedFd<'_> {
+            match &self.io {
+                PortIo::Rings { rx, .. } => rx.as_fd(),
+                PortIo::Xdp(x) => x.as_fd(),
+            }
+        }
+
+        fn take_error(&mut self) -> Option<std::io::Error> {
+            match &mut self.io {
+                PortIo::Rings { rx, .. } => rx.take_error(),
+                PortIo::Xdp(x) => x.take_error(),
+            }
+        }
+
+        fn update_kernel_stats(&mut self) {
+            let _ = match &mut self.io {
+                PortIo::Rings { rx, .. } => rx.update_kernel_stats(),
+                PortIo::Xdp(x) => x.update_kernel_stats(),
+            };
+        }
+
+        fn counters(&self) -> (RxCounters, TxCounters) {
+            match &self.io {
+                PortIo::Rings { rx, tx } => (rx.counters(), tx.counters()),
+                PortIo::Xdp(x) => (x.rx_counters(), x.tx_counters()),
+            }
         }
     }
 
@@ -350,7 +431,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         fn print_counters(&self, secs: f64) {
             say!("vxlan-gateway: stopped after {secs:.2} s");
             for (side, p) in [("underlay", &self.under), ("overlay", &self.over)] {
-                let (rx, tx) = (p.rx.counters(), p.tx.counters());
+                let (rx, tx) = p.counters();
                 say!("{side}.rx {}", rx.frames);
                 say!("{side}.rx_kernel_drops {}", rx.kernel_drops);
                 say!("{side}.link_down {}", rx.link_down);
@@ -387,8 +468,8 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             signal_hook::flag::register(sig, Arc::clone(&stop))
                 .map_err(|e| format!("signal handler: {e}"))?;
         }
-        let under = Port::open(&args.underlay)?;
-        let over = Port::open(&args.overlay)?;
+        let under = Port::open(&args.underlay, args.io)?;
+        let over = Port::open(&args.overlay, args.io)?;
 
         let decap = DecapConfig {
             ports: vec![(args.port, TunnelKind::Vxlan)],
@@ -464,11 +545,11 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 published = std::time::Instant::now();
             }
             if moved == 0 {
-                wait(&[&gw.under.rx, &gw.over.rx], IDLE_WAIT_MS, &mut events)
+                wait_fds(&[gw.under.fd(), gw.over.fd()], IDLE_WAIT_MS, &mut events)
                     .map_err(|e| format!("waiting for frames: {e}"))?;
                 for (ev, port) in events.iter().zip([&mut gw.under, &mut gw.over]) {
                     if ev.error
-                        && let Some(e) = port.rx.take_error()
+                        && let Some(e) = port.take_error()
                     {
                         eprintln!(
                             "vxlan-gateway: {}: {e}; waiting for it to come back",
@@ -479,7 +560,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             }
         }
         for p in [&mut gw.under, &mut gw.over] {
-            let _ = p.rx.update_kernel_stats();
+            p.update_kernel_stats();
         }
         gw.print_counters(start.elapsed().as_secs_f64());
         Ok(())
@@ -496,7 +577,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 argv(
                     "--underlay ug --overlay og --local 192.0.2.2 --remote 192.0.2.1 \
                      --remote-mac 02:00:00:00:00:01 --vni 42 --udp-checksum --duration 1.5 \
-                     --metrics 127.0.0.1:9464",
+                     --metrics 127.0.0.1:9464 --io xdp",
                 )
                 .into_iter(),
             )
@@ -506,6 +587,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             assert_eq!((a.vni, a.port, a.udp_checksum), (42, 4789, true));
             assert_eq!(a.duration, Some(1.5));
             assert_eq!(a.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+            assert_eq!(a.io, IoKind::Xdp);
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             for bad in [
                 "--vni 16777216",
@@ -515,6 +597,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 "--duration -1",
                 "--metrics 9464",
                 "--bogus 1",
+                "--io tap",
                 "--vni",
                 "--underlay ug",
             ] {

@@ -1,10 +1,11 @@
 //! The system calls and shared-memory accesses behind [`super`]: AF_PACKET sockets, the
-//! `PACKET_MMAP` ring mapping, `poll` and the transmit kick. Everything `unsafe` in the
-//! examples crate is here, behind safe functions.
+//! `PACKET_MMAP` ring mapping, AF_XDP sockets with their rings and UMEM and the `bpf`
+//! calls that steer frames to them, `poll` and the transmit kick. Everything `unsafe` in
+//! the examples crate is here, behind safe functions.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use super::PollEvents;
 
@@ -167,6 +168,201 @@ pub(super) fn poll<'a>(
     Ok(usize::try_from(ready).unwrap_or(0))
 }
 
+/// `bpf(cmd, attr)`: `attr` is the kernel's `union bpf_attr`, zero beyond what the command
+/// reads. Returns the call's value (a new descriptor for the commands that make one).
+fn bpf(cmd: libc::c_int, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is 128 writable bytes for the duration of the call, the size passed;
+    // every pointer inside it (set by the callers) points to memory they keep alive across
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            libc::c_long::from(cmd),
+            attr.as_mut_ptr(),
+            size_of::<[u64; 16]>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// [`bpf`] for a command that returns a new descriptor.
+fn bpf_fd(cmd: libc::c_int, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
+    let fd = libc::c_int::try_from(bpf(cmd, attr)?)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned `fd` as a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_MAP_CREATE` of a `BPF_MAP_TYPE_XSKMAP` with `entries` slots (queue → socket).
+pub(super) fn xskmap_create(entries: u32) -> io::Result<OwnedFd> {
+    const BPF_MAP_CREATE: libc::c_int = 0;
+    const BPF_MAP_TYPE_XSKMAP: u64 = 17;
+    let mut attr = [0u64; 16];
+    // map_type, key_size (4), value_size (4), max_entries.
+    attr[0] = BPF_MAP_TYPE_XSKMAP | 4 << 32;
+    attr[1] = 4 | u64::from(entries) << 32;
+    bpf_fd(BPF_MAP_CREATE, &mut attr)
+}
+
+/// `BPF_MAP_UPDATE_ELEM`: `map[key] = value` (an XSKMAP: queue → socket descriptor).
+pub(super) fn map_update(map: &OwnedFd, key: u32, value: &OwnedFd) -> io::Result<()> {
+    const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+    let v = u32::try_from(value.as_raw_fd())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(u32::try_from(map.as_raw_fd()).unwrap_or(0));
+    attr[1] = core::ptr::from_ref(&key) as u64;
+    attr[2] = core::ptr::from_ref(&v) as u64;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_PROG_LOAD` of an XDP program of `insns` (eBPF instructions, 8 bytes each). The
+/// verifier's log is returned in the error when it refuses the program.
+pub(super) fn xdp_prog_load(insns: &[u64]) -> io::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_int = 5;
+    const BPF_PROG_TYPE_XDP: u64 = 6;
+    let license = c"Dual MIT/GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = [0u64; 16];
+    let n = u64::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    attr[0] = BPF_PROG_TYPE_XDP | n << 32;
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // log_level 1, log_size; then log_buf.
+    attr[3] = 1 | (log.len() as u64) << 32;
+    attr[4] = log.as_mut_ptr() as u64;
+    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(log.get(..end).unwrap_or(&[]));
+        io::Error::new(e.kind(), format!("{e}; verifier: {}", text.trim()))
+    })
+}
+
+/// `BPF_LINK_CREATE`: attaches XDP program `prog` to interface `ifindex` with `flags`
+/// (`XDP_FLAGS_DRV_MODE` or `XDP_FLAGS_SKB_MODE`); detached when the link closes.
+pub(super) fn xdp_link(prog: &OwnedFd, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_int = 28;
+    const BPF_XDP: u64 = 37;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(u32::try_from(prog.as_raw_fd()).unwrap_or(0)) | u64::from(ifindex) << 32;
+    attr[1] = BPF_XDP | u64::from(flags) << 32;
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+/// An AF_XDP socket.
+pub(super) fn xdp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with constant arguments; a non-negative result is a fresh
+    // descriptor that nothing else owns.
+    let fd = check(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by `socket` and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `setsockopt(fd, SOL_XDP, opt, value)` for any plain-data `value`.
+pub(super) fn set_xdp_opt<T: Copy>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `value` points to `len` readable bytes for the duration of the call; the
+    // kernel copies them and keeps no pointer (a UMEM registration's address is memory the
+    // caller keeps mapped for as long as the socket lives).
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            core::ptr::from_ref(value).cast(),
+            len,
+        )
+    })
+    .map(drop)
+}
+
+/// Registers `umem` (chunks of `chunk` bytes, `headroom` bytes kept free in front of each
+/// received frame) with AF_XDP socket `fd`.
+pub(super) fn xdp_umem_reg(
+    fd: &OwnedFd,
+    umem: &Mapping,
+    chunk: u32,
+    headroom: u32,
+) -> io::Result<()> {
+    let reg = libc::xdp_umem_reg_v1 {
+        addr: umem.address(),
+        len: umem.len() as u64,
+        chunk_size: chunk,
+        headroom,
+    };
+    set_xdp_opt(fd, libc::XDP_UMEM_REG, &reg)
+}
+
+/// The offsets of the producer, consumer, descriptors and flags in each of `fd`'s four
+/// rings (`XDP_MMAP_OFFSETS`).
+pub(super) fn xdp_offsets(fd: &OwnedFd) -> io::Result<libc::xdp_mmap_offsets> {
+    // SAFETY: plain old data; all zeroes is a valid value.
+    let mut off: libc::xdp_mmap_offsets = unsafe { core::mem::zeroed() };
+    let mut len = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+    // SAFETY: `off` is writable for `len` bytes; the kernel writes at most that.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_MMAP_OFFSETS,
+            core::ptr::from_mut(&mut off).cast(),
+            &raw mut len,
+        )
+    })?;
+    if len as usize != size_of::<libc::xdp_mmap_offsets>() {
+        // Kernels before 5.4 answer without the flags words.
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "AF_XDP ring offsets without flags",
+        ));
+    }
+    Ok(off)
+}
+
+/// The kernel's counts for AF_XDP socket `fd` (`XDP_STATISTICS`, since it was opened).
+pub(super) fn xdp_stats(fd: &OwnedFd) -> io::Result<libc::xdp_statistics> {
+    // SAFETY: plain old data; all zeroes is a valid value.
+    let mut st: libc::xdp_statistics = unsafe { core::mem::zeroed() };
+    let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    // SAFETY: `st` is writable for `len` bytes; the kernel writes at most that (older
+    // kernels fewer: the rest stays zero).
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            core::ptr::from_mut(&mut st).cast(),
+            &raw mut len,
+        )
+    })?;
+    Ok(st)
+}
+
+/// Binds AF_XDP socket `fd` to queue `queue` of interface `ifindex` with `flags`.
+pub(super) fn xdp_bind(fd: &OwnedFd, ifindex: u32, queue: u32, flags: u16) -> io::Result<()> {
+    let sa = libc::sockaddr_xdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: flags,
+        sxdp_ifindex: ifindex,
+        sxdp_queue_id: queue,
+        sxdp_shared_umem_fd: 0,
+    };
+    // SAFETY: `sa` is a valid `sockaddr_xdp` of the length passed.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            core::ptr::from_ref(&sa).cast(),
+            size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// Pins the calling thread to CPU `cpu`.
 pub(super) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: plain old data; all zeroes is the empty set.
@@ -202,43 +398,82 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `fd`'s ring(s), with `slots` hold flags.
     pub(super) fn new(fd: &OwnedFd, len: usize, slots: usize) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of the socket's ring; the kernel checks `len`
-        // against the ring it set up. The result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_LOCKED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
-            )
+        Self::map(Some(fd), len, 0, slots)
+    }
+
+    /// Maps `len` bytes of `fd` from byte `offset` (an AF_XDP ring: the offset names which),
+    /// or, without `fd`, `len` bytes of fresh zeroed memory (an AF_XDP UMEM); with `slots`
+    /// hold flags.
+    pub(super) fn map(
+        fd: Option<&OwnedFd>,
+        len: usize,
+        offset: libc::off_t,
+        slots: usize,
+    ) -> io::Result<Self> {
+        let (flags, raw) = match fd {
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
         };
-        let ptr = if ptr == libc::MAP_FAILED {
-            // MAP_LOCKED fails under a low RLIMIT_MEMLOCK: map without it.
-            // SAFETY: as above.
-            let p = unsafe {
+        let mmap = |extra: libc::c_int| {
+            // SAFETY: a fresh mapping (of the socket's ring, whose size the kernel checks
+            // against what it set up, or anonymous memory); the result is checked before use.
+            unsafe {
                 libc::mmap(
                     core::ptr::null_mut(),
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_POPULATE,
-                    fd.as_raw_fd(),
-                    0,
+                    flags | libc::MAP_POPULATE | extra,
+                    raw,
+                    offset,
                 )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
             }
-            p
-        } else {
-            ptr
         };
+        let mut ptr = mmap(libc::MAP_LOCKED);
+        if ptr == libc::MAP_FAILED {
+            // MAP_LOCKED fails under a low RLIMIT_MEMLOCK: map without it.
+            ptr = mmap(0);
+        }
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self {
             ptr: ptr.cast(),
             len,
             held: (0..slots).map(|_| AtomicU8::new(0)).collect(),
         })
+    }
+
+    /// The mapping's address, as an AF_XDP UMEM registration names it.
+    pub(super) fn address(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Its length in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 64-bit ring word at `off` (8-aligned, inside the mapping).
+    fn word64(&self, off: usize) -> Option<&AtomicU64> {
+        if !off.is_multiple_of(8) || off.checked_add(8)? > self.len {
+            return None;
+        }
+        // SAFETY: as in `word`, for 8 bytes at an 8-aligned offset.
+        Some(unsafe { &*self.ptr.add(off).cast::<AtomicU64>() })
+    }
+
+    /// A plain 64-bit ring entry at `off` (an AF_XDP address) that the kernel wrote before
+    /// the producer index we loaded.
+    pub(super) fn read_u64(&self, off: usize) -> Option<u64> {
+        self.word64(off).map(|w| w.load(Ordering::Relaxed))
+    }
+
+    /// Writes a 64-bit ring entry at `off` of a ring we produce (published by the release
+    /// store of the producer index that follows).
+    pub(super) fn write_u64(&self, off: usize, v: u64) {
+        if let Some(w) = self.word64(off) {
+            w.store(v, Ordering::Relaxed);
+        }
     }
 
     /// The ring word at `off` (4-aligned, inside the mapping), shared with the kernel.

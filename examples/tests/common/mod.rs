@@ -454,3 +454,99 @@ impl Lab {
         wait_for(&lines, "echo ready", 10, &mut Vec::new());
     }
 }
+
+/// Runs test `test` of the calling test binary again inside a fresh network namespace
+/// (`ip netns exec NS <this binary>`, with `child_env` set) that holds one veth pair
+/// `veths`, both ends up and without IPv6 (nothing but the test's frames on the wire); the
+/// namespace is removed afterwards, also on failure. Returns the inner run's output, which
+/// must contain `done` (its last line when it finished).
+///
+/// # Panics
+/// A setup step failed, or the inner run failed or did not print `done`.
+pub fn rerun_in_veth_namespace(
+    prefix: &str,
+    veths: (&str, &str),
+    test: &str,
+    child_env: &str,
+    done: &str,
+) -> String {
+    let ns = format!("{prefix}-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().expect("ip");
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ip(&["netns", "add", &ns]);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    ip(&[
+        "-n", &ns, "link", "add", veths.0, "type", "veth", "peer", "name", veths.1,
+    ]);
+    for dev in [veths.0, veths.1] {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "sysctl", "-qw"])
+            .arg(format!("net.ipv6.conf.{dev}.disable_ipv6=1"))
+            .status();
+        ip(&["-n", &ns, "link", "set", dev, "up"]);
+    }
+    let exe = std::env::current_exe().expect("this test binary");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture"])
+        .env(child_env, "1")
+        .output()
+        .expect("ip netns exec");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the run inside {ns} failed:\n{text}");
+    assert!(
+        text.contains(done),
+        "the run inside {ns} did not finish:\n{text}"
+    );
+    text
+}
+
+/// An EtherType for local experiments (IEEE 802 "local experimental 1"): the frames of
+/// [`seq_frame`].
+pub const LOCAL_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+
+/// A numbered test frame: broadcast, [`LOCAL_ETHERTYPE`], sequence number `seq`, then
+/// bytes derived from it, `len` bytes in all (18 at least).
+pub fn seq_frame(seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+    f.extend_from_slice(&LOCAL_ETHERTYPE);
+    f.extend_from_slice(&seq.to_be_bytes());
+    let mut x = u64::from(seq) | 1;
+    while f.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.push(x as u8);
+    }
+    f
+}
+
+/// The sequence number of a [`seq_frame`]; `None` for other frames.
+pub fn seq_of(f: &[u8]) -> Option<u32> {
+    let seq = f.get(14..18)?;
+    (f.get(12..14) == Some(&LOCAL_ETHERTYPE[..]))
+        .then(|| u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]))
+}
+
+/// The length the ring tests give frame `seq`: 60 to 1459 bytes, varying.
+pub fn seq_frame_len(seq: u32) -> usize {
+    60 + (seq as usize * 37) % 1400
+}
