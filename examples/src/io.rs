@@ -22,7 +22,11 @@
 //!   `TPACKET_V2` transmit ring and the qdisc bypassed. [`TxRing::send`] copies a frame into
 //!   the next free slot; [`TxRing::flush`] asks the kernel to send all of them with one
 //!   `sendto`.
-//! - [`wait`] blocks in one `poll` on any number of receive rings.
+//! - [`wait`] blocks in one `poll` on any number of receive rings ([`wait_fds`]: on any
+//!   descriptors).
+//! - [`xdp::XdpPort`]: one interface's receive and transmit path on an AF_XDP socket, with
+//!   the XDP program that steers frames to it; its frames are [`RingFrame`]s too, so stages
+//!   and loops written for the rings take them unchanged.
 //!
 //! **Interfaces that go down and come back** are survived: a receive ring reports the
 //! kernel's `ENETDOWN` once ([`RxRing::take_error`], counted in [`RxCounters::link_down`]),

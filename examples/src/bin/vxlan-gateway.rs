@@ -109,7 +109,7 @@ mod linux {
     const USAGE: &str = "\
 usage: vxlan-gateway --underlay IF --overlay IF --local IPV4 --remote IPV4
                      --remote-mac MAC --vni N [--port P] [--udp-checksum]
-                     [--io packet|xdp] [--duration SECS] [--metrics ADDR]
+                     [--io packet|xdp] [--cpu N] [--duration SECS] [--metrics ADDR]
 
 Bridges the Ethernet segment on the overlay interface into a VXLAN tunnel to one
 remote VTEP reached over the underlay interface (run as root; both interfaces
@@ -125,6 +125,8 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
   --udp-checksum     compute outer UDP checksums (default: zero, as RFC 7348 allows)
   --io packet|xdp    frame I/O: PACKET_MMAP rings (default) or AF_XDP sockets with an
                      XDP program (driver mode where the interface has it)
+  --cpu N            pin the packet loop to CPU N (the scheduler then never moves it
+                     while the receiving host's socket waits for it)
   --duration SECS    exit after SECS seconds
   --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464)
   -h, --help         this text";
@@ -143,6 +145,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         duration: Option<f64>,
         metrics: Option<SocketAddr>,
         io: IoKind,
+        cpu: Option<usize>,
     }
 
     /// Which frame I/O the ports use.
@@ -168,6 +171,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         let (mut underlay, mut overlay, mut local, mut remote) = (None, None, None, None);
         let (mut remote_mac, mut vni, mut duration, mut metrics) = (None, None, None, None);
         let (mut port, mut udp_checksum, mut io) = (nf_tunnel::VXLAN_PORT, false, IoKind::Packet);
+        let mut cpu = None;
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -194,6 +198,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                     )
                 }
                 "--port" => port = value.parse().map_err(|_| bad("a UDP port"))?,
+                "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
                 "--io" => {
                     io = match value.as_str() {
                         "packet" => IoKind::Packet,
@@ -219,6 +224,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             duration,
             metrics,
             io,
+            cpu,
         }))
     }
 
@@ -468,6 +474,9 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             signal_hook::flag::register(sig, Arc::clone(&stop))
                 .map_err(|e| format!("signal handler: {e}"))?;
         }
+        if let Some(cpu) = args.cpu {
+            nf_examples::io::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        }
         let under = Port::open(&args.underlay, args.io)?;
         let over = Port::open(&args.overlay, args.io)?;
 
@@ -577,7 +586,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 argv(
                     "--underlay ug --overlay og --local 192.0.2.2 --remote 192.0.2.1 \
                      --remote-mac 02:00:00:00:00:01 --vni 42 --udp-checksum --duration 1.5 \
-                     --metrics 127.0.0.1:9464 --io xdp",
+                     --metrics 127.0.0.1:9464 --io xdp --cpu 1",
                 )
                 .into_iter(),
             )
@@ -587,7 +596,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             assert_eq!((a.vni, a.port, a.udp_checksum), (42, 4789, true));
             assert_eq!(a.duration, Some(1.5));
             assert_eq!(a.metrics, Some("127.0.0.1:9464".parse().unwrap()));
-            assert_eq!(a.io, IoKind::Xdp);
+            assert_eq!((a.io, a.cpu), (IoKind::Xdp, Some(1)));
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             for bad in [
                 "--vni 16777216",
@@ -598,6 +607,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 "--metrics 9464",
                 "--bogus 1",
                 "--io tap",
+                "--cpu -1",
                 "--vni",
                 "--underlay ug",
             ] {
