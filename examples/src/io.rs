@@ -638,3 +638,149 @@ pub fn wait_fds(
 ) -> io::Result<usize> {
     sys::poll(fds.iter().copied(), timeout_ms, events)
 }
+
+/// Which frame I/O a [`Link`] uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoKind {
+    /// `PACKET_MMAP` rings ([`RxRing`], [`TxRing`]).
+    #[default]
+    Packet,
+    /// An AF_XDP socket and its XDP program ([`xdp::XdpPort`]).
+    Xdp,
+}
+
+impl std::str::FromStr for IoKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "packet" => Ok(Self::Packet),
+            "xdp" => Ok(Self::Xdp),
+            _ => Err(format!("{s}: not packet or xdp")),
+        }
+    }
+}
+
+/// One interface's receive and transmit path, on either I/O: what the example programs'
+/// ports hold, so that one `--io` option picks it. Frames are [`RingFrame`]s either way.
+pub enum Link {
+    /// `PACKET_MMAP` rings.
+    Rings {
+        /// The receive ring.
+        rx: RxRing,
+        /// The transmit ring.
+        tx: TxRing,
+    },
+    /// An AF_XDP socket.
+    Xdp(Box<xdp::XdpPort>),
+}
+
+impl Link {
+    /// Opens `iface` for frames of up to `frame` bytes (Ethernet header included) with at
+    /// least `rings.headroom` bytes free in front of each received one.
+    ///
+    /// # Errors
+    /// What [`RxRing::open`], [`TxRing::open`] or [`xdp::XdpPort::open`] say.
+    pub fn open(
+        iface: &Interface,
+        kind: IoKind,
+        rings: &RingConfig,
+        frame: usize,
+    ) -> io::Result<Self> {
+        Ok(match kind {
+            IoKind::Packet => {
+                let cfg = rings.with_frames_up_to(frame);
+                Self::Rings {
+                    rx: RxRing::open(iface, &cfg)?,
+                    tx: TxRing::open(iface, &cfg)?,
+                }
+            }
+            IoKind::Xdp => {
+                let mut cfg = xdp::XdpConfig::default();
+                // The kernel keeps 256 bytes in front of what it copies in.
+                if 256 + rings.headroom as usize + frame > 2048 {
+                    cfg.chunk = 4096;
+                }
+                Self::Xdp(Box::new(xdp::XdpPort::open(iface, &cfg)?))
+            }
+        })
+    }
+
+    /// [`RxRing::recv`] / [`xdp::XdpPort::recv`].
+    pub fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
+        self.recv_up_to(batch, nf_core::BATCH_SIZE)
+    }
+
+    /// [`RxRing::recv_up_to`] / [`xdp::XdpPort::recv_up_to`].
+    pub fn recv_up_to(&mut self, batch: &mut Batch<RingFrame>, limit: usize) -> usize {
+        match self {
+            Self::Rings { rx, .. } => rx.recv_up_to(batch, limit),
+            Self::Xdp(x) => x.recv_up_to(batch, limit),
+        }
+    }
+
+    /// [`TxRing::send`] / [`xdp::XdpPort::send`].
+    ///
+    /// # Errors
+    /// As those.
+    pub fn send(&mut self, frame: &[u8]) -> Result<(), TxError> {
+        match self {
+            Self::Rings { tx, .. } => tx.send(frame),
+            Self::Xdp(x) => x.send(frame),
+        }
+    }
+
+    /// [`TxRing::flush`] / [`xdp::XdpPort::flush`].
+    ///
+    /// # Errors
+    /// As those.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        match self {
+            Self::Rings { tx, .. } => tx.flush(),
+            Self::Xdp(x) => x.flush(),
+        }
+    }
+
+    /// The receive socket's pending error (`ENETDOWN` when the interface went down).
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        match self {
+            Self::Rings { rx, .. } => rx.take_error(),
+            Self::Xdp(x) => x.take_error(),
+        }
+    }
+
+    /// Reads the kernel's receive statistics into the counters.
+    ///
+    /// # Errors
+    /// They cannot be read.
+    pub fn update_kernel_stats(&mut self) -> io::Result<()> {
+        match self {
+            Self::Rings { rx, .. } => rx.update_kernel_stats(),
+            Self::Xdp(x) => x.update_kernel_stats(),
+        }
+    }
+
+    /// The receive and transmit counts so far.
+    pub fn counters(&self) -> (RxCounters, TxCounters) {
+        match self {
+            Self::Rings { rx, tx } => (rx.counters(), tx.counters()),
+            Self::Xdp(x) => (x.rx_counters(), x.tx_counters()),
+        }
+    }
+
+    /// Which I/O it is.
+    pub fn kind(&self) -> IoKind {
+        match self {
+            Self::Rings { .. } => IoKind::Packet,
+            Self::Xdp(_) => IoKind::Xdp,
+        }
+    }
+}
+
+impl AsFd for Link {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Rings { rx, .. } => rx.as_fd(),
+            Self::Xdp(x) => x.as_fd(),
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! The IPv4 router around a network function (`nat-gateway`, `l4lb`): several interfaces on
-//! [`PACKET_MMAP` rings](crate::io), ARP (RFC 826) for the router's own addresses and for its
+//! [`PACKET_MMAP` rings or AF_XDP](crate::io::Link), ARP (RFC 826) for the router's own addresses and for its
 //! next hops, routes by longest prefix, and the per-hop work of RFC 1812 (TTL, MAC rewrite),
 //! so that the program in between only runs its stages.
 //!
@@ -27,7 +27,7 @@
 //!
 //! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
 
-use crate::io::{Interface, PollEvents, RingConfig, RingFrame, RxRing, TxRing, wait};
+use crate::io::{Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, wait_fds};
 use crate::vtep::{ArpOp, arp_frame};
 use nf_core::checksum::update16;
 use nf_core::wire::ethertype;
@@ -35,6 +35,7 @@ use nf_core::{Batch, DropReason, Instant, Verdict};
 use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::str::FromStr;
 
 /// How long a frame waits for its next hop's ARP reply before it is dropped.
@@ -149,8 +150,7 @@ pub struct PortCounters {
 /// One interface: its rings, addresses and neighbours.
 struct Port {
     iface: Interface,
-    rx: RxRing,
-    tx: TxRing,
+    link: Link,
     cfg: PortConfig,
     /// MTU plus the Ethernet header.
     frame_max: usize,
@@ -197,7 +197,7 @@ impl Port {
         self.learn(spa, sha);
         if a[6..8] == [0, 1] && self.answers(tpa) {
             let reply = arp_frame(ArpOp::Reply, self.iface.mac, tpa, sha, spa);
-            if self.tx.send(&reply).is_ok() {
+            if self.link.send(&reply).is_ok() {
                 self.counters.arp_replies += 1;
             }
         }
@@ -215,7 +215,7 @@ impl Port {
         if due && self.asked.len() < NEIGHBORS_MAX {
             self.asked.insert(ip, now);
             let req = arp_frame(ArpOp::Request, self.iface.mac, src, [0; 6], ip);
-            if self.tx.send(&req).is_ok() {
+            if self.link.send(&req).is_ok() {
                 self.counters.arp_requests += 1;
             }
         }
@@ -231,7 +231,7 @@ struct Pending {
     bytes: Box<[u8]>,
 }
 
-/// An IPv4 router over [`PACKET_MMAP` rings](crate::io); see the [module docs](self).
+/// An IPv4 router over [`PACKET_MMAP` rings or AF_XDP](crate::io::Link); see the [module docs](self).
 pub struct Router {
     ports: Vec<Port>,
     /// Longest prefix first.
@@ -242,22 +242,25 @@ pub struct Router {
 }
 
 impl Router {
-    /// Opens every port's rings. Each port's on-link prefixes become routes; `routes` adds
-    /// more (e.g. a default route `0.0.0.0/0` via a gateway).
+    /// Opens every port's frame I/O (`io`: rings, or AF_XDP). Each port's on-link prefixes
+    /// become routes; `routes` adds more (e.g. a default route `0.0.0.0/0` via a gateway).
     ///
     /// # Errors
-    /// An interface that does not exist, rings that cannot be opened, or a route to a port
+    /// An interface that does not exist, I/O that cannot be opened, or a route to a port
     /// that does not exist.
-    pub fn open(ports: Vec<PortConfig>, routes: &[Route], ring: &RingConfig) -> io::Result<Self> {
+    pub fn open(
+        ports: Vec<PortConfig>,
+        routes: &[Route],
+        ring: &RingConfig,
+        io: IoKind,
+    ) -> io::Result<Self> {
         let mut all = Vec::new();
         let mut opened = Vec::new();
         for (i, cfg) in ports.into_iter().enumerate() {
             let iface = Interface::by_name(&cfg.name)
                 .map_err(|e| io::Error::new(e.kind(), format!("interface {}: {e}", cfg.name)))?;
             let frame_max = iface.mtu + 14;
-            let ring = ring.with_frames_up_to(frame_max);
-            let rx = RxRing::open(&iface, &ring)?;
-            let tx = TxRing::open(&iface, &ring)?;
+            let link = Link::open(&iface, io, ring, frame_max)?;
             for n in &cfg.addrs {
                 all.push(Route {
                     to: *n,
@@ -267,8 +270,7 @@ impl Router {
             }
             opened.push(Port {
                 iface,
-                rx,
-                tx,
+                link,
                 cfg,
                 frame_max,
                 neighbors: HashMap::new(),
@@ -327,7 +329,7 @@ impl Router {
         let Some(port) = self.ports.get_mut(i) else {
             return 0;
         };
-        let n = port.rx.recv_up_to(batch, limit);
+        let n = port.link.recv_up_to(batch, limit);
         for p in batch.packets_mut() {
             let frame = p.data();
             let Some(eth) = frame.first_chunk::<14>() else {
@@ -431,7 +433,7 @@ impl Router {
                     if let Some(eth) = frame.get_mut(..6) {
                         eth.copy_from_slice(dmac);
                     }
-                    if port.tx.send(frame).is_ok() {
+                    if port.link.send(frame).is_ok() {
                         port.counters.forwarded += 1;
                     }
                 }
@@ -460,7 +462,7 @@ impl Router {
             };
             if let Some(dmac) = port.neighbors.get(&slot.hop) {
                 slot.bytes[..6].copy_from_slice(dmac);
-                if port.tx.send(&slot.bytes[..slot.len]).is_ok() {
+                if port.link.send(&slot.bytes[..slot.len]).is_ok() {
                     port.counters.forwarded_after_arp += 1;
                 }
                 slot.len = 0;
@@ -480,7 +482,7 @@ impl Router {
     /// A failure other than a link that is down.
     pub fn flush(&mut self) -> io::Result<()> {
         for p in &mut self.ports {
-            p.tx.flush().map_err(|e| {
+            p.link.flush().map_err(|e| {
                 io::Error::new(e.kind(), format!("sending on {}: {e}", p.iface.name))
             })?;
         }
@@ -498,11 +500,11 @@ impl Router {
         } else {
             timeout_ms
         };
-        let rings: Vec<&RxRing> = self.ports.iter().map(|p| &p.rx).collect();
-        wait(&rings, timeout, &mut self.events)?;
+        let fds: Vec<_> = self.ports.iter().map(|p| p.link.as_fd()).collect();
+        wait_fds(&fds, timeout, &mut self.events)?;
         for (ev, port) in self.events.iter().zip(&mut self.ports) {
             if ev.error
-                && let Some(e) = port.rx.take_error()
+                && let Some(e) = port.link.take_error()
             {
                 eprintln!("{}: {e}; waiting for it to come back", port.iface.name);
             }
@@ -520,8 +522,8 @@ impl Router {
     /// counters (reads the kernel's drop statistics first).
     pub fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &'static str, u64)) {
         for p in &mut self.ports {
-            let _ = p.rx.update_kernel_stats();
-            let (rx, tx, c) = (p.rx.counters(), p.tx.counters(), p.counters);
+            let _ = p.link.update_kernel_stats();
+            let ((rx, tx), c) = (p.link.counters(), p.counters);
             let name = p.iface.name.as_str();
             for (k, v) in [
                 ("rx", rx.frames),

@@ -211,8 +211,13 @@ fn setup(tag: &str, encap: bool) -> Option<Setup> {
         .arg(&file)
         .args(["--duration", "120"]);
     if encap {
-        lb.args(["--mode", "encap", "--vni", "42"])
-            .args(["--inner-mac", "02:00:00:00:00:01"]);
+        // Encap mode runs on AF_XDP, DNAT mode on the rings: both I/Os under the balancer.
+        lb.args(["--mode", "encap", "--vni", "42"]).args([
+            "--inner-mac",
+            "02:00:00:00:00:01",
+            "--io",
+            "xdp",
+        ]);
     }
     let mut lb = lb
         .stdin(Stdio::null())

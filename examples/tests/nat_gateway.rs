@@ -330,7 +330,7 @@ fn nat_discovery(lab: &mut Lab, i: &str, o: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn translates(filtering: &str) {
+fn translates(filtering: &str, io: &str) {
     let Some((mut lab, [i, g, o])) = lab(&format!("nfn{}", &filtering[..1])) else {
         return;
     };
@@ -352,6 +352,8 @@ fn translates(filtering: &str) {
             filtering,
             "--forward",
             "tcp:8080=10.0.0.2:8000",
+            "--io",
+            io,
         ],
     );
     assert_eq!(
@@ -425,12 +427,14 @@ fn translates(filtering: &str) {
 
 #[test]
 fn translates_with_address_and_port_dependent_filtering() {
-    translates("apdf");
+    translates("apdf", "packet");
 }
 
+/// On AF_XDP (`--io xdp`): the same checks, the gateway's frames through XDP programs in
+/// the veth drivers.
 #[test]
-fn translates_with_endpoint_independent_filtering() {
-    translates("eif");
+fn translates_with_endpoint_independent_filtering_on_af_xdp() {
+    translates("eif", "xdp");
 }
 
 /// The inside host opens 80 UDP sockets to a closed port outside, one datagram each, and

@@ -65,7 +65,7 @@ fn main() -> std::process::ExitCode {
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes};
     use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
-    use nf_examples::io::{RingConfig, RingFrame, parse_mac};
+    use nf_examples::io::{IoKind, RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
     use nf_lb::{
@@ -83,7 +83,8 @@ mod linux {
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
-            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--duration SECS]
+            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--io packet|xdp]
+            [--duration SECS]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -107,6 +108,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
   --inner-mac MAC        encap: destination MAC of the inner frames, the backends' VXLAN
                          devices' address (default 02:00:00:00:00:01)
   --sessions N           session table size (default 65536)
+  --io packet|xdp        frame I/O: PACKET_MMAP rings (default) or AF_XDP
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
@@ -124,6 +126,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         encap: Option<EncapMode>,
         sessions: u32,
         duration: Option<f64>,
+        io: IoKind,
     }
 
     /// `--mode encap`'s settings.
@@ -145,6 +148,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
+        let mut io = IoKind::Packet;
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         while let Some(flag) = it.next() {
@@ -191,6 +195,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--io" => io = value.parse().map_err(|_| bad("packet or xdp"))?,
                 "--mode" => {
                     encap = match value.as_str() {
                         "dnat" => false,
@@ -226,6 +231,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             encap: encap.then_some(EncapMode { vni, inner_mac }),
             sessions,
             duration,
+            io,
         }))
     }
 
@@ -410,8 +416,8 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             port: CLIENTS,
             via: args.gateway,
         }];
-        let mut router =
-            Router::open(ports, &routes, &RingConfig::default()).map_err(|e| e.to_string())?;
+        let mut router = Router::open(ports, &routes, &RingConfig::default(), args.io)
+            .map_err(|e| e.to_string())?;
         let encap = match args.encap {
             None => None,
             Some(m) => {

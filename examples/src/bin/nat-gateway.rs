@@ -51,7 +51,7 @@ mod linux {
     use nf_core::{
         Batch, DropReason, Family, Instant, ParseStage, PortId, Stage, StageControl, Verdict,
     };
-    use nf_examples::io::{RingConfig, RingFrame};
+    use nf_examples::io::{IoKind, RingConfig, RingFrame};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
     use nf_nat::{
@@ -67,7 +67,7 @@ mod linux {
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
-                   [--duration SECS]
+                   [--io packet|xdp] [--duration SECS]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
@@ -90,6 +90,7 @@ on SIGUSR1, or after --duration.
                          inside A:M (repeatable)
   --sessions N           session table size (default 65536)
   --no-window            no TCP window tracking (on by default)
+  --io packet|xdp        frame I/O: PACKET_MMAP rings (default) or AF_XDP
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
@@ -117,6 +118,7 @@ on SIGUSR1, or after --duration.
         sessions: u32,
         window: bool,
         duration: Option<f64>,
+        io: IoKind,
     }
 
     pub(crate) fn main() -> ExitCode {
@@ -132,6 +134,7 @@ on SIGUSR1, or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut inside, mut inside_addr, mut outside, mut outside_addr) = (None, None, None, None);
         let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
+        let mut io = IoKind::Packet;
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
             (Filtering::AddressAndPortDependent, Vec::new(), 65_536, true);
@@ -179,6 +182,7 @@ on SIGUSR1, or after --duration.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--io" => io = value.parse().map_err(|_| bad("packet or xdp"))?,
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -200,6 +204,7 @@ on SIGUSR1, or after --duration.
             sessions,
             window,
             duration,
+            io,
         }))
     }
 
@@ -374,8 +379,8 @@ on SIGUSR1, or after --duration.
                 via: None,
             });
         }
-        let mut router =
-            Router::open(ports, &routes, &RingConfig::default()).map_err(|e| e.to_string())?;
+        let mut router = Router::open(ports, &routes, &RingConfig::default(), args.io)
+            .map_err(|e| e.to_string())?;
         let mut pipeline = Pipeline::new(args)?;
         say!(
             "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}",

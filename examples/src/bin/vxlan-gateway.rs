@@ -82,9 +82,7 @@ mod linux {
         Batch, DropReason, Instant, ParseStage, Stage, StageControl, StageCounters, Verdict, ZoneId,
     };
     use nf_examples::io::{
-        Interface, PollEvents, RingConfig, RingFrame, RxChecksum, RxCounters, RxRing, TxCounters,
-        TxRing, parse_mac, wait_fds,
-        xdp::{XdpConfig, XdpPort},
+        Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, RxChecksum, parse_mac, wait_fds,
     };
     use nf_examples::prometheus::{self, MetricsServer};
     use nf_examples::say;
@@ -94,7 +92,7 @@ mod linux {
         VniTable, ZoneMap,
     };
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::fd::AsFd;
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,15 +146,6 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         cpu: Option<usize>,
     }
 
-    /// Which frame I/O the ports use.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum IoKind {
-        /// `PACKET_MMAP` rings ([`RxRing`], [`TxRing`]).
-        Packet,
-        /// AF_XDP ([`XdpPort`]).
-        Xdp,
-    }
-
     pub(crate) fn main() -> ExitCode {
         nf_examples::cli::main_with(
             "vxlan-gateway",
@@ -199,13 +188,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 }
                 "--port" => port = value.parse().map_err(|_| bad("a UDP port"))?,
                 "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
-                "--io" => {
-                    io = match value.as_str() {
-                        "packet" => IoKind::Packet,
-                        "xdp" => IoKind::Xdp,
-                        _ => return Err(bad("packet or xdp")),
-                    }
-                }
+                "--io" => io = value.parse().map_err(|_| bad("packet or xdp"))?,
                 "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
                 _ => return Err(format!("unknown option {flag}")),
@@ -237,50 +220,33 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     /// One interface: its frame I/O and what it counted.
     struct Port {
         iface: Interface,
-        io: PortIo,
+        link: Link,
         /// The largest frame the interface sends (its MTU plus the Ethernet header).
         frame_max: usize,
         /// Frames received whose transport checksum the sender left to offload.
         checksum_partial: u64,
     }
 
-    /// A port's frames: through `PACKET_MMAP` rings or an AF_XDP socket.
-    enum PortIo {
-        Rings { rx: RxRing, tx: TxRing },
-        Xdp(Box<XdpPort>),
-    }
-
     impl Port {
         fn open(name: &str, kind: IoKind) -> Result<Self, String> {
             let iface = Interface::by_name(name).map_err(|e| format!("interface {name}: {e}"))?;
             let frame_max = iface.mtu + 14;
-            let io = match kind {
-                IoKind::Packet => {
-                    let cfg = RingConfig::default().with_frames_up_to(frame_max + VXLAN_OVERHEAD);
-                    let rx = RxRing::open(&iface, &cfg)
-                        .map_err(|e| format!("receive ring on {name}: {e}"))?;
-                    let tx = TxRing::open(&iface, &cfg)
-                        .map_err(|e| format!("transmit ring on {name}: {e}"))?;
-                    PortIo::Rings { rx, tx }
-                }
-                IoKind::Xdp => {
-                    let mut cfg = XdpConfig::default();
-                    // The kernel's 256 bytes of headroom, our encap headers, the frame.
-                    if 256 + VXLAN_OVERHEAD + frame_max > 2048 {
-                        cfg.chunk = 4096;
-                    }
-                    let port = XdpPort::open(&iface, &cfg)
-                        .map_err(|e| format!("AF_XDP socket on {name}: {e}"))?;
-                    say!(
-                        "vxlan-gateway: {name}: AF_XDP, XDP program in {:?} mode",
-                        port.mode()
-                    );
-                    PortIo::Xdp(Box::new(port))
-                }
-            };
+            let link = Link::open(
+                &iface,
+                kind,
+                &RingConfig::default(),
+                frame_max + VXLAN_OVERHEAD,
+            )
+            .map_err(|e| format!("{kind:?} I/O on {name}: {e}"))?;
+            if let Link::Xdp(x) = &link {
+                say!(
+                    "vxlan-gateway: {name}: AF_XDP, XDP program in {:?} mode",
+                    x.mode()
+                );
+            }
             Ok(Self {
                 iface,
-                io,
+                link,
                 frame_max,
                 checksum_partial: 0,
             })
@@ -290,20 +256,14 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             self.iface.mtu
         }
 
-        /// Queues `frame` (counted by the ring when it does not fit or the ring is full).
+        /// Queues `frame` (counted by the link when it does not fit or it is full).
         fn send(&mut self, frame: &[u8]) {
-            let _ = match &mut self.io {
-                PortIo::Rings { tx, .. } => tx.send(frame),
-                PortIo::Xdp(x) => x.send(frame),
-            };
+            let _ = self.link.send(frame);
         }
 
         /// Receives into `batch`, counting frames that lack their transport checksum.
         fn recv(&mut self, batch: &mut Batch<RingFrame>) -> usize {
-            let n = match &mut self.io {
-                PortIo::Rings { rx, .. } => rx.recv(batch),
-                PortIo::Xdp(x) => x.recv(batch),
-            };
+            let n = self.link.recv(batch);
             self.checksum_partial += batch
                 .packets()
                 .iter()
@@ -314,40 +274,10 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
 
         /// Sends what is queued; a failure other than a down link ends the gateway.
         fn flush(&mut self) -> Result<(), String> {
-            match &mut self.io {
-                PortIo::Rings { tx, .. } => tx.flush(),
-                PortIo::Xdp(x) => x.flush(),
-            }
-            .map(drop)
-            .map_err(|e| format!("sending on {}: {e}", self.iface.name))
-        }
-
-        fn fd(&self) -> BorrowedFd<'_> {
-            match &self.io {
-                PortIo::Rings { rx, .. } => rx.as_fd(),
-                PortIo::Xdp(x) => x.as_fd(),
-            }
-        }
-
-        fn take_error(&mut self) -> Option<std::io::Error> {
-            match &mut self.io {
-                PortIo::Rings { rx, .. } => rx.take_error(),
-                PortIo::Xdp(x) => x.take_error(),
-            }
-        }
-
-        fn update_kernel_stats(&mut self) {
-            let _ = match &mut self.io {
-                PortIo::Rings { rx, .. } => rx.update_kernel_stats(),
-                PortIo::Xdp(x) => x.update_kernel_stats(),
-            };
-        }
-
-        fn counters(&self) -> (RxCounters, TxCounters) {
-            match &self.io {
-                PortIo::Rings { rx, tx } => (rx.counters(), tx.counters()),
-                PortIo::Xdp(x) => (x.rx_counters(), x.tx_counters()),
-            }
+            self.link
+                .flush()
+                .map(drop)
+                .map_err(|e| format!("sending on {}: {e}", self.iface.name))
         }
     }
 
@@ -437,7 +367,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
         fn print_counters(&self, secs: f64) {
             say!("vxlan-gateway: stopped after {secs:.2} s");
             for (side, p) in [("underlay", &self.under), ("overlay", &self.over)] {
-                let (rx, tx) = p.counters();
+                let (rx, tx) = p.link.counters();
                 say!("{side}.rx {}", rx.frames);
                 say!("{side}.rx_kernel_drops {}", rx.kernel_drops);
                 say!("{side}.link_down {}", rx.link_down);
@@ -554,11 +484,15 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 published = std::time::Instant::now();
             }
             if moved == 0 {
-                wait_fds(&[gw.under.fd(), gw.over.fd()], IDLE_WAIT_MS, &mut events)
-                    .map_err(|e| format!("waiting for frames: {e}"))?;
+                wait_fds(
+                    &[gw.under.link.as_fd(), gw.over.link.as_fd()],
+                    IDLE_WAIT_MS,
+                    &mut events,
+                )
+                .map_err(|e| format!("waiting for frames: {e}"))?;
                 for (ev, port) in events.iter().zip([&mut gw.under, &mut gw.over]) {
                     if ev.error
-                        && let Some(e) = port.take_error()
+                        && let Some(e) = port.link.take_error()
                     {
                         eprintln!(
                             "vxlan-gateway: {}: {e}; waiting for it to come back",
@@ -569,7 +503,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             }
         }
         for p in [&mut gw.under, &mut gw.over] {
-            p.update_kernel_stats();
+            let _ = p.link.update_kernel_stats();
         }
         gw.print_counters(start.elapsed().as_secs_f64());
         Ok(())
