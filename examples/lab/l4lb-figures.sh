@@ -3,6 +3,7 @@
 # (BENCH.md, "System figures"). Run as root:
 #
 #   examples/lab/l4lb-figures.sh [SECONDS]   (default 5 s)
+#   NF_IO=xdp examples/lab/l4lb-figures.sh   (the balancer on AF_XDP; default: the rings)
 #
 # The lab, in network namespaces this script makes and removes:
 #
@@ -52,7 +53,7 @@ lab() {
 
 start_nf() {
   echo "10.1.0.11:5201" >"$tmp/backends"
-  ip netns exec "$G" "$lb_bin" --client cg --client-addr 198.51.100.1/24 --backend bg \
+  ip netns exec "$G" "$lb_bin" --io "${NF_IO:-packet}" --client cg --client-addr 198.51.100.1/24 --backend bg \
     --backend-addr 10.1.0.1/24 --vip 192.0.2.10:5201 --proto tcp,udp \
     --backends "$tmp/backends" >"$tmp/gw.out" 2>&1 &
   lb_pid=$!

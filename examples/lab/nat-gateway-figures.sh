@@ -3,6 +3,7 @@
 # veths (BENCH.md, "System figures"). Run as root:
 #
 #   examples/lab/nat-gateway-figures.sh [SECONDS] [PROFILE]   (default 5 s, profile rfc)
+#   NF_IO=xdp examples/lab/nat-gateway-figures.sh     (the gateway on AF_XDP; default: the rings)
 #
 # The lab, in network namespaces this script makes and removes:
 #
@@ -50,7 +51,7 @@ lab() {
 }
 
 start_nf() {
-  ip netns exec "$G" "$gw_bin" --inside ig --inside-addr 10.0.0.1/24 --outside og \
+  ip netns exec "$G" "$gw_bin" --io "${NF_IO:-packet}" --inside ig --inside-addr 10.0.0.1/24 --outside og \
     --outside-addr 203.0.113.1/24 --profile "$profile" >"$tmp/gw.out" 2>&1 &
   gw_pid=$!
   own "$G" ig og

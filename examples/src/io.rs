@@ -642,8 +642,11 @@ pub fn wait_fds(
 /// Which frame I/O a [`Link`] uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IoKind {
-    /// `PACKET_MMAP` rings ([`RxRing`], [`TxRing`]).
+    /// AF_XDP where it opens (root, a kernel with AF_XDP and BPF links, one receive queue,
+    /// no other XDP program on the interface), else the rings: see [`Link::kind`] for which.
     #[default]
+    Auto,
+    /// `PACKET_MMAP` rings ([`RxRing`], [`TxRing`]).
     Packet,
     /// An AF_XDP socket and its XDP program ([`xdp::XdpPort`]).
     Xdp,
@@ -653,9 +656,10 @@ impl std::str::FromStr for IoKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Self::Auto),
             "packet" => Ok(Self::Packet),
             "xdp" => Ok(Self::Xdp),
-            _ => Err(format!("{s}: not packet or xdp")),
+            _ => Err(format!("{s}: not auto, packet or xdp")),
         }
     }
 }
@@ -687,6 +691,10 @@ impl Link {
         frame: usize,
     ) -> io::Result<Self> {
         Ok(match kind {
+            IoKind::Auto => match Self::open(iface, IoKind::Xdp, rings, frame) {
+                Ok(link) => link,
+                Err(_) => Self::open(iface, IoKind::Packet, rings, frame)?,
+            },
             IoKind::Packet => {
                 let cfg = rings.with_frames_up_to(frame);
                 Self::Rings {
@@ -767,7 +775,7 @@ impl Link {
         }
     }
 
-    /// Which I/O it is.
+    /// Which I/O it is ([`IoKind::Packet`] or [`IoKind::Xdp`], never `Auto`).
     pub fn kind(&self) -> IoKind {
         match self {
             Self::Rings { .. } => IoKind::Packet,

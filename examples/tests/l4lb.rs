@@ -210,6 +210,9 @@ fn setup(tag: &str, encap: bool) -> Option<Setup> {
         ])
         .arg(&file)
         .args(["--duration", "120"]);
+    if !encap {
+        lb.args(["--io", "packet"]);
+    }
     if encap {
         // Encap mode runs on AF_XDP, DNAT mode on the rings: both I/Os under the balancer.
         lb.args(["--mode", "encap", "--vni", "42"]).args([

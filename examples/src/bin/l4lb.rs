@@ -83,7 +83,7 @@ mod linux {
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
-            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--io packet|xdp]
+            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--io auto|packet|xdp]
             [--duration SECS]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
@@ -108,7 +108,8 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
   --inner-mac MAC        encap: destination MAC of the inner frames, the backends' VXLAN
                          devices' address (default 02:00:00:00:00:01)
   --sessions N           session table size (default 65536)
-  --io packet|xdp        frame I/O: PACKET_MMAP rings (default) or AF_XDP
+  --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
+                         (auto, the default), or either alone
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
@@ -148,7 +149,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
-        let mut io = IoKind::Packet;
+        let mut io = IoKind::Auto;
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         while let Some(flag) = it.next() {
@@ -195,7 +196,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
-                "--io" => io = value.parse().map_err(|_| bad("packet or xdp"))?,
+                "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 "--mode" => {
                     encap = match value.as_str() {
                         "dnat" => false,

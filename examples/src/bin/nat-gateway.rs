@@ -67,7 +67,7 @@ mod linux {
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
-                   [--io packet|xdp] [--duration SECS]
+                   [--io auto|packet|xdp] [--duration SECS]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
@@ -90,7 +90,8 @@ on SIGUSR1, or after --duration.
                          inside A:M (repeatable)
   --sessions N           session table size (default 65536)
   --no-window            no TCP window tracking (on by default)
-  --io packet|xdp        frame I/O: PACKET_MMAP rings (default) or AF_XDP
+  --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
+                         (auto, the default), or either alone
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
@@ -134,7 +135,7 @@ on SIGUSR1, or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut inside, mut inside_addr, mut outside, mut outside_addr) = (None, None, None, None);
         let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
-        let mut io = IoKind::Packet;
+        let mut io = IoKind::Auto;
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
             (Filtering::AddressAndPortDependent, Vec::new(), 65_536, true);
@@ -182,7 +183,7 @@ on SIGUSR1, or after --duration.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
-                "--io" => io = value.parse().map_err(|_| bad("packet or xdp"))?,
+                "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 _ => return Err(format!("unknown option {flag}")),
             }
         }

@@ -107,7 +107,7 @@ mod linux {
     const USAGE: &str = "\
 usage: vxlan-gateway --underlay IF --overlay IF --local IPV4 --remote IPV4
                      --remote-mac MAC --vni N [--port P] [--udp-checksum]
-                     [--io packet|xdp] [--cpu N] [--duration SECS] [--metrics ADDR]
+                     [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics ADDR]
 
 Bridges the Ethernet segment on the overlay interface into a VXLAN tunnel to one
 remote VTEP reached over the underlay interface (run as root; both interfaces
@@ -121,8 +121,10 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
   --vni N            the VXLAN network identifier (24 bits)
   --port P           VXLAN UDP port (default 4789; Linux's old default is 8472)
   --udp-checksum     compute outer UDP checksums (default: zero, as RFC 7348 allows)
-  --io packet|xdp    frame I/O: PACKET_MMAP rings (default) or AF_XDP sockets with an
-                     XDP program (driver mode where the interface has it)
+  --io auto|packet|xdp
+                     frame I/O: AF_XDP sockets with an XDP program (in the driver where
+                     it has XDP) where they open, else PACKET_MMAP rings (auto, the
+                     default), or either alone
   --cpu N            pin the packet loop to CPU N (the scheduler then never moves it
                      while the receiving host's socket waits for it)
   --duration SECS    exit after SECS seconds
@@ -159,7 +161,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut underlay, mut overlay, mut local, mut remote) = (None, None, None, None);
         let (mut remote_mac, mut vni, mut duration, mut metrics) = (None, None, None, None);
-        let (mut port, mut udp_checksum, mut io) = (nf_tunnel::VXLAN_PORT, false, IoKind::Packet);
+        let (mut port, mut udp_checksum, mut io) = (nf_tunnel::VXLAN_PORT, false, IoKind::Auto);
         let mut cpu = None;
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
@@ -188,7 +190,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 }
                 "--port" => port = value.parse().map_err(|_| bad("a UDP port"))?,
                 "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
-                "--io" => io = value.parse().map_err(|_| bad("packet or xdp"))?,
+                "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
                 _ => return Err(format!("unknown option {flag}")),
@@ -238,11 +240,12 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
                 frame_max + VXLAN_OVERHEAD,
             )
             .map_err(|e| format!("{kind:?} I/O on {name}: {e}"))?;
-            if let Link::Xdp(x) = &link {
-                say!(
+            match &link {
+                Link::Xdp(x) => say!(
                     "vxlan-gateway: {name}: AF_XDP, XDP program in {:?} mode",
                     x.mode()
-                );
+                ),
+                Link::Rings { .. } => say!("vxlan-gateway: {name}: PACKET_MMAP rings"),
             }
             Ok(Self {
                 iface,
