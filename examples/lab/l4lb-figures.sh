@@ -3,7 +3,7 @@
 # (BENCH.md, "System figures"). Run as root:
 #
 #   examples/lab/l4lb-figures.sh [SECONDS]   (default 5 s)
-#   NF_IO=xdp examples/lab/l4lb-figures.sh   (the balancer on AF_XDP; default: the rings)
+#   NF_IO=packet examples/lab/l4lb-figures.sh   (the balancer on PACKET_MMAP rings; default: AF_XDP)
 #
 # The lab, in network namespaces this script makes and removes:
 #
@@ -19,6 +19,8 @@
 # from c to the VIP: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full speed.
 # Checksum offload is off on the hosts. Output: one JSON object per line, then a Markdown table.
 set -euo pipefail
+nf_io=${NF_IO:-xdp}
+case $nf_io in xdp) io_name="AF_XDP" ;; packet) io_name="PACKET_MMAP rings" ;; *) echo "NF_IO: xdp or packet" >&2; exit 2 ;; esac
 
 secs=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,7 +55,7 @@ lab() {
 
 start_nf() {
   echo "10.1.0.11:5201" >"$tmp/backends"
-  ip netns exec "$G" "$lb_bin" --io "${NF_IO:-packet}" --client cg --client-addr 198.51.100.1/24 --backend bg \
+  ip netns exec "$G" "$lb_bin" --io "$nf_io" --cpu "$(( $(nproc) - 1 ))" --client cg --client-addr 198.51.100.1/24 --backend bg \
     --backend-addr 10.1.0.1/24 --vip 192.0.2.10:5201 --proto tcp,udp \
     --backends "$tmp/backends" >"$tmp/gw.out" 2>&1 &
   lb_pid=$!
@@ -85,4 +87,4 @@ grep -E "drop|full|kernel_drops|no_|ttl|too_big|malformed|refused|stateless|lb_"
 for n in "$C" "$G" "$B"; do ip netns del "$n"; done
 lab; start_kernel; measure kernel l4lb "$C" "$B" 192.0.2.10 "" | tee "$tmp/kernel.jsonl"
 
-table "nf l4lb, DNAT (PACKET_MMAP rings)" "kernel forwarding + nftables DNAT" "$tmp/nf.jsonl" "$tmp/kernel.jsonl"
+table "nf l4lb, DNAT ($io_name, one pinned thread)" "kernel forwarding + nftables DNAT" "$tmp/nf.jsonl" "$tmp/kernel.jsonl"

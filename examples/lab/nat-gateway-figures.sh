@@ -3,7 +3,7 @@
 # veths (BENCH.md, "System figures"). Run as root:
 #
 #   examples/lab/nat-gateway-figures.sh [SECONDS] [PROFILE]   (default 5 s, profile rfc)
-#   NF_IO=xdp examples/lab/nat-gateway-figures.sh     (the gateway on AF_XDP; default: the rings)
+#   NF_IO=packet examples/lab/nat-gateway-figures.sh     (the gateway on PACKET_MMAP rings; default: AF_XDP)
 #
 # The lab, in network namespaces this script makes and removes:
 #
@@ -17,6 +17,8 @@
 # speed. Checksum offload is off on the hosts (the gateway forwards frame bytes as they are).
 # Output: one JSON object per line, then a Markdown table.
 set -euo pipefail
+nf_io=${NF_IO:-xdp}
+case $nf_io in xdp) io_name="AF_XDP" ;; packet) io_name="PACKET_MMAP rings" ;; *) echo "NF_IO: xdp or packet" >&2; exit 2 ;; esac
 
 secs=${1:-5}
 profile=${2:-rfc}
@@ -51,7 +53,7 @@ lab() {
 }
 
 start_nf() {
-  ip netns exec "$G" "$gw_bin" --io "${NF_IO:-packet}" --inside ig --inside-addr 10.0.0.1/24 --outside og \
+  ip netns exec "$G" "$gw_bin" --io "$nf_io" --cpu "$(( $(nproc) - 1 ))" --inside ig --inside-addr 10.0.0.1/24 --outside og \
     --outside-addr 203.0.113.1/24 --profile "$profile" >"$tmp/gw.out" 2>&1 &
   gw_pid=$!
   own "$G" ig og
@@ -83,5 +85,5 @@ for n in "$I" "$G" "$O"; do ip netns del "$n"; done
 lab; start_kernel; measure kernel nat-gateway "$I" "$O" 203.0.113.2 "" | tee "$tmp/kernel.jsonl"
 
 if [ "$profile" = off ]; then kernel="kernel forwarding"; else kernel="kernel forwarding + nftables masquerade"; fi
-table "nf nat-gateway, profile $profile (PACKET_MMAP rings)" "$kernel" "$tmp/nf.jsonl" "$tmp/kernel.jsonl"
+table "nf nat-gateway, profile $profile ($io_name, one pinned thread)" "$kernel" "$tmp/nf.jsonl" "$tmp/kernel.jsonl"
 rm -rf "$tmp"

@@ -83,7 +83,7 @@ mod linux {
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
-            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--io auto|packet|xdp]
+            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--io auto|packet|xdp] [--cpu N]
             [--duration SECS]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
@@ -110,6 +110,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
   --sessions N           session table size (default 65536)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
+  --cpu N                pin the packet loop to CPU N
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
@@ -128,6 +129,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
         sessions: u32,
         duration: Option<f64>,
         io: IoKind,
+        cpu: Option<usize>,
     }
 
     /// `--mode encap`'s settings.
@@ -149,7 +151,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
-        let mut io = IoKind::Auto;
+        let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         while let Some(flag) = it.next() {
@@ -196,6 +198,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
                 "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 "--mode" => {
                     encap = match value.as_str() {
@@ -233,6 +236,7 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             sessions,
             duration,
             io,
+            cpu,
         }))
     }
 
@@ -400,6 +404,9 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
     }
 
     fn run(args: &Args) -> Result<(), String> {
+        if let Some(cpu) = args.cpu {
+            nf_examples::io::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        }
         let ports = vec![
             PortConfig {
                 name: args.client.clone(),

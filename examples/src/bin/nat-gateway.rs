@@ -67,7 +67,7 @@ mod linux {
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
-                   [--io auto|packet|xdp] [--duration SECS]
+                   [--io auto|packet|xdp] [--cpu N] [--duration SECS]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
@@ -92,6 +92,7 @@ on SIGUSR1, or after --duration.
   --no-window            no TCP window tracking (on by default)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
+  --cpu N                pin the packet loop to CPU N
   --duration SECS        exit after SECS seconds
   -h, --help             this text";
 
@@ -120,6 +121,7 @@ on SIGUSR1, or after --duration.
         window: bool,
         duration: Option<f64>,
         io: IoKind,
+        cpu: Option<usize>,
     }
 
     pub(crate) fn main() -> ExitCode {
@@ -135,7 +137,7 @@ on SIGUSR1, or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut inside, mut inside_addr, mut outside, mut outside_addr) = (None, None, None, None);
         let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
-        let mut io = IoKind::Auto;
+        let (mut io, mut cpu) = (IoKind::Auto, None);
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
             (Filtering::AddressAndPortDependent, Vec::new(), 65_536, true);
@@ -183,6 +185,7 @@ on SIGUSR1, or after --duration.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
                 "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 _ => return Err(format!("unknown option {flag}")),
             }
@@ -206,6 +209,7 @@ on SIGUSR1, or after --duration.
             window,
             duration,
             io,
+            cpu,
         }))
     }
 
@@ -354,6 +358,9 @@ on SIGUSR1, or after --duration.
     }
 
     fn run(args: &Args) -> Result<(), String> {
+        if let Some(cpu) = args.cpu {
+            nf_examples::io::pin_to_cpu(cpu).map_err(|e| format!("--cpu {cpu}: {e}"))?;
+        }
         let ports = vec![
             PortConfig {
                 name: args.inside.clone(),
@@ -437,6 +444,8 @@ on SIGUSR1, or after --duration.
                 "--public x",
                 "--duration -1",
                 "--bogus 1",
+                "--cpu -1",
+                "--io tap",
                 "--inside ig",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");

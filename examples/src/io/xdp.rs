@@ -54,7 +54,7 @@ use std::sync::atomic::Ordering;
 #[non_exhaustive]
 pub struct XdpConfig {
     /// UMEM chunks for receiving, and as many for sending; also each ring's size. A power
-    /// of two. Default 2048.
+    /// of two. Default 4096.
     pub frames: u32,
     /// Bytes per chunk: 2048 or 4096. Default 2048 (frames up to 2048 − 256 − headroom
     /// bytes: the kernel keeps its own 256 in front of what it copies in).
@@ -67,7 +67,7 @@ pub struct XdpConfig {
 impl Default for XdpConfig {
     fn default() -> Self {
         Self {
-            frames: 2048,
+            frames: 4096,
             chunk: 2048,
             headroom: 0,
         }
