@@ -98,30 +98,51 @@ PY
 
 # The throughput of RFC 2544 (section 26.1), with a loss bound of 1%: UDP 64 B offered at a
 # fixed rate, first the rate the path received at full speed (the last `measure` udp64 run
-# of WHO), then 10% less each step until under 1% is lost (at most 8 steps). A path that
-# loses under 1% at full speed answers at once, with the full-speed figures. One JSON line:
-# the rate found and every step tried.
+# of WHO), then 10% less each step until under 1% is lost (at most 8 steps), then halving the
+# interval between the last rate that lost more and the first that lost less until it is
+# under 3% of the rate (at most 3 more steps). A path that loses under 1% at full speed answers
+# at once, with the full-speed figures. One JSON line: the rate found and every step tried.
 udp_search() {
   local who=$1 lab=$2 client=$3 server=$4 ip=$5
   local lost rate; read -r lost rate < <(udp_result "$tmp/$who-udp64.json")
   local steps="[]" found=0 found_lost=
-  if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$lost"; then
+  under1() { python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$1"; }
+  # Offers $1 pps for $secs; sets lost and rate, and appends the step.
+  offer() {
+    ip netns exec "$server" iperf3 -s -D -1 -p 5201 >/dev/null 2>&1 || true
+    sleep 0.3
+    # iperf3 counts the UDP payload: 64 bytes = 512 bits a datagram.
+    ip netns exec "$client" iperf3 -c "$ip" -p 5201 -J -t "$secs" -u -l 64 -b "$(( $1 * 512 ))" >"$tmp/$who-step.json" 2>/dev/null || true
+    read -r lost rate < <(udp_result "$tmp/$who-step.json")
+    steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); s.append([int(sys.argv[2]), int(sys.argv[3]), round(float(sys.argv[4]), 2)]); print(json.dumps(s))' "$steps" "$1" "$rate" "$lost")
+  }
+  if under1 "$lost"; then
     found=$rate; found_lost=$lost; steps="[[\"full speed\", $rate, $lost]]"
   else
-    local offered=$rate i
+    local offered=$rate failed=$rate i
     for i in 1 2 3 4 5 6 7 8; do
       [ "$offered" -gt 0 ] || break
-      ip netns exec "$server" iperf3 -s -D -1 -p 5201 >/dev/null 2>&1 || true
-      sleep 0.3
-      # iperf3 counts the UDP payload: 64 bytes = 512 bits a datagram.
-      ip netns exec "$client" iperf3 -c "$ip" -p 5201 -J -t "$secs" -u -l 64 -b "$(( offered * 512 ))" >"$tmp/$who-step.json" 2>/dev/null || true
-      read -r lost rate < <(udp_result "$tmp/$who-step.json")
-      steps=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); s.append([int(sys.argv[2]), int(sys.argv[3]), round(float(sys.argv[4]), 2)]); print(json.dumps(s))' "$steps" "$offered" "$rate" "$lost")
-      if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 1 else 1)' "$lost"; then
+      offer "$offered"
+      if under1 "$lost"; then
         found=$rate; found_lost=$lost; break
       fi
+      failed=$offered
       offered=$(( offered * 9 / 10 ))
     done
+    if [ "$found" -gt 0 ]; then
+      local passed=$offered mid
+      for i in 1 2 3; do
+        [ $(( (failed - passed) * 100 )) -gt $(( failed * 3 )) ] || break
+        mid=$(( (passed + failed) / 2 ))
+        offer "$mid"
+        if under1 "$lost"; then
+          passed=$mid
+          if [ "$rate" -gt "$found" ]; then found=$rate; found_lost=$lost; fi
+        else
+          failed=$mid
+        fi
+      done
+    fi
   fi
   python3 -c 'import json,sys; print(json.dumps({"lab": sys.argv[1], "impl": sys.argv[2], "test": "udp64_under_1pct", "received_pps": int(sys.argv[3]), "lost_percent": round(float(sys.argv[4] or 100), 2), "steps_offered_received_lost": json.loads(sys.argv[5])}))' \
     "$lab" "$who" "$found" "$found_lost" "$steps"
