@@ -627,16 +627,17 @@ pub fn wait(rings: &[&RxRing], timeout_ms: i32, events: &mut [PollEvents]) -> io
     sys::poll(rings.iter().map(|r| r.as_fd()), timeout_ms, events)
 }
 
-/// [`wait`] on any descriptors (receive rings, [`xdp::XdpPort`]s), at most 8.
+/// [`wait`] on any descriptors (receive rings, [`xdp::XdpPort`]s), at most 8: a slice, an
+/// array or an iterator (so a loop over its ports collects nothing).
 ///
 /// # Errors
 /// `poll` failed.
-pub fn wait_fds(
-    fds: &[BorrowedFd<'_>],
+pub fn wait_fds<'a>(
+    fds: impl IntoIterator<Item = BorrowedFd<'a>>,
     timeout_ms: i32,
     events: &mut [PollEvents],
 ) -> io::Result<usize> {
-    sys::poll(fds.iter().copied(), timeout_ms, events)
+    sys::poll(fds.into_iter(), timeout_ms, events)
 }
 
 /// Which frame I/O a [`Link`] uses.

@@ -500,8 +500,8 @@ impl Router {
         } else {
             timeout_ms
         };
-        let fds: Vec<_> = self.ports.iter().map(|p| p.link.as_fd()).collect();
-        wait_fds(&fds, timeout, &mut self.events)?;
+        let fds = self.ports.iter().map(|p| p.link.as_fd());
+        wait_fds(fds, timeout, &mut self.events)?;
         for (ev, port) in self.events.iter().zip(&mut self.ports) {
             if ev.error
                 && let Some(e) = port.link.take_error()

@@ -72,7 +72,7 @@ fn receive(
     let mut ev = [PollEvents::default(); 1];
     held.clear();
     while got.len() < want && Instant::now() < deadline {
-        wait_fds(&[rx.as_fd()], 50, &mut ev).unwrap();
+        wait_fds([rx.as_fd()], 50, &mut ev).unwrap();
         rx.recv(batch);
         for mut p in batch.drain() {
             // The kernel's 256 bytes are in front of every frame.

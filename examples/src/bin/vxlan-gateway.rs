@@ -488,7 +488,7 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             }
             if moved == 0 {
                 wait_fds(
-                    &[gw.under.link.as_fd(), gw.over.link.as_fd()],
+                    [gw.under.link.as_fd(), gw.over.link.as_fd()],
                     IDLE_WAIT_MS,
                     &mut events,
                 )
