@@ -1,5 +1,6 @@
 //! `nf-node` between a Linux kernel VXLAN device and a host, in network namespaces these
-//! tests make, on two workers: pings pass through connection tracking both ways; a new
+//! tests make, on two workers, receiving on AF_XDP (the first lab) and on `PACKET_MMAP`
+//! rings (the second): pings pass through connection tracking both ways; a new
 //! snapshot changes the VNI live (traffic stops, then comes back with the next one); a
 //! corrupt file and a source that goes away change nothing; the final counters say all of
 //! it. A second lab sends UDP datagrams as fragments, the last fragment first (scapy): the
@@ -84,12 +85,13 @@ fn lab(prefix: &str) -> Option<(common::Lab, [String; 3], PathBuf)> {
     Some((lab, [a, g, b], dir))
 }
 
-/// Starts the node in namespace `g` on two workers and waits until it is ready; its output
-/// lines, its pid, and the lines seen so far.
+/// Starts the node in namespace `g` on two workers, receiving on `io` (`xdp` or `packet`),
+/// and waits until it is ready; its output lines, its pid, and the lines seen so far.
 fn start_node(
     lab: &mut common::Lab,
     g: &str,
     dir: &Path,
+    io: &str,
 ) -> (Receiver<String>, String, Vec<String>) {
     let mut node = Command::new("ip")
         .args(["netns", "exec", g, NODE, "--config"])
@@ -103,6 +105,8 @@ fn start_node(
             "1",
             "--duration",
             "60",
+            "--io",
+            io,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -119,6 +123,16 @@ fn start_node(
         10,
         &mut seen,
     );
+    let on = if io == "xdp" {
+        "AF_XDP"
+    } else {
+        "PACKET_MMAP rings"
+    };
+    let receives = seen
+        .iter()
+        .filter(|l| l.ends_with(&format!(": receives on {on}")))
+        .count();
+    assert_eq!(receives, 2, "both interfaces on {on}: {seen:?}");
     (lines, pid, seen)
 }
 
@@ -143,7 +157,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     let Some((mut lab, [a, g, b], dir)) = lab("nfn") else {
         return;
     };
-    let (lines, pid, mut seen) = start_node(&mut lab, &g, &dir);
+    let (lines, pid, mut seen) = start_node(&mut lab, &g, &dir, "xdp");
 
     // Through the node both ways.
     assert_eq!(pings(&a, "198.51.100.2", 3), 3, "a -> b with VNI 42");
@@ -230,7 +244,7 @@ fn nf_node_reorders_fragments_that_arrive_last_first() {
         return;
     }
     lab.udp_echo(&b, "198.51.100.2");
-    let (lines, pid, seen) = start_node(&mut lab, &g, &dir);
+    let (lines, pid, seen) = start_node(&mut lab, &g, &dir, "packet");
     // The path works (and the VTEP knows the node's MAC) before the fragments go.
     assert_eq!(pings(&a, "198.51.100.2", 2), 2, "a -> b");
     const N: u32 = 10;

@@ -2,10 +2,10 @@
 //! configured by snapshots it pulls at a constant rate.
 //!
 //! ```text
-//!                  receive loop (main thread)                       workers 0..N
-//!  underlay RX ring ─► ARP for --local answered ─► decap ─┐      ┌─► reorder ─► conntrack ─► overlay TX ring
-//!                                                         ├─ steer ┤
-//!  overlay RX ring ──► zone = VNI ─► parse ───────────────┘      └─► reorder ─► conntrack ─► encap ─► underlay TX ring
+//!                  receive loop (main thread)                  workers 0..N
+//!  underlay RX ─► ARP for --local answered ─► decap ─┐      ┌─► reorder ─► conntrack ─► overlay TX ring
+//!                                                    ├─ steer ┤
+//!  overlay RX ──► zone = VNI ─► parse ───────────────┘      └─► reorder ─► conntrack ─► encap ─► underlay TX ring
 //!        ▲ snapshot puller: the whole config from a directory or a URL, every --pull-every
 //! ```
 //!
@@ -24,8 +24,13 @@
 //!   both directions of every inner flow to the same worker, and every fragment of a packet
 //!   with them (by addresses); the pool leaves each batch the room the reorder releases
 //!   fragments into.
-//! - **I/O**: `PACKET_MMAP` rings ([`nf_examples::io`]); interfaces that go down are waited
-//!   for.
+//! - **I/O** ([`nf_examples::io`]): the receive loop takes frames from an AF_XDP socket per
+//!   interface where one opens (`--io auto`, the default; `--io xdp` or `--io packet` for
+//!   either alone) or from `PACKET_MMAP` receive rings; the frames travel to the workers in
+//!   place (a worker dropping one gives its buffer back to the receive side), and each
+//!   worker sends on transmit rings of its own (AF_XDP's one transmit ring per socket would
+//!   need a lock, or a socket per worker sharing one UMEM, to serve several workers).
+//!   Interfaces that go down are waited for.
 //! - **Counters**: every `--stats-every` seconds one line; on SIGINT/SIGTERM (or after
 //!   `--duration`) every counter as `stage.counter value`, summed over workers.
 //!
@@ -60,7 +65,7 @@ mod linux {
     };
     use nf_examples::curl::CurlSource;
     use nf_examples::io::{
-        Interface, PollEvents, RingConfig, RingFrame, RxRing, TxRing, parse_mac, wait,
+        Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, TxRing, parse_mac, wait_fds,
     };
     use nf_examples::say;
     use nf_examples::vtep::{UnderlayFrame, bridge_control, classify_underlay};
@@ -71,6 +76,7 @@ mod linux {
     };
     use parking_lot::Mutex;
     use std::net::{IpAddr, Ipv4Addr};
+    use std::os::fd::AsFd;
     use std::process::ExitCode;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +84,7 @@ mod linux {
     const USAGE: &str = "\
 usage: nf-node --config DIR|URL [--workers N] [--cpus LIST] [--pull-every SECS]
                [--stats-every SECS] [--duration SECS] [--ca-file PEM]
+               [--io auto|packet|xdp]
        nf-node snapshot VERSION CONFIG OUT
 
 Runs a VXLAN gateway with connection tracking on N workers (default 1), configured
@@ -85,7 +92,9 @@ by a snapshot pulled from DIR/snapshot.nfs, an http:// URL or an https:// URL
 (through curl; --ca-file trusts PEM certificates instead of the system's) every
 --pull-every seconds (default 1), on a thread of its own. Prints one line of counters every --stats-every seconds
 (default 10; 0 = never) and every counter on SIGINT/SIGTERM or after --duration.
---cpus 0,1 pins worker w to the w-th CPU of the list.
+--cpus 0,1 pins worker w to the w-th CPU of the list. --io picks how frames are
+received: AF_XDP where it opens, else PACKET_MMAP rings (auto, the default), or
+either alone; workers send on PACKET_MMAP rings.
 
 `nf-node snapshot` writes OUT, the snapshot of version VERSION holding the config
 file CONFIG (written to OUT.tmp, then renamed).
@@ -198,6 +207,7 @@ The config: `key = value` lines, `#` comments:
         stats_every: f64,
         duration: Option<f64>,
         ca_file: Option<String>,
+        io: IoKind,
     }
 
     enum Command {
@@ -259,6 +269,7 @@ The config: `key = value` lines, `#` comments:
             stats_every: 10.0,
             duration: None,
             ca_file: None,
+            io: IoKind::Auto,
         };
         let mut it = argv.iter();
         let secs = nf_examples::cli::seconds;
@@ -290,6 +301,11 @@ The config: `key = value` lines, `#` comments:
                 "--stats-every" => a.stats_every = secs(flag, v)?,
                 "--duration" => a.duration = Some(secs(flag, v)?),
                 "--ca-file" => a.ca_file = Some(v.clone()),
+                "--io" => {
+                    a.io = v
+                        .parse()
+                        .map_err(|_| format!("--io {v}: not auto, packet or xdp"))?;
+                }
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -458,13 +474,25 @@ The config: `key = value` lines, `#` comments:
             .map_err(|e| format!("{}: {e}", start_cfg.underlay))?;
         let over = Interface::by_name(&start_cfg.overlay)
             .map_err(|e| format!("{}: {e}", start_cfg.overlay))?;
-        let rings =
-            RingConfig::default().with_frames_up_to(over.mtu.max(under.mtu) + 14 + VXLAN_OVERHEAD);
-        let mut under_rx =
-            RxRing::open(&under, &rings).map_err(|e| format!("{}: {e}", under.name))?;
-        let mut over_rx = RxRing::open(&over, &rings).map_err(|e| format!("{}: {e}", over.name))?;
-        let mut arp_tx =
-            TxRing::open(&under, &rings).map_err(|e| format!("{}: {e}", under.name))?;
+        let frame_max = over.mtu.max(under.mtu) + 14 + VXLAN_OVERHEAD;
+        let rings = RingConfig::default().with_frames_up_to(frame_max);
+        // The receive side of both interfaces (and the underlay's ARP replies, sent from this
+        // thread).
+        let open = |iface: &Interface| {
+            Link::open(iface, args.io, &RingConfig::default(), frame_max)
+                .map_err(|e| format!("{}: {e}", iface.name))
+        };
+        let mut under_rx = open(&under)?;
+        let mut over_rx = open(&over)?;
+        for (link, name) in [(&under_rx, &under.name), (&over_rx, &over.name)] {
+            say!(
+                "nf-node: {name}: receives on {}",
+                match link.kind() {
+                    IoKind::Xdp => "AF_XDP",
+                    _ => "PACKET_MMAP rings",
+                }
+            );
+        }
 
         let table = |vni: u32| ZoneMap::Table(VniTable::new(&[(vni, ZoneId(vni))]));
         let mut decap = DecapStage::new(DecapConfig {
@@ -580,7 +608,7 @@ The config: `key = value` lines, `#` comments:
                 match classify_underlay(p.data(), under.mac, start_cfg.local) {
                     UnderlayFrame::Tunnel => continue,
                     UnderlayFrame::ArpReply(reply) => {
-                        let _ = arp_tx.send(&reply);
+                        let _ = under_rx.send(&reply);
                         arp_replies += 1;
                     }
                     UnderlayFrame::Ignore => ignored += 1,
@@ -591,7 +619,7 @@ The config: `key = value` lines, `#` comments:
                 decap.process(now, &mut batch);
                 bridge_control(&mut batch);
                 pool.dispatch(&mut batch);
-                let _ = arp_tx.flush();
+                let _ = under_rx.flush();
             }
 
             // Overlay: tagged with the VNI's zone, parsed, steered.
@@ -619,8 +647,8 @@ The config: `key = value` lines, `#` comments:
                     cell.version(),
                     p.pulls,
                     p.rejected.iter().sum::<u64>(),
-                    under_rx.counters().frames,
-                    over_rx.counters().frames,
+                    under_rx.counters().0.frames,
+                    over_rx.counters().0.frames,
                     pool.pool_counters().steered,
                     g("conntrack", "v4_sessions") + g("conntrack", "v6_sessions"),
                     g("conntrack", "created"),
@@ -629,8 +657,12 @@ The config: `key = value` lines, `#` comments:
                 );
             }
             if moved == 0 {
-                wait(&[&under_rx, &over_rx], IDLE_WAIT_MS, &mut events)
-                    .map_err(|e| format!("poll: {e}"))?;
+                wait_fds(
+                    [under_rx.as_fd(), over_rx.as_fd()],
+                    IDLE_WAIT_MS,
+                    &mut events,
+                )
+                .map_err(|e| format!("poll: {e}"))?;
                 for (ev, (ring, name)) in events
                     .iter()
                     .zip([(&mut under_rx, &under.name), (&mut over_rx, &over.name)])
@@ -654,7 +686,7 @@ The config: `key = value` lines, `#` comments:
         });
         for (name, ring) in [("underlay", &mut under_rx), ("overlay", &mut over_rx)] {
             let _ = ring.update_kernel_stats();
-            let c = ring.counters();
+            let c = ring.counters().0;
             let names: [(&'static str, u64); 3] = if name == "underlay" {
                 [
                     ("underlay_rx", c.frames),
@@ -774,6 +806,11 @@ The config: `key = value` lines, `#` comments:
                 panic!("run");
             };
             assert_eq!((a.workers, a.cpus, a.duration), (2, vec![0, 1], Some(3.0)));
+            assert_eq!(a.io, IoKind::Auto);
+            let Ok(Command::Run(a)) = parse_args(&argv("--config /etc/nf --io packet")) else {
+                panic!("run");
+            };
+            assert_eq!(a.io, IoKind::Packet);
             assert!(matches!(
                 parse_args(&argv("snapshot 7 c.txt out.nfs")),
                 Ok(Command::Snapshot { version: 7, .. })
@@ -783,6 +820,7 @@ The config: `key = value` lines, `#` comments:
                 "--workers 2",
                 "--config x --workers 65",
                 "--config x --bogus 1",
+                "--config x --io dpdk",
                 "snapshot 7 c.txt",
             ] {
                 assert!(parse_args(&argv(bad)).is_err(), "{bad}");
