@@ -21,30 +21,14 @@
 #[path = "../src/replay.rs"]
 mod replay;
 
-use nf_core::flow::proto;
+use nf_core::FlowKey;
 use nf_core::{Batch, Instant, Meta, SessionRef};
-use nf_core::{FlowKey, ZoneId};
-use replay::{Ours, Replay, Rng, Side, Traffic};
+use replay::{Ours, Replay, Rng, Side, Traffic, make_flows};
 use std::hint::black_box;
 
 const BATCH: usize = 64;
 /// Packets in the replayed stream (it wraps round; new flows live half of it at most).
 const PACKETS: usize = 1 << 16;
-
-/// The scenario's sessions (`conntrack_insert::make_flows`): 75% TCP, 16 zones.
-fn make_flows(n: usize, seed: u64) -> Vec<FlowKey> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|i| {
-            let host = (i / 60_000) as u32;
-            let sport = 1024 + (i % 60_000) as u16;
-            let src = (0x0a00_0000 | host).to_be_bytes();
-            let dst = (0x6440_0000 | (rng.next_u64() as u32 & 0x003f_ffff)).to_be_bytes();
-            let p = if i % 4 == 0 { proto::UDP } else { proto::TCP };
-            FlowKey::v4(ZoneId((i % 16) as u32), src, dst, p, sport, 443)
-        })
-        .collect()
-}
 
 /// The stage, called out of line so that callgrind can attribute its cost
 /// (`--toggle-collect='*Measured*process*'`).

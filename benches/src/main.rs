@@ -7,6 +7,7 @@
 
 mod harness;
 mod hugealloc;
+mod lb_setup;
 mod nat_setup;
 mod replay;
 mod scenarios;

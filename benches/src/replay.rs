@@ -108,6 +108,22 @@ fn established(f: &FlowKey) -> SessionState {
     }
 }
 
+/// The scenarios' sessions: `n` distinct IPv4 flows whose reverses are distinct from every
+/// flow too (sources in 10/8, destinations in 100.64/10), 75% TCP, 16 zones.
+pub(crate) fn make_flows(n: usize, seed: u64) -> Vec<FlowKey> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let host = (i / 60_000) as u32;
+            let sport = 1024 + (i % 60_000) as u16;
+            let src = (0x0a00_0000 | host).to_be_bytes();
+            let dst = (0x6440_0000 | (rng.next_u64() as u32 & 0x003f_ffff)).to_be_bytes();
+            let proto = if i % 4 == 0 { proto::UDP } else { proto::TCP };
+            FlowKey::v4(ZoneId((i % 16) as u32), src, dst, proto, sport, 443)
+        })
+        .collect()
+}
+
 /// Parsed metadata of a packet stream, kept the way a stage after the parse stage meets it:
 /// per packet only what differs between packets (the flow key and the TCP flags, 48 bytes)
 /// is read from memory; the rest of `Meta` (184 bytes) comes from the packet's *shape*, one

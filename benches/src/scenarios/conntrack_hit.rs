@@ -30,7 +30,7 @@ const QUERIES: usize = 1 << 20;
 
 pub(crate) fn run(opts: &Opts) {
     let sessions = opts.sessions.unwrap_or(1_000_000);
-    let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
+    let flows = crate::replay::make_flows(sessions, 0xC0FFEE);
     // Huge pages first (how a dataplane deploys a table this size), then the same with 4 KiB
     // pages; both sides of each line share the allocator.
     hugealloc::each_mode(|| measure::<V4Key>(opts, sessions, &flows, &["uniform", "zipf"]));

@@ -13,34 +13,18 @@
 //! sides share the allocator). `bytes_per_session` counts what the table asked for; with huge
 //! pages the allocator rounds each big array up to a whole 2 MiB page (under 1% here).
 
-use crate::harness::{self, AbResult, Opts, Rng};
+use crate::harness::{self, AbResult, Opts};
 use crate::hugealloc;
+use crate::replay::make_flows;
 use nf_core::conntrack::{
     InsertError, NewSession, SessionKey, SessionState, SessionTable, TableConfig, V4Key, V6Key,
 };
-use nf_core::flow::proto;
-use nf_core::{FlowKey, Instant, ZoneId};
+use nf_core::{FlowKey, Instant};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::Instant as Clock;
 
 type PeerMap = hashbrown::HashMap<FlowKey, u32, ahash::RandomState>;
-
-/// `n` distinct flows whose reverses are distinct from every flow too (sources in 10/8,
-/// destinations in 100.64/10). IPv4.
-pub(crate) fn make_flows(n: usize, seed: u64) -> Vec<FlowKey> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|i| {
-            let host = (i / 60_000) as u32;
-            let sport = 1024 + (i % 60_000) as u16;
-            let src = (0x0a00_0000 | host).to_be_bytes();
-            let dst = (0x6440_0000 | (rng.next_u64() as u32 & 0x003f_ffff)).to_be_bytes();
-            let proto = if i % 4 == 0 { proto::UDP } else { proto::TCP };
-            FlowKey::v4(ZoneId((i % 16) as u32), src, dst, proto, sport, 443)
-        })
-        .collect()
-}
 
 fn to_v6(f: &FlowKey) -> FlowKey {
     let mut s = [0u8; 16];

@@ -33,7 +33,7 @@ const TARGET_NS: f64 = 40.0;
 
 pub(crate) fn run(opts: &Opts) {
     let sessions = opts.sessions.unwrap_or(1_000_000);
-    let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
+    let flows = crate::replay::make_flows(sessions, 0xC0FFEE);
     let mut rng = Rng::new(0x57A6E);
     let traffic = Traffic::new(&flows, PACKETS, 64, NEW_SHARE, || rng.next_u64());
     hugealloc::each_mode(|| measure(opts, &flows, &traffic));
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn sides_agree_across_wraparounds_and_the_table_keeps_its_size() {
-        let flows = crate::scenarios::conntrack_insert::make_flows(3000, 7);
+        let flows = crate::replay::make_flows(3000, 7);
         let mut rng = Rng::new(9);
         // 64 batches: new flows live 32 of them, and the stream wraps round three times.
         let t = Traffic::new(&flows, 64 * 64, 64, 0.05, || rng.next_u64());

@@ -25,51 +25,33 @@
 
 use crate::harness::{self, Opts, Rng};
 use crate::hugealloc;
+use crate::lb_setup::{self, BACKENDS, TABLE, VIP, backend, src4};
 use crate::replay::{self, Replay, Side, Traffic};
 use nf_core::checksum::{update16, update32};
-use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+use nf_core::conntrack::Conntrack;
 use nf_core::flow::proto;
 use nf_core::{Batch, Direction, FlowKey, Instant, Meta, Packet, SessionRef, Stage, flags};
-use nf_lb::{
-    BackendId, HashFields, Lb, LbKey, Listener, ListenerMatch, Listeners, Pool, PoolMember,
-};
+use nf_lb::Lb;
 use serde_json::json;
 
 const PACKETS: usize = 1 << 20;
 const NEW_SHARE: f64 = 0.01;
 const CHECK_BATCHES: usize = 4096;
 const TARGET_NS: f64 = 45.0;
-const BACKENDS: u32 = 1000;
-const TABLE: u32 = 65_537;
-const VIP: [u8; 4] = [100, 64, 0, 1];
-const BACKEND_PORT: u16 = 8443;
 
 pub(crate) fn run(opts: &Opts) {
     let sessions = opts.sessions.unwrap_or(1_000_000);
-    let flows: Vec<FlowKey> = super::conntrack_insert::make_flows(sessions, 0xC0FFEE)
-        .iter()
-        .map(|f| FlowKey::v4(f.zone, src4(f), VIP, f.proto, f.src_port, f.dst_port))
-        .collect();
+    let flows = lb_setup::flows(sessions);
     hugealloc::each_mode(|| measure(opts, &flows));
-}
-
-fn src4(f: &FlowKey) -> [u8; 4] {
-    let [a, b, c, d, ..] = *f.src_raw();
-    [a, b, c, d]
-}
-
-fn backend(i: u32) -> ([u8; 4], u16) {
-    let [_, a, b, c] = i.to_be_bytes();
-    ([192, 168 | a, b, c], BACKEND_PORT)
 }
 
 fn measure(opts: &Opts, flows: &[FlowKey]) {
     let sessions = flows.len();
     let capacity = (sessions as f64 / 0.9).ceil() as u32;
-    let ours = OursLb::new(flows, capacity);
+    let ours = OursLb(lb_setup::lb(flows, capacity));
     let mut rng = Rng::new(0x57A6E);
     let mut traffic = Traffic::new(flows, PACKETS, 64, NEW_SHARE, || rng.next_u64());
-    aim(&mut traffic, &ours.0);
+    lb_setup::aim(&mut traffic, &ours.0);
     let peer = PeerLb::new(&ours.0, flows);
     let huge_bytes = hugealloc::anon_huge_bytes();
     let bytes_per_session = ours.0.v4().allocated_bytes() as f64 / sessions as f64;
@@ -105,48 +87,8 @@ fn measure(opts: &Opts, flows: &[FlowKey]) {
     );
 }
 
-/// Reply-direction templates carry the backend's tuple; new flows go to the VIP.
-fn aim(t: &mut Traffic, ct: &Conntrack<Lb>) {
-    let news: Vec<Vec<usize>> = (0..t.batches())
-        .map(|b| t.new_positions(b).collect())
-        .collect();
-    t.edit(|b, metas| {
-        for (i, m) in metas.iter_mut().enumerate() {
-            let f = m.flow;
-            if news[b].contains(&i) {
-                m.flow = FlowKey::v4(f.zone, src4(&f), VIP, f.proto, f.src_port, f.dst_port);
-            } else if f.src_bytes() == VIP {
-                let hit = ct.lookup(&f.reversed()).expect("established");
-                m.flow = ct.info(hit.session).expect("live").reply;
-            }
-        }
-    });
-}
-
 /// Ours: `Conntrack<Lb>`.
 struct OursLb(Conntrack<Lb>);
-
-impl OursLb {
-    fn new(flows: &[FlowKey], capacity: u32) -> Self {
-        let key = LbKey::new(*b"bench lb secret!");
-        let pool = Pool::new((0..BACKENDS).map(|i| {
-            let (a, p) = backend(i);
-            PoolMember::new(BackendId::v4(a, p), 1)
-        }));
-        let on = ListenerMatch::Vip(VIP.into());
-        let l = Listener::new(&key, on, HashFields::FiveTuple, pool, TABLE).expect("listener");
-        let lb = Lb::new(Listeners::new(vec![l]).expect("listeners"));
-        let cfg = ConntrackConfig::new(*b"bench secret key").sizes(Sizes {
-            v4: capacity,
-            v6: 1024,
-        });
-        let mut ct = Conntrack::new(cfg, lb).expect("stage config");
-        // Every session created through the stage, then marked established.
-        replay::create_established(&mut ct, flows);
-        assert_eq!(ct.len(), flows.len());
-        Self(ct)
-    }
-}
 
 impl Side for OursLb {
     type Handle = SessionRef;

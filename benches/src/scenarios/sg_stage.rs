@@ -51,7 +51,7 @@ const PEER: &str = "hashbrown 0.17 HashMap<FlowKey,(u32,bool)> + ahash 0.8 (both
 
 pub(crate) fn run(opts: &Opts) {
     let sessions = opts.sessions.unwrap_or(1_000_000);
-    let flows = super::conntrack_insert::make_flows(sessions, 0xC0FFEE);
+    let flows = crate::replay::make_flows(sessions, 0xC0FFEE);
     let mut rng = Rng::new(0x57A6E);
     let traffic = Traffic::new(&flows, PACKETS, 64, NEW_SHARE, || rng.next_u64());
     let rules = rules();
@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn sides_agree_and_every_flow_is_allowed() {
-        let flows = crate::scenarios::conntrack_insert::make_flows(3000, 7);
+        let flows = crate::replay::make_flows(3000, 7);
         let mut rng = Rng::new(9);
         let t = Traffic::new(&flows, 64 * 64, 64, 0.05, || rng.next_u64());
         let rules = rules();
