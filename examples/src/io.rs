@@ -627,8 +627,8 @@ pub fn wait(rings: &[&RxRing], timeout_ms: i32, events: &mut [PollEvents]) -> io
     sys::poll(rings.iter().map(|r| r.as_fd()), timeout_ms, events)
 }
 
-/// [`wait`] on any descriptors (receive rings, [`xdp::XdpPort`]s), at most 8: a slice, an
-/// array or an iterator (so a loop over its ports collects nothing).
+/// [`wait`] on any descriptors (receive rings, [`xdp::XdpPort`]s), at most 8, given as an
+/// array or any iterator (so a loop over its ports collects nothing).
 ///
 /// # Errors
 /// `poll` failed.

@@ -482,9 +482,9 @@ The config: `key = value` lines, `#` comments:
             Link::open(iface, args.io, &RingConfig::default(), frame_max)
                 .map_err(|e| format!("{}: {e}", iface.name))
         };
-        let mut under_rx = open(&under)?;
-        let mut over_rx = open(&over)?;
-        for (link, name) in [(&under_rx, &under.name), (&over_rx, &over.name)] {
+        let mut under_io = open(&under)?;
+        let mut over_io = open(&over)?;
+        for (link, name) in [(&under_io, &under.name), (&over_io, &over.name)] {
             say!(
                 "nf-node: {name}: receives on {}",
                 match link.kind() {
@@ -603,12 +603,12 @@ The config: `key = value` lines, `#` comments:
             }
 
             // Underlay: ARP for us answered here, the rest decapsulated and steered.
-            let mut moved = under_rx.recv(&mut batch);
+            let mut moved = under_io.recv(&mut batch);
             for p in batch.packets_mut() {
                 match classify_underlay(p.data(), under.mac, start_cfg.local) {
                     UnderlayFrame::Tunnel => continue,
                     UnderlayFrame::ArpReply(reply) => {
-                        let _ = under_rx.send(&reply);
+                        let _ = under_io.send(&reply);
                         arp_replies += 1;
                     }
                     UnderlayFrame::Ignore => ignored += 1,
@@ -619,11 +619,11 @@ The config: `key = value` lines, `#` comments:
                 decap.process(now, &mut batch);
                 bridge_control(&mut batch);
                 pool.dispatch(&mut batch);
-                let _ = under_rx.flush();
+                let _ = under_io.flush();
             }
 
             // Overlay: tagged with the VNI's zone, parsed, steered.
-            let n = over_rx.recv(&mut batch);
+            let n = over_io.recv(&mut batch);
             if n != 0 {
                 moved += n;
                 for p in batch.packets_mut() {
@@ -647,8 +647,8 @@ The config: `key = value` lines, `#` comments:
                     cell.version(),
                     p.pulls,
                     p.rejected.iter().sum::<u64>(),
-                    under_rx.counters().0.frames,
-                    over_rx.counters().0.frames,
+                    under_io.counters().0.frames,
+                    over_io.counters().0.frames,
                     pool.pool_counters().steered,
                     g("conntrack", "v4_sessions") + g("conntrack", "v6_sessions"),
                     g("conntrack", "created"),
@@ -658,14 +658,14 @@ The config: `key = value` lines, `#` comments:
             }
             if moved == 0 {
                 wait_fds(
-                    [under_rx.as_fd(), over_rx.as_fd()],
+                    [under_io.as_fd(), over_io.as_fd()],
                     IDLE_WAIT_MS,
                     &mut events,
                 )
                 .map_err(|e| format!("poll: {e}"))?;
                 for (ev, (ring, name)) in events
                     .iter()
-                    .zip([(&mut under_rx, &under.name), (&mut over_rx, &over.name)])
+                    .zip([(&mut under_io, &under.name), (&mut over_io, &over.name)])
                 {
                     if ev.error
                         && let Some(e) = ring.take_error()
@@ -684,7 +684,7 @@ The config: `key = value` lines, `#` comments:
         parse.visit_counters(&mut |s, c, v| {
             *totals.entry((s, c)).or_default() += v;
         });
-        for (name, ring) in [("underlay", &mut under_rx), ("overlay", &mut over_rx)] {
+        for (name, ring) in [("underlay", &mut under_io), ("overlay", &mut over_io)] {
             let _ = ring.update_kernel_stats();
             let c = ring.counters().0;
             let names: [(&'static str, u64); 3] = if name == "underlay" {
