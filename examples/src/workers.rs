@@ -25,6 +25,10 @@
 //! - [`WorkerPool::shutdown`] closes the channels, joins the workers and returns their
 //!   final counters.
 //!
+//! With one worker, [`PoolConfig::inline`] runs it on the receive loop's own thread instead
+//! (run to completion: no hand-over between threads, no channel); the caller then drives its
+//! timers ([`WorkerPool::poll_timeout`] / [`WorkerPool::handle_timeout`]).
+//!
 //! Both directions of a flow must go through the same receive loop's [`Steering`] (one
 //! loop per node, or one per NIC queue with the NIC's RSS using the symmetric Toeplitz key
 //! and [`nf_core::steer::SteerHash::Toeplitz`]).
@@ -83,6 +87,9 @@ pub struct WorkerPool<B: Send + 'static> {
     published: Arc<Mutex<Vec<CounterTotals>>>,
     handles: Vec<JoinHandle<CounterTotals>>,
     counters: PoolCounters,
+    /// The one worker, run on the caller's thread ([`PoolConfig::inline`]).
+    inline: Option<Box<dyn Worker<B>>>,
+    clock: StdClock,
 }
 
 /// The receive loop's own counts.
@@ -105,6 +112,10 @@ pub struct PoolConfig {
     pub cpus: Vec<usize>,
     /// How often workers publish their counters.
     pub publish_every: Duration,
+    /// With one worker: run it on the caller's thread, each batch as soon as it is filled
+    /// (no thread, no channel; `cpus` is not applied), its timers driven by the caller through
+    /// [`WorkerPool::handle_timeout`]. Ignored with more workers. Off by default.
+    pub inline: bool,
 }
 
 impl Default for PoolConfig {
@@ -112,6 +123,7 @@ impl Default for PoolConfig {
         Self {
             cpus: Vec::new(),
             publish_every: Duration::from_secs(1),
+            inline: false,
         }
     }
 }
@@ -134,6 +146,24 @@ impl<B: Send + 'static> WorkerPool<B> {
         let n = usize::from(steering.workers());
         let (ret_tx, returned) = sync_channel(n * Self::IN_FLIGHT);
         let published = Arc::new(Mutex::new(vec![CounterTotals::new(); n]));
+        if config.inline && n == 1 {
+            let worker = make(0);
+            let room = worker.batch_room();
+            return Ok(Self {
+                steering,
+                to_workers: Vec::new(),
+                returned,
+                filling: vec![Batch::new()],
+                fill_to: BATCH_SIZE.saturating_sub(room).max(1),
+                spare: Vec::new(),
+                made: 1,
+                published,
+                handles: Vec::new(),
+                counters: PoolCounters::default(),
+                inline: Some(Box::new(worker)),
+                clock,
+            });
+        }
         let mut to_workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut room = 0;
@@ -171,6 +201,8 @@ impl<B: Send + 'static> WorkerPool<B> {
             published,
             handles,
             counters: PoolCounters::default(),
+            inline: None,
+            clock,
         })
     }
 
@@ -213,8 +245,14 @@ impl<B: Send + 'static> WorkerPool<B> {
         }
     }
 
-    /// Sends worker `w`'s filling batch and takes an empty one in its place.
+    /// Sends worker `w`'s filling batch and takes an empty one in its place (an inline worker
+    /// runs on it here, and it is emptied for reuse).
     fn send(&mut self, w: usize) {
+        if let (Some(worker), Some(batch)) = (&mut self.inline, self.filling.get_mut(w)) {
+            worker.process(self.clock.now(), batch);
+            batch.clear();
+            return;
+        }
         let fresh = self.empty_batch();
         let Some(slot) = self.filling.get_mut(w) else {
             return;
@@ -259,9 +297,28 @@ impl<B: Send + 'static> WorkerPool<B> {
     }
 
     /// The workers' counters as last published (about once per [`PoolConfig::publish_every`]),
-    /// summed over workers.
+    /// summed over workers; an inline worker's as they are now.
     pub fn counters(&self) -> CounterTotals {
+        if let Some(w) = &self.inline {
+            return snapshot(w.as_ref());
+        }
         sum(&self.published.lock())
+    }
+
+    /// When an inline worker's timers are next due (`None`: no timers, or the workers run on
+    /// threads of their own, which drive their timers themselves).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.inline.as_ref().and_then(|w| w.poll_timeout())
+    }
+
+    /// Runs an inline worker's timers if they are due at `now` (nothing for threaded
+    /// workers); call it between batches.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(w) = &mut self.inline
+            && w.poll_timeout().is_some_and(|t| t <= now)
+        {
+            w.handle_timeout(now);
+        }
     }
 
     /// Closes the channels, waits for every worker to finish its queue, and returns the
@@ -270,8 +327,12 @@ impl<B: Send + 'static> WorkerPool<B> {
         let Self {
             to_workers,
             handles,
+            inline,
             ..
         } = self;
+        if let Some(w) = inline {
+            return snapshot(w.as_ref());
+        }
         drop(to_workers);
         let finals: Vec<CounterTotals> = handles
             .into_iter()
@@ -291,7 +352,7 @@ fn sum(sets: &[CounterTotals]) -> CounterTotals {
     total
 }
 
-fn snapshot<B, W: Worker<B>>(worker: &W) -> CounterTotals {
+fn snapshot<B, W: Worker<B> + ?Sized>(worker: &W) -> CounterTotals {
     let mut c = CounterTotals::new();
     worker.visit_counters(&mut |stage, name, v| {
         *c.entry((stage, name)).or_default() += v;

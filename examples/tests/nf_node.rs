@@ -1,11 +1,11 @@
 //! `nf-node` between a Linux kernel VXLAN device and a host, in network namespaces these
-//! tests make, on two workers, receiving on AF_XDP (the first lab) and on `PACKET_MMAP`
-//! rings (the second): pings pass through connection tracking both ways; a new
-//! snapshot changes the VNI live (traffic stops, then comes back with the next one); a
-//! corrupt file and a source that goes away change nothing; the final counters say all of
-//! it. A second lab sends UDP datagrams as fragments, the last fragment first (scapy): the
-//! node's workers hold the later fragments until their first arrives, and every datagram
-//! is echoed back whole.
+//! tests make. The first lab, on two worker threads receiving on AF_XDP: pings pass through
+//! connection tracking both ways; a new snapshot changes the VNI live (traffic stops, then
+//! comes back with the next one); a corrupt file and a source that goes away change nothing;
+//! the final counters say all of it. The second lab, on one worker running on the receive
+//! loop's thread over `PACKET_MMAP` rings, sends UDP datagrams as fragments, the last
+//! fragment first (scapy): the worker holds the later fragments until their first arrives,
+//! and every datagram is echoed back whole.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -85,20 +85,23 @@ fn lab(prefix: &str) -> Option<(common::Lab, [String; 3], PathBuf)> {
     Some((lab, [a, g, b], dir))
 }
 
-/// Starts the node in namespace `g` on two workers, receiving on `io` (`xdp` or `packet`),
-/// and waits until it is ready; its output lines, its pid, and the lines seen so far.
+/// Starts the node in namespace `g` on `workers` workers, receiving on `io` (`xdp` or
+/// `packet`), and waits until it is ready; its output lines, its pid, and the lines seen so
+/// far.
 fn start_node(
     lab: &mut common::Lab,
     g: &str,
     dir: &Path,
     io: &str,
+    workers: u16,
 ) -> (Receiver<String>, String, Vec<String>) {
+    let n = workers.to_string();
     let mut node = Command::new("ip")
         .args(["netns", "exec", g, NODE, "--config"])
         .arg(dir)
         .args([
             "--workers",
-            "2",
+            &n,
             "--pull-every",
             "0.1",
             "--stats-every",
@@ -119,7 +122,7 @@ fn start_node(
     let mut seen = Vec::new();
     wait_for(
         &lines,
-        "nf-node: ready: 2 workers, snapshot version 1",
+        &format!("nf-node: ready: {workers} workers, snapshot version 1"),
         10,
         &mut seen,
     );
@@ -157,7 +160,7 @@ fn nf_node_carries_traffic_and_applies_snapshots_live() {
     let Some((mut lab, [a, g, b], dir)) = lab("nfn") else {
         return;
     };
-    let (lines, pid, mut seen) = start_node(&mut lab, &g, &dir, "xdp");
+    let (lines, pid, mut seen) = start_node(&mut lab, &g, &dir, "xdp", 2);
 
     // Through the node both ways.
     assert_eq!(pings(&a, "198.51.100.2", 3), 3, "a -> b with VNI 42");
@@ -244,7 +247,7 @@ fn nf_node_reorders_fragments_that_arrive_last_first() {
         return;
     }
     lab.udp_echo(&b, "198.51.100.2");
-    let (lines, pid, seen) = start_node(&mut lab, &g, &dir, "packet");
+    let (lines, pid, seen) = start_node(&mut lab, &g, &dir, "packet", 1);
     // The path works (and the VTEP knows the node's MAC) before the fragments go.
     assert_eq!(pings(&a, "198.51.100.2", 2), 2, "a -> b");
     const N: u32 = 10;

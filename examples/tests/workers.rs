@@ -132,18 +132,24 @@ fn single(frames: &[Vec<u8>]) -> BTreeMap<u32, (Verdict, Direction)> {
     out
 }
 
-fn pooled(frames: &[Vec<u8>], workers: u16) -> (BTreeMap<u32, (Verdict, Direction)>, u64) {
+/// The pool's outcome per packet and the sessions created; `inline`: one worker on this
+/// thread ([`PoolConfig::inline`]).
+fn pooled(
+    frames: &[Vec<u8>],
+    workers: u16,
+    inline: bool,
+) -> (BTreeMap<u32, (Verdict, Direction)>, u64) {
     let steering = Steering::new(
         workers,
         SteerHash::Keyed(FlowHasher::new([5; 16])),
         SteerFields::FiveTuple,
     );
     let (tx, rx) = channel();
-    let mut pool = WorkerPool::start(steering, StdClock::new(), &PoolConfig::default(), |_| {
-        CtWorker {
-            ct: ct(),
-            out: tx.clone(),
-        }
+    let mut cfg = PoolConfig::default();
+    cfg.inline = inline;
+    let mut pool = WorkerPool::start(steering, StdClock::new(), &cfg, |_| CtWorker {
+        ct: ct(),
+        out: tx.clone(),
     })
     .unwrap();
     drop(tx);
@@ -155,6 +161,7 @@ fn pooled(frames: &[Vec<u8>], workers: u16) -> (BTreeMap<u32, (Verdict, Directio
             dropped_in_front.insert(id_of(p.data()), (p.meta.verdict, p.meta.direction));
         }
         pool.dispatch(&mut b);
+        pool.handle_timeout(Instant::ZERO);
     }
     let totals = pool.shutdown();
     let mut out: BTreeMap<u32, (Verdict, Direction)> =
@@ -175,8 +182,8 @@ fn workers_give_every_packet_the_verdict_one_pipeline_gives() {
             .filter(|(_, d)| *d == Direction::Reply)
             .count();
         assert!(flows > 500, "the traffic has replies: {flows}");
-        for workers in [1, 2, 3, 4] {
-            let (got, created) = pooled(&frames, workers);
+        for (workers, inline) in [(1, false), (1, true), (2, false), (3, false), (4, false)] {
+            let (got, created) = pooled(&frames, workers, inline);
             assert_eq!(got.len(), frames.len(), "seed {seed}, {workers} workers");
             let diff: Vec<_> = want
                 .iter()
@@ -205,9 +212,14 @@ impl Worker<Vec<u8>> for RoomWorker {
 }
 
 /// The pool leaves every batch the room its workers ask for (a `FragmentReorder` releases
-/// held fragments into it), and still delivers every packet.
+/// held fragments into it), and still delivers every packet, on a thread or inline.
 #[test]
 fn the_pool_leaves_the_room_workers_ask_for() {
+    room_left(false);
+    room_left(true);
+}
+
+fn room_left(inline: bool) {
     let frames = traffic(9, 40, 2_000);
     // One worker: every 64-packet batch the loop dispatches goes to it whole.
     let steering = Steering::new(
@@ -216,8 +228,10 @@ fn the_pool_leaves_the_room_workers_ask_for() {
         SteerFields::FiveTuple,
     );
     let (tx, rx) = channel();
-    let mut pool = WorkerPool::start(steering, StdClock::new(), &PoolConfig::default(), |_| {
-        RoomWorker { lens: tx.clone() }
+    let mut cfg = PoolConfig::default();
+    cfg.inline = inline;
+    let mut pool = WorkerPool::start(steering, StdClock::new(), &cfg, |_| RoomWorker {
+        lens: tx.clone(),
     })
     .unwrap();
     drop(tx);

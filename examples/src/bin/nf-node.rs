@@ -23,7 +23,9 @@
 //!   encap stage and transmit rings on both interfaces; [`nf_core::steer::Steering`] sends
 //!   both directions of every inner flow to the same worker, and every fragment of a packet
 //!   with them (by addresses); the pool leaves each batch the room the reorder releases
-//!   fragments into.
+//!   fragments into. One worker (`--workers 1`, the default) runs on the receive loop's own
+//!   thread (`PoolConfig::inline`), so a batch goes from receive to transmit without a
+//!   hand-over between threads.
 //! - **I/O** ([`nf_examples::io`]): the receive loop takes frames from an AF_XDP socket per
 //!   interface where one opens (`--io auto`, the default; `--io xdp` or `--io packet` for
 //!   either alone) or from `PACKET_MMAP` receive rings; the frames travel to the workers in
@@ -92,7 +94,9 @@ by a snapshot pulled from DIR/snapshot.nfs, an http:// URL or an https:// URL
 (through curl; --ca-file trusts PEM certificates instead of the system's) every
 --pull-every seconds (default 1), on a thread of its own. Prints one line of counters every --stats-every seconds
 (default 10; 0 = never) and every counter on SIGINT/SIGTERM or after --duration.
---cpus 0,1 pins worker w to the w-th CPU of the list. --io picks how frames are
+--cpus 0,1 pins worker w to the w-th CPU of the list; one worker (the default) runs
+its pipeline on the receive loop's thread (pinned to the first CPU of --cpus), as
+soon as a batch is received. --io picks how frames are
 received: AF_XDP where it opens, else PACKET_MMAP rings (auto, the default), or
 either alone; workers send on PACKET_MMAP rings.
 
@@ -554,6 +558,12 @@ The config: `key = value` lines, `#` comments:
         let mut workers = workers.into_iter();
         let mut pool_cfg = PoolConfig::default();
         pool_cfg.cpus.clone_from(&args.cpus);
+        // One worker runs to completion on this thread: no hand-over between threads.
+        pool_cfg.inline = args.workers == 1;
+        if let (true, Some(&cpu)) = (pool_cfg.inline, args.cpus.first()) {
+            // Best effort, as for worker threads: a container may forbid it.
+            let _ = nf_examples::io::pin_to_cpu(cpu);
+        }
         let mut pool = WorkerPool::start(
             steering,
             clock,
@@ -585,6 +595,8 @@ The config: `key = value` lines, `#` comments:
                 break;
             }
             let now = clock.now();
+            // An inline worker's timers (threaded workers run their own).
+            pool.handle_timeout(now);
             // The snapshot the puller thread published last, applied between batches.
             if cell.refresh() {
                 let c = cell.current().config();
