@@ -29,10 +29,11 @@
 //! - **I/O** ([`nf_examples::io`]): the receive loop takes frames from an AF_XDP socket per
 //!   interface where one opens (`--io auto`, the default; `--io xdp` or `--io packet` for
 //!   either alone) or from `PACKET_MMAP` receive rings; the frames travel to the workers in
-//!   place (a worker dropping one gives its buffer back to the receive side), and each
-//!   worker sends on transmit rings of its own (AF_XDP's one transmit ring per socket would
-//!   need a lock, or a socket per worker sharing one UMEM, to serve several workers).
-//!   Interfaces that go down are waited for.
+//!   place (a worker dropping one gives its buffer back to the receive side). One worker
+//!   sends through the receive side's own sockets (AF_XDP's transmit ring included: it runs
+//!   on the same thread); several workers each send on `PACKET_MMAP` transmit rings of their
+//!   own (AF_XDP's one transmit ring per socket would need a lock on the packet path, or a
+//!   socket per worker sharing one UMEM). Interfaces that go down are waited for.
 //! - **Counters**: every `--stats-every` seconds one line; on SIGINT/SIGTERM (or after
 //!   `--duration`) every counter as `stage.counter value`, summed over workers.
 //!
@@ -67,7 +68,8 @@ mod linux {
     };
     use nf_examples::curl::CurlSource;
     use nf_examples::io::{
-        Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, TxRing, parse_mac, wait_fds,
+        Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, TxCounters, TxRing, parse_mac,
+        wait_fds,
     };
     use nf_examples::say;
     use nf_examples::vtep::{UnderlayFrame, bridge_control, classify_underlay};
@@ -98,7 +100,7 @@ by a snapshot pulled from DIR/snapshot.nfs, an http:// URL or an https:// URL
 its pipeline on the receive loop's thread (pinned to the first CPU of --cpus), as
 soon as a batch is received. --io picks how frames are
 received: AF_XDP where it opens, else PACKET_MMAP rings (auto, the default), or
-either alone; workers send on PACKET_MMAP rings.
+either alone; one worker sends the same way, several on PACKET_MMAP rings.
 
 `nf-node snapshot` writes OUT, the snapshot of version VERSION holding the config
 file CONFIG (written to OUT.tmp, then renamed).
@@ -350,16 +352,46 @@ The config: `key = value` lines, `#` comments:
         }
     }
 
-    /// One worker: its fragment reorder, its session table, its encap stage, its transmit
-    /// rings.
+    /// Where a worker sends: transmit rings of its own, or (the one inline worker, which runs
+    /// on the receive loop's thread) the receive loop's own `Link`, AF_XDP's transmit ring
+    /// included. The lock is never contended: only that one thread takes it.
+    enum Out {
+        Ring(TxRing),
+        Shared(Arc<Mutex<Link>>),
+    }
+
+    impl Out {
+        fn send(&mut self, frame: &[u8]) {
+            let _ = match self {
+                Self::Ring(r) => r.send(frame),
+                Self::Shared(l) => l.lock().send(frame),
+            };
+        }
+
+        fn flush(&mut self) {
+            let _ = match self {
+                Self::Ring(r) => r.flush(),
+                Self::Shared(l) => l.lock().flush(),
+            };
+        }
+
+        fn counters(&self) -> TxCounters {
+            match self {
+                Self::Ring(r) => r.counters(),
+                Self::Shared(l) => l.lock().counters().1,
+            }
+        }
+    }
+
+    /// One worker: its fragment reorder, its session table, its encap stage, where it sends.
     struct NodeWorker {
         /// Later fragments that arrive before their first wait for it (copied out of the
         /// receive ring while they wait), so that every fragment reaches the session.
         reorder: FragmentReorder<RingFrame>,
         ct: Conntrack,
         encap: EncapStage,
-        to_overlay: TxRing,
-        to_underlay: TxRing,
+        to_overlay: Out,
+        to_underlay: Out,
         overlay_frame_max: usize,
         too_big_for_overlay: u64,
     }
@@ -372,7 +404,7 @@ The config: `key = value` lines, `#` comments:
             for p in batch.packets_mut() {
                 if p.meta.verdict.is_pass() && p.meta.tunnel.is_decapsulated() {
                     if p.len() <= self.overlay_frame_max {
-                        let _ = self.to_overlay.send(p.data());
+                        self.to_overlay.send(p.data());
                     } else {
                         self.too_big_for_overlay += 1;
                     }
@@ -381,10 +413,10 @@ The config: `key = value` lines, `#` comments:
             }
             self.encap.process(now, batch);
             for p in batch.packets().iter().filter(|p| p.meta.verdict.is_pass()) {
-                let _ = self.to_underlay.send(p.data());
+                self.to_underlay.send(p.data());
             }
-            let _ = self.to_overlay.flush();
-            let _ = self.to_underlay.flush();
+            self.to_overlay.flush();
+            self.to_underlay.flush();
         }
 
         fn poll_timeout(&self) -> Option<Instant> {
@@ -486,12 +518,12 @@ The config: `key = value` lines, `#` comments:
             Link::open(iface, args.io, &RingConfig::default(), frame_max)
                 .map_err(|e| format!("{}: {e}", iface.name))
         };
-        let mut under_io = open(&under)?;
-        let mut over_io = open(&over)?;
+        let under_io = Arc::new(Mutex::new(open(&under)?));
+        let over_io = Arc::new(Mutex::new(open(&over)?));
         for (link, name) in [(&under_io, &under.name), (&over_io, &over.name)] {
             say!(
                 "nf-node: {name}: receives on {}",
-                match link.kind() {
+                match link.lock().kind() {
                     IoKind::Xdp => "AF_XDP",
                     _ => "PACKET_MMAP rings",
                 }
@@ -535,6 +567,17 @@ The config: `key = value` lines, `#` comments:
             SteerHash::Keyed(FlowHasher::new(secret)),
             SteerFields::FiveTuple,
         );
+        // One worker runs to completion on this thread (`PoolConfig::inline`), and sends
+        // through the receive side's own Links; more workers send on rings of their own.
+        let inline = args.workers == 1;
+        let out = |link: &Arc<Mutex<Link>>, iface: &Interface, w: u16| {
+            if inline {
+                return Ok(Out::Shared(Arc::clone(link)));
+            }
+            TxRing::open(iface, &rings)
+                .map(Out::Ring)
+                .map_err(|e| format!("worker {w}: {}: {e}", iface.name))
+        };
         let mut workers = Vec::with_capacity(usize::from(args.workers));
         for w in 0..args.workers {
             let ct = ConntrackConfig::new(secret).sizes(Sizes {
@@ -547,10 +590,8 @@ The config: `key = value` lines, `#` comments:
                 ct: Conntrack::new(ct, ()).map_err(|e| format!("worker {w}: conntrack: {e:?}"))?,
                 encap: EncapStage::new(encap_cfg.clone())
                     .map_err(|e| format!("worker {w}: encap: {e}"))?,
-                to_overlay: TxRing::open(&over, &rings)
-                    .map_err(|e| format!("worker {w}: {}: {e}", over.name))?,
-                to_underlay: TxRing::open(&under, &rings)
-                    .map_err(|e| format!("worker {w}: {}: {e}", under.name))?,
+                to_overlay: out(&over_io, &over, w)?,
+                to_underlay: out(&under_io, &under, w)?,
                 overlay_frame_max: over.mtu + 14,
                 too_big_for_overlay: 0,
             });
@@ -558,8 +599,7 @@ The config: `key = value` lines, `#` comments:
         let mut workers = workers.into_iter();
         let mut pool_cfg = PoolConfig::default();
         pool_cfg.cpus.clone_from(&args.cpus);
-        // One worker runs to completion on this thread: no hand-over between threads.
-        pool_cfg.inline = args.workers == 1;
+        pool_cfg.inline = inline;
         if let (true, Some(&cpu)) = (pool_cfg.inline, args.cpus.first()) {
             // Best effort, as for worker threads: a container may forbid it.
             let _ = nf_examples::io::pin_to_cpu(cpu);
@@ -615,12 +655,12 @@ The config: `key = value` lines, `#` comments:
             }
 
             // Underlay: ARP for us answered here, the rest decapsulated and steered.
-            let mut moved = under_io.recv(&mut batch);
+            let mut moved = under_io.lock().recv(&mut batch);
             for p in batch.packets_mut() {
                 match classify_underlay(p.data(), under.mac, start_cfg.local) {
                     UnderlayFrame::Tunnel => continue,
                     UnderlayFrame::ArpReply(reply) => {
-                        let _ = under_io.send(&reply);
+                        let _ = under_io.lock().send(&reply);
                         arp_replies += 1;
                     }
                     UnderlayFrame::Ignore => ignored += 1,
@@ -631,11 +671,11 @@ The config: `key = value` lines, `#` comments:
                 decap.process(now, &mut batch);
                 bridge_control(&mut batch);
                 pool.dispatch(&mut batch);
-                let _ = under_io.flush();
+                let _ = under_io.lock().flush();
             }
 
             // Overlay: tagged with the VNI's zone, parsed, steered.
-            let n = over_io.recv(&mut batch);
+            let n = over_io.lock().recv(&mut batch);
             if n != 0 {
                 moved += n;
                 for p in batch.packets_mut() {
@@ -659,8 +699,8 @@ The config: `key = value` lines, `#` comments:
                     cell.version(),
                     p.pulls,
                     p.rejected.iter().sum::<u64>(),
-                    under_io.counters().0.frames,
-                    over_io.counters().0.frames,
+                    under_io.lock().counters().0.frames,
+                    over_io.lock().counters().0.frames,
                     pool.pool_counters().steered,
                     g("conntrack", "v4_sessions") + g("conntrack", "v6_sessions"),
                     g("conntrack", "created"),
@@ -669,18 +709,18 @@ The config: `key = value` lines, `#` comments:
                 );
             }
             if moved == 0 {
-                wait_fds(
-                    [under_io.as_fd(), over_io.as_fd()],
-                    IDLE_WAIT_MS,
-                    &mut events,
-                )
-                .map_err(|e| format!("poll: {e}"))?;
-                for (ev, (ring, name)) in events
+                {
+                    // Only this thread takes these locks (see `Out`).
+                    let (u, o) = (under_io.lock(), over_io.lock());
+                    wait_fds([u.as_fd(), o.as_fd()], IDLE_WAIT_MS, &mut events)
+                        .map_err(|e| format!("poll: {e}"))?;
+                }
+                for (ev, (link, name)) in events
                     .iter()
-                    .zip([(&mut under_io, &under.name), (&mut over_io, &over.name)])
+                    .zip([(&under_io, &under.name), (&over_io, &over.name)])
                 {
                     if ev.error
-                        && let Some(e) = ring.take_error()
+                        && let Some(e) = link.lock().take_error()
                     {
                         eprintln!("nf-node: {name}: {e}; waiting for it to come back");
                     }
@@ -696,9 +736,10 @@ The config: `key = value` lines, `#` comments:
         parse.visit_counters(&mut |s, c, v| {
             *totals.entry((s, c)).or_default() += v;
         });
-        for (name, ring) in [("underlay", &mut under_io), ("overlay", &mut over_io)] {
-            let _ = ring.update_kernel_stats();
-            let c = ring.counters().0;
+        for (name, link) in [("underlay", &under_io), ("overlay", &over_io)] {
+            let mut link = link.lock();
+            let _ = link.update_kernel_stats();
+            let c = link.counters().0;
             let names: [(&'static str, u64); 3] = if name == "underlay" {
                 [
                     ("underlay_rx", c.frames),
