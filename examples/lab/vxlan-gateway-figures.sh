@@ -11,7 +11,9 @@
 #      192.0.2.1 on ua                            kernel: vx1 over ug + bridge br0 with og
 #
 # nf runs twice: on AF_XDP (`--io xdp`) and on PACKET_MMAP rings (`--io packet`), its one
-# thread pinned to the last CPU (`--cpu`).
+# thread pinned to the last CPU (`--cpu`). Then `nf-node` (the same gateway with connection
+# tracking, configured by a snapshot) runs in the same lab on AF_XDP: one worker (on the
+# receive loop's thread, pinned to the last CPU) and two workers (one per CPU).
 #
 # iperf3 runs from a to b: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full
 # speed (packets received per second and the share lost), then at the highest offered rate
@@ -24,7 +26,10 @@ set -euo pipefail
 secs=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 gw_bin=${VXLAN_GATEWAY:-$root/target/release/vxlan-gateway}
-[ -x "$gw_bin" ] || { echo "build it first: cargo build --release -p nf-examples --bin vxlan-gateway" >&2; exit 2; }
+node_bin=${NF_NODE:-$root/target/release/nf-node}
+for b in "$gw_bin" "$node_bin"; do
+  [ -x "$b" ] || { echo "build it first: cargo build --release -p nf-examples --bin vxlan-gateway --bin nf-node" >&2; exit 2; }
+done
 for t in ip iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 
 . "$root/examples/lab/figures-lib.sh"
@@ -60,6 +65,17 @@ start_nf() { # IO: xdp or packet
   sleep 0.5
 }
 
+start_node() { # WORKERS CPUS
+  mkdir -p "$tmp/node"
+  printf 'underlay = ug\noverlay = og\nlocal = 192.0.2.2\nremote = 192.0.2.1\nremote_mac = 02:00:00:00:00:01\nvni = 42\n' >"$tmp/node/node.conf"
+  "$node_bin" snapshot 1 "$tmp/node/node.conf" "$tmp/node/snapshot.nfs" >/dev/null
+  ip netns exec "$G" "$node_bin" --config "$tmp/node" --io xdp --workers "$1" --cpus "$2" \
+    --stats-every 0 >"$tmp/gw.out" 2>&1 &
+  gw_pid=$!
+  own "$G" ug og
+  sleep 1
+}
+
 start_kernel() {
   ip -n "$G" addr add 192.0.2.2/24 dev ug
   ip -n "$G" link add vx1 type vxlan id 42 remote 192.0.2.1 local 192.0.2.2 dstport 4789 dev ug
@@ -82,9 +98,19 @@ for io in xdp packet; do
   echo "--- vxlan-gateway --io $io counters" >&2; grep -E "AF_XDP|drop|full|kernel_drops|partial|link_down" "$tmp/gw.out" | grep -v " 0$" >&2 || true
   for n in "$A" "$G" "$B"; do ip netns del "$n"; done
 done
+for workers in 1 2; do
+  who=nf-node-$workers
+  if [ "$workers" = 1 ]; then cpus=$gw_cpu; else cpus=$(seq -s, 0 $(( $(nproc) - 1 ))); fi
+  lab; start_node "$workers" "$cpus"; measure "$who" vxlan-gateway "$A" "$B" 198.51.100.2 "$gw_pid" | tee "$tmp/$who.jsonl"
+  udp_search "$who" vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/$who.jsonl"
+  kill -INT "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; gw_pid=
+  echo "--- nf-node --workers $workers counters" >&2; grep -E "receives on|drop|full|kernel_drops|link_down|backpressure" "$tmp/gw.out" | grep -v " 0$" >&2 || true
+  for n in "$A" "$G" "$B"; do ip netns del "$n"; done
+done
 lab; start_kernel; measure kernel vxlan-gateway "$A" "$B" 198.51.100.2 "" | tee "$tmp/kernel.jsonl"
 udp_search kernel vxlan-gateway "$A" "$B" 198.51.100.2 | tee -a "$tmp/kernel.jsonl"
 
-table_n nf "nf gateway (AF_XDP, --io xdp)" nf-packet "nf gateway (PACKET_MMAP rings)" kernel "kernel VXLAN + bridge" \
-  -- "$tmp/nf.jsonl" "$tmp/nf-packet.jsonl" "$tmp/kernel.jsonl"
+table_n nf "nf gateway (AF_XDP, --io xdp)" nf-packet "nf gateway (PACKET_MMAP rings)" \
+  nf-node-1 "nf-node, 1 worker (AF_XDP)" nf-node-2 "nf-node, 2 workers (AF_XDP)" kernel "kernel VXLAN + bridge" \
+  -- "$tmp/nf.jsonl" "$tmp/nf-packet.jsonl" "$tmp/nf-node-1.jsonl" "$tmp/nf-node-2.jsonl" "$tmp/kernel.jsonl"
 rm -rf "$tmp"
