@@ -146,28 +146,16 @@ impl<B: Send + 'static> WorkerPool<B> {
         let n = usize::from(steering.workers());
         let (ret_tx, returned) = sync_channel(n * Self::IN_FLIGHT);
         let published = Arc::new(Mutex::new(vec![CounterTotals::new(); n]));
-        if config.inline && n == 1 {
-            let worker = make(0);
-            let room = worker.batch_room();
-            return Ok(Self {
-                steering,
-                to_workers: Vec::new(),
-                returned,
-                filling: vec![Batch::new()],
-                fill_to: BATCH_SIZE.saturating_sub(room).max(1),
-                spare: Vec::new(),
-                made: 1,
-                published,
-                handles: Vec::new(),
-                counters: PoolCounters::default(),
-                inline: Some(Box::new(worker)),
-                clock,
-            });
-        }
         let mut to_workers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut room = 0;
-        for w in 0..n {
+        // One worker on the caller's thread, or one thread per worker.
+        let inline = (config.inline && n == 1).then(|| {
+            let worker = make(0);
+            room = worker.batch_room();
+            Box::new(worker) as Box<dyn Worker<B>>
+        });
+        for w in (0..n).filter(|_| inline.is_none()) {
             let (tx, rx) = sync_channel::<Batch<B>>(Self::IN_FLIGHT);
             let worker = make(w as u16);
             room = room.max(worker.batch_room());
@@ -201,7 +189,7 @@ impl<B: Send + 'static> WorkerPool<B> {
             published,
             handles,
             counters: PoolCounters::default(),
-            inline: None,
+            inline,
             clock,
         })
     }
