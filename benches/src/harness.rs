@@ -190,3 +190,28 @@ pub(crate) fn emit(line: &str) {
         std::process::exit(1);
     }
 }
+
+/// Random lines [`two_random_lines_floor`] reads (two per key, then round again).
+const FLOOR_PICKS: usize = 1 << 21;
+
+/// The machine's floor for this table's footprint: ns per key to read two random cache
+/// lines of a `bytes`-sized array, the memory work of one hit (a bucket line and a record
+/// line) with no hashing or comparing, and with the loads free to overlap as far as the core
+/// allows (a lookup's two loads depend on each other, so it can only approach this through
+/// prefetching). No lookup of this design beats it on the machine at hand; it moves with the
+/// machine's memory latency, TLB reach and shared cache.
+pub(crate) fn two_random_lines_floor(opts: &Opts, bytes: usize) -> f64 {
+    let lines: Vec<[u64; 8]> = vec![[1; 8]; (bytes / 64).max(1)];
+    let mut rng = Rng::new(0xF100);
+    let picks: Vec<u32> = (0..FLOOR_PICKS)
+        .map(|_| rng.below(lines.len() as u64) as u32)
+        .collect();
+    let mut at = 0usize;
+    solo(opts, 64, || {
+        let p = &picks[at..at + 128];
+        at = (at + 128) % picks.len();
+        p.iter()
+            .map(|&i| lines.get(i as usize).map_or(0, |l| l[0]))
+            .sum()
+    })
+}

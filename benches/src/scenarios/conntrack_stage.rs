@@ -15,7 +15,10 @@
 //! stays at its size, and every new flow is new when it arrives (checked). The restore and the
 //! removals are timed on both sides alike; `restore_ns_per_pkt` is the restore alone, and
 //! `lookup_batch_ns_per_pkt` is the same packets' keys through `SessionTable::lookup_batch`
-//! alone, so the stage's own overhead is visible.
+//! alone, so the stage's own overhead is visible. `floor_two_random_lines_ns` is this
+//! machine's cost of the memory work of a hit alone (two random lines of an array as large as
+//! the stage's tables per packet, as in `conntrack-hit`): how much of the target the memory
+//! takes before any hashing, comparing or tracking.
 //!
 //! Before timing, ours and the peer must agree on hit/miss and direction for every packet of
 //! 4096 batches. Lines: `"huge_pages": "madvise"` and `"none"`, as in `conntrack-hit`.
@@ -59,6 +62,7 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic) {
         at = (at + 64) % keys.len();
         u64::from(table.lookup_batch(q, &mut out).count_ones())
     });
+    let floor = harness::two_random_lines_floor(opts, ours.side.0.allocated_bytes());
     let mut batch = replay::working_batch(traffic.batch);
     let mut b = 0usize;
     let restore = harness::solo(opts, n, || {
@@ -86,6 +90,7 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic) {
             "restore": "per packet: flow key + TCP flags from the parsed stream, the rest of Meta from its shape (replay::Stream), timed on both sides",
             "restore_ns_per_pkt": (restore * 1000.0).round() / 1000.0,
             "lookup_batch_ns_per_pkt": (lookup * 1000.0).round() / 1000.0,
+            "floor_two_random_lines_ns": (floor * 1000.0).round() / 1000.0,
             "target_ns_per_pkt": TARGET_NS,
             "meets_target": r.ours_ns <= TARGET_NS && r.peer_ns / r.ours_ns >= 2.0,
         }),
