@@ -98,9 +98,20 @@ fn gateway_with(rules: Vec<EndpointRule>) -> Gateway {
 
 /// A VXLAN frame from a host to the gateway carrying an inner Ethernet/IPv4/TCP frame.
 fn vxlan(vni: u32, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2])
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535);
+    let inner = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]).ipv4(src, dst, 64);
+    vxlan_tcp(vni, inner, sport, dport, syn)
+}
+
+/// A VXLAN frame from a host to the gateway (IPv4 underlay) carrying the inner TCP segment
+/// built on `inner` (its Ethernet and IP headers): a SYN, or an ACK carrying a request.
+fn vxlan_tcp(
+    vni: u32,
+    inner: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    sport: u16,
+    dport: u16,
+    syn: bool,
+) -> Vec<u8> {
+    let b = inner.tcp(sport, dport, 1000, 65535);
     let b = if syn { b.syn() } else { b.ack(1) };
     let payload: &[u8] = if syn { b"" } else { b"GET / HTTP/1.1\r\n\r\n" };
     let mut inner = Vec::new();
@@ -397,23 +408,8 @@ fn gateway6() -> Gateway {
 
 /// A VXLAN frame (IPv4 underlay) carrying an inner Ethernet/IPv6/TCP frame.
 fn vxlan6(vni: u32, src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2])
-        .ipv6(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let payload: &[u8] = if syn { b"" } else { b"GET / HTTP/1.1\r\n\r\n" };
-    let mut inner = Vec::new();
-    b.write(&mut inner, payload).unwrap();
-    let mut body = vec![0x08, 0, 0, 0];
-    body.extend_from_slice(&(vni << 8).to_be_bytes());
-    body.extend_from_slice(&inner);
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(HOST_MAC, GW_MAC)
-        .ipv4(HOST, GATEWAY, 64)
-        .udp(50000, VXLAN_PORT)
-        .write(&mut frame, &body)
-        .unwrap();
-    frame
+    let inner = PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]).ipv6(src, dst, 64);
+    vxlan_tcp(vni, inner, sport, dport, syn)
 }
 
 /// An emitted frame with an inner IPv6/TCP packet, re-parsed by etherparse with every
