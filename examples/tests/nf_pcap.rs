@@ -4,12 +4,14 @@
 //! of every output frame equals what `tshark -T fields` extracts from the innermost layers
 //! of the input frame it came from (each output frame's comment names it). Also: decap →
 //! conntrack and decap → encap pipelines, AWS GWLB traffic (scapy-built,
-//! `examples/data/gwlb.pcap`) through decap → conntrack → reflect, pcapng input written by
-//! tshark, classic pcap output, and the command line's help and errors.
+//! `examples/data/gwlb.pcap`) through decap → conntrack → reflect, source NAT and load
+//! balancing on `examples/data/services.pcap` (every checksum validated by tshark), pcapng
+//! input written by tshark, classic pcap output, and the command line's help and errors.
 
 mod common;
 
 use nf_examples::pcap::{LINKTYPE_ETHERNET, LINKTYPE_RAW};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -666,4 +668,191 @@ fn out_of_order_fragments_through_reorder() {
         "{text}"
     );
     assert!(text.contains("drop_fragment_no_session"), "{text}");
+}
+
+/// `services.pcap` (`examples/data`, scapy-built) through `pipeline`: the report, tshark's
+/// rows of the output by input frame number, and tshark's rows of the dropped frames. Every
+/// output frame is read with checksum validation on (a wrong IP, TCP, UDP or ICMP checksum
+/// is expert info of error level) and must be neither malformed nor warned about.
+fn services(pipeline: &str, tmp: &Path) -> (String, HashMap<usize, Row>, Vec<Row>) {
+    let input = capture("services.pcap");
+    let out = tmp.join(format!("{}.pcapng", out_name(pipeline)));
+    let drops = tmp.join(format!("{}.drops.pcapng", out_name(pipeline)));
+    let report = run(&[
+        input.to_str().unwrap(),
+        "-p",
+        pipeline,
+        "-w",
+        out.to_str().unwrap(),
+        "--drops",
+        drops.to_str().unwrap(),
+    ]);
+    let checks = [
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-o",
+        "udp.check_checksum:TRUE",
+    ];
+    let mut rows = HashMap::new();
+    for row in tshark_rows(&out, &checks) {
+        let n = origin(&row);
+        assert!(row["_ws.malformed"].is_empty(), "{pipeline}: frame {n}");
+        for (sev, msg) in row["_ws.expert.severity"]
+            .iter()
+            .zip(&row["_ws.expert.message"])
+        {
+            assert!(
+                sev.parse::<u64>().unwrap() < PI_WARN,
+                "{pipeline}: frame {n}: {msg}"
+            );
+        }
+        rows.insert(n, row);
+    }
+    let report = String::from_utf8(report.stdout).unwrap();
+    (report, rows, tshark_rows(&drops, &[]))
+}
+
+/// The value of `stage`'s counter `name` in a report (absent: 0).
+fn counter(report: &str, stage: &str, name: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [s, c, v] if s == stage && c == name => v.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn field<'a>(row: &'a Row, name: &str) -> &'a str {
+    row[name].first().map_or("", String::as_str)
+}
+
+/// Source NAT on a capture: outbound flows leave from the public address, each flow on one
+/// port (the same for every packet), the ping with a new identifier; a static port forward
+/// is translated both ways; an unsolicited SYN to the public address is dropped.
+#[test]
+fn snat_translates_outbound_flows_and_a_port_forward() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-snat");
+    let pipeline =
+        "parse -> snat,public=203.0.113.1,inside=10.0.0.0/24,forward=tcp:8080=10.0.0.5:80";
+    let (report, rows, drops) = services(pipeline, &tmp);
+    // Translated: frames 1-9. Untranslated, not inside: the load-balancing part's clients
+    // (their backend's SYN+ACKs open no session). Dropped: the unsolicited SYN.
+    assert!(
+        report.contains("verdicts: 33 pass, 0 tx, 0 to_control, 13 dropped"),
+        "{report}"
+    );
+    assert_eq!(counter(&report, "snat", "flows_translated"), 3, "{report}");
+    assert_eq!(counter(&report, "snat", "flows_forwarded"), 1, "{report}");
+    assert_eq!(counter(&report, "snat", "no_mapping"), 1, "{report}");
+    let row = |n: usize| rows.get(&n).unwrap_or_else(|| panic!("frame {n} passed"));
+    for n in 1..=6 {
+        assert_eq!(field(row(n), "ip.src"), "203.0.113.1", "frame {n}");
+    }
+    let tcp_port = field(row(1), "tcp.srcport");
+    assert!(tcp_port.parse::<u16>().unwrap() >= 1024, "{tcp_port}");
+    for n in 1..=3 {
+        assert_eq!(field(row(n), "tcp.srcport"), tcp_port, "frame {n}");
+        assert_eq!(field(row(n), "ip.dst"), "198.51.100.20", "frame {n}");
+        assert_eq!(field(row(n), "tcp.dstport"), "80", "frame {n}");
+    }
+    assert_eq!(field(row(4), "udp.srcport"), field(row(5), "udp.srcport"));
+    assert_ne!(field(row(4), "udp.srcport"), "5353");
+    // The port forward: in to the inside server, its answer out from the public port.
+    for n in [7, 9] {
+        assert_eq!(field(row(n), "ip.dst"), "10.0.0.5", "frame {n}");
+        assert_eq!(field(row(n), "tcp.dstport"), "80", "frame {n}");
+    }
+    assert_eq!(field(row(8), "ip.src"), "203.0.113.1");
+    assert_eq!(field(row(8), "tcp.srcport"), "8080");
+    assert_eq!(field(row(8), "ip.dst"), "198.51.100.9");
+    assert!(
+        field(&drops[0], "frame.comment").ends_with("input frame 10, drop nat_no_mapping"),
+        "{:?}",
+        drops[0]["frame.comment"]
+    );
+    // The same capture, the same ports: the tool's keys are fixed.
+    let (_, again, _) = services(pipeline, &tmp);
+    assert_eq!(field(&again[&1], "tcp.srcport"), tcp_port);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Load balancing on a capture: every client flow to the VIP goes to one backend (its SYN
+/// and ACK alike), the flows spread over the backends, and the backend's answers leave from
+/// the VIP, through the session of the flow or, from a backend the flow did not hash to,
+/// statelessly.
+#[test]
+fn lb_spreads_vip_flows_and_replies_leave_from_the_vip() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-lb");
+    let backends = ["10.1.0.11", "10.1.0.12", "10.1.0.13"];
+    let pipeline = format!(
+        "parse -> lb,vip=192.0.2.10:80,{}",
+        backends.map(|b| format!("backend={b}:8000")).join(",")
+    );
+    let (report, rows, _) = services(&pipeline, &tmp);
+    assert_eq!(counter(&report, "lb", "new_flows"), 12, "{report}");
+    assert_eq!(
+        counter(&report, "lb", "stateless_replies") + counter(&report, "conntrack", "reply_hits"),
+        12,
+        "{report}"
+    );
+    let row = |n: usize| rows.get(&n).unwrap_or_else(|| panic!("frame {n} passed"));
+    let mut chosen = Vec::new();
+    for i in 0..12 {
+        let (syn, syn_ack, ack) = (11 + 3 * i, 12 + 3 * i, 13 + 3 * i);
+        let client = format!("198.51.100.{}", 100 + i);
+        let backend = field(row(syn), "ip.dst");
+        assert!(backends.contains(&backend), "frame {syn}: {backend}");
+        for n in [syn, ack] {
+            assert_eq!(field(row(n), "ip.src"), client, "frame {n}");
+            assert_eq!(field(row(n), "ip.dst"), backend, "frame {n}");
+            assert_eq!(field(row(n), "tcp.dstport"), "8000", "frame {n}");
+        }
+        assert_eq!(
+            field(row(syn_ack), "ip.src"),
+            "192.0.2.10",
+            "frame {syn_ack}"
+        );
+        assert_eq!(field(row(syn_ack), "tcp.srcport"), "80", "frame {syn_ack}");
+        assert_eq!(field(row(syn_ack), "ip.dst"), client, "frame {syn_ack}");
+        chosen.push(backend.to_string());
+    }
+    chosen.sort();
+    chosen.dedup();
+    assert!(chosen.len() >= 2, "twelve flows on one backend: {chosen:?}");
+    // Traffic to no VIP passes untouched.
+    assert_eq!(field(row(1), "ip.src"), "10.0.0.7");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `services.pcap` is what `make_services_pcap.py` writes (scapy, deterministic), so the
+/// capture the tests and README use can be made again and changed with the script.
+#[test]
+fn services_capture_is_what_its_script_writes() {
+    let py = common::system_python();
+    if !common::require(py, &["-c", "import scapy.all"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-services-script");
+    let script = capture("make_services_pcap.py");
+    let out = Command::new(py).arg(&script).arg(&*tmp).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made = std::fs::read(tmp.join("services.pcap")).unwrap();
+    assert!(
+        made == std::fs::read(capture("services.pcap")).unwrap(),
+        "examples/data/services.pcap differs from what {} writes",
+        script.display()
+    );
 }

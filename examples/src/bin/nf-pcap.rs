@@ -2,8 +2,9 @@
 //! what comes out to a capture Wireshark opens. Run `nf-pcap --help` for the options.
 //!
 //! The pipeline is built from the stages that exist (tunnel decap with a profile, parse,
-//! fragment reordering, connection tracking, tunnel encap towards a given remote, tunnel
-//! reflect), composed with [`StageExt::then`] into one value that the loop drives through
+//! fragment reordering, connection tracking, connection tracking with source NAT (nf-nat)
+//! or load balancing (nf-lb), tunnel encap towards a given remote, tunnel reflect),
+//! composed with [`StageExt::then`] into one value that the loop drives through
 //! [`Stage`] and [`StageControl`], exactly as a dataplane would: frames are read (pcap or
 //! pcapng) into batches of 64 (less the room the pipeline asks for,
 //! [`StageControl::batch_room`]) with the pipeline's headroom in front, each batch is
@@ -32,6 +33,13 @@ use nf_examples::pcap::{
     CaptureReader, CaptureWriter, Format, LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapError,
 };
 use nf_examples::prometheus;
+use nf_lb::{
+    BackendId, HashFields, Lb, LbKey, Listener, ListenerMatch, Listeners, Pool, PoolMember,
+    table_size_for,
+};
+use nf_nat::{
+    AllocatorConfig, Filtering, InsidePrefix, PortForward, Snat, SnatConfig, nat_timeouts,
+};
 use nf_tunnel::profile::{gcp, gwlb};
 use nf_tunnel::{
     DecapConfig, DecapStage, EncapConfig, EncapStage, NonTunnel, OptionSpec, OptionsBuilder,
@@ -40,7 +48,7 @@ use nf_tunnel::{
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, BufReader, BufWriter, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -85,6 +93,27 @@ stages (parameters follow as ,key=value):
   conntrack             connection tracking (sessions, reply direction, related ICMP)
                           window=on              TCP window tracking (segments outside
                                                  the peer's window, forged resets dropped)
+  snat[:PROFILE]        connection tracking with source NAT (nf-nat; use it instead of
+                        conntrack): flows from inside get a public address and port,
+                        packets of their sessions are translated both ways; PROFILE rfc
+                        (the default: endpoint-independent mappings), hyperplane
+                        (per-destination ports) or cgn (port blocks)
+                          public=IP              a public address (required; repeatable)
+                          inside=ADDR/LEN        an inside prefix (repeatable; default: every
+                                                 flow that is not to a public address)
+                          forward=tcp|udp:PORT=IP:PORT  a static port forward from the first
+                                                 public address to an inside host (repeatable)
+                          filtering=eif          endpoint-independent filtering (rfc, cgn;
+                                                 default: address and port dependent)
+                          window=on              TCP window tracking as well
+  lb                    connection tracking with Maglev load balancing (nf-lb, DNAT; use it
+                        instead of conntrack): flows to a VIP go to a backend, its replies
+                        leave from the VIP
+                          vip=IP:PORT[/tcp|udp]  a virtual service (required; repeatable;
+                                                 tcp by default); vip=IP takes every flow to IP
+                          backend=IP:PORT[/WEIGHT]  a backend of every VIP (required;
+                                                 repeatable; port 0 keeps the VIP's port)
+                          hash=5tuple|3tuple|2tuple|src  the fields a flow is hashed on
   encap:geneve|vxlan    push outer headers towards a remote
                           vni=N|zone             fixed VNI, or the zone (the decap VNI)
                           src=IP,dst=IP          underlay addresses (required, one family)
@@ -99,6 +128,9 @@ stages (parameters follow as ,key=value):
   reflect               send decapsulated frames back into their tunnel (GWLB appliance)
                           mtu=N                  underlay MTU (default 9001)
 
+The keys of conntrack, snat and lb (and so the ports NAT picks and the backends flows go to)
+are fixed: the same capture gives the same output every run.
+
 output: pcapng by default, one interface per encoding (ethernet, ip), because decapsulated
 frames may be bare IP (GWLB, GCP); each frame's comment names its input frame. A .pcap
 output holds one link type and fails on a frame of the other.
@@ -108,6 +140,10 @@ examples:
   nf-pcap examples/data/gwlb.pcap -p 'decap:gwlb -> conntrack -> reflect' -w back.pcapng
   nf-pcap geneve-gcp.pcap -p decap:gcp -w inner.pcapng --format pcap
   nf-pcap vxlan.pcap -s decap:vxlan -s encap:geneve,vni=zone,src=192.0.2.1,dst=192.0.2.2 -w out.pcapng
+  nf-pcap examples/data/services.pcap -w nat.pcapng \
+      -p 'parse -> snat,public=203.0.113.1,inside=10.0.0.0/24,forward=tcp:8080=10.0.0.5:80'
+  nf-pcap examples/data/services.pcap -w lb.pcapng \
+      -p 'parse -> lb,vip=192.0.2.10:80,backend=10.1.0.11:8000,backend=10.1.0.12:8000'
 ";
 
 /// Extra headroom beyond what the pipeline asks for (room for a caller's own headers).
@@ -254,6 +290,18 @@ enum StageSpec {
         /// Most later fragments held at once.
         held: u32,
     },
+    /// Connection tracking with source NAT: `Conntrack<(Snat, Option<TcpWindow>)>`.
+    Snat {
+        label: String,
+        config: Box<SnatConfig>,
+        /// TCP window tracking.
+        window: bool,
+    },
+    /// Connection tracking with load balancing: `Conntrack<Lb>`.
+    Lb {
+        label: String,
+        listeners: Listeners,
+    },
 }
 
 impl StageSpec {
@@ -267,6 +315,7 @@ impl StageSpec {
             Self::Encap { label, .. } => label.clone(),
             Self::Reflect { .. } => "reflect".into(),
             Self::Reorder { held } => format!("reorder,held={held}"),
+            Self::Snat { label, .. } | Self::Lb { label, .. } => label.clone(),
         }
     }
 }
@@ -315,11 +364,9 @@ fn stage_spec(name: &str, params: &[(String, String)]) -> Result<StageSpec, Stri
         "conntrack" => {
             let mut window = false;
             for (k, v) in params {
-                match (k.as_str(), v.as_str()) {
-                    ("window", "on") => window = true,
-                    ("window", "off") => window = false,
-                    ("window", v) => return Err(format!("conntrack: window={v}: not on or off")),
-                    (k, _) => return unknown(k),
+                match k.as_str() {
+                    "window" => window = on_off(k, v)?,
+                    k => return unknown(k),
                 }
             }
             Ok(StageSpec::Conntrack { window })
@@ -349,8 +396,11 @@ fn stage_spec(name: &str, params: &[(String, String)]) -> Result<StageSpec, Stri
             }
             Ok(StageSpec::Reorder { held })
         }
+        "snat" => snat_spec(arg.unwrap_or("rfc"), params),
+        "lb" if arg.is_some() => Err("lb takes no argument".into()),
+        "lb" => lb_spec(params),
         k => Err(format!(
-            "unknown stage {k:?} (decap, parse, reorder, conntrack, encap, reflect)"
+            "unknown stage {k:?} (decap, parse, reorder, conntrack, snat, lb, encap, reflect)"
         )),
     }
 }
@@ -509,6 +559,155 @@ fn encap_spec(tunnel: Option<&str>, params: &[(String, String)]) -> Result<Stage
         config: Box::new(config),
         inner_macs,
     })
+}
+
+/// The stage's name and parameters as given, for the report.
+fn spec_label(name: &str, params: &[(String, String)]) -> String {
+    let mut label = name.to_string();
+    for (k, v) in params {
+        let _ = write!(label, ",{k}={v}");
+    }
+    label
+}
+
+/// `tcp` or `udp` as an IP protocol number.
+fn transport(key: &str, v: &str) -> Result<u8, String> {
+    match v {
+        "tcp" => Ok(nf_core::flow::proto::TCP),
+        "udp" => Ok(nf_core::flow::proto::UDP),
+        v => Err(format!("{key}: {v:?} is not tcp or udp")),
+    }
+}
+
+fn snat_spec(profile: &str, params: &[(String, String)]) -> Result<StageSpec, String> {
+    let profile_value = match profile {
+        "rfc" => nf_nat::Profile::Rfc,
+        "hyperplane" => nf_nat::Profile::Hyperplane,
+        "cgn" => nf_nat::Profile::Cgn(Default::default()),
+        p => return Err(format!("unknown snat profile {p:?} (rfc, hyperplane, cgn)")),
+    };
+    let (mut public, mut inside, mut forwards) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut filtering, mut window) = (Filtering::AddressAndPortDependent, false);
+    for (k, v) in params {
+        match k.as_str() {
+            "public" => public.push(address(k, v)?),
+            "inside" => {
+                let (a, len) = v
+                    .split_once('/')
+                    .ok_or_else(|| format!("inside={v}: want ADDR/LEN"))?;
+                inside.push(InsidePrefix::new(address(k, a)?, number(k, len)?));
+            }
+            "forward" => {
+                let bad = || format!("forward={v}: want tcp|udp:PORT=IP:PORT");
+                let (from, to) = v.split_once('=').ok_or_else(bad)?;
+                let (proto, port) = from.split_once(':').ok_or_else(bad)?;
+                let to: SocketAddr = to.parse().map_err(|_| bad())?;
+                forwards.push((transport(k, proto)?, number::<u16>(k, port)?, to));
+            }
+            "filtering" => {
+                filtering = match v.as_str() {
+                    "eif" => Filtering::EndpointIndependent,
+                    "apdf" => Filtering::AddressAndPortDependent,
+                    v => return Err(format!("filtering={v}: eif or apdf")),
+                }
+            }
+            "window" => window = on_off(k, v)?,
+            k => return Err(format!("snat: unknown parameter {k:?} (see --help)")),
+        }
+    }
+    let first = *public
+        .first()
+        .ok_or("snat needs public=IP (a public address)")?;
+    // A fixed demo key: the same capture gives the same ports every run. A deployment uses
+    // an operator secret.
+    let ports = AllocatorConfig::new(profile_value, public, *b"nf-pcap nat key!");
+    let mut config = SnatConfig::new(ports).with_filtering(filtering);
+    for prefix in inside {
+        config = config.with_inside(prefix);
+    }
+    for (proto, port, to) in forwards {
+        let from = SocketAddr::new(first, port);
+        config = config.with_forward(PortForward::new(proto, from, to));
+    }
+    // Refuse a bad combination here, with the service's own words.
+    Snat::new(config.clone()).map_err(|e| format!("snat: {e}"))?;
+    Ok(StageSpec::Snat {
+        label: spec_label(&format!("snat:{profile}"), params),
+        config: Box::new(config),
+        window,
+    })
+}
+
+fn lb_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
+    let (mut vips, mut members, mut fields) = (Vec::new(), Vec::new(), HashFields::FiveTuple);
+    for (k, v) in params {
+        match k.as_str() {
+            "vip" => {
+                let (at, proto) = match v.rsplit_once('/') {
+                    Some((at, p)) => (at, transport(k, p)?),
+                    None => (v.as_str(), nf_core::flow::proto::TCP),
+                };
+                vips.push(match at.parse::<SocketAddr>() {
+                    Ok(sa) => ListenerMatch::Port {
+                        vip: sa.ip(),
+                        port: sa.port(),
+                        proto,
+                    },
+                    Err(_) => ListenerMatch::Vip(address(k, at)?),
+                });
+            }
+            "backend" => {
+                let (at, weight) = match v.rsplit_once('/') {
+                    Some((at, w)) => (at, number(k, w)?),
+                    None => (v.as_str(), 1),
+                };
+                let sa: SocketAddr = at
+                    .parse()
+                    .map_err(|_| format!("backend={v}: want IP:PORT[/WEIGHT]"))?;
+                let id = match sa.ip() {
+                    IpAddr::V4(a) => BackendId::v4(a.octets(), sa.port()),
+                    IpAddr::V6(a) => BackendId::v6(a.octets(), sa.port()),
+                };
+                members.push(PoolMember::new(id, weight));
+            }
+            "hash" => {
+                fields = match v.as_str() {
+                    "5tuple" => HashFields::FiveTuple,
+                    "3tuple" => HashFields::ThreeTuple,
+                    "2tuple" => HashFields::TwoTuple,
+                    "src" => HashFields::SourceIp,
+                    v => return Err(format!("hash={v}: 5tuple, 3tuple, 2tuple or src")),
+                }
+            }
+            k => return Err(format!("lb: unknown parameter {k:?} (see --help)")),
+        }
+    }
+    if vips.is_empty() || members.is_empty() {
+        return Err("lb needs vip=IP:PORT and backend=IP:PORT".into());
+    }
+    // A fixed demo key: every run (and every node of a fleet) builds the same tables.
+    let key = LbKey::new(*b"nf-pcap lb key!!");
+    let size = table_size_for(members.len()).map_err(|e| format!("lb: {e}"))?;
+    let listeners = vips
+        .into_iter()
+        .map(|on| {
+            let pool = Pool::new(members.iter().copied());
+            Listener::new(&key, on, fields, pool, size).map_err(|e| format!("lb: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let listeners = Listeners::new(listeners).map_err(|e| format!("lb: {e}"))?;
+    Ok(StageSpec::Lb {
+        label: spec_label("lb", params),
+        listeners,
+    })
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        v => Err(format!("{key}={v}: not on or off")),
+    }
 }
 
 fn number<T: TryFrom<u64>>(key: &str, v: &str) -> Result<T, String> {
@@ -698,6 +897,22 @@ fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
             StageSpec::Reorder { held } => Dyn(Box::new(FragmentReorder::new(
                 ReorderConfig::new(*b"nf-pcap reorder!").holding(*held, 16),
             ))),
+            StageSpec::Snat { config, window, .. } => {
+                // Sessions last as long as the RFCs ask of a NAT.
+                let timeouts = nat_timeouts(&config.allocator.profile);
+                let mut ct = ConntrackConfig::new(*b"nf-pcap ct key 1");
+                ct.v4.timeouts = timeouts;
+                ct.v6.timeouts = timeouts;
+                let snat = Snat::new((**config).clone())?;
+                Dyn(Box::new(Conntrack::new(
+                    ct,
+                    (snat, bool::then(*window, TcpWindow::new)),
+                )?))
+            }
+            StageSpec::Lb { listeners, .. } => Dyn(Box::new(Conntrack::new(
+                ConntrackConfig::new(*b"nf-pcap ct key 1"),
+                Lb::new(listeners.clone()),
+            )?)),
         };
         // A second stage of a kind (decap of a tunnel inside a tunnel) reports as `<name>_2`.
         let kind = stage.name();
@@ -1020,6 +1235,36 @@ mod tests {
                 "x.pcap -w a.pcapng --drops a.pcapng",
                 "named for two outputs",
             ),
+            ("x.pcap -p snat", "needs public=IP"),
+            (
+                "x.pcap -p snat:nope,public=192.0.2.1",
+                "unknown snat profile",
+            ),
+            (
+                "x.pcap -p snat,public=192.0.2.1,forward=tcp:80",
+                "want tcp|udp:PORT=IP:PORT",
+            ),
+            (
+                "x.pcap -p snat,public=192.0.2.1,inside=10.0.0.0",
+                "ADDR/LEN",
+            ),
+            (
+                "x.pcap -p snat:hyperplane,public=192.0.2.1,filtering=eif",
+                "endpoint-independent mapping",
+            ),
+            (
+                "x.pcap -p lb,vip=192.0.2.10:80",
+                "needs vip=IP:PORT and backend",
+            ),
+            (
+                "x.pcap -p lb,vip=192.0.2.10:80,backend=[2001:db8::1]:80",
+                "VIP-family",
+            ),
+            (
+                "x.pcap -p lb,vip=192.0.2.10:80/sctp,backend=10.0.0.1:80",
+                "not tcp or udp",
+            ),
+            ("x.pcap -p lb:dnat,vip=192.0.2.10:80", "no argument"),
         ] {
             let e = Options::parse(&args(line)).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");
@@ -1030,6 +1275,56 @@ mod tests {
             o.stages.iter().map(StageSpec::label).collect::<Vec<_>>(),
             ["parse", "conntrack"]
         );
+    }
+
+    #[test]
+    fn snat_and_lb_parameters_reach_their_configs() {
+        let specs = parse_pipeline(
+            "snat:hyperplane,public=203.0.113.1,public=203.0.113.2,inside=10.0.0.0/8,\
+             forward=udp:53=10.0.0.53:5353,window=on",
+        )
+        .unwrap();
+        let StageSpec::Snat {
+            config,
+            window,
+            label,
+        } = &specs[0]
+        else {
+            panic!("{specs:?}");
+        };
+        assert_eq!(config.allocator.profile, nf_nat::Profile::Hyperplane);
+        assert_eq!(config.allocator.public_ips.len(), 2);
+        assert!(*window);
+        assert!(
+            label.starts_with("snat:hyperplane,public=203.0.113.1"),
+            "{label}"
+        );
+        assert_eq!(
+            labels("snat,public=192.0.2.1"),
+            ["snat:rfc,public=192.0.2.1"]
+        );
+
+        let specs = parse_pipeline(
+            "lb,vip=192.0.2.10:53/udp,vip=192.0.2.11,backend=10.1.0.1:53/3,backend=10.1.0.2:0,hash=src",
+        )
+        .unwrap();
+        let StageSpec::Lb { listeners, .. } = &specs[0] else {
+            panic!("{specs:?}");
+        };
+        let l = listeners.listeners();
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            l[0].on(),
+            ListenerMatch::Port {
+                vip: "192.0.2.10".parse().unwrap(),
+                port: 53,
+                proto: nf_core::flow::proto::UDP
+            }
+        );
+        assert_eq!(l[1].on(), ListenerMatch::Vip("192.0.2.11".parse().unwrap()));
+        assert_eq!(l[0].fields(), HashFields::SourceIp);
+        assert_eq!(l[1].pool().members().len(), 2);
+        assert!(build(&specs).is_ok());
     }
 
     #[test]
