@@ -856,3 +856,57 @@ fn services_capture_is_what_its_script_writes() {
         script.display()
     );
 }
+
+/// Security groups on a capture: the demo's HTTPS connection and pings are admitted by their
+/// rules and their replies pass by the session, with no rule for them; the IPv6 connection
+/// to port 80, the DNS queries and the NTP packet are denied (their first packet by the
+/// rules, the rest for want of a session).
+#[test]
+fn sg_admits_allowed_flows_and_their_replies_only() {
+    let tmp = common::temp_dir("nf-pcap-sg");
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo.pcap");
+    let (out, drops) = (tmp.join("out.pcapng"), tmp.join("drops.pcapng"));
+    let report = run(&[
+        demo,
+        "-p",
+        "parse -> sg,allow=tcp:443,allow=icmp:8",
+        "-w",
+        out.to_str().unwrap(),
+        "--drops",
+        drops.to_str().unwrap(),
+    ]);
+    let report = String::from_utf8(report.stdout).unwrap();
+    assert_eq!(
+        counter(&report, "security_groups", "flows_allowed"),
+        2,
+        "{report}"
+    );
+    assert_eq!(
+        counter(&report, "security_groups", "flows_denied"),
+        8,
+        "{report}"
+    );
+    assert!(
+        report.contains("verdicts: 15 pass, 0 tx, 1 to_control, 19 dropped"),
+        "{report}"
+    );
+    if common::require("tshark", &["--version"]) {
+        // The HTTPS connection (frames 1-11) and the pings with their replies (27-30).
+        let origins: Vec<usize> = tshark_rows(&out, &[]).iter().map(origin).collect();
+        let want: Vec<usize> = (1..=11).chain(27..=30).collect();
+        assert_eq!(origins, want);
+        let dropped: Vec<String> = tshark_rows(&drops, &[])
+            .iter()
+            .map(|r| field(r, "frame.comment").to_string())
+            .collect();
+        assert_eq!(dropped[0], "nf-pcap: input frame 12, drop sg_denied");
+        assert_eq!(
+            dropped
+                .iter()
+                .filter(|c| c.ends_with("drop sg_denied"))
+                .count(),
+            8
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -2,8 +2,9 @@
 //! what comes out to a capture Wireshark opens. Run `nf-pcap --help` for the options.
 //!
 //! The pipeline is built from the stages that exist (tunnel decap with a profile, parse,
-//! fragment reordering, connection tracking, connection tracking with source NAT (nf-nat)
-//! or load balancing (nf-lb), tunnel encap towards a given remote, tunnel reflect),
+//! fragment reordering, connection tracking, connection tracking with source NAT (nf-nat),
+//! load balancing (nf-lb) or security groups (nf-policy), tunnel encap towards a given
+//! remote, tunnel reflect),
 //! composed with [`StageExt::then`] into one value that the loop drives through
 //! [`Stage`] and [`StageControl`], exactly as a dataplane would: frames are read (pcap or
 //! pcapng) into batches of 64 (less the room the pipeline asks for,
@@ -39,6 +40,10 @@ use nf_lb::{
 };
 use nf_nat::{
     AllocatorConfig, Filtering, InsidePrefix, PortForward, Snat, SnatConfig, nat_timeouts,
+};
+use nf_policy::classifier::{PortRange, Prefix};
+use nf_policy::sg::{
+    SecurityGroups, SgConfig, SgDirection, SgPeer, SgRule, SgRuleSet, SgRuleSetBuilder,
 };
 use nf_tunnel::profile::{gcp, gwlb};
 use nf_tunnel::{
@@ -114,6 +119,17 @@ stages (parameters follow as ,key=value):
                           backend=IP:PORT[/WEIGHT]  a backend of every VIP (required;
                                                  repeatable; port 0 keeps the VIP's port)
                           hash=5tuple|3tuple|2tuple|src  the fields a flow is hashed on
+  sg                    connection tracking with security groups (nf-policy; use it instead
+                        of conntrack): a flow's first packet comes from the remote end
+                        (ingress: its source is the rule's peer); a flow no rule allows is
+                        dropped (sg_denied) and opens no session; an admitted flow's packets
+                        and replies pass
+                          allow=PROTO[:PORTS][@ADDR/LEN]  an allow rule (repeatable): PROTO
+                                                 tcp, udp, icmp or all; PORTS N or N-M
+                                                 (destination ports; for icmp the type);
+                                                 default: every port, from anywhere
+                          zone=N                 a zone the rules are for (repeatable;
+                                                 default 0; after decap, the VNI's zone)
   encap:geneve|vxlan    push outer headers towards a remote
                           vni=N|zone             fixed VNI, or the zone (the decap VNI)
                           src=IP,dst=IP          underlay addresses (required, one family)
@@ -144,6 +160,7 @@ examples:
       -p 'parse -> snat,public=203.0.113.1,inside=10.0.0.0/24,forward=tcp:8080=10.0.0.5:80'
   nf-pcap examples/data/services.pcap -w lb.pcapng \
       -p 'parse -> lb,vip=192.0.2.10:80,backend=10.1.0.11:8000,backend=10.1.0.12:8000'
+  nf-pcap examples/data/demo.pcap -p 'parse -> sg,allow=tcp:443,allow=icmp:8' --drops denied.pcapng
 ";
 
 /// Extra headroom beyond what the pipeline asks for (room for a caller's own headers).
@@ -302,6 +319,12 @@ enum StageSpec {
         label: String,
         listeners: Listeners,
     },
+    /// Connection tracking with security groups: `Conntrack<SecurityGroups>`.
+    Sg {
+        label: String,
+        rules: SgRuleSet,
+        zones: Vec<u32>,
+    },
 }
 
 impl StageSpec {
@@ -315,7 +338,9 @@ impl StageSpec {
             Self::Encap { label, .. } => label.clone(),
             Self::Reflect { .. } => "reflect".into(),
             Self::Reorder { held } => format!("reorder,held={held}"),
-            Self::Snat { label, .. } | Self::Lb { label, .. } => label.clone(),
+            Self::Snat { label, .. } | Self::Lb { label, .. } | Self::Sg { label, .. } => {
+                label.clone()
+            }
         }
     }
 }
@@ -399,8 +424,10 @@ fn stage_spec(name: &str, params: &[(String, String)]) -> Result<StageSpec, Stri
         "snat" => snat_spec(arg.unwrap_or("rfc"), params),
         "lb" if arg.is_some() => Err("lb takes no argument".into()),
         "lb" => lb_spec(params),
+        "sg" if arg.is_some() => Err("sg takes no argument".into()),
+        "sg" => sg_spec(params),
         k => Err(format!(
-            "unknown stage {k:?} (decap, parse, reorder, conntrack, snat, lb, encap, reflect)"
+            "unknown stage {k:?} (decap, parse, reorder, conntrack, snat, lb, sg, encap, reflect)"
         )),
     }
 }
@@ -702,6 +729,67 @@ fn lb_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
     })
 }
 
+fn sg_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
+    let mut b = SgRuleSetBuilder::default();
+    let (mut zones, mut rules) = (Vec::new(), 0);
+    for (k, v) in params {
+        match k.as_str() {
+            "allow" => {
+                let bad = || format!("allow={v}: want PROTO[:PORTS][@ADDR/LEN]");
+                let (what, prefixes) = match v.split_once('@') {
+                    Some((w, p)) => {
+                        let (a, len) = p.split_once('/').ok_or_else(bad)?;
+                        let prefix = Prefix::new(address(k, a)?, number(k, len)?)
+                            .map_err(|e| format!("allow={v}: {e}"))?;
+                        (w, vec![prefix])
+                    }
+                    None => (v.as_str(), vec![Prefix::ANY_V4, Prefix::ANY_V6]),
+                };
+                let (proto, ports) = match what.split_once(':') {
+                    Some((p, ports)) => {
+                        let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+                        let range = PortRange::new(number(k, lo)?, number(k, hi)?)
+                            .map_err(|e| format!("allow={v}: {e}"))?;
+                        (p, Some(range))
+                    }
+                    None => (what, None),
+                };
+                for peer in prefixes.into_iter().map(SgPeer::Prefix) {
+                    let dir = SgDirection::Ingress;
+                    let ports = ports.unwrap_or(PortRange::ANY);
+                    b.push(match proto {
+                        "tcp" => SgRule::tcp(dir, peer, ports),
+                        "udp" => SgRule::udp(dir, peer, ports),
+                        "icmp" if ports == PortRange::ANY => SgRule::icmp(dir, peer, None, None),
+                        "icmp" if ports.lo() == ports.hi() && ports.lo() < 256 => {
+                            SgRule::icmp(dir, peer, Some(ports.lo() as u8), None)
+                        }
+                        "icmp" => return Err(format!("allow={v}: one ICMP type (0-255)")),
+                        "all" if ports == PortRange::ANY => SgRule::all(dir, peer),
+                        "all" => return Err(format!("allow={v}: all takes no ports")),
+                        p => return Err(format!("allow={v}: {p:?} is not tcp, udp, icmp or all")),
+                    });
+                }
+                rules += 1;
+            }
+            "zone" => zones.push(number(k, v)?),
+            k => return Err(format!("sg: unknown parameter {k:?} (see --help)")),
+        }
+    }
+    if rules == 0 {
+        return Err("sg needs allow=PROTO[:PORTS][@ADDR/LEN] (a rule)".into());
+    }
+    if zones.is_empty() {
+        zones.push(0);
+    }
+    let rules = b.build().map_err(|e| format!("sg: {e}"))?;
+    Ok(StageSpec::Sg {
+        label: spec_label("sg", params),
+        rules,
+        zones,
+    })
+}
+
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" => Ok(true),
@@ -913,6 +1001,17 @@ fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
                 ConntrackConfig::new(*b"nf-pcap ct key 1"),
                 Lb::new(listeners.clone()),
             )?)),
+            StageSpec::Sg { rules, zones, .. } => {
+                let mut tables = nf_core::ZoneMap::default();
+                for &z in zones {
+                    tables.insert(nf_core::ZoneId(z), rules.clone());
+                }
+                let sg = SecurityGroups::new(std::sync::Arc::new(tables), SgConfig::default());
+                Dyn(Box::new(Conntrack::new(
+                    ConntrackConfig::new(*b"nf-pcap ct key 1"),
+                    sg,
+                )?))
+            }
         };
         // A second stage of a kind (decap of a tunnel inside a tunnel) reports as `<name>_2`.
         let kind = stage.name();
@@ -1265,6 +1364,16 @@ mod tests {
                 "not tcp or udp",
             ),
             ("x.pcap -p lb:dnat,vip=192.0.2.10:80", "no argument"),
+            ("x.pcap -p sg", "needs allow="),
+            ("x.pcap -p sg,allow=sctp", "not tcp, udp, icmp or all"),
+            ("x.pcap -p sg,allow=tcp:90-80", "allow=tcp:90-80"),
+            ("x.pcap -p sg,allow=all:80", "all takes no ports"),
+            ("x.pcap -p sg,allow=icmp:300", "one ICMP type"),
+            (
+                "x.pcap -p sg,allow=tcp@10.0.0.0",
+                "want PROTO[:PORTS][@ADDR/LEN]",
+            ),
+            ("x.pcap -p sg,allow=tcp@10.0.0.1/8", "allow=tcp@10.0.0.1/8"),
         ] {
             let e = Options::parse(&args(line)).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");
@@ -1324,6 +1433,19 @@ mod tests {
         assert_eq!(l[1].on(), ListenerMatch::Vip("192.0.2.11".parse().unwrap()));
         assert_eq!(l[0].fields(), HashFields::SourceIp);
         assert_eq!(l[1].pool().members().len(), 2);
+        assert!(build(&specs).is_ok());
+
+        let specs = parse_pipeline(
+            "sg,allow=tcp:80-90@10.0.0.0/8,allow=udp:53,allow=all@2001:db8::/32,zone=7",
+        )
+        .unwrap();
+        let StageSpec::Sg { rules, zones, .. } = &specs[0] else {
+            panic!("{specs:?}");
+        };
+        // The UDP rule from anywhere is one rule per family.
+        assert_eq!(rules.len(SgDirection::Ingress), 4);
+        assert_eq!(rules.len(SgDirection::Egress), 0);
+        assert_eq!(zones, &[7]);
         assert!(build(&specs).is_ok());
     }
 
