@@ -7,7 +7,10 @@
 //!
 //! Checked against the rules in force (`SgRuleSet::allows` / `untracked`): no panic; a
 //! packet dropped as `sg_denied` is not allowed by them in its direction and had no session
-//! when its batch began (established flows survive swaps); a packet passed without a session
+//! when its batch began (established flows survive swaps), unless it is a new connection
+//! reusing the ports of a closed one (a bare SYN from the originator that met its session in
+//! `TimeWait` or `Closed`, at the batch's start or after a RST or FIN of the flow earlier in
+//! the batch: decided afresh, by design); a packet passed without a session
 //! is untracked by them, with the option on; nothing is dropped as `sg_untracked` (no other
 //! service needs a session); `new_flow_rate_exceeded` only under a limit; conntrack's
 //! `refused_passed` counts exactly the packets passed without a session.
@@ -15,12 +18,13 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState, Sizes};
 use nf_core::wire::Frame;
 use nf_core::wire::icmp::IcmpRepr;
+use nf_core::wire::tcp::tcp_flags;
 use nf_core::{
-    Batch, DropReason, Duration, Instant, Meta, Packet, ParseStage, Stage, StageControl, Verdict,
-    ZoneId,
+    Batch, Direction, DropReason, Duration, Instant, Meta, Packet, ParseStage, SessionRef, Stage,
+    StageControl, Verdict, ZoneId, flow::proto,
 };
 use nf_policy::classifier::{ClassKey, PortRange, Prefix};
 use nf_policy::sg::{SgConfig, SgDirection, SgPeer, SgRule, SgRuleSetBuilder, SgTables};
@@ -171,13 +175,39 @@ impl Run {
             let _ = batch.push(Packet::with_headroom(&f, 16));
         }
         self.parse.process(self.now, &mut batch);
-        // Which packets had a session before the batch (early drop is off: none ends within
-        // the batch).
-        let had: Vec<bool> = batch
-            .packets()
-            .iter()
-            .map(|p| p.meta.verdict.is_pass() && self.ct.lookup(&p.meta.flow).is_some())
-            .collect();
+        // Which packets had a session before the batch (early drop is off and no timer runs
+        // within the batch: a session ends there only when a new connection reuses its
+        // ports), and which of those may be such a new connection: a bare SYN from the
+        // originator whose session was closed (`TimeWait`, `Closed`) when the batch began or
+        // met a RST or FIN earlier in the batch.
+        let mut ending: Vec<SessionRef> = Vec::new();
+        let mut had = Vec::new();
+        for p in batch.packets() {
+            let hit = p
+                .meta
+                .verdict
+                .is_pass()
+                .then(|| self.ct.lookup(&p.meta.flow))
+                .flatten();
+            let Some(hit) = hit else {
+                had.push(false);
+                continue;
+            };
+            let tcp = p.meta.flow.proto == proto::TCP;
+            let f = p.meta.tcp_flags;
+            let bare_syn = tcp
+                && f & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST | tcp_flags::FIN)
+                    == tcp_flags::SYN;
+            let closed = matches!(
+                self.ct.state(hit.session),
+                Some(SessionState::TcpTimeWait | SessionState::TcpClosed)
+            ) || ending.contains(&hit.session);
+            let reuse = bare_syn && hit.direction == Direction::Original && closed;
+            had.push(!reuse);
+            if tcp && f & (tcp_flags::RST | tcp_flags::FIN) != 0 {
+                ending.push(hit.session);
+            }
+        }
         self.ct.process(self.now, &mut batch);
         let rules = self.ct.service().inner().rules().clone();
         let set = rules.get(ZoneId(0)).expect("zone 0 has rules");
