@@ -92,6 +92,28 @@ impl core::fmt::Debug for BackendId {
     }
 }
 
+/// `address:port` for an identity built by [`BackendId::v4`] / [`BackendId::v6`]
+/// (`10.1.0.11:8000`, `[2001:db8::1]:80`), its bytes in hex otherwise.
+impl core::fmt::Display for BackendId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::net::{IpAddr, SocketAddr};
+        let Some(t) = crate::service::target(self) else {
+            for b in self.as_bytes() {
+                write!(f, "{b:02x}")?;
+            }
+            return Ok(());
+        };
+        let ip = match t.family {
+            nf_core::Family::V4 => {
+                let [a, b, c, d, ..] = t.addr;
+                IpAddr::from([a, b, c, d])
+            }
+            nf_core::Family::V6 => IpAddr::from(t.addr),
+        };
+        write!(f, "{}", SocketAddr::new(ip, t.port))
+    }
+}
+
 /// One backend of a table: its identity, integer weight and drain state.
 ///
 /// - `weight` sets the backend's share of entries (and of flows); 0 takes it out of the
@@ -249,6 +271,23 @@ mod tests {
                 BackendId::new(&[1, 0xab]).map(|i| i.as_bytes().len())
             ),
             "Some(2)"
+        );
+    }
+
+    #[test]
+    fn display_names_an_address_and_port() {
+        use alloc::string::ToString;
+        assert_eq!(
+            BackendId::v4([10, 1, 0, 11], 8000).to_string(),
+            "10.1.0.11:8000"
+        );
+        let v6 = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(BackendId::v6(v6, 443).to_string(), "[2001:db8::1]:443");
+        assert_eq!(BackendId::new(b"ab").unwrap().to_string(), "6162");
+        // Seven bytes that start with 4 are an IPv4 identity whatever made them.
+        assert_eq!(
+            BackendId::new(&[4, 1, 2, 3, 4, 0, 80]).unwrap().to_string(),
+            "1.2.3.4:80"
         );
     }
 }

@@ -404,7 +404,7 @@ impl core::fmt::Display for ListenerError {
         match self {
             Self::Duplicate(m) => write!(f, "two listeners on {m:?}"),
             Self::RehashUnderDnat(m) => write!(f, "listener {m:?}: re-hashing under DNAT"),
-            Self::NotAnAddress(id) => write!(f, "DNAT member {id:?} is not a VIP-family address"),
+            Self::NotAnAddress(id) => write!(f, "DNAT member {id} is not a VIP-family address"),
         }
     }
 }
