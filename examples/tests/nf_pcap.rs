@@ -106,7 +106,7 @@ fn inner_tuple(row: &Row) -> Option<String> {
 }
 
 fn stack(row: &Row) -> &str {
-    row["frame.protocols"].first().map_or("", String::as_str)
+    field(row, "frame.protocols")
 }
 
 /// The protocol stack after the last Geneve / VXLAN header (all of it without one).
@@ -150,6 +150,18 @@ fn origin(row: &Row) -> usize {
     n.split(',').next().unwrap().parse().unwrap()
 }
 
+/// Asserts that tshark found a frame neither malformed nor worth an expert warning (or
+/// worse: an error, such as a bad checksum when checksum validation is on).
+fn assert_clean(row: &Row, ctx: &str) {
+    assert!(row["_ws.malformed"].is_empty(), "{ctx}: malformed");
+    for (sev, msg) in row["_ws.expert.severity"]
+        .iter()
+        .zip(&row["_ws.expert.message"])
+    {
+        assert!(sev.parse::<u64>().unwrap() < PI_WARN, "{ctx}: {msg}");
+    }
+}
+
 /// What one pipeline did to one capture, checked against tshark.
 struct Checked {
     frames: usize,
@@ -170,13 +182,7 @@ fn check(file: &str, pipeline: &str, inputs: &[Row], out_dir: &Path) -> Checked 
     for row in &outputs {
         let n = origin(row);
         let fctx = format!("{ctx}: output of input frame {n}");
-        assert!(row["_ws.malformed"].is_empty(), "{fctx}: malformed");
-        for (sev, msg) in row["_ws.expert.severity"]
-            .iter()
-            .zip(&row["_ws.expert.message"])
-        {
-            assert!(sev.parse::<u64>().unwrap() < PI_WARN, "{fctx}: {msg}");
-        }
+        assert_clean(row, &fctx);
         let src = &inputs[n - 1];
         if inner_tuple(src).is_some() {
             assert_eq!(inner_tuple(row), inner_tuple(src), "{fctx}: inner 5-tuple");
@@ -698,16 +704,7 @@ fn services(pipeline: &str, tmp: &Path) -> (String, HashMap<usize, Row>, Vec<Row
     let mut rows = HashMap::new();
     for row in tshark_rows(&out, &checks) {
         let n = origin(&row);
-        assert!(row["_ws.malformed"].is_empty(), "{pipeline}: frame {n}");
-        for (sev, msg) in row["_ws.expert.severity"]
-            .iter()
-            .zip(&row["_ws.expert.message"])
-        {
-            assert!(
-                sev.parse::<u64>().unwrap() < PI_WARN,
-                "{pipeline}: frame {n}: {msg}"
-            );
-        }
+        assert_clean(&row, &format!("{pipeline}: frame {n}"));
         rows.insert(n, row);
     }
     let report = String::from_utf8(report.stdout).unwrap();
