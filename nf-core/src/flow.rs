@@ -37,6 +37,23 @@ pub mod proto {
     pub const GRE: u8 = 47;
     /// ICMPv6.
     pub const ICMPV6: u8 = 58;
+
+    /// True for TCP and UDP, the protocols with ports that NAT and load balancing move;
+    /// computed without a branch (a stream mixes them unpredictably).
+    ///
+    /// ```
+    /// use nf_core::flow::proto;
+    /// assert!(proto::has_ports(proto::TCP) && proto::has_ports(proto::UDP));
+    /// assert!(!proto::has_ports(proto::ICMP) && !proto::has_ports(proto::TCP + 64));
+    /// ```
+    #[inline(always)]
+    #[must_use]
+    pub const fn has_ports(p: u8) -> bool {
+        const PORTS: u64 = 1 << TCP | 1 << UDP;
+        // The bit for p, masked off when p is out of the word's range.
+        let in_range = (p < 64) as u64;
+        (1u64 << (p & 63)) & PORTS & in_range.wrapping_neg() != 0
+    }
 }
 
 /// Largest canonical encoding ([`FlowKey::encode`]), for IPv6.

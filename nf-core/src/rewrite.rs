@@ -47,6 +47,7 @@ use crate::meta::{Meta, flags};
 use crate::wire::icmp::{IcmpKind, classify_v4, classify_v6};
 use crate::wire::ipv6::walk_extensions;
 use core::fmt;
+use core::hint::select_unpredictable;
 
 /// Which end of a packet a rewrite changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +174,12 @@ fn rewrite_general(
 /// port swapped and both checksums updated from one combined difference (RFC 1624 eq. 3).
 /// `None` for any other packet, with nothing changed (the general path decides); the
 /// result is the general path's, bit for bit (a property test checks it).
+///
+/// Branch-free in the end and the protocol: a stream mixes directions and TCP with UDP
+/// unpredictably, and a mispredicted branch costs more than the work. The end's offsets
+/// (address 12 or 16, port 0 or 2) and the checksum's (UDP 6, TCP 16) are computed, not
+/// branched on. The sums use native-endian words: the ones' complement sum of byte-swapped
+/// words is the byte-swapped sum (RFC 1071 §2(B)), so no word is swapped.
 #[inline(always)]
 fn rewrite_v4_ports(
     d: &mut [u8],
@@ -181,43 +188,22 @@ fn rewrite_v4_ports(
     addr: [u8; 4],
     port: Option<u16>,
 ) -> Option<()> {
-    match at.proto {
-        proto::TCP => rewrite_v4_l4::<18>(d, at, end, addr, port, false),
-        proto::UDP => rewrite_v4_l4::<8>(d, at, end, addr, port, true),
-        _ => None,
-    }
-}
-
-/// [`rewrite_v4_ports`] for a transport header of `L` bytes up to and including its
-/// checksum (TCP 18, UDP 8). The sums use native-endian words: the ones' complement sum of
-/// byte-swapped words is the byte-swapped sum (RFC 1071 §2(B)), so no word is swapped.
-#[inline(always)]
-fn rewrite_v4_l4<const L: usize>(
-    d: &mut [u8],
-    at: Layout,
-    end: End,
-    addr: [u8; 4],
-    port: Option<u16>,
-    udp: bool,
-) -> Option<()> {
-    if at.l4.checked_sub(at.l3)? < 20 {
+    if !proto::has_ports(at.proto) || at.l4.checked_sub(at.l3)? < 20 {
         return None;
     }
+    let udp = at.proto == proto::UDP;
+    let src = usize::from(end == End::Src);
+    let (a_at, p_at, ck_at) = (16 - 4 * src, 2 - 2 * src, select_unpredictable(udp, 6, 16));
     let (head, tail) = d.split_at_mut_checked(at.l4)?;
     let ip: &mut [u8; 20] = head.get_mut(at.l3..)?.first_chunk_mut()?;
-    let th: &mut [u8; L] = tail.first_chunk_mut()?;
-    let (a_at, p_at) = match end {
-        End::Src => (12, 0),
-        End::Dst => (16, 2),
-    };
+    if tail.len() < ck_at + 2 {
+        return None;
+    }
     // Every read (and bounds check) before the first write.
     let old = u32::from_ne_bytes(*ip.get(a_at..)?.first_chunk()?);
     let ip_check = u16::from_ne_bytes(*ip.get(10..)?.first_chunk()?);
-    let old_port = match port {
-        Some(_) => u16::from_ne_bytes(*th.get(p_at..)?.first_chunk()?),
-        None => 0,
-    };
-    let check = u16::from_ne_bytes(*th.last_chunk()?);
+    let old_port = u16::from_ne_bytes(*tail.get(p_at..)?.first_chunk()?);
+    let check = u16::from_ne_bytes(*tail.get(ck_at..)?.first_chunk()?);
     // !old + new: the address's difference, for the header and the pseudo-header.
     let diff = add_carry(!old, u32::from_ne_bytes(addr));
     put(ip, a_at, addr);
@@ -229,21 +215,21 @@ fn rewrite_v4_l4<const L: usize>(
     let mut l4_diff = diff;
     if let Some(port) = port {
         let new = port.to_be_bytes();
-        put(th, p_at, new);
+        put(tail, p_at, new);
         l4_diff = add_carry(
             l4_diff,
             u32::from(!old_port) + u32::from(u16::from_ne_bytes(new)),
         );
     }
-    if udp && check == 0 {
-        // No checksum (IPv4): it stays absent.
-        return Some(());
-    }
-    let mut n = !fold_ne(add_carry(l4_diff, u32::from(!check)));
-    if udp && n == 0 {
-        n = 0xffff;
-    }
-    put(th, L - 2, n.to_ne_bytes());
+    let n = !fold_ne(add_carry(l4_diff, u32::from(!check)));
+    // A UDP checksum computed as 0 is sent as 0xFFFF; a UDP checksum of 0 (none, IPv4)
+    // stays 0. Selected, not branched on (a branch on `udp` mispredicts).
+    let n = n | u16::from(udp & (n == 0)).wrapping_neg();
+    put(
+        tail,
+        ck_at,
+        select_unpredictable(udp & (check == 0), 0, n).to_ne_bytes(),
+    );
     Some(())
 }
 

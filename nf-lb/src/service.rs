@@ -31,6 +31,7 @@ use crate::backend::BackendId;
 use crate::listener::{Forwarding, Health, ListenerMatch, Listeners, NewFlowLimit, OnDown};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::hint::select_unpredictable;
 use core::net::IpAddr;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService, quoted_key};
 use nf_core::flow::proto;
@@ -730,6 +731,16 @@ impl SessionService for Lb {
         let Some(s) = self.slots.get(value.slot as usize) else {
             return self.down(value, pkt);
         };
+        let original = direction == Direction::Original;
+        if s.forwarding == Forwarding::Dnat && (s.serving || !original) {
+            // One rewrite for both directions, its end and fields selected without a branch:
+            // directions arrive in no predictable order. Toward the backend on the way in,
+            // back from the VIP on replies.
+            let end = select_unpredictable(original, End::Dst, End::Src);
+            let addr = select_unpredictable(original, &s.addr, &s.vip);
+            let port = select_unpredictable(original, s.port, value.port);
+            return dnat(pkt, end, addr, port);
+        }
         match direction {
             Direction::Original if s.serving => Self::forward(s, pkt),
             Direction::Original => self.down(value, pkt),
@@ -857,5 +868,5 @@ fn dnat<B: AsRef<[u8]> + AsMut<[u8]>>(
 /// keeps the packet's).
 #[inline(always)]
 fn moved_port(protocol: u8, port: u16) -> Option<u16> {
-    (port != 0 && matches!(protocol, proto::TCP | proto::UDP)).then_some(port)
+    ((port != 0) & proto::has_ports(protocol)).then_some(port)
 }

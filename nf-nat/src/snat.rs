@@ -6,6 +6,7 @@ use crate::config::{AllocatorConfig, ConfigError, Profile};
 use crate::store::Store;
 use crate::table::Table;
 use alloc::vec::Vec;
+use core::hint::select_unpredictable;
 use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
@@ -1059,29 +1060,27 @@ impl Snat {
         pkt: &mut Packet<B>,
     ) -> Verdict {
         let at = Layout::of(&pkt.meta);
-        let done = match direction {
-            Direction::Original => {
-                let Some(public) = self.publics.get(usize::from(t.mapping.public_index())) else {
-                    return self.failed(false);
-                };
-                let port = Some(t.mapping.port());
-                rewrite(pkt.data_mut(), at, End::Src, public, port)
-            }
-            Direction::Reply => {
-                let mut inside = [0; 16];
-                if let Some(a) = inside.first_chunk_mut::<4>() {
-                    *a = t.inside;
-                }
-                rewrite(pkt.data_mut(), at, End::Dst, &inside, Some(t.inside_port))
-            }
+        // One rewrite for both directions, its end and fields selected without a branch:
+        // directions arrive in no predictable order. The source becomes the public endpoint
+        // on the way out, the destination the inside endpoint on the way in.
+        let original = direction == Direction::Original;
+        let mut inside = [0; 16];
+        if let Some(a) = inside.first_chunk_mut::<4>() {
+            *a = t.inside;
+        }
+        let public = match self.publics.get(usize::from(t.mapping.public_index())) {
+            Some(public) => public,
+            None if original => return self.failed(false),
+            None => &inside,
         };
-        if done.is_err() {
+        let end = select_unpredictable(original, End::Src, End::Dst);
+        let addr = select_unpredictable(original, public, &inside);
+        let port = select_unpredictable(original, t.mapping.port(), t.inside_port);
+        if rewrite(pkt.data_mut(), at, end, addr, Some(port)).is_err() {
             return self.failed(false);
         }
-        match direction {
-            Direction::Original => self.counters.packets_out += 1,
-            Direction::Reply => self.counters.packets_in += 1,
-        }
+        self.counters.packets_out += u64::from(original);
+        self.counters.packets_in += u64::from(!original);
         Verdict::Pass
     }
 
