@@ -44,6 +44,7 @@
 use crate::checksum::{update_bytes, update16, update32};
 use crate::flow::{Family, proto};
 use crate::meta::{Meta, flags};
+use crate::packet::Packet;
 use crate::wire::icmp::{IcmpKind, classify_v4, classify_v6};
 use crate::wire::ipv6::walk_extensions;
 use core::fmt;
@@ -146,11 +147,67 @@ pub fn rewrite(
     // The per-packet case of NAT and load balancing, inline; anything else out of line.
     if at.family == Family::V4
         && at.has_l4
-        && rewrite_v4_ports(data, at, end, first4(addr), port).is_some()
+        && rewrite_v4_ports(data, at.l3, at.l4, at.proto, end, first4(addr), port).is_some()
     {
         return Ok(());
     }
     rewrite_general(data, at, end, addr, port)
+}
+
+/// [`rewrite`] of a parsed packet, its layout the parser's ([`Layout::of`]): the per-packet
+/// call of NAT and load balancing. An IPv4 TCP or UDP packet is rewritten inline from the
+/// metadata's offsets; anything else out of line.
+///
+/// # Errors
+/// [`RewriteError::Truncated`] if a field lies outside the packet's bytes.
+///
+/// ```
+/// use nf_core::rewrite::{End, rewrite_packet};
+/// use nf_core::wire::Frame;
+/// use nf_core::{Packet, ParseConfig, checksum, parse_frame};
+///
+/// let frame = Frame::ipv4([198, 51, 100, 7], [192, 0, 2, 1]).tcp(40_000, 80, 0x10).to_vec()?;
+/// let mut pkt = Packet::with_headroom(&frame, 0);
+/// let mut meta = pkt.meta;
+/// parse_frame(pkt.data(), &mut meta, &ParseConfig::default())?;
+/// pkt.meta = meta;
+/// // SNAT: the source becomes 203.0.113.9, port 1024.
+/// let mut public = [0u8; 16];
+/// public[..4].copy_from_slice(&[203, 0, 113, 9]);
+/// rewrite_packet(&mut pkt, End::Src, &public, Some(1024))?;
+/// let ip = &pkt.data()[14..];
+/// assert_eq!(ip[12..16], [203, 0, 113, 9]);
+/// assert_eq!(ip[20..22], 1024u16.to_be_bytes());
+/// assert!(checksum::verify(&ip[..20]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline(always)]
+pub fn rewrite_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+    end: End,
+    addr: &[u8; 16],
+    port: Option<u16>,
+) -> Result<(), RewriteError> {
+    let m = &pkt.meta;
+    if m.flow.family() == Family::V4 && m.has(flags::L4_VALID) && !m.has(flags::LATER_FRAGMENT) {
+        let (l3, l4, p) = (usize::from(m.l3), usize::from(m.l4), m.flow.proto);
+        if rewrite_v4_ports(pkt.data_mut(), l3, l4, p, end, first4(addr), port).is_some() {
+            return Ok(());
+        }
+    }
+    rewrite_packet_general(pkt, end, addr, port)
+}
+
+/// [`rewrite_packet`] of any packet.
+#[inline(never)]
+fn rewrite_packet_general<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+    end: End,
+    addr: &[u8; 16],
+    port: Option<u16>,
+) -> Result<(), RewriteError> {
+    let at = Layout::of(&pkt.meta);
+    rewrite_general(pkt.data_mut(), at, end, addr, port)
 }
 
 /// [`rewrite`] of any packet, one field at a time.
@@ -183,19 +240,21 @@ fn rewrite_general(
 #[inline(always)]
 fn rewrite_v4_ports(
     d: &mut [u8],
-    at: Layout,
+    l3: usize,
+    l4: usize,
+    protocol: u8,
     end: End,
     addr: [u8; 4],
     port: Option<u16>,
 ) -> Option<()> {
-    if !proto::has_ports(at.proto) || at.l4.checked_sub(at.l3)? < 20 {
+    if !proto::has_ports(protocol) || l4.checked_sub(l3)? < 20 {
         return None;
     }
-    let udp = at.proto == proto::UDP;
+    let udp = protocol == proto::UDP;
     let src = usize::from(end == End::Src);
     let (a_at, p_at, ck_at) = (16 - 4 * src, 2 - 2 * src, select_unpredictable(udp, 6, 16));
-    let (head, tail) = d.split_at_mut_checked(at.l4)?;
-    let ip: &mut [u8; 20] = head.get_mut(at.l3..)?.first_chunk_mut()?;
+    let (head, tail) = d.split_at_mut_checked(l4)?;
+    let ip: &mut [u8; 20] = head.get_mut(l3..)?.first_chunk_mut()?;
     if tail.len() < ck_at + 2 {
         return None;
     }

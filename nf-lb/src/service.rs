@@ -35,7 +35,7 @@ use core::hint::select_unpredictable;
 use core::net::IpAddr;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService, quoted_key};
 use nf_core::flow::proto;
-use nf_core::rewrite::{End, Layout, rewrite, translate_icmp_error};
+use nf_core::rewrite::{End, Layout, rewrite_packet, translate_icmp_error};
 use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
 
 /// No slot: the flow matched no listener.
@@ -857,8 +857,8 @@ fn dnat<B: AsRef<[u8]> + AsMut<[u8]>>(
     addr: &[u8; 16],
     port: u16,
 ) -> Verdict {
-    let at = Layout::of(&pkt.meta);
-    match rewrite(pkt.data_mut(), at, end, addr, moved_port(at.proto, port)) {
+    let port = moved_port(pkt.meta.flow.proto, port);
+    match rewrite_packet(pkt, end, addr, port) {
         Ok(()) => Verdict::Pass,
         Err(_) => Verdict::Drop(DropReason::LbUntranslatable),
     }

@@ -11,7 +11,7 @@ use core::net::{IpAddr, SocketAddr};
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService};
 use nf_core::flow::proto;
 use nf_core::reply::{IcmpOrigin, ReplyBucket};
-use nf_core::rewrite::{End, Layout, rewrite, translate_icmp_error};
+use nf_core::rewrite::{End, Layout, rewrite, rewrite_packet, translate_icmp_error};
 use nf_core::{
     Direction, DropReason, Family, FlowHasher, FlowKey, Instant, Packet, PortId, Verdict, ZoneId,
     flags, reply,
@@ -1059,7 +1059,6 @@ impl Snat {
         t: &Translation,
         pkt: &mut Packet<B>,
     ) -> Verdict {
-        let at = Layout::of(&pkt.meta);
         // One rewrite for both directions, its end and fields selected without a branch:
         // directions arrive in no predictable order. The source becomes the public endpoint
         // on the way out, the destination the inside endpoint on the way in.
@@ -1076,7 +1075,7 @@ impl Snat {
         let end = select_unpredictable(original, End::Src, End::Dst);
         let addr = select_unpredictable(original, public, &inside);
         let port = select_unpredictable(original, t.mapping.port(), t.inside_port);
-        if rewrite(pkt.data_mut(), at, end, addr, Some(port)).is_err() {
+        if rewrite_packet(pkt, end, addr, Some(port)).is_err() {
             return self.failed(false);
         }
         self.counters.packets_out += u64::from(original);

@@ -294,6 +294,29 @@ proptest! {
         prop_assert_eq!(d, general);
     }
 
+    /// `rewrite_packet` (the metadata's layout read inline) is `rewrite` with
+    /// `Layout::of(meta)`: the same result and bytes, whatever the metadata says.
+    #[test]
+    fn packet_path_equals_layout_path(
+        d in proptest::collection::vec(any::<u8>(), 0..80),
+        (l3, l4) in (0u16..48, 0u16..72), p in prop_oneof![Just(proto::TCP), Just(proto::UDP), any::<u8>()],
+        v6 in any::<bool>(), fl in any::<u16>(), src_end in any::<bool>(),
+        port in proptest::option::of(any::<u16>()), addr in addr_strategy(),
+    ) {
+        let mut pkt = crate::Packet::with_headroom(&d, 0);
+        pkt.meta.flow = if v6 {
+            crate::FlowKey::v6(crate::ZoneId(0), [1; 16], [2; 16], p, 3, 4)
+        } else {
+            crate::FlowKey::v4(crate::ZoneId(0), [1; 4], [2; 4], p, 3, 4)
+        };
+        (pkt.meta.l3, pkt.meta.l4, pkt.meta.flags) = (l3, l4, fl);
+        let end = if src_end { End::Src } else { End::Dst };
+        let mut want = d.clone();
+        let r = rewrite(&mut want, Layout::of(&pkt.meta), end, &addr, port);
+        prop_assert_eq!(rewrite_packet(&mut pkt, end, &addr, port), r);
+        prop_assert_eq!(pkt.data(), &want[..]);
+    }
+
     /// Arbitrary bytes with arbitrary layouts: an error or a rewrite, never a panic.
     #[test]
     fn arbitrary_input_never_panics(
