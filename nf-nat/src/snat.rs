@@ -1063,19 +1063,19 @@ impl Snat {
         // directions arrive in no predictable order. The source becomes the public endpoint
         // on the way out, the destination the inside endpoint on the way in.
         let original = direction == Direction::Original;
-        let mut inside = [0; 16];
-        if let Some(a) = inside.first_chunk_mut::<4>() {
-            *a = t.inside;
-        }
         let public = match self.publics.get(usize::from(t.mapping.public_index())) {
-            Some(public) => public,
+            Some(&[a, b, c, d, ..]) => [a, b, c, d],
             None if original => return self.failed(false),
-            None => &inside,
+            None => t.inside,
         };
+        // The IPv4 address selected as a value (one word), not as a pointer to one.
+        let mut addr = [0; 16];
+        if let Some(a) = addr.first_chunk_mut::<4>() {
+            *a = select_unpredictable(original, public, t.inside);
+        }
         let end = select_unpredictable(original, End::Src, End::Dst);
-        let addr = select_unpredictable(original, public, &inside);
         let port = select_unpredictable(original, t.mapping.port(), t.inside_port);
-        if rewrite_packet(pkt, end, addr, Some(port)).is_err() {
+        if rewrite_packet(pkt, end, &addr, Some(port)).is_err() {
             return self.failed(false);
         }
         self.counters.packets_out += u64::from(original);
