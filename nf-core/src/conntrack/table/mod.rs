@@ -35,27 +35,52 @@ pub(super) const F_FIN_REPLY: u8 = 4;
 /// common case, costs its lookups nothing more).
 pub(super) const F_XZONE: u8 = 8;
 
+/// Per session state (index: the state's number, 16 entries), what a steady packet's TCP
+/// flags show under a mask, as `(mask, want)`: an established TCP session, exactly ACK of
+/// SYN, FIN, RST and ACK; a UDP session that has seen both directions, an ICMP query or
+/// another protocol, no flags at all (non-TCP packets carry none); every other state, never
+/// (`want` outside `mask`). `steady_table_is_the_rule` checks it against the rule written
+/// out.
+const STEADY: [(u8, u8); 16] = {
+    use crate::wire::tcp::tcp_flags::{ACK, FIN, RST, SYN};
+    const NEVER: (u8, u8) = (0, 1);
+    const NO_FLAGS: (u8, u8) = (0xff, 0);
+    [
+        NEVER,                        // TcpSynSent
+        NEVER,                        // TcpSynRecv
+        (SYN | FIN | RST | ACK, ACK), // TcpEstablished
+        NEVER,                        // TcpFinWait
+        NEVER,                        // TcpCloseWait
+        NEVER,                        // TcpTimeWait
+        NEVER,                        // TcpClosed
+        NEVER,                        // UdpUnreplied
+        NO_FLAGS,                     // UdpReplied
+        NO_FLAGS,                     // IcmpQuery
+        NO_FLAGS,                     // Other
+        NEVER,                        // TcpLastAck
+        NEVER,
+        NEVER,
+        NEVER,
+        NEVER,
+    ]
+};
+
 /// True if a packet with `tcp_flags` leaves a session in `state` with record `flags` exactly
 /// as it is, its timeout aside: an established (assured) session of a state that only RST,
 /// FIN or SYN can change, met by a segment with none of them (or any packet of a non-TCP
 /// session that has seen both directions). [`state::advance`] gives the same answer, slower
 /// (property-tested).
+///
+/// A table lookup and bitwise tests, no branch: TCP and UDP sessions arrive in no
+/// predictable order, and a branch on the state mispredicts for a share of all packets
+/// (the caller's one branch on the outcome is nearly always taken).
 #[inline(always)]
 fn steady(state: u8, flags: u8, tcp_flags: u8) -> bool {
-    use crate::wire::tcp::tcp_flags::{ACK, FIN, RST, SYN};
-    let (u, i, o) = (
-        SessionState::UdpReplied as u8,
-        SessionState::IcmpQuery as u8,
-        SessionState::Other as u8,
-    );
-    // Bitwise, not short-circuit: TCP and UDP sessions arrive in no predictable order, and
-    // a branch on the state mispredicts for a share of all packets (the caller's one
-    // branch on the outcome is nearly always taken).
-    let assured = flags & F_ASSURED != 0;
-    let plain_ack = (tcp_flags & (SYN | FIN | RST) == 0) & (tcp_flags & ACK != 0);
-    let tcp = (state == SessionState::TcpEstablished as u8) & plain_ack;
-    let other = ((state == u) | (state == i) | (state == o)) & (tcp_flags == 0);
-    assured & (tcp | other)
+    let (mask, want) = STEADY
+        .get(usize::from(state & 15))
+        .copied()
+        .unwrap_or((0, 1));
+    (flags & F_ASSURED != 0) & (tcp_flags & mask == want) & (state < 16)
 }
 
 /// Settings fixed at construction.
@@ -1085,6 +1110,33 @@ mod tests {
                 proptest::prop_assert_eq!(t.state, s);
                 proptest::prop_assert!(t.assured);
                 proptest::prop_assert_eq!(t.fin_reply, flags & F_FIN_REPLY != 0);
+            }
+        }
+    }
+
+    /// The table-driven `steady` is the rule it encodes, for every state number, record
+    /// flags and TCP flags.
+    #[test]
+    fn steady_table_is_the_rule() {
+        use crate::wire::tcp::tcp_flags::{ACK, FIN, RST, SYN};
+        let rule = |state: u8, flags: u8, tcp: u8| {
+            let plain_ack = tcp & (SYN | FIN | RST) == 0 && tcp & ACK != 0;
+            let other = [
+                SessionState::UdpReplied,
+                SessionState::IcmpQuery,
+                SessionState::Other,
+            ]
+            .iter()
+            .any(|&s| s as u8 == state);
+            flags & F_ASSURED != 0
+                && ((state == SessionState::TcpEstablished as u8 && plain_ack)
+                    || (other && tcp == 0))
+        };
+        for state in 0..=u8::MAX {
+            for flags in 0..16 {
+                for tcp in 0..=u8::MAX {
+                    assert_eq!(steady(state, flags, tcp), rule(state, flags, tcp));
+                }
             }
         }
     }
