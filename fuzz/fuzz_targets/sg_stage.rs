@@ -10,7 +10,8 @@
 //! when its batch began (established flows survive swaps), unless it is a new connection
 //! reusing the ports of a closed one (a bare SYN from the originator that met its session in
 //! `TimeWait` or `Closed`, at the batch's start or after a RST or FIN of the flow earlier in
-//! the batch: decided afresh, by design); a packet passed without a session
+//! the batch: decided afresh, by design) or a later packet of the batch, either way, whose
+//! session such a SYN replaced; a packet passed without a session
 //! is untracked by them, with the option on; nothing is dropped as `sg_untracked` (no other
 //! service needs a session); `new_flow_rate_exceeded` only under a limit; conntrack's
 //! `refused_passed` counts exactly the packets passed without a session.
@@ -181,6 +182,7 @@ impl Run {
         // originator whose session was closed (`TimeWait`, `Closed`) when the batch began or
         // met a RST or FIN earlier in the batch.
         let mut ending: Vec<SessionRef> = Vec::new();
+        let mut gone: Vec<SessionRef> = Vec::new();
         let mut had = Vec::new();
         for p in batch.packets() {
             let hit = p
@@ -203,7 +205,12 @@ impl Run {
                 Some(SessionState::TcpTimeWait | SessionState::TcpClosed)
             ) || ending.contains(&hit.session);
             let reuse = bare_syn && hit.direction == Direction::Original && closed;
-            had.push(!reuse);
+            // A session such a SYN replaced earlier in the batch is gone for the packets
+            // after it, whichever way they travel.
+            had.push(!reuse && !gone.contains(&hit.session));
+            if reuse {
+                gone.push(hit.session);
+            }
             if tcp && f & (tcp_flags::RST | tcp_flags::FIN) != 0 {
                 ending.push(hit.session);
             }
