@@ -6,6 +6,8 @@
 //!   and, when the transport header is present, the TCP/UDP port at that end (and its
 //!   checksum, through the pseudo-header), or an ICMP query's identifier (and the ICMP
 //!   checksum; ICMPv6: also its pseudo-header).
+//! - [`rewrite_packet`]: [`rewrite`] of a parsed [`Packet`], the layout read
+//!   from its metadata: the per-packet call of NAT and load balancing.
 //! - [`translate_icmp_error`]: the outer header's end, and the *other* end of the quoted
 //!   packet (an error travels opposite to the packet it quotes), fixing the outer IPv4
 //!   checksum, the quoted IPv4 checksum, the quoted transport checksum where the quote holds
