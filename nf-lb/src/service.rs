@@ -741,12 +741,10 @@ impl SessionService for Lb {
             let port = select_unpredictable(original, s.port, value.port);
             return dnat(pkt, end, addr, port);
         }
+        // Encapsulation (replies go to the client directly), or a backend that is down.
         match direction {
             Direction::Original if s.serving => Self::forward(s, pkt),
             Direction::Original => self.down(value, pkt),
-            Direction::Reply if s.forwarding == Forwarding::Dnat => {
-                dnat(pkt, End::Src, &s.vip, value.port)
-            }
             Direction::Reply => Verdict::Pass,
         }
     }

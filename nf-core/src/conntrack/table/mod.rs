@@ -35,6 +35,9 @@ pub(super) const F_FIN_REPLY: u8 = 4;
 /// common case, costs its lookups nothing more).
 pub(super) const F_XZONE: u8 = 8;
 
+/// A `(mask, want)` no TCP flags satisfy (`want` outside `mask`).
+const NEVER: (u8, u8) = (0, 1);
+
 /// Per session state (index: the state's number, 16 entries), what a steady packet's TCP
 /// flags show under a mask, as `(mask, want)`: an established TCP session, exactly ACK of
 /// SYN, FIN, RST and ACK; a UDP session that has seen both directions, an ICMP query or
@@ -43,7 +46,6 @@ pub(super) const F_XZONE: u8 = 8;
 /// out.
 const STEADY: [(u8, u8); 16] = {
     use crate::wire::tcp::tcp_flags::{ACK, FIN, RST, SYN};
-    const NEVER: (u8, u8) = (0, 1);
     const NO_FLAGS: (u8, u8) = (0xff, 0);
     [
         NEVER,                        // TcpSynSent
@@ -76,11 +78,8 @@ const STEADY: [(u8, u8); 16] = {
 /// (the caller's one branch on the outcome is nearly always taken).
 #[inline(always)]
 fn steady(state: u8, flags: u8, tcp_flags: u8) -> bool {
-    let (mask, want) = STEADY
-        .get(usize::from(state & 15))
-        .copied()
-        .unwrap_or((0, 1));
-    (flags & F_ASSURED != 0) & (tcp_flags & mask == want) & (state < 16)
+    let (mask, want) = STEADY.get(usize::from(state)).copied().unwrap_or(NEVER);
+    (flags & F_ASSURED != 0) & (tcp_flags & mask == want)
 }
 
 /// Settings fixed at construction.
