@@ -779,6 +779,50 @@ fn snat_translates_outbound_flows_and_a_port_forward() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// Security groups in front of source NAT share its session table: one lookup per packet,
+/// and the inside server's answer through the port forward (which only the NAT's reply key
+/// matches) passes as the reply of the flow the rules admitted. Separate tables would judge
+/// that answer a new flow to port 5555 and drop it.
+#[test]
+fn sg_and_snat_share_one_session_per_flow() {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let tmp = common::temp_dir("nf-pcap-sg-snat");
+    let pipeline = "parse -> sg,allow=tcp:80,allow=tcp:8080 -> \
+        snat,public=203.0.113.1,inside=10.0.0.0/24,forward=tcp:8080=10.0.0.5:80";
+    let (report, rows, _) = services(pipeline, &tmp);
+    assert!(
+        report.contains("sg,allow=tcp:80,allow=tcp:8080 + snat:rfc"),
+        "{report}"
+    );
+    // One table: every frame looked up once, no second conntrack stage.
+    assert_eq!(counter(&report, "conntrack", "lookups"), 46, "{report}");
+    assert!(!report.contains("conntrack_2"), "{report}");
+    // The port forward, both ways, its answer a reply hit of the admitted flow.
+    let row = |n: usize| rows.get(&n).unwrap_or_else(|| panic!("frame {n} passed"));
+    for n in [7, 9] {
+        assert_eq!(field(row(n), "ip.dst"), "10.0.0.5", "frame {n}");
+    }
+    assert_eq!(field(row(8), "ip.src"), "203.0.113.1");
+    assert_eq!(field(row(8), "tcp.srcport"), "8080");
+    assert_eq!(counter(&report, "conntrack", "reply_hits"), 1, "{report}");
+    // The outbound web flow is admitted and translated; DNS, the ping and the unsolicited
+    // SYN have no rule.
+    for n in 1..=3 {
+        assert_eq!(field(row(n), "ip.src"), "203.0.113.1", "frame {n}");
+    }
+    for n in [4, 5, 6, 10] {
+        assert!(!rows.contains_key(&n), "frame {n} passed");
+    }
+    assert_eq!(
+        counter(&report, "security_groups", "flows_denied"),
+        4,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 /// Load balancing on a capture: every client flow to the VIP goes to one backend (its SYN
 /// and ACK alike), the flows spread over the backends, and the backend's answers leave from
 /// the VIP, through the session of the flow or, from a backend the flow did not hash to,

@@ -560,3 +560,74 @@ fn cross_zone_sessions_need_a_service_that_declares_them() {
     // The side array of reply zones is allocated only for the declaring service.
     assert!(with.second.allocated_bytes() > without.second.allocated_bytes());
 }
+
+/// Refuses flows to port 9 and forwards them without a session (a stateless fallback, as a
+/// load balancer's for replies it holds no session for).
+struct Stateless;
+
+impl SessionService for Stateless {
+    type Value = ();
+
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        if new.original().dst_port == 9 {
+            return Err(DropReason::ServiceRefused);
+        }
+        Ok(())
+    }
+
+    fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        _now: Instant,
+        _reason: DropReason,
+        _pkt: &mut Packet<B>,
+    ) -> Verdict {
+        Verdict::Pass
+    }
+}
+
+/// The verdict of one frame to port 9 through `Conntrack<S>`.
+fn refused_verdict<S: SessionService>(service: S) -> Verdict {
+    let cfg = ConntrackConfig::new(*b"service test key");
+    let mut p = ParseStage::default().then(Conntrack::new(cfg, service).unwrap());
+    let f = udp(false, 1, 2, 40_001, 9);
+    let mut b = Batch::new();
+    b.push(Packet::new(f.clone(), 0, f.len()).unwrap()).unwrap();
+    p.process(Instant::ZERO, &mut b);
+    b.packets()[0].meta.verdict
+}
+
+/// A service that is not there (`None`, `()`) leaves a refused packet's fate to the others,
+/// so a pipeline chosen at run time as `(Option<A>, Option<B>)` with only `B` forwards what
+/// `B` alone forwards; a service that is there and keeps the drop still vetoes it.
+#[test]
+fn absent_services_leave_refused_packets_to_the_present_ones() {
+    let dropped = Verdict::Drop(DropReason::ServiceRefused);
+    assert_eq!(refused_verdict(Stateless), Verdict::Pass);
+    assert_eq!(
+        refused_verdict((None::<Counter>, Some(Stateless))),
+        Verdict::Pass
+    );
+    assert_eq!(
+        refused_verdict((Some(Stateless), None::<Counter>)),
+        Verdict::Pass
+    );
+    assert_eq!(
+        refused_verdict(((), (None::<PortMap>, Stateless))),
+        Verdict::Pass
+    );
+    assert_eq!(refused_verdict((Counter::default(), Stateless)), dropped);
+    assert_eq!(
+        refused_verdict((Some(Stateless), Some(Counter::default()))),
+        dropped
+    );
+    // Nothing there refuses the flow: it opens a session.
+    assert_eq!(
+        refused_verdict((None::<Stateless>, None::<Counter>)),
+        Verdict::Pass
+    );
+}

@@ -144,6 +144,11 @@ stages (parameters follow as ,key=value):
   reflect               send decapsulated frames back into their tunnel (GWLB appliance)
                           mtu=N                  underlay MTU (default 9001)
 
+Adjacent session stages (conntrack, then sg, then snat or lb, in that order) share one
+session table: one lookup per packet for all of them, and the reply of a translated flow
+is the reply of the session every one of them admitted. Other orders, and two translators,
+keep tables of their own (the report joins the stages of one table with '+').
+
 The keys of conntrack, snat and lb (and so the ports NAT picks and the backends flows go to)
 are fixed: the same capture gives the same output every run.
 
@@ -307,19 +312,19 @@ enum StageSpec {
         /// Most later fragments held at once.
         held: u32,
     },
-    /// Connection tracking with source NAT: `Conntrack<(Snat, Option<TcpWindow>)>`.
+    /// Connection tracking with source NAT (a [`Services`] part).
     Snat {
         label: String,
         config: Box<SnatConfig>,
         /// TCP window tracking.
         window: bool,
     },
-    /// Connection tracking with load balancing: `Conntrack<Lb>`.
+    /// Connection tracking with load balancing (a [`Services`] part).
     Lb {
         label: String,
         listeners: Listeners,
     },
-    /// Connection tracking with security groups: `Conntrack<SecurityGroups>`.
+    /// Connection tracking with security groups (a [`Services`] part).
     Sg {
         label: String,
         rules: SgRuleSet,
@@ -952,67 +957,21 @@ fn ip_ethertype(ip: &[u8]) -> u16 {
     }
 }
 
-/// The pipeline the specs describe, composed with [`StageExt::then`].
+/// The pipeline the specs describe, composed with [`StageExt::then`]. Adjacent session
+/// stages in [`session_rank`] order share one [`Conntrack`] ([`session_run`]).
 fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
     let mut pipeline: Option<Dyn> = None;
     let mut seen: Vec<&'static str> = Vec::new();
-    for spec in specs {
-        let stage = match spec {
-            StageSpec::Decap { config, .. } => Dyn(Box::new(DecapStage::new(config.clone())?)),
-            StageSpec::Parse => Dyn(Box::new(ParseStage::default())),
-            // A fixed demo key; a deployment uses an operator secret.
-            StageSpec::Conntrack { window } => Dyn(Box::new(Conntrack::new(
-                ConntrackConfig::new(*b"nf-pcap ct key 1"),
-                bool::then(*window, TcpWindow::new),
-            )?)),
-            StageSpec::Encap {
-                config, inner_macs, ..
-            } => {
-                let encap = EncapStage::new((**config).clone())?;
-                if config.payload == Payload::Ethernet {
-                    let framing = InnerEthernet {
-                        src: inner_macs.0,
-                        dst: inner_macs.1,
-                        counters: StageCounters::default(),
-                        framed: 0,
-                    };
-                    Dyn(Box::new(framing.then(encap)))
-                } else {
-                    Dyn(Box::new(encap))
-                }
-            }
-            StageSpec::Reflect { mtu } => Dyn(Box::new(ReflectStage::new(*mtu, false))),
-            StageSpec::Reorder { held } => Dyn(Box::new(FragmentReorder::new(
-                ReorderConfig::new(*b"nf-pcap reorder!").holding(*held, 16),
-            ))),
-            StageSpec::Snat { config, window, .. } => {
-                // Sessions last as long as the RFCs ask of a NAT.
-                let timeouts = nat_timeouts(&config.allocator.profile);
-                let mut ct = ConntrackConfig::new(*b"nf-pcap ct key 1");
-                ct.v4.timeouts = timeouts;
-                ct.v6.timeouts = timeouts;
-                let snat = Snat::new((**config).clone())?;
-                Dyn(Box::new(Conntrack::new(
-                    ct,
-                    (snat, bool::then(*window, TcpWindow::new)),
-                )?))
-            }
-            StageSpec::Lb { listeners, .. } => Dyn(Box::new(Conntrack::new(
-                ConntrackConfig::new(*b"nf-pcap ct key 1"),
-                Lb::new(listeners.clone()),
-            )?)),
-            StageSpec::Sg { rules, zones, .. } => {
-                let mut tables = nf_core::ZoneMap::default();
-                for &z in zones {
-                    tables.insert(nf_core::ZoneId(z), rules.clone());
-                }
-                let sg = SecurityGroups::new(std::sync::Arc::new(tables), SgConfig::default());
-                Dyn(Box::new(Conntrack::new(
-                    ConntrackConfig::new(*b"nf-pcap ct key 1"),
-                    sg,
-                )?))
-            }
+    let mut rest = specs;
+    while let Some(spec) = rest.first() {
+        let run = session_run(rest);
+        let (stage, after) = if run > 0 {
+            let (sessions, after) = rest.split_at(run);
+            (session_stage(sessions)?, after)
+        } else {
+            (single_stage(spec)?, rest.get(1..).unwrap_or_default())
         };
+        rest = after;
         // A second stage of a kind (decap of a tunnel inside a tunnel) reports as `<name>_2`.
         let kind = stage.name();
         seen.push(kind);
@@ -1030,6 +989,109 @@ fn build(specs: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
         });
     }
     pipeline.ok_or_else(|| "empty pipeline".into())
+}
+
+/// A stage that is not a session stage.
+fn single_stage(spec: &StageSpec) -> Result<Dyn, Box<dyn std::error::Error>> {
+    Ok(match spec {
+        StageSpec::Decap { config, .. } => Dyn(Box::new(DecapStage::new(config.clone())?)),
+        StageSpec::Parse => Dyn(Box::new(ParseStage::default())),
+        StageSpec::Encap {
+            config, inner_macs, ..
+        } => {
+            let encap = EncapStage::new((**config).clone())?;
+            if config.payload == Payload::Ethernet {
+                let framing = InnerEthernet {
+                    src: inner_macs.0,
+                    dst: inner_macs.1,
+                    counters: StageCounters::default(),
+                    framed: 0,
+                };
+                Dyn(Box::new(framing.then(encap)))
+            } else {
+                Dyn(Box::new(encap))
+            }
+        }
+        StageSpec::Reflect { mtu } => Dyn(Box::new(ReflectStage::new(*mtu, false))),
+        StageSpec::Reorder { held } => Dyn(Box::new(FragmentReorder::new(
+            ReorderConfig::new(*b"nf-pcap reorder!").holding(*held, 16),
+        ))),
+        StageSpec::Conntrack { .. }
+        | StageSpec::Snat { .. }
+        | StageSpec::Lb { .. }
+        | StageSpec::Sg { .. } => session_stage(core::slice::from_ref(spec))?,
+    })
+}
+
+/// The services of a session stage: security groups judge a flow before a translator (source
+/// NAT or load balancing) rewrites it, and TCP window tracking sees what leaves.
+type Services = (
+    Option<SecurityGroups>,
+    (Option<Snat>, (Option<Lb>, Option<TcpWindow>)),
+);
+
+/// Where a stage's service sits in [`Services`]; `None` for a stage that is not a session
+/// stage. Two translators (each choosing the reply key) never share a table.
+fn session_rank(spec: &StageSpec) -> Option<u8> {
+    match spec {
+        StageSpec::Conntrack { .. } => Some(0),
+        StageSpec::Sg { .. } => Some(1),
+        StageSpec::Snat { .. } | StageSpec::Lb { .. } => Some(2),
+        _ => None,
+    }
+}
+
+/// How many of the first stages of `specs` share one session table: the session stages up
+/// to the first that is not, or that does not come later in [`session_rank`] order than the
+/// one before it (`conntrack -> conntrack` stays two tables, as written). One table means one
+/// lookup per packet for all of them, and a reply that a translator's reply key matches is
+/// the reply of the flow every service of the table admitted (separate tables would see the
+/// translated reply as a new flow).
+fn session_run(specs: &[StageSpec]) -> usize {
+    let mut last = None;
+    specs
+        .iter()
+        .take_while(|s| {
+            let r = session_rank(s);
+            let fits = r.is_some() && (last.is_none() || r > last);
+            last = r;
+            fits
+        })
+        .count()
+}
+
+/// One `Conntrack` with the services of `run` (see [`session_run`]).
+fn session_stage(run: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
+    // A fixed demo key; a deployment uses an operator secret.
+    let mut ct = ConntrackConfig::new(*b"nf-pcap ct key 1");
+    let (mut sg, mut snat, mut lb, mut window) = (None, None, None, false);
+    for spec in run {
+        match spec {
+            StageSpec::Conntrack { window: w } => window |= *w,
+            StageSpec::Sg { rules, zones, .. } => {
+                let mut tables = nf_core::ZoneMap::default();
+                for &z in zones {
+                    tables.insert(nf_core::ZoneId(z), rules.clone());
+                }
+                let groups = SecurityGroups::new(std::sync::Arc::new(tables), SgConfig::default());
+                sg = Some(groups);
+            }
+            StageSpec::Snat {
+                config, window: w, ..
+            } => {
+                // Sessions last as long as the RFCs ask of a NAT.
+                let timeouts = nat_timeouts(&config.allocator.profile);
+                ct.v4.timeouts = timeouts;
+                ct.v6.timeouts = timeouts;
+                snat = Some(Snat::new((**config).clone())?);
+                window |= *w;
+            }
+            StageSpec::Lb { listeners, .. } => lb = Some(Lb::new(listeners.clone())),
+            _ => return Err(format!("{} is not a session stage", spec.label()).into()),
+        }
+    }
+    let services: Services = (sg, (snat, (lb, bool::then(window, TcpWindow::new))));
+    Ok(Dyn(Box::new(Conntrack::new(ct, services)?)))
 }
 
 /// An output file and how many frames of each encoding it got.
@@ -1196,6 +1258,24 @@ fn with_ethernet(ip: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The stages as given, `->` between stages and `+` between the session stages that share
+/// one table.
+fn pipeline_label(specs: &[StageSpec]) -> String {
+    let mut out = String::new();
+    let mut rest = specs;
+    while !rest.is_empty() {
+        let n = session_run(rest).max(1);
+        let (group, after) = rest.split_at(n.min(rest.len()));
+        if !out.is_empty() {
+            out.push_str(" -> ");
+        }
+        let labels: Vec<String> = group.iter().map(StageSpec::label).collect();
+        out.push_str(&labels.join(" + "));
+        rest = after;
+    }
+    out
+}
+
 fn report(
     opts: &Options,
     pipeline: &Dyn,
@@ -1203,7 +1283,7 @@ fn report(
     outputs: &[(&str, PathBuf, u64, u64)],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut text = String::new();
-    let stages: Vec<String> = opts.stages.iter().map(StageSpec::label).collect();
+    let stages = pipeline_label(&opts.stages);
     let _ = writeln!(text, "{}: {} frames read", opts.input.display(), t.read);
     if t.skipped > 0 {
         let _ = writeln!(
@@ -1212,7 +1292,7 @@ fn report(
             t.skipped
         );
     }
-    let _ = writeln!(text, "pipeline: {}", stages.join(" -> "));
+    let _ = writeln!(text, "pipeline: {stages}");
     let _ = writeln!(
         text,
         "verdicts: {} pass, {} tx, {} to_control, {} dropped",
@@ -1254,6 +1334,50 @@ mod tests {
             .iter()
             .map(StageSpec::label)
             .collect()
+    }
+
+    #[test]
+    fn adjacent_session_stages_in_order_share_one_table() {
+        let grouped = |s: &str| pipeline_label(&parse_pipeline(s).unwrap());
+        let nat = "snat:rfc,public=203.0.113.1";
+        assert_eq!(
+            grouped(
+                "parse -> conntrack -> sg,allow=tcp:80 -> snat,public=203.0.113.1 -> lb,vip=192.0.2.10:80,backend=10.1.0.1:80"
+            ),
+            format!(
+                "parse -> conntrack + sg,allow=tcp:80 + {nat} -> lb,vip=192.0.2.10:80,backend=10.1.0.1:80"
+            )
+        );
+        // Out of order, or one kind twice: tables of their own, as written.
+        assert_eq!(
+            grouped("snat,public=203.0.113.1 -> sg,allow=all -> conntrack"),
+            format!("{nat} -> sg,allow=all -> conntrack")
+        );
+        assert_eq!(
+            grouped("conntrack -> conntrack -> parse -> sg,allow=all"),
+            "conntrack -> conntrack -> parse -> sg,allow=all"
+        );
+        let stages = |s: &str| {
+            let mut names = Vec::new();
+            build(&parse_pipeline(s).unwrap())
+                .unwrap()
+                .visit_counters(&mut |stage, _, _| {
+                    if !names.contains(&stage) {
+                        names.push(stage);
+                    }
+                });
+            names
+        };
+        assert_eq!(
+            stages("parse -> sg,allow=all -> snat,public=203.0.113.1 -> conntrack"),
+            [
+                "parse",
+                "conntrack",
+                "security_groups",
+                "snat",
+                "conntrack_2"
+            ]
+        );
     }
 
     #[test]

@@ -133,6 +133,16 @@ pub trait SessionService {
         Verdict::Drop(reason)
     }
 
+    /// `false` for a service that is not there: an [`Option`] that is `None`, or `()`. A
+    /// pair with an absent part answers [`on_refused`](Self::on_refused) as its other part
+    /// alone would (an absent part has no packet to keep from passing), so `(Option<A>,
+    /// Option<B>)` with only `B` present forwards what `B` alone forwards. The default,
+    /// `true`, is every real service.
+    #[inline]
+    fn is_present(&self) -> bool {
+        true
+    }
+
     /// A session this service admitted has ended (or was never created after all).
     #[inline]
     fn on_end(&mut self, now: Instant, session: &SessionInfo<Self::Value>, cause: EndCause) {
@@ -287,6 +297,11 @@ impl SessionService for () {
     type Value = ();
 
     #[inline(always)]
+    fn is_present(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
     fn on_new<B: AsRef<[u8]>>(
         &mut self,
         _now: Instant,
@@ -299,12 +314,19 @@ impl SessionService for () {
 
 /// `Option<S>`: `S` when present, else the service that admits every flow and keeps nothing
 /// (its value stays at `S::Value::default()`), so a pipeline chosen at run time (a command
-/// line, a config file) composes `(Option<A>, Option<B>)` with static dispatch.
+/// line, a config file) composes `(Option<A>, Option<B>)` with static dispatch. An absent
+/// one is not [`is_present`](SessionService::is_present): in a pair, the present part alone
+/// decides the fate of a refused packet.
 impl<S: SessionService> SessionService for Option<S> {
     type Value = S::Value;
 
     const CHECKS: bool = S::CHECKS;
     const CROSS_ZONE: bool = S::CROSS_ZONE;
+
+    #[inline(always)]
+    fn is_present(&self) -> bool {
+        self.as_ref().is_some_and(S::is_present)
+    }
 
     #[inline]
     fn on_new<B: AsRef<[u8]>>(
@@ -470,7 +492,8 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
         }
     }
 
-    /// The packet passes only if both pass it (`A` first).
+    /// The packet passes only if both pass it (`A` first); a part that is not there
+    /// ([`is_present`](SessionService::is_present)) leaves the answer to the other.
     #[inline]
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
@@ -478,10 +501,20 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
         reason: DropReason,
         pkt: &mut Packet<B>,
     ) -> Verdict {
+        if !self.0.is_present() {
+            return self.1.on_refused(now, reason, pkt);
+        }
+        if !self.1.is_present() {
+            return self.0.on_refused(now, reason, pkt);
+        }
         match self.0.on_refused(now, reason, pkt) {
             Verdict::Pass => self.1.on_refused(now, reason, pkt),
             v => v,
         }
+    }
+
+    fn is_present(&self) -> bool {
+        self.0.is_present() || self.1.is_present()
     }
 
     fn on_end(&mut self, now: Instant, session: &SessionInfo<Self::Value>, cause: EndCause) {
