@@ -38,10 +38,11 @@ impl<B> Keys for [Packet<B>] {
 
 /// State of one [`SessionTable::lookup_batch`], per key: hash and candidate record; per
 /// batch: bit masks (bit `i` for key `i`).
-struct Pipeline<G> {
+struct Pipeline<'h, G> {
     /// Per key: its table hash (first its zone's mix, which the hash stage XORs the
-    /// SipHash into).
-    hashes: [u64; BATCH],
+    /// SipHash into). The caller's array: only the entries of keys of the table's family
+    /// are written.
+    hashes: &'h mut [u64; BATCH],
     /// The keys' SipHash messages, four keys per group (`Sealed::Group`), written for the
     /// whole batch before the first group is hashed: a vector load of words stored just
     /// before waits for those stores to reach the cache.
@@ -85,7 +86,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// path prefetched and take the full probe after the rest of the batch.
     #[inline]
     pub fn lookup_batch(&self, keys: &[FlowKey], out: &mut [Option<Hit>]) -> u64 {
-        self.lookup_batch_inner(keys, u64::MAX, out, None)
+        self.lookup_batch_inner(keys, u64::MAX, out, &mut [0; BATCH])
     }
 
     /// [`Self::lookup_batch`] of the keys whose bit is set in `mask` (the others answer
@@ -99,7 +100,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         out: &mut [Option<Hit>],
         hashes: &mut [u64; BATCH],
     ) -> u64 {
-        self.lookup_batch_inner(keys, mask, out, Some(hashes))
+        self.lookup_batch_inner(keys, mask, out, hashes)
     }
 
     #[inline(always)]
@@ -108,12 +109,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         keys: &Q,
         mask: u64,
         out: &mut [Option<Hit>],
-        hashes_out: Option<&mut [u64; BATCH]>,
+        hashes: &mut [u64; BATCH],
     ) -> u64 {
         let n = keys.count().min(out.len()).min(BATCH);
         let lead_bucket = LEAD_BUCKET.min(n);
         let mut p = Pipeline {
-            hashes: [0; BATCH],
+            hashes,
             msg: [K::Group::default(); BATCH / 4],
             cand: [NIL; BATCH],
             valid: 0,
@@ -158,16 +159,6 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 hits |= u64::from(o.is_some()) << i;
             }
         }
-        if let Some(hs) = hashes_out {
-            let mut v = p.valid;
-            while v != 0 {
-                let i = v.trailing_zeros() as usize;
-                v &= v - 1;
-                if let (Some(o), Some(&h)) = (hs.get_mut(i), p.hashes.get(i)) {
-                    *o = h;
-                }
-            }
-        }
         hits
     }
 
@@ -176,7 +167,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     #[inline(always)]
     fn pack_stage<Q: Keys + ?Sized>(
         &self,
-        p: &mut Pipeline<K::Group>,
+        p: &mut Pipeline<'_, K::Group>,
         keys: &Q,
         mask: u64,
         n: usize,
@@ -200,7 +191,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// their packed messages (a vector SipHash where the CPU has AVX2) and prefetch their
     /// home buckets.
     #[inline(always)]
-    fn hash_stage(&self, p: &mut Pipeline<K::Group>, n: usize, t: usize) {
+    fn hash_stage(&self, p: &mut Pipeline<'_, K::Group>, n: usize, t: usize) {
         let Some(m) = p.msg.get(t / 4) else {
             return;
         };
@@ -224,7 +215,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// several matches or entries overflowed past this bucket; if nothing matched here, the
     /// entry can only be further on, so prefetch the next bucket.
     #[inline(always)]
-    fn bucket_stage(&self, p: &mut Pipeline<K::Group>, i: usize) {
+    fn bucket_stage(&self, p: &mut Pipeline<'_, K::Group>, i: usize) {
         if i < BATCH
             && p.valid >> i & 1 != 0
             && let (Some(&h), Some(c)) = (p.hashes.get(i), p.cand.get_mut(i))
@@ -255,7 +246,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     #[inline(always)]
     fn record_stage<Q: Keys + ?Sized>(
         &self,
-        p: &mut Pipeline<K::Group>,
+        p: &mut Pipeline<'_, K::Group>,
         keys: &Q,
         out: &mut [Option<Hit>],
         i: usize,
