@@ -260,14 +260,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let mut r = None;
         // Packing the key again is cheaper than keeping it: it is in L1 by now.
         if p.valid >> i & 1 != 0
-            && let (Some(key), Some(&c), Some(&h)) = (keys.key(i), p.cand.get(i), p.hashes.get(i))
+            && let (Some(key), Some(&c)) = (keys.key(i), p.cand.get(i))
             && let Some(k) = K::from_flow(key)
         {
             r = self.check_same_zone(c, &k, key.zone.0, key.proto);
             // A miss may be elsewhere along the probe path, or a cross-zone session (which
-            // the pipeline leaves to the full probe).
+            // the pipeline leaves to the full probe). The hash is read only then.
             if r.is_none() && (p.slow >> i & 1 != 0 || self.is_cross_zone(c)) {
-                self.prefetch_probe(h);
+                if let Some(&h) = p.hashes.get(i) {
+                    self.prefetch_probe(h);
+                }
                 p.late |= 1 << i;
             }
         }
