@@ -8,6 +8,9 @@ use crate::packet::Packet;
 /// Where a batch lookup reads its keys: a slice, or the flow keys of a batch's packets
 /// (read in place, so the stage copies nothing).
 pub(in crate::conntrack) trait Keys {
+    /// Whether the keys are in cache already (a batch's packets, just parsed): the lookup
+    /// then does not prefetch them.
+    const IN_CACHE: bool = false;
     /// Keys on offer (the lookup takes at most 64).
     fn count(&self) -> usize;
     /// Key `i`.
@@ -26,6 +29,7 @@ impl Keys for [FlowKey] {
 }
 
 impl<B> Keys for [Packet<B>] {
+    const IN_CACHE: bool = true;
     #[inline(always)]
     fn count(&self) -> usize {
         self.len()
@@ -123,9 +127,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             hits: 0,
         };
         // The keys themselves may not be in cache either (e.g. a large array of queries).
-        for i in 0..n.min(LEAD_KEY) {
-            if let Some(k) = keys.key(i) {
-                crate::sys::prefetch(k);
+        if !Q::IN_CACHE {
+            for i in 0..n.min(LEAD_KEY) {
+                if let Some(k) = keys.key(i) {
+                    crate::sys::prefetch(k);
+                }
             }
         }
         self.pack_stage(&mut p, keys, mask, n);
@@ -173,7 +179,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         n: usize,
     ) {
         for i in 0..n {
-            if let Some(ahead) = keys.key(i + LEAD_KEY) {
+            if !Q::IN_CACHE
+                && let Some(ahead) = keys.key(i + LEAD_KEY)
+            {
                 crate::sys::prefetch(ahead);
             }
             if mask >> i & 1 != 0
