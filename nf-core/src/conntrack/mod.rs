@@ -58,7 +58,8 @@
 //!   the keys conflict), [`SessionService::on_refused`]
 //!   gives the packet's verdict: by default the drop with the reason; a service that can
 //!   serve the packet without state (a load balancer forwarding by the hash alone) may
-//!   pass it. In a tuple, the packet passes only if every service passes it.
+//!   pass it. In a tuple, the packet passes only if every service that is there passes it
+//!   (an absent `Option` or `()` is not [`SessionService::is_present`] and has no say).
 //! - **Every packet** of the session, the first included: [`SessionService::on_packet`] with
 //!   the direction and the service's part of the value, writable; it may rewrite the packet
 //!   in place and returns the verdict.
