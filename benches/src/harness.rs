@@ -76,35 +76,46 @@ pub(crate) struct AbResult {
 /// Every timed round follows an untimed one of the same side (steady-state caches).
 ///
 /// Each closure processes `elems` elements per call and returns a value folded into
-/// `black_box` so the work cannot be optimised away. The number of calls per round is
-/// calibrated once from the slower side so both sides get equal iteration counts.
+/// `black_box` so the work cannot be optimised away. The number of calls per timed round is
+/// calibrated once from both sides together, so both get equal iteration counts (the same
+/// inputs); the untimed round before it runs at least as many calls and at least one
+/// [`Opts::round_time`], so the faster side is warmed as long as the slower one.
 pub(crate) fn ab(
     opts: &Opts,
     elems: u64,
     mut ours: impl FnMut() -> u64,
     mut peer: impl FnMut() -> u64,
 ) -> AbResult {
-    // Warm up and calibrate.
-    let t = Instant::now();
+    // Warm up and calibrate, timing each side on its own.
+    let (mut t_ours, mut t_peer) = (Duration::ZERO, Duration::ZERO);
     let mut calls = 0u64;
-    while t.elapsed() < opts.round_time() / 2 || calls < 2 {
+    while t_ours + t_peer < opts.round_time() / 2 || calls < 2 {
+        let t = Instant::now();
         black_box(ours());
+        t_ours += t.elapsed();
+        let t = Instant::now();
         black_box(peer());
+        t_peer += t.elapsed();
         calls += 1;
     }
-    let per_call = t.elapsed().as_secs_f64() / (2 * calls) as f64;
-    let iters = ((opts.round_time().as_secs_f64() / per_call.max(1e-9)) as u64).max(1);
+    let round = opts.round_time().as_secs_f64();
+    let per_call = |d: Duration| (d.as_secs_f64() / calls as f64).max(1e-9);
+    let iters = ((round / ((per_call(t_ours) + per_call(t_peer)) / 2.0)) as u64).max(1);
+    let warm_ours = iters.max((round / per_call(t_ours)) as u64);
+    let warm_peer = iters.max((round / per_call(t_peer)) as u64);
 
     let mut a = Vec::with_capacity(opts.rounds());
     let mut b = Vec::with_capacity(opts.rounds());
-    // Each round first runs its side untimed for as long again, so that neither side is timed
-    // on the caches the other side's round left behind: a table near the size of the
+    // Each round first runs its side untimed for at least as long again, so that neither side
+    // is timed on the caches the other side's round left behind: a table near the size of the
     // last-level cache would otherwise start every round cold, which no deployment does
-    // (`conntrack-hit` at 1M sessions: about 2.5 ns per lookup for ours, 6 for the peer).
+    // (`conntrack-hit` at 1M sessions: about 2.5 ns per lookup for ours, 6 for the peer; `lpm`
+    // at 1M prefixes, whose peer takes 8 times as long per call, measured about 13 ns with a
+    // warm-up as short as its own timed round and 9.5 with one round time).
     for _ in 0..opts.rounds() {
-        run_calls(iters, &mut ours);
+        run_calls(warm_ours, &mut ours);
         a.push(time_calls(iters, elems, &mut ours));
-        run_calls(iters, &mut peer);
+        run_calls(warm_peer, &mut peer);
         b.push(time_calls(iters, elems, &mut peer));
     }
     AbResult {
