@@ -100,7 +100,8 @@ PY
 # fixed rate, first the rate the path received at full speed (the last `measure` udp64 run
 # of WHO), then 10% less each step until under 1% is lost (at most 8 steps), then halving the
 # interval between the last rate that lost more and the first that lost less until it is
-# under 3% of the rate (at most 3 more steps). A path that loses under 1% at full speed answers
+# under 1% of the rate (at most 5 more steps; it stopped at 3% before, coarser than the gap
+# it was there to measure: nf 339.8k against the kernel's 346.3k pps, 350.4k failing). A path that loses under 1% at full speed answers
 # at once, with the full-speed figures. One JSON line: the rate found and every step tried.
 udp_search() {
   local who=$1 lab=$2 client=$3 server=$4 ip=$5
@@ -131,8 +132,8 @@ udp_search() {
     done
     if [ "$found" -gt 0 ]; then
       local passed=$offered mid
-      for i in 1 2 3; do
-        [ $(( (failed - passed) * 100 )) -gt $(( failed * 3 )) ] || break
+      for i in 1 2 3 4 5; do
+        [ $(( (failed - passed) * 100 )) -gt "$failed" ] || break
         mid=$(( (passed + failed) / 2 ))
         offer "$mid"
         if under1 "$lost"; then
