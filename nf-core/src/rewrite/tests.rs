@@ -294,6 +294,34 @@ proptest! {
         prop_assert_eq!(d, general);
     }
 
+    /// The same over the layouts the inline path takes (the random layouts above rarely
+    /// are): a 20-byte IP header or one with options, the frame cut at every length.
+    #[test]
+    fn inline_path_equals_general_path_at_every_length(
+        d in proptest::collection::vec(any::<u8>(), 80),
+        l3 in 0usize..16, options in prop_oneof![3 => Just(0usize), 1 => 1usize..4],
+        len in 0usize..80, p in prop_oneof![Just(proto::TCP), Just(proto::UDP)],
+        src_end in any::<bool>(), port in proptest::option::of(any::<u16>()),
+        addr in addr_strategy(), zero_check in any::<bool>(),
+    ) {
+        let l4 = l3 + 20 + 4 * options;
+        let mut d = d;
+        d.truncate(len.max(l3));
+        if zero_check {
+            // A stored checksum of 0 (UDP: none).
+            let at = l4 + if p == proto::UDP { 6 } else { 16 };
+            for b in d.iter_mut().skip(at).take(2) {
+                *b = 0;
+            }
+        }
+        let at = Layout { l3, l4, family: Family::V4, proto: p, has_l4: true };
+        let end = if src_end { End::Src } else { End::Dst };
+        let mut general = d.clone();
+        let want = rewrite_general(&mut general, at, end, &addr, port);
+        prop_assert_eq!(rewrite(&mut d, at, end, &addr, port), want);
+        prop_assert_eq!(d, general);
+    }
+
     /// `rewrite_packet` (the metadata's layout read inline) is `rewrite` with
     /// `Layout::of(meta)`: the same result and bytes, whatever the metadata says.
     #[test]
