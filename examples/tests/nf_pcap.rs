@@ -905,31 +905,13 @@ fn services_capture_is_what_its_script_writes() {
 #[test]
 fn sg_admits_allowed_flows_and_their_replies_only() {
     let tmp = common::temp_dir("nf-pcap-sg");
-    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo.pcap");
     let (out, drops) = (tmp.join("out.pcapng"), tmp.join("drops.pcapng"));
-    let report = run(&[
-        demo,
-        "-p",
+    sg_on_demo(
         "parse -> sg,allow=tcp:443,allow=icmp:8",
-        "-w",
-        out.to_str().unwrap(),
-        "--drops",
-        drops.to_str().unwrap(),
-    ]);
-    let report = String::from_utf8(report.stdout).unwrap();
-    assert_eq!(
-        counter(&report, "security_groups", "flows_allowed"),
-        2,
-        "{report}"
-    );
-    assert_eq!(
-        counter(&report, "security_groups", "flows_denied"),
-        8,
-        "{report}"
-    );
-    assert!(
-        report.contains("verdicts: 15 pass, 0 tx, 1 to_control, 19 dropped"),
-        "{report}"
+        &out,
+        &["--drops", drops.to_str().unwrap()],
+        (2, 8),
+        "verdicts: 15 pass, 0 tx, 1 to_control, 19 dropped",
     );
     if common::require("tshark", &["--version"]) {
         // The HTTPS connection (frames 1-11) and the pings with their replies (27-30).
@@ -950,4 +932,46 @@ fn sg_admits_allowed_flows_and_their_replies_only() {
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `inside=` makes flows opened from the protected side egress, judged by `allow-out=`
+/// rules: with 10.0.0.0/24 inside and only DNS allowed out, the demo's three DNS queries
+/// and their answers pass, and its HTTPS connection from 10.0.0.1 (ingress-allowed above) is
+/// now egress and denied, like the pings; the IPv6 flow and the NTP packet, from outside,
+/// find no ingress rule for them.
+#[test]
+fn sg_inside_prefixes_make_flows_egress() {
+    let tmp = common::temp_dir("nf-pcap-sg-inside");
+    let out = tmp.join("out.pcapng");
+    sg_on_demo(
+        "parse -> sg,inside=10.0.0.0/24,allow-out=udp:53,allow=tcp:443",
+        &out,
+        &[],
+        (3, 7),
+        "verdicts: 6 pass, 0 tx, 1 to_control, 28 dropped",
+    );
+    if common::require("tshark", &["--version"]) {
+        let origins: Vec<usize> = tshark_rows(&out, &[]).iter().map(origin).collect();
+        assert_eq!(origins, (21..=26).collect::<Vec<_>>());
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Runs `pipeline` on the demo capture writing to `out` (and `extra` arguments), and checks
+/// the security groups' (allowed, denied) flow counts and the verdicts line of the report.
+fn sg_on_demo(
+    pipeline: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+    (allowed, denied): (u64, u64),
+    verdicts: &str,
+) {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo.pcap");
+    let mut args = vec![demo, "-p", pipeline, "-w", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let report = String::from_utf8(run(&args).stdout).unwrap();
+    let sg = |name| counter(&report, "security_groups", name);
+    assert_eq!(sg("flows_allowed"), allowed, "{report}");
+    assert_eq!(sg("flows_denied"), denied, "{report}");
+    assert!(report.contains(verdicts), "{report}");
 }

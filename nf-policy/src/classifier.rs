@@ -256,6 +256,16 @@ impl Prefix {
         }
     }
 
+    /// Whether `addr` is inside (an address of the other family never is).
+    #[inline]
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (addr, self.family) {
+            (IpAddr::V4(a), Family::V4) => self.contains_bits(u128::from(a.to_bits())),
+            (IpAddr::V6(a), Family::V6) => self.contains_bits(a.to_bits()),
+            _ => false,
+        }
+    }
+
     /// Whether `addr` (an integer of this prefix's family, IPv4 in the low 32 bits) is inside.
     #[inline]
     pub const fn contains_bits(&self, addr: u128) -> bool {

@@ -79,8 +79,8 @@ pub use meter::{
 };
 pub use route::{MissAction, RouteStage, RouteTable, RouteTables};
 pub use sg::{
-    SecurityGroups, SgConfig, SgDecision, SgDirection, SgError, SgPeer, SgRule, SgRuleSet,
-    SgRuleSetBuilder, SgTables,
+    SecurityGroups, SgConfig, SgDecision, SgDirection, SgDirectionFn, SgError, SgPeer, SgRule,
+    SgRuleSet, SgRuleSetBuilder, SgTables,
 };
 pub use source::{
     IpLimit, SourceCounters, SourceLimitConfig, SourceLimitError, SourceLimits, WhenFull,

@@ -538,13 +538,18 @@ fn reversed(k: &ClassKey) -> ClassKey {
 /// is found by its zone id without a tree search.
 pub type SgTables = ZoneMap<SgRuleSet>;
 
+/// Which way a flow's first packet travels, decided from its metadata (for example by the
+/// port or tunnel it came in on, or by whether its source is one of the interface's own
+/// addresses): see [`SgConfig::direction`].
+pub type SgDirectionFn = Arc<dyn Fn(&Meta) -> SgDirection + Send + Sync>;
+
 /// [`SecurityGroups`] settings.
 #[non_exhaustive]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct SgConfig {
-    /// Which way a flow's first packet travels (for example by the port or tunnel it came
-    /// in on); the default says every new flow is ingress.
-    pub direction: fn(&Meta) -> SgDirection,
+    /// Which way a flow's first packet travels (asked once per new flow, never for a packet
+    /// of a session); the default says every new flow is ingress.
+    pub direction: SgDirectionFn,
     /// Leave flows that the rules allow both ways from and to anywhere untracked, as AWS
     /// does (see [Untracked flows](self#untracked-flows-awss-exception-optional)); off by
     /// default (every admitted flow is tracked).
@@ -554,17 +559,43 @@ pub struct SgConfig {
 impl Default for SgConfig {
     fn default() -> Self {
         Self {
-            direction: |_| SgDirection::Ingress,
+            direction: Arc::new(|_| SgDirection::Ingress),
             untracked: false,
         }
     }
 }
 
+impl fmt::Debug for SgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SgConfig")
+            .field("direction", &"Fn(&Meta) -> SgDirection")
+            .field("untracked", &self.untracked)
+            .finish()
+    }
+}
+
 impl SgConfig {
-    /// With this direction function.
+    /// With this direction function: a function or a closure, which may hold its own data.
+    ///
+    /// ```
+    /// use nf_policy::{Prefix, SgConfig, SgDirection};
+    /// use std::net::Ipv4Addr;
+    ///
+    /// // Flows opened from the interface's own subnet are egress; the rest ingress.
+    /// let inside = Prefix::v4(Ipv4Addr::new(10, 0, 0, 0), 24)?;
+    /// let config = SgConfig::default().direction(move |m| {
+    ///     if inside.contains(m.flow.src_ip()) {
+    ///         SgDirection::Egress
+    ///     } else {
+    ///         SgDirection::Ingress
+    ///     }
+    /// });
+    /// # let _ = config;
+    /// # Ok::<(), nf_policy::ClassifierError>(())
+    /// ```
     #[must_use]
-    pub fn direction(mut self, f: fn(&Meta) -> SgDirection) -> Self {
-        self.direction = f;
+    pub fn direction(mut self, f: impl Fn(&Meta) -> SgDirection + Send + Sync + 'static) -> Self {
+        self.direction = Arc::new(f);
         self
     }
 

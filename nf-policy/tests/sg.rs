@@ -532,3 +532,48 @@ proptest::proptest! {
         }
     }
 }
+
+/// A direction closure that holds its own data (here the interface's subnet, as nf-pcap's
+/// `inside=` does): a flow opened from inside is judged by the egress rules, one opened
+/// towards it by the ingress rules, and `Prefix::contains` never matches across families.
+#[test]
+fn a_direction_closure_holds_its_own_prefixes() {
+    let inside = [Prefix::v4(Ipv4Addr::new(10, 0, 9, 0), 24).unwrap()];
+    assert!(!inside[0].contains("2001:db8::1".parse().unwrap()));
+    let config = SgConfig::default().direction(move |m: &Meta| {
+        if inside.iter().any(|p| p.contains(m.flow.src_ip())) {
+            SgDirection::Egress
+        } else {
+            SgDirection::Ingress
+        }
+    });
+    let any = SgPeer::Prefix(Prefix::ANY_V4);
+    let rules = [SgRule::tcp(
+        SgDirection::Egress,
+        any,
+        PortRange::single(443),
+    )];
+    let mut p = pipeline(tables(&rules), config);
+    let server = [192, 0, 2, 1];
+    let v = run(
+        &mut p,
+        1,
+        vec![
+            tcp(VM, server, 40000, 443, SYN),
+            tcp(server, VM, 443, 40000, SYN | ACK),
+            tcp(server, VM, 40001, 443, SYN),
+            tcp(VM, server, 40002, 80, SYN),
+        ],
+    );
+    assert_eq!(
+        v,
+        [
+            Verdict::Pass,
+            Verdict::Pass,
+            Verdict::Drop(DropReason::SgDenied),
+            Verdict::Drop(DropReason::SgDenied)
+        ]
+    );
+    assert_eq!(counter(&p, "flows_allowed"), 1);
+    assert_eq!(counter(&p, "flows_denied"), 2);
+}

@@ -120,14 +120,19 @@ stages (parameters follow as ,key=value):
                                                  repeatable; port 0 keeps the VIP's port)
                           hash=5tuple|3tuple|2tuple|src  the fields a flow is hashed on
   sg                    connection tracking with security groups (nf-policy; use it instead
-                        of conntrack): a flow's first packet comes from the remote end
-                        (ingress: its source is the rule's peer); a flow no rule allows is
-                        dropped (sg_denied) and opens no session; an admitted flow's packets
-                        and replies pass
-                          allow=PROTO[:PORTS][@ADDR/LEN]  an allow rule (repeatable): PROTO
+                        of conntrack): a flow whose first packet comes from an inside
+                        address is egress (judged by allow-out rules, whose peer is its
+                        destination), any other ingress (allow rules, whose peer is its
+                        source); a flow no rule allows is dropped (sg_denied) and opens no
+                        session; an admitted flow's packets and replies pass
+                          allow=PROTO[:PORTS][@ADDR/LEN]  an ingress rule (repeatable): PROTO
                                                  tcp, udp, icmp or all; PORTS N or N-M
                                                  (destination ports; for icmp the type);
                                                  default: every port, from anywhere
+                          allow-out=PROTO[:PORTS][@ADDR/LEN]  an egress rule (repeatable), the
+                                                 same form; @ADDR/LEN is the destination
+                          inside=ADDR/LEN        the protected side (repeatable; default:
+                                                 none, every flow is ingress)
                           zone=N                 a zone the rules are for (repeatable;
                                                  default 0; after decap, the VNI's zone)
   encap:geneve|vxlan    push outer headers towards a remote
@@ -329,6 +334,8 @@ enum StageSpec {
         label: String,
         rules: SgRuleSet,
         zones: Vec<u32>,
+        /// Prefixes whose flows are egress (their source is inside); the rest ingress.
+        inside: Vec<Prefix>,
     },
 }
 
@@ -736,53 +743,24 @@ fn lb_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
 
 fn sg_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
     let mut b = SgRuleSetBuilder::default();
-    let (mut zones, mut rules) = (Vec::new(), 0);
+    let (mut zones, mut inside, mut rules) = (Vec::new(), Vec::new(), 0);
     for (k, v) in params {
         match k.as_str() {
             "allow" => {
-                let bad = || format!("allow={v}: want PROTO[:PORTS][@ADDR/LEN]");
-                let (what, prefixes) = match v.split_once('@') {
-                    Some((w, p)) => {
-                        let (a, len) = p.split_once('/').ok_or_else(bad)?;
-                        let prefix = Prefix::new(address(k, a)?, number(k, len)?)
-                            .map_err(|e| format!("allow={v}: {e}"))?;
-                        (w, vec![prefix])
-                    }
-                    None => (v.as_str(), vec![Prefix::ANY_V4, Prefix::ANY_V6]),
-                };
-                let (proto, ports) = match what.split_once(':') {
-                    Some((p, ports)) => {
-                        let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
-                        let range = PortRange::new(number(k, lo)?, number(k, hi)?)
-                            .map_err(|e| format!("allow={v}: {e}"))?;
-                        (p, Some(range))
-                    }
-                    None => (what, None),
-                };
-                for peer in prefixes.into_iter().map(SgPeer::Prefix) {
-                    let dir = SgDirection::Ingress;
-                    let ports = ports.unwrap_or(PortRange::ANY);
-                    b.push(match proto {
-                        "tcp" => SgRule::tcp(dir, peer, ports),
-                        "udp" => SgRule::udp(dir, peer, ports),
-                        "icmp" if ports == PortRange::ANY => SgRule::icmp(dir, peer, None, None),
-                        "icmp" if ports.lo() == ports.hi() && ports.lo() < 256 => {
-                            SgRule::icmp(dir, peer, Some(ports.lo() as u8), None)
-                        }
-                        "icmp" => return Err(format!("allow={v}: one ICMP type (0-255)")),
-                        "all" if ports == PortRange::ANY => SgRule::all(dir, peer),
-                        "all" => return Err(format!("allow={v}: all takes no ports")),
-                        p => return Err(format!("allow={v}: {p:?} is not tcp, udp, icmp or all")),
-                    });
-                }
+                sg_rule(&mut b, SgDirection::Ingress, k, v)?;
                 rules += 1;
             }
+            "allow-out" => {
+                sg_rule(&mut b, SgDirection::Egress, k, v)?;
+                rules += 1;
+            }
+            "inside" => inside.push(prefix(k, v)?),
             "zone" => zones.push(number(k, v)?),
             k => return Err(format!("sg: unknown parameter {k:?} (see --help)")),
         }
     }
     if rules == 0 {
-        return Err("sg needs allow=PROTO[:PORTS][@ADDR/LEN] (a rule)".into());
+        return Err("sg needs allow=PROTO[:PORTS][@ADDR/LEN] or allow-out=... (a rule)".into());
     }
     if zones.is_empty() {
         zones.push(0);
@@ -792,7 +770,57 @@ fn sg_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
         label: spec_label("sg", params),
         rules,
         zones,
+        inside,
     })
+}
+
+/// `ADDR/LEN` as a prefix (host bits must be zero).
+fn prefix(k: &str, v: &str) -> Result<Prefix, String> {
+    let (a, len) = v
+        .split_once('/')
+        .ok_or_else(|| format!("{k}={v}: want ADDR/LEN"))?;
+    Prefix::new(address(k, a)?, number(k, len)?).map_err(|e| format!("{k}={v}: {e}"))
+}
+
+/// Adds the rules of one `allow=` (ingress: the peer is the source) or `allow-out=`
+/// (egress: the peer is the destination) parameter, `PROTO[:PORTS][@ADDR/LEN]`.
+fn sg_rule(b: &mut SgRuleSetBuilder, dir: SgDirection, k: &str, v: &str) -> Result<(), String> {
+    let (what, prefixes) = match v.split_once('@') {
+        Some((w, p)) => {
+            let (a, len) = p
+                .split_once('/')
+                .ok_or_else(|| format!("{k}={v}: want PROTO[:PORTS][@ADDR/LEN]"))?;
+            let prefix = Prefix::new(address(k, a)?, number(k, len)?)
+                .map_err(|e| format!("{k}={v}: {e}"))?;
+            (w, vec![prefix])
+        }
+        None => (v, vec![Prefix::ANY_V4, Prefix::ANY_V6]),
+    };
+    let (proto, ports) = match what.split_once(':') {
+        Some((p, ports)) => {
+            let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+            let range = PortRange::new(number(k, lo)?, number(k, hi)?)
+                .map_err(|e| format!("{k}={v}: {e}"))?;
+            (p, Some(range))
+        }
+        None => (what, None),
+    };
+    for peer in prefixes.into_iter().map(SgPeer::Prefix) {
+        let ports = ports.unwrap_or(PortRange::ANY);
+        b.push(match proto {
+            "tcp" => SgRule::tcp(dir, peer, ports),
+            "udp" => SgRule::udp(dir, peer, ports),
+            "icmp" if ports == PortRange::ANY => SgRule::icmp(dir, peer, None, None),
+            "icmp" if ports.lo() == ports.hi() && ports.lo() < 256 => {
+                SgRule::icmp(dir, peer, Some(ports.lo() as u8), None)
+            }
+            "icmp" => return Err(format!("{k}={v}: one ICMP type (0-255)")),
+            "all" if ports == PortRange::ANY => SgRule::all(dir, peer),
+            "all" => return Err(format!("{k}={v}: all takes no ports")),
+            p => return Err(format!("{k}={v}: {p:?} is not tcp, udp, icmp or all")),
+        });
+    }
+    Ok(())
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -1068,12 +1096,25 @@ fn session_stage(run: &[StageSpec]) -> Result<Dyn, Box<dyn std::error::Error>> {
     for spec in run {
         match spec {
             StageSpec::Conntrack { window: w } => window |= *w,
-            StageSpec::Sg { rules, zones, .. } => {
+            StageSpec::Sg {
+                rules,
+                zones,
+                inside,
+                ..
+            } => {
                 let mut tables = nf_core::ZoneMap::default();
                 for &z in zones {
                     tables.insert(nf_core::ZoneId(z), rules.clone());
                 }
-                let groups = SecurityGroups::new(std::sync::Arc::new(tables), SgConfig::default());
+                let inside = inside.clone();
+                let config = SgConfig::default().direction(move |m| {
+                    if inside.iter().any(|p| p.contains(m.flow.src_ip())) {
+                        SgDirection::Egress
+                    } else {
+                        SgDirection::Ingress
+                    }
+                });
+                let groups = SecurityGroups::new(std::sync::Arc::new(tables), config);
                 sg = Some(groups);
             }
             StageSpec::Snat {
@@ -1498,6 +1539,20 @@ mod tests {
                 "want PROTO[:PORTS][@ADDR/LEN]",
             ),
             ("x.pcap -p sg,allow=tcp@10.0.0.1/8", "allow=tcp@10.0.0.1/8"),
+            ("x.pcap -p sg,allow-out=udp:70000", "allow-out=70000"),
+            (
+                "x.pcap -p sg,allow-out=tcp@10.0.0.0",
+                "allow-out=tcp@10.0.0.0",
+            ),
+            (
+                "x.pcap -p sg,inside=10.0.0.0,allow=tcp",
+                "inside=10.0.0.0: want ADDR/LEN",
+            ),
+            (
+                "x.pcap -p sg,inside=10.0.0.1/8,allow=tcp",
+                "inside=10.0.0.1/8",
+            ),
+            ("x.pcap -p sg,inside=10.0.0.0/8", "needs allow="),
         ] {
             let e = Options::parse(&args(line)).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");
