@@ -26,7 +26,7 @@ secs=${1:-5}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 lb_bin=${L4LB:-$root/target/release/l4lb}
 [ -x "$lb_bin" ] || { echo "build it first: cargo build --release -p nf-examples --bin l4lb" >&2; exit 2; }
-for t in ip iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
+for t in ip tc taskset iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 
 . "$root/examples/lab/figures-lib.sh"
 
@@ -48,6 +48,7 @@ lab() {
   ip netns exec "$C" ethtool -K ch tx off >/dev/null 2>&1 || true
   ip netns exec "$B" ethtool -K bh tx off >/dev/null 2>&1 || true
   ip -n "$C" link set ch up; ip -n "$B" link set bh up
+  hosts "$C" ch "$B" bh
   for d in cg bg; do ip -n "$G" link set "$d" up; done
   ip -n "$C" route add default via 198.51.100.1
   ip -n "$B" route add default via 10.1.0.1

@@ -25,7 +25,7 @@ profile=${2:-rfc}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 gw_bin=${NAT_GATEWAY:-$root/target/release/nat-gateway}
 [ -x "$gw_bin" ] || { echo "build it first: cargo build --release -p nf-examples --bin nat-gateway" >&2; exit 2; }
-for t in ip iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
+for t in ip tc taskset iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 
 . "$root/examples/lab/figures-lib.sh"
 
@@ -46,6 +46,7 @@ lab() {
   ip netns exec "$I" ethtool -K ih tx off >/dev/null 2>&1 || true
   ip netns exec "$O" ethtool -K oh tx off >/dev/null 2>&1 || true
   ip -n "$I" link set ih up; ip -n "$O" link set oh up
+  hosts "$I" ih "$O" oh
   for d in ig og; do ip -n "$G" link set "$d" up; done
   ip -n "$I" route add default via 10.0.0.1
   [ "$profile" = off ] && ip -n "$O" route add 10.0.0.0/24 via 203.0.113.1

@@ -30,7 +30,7 @@ node_bin=${NF_NODE:-$root/target/release/nf-node}
 for b in "$gw_bin" "$node_bin"; do
   [ -x "$b" ] || { echo "build it first: cargo build --release -p nf-examples --bin vxlan-gateway --bin nf-node" >&2; exit 2; }
 done
-for t in ip iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
+for t in ip tc taskset iperf3 ethtool python3 nft; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 
 . "$root/examples/lab/figures-lib.sh"
 
@@ -55,6 +55,7 @@ lab() {
   for d in ua vx0; do ip -n "$A" link set "$d" up; done
   for d in ug og; do ip -n "$G" link set "$d" up; done
   ip -n "$B" link set ob up
+  hosts "$A" ua "$B" ob
 }
 
 start_nf() { # IO: xdp or packet
