@@ -17,7 +17,8 @@
 # One backend, so every stream meets the same iperf3 server: the figures measure the path
 # through the load balancer, not the spread (examples/tests/l4lb.rs checks that). iperf3 runs
 # from c to the VIP: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full speed.
-# Checksum offload is off on the hosts. Output: one JSON object per line, then a Markdown table.
+# Checksum offload is off on the hosts, which get a CPU each, RPS and a queue (`hosts` in
+# figures-lib.sh), nf and kernel alike. Output: one JSON object per line, then a Markdown table.
 set -euo pipefail
 nf_io=${NF_IO:-xdp}
 case $nf_io in xdp) io_name="AF_XDP" ;; packet) io_name="PACKET_MMAP rings" ;; *) echo "NF_IO: xdp or packet" >&2; exit 2 ;; esac

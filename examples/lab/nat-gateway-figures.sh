@@ -15,6 +15,7 @@
 #
 # iperf3 runs from i to o: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full
 # speed. Checksum offload is off on the hosts (the gateway forwards frame bytes as they are).
+# The hosts get a CPU each, RPS and a queue (`hosts` in figures-lib.sh), nf and kernel alike.
 # Output: one JSON object per line, then a Markdown table.
 set -euo pipefail
 nf_io=${NF_IO:-xdp}

@@ -17,10 +17,11 @@
 #
 # iperf3 runs from a to b: TCP with 1 and 4 streams, and UDP with 64-byte payloads at full
 # speed (packets received per second and the share lost), then at the highest offered rate
-# under 1% lost (`udp_search`, RFC 2544's throughput with a 1% loss bound). Checksum offload is off on the
-# endpoints (the gateway forwards frame bytes as they are). The CPU the gateway process used
-# is read from /proc; for the kernel bridge the CPU is softirq time, shown from /proc/stat for
-# the whole machine. Output: one JSON object per line, then a Markdown table.
+# under 1% lost (`udp_search`, RFC 2544's throughput with a 1% loss bound). Checksum offload
+# is off on the endpoints (the gateway forwards frame bytes as they are), which get a CPU
+# each, RPS and a queue (`hosts` in figures-lib.sh), nf and kernel alike. The CPU the gateway
+# process used is read from /proc; softirq time (all the kernel bridge's work) from /proc/stat
+# for the whole machine. Output: one JSON object per line, then a Markdown table.
 set -euo pipefail
 
 secs=${1:-5}
