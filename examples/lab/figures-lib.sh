@@ -42,11 +42,14 @@ server_cpu=$(( $(nproc) - 1 ))
 
 # hosts CLIENT_NS CLIENT_DEV SERVER_NS SERVER_DEV: the endpoint settings above.
 hosts() {
-  local ns dev cpu
+  local ns dev cpu mask w
   for e in "$1 $2 $client_cpu" "$3 $4 $server_cpu"; do
     read -r ns dev cpu <<<"$e"
     ip netns exec "$ns" tc qdisc replace dev "$dev" root pfifo limit 1000
-    ip netns exec "$ns" sh -c "printf '%x' $(( 1 << cpu )) > /sys/class/net/$dev/queues/rx-0/rps_cpus"
+    # The CPU mask in the kernel's format: 32-bit hex words, comma-separated.
+    mask=$(printf '%x' $(( 1 << (cpu % 32) ))); for (( w = 0; w < cpu / 32; w++ )); do mask+=",00000000"; done
+    ip netns exec "$ns" sh -c "echo $mask > /sys/class/net/$dev/queues/rx-0/rps_cpus" 2>/dev/null ||
+      echo "note: no RPS on $dev (a kernel without CONFIG_RPS): its receive work stays on the sending CPU" >&2
   done
 }
 
