@@ -731,10 +731,14 @@ impl DecapStage {
         now: Instant,
         pkt: &mut Packet<B>,
     ) -> Result<Verdict, DropReason> {
-        if self.plain {
+        let v = if self.plain {
             self.decap_as::<true, B>(now, pkt)
         } else {
             self.decap_as::<false, B>(now, pkt)
+        };
+        match v {
+            Verdict::Drop(r) => Err(r),
+            v => Ok(v),
         }
     }
 
@@ -747,7 +751,7 @@ impl DecapStage {
         &mut self,
         now: Instant,
         pkt: &mut Packet<B>,
-    ) -> Result<Verdict, DropReason> {
+    ) -> Verdict {
         // One borrow of the frame for the fast plan and the tunnel metadata.
         let (data, meta) = pkt.data_and_meta_mut();
         match self.plan_fast::<PLAIN>(data, meta) {
@@ -756,7 +760,7 @@ impl DecapStage {
                 let cut = plan.cut();
                 self.strip::<PLAIN, B>(now, pkt, cut, outer_src)
             }
-            None => self.decap_general(now, pkt),
+            None => self.decap_general(now, pkt).into(),
         }
     }
 
@@ -776,7 +780,10 @@ impl DecapStage {
             Step::Strip(plan) => {
                 let outer_src = self.record::<false>(data, meta, &plan);
                 let cut = plan.cut();
-                self.strip::<false, B>(now, pkt, cut, outer_src)
+                match self.strip::<false, B>(now, pkt, cut, outer_src) {
+                    Verdict::Drop(r) => Err(r),
+                    v => Ok(v),
+                }
             }
             Step::Done(v) => Ok(v),
         }
@@ -1048,32 +1055,36 @@ impl DecapStage {
         pkt: &mut Packet<B>,
         cut: Cut,
         outer_src: Option<IpAddr>,
-    ) -> Result<Verdict, DropReason> {
+    ) -> Verdict {
         // The inner frame ends with the UDP payload (what follows is padding). Its offsets
         // in `meta` are rewritten by the inner parse below.
         let end = pkt.len().min(cut.end);
-        let (inner, meta) = pkt
-            .narrow(cut.start, end)
-            .map_err(|_| DropReason::TunnelTruncated)?;
+        let Ok((inner, meta)) = pkt.narrow(cut.start, end) else {
+            return Verdict::Drop(DropReason::TunnelTruncated);
+        };
         meta.zone = cut.zone;
         // The outer's VLAN tags are not the inner frame's (the inner parse sets only the
         // tags it finds).
         meta.vlan = [0; 2];
         let parsed = if cut.inner_et == ethertype::TEB {
-            parse_frame(inner, meta, &self.config.parse)?
+            parse_frame(inner, meta, &self.config.parse)
         } else {
-            parse_l3(inner, cut.inner_et, meta, &self.config.parse)?
+            parse_l3(inner, cut.inner_et, meta, &self.config.parse)
+        };
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(r),
         };
         // A non-IP inner frame (ARP, LLDP ...) meets the inner parse settings' `non_ip`, as
         // it would at a parse stage.
         if parsed == Parsed::NonIp {
             return match self.config.parse.non_ip {
-                NonIpAction::ToControl => Ok(Verdict::ToControl),
-                NonIpAction::Drop => Err(DropReason::NonIp),
+                NonIpAction::ToControl => Verdict::ToControl,
+                NonIpAction::Drop => Verdict::Drop(DropReason::NonIp),
             };
         }
         if !PLAIN && let (Some(cache), Some(outer_src)) = (self.hosts.as_mut(), outer_src) {
-            check_source(
+            return check_source(
                 cache,
                 now,
                 outer_src,
@@ -1081,9 +1092,10 @@ impl DecapStage {
                 meta,
                 parsed,
                 self.config.unknown_source,
-            )?;
+            )
+            .into();
         }
-        Ok(Verdict::Pass)
+        Verdict::Pass
     }
 
     /// The fast path's plan for `frame`, if it takes one.
@@ -1205,13 +1217,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Stage<B> for DecapStage {
             self.each_pending(
                 batch,
                 #[inline(always)]
-                |s, _, pkt| s.decap_as::<true, B>(now, pkt).into(),
+                |s, _, pkt| s.decap_as::<true, B>(now, pkt),
             );
         } else {
             self.each_pending(
                 batch,
                 #[inline(always)]
-                |s, _, pkt| s.decap_as::<false, B>(now, pkt).into(),
+                |s, _, pkt| s.decap_as::<false, B>(now, pkt),
             );
         }
     }
