@@ -752,16 +752,39 @@ impl DecapStage {
         now: Instant,
         pkt: &mut Packet<B>,
     ) -> Verdict {
-        // One borrow of the frame for the fast plan and the tunnel metadata.
+        // One borrow of the frame for the fast plan and the tunnel metadata. The tunnel
+        // header's part is compiled once per tunnel kind: each copy carries only its own
+        // checks (and, for VXLAN, no options) and keeps fewer values live.
         let (data, meta) = pkt.data_and_meta_mut();
-        match self.plan_fast::<PLAIN>(data, meta) {
-            Some(plan) => {
-                let outer_src = self.record::<PLAIN>(data, meta, &plan);
-                let cut = plan.cut();
-                self.strip::<PLAIN, B>(now, pkt, cut, outer_src)
-            }
+        let cut = match self.outer_fast::<PLAIN>(data, meta) {
+            Some((TunnelKind::Geneve, outer)) => self.tunnel_fast::<PLAIN, true>(data, meta, outer),
+            Some((TunnelKind::Vxlan, outer)) => self.tunnel_fast::<PLAIN, false>(data, meta, outer),
+            None => None,
+        };
+        match cut {
+            Some((cut, outer_src)) => self.strip::<PLAIN, B>(now, pkt, cut, outer_src),
             None => self.decap_general(now, pkt).into(),
         }
+    }
+
+    /// The fast path's tunnel step for a tunnel of kind `GENEVE` (or VXLAN): its plan,
+    /// recorded in `meta`; what [`DecapStage::strip`] needs then. `None` where the fast path
+    /// does not take the packet (nothing written).
+    #[inline(always)]
+    fn tunnel_fast<const PLAIN: bool, const GENEVE: bool>(
+        &self,
+        data: &[u8],
+        meta: &mut Meta,
+        outer: Outer,
+    ) -> Option<(Cut, Option<IpAddr>)> {
+        let kind = if GENEVE {
+            TunnelKind::Geneve
+        } else {
+            TunnelKind::Vxlan
+        };
+        let plan = self.plan_tunnel_fast::<PLAIN>(data, kind, outer)?;
+        let outer_src = self.record::<PLAIN>(data, meta, &plan);
+        Some((plan.cut(), outer_src))
     }
 
     /// [`DecapStage::decap`] without the fast path: the reference it is tested against.
@@ -847,13 +870,19 @@ impl DecapStage {
         Ok(Some((kind, outer)))
     }
 
-    /// The fast path: the outer in a shape the parse walk's shortcut takes ([`parse_fast`]:
-    /// no VLAN tag or one, IPv4 without options or IPv6 without extension headers), UDP to
-    /// one of the first [`FAST_PORTS`] configured ports, every outer check passed, a VXLAN
-    /// or Geneve data packet whose options the stage accepts, a known VNI. `Some` only where
-    /// the general walk gives the same plan; `None` for everything else, valid or not.
+    /// The fast path's outer step: the outer in a shape the parse walk's shortcut takes
+    /// ([`parse_fast`]: no VLAN tag or one, IPv4 without options or IPv6 without extension
+    /// headers), UDP to one of the first [`FAST_PORTS`] configured ports, every outer check
+    /// passed. Its tunnel step ([`DecapStage::plan_tunnel_fast`]) then takes a VXLAN or
+    /// Geneve data packet whose options the stage accepts, with a known VNI. Both `Some`
+    /// only where the general walk gives the same plan; `None` for everything else, valid
+    /// or not.
     #[inline(always)]
-    fn plan_fast<'a, const PLAIN: bool>(&self, data: &'a [u8], meta: &Meta) -> Option<Plan<'a>> {
+    fn outer_fast<const PLAIN: bool>(
+        &self,
+        data: &[u8],
+        meta: &Meta,
+    ) -> Option<(TunnelKind, Outer)> {
         if meta.flags & flags::NO_L2 != 0 || meta.tunnel.depth >= 2 {
             return None;
         }
@@ -870,10 +899,10 @@ impl DecapStage {
         } else if self.config.verify_udp_checksum && !udp_ok(data, outer) {
             return None;
         }
-        self.plan_tunnel_fast::<PLAIN>(data, kind, outer)
+        Some((kind, outer))
     }
 
-    /// The fast path over the tunnel header (see [`DecapStage::plan_fast`]).
+    /// The fast path over the tunnel header (see [`DecapStage::outer_fast`]).
     #[inline(always)]
     fn plan_tunnel_fast<'a, const PLAIN: bool>(
         &self,
@@ -1101,7 +1130,8 @@ impl DecapStage {
     /// The fast path's plan for `frame`, if it takes one.
     #[cfg(test)]
     fn fast_plan_of<'a>(&self, frame: &'a [u8]) -> Option<Plan<'a>> {
-        self.plan_fast::<false>(frame, &Meta::default())
+        let (kind, outer) = self.outer_fast::<false>(frame, &Meta::default())?;
+        self.plan_tunnel_fast::<false>(frame, kind, outer)
     }
 
     #[inline]
