@@ -249,7 +249,7 @@ fn rewrite_v4_ports(
     addr: [u8; 4],
     port: Option<u16>,
 ) -> Option<()> {
-    if !proto::has_ports(protocol) || l4.checked_sub(l3)? < 20 {
+    if !proto::has_ports(protocol) || l4 < l3.saturating_add(20) {
         return None;
     }
     let udp = protocol == proto::UDP;
