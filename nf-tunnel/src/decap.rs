@@ -673,7 +673,7 @@ impl DecapStage {
     /// `self` with [`DecapStage::plain`] recomputed (after any change to the source cache,
     /// the local addresses or the zone map).
     fn replanned(mut self) -> Self {
-        self.plain = Self::is_plain(&self);
+        self.plain = self.is_plain();
         self
     }
 
