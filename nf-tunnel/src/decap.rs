@@ -168,9 +168,9 @@ impl Default for DecapConfig {
 /// headers). The tunnel header then first tries a fast path (a tunnel on one of the first
 /// configured ports, Geneve options compared with the expected layout or walked once);
 /// anything it does not accept, valid or not, takes the general walk, which also names the
-/// drop reason. Both give the same result for every input (property-tested). A stage
-/// without a source check, local addresses or a VNI table runs a copy of the fast path
-/// compiled without those checks.
+/// drop reason. Both give the same result for every input (property-tested). The fast
+/// path's tunnel step is compiled once per tunnel kind, and a stage without a source check,
+/// local addresses or a VNI table runs a copy of the fast path compiled without those checks.
 #[derive(Debug)]
 pub struct DecapStage {
     config: DecapConfig,
