@@ -66,12 +66,17 @@ pub(crate) fn conntrack_config(sessions: usize) -> ConntrackConfig {
 
 /// The scenario's NAT pipeline (hyperplane profile, four public addresses), no session yet.
 pub(crate) fn open(sessions: usize) -> Pipeline {
+    let ct = conntrack_config(sessions);
+    ParseStage::default().then(Conntrack::new(ct, snat(sessions)).expect("conntrack config"))
+}
+
+/// The scenario's SNAT service: hyperplane profile, the four [`PUBLICS`], room for
+/// `sessions` mappings (shared with the `pipeline` scenario).
+pub(crate) fn snat(sessions: usize) -> Snat {
     let publics = PUBLICS.iter().map(|&a| a.into()).collect();
     let alloc = AllocatorConfig::new(Profile::Hyperplane, publics, *b"nf-bench nat est")
         .with_max_mappings(sessions + 1024);
-    let snat = Snat::new(SnatConfig::new(alloc).with_v6_sessions(64)).expect("snat config");
-    let ct = conntrack_config(sessions);
-    ParseStage::default().then(Conntrack::new(ct, snat).expect("conntrack config"))
+    Snat::new(SnatConfig::new(alloc).with_v6_sessions(64)).expect("snat config")
 }
 
 /// Opens every flow and returns each flow's reply key: TCP flows by a three-way handshake (a

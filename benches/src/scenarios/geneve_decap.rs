@@ -20,44 +20,12 @@ const BATCH: usize = 64;
 
 /// The peer: etherparse outer slice, manual tunnel walk, etherparse inner slice.
 pub(crate) fn peer_decap(frame: &[u8], geneve: bool) -> u64 {
-    let Ok(outer) = SlicedPacket::from_ethernet(frame) else {
+    let Some((vni, options, at)) = peer_tunnel(frame, geneve) else {
         return 0;
     };
-    let Some(TransportSlice::Udp(udp)) = outer.transport else {
-        return 0;
-    };
-    let port = udp.destination_port();
-    let t = udp.payload();
-    let (vni, inner) = if geneve {
-        if port != 6081 || t.len() < 8 || t[0] >> 6 != 0 {
-            return 0;
-        }
-        let olen = usize::from(t[0] & 0x3f) * 4;
-        let Some(opts) = t.get(8..8 + olen) else {
-            return 0;
-        };
-        let mut rest = opts;
-        let mut n = 0u64;
-        while rest.len() >= 4 {
-            let l = 4 + usize::from(rest[3] & 0x1f) * 4;
-            if rest[2] & 0x80 != 0 && u16::from_be_bytes([rest[0], rest[1]]) != gwlb::CLASS {
-                return 0;
-            }
-            let Some(r) = rest.get(l..) else { return 0 };
-            rest = r;
-            n += 1;
-        }
-        if !rest.is_empty() {
-            return 0;
-        }
-        let vni = u32::from_be_bytes([0, t[4], t[5], t[6]]);
-        (vni + n as u32, &t[8 + olen..])
-    } else {
-        if port != 4789 || t.len() < 8 || t[0] & 0x08 == 0 {
-            return 0;
-        }
-        (u32::from_be_bytes([0, t[4], t[5], t[6]]), &t[8..])
-    };
+    // The option count folded in, so that the walk's result is used.
+    let vni = vni + options;
+    let inner = &frame[at..];
     let Ok(inner) = SlicedPacket::from_ethernet(inner) else {
         return 0;
     };
@@ -72,6 +40,47 @@ pub(crate) fn peer_decap(frame: &[u8], geneve: bool) -> u64 {
         _ => 0,
     };
     (u64::from(src_port) ^ u64::from(vni) << 16).wrapping_add(addr)
+}
+
+/// The peer's outer and tunnel step: etherparse's outer slice, then the Geneve header and
+/// option walk (every option of the GWLB class or not critical) or the VXLAN check by
+/// hand. The VNI, the number of options and where the inner frame starts. Also the decap
+/// step of the `pipeline` scenario's peer.
+pub(crate) fn peer_tunnel(frame: &[u8], geneve: bool) -> Option<(u32, u32, usize)> {
+    let outer = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(TransportSlice::Udp(udp)) = outer.transport else {
+        return None;
+    };
+    let port = udp.destination_port();
+    let t = udp.payload();
+    // Where the UDP payload starts in the frame.
+    let at = t.as_ptr() as usize - frame.as_ptr() as usize;
+    if geneve {
+        if port != 6081 || t.len() < 8 || t[0] >> 6 != 0 {
+            return None;
+        }
+        let olen = usize::from(t[0] & 0x3f) * 4;
+        let mut rest = t.get(8..8 + olen)?;
+        let mut n = 0u32;
+        while rest.len() >= 4 {
+            let l = 4 + usize::from(rest[3] & 0x1f) * 4;
+            if rest[2] & 0x80 != 0 && u16::from_be_bytes([rest[0], rest[1]]) != gwlb::CLASS {
+                return None;
+            }
+            rest = rest.get(l..)?;
+            n += 1;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let vni = u32::from_be_bytes([0, t[4], t[5], t[6]]);
+        Some((vni, n, at + 8 + olen))
+    } else {
+        if port != 4789 || t.len() < 8 || t[0] & 0x08 == 0 {
+            return None;
+        }
+        Some((u32::from_be_bytes([0, t[4], t[5], t[6]]), 0, at + 8))
+    }
 }
 
 /// Times `stage` against the etherparse peer on `frames` and reports the result as

@@ -13,7 +13,7 @@ use nf_core::wire::ethernet::EthernetRepr;
 use nf_core::wire::ipv4::Ipv4Repr;
 use nf_core::wire::udp::UdpRepr;
 use nf_core::{Batch, Instant, Packet, Stage};
-use nf_tunnel::{EncapConfig, EncapStage, GeneveRepr};
+use nf_tunnel::{EncapConfig, EncapStage, GeneveRepr, Underlay};
 use serde_json::json;
 
 const BATCH: usize = 64;
@@ -69,48 +69,20 @@ pub(crate) fn run(opts: &Opts) {
         })
         .collect();
     let u = underlay();
-    let (core::net::IpAddr::V4(src), core::net::IpAddr::V4(dst)) = (u.src, u.dst) else {
-        unreachable!()
-    };
     let geneve = GeneveRepr::new(0x0012_3456, 0x6558, &options);
     let hdr = 14 + 20 + 8 + geneve.buffer_len();
     let mut peer = || {
         let mut acc = 0u64;
         for (b, &h) in bufs.iter_mut().zip(&hashes) {
             let inner_len = b.len() - HEADROOM;
-            let out = &mut b[HEADROOM - hdr..HEADROOM];
-            let mut o = EthernetRepr {
-                src: u.src_mac,
-                dst: u.dst_mac,
-                ethertype: 0x0800,
-            }
-            .emit(out)
-            .unwrap_or(0);
-            o += Ipv4Repr {
-                src: src.octets(),
-                dst: dst.octets(),
-                proto: 17,
-                ttl: 64,
-                dscp_ecn: 0,
-                ident: 0,
-                dont_frag: true,
-                more_frags: false,
-                frag_offset: 0,
-                payload_len: (hdr - 34 + inner_len) as u16,
-                options: [0; 40],
-                options_len: 0,
-            }
-            .emit(&mut out[o..])
-            .unwrap_or(0);
-            o += UdpRepr {
-                src_port: 49152 + (h % 16384) as u16,
-                dst_port: 6081,
-                payload_len: (hdr - 42 + inner_len) as u16,
-                checksum: 0,
-            }
-            .emit(&mut out[o..])
-            .unwrap_or(0);
-            o += geneve.emit(&mut out[o..]).unwrap_or(0);
+            let sport = 49152 + (h % 16384) as u16;
+            let o = peer_outer(
+                &mut b[HEADROOM - hdr..HEADROOM],
+                &u,
+                &geneve,
+                inner_len,
+                sport,
+            );
             acc += (o + inner_len) as u64;
         }
         acc
@@ -124,4 +96,47 @@ pub(crate) fn run(opts: &Opts) {
         r,
         json!({"outer": "ipv4", "options": 3, "option_bytes": options.len(), "inner_bytes": lens[0], "batch": BATCH}),
     );
+}
+
+/// The hand-written reference's outer headers (Ethernet, IPv4 with DF and a full header
+/// checksum, UDP without checksum, Geneve `geneve`) for an inner frame of `inner_len` bytes,
+/// written into `out` (exactly their length, IPv4 underlay); returns the bytes written. Also
+/// the encap step of the `pipeline` scenario's peer.
+pub(crate) fn peer_outer(
+    out: &mut [u8],
+    u: &Underlay,
+    geneve: &GeneveRepr<'_>,
+    inner_len: usize,
+    sport: u16,
+) -> usize {
+    let (core::net::IpAddr::V4(src), core::net::IpAddr::V4(dst)) = (u.src, u.dst) else {
+        return 0;
+    };
+    let hdr = 14 + 20 + 8 + geneve.buffer_len();
+    let mut o = EthernetRepr {
+        src: u.src_mac,
+        dst: u.dst_mac,
+        ethertype: 0x0800,
+    }
+    .emit(out)
+    .unwrap_or(0);
+    // TTL 64, DF set, identification 0, no options: the defaults.
+    o += Ipv4Repr {
+        src: src.octets(),
+        dst: dst.octets(),
+        proto: 17,
+        payload_len: (hdr - 34 + inner_len) as u16,
+        ..Ipv4Repr::default()
+    }
+    .emit(&mut out[o..])
+    .unwrap_or(0);
+    o += UdpRepr {
+        src_port: sport,
+        dst_port: 6081,
+        payload_len: (hdr - 42 + inner_len) as u16,
+        checksum: 0,
+    }
+    .emit(&mut out[o..])
+    .unwrap_or(0);
+    o + geneve.emit(&mut out[o..]).unwrap_or(0)
 }

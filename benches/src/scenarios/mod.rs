@@ -17,6 +17,7 @@ mod maglev_lookup;
 mod nat_established;
 mod nat_new;
 mod parse;
+mod pipeline;
 mod sg_stage;
 mod shuffle_place;
 mod vxlan_decap;
@@ -114,5 +115,10 @@ pub(crate) const ALL: &[Scenario] = &[
         name: "sg-stage",
         about: "parsed packets through Conntrack<SecurityGroups>, 1M sessions, 99% established / 1% new, 16 zones of 61 ingress rules (vs hashbrown + ahash + a linear rule scan)",
         run: sg_stage::run,
+    },
+    Scenario {
+        name: "pipeline",
+        about: "the whole gateway path on received frames: Geneve decap -> conntrack with security groups and SNAT -> Geneve encap, 1M established sessions, 16 zones (vs the sum of the single-stage references)",
+        run: pipeline::run,
     },
 ];

@@ -181,29 +181,42 @@ enum End {
 
 type PeerMap = hashbrown::HashMap<FlowKey, ([u8; 4], u16, End), ahash::RandomState>;
 
-/// The reference NAT: both directions of every session → (address, port, end).
-struct Peer {
+/// The reference NAT: both directions of every session → (address, port, end). Also the
+/// NAT step of the `pipeline` scenario's peer.
+pub(crate) struct Peer {
     map: PeerMap,
 }
 
 impl Peer {
     fn new(sessions: usize, replies: &[FlowKey]) -> Self {
+        Self::with_sessions(
+            sessions,
+            replies.iter().enumerate().map(|(i, r)| (flow(i), *r)),
+        )
+    }
+
+    /// The reference holding `sessions` (original key, the NAT's reply key) pairs.
+    pub(crate) fn with_sessions(
+        sessions: usize,
+        pairs: impl IntoIterator<Item = (FlowKey, FlowKey)>,
+    ) -> Self {
         let mut map = PeerMap::with_capacity_and_hasher(2 * sessions, ahash::RandomState::new());
-        for (i, r) in replies.iter().enumerate() {
-            let f = flow(i);
+        for (f, r) in pairs {
             let public: [u8; 4] = r.dst_bytes().try_into().expect("v4");
             let inside: [u8; 4] = f.src_bytes().try_into().expect("v4");
             map.insert(f, (public, r.dst_port, End::Src));
-            map.insert(*r, (inside, f.src_port, End::Dst));
+            map.insert(r, (inside, f.src_port, End::Dst));
         }
         Self { map }
     }
 
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.map.allocation_size()
     }
 
-    fn translate(&mut self, p: &mut Packet<Vec<u8>>) {
+    /// Translates `p` (its IPv4 header at `meta.l3`, TCP or UDP at `meta.l4`) if
+    /// `meta.flow` is a session's; leaves anything else alone.
+    pub(crate) fn translate(&mut self, p: &mut Packet<Vec<u8>>) {
         let Some(&(addr, port, end)) = self.map.get(&p.meta.flow) else {
             return;
         };

@@ -68,7 +68,7 @@ fn p4(a: [u8; 4], len: u8) -> Prefix {
 /// An interface's rules: 58 TCP/UDP rules from random prefixes to common service ports, with
 /// the three that allow the bench's traffic in the middle (TCP and UDP 443 from 10/8, UDP 53
 /// from 172.16/12), and four egress rules.
-fn rules() -> Vec<SgRule> {
+pub(crate) fn rules() -> Vec<SgRule> {
     let mut rng = Rng::new(0x5e6_0001);
     let services = [
         22u16, 25, 80, 110, 143, 389, 636, 993, 995, 3306, 5432, 6379, 8080, 9000,
