@@ -9,6 +9,7 @@ mod harness;
 mod hugealloc;
 mod lb_setup;
 mod nat_setup;
+mod pipeline_setup;
 mod replay;
 mod scenarios;
 mod tunnel_frames;

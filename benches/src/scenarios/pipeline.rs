@@ -32,257 +32,30 @@ use super::geneve_decap::peer_tunnel;
 use super::geneve_encap::peer_outer;
 use super::nat_established::Peer as PeerNat;
 use super::sg_stage;
-use crate::harness::{self, Opts, Rng};
+use crate::harness::{self, Opts};
 use crate::hugealloc;
-use crate::nat_setup::{self, BATCH_NS, PUBLICS, START_NS};
-use crate::tunnel_frames::{HEADROOM, offloaded, underlay};
+use crate::nat_setup::{PUBLICS, START_NS};
+use crate::pipeline_setup::{
+    BATCH, FRAME, Gateway, OUTER, PACKETS, Process, Sender, Side, ZONES, egress_underlay, flow,
+    gateway, open, restore, traffic, working_batch,
+};
 use core::net::IpAddr;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use nf_core::conntrack::{Conntrack, SessionState};
+use nf_core::conntrack::SessionState;
 use nf_core::flow::proto;
-use nf_core::wire::tcp::tcp_flags;
-use nf_core::{
-    Batch, Chain, DropReason, FlowKey, Instant, Packet, ParseConfig, Stage, StageExt, Verdict,
-    ZoneId,
-};
-use nf_nat::{Profile, Snat, nat_timeouts};
-use nf_policy::{SecurityGroups, SgConfig, SgDirection, SgRule, SgRuleSetBuilder};
-use nf_tunnel::{
-    DecapConfig, DecapStage, EncapConfig, EncapStage, GeneveRepr, OptionsBuilder, TunnelKind,
-    Underlay, VniSource,
-};
+use nf_core::{Batch, DropReason, FlowKey, Instant, Packet, Verdict, ZoneId};
+use nf_nat::{Profile, nat_timeouts};
+use nf_policy::SgDirection;
+use nf_tunnel::{GeneveRepr, OptionsBuilder, Underlay};
 use serde_json::json;
-use std::sync::Arc;
 
-const PACKETS: usize = 1 << 18;
-const BATCH: usize = 64;
-const ZONES: u32 = 16;
-const OUTER: usize = 50;
-const INNER: usize = 64;
-const FRAME: usize = OUTER + INNER;
 const CHECK_BATCHES: usize = 256;
 /// Where the outer UDP source port is (left out of the byte comparison).
 const OUTER_SPORT: core::ops::Range<usize> = 34..36;
 const PEER: &str = "sum of references: etherparse 0.21 SlicedPacket (outer + inner) + hand-written Geneve walk; hashbrown 0.17 + ahash 0.8 policy map (both keys -> deadline); the nat-established reference NAT (its own hashbrown + ahash map, in-place rewrite, RFC 1624); hand-written Geneve outer (Repr::emit, full IPv4 checksum)";
 
-/// Our gateway.
-type Gateway = Chain<Chain<DecapStage, Conntrack<(SecurityGroups, Snat)>>, EncapStage>;
-
 pub(crate) fn run(opts: &Opts) {
     hugealloc::each_mode(|| measure(opts));
-}
-
-/// Flow `i`: a unique inside address and port in 10/8 (zone 1 + i mod 16), to one of 1021
-/// destinations on port 443, TCP (75%) or UDP, which the rules allow.
-fn flow(i: usize) -> FlowKey {
-    let key = nat_setup::flow(i);
-    let zone = ZoneId(1 + i as u32 % ZONES);
-    FlowKey::v4(
-        zone,
-        key.src_bytes().try_into().expect("v4"),
-        key.dst_bytes().try_into().expect("v4"),
-        key.proto,
-        key.src_port,
-        443,
-    )
-}
-
-/// The sender's underlay (a hypervisor's vSwitch: `tunnel_frames::underlay`) seen from our
-/// side: we send back to it.
-fn egress_underlay() -> Underlay {
-    let u = underlay();
-    Underlay {
-        src_mac: u.dst_mac,
-        dst_mac: u.src_mac,
-        src: u.dst,
-        dst: u.src,
-    }
-}
-
-/// A Geneve encapsulation (no options) over `u`, VNI = the packet's zone.
-fn encap_config(u: Underlay) -> EncapConfig {
-    let mut c = EncapConfig::geneve(OptionsBuilder::new(), 0, u);
-    c.vni = VniSource::Zone;
-    c
-}
-
-/// Builds received frames: each key's 64-byte inner frame (TCP with `flags`) encapsulated by
-/// the sender, VNI = the key's zone.
-struct Sender(EncapStage);
-
-impl Sender {
-    fn new() -> Self {
-        Self(EncapStage::new(encap_config(underlay())).expect("encap config"))
-    }
-
-    fn frames(&mut self, keys: &[FlowKey], flags: u8) -> Vec<[u8; FRAME]> {
-        let mut out = Vec::with_capacity(keys.len());
-        let mut batch = Batch::new();
-        for chunk in keys.chunks(BATCH) {
-            for k in chunk {
-                let inner = nat_setup::frame(k, flags);
-                let mut p = Packet::with_headroom(&inner, HEADROOM);
-                nf_core::parse_frame(&inner, &mut p.meta, &ParseConfig::default())
-                    .expect("inner frame parses");
-                p.meta.zone = k.zone;
-                batch.push(p).expect("batch room");
-            }
-            self.0.process(Instant::ZERO, &mut batch);
-            out.extend(
-                batch
-                    .drain()
-                    .map(|p| <[u8; FRAME]>::try_from(p.data()).expect("114-byte frame")),
-            );
-        }
-        out
-    }
-}
-
-/// Our gateway, no session yet.
-fn gateway(sessions: usize, rules: &[SgRule]) -> Gateway {
-    let decap = DecapConfig {
-        ports: vec![(6081, TunnelKind::Geneve)],
-        ..DecapConfig::default()
-    };
-    let decap = DecapStage::new(offloaded(decap)).expect("decap config");
-    let mut b = SgRuleSetBuilder::default();
-    for r in rules {
-        b.push(*r);
-    }
-    let set = b.build().expect("rule set");
-    let tables = Arc::new((1..=ZONES).map(|z| (ZoneId(z), set.clone())).collect());
-    let sg = SecurityGroups::new(tables, SgConfig::default());
-    let ct = Conntrack::new(
-        nat_setup::conntrack_config(sessions),
-        (sg, nat_setup::snat(sessions)),
-    )
-    .expect("conntrack config");
-    let encap = EncapStage::new(encap_config(egress_underlay())).expect("encap config");
-    decap.then(ct).then(encap)
-}
-
-/// Opens every flow through the gateway and returns each flow's reply key (the allocator's
-/// public address and port): TCP by a three-way handshake, UDP by a datagram each way.
-fn open(gw: &mut Gateway, sender: &mut Sender, sessions: usize) -> Vec<FlowKey> {
-    let now = Instant::from_nanos(START_NS);
-    let mut replies = Vec::with_capacity(sessions);
-    let mut batch = Batch::new();
-    let mut run = |gw: &mut Gateway, frames: Vec<[u8; FRAME]>, what: &str| {
-        for f in &frames {
-            batch
-                .push(Packet::with_headroom(f, HEADROOM))
-                .expect("batch room");
-        }
-        gw.process(now, &mut batch);
-        batch
-            .drain()
-            .map(|p| {
-                assert!(p.meta.verdict.is_pass(), "{what}: {:?}", p.meta.verdict);
-                p.meta.session.expect("a session")
-            })
-            .collect::<Vec<_>>()
-    };
-    let all: Vec<FlowKey> = (0..sessions).map(flow).collect();
-    for chunk in all.chunks(BATCH) {
-        let at = replies.len();
-        for s in run(gw, sender.frames(chunk, tcp_flags::SYN), "opening") {
-            replies.push(gw.first.second.info(s).expect("live").reply);
-        }
-        let back = replies.get(at..).expect("this chunk's replies").to_vec();
-        run(
-            gw,
-            sender.frames(&back, tcp_flags::SYN | tcp_flags::ACK),
-            "reply",
-        );
-        for s in run(gw, sender.frames(chunk, tcp_flags::ACK), "ack") {
-            let info = gw.first.second.info(s).expect("live");
-            assert!(
-                info.original.proto != proto::TCP || info.established,
-                "{:?} after the handshake",
-                info.state
-            );
-        }
-    }
-    replies
-}
-
-/// The received frames: established sessions' packets, uniform, either direction.
-fn traffic(sender: &mut Sender, sessions: usize, replies: &[FlowKey]) -> Vec<[u8; FRAME]> {
-    let mut rng = Rng::new(0x9A7E_3A7E);
-    let keys: Vec<FlowKey> = (0..PACKETS)
-        .map(|_| {
-            let i = rng.below(sessions as u64) as usize;
-            if rng.next_u64() & 1 == 0 {
-                flow(i)
-            } else {
-                replies[i]
-            }
-        })
-        .collect();
-    sender.frames(&keys, tcp_flags::ACK)
-}
-
-/// What a side processes a batch of received frames with.
-trait Process {
-    fn run_batch(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>);
-}
-
-impl Process for Gateway {
-    fn run_batch(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
-        Stage::process(self, now, batch);
-    }
-}
-
-/// One side's replay loop: restore, process.
-struct Side<T: Process> {
-    gw: T,
-    batch: Batch<Vec<u8>>,
-    next: usize,
-    clock: u64,
-}
-
-impl<T: Process> Side<T> {
-    fn new(gw: T) -> Self {
-        Self {
-            gw,
-            batch: working_batch(),
-            next: 0,
-            clock: 0,
-        }
-    }
-
-    fn step(&mut self, frames: &[[u8; FRAME]]) -> u64 {
-        restore(&mut self.batch, frames, self.next);
-        let now = Instant::from_nanos(START_NS + self.clock * BATCH_NS);
-        self.gw.run_batch(now, &mut self.batch);
-        self.next = (self.next + 1) % (frames.len() / BATCH);
-        self.clock += 1;
-        u64::from(self.batch.packets()[0].data()[OUTER + 26])
-    }
-}
-
-/// A batch of 64 packets with room for a received frame behind [`HEADROOM`].
-fn working_batch() -> Batch<Vec<u8>> {
-    let mut batch = Batch::new();
-    for _ in 0..BATCH {
-        let p = Packet::new(vec![0u8; HEADROOM + FRAME], HEADROOM, FRAME).expect("fits");
-        batch.push(p).expect("batch room");
-    }
-    batch
-}
-
-/// Resets batch `b`'s packets to their received frames (fresh metadata, the frame's bytes)
-/// and prefetches the next batch's frames.
-fn restore(batch: &mut Batch<Vec<u8>>, frames: &[[u8; FRAME]], b: usize) {
-    let at = b * BATCH;
-    for (p, f) in batch.packets_mut().iter_mut().zip(&frames[at..at + BATCH]) {
-        if p.reset(HEADROOM, FRAME).is_ok() {
-            p.data_mut().copy_from_slice(f);
-        }
-    }
-    for f in frames.iter().skip(at + BATCH).take(BATCH) {
-        nf_core::prefetch_l2(f);
-    }
 }
 
 /// The peer (see the module docs).
@@ -409,7 +182,7 @@ fn measure(opts: &Opts) {
     let mut sender = Sender::new();
     let mut gw = gateway(sessions, &rules);
     let replies = open(&mut gw, &mut sender, sessions);
-    let frames = traffic(&mut sender, sessions, &replies);
+    let frames = traffic(&mut sender, sessions, &replies, PACKETS);
     let ct = &gw.first.second;
     let bytes = ct.allocated_bytes() + ct.service().1.memory_bytes();
     let huge_bytes = hugealloc::anon_huge_bytes();
@@ -525,7 +298,7 @@ mod tests {
         let mut sender = Sender::new();
         let mut gw = gateway(sessions, &rules);
         let replies = open(&mut gw, &mut sender, sessions);
-        let frames = traffic(&mut sender, sessions, &replies);
+        let frames = traffic(&mut sender, sessions, &replies, PACKETS);
         let peer = Peer::new(sessions, &replies);
         let mut ours = Side::new(gw);
         let mut peer = Side::new(peer);
