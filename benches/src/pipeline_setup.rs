@@ -27,6 +27,13 @@ pub(crate) const OUTER: usize = 50;
 pub(crate) const INNER: usize = 64;
 pub(crate) const FRAME: usize = OUTER + INNER;
 
+// The two services' session values share the 16 bytes an IPv4 session record holds in its
+// one cache line (at 17 or more, every record takes two: 13–20 ns more per packet here).
+const _: () = assert!(
+    core::mem::size_of::<(nf_policy::SgDecision, nf_nat::Translation)>() <= 16,
+    "an IPv4 session record of the pipeline's conntrack is one 64-byte line"
+);
+
 /// Our gateway.
 pub(crate) type Gateway = Chain<Chain<DecapStage, Conntrack<(SecurityGroups, Snat)>>, EncapStage>;
 

@@ -127,8 +127,9 @@
 //! tables so sessions last as long as the RFCs require (nf-core's defaults follow Linux and
 //! are shorter).
 //!
-//! IPv4 sessions keep the inside address in their value (16 bytes, so an IPv4 session
-//! record stays one cache line); IPv6 sessions keep an index into a store of inside
+//! IPv4 sessions keep the inside address in their value (15 byte-aligned bytes, so an IPv4
+//! session record stays one cache line, also with another service's 1-byte value beside it,
+//! as in `Conntrack<(SecurityGroups, Snat)>`); IPv6 sessions keep an index into a store of inside
 //! addresses allocated up front ([`SnatConfig::with_v6_sessions`]).
 //!
 //! # Private endpoints
