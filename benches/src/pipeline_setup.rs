@@ -8,13 +8,16 @@ use crate::tunnel_frames::{HEADROOM, offloaded, underlay};
 use nf_core::conntrack::Conntrack;
 use nf_core::flow::proto;
 use nf_core::wire::tcp::tcp_flags;
-use nf_core::{Batch, Chain, FlowKey, Instant, Packet, ParseConfig, Stage, StageExt, ZoneId};
+use nf_core::{
+    Batch, Chain, FlowKey, Instant, Packet, ParseConfig, SessionRef, Stage, StageExt, ZoneId,
+};
 use nf_nat::Snat;
 use nf_policy::{SecurityGroups, SgConfig, SgRule, SgRuleSetBuilder};
 use nf_tunnel::{
     DecapConfig, DecapStage, EncapConfig, EncapStage, OptionsBuilder, TunnelKind, Underlay,
     VniSource,
 };
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Received frames replayed.
@@ -117,9 +120,11 @@ pub(crate) fn gateway(sessions: usize, rules: &[SgRule]) -> Gateway {
     let set = b.build().expect("rule set");
     let tables = Arc::new((1..=ZONES).map(|z| (ZoneId(z), set.clone())).collect());
     let sg = SecurityGroups::new(tables, SgConfig::default());
+    // Room for the new flows alive at once (twice the expected number) beside `sessions`.
+    let room = sessions + (2.0 * NEW_SHARE * (LAG * BATCH) as f64) as usize;
     let ct = Conntrack::new(
-        nat_setup::conntrack_config(sessions),
-        (sg, nat_setup::snat(sessions)),
+        nat_setup::conntrack_config(room),
+        (sg, nat_setup::snat(room)),
     )
     .expect("conntrack config");
     let encap = EncapStage::new(encap_config(egress_underlay())).expect("encap config");
@@ -171,44 +176,103 @@ pub(crate) fn open(gw: &mut Gateway, sender: &mut Sender, sessions: usize) -> Ve
     replies
 }
 
-/// The received frames: established sessions' packets, uniform, either direction.
+/// Share of the packets that open a new flow.
+pub(crate) const NEW_SHARE: f64 = 0.01;
+/// Batches a new flow's session lives before both sides remove it (the stream repeats
+/// after far more batches, so every new flow is new when it comes round again).
+pub(crate) const LAG: usize = 512;
+
+/// The received frames, and which of them open a new flow.
+pub(crate) struct Traffic {
+    pub(crate) frames: Vec<[u8; FRAME]>,
+    pub(crate) new: Vec<bool>,
+}
+
+impl Traffic {
+    pub(crate) fn batches(&self) -> usize {
+        self.frames.len() / BATCH
+    }
+}
+
+/// New flow `n`: a UDP query from a host of 172.16/12 (its own address and port, used once
+/// in the stream) to a resolver on port 53, which the rules allow, in a zone of the stream.
+fn new_flow(n: usize, zone: u32) -> FlowKey {
+    let n = n as u32;
+    let src = (0xac10_0000 | (n >> 4)).to_be_bytes();
+    let dst = (0xc612_0000 + n % nat_setup::DESTINATIONS).to_be_bytes();
+    FlowKey::v4(
+        ZoneId(1 + zone % ZONES),
+        src,
+        dst,
+        proto::UDP,
+        30000 + (n & 15) as u16,
+        53,
+    )
+}
+
+/// The received frames: established sessions' packets, uniform, either direction, and a
+/// [`NEW_SHARE`] of first packets of new flows.
 pub(crate) fn traffic(
     sender: &mut Sender,
     sessions: usize,
     replies: &[FlowKey],
     packets: usize,
-) -> Vec<[u8; FRAME]> {
+) -> Traffic {
     let mut rng = Rng::new(0x9A7E_3A7E);
+    let mut new = Vec::with_capacity(packets);
+    let mut opened = 0;
     let keys: Vec<FlowKey> = (0..packets)
         .map(|_| {
+            let fresh = (rng.next_u64() as f64 / u64::MAX as f64) < NEW_SHARE;
+            new.push(fresh);
             let i = rng.below(sessions as u64) as usize;
-            if rng.next_u64() & 1 == 0 {
+            if fresh {
+                opened += 1;
+                new_flow(opened, i as u32)
+            } else if rng.next_u64() & 1 == 0 {
                 flow(i)
             } else {
                 replies[i]
             }
         })
         .collect();
-    sender.frames(&keys, tcp_flags::ACK)
-}
-
-/// What a side processes a batch of received frames with.
-pub(crate) trait Process {
-    fn run_batch(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>);
-}
-
-impl Process for Gateway {
-    fn run_batch(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
-        Stage::process(self, now, batch);
+    Traffic {
+        frames: sender.frames(&keys, tcp_flags::ACK),
+        new,
     }
 }
 
-/// One side's replay loop: restore, process.
+/// What a side processes a batch of received frames with, and how it forgets a new flow.
+pub(crate) trait Process {
+    /// What names a session made by a batch (read from the packet after it).
+    type Handle;
+    fn run_batch(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>);
+    fn handle(p: &Packet<Vec<u8>>) -> Option<Self::Handle>;
+    fn remove(&mut self, h: Self::Handle);
+}
+
+impl Process for Gateway {
+    type Handle = SessionRef;
+    fn run_batch(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
+        Stage::process(self, now, batch);
+    }
+    fn handle(p: &Packet<Vec<u8>>) -> Option<SessionRef> {
+        p.meta.session
+    }
+    fn remove(&mut self, h: SessionRef) {
+        self.first.second.remove(Instant::ZERO, h);
+    }
+}
+
+/// One side's replay loop: restore, process, and remove the sessions the batch [`LAG`]
+/// batches before made for its new flows (both sides alike; all of it timed).
 pub(crate) struct Side<T: Process> {
     pub(crate) gw: T,
     pub(crate) batch: Batch<Vec<u8>>,
     next: usize,
     clock: u64,
+    /// Per batch of the last [`LAG`]: its new flows' handles.
+    pending: VecDeque<Vec<T::Handle>>,
 }
 
 impl<T: Process> Side<T> {
@@ -218,14 +282,31 @@ impl<T: Process> Side<T> {
             batch: working_batch(),
             next: 0,
             clock: 0,
+            pending: VecDeque::with_capacity(LAG + 1),
         }
     }
 
-    pub(crate) fn step(&mut self, frames: &[[u8; FRAME]]) -> u64 {
-        restore(&mut self.batch, frames, self.next);
+    pub(crate) fn step(&mut self, t: &Traffic) -> u64 {
+        let b = self.next;
+        if self.pending.len() >= LAG {
+            for h in self.pending.pop_front().unwrap_or_default() {
+                self.gw.remove(h);
+            }
+        }
+        restore(&mut self.batch, &t.frames, b);
         let now = Instant::from_nanos(START_NS + self.clock * BATCH_NS);
         self.gw.run_batch(now, &mut self.batch);
-        self.next = (self.next + 1) % (frames.len() / BATCH);
+        let new = t.new.get(b * BATCH..).unwrap_or(&[]);
+        let made = self
+            .batch
+            .packets()
+            .iter()
+            .zip(new)
+            .filter(|(_, n)| **n)
+            .filter_map(|(p, _)| T::handle(p))
+            .collect();
+        self.pending.push_back(made);
+        self.next = (b + 1) % t.batches();
         self.clock += 1;
         self.batch.packets().first().map_or(0, |p| p.len() as u64)
     }

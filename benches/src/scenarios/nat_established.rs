@@ -200,14 +200,26 @@ impl Peer {
         sessions: usize,
         pairs: impl IntoIterator<Item = (FlowKey, FlowKey)>,
     ) -> Self {
-        let mut map = PeerMap::with_capacity_and_hasher(2 * sessions, ahash::RandomState::new());
+        let map = PeerMap::with_capacity_and_hasher(2 * sessions, ahash::RandomState::new());
+        let mut peer = Self { map };
         for (f, r) in pairs {
-            let public: [u8; 4] = r.dst_bytes().try_into().expect("v4");
-            let inside: [u8; 4] = f.src_bytes().try_into().expect("v4");
-            map.insert(f, (public, r.dst_port, End::Src));
-            map.insert(r, (inside, f.src_port, End::Dst));
+            peer.insert(&f, &r);
         }
-        Self { map }
+        peer
+    }
+
+    /// Adds the session of `f` whose reply key is `r` (IPv4).
+    pub(crate) fn insert(&mut self, f: &FlowKey, r: &FlowKey) {
+        let public: [u8; 4] = r.dst_bytes().try_into().unwrap_or_default();
+        let inside: [u8; 4] = f.src_bytes().try_into().unwrap_or_default();
+        self.map.insert(*f, (public, r.dst_port, End::Src));
+        self.map.insert(*r, (inside, f.src_port, End::Dst));
+    }
+
+    /// Forgets the session of `f` whose reply key is `r`.
+    pub(crate) fn remove(&mut self, f: &FlowKey, r: &FlowKey) {
+        self.map.remove(f);
+        self.map.remove(r);
     }
 
     pub(crate) fn bytes(&self) -> usize {

@@ -318,6 +318,25 @@ fn measure(opts: &Opts, flows: &[FlowKey], traffic: &Traffic, rules: &[SgRule]) 
     );
 }
 
+/// The ingress rules (prefix peers) as classifier matches, in order: the linear-scan
+/// reference the peers decide new flows with (also the `pipeline` scenario's).
+pub(crate) fn ingress_matches(rules: &[SgRule]) -> Vec<Match> {
+    rules
+        .iter()
+        .filter(|r| r.direction == SgDirection::Ingress)
+        .map(|r| {
+            let SgPeer::Prefix(p) = r.peer else {
+                unreachable!("prefix peers only")
+            };
+            let m = Match::any_v4().src(p);
+            match r.proto {
+                Some(x) => m.proto(x).dst_ports(r.ports),
+                None => m,
+            }
+        })
+        .collect()
+}
+
 /// The peer (see the module docs): the reference conntrack and, per zone, the ingress rules
 /// as classifier matches.
 struct PeerSide {
@@ -327,20 +346,7 @@ struct PeerSide {
 
 impl PeerSide {
     fn new(rules: &[SgRule], flows: &[FlowKey]) -> Self {
-        let ingress: Vec<Match> = rules
-            .iter()
-            .filter(|r| r.direction == SgDirection::Ingress)
-            .map(|r| {
-                let SgPeer::Prefix(p) = r.peer else {
-                    unreachable!("prefix peers only")
-                };
-                let m = Match::any_v4().src(p);
-                match r.proto {
-                    Some(x) => m.proto(x).dst_ports(r.ports),
-                    None => m,
-                }
-            })
-            .collect();
+        let ingress = ingress_matches(rules);
         let now = Instant::from_nanos(replay::START_NS);
         let mut ct = PeerConntrack::with_capacity(flows.len() + 2 * replay::LAG * 64);
         for f in flows {
