@@ -59,7 +59,7 @@ use serde_json::json;
 const CHECK_BATCHES: usize = 256;
 /// Where the outer UDP source port is (left out of the byte comparison).
 const OUTER_SPORT: core::ops::Range<usize> = 34..36;
-const PEER: &str = "sum of references: etherparse 0.21 SlicedPacket (outer + inner) + hand-written Geneve walk; hashbrown 0.17 + ahash 0.8 policy map (both keys -> deadline); the nat-established reference NAT (its own hashbrown + ahash map, in-place rewrite, RFC 1624); hand-written Geneve outer (Repr::emit, full IPv4 checksum)";
+const PEER: &str = "sum of references: etherparse 0.21 SlicedPacket (outer + inner) + hand-written Geneve walk; hashbrown 0.17 + ahash 0.8 policy map (both keys -> deadline; new flows by a linear scan of the zone's rules); the nat-established reference NAT (its own hashbrown + ahash map, in-place rewrite, RFC 1624; new flows mapped by random probing of a hashbrown set of mappings in use); hand-written Geneve outer (Repr::emit, full IPv4 checksum)";
 
 pub(crate) fn run(opts: &Opts) {
     hugealloc::each_mode(|| measure(opts));
