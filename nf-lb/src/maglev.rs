@@ -270,24 +270,26 @@ struct Turns {
 /// serving backends, each continuing its permutation where it stopped.
 fn fill<E: Entry>(key: &LbKey, m: u32, backends: &[Backend]) -> Vec<E> {
     let mut slots: Slots<E> = Slots::new(m);
-    let mut turns: Vec<Turns> = backends
-        .iter()
-        .zip(0u32..)
-        .filter(|(b, _)| b.weight > 0)
-        .map(|(b, index)| {
-            let m64 = u64::from(m);
-            // Both results are below m ≤ 2^23.
-            let pos = (key.identity(TAG_OFFSET, &b.id) % m64) as u32;
-            let skip = (key.identity(TAG_SKIP, &b.id) % (m64 - 1).max(1) + 1) as u32;
-            Turns {
-                index,
-                weight: u64::from(b.weight),
-                pos,
-                skip,
-                inv: 0,
-            }
-        })
-        .collect();
+    let mut turns: Vec<Turns> = Vec::with_capacity(backends.len());
+    turns.extend(
+        backends
+            .iter()
+            .zip(0u32..)
+            .filter(|(b, _)| b.weight > 0)
+            .map(|(b, index)| {
+                let m64 = u64::from(m);
+                // Both results are below m ≤ 2^23.
+                let pos = (key.identity(TAG_OFFSET, &b.id) % m64) as u32;
+                let skip = (key.identity(TAG_SKIP, &b.id) % (m64 - 1).max(1) + 1) as u32;
+                Turns {
+                    index,
+                    weight: u64::from(b.weight),
+                    pos,
+                    skip,
+                    inv: 0,
+                }
+            }),
+    );
     run_turns(&mut slots, &mut turns, u64::from(m));
 
     let draining = |i: u32| backends.get(i as usize).is_some_and(|b| b.draining);
@@ -306,8 +308,8 @@ fn fill<E: Entry>(key: &LbKey, m: u32, backends: &[Backend]) -> Vec<E> {
 }
 
 /// Empty slots below which a turn finds its slot by arithmetic instead of walking (about
-/// `√M`: walking costs about `M / empty` probes per turn, the arithmetic one multiply per
-/// empty slot).
+/// `√M`: walking costs about `M / empty` probes per turn, the arithmetic three
+/// multiplications per empty slot, [`steps_mod`]).
 const TAIL: u32 = 256;
 
 /// The table being filled, with a bitmap of taken slots (probes read the bitmap: 8 KiB at the
@@ -372,9 +374,11 @@ impl<E: Entry> Slots<E> {
     /// Puts backend `t` in the next empty slot of its permutation (there is one whenever a
     /// turn is taken): the slot a plain walk takes (tested), found faster in two ways.
     ///
-    /// - A step along the permutation, `(p + skip) mod M` for `p < M`, is computed as either
-    ///   `p − (M − skip)` or `p + skip`, both at once, one chosen: two cycles a step, where
-    ///   `p + skip` and then a conditional `− M` took four. The walk is a chain of these steps.
+    /// - A step along the permutation, `(p + skip) mod M` for `p < M`, is `p − (M − skip)`
+    ///   or `p + skip`, chosen by comparing `p` itself (the compiler adds the chosen one of
+    ///   `−(M − skip)` and `skip` to `p`): three cycles a step, where `p + skip` and then a
+    ///   conditional `− M` took four. The walk is a chain of these steps; its loop only tests
+    ///   a bit and steps (about a dozen instructions a position), and the slot is taken after.
     /// - The first two positions are tested together, one branch for both. A turn's walk ends
     ///   at a branch nothing predicts (the first empty slot), so each turn pays about one
     ///   mispredicted branch; while most slots are empty, testing two positions at once makes
@@ -405,25 +409,22 @@ impl<E: Entry> Slots<E> {
             t.pos = step(slot);
             return;
         }
-        let mut pos = step(p1);
+        let mut cur = step(p1);
         // The permutation visits every slot within m steps, so the bound is never reached; it
         // only keeps the work visibly bounded.
         for _ in 0..m {
-            let cur = pos;
-            pos = step(cur);
-            let bit = 1u64 << (cur % 64);
-            if let Some(w) = self.taken.get_mut((cur / 64) as usize)
-                && *w & bit == 0
-            {
-                *w |= bit;
-                if let Some(e) = self.entries.get_mut(cur as usize) {
-                    *e = E::of(t.index);
-                }
-                self.empty -= 1;
+            let w = self
+                .taken
+                .get((cur / 64) as usize)
+                .copied()
+                .unwrap_or(u64::MAX);
+            if (w >> (cur % 64)) & 1 == 0 {
                 break;
             }
+            cur = step(cur);
         }
-        t.pos = pos;
+        self.put(cur, t.index);
+        t.pos = step(cur);
     }
 
     #[cold]
@@ -446,25 +447,16 @@ impl<E: Entry> Slots<E> {
         if t.inv == 0 {
             t.inv = inverse_mod(t.skip, m);
         }
-        let pos = u64::from(t.pos);
-        let (m64, inv) = (u64::from(m), u64::from(t.inv));
-        // Shoup's multiplication by the fixed inv (d < M < 2^23): q underestimates
-        // ⌊d · inv / M⌋ by at most 1, so one correction gives d · inv mod M.
-        let shoup = (inv << 32) / m64.max(1);
+        let inv = t.inv;
+        let shoup = shoup(inv, m);
+        let ahead = m - t.pos;
         // (steps << 32 | position in the list): the minimum is the nearest slot.
         let best = self
             .tail
             .iter()
             .flatten()
             .zip(0u64..)
-            .map(|(&s, i)| {
-                let d = u64::from(s) + m64 - pos;
-                let d = if d >= m64 { d - m64 } else { d };
-                let q = (d * shoup) >> 32;
-                let r = (d * inv).wrapping_sub(q * m64);
-                let r = if r >= m64 { r - m64 } else { r };
-                (r << 32) | i
-            })
+            .map(|(&s, i)| (u64::from(steps_mod(s + ahead, inv, shoup, m)) << 32) | i)
             .min();
         let Some(i) = best.and_then(|b| usize::try_from(b & 0xffff_ffff).ok()) else {
             return;
@@ -478,17 +470,39 @@ impl<E: Entry> Slots<E> {
     }
 }
 
+/// Shoup's precomputed quotient for multiplying by `inv < m` modulo `m`: `⌊inv · 2^32 / m⌋`.
+fn shoup(inv: u32, m: u32) -> u32 {
+    // inv < m, so the quotient is below 2^32.
+    ((u64::from(inv) << 32) / u64::from(m).max(1)) as u32
+}
+
+/// `d · inv mod m` for `d < 2m` and `m ≤ 2^23`, with `shoup = shoup(inv, m)`: the steps
+/// from a backend's position to a slot `d − m` or `d` ahead of it along its permutation,
+/// for `inv = skip⁻¹`. Shoup's multiplication: `q` underestimates `⌊d · inv / m⌋` by at
+/// most 1 (the error is below `d / 2^32 < 1`), so `d · inv − q · m`, computed modulo 2^32
+/// (the true value is below `2m`), needs one correction, made by a minimum: below `m`,
+/// `r − m` wraps above `r`. Three multiplications and no division (tested against the
+/// plain remainder).
+#[inline(always)]
+fn steps_mod(d: u32, inv: u32, shoup: u32, m: u32) -> u32 {
+    let q = ((u64::from(d) * u64::from(shoup)) >> 32) as u32;
+    let r = d.wrapping_mul(inv).wrapping_sub(q.wrapping_mul(m));
+    r.min(r.wrapping_sub(m))
+}
+
 /// `a⁻¹ mod m` for a prime `m` and `0 < a < m` (extended Euclid).
 fn inverse_mod(a: u32, m: u32) -> u32 {
-    let (mut r0, mut r1) = (i64::from(m), i64::from(a));
-    let (mut t0, mut t1) = (0i64, 1i64);
+    // m < 2^31: every remainder and coefficient fits in an i32 (32-bit divisions are the
+    // cheaper ones).
+    let (mut r0, mut r1) = (m as i32, a as i32);
+    let (mut t0, mut t1) = (0i32, 1i32);
     while r1 != 0 {
         let q = r0 / r1;
         (r0, r1) = (r1, r0 - q * r1);
         (t0, t1) = (t1, t0 - q * t1);
     }
     // r0 == 1 for a prime m; t0 is in (−m, m).
-    t0.rem_euclid(i64::from(m)) as u32
+    t0.rem_euclid(m as i32) as u32
 }
 
 /// Fills `total` empty slots in weighted turns.
@@ -735,6 +749,23 @@ mod tests {
             let mut q = apportion(u64::from(m), &vec![u64::from(w); n]);
             turns_by_rounds(&mut b, &mut turns_of(&weights, m), &mut q, u64::from(w));
             prop_assert_eq!(a.entries, b.entries);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn steps_mod_is_the_remainder(
+            m in prop::sample::select(vec![2u32, 3, 101, 65_537, 1_000_003, 8_388_593]),
+            a in any::<u32>(), s in any::<u32>(), pos in any::<u32>(),
+        ) {
+            let skip = a % (m - 1).max(1) + 1;
+            let (s, pos) = (s % m, pos % m);
+            let inv = inverse_mod(skip, m);
+            let d = s + m - pos;
+            let want = (u64::from(d) * u64::from(inv) % u64::from(m)) as u32;
+            prop_assert_eq!(steps_mod(d, inv, shoup(inv, m), m), want);
+            // The steps reach the slot.
+            prop_assert_eq!((u64::from(pos) + u64::from(want) * u64::from(skip)) % u64::from(m), u64::from(s));
         }
     }
 
