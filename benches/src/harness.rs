@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 pub(crate) use crate::replay::Rng;
 
 pub(crate) const USAGE: &str =
-    "usage: nf-bench list | all | SCENARIO [--quick] [--json] [--sessions N]";
+    "usage: nf-bench list | all | SCENARIO [--quick] [--json] [--sessions N] | summary [FILE]";
 
 /// Command-line options shared by every scenario.
 #[derive(Debug, Clone)]

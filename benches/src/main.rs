@@ -1,4 +1,5 @@
-//! The nf scenario runner: `nf-bench list`, `nf-bench SCENARIO [--quick] [--json]`.
+//! The nf scenario runner: `nf-bench list`, `nf-bench SCENARIO [--quick] [--json]`, and
+//! `nf-bench summary [FILE]` (a run's JSON lines as one Markdown table of every target).
 //!
 //! Each scenario builds deterministic synthetic traffic, warms up, then measures ours and the
 //! peer alternately in the same process and prints one JSON object per line (the contract is
@@ -12,12 +13,16 @@ mod nat_setup;
 mod pipeline_setup;
 mod replay;
 mod scenarios;
+mod summary;
 mod tunnel_frames;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("summary") {
+        return summarise(args.get(1));
+    }
     let opts = match harness::Opts::parse(&args) {
         Ok(o) => o,
         Err(msg) => {
@@ -48,5 +53,30 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// `nf-bench summary [FILE]`: FILE's JSON lines (standard input without one) as a table.
+fn summarise(file: Option<&String>) -> ExitCode {
+    use std::io::Read;
+    let input = match file {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}")),
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map(|_| s)
+                .map_err(|e| format!("stdin: {e}"))
+        }
+    };
+    match input.and_then(|i| summary::table(&i)) {
+        Ok(t) => {
+            harness::emit(t.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nf-bench summary: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -11,6 +11,9 @@ use nf_tunnel::{DecapConfig, DecapStage, EncapConfig};
 use serde_json::json;
 
 const BATCH: usize = 64;
+/// Over IPv4 no slower than before the outer headers moved onto the parse walk (the figure
+/// of that time, on the development VM; the other targets are `geneve-decap`'s).
+const IPV4_BEFORE_NS: f64 = 12.3;
 
 pub(crate) fn run(opts: &Opts) {
     for outer in OUTERS {
@@ -25,6 +28,7 @@ pub(crate) fn run(opts: &Opts) {
             &frames,
             &mut stage,
             json!({"outer": outer, "checksums_verified": "none (receive offload, as the peer)", "inner": "eth/ipv4/udp", "frame_bytes": frames[0].len(), "batch": BATCH, "flows": BATCH}),
+            IPV4_BEFORE_NS,
         );
     }
 }
