@@ -975,8 +975,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let reply_zone = self.reply_zone_of(idx, x);
         let [ko, kr] = keys;
         let ho = self.hash(&ko, zone, proto);
-        self.index_remove(ho, idx);
         let hr = self.hash(&kr, reply_zone, proto);
+        // Both home buckets and both timer neighbours are random lines: start loading all
+        // four before the first is needed, so that they arrive together rather than in turn.
+        self.prefetch_home(ho);
+        self.prefetch_home(hr);
+        self.prefetch_timer_neighbours(idx);
+        self.index_remove(ho, idx);
         self.index_remove(hr, idx);
         self.timer_unlink(idx);
         let zi = self.zone_slot(zone);

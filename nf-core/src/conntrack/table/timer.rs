@@ -103,6 +103,22 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         }
     }
 
+    /// Starts loading the records (or wheel slots) before and after `idx` in its timer
+    /// list, which [`Self::timer_unlink`] writes.
+    #[inline(always)]
+    pub(super) fn prefetch_timer_neighbours(&self, idx: u32) {
+        let cap = self.cfg.capacity;
+        for i in self.links(idx) {
+            if i < cap {
+                if let Some(r) = self.recs.get(i as usize) {
+                    crate::sys::prefetch(r);
+                }
+            } else if let Some(s) = self.wheel.get((i.wrapping_sub(cap)) as usize) {
+                crate::sys::prefetch(s);
+            }
+        }
+    }
+
     #[inline(always)]
     pub(super) fn timer_unlink(&mut self, idx: u32) {
         let [p, n] = self.links(idx);
