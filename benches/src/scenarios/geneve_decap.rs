@@ -84,9 +84,9 @@ pub(crate) fn peer_tunnel(frame: &[u8], geneve: bool) -> Option<(u32, u32, usize
 }
 
 /// Issue 11's targets for every outer: at most this many ns per packet ...
-pub(crate) const TARGET_NS: f64 = 20.0;
+const TARGET_NS: f64 = 20.0;
 /// ... and at least this many times the etherparse walk.
-pub(crate) const TARGET_SPEEDUP: f64 = 4.0;
+const TARGET_SPEEDUP: f64 = 4.0;
 /// And over IPv4 no slower than before the outer headers moved onto the parse walk (the
 /// figure of that time, on the development VM).
 const IPV4_BEFORE_NS: f64 = 13.4;
