@@ -110,8 +110,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let cap = self.cfg.capacity;
         for i in self.links(idx) {
             if i < cap {
+                // The line holding the links (an IPv6 record spans two).
                 if let Some(r) = self.recs.get(i as usize) {
-                    crate::sys::prefetch(r);
+                    crate::sys::prefetch(&r.tnext);
                 }
             } else if let Some(s) = self.wheel.get((i.wrapping_sub(cap)) as usize) {
                 crate::sys::prefetch(s);
