@@ -9,7 +9,8 @@
 //! original or the reply direction with equal probability.
 //!
 //! A last line, `"family": "ipv6"`: the same sessions with IPv6 addresses
-//! (`SessionTable<V6Key, _>`), uniform traffic, huge pages only.
+//! (`SessionTable<V6Key, _>`), uniform traffic, huge pages only. The targets (≤ 30 ns, ≥ 2×
+//! the peer) are the IPv4 lines'; the IPv6 line carries none.
 //!
 //! Each IPv4 case runs twice, `"huge_pages": "madvise"` (tables on transparent huge pages, as a
 //! dataplane deploys them; see `hugealloc`) and `"none"` (4 KiB pages); ours and the peer
@@ -27,6 +28,10 @@ use serde_json::json;
 type Peer = hashbrown::HashMap<FlowKey, (u32, bool), ahash::RandomState>;
 
 const QUERIES: usize = 1 << 20;
+/// The IPv4 lines' targets: at most this many ns per lookup ...
+const TARGET_NS: f64 = 30.0;
+/// ... and at least this many times the peer.
+const TARGET_SPEEDUP: f64 = 2.0;
 
 pub(crate) fn run(opts: &Opts) {
     let sessions = opts.sessions.unwrap_or(1_000_000);
@@ -139,29 +144,40 @@ fn measure<K: SessionKey>(opts: &Opts, sessions: usize, flows: &[FlowKey], dists
                 .map(|k| table.lookup(k).map_or(0, |h| u64::from(h.session.index())))
                 .sum()
         });
+        let mut params = json!({
+            "sessions": sessions,
+            "capacity": capacity,
+            "load": sessions as f64 / f64::from(capacity),
+            "distribution": dist,
+            "batch": 64,
+            "family": match K::FAMILY {
+                Family::V4 => "ipv4",
+                Family::V6 => "ipv6",
+            },
+            "huge_pages": hugealloc::mode(),
+            "thp_policy": hugealloc::thp_policy(),
+            "anon_huge_mib": huge_bytes.map(|b| b >> 20),
+            "ours_single_lookup_ns": (single * 1000.0).round() / 1000.0,
+            "floor_two_random_lines_ns": (floor * 1000.0).round() / 1000.0,
+        });
+        // The targets are the IPv4 table's (an IPv6 record spans two lines: its line is on
+        // record, without one).
+        if K::FAMILY == Family::V4
+            && let Some(m) = params.as_object_mut()
+        {
+            m.insert("target_ns_per_pkt".into(), json!(TARGET_NS));
+            m.insert("target_speedup".into(), json!(TARGET_SPEEDUP));
+            m.insert(
+                "meets_target".into(),
+                json!(r.ours_ns <= TARGET_NS && r.peer_ns / r.ours_ns >= TARGET_SPEEDUP),
+            );
+        }
         harness::report(
             opts,
             "conntrack-hit",
             "hashbrown 0.17 HashMap<FlowKey,(u32,bool)> + ahash 0.8 RandomState, both directions, get() per key",
             r,
-            json!({
-                "sessions": sessions,
-                "capacity": capacity,
-                "load": sessions as f64 / f64::from(capacity),
-                "distribution": dist,
-                "batch": 64,
-                "family": match K::FAMILY {
-                    Family::V4 => "ipv4",
-                    Family::V6 => "ipv6",
-                },
-                "huge_pages": hugealloc::mode(),
-                "thp_policy": hugealloc::thp_policy(),
-                "anon_huge_mib": huge_bytes.map(|b| b >> 20),
-                "ours_single_lookup_ns": (single * 1000.0).round() / 1000.0,
-                "floor_two_random_lines_ns": (floor * 1000.0).round() / 1000.0,
-                "target_ns_per_pkt": 30.0,
-                "meets_target": r.ours_ns <= 30.0 && r.peer_ns / r.ours_ns >= 2.0,
-            }),
+            params,
         );
     }
 }

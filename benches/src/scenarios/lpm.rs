@@ -1,6 +1,7 @@
 //! `lpm`: longest-prefix match over 1M IPv4 prefixes, batched (64 addresses per call), ours
 //! beside `prefix-trie`'s `PrefixMap::get_lpm` in the same run. One line per layout of ours:
-//! DIR-24-8 (what `Ipv4Layout::Auto` builds at this size) and 16-8-8.
+//! DIR-24-8 (what `Ipv4Layout::Auto` builds at this size, the line that carries issue 15's
+//! targets) and 16-8-8.
 //!
 //! The prefix set is synthetic with a length mix like a full table plus internal routes:
 //! about 60% /24, 32% /16–/23 and 8% /25–/32, over 1.0.0.0–223.255.255.255, distinct,
@@ -29,6 +30,8 @@ const BATCH: usize = 64;
 /// Issue 15's targets: at most 10 ns per lookup and at least 5× prefix-trie.
 const TARGET_NS: f64 = 10.0;
 const TARGET_SPEEDUP: f64 = 5.0;
+/// The peer, as every line names it.
+const PEER: &str = "prefix-trie 0.10.1 PrefixMap<(u32, u8), u32>::get_lpm, one address at a time";
 
 pub(crate) fn run(opts: &Opts) {
     // Tables on huge pages, as a dataplane deploys them (both ours and the peer's).
@@ -208,28 +211,32 @@ fn measure(opts: &Opts) {
         });
         let speedup = result.peer_ns / result.ours_ns;
         let floor_ns = memory_floor(opts, &addrs);
-        harness::report(
-            opts,
-            "lpm",
-            "prefix-trie 0.10.1 PrefixMap<(u32, u8), u32>::get_lpm, one address at a time",
-            result,
-            json!({
-                "family": "ipv4",
-                "layout": name,
-                "prefixes": routes.len(),
-                "batch": BATCH,
-                "ours_single_ns_per_pkt": (single_ns * 1000.0).round() / 1000.0,
-                "floor_ns_per_load_64mib": (floor_ns * 1000.0).round() / 1000.0,
-                "bytes": ours.bytes(),
-                "huge_pages": hugealloc::mode(),
-                "anon_huge_bytes": hugealloc::anon_huge_bytes(),
-                "build_s": (build_s * 1000.0).round() / 1000.0,
-                "peer_build_s": (peer_build_s * 1000.0).round() / 1000.0,
-                "target_ns_per_pkt": TARGET_NS,
-                "target_speedup": TARGET_SPEEDUP,
-                "meets_target": result.ours_ns <= TARGET_NS && speedup >= TARGET_SPEEDUP,
-            }),
-        );
+        let mut params = json!({
+            "family": "ipv4",
+            "layout": name,
+            "prefixes": routes.len(),
+            "batch": BATCH,
+            "ours_single_ns_per_pkt": (single_ns * 1000.0).round() / 1000.0,
+            "floor_ns_per_load_64mib": (floor_ns * 1000.0).round() / 1000.0,
+            "bytes": ours.bytes(),
+            "huge_pages": hugealloc::mode(),
+            "anon_huge_bytes": hugealloc::anon_huge_bytes(),
+            "build_s": (build_s * 1000.0).round() / 1000.0,
+            "peer_build_s": (peer_build_s * 1000.0).round() / 1000.0,
+        });
+        // The targets are the layout `Ipv4Layout::Auto` builds at this size's (DIR-24-8); the
+        // other layout's line is on record, without them.
+        if layout == Ipv4Layout::Dir24
+            && let Some(m) = params.as_object_mut()
+        {
+            m.insert("target_ns_per_pkt".into(), json!(TARGET_NS));
+            m.insert("target_speedup".into(), json!(TARGET_SPEEDUP));
+            m.insert(
+                "meets_target".into(),
+                json!(result.ours_ns <= TARGET_NS && speedup >= TARGET_SPEEDUP),
+            );
+        }
+        harness::report(opts, "lpm", PEER, result, params);
     }
 }
 
