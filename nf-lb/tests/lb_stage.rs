@@ -364,7 +364,7 @@ fn down_backends_rehash_under_encap() {
 }
 
 #[test]
-fn stateless_fallback_when_full_and_above_the_rate() {
+fn stateless_fallback_when_full_over_the_zone_quota_and_above_the_rate() {
     let mut p = pipeline(
         Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap()),
         16,
@@ -404,6 +404,29 @@ fn stateless_fallback_when_full_and_above_the_rate() {
     assert_eq!(ct.len(), 5);
     assert_eq!(ct.service().counters().rate_limited, 15);
     assert_eq!(ct.service().counters().stateless, 15);
+
+    // A zone over its session quota (the table has room): the same fallback, by the hash.
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap()),
+        1024,
+    );
+    p.second.set_zone_quota(nf_core::ZoneId(0), 8).unwrap();
+    let outs: Vec<_> = (0..20u16)
+        .map(|s| run(&mut p, &[syn(6000 + s)]).remove(0))
+        .collect();
+    let ct = p.second;
+    let l = &ct.service().listeners().listeners()[0];
+    for (s, o) in (0..20u16).zip(&outs) {
+        assert_eq!(o.meta.verdict, Verdict::Pass);
+        assert_eq!(o.meta.session.is_some(), s < 8);
+        let k = nf_core::FlowKey::v4(nf_core::ZoneId(0), CLIENT4, VIP4, proto::TCP, 6000 + s, 80);
+        let b = l.backend_for(&k).unwrap();
+        assert_eq!(&b.id.as_bytes()[1..5], &dst_of(o));
+    }
+    assert_eq!(ct.len(), 8);
+    assert_eq!(ct.stats().refused_quota, 12);
+    assert_eq!(ct.stats().refused_full, 0);
+    assert_eq!(ct.service().counters().stateless, 12);
 }
 
 #[test]
