@@ -23,9 +23,10 @@ import os
 import sys
 
 from scapy.all import (ARP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6,
-                       IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, Raw, VXLAN,
-                       wrpcap)
+                       IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
+                       IPv6ExtHdrRouting, IPv6ExtHdrSegmentRouting, Raw, VXLAN, wrpcap)
 from scapy.contrib.geneve import GENEVE, GeneveOptions
+from scapy.layers.ipsec import AH
 
 OUT = sys.argv[1]
 E = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -52,6 +53,14 @@ GWLB = [
 def geneve(g, payload=INNER, outer=None, **udp):
     outer = outer if outer is not None else IP(**O4)
     return Ether(**E) / outer / UDP(sport=50000, dport=udp.pop("dport", 6081), **udp) / g / payload
+
+
+def behind_ah(l4):
+    """`l4` (UDP and what it carries) behind an IPv6 Authentication Header (RFC 4302, a
+    12-byte ICV), its checksum as scapy computes it without one: the pseudo-header does not
+    cover extension headers, and scapy leaves it 0 under AH."""
+    udp = bytes((IPv6(**O6) / l4)[UDP])
+    return Ether(**E) / IPv6(**O6) / AH(nh=17, payloadlen=4, spi=1, seq=1, icv=b"\x00" * 12) / Raw(udp)
 
 
 def raw_geneve(hdr_and_opts, payload=b"", **kw):
@@ -138,6 +147,17 @@ cases = [
     ("vxlan_ipv6_outer_hop_by_hop_and_destination_options", "generic",
      vxlan(VXLAN(vni=43), outer=IPv6(**O6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()),
      PASS_INNER.format(43, 0)),
+    # Routing headers at their last segment (RFC 8754's SRH; RFC 5095's deprecated type 0,
+    # whose Segments Left of 0 makes it ignored, RFC 8200 §4.4) and an Authentication Header.
+    ("vxlan_ipv6_outer_segment_routing_last_segment", "generic",
+     vxlan(VXLAN(vni=70), outer=IPv6(**O6) / IPv6ExtHdrSegmentRouting(addresses=[O6["dst"]], segleft=0)),
+     PASS_INNER.format(70, 0)),
+    ("vxlan_ipv6_outer_routing_type0_no_segments_left", "generic",
+     vxlan(VXLAN(vni=71), outer=IPv6(**O6) / IPv6ExtHdrRouting(addresses=[], segleft=0)),
+     PASS_INNER.format(71, 0)),
+    ("geneve_ipv6_outer_authentication_header", "generic",
+     behind_ah(UDP(sport=50000, dport=6081) / GENEVE(vni=72, proto=0x6558) / INNER),
+     PASS_INNER.format(72, 0)),
     ("vxlan_ipv6_outer_first_fragment", "generic",
      vxlan(VXLAN(vni=44), outer=IPv6(**O6) / IPv6ExtHdrFragment(offset=0, m=1, id=8)),
      "drop tunnel_fragmented"),
