@@ -1745,6 +1745,88 @@ mod tests {
         );
     }
 
+    /// The tunnel metadata names what the frames carry: both kinds over both underlay
+    /// families, then a VXLAN tunnel inside a Geneve one stripped by two stages (the outer
+    /// tunnel's fields stay the first one's), on the fast path and the general walk alike.
+    #[test]
+    fn tunnel_metadata_names_the_kind_the_vnis_and_the_underlay() {
+        let inner = inner_frame(20);
+        let raw = |a: IpAddr| match a {
+            IpAddr::V4(a) => u128::from(u32::from_le_bytes(a.octets())).to_le_bytes(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let decap = |stage: &mut DecapStage, p: &mut Packet<Vec<u8>>, general: bool| {
+            if general {
+                stage.decap_general(Instant::ZERO, p)
+            } else {
+                stage.decap(Instant::ZERO, p)
+            }
+        };
+        for general in [false, true] {
+            for v6 in [false, true] {
+                let u = underlay(v6);
+                let (family, l3_len) = if v6 {
+                    (Family::V6, 40)
+                } else {
+                    (Family::V4, 20)
+                };
+                let mut opts = OptionsBuilder::new();
+                opts.push(0x0108, 1, &[9; 4]).unwrap();
+                for (kind, cfg, hdr) in [
+                    (TunnelKind::Geneve, EncapConfig::geneve(opts, 7, u), 16),
+                    (TunnelKind::Vxlan, EncapConfig::vxlan(7, u), 8),
+                ] {
+                    let frame = encapsulated(cfg, &inner);
+                    let mut p = Packet::new(vec![0u8; 64 + frame.len()], 64, frame.len()).unwrap();
+                    p.data_mut().copy_from_slice(&frame);
+                    let mut stage = DecapStage::new(DecapConfig::default()).unwrap();
+                    assert_eq!(decap(&mut stage, &mut p, general), Ok(Verdict::Pass));
+                    let t = &p.meta.tunnel;
+                    let case = (kind, v6, general);
+                    assert_eq!((t.kind, t.outer_kind), (Some(kind), Some(kind)), "{case:?}");
+                    assert_eq!((t.depth, t.vni, t.outer_vni), (1, 7, 7), "{case:?}");
+                    assert_eq!(t.outer_family, family, "{case:?}");
+                    assert_eq!(
+                        (t.outer_src, t.outer_dst),
+                        (raw(u.src), raw(u.dst)),
+                        "{case:?}"
+                    );
+                    assert_eq!(usize::from(t.outer_l3), 14, "{case:?}");
+                    let udp = 14 + l3_len;
+                    assert_eq!(usize::from(t.outer_udp), udp, "{case:?}");
+                    assert_eq!(usize::from(t.outer_len), udp + 8 + hdr, "{case:?}");
+                    let sport = u16::from_be_bytes([frame[udp], frame[udp + 1]]);
+                    assert_eq!(t.outer_src_port, sport, "{case:?}");
+                    assert!(t.is_decapsulated());
+                    assert_eq!(p.data(), &inner[..], "{case:?}");
+                }
+            }
+
+            // VXLAN (VNI 62, IPv4 underlay) inside Geneve (VNI 61, IPv6 underlay).
+            let vxlan = encapsulated(EncapConfig::vxlan(62, underlay(false)), &inner);
+            let frame = encapsulated(
+                EncapConfig::geneve(OptionsBuilder::new(), 61, underlay(true)),
+                &vxlan,
+            );
+            let mut p = Packet::new(vec![0u8; 64 + frame.len()], 64, frame.len()).unwrap();
+            p.data_mut().copy_from_slice(&frame);
+            let mut first = DecapStage::new(DecapConfig::default()).unwrap();
+            let mut second = DecapStage::new(DecapConfig::default()).unwrap();
+            assert_eq!(decap(&mut first, &mut p, general), Ok(Verdict::Pass));
+            assert_eq!(decap(&mut second, &mut p, general), Ok(Verdict::Pass));
+            let t = &p.meta.tunnel;
+            assert_eq!(t.depth, 2);
+            assert_eq!(t.outer_kind, Some(TunnelKind::Geneve));
+            assert_eq!(t.kind, Some(TunnelKind::Vxlan));
+            assert_eq!((t.outer_vni, t.vni), (61, 62));
+            assert_eq!(t.outer_family, Family::V6);
+            let u = underlay(true);
+            assert_eq!((t.outer_src, t.outer_dst), (raw(u.src), raw(u.dst)));
+            assert_eq!(usize::from(t.outer_len), frame.len() - inner.len());
+            assert_eq!(p.data(), &inner[..]);
+        }
+    }
+
     #[test]
     fn fast_path_equals_general_walk_near_every_boundary() {
         // Every 16-bit field of the headers nudged by ±1 and ±2 (lengths one off, checksums,
