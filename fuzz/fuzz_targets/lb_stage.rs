@@ -1,6 +1,7 @@
 //! Fuzzes the LB stage (parse → `Conntrack<Lb>`): arbitrary packets of a few flows to a VIP
 //! (TCP with any flags, UDP) and back from the backends, membership changes (add, remove,
-//! drain, down, up, reweight), forwarding mode and down-action changes, a small session
+//! drain, down, up, reweight), forwarding mode, down-action and selection (Maglev or
+//! rendezvous) changes, a small session
 //! table with or without early drop (so it fills), a new-flow rate limit, time steps and
 //! expiry, ICMP errors quoting the flows' packets from either side (quotes cut anywhere),
 //! cut into arbitrary batches.
@@ -23,7 +24,7 @@ use nf_core::{
 };
 use nf_lb::{
     BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners,
-    NewFlowLimit, OnDown, Pool, PoolMember,
+    NewFlowLimit, OnDown, Pool, PoolMember, Selection,
 };
 use std::collections::BTreeMap;
 
@@ -54,11 +55,13 @@ enum Op {
     Remove(u8),
     Health(u8, u8),
     Weight(u8, u8),
-    /// Forwarding mode and action on down, then a swap.
+    /// Forwarding mode, action on down, hash fields and backend selection (Maglev or
+    /// rendezvous), then a swap.
     Mode {
         encap: bool,
         rehash: bool,
         fields: u8,
+        rendezvous: bool,
     },
     /// End the current batch.
     Cut,
@@ -83,6 +86,7 @@ struct Config {
     encap: bool,
     rehash: bool,
     fields: HashFields,
+    selection: Selection,
     limit: Option<NewFlowLimit>,
 }
 
@@ -94,7 +98,8 @@ impl Config {
                 .with_next_hop(u32::from(b))
         }));
         let on = ListenerMatch::Vip(VIP.into());
-        let mut l = Listener::new(&LbKey::new([7; 16]), on, self.fields, pool, 211).ok()?;
+        let key = LbKey::new([7; 16]);
+        let mut l = Listener::with_selection(&key, on, self.fields, pool, self.selection).ok()?;
         if self.encap {
             l = l.with_forwarding(Forwarding::Encap);
             if self.rehash {
@@ -244,6 +249,7 @@ fuzz_target!(|input: Input| {
         members: (0..3).map(|b| (b, (1, Health::Up))).collect(),
         encap: false,
         rehash: false,
+        selection: Selection::Maglev { size: 211 },
         fields: HashFields::FiveTuple,
         limit: input
             .limit
@@ -370,9 +376,15 @@ fuzz_target!(|input: Input| {
                         encap,
                         rehash,
                         fields,
+                        rendezvous,
                     } => {
                         run.cfg.encap = encap;
                         run.cfg.rehash = rehash;
+                        run.cfg.selection = if rendezvous {
+                            Selection::Rendezvous
+                        } else {
+                            Selection::Maglev { size: 211 }
+                        };
                         run.cfg.fields = [
                             HashFields::FiveTuple,
                             HashFields::ThreeTuple,

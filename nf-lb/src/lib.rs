@@ -13,7 +13,8 @@
 //!   with one keyed choice, symmetric in the flow's direction.
 //! - [`Listeners`]: a [`Listener`] takes the flows to a VIP, port and protocol (or a whole
 //!   VIP) and chooses among its [`Pool`] (members up, draining or down, with weights) by the
-//!   5-tuple, 3-tuple, 2-tuple or source address ([`HashFields`]).
+//!   5-tuple, 3-tuple, 2-tuple or source address ([`HashFields`]), through a Maglev table or
+//!   a rendezvous set ([`Selection`]).
 //! - [`Lb`]: the LB stage, a session service for `nf-core`'s
 //!   [`Conntrack`](nf_core::conntrack::Conntrack): a new flow takes its listener's table
 //!   choice and keeps it in its session through any configuration swap while the backend is
@@ -122,8 +123,8 @@ mod service;
 pub use backend::{Backend, BackendId, BuildError, MAX_ID_LEN};
 pub use key::LbKey;
 pub use listener::{
-    Forwarding, HashFields, Health, Listener, ListenerError, ListenerMatch, Listeners,
-    NewFlowLimit, OnDown, Pool, PoolMember,
+    BackendTable, Forwarding, HashFields, Health, Listener, ListenerError, ListenerMatch,
+    Listeners, NewFlowLimit, OnDown, Pool, PoolMember, Selection,
 };
 pub use maglev::{MAX_MAGLEV_BACKENDS, MaglevTable};
 pub use nf_core::FlowHasher;

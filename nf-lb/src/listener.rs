@@ -1,10 +1,11 @@
 //! Listeners and their pools: which flows a listener takes (a VIP, port and protocol, or a
 //! whole VIP), which of the flow's fields choose its backend, and the pool of backends with
-//! health and weights from which its Maglev table is built.
+//! health and weights from which its Maglev table (or rendezvous set) is built.
 
 use crate::backend::{Backend, BackendId, BuildError};
 use crate::key::LbKey;
 use crate::maglev::MaglevTable;
+use crate::rendezvous::Rendezvous;
 use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nf_core::{Family, FlowKey, NO_NEXT_HOP};
@@ -125,8 +126,20 @@ impl Pool {
     /// As [`MaglevTable::new`]; [`BuildError::NoServingBackend`] when no member is up with a
     /// weight above 0.
     pub fn table(&self, key: &LbKey, size: u32) -> Result<MaglevTable, BuildError> {
-        let backends: Vec<Backend> = self.members.iter().map(PoolMember::backend).collect();
-        MaglevTable::new(key, size, &backends)
+        MaglevTable::new(key, size, &self.backends())
+    }
+
+    /// The pool as a rendezvous set.
+    ///
+    /// # Errors
+    ///
+    /// As [`Rendezvous::new`].
+    pub fn rendezvous(&self, key: &LbKey) -> Result<Rendezvous, BuildError> {
+        Rendezvous::new(key, &self.backends())
+    }
+
+    fn backends(&self) -> Vec<Backend> {
+        self.members.iter().map(PoolMember::backend).collect()
     }
 }
 
@@ -249,20 +262,87 @@ impl NewFlowLimit {
     }
 }
 
+/// How a listener picks a new flow's backend from its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// A Maglev table of `size` slots, a prime ([`table_size_for`](crate::table_size_for)
+    /// picks one for a pool): one read per new flow; when a backend leaves, about its own
+    /// share of flows move, plus a little (the paper's near-minimal disruption).
+    Maglev {
+        /// Table slots.
+        size: u32,
+    },
+    /// Rendezvous (highest random weight) over the pool ([`Rendezvous`]): exactly the
+    /// departed backend's flows move, at one hash per serving backend per new flow; for
+    /// small pools (at most [`MAX_RENDEZVOUS_BACKENDS`](crate::MAX_RENDEZVOUS_BACKENDS)).
+    Rendezvous,
+}
+
+/// A listener's choice of backend for a flow hash: its pool as a Maglev table or as a
+/// rendezvous set ([`Selection`]). Choices are indices into [`Self::backends`].
+#[derive(Debug, Clone)]
+pub enum BackendTable {
+    /// [`Selection::Maglev`].
+    Maglev(MaglevTable),
+    /// [`Selection::Rendezvous`].
+    Rendezvous(Rendezvous),
+}
+
+impl BackendTable {
+    /// Every backend of the pool, sorted by identity.
+    pub fn backends(&self) -> &[Backend] {
+        match self {
+            Self::Maglev(t) => t.backends(),
+            Self::Rendezvous(r) => r.backends(),
+        }
+    }
+
+    /// The chosen backend's index (into [`Self::backends`]) for a flow hash.
+    #[inline]
+    pub fn lookup(&self, hash: u64) -> u32 {
+        match self {
+            Self::Maglev(t) => t.lookup(hash),
+            Self::Rendezvous(r) => r.lookup(hash),
+        }
+    }
+
+    /// The chosen backend for a flow hash.
+    pub fn backend(&self, hash: u64) -> Option<&Backend> {
+        self.backends().get(self.lookup(hash) as usize)
+    }
+
+    /// The flow hash the table's key gives a flow (one direction).
+    #[inline]
+    pub fn flow_hash(&self, key: &FlowKey) -> u64 {
+        match self {
+            Self::Maglev(t) => t.flow_hash(key),
+            Self::Rendezvous(r) => r.flow_hash(key),
+        }
+    }
+
+    /// The Maglev table, for a listener of [`Selection::Maglev`].
+    pub fn maglev(&self) -> Option<&MaglevTable> {
+        match self {
+            Self::Maglev(t) => Some(t),
+            Self::Rendezvous(_) => None,
+        }
+    }
+}
+
 /// A listener: the flows it takes, the fields that choose their backend, and its pool's table.
 #[derive(Debug, Clone)]
 pub struct Listener {
     on: ListenerMatch,
     fields: HashFields,
     pool: Pool,
-    table: MaglevTable,
+    table: BackendTable,
     forwarding: Forwarding,
     on_down: OnDown,
     limit: Option<NewFlowLimit>,
 }
 
 impl Listener {
-    /// A listener with its pool's table built (`size` slots).
+    /// A listener with its pool's Maglev table built (`size` slots).
     ///
     /// # Errors
     ///
@@ -274,7 +354,38 @@ impl Listener {
         pool: Pool,
         size: u32,
     ) -> Result<Self, BuildError> {
-        let table = pool.table(key, size)?;
+        Self::with_selection(key, on, fields, pool, Selection::Maglev { size })
+    }
+
+    /// A listener whose pool chooses backends by `selection`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::table`] for [`Selection::Maglev`], as [`Rendezvous::new`] for
+    /// [`Selection::Rendezvous`].
+    ///
+    /// ```
+    /// use nf_lb::{BackendId, HashFields, LbKey, Listener, ListenerMatch, Pool, PoolMember, Selection};
+    ///
+    /// let key = LbKey::new(*b"operator secret!");
+    /// let pool = Pool::new((1..=3).map(|i| PoolMember::new(BackendId::v4([10, 0, 0, i], 80), 1)));
+    /// let vip = ListenerMatch::Vip([192, 0, 2, 1].into());
+    /// let l = Listener::with_selection(&key, vip, HashFields::FiveTuple, pool, Selection::Rendezvous)?;
+    /// assert!(l.table().maglev().is_none());
+    /// assert_eq!(l.table().backends().len(), 3);
+    /// # Ok::<(), nf_lb::BuildError>(())
+    /// ```
+    pub fn with_selection(
+        key: &LbKey,
+        on: ListenerMatch,
+        fields: HashFields,
+        pool: Pool,
+        selection: Selection,
+    ) -> Result<Self, BuildError> {
+        let table = match selection {
+            Selection::Maglev { size } => BackendTable::Maglev(pool.table(key, size)?),
+            Selection::Rendezvous => BackendTable::Rendezvous(pool.rendezvous(key)?),
+        };
         Ok(Self {
             on,
             fields,
@@ -369,9 +480,17 @@ impl Listener {
         &self.pool
     }
 
-    /// Its table.
-    pub fn table(&self) -> &MaglevTable {
+    /// Its table (or rendezvous set).
+    pub fn table(&self) -> &BackendTable {
         &self.table
+    }
+
+    /// How it picks a new flow's backend.
+    pub fn selection(&self) -> Selection {
+        match &self.table {
+            BackendTable::Maglev(t) => Selection::Maglev { size: t.size() },
+            BackendTable::Rendezvous(_) => Selection::Rendezvous,
+        }
     }
 
     /// The flow's hash under this listener's fields.

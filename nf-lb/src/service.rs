@@ -222,7 +222,8 @@ impl Bucket {
 /// is the LB stage.
 ///
 /// - A new flow that matches a listener ([`Listeners::find`]) takes the backend its
-///   listener's Maglev table names for the flow's [`HashFields`](crate::HashFields); under
+///   listener's table (Maglev, or a rendezvous set: [`Selection`](crate::Selection)) names
+///   for the flow's [`HashFields`](crate::HashFields); under
 ///   DNAT the session's reply key is the backend's tuple (backend → client).
 /// - Every packet of the flow goes to that backend while it is up or draining, whatever
 ///   configurations are swapped in meanwhile; DNAT rewrites the destination to the backend

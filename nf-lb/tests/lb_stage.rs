@@ -17,7 +17,7 @@ use nf_core::{
 };
 use nf_lb::{
     BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerError, ListenerMatch,
-    Listeners, NewFlowLimit, OnDown, Pool, PoolMember,
+    Listeners, NewFlowLimit, OnDown, Pool, PoolMember, Selection,
 };
 
 const VIP4: [u8; 4] = [192, 0, 2, 1];
@@ -277,6 +277,30 @@ fn ack(sport: u16) -> Vec<u8> {
         .unwrap()
 }
 
+/// Sends an ACK of every flow (`ports`, first sent to `first`) after a swap: the flows of
+/// the backend `gone` are reset ([`DropReason::LbBackendDown`]), every other stays where it
+/// was. Returns the resets (at least one).
+fn established_stay_unless_gone(
+    p: &mut Pipeline,
+    ports: &[u16],
+    first: &[[u8; 4]],
+    gone: [u8; 4],
+) -> u64 {
+    let mut reset = 0;
+    for (&s, &was) in ports.iter().zip(first) {
+        let out = &run(p, &[ack(s)])[0];
+        if was == gone {
+            assert_eq!(out.meta.verdict, Verdict::Drop(DropReason::LbBackendDown));
+            reset += 1;
+        } else {
+            assert_eq!(out.meta.verdict, Verdict::Pass);
+            assert_eq!(dst_of(out), was, "established flow {s} moved");
+        }
+    }
+    assert!(reset > 0);
+    reset
+}
+
 #[test]
 fn swaps_keep_flows_drain_keeps_down_resets() {
     let mut p = pipeline(
@@ -296,18 +320,7 @@ fn swaps_keep_flows_drain_keeps_down_resets() {
     p.second
         .service_mut()
         .set_listeners(Listeners::new(vec![listener(web4(), pool)]).unwrap());
-    let mut reset = 0;
-    for (&s, &was) in ports.iter().zip(&first) {
-        let out = &run(&mut p, &[ack(s)])[0];
-        if was == [10, 0, 1, 2] {
-            assert_eq!(out.meta.verdict, Verdict::Drop(DropReason::LbBackendDown));
-            reset += 1;
-        } else {
-            assert_eq!(out.meta.verdict, Verdict::Pass);
-            assert_eq!(dst_of(out), was, "established flow moved");
-        }
-    }
-    assert!(reset > 0);
+    let reset = established_stay_unless_gone(&mut p, &ports, &first, [10, 0, 1, 2]);
     let lb = p.second.service();
     assert_eq!(lb.counters().reset, reset);
     // New flows avoid the drained and removed backends.
@@ -318,6 +331,80 @@ fn swaps_keep_flows_drain_keeps_down_resets() {
     let mut c = Vec::new();
     p.visit_counters(&mut |stage, name, v| c.push((stage, name, v)));
     assert!(c.contains(&("lb", "reset", reset)));
+}
+
+/// A rendezvous listener: new flows go where the rendezvous set of its pool says; when a
+/// backend leaves, its established flows are reset and every other flow stays, and new flows
+/// move only if the departed backend was theirs (exactly minimal disruption).
+#[test]
+fn rendezvous_listeners_move_only_the_departed_backends_flows() {
+    let rendezvous = |pool: Pool| {
+        Listener::with_selection(
+            &key(),
+            web4(),
+            HashFields::FiveTuple,
+            pool,
+            Selection::Rendezvous,
+        )
+        .unwrap()
+    };
+    let mut p = pipeline(
+        Lb::new(Listeners::new(vec![rendezvous(backends4(4))]).unwrap()),
+        4096,
+    );
+    let reference = backends4(4).rendezvous(&key()).unwrap();
+    let flow = |s: u16| nf_core::FlowKey::v4(nf_core::ZoneId(0), CLIENT4, VIP4, proto::TCP, s, 80);
+    let l = &p.second.service().listeners().listeners()[0];
+    assert_eq!(l.selection(), Selection::Rendezvous);
+    let ports: Vec<u16> = (1000..1400).collect();
+    let first: Vec<[u8; 4]> = ports
+        .iter()
+        .map(|&s| dst_of(&run(&mut p, &[syn(s)])[0]))
+        .collect();
+    for (&s, d) in ports.iter().zip(&first) {
+        let b = reference.backend(reference.flow_hash(&flow(s))).unwrap();
+        assert_eq!(&b.id.as_bytes()[1..5], d, "flow {s}");
+    }
+    // 10.0.1.3 leaves.
+    let mut pool = backends4(4);
+    pool.remove(&BackendId::v4([10, 0, 1, 3], 8080));
+    let after = pool.rendezvous(&key()).unwrap();
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![rendezvous(pool)]).unwrap());
+    established_stay_unless_gone(&mut p, &ports, &first, [10, 0, 1, 3]);
+    // New flows: those the departed backend would have had move, no other.
+    let mut moved = 0;
+    for s in 2000..2400u16 {
+        let d = dst_of(&run(&mut p, &[syn(s)])[0]);
+        let was = reference.backend(reference.flow_hash(&flow(s))).unwrap();
+        let now = after.backend(after.flow_hash(&flow(s))).unwrap();
+        assert_eq!(&now.id.as_bytes()[1..5], &d, "new flow {s}");
+        if was.id != now.id {
+            assert_eq!(
+                was.id,
+                BackendId::v4([10, 0, 1, 3], 8080),
+                "new flow {s} moved"
+            );
+            moved += 1;
+        }
+    }
+    assert!(moved > 0);
+    // A pool too large for rendezvous is refused.
+    let big = Pool::new((0..=nf_lb::MAX_RENDEZVOUS_BACKENDS).map(|i| {
+        let [_, _, a, b] = (i as u32).to_be_bytes();
+        PoolMember::new(BackendId::v4([10, 1, a, b], 80), 1)
+    }));
+    assert!(matches!(
+        Listener::with_selection(
+            &key(),
+            web4(),
+            HashFields::FiveTuple,
+            big,
+            Selection::Rendezvous
+        ),
+        Err(nf_lb::BuildError::TooManyBackends { .. })
+    ));
 }
 
 #[test]

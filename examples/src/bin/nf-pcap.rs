@@ -36,7 +36,7 @@ use nf_examples::pcap::{
 use nf_examples::prometheus;
 use nf_lb::{
     BackendId, HashFields, Lb, LbKey, Listener, ListenerMatch, Listeners, Pool, PoolMember,
-    table_size_for,
+    Selection, table_size_for,
 };
 use nf_nat::{
     AllocatorConfig, Filtering, InsidePrefix, PortForward, Snat, SnatConfig, nat_timeouts,
@@ -119,6 +119,9 @@ stages (parameters follow as ,key=value):
                           backend=IP:PORT[/WEIGHT]  a backend of every VIP (required;
                                                  repeatable; port 0 keeps the VIP's port)
                           hash=5tuple|3tuple|2tuple|src  the fields a flow is hashed on
+                          select=maglev|rendezvous  how a new flow's backend is chosen: a
+                                                 Maglev table (default) or rendezvous
+                                                 hashing (exactly minimal disruption)
   sg                    connection tracking with security groups (nf-policy; use it instead
                         of conntrack): a flow whose first packet comes from an inside
                         address is egress (judged by allow-out rules, whose peer is its
@@ -679,6 +682,7 @@ fn snat_spec(profile: &str, params: &[(String, String)]) -> Result<StageSpec, St
 
 fn lb_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
     let (mut vips, mut members, mut fields) = (Vec::new(), Vec::new(), HashFields::FiveTuple);
+    let mut rendezvous = false;
     for (k, v) in params {
         match k.as_str() {
             "vip" => {
@@ -718,6 +722,13 @@ fn lb_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
                     v => return Err(format!("hash={v}: 5tuple, 3tuple, 2tuple or src")),
                 }
             }
+            "select" => {
+                rendezvous = match v.as_str() {
+                    "maglev" => false,
+                    "rendezvous" => true,
+                    v => return Err(format!("select={v}: maglev or rendezvous")),
+                }
+            }
             k => return Err(format!("lb: unknown parameter {k:?} (see --help)")),
         }
     }
@@ -726,12 +737,18 @@ fn lb_spec(params: &[(String, String)]) -> Result<StageSpec, String> {
     }
     // A fixed demo key: every run (and every node of a fleet) builds the same tables.
     let key = LbKey::new(*b"nf-pcap lb key!!");
-    let size = table_size_for(members.len()).map_err(|e| format!("lb: {e}"))?;
+    let selection = if rendezvous {
+        Selection::Rendezvous
+    } else {
+        let size = table_size_for(members.len()).map_err(|e| format!("lb: {e}"))?;
+        Selection::Maglev { size }
+    };
     let listeners = vips
         .into_iter()
         .map(|on| {
             let pool = Pool::new(members.iter().copied());
-            Listener::new(&key, on, fields, pool, size).map_err(|e| format!("lb: {e}"))
+            Listener::with_selection(&key, on, fields, pool, selection)
+                .map_err(|e| format!("lb: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let listeners = Listeners::new(listeners).map_err(|e| format!("lb: {e}"))?;
@@ -1612,7 +1629,15 @@ mod tests {
         assert_eq!(l[1].on(), ListenerMatch::Vip("192.0.2.11".parse().unwrap()));
         assert_eq!(l[0].fields(), HashFields::SourceIp);
         assert_eq!(l[1].pool().members().len(), 2);
+        assert!(matches!(l[0].selection(), Selection::Maglev { .. }));
         assert!(build(&specs).is_ok());
+        let specs =
+            parse_pipeline("lb,vip=192.0.2.10:80,backend=10.1.0.1:80,select=rendezvous").unwrap();
+        let StageSpec::Lb { listeners, .. } = &specs[0] else {
+            panic!("{specs:?}");
+        };
+        assert_eq!(listeners.listeners()[0].selection(), Selection::Rendezvous);
+        assert!(parse_pipeline("lb,vip=192.0.2.10:80,backend=10.1.0.1:80,select=ring").is_err());
 
         let specs = parse_pipeline(
             "sg,allow=tcp:80-90@10.0.0.0/8,allow=udp:53,allow=all@2001:db8::/32,zone=7",
