@@ -9,7 +9,8 @@
 //! Checked: no panic; a packet to the VIP is never dropped for lack of state (no session,
 //! table full, zone quota, rate); a packet of a session goes to the backend the session
 //! chose while that backend is up or draining, and otherwise to the table's choice
-//! (re-hash) or is dropped as `lb_backend_down` (reset); a packet without a session goes
+//! (re-hash) or is dropped as `lb_backend_down` (reset; with RSTs asked for, a TCP segment
+//! becomes the RST from the VIP); a packet without a session goes
 //! to the table's choice; the sessions each backend's slot counts equal the live sessions
 //! that hold it; an ICMP error passes (translated) or drops for a related-packet reason.
 #![no_main]
@@ -19,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
 use nf_core::wire::Frame;
 use nf_core::{
-    Batch, DropReason, Duration, FlowKey, Instant, Packet, ParseStage, SessionRef, Stage,
+    Batch, DropReason, Duration, FlowKey, Instant, Packet, ParseStage, PortId, SessionRef, Stage,
     StageControl, Verdict, ZoneId, flow::proto,
 };
 use nf_lb::{
@@ -73,6 +74,8 @@ enum Op {
 struct Input {
     capacity: u8,
     early_drop: bool,
+    /// Reset flows' TCP segments answered with a RST (sent on port 5) rather than dropped.
+    rst: bool,
     limit: Option<(u8, u8)>,
     ops: Vec<Op>,
 }
@@ -210,6 +213,15 @@ impl Run {
                     let b = self.chosen.get(&(r.index(), r.generation())).map(|c| c.1);
                     assert!(b.is_none_or(|b| !serving(b) || l.on_down() == OnDown::Reset));
                 }
+                (Verdict::Tx(port), Some(r)) => {
+                    // A reset flow's TCP segment, answered: the RST from the VIP.
+                    assert_eq!(port, PortId(5));
+                    let b = self.chosen.get(&(r.index(), r.generation())).map(|c| c.1);
+                    assert!(b.is_none_or(|b| !serving(b) || l.on_down() == OnDown::Reset));
+                    assert_eq!(p.meta.flow.proto, proto::TCP);
+                    assert_ne!(p.meta.tcp_flags & nf_core::wire::tcp::tcp_flags::RST, 0);
+                    assert_eq!(p.meta.flow.src_raw()[..4], VIP);
+                }
                 _ => {}
             }
         }
@@ -258,7 +270,11 @@ fuzz_target!(|input: Input| {
     let Some(listeners) = config.listeners() else {
         return;
     };
-    let Ok(ct) = Conntrack::new(cfg, Lb::new(listeners)) else {
+    let mut lb = Lb::new(listeners);
+    if input.rst {
+        lb = lb.with_tcp_resets(PortId(5));
+    }
+    let Ok(ct) = Conntrack::new(cfg, lb) else {
         return;
     };
     let mut run = Run {

@@ -234,8 +234,8 @@ pub enum Forwarding {
 pub enum OnDown {
     /// The flow's next packet is dropped with
     /// [`DropReason::LbBackendDown`](nf_core::DropReason::LbBackendDown), and so are its
-    /// later packets until the session ends (the client times out or gives up; no RST is
-    /// sent).
+    /// later packets until the session ends (the client times out or gives up), unless the
+    /// load balancer answers TCP segments with a RST ([`Lb::with_tcp_resets`](crate::Lb::with_tcp_resets)).
     #[default]
     Reset,
     /// The flow's next packet picks a backend from the table again and the session keeps the

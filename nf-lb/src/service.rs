@@ -35,8 +35,9 @@ use core::hint::select_unpredictable;
 use core::net::IpAddr;
 use nf_core::conntrack::{EndCause, NewFlow, SessionInfo, SessionService, quoted_key};
 use nf_core::flow::proto;
+use nf_core::reply::tcp_reset;
 use nf_core::rewrite::{End, Layout, rewrite_packet, translate_icmp_error};
-use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, Verdict, flags};
+use nf_core::{Direction, DropReason, Family, FlowKey, Instant, Packet, PortId, Verdict, flags};
 
 /// No slot: the flow matched no listener.
 const NONE: u32 = u32::MAX;
@@ -89,8 +90,11 @@ pub struct LbCounters {
     pub rate_limited: u64,
     /// Flows moved to another backend because theirs went down.
     pub rehashed: u64,
-    /// Packets dropped because their flow's backend is down.
+    /// Packets of flows reset because their backend is down: dropped, or answered by a
+    /// RST (`resets_sent`).
     pub reset: u64,
+    /// RSTs sent to clients for reset flows ([`Lb::with_tcp_resets`]).
+    pub resets_sent: u64,
     /// Configurations swapped in.
     pub swaps: u64,
     /// ICMP errors quoting a DNAT flow, translated (outer header and quote).
@@ -306,6 +310,8 @@ pub struct Lb {
     replies: Vec<(ReplyTuple, u32)>,
     buckets: Vec<Bucket>,
     counters: LbCounters,
+    /// Where the RSTs of reset TCP flows go out ([`Lb::with_tcp_resets`]); none: dropped.
+    rst_port: Option<PortId>,
 }
 
 impl Lb {
@@ -321,10 +327,23 @@ impl Lb {
             replies: Vec::new(),
             buckets: Vec::new(),
             counters: LbCounters::default(),
+            rst_port: None,
         };
         lb.set_listeners(listeners);
         lb.counters.swaps = 0;
         lb
+    }
+
+    /// The same load balancer answering a reset flow's TCP segments ([`OnDown::Reset`]):
+    /// instead of being dropped, each becomes in place the RST from the VIP to the client
+    /// (RFC 9293 §3.10.7.1, [`nf_core::reply::tcp_reset`]), sent on `port`
+    /// ([`Verdict::Tx`]), so that the client fails at once rather than by timing out (as
+    /// AWS NLB's connection termination does). Other packets of such flows (UDP, a segment
+    /// that is itself a reset) are still dropped.
+    #[must_use]
+    pub fn with_tcp_resets(mut self, port: PortId) -> Self {
+        self.rst_port = Some(port);
+        self
     }
 
     /// Swaps in a whole new configuration (off the packet path: it allocates). Established
@@ -616,16 +635,14 @@ impl Lb {
         pkt: &mut Packet<B>,
     ) -> Verdict {
         let Some(old) = self.slots.get(value.slot as usize).copied() else {
-            self.counters.reset += 1;
-            return Verdict::Drop(DropReason::LbBackendDown);
+            return self.reset(pkt);
         };
         let new = match (old.on_down, old.listener) {
             (OnDown::Rehash, li) if li != NONE => self.hashed(li as usize, &pkt.meta.flow),
             _ => None,
         };
         let Some((n, s)) = new.and_then(|n| Some((n, self.slots.get_mut(n as usize)?))) else {
-            self.counters.reset += 1;
-            return Verdict::Drop(DropReason::LbBackendDown);
+            return self.reset(pkt);
         };
         s.sessions = s.sessions.saturating_add(1);
         let s = *s;
@@ -635,6 +652,21 @@ impl Lb {
         value.slot = n;
         self.counters.rehashed += 1;
         Self::forward(&s, pkt)
+    }
+
+    /// A packet of a flow whose backend is down and that is not re-hashed: the RST back to
+    /// the client where [`Lb::with_tcp_resets`] asks for one and the packet is a TCP segment
+    /// it may answer, the drop otherwise.
+    #[cold]
+    fn reset<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, pkt: &mut Packet<B>) -> Verdict {
+        self.counters.reset += 1;
+        if let Some(port) = self.rst_port
+            && tcp_reset(pkt).is_ok()
+        {
+            self.counters.resets_sent += 1;
+            return Verdict::Tx(port);
+        }
+        Verdict::Drop(DropReason::LbBackendDown)
     }
 }
 
@@ -837,6 +869,7 @@ impl SessionService for Lb {
             ("rate_limited", c.rate_limited),
             ("rehashed", c.rehashed),
             ("reset", c.reset),
+            ("resets_sent", c.resets_sent),
             ("swaps", c.swaps),
             ("icmp_errors_translated", c.icmp_errors_translated),
             ("icmp_errors_forwarded", c.icmp_errors_forwarded),

@@ -277,6 +277,15 @@ fn ack(sport: u16) -> Vec<u8> {
         .unwrap()
 }
 
+/// Opens a flow from each client port in `ports` (a SYN each) and returns the backend each
+/// went to.
+fn open(p: &mut Pipeline, ports: &[u16]) -> Vec<[u8; 4]> {
+    ports
+        .iter()
+        .map(|&s| dst_of(&run(p, &[syn(s)])[0]))
+        .collect()
+}
+
 /// Sends an ACK of every flow (`ports`, first sent to `first`) after a swap: the flows of
 /// the backend `gone` are reset ([`DropReason::LbBackendDown`]), every other stays where it
 /// was. Returns the resets (at least one).
@@ -308,10 +317,7 @@ fn swaps_keep_flows_drain_keeps_down_resets() {
         4096,
     );
     let ports: Vec<u16> = (1000..1400).collect();
-    let first: Vec<[u8; 4]> = ports
-        .iter()
-        .map(|&s| dst_of(&run(&mut p, &[syn(s)])[0]))
-        .collect();
+    let first = open(&mut p, &ports);
     // Drain 10.0.1.1, remove 10.0.1.2, add 10.0.1.9 with weight 5.
     let mut pool = backends4(4);
     pool.set_health(&BackendId::v4([10, 0, 1, 1], 8080), Health::Draining);
@@ -331,6 +337,74 @@ fn swaps_keep_flows_drain_keeps_down_resets() {
     let mut c = Vec::new();
     p.visit_counters(&mut |stage, name, v| c.push((stage, name, v)));
     assert!(c.contains(&("lb", "reset", reset)));
+}
+
+/// With RSTs asked for, a TCP segment of a flow whose backend left is answered in place by
+/// the RST from the VIP to the client, sent on the given port; other flows are untouched.
+#[test]
+fn reset_flows_get_a_rst_from_the_vip_when_asked() {
+    let lb = Lb::new(Listeners::new(vec![listener(web4(), backends4(4))]).unwrap())
+        .with_tcp_resets(nf_core::PortId(3));
+    let mut p = pipeline(lb, 4096);
+    let ports: Vec<u16> = (1000..1200).collect();
+    let first = open(&mut p, &ports);
+    let mut pool = backends4(4);
+    pool.remove(&BackendId::v4([10, 0, 1, 2], 8080));
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![listener(web4(), pool)]).unwrap());
+    let mut sent = 0;
+    for (&s, &was) in ports.iter().zip(&first) {
+        let mut seg = Frame::ipv4(CLIENT4, VIP4);
+        seg.transport = nf_core::wire::TransportRepr::Tcp(nf_core::wire::tcp::TcpRepr {
+            src_port: s,
+            dst_port: 80,
+            seq: 1000,
+            ack: 77_000 + u32::from(s),
+            flags: 0x10,
+            window: 512,
+            ..Default::default()
+        });
+        let seg = seg.to_vec().unwrap();
+        let out = &run(&mut p, &[seg])[0];
+        if was != [10, 0, 1, 2] {
+            assert_eq!(out.meta.verdict, Verdict::Pass);
+            assert_eq!(dst_of(out), was);
+            continue;
+        }
+        assert_eq!(out.meta.verdict, Verdict::Tx(nf_core::PortId(3)));
+        let (src, dst, sp, dp) = reparse(out.data());
+        assert_eq!((src, sp), (IpAddr::from(VIP4), 80));
+        assert_eq!((dst, dp), (IpAddr::from(CLIENT4), s));
+        let h = PacketHeaders::from_ethernet_slice(out.data()).unwrap();
+        let Some(TransportHeader::Tcp(t)) = h.transport else {
+            panic!("not TCP");
+        };
+        assert!(t.rst && !t.syn && !t.fin);
+        assert_eq!(
+            t.sequence_number,
+            77_000 + u32::from(s),
+            "RST's seq is the ACK's ack"
+        );
+        sent += 1;
+    }
+    assert!(sent > 0);
+    let c = p.second.service().counters();
+    assert_eq!((c.reset, c.resets_sent), (sent, sent));
+    // A UDP flow of a down backend is still dropped (nothing to reset).
+    let lb = Lb::new(Listeners::new(vec![listener(dns4(), backends4(2))]).unwrap())
+        .with_tcp_resets(nf_core::PortId(3));
+    let mut p = pipeline(lb, 64);
+    let q = |s: u16| Frame::ipv4(CLIENT4, VIP4).udp(s, 53).to_vec().unwrap();
+    let to = dst_of(&run(&mut p, &[q(9)])[0]);
+    let mut pool = backends4(2);
+    pool.remove(&BackendId::v4(to, 8080));
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![listener(dns4(), pool)]).unwrap());
+    let out = &run(&mut p, &[q(9)])[0];
+    assert_eq!(out.meta.verdict, Verdict::Drop(DropReason::LbBackendDown));
+    assert_eq!(p.second.service().counters().resets_sent, 0);
 }
 
 /// A rendezvous listener: new flows go where the rendezvous set of its pool says; when a
@@ -357,10 +431,7 @@ fn rendezvous_listeners_move_only_the_departed_backends_flows() {
     let l = &p.second.service().listeners().listeners()[0];
     assert_eq!(l.selection(), Selection::Rendezvous);
     let ports: Vec<u16> = (1000..1400).collect();
-    let first: Vec<[u8; 4]> = ports
-        .iter()
-        .map(|&s| dst_of(&run(&mut p, &[syn(s)])[0]))
-        .collect();
+    let first = open(&mut p, &ports);
     for (&s, d) in ports.iter().zip(&first) {
         let b = reference.backend(reference.flow_hash(&flow(s))).unwrap();
         assert_eq!(&b.id.as_bytes()[1..5], d, "flow {s}");
