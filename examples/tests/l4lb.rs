@@ -11,7 +11,9 @@
 //! DNAT mode: 300 HTTP requests, each on a new connection, spread over the backends in
 //! proportion to their weights, and every backend sees the client's own address; a long
 //! iperf3 transfer through the VIP survives draining one other backend and removing the
-//! third (SIGHUP with a new backends file), after which new requests avoid both.
+//! third (SIGHUP with a new backends file), after which new requests avoid both; of 40
+//! connections held open across that reload, those of the removed backend are reset by the
+//! load balancer's RST when they send, the others answered.
 //!
 //! Encap mode (direct server return): the same spread, with each backend receiving its
 //! flows through a Linux VXLAN device (VNI 42) that holds the VIP and answering through the
@@ -51,6 +53,30 @@ class S(h.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = 'lab', self.server_address[1]
 S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
+
+/// Opens 40 connections to the VIP's port 80, says `open`, waits for a line on stdin, then
+/// sends a request on each and says `results` and, per connection, the backend's name,
+/// `reset` (ECONNRESET) or `timeout`.
+const HELD_CLIENT: &str = "import socket, sys
+socks = [socket.create_connection(('192.0.2.10', 80), timeout=3) for _ in range(40)]
+print('open', flush=True)
+sys.stdin.readline()
+out = []
+for s in socks:
+    try:
+        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
+        data = b''
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        out.append(data.split(b'\\r\\n\\r\\n', 1)[1].split()[0].decode())
+    except ConnectionResetError:
+        out.append('reset')
+    except OSError:
+        out.append('timeout')
+print('results', *out, flush=True)";
 
 /// `n` requests to the VIP, each on its own connection: (backend name → count, client
 /// addresses the backends saw).
@@ -296,6 +322,18 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
     let (c, pid, file) = (st.c.clone(), st.pid, st.file.clone());
     let [b1, b2, b3] = st.backends.clone();
     check_spread(&c);
+    // Connections held open (no request sent yet) across the reload below: those whose
+    // backend it removes must be reset by the load balancer's RST, the others answered.
+    let mut held = Command::new("ip")
+        .args(["netns", "exec", &c, "python3", "-c", HELD_CLIENT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held_out = lines_of(&mut held);
+    let mut held_seen = Vec::new();
+    wait_for(&held_out, "open", 10, &mut held_seen);
 
     // A long transfer: find its backend, then drain one other and remove the third.
     let iperf = Command::new("ip")
@@ -350,6 +388,31 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
         "iperf3 failed: {report}"
     );
 
+    // The held connections send their requests now: those of the removed backend get the
+    // RST (the client's kernel took it: its sequence number is the one it expected), none
+    // waits for an answer that cannot come.
+    let removed = format!("b{}", others[1] + 1);
+    std::io::Write::write_all(held.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    wait_for(&held_out, "results", 20, &mut held_seen);
+    let results: Vec<&str> = held_seen
+        .last()
+        .map_or("", String::as_str)
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    let resets = results.iter().filter(|r| **r == "reset").count();
+    assert!(
+        resets > 0,
+        "no held connection was on {removed}: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| *r == "reset" || (r.starts_with('b') && **r != removed)),
+        "{results:?} (removed: {removed})"
+    );
+    let _ = held.wait();
+
     // New requests go to the carrier only (the drained one takes no new flows).
     let after = requests(&c, 30).by;
     let only = format!("b{}", carrier + 1);
@@ -365,7 +428,9 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
             .unwrap_or_else(|| panic!("no {k}:\n{}", st.seen.join("\n")))
     };
     assert!(get("lb.new_flows") >= (REQUESTS + 31) as u64, "{c:?}");
-    assert_eq!(get("lb.reset"), 0, "{c:?}");
+    // Every reset was a held connection's request, answered by a RST.
+    assert_eq!(get("lb.reset"), resets as u64, "{c:?}");
+    assert_eq!(get("lb.resets_sent"), resets as u64, "{c:?}");
     assert!(get("lb.swaps") >= 2, "{c:?}");
     println!("{}", st.seen.join("\n"));
 }

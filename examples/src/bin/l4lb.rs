@@ -88,7 +88,8 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
-the counters; SIGINT/SIGTERM or --duration prints them and exits.
+the counters; SIGINT/SIGTERM or --duration prints them and exits. A TCP flow whose
+backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
 
   --client IF            interface towards the clients
   --client-addr A/LEN    the load balancer's address there and the on-link prefix
@@ -463,7 +464,13 @@ the counters; SIGINT/SIGTERM or --duration prints them and exits.
             // Every load balancer of a fleet must build the same tables: in a deployment this
             // key is the operator's, shared; a demo makes one per run.
             key: LbKey::new(nf_examples::cli::random_secret()),
-            lb: Conntrack::new(ct, Lb::new(Listeners::default())).map_err(|e| e.to_string())?,
+            // A flow whose backend left or went down is reset: its client's next segment is
+            // answered by a RST from the VIP, so the client fails at once.
+            lb: Conntrack::new(
+                ct,
+                Lb::new(Listeners::default()).with_tcp_resets(PortId(CLIENTS as u16)),
+            )
+            .map_err(|e| e.to_string())?,
             vips: args.vips.clone(),
             protos: args.protos.clone(),
             file: args.backends.clone(),
