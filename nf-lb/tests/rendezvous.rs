@@ -1,5 +1,5 @@
 //! Properties of rendezvous hashing and the ECMP helper: exactly minimal disruption on
-//! leave, join and weight change; weights; order independence; symmetric ECMP choice.
+//! leave, join and weight change; weights (both); order independence; symmetric ECMP choice.
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers fail the test by panicking"
@@ -123,9 +123,11 @@ proptest! {
     }
 }
 
-/// Flows split in proportion to weight (200,000 flows; each share within 3% of its weight's).
+/// Flows split in proportion to weight (200,000 flows; each share within 3% of its weight's),
+/// over a rendezvous set and over an ECMP group of the same members.
 #[test]
 fn weights_proportional() {
+    let key = LbKey::new(KEY);
     for weights in [
         &[1u32, 2, 3, 4][..],
         &[1, 1, 1, 1, 1, 1, 1, 10],
@@ -133,18 +135,28 @@ fn weights_proportional() {
         &[1, 100],
     ] {
         let r = rv(&members(weights));
-        let mut counts = vec![0u64; weights.len()];
-        let n = 200_000;
-        for h in hashes(n) {
-            counts[r.lookup(h) as usize] += 1;
-        }
-        let w_sum: u32 = weights.iter().sum();
-        for (b, &c) in r.backends().iter().zip(&counts) {
-            let exact = n as f64 * f64::from(b.weight) / f64::from(w_sum);
-            assert!(
-                (c as f64 / exact - 1.0).abs() < 0.03,
-                "weights {weights:?}: {c} vs {exact}"
-            );
+        let e = EcmpGroup::new(&key, &members(weights)).unwrap();
+        for (what, choose, backends) in [
+            (
+                "rendezvous",
+                &(|h| r.lookup(h)) as &dyn Fn(u64) -> u32,
+                r.backends(),
+            ),
+            ("ecmp", &|h| e.choose(h), e.next_hops()),
+        ] {
+            let mut counts = vec![0u64; weights.len()];
+            let n = 200_000;
+            for h in hashes(n) {
+                counts[choose(h) as usize] += 1;
+            }
+            let w_sum: u32 = weights.iter().sum();
+            for (b, &c) in backends.iter().zip(&counts) {
+                let exact = n as f64 * f64::from(b.weight) / f64::from(w_sum);
+                assert!(
+                    (c as f64 / exact - 1.0).abs() < 0.03,
+                    "{what}, weights {weights:?}: {c} vs {exact}"
+                );
+            }
         }
     }
 }
