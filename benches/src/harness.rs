@@ -159,6 +159,18 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Adds an issue's targets to a result line's parameters: `target_<what>` for each of
+/// `targets` (read by `nf-bench summary`: speedups and rates are floors, the rest ceilings)
+/// and `meets_target`.
+pub(crate) fn set_targets(params: &mut Value, targets: &[(&str, f64)], meets: bool) {
+    if let Some(m) = params.as_object_mut() {
+        for &(what, v) in targets {
+            m.insert(format!("target_{what}"), json!(v));
+        }
+        m.insert("meets_target".into(), json!(meets));
+    }
+}
+
 /// Prints one result line: the contract's common fields plus `extra`.
 pub(crate) fn report(opts: &Opts, scenario: &str, peer: &str, r: AbResult, extra: Value) {
     let mut m = Map::new();

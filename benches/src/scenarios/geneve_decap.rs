@@ -125,14 +125,11 @@ pub(crate) fn measure(
     let meets = r.ours_ns <= TARGET_NS
         && r.peer_ns / r.ours_ns >= TARGET_SPEEDUP
         && (!ipv4 || r.ours_ns <= ipv4_before_ns);
-    if let Some(m) = params.as_object_mut() {
-        m.insert("target_ns_per_pkt".into(), json!(TARGET_NS));
-        m.insert("target_speedup".into(), json!(TARGET_SPEEDUP));
-        if ipv4 {
-            m.insert("target_ipv4_before_ns".into(), json!(ipv4_before_ns));
-        }
-        m.insert("meets_target".into(), json!(meets));
+    let mut targets = vec![("ns_per_pkt", TARGET_NS), ("speedup", TARGET_SPEEDUP)];
+    if ipv4 {
+        targets.push(("ipv4_before_ns", ipv4_before_ns));
     }
+    harness::set_targets(&mut params, &targets, meets);
     harness::report(opts, scenario, peer, r, params);
 }
 

@@ -226,14 +226,11 @@ fn measure(opts: &Opts) {
         });
         // The targets are the layout `Ipv4Layout::Auto` builds at this size's (DIR-24-8); the
         // other layout's line is on record, without them.
-        if layout == Ipv4Layout::Dir24
-            && let Some(m) = params.as_object_mut()
-        {
-            m.insert("target_ns_per_pkt".into(), json!(TARGET_NS));
-            m.insert("target_speedup".into(), json!(TARGET_SPEEDUP));
-            m.insert(
-                "meets_target".into(),
-                json!(result.ours_ns <= TARGET_NS && speedup >= TARGET_SPEEDUP),
+        if layout == Ipv4Layout::Dir24 {
+            harness::set_targets(
+                &mut params,
+                &[("ns_per_pkt", TARGET_NS), ("speedup", TARGET_SPEEDUP)],
+                result.ours_ns <= TARGET_NS && speedup >= TARGET_SPEEDUP,
             );
         }
         harness::report(opts, "lpm", PEER, result, params);
