@@ -7,7 +7,8 @@
 //! most; the service hears `on_end` exactly once per session it admitted; related packets
 //! never create or refresh a session. Packets arrive in zones 0..3, and the service puts the
 //! replies of some flows in another zone (cross-zone sessions), moving each packet of those
-//! to the zone it leaves into.
+//! to the zone it leaves into. An original-direction TCP segment with URG set renews its
+//! session (`SessionService::renews`): every renewal ends exactly one session, counted.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -43,12 +44,26 @@ struct Svc {
     admitted: u64,
     ended: u64,
     aborted: u64,
+    renewed: u64,
 }
 
 impl SessionService for Svc {
     type Value = (u16, u16, u32, u32);
 
     const CROSS_ZONE: bool = true;
+    const RENEWS: bool = true;
+
+    fn renews<B: AsRef<[u8]>>(
+        &self,
+        _now: Instant,
+        direction: Direction,
+        _value: &(u16, u16, u32, u32),
+        pkt: &Packet<B>,
+    ) -> bool {
+        direction == Direction::Original
+            && pkt.meta.flow.proto == 6
+            && pkt.meta.tcp_flags & 0x20 != 0
+    }
 
     fn on_new<B: AsRef<[u8]>>(
         &mut self,
@@ -103,6 +118,7 @@ impl SessionService for Svc {
         assert_eq!((s.original.zone.0, s.reply.zone.0), (s.value.2, s.value.3));
         self.ended += 1;
         self.aborted += u64::from(cause == EndCause::Aborted);
+        self.renewed += u64::from(cause == EndCause::Renewed);
     }
 }
 
@@ -317,6 +333,7 @@ fuzz_target!(|ops: Vec<Op>| {
     // Every admitted session ended exactly once or is still live.
     let svc = &ca.service().1;
     assert_eq!(svc.admitted, svc.ended + ca.len() as u64, "on_end balance");
+    assert_eq!(svc.renewed, ca.stats().renewed, "one end per renewal");
     // Related packets are tagged with a live-at-the-time session and never dropped as such.
     for (m, _) in &batched {
         if m.has(flags::RELATED) {

@@ -9,7 +9,7 @@
 //! Checked: no panic; a packet to the VIP is never dropped for lack of state (no session,
 //! table full, zone quota, rate); a packet of a session goes to the backend the session
 //! chose while that backend is up or draining, and otherwise to the table's choice
-//! (re-hash) or is dropped as `lb_backend_down` (reset; with RSTs asked for, a TCP segment
+//! (re-hash; under DNAT in a new session) or is dropped as `lb_backend_down` (reset; with RSTs asked for, a TCP segment
 //! becomes the RST from the VIP); a packet without a session goes
 //! to the table's choice; the sessions each backend's slot counts equal the live sessions
 //! that hold it; an ICMP error passes (translated) or drops for a related-packet reason.
@@ -105,9 +105,10 @@ impl Config {
         let mut l = Listener::with_selection(&key, on, self.fields, pool, self.selection).ok()?;
         if self.encap {
             l = l.with_forwarding(Forwarding::Encap);
-            if self.rehash {
-                l = l.with_on_down(OnDown::Rehash);
-            }
+        }
+        if self.rehash {
+            // Under DNAT, the session is replaced (a new slot key in `chosen`).
+            l = l.with_on_down(OnDown::Rehash);
         }
         if let Some(lim) = self.limit {
             l = l.with_new_flow_limit(lim);

@@ -302,6 +302,7 @@ fn counter_names_are_pinned() {
         "service_rejected",
         "refused_passed",
         "reused",
+        "renewed",
         "v4_sessions",
         "v4_inserted",
         "v4_early_drops",

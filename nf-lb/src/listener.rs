@@ -238,9 +238,13 @@ pub enum OnDown {
     /// load balancer answers TCP segments with a RST ([`Lb::with_tcp_resets`](crate::Lb::with_tcp_resets)).
     #[default]
     Reset,
-    /// The flow's next packet picks a backend from the table again and the session keeps the
-    /// new one (counted `rehashed`). Only for [`Forwarding::Encap`]: under DNAT, the new
-    /// backend's replies would carry a tuple the session does not hold.
+    /// The flow's next packet from the client picks a backend from the table again (counted
+    /// `rehashed`). Under encapsulation the session keeps the new backend; under DNAT the
+    /// session is replaced by a new one ([`SessionService::renews`]), whose reply key names
+    /// the new backend, so its answers are un-NATed (a UDP flow carries on; a TCP
+    /// connection meets a backend that does not know it and gets its RST).
+    ///
+    /// [`SessionService::renews`]: nf_core::conntrack::SessionService::renews
     Rehash,
 }
 
@@ -441,14 +445,10 @@ impl Listener {
         }
     }
 
-    /// Checks the settings together: DNAT needs address identities of the VIP's family and
-    /// resets flows of down backends.
+    /// Checks the settings together: DNAT needs address identities of the VIP's family.
     fn check(&self) -> Result<(), ListenerError> {
         if self.forwarding != Forwarding::Dnat {
             return Ok(());
-        }
-        if self.on_down == OnDown::Rehash {
-            return Err(ListenerError::RehashUnderDnat(self.on));
         }
         let family = match self.vip() {
             IpAddr::V4(_) => Family::V4,
@@ -510,9 +510,6 @@ impl Listener {
 pub enum ListenerError {
     /// Two listeners take the same flows.
     Duplicate(ListenerMatch),
-    /// A DNAT listener set to re-hash the flows of down backends ([`OnDown::Rehash`] needs
-    /// [`Forwarding::Encap`]).
-    RehashUnderDnat(ListenerMatch),
     /// A DNAT listener's member whose identity is not an address and port of the VIP's
     /// family.
     NotAnAddress(BackendId),
@@ -522,7 +519,6 @@ impl core::fmt::Display for ListenerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Duplicate(m) => write!(f, "two listeners on {m:?}"),
-            Self::RehashUnderDnat(m) => write!(f, "listener {m:?}: re-hashing under DNAT"),
             Self::NotAnAddress(id) => write!(f, "DNAT member {id} is not a VIP-family address"),
         }
     }

@@ -18,7 +18,8 @@
 //!
 //! - An established flow is never moved while its backend is up or draining.
 //! - A flow whose backend is down or gone is re-hashed on its next packet (counted
-//!   `rehashed`; [`OnDown::Rehash`], encapsulation only) or dropped with
+//!   `rehashed`; [`OnDown::Rehash`]: under DNAT the session is replaced, so the reply key
+//!   follows the new backend) or dropped with
 //!   [`DropReason::LbBackendDown`] (counted `reset`; [`OnDown::Reset`]).
 //! - A packet to a listener whose flow has no session and gets none (table full, zone
 //!   quota, above its listener's [`NewFlowLimit`] or its zone's new-flow rate
@@ -88,7 +89,8 @@ pub struct LbCounters {
     pub stateless_replies: u64,
     /// New flows above their listener's rate limit (then served statelessly).
     pub rate_limited: u64,
-    /// Flows moved to another backend because theirs went down.
+    /// Flows moved to another backend because theirs went down (under DNAT, by replacing
+    /// the session: also counted `new_flows`, and `renewed` by the conntrack stage).
     pub rehashed: u64,
     /// Packets of flows reset because their backend is down: dropped, or answered by a
     /// RST (`resets_sent`).
@@ -310,6 +312,9 @@ pub struct Lb {
     replies: Vec<(ReplyTuple, u32)>,
     buckets: Vec<Bucket>,
     counters: LbCounters,
+    /// Some DNAT listener re-hashes the flows of down backends (then `renews` looks at the
+    /// slot; otherwise one predictable branch on the packet path).
+    renewing: bool,
     /// Where the RSTs of reset TCP flows go out ([`Lb::with_tcp_resets`]); none: dropped.
     rst_port: Option<PortId>,
 }
@@ -327,6 +332,7 @@ impl Lb {
             replies: Vec::new(),
             buckets: Vec::new(),
             counters: LbCounters::default(),
+            renewing: false,
             rst_port: None,
         };
         lb.set_listeners(listeners);
@@ -464,6 +470,10 @@ impl Lb {
         // A backend in several DNAT listeners answers for the first (by identity order).
         self.replies.sort_unstable();
         self.replies.dedup_by_key(|r| r.0);
+        self.renewing = listeners
+            .listeners()
+            .iter()
+            .any(|l| l.forwarding() == Forwarding::Dnat && l.on_down() == OnDown::Rehash);
         self.listeners = listeners;
         self.counters.swaps += 1;
     }
@@ -637,8 +647,12 @@ impl Lb {
         let Some(old) = self.slots.get(value.slot as usize).copied() else {
             return self.reset(pkt);
         };
-        let new = match (old.on_down, old.listener) {
-            (OnDown::Rehash, li) if li != NONE => self.hashed(li as usize, &pkt.meta.flow),
+        // Under DNAT the session is replaced instead (`renews`): moving the slot here would
+        // leave the reply key naming the old backend.
+        let new = match (old.on_down, old.listener, old.forwarding) {
+            (OnDown::Rehash, li, Forwarding::Encap) if li != NONE => {
+                self.hashed(li as usize, &pkt.meta.flow)
+            }
             _ => None,
         };
         let Some((n, s)) = new.and_then(|n| Some((n, self.slots.get_mut(n as usize)?))) else {
@@ -652,6 +666,14 @@ impl Lb {
         value.slot = n;
         self.counters.rehashed += 1;
         Self::forward(&s, pkt)
+    }
+
+    /// Whether a packet travelling `direction` re-hashes its flow of slot `slot` by
+    /// replacing its session (out of line: the packet path asks only with some DNAT
+    /// listener re-hashing).
+    #[inline(never)]
+    fn slot_renews(&self, direction: Direction, slot: u32) -> bool {
+        direction == Direction::Original && self.slots.get(slot as usize).is_some_and(Slot::renews)
     }
 
     /// A packet of a flow whose backend is down and that is not re-hashed: the RST back to
@@ -670,8 +692,36 @@ impl Lb {
     }
 }
 
+impl Slot {
+    /// A DNAT flow of this slot is re-hashed by replacing its session: the backend is down or
+    /// gone and its listener (still configured) re-hashes.
+    #[inline(always)]
+    fn renews(&self) -> bool {
+        !self.serving
+            && self.forwarding == Forwarding::Dnat
+            && self.on_down == OnDown::Rehash
+            && self.listener != NONE
+    }
+}
+
 impl SessionService for Lb {
     type Value = LbSession;
+
+    const RENEWS: bool = true;
+
+    /// A DNAT flow whose backend is down or gone, in a listener that re-hashes
+    /// ([`OnDown::Rehash`]): its next packet from the client replaces the session, so the
+    /// flow's new backend, picked by [`Self::on_new`], comes with its reply key.
+    #[inline(always)]
+    fn renews<B: AsRef<[u8]>>(
+        &self,
+        _now: Instant,
+        direction: Direction,
+        value: &LbSession,
+        _pkt: &Packet<B>,
+    ) -> bool {
+        self.renewing && self.slot_renews(direction, value.slot)
+    }
 
     fn on_new<B: AsRef<[u8]>>(
         &mut self,
@@ -853,9 +903,11 @@ impl SessionService for Lb {
         v
     }
 
-    fn on_end(&mut self, _now: Instant, session: &SessionInfo<LbSession>, _cause: EndCause) {
+    fn on_end(&mut self, _now: Instant, session: &SessionInfo<LbSession>, cause: EndCause) {
         if let Some(s) = self.slots.get_mut(session.value.slot as usize) {
             s.sessions = s.sessions.saturating_sub(1);
+            // Replaced for its down backend (not for another service's reason).
+            self.counters.rehashed += u64::from(cause == EndCause::Renewed && s.renews());
         }
     }
 

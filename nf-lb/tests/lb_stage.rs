@@ -236,11 +236,6 @@ fn encap_writes_the_next_hop_and_leaves_the_packet() {
 
 #[test]
 fn dnat_listeners_are_checked() {
-    let l = listener(web4(), backends4(2)).with_on_down(OnDown::Rehash);
-    assert!(matches!(
-        Listeners::new(vec![l]),
-        Err(ListenerError::RehashUnderDnat(_))
-    ));
     let pool = Pool::new([PoolMember::new(BackendId::new(b"opaque").unwrap(), 1)]);
     assert!(matches!(
         Listeners::new(vec![listener(web4(), pool.clone())]),
@@ -519,6 +514,124 @@ fn down_backends_rehash_under_encap() {
     }
     // Counted once per flow, on its first packet after the change.
     assert_eq!(p.second.service().counters().rehashed, on3);
+}
+
+/// Under DNAT, re-hashing replaces the session: the flows of a backend that went down carry
+/// on with their new backend, whose answers are un-NATed through the new session's reply key
+/// (a slot moved in place would have kept the old backend's reply key, and dropped or
+/// mistranslated those answers).
+#[test]
+fn down_backends_rehash_under_dnat_in_a_new_session() {
+    let pool = |down: bool| {
+        Pool::new((1..=4u8).map(|i| {
+            let m = PoolMember::new(BackendId::v4([10, 0, 1, i], 8080), 1);
+            if down && i == 3 {
+                m.with_health(Health::Down)
+            } else {
+                m
+            }
+        }))
+    };
+    let l = |down| listener(dns4(), pool(down)).with_on_down(OnDown::Rehash);
+    let mut p = pipeline(Lb::new(Listeners::new(vec![l(false)]).unwrap()), 4096);
+    let query = |sport: u16| {
+        Frame::ipv4(CLIENT4, VIP4)
+            .udp(sport, 53)
+            .payload(b"query")
+            .to_vec()
+            .unwrap()
+    };
+    let answer = |from: [u8; 4], sport: u16| {
+        Frame::ipv4(from, CLIENT4)
+            .udp(8080, sport)
+            .payload(b"answer")
+            .to_vec()
+            .unwrap()
+    };
+    let ports: Vec<u16> = (2000..2300).collect();
+    let mut sessions = Vec::new();
+    let first: Vec<[u8; 4]> = ports
+        .iter()
+        .map(|&s| {
+            let out = &run(&mut p, &[query(s)])[0];
+            sessions.push(out.meta.session.unwrap());
+            dst_of(out)
+        })
+        .collect();
+    let on3 = first.iter().filter(|d| d[3] == 3).count() as u64;
+    assert!(on3 > 0);
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![l(true)]).unwrap());
+    for round in 0..2 {
+        for ((&s, &was), old) in ports.iter().zip(&first).zip(&sessions) {
+            let out = run(&mut p, &[query(s)]).remove(0);
+            assert_eq!(out.meta.verdict, Verdict::Pass);
+            let (src, dst, sp, dp) = reparse(out.data());
+            assert_eq!((src, sp, dp), (IpAddr::from(CLIENT4), s, 8080));
+            let IpAddr::V4(now_at) = dst else { panic!() };
+            let now_at = now_at.octets();
+            let session = out.meta.session.unwrap();
+            if was[3] == 3 {
+                assert_ne!(now_at[3], 3);
+                assert_ne!(session, *old, "a new session");
+                // The table's choice for the flow.
+                let k = nf_core::FlowKey::v4(nf_core::ZoneId(0), CLIENT4, VIP4, proto::UDP, s, 53);
+                let lb = p.second.service();
+                let b = lb.listeners().listeners()[0].backend_for(&k).unwrap();
+                assert_eq!(b.id.as_bytes()[1..5], now_at);
+            } else {
+                assert_eq!(now_at, was);
+                assert_eq!(session, *old);
+            }
+            // The new backend's answer finds the session and comes back from the VIP.
+            let back = run(&mut p, &[answer(now_at, s)]).remove(0);
+            assert_eq!(back.meta.verdict, Verdict::Pass, "round {round}");
+            assert_eq!(back.meta.session, Some(session));
+            let (src, dst, sp, dp) = reparse(back.data());
+            assert_eq!(
+                (src, dst, sp, dp),
+                (IpAddr::from(VIP4), IpAddr::from(CLIENT4), 53, s)
+            );
+        }
+    }
+    // Counted once per flow, on its first packet after the change; the replaced sessions
+    // are gone and their backend holds none.
+    let ct = &p.second;
+    assert_eq!(ct.stats().renewed, on3);
+    assert_eq!(ct.service().counters().rehashed, on3);
+    assert_eq!(ct.service().counters().new_flows, ports.len() as u64 + on3);
+    assert_eq!(ct.len(), ports.len());
+    let lb = ct.service();
+    let id3 = BackendId::v4([10, 0, 1, 3], 8080);
+    assert_eq!(lb.sessions_of(&dns4(), &id3), 0);
+
+    // TCP: the segment after the change may not open a session (a SYN only, by default), so
+    // the renewed flow is forwarded by the hash alone, to a serving backend (which answers
+    // a connection it does not know with a RST, un-NATed statelessly).
+    let web = |down| listener(web4(), pool(down)).with_on_down(OnDown::Rehash);
+    let mut p = pipeline(Lb::new(Listeners::new(vec![web(false)]).unwrap()), 4096);
+    let ports: Vec<u16> = (3000..3100).collect();
+    let on = open(&mut p, &ports);
+    p.second
+        .service_mut()
+        .set_listeners(Listeners::new(vec![web(true)]).unwrap());
+    let mut moved = 0;
+    for (&s, was) in ports.iter().zip(&on) {
+        let out = run(&mut p, &[ack(s)]).remove(0);
+        assert_eq!(out.meta.verdict, Verdict::Pass);
+        assert_ne!(dst_of(&out)[3], 3);
+        if was[3] == 3 {
+            assert_eq!(out.meta.session, None);
+            moved += 1;
+        } else {
+            assert_eq!(dst_of(&out), *was);
+        }
+    }
+    assert!(moved > 0);
+    let ct = &p.second;
+    assert_eq!(ct.stats().renewed, moved);
+    assert_eq!(ct.service().counters().stateless, moved);
 }
 
 #[test]

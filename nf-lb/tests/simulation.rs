@@ -5,13 +5,17 @@
 //! configuration: a flow with a session never moves while its backend is up or draining;
 //! a flow whose backend went down moves to the table's current choice, and the load
 //! balancer's `rehashed` counter equals the number of such moves; a flow without a session
-//! (the table was full) is forwarded to the table's current choice, never dropped.
+//! (the table was full) is forwarded to the table's current choice, never dropped. Run
+//! under encapsulation (a re-hashed session keeps its slot, moved) and under DNAT (a
+//! re-hashed session is replaced, counted `renewed` by the conntrack stage, and the table
+//! stays exactly as full).
 //!
 //! 100,000 flows by default (90,000 sessions and 10,000 stateless); set `NF_LB_SIM_FLOWS`
 //! for more: `.ci/run` runs a million (900,000 sessions) in a release build,
 //! `NF_LB_SIM_FLOWS=1000000 cargo test --release -p nf-lb --test simulation` (about 5 s).
 #![expect(
     clippy::unwrap_used,
+    clippy::indexing_slicing,
     reason = "test helpers fail the test by panicking"
 )]
 
@@ -53,7 +57,7 @@ fn id(i: u32) -> BackendId {
 /// The configuration: backend number → (weight, health).
 type Model = BTreeMap<u32, (u32, Health)>;
 
-fn listeners(m: &Model) -> Listeners {
+fn listeners(m: &Model, forwarding: Forwarding) -> Listeners {
     let pool = Pool::new(
         m.iter()
             .map(|(&i, &(w, h))| PoolMember::new(id(i), w).with_health(h).with_next_hop(i)),
@@ -71,7 +75,7 @@ fn listeners(m: &Model) -> Listeners {
         TABLE,
     )
     .unwrap()
-    .with_forwarding(Forwarding::Encap)
+    .with_forwarding(forwarding)
     .with_on_down(OnDown::Rehash);
     Listeners::new(vec![l]).unwrap()
 }
@@ -88,11 +92,14 @@ fn flow(i: u32) -> FlowKey {
     )
 }
 
-/// One packet of every flow through the stage, in batches of 64; the next hops.
+/// One packet of every flow through the stage, in batches of 64; the backends they went to
+/// (under encapsulation the next hop, under DNAT the destination address) and whether they
+/// have a session.
 fn send_all(
     ct: &mut Conntrack<Lb>,
     parse: &mut ParseStage,
     frames: &[Vec<u8>],
+    forwarding: Forwarding,
 ) -> Vec<(u32, bool)> {
     let now = Instant::from_nanos(1_000_000_000);
     let mut out = Vec::with_capacity(frames.len());
@@ -105,14 +112,30 @@ fn send_all(
         ct.process(now, &mut batch);
         for p in batch.packets() {
             assert_eq!(p.meta.verdict, Verdict::Pass, "never dropped");
-            out.push((p.meta.next_hop, p.meta.session.is_some()));
+            let backend = if forwarding == Forwarding::Encap {
+                p.meta.next_hop
+            } else {
+                let d = p.data().get(30..34).unwrap();
+                assert_eq!(d[..2], [10, 1], "DNAT to a backend");
+                u32::from(d[2]) << 8 | u32::from(d[3])
+            };
+            out.push((backend, p.meta.session.is_some()));
         }
     }
     out
 }
 
 #[test]
-fn no_established_flow_moves_while_its_backend_is_up() {
+fn no_established_flow_moves_while_its_backend_is_up_encap() {
+    simulate(Forwarding::Encap);
+}
+
+#[test]
+fn no_established_flow_moves_while_its_backend_is_up_dnat() {
+    simulate(Forwarding::Dnat);
+}
+
+fn simulate(forwarding: Forwarding) {
     let flows: u32 = std::env::var("NF_LB_SIM_FLOWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -129,7 +152,7 @@ fn no_established_flow_moves_while_its_backend_is_up() {
         v6: 64,
     });
     cfg.v4.early_drop = false;
-    let mut ct = Conntrack::new(cfg, Lb::new(listeners(&model))).unwrap();
+    let mut ct = Conntrack::new(cfg, Lb::new(listeners(&model, forwarding))).unwrap();
     let mut parse = ParseStage::default();
     let frames: Vec<Vec<u8>> = (0..flows)
         .map(|i| {
@@ -143,7 +166,7 @@ fn no_established_flow_moves_while_its_backend_is_up() {
         .collect();
 
     // The first packets: the table fills, the rest are served by the hash alone.
-    let first = send_all(&mut ct, &mut parse, &frames);
+    let first = send_all(&mut ct, &mut parse, &frames, forwarding);
     let tracked: Vec<bool> = first.iter().map(|&(_, s)| s).collect();
     let mut at: Vec<u32> = first.iter().map(|&(h, _)| h).collect();
     assert_eq!(tracked.iter().filter(|&&t| t).count(), capacity as usize);
@@ -179,11 +202,11 @@ fn no_established_flow_moves_while_its_backend_is_up() {
                 break;
             }
         }
-        let cfg = listeners(&model);
+        let cfg = listeners(&model, forwarding);
         let l = cfg.listeners()[0].clone();
         ct.service_mut().set_listeners(cfg);
 
-        let got = send_all(&mut ct, &mut parse, &frames);
+        let got = send_all(&mut ct, &mut parse, &frames, forwarding);
         for (i, &(hop, has_session)) in got.iter().enumerate() {
             let chosen = l.backend_for(&flow(i as u32)).unwrap();
             let table_hop = (0..next_backend).find(|&b| id(b) == chosen.id).unwrap();
@@ -207,6 +230,13 @@ fn no_established_flow_moves_while_its_backend_is_up() {
             expected_rehashed,
             "round {round}"
         );
+        let renewed = if forwarding == Forwarding::Dnat {
+            expected_rehashed
+        } else {
+            0
+        };
+        assert_eq!(ct.stats().renewed, renewed, "round {round}");
+        assert_eq!(ct.len(), capacity as usize, "round {round}");
     }
     assert!(moved_total > 0, "the changes took some backend down");
     assert_eq!(ct.service().counters().reset, 0);

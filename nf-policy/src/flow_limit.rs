@@ -125,6 +125,7 @@ impl<S: SessionService> SessionService for ZoneNewFlowLimit<S> {
 
     const CHECKS: bool = S::CHECKS;
     const CROSS_ZONE: bool = S::CROSS_ZONE;
+    const RENEWS: bool = S::RENEWS;
 
     #[inline]
     fn on_new<B: AsRef<[u8]>>(
@@ -143,6 +144,17 @@ impl<S: SessionService> SessionService for ZoneNewFlowLimit<S> {
         let value = self.inner.on_new(now, pkt, new)?;
         z.bucket.take(1);
         Ok(value)
+    }
+
+    #[inline(always)]
+    fn renews<B: AsRef<[u8]>>(
+        &self,
+        now: Instant,
+        direction: Direction,
+        value: &S::Value,
+        pkt: &Packet<B>,
+    ) -> bool {
+        self.inner.renews(now, direction, value, pkt)
     }
 
     #[inline(always)]

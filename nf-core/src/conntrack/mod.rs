@@ -71,13 +71,18 @@
 //!   [`RELATED`](crate::flags::RELATED) with the session and the direction they travel,
 //!   given to [`SessionService::on_related`]; they never create, refresh or end a session.
 //! - **End**: [`SessionService::on_end`] exactly once for each session the service admitted,
-//!   with the [`EndCause`] (expiry, early drop, removal, port reuse, or aborted before the
-//!   insert).
+//!   with the [`EndCause`] (expiry, early drop, removal, port reuse, renewal, or aborted
+//!   before the insert).
 //! - **TCP port reuse**: a bare SYN from the originator that meets its flow's session in
 //!   `TimeWait` or `Closed` ends that session ([`EndCause::Reused`], counted `reused`) and
 //!   opens a new one, decided afresh by the zone's policy and every service, as Linux
 //!   conntrack does: a new connection never inherits a draining backend, an old NAT
 //!   mapping or a security-group verdict a rule change has since withdrawn.
+//! - **Renewal** (optional, [`SessionService::RENEWS`]): a service may ask for a packet's
+//!   session to be replaced ([`SessionService::renews`]) when its decision no longer holds
+//!   and the new one changes the reply key (a DNAT load balancer re-hashing a flow whose
+//!   backend went down): the session ends ([`EndCause::Renewed`], counted `renewed`) and the
+//!   packet opens a new one, decided afresh, its reply key chosen with the insert.
 //! - **Composition**: `(A, B)` is a service with value `(A::Value, B::Value)`; `A` decides and
 //!   sees packets first. All static dispatch, no allocation. `()` is the empty service, and a
 //!   function crate stays usable alone as `Conntrack<ItsService>`.

@@ -84,6 +84,32 @@ pub trait SessionService {
         Ok(())
     }
 
+    /// Whether [`Self::renews`] does anything. `false` (the default) and the stage never
+    /// calls it, at no cost.
+    const RENEWS: bool = false;
+
+    /// Whether this packet of an existing session ends it and opens a new session in its
+    /// place, the packet as its first (original direction), decided afresh by every
+    /// service: for a decision that no longer holds and whose replacement changes the reply
+    /// key, which only an insert chooses (a DNAT load balancer re-hashing a flow whose
+    /// backend went down: the new backend answers from another address). Asked before
+    /// [`Self::check`], before the session's TCP state moves or its timeout is refreshed,
+    /// and only when [`Self::RENEWS`] is true. The old session ends with
+    /// [`EndCause::Renewed`] (counted `renewed`); if the packet may not open the new one
+    /// (the zone's policy, a service's refusal, a full table), it goes to
+    /// [`Self::on_refused`] like any packet without a session.
+    #[inline(always)]
+    fn renews<B: AsRef<[u8]>>(
+        &self,
+        now: Instant,
+        direction: Direction,
+        value: &Self::Value,
+        pkt: &Packet<B>,
+    ) -> bool {
+        let _ = (now, direction, value, pkt);
+        false
+    }
+
     /// One packet of a session (the first one included), travelling `direction`.
     #[inline(always)]
     fn on_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -182,6 +208,9 @@ pub enum EndCause {
     Reused,
     /// Never created: a later service refused the flow or the table refused the insert.
     Aborted,
+    /// A service asked for the session to be replaced ([`SessionService::renews`]): its
+    /// packet opens a new session, decided afresh.
+    Renewed,
 }
 
 /// A new flow being decided by [`SessionService::on_new`]: its keys, and whether a candidate
@@ -322,10 +351,23 @@ impl<S: SessionService> SessionService for Option<S> {
 
     const CHECKS: bool = S::CHECKS;
     const CROSS_ZONE: bool = S::CROSS_ZONE;
+    const RENEWS: bool = S::RENEWS;
 
     #[inline(always)]
     fn is_present(&self) -> bool {
         self.as_ref().is_some_and(S::is_present)
+    }
+
+    #[inline(always)]
+    fn renews<B: AsRef<[u8]>>(
+        &self,
+        now: Instant,
+        direction: Direction,
+        value: &S::Value,
+        pkt: &Packet<B>,
+    ) -> bool {
+        self.as_ref()
+            .is_some_and(|s| s.renews(now, direction, value, pkt))
     }
 
     #[inline]
@@ -452,6 +494,19 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
 
     const CHECKS: bool = A::CHECKS || S::CHECKS;
     const CROSS_ZONE: bool = A::CROSS_ZONE || S::CROSS_ZONE;
+    const RENEWS: bool = A::RENEWS || S::RENEWS;
+
+    #[inline(always)]
+    fn renews<B: AsRef<[u8]>>(
+        &self,
+        now: Instant,
+        direction: Direction,
+        value: &Self::Value,
+        pkt: &Packet<B>,
+    ) -> bool {
+        (A::RENEWS && self.0.renews(now, direction, &value.0, pkt))
+            || (S::RENEWS && self.1.renews(now, direction, &value.1, pkt))
+    }
 
     #[inline(always)]
     fn check<B: AsRef<[u8]>>(

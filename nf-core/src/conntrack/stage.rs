@@ -187,6 +187,10 @@ pub struct ConntrackCounters {
     /// TCP port reuse: a SYN met its flow's closed session (`TimeWait` or `Closed`), which
     /// ended ([`EndCause::Reused`]); the SYN then went the new-flow way (counted there too).
     pub reused: u64,
+    /// A service asked for a packet's session to be replaced
+    /// ([`SessionService::renews`]): the session ended ([`EndCause::Renewed`]) and the
+    /// packet went the new-flow way (counted there too).
+    pub renewed: u64,
 }
 
 /// A session created earlier in the current batch: later packets of the batch whose batch
@@ -422,6 +426,17 @@ impl<S: SessionService> Conntrack<S> {
         }
     }
 
+    /// Whether a service asks for `h`'s session to be replaced by a new one that this
+    /// packet opens ([`SessionService::renews`]).
+    #[inline]
+    fn renews<B: AsRef<[u8]>>(&self, now: Instant, pkt: &Packet<B>, h: Hit) -> bool {
+        let value = match h.session.family() {
+            Family::V4 => self.v4.value(h.session),
+            Family::V6 => self.v6.value(h.session),
+        };
+        value.is_some_and(|v| self.service.renews(now, h.direction, v, pkt))
+    }
+
     /// Whether this packet is a new connection reusing the ports of `h`'s closed session: a
     /// bare SYN in the original direction meeting `TimeWait` or `Closed`. Linux conntrack
     /// does the same (the old entry is killed and the SYN looked up again): were the session
@@ -511,8 +526,14 @@ impl<S: SessionService> Conntrack<S> {
         };
         let r = h.session;
         let service = &mut self.service;
+        let mut renew = false;
         let outcome = on_table!(self, r.family(), |t| {
             t.track_steady(r, now, fl, |v| {
+                if S::RENEWS && service.renews(now, h.direction, v, pkt) {
+                    // To be replaced: the full path ends the session, untouched here.
+                    renew = true;
+                    return (false, Err(DropReason::NoSession));
+                }
                 if S::CHECKS
                     && let Err(reason) = service.check(now, h.direction, v, pkt)
                 {
@@ -522,6 +543,9 @@ impl<S: SessionService> Conntrack<S> {
                 (true, Ok(service.on_packet(now, h.direction, v, pkt)))
             })
         })?;
+        if S::RENEWS && renew {
+            return None;
+        }
         match outcome {
             Ok(verdict) => {
                 pkt.meta.session = Some(SessionRef::new(r.family(), r.index(), r.generation()));
@@ -806,6 +830,17 @@ impl<S: SessionService> Conntrack<S> {
             hit = None;
             reversed = None;
         }
+        if S::RENEWS
+            && let Some(h) = hit
+            && self.renews(now, pkt, h)
+        {
+            self.stats.renewed += 1;
+            let _ = self.end(now, h.session, EndCause::Renewed);
+            pass.changed = true;
+            hit = None;
+            // The packet's own key was the session's: hash its reverse afresh at the insert.
+            reversed = None;
+        }
         match hit {
             Some(h) => self.established(now, pkt, h),
             None => {
@@ -1011,6 +1046,7 @@ impl<S: SessionService> StageControl for Conntrack<S> {
             ("service_rejected", s.service_rejected),
             ("refused_passed", s.refused_passed),
             ("reused", s.reused),
+            ("renewed", s.renewed),
         ] {
             f(name, c, v);
         }
