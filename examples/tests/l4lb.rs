@@ -248,15 +248,7 @@ fn setup(tag: &str, encap: bool) -> Option<Setup> {
             "xdp",
         ]);
     }
-    let mut lb = lb
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut lb);
-    let pid = lb.id();
-    lab.children.push(lb);
+    let (lines, pid) = lab.spawn_watched(&mut lb);
     let mut seen = Vec::new();
     wait_for(&lines, "l4lb: ready", 10, &mut seen);
     std::thread::sleep(Duration::from_millis(500));

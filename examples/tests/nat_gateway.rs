@@ -35,7 +35,7 @@
 
 mod common;
 
-use common::{Lab, counters, lines_of, pings, sh, wait_for};
+use common::{Lab, counters, pings, sh, wait_for};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -86,19 +86,14 @@ fn lab(tag: &str) -> Option<(Lab, [String; 3])> {
 }
 
 fn start_gateway(lab: &mut Lab, g: &str, args: &[&str]) -> (Receiver<String>, Vec<String>) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", g, GATEWAY])
-        .args(["--inside", "ig", "--inside-addr", "10.0.0.1/24"])
-        .args(["--outside", "og", "--outside-addr", "203.0.113.1/24"])
-        .args(args)
-        .args(["--duration", "120"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    lab.children.push(child);
+    let (lines, _) = lab.spawn_watched(
+        Command::new("ip")
+            .args(["netns", "exec", g, GATEWAY])
+            .args(["--inside", "ig", "--inside-addr", "10.0.0.1/24"])
+            .args(["--outside", "og", "--outside-addr", "203.0.113.1/24"])
+            .args(args)
+            .args(["--duration", "120"]),
+    );
     let mut seen = Vec::new();
     wait_for(&lines, "nat-gateway: ready", 10, &mut seen);
     (lines, seen)

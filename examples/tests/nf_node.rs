@@ -14,9 +14,9 @@
 
 mod common;
 
-use common::{counters, lines_of, pings, sh, wait_for};
+use common::{counters, pings, sh, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -96,29 +96,24 @@ fn start_node(
     workers: u16,
 ) -> (Receiver<String>, String, Vec<String>) {
     let n = workers.to_string();
-    let mut node = Command::new("ip")
-        .args(["netns", "exec", g, NODE, "--config"])
-        .arg(dir)
-        .args([
-            "--workers",
-            &n,
-            "--pull-every",
-            "0.1",
-            "--stats-every",
-            "1",
-            "--duration",
-            "60",
-            "--io",
-            io,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut node);
-    let pid = node.id().to_string();
-    lab.children.push(node);
+    let (lines, pid) = lab.spawn_watched(
+        Command::new("ip")
+            .args(["netns", "exec", g, NODE, "--config"])
+            .arg(dir)
+            .args([
+                "--workers",
+                &n,
+                "--pull-every",
+                "0.1",
+                "--stats-every",
+                "1",
+                "--duration",
+                "60",
+                "--io",
+                io,
+            ]),
+    );
+    let pid = pid.to_string();
     let mut seen = Vec::new();
     wait_for(
         &lines,

@@ -352,6 +352,21 @@ impl Lab {
             .expect("spawn a process in a namespace");
         self.children.push(c);
     }
+
+    /// Starts `cmd` (stdin closed) with its stdout and stderr read line by line; killed when
+    /// the lab goes. Its lines and its pid.
+    pub fn spawn_watched(&mut self, cmd: &mut Command) -> (Receiver<String>, u32) {
+        let mut c = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a watched process");
+        let lines = lines_of(&mut c);
+        let pid = c.id();
+        self.children.push(c);
+        (lines, pid)
+    }
 }
 
 /// A UDP echo server (`python3 -c UDP_ECHO ADDR PORT`): every datagram back to its sender;
@@ -442,15 +457,7 @@ impl Lab {
     /// Starts [`UDP_ECHO`] on `addr`:7007 in namespace `ns` (killed with the lab) and waits
     /// until it is bound.
     pub fn udp_echo(&mut self, ns: &str, addr: &str) {
-        let mut echo = python_in(ns, UDP_ECHO)
-            .args([addr, "7007"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the UDP echo server");
-        let lines = lines_of(&mut echo);
-        self.children.push(echo);
+        let (lines, _) = self.spawn_watched(python_in(ns, UDP_ECHO).args([addr, "7007"]));
         wait_for(&lines, "echo ready", 10, &mut Vec::new());
     }
 }
