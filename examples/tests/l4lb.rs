@@ -13,7 +13,9 @@
 //! iperf3 transfer through the VIP survives draining one other backend and removing the
 //! third (SIGHUP with a new backends file), after which new requests avoid both; of 40
 //! connections held open across that reload, those of the removed backend are reset by the
-//! load balancer's RST when they send, the others answered.
+//! load balancer's RST when they send, the others answered. With `--on-down rehash`, a UDP
+//! flow (a connected Linux socket, one 5-tuple) whose backend goes down moves to the
+//! table's choice in a new session and keeps receiving its answers from the VIP.
 //!
 //! Encap mode (direct server return): the same spread, with each backend receiving its
 //! flows through a Linux VXLAN device (VNI 42) that holds the VIP and answering through the
@@ -124,8 +126,8 @@ struct Requests {
 
 /// The lab of either mode, with `l4lb` running and ready.
 struct Setup {
-    /// Held for its `Drop`: the namespaces and processes go when the test ends.
-    _lab: Lab,
+    /// The namespaces and processes, gone when the test ends.
+    lab: Lab,
     c: String,
     backends: [String; 3],
     file: std::path::PathBuf,
@@ -135,8 +137,9 @@ struct Setup {
 }
 
 /// Builds the namespaces, starts the backends' servers and `l4lb` (`--mode encap` when
-/// `encap`), or `None` (after saying why) when a tool is missing outside CI.
-fn setup(tag: &str, encap: bool) -> Option<Setup> {
+/// `encap`, with `extra` arguments), or `None` (after saying why) when a tool is missing
+/// outside CI.
+fn setup(tag: &str, encap: bool, extra: &[&str]) -> Option<Setup> {
     if !common::is_root() {
         assert!(!common::in_ci(), "l4lb needs root under CI=true");
         eprintln!("SKIP: l4lb needs root (set CI=true to make this a failure)");
@@ -235,7 +238,8 @@ fn setup(tag: &str, encap: bool) -> Option<Setup> {
             "--backends",
         ])
         .arg(&file)
-        .args(["--duration", "120"]);
+        .args(["--duration", "120"])
+        .args(extra);
     if !encap {
         lb.args(["--io", "packet"]);
     }
@@ -253,7 +257,7 @@ fn setup(tag: &str, encap: bool) -> Option<Setup> {
     wait_for(&lines, "l4lb: ready", 10, &mut seen);
     std::thread::sleep(Duration::from_millis(500));
     Some(Setup {
-        _lab: lab,
+        lab,
         c,
         backends: [b1, b2, b3],
         file,
@@ -308,7 +312,7 @@ fn check_spread(c: &str) {
 
 #[test]
 fn balances_by_weight_keeps_client_addresses_and_established_flows() {
-    let Some(mut st) = setup("d", false) else {
+    let Some(mut st) = setup("d", false, &[]) else {
         return;
     };
     let (c, pid, file) = (st.c.clone(), st.pid, st.file.clone());
@@ -429,7 +433,7 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
 
 #[test]
 fn encap_mode_backends_decapsulate_with_linux_vxlan_and_answer_directly() {
-    let Some(mut st) = setup("e", true) else {
+    let Some(mut st) = setup("e", true, &[]) else {
         return;
     };
     check_spread(&st.c.clone());
@@ -468,5 +472,88 @@ fn encap_mode_backends_decapsulate_with_linux_vxlan_and_answer_directly() {
         get("bg.forwarded") + get("bg.forwarded_after_arp") >= get("tunnel_encap.packets"),
         "{c:?}"
     );
+    println!("{}", st.seen.join("\n"));
+}
+
+/// A UDP server answering each datagram with its name and the sender's address.
+const UDP_WHO: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(f'{sys.argv[3]} {a[0]}'.encode(), a)";
+
+/// One UDP flow to the VIP's port 80, always from 198.51.100.2:40000: sends until answered
+/// (a few tries) and prints the answer (the backend's name and the client address it saw),
+/// or `timeout`. The socket is connected, so only an answer from the VIP's address and
+/// port is taken.
+const UDP_ASK: &str = "import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('198.51.100.2', 40000))
+s.connect(('192.0.2.10', 80))
+s.settimeout(1)
+for _ in range(5):
+    s.send(b'who')
+    try:
+        print(s.recv(2048).decode(), flush=True)
+        break
+    except socket.timeout:
+        pass
+else:
+    print('timeout', flush=True)";
+
+/// `--on-down rehash` under DNAT: a UDP flow whose backend goes down carries on with the
+/// backend the table picks, in a new session whose reply key names it, so the Linux
+/// client's connected socket keeps receiving the answers from the VIP.
+#[test]
+fn udp_flow_of_a_down_backend_moves_with_its_answers_under_rehash() {
+    let Some(mut st) = setup("u", false, &["--proto", "udp", "--on-down", "rehash"]) else {
+        return;
+    };
+    let py = common::system_python();
+    for (i, ns) in st.backends.clone().iter().enumerate() {
+        let (addr, name) = (format!("10.1.0.1{}", i + 1), format!("b{}", i + 1));
+        st.lab.spawn(ns, &[py, "-c", UDP_WHO, &addr, "80", &name]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ask = |c: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", c, py, "-c", UDP_ASK])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let c = st.c.clone();
+    let first = ask(&c);
+    let (was, client) = first.split_once(' ').expect(&first);
+    assert_eq!(client, "198.51.100.2", "{first}");
+    // The same flow again: the same backend (its session).
+    assert_eq!(ask(&c), first);
+    // Its backend goes down.
+    let spec: String = (1..=3)
+        .map(|i| {
+            let state = if format!("b{i}") == was { "down" } else { "up" };
+            format!("10.1.0.1{i}:0 weight={i} state={state}\n")
+        })
+        .collect();
+    std::fs::write(&st.file, &spec).unwrap();
+    sh(&format!("kill -HUP {}", st.pid));
+    wait_for(&st.lines, "l4lb: reloaded", 5, &mut st.seen);
+    let moved = ask(&c);
+    let (now, client) = moved.split_once(' ').expect(&moved);
+    assert_ne!(now, was, "{moved}");
+    assert!(now.starts_with('b'), "{moved}");
+    assert_eq!(client, "198.51.100.2", "{moved}");
+    // And it stays there.
+    assert_eq!(ask(&c), moved);
+    let c = stop(&mut st);
+    let get = |k: &str| {
+        *c.get(k)
+            .unwrap_or_else(|| panic!("no {k}:\n{}", st.seen.join("\n")))
+    };
+    assert_eq!(get("lb.rehashed"), 1, "{c:?}");
+    assert_eq!(get("conntrack.renewed"), 1, "{c:?}");
+    assert_eq!(get("lb.reset"), 0, "{c:?}");
     println!("{}", st.seen.join("\n"));
 }

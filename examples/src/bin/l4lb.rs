@@ -11,7 +11,10 @@
 //! backend-side address; backends route their answers back through it (their default route).
 //! The client's address is kept (the backends see who connects, like AWS NLB). A flow keeps
 //! its backend for as long as that backend is up or draining; a removed or down backend's
-//! flows are dropped (`lb_backend_down`), and when the session table refuses a flow it is
+//! flows are reset (a TCP segment answered by a RST from the VIP, anything else dropped as
+//! `lb_backend_down`), or with `--on-down rehash` moved to the table's choice in a new
+//! session (a UDP flow carries on with its new backend, whose answers are un-NATed; counted
+//! `lb.rehashed` and `conntrack.renewed`). When the session table refuses a flow it is
 //! still forwarded by the hash alone (counted `lb.stateless`).
 //!
 //! Several `--vip`s balance over the same backends (a backend port of 0 keeps the VIP's
@@ -70,7 +73,7 @@ mod linux {
     use nf_examples::say;
     use nf_lb::{
         BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners,
-        Pool, PoolMember, table_size_for,
+        OnDown, Pool, PoolMember, table_size_for,
     };
     use nf_tunnel::{Destination, EncapConfig, EncapStage, Underlay};
     use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -83,13 +86,14 @@ mod linux {
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
-            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--sessions N] [--io auto|packet|xdp] [--cpu N]
-            [--duration SECS]
+            [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
+            [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
 the counters; SIGINT/SIGTERM or --duration prints them and exits. A TCP flow whose
-backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
+backend leaves FILE or goes down is reset: its client gets a RST from the VIP (unless
+--on-down rehash).
 
   --client IF            interface towards the clients
   --client-addr A/LEN    the load balancer's address there and the on-link prefix
@@ -108,6 +112,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
   --vni N                encap: the VXLAN network identifier (default 42)
   --inner-mac MAC        encap: destination MAC of the inner frames, the backends' VXLAN
                          devices' address (default 02:00:00:00:00:01)
+  --on-down A            what the flows of a backend that leaves FILE or goes down get:
+                         reset (default; TCP: a RST from the VIP, others dropped) or
+                         rehash (the table's choice, in a new session under DNAT)
   --sessions N           session table size (default 65536)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
@@ -127,6 +134,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
         protos: Vec<u8>,
         gateway: Option<Ipv4Addr>,
         encap: Option<EncapMode>,
+        on_down: OnDown,
         sessions: u32,
         duration: Option<f64>,
         io: IoKind,
@@ -155,6 +163,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
+        let mut on_down = OnDown::Reset;
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -216,6 +225,13 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
                         .ok_or_else(|| bad("a 24-bit VNI"))?
                 }
                 "--inner-mac" => inner_mac = parse_mac(&value).ok_or_else(|| bad("a MAC"))?,
+                "--on-down" => {
+                    on_down = match value.as_str() {
+                        "reset" => OnDown::Reset,
+                        "rehash" => OnDown::Rehash,
+                        _ => return Err(bad("reset or rehash")),
+                    }
+                }
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -234,6 +250,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
             protos,
             gateway,
             encap: encap.then_some(EncapMode { vni, inner_mac }),
+            on_down,
             sessions,
             duration,
             io,
@@ -295,6 +312,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
         key: LbKey,
         vips: Vec<(SocketAddrV4, HashFields)>,
         protos: Vec<u8>,
+        on_down: OnDown,
         file: PathBuf,
         encap: Option<Encap>,
     }
@@ -342,7 +360,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
                 listeners.push(
                     Listener::new(&self.key, on, vip.1, pool, size)
                         .map_err(|e| e.to_string())?
-                        .with_forwarding(forwarding),
+                        .with_forwarding(forwarding)
+                        .with_on_down(self.on_down),
                 );
             }
             Listeners::new(listeners).map_err(|e| e.to_string())
@@ -464,8 +483,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
             // Every load balancer of a fleet must build the same tables: in a deployment this
             // key is the operator's, shared; a demo makes one per run.
             key: LbKey::new(nf_examples::cli::random_secret()),
-            // A flow whose backend left or went down is reset: its client's next segment is
-            // answered by a RST from the VIP, so the client fails at once.
+            // A flow whose backend left or went down is reset (unless `--on-down rehash`): its
+            // client's next segment is answered by a RST from the VIP, so the client fails
+            // at once.
             lb: Conntrack::new(
                 ct,
                 Lb::new(Listeners::default()).with_tcp_resets(PortId(CLIENTS as u16)),
@@ -473,6 +493,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
             .map_err(|e| e.to_string())?,
             vips: args.vips.clone(),
             protos: args.protos.clone(),
+            on_down: args.on_down,
             file: args.backends.clone(),
             encap,
         };
@@ -514,6 +535,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
             let both = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --proto tcp,udp").into_iter());
             assert_eq!(both.unwrap().unwrap().protos, vec![6, 17]);
             assert_eq!(a.encap, None);
+            assert_eq!(a.on_down, OnDown::Reset);
+            let rehash = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --on-down rehash").into_iter());
+            assert_eq!(rehash.unwrap().unwrap().on_down, OnDown::Rehash);
             let encap = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --mode encap --vni 7 --inner-mac 02:00:00:00:00:09").into_iter());
             assert_eq!(
                 encap.unwrap().unwrap().encap,
@@ -532,6 +556,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP.
                 "--vni 16777216",
                 "--inner-mac 02:00",
                 "--sessions 1",
+                "--on-down drop",
                 "--client cg",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
