@@ -11,7 +11,9 @@
 //! - not IP/UDP to a configured port (a later fragment has no port): left alone, with its
 //!   metadata filled as the parse stage would, or dropped with [`DropReason::NotTunnel`]
 //!   ([`DecapConfig::non_tunnel`]);
-//! - UDP to a tunnel port in a (non-atomic) IP fragment: dropped as
+//! - UDP to a tunnel port in a (non-atomic) IP fragment, or a later fragment of a UDP
+//!   datagram to one of [`DecapConfig::local_ips`] (when set; it may be a tunnel packet's
+//!   tail, and the stage does not reassemble): dropped as
 //!   [`DropReason::TunnelFragmented`]; beyond a second nested tunnel:
 //!   [`DropReason::TunnelTooDeep`]; to a destination IP or MAC that is not one of
 //!   [`DecapConfig::local_ips`] / [`DecapConfig::local_macs`] (when set):
@@ -133,7 +135,10 @@ pub struct DecapConfig {
     /// Inner frame parsing.
     pub parse: ParseConfig,
     /// The node's own underlay addresses: a tunnel packet to another destination IP is
-    /// dropped ([`DropReason::TunnelNotLocal`]). Empty: any destination.
+    /// dropped ([`DropReason::TunnelNotLocal`]), and so is a later fragment of any UDP
+    /// datagram to one of them ([`DropReason::TunnelFragmented`]: it has no port to tell a
+    /// tunnel by, and may be a tunnel packet's tail). Empty: any destination, and later
+    /// fragments are not tunnel packets.
     pub local_ips: Vec<IpAddr>,
     /// The node's own MAC addresses, checked the same way when the frame has an Ethernet
     /// header. Empty: any destination MAC.
@@ -826,7 +831,18 @@ impl DecapStage {
         } else {
             parse_frame(data, meta, &self.outer_parse)?
         };
-        // A later fragment has no transport header (and no port to tell a tunnel by).
+        // A later fragment has no transport header (and no port to tell a tunnel by). One of
+        // a UDP datagram to our underlay address may be a tunnel packet's tail, which cannot
+        // be decapsulated without reassembly (its first fragment, to the tunnel port, is
+        // dropped below): it goes the same way rather than on as plain traffic.
+        if parsed == Parsed::Ip
+            && meta.flow.proto == proto::UDP
+            && meta.has(flags::LATER_FRAGMENT)
+            && !self.local_ips.is_empty()
+            && self.is_local_ip(meta)
+        {
+            return Err(DropReason::TunnelFragmented);
+        }
         if parsed != Parsed::Ip || meta.flow.proto != proto::UDP || !meta.has(flags::L4_VALID) {
             return Ok(None);
         }
@@ -844,12 +860,7 @@ impl DecapStage {
             return Err(DropReason::TunnelTooDeep);
         }
         let outer = Outer::from_parsed(data, meta).ok_or(DropReason::UdpTruncated)?;
-        if !self.local_ips.is_empty()
-            && !self
-                .local_ips
-                .iter()
-                .any(|&(f, a)| f == meta.flow.family() && a == *meta.flow.dst_raw())
-        {
+        if !self.local_ips.is_empty() && !self.is_local_ip(meta) {
             return Err(DropReason::TunnelNotLocal);
         }
         if !self.config.local_macs.is_empty()
@@ -868,6 +879,13 @@ impl DecapStage {
             return Err(DropReason::TunnelBadUdpChecksum);
         }
         Ok(Some((kind, outer)))
+    }
+
+    /// Whether the outer destination address is one of [`DecapConfig::local_ips`].
+    fn is_local_ip(&self, meta: &Meta) -> bool {
+        self.local_ips
+            .iter()
+            .any(|&(f, a)| f == meta.flow.family() && a == *meta.flow.dst_raw())
     }
 
     /// The fast path's outer step: the outer in a shape the parse walk's shortcut takes
@@ -1642,6 +1660,42 @@ mod tests {
             assert_eq!(batch.packets()[0].meta.verdict, want);
             let (a, b) = both(&cfg, &vxlan);
             assert_eq!(a, b, "fast path and general walk agree");
+        }
+    }
+
+    /// A later fragment of a UDP datagram to a local underlay address cannot be told from a
+    /// tunnel packet's tail: dropped as fragmented, never passed on as plain traffic. To
+    /// another address, of TCP, or without local addresses configured, it is not a tunnel
+    /// packet.
+    #[test]
+    fn later_udp_fragments_to_a_local_address_are_dropped() {
+        let later = |proto: u8, dst: [u8; 4]| {
+            let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+            let mut ip = [
+                0x45, 0, 0, 44, 0x12, 0x34, 0, 3, 64, proto, 0, 0, 192, 0, 2, 1, 0, 0, 0, 0,
+            ];
+            ip[16..].copy_from_slice(&dst);
+            let c = nf_core::checksum::checksum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&[0; 24]);
+            f
+        };
+        let local = DecapConfig {
+            local_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))],
+            ..DecapConfig::default()
+        };
+        let to_us = [192, 0, 2, 2];
+        for (cfg, frame, want) in [
+            (&local, later(17, to_us), Err(DropReason::TunnelFragmented)),
+            (&local, later(17, [192, 0, 2, 9]), Ok(Verdict::Pass)),
+            (&local, later(6, to_us), Ok(Verdict::Pass)),
+            (&DecapConfig::default(), later(17, to_us), Ok(Verdict::Pass)),
+        ] {
+            let mut stage = DecapStage::new(cfg.clone()).unwrap();
+            let mut pkt = Packet::new(frame.clone(), 0, frame.len()).unwrap();
+            assert_eq!(stage.decap(Instant::ZERO, &mut pkt), want);
+            assert!(pkt.meta.has(flags::LATER_FRAGMENT));
         }
     }
 

@@ -127,7 +127,8 @@ cases = [
     ("geneve_unknown_protocol", "generic", geneve(GENEVE(vni=27, proto=0x88CC)), "drop tunnel_bad_protocol"),
     ("geneve_other_port", "generic", geneve(GENEVE(vni=28, proto=0x6558), dport=6082), "notunnel"),
     # Outer fragments: a first fragment to a tunnel port is dropped (never passed on as plain
-    # UDP); a later one carries no port, so nothing says it is a tunnel's.
+    # UDP); a later one carries no port, so without local addresses nothing says it is a
+    # tunnel's (with them, see the "local" cases).
     ("geneve_outer_fragment", "generic",
      Ether(**E) / IP(flags="MF", **O4) / UDP(sport=1, dport=6081) / GENEVE(vni=29, proto=0x6558) / INNER,
      "drop tunnel_fragmented"),
@@ -209,6 +210,19 @@ cases = [
      / VXLAN(vni=60) / INNER, "drop tunnel_not_local"),
     ("local_plain_udp_to_another_ip", "local",
      Ether(**E) / IP(src="192.0.2.1", dst="192.0.2.9") / UDP(sport=1, dport=53), "notunnel"),
+    # A later fragment of a UDP datagram to our underlay address may be a tunnel packet's tail
+    # (its first fragment is dropped): never passed on as plain traffic. To another address,
+    # or of TCP, it is not a tunnel's.
+    ("local_outer_later_fragment_to_us", "local",
+     Ether(**E) / IP(frag=8, proto=17, **O4) / Raw(b"\x00" * 24), "drop tunnel_fragmented"),
+    ("local_ipv6_outer_later_fragment_to_us", "local",
+     Ether(**E) / IPv6(**O6) / IPv6ExtHdrFragment(offset=3, m=0, id=9, nh=17) / Raw(b"\x00" * 24),
+     "drop tunnel_fragmented"),
+    ("local_outer_later_fragment_to_another_ip", "local",
+     Ether(**E) / IP(frag=8, proto=17, src="192.0.2.1", dst="192.0.2.9") / Raw(b"\x00" * 24),
+     "notunnel"),
+    ("local_outer_later_tcp_fragment_to_us", "local",
+     Ether(**E) / IP(frag=8, proto=6, **O4) / Raw(b"\x00" * 24), "notunnel"),
     # Tunnels in tunnels: GWLB-style Geneve with a bare IP payload carrying VXLAN (Traffic
     # Mirroring behind a GWLB), Geneve carrying Ethernet carrying Geneve, and one level too deep.
     ("nested_geneve_bare_ip_vxlan", "nested",
