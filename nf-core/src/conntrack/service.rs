@@ -98,6 +98,68 @@ pub trait SessionService {
     /// [`EndCause::Renewed`] (counted `renewed`); if the packet may not open the new one
     /// (the zone's policy, a service's refusal, a full table), it goes to
     /// [`Self::on_refused`] like any packet without a session.
+    ///
+    /// A port forward whose target port the operator changes: a flow forwarded to the old
+    /// port is moved to the new one on its next packet, and the answers from the new port
+    /// find its session:
+    ///
+    /// ```
+    /// use nf_core::conntrack::{Conntrack, ConntrackConfig, NewFlow, SessionService};
+    /// use nf_core::wire::Frame;
+    /// use nf_core::{Batch, Direction, DropReason, Instant, Packet, ParseStage, SessionRef};
+    /// use nf_core::{Stage, StageExt};
+    ///
+    /// struct Forward { to: u16 }
+    ///
+    /// impl SessionService for Forward {
+    ///     type Value = u16; // the port this session forwards to
+    ///     const RENEWS: bool = true;
+    ///
+    ///     fn renews<B: AsRef<[u8]>>(&self, _: Instant, d: Direction, to: &u16, _: &Packet<B>)
+    ///         -> bool
+    ///     {
+    ///         d == Direction::Original && *to != self.to
+    ///     }
+    ///
+    ///     fn on_new<B: AsRef<[u8]>>(&mut self, _: Instant, _: &Packet<B>, new: &mut NewFlow<'_>)
+    ///         -> Result<u16, DropReason>
+    ///     {
+    ///         let mut reply = *new.reply();
+    ///         reply.src_port = self.to; // answers come from the target port
+    ///         new.set_reply(reply).map_err(|_| DropReason::ServiceRefused)?;
+    ///         Ok(self.to)
+    ///     }
+    ///     // (on_packet rewrites the ports, as in the module's example)
+    /// }
+    ///
+    /// fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Packet<Vec<u8>> {
+    ///     let frame = Frame::ipv4(src, dst).udp(sport, dport).to_vec().unwrap();
+    ///     Packet::with_headroom(&frame, 64)
+    /// }
+    ///
+    /// /// The frames as one batch: each one's session and direction.
+    /// fn run(p: &mut impl Stage<Vec<u8>>, frames: Vec<Packet<Vec<u8>>>)
+    ///     -> Vec<(Option<SessionRef>, Direction)>
+    /// {
+    ///     let mut batch = Batch::new();
+    ///     frames.into_iter().for_each(|f| { batch.push(f).ok(); });
+    ///     p.process(Instant::from_nanos(1_000_000_000), &mut batch);
+    ///     batch.packets().iter().map(|p| (p.meta.session, p.meta.direction)).collect()
+    /// }
+    ///
+    /// let ct = Conntrack::new(ConntrackConfig::new(*b"operator secret!"), Forward { to: 5353 })?;
+    /// let mut pipeline = ParseStage::default().then(ct);
+    /// let query = || udp([10, 0, 0, 1], [10, 0, 0, 2], 40000, 53);
+    /// let first = run(&mut pipeline, vec![query()]);
+    /// pipeline.second.service_mut().to = 5354;
+    /// // The same flow's next query renews its session; the new port's answer finds it.
+    /// let answer = udp([10, 0, 0, 2], [10, 0, 0, 1], 5354, 40000);
+    /// let next = run(&mut pipeline, vec![query(), answer]);
+    /// assert_ne!(next[0].0, first[0].0);
+    /// assert_eq!(next[1], (next[0].0, Direction::Reply));
+    /// assert_eq!(pipeline.second.stats().renewed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline(always)]
     fn renews<B: AsRef<[u8]>>(
         &self,
