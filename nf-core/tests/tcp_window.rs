@@ -341,3 +341,29 @@ fn counters_are_visited() {
         "{names:?}"
     );
 }
+
+#[test]
+fn the_window_moves_with_the_session_to_another_node() {
+    let mut p = pipeline(TcpWindow::new(), false);
+    script(&mut p, &handshake());
+    let (sa, sb) = (ISN_A.wrapping_add(1), ISN_B + 1);
+    script(&mut p, &[(a(ACK, sa, sb).len(500), PASS)]);
+    let mut chunk = Vec::new();
+    let now = Instant::from_nanos(1_000_000);
+    p.second
+        .export(nf_core::Family::V4, now, 0, 16, &mut chunk)
+        .unwrap();
+    let mut q = pipeline(TcpWindow::new(), false);
+    assert_eq!(q.second.import(now, &chunk).unwrap().imported, 1);
+    assert_eq!(session_state(&q), SessionState::TcpEstablished);
+    // The node that took over knows the window: injection fails there, the next data passes.
+    script(
+        &mut q,
+        &[
+            (a(ACK, sa.wrapping_add(1 << 30), sb).len(100), OUT),
+            (b(ACK, sb, sa.wrapping_add(500)).len(100), PASS),
+            (a(ACK, sa.wrapping_add(500), sb + 100).len(10), PASS),
+        ],
+    );
+    assert_eq!(q.second.service().counters().seq_beyond_window, 1);
+}

@@ -20,7 +20,7 @@
 
 use super::key::SessionKey;
 use super::state::SessionState;
-use super::table::{F_ASSURED, F_FIN_REPLY, SessionTable};
+use super::table::{F_ASSURED, F_FIN_REPLY, SessionInfo, SessionTable};
 use crate::flow::ZoneId;
 use crate::time::{Duration, Instant};
 use alloc::vec::Vec;
@@ -106,6 +106,9 @@ pub enum ImportError {
     /// A field holds an impossible value (record length, state, flags, equal keys in the
     /// same zone, ...).
     Corrupt,
+    /// The stage's session services cannot take sessions over
+    /// ([`SessionService::EXPORT_LEN`](super::SessionService::EXPORT_LEN) is `None`).
+    Unsupported,
 }
 
 impl fmt::Display for ImportError {
@@ -115,6 +118,23 @@ impl fmt::Display for ImportError {
 }
 
 impl core::error::Error for ImportError {}
+
+/// Why [`Conntrack::export`](super::Conntrack::export) wrote nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The stage's session services cannot hand sessions over
+    /// ([`SessionService::EXPORT_LEN`](super::SessionService::EXPORT_LEN) is `None`).
+    Unsupported,
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl core::error::Error for ExportError {}
 
 /// What one [`SessionTable::export`] call wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,10 +155,14 @@ pub struct ImportReport {
     /// Valid records not installed: a key already present, the zone at its quota, or the
     /// table full.
     pub skipped: usize,
+    /// Valid records a session service did not take over
+    /// ([`SessionService::import_value`](super::SessionService::import_value) said no: for
+    /// example a load balancer that does not know the session's backend); not installed.
+    pub refused: usize,
 }
 
-fn record_len<K: SessionKey, V: SessionValue>() -> usize {
-    20 + 2 * K::ENCODED_LEN + V::ENCODED_LEN
+fn record_len<K: SessionKey>(vlen: usize) -> usize {
+    20 + 2 * K::ENCODED_LEN + vlen
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
@@ -151,21 +175,77 @@ fn checksum(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The address family a chunk was exported from (its sixth byte: 4 or 6).
+pub(in crate::conntrack) fn chunk_family(bytes: &[u8]) -> Result<u8, ImportError> {
+    let header = bytes
+        .first_chunk::<HEADER>()
+        .ok_or(ImportError::Truncated)?;
+    if header.first_chunk::<4>() != Some(&MAGIC) {
+        return Err(ImportError::BadMagic);
+    }
+    Ok(header[5])
+}
+
+/// How imported records become values: the table's own [`SessionValue`] decoding, or a
+/// session service taking the sessions over (`Conntrack::import`).
+pub(in crate::conntrack) trait Adopt<V> {
+    /// Checks a record's value bytes before anything is installed (`false`: the chunk is
+    /// corrupt).
+    fn check(&self, bytes: &[u8]) -> bool;
+    /// The value of a session to install; `None`: not taken over (counted `refused`).
+    fn adopt(&mut self, now: Instant, session: &SessionInfo<()>, bytes: &[u8]) -> Option<V>;
+    /// A value [`Self::adopt`] gave, for a session the table did not install after all.
+    fn abort(&mut self, now: Instant, session: &SessionInfo<V>);
+}
+
+/// The plain table import: values decoded by [`SessionValue::decode`].
+struct Decode;
+
+impl<V: SessionValue> Adopt<V> for Decode {
+    fn check(&self, bytes: &[u8]) -> bool {
+        V::decode(bytes).is_some()
+    }
+    fn adopt(&mut self, _now: Instant, _session: &SessionInfo<()>, bytes: &[u8]) -> Option<V> {
+        V::decode(bytes)
+    }
+    fn abort(&mut self, _now: Instant, _session: &SessionInfo<V>) {}
+}
+
 impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
     /// Appends one self-contained export chunk to `out` with up to `max` live sessions from
     /// slot `from` on (start with 0, continue with [`ExportProgress::next`]). Remaining
     /// lifetimes are measured from `now`. Cold path: allocates in `out`.
     pub fn export(&self, now: Instant, from: u32, max: usize, out: &mut Vec<u8>) -> ExportProgress {
+        self.export_with(now, from, max, out, V::ENCODED_LEN, |v, b| v.encode(b))
+    }
+
+    /// Installs the sessions of one export chunk, lifetimes measured from `now`. The chunk is
+    /// checked completely before anything is installed.
+    ///
+    /// # Errors
+    /// [`ImportError`] for truncated, corrupt or incompatible input; the table is unchanged.
+    pub fn import(&mut self, now: Instant, bytes: &[u8]) -> Result<ImportReport, ImportError> {
+        self.import_with(now, bytes, V::ENCODED_LEN, &mut Decode)
+    }
+}
+
+impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
+    /// [`Self::export`] with each value written by `encode` (exactly `vlen` bytes).
+    pub(in crate::conntrack) fn export_with(
+        &self,
+        now: Instant,
+        from: u32,
+        max: usize,
+        out: &mut Vec<u8>,
+        vlen: usize,
+        mut encode: impl FnMut(&V, &mut [u8]),
+    ) -> ExportProgress {
         let start = out.len();
-        let rl = record_len::<K, V>();
+        let rl = record_len::<K>(vlen);
         out.extend_from_slice(&MAGIC);
         out.push(EXPORT_VERSION);
         out.push(K::FAMILY as u8);
-        out.extend_from_slice(
-            &u16::try_from(V::ENCODED_LEN)
-                .unwrap_or(u16::MAX)
-                .to_be_bytes(),
-        );
+        out.extend_from_slice(&u16::try_from(vlen).unwrap_or(u16::MAX).to_be_bytes());
         let count_at = out.len();
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&u32::try_from(rl).unwrap_or(u32::MAX).to_be_bytes());
@@ -194,9 +274,9 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
                 out.extend_from_slice(buf.get(..K::ENCODED_LEN).unwrap_or(&[]));
             }
             let vstart = out.len();
-            out.resize(vstart + V::ENCODED_LEN, 0);
+            out.resize(vstart + vlen, 0);
             if let Some(v) = out.get_mut(vstart..) {
-                x.value.encode(v);
+                encode(&x.value, v);
             }
             records += 1;
         }
@@ -209,12 +289,14 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
         ExportProgress { records, next }
     }
 
-    /// Installs the sessions of one export chunk, lifetimes measured from `now`. The chunk is
-    /// checked completely before anything is installed.
-    ///
-    /// # Errors
-    /// [`ImportError`] for truncated, corrupt or incompatible input; the table is unchanged.
-    pub fn import(&mut self, now: Instant, bytes: &[u8]) -> Result<ImportReport, ImportError> {
+    /// [`Self::import`] with values of `vlen` bytes made by `adopt`.
+    pub(in crate::conntrack) fn import_with<A: Adopt<V>>(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        vlen: usize,
+        adopt: &mut A,
+    ) -> Result<ImportReport, ImportError> {
         let (header, rest) = bytes
             .split_first_chunk::<HEADER>()
             .ok_or(ImportError::Truncated)?;
@@ -245,12 +327,12 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
         if fam != K::FAMILY as u8 {
             return Err(ImportError::WrongFamily);
         }
-        if usize::from(u16::from_be_bytes([v0, v1])) != V::ENCODED_LEN {
+        if usize::from(u16::from_be_bytes([v0, v1])) != vlen {
             return Err(ImportError::ValueLength);
         }
         let count = u32::from_be_bytes([c0, c1, c2, c3]) as usize;
         let rl = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
-        if rl != record_len::<K, V>() {
+        if rl != record_len::<K>(vlen) {
             return Err(ImportError::Corrupt);
         }
         let body_len = count.checked_mul(rl).ok_or(ImportError::Corrupt)?;
@@ -270,34 +352,49 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
         }
         // Pass 1: validate every record; pass 2: install.
         for rec in body.chunks_exact(rl) {
-            parse_record::<K, V>(rec).ok_or(ImportError::Corrupt)?;
+            parse_record::<K>(rec, vlen)
+                .filter(|r| adopt.check(r.value))
+                .ok_or(ImportError::Corrupt)?;
         }
         let mut report = ImportReport::default();
         for rec in body.chunks_exact(rl) {
-            let Some(r) = parse_record::<K, V>(rec) else {
+            let Some(r) = parse_record::<K>(rec, vlen) else {
                 continue;
             };
-            let o = r.keys[0].to_flow(ZoneId(r.zone), r.proto);
-            let p = r.keys[1].to_flow(ZoneId(r.reply_zone), r.proto);
+            let session = SessionInfo {
+                original: r.keys[0].to_flow(ZoneId(r.zone), r.proto),
+                reply: r.keys[1].to_flow(ZoneId(r.reply_zone), r.proto),
+                state: r.state,
+                established: r.established,
+                deadline: now + r.remaining,
+                value: (),
+            };
+            let Some(value) = adopt.adopt(now, &session, r.value) else {
+                report.refused += 1;
+                continue;
+            };
             match self.insert_imported(
                 now,
-                &o,
-                &p,
+                &session.original,
+                &session.reply,
                 r.state,
                 r.established,
                 r.fin_reply,
                 r.remaining,
-                r.value,
+                value,
             ) {
                 Ok(_) => report.imported += 1,
-                Err(_) => report.skipped += 1,
+                Err(_) => {
+                    adopt.abort(now, &super::service::with_value(&session, value));
+                    report.skipped += 1;
+                }
             }
         }
         Ok(report)
     }
 }
 
-struct Parsed<K, V> {
+struct Parsed<'a, K> {
     zone: u32,
     reply_zone: u32,
     proto: u8,
@@ -306,10 +403,10 @@ struct Parsed<K, V> {
     fin_reply: bool,
     remaining: Duration,
     keys: [K; 2],
-    value: V,
+    value: &'a [u8],
 }
 
-fn parse_record<K: SessionKey, V: SessionValue>(b: &[u8]) -> Option<Parsed<K, V>> {
+fn parse_record<K: SessionKey>(b: &[u8], vlen: usize) -> Option<Parsed<'_, K>> {
     let (zone, b) = b.split_first_chunk::<4>()?;
     let (reply_zone, b) = b.split_first_chunk::<4>()?;
     let (&[proto, state, fl, reserved], b) = b.split_first_chunk::<4>()?;
@@ -324,7 +421,6 @@ fn parse_record<K: SessionKey, V: SessionValue>(b: &[u8]) -> Option<Parsed<K, V>
     if keys[0] == keys[1] && zone == reply_zone {
         return None;
     }
-    let value = V::decode(b.get(..V::ENCODED_LEN)?)?;
     Some(Parsed {
         zone: u32::from_be_bytes(*zone),
         reply_zone: u32::from_be_bytes(*reply_zone),
@@ -334,7 +430,7 @@ fn parse_record<K: SessionKey, V: SessionValue>(b: &[u8]) -> Option<Parsed<K, V>
         fin_reply: fl & 2 != 0,
         remaining: Duration::from_nanos(u64::from_be_bytes(*rem)),
         keys,
-        value,
+        value: b.get(..vlen)?,
     })
 }
 

@@ -13,7 +13,9 @@
 //! - [`FragmentReorder`]: the stage before it that holds a later fragment arriving before
 //!   its first fragment, so that fragments in any order reach their session.
 //! - [`Pinning`], [`core_of`], [`node_of`]: both directions of a flow to the same owner.
-//! - [`SessionTable::export`] / [`SessionTable::import`]: session hand-over between nodes.
+//! - [`Conntrack::export`] / [`Conntrack::import`]: session hand-over between nodes, every
+//!   service's part included (see [Moving sessions](#session-services)); the tables alone:
+//!   [`SessionTable::export`] / [`SessionTable::import`].
 //!
 //! ```
 //! use nf_core::conntrack::{SessionState, SessionTable, TableConfig, V4Key};
@@ -86,6 +88,13 @@
 //! - **Composition**: `(A, B)` is a service with value `(A::Value, B::Value)`; `A` decides and
 //!   sees packets first. All static dispatch, no allocation. `()` is the empty service, and a
 //!   function crate stays usable alone as `Conntrack<ItsService>`.
+//! - **Moving sessions** (optional, [`SessionService::EXPORT_LEN`]): for a node to take over
+//!   another's flows, each service writes its part of a session as portable bytes
+//!   ([`SessionService::export_value`]: identities, never local indices) and the importing
+//!   node's service takes the session over ([`SessionService::import_value`]: it reserves
+//!   what the session holds there, or declines), before [`Conntrack::import`] installs it.
+//!   nf-lb, nf-policy and [`TcpWindow`] sessions move; a service that does not say how
+//!   (nf-nat's, for now) makes [`Conntrack::export`] answer [`ExportError::Unsupported`].
 //! - **Handles**: the [`SessionRef`] written into [`Meta::session`](crate::Meta::session)
 //!   carries its address family, so it works with every method of the stage and of its
 //!   family's table.
@@ -281,7 +290,9 @@ mod state;
 mod table;
 mod window;
 
-pub use export::{EXPORT_VERSION, ExportProgress, ImportError, ImportReport, SessionValue};
+pub use export::{
+    EXPORT_VERSION, ExportError, ExportProgress, ImportError, ImportReport, SessionValue,
+};
 pub use key::{SessionKey, V4Key, V6Key};
 pub use pin::{Pinning, core_of, node_of};
 pub use related::{FragmentConfig, FragmentCounters, quoted_key};

@@ -253,6 +253,36 @@ pub trait SessionService {
         let _ = (now, budget);
         0
     }
+
+    /// Bytes of this service's part of a session when sessions move between nodes
+    /// ([`Conntrack::export`](super::Conntrack::export) /
+    /// [`Conntrack::import`](super::Conntrack::import)); `None`, the default, when its
+    /// sessions cannot move (then neither can those of a stage it is part of).
+    const EXPORT_LEN: Option<usize> = None;
+
+    /// Writes the portable form of `value`, exactly [`Self::EXPORT_LEN`] bytes, to the front
+    /// of `out`: what another node needs to carry the session on (identities such as a
+    /// backend's, never this instance's indices).
+    fn export_value(&self, value: &Self::Value, out: &mut [u8]) {
+        let _ = (value, out);
+    }
+
+    /// Takes over a session another node exported: reads what [`Self::export_value`] wrote
+    /// there, takes here what the session holds (a backend's count of sessions, a public
+    /// port) and returns the value, or `None` when this node cannot carry the session (then
+    /// it is not installed, counted [`ImportReport::refused`](super::ImportReport)). A
+    /// session taken over and then not installed after all (a key already present, the
+    /// table full) gets [`Self::on_end`] with [`EndCause::Aborted`]; once installed, it ends
+    /// as every other session does. `session.value` is `()`: the value is being made.
+    fn import_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<Self::Value> {
+        let _ = (now, session, bytes);
+        None
+    }
 }
 
 /// Why a session ended, for [`SessionService::on_end`].
@@ -401,6 +431,12 @@ impl SessionService for () {
     ) -> Result<(), DropReason> {
         Ok(())
     }
+
+    const EXPORT_LEN: Option<usize> = Some(0);
+
+    fn import_value(&mut self, _: Instant, _: &SessionInfo<()>, _: &[u8]) -> Option<()> {
+        Some(())
+    }
 }
 
 /// `Option<S>`: `S` when present, else the service that admits every flow and keeps nothing
@@ -508,6 +544,32 @@ impl<S: SessionService> SessionService for Option<S> {
 
     fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
         self.as_mut().map_or(0, |s| s.handle_timeout(now, budget))
+    }
+
+    const EXPORT_LEN: Option<usize> = S::EXPORT_LEN;
+
+    /// An absent service writes zeros.
+    fn export_value(&self, value: &S::Value, out: &mut [u8]) {
+        match self {
+            Some(s) => s.export_value(value, out),
+            None => {
+                let n = S::EXPORT_LEN.unwrap_or(0).min(out.len());
+                out.get_mut(..n).into_iter().flatten().for_each(|b| *b = 0);
+            }
+        }
+    }
+
+    /// An absent service takes every session over with the default value.
+    fn import_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<S::Value> {
+        match self {
+            Some(s) => s.import_value(now, session, bytes),
+            None => Some(S::Value::default()),
+        }
     }
 }
 
@@ -662,6 +724,39 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
     fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
         let a = self.0.handle_timeout(now, budget);
         a + self.1.handle_timeout(now, budget.saturating_sub(a))
+    }
+
+    /// `A`'s bytes, then `B`'s; `None` unless both parts can move.
+    const EXPORT_LEN: Option<usize> = match (A::EXPORT_LEN, S::EXPORT_LEN) {
+        (Some(a), Some(b)) => Some(a + b),
+        _ => None,
+    };
+
+    fn export_value(&self, value: &Self::Value, out: &mut [u8]) {
+        let a = A::EXPORT_LEN.unwrap_or(0).min(out.len());
+        let (first, rest) = out.split_at_mut(a);
+        self.0.export_value(&value.0, first);
+        self.1.export_value(&value.1, rest);
+    }
+
+    /// Both parts take the session over, `A` first; if `B` declines, `A` is told the
+    /// session was [`EndCause::Aborted`].
+    fn import_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<Self::Value> {
+        let (first, rest) = bytes.split_at_checked(A::EXPORT_LEN?)?;
+        let a = self.0.import_value(now, session, first)?;
+        match self.1.import_value(now, session, rest) {
+            Some(b) => Some((a, b)),
+            None => {
+                self.0
+                    .on_end(now, &with_value(session, a), EndCause::Aborted);
+                None
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! [`SessionService`]; sessions created by per-zone policy with the services' decisions;
 //! related ICMP errors and fragments; TCP state.
 
+use super::export::{Adopt, ExportError, ExportProgress, ImportError, ImportReport, chunk_family};
 use super::key::{V4Key, V6Key};
 use super::related::{self, FragmentConfig, FragmentCounters, FragmentTable};
 use super::service::{EndCause, NewFlow, SessionService, aborted};
@@ -317,6 +318,76 @@ impl<S: SessionService> Conntrack<S> {
     /// The IPv6 table, writable (see [`Self::v4_mut`]).
     pub fn v6_mut(&mut self) -> &mut SessionTable<V6Key, S::Value> {
         &mut self.v6
+    }
+
+    /// Appends one export chunk of the `family` table's sessions to `out`, services' parts
+    /// included ([`SessionService::export_value`]), for another node's [`Self::import`]: up
+    /// to `max` sessions from slot `from` on (start with 0, continue with
+    /// [`ExportProgress::next`]), remaining lifetimes measured from `now`, in the format of
+    /// [`SessionTable::export`] with the services' bytes as the value. Cold path: allocates
+    /// in `out`.
+    ///
+    /// # Errors
+    /// [`ExportError::Unsupported`] (nothing written) when a service's sessions cannot move
+    /// ([`SessionService::EXPORT_LEN`] is `None`).
+    ///
+    /// ```
+    /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
+    /// use nf_core::wire::Frame;
+    /// use nf_core::{Batch, Family, Instant, Packet, ParseStage, Stage, StageExt};
+    ///
+    /// let secret = *b"shared by nodes!";
+    /// let mut a = ParseStage::default().then(Conntrack::new(ConntrackConfig::new(secret), ())?);
+    /// let syn = Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).tcp(40_000, 80, 0x02).to_vec()?;
+    /// let mut batch = Batch::new();
+    /// batch.push(Packet::with_headroom(&syn, 64)).ok();
+    /// let now = Instant::from_nanos(1_000_000_000);
+    /// a.process(now, &mut batch);
+    ///
+    /// // Node A fails over to node B: B carries A's sessions on.
+    /// let mut chunk = Vec::new();
+    /// let done = a.second.export(Family::V4, now, 0, 1024, &mut chunk)?;
+    /// assert_eq!((done.records, done.next), (1, None));
+    /// let mut b = Conntrack::new(ConntrackConfig::new(secret), ())?;
+    /// assert_eq!(b.import(now, &chunk)?.imported, 1);
+    /// assert_eq!(b.v4().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn export(
+        &self,
+        family: Family,
+        now: Instant,
+        from: u32,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<ExportProgress, ExportError> {
+        let vlen = S::EXPORT_LEN.ok_or(ExportError::Unsupported)?;
+        let s = &self.service;
+        let encode = |v: &S::Value, out: &mut [u8]| s.export_value(v, out);
+        Ok(match family {
+            Family::V4 => self.v4.export_with(now, from, max, out, vlen, encode),
+            Family::V6 => self.v6.export_with(now, from, max, out, vlen, encode),
+        })
+    }
+
+    /// Installs the sessions of an export chunk made by another node's [`Self::export`]
+    /// (either family), lifetimes measured from `now`: each service takes each session
+    /// over ([`SessionService::import_value`]) before it is installed. The chunk is checked
+    /// completely before anything changes; a session already present here, or over a zone's
+    /// quota, is skipped ([`ImportReport::skipped`]), one a service declines is not
+    /// installed ([`ImportReport::refused`]). Cold path.
+    ///
+    /// # Errors
+    /// [`ImportError`] for truncated, corrupt or incompatible input (the stage is unchanged),
+    /// [`ImportError::Unsupported`] when a service's sessions cannot move.
+    pub fn import(&mut self, now: Instant, bytes: &[u8]) -> Result<ImportReport, ImportError> {
+        let vlen = S::EXPORT_LEN.ok_or(ImportError::Unsupported)?;
+        let mut adopt = Adopting(&mut self.service);
+        match chunk_family(bytes)? {
+            4 => self.v4.import_with(now, bytes, vlen, &mut adopt),
+            6 => self.v6.import_with(now, bytes, vlen, &mut adopt),
+            _ => Err(ImportError::Corrupt),
+        }
     }
 
     /// The session service.
@@ -1104,5 +1175,21 @@ fn table_counters(
         ("v4_refused_zones", "v6_refused_zones", c.refused_zones),
     ] {
         f(stage, pick(a, b), v);
+    }
+}
+
+/// Session services taking over imported sessions ([`Conntrack::import`]).
+struct Adopting<'a, S>(&'a mut S);
+
+impl<S: SessionService> Adopt<S::Value> for Adopting<'_, S> {
+    /// Services check their bytes as they take a session over (a refusal, not corruption).
+    fn check(&self, _bytes: &[u8]) -> bool {
+        true
+    }
+    fn adopt(&mut self, now: Instant, session: &SessionInfo<()>, bytes: &[u8]) -> Option<S::Value> {
+        self.0.import_value(now, session, bytes)
+    }
+    fn abort(&mut self, now: Instant, session: &SessionInfo<S::Value>) {
+        self.0.on_end(now, session, EndCause::Aborted);
     }
 }

@@ -1,6 +1,7 @@
 //! TCP window tracking: [`TcpWindow`].
 
 use super::service::{NewFlow, SessionService};
+use super::table::SessionInfo;
 use crate::flow::{ZoneId, proto};
 use crate::meta::Direction;
 use crate::packet::Packet;
@@ -19,6 +20,8 @@ const SEEN: u8 = 1;
 const SCALE_OPTION: u8 = 2;
 /// Learned mid-stream.
 const PICKED_UP: u8 = 4;
+/// Bytes of one side in a session hand-over.
+const SIDE_LEN: usize = 14;
 
 /// What one direction of a connection has sent and may send.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -416,6 +419,55 @@ impl SessionService for TcpWindow {
         } else {
             Err(DropReason::TcpOutOfWindow)
         }
+    }
+
+    /// Both sides (each: end, maximum end and window, 4 bytes each; scale; flags), then
+    /// whether the session is tracked: the window moves with the session.
+    const EXPORT_LEN: Option<usize> = Some(2 * SIDE_LEN + 1);
+
+    fn export_value(&self, st: &TcpWindowState, out: &mut [u8]) {
+        for (side, out) in st.sides.iter().zip(out.chunks_exact_mut(SIDE_LEN)) {
+            let mut b = [0u8; SIDE_LEN];
+            b[..4].copy_from_slice(&side.end.to_be_bytes());
+            b[4..8].copy_from_slice(&side.maxend.to_be_bytes());
+            b[8..12].copy_from_slice(&side.maxwin.to_be_bytes());
+            b[12] = side.scale;
+            b[13] = side.flags;
+            out.copy_from_slice(&b);
+        }
+        if let Some(t) = out.get_mut(2 * SIDE_LEN) {
+            *t = u8::from(st.tracked);
+        }
+    }
+
+    fn import_value(
+        &mut self,
+        _now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<TcpWindowState> {
+        let (sides, rest) = bytes.split_first_chunk::<{ 2 * SIDE_LEN }>()?;
+        let mut st = TcpWindowState::default();
+        for (side, b) in st.sides.iter_mut().zip(sides.chunks_exact(SIDE_LEN)) {
+            let &[e0, e1, e2, e3, m0, m1, m2, m3, w0, w1, w2, w3, scale, flags] =
+                <&[u8; SIDE_LEN]>::try_from(b).ok()?;
+            *side = TcpSide {
+                end: u32::from_be_bytes([e0, e1, e2, e3]),
+                maxend: u32::from_be_bytes([m0, m1, m2, m3]),
+                maxwin: u32::from_be_bytes([w0, w1, w2, w3]),
+                scale,
+                flags,
+            };
+            if side.scale > PICKUP_SCALE || side.flags & !(SEEN | SCALE_OPTION | PICKED_UP) != 0 {
+                return None;
+            }
+        }
+        st.tracked = match rest.first()? {
+            0 => false,
+            1 => session.original.proto == proto::TCP,
+            _ => return None,
+        };
+        Some(st)
     }
 
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
