@@ -4,7 +4,8 @@
 //! rendezvous) changes, a small session
 //! table with or without early drop (so it fills), a new-flow rate limit, time steps and
 //! expiry, ICMP errors quoting the flows' packets from either side (quotes cut anywhere),
-//! cut into arbitrary batches.
+//! cut into arbitrary batches; and hand-overs: every session exported and imported into a
+//! fresh stage with the current configuration, which carries on in its place.
 //!
 //! Checked: no panic; a packet to the VIP is never dropped for lack of state (no session,
 //! table full, zone quota, rate); a packet of a session goes to the backend the session
@@ -12,7 +13,8 @@
 //! (re-hash; under DNAT in a new session) or is dropped as `lb_backend_down` (reset; with RSTs asked for, a TCP segment
 //! becomes the RST from the VIP); a packet without a session goes
 //! to the table's choice; the sessions each backend's slot counts equal the live sessions
-//! that hold it; an ICMP error passes (translated) or drops for a related-packet reason.
+//! that hold it (after a hand-over too: the new stage counts what it took over); an ICMP
+//! error passes (translated) or drops for a related-packet reason.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -68,6 +70,9 @@ enum Op {
     Cut,
     /// Advance time by `n` hundred milliseconds and run timers.
     Time(u8),
+    /// Export every session; a fresh stage with the current configuration imports them and
+    /// takes over.
+    Handover,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -120,6 +125,8 @@ impl Config {
 struct Run {
     parse: ParseStage,
     ct: Conntrack<Lb>,
+    ct_cfg: ConntrackConfig,
+    rst: bool,
     cfg: Config,
     now: Instant,
     batch: Vec<(Vec<u8>, Option<FlowKey>)>,
@@ -229,6 +236,48 @@ impl Run {
         self.check_counts();
     }
 
+    /// Moves every session to a fresh stage built from the current configuration.
+    fn handover(&mut self) {
+        let Some(listeners) = self.cfg.listeners() else {
+            return;
+        };
+        let mut lb = Lb::new(listeners);
+        if self.rst {
+            lb = lb.with_tcp_resets(PortId(5));
+        }
+        let Ok(mut next) = Conntrack::new(self.ct_cfg.clone(), lb) else {
+            return;
+        };
+        let mut from = 0;
+        let mut installed = 0;
+        loop {
+            let mut chunk = Vec::new();
+            let p = self
+                .ct
+                .export(nf_core::Family::V4, self.now, from, 7, &mut chunk)
+                .expect("LB sessions move");
+            let r = next.import(self.now, &chunk).expect("a chunk just made");
+            assert_eq!(r.imported + r.refused + r.skipped, p.records);
+            installed += r.imported;
+            match p.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        assert_eq!(next.v4().len(), installed);
+        // The backends chosen, by the sessions' original keys in the new stage.
+        let old = std::mem::take(&mut self.chosen);
+        for (r, b) in old.into_values() {
+            let Some(info) = self.ct.info(r) else { continue };
+            if let Some(h) = next.lookup(&info.original) {
+                let n = h.session;
+                self.chosen.insert((n.index(), n.generation()), (n, b));
+            }
+        }
+        self.ct = next;
+        self.check_counts();
+    }
+
     /// Every slot's session count equals the live sessions that hold it.
     fn check_counts(&mut self) {
         self.chosen.retain(|_, (r, _)| self.ct.is_live(*r));
@@ -275,12 +324,14 @@ fuzz_target!(|input: Input| {
     if input.rst {
         lb = lb.with_tcp_resets(PortId(5));
     }
-    let Ok(ct) = Conntrack::new(cfg, lb) else {
+    let Ok(ct) = Conntrack::new(cfg.clone(), lb) else {
         return;
     };
     let mut run = Run {
         parse: ParseStage::default(),
         ct,
+        ct_cfg: cfg,
+        rst: input.rst,
         cfg: config,
         now: Instant::from_nanos(1_000_000_000),
         batch: Vec::new(),
@@ -360,6 +411,10 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Cut => run.flush(),
+            Op::Handover => {
+                run.flush();
+                run.handover();
+            }
             Op::Time(n) => {
                 run.flush();
                 run.now = run

@@ -107,6 +107,9 @@ pub struct LbCounters {
     /// ICMP errors quoting a flow of the load balancer, dropped: not translatable
     /// ([`DropReason::LbUntranslatable`]) or their session's member slot is gone.
     pub icmp_errors_dropped: u64,
+    /// Sessions taken over from another node
+    /// ([`Conntrack::import`](nf_core::conntrack::Conntrack::import)).
+    pub imported: u64,
 }
 
 /// Where a backend identity points, for DNAT.
@@ -263,9 +266,14 @@ impl Bucket {
 ///   return. Errors about flows served without a session are translated (or sent on) the
 ///   same way by the hash alone. Counted `icmp_errors_translated`, `icmp_errors_forwarded`,
 ///   `icmp_errors_dropped` ([`DropReason::LbUntranslatable`]).
-/// - Session values name this instance's member slots: sessions imported from another node
-///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed through
-///   the table directly (bypassing [`SessionService::on_end`]) are not supported.
+/// - Sessions move between nodes through the stage
+///   ([`Conntrack::export`](nf_core::conntrack::Conntrack::export) /
+///   [`Conntrack::import`](nf_core::conntrack::Conntrack::import)): a session names its
+///   listener and backend by identity, and the importing node takes it over if it knows
+///   both (see [`SessionService::import_value`]). Session values name this instance's
+///   member slots, so sessions imported through the table alone
+///   ([`SessionTable::import`](nf_core::conntrack::SessionTable::import)) or removed
+///   through it (bypassing [`SessionService::on_end`]) are not supported.
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
@@ -903,6 +911,83 @@ impl SessionService for Lb {
         v
     }
 
+    /// A session moving to another node names its listener and backend by identity (not
+    /// by this instance's slot): kind (1 byte: 0 a flow no listener matched, 1 balanced), the
+    /// listener (its kind, VIP, port and protocol: 20 bytes), the backend's identity (its
+    /// length, then [`MAX_ID_LEN`](crate::MAX_ID_LEN) bytes), the flow's original
+    /// destination port (2) and protocol (1).
+    const EXPORT_LEN: Option<usize> = Some(EXPORTED);
+
+    fn export_value(&self, value: &LbSession, out: &mut [u8]) {
+        let Some(out) = out.first_chunk_mut::<EXPORTED>() else {
+            return;
+        };
+        *out = [0; EXPORTED];
+        let Some(((kind, vip, port, protocol), id)) =
+            self.ids.get(value.slot as usize).copied().flatten()
+        else {
+            return;
+        };
+        let mut w = Writer(out.as_mut_slice());
+        w.put(&[1, kind]);
+        w.put(&vip.to_be_bytes());
+        w.put(&port.to_be_bytes());
+        w.put(&[protocol]);
+        let b = id.as_bytes();
+        w.put(&[b.len() as u8]);
+        w.put(b);
+        w.skip(crate::MAX_ID_LEN - b.len());
+        w.put(&value.port.to_be_bytes());
+        w.put(&[value.proto]);
+    }
+
+    /// Takes over a session another node exported: its listener and backend must be known
+    /// here (in the configuration, or held by sessions that outlived it), and under DNAT the
+    /// session's reply key must come from the backend's address; otherwise declined. The
+    /// backend then counts the session, and the flow follows its listener's [`OnDown`]
+    /// here if the backend is down. Counted `imported`.
+    fn import_value(
+        &mut self,
+        _now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<LbSession> {
+        let b = bytes.first_chunk::<EXPORTED>()?;
+        let mut r = Reader(b.as_slice());
+        let [balanced, kind] = r.take::<2>()?;
+        if balanced == 0 {
+            // A flow no listener matched: nothing is held.
+            return (b.iter().all(|&x| x == 0)).then(LbSession::default);
+        }
+        let vip = u128::from_be_bytes(r.take()?);
+        let port = u16::from_be_bytes(r.take()?);
+        let [protocol, len] = r.take()?;
+        let id = BackendId::new(r.take::<{ crate::MAX_ID_LEN }>()?.get(..usize::from(len))?)?;
+        let dst_port = u16::from_be_bytes(r.take()?);
+        let [flow_proto] = r.take()?;
+        if balanced != 1 || flow_proto != session.original.proto {
+            return None;
+        }
+        let slot = *self.index.get(&((kind, vip, port, protocol), id))?;
+        let s = self.slots.get_mut(slot as usize)?;
+        if s.forwarding == Forwarding::Dnat {
+            let n = match session.reply.family() {
+                Family::V4 => 4,
+                Family::V6 => 16,
+            };
+            if session.reply.src_raw().get(..n) != s.addr.get(..n) {
+                return None;
+            }
+        }
+        s.sessions = s.sessions.saturating_add(1);
+        self.counters.imported += 1;
+        Some(LbSession {
+            slot,
+            port: dst_port,
+            proto: flow_proto,
+        })
+    }
+
     fn on_end(&mut self, _now: Instant, session: &SessionInfo<LbSession>, cause: EndCause) {
         if let Some(s) = self.slots.get_mut(session.value.slot as usize) {
             s.sessions = s.sessions.saturating_sub(1);
@@ -920,6 +1005,7 @@ impl SessionService for Lb {
             ("stateless_replies", c.stateless_replies),
             ("rate_limited", c.rate_limited),
             ("rehashed", c.rehashed),
+            ("imported", c.imported),
             ("reset", c.reset),
             ("resets_sent", c.resets_sent),
             ("swaps", c.swaps),
@@ -929,6 +1015,38 @@ impl SessionService for Lb {
         ] {
             f("lb", name, v);
         }
+    }
+}
+
+/// Bytes of a session's part in a hand-over ([`SessionService::EXPORT_LEN`]).
+const EXPORTED: usize = 2 + 16 + 2 + 1 + 1 + crate::MAX_ID_LEN + 2 + 1;
+
+/// Writes fields one after another (what does not fit is left out: the caller sizes it).
+struct Writer<'a>(&'a mut [u8]);
+
+impl Writer<'_> {
+    fn put(&mut self, b: &[u8]) {
+        let out = core::mem::take(&mut self.0);
+        let n = b.len().min(out.len());
+        let (head, tail) = out.split_at_mut(n);
+        head.copy_from_slice(b.get(..n).unwrap_or(&[]));
+        self.0 = tail;
+    }
+
+    fn skip(&mut self, n: usize) {
+        let out = core::mem::take(&mut self.0);
+        self.0 = out.get_mut(n..).unwrap_or_default();
+    }
+}
+
+/// Reads fields one after another.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, tail) = self.0.split_first_chunk::<N>()?;
+        self.0 = tail;
+        Some(*head)
     }
 }
 

@@ -964,3 +964,145 @@ fn run_one<S: nf_core::conntrack::SessionService>(
     p.process(Instant::from_nanos(1_000_000_000), &mut batch);
     batch.drain().next().unwrap()
 }
+
+/// A UDP flow from `sport` to the DNS listener.
+fn query(sport: u16) -> Vec<u8> {
+    Frame::ipv4(CLIENT4, VIP4).udp(sport, 53).to_vec().unwrap()
+}
+
+/// Every IPv4 session of `p`'s stage, exported in chunks of 16.
+fn export_v4(p: &Pipeline) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    let mut from = 0;
+    loop {
+        let mut c = Vec::new();
+        let at = Instant::from_nanos(1_000_000_000);
+        let r = p
+            .second
+            .export(nf_core::Family::V4, at, from, 16, &mut c)
+            .unwrap();
+        chunks.push(c);
+        match r.next {
+            Some(n) => from = n,
+            None => return chunks,
+        }
+    }
+}
+
+#[test]
+fn sessions_move_to_another_node_and_keep_their_backends() {
+    let config = |n: u8| {
+        Listeners::new(vec![
+            listener(web4(), backends4(n)),
+            listener(dns4(), backends4(n)),
+        ])
+        .unwrap()
+    };
+    let mut a = pipeline(Lb::new(config(3)), 1024);
+    let tcp: Vec<u16> = (41_000..41_060).collect();
+    let first_tcp = open(&mut a, &tcp);
+    let first_udp: Vec<[u8; 4]> = (42_000..42_060u16)
+        .map(|s| dst_of(&run(&mut a, &[query(s)])[0]))
+        .collect();
+    // A flow no listener matches has a session too.
+    let other = Frame::ipv4(CLIENT4, [192, 0, 2, 99])
+        .udp(43_000, 53)
+        .to_vec()
+        .unwrap();
+    run(&mut a, core::slice::from_ref(&other));
+    assert_eq!(a.second.v4().len(), 121);
+
+    // Node B has a fourth backend, so its table sends some of these flows elsewhere; the
+    // sessions it takes over keep theirs.
+    let mut b = pipeline(Lb::new(config(4)), 1024);
+    for c in export_v4(&a) {
+        let r = b
+            .second
+            .import(Instant::from_nanos(1_000_000_000), &c)
+            .unwrap();
+        assert_eq!((r.skipped, r.refused), (0, 0));
+    }
+    assert_eq!(b.second.v4().len(), 121);
+    assert_eq!(b.second.service().counters().imported, 120);
+    let mut fresh = pipeline(Lb::new(config(4)), 1024);
+    let moved = tcp
+        .iter()
+        .zip(&first_tcp)
+        .filter(|&(&s, was)| dst_of(&run(&mut fresh, &[syn(s)])[0]) != *was)
+        .count();
+    assert!(
+        moved > 0,
+        "the fourth backend takes some flows of a fresh node"
+    );
+    for (&s, was) in tcp.iter().zip(&first_tcp) {
+        let out = &run(&mut b, &[ack(s)])[0];
+        assert_eq!(out.meta.verdict, Verdict::Pass);
+        assert_eq!(dst_of(out), *was, "TCP flow {s} moved");
+        // The backend's answer is un-NATed through the session, not by the hash.
+        let answer = Frame::ipv4(*was, CLIENT4)
+            .tcp(8080, s, 0x12)
+            .to_vec()
+            .unwrap();
+        let back = &run(&mut b, &[answer])[0];
+        assert!(back.meta.session.is_some());
+        let (src, dst, sp, dp) = reparse(back.data());
+        assert_eq!(
+            (src, dst, sp, dp),
+            (IpAddr::from(VIP4), IpAddr::from(CLIENT4), 80, s)
+        );
+    }
+    for (s, was) in (42_000..42_060u16).zip(&first_udp) {
+        assert_eq!(
+            dst_of(&run(&mut b, &[query(s)])[0]),
+            *was,
+            "UDP flow {s} moved"
+        );
+    }
+    let out = &run(&mut b, &[other])[0];
+    assert_eq!(dst_of(out), [192, 0, 2, 99], "left alone");
+    let lb = b.second.service();
+    assert_eq!(
+        (lb.counters().stateless, lb.counters().stateless_replies),
+        (0, 0)
+    );
+    assert_eq!(
+        lb.counters().new_flows,
+        0,
+        "every packet found its imported session"
+    );
+    assert_eq!(b.second.v4().len(), 121);
+    for i in 1..=3u8 {
+        let id = BackendId::v4([10, 0, 1, i], 8080);
+        let on_a = a.second.service().sessions_of(&web4(), &id);
+        assert!(on_a > 0);
+        assert_eq!(lb.sessions_of(&web4(), &id), on_a);
+        assert_eq!(
+            lb.sessions_of(&dns4(), &id),
+            a.second.service().sessions_of(&dns4(), &id)
+        );
+    }
+
+    // Node C does not know the second backend: it declines that backend's sessions, and
+    // takes the others over.
+    let pool = Pool::new([1, 3].map(|i| PoolMember::new(BackendId::v4([10, 0, 1, i], 8080), 1)));
+    let config_c =
+        Listeners::new(vec![listener(web4(), pool.clone()), listener(dns4(), pool)]).unwrap();
+    let mut c = pipeline(Lb::new(config_c), 1024);
+    let (mut imported, mut refused) = (0, 0);
+    for chunk in export_v4(&a) {
+        let r = c
+            .second
+            .import(Instant::from_nanos(1_000_000_000), &chunk)
+            .unwrap();
+        imported += r.imported;
+        refused += r.refused;
+    }
+    let on_second = first_tcp
+        .iter()
+        .chain(&first_udp)
+        .filter(|&&d| d == [10, 0, 1, 2])
+        .count();
+    assert!(on_second > 0);
+    assert_eq!((imported, refused), (121 - on_second, on_second));
+    assert_eq!(c.second.v4().len(), imported);
+}
