@@ -227,4 +227,20 @@ impl<S: SessionService> SessionService for ZoneNewFlowLimit<S> {
     fn handle_timeout(&mut self, now: Instant, budget: usize) -> usize {
         self.inner.handle_timeout(now, budget)
     }
+
+    const EXPORT_LEN: Option<usize> = S::EXPORT_LEN;
+
+    fn export_value(&self, value: &S::Value, out: &mut [u8]) {
+        self.inner.export_value(value, out);
+    }
+
+    /// A session taken over from another node is not a new flow: it takes no token.
+    fn import_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<S::Value> {
+        self.inner.import_value(now, session, bytes)
+    }
 }

@@ -93,7 +93,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use nf_core::conntrack::{NewFlow, SessionService, quoted_key};
+use nf_core::conntrack::{NewFlow, SessionInfo, SessionService, quoted_key};
 use nf_core::{DropReason, Family, Instant, Meta, Packet, Verdict, ZoneMap, flags};
 
 /// Which way a flow's first packet travels relative to the protected interface.
@@ -739,6 +739,31 @@ impl SessionService for SecurityGroups {
         } else {
             Verdict::Drop(reason)
         }
+    }
+
+    /// One byte: the direction the flow was admitted in (0 ingress, 1 egress).
+    const EXPORT_LEN: Option<usize> = Some(1);
+
+    fn export_value(&self, value: &SgDecision, out: &mut [u8]) {
+        if let Some(b) = out.first_mut() {
+            *b = u8::from(value.direction == SgDirection::Egress);
+        }
+    }
+
+    /// A session another node admitted stays admitted here, as an established session
+    /// outlives a rule change.
+    fn import_value(
+        &mut self,
+        _now: Instant,
+        _session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<SgDecision> {
+        let direction = match bytes.first()? {
+            0 => SgDirection::Ingress,
+            1 => SgDirection::Egress,
+            _ => return None,
+        };
+        Some(SgDecision { direction })
     }
 
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {

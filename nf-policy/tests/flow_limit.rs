@@ -186,3 +186,37 @@ proptest! {
         }
     }
 }
+
+/// Sessions taken over from another node are not new flows: importing many of them takes no
+/// token, and the zone's limit still holds for the flows that are new here.
+#[test]
+fn imported_sessions_take_no_allowance() {
+    let mut a = pipeline(ZoneNewFlowLimit::new(()));
+    let v = run(
+        &mut a,
+        SEC,
+        (0..20).map(|i| udp(1, A, B, 1000 + i, 53)).collect(),
+    );
+    assert!(v.iter().all(|v| *v == Verdict::Pass));
+    let mut chunk = alloc::vec::Vec::new();
+    let now = Instant::from_nanos(SEC);
+    a.second
+        .export(nf_core::Family::V4, now, 0, 64, &mut chunk)
+        .unwrap();
+
+    let mut limit = ZoneNewFlowLimit::new(());
+    limit.set_zone_limit(ZoneId(1), BucketConfig::new(10, 3), now);
+    let mut b = pipeline(limit);
+    assert_eq!(b.second.import(now, &chunk).unwrap().imported, 20);
+    let v = run(
+        &mut b,
+        SEC,
+        (0..20)
+            .map(|i| udp(1, A, B, 1000 + i, 53))
+            .chain((0..4).map(|i| udp(1, A, B, 2000 + i, 53)))
+            .collect(),
+    );
+    let pass = Verdict::Pass;
+    assert!(v[..20].iter().all(|v| *v == pass));
+    assert_eq!(v[20..], [pass, pass, pass, EXCEEDED]);
+}

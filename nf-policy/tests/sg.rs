@@ -577,3 +577,37 @@ fn a_direction_closure_holds_its_own_prefixes() {
     assert_eq!(counter(&p, "flows_allowed"), 1);
     assert_eq!(counter(&p, "flows_denied"), 2);
 }
+
+/// A node taking over another's sessions keeps their decisions: replies pass there without
+/// an egress rule, even where its own rules would no longer admit the flow.
+#[test]
+fn admitted_flows_move_to_another_node_with_their_decision() {
+    let mut a = pipeline(tables(&rules()), SgConfig::default());
+    let peer = [10, 0, 1, 9];
+    assert_eq!(
+        run(&mut a, 1, vec![udp(peer, VM, 5000, 53)]),
+        [Verdict::Pass]
+    );
+    let mut chunk = alloc::vec::Vec::new();
+    let now = Instant::from_nanos(2_000_000_000);
+    a.second
+        .export(nf_core::Family::V4, now, 0, 16, &mut chunk)
+        .unwrap();
+    let without_dns: Vec<SgRule> = rules()
+        .into_iter()
+        .filter(|r| r.proto != Some(17))
+        .collect();
+    let mut b = pipeline(tables(&without_dns), SgConfig::default());
+    assert_eq!(b.second.import(now, &chunk).unwrap().imported, 1);
+    let v = run(
+        &mut b,
+        2,
+        vec![
+            udp(VM, peer, 53, 5000),
+            udp(peer, VM, 5000, 53),
+            udp(peer, VM, 5001, 53),
+        ],
+    );
+    assert_eq!(v, [Verdict::Pass, Verdict::Pass, DENY]);
+    assert_eq!(counter(&b, "flows_allowed"), 0);
+}
