@@ -467,6 +467,13 @@ impl Translation {
 /// The SNAT session service (see the [crate docs](crate#snat): new flows, packets, ICMP
 /// errors, fragments, the end of a session).
 ///
+/// Its sessions do not move between nodes yet
+/// ([`SessionService::EXPORT_LEN`] is `None`, so
+/// [`Conntrack::export`](nf_core::conntrack::Conntrack::export) answers
+/// [`ImportError::Unsupported`](nf_core::conntrack::ImportError::Unsupported)): a node
+/// taking them over would first have to reserve each mapping's public port and filtering
+/// state in its own allocator and stores.
+///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
 /// use nf_core::wire::Frame;
