@@ -14,7 +14,10 @@
 mod replay;
 
 #[path = "../src/lb_setup.rs"]
-#[expect(dead_code, reason = "the scenario's setup; the driver needs some of it")]
+#[expect(
+    dead_code,
+    reason = "the scenario's setup; the driver needs some of it"
+)]
 mod lb_setup;
 
 use nf_core::{Family, Instant};

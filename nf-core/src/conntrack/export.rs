@@ -8,7 +8,7 @@
 //! | 4 | magic `NFCT` |
 //! | 1 | format version (2; version 1, without the reply zone, is rejected as [`ImportError::Version`]) |
 //! | 1 | address family (4 or 6) |
-//! | 2 | value length `v` ([`SessionValue::ENCODED_LEN`]) |
+//! | 2 | value length `v` ([`SessionValue::ENCODED_LEN`]; for a stage's export, its services' [`SessionService::EXPORT_LEN`](super::SessionService::EXPORT_LEN)) |
 //! | 4 | record count `n` |
 //! | 4 | record length: `20 + 2 * key + v` (key: 12 bytes for IPv4, 36 for IPv6) |
 //! | n × record | zone (4), reply zone (4: the zone of the reply key, the same as zone unless the session is cross-zone), protocol (1), [`SessionState`] (1), flags (1: bit 0 established, bit 1 first FIN from the reply side), reserved 0 (1), remaining lifetime in ns (8), original key, reply key (addresses, then ports), value |
@@ -99,7 +99,8 @@ pub enum ImportError {
     Version(u8),
     /// Exported from the other address family's table.
     WrongFamily,
-    /// The value length differs from this table's value type.
+    /// The value length differs from this table's value type (or from the stage's
+    /// services' [`SessionService::EXPORT_LEN`](super::SessionService::EXPORT_LEN)).
     ValueLength,
     /// The checksum does not match: the bytes were damaged.
     Checksum,
