@@ -2,7 +2,8 @@
 //! packet sequences in batches: outbound TCP/UDP/ICMP echo of both families from inside
 //! hosts, replies to the tuples the NAT chose, unsolicited inbound packets, ICMP errors both
 //! ways quoting packets the NAT forwarded, mutated copies of forwarded frames, raw bytes,
-//! and time steps with timer sweeps, under an arbitrary profile and a small port space, with
+//! time steps with timer sweeps, and hand-overs (every session exported and imported into a
+//! fresh stage with the same configuration, which carries on in its place), under an arbitrary profile and a small port space, with
 //! a port forward (DNAT) that inbound packets hit now and then, endpoint-independent
 //! filtering on half the inputs (rfc, cgn), and inside prefixes on half the inputs, with
 //! inside hosts sending to the public tuples the NAT chose (hairpinning to a mapping).
@@ -54,6 +55,8 @@ enum Op {
     Raw(Vec<u8>),
     /// Time passes; due timers run.
     Advance(u16),
+    /// Every session moves to a fresh stage with the same configuration.
+    Handover,
 }
 
 const PUBLIC4: [u8; 4] = [203, 0, 113, 1];
@@ -97,6 +100,9 @@ fn frame(v6: bool, src: [u8; 16], dst: [u8; 16], kind: u8, sp: u16, dp: u16, fla
 
 struct World {
     pipe: nf_core::Chain<ParseStage, Conntrack<Snat>>,
+    snat_cfg: SnatConfig,
+    ct_cfg: ConntrackConfig,
+    hyperplane: bool,
     now: Instant,
     endpoint_independent: bool,
     /// Original keys of sessions seen, to check the live ones.
@@ -165,6 +171,48 @@ impl World {
                 self.forwarded.push((ok, data));
             }
         }
+        self.check_unique();
+    }
+
+    /// Moves every session to a fresh stage: whatever the new stage takes over or declines,
+    /// every record is accounted for, and the public tuples stay unique (`check_unique`).
+    /// Under hyperplane, an outbound SNAT session is never declined: its port is free in
+    /// the fresh allocator.
+    fn handover(&mut self) {
+        let Ok(snat) = Snat::new(self.snat_cfg.clone()) else { return };
+        let Ok(mut next) = Conntrack::new(self.ct_cfg.clone(), snat) else { return };
+        for family in [nf_core::Family::V4, nf_core::Family::V6] {
+            let mut from = 0;
+            loop {
+                let mut chunk = Vec::new();
+                let p = self.pipe.second.export(family, self.now, from, 13, &mut chunk).expect("SNAT sessions export");
+                let r = next.import(self.now, &chunk).expect("a chunk just made");
+                assert_eq!(r.imported + r.refused + r.skipped, p.records);
+                match p.next {
+                    Some(n) => from = n,
+                    None => break,
+                }
+            }
+        }
+        if self.hyperplane {
+            // Every outbound translated session moved (the others may be declined).
+            for o in &self.originals {
+                let Some(hit) = self.pipe.second.lookup(o) else { continue };
+                let Some(info) = self.pipe.second.info(hit.session) else { continue };
+                let outbound = info.original == *o
+                    && info.reply != o.reversed()
+                    && ![PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&o.dst_ip())
+                    && o.dst_ip() != IpAddr::from(public6())
+                    && info.value.mapping().is_some()
+                    && !info.value.is_forward();
+                let hairpin = [PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&info.reply.src_ip())
+                    || info.reply.src_ip() == IpAddr::from(public6());
+                if outbound && !hairpin {
+                    assert!(next.lookup(o).is_some(), "outbound session {o:?} did not move");
+                }
+            }
+        }
+        self.pipe.second = next;
         self.check_unique();
     }
 
@@ -238,13 +286,17 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
         .with_filtering(filtering)
         .with_idle_reset((setup & 0x40 != 0 || matches!(profile, Profile::Hyperplane)).then_some(nf_core::PortId(0)))
         .with_refusal_icmp((setup & 0x40 != 0).then_some(origin));
+    let snat_cfg = cfg.clone();
     let Ok(snat) = Snat::new(cfg) else { return };
     let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
-    let Ok(ct) = Conntrack::new(ct, snat) else { return };
+    let Ok(ct_stage) = Conntrack::new(ct.clone(), snat) else { return };
     let mut w = World {
-        pipe: ParseStage::default().then(ct),
+        pipe: ParseStage::default().then(ct_stage),
+        snat_cfg: snat_cfg,
+        ct_cfg: ct,
+        hyperplane: matches!(profile, Profile::Hyperplane),
         now: Instant::from_nanos(1_000_000_000),
         endpoint_independent: !matches!(profile, Profile::Hyperplane),
         originals: HashSet::new(),
@@ -337,6 +389,10 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
             Op::Raw(bytes) => {
                 let b = bytes.get(..bytes.len().min(2048)).unwrap_or_default().to_vec();
                 pending.push((false, b));
+            }
+            Op::Handover => {
+                w.flush(&mut pending);
+                w.handover();
             }
             Op::Advance(secs) => {
                 w.flush(&mut pending);

@@ -742,6 +742,46 @@ impl PortAllocator {
         })
     }
 
+    /// Takes the given mapping for `original`, as [`Self::allocate`] would have chosen it: a
+    /// session another node translated, taken over here. The hyperplane profile only (its
+    /// state is the port's bit for the flow's destination, so a mapping can be taken as is);
+    /// false, with nothing changed, for the other profiles, a port this allocator may not
+    /// hand out (outside its range, excluded, or another node's or core's), a port taken or
+    /// quarantined for that destination, or a full allocator. Released like any mapping.
+    pub(crate) fn claim(&mut self, original: &FlowKey, m: Mapping) -> bool {
+        let Ok((p, fam)) = self.precheck(original) else {
+            return false;
+        };
+        if !self.has_room()
+            || !self
+                .family_ips
+                .get(fam)
+                .is_some_and(|l| l.contains(&m.public))
+        {
+            return false;
+        }
+        let key = Self::dest_key(original, m.public);
+        let hd = self.dest_hash(&key, fam == 1);
+        let steer = self.steer_ctx(fam, original.dst_raw(), original.dst_port, m.public);
+        let w = m.port / 64;
+        if self.space.allowed(usize::from(w), steer) & bit(m.port) == 0 {
+            return false;
+        }
+        let State::Hyper(table) = &mut self.state else {
+            return false;
+        };
+        let wkey = WordKey { tag: w, ..key };
+        let taken = table
+            .find(word_hash(hd, w), &wkey)
+            .and_then(|slot| table.value_at_mut(slot))
+            .is_some_and(|v| v.used & bit(m.port) != 0);
+        if taken || mark_hyper(table, &self.space, key, hd, m.port, steer).is_err() {
+            return false;
+        }
+        self.commit_live(m.public, p);
+        true
+    }
+
     fn commit_live(&mut self, public: u16, p: usize) {
         self.live += 1;
         let per = self.active_per_public.get_mut(usize::from(public));

@@ -246,7 +246,8 @@
 //! stable names:
 //! - new flows: `flows_translated`, `flows_forwarded`, `flows_hairpinned` (to a forward or
 //!   a mapping), `flows_inbound`,
-//!   `flows_untranslated`, `flows_refused`, `no_mapping` (unsolicited inbound);
+//!   `flows_untranslated`, `flows_refused`, `no_mapping` (unsolicited inbound),
+//!   `flows_imported` (sessions taken over from another node);
 //! - allocation errors by reason: `alloc_error_exhausted`, `alloc_error_too_many_probes`,
 //!   `alloc_error_capacity_full`, `alloc_error_quota_exceeded`,
 //!   `alloc_error_unsupported_protocol`, `alloc_error_no_public_address`;

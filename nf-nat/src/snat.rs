@@ -239,6 +239,9 @@ pub struct SnatCounters {
     pub flows_inbound: u64,
     /// New flows that match no inside prefix, passed untranslated.
     pub flows_untranslated: u64,
+    /// Translated sessions taken over from another node
+    /// ([`Conntrack::import`](nf_core::conntrack::Conntrack::import)).
+    pub flows_imported: u64,
     /// New flows refused (allocator errors, reply key conflicts, IPv6 store full).
     pub flows_refused: u64,
     /// Unsolicited flows to a public address, dropped.
@@ -279,6 +282,7 @@ impl SnatCounters {
             ("flows_hairpinned", self.flows_hairpinned),
             ("flows_inbound", self.flows_inbound),
             ("flows_untranslated", self.flows_untranslated),
+            ("flows_imported", self.flows_imported),
             ("flows_refused", self.flows_refused),
             ("no_mapping", self.no_mapping),
             ("packets_out", self.packets_out),
@@ -344,6 +348,12 @@ pub struct Translation {
 /// Most hairpin peers the store holds: their index leaves the top bit of
 /// [`Translation::other`] free.
 const PEERS_MAX: usize = 1 << 31;
+
+/// Bytes of a session's part in a hand-over ([`SessionService::EXPORT_LEN`]).
+const EXPORTED: usize = 1 + 16 + 2;
+
+/// The hand-over kind of a session that does not move.
+const NOT_MOVED: u8 = 255;
 
 /// [`Translation::other`]'s waiting bit.
 const WAITING: u32 = 1 << 31;
@@ -467,12 +477,10 @@ impl Translation {
 /// The SNAT session service (see the [crate docs](crate#snat): new flows, packets, ICMP
 /// errors, fragments, the end of a session).
 ///
-/// Its sessions do not move between nodes yet
-/// ([`SessionService::EXPORT_LEN`] is `None`, so
-/// [`Conntrack::export`](nf_core::conntrack::Conntrack::export) answers
-/// [`ImportError::Unsupported`](nf_core::conntrack::ImportError::Unsupported)): a node
-/// taking them over would first have to reserve each mapping's public port and filtering
-/// state in its own allocator and stores.
+/// Outbound sessions of the hyperplane profile move between nodes
+/// ([`Conntrack::export`](nf_core::conntrack::Conntrack::export) /
+/// [`Conntrack::import`](nf_core::conntrack::Conntrack::import)): the importing node takes
+/// each session's public port for its destination (see [`SessionService::import_value`]).
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
@@ -1362,6 +1370,115 @@ impl SessionService for Snat {
         if t.kind.is_v6() {
             self.v6.put(u32::from_be_bytes(t.inside));
         }
+    }
+
+    /// A session moving to another node: its kind (1 byte: 0 untranslated, 1 SNAT over
+    /// IPv4, 2 over IPv6, 255 a kind that does not move), the public address (16 bytes, an
+    /// IPv4 one in the first 4) and port (2). The inside endpoint is the original key's
+    /// source.
+    const EXPORT_LEN: Option<usize> = Some(EXPORTED);
+
+    fn export_value(&self, t: &Translation, out: &mut [u8]) {
+        let Some(out) = out.first_chunk_mut::<EXPORTED>() else {
+            return;
+        };
+        *out = [0; EXPORTED];
+        let kind = match t.kind {
+            Kind::Pass => return,
+            Kind::V4 => 1,
+            Kind::V6 => 2,
+            _ => {
+                out[0] = NOT_MOVED;
+                return;
+            }
+        };
+        let Some(ip) = self.ports.public_ip(t.map()) else {
+            out[0] = NOT_MOVED;
+            return;
+        };
+        let addr: [u8; 16] = match ip {
+            IpAddr::V4(a) => {
+                let mut b = [0; 16];
+                for (d, s) in b.iter_mut().zip(a.octets()) {
+                    *d = s;
+                }
+                b
+            }
+            IpAddr::V6(a) => a.octets(),
+        };
+        let port = t.map().port().to_be_bytes();
+        for (d, s) in out
+            .iter_mut()
+            .zip(core::iter::once(kind).chain(addr).chain(port))
+        {
+            *d = s;
+        }
+    }
+
+    /// Takes over an outbound SNAT session another node translated (the hyperplane profile:
+    /// see below) with the same mapping: the public address must be one of this NAT's, the
+    /// reply key must be the one the mapping gives, and the allocator must be able to take
+    /// the port for the flow's destination (a port of this node's and core's share, free:
+    /// with per-node port shares, give the failed node's share to this one first). Declined
+    /// otherwise, and for port forwards, hairpins and inbound flows, whose sessions do not
+    /// move yet; untranslated sessions move as they are. The endpoint-dependent profiles
+    /// (`rfc`, `cgn`) decline every translated session: their mappings are shared by an
+    /// inside endpoint's flows and cannot be taken one session at a time.
+    fn import_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<Translation> {
+        let (&kind, rest) = bytes.first_chunk::<EXPORTED>()?.split_first()?;
+        let (addr, rest) = rest.split_first_chunk::<16>()?;
+        let &[p0, p1] = rest.first_chunk::<2>()?;
+        let original = session.original;
+        let v6 = match kind {
+            0 => return Some(Translation::default()),
+            1 => false,
+            2 => true,
+            _ => return None,
+        };
+        if v6 != (original.family() == Family::V6) || !self.is_inside(&original) {
+            return None;
+        }
+        let ip = if v6 {
+            IpAddr::from(*addr)
+        } else {
+            IpAddr::from(*addr.first_chunk::<4>()?)
+        };
+        let port = u16::from_be_bytes([p0, p1]);
+        let mapping = (0..u16::try_from(self.public_ips.len()).ok()?)
+            .map(|i| Mapping::new(i, port))
+            .find(|&m| self.ports.public_ip(m) == Some(ip))?;
+        if self.ports.reply_key(&original, mapping) != Some(session.reply) {
+            return None;
+        }
+        let (inside, _) = self.store_inside(original.src_raw(), original.family())?;
+        let release = |s: &mut Self| {
+            if v6 {
+                s.v6.put(u32::from_be_bytes(inside));
+            }
+        };
+        if !self.ports.claim(&original, mapping) {
+            release(self);
+            return None;
+        }
+        if !self.hold(original.proto, mapping, &original, true) {
+            let _ = self.ports.release(now, &original, mapping);
+            release(self);
+            return None;
+        }
+        self.counters.flows_imported += 1;
+        let kind = if v6 { Kind::V6 } else { Kind::V4 };
+        Some(Translation::new(
+            inside,
+            original.src_port,
+            mapping,
+            0,
+            kind,
+        ))
     }
 
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {

@@ -442,3 +442,116 @@ fn icmp_error_with_a_short_tcp_quote() {
         "the quoted header is the original one"
     );
 }
+
+/// Every session of `nat`, both families, in chunks of 16.
+fn export_all(nat: &Nat) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut from = 0;
+        loop {
+            let mut c = Vec::new();
+            let p = nat
+                .pipe
+                .second
+                .export(family, nat.now, from, 16, &mut c)
+                .expect("hyperplane sessions move");
+            chunks.push(c);
+            match p.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+    }
+    chunks
+}
+
+/// A node taking over a hyperplane NAT's sessions keeps every mapping: replies to the
+/// public ports reach the inside hosts there, and its own new flows never take an imported
+/// port for the same destination.
+#[test]
+fn hyperplane_sessions_move_to_another_node_with_their_ports() {
+    let mut a = Nat::new(Profile::Hyperplane, 1024);
+    let flow = |i: u16| -> Vec<u8> {
+        let sp = 30_000 + i;
+        match i % 3 {
+            0 => tcp4(INSIDE4, REMOTE4, sp, 443, SYN),
+            1 => udp4(INSIDE4_B, REMOTE4_B, sp, 53),
+            _ => udp6(inside6(), remote6(), sp, 53),
+        }
+    };
+    let first: Vec<Vec<u8>> = (0..60).map(flow).collect();
+    let out = a.send_batch(&first);
+    assert!(out.iter().all(|(v, _)| *v == Verdict::Pass));
+    let public_ports: Vec<u16> = out.iter().map(|(_, f)| ports(f).0).collect();
+
+    let mut b = Nat::new(Profile::Hyperplane, 1024);
+    let mut imported = 0;
+    for c in export_all(&a) {
+        let r = b.pipe.second.import(b.now, &c).unwrap();
+        assert_eq!((r.refused, r.skipped), (0, 0));
+        imported += r.imported;
+    }
+    assert_eq!(imported, 60);
+    assert_eq!(b.counter("flows_imported"), 60);
+    assert_eq!(b.counter("active_tcp"), a.counter("active_tcp"));
+    assert_eq!(b.counter("active_udp"), a.counter("active_udp"));
+
+    for (i, &pp) in (0..60u16).zip(&public_ports) {
+        let sp = 30_000 + i;
+        let (v, f) = match i % 3 {
+            0 => b.send(&tcp4(REMOTE4, PUBLIC4, 443, pp, SYN | ACK)),
+            1 => b.send(&udp4(REMOTE4_B, PUBLIC4, 53, pp)),
+            _ => b.send(&udp6(remote6(), public6(), 53, pp)),
+        };
+        assert_eq!(v, Verdict::Pass, "reply {i}");
+        verify_frame(&f);
+        assert_eq!(ports(&f).1, sp, "reply {i} reaches its inside port");
+        match i % 3 {
+            0 => assert_eq!(dst4(&f), INSIDE4),
+            1 => assert_eq!(dst4(&f), INSIDE4_B),
+            _ => assert_eq!(dst6(&f), inside6()),
+        }
+    }
+    // The clients' next packets leave from the same public ports.
+    let again = b.send_batch(&first);
+    for ((v, f), &pp) in again.iter().zip(&public_ports) {
+        assert_eq!(*v, Verdict::Pass);
+        assert_eq!(ports(f).0, pp);
+    }
+    assert_eq!(b.counter("flows_translated"), 0);
+    // New flows to the same destinations take other ports.
+    let fresh: Vec<Vec<u8>> = (0..30u16)
+        .map(|i| udp4(INSIDE4_B, REMOTE4_B, 50_000 + i, 53))
+        .collect();
+    let taken: Vec<u16> = (0..60)
+        .filter(|i| i % 3 == 1)
+        .map(|i| public_ports[i])
+        .collect();
+    for (v, f) in b.send_batch(&fresh) {
+        assert_eq!(v, Verdict::Pass);
+        assert!(!taken.contains(&ports(&f).0));
+    }
+    // The same chunks again: every port is taken for its destination already, so every
+    // session is declined and nothing moves.
+    let live = b.counter("active_udp");
+    for c in export_all(&a) {
+        let r = b.pipe.second.import(b.now, &c).unwrap();
+        assert_eq!(r.imported, 0);
+    }
+    assert_eq!(b.counter("active_udp"), live);
+    // Imported sessions end like the others: every port given back, none unknown.
+    b.advance(24 * 3600);
+    assert_eq!(b.counter("active_udp") + b.counter("active_tcp"), 0);
+    assert_eq!(b.counter("release_unknown"), 0);
+    assert_eq!(b.counter("releases"), 60 + 30);
+
+    // Endpoint-independent profiles decline translated sessions: their mappings are shared
+    // by an inside endpoint's flows.
+    let mut c = Nat::new(Profile::Rfc, 1024);
+    let mut refused = 0;
+    for chunk in export_all(&a) {
+        refused += c.pipe.second.import(c.now, &chunk).unwrap().refused;
+    }
+    assert_eq!(refused, 60);
+    assert_eq!(c.counter("flows_imported"), 0);
+}

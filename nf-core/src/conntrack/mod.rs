@@ -93,8 +93,9 @@
 //!   ([`SessionService::export_value`]: identities, never local indices) and the importing
 //!   node's service takes the session over ([`SessionService::import_value`]: it reserves
 //!   what the session holds there, or declines), before [`Conntrack::import`] installs it.
-//!   nf-lb, nf-policy and [`TcpWindow`] sessions move; a service that does not say how
-//!   (nf-nat's, for now) makes [`Conntrack::export`] answer [`ExportError::Unsupported`].
+//!   nf-lb, nf-policy and [`TcpWindow`] sessions move, and nf-nat's outbound sessions of
+//!   its hyperplane profile (each service says which of its sessions it declines); a service
+//!   that does not say how makes [`Conntrack::export`] answer [`ExportError::Unsupported`].
 //! - **Handles**: the [`SessionRef`] written into [`Meta::session`](crate::Meta::session)
 //!   carries its address family, so it works with every method of the stage and of its
 //!   family's table.
