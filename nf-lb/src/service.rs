@@ -928,17 +928,22 @@ impl SessionService for Lb {
         else {
             return;
         };
-        let mut w = Writer(out.as_mut_slice());
-        w.put(&[1, kind]);
-        w.put(&vip.to_be_bytes());
-        w.put(&port.to_be_bytes());
-        w.put(&[protocol]);
         let b = id.as_bytes();
-        w.put(&[b.len() as u8]);
-        w.put(b);
-        w.skip(crate::MAX_ID_LEN - b.len());
-        w.put(&value.port.to_be_bytes());
-        w.put(&[value.proto]);
+        let mut idb = [0u8; crate::MAX_ID_LEN];
+        for (d, &s) in idb.iter_mut().zip(b) {
+            *d = s;
+        }
+        let fields = [1, kind]
+            .into_iter()
+            .chain(vip.to_be_bytes())
+            .chain(port.to_be_bytes())
+            .chain([protocol, b.len() as u8])
+            .chain(idb)
+            .chain(value.port.to_be_bytes())
+            .chain([value.proto]);
+        for (d, s) in out.iter_mut().zip(fields) {
+            *d = s;
+        }
     }
 
     /// Takes over a session another node exported: its listener and backend must be known
@@ -953,18 +958,19 @@ impl SessionService for Lb {
         bytes: &[u8],
     ) -> Option<LbSession> {
         let b = bytes.first_chunk::<EXPORTED>()?;
-        let mut r = Reader(b.as_slice());
-        let [balanced, kind] = r.take::<2>()?;
+        let (&[balanced, kind], rest) = b.split_first_chunk::<2>()?;
         if balanced == 0 {
             // A flow no listener matched: nothing is held.
             return (b.iter().all(|&x| x == 0)).then(LbSession::default);
         }
-        let vip = u128::from_be_bytes(r.take()?);
-        let port = u16::from_be_bytes(r.take()?);
-        let [protocol, len] = r.take()?;
-        let id = BackendId::new(r.take::<{ crate::MAX_ID_LEN }>()?.get(..usize::from(len))?)?;
-        let dst_port = u16::from_be_bytes(r.take()?);
-        let [flow_proto] = r.take()?;
+        let (&vip, rest) = rest.split_first_chunk::<16>()?;
+        let (&port, rest) = rest.split_first_chunk::<2>()?;
+        let (&[protocol, len], rest) = rest.split_first_chunk::<2>()?;
+        let (id, rest) = rest.split_first_chunk::<{ crate::MAX_ID_LEN }>()?;
+        let (&[d0, d1, flow_proto], _) = rest.split_first_chunk::<3>()?;
+        let (vip, port) = (u128::from_be_bytes(vip), u16::from_be_bytes(port));
+        let id = BackendId::new(id.get(..usize::from(len))?)?;
+        let dst_port = u16::from_be_bytes([d0, d1]);
         if balanced != 1 || flow_proto != session.original.proto {
             return None;
         }
@@ -1020,35 +1026,6 @@ impl SessionService for Lb {
 
 /// Bytes of a session's part in a hand-over ([`SessionService::EXPORT_LEN`]).
 const EXPORTED: usize = 2 + 16 + 2 + 1 + 1 + crate::MAX_ID_LEN + 2 + 1;
-
-/// Writes fields one after another (what does not fit is left out: the caller sizes it).
-struct Writer<'a>(&'a mut [u8]);
-
-impl Writer<'_> {
-    fn put(&mut self, b: &[u8]) {
-        let out = core::mem::take(&mut self.0);
-        let n = b.len().min(out.len());
-        let (head, tail) = out.split_at_mut(n);
-        head.copy_from_slice(b.get(..n).unwrap_or(&[]));
-        self.0 = tail;
-    }
-
-    fn skip(&mut self, n: usize) {
-        let out = core::mem::take(&mut self.0);
-        self.0 = out.get_mut(n..).unwrap_or_default();
-    }
-}
-
-/// Reads fields one after another.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, tail) = self.0.split_first_chunk::<N>()?;
-        self.0 = tail;
-        Some(*head)
-    }
-}
 
 /// Rewrites `end` of a DNAT flow's packet to `addr` and, for TCP and UDP, `port` (0 keeps
 /// the packet's; an ICMP query keeps its identifier).
