@@ -102,7 +102,6 @@ struct World {
     pipe: nf_core::Chain<ParseStage, Conntrack<Snat>>,
     snat_cfg: SnatConfig,
     ct_cfg: ConntrackConfig,
-    hyperplane: bool,
     now: Instant,
     endpoint_independent: bool,
     /// Original keys of sessions seen, to check the live ones.
@@ -176,8 +175,9 @@ impl World {
 
     /// Moves every session to a fresh stage: whatever the new stage takes over or declines,
     /// every record is accounted for, and the public tuples stay unique (`check_unique`).
-    /// Under hyperplane, an outbound SNAT session is never declined: its port is free in
-    /// the fresh allocator.
+    /// An outbound SNAT session is never declined, in any profile: its port (hyperplane: for
+    /// its destination; rfc, cgn: its endpoint's mapping, shared by that endpoint's other
+    /// sessions, in a block the endpoint's subscriber holds) is free in the fresh allocator.
     fn handover(&mut self) {
         let Ok(snat) = Snat::new(self.snat_cfg.clone()) else { return };
         let Ok(mut next) = Conntrack::new(self.ct_cfg.clone(), snat) else { return };
@@ -194,8 +194,9 @@ impl World {
                 }
             }
         }
-        if self.hyperplane {
-            // Every outbound translated session moved (the others may be declined).
+        {
+            // Every outbound translated session moved, in every profile (the others may be
+            // declined).
             for o in &self.originals {
                 let Some(hit) = self.pipe.second.lookup(o) else { continue };
                 let Some(info) = self.pipe.second.info(hit.session) else { continue };
@@ -296,7 +297,6 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
         pipe: ParseStage::default().then(ct_stage),
         snat_cfg: snat_cfg,
         ct_cfg: ct,
-        hyperplane: matches!(profile, Profile::Hyperplane),
         now: Instant::from_nanos(1_000_000_000),
         endpoint_independent: !matches!(profile, Profile::Hyperplane),
         originals: HashSet::new(),

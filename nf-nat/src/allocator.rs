@@ -742,22 +742,45 @@ impl PortAllocator {
         })
     }
 
-    /// Takes the given mapping for `original`, as [`Self::allocate`] would have chosen it: a
-    /// session another node translated, taken over here. The hyperplane profile only (its
-    /// state is the port's bit for the flow's destination, so a mapping can be taken as is);
-    /// false, with nothing changed, for the other profiles, a port this allocator may not
-    /// hand out (outside its range, excluded, or another node's or core's), a port taken or
-    /// quarantined for that destination, or a full allocator. Released like any mapping.
-    pub(crate) fn claim(&mut self, original: &FlowKey, m: Mapping) -> bool {
+    /// Takes the given mapping for `original`, as [`Self::allocate`] could have chosen it: a
+    /// session another node translated, taken over here, released like any mapping. False,
+    /// with nothing changed, for a public address not this allocator's, a port it may not
+    /// hand out (outside its range, excluded, another node's or core's) or a full allocator,
+    /// and per profile:
+    /// - hyperplane: a port taken or quarantined for the flow's destination;
+    /// - rfc and cgn: an inside endpoint mapped to another port, a port taken or quarantined
+    ///   (by another endpoint), or a subscriber whose mappings are on another public address
+    ///   (paired pooling);
+    /// - cgn: a port outside the blocks, in a block another subscriber holds, or beyond the
+    ///   subscriber's port quota or block count. A free block is taken as allocation
+    ///   takes one, with its [`BlockEvent`].
+    ///
+    /// The sessions of one endpoint-independent mapping each claim it: the first makes
+    /// it, the others hold it as reuse does.
+    pub(crate) fn claim(&mut self, now: Instant, original: &FlowKey, m: Mapping) -> bool {
+        self.reclaim(now, RECLAIM_PER_CALL);
         let Ok((p, fam)) = self.precheck(original) else {
             return false;
         };
-        if !self.has_room()
-            || !self
-                .family_ips
-                .get(fam)
-                .is_some_and(|l| l.contains(&m.public))
+        if !self
+            .family_ips
+            .get(fam)
+            .is_some_and(|l| l.contains(&m.public))
         {
+            return false;
+        }
+        let ok = match self.state {
+            State::Hyper(_) => self.claim_hyper(original, m, p, fam),
+            State::Eim(_) => self.claim_eim(now, original, m, p, fam),
+        };
+        if ok {
+            self.counters.claimed += 1;
+        }
+        ok
+    }
+
+    fn claim_hyper(&mut self, original: &FlowKey, m: Mapping, p: usize, fam: usize) -> bool {
+        if !self.has_room() {
             return false;
         }
         let key = Self::dest_key(original, m.public);
@@ -780,6 +803,84 @@ impl PortAllocator {
         }
         self.commit_live(m.public, p);
         true
+    }
+
+    fn claim_eim(
+        &mut self,
+        now: Instant,
+        original: &FlowKey,
+        m: Mapping,
+        p: usize,
+        fam: usize,
+    ) -> bool {
+        let ((ik, hik), sk) = self.eim_keys(original, fam);
+        let hsk = self.sub_hash(&sk);
+        let room = self.has_room();
+        let w = usize::from(m.port / 64);
+        let allowed = self.space.allowed(w, None) & bit(m.port) != 0;
+        let State::Eim(e) = &mut self.state else {
+            return false;
+        };
+        if let Some(slot) = e.maps.find(hik, &ik) {
+            // Another session of the same endpoint claimed (or made) it already.
+            return e.maps.value_at_mut(slot).is_some_and(|entry| {
+                let same = entry.public == m.public && entry.port == m.port;
+                match entry.refs.checked_add(1) {
+                    Some(r) if same => {
+                        entry.refs = r;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+        }
+        let free = e.dense.get(usize::from(m.public) * 3 + p).is_some_and(|d| {
+            (d.used.get(w).copied().unwrap_or(!0) | d.quarantined.get(w).copied().unwrap_or(!0))
+                & bit(m.port)
+                == 0
+        });
+        let sub = e.subs.get(hsk, &sk);
+        if !room || !allowed || !free || sub.is_some_and(|s| s.public != m.public) {
+            return false;
+        }
+        let plan = match &e.cgn {
+            None => Plan {
+                public: m.public,
+                port: m.port,
+                list: None,
+                new_block: None,
+            },
+            Some(c) => {
+                let Some(b) = c.block_of(w) else {
+                    return false;
+                };
+                let quota = c.settings.port_quota;
+                if sub.is_some_and(|s| s.per_proto.get(p).copied().unwrap_or(0) >= quota) {
+                    return false;
+                }
+                let owner = c.owner.get(c.gi(m.public, b)).copied().unwrap_or(NO_OWNER);
+                let list = match sub {
+                    Some(_) => None,
+                    None => match c.free_lists.last() {
+                        Some(&l) => Some(l),
+                        None => return false,
+                    },
+                };
+                let new_block = match (owner, sub) {
+                    (NO_OWNER, Some(s)) if s.blocks >= c.settings.max_blocks => return false,
+                    (NO_OWNER, _) => Some(b),
+                    (o, Some(s)) if o == s.list => None,
+                    _ => return false,
+                };
+                Plan {
+                    public: m.public,
+                    port: m.port,
+                    list,
+                    new_block,
+                }
+            }
+        };
+        self.commit_eim(now, p, (ik, hik), (sk, hsk), &plan).is_ok()
     }
 
     fn commit_live(&mut self, public: u16, p: usize) {
@@ -926,14 +1027,7 @@ impl PortAllocator {
 
     fn allocate_eim(&mut self, now: Instant, flow: &FlowKey) -> Result<Mapping, AllocError> {
         let (p, fam) = self.precheck(flow)?;
-        let ik = InsideKey {
-            addr: *flow.src_raw(),
-            zone: flow.zone.0,
-            port: flow.src_port,
-            proto: flow.proto,
-            v6: fam == 1,
-        };
-        let hik = self.inside_hash(&ik);
+        let ((ik, hik), sk) = self.eim_keys(flow, fam);
         let State::Eim(e) = &mut self.state else {
             return Err(AllocError::Exhausted);
         };
@@ -951,11 +1045,6 @@ impl PortAllocator {
         if !self.has_room() {
             return Err(AllocError::CapacityFull);
         }
-        let sk = SubKey {
-            addr: ik.addr,
-            zone: ik.zone,
-            v6: ik.v6,
-        };
         let hsk = self.sub_hash(&sk);
         let k = self.hasher.hash(flow);
         let plan = if matches!(self.profile, Profile::Cgn(_)) {
@@ -963,7 +1052,20 @@ impl PortAllocator {
         } else {
             self.plan_rfc(flow, p, fam, k, &sk, hsk)?
         };
-        // Commit: nothing above changed any state.
+        self.commit_eim(now, p, (ik, hik), (sk, hsk), &plan)
+    }
+
+    /// Commits `plan` for the inside endpoint `ik` of subscriber `sk` (with their hashes):
+    /// the mapping entry (one reference), the subscriber's counts (and, CGN, its block list
+    /// and a new block with its event), the port's bit. Nothing above it changed any state.
+    fn commit_eim(
+        &mut self,
+        now: Instant,
+        p: usize,
+        (ik, hik): (InsideKey, u64),
+        (sk, hsk): (SubKey, u64),
+        plan: &Plan,
+    ) -> Result<Mapping, AllocError> {
         let State::Eim(e) = &mut self.state else {
             return Err(AllocError::Exhausted);
         };
@@ -1050,6 +1152,24 @@ impl PortAllocator {
             public: plan.public,
             port: plan.port,
         })
+    }
+
+    /// The endpoint-independent state's keys of `flow`'s inside endpoint (with its hash)
+    /// and subscriber (family index `fam`).
+    fn eim_keys(&self, flow: &FlowKey, fam: usize) -> ((InsideKey, u64), SubKey) {
+        let ik = InsideKey {
+            addr: *flow.src_raw(),
+            zone: flow.zone.0,
+            port: flow.src_port,
+            proto: flow.proto,
+            v6: fam == 1,
+        };
+        let sk = SubKey {
+            addr: ik.addr,
+            zone: ik.zone,
+            v6: ik.v6,
+        };
+        ((ik, self.inside_hash(&ik)), sk)
     }
 
     fn inside_hash(&self, k: &InsideKey) -> u64 {
@@ -1235,19 +1355,7 @@ impl PortAllocator {
         let (p, fam) = self
             .precheck(flow)
             .map_err(|_| ReleaseError::UnknownMapping)?;
-        let ik = InsideKey {
-            addr: *flow.src_raw(),
-            zone: flow.zone.0,
-            port: flow.src_port,
-            proto: flow.proto,
-            v6: fam == 1,
-        };
-        let hik = self.inside_hash(&ik);
-        let sk = SubKey {
-            addr: ik.addr,
-            zone: ik.zone,
-            v6: ik.v6,
-        };
+        let ((ik, hik), sk) = self.eim_keys(flow, fam);
         let hsk = self.sub_hash(&sk);
         let is_cgn = matches!(self.profile, Profile::Cgn(_));
         let State::Eim(e) = &mut self.state else {

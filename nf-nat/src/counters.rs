@@ -27,6 +27,9 @@ pub struct AllocatorCounters {
     pub allocations: u64,
     /// Allocations that reused an endpoint-independent mapping.
     pub reused: u64,
+    /// Mappings of sessions taken over from another node (a session hand-over), each
+    /// session of an endpoint-independent mapping counted.
+    pub claimed: u64,
     /// Failed allocations per [`AllocError`] (index [`AllocError::index`]).
     pub errors: [u64; AllocError::COUNT],
     /// Successful releases.
@@ -77,6 +80,7 @@ impl AllocatorCounters {
     pub fn visit(&self, f: &mut dyn FnMut(&'static str, u64)) {
         f("allocations", self.allocations);
         f("reused", self.reused);
+        f("claimed", self.claimed);
         for e in AllocError::ALL {
             f(
                 e.counter_name(),

@@ -255,7 +255,8 @@
 //!   first 16, by index) `active_public_N` with `active_public_N_tcp`, `_udp`, `_icmp`;
 //! - probes: the histogram `probes_0`, `probes_1`, `probes_2`, `probes_3_4`, `probes_5_8`,
 //!   `probes_9_16`, `probes_17_32`, `probes_33_up`, and `probes_total`;
-//! - ports: `allocations`, `reused`, `releases`, `release_unknown`, `quarantined`; CGN
+//! - ports: `allocations`, `reused`, `claimed` (mappings of imported sessions), `releases`,
+//!   `release_unknown`, `quarantined`; CGN
 //!   `blocks_allocated`, `blocks_released`, `block_events_dropped`;
 //! - packets: `packets_out`, `packets_in`, `packets_hairpinned`, `fragments_translated`,
 //!   `rewrite_failed`, `icmp_errors_translated`, `icmp_errors_dropped`,

@@ -477,10 +477,12 @@ impl Translation {
 /// The SNAT session service (see the [crate docs](crate#snat): new flows, packets, ICMP
 /// errors, fragments, the end of a session).
 ///
-/// Outbound sessions of the hyperplane profile move between nodes
+/// Outbound sessions move between nodes, in every profile
 /// ([`Conntrack::export`](nf_core::conntrack::Conntrack::export) /
 /// [`Conntrack::import`](nf_core::conntrack::Conntrack::import)): the importing node takes
-/// each session's public port for its destination (see [`SessionService::import_value`]).
+/// each session's public port, for its destination (hyperplane) or as its inside
+/// endpoint's mapping (rfc, cgn; with the subscriber's port block) (see
+/// [`SessionService::import_value`]).
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
@@ -1415,15 +1417,21 @@ impl SessionService for Snat {
         }
     }
 
-    /// Takes over an outbound SNAT session another node translated (the hyperplane profile:
-    /// see below) with the same mapping: the public address must be one of this NAT's, the
-    /// reply key must be the one the mapping gives, and the allocator must be able to take
-    /// the port for the flow's destination (a port of this node's and core's share, free:
-    /// with per-node port shares, give the failed node's share to this one first). Declined
+    /// Takes over an outbound SNAT session another node translated, with the same mapping:
+    /// the public address must be one of this NAT's, the reply key the one the mapping
+    /// gives, and the allocator must be able to take the mapping as its own allocation
+    /// could have made it (a port of this node's and core's share: with per-node port
+    /// shares, give the failed node's share to this one first). Hyperplane: the port must
+    /// be free for the flow's destination. Rfc and cgn: the inside endpoint must have no
+    /// other mapping here (the sessions of one endpoint each take the same one, the first
+    /// makes it), the port must be free, the subscriber's mappings on the same public
+    /// address (paired pooling), and, cgn, the port's block the subscriber's or free (then
+    /// taken, with its block event) within its quotas. With endpoint-independent filtering
+    /// the mapping admits outside hosts again as it did on the old node. Declined
     /// otherwise, and for port forwards, hairpins and inbound flows, whose sessions do not
-    /// move yet; untranslated sessions move as they are. The endpoint-dependent profiles
-    /// (`rfc`, `cgn`) decline every translated session: their mappings are shared by an
-    /// inside endpoint's flows and cannot be taken one session at a time.
+    /// move yet (an outside host's next packet to a moved mapping opens a new inbound
+    /// session under endpoint-independent filtering); untranslated sessions move as they
+    /// are.
     fn import_value(
         &mut self,
         now: Instant,
@@ -1461,7 +1469,7 @@ impl SessionService for Snat {
                 s.v6.put(u32::from_be_bytes(inside));
             }
         };
-        if !self.ports.claim(&original, mapping) {
+        if !self.ports.claim(now, &original, mapping) {
             release(self);
             return None;
         }

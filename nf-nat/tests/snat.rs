@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use nf_core::wire::tcp::tcp_flags::{ACK, SYN};
 use nf_core::{DropReason, Verdict};
-use nf_nat::Profile;
+use nf_nat::{AllocatorConfig, CgnSettings, Filtering, Profile, SnatConfig};
 
 /// One protocol's frames, for both families: the outbound packet, the reply to a public
 /// port, and the same with the addresses given.
@@ -544,14 +544,162 @@ fn hyperplane_sessions_move_to_another_node_with_their_ports() {
     assert_eq!(b.counter("active_udp") + b.counter("active_tcp"), 0);
     assert_eq!(b.counter("release_unknown"), 0);
     assert_eq!(b.counter("releases"), 60 + 30);
+}
 
-    // Endpoint-independent profiles decline translated sessions: their mappings are shared
-    // by an inside endpoint's flows.
-    let mut c = Nat::new(Profile::Rfc, 1024);
-    let mut refused = 0;
-    for chunk in export_all(&a) {
-        refused += c.pipe.second.import(c.now, &chunk).unwrap().refused;
+/// An endpoint-independent NAT (`profile`, rfc or cgn) with endpoint-independent filtering,
+/// its allocator keyed by `secret`.
+fn eim_nat(profile: Profile, secret: [u8; 16]) -> Nat {
+    let public = vec![
+        core::net::Ipv4Addr::from(PUBLIC4).into(),
+        core::net::Ipv6Addr::from(public6()).into(),
+    ];
+    let ports = AllocatorConfig::new(profile, public, secret).with_max_mappings(1024);
+    Nat::with_config(
+        SnatConfig::new(ports).with_filtering(Filtering::EndpointIndependent),
+        1024,
+    )
+}
+
+/// The sessions of [`eim_sessions_move_with_their_mappings`]: one inside endpoint
+/// (`INSIDE4`:40000) to three destinations (one mapping for the three), 20 UDP endpoints
+/// of another host, 10 TCP flows and 5 UDP flows over IPv6. With each, how its reply
+/// arrives (source, destination port on the public side) and where it must land.
+fn eim_flows() -> Vec<(Vec<u8>, Proto, bool)> {
+    let mut f = vec![
+        (udp4(INSIDE4, REMOTE4, 40_000, 53), Proto::Udp, false),
+        (udp4(INSIDE4, REMOTE4_B, 40_000, 53), Proto::Udp, false),
+        (udp4(INSIDE4, REMOTE4, 40_000, 5353), Proto::Udp, false),
+    ];
+    f.extend((0..20).map(|i| (udp4(INSIDE4_B, REMOTE4, 41_000 + i, 53), Proto::Udp, false)));
+    f.extend((0..10).map(|i| {
+        (
+            tcp4(INSIDE4, REMOTE4, 42_000 + i, 443, SYN),
+            Proto::Tcp,
+            false,
+        )
+    }));
+    f.extend((0..5).map(|i| (udp6(inside6(), remote6(), 43_000 + i, 53), Proto::Udp, true)));
+    f
+}
+
+/// Block events drained from `nat`'s allocator: (kind, subscriber, public, first port).
+fn block_events(nat: &mut Nat) -> Vec<String> {
+    let ports = nat.pipe.second.service_mut().ports_mut();
+    let mut v = Vec::new();
+    while let Some(e) = ports.pop_block_event() {
+        v.push(format!(
+            "{:?} {} {} {}",
+            e.kind, e.subscriber, e.public, e.first_port
+        ));
     }
-    assert_eq!(refused, 60);
-    assert_eq!(c.counter("flows_imported"), 0);
+    v.sort();
+    v
+}
+
+/// Sessions of the endpoint-independent profiles move with their mappings: every session
+/// of an endpoint's mapping claims the same public port on the new node, which then keeps
+/// mapping that endpoint to it (for new destinations too), admits outside hosts to it
+/// (endpoint-independent filtering) and, in the cgn profile, takes the subscriber's port
+/// block with its event. A node whose own mapping of an endpoint differs declines that
+/// endpoint's sessions.
+fn eim_sessions_move_with_their_mappings(profile: Profile) {
+    let secret = *b"snat test secret";
+    let mut a = eim_nat(profile, secret);
+    let flows = eim_flows();
+    let frames: Vec<Vec<u8>> = flows.iter().map(|(f, _, _)| f.clone()).collect();
+    let out = a.send_batch(&frames);
+    assert!(out.iter().all(|(v, _)| *v == Verdict::Pass));
+    let public_ports: Vec<u16> = out.iter().map(|(_, f)| ports(f).0).collect();
+    assert_eq!(public_ports[0], public_ports[1], "one mapping per endpoint");
+    assert_eq!(public_ports[0], public_ports[2]);
+    let a_events = block_events(&mut a);
+    if let Profile::Cgn(_) = profile {
+        // One block per subscriber: INSIDE4, INSIDE4_B and the IPv6 host.
+        assert_eq!(a_events.len(), 3, "{a_events:?}");
+    }
+
+    let mut b = eim_nat(profile, secret);
+    let mut imported = 0;
+    for c in export_all(&a) {
+        let r = b.pipe.second.import(b.now, &c).unwrap();
+        assert_eq!((r.refused, r.skipped), (0, 0), "{profile:?}");
+        imported += r.imported;
+    }
+    assert_eq!(imported, 38);
+    assert_eq!(b.counter("flows_imported"), 38);
+    assert_eq!(b.counter("claimed"), 38);
+    for name in ["active_tcp", "active_udp", "blocks_allocated"] {
+        assert_eq!(b.counter(name), a.counter(name), "{profile:?} {name}");
+    }
+    assert_eq!(
+        block_events(&mut b),
+        a_events,
+        "the blocks move with their events"
+    );
+
+    // Every reply reaches its inside endpoint.
+    for ((f, p, v6), &pp) in flows.iter().zip(&public_ports) {
+        let (sp, dp) = ports(f);
+        let (v, got) = match (p, v6) {
+            (Proto::Tcp, _) => b.send(&tcp4(dst4(f), PUBLIC4, dp, pp, SYN | ACK)),
+            (_, false) => b.send(&udp4(dst4(f), PUBLIC4, dp, pp)),
+            (_, true) => b.send(&udp6(remote6(), public6(), dp, pp)),
+        };
+        assert_eq!(v, Verdict::Pass, "{profile:?} reply to {pp}");
+        verify_frame(&got);
+        assert_eq!(ports(&got).1, sp);
+    }
+    // The endpoint keeps its mapping for a new destination ...
+    let (v, f) = b.send(&udp4(INSIDE4, REMOTE4_B, 40_000, 9999));
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(ports(&f).0, public_ports[0]);
+    assert_eq!(b.counter("reused"), 1);
+    // ... and an outside host that never talked to it reaches it through the mapping.
+    let (v, f) = b.send(&udp4([198, 51, 100, 77], PUBLIC4, 7777, public_ports[0]));
+    assert_eq!(
+        v,
+        Verdict::Pass,
+        "{profile:?} endpoint-independent filtering"
+    );
+    assert_eq!((dst4(&f), ports(&f).1), (INSIDE4, 40_000));
+    // A new endpoint takes a port of its own.
+    let (v, f) = b.send(&udp4(INSIDE4_B, REMOTE4, 41_020, 53));
+    assert_eq!(v, Verdict::Pass);
+    assert!(!public_ports[..23].contains(&ports(&f).0));
+
+    // The same chunks again: every session is in the table already; the claims are given
+    // back and nothing else changes.
+    let live = (b.counter("active_udp"), b.counter("active_tcp"));
+    for c in export_all(&a) {
+        let r = b.pipe.second.import(b.now, &c).unwrap();
+        assert_eq!(r.imported, 0);
+    }
+    assert_eq!((b.counter("active_udp"), b.counter("active_tcp")), live);
+    // Imported sessions end like the others: every mapping given back, none unknown.
+    b.advance(24 * 3600);
+    assert_eq!(b.counter("active_udp") + b.counter("active_tcp"), 0);
+    assert_eq!(b.counter("release_unknown"), 0);
+
+    // A node that mapped `INSIDE4`:40000 itself, to another port (another key), declines
+    // that endpoint's three sessions and takes the rest.
+    let mut c = eim_nat(profile, *b"another secret!!");
+    let (_, f) = c.send(&udp4(INSIDE4, REMOTE4, 40_000, 123));
+    assert_ne!(ports(&f).0, public_ports[0]);
+    let (mut refused, mut imported) = (0, 0);
+    for chunk in export_all(&a) {
+        let r = c.pipe.second.import(c.now, &chunk).unwrap();
+        refused += r.refused;
+        imported += r.imported;
+    }
+    assert_eq!((refused, imported), (3, 35), "{profile:?}");
+}
+
+#[test]
+fn rfc_sessions_move_to_another_node_with_their_mappings() {
+    eim_sessions_move_with_their_mappings(Profile::Rfc);
+}
+
+#[test]
+fn cgn_sessions_move_to_another_node_with_their_mappings() {
+    eim_sessions_move_with_their_mappings(Profile::Cgn(CgnSettings::new()));
 }
