@@ -175,7 +175,9 @@ impl World {
 
     /// Moves every session to a fresh stage: whatever the new stage takes over or declines,
     /// every record is accounted for, and the public tuples stay unique (`check_unique`).
-    /// An outbound SNAT session is never declined, in any profile: its port (hyperplane: for
+    /// An outbound SNAT session is never declined, in any profile (nor a port forward's: the
+    /// fresh stage has the same forward; nor an outside host's on a mapping, nor a hairpin to
+    /// the forward): its port (hyperplane: for
     /// its destination; rfc, cgn: its endpoint's mapping, shared by that endpoint's other
     /// sessions, in a block the endpoint's subscriber holds) is free in the fresh allocator.
     fn handover(&mut self) {
@@ -195,8 +197,9 @@ impl World {
             }
         }
         {
-            // Every outbound translated session moved, in every profile (the others may be
-            // declined).
+            // Every outbound translated session, every port forward's session, every
+            // inbound session on a mapping and every hairpin to the forward moved, in every
+            // profile (hairpins to a mapping may be declined).
             for o in &self.originals {
                 let Some(hit) = self.pipe.second.lookup(o) else { continue };
                 let Some(info) = self.pipe.second.info(hit.session) else { continue };
@@ -210,6 +213,30 @@ impl World {
                     || info.reply.src_ip() == IpAddr::from(public6());
                 if outbound && !hairpin {
                     assert!(next.lookup(o).is_some(), "outbound session {o:?} did not move");
+                }
+                if info.original == *o && info.value.is_forward() {
+                    assert!(next.lookup(o).is_some(), "port forward's session {o:?} did not move");
+                }
+                // An outside host's session on a mapping (endpoint-independent filtering):
+                // its reply is the mapping's outbound flow back to that host.
+                let public_dst = [PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&o.dst_ip())
+                    || o.dst_ip() == IpAddr::from(public6());
+                let inbound = info.original == *o
+                    && public_dst
+                    && !info.value.is_forward()
+                    && info.value.mapping().is_some()
+                    && info.reply.dst_ip() == o.src_ip()
+                    && info.reply.dst_port == o.src_port;
+                if inbound {
+                    assert!(next.lookup(o).is_some(), "inbound session {o:?} did not move");
+                }
+                // A hairpin to the port forward: the forward's inside endpoint answers the
+                // client's mapping.
+                let reply_to_public = [PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&info.reply.dst_ip())
+                    || info.reply.dst_ip() == IpAddr::from(public6());
+                let to_forward = o.proto == proto::TCP && o.dst_ip() == IpAddr::from(PUBLIC4) && o.dst_port == 8080;
+                if info.original == *o && to_forward && reply_to_public {
+                    assert!(next.lookup(o).is_some(), "hairpin {o:?} did not move");
                 }
             }
         }

@@ -352,6 +352,27 @@ const PEERS_MAX: usize = 1 << 31;
 /// Bytes of a session's part in a hand-over ([`SessionService::EXPORT_LEN`]).
 const EXPORTED: usize = 1 + 16 + 2;
 
+/// The hand-over kind of a port forward's session (either family).
+const FORWARDED: u8 = 3;
+
+/// The hand-over kind of a session an outside host opened on a mapping (endpoint-independent
+/// filtering; either family).
+const INBOUND: u8 = 4;
+
+/// The hand-over kind of a hairpin: an inside host's flow to a port forward (either family).
+const HAIRPIN: u8 = 5;
+
+/// How an imported session holds its mapping.
+#[derive(Clone, Copy)]
+enum Adopted {
+    /// An inside endpoint's flow out.
+    Outbound,
+    /// An outside host's flow in, on the mapping of its reply.
+    Inbound,
+    /// An inside endpoint's flow to the port forward of this index.
+    Hairpin(u32),
+}
+
 /// The hand-over kind of a session that does not move.
 const NOT_MOVED: u8 = 255;
 
@@ -481,8 +502,8 @@ impl Translation {
 /// ([`Conntrack::export`](nf_core::conntrack::Conntrack::export) /
 /// [`Conntrack::import`](nf_core::conntrack::Conntrack::import)): the importing node takes
 /// each session's public port, for its destination (hyperplane) or as its inside
-/// endpoint's mapping (rfc, cgn; with the subscriber's port block) (see
-/// [`SessionService::import_value`]).
+/// endpoint's mapping (rfc, cgn; with the subscriber's port block); port forwards' sessions
+/// move to a node with the same forward (see [`SessionService::import_value`]).
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
@@ -871,8 +892,18 @@ impl Snat {
     ) -> Result<Translation, DropReason> {
         let original = *new.original();
         let f = *self.forwards.get(i).ok_or(DropReason::NatUntranslatable)?;
+        let reply = Self::forward_reply(&f, &original).ok_or(DropReason::NatUntranslatable)?;
+        if !new.is_free(&reply) || new.set_reply(reply).is_err() {
+            return Err(DropReason::NatUntranslatable);
+        }
+        self.forward_value(&f, &reply)
+            .ok_or(DropReason::NatCapacityFull)
+    }
+
+    /// The reply key of `original`, a flow to forward `f`: from its inside endpoint.
+    fn forward_reply(f: &Forward, original: &FlowKey) -> Option<FlowKey> {
         let inside = f.rule.inside;
-        let reply = FlowKey::from_addrs(
+        FlowKey::from_addrs(
             original.zone,
             inside.ip(),
             original.src_ip(),
@@ -880,16 +911,172 @@ impl Snat {
             inside.port(),
             original.src_port,
         )
-        .ok_or(DropReason::NatUntranslatable)?;
-        if !new.is_free(&reply) || new.set_reply(reply).is_err() {
-            return Err(DropReason::NatUntranslatable);
-        }
-        let (addr, v6) = self
-            .store_inside(reply.src_raw(), reply.family())
-            .ok_or(DropReason::NatCapacityFull)?;
+    }
+
+    /// The session value of a flow to forward `f` whose reply key is `reply`; `None` if
+    /// the IPv6 store is full.
+    fn forward_value(&mut self, f: &Forward, reply: &FlowKey) -> Option<Translation> {
+        let (addr, v6) = self.store_inside(reply.src_raw(), reply.family())?;
         let mapping = Mapping::new(f.public, f.rule.public.port());
         let kind = if v6 { Kind::DnatV6 } else { Kind::DnatV4 };
-        Ok(Translation::new(addr, inside.port(), mapping, 0, kind))
+        Some(Translation::new(
+            addr,
+            f.rule.inside.port(),
+            mapping,
+            0,
+            kind,
+        ))
+    }
+
+    /// Takes over a port forward's session another node admitted: this NAT must have the
+    /// same forward (public endpoint `addr`:`port`, the flow's destination) and admit the
+    /// flow as a forward (not a hairpin), to the same inside endpoint (the reply key).
+    fn import_forward(
+        &mut self,
+        session: &SessionInfo<()>,
+        addr: &[u8; 16],
+        port: u16,
+    ) -> Option<Translation> {
+        let original = session.original;
+        let hairpin = !self.inside.is_empty() && self.is_inside(&original);
+        let f = *self.forwards.iter().find(|f| f.rule.matches(&original))?;
+        if hairpin
+            || f.public_raw != *addr
+            || f.rule.public.port() != port
+            || Self::forward_reply(&f, &original) != Some(session.reply)
+        {
+            return None;
+        }
+        let t = self.forward_value(&f, &session.reply)?;
+        self.counters.flows_imported += 1;
+        Some(t)
+    }
+
+    /// The mapping of public address `addr` (16 bytes, IPv4 in the first 4) of `family`,
+    /// port `port`, if the address is one of this NAT's.
+    fn mapping_at(&self, addr: &[u8; 16], family: Family, port: u16) -> Option<Mapping> {
+        let ip = match family {
+            Family::V6 => IpAddr::from(*addr),
+            Family::V4 => IpAddr::from(*addr.first_chunk::<4>()?),
+        };
+        (0..u16::try_from(self.public_ips.len()).ok()?)
+            .map(|i| Mapping::new(i, port))
+            .find(|&m| self.ports.public_ip(m) == Some(ip))
+    }
+
+    /// Takes over a session on `mapping` of the outbound flow `outbound` (an inbound
+    /// session's reply), of kind `as_kind`: the allocator claims the mapping, the inside
+    /// address is stored, endpoint-independent filtering holds it (not for a hairpin to
+    /// forward `forward`). `None`, with nothing changed, where any of them cannot.
+    fn adopt_mapping(
+        &mut self,
+        now: Instant,
+        outbound: &FlowKey,
+        mapping: Mapping,
+        as_kind: Adopted,
+    ) -> Option<Translation> {
+        if !self.is_inside(outbound) {
+            return None;
+        }
+        let (inside, v6) = self.store_inside(outbound.src_raw(), outbound.family())?;
+        let release = |s: &mut Self| {
+            if v6 {
+                s.v6.put(u32::from_be_bytes(inside));
+            }
+        };
+        if !self.ports.claim(now, outbound, mapping) {
+            release(self);
+            return None;
+        }
+        let hairpin = matches!(as_kind, Adopted::Hairpin(_));
+        if !hairpin && !self.hold(outbound.proto, mapping, outbound, true) {
+            let _ = self.ports.release(now, outbound, mapping);
+            release(self);
+            return None;
+        }
+        self.counters.flows_imported += 1;
+        let (kind, other) = match (as_kind, v6) {
+            (Adopted::Outbound, false) => (Kind::V4, 0),
+            (Adopted::Outbound, true) => (Kind::V6, 0),
+            (Adopted::Inbound, false) => (Kind::InboundV4, 0),
+            (Adopted::Inbound, true) => (Kind::InboundV6, 0),
+            (Adopted::Hairpin(f), false) => (Kind::HairpinV4, f),
+            (Adopted::Hairpin(f), true) => (Kind::HairpinV6, f),
+        };
+        Some(Translation::new(
+            inside,
+            outbound.src_port,
+            mapping,
+            other,
+            kind,
+        ))
+    }
+
+    /// Takes over a hairpin another node admitted: an inside host's flow to a port
+    /// forward's public endpoint, on `mapping`; this NAT must have the same forward and
+    /// see the source as inside, and the reply key must be the forward's inside endpoint
+    /// answering the mapping.
+    fn import_hairpin(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        mapping: Mapping,
+    ) -> Option<Translation> {
+        let original = session.original;
+        if self.inside.is_empty() || !self.is_inside(&original) {
+            return None;
+        }
+        let i = self
+            .forwards
+            .iter()
+            .position(|f| f.rule.matches(&original))?;
+        let f = self.forwards.get(i)?;
+        let public = self.ports.public_ip(mapping)?;
+        let (ip, port) = (f.rule.inside.ip(), f.rule.inside.port());
+        let reply = FlowKey::from_addrs(
+            original.zone,
+            ip,
+            public,
+            original.proto,
+            port,
+            mapping.port(),
+        );
+        if reply != Some(session.reply) {
+            return None;
+        }
+        self.adopt_mapping(
+            now,
+            &original,
+            mapping,
+            Adopted::Hairpin(u32::try_from(i).ok()?),
+        )
+    }
+
+    /// Takes over a session an outside host opened on a mapping (endpoint-independent
+    /// filtering): this NAT must filter the same way, and the session's reply must be the
+    /// mapping's outbound flow to that host; it claims the mapping as that flow would
+    /// (whether or not the endpoint's other sessions moved before it).
+    fn import_inbound(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        addr: &[u8; 16],
+        port: u16,
+    ) -> Option<Translation> {
+        let (original, outbound) = (session.original, session.reply);
+        let from_inside = !self.inside.is_empty() && self.is_inside(&original);
+        if self.filtering != Filtering::EndpointIndependent
+            || from_inside
+            || *original.dst_raw() != *addr
+            || original.dst_port != port
+        {
+            return None;
+        }
+        let mapping = self.mapping_at(addr, original.family(), port)?;
+        if self.ports.reply_key(&outbound, mapping) != Some(original) {
+            return None;
+        }
+        self.adopt_mapping(now, &outbound, mapping, Adopted::Inbound)
     }
 
     /// A new flow from inside to a port forward's public endpoint (hairpinning): a mapping
@@ -1375,9 +1562,10 @@ impl SessionService for Snat {
     }
 
     /// A session moving to another node: its kind (1 byte: 0 untranslated, 1 SNAT over
-    /// IPv4, 2 over IPv6, 255 a kind that does not move), the public address (16 bytes, an
-    /// IPv4 one in the first 4) and port (2). The inside endpoint is the original key's
-    /// source.
+    /// IPv4, 2 over IPv6, 3 a port forward's, 4 an outside host's on a mapping, 5 a
+    /// hairpin to a port forward, 255 a kind that does not move), the public address (16
+    /// bytes, an IPv4 one in the first 4) and port (2). The inside endpoint is the
+    /// original key's source (a forward's and an outside host's: the reply key's).
     const EXPORT_LEN: Option<usize> = Some(EXPORTED);
 
     fn export_value(&self, t: &Translation, out: &mut [u8]) {
@@ -1389,6 +1577,9 @@ impl SessionService for Snat {
             Kind::Pass => return,
             Kind::V4 => 1,
             Kind::V6 => 2,
+            Kind::DnatV4 | Kind::DnatV6 => FORWARDED,
+            Kind::InboundV4 | Kind::InboundV6 => INBOUND,
+            Kind::HairpinV4 | Kind::HairpinV6 => HAIRPIN,
             _ => {
                 out[0] = NOT_MOVED;
                 return;
@@ -1398,16 +1589,7 @@ impl SessionService for Snat {
             out[0] = NOT_MOVED;
             return;
         };
-        let addr: [u8; 16] = match ip {
-            IpAddr::V4(a) => {
-                let mut b = [0; 16];
-                for (d, s) in b.iter_mut().zip(a.octets()) {
-                    *d = s;
-                }
-                b
-            }
-            IpAddr::V6(a) => a.octets(),
-        };
+        let addr = raw(ip);
         let port = t.map().port().to_be_bytes();
         for (d, s) in out
             .iter_mut()
@@ -1427,10 +1609,13 @@ impl SessionService for Snat {
     /// makes it), the port must be free, the subscriber's mappings on the same public
     /// address (paired pooling), and, cgn, the port's block the subscriber's or free (then
     /// taken, with its block event) within its quotas. With endpoint-independent filtering
-    /// the mapping admits outside hosts again as it did on the old node. Declined
-    /// otherwise, and for port forwards, hairpins and inbound flows, whose sessions do not
-    /// move yet (an outside host's next packet to a moved mapping opens a new inbound
-    /// session under endpoint-independent filtering); untranslated sessions move as they
+    /// the mapping admits outside hosts again as it did on the old node, and the sessions
+    /// outside hosts opened on a mapping move too (they claim the mapping as its outbound
+    /// flow to that host would, in whatever order the sessions arrive). A port forward's
+    /// session moves where this NAT has the same forward, to the same inside endpoint, and
+    /// so does a hairpin to it (with its mapping, claimed as for an outbound session).
+    /// Declined otherwise, and for hairpins to another inside host's mapping, whose
+    /// sessions hold two mappings and do not move yet; untranslated sessions move as they
     /// are.
     fn import_value(
         &mut self,
@@ -1441,52 +1626,28 @@ impl SessionService for Snat {
         let (&kind, rest) = bytes.first_chunk::<EXPORTED>()?.split_first()?;
         let (addr, rest) = rest.split_first_chunk::<16>()?;
         let &[p0, p1] = rest.first_chunk::<2>()?;
-        let original = session.original;
-        let v6 = match kind {
-            0 => return Some(Translation::default()),
-            1 => false,
-            2 => true,
-            _ => return None,
-        };
-        if v6 != (original.family() == Family::V6) || !self.is_inside(&original) {
-            return None;
-        }
-        let ip = if v6 {
-            IpAddr::from(*addr)
-        } else {
-            IpAddr::from(*addr.first_chunk::<4>()?)
-        };
         let port = u16::from_be_bytes([p0, p1]);
-        let mapping = (0..u16::try_from(self.public_ips.len()).ok()?)
-            .map(|i| Mapping::new(i, port))
-            .find(|&m| self.ports.public_ip(m) == Some(ip))?;
-        if self.ports.reply_key(&original, mapping) != Some(session.reply) {
-            return None;
-        }
-        let (inside, _) = self.store_inside(original.src_raw(), original.family())?;
-        let release = |s: &mut Self| {
-            if v6 {
-                s.v6.put(u32::from_be_bytes(inside));
+        let original = session.original;
+        match kind {
+            0 => Some(Translation::default()),
+            1 | 2 => {
+                if (kind == 2) != (original.family() == Family::V6) {
+                    return None;
+                }
+                let mapping = self.mapping_at(addr, original.family(), port)?;
+                if self.ports.reply_key(&original, mapping) != Some(session.reply) {
+                    return None;
+                }
+                self.adopt_mapping(now, &original, mapping, Adopted::Outbound)
             }
-        };
-        if !self.ports.claim(now, &original, mapping) {
-            release(self);
-            return None;
+            FORWARDED => self.import_forward(session, addr, port),
+            HAIRPIN => {
+                let mapping = self.mapping_at(addr, original.family(), port)?;
+                self.import_hairpin(now, session, mapping)
+            }
+            INBOUND => self.import_inbound(now, session, addr, port),
+            _ => None,
         }
-        if !self.hold(original.proto, mapping, &original, true) {
-            let _ = self.ports.release(now, &original, mapping);
-            release(self);
-            return None;
-        }
-        self.counters.flows_imported += 1;
-        let kind = if v6 { Kind::V6 } else { Kind::V4 };
-        Some(Translation::new(
-            inside,
-            original.src_port,
-            mapping,
-            0,
-            kind,
-        ))
     }
 
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {

@@ -497,20 +497,7 @@ fn pin(profile: Profile, tcp: bool, v6: bool) {
 /// client sees the answer come from the public endpoint; an ICMP error from the server gets
 /// back to the client translated twice.
 fn hairpin(profile: Profile, tcp: bool) {
-    use core::net::{Ipv4Addr, SocketAddr};
-    use nf_nat::{InsidePrefix, PortForward};
-    let public = Ipv4Addr::from(PUBLIC4);
-    let p = if tcp { 6 } else { 17 };
-    let fw = PortForward::new(
-        p,
-        SocketAddr::new(public.into(), 8080),
-        SocketAddr::new(Ipv4Addr::from(INSIDE4).into(), 80),
-    );
-    let alloc = AllocatorConfig::new(profile, vec![public.into()], *b"snat test secret");
-    let cfg = SnatConfig::new(alloc)
-        .with_inside(InsidePrefix::new(Ipv4Addr::new(10, 0, 0, 0).into(), 8))
-        .with_forward(fw);
-    let mut nat = Nat::with_config(cfg, 256);
+    let mut nat = hairpin_nat(profile, if tcp { 6 } else { 17 });
     let make = |s, d, sp, dp, reply: bool| {
         if tcp {
             tcp4(s, d, sp, dp, if reply { SYN | ACK } else { SYN })

@@ -598,10 +598,10 @@ fn block_events(nat: &mut Nat) -> Vec<String> {
 
 /// Sessions of the endpoint-independent profiles move with their mappings: every session
 /// of an endpoint's mapping claims the same public port on the new node, which then keeps
-/// mapping that endpoint to it (for new destinations too), admits outside hosts to it
-/// (endpoint-independent filtering) and, in the cgn profile, takes the subscriber's port
-/// block with its event. A node whose own mapping of an endpoint differs declines that
-/// endpoint's sessions.
+/// mapping that endpoint to it (for new destinations too), keeps the sessions outside hosts
+/// opened on it and admits others (endpoint-independent filtering) and, in the cgn profile,
+/// takes the subscriber's port block with its event. A node whose own mapping of an
+/// endpoint differs declines that endpoint's sessions.
 fn eim_sessions_move_with_their_mappings(profile: Profile) {
     let secret = *b"snat test secret";
     let mut a = eim_nat(profile, secret);
@@ -612,6 +612,11 @@ fn eim_sessions_move_with_their_mappings(profile: Profile) {
     let public_ports: Vec<u16> = out.iter().map(|(_, f)| ports(f).0).collect();
     assert_eq!(public_ports[0], public_ports[1], "one mapping per endpoint");
     assert_eq!(public_ports[0], public_ports[2]);
+    // An outside host the endpoint never talked to, let in by endpoint-independent
+    // filtering: an inbound session on the endpoint's mapping.
+    let stranger = udp4([198, 51, 100, 77], PUBLIC4, 7777, public_ports[0]);
+    assert_eq!(a.send(&stranger).0, Verdict::Pass);
+    assert_eq!(a.counter("flows_inbound"), 1);
     let a_events = block_events(&mut a);
     if let Profile::Cgn(_) = profile {
         // One block per subscriber: INSIDE4, INSIDE4_B and the IPv6 host.
@@ -625,9 +630,9 @@ fn eim_sessions_move_with_their_mappings(profile: Profile) {
         assert_eq!((r.refused, r.skipped), (0, 0), "{profile:?}");
         imported += r.imported;
     }
-    assert_eq!(imported, 38);
-    assert_eq!(b.counter("flows_imported"), 38);
-    assert_eq!(b.counter("claimed"), 38);
+    assert_eq!(imported, 39);
+    assert_eq!(b.counter("flows_imported"), 39);
+    assert_eq!(b.counter("claimed"), 39);
     for name in ["active_tcp", "active_udp", "blocks_allocated"] {
         assert_eq!(b.counter(name), a.counter(name), "{profile:?} {name}");
     }
@@ -654,14 +659,20 @@ fn eim_sessions_move_with_their_mappings(profile: Profile) {
     assert_eq!(v, Verdict::Pass);
     assert_eq!(ports(&f).0, public_ports[0]);
     assert_eq!(b.counter("reused"), 1);
-    // ... and an outside host that never talked to it reaches it through the mapping.
-    let (v, f) = b.send(&udp4([198, 51, 100, 77], PUBLIC4, 7777, public_ports[0]));
+    // ... the stranger's session moved ...
+    let (v, f) = b.send(&stranger);
+    assert_eq!(v, Verdict::Pass, "{profile:?} the inbound session");
+    assert_eq!((dst4(&f), ports(&f).1), (INSIDE4, 40_000));
+    assert_eq!(b.counter("flows_inbound"), 0);
+    // ... and another outside host reaches the endpoint through the mapping.
+    let (v, f) = b.send(&udp4([198, 51, 100, 78], PUBLIC4, 7777, public_ports[0]));
     assert_eq!(
         v,
         Verdict::Pass,
         "{profile:?} endpoint-independent filtering"
     );
     assert_eq!((dst4(&f), ports(&f).1), (INSIDE4, 40_000));
+    assert_eq!(b.counter("flows_inbound"), 1);
     // A new endpoint takes a port of its own.
     let (v, f) = b.send(&udp4(INSIDE4_B, REMOTE4, 41_020, 53));
     assert_eq!(v, Verdict::Pass);
@@ -681,7 +692,7 @@ fn eim_sessions_move_with_their_mappings(profile: Profile) {
     assert_eq!(b.counter("release_unknown"), 0);
 
     // A node that mapped `INSIDE4`:40000 itself, to another port (another key), declines
-    // that endpoint's three sessions and takes the rest.
+    // that endpoint's four sessions (three out, one in) and takes the rest.
     let mut c = eim_nat(profile, *b"another secret!!");
     let (_, f) = c.send(&udp4(INSIDE4, REMOTE4, 40_000, 123));
     assert_ne!(ports(&f).0, public_ports[0]);
@@ -691,7 +702,7 @@ fn eim_sessions_move_with_their_mappings(profile: Profile) {
         refused += r.refused;
         imported += r.imported;
     }
-    assert_eq!((refused, imported), (3, 35), "{profile:?}");
+    assert_eq!((refused, imported), (4, 35), "{profile:?}");
 }
 
 #[test]
@@ -702,4 +713,111 @@ fn rfc_sessions_move_to_another_node_with_their_mappings() {
 #[test]
 fn cgn_sessions_move_to_another_node_with_their_mappings() {
     eim_sessions_move_with_their_mappings(Profile::Cgn(CgnSettings::new()));
+}
+
+/// A port forward's sessions move to a node with the same forward: the client's next
+/// packets reach the inside server there and the server's answers leave from the public
+/// endpoint. A node without the forward declines them.
+#[test]
+fn port_forward_sessions_move_to_a_node_with_the_same_forward() {
+    let mut a = forwarding_nat();
+    let inbound: Vec<Vec<u8>> = (0..8u16)
+        .map(|i| tcp4(REMOTE4, PUBLIC4, 33_000 + i, 8080, SYN))
+        .chain((0..4u16).map(|i| udp6(remote6(), public6(), 40_000 + i, 5353)))
+        .collect();
+    assert!(
+        a.send_batch(&inbound)
+            .iter()
+            .all(|(v, _)| *v == Verdict::Pass)
+    );
+    // And one outbound flow beside them.
+    assert_eq!(a.send(&udp4(INSIDE4, REMOTE4, 5000, 53)).0, Verdict::Pass);
+    assert_eq!(a.counter("flows_forwarded"), 12);
+
+    let mut b = forwarding_nat();
+    let mut imported = 0;
+    for c in export_all(&a) {
+        let r = b.pipe.second.import(b.now, &c).unwrap();
+        assert_eq!((r.refused, r.skipped), (0, 0));
+        imported += r.imported;
+    }
+    assert_eq!(imported, 13);
+    assert_eq!(b.counter("flows_imported"), 13);
+    for i in 0..8u16 {
+        let (v, f) = b.send(&tcp4(INSIDE4, REMOTE4, 80, 33_000 + i, SYN | ACK));
+        assert_eq!(v, Verdict::Pass);
+        verify_frame(&f);
+        assert_eq!((src4(&f), ports(&f)), (PUBLIC4, (8080, 33_000 + i)));
+    }
+    for i in 0..4u16 {
+        let (v, f) = b.send(&udp6(remote6(), public6(), 40_000 + i, 5353));
+        assert_eq!(v, Verdict::Pass);
+        verify_frame(&f);
+        assert_eq!((dst6(&f), ports(&f)), (inside6(), (40_000 + i, 53)));
+    }
+    assert_eq!(
+        b.counter("flows_forwarded"),
+        0,
+        "no packet opened a new session"
+    );
+    // Forward sessions end like the others (their IPv6 inside addresses given back).
+    b.advance(24 * 3600);
+    assert_eq!(b.pipe.second.len(), 0);
+
+    // Without the forward: the 12 forward sessions are declined, the outbound one moves.
+    let mut c = Nat::new(Profile::Hyperplane, 1024);
+    let (mut refused, mut imported) = (0, 0);
+    for chunk in export_all(&a) {
+        let r = c.pipe.second.import(c.now, &chunk).unwrap();
+        refused += r.refused;
+        imported += r.imported;
+    }
+    assert_eq!((refused, imported), (12, 1));
+}
+
+/// A hairpin (an inside host reaching a port forward through the public address) moves
+/// with its mapping in every profile: on the new node the server's answers reach the
+/// client from the public endpoint and the client's next packets reach the server from the
+/// mapping, without a new session.
+#[test]
+fn hairpin_sessions_move_with_their_mappings() {
+    for profile in [
+        Profile::Hyperplane,
+        Profile::Rfc,
+        Profile::Cgn(CgnSettings::new()),
+    ] {
+        let node = || hairpin_nat(profile, nf_core::flow::proto::TCP);
+        let mut a = node();
+        let syn = tcp4(INSIDE4_B, PUBLIC4, 45_000, 8080, SYN);
+        let (v, to_server) = a.send(&syn);
+        assert_eq!(v, Verdict::Pass);
+        let (mapped, _) = ports(&to_server);
+        assert_eq!(a.counter("flows_hairpinned"), 1);
+
+        let mut b = node();
+        let mut imported = 0;
+        for c in export_all(&a) {
+            let r = b.pipe.second.import(b.now, &c).unwrap();
+            assert_eq!((r.refused, r.skipped), (0, 0), "{profile:?}");
+            imported += r.imported;
+        }
+        assert_eq!(imported, 1, "{profile:?}");
+        let (v, to_client) = b.send(&tcp4(INSIDE4, PUBLIC4, 80, mapped, SYN | ACK));
+        assert_eq!(v, Verdict::Pass, "{profile:?}");
+        verify_frame(&to_client);
+        assert_eq!((src4(&to_client), dst4(&to_client)), (PUBLIC4, INSIDE4_B));
+        assert_eq!(ports(&to_client), (8080, 45_000));
+        let (v, again) = b.send(&syn);
+        assert_eq!(v, Verdict::Pass);
+        assert_eq!((src4(&again), dst4(&again)), (PUBLIC4, INSIDE4));
+        assert_eq!(ports(&again), (mapped, 80));
+        assert_eq!(b.counter("flows_hairpinned"), 0, "no new session");
+        b.advance(24 * 3600);
+        assert_eq!(
+            b.snat().ports().len(),
+            0,
+            "{profile:?}: the mapping released"
+        );
+        assert_eq!(b.counter("release_unknown"), 0);
+    }
 }

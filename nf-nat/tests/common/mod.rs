@@ -131,6 +131,24 @@ impl Nat {
     }
 }
 
+/// A NAT with the port forward PUBLIC4:8080 → `INSIDE4`:80 (protocol `proto`) and the
+/// inside prefix 10.0.0.0/8, so that inside hosts reaching the forward are hairpinned.
+pub(crate) fn hairpin_nat(profile: Profile, proto: u8) -> Nat {
+    use core::net::{Ipv4Addr, SocketAddr};
+    use nf_nat::{InsidePrefix, PortForward};
+    let public = Ipv4Addr::from(PUBLIC4);
+    let fw = PortForward::new(
+        proto,
+        SocketAddr::new(public.into(), 8080),
+        SocketAddr::new(Ipv4Addr::from(INSIDE4).into(), 80),
+    );
+    let alloc = AllocatorConfig::new(profile, vec![public.into()], *b"snat test secret");
+    let cfg = SnatConfig::new(alloc)
+        .with_inside(InsidePrefix::new(Ipv4Addr::new(10, 0, 0, 0).into(), 8))
+        .with_forward(fw);
+    Nat::with_config(cfg, 256)
+}
+
 /// The IP packet of an Ethernet frame.
 pub(crate) fn ip(frame: &[u8]) -> &[u8] {
     &frame[14..]
