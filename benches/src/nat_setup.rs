@@ -66,15 +66,22 @@ pub(crate) fn conntrack_config(sessions: usize) -> ConntrackConfig {
 
 /// The scenario's NAT pipeline (hyperplane profile, four public addresses), no session yet.
 pub(crate) fn open(sessions: usize) -> Pipeline {
-    let ct = conntrack_config(sessions);
-    ParseStage::default().then(Conntrack::new(ct, snat(sessions)).expect("conntrack config"))
+    open_with(Profile::Hyperplane, sessions)
 }
 
-/// The scenario's SNAT service: hyperplane profile, the four [`PUBLICS`], room for
-/// `sessions` mappings (shared with the `pipeline` scenario).
-pub(crate) fn snat(sessions: usize) -> Snat {
+/// [`open`] in another profile (its timeouts too).
+pub(crate) fn open_with(profile: Profile, sessions: usize) -> Pipeline {
+    let mut ct = conntrack_config(sessions);
+    ct.v4.timeouts = nat_timeouts(&profile);
+    let snat = snat_with(profile, sessions);
+    ParseStage::default().then(Conntrack::new(ct, snat).expect("conntrack config"))
+}
+
+/// The scenario's SNAT service in `profile` (the scenario's: hyperplane): the four
+/// [`PUBLICS`], room for `sessions` mappings (shared with the `pipeline` scenario).
+pub(crate) fn snat_with(profile: Profile, sessions: usize) -> Snat {
     let publics = PUBLICS.iter().map(|&a| a.into()).collect();
-    let alloc = AllocatorConfig::new(Profile::Hyperplane, publics, *b"nf-bench nat est")
+    let alloc = AllocatorConfig::new(profile, publics, *b"nf-bench nat est")
         .with_max_mappings(sessions + 1024);
     Snat::new(SnatConfig::new(alloc).with_v6_sessions(64)).expect("snat config")
 }

@@ -124,7 +124,7 @@ pub(crate) fn gateway(sessions: usize, rules: &[SgRule]) -> Gateway {
     let room = sessions + (2.0 * NEW_SHARE * (LAG * BATCH) as f64) as usize;
     let ct = Conntrack::new(
         nat_setup::conntrack_config(room),
-        (sg, nat_setup::snat(room)),
+        (sg, nat_setup::snat_with(nf_nat::Profile::Hyperplane, room)),
     )
     .expect("conntrack config");
     let encap = EncapStage::new(encap_config(egress_underlay())).expect("encap config");
