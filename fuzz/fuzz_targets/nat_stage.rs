@@ -175,9 +175,8 @@ impl World {
 
     /// Moves every session to a fresh stage: whatever the new stage takes over or declines,
     /// every record is accounted for, and the public tuples stay unique (`check_unique`).
-    /// An outbound SNAT session is never declined, in any profile (nor a port forward's: the
-    /// fresh stage has the same forward; nor an outside host's on a mapping, nor a hairpin to
-    /// the forward): its port (hyperplane: for
+    /// No session is declined, in any profile (the fresh stage has the same forward and
+    /// stores; a hairpin to a mapping claims both): an outbound one's port (hyperplane: for
     /// its destination; rfc, cgn: its endpoint's mapping, shared by that endpoint's other
     /// sessions, in a block the endpoint's subscriber holds) is free in the fresh allocator.
     fn handover(&mut self) {
@@ -190,6 +189,9 @@ impl World {
                 let p = self.pipe.second.export(family, self.now, from, 13, &mut chunk).expect("SNAT sessions export");
                 let r = next.import(self.now, &chunk).expect("a chunk just made");
                 assert_eq!(r.imported + r.refused + r.skipped, p.records);
+                // The fresh stage has the same configuration: the service takes every
+                // session over, whatever its kind.
+                assert_eq!(r.refused, 0, "a session was declined");
                 match p.next {
                     Some(n) => from = n,
                     None => break,
@@ -199,7 +201,7 @@ impl World {
         {
             // Every outbound translated session, every port forward's session, every
             // inbound session on a mapping and every hairpin to the forward moved, in every
-            // profile (hairpins to a mapping may be declined).
+            // profile (and none was declined, above).
             for o in &self.originals {
                 let Some(hit) = self.pipe.second.lookup(o) else { continue };
                 let Some(info) = self.pipe.second.info(hit.session) else { continue };

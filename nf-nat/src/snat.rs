@@ -362,6 +362,11 @@ const INBOUND: u8 = 4;
 /// The hand-over kind of a hairpin: an inside host's flow to a port forward (either family).
 const HAIRPIN: u8 = 5;
 
+/// The hand-over kinds of a hairpin to another inside host's mapping (either family):
+/// open, or waiting for the peer's mapping to accept the sender.
+const PIN: u8 = 6;
+const PIN_WAITING: u8 = 7;
+
 /// How an imported session holds its mapping.
 #[derive(Clone, Copy)]
 enum Adopted {
@@ -498,12 +503,13 @@ impl Translation {
 /// The SNAT session service (see the [crate docs](crate#snat): new flows, packets, ICMP
 /// errors, fragments, the end of a session).
 ///
-/// Outbound sessions move between nodes, in every profile
+/// Every session moves between nodes, in every profile
 /// ([`Conntrack::export`](nf_core::conntrack::Conntrack::export) /
-/// [`Conntrack::import`](nf_core::conntrack::Conntrack::import)): the importing node takes
-/// each session's public port, for its destination (hyperplane) or as its inside
-/// endpoint's mapping (rfc, cgn; with the subscriber's port block); port forwards' sessions
-/// move to a node with the same forward (see [`SessionService::import_value`]).
+/// [`Conntrack::import`](nf_core::conntrack::Conntrack::import)): the importing node
+/// (configured the same way) takes each session's public port, for its destination
+/// (hyperplane) or as its inside endpoint's mapping (rfc, cgn; with the subscriber's port
+/// block), and a hairpin's two; port forwards' sessions move to a node with the same
+/// forward (see [`SessionService::import_value`]).
 ///
 /// ```
 /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
@@ -1079,6 +1085,83 @@ impl Snat {
         self.adopt_mapping(now, &outbound, mapping, Adopted::Inbound)
     }
 
+    /// Takes over a hairpin to another inside host's mapping: the sender's flow (the
+    /// original key) on its own `mapping`, to the peer's mapping (the destination); the
+    /// reply key is the peer's outbound flow to the sender's mapping. Both mappings are
+    /// claimed (the sender's as its outbound flow would, the peer's as the reply's), so
+    /// this node must map both endpoints the same way or not yet; the filtering entries
+    /// and the peer entry are made as [`Self::admit_pin`] makes them, `waiting` as it was.
+    fn import_pin(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        mapping: Mapping,
+        waiting: bool,
+    ) -> Option<Translation> {
+        let (key, back) = (session.original, session.reply);
+        if self.inside.is_empty()
+            || !self.is_inside(&key)
+            || !self.is_public(&key)
+            || (waiting && self.filtering == Filtering::EndpointIndependent)
+        {
+            return None;
+        }
+        let peer_mapping = self.mapping_at(key.dst_raw(), key.family(), key.dst_port)?;
+        let source = self.ports.public_ip(mapping)?;
+        let expected = FlowKey::from_addrs(
+            key.zone,
+            back.src_ip(),
+            source,
+            key.proto,
+            back.src_port,
+            mapping.port(),
+        );
+        if expected != Some(back) || !self.is_inside(&back) {
+            return None;
+        }
+        if !self.ports.claim(now, &key, mapping) {
+            return None;
+        }
+        if !self.ports.claim(now, &back, peer_mapping) {
+            let _ = self.ports.release(now, &key, mapping);
+            return None;
+        }
+        let undo = |s: &mut Self| {
+            let _ = s.ports.release(now, &back, peer_mapping);
+            let _ = s.ports.release(now, &key, mapping);
+            None
+        };
+        let Some((inside, v6)) = self.store_inside(key.src_raw(), key.family()) else {
+            return undo(self);
+        };
+        let peer = Peer {
+            addr: *back.src_raw(),
+            port: back.src_port,
+            mapping: peer_mapping,
+        };
+        // Each step undone if a later one fails: the peer entry, then the filtering
+        // entries of the sender's mapping and of the peer's (new here, perhaps).
+        let peer = self.peers.take(peer);
+        let sender_held = peer.is_some() && self.hold(key.proto, mapping, &key, true);
+        let peer_held = sender_held && self.hold(key.proto, peer_mapping, &back, true);
+        let (Some(peer), true) = (peer, peer_held) else {
+            if sender_held {
+                self.hold(key.proto, mapping, &key, false);
+            }
+            if let Some(p) = peer {
+                self.peers.put(p);
+            }
+            if v6 {
+                self.v6.put(u32::from_be_bytes(inside));
+            }
+            return undo(self);
+        };
+        self.counters.flows_imported += 1;
+        let kind = if v6 { Kind::PinV6 } else { Kind::PinV4 };
+        let other = peer | if waiting { WAITING } else { 0 };
+        Some(Translation::new(inside, key.src_port, mapping, other, kind))
+    }
+
     /// A new flow from inside to a port forward's public endpoint (hairpinning): a mapping
     /// for the source, as for any outbound flow, and the forward's inside endpoint as the
     /// destination; replies come from that endpoint to the mapping, and the forward's inside
@@ -1563,8 +1646,10 @@ impl SessionService for Snat {
 
     /// A session moving to another node: its kind (1 byte: 0 untranslated, 1 SNAT over
     /// IPv4, 2 over IPv6, 3 a port forward's, 4 an outside host's on a mapping, 5 a
-    /// hairpin to a port forward, 255 a kind that does not move), the public address (16
-    /// bytes, an IPv4 one in the first 4) and port (2). The inside endpoint is the
+    /// hairpin to a port forward, 6 and 7 a hairpin to another inside host's mapping, open
+    /// and waiting, 255 a session whose mapping has no public address here), the public
+    /// address (16 bytes, an IPv4 one in the first 4) and port (2) of its mapping (a
+    /// hairpin's: the sender's; the peer's is its destination). The inside endpoint is the
     /// original key's source (a forward's and an outside host's: the reply key's).
     const EXPORT_LEN: Option<usize> = Some(EXPORTED);
 
@@ -1580,10 +1665,8 @@ impl SessionService for Snat {
             Kind::DnatV4 | Kind::DnatV6 => FORWARDED,
             Kind::InboundV4 | Kind::InboundV6 => INBOUND,
             Kind::HairpinV4 | Kind::HairpinV6 => HAIRPIN,
-            _ => {
-                out[0] = NOT_MOVED;
-                return;
-            }
+            Kind::PinV4 | Kind::PinV6 if t.waiting() => PIN_WAITING,
+            Kind::PinV4 | Kind::PinV6 => PIN,
         };
         let Some(ip) = self.ports.public_ip(t.map()) else {
             out[0] = NOT_MOVED;
@@ -1602,8 +1685,9 @@ impl SessionService for Snat {
     /// Takes over an outbound SNAT session another node translated, with the same mapping:
     /// the public address must be one of this NAT's, the reply key the one the mapping
     /// gives, and the allocator must be able to take the mapping as its own allocation
-    /// could have made it (a port of this node's and core's share: with per-node port
-    /// shares, give the failed node's share to this one first). Hyperplane: the port must
+    /// could have made it: a port of this node's and core's share (with per-node port
+    /// shares, [`Owner`](crate::Owner), another node's sessions are declined: no allocator
+    /// takes over another owner's share yet). Hyperplane: the port must
     /// be free for the flow's destination. Rfc and cgn: the inside endpoint must have no
     /// other mapping here (the sessions of one endpoint each take the same one, the first
     /// makes it), the port must be free, the subscriber's mappings on the same public
@@ -1614,9 +1698,9 @@ impl SessionService for Snat {
     /// flow to that host would, in whatever order the sessions arrive). A port forward's
     /// session moves where this NAT has the same forward, to the same inside endpoint, and
     /// so does a hairpin to it (with its mapping, claimed as for an outbound session).
-    /// Declined otherwise, and for hairpins to another inside host's mapping, whose
-    /// sessions hold two mappings and do not move yet; untranslated sessions move as they
-    /// are.
+    /// A hairpin to another inside host's mapping moves with both mappings (each claimed;
+    /// still waiting for the peer's mapping to accept the sender, or not, as it was).
+    /// Declined otherwise; untranslated sessions move as they are.
     fn import_value(
         &mut self,
         now: Instant,
@@ -1644,6 +1728,10 @@ impl SessionService for Snat {
             HAIRPIN => {
                 let mapping = self.mapping_at(addr, original.family(), port)?;
                 self.import_hairpin(now, session, mapping)
+            }
+            PIN | PIN_WAITING => {
+                let mapping = self.mapping_at(addr, original.family(), port)?;
+                self.import_pin(now, session, mapping, kind == PIN_WAITING)
             }
             INBOUND => self.import_inbound(now, session, addr, port),
             _ => None,

@@ -295,6 +295,67 @@ fn rfc4787_req9_hairpinning_filtered_by_the_peers_mapping() {
     }
 }
 
+/// Moves every session of `from` to `to`; (refused, imported), none skipped.
+fn move_sessions(from: &Nat, to: &mut Nat) -> (usize, usize) {
+    let (mut refused, mut imported) = (0, 0);
+    for c in export_all(from) {
+        let r = to.pipe.second.import(to.now, &c).unwrap();
+        assert_eq!(r.skipped, 0);
+        refused += r.refused;
+        imported += r.imported;
+    }
+    (refused, imported)
+}
+
+/// rfc, cgn: a hairpin to another inside host's mapping moves to another node with both
+/// mappings, IPv4 and NAT66. With endpoint-independent filtering both directions pass
+/// there at once; with address-and-port-dependent filtering a session still waiting for
+/// the peer's mapping keeps waiting until the peer sends, then opens. No new session on
+/// the new node, and both mappings are given back at expiry.
+#[test]
+fn hairpins_to_a_mapping_move_with_both_mappings() {
+    for profile in [Profile::Rfc, Profile::Cgn(CgnSettings::new())] {
+        for v6 in [false, true] {
+            for filtering in [
+                Filtering::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+            ] {
+                let open = filtering == Filtering::EndpointIndependent;
+                let what = format!("{profile:?} v6 {v6} {filtering:?}");
+                let h = Hosts::new(v6);
+                let mut a = pin_nat(profile, filtering);
+                // Both hosts have mappings (learnt through a server outside).
+                let b_port = ports(&pass(&mut a, &h.udp(&h.b, &h.remote, 5000, 3478))).0;
+                let a_port = ports(&pass(&mut a, &h.udp(&h.a, &h.remote, 45000, 3478))).0;
+                let to_b = h.udp(&h.a, &h.public, 45000, b_port);
+                let (v, _) = a.send(&to_b);
+                assert_eq!(v == Verdict::Pass, open, "{what}");
+
+                let mut n = pin_nat(profile, filtering);
+                assert_eq!(move_sessions(&a, &mut n), (0, 3), "{what}");
+                assert_eq!(n.snat().ports().len(), 2, "{what}: both mappings");
+                if !open {
+                    // Still waiting: the peer's mapping does not accept the sender yet.
+                    let (v, _) = n.send(&to_b);
+                    assert_eq!(v, Verdict::Drop(DropReason::NatNoMapping), "{what}");
+                    assert_eq!(n.counter("hairpin_filtered"), 1);
+                }
+                // The peer answers the sender's public endpoint (a waiting session opens).
+                let got = pass(&mut n, &h.udp(&h.b, &h.public, 5000, a_port));
+                assert_eq!((h.src(&got), h.dst(&got)), (h.public.clone(), h.a.clone()));
+                assert_eq!(ports(&got), (b_port, 45000), "{what}");
+                let got = pass(&mut n, &to_b);
+                assert_eq!((h.src(&got), h.dst(&got)), (h.public.clone(), h.b.clone()));
+                assert_eq!(ports(&got), (a_port, 5000), "{what}");
+                assert_eq!(n.counter("flows_hairpinned"), 0, "{what}: no new session");
+                n.advance(3 * 3600);
+                assert_eq!(n.snat().ports().len(), 0, "{what}: both mappings released");
+                assert_eq!(n.counter("release_unknown"), 0);
+            }
+        }
+    }
+}
+
 /// Addresses of one family for the hairpin tests: inside hosts `a` (the sender) and `b`
 /// (the mapping's owner), the public address, two outside hosts.
 struct Hosts {

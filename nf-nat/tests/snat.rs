@@ -443,28 +443,6 @@ fn icmp_error_with_a_short_tcp_quote() {
     );
 }
 
-/// Every session of `nat`, both families, in chunks of 16.
-fn export_all(nat: &Nat) -> Vec<Vec<u8>> {
-    let mut chunks = Vec::new();
-    for family in [nf_core::Family::V4, nf_core::Family::V6] {
-        let mut from = 0;
-        loop {
-            let mut c = Vec::new();
-            let p = nat
-                .pipe
-                .second
-                .export(family, nat.now, from, 16, &mut c)
-                .expect("hyperplane sessions move");
-            chunks.push(c);
-            match p.next {
-                Some(n) => from = n,
-                None => break,
-            }
-        }
-    }
-    chunks
-}
-
 /// A node taking over a hyperplane NAT's sessions keeps every mapping: replies to the
 /// public ports reach the inside hosts there, and its own new flows never take an imported
 /// port for the same destination.

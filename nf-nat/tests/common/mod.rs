@@ -149,6 +149,28 @@ pub(crate) fn hairpin_nat(profile: Profile, proto: u8) -> Nat {
     Nat::with_config(cfg, 256)
 }
 
+/// Every session of `nat`, both families, in chunks of 16.
+pub(crate) fn export_all(nat: &Nat) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut from = 0;
+        loop {
+            let mut c = Vec::new();
+            let p = nat
+                .pipe
+                .second
+                .export(family, nat.now, from, 16, &mut c)
+                .expect("SNAT sessions move");
+            chunks.push(c);
+            match p.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+    }
+    chunks
+}
+
 /// The IP packet of an Ethernet frame.
 pub(crate) fn ip(frame: &[u8]) -> &[u8] {
     &frame[14..]
