@@ -25,20 +25,52 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         self.tick_instant(self.unwrap_tick(x.deadline))
     }
 
-    /// Inserts an imported session with an explicit remaining lifetime.
+    /// The hashes of an imported session's keys (original, reply), their home buckets
+    /// prefetched: computed for a group of records before the first of them is inserted,
+    /// so that the inserts' memory accesses overlap. `None` for keys that cannot form a
+    /// session (the insert reports why).
+    pub(in crate::conntrack) fn prepare_imported(
+        &self,
+        original: &FlowKey,
+        reply: &FlowKey,
+    ) -> Option<[u64; 2]> {
+        let (ko, kr) = Self::insert_keys(original, reply).ok()?;
+        let h = [
+            self.hash(&ko, original.zone.0, original.proto),
+            self.hash(&kr, reply.zone.0, reply.proto),
+        ];
+        self.prefetch_home(h[0]);
+        self.prefetch_home(h[1]);
+        Some(h)
+    }
+
+    /// Inserts an imported session with an explicit remaining lifetime, its keys' hashes
+    /// from [`Self::prepare_imported`] (`hashes`).
     #[expect(clippy::too_many_arguments, reason = "one imported record's fields")]
     pub(in crate::conntrack) fn insert_imported(
         &mut self,
         now: Instant,
         original: &FlowKey,
         reply: &FlowKey,
+        hashes: [u64; 2],
         state: SessionState,
         established: bool,
         fin_reply: bool,
         remaining: Duration,
         value: V,
     ) -> Result<SessionRef, InsertError> {
-        let r = self.insert(now, original, reply, state, value)?;
+        let (ko, kr) = Self::insert_keys(original, reply)?;
+        let zones = [original.zone.0, reply.zone.0];
+        let r = self.insert_hashed(
+            now,
+            [ko, kr],
+            hashes,
+            zones,
+            original.proto,
+            state,
+            value,
+            &mut |_| {},
+        )?;
         if established {
             self.set_state(r, now, state, true);
         }
