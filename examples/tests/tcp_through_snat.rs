@@ -3,7 +3,8 @@
 //! RST is the verdict of a segment without a session), an inside client and an outside
 //! server. Connections open (also simultaneously, the two SYNs crossing after the NAT made
 //! the mapping: RFC 5382 REQ-2), carry data both ways with losses and retransmissions, and
-//! close with FIN and with RST; over IPv4 (rfc and hyperplane profiles) and NAT66. Every
+//! close with FIN and with RST; over IPv4 (rfc and hyperplane profiles) and NAT66; a
+//! connection carries on through a second NAT node its session moved to. Every
 //! packet's IP and TCP checksums are verified from scratch before and after the pipeline,
 //! the server only ever sees the public address, and the mapping goes back to the allocator
 //! when the session ends. Hairpinning to a mapping puts both stacks inside: one connects to
@@ -65,6 +66,15 @@ fn smol(a: IpAddr) -> IpAddress {
 
 /// Client `a` inside, server `b` outside, the NAT between them.
 fn lab(profile: Profile, n: &Net) -> Lab<Pipeline> {
+    Lab::new(
+        Host::new(smol(n.inside), n.len, smol(n.gateway)),
+        Host::new(smol(n.server), n.len, smol(n.public)),
+        pipeline(profile, n),
+    )
+}
+
+/// The NAT gateway's pipeline for `n` in `profile` (every node of a cluster alike).
+fn pipeline(profile: Profile, n: &Net) -> Pipeline {
     let ports = AllocatorConfig::new(profile, vec![n.public], *b"tcp through snat");
     let snat = Snat::new(
         SnatConfig::new(ports)
@@ -76,11 +86,7 @@ fn lab(profile: Profile, n: &Net) -> Lab<Pipeline> {
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
     let ct = Conntrack::new(ct, (snat, TcpWindow::new())).unwrap();
-    Lab::new(
-        Host::new(smol(n.inside), n.len, smol(n.gateway)),
-        Host::new(smol(n.server), n.len, smol(n.public)),
-        ParseStage::default().then(ct),
-    )
+    ParseStage::default().then(ct)
 }
 
 fn ct(lab: &Lab<Pipeline>) -> &Conntrack<(Snat, TcpWindow)> {
@@ -172,6 +178,62 @@ fn hyperplane_a_megabyte_each_way_with_losses_then_fin() {
 #[test]
 fn nat66_a_megabyte_each_way_with_losses_then_fin() {
     megabyte_then_fin(Profile::Rfc, true);
+}
+
+/// Node failure: mid-connection, the session moves to a second NAT node of the same
+/// configuration (exported from the first pipeline's conntrack, imported into a fresh one,
+/// which takes the first one's place). The transfer carries on through the new node, with
+/// a loss each way right after the switch; the server still sees the same public endpoint;
+/// TCP window tracking goes on from the moved state (nothing a real stack sends is dropped)
+/// and FIN closes the connection there.
+fn session_moves_to_another_node(profile: Profile, v6: bool) {
+    let n = net(v6);
+    let mut lab = lab(profile, &n);
+    let (ha, hb) = open(&mut lab, &n, 40010, 80);
+    let key = flow(&n, 40010, 80);
+    lab.exchange(ha, hb, 256 * 1024);
+    let (_, reply) = session(&lab, &key).unwrap();
+
+    let mut next = pipeline(profile, &n);
+    let now = nf_core::Instant::from_nanos(lab.now_ms * 1_000_000);
+    let mut imported = 0;
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut chunk = Vec::new();
+        let p = ct(&lab).export(family, now, 0, 1024, &mut chunk).unwrap();
+        assert_eq!(p.next, None);
+        let r = next.second.import(now, &chunk).unwrap();
+        assert_eq!((r.refused, r.skipped), (0, 0));
+        imported += r.imported;
+    }
+    assert_eq!(imported, 1);
+    lab.pipeline = next;
+    lab.lose = vec![(true, lab.passed[0] + 2), (false, lab.passed[1] + 3)];
+    lab.exchange(ha, hb, MIB);
+    assert_eq!(session(&lab, &key).unwrap().1, reply, "the same mapping");
+    assert_server_sees_public(&mut lab, &n, hb, &key);
+    lab.fin_close(ha, hb);
+    assert_eq!(session(&lab, &key).unwrap().0, SessionState::TcpTimeWait);
+    assert_eq!(lab.dropped, vec![], "a real stack's segments were dropped");
+    assert_eq!(lab.bad_checksums, 0);
+    let s = ct(&lab).service().0.counters();
+    assert_eq!((s.flows_imported, s.flows_translated), (1, 0));
+    assert!(s.packets_out > 500 && s.packets_in > 500, "{s:?}");
+    assert_eq!(counter(&lab, "snat", "active_tcp"), 1);
+}
+
+#[test]
+fn rfc_session_moves_to_another_node_mid_connection() {
+    session_moves_to_another_node(Profile::Rfc, false);
+}
+
+#[test]
+fn hyperplane_session_moves_to_another_node_mid_connection() {
+    session_moves_to_another_node(Profile::Hyperplane, false);
+}
+
+#[test]
+fn nat66_session_moves_to_another_node_mid_connection() {
+    session_moves_to_another_node(Profile::Rfc, true);
 }
 
 /// The client aborts: its RST crosses the NAT and the server's socket goes back to listen;
