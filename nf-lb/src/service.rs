@@ -928,22 +928,8 @@ impl SessionService for Lb {
         else {
             return;
         };
-        let b = id.as_bytes();
-        let mut idb = [0u8; crate::MAX_ID_LEN];
-        for (d, &s) in idb.iter_mut().zip(b) {
-            *d = s;
-        }
-        let fields = [1, kind]
-            .into_iter()
-            .chain(vip.to_be_bytes())
-            .chain(port.to_be_bytes())
-            .chain([protocol, b.len() as u8])
-            .chain(idb)
-            .chain(value.port.to_be_bytes())
-            .chain([value.proto]);
-        for (d, s) in out.iter_mut().zip(fields) {
-            *d = s;
-        }
+        // The buffer is EXPORTED bytes long: every field fits.
+        let _ = write_exported(out, (kind, vip, port, protocol), id.as_bytes(), value);
     }
 
     /// Takes over a session another node exported: its listener and backend must be known
@@ -1026,6 +1012,30 @@ impl SessionService for Lb {
 
 /// Bytes of a session's part in a hand-over ([`SessionService::EXPORT_LEN`]).
 const EXPORTED: usize = 2 + 16 + 2 + 1 + 1 + crate::MAX_ID_LEN + 2 + 1;
+
+/// Writes a session's hand-over bytes field by field, as `import_value` reads them (no
+/// iterator chains: this runs once per session of a hand-over).
+fn write_exported(
+    out: &mut [u8; EXPORTED],
+    (kind, vip, port, protocol): ListenerKey,
+    id: &[u8],
+    value: &LbSession,
+) -> Option<()> {
+    let (head, rest) = out.split_first_chunk_mut::<2>()?;
+    *head = [1, kind];
+    let (v, rest) = rest.split_first_chunk_mut::<16>()?;
+    *v = vip.to_be_bytes();
+    let (p, rest) = rest.split_first_chunk_mut::<2>()?;
+    *p = port.to_be_bytes();
+    let (pl, rest) = rest.split_first_chunk_mut::<2>()?;
+    *pl = [protocol, id.len() as u8];
+    let (idb, rest) = rest.split_first_chunk_mut::<{ crate::MAX_ID_LEN }>()?;
+    idb.get_mut(..id.len())?.copy_from_slice(id);
+    let (tail, _) = rest.split_first_chunk_mut::<3>()?;
+    let [d0, d1] = value.port.to_be_bytes();
+    *tail = [d0, d1, value.proto];
+    Some(())
+}
 
 /// Rewrites `end` of a DNAT flow's packet to `addr` and, for TCP and UDP, `port` (0 keeps
 /// the packet's; an ICMP query keeps its identifier).

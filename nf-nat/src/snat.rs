@@ -1672,13 +1672,16 @@ impl SessionService for Snat {
             out[0] = NOT_MOVED;
             return;
         };
-        let addr = raw(ip);
-        let port = t.map().port().to_be_bytes();
-        for (d, s) in out
-            .iter_mut()
-            .zip(core::iter::once(kind).chain(addr).chain(port))
+        // Field by field (no iterator chain: this runs once per session of a hand-over).
+        let Some((head, port)) = out.split_last_chunk_mut::<2>() else {
+            return;
+        };
+        *port = t.map().port().to_be_bytes();
+        if let Some(([k], addr)) = head.split_first_chunk_mut::<1>()
+            && let Some(a) = addr.first_chunk_mut::<16>()
         {
-            *d = s;
+            *k = kind;
+            *a = raw(ip);
         }
     }
 
