@@ -211,6 +211,53 @@ impl Steering {
     /// [`SteerError::BadLowRun`] if the second run would run past 65535 or overlap the
     /// first; [`SteerError::TooManyAddresses`] beyond [`MAX_OWNED`].
     pub fn own(&mut self, addr: IpAddr, partition: PortPartition) -> Result<(), SteerError> {
+        let (family, raw) = self.checked(addr, partition)?;
+        self.owned.retain(|(f, r, _)| !(*f == family && *r == raw));
+        self.owned.push((family, raw, partition));
+        Ok(())
+    }
+
+    /// Steers packets to `addr` by destination port under `partition` too, beside the
+    /// partitions it has: a node that took over another node's share of a NAT's ports (its
+    /// sessions moved here when it failed) steers replies to those ports to its own workers
+    /// by the other node's partition (nf-nat's `PortSplit::partition` of that node). A port
+    /// goes to the worker of the first of the address's partitions whose runs hold it, in
+    /// the order they were given; [`Self::own`] replaces them all.
+    ///
+    /// ```
+    /// use nf_core::steer::{PortPartition, Steer, SteerFields, SteerHash, Steering};
+    /// use nf_core::{FlowHasher, FlowKey, Meta, ZoneId, flags, flow::proto};
+    /// let public = core::net::IpAddr::from([203, 0, 113, 1]);
+    /// let mut s = Steering::new(2, SteerHash::Keyed(FlowHasher::new([7; 16])), SteerFields::FiveTuple);
+    /// s.own(public, PortPartition::new(1024, 1000))?; // this node: 1024..3024
+    /// s.own_also(public, PortPartition::new(3024, 1000))?; // a failed node's: 3024..5024
+    /// let reply = |port| {
+    ///     let mut m = Meta::default();
+    ///     m.flow = FlowKey::v4(ZoneId(0), [198, 51, 100, 9], [203, 0, 113, 1], proto::UDP, 53, port);
+    ///     m.flags |= flags::L3_VALID | flags::L4_VALID;
+    ///     s.worker(&[], &m)
+    /// };
+    /// assert_eq!(reply(2500), Steer::Worker(1));
+    /// assert_eq!(reply(3100), Steer::Worker(0));
+    /// assert_eq!(reply(4100), Steer::Worker(1));
+    /// assert_eq!(reply(6000), Steer::Unknown);
+    /// # Ok::<(), nf_core::steer::SteerError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Self::own`].
+    pub fn own_also(&mut self, addr: IpAddr, partition: PortPartition) -> Result<(), SteerError> {
+        let (family, raw) = self.checked(addr, partition)?;
+        self.owned.push((family, raw, partition));
+        Ok(())
+    }
+
+    /// `addr` as raw bytes, if `partition` is valid and there is room for it.
+    fn checked(
+        &self,
+        addr: IpAddr,
+        partition: PortPartition,
+    ) -> Result<(Family, [u8; 16]), SteerError> {
         let workers = u32::from(self.workers);
         let first = u32::from(partition.first);
         let end = first + u32::from(partition.per_worker) * workers;
@@ -227,7 +274,7 @@ impl Steering {
         if self.owned.len() >= MAX_OWNED {
             return Err(SteerError::TooManyAddresses);
         }
-        let (family, raw) = match addr {
+        Ok(match addr {
             IpAddr::V4(a) => {
                 let mut raw = [0u8; 16];
                 if let Some(d) = raw.get_mut(..4) {
@@ -236,10 +283,7 @@ impl Steering {
                 (Family::V4, raw)
             }
             IpAddr::V6(a) => (Family::V6, a.octets()),
-        };
-        self.owned.retain(|(f, r, _)| !(*f == family && *r == raw));
-        self.owned.push((family, raw, partition));
-        Ok(())
+        })
     }
 
     /// The ports worker `w` owns on an address steered by `partition` (the first owned
@@ -273,27 +317,28 @@ impl Steering {
             meta.flow
         };
         let fragment = meta.has(flags::FRAGMENT) && !meta.has(flags::ICMP_ERROR);
-        if let Some(p) = self.partition_of(&key) {
-            if fragment && meta.has(flags::LATER_FRAGMENT) {
+        if !self.owned.is_empty() {
+            let (family, dst) = (key.family(), key.dst_raw());
+            let mut owned = false;
+            for (_, _, p) in self
+                .owned
+                .iter()
+                .filter(|(f, r, _)| *f == family && r == dst)
+            {
+                if fragment && meta.has(flags::LATER_FRAGMENT) {
+                    return Steer::Unknown;
+                }
+                owned = true;
+                if let w @ Steer::Worker(_) = self.port_owner(*p, key.dst_port) {
+                    return w;
+                }
+            }
+            if owned {
                 return Steer::Unknown;
             }
-            return self.port_owner(p, key.dst_port);
         }
         let ports = self.fields == SteerFields::FiveTuple && !fragment;
         Steer::Worker(self.hash_owner(&key, ports))
-    }
-
-    /// The partition of `key`'s destination, if it is owned.
-    #[inline]
-    fn partition_of(&self, key: &FlowKey) -> Option<PortPartition> {
-        if self.owned.is_empty() {
-            return None;
-        }
-        let (family, dst) = (key.family(), key.dst_raw());
-        self.owned
-            .iter()
-            .find(|(f, r, _)| *f == family && r == dst)
-            .map(|(_, _, p)| *p)
     }
 
     #[inline]

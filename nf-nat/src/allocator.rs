@@ -108,6 +108,8 @@ impl core::fmt::Display for BlockEvent {
 pub struct PortAllocator {
     hasher: FlowHasher,
     space: Space,
+    /// This owner's node ([`Owner::node`](crate::Owner::node)).
+    node: u32,
     profile: Profile,
     public_ips: Vec<IpAddr>,
     publics: Vec<[u8; 16]>,
@@ -409,6 +411,7 @@ impl PortAllocator {
             public_ips: c.public_ips,
             family_ips,
             space,
+            node: c.owner.node,
             profile: c.profile,
             max_mappings: c.max_mappings,
             max_probes: c.max_probes,
@@ -742,6 +745,30 @@ impl PortAllocator {
         })
     }
 
+    /// Takes over node `node`'s share of the ports ([`Owner`](crate::Owner)) for sessions
+    /// moving here from it ([`Conntrack::import`](nf_core::conntrack::Conntrack::import)):
+    /// afterwards a session of that node's (this core's run of its ports, or with RSS
+    /// steering its whole run, the reply's queue deciding as for this node's own ports) is
+    /// taken over like one of this node's; new flows still get only this node's own ports.
+    /// Replies to the taken-over ports must then reach this node and core: give its
+    /// steering the failed node's partition too
+    /// ([`Steering::own_also`](nf_core::steer::Steering::own_also) with
+    /// [`PortSplit::partition`](crate::PortSplit::partition)). Idempotent.
+    ///
+    /// # Errors
+    /// [`ConfigError::Owner`] for a node out of range or this node itself;
+    /// [`ConfigError::Blocks`] for the cgn profile, whose port blocks are this owner's range
+    /// only (its sessions are not taken over from another share).
+    pub fn take_over(&mut self, node: u32) -> Result<(), ConfigError> {
+        if matches!(self.profile, Profile::Cgn(_)) {
+            return Err(ConfigError::Blocks);
+        }
+        if node == self.node || !self.space.take_over(node) {
+            return Err(ConfigError::Owner);
+        }
+        Ok(())
+    }
+
     /// Takes the given mapping for `original`, as [`Self::allocate`] could have chosen it: a
     /// session another node translated, taken over here, released like any mapping. False,
     /// with nothing changed, for a public address not this allocator's, a port it may not
@@ -787,7 +814,7 @@ impl PortAllocator {
         let hd = self.dest_hash(&key, fam == 1);
         let steer = self.steer_ctx(fam, original.dst_raw(), original.dst_port, m.public);
         let w = m.port / 64;
-        if self.space.allowed(usize::from(w), steer) & bit(m.port) == 0 {
+        if self.space.claimable(usize::from(w), steer) & bit(m.port) == 0 {
             return false;
         }
         let State::Hyper(table) = &mut self.state else {
@@ -817,7 +844,7 @@ impl PortAllocator {
         let hsk = self.sub_hash(&sk);
         let room = self.has_room();
         let w = usize::from(m.port / 64);
-        let allowed = self.space.allowed(w, None) & bit(m.port) != 0;
+        let allowed = self.space.claimable(w, None) & bit(m.port) != 0;
         let State::Eim(e) = &mut self.state else {
             return false;
         };

@@ -232,6 +232,14 @@
 //! receive queue: the hash is linear in the port's bits, so one precomputed mask per
 //! redirection-table index gives the ports of a word that qualify, at no extra probe.
 //!
+//! When a node fails, another takes over its share: [`PortAllocator::take_over`] lets the
+//! survivor's allocators take the failed node's sessions over
+//! ([`Conntrack::import`](nf_core::conntrack::Conntrack::import); new flows still get only
+//! the survivor's own ports), and nf-core's
+//! [`Steering::own_also`](nf_core::steer::Steering::own_also) with the failed node's
+//! [`PortSplit::partition`] sends the replies to those ports to the survivor's cores that
+//! hold them (rfc and hyperplane; the cgn profile's blocks are its own share's).
+//!
 //! # Quarantine and timers
 //!
 //! A released port stays taken for [`AllocatorConfig::quarantine`] (default 120 s, RFC 6888

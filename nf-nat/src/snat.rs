@@ -1689,8 +1689,8 @@ impl SessionService for Snat {
     /// the public address must be one of this NAT's, the reply key the one the mapping
     /// gives, and the allocator must be able to take the mapping as its own allocation
     /// could have made it: a port of this node's and core's share (with per-node port
-    /// shares, [`Owner`](crate::Owner), another node's sessions are declined: no allocator
-    /// takes over another owner's share yet). Hyperplane: the port must
+    /// shares, [`Owner`](crate::Owner), another node's sessions are declined until this node
+    /// takes over that node's share, [`PortAllocator::take_over`]). Hyperplane: the port must
     /// be free for the flow's destination. Rfc and cgn: the inside endpoint must have no
     /// other mapping here (the sessions of one endpoint each take the same one, the first
     /// makes it), the port must be free, the subscriber's mappings on the same public

@@ -255,11 +255,34 @@ impl Steer {
 #[derive(Clone, Debug)]
 pub(crate) struct Space {
     allowed: Box<[u64]>,
+    /// Ports a claim (a session taken over from another node) may take: `allowed`, and
+    /// the runs of the nodes this owner took over ([`Space::take_over`]).
+    claimable: Box<[u64]>,
+    /// This owner's core index under `split` (0 with RSS steering), and the ports never
+    /// handed out (port 0 and the excluded ones).
+    core: u64,
+    excluded: Box<[u16]>,
     static_full: [u64; SUMMARY],
     /// `[lo, hi)` words of this owner in the low and the high class.
     classes: [(usize, usize); 2],
     pub(crate) steer: Option<Steer>,
     pub(crate) split: PortSplit,
+}
+
+/// Sets the bits of ports `[lo, hi)` of each run in `bits`, except the `excluded` ports.
+fn add_runs(bits: &mut [u64], runs: &[(u64, u64)], excluded: &[u16]) {
+    for &(lo, hi) in runs {
+        for p in lo..hi {
+            if let Some(w) = bits.get_mut((p / 64) as usize) {
+                *w |= 1 << (p % 64);
+            }
+        }
+    }
+    for &p in excluded {
+        if let Some(w) = bits.get_mut(usize::from(p) / 64) {
+            *w &= !(1u64 << (p % 64));
+        }
+    }
 }
 
 /// Where a search ended.
@@ -315,25 +338,14 @@ impl Space {
             owner_ports(LOW_WORDS, WORDS - LOW_WORDS, split, node, core),
         ];
         let mut allowed = vec![0u64; WORDS].into_boxed_slice();
-        for &(lo, hi) in &ports {
-            for p in lo..hi {
-                if let Some(w) = allowed.get_mut((p / 64) as usize) {
-                    *w |= 1 << (p % 64);
-                }
-            }
-        }
+        // Port 0 is never a port.
+        let excluded: Box<[u16]> = core::iter::once(0)
+            .chain(excluded.iter().copied())
+            .collect();
+        add_runs(&mut allowed, &ports, &excluded);
         // The words a search walks: those holding the owner's ports (the first and last may
         // be shared with a neighbour, whose ports `allowed` leaves out).
         let classes = ports.map(|(lo, hi)| ((lo / 64) as usize, hi.div_ceil(64) as usize));
-        // Port 0 is never a port.
-        if let Some(w) = allowed.first_mut() {
-            *w &= !1;
-        }
-        for &p in excluded {
-            if let Some(w) = allowed.get_mut(usize::from(p) / 64) {
-                *w &= !(1u64 << (p % 64));
-            }
-        }
         let mut static_full = [0u64; SUMMARY];
         for (w, &a) in allowed.iter().enumerate() {
             if a == 0
@@ -347,12 +359,42 @@ impl Space {
             None => None,
         };
         Ok(Self {
+            claimable: allowed.clone(),
             allowed,
+            core,
+            excluded,
             static_full,
             classes,
             steer,
             split,
         })
+    }
+
+    /// Lets claims take node `node`'s ports too (this owner's core's run of them, or, with
+    /// RSS steering, the node's whole run): a node taking over a failed one's sessions.
+    /// False for a node out of range.
+    pub(crate) fn take_over(&mut self, node: u32) -> bool {
+        if node >= self.split.nodes.max(1) {
+            return false;
+        }
+        let node = u64::from(node);
+        let ports = [
+            owner_ports(0, LOW_WORDS, self.split, node, self.core),
+            owner_ports(LOW_WORDS, WORDS - LOW_WORDS, self.split, node, self.core),
+        ];
+        add_runs(&mut self.claimable, &ports, &self.excluded);
+        true
+    }
+
+    /// The ports of word `w` a claim may take, for a destination with RSS context `steer`
+    /// (see [`Self::allowed`]).
+    #[inline]
+    pub(crate) fn claimable(&self, w: usize, steer: SteerCtx) -> u64 {
+        let a = self.claimable.get(w).copied().unwrap_or(0);
+        match (steer, &self.steer) {
+            (Some((fam, base)), Some(s)) if a != 0 => a & s.word_mask(fam, base, w),
+            _ => a,
+        }
     }
 
     /// Words `[lo, hi)` of a class (0: low, 1: high).

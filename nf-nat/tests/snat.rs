@@ -799,3 +799,121 @@ fn hairpin_sessions_move_with_their_mappings() {
         assert_eq!(b.counter("release_unknown"), 0);
     }
 }
+
+/// Node failure with port shares: two nodes share the public addresses by
+/// `Owner { nodes: 2, cores: 2 }` (core 0 of each here). Node 1's sessions do not move to
+/// node 0 while their ports are another node's share; once node 0 takes over node 1's
+/// share (`PortAllocator::take_over`) they all do, the replies to them reach the inside
+/// hosts, node 0's steering sends those replies to its core 0 (its own partition and node
+/// 1's, `Steering::own_also`), and node 0's new flows still take only its own ports.
+#[test]
+fn a_node_takes_over_a_failed_nodes_port_share() {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use nf_core::steer::{Steer, SteerFields, SteerHash, Steering};
+    use nf_nat::{ConfigError, Owner, PortSplit, owner_of};
+    let publics: Vec<IpAddr> = vec![
+        Ipv4Addr::from(PUBLIC4).into(),
+        Ipv6Addr::from(public6()).into(),
+    ];
+    let split = PortSplit { nodes: 2, cores: 2 };
+    for profile in [Profile::Hyperplane, Profile::Rfc] {
+        let node = |n: u32| {
+            let owner = Owner {
+                nodes: 2,
+                cores: 2,
+                node: n,
+                core: 0,
+            };
+            let ports = AllocatorConfig::new(profile, publics.clone(), *b"snat test secret")
+                .with_owner(owner)
+                .with_max_mappings(1024);
+            Nat::with_config(SnatConfig::new(ports), 1024)
+        };
+        let mut failed = node(1);
+        let flows: Vec<Vec<u8>> = (0..40u16)
+            .map(|i| match i % 4 {
+                3 => udp6(inside6(), remote6(), 30_000 + i, 53),
+                2 => tcp4(INSIDE4, REMOTE4, 30_000 + i, 443, SYN),
+                _ => udp4(INSIDE4, REMOTE4, 30_000 + i, 53),
+            })
+            .collect();
+        let out = failed.send_batch(&flows);
+        let mapped: Vec<u16> = out.iter().map(|(_, f)| ports(f).0).collect();
+        assert!(out.iter().all(|(v, _)| *v == Verdict::Pass));
+        for &p in &mapped {
+            let o = owner_of(p, split);
+            assert_eq!((o.node, o.core), (1, 0), "{profile:?} port {p}");
+        }
+
+        let mut survivor = node(0);
+        let import = |to: &mut Nat| {
+            let (mut imported, mut refused) = (0, 0);
+            for c in export_all(&failed) {
+                let r = to.pipe.second.import(to.now, &c).unwrap();
+                imported += r.imported;
+                refused += r.refused;
+            }
+            (imported, refused)
+        };
+        assert_eq!(
+            import(&mut survivor),
+            (0, 40),
+            "{profile:?}: another node's share"
+        );
+        let alloc = survivor.pipe.second.service_mut().ports_mut();
+        assert_eq!(alloc.take_over(0), Err(ConfigError::Owner), "itself");
+        assert_eq!(alloc.take_over(2), Err(ConfigError::Owner), "out of range");
+        alloc.take_over(1).unwrap();
+        assert_eq!(import(&mut survivor), (40, 0), "{profile:?}");
+
+        let mut steering = Steering::new(
+            2,
+            SteerHash::Keyed(nf_core::FlowHasher::new([9; 16])),
+            SteerFields::FiveTuple,
+        );
+        for ip in &publics {
+            steering.own(*ip, split.partition(0).unwrap()).unwrap();
+            steering.own_also(*ip, split.partition(1).unwrap()).unwrap();
+        }
+        for (i, &p) in (0..40u16).zip(&mapped) {
+            let reply = match i % 4 {
+                3 => udp6(remote6(), public6(), 53, p),
+                2 => tcp4(REMOTE4, PUBLIC4, 443, p, SYN | ACK),
+                _ => udp4(REMOTE4, PUBLIC4, 53, p),
+            };
+            let mut pkt = nf_core::Packet::with_headroom(&reply, 0);
+            nf_core::parse_frame(&reply, &mut pkt.meta, &nf_core::ParseConfig::default()).unwrap();
+            assert_eq!(
+                steering.worker(&reply, &pkt.meta),
+                Steer::Worker(0),
+                "port {p}"
+            );
+            let (v, f) = survivor.send(&reply);
+            assert_eq!(v, Verdict::Pass, "{profile:?} reply to {p}");
+            verify_frame(&f);
+            assert_eq!(ports(&f).1, 30_000 + i);
+        }
+        // New flows at the survivor: its own share only.
+        let fresh: Vec<Vec<u8>> = (0..20u16)
+            .map(|i| udp4(INSIDE4_B, REMOTE4, 50_000 + i, 53))
+            .collect();
+        for (v, f) in survivor.send_batch(&fresh) {
+            assert_eq!(v, Verdict::Pass);
+            assert_eq!(owner_of(ports(&f).0, split).node, 0);
+        }
+    }
+    // The cgn profile's port blocks are its own share's: it does not take over another.
+    let cgn = AllocatorConfig::new(
+        Profile::Cgn(CgnSettings::new()),
+        publics,
+        *b"snat test secret",
+    )
+    .with_owner(Owner {
+        nodes: 2,
+        cores: 1,
+        node: 0,
+        core: 0,
+    });
+    let mut p = nf_nat::PortAllocator::new(cgn).unwrap();
+    assert_eq!(p.take_over(1), Err(ConfigError::Blocks));
+}
