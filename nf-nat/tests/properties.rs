@@ -186,8 +186,9 @@ proptest! {
     /// Replies reach their owner through nf-core's own steering: for random node and core
     /// counts and profiles, every reply to a port the allocator of (node, core) handed out
     /// (IPv4 and IPv6) is steered to worker `core` by the node's `Steering`, which owns the
-    /// public addresses with `split.partition(node)`; `owner_of` names (node, core), and no
-    /// other node's partition claims the port.
+    /// public addresses with `split.partition(node)`, and by a node that took its share over
+    /// (`Steering::own_also`); `owner_of` names (node, core), and no other node's partition
+    /// claims the port.
     #[test]
     fn replies_are_steered_to_their_owner_by_nf_core(nodes in 1u32..9, cores in 1u16..33, seed in any::<u64>(), profile in 0u8..3) {
         use nf_core::steer::{Steer, SteerFields, SteerHash, Steering};
@@ -206,6 +207,15 @@ proptest! {
         };
         let mine = steering(node);
         let others: Vec<Steering> = (0..nodes).filter(|&n| n != node).map(steering).collect();
+        // Another node that took over this one's share when it failed: its own partition,
+        // and this node's beside it.
+        let survivor = (nodes > 1).then(|| {
+            let mut s = steering((node + 1) % nodes);
+            for &ip in &publics {
+                s.own_also(ip, split.partition(node).unwrap()).unwrap();
+            }
+            s
+        });
         let cfg = AllocatorConfig::new(profile, publics.clone(), seed.to_le_bytes().repeat(2).try_into().unwrap())
             .with_owner(Owner { nodes, cores: u32::from(cores), node, core: core as u32 });
         let mut n = PortAllocator::new(cfg).unwrap();
@@ -223,6 +233,9 @@ proptest! {
             let mut meta = Meta::default();
             (meta.flags, meta.flow) = (flags::L3_VALID | flags::L4_VALID, reply);
             prop_assert_eq!(mine.worker(&[], &meta), Steer::Worker(core as u16), "reply {}", reply);
+            if let Some(s) = &survivor {
+                prop_assert_eq!(s.worker(&[], &meta), Steer::Worker(core as u16), "taken over: {}", reply);
+            }
             for o in &others {
                 prop_assert_eq!(o.worker(&[], &meta), Steer::Unknown);
             }
