@@ -3,7 +3,9 @@
 //! hosts, replies to the tuples the NAT chose, unsolicited inbound packets, ICMP errors both
 //! ways quoting packets the NAT forwarded, mutated copies of forwarded frames, raw bytes,
 //! time steps with timer sweeps, and hand-overs (every session exported and imported into a
-//! fresh stage with the same configuration, which carries on in its place), under an arbitrary profile and a small port space, with
+//! fresh stage with the same configuration, which carries on in its place; on half the
+//! inputs two nodes share the ports and the fresh stage is the other node, which took over
+//! the current one's share), under an arbitrary profile and a small port space, with
 //! a port forward (DNAT) that inbound packets hit now and then, endpoint-independent
 //! filtering on half the inputs (rfc, cgn), and inside prefixes on half the inputs, with
 //! inside hosts sending to the public tuples the NAT chose (hairpinning to a mapping).
@@ -28,8 +30,8 @@ use nf_core::{
     StageControl, StageExt, Verdict, parse_frame,
 };
 use nf_nat::{
-    AllocatorConfig, CgnSettings, Filtering, InsidePrefix, PortForward, Profile, Snat, SnatConfig,
-    nat_timeouts,
+    AllocatorConfig, CgnSettings, Filtering, InsidePrefix, Owner, PortForward, Profile, Snat,
+    SnatConfig, nat_timeouts,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -102,6 +104,10 @@ struct World {
     pipe: nf_core::Chain<ParseStage, Conntrack<Snat>>,
     snat_cfg: SnatConfig,
     ct_cfg: ConntrackConfig,
+    /// Two nodes share the ports (`Owner { nodes: 2 }`): hand-overs alternate between them,
+    /// the receiving node taking over the other's share first. `node` is the current one.
+    shared: bool,
+    node: u32,
     now: Instant,
     endpoint_independent: bool,
     /// Original keys of sessions seen, to check the live ones.
@@ -180,7 +186,13 @@ impl World {
     /// its destination; rfc, cgn: its endpoint's mapping, shared by that endpoint's other
     /// sessions, in a block the endpoint's subscriber holds) is free in the fresh allocator.
     fn handover(&mut self) {
-        let Ok(snat) = Snat::new(self.snat_cfg.clone()) else { return };
+        let mut cfg = self.snat_cfg.clone();
+        let next_node = if self.shared { self.node ^ 1 } else { self.node };
+        cfg.allocator.owner.node = next_node;
+        let Ok(mut snat) = Snat::new(cfg) else { return };
+        if self.shared {
+            snat.ports_mut().take_over(self.node).expect("the other node of the split");
+        }
         let Ok(mut next) = Conntrack::new(self.ct_cfg.clone(), snat) else { return };
         for family in [nf_core::Family::V4, nf_core::Family::V6] {
             let mut from = 0;
@@ -243,6 +255,7 @@ impl World {
             }
         }
         self.pipe.second = next;
+        self.node = next_node;
         self.check_unique();
     }
 
@@ -284,10 +297,15 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
     let publics: Vec<IpAddr> = vec![PUBLIC4.into(), PUBLIC4_B.into(), IpAddr::from(public6())];
     // A small port space, so ports run out and get reused after quarantine.
     let hi = 1024 + 64 * (1 + u32::from(setup >> 2 & 3));
+    // On inputs of odd parity (not cgn, whose blocks are its own share's), two nodes share
+    // the ports: node 0 holds 1024..hi, node 1 the low ports 512..1023 only.
+    let shared = setup.count_ones() % 2 == 1 && !matches!(profile, Profile::Cgn(_));
+    let owner = if shared { Owner { nodes: 2, cores: 1, node: 0, core: 0 } } else { Owner::SOLE };
     let alloc = AllocatorConfig::new(profile, publics, *b"fuzz nat secret!")
         .with_max_mappings(64 + usize::from(setup >> 4) * 16)
         .with_quarantine(Duration::from_secs(30))
-        .with_excluded_ports((hi..=65535).map(|p| p as u16));
+        .with_excluded_ports((hi..=65535).map(|p| p as u16))
+        .with_owner(owner);
     // A port forward (DNAT): PUBLIC4:8080/TCP to 10.0.0.1:80.
     let web = PortForward::new(
         proto::TCP,
@@ -326,6 +344,8 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
         pipe: ParseStage::default().then(ct_stage),
         snat_cfg: snat_cfg,
         ct_cfg: ct,
+        shared,
+        node: 0,
         now: Instant::from_nanos(1_000_000_000),
         endpoint_independent: !matches!(profile, Profile::Hyperplane),
         originals: HashSet::new(),
