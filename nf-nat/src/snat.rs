@@ -532,6 +532,40 @@ impl Translation {
 /// assert_eq!(ip[12..16], [203, 0, 113, 1]); // the source is now the public address
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// Two nodes sharing the public address by port shares; node 1 fails and node 0 takes its
+/// sessions over:
+///
+/// ```
+/// use nf_core::conntrack::{Conntrack, ConntrackConfig};
+/// use nf_core::wire::Frame;
+/// use nf_core::{Batch, Family, Instant, Packet, ParseStage, Stage, StageExt};
+/// use nf_nat::{AllocatorConfig, Owner, Profile, Snat, SnatConfig};
+///
+/// let node = |n| -> Result<_, Box<dyn std::error::Error>> {
+///     let owner = Owner { nodes: 2, cores: 1, node: n, core: 0 };
+///     let ports = AllocatorConfig::new(Profile::Rfc, vec!["203.0.113.1".parse()?], *b"operator secret!")
+///         .with_owner(owner);
+///     let ct = Conntrack::new(ConntrackConfig::new(*b"conntrack secret"), Snat::new(SnatConfig::new(ports))?)?;
+///     Ok(ParseStage::default().then(ct))
+/// };
+/// let (mut node0, mut node1) = (node(0)?, node(1)?);
+/// let now = Instant::from_nanos(1_000_000_000);
+/// let out = Frame::ipv4([10, 0, 0, 5], [198, 51, 100, 9]).udp(40000, 53).payload(b"q").to_vec()?;
+/// let mut batch = Batch::new();
+/// batch.push(Packet::with_headroom(&out, 64)).ok();
+/// node1.process(now, &mut batch);
+///
+/// // Node 1's sessions (synced to node 0 beforehand, or exported now).
+/// let mut chunk = Vec::new();
+/// node1.second.export(Family::V4, now, 0, 1024, &mut chunk)?;
+/// // Its port is node 1's: node 0 declines it until it takes node 1's share over (and
+/// // steers replies to those ports to itself: `Steering::own_also`).
+/// assert_eq!(node0.second.import(now, &chunk)?.refused, 1);
+/// node0.second.service_mut().ports_mut().take_over(1)?;
+/// assert_eq!(node0.second.import(now, &chunk)?.imported, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Snat {
     ports: PortAllocator,
     inside: Vec<InsidePrefix>,
