@@ -805,7 +805,8 @@ fn hairpin_sessions_move_with_their_mappings() {
 /// node 0 while their ports are another node's share; once node 0 takes over node 1's
 /// share (`PortAllocator::take_over`) they all do, the replies to them reach the inside
 /// hosts, node 0's steering sends those replies to its core 0 (its own partition and node
-/// 1's, `Steering::own_also`), and node 0's new flows still take only its own ports.
+/// 1's, `Steering::own_also`), and node 0's new flows still take only its own ports. When
+/// node 1 comes back it takes its share's sessions back the same way.
 #[test]
 fn a_node_takes_over_a_failed_nodes_port_share() {
     use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -900,6 +901,31 @@ fn a_node_takes_over_a_failed_nodes_port_share() {
         for (v, f) in survivor.send_batch(&fresh) {
             assert_eq!(v, Verdict::Pass);
             assert_eq!(owner_of(ports(&f).0, split).node, 0);
+        }
+
+        // Node 1 comes back empty and takes its share's sessions back from the survivor
+        // (which then stops steering node 1's ports to itself and lets its copies age
+        // out): it takes exactly the 40, declines the survivor's own 20, and its new flows
+        // never take a port a handed-back session holds.
+        let mut back = node(1);
+        let (mut imported, mut refused) = (0, 0);
+        for c in export_all(&survivor) {
+            let r = back.pipe.second.import(back.now, &c).unwrap();
+            imported += r.imported;
+            refused += r.refused;
+        }
+        assert_eq!((imported, refused), (40, 20), "{profile:?}");
+        let again: Vec<Vec<u8>> = (0..40u16)
+            .map(|i| udp4(INSIDE4_B, REMOTE4, 60_000 + i, 53))
+            .collect();
+        for (v, f) in back.send_batch(&again) {
+            assert_eq!(v, Verdict::Pass);
+            let p = ports(&f).0;
+            assert_eq!(owner_of(p, split).node, 1);
+            // Against the UDP ones to the same destination (hyperplane's ports are per
+            // destination).
+            let held = (0..40).any(|i| i % 4 < 2 && mapped[i] == p);
+            assert!(!held, "{profile:?}: {p} is a handed-back session's");
         }
     }
     // The cgn profile's port blocks are its own share's: it does not take over another.
