@@ -1006,8 +1006,9 @@ impl Snat {
 
     /// Takes over a session on `mapping` of the outbound flow `outbound` (an inbound
     /// session's reply), of kind `as_kind`: the allocator claims the mapping, the inside
-    /// address is stored, endpoint-independent filtering holds it (not for a hairpin to
-    /// forward `forward`). `None`, with nothing changed, where any of them cannot.
+    /// address is stored, endpoint-independent filtering holds it (not for a hairpin to a
+    /// port forward). `None` where any of them cannot, each step undone (a mapping the claim
+    /// made goes into quarantine, as an aborted allocation's does).
     fn adopt_mapping(
         &mut self,
         now: Instant,
