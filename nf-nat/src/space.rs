@@ -390,11 +390,7 @@ impl Space {
     /// (see [`Self::allowed`]).
     #[inline]
     pub(crate) fn claimable(&self, w: usize, steer: SteerCtx) -> u64 {
-        let a = self.claimable.get(w).copied().unwrap_or(0);
-        match (steer, &self.steer) {
-            (Some((fam, base)), Some(s)) if a != 0 => a & s.word_mask(fam, base, w),
-            _ => a,
-        }
+        self.steered(self.claimable.get(w).copied().unwrap_or(0), w, steer)
     }
 
     /// Words `[lo, hi)` of a class (0: low, 1: high).
@@ -405,7 +401,13 @@ impl Space {
     /// The ports of word `w` this allocator may hand out for a destination.
     #[inline]
     pub(crate) fn allowed(&self, w: usize, steer: SteerCtx) -> u64 {
-        let a = self.allowed.get(w).copied().unwrap_or(0);
+        self.steered(self.allowed.get(w).copied().unwrap_or(0), w, steer)
+    }
+
+    /// The ports `a` of word `w` whose replies RSS steers to this core (all of them
+    /// without steering).
+    #[inline(always)]
+    fn steered(&self, a: u64, w: usize, steer: SteerCtx) -> u64 {
         match (steer, &self.steer) {
             (Some((fam, base)), Some(s)) if a != 0 => a & s.word_mask(fam, base, w),
             _ => a,
