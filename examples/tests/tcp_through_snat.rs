@@ -85,6 +85,9 @@ fn pipeline(profile: Profile, n: &Net) -> Pipeline {
     let mut ct = ConntrackConfig::new(*b"conntrack secret");
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
+    // A change journal, for the replica (`session_fails_over_to_a_replica`).
+    ct.v4.journal = 64;
+    ct.v6.journal = 64;
     let ct = Conntrack::new(ct, (snat, TcpWindow::new())).unwrap();
     ParseStage::default().then(ct)
 }
@@ -206,19 +209,33 @@ fn session_moves_to_another_node(profile: Profile, v6: bool) {
         imported += r.imported;
     }
     assert_eq!(imported, 1);
+    carry_on_at(&mut lab, next, &n, (ha, hb), &key, reply);
+    assert_eq!(counter(&lab, "snat", "active_tcp"), 1);
+}
+
+/// `next` takes the lab's pipeline's place mid-connection: the transfer goes on with a loss
+/// each way, with the same mapping (`reply`) and nothing a real stack sends dropped, and FIN
+/// closes it there; `next` took the session over (imported, not translated anew).
+fn carry_on_at(
+    lab: &mut Lab<Pipeline>,
+    next: Pipeline,
+    n: &Net,
+    (ha, hb): (SocketHandle, SocketHandle),
+    key: &FlowKey,
+    reply: FlowKey,
+) {
     lab.pipeline = next;
     lab.lose = vec![(true, lab.passed[0] + 2), (false, lab.passed[1] + 3)];
     lab.exchange(ha, hb, MIB);
-    assert_eq!(session(&lab, &key).unwrap().1, reply, "the same mapping");
-    assert_server_sees_public(&mut lab, &n, hb, &key);
+    assert_eq!(session(lab, key).unwrap().1, reply, "the same mapping");
+    assert_server_sees_public(lab, n, hb, key);
     lab.fin_close(ha, hb);
-    assert_eq!(session(&lab, &key).unwrap().0, SessionState::TcpTimeWait);
+    assert_eq!(session(lab, key).unwrap().0, SessionState::TcpTimeWait);
     assert_eq!(lab.dropped, vec![], "a real stack's segments were dropped");
     assert_eq!(lab.bad_checksums, 0);
-    let s = ct(&lab).service().0.counters();
+    let s = ct(lab).service().0.counters();
     assert_eq!((s.flows_imported, s.flows_translated), (1, 0));
     assert!(s.packets_out > 500 && s.packets_in > 500, "{s:?}");
-    assert_eq!(counter(&lab, "snat", "active_tcp"), 1);
 }
 
 #[test]
@@ -234,6 +251,75 @@ fn hyperplane_session_moves_to_another_node_mid_connection() {
 #[test]
 fn nat66_session_moves_to_another_node_mid_connection() {
     session_moves_to_another_node(Profile::Rfc, true);
+}
+
+/// Node failure with a replica: a second node follows the first through its change journal
+/// (`Conntrack::export_changes` → `Conntrack::apply`, after the handshake; the transfer
+/// itself makes no journal event), and when the first node dies mid-transfer — nothing is
+/// exported at that moment — the replica takes its place. Its copy of the TCP windows is as
+/// old as the handshake, so window tracking picks both sides up again from their next
+/// segments: the transfer goes on with a loss each way, nothing a real stack sends is
+/// dropped, the server sees the same public endpoint, FIN closes the connection there.
+fn session_fails_over_to_a_replica(profile: Profile, v6: bool) {
+    let n = net(v6);
+    let mut lab = lab(profile, &n);
+    let mut replica = pipeline(profile, &n);
+    let (ha, hb) = open(&mut lab, &n, 40020, 80);
+    let key = flow(&n, 40020, 80);
+    let now = nf_core::Instant::from_nanos(lab.now_ms * 1_000_000);
+    let mut created = 0;
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut chunk = Vec::new();
+        let p = lab
+            .pipeline
+            .second
+            .export_changes(family, now, 1024, &mut chunk)
+            .unwrap();
+        assert_eq!((p.lost, p.pending), (0, false));
+        let r = replica.second.apply(now, &chunk).unwrap();
+        assert_eq!((r.refused, r.skipped), (0, 0));
+        created += r.created;
+    }
+    assert_eq!(created, 1);
+    lab.exchange(ha, hb, 256 * 1024);
+    let (_, reply) = session(&lab, &key).unwrap();
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut chunk = Vec::new();
+        let p = lab
+            .pipeline
+            .second
+            .export_changes(family, now, 1024, &mut chunk)
+            .unwrap();
+        assert_eq!(
+            (p.ended, p.changed),
+            (0, 0),
+            "steady traffic is no journal event"
+        );
+    }
+
+    assert_eq!(replica.second.take_over_replicas(|_| true), 1);
+    carry_on_at(&mut lab, replica, &n, (ha, hb), &key, reply);
+    let w = ct(&lab).service().1.counters();
+    assert_eq!(
+        w.seq_beyond_window + w.seq_too_old + w.ack_unsent + w.ack_too_old,
+        0
+    );
+    assert!(w.checked > 1000, "{w:?}");
+}
+
+#[test]
+fn rfc_session_fails_over_to_a_replica_mid_connection() {
+    session_fails_over_to_a_replica(Profile::Rfc, false);
+}
+
+#[test]
+fn hyperplane_session_fails_over_to_a_replica_mid_connection() {
+    session_fails_over_to_a_replica(Profile::Hyperplane, false);
+}
+
+#[test]
+fn nat66_session_fails_over_to_a_replica_mid_connection() {
+    session_fails_over_to_a_replica(Profile::Rfc, true);
 }
 
 /// The client aborts: its RST crosses the NAT and the server's socket goes back to listen;

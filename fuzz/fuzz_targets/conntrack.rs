@@ -4,6 +4,10 @@
 //! always found (including those batch insert created), batch lookup equals single lookups,
 //! budgets respected. Reply keys may be in another zone (cross-zone sessions); a hit's key
 //! always equals the session's key of that direction, zone included. (That batch insert equals inserts in order is a proptest in nf-core.)
+//! A replica follows the table through its change journal (`export_changes` / `apply`, a
+//! small journal so that it overflows): while no event was lost, after each sync the replica
+//! holds exactly the table's sessions, keys and states; arbitrary bytes given to `apply`
+//! never panic and leave a rejected replica unchanged.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -26,6 +30,8 @@ enum Op {
     Expire(u8),
     ExportImport,
     Import(Vec<u8>),
+    Sync(u8),
+    Apply(Vec<u8>),
     InsertBatch(Vec<([u8; 4], Option<[u8; 4]>, u8, Option<u8>, u8)>),
 }
 
@@ -38,7 +44,11 @@ fuzz_target!(|ops: Vec<Op>| {
     cfg.cross_zone = true;
     cfg.wheel_slots = 64;
     cfg.max_zones = 3;
+    cfg.journal = 16;
     let mut t: SessionTable<V4Key, u32> = SessionTable::new(cfg).unwrap();
+    let mut replica: SessionTable<V4Key, u32> = SessionTable::new(cfg).unwrap();
+    // The replica equals the table after a full sync while this holds.
+    let mut in_sync = true;
     let mut live: HashMap<SessionRef, (FlowKey, FlowKey)> = HashMap::new();
     let mut now = Instant::from_nanos(1);
     for op in ops.into_iter().take(500) {
@@ -117,6 +127,42 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Quota(z, q) => {
                 let _ = t.set_zone_quota(ZoneId(u32::from(z % 4)), u32::from(q % 40));
+                let _ = replica.set_zone_quota(ZoneId(u32::from(z % 4)), u32::from(q % 40));
+            }
+            Op::Sync(max) => {
+                // Drain in chunks of at most `max` events (at least one) until nothing waits.
+                let max = usize::from(max % 8) + 1;
+                for _ in 0..100 {
+                    let mut buf = Vec::new();
+                    let p = t.export_changes(now, max, &mut buf);
+                    assert!(p.ended + p.changed <= max);
+                    in_sync &= p.lost == 0;
+                    let r = replica.apply(now, &buf).unwrap();
+                    assert_eq!(r.ended + r.absent, p.ended);
+                    assert_eq!(r.created + r.refreshed + r.skipped + r.refused, p.changed);
+                    in_sync &= r.skipped == 0;
+                    if !p.pending {
+                        break;
+                    }
+                }
+                live.retain(|h, _| t.is_live(*h));
+                if in_sync {
+                    assert_eq!(replica.len(), t.len());
+                    for (h, (o, r)) in &live {
+                        let a = replica.lookup(o).unwrap();
+                        let b = replica.lookup(r).unwrap();
+                        assert_eq!(a.session, b.session);
+                        assert_eq!((a.direction, b.direction), (Direction::Original, Direction::Reply));
+                        assert_eq!(replica.state(a.session), t.state(*h));
+                    }
+                }
+            }
+            Op::Apply(bytes) => {
+                let before = replica.len();
+                match replica.apply(now, &bytes) {
+                    Ok(_) => in_sync = false,
+                    Err(_) => assert_eq!(replica.len(), before),
+                }
             }
             Op::Advance(ms) => now += Duration::from_millis(u64::from(ms) * 50),
             Op::Expire(budget) => {

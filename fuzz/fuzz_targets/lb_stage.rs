@@ -5,7 +5,9 @@
 //! table with or without early drop (so it fills), a new-flow rate limit, time steps and
 //! expiry, ICMP errors quoting the flows' packets from either side (quotes cut anywhere),
 //! cut into arbitrary batches; and hand-overs: every session exported and imported into a
-//! fresh stage with the current configuration, which carries on in its place.
+//! fresh stage with the current configuration, which carries on in its place; and a replica
+//! following the stage through its change journal (`export_changes` → `apply`), with the
+//! same configuration changes, that takes the stage's place after a last sync.
 //!
 //! Checked: no panic; a packet to the VIP is never dropped for lack of state (no session,
 //! table full, zone quota, rate); a packet of a session goes to the backend the session
@@ -73,6 +75,10 @@ enum Op {
     /// Export every session; a fresh stage with the current configuration imports them and
     /// takes over.
     Handover,
+    /// Send the stage's changes to its replica, at most `n` + 1 events per chunk.
+    Sync(u8),
+    /// A last sync, then the replica takes the stage's place (and a fresh replica follows).
+    Failover,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -125,6 +131,7 @@ impl Config {
 struct Run {
     parse: ParseStage,
     ct: Conntrack<Lb>,
+    replica: Conntrack<Lb>,
     ct_cfg: ConntrackConfig,
     rst: bool,
     cfg: Config,
@@ -138,7 +145,88 @@ impl Run {
     fn swap(&mut self) {
         // A configuration without a serving backend is refused: the old one stays.
         if let Some(l) = self.cfg.listeners() {
-            self.ct.service_mut().set_listeners(l);
+            self.ct.service_mut().set_listeners(l.clone());
+            self.replica.service_mut().set_listeners(l);
+        }
+    }
+
+    /// A stage with the current configuration (`None` if it has no serving backend).
+    fn fresh(&self) -> Option<Conntrack<Lb>> {
+        let mut lb = Lb::new(self.cfg.listeners()?);
+        if self.rst {
+            lb = lb.with_tcp_resets(PortId(5));
+        }
+        Conntrack::new(self.ct_cfg.clone(), lb).ok()
+    }
+
+    /// Sends the stage's journal to the replica, `max` events per chunk; the journal is
+    /// long enough for every change a run makes, so nothing is lost.
+    fn sync(&mut self, max: usize) {
+        loop {
+            let mut chunk = Vec::new();
+            let p = self
+                .ct
+                .export_changes(nf_core::Family::V4, self.now, max, &mut chunk)
+                .expect("LB sessions move");
+            assert_eq!(p.lost, 0);
+            let r = self.replica.apply(self.now, &chunk).expect("a chunk just made");
+            assert_eq!(r.ended + r.absent, p.ended);
+            assert_eq!(r.created + r.refreshed + r.refused + r.skipped, p.changed);
+            if !p.pending {
+                break;
+            }
+        }
+    }
+
+    /// The replica, in sync, takes the stage's place: it holds every session the stage has,
+    /// except those whose backend its configuration no longer has (it declined them).
+    fn failover(&mut self) {
+        self.sync(usize::MAX);
+        let Some(fresh) = self.fresh() else {
+            return;
+        };
+        let mut next = std::mem::replace(&mut self.replica, fresh);
+        assert!(next.v4().len() <= self.ct.v4().len());
+        assert_eq!(next.take_over_replicas(|_| true), next.v4().len());
+        self.take_over(next);
+    }
+
+    /// `next` carries on in the stage's place: the sessions it holds keep their backends.
+    fn take_over(&mut self, next: Conntrack<Lb>) {
+        let old = std::mem::take(&mut self.chosen);
+        for (r, b) in old.into_values() {
+            let Some(info) = self.ct.info(r) else { continue };
+            if let Some(h) = next.lookup(&info.original) {
+                let n = h.session;
+                self.chosen.insert((n.index(), n.generation()), (n, b));
+            }
+        }
+        self.ct = next;
+        self.check_counts();
+        // The replica follows the new stage from scratch.
+        if let Some(fresh) = self.fresh() {
+            self.replica = fresh;
+            for (chunk, _) in self.export_all() {
+                self.replica.apply(self.now, &chunk).expect("a chunk just made");
+            }
+        }
+    }
+
+    /// Every session of the stage, in export chunks of 7, each with its record count.
+    fn export_all(&self) -> Vec<(Vec<u8>, usize)> {
+        let mut chunks = Vec::new();
+        let mut from = 0;
+        loop {
+            let mut chunk = Vec::new();
+            let p = self
+                .ct
+                .export(nf_core::Family::V4, self.now, from, 7, &mut chunk)
+                .expect("LB sessions move");
+            chunks.push((chunk, p.records));
+            match p.next {
+                Some(n) => from = n,
+                None => return chunks,
+            }
         }
     }
 
@@ -238,44 +326,18 @@ impl Run {
 
     /// Moves every session to a fresh stage built from the current configuration.
     fn handover(&mut self) {
-        let Some(listeners) = self.cfg.listeners() else {
+        let Some(mut next) = self.fresh() else {
             return;
         };
-        let mut lb = Lb::new(listeners);
-        if self.rst {
-            lb = lb.with_tcp_resets(PortId(5));
-        }
-        let Ok(mut next) = Conntrack::new(self.ct_cfg.clone(), lb) else {
-            return;
-        };
-        let mut from = 0;
         let mut installed = 0;
-        loop {
-            let mut chunk = Vec::new();
-            let p = self
-                .ct
-                .export(nf_core::Family::V4, self.now, from, 7, &mut chunk)
-                .expect("LB sessions move");
+        for (chunk, records) in self.export_all() {
             let r = next.import(self.now, &chunk).expect("a chunk just made");
-            assert_eq!(r.imported + r.refused + r.skipped, p.records);
+            assert_eq!(r.imported + r.refused + r.skipped, records);
             installed += r.imported;
-            match p.next {
-                Some(n) => from = n,
-                None => break,
-            }
         }
         assert_eq!(next.v4().len(), installed);
         // The backends chosen, by the sessions' original keys in the new stage.
-        let old = std::mem::take(&mut self.chosen);
-        for (r, b) in old.into_values() {
-            let Some(info) = self.ct.info(r) else { continue };
-            if let Some(h) = next.lookup(&info.original) {
-                let n = h.session;
-                self.chosen.insert((n.index(), n.generation()), (n, b));
-            }
-        }
-        self.ct = next;
-        self.check_counts();
+        self.take_over(next);
     }
 
     /// Every slot's session count equals the live sessions that hold it.
@@ -307,6 +369,14 @@ fuzz_target!(|input: Input| {
         v6: 4,
     });
     cfg.v4.early_drop = input.early_drop;
+    // Long enough for every change of a run: the replica misses nothing.
+    cfg.v4.journal = 4096;
+    // Small wheels, zone and fragment tables: a run builds up to a few stages.
+    cfg.v4.wheel_slots = 64;
+    cfg.v6.wheel_slots = 64;
+    cfg.v4.max_zones = 4;
+    cfg.v6.max_zones = 4;
+    cfg.fragments.capacity = 64;
     let config = Config {
         members: (0..3).map(|b| (b, (1, Health::Up))).collect(),
         encap: false,
@@ -317,19 +387,20 @@ fuzz_target!(|input: Input| {
             .limit
             .map(|(r, b)| NewFlowLimit::new(u32::from(r) + 1, u32::from(b % 8) + 1)),
     };
-    let Some(listeners) = config.listeners() else {
-        return;
+    let make = |config: &Config| {
+        let mut lb = Lb::new(config.listeners()?);
+        if input.rst {
+            lb = lb.with_tcp_resets(PortId(5));
+        }
+        Conntrack::new(cfg.clone(), lb).ok()
     };
-    let mut lb = Lb::new(listeners);
-    if input.rst {
-        lb = lb.with_tcp_resets(PortId(5));
-    }
-    let Ok(ct) = Conntrack::new(cfg.clone(), lb) else {
+    let (Some(ct), Some(replica)) = (make(&config), make(&config)) else {
         return;
     };
     let mut run = Run {
         parse: ParseStage::default(),
         ct,
+        replica,
         ct_cfg: cfg,
         rst: input.rst,
         cfg: config,
@@ -414,6 +485,14 @@ fuzz_target!(|input: Input| {
             Op::Handover => {
                 run.flush();
                 run.handover();
+            }
+            Op::Sync(n) => {
+                run.flush();
+                run.sync(usize::from(n) + 1);
+            }
+            Op::Failover => {
+                run.flush();
+                run.failover();
             }
             Op::Time(n) => {
                 run.flush();

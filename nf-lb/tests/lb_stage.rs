@@ -1106,3 +1106,73 @@ fn sessions_move_to_another_node_and_keep_their_backends() {
     assert_eq!((imported, refused), (121 - on_second, on_second));
     assert_eq!(c.second.v4().len(), imported);
 }
+
+#[test]
+fn a_replica_kept_in_sync_carries_the_flows_on_when_its_primary_fails() {
+    let config = |n: u8| Listeners::new(vec![listener(web4(), backends4(n))]).unwrap();
+    let journaled = |lb: Lb| {
+        let mut cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: 1024, v6: 64 });
+        cfg.v4.journal = 256;
+        ParseStage::default().then(Conntrack::new(cfg, lb).unwrap())
+    };
+    let now = Instant::from_nanos(1_000_000_000);
+    let mut a = journaled(Lb::new(config(3)));
+    // The replica has a fourth backend: a fresh decision would move some flows.
+    let mut b = journaled(Lb::new(config(4)));
+    let sync = |a: &mut Pipeline, b: &mut Pipeline| {
+        let mut chunk = Vec::new();
+        let p = a
+            .second
+            .export_changes(nf_core::Family::V4, now, 1024, &mut chunk)
+            .unwrap();
+        assert_eq!((p.lost, p.pending), (0, false));
+        b.second.apply(now, &chunk).unwrap()
+    };
+    let ports: Vec<u16> = (44_000..44_040).collect();
+    let first = open(&mut a, &ports);
+    let r = sync(&mut a, &mut b);
+    assert_eq!((r.created, r.refused, r.skipped), (40, 0, 0));
+    // The handshakes complete on the primary: the state changes travel too.
+    for (&s, was) in ports.iter().zip(&first) {
+        let syn_ack = Frame::ipv4(*was, CLIENT4)
+            .tcp(8080, s, 0x12)
+            .to_vec()
+            .unwrap();
+        assert_eq!(run(&mut a, &[syn_ack])[0].meta.verdict, Verdict::Pass);
+        assert_eq!(run(&mut a, &[ack(s)])[0].meta.verdict, Verdict::Pass);
+    }
+    // Ten flows end on the primary.
+    for &s in &ports[..10] {
+        let h = run(&mut a, &[ack(s)])[0].meta.session.unwrap();
+        a.second.remove(now, h).unwrap();
+    }
+    let r = sync(&mut a, &mut b);
+    assert_eq!((r.ended, r.refreshed, r.created), (10, 30, 0));
+    assert_eq!(b.second.v4().len(), 30);
+    // What the replica applied is not in its own journal.
+    let mut echo = Vec::new();
+    let p = b
+        .second
+        .export_changes(nf_core::Family::V4, now, 1024, &mut echo)
+        .unwrap();
+    assert_eq!((p.ended, p.changed), (0, 0));
+    for i in 1..=3u8 {
+        let id = BackendId::v4([10, 0, 1, i], 8080);
+        let on_a = a.second.service().sessions_of(&web4(), &id);
+        assert_eq!(b.second.service().sessions_of(&web4(), &id), on_a);
+    }
+    // The primary fails: the replica takes its copies over, and every remaining flow
+    // continues there, on its backend, established (an ACK is a steady packet, no new flow).
+    assert_eq!(b.second.take_over_replicas(|_| true), 30);
+    for (&s, was) in ports.iter().zip(&first).skip(10) {
+        let out = &run(&mut b, &[ack(s)])[0];
+        assert_eq!(out.meta.verdict, Verdict::Pass);
+        assert_eq!(dst_of(out), *was, "flow {s} moved");
+        let h = out.meta.session.unwrap();
+        assert_eq!(
+            b.second.state(h),
+            Some(nf_core::conntrack::SessionState::TcpEstablished)
+        );
+    }
+    assert_eq!(b.second.service().counters().new_flows, 0);
+}

@@ -800,6 +800,26 @@ fn hairpin_sessions_move_with_their_mappings() {
     }
 }
 
+/// Core 0 of node `n` of a cluster split as `split`, in `profile`, translating to
+/// `publics`.
+fn share_node(
+    profile: Profile,
+    publics: &[core::net::IpAddr],
+    split: nf_nat::PortSplit,
+    n: u32,
+) -> Nat {
+    let owner = nf_nat::Owner {
+        nodes: split.nodes,
+        cores: split.cores,
+        node: n,
+        core: 0,
+    };
+    let ports = AllocatorConfig::new(profile, publics.to_vec(), *b"snat test secret")
+        .with_owner(owner)
+        .with_max_mappings(1024);
+    Nat::with_config(SnatConfig::new(ports), 1024)
+}
+
 /// Node failure with port shares: two nodes share the public addresses by
 /// `Owner { nodes: 2, cores: 2 }` (core 0 of each here). Node 1's sessions do not move to
 /// node 0 while their ports are another node's share; once node 0 takes over node 1's
@@ -818,18 +838,7 @@ fn a_node_takes_over_a_failed_nodes_port_share() {
     ];
     let split = PortSplit { nodes: 2, cores: 2 };
     for profile in [Profile::Hyperplane, Profile::Rfc] {
-        let node = |n: u32| {
-            let owner = Owner {
-                nodes: 2,
-                cores: 2,
-                node: n,
-                core: 0,
-            };
-            let ports = AllocatorConfig::new(profile, publics.clone(), *b"snat test secret")
-                .with_owner(owner)
-                .with_max_mappings(1024);
-            Nat::with_config(SnatConfig::new(ports), 1024)
-        };
+        let node = |n: u32| share_node(profile, &publics, split, n);
         let mut failed = node(1);
         let flows: Vec<Vec<u8>> = (0..40u16)
             .map(|i| match i % 4 {
@@ -942,4 +951,100 @@ fn a_node_takes_over_a_failed_nodes_port_share() {
     });
     let mut p = nf_nat::PortAllocator::new(cgn).unwrap();
     assert_eq!(p.take_over(1), Err(ConfigError::Blocks));
+}
+
+/// A replica kept in sync (`export_changes` → `apply`) while its primary lives: node 0 holds
+/// node 1's share as claimable (`take_over`) from the start, so that it can hold node 1's
+/// sessions with their ports; sessions node 1 ends are removed there (their ports given
+/// back); when node 1 fails, the replies to its public ports already reach the inside hosts
+/// through node 0, and the clients' next packets leave from the same ports.
+#[test]
+fn a_replica_kept_in_sync_holds_the_primarys_mappings_when_it_fails() {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use nf_nat::{PortSplit, owner_of};
+    let publics: Vec<IpAddr> = vec![
+        Ipv4Addr::from(PUBLIC4).into(),
+        Ipv6Addr::from(public6()).into(),
+    ];
+    let split = PortSplit { nodes: 2, cores: 1 };
+    for profile in [Profile::Hyperplane, Profile::Rfc] {
+        let node = |n: u32| share_node(profile, &publics, split, n);
+        let mut primary = node(1);
+        let mut replica = node(0);
+        replica
+            .pipe
+            .second
+            .service_mut()
+            .ports_mut()
+            .take_over(1)
+            .unwrap();
+        let flows = |base: u16| -> Vec<Vec<u8>> {
+            (0..30u16)
+                .map(|i| match i % 3 {
+                    2 => udp6(inside6(), remote6(), base + i, 53),
+                    1 => tcp4(INSIDE4, REMOTE4, base + i, 443, SYN),
+                    _ => udp4(INSIDE4, REMOTE4, base + i, 53),
+                })
+                .collect()
+        };
+        // Sessions that open and end on the primary open and end on the replica.
+        assert!(
+            primary
+                .send_batch(&flows(20_000))
+                .iter()
+                .all(|(v, _)| *v == Verdict::Pass)
+        );
+        let r = sync_changes(&mut primary, &mut replica);
+        assert_eq!((r.created, r.refused, r.skipped), (30, 0, 0), "{profile:?}");
+        assert_eq!(replica.counter("active_udp"), primary.counter("active_udp"));
+        primary.advance(24 * 3600);
+        let r = sync_changes(&mut primary, &mut replica);
+        assert_eq!((r.ended, r.absent), (30, 0), "{profile:?}");
+        assert_eq!(
+            replica.counter("active_udp") + replica.counter("active_tcp"),
+            0
+        );
+        assert_eq!(replica.counter("release_unknown"), 0);
+
+        // Then the flows that will outlive the primary.
+        let live = flows(30_000);
+        let out = primary.send_batch(&live);
+        let mapped: Vec<u16> = out.iter().map(|(_, f)| ports(f).0).collect();
+        for &p in &mapped {
+            assert_eq!(owner_of(p, split).node, 1);
+        }
+        let r = sync_changes(&mut primary, &mut replica);
+        assert_eq!((r.created, r.refused), (30, 0), "{profile:?}");
+        // The replica's own new flows never take a port a replicated session holds.
+        let own: Vec<Vec<u8>> = (0..30u16)
+            .map(|i| udp4(INSIDE4_B, REMOTE4, 40_000 + i, 53))
+            .collect();
+        for (v, f) in replica.send_batch(&own) {
+            assert_eq!(v, Verdict::Pass);
+            assert_eq!(owner_of(ports(&f).0, split).node, 0);
+        }
+        // The primary fails: the replica takes its copies over (they are its own now).
+        drop(primary);
+        assert_eq!(replica.pipe.second.take_over_replicas(|_| true), 30);
+        for (i, &p) in (0..30u16).zip(&mapped) {
+            let reply = match i % 3 {
+                2 => udp6(remote6(), public6(), 53, p),
+                1 => tcp4(REMOTE4, PUBLIC4, 443, p, SYN | ACK),
+                _ => udp4(REMOTE4, PUBLIC4, 53, p),
+            };
+            let (v, f) = replica.send(&reply);
+            assert_eq!(v, Verdict::Pass, "{profile:?} reply to {p}");
+            verify_frame(&f);
+            assert_eq!(ports(&f).1, 30_000 + i);
+        }
+        for ((v, f), &p) in replica.send_batch(&live).iter().zip(&mapped) {
+            assert_eq!(*v, Verdict::Pass);
+            assert_eq!(ports(f).0, p, "{profile:?}");
+        }
+        assert_eq!(
+            replica.counter("flows_translated"),
+            30,
+            "only its own new flows"
+        );
+    }
 }

@@ -20,7 +20,7 @@
 
 use super::key::SessionKey;
 use super::state::SessionState;
-use super::table::{F_ASSURED, F_FIN_REPLY, InsertError, SessionInfo, SessionTable};
+use super::table::{F_ASSURED, F_FIN_REPLY, InsertError, Record, SessionInfo, SessionTable};
 use crate::flow::{FlowKey, ZoneId};
 use crate::time::{Duration, Instant};
 use alloc::vec::Vec;
@@ -28,15 +28,15 @@ use core::fmt;
 use core::hash::Hasher as _;
 use siphasher::sip::SipHasher13;
 
-const MAGIC: [u8; 4] = *b"NFCT";
+pub(super) const MAGIC: [u8; 4] = *b"NFCT";
 /// Current export format version.
 pub const EXPORT_VERSION: u8 = 2;
-const HEADER: usize = 16;
-const TRAILER: usize = 8;
+pub(super) const HEADER: usize = 16;
+pub(super) const TRAILER: usize = 8;
 /// Records whose keys an import hashes (and whose buckets it prefetches) before inserting
 /// the first of them.
 const IMPORT_GROUP: usize = 16;
-const CHECK_KEY: [u8; 16] = *b"nf-ct-export-v1!";
+pub(super) const CHECK_KEY: [u8; 16] = *b"nf-ct-export-v1!";
 
 /// A session value that can be exported: a fixed-length byte encoding.
 pub trait SessionValue: Copy + Default {
@@ -165,14 +165,19 @@ pub struct ImportReport {
     pub refused: usize,
 }
 
-fn record_len<K: SessionKey>(vlen: usize) -> usize {
+pub(super) fn record_len<K: SessionKey>(vlen: usize) -> usize {
     20 + 2 * K::ENCODED_LEN + vlen
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
+    checksum_keyed(&CHECK_KEY, bytes)
+}
+
+/// SipHash-1-3 of `bytes` under the public `key` of a chunk format.
+pub(super) fn checksum_keyed(key: &[u8; 16], bytes: &[u8]) -> u64 {
     let [k0, k1] = [
-        u64::from_le_bytes(*CHECK_KEY.first_chunk::<8>().unwrap_or(&[0; 8])),
-        u64::from_le_bytes(*CHECK_KEY.last_chunk::<8>().unwrap_or(&[0; 8])),
+        u64::from_le_bytes(*key.first_chunk::<8>().unwrap_or(&[0; 8])),
+        u64::from_le_bytes(*key.last_chunk::<8>().unwrap_or(&[0; 8])),
     ];
     let mut h = SipHasher13::new_with_keys(k0, k1);
     h.write(bytes);
@@ -200,10 +205,15 @@ pub(in crate::conntrack) trait Adopt<V> {
     fn adopt(&mut self, now: Instant, session: &SessionInfo<()>, bytes: &[u8]) -> Option<V>;
     /// A value [`Self::adopt`] gave, for a session the table did not install after all.
     fn abort(&mut self, now: Instant, session: &SessionInfo<V>);
+    /// A session a replica's [`SessionTable::apply`] removed (it ended on its primary, or
+    /// the primary's session replaces it).
+    fn end(&mut self, _now: Instant, _session: &SessionInfo<V>) {}
+    /// A session early drop evicted to admit an imported one.
+    fn evicted(&mut self, _now: Instant, _session: &SessionInfo<V>) {}
 }
 
 /// The plain table import: values decoded by [`SessionValue::decode`].
-struct Decode;
+pub(super) struct Decode;
 
 impl<V: SessionValue> Adopt<V> for Decode {
     fn check(&self, bytes: &[u8]) -> bool {
@@ -255,33 +265,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         out.extend_from_slice(&u32::try_from(rl).unwrap_or(u32::MAX).to_be_bytes());
         let mut records = 0usize;
         let mut next = None;
-        let mut buf = [0u8; 128];
         for (idx, x) in self.records_from(from) {
             if records == max {
                 next = Some(idx);
                 break;
             }
-            let mut fl = 0u8;
-            if x.flags & F_ASSURED != 0 {
-                fl |= 1;
-            }
-            if x.flags & F_FIN_REPLY != 0 {
-                fl |= 2;
-            }
-            let remaining = self.deadline_of(x) - now;
-            out.extend_from_slice(&x.zone.to_be_bytes());
-            out.extend_from_slice(&self.reply_zone_of(idx, x).to_be_bytes());
-            out.extend_from_slice(&[x.proto, x.state, fl, 0]);
-            out.extend_from_slice(&remaining.as_nanos().to_be_bytes());
-            for k in &x.keys {
-                k.encode(&mut buf);
-                out.extend_from_slice(buf.get(..K::ENCODED_LEN).unwrap_or(&[]));
-            }
-            let vstart = out.len();
-            out.resize(vstart + vlen, 0);
-            if let Some(v) = out.get_mut(vstart..) {
-                encode(&x.value, v);
-            }
+            self.write_record(now, idx, x, out, vlen, &mut encode);
             records += 1;
         }
         let n = u32::try_from(records).unwrap_or(u32::MAX).to_be_bytes();
@@ -291,6 +280,41 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let sum = checksum(out.get(start..).unwrap_or(&[]));
         out.extend_from_slice(&sum.to_be_bytes());
         ExportProgress { records, next }
+    }
+
+    /// Appends the record of session `x` (slot `idx`) to `out`: the chunk formats' record,
+    /// its value written by `encode` (exactly `vlen` bytes).
+    pub(in crate::conntrack) fn write_record(
+        &self,
+        now: Instant,
+        idx: u32,
+        x: &Record<K, V>,
+        out: &mut Vec<u8>,
+        vlen: usize,
+        encode: &mut impl FnMut(&V, &mut [u8]),
+    ) {
+        let mut fl = 0u8;
+        if x.flags & F_ASSURED != 0 {
+            fl |= 1;
+        }
+        if x.flags & F_FIN_REPLY != 0 {
+            fl |= 2;
+        }
+        let remaining = self.deadline_of(x) - now;
+        out.extend_from_slice(&x.zone.to_be_bytes());
+        out.extend_from_slice(&self.reply_zone_of(idx, x).to_be_bytes());
+        out.extend_from_slice(&[x.proto, x.state, fl, 0]);
+        out.extend_from_slice(&remaining.as_nanos().to_be_bytes());
+        let mut buf = [0u8; 128];
+        for k in &x.keys {
+            k.encode(&mut buf);
+            out.extend_from_slice(buf.get(..K::ENCODED_LEN).unwrap_or(&[]));
+        }
+        let vstart = out.len();
+        out.resize(vstart + vlen, 0);
+        if let Some(v) = out.get_mut(vstart..) {
+            encode(&x.value, v);
+        }
     }
 
     /// [`Self::import`] with values of `vlen` bytes made by `adopt`.
@@ -375,38 +399,10 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 let Some(r) = parse_record::<K>(rec, vlen) else {
                     continue;
                 };
-                let (original, reply) = r.flows();
-                let session = SessionInfo {
-                    original,
-                    reply,
-                    state: r.state,
-                    established: r.established,
-                    deadline: now + r.remaining,
-                    value: (),
-                };
-                let Some(value) = adopt.adopt(now, &session, r.value) else {
-                    report.refused += 1;
-                    continue;
-                };
-                let inserted = h.ok_or(InsertError::BadKey).and_then(|h| {
-                    self.insert_imported(
-                        now,
-                        &original,
-                        &reply,
-                        h,
-                        r.state,
-                        r.established,
-                        r.fin_reply,
-                        r.remaining,
-                        value,
-                    )
-                });
-                match inserted {
-                    Ok(_) => report.imported += 1,
-                    Err(_) => {
-                        adopt.abort(now, &super::service::with_value(&session, value));
-                        report.skipped += 1;
-                    }
+                match self.adopt_record(now, &r, h, adopt, true) {
+                    Adopted::Installed => report.imported += 1,
+                    Adopted::Refused => report.refused += 1,
+                    Adopted::Skipped => report.skipped += 1,
                 }
             }
         }
@@ -414,21 +410,90 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     }
 }
 
-struct Parsed<'a, K> {
-    zone: u32,
-    reply_zone: u32,
-    proto: u8,
-    state: SessionState,
-    established: bool,
-    fin_reply: bool,
-    remaining: Duration,
-    keys: [K; 2],
-    value: &'a [u8],
+/// What became of one record [`SessionTable::adopt_record`] was given.
+pub(super) enum Adopted {
+    /// The session is installed.
+    Installed,
+    /// The services declined it.
+    Refused,
+    /// The table did not take it (a key present, the zone at its quota, the table full).
+    Skipped,
+}
+
+impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
+    /// Installs the session of record `r` (its keys' hashes from
+    /// [`SessionTable::prepare_imported`]) with the value `adopt` makes of it: admitted like
+    /// a new session when `admit` (an import: early drop's evictions told to `adopt`), or in
+    /// any free slot beyond zone quotas (a replica's apply). A value made for a session not
+    /// installed after all is given back to `adopt` (`abort`).
+    pub(super) fn adopt_record<A: Adopt<V>>(
+        &mut self,
+        now: Instant,
+        r: &Parsed<'_, K>,
+        hashes: Option<[u64; 2]>,
+        adopt: &mut A,
+        admit: bool,
+    ) -> Adopted {
+        let (original, reply) = r.flows();
+        let session = SessionInfo {
+            original,
+            reply,
+            state: r.state,
+            established: r.established,
+            deadline: now + r.remaining,
+            value: (),
+        };
+        let Some(value) = adopt.adopt(now, &session, r.value) else {
+            return Adopted::Refused;
+        };
+        let (state, est, fin, left) = (r.state, r.established, r.fin_reply, r.remaining);
+        let inserted = hashes.ok_or(InsertError::BadKey).and_then(|h| {
+            let (o, rp) = (&original, &reply);
+            if admit {
+                let mut evicted = |info: &SessionInfo<V>| adopt.evicted(now, info);
+                self.insert_imported(
+                    now,
+                    o,
+                    rp,
+                    h,
+                    state,
+                    est,
+                    fin,
+                    left,
+                    value,
+                    Some(&mut evicted),
+                )
+            } else {
+                let none = None::<&mut fn(&SessionInfo<V>)>;
+                self.insert_imported(now, o, rp, h, state, est, fin, left, value, none)
+            }
+        });
+        match inserted {
+            Ok(_) => Adopted::Installed,
+            Err(_) => {
+                adopt.abort(now, &super::service::with_value(&session, value));
+                Adopted::Skipped
+            }
+        }
+    }
+}
+
+/// One record of a chunk, checked.
+pub(super) struct Parsed<'a, K> {
+    pub(super) zone: u32,
+    pub(super) reply_zone: u32,
+    pub(super) proto: u8,
+    pub(super) state: SessionState,
+    pub(super) established: bool,
+    pub(super) fin_reply: bool,
+    pub(super) remaining: Duration,
+    pub(super) keys: [K; 2],
+    pub(super) value: &'a [u8],
 }
 
 impl<K: SessionKey> Parsed<'_, K> {
     /// The session's keys as flows (original, reply).
-    fn flows(&self) -> (FlowKey, FlowKey) {
+    pub(super) fn flows(&self) -> (FlowKey, FlowKey) {
         let [o, r] = &self.keys;
         (
             o.to_flow(ZoneId(self.zone), self.proto),
@@ -437,7 +502,7 @@ impl<K: SessionKey> Parsed<'_, K> {
     }
 }
 
-fn parse_record<K: SessionKey>(b: &[u8], vlen: usize) -> Option<Parsed<'_, K>> {
+pub(super) fn parse_record<K: SessionKey>(b: &[u8], vlen: usize) -> Option<Parsed<'_, K>> {
     let (zone, b) = b.split_first_chunk::<4>()?;
     let (reply_zone, b) = b.split_first_chunk::<4>()?;
     let (&[proto, state, fl, reserved], b) = b.split_first_chunk::<4>()?;

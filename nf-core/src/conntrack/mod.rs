@@ -16,6 +16,11 @@
 //! - [`Conntrack::export`] / [`Conntrack::import`]: session hand-over between nodes, every
 //!   service's part included (see [Moving sessions](#session-services)); the tables alone:
 //!   [`SessionTable::export`] / [`SessionTable::import`].
+//! - [`Conntrack::export_changes`] / [`Conntrack::apply`]: continuous sync to a replica, so
+//!   that a node's sessions survive it: a bounded change journal per table
+//!   ([`TableConfig::journal`]) drained into delta chunks (sessions created or changed,
+//!   sessions ended), plus a periodic sweep of [`Conntrack::export`] chunks that `apply`
+//!   also takes (lifetimes refreshed by traffic, lost events); see [`SessionTable::apply`].
 //!
 //! ```
 //! use nf_core::conntrack::{SessionState, SessionTable, TableConfig, V4Key};
@@ -93,9 +98,11 @@
 //!   ([`SessionService::export_value`]: identities, never local indices) and the importing
 //!   node's service takes the session over ([`SessionService::import_value`]: it reserves
 //!   what the session holds there, or declines), before [`Conntrack::import`] installs it.
-//!   nf-lb, nf-policy and [`TcpWindow`] sessions move, and nf-nat's outbound sessions of
-//!   its hyperplane profile (each service says which of its sessions it declines); a service
+//!   nf-lb, nf-policy and [`TcpWindow`] sessions move, and every kind of nf-nat session in
+//!   every profile (each service says which of its sessions it declines); a service
 //!   that does not say how makes [`Conntrack::export`] answer [`ExportError::Unsupported`].
+//!   A replica takes sessions over through [`SessionService::replicate_value`] (the same as
+//!   `import_value` unless the service's part moves with every packet, as a TCP window does).
 //! - **Handles**: the [`SessionRef`] written into [`Meta::session`](crate::Meta::session)
 //!   carries its address family, so it works with every method of the stage and of its
 //!   family's table.
@@ -288,6 +295,7 @@ mod reorder;
 mod service;
 mod stage;
 mod state;
+mod sync;
 mod table;
 mod window;
 
@@ -301,6 +309,7 @@ pub use reorder::{FragmentReorder, ReorderConfig, ReorderCounters};
 pub use service::{EndCause, NewFlow, ReplyKeyError, SessionService};
 pub use stage::{Conntrack, ConntrackConfig, ConntrackCounters, Sizes, TcpCreate, ZonePolicy};
 pub use state::{SessionState, TimeoutProfile};
+pub use sync::{ApplyReport, ChangeProgress, DELTA_VERSION};
 pub use table::{
     ConfigError, Hit, InsertError, MAX_CAPACITY, NewSession, ReplaceError, SessionInfo,
     SessionTable, TableConfig, TableCounters, ZoneError, ZoneUsage,

@@ -283,6 +283,22 @@ pub trait SessionService {
         let _ = (now, session, bytes);
         None
     }
+
+    /// Takes a session over as a replica ([`Conntrack::apply`](super::Conntrack::apply)):
+    /// the bytes are those of the primary's last change of the session, not of its last
+    /// packet, so a part that moves with every packet (a TCP window) is stale by the time
+    /// the replica carries the session on. The default is [`Self::import_value`], right for
+    /// parts that change only with the session's journaled changes (a backend, a
+    /// translation, a verdict); a service whose part moves with traffic relearns it here
+    /// ([`TcpWindow`](super::TcpWindow) picks both sides up again from their next segments).
+    fn replicate_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<Self::Value> {
+        self.import_value(now, session, bytes)
+    }
 }
 
 /// Why a session ended, for [`SessionService::on_end`].
@@ -571,6 +587,18 @@ impl<S: SessionService> SessionService for Option<S> {
             None => Some(S::Value::default()),
         }
     }
+
+    fn replicate_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<S::Value> {
+        match self {
+            Some(s) => s.replicate_value(now, session, bytes),
+            None => Some(S::Value::default()),
+        }
+    }
 }
 
 /// A session's info with another value (for handing each service its own part).
@@ -747,15 +775,45 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
         session: &SessionInfo<()>,
         bytes: &[u8],
     ) -> Option<Self::Value> {
-        let (first, rest) = bytes.split_at_checked(A::EXPORT_LEN?)?;
-        let a = self.0.import_value(now, session, first)?;
-        match self.1.import_value(now, session, rest) {
-            Some(b) => Some((a, b)),
-            None => {
-                self.0
-                    .on_end(now, &with_value(session, a), EndCause::Aborted);
-                None
-            }
+        take_over_pair(self, now, session, bytes, false)
+    }
+
+    fn replicate_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<Self::Value> {
+        take_over_pair(self, now, session, bytes, true)
+    }
+}
+
+/// A pair's [`SessionService::import_value`] (or, `replica`, its
+/// [`SessionService::replicate_value`]): each part takes its bytes over, `A` first; if `S`
+/// declines, `A`'s part is aborted.
+fn take_over_pair<A: SessionService, S: SessionService>(
+    (a, s): &mut (A, S),
+    now: Instant,
+    session: &SessionInfo<()>,
+    bytes: &[u8],
+    replica: bool,
+) -> Option<(A::Value, S::Value)> {
+    let (first, rest) = bytes.split_at_checked(A::EXPORT_LEN?)?;
+    let va = if replica {
+        a.replicate_value(now, session, first)?
+    } else {
+        a.import_value(now, session, first)?
+    };
+    let vs = if replica {
+        s.replicate_value(now, session, rest)
+    } else {
+        s.import_value(now, session, rest)
+    };
+    match vs {
+        Some(vs) => Some((va, vs)),
+        None => {
+            a.on_end(now, &with_value(session, va), EndCause::Aborted);
+            None
         }
     }
 }

@@ -7,6 +7,7 @@ use super::key::{V4Key, V6Key};
 use super::related::{self, FragmentConfig, FragmentCounters, FragmentTable};
 use super::service::{EndCause, NewFlow, SessionService, aborted};
 use super::state::{SessionState, tcp_flags_invalid};
+use super::sync::{ApplyReport, ChangeProgress};
 use super::table::{
     ConfigError, Hit, InsertError, ReplaceError, SessionInfo, SessionTable, TableConfig,
     TableCounters, ZoneError,
@@ -382,12 +383,98 @@ impl<S: SessionService> Conntrack<S> {
     /// [`ImportError::Unsupported`] when a service's sessions cannot move.
     pub fn import(&mut self, now: Instant, bytes: &[u8]) -> Result<ImportReport, ImportError> {
         let vlen = S::EXPORT_LEN.ok_or(ImportError::Unsupported)?;
-        let mut adopt = Adopting(&mut self.service);
+        let mut adopt = Adopting(&mut self.service, false);
         match chunk_family(bytes)? {
             4 => self.v4.import_with(now, bytes, vlen, &mut adopt),
             6 => self.v6.import_with(now, bytes, vlen, &mut adopt),
             _ => Err(ImportError::Corrupt),
         }
+    }
+
+    /// Drains up to `max` events of the `family` table's change journal
+    /// ([`TableConfig::journal`]) into one delta chunk appended to `out`, services' parts
+    /// included, for a replica's [`Self::apply`] (see [`SessionTable::export_changes`]).
+    /// Call it every few milliseconds (or batches) and send the chunk; when
+    /// [`ChangeProgress::lost`] is not zero the replica missed changes: send it a full sweep
+    /// ([`Self::export`] chunks). Long-lived sessions need that sweep anyway, every fraction
+    /// of their timeout: a refresh by traffic is not a journal event. Cold path: allocates
+    /// in `out`.
+    ///
+    /// # Errors
+    /// [`ExportError::Unsupported`] (nothing written or drained) when a service's sessions
+    /// cannot move ([`SessionService::EXPORT_LEN`] is `None`).
+    ///
+    /// ```
+    /// use nf_core::conntrack::{Conntrack, ConntrackConfig};
+    /// use nf_core::wire::Frame;
+    /// use nf_core::{Batch, Family, Instant, Packet, ParseStage, Stage, StageExt};
+    ///
+    /// let mut cfg = ConntrackConfig::new(*b"shared by nodes!");
+    /// cfg.v4.journal = 4096;
+    /// let mut primary = ParseStage::default().then(Conntrack::new(cfg.clone(), ())?);
+    /// let mut replica = Conntrack::new(cfg, ())?;
+    /// let now = Instant::from_nanos(1_000_000_000);
+    /// let frame = |flags| Frame::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).tcp(40_000, 80, flags).to_vec();
+    /// let mut batch = Batch::new();
+    /// batch.push(Packet::with_headroom(&frame(0x02)?, 64)).ok(); // SYN
+    /// primary.process(now, &mut batch);
+    ///
+    /// // Every few milliseconds: the primary's changes go to its replica.
+    /// let mut chunk = Vec::new();
+    /// primary.second.export_changes(Family::V4, now, 1024, &mut chunk)?;
+    /// assert_eq!(replica.apply(now, &chunk)?.created, 1);
+    ///
+    /// // The primary fails: the replica takes its copies over and carries the connection
+    /// // on (the server's SYN+ACK matches the session).
+    /// assert_eq!(replica.take_over_replicas(|_| true), 1);
+    /// assert!(replica.lookup(&batch.packets()[0].meta.flow.reversed()).is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn export_changes(
+        &mut self,
+        family: Family,
+        now: Instant,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<ChangeProgress, ExportError> {
+        let vlen = S::EXPORT_LEN.ok_or(ExportError::Unsupported)?;
+        let s = &self.service;
+        let encode = |v: &S::Value, out: &mut [u8]| s.export_value(v, out);
+        Ok(match family {
+            Family::V4 => self.v4.export_changes_with(now, max, out, vlen, encode),
+            Family::V6 => self.v6.export_changes_with(now, max, out, vlen, encode),
+        })
+    }
+
+    /// Applies a delta chunk of another node's [`Self::export_changes`], or an export chunk
+    /// of its [`Self::export`] (a sweep), as [`SessionTable::apply`] does: each service
+    /// takes each new session over ([`SessionService::replicate_value`]) and hears of each
+    /// session removed ([`SessionService::on_end`], [`EndCause::Removed`]). A session
+    /// already here with the same keys takes the record's state and lifetime and keeps its
+    /// services' value. Cold path.
+    ///
+    /// # Errors
+    /// [`ImportError`] for truncated, corrupt or incompatible input (the stage is unchanged),
+    /// [`ImportError::Unsupported`] when a service's sessions cannot move.
+    pub fn apply(&mut self, now: Instant, bytes: &[u8]) -> Result<ApplyReport, ImportError> {
+        let vlen = S::EXPORT_LEN.ok_or(ImportError::Unsupported)?;
+        let mut adopt = Adopting(&mut self.service, true);
+        match super::sync::chunk_family(bytes)? {
+            4 => self.v4.apply_with(now, bytes, vlen, &mut adopt),
+            6 => self.v6.apply_with(now, bytes, vlen, &mut adopt),
+            _ => Err(ImportError::Corrupt),
+        }
+    }
+
+    /// Makes the replica copies `which` selects, of both families, this stage's own
+    /// sessions (see [`SessionTable::take_over_replicas`]): call it when their primary has
+    /// failed and this node carries its flows on (for a NAT, with the failed node's share
+    /// taken over; `which` may select by it). Returns how many it took over.
+    pub fn take_over_replicas(
+        &mut self,
+        mut which: impl FnMut(&SessionInfo<S::Value>) -> bool,
+    ) -> usize {
+        self.v4.take_over_replicas(&mut which) + self.v6.take_over_replicas(&mut which)
     }
 
     /// The session service.
@@ -1173,13 +1260,15 @@ fn table_counters(
         ("v4_refused_full", "v6_refused_full", c.refused_full),
         ("v4_refused_quota", "v6_refused_quota", c.refused_quota),
         ("v4_refused_zones", "v6_refused_zones", c.refused_zones),
+        ("v4_journal_lost", "v6_journal_lost", c.journal_lost),
     ] {
         f(stage, pick(a, b), v);
     }
 }
 
-/// Session services taking over imported sessions ([`Conntrack::import`]).
-struct Adopting<'a, S>(&'a mut S);
+/// Session services taking over imported sessions ([`Conntrack::import`]), or, as a
+/// replica, applied ones ([`Conntrack::apply`], the flag).
+struct Adopting<'a, S>(&'a mut S, bool);
 
 impl<S: SessionService> Adopt<S::Value> for Adopting<'_, S> {
     /// Services check their bytes as they take a session over (a refusal, not corruption).
@@ -1187,9 +1276,19 @@ impl<S: SessionService> Adopt<S::Value> for Adopting<'_, S> {
         true
     }
     fn adopt(&mut self, now: Instant, session: &SessionInfo<()>, bytes: &[u8]) -> Option<S::Value> {
-        self.0.import_value(now, session, bytes)
+        if self.1 {
+            self.0.replicate_value(now, session, bytes)
+        } else {
+            self.0.import_value(now, session, bytes)
+        }
     }
     fn abort(&mut self, now: Instant, session: &SessionInfo<S::Value>) {
         self.0.on_end(now, session, EndCause::Aborted);
+    }
+    fn end(&mut self, now: Instant, session: &SessionInfo<S::Value>) {
+        self.0.on_end(now, session, EndCause::Removed);
+    }
+    fn evicted(&mut self, now: Instant, session: &SessionInfo<S::Value>) {
+        self.0.on_end(now, session, EndCause::EarlyDrop);
     }
 }

@@ -470,6 +470,22 @@ impl SessionService for TcpWindow {
         Some(st)
     }
 
+    /// A replica's copy of the window is as old as the session's last state change: both
+    /// sides are forgotten and picked up again from their next segments, as after a
+    /// fail-over without state (see *Mid-stream pickup* above).
+    fn replicate_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<TcpWindowState> {
+        let st = self.import_value(now, session, bytes)?;
+        Some(TcpWindowState {
+            sides: Default::default(),
+            tracked: st.tracked,
+        })
+    }
+
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         let c = &self.counters;
         for (name, v) in [

@@ -63,6 +63,9 @@ impl Nat {
         let mut ct = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: n, v6: 1024 });
         ct.v4.timeouts = timeouts;
         ct.v6.timeouts = timeouts;
+        // Every node keeps a change journal, for the replica tests (`sync_changes`).
+        ct.v4.journal = 4096;
+        ct.v6.journal = 4096;
         Self {
             pipe: ParseStage::default().then(Conntrack::new(ct, snat).unwrap()),
             now: Instant::from_nanos(1_000_000_000),
@@ -169,6 +172,30 @@ pub(crate) fn export_all(nat: &Nat) -> Vec<Vec<u8>> {
         }
     }
     chunks
+}
+
+/// Sends what changed at `from` since the last call to its replica `to` (both families);
+/// the replica's report, summed.
+pub(crate) fn sync_changes(from: &mut Nat, to: &mut Nat) -> nf_core::conntrack::ApplyReport {
+    let mut sum = nf_core::conntrack::ApplyReport::default();
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut c = Vec::new();
+        let p = from
+            .pipe
+            .second
+            .export_changes(family, from.now, usize::MAX, &mut c)
+            .expect("SNAT sessions move");
+        assert_eq!((p.lost, p.pending), (0, false));
+        let r = to.pipe.second.apply(to.now, &c).expect("a valid delta");
+        sum.created += r.created;
+        sum.refreshed += r.refreshed;
+        sum.replaced += r.replaced;
+        sum.ended += r.ended;
+        sum.absent += r.absent;
+        sum.skipped += r.skipped;
+        sum.refused += r.refused;
+    }
+    sum
 }
 
 /// The IP packet of an Ethernet frame.

@@ -1,7 +1,7 @@
 //! What [`export`](super::super::export) needs from the table: live records, deadlines, and
 //! inserting an imported session as it was.
 
-use super::{F_FIN_REPLY, F_LIVE, InsertError, Record, SessionTable};
+use super::{F_FIN_REPLY, F_LIVE, InsertError, Record, SessionInfo, SessionTable};
 use crate::conntrack::key::SessionKey;
 use crate::conntrack::state::SessionState;
 use crate::flow::FlowKey;
@@ -45,7 +45,10 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     }
 
     /// Inserts an imported session with an explicit remaining lifetime, its keys' hashes
-    /// from [`Self::prepare_imported`] (`hashes`).
+    /// from [`Self::prepare_imported`] (`hashes`): admitted like a new session, `on_evict`
+    /// told of a session early drop evicts for it, or, without `on_evict` (a replica
+    /// applying what its primary admitted), in any free slot, beyond zone quotas, as a
+    /// replica's copy ([`super::F_REPLICA`]).
     #[expect(clippy::too_many_arguments, reason = "one imported record's fields")]
     pub(in crate::conntrack) fn insert_imported(
         &mut self,
@@ -58,6 +61,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         fin_reply: bool,
         remaining: Duration,
         value: V,
+        mut on_evict: Option<&mut impl FnMut(&SessionInfo<V>)>,
     ) -> Result<SessionRef, InsertError> {
         let (ko, kr) = Self::insert_keys(original, reply)?;
         let zones = [original.zone.0, reply.zone.0];
@@ -69,22 +73,43 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             original.proto,
             state,
             value,
-            &mut |_| {},
+            on_evict.as_deref_mut(),
         )?;
+        if on_evict.is_none() {
+            self.mark_replica(r.index);
+        }
+        self.restore(r, now, state, established, fin_reply, remaining);
+        Ok(r)
+    }
+
+    /// Gives live session `r` an exported record's state, flags and remaining lifetime
+    /// (measured from `now`, the deadline replaced exactly, earlier or later). A session
+    /// already established stays so.
+    pub(in crate::conntrack) fn restore(
+        &mut self,
+        r: SessionRef,
+        now: Instant,
+        state: SessionState,
+        established: bool,
+        fin_reply: bool,
+        remaining: Duration,
+    ) {
+        if !self.is_live(r) {
+            return;
+        }
         if established {
             self.set_state(r, now, state, true);
+        } else if let Some(x) = self.recs.get_mut(r.index as usize) {
+            x.state = state as u8;
         }
         let d = (now + remaining).as_nanos().div_ceil(self.gran);
         let d32 = d as u32;
-        if fin_reply && let Some(x) = self.recs.get_mut(r.index as usize) {
-            x.flags |= F_FIN_REPLY;
-        }
-        // Replace the deadline exactly (earlier or later) by re-filing the timer.
         if let Some(x) = self.recs.get_mut(r.index as usize) {
+            x.flags = (x.flags & !F_FIN_REPLY) | if fin_reply { F_FIN_REPLY } else { 0 };
+            // Replace the deadline exactly (earlier or later) by re-filing the timer.
             x.deadline = d32;
         }
         self.timer_unlink(r.index);
         self.timer_link(self.slot_for(d32), r.index);
-        Ok(r)
     }
 }

@@ -4,6 +4,7 @@
 
 mod export_hooks;
 mod index;
+mod journal;
 mod lookup;
 mod timer;
 mod zones;
@@ -34,6 +35,12 @@ pub(super) const F_FIN_REPLY: u8 = 4;
 /// side array `reply_zones` (read only when this flag is set, so a same-zone session, the
 /// common case, costs its lookups nothing more).
 pub(super) const F_XZONE: u8 = 8;
+/// Record flag: the session waits in the change journal to be sent to a replica.
+pub(super) const F_DIRTY: u8 = 16;
+/// Record flag: a replica's copy of another node's session ([`SessionTable::apply`]): its
+/// changes and its end are the primary's to journal, not this table's, until
+/// [`SessionTable::take_over_replicas`].
+pub(super) const F_REPLICA: u8 = 32;
 
 /// A `(mask, want)` no TCP flags satisfy (`want` outside `mask`).
 const NEVER: (u8, u8) = (0, 1);
@@ -106,6 +113,13 @@ pub struct TableConfig {
     /// allocated up front. Off, such an insert or reply change is refused
     /// ([`InsertError::CrossZone`], [`ReplaceError::CrossZone`]).
     pub cross_zone: bool,
+    /// Change journal for a replica: how many created or changed sessions, and how many
+    /// ended ones, wait at most between two drains
+    /// ([`SessionTable::export_changes`](super::SessionTable::export_changes)); 0 (the
+    /// default): no journal. Allocated up front (about `journal × (8 + key)` bytes; at most
+    /// [`MAX_CAPACITY`]); events past it are counted ([`TableCounters::journal_lost`]) and
+    /// call for a full sweep.
+    pub journal: u32,
 }
 
 impl TableConfig {
@@ -122,6 +136,7 @@ impl TableConfig {
             default_zone_quota: capacity,
             early_drop: true,
             cross_zone: false,
+            journal: 0,
         }
     }
 }
@@ -138,6 +153,8 @@ pub enum ConfigError {
     Timeouts,
     /// `max_zones` is 0 or above 2^20.
     MaxZones,
+    /// The journal is longer than [`MAX_CAPACITY`].
+    Journal,
 }
 
 /// Why [`SessionTable::insert`] refused a session. Nothing was changed.
@@ -279,6 +296,9 @@ pub struct TableCounters {
     pub expired: u64,
     /// Sessions removed by [`SessionTable::remove`].
     pub removed: u64,
+    /// Journal events dropped because the journal was full (or cleared with the table): a
+    /// replica missed them and needs a full sweep.
+    pub journal_lost: u64,
 }
 
 /// A zone's session count and quota.
@@ -349,6 +369,7 @@ pub struct SessionTable<K: SessionKey, V> {
     zone_count: u32,
     zone_shift: u32,
     counters: TableCounters,
+    journal: journal::Journal<K>,
 }
 
 impl<K: SessionKey, V: fmt::Debug> fmt::Debug for SessionTable<K, V> {
@@ -388,6 +409,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         if cfg.max_zones == 0 || cfg.max_zones > 1 << 20 {
             return Err(ConfigError::MaxZones);
         }
+        if cfg.journal > MAX_CAPACITY {
+            return Err(ConfigError::Journal);
+        }
         let cap = cfg.capacity as usize;
         let idx_bits = 32 - cfg.capacity.leading_zeros();
         let idx_mask = (1u32 << idx_bits) - 1;
@@ -426,6 +450,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             zone_count: 0,
             zone_shift: 64 - zslots.trailing_zeros(),
             counters: TableCounters::default(),
+            journal: journal::Journal::new(cfg.journal),
         };
         let base = cfg.capacity;
         for i in 0..=cfg.wheel_slots {
@@ -458,6 +483,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             z.emb_tail = NIL;
         }
         self.rebuild_zones();
+        self.journal_reset();
     }
 
     /// Live sessions.
@@ -619,7 +645,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             proto,
             state,
             value,
-            &mut |_| {},
+            Some(&mut |_: &SessionInfo<V>| {}),
         )
     }
 
@@ -673,7 +699,16 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 *o = p.and_then(|(keys, h)| {
                     let zones = [n.original.zone.0, n.reply.zone.0];
                     let proto = n.original.proto;
-                    self.insert_hashed(now, keys, h, zones, proto, n.state, n.value, &mut |_| {})
+                    self.insert_hashed(
+                        now,
+                        keys,
+                        h,
+                        zones,
+                        proto,
+                        n.state,
+                        n.value,
+                        Some(&mut |_: &SessionInfo<V>| {}),
+                    )
                 });
                 created += usize::from(o.is_ok());
             }
@@ -712,7 +747,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         proto: u8,
         state: SessionState,
         value: V,
-        on_evict: &mut impl FnMut(&SessionInfo<V>),
+        on_evict: Option<&mut impl FnMut(&SessionInfo<V>)>,
     ) -> Result<SessionRef, InsertError> {
         let ([ko, kr], [ho, hr]) = (keys, hashes);
         if zone != reply_zone && !self.cfg.cross_zone {
@@ -723,7 +758,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         {
             return Err(InsertError::KeyExists);
         }
-        self.admit(zone, on_evict)?;
+        // Without `on_evict` (a replica applying its primary's session, which the primary
+        // admitted already) no quota applies and nothing is evicted: only a free slot.
+        if let Some(on_evict) = on_evict {
+            self.admit(zone, on_evict)?;
+        }
         let Some(zi) = self.zone_slot_or_create(zone) else {
             self.counters.refused_zones += 1;
             return Err(InsertError::TooManyZones);
@@ -762,6 +801,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         }
         self.len += 1;
         self.counters.inserted += 1;
+        self.journal_mark(idx);
         Ok(SessionRef::new(K::FAMILY, idx, generation))
     }
 
@@ -804,6 +844,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         if let Some(z) = self.reply_zones.get_mut(r.index as usize) {
             *z = new_zone;
         }
+        self.journal_mark(r.index);
         Ok(())
     }
 
@@ -872,8 +913,17 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         };
         let keys = [ko, kr];
         let hashes = [original_hash, hr];
-        self.insert_hashed(now, keys, hashes, zones, proto, state, value, &mut on_evict)
-            .map(|r| (r, hr))
+        self.insert_hashed(
+            now,
+            keys,
+            hashes,
+            zones,
+            proto,
+            state,
+            value,
+            Some(&mut on_evict),
+        )
+        .map(|r| (r, hr))
     }
 
     /// The fast path of [`Self::track_value`], for the packets most sessions see: if `r` is
@@ -951,9 +1001,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let d = self.deadline_tick(now, t.state);
         let x = self.recs.get_mut(idx)?;
         x.flags = (flags & !F_FIN_REPLY) | if t.fin_reply { F_FIN_REPLY } else { 0 };
+        let changed = x.state != t.state as u8 || x.flags != flags;
         x.state = t.state as u8;
         let old = x.deadline;
         x.deadline = d;
+        if changed {
+            self.journal_mark(r.index);
+        }
         // A later deadline stays filed where it is (the sweep re-files it); an earlier one
         // (e.g. RST) must move so that it is swept in time.
         if d.wrapping_sub(old).cast_signed() < 0 {
@@ -973,6 +1027,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             return;
         }
         let reply_zone = self.reply_zone_of(idx, x);
+        self.journal_end(keys, zone, proto, flags);
         let [ko, kr] = keys;
         let ho = self.hash(&ko, zone, proto);
         let hr = self.hash(&kr, reply_zone, proto);
@@ -1033,8 +1088,15 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let Some(x) = self.rec_mut(r) else {
             return false;
         };
-        x.state = state as u8;
         let was = x.flags & F_ASSURED != 0;
+        let changed = x.state != state as u8 || (established && !was);
+        x.state = state as u8;
+        if changed {
+            self.journal_mark(r.index);
+        }
+        let Some(x) = self.rec_mut(r) else {
+            return false;
+        };
         if established && !was {
             x.flags |= F_ASSURED;
             let zone = x.zone;
@@ -1068,9 +1130,15 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             tcp_flags,
         )?;
         let newly_assured = t.assured && x.flags & F_ASSURED == 0;
+        let mut changed = false;
         if let Some(x) = self.recs.get_mut(r.index as usize) {
-            x.flags = (x.flags & !F_FIN_REPLY) | if t.fin_reply { F_FIN_REPLY } else { 0 };
+            let flags = (x.flags & !F_FIN_REPLY) | if t.fin_reply { F_FIN_REPLY } else { 0 };
+            changed = x.flags != flags || x.state != t.state as u8;
+            x.flags = flags;
             x.state = t.state as u8;
+        }
+        if changed {
+            self.journal_mark(r.index);
         }
         if newly_assured {
             self.set_state(r, now, t.state, true);
