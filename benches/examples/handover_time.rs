@@ -11,10 +11,18 @@
 //! on the wire. A rough figure (one run, wall time), not a scenario: there is no peer to
 //! run beside it.
 //!
+//! `sync-lb` / `sync-nat-hyperplane`: the same sessions kept on a replica instead
+//! (`Conntrack::export_changes` → `Conntrack::apply`): the primary's change journal, which
+//! its every session entered as it opened, drained in chunks and applied by a fresh stage;
+//! then every session expires on the primary and the ends are sent the same way (the
+//! replica removes each, its services releasing what the session held).
+//!
 //! ```text
 //! cargo run --release -p nf-bench --example handover_time -- lb 1000000
 //! cargo run --release -p nf-bench --example handover_time -- nat-hyperplane 1000000
 //! cargo run --release -p nf-bench --example handover_time -- nat-rfc 200000
+//! cargo run --release -p nf-bench --example handover_time -- sync-lb 1000000
+//! cargo run --release -p nf-bench --example handover_time -- sync-nat-hyperplane 1000000
 //! ```
 //! (rfc's four addresses hold about 258,000 TCP mappings, so at most about 340,000
 //! sessions.)
@@ -38,7 +46,7 @@ mod lb_setup;
 mod nat_setup;
 
 use nf_core::conntrack::{Conntrack, SessionService};
-use nf_core::{Family, Instant};
+use nf_core::{Family, Instant, StageControl};
 use nf_nat::Profile;
 use std::time::Instant as Clock;
 
@@ -71,8 +79,25 @@ fn main() {
             let mut b = nat_setup::open_with(profile, sessions);
             hand_over(what, &a.second, &mut b.second, sessions);
         }
+        "sync-lb" => {
+            let flows = lb_setup::flows(sessions);
+            let capacity = (sessions as f64 / 0.9).ceil() as u32;
+            let journal = u32::try_from(sessions).expect("sessions");
+            let mut a = lb_setup::lb_journaled(&flows, capacity, journal);
+            let mut b = lb_setup::lb(&[], capacity);
+            replicate(what, &mut a, &mut b, sessions);
+        }
+        "sync-nat-hyperplane" => {
+            let journal = u32::try_from(sessions).expect("sessions");
+            let mut a = nat_setup::open_journaled(Profile::Hyperplane, sessions, journal);
+            nat_setup::mappings(&mut a, sessions);
+            let mut b = nat_setup::open_with(Profile::Hyperplane, sessions);
+            replicate(what, &mut a.second, &mut b.second, sessions);
+        }
         _ => {
-            eprintln!("usage: handover_time lb|nat-hyperplane|nat-rfc [SESSIONS]");
+            eprintln!(
+                "usage: handover_time lb|nat-hyperplane|nat-rfc|sync-lb|sync-nat-hyperplane [SESSIONS]"
+            );
             std::process::exit(2);
         }
     }
@@ -121,5 +146,76 @@ fn hand_over<S: SessionService>(
         per(import),
         bytes as f64 / sessions as f64,
         chunks.len()
+    );
+}
+
+/// Drains `a`'s journal into `b` in chunks; returns the time of each side and the bytes.
+fn drain<S: SessionService>(
+    a: &mut Conntrack<S>,
+    b: &mut Conntrack<S>,
+    now: Instant,
+) -> (
+    std::time::Duration,
+    std::time::Duration,
+    usize,
+    nf_core::conntrack::ApplyReport,
+) {
+    let start = Clock::now();
+    let mut chunks = Vec::new();
+    loop {
+        let mut c = Vec::with_capacity(CHUNK * 128);
+        let p = a
+            .export_changes(Family::V4, now, CHUNK, &mut c)
+            .expect("the sessions move");
+        assert_eq!(p.lost, 0);
+        chunks.push(c);
+        if !p.pending {
+            break;
+        }
+    }
+    let export = start.elapsed();
+    let bytes = chunks.iter().map(Vec::len).sum();
+    let start = Clock::now();
+    let mut sum = nf_core::conntrack::ApplyReport::default();
+    for c in &chunks {
+        let r = b.apply(now, c).expect("a chunk just made");
+        sum.created += r.created;
+        sum.ended += r.ended;
+        sum.refused += r.refused;
+        sum.skipped += r.skipped;
+    }
+    (export, start.elapsed(), bytes, sum)
+}
+
+/// Keeps `a`'s sessions on the replica `b` through the change journal, then sends their
+/// ends, and prints the figures.
+fn replicate<S: SessionService>(
+    what: &str,
+    a: &mut Conntrack<S>,
+    b: &mut Conntrack<S>,
+    sessions: usize,
+) {
+    let now = Instant::from_nanos(nat_setup::START_NS);
+    let (export, apply, bytes, r) = drain(a, b, now);
+    assert_eq!((r.created, r.refused, r.skipped), (sessions, 0, 0));
+    assert_eq!(b.len(), sessions);
+    // Every session expires on the primary; the replica hears of each end.
+    let later = now + nf_core::Duration::from_secs(30 * 24 * 3600);
+    while a.poll_timeout().is_some_and(|t| t <= later) {
+        a.handle_timeout(later, 1 << 20);
+    }
+    assert_eq!(a.len(), 0);
+    let (end_export, end_apply, end_bytes, r) = drain(a, b, later);
+    assert_eq!(r.ended, sessions);
+    assert_eq!(b.len(), 0);
+    let per = |d: std::time::Duration| d.as_nanos() as f64 / sessions as f64;
+    println!(
+        "{{\"what\": \"{what}\", \"sessions\": {sessions}, \"export_changes_ns_per_session\": {:.1}, \"apply_ns_per_session\": {:.1}, \"bytes_per_session\": {:.1}, \"end_export_ns\": {:.1}, \"end_apply_ns\": {:.1}, \"end_bytes\": {:.1}}}",
+        per(export),
+        per(apply),
+        bytes as f64 / sessions as f64,
+        per(end_export),
+        per(end_apply),
+        end_bytes as f64 / sessions as f64,
     );
 }

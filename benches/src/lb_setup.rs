@@ -43,6 +43,11 @@ pub(crate) fn backend(i: u32) -> ([u8; 4], u16) {
 /// session created through the stage itself (so every session holds its backend and its reply
 /// key is the backend's tuple).
 pub(crate) fn lb(flows: &[FlowKey], capacity: u32) -> Conntrack<Lb> {
+    lb_journaled(flows, capacity, 0)
+}
+
+/// [`lb`] with a change journal of `journal` entries (`TableConfig::journal`).
+pub(crate) fn lb_journaled(flows: &[FlowKey], capacity: u32, journal: u32) -> Conntrack<Lb> {
     let key = LbKey::new(*b"bench lb secret!");
     let pool = Pool::new((0..BACKENDS).map(|i| {
         let (a, p) = backend(i);
@@ -51,10 +56,11 @@ pub(crate) fn lb(flows: &[FlowKey], capacity: u32) -> Conntrack<Lb> {
     let on = ListenerMatch::Vip(VIP.into());
     let l = Listener::new(&key, on, HashFields::FiveTuple, pool, TABLE).expect("listener");
     let lb = Lb::new(Listeners::new(vec![l]).expect("listeners"));
-    let cfg = ConntrackConfig::new(*b"bench secret key").sizes(Sizes {
+    let mut cfg = ConntrackConfig::new(*b"bench secret key").sizes(Sizes {
         v4: capacity,
         v6: 1024,
     });
+    cfg.v4.journal = journal;
     let mut ct = Conntrack::new(cfg, lb).expect("stage config");
     // Every session created through the stage, then marked established.
     replay::create_established(&mut ct, flows);

@@ -71,7 +71,13 @@ pub(crate) fn open(sessions: usize) -> Pipeline {
 
 /// [`open`] in another profile (its timeouts too).
 pub(crate) fn open_with(profile: Profile, sessions: usize) -> Pipeline {
+    open_journaled(profile, sessions, 0)
+}
+
+/// [`open_with`] with a change journal of `journal` entries (`TableConfig::journal`).
+pub(crate) fn open_journaled(profile: Profile, sessions: usize, journal: u32) -> Pipeline {
     let mut ct = conntrack_config(sessions);
+    ct.v4.journal = journal;
     ct.v4.timeouts = nat_timeouts(&profile);
     let snat = snat_with(profile, sessions);
     ParseStage::default().then(Conntrack::new(ct, snat).expect("conntrack config"))

@@ -6,8 +6,11 @@
 //! its Maglev table sends a new flow of the same 5-tuple elsewhere; the connection carries
 //! on to the same backend through the new node, with a loss each way right after the
 //! switch, TCP window tracking goes on from the moved state (nothing a real stack sends is
-//! dropped), and FIN closes it there. Every packet's checksums verify before and after the
-//! pipeline.
+//! dropped), and FIN closes it there. The same with a replica instead: the second node
+//! follows the first through its change journal from the handshake on
+//! (`Conntrack::export_changes` → `Conntrack::apply`), nothing is exported when the first
+//! one dies, and window tracking picks both sides up again. Every packet's checksums verify
+//! before and after the pipeline.
 
 #[path = "common/tcp_peers.rs"]
 mod tcp_peers;
@@ -47,10 +50,10 @@ fn node(backends: &[[u8; 4]]) -> Pipeline {
     let on = ListenerMatch::Vip(VIP.into());
     let l = Listener::new(&key, on, HashFields::FiveTuple, pool, 251).unwrap();
     let lb = Lb::new(Listeners::new(vec![l]).unwrap());
-    let ct = Conntrack::new(
-        ConntrackConfig::new(*b"conntrack secret"),
-        (lb, TcpWindow::new()),
-    );
+    let mut cfg = ConntrackConfig::new(*b"conntrack secret");
+    // A change journal, for a replica.
+    cfg.v4.journal = 64;
+    let ct = Conntrack::new(cfg, (lb, TcpWindow::new()));
     ParseStage::default().then(ct.unwrap())
 }
 
@@ -66,6 +69,27 @@ fn counter(p: &Pipeline, stage: &str, name: &str) -> u64 {
 
 #[test]
 fn a_connection_moves_to_another_lb_node_mid_transfer() {
+    moves_mid_transfer(false);
+}
+
+#[test]
+fn a_connection_fails_over_to_a_replica_lb_node_mid_transfer() {
+    moves_mid_transfer(true);
+}
+
+/// The connection goes on through a second node: exported to it when the first stops, or
+/// (`replica`) kept there since the handshake.
+fn moves_mid_transfer(replica: bool) {
+    // The new node's pool: more backends (another Maglev table), where a new flow of the
+    // same 5-tuple would go to another backend.
+    let pool = [
+        [192, 168, 0, 31],
+        [192, 168, 0, 32],
+        BACKEND,
+        [192, 168, 0, 33],
+        [192, 168, 0, 34],
+    ];
+    let mut next = node(&pool);
     let mut lab = Lab::new(
         Host::new(v4(CLIENT), 24, v4([10, 0, 0, 1])),
         Host::new(v4(BACKEND), 24, v4([192, 168, 0, 1])),
@@ -79,17 +103,23 @@ fn a_connection_moves_to_another_lb_node_mid_transfer() {
     // DNAT: the backend sees the client itself.
     let remote = lab.b.tcp(hb).remote_endpoint().unwrap();
     assert_eq!((remote.addr, remote.port), (v4(CLIENT), 40_001));
+    let sync = |lab: &mut Lab<Pipeline>, next: &mut Pipeline| {
+        let now = Instant::from_nanos(lab.now_ms * 1_000_000);
+        let mut chunk = Vec::new();
+        let p = lab
+            .pipeline
+            .second
+            .export_changes(nf_core::Family::V4, now, 1024, &mut chunk)
+            .unwrap();
+        assert_eq!((p.lost, p.pending), (0, false));
+        next.second.apply(now, &chunk).unwrap()
+    };
+    if replica {
+        let r = sync(&mut lab, &mut next);
+        assert_eq!((r.created, r.refused, r.skipped), (1, 0, 0));
+    }
     lab.exchange(ha, hb, 256 * 1024);
 
-    // The new node's pool: more backends (another Maglev table), where a new flow of the
-    // same 5-tuple would go to another backend.
-    let pool = [
-        [192, 168, 0, 31],
-        [192, 168, 0, 32],
-        BACKEND,
-        [192, 168, 0, 33],
-        [192, 168, 0, 34],
-    ];
     let mut probe = node(&pool);
     let syn = Frame::ipv4(CLIENT, VIP)
         .tcp(40_001, 80, 0x02)
@@ -105,17 +135,23 @@ fn a_connection_moves_to_another_lb_node_mid_transfer() {
         BACKEND,
         "the new node's choice for a new flow"
     );
-    let mut next = node(&pool);
-    let now = Instant::from_nanos(lab.now_ms * 1_000_000);
-    let mut chunk = Vec::new();
-    let p = lab
-        .pipeline
-        .second
-        .export(nf_core::Family::V4, now, 0, 1024, &mut chunk)
-        .unwrap();
-    assert_eq!((p.records, p.next), (1, None));
-    let r = next.second.import(now, &chunk).unwrap();
-    assert_eq!((r.imported, r.refused, r.skipped), (1, 0, 0));
+    if replica {
+        // The transfer made no journal event; the first node dies with nothing to send.
+        let r = sync(&mut lab, &mut next);
+        assert_eq!((r.created, r.refreshed, r.ended), (0, 0, 0));
+        assert_eq!(next.second.take_over_replicas(|_| true), 1);
+    } else {
+        let now = Instant::from_nanos(lab.now_ms * 1_000_000);
+        let mut chunk = Vec::new();
+        let p = lab
+            .pipeline
+            .second
+            .export(nf_core::Family::V4, now, 0, 1024, &mut chunk)
+            .unwrap();
+        assert_eq!((p.records, p.next), (1, None));
+        let r = next.second.import(now, &chunk).unwrap();
+        assert_eq!((r.imported, r.refused, r.skipped), (1, 0, 0));
+    }
     lab.pipeline = next;
     lab.lose = vec![(true, lab.passed[0] + 2), (false, lab.passed[1] + 3)];
     lab.exchange(ha, hb, MIB);

@@ -35,7 +35,7 @@ pub(super) const HEADER: usize = 16;
 pub(super) const TRAILER: usize = 8;
 /// Records whose keys an import hashes (and whose buckets it prefetches) before inserting
 /// the first of them.
-const IMPORT_GROUP: usize = 16;
+pub(super) const IMPORT_GROUP: usize = 16;
 pub(super) const CHECK_KEY: [u8; 16] = *b"nf-ct-export-v1!";
 
 /// A session value that can be exported: a fixed-length byte encoding.

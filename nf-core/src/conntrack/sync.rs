@@ -34,8 +34,8 @@
 //! to each other without echoing every change back.
 
 use super::export::{
-    Adopt, Adopted, HEADER, ImportError, MAGIC, Parsed, SessionValue, TRAILER, checksum_keyed,
-    parse_record, record_len,
+    Adopt, Adopted, HEADER, IMPORT_GROUP, ImportError, MAGIC, Parsed, SessionValue, TRAILER,
+    checksum_keyed, parse_record, record_len,
 };
 use super::key::SessionKey;
 use super::table::{SessionInfo, SessionTable};
@@ -332,24 +332,42 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         }
         let mut report = ApplyReport::default();
         self.journal_pause(true);
-        for e in chunk.ended.chunks_exact(chunk.ended_len) {
-            let Some((zone, proto, key)) = parse_ended::<K>(e) else {
-                continue;
-            };
-            let flow = key.to_flow(ZoneId(zone), proto);
-            match self.lookup(&flow) {
-                Some(h) if h.direction == Direction::Original => {
-                    if let Some(info) = self.remove_info(h.session) {
-                        adopt.end(now, &info);
+        // In groups, as an import does: every key of a group hashed and its bucket
+        // prefetched before the first is looked up, so that the misses overlap.
+        let el = chunk.ended_len;
+        for group in chunk.ended.chunks(el * IMPORT_GROUP) {
+            let mut flows = [None; IMPORT_GROUP];
+            for (e, f) in group.chunks_exact(el).zip(flows.iter_mut()) {
+                *f = parse_ended::<K>(e).and_then(|(zone, proto, key)| {
+                    let flow = key.to_flow(ZoneId(zone), proto);
+                    Some((flow, self.prepare_lookup(&flow)?))
+                });
+            }
+            for (flow, h) in flows.into_iter().flatten() {
+                match self.lookup_hashed(&flow, h) {
+                    Some(h) if h.direction == Direction::Original => {
+                        if let Some(info) = self.remove_info(h.session) {
+                            adopt.end(now, &info);
+                        }
+                        report.ended += 1;
                     }
-                    report.ended += 1;
+                    _ => report.absent += 1,
                 }
-                _ => report.absent += 1,
             }
         }
-        for rec in chunk.records.chunks_exact(chunk.record_len) {
-            if let Some(r) = parse_record::<K>(rec, vlen) {
-                self.upsert(now, &r, adopt, &mut report);
+        let rl = chunk.record_len;
+        for group in chunk.records.chunks(rl * IMPORT_GROUP) {
+            let mut hashes = [None; IMPORT_GROUP];
+            for (rec, h) in group.chunks_exact(rl).zip(hashes.iter_mut()) {
+                if let Some(r) = parse_record::<K>(rec, vlen) {
+                    let (original, reply) = r.flows();
+                    *h = self.prepare_imported(&original, &reply);
+                }
+            }
+            for (rec, h) in group.chunks_exact(rl).zip(hashes) {
+                if let Some(r) = parse_record::<K>(rec, vlen) {
+                    self.upsert(now, &r, h, adopt, &mut report);
+                }
             }
         }
         self.journal_pause(false);
@@ -362,11 +380,14 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         &mut self,
         now: Instant,
         r: &Parsed<'_, K>,
+        hashes: Option<[u64; 2]>,
         adopt: &mut A,
         report: &mut ApplyReport,
     ) {
         let (original, reply) = r.flows();
-        if let Some(h) = self.lookup(&original) {
+        let [ho, hr] = hashes.map_or([None; 2], |h| h.map(Some));
+        let find = |t: &Self, key, h: Option<u64>| h.and_then(|h| t.lookup_hashed(key, h));
+        if let Some(h) = find(self, &original, ho) {
             let same = h.direction == Direction::Original
                 && self.info(h.session).is_some_and(|s| s.reply == reply);
             if same {
@@ -380,13 +401,12 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             }
             report.replaced += 1;
         }
-        if let Some(h) = self.lookup(&reply) {
+        if let Some(h) = find(self, &reply, hr) {
             if let Some(info) = self.remove_info(h.session) {
                 adopt.end(now, &info);
             }
             report.replaced += 1;
         }
-        let hashes = self.prepare_imported(&original, &reply);
         match self.adopt_record(now, r, hashes, adopt, false) {
             Adopted::Installed => report.created += 1,
             Adopted::Refused => report.refused += 1,

@@ -1,7 +1,7 @@
 //! What [`export`](super::super::export) needs from the table: live records, deadlines, and
 //! inserting an imported session as it was.
 
-use super::{F_FIN_REPLY, F_LIVE, InsertError, Record, SessionInfo, SessionTable};
+use super::{F_FIN_REPLY, F_LIVE, Hit, InsertError, Record, SessionInfo, SessionTable};
 use crate::conntrack::key::SessionKey;
 use crate::conntrack::state::SessionState;
 use crate::flow::FlowKey;
@@ -42,6 +42,21 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         self.prefetch_home(h[0]);
         self.prefetch_home(h[1]);
         Some(h)
+    }
+
+    /// The hash of `key` in this table, its home bucket prefetched (for
+    /// [`Self::lookup_hashed`] a little later); `None` for a key of the other family.
+    pub(in crate::conntrack) fn prepare_lookup(&self, key: &FlowKey) -> Option<u64> {
+        let k = K::from_flow(key)?;
+        let h = self.hash(&k, key.zone.0, key.proto);
+        self.prefetch_home(h);
+        Some(h)
+    }
+
+    /// [`Self::lookup`] with the key's hash known (from [`Self::prepare_lookup`] or
+    /// [`Self::prepare_imported`]).
+    pub(in crate::conntrack) fn lookup_hashed(&self, key: &FlowKey, h: u64) -> Option<Hit> {
+        self.find(&K::from_flow(key)?, key.zone.0, key.proto, h)
     }
 
     /// Inserts an imported session with an explicit remaining lifetime, its keys' hashes
