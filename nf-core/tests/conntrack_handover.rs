@@ -1,7 +1,8 @@
 //! Sessions moving between nodes through `Conntrack::export` / `Conntrack::import`: every
 //! service takes each session over (or declines it) before it is installed, what a service
 //! holds stays equal to the sessions installed whatever is refused, skipped or damaged, and
-//! the sessions carry on at the new node from either direction.
+//! the sessions carry on at the new node from either direction; a replica that lost journal
+//! events is repaired by a full resync, its services giving back what stale copies held.
 #![expect(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -410,4 +411,66 @@ fn an_absent_optional_service_moves_its_default() {
     assert_eq!(b.second.import(now(), &c).unwrap().refused, 1);
     let mut d = Opt::new(ConntrackConfig::new(SECRET), (None, Tag::default())).unwrap();
     assert_eq!(d.import(now(), &c).unwrap().imported, 1);
+}
+
+/// A replica following its primary through a change journal too short for it (events are
+/// lost), then repaired by a full resync (`begin_resync`, the primary's export chunks
+/// applied, `end_resync`): it ends with exactly the primary's sessions, and what its
+/// services hold (the ports) equals what the primary's hold — the copies whose end was lost
+/// gave theirs back.
+#[test]
+fn a_replica_repaired_by_a_resync_holds_what_its_primary_holds() {
+    let mut cfg = ConntrackConfig::new(SECRET).sizes(Sizes { v4: 512, v6: 512 });
+    cfg.v4.journal = 8;
+    cfg.v6.journal = 8;
+    let mut a = ParseStage::default()
+        .then(Conntrack::new(cfg, (Ports::default(), Tag::default())).unwrap());
+    let mut b = node();
+    let sync = |a: &mut Node, b: &mut Node| {
+        let mut lost = 0;
+        for family in [Family::V4, Family::V6] {
+            let mut c = Vec::new();
+            let p = a
+                .second
+                .export_changes(family, now(), 1024, &mut c)
+                .unwrap();
+            lost += p.lost;
+            b.second.apply(now(), &c).unwrap();
+        }
+        lost
+    };
+    let frames = first_packets(40);
+    send(&mut a, &frames);
+    assert!(sync(&mut a, &mut b) > 0, "a journal of 8 loses events");
+    assert_eq!(b.second.service().0.held.len(), sessions(&b));
+    // The replica catches up by a resync.
+    assert_eq!(b.second.begin_resync(|_| true), sessions(&b));
+    for c in export_all(&a, 7) {
+        b.second.apply(now(), &c).unwrap();
+    }
+    assert_eq!(b.second.end_resync(now()), 0);
+    assert_eq!(sessions(&b), 40);
+    // Twenty sessions end on the primary; the journal carries only some of the ends.
+    for f in &frames[..20] {
+        let s = send(&mut a, core::slice::from_ref(f))[0]
+            .meta
+            .session
+            .unwrap();
+        a.second.remove(now(), s).unwrap();
+    }
+    assert!(sync(&mut a, &mut b) > 0);
+    assert!(sessions(&b) > 20, "copies whose end was lost");
+    b.second.begin_resync(|_| true);
+    for c in export_all(&a, 7) {
+        b.second.apply(now(), &c).unwrap();
+    }
+    assert!(b.second.end_resync(now()) > 0);
+    assert_eq!(sessions(&b), 20);
+    assert_eq!(b.second.service().0.held, a.second.service().0.held);
+    // The replica carries the remaining flows on: each packet finds its session.
+    for p in send(&mut b, &frames[20..]) {
+        assert_eq!(p.meta.verdict, Verdict::Pass);
+        assert!(p.meta.session.is_some());
+    }
+    assert_eq!(sessions(&b), 20, "no new session");
 }

@@ -477,6 +477,23 @@ impl<S: SessionService> Conntrack<S> {
         self.v4.take_over_replicas(&mut which) + self.v6.take_over_replicas(&mut which)
     }
 
+    /// Starts a full resync from a primary that lost journal events: the replica copies
+    /// `which` selects, of both families, are marked unconfirmed until a record the primary
+    /// sends ([`Self::export`] chunks, given to [`Self::apply`]) confirms them; see
+    /// [`SessionTable::begin_resync`]. Returns how many were marked.
+    pub fn begin_resync(&mut self, mut which: impl FnMut(&SessionInfo<S::Value>) -> bool) -> usize {
+        self.v4.begin_resync(&mut which) + self.v6.begin_resync(&mut which)
+    }
+
+    /// Ends a resync ([`Self::begin_resync`]): the copies left unconfirmed are removed, each
+    /// service hearing of each ([`SessionService::on_end`], [`EndCause::Removed`]). Returns
+    /// how many.
+    pub fn end_resync(&mut self, now: Instant) -> usize {
+        let service = &mut self.service;
+        let mut end = |info: &SessionInfo<S::Value>| service.on_end(now, info, EndCause::Removed);
+        self.v4.remove_unconfirmed(&mut end) + self.v6.remove_unconfirmed(&mut end)
+    }
+
     /// The session service.
     pub fn service(&self) -> &S {
         &self.service

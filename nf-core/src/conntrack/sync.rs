@@ -8,8 +8,10 @@
 //! ones and refreshes the changed ones (state, flags, remaining lifetime). `apply` also takes
 //! a full [`export`](SessionTable::export) chunk, every session in it as created or changed:
 //! that is the periodic sweep which refreshes the lifetimes of long-lived sessions (a
-//! refreshed deadline is not a journal event: it would be one per packet) and repairs a
-//! replica after lost events ([`ChangeProgress::lost`]).
+//! refreshed deadline is not a journal event: it would be one per packet), and, between
+//! [`SessionTable::begin_resync`] and [`SessionTable::end_resync`], the full resync that
+//! repairs a replica after lost events ([`ChangeProgress::lost`]): copies no record
+//! confirms are removed.
 //!
 //! One delta chunk (integers big-endian):
 //!
@@ -74,8 +76,9 @@ pub struct ApplyReport {
     pub created: usize,
     /// Sessions already here with the same keys, given the record's state and lifetime.
     pub refreshed: usize,
-    /// Sessions here that held a record's original or reply key in another session (the
-    /// primary's record wins): removed before the record's session was created.
+    /// Sessions here that held a record's original or reply key in another session, or
+    /// were an older session of the same keys (established here, not in the record): the
+    /// primary's record wins; removed before the record's session was created.
     pub replaced: usize,
     /// Ended sessions removed.
     pub ended: usize,
@@ -258,6 +261,65 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     pub fn take_over_replicas(&mut self, mut which: impl FnMut(&SessionInfo<V>) -> bool) -> usize {
         self.promote_replicas(&mut which)
     }
+
+    /// Starts a full resync from a primary, after it lost journal events
+    /// ([`ChangeProgress::lost`]): the replica copies `which` selects (the primary's) are
+    /// marked unconfirmed; the primary then sends every session it has (its
+    /// [`Self::export`] chunks, given to [`Self::apply`], which confirms each session it
+    /// refreshes or creates), and [`Self::end_resync`] removes the copies left unconfirmed
+    /// (sessions whose end was lost). Packets meanwhile see every copy as usual.
+    /// `O(capacity)`, cold path; returns how many copies were marked.
+    ///
+    /// ```
+    /// use nf_core::conntrack::{SessionState, SessionTable, TableConfig, V4Key};
+    /// use nf_core::{FlowKey, Instant, ZoneId, flow::proto};
+    ///
+    /// let mut cfg = TableConfig::new(1024, *b"shared by nodes!");
+    /// cfg.journal = 1;
+    /// let mut primary: SessionTable<V4Key, u32> = SessionTable::new(cfg)?;
+    /// let mut replica: SessionTable<V4Key, u32> = SessionTable::new(cfg)?;
+    /// let now = Instant::from_nanos(1_000_000_000);
+    /// let k = |p| FlowKey::v4(ZoneId(1), [10, 0, 0, 1], [10, 0, 0, 2], proto::UDP, p, 53);
+    /// let mut chunk = Vec::new();
+    /// let mut open = |t: &mut SessionTable<V4Key, u32>, p| {
+    ///     t.insert(now, &k(p), &k(p).reversed(), SessionState::UdpUnreplied, u32::from(p))
+    /// };
+    /// let mut sync = |from: &mut SessionTable<V4Key, u32>, to: &mut SessionTable<V4Key, u32>| {
+    ///     chunk.clear();
+    ///     let sent = from.export_changes(now, 16, &mut chunk);
+    ///     to.apply(now, &chunk).map(|_| sent.lost)
+    /// };
+    /// let (a, b) = (open(&mut primary, 1)?, open(&mut primary, 2)?);
+    /// assert_eq!(sync(&mut primary, &mut replica)?, 1, "a one-entry journal");
+    /// replica.begin_resync(|_| true);
+    /// let mut sweep = Vec::new();
+    /// primary.export(now, 0, usize::MAX, &mut sweep);
+    /// replica.apply(now, &sweep)?;
+    /// assert_eq!((replica.end_resync(), replica.len()), (0, 2));
+    ///
+    /// // Both sessions end: the second end is lost, and the replica keeps that copy.
+    /// primary.remove(a);
+    /// primary.remove(b);
+    /// assert_eq!(sync(&mut primary, &mut replica)?, 1);
+    /// assert_eq!(replica.len(), 1);
+    /// // The resync: everything the primary has (nothing), then the rest goes.
+    /// replica.begin_resync(|_| true);
+    /// sweep.clear();
+    /// primary.export(now, 0, usize::MAX, &mut sweep);
+    /// replica.apply(now, &sweep)?;
+    /// assert_eq!(replica.end_resync(), 1);
+    /// assert!(replica.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn begin_resync(&mut self, mut which: impl FnMut(&SessionInfo<V>) -> bool) -> usize {
+        self.mark_unconfirmed(&mut which)
+    }
+
+    /// Ends a resync ([`Self::begin_resync`]): removes the copies no record confirmed since;
+    /// returns how many. `O(capacity)`, cold path.
+    pub fn end_resync(&mut self) -> usize {
+        self.remove_unconfirmed(&mut |_| {})
+    }
 }
 
 impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
@@ -388,8 +450,13 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let [ho, hr] = hashes.map_or([None; 2], |h| h.map(Some));
         let find = |t: &Self, key, h: Option<u64>| h.and_then(|h| t.lookup_hashed(key, h));
         if let Some(h) = find(self, &original, ho) {
+            // The same session: the same pairing of keys, and not established here while the
+            // primary's is not (a session never leaves establishment: that would be a new
+            // session of the same keys, whose predecessor's end was lost).
             let same = h.direction == Direction::Original
-                && self.info(h.session).is_some_and(|s| s.reply == reply);
+                && self
+                    .info(h.session)
+                    .is_some_and(|s| s.reply == reply && (r.established || !s.established));
             if same {
                 let (state, est, fin) = (r.state, r.established, r.fin_reply);
                 self.restore(h.session, now, state, est, fin, r.remaining);

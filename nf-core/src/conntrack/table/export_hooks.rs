@@ -1,7 +1,9 @@
 //! What [`export`](super::super::export) needs from the table: live records, deadlines, and
 //! inserting an imported session as it was.
 
-use super::{F_FIN_REPLY, F_LIVE, Hit, InsertError, Record, SessionInfo, SessionTable};
+use super::{
+    F_FIN_REPLY, F_LIVE, F_UNCONFIRMED, Hit, InsertError, Record, SessionInfo, SessionTable,
+};
 use crate::conntrack::key::SessionKey;
 use crate::conntrack::state::SessionState;
 use crate::flow::FlowKey;
@@ -120,7 +122,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let d = (now + remaining).as_nanos().div_ceil(self.gran);
         let d32 = d as u32;
         if let Some(x) = self.recs.get_mut(r.index as usize) {
-            x.flags = (x.flags & !F_FIN_REPLY) | if fin_reply { F_FIN_REPLY } else { 0 };
+            // A primary's record confirms the session (a resync under way keeps it).
+            x.flags = (x.flags & !(F_FIN_REPLY | F_UNCONFIRMED))
+                | if fin_reply { F_FIN_REPLY } else { 0 };
             // Replace the deadline exactly (earlier or later) by re-filing the timer.
             x.deadline = d32;
         }

@@ -9,7 +9,7 @@
 //! ([`SessionTable::apply`](super::SessionTable::apply)) are not journaled, so that two
 //! nodes replicating to each other do not echo every change back.
 
-use super::{F_DIRTY, F_LIVE, F_REPLICA, Record, SessionInfo, SessionTable};
+use super::{F_DIRTY, F_LIVE, F_REPLICA, F_UNCONFIRMED, Record, SessionInfo, SessionTable};
 use crate::conntrack::key::SessionKey;
 use alloc::vec::Vec;
 
@@ -161,11 +161,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         sent
     }
 
-    /// Makes the replica copies `which` selects this table's own sessions (see
-    /// [`SessionTable::take_over_replicas`]).
-    pub(in crate::conntrack) fn promote_replicas(
+    /// Calls `act` on the slot of every live replica copy `which` selects; returns how many.
+    fn each_replica(
         &mut self,
         which: &mut dyn FnMut(&SessionInfo<V>) -> bool,
+        mut act: impl FnMut(&mut Self, u32),
     ) -> usize {
         let mut n = 0;
         for idx in 0..self.recs.len() as u32 {
@@ -176,10 +176,57 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             {
                 continue;
             }
-            if let Some(x) = self.recs.get_mut(idx as usize) {
+            act(self, idx);
+            n += 1;
+        }
+        n
+    }
+
+    /// Makes the replica copies `which` selects this table's own sessions (see
+    /// [`SessionTable::take_over_replicas`]).
+    pub(in crate::conntrack) fn promote_replicas(
+        &mut self,
+        which: &mut dyn FnMut(&SessionInfo<V>) -> bool,
+    ) -> usize {
+        self.each_replica(which, |t, idx| {
+            if let Some(x) = t.recs.get_mut(idx as usize) {
                 x.flags &= !F_REPLICA;
             }
-            self.journal_mark(idx);
+            t.journal_mark(idx);
+        })
+    }
+
+    /// Marks the replica copies `which` selects as unconfirmed (see
+    /// [`SessionTable::begin_resync`]); returns how many.
+    pub(in crate::conntrack) fn mark_unconfirmed(
+        &mut self,
+        which: &mut dyn FnMut(&SessionInfo<V>) -> bool,
+    ) -> usize {
+        self.each_replica(which, |t, idx| {
+            if let Some(x) = t.recs.get_mut(idx as usize) {
+                x.flags |= F_UNCONFIRMED;
+            }
+        })
+    }
+
+    /// Removes the replica copies still unconfirmed (see [`SessionTable::end_resync`]),
+    /// telling `end` of each; returns how many.
+    pub(in crate::conntrack) fn remove_unconfirmed(
+        &mut self,
+        end: &mut dyn FnMut(&SessionInfo<V>),
+    ) -> usize {
+        let mut n = 0;
+        for idx in 0..self.recs.len() as u32 {
+            let Some(x) = self.recs.get(idx as usize) else {
+                break;
+            };
+            if x.flags & (F_LIVE | F_UNCONFIRMED) != F_LIVE | F_UNCONFIRMED {
+                continue;
+            }
+            let info = self.info_of(idx, x);
+            self.remove_idx(idx);
+            self.counters.removed += 1;
+            end(&info);
             n += 1;
         }
         n

@@ -41,6 +41,9 @@ pub(super) const F_DIRTY: u8 = 16;
 /// changes and its end are the primary's to journal, not this table's, until
 /// [`SessionTable::take_over_replicas`].
 pub(super) const F_REPLICA: u8 = 32;
+/// Record flag: a replica copy not yet confirmed by the full resync under way
+/// ([`SessionTable::begin_resync`]).
+pub(super) const F_UNCONFIRMED: u8 = 64;
 
 /// A `(mask, want)` no TCP flags satisfy (`want` outside `mask`).
 const NEVER: (u8, u8) = (0, 1);
