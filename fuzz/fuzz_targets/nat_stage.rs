@@ -9,6 +9,11 @@
 //! a port forward (DNAT) that inbound packets hit now and then, endpoint-independent
 //! filtering on half the inputs (rfc, cgn), and inside prefixes on half the inputs, with
 //! inside hosts sending to the public tuples the NAT chose (hairpinning to a mapping).
+//! A replica follows the stage (the node a hand-over would go to, holding the current node's
+//! share as claimable): its change journal at each sync, a full sweep on some, a resync when
+//! events were lost; it runs its own timers; a fail-over makes it the stage after a last
+//! sync. It never declines a session its primary sends, its public tuples stay unique, and
+//! after a fail-over it holds every session the stage had.
 //! Invariants: no panic; no two live sessions share a public tuple unless they are one
 //! inside endpoint's (endpoint-independent profiles) — in hyperplane, unless they also go
 //! to different destinations; every packet built well-formed that passes re-parses and has
@@ -59,6 +64,10 @@ enum Op {
     Advance(u16),
     /// Every session moves to a fresh stage with the same configuration.
     Handover,
+    /// The stage's changes go to its replica (and, `sweep`, every session).
+    Sync { sweep: bool },
+    /// A last sync, then the replica takes the stage's place.
+    Failover,
 }
 
 const PUBLIC4: [u8; 4] = [203, 0, 113, 1];
@@ -102,6 +111,8 @@ fn frame(v6: bool, src: [u8; 16], dst: [u8; 16], kind: u8, sp: u16, dp: u16, fla
 
 struct World {
     pipe: nf_core::Chain<ParseStage, Conntrack<Snat>>,
+    /// The stage's replica: the node a hand-over would go to.
+    replica: Option<Conntrack<Snat>>,
     snat_cfg: SnatConfig,
     ct_cfg: ConntrackConfig,
     /// Two nodes share the ports (`Owner { nodes: 2 }`): hand-overs alternate between them,
@@ -185,15 +196,75 @@ impl World {
     /// stores; a hairpin to a mapping claims both): an outbound one's port (hyperplane: for
     /// its destination; rfc, cgn: its endpoint's mapping, shared by that endpoint's other
     /// sessions, in a block the endpoint's subscriber holds) is free in the fresh allocator.
-    fn handover(&mut self) {
+    /// A fresh stage of the node that takes the current one's sessions (the other node of
+    /// a shared split, having taken the current node's share over), and its node number.
+    fn next_stage(&self) -> Option<(Conntrack<Snat>, u32)> {
         let mut cfg = self.snat_cfg.clone();
         let next_node = if self.shared { self.node ^ 1 } else { self.node };
         cfg.allocator.owner.node = next_node;
-        let Ok(mut snat) = Snat::new(cfg) else { return };
+        let mut snat = Snat::new(cfg).ok()?;
         if self.shared {
             snat.ports_mut().take_over(self.node).expect("the other node of the split");
         }
-        let Ok(mut next) = Conntrack::new(self.ct_cfg.clone(), snat) else { return };
+        Some((Conntrack::new(self.ct_cfg.clone(), snat).ok()?, next_node))
+    }
+
+    /// Sends the stage's journal to the replica (and, `sweep`, every session; a resync if
+    /// events were lost). The replica declines nothing.
+    fn sync(&mut self, sweep: bool) {
+        let Some(replica) = self.replica.as_mut() else { return };
+        let ct = &mut self.pipe.second;
+        let mut lost = 0;
+        for family in [nf_core::Family::V4, nf_core::Family::V6] {
+            let mut chunk = Vec::new();
+            let p = ct.export_changes(family, self.now, usize::MAX, &mut chunk).expect("SNAT sessions move");
+            lost += p.lost;
+            let r = replica.apply(self.now, &chunk).expect("a chunk just made");
+            assert_eq!(r.refused, 0, "the replica declined a session");
+        }
+        if lost > 0 {
+            replica.begin_resync(|_| true);
+        }
+        if sweep || lost > 0 {
+            for family in [nf_core::Family::V4, nf_core::Family::V6] {
+                let mut chunk = Vec::new();
+                ct.export(family, self.now, 0, usize::MAX, &mut chunk).expect("SNAT sessions move");
+                let r = replica.apply(self.now, &chunk).expect("a chunk just made");
+                assert_eq!(r.refused, 0, "the replica declined a session");
+            }
+        }
+        if lost > 0 {
+            replica.end_resync(self.now);
+        }
+        check_unique(replica, &self.originals, self.endpoint_independent);
+    }
+
+    /// The replica takes the stage's place after a last sync (with a sweep: lifetimes),
+    /// holding every session; a fresh replica follows it.
+    fn failover(&mut self) {
+        self.sync(true);
+        let Some(mut next) = self.replica.take() else { return };
+        next.take_over_replicas(|_| true);
+        for o in &self.originals {
+            if self.pipe.second.lookup(o).is_some() {
+                assert!(next.lookup(o).is_some(), "session {o:?} not on the replica");
+            }
+        }
+        assert_eq!(next.len(), self.pipe.second.len());
+        self.node = if self.shared { self.node ^ 1 } else { self.node };
+        self.pipe.second = next;
+        self.new_replica();
+        self.check_unique();
+    }
+
+    /// A fresh replica, given every session of the stage.
+    fn new_replica(&mut self) {
+        self.replica = self.next_stage().map(|(r, _)| r);
+        self.sync(true);
+    }
+
+    fn handover(&mut self) {
+        let Some((mut next, next_node)) = self.next_stage() else { return };
         for family in [nf_core::Family::V4, nf_core::Family::V6] {
             let mut from = 0;
             loop {
@@ -256,15 +327,22 @@ impl World {
         }
         self.pipe.second = next;
         self.node = next_node;
+        self.new_replica();
         self.check_unique();
     }
 
     /// No two live sessions share a public tuple unless that is their mapping's design.
     fn check_unique(&self) {
-        let ct = &self.pipe.second;
+        check_unique(&self.pipe.second, &self.originals, self.endpoint_independent);
+    }
+}
+
+/// No two live sessions of `ct` share a public tuple unless that is their mapping's design.
+fn check_unique(ct: &Conntrack<Snat>, originals: &HashSet<FlowKey>, endpoint_independent: bool) {
+    {
         let mut owner: HashMap<(u8, IpAddr, u16, Option<(IpAddr, u16)>), (nf_core::ZoneId, IpAddr, u16)> =
             HashMap::new();
-        for o in &self.originals {
+        for o in originals {
             let Some(hit) = ct.lookup(o) else { continue };
             let Some(info) = ct.info(hit.session) else { continue };
             let inbound = [PUBLIC4, PUBLIC4_B].map(IpAddr::from).contains(&o.dst_ip())
@@ -273,11 +351,11 @@ impl World {
                 continue; // untranslated, or inbound (a forward's, or on an existing mapping)
             }
             let r = info.reply;
-            let dest = (!self.endpoint_independent).then_some((r.src_ip(), r.src_port));
+            let dest = (!endpoint_independent).then_some((r.src_ip(), r.src_port));
             let key = (r.proto, r.dst_ip(), r.dst_port, dest);
             let inside = (o.zone, o.src_ip(), o.src_port);
             let prev = owner.insert(key, inside);
-            if self.endpoint_independent {
+            if endpoint_independent {
                 assert!(prev.is_none_or(|p| p == inside), "public tuple {key:?} shared by {prev:?} and {inside:?}");
             } else {
                 assert!(prev.is_none(), "public tuple {key:?} shared by {prev:?} and {inside:?}");
@@ -339,9 +417,19 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
     let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
     ct.v4.timeouts = nat_timeouts(&profile);
     ct.v6.timeouts = ct.v4.timeouts;
+    // Journals for the replica (short enough to lose events now and then).
+    ct.v4.journal = 64;
+    ct.v6.journal = 16;
+    // Small wheels, zone and fragment tables: a run builds several stages.
+    ct.v4.wheel_slots = 64;
+    ct.v6.wheel_slots = 64;
+    ct.v4.max_zones = 4;
+    ct.v6.max_zones = 4;
+    ct.fragments.capacity = 64;
     let Ok(ct_stage) = Conntrack::new(ct.clone(), snat) else { return };
     let mut w = World {
         pipe: ParseStage::default().then(ct_stage),
+        replica: None,
         snat_cfg: snat_cfg,
         ct_cfg: ct,
         shared,
@@ -354,6 +442,7 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
         delivered: Vec::new(),
         forwarded: Vec::new(),
     };
+    w.new_replica();
     let mut pending: Vec<(bool, Vec<u8>)> = Vec::new();
     for op in ops.into_iter().take(512) {
         match op {
@@ -443,6 +532,14 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
                 w.flush(&mut pending);
                 w.handover();
             }
+            Op::Sync { sweep } => {
+                w.flush(&mut pending);
+                w.sync(sweep);
+            }
+            Op::Failover => {
+                w.flush(&mut pending);
+                w.failover();
+            }
             Op::Advance(secs) => {
                 w.flush(&mut pending);
                 w.now += Duration::from_secs(u64::from(secs % 600));
@@ -450,6 +547,14 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
                 while w.pipe.poll_timeout().is_some_and(|t| t <= w.now) && guard < 10_000 {
                     w.pipe.handle_timeout(w.now, 256);
                     guard += 1;
+                }
+                // The replica's own timers: its copies age out unless a sweep refreshed them,
+                // its allocator's quarantine passes.
+                if let Some(r) = w.replica.as_mut() {
+                    while r.poll_timeout().is_some_and(|t| t <= w.now) && guard < 20_000 {
+                        r.handle_timeout(w.now, 256);
+                        guard += 1;
+                    }
                 }
             }
         }

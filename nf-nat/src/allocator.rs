@@ -125,6 +125,9 @@ pub struct PortAllocator {
     counters: AllocatorCounters,
     last_probes: u32,
     state: State,
+    /// Claims may take a port out of quarantine (a replica's: see
+    /// [`Self::claim_quarantined`]).
+    claim_quarantined: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -421,7 +424,18 @@ impl PortAllocator {
             counters: AllocatorCounters::default(),
             last_probes: 0,
             state,
+            claim_quarantined: false,
         })
+    }
+
+    /// While `on`, [`Self::claim`] may take a port this allocator holds in quarantine
+    /// (hyperplane and rfc; not cgn, whose blocks follow their ports' quarantine): a
+    /// replica's claims, for the sessions its primary decided. The replica's quarantine of
+    /// a port only reflects when it heard of a copy's end (later than its primary, which
+    /// may already have given the port out again) or a copy that aged out unrefreshed on
+    /// its own timers; the primary's quarantine is the one that protects the port.
+    pub(crate) fn claim_quarantined(&mut self, on: bool) {
+        self.claim_quarantined = on;
     }
 
     /// Maps the flow whose first packet is `original` (inside source → destination): one
@@ -628,8 +642,10 @@ impl PortAllocator {
             let Some(q) = self.queue.pop_front() else {
                 break;
             };
-            self.counters.quarantined = self.counters.quarantined.saturating_sub(1);
-            self.free_port(now, &q);
+            // A port a replica's claim took back out of quarantine is live: left alone.
+            if self.free_port(now, &q) {
+                self.counters.quarantined = self.counters.quarantined.saturating_sub(1);
+            }
             done += 1;
         }
         done
@@ -821,11 +837,20 @@ impl PortAllocator {
             return false;
         };
         let wkey = WordKey { tag: w, ..key };
-        let taken = table
+        let word = table
             .find(word_hash(hd, w), &wkey)
-            .and_then(|slot| table.value_at_mut(slot))
-            .is_some_and(|v| v.used & bit(m.port) != 0);
-        if taken || mark_hyper(table, &self.space, key, hd, m.port, steer).is_err() {
+            .and_then(|slot| table.value_at_mut(slot));
+        let b = bit(m.port);
+        if let Some(v) = word
+            && v.used & b != 0
+        {
+            // Taken, or (a replica's claim) quarantined: out of quarantine, live again.
+            if !(self.claim_quarantined && v.quarantined & b != 0) {
+                return false;
+            }
+            v.quarantined &= !b;
+            self.counters.quarantined = self.counters.quarantined.saturating_sub(1);
+        } else if mark_hyper(table, &self.space, key, hd, m.port, steer).is_err() {
             return false;
         }
         self.commit_live(m.public, p);
@@ -861,14 +886,34 @@ impl PortAllocator {
                 }
             });
         }
-        let free = e.dense.get(usize::from(m.public) * 3 + p).is_some_and(|d| {
-            (d.used.get(w).copied().unwrap_or(!0) | d.quarantined.get(w).copied().unwrap_or(!0))
-                & bit(m.port)
-                == 0
-        });
+        let di = usize::from(m.public) * 3 + p;
+        let word = |d: Option<&Dense>| {
+            d.map_or((!0, !0), |d| {
+                let used = d.used.get(w).copied().unwrap_or(!0);
+                (used, d.quarantined.get(w).copied().unwrap_or(!0))
+            })
+        };
+        let (used, quarantined) = word(e.dense.get(di));
+        let b = bit(m.port);
+        // A replica's claim may take a port out of quarantine (not cgn's: its blocks).
+        let unquarantine = self.claim_quarantined && e.cgn.is_none() && used & quarantined & b != 0;
+        let free = (used | quarantined) & b == 0 || unquarantine;
         let sub = e.subs.get(hsk, &sk);
         if !room || !allowed || !free || sub.is_some_and(|s| s.public != m.public) {
             return false;
+        }
+        if unquarantine {
+            // Back to free (the commit below takes it): its queued release finds it live
+            // and leaves it.
+            if let Some(d) = e.dense.get_mut(di) {
+                for bits in [d.used.get_mut(w), d.quarantined.get_mut(w)]
+                    .into_iter()
+                    .flatten()
+                {
+                    *bits &= !b;
+                }
+            }
+            self.counters.quarantined = self.counters.quarantined.saturating_sub(1);
         }
         let plan = match &e.cgn {
             None => Plan {
@@ -984,7 +1029,10 @@ impl PortAllocator {
         Ok(())
     }
 
-    fn free_port(&mut self, now: Instant, q: &Quarantined) {
+    /// Frees a port at the end of its quarantine (or at once, without one); false, with
+    /// nothing changed, for a port no longer in quarantine (a replica's claim took it back,
+    /// [`Self::claim_quarantined`]).
+    fn free_port(&mut self, now: Instant, q: &Quarantined) -> bool {
         let b = bit(q.port);
         let w = usize::from(q.port / 64);
         match &mut self.state {
@@ -998,7 +1046,11 @@ impl PortAllocator {
                     proto: q.proto,
                 };
                 if let Some(slot) = table.find(word_hash(hd, key.tag), &key) {
-                    let empty = table.value_at_mut(slot).is_some_and(|v| {
+                    let v = table.value_at_mut(slot);
+                    if v.as_ref().is_some_and(|v| v.quarantined & b == 0) {
+                        return false;
+                    }
+                    let empty = v.is_some_and(|v| {
                         v.used &= !b;
                         v.quarantined &= !b;
                         v.used == 0
@@ -1018,12 +1070,17 @@ impl PortAllocator {
                         table.remove_at(slot);
                     }
                 }
+                true
             }
             State::Eim(e) => {
                 let Some(p) = proto_index(q.proto) else {
-                    return;
+                    return false;
                 };
                 let di = usize::from(q.public) * 3 + p;
+                let held = e.dense.get(di).and_then(|d| d.quarantined.get(w));
+                if held.is_some_and(|h| h & b == 0) {
+                    return false;
+                }
                 if let Some(d) = e.dense.get_mut(di) {
                     if let Some(u) = d.used.get_mut(w) {
                         *u &= !b;
@@ -1048,6 +1105,7 @@ impl PortAllocator {
                     self.counters.blocks_released += core::mem::take(&mut cgn.released);
                     self.counters.block_events_dropped += core::mem::take(&mut cgn.dropped);
                 }
+                true
             }
         }
     }

@@ -1776,6 +1776,23 @@ impl SessionService for Snat {
         }
     }
 
+    /// As [`Self::import_value`], except that the claims may take a port out of this
+    /// node's quarantine: a replica hears of a copy's end later than its primary did, and
+    /// the primary may have given the port out again already (or the copy aged out here
+    /// unrefreshed); the primary's quarantine protects the port (not for cgn, whose blocks
+    /// follow their ports' quarantine).
+    fn replicate_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<Translation> {
+        self.ports.claim_quarantined(true);
+        let value = self.import_value(now, session, bytes);
+        self.ports.claim_quarantined(false);
+        value
+    }
+
     fn visit_counters(&self, f: &mut dyn FnMut(&'static str, &'static str, u64)) {
         self.counters.visit(f);
         self.ports.visit_counters(STAGE, f);

@@ -1048,3 +1048,51 @@ fn a_replica_kept_in_sync_holds_the_primarys_mappings_when_it_fails() {
         );
     }
 }
+
+/// A replica's copy that aged out on the replica's own timers (no sweep came in time) put
+/// its port in the replica's quarantine while the primary's session lives on; the next
+/// sweep gives the replica the session again, and its claim takes the port back out of
+/// quarantine (the primary's quarantine is the one that protects a port). The port then
+/// stays the session's when that quarantine would have ended.
+#[test]
+fn a_replica_takes_a_port_back_out_of_its_own_quarantine() {
+    use core::net::{IpAddr, Ipv4Addr};
+    use nf_nat::PortSplit;
+    let publics: Vec<IpAddr> = vec![Ipv4Addr::from(PUBLIC4).into()];
+    let split = PortSplit { nodes: 2, cores: 1 };
+    for profile in [Profile::Hyperplane, Profile::Rfc] {
+        let mut primary = share_node(profile, &publics, split, 1);
+        let mut replica = share_node(profile, &publics, split, 0);
+        let alloc = replica.pipe.second.service_mut().ports_mut();
+        alloc.take_over(1).unwrap();
+        let flow = udp4(INSIDE4, REMOTE4, 30_000, 53);
+        let (v, out) = primary.send(&flow);
+        assert_eq!(v, Verdict::Pass);
+        let port = ports(&out).0;
+        assert_eq!(sync_changes(&mut primary, &mut replica).created, 1);
+        // 400 s pass at the replica without a sweep: its copy expires (UDP: 350 s idle in
+        // hyperplane, 300 s in rfc), the port goes into its 120 s quarantine.
+        replica.advance(400);
+        assert_eq!(replica.counter("active_udp"), 0, "{profile:?}");
+        assert_eq!(replica.counter("quarantined"), 1, "{profile:?}");
+        // The sweep: the primary's session, still live there.
+        for c in export_all(&primary) {
+            let r = replica.pipe.second.apply(replica.now, &c).unwrap();
+            assert_eq!(
+                r.refused, 0,
+                "{profile:?}: the port is the primary's decision"
+            );
+        }
+        assert_eq!(replica.counter("active_udp"), 1, "{profile:?}");
+        assert_eq!(replica.counter("quarantined"), 0, "{profile:?}");
+        // The quarantine's end (120 s after the copy expired) finds the port live and
+        // leaves it (the new copy has the primary's remaining lifetime, over 300 s).
+        replica.advance(150);
+        assert_eq!(replica.counter("active_udp"), 1, "{profile:?}");
+        // The primary fails; the replica carries the flow on, on the same port.
+        assert_eq!(replica.pipe.second.take_over_replicas(|_| true), 1);
+        let (v, f) = replica.send(&udp4(REMOTE4, PUBLIC4, 53, port));
+        assert_eq!(v, Verdict::Pass, "{profile:?}");
+        assert_eq!((dst4(&f), ports(&f).1), (INSIDE4, 30_000));
+    }
+}
