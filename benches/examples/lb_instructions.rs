@@ -6,7 +6,9 @@
 //!
 //! Modes: `lb` (the scenario's `Conntrack<Lb>`); `noop` (`Conntrack<()>` holding the same
 //! flows, unbalanced traffic: the same lookups and replay, no load balancing), so
-//! `lb - noop` is roughly the load balancer's own work.
+//! `lb - noop` is roughly the load balancer's own work; `lb-sync`, `lb` with a change
+//! journal drained every 16 batches into a delta chunk for a replica (the chunk is made,
+//! not sent), so `lb-sync - lb` is what keeping a replica costs the primary per packet.
 //!
 //! ```text
 //! cargo build --release -p nf-bench --example lb_instructions
@@ -31,12 +33,24 @@ use std::hint::black_box;
 /// Packets in the replayed stream (the scenario has 2^20; the driver's runs are short).
 const PACKETS: usize = 1 << 17;
 
-struct OursLb(Conntrack<Lb>);
+/// The stage, and (`lb-sync`) the batches since the last drain and the chunk buffer.
+struct OursLb(Conntrack<Lb>, Option<(u32, Vec<u8>)>);
 
 impl Side for OursLb {
     type Handle = SessionRef;
     fn process(&mut self, now: Instant, batch: &mut Batch<Vec<u8>>) {
         self.0.process(now, batch);
+        if let Some((n, chunk)) = &mut self.1 {
+            *n += 1;
+            if *n == 16 {
+                *n = 0;
+                chunk.clear();
+                let p = self
+                    .0
+                    .export_changes(nf_core::Family::V4, now, usize::MAX, chunk);
+                black_box(p.ok());
+            }
+        }
     }
     fn handle(meta: &Meta) -> Option<SessionRef> {
         meta.session
@@ -67,7 +81,7 @@ fn main() {
             n.parse::<u64>().expect("BATCHES"),
         ),
         _ => {
-            eprintln!("usage: lb_instructions lb|noop SESSIONS BATCHES");
+            eprintln!("usage: lb_instructions lb|noop|lb-sync SESSIONS BATCHES");
             std::process::exit(2);
         }
     };
@@ -85,9 +99,18 @@ fn main() {
         let (ours, _) = replay::established_sides(&flows, capacity);
         run(ours, &traffic, batches)
     } else {
-        let ct = lb_setup::lb(&flows, capacity);
+        let sync = mode == "lb-sync";
+        // 16 batches of 64 packets make about 10 new flows and 10 ends: room for far more.
+        let mut ct = if sync {
+            lb_setup::lb_journaled(&flows, capacity, 4096)
+        } else {
+            lb_setup::lb(&flows, capacity)
+        };
         lb_setup::aim(&mut traffic, &ct);
-        run(OursLb(ct), &traffic, batches)
+        let mut chunk = Vec::with_capacity(1 << 20);
+        // The sessions the setup made: drained once (most were lost: a full sweep's job).
+        let _ = ct.export_changes(nf_core::Family::V4, Instant::ZERO, usize::MAX, &mut chunk);
+        run(OursLb(ct, sync.then_some((0, chunk))), &traffic, batches)
     };
     println!("{}", black_box(acc));
 }
