@@ -395,10 +395,12 @@ impl<S: SessionService> Conntrack<S> {
     /// ([`TableConfig::journal`]) into one delta chunk appended to `out`, services' parts
     /// included, for a replica's [`Self::apply`] (see [`SessionTable::export_changes`]).
     /// Call it every few milliseconds (or batches) and send the chunk; when
-    /// [`ChangeProgress::lost`] is not zero the replica missed changes: send it a full sweep
-    /// ([`Self::export`] chunks). Long-lived sessions need that sweep anyway, every fraction
-    /// of their timeout: a refresh by traffic is not a journal event. Cold path: allocates
-    /// in `out`.
+    /// [`ChangeProgress::lost`] is not zero the replica missed changes: give it a full
+    /// resync ([`Self::begin_resync`], every [`Self::export`] chunk through [`Self::apply`],
+    /// [`Self::end_resync`]). Long-lived sessions need a sweep of export chunks anyway,
+    /// more often than their shortest timeout: a refresh by traffic is not a journal event,
+    /// and a copy not refreshed in time ages out on the replica. Cold path: allocates in
+    /// `out`.
     ///
     /// # Errors
     /// [`ExportError::Unsupported`] (nothing written or drained) when a service's sessions

@@ -63,8 +63,9 @@ pub struct ChangeProgress {
     /// Events still wait in the journal (the chunk reached `max`): drain again.
     pub pending: bool,
     /// Events the journal dropped since the last drain (it was full): the replica missed
-    /// them; send it a full sweep ([`SessionTable::export`] chunks, which
-    /// [`SessionTable::apply`] takes).
+    /// them; give it a full resync ([`SessionTable::begin_resync`], every
+    /// [`SessionTable::export`] chunk through [`SessionTable::apply`],
+    /// [`SessionTable::end_resync`]).
     pub lost: u64,
 }
 

@@ -5,7 +5,7 @@
 //! sessions created or changed (state, establishment, reply key) since the last drain, each
 //! at most once while it waits (record flag [`F_DIRTY`]), and the original keys of sessions
 //! that ended. A full list drops the event and counts it ([`Journal::lost`]): the replica
-//! then needs a full sweep. Changes the replica itself applies
+//! then needs a full resync. Changes the replica itself applies
 //! ([`SessionTable::apply`](super::SessionTable::apply)) are not journaled, so that two
 //! nodes replicating to each other do not echo every change back.
 

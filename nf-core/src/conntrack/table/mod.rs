@@ -121,7 +121,7 @@ pub struct TableConfig {
     /// ([`SessionTable::export_changes`](super::SessionTable::export_changes)); 0 (the
     /// default): no journal. Allocated up front (about `journal × (8 + key)` bytes; at most
     /// [`MAX_CAPACITY`]); events past it are counted ([`TableCounters::journal_lost`]) and
-    /// call for a full sweep.
+    /// call for a full resync ([`SessionTable::begin_resync`](super::SessionTable::begin_resync)).
     pub journal: u32,
 }
 
@@ -300,7 +300,7 @@ pub struct TableCounters {
     /// Sessions removed by [`SessionTable::remove`].
     pub removed: u64,
     /// Journal events dropped because the journal was full (or cleared with the table): a
-    /// replica missed them and needs a full sweep.
+    /// replica missed them and needs a full resync.
     pub journal_lost: u64,
 }
 
