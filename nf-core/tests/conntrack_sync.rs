@@ -385,6 +385,36 @@ fn a_replica_copy_that_expires_does_not_end_its_primarys_session() {
 }
 
 #[test]
+fn a_sweep_sends_a_nodes_own_sessions_not_its_copies_of_its_peers() {
+    let now = Instant::from_nanos(5_000_000_000);
+    let mut a = Table::new(cfg(64, 64)).unwrap();
+    let mut b = Table::new(cfg(64, 64)).unwrap();
+    for i in 0..3 {
+        open_udp(&mut a, now, i);
+    }
+    for i in 10..14 {
+        open_udp(&mut b, now, i);
+    }
+    sync(&mut a, &mut b, now, 100);
+    sync(&mut b, &mut a, now, 100);
+    assert_eq!((a.len(), b.len()), (7, 7));
+    // Each node's sweep (or resync) holds its own sessions only: B's copies of A's three
+    // never come back to A as records, which would refresh A's own sessions from a copy.
+    let mut buf = Vec::new();
+    let p = b.export(now, 0, usize::MAX, &mut buf);
+    assert_eq!((p.records, p.next), (4, None));
+    let r = a.apply(now, &buf).unwrap();
+    assert_eq!((r.created, r.refreshed), (0, 4));
+    // A resync of B from A keeps B's own sessions and A's three copies.
+    resync(&a, &mut b, now);
+    assert_eq!(b.len(), 7);
+    // Taken over, the copies are exported like any own session.
+    assert_eq!(b.take_over_replicas(|_| true), 3);
+    buf.clear();
+    assert_eq!(b.export(now, 0, usize::MAX, &mut buf).records, 7);
+}
+
+#[test]
 fn taking_replicas_over_makes_them_journaled_sessions() {
     let now = Instant::from_nanos(5_000_000_000);
     let mut a = Table::new(cfg(64, 64)).unwrap();

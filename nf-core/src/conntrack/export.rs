@@ -228,7 +228,10 @@ impl<V: SessionValue> Adopt<V> for Decode {
 impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
     /// Appends one self-contained export chunk to `out` with up to `max` live sessions from
     /// slot `from` on (start with 0, continue with [`ExportProgress::next`]). Remaining
-    /// lifetimes are measured from `now`. Cold path: allocates in `out`.
+    /// lifetimes are measured from `now`. A replica's copies of another node's sessions
+    /// ([`Self::apply`]) are not exported: they are their primary's to send, so that two
+    /// nodes replicating to each other never sweep a node's own sessions back to it (take
+    /// them over first, [`Self::take_over_replicas`]). Cold path: allocates in `out`.
     pub fn export(&self, now: Instant, from: u32, max: usize, out: &mut Vec<u8>) -> ExportProgress {
         self.export_with(now, from, max, out, V::ENCODED_LEN, |v, b| v.encode(b))
     }

@@ -325,8 +325,9 @@ impl<S: SessionService> Conntrack<S> {
     /// included ([`SessionService::export_value`]), for another node's [`Self::import`]: up
     /// to `max` sessions from slot `from` on (start with 0, continue with
     /// [`ExportProgress::next`]), remaining lifetimes measured from `now`, in the format of
-    /// [`SessionTable::export`] with the services' bytes as the value. Cold path: allocates
-    /// in `out`.
+    /// [`SessionTable::export`] with the services' bytes as the value. A replica's copies of
+    /// another node's sessions are left out (see [`SessionTable::export`]). Cold path:
+    /// allocates in `out`.
     ///
     /// # Errors
     /// [`ExportError::Unsupported`] (nothing written) when a service's sessions cannot move

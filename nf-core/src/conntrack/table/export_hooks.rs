@@ -2,7 +2,8 @@
 //! inserting an imported session as it was.
 
 use super::{
-    F_FIN_REPLY, F_LIVE, F_UNCONFIRMED, Hit, InsertError, Record, SessionInfo, SessionTable,
+    F_FIN_REPLY, F_LIVE, F_REPLICA, F_UNCONFIRMED, Hit, InsertError, Record, SessionInfo,
+    SessionTable,
 };
 use crate::conntrack::key::SessionKey;
 use crate::conntrack::state::SessionState;
@@ -19,7 +20,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         (0u32..)
             .zip(self.recs.iter())
             .skip(from as usize)
-            .filter(|(_, r)| r.flags & F_LIVE != 0)
+            .filter(|(_, r)| r.flags & (F_LIVE | F_REPLICA) == F_LIVE)
     }
 
     /// The deadline instant of a record.
