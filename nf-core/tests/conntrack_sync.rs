@@ -408,8 +408,13 @@ fn a_sweep_sends_a_nodes_own_sessions_not_its_copies_of_its_peers() {
     // A resync of B from A keeps B's own sessions and A's three copies.
     resync(&a, &mut b, now);
     assert_eq!(b.len(), 7);
-    // Taken over, the copies are exported like any own session.
+    // A dies in the middle of its next resync: B takes its copies over, and the resync
+    // that never finished removes none of them.
+    b.begin_resync(|_| true);
     assert_eq!(b.take_over_replicas(|_| true), 3);
+    assert_eq!(b.end_resync(), 0);
+    assert_eq!(b.len(), 7);
+    // Taken over, the copies are exported like any own session.
     buf.clear();
     assert_eq!(b.export(now, 0, usize::MAX, &mut buf).records, 7);
 }

@@ -258,7 +258,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// changed now, for this node's own replica). Until then a replica copy's changes and
     /// end are its primary's to send: a copy expiring here, unrefreshed by the traffic its
     /// primary sees, must not remove the primary's session when two nodes replicate to each
-    /// other. `O(capacity)`, cold path; returns how many sessions it took over.
+    /// other. A resync under way ([`Self::begin_resync`]) no longer removes the copies taken
+    /// over (their primary may have died in the middle of it). `O(capacity)`, cold path;
+    /// returns how many sessions it took over.
     pub fn take_over_replicas(&mut self, mut which: impl FnMut(&SessionInfo<V>) -> bool) -> usize {
         self.promote_replicas(&mut which)
     }

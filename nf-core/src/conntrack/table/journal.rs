@@ -190,7 +190,8 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     ) -> usize {
         self.each_replica(which, |t, idx| {
             if let Some(x) = t.recs.get_mut(idx as usize) {
-                x.flags &= !F_REPLICA;
+                // Its own now: a resync its primary did not finish no longer removes it.
+                x.flags &= !(F_REPLICA | F_UNCONFIRMED);
             }
             t.journal_mark(idx);
         })
