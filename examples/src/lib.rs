@@ -11,6 +11,7 @@ pub mod pcap;
 pub mod prometheus;
 #[cfg(target_os = "linux")]
 pub mod router;
+pub mod sync;
 pub mod vtep;
 pub mod workers;
 

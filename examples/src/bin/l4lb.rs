@@ -44,6 +44,13 @@
 //! 10.1.0.13:8000 weight=3 state=down
 //! ```
 //!
+//! Several load balancers can stand behind one ECMP route (`--lb-key` gives them the same
+//! Maglev tables). With `--sync-listen` and `--sync-peer` two of them keep copies of each
+//! other's sessions ([`nf_examples::sync`]): when one fails, or the router in front moves
+//! its flows, the other forwards them by the copies, to the backends they started on, even
+//! after the pool changed; a node that comes back gets every session again before it
+//! carries any (a deployment announces its route only after that resync).
+//!
 //! On SIGHUP the file is read again and the new pool replaces the old one in whole
 //! (established flows stay where they are); a file that does not parse changes nothing.
 //! Counters are printed on SIGUSR1 and at exit (SIGINT/SIGTERM or `--duration`).
@@ -51,7 +58,9 @@
 //! `examples/tests/l4lb.rs` builds a client, the load balancer and three backends in network
 //! namespaces and checks the spread, the client addresses and a transfer that survives
 //! changes to the other backends (DNAT), and the spread with the backends' answers going
-//! straight to the client through Linux VXLAN devices (encap).
+//! straight to the client through Linux VXLAN devices (encap). `examples/tests/l4lb_ecmp.rs`
+//! puts two synced nodes behind a Linux router's multipath route and fails one of them
+//! under 24 open connections.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -71,12 +80,13 @@ mod linux {
     use nf_examples::io::{IoKind, RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
+    use nf_examples::sync::{SyncConfig, SyncLink};
     use nf_lb::{
         BackendId, Forwarding, HashFields, Health, Lb, LbKey, Listener, ListenerMatch, Listeners,
         OnDown, Pool, PoolMember, table_size_for,
     };
     use nf_tunnel::{Destination, EncapConfig, EncapStage, Underlay};
-    use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::path::PathBuf;
     use std::process::ExitCode;
 
@@ -88,6 +98,7 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
+            [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -116,6 +127,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          reset (default; TCP: a RST from the VIP, others dropped) or
                          rehash (the table's choice, in a new session under DNAT)
   --sessions N           session table size (default 65536)
+  --lb-key HEX           the Maglev tables' key, 32 hex digits: every load balancer of
+                         a fleet must have the same (default: a random one per run)
+  --sync-listen A:P      session sync: where the peer load balancer connects (a kernel
+                         address, on neither interface above)
+  --sync-peer A:P        session sync: the peer's --sync-listen; each keeps a copy of
+                         the other's sessions and carries them on when it fails
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
@@ -139,6 +156,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         duration: Option<f64>,
         io: IoKind,
         cpu: Option<usize>,
+        lb_key: Option<[u8; 16]>,
+        sync: Option<(SocketAddr, SocketAddr)>,
     }
 
     /// `--mode encap`'s settings.
@@ -164,6 +183,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
+        let (mut lb_key, mut sync_listen, mut sync_peer) = (None, None, None);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -225,6 +245,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                         .ok_or_else(|| bad("a 24-bit VNI"))?
                 }
                 "--inner-mac" => inner_mac = parse_mac(&value).ok_or_else(|| bad("a MAC"))?,
+                "--lb-key" => lb_key = Some(parse_key(&value).ok_or_else(|| bad("32 hex digits"))?),
+                "--sync-listen" => sync_listen = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
+                "--sync-peer" => sync_peer = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
                 "--on-down" => {
                     on_down = match value.as_str() {
                         "reset" => OnDown::Reset,
@@ -236,6 +259,11 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             }
         }
         let need = |name: &str| format!("{name} is required");
+        let sync = match (sync_listen, sync_peer) {
+            (Some(l), Some(p)) => Some((l, p)),
+            (None, None) => None,
+            _ => return Err("--sync-listen and --sync-peer go together".into()),
+        };
         Ok(Some(Args {
             client: client.ok_or_else(|| need("--client"))?,
             client_addr: client_addr.ok_or_else(|| need("--client-addr"))?,
@@ -255,7 +283,21 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             duration,
             io,
             cpu,
+            lb_key,
+            sync,
         }))
+    }
+
+    /// 16 bytes written as 32 hex digits.
+    fn parse_key(hex: &str) -> Option<[u8; 16]> {
+        let mut key = [0u8; 16];
+        if hex.len() != 32 || !hex.is_ascii() {
+            return None;
+        }
+        for (k, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            *k = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(key)
     }
 
     /// The backends file: one `IPV4:PORT [weight=N] [state=up|draining|down]` per line; each
@@ -315,6 +357,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         on_down: OnDown,
         file: PathBuf,
         encap: Option<Encap>,
+        /// Session sync with a peer load balancer (`--sync-listen`, `--sync-peer`).
+        sync: Option<SyncLink>,
     }
 
     impl Balancer {
@@ -401,6 +445,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if self.lb.poll_timeout().is_some_and(|t| t <= now) {
                 self.lb.handle_timeout(now, 4096);
             }
+            if let Some(s) = &mut self.sync {
+                s.poll(now, &mut self.lb);
+            }
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
@@ -409,6 +456,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             self.lb.visit_counters(&mut |s, c, v| f(s, c, v));
             if let Some(e) = &self.encap {
                 e.stage.visit_counters(&mut |s, c, v| f(s, c, v));
+            }
+            if let Some(s) = &self.sync {
+                s.visit_counters(f);
             }
         }
 
@@ -472,17 +522,29 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             }
         };
-        let ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
+        let mut ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
             v4: args.sessions.saturating_mul(2),
             v6: 64,
         });
+        let sync = match args.sync {
+            None => None,
+            Some((listen, peer)) => {
+                // A change journal for the peer's copy: a full one loses events, and the
+                // peer then gets a full resync.
+                ct.v4.journal = args.sessions.clamp(1024, 1 << 16);
+                ct.v6.journal = 64;
+                let link = SyncLink::start(SyncConfig::new(listen, peer))
+                    .map_err(|e| format!("--sync-listen {listen}: {e}"))?;
+                Some(link)
+            }
+        };
         let mut f = Balancer {
             parse: ParseStage::default(),
             reorder: FragmentReorder::new(ReorderConfig::new(nf_examples::cli::random_secret()))
                 .on_hold(RingFrame::detach),
             // Every load balancer of a fleet must build the same tables: in a deployment this
             // key is the operator's, shared; a demo makes one per run.
-            key: LbKey::new(nf_examples::cli::random_secret()),
+            key: LbKey::new(args.lb_key.unwrap_or_else(nf_examples::cli::random_secret)),
             // A flow whose backend left or went down is reset (unless `--on-down rehash`): its
             // client's next segment is answered by a RST from the VIP, so the client fails
             // at once.
@@ -496,6 +558,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             on_down: args.on_down,
             file: args.backends.clone(),
             encap,
+            sync,
         };
         let what = f.reload()?;
         say!(
@@ -547,6 +610,15 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             );
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
+            let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600").into_iter()).unwrap().unwrap();
+            assert_eq!(synced.lb_key, Some(core::array::from_fn(|i| i as u8)));
+            assert_eq!(
+                synced.sync,
+                Some((
+                    "10.3.0.1:7600".parse().unwrap(),
+                    "10.3.0.2:7600".parse().unwrap()
+                ))
+            );
             for bad in [
                 "--vip 192.0.2.10",
                 "--vip 192.0.2.10:80/4tuple",
@@ -558,6 +630,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--sessions 1",
                 "--on-down drop",
                 "--client cg",
+                "--lb-key 0001",
+                "--lb-key 000102030405060708090a0b0c0d0eZZ",
+                "--sync-listen 10.3.0.1:7600",
+                "--sync-peer 10.3.0.2",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
             }

@@ -1,0 +1,349 @@
+//! Two `l4lb` nodes behind a Linux router's ECMP route, keeping copies of each other's
+//! sessions (`--sync-listen` / `--sync-peer`), in network namespaces this test makes:
+//!
+//! ```text
+//!  ns c: client 198.51.100.2 ═ ns r: router ─ 192.0.2.10/32 multipath (L4 hash) ─┬─ ns g1: l4lb A ═╗
+//!                                  ║ 10.1.0.254                                  └─ ns g2: l4lb B ═╣ (sync: 10.3.0.1 ═ 10.3.0.2)
+//!                                  ║                                                               ║ VXLAN 42
+//!                          ns s: bridge ═ b1 10.1.0.11, b2 10.1.0.12, b3 10.1.0.13 (the VIP on a Linux VXLAN device) ═╝
+//! ```
+//!
+//! Encap mode (direct server return): the backends answer through the router, never
+//! through the load balancers, so each node sees only its flows' client side. 24 TCP
+//! connections spread over both nodes by the router's hash; then the backend carrying the
+//! most is drained on both (it keeps its flows, takes no new ones) and node A fails: killed,
+//! its link down, so that the kernel drops its next hop. Every connection carries on with
+//! the backend it started on: node B forwards A's flows by its copies of A's sessions (a
+//! node without them would send a drained backend's flows elsewhere, whose kernel answers
+//! with a RST). Then A comes back empty: B's full resync gives it copies of every session,
+//! the router spreads the flows over both again, and every connection still answers from
+//! its own backend. Needs root, `ip` and python3: without them it skips, except under
+//! `CI=true`.
+#![cfg(target_os = "linux")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step should fail the test"
+)]
+
+mod common;
+
+use common::{Lab, counters, sh, wait_for};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+const L4LB: &str = env!("CARGO_BIN_EXE_l4lb");
+const CONNECTIONS: usize = 24;
+const LB_KEY: &str = "6e662d6c622065636d70207465737421";
+
+/// Answers every line it reads with its name (`NAME_SERVER ADDR PORT NAME`).
+const NAME_SERVER: &str = "import socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        for _ in self.rfile:
+            self.wfile.write(sys.argv[3].encode() + b'\\n')
+            self.wfile.flush()
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
+
+/// Opens N connections to the VIP's port 7000 and prints `open` and each one's first
+/// answer; then, for every line on stdin, asks on every connection ROUNDS times (50 ms
+/// apart) and prints `results` and, per connection, its answers joined by commas (`reset`,
+/// `closed` or `timeout` ending one).
+const CLIENT: &str = "import socket, sys, time
+n, rounds = int(sys.argv[1]), int(sys.argv[2])
+socks = [socket.create_connection(('192.0.2.10', 7000), timeout=4) for _ in range(n)]
+def ask(s):
+    s.sendall(b'?\\n')
+    d = b''
+    while not d.endswith(b'\\n'):
+        x = s.recv(100)
+        if not x:
+            return 'closed'
+        d += x
+    return d.decode().strip()
+print('open', *[ask(s) for s in socks], flush=True)
+for _ in sys.stdin:
+    res = [[] for _ in socks]
+    for r in range(rounds):
+        for i, s in enumerate(socks):
+            if res[i] and res[i][-1] in ('reset', 'closed', 'timeout'):
+                continue
+            try:
+                res[i].append(ask(s))
+            except ConnectionResetError:
+                res[i].append('reset')
+            except OSError:
+                res[i].append('timeout')
+        time.sleep(0.05)
+    print('results', *[','.join(x) for x in res], flush=True)";
+
+struct Node {
+    ns: String,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    pid: u32,
+}
+
+/// Starts node `n` (1 or 2) of the pair in its namespace.
+fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
+    let peer = 3 - n;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, L4LB])
+        .args(["--client", "cg", "--client-addr", &format!("10.2.{n}.2/24")])
+        .args(["--gateway", &format!("10.2.{n}.1")])
+        .args([
+            "--backend",
+            "bg",
+            "--backend-addr",
+            &format!("10.1.0.{n}/24"),
+        ])
+        .args(["--vip", "192.0.2.10:7000", "--backends"])
+        .arg(file)
+        .args(["--mode", "encap", "--vni", "42"])
+        .args(["--inner-mac", "02:00:00:00:00:01", "--io", "packet"])
+        .args(["--lb-key", LB_KEY])
+        .args(["--sync-listen", &format!("10.3.0.{n}:7600")])
+        .args(["--sync-peer", &format!("10.3.0.{peer}:7600")])
+        .args(["--duration", "90"]);
+    let (lines, pid) = lab.spawn_watched(&mut cmd);
+    let mut seen = Vec::new();
+    wait_for(&lines, "l4lb: ready", 10, &mut seen);
+    Node {
+        ns: ns.to_string(),
+        lines,
+        seen,
+        pid,
+    }
+}
+
+impl Node {
+    /// Waits for a line containing `what`, unless one came already.
+    fn wait(&mut self, what: &str, secs: u64) {
+        if !self.seen.iter().any(|l| l.contains(what)) {
+            wait_for(&self.lines, what, secs, &mut self.seen);
+        }
+    }
+}
+
+/// One round of asking on every connection: each connection's answers.
+fn ask_round(
+    stdin: &mut std::process::ChildStdin,
+    out: &Receiver<String>,
+    seen: &mut Vec<String>,
+) -> Vec<Vec<String>> {
+    stdin.write_all(b"go\n").unwrap();
+    wait_for(out, "results", 60, seen);
+    seen.last()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|c| c.split(',').map(String::from).collect())
+        .collect()
+}
+
+/// Every connection answered every round, by the backend it started on.
+fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds: usize) {
+    assert_eq!(results.len(), first.len(), "{what}: {results:?}");
+    for (i, (b, answers)) in first.iter().zip(results).enumerate() {
+        assert!(
+            answers.len() == rounds && answers.iter().all(|a| a == b),
+            "{what}: connection {i} began on {b}, then answered {answers:?}"
+        );
+    }
+}
+
+fn stop(node: &mut Node) -> BTreeMap<String, u64> {
+    sh(&format!("kill -TERM {}", node.pid));
+    wait_for(&node.lines, "sync.taken_over", 10, &mut node.seen);
+    std::thread::sleep(Duration::from_millis(200));
+    node.seen.extend(node.lines.try_iter());
+    counters(&node.seen)
+}
+
+#[test]
+fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
+    if !common::is_root() {
+        assert!(!common::in_ci(), "l4lb_ecmp needs root under CI=true");
+        eprintln!("SKIP: l4lb_ecmp needs root (set CI=true to make this a failure)");
+        return;
+    }
+    if !common::require("ip", &["-V"]) {
+        return;
+    }
+    let t = format!("nfec{}", std::process::id());
+    let [c, r, g1, g2, s, b1, b2, b3] =
+        ["c", "r", "g1", "g2", "s", "b1", "b2", "b3"].map(|n| format!("{t}{n}"));
+    let mut lab = Lab {
+        namespaces: vec![
+            c.clone(),
+            r.clone(),
+            g1.clone(),
+            g2.clone(),
+            s.clone(),
+            b1.clone(),
+            b2.clone(),
+            b3.clone(),
+        ],
+        children: Vec::new(),
+        dir: common::temp_dir("l4lb-ecmp"),
+    };
+    sh(&format!(
+        "for n in {c} {r} {g1} {g2} {s} {b1} {b2} {b3}; do ip netns add $n; ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip -n $n link set lo up; done
+         ip -n {c} link add ch type veth peer name rc netns {r}
+         ip -n {c} addr add 198.51.100.2/24 dev ch
+         ip -n {c} link set ch mtu 1400; ip -n {c} link set ch up
+         ip netns exec {c} ethtool -K ch tx off >/dev/null
+         ip -n {c} route add default via 198.51.100.1
+         ip -n {r} addr add 198.51.100.1/24 dev rc; ip -n {r} link set rc up
+         ip -n {r} link add ra type veth peer name cg netns {g1}
+         ip -n {r} link add rb type veth peer name cg netns {g2}
+         ip -n {r} addr add 10.2.1.1/24 dev ra; ip -n {r} addr add 10.2.2.1/24 dev rb
+         ip -n {r} link set ra up; ip -n {r} link set rb up
+         ip -n {g1} link set cg up; ip -n {g2} link set cg up
+         ip -n {s} link add br0 type bridge
+         ip -n {r} link add rs type veth peer name sr netns {s}
+         ip -n {s} link set sr master br0; ip -n {s} link set sr up
+         ip -n {r} addr add 10.1.0.254/24 dev rs; ip -n {r} link set rs up
+         for g in {g1} {g2}; do
+           ip -n $g link add bg type veth peer name s$g netns {s}
+           ip -n {s} link set s$g master br0; ip -n {s} link set s$g up; ip -n $g link set bg up
+         done
+         ip -n {g1} link add sy type veth peer name sy netns {g2}
+         ip -n {g1} addr add 10.3.0.1/24 dev sy; ip -n {g2} addr add 10.3.0.2/24 dev sy
+         ip -n {g1} link set sy up; ip -n {g2} link set sy up
+         ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1
+         ip netns exec {r} sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+         for k in all default rc ra rb rs; do
+           ip netns exec {r} sysctl -qw net.ipv4.conf.$k.rp_filter=0
+           ip netns exec {r} sysctl -qw net.ipv4.conf.$k.send_redirects=0
+           ip netns exec {r} sysctl -qw net.ipv4.conf.$k.ignore_routes_with_linkdown=1
+         done
+         ip -n {r} route add 192.0.2.10/32 nexthop via 10.2.1.2 dev ra nexthop via 10.2.2.2 dev rb
+         for i in 1 2 3; do
+           b={t}b$i
+           ip -n $b link add eth0 type veth peer name s$i netns {s}
+           ip -n {s} link set s$i master br0; ip -n {s} link set s$i up
+           ip -n $b addr add 10.1.0.1$i/24 dev eth0; ip -n $b link set eth0 up
+           ip netns exec $b ethtool -K eth0 tx off >/dev/null
+           ip -n $b link add vx0 type vxlan id 42 local 10.1.0.1$i dev eth0 dstport 4789 nolearning
+           ip -n $b link set vx0 address 02:00:00:00:00:01; ip -n $b link set vx0 up
+           ip -n $b addr add 192.0.2.10/32 dev vx0
+           for k in all default vx0 eth0; do ip netns exec $b sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
+           ip -n $b route add 198.51.100.0/24 via 10.1.0.254
+         done
+         ip -n {s} link set br0 up"
+    ));
+    let py = common::system_python();
+    for (ns, name) in [(&b1, "b1"), (&b2, "b2"), (&b3, "b3")] {
+        lab.spawn(ns, &[py, "-c", NAME_SERVER, "192.0.2.10", "7000", name]);
+    }
+    let file = lab.dir.join("backends");
+    let pool = |drained: &str| {
+        (1..=3)
+            .map(|i| {
+                let state = if format!("b{i}") == drained {
+                    "draining"
+                } else {
+                    "up"
+                };
+                format!("10.1.0.1{i}:0 weight=1 state={state}\n")
+            })
+            .collect::<String>()
+    };
+    std::fs::write(&file, pool("")).unwrap();
+    let mut a = start_node(&mut lab, &g1, 1, &file);
+    let mut b = start_node(&mut lab, &g2, 2, &file);
+    a.wait("sync: connected", 10);
+    b.wait("sync: connected", 10);
+    std::thread::sleep(Duration::from_millis(300));
+
+    const ROUNDS: usize = 10;
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", &c, py, "-c", CLIENT])
+        .args([&CONNECTIONS.to_string(), &ROUNDS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let out = common::lines_of(&mut client);
+    let mut seen = Vec::new();
+    wait_for(&out, "open", 30, &mut seen);
+    let first: Vec<String> = seen
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    assert_eq!(first.len(), CONNECTIONS, "{seen:?}");
+    assert_kept(
+        "both nodes up",
+        &first,
+        &ask_round(&mut stdin, &out, &mut seen),
+        ROUNDS,
+    );
+
+    // The backend with the most connections drains on both nodes: a node without a
+    // session would send its flows to the other two.
+    let busiest = ["b1", "b2", "b3"]
+        .into_iter()
+        .max_by_key(|b| first.iter().filter(|f| f == b).count())
+        .unwrap();
+    std::fs::write(&file, pool(busiest)).unwrap();
+    for n in [&mut a, &mut b] {
+        sh(&format!("kill -HUP {}", n.pid));
+        wait_for(&n.lines, "l4lb: reloaded", 5, &mut n.seen);
+    }
+
+    // Node A fails: the process dies and its link goes down, so the router's kernel
+    // skips its next hop; B finds the sync connection closed and takes A's sessions over.
+    sh(&format!(
+        "kill -KILL {}; ip -n {} link set cg down",
+        a.pid, a.ns
+    ));
+    b.wait("sync: peer down", 10);
+    assert_kept(
+        "after A failed",
+        &first,
+        &ask_round(&mut stdin, &out, &mut seen),
+        ROUNDS,
+    );
+
+    // A comes back with an empty table: B gives it a full resync, the router spreads the
+    // flows over both again, and A carries its share by its copies.
+    sh(&format!("ip -n {} link set cg up", a.ns));
+    let mut a = start_node(&mut lab, &g1, 1, &file);
+    a.wait("sync: resync from the peer done: ", 10);
+    assert_kept(
+        "after A came back",
+        &first,
+        &ask_round(&mut stdin, &out, &mut seen),
+        ROUNDS,
+    );
+    drop(stdin);
+    let _ = client.wait();
+
+    let ca = stop(&mut a);
+    let cb = stop(&mut b);
+    let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    // B kept copies of A's sessions and took them over when A failed.
+    assert!(get(&cb, "sync.created") > 0, "{cb:?}");
+    assert!(get(&cb, "sync.taken_over") > 0, "{cb:?}");
+    // (Twice: A's failure, then the new A's stop at the end of the test.)
+    assert_eq!(get(&cb, "sync.peer_down"), 2, "{cb:?}");
+    // The new A received every session from B, and then carried flows by those copies.
+    assert!(get(&ca, "sync.created") >= CONNECTIONS as u64, "{ca:?}");
+    assert!(get(&ca, "tunnel_encap.packets") > 0, "{ca:?}");
+    for (m, who) in [(&ca, "A"), (&cb, "B")] {
+        for k in ["sync.apply_errors", "sync.bad_frames", "sync.send_dropped"] {
+            assert_eq!(get(m, k), 0, "{who}: {k}: {m:?}");
+        }
+    }
+}
