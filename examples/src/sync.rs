@@ -170,7 +170,13 @@ pub struct SyncLink {
     from_peer: Receiver<Inbound>,
     connected: Arc<AtomicBool>,
     need_resync: Arc<AtomicBool>,
+    /// The peer's connection to this node is open.
+    inbound: Arc<AtomicBool>,
     io: Arc<IoCounters>,
+    /// The first poll.
+    started: Option<Instant>,
+    /// Latched by [`Self::ready`].
+    ready: bool,
     next_send: Instant,
     next_sweep: Instant,
     walk: Option<Walk>,
@@ -197,9 +203,12 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Reads one frame: `(kind, payload)`. A length of 0 or above [`MAX_FRAME`] + 1 is
-/// `InvalidData`.
-fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+/// Reads one frame of the link: `(kind, payload)`. A length of 0 or above
+/// [`MAX_FRAME`] + 1 is `InvalidData` (nothing allocated for it).
+///
+/// # Errors
+/// The reader's errors, and `InvalidData` for a bad length.
+pub fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
@@ -228,6 +237,7 @@ impl SyncLink {
         let (incoming, from_peer) = mpsc::sync_channel(FRAMES_PER_POLL);
         let connected = Arc::new(AtomicBool::new(false));
         let need_resync = Arc::new(AtomicBool::new(false));
+        let inbound = Arc::new(AtomicBool::new(false));
         let io = Arc::new(IoCounters::default());
         let dead = std_duration(cfg.dead_after).max(std::time::Duration::from_millis(10));
         {
@@ -238,10 +248,10 @@ impl SyncLink {
                 .spawn(move || send_loop(peer, &outgoing, &connected, &need_resync, &io, dead))?;
         }
         {
-            let io = io.clone();
+            let (io, inbound) = (io.clone(), inbound.clone());
             std::thread::Builder::new()
                 .name("sync-in".into())
-                .spawn(move || receive_loop(&listener, &incoming, &io, dead))?;
+                .spawn(move || receive_loop(&listener, &incoming, &inbound, &io, dead))?;
         }
         Ok(Self {
             cfg,
@@ -249,7 +259,10 @@ impl SyncLink {
             from_peer,
             connected,
             need_resync,
+            inbound,
             io,
+            started: None,
+            ready: false,
             next_send: Instant::ZERO,
             next_sweep: Instant::ZERO,
             walk: None,
@@ -268,9 +281,24 @@ impl SyncLink {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Whether this node holds what its peer would give it, so that it may take traffic
+    /// (announce its routes): a resync from the peer finished, or no peer connected within
+    /// twice [`SyncConfig::dead_after`] of the first [`Self::poll`] (the first node up, or a
+    /// peer that is down). Once true, it stays true.
+    pub fn ready(&mut self, now: Instant) -> bool {
+        if !self.ready {
+            let grace = Duration::from_nanos(self.cfg.dead_after.as_nanos().saturating_mul(2));
+            let alone = !self.inbound.load(Ordering::Acquire)
+                && self.started.is_some_and(|s| now >= s + grace);
+            self.ready = alone;
+        }
+        self.ready
+    }
+
     /// Applies what the peer sent, then (every [`SyncConfig::every`]) sends this node's
     /// changes: call it from the packet loop between batches. Bounded work per call.
     pub fn poll<S: SessionService>(&mut self, now: Instant, ct: &mut Conntrack<S>) {
+        self.started.get_or_insert(now);
         for _ in 0..FRAMES_PER_POLL {
             match self.from_peer.try_recv() {
                 Ok(Inbound::Frame(kind, bytes)) => self.receive(now, ct, kind, &bytes),
@@ -419,6 +447,7 @@ impl SyncLink {
             END => {
                 // An end without its begin (the link broke in between) ends nothing.
                 if core::mem::take(&mut self.receiving_resync) {
+                    self.ready = true;
                     let removed = ct.end_resync(now);
                     self.counters.resync_removed += removed as u64;
                     crate::say!(
@@ -544,6 +573,7 @@ fn send_loop(
 fn receive_loop(
     listener: &TcpListener,
     incoming: &SyncSender<Inbound>,
+    inbound: &AtomicBool,
     io: &IoCounters,
     dead: std::time::Duration,
 ) {
@@ -555,6 +585,7 @@ fn receive_loop(
             continue;
         }
         io.accepts.fetch_add(1, Ordering::Relaxed);
+        inbound.store(true, Ordering::Release);
         let mut r = BufReader::with_capacity(1 << 16, s);
         loop {
             match read_frame(&mut r) {
@@ -575,6 +606,7 @@ fn receive_loop(
                 }
             }
         }
+        inbound.store(false, Ordering::Release);
         if incoming.send(Inbound::Down).is_err() {
             return;
         }

@@ -1,24 +1,26 @@
-//! Two `l4lb` nodes behind a Linux router's ECMP route, keeping copies of each other's
-//! sessions (`--sync-listen` / `--sync-peer`), in network namespaces this test makes:
+//! Two `l4lb` nodes behind a BGP router (BIRD) that installs the VIP's route over both
+//! (ECMP, the kernel hashing L4), the nodes keeping copies of each other's sessions
+//! (`--sync-listen` / `--sync-peer`), in network namespaces this test makes:
 //!
 //! ```text
-//!  ns c: client 198.51.100.2 ═ ns r: router ─ 192.0.2.10/32 multipath (L4 hash) ─┬─ ns g1: l4lb A ═╗
-//!                                  ║ 10.1.0.254                                  └─ ns g2: l4lb B ═╣ (sync: 10.3.0.1 ═ 10.3.0.2)
-//!                                  ║                                                               ║ VXLAN 42
+//!  ns c: client 198.51.100.2 ═ ns r: router (BIRD, AS 65000) ─ 192.0.2.10/32 via both ─┬─ ns g1: l4lb A ═╗ (BGP over 10.4.1.0/24)
+//!                                  ║ 10.1.0.254                                        └─ ns g2: l4lb B ═╣ (BGP over 10.4.2.0/24; sync: 10.3.0.1 ═ 10.3.0.2)
+//!                                  ║                                                                     ║ VXLAN 42
 //!                          ns s: bridge ═ b1 10.1.0.11, b2 10.1.0.12, b3 10.1.0.13 (the VIP on a Linux VXLAN device) ═╝
 //! ```
 //!
-//! Encap mode (direct server return): the backends answer through the router, never
-//! through the load balancers, so each node sees only its flows' client side. 24 TCP
-//! connections spread over both nodes by the router's hash; then the backend carrying the
-//! most is drained on both (it keeps its flows, takes no new ones) and node A fails: killed,
-//! its link down, so that the kernel drops its next hop. Every connection carries on with
-//! the backend it started on: node B forwards A's flows by its copies of A's sessions (a
-//! node without them would send a drained backend's flows elsewhere, whose kernel answers
-//! with a RST). Then A comes back empty: B's full resync gives it copies of every session,
-//! the router spreads the flows over both again, and every connection still answers from
-//! its own backend. Needs root, `ip` and python3: without them it skips, except under
-//! `CI=true`.
+//! Each node announces the VIP itself (`--bgp-peer`, [`nf_examples::bgp`]) with its own
+//! address as the next hop. Encap mode (direct server return): the backends answer through
+//! the router, never through the load balancers, so each node sees only its flows' client
+//! side. 24 TCP connections spread over both nodes by the router's hash; then the backend
+//! carrying the most is drained on both (it keeps its flows, takes no new ones) and node A
+//! fails: killed, so that its BGP session ends and the router withdraws its next hop. Every
+//! connection carries on with the backend it started on: node B forwards A's flows by its
+//! copies of A's sessions (a node without them would send a drained backend's flows
+//! elsewhere, whose kernel answers with a RST). Then A comes back empty: it announces the
+//! VIP only once B's full resync gave it copies of every session, the router spreads the
+//! flows over both again, and every connection still answers from its own backend. Needs
+//! root, `ip`, `bird` and python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -82,8 +84,49 @@ for _ in sys.stdin:
         time.sleep(0.05)
     print('results', *[','.join(x) for x in res], flush=True)";
 
+/// The router's BIRD: passive BGP sessions with both nodes (AS 65001), their VIP routes
+/// resolved over the data links and merged into one multipath kernel route.
+const BIRD_CONF: &str = "router id 10.4.0.1;
+protocol device { scan time 1; }
+protocol direct { ipv4; interface \"ra\", \"rb\"; }
+protocol kernel {
+  ipv4 { export where source = RTS_BGP; };
+  merge paths on;
+}
+template bgp node {
+  local as 65000;
+  passive on;
+  hold time 3;
+  keepalive time 1;
+  ipv4 { import all; export none; gateway recursive; igp table master4; };
+}
+protocol bgp na from node { neighbor 10.4.1.2 as 65001; }
+protocol bgp nb from node { neighbor 10.4.2.2 as 65001; }
+";
+
+/// Waits (15 s at most) until the router's kernel route to the VIP goes via exactly `hops`.
+fn wait_route(r: &str, hops: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let route = sh(&format!("ip -n {r} route show 192.0.2.10"));
+        let via: Vec<&str> = route
+            .split_whitespace()
+            .zip(route.split_whitespace().skip(1))
+            .filter(|(w, _)| *w == "via")
+            .map(|(_, a)| a)
+            .collect();
+        if via == hops {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the route to the VIP never went via {hops:?}: {route:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Node {
-    ns: String,
     lines: Receiver<String>,
     seen: Vec<String>,
     pid: u32,
@@ -109,16 +152,12 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
         .args(["--lb-key", LB_KEY])
         .args(["--sync-listen", &format!("10.3.0.{n}:7600")])
         .args(["--sync-peer", &format!("10.3.0.{peer}:7600")])
+        .args(["--bgp-peer", &format!("10.4.{n}.1")])
         .args(["--duration", "90"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
     wait_for(&lines, "l4lb: ready", 10, &mut seen);
-    Node {
-        ns: ns.to_string(),
-        lines,
-        seen,
-        pid,
-    }
+    Node { lines, seen, pid }
 }
 
 impl Node {
@@ -172,8 +211,10 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         eprintln!("SKIP: l4lb_ecmp needs root (set CI=true to make this a failure)");
         return;
     }
-    if !common::require("ip", &["-V"]) {
-        return;
+    for (tool, probe) in [("ip", "-V"), ("bird", "--version")] {
+        if !common::require(tool, &[probe]) {
+            return;
+        }
     }
     let t = format!("nfec{}", std::process::id());
     let [c, r, g1, g2, s, b1, b2, b3] =
@@ -216,14 +257,18 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
          ip -n {g1} link add sy type veth peer name sy netns {g2}
          ip -n {g1} addr add 10.3.0.1/24 dev sy; ip -n {g2} addr add 10.3.0.2/24 dev sy
          ip -n {g1} link set sy up; ip -n {g2} link set sy up
+         ip -n {r} link add bgpa type veth peer name bgp netns {g1}
+         ip -n {r} link add bgpb type veth peer name bgp netns {g2}
+         ip -n {r} addr add 10.4.1.1/24 dev bgpa; ip -n {r} addr add 10.4.2.1/24 dev bgpb
+         ip -n {g1} addr add 10.4.1.2/24 dev bgp; ip -n {g2} addr add 10.4.2.2/24 dev bgp
+         ip -n {r} link set bgpa up; ip -n {r} link set bgpb up
+         ip -n {g1} link set bgp up; ip -n {g2} link set bgp up
          ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1
          ip netns exec {r} sysctl -qw net.ipv4.fib_multipath_hash_policy=1
          for k in all default rc ra rb rs; do
            ip netns exec {r} sysctl -qw net.ipv4.conf.$k.rp_filter=0
            ip netns exec {r} sysctl -qw net.ipv4.conf.$k.send_redirects=0
-           ip netns exec {r} sysctl -qw net.ipv4.conf.$k.ignore_routes_with_linkdown=1
          done
-         ip -n {r} route add 192.0.2.10/32 nexthop via 10.2.1.2 dev ra nexthop via 10.2.2.2 dev rb
          for i in 1 2 3; do
            b={t}b$i
            ip -n $b link add eth0 type veth peer name s$i netns {s}
@@ -238,6 +283,22 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
          done
          ip -n {s} link set br0 up"
     ));
+    // The router: BGP with each node (passive: the nodes connect), the VIP's routes merged
+    // into one multipath route in the kernel, next hops resolved over the data links.
+    let conf = lab.dir.join("bird.conf");
+    std::fs::write(&conf, BIRD_CONF).unwrap();
+    let ctl = lab.dir.join("bird.ctl");
+    lab.spawn(
+        &r,
+        &[
+            "bird",
+            "-f",
+            "-c",
+            conf.to_str().unwrap(),
+            "-s",
+            ctl.to_str().unwrap(),
+        ],
+    );
     let py = common::system_python();
     for (ns, name) in [(&b1, "b1"), (&b2, "b2"), (&b3, "b3")] {
         lab.spawn(ns, &[py, "-c", NAME_SERVER, "192.0.2.10", "7000", name]);
@@ -260,7 +321,9 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     let mut b = start_node(&mut lab, &g2, 2, &file);
     a.wait("sync: connected", 10);
     b.wait("sync: connected", 10);
-    std::thread::sleep(Duration::from_millis(300));
+    a.wait("bgp: announcing", 15);
+    b.wait("bgp: announcing", 15);
+    wait_route(&r, &["10.2.1.2", "10.2.2.2"]);
 
     const ROUNDS: usize = 10;
     let mut client = Command::new("ip")
@@ -302,13 +365,11 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         wait_for(&n.lines, "l4lb: reloaded", 5, &mut n.seen);
     }
 
-    // Node A fails: the process dies and its link goes down, so the router's kernel
-    // skips its next hop; B finds the sync connection closed and takes A's sessions over.
-    sh(&format!(
-        "kill -KILL {}; ip -n {} link set cg down",
-        a.pid, a.ns
-    ));
+    // Node A fails: the process dies, its BGP session with it, and the router withdraws
+    // its next hop; B finds the sync connection closed and takes A's sessions over.
+    sh(&format!("kill -KILL {}", a.pid));
     b.wait("sync: peer down", 10);
+    wait_route(&r, &["10.2.2.2"]);
     assert_kept(
         "after A failed",
         &first,
@@ -316,11 +377,19 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         ROUNDS,
     );
 
-    // A comes back with an empty table: B gives it a full resync, the router spreads the
-    // flows over both again, and A carries its share by its copies.
-    sh(&format!("ip -n {} link set cg up", a.ns));
+    // A comes back with an empty table: it announces the VIP only once B's full resync has
+    // given it every session; the router spreads the flows over both again, and A carries
+    // its share by its copies.
     let mut a = start_node(&mut lab, &g1, 1, &file);
-    a.wait("sync: resync from the peer done: ", 10);
+    a.wait("bgp: announcing", 15);
+    let at = |what: &str| a.seen.iter().position(|l| l.contains(what));
+    assert!(
+        at("sync: resync from the peer done: 24 sessions").unwrap()
+            < at("bgp: announcing").unwrap(),
+        "{:?}",
+        a.seen
+    );
+    wait_route(&r, &["10.2.1.2", "10.2.2.2"]);
     assert_kept(
         "after A came back",
         &first,
@@ -341,6 +410,10 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     // The new A received every session from B, and then carried flows by those copies.
     assert!(get(&ca, "sync.created") >= CONNECTIONS as u64, "{ca:?}");
     assert!(get(&ca, "tunnel_encap.packets") > 0, "{ca:?}");
+    for (m, who) in [(&ca, "A"), (&cb, "B")] {
+        assert_eq!(get(m, "bgp.errors"), 0, "{who}: {m:?}");
+        assert!(get(m, "bgp.announces") >= 1, "{who}: {m:?}");
+    }
     for (m, who) in [(&ca, "A"), (&cb, "B")] {
         for k in ["sync.apply_errors", "sync.bad_frames", "sync.send_dropped"] {
             assert_eq!(get(m, k), 0, "{who}: {k}: {m:?}");

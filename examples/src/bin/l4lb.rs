@@ -48,8 +48,9 @@
 //! Maglev tables). With `--sync-listen` and `--sync-peer` two of them keep copies of each
 //! other's sessions ([`nf_examples::sync`]): when one fails, or the router in front moves
 //! its flows, the other forwards them by the copies, to the backends they started on, even
-//! after the pool changed; a node that comes back gets every session again before it
-//! carries any (a deployment announces its route only after that resync).
+//! after the pool changed. With `--bgp-peer` each node announces the VIPs to the router
+//! itself ([`nf_examples::bgp`]), and with sync only once it holds its peer's sessions: a
+//! node that comes back takes traffic only after its resync.
 //!
 //! On SIGHUP the file is read again and the new pool replaces the old one in whole
 //! (established flows stay where they are); a file that does not parse changes nothing.
@@ -59,8 +60,8 @@
 //! namespaces and checks the spread, the client addresses and a transfer that survives
 //! changes to the other backends (DNAT), and the spread with the backends' answers going
 //! straight to the client through Linux VXLAN devices (encap). `examples/tests/l4lb_ecmp.rs`
-//! puts two synced nodes behind a Linux router's multipath route and fails one of them
-//! under 24 open connections.
+//! puts two synced nodes behind a BGP router (BIRD) and fails one of them under 24 open
+//! connections.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -77,6 +78,7 @@ fn main() -> std::process::ExitCode {
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes};
     use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
+    use nf_examples::bgp::{BgpConfig, BgpSpeaker};
     use nf_examples::io::{IoKind, RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
@@ -99,6 +101,7 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT]
+            [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -133,6 +136,11 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          address, on neither interface above)
   --sync-peer A:P        session sync: the peer's --sync-listen; each keeps a copy of
                          the other's sessions and carries them on when it fails
+  --bgp-peer A[:P]       announce the VIPs (/32, next hop: --client-addr) to the router
+                         at A (port 179) over BGP; with sync, only once the peer's
+                         sessions are here (or no peer came within 2 s)
+  --bgp-as N             this node's AS number (default 65001)
+  --bgp-peer-as N        the router's AS number (default 65000)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
@@ -158,6 +166,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         cpu: Option<usize>,
         lb_key: Option<[u8; 16]>,
         sync: Option<(SocketAddr, SocketAddr)>,
+        /// `--bgp-peer`, `--bgp-as`, `--bgp-peer-as`.
+        bgp: Option<(SocketAddr, u32, u32)>,
     }
 
     /// `--mode encap`'s settings.
@@ -184,6 +194,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
         let (mut lb_key, mut sync_listen, mut sync_peer) = (None, None, None);
+        let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -248,6 +259,16 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--lb-key" => lb_key = Some(parse_key(&value).ok_or_else(|| bad("32 hex digits"))?),
                 "--sync-listen" => sync_listen = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
                 "--sync-peer" => sync_peer = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
+                "--bgp-peer" => {
+                    bgp_peer = Some(
+                        value
+                            .parse::<SocketAddr>()
+                            .or_else(|_| value.parse::<Ipv4Addr>().map(|a| (a, 179).into()))
+                            .map_err(|_| bad("IPV4[:PORT]"))?,
+                    )
+                }
+                "--bgp-as" => bgp_as = value.parse().map_err(|_| bad("an AS number"))?,
+                "--bgp-peer-as" => bgp_peer_as = value.parse().map_err(|_| bad("an AS number"))?,
                 "--on-down" => {
                     on_down = match value.as_str() {
                         "reset" => OnDown::Reset,
@@ -285,6 +306,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             cpu,
             lb_key,
             sync,
+            bgp: bgp_peer.map(|p| (p, bgp_as, bgp_peer_as)),
         }))
     }
 
@@ -359,6 +381,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         encap: Option<Encap>,
         /// Session sync with a peer load balancer (`--sync-listen`, `--sync-peer`).
         sync: Option<SyncLink>,
+        /// The VIPs' announcement to the router (`--bgp-peer`).
+        bgp: Option<BgpSpeaker>,
     }
 
     impl Balancer {
@@ -448,6 +472,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if let Some(s) = &mut self.sync {
                 s.poll(now, &mut self.lb);
             }
+            if let Some(b) = &self.bgp {
+                // Traffic only once this node holds its peer's sessions.
+                b.set_announce(self.sync.as_mut().is_none_or(|s| s.ready(now)));
+            }
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
@@ -459,6 +487,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             }
             if let Some(s) = &self.sync {
                 s.visit_counters(f);
+            }
+            if let Some(b) = &self.bgp {
+                b.visit_counters(f);
             }
         }
 
@@ -559,8 +590,25 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             file: args.backends.clone(),
             encap,
             sync,
+            bgp: None,
         };
         let what = f.reload()?;
+        if let Some((peer, local_as, peer_as)) = args.bgp {
+            let mut prefixes: Vec<(Ipv4Addr, u8)> =
+                args.vips.iter().map(|(v, _)| (*v.ip(), 32)).collect();
+            prefixes.sort_unstable();
+            prefixes.dedup();
+            let cfg = BgpConfig {
+                peer,
+                local_as,
+                peer_as,
+                router_id: args.client_addr.addr,
+                next_hop: args.client_addr.addr,
+                prefixes,
+                hold: 9,
+            };
+            f.bgp = Some(BgpSpeaker::start(cfg).map_err(|e| format!("bgp: {e}"))?);
+        }
         say!(
             "l4lb: ready: VIP {:?} on {} ({}), {what} on {} ({})",
             args.vips,
@@ -610,6 +658,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             );
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
+            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001").into_iter()).unwrap().unwrap();
+            assert_eq!(
+                bgp.bgp,
+                Some(("10.4.1.1:179".parse().unwrap(), 4_200_000_001, 65_000))
+            );
+            assert_eq!(a.bgp, None);
             let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600").into_iter()).unwrap().unwrap();
             assert_eq!(synced.lb_key, Some(core::array::from_fn(|i| i as u8)));
             assert_eq!(
@@ -634,6 +688,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--lb-key 000102030405060708090a0b0c0d0eZZ",
                 "--sync-listen 10.3.0.1:7600",
                 "--sync-peer 10.3.0.2",
+                "--bgp-peer 10.4.1",
+                "--bgp-as x",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
             }
