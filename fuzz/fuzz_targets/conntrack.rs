@@ -137,7 +137,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     let p = t.export_changes(now, max, &mut buf);
                     assert!(p.ended + p.changed <= max);
                     in_sync &= p.lost == 0;
-                    let r = replica.apply(now, &buf).unwrap();
+                    let r = replica.apply_from(now, 1, &buf).unwrap();
                     assert_eq!(r.ended + r.absent, p.ended);
                     assert_eq!(r.created + r.refreshed + r.skipped + r.refused, p.changed);
                     in_sync &= r.skipped == 0;
@@ -152,11 +152,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     if in_sync {
                         break;
                     }
-                    replica.begin_resync(|_| true);
+                    replica.begin_resync(|s| s.origin == 1);
                     let mut buf = Vec::new();
                     t.export(now, 0, usize::MAX, &mut buf);
-                    let r = replica.apply(now, &buf).unwrap();
-                    replica.end_resync();
+                    let r = replica.apply_from(now, 1, &buf).unwrap();
+                    replica.end_resync_where(|s| s.origin == 1);
                     in_sync = r.skipped == 0;
                 }
                 live.retain(|h, _| t.is_live(*h));
@@ -168,12 +168,13 @@ fuzz_target!(|ops: Vec<Op>| {
                         assert_eq!(a.session, b.session);
                         assert_eq!((a.direction, b.direction), (Direction::Original, Direction::Reply));
                         assert_eq!(replica.state(a.session), t.state(*h));
+                        assert_eq!(replica.info(a.session).unwrap().origin, 1);
                     }
                 }
             }
             Op::Apply(bytes) => {
                 let before = replica.len();
-                match replica.apply(now, &bytes) {
+                match replica.apply_from(now, 1, &bytes) {
                     Ok(_) => in_sync = false,
                     Err(_) => assert_eq!(replica.len(), before),
                 }

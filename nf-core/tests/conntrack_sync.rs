@@ -420,6 +420,60 @@ fn a_sweep_sends_a_nodes_own_sessions_not_its_copies_of_its_peers() {
 }
 
 #[test]
+fn a_node_replicated_by_two_primaries_handles_each_by_its_origin() {
+    let now = Instant::from_nanos(5_000_000_000);
+    let (mut a, mut b) = (
+        Table::new(cfg(64, 64)).unwrap(),
+        Table::new(cfg(64, 64)).unwrap(),
+    );
+    let mut c = Table::new(cfg(64, 64)).unwrap();
+    for i in 0..4 {
+        open_udp(&mut a, now, i);
+        open_udp(&mut b, now, 20 + i);
+    }
+    let drain = |from: &mut Table, origin: u8, to: &mut Table| {
+        let mut buf = Vec::new();
+        from.export_changes(now, 100, &mut buf);
+        to.apply_from(now, origin, &buf).unwrap()
+    };
+    assert_eq!(drain(&mut a, 1, &mut c).created, 4);
+    assert_eq!(drain(&mut b, 2, &mut c).created, 4);
+    let origin = |t: &Table, i: u32| t.info(t.lookup(&flow(i)).unwrap().session).unwrap().origin;
+    assert_eq!((origin(&c, 0), origin(&c, 20)), (1, 2));
+    // The primaries' own sessions have no origin.
+    assert_eq!(origin(&a, 0), 0);
+    // A lost events (two of its sessions ended unseen) and resyncs C: only A's copies are
+    // in question, and B's stay whatever A sends.
+    for i in [2, 3] {
+        let h = a.lookup(&flow(i)).unwrap().session;
+        a.remove(h);
+    }
+    a.export_changes(now, 100, &mut Vec::new());
+    assert_eq!(c.begin_resync(|s| s.origin == 1), 4);
+    let mut sweep = Vec::new();
+    a.export(now, 0, usize::MAX, &mut sweep);
+    assert_eq!(c.apply_from(now, 1, &sweep).unwrap().refreshed, 2);
+    assert_eq!(c.end_resync_where(|s| s.origin == 1), 2);
+    assert_eq!(c.len(), 6);
+    // B fails: C takes over B's four, not A's two.
+    assert_eq!(c.take_over_replicas(|s| s.origin == 2), 4);
+    assert_eq!((origin(&c, 0), origin(&c, 20)), (1, 0));
+    // A copy refreshed by another sender takes that sender as its origin (a flow whose
+    // session a surviving node took over and now sends on).
+    let mut d = Table::new(cfg(64, 64)).unwrap();
+    assert_eq!(
+        drain(&mut a, 3, &mut d).created,
+        0,
+        "A's journal is drained"
+    );
+    let mut chunk = Vec::new();
+    a.export(now, 0, usize::MAX, &mut chunk);
+    assert_eq!(d.apply_from(now, 3, &chunk).unwrap().created, 2);
+    assert_eq!(d.apply_from(now, 4, &chunk).unwrap().refreshed, 2);
+    assert_eq!(origin(&d, 0), 4);
+}
+
+#[test]
 fn taking_replicas_over_makes_them_journaled_sessions() {
     let now = Instant::from_nanos(5_000_000_000);
     let mut a = Table::new(cfg(64, 64)).unwrap();

@@ -445,6 +445,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             established: r.established,
             deadline: now + r.remaining,
             value: (),
+            origin: 0,
         };
         let Some(value) = adopt.adopt(now, &session, r.value) else {
             return Adopted::Refused;

@@ -611,6 +611,7 @@ pub(super) fn with_value<V, W>(s: &SessionInfo<V>, value: W) -> SessionInfo<W> {
         established: s.established,
         deadline: s.deadline,
         value,
+        origin: s.origin,
     }
 }
 
@@ -833,5 +834,6 @@ pub(super) fn aborted<V>(
         established: false,
         deadline: now,
         value,
+        origin: 0,
     }
 }

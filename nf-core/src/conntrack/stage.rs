@@ -460,11 +460,26 @@ impl<S: SessionService> Conntrack<S> {
     /// [`ImportError`] for truncated, corrupt or incompatible input (the stage is unchanged),
     /// [`ImportError::Unsupported`] when a service's sessions cannot move.
     pub fn apply(&mut self, now: Instant, bytes: &[u8]) -> Result<ApplyReport, ImportError> {
+        self.apply_from(now, 0, bytes)
+    }
+
+    /// [`Self::apply`] for a node replicated by several primaries: the copies remember
+    /// `origin`, the sending node as this node numbers its peers, so that one primary's
+    /// resync and failure touch its copies alone (see [`SessionTable::apply_from`]).
+    ///
+    /// # Errors
+    /// As [`Self::apply`].
+    pub fn apply_from(
+        &mut self,
+        now: Instant,
+        origin: u8,
+        bytes: &[u8],
+    ) -> Result<ApplyReport, ImportError> {
         let vlen = S::EXPORT_LEN.ok_or(ImportError::Unsupported)?;
         let mut adopt = Adopting(&mut self.service, true);
         match super::sync::chunk_family(bytes)? {
-            4 => self.v4.apply_with(now, bytes, vlen, &mut adopt),
-            6 => self.v6.apply_with(now, bytes, vlen, &mut adopt),
+            4 => self.v4.apply_with(now, origin, bytes, vlen, &mut adopt),
+            6 => self.v6.apply_with(now, origin, bytes, vlen, &mut adopt),
             _ => Err(ImportError::Corrupt),
         }
     }
@@ -492,9 +507,21 @@ impl<S: SessionService> Conntrack<S> {
     /// service hearing of each ([`SessionService::on_end`], [`EndCause::Removed`]). Returns
     /// how many.
     pub fn end_resync(&mut self, now: Instant) -> usize {
+        self.end_resync_where(now, |_| true)
+    }
+
+    /// [`Self::end_resync`] for the copies `which` selects only (one primary's, by
+    /// [`SessionInfo::origin`], while another's resync may be under way; see
+    /// [`Self::apply_from`]).
+    pub fn end_resync_where(
+        &mut self,
+        now: Instant,
+        mut which: impl FnMut(&SessionInfo<S::Value>) -> bool,
+    ) -> usize {
         let service = &mut self.service;
         let mut end = |info: &SessionInfo<S::Value>| service.on_end(now, info, EndCause::Removed);
-        self.v4.remove_unconfirmed(&mut end) + self.v6.remove_unconfirmed(&mut end)
+        self.v4.remove_unconfirmed(&mut which, &mut end)
+            + self.v6.remove_unconfirmed(&mut which, &mut end)
     }
 
     /// The session service.

@@ -247,7 +247,30 @@ impl<K: SessionKey, V: SessionValue> SessionTable<K, V> {
     /// # Errors
     /// [`ImportError`] for truncated, corrupt or incompatible input; the table is unchanged.
     pub fn apply(&mut self, now: Instant, bytes: &[u8]) -> Result<ApplyReport, ImportError> {
-        self.apply_with(now, bytes, V::ENCODED_LEN, &mut super::export::Decode)
+        self.apply_from(now, 0, bytes)
+    }
+
+    /// [`Self::apply`] for a node replicated by several primaries: the copies it creates or
+    /// refreshes remember `origin` (the sending node, as this node numbers its peers;
+    /// [`SessionInfo::origin`]), so that one primary's resync and failure can be handled
+    /// for its copies alone ([`Self::begin_resync`], [`Self::end_resync_where`],
+    /// [`Self::take_over_replicas`] selecting by origin).
+    ///
+    /// # Errors
+    /// [`ImportError`] for truncated, corrupt or incompatible input; the table is unchanged.
+    pub fn apply_from(
+        &mut self,
+        now: Instant,
+        origin: u8,
+        bytes: &[u8],
+    ) -> Result<ApplyReport, ImportError> {
+        self.apply_with(
+            now,
+            origin,
+            bytes,
+            V::ENCODED_LEN,
+            &mut super::export::Decode,
+        )
     }
 }
 
@@ -321,7 +344,14 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     /// Ends a resync ([`Self::begin_resync`]): removes the copies no record confirmed since;
     /// returns how many. `O(capacity)`, cold path.
     pub fn end_resync(&mut self) -> usize {
-        self.remove_unconfirmed(&mut |_| {})
+        self.remove_unconfirmed(&mut |_| true, &mut |_| {})
+    }
+
+    /// [`Self::end_resync`] for the copies `which` selects only: a node replicated by
+    /// several primaries ends one primary's resync while another's may be under way (select
+    /// by [`SessionInfo::origin`]).
+    pub fn end_resync_where(&mut self, mut which: impl FnMut(&SessionInfo<V>) -> bool) -> usize {
+        self.remove_unconfirmed(&mut which, &mut |_| {})
     }
 }
 
@@ -382,6 +412,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
     pub(in crate::conntrack) fn apply_with<A: Adopt<V>>(
         &mut self,
         now: Instant,
+        origin: u8,
         bytes: &[u8],
         vlen: usize,
         adopt: &mut A,
@@ -397,6 +428,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         }
         let mut report = ApplyReport::default();
         self.journal_pause(true);
+        self.set_applying(origin);
         // In groups, as an import does: every key of a group hashed and its bucket
         // prefetched before the first is looked up, so that the misses overlap.
         let el = chunk.ended_len;
@@ -436,6 +468,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             }
         }
         self.journal_pause(false);
+        self.set_applying(0);
         Ok(report)
     }
 
@@ -463,6 +496,10 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             if same {
                 let (state, est, fin) = (r.state, r.established, r.fin_reply);
                 self.restore(h.session, now, state, est, fin, r.remaining);
+                if self.is_replica(h.session.index) {
+                    // The copy's primary is whoever sent it last.
+                    self.set_origin(h.session.index);
+                }
                 report.refreshed += 1;
                 return;
             }

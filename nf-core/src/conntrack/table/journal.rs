@@ -32,6 +32,12 @@ pub(super) struct Journal<K> {
     paused: bool,
     /// Events dropped since the last drain (a list was full).
     lost: u64,
+    /// Per record: the primary a replica copy came from (the `origin` of
+    /// [`SessionTable::apply_from`]), valid only while the record has [`F_REPLICA`]; empty
+    /// until a chunk with an origin other than 0 is applied.
+    origins: Vec<u8>,
+    /// The origin of the chunk being applied.
+    applying: u8,
 }
 
 impl<K> Journal<K> {
@@ -43,7 +49,19 @@ impl<K> Journal<K> {
             ended: Vec::with_capacity(cap),
             paused: false,
             lost: 0,
+            origins: Vec::new(),
+            applying: 0,
         }
+    }
+
+    /// Bytes allocated.
+    pub(super) fn allocated_bytes(&self) -> usize
+    where
+        K: Copy,
+    {
+        self.dirty.capacity() * core::mem::size_of::<u32>()
+            + self.ended.capacity() * core::mem::size_of::<Ended<K>>()
+            + self.origins.capacity()
     }
 
     #[inline(always)]
@@ -210,10 +228,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         })
     }
 
-    /// Removes the replica copies still unconfirmed (see [`SessionTable::end_resync`]),
-    /// telling `end` of each; returns how many.
+    /// Removes the replica copies `which` selects that are still unconfirmed (see
+    /// [`SessionTable::end_resync`]), telling `end` of each; returns how many.
     pub(in crate::conntrack) fn remove_unconfirmed(
         &mut self,
+        which: &mut dyn FnMut(&SessionInfo<V>) -> bool,
         end: &mut dyn FnMut(&SessionInfo<V>),
     ) -> usize {
         let mut n = 0;
@@ -225,6 +244,9 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
                 continue;
             }
             let info = self.info_of(idx, x);
+            if !which(&info) {
+                continue;
+            }
             self.remove_idx(idx);
             self.counters.removed += 1;
             end(&info);
@@ -233,11 +255,50 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         n
     }
 
-    /// Marks the live session in slot `idx` as a replica's copy.
+    /// Marks the live session in slot `idx` as a replica's copy, of the primary whose chunk
+    /// is being applied.
     pub(super) fn mark_replica(&mut self, idx: u32) {
         if let Some(x) = self.recs.get_mut(idx as usize) {
             x.flags |= F_REPLICA;
         }
+        self.set_origin(idx);
+    }
+
+    /// Records the origin of the chunk being applied for the copy in slot `idx`. Cold:
+    /// allocates the per-record origins at the first origin other than 0.
+    pub(in crate::conntrack) fn set_origin(&mut self, idx: u32) {
+        let o = self.journal.applying;
+        if o == 0 && self.journal.origins.is_empty() {
+            return;
+        }
+        if self.journal.origins.is_empty() {
+            self.journal.origins = alloc::vec![0; self.recs.len()];
+        }
+        if let Some(slot) = self.journal.origins.get_mut(idx as usize) {
+            *slot = o;
+        }
+    }
+
+    /// The primary the record in slot `idx` (flags `flags`) is a copy of: 0 for this table's
+    /// own sessions.
+    #[inline]
+    pub(super) fn origin_of(&self, idx: u32, flags: u8) -> u8 {
+        if flags & F_REPLICA == 0 {
+            return 0;
+        }
+        self.journal.origins.get(idx as usize).copied().unwrap_or(0)
+    }
+
+    /// Whether the live record in slot `idx` is a replica's copy.
+    pub(in crate::conntrack) fn is_replica(&self, idx: u32) -> bool {
+        self.recs
+            .get(idx as usize)
+            .is_some_and(|x| x.flags & F_REPLICA != 0)
+    }
+
+    /// Sets the origin of what is applied next (see [`SessionTable::apply_from`]).
+    pub(in crate::conntrack) fn set_applying(&mut self, origin: u8) {
+        self.journal.applying = origin;
     }
 
     /// Events lost since the last call (and the count reset).

@@ -279,6 +279,10 @@ pub struct SessionInfo<V> {
     pub deadline: Instant,
     /// The caller's value.
     pub value: V,
+    /// The node a replica's copy came from: the `origin` given to
+    /// [`SessionTable::apply_from`] (0 for [`SessionTable::apply`]); 0 for this table's own
+    /// sessions.
+    pub origin: u8,
 }
 
 /// Table counters (monotonic).
@@ -527,6 +531,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             + self.wheel.capacity() * size_of::<[u32; 2]>()
             + self.occupied.capacity() * size_of::<u64>()
             + self.zones.capacity() * size_of::<Zone>()
+            + self.journal.allocated_bytes()
             + size_of::<Self>()
     }
 
@@ -606,6 +611,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             established: x.flags & F_ASSURED != 0,
             deadline: self.tick_instant(self.unwrap_tick(x.deadline)),
             value: x.value,
+            origin: self.origin_of(idx, x.flags),
         }
     }
 
