@@ -1,47 +1,55 @@
-//! Session sync between two nodes over TCP: each node keeps a replica of the other's
-//! sessions, so that when one fails (or an ECMP router in front moves its flows) the other
-//! already holds them and carries the connections on.
+//! Session sync between the nodes of a fleet over TCP: every node keeps a copy of every
+//! other node's sessions, so that when one fails — or the ECMP router in front moves flows
+//! between nodes, which a plain hash-threshold router does to survivors' flows too when one
+//! next hop leaves — the node the flows land on already holds them and carries the
+//! connections on.
 //!
 //! ```text
-//!  node A: conntrack journal ─► export_changes ─► [sync-out thread] ══TCP══► [sync-in thread] ─► apply ─► node B
-//!  node A ◄─ apply ◄─ [sync-in thread] ◄══TCP══ [sync-out thread] ◄─ export_changes ◄─ journal: node B
+//!  node A: conntrack journal ─► export_changes ─► [sync-out thread per peer] ══TCP══► [sync-in thread] ─► apply_from(A) ─► node B, C, ...
+//!  node A ◄─ apply_from(B), apply_from(C) ◄─ [sync-in threads] ◄══TCP══ each peer's sync-out thread
 //! ```
 //!
 //! The packet loop owns the connection-tracking stage and calls [`SyncLink::poll`] between
-//! batches: it applies what the peer sent, then, every [`SyncConfig::every`], drains its
-//! own change journal ([`Conntrack::export_changes`]) into delta chunks for the peer. Two
-//! threads do the blocking socket work, so the packet loop never waits on the network: one
-//! connects to the peer and writes the frames the loop hands it (a heartbeat when there is
-//! nothing to say), one accepts the peer's connection and reads its frames.
+//! batches: it applies what the peers sent, then, every [`SyncConfig::every`], drains its
+//! own change journal ([`Conntrack::export_changes`]) into delta chunks, one copy for each
+//! peer. Threads do the blocking socket work, so the packet loop never waits on the
+//! network: one per peer connects to it and writes the frames the loop hands it (a
+//! heartbeat when there is nothing to say), one accepts the peers' connections and one per
+//! connection reads its frames.
+//!
+//! A connection opens with a *hello* naming the sender's listening address; the receiver
+//! numbers its peers by their place in [`SyncConfig::peers`] (from 1), and every copy it
+//! makes remembers that number as its origin ([`Conntrack::apply_from`],
+//! `SessionInfo::origin`), so that one peer's resync and failure touch its copies alone.
 //!
 //! - **Full resync.** On every new connection, and whenever the journal lost events (it was
-//!   full), the sender walks its whole table ([`Conntrack::export`], a replica's copies left
-//!   out) between a *begin* and an *end* frame, a bounded number of chunks per poll, deltas
-//!   still flowing beside it; the receiver marks its copies of the peer's sessions
-//!   unconfirmed at *begin* and removes those still unconfirmed at *end*
-//!   ([`Conntrack::begin_resync`], [`Conntrack::end_resync`]).
+//!   full), the sender walks its whole table ([`Conntrack::export`], copies of others'
+//!   sessions left out) between a *begin* and an *end* frame, a bounded number of chunks
+//!   per poll, deltas still flowing beside it; the receiver marks its copies of that peer's
+//!   sessions unconfirmed at *begin* and removes those still unconfirmed at *end*
+//!   ([`Conntrack::begin_resync`], [`Conntrack::end_resync_where`]).
 //! - **Sweep.** Every [`SyncConfig::sweep`] the same walk without *begin* and *end*: it
-//!   refreshes the remaining lifetimes of long-lived sessions on the replica (a refreshed
+//!   refreshes the remaining lifetimes of long-lived sessions on the peers (a refreshed
 //!   deadline is no journal event).
-//! - **Peer failure.** A peer that closes the connection, sends a frame that does not
-//!   parse, or says nothing (not even a heartbeat) for [`SyncConfig::dead_after`] is taken
-//!   as failed: its sessions become this node's own
-//!   ([`Conntrack::take_over_replicas`]), journaled and replicated onward when a peer
-//!   connects again. Until then a copy already serves the packets that reach this node.
+//! - **Peer failure.** A peer whose connection closes, sends a frame that does not parse,
+//!   or says nothing (not even a heartbeat) for [`SyncConfig::dead_after`] is taken as
+//!   failed: its sessions become this node's own ([`Conntrack::take_over_replicas`] of its
+//!   origin), journaled and replicated onward. Until then a copy already serves the packets
+//!   that reach this node. Every survivor takes the failed node's sessions over; the router
+//!   decides which one sees each flow.
+//! - **Ready.** [`SyncLink::ready`] says when a node that just started holds what its peers
+//!   would give it: announce routes (take traffic) only then.
 //! - **Bounded.** Frames are at most [`MAX_FRAME`] bytes (a longer length prefix ends the
-//!   connection, counted `bad_frames`); the loop hands the sender at most
+//!   connection, counted `bad_frames`); the loop hands each sender at most
 //!   [`QUEUE_FRAMES`] frames (more: dropped, counted `send_dropped`, and a full resync
 //!   follows), applies at most [`FRAMES_PER_POLL`] frames and writes at most
-//!   [`CHUNKS_PER_POLL`] chunks per poll.
+//!   [`CHUNKS_PER_POLL`] chunks per poll and peer; at most [`MAX_PEERS`] peers.
 //!
 //! On the wire each frame is a 4-byte big-endian length (of what follows), a kind byte and
 //! the payload: a delta chunk ([`Conntrack::export_changes`]), an export chunk
-//! ([`Conntrack::export`]), or nothing (*begin*, *end*, heartbeat). Chunks carry their own
-//! checksum; the link itself is not authenticated: run it on a management network.
-//!
-//! Two nodes each take the other's sessions over when it fails; with more than two, which
-//! node carries a failed node's flows is for the ECMP layer in front to decide (each copy
-//! would need its origin), which this link does not yet do.
+//! ([`Conntrack::export`]), the sender's listening address as text (*hello*), or nothing
+//! (*begin*, *end*, heartbeat). Chunks carry their own checksum; the link itself is not
+//! authenticated: run it on a management network.
 
 use nf_core::conntrack::{Conntrack, SessionService};
 use nf_core::{Duration, Family, Instant};
@@ -53,13 +61,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError
 
 /// The longest frame either side sends or accepts (length prefix excluded).
 pub const MAX_FRAME: usize = 4 << 20;
-/// Frames the packet loop may queue for the sender thread.
+/// Frames the packet loop may queue for each peer's sender thread.
 pub const QUEUE_FRAMES: usize = 256;
-/// Frames from the peer applied per [`SyncLink::poll`] at most.
+/// Frames from the peers applied per [`SyncLink::poll`] at most.
 pub const FRAMES_PER_POLL: usize = 64;
-/// Chunks written per [`SyncLink::poll`] at most (deltas and a full walk's export chunks
-/// each).
+/// Chunks written per [`SyncLink::poll`] and peer at most (deltas and a full walk's export
+/// chunks each).
 pub const CHUNKS_PER_POLL: usize = 16;
+/// The most peers of one node (origins 1 to 254).
+pub const MAX_PEERS: usize = 254;
 /// Events per delta chunk and sessions per export chunk.
 const PER_CHUNK: usize = 1024;
 
@@ -69,29 +79,31 @@ const BEGIN: u8 = 2;
 const EXPORT: u8 = 3;
 const END: u8 = 4;
 const HEARTBEAT: u8 = 5;
+const HELLO: u8 = 6;
 
 /// Where the link listens and connects, and its timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncConfig {
-    /// The address the peer connects to (this node's replica side).
+    /// The address the peers connect to.
     pub listen: SocketAddr,
-    /// The peer's listening address (where this node's changes go).
-    pub peer: SocketAddr,
+    /// The peers' listening addresses (where this node's changes go, and whom it accepts
+    /// connections from): peer `i` is origin `i + 1`.
+    pub peers: Vec<SocketAddr>,
     /// How often the journal is drained (default 10 ms).
     pub every: Duration,
-    /// How often the whole table is swept to the peer (default 10 s).
+    /// How often the whole table is swept to the peers (default 10 s).
     pub sweep: Duration,
-    /// Silence after which the peer is taken as failed (default 1 s; heartbeats go every
+    /// Silence after which a peer is taken as failed (default 1 s; heartbeats go every
     /// quarter of it).
     pub dead_after: Duration,
 }
 
 impl SyncConfig {
-    /// A link listening on `listen` and sending to `peer`, default timing.
-    pub fn new(listen: SocketAddr, peer: SocketAddr) -> Self {
+    /// A link listening on `listen` and sending to `peers`, default timing.
+    pub fn new(listen: SocketAddr, peers: Vec<SocketAddr>) -> Self {
         Self {
             listen,
-            peer,
+            peers,
             every: Duration::from_millis(10),
             sweep: Duration::from_millis(10_000),
             dead_after: Duration::from_millis(1_000),
@@ -99,24 +111,24 @@ impl SyncConfig {
     }
 }
 
-/// The link's counts (reported as stage `sync`).
+/// The link's counts, summed over the peers (reported as stage `sync`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncCounters {
-    /// Frames handed to the sender thread.
+    /// Frames handed to the sender threads.
     pub sent_frames: u64,
     /// Their bytes.
     pub sent_bytes: u64,
-    /// Frames dropped because the sender's queue was full (a full resync follows).
+    /// Frames dropped because a sender's queue was full (a full resync follows).
     pub send_dropped: u64,
-    /// Full resyncs started toward the peer.
+    /// Full resyncs started toward a peer.
     pub resyncs: u64,
-    /// Sweeps started toward the peer.
+    /// Sweeps started toward a peer.
     pub sweeps: u64,
     /// Journal events lost (the journal was full; a full resync follows).
     pub journal_lost: u64,
-    /// Frames received from the peer and applied.
+    /// Frames received from the peers and applied.
     pub received_frames: u64,
-    /// Sessions created by the peer's chunks.
+    /// Sessions created by the peers' chunks.
     pub created: u64,
     /// Sessions refreshed by them.
     pub refreshed: u64,
@@ -126,13 +138,14 @@ pub struct SyncCounters {
     pub ended: u64,
     /// Records not created (table or zone full) or refused by a service.
     pub skipped: u64,
-    /// Chunks that did not apply (damaged or incompatible: nothing changed).
+    /// Chunks that did not apply (damaged or incompatible: nothing changed), and frames of
+    /// an unknown kind.
     pub apply_errors: u64,
-    /// Copies a finished resync removed (the peer no longer had them).
+    /// Copies a finished resync removed (their peer no longer had them).
     pub resync_removed: u64,
-    /// Times the peer was taken as failed.
+    /// Times a peer was taken as failed.
     pub peer_down: u64,
-    /// Sessions taken over from a failed peer.
+    /// Sessions taken over from failed peers.
     pub taken_over: u64,
 }
 
@@ -143,18 +156,20 @@ struct IoCounters {
     connect_failures: AtomicU64,
     link_errors: AtomicU64,
     accepts: AtomicU64,
+    unknown_peers: AtomicU64,
     bad_frames: AtomicU64,
     silent: AtomicU64,
 }
 
-/// What the receiving thread hands the packet loop.
+/// What the receiving threads hand the packet loop, with the peer's origin.
 enum Inbound {
-    Frame(u8, Vec<u8>),
-    /// The peer's connection ended (closed, failed, silent or unparsable).
-    Down,
+    Frame(u8, u8, Vec<u8>),
+    /// The peer's connection ended (closed, failed, silent or unparsable) and no newer one
+    /// replaced it.
+    Down(u8),
 }
 
-/// A full walk of the table toward the peer under way.
+/// A full walk of the table toward one peer under way.
 #[derive(Clone, Copy, Debug)]
 struct Walk {
     /// A resync (between *begin* and *end*) rather than a sweep.
@@ -163,15 +178,37 @@ struct Walk {
     from: u32,
 }
 
-/// One node's end of the sync link; see the [module](self).
+/// What both sides of the link share about one peer.
+#[derive(Debug, Default)]
+struct PeerFlags {
+    /// This node's connection to the peer is up.
+    connected: AtomicBool,
+    /// The peer needs a full resync (a new connection, or frames dropped).
+    need_resync: AtomicBool,
+    /// The peer's connection to this node is open.
+    inbound: AtomicBool,
+    /// Connections accepted from the peer: only the latest one's end is its failure.
+    generation: AtomicU64,
+}
+
+/// One peer, as the packet loop sees it.
+struct Peer {
+    addr: SocketAddr,
+    origin: u8,
+    to_peer: SyncSender<Vec<u8>>,
+    flags: Arc<PeerFlags>,
+    walk: Option<Walk>,
+    /// A resync from the peer is under way (its *begin* arrived, its *end* not yet).
+    receiving_resync: bool,
+    /// A resync from the peer finished since this node started.
+    resynced: bool,
+}
+
+/// One node's end of the sync links; see the [module](self).
 pub struct SyncLink {
     cfg: SyncConfig,
-    to_peer: SyncSender<Vec<u8>>,
-    from_peer: Receiver<Inbound>,
-    connected: Arc<AtomicBool>,
-    need_resync: Arc<AtomicBool>,
-    /// The peer's connection to this node is open.
-    inbound: Arc<AtomicBool>,
+    peers: Vec<Peer>,
+    from_peers: Receiver<Inbound>,
     io: Arc<IoCounters>,
     /// The first poll.
     started: Option<Instant>,
@@ -179,9 +216,6 @@ pub struct SyncLink {
     ready: bool,
     next_send: Instant,
     next_sweep: Instant,
-    walk: Option<Walk>,
-    /// A resync from the peer is under way (its *begin* arrived, its *end* not yet).
-    receiving_resync: bool,
     counters: SyncCounters,
 }
 
@@ -227,46 +261,58 @@ fn std_duration(d: Duration) -> std::time::Duration {
 }
 
 impl SyncLink {
-    /// Binds the listening socket and starts the two socket threads.
+    /// Binds the listening socket and starts the socket threads.
     ///
     /// # Errors
-    /// The listening address cannot be bound, or a thread cannot start.
+    /// The listening address cannot be bound, more than [`MAX_PEERS`] peers, or a thread
+    /// cannot start.
     pub fn start(cfg: SyncConfig) -> io::Result<Self> {
+        if cfg.peers.len() > MAX_PEERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many peers",
+            ));
+        }
         let listener = TcpListener::bind(cfg.listen)?;
-        let (to_peer, outgoing) = mpsc::sync_channel(QUEUE_FRAMES);
-        let (incoming, from_peer) = mpsc::sync_channel(FRAMES_PER_POLL);
-        let connected = Arc::new(AtomicBool::new(false));
-        let need_resync = Arc::new(AtomicBool::new(false));
-        let inbound = Arc::new(AtomicBool::new(false));
+        let (incoming, from_peers) = mpsc::sync_channel(FRAMES_PER_POLL);
         let io = Arc::new(IoCounters::default());
         let dead = std_duration(cfg.dead_after).max(std::time::Duration::from_millis(10));
-        {
-            let (connected, need_resync, io) = (connected.clone(), need_resync.clone(), io.clone());
-            let peer = cfg.peer;
+        let hello = frame(HELLO, cfg.listen.to_string().as_bytes());
+        let mut peers = Vec::with_capacity(cfg.peers.len());
+        for (&addr, origin) in cfg.peers.iter().zip(1u8..) {
+            let (to_peer, outgoing) = mpsc::sync_channel(QUEUE_FRAMES);
+            let flags = Arc::new(PeerFlags::default());
+            let (f, io, hello) = (flags.clone(), io.clone(), hello.clone());
             std::thread::Builder::new()
-                .name("sync-out".into())
-                .spawn(move || send_loop(peer, &outgoing, &connected, &need_resync, &io, dead))?;
+                .name(format!("sync-out-{origin}"))
+                .spawn(move || send_loop(addr, &hello, &outgoing, &f, &io, dead))?;
+            peers.push(Peer {
+                addr,
+                origin,
+                to_peer,
+                flags,
+                walk: None,
+                receiving_resync: false,
+                resynced: false,
+            });
         }
+        let known: Vec<(SocketAddr, Arc<PeerFlags>)> =
+            peers.iter().map(|p| (p.addr, p.flags.clone())).collect();
         {
-            let (io, inbound) = (io.clone(), inbound.clone());
+            let io = io.clone();
             std::thread::Builder::new()
-                .name("sync-in".into())
-                .spawn(move || receive_loop(&listener, &incoming, &inbound, &io, dead))?;
+                .name("sync-accept".into())
+                .spawn(move || accept_loop(&listener, &known, &incoming, &io, dead))?;
         }
         Ok(Self {
             cfg,
-            to_peer,
-            from_peer,
-            connected,
-            need_resync,
-            inbound,
+            peers,
+            from_peers,
             io,
             started: None,
             ready: false,
             next_send: Instant::ZERO,
             next_sweep: Instant::ZERO,
-            walk: None,
-            receiving_resync: false,
             counters: SyncCounters::default(),
         })
     }
@@ -276,33 +322,41 @@ impl SyncLink {
         &self.counters
     }
 
-    /// Whether the connection toward the peer is up.
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+    /// How many peers this node's connections are up to.
+    pub fn connected(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|p| p.flags.connected.load(Ordering::Acquire))
+            .count()
     }
 
-    /// Whether this node holds what its peer would give it, so that it may take traffic
-    /// (announce its routes): a resync from the peer finished, or no peer connected within
-    /// twice [`SyncConfig::dead_after`] of the first [`Self::poll`] (the first node up, or a
-    /// peer that is down). Once true, it stays true.
+    /// Whether this node holds what its peers would give it, so that it may take traffic
+    /// (announce its routes): every peer's resync finished, or, twice
+    /// [`SyncConfig::dead_after`] after the first [`Self::poll`], that of every peer
+    /// connected to it by then (peers that are down, or a first node up, are not waited
+    /// for). Once true, it stays true.
     pub fn ready(&mut self, now: Instant) -> bool {
         if !self.ready {
             let grace = Duration::from_nanos(self.cfg.dead_after.as_nanos().saturating_mul(2));
-            let alone = !self.inbound.load(Ordering::Acquire)
-                && self.started.is_some_and(|s| now >= s + grace);
-            self.ready = alone;
+            let waited = self.started.is_some_and(|s| now >= s + grace);
+            self.ready = self
+                .peers
+                .iter()
+                .all(|p| p.resynced || (waited && !p.flags.inbound.load(Ordering::Acquire)));
         }
         self.ready
     }
 
-    /// Applies what the peer sent, then (every [`SyncConfig::every`]) sends this node's
+    /// Applies what the peers sent, then (every [`SyncConfig::every`]) sends this node's
     /// changes: call it from the packet loop between batches. Bounded work per call.
     pub fn poll<S: SessionService>(&mut self, now: Instant, ct: &mut Conntrack<S>) {
         self.started.get_or_insert(now);
         for _ in 0..FRAMES_PER_POLL {
-            match self.from_peer.try_recv() {
-                Ok(Inbound::Frame(kind, bytes)) => self.receive(now, ct, kind, &bytes),
-                Ok(Inbound::Down) => self.peer_failed(ct),
+            match self.from_peers.try_recv() {
+                Ok(Inbound::Frame(origin, kind, bytes)) => {
+                    self.receive(now, ct, origin, kind, &bytes);
+                }
+                Ok(Inbound::Down(origin)) => self.peer_failed(ct, origin),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -310,50 +364,49 @@ impl SyncLink {
             return;
         }
         self.next_send = now + self.cfg.every;
-        if !self.connected() {
-            // Nobody to send to: the journal is drained and dropped (a full resync follows
-            // the next connection), so that it never fills.
-            self.walk = None;
-            let mut scratch = Vec::new();
-            for family in [Family::V4, Family::V6] {
-                for _ in 0..CHUNKS_PER_POLL {
-                    scratch.clear();
-                    match ct.export_changes(family, now, PER_CHUNK, &mut scratch) {
-                        Ok(p) if p.pending => continue,
-                        _ => break,
-                    }
-                }
-            }
-            return;
-        }
-        if self.need_resync.swap(false, Ordering::AcqRel) {
-            self.start_walk(true);
-        }
-        if self.send_deltas(now, ct) {
-            self.start_walk(true);
-        }
-        if self.walk.is_none() && now >= self.next_sweep {
+        // Deltas go to the peers connected now; one that connects later gets a full resync,
+        // so with nobody to send to the journal is drained and dropped (it never fills).
+        let lost = self.send_deltas(now, ct);
+        let sweep = now >= self.next_sweep;
+        if sweep {
             self.next_sweep = now + self.cfg.sweep;
-            self.start_walk(false);
         }
-        self.continue_walk(now, ct);
+        for i in 0..self.peers.len() {
+            let Some(p) = self.peers.get_mut(i) else {
+                break;
+            };
+            if !p.flags.connected.load(Ordering::Acquire) {
+                p.walk = None;
+                continue;
+            }
+            let resync = p.flags.need_resync.swap(false, Ordering::AcqRel) || lost;
+            if resync {
+                self.start_walk(i, true);
+            } else if sweep && p.walk.is_none() {
+                self.start_walk(i, false);
+            }
+            self.continue_walk(now, ct, i);
+        }
     }
 
-    fn start_walk(&mut self, resync: bool) {
+    fn start_walk(&mut self, i: usize, resync: bool) {
         if resync {
             self.counters.resyncs += 1;
-            self.send(frame(BEGIN, &[]));
+            self.send(i, frame(BEGIN, &[]));
         } else {
             self.counters.sweeps += 1;
         }
-        self.walk = Some(Walk {
-            resync,
-            family: Family::V4,
-            from: 0,
-        });
+        if let Some(p) = self.peers.get_mut(i) {
+            p.walk = Some(Walk {
+                resync,
+                family: Family::V4,
+                from: 0,
+            });
+        }
     }
 
-    /// Drains the journals into delta frames; true when events were lost (a resync is due).
+    /// Drains the journals into delta frames for every connected peer; true when events
+    /// were lost (resyncs are due).
     fn send_deltas<S: SessionService>(&mut self, now: Instant, ct: &mut Conntrack<S>) -> bool {
         let mut lost = false;
         for family in [Family::V4, Family::V6] {
@@ -365,7 +418,16 @@ impl SyncLink {
                 self.counters.journal_lost += p.lost;
                 lost |= p.lost > 0;
                 if p.ended + p.changed > 0 {
-                    self.send_framed(buf);
+                    fix_length(&mut buf);
+                    for i in 0..self.peers.len() {
+                        if self
+                            .peers
+                            .get(i)
+                            .is_some_and(|p| p.flags.connected.load(Ordering::Acquire))
+                        {
+                            self.send(i, buf.clone());
+                        }
+                    }
                 }
                 if !p.pending {
                     break;
@@ -375,49 +437,52 @@ impl SyncLink {
         lost
     }
 
-    /// Sends up to [`CHUNKS_PER_POLL`] export chunks of the walk under way.
-    fn continue_walk<S: SessionService>(&mut self, now: Instant, ct: &mut Conntrack<S>) {
+    /// Sends up to [`CHUNKS_PER_POLL`] export chunks of the walk under way toward peer `i`.
+    fn continue_walk<S: SessionService>(&mut self, now: Instant, ct: &mut Conntrack<S>, i: usize) {
         for _ in 0..CHUNKS_PER_POLL {
-            let Some(w) = self.walk else {
+            let Some(w) = self.peers.get(i).and_then(|p| p.walk) else {
                 return;
             };
             let mut buf = frame(EXPORT, &[]);
-            let Ok(p) = ct.export(w.family, now, w.from, PER_CHUNK, &mut buf) else {
-                self.walk = None;
-                return;
-            };
-            if p.records > 0 {
-                self.send_framed(buf);
-            }
-            self.walk = match (p.next, w.family) {
-                (Some(from), _) => Some(Walk { from, ..w }),
-                (None, Family::V4) => Some(Walk {
-                    family: Family::V6,
-                    from: 0,
-                    ..w
-                }),
-                (None, Family::V6) => {
-                    if w.resync {
-                        self.send(frame(END, &[]));
+            let next = match ct.export(w.family, now, w.from, PER_CHUNK, &mut buf) {
+                Err(_) => None,
+                Ok(p) => {
+                    if p.records > 0 {
+                        fix_length(&mut buf);
+                        self.send(i, buf);
                     }
-                    None
+                    match (p.next, w.family) {
+                        (Some(from), _) => Some(Walk { from, ..w }),
+                        (None, Family::V4) => Some(Walk {
+                            family: Family::V6,
+                            from: 0,
+                            ..w
+                        }),
+                        (None, Family::V6) => {
+                            if w.resync {
+                                self.send(i, frame(END, &[]));
+                            }
+                            None
+                        }
+                    }
                 }
             };
+            // A failed send ended the walk (a resync follows): keep it ended.
+            if let Some(p) = self.peers.get_mut(i)
+                && p.walk.is_some()
+            {
+                p.walk = next;
+            }
         }
     }
 
-    /// Hands a frame whose length prefix is still to be fixed to the sender thread.
-    fn send_framed(&mut self, mut f: Vec<u8>) {
-        let len = (f.len() - 4) as u32;
-        if let Some(l) = f.get_mut(..4) {
-            l.copy_from_slice(&len.to_be_bytes());
-        }
-        self.send(f);
-    }
-
-    fn send(&mut self, f: Vec<u8>) {
+    /// Hands a frame to peer `i`'s sender thread.
+    fn send(&mut self, i: usize, f: Vec<u8>) {
+        let Some(p) = self.peers.get_mut(i) else {
+            return;
+        };
         let n = f.len() as u64;
-        match self.to_peer.try_send(f) {
+        match p.to_peer.try_send(f) {
             Ok(()) => {
                 self.counters.sent_frames += 1;
                 self.counters.sent_bytes += n;
@@ -425,8 +490,8 @@ impl SyncLink {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 // The peer's copy is now incomplete: it gets everything again.
                 self.counters.send_dropped += 1;
-                self.need_resync.store(true, Ordering::Release);
-                self.walk = None;
+                p.flags.need_resync.store(true, Ordering::Release);
+                p.walk = None;
             }
         }
     }
@@ -435,28 +500,34 @@ impl SyncLink {
         &mut self,
         now: Instant,
         ct: &mut Conntrack<S>,
+        origin: u8,
         kind: u8,
         bytes: &[u8],
     ) {
         self.counters.received_frames += 1;
+        let of = |s: &nf_core::conntrack::SessionInfo<S::Value>| s.origin == origin;
+        let Some(p) = self.peers.iter_mut().find(|p| p.origin == origin) else {
+            return;
+        };
         match kind {
             BEGIN => {
-                ct.begin_resync(|_| true);
-                self.receiving_resync = true;
+                ct.begin_resync(of);
+                p.receiving_resync = true;
             }
             END => {
                 // An end without its begin (the link broke in between) ends nothing.
-                if core::mem::take(&mut self.receiving_resync) {
-                    self.ready = true;
-                    let removed = ct.end_resync(now);
+                if core::mem::take(&mut p.receiving_resync) {
+                    p.resynced = true;
+                    let removed = ct.end_resync_where(now, of);
                     self.counters.resync_removed += removed as u64;
                     crate::say!(
-                        "sync: resync from the peer done: {} sessions here, {removed} stale copies removed",
+                        "sync: resync from {} done: {} sessions here, {removed} stale copies removed",
+                        p.addr,
                         ct.v4().len() + ct.v6().len()
                     );
                 }
             }
-            DELTA | EXPORT => match ct.apply(now, bytes) {
+            DELTA | EXPORT => match ct.apply_from(now, origin, bytes) {
                 Ok(r) => {
                     let c = &mut self.counters;
                     c.created += r.created as u64;
@@ -471,13 +542,16 @@ impl SyncLink {
         }
     }
 
-    /// The peer is gone: its sessions are this node's now.
-    fn peer_failed<S: SessionService>(&mut self, ct: &mut Conntrack<S>) {
+    /// Peer `origin` is gone: its sessions are this node's now.
+    fn peer_failed<S: SessionService>(&mut self, ct: &mut Conntrack<S>, origin: u8) {
+        let Some(p) = self.peers.iter_mut().find(|p| p.origin == origin) else {
+            return;
+        };
         self.counters.peer_down += 1;
-        self.receiving_resync = false;
-        let n = ct.take_over_replicas(|_| true);
+        p.receiving_resync = false;
+        let n = ct.take_over_replicas(|s| s.origin == origin);
         self.counters.taken_over += n as u64;
-        crate::say!("sync: peer down: took over {n} of its sessions");
+        crate::say!("sync: peer {} down: took over {n} of its sessions", p.addr);
     }
 
     /// Calls `f` with every counter of the link (stage `sync`).
@@ -500,6 +574,7 @@ impl SyncLink {
             ("resync_removed", c.resync_removed),
             ("peer_down", c.peer_down),
             ("taken_over", c.taken_over),
+            ("peers_connected", self.connected() as u64),
         ] {
             f("sync", name, v);
         }
@@ -509,6 +584,7 @@ impl SyncLink {
             ("connect_failures", &io.connect_failures),
             ("link_errors", &io.link_errors),
             ("accepts", &io.accepts),
+            ("unknown_peers", &io.unknown_peers),
             ("bad_frames", &io.bad_frames),
             ("silent", &io.silent),
         ] {
@@ -517,13 +593,21 @@ impl SyncLink {
     }
 }
 
-/// The sender thread: connect, write what the loop queues (heartbeats between), and on any
-/// failure connect again (the loop then starts a full resync).
+/// Sets the length prefix of a frame built with [`frame`] and a payload appended after.
+fn fix_length(f: &mut [u8]) {
+    let len = (f.len() - 4) as u32;
+    if let Some(l) = f.get_mut(..4) {
+        l.copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// A peer's sender thread: connect, say hello, write what the loop queues (heartbeats
+/// between), and on any failure connect again (the loop then starts a full resync).
 fn send_loop(
     peer: SocketAddr,
+    hello: &[u8],
     outgoing: &Receiver<Vec<u8>>,
-    connected: &AtomicBool,
-    need_resync: &AtomicBool,
+    flags: &PeerFlags,
     io: &IoCounters,
     dead: std::time::Duration,
 ) {
@@ -548,10 +632,15 @@ fn send_loop(
         // Best effort: a stream without these options still works.
         let _ = s.set_nodelay(true);
         let _ = s.set_write_timeout(Some(dead));
+        if s.write_all(hello).is_err() {
+            io.link_errors.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(dead / 4);
+            continue;
+        }
         io.connects.fetch_add(1, Ordering::Relaxed);
         crate::say!("sync: connected to the peer at {peer}");
-        need_resync.store(true, Ordering::Release);
-        connected.store(true, Ordering::Release);
+        flags.need_resync.store(true, Ordering::Release);
+        flags.connected.store(true, Ordering::Release);
         loop {
             let f = match outgoing.recv_timeout(dead / 4) {
                 Ok(f) => f,
@@ -563,18 +652,17 @@ fn send_loop(
                 break;
             }
         }
-        connected.store(false, Ordering::Release);
+        flags.connected.store(false, Ordering::Release);
         std::thread::sleep(dead / 4);
     }
 }
 
-/// The receiving thread: accept the peer, read its frames until it closes, fails or falls
-/// silent, tell the loop it is down, accept again.
-fn receive_loop(
+/// Accepts the peers' connections, each read by a thread of its own.
+fn accept_loop(
     listener: &TcpListener,
+    known: &[(SocketAddr, Arc<PeerFlags>)],
     incoming: &SyncSender<Inbound>,
-    inbound: &AtomicBool,
-    io: &IoCounters,
+    io: &Arc<IoCounters>,
     dead: std::time::Duration,
 ) {
     for conn in listener.incoming() {
@@ -585,31 +673,70 @@ fn receive_loop(
             continue;
         }
         io.accepts.fetch_add(1, Ordering::Relaxed);
-        inbound.store(true, Ordering::Release);
         let mut r = BufReader::with_capacity(1 << 16, s);
-        loop {
-            match read_frame(&mut r) {
-                Ok((HEARTBEAT, _)) => {}
-                Ok((kind, payload)) => {
-                    if incoming.send(Inbound::Frame(kind, payload)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let counter = match e.kind() {
-                        io::ErrorKind::InvalidData => &io.bad_frames,
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => &io.silent,
-                        _ => &io.link_errors,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    break;
+        // The hello names the peer; a stranger is turned away.
+        let origin = match read_frame(&mut r) {
+            Ok((HELLO, name)) => std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.parse::<SocketAddr>().ok())
+                .and_then(|a| known.iter().position(|(k, _)| *k == a)),
+            _ => None,
+        };
+        let Some((origin, flags)) = origin.and_then(|i| {
+            let o = u8::try_from(i + 1).ok()?;
+            Some((o, known.get(i)?.1.clone()))
+        }) else {
+            io.unknown_peers.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let generation = flags.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        flags.inbound.store(true, Ordering::Release);
+        let (tx, counters, f) = (incoming.clone(), io.clone(), flags.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("sync-in-{origin}"))
+            .spawn(move || receive_loop(r, origin, generation, &f, &tx, &counters));
+        if spawned.is_err() {
+            io.link_errors.fetch_add(1, Ordering::Relaxed);
+            flags.inbound.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// One peer connection's reader: its frames to the loop until it closes, fails or falls
+/// silent; then, unless a newer connection from the peer replaced it, the peer's failure.
+fn receive_loop(
+    mut r: BufReader<TcpStream>,
+    origin: u8,
+    generation: u64,
+    flags: &PeerFlags,
+    incoming: &SyncSender<Inbound>,
+    io: &IoCounters,
+) {
+    loop {
+        match read_frame(&mut r) {
+            Ok((HEARTBEAT, _)) => {}
+            Ok((kind, payload)) => {
+                if incoming
+                    .send(Inbound::Frame(origin, kind, payload))
+                    .is_err()
+                {
+                    return;
                 }
             }
+            Err(e) => {
+                let counter = match e.kind() {
+                    io::ErrorKind::InvalidData => &io.bad_frames,
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => &io.silent,
+                    _ => &io.link_errors,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
-        inbound.store(false, Ordering::Release);
-        if incoming.send(Inbound::Down).is_err() {
-            return;
-        }
+    }
+    if flags.generation.load(Ordering::Acquire) == generation {
+        flags.inbound.store(false, Ordering::Release);
+        let _ = incoming.send(Inbound::Down(origin));
     }
 }
 

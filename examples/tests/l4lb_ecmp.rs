@@ -1,26 +1,29 @@
-//! Two `l4lb` nodes behind a BGP router (BIRD) that installs the VIP's route over both
-//! (ECMP, the kernel hashing L4), the nodes keeping copies of each other's sessions
+//! Three `l4lb` nodes behind a BGP router (BIRD) that installs the VIP's route over all of
+//! them (ECMP, the kernel hashing L4), every node keeping copies of every other's sessions
 //! (`--sync-listen` / `--sync-peer`), in network namespaces this test makes:
 //!
 //! ```text
-//!  ns c: client 198.51.100.2 ═ ns r: router (BIRD, AS 65000) ─ 192.0.2.10/32 via both ─┬─ ns g1: l4lb A ═╗ (BGP over 10.4.1.0/24)
-//!                                  ║ 10.1.0.254                                        └─ ns g2: l4lb B ═╣ (BGP over 10.4.2.0/24; sync: 10.3.0.1 ═ 10.3.0.2)
-//!                                  ║                                                                     ║ VXLAN 42
+//!  ns c: client 198.51.100.2 ═ ns r: router (BIRD, AS 65000) ─ 192.0.2.10/32 via all ─┬─ ns g1: l4lb 1 ═╗  each node: BGP over 10.4.N.0/24,
+//!                                  ║ 10.1.0.254                                       ├─ ns g2: l4lb 2 ═╣  data on 10.2.N.0/24, sync on
+//!                                  ║                                                  └─ ns g3: l4lb 3 ═╣  10.3.0.N (a bridge of its own)
+//!                                  ║                                                                   ║ VXLAN 42
 //!                          ns s: bridge ═ b1 10.1.0.11, b2 10.1.0.12, b3 10.1.0.13 (the VIP on a Linux VXLAN device) ═╝
 //! ```
 //!
 //! Each node announces the VIP itself (`--bgp-peer`, [`nf_examples::bgp`]) with its own
 //! address as the next hop. Encap mode (direct server return): the backends answer through
 //! the router, never through the load balancers, so each node sees only its flows' client
-//! side. 24 TCP connections spread over both nodes by the router's hash; then the backend
-//! carrying the most is drained on both (it keeps its flows, takes no new ones) and node A
-//! fails: killed, so that its BGP session ends and the router withdraws its next hop. Every
-//! connection carries on with the backend it started on: node B forwards A's flows by its
-//! copies of A's sessions (a node without them would send a drained backend's flows
-//! elsewhere, whose kernel answers with a RST). Then A comes back empty: it announces the
-//! VIP only once B's full resync gave it copies of every session, the router spreads the
-//! flows over both again, and every connection still answers from its own backend. Needs
-//! root, `ip`, `bird` and python3: without them it skips, except under `CI=true`.
+//! side. 36 TCP connections spread over the nodes by the router's hash; then the backend
+//! carrying the most is drained everywhere (it keeps its flows, takes no new ones) and
+//! node 1 fails: killed, so that its BGP session ends and the router withdraws its next
+//! hop — and, hashing over two next hops instead of three, moves some of the survivors'
+//! flows between them as well. Every connection carries on with the backend it started on:
+//! wherever its packets now arrive, that node holds its session, its own or a copy (a node
+//! without it would send a drained backend's flows elsewhere, whose kernel answers with a
+//! RST). Then node 1 comes back empty: it announces the VIP only once both survivors' full
+//! resyncs gave it copies of every session, the router spreads the flows over all three
+//! again, and every connection still answers from its own backend. Needs root, `ip`,
+//! `bird` and python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -37,7 +40,8 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 const L4LB: &str = env!("CARGO_BIN_EXE_l4lb");
-const CONNECTIONS: usize = 24;
+const CONNECTIONS: usize = 36;
+const NODES: u8 = 3;
 const LB_KEY: &str = "6e662d6c622065636d70207465737421";
 
 /// Answers every line it reads with its name (`NAME_SERVER ADDR PORT NAME`).
@@ -84,11 +88,11 @@ for _ in sys.stdin:
         time.sleep(0.05)
     print('results', *[','.join(x) for x in res], flush=True)";
 
-/// The router's BIRD: passive BGP sessions with both nodes (AS 65001), their VIP routes
-/// resolved over the data links and merged into one multipath kernel route.
+/// The router's BIRD: passive BGP sessions with the three nodes (AS 65001), their VIP
+/// routes resolved over the data links and merged into one multipath kernel route.
 const BIRD_CONF: &str = "router id 10.4.0.1;
 protocol device { scan time 1; }
-protocol direct { ipv4; interface \"ra\", \"rb\"; }
+protocol direct { ipv4; interface \"d1\", \"d2\", \"d3\"; }
 protocol kernel {
   ipv4 { export where source = RTS_BGP; };
   merge paths on;
@@ -100,8 +104,9 @@ template bgp node {
   keepalive time 1;
   ipv4 { import all; export none; gateway recursive; igp table master4; };
 }
-protocol bgp na from node { neighbor 10.4.1.2 as 65001; }
-protocol bgp nb from node { neighbor 10.4.2.2 as 65001; }
+protocol bgp n1 from node { neighbor 10.4.1.2 as 65001; }
+protocol bgp n2 from node { neighbor 10.4.2.2 as 65001; }
+protocol bgp n3 from node { neighbor 10.4.3.2 as 65001; }
 ";
 
 /// Waits (15 s at most) until the router's kernel route to the VIP goes via exactly `hops`.
@@ -132,9 +137,8 @@ struct Node {
     pid: u32,
 }
 
-/// Starts node `n` (1 or 2) of the pair in its namespace.
+/// Starts node `n` (1 to [`NODES`]) in its namespace.
 fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
-    let peer = 3 - n;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, L4LB])
         .args(["--client", "cg", "--client-addr", &format!("10.2.{n}.2/24")])
@@ -150,9 +154,11 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
         .args(["--mode", "encap", "--vni", "42"])
         .args(["--inner-mac", "02:00:00:00:00:01", "--io", "packet"])
         .args(["--lb-key", LB_KEY])
-        .args(["--sync-listen", &format!("10.3.0.{n}:7600")])
-        .args(["--sync-peer", &format!("10.3.0.{peer}:7600")])
-        .args(["--bgp-peer", &format!("10.4.{n}.1")])
+        .args(["--sync-listen", &format!("10.3.0.{n}:7600")]);
+    for peer in (1..=NODES).filter(|p| *p != n) {
+        cmd.args(["--sync-peer", &format!("10.3.0.{peer}:7600")]);
+    }
+    cmd.args(["--bgp-peer", &format!("10.4.{n}.1")])
         .args(["--duration", "90"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
@@ -217,55 +223,48 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         }
     }
     let t = format!("nfec{}", std::process::id());
-    let [c, r, g1, g2, s, b1, b2, b3] =
-        ["c", "r", "g1", "g2", "s", "b1", "b2", "b3"].map(|n| format!("{t}{n}"));
+    let [c, r, s, b1, b2, b3] = ["c", "r", "s", "b1", "b2", "b3"].map(|n| format!("{t}{n}"));
+    let g: Vec<String> = (1..=NODES).map(|n| format!("{t}g{n}")).collect();
     let mut lab = Lab {
-        namespaces: vec![
-            c.clone(),
-            r.clone(),
-            g1.clone(),
-            g2.clone(),
-            s.clone(),
-            b1.clone(),
-            b2.clone(),
-            b3.clone(),
-        ],
+        namespaces: [&c, &r, &s, &b1, &b2, &b3]
+            .into_iter()
+            .chain(&g)
+            .cloned()
+            .collect(),
         children: Vec::new(),
         dir: common::temp_dir("l4lb-ecmp"),
     };
+    let gs = g.join(" ");
     sh(&format!(
-        "for n in {c} {r} {g1} {g2} {s} {b1} {b2} {b3}; do ip netns add $n; ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip -n $n link set lo up; done
+        "for n in {c} {r} {s} {b1} {b2} {b3} {gs}; do ip netns add $n; ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip -n $n link set lo up; done
          ip -n {c} link add ch type veth peer name rc netns {r}
          ip -n {c} addr add 198.51.100.2/24 dev ch
          ip -n {c} link set ch mtu 1400; ip -n {c} link set ch up
          ip netns exec {c} ethtool -K ch tx off >/dev/null
          ip -n {c} route add default via 198.51.100.1
          ip -n {r} addr add 198.51.100.1/24 dev rc; ip -n {r} link set rc up
-         ip -n {r} link add ra type veth peer name cg netns {g1}
-         ip -n {r} link add rb type veth peer name cg netns {g2}
-         ip -n {r} addr add 10.2.1.1/24 dev ra; ip -n {r} addr add 10.2.2.1/24 dev rb
-         ip -n {r} link set ra up; ip -n {r} link set rb up
-         ip -n {g1} link set cg up; ip -n {g2} link set cg up
-         ip -n {s} link add br0 type bridge
+         ip -n {s} link add br0 type bridge; ip -n {s} link add br1 type bridge
          ip -n {r} link add rs type veth peer name sr netns {s}
          ip -n {s} link set sr master br0; ip -n {s} link set sr up
          ip -n {r} addr add 10.1.0.254/24 dev rs; ip -n {r} link set rs up
-         for g in {g1} {g2}; do
-           ip -n $g link add bg type veth peer name s$g netns {s}
-           ip -n {s} link set s$g master br0; ip -n {s} link set s$g up; ip -n $g link set bg up
+         n=0
+         for g in {gs}; do
+           n=$((n + 1))
+           # data (owned by l4lb), backends (owned by l4lb), sync and BGP (kernel)
+           ip -n {r} link add d$n type veth peer name cg netns $g
+           ip -n {r} addr add 10.2.$n.1/24 dev d$n; ip -n {r} link set d$n up; ip -n $g link set cg up
+           ip -n $g link add bg type veth peer name sb$n netns {s}
+           ip -n {s} link set sb$n master br0; ip -n {s} link set sb$n up; ip -n $g link set bg up
+           ip -n $g link add sy type veth peer name sy$n netns {s}
+           ip -n {s} link set sy$n master br1; ip -n {s} link set sy$n up
+           ip -n $g addr add 10.3.0.$n/24 dev sy; ip -n $g link set sy up
+           ip -n {r} link add bgp$n type veth peer name bgp netns $g
+           ip -n {r} addr add 10.4.$n.1/24 dev bgp$n; ip -n $g addr add 10.4.$n.2/24 dev bgp
+           ip -n {r} link set bgp$n up; ip -n $g link set bgp up
          done
-         ip -n {g1} link add sy type veth peer name sy netns {g2}
-         ip -n {g1} addr add 10.3.0.1/24 dev sy; ip -n {g2} addr add 10.3.0.2/24 dev sy
-         ip -n {g1} link set sy up; ip -n {g2} link set sy up
-         ip -n {r} link add bgpa type veth peer name bgp netns {g1}
-         ip -n {r} link add bgpb type veth peer name bgp netns {g2}
-         ip -n {r} addr add 10.4.1.1/24 dev bgpa; ip -n {r} addr add 10.4.2.1/24 dev bgpb
-         ip -n {g1} addr add 10.4.1.2/24 dev bgp; ip -n {g2} addr add 10.4.2.2/24 dev bgp
-         ip -n {r} link set bgpa up; ip -n {r} link set bgpb up
-         ip -n {g1} link set bgp up; ip -n {g2} link set bgp up
          ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1
          ip netns exec {r} sysctl -qw net.ipv4.fib_multipath_hash_policy=1
-         for k in all default rc ra rb rs; do
+         for k in all default rc rs d1 d2 d3; do
            ip netns exec {r} sysctl -qw net.ipv4.conf.$k.rp_filter=0
            ip netns exec {r} sysctl -qw net.ipv4.conf.$k.send_redirects=0
          done
@@ -281,7 +280,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
            for k in all default vx0 eth0; do ip netns exec $b sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
            ip -n $b route add 198.51.100.0/24 via 10.1.0.254
          done
-         ip -n {s} link set br0 up"
+         ip -n {s} link set br0 up; ip -n {s} link set br1 up"
     ));
     // The router: BGP with each node (passive: the nodes connect), the VIP's routes merged
     // into one multipath route in the kernel, next hops resolved over the data links.
@@ -317,15 +316,17 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
             .collect::<String>()
     };
     std::fs::write(&file, pool("")).unwrap();
-    let mut a = start_node(&mut lab, &g1, 1, &file);
-    let mut b = start_node(&mut lab, &g2, 2, &file);
-    a.wait("sync: connected", 10);
-    b.wait("sync: connected", 10);
-    a.wait("bgp: announcing", 15);
-    b.wait("bgp: announcing", 15);
-    wait_route(&r, &["10.2.1.2", "10.2.2.2"]);
+    let mut nodes: Vec<Node> = (1..=NODES)
+        .zip(&g)
+        .map(|(n, ns)| start_node(&mut lab, ns, n, &file))
+        .collect();
+    for n in &mut nodes {
+        n.wait("bgp: announcing", 15);
+    }
+    let all_hops = ["10.2.1.2", "10.2.2.2", "10.2.3.2"];
+    wait_route(&r, &all_hops);
 
-    const ROUNDS: usize = 10;
+    const ROUNDS: usize = 8;
     let mut client = Command::new("ip")
         .args(["netns", "exec", &c, py, "-c", CLIENT])
         .args([&CONNECTIONS.to_string(), &ROUNDS.to_string()])
@@ -347,51 +348,58 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         .collect();
     assert_eq!(first.len(), CONNECTIONS, "{seen:?}");
     assert_kept(
-        "both nodes up",
+        "all nodes up",
         &first,
         &ask_round(&mut stdin, &out, &mut seen),
         ROUNDS,
     );
 
-    // The backend with the most connections drains on both nodes: a node without a
+    // The backend with the most connections drains on every node: a node without a
     // session would send its flows to the other two.
     let busiest = ["b1", "b2", "b3"]
         .into_iter()
         .max_by_key(|b| first.iter().filter(|f| f == b).count())
         .unwrap();
     std::fs::write(&file, pool(busiest)).unwrap();
-    for n in [&mut a, &mut b] {
+    for n in &mut nodes {
         sh(&format!("kill -HUP {}", n.pid));
-        wait_for(&n.lines, "l4lb: reloaded", 5, &mut n.seen);
+        n.wait("l4lb: reloaded", 5);
     }
 
-    // Node A fails: the process dies, its BGP session with it, and the router withdraws
-    // its next hop; B finds the sync connection closed and takes A's sessions over.
-    sh(&format!("kill -KILL {}", a.pid));
-    b.wait("sync: peer down", 10);
-    wait_route(&r, &["10.2.2.2"]);
+    // Node 1 fails: the process dies, its BGP session with it, and the router withdraws
+    // its next hop (and, hashing over two next hops instead of three, moves flows between
+    // the survivors too); both survivors find their sync connection from it closed and
+    // take its sessions over.
+    sh(&format!("kill -KILL {}", nodes[0].pid));
+    for n in &mut nodes[1..] {
+        n.wait("10.3.0.1:7600 down: took over", 10);
+    }
+    wait_route(&r, &all_hops[1..]);
     assert_kept(
-        "after A failed",
+        "after node 1 failed",
         &first,
         &ask_round(&mut stdin, &out, &mut seen),
         ROUNDS,
     );
 
-    // A comes back with an empty table: it announces the VIP only once B's full resync has
-    // given it every session; the router spreads the flows over both again, and A carries
-    // its share by its copies.
-    let mut a = start_node(&mut lab, &g1, 1, &file);
+    // Node 1 comes back with an empty table: it announces the VIP only once both
+    // survivors' full resyncs have given it every session; the router spreads the flows
+    // over all three again, and node 1 carries its share by its copies.
+    nodes[0] = start_node(&mut lab, &g[0], 1, &file);
+    let a = &mut nodes[0];
     a.wait("bgp: announcing", 15);
-    let at = |what: &str| a.seen.iter().position(|l| l.contains(what));
-    assert!(
-        at("sync: resync from the peer done: 24 sessions").unwrap()
-            < at("bgp: announcing").unwrap(),
-        "{:?}",
-        a.seen
-    );
-    wait_route(&r, &["10.2.1.2", "10.2.2.2"]);
+    let at = |a: &Node, what: &str| a.seen.iter().position(|l| l.contains(what)).unwrap();
+    let announced = at(a, "bgp: announcing");
+    for peer in ["10.3.0.2:7600", "10.3.0.3:7600"] {
+        assert!(
+            at(a, &format!("sync: resync from {peer} done")) < announced,
+            "{:?}",
+            a.seen
+        );
+    }
+    wait_route(&r, &all_hops);
     assert_kept(
-        "after A came back",
+        "after node 1 came back",
         &first,
         &ask_round(&mut stdin, &out, &mut seen),
         ROUNDS,
@@ -399,24 +407,37 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     drop(stdin);
     let _ = client.wait();
 
-    let ca = stop(&mut a);
-    let cb = stop(&mut b);
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-    // B kept copies of A's sessions and took them over when A failed.
-    assert!(get(&cb, "sync.created") > 0, "{cb:?}");
-    assert!(get(&cb, "sync.taken_over") > 0, "{cb:?}");
-    // (Twice: A's failure, then the new A's stop at the end of the test.)
-    assert_eq!(get(&cb, "sync.peer_down"), 2, "{cb:?}");
-    // The new A received every session from B, and then carried flows by those copies.
-    assert!(get(&ca, "sync.created") >= CONNECTIONS as u64, "{ca:?}");
-    assert!(get(&ca, "tunnel_encap.packets") > 0, "{ca:?}");
-    for (m, who) in [(&ca, "A"), (&cb, "B")] {
-        assert_eq!(get(m, "bgp.errors"), 0, "{who}: {m:?}");
-        assert!(get(m, "bgp.announces") >= 1, "{who}: {m:?}");
-    }
-    for (m, who) in [(&ca, "A"), (&cb, "B")] {
-        for k in ["sync.apply_errors", "sync.bad_frames", "sync.send_dropped"] {
-            assert_eq!(get(m, k), 0, "{who}: {k}: {m:?}");
+    let c: Vec<BTreeMap<String, u64>> = nodes.iter_mut().map(stop).collect();
+    // Every node's sessions reached every other one: the new node 1 received all of them.
+    assert!(
+        get(&c[0], "sync.created") >= CONNECTIONS as u64,
+        "{:?}",
+        c[0]
+    );
+    assert!(get(&c[0], "tunnel_encap.packets") > 0, "{:?}", c[0]);
+    // Both survivors took the failed node's sessions over when it failed: the same ones.
+    let took = |n: &Node| -> u64 {
+        let l = n
+            .seen
+            .iter()
+            .find(|l| l.contains("10.3.0.1:7600 down: took over"));
+        l.and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap()
+    };
+    let taken = took(&nodes[1]);
+    assert!(taken > 0, "{:?}", nodes[1].seen);
+    assert_eq!(took(&nodes[2]), taken, "{:?}", nodes[2].seen);
+    for (i, m) in c.iter().enumerate() {
+        for k in [
+            "sync.apply_errors",
+            "sync.bad_frames",
+            "sync.send_dropped",
+            "sync.unknown_peers",
+            "bgp.errors",
+        ] {
+            assert_eq!(get(m, k), 0, "node {}: {k}: {m:?}", i + 1);
         }
+        assert!(get(m, "bgp.announces") >= 1, "node {}: {m:?}", i + 1);
     }
 }

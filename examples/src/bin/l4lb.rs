@@ -45,10 +45,10 @@
 //! ```
 //!
 //! Several load balancers can stand behind one ECMP route (`--lb-key` gives them the same
-//! Maglev tables). With `--sync-listen` and `--sync-peer` two of them keep copies of each
-//! other's sessions ([`nf_examples::sync`]): when one fails, or the router in front moves
-//! its flows, the other forwards them by the copies, to the backends they started on, even
-//! after the pool changed. With `--bgp-peer` each node announces the VIPs to the router
+//! Maglev tables). With `--sync-listen` and a `--sync-peer` for every other node, each keeps
+//! copies of every other's sessions ([`nf_examples::sync`]): when one fails, or the router
+//! in front moves flows, the node they land on forwards them by the copies, to the backends
+//! they started on, even after the pool changed. With `--bgp-peer` each node announces the VIPs to the router
 //! itself ([`nf_examples::bgp`]), and with sync only once it holds its peer's sessions: a
 //! node that comes back takes traffic only after its resync.
 //!
@@ -60,7 +60,7 @@
 //! namespaces and checks the spread, the client addresses and a transfer that survives
 //! changes to the other backends (DNAT), and the spread with the backends' answers going
 //! straight to the client through Linux VXLAN devices (encap). `examples/tests/l4lb_ecmp.rs`
-//! puts two synced nodes behind a BGP router (BIRD) and fails one of them under 24 open
+//! puts three synced nodes behind a BGP router (BIRD) and fails one of them under 36 open
 //! connections.
 
 #[cfg(target_os = "linux")]
@@ -100,7 +100,7 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
-            [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT]
+            [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...]
             [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
@@ -132,10 +132,11 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
   --sessions N           session table size (default 65536)
   --lb-key HEX           the Maglev tables' key, 32 hex digits: every load balancer of
                          a fleet must have the same (default: a random one per run)
-  --sync-listen A:P      session sync: where the peer load balancer connects (a kernel
+  --sync-listen A:P      session sync: where the peer load balancers connect (a kernel
                          address, on neither interface above)
-  --sync-peer A:P        session sync: the peer's --sync-listen; each keeps a copy of
-                         the other's sessions and carries them on when it fails
+  --sync-peer A:P        session sync: a peer's --sync-listen (repeatable, one per other
+                         node); every node keeps a copy of every other's sessions and
+                         carries them on when it fails
   --bgp-peer A[:P]       announce the VIPs (/32, next hop: --client-addr) to the router
                          at A (port 179) over BGP; with sync, only once the peer's
                          sessions are here (or no peer came within 2 s)
@@ -165,7 +166,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         io: IoKind,
         cpu: Option<usize>,
         lb_key: Option<[u8; 16]>,
-        sync: Option<(SocketAddr, SocketAddr)>,
+        sync: Option<(SocketAddr, Vec<SocketAddr>)>,
         /// `--bgp-peer`, `--bgp-as`, `--bgp-peer-as`.
         bgp: Option<(SocketAddr, u32, u32)>,
     }
@@ -193,7 +194,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
-        let (mut lb_key, mut sync_listen, mut sync_peer) = (None, None, None);
+        let (mut lb_key, mut sync_listen, mut sync_peers) = (None, None, Vec::new());
         let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
@@ -258,7 +259,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--inner-mac" => inner_mac = parse_mac(&value).ok_or_else(|| bad("a MAC"))?,
                 "--lb-key" => lb_key = Some(parse_key(&value).ok_or_else(|| bad("32 hex digits"))?),
                 "--sync-listen" => sync_listen = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
-                "--sync-peer" => sync_peer = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
+                "--sync-peer" => sync_peers.push(value.parse().map_err(|_| bad("ADDR:PORT"))?),
                 "--bgp-peer" => {
                     bgp_peer = Some(
                         value
@@ -280,9 +281,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             }
         }
         let need = |name: &str| format!("{name} is required");
-        let sync = match (sync_listen, sync_peer) {
-            (Some(l), Some(p)) => Some((l, p)),
-            (None, None) => None,
+        let sync = match (sync_listen, sync_peers.is_empty()) {
+            (Some(l), false) => Some((l, sync_peers)),
+            (None, true) => None,
             _ => return Err("--sync-listen and --sync-peer go together".into()),
         };
         Ok(Some(Args {
@@ -559,12 +560,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         });
         let sync = match args.sync {
             None => None,
-            Some((listen, peer)) => {
+            Some((listen, ref peers)) => {
                 // A change journal for the peer's copy: a full one loses events, and the
                 // peer then gets a full resync.
                 ct.v4.journal = args.sessions.clamp(1024, 1 << 16);
                 ct.v6.journal = 64;
-                let link = SyncLink::start(SyncConfig::new(listen, peer))
+                let link = SyncLink::start(SyncConfig::new(listen, peers.clone()))
                     .map_err(|e| format!("--sync-listen {listen}: {e}"))?;
                 Some(link)
             }
@@ -670,7 +671,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 synced.sync,
                 Some((
                     "10.3.0.1:7600".parse().unwrap(),
-                    "10.3.0.2:7600".parse().unwrap()
+                    vec!["10.3.0.2:7600".parse().unwrap()]
                 ))
             );
             for bad in [
