@@ -17,12 +17,20 @@
 //! then every session expires on the primary and the ends are sent the same way (the
 //! replica removes each, its services releasing what the session held).
 //!
+//! `link-lb`: `lb`'s sessions through `nf_examples::sync` over loopback TCP, as a node that
+//! comes back receives them: a peer connects, the full resync walks the table in export
+//! chunks (at most 16 per poll, the walk waiting while half the sender's queue is taken),
+//! the receiving node applies them (`Conntrack::apply_from`); the time from the connection
+//! to the last session here, both nodes polled in turn on one thread, the socket threads
+//! beside it.
+//!
 //! ```text
 //! cargo run --release -p nf-bench --example handover_time -- lb 1000000
 //! cargo run --release -p nf-bench --example handover_time -- nat-hyperplane 1000000
 //! cargo run --release -p nf-bench --example handover_time -- nat-rfc 200000
 //! cargo run --release -p nf-bench --example handover_time -- sync-lb 1000000
 //! cargo run --release -p nf-bench --example handover_time -- sync-nat-hyperplane 1000000
+//! cargo run --release -p nf-bench --example handover_time -- link-lb 1000000
 //! ```
 //! (rfc's four addresses hold about 258,000 TCP mappings, so at most about 340,000
 //! sessions.)
@@ -87,6 +95,13 @@ fn main() {
             let mut b = lb_setup::lb(&[], capacity);
             replicate(what, &mut a, &mut b, sessions);
         }
+        "link-lb" => {
+            let flows = lb_setup::flows(sessions);
+            let capacity = (sessions as f64 / 0.9).ceil() as u32;
+            let mut a = lb_setup::lb(&flows, capacity);
+            let mut b = lb_setup::lb(&[], capacity);
+            over_link(what, &mut a, &mut b, sessions);
+        }
         "sync-nat-hyperplane" => {
             let journal = u32::try_from(sessions).expect("sessions");
             let mut a = nat_setup::open_journaled(Profile::Hyperplane, sessions, journal);
@@ -96,7 +111,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: handover_time lb|nat-hyperplane|nat-rfc|sync-lb|sync-nat-hyperplane [SESSIONS]"
+                "usage: handover_time lb|nat-hyperplane|nat-rfc|sync-lb|sync-nat-hyperplane|link-lb [SESSIONS]"
             );
             std::process::exit(2);
         }
@@ -217,5 +232,51 @@ fn replicate<S: SessionService>(
         per(end_export),
         per(end_apply),
         end_bytes as f64 / sessions as f64,
+    );
+}
+
+/// A loopback address with a port nobody listens on.
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a loopback port")
+}
+
+/// `a`'s sessions to `b` through a sync link's full resync over loopback TCP.
+fn over_link<S: SessionService>(
+    what: &str,
+    a: &mut Conntrack<S>,
+    b: &mut Conntrack<S>,
+    sessions: usize,
+) {
+    use nf_examples::sync::{SyncConfig, SyncLink};
+    let (aa, ba) = (free_addr(), free_addr());
+    let mut la = SyncLink::start(SyncConfig::new(aa, vec![ba])).expect("link A");
+    let mut lb = SyncLink::start(SyncConfig::new(ba, vec![aa])).expect("link B");
+    // A's connection to B first (it retries every 250 ms): the resync starts at A's next
+    // poll after it.
+    let wait = Clock::now();
+    while la.connected() == 0 {
+        assert!(wait.elapsed().as_secs() < 10, "A never connected");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut now = Instant::from_nanos(nat_setup::START_NS);
+    let start = Clock::now();
+    while b.len() < sessions {
+        assert!(start.elapsed().as_secs() < 300, "{} of {sessions}", b.len());
+        now += nf_core::Duration::from_millis(1);
+        la.poll(now, a);
+        lb.poll(now, b);
+    }
+    let took = start.elapsed();
+    let (ca, cb) = (la.counters(), lb.counters());
+    assert_eq!((ca.send_dropped, cb.apply_errors, cb.skipped), (0, 0, 0));
+    println!(
+        "{{\"what\": \"{what}\", \"sessions\": {sessions}, \"seconds\": {:.3}, \"ns_per_session\": {:.1}, \"sessions_per_second\": {:.0}, \"bytes_per_session\": {:.1}, \"frames\": {}}}",
+        took.as_secs_f64(),
+        took.as_nanos() as f64 / sessions as f64,
+        sessions as f64 / took.as_secs_f64(),
+        ca.sent_bytes as f64 / sessions as f64,
+        ca.sent_frames,
     );
 }

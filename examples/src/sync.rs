@@ -42,7 +42,8 @@
 //! - **Bounded.** Frames are at most [`MAX_FRAME`] bytes (a longer length prefix ends the
 //!   connection, counted `bad_frames`); the loop hands each sender at most
 //!   [`QUEUE_FRAMES`] frames (more: dropped, counted `send_dropped`, and a full resync
-//!   follows), applies at most [`FRAMES_PER_POLL`] frames and writes at most
+//!   follows; a full walk waits while half the queue is taken, so that it never outruns
+//!   the connection), applies at most [`FRAMES_PER_POLL`] frames and writes at most
 //!   [`CHUNKS_PER_POLL`] chunks per poll and peer; at most [`MAX_PEERS`] peers.
 //!
 //! On the wire each frame is a 4-byte big-endian length (of what follows), a kind byte and
@@ -56,7 +57,7 @@ use nf_core::{Duration, Family, Instant};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 
 /// The longest frame either side sends or accepts (length prefix excluded).
@@ -189,6 +190,10 @@ struct PeerFlags {
     inbound: AtomicBool,
     /// Connections accepted from the peer: only the latest one's end is its failure.
     generation: AtomicU64,
+    /// Frames handed to the sender thread and not yet written: a full walk waits while
+    /// half the queue is taken, so that it never outruns the connection (a dropped frame
+    /// would start the walk over).
+    queued: AtomicUsize,
 }
 
 /// One peer, as the packet loop sees it.
@@ -437,10 +442,16 @@ impl SyncLink {
         lost
     }
 
-    /// Sends up to [`CHUNKS_PER_POLL`] export chunks of the walk under way toward peer `i`.
+    /// Sends up to [`CHUNKS_PER_POLL`] export chunks of the walk under way toward peer `i`,
+    /// while its sender's queue is less than half full.
     fn continue_walk<S: SessionService>(&mut self, now: Instant, ct: &mut Conntrack<S>, i: usize) {
         for _ in 0..CHUNKS_PER_POLL {
-            let Some(w) = self.peers.get(i).and_then(|p| p.walk) else {
+            let Some(w) = self
+                .peers
+                .get(i)
+                .filter(|p| p.flags.queued.load(Ordering::Acquire) < QUEUE_FRAMES / 2)
+                .and_then(|p| p.walk)
+            else {
                 return;
             };
             let mut buf = frame(EXPORT, &[]);
@@ -482,12 +493,15 @@ impl SyncLink {
             return;
         };
         let n = f.len() as u64;
+        // Counted before the hand-over: the thread takes one off once the frame is written.
+        p.flags.queued.fetch_add(1, Ordering::AcqRel);
         match p.to_peer.try_send(f) {
             Ok(()) => {
                 self.counters.sent_frames += 1;
                 self.counters.sent_bytes += n;
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                p.flags.queued.fetch_sub(1, Ordering::AcqRel);
                 // The peer's copy is now incomplete: it gets everything again.
                 self.counters.send_dropped += 1;
                 p.flags.need_resync.store(true, Ordering::Release);
@@ -620,7 +634,9 @@ fn send_loop(
                 // What was queued meanwhile is for a connection that no longer exists.
                 loop {
                     match outgoing.try_recv() {
-                        Ok(_) => {}
+                        Ok(_) => {
+                            flags.queued.fetch_sub(1, Ordering::AcqRel);
+                        }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => return,
                     }
@@ -642,12 +658,16 @@ fn send_loop(
         flags.need_resync.store(true, Ordering::Release);
         flags.connected.store(true, Ordering::Release);
         loop {
-            let f = match outgoing.recv_timeout(dead / 4) {
-                Ok(f) => f,
-                Err(RecvTimeoutError::Timeout) => heartbeat.clone(),
+            let (f, queued) = match outgoing.recv_timeout(dead / 4) {
+                Ok(f) => (f, true),
+                Err(RecvTimeoutError::Timeout) => (heartbeat.clone(), false),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            if s.write_all(&f).is_err() {
+            let written = s.write_all(&f);
+            if queued {
+                flags.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            if written.is_err() {
                 io.link_errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
