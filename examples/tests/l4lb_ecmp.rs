@@ -22,8 +22,11 @@
 //! without it would send a drained backend's flows elsewhere, whose kernel answers with a
 //! RST). Then node 1 comes back empty: it announces the VIP only once both survivors' full
 //! resyncs gave it copies of every session, the router spreads the flows over all three
-//! again, and every connection still answers from its own backend. Needs root, `ip`,
-//! `bird` and python3: without them it skips, except under `CI=true`.
+//! again, and every connection still answers from its own backend. Last, node 2 hangs
+//! (stopped: its connections open and silent): its peers take it as failed after a second
+//! without a heartbeat, the router after its BGP hold time, and every connection still
+//! answers from its own backend through nodes 1 and 3. Needs root, `ip`, `bird` and
+//! python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -404,11 +407,26 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         &ask_round(&mut stdin, &out, &mut seen),
         ROUNDS,
     );
+
+    // Node 2 hangs (stopped, its sockets open and silent): its peers take it as failed
+    // after a second without a heartbeat, the router after its BGP hold time (3 s).
+    sh(&format!("kill -STOP {}", nodes[1].pid));
+    for i in [0, 2] {
+        nodes[i].wait("10.3.0.2:7600 down: took over", 10);
+    }
+    wait_route(&r, &[all_hops[0], all_hops[2]]);
+    assert_kept(
+        "after node 2 hung",
+        &first,
+        &ask_round(&mut stdin, &out, &mut seen),
+        ROUNDS,
+    );
     drop(stdin);
     let _ = client.wait();
+    sh(&format!("kill -KILL {}", nodes[1].pid));
 
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-    let c: Vec<BTreeMap<String, u64>> = nodes.iter_mut().map(stop).collect();
+    let c: Vec<BTreeMap<String, u64>> = [0, 2].map(|i| stop(&mut nodes[i])).into();
     // Every node's sessions reached every other one: the new node 1 received all of them.
     assert!(
         get(&c[0], "sync.created") >= CONNECTIONS as u64,
@@ -428,7 +446,11 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     let taken = took(&nodes[1]);
     assert!(taken > 0, "{:?}", nodes[1].seen);
     assert_eq!(took(&nodes[2]), taken, "{:?}", nodes[2].seen);
-    for (i, m) in c.iter().enumerate() {
+    // The hung node was found out by its silence (not a closed connection).
+    for m in &c {
+        assert!(get(m, "sync.silent") >= 1, "{m:?}");
+    }
+    for (i, m) in [1, 3].into_iter().zip(&c) {
         for k in [
             "sync.apply_errors",
             "sync.bad_frames",
@@ -436,8 +458,8 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
             "sync.unknown_peers",
             "bgp.errors",
         ] {
-            assert_eq!(get(m, k), 0, "node {}: {k}: {m:?}", i + 1);
+            assert_eq!(get(m, k), 0, "node {i}: {k}: {m:?}");
         }
-        assert!(get(m, "bgp.announces") >= 1, "node {}: {m:?}", i + 1);
+        assert!(get(m, "bgp.announces") >= 1, "node {i}: {m:?}");
     }
 }
