@@ -48,9 +48,9 @@
 //! Maglev tables). With `--sync-listen` and a `--sync-peer` for every other node, each keeps
 //! copies of every other's sessions ([`nf_examples::sync`]): when one fails, or the router
 //! in front moves flows, the node they land on forwards them by the copies, to the backends
-//! they started on, even after the pool changed. With `--bgp-peer` each node announces the VIPs to the router
-//! itself ([`nf_examples::bgp`]), and with sync only once it holds its peer's sessions: a
-//! node that comes back takes traffic only after its resync.
+//! they started on, even after the pool changed. With `--bgp-peer` each node announces the
+//! VIPs to the router itself ([`nf_examples::bgp`]), and with sync only once it holds its
+//! peers' sessions: a node that comes back takes traffic only after its resyncs.
 //!
 //! On SIGHUP the file is read again and the new pool replaces the old one in whole
 //! (established flows stay where they are); a file that does not parse changes nothing.
@@ -138,8 +138,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          node); every node keeps a copy of every other's sessions and
                          carries them on when it fails
   --bgp-peer A[:P]       announce the VIPs (/32, next hop: --client-addr) to the router
-                         at A (port 179) over BGP; with sync, only once the peer's
-                         sessions are here (or no peer came within 2 s)
+                         at A (port 179) over BGP; with sync, only once the peers'
+                         sessions are here (or, after 2 s, those of every peer
+                         connected by then)
   --bgp-as N             this node's AS number (default 65001)
   --bgp-peer-as N        the router's AS number (default 65000)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
@@ -314,7 +315,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
     /// 16 bytes written as 32 hex digits.
     fn parse_key(hex: &str) -> Option<[u8; 16]> {
         let mut key = [0u8; 16];
-        if hex.len() != 32 || !hex.is_ascii() {
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         for (k, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
@@ -667,6 +668,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             assert_eq!(a.bgp, None);
             let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600").into_iter()).unwrap().unwrap();
             assert_eq!(synced.lb_key, Some(core::array::from_fn(|i| i as u8)));
+            // Hex digits only (`from_str_radix` alone would take a sign).
+            assert_eq!(parse_key("+00102030405060708090a0b0c0d0e0f"), None);
             assert_eq!(
                 synced.sync,
                 Some((
