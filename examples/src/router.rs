@@ -581,6 +581,14 @@ pub trait Function {
     fn reload(&mut self) -> Result<String, String> {
         Err("this program has nothing to reload".into())
     }
+    /// Called at the first SIGINT/SIGTERM: how long [`serve`] goes on forwarding before it
+    /// exits, for a node that first withdraws its routes so that the traffic moves away
+    /// while it still forwards what is on its way (a second signal ends it at once).
+    /// Default: no drain.
+    fn drain(&mut self, now: Instant) -> Option<std::time::Duration> {
+        let _ = now;
+        None
+    }
 }
 
 /// Prints every counter of `router` and `f`, one `name value` per line.
@@ -590,10 +598,10 @@ pub fn print_counters(program: &str, router: &mut Router, f: &impl Function, sec
     f.visit_counters(&mut |stage, name, v| crate::say!("{stage}.{name} {v}"));
 }
 
-/// Runs `f` on `router` until SIGINT/SIGTERM or `duration` seconds: receive a batch from
-/// each port in turn, run the stages, forward, flush, run timers; sleep in `poll` when idle.
-/// SIGUSR1 prints the counters, SIGHUP calls [`Function::reload`]. The counters are printed
-/// at the end too.
+/// Runs `f` on `router` until SIGINT/SIGTERM (and the drain [`Function::drain`] asks for)
+/// or `duration` seconds: receive a batch from each port in turn, run the stages, forward,
+/// flush, run timers; sleep in `poll` when idle. SIGUSR1 prints the counters, SIGHUP calls
+/// [`Function::reload`]. The counters are printed at the end too.
 ///
 /// # Errors
 /// Signal handlers that cannot be installed, or a failing ring.
@@ -623,7 +631,20 @@ pub fn serve(
     let start = std::time::Instant::now();
     let deadline = duration.map(std::time::Duration::from_secs_f64);
     let mut batch = Batch::new();
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| start.elapsed() < d) {
+    let mut draining_until: Option<std::time::Instant> = None;
+    while deadline.is_none_or(|d| start.elapsed() < d) {
+        if stop.swap(false, Ordering::Relaxed) {
+            match (draining_until, f.drain(clock.now())) {
+                (None, Some(d)) if !d.is_zero() => {
+                    crate::say!("{program}: draining for {:.1} s", d.as_secs_f64());
+                    draining_until = Some(std::time::Instant::now() + d);
+                }
+                _ => break,
+            }
+        }
+        if draining_until.is_some_and(|t| std::time::Instant::now() >= t) {
+            break;
+        }
         let now = clock.now();
         let mut moved = 0;
         let limit = nf_core::BATCH_SIZE.saturating_sub(f.batch_room()).max(1);

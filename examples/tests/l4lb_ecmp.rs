@@ -25,8 +25,11 @@
 //! again, and every connection still answers from its own backend. Last, node 2 hangs
 //! (stopped: its connections open and silent): its peers take it as failed after a second
 //! without a heartbeat, the router after its BGP hold time, and every connection still
-//! answers from its own backend through nodes 1 and 3. Needs root, `ip`, `bird` and
-//! python3: without them it skips, except under `CI=true`.
+//! answers from its own backend through nodes 1 and 3. Then node 3 is taken down for
+//! maintenance (SIGTERM, `--drain 2`): it withdraws the VIP first and forwards on while the
+//! router moves its flows to node 1, and every connection still answers from its own
+//! backend. Needs root, `ip`, `bird` and python3: without them it skips, except under
+//! `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -161,7 +164,7 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
     for peer in (1..=NODES).filter(|p| *p != n) {
         cmd.args(["--sync-peer", &format!("10.3.0.{peer}:7600")]);
     }
-    cmd.args(["--bgp-peer", &format!("10.4.{n}.1")])
+    cmd.args(["--bgp-peer", &format!("10.4.{n}.1"), "--drain", "2"])
         .args(["--duration", "90"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
@@ -421,9 +424,22 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         &ask_round(&mut stdin, &out, &mut seen),
         ROUNDS,
     );
+    sh(&format!("kill -KILL {}", nodes[1].pid));
+
+    // Node 3 is taken down for maintenance (SIGTERM): it withdraws the VIP at once and
+    // goes on forwarding for its drain (2 s) while the router moves its flows to node 1,
+    // which holds their sessions; only then does it exit.
+    sh(&format!("kill -TERM {}", nodes[2].pid));
+    nodes[2].wait("bgp: withdrawing", 5);
+    wait_route(&r, &all_hops[..1]);
+    assert_kept(
+        "while node 3 drained",
+        &first,
+        &ask_round(&mut stdin, &out, &mut seen),
+        ROUNDS,
+    );
     drop(stdin);
     let _ = client.wait();
-    sh(&format!("kill -KILL {}", nodes[1].pid));
 
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
     let c: Vec<BTreeMap<String, u64>> = [0, 2].map(|i| stop(&mut nodes[i])).into();
@@ -461,5 +477,6 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
             assert_eq!(get(m, k), 0, "node {i}: {k}: {m:?}");
         }
         assert!(get(m, "bgp.announces") >= 1, "node {i}: {m:?}");
+        assert_eq!(get(m, "bgp.withdraws"), 1, "node {i}: {m:?}");
     }
 }

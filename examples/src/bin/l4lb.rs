@@ -101,7 +101,7 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...]
-            [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N]]
+            [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--drain SECS]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -143,6 +143,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          connected by then)
   --bgp-as N             this node's AS number (default 65001)
   --bgp-peer-as N        the router's AS number (default 65000)
+  --drain SECS           at SIGINT/SIGTERM, withdraw the VIPs and keep forwarding for
+                         SECS before exiting (with --bgp-peer; default 0: exit at once)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
@@ -170,6 +172,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         sync: Option<(SocketAddr, Vec<SocketAddr>)>,
         /// `--bgp-peer`, `--bgp-as`, `--bgp-peer-as`.
         bgp: Option<(SocketAddr, u32, u32)>,
+        /// `--drain`, seconds.
+        drain: f64,
     }
 
     /// `--mode encap`'s settings.
@@ -197,6 +201,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let mut on_down = OnDown::Reset;
         let (mut lb_key, mut sync_listen, mut sync_peers) = (None, None, Vec::new());
         let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
+        let mut drain = 0.0;
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
@@ -270,6 +275,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                     )
                 }
                 "--bgp-as" => bgp_as = value.parse().map_err(|_| bad("an AS number"))?,
+                "--drain" => drain = nf_examples::cli::seconds(&flag, &value)?,
                 "--bgp-peer-as" => bgp_peer_as = value.parse().map_err(|_| bad("an AS number"))?,
                 "--on-down" => {
                     on_down = match value.as_str() {
@@ -309,6 +315,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             lb_key,
             sync,
             bgp: bgp_peer.map(|p| (p, bgp_as, bgp_peer_as)),
+            drain,
         }))
     }
 
@@ -385,6 +392,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         sync: Option<SyncLink>,
         /// The VIPs' announcement to the router (`--bgp-peer`).
         bgp: Option<BgpSpeaker>,
+        /// `--drain`; set once the drain began (the VIPs stay withdrawn).
+        drain: std::time::Duration,
+        draining: bool,
     }
 
     impl Balancer {
@@ -475,8 +485,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 s.poll(now, &mut self.lb);
             }
             if let Some(b) = &self.bgp {
-                // Traffic only once this node holds its peer's sessions.
-                b.set_announce(self.sync.as_mut().is_none_or(|s| s.ready(now)));
+                // Traffic only once this node holds its peers' sessions, and not while it
+                // drains.
+                let ready = self.sync.as_mut().is_none_or(|s| s.ready(now));
+                b.set_announce(ready && !self.draining);
             }
         }
 
@@ -493,6 +505,13 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if let Some(b) = &self.bgp {
                 b.visit_counters(f);
             }
+        }
+
+        fn drain(&mut self, _now: Instant) -> Option<std::time::Duration> {
+            let b = self.bgp.as_ref()?;
+            self.draining = true;
+            b.set_announce(false);
+            Some(self.drain)
         }
 
         fn reload(&mut self) -> Result<String, String> {
@@ -593,6 +612,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             encap,
             sync,
             bgp: None,
+            drain: std::time::Duration::from_secs_f64(args.drain),
+            draining: false,
         };
         let what = f.reload()?;
         if let Some((peer, local_as, peer_as)) = args.bgp {
@@ -666,6 +687,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 Some(("10.4.1.1:179".parse().unwrap(), 4_200_000_001, 65_000))
             );
             assert_eq!(a.bgp, None);
+            assert_eq!(a.drain, 0.0);
             let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600").into_iter()).unwrap().unwrap();
             assert_eq!(synced.lb_key, Some(core::array::from_fn(|i| i as u8)));
             // Hex digits only (`from_str_radix` alone would take a sign).
