@@ -33,10 +33,11 @@
 //!   deadline is no journal event).
 //! - **Peer failure.** A peer whose connection closes, sends a frame that does not parse,
 //!   or says nothing (not even a heartbeat) for [`SyncConfig::dead_after`] is taken as
-//!   failed: its sessions become this node's own ([`Conntrack::take_over_replicas`] of its
-//!   origin), journaled and replicated onward. Until then a copy already serves the packets
-//!   that reach this node. Every survivor takes the failed node's sessions over; the router
-//!   decides which one sees each flow.
+//!   failed: its copies here become orphans ([`Conntrack::orphan_replicas`] of its origin),
+//!   each made this node's own — journaled and replicated onward — by the first packet that
+//!   reaches it here; the router decides which survivor sees each flow, so each session
+//!   ends up owned by the one node that carries it, and the orphans no packet reaches
+//!   expire unnoticed. A copy serves packets like an own session all along.
 //! - **Ready.** [`SyncLink::ready`] says when a node that just started holds what its peers
 //!   would give it: announce routes (take traffic) only then.
 //! - **Bounded.** Frames are at most [`MAX_FRAME`] bytes (a longer length prefix ends the
@@ -146,8 +147,9 @@ pub struct SyncCounters {
     pub resync_removed: u64,
     /// Times a peer was taken as failed.
     pub peer_down: u64,
-    /// Sessions taken over from failed peers.
-    pub taken_over: u64,
+    /// Copies of failed peers' sessions made orphans (each this node's own at its first
+    /// packet here: `conntrack.v4_orphans_adopted`).
+    pub orphaned: u64,
 }
 
 /// What the socket threads count (shared with them).
@@ -556,16 +558,19 @@ impl SyncLink {
         }
     }
 
-    /// Peer `origin` is gone: its sessions are this node's now.
+    /// Peer `origin` is gone: its sessions are this node's as their packets come here.
     fn peer_failed<S: SessionService>(&mut self, ct: &mut Conntrack<S>, origin: u8) {
         let Some(p) = self.peers.iter_mut().find(|p| p.origin == origin) else {
             return;
         };
         self.counters.peer_down += 1;
         p.receiving_resync = false;
-        let n = ct.take_over_replicas(|s| s.origin == origin);
-        self.counters.taken_over += n as u64;
-        crate::say!("sync: peer {} down: took over {n} of its sessions", p.addr);
+        let n = ct.orphan_replicas(|s| s.origin == origin);
+        self.counters.orphaned += n as u64;
+        crate::say!(
+            "sync: peer {} down: orphaned {n} of its sessions (each ours at its first packet here)",
+            p.addr
+        );
     }
 
     /// Calls `f` with every counter of the link (stage `sync`).
@@ -587,7 +592,7 @@ impl SyncLink {
             ("apply_errors", c.apply_errors),
             ("resync_removed", c.resync_removed),
             ("peer_down", c.peer_down),
-            ("taken_over", c.taken_over),
+            ("orphaned", c.orphaned),
             ("peers_connected", self.connected() as u64),
         ] {
             f("sync", name, v);

@@ -210,7 +210,7 @@ fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds: us
 
 fn stop(node: &mut Node) -> BTreeMap<String, u64> {
     sh(&format!("kill -TERM {}", node.pid));
-    wait_for(&node.lines, "sync.taken_over", 10, &mut node.seen);
+    wait_for(&node.lines, "sync.orphaned", 10, &mut node.seen);
     std::thread::sleep(Duration::from_millis(200));
     node.seen.extend(node.lines.try_iter());
     counters(&node.seen)
@@ -375,10 +375,11 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     // Node 1 fails: the process dies, its BGP session with it, and the router withdraws
     // its next hop (and, hashing over two next hops instead of three, moves flows between
     // the survivors too); both survivors find their sync connection from it closed and
-    // take its sessions over.
+    // make their copies of its sessions orphans, each adopted by the survivor its next
+    // packet reaches.
     sh(&format!("kill -KILL {}", nodes[0].pid));
     for n in &mut nodes[1..] {
-        n.wait("10.3.0.1:7600 down: took over", 10);
+        n.wait("10.3.0.1:7600 down: orphaned", 10);
     }
     wait_route(&r, &all_hops[1..]);
     assert_kept(
@@ -415,7 +416,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     // after a second without a heartbeat, the router after its BGP hold time (3 s).
     sh(&format!("kill -STOP {}", nodes[1].pid));
     for i in [0, 2] {
-        nodes[i].wait("10.3.0.2:7600 down: took over", 10);
+        nodes[i].wait("10.3.0.2:7600 down: orphaned", 10);
     }
     wait_route(&r, &[all_hops[0], all_hops[2]]);
     assert_kept(
@@ -450,12 +451,13 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         c[0]
     );
     assert!(get(&c[0], "tunnel_encap.packets") > 0, "{:?}", c[0]);
-    // Both survivors took the failed node's sessions over when it failed: the same ones.
+    // Both survivors orphaned the failed node's sessions when it failed: the same ones
+    // (every node held every session), and each adopted those whose packets reached it.
     let took = |n: &Node| -> u64 {
         let l = n
             .seen
             .iter()
-            .find(|l| l.contains("10.3.0.1:7600 down: took over"));
+            .find(|l| l.contains("10.3.0.1:7600 down: orphaned"));
         l.and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
             .unwrap()
     };
@@ -465,6 +467,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     // The hung node was found out by its silence (not a closed connection).
     for m in &c {
         assert!(get(m, "sync.silent") >= 1, "{m:?}");
+        assert!(get(m, "conntrack.v4_orphans_adopted") >= 1, "{m:?}");
     }
     for (i, m) in [1, 3].into_iter().zip(&c) {
         for k in [

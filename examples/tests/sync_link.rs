@@ -1,14 +1,14 @@
 //! `nf_examples::sync` between two in-process nodes over loopback TCP: sessions created on
 //! one appear on the other with their origin, the ended ones go, a node that starts after
 //! its peer is ready only once the peer's resync has arrived, and when a node goes away its
-//! peer takes its sessions over.
+//! copies on the peer become orphans, each the peer's own at its first packet.
 #![expect(
     clippy::unwrap_used,
     reason = "test code: a failed step should fail the test"
 )]
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState};
-use nf_core::{Duration, FlowKey, Instant, ZoneId, flow::proto};
+use nf_core::{Direction, Duration, FlowKey, Instant, ZoneId, flow::proto};
 use nf_examples::sync::{SyncConfig, SyncLink};
 use std::net::{SocketAddr, TcpListener};
 
@@ -109,13 +109,20 @@ fn sessions_follow_their_node_and_a_peer_takes_them_over_when_it_goes() {
     // Nothing B applied goes back to A.
     assert_eq!(a.ct.v4().len(), 3);
 
-    // A goes away (its threads end, its connection to B closes): B takes over A's three.
+    // A goes away (its threads end, its connection to B closes): A's three copies on B
+    // become orphans; the first packet of one makes it B's own, the others stay copies.
     drop(a);
     run(&mut now, &mut [&mut b], |_, n| {
-        n[0].link.counters().taken_over == 3
+        n[0].link.counters().orphaned == 3
     });
     let c = b.link.counters();
     assert_eq!((c.peer_down, c.apply_errors, c.send_dropped), (1, 0, 0));
-    let own = b.ct.lookup(&flow(7)).unwrap().session;
-    assert_eq!(b.ct.v4().info(own).unwrap().origin, 0);
+    let hit = b.ct.lookup(&flow(7)).unwrap().session;
+    b.ct.v4_mut()
+        .track(hit, now, Direction::Original, 0)
+        .unwrap();
+    assert_eq!(b.ct.v4().info(hit).unwrap().origin, 0);
+    assert_eq!(b.ct.v4().counters().orphans_adopted, 1);
+    let other = b.ct.lookup(&flow(0)).unwrap().session;
+    assert_eq!(b.ct.v4().info(other).unwrap().origin, 1);
 }

@@ -32,6 +32,9 @@ enum Op {
     Import(Vec<u8>),
     Sync(u8),
     Apply(Vec<u8>),
+    /// The primary is taken as failed: the replica's copies become orphans, and a packet
+    /// (TCP flags, direction) reaches the `u16`-th live one.
+    Orphan(u16, bool, u8),
     InsertBatch(Vec<([u8; 4], Option<[u8; 4]>, u8, Option<u8>, u8)>),
 }
 
@@ -49,6 +52,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut replica: SessionTable<V4Key, u32> = SessionTable::new(cfg).unwrap();
     // The replica equals the table after a full sync while this holds.
     let mut in_sync = true;
+    // A copy adopted by a packet on the replica is the replica's own (origin 0).
+    let mut adopted = false;
     let mut live: HashMap<SessionRef, (FlowKey, FlowKey)> = HashMap::new();
     let mut now = Instant::from_nanos(1);
     for op in ops.into_iter().take(500) {
@@ -168,9 +173,28 @@ fuzz_target!(|ops: Vec<Op>| {
                         assert_eq!(a.session, b.session);
                         assert_eq!((a.direction, b.direction), (Direction::Original, Direction::Reply));
                         assert_eq!(replica.state(a.session), t.state(*h));
-                        assert_eq!(replica.info(a.session).unwrap().origin, 1);
+                        assert!(adopted || replica.info(a.session).unwrap().origin == 1);
                     }
                 }
+            }
+            Op::Orphan(i, reply, flags) => {
+                let orphans = replica.orphan_replicas(|s| s.origin == 1);
+                let keys: Vec<FlowKey> = live.values().map(|(o, _)| *o).collect();
+                if orphans > 0 && !keys.is_empty() {
+                    if let Some(h) = replica.lookup(&keys[usize::from(i) % keys.len()]) {
+                        let dir = if reply { Direction::Reply } else { Direction::Original };
+                        let before = replica.counters().orphans_adopted;
+                        let was_copy = replica.info(h.session).unwrap().origin == 1;
+                        // Adopted even when the tracker then rejects the segment.
+                        let _ = replica.track(h.session, now, dir, flags);
+                        if was_copy {
+                            assert_eq!(replica.counters().orphans_adopted, before + 1);
+                            assert_eq!(replica.info(h.session).unwrap().origin, 0);
+                            adopted = true;
+                        }
+                    }
+                }
+                in_sync = false;
             }
             Op::Apply(bytes) => {
                 let before = replica.len();

@@ -474,6 +474,55 @@ fn a_node_replicated_by_two_primaries_handles_each_by_its_origin() {
 }
 
 #[test]
+fn orphans_become_own_sessions_one_packet_at_a_time() {
+    let now = Instant::from_nanos(5_000_000_000);
+    let mut a = Table::new(cfg(64, 64)).unwrap();
+    let mut b = Table::new(cfg(64, 64)).unwrap();
+    for i in 0..4 {
+        open_udp(&mut a, now, i);
+    }
+    let mut buf = Vec::new();
+    a.export_changes(now, 100, &mut buf);
+    assert_eq!(b.apply_from(now, 1, &buf).unwrap().created, 4);
+    // A is taken as failed, but it was only slow: its next records make the orphans plain
+    // copies again, which a packet does not adopt.
+    assert_eq!(b.orphan_replicas(|s| s.origin == 1), 4);
+    buf.clear();
+    a.export(now, 0, usize::MAX, &mut buf);
+    assert_eq!(b.apply_from(now, 1, &buf).unwrap().refreshed, 4);
+    let h0 = b.lookup(&flow(0)).unwrap().session;
+    b.track(h0, now, Direction::Original, 0).unwrap();
+    assert_eq!(b.info(h0).unwrap().origin, 1);
+    assert_eq!(b.counters().orphans_adopted, 0);
+    // A fails: its copies on B are orphans, nothing journaled yet.
+    assert_eq!(b.orphan_replicas(|s| s.origin == 1), 4);
+    buf.clear();
+    assert_eq!(b.export_changes(now, 100, &mut buf).changed, 0);
+    // A packet of flow 2 reaches B: that session, and only it, is B's own now, its state
+    // moved as the packet says (the reply made the UDP session replied).
+    let h2 = b.lookup(&flow(2)).unwrap().session;
+    b.track(h2, now, Direction::Reply, 0).unwrap();
+    assert_eq!(b.info(h2).unwrap().origin, 0);
+    assert_eq!(b.state(h2), Some(SessionState::UdpReplied));
+    assert_eq!(b.counters().orphans_adopted, 1);
+    buf.clear();
+    assert_eq!(b.export_changes(now, 100, &mut buf).changed, 1);
+    // The others are still copies: a full export leaves them out.
+    buf.clear();
+    assert_eq!(b.export(now, 0, usize::MAX, &mut buf).records, 1);
+    // Orphans no packet reaches expire as copies: only the adopted session's end is
+    // journaled.
+    let later = now + Duration::from_secs(3600);
+    while b.poll_timeout().is_some_and(|t| t <= later) {
+        b.handle_timeout(later, 1024);
+    }
+    assert!(b.is_empty());
+    buf.clear();
+    let p = b.export_changes(later, 100, &mut buf);
+    assert_eq!((p.ended, p.changed), (1, 0));
+}
+
+#[test]
 fn taking_replicas_over_makes_them_journaled_sessions() {
     let now = Instant::from_nanos(5_000_000_000);
     let mut a = Table::new(cfg(64, 64)).unwrap();

@@ -495,6 +495,16 @@ impl<S: SessionService> Conntrack<S> {
         self.v4.take_over_replicas(&mut which) + self.v6.take_over_replicas(&mut which)
     }
 
+    /// Makes the replica copies `which` selects, of both families, orphans: each becomes this
+    /// stage's own session at the first packet that reaches it here (see
+    /// [`SessionTable::orphan_replicas`]). Returns how many.
+    pub fn orphan_replicas(
+        &mut self,
+        mut which: impl FnMut(&SessionInfo<S::Value>) -> bool,
+    ) -> usize {
+        self.v4.orphan_replicas(&mut which) + self.v6.orphan_replicas(&mut which)
+    }
+
     /// Starts a full resync from a primary that lost journal events: the replica copies
     /// `which` selects, of both families, are marked unconfirmed until a record the primary
     /// sends ([`Self::export`] chunks, given to [`Self::apply`]) confirms them; see
@@ -1308,6 +1318,11 @@ fn table_counters(
         ("v4_refused_quota", "v6_refused_quota", c.refused_quota),
         ("v4_refused_zones", "v6_refused_zones", c.refused_zones),
         ("v4_journal_lost", "v6_journal_lost", c.journal_lost),
+        (
+            "v4_orphans_adopted",
+            "v6_orphans_adopted",
+            c.orphans_adopted,
+        ),
     ] {
         f(stage, pick(a, b), v);
     }

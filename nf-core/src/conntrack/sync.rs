@@ -288,6 +288,20 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         self.promote_replicas(&mut which)
     }
 
+    /// The lazy [`Self::take_over_replicas`], for a fleet where every node holds copies of
+    /// every other's sessions and the router in front decides which node a failed node's
+    /// flows go to: the copies `which` selects become orphans, and the first packet that
+    /// reaches one here ([`Self::track`], or the stage's hit) makes it this table's own
+    /// session, journaled from then on ([`TableCounters::orphans_adopted`](super::TableCounters::orphans_adopted));
+    /// the orphans no packet reaches stay copies and expire here unnoticed, so that each
+    /// session ends up owned by the one node that carries its flow, not by every survivor.
+    /// An orphan leaves the steady path (its next packet takes the full one, once). A record
+    /// from a primary (the same node come back, or another that took the session over)
+    /// makes an orphan a plain copy again. `O(capacity)`, cold path; returns how many.
+    pub fn orphan_replicas(&mut self, mut which: impl FnMut(&SessionInfo<V>) -> bool) -> usize {
+        self.mark_orphans(&mut which)
+    }
+
     /// Starts a full resync from a primary, after it lost journal events
     /// ([`ChangeProgress::lost`]): the replica copies `which` selects (the primary's) are
     /// marked unconfirmed; the primary then sends every session it has (its

@@ -2,7 +2,7 @@
 //! inserting an imported session as it was.
 
 use super::{
-    F_FIN_REPLY, F_LIVE, F_REPLICA, F_UNCONFIRMED, Hit, InsertError, Record, SessionInfo,
+    F_FIN_REPLY, F_LIVE, F_ORPHAN, F_REPLICA, F_UNCONFIRMED, Hit, InsertError, Record, SessionInfo,
     SessionTable,
 };
 use crate::conntrack::key::SessionKey;
@@ -124,7 +124,7 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         let d32 = d as u32;
         if let Some(x) = self.recs.get_mut(r.index as usize) {
             // A primary's record confirms the session (a resync under way keeps it).
-            x.flags = (x.flags & !(F_FIN_REPLY | F_UNCONFIRMED))
+            x.flags = (x.flags & !(F_FIN_REPLY | F_UNCONFIRMED | F_ORPHAN))
                 | if fin_reply { F_FIN_REPLY } else { 0 };
             // Replace the deadline exactly (earlier or later) by re-filing the timer.
             x.deadline = d32;

@@ -9,7 +9,9 @@
 //! ([`SessionTable::apply`](super::SessionTable::apply)) are not journaled, so that two
 //! nodes replicating to each other do not echo every change back.
 
-use super::{F_DIRTY, F_LIVE, F_REPLICA, F_UNCONFIRMED, Record, SessionInfo, SessionTable};
+use super::{
+    F_DIRTY, F_LIVE, F_ORPHAN, F_REPLICA, F_UNCONFIRMED, Record, SessionInfo, SessionTable,
+};
 use crate::conntrack::key::SessionKey;
 use alloc::vec::Vec;
 
@@ -209,10 +211,35 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         self.each_replica(which, |t, idx| {
             if let Some(x) = t.recs.get_mut(idx as usize) {
                 // Its own now: a resync its primary did not finish no longer removes it.
-                x.flags &= !(F_REPLICA | F_UNCONFIRMED);
+                x.flags &= !(F_REPLICA | F_UNCONFIRMED | F_ORPHAN);
             }
             t.journal_mark(idx);
         })
+    }
+
+    /// Marks the replica copies `which` selects as orphans (see
+    /// [`SessionTable::orphan_replicas`]); returns how many.
+    pub(in crate::conntrack) fn mark_orphans(
+        &mut self,
+        which: &mut dyn FnMut(&SessionInfo<V>) -> bool,
+    ) -> usize {
+        self.each_replica(which, |t, idx| {
+            if let Some(x) = t.recs.get_mut(idx as usize) {
+                x.flags |= F_ORPHAN;
+            }
+        })
+    }
+
+    /// A packet reached the orphan in slot `idx`: this table's own session from now on,
+    /// journaled for its own replicas.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn adopt_orphan(&mut self, idx: u32) {
+        if let Some(x) = self.recs.get_mut(idx as usize) {
+            x.flags &= !(F_REPLICA | F_UNCONFIRMED | F_ORPHAN);
+        }
+        self.counters.orphans_adopted += 1;
+        self.journal_mark(idx);
     }
 
     /// Marks the replica copies `which` selects as unconfirmed (see

@@ -44,6 +44,10 @@ pub(super) const F_REPLICA: u8 = 32;
 /// Record flag: a replica copy not yet confirmed by the full resync under way
 /// ([`SessionTable::begin_resync`]).
 pub(super) const F_UNCONFIRMED: u8 = 64;
+/// Record flag: a replica copy whose primary failed ([`SessionTable::orphan_replicas`]):
+/// the first packet that reaches it here makes it this table's own. Keeps the steady path
+/// off (the full path adopts it).
+pub(super) const F_ORPHAN: u8 = 128;
 
 /// A `(mask, want)` no TCP flags satisfy (`want` outside `mask`).
 const NEVER: (u8, u8) = (0, 1);
@@ -89,7 +93,8 @@ const STEADY: [(u8, u8); 16] = {
 #[inline(always)]
 fn steady(state: u8, flags: u8, tcp_flags: u8) -> bool {
     let (mask, want) = STEADY.get(usize::from(state)).copied().unwrap_or(NEVER);
-    (flags & F_ASSURED != 0) & (tcp_flags & mask == want)
+    // An orphan is never steady: its next packet takes the full path, which adopts it.
+    (flags & (F_ASSURED | F_ORPHAN) == F_ASSURED) & (tcp_flags & mask == want)
 }
 
 /// Settings fixed at construction.
@@ -306,6 +311,9 @@ pub struct TableCounters {
     /// Journal events dropped because the journal was full (or cleared with the table): a
     /// replica missed them and needs a full resync.
     pub journal_lost: u64,
+    /// Copies of a failed primary's sessions made this table's own by a packet
+    /// ([`SessionTable::orphan_replicas`]).
+    pub orphans_adopted: u64,
 }
 
 /// A zone's session count and quota.
@@ -994,6 +1002,14 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
             }
             return self.recs.get_mut(idx).map(|x| &mut x.value);
         }
+        // An orphan (never steady) becomes this table's own at its first packet here.
+        let x = if flags & F_ORPHAN != 0 {
+            self.adopt_orphan(r.index);
+            self.rec(r)?
+        } else {
+            x
+        };
+        let flags = x.flags;
         let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
         let t = state::advance(
             s,
@@ -1129,7 +1145,11 @@ impl<K: SessionKey, V: Copy + Default> SessionTable<K, V> {
         direction: Direction,
         tcp_flags: u8,
     ) -> Option<SessionState> {
-        let x = self.rec(r)?;
+        let mut x = self.rec(r)?;
+        if x.flags & F_ORPHAN != 0 {
+            self.adopt_orphan(r.index);
+            x = self.rec(r)?;
+        }
         let s = SessionState::from_u8(x.state).unwrap_or(SessionState::Other);
         let t = state::advance(
             s,
