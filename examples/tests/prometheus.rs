@@ -107,7 +107,7 @@ fn pcap_flows_prints_a_valid_exposition() {
     let samples = |f: &str| families.iter().find(|(n, _)| n == f).map(|(_, n)| *n);
     // parse (five common counters) and conntrack (five common, then its own, pinned in
     // nf-core's conntrack tests); the demo capture has drops.
-    assert_eq!(samples("nf_stage_counter"), Some(49));
+    assert_eq!(samples("nf_stage_counter"), Some(51));
     assert!(text.contains("nf_stage_counter{position=\"1\",stage=\"conntrack\",counter=\"hits\"}"));
     assert!(samples("nf_stage_drops_total").is_some_and(|n| n > 0));
     assert!(
