@@ -467,8 +467,14 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     // The hung node was found out by its silence (not a closed connection).
     for m in &c {
         assert!(get(m, "sync.silent") >= 1, "{m:?}");
-        assert!(get(m, "conntrack.v4_orphans_adopted") >= 1, "{m:?}");
     }
+    // Node 2's flows went to nodes 1 and 3, which adopted their orphaned copies (how many
+    // each depends on the router's hash).
+    let adopted: u64 = c
+        .iter()
+        .map(|m| get(m, "conntrack.v4_orphans_adopted"))
+        .sum();
+    assert!(adopted >= 1, "{c:?}");
     for (i, m) in [1, 3].into_iter().zip(&c) {
         for k in [
             "sync.apply_errors",
