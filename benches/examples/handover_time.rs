@@ -22,7 +22,8 @@
 //! chunks (at most 16 per poll, the walk waiting while half the sender's queue is taken),
 //! the receiving node applies them (`Conntrack::apply_from`); the time from the connection
 //! to the last session here, both nodes polled in turn on one thread, the socket threads
-//! beside it.
+//! beside it. `link-lb-keyed`: the same on a keyed link (`SyncConfig::key`: every frame
+//! tagged by the sender's thread and checked by the receiver's).
 //!
 //! ```text
 //! cargo run --release -p nf-bench --example handover_time -- lb 1000000
@@ -31,6 +32,7 @@
 //! cargo run --release -p nf-bench --example handover_time -- sync-lb 1000000
 //! cargo run --release -p nf-bench --example handover_time -- sync-nat-hyperplane 1000000
 //! cargo run --release -p nf-bench --example handover_time -- link-lb 1000000
+//! cargo run --release -p nf-bench --example handover_time -- link-lb-keyed 1000000
 //! ```
 //! (rfc's four addresses hold about 258,000 TCP mappings, so at most about 340,000
 //! sessions.)
@@ -95,12 +97,13 @@ fn main() {
             let mut b = lb_setup::lb(&[], capacity);
             replicate(what, &mut a, &mut b, sessions);
         }
-        "link-lb" => {
+        "link-lb" | "link-lb-keyed" => {
             let flows = lb_setup::flows(sessions);
             let capacity = (sessions as f64 / 0.9).ceil() as u32;
             let mut a = lb_setup::lb(&flows, capacity);
             let mut b = lb_setup::lb(&[], capacity);
-            over_link(what, &mut a, &mut b, sessions);
+            let key = (what == "link-lb-keyed").then_some(*b"handover_time ky");
+            over_link(what, &mut a, &mut b, sessions, key);
         }
         "sync-nat-hyperplane" => {
             let journal = u32::try_from(sessions).expect("sessions");
@@ -111,7 +114,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: handover_time lb|nat-hyperplane|nat-rfc|sync-lb|sync-nat-hyperplane|link-lb [SESSIONS]"
+                "usage: handover_time lb|nat-hyperplane|nat-rfc|sync-lb|sync-nat-hyperplane|link-lb|link-lb-keyed [SESSIONS]"
             );
             std::process::exit(2);
         }
@@ -248,11 +251,16 @@ fn over_link<S: SessionService>(
     a: &mut Conntrack<S>,
     b: &mut Conntrack<S>,
     sessions: usize,
+    key: Option<[u8; 16]>,
 ) {
     use nf_examples::sync::{SyncConfig, SyncLink};
     let (aa, ba) = (free_addr(), free_addr());
-    let mut la = SyncLink::start(SyncConfig::new(aa, vec![ba])).expect("link A");
-    let mut lb = SyncLink::start(SyncConfig::new(ba, vec![aa])).expect("link B");
+    let config = |listen, peer| SyncConfig {
+        key,
+        ..SyncConfig::new(listen, vec![peer])
+    };
+    let mut la = SyncLink::start(config(aa, ba)).expect("link A");
+    let mut lb = SyncLink::start(config(ba, aa)).expect("link B");
     // A's connection to B first (it retries every 250 ms): the resync starts at A's next
     // poll after it.
     let wait = Clock::now();

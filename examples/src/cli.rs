@@ -46,6 +46,29 @@ pub fn random_secret() -> [u8; 16] {
     key
 }
 
+/// 16 bytes written as exactly 32 hex digits (no sign, no prefix).
+pub fn hex_key(hex: &str) -> Option<[u8; 16]> {
+    let mut key = [0u8; 16];
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    for (k, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
+        *k = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(key)
+}
+
+/// A secret key read from a file holding its 32 hex digits (surrounding whitespace
+/// ignored): a file, so that the key stays out of the process list.
+///
+/// # Errors
+/// A message naming the flag and the file: unreadable, or not 32 hex digits.
+pub fn key_file(flag: &str, path: &std::path::Path) -> Result<[u8; 16], String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    hex_key(text.trim()).ok_or_else(|| format!("{flag} {}: not 32 hex digits", path.display()))
+}
+
 /// A non-negative, finite number of seconds given to `flag`.
 ///
 /// # Errors
@@ -66,5 +89,33 @@ mod tests {
         for bad in ["-1", "inf", "NaN", "x", ""] {
             assert!(super::seconds("--duration", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn keys() {
+        let k = super::hex_key("000102030405060708090a0b0c0d0e0F");
+        assert_eq!(k, Some(core::array::from_fn(|i| i as u8)));
+        // Hex digits only (`from_str_radix` alone would take a sign).
+        for bad in [
+            "+00102030405060708090a0b0c0d0e0f",
+            "0001",
+            "",
+            "000102030405060708090a0b0c0d0eZZ",
+        ] {
+            assert_eq!(super::hex_key(bad), None, "{bad}");
+        }
+        let dir = std::env::temp_dir().join(format!("nf-cli-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, bad) = (dir.join("good"), dir.join("bad"));
+        std::fs::write(&good, " 000102030405060708090a0b0c0d0e0f\n").unwrap();
+        std::fs::write(&bad, "0001\n").unwrap();
+        assert_eq!(super::key_file("--k", &good), Ok(k.unwrap()));
+        assert!(
+            super::key_file("--k", &bad)
+                .unwrap_err()
+                .contains("not 32 hex digits")
+        );
+        assert!(super::key_file("--k", &dir.join("none")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -50,11 +50,41 @@
 //! On the wire each frame is a 4-byte big-endian length (of what follows), a kind byte and
 //! the payload: a delta chunk ([`Conntrack::export_changes`]), an export chunk
 //! ([`Conntrack::export`]), the sender's listening address as text (*hello*), or nothing
-//! (*begin*, *end*, heartbeat). Chunks carry their own checksum; the link itself is not
-//! authenticated: run it on a management network.
+//! (*begin*, *end*, heartbeat). Chunks carry their own checksum against damage; against
+//! forgery, give the fleet a key.
+//!
+//! # Authentication
+//!
+//! Whoever can write to a node's sync port can otherwise put sessions into its table (a
+//! DNAT session names the backend its flow goes to) and end others. With
+//! [`SyncConfig::key`] set (the same 128-bit secret on every node), each connection is
+//! authenticated and every frame on it is tagged:
+//!
+//! 1. the accepting node sends a *challenge*: 16 fresh random bytes;
+//! 2. the connecting node answers with its *hello*: 16 random bytes of its own (a nonce)
+//!    and its listening address, tagged;
+//! 3. both derive the connection's key, SipHash-2-4-128 under the fleet key of a label, the
+//!    challenge and the nonce ([`FrameMac::new`]), and every frame from then on (the hello
+//!    first, heartbeats included) ends in a 16-byte tag: SipHash-2-4-128 under the
+//!    connection key of the frame's sequence number on the connection, its kind and its
+//!    payload ([`FrameMac::seal`]);
+//! 4. the accepting node, once the hello verifies and names one of its peers, answers with
+//!    a *welcome* only a holder of the fleet key can compute for this connection
+//!    ([`FrameMac::welcome`]): the connecting node sends nothing more until it has it, so it
+//!    never hands its sessions to an impostor, and counts a peer with another key.
+//!
+//! A frame whose tag does not verify ends the connection (counted `auth_failures`), so a
+//! forged, altered, replayed, reordered or dropped frame is never applied, and a recorded
+//! connection cannot be replayed to a node (its challenge differs). SipHash is a
+//! pseudorandom function designed for authenticating short messages; the 128-bit output
+//! leaves forgery to guessing a 128-bit tag, one guess per connection (the first wrong tag
+//! ends it). The link is not encrypted: session keys and backends are readable on the
+//! wire. Without a key the link is open: run it on a management network only.
 
+use core::hash::Hasher as _;
 use nf_core::conntrack::{Conntrack, SessionService};
 use nf_core::{Duration, Family, Instant};
+use siphasher::sip128::{Hasher128 as _, SipHasher24};
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -82,6 +112,13 @@ const EXPORT: u8 = 3;
 const END: u8 = 4;
 const HEARTBEAT: u8 = 5;
 const HELLO: u8 = 6;
+const CHALLENGE: u8 = 7;
+const WELCOME: u8 = 8;
+
+/// The bytes of a frame's tag on an authenticated link.
+pub const TAG_LEN: usize = 16;
+/// The bytes of a challenge and of a nonce.
+const NONCE_LEN: usize = 16;
 
 /// Where the link listens and connects, and its timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +135,10 @@ pub struct SyncConfig {
     /// Silence after which a peer is taken as failed (default 1 s; heartbeats go every
     /// quarter of it).
     pub dead_after: Duration,
+    /// The fleet's shared secret: with it, every connection is authenticated and every
+    /// frame tagged (see [Authentication](self#authentication)); every node needs the same
+    /// one. Default none: an open link.
+    pub key: Option<[u8; 16]>,
 }
 
 impl SyncConfig {
@@ -109,7 +150,87 @@ impl SyncConfig {
             every: Duration::from_millis(10),
             sweep: Duration::from_millis(10_000),
             dead_after: Duration::from_millis(1_000),
+            key: None,
         }
+    }
+}
+
+/// The tags of one direction of one authenticated connection (see
+/// [Authentication](self#authentication)): both ends build one from the same challenge and
+/// nonce, the sender seals each frame in order, the receiver opens each in the same order.
+#[derive(Clone)]
+pub struct FrameMac {
+    key: [u8; 16],
+    seq: u64,
+}
+
+impl core::fmt::Debug for FrameMac {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The connection's key stays out of logs.
+        f.debug_struct("FrameMac")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameMac {
+    /// The connection's tags under the fleet key, for the accepting node's `challenge` and
+    /// the connecting node's `nonce`.
+    pub fn new(fleet_key: &[u8; 16], challenge: &[u8; 16], nonce: &[u8; 16]) -> Self {
+        let mut h = SipHasher24::new_with_key(fleet_key);
+        h.write(b"nf-sync/1 connection key");
+        h.write(challenge);
+        h.write(nonce);
+        Self {
+            key: h.finish128().as_bytes(),
+            seq: 0,
+        }
+    }
+
+    /// What the accepting node answers a hello it took with: proof that it holds the fleet
+    /// key too (the connecting node then knows its peer is no impostor).
+    pub fn welcome(&self) -> [u8; TAG_LEN] {
+        let mut h = SipHasher24::new_with_key(&self.key);
+        h.write(b"nf-sync/1 welcome");
+        h.finish128().as_bytes()
+    }
+
+    /// The tag of the connection's next frame.
+    fn next_tag(&mut self, kind: u8, payload: &[u8]) -> [u8; TAG_LEN] {
+        let mut h = SipHasher24::new_with_key(&self.key);
+        h.write(&self.seq.to_le_bytes());
+        h.write(&[kind]);
+        h.write(payload);
+        self.seq = self.seq.wrapping_add(1);
+        h.finish128().as_bytes()
+    }
+
+    /// Appends the next tag to a whole frame (length, kind, payload; as [`read_frame`]
+    /// reads) and sets its length. A slice shorter than a frame's head is left alone.
+    pub fn seal(&mut self, frame: &mut Vec<u8>) {
+        let Some((&kind, payload)) = frame.get(4..).and_then(<[u8]>::split_first) else {
+            return;
+        };
+        let tag = self.next_tag(kind, payload);
+        frame.extend_from_slice(&tag);
+        fix_length(frame);
+    }
+
+    /// Checks and strips the tag of the connection's next frame, whose kind and payload
+    /// [`read_frame`] returned: the payload without its tag, or `None` when the tag does
+    /// not verify (forged, altered, replayed, reordered, or a frame missing before it; the
+    /// connection is then to be closed).
+    pub fn open(&mut self, kind: u8, mut payload: Vec<u8>) -> Option<Vec<u8>> {
+        let at = payload.len().checked_sub(TAG_LEN)?;
+        let (body, tag) = payload.split_at(at);
+        let want = self.next_tag(kind, body);
+        // Compared without an early exit, so that timing does not tell how much matched.
+        let diff = want.iter().zip(tag).fold(0u8, |d, (a, b)| d | (a ^ b));
+        if diff != 0 {
+            return None;
+        }
+        payload.truncate(at);
+        Some(payload)
     }
 }
 
@@ -162,6 +283,7 @@ struct IoCounters {
     unknown_peers: AtomicU64,
     bad_frames: AtomicU64,
     silent: AtomicU64,
+    auth_failures: AtomicU64,
 }
 
 /// What the receiving threads hand the packet loop, with the peer's origin.
@@ -284,15 +406,16 @@ impl SyncLink {
         let (incoming, from_peers) = mpsc::sync_channel(FRAMES_PER_POLL);
         let io = Arc::new(IoCounters::default());
         let dead = std_duration(cfg.dead_after).max(std::time::Duration::from_millis(10));
-        let hello = frame(HELLO, cfg.listen.to_string().as_bytes());
+        let name = cfg.listen.to_string();
+        let key = cfg.key;
         let mut peers = Vec::with_capacity(cfg.peers.len());
         for (&addr, origin) in cfg.peers.iter().zip(1u8..) {
             let (to_peer, outgoing) = mpsc::sync_channel(QUEUE_FRAMES);
             let flags = Arc::new(PeerFlags::default());
-            let (f, io, hello) = (flags.clone(), io.clone(), hello.clone());
+            let (f, io, name) = (flags.clone(), io.clone(), name.clone());
             std::thread::Builder::new()
                 .name(format!("sync-out-{origin}"))
-                .spawn(move || send_loop(addr, &hello, &outgoing, &f, &io, dead))?;
+                .spawn(move || send_loop(addr, &name, key, &outgoing, &f, &io, dead))?;
             peers.push(Peer {
                 addr,
                 origin,
@@ -309,7 +432,7 @@ impl SyncLink {
             let io = io.clone();
             std::thread::Builder::new()
                 .name("sync-accept".into())
-                .spawn(move || accept_loop(&listener, &known, &incoming, &io, dead))?;
+                .spawn(move || accept_loop(&listener, &known, key, &incoming, &io, dead))?;
         }
         Ok(Self {
             cfg,
@@ -606,6 +729,7 @@ impl SyncLink {
             ("unknown_peers", &io.unknown_peers),
             ("bad_frames", &io.bad_frames),
             ("silent", &io.silent),
+            ("auth_failures", &io.auth_failures),
         ] {
             f("sync", name, v.load(Ordering::Relaxed));
         }
@@ -620,11 +744,66 @@ fn fix_length(f: &mut [u8]) {
     }
 }
 
+/// Why a connecting end's handshake failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handshake {
+    /// A write failed (`link_errors`).
+    Link,
+    /// The peer said nothing in time (`silent`): hung, or without a key and waiting for a
+    /// plain hello.
+    Silent,
+    /// The peer answered with something else or closed: another key, or this node not in
+    /// its peer list (`auth_failures`).
+    Refused,
+}
+
+/// Reads the handshake frame the peer owes.
+fn handshake_frame(s: &mut TcpStream) -> Result<(u8, Vec<u8>), Handshake> {
+    read_frame(s).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Handshake::Silent,
+        _ => Handshake::Refused,
+    })
+}
+
+/// The connecting end's handshake: with a key, the peer's challenge read, a tagged hello
+/// with a fresh nonce written (the connection's tags then follow from it) and the peer's
+/// welcome checked; without, a plain hello.
+fn say_hello(
+    s: &mut TcpStream,
+    name: &str,
+    key: Option<[u8; 16]>,
+) -> Result<Option<FrameMac>, Handshake> {
+    let Some(key) = key else {
+        return s
+            .write_all(&frame(HELLO, name.as_bytes()))
+            .map(|()| None)
+            .map_err(|_| Handshake::Link);
+    };
+    let challenge = match handshake_frame(s)? {
+        (CHALLENGE, c) => {
+            <[u8; NONCE_LEN]>::try_from(c.as_slice()).map_err(|_| Handshake::Refused)?
+        }
+        _ => return Err(Handshake::Refused),
+    };
+    let nonce = crate::cli::random_secret();
+    let mut mac = FrameMac::new(&key, &challenge, &nonce);
+    let mut hello = frame(HELLO, &nonce);
+    hello.extend_from_slice(name.as_bytes());
+    mac.seal(&mut hello);
+    s.write_all(&hello).map_err(|_| Handshake::Link)?;
+    // Another key, or not in the peer's list: the peer closes instead.
+    match handshake_frame(s)? {
+        (WELCOME, w) if w == mac.welcome() => Ok(Some(mac)),
+        _ => Err(Handshake::Refused),
+    }
+}
+
 /// A peer's sender thread: connect, say hello, write what the loop queues (heartbeats
 /// between), and on any failure connect again (the loop then starts a full resync).
 fn send_loop(
     peer: SocketAddr,
-    hello: &[u8],
+    name: &str,
+    key: Option<[u8; 16]>,
     outgoing: &Receiver<Vec<u8>>,
     flags: &PeerFlags,
     io: &IoCounters,
@@ -653,21 +832,37 @@ fn send_loop(
         // Best effort: a stream without these options still works.
         let _ = s.set_nodelay(true);
         let _ = s.set_write_timeout(Some(dead));
-        if s.write_all(hello).is_err() {
-            io.link_errors.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(dead / 4);
-            continue;
-        }
+        let _ = s.set_read_timeout(Some(dead));
+        let mut mac = match say_hello(&mut s, name, key) {
+            Ok(mac) => mac,
+            Err(failed) => {
+                let counter = match failed {
+                    Handshake::Link => &io.link_errors,
+                    Handshake::Silent => &io.silent,
+                    Handshake::Refused => &io.auth_failures,
+                };
+                if counter.fetch_add(1, Ordering::Relaxed) == 0 && failed == Handshake::Refused {
+                    crate::say!(
+                        "sync: the peer at {peer} refused this node's hello: does it have the same sync key, and this node in its peer list?"
+                    );
+                }
+                std::thread::sleep(dead / 4);
+                continue;
+            }
+        };
         io.connects.fetch_add(1, Ordering::Relaxed);
         crate::say!("sync: connected to the peer at {peer}");
         flags.need_resync.store(true, Ordering::Release);
         flags.connected.store(true, Ordering::Release);
         loop {
-            let (f, queued) = match outgoing.recv_timeout(dead / 4) {
+            let (mut f, queued) = match outgoing.recv_timeout(dead / 4) {
                 Ok(f) => (f, true),
                 Err(RecvTimeoutError::Timeout) => (heartbeat.clone(), false),
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            if let Some(m) = &mut mac {
+                m.seal(&mut f);
+            }
             let written = s.write_all(&f);
             if queued {
                 flags.queued.fetch_sub(1, Ordering::AcqRel);
@@ -686,27 +881,52 @@ fn send_loop(
 fn accept_loop(
     listener: &TcpListener,
     known: &[(SocketAddr, Arc<PeerFlags>)],
+    key: Option<[u8; 16]>,
     incoming: &SyncSender<Inbound>,
     io: &Arc<IoCounters>,
     dead: std::time::Duration,
 ) {
     for conn in listener.incoming() {
-        let Ok(s) = conn else {
+        let Ok(mut s) = conn else {
             continue;
         };
-        if s.set_read_timeout(Some(dead)).is_err() {
+        if s.set_read_timeout(Some(dead)).is_err() || s.set_write_timeout(Some(dead)).is_err() {
             continue;
         }
         io.accepts.fetch_add(1, Ordering::Relaxed);
+        let challenge = crate::cli::random_secret();
+        if key.is_some() && s.write_all(&frame(CHALLENGE, &challenge)).is_err() {
+            io.link_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let mut r = BufReader::with_capacity(1 << 16, s);
-        // The hello names the peer; a stranger is turned away.
-        let origin = match read_frame(&mut r) {
-            Ok((HELLO, name)) => std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| n.parse::<SocketAddr>().ok())
-                .and_then(|a| known.iter().position(|(k, _)| *k == a)),
-            _ => None,
+        // The hello names the peer (tagged, after a nonce, on a keyed link); a stranger is
+        // turned away.
+        let (hello, mac) = match (read_frame(&mut r), key) {
+            (Ok((HELLO, hello)), None) => (Some(hello), None),
+            (Ok((HELLO, hello)), Some(key)) => {
+                let mut mac = hello
+                    .first_chunk::<NONCE_LEN>()
+                    .map(|nonce| FrameMac::new(&key, &challenge, nonce));
+                let opened = mac.as_mut().and_then(|m| m.open(HELLO, hello));
+                if opened.is_none() {
+                    io.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                (
+                    opened.and_then(|h| h.get(NONCE_LEN..).map(<[u8]>::to_vec)),
+                    mac,
+                )
+            }
+            _ => (None, None),
         };
+        let origin = hello.and_then(|name| {
+            let a = std::str::from_utf8(&name)
+                .ok()?
+                .parse::<SocketAddr>()
+                .ok()?;
+            known.iter().position(|(k, _)| *k == a)
+        });
         let Some((origin, flags)) = origin.and_then(|i| {
             let o = u8::try_from(i + 1).ok()?;
             Some((o, known.get(i)?.1.clone()))
@@ -714,12 +934,20 @@ fn accept_loop(
             io.unknown_peers.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        if let Some(m) = &mac
+            && r.get_mut()
+                .write_all(&frame(WELCOME, &m.welcome()))
+                .is_err()
+        {
+            io.link_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let generation = flags.generation.fetch_add(1, Ordering::AcqRel) + 1;
         flags.inbound.store(true, Ordering::Release);
         let (tx, counters, f) = (incoming.clone(), io.clone(), flags.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("sync-in-{origin}"))
-            .spawn(move || receive_loop(r, origin, generation, &f, &tx, &counters));
+            .spawn(move || receive_loop(r, mac, origin, generation, &f, &tx, &counters));
         if spawned.is_err() {
             io.link_errors.fetch_add(1, Ordering::Relaxed);
             flags.inbound.store(false, Ordering::Release);
@@ -731,6 +959,7 @@ fn accept_loop(
 /// silent; then, unless a newer connection from the peer replaced it, the peer's failure.
 fn receive_loop(
     mut r: BufReader<TcpStream>,
+    mut mac: Option<FrameMac>,
     origin: u8,
     generation: u64,
     flags: &PeerFlags,
@@ -738,7 +967,14 @@ fn receive_loop(
     io: &IoCounters,
 ) {
     loop {
-        match read_frame(&mut r) {
+        let read = read_frame(&mut r).and_then(|(kind, payload)| match &mut mac {
+            None => Ok((kind, payload)),
+            Some(m) => m
+                .open(kind, payload)
+                .map(|p| (kind, p))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "frame tag")),
+        });
+        match read {
             Ok((HEARTBEAT, _)) => {}
             Ok((kind, payload)) => {
                 if incoming
@@ -751,6 +987,7 @@ fn receive_loop(
             Err(e) => {
                 let counter = match e.kind() {
                     io::ErrorKind::InvalidData => &io.bad_frames,
+                    io::ErrorKind::PermissionDenied => &io.auth_failures,
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => &io.silent,
                     _ => &io.link_errors,
                 };
@@ -786,5 +1023,77 @@ mod tests {
             let e = read_frame(&mut &bad[..]).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len}");
         }
+    }
+
+    /// Seals `frames` in order on one end, returns what the other end's reader gets.
+    fn sealed(mac: &mut FrameMac, frames: &[(u8, &[u8])]) -> Vec<(u8, Vec<u8>)> {
+        frames
+            .iter()
+            .map(|&(kind, payload)| {
+                let mut f = frame(kind, payload);
+                mac.seal(&mut f);
+                read_frame(&mut &f[..]).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tagged_frames_open_in_order_and_nothing_else_does() {
+        let (key, challenge, nonce) = ([7u8; 16], [1u8; 16], [2u8; 16]);
+        let frames: [(u8, &[u8]); 3] = [
+            (HELLO, b"10.0.0.1:7600"),
+            (HEARTBEAT, b""),
+            (DELTA, b"chunk"),
+        ];
+        let wire = sealed(&mut FrameMac::new(&key, &challenge, &nonce), &frames);
+        assert!(wire.iter().all(|(_, p)| p.len() >= TAG_LEN));
+
+        // In order, under the same key, challenge and nonce: the payloads come back.
+        let mut rx = FrameMac::new(&key, &challenge, &nonce);
+        for ((kind, payload), (k, p)) in frames.iter().zip(&wire) {
+            assert_eq!(rx.open(*k, p.clone()).as_deref(), Some(*payload), "{kind}");
+        }
+        // Replayed: the sequence has moved on.
+        let (k, p) = wire[2].clone();
+        assert_eq!(rx.open(k, p), None);
+
+        let fresh = || FrameMac::new(&key, &challenge, &nonce);
+        // Reordered, or one missing before: refused.
+        assert_eq!(fresh().open(wire[1].0, wire[1].1.clone()), None);
+        // Another key, challenge (a recorded connection replayed) or nonce: refused.
+        for mut other in [
+            FrameMac::new(&[8; 16], &challenge, &nonce),
+            FrameMac::new(&key, &[3; 16], &nonce),
+            FrameMac::new(&key, &challenge, &[4; 16]),
+        ] {
+            assert_eq!(other.open(wire[0].0, wire[0].1.clone()), None);
+        }
+        // Any flipped bit, in the payload, the tag or the kind: refused.
+        let (k, p) = &wire[2];
+        for bit in 0..p.len() * 8 {
+            let mut bad = p.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let mut rx = fresh();
+            rx.seq = 2;
+            assert_eq!(rx.open(*k, bad), None, "bit {bit}");
+        }
+        let mut rx = fresh();
+        rx.seq = 2;
+        assert_eq!(rx.open(EXPORT, p.clone()), None);
+        // Shorter than a tag (an untagged heartbeat): refused, nothing panics.
+        for len in 0..TAG_LEN {
+            assert_eq!(fresh().open(HEARTBEAT, vec![0; len]), None);
+        }
+        // The welcome proves the fleet key for this connection alone.
+        assert_ne!(
+            fresh().welcome(),
+            FrameMac::new(&[8; 16], &challenge, &nonce).welcome()
+        );
+        assert_ne!(
+            fresh().welcome(),
+            FrameMac::new(&key, &[3; 16], &nonce).welcome()
+        );
+        // The connection key stays out of `Debug`.
+        assert!(!format!("{:?}", fresh()).contains("key"));
     }
 }

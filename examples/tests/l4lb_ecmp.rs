@@ -1,6 +1,7 @@
 //! Three `l4lb` nodes behind a BGP router (BIRD) that installs the VIP's route over all of
 //! them (ECMP, the kernel hashing L4), every node keeping copies of every other's sessions
-//! (`--sync-listen` / `--sync-peer`), in network namespaces this test makes:
+//! (`--sync-listen` / `--sync-peer`, authenticated with `--sync-key-file`), in network
+//! namespaces this test makes:
 //!
 //! ```text
 //!  ns c: client 198.51.100.2 ═ ns r: router (BIRD, AS 65000) ─ 192.0.2.10/32 via all ─┬─ ns g1: l4lb 1 ═╗  each node: BGP over 10.4.N.0/24,
@@ -49,6 +50,9 @@ const L4LB: &str = env!("CARGO_BIN_EXE_l4lb");
 const CONNECTIONS: usize = 36;
 const NODES: u8 = 3;
 const LB_KEY: &str = "6e662d6c622065636d70207465737421";
+/// The fleet's sync key (`--sync-key-file`): every sync connection authenticated, every
+/// frame tagged.
+const SYNC_KEY: &str = "6e662d73796e632d6b65792d74657374\n";
 
 /// Answers every line it reads with its name (`NAME_SERVER ADDR PORT NAME`).
 const NAME_SERVER: &str = "import socketserver, sys
@@ -145,6 +149,8 @@ struct Node {
 
 /// Starts node `n` (1 to [`NODES`]) in its namespace.
 fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
+    let key = lab.dir.join("sync.key");
+    std::fs::write(&key, SYNC_KEY).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, L4LB])
         .args(["--client", "cg", "--client-addr", &format!("10.2.{n}.2/24")])
@@ -160,7 +166,9 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
         .args(["--mode", "encap", "--vni", "42"])
         .args(["--inner-mac", "02:00:00:00:00:01", "--io", "packet"])
         .args(["--lb-key", LB_KEY])
-        .args(["--sync-listen", &format!("10.3.0.{n}:7600")]);
+        .args(["--sync-listen", &format!("10.3.0.{n}:7600")])
+        .arg("--sync-key-file")
+        .arg(&key);
     for peer in (1..=NODES).filter(|p| *p != n) {
         cmd.args(["--sync-peer", &format!("10.3.0.{peer}:7600")]);
     }
@@ -481,6 +489,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
             "sync.bad_frames",
             "sync.send_dropped",
             "sync.unknown_peers",
+            "sync.auth_failures",
             "bgp.errors",
         ] {
             assert_eq!(get(m, k), 0, "node {i}: {k}: {m:?}");

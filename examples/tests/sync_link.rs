@@ -1,7 +1,9 @@
 //! `nf_examples::sync` between two in-process nodes over loopback TCP: sessions created on
 //! one appear on the other with their origin, the ended ones go, a node that starts after
 //! its peer is ready only once the peer's resync has arrived, and when a node goes away its
-//! copies on the peer become orphans, each the peer's own at its first packet.
+//! copies on the peer become orphans, each the peer's own at its first packet. With a fleet
+//! key, nodes with the same key sync, and a node with another key, one without, and a hello
+//! replayed from another connection are turned away.
 #![expect(
     clippy::unwrap_used,
     reason = "test code: a failed step should fail the test"
@@ -9,8 +11,9 @@
 
 use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionState};
 use nf_core::{Direction, Duration, FlowKey, Instant, ZoneId, flow::proto};
-use nf_examples::sync::{SyncConfig, SyncLink};
-use std::net::{SocketAddr, TcpListener};
+use nf_examples::sync::{FrameMac, SyncConfig, SyncLink, read_frame};
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 
 type Ct = Conntrack<()>;
 
@@ -125,4 +128,110 @@ fn sessions_follow_their_node_and_a_peer_takes_them_over_when_it_goes() {
     assert_eq!(b.ct.v4().counters().orphans_adopted, 1);
     let other = b.ct.lookup(&flow(0)).unwrap().session;
     assert_eq!(b.ct.v4().info(other).unwrap().origin, 1);
+}
+
+/// The value of one of the link's counters.
+fn counter(link: &SyncLink, name: &str) -> u64 {
+    let mut value = None;
+    link.visit_counters(&mut |_, n, v| {
+        if n == name {
+            value = Some(v);
+        }
+    });
+    value.unwrap()
+}
+
+fn keyed(listen: SocketAddr, peer: SocketAddr, key: Option<[u8; 16]>) -> Node {
+    let mut cfg = SyncConfig::new(listen, vec![peer]);
+    cfg.key = key;
+    cfg.dead_after = Duration::from_millis(300);
+    Node {
+        link: SyncLink::start(cfg).unwrap(),
+        ct: tracker(),
+    }
+}
+
+#[test]
+fn a_keyed_fleet_syncs_and_turns_away_other_keys_no_key_and_replays() {
+    const KEY: [u8; 16] = *b"the fleet's key!";
+    let mut now = Instant::from_nanos(1_000_000_000);
+    let add = |n: &mut Node, now: Instant| {
+        for i in 0..3 {
+            let f = flow(i);
+            n.ct.v4_mut()
+                .insert(now, &f, &f.reversed(), SessionState::UdpUnreplied, ())
+                .unwrap();
+        }
+    };
+
+    // The same key: sessions go across, every frame tagged and checked.
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut a = keyed(a_addr, b_addr, Some(KEY));
+    let mut b = keyed(b_addr, a_addr, Some(KEY));
+    add(&mut a, now);
+    run(&mut now, &mut [&mut a, &mut b], |now, n| {
+        n[1].link.ready(now) && n[1].ct.v4().len() == 3
+    });
+    for n in [&a, &b] {
+        assert_eq!(counter(&n.link, "auth_failures"), 0);
+        assert_eq!(counter(&n.link, "peers_connected"), 1);
+    }
+
+    // A hello replayed from another connection: built with the fleet key for the challenge
+    // of a first connection, sent on a second (whose challenge differs).
+    let challenge = || {
+        let mut s = TcpStream::connect(a_addr).unwrap();
+        let (kind, c) = read_frame(&mut s).unwrap();
+        assert_eq!((kind, c.len()), (7, 16), "a challenge first");
+        (s, <[u8; 16]>::try_from(c.as_slice()).unwrap())
+    };
+    let (first, c1) = challenge();
+    drop(first);
+    let nonce = [9u8; 16];
+    let mut hello = vec![0, 0, 0, 0, 6];
+    hello.extend(nonce);
+    hello.extend(b_addr.to_string().bytes());
+    FrameMac::new(&KEY, &c1, &nonce).seal(&mut hello);
+    let before = counter(&a.link, "auth_failures");
+    let (mut second, c2) = challenge();
+    assert_ne!(c1, c2);
+    second.write_all(&hello).unwrap();
+    run(&mut now, &mut [&mut a, &mut b], |_, n| {
+        counter(&n[0].link, "auth_failures") > before
+    });
+    // The real peer's link is untouched: B's copies stay B's copies of A's sessions.
+    assert_eq!(counter(&b.link, "peer_down"), 0);
+    assert_eq!(b.ct.v4().len(), 3);
+    drop((a, b));
+
+    // Another key, and no key: nothing goes across in either direction, and the keyed
+    // side counts the refusals.
+    for other in [Some(*b"some other key!!"), None] {
+        let (c_addr, x_addr) = (free_addr(), free_addr());
+        let mut c = keyed(c_addr, x_addr, Some(KEY));
+        let mut x = keyed(x_addr, c_addr, other);
+        add(&mut c, now);
+        add(&mut x, now);
+        run(&mut now, &mut [&mut c, &mut x], |_, n| {
+            eprintln!(
+                "{:?} {:?}",
+                n[0].link.counters(),
+                (
+                    counter(&n[0].link, "auth_failures"),
+                    counter(&n[0].link, "accepts"),
+                    counter(&n[0].link, "unknown_peers"),
+                    counter(&n[0].link, "link_errors"),
+                    counter(&n[1].link, "auth_failures"),
+                    counter(&n[1].link, "accepts")
+                )
+            );
+            counter(&n[0].link, "auth_failures") >= 2
+        });
+        assert_eq!(c.ct.v4().len(), 3, "{other:?}");
+        assert_eq!(x.ct.v4().len(), 3, "{other:?}");
+        assert_eq!(c.link.counters().received_frames, 0);
+        assert_eq!(x.link.counters().received_frames, 0);
+        // The keyed node never took its connection to X as up (no welcome came).
+        assert_eq!(counter(&c.link, "connects"), 0, "{other:?}");
+    }
 }

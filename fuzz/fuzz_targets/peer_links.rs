@@ -1,15 +1,18 @@
 //! Fuzzes what a load balancer reads from the other machines of its fleet: the BGP messages
 //! of the router (`nf_examples::bgp::decode`) and the frames of the session-sync link
-//! (`nf_examples::sync::read_frame`), each over a stream of arbitrary bytes.
+//! (`nf_examples::sync::read_frame`, and on a keyed link `FrameMac::open`), each over a
+//! stream of arbitrary bytes.
 //!
 //! Checked: nothing panics; a decoded BGP message is 19 to 4,096 bytes and never longer
 //! than what was read, and every error maps to a NOTIFICATION code of RFC 4271 §4.5; a sync
-//! frame's payload is at most `MAX_FRAME` bytes and the stream is consumed exactly.
+//! frame's payload is at most `MAX_FRAME` bytes and the stream is consumed exactly; no
+//! frame the fuzzer writes opens under a key it does not know (a forged tag), while the
+//! same frames sealed with the key open back to themselves.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use nf_examples::bgp::{MAX_MESSAGE, decode};
-use nf_examples::sync::{MAX_FRAME, read_frame};
+use nf_examples::sync::{FrameMac, MAX_FRAME, TAG_LEN, read_frame};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
@@ -22,9 +25,23 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut stream = data;
     let mut read = 0usize;
-    while let Ok((_, payload)) = read_frame(&mut stream) {
+    let key = *b"peer_links fuzz!";
+    let mut forged = FrameMac::new(&key, &[1; 16], &[2; 16]);
+    let (mut tx, mut rx) = (forged.clone(), forged.clone());
+    while let Ok((kind, payload)) = read_frame(&mut stream) {
         assert!(payload.len() <= MAX_FRAME);
         read += 5 + payload.len();
         assert_eq!(read + stream.len(), data.len());
+        assert_eq!(forged.open(kind, payload.clone()), None, "a forged tag opened");
+        let mut sealed = (payload.len() as u32 + 1).to_be_bytes().to_vec();
+        sealed.push(kind);
+        sealed.extend_from_slice(&payload);
+        tx.seal(&mut sealed);
+        assert_eq!(sealed.len(), 5 + payload.len() + TAG_LEN);
+        // (The link's chunks are far below `MAX_FRAME`; a payload within a tag of it would
+        // not fit once sealed.)
+        if let Ok((k, p)) = read_frame(&mut &sealed[..]) {
+            assert_eq!(rx.open(k, p), Some(payload));
+        }
     }
 });

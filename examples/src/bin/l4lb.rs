@@ -100,7 +100,8 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
-            [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...]
+            [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...
+             [--sync-key-file FILE]]
             [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--drain SECS]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
@@ -137,6 +138,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
   --sync-peer A:P        session sync: a peer's --sync-listen (repeatable, one per other
                          node); every node keeps a copy of every other's sessions and
                          carries them on when it fails
+  --sync-key-file FILE   session sync: the fleet's 128-bit key, 32 hex digits in FILE;
+                         every connection authenticated and every frame tagged (without
+                         it the link is open: anyone reaching --sync-listen can write
+                         sessions)
   --bgp-peer A[:P]       announce the VIPs (/32, next hop: --client-addr) to the router
                          at A (port 179) over BGP; with sync, only once the peers'
                          sessions are here (or, after 2 s, those of every peer
@@ -170,6 +175,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         cpu: Option<usize>,
         lb_key: Option<[u8; 16]>,
         sync: Option<(SocketAddr, Vec<SocketAddr>)>,
+        /// `--sync-key-file`.
+        sync_key_file: Option<PathBuf>,
         /// `--bgp-peer`, `--bgp-as`, `--bgp-peer-as`.
         bgp: Option<(SocketAddr, u32, u32)>,
         /// `--drain`, seconds.
@@ -200,6 +207,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
         let (mut lb_key, mut sync_listen, mut sync_peers) = (None, None, Vec::new());
+        let mut sync_key_file = None;
         let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
         let mut drain = 0.0;
         while let Some(flag) = it.next() {
@@ -263,9 +271,14 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                         .ok_or_else(|| bad("a 24-bit VNI"))?
                 }
                 "--inner-mac" => inner_mac = parse_mac(&value).ok_or_else(|| bad("a MAC"))?,
-                "--lb-key" => lb_key = Some(parse_key(&value).ok_or_else(|| bad("32 hex digits"))?),
+                "--lb-key" => {
+                    lb_key = Some(
+                        nf_examples::cli::hex_key(&value).ok_or_else(|| bad("32 hex digits"))?,
+                    )
+                }
                 "--sync-listen" => sync_listen = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
                 "--sync-peer" => sync_peers.push(value.parse().map_err(|_| bad("ADDR:PORT"))?),
+                "--sync-key-file" => sync_key_file = Some(PathBuf::from(value)),
                 "--bgp-peer" => {
                     bgp_peer = Some(
                         value
@@ -293,6 +306,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             (None, true) => None,
             _ => return Err("--sync-listen and --sync-peer go together".into()),
         };
+        if sync.is_none() && sync_key_file.is_some() {
+            return Err("--sync-key-file needs --sync-listen and --sync-peer".into());
+        }
         Ok(Some(Args {
             client: client.ok_or_else(|| need("--client"))?,
             client_addr: client_addr.ok_or_else(|| need("--client-addr"))?,
@@ -314,21 +330,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             cpu,
             lb_key,
             sync,
+            sync_key_file,
             bgp: bgp_peer.map(|p| (p, bgp_as, bgp_peer_as)),
             drain,
         }))
-    }
-
-    /// 16 bytes written as 32 hex digits.
-    fn parse_key(hex: &str) -> Option<[u8; 16]> {
-        let mut key = [0u8; 16];
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        for (k, pair) in key.iter_mut().zip(hex.as_bytes().chunks(2)) {
-            *k = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-        }
-        Some(key)
     }
 
     /// The backends file: one `IPV4:PORT [weight=N] [state=up|draining|down]` per line; each
@@ -585,8 +590,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 // peer then gets a full resync.
                 ct.v4.journal = args.sessions.clamp(1024, 1 << 16);
                 ct.v6.journal = 64;
-                let link = SyncLink::start(SyncConfig::new(listen, peers.clone()))
-                    .map_err(|e| format!("--sync-listen {listen}: {e}"))?;
+                let mut cfg = SyncConfig::new(listen, peers.clone());
+                if let Some(path) = &args.sync_key_file {
+                    cfg.key = Some(nf_examples::cli::key_file("--sync-key-file", path)?);
+                }
+                let link =
+                    SyncLink::start(cfg).map_err(|e| format!("--sync-listen {listen}: {e}"))?;
                 Some(link)
             }
         };
@@ -688,10 +697,13 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             );
             assert_eq!(a.bgp, None);
             assert_eq!(a.drain, 0.0);
-            let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600").into_iter()).unwrap().unwrap();
+            let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600 --sync-key-file /etc/nf/sync.key").into_iter()).unwrap().unwrap();
+            assert_eq!(
+                synced.sync_key_file,
+                Some(PathBuf::from("/etc/nf/sync.key"))
+            );
+            assert_eq!(a.sync_key_file, None);
             assert_eq!(synced.lb_key, Some(core::array::from_fn(|i| i as u8)));
-            // Hex digits only (`from_str_radix` alone would take a sign).
-            assert_eq!(parse_key("+00102030405060708090a0b0c0d0e0f"), None);
             assert_eq!(
                 synced.sync,
                 Some((
@@ -714,6 +726,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--lb-key 000102030405060708090a0b0c0d0eZZ",
                 "--sync-listen 10.3.0.1:7600",
                 "--sync-peer 10.3.0.2",
+                "--sync-key-file k",
                 "--bgp-peer 10.4.1",
                 "--bgp-as x",
             ] {
