@@ -15,6 +15,11 @@
 //! Messages are parsed by [`decode`]: bounded (at most [`MAX_MESSAGE`] bytes, RFC 4271
 //! §4.1), every length checked, errors typed ([`BgpError`]); a peer that sends something
 //! wrong gets a NOTIFICATION with the RFC's error code and the session ends.
+//!
+//! With [`BgpConfig::password`] every TCP segment of the session carries an RFC 2385 MD5
+//! signature, as routers expect of their BGP neighbours (BIRD's `password`, the
+//! `neighbor ... password` of others): nobody without the password can open or reset the
+//! session, or inject announcements into it.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -310,6 +315,10 @@ pub struct BgpConfig {
     pub prefixes: Vec<(Ipv4Addr, u8)>,
     /// The hold time proposed, seconds (0: none; else at least 3).
     pub hold: u16,
+    /// The TCP MD5 signature key shared with the router (RFC 2385, 1 to 80 bytes; what
+    /// routers call the neighbor's *password*): every segment of the session is signed, and
+    /// the router's kernel drops segments that are not (Linux only). `None`: unsigned.
+    pub password: Option<Vec<u8>>,
 }
 
 /// What the session thread counts.
@@ -340,6 +349,16 @@ impl BgpSpeaker {
     /// # Errors
     /// The thread cannot start.
     pub fn start(cfg: BgpConfig) -> io::Result<Self> {
+        if cfg
+            .password
+            .as_ref()
+            .is_some_and(|p| p.is_empty() || p.len() > 80)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a TCP-MD5 password is 1 to 80 bytes",
+            ));
+        }
         let announce = Arc::new(AtomicBool::new(false));
         let up = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
@@ -420,9 +439,21 @@ enum SessionEnd {
     Bad(BgpError),
 }
 
+/// The session's TCP connection, signed when there is a password.
+fn connect(cfg: &BgpConfig) -> io::Result<TcpStream> {
+    let timeout = Duration::from_secs(3);
+    match &cfg.password {
+        None => TcpStream::connect_timeout(&cfg.peer, timeout),
+        #[cfg(target_os = "linux")]
+        Some(key) => crate::io::connect_tcp_md5(cfg.peer, key, timeout),
+        #[cfg(not(target_os = "linux"))]
+        Some(_) => Err(io::ErrorKind::Unsupported.into()),
+    }
+}
+
 /// One session from connect to its end.
 fn session(cfg: &BgpConfig, announce: &AtomicBool, up: &AtomicBool, c: &Counters) {
-    let Ok(mut s) = TcpStream::connect_timeout(&cfg.peer, Duration::from_secs(3)) else {
+    let Ok(mut s) = connect(cfg) else {
         c.connect_failures.fetch_add(1, Ordering::Relaxed);
         return;
     };

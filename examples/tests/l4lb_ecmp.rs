@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Each node announces the VIP itself (`--bgp-peer`, [`nf_examples::bgp`]) with its own
-//! address as the next hop. Encap mode (direct server return): the backends answer through
+//! address as the next hop, its session signed with TCP MD5 (`--bgp-password-file`, BIRD's
+//! `password`; an unsigned connection to the router is never answered). Encap mode (direct server return): the backends answer through
 //! the router, never through the load balancers, so each node sees only its flows' client
 //! side. 36 TCP connections spread over the nodes by the router's hash; then the backend
 //! carrying the most is drained everywhere (it keeps its flows, takes no new ones) and
@@ -112,6 +113,7 @@ template bgp node {
   passive on;
   hold time 3;
   keepalive time 1;
+  password \"nf ecmp test\";
   ipv4 { import all; export none; gateway recursive; igp table master4; };
 }
 protocol bgp n1 from node { neighbor 10.4.1.2 as 65001; }
@@ -151,6 +153,8 @@ struct Node {
 fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
     let key = lab.dir.join("sync.key");
     std::fs::write(&key, SYNC_KEY).unwrap();
+    let password = lab.dir.join("bgp.password");
+    std::fs::write(&password, "nf ecmp test\n").unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, L4LB])
         .args(["--client", "cg", "--client-addr", &format!("10.2.{n}.2/24")])
@@ -173,6 +177,8 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path) -> Node {
         cmd.args(["--sync-peer", &format!("10.3.0.{peer}:7600")]);
     }
     cmd.args(["--bgp-peer", &format!("10.4.{n}.1"), "--drain", "2"])
+        .arg("--bgp-password-file")
+        .arg(&password)
         .args(["--duration", "90"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
@@ -339,6 +345,16 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
     }
     let all_hops = ["10.2.1.2", "10.2.2.2", "10.2.3.2"];
     wait_route(&r, &all_hops);
+    // The router takes only signed segments from its neighbours: an unsigned connection
+    // from node 1's address to its BGP port is never answered (its SYN dropped).
+    let unsigned = sh(&format!(
+        "ip netns exec {} {py} -c 'import socket
+try:
+    socket.create_connection((\"10.4.1.1\", 179), 1, (\"10.4.1.2\", 0)); print(\"connected\")
+except OSError as e: print(type(e).__name__)'",
+        g[0]
+    ));
+    assert_eq!(unsigned.trim(), "TimeoutError", "{unsigned}");
 
     const ROUNDS: usize = 8;
     let mut client = Command::new("ip")

@@ -102,7 +102,8 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...
              [--sync-key-file FILE]]
-            [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--drain SECS]]
+            [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--bgp-password-file FILE]
+             [--drain SECS]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -148,6 +149,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          connected by then)
   --bgp-as N             this node's AS number (default 65001)
   --bgp-peer-as N        the router's AS number (default 65000)
+  --bgp-password-file F  the BGP session's TCP MD5 signature key (RFC 2385; the router's
+                         password for this neighbour): the bytes of F, a final newline
+                         left out, 1 to 80
   --drain SECS           at SIGINT/SIGTERM, withdraw the VIPs and keep forwarding for
                          SECS before exiting (with --bgp-peer; default 0: exit at once)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
@@ -179,6 +183,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         sync_key_file: Option<PathBuf>,
         /// `--bgp-peer`, `--bgp-as`, `--bgp-peer-as`.
         bgp: Option<(SocketAddr, u32, u32)>,
+        /// `--bgp-password-file`.
+        bgp_password_file: Option<PathBuf>,
         /// `--drain`, seconds.
         drain: f64,
     }
@@ -207,7 +213,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
         let (mut lb_key, mut sync_listen, mut sync_peers) = (None, None, Vec::new());
-        let mut sync_key_file = None;
+        let (mut sync_key_file, mut bgp_password_file) = (None, None);
         let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
         let mut drain = 0.0;
         while let Some(flag) = it.next() {
@@ -287,6 +293,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                             .map_err(|_| bad("IPV4[:PORT]"))?,
                     )
                 }
+                "--bgp-password-file" => bgp_password_file = Some(PathBuf::from(value)),
                 "--bgp-as" => bgp_as = value.parse().map_err(|_| bad("an AS number"))?,
                 "--drain" => drain = nf_examples::cli::seconds(&flag, &value)?,
                 "--bgp-peer-as" => bgp_peer_as = value.parse().map_err(|_| bad("an AS number"))?,
@@ -308,6 +315,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         };
         if sync.is_none() && sync_key_file.is_some() {
             return Err("--sync-key-file needs --sync-listen and --sync-peer".into());
+        }
+        if bgp_peer.is_none() && bgp_password_file.is_some() {
+            return Err("--bgp-password-file needs --bgp-peer".into());
         }
         Ok(Some(Args {
             client: client.ok_or_else(|| need("--client"))?,
@@ -332,6 +342,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             sync,
             sync_key_file,
             bgp: bgp_peer.map(|p| (p, bgp_as, bgp_peer_as)),
+            bgp_password_file,
             drain,
         }))
     }
@@ -638,6 +649,17 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 next_hop: args.client_addr.addr,
                 prefixes,
                 hold: 9,
+                password: match &args.bgp_password_file {
+                    None => None,
+                    Some(path) => {
+                        let mut p = std::fs::read(path)
+                            .map_err(|e| format!("--bgp-password-file {}: {e}", path.display()))?;
+                        if p.ends_with(b"\n") {
+                            p.pop();
+                        }
+                        Some(p)
+                    }
+                },
             };
             f.bgp = Some(BgpSpeaker::start(cfg).map_err(|e| format!("bgp: {e}"))?);
         }
@@ -690,12 +712,14 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             );
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
-            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001").into_iter()).unwrap().unwrap();
+            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001 --bgp-password-file /etc/nf/bgp.pw").into_iter()).unwrap().unwrap();
+            assert_eq!(bgp.bgp_password_file, Some(PathBuf::from("/etc/nf/bgp.pw")));
             assert_eq!(
                 bgp.bgp,
                 Some(("10.4.1.1:179".parse().unwrap(), 4_200_000_001, 65_000))
             );
             assert_eq!(a.bgp, None);
+            assert_eq!(a.bgp_password_file, None);
             assert_eq!(a.drain, 0.0);
             let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600 --sync-key-file /etc/nf/sync.key").into_iter()).unwrap().unwrap();
             assert_eq!(
@@ -729,6 +753,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--sync-key-file k",
                 "--bgp-peer 10.4.1",
                 "--bgp-as x",
+                "--bgp-password-file p",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
             }

@@ -4,7 +4,7 @@
 //! the examples crate is here, behind safe functions.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use super::PollEvents;
@@ -35,6 +35,16 @@ pub(super) fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
 
 /// `setsockopt(fd, SOL_PACKET, opt, value)` for any plain-data `value`.
 pub(super) fn set_packet_opt<T: Copy>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
+    set_opt(fd.as_fd(), libc::SOL_PACKET, opt, value)
+}
+
+/// `setsockopt(fd, level, opt, value)` for any plain-data `value`.
+fn set_opt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     let len = libc::socklen_t::try_from(size_of::<T>())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `value` points to `len` readable bytes for the duration of the call; the
@@ -42,7 +52,7 @@ pub(super) fn set_packet_opt<T: Copy>(fd: &OwnedFd, opt: libc::c_int, value: &T)
     check(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_PACKET,
+            level,
             opt,
             core::ptr::from_ref(value).cast(),
             len,
@@ -591,4 +601,127 @@ mod tests {
         let mut out = [PollEvents::default(); 1];
         assert_eq!(poll(core::iter::empty(), 0, &mut out).unwrap(), 0);
     }
+}
+
+/// `struct tcp_md5sig` of linux/tcp.h (the `TCP_MD5SIG` option's argument).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: libc::c_int,
+    key: [u8; 80],
+}
+
+/// The longest TCP-MD5 key (`TCP_MD5SIG_MAXKEYLEN`).
+pub const TCP_MD5_MAX_KEY: usize = 80;
+
+/// `addr` as the kernel takes it: the storage and the length of the family's address.
+fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, usize) {
+    // SAFETY: `sockaddr_storage` is plain old data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            // SAFETY: `sockaddr_storage` is larger than and aligned for `sockaddr_in`, and
+            // the reference is the only one to it while it lives.
+            let sin =
+                unsafe { &mut *core::ptr::from_mut(&mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let sin6 =
+                unsafe { &mut *core::ptr::from_mut(&mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len)
+}
+
+/// Sets the RFC 2385 TCP MD5 signature key for segments to and from `peer` on a TCP socket
+/// (a listening socket takes it for the connections it will accept from `peer`). The key is
+/// 1 to [`TCP_MD5_MAX_KEY`] bytes; an empty key removes it.
+///
+/// # Errors
+/// The key is too long, or the kernel refuses the option (built without it).
+pub fn set_tcp_md5(fd: BorrowedFd<'_>, peer: std::net::IpAddr, key: &[u8]) -> io::Result<()> {
+    let mut sig = TcpMd5Sig {
+        addr: sockaddr((peer, 0).into()).0,
+        flags: 0,
+        prefixlen: 0,
+        keylen: u16::try_from(key.len()).unwrap_or(u16::MAX),
+        ifindex: 0,
+        key: [0; TCP_MD5_MAX_KEY],
+    };
+    sig.key
+        .get_mut(..key.len())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TCP-MD5 key longer than 80 bytes",
+            )
+        })?
+        .copy_from_slice(key);
+    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &sig)
+}
+
+/// A TCP connection to `peer` whose every segment carries an RFC 2385 MD5 signature under
+/// `key` (set before the SYN, as the option requires), within `timeout`.
+///
+/// # Errors
+/// The key is longer than [`TCP_MD5_MAX_KEY`], the kernel lacks the option, or the
+/// connection fails or times out (`TimedOut`; a peer with another key or none drops the
+/// SYN silently, so this is how a wrong key shows).
+pub fn connect_tcp_md5(
+    peer: std::net::SocketAddr,
+    key: &[u8],
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    let domain = if peer.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain system call with constant arguments; a non-negative result is a fresh
+    // descriptor that nothing else owns.
+    let fd = check(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by `socket` and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_tcp_md5(fd.as_fd(), peer.ip(), key)?;
+    // `connect` on Linux gives up after the send timeout.
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
+    };
+    set_opt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv)?;
+    let (storage, len) = sockaddr(peer);
+    // SAFETY: `storage` holds a valid socket address of `len` bytes for the call.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            core::ptr::from_ref(&storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        // The send timeout ends a connect with EINPROGRESS.
+        return Err(if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            io::Error::from(io::ErrorKind::TimedOut)
+        } else {
+            e
+        });
+    }
+    let s = std::net::TcpStream::from(fd);
+    s.set_write_timeout(None)?;
+    Ok(s)
 }
