@@ -30,9 +30,11 @@
 //! answers from its own backend through nodes 1 and 3. Then node 3 is taken down for
 //! maintenance (SIGTERM, `--drain 2`): it withdraws the VIP first and forwards on while the
 //! router moves its flows to node 1, and every connection still answers from its own
-//! backend. The control: the same fleet without sync, the same drain and node failure:
-//! connections of the drained backend are reset. Needs root, `ip`, `bird` and python3:
-//! without them it skips, except under `CI=true`.
+//! backend. tshark reads the router's capture of every BGP session: every message well
+//! formed, every one signed, each OPEN and UPDATE with the AS, hold time, identifier, prefix,
+//! next hop, origin and AS path the node was given. The control: the same fleet without sync, the same drain and node failure:
+//! connections of the drained backend are reset. Needs root, `ip`, `bird`, python3,
+//! `tcpdump` and `tshark`: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -469,6 +471,33 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         return;
     };
     let py = common::system_python();
+    // The router's side of every BGP session, for tshark at the end.
+    let bgp_pcap = lab.dir.join("bgp.pcap");
+    if !common::require("tcpdump", &["--version"]) || !common::require("tshark", &["--version"]) {
+        return;
+    }
+    lab.spawn(
+        &r,
+        &[
+            "tcpdump",
+            "-i",
+            "any",
+            "-U",
+            "-Z",
+            "root",
+            "-w",
+            bgp_pcap.to_str().unwrap(),
+            "tcp port 179",
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&bgp_pcap).map_or(true, |m| m.len() < 24) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcpdump never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut nodes = start_all(&mut lab, &g, &r, &file, true);
     let all_hops = ALL_HOPS;
     // The router takes only signed segments from its neighbours: an unsigned connection
@@ -586,6 +615,109 @@ except OSError as e: print(type(e).__name__)'",
         assert!(get(m, "bgp.announces") >= 1, "node {i}: {m:?}");
         assert_eq!(get(m, "bgp.withdraws"), 1, "node {i}: {m:?}");
     }
+    bgp_dissected(&bgp_pcap);
+}
+
+/// tshark's reading of every BGP session the router had: every message well formed, every
+/// segment that carries one signed (TCP MD5), the OPENs and UPDATEs saying what the nodes
+/// were told to say; the only unsigned segments are the test's own probe's SYNs, never
+/// answered.
+fn bgp_dissected(pcap: &std::path::Path) {
+    let fields = [
+        "_ws.malformed",
+        "_ws.expert.severity",
+        "ip.src",
+        "tcp.flags.syn",
+        "tcp.flags.ack",
+        "tcp.options.md5.digest",
+        "bgp.type",
+        "bgp.open.myas",
+        "bgp.open.holdtime",
+        "bgp.open.identifier",
+        "bgp.nlri_prefix",
+        "bgp.withdrawn_prefix",
+        "bgp.update.path_attribute.next_hop",
+        "bgp.update.path_attribute.origin",
+        "bgp.update.path_attribute.as_path_segment.as4",
+        "bgp.update.path_attribute.as_path_segment.as2",
+    ];
+    let args = ["-n", "-o", "tcp.analyze_sequence_numbers:FALSE"];
+    let rows = common::tshark_rows(pcap, &args, &fields);
+    let one = |r: &common::TsharkRow, f: &str| r[f].first().cloned().unwrap_or_default();
+    let (mut opens, mut announces, mut withdraws) = (0, 0, 0);
+    for (i, r) in rows.iter().enumerate() {
+        let from = one(r, "ip.src");
+        let node = from
+            .strip_prefix("10.4.")
+            .and_then(|x| x.strip_suffix(".2"))
+            .map(|n| n.to_string());
+        if r["tcp.options.md5.digest"].is_empty() {
+            // The probe: SYNs from node 1's address, none answered.
+            assert!(
+                from == "10.4.1.2"
+                    && one(r, "tcp.flags.syn") == "1"
+                    && one(r, "tcp.flags.ack") == "0",
+                "frame {i}: unsigned: {r:?}"
+            );
+            continue;
+        }
+        if r["bgp.type"].is_empty() {
+            continue;
+        }
+        common::assert_dissected_clean(i, r);
+        let Some(n) = node else {
+            continue;
+        };
+        let types = &r["bgp.type"];
+        if types.iter().any(|t| t == "1") {
+            opens += 1;
+            let open = (
+                one(r, "bgp.open.myas"),
+                one(r, "bgp.open.holdtime"),
+                one(r, "bgp.open.identifier"),
+            );
+            let want = ("65001".into(), "9".into(), format!("10.2.{n}.2"));
+            assert_eq!(open, want, "frame {i}: {r:?}");
+        }
+        if !r["bgp.nlri_prefix"].is_empty() {
+            announces += 1;
+            assert_eq!(r["bgp.nlri_prefix"], ["192.0.2.10"], "frame {i}: {r:?}");
+            let attrs = (
+                one(r, "bgp.update.path_attribute.next_hop"),
+                one(r, "bgp.update.path_attribute.origin"),
+            );
+            assert_eq!(
+                attrs,
+                (format!("10.2.{n}.2"), "0".into()),
+                "frame {i}: {r:?}"
+            );
+            let mut path = r["bgp.update.path_attribute.as_path_segment.as4"].clone();
+            path.extend(
+                r["bgp.update.path_attribute.as_path_segment.as2"]
+                    .iter()
+                    .cloned(),
+            );
+            assert_eq!(path, ["65001"], "frame {i}: {r:?}");
+        }
+        if !r["bgp.withdrawn_prefix"].is_empty() {
+            withdraws += 1;
+            assert_eq!(
+                r["bgp.withdrawn_prefix"],
+                ["192.0.2.10"],
+                "frame {i}: {r:?}"
+            );
+        }
+    }
+    eprintln!(
+        "bgp capture: {} frames, {opens} OPENs, {announces} announcements, {withdraws} withdrawals",
+        rows.len()
+    );
+    // Four sessions (three nodes and node 1 again) opened and announced; node 3 withdrew
+    // (node 1 was killed and node 2 hung: their routes went with their sessions).
+    assert!(
+        opens >= 4 && announces >= 4 && withdraws >= 1,
+        "{opens} {announces} {withdraws}: {rows:?}"
+    );
 }
 
 /// The control: the same fleet without session sync, the same drain and the same failure.
