@@ -45,7 +45,12 @@
 //!   [`QUEUE_FRAMES`] frames (more: dropped, counted `send_dropped`, and a full resync
 //!   follows; a full walk waits while half the queue is taken, so that it never outruns
 //!   the connection), applies at most [`FRAMES_PER_POLL`] frames and writes at most
-//!   [`CHUNKS_PER_POLL`] chunks per poll and peer; at most [`MAX_PEERS`] peers.
+//!   [`CHUNKS_PER_POLL`] chunks per poll and peer; at most [`MAX_PEERS`] peers. Accepted
+//!   connections handshake on threads of their own, at most twice as many at once as there
+//!   are peers (at least 4; more are closed at once, counted `handshakes_refused`), each
+//!   handshake frame at most 256 bytes and each wait for one at most
+//!   [`SyncConfig::dead_after`]: a stranger that connects and says nothing neither holds
+//!   the accepting thread nor makes the node allocate.
 //!
 //! On the wire each frame is a 4-byte big-endian length (of what follows), a kind byte and
 //! the payload: a delta chunk ([`Conntrack::export_changes`]), an export chunk
@@ -284,6 +289,7 @@ struct IoCounters {
     bad_frames: AtomicU64,
     silent: AtomicU64,
     auth_failures: AtomicU64,
+    handshakes_refused: AtomicU64,
 }
 
 /// What the receiving threads hand the packet loop, with the peer's origin.
@@ -372,10 +378,16 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 /// # Errors
 /// The reader's errors, and `InvalidData` for a bad length.
 pub fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+    read_frame_within(r, MAX_FRAME)
+}
+
+/// [`read_frame`] of a frame whose payload is at most `max` bytes: the handshake's, read
+/// before the peer is known, are short.
+fn read_frame_within(r: &mut impl Read, max: usize) -> io::Result<(u8, Vec<u8>)> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME + 1 {
+    if len == 0 || len > max.min(MAX_FRAME) + 1 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "frame length"));
     }
     let mut kind = [0u8; 1];
@@ -426,7 +438,7 @@ impl SyncLink {
                 resynced: false,
             });
         }
-        let known: Vec<(SocketAddr, Arc<PeerFlags>)> =
+        let known: Arc<[(SocketAddr, Arc<PeerFlags>)]> =
             peers.iter().map(|p| (p.addr, p.flags.clone())).collect();
         {
             let io = io.clone();
@@ -730,6 +742,7 @@ impl SyncLink {
             ("bad_frames", &io.bad_frames),
             ("silent", &io.silent),
             ("auth_failures", &io.auth_failures),
+            ("handshakes_refused", &io.handshakes_refused),
         ] {
             f("sync", name, v.load(Ordering::Relaxed));
         }
@@ -747,21 +760,27 @@ fn fix_length(f: &mut [u8]) {
 /// Why a connecting end's handshake failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Handshake {
-    /// A write failed (`link_errors`).
+    /// A write failed, or the peer closed before its challenge: busy (every handshake slot
+    /// taken) or going away (`link_errors`).
     Link,
     /// The peer said nothing in time (`silent`): hung, or without a key and waiting for a
     /// plain hello.
     Silent,
-    /// The peer answered with something else or closed: another key, or this node not in
-    /// its peer list (`auth_failures`).
+    /// The peer answered with something else, or closed after this node's hello: another
+    /// key, or this node not in its peer list (`auth_failures`).
     Refused,
 }
 
-/// Reads the handshake frame the peer owes.
-fn handshake_frame(s: &mut TcpStream) -> Result<(u8, Vec<u8>), Handshake> {
-    read_frame(s).map_err(|e| match e.kind() {
+/// The longest handshake frame's payload (a hello: nonce, an address as text, tag).
+const HANDSHAKE_MAX: usize = 256;
+
+/// Reads the handshake frame the peer owes; `closed` is what the peer closing instead
+/// means.
+fn handshake_frame(s: &mut TcpStream, closed: Handshake) -> Result<(u8, Vec<u8>), Handshake> {
+    read_frame_within(s, HANDSHAKE_MAX).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Handshake::Silent,
-        _ => Handshake::Refused,
+        io::ErrorKind::InvalidData => Handshake::Refused,
+        _ => closed,
     })
 }
 
@@ -779,7 +798,8 @@ fn say_hello(
             .map(|()| None)
             .map_err(|_| Handshake::Link);
     };
-    let challenge = match handshake_frame(s)? {
+    // Closed before the challenge: the peer was busy (its handshakes all taken) or going.
+    let challenge = match handshake_frame(s, Handshake::Link)? {
         (CHALLENGE, c) => {
             <[u8; NONCE_LEN]>::try_from(c.as_slice()).map_err(|_| Handshake::Refused)?
         }
@@ -792,7 +812,7 @@ fn say_hello(
     mac.seal(&mut hello);
     s.write_all(&hello).map_err(|_| Handshake::Link)?;
     // Another key, or not in the peer's list: the peer closes instead.
-    match handshake_frame(s)? {
+    match handshake_frame(s, Handshake::Refused)? {
         (WELCOME, w) if w == mac.welcome() => Ok(Some(mac)),
         _ => Err(Handshake::Refused),
     }
@@ -877,82 +897,122 @@ fn send_loop(
     }
 }
 
-/// Accepts the peers' connections, each read by a thread of its own.
+/// Accepts the peers' connections, each handled by a thread of its own (the handshake,
+/// then [`receive_loop`]); at most [`handshakes_at_most`] handshakes at once, so that
+/// nobody holds the accepting thread or starts threads without bound (more are closed at
+/// once, counted `handshakes_refused`; a peer's sender tries again).
 fn accept_loop(
     listener: &TcpListener,
-    known: &[(SocketAddr, Arc<PeerFlags>)],
+    known: &Arc<[(SocketAddr, Arc<PeerFlags>)]>,
     key: Option<[u8; 16]>,
     incoming: &SyncSender<Inbound>,
     io: &Arc<IoCounters>,
     dead: std::time::Duration,
 ) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    let most = handshakes_at_most(known.len());
     for conn in listener.incoming() {
-        let Ok(mut s) = conn else {
+        let Ok(s) = conn else {
             continue;
         };
-        if s.set_read_timeout(Some(dead)).is_err() || s.set_write_timeout(Some(dead)).is_err() {
-            continue;
-        }
         io.accepts.fetch_add(1, Ordering::Relaxed);
-        let challenge = crate::cli::random_secret();
-        if key.is_some() && s.write_all(&frame(CHALLENGE, &challenge)).is_err() {
-            io.link_errors.fetch_add(1, Ordering::Relaxed);
+        if pending.fetch_add(1, Ordering::AcqRel) >= most {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            io.handshakes_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let mut r = BufReader::with_capacity(1 << 16, s);
-        // The hello names the peer (tagged, after a nonce, on a keyed link); a stranger is
-        // turned away.
-        let (hello, mac) = match (read_frame(&mut r), key) {
-            (Ok((HELLO, hello)), None) => (Some(hello), None),
-            (Ok((HELLO, hello)), Some(key)) => {
-                let mut mac = hello
-                    .first_chunk::<NONCE_LEN>()
-                    .map(|nonce| FrameMac::new(&key, &challenge, nonce));
-                let opened = mac.as_mut().and_then(|m| m.open(HELLO, hello));
-                if opened.is_none() {
-                    io.auth_failures.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                (
-                    opened.and_then(|h| h.get(NONCE_LEN..).map(<[u8]>::to_vec)),
-                    mac,
-                )
-            }
-            _ => (None, None),
-        };
-        let origin = hello.and_then(|name| {
-            let a = std::str::from_utf8(&name)
-                .ok()?
-                .parse::<SocketAddr>()
-                .ok()?;
-            known.iter().position(|(k, _)| *k == a)
-        });
-        let Some((origin, flags)) = origin.and_then(|i| {
-            let o = u8::try_from(i + 1).ok()?;
-            Some((o, known.get(i)?.1.clone()))
-        }) else {
-            io.unknown_peers.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        if let Some(m) = &mac
-            && r.get_mut()
-                .write_all(&frame(WELCOME, &m.welcome()))
-                .is_err()
-        {
-            io.link_errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let generation = flags.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        flags.inbound.store(true, Ordering::Release);
-        let (tx, counters, f) = (incoming.clone(), io.clone(), flags.clone());
+        let (known, tx, counters, p) =
+            (known.clone(), incoming.clone(), io.clone(), pending.clone());
         let spawned = std::thread::Builder::new()
-            .name(format!("sync-in-{origin}"))
-            .spawn(move || receive_loop(r, mac, origin, generation, &f, &tx, &counters));
+            .name("sync-in".into())
+            .spawn(move || {
+                let peer = accept_peer(s, &known, key, &counters, dead);
+                p.fetch_sub(1, Ordering::AcqRel);
+                if let Some((r, mac, origin, generation, flags)) = peer {
+                    receive_loop(r, mac, origin, generation, &flags, &tx, &counters);
+                }
+            });
         if spawned.is_err() {
+            pending.fetch_sub(1, Ordering::AcqRel);
             io.link_errors.fetch_add(1, Ordering::Relaxed);
-            flags.inbound.store(false, Ordering::Release);
         }
     }
+}
+
+/// Handshakes a link accepts at once, for `peers` peers.
+fn handshakes_at_most(peers: usize) -> usize {
+    peers.saturating_mul(2).max(4)
+}
+
+/// An accepted connection's reader, tags, origin, generation and peer.
+type Accepted = (
+    BufReader<TcpStream>,
+    Option<FrameMac>,
+    u8,
+    u64,
+    Arc<PeerFlags>,
+);
+
+/// The accepting end's handshake: with a key, a challenge out, a tagged hello in and a
+/// welcome out; without, a plain hello in. The hello must name one of `known`, whose
+/// connection this then is (its latest).
+fn accept_peer(
+    mut s: TcpStream,
+    known: &[(SocketAddr, Arc<PeerFlags>)],
+    key: Option<[u8; 16]>,
+    io: &IoCounters,
+    dead: std::time::Duration,
+) -> Option<Accepted> {
+    if s.set_read_timeout(Some(dead)).is_err() || s.set_write_timeout(Some(dead)).is_err() {
+        return None;
+    }
+    let challenge = crate::cli::random_secret();
+    if key.is_some() && s.write_all(&frame(CHALLENGE, &challenge)).is_err() {
+        io.link_errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let mut r = BufReader::with_capacity(1 << 16, s);
+    // The hello names the peer (tagged, after a nonce, on a keyed link); a stranger is
+    // turned away.
+    let (hello, mac) = match (read_frame_within(&mut r, HANDSHAKE_MAX), key) {
+        (Ok((HELLO, hello)), None) => (Some(hello), None),
+        (Ok((HELLO, hello)), Some(key)) => {
+            let mut mac = hello
+                .first_chunk::<NONCE_LEN>()
+                .map(|nonce| FrameMac::new(&key, &challenge, nonce));
+            let Some(opened) = mac.as_mut().and_then(|m| m.open(HELLO, hello)) else {
+                io.auth_failures.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            (opened.get(NONCE_LEN..).map(<[u8]>::to_vec), mac)
+        }
+        _ => (None, None),
+    };
+    let origin = hello.and_then(|name| {
+        let a = std::str::from_utf8(&name)
+            .ok()?
+            .parse::<SocketAddr>()
+            .ok()?;
+        known.iter().position(|(k, _)| *k == a)
+    });
+    let Some((origin, flags)) = origin.and_then(|i| {
+        let o = u8::try_from(i + 1).ok()?;
+        Some((o, known.get(i)?.1.clone()))
+    }) else {
+        io.unknown_peers.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    if let Some(m) = &mac
+        && r.get_mut()
+            .write_all(&frame(WELCOME, &m.welcome()))
+            .is_err()
+    {
+        io.link_errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let generation = flags.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    flags.inbound.store(true, Ordering::Release);
+    Some((r, mac, origin, generation, flags))
 }
 
 /// One peer connection's reader: its frames to the loop until it closes, fails or falls

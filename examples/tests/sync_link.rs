@@ -235,3 +235,34 @@ fn a_keyed_fleet_syncs_and_turns_away_other_keys_no_key_and_replays() {
         assert_eq!(counter(&c.link, "connects"), 0, "{other:?}");
     }
 }
+
+#[test]
+fn strangers_that_connect_and_say_nothing_keep_no_peer_out() {
+    const KEY: [u8; 16] = *b"the fleet's key!";
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut now = Instant::from_nanos(1_000_000_000);
+    let mut b = keyed(b_addr, a_addr, Some(KEY));
+    // Six silent connections to B: four take every handshake slot B has for its one peer,
+    // two are closed at once; each of the four is dropped after B's 300 ms wait (A's
+    // connections meanwhile closed at once: a busy peer, not a refusal).
+    let strangers: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(b_addr).unwrap())
+        .collect();
+    run(&mut now, &mut [&mut b], |_, n| {
+        counter(&n[0].link, "handshakes_refused") >= 2
+    });
+    // A's sessions reach B over A's connection to B, which gets a slot once they are gone.
+    let mut a = keyed(a_addr, b_addr, Some(KEY));
+    let f = flow(0);
+    a.ct.v4_mut()
+        .insert(now, &f, &f.reversed(), SessionState::UdpUnreplied, ())
+        .unwrap();
+    run(&mut now, &mut [&mut a, &mut b], |now, n| {
+        n[1].link.ready(now) && n[1].ct.v4().len() == 1
+    });
+    assert!(counter(&b.link, "unknown_peers") >= 4);
+    for n in [&a, &b] {
+        assert_eq!(counter(&n.link, "auth_failures"), 0);
+    }
+    drop(strangers);
+}
