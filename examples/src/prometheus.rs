@@ -16,7 +16,9 @@
 //! counters first, `batches` leading) and at each pipeline given.
 //!
 //! [`MetricsServer`] answers `GET /metrics` with the last text published to it from a thread
-//! of its own: the packet loop only renders and swaps a string now and then.
+//! of its own: the packet loop only renders and swaps a string now and then. [`Exposition`]
+//! renders counters that do not come from a [`StageControl`] (a router's ports, a sync
+//! link, a BGP session: [`crate::router::serve`] publishes those of its function too).
 
 use nf_core::{DropReason, StageControl};
 use std::fmt::Write as _;
@@ -34,53 +36,76 @@ const DROPS: &str = "nf_stage_drops_total";
 /// The exposition of every counter of `pipelines`, in order (positions continue from one
 /// pipeline to the next).
 pub fn render(pipelines: &[&dyn StageControl]) -> String {
-    let mut counters = String::new();
-    let mut drops = String::new();
-    let mut next = 0usize;
-    let mut position = 0usize;
+    let mut e = Exposition::default();
     for pipeline in pipelines {
-        let mut first = true;
-        pipeline.visit_counters(&mut |stage, counter, value| {
-            if first || counter == "batches" {
-                position = next;
-                next += 1;
-                first = false;
+        e.pipeline(|out| {
+            pipeline.visit_counters(&mut |stage, counter, value| out(stage, counter, value))
+        });
+    }
+    e.finish()
+}
+
+/// An exposition built from counter visitors of any shape (a [`StageControl`], a
+/// [`crate::router::Function`], a router's ports): each [`Exposition::pipeline`] call
+/// starts a new position, and so does, within one, every `batches` counter and every change
+/// of stage name.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    counters: String,
+    drops: String,
+    next: usize,
+}
+
+impl Exposition {
+    /// Adds the counters `visit` reports, `(stage, counter, value)` each.
+    pub fn pipeline(&mut self, visit: impl FnOnce(&mut dyn FnMut(&str, &str, u64))) {
+        let (mut position, mut last) = (None::<usize>, String::new());
+        visit(&mut |stage, counter, value| {
+            if position.is_none() || counter == "batches" || stage != last {
+                position = Some(self.next);
+                self.next += 1;
+                stage.clone_into(&mut last);
             }
             let (out, family, label, name) =
                 match DropReason::ALL.iter().find(|r| r.counter_name() == counter) {
-                    Some(r) => (&mut drops, DROPS, "reason", r.name()),
-                    None => (&mut counters, COUNTER, "counter", counter),
+                    Some(r) => (&mut self.drops, DROPS, "reason", r.name()),
+                    None => (&mut self.counters, COUNTER, "counter", counter),
                 };
             // Writing to a String cannot fail.
             let _ = writeln!(
                 out,
-                "{family}{{position=\"{position}\",stage=\"{}\",{label}=\"{}\"}} {value}",
+                "{family}{{position=\"{}\",stage=\"{}\",{label}=\"{}\"}} {value}",
+                position.unwrap_or_default(),
                 escape(stage),
                 escape(name),
             );
         });
     }
-    let mut text = String::new();
-    let families = [
-        (
-            COUNTER,
-            "untyped",
-            "Counters of each pipeline stage by position, stage and counter name.",
-            counters,
-        ),
-        (
-            DROPS,
-            "counter",
-            "Packets each pipeline stage dropped, by position, stage and reason.",
-            drops,
-        ),
-    ];
-    for (name, kind, help, samples) in families {
-        let _ = writeln!(text, "# HELP {name} {help}");
-        let _ = writeln!(text, "# TYPE {name} {kind}");
-        text.push_str(&samples);
+
+    /// The text: both families, each with its `# HELP` and `# TYPE`.
+    pub fn finish(self) -> String {
+        let mut text = String::new();
+        let families = [
+            (
+                COUNTER,
+                "untyped",
+                "Counters of each pipeline stage by position, stage and counter name.",
+                self.counters,
+            ),
+            (
+                DROPS,
+                "counter",
+                "Packets each pipeline stage dropped, by position, stage and reason.",
+                self.drops,
+            ),
+        ];
+        for (name, kind, help, samples) in families {
+            let _ = writeln!(text, "# HELP {name} {help}");
+            let _ = writeln!(text, "# TYPE {name} {kind}");
+            text.push_str(&samples);
+        }
+        text
     }
-    text
 }
 
 /// A label value with `\`, `"` and line feeds escaped.
@@ -140,6 +165,23 @@ impl MetricsServer {
     pub fn publish(&self, text: String) {
         *self.text.lock().unwrap_or_else(PoisonError::into_inner) = text;
     }
+}
+
+/// A program's `--metrics ADDR`: the server started and announced (`PROGRAM: metrics at
+/// http://ADDR/metrics`), or `None` without the flag.
+///
+/// # Errors
+/// The address cannot be bound, as a message naming the flag.
+pub fn start_for(program: &str, addr: Option<SocketAddr>) -> Result<Option<MetricsServer>, String> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let server = MetricsServer::start(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
+    crate::say!(
+        "{program}: metrics at http://{}/metrics",
+        server.local_addr()
+    );
+    Ok(Some(server))
 }
 
 /// Reads one request head (bounded in size and time) and answers it.
@@ -243,6 +285,36 @@ nf_stage_drops_total{position=\"0\",stage=\"parse\",reason=\"eth_truncated\"} 1
             [
                 "nf_stage_counter{position=\"0\",stage=\"a\\\"b\\\\c\\nd\",counter=\"own\"} 7",
                 "nf_stage_counter{position=\"1\",stage=\"a\\\"b\\\\c\\nd\",counter=\"own\"} 7",
+            ]
+        );
+    }
+
+    #[test]
+    fn visitors_get_a_position_per_stage_name_and_batches() {
+        let mut e = Exposition::default();
+        e.pipeline(|out| {
+            out("port:cg", "rx", 3);
+            out("port:cg", "tx", 2);
+            out("port:bg", "rx", 1);
+        });
+        e.pipeline(|out| {
+            out("lb", "batches", 1);
+            out("lb", "drop_lb_backend_down", 4);
+            out("sync", "created", 5);
+            out("bgp", "up", 1);
+        });
+        let text = e.finish();
+        let samples: Vec<_> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "nf_stage_counter{position=\"0\",stage=\"port:cg\",counter=\"rx\"} 3",
+                "nf_stage_counter{position=\"0\",stage=\"port:cg\",counter=\"tx\"} 2",
+                "nf_stage_counter{position=\"1\",stage=\"port:bg\",counter=\"rx\"} 1",
+                "nf_stage_counter{position=\"2\",stage=\"lb\",counter=\"batches\"} 1",
+                "nf_stage_counter{position=\"3\",stage=\"sync\",counter=\"created\"} 5",
+                "nf_stage_counter{position=\"4\",stage=\"bgp\",counter=\"up\"} 1",
+                "nf_stage_drops_total{position=\"2\",stage=\"lb\",reason=\"lb_backend_down\"} 4",
             ]
         );
     }

@@ -598,10 +598,25 @@ pub fn print_counters(program: &str, router: &mut Router, f: &impl Function, sec
     f.visit_counters(&mut |stage, name, v| crate::say!("{stage}.{name} {v}"));
 }
 
+/// Every counter of `router` (each port as stage `port:IFNAME`) and `f`, in the Prometheus
+/// text format ([`crate::prometheus::Exposition`]).
+pub fn exposition(router: &mut Router, f: &impl Function) -> String {
+    let mut e = crate::prometheus::Exposition::default();
+    e.pipeline(|out| {
+        router.visit_counters(&mut |port, name, v| out(&format!("port:{port}"), name, v));
+    });
+    e.pipeline(|out| f.visit_counters(out));
+    e.finish()
+}
+
+/// How often [`serve`] publishes the counters to its metrics server.
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `f` on `router` until SIGINT/SIGTERM (and the drain [`Function::drain`] asks for)
 /// or `duration` seconds: receive a batch from each port in turn, run the stages, forward,
 /// flush, run timers; sleep in `poll` when idle. SIGUSR1 prints the counters, SIGHUP calls
-/// [`Function::reload`]. The counters are printed at the end too.
+/// [`Function::reload`]. The counters are printed at the end too, and with `metrics`
+/// published to it every second ([`exposition`]).
 ///
 /// # Errors
 /// Signal handlers that cannot be installed, or a failing ring.
@@ -610,6 +625,7 @@ pub fn serve(
     router: &mut Router,
     f: &mut impl Function,
     duration: Option<f64>,
+    metrics: Option<&crate::prometheus::MetricsServer>,
 ) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     use std::sync::Arc;
@@ -632,6 +648,7 @@ pub fn serve(
     let deadline = duration.map(std::time::Duration::from_secs_f64);
     let mut batch = Batch::new();
     let mut draining_until: Option<std::time::Instant> = None;
+    let mut published: Option<std::time::Instant> = None;
     while deadline.is_none_or(|d| start.elapsed() < d) {
         if stop.swap(false, Ordering::Relaxed) {
             match (draining_until, f.drain(clock.now())) {
@@ -657,6 +674,12 @@ pub fn serve(
         f.timers(now);
         if show.swap(false, Ordering::Relaxed) {
             print_counters(program, router, f, start.elapsed().as_secs_f64());
+        }
+        if let Some(m) = metrics
+            && published.is_none_or(|t| t.elapsed() >= METRICS_EVERY)
+        {
+            published = Some(std::time::Instant::now());
+            m.publish(exposition(router, f));
         }
         if reload.swap(false, Ordering::Relaxed) {
             match f.reload() {

@@ -184,7 +184,7 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, sync: bool
     cmd.args(["--bgp-peer", &format!("10.4.{n}.1"), "--drain", "2"])
         .arg("--bgp-password-file")
         .arg(&password)
-        .args(["--duration", "90"]);
+        .args(["--duration", "90", "--metrics", "127.0.0.1:9464"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
     wait_for(&lines, "l4lb: ready", 10, &mut seen);
@@ -514,6 +514,20 @@ except OSError as e: print(type(e).__name__)'",
     let mut client = Client::open(&c);
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
+    // Each node's Prometheus endpoint (in its namespace): its links to both peers and its
+    // BGP session up, its share of the connections balanced, other nodes' copied.
+    std::thread::sleep(Duration::from_millis(1100));
+    for ns in &g {
+        let e = common::scrape(ns, 9464);
+        let m = |stage: &str, counter: &str| common::metric(&e, stage, counter).unwrap_or(0);
+        assert_eq!(m("sync", "peers_connected"), 2, "{ns}: {e}");
+        assert_eq!(m("bgp", "up"), 1, "{ns}: {e}");
+        assert_eq!(m("sync", "auth_failures"), 0, "{ns}: {e}");
+        assert!(
+            m("port:cg", "rx") > 0 && m("sync", "created") > 0,
+            "{ns}: {e}"
+        );
+    }
 
     // The backend with the most connections drains on every node: a node without a
     // session would send its flows to the other two.

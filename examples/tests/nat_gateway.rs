@@ -79,7 +79,7 @@ fn lab(tag: &str) -> Option<(Lab, [String; 3])> {
          ip netns exec {o} ethtool -K oh tx off >/dev/null
          ip -n {i} link set ih up; ip -n {i} link set lo up
          ip -n {o} link set oh up; ip -n {o} link set lo up
-         ip -n {g} link set ig up; ip -n {g} link set og up
+         ip -n {g} link set ig up; ip -n {g} link set og up; ip -n {g} link set lo up
          ip -n {i} route add default via 10.0.0.1"
     ));
     Some((lab, [i, g, o]))
@@ -349,6 +349,8 @@ fn translates(filtering: &str, io: &str) {
             "tcp:8080=10.0.0.2:8000",
             "--io",
             io,
+            "--metrics",
+            "127.0.0.1:9464",
         ],
     );
     assert_eq!(
@@ -399,8 +401,26 @@ fn translates(filtering: &str, io: &str) {
         _ => "NAT with Address and Port Dependent Filtering!",
     };
     assert!(report.contains(want), "{report}");
-
+    // Prometheus: the same counters, served while the gateway runs (published every
+    // second), the ports' under `port:IFNAME`.
+    std::thread::sleep(Duration::from_millis(1100));
+    let exposition = common::scrape(&g, 9464);
     let (c, seen) = stop_gateway(&mut lab, &lines, seen);
+    for (stage, counter) in [
+        ("snat", "flows_translated"),
+        ("port:ig", "rx"),
+        ("port:og", "tx"),
+    ] {
+        let (live, last) = (
+            common::metric(&exposition, stage, counter),
+            c.get(&format!("{}.{counter}", stage.trim_start_matches("port:")))
+                .copied(),
+        );
+        assert!(
+            live.is_some_and(|v| v > 0 && last.is_none_or(|l| v <= l)),
+            "{stage}.{counter}: {live:?} {last:?}\n{exposition}"
+        );
+    }
     let get = |k: &str| {
         *c.get(k)
             .unwrap_or_else(|| panic!("no {k}:\n{}", seen.join("\n")))

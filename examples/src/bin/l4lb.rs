@@ -99,7 +99,7 @@ mod linux {
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
             --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
-            [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS]
+            [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...
              [--sync-key-file FILE]]
             [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--bgp-password-file FILE]
@@ -158,6 +158,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
   --duration SECS        exit after SECS seconds
+  --metrics A:P          serve the counters in the Prometheus text format at
+                         http://A:P/metrics (every second)
   -h, --help             this text";
 
     /// The command line.
@@ -175,6 +177,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         on_down: OnDown,
         sessions: u32,
         duration: Option<f64>,
+        /// `--metrics`.
+        metrics: Option<SocketAddr>,
         io: IoKind,
         cpu: Option<usize>,
         lb_key: Option<[u8; 16]>,
@@ -208,6 +212,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
+        let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
@@ -260,6 +265,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
                 "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 "--mode" => {
@@ -336,6 +342,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             on_down,
             sessions,
             duration,
+            metrics,
             io,
             cpu,
             lb_key,
@@ -671,7 +678,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             args.backend,
             args.backend_addr
         );
-        serve("l4lb", &mut router, &mut f, args.duration)
+        let metrics = nf_examples::prometheus::start_for("l4lb", args.metrics)?;
+        serve("l4lb", &mut router, &mut f, args.duration, metrics.as_ref())
     }
 
     #[cfg(test)]
@@ -712,7 +720,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             );
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
-            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001 --bgp-password-file /etc/nf/bgp.pw").into_iter()).unwrap().unwrap();
+            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001 --bgp-password-file /etc/nf/bgp.pw --metrics 127.0.0.1:9464").into_iter()).unwrap().unwrap();
+            assert_eq!(bgp.metrics, Some("127.0.0.1:9464".parse().unwrap()));
             assert_eq!(bgp.bgp_password_file, Some(PathBuf::from("/etc/nf/bgp.pw")));
             assert_eq!(
                 bgp.bgp,
@@ -721,6 +730,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             assert_eq!(a.bgp, None);
             assert_eq!(a.bgp_password_file, None);
             assert_eq!(a.drain, 0.0);
+            assert_eq!(a.metrics, None);
             let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600 --sync-key-file /etc/nf/sync.key").into_iter()).unwrap().unwrap();
             assert_eq!(
                 synced.sync_key_file,
@@ -754,6 +764,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--bgp-peer 10.4.1",
                 "--bgp-as x",
                 "--bgp-password-file p",
+                "--metrics 9464",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
             }

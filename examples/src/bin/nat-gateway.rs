@@ -67,7 +67,7 @@ mod linux {
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
-                   [--io auto|packet|xdp] [--cpu N] [--duration SECS]
+                   [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
@@ -94,6 +94,8 @@ on SIGUSR1, or after --duration.
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
   --duration SECS        exit after SECS seconds
+  --metrics A:P          serve the counters in the Prometheus text format at
+                         http://A:P/metrics (every second)
   -h, --help             this text";
 
     /// What the gateway does between receive and forward.
@@ -120,6 +122,8 @@ on SIGUSR1, or after --duration.
         sessions: u32,
         window: bool,
         duration: Option<f64>,
+        /// `--metrics`.
+        metrics: Option<SocketAddr>,
         io: IoKind,
         cpu: Option<usize>,
     }
@@ -137,6 +141,7 @@ on SIGUSR1, or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut inside, mut inside_addr, mut outside, mut outside_addr) = (None, None, None, None);
         let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
+        let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
@@ -185,6 +190,7 @@ on SIGUSR1, or after --duration.
                         .ok_or_else(|| bad("a session count from 64 to 16777216"))?
                 }
                 "--duration" => duration = Some(nf_examples::cli::seconds(&flag, &value)?),
+                "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
                 "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
                 _ => return Err(format!("unknown option {flag}")),
@@ -208,6 +214,7 @@ on SIGUSR1, or after --duration.
             sessions,
             window,
             duration,
+            metrics,
             io,
             cpu,
         }))
@@ -399,7 +406,14 @@ on SIGUSR1, or after --duration.
             args.profile,
             args.public
         );
-        serve("nat-gateway", &mut router, &mut pipeline, args.duration)
+        let metrics = nf_examples::prometheus::start_for("nat-gateway", args.metrics)?;
+        serve(
+            "nat-gateway",
+            &mut router,
+            &mut pipeline,
+            args.duration,
+            metrics.as_ref(),
+        )
     }
 
     #[cfg(test)]
@@ -423,7 +437,8 @@ on SIGUSR1, or after --duration.
             let b = parse_args(
                 argv(
                     "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
-                     --profile hyperplane --forward tcp:8080=10.0.0.2:80 --no-window --sessions 1000",
+                     --profile hyperplane --forward tcp:8080=10.0.0.2:80 --no-window --sessions 1000 \
+                     --metrics 127.0.0.1:9464",
                 )
                 .into_iter(),
             )
@@ -431,6 +446,8 @@ on SIGUSR1, or after --duration.
             .unwrap();
             assert_eq!(b.forwards, vec![(6, 8080, "10.0.0.2:80".parse().unwrap())]);
             assert!(!b.window && b.sessions == 1000);
+            assert_eq!(b.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+            assert_eq!(a.metrics, None);
             assert_eq!(a.gateway, Some(Ipv4Addr::new(203, 0, 113, 254)));
             assert_eq!(a.inside_addr.len, 24);
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
@@ -443,6 +460,7 @@ on SIGUSR1, or after --duration.
                 "--sessions 1",
                 "--public x",
                 "--duration -1",
+                "--metrics 9464",
                 "--bogus 1",
                 "--cpu -1",
                 "--io tap",

@@ -84,7 +84,7 @@ mod linux {
     use nf_examples::io::{
         Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, RxChecksum, parse_mac, wait_fds,
     };
-    use nf_examples::prometheus::{self, MetricsServer};
+    use nf_examples::prometheus;
     use nf_examples::say;
     use nf_examples::vtep::{UnderlayFrame, bridge_control, classify_underlay};
     use nf_tunnel::{
@@ -456,19 +456,10 @@ without addresses). Prints counters on SIGINT/SIGTERM or after --duration.
             counters: Counters::default(),
         };
 
-        let metrics = match args.metrics {
-            Some(addr) => {
-                let server =
-                    MetricsServer::start(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
-                say!(
-                    "vxlan-gateway: metrics at http://{}/metrics",
-                    server.local_addr()
-                );
-                server.publish(gw.exposition());
-                Some(server)
-            }
-            None => None,
-        };
+        let metrics = prometheus::start_for("vxlan-gateway", args.metrics)?;
+        if let Some(server) = &metrics {
+            server.publish(gw.exposition());
+        }
 
         let start = std::time::Instant::now();
         let mut published = start;

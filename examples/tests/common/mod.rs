@@ -251,6 +251,28 @@ pub fn sh(script: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `GET http://127.0.0.1:PORT/metrics` from inside namespace `ns` (curl): the exposition a
+/// program's `--metrics 127.0.0.1:PORT` serves there.
+pub fn scrape(ns: &str, port: u16) -> String {
+    sh(&format!(
+        "ip netns exec {ns} curl -sf --max-time 5 http://127.0.0.1:{port}/metrics"
+    ))
+}
+
+/// The value of sample `nf_stage_counter` (or, for a `drop_` counter,
+/// `nf_stage_drops_total`) of `stage` and `counter` in `exposition`, summed over positions.
+pub fn metric(exposition: &str, stage: &str, counter: &str) -> Option<u64> {
+    let want = match counter.strip_prefix("drop_") {
+        Some(reason) => format!(",stage=\"{stage}\",reason=\"{reason}\"}} "),
+        None => format!(",stage=\"{stage}\",counter=\"{counter}\"}} "),
+    };
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&want))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
 /// Pings `dst` from namespace `ns` `count` times (0.2 s apart, 1 s each at most): how many
 /// answers came.
 pub fn pings(ns: &str, dst: &str, count: u32) -> u32 {
