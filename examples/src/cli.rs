@@ -58,15 +58,35 @@ pub fn hex_key(hex: &str) -> Option<[u8; 16]> {
     Some(key)
 }
 
-/// A secret key read from a file holding its 32 hex digits (surrounding whitespace
-/// ignored): a file, so that the key stays out of the process list.
+/// A secret key read from a file holding its 32 hex digits on a line (whitespace around
+/// ignored), and a second key on a second line if there is one (the one a key rotation
+/// still accepts): a file, so that keys stay out of the process list.
 ///
 /// # Errors
-/// A message naming the flag and the file: unreadable, or not 32 hex digits.
-pub fn key_file(flag: &str, path: &std::path::Path) -> Result<[u8; 16], String> {
+/// A message naming the flag and the file: unreadable, not one or two lines of 32 hex
+/// digits.
+pub fn key_file(
+    flag: &str,
+    path: &std::path::Path,
+) -> Result<([u8; 16], Option<[u8; 16]>), String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    hex_key(text.trim()).ok_or_else(|| format!("{flag} {}: not 32 hex digits", path.display()))
+    let bad = || {
+        format!(
+            "{flag} {}: not one or two lines of 32 hex digits",
+            path.display()
+        )
+    };
+    let mut keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(hex_key);
+    match (keys.next(), keys.next(), keys.next()) {
+        (Some(Some(k)), None, None) => Ok((k, None)),
+        (Some(Some(k)), Some(Some(also)), None) => Ok((k, Some(also))),
+        _ => Err(bad()),
+    }
 }
 
 /// A non-negative, finite number of seconds given to `flag`.
@@ -106,15 +126,20 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("nf-cli-keys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (good, bad) = (dir.join("good"), dir.join("bad"));
+        let (good, two, bad) = (dir.join("good"), dir.join("two"), dir.join("bad"));
         std::fs::write(&good, " 000102030405060708090a0b0c0d0e0f\n").unwrap();
-        std::fs::write(&bad, "0001\n").unwrap();
-        assert_eq!(super::key_file("--k", &good), Ok(k.unwrap()));
-        assert!(
-            super::key_file("--k", &bad)
-                .unwrap_err()
-                .contains("not 32 hex digits")
+        let second = "000102030405060708090a0b0c0d0e0f\n\nffffffffffffffffffffffffffffffff\n";
+        std::fs::write(&two, second).unwrap();
+        assert_eq!(super::key_file("--k", &good), Ok((k.unwrap(), None)));
+        assert_eq!(
+            super::key_file("--k", &two),
+            Ok((k.unwrap(), Some([0xff; 16])))
         );
+        for text in ["0001\n", "", "000102030405060708090a0b0c0d0e0f\nx\n"] {
+            std::fs::write(&bad, text).unwrap();
+            let e = super::key_file("--k", &bad).unwrap_err();
+            assert!(e.contains("not one or two lines"), "{text:?}: {e}");
+        }
         assert!(super::key_file("--k", &dir.join("none")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

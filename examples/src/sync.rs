@@ -78,6 +78,11 @@
 //!    ([`FrameMac::welcome`]): the connecting node sends nothing more until it has it, so it
 //!    never hands its sessions to an impostor, and counts a peer with another key.
 //!
+//! The fleet's key changes without taking the link down through
+//! [`SyncConfig::accept_also`]: every node, one after the other, first accepts the new key
+//! beside the old, then connects with the new one while it still accepts the old, then
+//! drops the old (a restart each; its peers resync it).
+//!
 //! A frame whose tag does not verify ends the connection (counted `auth_failures`), so a
 //! forged, altered, replayed, reordered or dropped frame is never applied, and a recorded
 //! connection cannot be replayed to a node (its challenge differs). SipHash is a
@@ -144,6 +149,11 @@ pub struct SyncConfig {
     /// frame tagged (see [Authentication](self#authentication)); every node needs the same
     /// one. Default none: an open link.
     pub key: Option<[u8; 16]>,
+    /// A second key this node accepts from connecting peers (it connects with
+    /// [`Self::key`]), for changing the fleet's key without taking the link down: every
+    /// node first accepts the new key too, then connects with it (accepting the old), then
+    /// forgets the old. Needs [`Self::key`]. Default none.
+    pub accept_also: Option<[u8; 16]>,
 }
 
 impl SyncConfig {
@@ -156,6 +166,7 @@ impl SyncConfig {
             sweep: Duration::from_millis(10_000),
             dead_after: Duration::from_millis(1_000),
             key: None,
+            accept_also: None,
         }
     }
 }
@@ -414,12 +425,18 @@ impl SyncLink {
                 "too many peers",
             ));
         }
+        if cfg.key.is_none() && cfg.accept_also.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a second accepted key without a key",
+            ));
+        }
         let listener = TcpListener::bind(cfg.listen)?;
         let (incoming, from_peers) = mpsc::sync_channel(FRAMES_PER_POLL);
         let io = Arc::new(IoCounters::default());
         let dead = std_duration(cfg.dead_after).max(std::time::Duration::from_millis(10));
         let name = cfg.listen.to_string();
-        let key = cfg.key;
+        let (key, keys) = (cfg.key, [cfg.key, cfg.accept_also]);
         let mut peers = Vec::with_capacity(cfg.peers.len());
         for (&addr, origin) in cfg.peers.iter().zip(1u8..) {
             let (to_peer, outgoing) = mpsc::sync_channel(QUEUE_FRAMES);
@@ -444,7 +461,7 @@ impl SyncLink {
             let io = io.clone();
             std::thread::Builder::new()
                 .name("sync-accept".into())
-                .spawn(move || accept_loop(&listener, &known, key, &incoming, &io, dead))?;
+                .spawn(move || accept_loop(&listener, &known, keys, &incoming, &io, dead))?;
         }
         Ok(Self {
             cfg,
@@ -904,7 +921,7 @@ fn send_loop(
 fn accept_loop(
     listener: &TcpListener,
     known: &Arc<[(SocketAddr, Arc<PeerFlags>)]>,
-    key: Option<[u8; 16]>,
+    keys: [Option<[u8; 16]>; 2],
     incoming: &SyncSender<Inbound>,
     io: &Arc<IoCounters>,
     dead: std::time::Duration,
@@ -926,7 +943,7 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name("sync-in".into())
             .spawn(move || {
-                let peer = accept_peer(s, &known, key, &counters, dead);
+                let peer = accept_peer(s, &known, keys, &counters, dead);
                 p.fetch_sub(1, Ordering::AcqRel);
                 if let Some((r, mac, origin, generation, flags)) = peer {
                     receive_loop(r, mac, origin, generation, &flags, &tx, &counters);
@@ -953,13 +970,14 @@ type Accepted = (
     Arc<PeerFlags>,
 );
 
-/// The accepting end's handshake: with a key, a challenge out, a tagged hello in and a
-/// welcome out; without, a plain hello in. The hello must name one of `known`, whose
-/// connection this then is (its latest).
+/// The accepting end's handshake: with keys (the link's, and maybe one more accepted), a
+/// challenge out, a hello tagged under either in and a welcome under the same out;
+/// without, a plain hello in. The hello must name one of `known`, whose connection this
+/// then is (its latest).
 fn accept_peer(
     mut s: TcpStream,
     known: &[(SocketAddr, Arc<PeerFlags>)],
-    key: Option<[u8; 16]>,
+    keys: [Option<[u8; 16]>; 2],
     io: &IoCounters,
     dead: std::time::Duration,
 ) -> Option<Accepted> {
@@ -967,6 +985,7 @@ fn accept_peer(
         return None;
     }
     let challenge = crate::cli::random_secret();
+    let [key, _] = keys;
     if key.is_some() && s.write_all(&frame(CHALLENGE, &challenge)).is_err() {
         io.link_errors.fetch_add(1, Ordering::Relaxed);
         return None;
@@ -976,15 +995,18 @@ fn accept_peer(
     // turned away.
     let (hello, mac) = match (read_frame_within(&mut r, HANDSHAKE_MAX), key) {
         (Ok((HELLO, hello)), None) => (Some(hello), None),
-        (Ok((HELLO, hello)), Some(key)) => {
-            let mut mac = hello
-                .first_chunk::<NONCE_LEN>()
-                .map(|nonce| FrameMac::new(&key, &challenge, nonce));
-            let Some(opened) = mac.as_mut().and_then(|m| m.open(HELLO, hello)) else {
+        (Ok((HELLO, hello)), Some(_)) => {
+            let nonce = hello.first_chunk::<NONCE_LEN>().copied();
+            // The first key whose tags open the hello is the connection's.
+            let opened = keys.iter().flatten().find_map(|key| {
+                let mut mac = FrameMac::new(key, &challenge, nonce.as_ref()?);
+                Some((mac.open(HELLO, hello.clone())?, mac))
+            });
+            let Some((opened, mac)) = opened else {
                 io.auth_failures.fetch_add(1, Ordering::Relaxed);
                 return None;
             };
-            (opened.get(NONCE_LEN..).map(<[u8]>::to_vec), mac)
+            (opened.get(NONCE_LEN..).map(<[u8]>::to_vec), Some(mac))
         }
         _ => (None, None),
     };

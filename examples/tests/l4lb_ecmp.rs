@@ -57,6 +57,9 @@ const LB_KEY: &str = "6e662d6c622065636d70207465737421";
 /// The fleet's sync key (`--sync-key-file`): every sync connection authenticated, every
 /// frame tagged.
 const SYNC_KEY: &str = "6e662d73796e632d6b65792d74657374\n";
+/// The first step of changing the fleet's key, as node 1 comes back: the old key still
+/// used, a new one accepted too (a second line).
+const ROTATING: &str = "6e662d73796e632d6b65792d74657374\n6e662d6e65772d73796e632d6b657921\n";
 
 /// Answers every line it reads with its name (`NAME_SERVER ADDR PORT NAME`).
 const NAME_SERVER: &str = "import socketserver, sys
@@ -152,10 +155,10 @@ struct Node {
     pid: u32,
 }
 
-/// Starts node `n` (1 to [`NODES`]) in its namespace.
-fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, sync: bool) -> Node {
-    let key = lab.dir.join("sync.key");
-    std::fs::write(&key, SYNC_KEY).unwrap();
+/// Starts node `n` (1 to [`NODES`]) in its namespace, with session sync when `keys` gives
+/// its `--sync-key-file`.
+fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, keys: Option<&str>) -> Node {
+    let key = lab.dir.join(format!("sync-{n}.key"));
     let password = lab.dir.join("bgp.password");
     std::fs::write(&password, "nf ecmp test\n").unwrap();
     let mut cmd = Command::new("ip");
@@ -173,7 +176,8 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, sync: bool
         .args(["--mode", "encap", "--vni", "42"])
         .args(["--inner-mac", "02:00:00:00:00:01", "--io", "packet"])
         .args(["--lb-key", LB_KEY]);
-    if sync {
+    if let Some(keys) = keys {
+        std::fs::write(&key, keys).unwrap();
         cmd.args(["--sync-listen", &format!("10.3.0.{n}:7600")])
             .arg("--sync-key-file")
             .arg(&key);
@@ -278,7 +282,7 @@ fn start_all(
 ) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=NODES)
         .zip(g)
-        .map(|(n, ns)| start_node(lab, ns, n, file, sync))
+        .map(|(n, ns)| start_node(lab, ns, n, file, sync.then_some(SYNC_KEY)))
         .collect();
     for n in &mut nodes {
         n.wait("bgp: announcing", 15);
@@ -548,7 +552,7 @@ except OSError as e: print(type(e).__name__)'",
     // Node 1 comes back with an empty table: it announces the VIP only once both
     // survivors' full resyncs have given it every session; the router spreads the flows
     // over all three again, and node 1 carries its share by its copies.
-    nodes[0] = start_node(&mut lab, &g[0], 1, &file, true);
+    nodes[0] = start_node(&mut lab, &g[0], 1, &file, Some(ROTATING));
     let a = &mut nodes[0];
     a.wait("bgp: announcing", 15);
     let at = |a: &Node, what: &str| a.seen.iter().position(|l| l.contains(what)).unwrap();

@@ -266,3 +266,53 @@ fn strangers_that_connect_and_say_nothing_keep_no_peer_out() {
     }
     drop(strangers);
 }
+
+#[test]
+fn a_second_accepted_key_changes_the_fleets_key_without_a_gap() {
+    const OLD: [u8; 16] = *b"the old key, 128";
+    const NEW: [u8; 16] = *b"the new key, 128";
+    let start = Instant::from_nanos(1_000_000_000);
+    let mut now = start;
+    let node = |listen, peer, key, also, port: u16| {
+        let mut cfg = SyncConfig::new(listen, vec![peer]);
+        (cfg.key, cfg.accept_also) = (Some(key), also);
+        cfg.dead_after = Duration::from_millis(300);
+        let mut n = Node {
+            link: SyncLink::start(cfg).unwrap(),
+            ct: tracker(),
+        };
+        let f = flow(port);
+        n.ct.v4_mut()
+            .insert(start, &f, &f.reversed(), SessionState::UdpUnreplied, ())
+            .unwrap();
+        n
+    };
+    // Mid-rotation: A connects with the new key and still accepts the old, B connects with
+    // the old and already accepts the new. Both ways work.
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut a = node(a_addr, b_addr, NEW, Some(OLD), 1);
+    let mut b = node(b_addr, a_addr, OLD, Some(NEW), 2);
+    run(&mut now, &mut [&mut a, &mut b], |_, n| {
+        n.iter().all(|n| n.ct.v4().len() == 2)
+    });
+    for n in [&a, &b] {
+        assert_eq!(counter(&n.link, "auth_failures"), 0);
+    }
+    drop((a, b));
+
+    // Out of order: C has not learnt the new key yet. C's sessions reach A (A accepts the
+    // old key); A's are refused by C.
+    let (a_addr, c_addr) = (free_addr(), free_addr());
+    let mut a = node(a_addr, c_addr, NEW, Some(OLD), 1);
+    let mut c = node(c_addr, a_addr, OLD, None, 3);
+    run(&mut now, &mut [&mut a, &mut c], |_, n| {
+        n[0].ct.v4().len() == 2 && counter(&n[1].link, "auth_failures") >= 1
+    });
+    assert_eq!(c.ct.v4().len(), 1);
+
+    // A second key alone is a configuration error.
+    let mut cfg = SyncConfig::new(free_addr(), vec![free_addr()]);
+    cfg.accept_also = Some(OLD);
+    let e = SyncLink::start(cfg).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}

@@ -142,7 +142,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
   --sync-key-file FILE   session sync: the fleet's 128-bit key, 32 hex digits in FILE;
                          every connection authenticated and every frame tagged (without
                          it the link is open: anyone reaching --sync-listen can write
-                         sessions)
+                         sessions); a second line: a key also accepted from peers (to
+                         change the fleet's key node by node)
   --bgp-peer A[:P]       announce the VIPs (/32, next hop: --client-addr) to the router
                          at A (port 179) over BGP; with sync, only once the peers'
                          sessions are here (or, after 2 s, those of every peer
@@ -610,7 +611,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 ct.v6.journal = 64;
                 let mut cfg = SyncConfig::new(listen, peers.clone());
                 if let Some(path) = &args.sync_key_file {
-                    cfg.key = Some(nf_examples::cli::key_file("--sync-key-file", path)?);
+                    let (key, also) = nf_examples::cli::key_file("--sync-key-file", path)?;
+                    (cfg.key, cfg.accept_also) = (Some(key), also);
                 }
                 let link =
                     SyncLink::start(cfg).map_err(|e| format!("--sync-listen {listen}: {e}"))?;
