@@ -432,6 +432,12 @@ impl SyncLink {
             ));
         }
         let listener = TcpListener::bind(cfg.listen)?;
+        if cfg.key.is_none() {
+            crate::say!(
+                "sync: no key: anyone who reaches {} can write sessions here (a management network only)",
+                cfg.listen
+            );
+        }
         let (incoming, from_peers) = mpsc::sync_channel(FRAMES_PER_POLL);
         let io = Arc::new(IoCounters::default());
         let dead = std_duration(cfg.dead_after).max(std::time::Duration::from_millis(10));
