@@ -26,7 +26,8 @@
 //! resyncs gave it copies of every session, the router spreads the flows over all three
 //! again, and every connection still answers from its own backend. Last, node 2 hangs
 //! (stopped: its connections open and silent): its peers take it as failed after a second
-//! without a heartbeat, the router after its BGP hold time, and every connection still
+//! without a heartbeat, the router as soon as BFD misses three of its 100 ms packets
+//! (`--bfd`; asserted under 2 s, the BGP hold time being 3 s), and every connection still
 //! answers from its own backend through nodes 1 and 3. Then node 3 is taken down for
 //! maintenance (SIGTERM, `--drain 2`): it withdraws the VIP first and forwards on while the
 //! router moves its flows to node 1, and every connection still answers from its own
@@ -120,7 +121,11 @@ template bgp node {
   hold time 3;
   keepalive time 1;
   password \"nf ecmp test\";
+  bfd on;
   ipv4 { import all; export none; gateway recursive; igp table master4; };
+}
+protocol bfd {
+  interface \"bgp*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
 }
 protocol bgp n1 from node { neighbor 10.4.1.2 as 65001; }
 protocol bgp n2 from node { neighbor 10.4.2.2 as 65001; }
@@ -185,10 +190,16 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, keys: Opti
             cmd.args(["--sync-peer", &format!("10.3.0.{peer}:7600")]);
         }
     }
-    cmd.args(["--bgp-peer", &format!("10.4.{n}.1"), "--drain", "2"])
-        .arg("--bgp-password-file")
-        .arg(&password)
-        .args(["--duration", "90", "--metrics", "127.0.0.1:9464"]);
+    cmd.args([
+        "--bgp-peer",
+        &format!("10.4.{n}.1"),
+        "--bfd",
+        "--drain",
+        "2",
+    ])
+    .arg("--bgp-password-file")
+    .arg(&password)
+    .args(["--duration", "90", "--metrics", "127.0.0.1:9464"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
     wait_for(&lines, "l4lb: ready", 10, &mut seen);
@@ -491,7 +502,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
             "root",
             "-w",
             bgp_pcap.to_str().unwrap(),
-            "tcp port 179",
+            "tcp port 179 or udp port 3784",
         ],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -522,6 +533,16 @@ except OSError as e: print(type(e).__name__)'",
     // BGP session up, its share of the connections balanced, other nodes' copied.
     std::thread::sleep(Duration::from_millis(1100));
     for ns in &g {
+        // BFD with the router: up within a few seconds of the node's start (a packet a
+        // second until then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while common::metric(&common::scrape(ns, 9464), "bfd", "up") != Some(1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ns}: BFD never came up"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let e = common::scrape(ns, 9464);
         let m = |stage: &str, counter: &str| common::metric(&e, stage, counter).unwrap_or(0);
         assert_eq!(m("sync", "peers_connected"), 2, "{ns}: {e}");
@@ -568,12 +589,28 @@ except OSError as e: print(type(e).__name__)'",
     assert_kept("after node 1 came back", &first, &client.round(), ROUNDS);
 
     // Node 2 hangs (stopped, its sockets open and silent): its peers take it as failed
-    // after a second without a heartbeat, the router after its BGP hold time (3 s).
+    // after a second without a heartbeat, the router when BFD misses three of its 100 ms
+    // packets (well before the BGP hold time, 3 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::metric(&common::scrape(&g[1], 9464), "bfd", "up") != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2's BFD is not up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hung = std::time::Instant::now();
     sh(&format!("kill -STOP {}", nodes[1].pid));
+    wait_route(&r, &[all_hops[0], all_hops[2]]);
+    let withdrawn = hung.elapsed();
+    assert!(
+        withdrawn < Duration::from_secs(2),
+        "the router took {withdrawn:?} to drop the hung node (BFD: 0.3 s, BGP hold: 3 s)"
+    );
+    eprintln!("the router dropped the hung node 2 after {withdrawn:?}");
     for i in [0, 2] {
         nodes[i].wait("10.3.0.2:7600 down: orphaned", 10);
     }
-    wait_route(&r, &[all_hops[0], all_hops[2]]);
     assert_kept("after node 2 hung", &first, &client.round(), ROUNDS);
     sh(&format!("kill -KILL {}", nodes[1].pid));
 
@@ -648,6 +685,13 @@ fn bgp_dissected(pcap: &std::path::Path) {
         "tcp.flags.syn",
         "tcp.flags.ack",
         "tcp.options.md5.digest",
+        "ip.ttl",
+        "udp.srcport",
+        "bfd.version",
+        "bfd.sta",
+        "bfd.detect_time_multiplier",
+        "bfd.my_discriminator",
+        "bfd.desired_min_tx_interval",
         "bgp.type",
         "bgp.open.myas",
         "bgp.open.holdtime",
@@ -663,12 +707,40 @@ fn bgp_dissected(pcap: &std::path::Path) {
     let rows = common::tshark_rows(pcap, &args, &fields);
     let one = |r: &common::TsharkRow, f: &str| r[f].first().cloned().unwrap_or_default();
     let (mut opens, mut announces, mut withdraws) = (0, 0, 0);
+    let mut bfd_up = std::collections::BTreeSet::new();
     for (i, r) in rows.iter().enumerate() {
         let from = one(r, "ip.src");
         let node = from
             .strip_prefix("10.4.")
             .and_then(|x| x.strip_suffix(".2"))
             .map(|n| n.to_string());
+        if !r["bfd.version"].is_empty() {
+            // BFD control packets, ours and BIRD's: version 1, TTL 255 (RFC 5881 §5).
+            common::assert_dissected_clean(i, r);
+            assert_eq!(
+                (one(r, "bfd.version"), one(r, "ip.ttl")),
+                ("1".into(), "255".into()),
+                "frame {i}: {r:?}"
+            );
+            if let Some(n) = &node {
+                let port: u16 = one(r, "udp.srcport").parse().unwrap();
+                assert!(port >= 49_152, "frame {i}: {r:?}");
+                assert_eq!(
+                    one(r, "bfd.detect_time_multiplier"),
+                    "3",
+                    "frame {i}: {r:?}"
+                );
+                assert_ne!(
+                    one(r, "bfd.my_discriminator"),
+                    "0x00000000",
+                    "frame {i}: {r:?}"
+                );
+                if one(r, "bfd.sta") == "0x03" {
+                    bfd_up.insert(n.clone());
+                }
+            }
+            continue;
+        }
         if r["tcp.options.md5.digest"].is_empty() {
             // The probe: SYNs from node 1's address, none answered.
             assert!(
@@ -727,9 +799,10 @@ fn bgp_dissected(pcap: &std::path::Path) {
         }
     }
     eprintln!(
-        "bgp capture: {} frames, {opens} OPENs, {announces} announcements, {withdraws} withdrawals",
+        "bgp capture: {} frames, {opens} OPENs, {announces} announcements, {withdraws} withdrawals, BFD up from nodes {bfd_up:?}",
         rows.len()
     );
+    assert_eq!(bfd_up.len(), 3, "every node's BFD said Up: {bfd_up:?}");
     // Four sessions (three nodes and node 1 again) opened and announced; node 3 withdrew
     // (node 1 was killed and node 2 hung: their routes went with their sessions).
     assert!(

@@ -1,5 +1,6 @@
 //! Fuzzes what a load balancer reads from the other machines of its fleet: the BGP messages
-//! of the router (`nf_examples::bgp::decode`) and the frames of the session-sync link
+//! and BFD control packets of the router (`nf_examples::bgp::decode`,
+//! `nf_examples::bfd::decode` into a `Session`) and the frames of the session-sync link
 //! (`nf_examples::sync::read_frame`, and on a keyed link `FrameMac::open`), each over a
 //! stream of arbitrary bytes.
 //!
@@ -7,10 +8,13 @@
 //! than what was read, and every error maps to a NOTIFICATION code of RFC 4271 §4.5; a sync
 //! frame's payload is at most `MAX_FRAME` bytes and the stream is consumed exactly; no
 //! frame the fuzzer writes opens under a key it does not know (a forged tag), while the
-//! same frames sealed with the key open back to themselves.
+//! same frames sealed with the key open back to themselves; a BFD packet that decodes
+//! encodes back to one that decodes the same, and a session fed every 24-byte window of the
+//! input (a millisecond apart) only ever sends packets that decode.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nf_examples::bfd::{self, BfdConfig, Session};
 use nf_examples::bgp::{MAX_MESSAGE, decode};
 use nf_examples::sync::{FrameMac, MAX_FRAME, TAG_LEN, read_frame};
 
@@ -22,6 +26,18 @@ fuzz_target!(|data: &[u8]| {
     }) {
         assert!((19..=MAX_MESSAGE).contains(&n) && n <= rest.len());
         rest = &rest[n..];
+    }
+    let mut session = Session::new(BfdConfig::default(), 7, 1);
+    let mut now = std::time::Instant::now();
+    for window in data.windows(bfd::LEN).step_by(3) {
+        now += std::time::Duration::from_millis(1);
+        if let Ok(c) = bfd::decode(window) {
+            assert_eq!(bfd::decode(&c.encode()), Ok(c));
+            session.receive(now, &c);
+        }
+        if let Some(p) = session.poll(now) {
+            assert!(bfd::decode(&p).is_ok());
+        }
     }
     let mut stream = data;
     let mut read = 0usize;

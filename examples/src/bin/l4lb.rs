@@ -50,7 +50,10 @@
 //! in front moves flows, the node they land on forwards them by the copies, to the backends
 //! they started on, even after the pool changed. With `--bgp-peer` each node announces the
 //! VIPs to the router itself ([`nf_examples::bgp`]), and with sync only once it holds its
-//! peers' sessions: a node that comes back takes traffic only after its resyncs.
+//! peers' sessions: a node that comes back takes traffic only after its resyncs. The
+//! session can be TCP-MD5 signed (`--bgp-password-file`), and with `--bfd`
+//! ([`nf_examples::bfd`]) the router finds a node gone within 300 ms. `--sync-key-file`
+//! authenticates the sync link; `--metrics` serves every counter to Prometheus.
 //!
 //! On SIGHUP the file is read again and the new pool replaces the old one in whole
 //! (established flows stay where they are); a file that does not parse changes nothing.
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes};
     use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
+    use nf_examples::bfd::{BfdConfig, BfdSpeaker};
     use nf_examples::bgp::{BgpConfig, BgpSpeaker};
     use nf_examples::io::{IoKind, RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
@@ -103,7 +107,7 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...
              [--sync-key-file FILE]]
             [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--bgp-password-file FILE]
-             [--drain SECS]]
+             [--bfd] [--drain SECS]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints
@@ -153,6 +157,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
   --bgp-password-file F  the BGP session's TCP MD5 signature key (RFC 2385; the router's
                          password for this neighbour): the bytes of F, a final newline
                          left out, 1 to 80
+  --bfd                  BFD (RFC 5880/5881) with the router: it finds this node gone
+                         within 300 ms (100 ms packets, three missed) instead of the
+                         BGP hold time
   --drain SECS           at SIGINT/SIGTERM, withdraw the VIPs and keep forwarding for
                          SECS before exiting (with --bgp-peer; default 0: exit at once)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
@@ -190,6 +197,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         bgp: Option<(SocketAddr, u32, u32)>,
         /// `--bgp-password-file`.
         bgp_password_file: Option<PathBuf>,
+        /// `--bfd`.
+        bfd: bool,
         /// `--drain`, seconds.
         drain: f64,
     }
@@ -219,12 +228,16 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
         let (mut lb_key, mut sync_listen, mut sync_peers) = (None, None, Vec::new());
-        let (mut sync_key_file, mut bgp_password_file) = (None, None);
+        let (mut sync_key_file, mut bgp_password_file, mut bfd) = (None, None, false);
         let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
         let mut drain = 0.0;
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
+            }
+            if flag == "--bfd" {
+                bfd = true;
+                continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let bad = |what: &str| format!("{flag} {value}: not {what}");
@@ -323,8 +336,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         if sync.is_none() && sync_key_file.is_some() {
             return Err("--sync-key-file needs --sync-listen and --sync-peer".into());
         }
-        if bgp_peer.is_none() && bgp_password_file.is_some() {
-            return Err("--bgp-password-file needs --bgp-peer".into());
+        if bgp_peer.is_none() && (bgp_password_file.is_some() || bfd) {
+            return Err("--bgp-password-file and --bfd need --bgp-peer".into());
         }
         Ok(Some(Args {
             client: client.ok_or_else(|| need("--client"))?,
@@ -351,6 +364,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             sync_key_file,
             bgp: bgp_peer.map(|p| (p, bgp_as, bgp_peer_as)),
             bgp_password_file,
+            bfd,
             drain,
         }))
     }
@@ -416,6 +430,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         sync: Option<SyncLink>,
         /// The VIPs' announcement to the router (`--bgp-peer`).
         bgp: Option<BgpSpeaker>,
+        /// Fast failure detection with the router (`--bfd`).
+        bfd: Option<BfdSpeaker>,
         /// `--drain`; set once the drain began (the VIPs stay withdrawn).
         drain: std::time::Duration,
         draining: bool,
@@ -527,6 +543,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 s.visit_counters(f);
             }
             if let Some(b) = &self.bgp {
+                b.visit_counters(f);
+            }
+            if let Some(b) = &self.bfd {
                 b.visit_counters(f);
             }
         }
@@ -641,6 +660,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             encap,
             sync,
             bgp: None,
+            bfd: None,
             drain: std::time::Duration::from_secs_f64(args.drain),
             draining: false,
         };
@@ -671,6 +691,14 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 },
             };
             f.bgp = Some(BgpSpeaker::start(cfg).map_err(|e| format!("bgp: {e}"))?);
+            if args.bfd {
+                let IpAddr::V4(router) = peer.ip() else {
+                    return Err("--bfd: an IPv4 --bgp-peer".into());
+                };
+                let bfd = BfdSpeaker::start(router, BfdConfig::default())
+                    .map_err(|e| format!("--bfd: {e}"))?;
+                f.bfd = Some(bfd);
+            }
         }
         say!(
             "l4lb: ready: VIP {:?} on {} ({}), {what} on {} ({})",
@@ -722,8 +750,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             );
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
-            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001 --bgp-password-file /etc/nf/bgp.pw --metrics 127.0.0.1:9464").into_iter()).unwrap().unwrap();
+            let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001 --bgp-password-file /etc/nf/bgp.pw --bfd --metrics 127.0.0.1:9464").into_iter()).unwrap().unwrap();
             assert_eq!(bgp.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+            assert!(bgp.bfd && !a.bfd);
             assert_eq!(bgp.bgp_password_file, Some(PathBuf::from("/etc/nf/bgp.pw")));
             assert_eq!(
                 bgp.bgp,
@@ -766,6 +795,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--bgp-peer 10.4.1",
                 "--bgp-as x",
                 "--bgp-password-file p",
+                "--bfd",
                 "--metrics 9464",
             ] {
                 assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");

@@ -725,3 +725,18 @@ pub fn connect_tcp_md5(
     s.set_write_timeout(None)?;
     Ok(s)
 }
+
+/// Sets `IP_MINTTL` on an IPv4 socket: the kernel drops what arrives with a lower TTL (the
+/// Generalized TTL Security Mechanism, RFC 5082, as BFD's single hop takes it: TTL 255
+/// only, so that nothing from beyond the link gets in).
+///
+/// # Errors
+/// The kernel refuses the option.
+pub fn set_ip_min_ttl(fd: BorrowedFd<'_>, ttl: u8) -> io::Result<()> {
+    set_opt(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MINTTL,
+        &libc::c_int::from(ttl),
+    )
+}

@@ -1,0 +1,621 @@
+//! Bidirectional Forwarding Detection (RFC 5880, asynchronous mode, one hop over IPv4 as
+//! RFC 5881 runs it) toward the router a node announces its service addresses to: the
+//! router then learns that a node is gone within a few hundred milliseconds (three missed
+//! packets at 100 ms) instead of a BGP hold time of seconds, and takes its routes away.
+//!
+//! - [`Control`]: the 24-byte control packet, [`decode`] (every check of RFC 5880 §6.8.6
+//!   that comes before the state machine, typed [`BfdError`]s) and [`Control::encode`].
+//! - [`Session`]: the state machine of §6.8.6 (Down → Init → Up, and back on the peer's
+//!   word or when its packets stop for the detection time), the transmission timing of
+//!   §6.8.7 (the agreed interval, jittered down by up to a quarter; one second while not
+//!   Up) and the poll sequence of §6.5 whenever its own intervals change. Sans-IO: time is
+//!   passed in, packets go in and out as bytes.
+//! - [`BfdSpeaker`]: a session on a thread of its own, receiving on UDP port 3784 and
+//!   sending from a port of 49152–65535, every packet with TTL 255 and only packets that
+//!   arrived with TTL 255 taken (the kernel drops the others: RFC 5881 §5, GTSM).
+//!
+//! No authentication (packets with the A bit are discarded) and no demand mode or echo
+//! function.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The destination port of single-hop control packets (RFC 5881 §4).
+pub const PORT: u16 = 3784;
+/// The length of a control packet without authentication.
+pub const LEN: usize = 24;
+/// The transmit interval while a session is not Up (RFC 5880 §6.8.3: at least a second).
+pub const SLOW_TX_US: u32 = 1_000_000;
+
+/// A session's state (RFC 5880 §4.1, `Sta`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Held down by its administrator.
+    AdminDown = 0,
+    /// Down (or never up).
+    Down = 1,
+    /// The peer's packets arrive, this side's not yet acknowledged.
+    Init = 2,
+    /// Both sides hear each other.
+    Up = 3,
+}
+
+impl State {
+    fn of(bits: u8) -> Self {
+        match bits & 3 {
+            0 => Self::AdminDown,
+            1 => Self::Down,
+            2 => Self::Init,
+            _ => Self::Up,
+        }
+    }
+}
+
+/// Diagnostic codes used here (RFC 5880 §4.1).
+pub mod diag {
+    /// No diagnostic.
+    pub const NONE: u8 = 0;
+    /// Control detection time expired.
+    pub const DETECT_EXPIRED: u8 = 1;
+    /// The neighbor signaled session down.
+    pub const NEIGHBOR_DOWN: u8 = 3;
+}
+
+/// A control packet (RFC 5880 §4.1), without authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Control {
+    /// Diagnostic (5 bits).
+    pub diag: u8,
+    /// The sender's state.
+    pub state: State,
+    /// Poll: the sender asks for a packet with `fin` (its parameters changed).
+    pub poll: bool,
+    /// Final: the answer to a poll.
+    pub fin: bool,
+    /// Detection time multiplier.
+    pub detect_mult: u8,
+    /// The sender's discriminator (non-zero).
+    pub my_disc: u32,
+    /// The receiver's discriminator as the sender knows it (0: not yet).
+    pub your_disc: u32,
+    /// Desired minimum transmit interval, microseconds.
+    pub desired_min_tx_us: u32,
+    /// Required minimum receive interval, microseconds.
+    pub required_min_rx_us: u32,
+}
+
+/// Why a received packet was discarded (RFC 5880 §6.8.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BfdError {
+    /// Shorter than a control packet, or than its own length field.
+    Truncated,
+    /// Version other than 1.
+    Version(u8),
+    /// Length field below 24.
+    Length(u8),
+    /// Detect multiplier 0.
+    ZeroMultiplier,
+    /// Multipoint bit set.
+    Multipoint,
+    /// My Discriminator 0.
+    ZeroDiscriminator,
+    /// Authentication present (not supported).
+    Authenticated,
+}
+
+/// Parses and checks a control packet.
+///
+/// # Errors
+/// The first check of RFC 5880 §6.8.6 it fails (before the session's own: the
+/// discriminators).
+pub fn decode(b: &[u8]) -> Result<Control, BfdError> {
+    let h: &[u8; LEN] = b.first_chunk().ok_or(BfdError::Truncated)?;
+    let [v, s, mult, len, ..] = *h;
+    if v >> 5 != 1 {
+        return Err(BfdError::Version(v >> 5));
+    }
+    if len < LEN as u8 {
+        return Err(BfdError::Length(len));
+    }
+    if usize::from(len) > b.len() {
+        return Err(BfdError::Truncated);
+    }
+    if s & 0x04 != 0 {
+        return Err(BfdError::Authenticated);
+    }
+    if mult == 0 {
+        return Err(BfdError::ZeroMultiplier);
+    }
+    if s & 0x01 != 0 {
+        return Err(BfdError::Multipoint);
+    }
+    let word = |i: usize| {
+        h.get(i..i + 4)
+            .and_then(|w| w.try_into().ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    let my_disc = word(4);
+    if my_disc == 0 {
+        return Err(BfdError::ZeroDiscriminator);
+    }
+    Ok(Control {
+        diag: v & 0x1f,
+        state: State::of(s >> 6),
+        poll: s & 0x20 != 0,
+        fin: s & 0x10 != 0,
+        detect_mult: mult,
+        my_disc,
+        your_disc: word(8),
+        desired_min_tx_us: word(12),
+        required_min_rx_us: word(16),
+    })
+}
+
+impl Control {
+    /// The packet's 24 bytes (version 1, no C, A, D or M bits, no echo).
+    pub fn encode(&self) -> [u8; LEN] {
+        let flags =
+            ((self.state as u8) << 6) | (u8::from(self.poll) << 5) | (u8::from(self.fin) << 4);
+        let words = [
+            [
+                (1 << 5) | (self.diag & 0x1f),
+                flags,
+                self.detect_mult,
+                LEN as u8,
+            ],
+            self.my_disc.to_be_bytes(),
+            self.your_disc.to_be_bytes(),
+            self.desired_min_tx_us.to_be_bytes(),
+            self.required_min_rx_us.to_be_bytes(),
+            [0; 4],
+        ];
+        let mut b = [0u8; LEN];
+        for (out, w) in b.chunks_exact_mut(4).zip(words) {
+            out.copy_from_slice(&w);
+        }
+        b
+    }
+}
+
+/// A session's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BfdConfig {
+    /// The transmit interval wanted once Up, microseconds.
+    pub min_tx_us: u32,
+    /// The receive interval this side can take, microseconds.
+    pub min_rx_us: u32,
+    /// Packets missed before the peer is taken as down.
+    pub detect_mult: u8,
+}
+
+impl Default for BfdConfig {
+    /// 100 ms both ways, three missed packets: a failure found within 300 ms.
+    fn default() -> Self {
+        Self {
+            min_tx_us: 100_000,
+            min_rx_us: 100_000,
+            detect_mult: 3,
+        }
+    }
+}
+
+/// One session's state machine and timers (RFC 5880 §6.8); see the [module](self).
+#[derive(Clone, Debug)]
+pub struct Session {
+    cfg: BfdConfig,
+    state: State,
+    diag: u8,
+    local_disc: u32,
+    remote_disc: u32,
+    remote_state: State,
+    remote_min_rx_us: u32,
+    remote_desired_tx_us: u32,
+    remote_mult: u8,
+    /// A poll sequence of ours is under way (our intervals changed).
+    polling: bool,
+    /// A poll of the peer's waits for our final.
+    answer: bool,
+    last_rx: Option<Instant>,
+    next_tx: Option<Instant>,
+    /// Jitter state (xorshift).
+    rng: u64,
+    /// Times the session went Up, and went down from Up.
+    pub ups: u64,
+    /// Times it went down because the peer's packets stopped.
+    pub detect_expired: u64,
+}
+
+impl Session {
+    /// A session with local discriminator `disc` (non-zero; 0 is taken as 1) and `seed`
+    /// for the transmit jitter.
+    pub fn new(cfg: BfdConfig, disc: u32, seed: u64) -> Self {
+        Self {
+            cfg,
+            state: State::Down,
+            diag: diag::NONE,
+            local_disc: disc.max(1),
+            remote_disc: 0,
+            remote_state: State::Down,
+            remote_min_rx_us: 1,
+            remote_desired_tx_us: 0,
+            remote_mult: 0,
+            polling: false,
+            answer: false,
+            last_rx: None,
+            next_tx: None,
+            rng: seed | 1,
+            ups: 0,
+            detect_expired: 0,
+        }
+    }
+
+    /// The session's state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The desired transmit interval this side advertises: the configured one once Up,
+    /// at least a second before (RFC 5880 §6.8.3).
+    fn desired_tx_us(&self) -> u32 {
+        if self.state == State::Up {
+            self.cfg.min_tx_us
+        } else {
+            self.cfg.min_tx_us.max(SLOW_TX_US)
+        }
+    }
+
+    /// The interval between this side's packets: the larger of what it wants and what the
+    /// peer can take.
+    fn tx_interval(&self) -> Duration {
+        Duration::from_micros(u64::from(self.desired_tx_us().max(self.remote_min_rx_us)))
+    }
+
+    /// How long the peer may stay silent (§6.8.4): its multiplier times the larger of what
+    /// this side can take and what the peer wants to send at.
+    fn detection_time(&self) -> Duration {
+        let interval = self.cfg.min_rx_us.max(self.remote_desired_tx_us);
+        Duration::from_micros(u64::from(interval) * u64::from(self.remote_mult))
+    }
+
+    fn set_state(&mut self, state: State, diag: u8) {
+        if state == self.state {
+            return;
+        }
+        let was_up = self.state == State::Up;
+        self.state = state;
+        self.diag = diag;
+        if state == State::Up {
+            self.ups += 1;
+        }
+        // The advertised transmit interval changes on entering or leaving Up: a poll
+        // sequence tells the peer (§6.8.3).
+        if was_up || state == State::Up {
+            self.polling = true;
+        }
+        // Tell the peer now rather than at the next tick.
+        self.next_tx = None;
+    }
+
+    /// Takes a received control packet (already [`decode`]d) at `now`: the checks of the
+    /// discriminators, then the state machine of RFC 5880 §6.8.6. False when discarded.
+    pub fn receive(&mut self, now: Instant, c: &Control) -> bool {
+        if c.your_disc != 0 && c.your_disc != self.local_disc {
+            return false;
+        }
+        if c.your_disc == 0 && !matches!(c.state, State::Down | State::AdminDown) {
+            return false;
+        }
+        self.remote_disc = c.my_disc;
+        self.remote_state = c.state;
+        self.remote_min_rx_us = c.required_min_rx_us;
+        self.remote_desired_tx_us = c.desired_min_tx_us;
+        self.remote_mult = c.detect_mult;
+        self.last_rx = Some(now);
+        if c.fin {
+            self.polling = false;
+        }
+        if c.poll {
+            self.answer = true;
+            self.next_tx = None;
+        }
+        if self.state == State::AdminDown {
+            return true;
+        }
+        match (self.state, c.state) {
+            (State::Down | State::Init | State::Up, State::AdminDown) => {
+                self.set_state(State::Down, diag::NEIGHBOR_DOWN);
+            }
+            (State::Down, State::Down) => self.set_state(State::Init, diag::NONE),
+            (State::Down, State::Init) | (State::Init, State::Init | State::Up) => {
+                self.set_state(State::Up, diag::NONE);
+            }
+            (State::Up, State::Down) => self.set_state(State::Down, diag::NEIGHBOR_DOWN),
+            _ => {}
+        }
+        true
+    }
+
+    /// Advances the session to `now`: the peer taken as down when its packets stopped for
+    /// the detection time, and the packet to send now if one is due (periodic, a change
+    /// of state, or the final to a poll).
+    pub fn poll(&mut self, now: Instant) -> Option<[u8; LEN]> {
+        if matches!(self.state, State::Init | State::Up)
+            && self.remote_mult > 0
+            && self
+                .last_rx
+                .is_some_and(|t| now.saturating_duration_since(t) > self.detection_time())
+        {
+            if self.state == State::Up {
+                self.detect_expired += 1;
+            }
+            self.set_state(State::Down, diag::DETECT_EXPIRED);
+            self.remote_disc = 0;
+        }
+        if self.next_tx.is_some_and(|t| now < t) {
+            return None;
+        }
+        // Up to a quarter less than the interval, at random (§6.8.7).
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let interval = self.tx_interval();
+        let cut = interval.mul_f64((self.rng % 1000) as f64 / 4000.0);
+        self.next_tx = Some(now + interval.saturating_sub(cut));
+        let fin = core::mem::take(&mut self.answer);
+        let c = Control {
+            diag: self.diag,
+            state: self.state,
+            // A packet with F carries no P (§6.5).
+            poll: self.polling && !fin,
+            fin,
+            detect_mult: self.cfg.detect_mult,
+            my_disc: self.local_disc,
+            your_disc: self.remote_disc,
+            desired_min_tx_us: self.desired_tx_us(),
+            required_min_rx_us: self.cfg.min_rx_us,
+        };
+        Some(c.encode())
+    }
+}
+
+/// What the speaker's thread counts.
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    discarded: AtomicU64,
+    ups: AtomicU64,
+    detect_expired: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+/// A BFD session with one peer on a thread of its own; see the [module](self).
+#[derive(Debug)]
+pub struct BfdSpeaker {
+    state: Arc<AtomicU8>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for BfdSpeaker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+impl BfdSpeaker {
+    /// Starts a session with `peer`: listens on UDP port 3784 of every local address (only
+    /// `peer`'s packets taken), sends from the first free port of 49152–65535.
+    ///
+    /// # Errors
+    /// The sockets cannot be bound or set up, or the thread cannot start.
+    pub fn start(peer: Ipv4Addr, cfg: BfdConfig) -> io::Result<Self> {
+        let rx = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT))?;
+        min_ttl(&rx)?;
+        rx.set_read_timeout(Some(Duration::from_millis(10)))?;
+        let seed = u64::from_le_bytes(
+            crate::cli::random_secret()
+                .first_chunk()
+                .copied()
+                .unwrap_or_default(),
+        );
+        let first = 49_152 + (seed % 16_384) as u16;
+        let tx = (0..16_384u16)
+            .map(|i| 49_152 + (first - 49_152 + i) % 16_384)
+            .find_map(|port| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no source port free"))?;
+        tx.set_ttl(255)?;
+        tx.connect(SocketAddrV4::new(peer, PORT))?;
+        let state = Arc::new(AtomicU8::new(State::Down as u8));
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, c, s) = (state.clone(), counters.clone(), stop.clone());
+        let disc = (seed >> 32) as u32;
+        std::thread::Builder::new()
+            .name("bfd".into())
+            .spawn(move || run(&rx, &tx, peer, Session::new(cfg, disc, seed), &st, &c, &s))?;
+        Ok(Self {
+            state,
+            counters,
+            stop,
+        })
+    }
+
+    /// Whether the session is Up.
+    pub fn up(&self) -> bool {
+        self.state.load(Ordering::Acquire) == State::Up as u8
+    }
+
+    /// Calls `f` with every counter (stage `bfd`).
+    pub fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
+        let c = &self.counters;
+        for (name, v) in [
+            ("sent", &c.sent),
+            ("received", &c.received),
+            ("discarded", &c.discarded),
+            ("ups", &c.ups),
+            ("detect_expired", &c.detect_expired),
+            ("send_errors", &c.send_errors),
+        ] {
+            f("bfd", name, v.load(Ordering::Relaxed));
+        }
+        f("bfd", "up", u64::from(self.up()));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn min_ttl(s: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsFd as _;
+    crate::io::set_ip_min_ttl(s.as_fd(), 255)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn min_ttl(_: &UdpSocket) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// The speaker's thread: receive (10 ms at most per wait), advance, send.
+fn run(
+    rx: &UdpSocket,
+    tx: &UdpSocket,
+    peer: Ipv4Addr,
+    mut s: Session,
+    state: &AtomicU8,
+    c: &Counters,
+    stop: &AtomicBool,
+) {
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Acquire) {
+        if let Ok((n, from)) = rx.recv_from(&mut buf) {
+            let ok = from.ip() == std::net::IpAddr::V4(peer)
+                && buf
+                    .get(..n)
+                    .and_then(|b| decode(b).ok())
+                    .is_some_and(|p| s.receive(Instant::now(), &p));
+            let counter = if ok { &c.received } else { &c.discarded };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(p) = s.poll(Instant::now()) {
+            let counter = if tx.send(&p).is_ok() {
+                &c.sent
+            } else {
+                &c.send_errors
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        state.store(s.state() as u8, Ordering::Release);
+        c.ups.store(s.ups, Ordering::Relaxed);
+        c.detect_expired.store(s.detect_expired, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(state: State, my: u32, your: u32) -> Control {
+        Control {
+            diag: 0,
+            state,
+            poll: false,
+            fin: false,
+            detect_mult: 3,
+            my_disc: my,
+            your_disc: your,
+            desired_min_tx_us: 100_000,
+            required_min_rx_us: 100_000,
+        }
+    }
+
+    #[test]
+    fn packets_round_trip_and_bad_ones_are_refused() {
+        let mut c = packet(State::Init, 7, 9);
+        c.poll = true;
+        c.diag = diag::DETECT_EXPIRED;
+        let b = c.encode();
+        // RFC 5880 §4.1: version 1 in the top three bits, Sta in the top two of byte 1.
+        assert_eq!((b[0], b[1], b[2], b[3]), (0x21, 0xa0, 3, 24));
+        assert_eq!(decode(&b), Ok(c));
+        let bad = |f: fn(&mut [u8; LEN])| {
+            let mut x = b;
+            f(&mut x);
+            decode(&x)
+        };
+        assert_eq!(bad(|x| x[0] = 0x40), Err(BfdError::Version(2)));
+        assert_eq!(bad(|x| x[3] = 23), Err(BfdError::Length(23)));
+        assert_eq!(bad(|x| x[3] = 25), Err(BfdError::Truncated));
+        assert_eq!(bad(|x| x[2] = 0), Err(BfdError::ZeroMultiplier));
+        assert_eq!(bad(|x| x[1] |= 1), Err(BfdError::Multipoint));
+        assert_eq!(bad(|x| x[1] |= 4), Err(BfdError::Authenticated));
+        assert_eq!(bad(|x| x[4..8].fill(0)), Err(BfdError::ZeroDiscriminator));
+        assert_eq!(decode(&b[..23]), Err(BfdError::Truncated));
+    }
+
+    /// `rounds` rounds 10 ms apart of each session sending what it has to the other.
+    fn exchange(a: &mut Session, b: &mut Session, now: &mut Instant, rounds: usize) {
+        for _ in 0..rounds {
+            if let Some(p) = a.poll(*now) {
+                b.receive(*now, &decode(&p).unwrap());
+            }
+            if let Some(p) = b.poll(*now) {
+                a.receive(*now, &decode(&p).unwrap());
+            }
+            *now += Duration::from_millis(10);
+        }
+    }
+
+    /// Two sessions exchanging every packet: Down → Init → Up on both, with the poll
+    /// sequences of the interval changes answered; then one side stops and the other
+    /// finds it out after the detection time.
+    #[test]
+    fn two_sessions_come_up_and_find_a_silent_peer_down() {
+        let cfg = BfdConfig::default();
+        let (mut a, mut b) = (Session::new(cfg, 11, 1), Session::new(cfg, 22, 2));
+        let mut now = Instant::now();
+        exchange(&mut a, &mut b, &mut now, 100);
+        assert_eq!((a.state(), b.state()), (State::Up, State::Up));
+        assert!(!a.polling && !b.polling, "the polls were answered");
+        assert_eq!(a.tx_interval(), Duration::from_millis(100));
+        // B falls silent: A takes it down within the detection time (3 × 100 ms).
+        let quiet = now;
+        while a.state() == State::Up {
+            a.poll(now);
+            now += Duration::from_millis(10);
+            assert!(now - quiet < Duration::from_millis(400), "not found out");
+        }
+        assert_eq!(
+            (a.state(), a.diag, a.detect_expired),
+            (State::Down, diag::DETECT_EXPIRED, 1)
+        );
+        // Its next packet says so, and asks for the slow interval again.
+        let p = decode(&a.poll(now + Duration::from_secs(1)).unwrap()).unwrap();
+        assert_eq!(
+            (p.state, p.your_disc, p.desired_min_tx_us),
+            (State::Down, 0, SLOW_TX_US)
+        );
+        // A packet for another session, or an Up without our discriminator: discarded.
+        assert!(!a.receive(now, &packet(State::Up, 22, 99)));
+        assert!(!a.receive(now, &packet(State::Up, 22, 0)));
+        // The peer saying it is down takes an Up session down.
+        let (mut c, mut d) = (Session::new(cfg, 1, 3), Session::new(cfg, 2, 4));
+        exchange(&mut c, &mut d, &mut now, 50);
+        assert_eq!(c.state(), State::Up);
+        c.receive(now, &packet(State::Down, 2, 1));
+        assert_eq!((c.state(), c.diag), (State::Down, diag::NEIGHBOR_DOWN));
+    }
+
+    #[test]
+    fn a_poll_is_answered_with_a_final_at_once() {
+        let mut s = Session::new(BfdConfig::default(), 5, 9);
+        let now = Instant::now();
+        s.poll(now);
+        let mut p = packet(State::Down, 8, 0);
+        p.poll = true;
+        assert!(s.receive(now, &p));
+        let answer = decode(&s.poll(now).unwrap()).unwrap();
+        assert!(answer.fin && !answer.poll);
+    }
+}
