@@ -421,6 +421,7 @@ fn interop(io: &str) {
             "--udp-checksum",
         ])
         .args(["--duration", CHILD_LIFETIME_SECS])
+        .args(["--metrics", "127.0.0.1:9464"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -521,6 +522,22 @@ fn interop(io: &str) {
         ping(&a, B_OVERLAY, &[])
     ));
 
+    // Its Prometheus endpoint, scraped in its namespace while it runs (as `curl` would).
+    let exposition = run(&in_ns(
+        &g,
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9464/metrics",
+        ],
+    ));
+    assert!(
+        exposition.contains("# TYPE nf_stage_counter untyped")
+            && exposition.contains("stage=\"tunnel_decap\",counter=\"packets\"}"),
+        "{exposition}"
+    );
     // Stop the gateway with SIGTERM and read its counters.
     let (out, exited) = lab.gateway.take().unwrap().stop();
     assert!(exited, "vxlan-gateway did not exit on SIGTERM: {out:?}");
