@@ -12,7 +12,9 @@
 //!   passed in, packets go in and out as bytes.
 //! - [`BfdSpeaker`]: a session on a thread of its own, receiving on UDP port 3784 and
 //!   sending from a port of 49152–65535, every packet with TTL 255 and only packets that
-//!   arrived with TTL 255 taken (the kernel drops the others: RFC 5881 §5, GTSM).
+//!   arrived with TTL 255 taken (the kernel drops the others: RFC 5881 §5, GTSM). When it
+//!   is dropped (the node stops) it says AdminDown ([`Session::shut_down`]), so that the
+//!   router does not take a planned stop for a failure.
 //!
 //! No authentication (packets with the A bit are discarded) and no demand mode or echo
 //! function.
@@ -62,6 +64,8 @@ pub mod diag {
     pub const DETECT_EXPIRED: u8 = 1;
     /// The neighbor signaled session down.
     pub const NEIGHBOR_DOWN: u8 = 3;
+    /// Administratively down.
+    pub const ADMIN_DOWN: u8 = 7;
 }
 
 /// A control packet (RFC 5880 §4.1), without authentication.
@@ -338,6 +342,25 @@ impl Session {
         true
     }
 
+    /// Takes the session down on purpose (the node stops): its packet saying AdminDown
+    /// (diagnostic 7), so that the peer does not take the silence that follows as a failure
+    /// (RFC 5880 §6.8.16). The session stays AdminDown.
+    pub fn shut_down(&mut self) -> [u8; LEN] {
+        self.set_state(State::AdminDown, diag::ADMIN_DOWN);
+        Control {
+            diag: self.diag,
+            state: self.state,
+            poll: false,
+            fin: false,
+            detect_mult: self.cfg.detect_mult,
+            my_disc: self.local_disc,
+            your_disc: self.remote_disc,
+            desired_min_tx_us: self.desired_tx_us(),
+            required_min_rx_us: self.cfg.min_rx_us,
+        }
+        .encode()
+    }
+
     /// Advances the session to `now`: the peer taken as down when its packets stopped for
     /// the detection time, and the packet to send now if one is due (periodic, a change
     /// of state, or the final to a poll).
@@ -398,11 +421,16 @@ pub struct BfdSpeaker {
     state: Arc<AtomicU8>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for BfdSpeaker {
+    /// Ends the session with an AdminDown packet ([`Session::shut_down`]; within 10 ms).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -434,13 +462,14 @@ impl BfdSpeaker {
         let stop = Arc::new(AtomicBool::new(false));
         let (st, c, s) = (state.clone(), counters.clone(), stop.clone());
         let disc = (seed >> 32) as u32;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("bfd".into())
             .spawn(move || run(&rx, &tx, peer, Session::new(cfg, disc, seed), &st, &c, &s))?;
         Ok(Self {
             state,
             counters,
             stop,
+            thread: Some(thread),
         })
     }
 
@@ -477,7 +506,8 @@ fn min_ttl(_: &UdpSocket) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
-/// The speaker's thread: receive (10 ms at most per wait), advance, send.
+/// The speaker's thread: receive (10 ms at most per wait), advance, send; at the end, an
+/// AdminDown packet.
 fn run(
     rx: &UdpSocket,
     tx: &UdpSocket,
@@ -510,6 +540,9 @@ fn run(
         c.ups.store(s.ups, Ordering::Relaxed);
         c.detect_expired.store(s.detect_expired, Ordering::Relaxed);
     }
+    // The node stops: the peer hears it (unless the packet is lost; then it finds out by
+    // the detection time, as on a failure).
+    let _ = tx.send(&s.shut_down());
 }
 
 #[cfg(test)]
@@ -605,6 +638,25 @@ mod tests {
         assert_eq!(c.state(), State::Up);
         c.receive(now, &packet(State::Down, 2, 1));
         assert_eq!((c.state(), c.diag), (State::Down, diag::NEIGHBOR_DOWN));
+    }
+
+    #[test]
+    fn a_session_shut_down_says_admin_down_and_stays_so() {
+        let cfg = BfdConfig::default();
+        let (mut a, mut b) = (Session::new(cfg, 11, 1), Session::new(cfg, 22, 2));
+        let mut now = Instant::now();
+        exchange(&mut a, &mut b, &mut now, 100);
+        let p = decode(&a.shut_down()).unwrap();
+        assert_eq!(
+            (p.state, p.diag, p.your_disc),
+            (State::AdminDown, diag::ADMIN_DOWN, 22)
+        );
+        // The peer goes Down, saying why.
+        b.receive(now, &p);
+        assert_eq!((b.state(), b.diag), (State::Down, diag::NEIGHBOR_DOWN));
+        // Nothing the peer says brings an AdminDown session up again.
+        exchange(&mut a, &mut b, &mut now, 100);
+        assert_eq!((a.state(), b.state()), (State::AdminDown, State::Down));
     }
 
     #[test]

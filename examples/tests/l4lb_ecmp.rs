@@ -690,6 +690,7 @@ fn bgp_dissected(pcap: &std::path::Path) {
         "udp.srcport",
         "bfd.version",
         "bfd.sta",
+        "bfd.diag",
         "bfd.detect_time_multiplier",
         "bfd.my_discriminator",
         "bfd.desired_min_tx_interval",
@@ -708,7 +709,7 @@ fn bgp_dissected(pcap: &std::path::Path) {
     let rows = common::tshark_rows(pcap, &args, &fields);
     let one = |r: &common::TsharkRow, f: &str| r[f].first().cloned().unwrap_or_default();
     let (mut opens, mut announces, mut withdraws) = (0, 0, 0);
-    let mut bfd_up = std::collections::BTreeSet::new();
+    let (mut bfd_up, mut bfd_admin_down) = (std::collections::BTreeSet::new(), 0);
     for (i, r) in rows.iter().enumerate() {
         let from = one(r, "ip.src");
         let node = from
@@ -736,8 +737,15 @@ fn bgp_dissected(pcap: &std::path::Path) {
                     "0x00000000",
                     "frame {i}: {r:?}"
                 );
-                if one(r, "bfd.sta") == "0x03" {
-                    bfd_up.insert(n.clone());
+                match (one(r, "bfd.sta").as_str(), one(r, "bfd.diag").as_str()) {
+                    ("0x03", _) => {
+                        bfd_up.insert(n.clone());
+                    }
+                    ("0x00", diag) => {
+                        assert_eq!(diag, "0x07", "frame {i}: {r:?}");
+                        bfd_admin_down += 1;
+                    }
+                    _ => {}
                 }
             }
             continue;
@@ -800,10 +808,12 @@ fn bgp_dissected(pcap: &std::path::Path) {
         }
     }
     eprintln!(
-        "bgp capture: {} frames, {opens} OPENs, {announces} announcements, {withdraws} withdrawals, BFD up from nodes {bfd_up:?}",
+        "bgp capture: {} frames, {opens} OPENs, {announces} announcements, {withdraws} withdrawals, BFD up from nodes {bfd_up:?}, {bfd_admin_down} AdminDown",
         rows.len()
     );
     assert_eq!(bfd_up.len(), 3, "every node's BFD said Up: {bfd_up:?}");
+    // Nodes 3 and 1 stopped on SIGTERM: each said AdminDown (diagnostic 7) as it went.
+    assert!(bfd_admin_down >= 2, "{bfd_admin_down} AdminDown packets");
     // Four sessions (three nodes and node 1 again) opened and announced; node 3 withdrew
     // (node 1 was killed and node 2 hung: their routes went with their sessions).
     assert!(
