@@ -347,11 +347,16 @@ impl Session {
     /// (RFC 5880 §6.8.16). The session stays AdminDown.
     pub fn shut_down(&mut self) -> [u8; LEN] {
         self.set_state(State::AdminDown, diag::ADMIN_DOWN);
+        self.packet(false, false)
+    }
+
+    /// This side's packet as it stands, with the poll and final bits given.
+    fn packet(&self, poll: bool, fin: bool) -> [u8; LEN] {
         Control {
             diag: self.diag,
             state: self.state,
-            poll: false,
-            fin: false,
+            poll,
+            fin,
             detect_mult: self.cfg.detect_mult,
             my_disc: self.local_disc,
             your_disc: self.remote_disc,
@@ -388,19 +393,8 @@ impl Session {
         let cut = interval.mul_f64((self.rng % 1000) as f64 / 4000.0);
         self.next_tx = Some(now + interval.saturating_sub(cut));
         let fin = core::mem::take(&mut self.answer);
-        let c = Control {
-            diag: self.diag,
-            state: self.state,
-            // A packet with F carries no P (§6.5).
-            poll: self.polling && !fin,
-            fin,
-            detect_mult: self.cfg.detect_mult,
-            my_disc: self.local_disc,
-            your_disc: self.remote_disc,
-            desired_min_tx_us: self.desired_tx_us(),
-            required_min_rx_us: self.cfg.min_rx_us,
-        };
-        Some(c.encode())
+        // A packet with F carries no P (§6.5).
+        Some(self.packet(self.polling && !fin, fin))
     }
 }
 
