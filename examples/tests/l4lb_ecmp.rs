@@ -330,6 +330,20 @@ fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds: us
 fn stop(node: &mut Node) -> BTreeMap<String, u64> {
     sh(&format!("kill -TERM {}", node.pid));
     wait_for(&node.lines, "sync.orphaned", 10, &mut node.seen);
+    // Then until the process is gone (a zombie: its drops, BFD's AdminDown among them, ran).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{}/stat", node.pid)).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {} never exited",
+            node.pid
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(200));
     node.seen.extend(node.lines.try_iter());
     counters(&node.seen)
