@@ -475,16 +475,18 @@ impl BfdSpeaker {
     /// Calls `f` with every counter (stage `bfd`).
     pub fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
         let c = &self.counters;
-        for (name, v) in [
-            ("sent", &c.sent),
-            ("received", &c.received),
-            ("discarded", &c.discarded),
-            ("ups", &c.ups),
-            ("detect_expired", &c.detect_expired),
-            ("send_errors", &c.send_errors),
-        ] {
-            f("bfd", name, v.load(Ordering::Relaxed));
-        }
+        crate::visit_atomics(
+            "bfd",
+            &[
+                ("sent", &c.sent),
+                ("received", &c.received),
+                ("discarded", &c.discarded),
+                ("ups", &c.ups),
+                ("detect_expired", &c.detect_expired),
+                ("send_errors", &c.send_errors),
+            ],
+            f,
+        );
         f("bfd", "up", u64::from(self.up()));
     }
 }

@@ -392,19 +392,21 @@ impl BgpSpeaker {
     /// Calls `f` with every counter (stage `bgp`).
     pub fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
         let c = &self.counters;
-        for (name, v) in [
-            ("connects", &c.connects),
-            ("connect_failures", &c.connect_failures),
-            ("established", &c.established),
-            ("announces", &c.announces),
-            ("withdraws", &c.withdraws),
-            ("received", &c.received),
-            ("notifications_received", &c.notifications_received),
-            ("errors", &c.errors),
-            ("hold_expired", &c.hold_expired),
-        ] {
-            f("bgp", name, v.load(Ordering::Relaxed));
-        }
+        crate::visit_atomics(
+            "bgp",
+            &[
+                ("connects", &c.connects),
+                ("connect_failures", &c.connect_failures),
+                ("established", &c.established),
+                ("announces", &c.announces),
+                ("withdraws", &c.withdraws),
+                ("received", &c.received),
+                ("notifications_received", &c.notifications_received),
+                ("errors", &c.errors),
+                ("hold_expired", &c.hold_expired),
+            ],
+            f,
+        );
         f("bgp", "up", u64::from(self.established()));
     }
 }

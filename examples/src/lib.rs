@@ -18,6 +18,18 @@ pub mod vtep;
 pub mod workers;
 
 /// The README's code blocks, compiled and run as doc tests so they stay true.
+/// Reports counters kept as atomics by a thread of their own (a BGP, BFD or sync link's) to
+/// a counter visitor, under `stage`.
+pub(crate) fn visit_atomics(
+    stage: &str,
+    counters: &[(&str, &std::sync::atomic::AtomicU64)],
+    f: &mut dyn FnMut(&str, &str, u64),
+) {
+    for (name, v) in counters {
+        f(stage, name, v.load(std::sync::atomic::Ordering::Relaxed));
+    }
+}
+
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -756,19 +756,21 @@ impl SyncLink {
             f("sync", name, v);
         }
         let io = &self.io;
-        for (name, v) in [
-            ("connects", &io.connects),
-            ("connect_failures", &io.connect_failures),
-            ("link_errors", &io.link_errors),
-            ("accepts", &io.accepts),
-            ("unknown_peers", &io.unknown_peers),
-            ("bad_frames", &io.bad_frames),
-            ("silent", &io.silent),
-            ("auth_failures", &io.auth_failures),
-            ("handshakes_refused", &io.handshakes_refused),
-        ] {
-            f("sync", name, v.load(Ordering::Relaxed));
-        }
+        crate::visit_atomics(
+            "sync",
+            &[
+                ("connects", &io.connects),
+                ("connect_failures", &io.connect_failures),
+                ("link_errors", &io.link_errors),
+                ("accepts", &io.accepts),
+                ("unknown_peers", &io.unknown_peers),
+                ("bad_frames", &io.bad_frames),
+                ("silent", &io.silent),
+                ("auth_failures", &io.auth_failures),
+                ("handshakes_refused", &io.handshakes_refused),
+            ],
+            f,
+        );
     }
 }
 
