@@ -914,6 +914,39 @@ fn in_a_tuple_the_fallback_needs_every_service() {
     assert_eq!(p.second.service().0.counters().stateless, 1);
 }
 
+#[test]
+fn a_window_tracker_beside_the_lb_leaves_the_fallback_to_it() {
+    use nf_core::conntrack::TcpWindow;
+    let full = || {
+        let mut cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: 1, v6: 1 });
+        cfg.v4.early_drop = false;
+        cfg
+    };
+    let lb = || Lb::new(Listeners::new(vec![listener(web4(), backends4(3))]).unwrap());
+    // The table full after the first flow: the second is forwarded by the hash, in either
+    // order, and so is a mid-stream segment without a session.
+    let verdicts = |p: &mut dyn FnMut(Vec<u8>) -> Verdict| [syn(1), syn(2), ack(3)].map(p);
+    let want = [Verdict::Pass; 3];
+    let mut a =
+        ParseStage::default().then(Conntrack::new(full(), (lb(), TcpWindow::new())).unwrap());
+    assert_eq!(verdicts(&mut |f| run_one(&mut a, f).meta.verdict), want);
+    assert_eq!(a.second.service().0.counters().stateless, 2);
+    let mut b =
+        ParseStage::default().then(Conntrack::new(full(), (TcpWindow::new(), lb())).unwrap());
+    assert_eq!(verdicts(&mut |f| run_one(&mut b, f).meta.verdict), want);
+    assert_eq!(b.second.service().1.counters().stateless, 2);
+    // Alone, the tracker keeps the stage's drops (nothing forwards without state).
+    let mut w = ParseStage::default().then(Conntrack::new(full(), TcpWindow::new()).unwrap());
+    assert_eq!(
+        verdicts(&mut |f| run_one(&mut w, f).meta.verdict),
+        [
+            Verdict::Pass,
+            Verdict::Drop(DropReason::SessionTableFull),
+            Verdict::Drop(DropReason::NoSession)
+        ]
+    );
+}
+
 /// A zone's new-flow rate limit in front of the LB, as nf-policy's `ZoneNewFlowLimit` would
 /// be (here: every new flow after the first refused), passing refusals on to the LB.
 struct OneNewFlow(bool);

@@ -231,6 +231,18 @@ pub trait SessionService {
         true
     }
 
+    /// `false` for a service with no say over packets without a session: one that only
+    /// checks sessions' packets (like [`TcpWindow`](super::TcpWindow), which has no window
+    /// to check them against). In a pair the other part then answers
+    /// [`on_refused`](Self::on_refused) alone, as for a part that is not there, so a load
+    /// balancer's stateless forwarding is not undone by a window tracker beside it; alone,
+    /// its own `on_refused` still decides. The default, `true`: the service may keep a
+    /// packet of a flow it has no state for from passing (every pair part must pass it).
+    #[inline]
+    fn judges_without_session(&self) -> bool {
+        true
+    }
+
     /// A session this service admitted has ended (or was never created after all).
     #[inline]
     fn on_end(&mut self, now: Instant, session: &SessionInfo<Self::Value>, cause: EndCause) {
@@ -473,6 +485,11 @@ impl<S: SessionService> SessionService for Option<S> {
     }
 
     #[inline(always)]
+    fn judges_without_session(&self) -> bool {
+        self.as_ref().is_none_or(S::judges_without_session)
+    }
+
+    #[inline(always)]
     fn renews<B: AsRef<[u8]>>(
         &self,
         now: Instant,
@@ -707,7 +724,9 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
     }
 
     /// The packet passes only if both pass it (`A` first); a part that is not there
-    /// ([`is_present`](SessionService::is_present)) leaves the answer to the other.
+    /// ([`is_present`](SessionService::is_present)), or has no say without a session
+    /// ([`judges_without_session`](SessionService::judges_without_session)) while the
+    /// other has, leaves the answer to the other.
     #[inline]
     fn on_refused<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
@@ -715,6 +734,15 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
         reason: DropReason,
         pkt: &mut Packet<B>,
     ) -> Verdict {
+        let judges_a = self.0.is_present() && self.0.judges_without_session();
+        let judges_b = self.1.is_present() && self.1.judges_without_session();
+        if judges_a != judges_b {
+            return if judges_a {
+                self.0.on_refused(now, reason, pkt)
+            } else {
+                self.1.on_refused(now, reason, pkt)
+            };
+        }
         if !self.0.is_present() {
             return self.1.on_refused(now, reason, pkt);
         }
@@ -729,6 +757,11 @@ impl<A: SessionService, S: SessionService> SessionService for (A, S) {
 
     fn is_present(&self) -> bool {
         self.0.is_present() || self.1.is_present()
+    }
+
+    fn judges_without_session(&self) -> bool {
+        (self.0.is_present() && self.0.judges_without_session())
+            || (self.1.is_present() && self.1.judges_without_session())
     }
 
     fn on_end(&mut self, now: Instant, session: &SessionInfo<Self::Value>, cause: EndCause) {

@@ -423,6 +423,12 @@ impl SessionService for TcpWindow {
 
     /// Both sides (each: end, maximum end and window, 4 bytes each; scale; flags), then
     /// whether the session is tracked: the window moves with the session.
+    /// No window to check a packet without a session against: in a pair, the other part
+    /// decides (a load balancer forwarding it by the hash alone).
+    fn judges_without_session(&self) -> bool {
+        false
+    }
+
     const EXPORT_LEN: Option<usize> = Some(2 * SIDE_LEN + 1);
 
     fn export_value(&self, st: &TcpWindowState, out: &mut [u8]) {
