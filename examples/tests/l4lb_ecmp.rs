@@ -34,7 +34,10 @@
 //! backend. tshark reads the router's capture of every BGP session: every message well
 //! formed, every one signed, each OPEN and UPDATE with the AS, hold time, identifier, prefix,
 //! next hop, origin and AS path the node was given. The control: the same fleet without sync, the same drain and node failure:
-//! connections of the drained backend are reset. Needs root, `ip`, `bird`, python3,
+//! connections of the drained backend are reset. And the fleet in DNAT mode, the backends'
+//! default route an ECMP route over the three nodes, so that most connections' answers pass
+//! another node than their client's packets: every connection keeps its backend through a
+//! drain and a node failure, and the backends see the client's address. Needs root, `ip`, `bird`, python3,
 //! `tcpdump` and `tshark`: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
@@ -76,11 +79,11 @@ S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
 
 /// Opens N connections to the VIP's port 7000 and prints `open` and each one's first
 /// answer; then, for every line on stdin, asks on every connection ROUNDS times (50 ms
-/// apart) and prints `results` and, per connection, its answers joined by commas (`reset`,
+/// apart, waiting WAIT seconds at most for each answer) and prints `results` and, per connection, its answers joined by commas (`reset`,
 /// `closed` or `timeout` ending one).
 const CLIENT: &str = "import socket, sys, time
-n, rounds = int(sys.argv[1]), int(sys.argv[2])
-socks = [socket.create_connection(('192.0.2.10', 7000), timeout=4) for _ in range(n)]
+n, rounds, wait = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = [socket.create_connection(('192.0.2.10', 7000), timeout=wait) for _ in range(n)]
 def ask(s):
     s.sendall(b'?\\n')
     d = b''
@@ -154,6 +157,16 @@ fn wait_route(r: &str, hops: &[&str]) {
     }
 }
 
+/// How the nodes reach the backends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// VXLAN to each backend, which answers the client directly (through the router).
+    Encap,
+    /// Destination NAT: the backends answer through the nodes, their default route an ECMP
+    /// route over all three.
+    Dnat,
+}
+
 struct Node {
     lines: Receiver<String>,
     seen: Vec<String>,
@@ -162,7 +175,14 @@ struct Node {
 
 /// Starts node `n` (1 to [`NODES`]) in its namespace, with session sync when `keys` gives
 /// its `--sync-key-file`.
-fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, keys: Option<&str>) -> Node {
+fn start_node(
+    lab: &mut Lab,
+    ns: &str,
+    n: u8,
+    file: &std::path::Path,
+    keys: Option<&str>,
+    mode: Mode,
+) -> Node {
     let key = lab.dir.join(format!("sync-{n}.key"));
     let password = lab.dir.join("bgp.password");
     std::fs::write(&password, "nf ecmp test\n").unwrap();
@@ -178,9 +198,11 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, file: &std::path::Path, keys: Opti
         ])
         .args(["--vip", "192.0.2.10:7000", "--backends"])
         .arg(file)
-        .args(["--mode", "encap", "--vni", "42"])
-        .args(["--inner-mac", "02:00:00:00:00:01", "--io", "packet"])
-        .args(["--lb-key", LB_KEY]);
+        .args(["--io", "packet", "--lb-key", LB_KEY]);
+    if mode == Mode::Encap {
+        cmd.args(["--mode", "encap", "--vni", "42"])
+            .args(["--inner-mac", "02:00:00:00:00:01"]);
+    }
     if let Some(keys) = keys {
         std::fs::write(&key, keys).unwrap();
         cmd.args(["--sync-listen", &format!("10.3.0.{n}:7600")])
@@ -229,11 +251,16 @@ struct Client {
 }
 
 impl Client {
-    /// Opens the connections from namespace `ns`.
-    fn open(ns: &str) -> Self {
+    /// Opens the connections from namespace `ns`, each waiting `wait` seconds at most for
+    /// an answer.
+    fn open(ns: &str, wait: f64) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, common::system_python(), "-c", CLIENT])
-            .args([&CONNECTIONS.to_string(), &ROUNDS.to_string()])
+            .args([
+                CONNECTIONS.to_string(),
+                ROUNDS.to_string(),
+                wait.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -290,10 +317,11 @@ fn start_all(
     r: &str,
     file: &std::path::Path,
     sync: bool,
+    mode: Mode,
 ) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=NODES)
         .zip(g)
-        .map(|(n, ns)| start_node(lab, ns, n, file, sync.then_some(SYNC_KEY)))
+        .map(|(n, ns)| start_node(lab, ns, n, file, sync.then_some(SYNC_KEY), mode))
         .collect();
     for n in &mut nodes {
         n.wait("bgp: announcing", 15);
@@ -366,10 +394,11 @@ fn pool(drained: &str) -> String {
 /// A lab of [`fleet`].
 struct Fleet {
     lab: Lab,
-    /// The client's namespace, the router's, the nodes'.
+    /// The client's namespace, the router's, the nodes', the backends'.
     c: String,
     r: String,
     g: Vec<String>,
+    b: [String; 3],
     /// The backends file every node reads.
     file: std::path::PathBuf,
 }
@@ -380,8 +409,11 @@ static LABS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The lab of the module's picture: namespaces, links, the router's BIRD and the three
 /// backends' name servers, the backends file with every backend up (the nodes not started
-/// yet). `None`: skipped (not root, or a tool missing outside CI).
-fn fleet(tag: &str) -> Option<Fleet> {
+/// yet). Under [`Mode::Dnat`] the backends have no VXLAN device and no VIP: their name
+/// servers listen on every address, and their default route is an ECMP route over the
+/// three nodes' backend-side addresses (10.1.0.1 to .3, the kernel hashing L4). `None`:
+/// skipped (not root, or a tool missing outside CI).
+fn fleet(tag: &str, mode: Mode) -> Option<Fleet> {
     if !common::is_root() {
         assert!(!common::in_ci(), "l4lb_ecmp needs root under CI=true");
         eprintln!("SKIP: l4lb_ecmp needs root (set CI=true to make this a failure)");
@@ -444,13 +476,19 @@ fn fleet(tag: &str) -> Option<Fleet> {
            ip -n {s} link set s$i master br0; ip -n {s} link set s$i up
            ip -n $b addr add 10.1.0.1$i/24 dev eth0; ip -n $b link set eth0 up
            ip netns exec $b ethtool -K eth0 tx off >/dev/null
-           ip -n $b link add vx0 type vxlan id 42 local 10.1.0.1$i dev eth0 dstport 4789 nolearning
+           for k in all default eth0; do ip netns exec $b sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
+           {backend}
+         done
+         ip -n {s} link set br0 up; ip -n {s} link set br1 up",
+        backend = match mode {
+            Mode::Encap => "ip -n $b link add vx0 type vxlan id 42 local 10.1.0.1$i dev eth0 dstport 4789 nolearning
            ip -n $b link set vx0 address 02:00:00:00:00:01; ip -n $b link set vx0 up
            ip -n $b addr add 192.0.2.10/32 dev vx0
-           for k in all default vx0 eth0; do ip netns exec $b sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
-           ip -n $b route add 198.51.100.0/24 via 10.1.0.254
-         done
-         ip -n {s} link set br0 up; ip -n {s} link set br1 up"
+           ip netns exec $b sysctl -qw net.ipv4.conf.vx0.rp_filter=0
+           ip -n $b route add 198.51.100.0/24 via 10.1.0.254",
+            Mode::Dnat => "ip netns exec $b sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+           ip -n $b route add default nexthop via 10.1.0.1 nexthop via 10.1.0.2 nexthop via 10.1.0.3",
+        }
     ));
     // The router: BGP with each node (passive: the nodes connect), the VIP's routes merged
     // into one multipath route in the kernel, next hops resolved over the data links.
@@ -475,7 +513,10 @@ fn fleet(tag: &str) -> Option<Fleet> {
                 common::system_python(),
                 "-c",
                 NAME_SERVER,
-                "192.0.2.10",
+                match mode {
+                    Mode::Encap => "192.0.2.10",
+                    Mode::Dnat => "0.0.0.0",
+                },
                 "7000",
                 name,
             ],
@@ -483,7 +524,14 @@ fn fleet(tag: &str) -> Option<Fleet> {
     }
     let file = lab.dir.join("backends");
     std::fs::write(&file, pool("")).unwrap();
-    Some(Fleet { lab, c, r, g, file })
+    Some(Fleet {
+        lab,
+        c,
+        r,
+        g,
+        b: [b1, b2, b3],
+        file,
+    })
 }
 
 #[test]
@@ -495,7 +543,8 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         r,
         g,
         file,
-    }) = fleet("ec")
+        ..
+    }) = fleet("ec", Mode::Encap)
     else {
         return;
     };
@@ -527,7 +576,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut nodes = start_all(&mut lab, &g, &r, &file, true);
+    let mut nodes = start_all(&mut lab, &g, &r, &file, true, Mode::Encap);
     let all_hops = ALL_HOPS;
     // The router takes only signed segments from its neighbours: an unsigned connection
     // from node 1's address to its BGP port is never answered (its SYN dropped).
@@ -540,7 +589,7 @@ except OSError as e: print(type(e).__name__)'",
     ));
     assert_eq!(unsigned.trim(), "TimeoutError", "{unsigned}");
 
-    let mut client = Client::open(&c);
+    let mut client = Client::open(&c, 4.0);
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     // Each node's Prometheus endpoint (in its namespace): its links to both peers and its
@@ -587,7 +636,7 @@ except OSError as e: print(type(e).__name__)'",
     // Node 1 comes back with an empty table: it announces the VIP only once both
     // survivors' full resyncs have given it every session; the router spreads the flows
     // over all three again, and node 1 carries its share by its copies.
-    nodes[0] = start_node(&mut lab, &g[0], 1, &file, Some(ROTATING));
+    nodes[0] = start_node(&mut lab, &g[0], 1, &file, Some(ROTATING), Mode::Encap);
     let a = &mut nodes[0];
     a.wait("bgp: announcing", 15);
     let at = |a: &Node, what: &str| a.seen.iter().position(|l| l.contains(what)).unwrap();
@@ -686,6 +735,81 @@ except OSError as e: print(type(e).__name__)'",
         assert_eq!(get(m, "bgp.withdraws"), 1, "node {i}: {m:?}");
     }
     bgp_dissected(&bgp_pcap);
+}
+
+/// DNAT behind ECMP both ways: the router spreads the client's flows over the nodes, and
+/// the backends' default route spreads their answers over the nodes by a hash of its own,
+/// so most connections' two directions pass different nodes. A node un-NATs the answers it
+/// gets through its copy of the session, or by the hash alone when the copy has not come
+/// yet (a SYN+ACK is faster than sync), and tracks its sessions one-sided (the client's
+/// ACK establishes them). The backends see the client's own address. Then the busiest
+/// backend drains and node 1 fails: the router drops it (BFD), the backends' return route
+/// drops it too (replaced, as their own router would on the withdrawal), both hashes move
+/// survivors' flows, and every connection still answers from its own backend.
+#[test]
+fn dnat_flows_answer_through_any_node_behind_ecmp_both_ways() {
+    let _one_lab_at_a_time = LABS.lock();
+    let Some(mut f) = fleet("dn", Mode::Dnat) else {
+        return;
+    };
+    let mut nodes = start_all(&mut f.lab, &f.g, &f.r, &f.file, true, Mode::Dnat);
+    let mut client = Client::open(&f.c, 8.0);
+    let first = client.first.clone();
+    assert_kept("all nodes up", &first, &client.round(), ROUNDS);
+    // DNAT keeps the client's address: every backend's connections come from it.
+    let mut peers = Vec::new();
+    for b in &f.b {
+        let ss = sh(&format!(
+            "ip netns exec {b} ss -Htn state established '( sport = :7000 )'"
+        ));
+        peers.extend(
+            ss.lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .filter_map(|p| p.rsplit_once(':'))
+                .map(|(a, _)| a.to_string()),
+        );
+    }
+    assert_eq!(peers.len(), CONNECTIONS, "{peers:?}");
+    assert!(peers.iter().all(|p| p == "198.51.100.2"), "{peers:?}");
+    // Answers reached nodes without their session (the backends' hash is not the
+    // router's): the SYN+ACKs that beat sync, un-NATed by the hash.
+    std::thread::sleep(Duration::from_millis(1100));
+    let stateless: u64 = f
+        .g
+        .iter()
+        .map(|ns| common::metric(&common::scrape(ns, 9464), "lb", "stateless_replies").unwrap_or(0))
+        .sum();
+    assert!(stateless >= 1, "no answer took another node than its flow");
+
+    drain_busiest(&first, &mut nodes, &f.file);
+    sh(&format!("kill -KILL {}", nodes[0].pid));
+    for b in &f.b {
+        sh(&format!(
+            "ip -n {b} route replace default nexthop via 10.1.0.2 nexthop via 10.1.0.3"
+        ));
+    }
+    for n in &mut nodes[1..] {
+        n.wait("10.3.0.1:7600 down: orphaned", 10);
+    }
+    wait_route(&f.r, &ALL_HOPS[1..]);
+    assert_kept("after node 1 failed", &first, &client.round(), ROUNDS);
+    client.close();
+    let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    for i in [1, 2] {
+        let m = stop(&mut nodes[i]);
+        for k in [
+            "sync.apply_errors",
+            "sync.send_dropped",
+            "lb.stateless",
+            "lb.reset",
+        ] {
+            assert_eq!(get(&m, k), 0, "node {}: {k}: {m:?}", i + 1);
+        }
+        assert!(get(&m, "conntrack.reply_hits") > 0, "node {}: {m:?}", i + 1);
+    }
+    eprintln!(
+        "DNAT fleet: {stateless} answers un-NATed by the hash before their session's copy came"
+    );
 }
 
 /// tshark's reading of every BGP session the router had: every message well formed, every
@@ -845,12 +969,12 @@ fn bgp_dissected(pcap: &std::path::Path) {
 #[test]
 fn without_sync_a_failed_nodes_flows_lose_their_backend() {
     let _one_lab_at_a_time = LABS.lock();
-    let Some(mut f) = fleet("en") else {
+    let Some(mut f) = fleet("en", Mode::Encap) else {
         return;
     };
-    let mut nodes = start_all(&mut f.lab, &f.g, &f.r, &f.file, false);
+    let mut nodes = start_all(&mut f.lab, &f.g, &f.r, &f.file, false, Mode::Encap);
     let (r, file) = (f.r.clone(), f.file.clone());
-    let mut client = Client::open(&f.c);
+    let mut client = Client::open(&f.c, 4.0);
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     let drained = drain_busiest(&first, &mut nodes, &file);

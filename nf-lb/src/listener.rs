@@ -343,6 +343,7 @@ pub struct Listener {
     forwarding: Forwarding,
     on_down: OnDown,
     limit: Option<NewFlowLimit>,
+    one_sided: bool,
 }
 
 impl Listener {
@@ -398,6 +399,7 @@ impl Listener {
             forwarding: Forwarding::Dnat,
             on_down: OnDown::Reset,
             limit: None,
+            one_sided: false,
         })
     }
 
@@ -421,6 +423,41 @@ impl Listener {
     pub fn with_new_flow_limit(mut self, limit: NewFlowLimit) -> Self {
         self.limit = Some(limit);
         self
+    }
+
+    /// The same listener with its DNAT sessions tracked one-sided or not (default not):
+    /// for a fleet whose backends' answers may pass another node than their flow's client
+    /// side (the backends' return route is an ECMP route over every node, or any routing
+    /// that is not symmetric per flow).
+    ///
+    /// A node then sees a flow's client side only, the backend's answers going to a peer
+    /// that holds a copy of the session (session sync) or un-NATs them by the hash alone
+    /// (`stateless_replies`). Tracked as usual, its TCP session would wait for a SYN+ACK that
+    /// never passes here: never established, it would expire after the SYN timeout (and
+    /// end the peers' copies) however busy the connection. One-sided
+    /// ([`NewFlow::set_one_sided`](nf_core::conntrack::NewFlow::set_one_sided)), the
+    /// client's ACK after its SYN establishes it; answers that do pass are tracked as
+    /// ever. Encapsulation's sessions are always one-sided (direct server return).
+    ///
+    /// ```
+    /// use nf_lb::{BackendId, HashFields, LbKey, Listener, ListenerMatch, Pool, PoolMember};
+    ///
+    /// let key = LbKey::new(*b"operator secret!");
+    /// let pool = Pool::new([PoolMember::new(BackendId::v4([10, 0, 0, 1], 80), 1)]);
+    /// let vip = ListenerMatch::Vip([192, 0, 2, 1].into());
+    /// let l = Listener::new(&key, vip, HashFields::FiveTuple, pool, 251)?.with_one_sided(true);
+    /// assert!(l.one_sided());
+    /// # Ok::<(), nf_lb::BuildError>(())
+    /// ```
+    #[must_use]
+    pub fn with_one_sided(mut self, one_sided: bool) -> Self {
+        self.one_sided = one_sided;
+        self
+    }
+
+    /// True when its DNAT sessions are tracked one-sided ([`Self::with_one_sided`]).
+    pub fn one_sided(&self) -> bool {
+        self.one_sided
     }
 
     /// Its forwarding mode.

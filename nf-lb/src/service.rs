@@ -149,6 +149,8 @@ struct Slot {
     serving: bool,
     forwarding: Forwarding,
     on_down: OnDown,
+    /// DNAT sessions tracked one-sided ([`Listener::with_one_sided`](crate::Listener::with_one_sided)).
+    one_sided: bool,
     /// Index of its listener in the current configuration (also after the backend left its
     /// pool, to re-hash its flows), [`NONE`] if the listener left.
     listener: u32,
@@ -242,6 +244,8 @@ impl Bucket {
 ///   sessions are one-sided ([`NewFlow::set_one_sided`]), so a TCP session is established
 ///   (assured, with the established timeout) by the client's ACK after its SYN, and closed
 ///   by its FIN or RST, without ever seeing a reply.
+/// - A DNAT listener [`with_one_sided`](crate::Listener::with_one_sided) tracks its sessions
+///   the same way: for fleets whose backends' answers may pass another node.
 /// - A flow whose backend is down: see [`OnDown`].
 /// - Without a session (table full, zone quota, the listener's [`NewFlowLimit`], the zone's
 ///   new-flow rate ([`DropReason::NewFlowRateExceeded`]), or a packet
@@ -406,6 +410,7 @@ impl Lb {
                     serving: member.is_some_and(|m| m.health != Health::Down),
                     forwarding: l.forwarding(),
                     on_down: l.on_down(),
+                    one_sided: l.one_sided(),
                     listener: li as u32,
                     vip_port: match l.on() {
                         ListenerMatch::Port { port, .. } => port,
@@ -794,6 +799,10 @@ impl SessionService for Lb {
             // there, without a probe of our own).
             new.set_reply(reply)
                 .map_err(|_| DropReason::SessionKeyConflict)?;
+            if s.one_sided {
+                // The backend's answers may pass another node of the fleet.
+                new.set_one_sided();
+            }
         } else {
             // Encapsulation: the backend answers the client directly (direct server
             // return); the client's ACK establishes a TCP session here.

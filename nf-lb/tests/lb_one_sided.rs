@@ -32,6 +32,11 @@ const SYN_ACK: u8 = 0x12;
 type Pipeline = nf_core::Chain<ParseStage, Conntrack<Lb>>;
 
 fn pipeline(forwarding: Forwarding) -> Pipeline {
+    pipeline_with(forwarding, false)
+}
+
+/// [`pipeline`], DNAT sessions one-sided or not ([`Listener::with_one_sided`]).
+fn pipeline_with(forwarding: Forwarding, one_sided: bool) -> Pipeline {
     let on = ListenerMatch::Port {
         vip: VIP4.into(),
         port: 80,
@@ -41,7 +46,8 @@ fn pipeline(forwarding: Forwarding) -> Pipeline {
     let key = LbKey::new(*b"operator secret!");
     let l = Listener::new(&key, on, HashFields::FiveTuple, pool, 251)
         .unwrap()
-        .with_forwarding(forwarding);
+        .with_forwarding(forwarding)
+        .with_one_sided(one_sided);
     let lb = Lb::new(Listeners::new(vec![l]).unwrap());
     let cfg = ConntrackConfig::new(*b"conntrack secret").sizes(Sizes { v4: 64, v6: 64 });
     ParseStage::default().then(Conntrack::new(cfg, lb).unwrap())
@@ -151,4 +157,31 @@ fn dnat_sessions_still_need_the_backends_answer() {
     client(&mut p, 1, 42_000, ACK);
     let (s, est, _) = state(&p, 42_000);
     assert_eq!((s, est), (SessionState::TcpEstablished, true));
+}
+
+#[test]
+fn one_sided_dnat_listeners_establish_on_the_clients_ack_and_translate_answers_that_pass() {
+    let mut p = pipeline_with(Forwarding::Dnat, true);
+    let t = p.second.v4().config().timeouts;
+    assert_eq!(client(&mut p, 1, 43_000, SYN), Verdict::Pass);
+    assert_eq!(state(&p, 43_000).0, SessionState::TcpSynRecv);
+    // The backend's SYN+ACK went through another node of the fleet.
+    assert_eq!(client(&mut p, 2, 43_000, ACK), Verdict::Pass);
+    let (s, est, deadline) = state(&p, 43_000);
+    assert_eq!((s, est), (SessionState::TcpEstablished, true));
+    assert!(deadline >= at(2) + t.tcp_established);
+    // An answer that does pass here is un-NATed through the reply key, as ever.
+    let answer = Frame::ipv4(BACKEND, CLIENT4)
+        .tcp(8080, 43_000, PSH_ACK)
+        .to_vec()
+        .unwrap();
+    let mut batch = Batch::new();
+    batch.push(Packet::with_headroom(&answer, 64)).ok().unwrap();
+    p.process(at(3), &mut batch);
+    let out = &batch.packets()[0];
+    assert_eq!(out.meta.verdict, Verdict::Pass);
+    assert_eq!(out.data()[26..30], VIP4);
+    assert_eq!(u16::from_be_bytes([out.data()[34], out.data()[35]]), 80);
+    expire(&mut p, 3 + t.tcp_syn_sent.as_secs() * 10);
+    assert_eq!(state(&p, 43_000).0, SessionState::TcpEstablished);
 }

@@ -48,7 +48,12 @@
 //! Maglev tables). With `--sync-listen` and a `--sync-peer` for every other node, each keeps
 //! copies of every other's sessions ([`nf_examples::sync`]): when one fails, or the router
 //! in front moves flows, the node they land on forwards them by the copies, to the backends
-//! they started on, even after the pool changed. With `--bgp-peer` each node announces the
+//! they started on, even after the pool changed. Under DNAT the backends' answers may then
+//! return through any node (the backends' default route an ECMP route over every node's
+//! backend-side address): a node un-NATs them through its copy of the session, or by the
+//! hash alone before the copy arrives (`lb.stateless_replies`), and tracks its own sessions
+//! one-sided ([`Listener::with_one_sided`](nf_lb::Listener::with_one_sided)), so that a
+//! connection whose SYN+ACK went elsewhere is established all the same. With `--bgp-peer` each node announces the
 //! VIPs to the router itself ([`nf_examples::bgp`]), and with sync only once it holds its
 //! peers' sessions: a node that comes back takes traffic only after its resyncs. The
 //! session can be TCP-MD5 signed (`--bgp-password-file`), and with `--bfd`
@@ -64,7 +69,7 @@
 //! changes to the other backends (DNAT), and the spread with the backends' answers going
 //! straight to the client through Linux VXLAN devices (encap). `examples/tests/l4lb_ecmp.rs`
 //! puts three synced nodes behind a BGP router (BIRD) and fails one of them under 36 open
-//! connections.
+//! connections, in encap mode and in DNAT mode with the backends answering through any node.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -142,7 +147,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          address, on neither interface above)
   --sync-peer A:P        session sync: a peer's --sync-listen (repeatable, one per other
                          node); every node keeps a copy of every other's sessions and
-                         carries them on when it fails
+                         carries them on when it fails; DNAT sessions are then tracked
+                         one-sided (the backends' answers may pass any node)
   --sync-key-file FILE   session sync: the fleet's 128-bit key, 32 hex digits in FILE;
                          every connection authenticated and every frame tagged (without
                          it the link is open: anyone reaching --sync-listen can write
@@ -481,7 +487,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                     Listener::new(&self.key, on, vip.1, pool, size)
                         .map_err(|e| e.to_string())?
                         .with_forwarding(forwarding)
-                        .with_on_down(self.on_down),
+                        .with_on_down(self.on_down)
+                        // In a fleet a backend's answers may pass another node (its
+                        // return route's ECMP hash): the client's ACK establishes.
+                        .with_one_sided(self.sync.is_some()),
                 );
             }
             Listeners::new(listeners).map_err(|e| e.to_string())
