@@ -1,7 +1,7 @@
 //! Fuzzes the LB stage (parse → `Conntrack<Lb>`): arbitrary packets of a few flows to a VIP
 //! (TCP with any flags, UDP) and back from the backends, membership changes (add, remove,
-//! drain, down, up, reweight), forwarding mode, down-action and selection (Maglev or
-//! rendezvous) changes, a small session
+//! drain, down, up, reweight), forwarding mode, down-action, one-sided DNAT sessions and
+//! selection (Maglev or rendezvous) changes, a small session
 //! table with or without early drop (so it fills), a new-flow rate limit, time steps and
 //! expiry, ICMP errors quoting the flows' packets from either side (quotes cut anywhere),
 //! cut into arbitrary batches; and hand-overs: every session exported and imported into a
@@ -65,6 +65,8 @@ enum Op {
     Mode {
         encap: bool,
         rehash: bool,
+        /// DNAT sessions one-sided (a fleet whose backends answer through any node).
+        one_sided: bool,
         fields: u8,
         rendezvous: bool,
     },
@@ -99,6 +101,7 @@ struct Config {
     members: BTreeMap<u8, (u32, Health)>,
     encap: bool,
     rehash: bool,
+    one_sided: bool,
     fields: HashFields,
     selection: Selection,
     limit: Option<NewFlowLimit>,
@@ -124,7 +127,7 @@ impl Config {
         if let Some(lim) = self.limit {
             l = l.with_new_flow_limit(lim);
         }
-        Listeners::new(vec![l]).ok()
+        Listeners::new(vec![l.with_one_sided(self.one_sided)]).ok()
     }
 }
 
@@ -381,6 +384,7 @@ fuzz_target!(|input: Input| {
         members: (0..3).map(|b| (b, (1, Health::Up))).collect(),
         encap: false,
         rehash: false,
+        one_sided: false,
         selection: Selection::Maglev { size: 211 },
         fields: HashFields::FiveTuple,
         limit: input
@@ -526,11 +530,13 @@ fuzz_target!(|input: Input| {
                     Op::Mode {
                         encap,
                         rehash,
+                        one_sided,
                         fields,
                         rendezvous,
                     } => {
                         run.cfg.encap = encap;
                         run.cfg.rehash = rehash;
+                        run.cfg.one_sided = one_sided;
                         run.cfg.selection = if rendezvous {
                             Selection::Rendezvous
                         } else {
