@@ -47,10 +47,9 @@
 
 mod common;
 
-use common::{Lab, counters, sh, wait_for};
+use common::{AskingClient, Lab, assert_kept, counters, sh, wait_for};
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -64,50 +63,6 @@ const SYNC_KEY: &str = "6e662d73796e632d6b65792d74657374\n";
 /// The first step of changing the fleet's key, as node 1 comes back: the old key still
 /// used, a new one accepted too (a second line).
 const ROTATING: &str = "6e662d73796e632d6b65792d74657374\n6e662d6e65772d73796e632d6b657921\n";
-
-/// Answers every line it reads with its name (`NAME_SERVER ADDR PORT NAME`).
-const NAME_SERVER: &str = "import socketserver, sys
-class H(socketserver.StreamRequestHandler):
-    def handle(self):
-        for _ in self.rfile:
-            self.wfile.write(sys.argv[3].encode() + b'\\n')
-            self.wfile.flush()
-class S(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
-
-/// Opens N connections to the VIP's port 7000 and prints `open` and each one's first
-/// answer; then, for every line on stdin, asks on every connection ROUNDS times (50 ms
-/// apart, waiting WAIT seconds at most for each answer) and prints `results` and, per connection, its answers joined by commas (`reset`,
-/// `closed` or `timeout` ending one).
-const CLIENT: &str = "import socket, sys, time
-n, rounds, wait = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-socks = [socket.create_connection(('192.0.2.10', 7000), timeout=wait) for _ in range(n)]
-def ask(s):
-    s.sendall(b'?\\n')
-    d = b''
-    while not d.endswith(b'\\n'):
-        x = s.recv(100)
-        if not x:
-            return 'closed'
-        d += x
-    return d.decode().strip()
-print('open', *[ask(s) for s in socks], flush=True)
-for _ in sys.stdin:
-    res = [[] for _ in socks]
-    for r in range(rounds):
-        for i, s in enumerate(socks):
-            if res[i] and res[i][-1] in ('reset', 'closed', 'timeout'):
-                continue
-            try:
-                res[i].append(ask(s))
-            except ConnectionResetError:
-                res[i].append('reset')
-            except OSError:
-                res[i].append('timeout')
-        time.sleep(0.05)
-    print('results', *[','.join(x) for x in res], flush=True)";
 
 /// The router's BIRD: passive BGP sessions with the three nodes (AS 65001), their VIP
 /// routes resolved over the data links and merged into one multipath kernel route.
@@ -237,74 +192,8 @@ impl Node {
     }
 }
 
-/// Rounds of asking per [`Client::round`].
+/// Rounds of asking per [`AskingClient::round`].
 const ROUNDS: usize = 8;
-
-/// The client's [`CONNECTIONS`] connections to the VIP (the `CLIENT` script).
-struct Client {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    out: Receiver<String>,
-    seen: Vec<String>,
-    /// The backend each connection first answered from.
-    first: Vec<String>,
-}
-
-impl Client {
-    /// Opens the connections from namespace `ns`, each waiting `wait` seconds at most for
-    /// an answer.
-    fn open(ns: &str, wait: f64) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, common::system_python(), "-c", CLIENT])
-            .args([
-                CONNECTIONS.to_string(),
-                ROUNDS.to_string(),
-                wait.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let out = common::lines_of(&mut child);
-        let mut seen = Vec::new();
-        wait_for(&out, "open", 30, &mut seen);
-        let first: Vec<String> = seen
-            .last()
-            .unwrap()
-            .split_whitespace()
-            .skip(1)
-            .map(String::from)
-            .collect();
-        assert_eq!(first.len(), CONNECTIONS, "{seen:?}");
-        Self {
-            child,
-            stdin,
-            out,
-            seen,
-            first,
-        }
-    }
-
-    /// One round of asking on every connection: each connection's answers.
-    fn round(&mut self) -> Vec<Vec<String>> {
-        self.stdin.write_all(b"go\n").unwrap();
-        wait_for(&self.out, "results", 60, &mut self.seen);
-        self.seen
-            .last()
-            .unwrap()
-            .split_whitespace()
-            .skip(1)
-            .map(|c| c.split(',').map(String::from).collect())
-            .collect()
-    }
-
-    fn close(mut self) {
-        drop(self.stdin);
-        let _ = self.child.wait();
-    }
-}
 
 /// The nodes' addresses on their links to the router, the VIP's next hops.
 const ALL_HOPS: [&str; 3] = ["10.2.1.2", "10.2.2.2", "10.2.3.2"];
@@ -342,17 +231,6 @@ fn drain_busiest(first: &[String], nodes: &mut [Node], file: &std::path::Path) -
         n.wait("l4lb: reloaded", 5);
     }
     busiest
-}
-
-/// Every connection answered every round, by the backend it started on.
-fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds: usize) {
-    assert_eq!(results.len(), first.len(), "{what}: {results:?}");
-    for (i, (b, answers)) in first.iter().zip(results).enumerate() {
-        assert!(
-            answers.len() == rounds && answers.iter().all(|a| a == b),
-            "{what}: connection {i} began on {b}, then answered {answers:?}"
-        );
-    }
 }
 
 fn stop(node: &mut Node) -> BTreeMap<String, u64> {
@@ -512,7 +390,7 @@ fn fleet(tag: &str, mode: Mode) -> Option<Fleet> {
             &[
                 common::system_python(),
                 "-c",
-                NAME_SERVER,
+                common::ANSWER_SERVER,
                 match mode {
                     Mode::Encap => "192.0.2.10",
                     Mode::Dnat => "0.0.0.0",
@@ -589,7 +467,7 @@ except OSError as e: print(type(e).__name__)'",
     ));
     assert_eq!(unsigned.trim(), "TimeoutError", "{unsigned}");
 
-    let mut client = Client::open(&c, 4.0);
+    let mut client = AskingClient::open(&c, "192.0.2.10:7000", CONNECTIONS, ROUNDS, 4.0);
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     // Each node's Prometheus endpoint (in its namespace): its links to both peers and its
@@ -753,7 +631,7 @@ fn dnat_flows_answer_through_any_node_behind_ecmp_both_ways() {
         return;
     };
     let mut nodes = start_all(&mut f.lab, &f.g, &f.r, &f.file, true, Mode::Dnat);
-    let mut client = Client::open(&f.c, 8.0);
+    let mut client = AskingClient::open(&f.c, "192.0.2.10:7000", CONNECTIONS, ROUNDS, 8.0);
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     // DNAT keeps the client's address: every backend's connections come from it.
@@ -974,7 +852,7 @@ fn without_sync_a_failed_nodes_flows_lose_their_backend() {
     };
     let mut nodes = start_all(&mut f.lab, &f.g, &f.r, &f.file, false, Mode::Encap);
     let (r, file) = (f.r.clone(), f.file.clone());
-    let mut client = Client::open(&f.c, 4.0);
+    let mut client = AskingClient::open(&f.c, "192.0.2.10:7000", CONNECTIONS, ROUNDS, 4.0);
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     let drained = drain_busiest(&first, &mut nodes, &file);

@@ -579,3 +579,129 @@ pub fn seq_of(f: &[u8]) -> Option<u32> {
 pub fn seq_frame_len(seq: u32) -> usize {
     60 + (seq as usize * 37) % 1400
 }
+
+/// Answers every line it reads on a TCP connection with NAME, or with `-` for a name the
+/// address and port the connection came from (`ANSWER_SERVER ADDR PORT NAME`).
+pub const ANSWER_SERVER: &str = "import socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        name = sys.argv[3] if sys.argv[3] != '-' else '%s:%d' % self.client_address
+        for _ in self.rfile:
+            self.wfile.write(name.encode() + b'\\n')
+            self.wfile.flush()
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
+
+/// Opens N connections to HOST:PORT and prints `open` and each one's first answer; then,
+/// for every line on stdin, asks on every connection ROUNDS times (50 ms apart, waiting
+/// WAIT seconds at most for each answer) and prints `results` and, per connection, its
+/// answers joined by commas (`reset`, `closed` or `timeout` ending one).
+const ASKING_CLIENT: &str = "import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+n, rounds, wait = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+socks = [socket.create_connection((host, port), timeout=wait) for _ in range(n)]
+def ask(s):
+    s.sendall(b'?\\n')
+    d = b''
+    while not d.endswith(b'\\n'):
+        x = s.recv(100)
+        if not x:
+            return 'closed'
+        d += x
+    return d.decode().strip()
+print('open', *[ask(s) for s in socks], flush=True)
+for _ in sys.stdin:
+    res = [[] for _ in socks]
+    for r in range(rounds):
+        for i, s in enumerate(socks):
+            if res[i] and res[i][-1] in ('reset', 'closed', 'timeout'):
+                continue
+            try:
+                res[i].append(ask(s))
+            except ConnectionResetError:
+                res[i].append('reset')
+            except OSError:
+                res[i].append('timeout')
+        time.sleep(0.05)
+    print('results', *[','.join(x) for x in res], flush=True)";
+
+/// A client's TCP connections to one server (each asked in rounds, [`ANSWER_SERVER`]'s
+/// answers collected), run from a namespace.
+pub struct AskingClient {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    out: Receiver<String>,
+    seen: Vec<String>,
+    /// Each connection's first answer.
+    pub first: Vec<String>,
+}
+
+impl AskingClient {
+    /// Opens `n` connections from namespace `ns` to `to` (`ADDR:PORT`), each asked
+    /// `rounds` times per [`Self::round`] and waiting `wait` seconds at most for an answer.
+    pub fn open(ns: &str, to: &str, n: usize, rounds: usize, wait: f64) -> Self {
+        let (host, port) = to.rsplit_once(':').expect("ADDR:PORT");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, system_python(), "-c", ASKING_CLIENT])
+            .args([host, port])
+            .args([n.to_string(), rounds.to_string(), wait.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the asking client");
+        let stdin = child.stdin.take().expect("the client's stdin");
+        let out = lines_of(&mut child);
+        let mut seen = Vec::new();
+        wait_for(&out, "open", 30, &mut seen);
+        let first: Vec<String> = seen
+            .last()
+            .map(|l| l.split_whitespace())
+            .expect("the open line")
+            .skip(1)
+            .map(String::from)
+            .collect();
+        assert_eq!(first.len(), n, "{seen:?}");
+        Self {
+            child,
+            stdin,
+            out,
+            seen,
+            first,
+        }
+    }
+
+    /// One round of asking on every connection: each connection's answers.
+    pub fn round(&mut self) -> Vec<Vec<String>> {
+        use std::io::Write as _;
+        self.stdin.write_all(b"go\n").expect("ask the client");
+        wait_for(&self.out, "results", 60, &mut self.seen);
+        self.seen
+            .last()
+            .map(|l| l.split_whitespace())
+            .expect("the results line")
+            .skip(1)
+            .map(|c| c.split(',').map(String::from).collect())
+            .collect()
+    }
+
+    /// Closes the connections (the client ends).
+    pub fn close(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// Every connection answered every one of `rounds` rounds with its first answer (the same
+/// backend, the same address).
+pub fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds: usize) {
+    assert_eq!(results.len(), first.len(), "{what}: {results:?}");
+    for (i, (b, answers)) in first.iter().zip(results).enumerate() {
+        assert!(
+            answers.len() == rounds && answers.iter().all(|a| a == b),
+            "{what}: connection {i} began with {b}, then answered {answers:?}"
+        );
+    }
+}
