@@ -20,6 +20,9 @@
 //!   neighbour entry gets an ARP request, rate-limited, and the frame waits in a small bounded
 //!   queue (the first packet of a flow is not lost, as in Linux's `unres_qlen`); what waits
 //!   longer than [`UNRESOLVED_WAIT_MS`] is dropped and counted (`no_neighbor`).
+//! - **Peers**: [`Router::set_peers`] names fixed next hops beyond the ports (a fleet's other
+//!   nodes): a stage hands a packet to one with [`Verdict::Tx`] of a port number past the
+//!   interfaces, and it goes out unrouted, its IP header untouched (`to_peer`).
 //! - Every drop is counted: `no_route`, `ttl_expired` (no ICMP time exceeded is sent yet),
 //!   `to_router` (IPv4 for one of the router's own addresses after the stages: the router has
 //!   no local stack), `too_big` (larger than the egress MTU: no fragmentation, no ICMP yet),
@@ -31,7 +34,7 @@ use crate::io::{Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, wait
 use crate::vtep::{ArpOp, arp_frame};
 use nf_core::checksum::update16;
 use nf_core::wire::ethertype;
-use nf_core::{Batch, DropReason, Instant, Verdict};
+use nf_core::{Batch, DropReason, Instant, PortId, Verdict};
 use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
@@ -145,6 +148,8 @@ pub struct PortCounters {
     pub too_big: u64,
     /// Frames received here that are not IPv4 or are cut short.
     pub malformed: u64,
+    /// Frames handed to a fleet peer on this port ([`Router::set_peers`]).
+    pub to_peer: u64,
 }
 
 /// One interface: its rings, addresses and neighbours.
@@ -239,6 +244,8 @@ pub struct Router {
     /// Frames waiting for ARP replies (`len` 0: a free slot); allocated once.
     pending: Vec<Pending>,
     events: Vec<PollEvents>,
+    /// Fixed next hops beyond the ports ([`Self::set_peers`]).
+    peers: Vec<(usize, Ipv4Addr)>,
 }
 
 impl Router {
@@ -304,7 +311,34 @@ impl Router {
             routes: all,
             pending,
             events,
+            peers: Vec::new(),
         })
+    }
+
+    /// Names fixed next hops a stage can hand a packet to without routing it (a fleet's
+    /// other nodes, each `(port, address)` on one of this router's on-link prefixes): a
+    /// packet whose verdict is [`Verdict::Tx`] of port [`Self::ports`] + `i` goes out on
+    /// peer `i`'s port to its MAC, its IP header untouched (handed over within the fleet,
+    /// not routed: the TTL stays), counted `to_peer`; a port number beyond the peers is
+    /// `no_route`.
+    ///
+    /// # Errors
+    /// A peer on a port that does not exist, or more than 256 peers.
+    pub fn set_peers(&mut self, peers: Vec<(usize, Ipv4Addr)>) -> io::Result<()> {
+        if let Some((port, _)) = peers.iter().find(|(p, _)| *p >= self.ports.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("peer on port {port}: no such port"),
+            ));
+        }
+        if peers.len() > 256 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many peers",
+            ));
+        }
+        self.peers = peers;
+        Ok(())
     }
 
     /// The number of ports.
@@ -376,6 +410,7 @@ impl Router {
             if !matches!(pkt.meta.verdict, Verdict::Pass | Verdict::Tx(_)) {
                 continue;
             }
+            let verdict = pkt.meta.verdict;
             let frame = pkt.data_mut();
             // The frame is routed on its first IP header, whatever the stages looked at
             // (after an encapsulation, `meta` describes the inner packet).
@@ -397,20 +432,37 @@ impl Router {
                 continue;
             }
             let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-            if self.ports.iter().any(|p| p.answers(dst)) {
-                count(&mut self.ports, |c| c.to_router += 1);
-                continue;
-            }
-            let Some((out, hop)) = self.route(dst) else {
-                count(&mut self.ports, |c| c.no_route += 1);
-                continue;
+            // A hand-over to a fleet peer, or routed.
+            let peer = match verdict {
+                Verdict::Tx(PortId(n)) => usize::from(n)
+                    .checked_sub(self.ports.len())
+                    .map(|i| self.peers.get(i).copied()),
+                _ => None,
             };
-            if h[8] <= 1 {
-                count(&mut self.ports, |c| c.ttl_expired += 1);
-                continue;
-            }
+            let (out, hop, routed) = match peer {
+                Some(Some((out, hop))) => (out, hop, false),
+                Some(None) => {
+                    count(&mut self.ports, |c| c.no_route += 1);
+                    continue;
+                }
+                None => {
+                    if self.ports.iter().any(|p| p.answers(dst)) {
+                        count(&mut self.ports, |c| c.to_router += 1);
+                        continue;
+                    }
+                    let Some((out, hop)) = self.route(dst) else {
+                        count(&mut self.ports, |c| c.no_route += 1);
+                        continue;
+                    };
+                    if h[8] <= 1 {
+                        count(&mut self.ports, |c| c.ttl_expired += 1);
+                        continue;
+                    }
+                    (out, hop, true)
+                }
+            };
             // TTL − 1: the word (TTL, protocol) at bytes 8–9, the checksum at 10–11.
-            if let Some(w) = frame.get_mut(l3 + 8..l3 + 12) {
+            if routed && let Some(w) = frame.get_mut(l3 + 8..l3 + 12) {
                 let old = u16::from_be_bytes([w[0], w[1]]);
                 let new = old.wrapping_sub(0x100);
                 let check = update16(u16::from_be_bytes([w[2], w[3]]), old, new);
@@ -420,6 +472,7 @@ impl Router {
             let Some(port) = self.ports.get_mut(out) else {
                 continue;
             };
+            port.counters.to_peer += u64::from(!routed);
             if frame.len() > port.frame_max {
                 port.counters.too_big += 1;
                 continue;
@@ -549,6 +602,7 @@ impl Router {
                 ("to_router", c.to_router),
                 ("too_big", c.too_big),
                 ("malformed", c.malformed),
+                ("to_peer", c.to_peer),
             ] {
                 f(name, k, v);
             }

@@ -495,6 +495,15 @@ impl SyncLink {
             .count()
     }
 
+    /// Whether peer `i` (its place in [`SyncConfig::peers`], from 0) is alive as far as
+    /// this node can tell: its connection to this node is open and has not been silent
+    /// for [`SyncConfig::dead_after`].
+    pub fn peer_alive(&self, i: usize) -> bool {
+        self.peers
+            .get(i)
+            .is_some_and(|p| p.flags.inbound.load(Ordering::Acquire))
+    }
+
     /// Whether this node holds what its peers would give it, so that it may take traffic
     /// (announce its routes): every peer's resync finished, or, twice
     /// [`SyncConfig::dead_after`] after the first [`Self::poll`], that of every peer

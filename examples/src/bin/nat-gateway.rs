@@ -30,6 +30,29 @@
 //! ```
 //!
 //! `examples/tests/nat_gateway.rs` builds exactly this lab.
+//!
+//! # A fleet
+//!
+//! Several gateways can share the public addresses behind ECMP on both sides (the inside
+//! hosts' route and the outside router's route to the public addresses each spread over
+//! every node): `--sync-listen` and a `--fleet-peer OUTSIDE,SYNC` for every other node. The
+//! nodes split the port space in the order of their outside addresses
+//! ([`nf_nat::Owner`]), so that no two nodes ever give out the same port, and each keeps a
+//! copy of every other node's sessions ([`nf_examples::sync`], `--sync-key-file` as in
+//! `l4lb`), its allocator holding the other nodes' ports for them
+//! ([`PortAllocator::take_over`](nf_nat::PortAllocator::take_over)). The outside router's
+//! hash sends a flow's answers to any node: one holding the session (its own or a copy)
+//! translates them; one without it (the SYN+ACK of a new connection comes back faster than
+//! sync, every 10 ms) hands the packet to the node whose share the port is in
+//! ([`nf_nat::owner_of`]), on the outside link to that node's MAC
+//! ([`Router::set_peers`](nf_examples::router::Router::set_peers)), counted
+//! `fleet.handed_over` (`fleet.owner_down` when that node is down: dropped). When a node
+//! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
+//! its next packet reaches, and its connections carry on from the same public ports. A
+//! fleet tracks no TCP windows (a node sees part of each connection's segments) and needs
+//! the rfc or hyperplane profile; with rfc, endpoint-independent mapping holds per node, so
+//! the inside route should hash on the source address alone. `examples/tests/nat_fleet.rs`
+//! runs three nodes and fails one under 36 connections.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -54,20 +77,27 @@ mod linux {
     use nf_examples::io::{IoKind, RingConfig, RingFrame};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
+    use nf_examples::sync::{SyncConfig, SyncLink};
     use nf_nat::{
-        AllocatorConfig, Filtering, InsidePrefix, PortForward, Snat, SnatConfig, nat_timeouts,
+        AllocatorConfig, Filtering, InsidePrefix, Owner, PortForward, PortSplit, Snat, SnatConfig,
+        nat_timeouts, owner_of,
     };
     use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::path::PathBuf;
     use std::process::ExitCode;
 
     const INSIDE: usize = 0;
     const OUTSIDE: usize = 1;
+    /// Ports (interfaces) of the router: fleet peers come after them.
+    const PORTS: usize = 2;
 
     const USAGE: &str = "\
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
                    [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
+                   [--sync-listen ADDR:PORT --fleet-peer IPV4,ADDR:PORT...
+                    [--sync-key-file FILE]]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
@@ -89,13 +119,24 @@ on SIGUSR1, or after --duration.
   --forward P:N=A:M      forward PROTO (tcp|udp) port N of the first public address to
                          inside A:M (repeatable)
   --sessions N           session table size (default 65536)
-  --no-window            no TCP window tracking (on by default)
+  --no-window            no TCP window tracking (on by default; off in a fleet, where a
+                         node sees part of each connection's segments)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
   --duration SECS        exit after SECS seconds
   --metrics A:P          serve the counters in the Prometheus text format at
                          http://A:P/metrics (every second)
+  --sync-listen A:P      fleet: where the other nodes' session sync connects (a
+                         kernel address, on neither interface above)
+  --fleet-peer O,A:P     fleet: another node sharing the --public addresses: its
+                         --outside-addr O and its --sync-listen A:P (repeatable). The
+                         nodes split the ports by the order of their outside
+                         addresses, each keeps a copy of every other's sessions and
+                         carries them on when it fails, and an outside packet for
+                         another node's port without a session here goes to that
+                         node (the rfc and hyperplane profiles)
+  --sync-key-file FILE   fleet: the 128-bit sync key, 32 hex digits (as l4lb's)
   -h, --help             this text";
 
     /// What the gateway does between receive and forward.
@@ -126,6 +167,9 @@ on SIGUSR1, or after --duration.
         metrics: Option<SocketAddr>,
         io: IoKind,
         cpu: Option<usize>,
+        /// `--sync-listen` and the `--fleet-peer`s (outside address, sync address).
+        fleet: Option<(SocketAddr, Vec<(Ipv4Addr, SocketAddr)>)>,
+        sync_key_file: Option<PathBuf>,
     }
 
     pub(crate) fn main() -> ExitCode {
@@ -143,6 +187,7 @@ on SIGUSR1, or after --duration.
         let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
         let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
+        let (mut sync_listen, mut peers, mut sync_key_file) = (None, Vec::new(), None);
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
             (Filtering::AddressAndPortDependent, Vec::new(), 65_536, true);
@@ -193,6 +238,14 @@ on SIGUSR1, or after --duration.
                 "--metrics" => metrics = Some(value.parse().map_err(|_| bad("an IP:port"))?),
                 "--cpu" => cpu = Some(value.parse().map_err(|_| bad("a CPU number"))?),
                 "--io" => io = value.parse().map_err(|_| bad("auto, packet or xdp"))?,
+                "--sync-listen" => sync_listen = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
+                "--fleet-peer" => {
+                    let peer = value
+                        .split_once(',')
+                        .and_then(|(o, a)| Some((o.parse().ok()?, a.parse().ok()?)));
+                    peers.push(peer.ok_or_else(|| bad("IPV4,ADDR:PORT"))?);
+                }
+                "--sync-key-file" => sync_key_file = Some(PathBuf::from(value)),
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -200,6 +253,30 @@ on SIGUSR1, or after --duration.
         let outside_addr: Ipv4Net = outside_addr.ok_or_else(|| need("--outside-addr"))?;
         if public.is_empty() {
             public.push(outside_addr.addr);
+        }
+        let fleet = match (sync_listen, peers.is_empty()) {
+            (Some(l), false) => Some((l, peers)),
+            (None, true) => None,
+            _ => return Err("--sync-listen and --fleet-peer go together".into()),
+        };
+        if let Some((_, peers)) = &fleet {
+            if !matches!(
+                profile,
+                Profile::Nat(nf_nat::Profile::Rfc | nf_nat::Profile::Hyperplane)
+            ) {
+                return Err("a fleet needs the rfc or hyperplane profile (cgn's port blocks stay on their node)".into());
+            }
+            let mut outside: Vec<Ipv4Addr> = peers.iter().map(|p| p.0).collect();
+            outside.push(outside_addr.addr);
+            outside.sort_unstable();
+            if outside.windows(2).any(|w| w[0] == w[1]) {
+                return Err(
+                    "--fleet-peer: every node's outside address once, this one's not among them"
+                        .into(),
+                );
+            }
+        } else if sync_key_file.is_some() {
+            return Err("--sync-key-file needs --sync-listen and --fleet-peer".into());
         }
         Ok(Some(Args {
             inside: inside.ok_or_else(|| need("--inside"))?,
@@ -217,6 +294,8 @@ on SIGUSR1, or after --duration.
             metrics,
             io,
             cpu,
+            fleet,
+            sync_key_file,
         }))
     }
 
@@ -237,6 +316,67 @@ on SIGUSR1, or after --duration.
     /// back from SNAT, which a tuple only asks its first service for.
     type Nat = Conntrack<(Snat, Option<TcpWindow>)>;
 
+    /// One node of a fleet sharing the public addresses (`--fleet-peer`).
+    struct Fleet {
+        link: SyncLink,
+        split: PortSplit,
+        /// This node's place in the split (the rank of its outside address).
+        node: u32,
+        /// Each peer's place in the split, in `--fleet-peer` order (the router's peers and
+        /// the sync link's, in the same order).
+        peer_nodes: Vec<u32>,
+        /// Outside packets handed to the node owning their port (no session here).
+        handed_over: u64,
+        /// Outside packets for another node's port without a session here, whose node is
+        /// down: dropped (its taken-over sessions are copies here, found by their lookup).
+        owner_down: u64,
+    }
+
+    impl Fleet {
+        /// The split and this node's place in it: the fleet's nodes in the order of their
+        /// outside addresses.
+        fn place(own: Ipv4Addr, peers: &[(Ipv4Addr, SocketAddr)]) -> (PortSplit, u32, Vec<u32>) {
+            let mut all: Vec<Ipv4Addr> = peers.iter().map(|p| p.0).collect();
+            all.push(own);
+            all.sort_unstable();
+            let rank = |a: Ipv4Addr| all.iter().position(|x| *x == a).unwrap_or(0) as u32;
+            let split = PortSplit {
+                nodes: all.len() as u32,
+                cores: 1,
+            };
+            (split, rank(own), peers.iter().map(|p| rank(p.0)).collect())
+        }
+
+        /// Hands the outside packets of `batch` that found no session here (nor may open
+        /// one) and whose public port another node owns to that node, if it is alive
+        /// ([`Verdict::Tx`] of the router's peer port, after the interfaces).
+        fn hand_over(&mut self, public: &[Ipv4Addr], batch: &mut Batch<RingFrame>) {
+            for p in batch.packets_mut() {
+                let k = &p.meta.flow;
+                if !matches!(
+                    p.meta.verdict,
+                    Verdict::Drop(DropReason::NoSession | DropReason::NatNoMapping)
+                ) || !(k.proto == nf_core::flow::proto::TCP
+                    || k.proto == nf_core::flow::proto::UDP)
+                    || !matches!(k.dst_ip(), IpAddr::V4(d) if public.contains(&d))
+                {
+                    continue;
+                }
+                let owner = owner_of(k.dst_port, self.split).node;
+                if owner == self.node {
+                    continue;
+                }
+                match self.peer_nodes.iter().position(|n| *n == owner) {
+                    Some(i) if self.link.peer_alive(i) => {
+                        p.meta.verdict = Verdict::Tx(PortId((PORTS + i) as u16));
+                        self.handed_over += 1;
+                    }
+                    _ => self.owner_down += 1,
+                }
+            }
+        }
+    }
+
     /// The stages between receive and forward.
     struct Pipeline {
         parse: ParseStage,
@@ -249,6 +389,7 @@ on SIGUSR1, or after --duration.
         spoofed: u64,
         inside: Ipv4Net,
         public: Vec<Ipv4Addr>,
+        fleet: Option<Fleet>,
     }
 
     impl Pipeline {
@@ -261,13 +402,26 @@ on SIGUSR1, or after --duration.
                     spoofed: 0,
                     inside: args.inside_addr,
                     public: args.public.clone(),
+                    fleet: None,
                 });
             };
             let public: Vec<IpAddr> = args.public.iter().map(|a| IpAddr::V4(*a)).collect();
             // A per-run secret: port choice must not be predictable from outside.
             let secret = nf_examples::cli::random_secret();
-            let ports = AllocatorConfig::new(*profile, public, secret)
+            let mut ports = AllocatorConfig::new(*profile, public, secret)
                 .with_max_mappings(args.sessions as usize);
+            let place = args
+                .fleet
+                .as_ref()
+                .map(|(_, peers)| Fleet::place(args.outside_addr.addr, peers));
+            if let Some((split, node, _)) = &place {
+                ports = ports.with_owner(Owner {
+                    nodes: split.nodes,
+                    cores: 1,
+                    node: *node,
+                    core: 0,
+                });
+            }
             let inside = args.inside_addr;
             let mut cfg = SnatConfig::new(ports)
                 .with_inside(InsidePrefix::new(IpAddr::V4(inside.addr), inside.len))
@@ -290,14 +444,47 @@ on SIGUSR1, or after --duration.
                 cfg = cfg.with_forward(PortForward::new(*proto, public, SocketAddr::V4(*to)));
             }
             let timeouts = nat_timeouts(profile);
-            let snat = Snat::new(cfg).map_err(|e| format!("NAT config: {e}"))?;
+            let mut snat = Snat::new(cfg).map_err(|e| format!("NAT config: {e}"))?;
             let mut ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
                 v4: args.sessions.saturating_mul(2),
                 v6: 64,
             });
             ct.v4.timeouts = timeouts;
             ct.v6.timeouts = timeouts;
-            let window = args.window.then(TcpWindow::new);
+            let mut fleet = None;
+            if let (Some((listen, peers)), Some((split, node, peer_nodes))) = (&args.fleet, place) {
+                // Copies of the other nodes' sessions hold their ports: this node may claim
+                // every other node's share (new flows still get only its own).
+                for other in (0..split.nodes).filter(|n| *n != node) {
+                    snat.ports_mut()
+                        .take_over(other)
+                        .map_err(|e| format!("--fleet-peer: {e}"))?;
+                }
+                // A change journal for the peers' copies (a full one loses events, and the
+                // peers then get a full resync).
+                ct.v4.journal = args.sessions.clamp(1024, 1 << 16);
+                ct.v6.journal = 64;
+                let mut cfg = SyncConfig::new(*listen, peers.iter().map(|p| p.1).collect());
+                if let Some(path) = &args.sync_key_file {
+                    let (key, also) = nf_examples::cli::key_file("--sync-key-file", path)?;
+                    (cfg.key, cfg.accept_also) = (Some(key), also);
+                }
+                let link =
+                    SyncLink::start(cfg).map_err(|e| format!("--sync-listen {listen}: {e}"))?;
+                fleet = Some(Fleet {
+                    link,
+                    split,
+                    node,
+                    peer_nodes,
+                    handed_over: 0,
+                    owner_down: 0,
+                });
+            }
+            // A fleet node sees part of each connection's segments (its answers may reach
+            // another node, or be handed to it from one), so no window can be checked
+            // there: tracking would drop the client's acknowledgments of data it never saw
+            // (Linux's `nf_conntrack_tcp_be_liberal` for asymmetric routing).
+            let window = (args.window && args.fleet.is_none()).then(TcpWindow::new);
             let nat = Conntrack::new(ct, (snat, window)).map_err(|e| format!("conntrack: {e}"))?;
             Ok(Self {
                 parse: ParseStage::default(),
@@ -306,6 +493,7 @@ on SIGUSR1, or after --duration.
                 spoofed: 0,
                 inside: args.inside_addr,
                 public: args.public.clone(),
+                fleet,
             })
         }
     }
@@ -339,6 +527,11 @@ on SIGUSR1, or after --duration.
             }
             self.reorder.process(now, batch);
             nat.process(now, batch);
+            if port == OUTSIDE
+                && let Some(f) = &mut self.fleet
+            {
+                f.hand_over(&self.public, batch);
+            }
         }
 
         fn batch_room(&self) -> usize {
@@ -352,14 +545,22 @@ on SIGUSR1, or after --duration.
                 self.reorder.visit_counters(&mut |s, c, v| f(s, c, v));
                 n.visit_counters(&mut |s, c, v| f(s, c, v));
             }
+            if let Some(fl) = &self.fleet {
+                f("fleet", "handed_over", fl.handed_over);
+                f("fleet", "owner_down", fl.owner_down);
+                fl.link.visit_counters(f);
+            }
         }
 
         /// Runs due timers (session expiry, port quarantine) with bounded work.
         fn timers(&mut self, now: Instant) {
-            if let Some(n) = &mut self.nat
-                && n.poll_timeout().is_some_and(|t| t <= now)
-            {
-                n.handle_timeout(now, 4096);
+            if let Some(n) = &mut self.nat {
+                if n.poll_timeout().is_some_and(|t| t <= now) {
+                    n.handle_timeout(now, 4096);
+                }
+                if let Some(f) = &mut self.fleet {
+                    f.link.poll(now, n);
+                }
             }
         }
     }
@@ -396,6 +597,12 @@ on SIGUSR1, or after --duration.
         }
         let mut router = Router::open(ports, &routes, &RingConfig::default(), args.io)
             .map_err(|e| e.to_string())?;
+        if let Some((_, peers)) = &args.fleet {
+            // Packets for another node's port go out on the outside to that node.
+            router
+                .set_peers(peers.iter().map(|p| (OUTSIDE, p.0)).collect())
+                .map_err(|e| e.to_string())?;
+        }
         let mut pipeline = Pipeline::new(args)?;
         say!(
             "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}",
@@ -451,6 +658,61 @@ on SIGUSR1, or after --duration.
             assert_eq!(a.gateway, Some(Ipv4Addr::new(203, 0, 113, 254)));
             assert_eq!(a.inside_addr.len, 24);
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
+            let fleet = "--inside ig --inside-addr 10.0.0.1/24 --outside og \
+                         --outside-addr 203.0.113.1/24 --profile hyperplane \
+                         --sync-listen 10.3.0.1:7600";
+            let f = parse_args(
+                argv(&format!(
+                    "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 \
+                     --fleet-peer 203.0.113.3,10.3.0.3:7600 --sync-key-file k"
+                ))
+                .into_iter(),
+            )
+            .unwrap()
+            .unwrap();
+            let (listen, peers) = f.fleet.unwrap();
+            assert_eq!(listen, "10.3.0.1:7600".parse().unwrap());
+            assert_eq!(
+                peers,
+                [
+                    (
+                        Ipv4Addr::new(203, 0, 113, 2),
+                        "10.3.0.2:7600".parse().unwrap()
+                    ),
+                    (
+                        Ipv4Addr::new(203, 0, 113, 3),
+                        "10.3.0.3:7600".parse().unwrap()
+                    ),
+                ]
+            );
+            assert_eq!(f.sync_key_file, Some(PathBuf::from("k")));
+            // The split follows the outside addresses: this node (.1) is the first.
+            let (split, node, peer_nodes) = Fleet::place(f.outside_addr.addr, &peers);
+            assert_eq!((split.nodes, node, peer_nodes), (3, 0, vec![1, 2]));
+            let (_, node, peer_nodes) = Fleet::place(Ipv4Addr::new(203, 0, 113, 9), &peers);
+            assert_eq!((node, peer_nodes), (2, vec![0, 1]));
+            for bad in [
+                // Each alone, the other half missing.
+                fleet.to_string(),
+                "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
+                 --fleet-peer 203.0.113.2,10.3.0.2:7600"
+                    .into(),
+                format!("{fleet} --fleet-peer 203.0.113.2"),
+                format!("{fleet} --fleet-peer 10.3.0.2:7600"),
+                format!("{fleet} --fleet-peer x,10.3.0.2:7600"),
+                // This node's own outside address, or one twice.
+                format!("{fleet} --fleet-peer 203.0.113.1,10.3.0.2:7600"),
+                format!(
+                    "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --fleet-peer 203.0.113.2,10.3.0.3:7600"
+                ),
+                format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --profile cgn"),
+                format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --profile off"),
+                "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
+                 --sync-key-file k"
+                    .into(),
+            ] {
+                assert!(parse_args(argv(&bad).into_iter()).is_err(), "{bad}");
+            }
             for bad in [
                 "--inside-addr 10.0.0.1/33",
                 "--profile nope",
