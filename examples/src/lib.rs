@@ -3,6 +3,7 @@
 //! The examples themselves are the binaries in `src/bin/`; this library holds what several of
 //! them (and the tests that compare nf with `tshark`, `scapy` and the Linux kernel) share.
 
+pub mod announce;
 pub mod bfd;
 pub mod bgp;
 pub mod cli;

@@ -47,7 +47,7 @@
 
 mod common;
 
-use common::{AskingClient, Lab, assert_kept, counters, sh, wait_for};
+use common::{AskingClient, Lab, assert_kept, counters, sh, wait_for, wait_route};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::mpsc::Receiver;
@@ -55,6 +55,7 @@ use std::time::Duration;
 
 const L4LB: &str = env!("CARGO_BIN_EXE_l4lb");
 const CONNECTIONS: usize = 36;
+const VIP: &str = "192.0.2.10";
 const NODES: u8 = 3;
 const LB_KEY: &str = "6e662d6c622065636d70207465737421";
 /// The fleet's sync key (`--sync-key-file`): every sync connection authenticated, every
@@ -63,54 +64,6 @@ const SYNC_KEY: &str = "6e662d73796e632d6b65792d74657374\n";
 /// The first step of changing the fleet's key, as node 1 comes back: the old key still
 /// used, a new one accepted too (a second line).
 const ROTATING: &str = "6e662d73796e632d6b65792d74657374\n6e662d6e65772d73796e632d6b657921\n";
-
-/// The router's BIRD: passive BGP sessions with the three nodes (AS 65001), their VIP
-/// routes resolved over the data links and merged into one multipath kernel route.
-const BIRD_CONF: &str = "router id 10.4.0.1;
-protocol device { scan time 1; }
-protocol direct { ipv4; interface \"d1\", \"d2\", \"d3\"; }
-protocol kernel {
-  ipv4 { export where source = RTS_BGP; };
-  merge paths on;
-}
-template bgp node {
-  local as 65000;
-  passive on;
-  hold time 3;
-  keepalive time 1;
-  password \"nf ecmp test\";
-  bfd on;
-  ipv4 { import all; export none; gateway recursive; igp table master4; };
-}
-protocol bfd {
-  interface \"bgp*\" { min rx interval 200 ms; min tx interval 100 ms; multiplier 3; };
-}
-protocol bgp n1 from node { neighbor 10.4.1.2 as 65001; }
-protocol bgp n2 from node { neighbor 10.4.2.2 as 65001; }
-protocol bgp n3 from node { neighbor 10.4.3.2 as 65001; }
-";
-
-/// Waits (15 s at most) until the router's kernel route to the VIP goes via exactly `hops`.
-fn wait_route(r: &str, hops: &[&str]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let route = sh(&format!("ip -n {r} route show 192.0.2.10"));
-        let via: Vec<&str> = route
-            .split_whitespace()
-            .zip(route.split_whitespace().skip(1))
-            .filter(|(w, _)| *w == "via")
-            .map(|(_, a)| a)
-            .collect();
-        if via == hops {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the route to the VIP never went via {hops:?}: {route:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// How the nodes reach the backends.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -140,7 +93,7 @@ fn start_node(
 ) -> Node {
     let key = lab.dir.join(format!("sync-{n}.key"));
     let password = lab.dir.join("bgp.password");
-    std::fs::write(&password, "nf ecmp test\n").unwrap();
+    std::fs::write(&password, format!("{}\n", common::BGP_PASSWORD)).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, L4LB])
         .args(["--client", "cg", "--client-addr", &format!("10.2.{n}.2/24")])
@@ -215,7 +168,7 @@ fn start_all(
     for n in &mut nodes {
         n.wait("bgp: announcing", 15);
     }
-    wait_route(r, &ALL_HOPS);
+    wait_route(r, VIP, &ALL_HOPS);
     nodes
 }
 
@@ -370,19 +323,11 @@ fn fleet(tag: &str, mode: Mode) -> Option<Fleet> {
     ));
     // The router: BGP with each node (passive: the nodes connect), the VIP's routes merged
     // into one multipath route in the kernel, next hops resolved over the data links.
-    let conf = lab.dir.join("bird.conf");
-    std::fs::write(&conf, BIRD_CONF).unwrap();
-    let ctl = lab.dir.join("bird.ctl");
-    lab.spawn(
+    lab.bird_router(
         &r,
-        &[
-            "bird",
-            "-f",
-            "-c",
-            conf.to_str().unwrap(),
-            "-s",
-            ctl.to_str().unwrap(),
-        ],
+        &["10.4.1.2", "10.4.2.2", "10.4.3.2"],
+        &["d1", "d2", "d3"],
+        "bgp*",
     );
     for (ns, name) in [(&b1, "b1"), (&b2, "b2"), (&b3, "b3")] {
         lab.spawn(
@@ -508,7 +453,7 @@ except OSError as e: print(type(e).__name__)'",
     for n in &mut nodes[1..] {
         n.wait("10.3.0.1:7600 down: orphaned", 10);
     }
-    wait_route(&r, &all_hops[1..]);
+    wait_route(&r, VIP, &all_hops[1..]);
     assert_kept("after node 1 failed", &first, &client.round(), ROUNDS);
 
     // Node 1 comes back with an empty table: it announces the VIP only once both
@@ -526,7 +471,7 @@ except OSError as e: print(type(e).__name__)'",
             a.seen
         );
     }
-    wait_route(&r, &all_hops);
+    wait_route(&r, VIP, &all_hops);
     assert_kept("after node 1 came back", &first, &client.round(), ROUNDS);
 
     // Node 2 hangs (stopped, its sockets open and silent): its peers take it as failed
@@ -543,7 +488,7 @@ except OSError as e: print(type(e).__name__)'",
     }
     let hung = std::time::Instant::now();
     sh(&format!("kill -STOP {}", nodes[1].pid));
-    wait_route(&r, &[all_hops[0], all_hops[2]]);
+    wait_route(&r, VIP, &[all_hops[0], all_hops[2]]);
     let withdrawn = hung.elapsed();
     assert!(
         withdrawn < Duration::from_secs(2),
@@ -561,7 +506,7 @@ except OSError as e: print(type(e).__name__)'",
     // which holds their sessions; only then does it exit.
     sh(&format!("kill -TERM {}", nodes[2].pid));
     nodes[2].wait("bgp: withdrawing", 5);
-    wait_route(&r, &all_hops[..1]);
+    wait_route(&r, VIP, &all_hops[..1]);
     assert_kept("while node 3 drained", &first, &client.round(), ROUNDS);
     client.close();
 
@@ -669,7 +614,7 @@ fn dnat_flows_answer_through_any_node_behind_ecmp_both_ways() {
     for n in &mut nodes[1..] {
         n.wait("10.3.0.1:7600 down: orphaned", 10);
     }
-    wait_route(&f.r, &ALL_HOPS[1..]);
+    wait_route(&f.r, VIP, &ALL_HOPS[1..]);
     assert_kept("after node 1 failed", &first, &client.round(), ROUNDS);
     client.close();
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
@@ -857,7 +802,7 @@ fn without_sync_a_failed_nodes_flows_lose_their_backend() {
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     let drained = drain_busiest(&first, &mut nodes, &file);
     sh(&format!("kill -KILL {}", nodes[0].pid));
-    wait_route(&r, &ALL_HOPS[1..]);
+    wait_route(&r, VIP, &ALL_HOPS[1..]);
     let results = client.round();
     client.close();
     let lost: Vec<(usize, &String, &Vec<String>)> = first

@@ -86,8 +86,7 @@ fn main() -> std::process::ExitCode {
 mod linux {
     use nf_core::conntrack::{Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes};
     use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
-    use nf_examples::bfd::{BfdConfig, BfdSpeaker};
-    use nf_examples::bgp::{BgpConfig, BgpSpeaker};
+    use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame, parse_mac};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
@@ -154,20 +153,6 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                          it the link is open: anyone reaching --sync-listen can write
                          sessions); a second line: a key also accepted from peers (to
                          change the fleet's key node by node)
-  --bgp-peer A[:P]       announce the VIPs (/32, next hop: --client-addr) to the router
-                         at A (port 179) over BGP; with sync, only once the peers'
-                         sessions are here (or, after 2 s, those of every peer
-                         connected by then)
-  --bgp-as N             this node's AS number (default 65001)
-  --bgp-peer-as N        the router's AS number (default 65000)
-  --bgp-password-file F  the BGP session's TCP MD5 signature key (RFC 2385; the router's
-                         password for this neighbour): the bytes of F, a final newline
-                         left out, 1 to 80
-  --bfd                  BFD (RFC 5880/5881) with the router: it finds this node gone
-                         within 300 ms (100 ms packets, three missed) instead of the
-                         BGP hold time
-  --drain SECS           at SIGINT/SIGTERM, withdraw the VIPs and keep forwarding for
-                         SECS before exiting (with --bgp-peer; default 0: exit at once)
   --io auto|packet|xdp   frame I/O: AF_XDP where it opens, else PACKET_MMAP rings
                          (auto, the default), or either alone
   --cpu N                pin the packet loop to CPU N
@@ -199,14 +184,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         sync: Option<(SocketAddr, Vec<SocketAddr>)>,
         /// `--sync-key-file`.
         sync_key_file: Option<PathBuf>,
-        /// `--bgp-peer`, `--bgp-as`, `--bgp-peer-as`.
-        bgp: Option<(SocketAddr, u32, u32)>,
-        /// `--bgp-password-file`.
-        bgp_password_file: Option<PathBuf>,
-        /// `--bfd`.
-        bfd: bool,
-        /// `--drain`, seconds.
-        drain: f64,
+        /// `--bgp-peer` and the flags beside it.
+        announce: AnnounceArgs,
     }
 
     /// `--mode encap`'s settings.
@@ -217,9 +196,13 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
     }
 
     pub(crate) fn main() -> ExitCode {
+        let usage = format!(
+            "{USAGE}\n\nThe VIPs announced to a router (/32, next hop: --client-addr):\n{}",
+            nf_examples::announce::USAGE
+        );
         nf_examples::cli::main_with(
             "l4lb",
-            USAGE,
+            &usage,
             |argv| parse_args(argv.into_iter()),
             |args| run(&args),
         )
@@ -234,18 +217,19 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         let (mut encap, mut vni, mut inner_mac) = (false, 42, [2, 0, 0, 0, 0, 1]);
         let mut on_down = OnDown::Reset;
         let (mut lb_key, mut sync_listen, mut sync_peers) = (None, None, Vec::new());
-        let (mut sync_key_file, mut bgp_password_file, mut bfd) = (None, None, false);
-        let (mut bgp_peer, mut bgp_as, mut bgp_peer_as) = (None, 65_001, 65_000);
-        let mut drain = 0.0;
+        let (mut sync_key_file, mut announce) = (None, AnnounceArgs::default());
         while let Some(flag) = it.next() {
             if matches!(flag.as_str(), "-h" | "--help") {
                 return Ok(None);
             }
-            if flag == "--bfd" {
-                bfd = true;
+            if announce.switch(&flag) {
                 continue;
             }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            if let Some(taken) = announce.option(&flag, &value) {
+                taken?;
+                continue;
+            }
             let bad = |what: &str| format!("{flag} {value}: not {what}");
             match flag.as_str() {
                 "--client" => client = Some(value),
@@ -311,18 +295,6 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--sync-listen" => sync_listen = Some(value.parse().map_err(|_| bad("ADDR:PORT"))?),
                 "--sync-peer" => sync_peers.push(value.parse().map_err(|_| bad("ADDR:PORT"))?),
                 "--sync-key-file" => sync_key_file = Some(PathBuf::from(value)),
-                "--bgp-peer" => {
-                    bgp_peer = Some(
-                        value
-                            .parse::<SocketAddr>()
-                            .or_else(|_| value.parse::<Ipv4Addr>().map(|a| (a, 179).into()))
-                            .map_err(|_| bad("IPV4[:PORT]"))?,
-                    )
-                }
-                "--bgp-password-file" => bgp_password_file = Some(PathBuf::from(value)),
-                "--bgp-as" => bgp_as = value.parse().map_err(|_| bad("an AS number"))?,
-                "--drain" => drain = nf_examples::cli::seconds(&flag, &value)?,
-                "--bgp-peer-as" => bgp_peer_as = value.parse().map_err(|_| bad("an AS number"))?,
                 "--on-down" => {
                     on_down = match value.as_str() {
                         "reset" => OnDown::Reset,
@@ -342,9 +314,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         if sync.is_none() && sync_key_file.is_some() {
             return Err("--sync-key-file needs --sync-listen and --sync-peer".into());
         }
-        if bgp_peer.is_none() && (bgp_password_file.is_some() || bfd) {
-            return Err("--bgp-password-file and --bfd need --bgp-peer".into());
-        }
+        announce.check()?;
         Ok(Some(Args {
             client: client.ok_or_else(|| need("--client"))?,
             client_addr: client_addr.ok_or_else(|| need("--client-addr"))?,
@@ -368,10 +338,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             lb_key,
             sync,
             sync_key_file,
-            bgp: bgp_peer.map(|p| (p, bgp_as, bgp_peer_as)),
-            bgp_password_file,
-            bfd,
-            drain,
+            announce,
         }))
     }
 
@@ -434,13 +401,8 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         encap: Option<Encap>,
         /// Session sync with a peer load balancer (`--sync-listen`, `--sync-peer`).
         sync: Option<SyncLink>,
-        /// The VIPs' announcement to the router (`--bgp-peer`).
-        bgp: Option<BgpSpeaker>,
-        /// Fast failure detection with the router (`--bfd`).
-        bfd: Option<BfdSpeaker>,
-        /// `--drain`; set once the drain began (the VIPs stay withdrawn).
-        drain: std::time::Duration,
-        draining: bool,
+        /// The VIPs' announcement to the router (`--bgp-peer`, `--bfd`, `--drain`).
+        announce: Option<Announcer>,
     }
 
     impl Balancer {
@@ -533,11 +495,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if let Some(s) = &mut self.sync {
                 s.poll(now, &mut self.lb);
             }
-            if let Some(b) = &self.bgp {
-                // Traffic only once this node holds its peers' sessions, and not while it
-                // drains.
-                let ready = self.sync.as_mut().is_none_or(|s| s.ready(now));
-                b.set_announce(ready && !self.draining);
+            if let Some(a) = &self.announce {
+                // Traffic only once this node holds its peers' sessions.
+                a.set_ready(self.sync.as_mut().is_none_or(|s| s.ready(now)));
             }
         }
 
@@ -551,19 +511,13 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if let Some(s) = &self.sync {
                 s.visit_counters(f);
             }
-            if let Some(b) = &self.bgp {
-                b.visit_counters(f);
-            }
-            if let Some(b) = &self.bfd {
-                b.visit_counters(f);
+            if let Some(a) = &self.announce {
+                a.visit_counters(f);
             }
         }
 
         fn drain(&mut self, _now: Instant) -> Option<std::time::Duration> {
-            let b = self.bgp.as_ref()?;
-            self.draining = true;
-            b.set_announce(false);
-            Some(self.drain)
+            self.announce.as_mut().map(Announcer::drain)
         }
 
         fn reload(&mut self) -> Result<String, String> {
@@ -668,47 +622,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             file: args.backends.clone(),
             encap,
             sync,
-            bgp: None,
-            bfd: None,
-            drain: std::time::Duration::from_secs_f64(args.drain),
-            draining: false,
+            announce: None,
         };
         let what = f.reload()?;
-        if let Some((peer, local_as, peer_as)) = args.bgp {
-            let mut prefixes: Vec<(Ipv4Addr, u8)> =
-                args.vips.iter().map(|(v, _)| (*v.ip(), 32)).collect();
-            prefixes.sort_unstable();
-            prefixes.dedup();
-            let cfg = BgpConfig {
-                peer,
-                local_as,
-                peer_as,
-                router_id: args.client_addr.addr,
-                next_hop: args.client_addr.addr,
-                prefixes,
-                hold: 9,
-                password: match &args.bgp_password_file {
-                    None => None,
-                    Some(path) => {
-                        let mut p = std::fs::read(path)
-                            .map_err(|e| format!("--bgp-password-file {}: {e}", path.display()))?;
-                        if p.ends_with(b"\n") {
-                            p.pop();
-                        }
-                        Some(p)
-                    }
-                },
-            };
-            f.bgp = Some(BgpSpeaker::start(cfg).map_err(|e| format!("bgp: {e}"))?);
-            if args.bfd {
-                let IpAddr::V4(router) = peer.ip() else {
-                    return Err("--bfd: an IPv4 --bgp-peer".into());
-                };
-                let bfd = BfdSpeaker::start(router, BfdConfig::default())
-                    .map_err(|e| format!("--bfd: {e}"))?;
-                f.bfd = Some(bfd);
-            }
-        }
+        let vips = args.vips.iter().map(|(v, _)| (*v.ip(), 32)).collect();
+        let here = args.client_addr.addr;
+        f.announce = args.announce.start(vips, here, here)?;
         say!(
             "l4lb: ready: VIP {:?} on {} ({}), {what} on {} ({})",
             args.vips,
@@ -761,15 +680,20 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             assert_eq!(parse_args(argv("--help").into_iter()), Ok(None));
             let bgp = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --bgp-peer 10.4.1.1 --bgp-as 4200000001 --bgp-password-file /etc/nf/bgp.pw --bfd --metrics 127.0.0.1:9464").into_iter()).unwrap().unwrap();
             assert_eq!(bgp.metrics, Some("127.0.0.1:9464".parse().unwrap()));
-            assert!(bgp.bfd && !a.bfd);
-            assert_eq!(bgp.bgp_password_file, Some(PathBuf::from("/etc/nf/bgp.pw")));
+            assert!(bgp.announce.bfd && !a.announce.bfd);
             assert_eq!(
-                bgp.bgp,
-                Some(("10.4.1.1:179".parse().unwrap(), 4_200_000_001, 65_000))
+                bgp.announce.password_file,
+                Some(PathBuf::from("/etc/nf/bgp.pw"))
             );
-            assert_eq!(a.bgp, None);
-            assert_eq!(a.bgp_password_file, None);
-            assert_eq!(a.drain, 0.0);
+            assert_eq!(
+                (
+                    bgp.announce.peer,
+                    bgp.announce.local_as,
+                    bgp.announce.peer_as
+                ),
+                (Some("10.4.1.1:179".parse().unwrap()), 4_200_000_001, 65_000)
+            );
+            assert_eq!(a.announce, AnnounceArgs::default());
             assert_eq!(a.metrics, None);
             let synced = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b --lb-key 000102030405060708090a0b0c0d0e0F --sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2:7600 --sync-key-file /etc/nf/sync.key").into_iter()).unwrap().unwrap();
             assert_eq!(

@@ -705,3 +705,73 @@ pub fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds
         );
     }
 }
+
+/// The BGP sessions' TCP MD5 key in [`Lab::bird_router`]'s BIRD.
+pub const BGP_PASSWORD: &str = "nf fleet test";
+
+impl Lab {
+    /// Starts BIRD in namespace `ns` as the router in front of a fleet: passive BGP sessions
+    /// (AS 65000; hold time 3 s, keepalives every second, TCP MD5 [`BGP_PASSWORD`], BFD on
+    /// the interfaces matching `bfd`: 200 ms apart, three missed) with every node of
+    /// `neighbors` (AS 65001), their routes' next hops resolved over the links `direct`
+    /// and merged into multipath kernel routes.
+    pub fn bird_router(&mut self, ns: &str, neighbors: &[&str], direct: &[&str], bfd: &str) {
+        let direct: Vec<String> = direct.iter().map(|d| format!("\"{d}\"")).collect();
+        let mut conf = format!(
+            "router id 10.255.0.1;
+protocol device {{ scan time 1; }}
+protocol direct {{ ipv4; interface {}; }}
+protocol kernel {{
+  ipv4 {{ export where source = RTS_BGP; }};
+  merge paths on;
+}}
+template bgp node {{
+  local as 65000;
+  passive on;
+  hold time 3;
+  keepalive time 1;
+  password \"{BGP_PASSWORD}\";
+  bfd on;
+  ipv4 {{ import all; export none; gateway recursive; igp table master4; }};
+}}
+protocol bfd {{
+  interface \"{bfd}\" {{ min rx interval 200 ms; min tx interval 100 ms; multiplier 3; }};
+}}
+",
+            direct.join(", ")
+        );
+        for (i, n) in neighbors.iter().enumerate() {
+            conf += &format!(
+                "protocol bgp n{} from node {{ neighbor {n} as 65001; }}\n",
+                i + 1
+            );
+        }
+        let path = self.dir.join("bird.conf");
+        std::fs::write(&path, conf).expect("write bird.conf");
+        let ctl = self.dir.join("bird.ctl");
+        let (path, ctl) = (path.display().to_string(), ctl.display().to_string());
+        self.spawn(ns, &["bird", "-f", "-c", &path, "-s", &ctl]);
+    }
+}
+
+/// Waits (15 s at most) until namespace `r`'s kernel route to `to` goes via exactly `hops`.
+pub fn wait_route(r: &str, to: &str, hops: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let route = sh(&format!("ip -n {r} route show {to}"));
+        let via: Vec<&str> = route
+            .split_whitespace()
+            .zip(route.split_whitespace().skip(1))
+            .filter(|(w, _)| *w == "via")
+            .map(|(_, a)| a)
+            .collect();
+        if via == hops {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the route to {to} never went via {hops:?}: {route:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

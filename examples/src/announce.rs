@@ -1,0 +1,269 @@
+//! A node announcing its prefixes to its router from a packet loop: the command-line flags
+//! `l4lb` and `nat-gateway` share ([`AnnounceArgs`]: `--bgp-peer`, `--bgp-as`,
+//! `--bgp-peer-as`, `--bgp-password-file`, `--bfd`, `--drain`), and the running BGP
+//! speaker ([`crate::bgp`]) with its BFD session ([`crate::bfd`]), [`Announcer`].
+//!
+//! The loop says between batches whether the node may take traffic
+//! ([`Announcer::set_ready`]: a fleet node once it holds its peers' sessions); at the first
+//! SIGINT/SIGTERM [`Announcer::drain`] withdraws the prefixes for good and says how long to
+//! go on forwarding while the router moves the traffic away.
+
+use crate::bfd::{BfdConfig, BfdSpeaker};
+use crate::bgp::{BgpConfig, BgpSpeaker};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The flags' lines for a program's usage text (after the program's own line saying what it
+/// announces, with which next hop).
+pub const USAGE: &str = "\
+  --bgp-peer A[:P]       announce this node's prefixes to the router at A (port 179)
+                         over BGP; with session sync, only once the peers' sessions are
+                         here (or, after 2 s, those of every peer connected by then)
+  --bgp-as N             this node's AS number (default 65001)
+  --bgp-peer-as N        the router's AS number (default 65000)
+  --bgp-password-file F  the BGP session's TCP MD5 signature key (RFC 2385; the router's
+                         password for this neighbour): the bytes of F, a final newline
+                         left out, 1 to 80
+  --bfd                  BFD (RFC 5880/5881) with the router: it finds this node gone
+                         within 300 ms (100 ms packets, three missed) instead of the
+                         BGP hold time
+  --drain SECS           at SIGINT/SIGTERM, withdraw the prefixes and keep forwarding
+                         for SECS before exiting (with --bgp-peer; default 0: exit at once)
+";
+
+/// The announcing flags of a command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnnounceArgs {
+    /// `--bgp-peer` (port 179 unless given).
+    pub peer: Option<SocketAddr>,
+    /// `--bgp-as` (default 65001).
+    pub local_as: u32,
+    /// `--bgp-peer-as` (default 65000).
+    pub peer_as: u32,
+    /// `--bgp-password-file`.
+    pub password_file: Option<PathBuf>,
+    /// `--bfd`.
+    pub bfd: bool,
+    /// `--drain`, seconds.
+    pub drain: f64,
+}
+
+impl Default for AnnounceArgs {
+    fn default() -> Self {
+        Self {
+            peer: None,
+            local_as: 65_001,
+            peer_as: 65_000,
+            password_file: None,
+            bfd: false,
+            drain: 0.0,
+        }
+    }
+}
+
+impl AnnounceArgs {
+    /// Takes a flag without a value (`--bfd`): true if `flag` is one.
+    pub fn switch(&mut self, flag: &str) -> bool {
+        let bfd = flag == "--bfd";
+        self.bfd |= bfd;
+        bfd
+    }
+
+    /// Takes `flag` with its `value` if it is one of these flags: `None` if not, `Some(Err)`
+    /// for a bad value.
+    pub fn option(&mut self, flag: &str, value: &str) -> Option<Result<(), String>> {
+        let bad = |what: &str| format!("{flag} {value}: not {what}");
+        let set = match flag {
+            "--bgp-peer" => value
+                .parse::<SocketAddr>()
+                .or_else(|_| value.parse::<Ipv4Addr>().map(|a| (a, 179).into()))
+                .map(|p| self.peer = Some(p))
+                .map_err(|_| bad("IPV4[:PORT]")),
+            "--bgp-as" => value
+                .parse()
+                .map(|n| self.local_as = n)
+                .map_err(|_| bad("an AS number")),
+            "--bgp-peer-as" => value
+                .parse()
+                .map(|n| self.peer_as = n)
+                .map_err(|_| bad("an AS number")),
+            "--bgp-password-file" => {
+                self.password_file = Some(PathBuf::from(value));
+                Ok(())
+            }
+            "--drain" => crate::cli::seconds(flag, value).map(|s| self.drain = s),
+            _ => return None,
+        };
+        Some(set)
+    }
+
+    /// Checks the flags together.
+    ///
+    /// # Errors
+    /// `--bgp-password-file`, `--bfd` or `--drain` without `--bgp-peer`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.peer.is_none() && (self.password_file.is_some() || self.bfd || self.drain > 0.0) {
+            return Err("--bgp-password-file, --bfd and --drain need --bgp-peer".into());
+        }
+        Ok(())
+    }
+
+    /// Starts announcing `prefixes` (withdrawn until [`Announcer::set_ready`]) as
+    /// `router_id`, with `next_hop`: `None` without `--bgp-peer`.
+    ///
+    /// # Errors
+    /// An unreadable password file, or a BGP or BFD speaker that cannot start.
+    pub fn start(
+        &self,
+        mut prefixes: Vec<(Ipv4Addr, u8)>,
+        router_id: Ipv4Addr,
+        next_hop: Ipv4Addr,
+    ) -> Result<Option<Announcer>, String> {
+        let Some(peer) = self.peer else {
+            return Ok(None);
+        };
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        let password = match &self.password_file {
+            None => None,
+            Some(path) => {
+                let mut p = std::fs::read(path)
+                    .map_err(|e| format!("--bgp-password-file {}: {e}", path.display()))?;
+                if p.ends_with(b"\n") {
+                    p.pop();
+                }
+                Some(p)
+            }
+        };
+        let cfg = BgpConfig {
+            peer,
+            local_as: self.local_as,
+            peer_as: self.peer_as,
+            router_id,
+            next_hop,
+            prefixes,
+            hold: 9,
+            password,
+        };
+        let bgp = BgpSpeaker::start(cfg).map_err(|e| format!("bgp: {e}"))?;
+        let bfd = if self.bfd {
+            let IpAddr::V4(router) = peer.ip() else {
+                return Err("--bfd: an IPv4 --bgp-peer".into());
+            };
+            Some(
+                BfdSpeaker::start(router, BfdConfig::default())
+                    .map_err(|e| format!("--bfd: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Some(Announcer {
+            bgp,
+            bfd,
+            drain: Duration::from_secs_f64(self.drain),
+            draining: false,
+        }))
+    }
+}
+
+/// A node's running announcement: its BGP speaker and BFD session.
+pub struct Announcer {
+    bgp: BgpSpeaker,
+    bfd: Option<BfdSpeaker>,
+    drain: Duration,
+    draining: bool,
+}
+
+impl Announcer {
+    /// Announces the prefixes while `ready` (and no drain began), withdraws them otherwise:
+    /// call it between batches.
+    pub fn set_ready(&self, ready: bool) {
+        self.bgp.set_announce(ready && !self.draining);
+    }
+
+    /// Withdraws the prefixes for good (the node is going away): how long to go on
+    /// forwarding (`--drain`) while the router moves the traffic to the other nodes.
+    pub fn drain(&mut self) -> Duration {
+        self.draining = true;
+        self.bgp.set_announce(false);
+        self.drain
+    }
+
+    /// Reports the BGP session's and BFD's counters (stages `bgp` and `bfd`).
+    pub fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
+        self.bgp.visit_counters(f);
+        if let Some(b) = &self.bfd {
+            b.visit_counters(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_its_flags_and_checks_them_together() {
+        let mut a = AnnounceArgs::default();
+        for (flag, value) in [
+            ("--bgp-peer", "10.4.1.1"),
+            ("--bgp-as", "4200000001"),
+            ("--bgp-peer-as", "65010"),
+            ("--bgp-password-file", "/etc/nf/bgp.pw"),
+            ("--drain", "2.5"),
+        ] {
+            assert_eq!(a.option(flag, value), Some(Ok(())), "{flag}");
+        }
+        assert!(a.switch("--bfd") && !a.switch("--metrics"));
+        assert_eq!(
+            a,
+            AnnounceArgs {
+                peer: Some("10.4.1.1:179".parse().unwrap()),
+                local_as: 4_200_000_001,
+                peer_as: 65_010,
+                password_file: Some(PathBuf::from("/etc/nf/bgp.pw")),
+                bfd: true,
+                drain: 2.5,
+            }
+        );
+        assert_eq!(a.check(), Ok(()));
+        assert_eq!(a.option("--bgp-peer", "10.4.1.1:1179"), Some(Ok(())));
+        assert_eq!(a.peer, Some("10.4.1.1:1179".parse().unwrap()));
+        assert_eq!(a.option("--vip", "x"), None);
+        for (flag, value) in [
+            ("--bgp-peer", "x"),
+            ("--bgp-peer", "10.4.1.1:99999"),
+            ("--bgp-as", "-1"),
+            ("--bgp-as", "4294967296"),
+            ("--bgp-peer-as", "as65000"),
+            ("--drain", "-1"),
+        ] {
+            assert!(
+                matches!(a.option(flag, value), Some(Err(_))),
+                "{flag} {value}"
+            );
+        }
+        for lone in [
+            AnnounceArgs {
+                bfd: true,
+                ..AnnounceArgs::default()
+            },
+            AnnounceArgs {
+                password_file: Some(PathBuf::from("p")),
+                ..AnnounceArgs::default()
+            },
+            AnnounceArgs {
+                drain: 1.0,
+                ..AnnounceArgs::default()
+            },
+        ] {
+            assert!(lone.check().is_err(), "{lone:?}");
+        }
+        assert_eq!(AnnounceArgs::default().check(), Ok(()));
+        assert!(matches!(
+            AnnounceArgs::default().start(Vec::new(), Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST),
+            Ok(None)
+        ));
+    }
+}
