@@ -4,24 +4,27 @@
 //! ```text
 //!  ns c: client 10.0.0.100 ─ default route via 10.0.0.1, .2, .3 (ECMP, L4 hash) ─┐
 //!                                                                                ├─ ns g1: nat-gateway 1 ─┐
-//!                                          inside bridge (ns s: br0) ────────────┼─ ns g2: nat-gateway 2 ─┼─ outside bridge (br1) ─ ns r: router ─ ns v: server 192.0.2.2:7000
-//!                                                                                └─ ns g3: nat-gateway 3 ─┘  203.0.113.N          198.18.0.1/32 via .1, .2, .3 (ECMP, L4 hash)
-//!                                          sync bridge (br2): 10.3.0.N, keyed
+//!                                          inside bridge (ns s: br0) ────────────┼─ ns g2: nat-gateway 2 ─┼─ outside bridge (br1) ─ ns r: router (BIRD) ─ ns v: server 192.0.2.2:7000
+//!                                                                                └─ ns g3: nat-gateway 3 ─┘  203.0.113.N    198.18.0.1/32 via .1, .2, .3 (BGP, ECMP, L4 hash)
+//!                                          management bridge (br2): 10.3.0.N, the router 10.3.0.254: sync (keyed), BGP (MD5) and BFD
 //! ```
 //!
 //! Every node translates to 198.18.0.1 (the hyperplane profile: a port per destination),
 //! taking its ports from its own share of the port space (`--fleet-peer`: the nodes split
-//! it in the order of their outside addresses), and keeps a copy of every other node's
-//! sessions over `nf_examples::sync`. The client's flows reach the nodes by its own ECMP
-//! hash and the server's answers by the router's, so most answers reach another node than
-//! the one that translated the flow: a SYN+ACK that comes before its session's copy (sync
-//! runs every 10 ms, the namespaces answer in microseconds) is handed to the node that
-//! owns its port (`fleet.handed_over`), the rest find the copy. 36 TCP connections answer
-//! from the same public address and port every round; then node 1 is killed, the client's
-//! and the router's routes drop it (as their routing would on its withdrawal), both hashes
-//! move flows between the survivors too, and every connection still answers, its public
-//! port unchanged: the survivors adopt node 1's sessions from their copies. Needs root,
-//! `ip` and python3: without them it skips, except under `CI=true`.
+//! it in the order of their outside addresses), keeps a copy of every other node's sessions
+//! over `nf_examples::sync`, and announces the public address to the router over BGP
+//! (`--bgp-peer`, with BFD) once it holds its peers' sessions. The client's flows reach the
+//! nodes by its own ECMP hash and the server's answers by the router's, so most answers
+//! reach another node than the one that translated the flow: a SYN+ACK that comes before
+//! its session's copy (sync runs every 10 ms, the namespaces answer in microseconds) is
+//! handed to the node that owns its port (`fleet.handed_over`), the rest find the copy. 36
+//! TCP connections answer from the same public address and port every round; then node 1 is
+//! killed, the router drops it (BFD) and the client's route is made to, both hashes move
+//! flows between the survivors too, and every connection still answers, its public port
+//! unchanged: the survivors adopt node 1's sessions from their copies. Node 1 comes back
+//! empty, announces only after both survivors' resyncs, takes its share of the flows again
+//! by the copies, and 36 new connections get ports no other connection holds. Needs root,
+//! `ip`, `bird` and python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
     clippy::unwrap_used,
@@ -30,7 +33,7 @@
 
 mod common;
 
-use common::{AskingClient, Lab, assert_kept, counters, sh, wait_for};
+use common::{AskingClient, Lab, assert_kept, counters, sh, wait_for, wait_route};
 use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
@@ -47,10 +50,15 @@ struct Node {
     pid: u32,
 }
 
+/// The nodes' outside addresses: the public address's next hops.
+const ALL_HOPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
+
 /// Starts node `n` (1 to 3) in namespace `ns`.
 fn start_node(lab: &mut Lab, ns: &str, n: u8) -> Node {
     let key = lab.dir.join("sync.key");
     std::fs::write(&key, SYNC_KEY).unwrap();
+    let password = lab.dir.join("bgp.password");
+    std::fs::write(&password, format!("{}\n", common::BGP_PASSWORD)).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, GATEWAY])
         .args(["--inside", "ig", "--inside-addr", &format!("10.0.0.{n}/24")])
@@ -61,6 +69,8 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8) -> Node {
         .args(["--sync-listen", &format!("10.3.0.{n}:7600")])
         .arg("--sync-key-file")
         .arg(&key)
+        .args(["--bgp-peer", "10.3.0.254", "--bfd", "--bgp-password-file"])
+        .arg(&password)
         .args(["--metrics", "127.0.0.1:9464", "--duration", "60"]);
     for peer in (1..=3u8).filter(|p| *p != n) {
         cmd.args([
@@ -86,8 +96,10 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         eprintln!("SKIP: nat_fleet needs root (set CI=true to make this a failure)");
         return;
     }
-    if !common::require("ip", &["-V"]) {
-        return;
+    for (tool, probe) in [("ip", "-V"), ("bird", "--version")] {
+        if !common::require(tool, &[probe]) {
+            return;
+        }
     }
     let t = format!("nfnf{}", std::process::id());
     let [c, s, r, v] = ["c", "s", "r", "v"].map(|n| format!("{t}{n}"));
@@ -123,6 +135,9 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
          ip -n {s} link set sr master br1; ip -n {s} link set sr up
          ip -n {r} addr add 203.0.113.254/24 dev ro; ip -n {r} link set ro up
          ip netns exec {r} ethtool -K ro tx off >/dev/null
+         ip -n {r} link add rm type veth peer name sm netns {s}
+         ip -n {s} link set sm master br2; ip -n {s} link set sm up
+         ip -n {r} addr add 10.3.0.254/24 dev rm; ip -n {r} link set rm up
          ip -n {r} link add rv type veth peer name eth0 netns {v}
          ip -n {r} addr add 192.0.2.1/24 dev rv; ip -n {r} link set rv up
          ip -n {v} addr add 192.0.2.2/24 dev eth0; ip -n {v} link set eth0 up
@@ -130,9 +145,11 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
          ip -n {v} route add default via 192.0.2.1
          ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1
          ip netns exec {r} sysctl -qw net.ipv4.fib_multipath_hash_policy=1
-         for k in all default ro rv; do ip netns exec {r} sysctl -qw net.ipv4.conf.$k.rp_filter=0; done
-         ip -n {r} route add {PUBLIC}/32 nexthop via 203.0.113.1 nexthop via 203.0.113.2 nexthop via 203.0.113.3"
+         for k in all default ro rv rm; do ip netns exec {r} sysctl -qw net.ipv4.conf.$k.rp_filter=0; done"
     ));
+    // The router learns the public address from every node over BGP (with BFD, on the
+    // management link) and installs one multipath route.
+    lab.bird_router(&r, &["10.3.0.1", "10.3.0.2", "10.3.0.3"], &["ro"], "rm");
     lab.spawn(
         &v,
         &[
@@ -148,7 +165,8 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         .zip(&g)
         .map(|(n, ns)| start_node(&mut lab, ns, n))
         .collect();
-    // Every node's sync links up both ways before the first flow.
+    // Every node's sync links up both ways, and every node announcing, before the first
+    // flow.
     for ns in &g {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while metric(ns, "sync", "peers_connected") != 2 {
@@ -159,6 +177,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    wait_route(&r, PUBLIC, &ALL_HOPS);
 
     let mut client = AskingClient::open(&c, "192.0.2.2:7000", CONNECTIONS, ROUNDS, 6.0);
     let first = client.first.clone();
@@ -192,16 +211,56 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         "no answer reached another node before its copy"
     );
 
-    // Node 1 fails; the routes on both sides drop it.
+    // Node 1 fails: the router drops it (BFD), the client's route is made to.
     sh(&format!("kill -KILL {}", nodes[0].pid));
     sh(&format!(
-        "ip -n {c} route replace default nexthop via 10.0.0.2 nexthop via 10.0.0.3
-         ip -n {r} route replace {PUBLIC}/32 nexthop via 203.0.113.2 nexthop via 203.0.113.3"
+        "ip -n {c} route replace default nexthop via 10.0.0.2 nexthop via 10.0.0.3"
     ));
     for n in &mut nodes[1..] {
         wait_for(&n.lines, "10.3.0.1:7600 down: orphaned", 10, &mut n.seen);
     }
+    wait_route(&r, PUBLIC, &ALL_HOPS[1..]);
     assert_kept("after node 1 failed", &first, &client.round(), ROUNDS);
+
+    // Node 1 comes back empty: it announces only once both survivors' resyncs gave it
+    // every session (its allocator holding their ports, those of its own share the
+    // survivors adopted included), the router and the client spread the flows over all
+    // three again, and node 1 serves its share by the copies.
+    nodes[0] = start_node(&mut lab, &g[0], 1);
+    let back = &mut nodes[0];
+    wait_for(&back.lines, "bgp: announcing", 15, &mut back.seen);
+    let at = |what: &str| back.seen.iter().position(|l| l.contains(what)).unwrap();
+    for peer in ["10.3.0.2:7600", "10.3.0.3:7600"] {
+        assert!(
+            at(&format!("sync: resync from {peer} done")) < at("bgp: announcing"),
+            "{:?}",
+            back.seen
+        );
+    }
+    wait_route(&r, PUBLIC, &ALL_HOPS);
+    sh(&format!(
+        "ip -n {c} route replace default nexthop via 10.0.0.1 nexthop via 10.0.0.2 nexthop via 10.0.0.3"
+    ));
+    assert_kept("after node 1 came back", &first, &client.round(), ROUNDS);
+    // New connections beside the old ones: node 1 gives out ports of its own share again,
+    // never one a survivor's adopted session holds.
+    let mut more = AskingClient::open(&c, "192.0.2.2:7000", CONNECTIONS, ROUNDS, 6.0);
+    ports.extend(more.first.iter().map(|a| {
+        let (ip, port) = a.rsplit_once(':').unwrap();
+        assert_eq!(ip, PUBLIC);
+        port.parse::<u16>().unwrap()
+    }));
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(
+        ports.len(),
+        2 * CONNECTIONS,
+        "a public port given out twice"
+    );
+    let newer = more.first.clone();
+    assert_kept("new connections", &newer, &more.round(), ROUNDS);
+    assert_kept("old connections", &first, &client.round(), ROUNDS);
+    more.close();
     client.close();
 
     let mut adopted = 0;

@@ -51,8 +51,12 @@
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments) and needs
 //! the rfc or hyperplane profile; with rfc, endpoint-independent mapping holds per node, so
-//! the inside route should hash on the source address alone. `examples/tests/nat_fleet.rs`
-//! runs three nodes and fails one under 36 connections.
+//! the inside route should hash on the source address alone. With `--bgp-peer` (and `--bfd`,
+//! `--drain`: [`nf_examples::announce`], as in `l4lb`) each node announces the public
+//! addresses to the outside router itself, with its outside address as the next hop, and
+//! in a fleet only once it holds its peers' sessions (and their ports): a node that comes
+//! back takes traffic only after its resyncs. `examples/tests/nat_fleet.rs` runs three
+//! nodes behind BIRD, fails one under 36 connections and brings it back.
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
@@ -74,6 +78,7 @@ mod linux {
     use nf_core::{
         Batch, DropReason, Family, Instant, ParseStage, PortId, Stage, StageControl, Verdict,
     };
+    use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame};
     use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
     use nf_examples::say;
@@ -98,6 +103,8 @@ usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-add
                    [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
                    [--sync-listen ADDR:PORT --fleet-peer IPV4,ADDR:PORT...
                     [--sync-key-file FILE]]
+                   [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N]
+                    [--bgp-password-file FILE] [--bfd] [--drain SECS]]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
@@ -170,12 +177,18 @@ on SIGUSR1, or after --duration.
         /// `--sync-listen` and the `--fleet-peer`s (outside address, sync address).
         fleet: Option<(SocketAddr, Vec<(Ipv4Addr, SocketAddr)>)>,
         sync_key_file: Option<PathBuf>,
+        /// `--bgp-peer` and the flags beside it.
+        announce: AnnounceArgs,
     }
 
     pub(crate) fn main() -> ExitCode {
+        let usage = format!(
+            "{USAGE}\n\nThe public addresses announced to a router (/32, next hop: --outside-addr):\n{}",
+            nf_examples::announce::USAGE
+        );
         nf_examples::cli::main_with(
             "nat-gateway",
-            USAGE,
+            &usage,
             |argv| parse_args(argv.into_iter()),
             |args| run(&args),
         )
@@ -188,6 +201,7 @@ on SIGUSR1, or after --duration.
         let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut sync_listen, mut peers, mut sync_key_file) = (None, Vec::new(), None);
+        let mut announce = AnnounceArgs::default();
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
             (Filtering::AddressAndPortDependent, Vec::new(), 65_536, true);
@@ -199,7 +213,14 @@ on SIGUSR1, or after --duration.
                 window = false;
                 continue;
             }
+            if announce.switch(&flag) {
+                continue;
+            }
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            if let Some(taken) = announce.option(&flag, &value) {
+                taken?;
+                continue;
+            }
             let bad = |what: &str| format!("{flag} {value}: not {what}");
             match flag.as_str() {
                 "--inside" => inside = Some(value),
@@ -278,6 +299,7 @@ on SIGUSR1, or after --duration.
         } else if sync_key_file.is_some() {
             return Err("--sync-key-file needs --sync-listen and --fleet-peer".into());
         }
+        announce.check()?;
         Ok(Some(Args {
             inside: inside.ok_or_else(|| need("--inside"))?,
             inside_addr: inside_addr.ok_or_else(|| need("--inside-addr"))?,
@@ -296,6 +318,7 @@ on SIGUSR1, or after --duration.
             cpu,
             fleet,
             sync_key_file,
+            announce,
         }))
     }
 
@@ -390,6 +413,8 @@ on SIGUSR1, or after --duration.
         inside: Ipv4Net,
         public: Vec<Ipv4Addr>,
         fleet: Option<Fleet>,
+        /// The public addresses' announcement to the router (`--bgp-peer`).
+        announce: Option<Announcer>,
     }
 
     impl Pipeline {
@@ -403,6 +428,7 @@ on SIGUSR1, or after --duration.
                     inside: args.inside_addr,
                     public: args.public.clone(),
                     fleet: None,
+                    announce: None,
                 });
             };
             let public: Vec<IpAddr> = args.public.iter().map(|a| IpAddr::V4(*a)).collect();
@@ -494,6 +520,7 @@ on SIGUSR1, or after --duration.
                 inside: args.inside_addr,
                 public: args.public.clone(),
                 fleet,
+                announce: None,
             })
         }
     }
@@ -550,6 +577,13 @@ on SIGUSR1, or after --duration.
                 f("fleet", "owner_down", fl.owner_down);
                 fl.link.visit_counters(f);
             }
+            if let Some(a) = &self.announce {
+                a.visit_counters(f);
+            }
+        }
+
+        fn drain(&mut self, _now: Instant) -> Option<std::time::Duration> {
+            self.announce.as_mut().map(Announcer::drain)
         }
 
         /// Runs due timers (session expiry, port quarantine) with bounded work.
@@ -561,6 +595,10 @@ on SIGUSR1, or after --duration.
                 if let Some(f) = &mut self.fleet {
                     f.link.poll(now, n);
                 }
+            }
+            if let Some(a) = &self.announce {
+                // Traffic only once a fleet node holds its peers' sessions (their ports).
+                a.set_ready(self.fleet.as_mut().is_none_or(|f| f.link.ready(now)));
             }
         }
     }
@@ -604,6 +642,9 @@ on SIGUSR1, or after --duration.
                 .map_err(|e| e.to_string())?;
         }
         let mut pipeline = Pipeline::new(args)?;
+        let publics = args.public.iter().map(|a| (*a, 32)).collect();
+        let here = args.outside_addr.addr;
+        pipeline.announce = args.announce.start(publics, here, here)?;
         say!(
             "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}",
             args.inside,
@@ -686,6 +727,20 @@ on SIGUSR1, or after --duration.
                 ]
             );
             assert_eq!(f.sync_key_file, Some(PathBuf::from("k")));
+            let announced = parse_args(
+                argv(&format!(
+                    "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --bgp-peer 10.3.0.254 --bfd --drain 1"
+                ))
+                .into_iter(),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                announced.announce.peer,
+                Some("10.3.0.254:179".parse().unwrap())
+            );
+            assert!(announced.announce.bfd && !f.announce.bfd);
+            assert_eq!(announced.announce.drain, 1.0);
             // The split follows the outside addresses: this node (.1) is the first.
             let (split, node, peer_nodes) = Fleet::place(f.outside_addr.addr, &peers);
             assert_eq!((split.nodes, node, peer_nodes), (3, 0, vec![1, 2]));
@@ -710,6 +765,8 @@ on SIGUSR1, or after --duration.
                 "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
                  --sync-key-file k"
                     .into(),
+                format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --bfd"),
+                format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --bgp-peer x"),
             ] {
                 assert!(parse_args(argv(&bad).into_iter()).is_err(), "{bad}");
             }
