@@ -47,7 +47,7 @@ pub mod xdp;
 
 /// TCP MD5 signatures (RFC 2385) for BGP sessions ([`crate::bgp`]), and the minimum TTL
 /// of BFD's single hop ([`crate::bfd`]).
-pub use sys::{TCP_MD5_MAX_KEY, connect_tcp_md5, set_ip_min_ttl, set_tcp_md5};
+pub use sys::{TCP_MD5_MAX_KEY, connect_from, connect_tcp_md5, set_ip_min_ttl, set_tcp_md5};
 
 use nf_core::{Batch, Packet};
 use std::io;

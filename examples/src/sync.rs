@@ -17,7 +17,9 @@
 //! heartbeat when there is nothing to say), one accepts the peers' connections and one per
 //! connection reads its frames.
 //!
-//! A connection opens with a *hello* naming the sender's listening address; the receiver
+//! A node connects to its peers from the address it listens on (so that they know it by
+//! its address before it says anything). A connection opens with a *hello* naming the
+//! sender's listening address; the receiver
 //! numbers its peers by their place in [`SyncConfig::peers`] (from 1), and every copy it
 //! makes remembers that number as its origin ([`Conntrack::apply_from`],
 //! `SessionInfo::origin`), so that one peer's resync and failure touch its copies alone.
@@ -47,7 +49,9 @@
 //!   the connection), applies at most [`FRAMES_PER_POLL`] frames and writes at most
 //!   [`CHUNKS_PER_POLL`] chunks per poll and peer; at most [`MAX_PEERS`] peers. Accepted
 //!   connections handshake on threads of their own, at most twice as many at once as there
-//!   are peers (at least 4; more are closed at once, counted `handshakes_refused`), each
+//!   are peers (at least 4), at most one at once from an address that is no peer's and
+//!   such addresses together at most half, two from a peer's (more are closed at once,
+//!   counted `handshakes_refused`), each
 //!   handshake frame at most 256 bytes and each wait for one at most
 //!   [`SyncConfig::dead_after`]: a stranger that connects and says nothing neither holds
 //!   the accepting thread nor makes the node allocate.
@@ -96,10 +100,10 @@ use nf_core::conntrack::{Conntrack, SessionService};
 use nf_core::{Duration, Family, Instant};
 use siphasher::sip128::{Hasher128 as _, SipHasher24};
 use std::io::{self, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
 
 /// The longest frame either side sends or accepts (length prefix excluded).
 pub const MAX_FRAME: usize = 4 << 20;
@@ -865,7 +869,7 @@ fn send_loop(
 ) {
     let heartbeat = frame(HEARTBEAT, &[]);
     loop {
-        let mut s = match TcpStream::connect_timeout(&peer, dead) {
+        let mut s = match connect(name, peer, dead) {
             Ok(s) => s,
             Err(_) => {
                 io.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -931,10 +935,26 @@ fn send_loop(
     }
 }
 
+/// A connection to `peer` from the address this node listens on (`listen`, the address its
+/// peers know it by: [`Admission`] tells peers from strangers by it), whatever source
+/// address the route would pick; from the route's choice when listening on every address
+/// (or not on Linux).
+fn connect(listen: &str, peer: SocketAddr, dead: std::time::Duration) -> io::Result<TcpStream> {
+    #[cfg(target_os = "linux")]
+    if let Ok(from) = listen.parse::<SocketAddr>().map(|l| l.ip())
+        && !from.is_unspecified()
+    {
+        return crate::io::connect_from(from, peer, dead);
+    }
+    let _ = listen;
+    TcpStream::connect_timeout(&peer, dead)
+}
+
 /// Accepts the peers' connections, each handled by a thread of its own (the handshake,
-/// then [`receive_loop`]); at most [`handshakes_at_most`] handshakes at once, so that
-/// nobody holds the accepting thread or starts threads without bound (more are closed at
-/// once, counted `handshakes_refused`; a peer's sender tries again).
+/// then [`receive_loop`]); at most as many handshakes at once as [`Admission`] lets in, so
+/// that nobody holds the accepting thread or starts threads without bound, and strangers
+/// cannot take the peers' turns (more are closed at once, counted `handshakes_refused`; a
+/// peer's sender tries again).
 fn accept_loop(
     listener: &TcpListener,
     known: &Arc<[(SocketAddr, Arc<PeerFlags>)]>,
@@ -943,39 +963,108 @@ fn accept_loop(
     io: &Arc<IoCounters>,
     dead: std::time::Duration,
 ) {
-    let pending = Arc::new(AtomicUsize::new(0));
-    let most = handshakes_at_most(known.len());
+    let admission = Arc::new(Mutex::new(Admission::new(
+        known.iter().map(|(a, _)| a.ip()).collect(),
+    )));
     for conn in listener.incoming() {
         let Ok(s) = conn else {
             continue;
         };
         io.accepts.fetch_add(1, Ordering::Relaxed);
-        if pending.fetch_add(1, Ordering::AcqRel) >= most {
-            pending.fetch_sub(1, Ordering::AcqRel);
+        let Ok(from) = s.peer_addr().map(|a| a.ip()) else {
+            continue;
+        };
+        if !lock(&admission).admit(from) {
             io.handshakes_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let (known, tx, counters, p) =
-            (known.clone(), incoming.clone(), io.clone(), pending.clone());
+        let (known, tx, counters, a) = (
+            known.clone(),
+            incoming.clone(),
+            io.clone(),
+            admission.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("sync-in".into())
             .spawn(move || {
                 let peer = accept_peer(s, &known, keys, &counters, dead);
-                p.fetch_sub(1, Ordering::AcqRel);
+                lock(&a).done(from);
                 if let Some((r, mac, origin, generation, flags)) = peer {
                     receive_loop(r, mac, origin, generation, &flags, &tx, &counters);
                 }
             });
         if spawned.is_err() {
-            pending.fetch_sub(1, Ordering::AcqRel);
+            lock(&admission).done(from);
             io.link_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Handshakes a link accepts at once, for `peers` peers.
-fn handshakes_at_most(peers: usize) -> usize {
-    peers.saturating_mul(2).max(4)
+/// The admission's lock (a thread that panicked holding it left nothing half-done: every
+/// change is one step).
+fn lock(a: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
+    a.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Which accepted connections may handshake now: at most twice as many at once as there
+/// are peers (at least 4); a source address that is no peer's at most one at once, and
+/// such addresses together at most half; a peer's address at most two (its old
+/// connection's and a new one's). A stranger that connects and says nothing, from as many
+/// addresses as it has, never keeps the peers from their half.
+#[derive(Debug)]
+struct Admission {
+    peers: Vec<IpAddr>,
+    most: usize,
+    /// Handshakes under way per source address (at most `most` entries).
+    pending: Vec<(IpAddr, usize)>,
+    strangers: usize,
+}
+
+impl Admission {
+    fn new(peers: Vec<IpAddr>) -> Self {
+        let most = peers.len().saturating_mul(2).max(4);
+        Self {
+            peers,
+            most,
+            pending: Vec::new(),
+            strangers: 0,
+        }
+    }
+
+    /// Takes a turn for a connection from `from`, if there is one.
+    fn admit(&mut self, from: IpAddr) -> bool {
+        let total: usize = self.pending.iter().map(|(_, n)| n).sum();
+        let peer = self.peers.contains(&from);
+        let (cap, at) = if peer { (2, 0) } else { (1, self.strangers) };
+        let here = self.pending.iter().position(|(a, _)| *a == from);
+        let n = here
+            .and_then(|i| self.pending.get(i))
+            .map_or(0, |(_, n)| *n);
+        if total >= self.most || n >= cap || (!peer && at >= self.most / 2) {
+            return false;
+        }
+        match here.and_then(|i| self.pending.get_mut(i)) {
+            Some((_, n)) => *n += 1,
+            None => self.pending.push((from, 1)),
+        }
+        self.strangers += usize::from(!peer);
+        true
+    }
+
+    /// Gives back the turn of a connection from `from`.
+    fn done(&mut self, from: IpAddr) {
+        if let Some(i) = self.pending.iter().position(|(a, _)| *a == from) {
+            if let Some((_, n)) = self.pending.get_mut(i) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.pending.swap_remove(i);
+                }
+            }
+            if !self.peers.contains(&from) {
+                self.strangers = self.strangers.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// An accepted connection's reader, tags, origin, generation and peer.
@@ -1104,6 +1193,34 @@ fn receive_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strangers_get_one_turn_each_and_half_the_turns_at_most() {
+        let ip = |i: u8| IpAddr::from([127, 0, 0, i]);
+        let mut a = Admission::new(vec![ip(1), ip(2)]);
+        // Four turns in all (two peers); a stranger one at once, strangers two.
+        assert!(a.admit(ip(9)));
+        assert!(!a.admit(ip(9)), "one per stranger");
+        assert!(a.admit(ip(8)));
+        assert!(!a.admit(ip(7)), "strangers hold half already");
+        // The peers' half is theirs: two each at most, four in all.
+        assert!(a.admit(ip(1)) && a.admit(ip(1)));
+        assert!(!a.admit(ip(1)), "two per peer");
+        assert!(!a.admit(ip(2)), "all four taken");
+        a.done(ip(9));
+        assert!(a.admit(ip(2)), "a turn given back");
+        assert!(!a.admit(ip(7)), "all four taken again");
+        a.done(ip(1));
+        a.done(ip(8));
+        assert!(a.admit(ip(7)) && a.admit(ip(1)));
+        // Turns given back return everything.
+        for i in [1, 1, 2, 7] {
+            a.done(ip(i));
+        }
+        assert!(a.pending.is_empty() && a.strangers == 0, "{a:?}");
+        a.done(ip(5));
+        assert!(a.pending.is_empty() && a.strangers == 0);
+    }
 
     #[test]
     fn frames_round_trip_and_bad_lengths_are_refused() {

@@ -3,7 +3,8 @@
 //! its peer is ready only once the peer's resync has arrived, and when a node goes away its
 //! copies on the peer become orphans, each the peer's own at its first packet. With a fleet
 //! key, nodes with the same key sync, and a node with another key, one without, and a hello
-//! replayed from another connection are turned away.
+//! replayed from another connection are turned away; strangers that connect and say
+//! nothing hold a peer's turns only from its own address.
 #![expect(
     clippy::unwrap_used,
     reason = "test code: a failed step should fail the test"
@@ -236,34 +237,77 @@ fn a_keyed_fleet_syncs_and_turns_away_other_keys_no_key_and_replays() {
     }
 }
 
+/// Gives A one session and polls both until B holds its copy (and is ready).
+fn until_b_has_as_session(now: &mut Instant, a: &mut Node, b: &mut Node) {
+    let f = flow(0);
+    a.ct.v4_mut()
+        .insert(*now, &f, &f.reversed(), SessionState::UdpUnreplied, ())
+        .unwrap();
+    run(now, &mut [a, b], |now, n| {
+        n[1].link.ready(now) && n[1].ct.v4().len() == 1
+    });
+}
+
 #[test]
 fn strangers_that_connect_and_say_nothing_keep_no_peer_out() {
     const KEY: [u8; 16] = *b"the fleet's key!";
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let mut now = Instant::from_nanos(1_000_000_000);
     let mut b = keyed(b_addr, a_addr, Some(KEY));
-    // Six silent connections to B: four take every handshake slot B has for its one peer,
-    // two are closed at once; each of the four is dropped after B's 300 ms wait (A's
-    // connections meanwhile closed at once: a busy peer, not a refusal).
+    // Six silent connections to B from the peer's own address (B cannot tell them from
+    // A): two take the two turns that address gets, four are closed at once; each of the
+    // two is dropped after B's 300 ms wait (A's connections meanwhile closed at once: a
+    // busy peer, not a refusal).
     let strangers: Vec<TcpStream> = (0..6)
         .map(|_| TcpStream::connect(b_addr).unwrap())
         .collect();
     run(&mut now, &mut [&mut b], |_, n| {
-        counter(&n[0].link, "handshakes_refused") >= 2
+        counter(&n[0].link, "handshakes_refused") >= 4
     });
     // A's sessions reach B over A's connection to B, which gets a slot once they are gone.
     let mut a = keyed(a_addr, b_addr, Some(KEY));
-    let f = flow(0);
-    a.ct.v4_mut()
-        .insert(now, &f, &f.reversed(), SessionState::UdpUnreplied, ())
-        .unwrap();
-    run(&mut now, &mut [&mut a, &mut b], |now, n| {
-        n[1].link.ready(now) && n[1].ct.v4().len() == 1
-    });
-    assert!(counter(&b.link, "unknown_peers") >= 4);
+    until_b_has_as_session(&mut now, &mut a, &mut b);
+    assert!(counter(&b.link, "unknown_peers") >= 2);
     for n in [&a, &b] {
         assert_eq!(counter(&n.link, "auth_failures"), 0);
     }
+    drop(strangers);
+}
+
+/// Strangers from addresses that are no peer's get one handshake turn each, and half the
+/// turns at most: silent connections from six addresses hold two of B's four turns for as
+/// long as B waits for them (5 s here), and A, from its own address, gets a turn at once.
+#[cfg(target_os = "linux")]
+#[test]
+fn strangers_from_many_addresses_keep_no_peer_waiting() {
+    const KEY: [u8; 16] = *b"the fleet's key!";
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut now = Instant::from_nanos(1_000_000_000);
+    let mut cfg = SyncConfig::new(b_addr, vec![a_addr]);
+    cfg.key = Some(KEY);
+    cfg.dead_after = Duration::from_secs(5);
+    let mut b = Node {
+        link: SyncLink::start(cfg).unwrap(),
+        ct: tracker(),
+    };
+    let strangers: Vec<TcpStream> = (2..8u8)
+        .map(|i| {
+            let from = std::net::IpAddr::from([127, 0, 0, i]);
+            nf_examples::io::connect_from(from, b_addr, std::time::Duration::from_secs(1)).unwrap()
+        })
+        .collect();
+    run(&mut now, &mut [&mut b], |_, n| {
+        counter(&n[0].link, "handshakes_refused") >= 4
+    });
+    let mut a = keyed(a_addr, b_addr, Some(KEY));
+    let waited = std::time::Instant::now();
+    until_b_has_as_session(&mut now, &mut a, &mut b);
+    assert!(
+        waited.elapsed() < std::time::Duration::from_secs(2),
+        "A waited {:?} for the strangers' turns",
+        waited.elapsed()
+    );
+    assert_eq!(counter(&b.link, "handshakes_refused"), 4);
     drop(strangers);
 }
 

@@ -686,17 +686,62 @@ pub fn connect_tcp_md5(
     key: &[u8],
     timeout: std::time::Duration,
 ) -> io::Result<std::net::TcpStream> {
+    connect(peer, None, Some(key), timeout)
+}
+
+/// A TCP connection to `peer` from the local address `from` (the port the kernel's
+/// choice), within `timeout`: the peer sees it come from `from` whatever source address
+/// the route to it would pick (a fleet node's sync link, known to its peers by address).
+///
+/// # Errors
+/// `from` of another family than `peer`, an address that is not this host's, or the
+/// connection fails or times out (`TimedOut`).
+pub fn connect_from(
+    from: std::net::IpAddr,
+    peer: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    connect(peer, Some(from), None, timeout)
+}
+
+/// A TCP connection to `peer`, bound to `from` first if given and signed under `md5` if
+/// given, within `timeout`.
+fn connect(
+    peer: std::net::SocketAddr,
+    from: Option<std::net::IpAddr>,
+    md5: Option<&[u8]>,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
     let domain = if peer.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
+    if from.is_some_and(|f| f.is_ipv4() != peer.is_ipv4()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "local and peer addresses of different families",
+        ));
+    }
     // SAFETY: plain system call with constant arguments; a non-negative result is a fresh
     // descriptor that nothing else owns.
     let fd = check(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` was just returned by `socket` and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_tcp_md5(fd.as_fd(), peer.ip(), key)?;
+    if let Some(key) = md5 {
+        set_tcp_md5(fd.as_fd(), peer.ip(), key)?;
+    }
+    if let Some(from) = from {
+        let (storage, len) = sockaddr(std::net::SocketAddr::new(from, 0));
+        // SAFETY: `storage` holds a valid socket address of `len` bytes for the call.
+        check(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                core::ptr::from_ref(&storage).cast(),
+                len as libc::socklen_t,
+            )
+        })?;
+    }
     // `connect` on Linux gives up after the send timeout.
     let tv = libc::timeval {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
