@@ -18,7 +18,8 @@
 //! reach another node than the one that translated the flow: a SYN+ACK that comes before
 //! its session's copy (sync runs every 10 ms, the namespaces answer in microseconds) is
 //! handed to the node that owns its port (`fleet.handed_over`), the rest find the copy. 36
-//! TCP connections answer from the same public address and port every round; then node 1 is
+//! TCP connections answer from the same public address and port every round, and 36 UDP
+//! flows get their echoes (their first answers handed over alike); then node 1 is
 //! killed, the router drops it (BFD) and the client's route is made to, both hashes move
 //! flows between the survivors too, and every connection still answers, its public port
 //! unchanged: the survivors adopt node 1's sessions from their copies. Node 1 comes back
@@ -43,6 +44,22 @@ const CONNECTIONS: usize = 36;
 const ROUNDS: usize = 6;
 const PUBLIC: &str = "198.18.0.1";
 const SYNC_KEY: &str = "6e662d6e61742d666c6565742d6b6579\n";
+
+/// Sends one datagram from each of N sockets (N flows) to HOST:PORT and prints `udp` and
+/// how many echoes came back (3 s at most each).
+const UDP_CLIENT: &str = "import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+for i, s in enumerate(socks):
+    s.settimeout(3)
+    s.sendto(b'datagram %d' % i, (host, port))
+got = 0
+for i, s in enumerate(socks):
+    try:
+        got += s.recv(100) == b'datagram %d' % i
+    except OSError:
+        pass
+print('udp', got, flush=True)";
 
 struct Node {
     lines: Receiver<String>,
@@ -161,6 +178,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
             "-",
         ],
     );
+    lab.udp_echo(&v, "192.0.2.2");
     let mut nodes: Vec<Node> = (1..=3u8)
         .zip(&g)
         .map(|(n, ns)| start_node(&mut lab, ns, n))
@@ -209,6 +227,32 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     assert!(
         handed >= 1,
         "no answer reached another node before its copy"
+    );
+    // UDP: the first answer of a flow that reaches a node without the session is no
+    // mapping of its own (nat_no_mapping) and goes to its port's node the same way.
+    let udp = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c,
+            common::system_python(),
+            "-c",
+            UDP_CLIENT,
+        ])
+        .args(["192.0.2.2", "7007", &CONNECTIONS.to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&udp.stdout);
+    assert_eq!(said.trim(), format!("udp {CONNECTIONS}"), "{udp:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let handed_udp = g
+        .iter()
+        .map(|ns| metric(ns, "fleet", "handed_over"))
+        .sum::<u64>()
+        - handed;
+    assert!(
+        handed_udp >= 1,
+        "no UDP answer reached another node before its copy"
     );
 
     // Node 1 fails: the router drops it (BFD), the client's route is made to.
@@ -284,6 +328,6 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     }
     assert!(adopted >= 1, "no survivor adopted node 1's sessions");
     eprintln!(
-        "NAT fleet: {handed} answers handed to their port's node before the copy came, {adopted} of node 1's sessions adopted by the survivors"
+        "NAT fleet: {handed} TCP and {handed_udp} UDP answers handed to their port's node before the copy came, {adopted} of node 1's sessions adopted by the survivors"
     );
 }
