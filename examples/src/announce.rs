@@ -4,7 +4,8 @@
 //! speaker ([`crate::bgp`]) with its BFD session ([`crate::bfd`]), [`Announcer`].
 //!
 //! The loop says between batches whether the node may take traffic
-//! ([`Announcer::set_ready`]: a fleet node once it holds its peers' sessions); at the first
+//! ([`Announcer::set_ready`]: a fleet node once it holds its peers' sessions), which also
+//! ends the BGP session when BFD finds the router gone; at the first
 //! SIGINT/SIGTERM [`Announcer::drain`] withdraws the prefixes for good and says how long to
 //! go on forwarding while the router moves the traffic away.
 
@@ -161,6 +162,7 @@ impl AnnounceArgs {
         Ok(Some(Announcer {
             bgp,
             bfd,
+            bfd_up: false,
             drain: Duration::from_secs_f64(self.drain),
             draining: false,
         }))
@@ -171,15 +173,26 @@ impl AnnounceArgs {
 pub struct Announcer {
     bgp: BgpSpeaker,
     bfd: Option<BfdSpeaker>,
+    /// BFD was up at the last [`Self::set_ready`].
+    bfd_up: bool,
     drain: Duration,
     draining: bool,
 }
 
 impl Announcer {
     /// Announces the prefixes while `ready` (and no drain began), withdraws them otherwise:
-    /// call it between batches.
-    pub fn set_ready(&self, ready: bool) {
+    /// call it between batches. When BFD finds the router gone (up, then down), the BGP
+    /// session ends at once ([`BgpSpeaker::reset`], RFC 5882 §4.3) instead of after the
+    /// hold time, and a new one is tried a second later.
+    pub fn set_ready(&mut self, ready: bool) {
         self.bgp.set_announce(ready && !self.draining);
+        if let Some(b) = &self.bfd {
+            let up = b.up();
+            if self.bfd_up && !up {
+                self.bgp.reset();
+            }
+            self.bfd_up = up;
+        }
     }
 
     /// Withdraws the prefixes for good (the node is going away): how long to go on

@@ -16,6 +16,11 @@
 //! §4.1), every length checked, errors typed ([`BgpError`]); a peer that sends something
 //! wrong gets a NOTIFICATION with the RFC's error code and the session ends.
 //!
+//! [`BgpSpeaker::reset`] ends an established session at once with a NOTIFICATION Cease,
+//! *BFD Down* (RFC 9384): what a BFD client does when its BFD session with the router goes
+//! down (RFC 5882 §4.3) rather than wait out the hold time. A new session opens a second
+//! later.
+//!
 //! With [`BgpConfig::password`] every TCP segment of the session carries an RFC 2385 MD5
 //! signature, as routers expect of their BGP neighbours (BIRD's `password`, the
 //! `neighbor ... password` of others): nobody without the password can open or reset the
@@ -333,6 +338,7 @@ struct Counters {
     notifications_received: AtomicU64,
     errors: AtomicU64,
     hold_expired: AtomicU64,
+    bfd_down: AtomicU64,
 }
 
 /// A BGP session to the router in its own thread; see the [module](self).
@@ -340,6 +346,7 @@ struct Counters {
 pub struct BgpSpeaker {
     announce: Arc<AtomicBool>,
     up: Arc<AtomicBool>,
+    reset: Arc<AtomicBool>,
     counters: Arc<Counters>,
 }
 
@@ -361,13 +368,21 @@ impl BgpSpeaker {
         }
         let announce = Arc::new(AtomicBool::new(false));
         let up = Arc::new(AtomicBool::new(false));
+        let reset = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let (a, u, c) = (announce.clone(), up.clone(), counters.clone());
+        let (a, u, r, c) = (
+            announce.clone(),
+            up.clone(),
+            reset.clone(),
+            counters.clone(),
+        );
         std::thread::Builder::new()
             .name("bgp".into())
             .spawn(move || {
                 loop {
-                    session(&cfg, &a, &u, &c);
+                    // A reset asked for before this session is no reason to end it.
+                    r.store(false, Ordering::Release);
+                    session(&cfg, &a, &u, &r, &c);
                     u.store(false, Ordering::Release);
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -375,8 +390,16 @@ impl BgpSpeaker {
         Ok(Self {
             announce,
             up,
+            reset,
             counters,
         })
+    }
+
+    /// Ends the established session at once (within 100 ms) with a NOTIFICATION Cease,
+    /// subcode 10 *BFD Down* (RFC 9384), counted `bfd_down`: call it when BFD finds the
+    /// router gone (RFC 5882 §4.3). Nothing happens before the session is established.
+    pub fn reset(&self) {
+        self.reset.store(true, Ordering::Release);
     }
 
     /// Whether the prefixes should be announced (the session follows within 100 ms).
@@ -404,6 +427,7 @@ impl BgpSpeaker {
                 ("notifications_received", &c.notifications_received),
                 ("errors", &c.errors),
                 ("hold_expired", &c.hold_expired),
+                ("bfd_down", &c.bfd_down),
             ],
             f,
         );
@@ -454,7 +478,13 @@ fn connect(cfg: &BgpConfig) -> io::Result<TcpStream> {
 }
 
 /// One session from connect to its end.
-fn session(cfg: &BgpConfig, announce: &AtomicBool, up: &AtomicBool, c: &Counters) {
+fn session(
+    cfg: &BgpConfig,
+    announce: &AtomicBool,
+    up: &AtomicBool,
+    reset: &AtomicBool,
+    c: &Counters,
+) {
     let Ok(mut s) = connect(cfg) else {
         c.connect_failures.fetch_add(1, Ordering::Relaxed);
         return;
@@ -548,6 +578,12 @@ fn session(cfg: &BgpConfig, announce: &AtomicBool, up: &AtomicBool, c: &Counters
                 }
             }
         }
+        if reset.swap(false, Ordering::AcqRel) {
+            c.bfd_down.fetch_add(1, Ordering::Relaxed);
+            let _ = s.write_all(&encode_notification(6, 10));
+            crate::say!("bgp: BFD found the router down: ending the session");
+            return;
+        }
         if hold > 0 && heard.elapsed() > hold_time {
             c.hold_expired.fetch_add(1, Ordering::Relaxed);
             let _ = s.write_all(&encode_notification(4, 0));
@@ -593,6 +629,78 @@ fn end(s: &mut TcpStream, e: SessionEnd, c: &Counters) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Reads whole messages from the speaker's connection until one that is not a
+    /// KEEPALIVE (2 s at most).
+    fn next_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
+        let start = Instant::now();
+        loop {
+            while let Some((m, n)) = decode(buf).unwrap() {
+                buf.drain(..n);
+                if m != Message::Keepalive {
+                    return m;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "no message");
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk) {
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_reset_ends_the_established_session_with_cease_bfd_down_and_a_new_one_opens() {
+        let router = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let speaker = BgpSpeaker::start(BgpConfig {
+            peer: router.local_addr().unwrap(),
+            local_as: 65_001,
+            peer_as: 65_000,
+            router_id: Ipv4Addr::new(10, 0, 0, 1),
+            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
+            hold: 9,
+            password: None,
+        })
+        .unwrap();
+        // Before any session, a reset is forgotten.
+        speaker.reset();
+        for round in 0..2 {
+            let (mut s, _) = router.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut buf = Vec::new();
+            assert!(matches!(
+                next_message(&mut s, &mut buf),
+                Message::Open { asn: 65_001, .. }
+            ));
+            s.write_all(&encode_open(65_000, 9, Ipv4Addr::new(10, 0, 0, 254)))
+                .unwrap();
+            s.write_all(&encode_keepalive()).unwrap();
+            let start = Instant::now();
+            while !speaker.established() {
+                assert!(start.elapsed() < Duration::from_secs(2), "round {round}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            speaker.reset();
+            assert_eq!(
+                next_message(&mut s, &mut buf),
+                Message::Notification {
+                    code: 6,
+                    subcode: 10
+                },
+                "round {round}"
+            );
+        }
+        let mut n = 0;
+        speaker.visit_counters(&mut |_, name, v| {
+            if name == "bfd_down" {
+                n = v;
+            }
+        });
+        assert_eq!(n, 2);
+    }
 
     #[test]
     fn our_messages_parse_back() {

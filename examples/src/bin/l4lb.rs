@@ -495,7 +495,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if let Some(s) = &mut self.sync {
                 s.poll(now, &mut self.lb);
             }
-            if let Some(a) = &self.announce {
+            if let Some(a) = &mut self.announce {
                 // Traffic only once this node holds its peers' sessions.
                 a.set_ready(self.sync.as_mut().is_none_or(|s| s.ready(now)));
             }

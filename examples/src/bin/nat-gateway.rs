@@ -596,7 +596,7 @@ on SIGUSR1, or after --duration.
                     f.link.poll(now, n);
                 }
             }
-            if let Some(a) = &self.announce {
+            if let Some(a) = &mut self.announce {
                 // Traffic only once a fleet node holds its peers' sessions (their ports).
                 a.set_ready(self.fleet.as_mut().is_none_or(|f| f.link.ready(now)));
             }
