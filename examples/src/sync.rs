@@ -1194,6 +1194,45 @@ fn receive_loop(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any order of connections and of turns given back (also for addresses that hold
+        /// none): never more turns than allowed in all, per address, or for strangers, and
+        /// the counts match what is held.
+        #[test]
+        fn turns_stay_within_their_bounds(
+            peers in 0usize..4,
+            ops in proptest::collection::vec((proptest::bool::ANY, 1u8..8), 0..200),
+        ) {
+            let ip = |i: u8| IpAddr::from([127, 0, 0, i]);
+            let mut a = Admission::new((1..=peers as u8).map(ip).collect());
+            let mut held: Vec<u8> = Vec::new();
+            for (admit, i) in ops {
+                if admit {
+                    if a.admit(ip(i)) {
+                        held.push(i);
+                    }
+                } else {
+                    a.done(ip(i));
+                    if let Some(k) = held.iter().position(|h| *h == i) {
+                        held.swap_remove(k);
+                    }
+                }
+                let peer = |i: u8| usize::from(i) <= peers;
+                let strangers = held.iter().filter(|i| !peer(**i)).count();
+                proptest::prop_assert!(held.len() <= a.most);
+                proptest::prop_assert!(strangers <= a.most / 2);
+                proptest::prop_assert_eq!(strangers, a.strangers);
+                for i in 1u8..8 {
+                    let n = held.iter().filter(|h| **h == i).count();
+                    let cap = if peer(i) { 2 } else { 1 };
+                    proptest::prop_assert!(n <= cap);
+                    let counted = a.pending.iter().find(|(x, _)| *x == ip(i)).map_or(0, |(_, n)| *n);
+                    proptest::prop_assert_eq!(n, counted);
+                }
+            }
+        }
+    }
+
     #[test]
     fn strangers_get_one_turn_each_and_half_the_turns_at_most() {
         let ip = |i: u8| IpAddr::from([127, 0, 0, i]);
