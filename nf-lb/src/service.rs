@@ -255,8 +255,10 @@ impl Bucket {
 ///   answers then find no session either: a packet from a DNAT backend's address and port
 ///   (its service tuple) without a session never gets one; its source is rewritten to the
 ///   VIP and the listener's port (a whole-VIP listener keeps the port), counted
-///   `stateless_replies`. A backend in several DNAT listeners answers statelessly for one
-///   of them only.
+///   `stateless_replies`. A backend in several DNAT listeners answers statelessly for the
+///   first of them whose table sends the flow (as it would have come through it) to this
+///   backend: the flow's own listener, unless another's table also chooses this backend
+///   for it (with N backends, about one time in N).
 /// - Flows that match no listener pass untouched (their session is still created).
 /// - Later fragments (related to their first fragment's session) are forwarded like the
 ///   session's other packets, addresses only.
@@ -480,9 +482,9 @@ impl Lb {
                 }
             }
         }
-        // A backend in several DNAT listeners answers for the first (by identity order).
+        // A backend in several DNAT listeners: every (tuple, slot), the slots of a tuple in
+        // order (`reply_slot` picks among them).
         self.replies.sort_unstable();
-        self.replies.dedup_by_key(|r| r.0);
         self.renewing = listeners
             .listeners()
             .iter()
@@ -528,14 +530,69 @@ impl Lb {
     /// port-keeping backend's).
     fn reply_slot(&self, key: &FlowKey) -> Option<&Slot> {
         let v6 = key.family() == Family::V6;
-        let find = |port| {
+        let of = |port| {
             let t = (v6, *key.src_raw(), port);
-            self.replies.binary_search_by(|r| r.0.cmp(&t)).ok()
+            let lo = self.replies.partition_point(|r| r.0 < t);
+            let hi = self.replies.partition_point(|r| r.0 <= t);
+            self.replies.get(lo..hi).filter(|c| !c.is_empty())
         };
-        let i = find(key.src_port).or_else(|| find(0))?;
-        self.replies
-            .get(i)
-            .and_then(|&(_, s)| self.slots.get(s as usize))
+        let candidates = of(key.src_port).or_else(|| of(0))?;
+        let &(_, first) = candidates.first()?;
+        // A backend in several DNAT listeners: the first whose table sends the flow this
+        // answers (as it came through that listener) to this backend, as the stateless
+        // forward did; else the first (the flow's own listener is not always found: two
+        // tables may both choose this backend for it).
+        let chosen = match candidates {
+            [_] => first,
+            _ => candidates
+                .iter()
+                .map(|&(_, s)| s)
+                .find(|&s| self.answers_for(s, key))
+                .unwrap_or(first),
+        };
+        self.slots.get(chosen as usize)
+    }
+
+    /// Whether slot `slot`'s listener would have sent the flow that `reply` (a backend's
+    /// answer) answers to the slot's backend by its table alone.
+    #[cold]
+    fn answers_for(&self, slot: u32, reply: &FlowKey) -> bool {
+        let Some(s) = self.slots.get(slot as usize) else {
+            return false;
+        };
+        let li = s.listener as usize;
+        let Some(l) = self.listeners.listeners().get(li) else {
+            return false;
+        };
+        if let ListenerMatch::Port { proto, .. } = l.on()
+            && proto != reply.proto
+        {
+            return false;
+        }
+        // The client's destination: the VIP and the listener's port (a whole-VIP listener
+        // keeps the port, which the backend answers from).
+        let port = if s.vip_port != 0 {
+            s.vip_port
+        } else {
+            reply.src_port
+        };
+        let client = *reply.dst_raw();
+        let forward = match reply.family() {
+            Family::V4 => {
+                let [a, b, c, d, ..] = client;
+                let [e, f, g, h, ..] = s.vip;
+                FlowKey::v4(
+                    reply.zone,
+                    [a, b, c, d],
+                    [e, f, g, h],
+                    reply.proto,
+                    reply.dst_port,
+                    port,
+                )
+            }
+            Family::V6 => FlowKey::v6(reply.zone, client, s.vip, reply.proto, reply.dst_port, port),
+        };
+        self.hashed(li, &forward) == Some(slot)
     }
 
     /// The slot the flow hashes to in listener `li`'s table.
