@@ -24,7 +24,9 @@
 //! flows between the survivors too, and every connection still answers, its public port
 //! unchanged: the survivors adopt node 1's sessions from their copies. Node 1 comes back
 //! empty, announces only after both survivors' resyncs, takes its share of the flows again
-//! by the copies, and 36 new connections get ports no other connection holds. Needs root,
+//! by the copies, and 36 new connections get ports no other connection holds. Then the rfc
+//! profile: endpoint-independent mapping holds across the fleet when the inside route
+//! hashes on the source address alone, and not when it hashes on L4. Needs root,
 //! `ip`, `bird` and python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
@@ -70,8 +72,8 @@ struct Node {
 /// The nodes' outside addresses: the public address's next hops.
 const ALL_HOPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
 
-/// Starts node `n` (1 to 3) in namespace `ns`.
-fn start_node(lab: &mut Lab, ns: &str, n: u8) -> Node {
+/// Starts node `n` (1 to 3) in namespace `ns`, translating with `profile`.
+fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
     let key = lab.dir.join("sync.key");
     std::fs::write(&key, SYNC_KEY).unwrap();
     let password = lab.dir.join("bgp.password");
@@ -82,7 +84,7 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8) -> Node {
         .args(["--outside", "og"])
         .args(["--outside-addr", &format!("203.0.113.{n}/24")])
         .args(["--gateway", "203.0.113.254", "--public", PUBLIC])
-        .args(["--profile", "hyperplane", "--io", "packet"])
+        .args(["--profile", profile, "--io", "packet"])
         .args(["--sync-listen", &format!("10.3.0.{n}:7600")])
         .arg("--sync-key-file")
         .arg(&key)
@@ -106,35 +108,53 @@ fn metric(ns: &str, stage: &str, counter: &str) -> u64 {
     common::metric(&common::scrape(ns, 9464), stage, counter).unwrap_or(0)
 }
 
-#[test]
-fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failure() {
+/// The lab of the module's picture, every node started with `profile` and announcing; the
+/// client's multipath route hashed as `hash` says (sysctl lines for namespace `$c`), the
+/// client on 10.0.0.100 and the `extra` addresses after it. `None`: skipped.
+struct FleetLab {
+    lab: Lab,
+    c: String,
+    r: String,
+    v: String,
+    g: Vec<String>,
+    nodes: Vec<Node>,
+}
+
+/// The client's multipath route hashed on L4 (addresses, protocol, ports).
+const L4_HASH: &str = "sysctl -qw net.ipv4.fib_multipath_hash_policy=1";
+
+fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8) -> Option<FleetLab> {
     if !common::is_root() {
         assert!(!common::in_ci(), "nat_fleet needs root under CI=true");
         eprintln!("SKIP: nat_fleet needs root (set CI=true to make this a failure)");
-        return;
+        return None;
     }
     for (tool, probe) in [("ip", "-V"), ("bird", "--version")] {
         if !common::require(tool, &[probe]) {
-            return;
+            return None;
         }
     }
-    let t = format!("nfnf{}", std::process::id());
+    let t = format!("nf{tag}{}", std::process::id());
     let [c, s, r, v] = ["c", "s", "r", "v"].map(|n| format!("{t}{n}"));
     let g: Vec<String> = (1..=3).map(|n| format!("{t}g{n}")).collect();
     let mut lab = Lab {
         namespaces: [&c, &s, &r, &v].into_iter().chain(&g).cloned().collect(),
         children: Vec::new(),
-        dir: common::temp_dir("nat-fleet"),
+        dir: common::temp_dir(&format!("nat-fleet-{tag}")),
     };
     let gs = g.join(" ");
+    let extra: String = (1..=extra)
+        .map(|i| format!("ip -n {c} addr add 10.0.0.{}/24 dev eth0\n", 100 + i))
+        .collect();
     sh(&format!(
         "for n in {c} {s} {r} {v} {gs}; do ip netns add $n; ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=1; ip -n $n link set lo up; done
          for b in br0 br1 br2; do ip -n {s} link add $b type bridge; ip -n {s} link set $b up; done
          ip -n {c} link add eth0 type veth peer name sc netns {s}
          ip -n {s} link set sc master br0; ip -n {s} link set sc up
          ip -n {c} addr add 10.0.0.100/24 dev eth0; ip -n {c} link set eth0 up
+         {extra}
          ip netns exec {c} ethtool -K eth0 tx off >/dev/null
-         ip netns exec {c} sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+         ip netns exec {c} {hash}
          ip -n {c} route add default nexthop via 10.0.0.1 nexthop via 10.0.0.2 nexthop via 10.0.0.3
          n=0
          for g in {gs}; do
@@ -167,21 +187,9 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     // The router learns the public address from every node over BGP (with BFD, on the
     // management link) and installs one multipath route.
     lab.bird_router(&r, &["10.3.0.1", "10.3.0.2", "10.3.0.3"], &["ro"], "rm");
-    lab.spawn(
-        &v,
-        &[
-            common::system_python(),
-            "-c",
-            common::ANSWER_SERVER,
-            "0.0.0.0",
-            "7000",
-            "-",
-        ],
-    );
-    lab.udp_echo(&v, "192.0.2.2");
-    let mut nodes: Vec<Node> = (1..=3u8)
+    let nodes: Vec<Node> = (1..=3u8)
         .zip(&g)
-        .map(|(n, ns)| start_node(&mut lab, ns, n))
+        .map(|(n, ns)| start_node(&mut lab, ns, n, profile))
         .collect();
     // Every node's sync links up both ways, and every node announcing, before the first
     // flow.
@@ -196,7 +204,41 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         }
     }
     wait_route(&r, PUBLIC, &ALL_HOPS);
+    Some(FleetLab {
+        lab,
+        c,
+        r,
+        v,
+        g,
+        nodes,
+    })
+}
 
+#[test]
+fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failure() {
+    let Some(FleetLab {
+        mut lab,
+        c,
+        r,
+        v,
+        g,
+        mut nodes,
+    }) = fleet_lab("nf", "hyperplane", L4_HASH, 0)
+    else {
+        return;
+    };
+    lab.spawn(
+        &v,
+        &[
+            common::system_python(),
+            "-c",
+            common::ANSWER_SERVER,
+            "0.0.0.0",
+            "7000",
+            "-",
+        ],
+    );
+    lab.udp_echo(&v, "192.0.2.2");
     let mut client = AskingClient::open(&c, "192.0.2.2:7000", CONNECTIONS, ROUNDS, 6.0);
     let first = client.first.clone();
     // The server sees the public address, each connection on its own port, the ports
@@ -230,15 +272,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     );
     // UDP: the first answer of a flow that reaches a node without the session is no
     // mapping of its own (nat_no_mapping) and goes to its port's node the same way.
-    let udp = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c,
-            common::system_python(),
-            "-c",
-            UDP_CLIENT,
-        ])
+    let udp = common::python_in(&c, UDP_CLIENT)
         .args(["192.0.2.2", "7007", &CONNECTIONS.to_string()])
         .output()
         .unwrap();
@@ -270,7 +304,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     // every session (its allocator holding their ports, those of its own share the
     // survivors adopted included), the router and the client spread the flows over all
     // three again, and node 1 serves its share by the copies.
-    nodes[0] = start_node(&mut lab, &g[0], 1);
+    nodes[0] = start_node(&mut lab, &g[0], 1, "hyperplane");
     let back = &mut nodes[0];
     wait_for(&back.lines, "bgp: announcing", 15, &mut back.seen);
     let at = |what: &str| back.seen.iter().position(|l| l.contains(what)).unwrap();
@@ -329,5 +363,98 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     assert!(adopted >= 1, "no survivor adopted node 1's sessions");
     eprintln!(
         "NAT fleet: {handed} TCP and {handed_udp} UDP answers handed to their port's node before the copy came, {adopted} of node 1's sessions adopted by the survivors"
+    );
+}
+
+/// Answers every UDP datagram with the address and port it came from (`WHO_AM_I ADDR PORT`).
+const WHO_AM_I: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print('who ready', flush=True)
+while True:
+    d, a = s.recvfrom(100)
+    s.sendto(('%s:%d' % a).encode(), a)";
+
+/// From each address of ADDRS, one UDP socket (port 5000) asks four servers (HOST, ports
+/// FIRST to FIRST + 3) who it is; prints `seen` and, per address, the answers joined by `/`.
+const ASK_AROUND: &str = "import socket, sys
+host, first = sys.argv[1], int(sys.argv[2])
+ports = range(first, first + 4)
+out = []
+for addr in sys.argv[3:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 5000))
+    s.settimeout(3)
+    seen = []
+    for p in ports:
+        s.sendto(b'?', (host, p))
+        try:
+            seen.append(s.recv(100).decode())
+        except OSError:
+            seen.append('timeout')
+    out.append('/'.join(seen))
+print('seen', *out, flush=True)";
+
+/// The rfc profile's endpoint-independent mapping (RFC 4787 REQ-1) holds fleet-wide only if
+/// every flow of an inside endpoint reaches the same node: with the client's route hashed on
+/// the source address alone (Linux: `fib_multipath_hash_policy` 3, `fib_multipath_hash_fields`
+/// 1), eight inside addresses each talk to four servers from one socket and each sees one
+/// public port for all four, the addresses spread over the nodes; hashed on L4, the same
+/// sockets' flows reach different nodes and get different ports (the control).
+#[test]
+fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the_source() {
+    let source_only =
+        "sysctl -qw net.ipv4.fib_multipath_hash_policy=3 net.ipv4.fib_multipath_hash_fields=1";
+    let mut mapped = Vec::new();
+    for (tag, hash) in [("ne", source_only), ("nl", L4_HASH)] {
+        let Some(FleetLab { mut lab, c, v, .. }) = fleet_lab(tag, "rfc", hash, 7) else {
+            return;
+        };
+        for port in ["7101", "7102", "7103", "7104"] {
+            let (lines, _) =
+                lab.spawn_watched(common::python_in(&v, WHO_AM_I).args(["192.0.2.2", port]));
+            wait_for(&lines, "who ready", 10, &mut Vec::new());
+        }
+        let addrs: Vec<String> = (100..108).map(|i| format!("10.0.0.{i}")).collect();
+        let out = common::python_in(&c, ASK_AROUND)
+            .args(["192.0.2.2", "7101"])
+            .args(&addrs)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        let seen: Vec<Vec<String>> = said
+            .split_whitespace()
+            .skip(1)
+            .map(|p| p.split('/').map(String::from).collect())
+            .collect();
+        assert_eq!(seen.len(), addrs.len(), "{out:?}");
+        for s in &seen {
+            assert_eq!(s.len(), 4, "{seen:?}");
+            assert!(
+                s.iter().all(|m| m.starts_with(&format!("{PUBLIC}:"))),
+                "{seen:?}"
+            );
+        }
+        mapped.push(seen);
+    }
+    let (source, l4) = (&mapped[0], &mapped[1]);
+    let one = |s: &Vec<String>| s.iter().all(|m| *m == s[0]);
+    assert!(source.iter().all(one), "source hashing: {source:?}");
+    // The nodes' shares of the ports tell where each address went.
+    let split = nf_nat::PortSplit { nodes: 3, cores: 1 };
+    let node =
+        |m: &str| nf_nat::owner_of(m.rsplit_once(':').unwrap().1.parse().unwrap(), split).node;
+    let mut nodes: Vec<u32> = source.iter().map(|s| node(&s[0])).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert!(nodes.len() >= 2, "every address on one node: {source:?}");
+    let split_up = l4.iter().filter(|s| !one(s)).count();
+    assert!(
+        split_up >= 1,
+        "L4 hashing kept every endpoint on one node: {l4:?}"
+    );
+    eprintln!(
+        "rfc fleet: 8 of 8 endpoints one mapping with source hashing ({} nodes); {split_up} of 8 several mappings with L4 hashing",
+        nodes.len()
     );
 }

@@ -51,7 +51,9 @@
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments) and needs
 //! the rfc or hyperplane profile; with rfc, endpoint-independent mapping holds per node, so
-//! the inside route should hash on the source address alone. With `--bgp-peer` (and `--bfd`,
+//! the inside route must hash on the source address alone (Linux:
+//! `fib_multipath_hash_policy = 3`, `fib_multipath_hash_fields = 1`) for it to hold across
+//! the fleet. With `--bgp-peer` (and `--bfd`,
 //! `--drain`: [`nf_examples::announce`], as in `l4lb`) each node announces the public
 //! addresses to the outside router itself, with its outside address as the next hop, and
 //! in a fleet only once it holds its peers' sessions (and their ports): a node that comes

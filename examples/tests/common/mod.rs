@@ -429,7 +429,8 @@ print('echoed', back, flush=True)
 ";
 
 /// `python3 -c SCRIPT` (Debian's python3) in namespace `ns`; arguments to be added.
-fn python_in(ns: &str, script: &str) -> Command {
+/// The system python running `script` in namespace `ns` (arguments to add).
+pub fn python_in(ns: &str, script: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, system_python(), "-c", script]);
     c
