@@ -101,8 +101,48 @@ pub fn seconds(flag: &str, value: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{flag} {value}: not a number of seconds"))
 }
 
+/// For a program's tests of its command line: `parse` (the program's, on the words of a
+/// line) accepts `good`, refuses `good` with each line of `bad` appended (so each bad value
+/// is refused for itself, not for something missing), and refuses `good` without each flag
+/// of `required` (the flag and its value).
+///
+/// # Errors
+/// The first line that went the wrong way.
+pub fn check_parsing<T>(
+    parse: impl Fn(Vec<String>) -> Result<T, String>,
+    good: &str,
+    bad: &[&str],
+    required: &[&str],
+) -> Result<(), String> {
+    let words = |line: &str| {
+        line.split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    parse(words(good)).map_err(|e| format!("{good:?} refused: {e}"))?;
+    for b in bad {
+        let line = format!("{good} {b}");
+        if parse(words(&line)).is_ok() {
+            return Err(format!("{line:?} accepted"));
+        }
+    }
+    for flag in required {
+        let mut w = words(good);
+        let Some(at) = w.iter().position(|x| x == flag) else {
+            return Err(format!("{flag} is not in {good:?}"));
+        };
+        w.drain(at..(at + 2).min(w.len()));
+        if parse(w.clone()).is_ok() {
+            return Err(format!("{:?} accepted without {flag}", w.join(" ")));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::check_parsing;
+
     #[test]
     fn seconds() {
         assert_eq!(super::seconds("--duration", "1.5"), Ok(1.5));
@@ -142,5 +182,42 @@ mod tests {
         }
         assert!(super::key_file("--k", &dir.join("none")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_parsing_finds_what_goes_the_wrong_way() {
+        // A parser that wants --a with a number and refuses --bad.
+        let parse = |w: Vec<String>| -> Result<u32, String> {
+            let mut it = w.into_iter();
+            let mut a = None;
+            while let Some(f) = it.next() {
+                match (f.as_str(), it.next()) {
+                    ("--a", Some(v)) => a = Some(v.parse::<u32>().map_err(|e| e.to_string())?),
+                    ("--b", Some(_)) => {}
+                    _ => return Err(format!("bad {f}")),
+                }
+            }
+            a.ok_or_else(|| "--a is required".to_string())
+        };
+        assert_eq!(
+            check_parsing(parse, "--a 1 --b x", &["--a x", "--bad 1"], &["--a"]),
+            Ok(())
+        );
+        assert!(
+            check_parsing(parse, "--b x", &[], &[]).is_err(),
+            "good refused"
+        );
+        assert!(
+            check_parsing(parse, "--a 1", &["--b y"], &[]).is_err(),
+            "bad accepted"
+        );
+        assert!(
+            check_parsing(parse, "--a 1 --b x", &[], &["--b"]).is_err(),
+            "not required"
+        );
+        assert!(
+            check_parsing(parse, "--a 1", &[], &["--c"]).is_err(),
+            "not in the line"
+        );
     }
 }

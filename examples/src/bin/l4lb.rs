@@ -709,9 +709,13 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                     vec!["10.3.0.2:7600".parse().unwrap()]
                 ))
             );
-            for bad in [
+            // Each bad value on an otherwise good command line, each required flag left out.
+            let good = "--client cg --client-addr 198.51.100.1/24 --backend bg \
+                        --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b";
+            let bad = [
                 "--vip 192.0.2.10",
                 "--vip 192.0.2.10:80/4tuple",
+                "--vip [2001:db8::1]:80",
                 "--proto icmp",
                 "--proto tcp,",
                 "--mode dsr",
@@ -719,20 +723,40 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--inner-mac 02:00",
                 "--sessions 1",
                 "--on-down drop",
-                "--client cg",
+                "--client-addr 198.51.100.1/33",
+                "--gateway 10.2.1",
                 "--lb-key 0001",
                 "--lb-key 000102030405060708090a0b0c0d0eZZ",
                 "--sync-listen 10.3.0.1:7600",
-                "--sync-peer 10.3.0.2",
+                "--sync-peer 10.3.0.2:7600",
+                "--sync-listen 10.3.0.1:7600 --sync-peer 10.3.0.2",
                 "--sync-key-file k",
                 "--bgp-peer 10.4.1",
-                "--bgp-as x",
+                "--bgp-peer 10.4.1.1 --bgp-as x",
                 "--bgp-password-file p",
                 "--bfd",
+                "--drain 2",
+                "--bgp-peer 10.4.1.1 --drain -1",
                 "--metrics 9464",
-            ] {
-                assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
-            }
+                "--duration x",
+                "--cpu -1",
+                "--io tap",
+                "--bogus 1",
+                "--vip",
+            ];
+            let required = [
+                "--client",
+                "--client-addr",
+                "--backend",
+                "--backend-addr",
+                "--vip",
+                "--backends",
+            ];
+            let parse = |w: Vec<String>| parse_args(w.into_iter());
+            assert_eq!(
+                nf_examples::cli::check_parsing(parse, good, &bad, &required),
+                Ok(())
+            );
             let m = parse_backends(
                 "# pool\n10.1.0.11:8000\n10.1.0.12:8000 weight=2 state=draining\n\n",
             )

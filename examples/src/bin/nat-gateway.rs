@@ -772,23 +772,35 @@ on SIGUSR1, or after --duration.
             ] {
                 assert!(parse_args(argv(&bad).into_iter()).is_err(), "{bad}");
             }
-            for bad in [
+            // Each bad value on an otherwise good command line, each required flag left out.
+            let good = "--inside ig --inside-addr 10.0.0.1/24 --outside og \
+                        --outside-addr 203.0.113.1/24";
+            let bad = [
                 "--inside-addr 10.0.0.1/33",
+                "--gateway 203.0.113",
                 "--profile nope",
                 "--filtering x",
                 "--forward tcp:80",
                 "--forward icmp:1=10.0.0.2:1",
+                "--forward tcp:x=10.0.0.2:80",
                 "--sessions 1",
+                "--sessions 16777217",
                 "--public x",
                 "--duration -1",
                 "--metrics 9464",
                 "--bogus 1",
                 "--cpu -1",
                 "--io tap",
-                "--inside ig",
-            ] {
-                assert!(parse_args(argv(bad).into_iter()).is_err(), "{bad}");
-            }
+                "--drain 1",
+                "--bgp-peer 10.3.0.254 --bgp-peer-as x",
+                "--public",
+            ];
+            let required = ["--inside", "--inside-addr", "--outside", "--outside-addr"];
+            let parse = |w: Vec<String>| parse_args(w.into_iter());
+            assert_eq!(
+                nf_examples::cli::check_parsing(parse, good, &bad, &required),
+                Ok(())
+            );
         }
     }
 }
