@@ -380,8 +380,6 @@ impl BgpSpeaker {
             .name("bgp".into())
             .spawn(move || {
                 loop {
-                    // A reset asked for before this session is no reason to end it.
-                    r.store(false, Ordering::Release);
                     session(&cfg, &a, &u, &r, &c);
                     u.store(false, Ordering::Release);
                     std::thread::sleep(Duration::from_secs(1));
@@ -547,6 +545,8 @@ fn session(
         }
     };
     let (hold, as4) = hold;
+    // A reset asked for while the session was opening was about the router then.
+    reset.store(false, Ordering::Release);
     up.store(true, Ordering::Release);
     c.established.fetch_add(1, Ordering::Relaxed);
     crate::say!("bgp: established with {}", cfg.peer);
