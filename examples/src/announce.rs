@@ -9,7 +9,7 @@
 //! SIGINT/SIGTERM [`Announcer::drain`] withdraws the prefixes for good and says how long to
 //! go on forwarding while the router moves the traffic away.
 
-use crate::bfd::{BfdConfig, BfdSpeaker};
+use crate::bfd::{BfdAuth, BfdConfig, BfdSpeaker};
 use crate::bgp::{BgpConfig, BgpSpeaker};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ pub const USAGE: &str = "\
   --bfd                  BFD (RFC 5880/5881) with the router: it finds this node gone
                          within 300 ms (100 ms packets, three missed) instead of the
                          BGP hold time
+  --bfd-key-file F       BFD packets signed and checked (Meticulous Keyed SHA1, key ID
+                         1: the router's BFD password): the bytes of F, a final newline
+                         left out, 1 to 20
   --drain SECS           at SIGINT/SIGTERM, withdraw the prefixes and keep forwarding
                          for SECS before exiting (with --bgp-peer; default 0: exit at once)
 ";
@@ -46,6 +49,8 @@ pub struct AnnounceArgs {
     pub password_file: Option<PathBuf>,
     /// `--bfd`.
     pub bfd: bool,
+    /// `--bfd-key-file`.
+    pub bfd_key_file: Option<PathBuf>,
     /// `--drain`, seconds.
     pub drain: f64,
 }
@@ -58,9 +63,19 @@ impl Default for AnnounceArgs {
             peer_as: 65_000,
             password_file: None,
             bfd: false,
+            bfd_key_file: None,
             drain: 0.0,
         }
     }
+}
+
+/// A key file's bytes, a final newline left out.
+fn key_bytes(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut k = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    if k.ends_with(b"\n") {
+        k.pop();
+    }
+    Ok(k)
 }
 
 impl AnnounceArgs {
@@ -93,6 +108,10 @@ impl AnnounceArgs {
                 self.password_file = Some(PathBuf::from(value));
                 Ok(())
             }
+            "--bfd-key-file" => {
+                self.bfd_key_file = Some(PathBuf::from(value));
+                Ok(())
+            }
             "--drain" => crate::cli::seconds(flag, value).map(|s| self.drain = s),
             _ => return None,
         };
@@ -102,10 +121,14 @@ impl AnnounceArgs {
     /// Checks the flags together.
     ///
     /// # Errors
-    /// `--bgp-password-file`, `--bfd` or `--drain` without `--bgp-peer`.
+    /// `--bgp-password-file`, `--bfd` or `--drain` without `--bgp-peer`, `--bfd-key-file`
+    /// without `--bfd`.
     pub fn check(&self) -> Result<(), String> {
         if self.peer.is_none() && (self.password_file.is_some() || self.bfd || self.drain > 0.0) {
             return Err("--bgp-password-file, --bfd and --drain need --bgp-peer".into());
+        }
+        if self.bfd_key_file.is_some() && !self.bfd {
+            return Err("--bfd-key-file needs --bfd".into());
         }
         Ok(())
     }
@@ -128,14 +151,7 @@ impl AnnounceArgs {
         prefixes.dedup();
         let password = match &self.password_file {
             None => None,
-            Some(path) => {
-                let mut p = std::fs::read(path)
-                    .map_err(|e| format!("--bgp-password-file {}: {e}", path.display()))?;
-                if p.ends_with(b"\n") {
-                    p.pop();
-                }
-                Some(p)
-            }
+            Some(path) => Some(key_bytes("--bgp-password-file", path)?),
         };
         let cfg = BgpConfig {
             peer,
@@ -152,10 +168,22 @@ impl AnnounceArgs {
             let IpAddr::V4(router) = peer.ip() else {
                 return Err("--bfd: an IPv4 --bgp-peer".into());
             };
-            Some(
-                BfdSpeaker::start(router, BfdConfig::default())
-                    .map_err(|e| format!("--bfd: {e}"))?,
-            )
+            let cfg = BfdConfig::default();
+            let auth = match &self.bfd_key_file {
+                None => None,
+                Some(path) => {
+                    let key = key_bytes("--bfd-key-file", path)?;
+                    // From the clock, in 50 ms steps: a restarted speaker starts ahead of
+                    // every number it sent before (one per 100 ms at most).
+                    let first = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| (d.as_millis() / 50) as u32);
+                    let a = BfdAuth::new(1, &key, cfg.detect_mult, first)
+                        .map_err(|e| format!("--bfd-key-file {}: {e}", path.display()))?;
+                    Some(a)
+                }
+            };
+            Some(BfdSpeaker::start(router, cfg, auth).map_err(|e| format!("--bfd: {e}"))?)
         } else {
             None
         };
@@ -237,6 +265,7 @@ mod tests {
                 peer_as: 65_010,
                 password_file: Some(PathBuf::from("/etc/nf/bgp.pw")),
                 bfd: true,
+                bfd_key_file: None,
                 drain: 2.5,
             }
         );

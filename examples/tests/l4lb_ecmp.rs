@@ -26,7 +26,8 @@
 //! resyncs gave it copies of every session, the router spreads the flows over all three
 //! again, and every connection still answers from its own backend. Last, node 2 hangs
 //! (stopped: its connections open and silent): its peers take it as failed after a second
-//! without a heartbeat, the router as soon as BFD misses three packets (`--bfd`; 200 ms
+//! without a heartbeat, the router as soon as BFD (every packet signed both ways,
+//! `--bfd-key-file` and BIRD's `meticulous keyed sha1`) misses three packets (`--bfd`; 200 ms
 //! apart here: asserted under 2 s, the BGP hold time being 3 s), and every connection still
 //! answers from its own backend through nodes 1 and 3. Then node 3 is taken down for
 //! maintenance (SIGTERM, `--drain 2`): it withdraws the VIP first and forwards on while the
@@ -92,8 +93,7 @@ fn start_node(
     mode: Mode,
 ) -> Node {
     let key = lab.dir.join(format!("sync-{n}.key"));
-    let password = lab.dir.join("bgp.password");
-    std::fs::write(&password, format!("{}\n", common::BGP_PASSWORD)).unwrap();
+    let (password, bfd_key) = common::fleet_keys(&lab.dir);
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, L4LB])
         .args(["--client", "cg", "--client-addr", &format!("10.2.{n}.2/24")])
@@ -129,6 +129,8 @@ fn start_node(
     ])
     .arg("--bgp-password-file")
     .arg(&password)
+    .arg("--bfd-key-file")
+    .arg(&bfd_key)
     .args(["--duration", "90", "--metrics", "127.0.0.1:9464"]);
     let (lines, pid) = lab.spawn_watched(&mut cmd);
     let mut seen = Vec::new();
@@ -655,6 +657,9 @@ fn bgp_dissected(pcap: &std::path::Path) {
         "bfd.detect_time_multiplier",
         "bfd.my_discriminator",
         "bfd.desired_min_tx_interval",
+        "bfd.auth.type",
+        "bfd.auth.key",
+        "bfd.auth.seq_num",
         "bgp.type",
         "bgp.open.myas",
         "bgp.open.holdtime",
@@ -678,13 +683,20 @@ fn bgp_dissected(pcap: &std::path::Path) {
             .and_then(|x| x.strip_suffix(".2"))
             .map(|n| n.to_string());
         if !r["bfd.version"].is_empty() {
-            // BFD control packets, ours and BIRD's: version 1, TTL 255 (RFC 5881 §5).
+            // BFD control packets, ours and BIRD's: version 1, TTL 255 (RFC 5881 §5), every
+            // one signed (Meticulous Keyed SHA1, type 5, key ID 1).
             common::assert_dissected_clean(i, r);
             assert_eq!(
                 (one(r, "bfd.version"), one(r, "ip.ttl")),
                 ("1".into(), "255".into()),
                 "frame {i}: {r:?}"
             );
+            assert_eq!(
+                (one(r, "bfd.auth.type"), one(r, "bfd.auth.key")),
+                ("5".into(), "1".into()),
+                "frame {i}: {r:?}"
+            );
+            assert!(!one(r, "bfd.auth.seq_num").is_empty(), "frame {i}: {r:?}");
             if let Some(n) = &node {
                 let port: u16 = one(r, "udp.srcport").parse().unwrap();
                 assert!(port >= 49_152, "frame {i}: {r:?}");

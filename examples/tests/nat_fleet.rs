@@ -76,8 +76,7 @@ const ALL_HOPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
 fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
     let key = lab.dir.join("sync.key");
     std::fs::write(&key, SYNC_KEY).unwrap();
-    let password = lab.dir.join("bgp.password");
-    std::fs::write(&password, format!("{}\n", common::BGP_PASSWORD)).unwrap();
+    let (password, bfd_key) = common::fleet_keys(&lab.dir);
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, GATEWAY])
         .args(["--inside", "ig", "--inside-addr", &format!("10.0.0.{n}/24")])
@@ -90,6 +89,8 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
         .arg(&key)
         .args(["--bgp-peer", "10.3.0.254", "--bfd", "--bgp-password-file"])
         .arg(&password)
+        .arg("--bfd-key-file")
+        .arg(&bfd_key)
         .args(["--metrics", "127.0.0.1:9464", "--duration", "60"]);
     for peer in (1..=3u8).filter(|p| *p != n) {
         cmd.args([

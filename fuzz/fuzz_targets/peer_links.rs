@@ -10,11 +10,13 @@
 //! frame the fuzzer writes opens under a key it does not know (a forged tag), while the
 //! same frames sealed with the key open back to themselves; a BFD packet that decodes
 //! encodes back to one that decodes the same, and a session fed every 24-byte window of the
-//! input (a millisecond apart) only ever sends packets that decode.
+//! input (a millisecond apart) only ever sends packets that decode; no 52-byte window opens
+//! under a BFD key (a forged digest), while each packet sealed under it opens back to itself
+//! once (not twice: a replay).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nf_examples::bfd::{self, BfdConfig, Session};
+use nf_examples::bfd::{self, BfdAuth, BfdConfig, Session};
 use nf_examples::bgp::{MAX_MESSAGE, decode};
 use nf_examples::sync::{FrameMac, MAX_FRAME, TAG_LEN, read_frame};
 
@@ -38,6 +40,20 @@ fuzz_target!(|data: &[u8]| {
         if let Some(p) = session.poll(now) {
             assert!(bfd::decode(&p).is_ok());
         }
+    }
+    let mut auth = BfdAuth::new(1, b"peer_links bfd", 3, 1).unwrap();
+    let mut sealer = auth.clone();
+    for window in data.windows(bfd::AUTH_PACKET_LEN).step_by(7) {
+        assert!(auth.open(window, now).is_err(), "a forged BFD digest opened");
+        let mut packet = [0u8; bfd::LEN];
+        packet.copy_from_slice(&window[..bfd::LEN]);
+        let sealed = sealer.seal(&packet);
+        let mut opened = auth.open(&sealed, now).unwrap();
+        // What opens is the packet without its A bit and with its length 24.
+        opened[1] |= packet[1] & 0x04;
+        opened[3] = packet[3];
+        assert_eq!(opened, packet);
+        assert!(auth.open(&sealed, now).is_err(), "a replayed BFD packet opened");
     }
     let mut stream = data;
     let mut read = 0usize;

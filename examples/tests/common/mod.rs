@@ -709,11 +709,22 @@ pub fn assert_kept(what: &str, first: &[String], results: &[Vec<String>], rounds
 
 /// The BGP sessions' TCP MD5 key in [`Lab::bird_router`]'s BIRD.
 pub const BGP_PASSWORD: &str = "nf fleet test";
+/// The BFD sessions' key (Meticulous Keyed SHA1, ID 1) in [`Lab::bird_router`]'s BIRD.
+pub const BFD_KEY: &str = "nf fleet bfd key";
+
+/// Writes the fleet's BGP password and BFD key files into `dir`: their paths.
+pub fn fleet_keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let (bgp, bfd) = (dir.join("bgp.password"), dir.join("bfd.key"));
+    std::fs::write(&bgp, format!("{BGP_PASSWORD}\n")).expect("write the BGP password");
+    std::fs::write(&bfd, format!("{BFD_KEY}\n")).expect("write the BFD key");
+    (bgp, bfd)
+}
 
 impl Lab {
     /// Starts BIRD in namespace `ns` as the router in front of a fleet: passive BGP sessions
     /// (AS 65000; hold time 3 s, keepalives every second, TCP MD5 [`BGP_PASSWORD`], BFD on
-    /// the interfaces matching `bfd`: 200 ms apart, three missed) with every node of
+    /// the interfaces matching `bfd`: 200 ms apart, three missed, Meticulous Keyed SHA1
+    /// under [`BFD_KEY`]) with every node of
     /// `neighbors` (AS 65001), their routes' next hops resolved over the links `direct`
     /// and merged into multipath kernel routes.
     pub fn bird_router(&mut self, ns: &str, neighbors: &[&str], direct: &[&str], bfd: &str) {
@@ -736,7 +747,10 @@ template bgp node {{
   ipv4 {{ import all; export none; gateway recursive; igp table master4; }};
 }}
 protocol bfd {{
-  interface \"{bfd}\" {{ min rx interval 200 ms; min tx interval 100 ms; multiplier 3; }};
+  interface \"{bfd}\" {{
+    min rx interval 200 ms; min tx interval 100 ms; multiplier 3;
+    authentication meticulous keyed sha1; password \"{BFD_KEY}\";
+  }};
 }}
 ",
             direct.join(", ")
