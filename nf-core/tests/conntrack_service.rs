@@ -631,3 +631,51 @@ fn absent_services_leave_refused_packets_to_the_present_ones() {
         Verdict::Pass
     );
 }
+
+/// A service with no say over packets without a session (it only checks sessions' packets,
+/// as `TcpWindow` does): in a pair it leaves a refused packet to the other part, nested or
+/// optional alike; alone, or beside another such service, the stage's drop stands.
+#[test]
+fn services_without_a_say_leave_refused_packets_to_the_others() {
+    let dropped = Verdict::Drop(DropReason::ServiceRefused);
+    let window = || nf_core::conntrack::TcpWindow::new();
+    assert_eq!(refused_verdict((Stateless, window())), Verdict::Pass);
+    assert_eq!(refused_verdict((window(), Stateless)), Verdict::Pass);
+    assert_eq!(
+        refused_verdict((Some(window()), (None::<Counter>, Some(Stateless)))),
+        Verdict::Pass
+    );
+    assert_eq!(
+        refused_verdict(((window(), window()), Stateless)),
+        Verdict::Pass
+    );
+    // One that judges and keeps the drop still vetoes it.
+    assert_eq!(
+        refused_verdict((window(), (Counter::default(), Stateless))),
+        dropped
+    );
+    // Nobody that judges: the stage's drop.
+    assert_eq!(refused_verdict((SilentRefuser, window())), dropped);
+    assert_eq!(refused_verdict((window(), Some(SilentRefuser))), dropped);
+    assert_eq!(refused_verdict(SilentRefuser), dropped);
+}
+
+/// Refuses flows to port 9 and has no say over packets without a session.
+struct SilentRefuser;
+
+impl SessionService for SilentRefuser {
+    type Value = ();
+
+    fn on_new<B: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        pkt: &Packet<B>,
+        new: &mut NewFlow<'_>,
+    ) -> Result<(), DropReason> {
+        Stateless.on_new(now, pkt, new)
+    }
+
+    fn judges_without_session(&self) -> bool {
+        false
+    }
+}
