@@ -57,7 +57,9 @@
 //! VIPs to the router itself ([`nf_examples::bgp`]), and with sync only once it holds its
 //! peers' sessions: a node that comes back takes traffic only after its resyncs. The
 //! session can be TCP-MD5 signed (`--bgp-password-file`), and with `--bfd`
-//! ([`nf_examples::bfd`]) the router finds a node gone within 300 ms. `--sync-key-file`
+//! ([`nf_examples::bfd`]) the router finds a node gone within 300 ms (every BFD packet
+//! signed with `--bfd-key-file`), and the node ends its BGP session as soon as BFD finds the
+//! router gone ([`nf_examples::announce`]). `--sync-key-file`
 //! authenticates the sync link; `--metrics` serves every counter to Prometheus.
 //!
 //! On SIGHUP the file is read again and the new pool replaces the old one in whole
