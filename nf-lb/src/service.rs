@@ -529,14 +529,7 @@ impl Lb {
     /// The DNAT slot whose backend sends from the flow's source (exact port, else a
     /// port-keeping backend's).
     fn reply_slot(&self, key: &FlowKey) -> Option<&Slot> {
-        let v6 = key.family() == Family::V6;
-        let of = |port| {
-            let t = (v6, *key.src_raw(), port);
-            let lo = self.replies.partition_point(|r| r.0 < t);
-            let hi = self.replies.partition_point(|r| r.0 <= t);
-            self.replies.get(lo..hi).filter(|c| !c.is_empty())
-        };
-        let candidates = of(key.src_port).or_else(|| of(0))?;
+        let candidates = self.reply_candidates(key)?;
         let &(_, first) = candidates.first()?;
         // A backend in several DNAT listeners: the first whose table sends the flow this
         // answers (as it came through that listener) to this backend, as the stateless
@@ -551,6 +544,20 @@ impl Lb {
                 .unwrap_or(first),
         };
         self.slots.get(chosen as usize)
+    }
+
+    /// The (tuple, slot) entries of the DNAT backend whose service tuple is `key`'s source
+    /// (a backend answering): several when it serves several listeners; `None` for any
+    /// other packet.
+    fn reply_candidates(&self, key: &FlowKey) -> Option<&[(ReplyTuple, u32)]> {
+        let v6 = key.family() == Family::V6;
+        let of = |port| {
+            let t = (v6, *key.src_raw(), port);
+            let lo = self.replies.partition_point(|r| r.0 < t);
+            let hi = self.replies.partition_point(|r| r.0 <= t);
+            self.replies.get(lo..hi).filter(|c| !c.is_empty())
+        };
+        of(key.src_port).or_else(|| of(0))
     }
 
     /// Whether slot `slot`'s listener would have sent the flow that `reply` (a backend's
@@ -801,7 +808,8 @@ impl SessionService for Lb {
     ) -> Result<LbSession, DropReason> {
         let key = *new.original();
         let Some(li) = self.listeners.position(&key) else {
-            if self.reply_slot(&key).is_some() {
+            // (Which listener it answers for does not matter here: no table lookups.)
+            if self.reply_candidates(&key).is_some() {
                 // A backend answering a flow served without a session: no session of its
                 // own; un-NATed statelessly (`on_refused`).
                 return Err(DropReason::NoSession);
