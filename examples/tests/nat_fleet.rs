@@ -18,8 +18,10 @@
 //! reach another node than the one that translated the flow: a SYN+ACK that comes before
 //! its session's copy (sync runs every 10 ms, the namespaces answer in microseconds) is
 //! handed to the node that owns its port (`fleet.handed_over`), the rest find the copy. 36
-//! TCP connections answer from the same public address and port every round, and 36 UDP
-//! flows get their echoes (their first answers handed over alike); then node 1 is
+//! TCP connections answer from the same public address and port every round, 36 UDP
+//! flows get their echoes (their first answers handed over alike), 36 UDP flows to a closed
+//! port hear the server's port unreachable errors (handed to the node owning the quoted
+//! port) and 36 pings their replies (by identifier); then node 1 is
 //! killed, the router drops it (BFD) and the client's route is made to, both hashes move
 //! flows between the survivors too, and every connection still answers, its public port
 //! unchanged: the survivors adopt node 1's sessions from their copies. Node 1 comes back
@@ -62,6 +64,41 @@ for i, s in enumerate(socks):
     except OSError:
         pass
 print('udp', got, flush=True)";
+
+/// Connects N UDP sockets to HOST:PORT (nothing listening), sends a datagram on each and
+/// prints `refused` and how many heard the port unreachable error (3 s at most each).
+const UDP_REFUSED: &str = "import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+for s in socks:
+    s.settimeout(3)
+    s.connect((host, port))
+    s.send(b'anyone?')
+refused = 0
+for s in socks:
+    try:
+        s.recv(100)
+    except ConnectionRefusedError:
+        refused += 1
+    except OSError:
+        pass
+print('refused', refused, flush=True)";
+
+/// Pings HOST from N ICMP datagram sockets (each its own identifier) and prints `pongs` and
+/// how many replies came back (3 s at most each).
+const PINGS: &str = "import socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP) for _ in range(n)]
+for i, s in enumerate(socks):
+    s.settimeout(3)
+    s.sendto(bytes([8, 0, 0, 0, 0, 0, 0, 1]) + b'ping %d' % i, (host, 0))
+got = 0
+for i, s in enumerate(socks):
+    try:
+        got += s.recv(100)[8:] == b'ping %d' % i
+    except OSError:
+        pass
+print('pongs', got, flush=True)";
 
 struct Node {
     lines: Receiver<String>,
@@ -107,6 +144,17 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
 /// The metric `stage`.`counter` of the node in namespace `ns` (0 if absent).
 fn metric(ns: &str, stage: &str, counter: &str) -> u64 {
     common::metric(&common::scrape(ns, 9464), stage, counter).unwrap_or(0)
+}
+
+/// Runs python `script` with `args` in namespace `ns` and checks that it prints `want`.
+fn says(ns: &str, script: &str, args: &[&str], want: &str) {
+    let out = common::python_in(ns, script).args(args).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{out:?}");
+}
+
+/// Packets the nodes in namespaces `g` handed to another node, in all.
+fn handed_over(g: &[String]) -> u64 {
+    g.iter().map(|ns| metric(ns, "fleet", "handed_over")).sum()
 }
 
 /// The lab of the module's picture, every node started with `profile` and announcing; the
@@ -156,6 +204,8 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8) -> Option<FleetLab
          {extra}
          ip netns exec {c} ethtool -K eth0 tx off >/dev/null
          ip netns exec {c} {hash}
+         ip netns exec {c} sysctl -qw net.ipv4.ping_group_range='0 2147483647'
+         ip netns exec {v} sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_msgs_per_sec=100000
          ip -n {c} route add default nexthop via 10.0.0.1 nexthop via 10.0.0.2 nexthop via 10.0.0.3
          n=0
          for g in {gs}; do
@@ -266,28 +316,45 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     // Answers that beat their session's copy went to the node owning their port.
     std::thread::sleep(Duration::from_millis(1100));
-    let handed: u64 = g.iter().map(|ns| metric(ns, "fleet", "handed_over")).sum();
+    let handed = handed_over(&g);
     assert!(
         handed >= 1,
         "no answer reached another node before its copy"
     );
     // UDP: the first answer of a flow that reaches a node without the session is no
     // mapping of its own (nat_no_mapping) and goes to its port's node the same way.
-    let udp = common::python_in(&c, UDP_CLIENT)
-        .args(["192.0.2.2", "7007", &CONNECTIONS.to_string()])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&udp.stdout);
-    assert_eq!(said.trim(), format!("udp {CONNECTIONS}"), "{udp:?}");
+    let n = CONNECTIONS.to_string();
+    says(
+        &c,
+        UDP_CLIENT,
+        &["192.0.2.2", "7007", &n],
+        &format!("udp {n}"),
+    );
     std::thread::sleep(Duration::from_millis(1100));
-    let handed_udp = g
-        .iter()
-        .map(|ns| metric(ns, "fleet", "handed_over"))
-        .sum::<u64>()
-        - handed;
+    let handed_udp = handed_over(&g) - handed;
     assert!(
         handed_udp >= 1,
         "no UDP answer reached another node before its copy"
+    );
+
+    // ICMP: the server's port unreachable errors about new UDP flows (the router's hash
+    // puts every error from the server on one node) and the echo replies to pings (each
+    // its own identifier) beat their sessions' copies as the answers above did, and go to
+    // the node owning the quoted port or the identifier the same way: every flow hears its
+    // error and every ping its reply.
+    let before_icmp = handed_over(&g);
+    says(
+        &c,
+        UDP_REFUSED,
+        &["192.0.2.2", "7999", &n],
+        &format!("refused {n}"),
+    );
+    says(&c, PINGS, &["192.0.2.2", &n], &format!("pongs {n}"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let handed_icmp = handed_over(&g) - before_icmp;
+    assert!(
+        handed_icmp >= 1,
+        "no ICMP error or echo reply reached another node before its copy"
     );
 
     // Node 1 fails: the router drops it (BFD), the client's route is made to.
@@ -363,7 +430,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     }
     assert!(adopted >= 1, "no survivor adopted node 1's sessions");
     eprintln!(
-        "NAT fleet: {handed} TCP and {handed_udp} UDP answers handed to their port's node before the copy came, {adopted} of node 1's sessions adopted by the survivors"
+        "NAT fleet: {handed} TCP, {handed_udp} UDP and {handed_icmp} ICMP answers handed to their port's node before the copy came, {adopted} of node 1's sessions adopted by the survivors"
     );
 }
 

@@ -44,7 +44,8 @@
 //! hash sends a flow's answers to any node: one holding the session (its own or a copy)
 //! translates them; one without it (the SYN+ACK of a new connection comes back faster than
 //! sync, every 10 ms) hands the packet to the node whose share the port is in
-//! ([`nf_nat::owner_of`]), on the outside link to that node's MAC
+//! ([`nf_nat::owner_of`]; for an ICMP error, the port the quoted packet left from; for an
+//! echo reply, its identifier), on the outside link to that node's MAC
 //! ([`Router::set_peers`](nf_examples::router::Router::set_peers)), counted
 //! `fleet.handed_over` (`fleet.owner_down` when that node is down: dropped). When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
@@ -74,11 +75,13 @@ fn main() -> std::process::ExitCode {
 #[cfg(target_os = "linux")]
 mod linux {
     use nf_core::conntrack::{
-        Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes, TcpWindow,
+        Conntrack, ConntrackConfig, FragmentReorder, ReorderConfig, Sizes, TcpWindow, quoted_key,
     };
+    use nf_core::flow::proto;
     use nf_core::reply::IcmpOrigin;
     use nf_core::{
-        Batch, DropReason, Family, Instant, ParseStage, PortId, Stage, StageControl, Verdict,
+        Batch, DropReason, Family, Instant, Packet, ParseStage, PortId, Stage, StageControl,
+        Verdict, flags,
     };
     use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame};
@@ -377,17 +380,10 @@ on SIGUSR1, or after --duration.
         /// ([`Verdict::Tx`] of the router's peer port, after the interfaces).
         fn hand_over(&mut self, public: &[Ipv4Addr], batch: &mut Batch<RingFrame>) {
             for p in batch.packets_mut() {
-                let k = &p.meta.flow;
-                if !matches!(
-                    p.meta.verdict,
-                    Verdict::Drop(DropReason::NoSession | DropReason::NatNoMapping)
-                ) || !(k.proto == nf_core::flow::proto::TCP
-                    || k.proto == nf_core::flow::proto::UDP)
-                    || !matches!(k.dst_ip(), IpAddr::V4(d) if public.contains(&d))
-                {
+                let Some(port) = public_port(p, public) else {
                     continue;
-                }
-                let owner = owner_of(k.dst_port, self.split).node;
+                };
+                let owner = owner_of(port, self.split).node;
                 if owner == self.node {
                     continue;
                 }
@@ -399,6 +395,31 @@ on SIGUSR1, or after --duration.
                     _ => self.owner_down += 1,
                 }
             }
+        }
+    }
+
+    /// The public port (or ICMP query identifier) of an outside packet that found no
+    /// session here: a TCP, UDP or ICMP query answer's destination port, or the source port
+    /// of the packet an ICMP error quotes (which left from the public address). `None` for
+    /// anything else.
+    fn public_port<B: AsRef<[u8]>>(p: &Packet<B>, public: &[Ipv4Addr]) -> Option<u16> {
+        let answer = match p.meta.verdict {
+            Verdict::Drop(DropReason::NoSession | DropReason::NatNoMapping)
+                if !p.meta.has(flags::ICMP_ERROR) =>
+            {
+                p.meta.flow
+            }
+            // The quoted packet travelled from the public address; the error travels
+            // back the way its answers do.
+            Verdict::Drop(DropReason::RelatedNoSession) if p.meta.has(flags::ICMP_ERROR) => {
+                quoted_key(p.data(), &p.meta).ok()?.reversed()
+            }
+            _ => return None,
+        };
+        let answers = matches!(answer.proto, proto::TCP | proto::UDP | proto::ICMP);
+        match answer.dst_ip() {
+            IpAddr::V4(d) if answers && public.contains(&d) => Some(answer.dst_port),
+            _ => None,
         }
     }
 
@@ -669,6 +690,95 @@ on SIGUSR1, or after --duration.
     #[cfg(test)]
     mod tests {
         use super::*;
+        use etherparse::{
+            Ethernet2Header, Icmpv4Type, PacketBuilder, PacketBuilderStep,
+            icmpv4::DestUnreachableHeader,
+        };
+
+        /// A frame from the server 192.0.2.2 to the public address 198.18.0.1, parsed,
+        /// dropped by the NAT for `reason`.
+        fn answer(
+            build: impl FnOnce(PacketBuilderStep<Ethernet2Header>) -> Vec<u8>,
+            reason: DropReason,
+        ) -> Packet<Vec<u8>> {
+            let frame = build(PacketBuilder::ethernet2([2; 6], [4; 6]));
+            let len = frame.len();
+            let mut batch = Batch::new();
+            batch.push(Packet::new(frame, 0, len).unwrap()).unwrap();
+            ParseStage::new(nf_core::ParseConfig::default())
+                .process(Instant::from_nanos(0), &mut batch);
+            let mut p = batch.drain().next().unwrap();
+            assert_eq!(p.meta.verdict, Verdict::Pass);
+            p.meta.verdict = Verdict::Drop(reason);
+            p
+        }
+
+        /// Which public port decides the node an outside packet without a session goes to.
+        #[test]
+        fn finds_the_public_port_of_answers_and_of_icmp_errors() {
+            let public = [Ipv4Addr::new(198, 18, 0, 1)];
+            let (server, us, other) = ([192, 0, 2, 2], [198, 18, 0, 1], [198, 18, 0, 9]);
+            let udp = |b: PacketBuilderStep<Ethernet2Header>| {
+                let mut out = Vec::new();
+                b.ipv4(server, us, 64)
+                    .udp(7000, 40_000)
+                    .write(&mut out, b"hi")
+                    .unwrap();
+                out
+            };
+            let p = answer(udp, DropReason::NatNoMapping);
+            assert_eq!(public_port(&p, &public), Some(40_000));
+            // Echo replies: the identifier.
+            let pong = |b: PacketBuilderStep<Ethernet2Header>| {
+                let mut out = Vec::new();
+                b.ipv4(server, us, 64)
+                    .icmpv4_echo_reply(40_001, 1)
+                    .write(&mut out, b"ping")
+                    .unwrap();
+                out
+            };
+            assert_eq!(
+                public_port(&answer(pong, DropReason::NoSession), &public),
+                Some(40_001)
+            );
+            // Errors: the quoted packet's source port, if it left from a public address.
+            let error = |from: [u8; 4]| {
+                move |b: PacketBuilderStep<Ethernet2Header>| {
+                    let mut quote = Vec::new();
+                    PacketBuilder::ipv4(from, server, 64)
+                        .udp(40_002, 7999)
+                        .write(&mut quote, b"anyone?")
+                        .unwrap();
+                    let mut out = Vec::new();
+                    b.ipv4(server, us, 64)
+                        .icmpv4(Icmpv4Type::DestinationUnreachable(
+                            DestUnreachableHeader::Port,
+                        ))
+                        .write(&mut out, &quote)
+                        .unwrap();
+                    out
+                }
+            };
+            let e = answer(error(us), DropReason::RelatedNoSession);
+            assert_eq!(public_port(&e, &public), Some(40_002));
+            assert_eq!(
+                public_port(&answer(error(other), DropReason::RelatedNoSession), &public),
+                None
+            );
+            // Only packets no session took.
+            let mut passed = answer(udp, DropReason::NatNoMapping);
+            passed.meta.verdict = Verdict::Pass;
+            assert_eq!(public_port(&passed, &public), None);
+            assert_eq!(
+                public_port(&answer(error(us), DropReason::NatNoMapping), &public),
+                None
+            );
+            assert_eq!(
+                public_port(&answer(udp, DropReason::RelatedNoSession), &public),
+                None
+            );
+            assert_eq!(public_port(&p, &[Ipv4Addr::new(198, 18, 0, 9)]), None);
+        }
 
         #[test]
         fn parses_the_command_line() {
