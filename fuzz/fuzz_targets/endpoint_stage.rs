@@ -4,13 +4,15 @@
 //! the service chose (in its zone, or in a wrong one), ICMP errors both ways quoting packets
 //! the service forwarded, unsolicited flows to the pools, mutated copies of forwarded frames,
 //! raw bytes, and time steps with timer sweeps; small pools, so ports run out and come back
-//! after quarantine.
+//! after quarantine, and hand-overs (every session exported and imported into a fresh node
+//! with the same rules, which then carries on).
 //! Invariants: no panic; a packet that reaches the provider's zone comes from a pool address
 //! of its family and goes to the service, and one that reaches a consumer's zone comes from
 //! the endpoint (ICMP errors: their quote says so the other way round); no two live sessions
 //! share a provider-side tuple; every packet built well-formed that passes re-parses and
 //! has valid checksums (IPv4 header, TCP/UDP, ICMP/ICMPv6, an ICMP error's quote),
-//! recomputed from scratch here.
+//! recomputed from scratch here; a hand-over declines no session and moves every live one
+//! with its reply key.
 #![no_main]
 
 #[path = "shared/translate.rs"]
@@ -48,6 +50,8 @@ enum Op {
     Raw(u8, Vec<u8>),
     /// Time passes; due timers run.
     Advance(u16),
+    /// Every session moves to a fresh node with the same rules, which carries on.
+    Handover,
 }
 
 const PROVIDER: u32 = 200;
@@ -172,6 +176,24 @@ impl World {
         self.check_unique();
     }
 
+    /// Moves every session to `next` (a fresh node with the same rules), which takes
+    /// them all over and from then on is the node.
+    fn handover(&mut self, mut next: Conntrack<Endpoint>) {
+        translate::move_all(&self.pipe.second, &mut next, self.now);
+        // Every live session moved, with its reply key (so its pool tuple).
+        for o in &self.originals {
+            let Some(hit) = self.pipe.second.lookup(o) else { continue };
+            let Some(info) = self.pipe.second.info(hit.session) else { continue };
+            if info.original != *o {
+                continue;
+            }
+            let moved = next.lookup(o).and_then(|h| next.info(h.session));
+            assert_eq!(moved.map(|m| m.reply), Some(info.reply), "session {o:?} did not move");
+        }
+        self.pipe.second = next;
+        self.check_unique();
+    }
+
     /// No two live translated sessions share a provider-side tuple.
     fn check_unique(&self) {
         let ct = &self.pipe.second;
@@ -220,11 +242,14 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
             ));
         }
     }
-    let Ok(svc) = Endpoint::new(rules) else { return };
-    let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
-    ct.v4.timeouts = nf_nat::nat_timeouts(&profile);
-    ct.v6.timeouts = ct.v4.timeouts;
-    let Ok(ct) = Conntrack::new(ct, svc) else { return };
+    let node = || {
+        let svc = Endpoint::new(rules.clone()).ok()?;
+        let mut ct = ConntrackConfig::new(*b"fuzz conntrack!!").sizes(Sizes { v4: 256, v6: 64 });
+        ct.v4.timeouts = nf_nat::nat_timeouts(&profile);
+        ct.v6.timeouts = ct.v4.timeouts;
+        Conntrack::new(ct, svc).ok()
+    };
+    let Some(ct) = node() else { return };
     let mut w = World {
         pipe: ParseStage::default().then(ct),
         now: Instant::from_nanos(1_000_000_000),
@@ -281,6 +306,11 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
             Op::Raw(zone, bytes) => {
                 let b = bytes.get(..bytes.len().min(2048)).unwrap_or_default().to_vec();
                 pending.push(([100, 101, PROVIDER, 300][usize::from(zone % 4)], false, b));
+            }
+            Op::Handover => {
+                w.flush(&mut pending);
+                let Some(next) = node() else { return };
+                w.handover(next);
             }
             Op::Advance(secs) => {
                 w.flush(&mut pending);

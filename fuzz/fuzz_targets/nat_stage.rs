@@ -265,22 +265,7 @@ impl World {
 
     fn handover(&mut self) {
         let Some((mut next, next_node)) = self.next_stage() else { return };
-        for family in [nf_core::Family::V4, nf_core::Family::V6] {
-            let mut from = 0;
-            loop {
-                let mut chunk = Vec::new();
-                let p = self.pipe.second.export(family, self.now, from, 13, &mut chunk).expect("SNAT sessions export");
-                let r = next.import(self.now, &chunk).expect("a chunk just made");
-                assert_eq!(r.imported + r.refused + r.skipped, p.records);
-                // The fresh stage has the same configuration: the service takes every
-                // session over, whatever its kind.
-                assert_eq!(r.refused, 0, "a session was declined");
-                match p.next {
-                    Some(n) => from = n,
-                    None => break,
-                }
-            }
-        }
+        translate::move_all(&self.pipe.second, &mut next, self.now);
         {
             // Every outbound translated session, every port forward's session, every
             // inbound session on a mapping and every hairpin to the forward moved, in every

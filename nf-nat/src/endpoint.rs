@@ -4,6 +4,7 @@
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError};
+use crate::portable;
 use crate::store::Store;
 use alloc::vec::Vec;
 use core::fmt;
@@ -14,6 +15,11 @@ use nf_core::rewrite::{End, Layout, rewrite, translate_icmp_error};
 use nf_core::{Direction, DropReason, FlowKey, Instant, Packet, Verdict, ZoneId, flags};
 
 const STAGE: &str = "endpoint";
+
+/// Kinds of an exported session ([`portable`]): untranslated (it reached no endpoint), or
+/// translated (the pool address and port of its mapping follow).
+const UNTRANSLATED: u8 = 0;
+const TRANSLATED: u8 = 1;
 
 /// One side of a private endpoint: a zone and an address and port in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +141,10 @@ pub struct EndpointCounters {
     pub rewrite_failed: u64,
     /// ICMP errors dropped because their quote could not be translated.
     pub icmp_errors_dropped: u64,
+    /// Translated sessions taken over from another node
+    /// ([`Conntrack::import`](nf_core::conntrack::Conntrack::import), a replica's
+    /// [`Conntrack::apply`](nf_core::conntrack::Conntrack::apply)).
+    pub flows_imported: u64,
 }
 
 impl EndpointCounters {
@@ -150,6 +160,7 @@ impl EndpointCounters {
             ("fragments_translated", self.fragments_translated),
             ("rewrite_failed", self.rewrite_failed),
             ("icmp_errors_dropped", self.icmp_errors_dropped),
+            ("flows_imported", self.flows_imported),
         ] {
             f(STAGE, name, v);
         }
@@ -458,6 +469,57 @@ impl Endpoint {
         Err(fail)
     }
 
+    /// Takes over a translated session of `session.original` on the pool mapping at
+    /// address `addr` (16 bytes) and port `port`, as [`Self::admit`] could have made it:
+    /// the flow must reach a rule here, the address be one of its pool's, the reply key be
+    /// the one the mapping gives, the pool's allocator take the mapping (a port of this
+    /// node's share, free for the service) and, IPv6, the consumer store have room.
+    fn import_translated(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        addr: &[u8; 16],
+        port: u16,
+    ) -> Option<EndpointSession> {
+        let original = session.original;
+        let i = self.rules.iter().position(|r| r.matches(&original))?;
+        let rule_index = u16::try_from(i).ok()?;
+        let rule = self.rules.get(i)?;
+        let (flow, v6, zone, pool_index) = (
+            rule.pool_flow(&original)?,
+            rule.v6,
+            rule.spec.provider.zone,
+            rule.pool,
+        );
+        let consumer4 = *original.src_raw().first_chunk::<4>()?;
+        let pool = self.pools.get_mut(pool_index)?;
+        let public = pool.raw.iter().position(|a| a == addr)?;
+        let mapping = Mapping::new(u16::try_from(public).ok()?, port);
+        let mut reply = pool.ports.reply_key(&flow, mapping)?;
+        reply.zone = zone;
+        if reply != session.reply || !pool.ports.claim(now, &flow, mapping) {
+            return None;
+        }
+        let consumer = if v6 {
+            self.v6.take(*original.src_raw()).map(u32::to_be_bytes)
+        } else {
+            Some(consumer4)
+        };
+        let Some(consumer) = consumer else {
+            // A mapping the claim made goes into quarantine, as an aborted allocation's.
+            let _ = pool.ports.release(now, &flow, mapping);
+            return None;
+        };
+        self.counters.flows_imported += 1;
+        Some(EndpointSession {
+            consumer,
+            consumer_port: original.src_port,
+            rule: rule_index,
+            mapping,
+            active: true,
+        })
+    }
+
     /// Calls `f` with the two (end, address, port) rewrites of a packet travelling `dir`,
     /// and returns the zone it leaves into.
     #[inline(always)]
@@ -631,6 +693,69 @@ impl SessionService for Endpoint {
             work += p.ports.handle_timeout(now, budget.saturating_sub(work));
         }
         work
+    }
+
+    /// A session moving to another node: its kind (1 byte: 0 untranslated, 1 translated,
+    /// 255 translated on a pool address this node cannot name), the pool address (16 bytes,
+    /// an IPv4 one in the first 4) and port (2) of its mapping. The rule is found again
+    /// from the session's original key (the consumer's zone, the endpoint address, port
+    /// and protocol), the consumer from its source: identities, not this node's indices.
+    const EXPORT_LEN: Option<usize> = Some(portable::EXPORTED);
+
+    fn export_value(&self, s: &EndpointSession, out: &mut [u8]) {
+        if !s.active {
+            portable::write_kind(out, UNTRANSLATED);
+            return;
+        }
+        let addr = self
+            .rules
+            .get(usize::from(s.rule))
+            .and_then(|r| self.pools.get(r.pool))
+            .and_then(|p| p.raw.get(usize::from(s.mapping.public_index())));
+        match addr {
+            Some(a) => portable::write(out, TRANSLATED, a, s.mapping.port()),
+            None => portable::write_kind(out, portable::NOT_MOVED),
+        }
+    }
+
+    /// Takes over a session another node's endpoint service made, with the same pool
+    /// mapping, where the flow reaches an endpoint rule here whose pool holds the mapping's
+    /// address, the reply key is the one the mapping gives, and the pool's allocator can
+    /// take the mapping as its own allocation could have made it (a port of this node's
+    /// share — per-node shares, [`Owner`](crate::Owner), decline another node's sessions
+    /// until [`PortAllocator::take_over`] — free for the service). Declined otherwise;
+    /// untranslated sessions move as they are.
+    fn import_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<EndpointSession> {
+        let (kind, addr, port) = portable::read(bytes)?;
+        match kind {
+            UNTRANSLATED => Some(EndpointSession::default()),
+            TRANSLATED => self.import_translated(now, session, &addr, port),
+            _ => None,
+        }
+    }
+
+    /// As [`Self::import_value`], except that the claim may take a port out of this
+    /// node's quarantine (a replica hears of a copy's end later than its primary, whose
+    /// quarantine protects the port).
+    fn replicate_value(
+        &mut self,
+        now: Instant,
+        session: &SessionInfo<()>,
+        bytes: &[u8],
+    ) -> Option<EndpointSession> {
+        for p in &mut self.pools {
+            p.ports.claim_quarantined(true);
+        }
+        let value = self.import_value(now, session, bytes);
+        for p in &mut self.pools {
+            p.ports.claim_quarantined(false);
+        }
+        value
     }
 }
 

@@ -169,7 +169,11 @@
 //!
 //! Counters (stage `endpoint`): `flows_translated`, `flows_refused`, `flows_unmatched`,
 //! `no_mapping`, `packets_to_provider`, `packets_to_consumer`, `icmp_errors_translated`,
-//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`. The session value is
+//! `fragments_translated`, `rewrite_failed`, `icmp_errors_dropped`, `flows_imported`.
+//! Sessions move between nodes
+//! ([`Conntrack::export`](nf_core::conntrack::Conntrack::export) / `import`, and a
+//! replica's `apply`) with their pool mappings (19 bytes each: kind, pool address, port),
+//! where the other node has the same rules and pools. The session value is
 //! 14 bytes (an IPv4 record stays one line): it keeps an IPv4 consumer's address inline and
 //! an IPv6 consumer's as an index into a store allocated by [`Endpoint::new`], with room for
 //! as many sessions as the IPv6 rules' pools hold mappings (20 bytes each; when it is full a
@@ -301,6 +305,7 @@ mod allocator;
 mod config;
 mod counters;
 mod endpoint;
+mod portable;
 mod snat;
 mod space;
 mod store;

@@ -3,6 +3,7 @@
 use crate::alloc_error::AllocError;
 use crate::allocator::{Mapping, PortAllocator};
 use crate::config::{AllocatorConfig, ConfigError, Profile};
+use crate::portable;
 use crate::store::Store;
 use crate::table::Table;
 use alloc::vec::Vec;
@@ -349,9 +350,6 @@ pub struct Translation {
 /// [`Translation::other`] free.
 const PEERS_MAX: usize = 1 << 31;
 
-/// Bytes of a session's part in a hand-over ([`SessionService::EXPORT_LEN`]).
-const EXPORTED: usize = 1 + 16 + 2;
-
 /// The hand-over kind of a port forward's session (either family).
 const FORWARDED: u8 = 3;
 
@@ -377,9 +375,6 @@ enum Adopted {
     /// An inside endpoint's flow to the port forward of this index.
     Hairpin(u32),
 }
-
-/// The hand-over kind of a session that does not move.
-const NOT_MOVED: u8 = 255;
 
 /// [`Translation::other`]'s waiting bit.
 const WAITING: u32 = 1 << 31;
@@ -1686,15 +1681,11 @@ impl SessionService for Snat {
     /// address (16 bytes, an IPv4 one in the first 4) and port (2) of its mapping (a
     /// hairpin's: the sender's; the peer's is its destination). The inside endpoint is the
     /// original key's source (a forward's and an outside host's: the reply key's).
-    const EXPORT_LEN: Option<usize> = Some(EXPORTED);
+    const EXPORT_LEN: Option<usize> = Some(portable::EXPORTED);
 
     fn export_value(&self, t: &Translation, out: &mut [u8]) {
-        let Some(out) = out.first_chunk_mut::<EXPORTED>() else {
-            return;
-        };
-        *out = [0; EXPORTED];
         let kind = match t.kind {
-            Kind::Pass => return,
+            Kind::Pass => 0,
             Kind::V4 => 1,
             Kind::V6 => 2,
             Kind::DnatV4 | Kind::DnatV6 => FORWARDED,
@@ -1703,20 +1694,10 @@ impl SessionService for Snat {
             Kind::PinV4 | Kind::PinV6 if t.waiting() => PIN_WAITING,
             Kind::PinV4 | Kind::PinV6 => PIN,
         };
-        let Some(ip) = self.ports.public_ip(t.map()) else {
-            out[0] = NOT_MOVED;
-            return;
-        };
-        // Field by field (no iterator chain: this runs once per session of a hand-over).
-        let Some((head, port)) = out.split_last_chunk_mut::<2>() else {
-            return;
-        };
-        *port = t.map().port().to_be_bytes();
-        if let Some(([k], addr)) = head.split_first_chunk_mut::<1>()
-            && let Some(a) = addr.first_chunk_mut::<16>()
-        {
-            *k = kind;
-            *a = raw(ip);
+        match self.ports.public_ip(t.map()) {
+            _ if kind == 0 => portable::write_kind(out, 0),
+            Some(ip) => portable::write(out, kind, &raw(ip), t.map().port()),
+            None => portable::write_kind(out, portable::NOT_MOVED),
         }
     }
 
@@ -1745,10 +1726,8 @@ impl SessionService for Snat {
         session: &SessionInfo<()>,
         bytes: &[u8],
     ) -> Option<Translation> {
-        let (&kind, rest) = bytes.first_chunk::<EXPORTED>()?.split_first()?;
-        let (addr, rest) = rest.split_first_chunk::<16>()?;
-        let &[p0, p1] = rest.first_chunk::<2>()?;
-        let port = u16::from_be_bytes([p0, p1]);
+        let (kind, addr, port) = portable::read(bytes)?;
+        let addr = &addr;
         let original = session.original;
         match kind {
             0 => Some(Translation::default()),

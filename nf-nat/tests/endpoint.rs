@@ -13,7 +13,8 @@
 mod common;
 
 use common::{
-    dst4, dst6, ports, src4, src6, tcp4, tcp6, udp4, udp6, unreachable4, unreachable6, verify_frame,
+    dst4, dst6, export_sessions, ports, replicate, src4, src6, tcp4, tcp6, udp4, udp6,
+    unreachable4, unreachable6, verify_frame,
 };
 use nf_core::conntrack::{Conntrack, ConntrackConfig};
 use nf_core::flow::proto;
@@ -64,11 +65,11 @@ struct Out {
 
 impl Pipe {
     fn new(rules: Vec<EndpointRule>) -> Self {
-        let ct = Conntrack::new(
-            ConntrackConfig::new(*b"conntrack secret"),
-            Endpoint::new(rules).unwrap(),
-        )
-        .unwrap();
+        let mut cfg = ConntrackConfig::new(*b"conntrack secret");
+        // A change journal, for the replica test.
+        cfg.v4.journal = 1024;
+        cfg.v6.journal = 1024;
+        let ct = Conntrack::new(cfg, Endpoint::new(rules).unwrap()).unwrap();
         Self {
             pipe: ParseStage::default().then(ct),
             now: Instant::from_nanos(1_000_000_000),
@@ -87,6 +88,14 @@ impl Pipe {
             zone: p.meta.zone,
             frame: p.data().to_vec(),
             direction: p.meta.direction,
+        }
+    }
+
+    /// Runs every timer due by `now` + `secs`.
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        while self.pipe.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.pipe.handle_timeout(self.now, 1024);
         }
     }
 
@@ -522,4 +531,158 @@ fn ipv6_the_end_of_a_session_returns_its_pool_port_and_store_slot() {
     }
     assert_eq!(p.counter("flows_translated"), 24);
     assert_eq!(p.counter("flows_refused"), 3);
+}
+
+/// The rules of the move tests: TCP and UDP endpoints for consumer zones 100 and 101 (the
+/// same addresses in both, one shared pool per protocol), an IPv6 UDP endpoint in zone 100.
+fn move_rules() -> Vec<EndpointRule> {
+    vec![
+        rule(100, proto::TCP),
+        rule(101, proto::TCP),
+        rule(100, proto::UDP),
+        rule(101, proto::UDP),
+        rule6(100, proto::UDP),
+    ]
+}
+
+/// Flow `i` of the move tests: (consumer zone, frame from the consumer).
+fn move_flow(i: u16) -> (u32, Vec<u8>) {
+    let (zone, sp) = (100 + u32::from(i % 2), 30_000 + i);
+    match i % 3 {
+        0 => (zone, tcp4(CONSUMER, ENDPOINT, sp, 443, SYN)),
+        1 => (zone, udp4(CONSUMER, ENDPOINT, sp, 443)),
+        _ => (100, udp6(CONSUMER6, ENDPOINT6, sp, 443)),
+    }
+}
+
+/// The provider's answer to what left for flow `i` as `out`.
+fn move_answer(i: u16, out: &Out) -> Vec<u8> {
+    let pp = ports(&out.frame).0;
+    match i % 3 {
+        0 => tcp4(SERVICE, POOL, 8443, pp, SYN_ACK),
+        1 => udp4(SERVICE, POOL, 8443, pp),
+        _ => udp6(SERVICE6, POOL6, 8443, pp),
+    }
+}
+
+/// Opens the move tests' 60 flows at `p`; what left for each.
+fn open_flows(p: &mut Pipe) -> Vec<Out> {
+    (0..60u16)
+        .map(|i| {
+            let (zone, f) = move_flow(i);
+            let out = p.send(zone, &f);
+            assert_eq!(
+                (out.verdict, out.zone),
+                (Verdict::Pass, ZoneId(200)),
+                "flow {i}"
+            );
+            out
+        })
+        .collect()
+}
+
+/// At `b`, every flow of `first` (opened elsewhere) is answered back to its consumer, in its
+/// zone, and the consumer's next packets leave on the same pool port.
+fn carries_on(b: &mut Pipe, first: &[Out]) {
+    for (i, out) in (0..60u16).zip(first) {
+        let (zone, f) = move_flow(i);
+        let back = b.send(200, &move_answer(i, out));
+        assert_eq!(back.verdict, Verdict::Pass, "answer {i}");
+        assert_eq!(
+            (back.direction, back.zone),
+            (Direction::Reply, ZoneId(zone))
+        );
+        assert_eq!(ports(&back.frame), (443, 30_000 + i));
+        match i % 3 {
+            2 => assert_eq!(dst6(&back.frame), CONSUMER6),
+            _ => assert_eq!(dst4(&back.frame), CONSUMER),
+        }
+        verify_frame(&back.frame);
+        let again = b.send(zone, &f);
+        assert_eq!(again.verdict, Verdict::Pass);
+        assert_eq!(
+            ports(&again.frame),
+            ports(&out.frame),
+            "flow {i} keeps its port"
+        );
+    }
+}
+
+/// Endpoint sessions move to another node with the same rules (`Conntrack::export` /
+/// `import`): the provider's answers reach the consumers there, in their zones, the
+/// consumers' packets keep their pool ports, new flows never get an imported port, the
+/// same sessions again are declined, and every imported session gives its port back at
+/// its end. A node whose pool differs declines them all.
+#[test]
+fn sessions_move_to_another_node_with_their_pool_ports() {
+    let mut a = Pipe::new(move_rules());
+    let first = open_flows(&mut a);
+    let mut b = Pipe::new(move_rules());
+    let mut imported = 0;
+    for c in export_sessions(&a.pipe.second, a.now) {
+        let r = b.pipe.second.import(b.now, &c).unwrap();
+        assert_eq!((r.refused, r.skipped), (0, 0));
+        imported += r.imported;
+    }
+    assert_eq!(imported, 60);
+    assert_eq!(b.counter("flows_imported"), 60);
+    carries_on(&mut b, &first);
+    assert_eq!(b.counter("flows_translated"), 0);
+    // New flows from other consumer ports take other pool ports.
+    let taken: Vec<u16> = first.iter().map(|o| ports(&o.frame).0).collect();
+    for i in 0..30u16 {
+        let out = b.send(100, &udp4(CONSUMER, ENDPOINT, 50_000 + i, 443));
+        assert_eq!(out.verdict, Verdict::Pass);
+        assert!(!taken.contains(&ports(&out.frame).0), "a port given twice");
+    }
+    // The same sessions again: each key is there already.
+    for c in export_sessions(&a.pipe.second, a.now) {
+        assert_eq!(b.pipe.second.import(b.now, &c).unwrap().imported, 0);
+    }
+    assert_eq!(b.counter("flows_imported"), 60);
+    // Imported sessions end like the others, their ports back in the pools.
+    b.advance(24 * 3600);
+    assert!(b.pipe.second.is_empty());
+    for rule in [0, 2, 4] {
+        assert_eq!(b.endpoint().ports(rule).unwrap().len(), 0, "rule {rule}");
+    }
+
+    // Another pool address: no session can keep its tuple there.
+    let mut other = move_rules();
+    for r in &mut other {
+        let ip = if r.pool.public_ips[0].is_ipv4() {
+            "10.9.255.2".parse().unwrap()
+        } else {
+            "fd09:ffff::2".parse().unwrap()
+        };
+        r.pool = AllocatorConfig::new(Profile::Hyperplane, vec![ip], *b"endpoint secret!");
+    }
+    let mut c = Pipe::new(other);
+    let mut refused = 0;
+    for chunk in export_sessions(&a.pipe.second, a.now) {
+        let r = c.pipe.second.import(c.now, &chunk).unwrap();
+        assert_eq!(r.imported, 0);
+        refused += r.refused;
+    }
+    assert_eq!(refused, 60);
+    assert!(c.pipe.second.is_empty());
+}
+
+/// A replica kept by the primary's change journal (`export_changes` / `apply`) carries the
+/// sessions on when the primary is gone, and hears of their ends.
+#[test]
+fn a_replica_carries_the_sessions_on() {
+    let mut a = Pipe::new(move_rules());
+    let mut b = Pipe::new(move_rules());
+    let first = open_flows(&mut a);
+    let r = replicate(&mut a.pipe.second, a.now, &mut b.pipe.second, b.now);
+    assert_eq!((r.created, r.refused), (60, 0));
+    assert_eq!(b.counter("flows_imported"), 60);
+    carries_on(&mut b, &first);
+    // The primary's sessions end: so do the copies, their ports quarantined.
+    a.advance(24 * 3600);
+    let r = replicate(&mut a.pipe.second, a.now, &mut b.pipe.second, b.now);
+    assert_eq!(r.ended, 60);
+    assert!(b.pipe.second.is_empty());
+    assert_eq!(b.endpoint().ports(2).unwrap().len(), 0);
 }

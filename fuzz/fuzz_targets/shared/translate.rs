@@ -1,6 +1,7 @@
 //! What the NAT-style targets (nat_stage, endpoint_stage) share: addresses, frames they
-//! build, and checksums recomputed from scratch.
+//! build, checksums recomputed from scratch, and hand-overs.
 
+use nf_core::conntrack::{Conntrack, SessionService};
 use nf_core::flow::proto;
 use nf_core::wire::Frame;
 
@@ -104,4 +105,24 @@ pub fn verify_ip_quoting(ip: &[u8], quote: bool) {
 /// Item `i` of `v` (wrapping), `None` if `v` is empty.
 pub fn pick<T>(v: &[T], i: u16) -> Option<&T> {
     if v.is_empty() { None } else { v.get(usize::from(i) % v.len()) }
+}
+
+/// Moves every session of `from` into `to` (a fresh stage with the same configuration), in
+/// chunks of 13: every record is imported, refused or skipped, and the service declines
+/// none, whatever its kind.
+pub fn move_all<S: SessionService>(from: &Conntrack<S>, to: &mut Conntrack<S>, now: nf_core::Instant) {
+    for family in [nf_core::Family::V4, nf_core::Family::V6] {
+        let mut at = 0;
+        loop {
+            let mut chunk = Vec::new();
+            let p = from.export(family, now, at, 13, &mut chunk).expect("the sessions export");
+            let r = to.import(now, &chunk).expect("a chunk just made");
+            assert_eq!(r.imported + r.refused + r.skipped, p.records);
+            assert_eq!(r.refused, 0, "a session was declined");
+            match p.next {
+                Some(n) => at = n,
+                None => break,
+            }
+        }
+    }
 }

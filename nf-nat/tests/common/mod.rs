@@ -8,7 +8,7 @@
 )]
 
 use etherparse::PacketHeaders;
-use nf_core::conntrack::{Conntrack, ConntrackConfig, Sizes};
+use nf_core::conntrack::{Conntrack, ConntrackConfig, SessionService, Sizes};
 use nf_core::wire::Frame;
 use nf_core::{Batch, Chain, Instant, Packet, ParseStage, Stage, StageControl, StageExt, Verdict};
 use nf_nat::{AllocatorConfig, Profile, Snat, SnatConfig, nat_timeouts};
@@ -154,16 +154,19 @@ pub(crate) fn hairpin_nat(profile: Profile, proto: u8) -> Nat {
 
 /// Every session of `nat`, both families, in chunks of 16.
 pub(crate) fn export_all(nat: &Nat) -> Vec<Vec<u8>> {
+    export_sessions(&nat.pipe.second, nat.now)
+}
+
+/// Every session of `ct`, both families, in chunks of 16.
+pub(crate) fn export_sessions<S: SessionService>(ct: &Conntrack<S>, now: Instant) -> Vec<Vec<u8>> {
     let mut chunks = Vec::new();
     for family in [nf_core::Family::V4, nf_core::Family::V6] {
         let mut from = 0;
         loop {
             let mut c = Vec::new();
-            let p = nat
-                .pipe
-                .second
-                .export(family, nat.now, from, 16, &mut c)
-                .expect("SNAT sessions move");
+            let p = ct
+                .export(family, now, from, 16, &mut c)
+                .expect("the sessions move");
             chunks.push(c);
             match p.next {
                 Some(n) => from = n,
@@ -177,16 +180,25 @@ pub(crate) fn export_all(nat: &Nat) -> Vec<Vec<u8>> {
 /// Sends what changed at `from` since the last call to its replica `to` (both families);
 /// the replica's report, summed.
 pub(crate) fn sync_changes(from: &mut Nat, to: &mut Nat) -> nf_core::conntrack::ApplyReport {
+    let (from_now, to_now) = (from.now, to.now);
+    replicate(&mut from.pipe.second, from_now, &mut to.pipe.second, to_now)
+}
+
+/// [`sync_changes`] for any two connection trackers, at their times.
+pub(crate) fn replicate<S: SessionService>(
+    from: &mut Conntrack<S>,
+    from_now: Instant,
+    to: &mut Conntrack<S>,
+    to_now: Instant,
+) -> nf_core::conntrack::ApplyReport {
     let mut sum = nf_core::conntrack::ApplyReport::default();
     for family in [nf_core::Family::V4, nf_core::Family::V6] {
         let mut c = Vec::new();
         let p = from
-            .pipe
-            .second
-            .export_changes(family, from.now, usize::MAX, &mut c)
-            .expect("SNAT sessions move");
+            .export_changes(family, from_now, usize::MAX, &mut c)
+            .expect("the sessions move");
         assert_eq!((p.lost, p.pending), (0, false));
-        let r = to.pipe.second.apply(to.now, &c).expect("a valid delta");
+        let r = to.apply(to_now, &c).expect("a valid delta");
         sum.created += r.created;
         sum.refreshed += r.refreshed;
         sum.replaced += r.replaced;
