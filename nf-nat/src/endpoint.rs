@@ -390,6 +390,21 @@ impl Endpoint {
         self.pools.get(r.pool).map(|p| &p.ports)
     }
 
+    /// Takes over node `node`'s share of every pool's ports (pools split between nodes by
+    /// [`AllocatorConfig::with_owner`]): afterwards that node's sessions are taken over
+    /// here ([`Conntrack::import`](nf_core::conntrack::Conntrack::import), a replica's
+    /// `apply`) like this node's own; new flows still get only this node's ports
+    /// ([`PortAllocator::take_over`]).
+    ///
+    /// # Errors
+    /// [`ConfigError::Owner`] for a node out of range or this node itself,
+    /// [`ConfigError::Blocks`] for a cgn pool. Pools taken over before the error stay so.
+    pub fn take_over(&mut self, node: u32) -> Result<(), ConfigError> {
+        self.pools
+            .iter_mut()
+            .try_for_each(|p| p.ports.take_over(node))
+    }
+
     /// Bytes of the pool allocators' tables and of the IPv6 consumer store.
     pub fn memory_bytes(&self) -> usize {
         self.pools

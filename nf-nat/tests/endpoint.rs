@@ -686,3 +686,51 @@ fn a_replica_carries_the_sessions_on() {
     assert!(b.pipe.second.is_empty());
     assert_eq!(b.endpoint().ports(2).unwrap().len(), 0);
 }
+
+/// Two nodes splitting every pool's ports ([`nf_nat::Owner`]): node 1 declines node 0's
+/// sessions until it takes over node 0's share, then carries them on; its own new flows
+/// still get ports of its own share only.
+#[test]
+fn another_nodes_share_is_taken_over_before_its_sessions() {
+    let node = |n: u32| {
+        let rules: Vec<EndpointRule> = move_rules()
+            .into_iter()
+            .map(|mut r| {
+                r.pool = r.pool.with_owner(nf_nat::Owner {
+                    nodes: 2,
+                    cores: 1,
+                    node: n,
+                    core: 0,
+                });
+                r
+            })
+            .collect();
+        Pipe::new(rules)
+    };
+    let (mut a, mut b) = (node(0), node(1));
+    let first = open_flows(&mut a);
+    let split = nf_nat::PortSplit { nodes: 2, cores: 1 };
+    for o in &first {
+        assert_eq!(nf_nat::owner_of(ports(&o.frame).0, split).node, 0);
+    }
+    let refused: usize = export_sessions(&a.pipe.second, a.now)
+        .iter()
+        .map(|c| b.pipe.second.import(b.now, c).unwrap().refused)
+        .sum();
+    assert_eq!(refused, 60);
+    assert_eq!(
+        b.pipe.second.service_mut().take_over(1),
+        Err(nf_nat::ConfigError::Owner)
+    );
+    b.pipe.second.service_mut().take_over(0).unwrap();
+    let imported: usize = export_sessions(&a.pipe.second, a.now)
+        .iter()
+        .map(|c| b.pipe.second.import(b.now, c).unwrap().imported)
+        .sum();
+    assert_eq!(imported, 60);
+    carries_on(&mut b, &first);
+    for i in 0..20u16 {
+        let out = b.send(100, &udp4(CONSUMER, ENDPOINT, 50_000 + i, 443));
+        assert_eq!(nf_nat::owner_of(ports(&out.frame).0, split).node, 1);
+    }
+}
