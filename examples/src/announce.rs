@@ -29,6 +29,10 @@ pub const USAGE: &str = "\
   --bfd                  BFD (RFC 5880/5881) with the router: it finds this node gone
                          within 300 ms (100 ms packets, three missed) instead of the
                          BGP hold time
+  --bfd-interval MS      BFD packets every MS milliseconds, and as often from the router
+                         at most (10 to 10000, default 100; the slower side's wins)
+  --bfd-multiplier N     BFD packets missed before a side is taken as down (2 to 50,
+                         default 3): a failure is found within N x the interval
   --bfd-key-file F       BFD packets signed and checked (Meticulous Keyed SHA1, key ID
                          1: the router's BFD password): the bytes of F, a final newline
                          left out, 1 to 20
@@ -51,6 +55,10 @@ pub struct AnnounceArgs {
     pub bfd: bool,
     /// `--bfd-key-file`.
     pub bfd_key_file: Option<PathBuf>,
+    /// `--bfd-interval` (both ways) and `--bfd-multiplier`; 100 ms and 3 by default.
+    pub bfd_timing: BfdConfig,
+    /// Whether a BFD timing flag was given (they need `--bfd`).
+    pub bfd_timed: bool,
     /// `--drain`, seconds.
     pub drain: f64,
 }
@@ -64,6 +72,8 @@ impl Default for AnnounceArgs {
             password_file: None,
             bfd: false,
             bfd_key_file: None,
+            bfd_timing: BfdConfig::default(),
+            bfd_timed: false,
             drain: 0.0,
         }
     }
@@ -112,6 +122,23 @@ impl AnnounceArgs {
                 self.bfd_key_file = Some(PathBuf::from(value));
                 Ok(())
             }
+            "--bfd-interval" => match value.parse::<u32>() {
+                Ok(ms @ 10..=10_000) => {
+                    self.bfd_timing.min_tx_us = ms * 1000;
+                    self.bfd_timing.min_rx_us = ms * 1000;
+                    self.bfd_timed = true;
+                    Ok(())
+                }
+                _ => Err(bad("10 to 10000 milliseconds")),
+            },
+            "--bfd-multiplier" => match value.parse::<u8>() {
+                Ok(n @ 2..=50) => {
+                    self.bfd_timing.detect_mult = n;
+                    self.bfd_timed = true;
+                    Ok(())
+                }
+                _ => Err(bad("2 to 50")),
+            },
             "--drain" => crate::cli::seconds(flag, value).map(|s| self.drain = s),
             _ => return None,
         };
@@ -121,14 +148,14 @@ impl AnnounceArgs {
     /// Checks the flags together.
     ///
     /// # Errors
-    /// `--bgp-password-file`, `--bfd` or `--drain` without `--bgp-peer`, `--bfd-key-file`
-    /// without `--bfd`.
+    /// `--bgp-password-file`, `--bfd` or `--drain` without `--bgp-peer`, `--bfd-key-file`,
+    /// `--bfd-interval` or `--bfd-multiplier` without `--bfd`.
     pub fn check(&self) -> Result<(), String> {
         if self.peer.is_none() && (self.password_file.is_some() || self.bfd || self.drain > 0.0) {
             return Err("--bgp-password-file, --bfd and --drain need --bgp-peer".into());
         }
-        if self.bfd_key_file.is_some() && !self.bfd {
-            return Err("--bfd-key-file needs --bfd".into());
+        if (self.bfd_key_file.is_some() || self.bfd_timed) && !self.bfd {
+            return Err("--bfd-key-file, --bfd-interval and --bfd-multiplier need --bfd".into());
         }
         Ok(())
     }
@@ -168,16 +195,18 @@ impl AnnounceArgs {
             let IpAddr::V4(router) = peer.ip() else {
                 return Err("--bfd: an IPv4 --bgp-peer".into());
             };
-            let cfg = BfdConfig::default();
+            let cfg = self.bfd_timing;
             let auth = match &self.bfd_key_file {
                 None => None,
                 Some(path) => {
                     let key = key_bytes("--bfd-key-file", path)?;
-                    // From the clock, in 50 ms steps: a restarted speaker starts ahead of
-                    // every number it sent before (one per 100 ms at most).
+                    // From the clock, in steps of half the interval: a restarted speaker
+                    // starts ahead of every number it sent before (one per three quarters
+                    // of the interval at most, the jitter taken off).
+                    let step = u128::from((cfg.min_tx_us / 2000).max(1));
                     let first = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| (d.as_millis() / 50) as u32);
+                        .map_or(0, |d| (d.as_millis() / step) as u32);
                     let a = BfdAuth::new(1, &key, cfg.detect_mult, first)
                         .map_err(|e| format!("--bfd-key-file {}: {e}", path.display()))?;
                     Some(a)
@@ -266,9 +295,25 @@ mod tests {
                 password_file: Some(PathBuf::from("/etc/nf/bgp.pw")),
                 bfd: true,
                 bfd_key_file: None,
+                bfd_timing: BfdConfig::default(),
+                bfd_timed: false,
                 drain: 2.5,
             }
         );
+        let mut t = a.clone();
+        assert_eq!(t.option("--bfd-interval", "250"), Some(Ok(())));
+        assert_eq!(t.option("--bfd-multiplier", "5"), Some(Ok(())));
+        assert_eq!(
+            t.bfd_timing,
+            BfdConfig {
+                min_tx_us: 250_000,
+                min_rx_us: 250_000,
+                detect_mult: 5
+            }
+        );
+        assert_eq!(t.check(), Ok(()));
+        t.bfd = false;
+        assert!(t.check().is_err(), "timing without --bfd");
         assert_eq!(a.check(), Ok(()));
         assert_eq!(a.option("--bgp-peer", "10.4.1.1:1179"), Some(Ok(())));
         assert_eq!(a.peer, Some("10.4.1.1:1179".parse().unwrap()));
@@ -280,6 +325,11 @@ mod tests {
             ("--bgp-as", "4294967296"),
             ("--bgp-peer-as", "as65000"),
             ("--drain", "-1"),
+            ("--bfd-interval", "9"),
+            ("--bfd-interval", "10001"),
+            ("--bfd-interval", "0.5"),
+            ("--bfd-multiplier", "1"),
+            ("--bfd-multiplier", "51"),
         ] {
             assert!(
                 matches!(a.option(flag, value), Some(Err(_))),

@@ -887,6 +887,51 @@ mod tests {
         assert_eq!((c.state(), c.diag), (State::Down, diag::NEIGHBOR_DOWN));
     }
 
+    /// Sides with their own timing (`--bfd-interval`, `--bfd-multiplier`): each sends at
+    /// the slower of its own wish and what the other can take, and each finds the other
+    /// gone after the other's multiplier of those intervals (RFC 5880 §6.8.4), not before.
+    #[test]
+    fn sides_with_their_own_timing_agree_on_the_slower_interval() {
+        let fast = BfdConfig {
+            min_tx_us: 150_000,
+            min_rx_us: 150_000,
+            detect_mult: 4,
+        };
+        let slow = BfdConfig {
+            min_tx_us: 200_000,
+            min_rx_us: 200_000,
+            detect_mult: 3,
+        };
+        let mut now = Instant::now();
+        for (quiet_side, want) in [(false, 600), (true, 800)] {
+            let (mut a, mut b) = (Session::new(fast, 11, 5), Session::new(slow, 22, 6));
+            exchange(&mut a, &mut b, &mut now, 300);
+            assert_eq!((a.state(), b.state()), (State::Up, State::Up));
+            assert_eq!(a.tx_interval(), Duration::from_millis(200));
+            assert_eq!(b.tx_interval(), Duration::from_millis(200));
+            // One side falls silent (right after sending); the other finds out.
+            let (watch, _) = if quiet_side {
+                (&mut b, &mut a)
+            } else {
+                (&mut a, &mut b)
+            };
+            let quiet = now;
+            while watch.state() == State::Up {
+                watch.poll(now);
+                now += Duration::from_millis(5);
+                assert!(
+                    now - quiet < Duration::from_millis(want + 50),
+                    "not found out"
+                );
+            }
+            let took = now - quiet;
+            assert!(
+                took >= Duration::from_millis(want - 200),
+                "found out after {took:?}, before {want} ms less one interval"
+            );
+        }
+    }
+
     #[test]
     fn a_session_shut_down_says_admin_down_and_stays_so() {
         let cfg = BfdConfig::default();

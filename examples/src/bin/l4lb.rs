@@ -57,8 +57,9 @@
 //! VIPs to the router itself ([`nf_examples::bgp`]), and with sync only once it holds its
 //! peers' sessions: a node that comes back takes traffic only after its resyncs. The
 //! session can be TCP-MD5 signed (`--bgp-password-file`), and with `--bfd`
-//! ([`nf_examples::bfd`]) the router finds a node gone within 300 ms (every BFD packet
-//! signed with `--bfd-key-file`), and the node ends its BGP session as soon as BFD finds the
+//! ([`nf_examples::bfd`]) the router finds a node gone within 300 ms (by default:
+//! `--bfd-interval` and `--bfd-multiplier` set it; every BFD packet signed with
+//! `--bfd-key-file`), and the node ends its BGP session as soon as BFD finds the
 //! router gone ([`nf_examples::announce`]). `--sync-key-file`
 //! authenticates the sync link; `--metrics` serves every counter to Prometheus.
 //!
@@ -113,7 +114,8 @@ usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...
              [--sync-key-file FILE]]
             [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N] [--bgp-password-file FILE]
-             [--bfd] [--drain SECS]]
+             [--bfd [--bfd-key-file FILE] [--bfd-interval MS] [--bfd-multiplier N]]
+             [--drain SECS]]
 
 Balances the flows to VIP:PORT over the backends listed in FILE (run as root; both
 interfaces without addresses in the kernel). SIGHUP re-reads FILE; SIGUSR1 prints

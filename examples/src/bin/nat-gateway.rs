@@ -109,7 +109,8 @@ usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-add
                    [--sync-listen ADDR:PORT --fleet-peer IPV4,ADDR:PORT...
                     [--sync-key-file FILE]]
                    [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N]
-                    [--bgp-password-file FILE] [--bfd] [--drain SECS]]
+                    [--bgp-password-file FILE] [--bfd [--bfd-key-file FILE]
+                     [--bfd-interval MS] [--bfd-multiplier N]] [--drain SECS]]
 
 Routes between an inside and an outside network (run as root; both interfaces
 without addresses in the kernel). Prints counters on SIGINT/SIGTERM (and exits),
