@@ -23,21 +23,33 @@
 //! - **Peers**: [`Router::set_peers`] names fixed next hops beyond the ports (a fleet's other
 //!   nodes): a stage hands a packet to one with [`Verdict::Tx`] of a port number past the
 //!   interfaces, and it goes out unrouted, its IP header untouched (`to_peer`).
-//! - Every drop is counted: `no_route`, `ttl_expired` (no ICMP time exceeded is sent yet),
-//!   `to_router` (IPv4 for one of the router's own addresses after the stages: the router has
-//!   no local stack), `too_big` (larger than the egress MTU: no fragmentation, no ICMP yet),
-//!   `pending_full`, `neighbors_full`. [`Router::visit_counters`] reports them per port.
+//! - **ICMP errors** (RFC 1812 §4.3.2, §5.3.1): a packet passing through (not to one of
+//!   the ports' addresses or the addresses they answer for) whose TTL runs out here gets
+//!   time exceeded, and one with DF set that does not fit its egress port's MTU gets
+//!   fragmentation needed with that MTU (RFC 1191: what path MTU discovery and traceroute
+//!   read), both from the receiving port's address and decided at receive, before the
+//!   stages, as Linux decides them before its NAT; the answer replaces the packet, passes
+//!   the stages untouched ([`Verdict::Tx`] of the receiving port) and is routed back. At
+//!   most [`ICMP_PER_SECOND`] on average (bursts of [`ICMP_BURST`]); counted
+//!   `time_exceeded_sent`, `frag_needed_sent`, `icmp_rate_limited`.
+//! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
+//!   rate-limited, or for a packet to an address the stages translate), `to_router` (IPv4
+//!   for one of the router's own addresses after the stages: the router has no local
+//!   stack), `too_big` (larger than the egress MTU and not answered: no DF — no
+//!   fragmentation yet —, rate-limited, or grown by the stages), `pending_full`,
+//!   `neighbors_full`. [`Router::visit_counters`] reports them per port.
 //!
 //! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
 
 use crate::io::{Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, wait_fds};
 use crate::vtep::{ArpOp, arp_frame};
 use nf_core::checksum::update16;
+use nf_core::reply::{icmp_time_exceeded, icmp_too_big};
 use nf_core::wire::ethertype;
-use nf_core::{Batch, DropReason, Instant, PortId, Verdict};
+use nf_core::{Batch, DropReason, Instant, ParseConfig, PortId, Verdict, parse_frame};
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::str::FromStr;
 
@@ -49,6 +61,11 @@ const ARP_RETRY_MS: u64 = 200;
 const PENDING_MAX: usize = 64;
 /// Neighbour entries per port.
 const NEIGHBORS_MAX: usize = 4096;
+/// ICMP errors the router sends per second at most, on average (Linux: 1,000 per second
+/// over all destinations, `icmp_msgs_per_sec`).
+pub const ICMP_PER_SECOND: u64 = 1_000;
+/// ICMP errors the router sends at once at most (Linux: `icmp_msgs_burst`, 50).
+pub const ICMP_BURST: u64 = 50;
 
 /// An IPv4 prefix with an address in it: `10.0.0.1/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +167,13 @@ pub struct PortCounters {
     pub malformed: u64,
     /// Frames handed to a fleet peer on this port ([`Router::set_peers`]).
     pub to_peer: u64,
+    /// ICMP time exceeded sent for frames received here.
+    pub time_exceeded_sent: u64,
+    /// ICMP fragmentation needed sent for frames received here.
+    pub frag_needed_sent: u64,
+    /// ICMP errors not sent for frames received here: over the rate, or the frame could
+    /// not be answered (dropped as `ttl_expired` or `too_big`).
+    pub icmp_rate_limited: u64,
 }
 
 /// One interface: its rings, addresses and neighbours.
@@ -246,6 +270,34 @@ pub struct Router {
     events: Vec<PollEvents>,
     /// Fixed next hops beyond the ports ([`Self::set_peers`]).
     peers: Vec<(usize, Ipv4Addr)>,
+    /// The smallest egress frame size: larger frames are checked at receive.
+    frame_min: usize,
+    /// ICMP errors that may be sent now, and when the budget was last topped up.
+    icmp: IcmpBudget,
+}
+
+/// A token bucket of ICMP errors: [`ICMP_PER_SECOND`], bursts of [`ICMP_BURST`].
+struct IcmpBudget {
+    tokens: u64,
+    /// The time up to which tokens were added.
+    at: Instant,
+    /// The latest time the router was told ([`Router::forward`], [`Router::wait`]).
+    now: Instant,
+}
+
+impl IcmpBudget {
+    /// Takes a token if there is one (topping up to the burst first).
+    fn take(&mut self) -> bool {
+        const NANOS_PER_TOKEN: u64 = 1_000_000_000 / ICMP_PER_SECOND;
+        let gained = self.now.saturating_since(self.at).as_nanos() / NANOS_PER_TOKEN;
+        if gained > 0 {
+            self.tokens = (self.tokens + gained).min(ICMP_BURST);
+            self.at = self.now;
+        }
+        let ok = self.tokens > 0;
+        self.tokens -= u64::from(ok);
+        ok
+    }
 }
 
 impl Router {
@@ -306,12 +358,19 @@ impl Router {
             })
             .collect();
         let events = vec![PollEvents::default(); opened.len()];
+        let frame_min = opened.iter().map(|p| p.frame_max).min().unwrap_or(1514);
         Ok(Self {
             ports: opened,
             routes: all,
             pending,
             events,
             peers: Vec::new(),
+            frame_min,
+            icmp: IcmpBudget {
+                tokens: ICMP_BURST,
+                at: Instant::ZERO,
+                now: Instant::ZERO,
+            },
         })
     }
 
@@ -360,10 +419,13 @@ impl Router {
 
     /// [`Self::recv`] until `batch` holds `limit` packets.
     pub fn recv_up_to(&mut self, i: usize, batch: &mut Batch<RingFrame>, limit: usize) -> usize {
+        let frame_min = self.frame_min;
         let Some(port) = self.ports.get_mut(i) else {
             return 0;
         };
         let n = port.link.recv_up_to(batch, limit);
+        // A frame whose TTL runs out or that may not fit its egress: looked at again below.
+        let mut transit_checks = false;
         for p in batch.packets_mut() {
             let frame = p.data();
             let Some(eth) = frame.first_chunk::<14>() else {
@@ -384,6 +446,7 @@ impl Router {
                     if !port.neighbors.contains_key(&src) {
                         port.learn(src, mac);
                     }
+                    transit_checks |= h[8] <= 1 || frame.len() > frame_min;
                 }
                 continue;
             } else {
@@ -391,7 +454,74 @@ impl Router {
             }
             p.meta.verdict = Verdict::Drop(DropReason::NonIp);
         }
+        if transit_checks {
+            self.answer_transit(i, batch);
+        }
         n
+    }
+
+    /// Answers the IPv4 packets of `batch` (received on port `i`) passing through that
+    /// cannot be forwarded: TTL run out (time exceeded) or too big for their egress port
+    /// with DF set (fragmentation needed with its MTU), from port `i`'s address, within the
+    /// rate ([module docs](self)). An answer replaces its packet, its verdict
+    /// [`Verdict::Tx`] of port `i` (routed back to the sender; the stages leave it alone).
+    #[cold]
+    fn answer_transit(&mut self, i: usize, batch: &mut Batch<RingFrame>) {
+        let Some(from) = self
+            .ports
+            .get(i)
+            .and_then(|p| p.cfg.addrs.first())
+            .map(|n| IpAddr::V4(n.addr))
+        else {
+            return;
+        };
+        for p in batch.packets_mut() {
+            if p.meta.verdict != Verdict::Pass {
+                continue;
+            }
+            let Some(h) = p.data().get(14..34) else {
+                continue;
+            };
+            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+            let (ttl, df) = (h[8], h[6] & 0x40 != 0);
+            if self.ports.iter().any(|q| q.answers(dst)) {
+                continue;
+            }
+            // The egress MTU, for a packet that does not fit it.
+            let mtu = self
+                .route(dst)
+                .and_then(|(out, _)| self.ports.get(out))
+                .map(|q| q.frame_max)
+                .filter(|&max| p.len() > max)
+                .map(|max| max - 14);
+            if ttl > 1 && !(df && mtu.is_some()) {
+                continue;
+            }
+            let answered = self.icmp.take() && {
+                let (data, meta) = p.data_and_meta_mut();
+                parse_frame(data, meta, &ParseConfig::default()).is_ok()
+                    && match mtu {
+                        Some(mtu) if ttl > 1 => {
+                            icmp_too_big(p, from, u32::try_from(mtu).unwrap_or(u32::MAX)).is_ok()
+                        }
+                        _ => icmp_time_exceeded(p, from).is_ok(),
+                    }
+            };
+            let Some(c) = self.ports.get_mut(i).map(|q| &mut q.counters) else {
+                continue;
+            };
+            if !answered {
+                // Dropped at forward, as ttl_expired or too_big.
+                c.icmp_rate_limited += 1;
+                continue;
+            }
+            if ttl > 1 {
+                c.frag_needed_sent += 1;
+            } else {
+                c.time_exceeded_sent += 1;
+            }
+            p.meta.verdict = Verdict::Tx(PortId(u16::try_from(i).unwrap_or(u16::MAX)));
+        }
     }
 
     /// The route for `dst`: (egress port, next hop).
@@ -406,6 +536,7 @@ impl Router {
     /// see the [module docs](self). Frames still waiting for ARP replies go out here too
     /// once their neighbour is known.
     pub fn forward(&mut self, from: usize, now: Instant, batch: &mut Batch<RingFrame>) {
+        self.icmp.now = now;
         for mut pkt in batch.drain() {
             if !matches!(pkt.meta.verdict, Verdict::Pass | Verdict::Tx(_)) {
                 continue;
@@ -548,6 +679,7 @@ impl Router {
     /// # Errors
     /// `poll` failed.
     pub fn wait(&mut self, now: Instant, timeout_ms: i32) -> io::Result<()> {
+        self.icmp.now = now;
         let timeout = if self.pending.iter().any(|p| p.len != 0) {
             timeout_ms.min(ARP_RETRY_MS as i32)
         } else {
@@ -603,6 +735,9 @@ impl Router {
                 ("too_big", c.too_big),
                 ("malformed", c.malformed),
                 ("to_peer", c.to_peer),
+                ("time_exceeded_sent", c.time_exceeded_sent),
+                ("frag_needed_sent", c.frag_needed_sent),
+                ("icmp_rate_limited", c.icmp_rate_limited),
             ] {
                 f(name, k, v);
             }

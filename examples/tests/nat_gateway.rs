@@ -24,6 +24,9 @@
 //!   the outside host; the outside kernel reassembles each translated datagram and echoes
 //!   it, and the inside socket receives every echo (the gateway held the later fragments
 //!   until their first passed: `fragment_reorder` counters).
+//! - Profile `rfc`, the outside link's MTU 1,400: the inside host's TCP upload of 1 MiB
+//!   gets through by path MTU discovery (the gateway's fragmentation needed), and pings with
+//!   DF too big or TTL 1 hear fragmentation needed and time exceeded from the gateway.
 //!
 //! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3`, coturn and scapy: without
 //! them it skips, except under `CI=true`, where it fails.
@@ -523,4 +526,88 @@ fn fragments_in_reverse_order_are_translated() {
     // Two later fragments of each datagram waited for their first.
     common::assert_reordered(&said, N, &c, &seen);
     println!("{said}");
+}
+
+/// Counts what one TCP connection to ADDR:PORT sends and answers with the count.
+const SINK: &str = "import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print('sink ready', flush=True)
+c, _ = s.accept()
+n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    n += len(d)
+c.sendall(str(n).encode())
+c.close()";
+
+/// Sends N bytes to ADDR:PORT (10 s at most) and prints `stored` and the sink's count.
+const UPLOAD: &str = "import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(b'x' * int(sys.argv[3]))
+c.shutdown(socket.SHUT_WR)
+print('stored', c.recv(100).decode(), flush=True)";
+
+/// The gateway answers what it cannot forward as a router must (RFC 1812): its outside link
+/// has an MTU of 1,400 against the hosts' 1,500, so the inside host's TCP upload of 1 MiB
+/// gets through only by path MTU discovery (fragmentation needed, RFC 1191, from the
+/// gateway's inside address: the kernel lowers the path's MTU and TCP its segments); a ping
+/// with DF too big for the outside hears the same; a ping with TTL 1 hears time exceeded.
+#[test]
+fn transit_packets_that_cannot_pass_are_answered() {
+    let Some((mut lab, [i, g, o])) = lab("nfm") else {
+        return;
+    };
+    sh(&format!("ip -n {g} link set og mtu 1400"));
+    // The sink first: stopping the gateway stops the last process started.
+    let (sink, _) = lab.spawn_watched(common::python_in(&o, SINK).args(["203.0.113.2", "7010"]));
+    wait_for(&sink, "sink ready", 10, &mut Vec::new());
+    let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "rfc"]);
+    let up = common::python_in(&i, UPLOAD)
+        .args(["203.0.113.2", "7010", &(1 << 20).to_string()])
+        .output()
+        .unwrap();
+    let ping = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &i, "ping", "-n", "-c", "1", "-W", "2"])
+            .args(args)
+            .arg("203.0.113.2")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let expired = ping(&["-t", "1"]);
+    sh(&format!("ip -n {i} route flush cache"));
+    let big = ping(&["-M", "do", "-s", "1450"]);
+    let (c, seen) = stop_gateway(&mut lab, &lines, seen);
+    assert_eq!(
+        String::from_utf8_lossy(&up.stdout).trim(),
+        format!("stored {}", 1 << 20),
+        "{up:?}\n{c:?}"
+    );
+    assert!(
+        expired.contains("From 10.0.0.1") && expired.contains("Time to live exceeded"),
+        "{expired}"
+    );
+    assert!(
+        big.contains("From 10.0.0.1") && big.contains("mtu = 1400"),
+        "{big}"
+    );
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert!(
+        get("ig.frag_needed_sent") >= 2,
+        "{c:?}\n{}",
+        seen.join("\n")
+    );
+    assert_eq!(get("ig.time_exceeded_sent"), 1, "{c:?}");
+    assert_eq!(get("ig.icmp_rate_limited"), 0, "{c:?}");
+    eprintln!(
+        "transit answers: {} fragmentation needed, {} time exceeded",
+        get("ig.frag_needed_sent"),
+        get("ig.time_exceeded_sent")
+    );
 }

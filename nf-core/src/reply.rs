@@ -9,6 +9,8 @@
 //!   ICMPv6 packet too big (type 2, the 32-bit MTU: RFC 4443 §3.2), quoting the packet from
 //!   its IP header on, as much as fits a 576-byte IPv4 datagram (RFC 1812 §4.3.2.3) or the
 //!   1280-byte IPv6 minimum MTU (RFC 4443 §2.4 (c)).
+//! - [`icmp_time_exceeded`]: ICMP time exceeded in transit (IPv4 type 11, ICMPv6 type 3),
+//!   for a packet whose TTL or hop limit ran out, quoting it the same way.
 //! - [`PmtuStage`]: after a stage that drops packets as [`DropReason::TooBig`] (a tunnel
 //!   encapsulation over a smaller underlay MTU), turns those drops into ICMP errors back to
 //!   their senders, at most a configured number per second.
@@ -357,6 +359,42 @@ pub fn icmp_prohibited<B: AsRef<[u8]> + AsMut<[u8]>>(
     let v6 = IcmpRepr {
         ty: 1,
         code: 1,
+        ..IcmpRepr::default()
+    };
+    icmp_error(pkt, from, [v4, v6], false)
+}
+
+/// Turns a parsed IP packet whose TTL (hop limit) ran out at this node into the ICMP error
+/// that tells its sender: time exceeded in transit (IPv4 type 11 code 0, RFC 792 and RFC
+/// 1812 §4.3.2.4 — what traceroute reads; ICMPv6 type 3 code 0, RFC 4443 §3.3). From `from`
+/// to the packet's source, quoting it like [`icmp_too_big`].
+///
+/// ```
+/// use nf_core::reply::icmp_time_exceeded;
+/// use nf_core::wire::Frame;
+/// use nf_core::{Packet, ParseConfig, flags, parse_frame};
+/// let probe = Frame::ipv4([10, 0, 0, 2], [198, 51, 100, 9]).udp(40000, 33434).to_vec()?;
+/// let mut pkt = Packet::with_headroom(&probe, 64);
+/// let (data, meta) = pkt.data_and_meta_mut();
+/// parse_frame(data, meta, &ParseConfig::default())?;
+/// icmp_time_exceeded(&mut pkt, "10.0.0.1".parse()?)?;
+/// assert!(pkt.meta.has(flags::ICMP_ERROR));
+/// assert_eq!(pkt.data()[14 + 20], 11); // time exceeded
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// As [`icmp_too_big`], but DF does not matter.
+pub fn icmp_time_exceeded<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+    from: IpAddr,
+) -> Result<(), ReplyError> {
+    let v4 = IcmpRepr {
+        ty: 11,
+        ..IcmpRepr::default()
+    };
+    let v6 = IcmpRepr {
+        ty: 3,
         ..IcmpRepr::default()
     };
     icmp_error(pkt, from, [v4, v6], false)
@@ -787,6 +825,47 @@ mod tests {
         assert_eq!(
             (again.flow, again.flags, again.l4),
             (p.meta.flow, p.meta.flags, p.meta.l4)
+        );
+    }
+
+    #[test]
+    fn time_exceeded_is_what_etherparse_reads() {
+        let frame = big_v4(false);
+        let mut p = parsed(&frame, 0);
+        icmp_time_exceeded(&mut p, IpAddr::from([10, 0, 0, 1])).unwrap();
+        let s = SlicedPacket::from_ethernet(p.data()).unwrap();
+        let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+            panic!("not ICMP")
+        };
+        assert_eq!(
+            icmp.checksum(),
+            icmp.icmp_type().calc_checksum(icmp.payload())
+        );
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
+        );
+        assert_eq!(icmp.payload(), &frame[14..14 + ICMPV4_ERROR_QUOTE_MAX]);
+        let src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let dst = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let six = Frame::ipv6(src, dst).udp(40000, 443).to_vec().unwrap();
+        let mut p = parsed(&six, 64);
+        let from = IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        icmp_time_exceeded(&mut p, from).unwrap();
+        let s = SlicedPacket::from_ethernet(p.data()).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = &s.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv6Type::TimeExceeded(etherparse::icmpv6::TimeExceededCode::HopLimitExceeded)
+        );
+        assert_eq!(icmp.payload(), &six[14..]);
+        drop(s);
+        // Errors are not answered.
+        assert_eq!(
+            icmp_time_exceeded(&mut p, from),
+            Err(ReplyError::NotAnswerable)
         );
     }
 
