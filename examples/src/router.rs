@@ -29,14 +29,19 @@
 //!   fragmentation needed with that MTU (RFC 1191: what path MTU discovery and traceroute
 //!   read), both from the receiving port's address and decided at receive, before the
 //!   stages, as Linux decides them before its NAT; the answer replaces the packet, passes
-//!   the stages untouched ([`Verdict::Tx`] of the receiving port) and is routed back. At
-//!   most [`ICMP_PER_SECOND`] on average (bursts of [`ICMP_BURST`]); counted
-//!   `time_exceeded_sent`, `frag_needed_sent`, `icmp_rate_limited`.
+//!   the stages untouched ([`Verdict::Tx`] of the receiving port) and is routed back. A
+//!   packet the stages sent somewhere it does not fit (a NAT's un-translated answer, a load
+//!   balancer's packet to a backend) gets fragmentation needed from the egress port's
+//!   address, which goes back through the stages as received there
+//!   ([`Router::take_answers`], run by [`serve`]), so that their session translates it to
+//!   the sender as any ICMP error about the flow (RFC 5508). At most [`ICMP_PER_SECOND`] on
+//!   average (bursts of [`ICMP_BURST`]); counted `time_exceeded_sent`, `frag_needed_sent`,
+//!   `icmp_rate_limited`.
 //! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
 //!   rate-limited, or for a packet to an address the stages translate), `to_router` (IPv4
 //!   for one of the router's own addresses after the stages: the router has no local
 //!   stack), `too_big` (larger than the egress MTU and not answered: no DF — no
-//!   fragmentation yet —, rate-limited, or grown by the stages), `pending_full`,
+//!   fragmentation yet —, rate-limited, or grown by an encapsulation), `pending_full`,
 //!   `neighbors_full`. [`Router::visit_counters`] reports them per port.
 //!
 //! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
@@ -272,6 +277,9 @@ pub struct Router {
     peers: Vec<(usize, Ipv4Addr)>,
     /// The smallest egress frame size: larger frames are checked at receive.
     frame_min: usize,
+    /// Per port: fragmentation needed about packets the stages sent there that did not
+    /// fit, to pass back through the stages as received on that port ([`Self::take_answers`]).
+    answers: Vec<Batch<RingFrame>>,
     /// ICMP errors that may be sent now, and when the budget was last topped up.
     icmp: IcmpBudget,
 }
@@ -359,12 +367,14 @@ impl Router {
             .collect();
         let events = vec![PollEvents::default(); opened.len()];
         let frame_min = opened.iter().map(|p| p.frame_max).min().unwrap_or(1514);
+        let answers = (0..opened.len()).map(|_| Batch::new()).collect();
         Ok(Self {
             ports: opened,
             routes: all,
             pending,
             events,
             peers: Vec::new(),
+            answers,
             frame_min,
             icmp: IcmpBudget {
                 tokens: ICMP_BURST,
@@ -605,7 +615,7 @@ impl Router {
             };
             port.counters.to_peer += u64::from(!routed);
             if frame.len() > port.frame_max {
-                port.counters.too_big += 1;
+                self.bounce(from, out, l3, pkt);
                 continue;
             }
             let mac = port.iface.mac;
@@ -635,6 +645,53 @@ impl Router {
             }
         }
         self.release_pending(now);
+    }
+
+    /// A packet (received on port `from`) the stages sent to port `out` that does not fit
+    /// its MTU: with DF set, and its IP header the one the stages parsed (not grown by an
+    /// encapsulation), it becomes fragmentation needed from `out`'s address, kept to pass
+    /// back through the stages as received on `out` ([`Self::take_answers`]: a NAT or a
+    /// load balancer translates it back to the sender); else it is dropped (`too_big`).
+    #[cold]
+    fn bounce(&mut self, from: usize, out: usize, l3: usize, mut pkt: nf_core::Packet<RingFrame>) {
+        let Some(port) = self.ports.get(out) else {
+            return;
+        };
+        let mtu = u32::try_from(port.frame_max - 14).unwrap_or(u32::MAX);
+        let origin = port.cfg.addrs.first().map(|n| IpAddr::V4(n.addr));
+        let df = pkt.data().get(l3 + 6).is_some_and(|f| f & 0x40 != 0);
+        let answered = df
+            && usize::from(pkt.meta.l3) == l3
+            && pkt.meta.has(nf_core::flags::L3_VALID)
+            && origin.is_some_and(|o| self.icmp.take() && icmp_too_big(&mut pkt, o, mtu).is_ok());
+        let queued = answered && {
+            pkt.meta.verdict = Verdict::Pass;
+            self.answers
+                .get_mut(out)
+                .is_some_and(|b| b.push(pkt).is_ok())
+        };
+        if let Some(c) = self.ports.get_mut(from).map(|p| &mut p.counters) {
+            if queued {
+                c.frag_needed_sent += 1;
+            } else {
+                c.too_big += 1;
+                c.icmp_rate_limited += u64::from(df && !answered);
+            }
+        }
+    }
+
+    /// Moves the answers [`Self::forward`] made about packets too big for a port into the
+    /// empty `batch` and returns that port: the caller runs its stages on them as received
+    /// there, then forwards them (a NAT's or load balancer's session translates each back
+    /// to the packet's sender). `None` when there are none.
+    pub fn take_answers(&mut self, batch: &mut Batch<RingFrame>) -> Option<usize> {
+        let out = self.answers.iter().position(|b| !b.is_empty())?;
+        let answers = self.answers.get_mut(out)?;
+        for p in answers.drain() {
+            // The batch was empty, as many places as the answers.
+            let _ = batch.push(p);
+        }
+        Some(out)
     }
 
     /// Sends the waiting frames whose neighbour is known now; drops those that waited too long.
@@ -858,6 +915,14 @@ pub fn serve(
             moved += router.recv_up_to(port, &mut batch, limit);
             f.process(now, port, &mut batch);
             router.forward(port, now, &mut batch);
+            // Answers about packets too big for their egress, back through the stages.
+            for _ in 0..router.ports() {
+                let Some(out) = router.take_answers(&mut batch) else {
+                    break;
+                };
+                f.process(now, out, &mut batch);
+                router.forward(out, now, &mut batch);
+            }
         }
         router.flush().map_err(|e| e.to_string())?;
         f.timers(now);

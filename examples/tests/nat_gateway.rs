@@ -26,7 +26,10 @@
 //!   until their first passed: `fragment_reorder` counters).
 //! - Profile `rfc`, the outside link's MTU 1,400: the inside host's TCP upload of 1 MiB
 //!   gets through by path MTU discovery (the gateway's fragmentation needed), and pings with
-//!   DF too big or TTL 1 hear fragmentation needed and time exceeded from the gateway.
+//!   DF too big or TTL 1 hear fragmentation needed and time exceeded from the gateway; the
+//!   inside link's MTU 1,400 instead: the outside host's DF datagram to a UDP port forward
+//!   does not fit once translated, and the fragmentation needed the gateway makes reaches it
+//!   through the NAT (its kernel's path MTU to the public address becomes 1,400).
 //!
 //! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3`, coturn and scapy: without
 //! them it skips, except under `CI=true`, where it fails.
@@ -605,9 +608,50 @@ fn transit_packets_that_cannot_pass_are_answered() {
     );
     assert_eq!(get("ig.time_exceeded_sent"), 1, "{c:?}");
     assert_eq!(get("ig.icmp_rate_limited"), 0, "{c:?}");
+    let (frag, expired) = (get("ig.frag_needed_sent"), get("ig.time_exceeded_sent"));
+
+    // The inside link at 1,400 instead: a DF datagram of 1,500 bytes from the outside host to
+    // a UDP port forward does not fit once translated; fragmentation needed goes back
+    // through the NAT (translated as an error about the forward's session) and the outside
+    // host's kernel lowers its path MTU to the public address.
+    sh(&format!(
+        "ip -n {g} link set og mtu 1500; ip -n {g} link set ig mtu 1400; ip -n {i} link set ih mtu 1400"
+    ));
+    let (lines, seen) = start_gateway(
+        &mut lab,
+        &g,
+        &["--profile", "rfc", "--forward", "udp:9000=10.0.0.2:9000"],
+    );
+    let out = common::python_in(&o, DF_DATAGRAMS)
+        .args(["203.0.113.1", "9000"])
+        .output()
+        .unwrap();
+    let (c, seen) = stop_gateway(&mut lab, &lines, seen);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("mtu 1400"),
+        "{out:?}\n{c:?}\n{}",
+        seen.join("\n")
+    );
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert!(get("og.frag_needed_sent") >= 1, "{c:?}");
+    assert_eq!(get("og.too_big"), 0, "{c:?}");
     eprintln!(
-        "transit answers: {} fragmentation needed, {} time exceeded",
-        get("ig.frag_needed_sent"),
-        get("ig.time_exceeded_sent")
+        "transit answers: {frag} fragmentation needed, {expired} time exceeded; through the NAT: {}",
+        get("og.frag_needed_sent")
     );
 }
+
+/// Sends a 1,500-byte UDP datagram with DF to ADDR:PORT, then (half a second later)
+/// prints the path MTU the kernel holds for it (`mtu N`).
+const DF_DATAGRAMS: &str = "import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b'x' * 1472)
+time.sleep(0.5)
+try:
+    s.send(b'x' * 1472)
+except OSError as e:
+    print('send', e.errno)
+print('mtu', s.getsockopt(socket.IPPROTO_IP, 14), flush=True)  # IP_MTU";
