@@ -36,12 +36,14 @@
 //!   ([`Router::take_answers`], run by [`serve`]), so that their session translates it to
 //!   the sender as any ICMP error about the flow (RFC 5508). At most [`ICMP_PER_SECOND`] on
 //!   average (bursts of [`ICMP_BURST`]); counted `time_exceeded_sent`, `frag_needed_sent`,
-//!   `icmp_rate_limited`.
+//!   `icmp_rate_limited`. A packet without DF too big for its egress leaves as fragments
+//!   (RFC 791; `fragmented`, `fragments_sent`).
 //! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
 //!   rate-limited, or for a packet to an address the stages translate), `to_router` (IPv4
 //!   for one of the router's own addresses after the stages: the router has no local
-//!   stack), `too_big` (larger than the egress MTU and not answered: no DF — no
-//!   fragmentation yet —, rate-limited, or grown by an encapsulation), `pending_full`,
+//!   stack), `too_big` (larger than the egress MTU and neither answered nor fragmented:
+//!   rate-limited, grown by an encapsulation, IP options, or no DF and the next hop not
+//!   resolved yet), `pending_full`,
 //!   `neighbors_full`. [`Router::visit_counters`] reports them per port.
 //!
 //! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
@@ -179,6 +181,10 @@ pub struct PortCounters {
     /// ICMP errors not sent for frames received here: over the rate, or the frame could
     /// not be answered (dropped as `ttl_expired` or `too_big`).
     pub icmp_rate_limited: u64,
+    /// Packets without DF too big for this port, sent out of it as fragments.
+    pub fragmented: u64,
+    /// The fragments of those packets.
+    pub fragments_sent: u64,
 }
 
 /// One interface: its rings, addresses and neighbours.
@@ -280,8 +286,59 @@ pub struct Router {
     /// Per port: fragmentation needed about packets the stages sent there that did not
     /// fit, to pass back through the stages as received on that port ([`Self::take_answers`]).
     answers: Vec<Batch<RingFrame>>,
+    /// Where fragments are built (the largest frame's size, allocated once).
+    scratch: Vec<u8>,
     /// ICMP errors that may be sent now, and when the budget was last topped up.
     icmp: IcmpBudget,
+}
+
+/// Sends the IPv4 packet at `l3` of `frame` (DF clear, larger than `frame_max`) as
+/// fragments of at most `frame_max` bytes each (RFC 791 §3.2; RFC 1812 §4.2.2.7), each with
+/// `frame`'s layer-2 header and a copy of its IP header (flags, offset, length and checksum
+/// its own; a packet that is itself a fragment keeps its offset and last MF), built in
+/// `scratch` and given to `send`. Returns the fragments sent, or `None` without sending for
+/// a header with options (their copy rules are not kept) or a malformed packet.
+fn fragment(
+    frame: &[u8],
+    l3: usize,
+    frame_max: usize,
+    scratch: &mut Vec<u8>,
+    mut send: impl FnMut(&[u8]) -> bool,
+) -> Option<u64> {
+    let h = frame.get(l3..l3 + 20)?;
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    if h[0] != 0x45 || total < 20 {
+        return None;
+    }
+    let payload = frame.get(l3 + 20..l3 + total)?;
+    let word = u16::from_be_bytes([h[6], h[7]]);
+    let (more, first) = (word & 0x2000 != 0, word & 0x1fff);
+    // Payload per fragment: what fits, in units of 8 bytes.
+    let room = frame_max.checked_sub(l3 + 20)? / 8 * 8;
+    if room == 0 {
+        return None;
+    }
+    let mut sent = 0;
+    for (i, chunk) in payload.chunks(room).enumerate() {
+        let last = (i + 1) * room >= payload.len();
+        let offset = u16::try_from(usize::from(first) + i * room / 8).ok()?;
+        if offset > 0x1fff {
+            return None;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(frame.get(..l3 + 20)?);
+        let ip = scratch.get_mut(l3..)?;
+        let len = u16::try_from(20 + chunk.len()).ok()?;
+        ip[2..4].copy_from_slice(&len.to_be_bytes());
+        let flags = if more || !last { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&(flags | offset).to_be_bytes());
+        ip[10..12].fill(0);
+        let check = nf_core::checksum::checksum(ip.get(..20)?);
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        scratch.extend_from_slice(chunk);
+        sent += u64::from(send(scratch));
+    }
+    Some(sent)
 }
 
 /// A token bucket of ICMP errors: [`ICMP_PER_SECOND`], bursts of [`ICMP_BURST`].
@@ -375,6 +432,7 @@ impl Router {
             events,
             peers: Vec::new(),
             answers,
+            scratch: Vec::with_capacity(frame_max),
             frame_min,
             icmp: IcmpBudget {
                 tokens: ICMP_BURST,
@@ -614,7 +672,9 @@ impl Router {
                 continue;
             };
             port.counters.to_peer += u64::from(!routed);
-            if frame.len() > port.frame_max {
+            let too_big = frame.len() > port.frame_max;
+            let df = frame.get(l3 + 6).is_some_and(|f| f & 0x40 != 0);
+            if too_big && (df || !port.neighbors.contains_key(&hop)) {
                 self.bounce(from, out, l3, pkt);
                 continue;
             }
@@ -627,8 +687,21 @@ impl Router {
                     if let Some(eth) = frame.get_mut(..6) {
                         eth.copy_from_slice(dmac);
                     }
-                    if port.link.send(frame).is_ok() {
-                        port.counters.forwarded += 1;
+                    if !too_big {
+                        if port.link.send(frame).is_ok() {
+                            port.counters.forwarded += 1;
+                        }
+                        continue;
+                    }
+                    let link = &mut port.link;
+                    match fragment(frame, l3, port.frame_max, &mut self.scratch, |f| {
+                        link.send(f).is_ok()
+                    }) {
+                        Some(n) => {
+                            port.counters.fragmented += 1;
+                            port.counters.fragments_sent += n;
+                        }
+                        None => port.counters.too_big += 1,
                     }
                 }
                 None => {
@@ -795,6 +868,8 @@ impl Router {
                 ("time_exceeded_sent", c.time_exceeded_sent),
                 ("frag_needed_sent", c.frag_needed_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),
+                ("fragmented", c.fragmented),
+                ("fragments_sent", c.fragments_sent),
             ] {
                 f(name, k, v);
             }
@@ -974,6 +1049,56 @@ mod tests {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
         }
         assert_eq!(n.to_string(), "10.1.2.3/24");
+    }
+
+    /// Fragments fit, carry the right offsets, flags and checksums, and put back together
+    /// give the packet's payload; a fragment fragmented again keeps its offset and MF.
+    #[test]
+    fn fragments_fit_and_reassemble() {
+        let payload: Vec<u8> = (0..2972u32).map(|i| (i * 7) as u8).collect();
+        let frame = nf_core::wire::Frame::ipv4([10, 0, 0, 2], [203, 0, 113, 2])
+            .udp(40000, 9000)
+            .payload(&payload)
+            .to_vec()
+            .unwrap();
+        for (first, more) in [(0u16, false), (100, true)] {
+            let mut f = frame.clone();
+            f[14 + 6..14 + 8]
+                .copy_from_slice(&(first | if more { 0x2000 } else { 0 }).to_be_bytes());
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut scratch = Vec::new();
+            let n = fragment(&f, 14, 1414, &mut scratch, |x| {
+                got.push(x.to_vec());
+                true
+            });
+            assert_eq!(n, Some(3));
+            let mut whole = Vec::new();
+            for (i, g) in got.iter().enumerate() {
+                assert!(g.len() <= 1414);
+                assert_eq!(g[..14], f[..14]);
+                let h: &[u8; 20] = g[14..34].try_into().unwrap();
+                assert!(nf_core::checksum::verify_ipv4_header(h));
+                assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), g.len() - 14);
+                let word = u16::from_be_bytes([h[6], h[7]]);
+                assert_eq!(
+                    usize::from(word & 0x1fff),
+                    usize::from(first) + whole.len() / 8
+                );
+                assert_eq!(word & 0x2000 != 0, more || i < 2, "fragment {i}");
+                whole.extend_from_slice(&g[34..]);
+            }
+            // The UDP header and payload, whole.
+            assert_eq!(whole, f[34..]);
+        }
+        // Options, or no room for 8 bytes: not fragmented.
+        let mut opts = frame.clone();
+        opts[14] = 0x46;
+        assert_eq!(fragment(&opts, 14, 1414, &mut Vec::new(), |_| true), None);
+        assert_eq!(fragment(&frame, 14, 40, &mut Vec::new(), |_| true), None);
+        assert_eq!(
+            fragment(&frame[..100], 14, 60, &mut Vec::new(), |_| true),
+            None
+        );
     }
 
     #[test]

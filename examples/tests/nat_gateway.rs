@@ -25,7 +25,8 @@
 //!   it, and the inside socket receives every echo (the gateway held the later fragments
 //!   until their first passed: `fragment_reorder` counters).
 //! - Profile `rfc`, the outside link's MTU 1,400: the inside host's TCP upload of 1 MiB
-//!   gets through by path MTU discovery (the gateway's fragmentation needed), and pings with
+//!   gets through by path MTU discovery (the gateway's fragmentation needed), a datagram of
+//!   1,500 bytes without DF reaches the outside host in two fragments, and pings with
 //!   DF too big or TTL 1 hear fragmentation needed and time exceeded from the gateway; the
 //!   inside link's MTU 1,400 instead: the outside host's DF datagram to a UDP port forward
 //!   does not fit once translated, and the fragmentation needed the gateway makes reaches it
@@ -569,6 +570,9 @@ fn transit_packets_that_cannot_pass_are_answered() {
     // The sink first: stopping the gateway stops the last process started.
     let (sink, _) = lab.spawn_watched(common::python_in(&o, SINK).args(["203.0.113.2", "7010"]));
     wait_for(&sink, "sink ready", 10, &mut Vec::new());
+    let (sizes, _) =
+        lab.spawn_watched(common::python_in(&o, SIZE_SERVER).args(["203.0.113.2", "7011"]));
+    wait_for(&sizes, "sizes ready", 10, &mut Vec::new());
     let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "rfc"]);
     let up = common::python_in(&i, UPLOAD)
         .args(["203.0.113.2", "7010", &(1 << 20).to_string()])
@@ -583,6 +587,13 @@ fn transit_packets_that_cannot_pass_are_answered() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // Without DF: the gateway fragments it for the outside, whose kernel reassembles it
+    // (the path MTU the upload taught the inside host forgotten first).
+    sh(&format!("ip -n {i} route flush cache"));
+    let sized = common::python_in(&i, SIZED)
+        .args(["203.0.113.2", "7011"])
+        .output()
+        .unwrap();
     let expired = ping(&["-t", "1"]);
     sh(&format!("ip -n {i} route flush cache"));
     let big = ping(&["-M", "do", "-s", "1450"]);
@@ -595,6 +606,16 @@ fn transit_packets_that_cannot_pass_are_answered() {
     assert!(
         expired.contains("From 10.0.0.1") && expired.contains("Time to live exceeded"),
         "{expired}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&sized.stdout).trim(),
+        "size 1472",
+        "{sized:?}"
+    );
+    assert_eq!(
+        (c.get("og.fragmented"), c.get("og.fragments_sent")),
+        (Some(&1), Some(&2)),
+        "{c:?}"
     );
     assert!(
         big.contains("From 10.0.0.1") && big.contains("mtu = 1400"),
@@ -641,6 +662,24 @@ fn transit_packets_that_cannot_pass_are_answered() {
         get("og.frag_needed_sent")
     );
 }
+
+/// Answers every UDP datagram to ADDR:PORT with its size.
+const SIZE_SERVER: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print('sizes ready', flush=True)
+while True:
+    d, a = s.recvfrom(65536)
+    s.sendto(str(len(d)).encode(), a)";
+
+/// Sends a 1,500-byte UDP datagram without DF to ADDR:PORT and prints `size` and the size
+/// the server saw (3 s at most).
+const SIZED: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+s.settimeout(3)
+s.sendto(b'x' * 1472, (sys.argv[1], int(sys.argv[2])))
+print('size', s.recv(100).decode(), flush=True)";
 
 /// Sends a 1,500-byte UDP datagram with DF to ADDR:PORT, then (half a second later)
 /// prints the path MTU the kernel holds for it (`mtu N`).
