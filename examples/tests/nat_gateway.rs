@@ -32,7 +32,8 @@
 //!   does not fit once translated, and the fragmentation needed the gateway makes reaches it
 //!   through the NAT (its kernel's path MTU to the public address becomes 1,400).
 //!
-//! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3`, coturn and scapy: without
+//! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3`, coturn, scapy, `tcpdump`
+//! and `tshark`: without
 //! them it skips, except under `CI=true`, where it fails.
 #![cfg(target_os = "linux")]
 #![expect(
@@ -560,12 +561,17 @@ print('stored', c.recv(100).decode(), flush=True)";
 /// has an MTU of 1,400 against the hosts' 1,500, so the inside host's TCP upload of 1 MiB
 /// gets through only by path MTU discovery (fragmentation needed, RFC 1191, from the
 /// gateway's inside address: the kernel lowers the path's MTU and TCP its segments); a ping
-/// with DF too big for the outside hears the same; a ping with TTL 1 hears time exceeded.
+/// with DF too big for the outside hears the same; a ping with TTL 1 hears time exceeded; a
+/// datagram without DF leaves in two fragments. tshark reads every error and fragment the
+/// gateway sent: well formed, checksums right, the fragments reassembled.
 #[test]
 fn transit_packets_that_cannot_pass_are_answered() {
     let Some((mut lab, [i, g, o])) = lab("nfm") else {
         return;
     };
+    if !common::require("tcpdump", &["--version"]) || !common::require("tshark", &["--version"]) {
+        return;
+    }
     sh(&format!("ip -n {g} link set og mtu 1400"));
     // The sink first: stopping the gateway stops the last process started.
     let (sink, _) = lab.spawn_watched(common::python_in(&o, SINK).args(["203.0.113.2", "7010"]));
@@ -573,6 +579,9 @@ fn transit_packets_that_cannot_pass_are_answered() {
     let (sizes, _) =
         lab.spawn_watched(common::python_in(&o, SIZE_SERVER).args(["203.0.113.2", "7011"]));
     wait_for(&sizes, "sizes ready", 10, &mut Vec::new());
+    // What the gateway sends: its ICMP errors to the inside host, its fragments outside.
+    let errors = capture(&mut lab, &i, "ih", "icmp");
+    let fragments = capture(&mut lab, &o, "oh", "ip[6:2] & 0x3fff != 0");
     let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "rfc"]);
     let up = common::python_in(&i, UPLOAD)
         .args(["203.0.113.2", "7010", &(1 << 20).to_string()])
@@ -630,6 +639,49 @@ fn transit_packets_that_cannot_pass_are_answered() {
     assert_eq!(get("ig.time_exceeded_sent"), 1, "{c:?}");
     assert_eq!(get("ig.icmp_rate_limited"), 0, "{c:?}");
     let (frag, expired) = (get("ig.frag_needed_sent"), get("ig.time_exceeded_sent"));
+    // tshark: every error well formed (checksums, the MTU), every fragment too, and the
+    // two fragments reassembled into the 1,500-byte datagram.
+    std::thread::sleep(Duration::from_millis(300));
+    let fields = [
+        "_ws.malformed",
+        "_ws.expert.severity",
+        "ip.src",
+        "icmp.type",
+        "icmp.code",
+        "icmp.mtu",
+        "icmp.checksum.status",
+        "ip.flags.mf",
+        "ip.frag_offset",
+        "udp.length",
+    ];
+    let args = ["-n", "-o", "ip.check_checksum:TRUE"];
+    let rows = common::tshark_rows(&errors, &args, &fields);
+    let ours: Vec<_> = rows
+        .iter()
+        .filter(|r| r["ip.src"].first().is_some_and(|s| s == "10.0.0.1"))
+        .collect();
+    assert_eq!(ours.len() as u64, frag + expired, "{rows:?}");
+    for (n, r) in ours.iter().enumerate() {
+        common::assert_dissected_clean(n, r);
+        assert_eq!(
+            r["icmp.checksum.status"][0], "1",
+            "the error's own checksum: {r:?}"
+        );
+        // The error's own fields first (a quoted ping's follow).
+        let (ty, code) = (&r["icmp.type"][0][..], &r["icmp.code"][0][..]);
+        match ty {
+            "3" => assert_eq!((code, &r["icmp.mtu"][..]), ("4", &["1400".to_string()][..])),
+            _ => assert_eq!((ty, code), ("11", "0"), "{r:?}"),
+        }
+    }
+    let rows = common::tshark_rows(&fragments, &args, &fields);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (n, r) in rows.iter().enumerate() {
+        common::assert_dissected_clean(n, r);
+    }
+    assert_eq!(rows[0]["ip.flags.mf"], ["1"], "{rows:?}");
+    assert_eq!(rows[1]["ip.flags.mf"], ["0"], "{rows:?}");
+    assert_eq!(rows[1]["udp.length"], ["1480"], "reassembled: {rows:?}");
 
     // The inside link at 1,400 instead: a DF datagram of 1,500 bytes from the outside host to
     // a UDP port forward does not fit once translated; fragmentation needed goes back
@@ -661,6 +713,25 @@ fn transit_packets_that_cannot_pass_are_answered() {
         "transit answers: {frag} fragmentation needed, {expired} time exceeded; through the NAT: {}",
         get("og.frag_needed_sent")
     );
+}
+
+/// Starts tcpdump on `iface` of namespace `ns` for `filter`; the capture file's path once it
+/// is written to.
+fn capture(lab: &mut Lab, ns: &str, iface: &str, filter: &str) -> std::path::PathBuf {
+    let path = lab.dir.join(format!("{iface}.pcap"));
+    let file = path.to_str().unwrap();
+    lab.spawn(
+        ns,
+        &[
+            "tcpdump", "-i", iface, "-U", "-Z", "root", "-w", file, filter,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&path).map_or(true, |m| m.len() < 24) {
+        assert!(Instant::now() < deadline, "tcpdump never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    path
 }
 
 /// Answers every UDP datagram to ADDR:PORT with its size.
