@@ -15,7 +15,9 @@
 //! connections held open across that reload, those of the removed backend are reset by the
 //! load balancer's RST when they send, the others answered. With `--on-down rehash`, a UDP
 //! flow (a connected Linux socket, one 5-tuple) whose backend goes down moves to the
-//! table's choice in a new session and keeps receiving its answers from the VIP.
+//! table's choice in a new session and keeps receiving its answers from the VIP. With the
+//! backends' link at an MTU of 1,400, a client's DF datagram too big for it brings back
+//! fragmentation needed through the VIP (path MTU discovery through the load balancer).
 //!
 //! Encap mode (direct server return): the same spread, with each backend receiving its
 //! flows through a Linux VXLAN device (VNI 42) that holds the VIP and answering through the
@@ -139,7 +141,9 @@ struct Setup {
 /// Builds the namespaces, starts the backends' servers and `l4lb` (`--mode encap` when
 /// `encap`, with `extra` arguments), or `None` (after saying why) when a tool is missing
 /// outside CI.
-fn setup(tag: &str, encap: bool, extra: &[&str]) -> Option<Setup> {
+/// The lab, the balancer started with `extra`; with `backend_mtu`, the backends' link at that
+/// MTU (the balancer's side, the bridge and the backends).
+fn setup(tag: &str, encap: bool, extra: &[&str], backend_mtu: Option<u16>) -> Option<Setup> {
     if !common::is_root() {
         assert!(!common::in_ci(), "l4lb needs root under CI=true");
         eprintln!("SKIP: l4lb needs root (set CI=true to make this a failure)");
@@ -206,6 +210,12 @@ fn setup(tag: &str, encap: bool, extra: &[&str]) -> Option<Setup> {
     } else {
         sh(&format!(
             "for i in 1 2 3; do ip -n {t}b$i route add default via 10.1.0.1; done"
+        ));
+    }
+    if let Some(mtu) = backend_mtu {
+        sh(&format!(
+            "ip -n {g} link set bg mtu {mtu}; ip -n {s} link set sg mtu {mtu}
+             for i in 1 2 3; do ip -n {s} link set s$i mtu {mtu}; ip -n {t}b$i link set eth0 mtu {mtu}; done"
         ));
     }
     let py = common::system_python();
@@ -312,7 +322,7 @@ fn check_spread(c: &str) {
 
 #[test]
 fn balances_by_weight_keeps_client_addresses_and_established_flows() {
-    let Some(mut st) = setup("d", false, &[]) else {
+    let Some(mut st) = setup("d", false, &[], None) else {
         return;
     };
     let (c, pid, file) = (st.c.clone(), st.pid, st.file.clone());
@@ -433,7 +443,7 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
 
 #[test]
 fn encap_mode_backends_decapsulate_with_linux_vxlan_and_answer_directly() {
-    let Some(mut st) = setup("e", true, &[]) else {
+    let Some(mut st) = setup("e", true, &[], None) else {
         return;
     };
     check_spread(&st.c.clone());
@@ -508,7 +518,7 @@ else:
 /// client's connected socket keeps receiving the answers from the VIP.
 #[test]
 fn udp_flow_of_a_down_backend_moves_with_its_answers_under_rehash() {
-    let Some(mut st) = setup("u", false, &["--proto", "udp", "--on-down", "rehash"]) else {
+    let Some(mut st) = setup("u", false, &["--proto", "udp", "--on-down", "rehash"], None) else {
         return;
     };
     let py = common::system_python();
@@ -556,4 +566,30 @@ fn udp_flow_of_a_down_backend_moves_with_its_answers_under_rehash() {
     assert_eq!(get("conntrack.renewed"), 1, "{c:?}");
     assert_eq!(get("lb.reset"), 0, "{c:?}");
     println!("{}", st.seen.join("\n"));
+}
+
+/// Path MTU discovery through the VIP: the backends' link at 1,400, a client's DF datagram of
+/// 1,500 bytes to a UDP VIP does not fit once DNATed; the balancer's router makes
+/// fragmentation needed, the balancer's session translates it back (quoting what the client
+/// sent, to the VIP), and the client's kernel lowers its path MTU to the VIP.
+#[test]
+fn fragmentation_needed_reaches_the_client_through_the_vip() {
+    let Some(mut st) = setup("m", false, &["--proto", "udp"], Some(1400)) else {
+        return;
+    };
+    let out = common::python_in(&st.c, common::DF_DATAGRAMS)
+        .args(["192.0.2.10", "80"])
+        .output()
+        .unwrap();
+    let c = stop(&mut st);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("mtu 1400"), "{out:?}\n{c:?}");
+    assert!(
+        c.get("cg.frag_needed_sent").is_some_and(|n| *n >= 1),
+        "{c:?}"
+    );
+    assert!(
+        c.get("lb.icmp_errors_translated").is_some_and(|n| *n >= 1),
+        "{c:?}"
+    );
 }

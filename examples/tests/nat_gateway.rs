@@ -695,7 +695,7 @@ fn transit_packets_that_cannot_pass_are_answered() {
         &g,
         &["--profile", "rfc", "--forward", "udp:9000=10.0.0.2:9000"],
     );
-    let out = common::python_in(&o, DF_DATAGRAMS)
+    let out = common::python_in(&o, common::DF_DATAGRAMS)
         .args(["203.0.113.1", "9000"])
         .output()
         .unwrap();
@@ -751,17 +751,3 @@ s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
 s.settimeout(3)
 s.sendto(b'x' * 1472, (sys.argv[1], int(sys.argv[2])))
 print('size', s.recv(100).decode(), flush=True)";
-
-/// Sends a 1,500-byte UDP datagram with DF to ADDR:PORT, then (half a second later)
-/// prints the path MTU the kernel holds for it (`mtu N`).
-const DF_DATAGRAMS: &str = "import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
-s.connect((sys.argv[1], int(sys.argv[2])))
-s.send(b'x' * 1472)
-time.sleep(0.5)
-try:
-    s.send(b'x' * 1472)
-except OSError as e:
-    print('send', e.errno)
-print('mtu', s.getsockopt(socket.IPPROTO_IP, 14), flush=True)  # IP_MTU";

@@ -391,6 +391,20 @@ impl Lab {
     }
 }
 
+/// Sends a 1,500-byte UDP datagram with DF to ADDR:PORT, then (half a second later)
+/// prints the path MTU the kernel holds for it (`mtu N`).
+pub const DF_DATAGRAMS: &str = "import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b'x' * 1472)
+time.sleep(0.5)
+try:
+    s.send(b'x' * 1472)
+except OSError as e:
+    print('send', e.errno)
+print('mtu', s.getsockopt(socket.IPPROTO_IP, 14), flush=True)  # IP_MTU";
+
 /// A UDP echo server (`python3 -c UDP_ECHO ADDR PORT`): every datagram back to its sender;
 /// prints `echo ready` once bound.
 pub const UDP_ECHO: &str = "import socket, sys
