@@ -23,6 +23,8 @@
 //! - **Peers**: [`Router::set_peers`] names fixed next hops beyond the ports (a fleet's other
 //!   nodes): a stage hands a packet to one with [`Verdict::Tx`] of a port number past the
 //!   interfaces, and it goes out unrouted, its IP header untouched (`to_peer`).
+//! - **Pings** of the ports' own addresses (those no stage answers for: not a NAT's public
+//!   address or a VIP) get echo replies at receive (RFC 1812 §4.3.3.6; `echo_replies`).
 //! - **ICMP errors** (RFC 1812 §4.3.2, §5.3.1): a packet passing through (not to one of
 //!   the ports' addresses or the addresses they answer for) whose TTL runs out here gets
 //!   time exceeded, and one with DF set that does not fit its egress port's MTU gets
@@ -51,7 +53,7 @@
 use crate::io::{Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, wait_fds};
 use crate::vtep::{ArpOp, arp_frame};
 use nf_core::checksum::update16;
-use nf_core::reply::{icmp_time_exceeded, icmp_too_big};
+use nf_core::reply::{icmp_echo_reply, icmp_time_exceeded, icmp_too_big};
 use nf_core::wire::ethertype;
 use nf_core::{Batch, DropReason, Instant, ParseConfig, PortId, Verdict, parse_frame};
 use std::collections::HashMap;
@@ -183,6 +185,8 @@ pub struct PortCounters {
     pub icmp_rate_limited: u64,
     /// Packets without DF too big for this port, sent out of it as fragments.
     pub fragmented: u64,
+    /// Pings of the router's own addresses received here, answered.
+    pub echo_replies: u64,
     /// The fragments of those packets.
     pub fragments_sent: u64,
 }
@@ -283,6 +287,8 @@ pub struct Router {
     peers: Vec<(usize, Ipv4Addr)>,
     /// The smallest egress frame size: larger frames are checked at receive.
     frame_min: usize,
+    /// The ports' own addresses that no stage answers for: pings to them get echo replies.
+    echo_addrs: Vec<Ipv4Addr>,
     /// Per port: fragmentation needed about packets the stages sent there that did not
     /// fit, to pass back through the stages as received on that port ([`Self::take_answers`]).
     answers: Vec<Batch<RingFrame>>,
@@ -425,6 +431,11 @@ impl Router {
         let events = vec![PollEvents::default(); opened.len()];
         let frame_min = opened.iter().map(|p| p.frame_max).min().unwrap_or(1514);
         let answers = (0..opened.len()).map(|_| Batch::new()).collect();
+        let echo_addrs = opened
+            .iter()
+            .flat_map(|p| p.cfg.addrs.iter().map(|n| n.addr))
+            .filter(|a| !opened.iter().any(|p| p.cfg.answer.contains(a)))
+            .collect();
         Ok(Self {
             ports: opened,
             routes: all,
@@ -432,6 +443,7 @@ impl Router {
             events,
             peers: Vec::new(),
             answers,
+            echo_addrs,
             scratch: Vec::with_capacity(frame_max),
             frame_min,
             icmp: IcmpBudget {
@@ -487,7 +499,7 @@ impl Router {
 
     /// [`Self::recv`] until `batch` holds `limit` packets.
     pub fn recv_up_to(&mut self, i: usize, batch: &mut Batch<RingFrame>, limit: usize) -> usize {
-        let frame_min = self.frame_min;
+        let (frame_min, echo) = (self.frame_min, &self.echo_addrs);
         let Some(port) = self.ports.get_mut(i) else {
             return 0;
         };
@@ -514,7 +526,9 @@ impl Router {
                     if !port.neighbors.contains_key(&src) {
                         port.learn(src, mac);
                     }
-                    transit_checks |= h[8] <= 1 || frame.len() > frame_min;
+                    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+                    transit_checks |=
+                        h[8] <= 1 || frame.len() > frame_min || (h[9] == 1 && echo.contains(&dst));
                 }
                 continue;
             } else {
@@ -552,6 +566,20 @@ impl Router {
             };
             let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
             let (ttl, df) = (h[8], h[6] & 0x40 != 0);
+            if h[9] == 1 && self.echo_addrs.contains(&dst) {
+                // A ping of the router: answered at once (anything else to its addresses
+                // is dropped after the stages, `to_router`).
+                let (data, meta) = p.data_and_meta_mut();
+                if parse_frame(data, meta, &ParseConfig::default()).is_ok()
+                    && icmp_echo_reply(p).is_ok()
+                {
+                    p.meta.verdict = Verdict::Tx(PortId(u16::try_from(i).unwrap_or(u16::MAX)));
+                    if let Some(q) = self.ports.get_mut(i) {
+                        q.counters.echo_replies += 1;
+                    }
+                }
+                continue;
+            }
             if self.ports.iter().any(|q| q.answers(dst)) {
                 continue;
             }
@@ -869,6 +897,7 @@ impl Router {
                 ("frag_needed_sent", c.frag_needed_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),
                 ("fragmented", c.fragmented),
+                ("echo_replies", c.echo_replies),
                 ("fragments_sent", c.fragments_sent),
             ] {
                 f(name, k, v);

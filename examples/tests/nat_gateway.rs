@@ -7,8 +7,9 @@
 //! ```
 //!
 //! - Profile `off` (route only; the outside host routes 10.0.0.0/24 back through the
-//!   gateway): ping both ways and an HTTP download from the outside host arrive intact, and
-//!   the gateway's counters show the ARP and the forwarding.
+//!   gateway): ping both ways and an HTTP download from the outside host arrive intact,
+//!   pings of the gateway's inside address from both sides are answered, and the gateway's
+//!   counters show the ARP and the forwarding.
 //! - Profile `rfc` (the outside host knows no route to the inside): ping, a 1 MiB HTTP
 //!   download, iperf3 TCP and UDP both ways (`-R` for the reverse), all translated to the
 //!   public address; unsolicited pings to the public address and to the inside host fail;
@@ -203,6 +204,10 @@ fn routes_between_inside_and_outside() {
     let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "off"]);
     assert_eq!(pings(&i, "203.0.113.2", 3), 3, "inside -> outside");
     assert_eq!(pings(&o, "10.0.0.2", 3), 3, "outside -> inside");
+    // The gateway answers pings of its own addresses (not of its public one, here its
+    // outside address: that is the NAT's), whichever side they come from.
+    assert_eq!(pings(&i, "10.0.0.1", 3), 3, "inside -> gateway");
+    assert_eq!(pings(&o, "10.0.0.1", 3), 3, "outside -> gateway");
     download(&mut lab, &i, &o);
     let (c, seen) = stop_gateway(&mut lab, &lines, seen);
     let get = |k: &str| {
@@ -217,6 +222,11 @@ fn routes_between_inside_and_outside() {
     );
     // The first packet each way waited for an ARP reply instead of being lost.
     assert!(get("og.forwarded_after_arp") >= 1, "{c:?}");
+    assert_eq!(
+        (get("ig.echo_replies"), get("og.echo_replies")),
+        (3, 3),
+        "{c:?}"
+    );
     assert!(
         get("og.forwarded") >= 20 && get("ig.forwarded") >= 700,
         "{c:?}"

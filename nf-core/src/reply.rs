@@ -9,6 +9,7 @@
 //!   ICMPv6 packet too big (type 2, the 32-bit MTU: RFC 4443 §3.2), quoting the packet from
 //!   its IP header on, as much as fits a 576-byte IPv4 datagram (RFC 1812 §4.3.2.3) or the
 //!   1280-byte IPv6 minimum MTU (RFC 4443 §2.4 (c)).
+//! - [`icmp_echo_reply`]: the echo reply to a ping of one of the node's addresses.
 //! - [`icmp_time_exceeded`]: ICMP time exceeded in transit (IPv4 type 11, ICMPv6 type 3),
 //!   for a packet whose TTL or hop limit ran out, quoting it the same way.
 //! - [`PmtuStage`]: after a stage that drops packets as [`DropReason::TooBig`] (a tunnel
@@ -362,6 +363,103 @@ pub fn icmp_prohibited<B: AsRef<[u8]> + AsMut<[u8]>>(
         ..IcmpRepr::default()
     };
     icmp_error(pkt, from, [v4, v6], false)
+}
+
+/// Turns a parsed ICMP echo request (ICMPv6 echo request) to this node into its echo reply,
+/// in place: addresses swapped, type 0 (ICMPv6 129), identifier, sequence number and data
+/// kept, the checksum updated (RFC 792; RFC 4443 §4.2; RFC 1624); IPv4 TTL (hop limit) 64
+/// and the header checksum recomputed, options kept. What a router answers for its own
+/// addresses (RFC 1812 §4.3.3.6).
+///
+/// ```
+/// use nf_core::reply::icmp_echo_reply;
+/// use nf_core::wire::{Frame, icmp::IcmpRepr};
+/// use nf_core::{Packet, ParseConfig, parse_frame};
+/// let echo = IcmpRepr { ty: 8, ident: 0x1234, seq: 1, ..IcmpRepr::default() };
+/// let ping = Frame::ipv4([10, 0, 0, 2], [10, 0, 0, 1]).icmp(echo).payload(b"hello").to_vec()?;
+/// let mut pkt = Packet::with_headroom(&ping, 0);
+/// let (data, meta) = pkt.data_and_meta_mut();
+/// parse_frame(data, meta, &ParseConfig::default())?;
+/// icmp_echo_reply(&mut pkt)?;
+/// let ip = &pkt.data()[14..];
+/// assert_eq!((&ip[12..16], &ip[16..20]), (&[10, 0, 0, 1][..], &[10, 0, 0, 2][..]));
+/// assert_eq!(ip[20], 0); // echo reply
+/// assert_eq!(&ip[28..], b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`ReplyError::NotAnswerable`] for anything but an echo request (code 0) from a unicast
+/// source, or a fragment of one; [`ReplyError::Malformed`] if its headers were not parsed.
+/// The packet is unchanged.
+pub fn icmp_echo_reply<B: AsRef<[u8]> + AsMut<[u8]>>(
+    pkt: &mut Packet<B>,
+) -> Result<(), ReplyError> {
+    let m = pkt.meta;
+    let (request, reply, icmp) = match m.flow.family() {
+        Family::V4 => (8u8, 0u8, proto::ICMP),
+        Family::V6 => (128, 129, proto::ICMPV6),
+    };
+    if m.flow.proto != icmp || !m.has(flags::L4_VALID) || m.has(flags::FRAGMENT) {
+        return Err(ReplyError::NotAnswerable);
+    }
+    let ip = ip_of(pkt.data(), &m)?;
+    let l4 = usize::from(m.l4);
+    match pkt.data().get(l4..l4 + 4) {
+        Some(&[t, 0, _, _]) if t == request && l4 + 8 <= ip.end => {}
+        Some(_) => return Err(ReplyError::NotAnswerable),
+        None => return Err(ReplyError::Malformed),
+    }
+    if !unicast(addr(ip.v6, &ip.src)) {
+        return Err(ReplyError::NotAnswerable);
+    }
+    let d = pkt.data_mut();
+    let h = d.get_mut(ip.l3..ip.end).ok_or(ReplyError::Malformed)?;
+    if ip.v6 {
+        let (a, b) = h
+            .get_mut(8..40)
+            .ok_or(ReplyError::Malformed)?
+            .split_at_mut(16);
+        a.swap_with_slice(b);
+        if let Some(hop) = h.get_mut(7) {
+            *hop = 64;
+        }
+    } else {
+        let ihl = usize::from(h.first().map_or(0, |v| v & 0x0f)) * 4;
+        let (a, b) = h
+            .get_mut(12..20)
+            .ok_or(ReplyError::Malformed)?
+            .split_at_mut(4);
+        a.swap_with_slice(b);
+        let hdr = h.get_mut(..ihl).ok_or(ReplyError::Malformed)?;
+        if let Some(ttl) = hdr.get_mut(8) {
+            *ttl = 64;
+        }
+        if let Some(c) = hdr.get_mut(10..12) {
+            c.fill(0);
+        }
+        let check = checksum::checksum(hdr);
+        if let Some(c) = hdr.get_mut(10..12) {
+            c.copy_from_slice(&check.to_be_bytes());
+        }
+    }
+    // The type, in the checksummed word (type, code); the swapped addresses leave an
+    // ICMPv6 pseudo-header's sum as it was.
+    let Some([ty, code, c0, c1]) = d.get_mut(l4..).and_then(|t| t.first_chunk_mut::<4>()) else {
+        return Err(ReplyError::Malformed);
+    };
+    let old = u16::from_be_bytes([*ty, *code]);
+    let check = checksum::update16(u16::from_be_bytes([*c0, *c1]), old, u16::from(reply) << 8);
+    *ty = reply;
+    [*c0, *c1] = check.to_be_bytes();
+    let key = m.flow.reversed();
+    finish(pkt, &ip, ip.end - ip.l3, Some(key))?;
+    let meta = &mut pkt.meta;
+    meta.l4 = m.l4;
+    meta.payload = m.payload;
+    meta.flags |= flags::L4_VALID;
+    meta.icmp_type = reply;
+    Ok(())
 }
 
 /// Turns a parsed IP packet whose TTL (hop limit) ran out at this node into the ICMP error
@@ -765,6 +863,7 @@ mod tests {
     use super::*;
     use crate::parse::{ParseConfig, parse_frame};
     use crate::time::Duration;
+    use crate::wire::icmp::IcmpRepr;
     use alloc::vec::Vec;
     use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
 
@@ -826,6 +925,76 @@ mod tests {
             (again.flow, again.flags, again.l4),
             (p.meta.flow, p.meta.flags, p.meta.l4)
         );
+    }
+
+    /// Echo replies to pings of both families: what etherparse reads (checksums, types,
+    /// identifier, sequence, data), MACs swapped; anything else is not answered.
+    #[test]
+    fn echo_replies_are_what_etherparse_reads() {
+        let a6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let b6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        for (v6, ty) in [(false, 8u8), (true, 128)] {
+            let echo = IcmpRepr {
+                ty,
+                ident: 0x1234,
+                seq: 7,
+                ..IcmpRepr::default()
+            };
+            let f = if v6 {
+                Frame::ipv6(a6, b6)
+            } else {
+                Frame::ipv4([10, 0, 0, 2], [10, 0, 0, 1])
+            };
+            let frame = f
+                .ethernet([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                .icmp(echo)
+                .payload(b"ping data")
+                .to_vec()
+                .unwrap();
+            let mut p = parsed(&frame, 0);
+            icmp_echo_reply(&mut p).unwrap();
+            assert_eq!(p.data()[..12], [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+            let s = SlicedPacket::from_ethernet(p.data()).unwrap();
+            match (&s.net, &s.transport) {
+                (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Icmpv4(icmp))) => {
+                    let h = ip.header();
+                    assert_eq!(
+                        (h.source(), h.destination()),
+                        ([10, 0, 0, 1], [10, 0, 0, 2])
+                    );
+                    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+                    assert_eq!(
+                        icmp.checksum(),
+                        icmp.icmp_type().calc_checksum(icmp.payload())
+                    );
+                    match icmp.icmp_type() {
+                        Icmpv4Type::EchoReply(e) => assert_eq!((e.id, e.seq), (0x1234, 7)),
+                        t => panic!("{t:?}"),
+                    }
+                    assert_eq!(icmp.payload(), b"ping data");
+                }
+                (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(icmp))) => {
+                    let h = ip.header();
+                    assert_eq!((h.source(), h.destination()), (b6, a6));
+                    let want = icmp
+                        .icmp_type()
+                        .calc_checksum(b6, a6, icmp.payload())
+                        .unwrap();
+                    assert_eq!(icmp.checksum(), want);
+                    match icmp.icmp_type() {
+                        Icmpv6Type::EchoReply(e) => assert_eq!((e.id, e.seq), (0x1234, 7)),
+                        t => panic!("{t:?}"),
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+            drop(s);
+            assert_eq!(p.meta.flow, parsed(&frame, 0).meta.flow.reversed());
+            // The reply is not answered again.
+            assert_eq!(icmp_echo_reply(&mut p), Err(ReplyError::NotAnswerable));
+        }
+        let mut udp = parsed(&big_v4(true), 0);
+        assert_eq!(icmp_echo_reply(&mut udp), Err(ReplyError::NotAnswerable));
     }
 
     #[test]
