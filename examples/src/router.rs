@@ -185,10 +185,10 @@ pub struct PortCounters {
     pub icmp_rate_limited: u64,
     /// Packets without DF too big for this port, sent out of it as fragments.
     pub fragmented: u64,
-    /// Pings of the router's own addresses received here, answered.
-    pub echo_replies: u64,
     /// The fragments of those packets.
     pub fragments_sent: u64,
+    /// Pings of the router's own addresses received here, answered.
+    pub echo_replies: u64,
 }
 
 /// One interface: its rings, addresses and neighbours.
@@ -897,8 +897,8 @@ impl Router {
                 ("frag_needed_sent", c.frag_needed_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),
                 ("fragmented", c.fragmented),
-                ("echo_replies", c.echo_replies),
                 ("fragments_sent", c.fragments_sent),
+                ("echo_replies", c.echo_replies),
             ] {
                 f(name, k, v);
             }
