@@ -924,6 +924,12 @@ pub trait Function {
     fn batch_room(&self) -> usize {
         0
     }
+    /// True while the function has work of its own that cannot wait for frames to arrive
+    /// (packets it holds to try again soon): an idle [`serve`] loop then wakes every
+    /// [`BUSY_WAIT_MS`] instead of every 100 ms.
+    fn wakes_often(&self) -> bool {
+        false
+    }
     /// Re-reads the configuration (SIGHUP); an error is logged and the old one kept.
     ///
     /// # Errors
@@ -1047,7 +1053,14 @@ pub fn serve(
         }
         if moved == 0 {
             router
-                .wait(now, IDLE_WAIT_MS)
+                .wait(
+                    now,
+                    if f.wakes_often() {
+                        BUSY_WAIT_MS
+                    } else {
+                        IDLE_WAIT_MS
+                    },
+                )
                 .map_err(|e| format!("waiting for frames: {e}"))?;
             router.flush().map_err(|e| e.to_string())?;
         }
@@ -1058,6 +1071,8 @@ pub fn serve(
 
 /// The longest an idle [`serve`] loop sleeps in `poll` before it checks for signals.
 const IDLE_WAIT_MS: i32 = 100;
+/// The longest it sleeps while its function has work of its own ([`Function::wakes_often`]).
+pub const BUSY_WAIT_MS: i32 = 10;
 
 #[cfg(test)]
 mod tests {

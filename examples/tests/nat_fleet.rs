@@ -22,7 +22,10 @@
 //! TCP connections answer from the same public address and port every round, 36 UDP
 //! flows get their echoes (their first answers handed over alike), 36 UDP flows to a closed
 //! port hear the server's port unreachable errors (handed to the node owning the quoted
-//! port) and 36 pings their replies (by identifier); then node 1 is
+//! port) and 36 pings their replies (by identifier); 24 connections from the server to a
+//! port forward are answered within half a second (the inside host's SYN+ACK, reaching
+//! another node than the SYN by the client's own route, waits there for the session's copy);
+//! then node 1 is
 //! killed, the router drops it (BFD) and the client's route is made to, both hashes move
 //! flows between the survivors too, and every connection still answers, its public port
 //! unchanged: the survivors adopt node 1's sessions from their copies. Node 1 comes back
@@ -65,6 +68,22 @@ for i, s in enumerate(socks):
     except OSError:
         pass
 print('udp', got, flush=True)";
+
+/// Opens N connections to HOST:PORT one after another, each asking once (`?`) and waiting
+/// 5 s at most for the answer; prints `times` and how long each took (`err` for a failure).
+const TIMED_CONNECTIONS: &str = "import socket, sys, time
+out = []
+for i in range(int(sys.argv[3])):
+    t = time.time()
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        c.sendall(b'?\\n')
+        c.recv(100)
+        out.append('%.3f' % (time.time() - t))
+        c.close()
+    except OSError:
+        out.append('err')
+print('times', *out, flush=True)";
 
 /// Connects N UDP sockets to HOST:PORT (nothing listening), sends a datagram on each and
 /// prints `refused` and how many heard the port unreachable error (3 s at most each).
@@ -129,7 +148,8 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
         .arg(&password)
         .arg("--bfd-key-file")
         .arg(&bfd_key)
-        .args(["--metrics", "127.0.0.1:9464", "--duration", "60"]);
+        .args(["--metrics", "127.0.0.1:9464", "--duration", "60"])
+        .args(["--forward", "tcp:8080=10.0.0.100:8000"]);
     if n == 3 {
         // Slower BFD than the others (BIRD's 200 ms wins over 150; four missed).
         cmd.args(["--bfd-interval", "150", "--bfd-multiplier", "4"]);
@@ -370,6 +390,44 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         "no ICMP error or echo reply reached another node before its copy"
     );
 
+    // A port forward: 24 connections from the server to the public address reach the
+    // client's server, the inside answers through the client's own ECMP route: most
+    // SYN+ACKs reach another node than the one the SYN came through, before the copy of
+    // its session; they wait for it there (`fleet.waited_for_copy`) instead of being
+    // dropped (a second's SYN retransmission each).
+    lab.spawn(
+        &c,
+        &[
+            common::system_python(),
+            "-c",
+            common::ANSWER_SERVER,
+            "10.0.0.100",
+            "8000",
+            "inside",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let timed = common::python_in(&v, TIMED_CONNECTIONS)
+        .args([PUBLIC, "8080", "24"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&timed.stdout);
+    let times: Vec<f64> = said
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(f64::MAX))
+        .collect();
+    assert_eq!(times.len(), 24, "{timed:?}");
+    assert!(times.iter().all(|t| *t < 0.5), "{said}");
+    // The metrics are published every second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let waited: u64 = g
+        .iter()
+        .map(|ns| metric(ns, "fleet", "waited_for_copy"))
+        .sum();
+    assert!(waited >= 1, "no answer waited for its copy: {said}");
+    let slowest = times.iter().copied().fold(0.0, f64::max);
+
     // Node 1 fails: the router drops it (BFD), the client's route is made to.
     sh(&format!("kill -KILL {}", nodes[0].pid));
     sh(&format!(
@@ -444,7 +502,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     }
     assert!(adopted >= 1, "no survivor adopted node 1's sessions");
     eprintln!(
-        "NAT fleet: {handed} TCP, {handed_udp} UDP and {handed_icmp} ICMP answers handed to their port's node before the copy came, {adopted} of node 1's sessions adopted by the survivors"
+        "NAT fleet: {handed} TCP, {handed_udp} UDP and {handed_icmp} ICMP answers handed to their port's node before the copy came; {waited} inside answers through the port forward waited for their copy (24 connections, the slowest {slowest:.3} s); {adopted} of node 1's sessions adopted by the survivors"
     );
 }
 

@@ -47,7 +47,14 @@
 //! ([`nf_nat::owner_of`]; for an ICMP error, the port the quoted packet left from; for an
 //! echo reply, its identifier), on the outside link to that node's MAC
 //! ([`Router::set_peers`](nf_examples::router::Router::set_peers)), counted
-//! `fleet.handed_over` (`fleet.owner_down` when that node is down: dropped). When a node
+//! `fleet.handed_over` (`fleet.owner_down` when that node is down: dropped). The inside
+//! hosts' answers to connections opened from outside (a port forward's, or on a mapping
+//! under endpoint-independent filtering) reach any node by the inside route, which cannot
+//! know where the outside router sent the connection: one without the session holds the
+//! segment (at most 16 at once, half a second each) until the session's copy comes
+//! (`fleet.waited_for_copy`; `fleet.wait_expired` if none does, then the RST an idle flow
+//! gets under hyperplane), instead of dropping it for the SYN's retransmission a second
+//! later (the loop comes round every 10 ms while one waits). When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments) and needs
@@ -80,8 +87,8 @@ mod linux {
     use nf_core::flow::proto;
     use nf_core::reply::IcmpOrigin;
     use nf_core::{
-        Batch, DropReason, Family, Instant, Packet, ParseStage, PortId, Stage, StageControl,
-        Verdict, flags,
+        Batch, DropReason, Family, Instant, Packet, ParseConfig, ParseStage, PortId, Stage,
+        StageControl, Verdict, flags, parse_frame,
     };
     use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame};
@@ -92,6 +99,7 @@ mod linux {
         AllocatorConfig, Filtering, InsidePrefix, Owner, PortForward, PortSplit, Snat, SnatConfig,
         nat_timeouts, owner_of,
     };
+    use std::collections::VecDeque;
     use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
     use std::path::PathBuf;
     use std::process::ExitCode;
@@ -359,7 +367,31 @@ on SIGUSR1, or after --duration.
         /// Outside packets for another node's port without a session here, whose node is
         /// down: dropped (its taken-over sessions are copies here, found by their lookup).
         owner_down: u64,
+        /// Inside TCP segments without a session here, each with when it first came:
+        /// answers to a connection an outside host opened through another node (a port
+        /// forward's, or on a mapping under endpoint-independent filtering) that beat the
+        /// session's copy. They wait for it ([`HOLD_FOR`] at most, [`HOLD_MAX`] at once),
+        /// tried again with every inside batch.
+        held: VecDeque<(Instant, Packet<RingFrame>)>,
+        /// When each packet tried again in the current batch first came, by its place.
+        retried: Vec<(usize, Instant)>,
+        /// The packets of a batch being sorted into kept and held (allocated once).
+        sorting: Vec<Packet<RingFrame>>,
+        /// Inside segments that waited for their session's copy, found it, or did not in time.
+        waited: u64,
+        wait_expired: u64,
+        /// Hyperplane: a segment that waited in vain gets the RST SNAT gives one without a
+        /// session (the idle timeout's), counted `reset_after_wait`.
+        reset: bool,
+        reset_after_wait: u64,
     }
+
+    /// How long an inside segment waits for its session's copy: sync runs every 10 ms, and
+    /// the loop tries the segment again each time it comes round (every 10 ms at least while
+    /// one waits, [`Function::wakes_often`]), applying the copies it received after its stages.
+    const HOLD_FOR: nf_core::Duration = nf_core::Duration::from_millis(500);
+    /// Inside segments waiting at once (places kept free in every batch for them).
+    const HOLD_MAX: usize = 16;
 
     impl Fleet {
         /// The split and this node's place in it: the fleet's nodes in the order of their
@@ -394,6 +426,75 @@ on SIGUSR1, or after --duration.
                         self.handed_over += 1;
                     }
                     _ => self.owner_down += 1,
+                }
+            }
+        }
+    }
+
+    impl Fleet {
+        /// Puts the inside segments waiting for their session's copy at the end of `batch`
+        /// (received from the inside, before the stages), to be tried again; drops those
+        /// that waited too long.
+        fn retry(&mut self, now: Instant, batch: &mut Batch<RingFrame>) {
+            self.retried.clear();
+            while let Some((since, mut p)) = self.held.pop_front() {
+                if now.saturating_since(since) > HOLD_FOR {
+                    self.wait_expired += 1;
+                    if !self.reset {
+                        continue;
+                    }
+                    // Its RST back to the inside host, past the stages.
+                    let (data, meta) = p.data_and_meta_mut();
+                    if parse_frame(data, meta, &ParseConfig::default()).is_err()
+                        || nf_core::reply::tcp_reset(&mut p).is_err()
+                    {
+                        continue;
+                    }
+                    p.meta.verdict = Verdict::Tx(PortId(INSIDE as u16));
+                    if batch.push(p).is_ok() {
+                        self.reset_after_wait += 1;
+                    }
+                    continue;
+                }
+                let at = batch.len();
+                if let Err(p) = batch.push(p) {
+                    self.held.push_front((since, p));
+                    break;
+                }
+                self.retried.push((at, since));
+            }
+        }
+
+        /// Holds the inside TCP segments of `batch` that found no session (nor may open
+        /// one: not a SYN), copied out of the receive ring, until their copy comes; counts
+        /// the tried-again ones that found it.
+        fn hold(&mut self, now: Instant, batch: &mut Batch<RingFrame>) {
+            let waits = |p: &Packet<RingFrame>| {
+                p.meta.verdict == Verdict::Drop(DropReason::NoSession)
+                    && p.meta.flow.proto == nf_core::flow::proto::TCP
+            };
+            let retried = &self.retried;
+            self.waited += retried
+                .iter()
+                .filter(|(at, _)| batch.packets().get(*at).is_some_and(|p| !waits(p)))
+                .count() as u64;
+            if !batch.packets().iter().any(waits) {
+                return;
+            }
+            self.sorting.extend(batch.drain());
+            for (at, p) in self.sorting.drain(..).enumerate() {
+                let since = retried.iter().find(|(i, _)| *i == at).map_or(now, |r| r.1);
+                if !waits(&p) {
+                    // As many places as the batch had.
+                    let _ = batch.push(p);
+                } else if self.held.len() < HOLD_MAX {
+                    let (mut frame, head, len) = p.into_parts();
+                    frame.detach();
+                    if let Ok(p) = Packet::new(frame, head, len) {
+                        self.held.push_back((since, p));
+                    }
+                } else {
+                    self.wait_expired += 1;
                 }
             }
         }
@@ -477,9 +578,13 @@ on SIGUSR1, or after --duration.
                 .with_inside(InsidePrefix::new(IpAddr::V4(inside.addr), inside.len))
                 .with_filtering(args.filtering)
                 .with_v6_sessions(64)
-                // The inside port: the router sends the RST on to the inside host.
+                // The inside port: the router sends the RST on to the inside host. In a
+                // fleet the segment may belong to a session whose copy is on its way: it
+                // waits for it, and gets its RST from the fleet if none comes
+                // (`Fleet::retry`).
                 .with_idle_reset(
-                    (*profile == nf_nat::Profile::Hyperplane).then_some(PortId(INSIDE as u16)),
+                    (*profile == nf_nat::Profile::Hyperplane && args.fleet.is_none())
+                        .then_some(PortId(INSIDE as u16)),
                 )
                 // Flows refused for lack of ports or sessions: ICMP administratively
                 // prohibited from the gateway's inside address (RFC 5508 REQ-8).
@@ -528,6 +633,13 @@ on SIGUSR1, or after --duration.
                     peer_nodes,
                     handed_over: 0,
                     owner_down: 0,
+                    held: VecDeque::with_capacity(HOLD_MAX),
+                    retried: Vec::with_capacity(HOLD_MAX),
+                    sorting: Vec::with_capacity(nf_core::BATCH_SIZE),
+                    waited: 0,
+                    wait_expired: 0,
+                    reset: *profile == nf_nat::Profile::Hyperplane,
+                    reset_after_wait: 0,
                 });
             }
             // A fleet node sees part of each connection's segments (its answers may reach
@@ -557,6 +669,11 @@ on SIGUSR1, or after --duration.
     impl Function for Pipeline {
         /// Drops what may not enter from `port` (`spoofed`), then the stages.
         fn process(&mut self, now: Instant, port: usize, batch: &mut Batch<RingFrame>) {
+            if port == INSIDE
+                && let Some(f) = &mut self.fleet
+            {
+                f.retry(now, batch);
+            }
             self.parse.process(now, batch);
             let Some(nat) = &mut self.nat else {
                 return;
@@ -578,15 +695,21 @@ on SIGUSR1, or after --duration.
             }
             self.reorder.process(now, batch);
             nat.process(now, batch);
-            if port == OUTSIDE
-                && let Some(f) = &mut self.fleet
-            {
-                f.hand_over(&self.public, batch);
+            match (port, &mut self.fleet) {
+                (OUTSIDE, Some(f)) => f.hand_over(&self.public, batch),
+                (INSIDE, Some(f)) => f.hold(now, batch),
+                _ => {}
             }
         }
 
         fn batch_room(&self) -> usize {
-            self.reorder.batch_room()
+            self.reorder.batch_room() + if self.fleet.is_some() { HOLD_MAX } else { 0 }
+        }
+
+        /// While inside segments wait for their session's copy: tried again every 10 ms,
+        /// whether frames come or not.
+        fn wakes_often(&self) -> bool {
+            self.fleet.as_ref().is_some_and(|f| !f.held.is_empty())
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
@@ -599,6 +722,9 @@ on SIGUSR1, or after --duration.
             if let Some(fl) = &self.fleet {
                 f("fleet", "handed_over", fl.handed_over);
                 f("fleet", "owner_down", fl.owner_down);
+                f("fleet", "waited_for_copy", fl.waited);
+                f("fleet", "wait_expired", fl.wait_expired);
+                f("fleet", "reset_after_wait", fl.reset_after_wait);
                 fl.link.visit_counters(f);
             }
             if let Some(a) = &self.announce {
