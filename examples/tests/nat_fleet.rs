@@ -177,6 +177,15 @@ fn says(ns: &str, script: &str, args: &[&str], want: &str) {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{out:?}");
 }
 
+/// Held while a test's lab runs: the two tests of this file take turns (a lab runs three
+/// gateways, BIRD and the Python peers; side by side on the two-core CI machine, one UDP
+/// answer of the rfc test's L4-hashed lab timed out once, 3 s).
+fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LAB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Packets the nodes in namespaces `g` handed to another node, in all.
 fn handed_over(g: &[String]) -> u64 {
     g.iter().map(|ns| metric(ns, "fleet", "handed_over")).sum()
@@ -300,6 +309,7 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8) -> Option<FleetLab
 
 #[test]
 fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failure() {
+    let _alone = one_lab_at_a_time();
     let Some(FleetLab {
         mut lab,
         c,
@@ -543,6 +553,7 @@ print('seen', *out, flush=True)";
 /// sockets' flows reach different nodes and get different ports (the control).
 #[test]
 fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the_source() {
+    let _alone = one_lab_at_a_time();
     let source_only =
         "sysctl -qw net.ipv4.fib_multipath_hash_policy=3 net.ipv4.fib_multipath_hash_fields=1";
     let mut mapped = Vec::new();
