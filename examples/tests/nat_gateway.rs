@@ -651,7 +651,8 @@ fn transit_packets_that_cannot_pass_are_answered() {
     let (frag, expired) = (get("ig.frag_needed_sent"), get("ig.time_exceeded_sent"));
     // tshark: every error well formed (checksums, the MTU), every fragment too, and the
     // two fragments reassembled into the 1,500-byte datagram.
-    std::thread::sleep(Duration::from_millis(300));
+    // (tcpdump writes each packet as it comes, `--immediate-mode -U`; a margin all the same.)
+    std::thread::sleep(Duration::from_millis(1000));
     let fields = [
         "_ws.malformed",
         "_ws.expert.severity",
@@ -725,15 +726,25 @@ fn transit_packets_that_cannot_pass_are_answered() {
     );
 }
 
-/// Starts tcpdump on `iface` of namespace `ns` for `filter`; the capture file's path once it
-/// is written to.
+/// Starts tcpdump on `iface` of namespace `ns` for `filter`, each packet written as it comes
+/// (without `--immediate-mode` libpcap hands packets over in blocks, up to a second late: a
+/// CI run read an empty capture); the capture file's path once it is written to.
 fn capture(lab: &mut Lab, ns: &str, iface: &str, filter: &str) -> std::path::PathBuf {
     let path = lab.dir.join(format!("{iface}.pcap"));
     let file = path.to_str().unwrap();
     lab.spawn(
         ns,
         &[
-            "tcpdump", "-i", iface, "-U", "-Z", "root", "-w", file, filter,
+            "tcpdump",
+            "--immediate-mode",
+            "-i",
+            iface,
+            "-U",
+            "-Z",
+            "root",
+            "-w",
+            file,
+            filter,
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(10);
