@@ -550,15 +550,25 @@ print('seen', *out, flush=True)";
 /// the source address alone (Linux: `fib_multipath_hash_policy` 3, `fib_multipath_hash_fields`
 /// 1), eight inside addresses each talk to four servers from one socket and each sees one
 /// public port for all four, the addresses spread over the nodes; hashed on L4, the same
-/// sockets' flows reach different nodes and get different ports (the control).
+/// sockets' flows reach different nodes and get different ports (the control). A cgn fleet
+/// the same as the rfc one with source hashing, its port blocks cut from each node's share:
+/// every node holds all eight subscribers' blocks (its own, and those of its copies of the
+/// other nodes' sessions).
 #[test]
 fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the_source() {
     let _alone = one_lab_at_a_time();
     let source_only =
         "sysctl -qw net.ipv4.fib_multipath_hash_policy=3 net.ipv4.fib_multipath_hash_fields=1";
     let mut mapped = Vec::new();
-    for (tag, hash) in [("ne", source_only), ("nl", L4_HASH)] {
-        let Some(FleetLab { mut lab, c, v, .. }) = fleet_lab(tag, "rfc", hash, 7) else {
+    for (tag, profile, hash) in [
+        ("ne", "rfc", source_only),
+        ("nl", "rfc", L4_HASH),
+        ("nc", "cgn", source_only),
+    ] {
+        let Some(FleetLab {
+            mut lab, c, v, g, ..
+        }) = fleet_lab(tag, profile, hash, 7)
+        else {
             return;
         };
         for port in ["7101", "7102", "7103", "7104"] {
@@ -586,26 +596,62 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
                 "{seen:?}"
             );
         }
+        if profile == "cgn" {
+            // Each node gave out the blocks of its own subscribers and took those of the
+            // others' through their sessions' copies: eight on every node.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let blocks = || -> Vec<u64> {
+                g.iter()
+                    .map(|ns| metric(ns, "snat", "blocks_allocated"))
+                    .collect()
+            };
+            while blocks() != [8, 8, 8] {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "blocks per node: {:?}",
+                    blocks()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let claimed: u64 = g.iter().map(|ns| metric(ns, "snat", "claimed")).sum();
+            assert!(claimed >= 2 * 8 * 4, "{claimed} copies claimed");
+        }
         mapped.push(seen);
     }
-    let (source, l4) = (&mapped[0], &mapped[1]);
-    let one = |s: &Vec<String>| s.iter().all(|m| *m == s[0]);
-    assert!(source.iter().all(one), "source hashing: {source:?}");
+    let (source, l4, cgn) = (&mapped[0], &mapped[1], &mapped[2]);
+    assert!(cgn.iter().all(|s| one_mapping(s)), "cgn: {cgn:?}");
+    assert!(
+        source.iter().all(|s| one_mapping(s)),
+        "source hashing: {source:?}"
+    );
     // The nodes' shares of the ports tell where each address went.
     let split = nf_nat::PortSplit { nodes: 3, cores: 1 };
     let node =
         |m: &str| nf_nat::owner_of(m.rsplit_once(':').unwrap().1.parse().unwrap(), split).node;
-    let mut nodes: Vec<u32> = source.iter().map(|s| node(&s[0])).collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-    assert!(nodes.len() >= 2, "every address on one node: {source:?}");
-    let split_up = l4.iter().filter(|s| !one(s)).count();
+    let spread = |m: &[Vec<String>]| {
+        let mut nodes: Vec<u32> = m.iter().map(|s| node(&s[0])).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len()
+    };
+    let nodes = spread(source);
+    assert!(nodes >= 2, "every address on one node: {source:?}");
+    assert!(
+        spread(cgn) >= 2,
+        "every cgn subscriber on one node: {cgn:?}"
+    );
+    let split_up = l4.iter().filter(|s| !one_mapping(s)).count();
     assert!(
         split_up >= 1,
         "L4 hashing kept every endpoint on one node: {l4:?}"
     );
     eprintln!(
-        "rfc fleet: 8 of 8 endpoints one mapping with source hashing ({} nodes); {split_up} of 8 several mappings with L4 hashing",
-        nodes.len()
+        "rfc fleet: 8 of 8 endpoints one mapping with source hashing ({nodes} nodes); {split_up} of 8 several mappings with L4 hashing; cgn: 8 of 8 one mapping ({} nodes)",
+        spread(cgn)
     );
+}
+
+/// Every flow of the endpoint left from one public address and port.
+fn one_mapping(s: &[String]) -> bool {
+    s.iter().all(|m| *m == s[0])
 }

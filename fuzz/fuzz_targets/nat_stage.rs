@@ -360,9 +360,10 @@ fuzz_target!(|input: (u8, Vec<Op>)| {
     let publics: Vec<IpAddr> = vec![PUBLIC4.into(), PUBLIC4_B.into(), IpAddr::from(public6())];
     // A small port space, so ports run out and get reused after quarantine.
     let hi = 1024 + 64 * (1 + u32::from(setup >> 2 & 3));
-    // On inputs of odd parity (not cgn, whose blocks are its own share's), two nodes share
-    // the ports: node 0 holds 1024..hi, node 1 the low ports 512..1023 only.
-    let shared = setup.count_ones() % 2 == 1 && !matches!(profile, Profile::Cgn(_));
+    // On inputs of odd parity, two nodes share the ports: node 0 holds 1024..hi, node 1 the
+    // low ports 512..1023 only (so no cgn block: its new flows are refused, while it holds
+    // node 0's sessions and their blocks).
+    let shared = setup.count_ones() % 2 == 1;
     let owner = if shared { Owner { nodes: 2, cores: 1, node: 0, core: 0 } } else { Owner::SOLE };
     let alloc = AllocatorConfig::new(profile, publics, *b"fuzz nat secret!")
         .with_max_mappings(64 + usize::from(setup >> 4) * 16)

@@ -75,10 +75,17 @@ pub struct BlockEvent {
     pub first_port: u16,
     /// The block's last port (inclusive).
     pub last_port: u16,
+    /// The node whose share of the ports the block is in ([`Owner`](crate::Owner)).
+    pub node: u32,
+    /// The block is another node's (`node`), held here for sessions taken over from it
+    /// ([`PortAllocator::take_over`]): that node logged the block when it gave it out, so
+    /// a log kept per fleet may skip these.
+    pub taken_over: bool,
 }
 
 /// One log line: `block allocated zone 7 subscriber 10.0.0.3 public 203.0.113.2 ports
-/// 59392-59903 at 121000000000ns`.
+/// 59392-59903 at 121000000000ns`, with ` for node 2` at the end when the block is
+/// another node's, taken over.
 impl core::fmt::Display for BlockEvent {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let kind = match self.kind {
@@ -94,7 +101,11 @@ impl core::fmt::Display for BlockEvent {
             self.first_port,
             self.last_port,
             self.at.as_nanos()
-        )
+        )?;
+        if self.taken_over {
+            write!(f, " for node {}", self.node)?;
+        }
+        Ok(())
     }
 }
 
@@ -241,15 +252,24 @@ impl Words for Dense {
 struct Cgn {
     settings: CgnSettings,
     words_per_block: usize,
-    base_word: usize,
+    /// Per node of the split: its run's blocks (this core's run of the node's ports). New
+    /// flows get blocks of this node's run only; the others' hold the sessions this node
+    /// claims for them (copies, take-overs).
+    runs: Vec<BlockRun>,
+    /// This node (its run in `runs`).
+    own: usize,
+    /// Blocks of every run, per address.
     blocks_per_ip: usize,
-    /// Ports this allocator may use per block (same for every address).
+    /// Ports the run's owner may use per block (same for every address).
     cap: Vec<u32>,
     /// Per (address, block): the holder's list index, or [`NO_OWNER`].
     owner: Vec<u32>,
     /// Per (address, block): ports in use or quarantined, per protocol.
     used: Vec<[u32; 3]>,
-    /// `max_blocks` block numbers per list.
+    /// Block numbers a subscriber may hold at once, per list: `max_blocks` of each node's
+    /// run.
+    list_len: usize,
+    /// `list_len` block numbers per list.
     lists: Vec<u16>,
     list_owner: Vec<SubKey>,
     free_lists: Vec<u32>,
@@ -257,6 +277,15 @@ struct Cgn {
     /// Blocks released and events dropped since the allocator last collected them.
     released: u64,
     dropped: u64,
+}
+
+/// One node's run of CGN blocks: word `base + i · words_per_block` starts its block
+/// `first + i`.
+#[derive(Clone, Copy, Debug)]
+struct BlockRun {
+    base: usize,
+    first: usize,
+    blocks: usize,
 }
 
 struct HyperWords<'a> {
@@ -771,14 +800,17 @@ impl PortAllocator {
     /// ([`Steering::own_also`](nf_core::steer::Steering::own_also) with
     /// [`PortSplit::partition`](crate::PortSplit::partition)). Idempotent.
     ///
+    /// Cgn: every node's run is cut into blocks alike, so a session taken over holds its
+    /// port's block of that node's run for its subscriber, as on the node that made it
+    /// (with a [`BlockEvent`] when the block was free here). That node's quotas
+    /// (`port_quota`, `max_blocks`) held when it made the session and are not counted
+    /// again; a subscriber holds at most `max_blocks` blocks of each node's run here. When
+    /// such a session ends its port is free at once: the quarantine that protects it is
+    /// its own node's.
+    ///
     /// # Errors
-    /// [`ConfigError::Owner`] for a node out of range or this node itself;
-    /// [`ConfigError::Blocks`] for the cgn profile, whose port blocks are this owner's range
-    /// only (its sessions are not taken over from another share).
+    /// [`ConfigError::Owner`] for a node out of range or this node itself.
     pub fn take_over(&mut self, node: u32) -> Result<(), ConfigError> {
-        if matches!(self.profile, Profile::Cgn(_)) {
-            return Err(ConfigError::Blocks);
-        }
         if node == self.node || !self.space.take_over(node) {
             return Err(ConfigError::Owner);
         }
@@ -923,11 +955,14 @@ impl PortAllocator {
                 new_block: None,
             },
             Some(c) => {
-                let Some(b) = c.block_of(w) else {
+                let Some(b) = c.block_of(&self.space, m.port) else {
                     return false;
                 };
+                // This node's quotas hold for its own run; another node's sessions were
+                // within that node's quotas when it made them.
+                let own = c.is_own(b);
                 let quota = c.settings.port_quota;
-                if sub.is_some_and(|s| s.per_proto.get(p).copied().unwrap_or(0) >= quota) {
+                if own && sub.is_some_and(|s| s.per_proto.get(p).copied().unwrap_or(0) >= quota) {
                     return false;
                 }
                 let owner = c.owner.get(c.gi(m.public, b)).copied().unwrap_or(NO_OWNER);
@@ -939,7 +974,12 @@ impl PortAllocator {
                     },
                 };
                 let new_block = match (owner, sub) {
-                    (NO_OWNER, Some(s)) if s.blocks >= c.settings.max_blocks => return false,
+                    (NO_OWNER, Some(s))
+                        if usize::from(s.blocks) >= c.list_len
+                            || own && c.own_blocks(&s) >= c.settings.max_blocks =>
+                    {
+                        return false;
+                    }
                     (NO_OWNER, _) => Some(b),
                     (o, Some(s)) if o == s.list => None,
                     _ => return false,
@@ -1097,9 +1137,10 @@ impl PortAllocator {
                         now,
                         &mut e.subs,
                         &self.hasher,
+                        &self.space,
                         q.public,
                         p,
-                        w,
+                        q.port,
                         &self.public_ips,
                     );
                     self.counters.blocks_released += core::mem::take(&mut cgn.released);
@@ -1159,6 +1200,10 @@ impl PortAllocator {
             port: plan.port,
             refs: 1,
         };
+        let counted = e
+            .cgn
+            .as_ref()
+            .is_none_or(|c| c.counts_against_quota(&self.space, plan.port));
         let map_slot = e
             .maps
             .insert_new(hik, ik, entry)
@@ -1167,14 +1212,18 @@ impl PortAllocator {
             Some(slot) => {
                 if let Some(s) = e.subs.value_at_mut(slot) {
                     s.mappings += 1;
-                    if let Some(c) = s.per_proto.get_mut(p) {
+                    if let Some(c) = s.per_proto.get_mut(p)
+                        && counted
+                    {
                         *c += 1;
                     }
                 }
             }
             None => {
                 let mut per_proto = [0; 3];
-                if let Some(c) = per_proto.get_mut(p) {
+                if let Some(c) = per_proto.get_mut(p)
+                    && counted
+                {
                     *c = 1;
                 }
                 let sub = Sub {
@@ -1230,7 +1279,7 @@ impl PortAllocator {
             }
         }
         if let Some(c) = e.cgn.as_mut() {
-            c.count_port(plan.public, p, w, 1);
+            c.count_port(&self.space, plan.public, p, plan.port, 1);
         }
         self.commit_live(plan.public, p);
         Ok(Mapping {
@@ -1362,7 +1411,9 @@ impl PortAllocator {
                 let Some(b) = c.list_block(s.list, (start + t) % nb) else {
                     continue;
                 };
-                if c.block_used(s.public, b, p) >= c.cap.get(b).copied().unwrap_or(0) {
+                if !c.is_own(b)
+                    || c.block_used(s.public, b, p) >= c.cap.get(b).copied().unwrap_or(0)
+                {
                     continue;
                 }
                 let Some(d) = e.dense.get(usize::from(s.public) * 3 + p) else {
@@ -1385,7 +1436,7 @@ impl PortAllocator {
                     }
                 }
             }
-            if s.blocks >= c.settings.max_blocks {
+            if c.own_blocks(&s) >= c.settings.max_blocks || usize::from(s.blocks) >= c.list_len {
                 self.last_probes = probes;
                 return Err(AllocError::QuotaExceeded);
             }
@@ -1459,10 +1510,16 @@ impl PortAllocator {
             return Ok(());
         }
         e.maps.remove_at(slot);
+        let counted = e
+            .cgn
+            .as_ref()
+            .is_none_or(|c| c.counts_against_quota(&self.space, m.port));
         if let Some(slot) = e.subs.find(hsk, &sk) {
             let gone = e.subs.value_at_mut(slot).is_some_and(|s| {
                 s.mappings = s.mappings.saturating_sub(1);
-                if let Some(c) = s.per_proto.get_mut(p) {
+                if let Some(c) = s.per_proto.get_mut(p)
+                    && counted
+                {
                     *c = c.saturating_sub(1);
                 }
                 s.mappings == 0 && (!is_cgn || s.blocks == 0)
@@ -1489,7 +1546,14 @@ impl PortAllocator {
             public: m.public,
             proto: flow.proto,
         };
-        self.quarantine(now, q);
+        if counted {
+            self.quarantine(now, q);
+        } else {
+            // CGN, a port of another node's run (a copy's, a session taken over): that node's
+            // quarantine protects the port; held here too, the block would stay its holder's
+            // after that node gave it to someone else.
+            self.free_port(now, &q);
+        }
         Ok(())
     }
 }
@@ -1579,30 +1643,46 @@ impl Cgn {
             return Err(ConfigError::Blocks);
         }
         let wpb = bs / 64;
-        let (lo, hi) = space.class_words(1);
-        let blocks_per_ip = hi.saturating_sub(lo) / wpb;
-        if blocks_per_ip == 0 {
+        // Every node's run of the high class (this core's run of it), one after another.
+        let nodes = space.split.nodes.max(1);
+        let mut runs = Vec::with_capacity(nodes as usize);
+        let mut cap: Vec<u32> = Vec::new();
+        for node in 0..nodes {
+            let Some(ns) = space.of_node(node) else {
+                return Err(ConfigError::Owner);
+            };
+            let (lo, hi) = ns.class_words(1);
+            let blocks = hi.saturating_sub(lo) / wpb;
+            runs.push(BlockRun {
+                base: lo,
+                first: cap.len(),
+                blocks,
+            });
+            cap.extend((0..blocks).map(|b| {
+                (0..wpb)
+                    .map(|i| ns.allowed(lo + b * wpb + i, None).count_ones())
+                    .sum::<u32>()
+            }));
+        }
+        let own = usize::try_from(space.owner_node()).unwrap_or(usize::MAX);
+        if runs.get(own).is_none_or(|r| r.blocks == 0) {
             return Err(ConfigError::Blocks);
         }
-        let cap: Vec<u32> = (0..blocks_per_ip)
-            .map(|b| {
-                (0..wpb)
-                    .map(|i| space.allowed(lo + b * wpb + i, None).count_ones())
-                    .sum()
-            })
-            .collect();
+        let blocks_per_ip = cap.len();
         let total = blocks_per_ip * n_ips;
         let lists = total.min(max_mappings);
-        let mb = usize::from(s.max_blocks);
+        let list_len = usize::from(s.max_blocks) * runs.len();
         Ok(Self {
             settings: s,
             words_per_block: wpb,
-            base_word: lo,
+            runs,
+            own,
             blocks_per_ip,
             cap,
             owner: vec![NO_OWNER; total],
             used: vec![[0; 3]; total],
-            lists: vec![0; lists * mb],
+            list_len,
+            lists: vec![0; lists * list_len],
             list_owner: vec![
                 SubKey {
                     addr: [0; 16],
@@ -1623,10 +1703,44 @@ impl Cgn {
     }
 
     fn list_block(&self, list: u32, i: usize) -> Option<usize> {
-        let mb = usize::from(self.settings.max_blocks);
         self.lists
-            .get(list as usize * mb + i)
+            .get(list as usize * self.list_len + i)
             .map(|&b| usize::from(b))
+    }
+
+    /// The run block `b` is in.
+    fn run_of(&self, b: usize) -> Option<&BlockRun> {
+        self.runs
+            .iter()
+            .find(|r| r.first <= b && b < r.first + r.blocks)
+    }
+
+    /// Block `b` is in this node's run.
+    fn is_own(&self, b: usize) -> bool {
+        self.runs
+            .get(self.own)
+            .is_some_and(|r| r.first <= b && b < r.first + r.blocks)
+    }
+
+    /// The first word of block `b`.
+    fn first_word(&self, b: usize) -> Option<usize> {
+        let r = self.run_of(b)?;
+        Some(r.base + (b - r.first) * self.words_per_block)
+    }
+
+    /// A mapping to `port` counts against its subscriber's port quota here: a port of this
+    /// node's run.
+    fn counts_against_quota(&self, space: &Space, port: u16) -> bool {
+        self.block_of(space, port).is_some_and(|b| self.is_own(b))
+    }
+
+    /// The blocks of this node's run that subscriber `s` holds.
+    fn own_blocks(&self, s: &Sub) -> u16 {
+        let n = (0..usize::from(s.blocks))
+            .filter_map(|i| self.list_block(s.list, i))
+            .filter(|&b| self.is_own(b))
+            .count();
+        u16::try_from(n).unwrap_or(u16::MAX)
     }
 
     fn block_used(&self, public: u16, b: usize, p: usize) -> u32 {
@@ -1637,16 +1751,24 @@ impl Cgn {
             .unwrap_or(u32::MAX)
     }
 
-    fn block_of(&self, w: usize) -> Option<usize> {
-        let b = w.checked_sub(self.base_word)? / self.words_per_block;
-        (b < self.blocks_per_ip).then_some(b)
+    /// The block of `port`: in the run of the node that owns the port (its word may hold
+    /// the ports of two nodes' runs), if the port is this core's and inside a block.
+    fn block_of(&self, space: &Space, port: u16) -> Option<usize> {
+        let (node, core) = space.owner_of(port);
+        if core != space.core() {
+            return None;
+        }
+        let r = self.runs.get(node as usize)?;
+        let i = (usize::from(port) / 64).checked_sub(r.base)? / self.words_per_block;
+        (i < r.blocks).then_some(r.first + i)
     }
 
-    /// A free block on `public` with ports to give, from a keyed start.
+    /// A free block of this node's run on `public` with ports to give, from a keyed start.
     fn free_block(&self, public: u16, k: u64) -> Option<usize> {
-        let n = self.blocks_per_ip;
+        let r = self.runs.get(self.own)?;
+        let n = r.blocks.max(1);
         let start = ((k >> 16) % n as u64) as usize;
-        (0..n).map(|t| (start + t) % n).find(|&b| {
+        (0..r.blocks).map(|t| r.first + (start + t) % n).find(|&b| {
             self.owner.get(self.gi(public, b)) == Some(&NO_OWNER)
                 && self.cap.get(b).is_some_and(|&c| c > 0)
         })
@@ -1663,7 +1785,9 @@ impl Cgn {
         probes: &mut u32,
     ) -> Result<Option<u16>, AllocError> {
         let wpb = self.words_per_block;
-        let first = self.base_word + b * wpb;
+        let Some(first) = self.first_word(b) else {
+            return Ok(None);
+        };
         let start = (k as usize) % wpb;
         let bit0 = ((k >> 32) & 63) as u32;
         for t in 0..wpb {
@@ -1690,18 +1814,20 @@ impl Cgn {
         if let Some(o) = self.owner.get_mut(gi) {
             *o = s.list;
         }
-        let mb = usize::from(self.settings.max_blocks);
+        if usize::from(s.blocks) >= self.list_len {
+            return;
+        }
         if let Some(x) = self
             .lists
-            .get_mut(s.list as usize * mb + usize::from(s.blocks))
+            .get_mut(s.list as usize * self.list_len + usize::from(s.blocks))
         {
             *x = b as u16;
             s.blocks += 1;
         }
     }
 
-    fn count_port(&mut self, public: u16, p: usize, w: usize, delta: i32) {
-        let Some(b) = self.block_of(w) else {
+    fn count_port(&mut self, space: &Space, public: u16, p: usize, port: u16, delta: i32) {
+        let Some(b) = self.block_of(space, port) else {
             return;
         };
         let gi = self.gi(public, b);
@@ -1719,7 +1845,12 @@ impl Cgn {
         public: IpAddr,
         b: usize,
     ) -> BlockEvent {
-        let first = ((self.base_word + b * self.words_per_block) * 64) as u16;
+        let first = (self.first_word(b).unwrap_or(0) * 64) as u16;
+        let node = self
+            .runs
+            .iter()
+            .position(|r| r.first <= b && b < r.first + r.blocks)
+            .unwrap_or(self.own);
         BlockEvent {
             kind,
             at,
@@ -1728,6 +1859,8 @@ impl Cgn {
             public,
             first_port: first,
             last_port: first.saturating_add(self.settings.block_size - 1),
+            node: u32::try_from(node).unwrap_or(u32::MAX),
+            taken_over: node != self.own,
         }
     }
 
@@ -1751,13 +1884,14 @@ impl Cgn {
         now: Instant,
         subs: &mut Table<SubKey, Sub>,
         hasher: &FlowHasher,
+        space: &Space,
         public: u16,
         p: usize,
-        w: usize,
+        port: u16,
         ips: &[IpAddr],
     ) {
-        self.count_port(public, p, w, -1);
-        let Some(b) = self.block_of(w) else {
+        self.count_port(space, public, p, port, -1);
+        let Some(b) = self.block_of(space, port) else {
             return;
         };
         let gi = self.gi(public, b);
@@ -1777,11 +1911,10 @@ impl Cgn {
             return;
         };
         let hsk = sub_hash_with(hasher, &sk);
-        let mb = usize::from(self.settings.max_blocks);
         if let Some(slot) = subs.find(hsk, &sk) {
             let mut gone = false;
             if let Some(s) = subs.value_at_mut(slot) {
-                let base = list as usize * mb;
+                let base = list as usize * self.list_len;
                 let n = usize::from(s.blocks);
                 if let Some(l) = self.lists.get_mut(base..base + n)
                     && let Some(i) = l.iter().position(|&x| usize::from(x) == b)

@@ -242,7 +242,9 @@
 //! the survivor's own ports), and nf-core's
 //! [`Steering::own_also`](nf_core::steer::Steering::own_also) with the failed node's
 //! [`PortSplit::partition`] sends the replies to those ports to the survivor's cores that
-//! hold them (rfc and hyperplane; the cgn profile's blocks are its own share's).
+//! hold them. In the cgn profile every node's share is cut into blocks alike: a session taken
+//! over holds its port's block of its own node's share for its subscriber, within that
+//! node's quotas, not this one's.
 //!
 //! # Quarantine and timers
 //!
@@ -287,7 +289,9 @@
 //!   flows. With `max_mappings` = 64,576 the allocator holds 7.07 MB, 109 bytes per mapping;
 //! - rfc and cgn: 16 KiB of port bits per public address and protocol, and two tables
 //!   (inside endpoint → mapping, inside address → subscriber) of `max_mappings` entries; CGN
-//!   adds block ownership per public address and block lists per possible subscriber.
+//!   adds block ownership per public address (the blocks of every node's share: a node holds
+//!   its peers' blocks for the sessions it takes over) and block lists per possible
+//!   subscriber (`max_blocks` per node).
 //!
 //! [`Snat`] adds ([`Snat::memory_bytes`]): the IPv6 inside-address store (20 bytes ×
 //! [`SnatConfig::v6_sessions`]); in the rfc and cgn profiles with endpoint-independent

@@ -1758,8 +1758,8 @@ impl SessionService for Snat {
     /// As [`Self::import_value`], except that the claims may take a port out of this
     /// node's quarantine: a replica hears of a copy's end later than its primary did, and
     /// the primary may have given the port out again already (or the copy aged out here
-    /// unrefreshed); the primary's quarantine protects the port (not for cgn, whose blocks
-    /// follow their ports' quarantine).
+    /// unrefreshed); the primary's quarantine protects the port (cgn needs none of this: a
+    /// port of another node's share is free here as soon as its copy ends).
     fn replicate_value(
         &mut self,
         now: Instant,

@@ -261,6 +261,8 @@ pub(crate) struct Space {
     /// This owner's core index under `split` (0 with RSS steering), and the ports never
     /// handed out (port 0 and the excluded ones).
     core: u64,
+    /// This owner's node.
+    node: u64,
     excluded: Box<[u16]>,
     static_full: [u64; SUMMARY],
     /// `[lo, hi)` words of this owner in the low and the high class.
@@ -362,6 +364,7 @@ impl Space {
             claimable: allowed.clone(),
             allowed,
             core,
+            node,
             excluded,
             static_full,
             classes,
@@ -384,6 +387,39 @@ impl Space {
         ];
         add_runs(&mut self.claimable, &ports, &self.excluded);
         true
+    }
+
+    /// Node `node`'s space for this owner's core (its ports, the same exclusions, no
+    /// steering): the run of ports that core of `node` hands out. `None` for a node out of
+    /// range.
+    pub(crate) fn of_node(&self, node: u32) -> Option<Space> {
+        if node >= self.split.nodes.max(1) {
+            return None;
+        }
+        let owner = Owner {
+            nodes: self.split.nodes.max(1),
+            cores: self.split.cores.max(1),
+            node,
+            core: u32::try_from(self.core).ok()?,
+        };
+        // The first exclusion is port 0, which `new` adds again.
+        Space::new(owner, self.excluded.get(1..).unwrap_or(&[]), None).ok()
+    }
+
+    /// The node and core that own `port` under this space's split.
+    pub(crate) fn owner_of(&self, port: u16) -> (u32, u64) {
+        let o = owner_of(port, self.split);
+        (o.node, u64::from(o.core))
+    }
+
+    /// This owner's core under the split.
+    pub(crate) fn core(&self) -> u64 {
+        self.core
+    }
+
+    /// This owner's node.
+    pub(crate) fn owner_node(&self) -> u64 {
+        self.node
     }
 
     /// The ports of word `w` a claim may take, for a destination with RSS context `steer`

@@ -826,18 +826,23 @@ fn share_node(
 /// share (`PortAllocator::take_over`) they all do, the replies to them reach the inside
 /// hosts, node 0's steering sends those replies to its core 0 (its own partition and node
 /// 1's, `Steering::own_also`), and node 0's new flows still take only its own ports. When
-/// node 1 comes back it takes its share's sessions back the same way.
+/// node 1 comes back it takes its share's sessions back the same way. All three profiles
+/// (cgn: the subscriber's block of node 1's run moves with its sessions).
 #[test]
 fn a_node_takes_over_a_failed_nodes_port_share() {
     use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     use nf_core::steer::{Steer, SteerFields, SteerHash, Steering};
-    use nf_nat::{ConfigError, Owner, PortSplit, owner_of};
+    use nf_nat::{ConfigError, PortSplit, owner_of};
     let publics: Vec<IpAddr> = vec![
         Ipv4Addr::from(PUBLIC4).into(),
         Ipv6Addr::from(public6()).into(),
     ];
     let split = PortSplit { nodes: 2, cores: 2 };
-    for profile in [Profile::Hyperplane, Profile::Rfc] {
+    for profile in [
+        Profile::Hyperplane,
+        Profile::Rfc,
+        Profile::Cgn(CgnSettings::new()),
+    ] {
         let node = |n: u32| share_node(profile, &publics, split, n);
         let mut failed = node(1);
         let flows: Vec<Vec<u8>> = (0..40u16)
@@ -937,27 +942,14 @@ fn a_node_takes_over_a_failed_nodes_port_share() {
             assert!(!held, "{profile:?}: {p} is a handed-back session's");
         }
     }
-    // The cgn profile's port blocks are its own share's: it does not take over another.
-    let cgn = AllocatorConfig::new(
-        Profile::Cgn(CgnSettings::new()),
-        publics,
-        *b"snat test secret",
-    )
-    .with_owner(Owner {
-        nodes: 2,
-        cores: 1,
-        node: 0,
-        core: 0,
-    });
-    let mut p = nf_nat::PortAllocator::new(cgn).unwrap();
-    assert_eq!(p.take_over(1), Err(ConfigError::Blocks));
 }
 
 /// A replica kept in sync (`export_changes` → `apply`) while its primary lives: node 0 holds
 /// node 1's share as claimable (`take_over`) from the start, so that it can hold node 1's
 /// sessions with their ports; sessions node 1 ends are removed there (their ports given
 /// back); when node 1 fails, the replies to its public ports already reach the inside hosts
-/// through node 0, and the clients' next packets leave from the same ports.
+/// through node 0, and the clients' next packets leave from the same ports. All three
+/// profiles.
 #[test]
 fn a_replica_kept_in_sync_holds_the_primarys_mappings_when_it_fails() {
     use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -967,7 +959,11 @@ fn a_replica_kept_in_sync_holds_the_primarys_mappings_when_it_fails() {
         Ipv6Addr::from(public6()).into(),
     ];
     let split = PortSplit { nodes: 2, cores: 1 };
-    for profile in [Profile::Hyperplane, Profile::Rfc] {
+    for profile in [
+        Profile::Hyperplane,
+        Profile::Rfc,
+        Profile::Cgn(CgnSettings::new()),
+    ] {
         let node = |n: u32| share_node(profile, &publics, split, n);
         let mut primary = node(1);
         let mut replica = node(0);
@@ -1047,6 +1043,97 @@ fn a_replica_kept_in_sync_holds_the_primarys_mappings_when_it_fails() {
             "only its own new flows"
         );
     }
+}
+
+/// Cgn nodes sharing the public addresses hold each other's blocks: the replica's copies of
+/// a subscriber's sessions hold the subscriber's block of the primary's run (its event says
+/// so: `taken_over`, node 1) beside the subscriber's block of its own run, though
+/// `max_blocks` is 1, and do not count against the subscriber's port quota on the replica,
+/// which still holds for the replica's own flows. When the primary's sessions end, the
+/// replica frees their ports at once (the primary's quarantine protects them), and the block
+/// goes back with its event.
+#[test]
+fn cgn_nodes_hold_each_others_blocks_within_their_own_quotas() {
+    use core::net::{IpAddr, Ipv4Addr};
+    use nf_nat::{BlockEventKind, Owner, PortSplit, owner_of};
+    let publics: Vec<IpAddr> = vec![Ipv4Addr::from(PUBLIC4).into()];
+    let split = PortSplit { nodes: 2, cores: 1 };
+    let cgn = CgnSettings::new()
+        .with_block_size(64)
+        .with_max_blocks(1)
+        .with_port_quota(10);
+    let node = |n: u32| {
+        let ports = AllocatorConfig::new(Profile::Cgn(cgn), publics.clone(), *b"snat test secret")
+            .with_owner(Owner {
+                nodes: 2,
+                cores: 1,
+                node: n,
+                core: 0,
+            })
+            .with_max_mappings(1024);
+        Nat::with_config(SnatConfig::new(ports), 1024)
+    };
+    let (mut primary, mut replica) = (node(1), node(0));
+    let events = |nat: &mut Nat| {
+        let ports = nat.pipe.second.service_mut().ports_mut();
+        core::iter::from_fn(|| ports.pop_block_event()).collect::<Vec<_>>()
+    };
+    replica
+        .pipe
+        .second
+        .service_mut()
+        .ports_mut()
+        .take_over(1)
+        .unwrap();
+    let flows = |base: u16| -> Vec<Vec<u8>> {
+        (0..10u16)
+            .map(|i| udp4(INSIDE4, REMOTE4, base + i, 53))
+            .collect()
+    };
+    let out = primary.send_batch(&flows(20_000));
+    assert!(out.iter().all(|(v, _)| *v == Verdict::Pass));
+    let block = ports(&out[0].1).0 / 64 * 64;
+    for (_, f) in &out {
+        assert_eq!(ports(f).0 / 64 * 64, block, "one block");
+        assert_eq!(owner_of(ports(f).0, split).node, 1);
+    }
+    let r = sync_changes(&mut primary, &mut replica);
+    assert_eq!((r.created, r.refused), (10, 0));
+    let held = events(&mut replica);
+    assert_eq!(held.len(), 1);
+    let e = held[0];
+    assert_eq!(
+        (e.kind, e.first_port, e.node, e.taken_over),
+        (BlockEventKind::Allocated, block, 1, true)
+    );
+    assert!(e.to_string().ends_with(" for node 1"), "{e}");
+    assert_eq!(events(&mut primary).len(), 1);
+
+    // The replica's own flows: the subscriber's quota (10) and one block of its own run.
+    let own = replica.send_batch(&flows(30_000));
+    for (v, f) in &own {
+        assert_eq!(*v, Verdict::Pass);
+        assert_eq!(owner_of(ports(f).0, split).node, 0);
+    }
+    let (v, _) = replica.send(&udp4(INSIDE4, REMOTE4, 30_010, 53));
+    assert_eq!(v, Verdict::Drop(DropReason::NatQuotaExceeded));
+    let mine = events(&mut replica);
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0].node, mine[0].taken_over), (0, false));
+    assert!(!mine[0].to_string().contains("for node"));
+
+    // The primary's sessions end: their ports are free on the replica at once.
+    primary.advance(24 * 3600);
+    let r = sync_changes(&mut primary, &mut replica);
+    assert_eq!((r.ended, r.absent), (10, 0));
+    assert_eq!(replica.counter("quarantined"), 0);
+    let gone = events(&mut replica);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(
+        (gone[0].kind, gone[0].first_port, gone[0].taken_over),
+        (BlockEventKind::Released, block, true)
+    );
+    assert_eq!(replica.counter("active_udp"), 10, "its own");
 }
 
 /// A replica's copy that aged out on the replica's own timers (no sweep came in time) put

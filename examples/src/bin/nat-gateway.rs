@@ -57,11 +57,13 @@
 //! later (the loop comes round every 10 ms while one waits). When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
 //! its next packet reaches, and its connections carry on from the same public ports. A
-//! fleet tracks no TCP windows (a node sees part of each connection's segments) and needs
-//! the rfc or hyperplane profile; with rfc, endpoint-independent mapping holds per node, so
-//! the inside route must hash on the source address alone (Linux:
-//! `fib_multipath_hash_policy = 3`, `fib_multipath_hash_fields = 1`) for it to hold across
-//! the fleet. With `--bgp-peer` (and `--bfd`,
+//! fleet tracks no TCP windows (a node sees part of each connection's segments). With rfc
+//! and cgn, endpoint-independent mapping holds per node, so the inside route must hash on
+//! the source address alone (Linux: `fib_multipath_hash_policy = 3`,
+//! `fib_multipath_hash_fields = 1`) for it to hold across the fleet; cgn's port blocks are
+//! cut from each node's share, a subscriber's on the node its address hashes to, and the
+//! other nodes' copies of its sessions hold that block for it
+//! ([`PortAllocator::take_over`](nf_nat::PortAllocator::take_over)). With `--bgp-peer` (and `--bfd`,
 //! `--drain`: [`nf_examples::announce`], as in `l4lb`) each node announces the public
 //! addresses to the outside router itself, with its outside address as the next hop, and
 //! in a fleet only once it holds its peers' sessions (and their ports): a node that comes
@@ -295,11 +297,8 @@ on SIGUSR1, or after --duration.
             _ => return Err("--sync-listen and --fleet-peer go together".into()),
         };
         if let Some((_, peers)) = &fleet {
-            if !matches!(
-                profile,
-                Profile::Nat(nf_nat::Profile::Rfc | nf_nat::Profile::Hyperplane)
-            ) {
-                return Err("a fleet needs the rfc or hyperplane profile (cgn's port blocks stay on their node)".into());
+            if !matches!(profile, Profile::Nat(_)) {
+                return Err("a fleet needs a NAT profile (rfc, hyperplane or cgn)".into());
             }
             let mut outside: Vec<Ipv4Addr> = peers.iter().map(|p| p.0).collect();
             outside.push(outside_addr.addr);
@@ -999,7 +998,6 @@ on SIGUSR1, or after --duration.
                 format!(
                     "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --fleet-peer 203.0.113.2,10.3.0.3:7600"
                 ),
-                format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --profile cgn"),
                 format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --profile off"),
                 "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
                  --sync-key-file k"
