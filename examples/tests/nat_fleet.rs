@@ -150,6 +150,9 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
         .arg(&bfd_key)
         .args(["--metrics", "127.0.0.1:9464", "--duration", "60"])
         .args(["--forward", "tcp:8080=10.0.0.100:8000"]);
+    if profile == "cgn" {
+        cmd.arg("--block-log").arg(block_log(lab, n));
+    }
     if n == 3 {
         // Slower BFD than the others (BIRD's 200 ms wins over 150; four missed).
         cmd.args(["--bfd-interval", "150", "--bfd-multiplier", "4"]);
@@ -164,6 +167,11 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
     let mut seen = Vec::new();
     wait_for(&lines, "nat-gateway: ready", 10, &mut seen);
     Node { lines, seen, pid }
+}
+
+/// Node `n`'s `--block-log` (cgn).
+fn block_log(lab: &Lab, n: u8) -> std::path::PathBuf {
+    lab.dir.join(format!("blocks-{n}.log"))
 }
 
 /// The metric `stage`.`counter` of the node in namespace `ns` (0 if absent).
@@ -615,6 +623,40 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
             }
             let claimed: u64 = g.iter().map(|ns| metric(ns, "snat", "claimed")).sum();
             assert!(claimed >= 2 * 8 * 4, "{claimed} copies claimed");
+            // The block logs: each subscriber's block given out once fleet-wide, and held
+            // for it by the two other nodes ("for node N", the node that gave it out).
+            let logs = || -> Vec<(u8, String)> {
+                (1..=3u8)
+                    .flat_map(|n| {
+                        let log = std::fs::read_to_string(block_log(&lab, n)).unwrap();
+                        log.lines().map(|l| (n, l.to_string())).collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            // Written between batches, after the counters moved.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while logs().len() < 24 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut given = Vec::new();
+            let mut held = 0;
+            for (n, line) in logs() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                assert_eq!(words[1..3], ["block", "allocated"], "{line}");
+                assert!(words[0].parse::<f64>().is_ok_and(|t| t > 1.7e9), "{line}");
+                match words[words.len() - 3..] {
+                    ["for", "node", other] => {
+                        assert_ne!(other.parse::<u8>().unwrap(), n - 1, "{line}");
+                        held += 1;
+                    }
+                    _ => given.push(words[6].to_string()),
+                }
+            }
+            given.sort();
+            let mut subscribers = addrs.clone();
+            subscribers.sort();
+            assert_eq!(given, subscribers, "subscribers given a block");
+            assert_eq!(held, 16, "blocks held for the other nodes' subscribers");
         }
         mapped.push(seen);
     }

@@ -116,6 +116,7 @@ usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-add
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
                    [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
+                   [--block-log FILE]
                    [--sync-listen ADDR:PORT --fleet-peer IPV4,ADDR:PORT...
                     [--sync-key-file FILE]]
                    [--bgp-peer IPV4[:PORT] [--bgp-as N] [--bgp-peer-as N]
@@ -141,6 +142,9 @@ on SIGUSR1, or after --duration.
                          eif: any outside host may reach a live mapping (rfc, cgn)
   --forward P:N=A:M      forward PROTO (tcp|udp) port N of the first public address to
                          inside A:M (repeatable)
+  --block-log FILE       cgn: append every port block given to or taken back from a
+                         subscriber to FILE, one line each (RFC 6888 logging), the
+                         wall-clock time first
   --sessions N           session table size (default 65536)
   --no-window            no TCP window tracking (on by default; off in a fleet, where a
                          node sees part of each connection's segments)
@@ -158,7 +162,7 @@ on SIGUSR1, or after --duration.
                          addresses, each keeps a copy of every other's sessions and
                          carries them on when it fails, and an outside packet for
                          another node's port without a session here goes to that
-                         node (the rfc and hyperplane profiles)
+                         node
   --sync-key-file FILE   fleet: the 128-bit sync key, 32 hex digits (as l4lb's)
   -h, --help             this text";
 
@@ -193,6 +197,8 @@ on SIGUSR1, or after --duration.
         /// `--sync-listen` and the `--fleet-peer`s (outside address, sync address).
         fleet: Option<(SocketAddr, Vec<(Ipv4Addr, SocketAddr)>)>,
         sync_key_file: Option<PathBuf>,
+        /// `--block-log`.
+        block_log: Option<PathBuf>,
         /// `--bgp-peer` and the flags beside it.
         announce: AnnounceArgs,
     }
@@ -217,6 +223,7 @@ on SIGUSR1, or after --duration.
         let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut sync_listen, mut peers, mut sync_key_file) = (None, Vec::new(), None);
+        let mut block_log = None;
         let mut announce = AnnounceArgs::default();
         let mut profile = Profile::Nat(nf_nat::Profile::Rfc);
         let (mut filtering, mut forwards, mut sessions, mut window) =
@@ -283,6 +290,7 @@ on SIGUSR1, or after --duration.
                     peers.push(peer.ok_or_else(|| bad("IPV4,ADDR:PORT"))?);
                 }
                 "--sync-key-file" => sync_key_file = Some(PathBuf::from(value)),
+                "--block-log" => block_log = Some(PathBuf::from(value)),
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -312,6 +320,9 @@ on SIGUSR1, or after --duration.
         } else if sync_key_file.is_some() {
             return Err("--sync-key-file needs --sync-listen and --fleet-peer".into());
         }
+        if block_log.is_some() && !matches!(profile, Profile::Nat(nf_nat::Profile::Cgn(_))) {
+            return Err("--block-log needs --profile cgn (the profile with port blocks)".into());
+        }
         announce.check()?;
         Ok(Some(Args {
             inside: inside.ok_or_else(|| need("--inside"))?,
@@ -331,6 +342,7 @@ on SIGUSR1, or after --duration.
             cpu,
             fleet,
             sync_key_file,
+            block_log,
             announce,
         }))
     }
@@ -539,6 +551,49 @@ on SIGUSR1, or after --duration.
         fleet: Option<Fleet>,
         /// The public addresses' announcement to the router (`--bgp-peer`).
         announce: Option<Announcer>,
+        block_log: Option<BlockLog>,
+    }
+
+    /// `--block-log`: the CGN's block events, one line each, the wall-clock time first.
+    struct BlockLog {
+        out: std::io::BufWriter<std::fs::File>,
+        written: u64,
+        failed: u64,
+    }
+
+    impl BlockLog {
+        fn open(path: &std::path::Path) -> Result<Self, String> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--block-log {}: {e}", path.display()))?;
+            Ok(Self {
+                out: std::io::BufWriter::new(file),
+                written: 0,
+                failed: 0,
+            })
+        }
+
+        /// Writes the events the allocator queued (blocks are rare: a few lines between
+        /// batches at most), then flushes them.
+        fn drain(&mut self, ports: &mut nf_nat::PortAllocator) {
+            use std::io::Write;
+            let mut any = false;
+            while let Some(e) = ports.pop_block_event() {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                match writeln!(self.out, "{}.{:03} {e}", t.as_secs(), t.subsec_millis()) {
+                    Ok(()) => self.written += 1,
+                    Err(_) => self.failed += 1,
+                }
+                any = true;
+            }
+            if any && self.out.flush().is_err() {
+                self.failed += 1;
+            }
+        }
     }
 
     impl Pipeline {
@@ -553,6 +608,7 @@ on SIGUSR1, or after --duration.
                     public: args.public.clone(),
                     fleet: None,
                     announce: None,
+                    block_log: None,
                 });
             };
             let public: Vec<IpAddr> = args.public.iter().map(|a| IpAddr::V4(*a)).collect();
@@ -656,6 +712,7 @@ on SIGUSR1, or after --duration.
                 public: args.public.clone(),
                 fleet,
                 announce: None,
+                block_log: args.block_log.as_deref().map(BlockLog::open).transpose()?,
             })
         }
     }
@@ -729,6 +786,10 @@ on SIGUSR1, or after --duration.
             if let Some(a) = &self.announce {
                 a.visit_counters(f);
             }
+            if let Some(l) = &self.block_log {
+                f("block_log", "written", l.written);
+                f("block_log", "write_errors", l.failed);
+            }
         }
 
         fn drain(&mut self, _now: Instant) -> Option<std::time::Duration> {
@@ -743,6 +804,9 @@ on SIGUSR1, or after --duration.
                 }
                 if let Some(f) = &mut self.fleet {
                     f.link.poll(now, n);
+                }
+                if let Some(l) = &mut self.block_log {
+                    l.drain(n.service_mut().0.ports_mut());
                 }
             }
             if let Some(a) = &mut self.announce {
@@ -965,6 +1029,18 @@ on SIGUSR1, or after --duration.
                 ]
             );
             assert_eq!(f.sync_key_file, Some(PathBuf::from("k")));
+            // A cgn fleet, logging its blocks.
+            let c = parse_args(
+                argv(&format!(
+                    "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --profile cgn --block-log b"
+                ))
+                .into_iter(),
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(c.block_log, Some(PathBuf::from("b")));
+            assert!(matches!(c.profile, Profile::Nat(nf_nat::Profile::Cgn(_))));
+            assert_eq!(f.block_log, None);
             let announced = parse_args(
                 argv(&format!(
                     "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --bgp-peer 10.3.0.254 --bfd --drain 1"
@@ -999,6 +1075,8 @@ on SIGUSR1, or after --duration.
                     "{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --fleet-peer 203.0.113.2,10.3.0.3:7600"
                 ),
                 format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --profile off"),
+                // Blocks only in the cgn profile.
+                format!("{fleet} --fleet-peer 203.0.113.2,10.3.0.2:7600 --block-log b"),
                 "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
                  --sync-key-file k"
                     .into(),
