@@ -33,15 +33,17 @@
 //!   stages, as Linux decides them before its NAT; the answer replaces the packet, passes
 //!   the stages untouched ([`Verdict::Tx`] of the receiving port) and is routed back. A
 //!   packet the stages sent somewhere it does not fit (a NAT's un-translated answer, a load
-//!   balancer's packet to a backend) gets fragmentation needed from the egress port's
-//!   address, which goes back through the stages as received there
+//!   balancer's packet to a backend) gets fragmentation needed, and one to an address the
+//!   stages translate whose TTL runs out (a traceroute to a port forward or a VIP) time
+//!   exceeded, both from the egress port's address, which go back through the stages as
+//!   received there
 //!   ([`Router::take_answers`], run by [`serve`]), so that their session translates it to
 //!   the sender as any ICMP error about the flow (RFC 5508). At most [`ICMP_PER_SECOND`] on
 //!   average (bursts of [`ICMP_BURST`]); counted `time_exceeded_sent`, `frag_needed_sent`,
 //!   `icmp_rate_limited`. A packet without DF too big for its egress leaves as fragments
 //!   (RFC 791; `fragmented`, `fragments_sent`).
 //! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
-//!   rate-limited, or for a packet to an address the stages translate), `to_router` (IPv4
+//!   rate-limited, or an ICMP error itself), `to_router` (IPv4
 //!   for one of the router's own addresses after the stages: the router has no local
 //!   stack), `too_big` (larger than the egress MTU and neither answered nor fragmented:
 //!   rate-limited, grown by an encapsulation, IP options, or no DF and the next hop not
@@ -607,8 +609,14 @@ impl Router {
                 continue;
             };
             if !answered {
-                // Dropped at forward, as ttl_expired or too_big.
                 c.icmp_rate_limited += 1;
+                p.meta.verdict = Verdict::Drop(if ttl > 1 {
+                    c.too_big += 1;
+                    DropReason::TooBig
+                } else {
+                    c.ttl_expired += 1;
+                    DropReason::TtlExpired
+                });
                 continue;
             }
             if ttl > 1 {
@@ -682,7 +690,7 @@ impl Router {
                         continue;
                     };
                     if h[8] <= 1 {
-                        count(&mut self.ports, |c| c.ttl_expired += 1);
+                        self.expire(from, out, l3, pkt);
                         continue;
                     }
                     (out, hop, true)
@@ -759,18 +767,13 @@ impl Router {
             return;
         };
         let mtu = u32::try_from(port.frame_max - 14).unwrap_or(u32::MAX);
-        let origin = port.cfg.addrs.first().map(|n| IpAddr::V4(n.addr));
+        let origin = self.origin(out);
         let df = pkt.data().get(l3 + 6).is_some_and(|f| f & 0x40 != 0);
         let answered = df
             && usize::from(pkt.meta.l3) == l3
             && pkt.meta.has(nf_core::flags::L3_VALID)
             && origin.is_some_and(|o| self.icmp.take() && icmp_too_big(&mut pkt, o, mtu).is_ok());
-        let queued = answered && {
-            pkt.meta.verdict = Verdict::Pass;
-            self.answers
-                .get_mut(out)
-                .is_some_and(|b| b.push(pkt).is_ok())
-        };
+        let queued = answered && self.queue_answer(out, pkt);
         if let Some(c) = self.ports.get_mut(from).map(|p| &mut p.counters) {
             if queued {
                 c.frag_needed_sent += 1;
@@ -781,10 +784,49 @@ impl Router {
         }
     }
 
-    /// Moves the answers [`Self::forward`] made about packets too big for a port into the
-    /// empty `batch` and returns that port: the caller runs its stages on them as received
-    /// there, then forwards them (a NAT's or load balancer's session translates each back
-    /// to the packet's sender). `None` when there are none.
+    /// A packet (received on port `from`) the stages sent toward port `out` whose TTL runs
+    /// out here (one to an address the stages translate: a NAT's public address, a VIP; the
+    /// receive check answers the others): it becomes time exceeded from `out`'s address,
+    /// kept to pass back through the stages as received on `out` ([`Self::take_answers`]),
+    /// whose session translates it back to the sender as an error about its flow (RFC
+    /// 5508), as Linux answers after its DNAT; else it is dropped (`ttl_expired`).
+    #[cold]
+    fn expire(&mut self, from: usize, out: usize, l3: usize, mut pkt: nf_core::Packet<RingFrame>) {
+        let origin = self.origin(out);
+        let parsed = usize::from(pkt.meta.l3) == l3 && pkt.meta.has(nf_core::flags::L3_VALID);
+        let answered = parsed
+            && origin.is_some_and(|o| self.icmp.take() && icmp_time_exceeded(&mut pkt, o).is_ok());
+        let queued = answered && self.queue_answer(out, pkt);
+        if let Some(c) = self.ports.get_mut(from).map(|p| &mut p.counters) {
+            if queued {
+                c.time_exceeded_sent += 1;
+            } else {
+                c.ttl_expired += 1;
+                c.icmp_rate_limited += u64::from(parsed && !answered);
+            }
+        }
+    }
+
+    /// Port `port`'s (first) address: where its ICMP errors come from.
+    fn origin(&self, port: usize) -> Option<IpAddr> {
+        let a = self.ports.get(port)?.cfg.addrs.first()?;
+        Some(IpAddr::V4(a.addr))
+    }
+
+    /// Keeps `answer` (about a packet on its way to port `out`) to pass through the stages
+    /// as received on `out` ([`Self::take_answers`]); false when too many wait already.
+    fn queue_answer(&mut self, out: usize, mut answer: nf_core::Packet<RingFrame>) -> bool {
+        answer.meta.verdict = Verdict::Pass;
+        self.answers
+            .get_mut(out)
+            .is_some_and(|b| b.push(answer).is_ok())
+    }
+
+    /// Moves the answers [`Self::forward`] made about packets too big for a port, or whose
+    /// TTL ran out on their way to it, into the empty `batch` and returns that port: the
+    /// caller runs its stages on them as received there, then forwards them (a NAT's or load
+    /// balancer's session translates each back to the packet's sender). `None` when there
+    /// are none.
     pub fn take_answers(&mut self, batch: &mut Batch<RingFrame>) -> Option<usize> {
         let out = self.answers.iter().position(|b| !b.is_empty())?;
         let answers = self.answers.get_mut(out)?;

@@ -710,6 +710,15 @@ fn transit_packets_that_cannot_pass_are_answered() {
         .args(["203.0.113.1", "9000"])
         .output()
         .unwrap();
+    // A datagram to the same forward that arrives with TTL 1: it would leave the gateway
+    // with none once translated, so the gateway answers time exceeded, which goes back
+    // through the NAT as an error about the forward's session: the outside host's kernel
+    // hands it to the sending socket (it quotes the datagram as sent, to the public
+    // address).
+    let probe = common::python_in(&o, TTL_PROBE)
+        .args(["203.0.113.1", "9000"])
+        .output()
+        .unwrap();
     let (c, seen) = stop_gateway(&mut lab, &lines, seen);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -720,11 +729,42 @@ fn transit_packets_that_cannot_pass_are_answered() {
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
     assert!(get("og.frag_needed_sent") >= 1, "{c:?}");
     assert_eq!(get("og.too_big"), 0, "{c:?}");
+    let heard = String::from_utf8_lossy(&probe.stdout);
+    assert!(heard.starts_with("error 11 0 from "), "{probe:?}\n{c:?}");
+    assert_eq!(
+        (get("og.time_exceeded_sent"), get("og.ttl_expired")),
+        (1, 0),
+        "{c:?}"
+    );
     eprintln!(
-        "transit answers: {frag} fragmentation needed, {expired} time exceeded; through the NAT: {}",
-        get("og.frag_needed_sent")
+        "transit answers: {frag} fragmentation needed, {expired} time exceeded; through the NAT: {} fragmentation needed, time exceeded {}",
+        get("og.frag_needed_sent"),
+        heard.trim()
     );
 }
+
+/// Sends one UDP datagram with TTL 1 to ADDR:PORT and prints the ICMP error the kernel
+/// queues on the socket for it (`IP_RECVERR`): `error TYPE CODE from OFFENDER`, or
+/// `no error` after 3 s.
+const TTL_PROBE: &str = "import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b'ttl')
+deadline = time.time() + 3
+while time.time() < deadline:
+    try:
+        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+    except BlockingIOError:
+        time.sleep(0.05)
+        continue
+    for level, kind, data in anc:
+        if level == socket.IPPROTO_IP and kind == 11:
+            _, _, ty, code = struct.unpack_from('=IBBB', data)
+            print('error', ty, code, 'from', socket.inet_ntoa(data[20:24]), flush=True)
+            sys.exit(0)
+print('no error', flush=True)";
 
 /// Starts tcpdump on `iface` of namespace `ns` for `filter`, each packet written as it comes
 /// (without `--immediate-mode` libpcap hands packets over in blocks, up to a second late: a

@@ -197,6 +197,9 @@ drop_reasons! {
     NatUntranslatable => "nat_untranslatable",
     /// NAT: a packet to a public address that no mapping serves (unsolicited inbound).
     NatNoMapping => "nat_no_mapping",
+    /// A router's hop: the IPv4 TTL would run out here, so the packet is not forwarded (its
+    /// time exceeded, if any, is a packet of its own; RFC 1812 §5.3.1).
+    TtlExpired => "ttl_expired",
 }
 
 impl fmt::Display for DropReason {
