@@ -41,14 +41,15 @@
 //!   the sender as any ICMP error about the flow (RFC 5508). At most [`ICMP_PER_SECOND`] on
 //!   average (bursts of [`ICMP_BURST`]); counted `time_exceeded_sent`, `frag_needed_sent`,
 //!   `icmp_rate_limited`. A packet without DF too big for its egress leaves as fragments
-//!   (RFC 791; `fragmented`, `fragments_sent`).
+//!   (RFC 791; `fragmented`, `fragments_sent`), which wait for an unresolved next hop in the
+//!   ARP queue as whole frames do.
 //! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
 //!   rate-limited, or an ICMP error itself), `to_router` (IPv4
 //!   for one of the router's own addresses after the stages: the router has no local
 //!   stack), `too_big` (larger than the egress MTU and neither answered nor fragmented:
-//!   rate-limited, grown by an encapsulation, IP options, or no DF and the next hop not
-//!   resolved yet), `pending_full`,
-//!   `neighbors_full`. [`Router::visit_counters`] reports them per port.
+//!   rate-limited, grown by an encapsulation, or IP options), `pending_full` (a frame or
+//!   fragment with no room in the ARP queue), `neighbors_full`. [`Router::visit_counters`]
+//!   reports them per port.
 //!
 //! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
 
@@ -347,6 +348,24 @@ fn fragment(
         sent += u64::from(send(scratch));
     }
     Some(sent)
+}
+
+/// Keeps `frame` in a free slot of `pending` until its next hop (egress port, next hop,
+/// since) is resolved; false when no slot is free (or the frame is larger than a slot).
+fn park(
+    pending: &mut [Pending],
+    frame: &[u8],
+    (port, hop, since): (usize, Ipv4Addr, Instant),
+) -> bool {
+    let Some(slot) = pending.iter_mut().find(|p| p.len == 0) else {
+        return false;
+    };
+    let Some(dst) = slot.bytes.get_mut(..frame.len()) else {
+        return false;
+    };
+    dst.copy_from_slice(frame);
+    (slot.port, slot.hop, slot.since, slot.len) = (port, hop, since, frame.len());
+    true
 }
 
 /// A token bucket of ICMP errors: [`ICMP_PER_SECOND`], bursts of [`ICMP_BURST`].
@@ -710,7 +729,7 @@ impl Router {
             port.counters.to_peer += u64::from(!routed);
             let too_big = frame.len() > port.frame_max;
             let df = frame.get(l3 + 6).is_some_and(|f| f & 0x40 != 0);
-            if too_big && (df || !port.neighbors.contains_key(&hop)) {
+            if too_big && df {
                 self.bounce(from, out, l3, pkt);
                 continue;
             }
@@ -742,13 +761,28 @@ impl Router {
                 }
                 None => {
                     port.ask(now, hop);
-                    match self.pending.iter_mut().find(|p| p.len == 0) {
-                        Some(slot) if slot.bytes.len() >= frame.len() => {
-                            slot.bytes[..frame.len()].copy_from_slice(frame);
-                            (slot.port, slot.hop, slot.since, slot.len) =
-                                (out, hop, now, frame.len());
+                    let pending = &mut self.pending;
+                    let c = &mut port.counters;
+                    if !too_big {
+                        if !park(pending, frame, (out, hop, now)) {
+                            c.pending_full += 1;
                         }
-                        _ => port.counters.pending_full += 1,
+                        continue;
+                    }
+                    // Fragments wait for the neighbour as whole frames would.
+                    let mut full = 0;
+                    let parked = fragment(frame, l3, port.frame_max, &mut self.scratch, |f| {
+                        let ok = park(pending, f, (out, hop, now));
+                        full += u64::from(!ok);
+                        ok
+                    });
+                    match parked {
+                        Some(n) => {
+                            c.fragmented += 1;
+                            c.fragments_sent += n;
+                            c.pending_full += full;
+                        }
+                        None => c.too_big += 1,
                     }
                 }
             }

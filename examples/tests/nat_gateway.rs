@@ -593,6 +593,13 @@ fn transit_packets_that_cannot_pass_are_answered() {
     let errors = capture(&mut lab, &i, "ih", "icmp");
     let fragments = capture(&mut lab, &o, "oh", "ip[6:2] & 0x3fff != 0");
     let (lines, seen) = start_gateway(&mut lab, &g, &["--profile", "rfc"]);
+    // First through the gateway, so that the outside host is not resolved yet: a 1,500-byte
+    // datagram without DF, which the gateway fragments for the outside and keeps until ARP
+    // answers; the outside kernel reassembles it.
+    let sized = common::python_in(&i, SIZED)
+        .args(["203.0.113.2", "7011"])
+        .output()
+        .unwrap();
     let up = common::python_in(&i, UPLOAD)
         .args(["203.0.113.2", "7010", &(1 << 20).to_string()])
         .output()
@@ -606,13 +613,6 @@ fn transit_packets_that_cannot_pass_are_answered() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    // Without DF: the gateway fragments it for the outside, whose kernel reassembles it
-    // (the path MTU the upload taught the inside host forgotten first).
-    sh(&format!("ip -n {i} route flush cache"));
-    let sized = common::python_in(&i, SIZED)
-        .args(["203.0.113.2", "7011"])
-        .output()
-        .unwrap();
     let expired = ping(&["-t", "1"]);
     sh(&format!("ip -n {i} route flush cache"));
     let big = ping(&["-M", "do", "-s", "1450"]);
@@ -635,6 +635,10 @@ fn transit_packets_that_cannot_pass_are_answered() {
         (c.get("og.fragmented"), c.get("og.fragments_sent")),
         (Some(&1), Some(&2)),
         "{c:?}"
+    );
+    assert!(
+        c.get("og.forwarded_after_arp").is_some_and(|&n| n >= 2),
+        "the fragments waited for ARP: {c:?}"
     );
     assert!(
         big.contains("From 10.0.0.1") && big.contains("mtu = 1400"),
