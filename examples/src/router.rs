@@ -41,13 +41,14 @@
 //!   the sender as any ICMP error about the flow (RFC 5508). At most [`ICMP_PER_SECOND`] on
 //!   average (bursts of [`ICMP_BURST`]); counted `time_exceeded_sent`, `frag_needed_sent`,
 //!   `icmp_rate_limited`. A packet without DF too big for its egress leaves as fragments
-//!   (RFC 791; `fragmented`, `fragments_sent`), which wait for an unresolved next hop in the
-//!   ARP queue as whole frames do.
+//!   (RFC 791; `fragmented`, `fragments_sent`; options marked copied in every fragment, the
+//!   others in the first), which wait for an unresolved next hop in the ARP queue as whole
+//!   frames do.
 //! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
 //!   rate-limited, or an ICMP error itself), `to_router` (IPv4
 //!   for one of the router's own addresses after the stages: the router has no local
 //!   stack), `too_big` (larger than the egress MTU and neither answered nor fragmented:
-//!   rate-limited, grown by an encapsulation, or IP options), `pending_full` (a frame or
+//!   rate-limited, grown by an encapsulation, or malformed IP options), `pending_full` (a frame or
 //!   fragment with no room in the ARP queue), `neighbors_full`. [`Router::visit_counters`]
 //!   reports them per port.
 //!
@@ -305,8 +306,9 @@ pub struct Router {
 /// fragments of at most `frame_max` bytes each (RFC 791 §3.2; RFC 1812 §4.2.2.7), each with
 /// `frame`'s layer-2 header and a copy of its IP header (flags, offset, length and checksum
 /// its own; a packet that is itself a fragment keeps its offset and last MF), built in
-/// `scratch` and given to `send`. Returns the fragments sent, or `None` without sending for
-/// a header with options (their copy rules are not kept) or a malformed packet.
+/// `scratch` and given to `send`. The first fragment keeps every option; the others carry
+/// only those whose copied flag is set (RFC 791 §3.1), padded to a 4-byte boundary.
+/// Returns the fragments sent, or `None` without sending for a malformed packet or options.
 fn fragment(
     frame: &[u8],
     l3: usize,
@@ -315,37 +317,66 @@ fn fragment(
     mut send: impl FnMut(&[u8]) -> bool,
 ) -> Option<u64> {
     let h = frame.get(l3..l3 + 20)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if h[0] != 0x45 || total < 20 {
+    if h[0] >> 4 != 4 || ihl < 20 || total < ihl {
         return None;
     }
-    let payload = frame.get(l3 + 20..l3 + total)?;
+    let options = frame.get(l3 + 20..l3 + ihl)?;
+    let payload = frame.get(l3 + ihl..l3 + total)?;
+    // The options the later fragments carry; zeros pad them (end of options list).
+    let mut copied = [0u8; 40];
+    let mut kept = 0;
+    let mut rest = options;
+    while let Some(&kind) = rest.first() {
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => usize::from(*rest.get(1)?),
+        };
+        let option = rest.get(..len).filter(|_| kind == 1 || len >= 2)?;
+        if kind & 0x80 != 0 {
+            copied.get_mut(kept..kept + len)?.copy_from_slice(option);
+            kept += len;
+        }
+        rest = rest.get(len..)?;
+    }
+    let later_ihl = 20 + kept.div_ceil(4) * 4;
     let word = u16::from_be_bytes([h[6], h[7]]);
     let (more, first) = (word & 0x2000 != 0, word & 0x1fff);
-    // Payload per fragment: what fits, in units of 8 bytes.
-    let room = frame_max.checked_sub(l3 + 20)? / 8 * 8;
-    if room == 0 {
-        return None;
-    }
-    let mut sent = 0;
-    for (i, chunk) in payload.chunks(room).enumerate() {
-        let last = (i + 1) * room >= payload.len();
-        let offset = u16::try_from(usize::from(first) + i * room / 8).ok()?;
+    let (mut sent, mut done) = (0, 0);
+    while done < payload.len() {
+        let (hl, opts) = if done == 0 {
+            (ihl, options)
+        } else {
+            (later_ihl, copied.get(..later_ihl - 20)?)
+        };
+        // Payload per fragment: what fits, in units of 8 bytes.
+        let room = frame_max.checked_sub(l3 + hl)? / 8 * 8;
+        if room == 0 {
+            return None;
+        }
+        let chunk = payload.get(done..payload.len().min(done + room))?;
+        let last = done + chunk.len() >= payload.len();
+        let offset = u16::try_from(usize::from(first) + done / 8).ok()?;
         if offset > 0x1fff {
             return None;
         }
         scratch.clear();
         scratch.extend_from_slice(frame.get(..l3 + 20)?);
+        scratch.extend_from_slice(opts);
         let ip = scratch.get_mut(l3..)?;
-        let len = u16::try_from(20 + chunk.len()).ok()?;
+        ip[0] = 0x40 | (hl / 4) as u8;
+        let len = u16::try_from(hl + chunk.len()).ok()?;
         ip[2..4].copy_from_slice(&len.to_be_bytes());
         let flags = if more || !last { 0x2000 } else { 0 };
         ip[6..8].copy_from_slice(&(flags | offset).to_be_bytes());
         ip[10..12].fill(0);
-        let check = nf_core::checksum::checksum(ip.get(..20)?);
+        let check = nf_core::checksum::checksum(ip.get(..hl)?);
         ip[10..12].copy_from_slice(&check.to_be_bytes());
         scratch.extend_from_slice(chunk);
         sent += u64::from(send(scratch));
+        done += chunk.len();
     }
     Some(sent)
 }
@@ -1171,27 +1202,37 @@ mod tests {
         assert_eq!(n.to_string(), "10.1.2.3/24");
     }
 
+    /// A UDP datagram of `len` bytes of payload (from `mul`) from 10.0.0.2 to 203.0.113.2.
+    fn datagram(len: u32, mul: u32) -> Vec<u8> {
+        let payload: Vec<u8> = (0..len).map(|i| (i * mul) as u8).collect();
+        nf_core::wire::Frame::ipv4([10, 0, 0, 2], [203, 0, 113, 2])
+            .udp(40000, 9000)
+            .payload(&payload)
+            .to_vec()
+            .unwrap()
+    }
+
+    /// `frame` cut into fragments of at most 1,414 bytes: `n` of them.
+    fn fragments_of(frame: &[u8], n: u64) -> Vec<Vec<u8>> {
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let sent = fragment(frame, 14, 1414, &mut Vec::new(), |x| {
+            got.push(x.to_vec());
+            true
+        });
+        assert_eq!(sent, Some(n));
+        got
+    }
+
     /// Fragments fit, carry the right offsets, flags and checksums, and put back together
     /// give the packet's payload; a fragment fragmented again keeps its offset and MF.
     #[test]
     fn fragments_fit_and_reassemble() {
-        let payload: Vec<u8> = (0..2972u32).map(|i| (i * 7) as u8).collect();
-        let frame = nf_core::wire::Frame::ipv4([10, 0, 0, 2], [203, 0, 113, 2])
-            .udp(40000, 9000)
-            .payload(&payload)
-            .to_vec()
-            .unwrap();
+        let frame = datagram(2972, 7);
         for (first, more) in [(0u16, false), (100, true)] {
             let mut f = frame.clone();
             f[14 + 6..14 + 8]
                 .copy_from_slice(&(first | if more { 0x2000 } else { 0 }).to_be_bytes());
-            let mut got: Vec<Vec<u8>> = Vec::new();
-            let mut scratch = Vec::new();
-            let n = fragment(&f, 14, 1414, &mut scratch, |x| {
-                got.push(x.to_vec());
-                true
-            });
-            assert_eq!(n, Some(3));
+            let got = fragments_of(&f, 3);
             let mut whole = Vec::new();
             for (i, g) in got.iter().enumerate() {
                 assert!(g.len() <= 1414);
@@ -1210,15 +1251,55 @@ mod tests {
             // The UDP header and payload, whole.
             assert_eq!(whole, f[34..]);
         }
-        // Options, or no room for 8 bytes: not fragmented.
+        // Malformed options, or no room for 8 bytes: not fragmented.
         let mut opts = frame.clone();
         opts[14] = 0x46;
+        opts[34..38].copy_from_slice(&[0x94, 9, 0, 0]);
+        assert_eq!(fragment(&opts, 14, 1414, &mut Vec::new(), |_| true), None);
+        opts[34..38].copy_from_slice(&[0x07, 1, 0, 0]);
         assert_eq!(fragment(&opts, 14, 1414, &mut Vec::new(), |_| true), None);
         assert_eq!(fragment(&frame, 14, 40, &mut Vec::new(), |_| true), None);
         assert_eq!(
             fragment(&frame[..100], 14, 60, &mut Vec::new(), |_| true),
             None
         );
+    }
+
+    /// With options, the first fragment keeps them all and the later ones only those with
+    /// the copied flag (router alert, not record route), padded; etherparse reads every
+    /// fragment, and the payload comes back whole.
+    #[test]
+    fn fragments_copy_the_options_marked_copied() {
+        let plain = datagram(3000, 13);
+        // Router alert (148: copied, 4 bytes), record route (7, one slot: 7 bytes), NOP.
+        let options = [0x94, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 1];
+        let mut f = plain[..34].to_vec();
+        f.extend_from_slice(&options);
+        f.extend_from_slice(&plain[34..]);
+        f[14] = 0x48;
+        let total = u16::from_be_bytes([f[16], f[17]]) + 12;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[24..26].fill(0);
+        let check = nf_core::checksum::checksum(&f[14..46]);
+        f[24..26].copy_from_slice(&check.to_be_bytes());
+        let got = fragments_of(&f, 3);
+        let mut whole = Vec::new();
+        for (i, g) in got.iter().enumerate() {
+            assert!(g.len() <= 1414);
+            let (ip, _) = etherparse::Ipv4Header::from_slice(&g[14..]).unwrap();
+            assert_eq!(
+                ip.calc_header_checksum(),
+                ip.header_checksum,
+                "fragment {i}"
+            );
+            let want: &[u8] = if i == 0 { &options } else { &[0x94, 4, 0, 0] };
+            assert_eq!(ip.options.as_slice(), want, "fragment {i}");
+            assert_eq!(usize::from(ip.fragment_offset.value()) * 8, whole.len());
+            assert_eq!(ip.more_fragments, i < 2);
+            assert_eq!(usize::from(ip.total_len), g.len() - 14);
+            whole.extend_from_slice(&g[14 + ip.header_len()..]);
+        }
+        assert_eq!(whole, plain[34..]);
     }
 
     #[test]

@@ -600,6 +600,11 @@ fn transit_packets_that_cannot_pass_are_answered() {
         .args(["203.0.113.2", "7011"])
         .output()
         .unwrap();
+    // The same with an IP option: the copied router alert in both fragments.
+    let with_option = common::python_in(&i, SIZED)
+        .args(["203.0.113.2", "7011", "ra"])
+        .output()
+        .unwrap();
     let up = common::python_in(&i, UPLOAD)
         .args(["203.0.113.2", "7010", &(1 << 20).to_string()])
         .output()
@@ -632,8 +637,13 @@ fn transit_packets_that_cannot_pass_are_answered() {
         "{sized:?}"
     );
     assert_eq!(
+        String::from_utf8_lossy(&with_option.stdout).trim(),
+        "size 1468",
+        "{with_option:?}"
+    );
+    assert_eq!(
         (c.get("og.fragmented"), c.get("og.fragments_sent")),
-        (Some(&1), Some(&2)),
+        (Some(&2), Some(&4)),
         "{c:?}"
     );
     assert!(
@@ -653,8 +663,8 @@ fn transit_packets_that_cannot_pass_are_answered() {
     assert_eq!(get("ig.time_exceeded_sent"), 1, "{c:?}");
     assert_eq!(get("ig.icmp_rate_limited"), 0, "{c:?}");
     let (frag, expired) = (get("ig.frag_needed_sent"), get("ig.time_exceeded_sent"));
-    // tshark: every error well formed (checksums, the MTU), every fragment too, and the
-    // two fragments reassembled into the 1,500-byte datagram.
+    // tshark: every error well formed (checksums, the MTU), every fragment too, and each
+    // datagram's two fragments reassembled.
     // (tcpdump writes each packet as it comes, `--immediate-mode -U`; a margin all the same.)
     std::thread::sleep(Duration::from_millis(1000));
     let fields = [
@@ -668,6 +678,7 @@ fn transit_packets_that_cannot_pass_are_answered() {
         "ip.flags.mf",
         "ip.frag_offset",
         "udp.length",
+        "ip.opt.type",
     ];
     let args = ["-n", "-o", "ip.check_checksum:TRUE"];
     let rows = common::tshark_rows(&errors, &args, &fields);
@@ -690,13 +701,18 @@ fn transit_packets_that_cannot_pass_are_answered() {
         }
     }
     let rows = common::tshark_rows(&fragments, &args, &fields);
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     for (n, r) in rows.iter().enumerate() {
         common::assert_dissected_clean(n, r);
+        // The router alert in both fragments of the second datagram, none in the first's.
+        assert_eq!(r["ip.opt.type"].is_empty(), n < 2, "{r:?}");
     }
-    assert_eq!(rows[0]["ip.flags.mf"], ["1"], "{rows:?}");
-    assert_eq!(rows[1]["ip.flags.mf"], ["0"], "{rows:?}");
+    for pair in rows.chunks(2) {
+        assert_eq!(pair[0]["ip.flags.mf"], ["1"], "{rows:?}");
+        assert_eq!(pair[1]["ip.flags.mf"], ["0"], "{rows:?}");
+    }
     assert_eq!(rows[1]["udp.length"], ["1480"], "reassembled: {rows:?}");
+    assert_eq!(rows[3]["udp.length"], ["1476"], "reassembled: {rows:?}");
 
     // The inside link at 1,400 instead: a DF datagram of 1,500 bytes from the outside host to
     // a UDP port forward does not fit once translated; fragmentation needed goes back
@@ -809,10 +825,15 @@ while True:
     s.sendto(str(len(d)).encode(), a)";
 
 /// Sends a 1,500-byte UDP datagram without DF to ADDR:PORT and prints `size` and the size
-/// the server saw (3 s at most).
+/// the server saw (3 s at most); with a third argument `ra`, its IP header carries the
+/// router alert option (RFC 2113, 4 bytes: 1,468 bytes of data).
 const SIZED: &str = "import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+n = 1472
+if sys.argv[3:] == ['ra']:
+    s.setsockopt(socket.IPPROTO_IP, 4, bytes([0x94, 4, 0, 0]))  # IP_OPTIONS
+    n = 1468
 s.settimeout(3)
-s.sendto(b'x' * 1472, (sys.argv[1], int(sys.argv[2])))
+s.sendto(b'x' * n, (sys.argv[1], int(sys.argv[2])))
 print('size', s.recv(100).decode(), flush=True)";
