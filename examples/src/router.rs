@@ -1032,8 +1032,9 @@ pub trait Function {
         0
     }
     /// True while the function has work of its own that cannot wait for frames to arrive
-    /// (packets it holds to try again soon): an idle [`serve`] loop then wakes every
-    /// [`BUSY_WAIT_MS`] instead of every 100 ms.
+    /// (packets it holds to try again soon, session changes its peers should hear within
+    /// their sync interval): an idle [`serve`] loop then wakes every [`BUSY_WAIT_MS`]
+    /// instead of every 100 ms.
     fn wakes_often(&self) -> bool {
         false
     }

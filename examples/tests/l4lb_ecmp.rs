@@ -374,7 +374,9 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         return;
     };
     let py = common::system_python();
-    // The router's side of every BGP session, for tshark at the end.
+    // The router's side of every BGP session, for tshark at the end, each packet written as
+    // it comes (without `--immediate-mode` libpcap hands them over in blocks, up to a second
+    // late: the last node's AdminDown was missing from the file when it was read at once).
     let bgp_pcap = lab.dir.join("bgp.pcap");
     if !common::require("tcpdump", &["--version"]) || !common::require("tshark", &["--version"]) {
         return;
@@ -383,6 +385,7 @@ fn flows_survive_a_node_failure_behind_ecmp_through_session_sync() {
         &r,
         &[
             "tcpdump",
+            "--immediate-mode",
             "-i",
             "any",
             "-U",

@@ -488,6 +488,11 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             e.stage.process(now, batch);
         }
 
+        /// With session sync: the changes go to the peers every 10 ms, idle or not.
+        fn wakes_often(&self) -> bool {
+            self.sync.is_some()
+        }
+
         fn batch_room(&self) -> usize {
             self.reorder.batch_room()
         }

@@ -54,7 +54,7 @@
 //! segment (at most 16 at once, half a second each) until the session's copy comes
 //! (`fleet.waited_for_copy`; `fleet.wait_expired` if none does, then the RST an idle flow
 //! gets under hyperplane), instead of dropping it for the SYN's retransmission a second
-//! later (the loop comes round every 10 ms while one waits). When a node
+//! later (a fleet node's loop comes round every 10 ms, idle or not). When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments). With rfc
@@ -398,8 +398,8 @@ on SIGUSR1, or after --duration.
     }
 
     /// How long an inside segment waits for its session's copy: sync runs every 10 ms, and
-    /// the loop tries the segment again each time it comes round (every 10 ms at least while
-    /// one waits, [`Function::wakes_often`]), applying the copies it received after its stages.
+    /// the loop tries the segment again each time it comes round (every 10 ms at least in a
+    /// fleet, [`Function::wakes_often`]), applying the copies it received after its stages.
     const HOLD_FOR: nf_core::Duration = nf_core::Duration::from_millis(500);
     /// Inside segments waiting at once (places kept free in every batch for them).
     const HOLD_MAX: usize = 16;
@@ -762,10 +762,10 @@ on SIGUSR1, or after --duration.
             self.reorder.batch_room() + if self.fleet.is_some() { HOLD_MAX } else { 0 }
         }
 
-        /// While inside segments wait for their session's copy: tried again every 10 ms,
-        /// whether frames come or not.
+        /// A fleet node: its session changes go to the peers every 10 ms (and held inside
+        /// segments are tried again as often), whether frames come or not.
         fn wakes_often(&self) -> bool {
-            self.fleet.as_ref().is_some_and(|f| !f.held.is_empty())
+            self.fleet.is_some()
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
