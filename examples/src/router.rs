@@ -308,8 +308,10 @@ pub struct Router {
 /// its own; a packet that is itself a fragment keeps its offset and last MF), built in
 /// `scratch` and given to `send`. The first fragment keeps every option; the others carry
 /// only those whose copied flag is set (RFC 791 §3.1), padded to a 4-byte boundary.
-/// Returns the fragments sent, or `None` without sending for a malformed packet or options.
-fn fragment(
+/// Returns the fragments sent, or `None` without sending for a packet with DF set, a
+/// malformed packet or options, no payload, no room for 8 bytes of it, or an offset past
+/// the 13-bit field.
+pub fn fragment(
     frame: &[u8],
     l3: usize,
     frame_max: usize,
@@ -344,6 +346,17 @@ fn fragment(
     let later_ihl = 20 + kept.div_ceil(4) * 4;
     let word = u16::from_be_bytes([h[6], h[7]]);
     let (more, first) = (word & 0x2000 != 0, word & 0x1fff);
+    if word & 0x4000 != 0 {
+        // Don't fragment.
+        return None;
+    }
+    // Payload per fragment: what fits, in units of 8 bytes (the first fragment's header is
+    // the larger), every fragment's offset within 13 bits and its length within 16.
+    let room = |hl: usize| frame_max.min(usize::from(u16::MAX)).saturating_sub(l3 + hl) / 8 * 8;
+    if payload.is_empty() || room(ihl) == 0 || usize::from(first) + (payload.len() - 1) / 8 > 0x1fff
+    {
+        return None;
+    }
     let (mut sent, mut done) = (0, 0);
     while done < payload.len() {
         let (hl, opts) = if done == 0 {
@@ -351,17 +364,9 @@ fn fragment(
         } else {
             (later_ihl, copied.get(..later_ihl - 20)?)
         };
-        // Payload per fragment: what fits, in units of 8 bytes.
-        let room = frame_max.checked_sub(l3 + hl)? / 8 * 8;
-        if room == 0 {
-            return None;
-        }
-        let chunk = payload.get(done..payload.len().min(done + room))?;
+        let chunk = payload.get(done..payload.len().min(done + room(hl)))?;
         let last = done + chunk.len() >= payload.len();
         let offset = u16::try_from(usize::from(first) + done / 8).ok()?;
-        if offset > 0x1fff {
-            return None;
-        }
         scratch.clear();
         scratch.extend_from_slice(frame.get(..l3 + 20)?);
         scratch.extend_from_slice(opts);
@@ -369,7 +374,8 @@ fn fragment(
         ip[0] = 0x40 | (hl / 4) as u8;
         let len = u16::try_from(hl + chunk.len()).ok()?;
         ip[2..4].copy_from_slice(&len.to_be_bytes());
-        let flags = if more || !last { 0x2000 } else { 0 };
+        // The reserved bit as it was; MF on all but the last.
+        let flags = (word & 0x8000) | if more || !last { 0x2000 } else { 0 };
         ip[6..8].copy_from_slice(&(flags | offset).to_be_bytes());
         ip[10..12].fill(0);
         let check = nf_core::checksum::checksum(ip.get(..hl)?);
@@ -1252,16 +1258,22 @@ mod tests {
             // The UDP header and payload, whole.
             assert_eq!(whole, f[34..]);
         }
-        // Malformed options, or no room for 8 bytes: not fragmented.
-        let mut opts = frame.clone();
+        // DF set, malformed options, or no room for 8 bytes: not fragmented.
+        let mut clear = frame.clone();
+        clear[20] &= !0x40;
+        assert_eq!(fragments_of(&clear, 3).len(), 3);
+        let mut df = clear.clone();
+        df[20] |= 0x40;
+        assert_eq!(fragment(&df, 14, 1414, &mut Vec::new(), |_| true), None);
+        let mut opts = clear.clone();
         opts[14] = 0x46;
         opts[34..38].copy_from_slice(&[0x94, 9, 0, 0]);
         assert_eq!(fragment(&opts, 14, 1414, &mut Vec::new(), |_| true), None);
         opts[34..38].copy_from_slice(&[0x07, 1, 0, 0]);
         assert_eq!(fragment(&opts, 14, 1414, &mut Vec::new(), |_| true), None);
-        assert_eq!(fragment(&frame, 14, 40, &mut Vec::new(), |_| true), None);
+        assert_eq!(fragment(&clear, 14, 40, &mut Vec::new(), |_| true), None);
         assert_eq!(
-            fragment(&frame[..100], 14, 60, &mut Vec::new(), |_| true),
+            fragment(&clear[..100], 14, 60, &mut Vec::new(), |_| true),
             None
         );
     }
@@ -1278,6 +1290,7 @@ mod tests {
         f.extend_from_slice(&options);
         f.extend_from_slice(&plain[34..]);
         f[14] = 0x48;
+        f[20] &= !0x40; // DF clear
         let total = u16::from_be_bytes([f[16], f[17]]) + 12;
         f[16..18].copy_from_slice(&total.to_be_bytes());
         f[24..26].fill(0);
