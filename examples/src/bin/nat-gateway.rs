@@ -54,7 +54,7 @@
 //! segment (at most 16 at once, half a second each) until the session's copy comes
 //! (`fleet.waited_for_copy`; `fleet.wait_expired` if none does, then the RST an idle flow
 //! gets under hyperplane), instead of dropping it for the SYN's retransmission a second
-//! later (a fleet node's loop comes round every 10 ms, idle or not). When a node
+//! later (the loop comes round every 10 ms while one waits). When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments). With rfc
@@ -63,11 +63,11 @@
 //! `fib_multipath_hash_fields = 1`) for it to hold across the fleet; cgn's port blocks are
 //! cut from each node's share, a subscriber's on the node its address hashes to, and the
 //! other nodes' copies of its sessions hold that block for it
-//! ([`PortAllocator::take_over`](nf_nat::PortAllocator::take_over)). With `--bgp-peer` (and `--bfd`,
-//! `--drain`: [`nf_examples::announce`], as in `l4lb`) each node announces the public
-//! addresses to the outside router itself, with its outside address as the next hop, and
-//! in a fleet only once it holds its peers' sessions (and their ports): a node that comes
-//! back takes traffic only after its resyncs. `examples/tests/nat_fleet.rs` runs three
+//! ([`PortAllocator::take_over`](nf_nat::PortAllocator::take_over)). With `--bgp-peer`
+//! (and `--bfd`, `--drain`: [`nf_examples::announce`], as in `l4lb`) each node announces
+//! the public addresses to the outside router itself, with its outside address as the next
+//! hop, and in a fleet only once it holds its peers' sessions (and their ports): a node that
+//! comes back takes traffic only after its resyncs. `examples/tests/nat_fleet.rs` runs three
 //! nodes behind BIRD, fails one under 36 connections and brings it back.
 
 #[cfg(target_os = "linux")]
@@ -398,8 +398,8 @@ on SIGUSR1, or after --duration.
     }
 
     /// How long an inside segment waits for its session's copy: sync runs every 10 ms, and
-    /// the loop tries the segment again each time it comes round (every 10 ms at least in a
-    /// fleet, [`Function::wakes_often`]), applying the copies it received after its stages.
+    /// the loop tries the segment again each time it comes round (every 10 ms at least while
+    /// one waits, [`Function::wakes_often`]), applying the copies it received after its stages.
     const HOLD_FOR: nf_core::Duration = nf_core::Duration::from_millis(500);
     /// Inside segments waiting at once (places kept free in every batch for them).
     const HOLD_MAX: usize = 16;
@@ -762,10 +762,15 @@ on SIGUSR1, or after --duration.
             self.reorder.batch_room() + if self.fleet.is_some() { HOLD_MAX } else { 0 }
         }
 
-        /// A fleet node: its session changes go to the peers every 10 ms (and held inside
-        /// segments are tried again as often), whether frames come or not.
+        /// While inside segments wait for their session's copy: tried again every 10 ms,
+        /// whether frames come or not. Not for the sync alone, as l4lb does: an idle node
+        /// that applies its copies within 10 ms lets an rfc endpoint's next flow through it
+        /// reuse the mapping copied from another node, and that flow's first answers reach
+        /// the port's owner before the new session's copy does: the owner drops them (with
+        /// the inside route hashed on L4, one UDP answer in about 40 was lost this way).
+        /// Holding such answers at the owner, as inside segments are held, would fix it.
         fn wakes_often(&self) -> bool {
-            self.fleet.is_some()
+            self.fleet.as_ref().is_some_and(|f| !f.held.is_empty())
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
