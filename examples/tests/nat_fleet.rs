@@ -567,7 +567,7 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
     let _alone = one_lab_at_a_time();
     let source_only =
         "sysctl -qw net.ipv4.fib_multipath_hash_policy=3 net.ipv4.fib_multipath_hash_fields=1";
-    let mut mapped = Vec::new();
+    let (mut mapped, mut waited) = (Vec::new(), Vec::new());
     for (tag, profile, hash) in [
         ("ne", "rfc", source_only),
         ("nl", "rfc", L4_HASH),
@@ -604,6 +604,12 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
                 "{seen:?}"
             );
         }
+        // An answer that reached its port's owner before the copy of a session another node
+        // opened on the owner's mapping waited for it there (none in vain).
+        std::thread::sleep(Duration::from_millis(1100));
+        let fleet = |c: &str| -> u64 { g.iter().map(|ns| metric(ns, "fleet", c)).sum() };
+        assert_eq!(fleet("answer_wait_expired"), 0, "{tag}");
+        waited.push(fleet("answers_waited_for_copy"));
         if profile == "cgn" {
             // Each node gave out the blocks of its own subscribers and took those of the
             // others' through their sessions' copies: eight on every node.
@@ -688,7 +694,7 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
         "L4 hashing kept every endpoint on one node: {l4:?}"
     );
     eprintln!(
-        "rfc fleet: 8 of 8 endpoints one mapping with source hashing ({nodes} nodes); {split_up} of 8 several mappings with L4 hashing; cgn: 8 of 8 one mapping ({} nodes)",
+        "rfc fleet: 8 of 8 endpoints one mapping with source hashing ({nodes} nodes); {split_up} of 8 several mappings with L4 hashing; cgn: 8 of 8 one mapping ({} nodes); answers that waited at their port's owner for a copy (source, L4, cgn): {waited:?}",
         spread(cgn)
     );
 }

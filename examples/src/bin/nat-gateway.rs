@@ -47,14 +47,18 @@
 //! ([`nf_nat::owner_of`]; for an ICMP error, the port the quoted packet left from; for an
 //! echo reply, its identifier), on the outside link to that node's MAC
 //! ([`Router::set_peers`](nf_examples::router::Router::set_peers)), counted
-//! `fleet.handed_over` (`fleet.owner_down` when that node is down: dropped). The inside
+//! `fleet.handed_over` (`fleet.owner_down` when that node is down: it waits, below). The inside
 //! hosts' answers to connections opened from outside (a port forward's, or on a mapping
 //! under endpoint-independent filtering) reach any node by the inside route, which cannot
 //! know where the outside router sent the connection: one without the session holds the
 //! segment (at most 16 at once, half a second each) until the session's copy comes
 //! (`fleet.waited_for_copy`; `fleet.wait_expired` if none does, then the RST an idle flow
 //! gets under hyperplane), instead of dropping it for the SYN's retransmission a second
-//! later (the loop comes round every 10 ms while one waits). When a node
+//! later (a fleet node's loop comes round every 10 ms). Outside answers to a node's own
+//! port (or a failed node's) without a session there wait the same way
+//! (`fleet.answers_waited_for_copy`, `fleet.answer_wait_expired`): another node may have
+//! opened their flow on a mapping it holds a copy of (an rfc endpoint's next flow, when
+//! the inside route hashes on L4; a failed node's adopted mapping). When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments). With rfc
@@ -376,32 +380,114 @@ on SIGUSR1, or after --duration.
         /// Outside packets handed to the node owning their port (no session here).
         handed_over: u64,
         /// Outside packets for another node's port without a session here, whose node is
-        /// down: dropped (its taken-over sessions are copies here, found by their lookup).
+        /// down (its taken-over sessions are copies here, found by their lookup): they wait
+        /// for a copy as answers to this node's own ports do (`outside`).
         owner_down: u64,
-        /// Inside TCP segments without a session here, each with when it first came:
-        /// answers to a connection an outside host opened through another node (a port
-        /// forward's, or on a mapping under endpoint-independent filtering) that beat the
-        /// session's copy. They wait for it ([`HOLD_FOR`] at most, [`HOLD_MAX`] at once),
-        /// tried again with every inside batch.
-        held: VecDeque<(Instant, Packet<RingFrame>)>,
-        /// When each packet tried again in the current batch first came, by its place.
-        retried: Vec<(usize, Instant)>,
+        /// Inside TCP segments without a session here: answers to a connection an outside
+        /// host opened through another node (a port forward's, or on a mapping under
+        /// endpoint-independent filtering) that beat the session's copy.
+        inside: Waiting,
+        /// Outside answers to this node's ports (or a failed node's) without a session
+        /// here: answers to a flow another node opened on a mapping it holds a copy of (an
+        /// rfc or cgn endpoint's, whose next flow may reach any node when the inside route
+        /// hashes on L4, or a failed node's adopted one), that beat that flow's copy.
+        outside: Waiting,
         /// The packets of a batch being sorted into kept and held (allocated once).
         sorting: Vec<Packet<RingFrame>>,
-        /// Inside segments that waited for their session's copy, found it, or did not in time.
-        waited: u64,
-        wait_expired: u64,
         /// Hyperplane: a segment that waited in vain gets the RST SNAT gives one without a
         /// session (the idle timeout's), counted `reset_after_wait`.
         reset: bool,
         reset_after_wait: u64,
     }
 
-    /// How long an inside segment waits for its session's copy: sync runs every 10 ms, and
-    /// the loop tries the segment again each time it comes round (every 10 ms at least while
-    /// one waits, [`Function::wakes_often`]), applying the copies it received after its stages.
+    /// Packets of one side without a session here, each with when it first came, waiting for
+    /// their session's copy ([`HOLD_FOR`] at most, [`HOLD_MAX`] at once), tried again with
+    /// every batch of that side.
+    struct Waiting {
+        held: VecDeque<(Instant, Packet<RingFrame>)>,
+        /// When each packet tried again in the current batch first came, by its place.
+        retried: Vec<(usize, Instant)>,
+        /// Packets that waited and found their session, or did not in time.
+        found: u64,
+        expired: u64,
+    }
+
+    impl Waiting {
+        fn new() -> Self {
+            Self {
+                held: VecDeque::with_capacity(HOLD_MAX),
+                retried: Vec::with_capacity(HOLD_MAX),
+                found: 0,
+                expired: 0,
+            }
+        }
+
+        /// Puts the waiting packets at the end of `batch` (received on their side, before
+        /// the stages) to be tried again; gives those that waited too long to `expired`.
+        fn retry(
+            &mut self,
+            now: Instant,
+            batch: &mut Batch<RingFrame>,
+            mut expired: impl FnMut(Packet<RingFrame>, &mut Batch<RingFrame>),
+        ) {
+            self.retried.clear();
+            while let Some((since, p)) = self.held.pop_front() {
+                if now.saturating_since(since) > HOLD_FOR {
+                    self.expired += 1;
+                    expired(p, batch);
+                    continue;
+                }
+                let at = batch.len();
+                if let Err(p) = batch.push(p) {
+                    self.held.push_front((since, p));
+                    break;
+                }
+                self.retried.push((at, since));
+            }
+        }
+
+        /// Holds the packets of `batch` that `waits` picks (after the stages), copied out of
+        /// the receive ring, until their copy comes; counts the tried-again ones that found
+        /// it.
+        fn hold(
+            &mut self,
+            now: Instant,
+            batch: &mut Batch<RingFrame>,
+            sorting: &mut Vec<Packet<RingFrame>>,
+            waits: impl Fn(&Packet<RingFrame>) -> bool,
+        ) {
+            let retried = &self.retried;
+            self.found += retried
+                .iter()
+                .filter(|(at, _)| batch.packets().get(*at).is_some_and(|p| !waits(p)))
+                .count() as u64;
+            if !batch.packets().iter().any(&waits) {
+                return;
+            }
+            sorting.extend(batch.drain());
+            for (at, p) in sorting.drain(..).enumerate() {
+                let since = retried.iter().find(|(i, _)| *i == at).map_or(now, |r| r.1);
+                if !waits(&p) {
+                    // As many places as the batch had.
+                    let _ = batch.push(p);
+                } else if self.held.len() < HOLD_MAX {
+                    let (mut frame, head, len) = p.into_parts();
+                    frame.detach();
+                    if let Ok(p) = Packet::new(frame, head, len) {
+                        self.held.push_back((since, p));
+                    }
+                } else {
+                    self.expired += 1;
+                }
+            }
+        }
+    }
+
+    /// How long a packet waits for its session's copy: sync runs every 10 ms, and the loop
+    /// tries the packet again each time it comes round (every 10 ms at least in a fleet,
+    /// [`Function::wakes_often`]), applying the copies it received after its stages.
     const HOLD_FOR: nf_core::Duration = nf_core::Duration::from_millis(500);
-    /// Inside segments waiting at once (places kept free in every batch for them).
+    /// Packets waiting at once, per side (places kept free in every batch for them).
     const HOLD_MAX: usize = 16;
 
     impl Fleet {
@@ -444,70 +530,48 @@ on SIGUSR1, or after --duration.
 
     impl Fleet {
         /// Puts the inside segments waiting for their session's copy at the end of `batch`
-        /// (received from the inside, before the stages), to be tried again; drops those
-        /// that waited too long.
+        /// (received from the inside, before the stages), to be tried again; those that
+        /// waited too long get the RST an idled-out flow gets under hyperplane.
         fn retry(&mut self, now: Instant, batch: &mut Batch<RingFrame>) {
-            self.retried.clear();
-            while let Some((since, mut p)) = self.held.pop_front() {
-                if now.saturating_since(since) > HOLD_FOR {
-                    self.wait_expired += 1;
-                    if !self.reset {
-                        continue;
-                    }
-                    // Its RST back to the inside host, past the stages.
-                    let (data, meta) = p.data_and_meta_mut();
-                    if parse_frame(data, meta, &ParseConfig::default()).is_err()
-                        || nf_core::reply::tcp_reset(&mut p).is_err()
-                    {
-                        continue;
-                    }
-                    p.meta.verdict = Verdict::Tx(PortId(INSIDE as u16));
-                    if batch.push(p).is_ok() {
-                        self.reset_after_wait += 1;
-                    }
-                    continue;
+            let (reset, count) = (self.reset, &mut self.reset_after_wait);
+            self.inside.retry(now, batch, |mut p, batch| {
+                if !reset {
+                    return;
                 }
-                let at = batch.len();
-                if let Err(p) = batch.push(p) {
-                    self.held.push_front((since, p));
-                    break;
+                // Its RST back to the inside host, past the stages.
+                let (data, meta) = p.data_and_meta_mut();
+                if parse_frame(data, meta, &ParseConfig::default()).is_err()
+                    || nf_core::reply::tcp_reset(&mut p).is_err()
+                {
+                    return;
                 }
-                self.retried.push((at, since));
-            }
+                p.meta.verdict = Verdict::Tx(PortId(INSIDE as u16));
+                if batch.push(p).is_ok() {
+                    *count += 1;
+                }
+            });
         }
 
         /// Holds the inside TCP segments of `batch` that found no session (nor may open
-        /// one: not a SYN), copied out of the receive ring, until their copy comes; counts
-        /// the tried-again ones that found it.
+        /// one: not a SYN) until their copy comes.
         fn hold(&mut self, now: Instant, batch: &mut Batch<RingFrame>) {
-            let waits = |p: &Packet<RingFrame>| {
+            self.inside.hold(now, batch, &mut self.sorting, |p| {
                 p.meta.verdict == Verdict::Drop(DropReason::NoSession)
                     && p.meta.flow.proto == nf_core::flow::proto::TCP
-            };
-            let retried = &self.retried;
-            self.waited += retried
-                .iter()
-                .filter(|(at, _)| batch.packets().get(*at).is_some_and(|p| !waits(p)))
-                .count() as u64;
-            if !batch.packets().iter().any(waits) {
-                return;
-            }
-            self.sorting.extend(batch.drain());
-            for (at, p) in self.sorting.drain(..).enumerate() {
-                let since = retried.iter().find(|(i, _)| *i == at).map_or(now, |r| r.1);
-                if !waits(&p) {
-                    // As many places as the batch had.
-                    let _ = batch.push(p);
-                } else if self.held.len() < HOLD_MAX {
-                    let (mut frame, head, len) = p.into_parts();
-                    frame.detach();
-                    if let Ok(p) = Packet::new(frame, head, len) {
-                        self.held.push_back((since, p));
-                    }
-                } else {
-                    self.wait_expired += 1;
-                }
-            }
+            });
+        }
+
+        /// As [`Self::hold`] for the outside answers to a public port that found no session
+        /// and stay here (not handed over: this node's port, or its node is down).
+        fn hold_answers(
+            &mut self,
+            now: Instant,
+            public: &[Ipv4Addr],
+            batch: &mut Batch<RingFrame>,
+        ) {
+            self.outside.hold(now, batch, &mut self.sorting, |p| {
+                public_port(p, public).is_some()
+            });
         }
     }
 
@@ -688,11 +752,9 @@ on SIGUSR1, or after --duration.
                     peer_nodes,
                     handed_over: 0,
                     owner_down: 0,
-                    held: VecDeque::with_capacity(HOLD_MAX),
-                    retried: Vec::with_capacity(HOLD_MAX),
+                    inside: Waiting::new(),
+                    outside: Waiting::new(),
                     sorting: Vec::with_capacity(nf_core::BATCH_SIZE),
-                    waited: 0,
-                    wait_expired: 0,
                     reset: *profile == nf_nat::Profile::Hyperplane,
                     reset_after_wait: 0,
                 });
@@ -725,10 +787,10 @@ on SIGUSR1, or after --duration.
     impl Function for Pipeline {
         /// Drops what may not enter from `port` (`spoofed`), then the stages.
         fn process(&mut self, now: Instant, port: usize, batch: &mut Batch<RingFrame>) {
-            if port == INSIDE
-                && let Some(f) = &mut self.fleet
-            {
-                f.retry(now, batch);
+            match (port, &mut self.fleet) {
+                (INSIDE, Some(f)) => f.retry(now, batch),
+                (OUTSIDE, Some(f)) => f.outside.retry(now, batch, |_, _| {}),
+                _ => {}
             }
             self.parse.process(now, batch);
             let Some(nat) = &mut self.nat else {
@@ -752,7 +814,10 @@ on SIGUSR1, or after --duration.
             self.reorder.process(now, batch);
             nat.process(now, batch);
             match (port, &mut self.fleet) {
-                (OUTSIDE, Some(f)) => f.hand_over(&self.public, batch),
+                (OUTSIDE, Some(f)) => {
+                    f.hand_over(&self.public, batch);
+                    f.hold_answers(now, &self.public, batch);
+                }
                 (INSIDE, Some(f)) => f.hold(now, batch),
                 _ => {}
             }
@@ -762,15 +827,10 @@ on SIGUSR1, or after --duration.
             self.reorder.batch_room() + if self.fleet.is_some() { HOLD_MAX } else { 0 }
         }
 
-        /// While inside segments wait for their session's copy: tried again every 10 ms,
-        /// whether frames come or not. Not for the sync alone, as l4lb does: an idle node
-        /// that applies its copies within 10 ms lets an rfc endpoint's next flow through it
-        /// reuse the mapping copied from another node, and that flow's first answers reach
-        /// the port's owner before the new session's copy does: the owner drops them (with
-        /// the inside route hashed on L4, one UDP answer in about 40 was lost this way).
-        /// Holding such answers at the owner, as inside segments are held, would fix it.
+        /// A fleet node: its session changes go to its peers every 10 ms, and the packets
+        /// waiting for a session's copy are tried again as often, whether frames come or not.
         fn wakes_often(&self) -> bool {
-            self.fleet.as_ref().is_some_and(|f| !f.held.is_empty())
+            self.fleet.is_some()
         }
 
         fn visit_counters(&self, f: &mut dyn FnMut(&str, &str, u64)) {
@@ -783,8 +843,10 @@ on SIGUSR1, or after --duration.
             if let Some(fl) = &self.fleet {
                 f("fleet", "handed_over", fl.handed_over);
                 f("fleet", "owner_down", fl.owner_down);
-                f("fleet", "waited_for_copy", fl.waited);
-                f("fleet", "wait_expired", fl.wait_expired);
+                f("fleet", "waited_for_copy", fl.inside.found);
+                f("fleet", "wait_expired", fl.inside.expired);
+                f("fleet", "answers_waited_for_copy", fl.outside.found);
+                f("fleet", "answer_wait_expired", fl.outside.expired);
                 f("fleet", "reset_after_wait", fl.reset_after_wait);
                 fl.link.visit_counters(f);
             }
