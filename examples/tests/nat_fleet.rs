@@ -536,15 +536,18 @@ while True:
 /// From each address of ADDRS, one UDP socket (port 5000) asks four servers (HOST, ports
 /// FIRST to FIRST + 3) who it is; prints `seen` and, per address, the answers joined by `/`.
 const ASK_AROUND: &str = "import socket, sys
-host, first = sys.argv[1], int(sys.argv[2])
+import time
+host, first, sport, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 ports = range(first, first + 4)
 out = []
-for addr in sys.argv[3:]:
+for addr in sys.argv[5:]:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((addr, 5000))
+    s.bind((addr, sport))
     s.settimeout(3)
     seen = []
     for p in ports:
+        if seen:
+            time.sleep(pause)
         s.sendto(b'?', (host, p))
         try:
             seen.append(s.recv(100).decode())
@@ -558,7 +561,10 @@ print('seen', *out, flush=True)";
 /// the source address alone (Linux: `fib_multipath_hash_policy` 3, `fib_multipath_hash_fields`
 /// 1), eight inside addresses each talk to four servers from one socket and each sees one
 /// public port for all four, the addresses spread over the nodes; hashed on L4, the same
-/// sockets' flows reach different nodes and get different ports (the control). A cgn fleet
+/// sockets' flows reach different nodes and get different ports (the control), unless an
+/// endpoint's flows come more than sync's interval apart: then each finds its first flow's
+/// mapping copied to its node and keeps it, and the answers that reach the mapping's owner
+/// before the copy of the other node's session wait there for it. A cgn fleet
 /// the same as the rfc one with source hashing, its port blocks cut from each node's share:
 /// every node holds all eight subscribers' blocks (its own, and those of its copies of the
 /// other nodes' sessions).
@@ -585,29 +591,53 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
             wait_for(&lines, "who ready", 10, &mut Vec::new());
         }
         let addrs: Vec<String> = (100..108).map(|i| format!("10.0.0.{i}")).collect();
-        let out = common::python_in(&c, ASK_AROUND)
-            .args(["192.0.2.2", "7101"])
-            .args(&addrs)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        let seen: Vec<Vec<String>> = said
-            .split_whitespace()
-            .skip(1)
-            .map(|p| p.split('/').map(String::from).collect())
-            .collect();
-        assert_eq!(seen.len(), addrs.len(), "{out:?}");
-        for s in &seen {
-            assert_eq!(s.len(), 4, "{seen:?}");
-            assert!(
-                s.iter().all(|m| m.starts_with(&format!("{PUBLIC}:"))),
-                "{seen:?}"
-            );
+        // Each address asks the four servers from one socket (its source port), `pause`
+        // seconds between the questions; the public address and port of every answer.
+        let ask = |sport: &str, pause: &str| -> Vec<Vec<String>> {
+            let out = common::python_in(&c, ASK_AROUND)
+                .args(["192.0.2.2", "7101", sport, pause])
+                .args(&addrs)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            let seen: Vec<Vec<String>> = said
+                .split_whitespace()
+                .skip(1)
+                .map(|p| p.split('/').map(String::from).collect())
+                .collect();
+            assert_eq!(seen.len(), addrs.len(), "{out:?}");
+            for s in &seen {
+                assert_eq!(s.len(), 4, "{seen:?}");
+                assert!(
+                    s.iter().all(|m| m.starts_with(&format!("{PUBLIC}:"))),
+                    "{seen:?}"
+                );
+            }
+            seen
+        };
+        let seen = ask("5000", "0");
+        let fleet = |c: &str| -> u64 { g.iter().map(|ns| metric(ns, "fleet", c)).sum() };
+        if tag == "nl" {
+            // Spaced wider than sync's 10 ms, the same endpoints' flows find their first
+            // flow's mapping copied to whichever node their L4 hash picks, and keep it: one
+            // mapping each. The answer to such a flow is for the mapping owner's port: when
+            // the router's hash brings it to the owner (or to the third node, which hands
+            // it over), it comes before the copy of the session the other node just opened
+            // and waits at the owner for that copy (4 in 9 flows; 24 flows here).
+            let spaced = ask("5001", "0.2");
+            assert!(spaced.iter().all(|s| one_mapping(s)), "spaced: {spaced:?}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while fleet("answers_waited_for_copy") == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no answer waited at its port's owner"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         // An answer that reached its port's owner before the copy of a session another node
         // opened on the owner's mapping waited for it there (none in vain).
         std::thread::sleep(Duration::from_millis(1100));
-        let fleet = |c: &str| -> u64 { g.iter().map(|ns| metric(ns, "fleet", c)).sum() };
         assert_eq!(fleet("answer_wait_expired"), 0, "{tag}");
         waited.push(fleet("answers_waited_for_copy"));
         if profile == "cgn" {
