@@ -10,6 +10,7 @@ pub mod cli;
 pub mod curl;
 #[cfg(target_os = "linux")]
 pub mod io;
+pub mod ndp;
 pub mod pcap;
 pub mod prometheus;
 #[cfg(target_os = "linux")]
