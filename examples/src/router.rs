@@ -1,7 +1,8 @@
-//! The IPv4 router around a network function (`nat-gateway`, `l4lb`): several interfaces on
-//! [`PACKET_MMAP` rings or AF_XDP](crate::io::Link), ARP (RFC 826) for the router's own addresses and for its
-//! next hops, routes by longest prefix, and the per-hop work of RFC 1812 (TTL, MAC rewrite),
-//! so that the program in between only runs its stages.
+//! The IPv4 and IPv6 router around a network function (`nat-gateway`, `l4lb`): several
+//! interfaces on [`PACKET_MMAP` rings or AF_XDP](crate::io::Link), ARP (RFC 826) and
+//! neighbour discovery (RFC 4861, [`crate::ndp`]) for the router's own addresses and for its
+//! next hops, routes by longest prefix, and the per-hop work of RFC 1812 and RFC 8200 (TTL
+//! or hop limit, MAC rewrite), so that the program in between only runs its stages.
 //!
 //! ```text
 //!  port i RX ring ─► Router::recv ─► Batch<RingFrame> ─► caller's stages (in place)
@@ -12,12 +13,17 @@
 //! - **Receive**: [`Router::recv`] fills a batch from one port. ARP requests for any address the
 //!   port answers for ([`PortConfig::addrs`] and [`PortConfig::answer`], e.g. a NAT's public
 //!   addresses) are answered at once; ARP requests and replies teach the port's neighbour table,
-//!   and so do IPv4 frames from on-link sources. What is not IPv4 for the port's MAC leaves the
-//!   batch marked as a drop, counted by the router (`not_for_us`, `non_ipv4`, `arp`).
+//!   and so do IPv4 frames from on-link sources. Neighbour solicitations for the port's IPv6
+//!   addresses ([`PortConfig::addrs6`], [`PortConfig::answer6`]) get advertisements, and
+//!   solicitations and advertisements (read with RFC 4861's validity checks: hop limit 255,
+//!   checksum, options) and IPv6 frames from on-link or link-local sources teach the IPv6
+//!   neighbour table. What is not IP for the port's MAC leaves the batch marked as a drop,
+//!   counted by the router (`not_for_us`, `non_ip`, `arp`, `ndp`).
 //! - **Forward**: [`Router::forward`] drains the batch: each packet still passing goes to the
-//!   route of its (possibly rewritten) IPv4 destination, its TTL decremented with an incremental
-//!   header checksum update (RFC 1624), its MACs set for the next hop. A next hop without a
-//!   neighbour entry gets an ARP request, rate-limited, and the frame waits in a small bounded
+//!   route of its (possibly rewritten) destination ([`Route`], [`Route6`]), its TTL decremented
+//!   with an incremental header checksum update (RFC 1624) or its hop limit decremented, its
+//!   MACs set for the next hop. A next hop without a neighbour entry gets an ARP request or a
+//!   neighbour solicitation, rate-limited, and the frame waits in a small bounded
 //!   queue (the first packet of a flow is not lost, as in Linux's `unres_qlen`); what waits
 //!   longer than [`UNRESOLVED_WAIT_MS`] is dropped and counted (`no_neighbor`).
 //! - **Peers**: [`Router::set_peers`] names fixed next hops beyond the ports (a fleet's other
@@ -27,9 +33,11 @@
 //!   address or a VIP) get echo replies at receive (RFC 1812 §4.3.3.6; `echo_replies`).
 //! - **ICMP errors** (RFC 1812 §4.3.2, §5.3.1): a packet passing through (not to one of
 //!   the ports' addresses or the addresses they answer for) whose TTL runs out here gets
-//!   time exceeded, and one with DF set that does not fit its egress port's MTU gets
-//!   fragmentation needed with that MTU (RFC 1191: what path MTU discovery and traceroute
-//!   read), both from the receiving port's address and decided at receive, before the
+//!   time exceeded, and one with DF set (any IPv6 packet: routers do not fragment IPv6,
+//!   RFC 8200 §5) that does not fit its egress port's MTU gets fragmentation needed or
+//!   packet too big with that MTU (RFC 1191, RFC 8201: what path MTU discovery and
+//!   traceroute read), both from the receiving port's address of the packet's family
+//!   (ICMPv6 for IPv6, RFC 4443) and decided at receive, before the
 //!   stages, as Linux decides them before its NAT; the answer replaces the packet, passes
 //!   the stages untouched ([`Verdict::Tx`] of the receiving port) and is routed back. A
 //!   packet the stages sent somewhere it does not fit (a NAT's un-translated answer, a load
@@ -44,17 +52,20 @@
 //!   (RFC 791; `fragmented`, `fragments_sent`; options marked copied in every fragment, the
 //!   others in the first), which wait for an unresolved next hop in the ARP queue as whole
 //!   frames do.
-//! - Every drop is counted: `no_route`, `ttl_expired` (a TTL run out without an answer:
-//!   rate-limited, or an ICMP error itself), `to_router` (IPv4
+//! - Every drop is counted: `no_route`, `ttl_expired` (a TTL or hop limit run out without an
+//!   answer: rate-limited, or an ICMP error itself), `to_router` (IP
 //!   for one of the router's own addresses after the stages: the router has no local
 //!   stack), `too_big` (larger than the egress MTU and neither answered nor fragmented:
 //!   rate-limited, grown by an encapsulation, or malformed IP options), `pending_full` (a frame or
 //!   fragment with no room in the ARP queue), `neighbors_full`. [`Router::visit_counters`]
 //!   reports them per port.
 //!
-//! IPv6 is not routed yet (no neighbour discovery): IPv6 frames are counted as `non_ipv4`.
+//! A port without an address of a family neither answers nor routes that family's ICMP
+//! errors: a packet that would need one is dropped (`ttl_expired`, `too_big`). IPv6
+//! extension headers are routed through untouched; the router reads only the fixed header.
 
 use crate::io::{Interface, IoKind, Link, PollEvents, RingConfig, RingFrame, wait_fds};
+use crate::ndp::{self, Ndp};
 use crate::vtep::{ArpOp, arp_frame};
 use nf_core::checksum::update16;
 use nf_core::reply::{icmp_echo_reply, icmp_time_exceeded, icmp_too_big};
@@ -62,17 +73,19 @@ use nf_core::wire::ethertype;
 use nf_core::{Batch, DropReason, Instant, ParseConfig, PortId, Verdict, parse_frame};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::str::FromStr;
 
-/// How long a frame waits for its next hop's ARP reply before it is dropped.
+/// How long a frame waits for its next hop's ARP reply (or neighbour advertisement) before
+/// it is dropped.
 pub const UNRESOLVED_WAIT_MS: u64 = 1_000;
-/// The least time between two ARP requests for one address.
+/// The least time between two ARP requests (or neighbour solicitations) for one address.
 const ARP_RETRY_MS: u64 = 200;
-/// Frames waiting for ARP replies, over all ports (Linux keeps 3 per neighbour by default).
+/// Frames waiting for their next hop's link-layer address, over all ports (Linux keeps 3
+/// per neighbour by default).
 const PENDING_MAX: usize = 64;
-/// Neighbour entries per port.
+/// Neighbour entries per port and family.
 const NEIGHBORS_MAX: usize = 4096;
 /// ICMP errors the router sends per second at most, on average (Linux: 1,000 per second
 /// over all destinations, `icmp_msgs_per_sec`).
@@ -97,16 +110,30 @@ impl Ipv4Net {
     }
 }
 
+/// `ADDR/LEN` (or `ADDR` alone: a host prefix of `max` bits) of the `family`.
+fn prefix<A: FromStr>(s: &str, max: u8, family: &str) -> Result<(A, u8), String> {
+    let (a, l) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr = a
+        .parse()
+        .map_err(|_| format!("{s}: not an {family} address"))?;
+    let len = match l {
+        None => max,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s}: not a prefix length 0-{max}"))?,
+    };
+    Ok((addr, len))
+}
+
 impl FromStr for Ipv4Net {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr = a.parse().map_err(|_| format!("{s}: not an IPv4 address"))?;
-        let len = l
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{s}: not a prefix length 0-32"))?;
+        let (addr, len) = prefix(s, 32, "IPv4")?;
         Ok(Self { addr, len })
     }
 }
@@ -117,8 +144,41 @@ impl std::fmt::Display for Ipv4Net {
     }
 }
 
+/// An IPv6 prefix with an address in it: `fd00::1/64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Net {
+    /// The address (for a port: the router's address on it).
+    pub addr: Ipv6Addr,
+    /// The prefix length, 0–128.
+    pub len: u8,
+}
+
+impl Ipv6Net {
+    /// True if `ip` is inside the prefix.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.len))
+            .unwrap_or(0);
+        u128::from(ip) & mask == u128::from(self.addr) & mask
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = prefix(s, 128, "IPv6")?;
+        Ok(Self { addr, len })
+    }
+}
+
+impl std::fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 /// One interface of the router.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PortConfig {
     /// The interface name.
     pub name: String,
@@ -128,6 +188,11 @@ pub struct PortConfig {
     /// More addresses whose ARP requests the port answers (a NAT's public addresses, a
     /// load balancer's virtual addresses): traffic to them is for the stages.
     pub answer: Vec<Ipv4Addr>,
+    /// The router's IPv6 addresses on it, with their on-link prefixes; the first one is the
+    /// source of its neighbour solicitations and ICMPv6 errors.
+    pub addrs6: Vec<Ipv6Net>,
+    /// More IPv6 addresses whose neighbour solicitations the port answers.
+    pub answer6: Vec<Ipv6Addr>,
 }
 
 /// A route: destinations in `to` leave by `port`, to `via` (or straight to the destination
@@ -142,27 +207,46 @@ pub struct Route {
     pub via: Option<Ipv4Addr>,
 }
 
+/// An IPv6 route, as [`Route`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route6 {
+    /// The destinations.
+    pub to: Ipv6Net,
+    /// The index of the egress port in the router's ports.
+    pub port: usize,
+    /// The next hop; `None` when the destinations are on the port's link.
+    pub via: Option<Ipv6Addr>,
+}
+
 /// What a port counted (the rings count their own frames).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PortCounters {
     /// Frames for another MAC.
     pub not_for_us: u64,
-    /// Frames neither IPv4 nor ARP.
-    pub non_ipv4: u64,
+    /// Frames neither IP, ARP nor neighbour discovery (and group-addressed IP).
+    pub non_ip: u64,
     /// ARP frames received (answered or learned from, or ignored).
     pub arp: u64,
     /// ARP replies sent for the port's addresses.
     pub arp_replies: u64,
     /// ARP requests sent for next hops.
     pub arp_requests: u64,
+    /// Neighbour solicitations and advertisements received (answered or learned from, or
+    /// ignored).
+    pub ndp: u64,
+    /// Neighbour advertisements sent for the port's IPv6 addresses.
+    pub ndp_adverts: u64,
+    /// Neighbour solicitations sent for next hops.
+    pub ndp_solicits: u64,
     /// Neighbour entries learned or changed.
     pub neighbors_learned: u64,
     /// Neighbours not learned because the table was full.
     pub neighbors_full: u64,
     /// Frames forwarded out of this port.
     pub forwarded: u64,
-    /// Frames that left this port after waiting for an ARP reply.
+    /// Frames that left this port after waiting for an ARP reply (or a neighbour
+    /// advertisement).
     pub forwarded_after_arp: u64,
     /// Frames dropped for want of this port's next hop's MAC.
     pub no_neighbor: u64,
@@ -170,19 +254,19 @@ pub struct PortCounters {
     pub pending_full: u64,
     /// Frames received here that no route took.
     pub no_route: u64,
-    /// Frames received here whose TTL ran out.
+    /// Frames received here whose TTL (hop limit) ran out.
     pub ttl_expired: u64,
     /// Frames received here for one of the router's own addresses.
     pub to_router: u64,
     /// Frames larger than this port's MTU.
     pub too_big: u64,
-    /// Frames received here that are not IPv4 or are cut short.
+    /// Frames received here that are not IP or are cut short.
     pub malformed: u64,
     /// Frames handed to a fleet peer on this port ([`Router::set_peers`]).
     pub to_peer: u64,
     /// ICMP time exceeded sent for frames received here.
     pub time_exceeded_sent: u64,
-    /// ICMP fragmentation needed sent for frames received here.
+    /// ICMP fragmentation needed (ICMPv6 packet too big) sent for frames received here.
     pub frag_needed_sent: u64,
     /// ICMP errors not sent for frames received here: over the rate, or the frame could
     /// not be answered (dropped as `ttl_expired` or `too_big`).
@@ -203,33 +287,68 @@ struct Port {
     /// MTU plus the Ethernet header.
     frame_max: usize,
     neighbors: HashMap<Ipv4Addr, [u8; 6]>,
-    /// When an ARP request for an address was last sent.
-    asked: HashMap<Ipv4Addr, Instant>,
+    neighbors6: HashMap<Ipv6Addr, [u8; 6]>,
+    /// When an ARP request or neighbour solicitation for an address was last sent.
+    asked: HashMap<IpAddr, Instant>,
     counters: PortCounters,
 }
 
+/// Learns (or changes) `ip`'s link-layer address in `map`, unless the map is full.
+fn learn_in<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, [u8; 6]>,
+    c: &mut PortCounters,
+    ip: K,
+    mac: [u8; 6],
+) {
+    if map.get(&ip) == Some(&mac) {
+        return;
+    }
+    if map.len() >= NEIGHBORS_MAX && !map.contains_key(&ip) {
+        c.neighbors_full += 1;
+        return;
+    }
+    map.insert(ip, mac);
+    c.neighbors_learned += 1;
+}
+
 impl Port {
-    fn answers(&self, ip: Ipv4Addr) -> bool {
-        self.cfg.addrs.iter().any(|n| n.addr == ip) || self.cfg.answer.contains(&ip)
+    fn answers(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => {
+                self.cfg.addrs.iter().any(|n| n.addr == a) || self.cfg.answer.contains(&a)
+            }
+            IpAddr::V6(a) => {
+                self.cfg.addrs6.iter().any(|n| n.addr == a) || self.cfg.answer6.contains(&a)
+            }
+        }
     }
 
-    fn on_link(&self, ip: Ipv4Addr) -> bool {
-        self.cfg.addrs.iter().any(|n| n.contains(ip))
+    /// On one of the port's prefixes (for IPv6 also link-local: every neighbour has one).
+    fn on_link(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.cfg.addrs.iter().any(|n| n.contains(a)),
+            IpAddr::V6(a) => {
+                a.is_unicast_link_local() || self.cfg.addrs6.iter().any(|n| n.contains(a))
+            }
+        }
     }
 
-    fn learn(&mut self, ip: Ipv4Addr, mac: [u8; 6]) {
-        if mac[0] & 1 == 1 || ip.is_unspecified() || !self.on_link(ip) {
+    fn neighbor(&self, ip: IpAddr) -> Option<&[u8; 6]> {
+        match ip {
+            IpAddr::V4(a) => self.neighbors.get(&a),
+            IpAddr::V6(a) => self.neighbors6.get(&a),
+        }
+    }
+
+    fn learn(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        if mac[0] & 1 == 1 || ip.is_unspecified() || ip.is_multicast() || !self.on_link(ip) {
             return;
         }
-        if self.neighbors.get(&ip) == Some(&mac) {
-            return;
+        let c = &mut self.counters;
+        match ip {
+            IpAddr::V4(a) => learn_in(&mut self.neighbors, c, a, mac),
+            IpAddr::V6(a) => learn_in(&mut self.neighbors6, c, a, mac),
         }
-        if self.neighbors.len() >= NEIGHBORS_MAX && !self.neighbors.contains_key(&ip) {
-            self.counters.neighbors_full += 1;
-            return;
-        }
-        self.neighbors.insert(ip, mac);
-        self.counters.neighbors_learned += 1;
     }
 
     /// Handles an ARP frame: learn the sender, answer a request for our addresses.
@@ -242,8 +361,8 @@ impl Port {
         let mac = |b: &[u8]| <[u8; 6]>::try_from(b).unwrap_or([0xff; 6]);
         let ip = |b: &[u8]| Ipv4Addr::from(<[u8; 4]>::try_from(b).unwrap_or([0; 4]));
         let (sha, spa, tpa) = (mac(&a[8..14]), ip(&a[14..18]), ip(&a[24..28]));
-        self.learn(spa, sha);
-        if a[6..8] == [0, 1] && self.answers(tpa) {
+        self.learn(IpAddr::V4(spa), sha);
+        if a[6..8] == [0, 1] && self.answers(IpAddr::V4(tpa)) {
             let reply = arp_frame(ArpOp::Reply, self.iface.mac, tpa, sha, spa);
             if self.link.send(&reply).is_ok() {
                 self.counters.arp_replies += 1;
@@ -251,21 +370,70 @@ impl Port {
         }
     }
 
-    /// Sends an ARP request for `ip` unless one went out lately.
-    fn ask(&mut self, now: Instant, ip: Ipv4Addr) {
-        let due = self
-            .asked
-            .get(&ip)
-            .is_none_or(|t| now.saturating_since(*t).as_nanos() >= ARP_RETRY_MS * 1_000_000);
-        let Some(src) = self.cfg.addrs.first().map(|n| n.addr) else {
-            return;
-        };
-        if due && self.asked.len() < NEIGHBORS_MAX {
-            self.asked.insert(ip, now);
-            let req = arp_frame(ArpOp::Request, self.iface.mac, src, [0; 6], ip);
-            if self.link.send(&req).is_ok() {
-                self.counters.arp_requests += 1;
+    /// Handles a neighbour solicitation or advertisement: learn the sender (or the
+    /// advertised address), answer a solicitation for our addresses.
+    fn ndp(&mut self, frame: &[u8]) {
+        self.counters.ndp += 1;
+        let eth_src = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
+        match ndp::read(frame, 14) {
+            Some(Ndp::Solicitation { src, target, mac }) => {
+                if let Some(mac) = mac {
+                    self.learn(IpAddr::V6(src), mac);
+                }
+                let Some(to_mac) = mac.or(eth_src) else {
+                    return;
+                };
+                if self.answers(IpAddr::V6(target)) {
+                    let na = ndp::advertisement(self.iface.mac, target, to_mac, src);
+                    if self.link.send(&na).is_ok() {
+                        self.counters.ndp_adverts += 1;
+                    }
+                }
             }
+            Some(Ndp::Advertisement {
+                target,
+                mac: Some(mac),
+            }) => self.learn(IpAddr::V6(target), mac),
+            _ => {}
+        }
+    }
+
+    /// Sends an ARP request or a neighbour solicitation for `ip` unless one went out lately
+    /// (or the port has no address of its family to send it from).
+    fn ask(&mut self, now: Instant, ip: IpAddr) {
+        let due = |t: &Instant| now.saturating_since(*t).as_nanos() >= ARP_RETRY_MS * 1_000_000;
+        if !self.asked.get(&ip).is_none_or(due) {
+            return;
+        }
+        if self.asked.len() >= NEIGHBORS_MAX {
+            // Bounded: only the addresses asked for within the retry time stay.
+            self.asked.retain(|_, t| !due(t));
+            if self.asked.len() >= NEIGHBORS_MAX {
+                return;
+            }
+        }
+        let mac = self.iface.mac;
+        let sent = match ip {
+            IpAddr::V4(a) => {
+                let Some(src) = self.cfg.addrs.first() else {
+                    return;
+                };
+                let req = arp_frame(ArpOp::Request, mac, src.addr, [0; 6], a);
+                let ok = self.link.send(&req).is_ok();
+                self.counters.arp_requests += u64::from(ok);
+                ok
+            }
+            IpAddr::V6(a) => {
+                let Some(src) = self.cfg.addrs6.first() else {
+                    return;
+                };
+                let ok = self.link.send(&ndp::solicitation(mac, src.addr, a)).is_ok();
+                self.counters.ndp_solicits += u64::from(ok);
+                ok
+            }
+        };
+        if sent {
+            self.asked.insert(ip, now);
         }
     }
 }
@@ -273,17 +441,20 @@ impl Port {
 /// A frame waiting for its next hop's MAC.
 struct Pending {
     port: usize,
-    hop: Ipv4Addr,
+    hop: IpAddr,
     since: Instant,
     len: usize,
     bytes: Box<[u8]>,
 }
 
-/// An IPv4 router over [`PACKET_MMAP` rings or AF_XDP](crate::io::Link); see the [module docs](self).
+/// An IPv4 and IPv6 router over [`PACKET_MMAP` rings or AF_XDP](crate::io::Link); see the
+/// [module docs](self).
 pub struct Router {
     ports: Vec<Port>,
     /// Longest prefix first.
     routes: Vec<Route>,
+    /// Longest prefix first.
+    routes6: Vec<Route6>,
     /// Frames waiting for ARP replies (`len` 0: a free slot); allocated once.
     pending: Vec<Pending>,
     events: Vec<PollEvents>,
@@ -292,7 +463,7 @@ pub struct Router {
     /// The smallest egress frame size: larger frames are checked at receive.
     frame_min: usize,
     /// The ports' own addresses that no stage answers for: pings to them get echo replies.
-    echo_addrs: Vec<Ipv4Addr>,
+    echo_addrs: Vec<IpAddr>,
     /// Per port: fragmentation needed about packets the stages sent there that did not
     /// fit, to pass back through the stages as received on that port ([`Self::take_answers`]).
     answers: Vec<Batch<RingFrame>>,
@@ -392,7 +563,7 @@ pub fn fragment(
 fn park(
     pending: &mut [Pending],
     frame: &[u8],
-    (port, hop, since): (usize, Ipv4Addr, Instant),
+    (port, hop, since): (usize, IpAddr, Instant),
 ) -> bool {
     let Some(slot) = pending.iter_mut().find(|p| p.len == 0) else {
         return false;
@@ -403,6 +574,44 @@ fn park(
     dst.copy_from_slice(frame);
     (slot.port, slot.hop, slot.since, slot.len) = (port, hop, since, frame.len());
     true
+}
+
+/// What the router reads of an IP packet's header.
+#[derive(Clone, Copy)]
+struct Header {
+    dst: IpAddr,
+    /// TTL or hop limit.
+    hops: u8,
+    /// May not be fragmented on the way: DF set, or IPv6 (RFC 8200 §5).
+    df: bool,
+    /// ICMP or ICMPv6 right after the (fixed) header: maybe a ping of the router.
+    icmp: bool,
+}
+
+/// The header of the IPv4 or IPv6 packet at `l3` of `frame`; `None` if it is cut short or
+/// neither.
+fn header(frame: &[u8], l3: usize) -> Option<Header> {
+    match frame.get(l3)? >> 4 {
+        4 => {
+            let h = frame.get(l3..l3 + 20)?;
+            Some(Header {
+                dst: IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+                hops: h[8],
+                df: h[6] & 0x40 != 0,
+                icmp: h[9] == nf_core::flow::proto::ICMP,
+            })
+        }
+        6 => {
+            let h = frame.get(l3..l3 + 40)?;
+            Some(Header {
+                dst: IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&h[24..40]).ok()?)),
+                hops: h[7],
+                df: true,
+                icmp: h[6] == nf_core::flow::proto::ICMPV6,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// A token bucket of ICMP errors: [`ICMP_PER_SECOND`], bursts of [`ICMP_BURST`].
@@ -443,6 +652,7 @@ impl Router {
         io: IoKind,
     ) -> io::Result<Self> {
         let mut all = Vec::new();
+        let mut all6 = Vec::new();
         let mut opened = Vec::new();
         for (i, cfg) in ports.into_iter().enumerate() {
             let iface = Interface::by_name(&cfg.name)
@@ -456,12 +666,20 @@ impl Router {
                     via: None,
                 });
             }
+            for n in &cfg.addrs6 {
+                all6.push(Route6 {
+                    to: *n,
+                    port: i,
+                    via: None,
+                });
+            }
             opened.push(Port {
                 iface,
                 link,
                 cfg,
                 frame_max,
                 neighbors: HashMap::new(),
+                neighbors6: HashMap::new(),
                 asked: HashMap::new(),
                 counters: PortCounters::default(),
             });
@@ -480,7 +698,7 @@ impl Router {
         let pending = (0..PENDING_MAX)
             .map(|_| Pending {
                 port: 0,
-                hop: Ipv4Addr::UNSPECIFIED,
+                hop: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 since: Instant::ZERO,
                 len: 0,
                 bytes: vec![0; frame_max].into_boxed_slice(),
@@ -491,12 +709,22 @@ impl Router {
         let answers = (0..opened.len()).map(|_| Batch::new()).collect();
         let echo_addrs = opened
             .iter()
-            .flat_map(|p| p.cfg.addrs.iter().map(|n| n.addr))
-            .filter(|a| !opened.iter().any(|p| p.cfg.answer.contains(a)))
+            .flat_map(|p| {
+                let v4 = p.cfg.addrs.iter().map(|n| IpAddr::V4(n.addr));
+                v4.chain(p.cfg.addrs6.iter().map(|n| IpAddr::V6(n.addr)))
+            })
+            .filter(|a| {
+                !opened.iter().any(|p| match a {
+                    IpAddr::V4(a) => p.cfg.answer.contains(a),
+                    IpAddr::V6(a) => p.cfg.answer6.contains(a),
+                })
+            })
             .collect();
+        all6.sort_by_key(|r| std::cmp::Reverse(r.to.len));
         Ok(Self {
             ports: opened,
             routes: all,
+            routes6: all6,
             pending,
             events,
             peers: Vec::new(),
@@ -510,6 +738,23 @@ impl Router {
                 now: Instant::ZERO,
             },
         })
+    }
+
+    /// Adds IPv6 routes (e.g. a default route `::/0` via a gateway) to the ports' on-link
+    /// prefixes.
+    ///
+    /// # Errors
+    /// A route to a port that does not exist.
+    pub fn add_routes6(&mut self, routes: &[Route6]) -> io::Result<()> {
+        if let Some(r) = routes.iter().find(|r| r.port >= self.ports.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("route {} to port {}: no such port", r.to, r.port),
+            ));
+        }
+        self.routes6.extend_from_slice(routes);
+        self.routes6.sort_by_key(|r| std::cmp::Reverse(r.to.len));
+        Ok(())
     }
 
     /// Names fixed next hops a stage can hand a packet to without routing it (a fleet's
@@ -549,7 +794,7 @@ impl Router {
     }
 
     /// Receives up to a batch from port `i` (see the [module docs](self)); returns the frames
-    /// received. Frames that are not IPv4 for the port are marked as drops
+    /// received. Frames that are not IP for the port are marked as drops
     /// ([`DropReason::NonIp`]) and counted by the port.
     pub fn recv(&mut self, i: usize, batch: &mut Batch<RingFrame>) -> usize {
         self.recv_up_to(i, batch, nf_core::BATCH_SIZE)
@@ -582,15 +827,32 @@ impl Router {
                     let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
                     let mac = <[u8; 6]>::try_from(&eth[6..12]).unwrap_or([0xff; 6]);
                     if !port.neighbors.contains_key(&src) {
-                        port.learn(src, mac);
+                        port.learn(IpAddr::V4(src), mac);
                     }
-                    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+                    let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
                     transit_checks |=
                         h[8] <= 1 || frame.len() > frame_min || (h[9] == 1 && echo.contains(&dst));
                 }
                 continue;
+            } else if et == ethertype::IPV6 && ndp::is_ndp(frame, 14) {
+                port.ndp(frame);
+            } else if et == ethertype::IPV6 && !group {
+                if let Some(h) = frame.get(14..54) {
+                    let addr =
+                        |b: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap_or([0; 16]));
+                    let src = addr(&h[8..24]);
+                    let mac = <[u8; 6]>::try_from(&eth[6..12]).unwrap_or([0xff; 6]);
+                    if !port.neighbors6.contains_key(&src) {
+                        port.learn(IpAddr::V6(src), mac);
+                    }
+                    let dst = IpAddr::V6(addr(&h[24..40]));
+                    transit_checks |= h[7] <= 1
+                        || frame.len() > frame_min
+                        || (h[6] == nf_core::flow::proto::ICMPV6 && echo.contains(&dst));
+                }
+                continue;
             } else {
-                port.counters.non_ipv4 += 1;
+                port.counters.non_ip += 1;
             }
             p.meta.verdict = Verdict::Drop(DropReason::NonIp);
         }
@@ -600,31 +862,31 @@ impl Router {
         n
     }
 
-    /// Answers the IPv4 packets of `batch` (received on port `i`) passing through that
-    /// cannot be forwarded: TTL run out (time exceeded) or too big for their egress port
-    /// with DF set (fragmentation needed with its MTU), from port `i`'s address, within the
-    /// rate ([module docs](self)). An answer replaces its packet, its verdict
-    /// [`Verdict::Tx`] of port `i` (routed back to the sender; the stages leave it alone).
+    /// Answers the IP packets of `batch` (received on port `i`) passing through that
+    /// cannot be forwarded: TTL or hop limit run out (time exceeded) or too big for their
+    /// egress port with DF set or IPv6 (fragmentation needed or packet too big with its
+    /// MTU), from port `i`'s address of their family, within the rate ([module
+    /// docs](self)). An answer replaces its packet, its verdict [`Verdict::Tx`] of port `i`
+    /// (routed back to the sender; the stages leave it alone).
     #[cold]
     fn answer_transit(&mut self, i: usize, batch: &mut Batch<RingFrame>) {
-        let Some(from) = self
-            .ports
-            .get(i)
-            .and_then(|p| p.cfg.addrs.first())
-            .map(|n| IpAddr::V4(n.addr))
-        else {
-            return;
-        };
         for p in batch.packets_mut() {
             if p.meta.verdict != Verdict::Pass {
                 continue;
             }
-            let Some(h) = p.data().get(14..34) else {
+            let Some(Header {
+                dst,
+                hops: ttl,
+                df,
+                icmp,
+            }) = header(p.data(), 14)
+            else {
                 continue;
             };
-            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-            let (ttl, df) = (h[8], h[6] & 0x40 != 0);
-            if h[9] == 1 && self.echo_addrs.contains(&dst) {
+            let Some(from) = self.origin(i, dst.is_ipv6()) else {
+                continue;
+            };
+            if icmp && self.echo_addrs.contains(&dst) {
                 // A ping of the router: answered at once (anything else to its addresses
                 // is dropped after the stages, `to_router`).
                 let (data, meta) = p.data_and_meta_mut();
@@ -685,11 +947,19 @@ impl Router {
     }
 
     /// The route for `dst`: (egress port, next hop).
-    fn route(&self, dst: Ipv4Addr) -> Option<(usize, Ipv4Addr)> {
-        self.routes
-            .iter()
-            .find(|r| r.to.contains(dst))
-            .map(|r| (r.port, r.via.unwrap_or(dst)))
+    fn route(&self, dst: IpAddr) -> Option<(usize, IpAddr)> {
+        match dst {
+            IpAddr::V4(d) => self
+                .routes
+                .iter()
+                .find(|r| r.to.contains(d))
+                .map(|r| (r.port, IpAddr::V4(r.via.unwrap_or(d)))),
+            IpAddr::V6(d) => self
+                .routes6
+                .iter()
+                .find(|r| r.to.contains(d))
+                .map(|r| (r.port, IpAddr::V6(r.via.unwrap_or(d)))),
+        }
     }
 
     /// Forwards every passing packet of `batch` (received on port `from`) and empties it;
@@ -706,7 +976,7 @@ impl Router {
             // The frame is routed on its first IP header, whatever the stages looked at
             // (after an encapsulation, `meta` describes the inner packet).
             let l3 = match frame.get(12..18) {
-                Some([0x81, 0x00, _, _, 0x08, 0x00]) => 18,
+                Some([0x81, 0x00, _, _, 0x08, 0x00] | [0x81, 0x00, _, _, 0x86, 0xdd]) => 18,
                 _ => 14,
             };
             let count = |ports: &mut Vec<Port>, f: fn(&mut PortCounters)| {
@@ -714,15 +984,11 @@ impl Router {
                     f(&mut p.counters);
                 }
             };
-            let Some(h) = frame.get(l3..l3 + 20) else {
+            let Some(h) = header(frame, l3) else {
                 count(&mut self.ports, |c| c.malformed += 1);
                 continue;
             };
-            if h[0] >> 4 != 4 {
-                count(&mut self.ports, |c| c.malformed += 1);
-                continue;
-            }
-            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+            let dst = h.dst;
             // A hand-over to a fleet peer, or routed.
             let peer = match verdict {
                 Verdict::Tx(PortId(n)) => usize::from(n)
@@ -731,7 +997,7 @@ impl Router {
                 _ => None,
             };
             let (out, hop, routed) = match peer {
-                Some(Some((out, hop))) => (out, hop, false),
+                Some(Some((out, hop))) => (out, IpAddr::V4(hop), false),
                 Some(None) => {
                     count(&mut self.ports, |c| c.no_route += 1);
                     continue;
@@ -745,15 +1011,20 @@ impl Router {
                         count(&mut self.ports, |c| c.no_route += 1);
                         continue;
                     };
-                    if h[8] <= 1 {
+                    if h.hops <= 1 {
                         self.expire(from, out, l3, pkt);
                         continue;
                     }
                     (out, hop, true)
                 }
             };
-            // TTL − 1: the word (TTL, protocol) at bytes 8–9, the checksum at 10–11.
-            if routed && let Some(w) = frame.get_mut(l3 + 8..l3 + 12) {
+            if routed && dst.is_ipv6() {
+                // Hop limit − 1 (no header checksum in IPv6).
+                if let Some(hops) = frame.get_mut(l3 + 7) {
+                    *hops -= 1;
+                }
+            } else if routed && let Some(w) = frame.get_mut(l3 + 8..l3 + 12) {
+                // TTL − 1: the word (TTL, protocol) at bytes 8–9, the checksum at 10–11.
                 let old = u16::from_be_bytes([w[0], w[1]]);
                 let new = old.wrapping_sub(0x100);
                 let check = update16(u16::from_be_bytes([w[2], w[3]]), old, new);
@@ -765,8 +1036,7 @@ impl Router {
             };
             port.counters.to_peer += u64::from(!routed);
             let too_big = frame.len() > port.frame_max;
-            let df = frame.get(l3 + 6).is_some_and(|f| f & 0x40 != 0);
-            if too_big && df {
+            if too_big && h.df {
                 self.bounce(from, out, l3, pkt);
                 continue;
             }
@@ -774,7 +1044,7 @@ impl Router {
             if let Some(eth) = frame.get_mut(6..12) {
                 eth.copy_from_slice(&mac);
             }
-            match port.neighbors.get(&hop) {
+            match port.neighbor(hop) {
                 Some(dmac) => {
                     if let Some(eth) = frame.get_mut(..6) {
                         eth.copy_from_slice(dmac);
@@ -828,8 +1098,9 @@ impl Router {
     }
 
     /// A packet (received on port `from`) the stages sent to port `out` that does not fit
-    /// its MTU: with DF set, and its IP header the one the stages parsed (not grown by an
-    /// encapsulation), it becomes fragmentation needed from `out`'s address, kept to pass
+    /// its MTU: with DF set or IPv6, and its IP header the one the stages parsed (not grown
+    /// by an encapsulation), it becomes fragmentation needed (packet too big) from `out`'s
+    /// address of its family, kept to pass
     /// back through the stages as received on `out` ([`Self::take_answers`]: a NAT or a
     /// load balancer translates it back to the sender); else it is dropped (`too_big`).
     #[cold]
@@ -838,8 +1109,9 @@ impl Router {
             return;
         };
         let mtu = u32::try_from(port.frame_max - 14).unwrap_or(u32::MAX);
-        let origin = self.origin(out);
-        let df = pkt.data().get(l3 + 6).is_some_and(|f| f & 0x40 != 0);
+        let h = header(pkt.data(), l3);
+        let origin = h.and_then(|h| self.origin(out, h.dst.is_ipv6()));
+        let df = h.is_some_and(|h| h.df);
         let answered = df
             && usize::from(pkt.meta.l3) == l3
             && pkt.meta.has(nf_core::flags::L3_VALID)
@@ -863,7 +1135,8 @@ impl Router {
     /// 5508), as Linux answers after its DNAT; else it is dropped (`ttl_expired`).
     #[cold]
     fn expire(&mut self, from: usize, out: usize, l3: usize, mut pkt: nf_core::Packet<RingFrame>) {
-        let origin = self.origin(out);
+        let v6 = header(pkt.data(), l3).is_some_and(|h| h.dst.is_ipv6());
+        let origin = self.origin(out, v6);
         let parsed = usize::from(pkt.meta.l3) == l3 && pkt.meta.has(nf_core::flags::L3_VALID);
         let answered = parsed
             && origin.is_some_and(|o| self.icmp.take() && icmp_time_exceeded(&mut pkt, o).is_ok());
@@ -878,10 +1151,14 @@ impl Router {
         }
     }
 
-    /// Port `port`'s (first) address: where its ICMP errors come from.
-    fn origin(&self, port: usize) -> Option<IpAddr> {
-        let a = self.ports.get(port)?.cfg.addrs.first()?;
-        Some(IpAddr::V4(a.addr))
+    /// Port `port`'s (first) address of a family: where its ICMP errors come from.
+    fn origin(&self, port: usize, v6: bool) -> Option<IpAddr> {
+        let cfg = &self.ports.get(port)?.cfg;
+        if v6 {
+            Some(IpAddr::V6(cfg.addrs6.first()?.addr))
+        } else {
+            Some(IpAddr::V4(cfg.addrs.first()?.addr))
+        }
     }
 
     /// Keeps `answer` (about a packet on its way to port `out`) to pass through the stages
@@ -915,7 +1192,7 @@ impl Router {
                 slot.len = 0;
                 continue;
             };
-            if let Some(dmac) = port.neighbors.get(&slot.hop) {
+            if let Some(dmac) = port.neighbor(slot.hop) {
                 slot.bytes[..6].copy_from_slice(dmac);
                 if port.link.send(&slot.bytes[..slot.len]).is_ok() {
                     port.counters.forwarded_after_arp += 1;
@@ -990,10 +1267,13 @@ impl Router {
                 ("tx_too_big", tx.too_big),
                 ("tx_dropped_link_down", tx.dropped_link_down),
                 ("not_for_us", c.not_for_us),
-                ("non_ipv4", c.non_ipv4),
+                ("non_ip", c.non_ip),
                 ("arp", c.arp),
                 ("arp_replies", c.arp_replies),
                 ("arp_requests", c.arp_requests),
+                ("ndp", c.ndp),
+                ("ndp_adverts", c.ndp_adverts),
+                ("ndp_solicits", c.ndp_solicits),
                 ("neighbors_learned", c.neighbors_learned),
                 ("neighbors_full", c.neighbors_full),
                 ("forwarded", c.forwarded),
@@ -1207,6 +1487,18 @@ mod tests {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
         }
         assert_eq!(n.to_string(), "10.1.2.3/24");
+        let n6: Ipv6Net = "2001:db8:1::1/48".parse().unwrap();
+        assert!(n6.contains("2001:db8:1:ffff::9".parse().unwrap()));
+        assert!(!n6.contains("2001:db8:2::1".parse().unwrap()));
+        let all6: Ipv6Net = "::/0".parse().unwrap();
+        assert!(all6.contains("fd00::1".parse().unwrap()));
+        let host6: Ipv6Net = "fd00::1".parse().unwrap();
+        assert_eq!(host6.len, 128);
+        assert!(!host6.contains("fd00::2".parse().unwrap()));
+        for bad in ["fd00::1/129", "10.0.0.1/8", "fd00::1/", "fd00:::1/64"] {
+            assert!(bad.parse::<Ipv6Net>().is_err(), "{bad}");
+        }
+        assert_eq!(n6.to_string(), "2001:db8:1::1/48");
     }
 
     /// A UDP datagram of `len` bytes of payload (from `mul`) from 10.0.0.2 to 203.0.113.2.

@@ -132,8 +132,9 @@ fn download(lab: &mut Lab, i: &str, o: &str) {
 /// Python's `http.server` without the reverse DNS lookup of its own address that
 /// `python3 -m http.server` makes at start (through the gateway, to a resolver that is not
 /// there: seconds of delay).
-const HTTP_SERVER: &str = "import functools, http.server as h, socketserver, sys
+const HTTP_SERVER: &str = "import functools, http.server as h, socket, socketserver, sys
 class S(h.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
     def server_bind(self):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = 'lab', self.server_address[1]
@@ -837,3 +838,135 @@ if sys.argv[3:] == ['ra']:
 s.settimeout(3)
 s.sendto(b'x' * n, (sys.argv[1], int(sys.argv[2])))
 print('size', s.recv(100).decode(), flush=True)";
+
+/// A UDP server on `sys.argv[1]` port 7000 answering each datagram with the address and
+/// port it came from.
+const WHO_ASKS: &str = "import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 7000))
+print('who ready', flush=True)
+while True:
+    d, a = s.recvfrom(100)
+    s.sendto(('%s:%d' % (a[0], a[1])).encode(), a)";
+
+/// Asks `sys.argv[1]` port 7000 who it sees; prints the answer.
+const ASK: &str = "import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b'?', (sys.argv[1], 7000))
+print('seen', s.recv(100).decode(), flush=True)";
+
+/// Runs `args` in namespace `ns`; its stdout and stderr.
+fn output(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// IPv6 beside IPv4 (`--inside-addr6`, `--outside-addr6`): the router answers the Linux
+/// hosts' neighbour solicitations and solicits theirs (RFC 4861), and NAT66 under the rfc
+/// profile translates ping, a UDP flow (the outside host sees the public IPv6 address) and
+/// a 1 MiB HTTP download over TCP from the inside host (fd00::2) to the outside one
+/// (2001:db8::2), while IPv4 goes on as before; unsolicited pings to the public address
+/// fail; the gateway's inside address answers pings; a ping with hop limit 1 hears time
+/// exceeded, and one too big for the outside link's MTU of 1,400 hears packet too big
+/// (RFC 4443), both from the gateway's inside IPv6 address.
+#[test]
+fn translates_ipv6_beside_ipv4() {
+    let Some((mut lab, [i, g, o])) = lab("nf6") else {
+        return;
+    };
+    // IPv6 on the hosts (addresses without duplicate address detection); the gateway's
+    // kernel stays without it (the gateway owns its interfaces).
+    sh(&format!(
+        "for n in {i} {o}; do ip netns exec $n sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0; done
+         ip netns exec {i} sysctl -qw net.ipv6.conf.ih.disable_ipv6=0
+         ip netns exec {o} sysctl -qw net.ipv6.conf.oh.disable_ipv6=0
+         ip -n {i} -6 addr add fd00::2/64 dev ih nodad
+         ip -n {o} -6 addr add 2001:db8::2/64 dev oh nodad
+         ip -n {i} -6 route add default via fd00::1
+         ip -n {g} link set og mtu 1400; ip -n {o} link set oh mtu 1400"
+    ));
+    let (who, _) = lab.spawn_watched(
+        Command::new("ip")
+            .args(["netns", "exec", &o, common::system_python(), "-c", WHO_ASKS])
+            .arg("2001:db8::2"),
+    );
+    wait_for(&who, "who ready", 10, &mut Vec::new());
+    serve(&mut lab, &o, "2001:db8::2", "8000");
+    let (lines, seen) = start_gateway(
+        &mut lab,
+        &g,
+        &[
+            "--profile",
+            "rfc",
+            "--inside-addr6",
+            "fd00::1/64",
+            "--outside-addr6",
+            "2001:db8::1/64",
+        ],
+    );
+    assert_eq!(pings(&i, "2001:db8::2", 3), 3, "inside -> outside, NAT66");
+    assert_eq!(pings(&i, "203.0.113.2", 2), 2, "IPv4 beside it");
+    assert_eq!(pings(&i, "fd00::1", 2), 2, "the gateway's inside address");
+    let said = output(&i, &[common::system_python(), "-c", ASK, "2001:db8::2"]);
+    assert!(said.contains("seen 2001:db8::1:"), "{said}");
+    fetch(&mut lab, &i, "http://[2001:db8::2]:8000/blob");
+    assert_eq!(
+        pings(&o, "2001:db8::1", 2),
+        0,
+        "unsolicited ping to the public address"
+    );
+    let hop = output(
+        &i,
+        &["ping", "-n", "-c", "1", "-W", "1", "-t", "1", "2001:db8::2"],
+    );
+    assert!(
+        hop.contains("From fd00::1") && hop.contains("Time exceeded"),
+        "{hop}"
+    );
+    let big = output(
+        &i,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            "2001:db8::2",
+        ],
+    );
+    assert!(
+        big.contains("From fd00::1") && big.contains("Packet too big: mtu=1400"),
+        "{big}"
+    );
+    let (c, seen) = stop_gateway(&mut lab, &lines, seen);
+    let get = |k: &str| {
+        *c.get(k)
+            .unwrap_or_else(|| panic!("no {k}:\n{}", seen.join("\n")))
+    };
+    for k in [
+        "ig.ndp_adverts",
+        "og.ndp_solicits",
+        "ig.echo_replies",
+        "ig.time_exceeded_sent",
+        "ig.frag_needed_sent",
+    ] {
+        assert!(get(k) >= 1, "{k}: {c:?}");
+    }
+    assert!(get("snat.flows_translated") >= 4, "{c:?}");
+    assert_eq!(get("conntrack.service_rejected"), 0, "{c:?}");
+    println!("{}", seen.join("\n"));
+}

@@ -549,11 +549,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 name: args.client.clone(),
                 addrs: vec![args.client_addr],
                 answer: args.vips.iter().map(|(v, _)| *v.ip()).collect(),
+                ..PortConfig::default()
             },
             PortConfig {
                 name: args.backend.clone(),
                 addrs: vec![args.backend_addr],
-                answer: Vec::new(),
+                ..PortConfig::default()
             },
         ];
         let routes = [Route {

@@ -13,6 +13,14 @@
 //! inside, everything else to the outside (on-link, or `--gateway`). `--profile off` routes
 //! without translating, which gives the figures of the I/O and routing alone.
 //!
+//! IPv6 beside IPv4: `--inside-addr6` and `--outside-addr6` give the gateway an address and
+//! an on-link prefix on each side (answered and resolved by neighbour discovery,
+//! [`nf_examples::ndp`]), `--gateway6` the outside next hop, and a NAT profile then
+//! translates the inside IPv6 prefix to the outside IPv6 address (or each `--public6`):
+//! stateful NAT66 by the same SNAT service. Frames from outside to an address that is not
+//! public and from inside with a source outside the inside prefix are dropped for either
+//! family (`gateway.spoofed`). A fleet translates IPv4 only.
+//!
 //! On SIGINT/SIGTERM, or after `--duration` seconds, it prints its counters (`name value`
 //! per line) and exits; on SIGUSR1 it prints them and goes on.
 //!
@@ -93,12 +101,14 @@ mod linux {
     use nf_core::flow::proto;
     use nf_core::reply::IcmpOrigin;
     use nf_core::{
-        Batch, DropReason, Family, Instant, Packet, ParseConfig, ParseStage, PortId, Stage,
-        StageControl, Verdict, flags, parse_frame,
+        Batch, DropReason, Instant, Packet, ParseConfig, ParseStage, PortId, Stage, StageControl,
+        Verdict, flags, parse_frame,
     };
     use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame};
-    use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
+    use nf_examples::router::{
+        Function, Ipv4Net, Ipv6Net, PortConfig, Route, Route6, Router, serve,
+    };
     use nf_examples::say;
     use nf_examples::sync::{SyncConfig, SyncLink};
     use nf_nat::{
@@ -106,7 +116,7 @@ mod linux {
         nat_timeouts, owner_of,
     };
     use std::collections::VecDeque;
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
     use std::path::PathBuf;
     use std::process::ExitCode;
 
@@ -118,6 +128,8 @@ mod linux {
     const USAGE: &str = "\
 usage: nat-gateway --inside IF --inside-addr IPV4/LEN --outside IF --outside-addr IPV4/LEN
                    [--gateway IPV4] [--public IPV4]... [--profile P] [--filtering F]
+                   [--inside-addr6 IPV6/LEN --outside-addr6 IPV6/LEN [--gateway6 IPV6]
+                    [--public6 IPV6]...]
                    [--forward PROTO:PORT=IPV4:PORT]... [--sessions N] [--no-window]
                    [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
                    [--block-log FILE]
@@ -137,6 +149,12 @@ on SIGUSR1, or after --duration.
   --outside-addr A/LEN   the gateway's outside address and its on-link prefix
   --gateway IPV4         the outside next hop for destinations not on-link
   --public IPV4          a public address (repeatable; default: the outside address)
+  --inside-addr6 A/LEN   IPv6 too (NAT66 under a NAT profile): the gateway's inside
+                         IPv6 address and the inside IPv6 prefix
+  --outside-addr6 A/LEN  the gateway's outside IPv6 address and its on-link prefix
+  --gateway6 IPV6        the outside IPv6 next hop for destinations not on-link
+  --public6 IPV6         a public IPv6 address (repeatable; default: the outside
+                         IPv6 address). Not in a fleet, not announced over BGP
   --profile P            rfc (default): endpoint-independent mapping (RFC 4787/5382);
                          hyperplane: ports unique per destination, 350 s idle,
                          then a RST to the inside host;
@@ -188,6 +206,8 @@ on SIGUSR1, or after --duration.
         outside_addr: Ipv4Net,
         gateway: Option<Ipv4Addr>,
         public: Vec<Ipv4Addr>,
+        /// `--inside-addr6`, `--outside-addr6`, `--gateway6`, `--public6`.
+        v6: Option<V6Args>,
         profile: Profile,
         filtering: Filtering,
         forwards: Vec<(u8, u16, SocketAddrV4)>,
@@ -207,6 +227,15 @@ on SIGUSR1, or after --duration.
         announce: AnnounceArgs,
     }
 
+    /// The IPv6 side of the command line.
+    #[derive(Clone, Debug, PartialEq)]
+    struct V6Args {
+        inside_addr: Ipv6Net,
+        outside_addr: Ipv6Net,
+        gateway: Option<Ipv6Addr>,
+        public: Vec<Ipv6Addr>,
+    }
+
     pub(crate) fn main() -> ExitCode {
         let usage = format!(
             "{USAGE}\n\nThe public addresses announced to a router (/32, next hop: --outside-addr):\n{}",
@@ -224,6 +253,7 @@ on SIGUSR1, or after --duration.
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut inside, mut inside_addr, mut outside, mut outside_addr) = (None, None, None, None);
         let (mut gateway, mut public, mut duration) = (None, Vec::new(), None);
+        let (mut inside6, mut outside6, mut gateway6, mut public6) = (None, None, None, Vec::new());
         let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut sync_listen, mut peers, mut sync_key_file) = (None, Vec::new(), None);
@@ -256,6 +286,10 @@ on SIGUSR1, or after --duration.
                 "--outside-addr" => outside_addr = Some(value.parse::<Ipv4Net>()?),
                 "--gateway" => gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
                 "--public" => public.push(value.parse().map_err(|_| bad("an IPv4 address"))?),
+                "--inside-addr6" => inside6 = Some(value.parse::<Ipv6Net>()?),
+                "--outside-addr6" => outside6 = Some(value.parse::<Ipv6Net>()?),
+                "--gateway6" => gateway6 = Some(value.parse().map_err(|_| bad("an IPv6 address"))?),
+                "--public6" => public6.push(value.parse().map_err(|_| bad("an IPv6 address"))?),
                 "--profile" => {
                     profile = match value.as_str() {
                         "off" => Profile::Off,
@@ -303,6 +337,26 @@ on SIGUSR1, or after --duration.
         if public.is_empty() {
             public.push(outside_addr.addr);
         }
+        let v6 = match (inside6, outside6) {
+            (Some(inside_addr), Some(outside_addr)) => {
+                if public6.is_empty() {
+                    public6.push(outside_addr.addr);
+                }
+                Some(V6Args {
+                    inside_addr,
+                    outside_addr,
+                    gateway: gateway6,
+                    public: public6,
+                })
+            }
+            (None, None) if gateway6.is_none() && public6.is_empty() => None,
+            _ => {
+                return Err(
+                    "IPv6: --inside-addr6 and --outside-addr6 go together (and with --gateway6, --public6)"
+                        .into(),
+                );
+            }
+        };
         let fleet = match (sync_listen, peers.is_empty()) {
             (Some(l), false) => Some((l, peers)),
             (None, true) => None,
@@ -311,6 +365,9 @@ on SIGUSR1, or after --duration.
         if let Some((_, peers)) = &fleet {
             if !matches!(profile, Profile::Nat(_)) {
                 return Err("a fleet needs a NAT profile (rfc, hyperplane or cgn)".into());
+            }
+            if v6.is_some() {
+                return Err("a fleet translates IPv4 only (no --inside-addr6)".into());
             }
             let mut outside: Vec<Ipv4Addr> = peers.iter().map(|p| p.0).collect();
             outside.push(outside_addr.addr);
@@ -335,6 +392,7 @@ on SIGUSR1, or after --duration.
             outside_addr,
             gateway,
             public,
+            v6,
             profile,
             filtering,
             forwards,
@@ -612,6 +670,9 @@ on SIGUSR1, or after --duration.
         spoofed: u64,
         inside: Ipv4Net,
         public: Vec<Ipv4Addr>,
+        /// The inside IPv6 prefix and the public IPv6 addresses (`--inside-addr6`).
+        inside6: Option<Ipv6Net>,
+        public6: Vec<Ipv6Addr>,
         fleet: Option<Fleet>,
         /// The public addresses' announcement to the router (`--bgp-peer`).
         announce: Option<Announcer>,
@@ -670,12 +731,27 @@ on SIGUSR1, or after --duration.
                     spoofed: 0,
                     inside: args.inside_addr,
                     public: args.public.clone(),
+                    inside6: args.v6.as_ref().map(|v| v.inside_addr),
+                    public6: args
+                        .v6
+                        .as_ref()
+                        .map(|v| v.public.clone())
+                        .unwrap_or_default(),
                     fleet: None,
                     announce: None,
                     block_log: None,
                 });
             };
-            let public: Vec<IpAddr> = args.public.iter().map(|a| IpAddr::V4(*a)).collect();
+            let v6 = args.v6.as_ref();
+            let public: Vec<IpAddr> = args
+                .public
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .chain(
+                    v6.iter()
+                        .flat_map(|v| v.public.iter().map(|a| IpAddr::V6(*a))),
+                )
+                .collect();
             // A per-run secret: port choice must not be predictable from outside.
             let secret = nf_examples::cli::random_secret();
             let mut ports = AllocatorConfig::new(*profile, public, secret)
@@ -693,10 +769,12 @@ on SIGUSR1, or after --duration.
                 });
             }
             let inside = args.inside_addr;
+            // IPv6 sessions: as many as IPv4 ones when NAT66 is on.
+            let sessions6 = if v6.is_some() { args.sessions } else { 64 };
             let mut cfg = SnatConfig::new(ports)
                 .with_inside(InsidePrefix::new(IpAddr::V4(inside.addr), inside.len))
                 .with_filtering(args.filtering)
-                .with_v6_sessions(64)
+                .with_v6_sessions(sessions6 as usize)
                 // The inside port: the router sends the RST on to the inside host. In a
                 // fleet the segment may belong to a session whose copy is on its way: it
                 // waits for it, and gets its RST from the fleet if none comes
@@ -709,9 +787,13 @@ on SIGUSR1, or after --duration.
                 // prohibited from the gateway's inside address (RFC 5508 REQ-8).
                 .with_refusal_icmp(Some(IcmpOrigin::new(
                     Some(IpAddr::V4(inside.addr)),
-                    None,
+                    v6.map(|v| IpAddr::V6(v.inside_addr.addr)),
                     PortId(INSIDE as u16),
                 )));
+            if let Some(v) = v6 {
+                let inside = v.inside_addr;
+                cfg = cfg.with_inside(InsidePrefix::new(IpAddr::V6(inside.addr), inside.len));
+            }
             let first = args.public.first().copied().ok_or("no public address")?;
             for (proto, port, to) in &args.forwards {
                 let public = SocketAddr::V4(SocketAddrV4::new(first, *port));
@@ -721,7 +803,7 @@ on SIGUSR1, or after --duration.
             let mut snat = Snat::new(cfg).map_err(|e| format!("NAT config: {e}"))?;
             let mut ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
                 v4: args.sessions.saturating_mul(2),
-                v6: 64,
+                v6: sessions6.saturating_mul(2),
             });
             ct.v4.timeouts = timeouts;
             ct.v6.timeouts = timeouts;
@@ -772,6 +854,8 @@ on SIGUSR1, or after --duration.
                 spoofed: 0,
                 inside: args.inside_addr,
                 public: args.public.clone(),
+                inside6: v6.map(|v| v.inside_addr),
+                public6: v6.map(|v| v.public.clone()).unwrap_or_default(),
                 fleet,
                 announce: None,
                 block_log: args.block_log.as_deref().map(BlockLog::open).transpose()?,
@@ -797,14 +881,15 @@ on SIGUSR1, or after --duration.
                 return;
             };
             for p in batch.packets_mut() {
-                if p.meta.verdict != Verdict::Pass || p.meta.flow.family() != Family::V4 {
+                if p.meta.verdict != Verdict::Pass {
                     continue;
                 }
                 let (src, dst) = (p.meta.flow.src_ip(), p.meta.flow.dst_ip());
                 let ok = match (port, src, dst) {
                     (INSIDE, IpAddr::V4(s), _) => self.inside.contains(s),
+                    (INSIDE, IpAddr::V6(s), _) => self.inside6.is_some_and(|n| n.contains(s)),
                     (_, _, IpAddr::V4(d)) => self.public.contains(&d),
-                    _ => false,
+                    (_, _, IpAddr::V6(d)) => self.public6.contains(&d),
                 };
                 if !ok {
                     self.spoofed += 1;
@@ -891,12 +976,15 @@ on SIGUSR1, or after --duration.
             PortConfig {
                 name: args.inside.clone(),
                 addrs: vec![args.inside_addr],
-                answer: Vec::new(),
+                addrs6: args.v6.iter().map(|v| v.inside_addr).collect(),
+                ..PortConfig::default()
             },
             PortConfig {
                 name: args.outside.clone(),
                 addrs: vec![args.outside_addr],
                 answer: args.public.clone(),
+                addrs6: args.v6.iter().map(|v| v.outside_addr).collect(),
+                answer6: args.v6.iter().flat_map(|v| v.public.clone()).collect(),
             },
         ];
         let mut routes = Vec::new();
@@ -915,6 +1003,15 @@ on SIGUSR1, or after --duration.
         }
         let mut router = Router::open(ports, &routes, &RingConfig::default(), args.io)
             .map_err(|e| e.to_string())?;
+        if let Some(v6) = &args.v6 {
+            router
+                .add_routes6(&[Route6 {
+                    to: "::/0".parse()?,
+                    port: OUTSIDE,
+                    via: v6.gateway,
+                }])
+                .map_err(|e| e.to_string())?;
+        }
         if let Some((_, peers)) = &args.fleet {
             // Packets for another node's port go out on the outside to that node.
             router
@@ -926,13 +1023,17 @@ on SIGUSR1, or after --duration.
         let here = args.outside_addr.addr;
         pipeline.announce = args.announce.start(publics, here, here)?;
         say!(
-            "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}",
+            "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}{}",
             args.inside,
             args.inside_addr,
             args.outside,
             args.outside_addr,
             args.profile,
-            args.public
+            args.public,
+            args.v6.as_ref().map_or(String::new(), |v| format!(
+                "; IPv6 inside {}, outside {}, public {:?}",
+                v.inside_addr, v.outside_addr, v.public
+            ))
         );
         let metrics = nf_examples::prometheus::start_for("nat-gateway", args.metrics)?;
         serve(
