@@ -32,6 +32,10 @@
 //!   inside link's MTU 1,400 instead: the outside host's DF datagram to a UDP port forward
 //!   does not fit once translated, and the fragmentation needed the gateway makes reaches it
 //!   through the NAT (its kernel's path MTU to the public address becomes 1,400).
+//! - IPv6 beside IPv4 (NAT66, rfc profile; inside fd00::2/64, outside 2001:db8::2/64): the
+//!   hosts and the gateway resolve each other by neighbour discovery; ping, a UDP flow seen
+//!   from the public IPv6 address and an HTTP download pass; unsolicited pings do not; hop
+//!   limit 1 and a DF ping too big for the outside MTU of 1,400 hear ICMPv6 errors.
 //!
 //! Needs root, `ip`, `ping`, `curl`, `python3`, `ethtool`, `iperf3`, coturn, scapy, `tcpdump`
 //! and `tshark`: without
