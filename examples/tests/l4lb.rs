@@ -19,6 +19,9 @@
 //! backends' link at an MTU of 1,400, a client's DF datagram too big for it brings back
 //! fragmentation needed through the VIP (path MTU discovery through the load balancer).
 //!
+//! Dual stack: an IPv6 VIP beside the IPv4 one, over the backends' IPv6 addresses, the same
+//! spread and the client's own IPv6 address at every backend.
+//!
 //! Encap mode (direct server return): the same spread, with each backend receiving its
 //! flows through a Linux VXLAN device (VNI 42) that holds the VIP and answering through the
 //! client's second leg on the backends' bridge (`10.1.0.2`); the load balancer forwards
@@ -39,9 +42,11 @@ use std::time::Duration;
 
 const L4LB: &str = env!("CARGO_BIN_EXE_l4lb");
 const REQUESTS: usize = 300;
+/// The IPv4 VIP's web service.
+const V4_URL: &str = "http://192.0.2.10/";
 
 /// An HTTP server answering every GET with its name and the client's address.
-const WHO_SERVER: &str = "import http.server as h, socketserver, sys
+const WHO_SERVER: &str = "import http.server as h, socket, socketserver, sys
 class H(h.BaseHTTPRequestHandler):
     def do_GET(self):
         body = f'{sys.argv[3]} {self.client_address[0]} {self.client_address[1]}\\n'.encode()
@@ -53,6 +58,7 @@ class H(h.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 class S(h.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
     def server_bind(self):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = 'lab', self.server_address[1]
@@ -82,10 +88,9 @@ for s in socks:
         out.append('timeout')
 print('results', *out, flush=True)";
 
-/// `n` requests to the VIP, each on its own connection: (backend name → count, client
-/// addresses the backends saw).
-fn requests(c: &str, n: usize) -> Requests {
-    let url = "http://192.0.2.10/";
+/// `n` requests to the VIP's `url`, each on its own connection: (backend name → count,
+/// client addresses the backends saw).
+fn requests(c: &str, url: &str, n: usize) -> Requests {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", c, "curl", "-s", "--max-time", "3"]);
     for _ in 0..n {
@@ -143,7 +148,16 @@ struct Setup {
 /// outside CI.
 /// The lab, the balancer started with `extra`; with `backend_mtu`, the backends' link at that
 /// MTU (the balancer's side, the bridge and the backends).
-fn setup(tag: &str, encap: bool, extra: &[&str], backend_mtu: Option<u16>) -> Option<Setup> {
+/// With `v6`, the lab is dual-stack: the client 2001:db8:c::2/64, the backends
+/// fd00:1::11–13/64 (their servers on those addresses too, the same weights), and the VIP
+/// [2001:db8:10::10]:80 beside the IPv4 ones.
+fn setup(
+    tag: &str,
+    encap: bool,
+    extra: &[&str],
+    backend_mtu: Option<u16>,
+    v6: bool,
+) -> Option<Setup> {
     if !common::is_root() {
         assert!(!common::in_ci(), "l4lb needs root under CI=true");
         eprintln!("SKIP: l4lb needs root (set CI=true to make this a failure)");
@@ -212,6 +226,22 @@ fn setup(tag: &str, encap: bool, extra: &[&str], backend_mtu: Option<u16>) -> Op
             "for i in 1 2 3; do ip -n {t}b$i route add default via 10.1.0.1; done"
         ));
     }
+    if v6 {
+        // IPv6 on the client and the backends (without duplicate address detection); the
+        // load balancer's kernel stays without it.
+        let on = "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0";
+        sh(&format!(
+            "ip netns exec {c} {on}; ip netns exec {c} sysctl -qw net.ipv6.conf.ch.disable_ipv6=0
+             ip -n {c} -6 addr add 2001:db8:c::2/64 dev ch nodad
+             ip -n {c} -6 route add default via 2001:db8:c::1
+             for i in 1 2 3; do
+               b={t}b$i
+               ip netns exec $b {on}; ip netns exec $b sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0
+               ip -n $b -6 addr add fd00:1::1$i/64 dev eth0 nodad
+               ip -n $b -6 route add default via fd00:1::1
+             done"
+        ));
+    }
     if let Some(mtu) = backend_mtu {
         sh(&format!(
             "ip -n {g} link set bg mtu {mtu}; ip -n {s} link set sg mtu {mtu}
@@ -228,13 +258,20 @@ fn setup(tag: &str, encap: bool, extra: &[&str], backend_mtu: Option<u16>) -> Op
         let addr = if encap { "192.0.2.10" } else { addr };
         lab.spawn(ns, &[py, "-c", WHO_SERVER, addr, "80", name]);
         lab.spawn(ns, &["iperf3", "-s", "-p", "5201"]);
+        if v6 {
+            let addr6 = format!("fd00:1::1{}", &name[1..]);
+            lab.spawn(ns, &[py, "-c", WHO_SERVER, &addr6, "80", name]);
+        }
     }
     let file = lab.dir.join("backends");
-    std::fs::write(
-        &file,
-        "10.1.0.11:0 weight=1\n10.1.0.12:0 weight=2\n10.1.0.13:0 weight=3\n",
-    )
-    .unwrap();
+    let mut pool =
+        String::from("10.1.0.11:0 weight=1\n10.1.0.12:0 weight=2\n10.1.0.13:0 weight=3\n");
+    if v6 {
+        pool.push_str(
+            "[fd00:1::11]:0 weight=1\n[fd00:1::12]:0 weight=2\n[fd00:1::13]:0 weight=3\n",
+        );
+    }
+    std::fs::write(&file, pool).unwrap();
     let mut lb = Command::new("ip");
     lb.args(["netns", "exec", &g, L4LB])
         .args(["--client", "cg", "--client-addr", "198.51.100.1/24"])
@@ -250,6 +287,11 @@ fn setup(tag: &str, encap: bool, extra: &[&str], backend_mtu: Option<u16>) -> Op
         .arg(&file)
         .args(["--duration", "120"])
         .args(extra);
+    if v6 {
+        lb.args(["--client-addr6", "2001:db8:c::1/64"])
+            .args(["--backend-addr6", "fd00:1::1/64"])
+            .args(["--vip", "[2001:db8:10::10]:80"]);
+    }
     if !encap {
         lb.args(["--io", "packet"]);
     }
@@ -299,10 +341,10 @@ fn stop(s: &mut Setup) -> BTreeMap<String, u64> {
     counters(&s.seen)
 }
 
-/// Weights 1:2:3 over `REQUESTS` new connections, and the client's own address at every
-/// backend.
-fn check_spread(c: &str) {
-    let Requests { by, ports, clients } = requests(c, REQUESTS);
+/// Weights 1:2:3 over `REQUESTS` new connections to `url`, and the client's own address
+/// (`client`) at every backend.
+fn check_spread(c: &str, url: &str, client: &str) {
+    let Requests { by, ports, clients } = requests(c, url, REQUESTS);
     assert_eq!(by.values().sum::<usize>(), REQUESTS, "{by:?}");
     let tuples: usize = ports.values().map(|p| p.len()).sum();
     assert!(tuples >= REQUESTS / 2, "{tuples} distinct tuples: {by:?}");
@@ -315,19 +357,19 @@ fn check_spread(c: &str) {
         );
     }
     assert!(
-        clients.iter().all(|a| a == "198.51.100.2"),
+        clients.iter().all(|a| a == client),
         "backends must see the client: {clients:?}"
     );
 }
 
 #[test]
 fn balances_by_weight_keeps_client_addresses_and_established_flows() {
-    let Some(mut st) = setup("d", false, &[], None) else {
+    let Some(mut st) = setup("d", false, &[], None, false) else {
         return;
     };
     let (c, pid, file) = (st.c.clone(), st.pid, st.file.clone());
     let [b1, b2, b3] = st.backends.clone();
-    check_spread(&c);
+    check_spread(&c, V4_URL, "198.51.100.2");
     // Connections held open (no request sent yet) across the reload below: those whose
     // backend it removes must be reset by the load balancer's RST, the others answered.
     let mut held = Command::new("ip")
@@ -420,7 +462,7 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
     let _ = held.wait();
 
     // New requests go to the carrier only (the drained one takes no new flows).
-    let after = requests(&c, 30).by;
+    let after = requests(&c, V4_URL, 30).by;
     let only = format!("b{}", carrier + 1);
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
@@ -443,10 +485,10 @@ fn balances_by_weight_keeps_client_addresses_and_established_flows() {
 
 #[test]
 fn encap_mode_backends_decapsulate_with_linux_vxlan_and_answer_directly() {
-    let Some(mut st) = setup("e", true, &[], None) else {
+    let Some(mut st) = setup("e", true, &[], None, false) else {
         return;
     };
-    check_spread(&st.c.clone());
+    check_spread(&st.c.clone(), V4_URL, "198.51.100.2");
     // A transfer through the VIP: the data goes in VXLAN to one backend, the ACKs come
     // straight back.
     let iperf = Command::new("ip")
@@ -518,7 +560,13 @@ else:
 /// client's connected socket keeps receiving the answers from the VIP.
 #[test]
 fn udp_flow_of_a_down_backend_moves_with_its_answers_under_rehash() {
-    let Some(mut st) = setup("u", false, &["--proto", "udp", "--on-down", "rehash"], None) else {
+    let Some(mut st) = setup(
+        "u",
+        false,
+        &["--proto", "udp", "--on-down", "rehash"],
+        None,
+        false,
+    ) else {
         return;
     };
     let py = common::system_python();
@@ -574,7 +622,7 @@ fn udp_flow_of_a_down_backend_moves_with_its_answers_under_rehash() {
 /// sent, to the VIP), and the client's kernel lowers its path MTU to the VIP.
 #[test]
 fn fragmentation_needed_reaches_the_client_through_the_vip() {
-    let Some(mut st) = setup("m", false, &["--proto", "udp"], Some(1400)) else {
+    let Some(mut st) = setup("m", false, &["--proto", "udp"], Some(1400), false) else {
         return;
     };
     let out = common::python_in(&st.c, common::DF_DATAGRAMS)
@@ -592,4 +640,25 @@ fn fragmentation_needed_reaches_the_client_through_the_vip() {
         c.get("lb.icmp_errors_translated").is_some_and(|n| *n >= 1),
         "{c:?}"
     );
+}
+
+/// Dual stack: an IPv6 VIP beside the IPv4 one (DNAT to the IPv6 backends): the client and
+/// the backends resolve the load balancer by neighbour discovery and it them, requests to
+/// `[2001:db8:10::10]:80` spread 1:2:3 over the backends' IPv6 servers, each seeing the
+/// client's own IPv6 address (NLB keeps the client's address), and the IPv4 VIP the same,
+/// in one run.
+#[test]
+fn ipv6_vip_balances_by_weight_beside_ipv4() {
+    let Some(mut st) = setup("6", false, &[], None, true) else {
+        return;
+    };
+    let c = st.c.clone();
+    check_spread(&c, "http://[2001:db8:10::10]/", "2001:db8:c::2");
+    check_spread(&c, V4_URL, "198.51.100.2");
+    let counters = stop(&mut st);
+    let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+    for k in ["cg.ndp_adverts", "bg.ndp_solicits", "bg.neighbors_learned"] {
+        assert!(get(k) >= 1, "{k}: {counters:?}");
+    }
+    assert_eq!(get("conntrack.service_rejected"), 0, "{counters:?}");
 }

@@ -17,6 +17,12 @@
 //! `lb.rehashed` and `conntrack.renewed`). When the session table refuses a flow it is
 //! still forwarded by the hash alone (counted `lb.stateless`).
 //!
+//! IPv6 VIPs (`--vip [2001:db8:10::10]:80`, DNAT mode) need `--client-addr6` and
+//! `--backend-addr6` (and `--gateway6` for clients off-link): the router answers and
+//! resolves IPv6 neighbours on both sides, and each VIP balances over the backends of its
+//! own family from the same file (`[fd00:1::11]:0 weight=1`). IPv6 VIPs are not announced
+//! over BGP.
+//!
 //! Several `--vip`s balance over the same backends (a backend port of 0 keeps the VIP's
 //! port). A VIP hashes the whole 5-tuple unless it names fewer fields: `/3tuple` (source and
 //! destination address and protocol: every connection of a client to one backend, which
@@ -42,6 +48,7 @@
 //! 10.1.0.11:8000 weight=1
 //! 10.1.0.12:8000 weight=2 state=draining
 //! 10.1.0.13:8000 weight=3 state=down
+//! [fd00:1::11]:8000 weight=1
 //! ```
 //!
 //! Several load balancers can stand behind one ECMP route (`--lb-key` gives them the same
@@ -91,7 +98,9 @@ mod linux {
     use nf_core::{Batch, Instant, NO_NEXT_HOP, ParseStage, PortId, Stage, StageControl, Verdict};
     use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame, parse_mac};
-    use nf_examples::router::{Function, Ipv4Net, PortConfig, Route, Router, serve};
+    use nf_examples::router::{
+        Function, Ipv4Net, Ipv6Net, PortConfig, Route, Route6, Router, serve,
+    };
     use nf_examples::say;
     use nf_examples::sync::{SyncConfig, SyncLink};
     use nf_lb::{
@@ -99,7 +108,7 @@ mod linux {
         OnDown, Pool, PoolMember, table_size_for,
     };
     use nf_tunnel::{Destination, EncapConfig, EncapStage, Underlay};
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::path::PathBuf;
     use std::process::ExitCode;
 
@@ -108,7 +117,8 @@ mod linux {
 
     const USAGE: &str = "\
 usage: l4lb --client IF --client-addr IPV4/LEN --backend IF --backend-addr IPV4/LEN
-            --vip IPV4:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
+            --vip IP:PORT[/FIELDS]... --backends FILE [--proto tcp|udp|tcp,udp] [--gateway IPV4]
+            [--client-addr6 IPV6/LEN --backend-addr6 IPV6/LEN [--gateway6 IPV6]]
             [--mode dnat|encap] [--vni N] [--inner-mac MAC] [--on-down reset|rehash]
             [--sessions N] [--io auto|packet|xdp] [--cpu N] [--duration SECS] [--metrics A:P]
             [--lb-key HEX] [--sync-listen ADDR:PORT --sync-peer ADDR:PORT...
@@ -127,11 +137,16 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
   --client-addr A/LEN    the load balancer's address there and the on-link prefix
   --backend IF           interface towards the backends
   --backend-addr A/LEN   the load balancer's address there and the backends' prefix
-  --vip IPV4:PORT[/F]    a virtual service; F, the fields its flows are hashed on:
-                         5tuple (default), 3tuple, 2tuple or src (repeatable; ARP for it is answered on the
-                         client side); each balances over the same backends
-  --backends FILE        one backend per line: IPV4:PORT [weight=N] [state=up|draining|down]
-                         (port 0: the VIP's port)
+  --vip IP:PORT[/F]      a virtual service (IPV4:PORT or [IPV6]:PORT); F, the fields its
+                         flows are hashed on: 5tuple (default), 3tuple, 2tuple or src
+                         (repeatable; ARP or neighbour discovery for it is answered on
+                         the client side); each balances over the backends of its family
+  --backends FILE        one backend per line: IP:PORT [weight=N] [state=up|draining|down]
+                         (port 0: the VIP's port; [IPV6]:PORT for IPv6 VIPs' backends)
+  --client-addr6 A/LEN   IPv6 too (DNAT mode): the load balancer's IPv6 address on the
+                         client side and the on-link prefix
+  --backend-addr6 A/LEN  its IPv6 address on the backend side and the backends' prefix
+  --gateway6 IPV6        the client-side IPv6 next hop for clients not on-link
   --proto P              tcp (default), udp, or tcp,udp (a listener for each)
   --gateway IPV4         the client-side next hop for clients not on-link
   --mode M               dnat (default): destination rewritten to the backend, replies
@@ -172,10 +187,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         client_addr: Ipv4Net,
         backend: String,
         backend_addr: Ipv4Net,
-        vips: Vec<(SocketAddrV4, HashFields)>,
+        vips: Vec<(SocketAddr, HashFields)>,
         backends: PathBuf,
         protos: Vec<u8>,
         gateway: Option<Ipv4Addr>,
+        /// `--client-addr6`, `--backend-addr6`, `--gateway6`.
+        v6: Option<(Ipv6Net, Ipv6Net, Option<Ipv6Addr>)>,
         encap: Option<EncapMode>,
         on_down: OnDown,
         sessions: u32,
@@ -215,6 +232,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
     fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let (mut client, mut client_addr, mut backend, mut backend_addr) = (None, None, None, None);
         let (mut vips, mut backends, mut gateway, mut duration) = (Vec::new(), None, None, None);
+        let (mut client6, mut backend6, mut gateway6) = (None, None, None);
         let mut metrics = None;
         let (mut io, mut cpu) = (IoKind::Auto, None);
         let (mut protos, mut sessions) = (vec![nf_core::flow::proto::TCP], 65_536);
@@ -240,6 +258,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 "--backend" => backend = Some(value),
                 "--client-addr" => client_addr = Some(value.parse::<Ipv4Net>()?),
                 "--backend-addr" => backend_addr = Some(value.parse::<Ipv4Net>()?),
+                "--client-addr6" => client6 = Some(value.parse::<Ipv6Net>()?),
+                "--backend-addr6" => backend6 = Some(value.parse::<Ipv6Net>()?),
+                "--gateway6" => gateway6 = Some(value.parse().map_err(|_| bad("an IPv6 address"))?),
                 "--vip" => {
                     let (addr, fields) = value.split_once('/').unwrap_or((&value, "5tuple"));
                     let fields = match fields {
@@ -247,9 +268,12 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                         "3tuple" => HashFields::ThreeTuple,
                         "2tuple" => HashFields::TwoTuple,
                         "src" => HashFields::SourceIp,
-                        _ => return Err(bad("IPV4:PORT[/5tuple|3tuple|2tuple|src]")),
+                        _ => return Err(bad("IP:PORT[/5tuple|3tuple|2tuple|src]")),
                     };
-                    vips.push((addr.parse().map_err(|_| bad("IPV4:PORT"))?, fields));
+                    vips.push((
+                        addr.parse::<SocketAddr>().map_err(|_| bad("IP:PORT"))?,
+                        fields,
+                    ));
                 }
                 "--backends" => backends = Some(PathBuf::from(value)),
                 "--gateway" => gateway = Some(value.parse().map_err(|_| bad("an IPv4 address"))?),
@@ -310,6 +334,26 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             }
         }
         let need = |name: &str| format!("{name} is required");
+        let v6 = match (client6, backend6) {
+            (Some(c), Some(b)) => Some((c, b, gateway6)),
+            (None, None) if gateway6.is_none() => None,
+            _ => {
+                return Err(
+                    "IPv6: --client-addr6 and --backend-addr6 go together (and with --gateway6)"
+                        .into(),
+                );
+            }
+        };
+        if let Some((vip, _)) = vips.iter().find(|(v, _)| v.is_ipv6()) {
+            if v6.is_none() {
+                return Err(format!(
+                    "--vip {vip}: an IPv6 VIP needs --client-addr6 and --backend-addr6"
+                ));
+            }
+            if encap {
+                return Err(format!("--vip {vip}: encap mode balances IPv4 VIPs only"));
+            }
+        }
         let sync = match (sync_listen, sync_peers.is_empty()) {
             (Some(l), false) => Some((l, sync_peers)),
             (None, true) => None,
@@ -332,6 +376,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             backends: backends.ok_or_else(|| need("--backends"))?,
             protos,
             gateway,
+            v6,
             encap: encap.then_some(EncapMode { vni, inner_mac }),
             on_down,
             sessions,
@@ -346,9 +391,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         }))
     }
 
-    /// The backends file: one `IPV4:PORT [weight=N] [state=up|draining|down]` per line; each
-    /// member with its address.
-    fn parse_backends(text: &str) -> Result<Vec<(Ipv4Addr, PoolMember)>, String> {
+    /// The backends file: one `IP:PORT [weight=N] [state=up|draining|down]` per line (an
+    /// IPv6 address in brackets); each member with its address.
+    fn parse_backends(text: &str) -> Result<Vec<(IpAddr, PoolMember)>, String> {
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -357,10 +402,10 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             }
             let err = |what: &str| format!("line {}: {what}: {line:?}", n + 1);
             let mut words = line.split_whitespace();
-            let addr: SocketAddrV4 = words
+            let addr: SocketAddr = words
                 .next()
                 .and_then(|w| w.parse().ok())
-                .ok_or_else(|| err("not IPV4:PORT"))?;
+                .ok_or_else(|| err("not IPV4:PORT or [IPV6]:PORT"))?;
             let (mut weight, mut health) = (1, Health::Up);
             for w in words {
                 match w.split_once('=') {
@@ -371,8 +416,11 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                     _ => return Err(err("unknown word")),
                 }
             }
-            let id = BackendId::v4(addr.ip().octets(), addr.port());
-            out.push((*addr.ip(), PoolMember::new(id, weight).with_health(health)));
+            let id = match addr.ip() {
+                IpAddr::V4(a) => BackendId::v4(a.octets(), addr.port()),
+                IpAddr::V6(a) => BackendId::v6(a.octets(), addr.port()),
+            };
+            out.push((addr.ip(), PoolMember::new(id, weight).with_health(health)));
         }
         if out.is_empty() {
             return Err("no backend".into());
@@ -386,7 +434,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         inner_mac: [u8; 6],
         /// Every backend address seen, in order: a member's next hop is its position here,
         /// which must not change while sessions hold it (so this list only grows).
-        hosts: Vec<Ipv4Addr>,
+        hosts: Vec<IpAddr>,
     }
 
     /// Parse, hold later fragments that beat their first, then conntrack with the LB
@@ -398,7 +446,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         reorder: FragmentReorder<RingFrame>,
         lb: Conntrack<Lb>,
         key: LbKey,
-        vips: Vec<(SocketAddrV4, HashFields)>,
+        vips: Vec<(SocketAddr, HashFields)>,
         protos: Vec<u8>,
         on_down: OnDown,
         file: PathBuf,
@@ -417,6 +465,9 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             if let Some(e) = &mut self.encap {
                 for (ip, m) in &mut members {
                     let ip = *ip;
+                    if ip.is_ipv6() {
+                        return Err(format!("backend {ip}: encap mode has IPv4 backends only"));
+                    }
                     let at = match e.hosts.iter().position(|h| *h == ip) {
                         Some(at) => at,
                         None => {
@@ -428,7 +479,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 }
                 if let Some(list) = e.stage.next_hops_mut() {
                     list.clear();
-                    list.extend(e.hosts.iter().map(|h| IpAddr::V4(*h)));
+                    list.extend(e.hosts.iter().copied());
                 }
             }
             let forwarding = if self.encap.is_some() {
@@ -436,19 +487,28 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             } else {
                 Forwarding::Dnat
             };
-            let size = table_size_for(members.len()).map_err(|e| e.to_string())?;
             let mut listeners = Vec::new();
             for (vip, &proto) in self
                 .vips
                 .iter()
                 .flat_map(|v| self.protos.iter().map(move |p| (v, p)))
             {
+                // Each VIP balances over the backends of its family (DNAT keeps the family).
+                let family: Vec<PoolMember> = members
+                    .iter()
+                    .filter(|(ip, _)| ip.is_ipv6() == vip.0.is_ipv6())
+                    .map(|(_, m)| *m)
+                    .collect();
+                if family.is_empty() {
+                    return Err(format!("VIP {}: no backend of its family", vip.0));
+                }
+                let size = table_size_for(family.len()).map_err(|e| e.to_string())?;
                 let on = ListenerMatch::Port {
-                    vip: IpAddr::V4(*vip.0.ip()),
+                    vip: vip.0.ip(),
                     port: vip.0.port(),
                     proto,
                 };
-                let pool = Pool::new(members.iter().map(|(_, m)| *m));
+                let pool = Pool::new(family);
                 listeners.push(
                     Listener::new(&self.key, on, vip.1, pool, size)
                         .map_err(|e| e.to_string())?
@@ -548,12 +608,28 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             PortConfig {
                 name: args.client.clone(),
                 addrs: vec![args.client_addr],
-                answer: args.vips.iter().map(|(v, _)| *v.ip()).collect(),
-                ..PortConfig::default()
+                answer: args
+                    .vips
+                    .iter()
+                    .filter_map(|(v, _)| match v.ip() {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect(),
+                addrs6: args.v6.iter().map(|v| v.0).collect(),
+                answer6: args
+                    .vips
+                    .iter()
+                    .filter_map(|(v, _)| match v.ip() {
+                        IpAddr::V6(a) => Some(a),
+                        IpAddr::V4(_) => None,
+                    })
+                    .collect(),
             },
             PortConfig {
                 name: args.backend.clone(),
                 addrs: vec![args.backend_addr],
+                addrs6: args.v6.iter().map(|v| v.1).collect(),
                 ..PortConfig::default()
             },
         ];
@@ -564,6 +640,15 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
         }];
         let mut router = Router::open(ports, &routes, &RingConfig::default(), args.io)
             .map_err(|e| e.to_string())?;
+        if let Some((_, _, gateway6)) = args.v6 {
+            router
+                .add_routes6(&[Route6 {
+                    to: "::/0".parse()?,
+                    port: CLIENTS,
+                    via: gateway6,
+                }])
+                .map_err(|e| e.to_string())?;
+        }
         let encap = match args.encap {
             None => None,
             Some(m) => {
@@ -590,9 +675,11 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 })
             }
         };
+        // IPv6 sessions: as many as IPv4 ones with IPv6 VIPs.
+        let sessions6 = if args.v6.is_some() { args.sessions } else { 32 };
         let mut ct = ConntrackConfig::new(nf_examples::cli::random_secret()).sizes(Sizes {
             v4: args.sessions.saturating_mul(2),
-            v6: 64,
+            v6: sessions6.saturating_mul(2),
         });
         let sync = match args.sync {
             None => None,
@@ -600,7 +687,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                 // A change journal for the peer's copy: a full one loses events, and the
                 // peer then gets a full resync.
                 ct.v4.journal = args.sessions.clamp(1024, 1 << 16);
-                ct.v6.journal = 64;
+                ct.v6.journal = sessions6.clamp(64, 1 << 16);
                 let mut cfg = SyncConfig::new(listen, peers.clone());
                 if let Some(path) = &args.sync_key_file {
                     let (key, also) = nf_examples::cli::key_file("--sync-key-file", path)?;
@@ -635,7 +722,15 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             announce: None,
         };
         let what = f.reload()?;
-        let vips = args.vips.iter().map(|(v, _)| (*v.ip(), 32)).collect();
+        // IPv4 VIPs only: the BGP speaker announces IPv4 routes.
+        let vips = args
+            .vips
+            .iter()
+            .filter_map(|(v, _)| match v.ip() {
+                IpAddr::V4(a) => Some((a, 32)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         let here = args.client_addr.addr;
         f.announce = args.announce.start(vips, here, here)?;
         say!(
@@ -719,6 +814,35 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
                     vec!["10.3.0.2:7600".parse().unwrap()]
                 ))
             );
+            // Dual stack: an IPv6 VIP beside the IPv4 one, with both IPv6 addresses.
+            let dual = parse_args(argv("--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --vip [2001:db8:10::10]:80/2tuple --client-addr6 2001:db8:c::1/64 --backend-addr6 fd00:1::1/64 --gateway6 2001:db8:c::ff --backends b").into_iter()).unwrap().unwrap();
+            assert_eq!(
+                dual.vips[1],
+                (
+                    "[2001:db8:10::10]:80".parse().unwrap(),
+                    HashFields::TwoTuple
+                )
+            );
+            assert_eq!(
+                dual.v6,
+                Some((
+                    "2001:db8:c::1/64".parse().unwrap(),
+                    "fd00:1::1/64".parse().unwrap(),
+                    Some("2001:db8:c::ff".parse().unwrap())
+                ))
+            );
+            assert_eq!(a.v6, None);
+            for half in [
+                "--client-addr6 2001:db8:c::1/64",
+                "--backend-addr6 fd00:1::1/64",
+                "--gateway6 2001:db8:c::ff",
+                "--client-addr6 2001:db8:c::1/64 --backend-addr6 fd00:1::1/64 --vip [2001:db8:10::10]:80 --mode encap",
+            ] {
+                let line = format!(
+                    "--client cg --client-addr 198.51.100.1/24 --backend bg --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b {half}"
+                );
+                assert!(parse_args(argv(&line).into_iter()).is_err(), "{half}");
+            }
             // Each bad value on an otherwise good command line, each required flag left out.
             let good = "--client cg --client-addr 198.51.100.1/24 --backend bg \
                         --backend-addr 10.1.0.1/24 --vip 192.0.2.10:80 --backends b";
@@ -774,9 +898,16 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             assert_eq!(m.len(), 2);
             assert_eq!(m[1].1.weight, 2);
             assert_eq!(m[1].0, Ipv4Addr::new(10, 1, 0, 12));
+            let m6 = parse_backends("[fd00:1::11]:0 weight=3\n10.1.0.11:0\n").unwrap();
+            assert_eq!(m6[0].0, "fd00:1::11".parse::<IpAddr>().unwrap());
+            assert_eq!(
+                m6[0].1.id,
+                BackendId::v6("fd00:1::11".parse::<Ipv6Addr>().unwrap().octets(), 0)
+            );
             for bad in [
                 "",
                 "10.1.0.11",
+                "fd00:1::11:80",
                 "10.1.0.11:80 weight=x",
                 "10.1.0.11:80 colour=red",
             ] {
