@@ -32,7 +32,9 @@
 //! empty, announces only after both survivors' resyncs, takes its share of the flows again
 //! by the copies, and 36 new connections get ports no other connection holds. Then the rfc
 //! profile: endpoint-independent mapping holds across the fleet when the inside route
-//! hashes on the source address alone, and not when it hashes on L4. Needs root,
+//! hashes on the source address alone, and not when it hashes on L4. NAT66 in the same
+//! fleet (IPv6 beside IPv4, the router's IPv6 route static) hands answers over the same
+//! way. Needs root,
 //! `ip`, `bird` and python3: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
@@ -57,7 +59,8 @@ const SYNC_KEY: &str = "6e662d6e61742d666c6565742d6b6579\n";
 /// how many echoes came back (3 s at most each).
 const UDP_CLIENT: &str = "import socket, sys
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+socks = [socket.socket(fam, socket.SOCK_DGRAM) for _ in range(n)]
 for i, s in enumerate(socks):
     s.settimeout(3)
     s.sendto(b'datagram %d' % i, (host, port))
@@ -108,10 +111,12 @@ print('refused', refused, flush=True)";
 /// how many replies came back (3 s at most each).
 const PINGS: &str = "import socket, sys
 host, n = sys.argv[1], int(sys.argv[2])
-socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP) for _ in range(n)]
+v6 = ':' in host
+fam, proto, ty = (socket.AF_INET6, socket.IPPROTO_ICMPV6, 128) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP, 8)
+socks = [socket.socket(fam, socket.SOCK_DGRAM, proto) for _ in range(n)]
 for i, s in enumerate(socks):
     s.settimeout(3)
-    s.sendto(bytes([8, 0, 0, 0, 0, 0, 0, 1]) + b'ping %d' % i, (host, 0))
+    s.sendto(bytes([ty, 0, 0, 0, 0, 0, 0, 1]) + b'ping %d' % i, (host, 0))
 got = 0
 for i, s in enumerate(socks):
     try:
@@ -129,8 +134,13 @@ struct Node {
 /// The nodes' outside addresses: the public address's next hops.
 const ALL_HOPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
 
-/// Starts node `n` (1 to 3) in namespace `ns`, translating with `profile`.
-fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
+/// The public IPv6 address of a dual-stack fleet ([`fleet_lab`]'s `v6`), and the server's.
+const PUBLIC6: &str = "2001:db8:ff::1";
+const SERVER6: &str = "2001:db8:2::2";
+
+/// Starts node `n` (1 to 3) in namespace `ns`, translating with `profile` (also NAT66 with
+/// `v6`).
+fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str, v6: bool) -> Node {
     let key = lab.dir.join("sync.key");
     std::fs::write(&key, SYNC_KEY).unwrap();
     let (password, bfd_key) = common::fleet_keys(&lab.dir);
@@ -152,6 +162,11 @@ fn start_node(lab: &mut Lab, ns: &str, n: u8, profile: &str) -> Node {
         .args(["--forward", "tcp:8080=10.0.0.100:8000"]);
     if profile == "cgn" {
         cmd.arg("--block-log").arg(block_log(lab, n));
+    }
+    if v6 {
+        cmd.args(["--inside-addr6", &format!("fd00::{n}/64")])
+            .args(["--outside-addr6", &format!("2001:db8:3::{n}/64")])
+            .args(["--gateway6", "2001:db8:3::fe", "--public6", PUBLIC6]);
     }
     if n == 3 {
         // Slower BFD than the others (BIRD's 200 ms wins over 150; four missed).
@@ -194,6 +209,29 @@ fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Starts the server's answering TCP server on `server`:7000 and its UDP echo on port 7007
+/// (namespace `v`), and opens [`CONNECTIONS`] asking connections to the first from the
+/// client (namespace `c`), `rounds` questions each per round.
+fn serve_and_ask(lab: &mut Lab, c: &str, v: &str, server: &str, rounds: usize) -> AskingClient {
+    let py = common::system_python();
+    lab.spawn(v, &[py, "-c", common::ANSWER_SERVER, server, "7000", "-"]);
+    lab.udp_echo(v, server);
+    AskingClient::open(c, &format!("{server}:7000"), CONNECTIONS, rounds, 6.0)
+}
+
+/// The public port of each connection's first answer (the address and port the server saw),
+/// which must all be from `public`.
+fn public_ports(first: &[String], public: &str) -> Vec<u16> {
+    first
+        .iter()
+        .map(|a| {
+            let (ip, port) = a.rsplit_once(':').unwrap();
+            assert_eq!(ip, public, "{first:?}");
+            port.parse().unwrap()
+        })
+        .collect()
+}
+
 /// Packets the nodes in namespaces `g` handed to another node, in all.
 fn handed_over(g: &[String]) -> u64 {
     g.iter().map(|ns| metric(ns, "fleet", "handed_over")).sum()
@@ -201,7 +239,11 @@ fn handed_over(g: &[String]) -> u64 {
 
 /// The lab of the module's picture, every node started with `profile` and announcing; the
 /// client's multipath route hashed as `hash` says (sysctl lines for namespace `$c`), the
-/// client on 10.0.0.100 and the `extra` addresses after it. `None`: skipped.
+/// client on 10.0.0.100 and the `extra` addresses after it. With `v6`, IPv6 beside IPv4:
+/// the client fd00::100/64 with a multipath default route over the nodes' inside IPv6
+/// addresses (hashed on L4), the nodes translating to [`PUBLIC6`], the router a static
+/// multipath route to it over their outside IPv6 addresses (hashed on L4: the BGP
+/// speaker announces IPv4 only), the server [`SERVER6`]. `None`: skipped.
 struct FleetLab {
     lab: Lab,
     c: String,
@@ -214,7 +256,7 @@ struct FleetLab {
 /// The client's multipath route hashed on L4 (addresses, protocol, ports).
 const L4_HASH: &str = "sysctl -qw net.ipv4.fib_multipath_hash_policy=1";
 
-fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8) -> Option<FleetLab> {
+fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8, v6: bool) -> Option<FleetLab> {
     if !common::is_root() {
         assert!(!common::in_ci(), "nat_fleet needs root under CI=true");
         eprintln!("SKIP: nat_fleet needs root (set CI=true to make this a failure)");
@@ -277,12 +319,29 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8) -> Option<FleetLab
          ip netns exec {r} sysctl -qw net.ipv4.fib_multipath_hash_policy=1
          for k in all default ro rv rm; do ip netns exec {r} sysctl -qw net.ipv4.conf.$k.rp_filter=0; done"
     ));
+    if v6 {
+        let on = "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0";
+        sh(&format!(
+            "for n in {c} {r} {v}; do ip netns exec $n {on}; done
+             ip netns exec {c} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0 net.ipv6.fib_multipath_hash_policy=1
+             ip -n {c} -6 addr add fd00::100/64 dev eth0 nodad
+             ip -n {c} -6 route add default nexthop via fd00::1 nexthop via fd00::2 nexthop via fd00::3
+             ip netns exec {r} sysctl -qw net.ipv6.conf.ro.disable_ipv6=0 net.ipv6.conf.rv.disable_ipv6=0
+             ip netns exec {r} sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1
+             ip -n {r} -6 addr add 2001:db8:3::fe/64 dev ro nodad
+             ip -n {r} -6 addr add 2001:db8:2::1/64 dev rv nodad
+             ip -n {r} -6 route add {PUBLIC6}/128 nexthop via 2001:db8:3::1 nexthop via 2001:db8:3::2 nexthop via 2001:db8:3::3
+             ip netns exec {v} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0
+             ip -n {v} -6 addr add {SERVER6}/64 dev eth0 nodad
+             ip -n {v} -6 route add default via 2001:db8:2::1"
+        ));
+    }
     // The router learns the public address from every node over BGP (with BFD, on the
     // management link) and installs one multipath route.
     lab.bird_router(&r, &["10.3.0.1", "10.3.0.2", "10.3.0.3"], &["ro"], "rm");
     let nodes: Vec<Node> = (1..=3u8)
         .zip(&g)
-        .map(|(n, ns)| start_node(&mut lab, ns, n, profile))
+        .map(|(n, ns)| start_node(&mut lab, ns, n, profile, v6))
         .collect();
     // Every node's sync links up both ways, and every node announcing, before the first
     // flow.
@@ -325,34 +384,15 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         v,
         g,
         mut nodes,
-    }) = fleet_lab("nf", "hyperplane", L4_HASH, 0)
+    }) = fleet_lab("nf", "hyperplane", L4_HASH, 0, false)
     else {
         return;
     };
-    lab.spawn(
-        &v,
-        &[
-            common::system_python(),
-            "-c",
-            common::ANSWER_SERVER,
-            "0.0.0.0",
-            "7000",
-            "-",
-        ],
-    );
-    lab.udp_echo(&v, "192.0.2.2");
-    let mut client = AskingClient::open(&c, "192.0.2.2:7000", CONNECTIONS, ROUNDS, 6.0);
+    let mut client = serve_and_ask(&mut lab, &c, &v, "192.0.2.2", ROUNDS);
     let first = client.first.clone();
     // The server sees the public address, each connection on its own port, the ports
     // from the shares of several nodes (the client's hash spread the flows).
-    let mut ports: Vec<u16> = first
-        .iter()
-        .map(|a| {
-            let (ip, port) = a.rsplit_once(':').unwrap();
-            assert_eq!(ip, PUBLIC, "{first:?}");
-            port.parse().unwrap()
-        })
-        .collect();
+    let mut ports = public_ports(&first, PUBLIC);
     let split = nf_nat::PortSplit { nodes: 3, cores: 1 };
     let mut shares: Vec<u32> = ports
         .iter()
@@ -461,7 +501,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
     // every session (its allocator holding their ports, those of its own share the
     // survivors adopted included), the router and the client spread the flows over all
     // three again, and node 1 serves its share by the copies.
-    nodes[0] = start_node(&mut lab, &g[0], 1, "hyperplane");
+    nodes[0] = start_node(&mut lab, &g[0], 1, "hyperplane", false);
     let back = &mut nodes[0];
     wait_for(&back.lines, "bgp: announcing", 15, &mut back.seen);
     let at = |what: &str| back.seen.iter().position(|l| l.contains(what)).unwrap();
@@ -581,7 +621,7 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
     ] {
         let Some(FleetLab {
             mut lab, c, v, g, ..
-        }) = fleet_lab(tag, profile, hash, 7)
+        }) = fleet_lab(tag, profile, hash, 7, false)
         else {
             return;
         };
@@ -732,4 +772,49 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
 /// Every flow of the endpoint left from one public address and port.
 fn one_mapping(s: &[String]) -> bool {
     s.iter().all(|m| *m == s[0])
+}
+
+/// NAT66 in a fleet: the same three nodes translating IPv6 to one public IPv6 address
+/// beside IPv4 (hyperplane), the client's IPv6 route and the router's IPv6 route to the
+/// public address both multipath over the nodes (hashed on L4): 36 TCP connections each
+/// answer from the public address on its own port in every round, the SYN+ACKs that reach
+/// another node than their SYN's before the copy are handed to their port's owner, and 36
+/// UDP flows hear their echoes and 36 ICMPv6 pings (each its own identifier) their replies,
+/// their first answers handed over alike.
+#[test]
+fn a_nat66_fleet_hands_answers_to_their_port_owner() {
+    let _alone = one_lab_at_a_time();
+    let Some(FleetLab {
+        mut lab, c, v, g, ..
+    }) = fleet_lab("n6", "hyperplane", L4_HASH, 0, true)
+    else {
+        return;
+    };
+    let mut client = serve_and_ask(&mut lab, &c, &v, SERVER6, 3);
+    let first = client.first.clone();
+    let mut ports = public_ports(&first, PUBLIC6);
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), CONNECTIONS, "{first:?}");
+    assert_kept("NAT66", &first, &client.round(), 3);
+    std::thread::sleep(Duration::from_millis(1100));
+    let handed = handed_over(&g);
+    assert!(
+        handed >= 1,
+        "no IPv6 answer reached another node before its copy"
+    );
+    let n = CONNECTIONS.to_string();
+    says(&c, UDP_CLIENT, &[SERVER6, "7007", &n], &format!("udp {n}"));
+    says(&c, PINGS, &[SERVER6, &n], &format!("pongs {n}"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let handed_later = handed_over(&g) - handed;
+    assert!(
+        handed_later >= 1,
+        "no UDP or ICMPv6 answer reached another node before its copy"
+    );
+    let fleet = |c: &str| -> u64 { g.iter().map(|ns| metric(ns, "fleet", c)).sum() };
+    assert_eq!(fleet("answer_wait_expired"), 0);
+    eprintln!(
+        "NAT66 fleet: {CONNECTIONS} connections kept over 3 rounds, {handed} TCP and {handed_later} UDP/ICMPv6 answers handed to their port's owner"
+    );
 }

@@ -19,7 +19,9 @@
 //! translates the inside IPv6 prefix to the outside IPv6 address (or each `--public6`):
 //! stateful NAT66 by the same SNAT service. Frames from outside to an address that is not
 //! public and from inside with a source outside the inside prefix are dropped for either
-//! family (`gateway.spoofed`). A fleet translates IPv4 only.
+//! family (`gateway.spoofed`). In a fleet, IPv6 answers are handed to their port's owner
+//! as IPv4 ones are; the BGP speaker announces the IPv4 public addresses only (an IPv6
+//! route to the public IPv6 addresses is the router's own configuration).
 //!
 //! On SIGINT/SIGTERM, or after `--duration` seconds, it prints its counters (`name value`
 //! per line) and exits; on SIGUSR1 it prints them and goes on.
@@ -154,7 +156,7 @@ on SIGUSR1, or after --duration.
   --outside-addr6 A/LEN  the gateway's outside IPv6 address and its on-link prefix
   --gateway6 IPV6        the outside IPv6 next hop for destinations not on-link
   --public6 IPV6         a public IPv6 address (repeatable; default: the outside
-                         IPv6 address). Not in a fleet, not announced over BGP
+                         IPv6 address; not announced over BGP)
   --profile P            rfc (default): endpoint-independent mapping (RFC 4787/5382);
                          hyperplane: ports unique per destination, 350 s idle,
                          then a RST to the inside host;
@@ -225,6 +227,21 @@ on SIGUSR1, or after --duration.
         block_log: Option<PathBuf>,
         /// `--bgp-peer` and the flags beside it.
         announce: AnnounceArgs,
+    }
+
+    impl Args {
+        /// The public addresses of both families, IPv4 first.
+        fn publics(&self) -> Vec<IpAddr> {
+            let v6 = self
+                .v6
+                .iter()
+                .flat_map(|v| v.public.iter().map(|a| IpAddr::V6(*a)));
+            self.public
+                .iter()
+                .map(|a| IpAddr::V4(*a))
+                .chain(v6)
+                .collect()
+        }
     }
 
     /// The IPv6 side of the command line.
@@ -365,9 +382,6 @@ on SIGUSR1, or after --duration.
         if let Some((_, peers)) = &fleet {
             if !matches!(profile, Profile::Nat(_)) {
                 return Err("a fleet needs a NAT profile (rfc, hyperplane or cgn)".into());
-            }
-            if v6.is_some() {
-                return Err("a fleet translates IPv4 only (no --inside-addr6)".into());
             }
             let mut outside: Vec<Ipv4Addr> = peers.iter().map(|p| p.0).collect();
             outside.push(outside_addr.addr);
@@ -566,7 +580,7 @@ on SIGUSR1, or after --duration.
         /// Hands the outside packets of `batch` that found no session here (nor may open
         /// one) and whose public port another node owns to that node, if it is alive
         /// ([`Verdict::Tx`] of the router's peer port, after the interfaces).
-        fn hand_over(&mut self, public: &[Ipv4Addr], batch: &mut Batch<RingFrame>) {
+        fn hand_over(&mut self, public: &[IpAddr], batch: &mut Batch<RingFrame>) {
             for p in batch.packets_mut() {
                 let Some(port) = public_port(p, public) else {
                     continue;
@@ -621,12 +635,7 @@ on SIGUSR1, or after --duration.
 
         /// As [`Self::hold`] for the outside answers to a public port that found no session
         /// and stay here (not handed over: this node's port, or its node is down).
-        fn hold_answers(
-            &mut self,
-            now: Instant,
-            public: &[Ipv4Addr],
-            batch: &mut Batch<RingFrame>,
-        ) {
+        fn hold_answers(&mut self, now: Instant, public: &[IpAddr], batch: &mut Batch<RingFrame>) {
             self.outside.hold(now, batch, &mut self.sorting, |p| {
                 public_port(p, public).is_some()
             });
@@ -637,7 +646,7 @@ on SIGUSR1, or after --duration.
     /// session here: a TCP, UDP or ICMP query answer's destination port, or the source port
     /// of the packet an ICMP error quotes (which left from the public address). `None` for
     /// anything else.
-    fn public_port<B: AsRef<[u8]>>(p: &Packet<B>, public: &[Ipv4Addr]) -> Option<u16> {
+    fn public_port<B: AsRef<[u8]>>(p: &Packet<B>, public: &[IpAddr]) -> Option<u16> {
         let answer = match p.meta.verdict {
             Verdict::Drop(DropReason::NoSession | DropReason::NatNoMapping)
                 if !p.meta.has(flags::ICMP_ERROR) =>
@@ -651,11 +660,11 @@ on SIGUSR1, or after --duration.
             }
             _ => return None,
         };
-        let answers = matches!(answer.proto, proto::TCP | proto::UDP | proto::ICMP);
-        match answer.dst_ip() {
-            IpAddr::V4(d) if answers && public.contains(&d) => Some(answer.dst_port),
-            _ => None,
-        }
+        let answers = matches!(
+            answer.proto,
+            proto::TCP | proto::UDP | proto::ICMP | proto::ICMPV6
+        );
+        (answers && public.contains(&answer.dst_ip())).then_some(answer.dst_port)
     }
 
     /// The stages between receive and forward.
@@ -673,6 +682,8 @@ on SIGUSR1, or after --duration.
         /// The inside IPv6 prefix and the public IPv6 addresses (`--inside-addr6`).
         inside6: Option<Ipv6Net>,
         public6: Vec<Ipv6Addr>,
+        /// Every public address of either family (a fleet's hand-over reads them).
+        publics: Vec<IpAddr>,
         fleet: Option<Fleet>,
         /// The public addresses' announcement to the router (`--bgp-peer`).
         announce: Option<Announcer>,
@@ -737,21 +748,14 @@ on SIGUSR1, or after --duration.
                         .as_ref()
                         .map(|v| v.public.clone())
                         .unwrap_or_default(),
+                    publics: args.publics(),
                     fleet: None,
                     announce: None,
                     block_log: None,
                 });
             };
             let v6 = args.v6.as_ref();
-            let public: Vec<IpAddr> = args
-                .public
-                .iter()
-                .map(|a| IpAddr::V4(*a))
-                .chain(
-                    v6.iter()
-                        .flat_map(|v| v.public.iter().map(|a| IpAddr::V6(*a))),
-                )
-                .collect();
+            let public = args.publics();
             // A per-run secret: port choice must not be predictable from outside.
             let secret = nf_examples::cli::random_secret();
             let mut ports = AllocatorConfig::new(*profile, public, secret)
@@ -819,7 +823,7 @@ on SIGUSR1, or after --duration.
                 // A change journal for the peers' copies (a full one loses events, and the
                 // peers then get a full resync).
                 ct.v4.journal = args.sessions.clamp(1024, 1 << 16);
-                ct.v6.journal = 64;
+                ct.v6.journal = if v6.is_some() { ct.v4.journal } else { 64 };
                 let mut cfg = SyncConfig::new(*listen, peers.iter().map(|p| p.1).collect());
                 if let Some(path) = &args.sync_key_file {
                     let (key, also) = nf_examples::cli::key_file("--sync-key-file", path)?;
@@ -856,6 +860,7 @@ on SIGUSR1, or after --duration.
                 public: args.public.clone(),
                 inside6: v6.map(|v| v.inside_addr),
                 public6: v6.map(|v| v.public.clone()).unwrap_or_default(),
+                publics: args.publics(),
                 fleet,
                 announce: None,
                 block_log: args.block_log.as_deref().map(BlockLog::open).transpose()?,
@@ -900,8 +905,8 @@ on SIGUSR1, or after --duration.
             nat.process(now, batch);
             match (port, &mut self.fleet) {
                 (OUTSIDE, Some(f)) => {
-                    f.hand_over(&self.public, batch);
-                    f.hold_answers(now, &self.public, batch);
+                    f.hand_over(&self.publics, batch);
+                    f.hold_answers(now, &self.publics, batch);
                 }
                 (INSIDE, Some(f)) => f.hold(now, batch),
                 _ => {}
@@ -1074,7 +1079,7 @@ on SIGUSR1, or after --duration.
         /// Which public port decides the node an outside packet without a session goes to.
         #[test]
         fn finds_the_public_port_of_answers_and_of_icmp_errors() {
-            let public = [Ipv4Addr::new(198, 18, 0, 1)];
+            let public = [IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))];
             let (server, us, other) = ([192, 0, 2, 2], [198, 18, 0, 1], [198, 18, 0, 9]);
             let udp = |b: PacketBuilderStep<Ethernet2Header>| {
                 let mut out = Vec::new();
@@ -1135,7 +1140,36 @@ on SIGUSR1, or after --duration.
                 public_port(&answer(udp, DropReason::RelatedNoSession), &public),
                 None
             );
-            assert_eq!(public_port(&p, &[Ipv4Addr::new(198, 18, 0, 9)]), None);
+            assert_eq!(public_port(&p, &["198.18.0.9".parse().unwrap()]), None);
+            // IPv6 (NAT66 in a fleet): an echo reply's identifier, a UDP answer's port.
+            let public6 = ["2001:db8:ff::1".parse().unwrap()];
+            let (server6, us6) = (
+                "2001:db8:2::2".parse::<Ipv6Addr>().unwrap().octets(),
+                "2001:db8:ff::1".parse::<Ipv6Addr>().unwrap().octets(),
+            );
+            let pong6 = |b: PacketBuilderStep<Ethernet2Header>| {
+                let mut out = Vec::new();
+                b.ipv6(server6, us6, 64)
+                    .icmpv6_echo_reply(40_003, 1)
+                    .write(&mut out, b"ping")
+                    .unwrap();
+                out
+            };
+            assert_eq!(
+                public_port(&answer(pong6, DropReason::NoSession), &public6),
+                Some(40_003)
+            );
+            let udp6 = |b: PacketBuilderStep<Ethernet2Header>| {
+                let mut out = Vec::new();
+                b.ipv6(server6, us6, 64)
+                    .udp(7000, 40_004)
+                    .write(&mut out, b"hi")
+                    .unwrap();
+                out
+            };
+            let p6 = answer(udp6, DropReason::NatNoMapping);
+            assert_eq!(public_port(&p6, &public6), Some(40_004));
+            assert_eq!(public_port(&p6, &public), None);
         }
 
         #[test]

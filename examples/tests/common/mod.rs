@@ -408,7 +408,7 @@ print('mtu', s.getsockopt(socket.IPPROTO_IP, 14), flush=True)  # IP_MTU";
 /// A UDP echo server (`python3 -c UDP_ECHO ADDR PORT`): every datagram back to its sender;
 /// prints `echo ready` once bound.
 pub const UDP_ECHO: &str = "import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
 print('echo ready', flush=True)
 while True:
@@ -597,14 +597,15 @@ pub fn seq_frame_len(seq: u32) -> usize {
 
 /// Answers every line it reads on a TCP connection with NAME, or with `-` for a name the
 /// address and port the connection came from (`ANSWER_SERVER ADDR PORT NAME`).
-pub const ANSWER_SERVER: &str = "import socketserver, sys
+pub const ANSWER_SERVER: &str = "import socket, socketserver, sys
 class H(socketserver.StreamRequestHandler):
     def handle(self):
-        name = sys.argv[3] if sys.argv[3] != '-' else '%s:%d' % self.client_address
+        name = sys.argv[3] if sys.argv[3] != '-' else '%s:%d' % self.client_address[:2]
         for _ in self.rfile:
             self.wfile.write(name.encode() + b'\\n')
             self.wfile.flush()
 class S(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
     allow_reuse_address = True
     daemon_threads = True
 S((sys.argv[1], int(sys.argv[2])), H).serve_forever()";
