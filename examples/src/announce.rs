@@ -11,7 +11,7 @@
 
 use crate::bfd::{BfdAuth, BfdConfig, BfdSpeaker};
 use crate::bgp::{BgpConfig, BgpSpeaker};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -161,7 +161,9 @@ impl AnnounceArgs {
     }
 
     /// Starts announcing `prefixes` (withdrawn until [`Announcer::set_ready`]) as
-    /// `router_id`, with `next_hop`: `None` without `--bgp-peer`.
+    /// `router_id`, with `next_hop`, and the IPv6 prefixes of `v6` with its next hop (a
+    /// global address of this node on the router's link) if the router offers IPv6
+    /// unicast: `None` without `--bgp-peer`.
     ///
     /// # Errors
     /// An unreadable password file, or a BGP or BFD speaker that cannot start.
@@ -170,12 +172,16 @@ impl AnnounceArgs {
         mut prefixes: Vec<(Ipv4Addr, u8)>,
         router_id: Ipv4Addr,
         next_hop: Ipv4Addr,
+        v6: Option<(Vec<(Ipv6Addr, u8)>, Ipv6Addr)>,
     ) -> Result<Option<Announcer>, String> {
         let Some(peer) = self.peer else {
             return Ok(None);
         };
         prefixes.sort_unstable();
         prefixes.dedup();
+        let (mut prefixes6, next_hop6) = v6.map_or((Vec::new(), None), |(p, h)| (p, Some(h)));
+        prefixes6.sort_unstable();
+        prefixes6.dedup();
         let password = match &self.password_file {
             None => None,
             Some(path) => Some(key_bytes("--bgp-password-file", path)?),
@@ -187,6 +193,8 @@ impl AnnounceArgs {
             router_id,
             next_hop,
             prefixes,
+            prefixes6,
+            next_hop6,
             hold: 9,
             password,
         };
@@ -354,7 +362,12 @@ mod tests {
         }
         assert_eq!(AnnounceArgs::default().check(), Ok(()));
         assert!(matches!(
-            AnnounceArgs::default().start(Vec::new(), Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST),
+            AnnounceArgs::default().start(
+                Vec::new(),
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::LOCALHOST,
+                None
+            ),
             Ok(None)
         ));
     }

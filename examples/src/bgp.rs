@@ -5,7 +5,10 @@
 //!
 //! It only announces: one eBGP or iBGP session, IPv4 unicast, each prefix with ORIGIN IGP,
 //! an AS_PATH of the local AS (4-octet AS numbers when both ends say so, RFC 6793) and a
-//! NEXT_HOP (the node's address on the router's link). What the router sends is read,
+//! NEXT_HOP (the node's address on the router's link), and IPv6 unicast the same way in
+//! MP_REACH_NLRI (RFC 4760, with the node's global IPv6 address on the router's link as the
+//! next hop, RFC 2545) when it has IPv6 prefixes and the router offers the IPv6 unicast
+//! capability (withdrawn in MP_UNREACH_NLRI). What the router sends is read,
 //! checked and dropped. The session lives in its own thread, connecting out to the router
 //! (which can stay passive), and the packet loop only says whether to announce
 //! ([`BgpSpeaker::set_announce`]): a node that must first receive its peer's sessions
@@ -27,7 +30,7 @@
 //! session, or inject announcements into it.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -55,6 +58,8 @@ pub enum Message {
         id: Ipv4Addr,
         /// It can carry 4-octet AS numbers (capability 65).
         as4: bool,
+        /// It offers IPv6 unicast (capability 1, AFI 2, SAFI 1).
+        ipv6: bool,
     },
     /// UPDATE (its routes are not used: this speaker only announces).
     Update,
@@ -183,7 +188,7 @@ fn decode_open(body: &[u8]) -> Result<Message, BgpError> {
     let params = body.get(10..).filter(|p| p.len() == usize::from(plen));
     let mut params = params.ok_or(BgpError::Length)?;
     let mut asn = u32::from(u16::from_be_bytes([a0, a1]));
-    let mut as4 = false;
+    let (mut as4, mut ipv6) = (false, false);
     while let Some((&[ptype, len], rest)) = params.split_first_chunk::<2>() {
         let value = rest
             .get(..usize::from(len))
@@ -199,9 +204,13 @@ fn decode_open(body: &[u8]) -> Result<Message, BgpError> {
                 .get(..usize::from(clen))
                 .ok_or(BgpError::OpenParameters)?;
             caps = rest.get(usize::from(clen)..).unwrap_or(&[]);
-            if let (65, Ok(&v)) = (code, <&[u8; 4]>::try_from(cv)) {
-                asn = u32::from_be_bytes(v);
-                as4 = true;
+            match (code, <&[u8; 4]>::try_from(cv)) {
+                (65, Ok(&v)) => {
+                    asn = u32::from_be_bytes(v);
+                    as4 = true;
+                }
+                (1, Ok(&[0, 2, _, 1])) => ipv6 = true,
+                _ => {}
             }
         }
         if !caps.is_empty() {
@@ -216,6 +225,7 @@ fn decode_open(body: &[u8]) -> Result<Message, BgpError> {
         hold,
         id: Ipv4Addr::new(i0, i1, i2, i3),
         as4,
+        ipv6,
     })
 }
 
@@ -229,14 +239,16 @@ fn message(kind: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// OPEN: version 4, our AS (`AS_TRANS` when above 65535), hold time, identifier, and the
-/// capabilities multiprotocol IPv4 unicast (RFC 4760) and 4-octet AS (RFC 6793).
-pub fn encode_open(asn: u32, hold: u16, id: Ipv4Addr) -> Vec<u8> {
+/// capabilities multiprotocol IPv4 unicast (and IPv6 unicast with `ipv6`; RFC 4760) and
+/// 4-octet AS (RFC 6793).
+pub fn encode_open(asn: u32, hold: u16, id: Ipv4Addr, ipv6: bool) -> Vec<u8> {
     let as2 = u16::try_from(asn).unwrap_or(AS_TRANS);
     let mut b = vec![4];
     b.extend_from_slice(&as2.to_be_bytes());
     b.extend_from_slice(&hold.to_be_bytes());
     b.extend_from_slice(&id.octets());
-    let caps: Vec<u8> = [&[1u8, 4, 0, 1, 0, 1][..], &[65, 4], &asn.to_be_bytes()].concat();
+    let v6: &[u8] = if ipv6 { &[1, 4, 0, 2, 0, 1] } else { &[] };
+    let caps: Vec<u8> = [&[1u8, 4, 0, 1, 0, 1][..], v6, &[65, 4], &asn.to_be_bytes()].concat();
     b.push(caps.len() as u8 + 2);
     b.extend_from_slice(&[2, caps.len() as u8]);
     b.extend_from_slice(&caps);
@@ -253,14 +265,78 @@ pub fn encode_notification(code: u8, subcode: u8) -> Vec<u8> {
     message(NOTIFICATION, &[code, subcode])
 }
 
-fn prefix_bytes(out: &mut Vec<u8>, (addr, len): (Ipv4Addr, u8)) {
-    let len = len.min(32);
+/// A prefix in NLRI form: its length, then as many bytes of `addr` as it covers.
+fn prefix_bytes(out: &mut Vec<u8>, addr: &[u8], len: u8) {
+    let len = len.min(u8::try_from(addr.len() * 8).unwrap_or(128));
     out.push(len);
-    out.extend_from_slice(
-        addr.octets()
-            .get(..usize::from(len).div_ceil(8))
-            .unwrap_or(&[]),
-    );
+    out.extend_from_slice(addr.get(..usize::from(len).div_ceil(8)).unwrap_or(&[]));
+}
+
+/// ORIGIN IGP and an AS_PATH of `asn` alone (4 octets when `as4`).
+fn origin_and_path(asn: u32, as4: bool) -> Vec<u8> {
+    let path: Vec<u8> = if as4 {
+        asn.to_be_bytes().to_vec()
+    } else {
+        u16::try_from(asn)
+            .unwrap_or(AS_TRANS)
+            .to_be_bytes()
+            .to_vec()
+    };
+    let mut attrs = vec![0x40, 1, 1, 0]; // ORIGIN IGP
+    attrs.extend_from_slice(&[0x40, 2, 2 + path.len() as u8, 2, 1]); // AS_PATH: AS_SEQUENCE of 1
+    attrs.extend_from_slice(&path);
+    attrs
+}
+
+/// An UPDATE without withdrawn routes: `attrs`, then `nlri`.
+fn update_with(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0];
+    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    b.extend_from_slice(attrs);
+    b.extend_from_slice(nlri);
+    message(UPDATE, &b)
+}
+
+/// An optional non-transitive attribute of `ty` (extended length when above 255 bytes).
+fn optional_attr(out: &mut Vec<u8>, ty: u8, value: &[u8]) {
+    match u8::try_from(value.len()) {
+        Ok(n) => out.extend_from_slice(&[0x80, ty, n]),
+        Err(_) => {
+            out.extend_from_slice(&[0x90, ty]);
+            out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(value);
+}
+
+/// UPDATE announcing the IPv6 `prefixes` from `asn` (a 4-octet AS_PATH when `as4`) in
+/// MP_REACH_NLRI (AFI 2, SAFI 1) with `next_hop` (RFC 4760 §3, RFC 2545 §3), or,
+/// `announce` false, withdrawing them in MP_UNREACH_NLRI (RFC 4760 §4).
+pub fn encode_update6(
+    announce: bool,
+    prefixes: &[(Ipv6Addr, u8)],
+    asn: u32,
+    as4: bool,
+    next_hop: Ipv6Addr,
+) -> Vec<u8> {
+    let mut routes = Vec::new();
+    for (addr, len) in prefixes {
+        prefix_bytes(&mut routes, &addr.octets(), *len);
+    }
+    let mut value = vec![0, 2, 1]; // AFI IPv6, SAFI unicast
+    if !announce {
+        value.extend_from_slice(&routes);
+        let mut attrs = Vec::new();
+        optional_attr(&mut attrs, 15, &value);
+        return update_with(&attrs, &[]);
+    }
+    value.push(16);
+    value.extend_from_slice(&next_hop.octets());
+    value.push(0); // reserved
+    value.extend_from_slice(&routes);
+    let mut attrs = origin_and_path(asn, as4);
+    optional_attr(&mut attrs, 14, &value);
+    update_with(&attrs, &[])
 }
 
 /// UPDATE announcing `prefixes` from `asn` (a 4-octet AS_PATH when `as4`) with `next_hop`,
@@ -273,34 +349,19 @@ pub fn encode_update(
     next_hop: Ipv4Addr,
 ) -> Vec<u8> {
     let mut routes = Vec::new();
-    for &p in prefixes {
-        prefix_bytes(&mut routes, p);
+    for (addr, len) in prefixes {
+        prefix_bytes(&mut routes, &addr.octets(), *len);
     }
-    let mut b = Vec::new();
     if !announce {
-        b.extend_from_slice(&(routes.len() as u16).to_be_bytes());
+        let mut b = (routes.len() as u16).to_be_bytes().to_vec();
         b.extend_from_slice(&routes);
         b.extend_from_slice(&[0, 0]);
         return message(UPDATE, &b);
     }
-    let path: Vec<u8> = if as4 {
-        asn.to_be_bytes().to_vec()
-    } else {
-        u16::try_from(asn)
-            .unwrap_or(AS_TRANS)
-            .to_be_bytes()
-            .to_vec()
-    };
-    let mut attrs = vec![0x40, 1, 1, 0]; // ORIGIN IGP
-    attrs.extend_from_slice(&[0x40, 2, 2 + path.len() as u8, 2, 1]); // AS_PATH: AS_SEQUENCE of 1
-    attrs.extend_from_slice(&path);
+    let mut attrs = origin_and_path(asn, as4);
     attrs.extend_from_slice(&[0x40, 3, 4]); // NEXT_HOP
     attrs.extend_from_slice(&next_hop.octets());
-    b.extend_from_slice(&[0, 0]);
-    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    b.extend_from_slice(&attrs);
-    b.extend_from_slice(&routes);
-    message(UPDATE, &b)
+    update_with(&attrs, &routes)
 }
 
 /// The session's settings.
@@ -318,6 +379,11 @@ pub struct BgpConfig {
     pub next_hop: Ipv4Addr,
     /// The prefixes announced.
     pub prefixes: Vec<(Ipv4Addr, u8)>,
+    /// The IPv6 prefixes announced (when the router offers IPv6 unicast), with this node's
+    /// global IPv6 address on the router's link as their next hop.
+    pub prefixes6: Vec<(Ipv6Addr, u8)>,
+    /// The IPv6 prefixes' next hop (required with `prefixes6`).
+    pub next_hop6: Option<Ipv6Addr>,
     /// The hold time proposed, seconds (0: none; else at least 3).
     pub hold: u16,
     /// The TCP MD5 signature key shared with the router (RFC 2385, 1 to 80 bytes; what
@@ -491,15 +557,20 @@ fn session(
     if s.set_read_timeout(Some(Duration::from_millis(100)))
         .is_err()
         || s.set_nodelay(true).is_err()
-        || s.write_all(&encode_open(cfg.local_as, cfg.hold, cfg.router_id))
-            .is_err()
+        || s.write_all(&encode_open(
+            cfg.local_as,
+            cfg.hold,
+            cfg.router_id,
+            offers6(cfg),
+        ))
+        .is_err()
     {
         return;
     }
     let (mut buf, mut msgs) = (Vec::new(), Vec::new());
     // OpenSent → OpenConfirm → Established (RFC 4271 §8.2.2), within 30 s.
     let start = Instant::now();
-    let mut opened: Option<(u16, bool)> = None;
+    let mut opened: Option<(u16, bool, bool)> = None;
     let hold = loop {
         if start.elapsed() > Duration::from_secs(30) {
             let _ = s.write_all(&encode_notification(4, 0));
@@ -512,7 +583,16 @@ fn session(
         let mut ready = None;
         for m in msgs.drain(..) {
             match (m, opened) {
-                (Message::Open { asn, hold, as4, .. }, None) => {
+                (
+                    Message::Open {
+                        asn,
+                        hold,
+                        as4,
+                        ipv6,
+                        ..
+                    },
+                    None,
+                ) => {
                     if asn != cfg.peer_as {
                         c.errors.fetch_add(1, Ordering::Relaxed);
                         let _ = s.write_all(&encode_notification(2, 2));
@@ -523,7 +603,7 @@ fn session(
                     } else {
                         cfg.hold.min(hold)
                     };
-                    opened = Some((hold, as4));
+                    opened = Some((hold, as4, ipv6 && offers6(cfg)));
                     if s.write_all(&encode_keepalive()).is_err() {
                         return;
                     }
@@ -544,7 +624,7 @@ fn session(
             break o;
         }
     };
-    let (hold, as4) = hold;
+    let (hold, as4, ipv6) = hold;
     // A reset asked for while the session was opening was about the router then.
     reset.store(false, Ordering::Release);
     up.store(true, Ordering::Release);
@@ -592,18 +672,32 @@ fn session(
         }
         let want = announce.load(Ordering::Acquire);
         if want != announced {
-            let u = encode_update(want, &cfg.prefixes, cfg.local_as, as4, cfg.next_hop);
+            let mut u = Vec::new();
+            if !cfg.prefixes.is_empty() {
+                u = encode_update(want, &cfg.prefixes, cfg.local_as, as4, cfg.next_hop);
+            }
+            if let (true, Some(hop)) = (ipv6, cfg.next_hop6) {
+                u.extend(encode_update6(want, &cfg.prefixes6, cfg.local_as, as4, hop));
+            }
             if s.write_all(&u).is_err() {
                 return;
             }
             announced = want;
             said = Instant::now();
+            let v6: &[(Ipv6Addr, u8)] = if ipv6 { &cfg.prefixes6 } else { &[] };
             if want {
                 c.announces.fetch_add(1, Ordering::Relaxed);
-                crate::say!("bgp: announcing {:?} via {}", cfg.prefixes, cfg.next_hop);
+                crate::say!(
+                    "bgp: announcing {:?} via {}{}",
+                    cfg.prefixes,
+                    cfg.next_hop,
+                    cfg.next_hop6
+                        .filter(|_| ipv6)
+                        .map_or(String::new(), |h| format!(", {v6:?} via {h}"))
+                );
             } else {
                 c.withdraws.fetch_add(1, Ordering::Relaxed);
-                crate::say!("bgp: withdrawing {:?}", cfg.prefixes);
+                crate::say!("bgp: withdrawing {:?} {v6:?}", cfg.prefixes);
             }
         }
         if hold > 0 && said.elapsed() >= hold_time / 3 {
@@ -613,6 +707,11 @@ fn session(
             said = Instant::now();
         }
     }
+}
+
+/// Whether the session offers IPv6 unicast: there are IPv6 prefixes and their next hop.
+fn offers6(cfg: &BgpConfig) -> bool {
+    !cfg.prefixes6.is_empty() && cfg.next_hop6.is_some()
 }
 
 /// Ends a session on a read failure: a NOTIFICATION for what did not parse.
@@ -661,6 +760,8 @@ mod tests {
             router_id: Ipv4Addr::new(10, 0, 0, 1),
             next_hop: Ipv4Addr::new(10, 0, 0, 1),
             prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
+            prefixes6: Vec::new(),
+            next_hop6: None,
             hold: 9,
             password: None,
         })
@@ -675,7 +776,7 @@ mod tests {
                 next_message(&mut s, &mut buf),
                 Message::Open { asn: 65_001, .. }
             ));
-            s.write_all(&encode_open(65_000, 9, Ipv4Addr::new(10, 0, 0, 254)))
+            s.write_all(&encode_open(65_000, 9, Ipv4Addr::new(10, 0, 0, 254), false))
                 .unwrap();
             s.write_all(&encode_keepalive()).unwrap();
             let start = Instant::now();
@@ -704,8 +805,20 @@ mod tests {
 
     #[test]
     fn our_messages_parse_back() {
-        let open = encode_open(4_200_000_001, 9, Ipv4Addr::new(10, 2, 1, 2));
+        let open = encode_open(4_200_000_001, 9, Ipv4Addr::new(10, 2, 1, 2), false);
         assert_eq!(open.len(), 19 + 10 + 2 + 12);
+        let open6 = encode_open(65_001, 9, Ipv4Addr::new(10, 2, 1, 2), true);
+        assert!(matches!(
+            decode(&open6).unwrap(),
+            Some((
+                Message::Open {
+                    ipv6: true,
+                    as4: true,
+                    ..
+                },
+                49
+            ))
+        ));
         let (m, n) = decode(&open).unwrap().unwrap();
         assert_eq!(n, open.len());
         assert_eq!(
@@ -714,7 +827,8 @@ mod tests {
                 asn: 4_200_000_001,
                 hold: 9,
                 id: Ipv4Addr::new(10, 2, 1, 2),
-                as4: true
+                as4: true,
+                ipv6: false,
             }
         );
         // The 2-octet field says AS_TRANS for a 4-octet AS.
@@ -738,6 +852,34 @@ mod tests {
                 21
             ))
         );
+    }
+
+    /// An UPDATE announcing 2001:db8:10::/48 from AS 65001 (4-octet path) via
+    /// 2001:db8:3::1 in MP_REACH_NLRI, and its withdrawal in MP_UNREACH_NLRI, written out
+    /// byte by byte from RFC 4760 §3–4 and RFC 2545.
+    #[test]
+    fn an_ipv6_update_is_the_rfc_layout() {
+        let prefix = [("2001:db8:10::".parse().unwrap(), 48)];
+        let hop: Ipv6Addr = "2001:db8:3::1".parse().unwrap();
+        let u = encode_update6(true, &prefix, 65_001, true, hop);
+        let mut want = vec![0xff; 16];
+        want.extend_from_slice(&[0, 67, 2]); // length 67, UPDATE
+        want.extend_from_slice(&[0, 0]); // no withdrawn routes
+        want.extend_from_slice(&[0, 44]); // path attributes: 44 bytes
+        want.extend_from_slice(&[0x40, 1, 1, 0]); // ORIGIN IGP
+        want.extend_from_slice(&[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9]); // AS_PATH 65001
+        want.extend_from_slice(&[0x80, 14, 28, 0, 2, 1, 16]); // MP_REACH: IPv6 unicast
+        want.extend_from_slice(&hop.octets()); // the next hop
+        want.extend_from_slice(&[0, 48, 0x20, 0x01, 0x0d, 0xb8, 0, 0x10]); // reserved, NLRI
+        assert_eq!(u, want);
+        assert_eq!(decode(&u).unwrap(), Some((Message::Update, u.len())));
+        let w = encode_update6(false, &prefix, 65_001, true, hop);
+        let mut want = vec![0xff; 16];
+        want.extend_from_slice(&[0, 36, 2, 0, 0, 0, 13]); // 13 bytes of attributes
+        want.extend_from_slice(&[0x80, 15, 10, 0, 2, 1]); // MP_UNREACH: IPv6 unicast
+        want.extend_from_slice(&[48, 0x20, 0x01, 0x0d, 0xb8, 0, 0x10]);
+        assert_eq!(w, want);
+        assert_eq!(decode(&w).unwrap(), Some((Message::Update, w.len())));
     }
 
     /// An UPDATE announcing 192.0.2.10/32 from AS 65001 (2-octet) via 10.2.1.2, written
@@ -776,13 +918,13 @@ mod tests {
         assert_eq!(decode(&long), Err(BgpError::Length));
         assert_eq!(decode(&message(9, &[])), Err(BgpError::Type(9)));
         assert_eq!(decode(&message(KEEPALIVE, &[0])), Err(BgpError::Length));
-        let mut open = encode_open(65_000, 3, Ipv4Addr::LOCALHOST);
+        let mut open = encode_open(65_000, 3, Ipv4Addr::LOCALHOST, false);
         open[19] = 3;
         assert_eq!(decode(&open), Err(BgpError::Version(3)));
-        let hold2 = encode_open(65_000, 2, Ipv4Addr::LOCALHOST);
+        let hold2 = encode_open(65_000, 2, Ipv4Addr::LOCALHOST, false);
         assert_eq!(decode(&hold2), Err(BgpError::HoldTime));
         assert_eq!(BgpError::HoldTime.notification(), (2, 6));
-        let mut caps = encode_open(65_000, 3, Ipv4Addr::LOCALHOST);
+        let mut caps = encode_open(65_000, 3, Ipv4Addr::LOCALHOST, false);
         caps[32] = 200; // a capability longer than its parameter
         assert_eq!(decode(&caps), Err(BgpError::OpenParameters));
         assert_eq!(
@@ -792,7 +934,7 @@ mod tests {
         // Incomplete: wait for more.
         assert_eq!(decode(&ka[..10]), Ok(None));
         assert_eq!(
-            decode(&encode_open(1, 3, Ipv4Addr::LOCALHOST)[..25]),
+            decode(&encode_open(1, 3, Ipv4Addr::LOCALHOST, false)[..25]),
             Ok(None)
         );
     }

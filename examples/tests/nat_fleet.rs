@@ -241,9 +241,9 @@ fn handed_over(g: &[String]) -> u64 {
 /// client's multipath route hashed as `hash` says (sysctl lines for namespace `$c`), the
 /// client on 10.0.0.100 and the `extra` addresses after it. With `v6`, IPv6 beside IPv4:
 /// the client fd00::100/64 with a multipath default route over the nodes' inside IPv6
-/// addresses (hashed on L4), the nodes translating to [`PUBLIC6`], the router a static
-/// multipath route to it over their outside IPv6 addresses (hashed on L4: the BGP
-/// speaker announces IPv4 only), the server [`SERVER6`]. `None`: skipped.
+/// addresses (hashed on L4), the nodes translating to [`PUBLIC6`] and announcing it over
+/// the same BGP sessions (multiprotocol), the router's multipath route to it over their
+/// outside IPv6 addresses hashed on L4, the server [`SERVER6`]. `None`: skipped.
 struct FleetLab {
     lab: Lab,
     c: String,
@@ -330,7 +330,6 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8, v6: bool) -> Optio
              ip netns exec {r} sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1
              ip -n {r} -6 addr add 2001:db8:3::fe/64 dev ro nodad
              ip -n {r} -6 addr add 2001:db8:2::1/64 dev rv nodad
-             ip -n {r} -6 route add {PUBLIC6}/128 nexthop via 2001:db8:3::1 nexthop via 2001:db8:3::2 nexthop via 2001:db8:3::3
              ip netns exec {v} sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0
              ip -n {v} -6 addr add {SERVER6}/64 dev eth0 nodad
              ip -n {v} -6 route add default via 2001:db8:2::1"
@@ -338,7 +337,8 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8, v6: bool) -> Optio
     }
     // The router learns the public address from every node over BGP (with BFD, on the
     // management link) and installs one multipath route.
-    lab.bird_router(&r, &["10.3.0.1", "10.3.0.2", "10.3.0.3"], &["ro"], "rm");
+    let neighbors = ["10.3.0.1", "10.3.0.2", "10.3.0.3"];
+    lab.bird_router_with(&r, &neighbors, &["ro"], "rm", v6);
     let nodes: Vec<Node> = (1..=3u8)
         .zip(&g)
         .map(|(n, ns)| start_node(&mut lab, ns, n, profile, v6))
@@ -356,6 +356,13 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8, v6: bool) -> Optio
         }
     }
     wait_route(&r, PUBLIC, &ALL_HOPS);
+    if v6 {
+        wait_route(
+            &r,
+            PUBLIC6,
+            &["2001:db8:3::1", "2001:db8:3::2", "2001:db8:3::3"],
+        );
+    }
     // BFD up with every node, node 3's timing its own.
     for ns in &g {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -775,8 +782,9 @@ fn one_mapping(s: &[String]) -> bool {
 }
 
 /// NAT66 in a fleet: the same three nodes translating IPv6 to one public IPv6 address
-/// beside IPv4 (hyperplane), the client's IPv6 route and the router's IPv6 route to the
-/// public address both multipath over the nodes (hashed on L4): 36 TCP connections each
+/// beside IPv4 (hyperplane), the client's IPv6 route and the route BIRD learns for the
+/// public IPv6 address from every node (multiprotocol BGP) both multipath over the nodes
+/// (hashed on L4): 36 TCP connections each
 /// answer from the public address on its own port in every round, the SYN+ACKs that reach
 /// another node than their SYN's before the copy are handed to their port's owner, and 36
 /// UDP flows hear their echoes and 36 ICMPv6 pings (each its own identifier) their replies,

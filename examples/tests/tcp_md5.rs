@@ -57,6 +57,8 @@ fn only_the_same_key_connects() {
             router_id: Ipv4Addr::LOCALHOST,
             next_hop: Ipv4Addr::LOCALHOST,
             prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
+            prefixes6: Vec::new(),
+            next_hop6: None,
             hold: 9,
             password: Some(password),
         };

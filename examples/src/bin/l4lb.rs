@@ -20,8 +20,9 @@
 //! IPv6 VIPs (`--vip [2001:db8:10::10]:80`, DNAT mode) need `--client-addr6` and
 //! `--backend-addr6` (and `--gateway6` for clients off-link): the router answers and
 //! resolves IPv6 neighbours on both sides, and each VIP balances over the backends of its
-//! own family from the same file (`[fd00:1::11]:0 weight=1`). IPv6 VIPs are not announced
-//! over BGP.
+//! own family from the same file (`[fd00:1::11]:0 weight=1`). With `--bgp-peer` the IPv6
+//! VIPs are announced over the same session (multiprotocol BGP, next hop
+//! `--client-addr6`) when the router offers IPv6 unicast.
 //!
 //! Several `--vip`s balance over the same backends (a backend port of 0 keeps the VIP's
 //! port). A VIP hashes the whole 5-tuple unless it names fewer fields: `/3tuple` (source and
@@ -218,7 +219,7 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
 
     pub(crate) fn main() -> ExitCode {
         let usage = format!(
-            "{USAGE}\n\nThe VIPs announced to a router (/32, next hop: --client-addr):\n{}",
+            "{USAGE}\n\nThe VIPs announced to a router (/32, next hop: --client-addr; IPv6 VIPs /128,\nnext hop: --client-addr6):\n{}",
             nf_examples::announce::USAGE
         );
         nf_examples::cli::main_with(
@@ -722,17 +723,17 @@ backend leaves FILE or goes down is reset: its client gets a RST from the VIP (u
             announce: None,
         };
         let what = f.reload()?;
-        // IPv4 VIPs only: the BGP speaker announces IPv4 routes.
-        let vips = args
-            .vips
-            .iter()
-            .filter_map(|(v, _)| match v.ip() {
-                IpAddr::V4(a) => Some((a, 32)),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
+        // The IPv4 VIPs, and the IPv6 ones with their own next hop (multiprotocol BGP).
+        let (mut vips, mut vips6) = (Vec::new(), Vec::new());
+        for (v, _) in &args.vips {
+            match v.ip() {
+                IpAddr::V4(a) => vips.push((a, 32)),
+                IpAddr::V6(a) => vips6.push((a, 128)),
+            }
+        }
         let here = args.client_addr.addr;
-        f.announce = args.announce.start(vips, here, here)?;
+        let v6 = args.v6.map(|(client6, _, _)| (vips6, client6.addr));
+        f.announce = args.announce.start(vips, here, here, v6)?;
         say!(
             "l4lb: ready: VIP {:?} on {} ({}), {what} on {} ({})",
             args.vips,

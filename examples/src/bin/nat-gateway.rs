@@ -20,8 +20,9 @@
 //! stateful NAT66 by the same SNAT service. Frames from outside to an address that is not
 //! public and from inside with a source outside the inside prefix are dropped for either
 //! family (`gateway.spoofed`). In a fleet, IPv6 answers are handed to their port's owner
-//! as IPv4 ones are; the BGP speaker announces the IPv4 public addresses only (an IPv6
-//! route to the public IPv6 addresses is the router's own configuration).
+//! as IPv4 ones are, and `--bgp-peer` announces the public IPv6 addresses over the same
+//! session (multiprotocol BGP, next hop `--outside-addr6`) when the router offers IPv6
+//! unicast.
 //!
 //! On SIGINT/SIGTERM, or after `--duration` seconds, it prints its counters (`name value`
 //! per line) and exits; on SIGUSR1 it prints them and goes on.
@@ -156,7 +157,7 @@ on SIGUSR1, or after --duration.
   --outside-addr6 A/LEN  the gateway's outside IPv6 address and its on-link prefix
   --gateway6 IPV6        the outside IPv6 next hop for destinations not on-link
   --public6 IPV6         a public IPv6 address (repeatable; default: the outside
-                         IPv6 address; not announced over BGP)
+                         IPv6 address)
   --profile P            rfc (default): endpoint-independent mapping (RFC 4787/5382);
                          hyperplane: ports unique per destination, 350 s idle,
                          then a RST to the inside host;
@@ -255,7 +256,7 @@ on SIGUSR1, or after --duration.
 
     pub(crate) fn main() -> ExitCode {
         let usage = format!(
-            "{USAGE}\n\nThe public addresses announced to a router (/32, next hop: --outside-addr):\n{}",
+            "{USAGE}\n\nThe public addresses announced to a router (/32, next hop: --outside-addr;\nIPv6 ones /128, next hop: --outside-addr6):\n{}",
             nf_examples::announce::USAGE
         );
         nf_examples::cli::main_with(
@@ -1026,7 +1027,13 @@ on SIGUSR1, or after --duration.
         let mut pipeline = Pipeline::new(args)?;
         let publics = args.public.iter().map(|a| (*a, 32)).collect();
         let here = args.outside_addr.addr;
-        pipeline.announce = args.announce.start(publics, here, here)?;
+        let v6 = args.v6.as_ref().map(|v| {
+            (
+                v.public.iter().map(|a| (*a, 128)).collect(),
+                v.outside_addr.addr,
+            )
+        });
+        pipeline.announce = args.announce.start(publics, here, here, v6)?;
         say!(
             "nat-gateway: ready: inside {} {}, outside {} {}, profile {:?}, public {:?}{}",
             args.inside,

@@ -743,16 +743,39 @@ impl Lab {
     /// `neighbors` (AS 65001), their routes' next hops resolved over the links `direct`
     /// and merged into multipath kernel routes.
     pub fn bird_router(&mut self, ns: &str, neighbors: &[&str], direct: &[&str], bfd: &str) {
+        self.bird_router_with(ns, neighbors, direct, bfd, false);
+    }
+
+    /// [`Self::bird_router`], and with `v6` IPv6 unicast too over the same sessions
+    /// (multiprotocol BGP, RFC 4760): the nodes' IPv6 routes, their next hops on the links
+    /// `direct`, merged into multipath kernel routes as well (IPv6 must be on in `ns`).
+    pub fn bird_router_with(
+        &mut self,
+        ns: &str,
+        neighbors: &[&str],
+        direct: &[&str],
+        bfd: &str,
+        v6: bool,
+    ) {
         let direct: Vec<String> = direct.iter().map(|d| format!("\"{d}\"")).collect();
+        let (direct6, kernel6, channel6) = if v6 {
+            (
+                " ipv6;",
+                "protocol kernel k6 {\n  ipv6 { export where source = RTS_BGP; };\n  merge paths on;\n}\n",
+                "  ipv6 { import all; export none; gateway recursive; igp table master6; };\n",
+            )
+        } else {
+            ("", "", "")
+        };
         let mut conf = format!(
             "router id 10.255.0.1;
 protocol device {{ scan time 1; }}
-protocol direct {{ ipv4; interface {}; }}
+protocol direct {{ ipv4;{direct6} interface {}; }}
 protocol kernel {{
   ipv4 {{ export where source = RTS_BGP; }};
   merge paths on;
 }}
-template bgp node {{
+{kernel6}template bgp node {{
   local as 65000;
   passive on;
   hold time 3;
@@ -760,7 +783,7 @@ template bgp node {{
   password \"{BGP_PASSWORD}\";
   bfd on;
   ipv4 {{ import all; export none; gateway recursive; igp table master4; }};
-}}
+{channel6}}}
 protocol bfd {{
   interface \"{bfd}\" {{
     min rx interval 200 ms; min tx interval 100 ms; multiplier 3;
@@ -788,7 +811,8 @@ protocol bfd {{
 pub fn wait_route(r: &str, to: &str, hops: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let route = sh(&format!("ip -n {r} route show {to}"));
+        let family = if to.contains(':') { "-6" } else { "-4" };
+        let route = sh(&format!("ip -n {r} {family} route show {to}"));
         let via: Vec<&str> = route
             .split_whitespace()
             .zip(route.split_whitespace().skip(1))
