@@ -251,6 +251,8 @@ struct FleetLab {
     v: String,
     g: Vec<String>,
     nodes: Vec<Node>,
+    /// With `v6`: the router's capture of every BGP session, from before the first OPEN.
+    bgp_pcap: Option<std::path::PathBuf>,
 }
 
 /// The client's multipath route hashed on L4 (addresses, protocol, ports).
@@ -337,6 +339,33 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8, v6: bool) -> Optio
     }
     // The router learns the public address from every node over BGP (with BFD, on the
     // management link) and installs one multipath route.
+    // The router's BGP sessions, for tshark (each packet written as it comes).
+    let bgp_pcap = v6.then(|| lab.dir.join("bgp.pcap"));
+    if let Some(pcap) = &bgp_pcap {
+        if !common::require("tcpdump", &["--version"]) {
+            return None;
+        }
+        let path = pcap.to_str().unwrap();
+        let args = [
+            "--immediate-mode",
+            "-i",
+            "rm",
+            "-U",
+            "-Z",
+            "root",
+            "-w",
+            path,
+        ];
+        lab.spawn(&r, &[&["tcpdump"][..], &args, &["tcp port 179"]].concat());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(pcap).map_or(true, |m| m.len() < 24) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tcpdump never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let neighbors = ["10.3.0.1", "10.3.0.2", "10.3.0.3"];
     lab.bird_router_with(&r, &neighbors, &["ro"], "rm", v6);
     let nodes: Vec<Node> = (1..=3u8)
@@ -378,6 +407,7 @@ fn fleet_lab(tag: &str, profile: &str, hash: &str, extra: u8, v6: bool) -> Optio
         v,
         g,
         nodes,
+        bgp_pcap,
     })
 }
 
@@ -391,6 +421,7 @@ fn a_nat_fleet_behind_ecmp_both_ways_keeps_every_connection_through_a_node_failu
         v,
         g,
         mut nodes,
+        ..
     }) = fleet_lab("nf", "hyperplane", L4_HASH, 0, false)
     else {
         return;
@@ -784,7 +815,8 @@ fn one_mapping(s: &[String]) -> bool {
 /// NAT66 in a fleet: the same three nodes translating IPv6 to one public IPv6 address
 /// beside IPv4 (hyperplane), the client's IPv6 route and the route BIRD learns for the
 /// public IPv6 address from every node (multiprotocol BGP) both multipath over the nodes
-/// (hashed on L4): 36 TCP connections each
+/// (hashed on L4; tshark reads the nodes' OPENs offering IPv6 unicast and their
+/// MP_REACH_NLRI announcements from the router's capture): 36 TCP connections each
 /// answer from the public address on its own port in every round, the SYN+ACKs that reach
 /// another node than their SYN's before the copy are handed to their port's owner, and 36
 /// UDP flows hear their echoes and 36 ICMPv6 pings (each its own identifier) their replies,
@@ -793,11 +825,19 @@ fn one_mapping(s: &[String]) -> bool {
 fn a_nat66_fleet_hands_answers_to_their_port_owner() {
     let _alone = one_lab_at_a_time();
     let Some(FleetLab {
-        mut lab, c, v, g, ..
+        mut lab,
+        c,
+        v,
+        g,
+        bgp_pcap,
+        ..
     }) = fleet_lab("n6", "hyperplane", L4_HASH, 0, true)
     else {
         return;
     };
+    if let Some(pcap) = &bgp_pcap {
+        mp_bgp_dissected(pcap);
+    }
     let mut client = serve_and_ask(&mut lab, &c, &v, SERVER6, 3);
     let first = client.first.clone();
     let mut ports = public_ports(&first, PUBLIC6);
@@ -825,4 +865,67 @@ fn a_nat66_fleet_hands_answers_to_their_port_owner() {
     eprintln!(
         "NAT66 fleet: {CONNECTIONS} connections kept over 3 rounds, {handed} TCP and {handed_later} UDP/ICMPv6 answers handed to their port's owner"
     );
+}
+
+/// tshark on the router's capture of the NAT66 fleet's BGP sessions: every frame well
+/// formed; each node's OPEN offers IPv6 unicast (capability 1, AFI 2, SAFI 1) beside IPv4,
+/// and each node announced the public IPv6 address in MP_REACH_NLRI (AFI 2, SAFI 1) with
+/// its outside IPv6 address as the next hop.
+fn mp_bgp_dissected(pcap: &std::path::Path) {
+    if !common::require("tshark", &["--version"]) {
+        return;
+    }
+    let fields = [
+        "_ws.malformed",
+        "_ws.expert.severity",
+        "ip.src",
+        "bgp.type",
+        "bgp.cap.mp.afi",
+        "bgp.update.path_attribute.mp_reach_nlri.afi",
+        "bgp.update.path_attribute.mp_reach_nlri.safi",
+        "bgp.update.path_attribute.mp_reach_nlri.next_hop.ipv6",
+        "bgp.mp_reach_nlri_ipv6_prefix",
+    ];
+    let args = [
+        "-n",
+        "-o",
+        "tcp.analyze_sequence_numbers:FALSE",
+        "-Y",
+        "bgp",
+    ];
+    let rows = common::tshark_rows(pcap, &args, &fields);
+    let mut offered = std::collections::BTreeSet::new();
+    let mut announced = std::collections::BTreeSet::new();
+    for (i, r) in rows.iter().enumerate() {
+        common::assert_dissected_clean(i, r);
+        let from = r["ip.src"].first().cloned().unwrap_or_default();
+        let Some(n) = from.strip_prefix("10.3.0.").filter(|n| *n != "254") else {
+            continue;
+        };
+        if r["bgp.cap.mp.afi"].iter().any(|a| a == "2") {
+            offered.insert(n.to_string());
+        }
+        if r["bgp.update.path_attribute.mp_reach_nlri.afi"]
+            .iter()
+            .any(|a| a == "2")
+        {
+            assert_eq!(
+                (
+                    r["bgp.update.path_attribute.mp_reach_nlri.safi"].join(","),
+                    r["bgp.update.path_attribute.mp_reach_nlri.next_hop.ipv6"].join(","),
+                    r["bgp.mp_reach_nlri_ipv6_prefix"].join(","),
+                ),
+                (
+                    "1".to_string(),
+                    format!("2001:db8:3::{n}"),
+                    PUBLIC6.to_string()
+                ),
+                "frame {i}: {r:?}"
+            );
+            announced.insert(n.to_string());
+        }
+    }
+    let all: std::collections::BTreeSet<String> = ["1", "2", "3"].map(String::from).into();
+    assert_eq!(offered, all, "OPENs offering IPv6 unicast: {rows:?}");
+    assert_eq!(announced, all, "MP_REACH_NLRI announcements: {rows:?}");
 }
