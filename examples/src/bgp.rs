@@ -732,12 +732,17 @@ mod tests {
     /// Reads whole messages from the speaker's connection until one that is not a
     /// KEEPALIVE (2 s at most).
     fn next_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
+        next_raw(s, buf).0
+    }
+
+    /// The next message that is not a KEEPALIVE, and its bytes.
+    fn next_raw(s: &mut TcpStream, buf: &mut Vec<u8>) -> (Message, Vec<u8>) {
         let start = Instant::now();
         loop {
             while let Some((m, n)) = decode(buf).unwrap() {
-                buf.drain(..n);
+                let raw: Vec<u8> = buf.drain(..n).collect();
                 if m != Message::Keepalive {
-                    return m;
+                    return (m, raw);
                 }
             }
             assert!(start.elapsed() < Duration::from_secs(2), "no message");
@@ -746,6 +751,69 @@ mod tests {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// With IPv6 prefixes the speaker offers IPv6 unicast; a router that offers it too gets
+    /// the IPv4 UPDATE and then the IPv6 one (MP_REACH_NLRI with the IPv6 next hop), and
+    /// their withdrawals (MP_UNREACH_NLRI); a router that does not gets IPv4 only.
+    #[test]
+    fn ipv6_prefixes_go_only_to_a_router_offering_ipv6_unicast() {
+        let hop6: Ipv6Addr = "2001:db8:3::1".parse().unwrap();
+        for router_offers in [true, false] {
+            let router = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let speaker = BgpSpeaker::start(BgpConfig {
+                peer: router.local_addr().unwrap(),
+                local_as: 65_001,
+                peer_as: 65_000,
+                router_id: Ipv4Addr::new(10, 0, 0, 1),
+                next_hop: Ipv4Addr::new(10, 0, 0, 1),
+                prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
+                prefixes6: vec![("2001:db8:ff::1".parse().unwrap(), 128)],
+                next_hop6: Some(hop6),
+                hold: 9,
+                password: None,
+            })
+            .unwrap();
+            let (mut s, _) = router.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut buf = Vec::new();
+            assert!(matches!(
+                next_raw(&mut s, &mut buf).0,
+                Message::Open { ipv6: true, .. }
+            ));
+            let open = encode_open(65_000, 9, Ipv4Addr::new(10, 0, 0, 254), router_offers);
+            s.write_all(&open).unwrap();
+            s.write_all(&encode_keepalive()).unwrap();
+            let start = Instant::now();
+            while !speaker.established() {
+                assert!(start.elapsed() < Duration::from_secs(2));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let has = |raw: &[u8], part: &[u8]| raw.windows(part.len()).any(|w| w == part);
+            for announce in [true, false] {
+                speaker.set_announce(announce);
+                let (m, v4) = next_raw(&mut s, &mut buf);
+                assert_eq!(m, Message::Update);
+                assert_eq!(has(&v4, &[0x40, 3, 4, 10, 0, 0, 1]), announce, "{v4:?}");
+                if router_offers {
+                    let (m, v6) = next_raw(&mut s, &mut buf);
+                    assert_eq!(m, Message::Update);
+                    let attr = if announce { 14 } else { 15 };
+                    assert!(has(&v6, &[0x80, attr]), "{v6:?}");
+                    assert_eq!(has(&v6, &hop6.octets()), announce, "{v6:?}");
+                }
+            }
+            // Nothing more: no IPv6 UPDATE for a router that did not offer IPv6 unicast.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut chunk = [0u8; 4096];
+            if let Ok(n) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            while let Some((m, n)) = decode(&buf).unwrap() {
+                assert_eq!(m, Message::Keepalive, "router offers IPv6: {router_offers}");
+                buf.drain(..n);
             }
         }
     }
