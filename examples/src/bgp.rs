@@ -755,6 +755,28 @@ mod tests {
         }
     }
 
+    /// A router's listening socket on loopback and a speaker (AS 65001, 10.0.0.1, announcing
+    /// 192.0.2.10/32 and the IPv6 prefixes and next hop of `v6`) connecting to it.
+    fn router_and_speaker(
+        (prefixes6, next_hop6): (Vec<(Ipv6Addr, u8)>, Option<Ipv6Addr>),
+    ) -> (std::net::TcpListener, BgpSpeaker) {
+        let router = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let speaker = BgpSpeaker::start(BgpConfig {
+            peer: router.local_addr().unwrap(),
+            local_as: 65_001,
+            peer_as: 65_000,
+            router_id: Ipv4Addr::new(10, 0, 0, 1),
+            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
+            prefixes6,
+            next_hop6,
+            hold: 9,
+            password: None,
+        })
+        .unwrap();
+        (router, speaker)
+    }
+
     /// With IPv6 prefixes the speaker offers IPv6 unicast; a router that offers it too gets
     /// the IPv4 UPDATE and then the IPv6 one (MP_REACH_NLRI with the IPv6 next hop), and
     /// their withdrawals (MP_UNREACH_NLRI); a router that does not gets IPv4 only.
@@ -762,20 +784,8 @@ mod tests {
     fn ipv6_prefixes_go_only_to_a_router_offering_ipv6_unicast() {
         let hop6: Ipv6Addr = "2001:db8:3::1".parse().unwrap();
         for router_offers in [true, false] {
-            let router = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let speaker = BgpSpeaker::start(BgpConfig {
-                peer: router.local_addr().unwrap(),
-                local_as: 65_001,
-                peer_as: 65_000,
-                router_id: Ipv4Addr::new(10, 0, 0, 1),
-                next_hop: Ipv4Addr::new(10, 0, 0, 1),
-                prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
-                prefixes6: vec![("2001:db8:ff::1".parse().unwrap(), 128)],
-                next_hop6: Some(hop6),
-                hold: 9,
-                password: None,
-            })
-            .unwrap();
+            let v6 = (vec![("2001:db8:ff::1".parse().unwrap(), 128)], Some(hop6));
+            let (router, speaker) = router_and_speaker(v6);
             let (mut s, _) = router.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let mut buf = Vec::new();
@@ -820,20 +830,7 @@ mod tests {
 
     #[test]
     fn a_reset_ends_the_established_session_with_cease_bfd_down_and_a_new_one_opens() {
-        let router = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let speaker = BgpSpeaker::start(BgpConfig {
-            peer: router.local_addr().unwrap(),
-            local_as: 65_001,
-            peer_as: 65_000,
-            router_id: Ipv4Addr::new(10, 0, 0, 1),
-            next_hop: Ipv4Addr::new(10, 0, 0, 1),
-            prefixes: vec![(Ipv4Addr::new(192, 0, 2, 10), 32)],
-            prefixes6: Vec::new(),
-            next_hop6: None,
-            hold: 9,
-            password: None,
-        })
-        .unwrap();
+        let (router, speaker) = router_and_speaker((Vec::new(), None));
         // Before any session, a reset is forgotten.
         speaker.reset();
         for round in 0..2 {
