@@ -38,7 +38,10 @@
 //! connections of the drained backend are reset. And the fleet in DNAT mode, the backends'
 //! default route an ECMP route over the three nodes, so that most connections' answers pass
 //! another node than their client's packets: every connection keeps its backend through a
-//! drain and a node failure, and the backends see the client's address. Needs root, `ip`, `bird`, python3,
+//! drain and a node failure, and the backends see the client's address. The DNAT fleet
+//! dual-stack: an IPv6 VIP beside the IPv4 one, its route learned by BIRD over the same BGP
+//! sessions (multiprotocol), 36 IPv6 connections keep their backends through a node
+//! failure, and the backends see the client's IPv6 address. Needs root, `ip`, `bird`, python3,
 //! `tcpdump` and `tshark`: without them it skips, except under `CI=true`.
 #![cfg(target_os = "linux")]
 #![expect(
@@ -74,7 +77,15 @@ enum Mode {
     /// Destination NAT: the backends answer through the nodes, their default route an ECMP
     /// route over all three.
     Dnat,
+    /// [`Mode::Dnat`] with IPv6 beside IPv4: the IPv6 VIP [`VIP6`] too, over the backends'
+    /// IPv6 addresses, announced over the same BGP sessions (multiprotocol BGP).
+    DualStack,
 }
+
+/// The IPv6 VIP of [`Mode::DualStack`].
+const VIP6: &str = "2001:db8:10::10";
+/// The nodes' IPv6 addresses on their links to the router, the IPv6 VIP's next hops.
+const ALL_HOPS6: [&str; 3] = ["2001:db8:2:1::2", "2001:db8:2:2::2", "2001:db8:2:3::2"];
 
 struct Node {
     lines: Receiver<String>,
@@ -110,6 +121,12 @@ fn start_node(
     if mode == Mode::Encap {
         cmd.args(["--mode", "encap", "--vni", "42"])
             .args(["--inner-mac", "02:00:00:00:00:01"]);
+    }
+    if mode == Mode::DualStack {
+        cmd.args(["--client-addr6", &format!("2001:db8:2:{n}::2/64")])
+            .args(["--gateway6", &format!("2001:db8:2:{n}::1")])
+            .args(["--backend-addr6", &format!("fd00:1::{n}/64")])
+            .args(["--vip", &format!("[{VIP6}]:7000")]);
     }
     if let Some(keys) = keys {
         std::fs::write(&key, keys).unwrap();
@@ -171,6 +188,9 @@ fn start_all(
         n.wait("bgp: announcing", 15);
     }
     wait_route(r, VIP, &ALL_HOPS);
+    if mode == Mode::DualStack {
+        wait_route(r, VIP6, &ALL_HOPS6);
+    }
     nodes
 }
 
@@ -180,7 +200,7 @@ fn drain_busiest(first: &[String], nodes: &mut [Node], file: &std::path::Path) -
         .into_iter()
         .max_by_key(|b| first.iter().filter(|f| f == b).count())
         .unwrap();
-    std::fs::write(file, pool(busiest)).unwrap();
+    std::fs::write(file, pool(busiest, false)).unwrap();
     for n in nodes {
         sh(&format!("kill -HUP {}", n.pid));
         n.wait("l4lb: reloaded", 5);
@@ -210,8 +230,9 @@ fn stop(node: &mut Node) -> BTreeMap<String, u64> {
     counters(&node.seen)
 }
 
-/// The backends file: b1 to b3 up, `drained` (if one of them) draining.
-fn pool(drained: &str) -> String {
+/// The backends file: b1 to b3 up, `drained` (if one of them) draining (with `v6`, their
+/// IPv6 addresses too).
+fn pool(drained: &str, v6: bool) -> String {
     (1..=3)
         .map(|i| {
             let state = if format!("b{i}") == drained {
@@ -219,7 +240,11 @@ fn pool(drained: &str) -> String {
             } else {
                 "up"
             };
-            format!("10.1.0.1{i}:0 weight=1 state={state}\n")
+            let mut line = format!("10.1.0.1{i}:0 weight=1 state={state}\n");
+            if v6 {
+                line += &format!("[fd00:1::1{i}]:0 weight=1 state={state}\n");
+            }
+            line
         })
         .collect::<String>()
 }
@@ -319,17 +344,41 @@ fn fleet(tag: &str, mode: Mode) -> Option<Fleet> {
            ip -n $b addr add 192.0.2.10/32 dev vx0
            ip netns exec $b sysctl -qw net.ipv4.conf.vx0.rp_filter=0
            ip -n $b route add 198.51.100.0/24 via 10.1.0.254",
-            Mode::Dnat => "ip netns exec $b sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+            Mode::Dnat | Mode::DualStack => "ip netns exec $b sysctl -qw net.ipv4.fib_multipath_hash_policy=1
            ip -n $b route add default nexthop via 10.1.0.1 nexthop via 10.1.0.2 nexthop via 10.1.0.3",
         }
     ));
+    if mode == Mode::DualStack {
+        // IPv6 on the client, the router and the backends (the nodes' kernels without it):
+        // the router's links to the nodes 2001:db8:2:N::/64, the client's 2001:db8:c::/64,
+        // the backends fd00:1::1I/64 with a multipath default route over the nodes'
+        // backend-side addresses (hashed on L4).
+        let on = "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0";
+        sh(&format!(
+            "for n in {c} {r} {b1} {b2} {b3}; do ip netns exec $n {on}; done
+             ip netns exec {c} sysctl -qw net.ipv6.conf.ch.disable_ipv6=0
+             ip -n {c} -6 addr add 2001:db8:c::2/64 dev ch nodad
+             ip -n {c} -6 route add default via 2001:db8:c::1
+             ip netns exec {r} sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1
+             for k in rc d1 d2 d3; do ip netns exec {r} sysctl -qw net.ipv6.conf.$k.disable_ipv6=0; done
+             ip -n {r} -6 addr add 2001:db8:c::1/64 dev rc nodad
+             for n in 1 2 3; do ip -n {r} -6 addr add 2001:db8:2:$n::1/64 dev d$n nodad; done
+             for i in 1 2 3; do
+               b={t}b$i
+               ip netns exec $b sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0 net.ipv6.fib_multipath_hash_policy=1
+               ip -n $b -6 addr add fd00:1::1$i/64 dev eth0 nodad
+               ip -n $b -6 route add default nexthop via fd00:1::1 nexthop via fd00:1::2 nexthop via fd00:1::3
+             done"
+        ));
+    }
     // The router: BGP with each node (passive: the nodes connect), the VIP's routes merged
     // into one multipath route in the kernel, next hops resolved over the data links.
-    lab.bird_router(
+    lab.bird_router_with(
         &r,
         &["10.4.1.2", "10.4.2.2", "10.4.3.2"],
         &["d1", "d2", "d3"],
         "bgp*",
+        mode == Mode::DualStack,
     );
     for (ns, name) in [(&b1, "b1"), (&b2, "b2"), (&b3, "b3")] {
         lab.spawn(
@@ -341,6 +390,8 @@ fn fleet(tag: &str, mode: Mode) -> Option<Fleet> {
                 match mode {
                     Mode::Encap => "192.0.2.10",
                     Mode::Dnat => "0.0.0.0",
+                    // Both families on one socket.
+                    Mode::DualStack => "::",
                 },
                 "7000",
                 name,
@@ -348,7 +399,7 @@ fn fleet(tag: &str, mode: Mode) -> Option<Fleet> {
         );
     }
     let file = lab.dir.join("backends");
-    std::fs::write(&file, pool("")).unwrap();
+    std::fs::write(&file, pool("", mode == Mode::DualStack)).unwrap();
     Some(Fleet {
         lab,
         c,
@@ -585,20 +636,7 @@ fn dnat_flows_answer_through_any_node_behind_ecmp_both_ways() {
     let first = client.first.clone();
     assert_kept("all nodes up", &first, &client.round(), ROUNDS);
     // DNAT keeps the client's address: every backend's connections come from it.
-    let mut peers = Vec::new();
-    for b in &f.b {
-        let ss = sh(&format!(
-            "ip netns exec {b} ss -Htn state established '( sport = :7000 )'"
-        ));
-        peers.extend(
-            ss.lines()
-                .filter_map(|l| l.split_whitespace().last())
-                .filter_map(|p| p.rsplit_once(':'))
-                .map(|(a, _)| a.to_string()),
-        );
-    }
-    assert_eq!(peers.len(), CONNECTIONS, "{peers:?}");
-    assert!(peers.iter().all(|p| p == "198.51.100.2"), "{peers:?}");
+    assert_backends_see(&f.b, "-4", "198.51.100.2");
     // Answers reached nodes without their session (the backends' hash is not the
     // router's): the SYN+ACKs that beat sync, un-NATed by the hash.
     std::thread::sleep(Duration::from_millis(1100));
@@ -622,6 +660,66 @@ fn dnat_flows_answer_through_any_node_behind_ecmp_both_ways() {
     wait_route(&f.r, VIP, &ALL_HOPS[1..]);
     assert_kept("after node 1 failed", &first, &client.round(), ROUNDS);
     client.close();
+    stop_survivors(&mut nodes);
+    eprintln!(
+        "DNAT fleet: {stateless} answers un-NATed by the hash before their session's copy came"
+    );
+}
+
+/// [`Mode::DualStack`]: the IPv6 VIP's route learned from every node over multiprotocol
+/// BGP; 36 connections to it spread by the router's hash, every backend seeing the client's
+/// own IPv6 address; then node 1 fails (killed, the backends' IPv6 route made to skip it):
+/// every connection carries on with its backend through the two others, by their copies of
+/// its session.
+#[test]
+fn dual_stack_dnat_fleet_keeps_ipv6_connections_through_a_node_failure() {
+    let _one_lab_at_a_time = LABS.lock();
+    let Some(mut f) = fleet("d6", Mode::DualStack) else {
+        return;
+    };
+    let mut nodes = start_all(&mut f.lab, &f.g, &f.r, &f.file, true, Mode::DualStack);
+    let to = format!("{VIP6}:7000");
+    let mut client = AskingClient::open(&f.c, &to, CONNECTIONS, ROUNDS, 8.0);
+    let first = client.first.clone();
+    assert_kept("IPv6, all nodes up", &first, &client.round(), ROUNDS);
+    assert_backends_see(&f.b, "-6", "[2001:db8:c::2]");
+    sh(&format!("kill -KILL {}", nodes[0].pid));
+    for b in &f.b {
+        sh(&format!(
+            "ip -n {b} -6 route replace default nexthop via fd00:1::2 nexthop via fd00:1::3"
+        ));
+    }
+    for n in &mut nodes[1..] {
+        n.wait("10.3.0.1:7600 down: orphaned", 10);
+    }
+    wait_route(&f.r, VIP6, &ALL_HOPS6[1..]);
+    assert_kept("IPv6, after node 1 failed", &first, &client.round(), ROUNDS);
+    client.close();
+    stop_survivors(&mut nodes);
+}
+
+/// Every one of the [`CONNECTIONS`] established at the backends (`ss` family `family`)
+/// comes from `client` (as `ss` prints it).
+fn assert_backends_see(backends: &[String; 3], family: &str, client: &str) {
+    let mut peers = Vec::new();
+    for b in backends {
+        let ss = sh(&format!(
+            "ip netns exec {b} ss -Htn {family} state established '( sport = :7000 )'"
+        ));
+        peers.extend(
+            ss.lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .filter_map(|p| p.rsplit_once(':'))
+                .map(|(a, _)| a.to_string()),
+        );
+    }
+    assert_eq!(peers.len(), CONNECTIONS, "{peers:?}");
+    assert!(peers.iter().all(|p| p == client), "{peers:?}");
+}
+
+/// Stops nodes 2 and 3 (node 1 failed): neither had a sync error, sent anything by the hash
+/// alone or reset a flow, and both answered replies from sessions.
+fn stop_survivors(nodes: &mut [Node]) {
     let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
     for i in [1, 2] {
         let m = stop(&mut nodes[i]);
@@ -635,9 +733,6 @@ fn dnat_flows_answer_through_any_node_behind_ecmp_both_ways() {
         }
         assert!(get(&m, "conntrack.reply_hits") > 0, "node {}: {m:?}", i + 1);
     }
-    eprintln!(
-        "DNAT fleet: {stateless} answers un-NATed by the hash before their session's copy came"
-    );
 }
 
 /// tshark's reading of every BGP session the router had: every message well formed, every
