@@ -881,7 +881,8 @@ fn output(ns: &str, args: &[&str]) -> String {
 /// (2001:db8::2), while IPv4 goes on as before; unsolicited pings to the public address
 /// fail; the gateway's inside address answers pings; a ping with hop limit 1 hears time
 /// exceeded, and one too big for the outside link's MTU of 1,400 hears packet too big
-/// (RFC 4443), both from the gateway's inside IPv6 address.
+/// (RFC 4443), both from the gateway's inside IPv6 address; a port forward of the public
+/// IPv6 address reaches the inside host's web server from outside.
 #[test]
 fn translates_ipv6_beside_ipv4() {
     let Some((mut lab, [i, g, o])) = lab("nf6") else {
@@ -905,6 +906,7 @@ fn translates_ipv6_beside_ipv4() {
     );
     wait_for(&who, "who ready", 10, &mut Vec::new());
     serve(&mut lab, &o, "2001:db8::2", "8000");
+    serve(&mut lab, &i, "fd00::2", "8000");
     let (lines, seen) = start_gateway(
         &mut lab,
         &g,
@@ -915,6 +917,8 @@ fn translates_ipv6_beside_ipv4() {
             "fd00::1/64",
             "--outside-addr6",
             "2001:db8::1/64",
+            "--forward",
+            "tcp:8080=[fd00::2]:8000",
         ],
     );
     assert_eq!(pings(&i, "2001:db8::2", 3), 3, "inside -> outside, NAT66");
@@ -923,6 +927,8 @@ fn translates_ipv6_beside_ipv4() {
     let said = output(&i, &[common::system_python(), "-c", ASK, "2001:db8::2"]);
     assert!(said.contains("seen 2001:db8::1:"), "{said}");
     fetch(&mut lab, &i, "http://[2001:db8::2]:8000/blob");
+    // A port forward of the public IPv6 address to the inside web server.
+    fetch(&mut lab, &o, "http://[2001:db8::1]:8080/blob");
     assert_eq!(
         pings(&o, "2001:db8::1", 2),
         0,
@@ -971,6 +977,7 @@ fn translates_ipv6_beside_ipv4() {
         assert!(get(k) >= 1, "{k}: {c:?}");
     }
     assert!(get("snat.flows_translated") >= 4, "{c:?}");
+    assert!(get("snat.flows_forwarded") >= 1, "{c:?}");
     assert_eq!(get("conntrack.service_rejected"), 0, "{c:?}");
     println!("{}", seen.join("\n"));
 }

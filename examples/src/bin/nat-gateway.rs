@@ -119,7 +119,7 @@ mod linux {
         nat_timeouts, owner_of,
     };
     use std::collections::VecDeque;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::path::PathBuf;
     use std::process::ExitCode;
 
@@ -166,7 +166,8 @@ on SIGUSR1, or after --duration.
   --filtering F          apdf (default): replies only from the flow's destination;
                          eif: any outside host may reach a live mapping (rfc, cgn)
   --forward P:N=A:M      forward PROTO (tcp|udp) port N of the first public address to
-                         inside A:M (repeatable)
+                         inside A:M (repeatable); an inside [IPV6]:M forwards port N
+                         of the first public IPv6 address
   --block-log FILE       cgn: append every port block given to or taken back from a
                          subscriber to FILE, one line each (RFC 6888 logging), the
                          wall-clock time first
@@ -213,7 +214,7 @@ on SIGUSR1, or after --duration.
         v6: Option<V6Args>,
         profile: Profile,
         filtering: Filtering,
-        forwards: Vec<(u8, u16, SocketAddrV4)>,
+        forwards: Vec<(u8, u16, SocketAddr)>,
         sessions: u32,
         window: bool,
         duration: Option<f64>,
@@ -325,7 +326,7 @@ on SIGUSR1, or after --duration.
                     }
                 }
                 "--forward" => {
-                    forwards.push(parse_forward(&value).ok_or_else(|| bad("PROTO:PORT=IPV4:PORT"))?)
+                    forwards.push(parse_forward(&value).ok_or_else(|| bad("PROTO:PORT=IP:PORT"))?)
                 }
                 "--sessions" => {
                     sessions = value
@@ -425,7 +426,7 @@ on SIGUSR1, or after --duration.
     }
 
     /// `tcp:8080=10.0.0.2:80` as (protocol, public port, inside address).
-    fn parse_forward(s: &str) -> Option<(u8, u16, SocketAddrV4)> {
+    fn parse_forward(s: &str) -> Option<(u8, u16, SocketAddr)> {
         let (proto, rest) = s.split_once(':')?;
         let (port, inside) = rest.split_once('=')?;
         let proto = match proto {
@@ -799,10 +800,16 @@ on SIGUSR1, or after --duration.
                 let inside = v.inside_addr;
                 cfg = cfg.with_inside(InsidePrefix::new(IpAddr::V6(inside.addr), inside.len));
             }
-            let first = args.public.first().copied().ok_or("no public address")?;
+            // Each forward on the first public address of its inside address's family.
             for (proto, port, to) in &args.forwards {
-                let public = SocketAddr::V4(SocketAddrV4::new(first, *port));
-                cfg = cfg.with_forward(PortForward::new(*proto, public, SocketAddr::V4(*to)));
+                let first = match to {
+                    SocketAddr::V4(_) => args.public.first().copied().map(IpAddr::V4),
+                    SocketAddr::V6(_) => v6.and_then(|v| v.public.first().copied()).map(IpAddr::V6),
+                };
+                let first = first
+                    .ok_or_else(|| format!("--forward {to}: no public address of its family"))?;
+                let public = SocketAddr::new(first, *port);
+                cfg = cfg.with_forward(PortForward::new(*proto, public, *to));
             }
             let timeouts = nat_timeouts(profile);
             let mut snat = Snat::new(cfg).map_err(|e| format!("NAT config: {e}"))?;
@@ -1204,6 +1211,36 @@ on SIGUSR1, or after --duration.
             .unwrap()
             .unwrap();
             assert_eq!(b.forwards, vec![(6, 8080, "10.0.0.2:80".parse().unwrap())]);
+            assert_eq!(
+                parse_forward("udp:53=[fd00::2]:5353"),
+                Some((17, 53, "[fd00::2]:5353".parse().unwrap()))
+            );
+            assert_eq!(parse_forward("tcp:80=fd00::2:80"), None);
+            // IPv6: both addresses, the public one the outside one unless given.
+            let six = parse_args(
+                argv(
+                    "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 \
+                     --inside-addr6 fd00::1/64 --outside-addr6 2001:db8::1/64 --gateway6 2001:db8::fe",
+                )
+                .into_iter(),
+            )
+            .unwrap()
+            .unwrap()
+            .v6
+            .unwrap();
+            assert_eq!(six.public, vec!["2001:db8::1".parse::<Ipv6Addr>().unwrap()]);
+            assert_eq!(six.gateway, Some("2001:db8::fe".parse().unwrap()));
+            assert_eq!(six.inside_addr, "fd00::1/64".parse().unwrap());
+            for half in [
+                "--inside-addr6 fd00::1/64",
+                "--outside-addr6 2001:db8::1/64",
+                "--public6 2001:db8::9",
+            ] {
+                let line = format!(
+                    "--inside ig --inside-addr 10.0.0.1/24 --outside og --outside-addr 203.0.113.1/24 {half}"
+                );
+                assert!(parse_args(argv(&line).into_iter()).is_err(), "{half}");
+            }
             assert!(!b.window && b.sessions == 1000);
             assert_eq!(b.metrics, Some("127.0.0.1:9464".parse().unwrap()));
             assert_eq!(a.metrics, None);
