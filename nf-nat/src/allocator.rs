@@ -521,6 +521,68 @@ impl PortAllocator {
         r
     }
 
+    /// Whether `reply` — a packet from outside to one of the public addresses — is for a
+    /// mapping live here: rfc and cgn, its public address's port is mapped for its
+    /// protocol (to any inside endpoint, a claimed copy's too); hyperplane, the port is
+    /// mapped toward the reply's source (the flow's destination). Quarantined ports are
+    /// not live. What a fleet node asks of an answer that found no session before it holds
+    /// the answer for a session copy that may still come: no session will come for a port
+    /// no mapping holds (a port scan's packets, a late answer).
+    ///
+    /// ```
+    /// use nf_core::{FlowKey, Instant, ZoneId, flow::proto};
+    /// use nf_nat::{AllocatorConfig, PortAllocator, Profile};
+    /// let public = "198.18.0.1".parse()?;
+    /// let mut ports = PortAllocator::new(AllocatorConfig::new(Profile::Rfc, vec![public], [7; 16]))?;
+    /// let (server, inside) = ("192.0.2.9".parse()?, "10.0.0.2".parse()?);
+    /// let flow = FlowKey::from_addrs(ZoneId(0), inside, server, proto::UDP, 5000, 53).ok_or("key")?;
+    /// let m = ports.allocate(Instant::ZERO, &flow)?;
+    /// let reply = ports.reply_key(&flow, m).ok_or("no reply key")?;
+    /// assert!(ports.holds(&reply));
+    /// // Another port of the public address: nobody's.
+    /// let port = reply.dst_port ^ 1;
+    /// let other = FlowKey::from_addrs(ZoneId(0), server, public, proto::UDP, 53, port).ok_or("key")?;
+    /// assert!(!ports.holds(&other));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn holds(&self, reply: &FlowKey) -> bool {
+        let Some(public) = self
+            .public_ips
+            .iter()
+            .position(|a| *a == reply.dst_ip())
+            .and_then(|i| u16::try_from(i).ok())
+        else {
+            return false;
+        };
+        // The flow the reply answers, as far as the allocator keys it (its destination).
+        let original = reply.reversed();
+        let Ok((p, fam)) = self.precheck(&original) else {
+            return false;
+        };
+        let port = reply.dst_port;
+        let (w, b) = (usize::from(port / 64), bit(port));
+        let live = |used: u64, quarantined: u64| used & !quarantined & b != 0;
+        match &self.state {
+            State::Hyper(table) => {
+                let key = WordKey {
+                    tag: port / 64,
+                    ..Self::dest_key(&original, public)
+                };
+                let hd = self.dest_hash(&key, fam == 1);
+                table
+                    .get(word_hash(hd, key.tag), &key)
+                    .is_some_and(|v| live(v.used, v.quarantined))
+            }
+            State::Eim(e) => e
+                .dense
+                .get(usize::from(public) * 3 + p)
+                .is_some_and(|d| {
+                    let word = |bits: &[u64]| bits.get(w).copied().unwrap_or(0);
+                    live(word(&d.used), word(&d.quarantined))
+                }),
+        }
+    }
+
     /// The key replies to `original` will carry once translated by `mapping`: from the
     /// original destination to the public address and port (`None` if `mapping` names no
     /// public address of the flow's family).

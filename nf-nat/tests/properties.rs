@@ -59,7 +59,10 @@ proptest! {
 
     /// No two live mappings share a public tuple; a released tuple is not handed out again
     /// before its quarantine ends; endpoint-independent profiles give one inside endpoint one
-    /// mapping; failures are typed and change nothing; counters agree with the model.
+    /// mapping; failures are typed and change nothing; counters agree with the model;
+    /// `holds` says of a reply exactly what the model's live tuples say (every live
+    /// session's reply is held; of every TCP and UDP port of the range, from each
+    /// destination, only the live ones).
     #[test]
     fn matches_model(which in 0u8..3, ops in proptest::collection::vec(op(), 1..300)) {
         let profile = profile(which);
@@ -75,7 +78,7 @@ proptest! {
         let mut live: HashMap<Tuple, u32> = HashMap::new();
         let mut eim: HashMap<(u32, [u8; 16], u16, u8), Mapping> = HashMap::new();
         let mut quarantine: Vec<(Tuple, Instant)> = Vec::new();
-        for op in ops {
+        for (i, op) in ops.iter().cloned().enumerate() {
             match op {
                 Op::Alloc { inside, sport, dst, proto: p } => {
                     let proto = [proto::TCP, proto::UDP, proto::ICMP][usize::from(p)];
@@ -138,6 +141,29 @@ proptest! {
             prop_assert_eq!(c.active.iter().sum::<u64>(), live.len() as u64);
             prop_assert_eq!(n.active_on(0) + n.active_on(1), live.len() as u64);
             prop_assert!(n.quarantined() >= quarantine.len());
+            for (f, m) in &sessions {
+                let reply = n.reply_key(f, *m).unwrap();
+                prop_assert!(n.holds(&reply), "{f:?} -> {m:?}");
+            }
+            if i % 25 == 0 || i + 1 == ops.len() {
+                for (public, ip) in [(0u16, [203, 0, 113, 1]), (1, [203, 0, 113, 2])] {
+                    for proto in [proto::TCP, proto::UDP] {
+                        for dst in 0u8..3 {
+                            let from = [198, 51, 100, dst];
+                            for port in 1024..1152u16 {
+                                let reply = FlowKey::v4(ZoneId(0), from, ip, proto, 443, port);
+                                let want = if profile == Profile::Hyperplane {
+                                    let d = FlowKey::v4(ZoneId(0), ip, from, proto, port, 443);
+                                    live.contains_key(&(public, port, proto, Some((*d.dst_raw(), 443))))
+                                } else {
+                                    live.keys().any(|t| (t.0, t.1, t.2) == (public, port, proto))
+                                };
+                                prop_assert_eq!(n.holds(&reply), want, "{:?}", reply);
+                            }
+                        }
+                    }
+                }
+            }
         }
         // Everything released and every quarantine over: the allocator is empty again.
         for (f, m) in sessions.drain(..) {
