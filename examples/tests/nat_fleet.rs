@@ -634,6 +634,12 @@ for addr in sys.argv[5:]:
     out.append('/'.join(seen))
 print('seen', *out, flush=True)";
 
+/// Sends one UDP datagram from the server to `sys.argv[1]` at each port after it.
+const PORT_SCAN: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for p in sys.argv[2:]:
+    s.sendto(b'scan', (sys.argv[1], int(p)))";
+
 /// The rfc profile's endpoint-independent mapping (RFC 4787 REQ-1) holds fleet-wide only if
 /// every flow of an inside endpoint reaches the same node: with the client's route hashed on
 /// the source address alone (Linux: `fib_multipath_hash_policy` 3, `fib_multipath_hash_fields`
@@ -642,7 +648,9 @@ print('seen', *out, flush=True)";
 /// sockets' flows reach different nodes and get different ports (the control), unless an
 /// endpoint's flows come more than sync's interval apart: then each finds its first flow's
 /// mapping copied to its node and keeps it, and the answers that reach the mapping's owner
-/// before the copy of the other node's session wait there for it. A cgn fleet
+/// before the copy of the other node's session wait there for it, none of their places
+/// taken by a port scan of 600 unmapped ports just before (dropped at once, not held). A
+/// cgn fleet
 /// the same as the rfc one with source hashing, its port blocks cut from each node's share:
 /// every node holds all eight subscribers' blocks (its own, and those of its copies of the
 /// other nodes' sessions).
@@ -702,6 +710,34 @@ fn an_rfc_fleet_keeps_endpoint_independent_mapping_when_the_inside_hashes_on_the
             // the router's hash brings it to the owner (or to the third node, which hands
             // it over), it comes before the copy of the session the other node just opened
             // and waits at the owner for that copy (4 in 9 flows; 24 flows here).
+            // First a port scan of the public address from the server (600 UDP ports no
+            // mapping holds): no session will come for those, so the nodes drop them at
+            // once instead of holding them in the places the answers below wait in.
+            let mapped: Vec<&str> = seen
+                .iter()
+                .flatten()
+                .filter_map(|m| m.rsplit_once(':').map(|(_, p)| p))
+                .collect();
+            let scan: Vec<String> = (20_000..20_700u16)
+                .map(|p| p.to_string())
+                .filter(|p| !mapped.contains(&p.as_str()))
+                .take(600)
+                .collect();
+            let out = common::python_in(&v, PORT_SCAN)
+                .arg(PUBLIC)
+                .args(&scan)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while fleet("answers_unmapped") < 500 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the scan's packets: {} dropped unheld",
+                    fleet("answers_unmapped")
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let spaced = ask("5001", "0.2");
             assert!(spaced.iter().all(|s| one_mapping(s)), "spaced: {spaced:?}");
             let deadline = std::time::Instant::now() + Duration::from_secs(3);

@@ -69,7 +69,10 @@
 //! port (or a failed node's) without a session there wait the same way
 //! (`fleet.answers_waited_for_copy`, `fleet.answer_wait_expired`): another node may have
 //! opened their flow on a mapping it holds a copy of (an rfc endpoint's next flow, when
-//! the inside route hashes on L4; a failed node's adopted mapping). When a node
+//! the inside route hashes on L4; a failed node's adopted mapping) — if a mapping here
+//! holds their port ([`PortAllocator::holds`](nf_nat::PortAllocator::holds)); the others
+//! have no session coming (a port scan, a late answer) and are dropped at once
+//! (`fleet.answers_unmapped`), so that they never take a waiting answer's place. When a node
 //! fails, its peers' copies of its sessions become orphans, each adopted by the survivor
 //! its next packet reaches, and its connections carry on from the same public ports. A
 //! fleet tracks no TCP windows (a node sees part of each connection's segments). With rfc
@@ -104,8 +107,8 @@ mod linux {
     use nf_core::flow::proto;
     use nf_core::reply::IcmpOrigin;
     use nf_core::{
-        Batch, DropReason, Instant, Packet, ParseConfig, ParseStage, PortId, Stage, StageControl,
-        Verdict, flags, parse_frame,
+        Batch, DropReason, FlowKey, Instant, Packet, ParseConfig, ParseStage, PortId, Stage,
+        StageControl, Verdict, flags, parse_frame,
     };
     use nf_examples::announce::{AnnounceArgs, Announcer};
     use nf_examples::io::{IoKind, RingConfig, RingFrame};
@@ -468,6 +471,8 @@ on SIGUSR1, or after --duration.
         outside: Waiting,
         /// The packets of a batch being sorted into kept and held (allocated once).
         sorting: Vec<Packet<RingFrame>>,
+        /// Outside answers to a port no mapping here holds, not held (`hold_answers`).
+        answers_unmapped: u64,
         /// Hyperplane: a segment that waited in vain gets the RST SNAT gives one without a
         /// session (the idle timeout's), counted `reset_after_wait`.
         reset: bool,
@@ -636,11 +641,27 @@ on SIGUSR1, or after --duration.
         }
 
         /// As [`Self::hold`] for the outside answers to a public port that found no session
-        /// and stay here (not handed over: this node's port, or its node is down).
-        fn hold_answers(&mut self, now: Instant, public: &[IpAddr], batch: &mut Batch<RingFrame>) {
-            self.outside.hold(now, batch, &mut self.sorting, |p| {
-                public_port(p, public).is_some()
-            });
+        /// and stay here (not handed over: this node's port, or its node is down), if a
+        /// mapping here holds their port ([`nf_nat::PortAllocator::holds`]: the flow may be
+        /// another node's on this node's mapping, its session's copy on its way); the others
+        /// have no session coming (a port scan, a late answer) and are dropped at once,
+        /// counted `answers_unmapped`, so that they never take the places of answers that
+        /// wait for a copy.
+        fn hold_answers(
+            &mut self,
+            now: Instant,
+            public: &[IpAddr],
+            ports: &nf_nat::PortAllocator,
+            batch: &mut Batch<RingFrame>,
+        ) {
+            let waits = |p: &Packet<RingFrame>| public_answer(p, public).map(|a| ports.holds(&a));
+            self.answers_unmapped += batch
+                .packets()
+                .iter()
+                .filter(|p| waits(p) == Some(false))
+                .count() as u64;
+            self.outside
+                .hold(now, batch, &mut self.sorting, |p| waits(p) == Some(true));
         }
     }
 
@@ -649,6 +670,13 @@ on SIGUSR1, or after --duration.
     /// of the packet an ICMP error quotes (which left from the public address). `None` for
     /// anything else.
     fn public_port<B: AsRef<[u8]>>(p: &Packet<B>, public: &[IpAddr]) -> Option<u16> {
+        public_answer(p, public).map(|a| a.dst_port)
+    }
+
+    /// The key of the answer an outside packet that found no session here carries to a
+    /// public address (for an ICMP error, the answer to the packet it quotes), as in
+    /// [`public_port`].
+    fn public_answer<B: AsRef<[u8]>>(p: &Packet<B>, public: &[IpAddr]) -> Option<FlowKey> {
         let answer = match p.meta.verdict {
             Verdict::Drop(DropReason::NoSession | DropReason::NatNoMapping)
                 if !p.meta.has(flags::ICMP_ERROR) =>
@@ -666,7 +694,7 @@ on SIGUSR1, or after --duration.
             answer.proto,
             proto::TCP | proto::UDP | proto::ICMP | proto::ICMPV6
         );
-        (answers && public.contains(&answer.dst_ip())).then_some(answer.dst_port)
+        (answers && public.contains(&answer.dst_ip())).then_some(answer)
     }
 
     /// The stages between receive and forward.
@@ -851,6 +879,7 @@ on SIGUSR1, or after --duration.
                     sorting: Vec::with_capacity(nf_core::BATCH_SIZE),
                     reset: *profile == nf_nat::Profile::Hyperplane,
                     reset_after_wait: 0,
+                    answers_unmapped: 0,
                 });
             }
             // A fleet node sees part of each connection's segments (its answers may reach
@@ -914,7 +943,8 @@ on SIGUSR1, or after --duration.
             match (port, &mut self.fleet) {
                 (OUTSIDE, Some(f)) => {
                     f.hand_over(&self.publics, batch);
-                    f.hold_answers(now, &self.publics, batch);
+                    let ports = nat.service().0.ports();
+                    f.hold_answers(now, &self.publics, ports, batch);
                 }
                 (INSIDE, Some(f)) => f.hold(now, batch),
                 _ => {}
@@ -945,6 +975,7 @@ on SIGUSR1, or after --duration.
                 f("fleet", "wait_expired", fl.inside.expired);
                 f("fleet", "answers_waited_for_copy", fl.outside.found);
                 f("fleet", "answer_wait_expired", fl.outside.expired);
+                f("fleet", "answers_unmapped", fl.answers_unmapped);
                 f("fleet", "reset_after_wait", fl.reset_after_wait);
                 fl.link.visit_counters(f);
             }
