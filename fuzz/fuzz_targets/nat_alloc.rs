@@ -5,7 +5,8 @@
 //! quarantine; endpoint-independent profiles keep one mapping per inside endpoint; ports keep
 //! the inside port's range class (rfc, hyperplane), stay in the owner's range and off the
 //! excluded ports; failures are typed and change nothing; probes and timer work stay within
-//! their bounds; counters agree with the model; once everything is released and the
+//! their bounds; counters agree with the model; `holds` holds every live session's reply
+//! and a released one's only while its tuple is live; once everything is released and the
 //! quarantine over, the allocator is empty.
 #![no_main]
 
@@ -236,6 +237,17 @@ fuzz_target!(|input: (Setup, Vec<Op>)| {
             live.len() as u64
         );
         assert!(n.len() + n.quarantined() <= 1 + usize::from(setup.max_mappings));
+        // Every live session's reply is for a mapping the allocator holds; a released
+        // session's reply only while its tuple is still live through another session.
+        for (f, m) in &sessions {
+            let reply = n.reply_key(f, *m).unwrap();
+            assert!(n.holds(&reply), "{f:?} -> {m:?}");
+        }
+        if let Some((f, m)) = released.last() {
+            let reply = n.reply_key(f, *m).unwrap();
+            let still = live.contains_key(&tuple(f, *m));
+            assert_eq!(n.holds(&reply), still, "released {f:?} -> {m:?}");
+        }
     }
     for (f, m) in sessions.drain(..) {
         assert!(n.release(now, &f, m).is_ok());
