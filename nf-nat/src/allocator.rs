@@ -573,13 +573,10 @@ impl PortAllocator {
                     .get(word_hash(hd, key.tag), &key)
                     .is_some_and(|v| live(v.used, v.quarantined))
             }
-            State::Eim(e) => e
-                .dense
-                .get(usize::from(public) * 3 + p)
-                .is_some_and(|d| {
-                    let word = |bits: &[u64]| bits.get(w).copied().unwrap_or(0);
-                    live(word(&d.used), word(&d.quarantined))
-                }),
+            State::Eim(e) => e.dense.get(usize::from(public) * 3 + p).is_some_and(|d| {
+                let word = |bits: &[u64]| bits.get(w).copied().unwrap_or(0);
+                live(word(&d.used), word(&d.quarantined))
+            }),
         }
     }
 
